@@ -1,0 +1,170 @@
+package envelope
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+)
+
+// Version is the layout version written by AppendEncode.
+const Version = 1
+
+// MaxIDBytes bounds the frontend id and the device id.
+const MaxIDBytes = 255
+
+const flagDeviceTime = 1 << 0
+
+// minSize is the smallest well-formed record: version, flags, two 1-byte ids with
+// their lengths, receive time, empty payload length, checksum.
+const minSize = 1 + 1 + 2 + 2 + 8 + 1 + 4
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Errors returned by Decode. Every decoding error wraps ErrInvalid.
+var (
+	ErrInvalid  = errors.New("envelope: invalid record")
+	ErrChecksum = fmt.Errorf("%w: checksum mismatch", ErrInvalid)
+	ErrVersion  = fmt.Errorf("%w: unknown version", ErrInvalid)
+	ErrTrailing = fmt.Errorf("%w: trailing bytes", ErrInvalid)
+)
+
+// Envelope is one device message as stored in a WAL.
+type Envelope struct {
+	// Frontend is the id of the frontend that first received the message.
+	Frontend string
+	// Device is the authenticated device id.
+	Device string
+	// Received is the receive time at the origin frontend, unix nanoseconds.
+	Received int64
+	// DeviceTime is the device's own timestamp, unix nanoseconds; meaningful only
+	// when HasDeviceTime is true.
+	DeviceTime    int64
+	HasDeviceTime bool
+	// Payload is the message's JSON object exactly as the device sent it.
+	Payload []byte
+}
+
+// Size returns the exact number of bytes AppendEncode adds for e.
+func Size(e *Envelope) int {
+	n := 2 + uvarintLen(len(e.Frontend)) + len(e.Frontend) +
+		uvarintLen(len(e.Device)) + len(e.Device) + 8 +
+		uvarintLen(len(e.Payload)) + len(e.Payload) + 4
+	if e.HasDeviceTime {
+		n += 8
+	}
+	return n
+}
+
+// AppendEncode appends the encoding of e to dst and returns the extended slice.
+// It allocates only when dst lacks capacity. The ids must be 1..MaxIDBytes long;
+// the caller validates them once (per connection), not per message.
+func AppendEncode(dst []byte, e *Envelope) []byte {
+	start := len(dst)
+	var flags byte
+	if e.HasDeviceTime {
+		flags |= flagDeviceTime
+	}
+	dst = append(dst, Version, flags)
+	dst = binary.AppendUvarint(dst, uint64(len(e.Frontend)))
+	dst = append(dst, e.Frontend...)
+	dst = binary.AppendUvarint(dst, uint64(len(e.Device)))
+	dst = append(dst, e.Device...)
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(e.Received))
+	if e.HasDeviceTime {
+		dst = binary.LittleEndian.AppendUint64(dst, uint64(e.DeviceTime))
+	}
+	dst = binary.AppendUvarint(dst, uint64(len(e.Payload)))
+	dst = append(dst, e.Payload...)
+	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
+}
+
+// Decode parses one record. Payload aliases b; the ids are copied.
+func Decode(b []byte) (Envelope, error) {
+	var e Envelope
+	if len(b) < minSize {
+		return e, fmt.Errorf("%w: %d bytes is shorter than the minimum %d", ErrInvalid, len(b), minSize)
+	}
+	body := b[:len(b)-4]
+	if got, want := crc32.Checksum(body, castagnoli), binary.LittleEndian.Uint32(b[len(b)-4:]); got != want {
+		return e, ErrChecksum
+	}
+	if body[0] != Version {
+		return e, fmt.Errorf("%w %d", ErrVersion, body[0])
+	}
+	flags := body[1]
+	if flags&^flagDeviceTime != 0 {
+		return e, fmt.Errorf("%w: unknown flags %#x", ErrInvalid, flags)
+	}
+	p := body[2:]
+	frontend, p, err := readID(p, "frontend id")
+	if err != nil {
+		return e, err
+	}
+	device, p, err := readID(p, "device id")
+	if err != nil {
+		return e, err
+	}
+	if len(p) < 8 {
+		return e, fmt.Errorf("%w: receive time truncated", ErrInvalid)
+	}
+	e.Received = int64(binary.LittleEndian.Uint64(p))
+	p = p[8:]
+	if flags&flagDeviceTime != 0 {
+		if len(p) < 8 {
+			return e, fmt.Errorf("%w: device time truncated", ErrInvalid)
+		}
+		e.DeviceTime = int64(binary.LittleEndian.Uint64(p))
+		e.HasDeviceTime = true
+		p = p[8:]
+	}
+	n, k := binary.Uvarint(p)
+	if k <= 0 || k != uvarintLen(int(min(n, 1<<62))) {
+		return e, fmt.Errorf("%w: payload length malformed", ErrInvalid)
+	}
+	p = p[k:]
+	if n > uint64(len(p)) {
+		return e, fmt.Errorf("%w: payload length %d exceeds the %d bytes left", ErrInvalid, n, len(p))
+	}
+	if n < uint64(len(p)) {
+		return e, fmt.Errorf("%w: %d after the payload", ErrTrailing, uint64(len(p))-n)
+	}
+	e.Frontend = string(frontend)
+	e.Device = string(device)
+	e.Payload = p[:n:n]
+	return e, nil
+}
+
+func readID(p []byte, what string) (id, rest []byte, err error) {
+	n, k := binary.Uvarint(p)
+	if k <= 0 || k != uvarintLen(int(min(n, 1<<62))) {
+		// Non-minimal varints are rejected so that every accepted record is
+		// exactly the encoding of what it decodes to.
+		return nil, nil, fmt.Errorf("%w: %s length malformed", ErrInvalid, what)
+	}
+	if n == 0 || n > MaxIDBytes {
+		return nil, nil, fmt.Errorf("%w: %s length %d outside 1..%d", ErrInvalid, what, n, MaxIDBytes)
+	}
+	p = p[k:]
+	if n > uint64(len(p)) {
+		return nil, nil, fmt.Errorf("%w: %s truncated", ErrInvalid, what)
+	}
+	return p[:n], p[n:], nil
+}
+
+// CheckID reports whether id can be stored as a frontend or device id.
+func CheckID(id string) error {
+	if len(id) == 0 || len(id) > MaxIDBytes {
+		return fmt.Errorf("check id: length %d outside 1..%d", len(id), MaxIDBytes)
+	}
+	return nil
+}
+
+func uvarintLen(n int) int {
+	l := 1
+	for n >= 0x80 {
+		n >>= 7
+		l++
+	}
+	return l
+}

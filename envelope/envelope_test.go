@@ -1,0 +1,172 @@
+package envelope
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"hash/crc32"
+	"strings"
+	"testing"
+)
+
+func sample() *Envelope {
+	return &Envelope{
+		Frontend:      "fe-1",
+		Device:        "sensor-42",
+		Received:      1_700_000_000_123_456_789,
+		DeviceTime:    1_700_000_000_000_000_000,
+		HasDeviceTime: true,
+		Payload:       []byte(`{"id":7,"temp":21.5}`),
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	cases := map[string]*Envelope{
+		"full":          sample(),
+		"no device ts":  {Frontend: "f", Device: "d", Received: -1, Payload: []byte(`{}`)},
+		"empty payload": {Frontend: "f", Device: "d", Received: 0},
+		"long ids": {Frontend: strings.Repeat("f", MaxIDBytes), Device: strings.Repeat("d", MaxIDBytes),
+			Received: 1, Payload: bytes.Repeat([]byte("x"), 70000)},
+		"negative device ts": {Frontend: "f", Device: "d", DeviceTime: -5, HasDeviceTime: true, Payload: []byte(`{"a":1}`)},
+	}
+	for name, in := range cases {
+		t.Run(name, func(t *testing.T) {
+			b := AppendEncode([]byte("prefix"), in)
+			b = b[len("prefix"):]
+			if len(b) != Size(in) {
+				t.Fatalf("encoded %d bytes, Size says %d", len(b), Size(in))
+			}
+			out, err := Decode(b)
+			if err != nil {
+				t.Fatalf("decode: %v", err)
+			}
+			if out.Frontend != in.Frontend || out.Device != in.Device || out.Received != in.Received ||
+				out.HasDeviceTime != in.HasDeviceTime || out.DeviceTime != in.DeviceTime || !bytes.Equal(out.Payload, in.Payload) {
+				t.Fatalf("round trip: got %+v, want %+v", out, in)
+			}
+		})
+	}
+}
+
+// reseal recomputes the checksum after a test has edited the body on purpose, so
+// that the decoder's structural checks are reached.
+func reseal(b []byte) []byte {
+	body := b[:len(b)-4]
+	binary.LittleEndian.PutUint32(b[len(b)-4:], crc32.Checksum(body, castagnoli))
+	return b
+}
+
+func TestDecodeErrors(t *testing.T) {
+	good := AppendEncode(nil, sample())
+	mut := func(f func(b []byte) []byte) []byte {
+		return f(append([]byte(nil), good...))
+	}
+	cases := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"empty", nil, ErrInvalid},
+		{"short", good[:10], ErrInvalid},
+		{"flipped payload byte", mut(func(b []byte) []byte { b[len(b)-6] ^= 1; return b }), ErrChecksum},
+		{"flipped checksum", mut(func(b []byte) []byte { b[len(b)-1] ^= 0x80; return b }), ErrChecksum},
+		{"zeros", make([]byte, 64), ErrChecksum},
+		{"version 2", mut(func(b []byte) []byte { b[0] = 2; return reseal(b) }), ErrVersion},
+		{"unknown flag", mut(func(b []byte) []byte { b[1] |= 0x80; return reseal(b) }), ErrInvalid},
+		{"zero frontend id", mut(func(b []byte) []byte { b[2] = 0; return reseal(b) }), ErrInvalid},
+		{"frontend id past end", mut(func(b []byte) []byte { b[2] = 0x7f; return reseal(b) }), ErrInvalid},
+		{"trailing byte", mut(func(b []byte) []byte {
+			b = append(b[:len(b)-4], 'x', 0, 0, 0, 0)
+			return reseal(b)
+		}), ErrTrailing},
+		{"truncated payload", mut(func(b []byte) []byte {
+			b = append(b[:len(b)-6], 0, 0, 0, 0)
+			return reseal(b)
+		}), ErrInvalid},
+		{"non-minimal varint", func() []byte {
+			b := []byte{Version, 0, 0x81, 0x00, 'f', 1, 'd'}
+			b = binary.LittleEndian.AppendUint64(b, 1)
+			b = append(b, 0, 0, 0, 0, 0)
+			return reseal(b)
+		}(), ErrInvalid},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode(tc.in)
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Decode: got %v, want %v", err, tc.want)
+			}
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+		})
+	}
+}
+
+func TestAppendEncodeAllocatesNothing(t *testing.T) {
+	e := sample()
+	buf := make([]byte, 0, 4096)
+	allocs := testing.AllocsPerRun(1000, func() {
+		buf = AppendEncode(buf[:0], e)
+	})
+	if allocs != 0 {
+		t.Fatalf("AppendEncode allocated %v times per call", allocs)
+	}
+}
+
+func TestCheckID(t *testing.T) {
+	if CheckID("") == nil || CheckID(strings.Repeat("x", MaxIDBytes+1)) == nil {
+		t.Fatal("CheckID accepted an out-of-range id")
+	}
+	if err := CheckID("dev-1"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add(AppendEncode(nil, sample()))
+	f.Add(AppendEncode(nil, &Envelope{Frontend: "f", Device: "d"}))
+	f.Add([]byte{})
+	f.Add(make([]byte, 30))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		e, err := Decode(b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		// Anything accepted is exactly the encoding of what it decoded to.
+		if again := AppendEncode(nil, &e); !bytes.Equal(again, b) {
+			t.Fatalf("re-encoding differs:\n in %x\nout %x", b, again)
+		}
+		e2, err := Decode(AppendEncode(nil, &e))
+		if err != nil || e2.Device != e.Device || !bytes.Equal(e2.Payload, e.Payload) {
+			t.Fatalf("decode(encode(x)) failed: %v", err)
+		}
+	})
+}
+
+func BenchmarkAppendEncode(b *testing.B) {
+	e := sample()
+	e.Payload = bytes.Repeat([]byte("x"), 200)
+	buf := make([]byte, 0, 512)
+	b.SetBytes(int64(Size(e)))
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = AppendEncode(buf[:0], e)
+	}
+}
+
+func BenchmarkDecode(b *testing.B) {
+	e := sample()
+	e.Payload = bytes.Repeat([]byte("x"), 200)
+	buf := AppendEncode(nil, e)
+	b.SetBytes(int64(len(buf)))
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(buf); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
