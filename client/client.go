@@ -1,0 +1,521 @@
+// Package client is a Go client for devices speaking device protocol v1
+// (docs/protocol.md) to an ingest frontend.
+//
+// A Client keeps one WebSocket connection, sends each message as one frame
+// with up to Options.Window frames unacknowledged, and reports each message's
+// fate once: acknowledged (durable on the frontend), or rejected with a
+// *ServerError. Messages that were neither when the connection broke are sent
+// again, in their original order, after reconnecting with exponential
+// backoff; a retry hint from the server (overloaded, rate_limited) is the
+// least it waits. Delivery is therefore at least once: a message whose ack
+// was lost with the connection is sent again and may be stored twice.
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// Errors.
+var (
+	// ErrClosed is the result of messages still unsettled when Close is called,
+	// and is returned by Send after Close.
+	ErrClosed = errors.New("client: closed")
+	// ErrRefused wraps a refused handshake that retrying will not fix
+	// (HTTP 401/403, or close 1008): the client stops.
+	ErrRefused = errors.New("client: refused")
+)
+
+// ServerError is a message rejected by the server with an error frame.
+type ServerError struct {
+	Code       string // stable error code, e.g. "bad_timestamp"
+	Message    string // human-readable detail
+	Index      int    // position in a batch frame, -1 for a single message
+	RetryAfter time.Duration
+}
+
+func (e *ServerError) Error() string { return fmt.Sprintf("client: server rejected message: %s: %s", e.Code, e.Message) }
+
+// Result is the fate of one message.
+type Result struct {
+	// N is the number Send returned for the message.
+	N uint64
+	// Err is nil when the message is durable on the frontend, a *ServerError
+	// when the server rejected it, ErrClosed or an error wrapping ErrRefused
+	// when the client gave up on it.
+	Err error
+}
+
+// Options configure a Client. Zero fields mean the defaults noted.
+type Options struct {
+	// URL of the ingest endpoint, e.g. ws://host:8080/v1/ingest.
+	URL string
+	// Token is the device JWT, sent as "Authorization: Bearer". TokenFunc,
+	// when set, is called before every dial instead (to refresh tokens).
+	Token     string
+	TokenFunc func(ctx context.Context) (string, error)
+	// Window is how many frames may be unacknowledged at once. Default 16.
+	Window int
+	// MaxQueue bounds messages held by the client, sent or not; Send blocks
+	// when it is reached. Default 10,000.
+	MaxQueue int
+	// MinBackoff and MaxBackoff bound the reconnect delay, which doubles on
+	// each failed attempt with jitter. Defaults 100ms and 30s.
+	MinBackoff time.Duration
+	MaxBackoff time.Duration
+	// DialTimeout bounds each handshake and WriteTimeout each frame write.
+	// Defaults 10s.
+	DialTimeout  time.Duration
+	WriteTimeout time.Duration
+	// OnResult, when set, is called once per message, in the order results
+	// arrive, from the client's goroutines. It must not block for long.
+	OnResult func(Result)
+	// HTTPClient is used for handshakes. Default http.DefaultClient.
+	HTTPClient *http.Client
+	// Logger receives connection events. Default: none.
+	Logger *slog.Logger
+}
+
+type msg struct {
+	n     uint64
+	data  []byte
+	seq   uint64 // frame number on the current connection; 0 while queued
+	err   error  // rejection waiting for the ack that covers it
+	waitc chan error
+}
+
+// Client is a device connection that survives reconnects. Its methods are safe
+// for concurrent use.
+type Client struct {
+	opts Options
+	lg   *slog.Logger
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	queue    []*msg // not yet sent on the current connection, in order
+	inflight []*msg // sent on the current connection, in frame order
+	nextN    uint64
+	closed   bool
+	fatal    error
+	ws       *websocket.Conn
+
+	done chan struct{}
+}
+
+// Dial connects to the frontend and returns a Client that keeps the connection
+// up until Close. The first handshake happens before Dial returns, so a bad
+// URL or token fails here.
+func Dial(ctx context.Context, opts Options) (*Client, error) {
+	if opts.Window <= 0 {
+		opts.Window = 16
+	}
+	if opts.MaxQueue <= 0 {
+		opts.MaxQueue = 10000
+	}
+	if opts.MinBackoff <= 0 {
+		opts.MinBackoff = 100 * time.Millisecond
+	}
+	if opts.MaxBackoff <= 0 {
+		opts.MaxBackoff = 30 * time.Second
+	}
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = 10 * time.Second
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = 10 * time.Second
+	}
+	if _, err := url.Parse(opts.URL); err != nil {
+		return nil, fmt.Errorf("parse url: %w", err)
+	}
+	c := &Client{opts: opts, lg: opts.Logger, done: make(chan struct{})}
+	if c.lg == nil {
+		c.lg = slog.New(slog.DiscardHandler)
+	}
+	c.cond = sync.NewCond(&c.mu)
+	ws, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	go c.run(ws)
+	return c, nil
+}
+
+func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
+	tok := c.opts.Token
+	if c.opts.TokenFunc != nil {
+		var err error
+		if tok, err = c.opts.TokenFunc(ctx); err != nil {
+			return nil, fmt.Errorf("get token: %w", err)
+		}
+	}
+	h := http.Header{}
+	if tok != "" {
+		h.Set("Authorization", "Bearer "+tok)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.opts.DialTimeout)
+	defer cancel()
+	ws, resp, err := websocket.Dial(ctx, c.opts.URL, &websocket.DialOptions{HTTPClient: c.opts.HTTPClient, HTTPHeader: h})
+	if err != nil {
+		if resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
+			return nil, fmt.Errorf("dial %s: %w: HTTP %d", c.opts.URL, ErrRefused, resp.StatusCode)
+		}
+		return nil, fmt.Errorf("dial %s: %w", c.opts.URL, err)
+	}
+	// Acks are small; the server's frames are bounded by its own limits.
+	ws.SetReadLimit(1 << 20)
+	return ws, nil
+}
+
+// Send queues payload, one JSON object, and returns its number once queued;
+// its result comes through Options.OnResult. It blocks while MaxQueue messages
+// are held. payload is copied.
+func (c *Client) Send(ctx context.Context, payload []byte) (uint64, error) {
+	m, err := c.enqueue(ctx, payload, nil)
+	if err != nil {
+		return 0, err
+	}
+	return m.n, nil
+}
+
+// SendWait queues payload and waits for its result.
+func (c *Client) SendWait(ctx context.Context, payload []byte) error {
+	ch := make(chan error, 1)
+	if _, err := c.enqueue(ctx, payload, ch); err != nil {
+		return err
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (c *Client) enqueue(ctx context.Context, payload []byte, ch chan error) (*msg, error) {
+	stop := context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	})
+	defer stop()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.queue)+len(c.inflight) >= c.opts.MaxQueue && !c.closed && c.fatal == nil && ctx.Err() == nil {
+		c.cond.Wait()
+	}
+	switch {
+	case c.fatal != nil:
+		return nil, c.fatal
+	case c.closed:
+		return nil, ErrClosed
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	}
+	c.nextN++
+	m := &msg{n: c.nextN, data: append([]byte(nil), payload...), waitc: ch}
+	c.queue = append(c.queue, m)
+	c.cond.Broadcast()
+	return m, nil
+}
+
+// Flush waits until every message sent so far has its result.
+func (c *Client) Flush(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, func() {
+		c.mu.Lock()
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	})
+	defer stop()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for len(c.queue)+len(c.inflight) > 0 && !c.closed && ctx.Err() == nil {
+		c.cond.Wait()
+	}
+	if c.closed {
+		return ErrClosed
+	}
+	return ctx.Err()
+}
+
+// Pending returns how many messages have no result yet.
+func (c *Client) Pending() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.queue) + len(c.inflight)
+}
+
+// Err returns why the client stopped on its own (a refusal), or nil.
+func (c *Client) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.fatal
+}
+
+// Close closes the connection and ends the client's goroutines. Messages
+// without a result get ErrClosed; they may or may not have been stored.
+func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		<-c.done
+		return nil
+	}
+	c.closed = true
+	ws := c.ws
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	if ws != nil {
+		ws.Close(websocket.StatusNormalClosure, "")
+	}
+	<-c.done
+	return nil
+}
+
+// run owns the connection: it writes frames while a reader goroutine takes
+// acks, and reconnects when the connection ends.
+func (c *Client) run(ws *websocket.Conn) {
+	defer close(c.done)
+	attempt := 0
+	for {
+		acked, retry, fatal := c.session(ws)
+		ws.CloseNow()
+		if fatal != nil {
+			c.failAll(fatal)
+			return
+		}
+		if acked {
+			attempt = 0
+		}
+		for {
+			c.mu.Lock()
+			c.ws = nil
+			closed := c.closed
+			c.mu.Unlock()
+			if closed {
+				c.failAll(ErrClosed)
+				return
+			}
+			d := c.opts.MinBackoff << min(attempt, 20)
+			if d > c.opts.MaxBackoff || d <= 0 {
+				d = c.opts.MaxBackoff
+			}
+			d = d/2 + rand.N(d/2+1)
+			d = max(d, retry)
+			attempt++
+			retry = 0
+			if !c.sleep(d) {
+				c.failAll(ErrClosed)
+				return
+			}
+			var err error
+			ws, err = c.dial(context.Background())
+			if err == nil {
+				break
+			}
+			c.lg.Info("reconnect failed", "err", err, "attempt", attempt)
+			if errors.Is(err, ErrRefused) && c.opts.TokenFunc == nil {
+				c.failAll(err)
+				return
+			}
+		}
+	}
+}
+
+// sleep waits d unless the client is closed first.
+func (c *Client) sleep(d time.Duration) bool {
+	t := time.AfterFunc(d, func() {
+		c.mu.Lock()
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	})
+	defer t.Stop()
+	deadline := time.Now().Add(d)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for !c.closed && time.Now().Before(deadline) {
+		c.cond.Wait()
+	}
+	return !c.closed
+}
+
+// session runs one connection until it ends. It reports whether anything was
+// acknowledged, the server's retry hint, and a fatal error if the client must
+// stop.
+func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, fatal error) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return false, 0, nil
+	}
+	c.ws = ws
+	// Everything unacknowledged goes out again first, in its original order.
+	if len(c.inflight) > 0 {
+		for _, m := range c.inflight {
+			m.seq, m.err = 0, nil
+		}
+		c.queue = append(c.inflight, c.queue...)
+		c.inflight = nil
+	}
+	c.mu.Unlock()
+
+	var (
+		ended   bool
+		readErr error
+		rd      sync.WaitGroup
+	)
+	rd.Go(func() {
+		a, r, err := c.read(ws)
+		c.mu.Lock()
+		acked, retry, readErr, ended = a, r, err, true
+		c.cond.Broadcast()
+		c.mu.Unlock()
+	})
+
+	var seq uint64
+	for {
+		c.mu.Lock()
+		for !ended && !c.closed && (len(c.queue) == 0 || len(c.inflight) >= c.opts.Window) {
+			c.cond.Wait()
+		}
+		if ended || c.closed {
+			c.mu.Unlock()
+			break
+		}
+		m := c.queue[0]
+		c.queue[0] = nil
+		c.queue = c.queue[1:]
+		seq++
+		m.seq = seq
+		c.inflight = append(c.inflight, m)
+		c.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), c.opts.WriteTimeout)
+		err := ws.Write(ctx, websocket.MessageText, m.data)
+		cancel()
+		if err != nil {
+			ws.CloseNow()
+			break
+		}
+	}
+	ws.CloseNow()
+	rd.Wait()
+	switch code := websocket.CloseStatus(readErr); code {
+	case websocket.StatusPolicyViolation:
+		var ce websocket.CloseError
+		errors.As(readErr, &ce)
+		if ce.Reason == "unauthorized" && c.opts.TokenFunc != nil {
+			return acked, retry, nil
+		}
+		return acked, retry, fmt.Errorf("%w: closed by server with 1008 %q", ErrRefused, ce.Reason)
+	case -1:
+		c.lg.Debug("connection ended", "err", readErr)
+	default:
+		c.lg.Debug("connection closed by server", "code", code, "err", readErr)
+	}
+	return acked, retry, nil
+}
+
+type serverFrame struct {
+	Type         string          `json:"type"`
+	Seq          uint64          `json:"seq"`
+	Code         string          `json:"code"`
+	Index        *int            `json:"index"`
+	ID           json.RawMessage `json:"id"`
+	RetryAfterMS int64           `json:"retry_after_ms"`
+	Message      string          `json:"message"`
+}
+
+// read handles the server's frames until the connection ends.
+func (c *Client) read(ws *websocket.Conn) (acked bool, retry time.Duration, err error) {
+	for {
+		_, b, err := ws.Read(context.Background())
+		if err != nil {
+			return acked, retry, err
+		}
+		var f serverFrame
+		if err := json.Unmarshal(b, &f); err != nil {
+			c.lg.Warn("undecodable frame from server", "err", err)
+			continue
+		}
+		switch f.Type {
+		case "ack":
+			acked = true
+			c.settle(f.Seq)
+		case "error":
+			se := &ServerError{Code: f.Code, Message: f.Message, Index: -1, RetryAfter: time.Duration(f.RetryAfterMS) * time.Millisecond}
+			if f.Index != nil {
+				se.Index = *f.Index
+			}
+			switch f.Code {
+			case "overloaded", "rate_limited", "unauthorized":
+				// The connection ends; this frame and later ones are sent again.
+				retry = max(retry, se.RetryAfter)
+			default:
+				c.reject(f.Seq, se)
+			}
+		}
+	}
+}
+
+// reject records a rejection for frame seq; its result is delivered with the
+// ack that covers it, keeping results in order.
+func (c *Client) reject(seq uint64, err *ServerError) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range c.inflight {
+		if m.seq == seq {
+			if m.err == nil {
+				m.err = err
+			}
+			return
+		}
+	}
+}
+
+// settle delivers results for every frame up to seq.
+func (c *Client) settle(seq uint64) {
+	c.mu.Lock()
+	i := 0
+	for i < len(c.inflight) && c.inflight[i].seq <= seq {
+		i++
+	}
+	done := append([]*msg(nil), c.inflight[:i]...)
+	c.inflight = c.inflight[i:]
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	for _, m := range done {
+		c.deliver(m, m.err)
+	}
+}
+
+func (c *Client) failAll(err error) {
+	c.mu.Lock()
+	ms := append(c.inflight, c.queue...)
+	c.inflight, c.queue = nil, nil
+	if err != ErrClosed && c.fatal == nil {
+		c.fatal = err
+	}
+	c.cond.Broadcast()
+	c.mu.Unlock()
+	for _, m := range ms {
+		c.deliver(m, err)
+	}
+}
+
+func (c *Client) deliver(m *msg, err error) {
+	if m.waitc != nil {
+		m.waitc <- err
+	}
+	if c.opts.OnResult != nil {
+		c.opts.OnResult(Result{N: m.n, Err: err})
+	}
+}

@@ -1,0 +1,490 @@
+package frontend
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/wal"
+)
+
+// conn is one device connection.
+//
+// Goroutines: the HTTP handler goroutine is the one reader (serve); a flusher
+// goroutine exists only while frames wait for the WAL; a keepalive timer
+// goroutine exists only while a ping is in flight. Writes come from all three
+// and are serialised by the websocket library, each with a deadline.
+//
+// The reader numbers data frames 1, 2, 3… (seq) and queues every frame, even
+// one whose messages were all rejected, in pending; the flusher appends the
+// accepted envelopes of everything pending with one AppendBatch and then
+// writes one cumulative ack for the last frame it covered. Error frames are
+// written by the reader before the frame is queued, so a device always sees a
+// frame's errors before the ack that covers it.
+type conn struct {
+	s      *Server
+	ws     *websocket.Conn
+	device string
+	exp    time.Time // token expiry; zero: none
+	done   chan struct{}
+
+	lastRead atomic.Int64 // unix nanos of the last frame or pong
+
+	// Reader-only state.
+	seq    uint64
+	bucket bucket
+
+	mu       sync.Mutex
+	cond     *sync.Cond // signalled when flushing turns false or pending shrinks
+	pend     *pending   // frames waiting for the flusher; nil when idle
+	flushing bool       // a flusher goroutine is running
+	stopped  bool       // no frame is accepted any more; the connection is ending
+	reason   string     // why it ends (metric label); first writer wins
+
+	pingMu      sync.Mutex
+	pingTimer   *time.Timer
+	pingStopped bool
+}
+
+// pending holds the frames a flusher will append together.
+type pending struct {
+	buf     []byte   // encoded envelopes, back to back
+	ends    []int    // end offset in buf of each envelope
+	frames  []pframe // every queued frame, in seq order
+	ids     []byte   // comma-separated raw client ids of accepted messages
+	entries [][]byte // scratch for AppendBatch
+	out     []byte   // scratch for the ack frame
+}
+
+type pframe struct {
+	seq  uint64
+	recv int64 // unix nanos
+}
+
+func (p *pending) reset() {
+	p.buf, p.ends, p.frames, p.ids, p.out = p.buf[:0], p.ends[:0], p.frames[:0], p.ids[:0], p.out[:0]
+	clear(p.entries)
+	p.entries = p.entries[:0]
+}
+
+// bucket is a token bucket refilled at Options.Rate up to Options.Burst.
+type bucket struct {
+	tokens float64
+	last   int64
+}
+
+// take removes n tokens, or reports how long until n would be available.
+func (b *bucket) take(now int64, n int, rate, burst float64) (bool, time.Duration) {
+	b.tokens = min(burst, b.tokens+float64(now-b.last)/1e9*rate)
+	b.last = now
+	if b.tokens >= float64(n) {
+		b.tokens -= float64(n)
+		return true, 0
+	}
+	return false, time.Duration((float64(n) - b.tokens) / rate * 1e9)
+}
+
+func (c *conn) setReason(r string) {
+	c.mu.Lock()
+	if c.reason == "" {
+		c.reason = r
+	}
+	c.mu.Unlock()
+}
+
+// serve is the connection's one reader.
+func (c *conn) serve() {
+	defer close(c.done)
+	c.lastRead.Store(time.Now().UnixNano())
+	c.armPing(c.s.opts.PingInterval)
+
+	readErr := c.readLoop()
+
+	c.mu.Lock()
+	stopped := c.stopped
+	c.stopped = true
+	if c.reason == "" {
+		switch {
+		case errors.Is(readErr, websocket.ErrMessageTooBig):
+			c.reason = reasonTooBig
+		default:
+			c.reason = reasonPeer
+		}
+	}
+	c.mu.Unlock()
+	if !stopped {
+		c.ws.CloseNow()
+	}
+	c.mu.Lock()
+	for c.flushing {
+		c.cond.Wait()
+	}
+	if c.pend != nil {
+		// Frames read but never appended: nothing was acknowledged for them.
+		c.pend.reset()
+		c.s.pendPool.Put(c.pend)
+		c.pend = nil
+	}
+	reason := c.reason
+	c.mu.Unlock()
+	c.stopPing()
+	c.s.m.closes.WithLabelValues(reason).Inc()
+	c.s.lg.Debug("device disconnected", "device", c.device, "reason", reason)
+}
+
+func (c *conn) readLoop() error {
+	s := c.s
+	bp := s.readPool.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= 64<<10 {
+			s.readPool.Put(bp)
+		}
+	}()
+	for {
+		typ, r, err := c.ws.Reader(context.Background())
+		if err != nil {
+			return err
+		}
+		// Between frames the buffer goes back to the pool, so an idle
+		// connection holds none.
+		buf, err := readAll(r, (*bp)[:0])
+		*bp = buf
+		if err != nil {
+			return err
+		}
+		now := time.Now()
+		c.lastRead.Store(now.UnixNano())
+		c.seq++
+		s.m.bytes.Add(float64(len(buf)))
+		c.handleFrame(typ, buf, now)
+	}
+}
+
+func readAll(r io.Reader, b []byte) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
+}
+
+func (c *conn) handleFrame(typ websocket.MessageType, frame []byte, now time.Time) {
+	s := c.s
+	seq := c.seq
+	c.mu.Lock()
+	stopped := c.stopped
+	c.mu.Unlock()
+	if stopped {
+		return // ending: the device resends whatever was not acknowledged
+	}
+	if !c.exp.IsZero() && now.After(c.exp.Add(s.opts.Auth.Leeway)) {
+		s.m.rejected.WithLabelValues(codeUnauthorized).Inc()
+		c.writeError(codeUnauthorized, seq, -1, nil, 0, "token expired")
+		c.finish(closePolicy, reasonExpired)
+		return
+	}
+	if typ != websocket.MessageText {
+		s.m.received.Inc()
+		s.m.rejected.WithLabelValues(codeInvalidJSON).Inc()
+		c.writeError(codeInvalidJSON, seq, -1, nil, 0, "binary frames are not accepted; send JSON as text frames")
+		c.enqueue(seq, now, nil)
+		return
+	}
+	mp := s.msgPool.Get().(*[]message)
+	defer func() {
+		clear(*mp)
+		*mp = (*mp)[:0]
+		s.msgPool.Put(mp)
+	}()
+	msgs, ferr := decodeFrame(frame, (*mp)[:0], s.opts.MaxBatchMessages, s.opts.MaxMessageBytes)
+	*mp = msgs
+	if ferr != nil {
+		s.m.received.Inc()
+		s.m.rejected.WithLabelValues(ferr.code).Inc()
+		c.writeError(ferr.code, seq, -1, nil, 0, ferr.reason)
+		c.enqueue(seq, now, nil)
+		return
+	}
+	s.m.received.Add(float64(len(msgs)))
+	if ok, wait := c.bucket.take(now.UnixNano(), len(msgs), s.opts.Rate, float64(s.opts.Burst)); !ok {
+		// Accepting later frames while this one waits would reorder the
+		// device's messages, so the connection ends after acking what came
+		// before; the device resends from this frame on.
+		s.m.rejected.WithLabelValues(codeRateLimited).Add(float64(len(msgs)))
+		c.writeError(codeRateLimited, seq, -1, nil, max(wait.Milliseconds(), 1),
+			"over the device rate limit; resend from this frame on after the retry delay")
+		c.finish(closeTryAgainLater, reasonRateLimited)
+		return
+	}
+	for i := range msgs {
+		m := &msgs[i]
+		if m.code == "" && m.device != nil && !sameDevice(m.device, c.device) {
+			m.code, m.reason = codeDeviceMismatch, "\"device\" differs from the authenticated device id"
+		}
+		if m.code == "" && m.ts != nil {
+			if m.tsNS, m.reason = parseTS(m.ts, now, s.opts.MaxFutureSkew); m.reason != "" {
+				m.code = codeBadTimestamp
+			}
+		}
+		if m.code != "" {
+			s.m.rejected.WithLabelValues(m.code).Inc()
+			c.writeError(m.code, seq, m.index, m.id, 0, m.reason)
+		}
+	}
+	c.enqueue(seq, now, msgs)
+}
+
+// sameDevice compares a raw JSON string token with the device id.
+func sameDevice(tok []byte, device string) bool {
+	inner := tok[1 : len(tok)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return string(inner) == device
+	}
+	var s string
+	return json.Unmarshal(tok, &s) == nil && s == device
+}
+
+// enqueue encodes the accepted messages of frame seq into pending and makes
+// sure a flusher runs. It blocks while the connection's pending bytes are over
+// the bound, which stops reading from the device (TCP backpressure).
+func (c *conn) enqueue(seq uint64, now time.Time, msgs []message) {
+	s := c.s
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for c.pend != nil && len(c.pend.buf) >= s.opts.MaxPendingBytes && !c.stopped {
+		c.cond.Wait()
+	}
+	if c.stopped {
+		return
+	}
+	if c.pend == nil {
+		c.pend = s.pendPool.Get().(*pending)
+	}
+	p := c.pend
+	e := envelope.Envelope{Frontend: s.opts.ID, Device: c.device, Received: now.UnixNano()}
+	for i := range msgs {
+		m := &msgs[i]
+		if m.code != "" {
+			continue
+		}
+		e.HasDeviceTime, e.DeviceTime = m.ts != nil, m.tsNS
+		e.Payload = m.raw
+		p.buf = envelope.AppendEncode(p.buf, &e)
+		p.ends = append(p.ends, len(p.buf))
+		if m.id != nil {
+			if len(p.ids) > 0 {
+				p.ids = append(p.ids, ',')
+			}
+			p.ids = append(p.ids, m.id...)
+		}
+	}
+	p.frames = append(p.frames, pframe{seq: seq, recv: now.UnixNano()})
+	if !c.flushing {
+		c.flushing = true
+		s.wg.Add(1)
+		go c.flush()
+	}
+}
+
+// flush appends pending frames to the WAL and acknowledges them, until none
+// are left.
+func (c *conn) flush() {
+	s := c.s
+	defer s.wg.Done()
+	var spare *pending
+	for {
+		c.mu.Lock()
+		p := c.pend
+		if p == nil || len(p.frames) == 0 || c.stopped && c.reason != reasonDrain &&
+			c.reason != reasonRateLimited && c.reason != reasonExpired && c.reason != reasonReplaced {
+			// Nothing left, or the connection broke: stop. Buffers go back
+			// to the pool so an idle connection holds none.
+			if p != nil {
+				p.reset()
+				s.pendPool.Put(p)
+				c.pend = nil
+			}
+			c.flushing = false
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			if spare != nil {
+				s.pendPool.Put(spare)
+			}
+			return
+		}
+		c.pend = spare
+		c.cond.Broadcast() // room for the reader again
+		c.mu.Unlock()
+
+		var err error
+		if len(p.ends) > 0 {
+			start := 0
+			for _, end := range p.ends {
+				p.entries = append(p.entries, p.buf[start:end])
+				start = end
+			}
+			_, err = s.log.AppendBatch(s.hard, p.entries)
+		}
+		if err != nil {
+			c.appendFailed(p, err)
+			continue // the loop sees stopped and exits
+		}
+		last := p.frames[len(p.frames)-1].seq
+		p.out = appendAck(p.out[:0], last, p.ids)
+		if c.write(p.out) == nil {
+			now := time.Now().UnixNano()
+			for _, f := range p.frames {
+				s.m.ackLatency.Observe(float64(now-f.recv) / 1e9)
+			}
+			s.m.acked.Add(float64(len(p.ends)))
+		}
+		p.reset()
+		spare = p
+	}
+}
+
+// appendFailed answers a failed AppendBatch. ErrFull becomes overloaded and a
+// 1013 close; anything else ends the connection without an ack.
+func (c *conn) appendFailed(p *pending, err error) {
+	s := c.s
+	c.mu.Lock()
+	if c.pend != nil {
+		// Frames queued behind the failed ones must not be appended out of order.
+		c.pend.reset()
+	}
+	already := c.stopped
+	c.stopped = true
+	c.mu.Unlock()
+	first := p.frames[0].seq
+	switch {
+	case errors.Is(err, wal.ErrFull):
+		c.setReason(reasonOverloaded)
+		s.m.rejected.WithLabelValues(codeOverloaded).Add(float64(len(p.ends)))
+		c.writeError(codeOverloaded, first, -1, nil, s.opts.OverloadRetryAfter.Milliseconds(),
+			"server queue is full; resend from this frame on after the retry delay")
+		if !already {
+			c.ws.Close(closeTryAgainLater, "overloaded")
+		}
+	case errors.Is(err, context.Canceled):
+		// Hard stop after the drain window; the writer may still hold p.
+		c.setReason(reasonDrain)
+		c.ws.CloseNow()
+		return
+	default:
+		c.setReason(reasonInternal)
+		s.lg.Error("wal append failed; closing device connection", "device", c.device, "err", err)
+		if errors.Is(err, wal.ErrClosed) {
+			c.ws.Close(closeServiceRestart, "server shutting down")
+		} else {
+			c.ws.Close(closeInternal, "internal error")
+		}
+	}
+	p.reset()
+}
+
+// finish stops accepting frames, waits until everything already accepted has
+// been appended and acknowledged, and closes with code.
+func (c *conn) finish(code websocket.StatusCode, reason string) {
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return
+	}
+	c.stopped = true
+	if c.reason == "" {
+		c.reason = reason
+	}
+	for c.flushing {
+		c.cond.Wait()
+	}
+	c.mu.Unlock()
+	text := reason
+	if reason == reasonDrain {
+		text = "server shutting down"
+	}
+	c.ws.Close(code, text)
+}
+
+func (c *conn) writeError(code string, seq uint64, index int, id []byte, retryMS int64, reason string) {
+	c.write(appendError(make([]byte, 0, 128), code, seq, index, id, retryMS, reason))
+}
+
+func (c *conn) write(b []byte) error {
+	ctx, cancel := context.WithTimeout(c.s.hard, c.s.opts.WriteTimeout)
+	err := c.ws.Write(ctx, websocket.MessageText, b)
+	cancel()
+	if err != nil {
+		c.mu.Lock()
+		if c.reason == "" {
+			c.reason = reasonWriteFailed
+		}
+		c.stopped = true
+		c.mu.Unlock()
+		c.ws.CloseNow()
+	}
+	return err
+}
+
+// armPing schedules the keepalive check after d.
+func (c *conn) armPing(d time.Duration) {
+	c.pingMu.Lock()
+	defer c.pingMu.Unlock()
+	if c.pingStopped {
+		return
+	}
+	if c.pingTimer == nil {
+		c.pingTimer = time.AfterFunc(d, c.keepalive)
+	} else {
+		c.pingTimer.Reset(d)
+	}
+}
+
+// keepalive pings a connection that has been silent for PingInterval and
+// closes it if no pong comes within PongTimeout.
+func (c *conn) keepalive() {
+	c.pingMu.Lock()
+	defer c.pingMu.Unlock()
+	if c.pingStopped {
+		return
+	}
+	o := c.s.opts
+	idle := time.Duration(time.Now().UnixNano() - c.lastRead.Load())
+	if idle < o.PingInterval {
+		c.pingTimer.Reset(o.PingInterval - idle)
+		return
+	}
+	ctx, cancel := context.WithTimeout(c.s.hard, o.PongTimeout)
+	err := c.ws.Ping(ctx)
+	cancel()
+	if err != nil {
+		c.setReason(reasonPingTimeout)
+		c.ws.CloseNow()
+		return
+	}
+	c.pingTimer.Reset(o.PingInterval)
+}
+
+func (c *conn) stopPing() {
+	c.pingMu.Lock()
+	c.pingStopped = true
+	if c.pingTimer != nil {
+		c.pingTimer.Stop()
+	}
+	c.pingMu.Unlock()
+}

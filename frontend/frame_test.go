@@ -1,0 +1,158 @@
+package frontend
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+)
+
+func TestDecodeFrame(t *testing.T) {
+	type want struct {
+		frameCode string
+		n         int
+		codes     []string // per message, "" = accepted
+		ids       []string
+	}
+	cases := []struct {
+		name string
+		in   string
+		want want
+	}{
+		{"object", `{"id":1,"t":2}`, want{n: 1, codes: []string{""}, ids: []string{"1"}}},
+		{"object with ws", " \n{\"id\":\"a\"} \t", want{n: 1, codes: []string{""}, ids: []string{`"a"`}}},
+		{"batch", `[{"id":1},{"id":"x","v":[1,2,{"z":null}]},{}]`, want{n: 3, codes: []string{"", "", ""}, ids: []string{"1", `"x"`, ""}}},
+		{"empty batch", `[]`, want{n: 0}},
+		{"nested fields ignored", `{"a":{"id":{},"ts":"x"}}`, want{n: 1, codes: []string{""}, ids: []string{""}}},
+		{"batch element not object", `[{"id":1},2,"s"]`, want{n: 3, codes: []string{"", codeInvalidMessage, codeInvalidMessage}, ids: []string{"1", "", ""}}},
+		{"id of wrong type", `{"id":true}`, want{n: 1, codes: []string{codeInvalidMessage}, ids: []string{""}}},
+		{"id too long", `{"id":"` + strings.Repeat("x", 200) + `"}`, want{n: 1, codes: []string{codeInvalidMessage}, ids: []string{""}}},
+		{"duplicate id", `{"id":1,"id":2}`, want{n: 1, codes: []string{codeInvalidMessage}, ids: []string{"1"}}},
+		{"escaped duplicate id", `{"id":1,"\u0069d":2}`, want{n: 1, codes: []string{codeInvalidMessage}, ids: []string{"1"}}},
+		{"device not string", `{"device":1}`, want{n: 1, codes: []string{codeInvalidMessage}, ids: []string{""}}},
+		{"message too large", `{"v":"` + strings.Repeat("x", 100) + `"}`, want{n: 1, codes: []string{codeTooLarge}, ids: []string{""}}},
+		{"batch too large", `[{},{},{},{},{}]`, want{frameCode: codeTooLarge}},
+		{"scalar", `42`, want{frameCode: codeInvalidMessage}},
+		{"empty", ``, want{frameCode: codeInvalidJSON}},
+		{"truncated", `{"a":`, want{frameCode: codeInvalidJSON}},
+		{"trailing", `{} {}`, want{frameCode: codeInvalidJSON}},
+		{"trailing comma", `{"a":1,}`, want{frameCode: codeInvalidJSON}},
+		{"single quotes", `{'a':1}`, want{frameCode: codeInvalidJSON}},
+		{"bad utf8", "{\"a\":\"\xff\"}", want{frameCode: codeInvalidJSON}},
+		{"control char", "{\"a\":\"\x01\"}", want{frameCode: codeInvalidJSON}},
+		{"leading zero", `{"a":01}`, want{frameCode: codeInvalidJSON}},
+		{"too deep", strings.Repeat(`{"a":`, 40) + "1" + strings.Repeat("}", 40), want{frameCode: codeInvalidJSON}},
+		{"NaN", `{"a":NaN}`, want{frameCode: codeInvalidJSON}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			msgs, ferr := decodeFrame([]byte(tc.in), nil, 4, 64)
+			if tc.want.frameCode != "" {
+				if ferr == nil || ferr.code != tc.want.frameCode {
+					t.Fatalf("frame error %+v, want code %s", ferr, tc.want.frameCode)
+				}
+				return
+			}
+			if ferr != nil {
+				t.Fatalf("frame error %+v", ferr)
+			}
+			if len(msgs) != tc.want.n {
+				t.Fatalf("%d messages, want %d", len(msgs), tc.want.n)
+			}
+			for i, m := range msgs {
+				if m.code != tc.want.codes[i] {
+					t.Errorf("message %d: code %q (%s), want %q", i, m.code, m.reason, tc.want.codes[i])
+				}
+				if string(m.id) != tc.want.ids[i] {
+					t.Errorf("message %d: id %q, want %q", i, m.id, tc.want.ids[i])
+				}
+				if m.code == "" && !json.Valid(m.raw) {
+					t.Errorf("message %d: raw %q is not valid JSON", i, m.raw)
+				}
+			}
+		})
+	}
+}
+
+func TestParseTS(t *testing.T) {
+	now := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
+	cases := []struct {
+		in   string
+		want int64 // 0: rejected
+	}{
+		{`1748736000000`, now.UnixNano()},
+		{`1748736000000.5`, now.UnixNano() + 500_000},
+		{`"2025-06-01T00:00:00Z"`, now.UnixNano()},
+		{`"2025-06-01T02:00:00.25+02:00"`, now.UnixNano() + 250_000_000},
+		{`1748736000`, 0},             // seconds, not ms
+		{`1.7e12`, 0},                 // exponent
+		{`-1`, 0},                     // negative
+		{`99999999999999999999`, 0},   // overflow
+		{`1748743200001`, 0},          // beyond now + 2h skew
+		{`"yesterday"`, 0},            // not RFC 3339
+		{`true`, 0},                   // wrong type
+		{`"1748736000000"`, 0},        // ms as string
+		{`"0001-01-01T00:00:00Z"`, 0}, // out of range
+	}
+	for _, tc := range cases {
+		got, why := parseTS([]byte(tc.in), now, 2*time.Hour)
+		if tc.want == 0 {
+			if why == "" {
+				t.Errorf("parseTS(%s) = %d, want rejection", tc.in, got)
+			}
+			continue
+		}
+		if why != "" || got != tc.want {
+			t.Errorf("parseTS(%s) = %d %q, want %d", tc.in, got, why, tc.want)
+		}
+	}
+}
+
+func TestDecodeFrameAllocatesNothing(t *testing.T) {
+	frame := []byte(`[{"id":1,"ts":1748736000000,"v":{"a":[1,2,3]}},{"id":"b","device":"d1","x":"\u00e9"}]`)
+	msgs := make([]message, 0, 8)
+	allocs := testing.AllocsPerRun(100, func() {
+		msgs, _ = decodeFrame(frame, msgs[:0], 500, 1<<16)
+		for i := range msgs {
+			if msgs[i].ts != nil {
+				parseTS(msgs[i].ts, time.Now(), time.Hour)
+			}
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("decodeFrame allocated %v times per frame", allocs)
+	}
+}
+
+// FuzzDecodeFrame checks the device frame decoder against encoding/json: it
+// never panics, it accepts a frame only if encoding/json finds it valid, and
+// every accepted message is a valid JSON object.
+func FuzzDecodeFrame(f *testing.F) {
+	for _, s := range []string{`{"id":1}`, `[{"id":"a","ts":1748736000000},{"v":[1,{"b":null}]}]`, `[]`, `{"\u0069d":1}`,
+		`{"a":"\ud83d\ude00"}`, `[1,2]`, `{"a":-0.5e+3}`, `{"device":"x","ts":"2025-01-01T00:00:00Z"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		msgs, ferr := decodeFrame(b, nil, 500, 1<<16)
+		valid := json.Valid(b) && utf8.Valid(b)
+		if ferr == nil || ferr.code != codeInvalidJSON {
+			if !json.Valid(b) {
+				t.Fatalf("accepted invalid JSON %q", b)
+			}
+		} else if valid && !strings.Contains(ferr.reason, "nesting") {
+			t.Fatalf("rejected valid JSON %q: %s", b, ferr.reason)
+		}
+		for _, m := range msgs {
+			if !json.Valid(m.raw) {
+				t.Fatalf("message %q is not valid JSON", m.raw)
+			}
+			if m.code == "" && m.raw[0] != '{' {
+				t.Fatalf("accepted non-object %q", m.raw)
+			}
+			if m.ts != nil {
+				parseTS(m.ts, time.Now(), time.Hour)
+			}
+		}
+	})
+}

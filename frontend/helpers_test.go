@@ -1,0 +1,200 @@
+package frontend
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/wal"
+)
+
+var testSecret = []byte("0123456789abcdef0123456789abcdef-test-secret")
+
+// testServer is a real frontend on 127.0.0.1:0 with a real WAL in a temp dir.
+type testServer struct {
+	srv  *Server
+	log  *wal.Log
+	reg  *prometheus.Registry
+	addr string
+	dir  string
+
+	cancel context.CancelFunc
+	errc   chan error
+	once   sync.Once
+}
+
+func (ts *testServer) url() string { return "ws://" + ts.addr + "/v1/ingest" }
+
+// stop drains the server and closes the WAL, once.
+func (ts *testServer) stop(t testing.TB) {
+	ts.once.Do(func() {
+		ts.cancel()
+		if err := <-ts.errc; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		if err := ts.log.Close(); err != nil {
+			t.Errorf("close wal: %v", err)
+		}
+	})
+}
+
+func startServer(t testing.TB, opts Options, wopts wal.Options) *testServer {
+	t.Helper()
+	ts := &testServer{reg: prometheus.NewRegistry(), dir: t.TempDir(), errc: make(chan error, 1)}
+	wopts.Hop = "frontend"
+	l, err := wal.Open(ts.dir, wopts, ts.reg, nil)
+	if err != nil {
+		t.Fatalf("open wal: %v", err)
+	}
+	ts.log = l
+	if opts.ID == "" {
+		opts.ID = "fe-test"
+	}
+	if !opts.InsecureNoAuth && !opts.Auth.configured() {
+		opts.Auth.HS256Secrets = [][]byte{testSecret}
+	}
+	if opts.DrainWindow == 0 {
+		opts.DrainWindow = 200 * time.Millisecond
+	}
+	opts.Gatherer = ts.reg
+	ts.srv, err = New(opts, l, ts.reg, nil)
+	if err != nil {
+		l.Close()
+		t.Fatalf("new server: %v", err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.addr = ln.Addr().String()
+	ctx, cancel := context.WithCancel(context.Background())
+	ts.cancel = cancel
+	go func() { ts.errc <- ts.srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { ts.stop(t) })
+	return ts
+}
+
+func hsToken(t testing.TB, sub string, mod func(*jwt.RegisteredClaims)) string {
+	t.Helper()
+	c := jwt.RegisteredClaims{Subject: sub, ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}
+	if mod != nil {
+		mod(&c)
+	}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// rawDial opens a plain WebSocket to the server, for tests that look at frames
+// and close codes themselves.
+func rawDial(t testing.TB, ts *testServer, token string) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	h := http.Header{}
+	if token != "" {
+		h.Set("Authorization", "Bearer "+token)
+	}
+	c, resp, err := websocket.Dial(ctx, ts.url(), &websocket.DialOptions{HTTPHeader: h})
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
+		}
+		t.Fatalf("dial: %v (HTTP %d)", err, status)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+type outFrame struct {
+	Type         string            `json:"type"`
+	Seq          uint64            `json:"seq"`
+	IDs          []json.RawMessage `json:"ids"`
+	Code         string            `json:"code"`
+	Index        *int              `json:"index"`
+	ID           json.RawMessage   `json:"id"`
+	RetryAfterMS int64             `json:"retry_after_ms"`
+	Message      string            `json:"message"`
+}
+
+func readFrame(t testing.TB, c *websocket.Conn) (outFrame, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, b, err := c.Read(ctx)
+	if err != nil {
+		return outFrame{}, err
+	}
+	var f outFrame
+	if err := json.Unmarshal(b, &f); err != nil {
+		t.Fatalf("server frame %q: %v", b, err)
+	}
+	return f, nil
+}
+
+func send(t testing.TB, c *websocket.Conn, s string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Write(ctx, websocket.MessageText, []byte(s)); err != nil {
+		t.Fatalf("write: %v", err)
+	}
+}
+
+// walEnvelopes reads every entry of a WAL directory (after the server is
+// stopped) and decodes it.
+func walEnvelopes(t testing.TB, dir string) []envelope.Envelope {
+	t.Helper()
+	l, err := wal.Open(dir, wal.Options{Hop: "check"}, nil, nil)
+	if err != nil {
+		t.Fatalf("reopen wal: %v", err)
+	}
+	defer l.Close()
+	cur, err := l.Cursor(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []envelope.Envelope
+	for n := l.LastIndex(); uint64(len(out)) < n; {
+		e, err := cur.Next(context.Background())
+		if err != nil {
+			t.Fatalf("read wal: %v", err)
+		}
+		env, err := envelope.Decode(e.Data)
+		if err != nil {
+			t.Fatalf("entry %d: %v", e.Index, err)
+		}
+		out = append(out, env)
+	}
+	return out
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func payload(device string, i int) string {
+	return fmt.Sprintf(`{"id":%d,"device":%q,"v":%d,"pad":%q}`, i, device, i, strings.Repeat("x", 8))
+}

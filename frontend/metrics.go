@@ -1,0 +1,76 @@
+package frontend
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the frontend's own series. The WAL exports the queue depth for
+// hop="frontend" itself.
+type metrics struct {
+	connections prometheus.Gauge
+	received    prometheus.Counter
+	acked       prometheus.Counter
+	rejected    *prometheus.CounterVec
+	ackLatency  prometheus.Histogram
+	bytes       prometheus.Counter
+	closes      *prometheus.CounterVec
+	handshakes  *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	m := &metrics{
+		connections: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ingest_frontend_connections",
+			Help: "Open device WebSocket connections.",
+		}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_frontend_messages_received_total",
+			Help: "Device messages received, accepted or not.",
+		}),
+		acked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_frontend_messages_acked_total",
+			Help: "Device messages acknowledged after the WAL fsync that covers them.",
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ingest_frontend_messages_rejected_total",
+			Help: "Device messages answered with an error frame, by error code.",
+		}, []string{"code"}),
+		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ingest_frontend_ack_latency_seconds",
+			Help:    "Time from receiving a frame to writing the ack that covers it.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}),
+		bytes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_frontend_received_bytes_total",
+			Help: "Payload bytes of data frames received from devices.",
+		}),
+		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ingest_frontend_closes_total",
+			Help: "Device connections ended, by reason.",
+		}, []string{"reason"}),
+		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ingest_frontend_handshakes_rejected_total",
+			Help: "WebSocket handshakes refused before upgrade, by reason.",
+		}, []string{"reason"}),
+	}
+	for _, code := range []string{codeInvalidJSON, codeInvalidMessage, codeTooLarge, codeBadTimestamp,
+		codeDeviceMismatch, codeRateLimited, codeOverloaded, codeUnauthorized} {
+		m.rejected.WithLabelValues(code)
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for _, c := range m.collectors() {
+		if err := reg.Register(c); err != nil {
+			for _, r := range m.collectors() {
+				reg.Unregister(r)
+			}
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.connections, m.received, m.acked, m.rejected, m.ackLatency, m.bytes, m.closes, m.handshakes}
+}

@@ -1,0 +1,158 @@
+package frontend
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/envelope"
+)
+
+// Options configure a Server. A zero field means its default (DefaultOptions);
+// ID and either Auth keys or InsecureNoAuth are required.
+type Options struct {
+	// ID names this frontend in every envelope it writes. Together with the WAL
+	// index it is a message's identity, so it must stay the same for as long as
+	// the WAL directory lives (a StatefulSet pod name or a hostname).
+	ID string
+
+	// Auth configures JWT verification of devices.
+	Auth AuthOptions
+	// InsecureNoAuth accepts devices without a token, taking the device id from
+	// the "device" query parameter. Serve then refuses any listener that is not
+	// on a loopback address, and logs a warning.
+	InsecureNoAuth bool
+
+	// OriginPatterns lists the browser origins allowed to connect, as in
+	// websocket.AcceptOptions; requests without an Origin header (devices) and
+	// same-host origins are always allowed. Default none.
+	OriginPatterns []string
+
+	// MaxConnections bounds open device connections; past it handshakes get
+	// HTTP 503 with Retry-After. Default 20,000.
+	MaxConnections int
+	// MaxFrameBytes is the WebSocket read limit: a larger frame closes the
+	// connection with 1009. Default 256 KiB.
+	MaxFrameBytes int
+	// MaxMessageBytes bounds one message (one JSON object); larger ones are
+	// rejected with too_large. Default 64 KiB.
+	MaxMessageBytes int
+	// MaxBatchMessages bounds the messages in one array frame; a larger batch is
+	// rejected whole with too_large. Default 500.
+	MaxBatchMessages int
+	// MaxPendingBytes bounds the envelopes of one connection waiting for the
+	// WAL; past it the server stops reading from that connection until the WAL
+	// catches up (TCP backpressure). Default 1 MiB.
+	MaxPendingBytes int
+
+	// Rate and Burst bound messages per second per device (token bucket).
+	// Default 1,000/s with a burst of 2,000; Burst must be at least
+	// MaxBatchMessages.
+	Rate  float64
+	Burst int
+
+	// MaxFutureSkew is how far ahead of the server's clock a device "ts" may
+	// be. Default 1h.
+	MaxFutureSkew time.Duration
+
+	// PingInterval is how long a connection may stay silent before the server
+	// pings it; PongTimeout is how long it waits for the pong before closing.
+	// Defaults 30s and 15s.
+	PingInterval time.Duration
+	PongTimeout  time.Duration
+	// WriteTimeout bounds every write to a device. Default 10s.
+	WriteTimeout time.Duration
+	// HandshakeTimeout bounds reading the HTTP request headers. Default 10s.
+	HandshakeTimeout time.Duration
+	// OverloadRetryAfter is the retry hint sent with overloaded. Default 1s.
+	OverloadRetryAfter time.Duration
+
+	// DrainWindow is the time over which connections are closed at shutdown.
+	// Default 5s.
+	DrainWindow time.Duration
+	// ShutdownCode is the close code sent when draining: 1001 (going away,
+	// the default) or 1012 (service restart).
+	ShutdownCode websocket.StatusCode
+
+	// Gatherer, when set, is served at /metrics.
+	Gatherer prometheus.Gatherer
+}
+
+// DefaultOptions returns the defaults that zero fields stand for.
+func DefaultOptions() Options {
+	return Options{
+		MaxConnections:     20000,
+		MaxFrameBytes:      256 << 10,
+		MaxMessageBytes:    64 << 10,
+		MaxBatchMessages:   500,
+		MaxPendingBytes:    1 << 20,
+		Rate:               1000,
+		Burst:              2000,
+		MaxFutureSkew:      time.Hour,
+		PingInterval:       30 * time.Second,
+		PongTimeout:        15 * time.Second,
+		WriteTimeout:       10 * time.Second,
+		HandshakeTimeout:   10 * time.Second,
+		OverloadRetryAfter: time.Second,
+		DrainWindow:        5 * time.Second,
+		ShutdownCode:       websocket.StatusGoingAway,
+	}
+}
+
+func (o Options) withDefaults() (Options, error) {
+	d := DefaultOptions()
+	setInt := func(v *int, def int) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setDur := func(v *time.Duration, def time.Duration) {
+		if *v == 0 {
+			*v = def
+		}
+	}
+	setInt(&o.MaxConnections, d.MaxConnections)
+	setInt(&o.MaxFrameBytes, d.MaxFrameBytes)
+	setInt(&o.MaxMessageBytes, d.MaxMessageBytes)
+	setInt(&o.MaxBatchMessages, d.MaxBatchMessages)
+	setInt(&o.MaxPendingBytes, d.MaxPendingBytes)
+	setInt(&o.Burst, d.Burst)
+	if o.Rate == 0 {
+		o.Rate = d.Rate
+	}
+	setDur(&o.MaxFutureSkew, d.MaxFutureSkew)
+	setDur(&o.PingInterval, d.PingInterval)
+	setDur(&o.PongTimeout, d.PongTimeout)
+	setDur(&o.WriteTimeout, d.WriteTimeout)
+	setDur(&o.HandshakeTimeout, d.HandshakeTimeout)
+	setDur(&o.OverloadRetryAfter, d.OverloadRetryAfter)
+	setDur(&o.DrainWindow, d.DrainWindow)
+	if o.ShutdownCode == 0 {
+		o.ShutdownCode = d.ShutdownCode
+	}
+
+	if err := envelope.CheckID(o.ID); err != nil {
+		return o, fmt.Errorf("check frontend id: %w", err)
+	}
+	if o.InsecureNoAuth == o.Auth.configured() {
+		return o, errors.New("check auth: configure JWT keys or set InsecureNoAuth, not both or neither")
+	}
+	if o.MaxConnections < 0 || o.MaxFrameBytes < 0 || o.MaxMessageBytes < 0 || o.MaxBatchMessages < 0 ||
+		o.MaxPendingBytes < 0 || o.Rate < 0 || o.Burst < 0 || o.PingInterval < 0 || o.PongTimeout < 0 ||
+		o.WriteTimeout < 0 || o.HandshakeTimeout < 0 || o.OverloadRetryAfter < 0 || o.DrainWindow < 0 || o.MaxFutureSkew < 0 {
+		return o, errors.New("check options: limits must not be negative")
+	}
+	if o.MaxMessageBytes > o.MaxFrameBytes {
+		return o, fmt.Errorf("check options: MaxMessageBytes %d exceeds MaxFrameBytes %d", o.MaxMessageBytes, o.MaxFrameBytes)
+	}
+	if o.Burst < o.MaxBatchMessages {
+		return o, fmt.Errorf("check options: Burst %d is below MaxBatchMessages %d, so a full batch could never pass", o.Burst, o.MaxBatchMessages)
+	}
+	if o.ShutdownCode != websocket.StatusGoingAway && o.ShutdownCode != websocket.StatusServiceRestart {
+		return o, fmt.Errorf("check options: ShutdownCode %d is neither 1001 nor 1012", o.ShutdownCode)
+	}
+	return o, nil
+}

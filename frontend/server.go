@@ -1,0 +1,326 @@
+package frontend
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/wal"
+)
+
+// ErrNotLoopback is returned by Serve when InsecureNoAuth is set and the
+// listener is not on a loopback address.
+var ErrNotLoopback = errors.New("frontend: running without auth requires a loopback listener")
+
+// Server is the device-facing WebSocket server. It owns no WAL: the caller
+// opens the log, hands it to New, and closes it after Serve has returned.
+type Server struct {
+	opts Options
+	log  *wal.Log
+	lg   *slog.Logger
+	m    *metrics
+	auth *verifier // nil with InsecureNoAuth
+
+	ready  atomic.Bool
+	nconns atomic.Int64
+
+	// hard ends WAL appends and writes still running when the drain window
+	// is over.
+	hard       context.Context
+	hardCancel context.CancelFunc
+
+	// mu guards the connection registry. Lock order: Server.mu before conn.mu.
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	devices  map[string]*conn
+	draining bool
+	served   bool
+
+	wg sync.WaitGroup // connection handlers and their flushers
+
+	pendPool sync.Pool // *pending
+	readPool sync.Pool // *[]byte frame buffers
+	msgPool  sync.Pool // *[]message
+}
+
+// New validates opts and prepares a Server. It starts nothing.
+func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger) (*Server, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if log == nil {
+		return nil, errors.New("check wal: nil log")
+	}
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{
+		opts:    o,
+		log:     log,
+		lg:      lg,
+		conns:   make(map[*conn]struct{}),
+		devices: make(map[string]*conn),
+	}
+	if !o.InsecureNoAuth {
+		if s.auth, err = newVerifier(o.Auth); err != nil {
+			return nil, err
+		}
+	}
+	if s.m, err = newMetrics(reg); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	s.hard, s.hardCancel = context.WithCancel(context.Background())
+	s.pendPool.New = func() any { return new(pending) }
+	s.readPool.New = func() any { b := make([]byte, 0, 4096); return &b }
+	s.msgPool.New = func() any { m := make([]message, 0, 16); return &m }
+	return s, nil
+}
+
+// Handler returns the HTTP handler: /v1/ingest, /healthz, /readyz and, when
+// Options.Gatherer is set, /metrics.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/ingest", s.handleIngest)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if err := s.log.Err(); err != nil {
+			http.Error(w, "wal failed: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	if s.opts.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+// Ready reports whether the server accepts devices: it is serving, not
+// draining, and its WAL has not failed.
+func (s *Server) Ready() bool { return s.ready.Load() && s.log.Err() == nil }
+
+// Serve accepts devices on ln until ctx ends, then drains: readiness turns
+// false, ln closes, and connections are closed with Options.ShutdownCode
+// spread over Options.DrainWindow, each after its pending messages have been
+// appended and acknowledged. Serve returns once every goroutine it started
+// has ended; ln is closed on return. A Server serves once.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	if s.served {
+		s.mu.Unlock()
+		return errors.New("serve: server already served")
+	}
+	s.served = true
+	s.mu.Unlock()
+	if s.opts.InsecureNoAuth {
+		if !isLoopback(ln.Addr()) {
+			ln.Close()
+			return fmt.Errorf("serve %s: %w", ln.Addr(), ErrNotLoopback)
+		}
+		s.lg.Warn("device authentication is OFF: any local process can write as any device", "addr", ln.Addr().String())
+	}
+	hs := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: s.opts.HandshakeTimeout,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	s.ready.Store(true)
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errc:
+		errc = nil
+		serveErr = fmt.Errorf("serve http: %w", serveErr)
+	}
+	s.ready.Store(false)
+	start := time.Now()
+	shCtx, cancel := context.WithTimeout(context.Background(), s.opts.DrainWindow)
+	hs.Shutdown(shCtx) // closes ln; waits for plain HTTP requests only
+	cancel()
+	if errc != nil {
+		<-errc
+	}
+	n := s.drain()
+	s.lg.Info("frontend drained", "connections", n, "duration", time.Since(start))
+	return serveErr
+}
+
+// drain closes every connection over the drain window and waits for them,
+// hard-closing whatever is left after the window plus one write timeout.
+func (s *Server) drain() int {
+	s.mu.Lock()
+	s.draining = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+
+	var closers sync.WaitGroup
+	if len(conns) > 0 {
+		step := s.opts.DrainWindow / time.Duration(len(conns))
+		t := time.NewTimer(0)
+		for i, c := range conns {
+			if i > 0 && step > 0 {
+				t.Reset(step)
+				<-t.C
+			}
+			closers.Go(func() { c.finish(s.opts.ShutdownCode, reasonDrain) })
+		}
+		t.Stop()
+	}
+	done := make(chan struct{})
+	go func() { closers.Wait(); s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(s.opts.WriteTimeout):
+		s.lg.Warn("drain window over: closing remaining connections")
+		s.hardCancel()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.ws.CloseNow()
+		}
+		s.mu.Unlock()
+		<-done
+	}
+	s.hardCancel()
+	return len(conns)
+}
+
+func isLoopback(a net.Addr) bool {
+	ta, ok := a.(*net.TCPAddr)
+	return ok && ta.IP.IsLoopback()
+}
+
+// handleIngest authenticates the device, upgrades and runs the connection.
+func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
+	var (
+		device string
+		exp    time.Time
+	)
+	if s.auth != nil {
+		tok, ok := bearerToken(r)
+		if !ok {
+			s.refuse(w, http.StatusUnauthorized, "unauthorized", "missing bearer token")
+			return
+		}
+		var err error
+		if device, exp, err = s.auth.verify(tok); err != nil {
+			s.lg.Debug("token refused", "remote", r.RemoteAddr, "err", err)
+			s.refuse(w, http.StatusUnauthorized, "unauthorized", err.Error())
+			return
+		}
+	} else {
+		device = r.URL.Query().Get("device")
+		if envelope.CheckID(device) != nil {
+			s.refuse(w, http.StatusUnauthorized, "unauthorized", "without auth the device id must be given as ?device=")
+			return
+		}
+	}
+	if s.nconns.Add(1) > int64(s.opts.MaxConnections) {
+		s.nconns.Add(-1)
+		w.Header().Set("Retry-After", "5")
+		s.refuse(w, http.StatusServiceUnavailable, "too_many_connections", "too many connections")
+		return
+	}
+	defer s.nconns.Add(-1)
+
+	c := &conn{s: s, device: device, exp: exp, done: make(chan struct{})}
+	c.cond = sync.NewCond(&c.mu)
+	c.bucket.tokens = float64(s.opts.Burst)
+	c.bucket.last = time.Now().UnixNano()
+	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		OriginPatterns:  s.opts.OriginPatterns,
+		CompressionMode: websocket.CompressionDisabled,
+		OnPongReceived:  func(context.Context, []byte) { c.lastRead.Store(time.Now().UnixNano()) },
+	})
+	if err != nil {
+		// Accept has answered the request (403 for a foreign Origin, 400 otherwise).
+		s.m.handshakes.WithLabelValues("bad_handshake").Inc()
+		s.lg.Debug("websocket handshake refused", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	ws.SetReadLimit(int64(s.opts.MaxFrameBytes))
+	c.ws = ws
+
+	s.mu.Lock()
+	if s.draining {
+		s.mu.Unlock()
+		ws.Close(s.opts.ShutdownCode, "server shutting down")
+		s.m.closes.WithLabelValues(reasonDrain).Inc()
+		return
+	}
+	old := s.devices[device]
+	s.devices[device] = c
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	s.mu.Unlock()
+	defer s.wg.Done()
+	s.m.connections.Inc()
+	defer s.m.connections.Dec()
+
+	if old != nil {
+		// One connection per device keeps its messages in order: the newer
+		// one starts reading only after the older one has finished.
+		s.lg.Info("device reconnected, closing its older connection", "device", device)
+		s.wg.Go(func() { old.finish(closePolicy, reasonReplaced) })
+		t := time.NewTimer(s.opts.WriteTimeout)
+		select {
+		case <-old.done:
+		case <-t.C:
+			old.ws.CloseNow()
+			<-old.done
+		}
+		t.Stop()
+	}
+
+	c.serve()
+
+	s.mu.Lock()
+	delete(s.conns, c)
+	if s.devices[device] == c {
+		delete(s.devices, device)
+	}
+	s.mu.Unlock()
+}
+
+// refuse answers a handshake that will not be upgraded with a JSON error body
+// shaped like an error frame.
+func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
+	s.m.handshakes.WithLabelValues(reason).Inc()
+	code := reason
+	if status == http.StatusServiceUnavailable {
+		code = codeOverloaded
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="ingest"`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	b := append([]byte(`{"type":"error","code":"`), code...)
+	b = append(b, `","message":`...)
+	b = appendJSONString(b, msg)
+	w.Write(append(b, "}\n"...))
+}
