@@ -44,7 +44,9 @@ type ServerError struct {
 	RetryAfter time.Duration
 }
 
-func (e *ServerError) Error() string { return fmt.Sprintf("client: server rejected message: %s: %s", e.Code, e.Message) }
+func (e *ServerError) Error() string {
+	return fmt.Sprintf("client: server rejected message: %s: %s", e.Code, e.Message)
+}
 
 // Result is the fate of one message.
 type Result struct {
