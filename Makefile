@@ -1,0 +1,53 @@
+# The engine's build, test and benchmark entry points. `make test` is what CI
+# runs (.ci/run); it installs what the tests need on a fresh machine.
+
+GO          ?= go
+STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
+FUZZTIME    ?= 30s
+BENCHTIME   ?= 2s
+PKGS        := ./...
+
+.PHONY: all build run test test-short deps lint bench fuzz clean
+
+all: build
+
+build:
+	$(GO) build -o bin/ingest ./cmd/ingest
+
+run:
+	@echo "make run: the all-in-one engine (every tier in one process) is not assembled yet."
+	@echo "What runs today: the frontend tier, 'go run ./cmd/ingest frontend --help'."
+	@exit 1
+
+# deps installs what the test suite needs: Go modules now; the databases the
+# storage tests run against will be installed here from Debian's packages.
+deps:
+	$(GO) mod download
+
+test: deps lint
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
+
+test-short: deps
+	$(GO) test -short -count=1 $(PKGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+	$(GO) run $(STATICCHECK) $(PKGS)
+
+# bench runs the Go benchmarks whose figures docs/benchmarks.md records.
+bench:
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal/
+
+# fuzz runs every fuzz target for FUZZTIME each.
+fuzz:
+	@set -e; for pkg in $$($(GO) list $(PKGS)); do \
+		for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$target"; \
+			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+clean:
+	rm -rf bin

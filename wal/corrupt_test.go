@@ -1,0 +1,320 @@
+package wal_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/wal"
+)
+
+// The corruption tests build a log of 120 entries of 100 bytes. Each is stored
+// as a 1-byte length, an 8-byte frame header and the payload: 109 bytes. A
+// 4096-byte segment is closed after the entry that takes it to 4096 bytes or
+// more, so segments hold 38 entries and start at 1, 39, 77 and 115.
+const (
+	corruptEntries = 120
+	storedEntry    = 109
+	perSegment     = 38
+)
+
+var corruptOpts = wal.Options{Hop: "test", SegmentBytes: 4096}
+
+func corruptPayload(i int) []byte {
+	return bytes.Repeat([]byte{byte(i)}, 100)
+}
+
+func buildLog(t *testing.T) (dir string, segs []string) {
+	t.Helper()
+	dir = t.TempDir()
+	l, err := wal.Open(dir, corruptOpts, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= corruptEntries; i++ {
+		if _, err := l.Append(context.Background(), corruptPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs = segmentPaths(t, dir)
+	if len(segs) != 4 {
+		t.Fatalf("%d segments, want 4", len(segs))
+	}
+	return dir, segs
+}
+
+func mutate(t *testing.T, path string, f func([]byte) []byte) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, f(b), 0o640); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func flip(off int) func([]byte) []byte {
+	return func(b []byte) []byte { b[off] ^= 0x40; return b }
+}
+
+func TestCorruption(t *testing.T) {
+	type want struct {
+		last     uint64 // the last index after a successful open
+		repairs  float64
+		released uint64
+		// for a refused open
+		segment string
+		offset  int64
+		index   uint64
+	}
+	tests := []struct {
+		name   string
+		damage func(t *testing.T, dir string, segs []string)
+		want   want
+	}{
+		{
+			name: "torn last entry",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return b[:len(b)-40] })
+			},
+			want: want{last: corruptEntries - 1, repairs: 1},
+		},
+		{
+			name: "torn length of last entry",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return b[:len(b)-storedEntry+1] })
+			},
+			want: want{last: corruptEntries - 1, repairs: 1},
+		},
+		{
+			name: "zeros appended to the last segment",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return append(b, make([]byte, 4096)...) })
+			},
+			want: want{last: corruptEntries, repairs: 1},
+		},
+		{
+			name: "flipped byte in the last entry",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { b[len(b)-5] ^= 1; return b })
+			},
+			want: want{last: corruptEntries - 1, repairs: 1},
+		},
+		{
+			name: "zeros appended to an earlier segment",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[1], func(b []byte) []byte { return append(b, make([]byte, 4096)...) })
+			},
+			want: want{segment: "00000000000000000039", offset: perSegment * storedEntry, index: 77},
+		},
+		{
+			name: "flipped byte mid-log in the last segment",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], flip(2*storedEntry+50)) // entry 117
+			},
+			want: want{segment: "00000000000000000115", offset: 2 * storedEntry, index: 117},
+		},
+		{
+			name: "flipped length byte mid-log",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], flip(1*storedEntry+2)) // frame length of entry 116
+			},
+			want: want{segment: "00000000000000000115", offset: storedEntry, index: 116},
+		},
+		{
+			name: "flipped byte in an earlier segment",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[0], flip(10*storedEntry+20)) // entry 11
+			},
+			want: want{segment: "00000000000000000001", offset: 10 * storedEntry, index: 11},
+		},
+		{
+			name: "missing segment",
+			damage: func(t *testing.T, dir string, segs []string) {
+				if err := os.Remove(segs[2]); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: want{segment: "00000000000000000077", offset: -1, index: 77},
+		},
+		{
+			name: "missing first segment",
+			damage: func(t *testing.T, dir string, segs []string) {
+				if err := os.Remove(segs[0]); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: want{segment: "00000000000000000001", offset: -1, index: 1},
+		},
+		{
+			name: "damaged release file",
+			damage: func(t *testing.T, dir string, segs []string) {
+				writeReleaseMark(t, dir, 50)
+				mutate(t, filepath.Join(dir, "released"), flip(6))
+			},
+			want: want{last: corruptEntries, repairs: 1, released: 0},
+		},
+		{
+			name: "short release file",
+			damage: func(t *testing.T, dir string, segs []string) {
+				writeReleaseMark(t, dir, 50)
+				mutate(t, filepath.Join(dir, "released"), func(b []byte) []byte { return b[:3] })
+			},
+			want: want{last: corruptEntries, repairs: 1, released: 0},
+		},
+		{
+			name: "release mark beyond the last entry",
+			damage: func(t *testing.T, dir string, segs []string) {
+				writeReleaseMark(t, dir, 50)
+				// Leave only the first segment: the mark says more was written.
+				for _, s := range segs[1:] {
+					os.Remove(s)
+				}
+				mutate(t, segs[0], func(b []byte) []byte { return b[:20*storedEntry] })
+			},
+			want: want{segment: "00000000000000000001", offset: -1, index: 21},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, segs := buildLog(t)
+			tt.damage(t, dir, segs)
+			reg := prometheus.NewRegistry()
+			l, err := wal.Open(dir, corruptOpts, reg, nil)
+			if tt.want.segment != "" {
+				var ce *wal.CorruptionError
+				if !errors.As(err, &ce) {
+					if l != nil {
+						l.Close()
+					}
+					t.Fatalf("open: %v, want a *CorruptionError", err)
+				}
+				if ce.Segment != tt.want.segment || ce.Offset != tt.want.offset || ce.Index != tt.want.index {
+					t.Fatalf("corruption at segment %s offset %d index %d, want %s %d %d (%v)",
+						ce.Segment, ce.Offset, ce.Index, tt.want.segment, tt.want.offset, tt.want.index, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			defer l.Close()
+			if got := metricValue(t, reg, "ingest_wal_repairs_total", "test"); got != tt.want.repairs {
+				t.Errorf("repairs %v, want %v", got, tt.want.repairs)
+			}
+			if l.LastIndex() != tt.want.last || l.Released() != tt.want.released {
+				t.Fatalf("last %d released %d, want %d %d", l.LastIndex(), l.Released(), tt.want.last, tt.want.released)
+			}
+			es := readAll(t, l, 0)
+			for i, e := range es {
+				if e.Index != uint64(i+1) || !bytes.Equal(e.Data, corruptPayload(i+1)) {
+					t.Fatalf("entry %d damaged after repair", e.Index)
+				}
+			}
+			// The repaired log takes appends at the next index, and reopens
+			// with nothing more to repair.
+			idx, err := l.Append(context.Background(), []byte("next"))
+			if err != nil || idx != tt.want.last+1 {
+				t.Fatalf("append after repair: %d %v", idx, err)
+			}
+			l.Close()
+			reg2 := prometheus.NewRegistry()
+			l2, err := wal.Open(dir, corruptOpts, reg2, nil)
+			if err != nil {
+				t.Fatalf("reopen after repair: %v", err)
+			}
+			defer l2.Close()
+			if got := metricValue(t, reg2, "ingest_wal_repairs_total", "test"); got != 0 {
+				t.Fatalf("second open repaired %v times", got)
+			}
+			if l2.LastIndex() != tt.want.last+1 {
+				t.Fatalf("last %d after reopen", l2.LastIndex())
+			}
+		})
+	}
+}
+
+// writeReleaseMark leaves a durable release mark at upTo, through the log.
+func writeReleaseMark(t *testing.T, dir string, upTo uint64) {
+	t.Helper()
+	l, err := wal.Open(dir, corruptOpts, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Release(upTo); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Damage that appears after the log was opened is found when the entry is
+// read, and is an error, never data.
+func TestCorruptionFoundOnRead(t *testing.T) {
+	dir, segs := buildLog(t)
+	l := openLog(t, dir, corruptOpts, nil)
+	mutate(t, segs[0], flip(3*storedEntry+30)) // entry 4, in a segment not yet cached
+	c, err := l.Cursor(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ce *wal.CorruptionError
+	for i := 1; i <= 4; i++ {
+		e, err := c.Next(context.Background())
+		if i < 4 {
+			if err != nil || e.Index != uint64(i) {
+				t.Fatalf("entry %d: %v", i, err)
+			}
+			continue
+		}
+		if !errors.As(err, &ce) || ce.Index != 4 || ce.Segment != "00000000000000000001" {
+			t.Fatalf("reading damaged entry 4: %v", err)
+		}
+	}
+}
+
+// A truncation that died half-way is finished when the log is opened.
+func TestInterruptedTruncation(t *testing.T) {
+	dir, segs := buildLog(t)
+	writeReleaseMark(t, dir, 60)
+	// What tidwall/wal leaves when it dies after writing the START file
+	// (the rest of segment 39 from entry 61) and removing one old segment.
+	b, err := os.ReadFile(segs[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := filepath.Join(dir, "00000000000000000061.START")
+	if err := os.WriteFile(start, b[(61-39)*storedEntry:], 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(segs[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "00000000000000000099.START.TEMP"), []byte("partial"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	l := openLog(t, dir, corruptOpts, nil)
+	if l.FirstIndex() != 61 || l.LastIndex() != corruptEntries {
+		t.Fatalf("first %d last %d", l.FirstIndex(), l.LastIndex())
+	}
+	es := readAll(t, l, 0)
+	if len(es) != corruptEntries-60 || !bytes.Equal(es[0].Data, corruptPayload(61)) {
+		t.Fatalf("read %d entries", len(es))
+	}
+	if got := segmentFiles(t, dir); got[0] != 61 || len(got) != 3 {
+		t.Fatalf("segments after recovery: %v", got)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "00000000000000000099.START.TEMP")); !os.IsNotExist(err) {
+		t.Fatalf("leftover temporary file kept: %v", err)
+	}
+}

@@ -1,0 +1,88 @@
+// Package wal is the durable queue every tier of the engine builds on: a
+// write-ahead log of opaque entries, appended by many goroutines, read in
+// order by a consumer, and released when the next hop has made the entries
+// durable in its turn.
+//
+// It is built on github.com/tidwall/wal and adds what that library leaves to
+// its user: group commit, checksums, torn-tail repair, a bound, a durable
+// release mark with background truncation, and metrics.
+//
+// # Durability
+//
+// Append and AppendBatch return only after an fsync that covers their
+// entries. Whatever they returned an index for survives the process being
+// killed at any instant, and survives a power loss on a file system that
+// honours fsync (new segment files are made durable by an fsync of the
+// directory as well). An append that returned an error, or whose context
+// ended first, may or may not be in the log after a crash: the caller has
+// not acknowledged it, and sending it again can only repeat it.
+//
+// Appends are group-committed: one goroutine writes whatever appends are
+// waiting with one write and one fsync. A lone appender pays one fsync;
+// concurrent appenders share it.
+//
+// # Order
+//
+// Indexes are consecutive from 1 and never reused. An entry's index is fixed
+// when it is committed, so (log identity, index) names an entry for good.
+// Entries of one AppendBatch have consecutive indexes. Entries appended by
+// one goroutine, one call after another, are in the order of the calls.
+// Readers see entries in index order, and only committed ones.
+//
+// # Release and repetition
+//
+// Release(upTo) says consumers are done with every entry up to upTo. Their
+// room under the bound is freed at once. The mark is written to a small file
+// (written aside, fsynced, renamed into place, directory fsynced) in the
+// background, and segments wholly below it are then truncated in the
+// background. After a restart, Cursor(0) starts at the first entry after the
+// durable mark: entries released just before a crash may be read again. A
+// consumer must therefore tolerate repeats, never gaps; the log never skips
+// an entry that was not released.
+//
+// # Integrity
+//
+// Every entry carries its length and a CRC32C, verified when the log is
+// opened and on every read. At open:
+//
+//   - damage in the last segment that no intact entry follows is a torn tail
+//     (the write in progress when the process died, or zeros the file system
+//     left): it is truncated away, fsynced, logged once and counted in
+//     ingest_wal_repairs_total;
+//   - any other damage (damage followed by intact entries, damage in an
+//     earlier segment, a segment missing from the sequence) makes Open fail
+//     with a *CorruptionError naming the segment, offset and index. Damaged
+//     data is never skipped and never returned as data;
+//   - a damaged release mark is reset to the first entry on disk (entries are
+//     repeated, none lost), logged and counted as a repair.
+//
+// Open reads every segment to verify it, so opening takes time in proportion
+// to the data retained; docs/benchmarks.md gives the figure.
+//
+// # Bound and failure
+//
+// Options.MaxBytes and Options.MaxEntries bound the unreleased entries. At
+// the bound, Append returns ErrFull at once, having written nothing: the
+// caller turns that into backpressure. Append never blocks on the bound and
+// never drops.
+//
+// A failed write, fsync or truncation is sticky (fail stop): after it the
+// page cache and the disk may disagree, so every later Append returns that
+// error until the log is closed and reopened, which recovers from what is on
+// disk. An fsync is never retried.
+//
+// # Concurrency
+//
+// Append, AppendBatch, Release and the accessors are safe for concurrent
+// use. Reads through cursors are serialised inside the Log, because two
+// concurrent reads race inside tidwall/wal; use one cursor per goroutine.
+//
+// # Metrics
+//
+// Each Log registers, with the constant label hop=Options.Hop:
+// ingest_queue_depth_entries, ingest_queue_depth_bytes,
+// ingest_wal_fsync_duration_seconds, ingest_wal_batch_entries,
+// ingest_wal_appended_entries_total, ingest_wal_full_total,
+// ingest_wal_repairs_total, ingest_wal_truncations_total and
+// ingest_wal_failed. Close unregisters them.
+package wal

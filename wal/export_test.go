@@ -1,0 +1,12 @@
+package wal
+
+// SetSync replaces the fsync of the tail segment, for fault tests. It must be
+// called before the first append.
+func (l *Log) SetSync(f func() error) { l.sync = f }
+
+// SegmentStarts returns the first indexes of the segments as the log tracks them.
+func (l *Log) SegmentStarts() []uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]uint64(nil), l.segStarts...)
+}

@@ -1,0 +1,122 @@
+package wal
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+)
+
+func FuzzFrame(f *testing.F) {
+	f.Add([]byte{})
+	f.Add(appendFrame(nil, []byte("hello")))
+	f.Add(appendFrame(nil, nil))
+	f.Add(make([]byte, 12))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		payload, err := decodeFrame(b)
+		if err != nil {
+			return
+		}
+		if re := appendFrame(nil, payload); !bytes.Equal(re, b) {
+			t.Fatalf("frame decoded to %q re-encodes differently", payload)
+		}
+	})
+}
+
+func FuzzRelease(f *testing.F) {
+	f.Add(encodeRelease(0))
+	f.Add(encodeRelease(1 << 40))
+	f.Add([]byte("WREL"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		upTo, err := decodeRelease(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(encodeRelease(upTo), b) {
+			t.Fatalf("release mark %d re-encodes differently", upTo)
+		}
+	})
+}
+
+// FuzzOpen opens a log whose segments hold arbitrary bytes. Open either fails
+// with an error or yields a log whose every entry reads back verified, that
+// takes appends at the next index, and that reopens the same with nothing
+// more to repair.
+func FuzzOpen(f *testing.F) {
+	var good []byte
+	for _, p := range []string{"one", "two", "three"} {
+		fr := appendFrame(nil, []byte(p))
+		good = append(append(good, byte(len(fr))), fr...)
+	}
+	f.Add(good, []byte(nil))
+	f.Add(good[:len(good)-3], []byte(nil))
+	f.Add(append(good, make([]byte, 64)...), []byte(nil))
+	f.Add(good, good)
+	f.Add(make([]byte, 4096), []byte(nil))
+	f.Fuzz(func(t *testing.T, seg1, seg2 []byte) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, segmentName(1)), seg1, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if seg2 != nil {
+			n := uint64(1)
+			for p := 0; p < len(seg1); {
+				_, m, err := nextEntry(seg1[p:])
+				if err != nil {
+					break
+				}
+				p += m
+				n++
+			}
+			if err := os.WriteFile(filepath.Join(dir, segmentName(n)), seg2, 0o640); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l, err := Open(dir, Options{SegmentBytes: 4096}, nil, nil)
+		if err != nil {
+			return
+		}
+		entries := readEverything(t, l)
+		idx, err := l.Append(context.Background(), []byte("next"))
+		if err != nil || idx != l.first+uint64(len(entries)) {
+			t.Fatalf("append after open: %d %v (first %d, %d entries)", idx, err, l.first, len(entries))
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		l, err = Open(dir, Options{SegmentBytes: 4096}, nil, nil)
+		if err != nil {
+			t.Fatalf("reopen: %v", err)
+		}
+		defer l.Close()
+		again := readEverything(t, l)
+		if len(again) != len(entries)+1 {
+			t.Fatalf("reopen read %d entries, want %d", len(again), len(entries)+1)
+		}
+		for i, e := range entries {
+			if !bytes.Equal(e.Data, again[i].Data) || e.Index != again[i].Index {
+				t.Fatalf("entry %d changed across reopen", e.Index)
+			}
+		}
+	})
+}
+
+func readEverything(t *testing.T, l *Log) []Entry {
+	c, err := l.Cursor(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []Entry
+	for c.next <= l.LastIndex() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		out, err = c.NextBatch(ctx, out, 100)
+		cancel()
+		if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("read: %v", err)
+		}
+	}
+	return out
+}

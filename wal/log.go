@@ -1,0 +1,636 @@
+package wal
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	twal "github.com/tidwall/wal"
+)
+
+// Log is a durable FIFO queue of entries. See the package documentation for
+// its contract.
+//
+// Goroutines: Open starts two, the writer (group commit) and the releaser
+// (release mark and truncation); Close stops both and waits for them.
+//
+// Lock order: readMu before mu. Nothing calls into tidwall/wal while holding
+// mu. Only the writer goroutine writes to tidwall/wal or truncates it, so its
+// mirror of the tail segment's size stays exact.
+type Log struct {
+	dir  string
+	opts Options
+	lg   *slog.Logger
+	m    *metrics
+	w    *twal.Log
+	sync func() error // fsync of the tail segment; replaced by fault tests
+
+	reqs      chan *request
+	quit      chan struct{} // closed by Close once no append can be accepted
+	appenders sync.WaitGroup
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+	relSignal chan struct{} // wakes the releaser; capacity 1
+	truncate  chan uint64   // releaser to writer: truncate before this index; capacity 1
+
+	// readMu serialises reads: two concurrent Reads race inside tidwall/wal.
+	readMu sync.Mutex
+
+	mu             sync.Mutex
+	closed         bool
+	err            error  // sticky write failure: fail stop
+	first          uint64 // first index on disk
+	last           uint64 // last committed (fsynced) index
+	released       uint64 // consumers are done with every index <= released
+	segStarts      []uint64
+	cum            []int64 // cum[i]: payload bytes of entries released+1 .. released+1+i
+	cumBase        int64   // payload bytes appended up to and including released
+	pendingBytes   int64   // accepted by Append, not yet committed
+	pendingEntries int64
+	notify         chan struct{} // closed and replaced at each commit
+
+	// Owned by the writer goroutine.
+	tailBytes int // bytes in the tail segment, mirroring tidwall/wal's cycling
+}
+
+// Entry is one entry read from a Log.
+type Entry struct {
+	Index uint64
+	Data  []byte
+}
+
+// request is one Append or AppendBatch waiting for the writer.
+type request struct {
+	one   [1][]byte
+	data  [][]byte
+	bytes int64
+	first uint64
+	err   error
+	done  chan struct{}
+}
+
+var reqPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
+
+// Open opens the log in dir, creating it if needed. It verifies every entry,
+// repairs a torn tail and returns a *CorruptionError for any other damage.
+// reg and lg may be nil.
+func Open(dir string, opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Log, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(dir, 0o750); err != nil {
+		return nil, fmt.Errorf("wal: create dir: %w", err)
+	}
+	m, err := newMetrics(reg, opts.Hop)
+	if err != nil {
+		return nil, fmt.Errorf("wal: register metrics: %w", err)
+	}
+	l, err := open(dir, opts, m, lg)
+	if err != nil {
+		m.unregister()
+		return nil, err
+	}
+	l.wg.Add(2)
+	go l.writer()
+	go l.releaser(l.released)
+	return l, nil
+}
+
+func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
+	res, err := scan(dir, lg)
+	if err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
+	m.repairs.Add(float64(res.repairs))
+
+	l := &Log{
+		dir: dir, opts: opts, lg: lg, m: m,
+		reqs:      make(chan *request, 1024),
+		quit:      make(chan struct{}),
+		relSignal: make(chan struct{}, 1),
+		truncate:  make(chan uint64, 1),
+		notify:    make(chan struct{}),
+	}
+	if len(res.segs) > 0 {
+		tail := res.segs[len(res.segs)-1]
+		l.first = res.segs[0].first
+		l.last = tail.first + tail.count - 1
+		l.tailBytes = int(tail.size)
+		for _, s := range res.segs {
+			l.segStarts = append(l.segStarts, s.first)
+		}
+	} else {
+		l.first, l.last = 1, 0
+		l.segStarts = []uint64{1}
+	}
+
+	released, ok, err := readRelease(dir)
+	switch {
+	case errors.Is(err, errReleaseDamaged):
+		// Starting over from the first entry on disk repeats entries that
+		// were already consumed, and loses none.
+		if lg != nil {
+			lg.Warn("wal: release mark damaged; consumers restart at the first entry on disk", "dir", dir, "first", l.first)
+		}
+		m.repairs.Inc()
+		released = l.first - 1
+		if err := writeRelease(dir, released); err != nil {
+			return nil, fmt.Errorf("wal: open %s: reset release mark: %w", dir, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	case !ok:
+		released = 0
+	}
+	if len(res.segs) == 0 && released > 0 {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, &CorruptionError{Segment: segmentName(released + 1),
+			Offset: -1, Index: released + 1, Err: fmt.Errorf("%w: release mark at %d and no segments", errMissingSegment, released)})
+	}
+	if l.first > released+1 {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, &CorruptionError{Segment: segmentName(released + 1),
+			Offset: -1, Index: released + 1, Err: fmt.Errorf("%w: entries %d to %d are gone", errMissingSegment, released+1, l.first-1)})
+	}
+	if released > l.last {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, &CorruptionError{Segment: segmentName(l.segStarts[len(l.segStarts)-1]),
+			Offset: -1, Index: l.last + 1, Err: fmt.Errorf("release mark %d is beyond the last entry %d", released, l.last)})
+	}
+	if released < l.first-1 {
+		released = l.first - 1
+	}
+	l.released = released
+	for _, sz := range res.sizes[released+1-l.first:] {
+		var prev int64
+		if n := len(l.cum); n > 0 {
+			prev = l.cum[n-1]
+		}
+		l.cum = append(l.cum, prev+sz)
+	}
+
+	l.w, err = twal.Open(dir, &twal.Options{
+		NoSync:           true, // we fsync ourselves, once per group commit, and time it
+		SegmentSize:      opts.SegmentBytes,
+		LogFormat:        twal.Binary,
+		SegmentCacheSize: 2,
+		NoCopy:           true, // payloads are copied out after their checksum is verified
+		AllowEmpty:       true,
+		DirPerms:         0o750,
+		FilePerms:        0o640,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
+	first, err1 := l.w.FirstIndex()
+	last, err2 := l.w.LastIndex()
+	if err := errors.Join(err1, err2); err != nil || first != l.first || last != l.last {
+		l.w.Close()
+		return nil, fmt.Errorf("wal: open %s: log holds %d..%d, scan found %d..%d: %v", dir, first, last, l.first, l.last, err)
+	}
+	l.sync = l.w.Sync
+	l.updateDepth()
+	return l, nil
+}
+
+// Append appends one entry and returns its index once an fsync covers it.
+// At the bound it returns ErrFull at once. After a failed write or fsync it
+// returns that failure until the log is reopened. If ctx ends first, the
+// entry may or may not become durable.
+func (l *Log) Append(ctx context.Context, data []byte) (uint64, error) {
+	r := reqPool.Get().(*request)
+	r.one[0] = data
+	return l.submit(ctx, r, r.one[:])
+}
+
+// AppendBatch appends entries with consecutive indexes, returning the first,
+// once one fsync covers them all. It is all or nothing under the bound.
+func (l *Log) AppendBatch(ctx context.Context, data [][]byte) (uint64, error) {
+	if len(data) == 0 {
+		return 0, ErrEmptyBatch
+	}
+	return l.submit(ctx, reqPool.Get().(*request), data)
+}
+
+func (l *Log) submit(ctx context.Context, r *request, data [][]byte) (uint64, error) {
+	var n int64
+	for _, d := range data {
+		if int64(len(d)) > l.opts.MaxBytes || len(d) > maxPayload {
+			r.one[0] = nil
+			reqPool.Put(r)
+			return 0, ErrTooLarge
+		}
+		n += int64(len(d))
+	}
+	if err := l.admit(n, int64(len(data))); err != nil {
+		r.one[0] = nil
+		reqPool.Put(r)
+		return 0, err
+	}
+	r.data, r.bytes, r.err = data, n, nil
+	select {
+	case l.reqs <- r:
+		l.appenders.Done()
+	case <-ctx.Done():
+		l.unadmit(n, int64(len(data)))
+		l.appenders.Done()
+		return 0, ctx.Err()
+	}
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		// The writer still owns r; it is left to the garbage collector.
+		return 0, ctx.Err()
+	}
+	first, err := r.first, r.err
+	r.one[0], r.data = nil, nil
+	reqPool.Put(r)
+	return first, err
+}
+
+// admit reserves room under the bound for an append, and registers it as an
+// appender so that Close waits for it to reach the writer.
+func (l *Log) admit(bytes, entries int64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	switch {
+	case l.err != nil:
+		return l.err
+	case l.closed:
+		return ErrClosed
+	}
+	depthBytes, depthEntries := l.depthLocked()
+	if depthBytes+l.pendingBytes+bytes > l.opts.MaxBytes ||
+		(l.opts.MaxEntries > 0 && depthEntries+l.pendingEntries+entries > l.opts.MaxEntries) {
+		l.m.full.Inc()
+		return ErrFull
+	}
+	l.pendingBytes += bytes
+	l.pendingEntries += entries
+	l.appenders.Add(1)
+	return nil
+}
+
+func (l *Log) unadmit(bytes, entries int64) {
+	l.mu.Lock()
+	l.pendingBytes -= bytes
+	l.pendingEntries -= entries
+	l.mu.Unlock()
+}
+
+// depthLocked returns the payload bytes and the number of unreleased entries.
+func (l *Log) depthLocked() (bytes, entries int64) {
+	if n := len(l.cum); n > 0 {
+		return l.cum[n-1] - l.cumBase, int64(n)
+	}
+	return 0, 0
+}
+
+func (l *Log) updateDepth() {
+	l.mu.Lock()
+	b, n := l.depthLocked()
+	l.mu.Unlock()
+	l.m.depthBytes.Set(float64(b))
+	l.m.depthEntries.Set(float64(n))
+}
+
+// writer is the one goroutine that writes to tidwall/wal. It takes whatever
+// appends are waiting and commits them with one write and one fsync, so a
+// lone appender pays one fsync and many appenders share one.
+func (l *Log) writer() {
+	defer l.wg.Done()
+	var (
+		batch twal.Batch
+		frame []byte
+		group []*request
+	)
+	for {
+		var r *request
+		select {
+		case r = <-l.reqs:
+		case before := <-l.truncate:
+			l.truncateFront(before)
+			continue
+		case <-l.quit:
+			// Close waited for every appender to hand its request over.
+			for {
+				select {
+				case r := <-l.reqs:
+					group = append(group[:0], r)
+					frame = l.commit(&batch, frame, group)
+				default:
+					return
+				}
+			}
+		}
+		group = append(group[:0], r)
+		bytes := r.bytes
+	gather:
+		for bytes < int64(l.opts.MaxBatchBytes) {
+			select {
+			case r := <-l.reqs:
+				group = append(group, r)
+				bytes += r.bytes
+			default:
+				break gather
+			}
+		}
+		frame = l.commit(&batch, frame, group)
+		clear(group)
+	}
+}
+
+// commit writes one group, fsyncs, publishes the new entries and answers
+// every request in it. It returns the frame buffer for reuse.
+func (l *Log) commit(batch *twal.Batch, frame []byte, group []*request) []byte {
+	l.mu.Lock()
+	err := l.err
+	next := l.last + 1
+	l.mu.Unlock()
+
+	var (
+		entries int
+		sizes   []int64
+		cycled  []uint64 // first indexes of segments the write starts
+	)
+	if err == nil {
+		batch.Clear()
+		if l.tailBytes > l.opts.SegmentBytes {
+			cycled = append(cycled, next)
+			l.tailBytes = 0
+		}
+		idx := next
+		for _, r := range group {
+			r.first = idx
+			for _, d := range r.data {
+				frame = appendFrame(frame[:0], d)
+				batch.Write(idx, frame)
+				sizes = append(sizes, int64(len(d)))
+				l.tailBytes += storedSize(len(frame))
+				idx++
+				if l.tailBytes >= l.opts.SegmentBytes {
+					cycled = append(cycled, idx)
+					l.tailBytes = 0
+				}
+			}
+		}
+		entries = int(idx - next)
+		err = l.w.WriteBatch(batch)
+		if err == nil {
+			start := time.Now()
+			err = l.sync()
+			l.m.fsync.Observe(time.Since(start).Seconds())
+		}
+		if err == nil && len(cycled) > 0 {
+			// tidwall/wal creates segment files without syncing their directory.
+			err = syncDir(l.dir)
+		}
+		if err != nil {
+			err = fmt.Errorf("wal: append: %w", err)
+		}
+	}
+
+	l.mu.Lock()
+	l.pendingBytes -= sumBytes(group)
+	l.pendingEntries -= int64(countEntries(group))
+	if err != nil {
+		if l.err == nil {
+			l.err = err
+			l.m.failed.Set(1)
+		}
+		err = l.err
+	} else {
+		l.last = next + uint64(entries) - 1
+		l.segStarts = append(l.segStarts, cycled...)
+		prev := l.cumBase
+		if n := len(l.cum); n > 0 {
+			prev = l.cum[n-1]
+		}
+		for _, sz := range sizes {
+			prev += sz
+			l.cum = append(l.cum, prev)
+		}
+		close(l.notify)
+		l.notify = make(chan struct{})
+	}
+	db, de := l.depthLocked()
+	l.mu.Unlock()
+
+	if err == nil {
+		l.m.batch.Observe(float64(entries))
+		l.m.appended.Add(float64(entries))
+		l.m.depthBytes.Set(float64(db))
+		l.m.depthEntries.Set(float64(de))
+	}
+	for _, r := range group {
+		r.err = err
+		r.done <- struct{}{}
+	}
+	return frame
+}
+
+func sumBytes(group []*request) (n int64) {
+	for _, r := range group {
+		n += r.bytes
+	}
+	return n
+}
+
+func countEntries(group []*request) (n int) {
+	for _, r := range group {
+		n += len(r.data)
+	}
+	return n
+}
+
+// Release records that consumers are done with every entry up to and
+// including upTo. Their room under the bound is freed at once; the mark is
+// made durable in the background (a crash before that repeats them, and
+// loses nothing), and released segments are then truncated in the background.
+func (l *Log) Release(upTo uint64) error {
+	l.mu.Lock()
+	switch {
+	case l.closed:
+		l.mu.Unlock()
+		return ErrClosed
+	case upTo > l.last:
+		last := l.last
+		l.mu.Unlock()
+		return fmt.Errorf("wal: release %d: beyond the last committed entry %d", upTo, last)
+	case upTo <= l.released:
+		l.mu.Unlock()
+		return nil
+	}
+	drop := int(upTo - l.released)
+	l.cumBase = l.cum[drop-1]
+	l.cum = l.cum[drop:]
+	if cap(l.cum) > 1024 && len(l.cum) < cap(l.cum)/4 {
+		l.cum = append([]int64(nil), l.cum...)
+	}
+	l.released = upTo
+	db, de := l.depthLocked()
+	l.mu.Unlock()
+	l.m.depthBytes.Set(float64(db))
+	l.m.depthEntries.Set(float64(de))
+	select {
+	case l.relSignal <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// releaser makes the release mark durable and truncates released segments.
+// Several Releases in quick succession share one write of the mark.
+func (l *Log) releaser(persisted uint64) {
+	defer l.wg.Done()
+	for {
+		stop := false
+		select {
+		case <-l.relSignal:
+		case <-l.quit:
+			stop = true
+		}
+		l.mu.Lock()
+		released, failed := l.released, l.err != nil
+		l.mu.Unlock()
+		if released > persisted && !failed {
+			if err := writeRelease(l.dir, released); err != nil {
+				l.fail(err)
+			} else {
+				persisted = released
+				l.requestTruncate(persisted)
+			}
+		}
+		if stop {
+			return
+		}
+	}
+}
+
+// requestTruncate asks the writer to remove released entries from disk once
+// at least one whole segment is released. tidwall/wal rewrites the unreleased
+// rest of the segment holding the new first entry, so this is cheap while
+// consumers keep up, and it never runs for less than a segment's worth.
+func (l *Log) requestTruncate(released uint64) {
+	l.mu.Lock()
+	worth := len(l.segStarts) >= 2 && released+1 >= l.segStarts[1]
+	l.mu.Unlock()
+	if !worth {
+		return
+	}
+	select {
+	case <-l.truncate: // replace an older request not yet taken
+	default:
+	}
+	l.truncate <- released + 1
+}
+
+// truncateFront removes every entry before index. Writer goroutine only.
+func (l *Log) truncateFront(index uint64) {
+	l.mu.Lock()
+	failed := l.err != nil
+	tailStart := l.segStarts[len(l.segStarts)-1]
+	l.mu.Unlock()
+	if failed {
+		return
+	}
+	err := l.w.TruncateFront(index)
+	if err == nil {
+		err = syncDir(l.dir)
+	}
+	if err == nil && index >= tailStart {
+		// The tail segment was rewritten without its released entries.
+		var fi os.FileInfo
+		if fi, err = os.Stat(filepath.Join(l.dir, segmentName(index))); err == nil {
+			l.tailBytes = int(fi.Size())
+		}
+	}
+	if err != nil {
+		l.fail(fmt.Errorf("truncate: %w", err))
+		return
+	}
+	l.m.truncations.Inc()
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.first = index
+	i := 0
+	for i+1 < len(l.segStarts) && l.segStarts[i+1] <= index {
+		i++
+	}
+	l.segStarts = append(l.segStarts[:0], l.segStarts[i:]...)
+	l.segStarts[0] = index
+}
+
+// fail makes err the log's sticky failure.
+func (l *Log) fail(err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.err == nil {
+		l.err = fmt.Errorf("wal: %w", err)
+		l.m.failed.Set(1)
+	}
+}
+
+// Err returns the failure that stopped the log, or nil.
+func (l *Log) Err() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
+}
+
+// FirstIndex returns the index of the first entry still on disk.
+func (l *Log) FirstIndex() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.first
+}
+
+// LastIndex returns the index of the last committed entry (0 for a new log).
+func (l *Log) LastIndex() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.last
+}
+
+// Released returns the release mark: consumers are done with every index up
+// to and including it.
+func (l *Log) Released() uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.released
+}
+
+// Depth returns the number and payload bytes of unreleased entries.
+func (l *Log) Depth() (entries, bytes int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	bytes, entries = l.depthLocked()
+	return entries, bytes
+}
+
+// Close stops accepting appends, commits those already accepted, makes the
+// release mark durable and closes the files. It is idempotent.
+func (l *Log) Close() error {
+	l.closeOnce.Do(func() {
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
+		l.appenders.Wait()
+		close(l.quit)
+		l.wg.Wait()
+		l.readMu.Lock()
+		l.closeErr = l.w.Close()
+		l.readMu.Unlock()
+		l.m.unregister()
+		if l.closeErr != nil {
+			l.closeErr = fmt.Errorf("wal: close: %w", l.closeErr)
+		}
+	})
+	return l.closeErr
+}

@@ -1,0 +1,466 @@
+package wal_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ingest-io/ingest/wal"
+)
+
+func openLog(t testing.TB, dir string, opts wal.Options, reg prometheus.Registerer) *wal.Log {
+	t.Helper()
+	l, err := wal.Open(dir, opts, reg, nil)
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+func readAll(t testing.TB, l *wal.Log, from uint64) []wal.Entry {
+	t.Helper()
+	c, err := l.Cursor(from)
+	if err != nil {
+		t.Fatalf("cursor: %v", err)
+	}
+	var out []wal.Entry
+	for last := l.LastIndex(); lastIndex(out) < last && (from == 0 || from <= last); {
+		out, err = c.NextBatch(context.Background(), out, 1000)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+	}
+	return out
+}
+
+func lastIndex(es []wal.Entry) uint64 {
+	if len(es) == 0 {
+		return 0
+	}
+	return es[len(es)-1].Index
+}
+
+func TestAppendReadReopen(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	l := openLog(t, dir, wal.Options{Hop: "test"}, nil)
+	var want [][]byte
+	for i := range 100 {
+		d := []byte(fmt.Sprintf("entry-%d", i))
+		idx, err := l.Append(ctx, d)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if idx != uint64(i+1) {
+			t.Fatalf("index %d, want %d", idx, i+1)
+		}
+		want = append(want, d)
+	}
+	first, err := l.AppendBatch(ctx, [][]byte{[]byte("a"), {}, []byte("c")})
+	if err != nil || first != 101 {
+		t.Fatalf("batch: first %d err %v", first, err)
+	}
+	want = append(want, []byte("a"), []byte{}, []byte("c"))
+	if _, err := l.AppendBatch(ctx, nil); !errors.Is(err, wal.ErrEmptyBatch) {
+		t.Fatalf("empty batch: %v", err)
+	}
+	check := func(l *wal.Log) {
+		t.Helper()
+		got := readAll(t, l, 0)
+		if len(got) != len(want) {
+			t.Fatalf("read %d entries, want %d", len(got), len(want))
+		}
+		for i, e := range got {
+			if e.Index != uint64(i+1) || !bytes.Equal(e.Data, want[i]) {
+				t.Fatalf("entry %d: index %d data %q, want %q", i, e.Index, e.Data, want[i])
+			}
+		}
+	}
+	check(l)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	if _, err := l.Append(ctx, []byte("x")); !errors.Is(err, wal.ErrClosed) {
+		t.Fatalf("append after close: %v", err)
+	}
+	l2 := openLog(t, dir, wal.Options{Hop: "test"}, nil)
+	if l2.LastIndex() != 103 {
+		t.Fatalf("last index after reopen %d", l2.LastIndex())
+	}
+	check(l2)
+	idx, err := l2.Append(ctx, []byte("after"))
+	if err != nil || idx != 104 {
+		t.Fatalf("append after reopen: %d %v", idx, err)
+	}
+}
+
+// Concurrent appenders each see their own entries in the order they appended
+// them, with every index used once.
+func TestConcurrentAppendOrder(t *testing.T) {
+	l := openLog(t, t.TempDir(), wal.Options{SegmentBytes: 64 << 10}, nil)
+	const writers, each = 32, 200
+	var wg sync.WaitGroup
+	idx := make([][]uint64, writers)
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				n, err := l.Append(context.Background(), fmt.Appendf(nil, "%d/%d", w, i))
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				idx[w] = append(idx[w], n)
+			}
+		})
+	}
+	wg.Wait()
+	var all []uint64
+	for w := range writers {
+		if !slices.IsSorted(idx[w]) {
+			t.Fatalf("writer %d: indexes out of order", w)
+		}
+		all = append(all, idx[w]...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+	for i, n := range all {
+		if n != uint64(i+1) {
+			t.Fatalf("indexes not consecutive at %d: %d", i, n)
+		}
+	}
+	for _, e := range readAll(t, l, 0) {
+		var w, i int
+		if _, err := fmt.Sscanf(string(e.Data), "%d/%d", &w, &i); err != nil {
+			t.Fatal(err)
+		}
+		if idx[w][i] != e.Index {
+			t.Fatalf("entry %d holds %d/%d, which was acknowledged at %d", e.Index, w, i, idx[w][i])
+		}
+	}
+}
+
+// A cursor waits for entries that are not yet committed, and gives up when
+// its context ends.
+func TestCursorWaits(t *testing.T) {
+	l := openLog(t, t.TempDir(), wal.Options{}, nil)
+	c, err := l.Cursor(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	if _, err := c.Next(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("next on empty log: %v", err)
+	}
+	got := make(chan wal.Entry)
+	go func() {
+		e, err := c.Next(context.Background())
+		if err != nil {
+			t.Error(err)
+		}
+		got <- e
+	}()
+	if _, err := l.Append(context.Background(), []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	if e := <-got; e.Index != 1 || string(e.Data) != "late" {
+		t.Fatalf("got %d %q", e.Index, e.Data)
+	}
+	// A reader blocked when the log closes is told so.
+	done := make(chan error)
+	go func() {
+		_, err := c.Next(context.Background())
+		done <- err
+	}()
+	l.Close()
+	if err := <-done; !errors.Is(err, wal.ErrClosed) {
+		t.Fatalf("next after close: %v", err)
+	}
+}
+
+func TestReleaseTruncatesAndSurvivesRestart(t *testing.T) {
+	dir := t.TempDir()
+	reg := prometheus.NewRegistry()
+	opts := wal.Options{Hop: "test", SegmentBytes: 4096}
+	l := openLog(t, dir, opts, reg)
+	ctx := context.Background()
+	payload := bytes.Repeat([]byte("x"), 100)
+	for range 400 { // about 44 KB: eleven segments
+		if _, err := l.Append(ctx, payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := len(segmentFiles(t, dir)); n < 10 {
+		t.Fatalf("%d segment files, want at least 10", n)
+	}
+	if err := l.Release(401); err == nil {
+		t.Fatal("release beyond the last entry accepted")
+	}
+	if err := l.Release(300); err != nil {
+		t.Fatal(err)
+	}
+	if e, b := l.Depth(); e != 100 || b != 100*100 {
+		t.Fatalf("depth %d entries %d bytes, want 100 and 10000", e, b)
+	}
+	waitFor(t, "truncation", func() bool { return l.FirstIndex() == 301 })
+	if got := metricValue(t, reg, "ingest_queue_depth_entries", "test"); got != 100 {
+		t.Fatalf("depth gauge %v", got)
+	}
+	// The log's idea of its segments matches the files on disk.
+	if got, want := l.SegmentStarts(), segmentFiles(t, dir); !slices.Equal(got, want) {
+		t.Fatalf("tracked segments %v, on disk %v", got, want)
+	}
+	if _, err := l.Cursor(5); !errors.Is(err, wal.ErrCompacted) {
+		t.Fatalf("cursor below the first entry: %v", err)
+	}
+	l.Close()
+
+	l2 := openLog(t, dir, opts, nil)
+	if l2.Released() != 300 || l2.FirstIndex() != 301 || l2.LastIndex() != 400 {
+		t.Fatalf("after reopen released %d first %d last %d", l2.Released(), l2.FirstIndex(), l2.LastIndex())
+	}
+	got := readAll(t, l2, 0)
+	if len(got) != 100 || got[0].Index != 301 {
+		t.Fatalf("read %d entries from %d after restart", len(got), got[0].Index)
+	}
+	// Releasing everything truncates the tail segment too, and appends go on.
+	if err := l2.Release(400); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "full truncation", func() bool { return l2.FirstIndex() == 401 || l2.Err() != nil })
+	if err := l2.Err(); err != nil {
+		t.Fatal(err)
+	}
+	for range 100 {
+		if _, err := l2.Append(ctx, payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := l2.SegmentStarts(), segmentFiles(t, dir); !slices.Equal(got, want) {
+		t.Fatalf("tracked segments %v, on disk %v", got, want)
+	}
+	l2.Close()
+	l3 := openLog(t, dir, opts, nil)
+	if got := readAll(t, l3, 0); len(got) != 100 || got[0].Index != 401 {
+		t.Fatalf("read %d entries after the second restart", len(got))
+	}
+}
+
+func TestBound(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	l := openLog(t, t.TempDir(), wal.Options{Hop: "test", MaxBytes: 1000, MaxEntries: 50}, reg)
+	ctx := context.Background()
+	if _, err := l.Append(ctx, make([]byte, 1001)); !errors.Is(err, wal.ErrTooLarge) {
+		t.Fatalf("oversized entry: %v", err)
+	}
+	for range 9 {
+		if _, err := l.Append(ctx, make([]byte, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.AppendBatch(ctx, [][]byte{make([]byte, 50), make([]byte, 51)}); !errors.Is(err, wal.ErrFull) {
+		t.Fatalf("batch over the byte bound: %v", err)
+	}
+	if _, err := l.Append(ctx, make([]byte, 100)); err != nil {
+		t.Fatalf("append that fits exactly: %v", err)
+	}
+	if _, err := l.Append(ctx, []byte{1}); !errors.Is(err, wal.ErrFull) {
+		t.Fatalf("append at the bound: %v", err)
+	}
+	if err := l.Release(5); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(ctx, make([]byte, 500)); err != nil {
+		t.Fatalf("append after release: %v", err)
+	}
+	if got := metricValue(t, reg, "ingest_wal_full_total", "test"); got != 2 {
+		t.Fatalf("full counter %v, want 2", got)
+	}
+	// The entry bound.
+	if err := l.Release(l.LastIndex()); err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		if _, err := l.Append(ctx, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.Append(ctx, nil); !errors.Is(err, wal.ErrFull) {
+		t.Fatalf("append over the entry bound: %v", err)
+	}
+}
+
+// After a failed fsync the log refuses every append with that error, never
+// retries the fsync, and recovers what is on disk when reopened.
+func TestFailStop(t *testing.T) {
+	dir := t.TempDir()
+	reg := prometheus.NewRegistry()
+	l, err := wal.Open(dir, wal.Options{Hop: "test"}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	boom := errors.New("injected fsync failure")
+	var mu sync.Mutex
+	syncs, fail := 0, false
+	l.SetSync(func() error {
+		mu.Lock()
+		defer mu.Unlock()
+		syncs++
+		if fail {
+			return boom
+		}
+		return nil
+	})
+	ctx := context.Background()
+	if _, err := l.Append(ctx, []byte("durable")); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	fail = true
+	mu.Unlock()
+	if _, err := l.Append(ctx, []byte("lost")); !errors.Is(err, boom) {
+		t.Fatalf("append with failing fsync: %v", err)
+	}
+	mu.Lock()
+	fail = false
+	mu.Unlock()
+	for range 3 {
+		if _, err := l.Append(ctx, []byte("refused")); !errors.Is(err, boom) {
+			t.Fatalf("append after failure: %v", err)
+		}
+	}
+	mu.Lock()
+	if syncs != 2 {
+		t.Fatalf("%d fsyncs, want 2: a failed fsync must not be retried", syncs)
+	}
+	mu.Unlock()
+	if got := metricValue(t, reg, "ingest_wal_failed", "test"); got != 1 {
+		t.Fatalf("failed gauge %v", got)
+	}
+	if !errors.Is(l.Err(), boom) {
+		t.Fatalf("Err() = %v", l.Err())
+	}
+	l.Close()
+	l2 := openLog(t, dir, wal.Options{Hop: "test"}, nil)
+	got := readAll(t, l2, 0)
+	if len(got) < 1 || string(got[0].Data) != "durable" {
+		t.Fatalf("after reopen: %v", got)
+	}
+	if _, err := l2.Append(ctx, []byte("again")); err != nil {
+		t.Fatalf("append after reopen: %v", err)
+	}
+}
+
+func TestMetricsUnregisteredOnClose(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	dir := t.TempDir()
+	l := openLog(t, dir, wal.Options{Hop: "frontend"}, reg)
+	// A second log of another hop shares the registry.
+	l2 := openLog(t, t.TempDir(), wal.Options{Hop: "middletier"}, reg)
+	if _, err := l.AppendBatch(context.Background(), [][]byte{[]byte("ab"), []byte("cde")}); err != nil {
+		t.Fatal(err)
+	}
+	if got := metricValue(t, reg, "ingest_queue_depth_bytes", "frontend"); got != 5 {
+		t.Fatalf("depth bytes %v, want 5", got)
+	}
+	if got := metricValue(t, reg, "ingest_wal_appended_entries_total", "frontend"); got != 2 {
+		t.Fatalf("appended %v, want 2", got)
+	}
+	l.Close()
+	l2.Close()
+	n, err := testutil.GatherAndCount(reg)
+	if err != nil || n != 0 {
+		t.Fatalf("%d metrics left after close (%v)", n, err)
+	}
+	// The same registry takes a reopened log.
+	openLog(t, dir, wal.Options{Hop: "frontend"}, reg)
+}
+
+func TestOptionsValidation(t *testing.T) {
+	for _, o := range []wal.Options{{SegmentBytes: -1}, {MaxBytes: -1}, {SegmentBytes: 100}} {
+		if _, err := wal.Open(t.TempDir(), o, nil, nil); err == nil {
+			t.Errorf("options %+v accepted", o)
+		}
+	}
+}
+
+// segmentFiles lists the first indexes of the segment files in dir.
+func segmentFiles(t testing.TB, dir string) []uint64 {
+	t.Helper()
+	des, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []uint64
+	for _, de := range des {
+		var n uint64
+		if len(de.Name()) == 20 {
+			if _, err := fmt.Sscanf(de.Name(), "%d", &n); err == nil {
+				out = append(out, n)
+			}
+		}
+	}
+	return out
+}
+
+func segmentPaths(t testing.TB, dir string) []string {
+	t.Helper()
+	var out []string
+	for _, n := range segmentFiles(t, dir) {
+		out = append(out, filepath.Join(dir, fmt.Sprintf("%020d", n)))
+	}
+	return out
+}
+
+// metricValue returns the value of the one gauge or counter called name.
+func metricValue(t testing.TB, reg *prometheus.Registry, name, hop string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() != "hop" || lp.GetValue() != hop {
+					continue
+				}
+				if g := m.GetGauge(); g != nil {
+					return g.GetValue()
+				}
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	t.Fatalf("no metric %s{hop=%q}", name, hop)
+	return 0
+}
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}

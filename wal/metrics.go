@@ -1,0 +1,92 @@
+package wal
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// metrics are one Log's collectors. Every one carries the constant label
+// hop, so the logs of several tiers can share one registry.
+type metrics struct {
+	reg prometheus.Registerer
+
+	depthEntries prometheus.Gauge
+	depthBytes   prometheus.Gauge
+	fsync        prometheus.Histogram
+	batch        prometheus.Histogram
+	appended     prometheus.Counter
+	full         prometheus.Counter
+	repairs      prometheus.Counter
+	truncations  prometheus.Counter
+	failed       prometheus.Gauge
+}
+
+func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
+	l := prometheus.Labels{"hop": hop}
+	m := &metrics{
+		reg: reg,
+		depthEntries: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ingest_queue_depth_entries", ConstLabels: l,
+			Help: "Entries appended to the hop's write-ahead log and not yet released by its consumer.",
+		}),
+		depthBytes: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ingest_queue_depth_bytes", ConstLabels: l,
+			Help: "Payload bytes appended to the hop's write-ahead log and not yet released by its consumer.",
+		}),
+		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "ingest_wal_fsync_duration_seconds", ConstLabels: l,
+			Help:    "Time taken by one fsync of the write-ahead log.",
+			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
+		}),
+		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "ingest_wal_batch_entries", ConstLabels: l,
+			Help:    "Entries written by one group commit (one fsync).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 15),
+		}),
+		appended: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_wal_appended_entries_total", ConstLabels: l,
+			Help: "Entries made durable in the write-ahead log.",
+		}),
+		full: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_wal_full_total", ConstLabels: l,
+			Help: "Appends refused because the log was at its bound.",
+		}),
+		repairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_wal_repairs_total", ConstLabels: l,
+			Help: "Torn tails truncated and damaged release marks reset when the log was opened.",
+		}),
+		truncations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_wal_truncations_total", ConstLabels: l,
+			Help: "Background truncations of released entries.",
+		}),
+		failed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ingest_wal_failed", ConstLabels: l,
+			Help: "1 once a write or fsync failed: the log refuses appends until it is reopened.",
+		}),
+	}
+	if reg == nil {
+		return m, nil
+	}
+	for i, c := range m.collectors() {
+		if err := reg.Register(c); err != nil {
+			for _, r := range m.collectors()[:i] {
+				reg.Unregister(r)
+			}
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		m.depthEntries, m.depthBytes, m.fsync, m.batch, m.appended,
+		m.full, m.repairs, m.truncations, m.failed,
+	}
+}
+
+func (m *metrics) unregister() {
+	if m.reg == nil {
+		return
+	}
+	for _, c := range m.collectors() {
+		m.reg.Unregister(c)
+	}
+}

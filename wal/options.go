@@ -1,0 +1,56 @@
+package wal
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Options configure a Log. The zero value of a field means its default.
+type Options struct {
+	// Hop names the tier that owns the log ("frontend", "middletier"). It is
+	// the value of the hop label on every metric of the log.
+	Hop string
+	// SegmentBytes is the size at which a segment file is closed and a new
+	// one started. Truncation rewrites the unreleased rest of one segment, so
+	// small segments keep it cheap. Default 4 MiB.
+	SegmentBytes int
+	// MaxBytes bounds the payload bytes of unreleased entries. An Append that
+	// would pass it returns ErrFull. Default 1 GiB.
+	MaxBytes int64
+	// MaxEntries bounds the number of unreleased entries. Default 0: no bound
+	// beyond MaxBytes.
+	MaxEntries int64
+	// MaxBatchBytes bounds the payload bytes that one group commit writes
+	// with one fsync. Default 8 MiB.
+	MaxBatchBytes int
+}
+
+// DefaultOptions returns the options a zero Options stands for.
+func DefaultOptions() Options {
+	return Options{
+		SegmentBytes:  4 << 20,
+		MaxBytes:      1 << 30,
+		MaxBatchBytes: 8 << 20,
+	}
+}
+
+// withDefaults validates o and returns a copy with defaults filled in.
+func (o Options) withDefaults() (Options, error) {
+	d := DefaultOptions()
+	if o.SegmentBytes < 0 || o.MaxBytes < 0 || o.MaxEntries < 0 || o.MaxBatchBytes < 0 {
+		return o, errors.New("wal: options must not be negative")
+	}
+	if o.SegmentBytes == 0 {
+		o.SegmentBytes = d.SegmentBytes
+	}
+	if o.MaxBytes == 0 {
+		o.MaxBytes = d.MaxBytes
+	}
+	if o.MaxBatchBytes == 0 {
+		o.MaxBatchBytes = d.MaxBatchBytes
+	}
+	if o.SegmentBytes < 4096 {
+		return o, fmt.Errorf("wal: segment size %d below 4096 bytes", o.SegmentBytes)
+	}
+	return o, nil
+}

@@ -1,0 +1,101 @@
+package wal
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+)
+
+// The release mark records how far consumers are done. It lives in a small
+// file replaced atomically: written to a temporary file, fsynced, renamed over
+// the old one, and the directory fsynced.
+//
+//	[0:4]   magic "WREL"
+//	[4:12]  released index, little-endian uint64
+//	[12:16] CRC32C of bytes [0:12]
+const (
+	releaseFile    = "released"
+	releaseTmpFile = "released.tmp"
+	releaseSize    = 16
+)
+
+var (
+	releaseMagic      = [4]byte{'W', 'R', 'E', 'L'}
+	errReleaseDamaged = errors.New("release mark damaged")
+)
+
+func encodeRelease(upTo uint64) []byte {
+	b := make([]byte, releaseSize)
+	copy(b[0:4], releaseMagic[:])
+	binary.LittleEndian.PutUint64(b[4:12], upTo)
+	binary.LittleEndian.PutUint32(b[12:16], crc32.Checksum(b[0:12], castagnoli))
+	return b
+}
+
+func decodeRelease(b []byte) (uint64, error) {
+	if len(b) != releaseSize || [4]byte(b[0:4]) != releaseMagic ||
+		crc32.Checksum(b[0:12], castagnoli) != binary.LittleEndian.Uint32(b[12:16]) {
+		return 0, errReleaseDamaged
+	}
+	return binary.LittleEndian.Uint64(b[4:12]), nil
+}
+
+// readRelease returns the release mark in dir; ok is false when there is none.
+func readRelease(dir string) (upTo uint64, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, releaseFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read release mark: %w", err)
+	}
+	upTo, err = decodeRelease(b)
+	if err != nil {
+		return 0, false, err
+	}
+	return upTo, true, nil
+}
+
+// writeRelease makes upTo the durable release mark in dir.
+func writeRelease(dir string, upTo uint64) error {
+	tmp := filepath.Join(dir, releaseTmpFile)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
+	if err != nil {
+		return fmt.Errorf("create release mark: %w", err)
+	}
+	if _, err := f.Write(encodeRelease(upTo)); err != nil {
+		f.Close()
+		return fmt.Errorf("write release mark: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync release mark: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close release mark: %w", err)
+	}
+	if err := os.Rename(tmp, filepath.Join(dir, releaseFile)); err != nil {
+		return fmt.Errorf("rename release mark: %w", err)
+	}
+	return syncDir(dir)
+}
+
+// syncDir fsyncs a directory, so that files created, renamed or removed in it
+// survive a power loss.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open dir: %w", err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	return nil
+}
