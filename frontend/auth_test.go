@@ -1,0 +1,219 @@
+package frontend
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ingest-io/ingest/wal"
+)
+
+func TestAuth(t *testing.T) {
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherRSA, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rsaPubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+
+	ts := startServer(t, Options{Auth: AuthOptions{
+		HS256Secrets: [][]byte{testSecret},
+		RS256Keys:    []*rsa.PublicKey{&rsaKey.PublicKey},
+		ES256Keys:    []*ecdsa.PublicKey{&ecKey.PublicKey},
+	}}, wal.Options{})
+
+	claims := func(sub string, mod func(*jwt.RegisteredClaims)) jwt.RegisteredClaims {
+		c := jwt.RegisteredClaims{Subject: sub, ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}
+		if mod != nil {
+			mod(&c)
+		}
+		return c
+	}
+	sign := func(m jwt.SigningMethod, key any, c jwt.RegisteredClaims) string {
+		s, err := jwt.NewWithClaims(m, c).SignedString(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	hs := sign(jwt.SigningMethodHS256, testSecret, claims("dev-1", nil))
+
+	cases := []struct {
+		name   string
+		header string // Authorization header value
+		query  string // token query parameter
+		ok     bool
+	}{
+		{name: "HS256 header", header: "Bearer " + hs, ok: true},
+		{name: "HS256 query parameter", query: hs, ok: true},
+		{name: "RS256", header: "Bearer " + sign(jwt.SigningMethodRS256, rsaKey, claims("dev-1", nil)), ok: true},
+		{name: "ES256", header: "Bearer " + sign(jwt.SigningMethodES256, ecKey, claims("dev-1", nil)), ok: true},
+		{name: "missing"},
+		{name: "not bearer", header: "Basic ZGV2OnB3"},
+		{name: "malformed", header: "Bearer not.a.jwt"},
+		{name: "garbage", header: "Bearer " + strings.Repeat("A", 50)},
+		{name: "bad signature", header: "Bearer " + hs[:len(hs)-4] + "AAAA"},
+		{name: "wrong HS256 secret", header: "Bearer " + sign(jwt.SigningMethodHS256, []byte(strings.Repeat("k", 32)), claims("dev-1", nil))},
+		{name: "unknown RSA key", header: "Bearer " + sign(jwt.SigningMethodRS256, otherRSA, claims("dev-1", nil))},
+		{name: "expired", header: "Bearer " + sign(jwt.SigningMethodHS256, testSecret, claims("dev-1", func(c *jwt.RegisteredClaims) {
+			c.ExpiresAt = jwt.NewNumericDate(time.Now().Add(-time.Minute))
+		}))},
+		{name: "not yet valid", header: "Bearer " + sign(jwt.SigningMethodHS256, testSecret, claims("dev-1", func(c *jwt.RegisteredClaims) {
+			c.NotBefore = jwt.NewNumericDate(time.Now().Add(time.Minute))
+		}))},
+		{name: "alg none", header: "Bearer " + sign(jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType, claims("dev-1", nil))},
+		{name: "alg HS384", header: "Bearer " + sign(jwt.SigningMethodHS384, testSecret, claims("dev-1", nil))},
+		{name: "alg PS256", header: "Bearer " + sign(jwt.SigningMethodPS256, rsaKey, claims("dev-1", nil))},
+		// Algorithm confusion: the RSA public key used as an HMAC secret.
+		{name: "HS256 signed with the RSA public key PEM", header: "Bearer " + sign(jwt.SigningMethodHS256, rsaPubPEM, claims("dev-1", nil))},
+		{name: "HS256 signed with the RSA public key DER", header: "Bearer " + sign(jwt.SigningMethodHS256, der, claims("dev-1", nil))},
+		{name: "no subject", header: "Bearer " + sign(jwt.SigningMethodHS256, testSecret, claims("", nil))},
+		{name: "subject too long", header: "Bearer " + sign(jwt.SigningMethodHS256, testSecret, claims(strings.Repeat("d", 300), nil))},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			u := ts.url()
+			if tc.query != "" {
+				u += "?token=" + tc.query
+			}
+			h := http.Header{}
+			if tc.header != "" {
+				h.Set("Authorization", tc.header)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: h})
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				defer c.CloseNow()
+				send(t, c, `{"id":1,"device":"dev-1"}`)
+				if f, err := readFrame(t, c); err != nil || f.Type != "ack" {
+					t.Fatalf("no ack: %+v %v", f, err)
+				}
+				return
+			}
+			if err == nil {
+				c.CloseNow()
+				t.Fatal("accepted")
+			}
+			if resp == nil || resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("refusal %v, want HTTP 401", err)
+			}
+			if resp.Header.Get("WWW-Authenticate") == "" {
+				t.Fatal("401 without WWW-Authenticate")
+			}
+		})
+	}
+
+	t.Run("another device's id", func(t *testing.T) {
+		// A valid token for dev-2 cannot write as dev-1, neither through the
+		// message nor through the no-auth query parameter.
+		tok := sign(jwt.SigningMethodHS256, testSecret, claims("dev-2", nil))
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		c, _, err := websocket.Dial(ctx, ts.url()+"?device=dev-1", &websocket.DialOptions{
+			HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseNow()
+		send(t, c, `{"id":"x","device":"dev-1"}`)
+		f, err := readFrame(t, c)
+		if err != nil || f.Type != "error" || f.Code != codeDeviceMismatch || string(f.ID) != `"x"` {
+			t.Fatalf("got %+v %v, want device_mismatch", f, err)
+		}
+		send(t, c, `{"id":"y"}`)
+		for {
+			f, err := readFrame(t, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f.Type == "ack" && f.Seq == 2 {
+				break
+			}
+		}
+		c.CloseNow()
+		ts.stop(t)
+		envs := walEnvelopes(t, ts.dir)
+		if len(envs) == 0 {
+			t.Fatal("nothing stored")
+		}
+		for _, e := range envs {
+			if strings.Contains(string(e.Payload), `"x"`) {
+				t.Fatalf("mismatched message stored: %s", e.Payload)
+			}
+		}
+		if last := envs[len(envs)-1]; last.Device != "dev-2" {
+			t.Fatalf("stored as %q, want the token subject dev-2", last.Device)
+		}
+	})
+}
+
+// fakeAddrListener reports a non-loopback address.
+type fakeAddrListener struct{ net.Listener }
+
+func (fakeAddrListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 8080} }
+
+func TestNoAuthNeedsLoopback(t *testing.T) {
+	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if _, err := New(Options{ID: "fe"}, l, nil, nil); err == nil {
+		t.Fatal("New accepted neither keys nor InsecureNoAuth")
+	}
+	s, err := New(Options{ID: "fe", InsecureNoAuth: true}, l, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(context.Background(), fakeAddrListener{ln}); !errors.Is(err, ErrNotLoopback) {
+		t.Fatalf("Serve on a non-loopback address: %v, want ErrNotLoopback", err)
+	}
+
+	ts := startServer(t, Options{InsecureNoAuth: true}, wal.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, resp, err := websocket.Dial(ctx, ts.url(), nil); err == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("no-auth without ?device=: %v", err)
+	}
+	c, _, err := websocket.Dial(ctx, ts.url()+"?device=bench-1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseNow()
+	send(t, c, `{"id":1}`)
+	if f, err := readFrame(t, c); err != nil || f.Type != "ack" {
+		t.Fatalf("no ack: %+v %v", f, err)
+	}
+}

@@ -1,0 +1,291 @@
+package frontend
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ingest-io/ingest/wal"
+)
+
+type wantErr struct {
+	code  string
+	seq   uint64
+	index int    // -1: none
+	id    string // raw JSON, "" = none
+	retry bool
+}
+
+// TestErrorAndCloseCodes has one case per error code and close code and checks
+// the connection's fate after each: still open (a following message is
+// acknowledged) or closed with a given code.
+func TestErrorAndCloseCodes(t *testing.T) {
+	cases := []struct {
+		name   string
+		opts   Options
+		wopts  wal.Options
+		token  func(t *testing.T) (tok string, expires time.Time)
+		frames []string // sent one at a time, each answered before the next
+		binary bool     // send the first frame as a binary frame
+		errs   []wantErr
+		close  websocket.StatusCode // 0: stays open
+		stored int                  // envelopes in the WAL at the end
+	}{
+		{name: "invalid_json", frames: []string{`{"id":1,`}, errs: []wantErr{{codeInvalidJSON, 1, -1, "", false}}},
+		{name: "invalid_json binary frame", frames: []string{`{"id":1}`}, binary: true, errs: []wantErr{{codeInvalidJSON, 1, -1, "", false}}},
+		{name: "invalid_message scalar frame", frames: []string{`"hello"`}, errs: []wantErr{{codeInvalidMessage, 1, -1, "", false}}},
+		{name: "invalid_message batch element", frames: []string{`[{"id":1},7]`},
+			errs: []wantErr{{codeInvalidMessage, 1, 1, "", false}}, stored: 1},
+		{name: "too_large message", opts: Options{MaxMessageBytes: 64},
+			frames: []string{`{"id":"big","pad":"` + strings.Repeat("x", 100) + `"}`},
+			errs:   []wantErr{{codeTooLarge, 1, -1, `"big"`, false}}},
+		{name: "too_large batch", opts: Options{MaxBatchMessages: 2}, frames: []string{`[{},{},{}]`},
+			errs: []wantErr{{codeTooLarge, 1, -1, "", false}}},
+		{name: "bad_timestamp", frames: []string{`[{"id":1,"ts":1748736000000},{"id":2,"ts":"yesterday"}]`},
+			errs: []wantErr{{codeBadTimestamp, 1, 1, "2", false}}, stored: 1},
+		{name: "device_mismatch", frames: []string{`{"id":"m","device":"dev-2"}`, `{"id":"n","device":"dev-1"}`},
+			errs: []wantErr{{codeDeviceMismatch, 1, -1, `"m"`, false}}, stored: 1},
+		{name: "rate_limited closes 1013", opts: Options{Rate: 1, Burst: 2, MaxBatchMessages: 2},
+			frames: []string{`{"id":1}`, `{"id":2}`, `{"id":3}`},
+			errs:   []wantErr{{codeRateLimited, 3, -1, "", true}}, close: websocket.StatusTryAgainLater, stored: 2},
+		{name: "overloaded closes 1013", wopts: wal.Options{MaxEntries: 2},
+			frames: []string{`{"id":1}`, `{"id":2}`, `{"id":3}`},
+			errs:   []wantErr{{codeOverloaded, 3, -1, "", true}}, close: websocket.StatusTryAgainLater, stored: 2},
+		{name: "unauthorized when the token expires closes 1008",
+			token: func(t *testing.T) (string, time.Time) {
+				exp := time.Now().Add(2 * time.Second).Truncate(time.Second)
+				return hsToken(t, "dev-1", func(c *jwt.RegisteredClaims) { c.ExpiresAt = jwt.NewNumericDate(exp) }), exp
+			},
+			frames: []string{`{"id":1}`},
+			errs:   []wantErr{{codeUnauthorized, 1, -1, "", false}}, close: websocket.StatusPolicyViolation},
+		{name: "frame over the read limit closes 1009", opts: Options{MaxFrameBytes: 1024, MaxMessageBytes: 512},
+			frames: []string{`{"pad":"` + strings.Repeat("x", 2000) + `"}`}, close: websocket.StatusMessageTooBig},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startServer(t, tc.opts, tc.wopts)
+			tok, exp := hsToken(t, "dev-1", nil), time.Time{}
+			if tc.token != nil {
+				tok, exp = tc.token(t)
+			}
+			c := rawDial(t, ts, tok)
+			if !exp.IsZero() {
+				// The token must be past its expiry when the frame arrives.
+				waitFor(t, "token expiry", 5*time.Second, func() bool { return time.Now().After(exp) })
+			}
+			var (
+				got      []wantErr
+				closeErr error
+			)
+		frames:
+			for i, f := range tc.frames {
+				seq := uint64(i + 1)
+				typ := websocket.MessageText
+				if tc.binary && i == 0 {
+					typ = websocket.MessageBinary
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				err := c.Write(ctx, typ, []byte(f))
+				cancel()
+				if err != nil {
+					closeErr = err
+					break
+				}
+				for {
+					of, err := readFrame(t, c)
+					if err != nil {
+						closeErr = err
+						break frames
+					}
+					if of.Type == "ack" {
+						if of.Seq > seq {
+							t.Fatalf("ack %d for frame %d", of.Seq, seq)
+						}
+						if of.Seq == seq {
+							break
+						}
+						continue
+					}
+					we := wantErr{code: of.Code, seq: of.Seq, index: -1, id: string(of.ID), retry: of.RetryAfterMS > 0}
+					if of.Index != nil {
+						we.index = *of.Index
+					}
+					if of.Message == "" {
+						t.Errorf("error frame %+v has no message", of)
+					}
+					got = append(got, we)
+				}
+			}
+			if len(got) != len(tc.errs) {
+				t.Fatalf("error frames %+v, want %+v", got, tc.errs)
+			}
+			for i := range got {
+				if got[i] != tc.errs[i] {
+					t.Errorf("error frame %d: %+v, want %+v", i, got[i], tc.errs[i])
+				}
+			}
+			if tc.close == 0 {
+				if closeErr != nil {
+					t.Fatalf("connection ended: %v", closeErr)
+				}
+				// Fate: still open, and the next message is acknowledged.
+				seq := uint64(len(tc.frames) + 1)
+				send(t, c, `{"id":"probe"}`)
+				for {
+					of, err := readFrame(t, c)
+					if err != nil {
+						t.Fatalf("after the error the connection ended: %v", err)
+					}
+					if of.Type == "ack" && of.Seq == seq {
+						if len(of.IDs) != 1 || string(of.IDs[0]) != `"probe"` {
+							t.Fatalf("ack %+v does not name the probe", of)
+						}
+						break
+					}
+				}
+				tc.stored++
+			} else {
+				if closeErr == nil {
+					_, closeErr = readFrame(t, c)
+				}
+				if got := websocket.CloseStatus(closeErr); got != tc.close {
+					t.Fatalf("close status %d (%v), want %d", got, closeErr, tc.close)
+				}
+			}
+			for _, e := range tc.errs {
+				if testutil.ToFloat64(ts.srv.m.rejected.WithLabelValues(e.code)) < 1 {
+					t.Errorf("rejected{code=%q} not counted", e.code)
+				}
+			}
+			c.CloseNow()
+			ts.stop(t)
+			if n := len(walEnvelopes(t, ts.dir)); n != tc.stored {
+				t.Fatalf("%d envelopes stored, want %d", n, tc.stored)
+			}
+		})
+	}
+}
+
+// TestHandshakeRefusals covers what is refused before the upgrade.
+func TestHandshakeRefusals(t *testing.T) {
+	ts := startServer(t, Options{MaxConnections: 1, OriginPatterns: []string{"dash.example.com"}}, wal.Options{})
+	tok := hsToken(t, "dev-1", nil)
+	dial := func(h http.Header) (*websocket.Conn, int) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		h.Set("Authorization", "Bearer "+tok)
+		c, resp, err := websocket.Dial(ctx, ts.url(), &websocket.DialOptions{HTTPHeader: h})
+		if err != nil {
+			if resp == nil {
+				t.Fatalf("dial: %v", err)
+			}
+			return nil, resp.StatusCode
+		}
+		return c, 101
+	}
+	if _, status := dial(http.Header{"Origin": {"https://evil.example.com"}}); status != http.StatusForbidden {
+		t.Fatalf("foreign origin: HTTP %d, want 403", status)
+	}
+	c, status := dial(http.Header{"Origin": {"https://dash.example.com"}})
+	if status != 101 {
+		t.Fatalf("allowed origin: HTTP %d", status)
+	}
+	defer c.CloseNow()
+	if _, status := dial(http.Header{}); status != http.StatusServiceUnavailable {
+		t.Fatalf("over MaxConnections: HTTP %d, want 503", status)
+	}
+	if got := testutil.ToFloat64(ts.srv.m.handshakes.WithLabelValues("too_many_connections")); got != 1 {
+		t.Fatalf("handshakes_rejected{too_many_connections} = %v", got)
+	}
+}
+
+// TestReplacedConnection: a device's newer connection closes its older one
+// with 1008, after the older one's messages were acknowledged.
+func TestReplacedConnection(t *testing.T) {
+	ts := startServer(t, Options{}, wal.Options{})
+	tok := hsToken(t, "dev-1", nil)
+	old := rawDial(t, ts, tok)
+	send(t, old, `{"id":1}`)
+	if f, err := readFrame(t, old); err != nil || f.Type != "ack" {
+		t.Fatalf("first connection: %+v %v", f, err)
+	}
+	// The old connection must keep reading for its close handshake.
+	closed := make(chan error, 1)
+	go func() {
+		_, err := readFrame(t, old)
+		closed <- err
+	}()
+	nc := rawDial(t, ts, tok)
+	send(t, nc, `{"id":2}`)
+	if f, err := readFrame(t, nc); err != nil || f.Type != "ack" || f.Seq != 1 {
+		t.Fatalf("second connection: %+v %v", f, err)
+	}
+	if err := <-closed; websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+		t.Fatalf("older connection ended with %v, want 1008", err)
+	}
+}
+
+// TestPingTimeout: a peer that never answers pings is closed.
+func TestPingTimeout(t *testing.T) {
+	ts := startServer(t, Options{PingInterval: 100 * time.Millisecond, PongTimeout: 100 * time.Millisecond}, wal.Options{})
+	c := rawDial(t, ts, hsToken(t, "dev-1", nil))
+	_ = c // never read: pongs are only sent by a reading peer
+	waitFor(t, "ping timeout close", 5*time.Second, func() bool {
+		return testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(reasonPingTimeout)) == 1
+	})
+	// A peer that reads (and so answers pings) stays connected.
+	live := rawDial(t, ts, hsToken(t, "dev-2", nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, _, err := live.Read(ctx)
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("reading peer: %v, want it to stay open", err)
+	}
+}
+
+// TestDrain: shutdown closes connections with the configured code after
+// acknowledging what they sent, and readiness turns false.
+func TestDrain(t *testing.T) {
+	for _, code := range []websocket.StatusCode{websocket.StatusGoingAway, websocket.StatusServiceRestart} {
+		t.Run(code.String(), func(t *testing.T) {
+			ts := startServer(t, Options{ShutdownCode: code}, wal.Options{})
+			conns := make([]*websocket.Conn, 5)
+			for i := range conns {
+				conns[i] = rawDial(t, ts, hsToken(t, "dev-"+string(rune('a'+i)), nil))
+				send(t, conns[i], `{"id":1}`)
+				if f, err := readFrame(t, conns[i]); err != nil || f.Type != "ack" {
+					t.Fatalf("ack: %+v %v", f, err)
+				}
+			}
+			resp, err := http.Get("http://" + ts.addr + "/readyz")
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("readyz before drain: %v %v", resp, err)
+			}
+			resp.Body.Close()
+			errs := make(chan error, len(conns))
+			for _, c := range conns {
+				go func() { _, err := readFrame(t, c); errs <- err }()
+			}
+			ts.cancel()
+			for range conns {
+				if err := <-errs; websocket.CloseStatus(err) != code {
+					t.Fatalf("closed with %v, want %d", err, code)
+				}
+			}
+			if ts.srv.Ready() {
+				t.Fatal("still ready while draining")
+			}
+			ts.stop(t)
+			if got := testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(reasonDrain)); got != 5 {
+				t.Fatalf("closes{drain} = %v", got)
+			}
+		})
+	}
+}
