@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"encoding/pem"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/wal"
+)
+
+// runFrontend serves devices until SIGTERM, then drains and closes the WAL last.
+func runFrontend(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("frontend", flag.ContinueOnError)
+	d := frontend.DefaultOptions()
+	wd := wal.DefaultOptions()
+	host, _ := os.Hostname()
+	var (
+		listen      = fs.String("listen", ":8080", "address to listen on for devices, health and metrics")
+		id          = fs.String("id", host, "frontend id written into every envelope; keep it stable for the life of the WAL directory")
+		walDir      = fs.String("wal.dir", "", "WAL directory (required)")
+		walMax      = fs.Int64("wal.max-bytes", wd.MaxBytes, "bound on unacknowledged-downstream WAL bytes; past it devices get overloaded")
+		walSeg      = fs.Int("wal.segment-bytes", wd.SegmentBytes, "WAL segment size")
+		hsFile      = fs.String("auth.hs256-secret-file", "", "file holding the HS256 shared secret (at least 32 bytes)")
+		rsFile      = fs.String("auth.rs256-public-keys", "", "PEM file of RSA public keys accepted for RS256")
+		esFile      = fs.String("auth.es256-public-keys", "", "PEM file of P-256 public keys accepted for ES256")
+		issuer      = fs.String("auth.issuer", "", "required token issuer (iss), if set")
+		audience    = fs.String("auth.audience", "", "required token audience (aud), if set")
+		requireExp  = fs.Bool("auth.require-exp", false, "refuse tokens without exp")
+		leeway      = fs.Duration("auth.leeway", 0, "clock skew tolerated on exp and nbf")
+		noAuth      = fs.Bool("insecure-no-auth", false, "accept devices without tokens (device id from ?device=); loopback only")
+		origins     = fs.String("origins", "", "comma-separated browser origins allowed to connect")
+		maxConns    = fs.Int("max-connections", d.MaxConnections, "maximum open device connections")
+		maxFrame    = fs.Int("max-frame-bytes", d.MaxFrameBytes, "largest frame; larger closes the connection with 1009")
+		maxMsg      = fs.Int("max-message-bytes", d.MaxMessageBytes, "largest message; larger is rejected with too_large")
+		maxBatch    = fs.Int("max-batch", d.MaxBatchMessages, "most messages in one batch frame")
+		rate        = fs.Float64("rate", d.Rate, "messages per second per device")
+		burst       = fs.Int("burst", d.Burst, "burst of messages per device")
+		ping        = fs.Duration("ping-interval", d.PingInterval, "ping a connection silent for this long")
+		pong        = fs.Duration("pong-timeout", d.PongTimeout, "close a connection whose pong is this late")
+		drain       = fs.Duration("drain-window", d.DrainWindow, "time over which connections are closed at shutdown")
+		restartCode = fs.Bool("drain.service-restart", false, "close with 1012 (service restart) instead of 1001 (going away) at shutdown")
+		logLevel    = fs.String("log.level", "info", "log level: debug, info, warn, error")
+		logFormat   = fs.String("log.format", "text", "log format: text or json")
+	)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	lg, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	if *walDir == "" {
+		return errors.New("--wal.dir (INGEST_WAL_DIR) is required")
+	}
+
+	opts := frontend.Options{
+		ID:               *id,
+		InsecureNoAuth:   *noAuth,
+		MaxConnections:   *maxConns,
+		MaxFrameBytes:    *maxFrame,
+		MaxMessageBytes:  *maxMsg,
+		MaxBatchMessages: *maxBatch,
+		Rate:             *rate,
+		Burst:            *burst,
+		PingInterval:     *ping,
+		PongTimeout:      *pong,
+		DrainWindow:      *drain,
+		Auth: frontend.AuthOptions{
+			Issuer: *issuer, Audience: *audience, RequireExpiry: *requireExp, Leeway: *leeway,
+		},
+	}
+	if *restartCode {
+		opts.ShutdownCode = websocket.StatusServiceRestart
+	}
+	if *origins != "" {
+		opts.OriginPatterns = strings.Split(*origins, ",")
+	}
+	if *hsFile != "" {
+		b, err := os.ReadFile(*hsFile)
+		if err != nil {
+			return fmt.Errorf("read HS256 secret: %w", err)
+		}
+		opts.Auth.HS256Secrets = [][]byte{[]byte(strings.TrimSpace(string(b)))}
+	}
+	if *rsFile != "" {
+		if opts.Auth.RS256Keys, err = readKeys(*rsFile, jwt.ParseRSAPublicKeyFromPEM); err != nil {
+			return err
+		}
+	}
+	if *esFile != "" {
+		if opts.Auth.ES256Keys, err = readKeys(*esFile, jwt.ParseECPublicKeyFromPEM); err != nil {
+			return err
+		}
+	}
+	if *noAuth && (*hsFile != "" || *rsFile != "" || *esFile != "") {
+		return errors.New("--insecure-no-auth cannot be combined with auth keys")
+	}
+	if *noAuth && !listenSet(fs) {
+		// Without auth the server serves loopback only; default accordingly.
+		*listen = "127.0.0.1:8080"
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	opts.Gatherer = reg
+
+	log, err := wal.Open(*walDir, wal.Options{Hop: "frontend", MaxBytes: *walMax, SegmentBytes: *walSeg}, reg, lg)
+	if err != nil {
+		return fmt.Errorf("open wal: %w", err)
+	}
+	// The WAL closes last, after every connection has drained.
+	defer func() {
+		if cerr := log.Close(); cerr != nil {
+			lg.Error("close wal", "err", cerr)
+		}
+	}()
+	srv, err := frontend.New(opts, log, reg, lg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	lg.Info("frontend listening", "addr", ln.Addr().String(), "id", opts.ID, "wal", *walDir, "last_index", log.LastIndex())
+	start := time.Now()
+	err = srv.Serve(ctx, ln)
+	lg.Info("frontend stopped", "after", time.Since(start).Round(time.Millisecond))
+	return err
+}
+
+// listenSet reports whether --listen or INGEST_LISTEN was given.
+func listenSet(fs *flag.FlagSet) bool {
+	if _, ok := os.LookupEnv(envName("listen")); ok {
+		return true
+	}
+	set := false
+	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "listen" })
+	return set
+}
+
+func readKeys[K *rsa.PublicKey | *ecdsa.PublicKey](path string, parse func([]byte) (K, error)) ([]K, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read keys: %w", err)
+	}
+	var keys []K
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		k, err := parse(pem.EncodeToMemory(blk))
+		if err != nil {
+			return nil, fmt.Errorf("parse key in %s: %w", path, err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("parse keys: no PEM block in %s", path)
+	}
+	return keys, nil
+}
