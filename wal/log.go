@@ -31,9 +31,9 @@ type Log struct {
 	w    *twal.Log
 	sync func() error // fsync of the tail segment; replaced by fault tests
 
-	reqs      chan *request
 	quit      chan struct{} // closed by Close once no append can be accepted
-	appenders sync.WaitGroup
+	kick      chan struct{} // hands the queue to the writer goroutine; capacity 1
+	appenders sync.WaitGroup // Appends between admission and handing over their request
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 	closeErr  error
@@ -42,6 +42,20 @@ type Log struct {
 
 	// readMu serialises reads: two concurrent Reads race inside tidwall/wal.
 	readMu sync.Mutex
+
+	// qmu guards the queue of appends waiting for a commit, and leading:
+	// whether some goroutine (an appender, or the writer goroutine) is
+	// committing and so will see to the queue.
+	qmu     sync.Mutex
+	queue   []*request
+	leading bool
+
+	// writeMu is held by whoever writes to or truncates tidwall/wal; it
+	// guards the fields below it.
+	writeMu   sync.Mutex
+	tailBytes int // bytes in the tail segment, mirroring tidwall/wal's cycling
+	batch     twal.Batch
+	frame     []byte
 
 	mu             sync.Mutex
 	closed         bool
@@ -55,9 +69,6 @@ type Log struct {
 	pendingBytes   int64   // accepted by Append, not yet committed
 	pendingEntries int64
 	notify         chan struct{} // closed and replaced at each commit
-
-	// Owned by the writer goroutine.
-	tailBytes int // bytes in the tail segment, mirroring tidwall/wal's cycling
 }
 
 // Entry is one entry read from a Log.
@@ -113,8 +124,8 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 
 	l := &Log{
 		dir: dir, opts: opts, lg: lg, m: m,
-		reqs:      make(chan *request, 1024),
 		quit:      make(chan struct{}),
+		kick:      make(chan struct{}, 1),
 		relSignal: make(chan struct{}, 1),
 		truncate:  make(chan uint64, 1),
 		notify:    make(chan struct{}),
@@ -233,18 +244,21 @@ func (l *Log) submit(ctx context.Context, r *request, data [][]byte) (uint64, er
 		return 0, err
 	}
 	r.data, r.bytes, r.err = data, n, nil
-	select {
-	case l.reqs <- r:
-		l.appenders.Done()
-	case <-ctx.Done():
-		l.unadmit(n, int64(len(data)))
-		l.appenders.Done()
-		return 0, ctx.Err()
+	l.qmu.Lock()
+	l.queue = append(l.queue, r)
+	lead := !l.leading
+	l.leading = true
+	l.qmu.Unlock()
+	if lead {
+		// Nobody is committing: commit what is queued (this append at
+		// least) here, with no hand-over to another goroutine.
+		l.lead()
 	}
+	l.appenders.Done()
 	select {
 	case <-r.done:
 	case <-ctx.Done():
-		// The writer still owns r; it is left to the garbage collector.
+		// The committer still owns r; it is left to the garbage collector.
 		return 0, ctx.Err()
 	}
 	first, err := r.first, r.err
@@ -299,55 +313,88 @@ func (l *Log) updateDepth() {
 	l.m.depthEntries.Set(float64(n))
 }
 
-// writer is the one goroutine that writes to tidwall/wal. It takes whatever
-// appends are waiting and commits them with one write and one fsync, so a
-// lone appender pays one fsync and many appenders share one.
+// lead commits one group from the queue as the leader. If more appends
+// queued up meanwhile, it hands the lead to the writer goroutine rather than
+// keep its own caller waiting.
+func (l *Log) lead() {
+	l.commitNext()
+	l.qmu.Lock()
+	more := len(l.queue) > 0
+	if !more {
+		l.leading = false
+	}
+	l.qmu.Unlock()
+	if more {
+		select {
+		case l.kick <- struct{}{}:
+		default: // already kicked
+		}
+	}
+}
+
+// commitNext commits the appends at the head of the queue, up to
+// MaxBatchBytes of them, and reports whether there were any.
+func (l *Log) commitNext() bool {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.qmu.Lock()
+	var (
+		n     int
+		bytes int64
+	)
+	for n < len(l.queue) && (n == 0 || bytes+l.queue[n].bytes <= int64(l.opts.MaxBatchBytes)) {
+		bytes += l.queue[n].bytes
+		n++
+	}
+	group := l.queue[:n:n]
+	l.queue = l.queue[n:]
+	if len(l.queue) == 0 {
+		l.queue = nil
+	}
+	l.qmu.Unlock()
+	if n == 0 {
+		return false
+	}
+	l.commit(group)
+	return true
+}
+
+// writer is the goroutine that takes over the commits while appends keep
+// arriving (group commit: whatever is waiting goes out with one write and one
+// fsync), and that truncates released segments.
 func (l *Log) writer() {
 	defer l.wg.Done()
-	var (
-		batch twal.Batch
-		frame []byte
-		group []*request
-	)
 	for {
-		var r *request
 		select {
-		case r = <-l.reqs:
-		case before := <-l.truncate:
-			l.truncateFront(before)
-			continue
-		case <-l.quit:
-			// Close waited for every appender to hand its request over.
+		case <-l.kick:
 			for {
-				select {
-				case r := <-l.reqs:
-					group = append(group[:0], r)
-					frame = l.commit(&batch, frame, group)
-				default:
-					return
+				if !l.commitNext() {
+					l.qmu.Lock()
+					if len(l.queue) == 0 {
+						l.leading = false
+						l.qmu.Unlock()
+						break
+					}
+					l.qmu.Unlock()
 				}
 			}
-		}
-		group = append(group[:0], r)
-		bytes := r.bytes
-	gather:
-		for bytes < int64(l.opts.MaxBatchBytes) {
-			select {
-			case r := <-l.reqs:
-				group = append(group, r)
-				bytes += r.bytes
-			default:
-				break gather
+		case before := <-l.truncate:
+			l.writeMu.Lock()
+			l.truncateFront(before)
+			l.writeMu.Unlock()
+		case <-l.quit:
+			// Close waited for every appender to queue its request and for
+			// every leader to finish: commit what is left.
+			for l.commitNext() {
 			}
+			return
 		}
-		frame = l.commit(&batch, frame, group)
-		clear(group)
 	}
 }
 
 // commit writes one group, fsyncs, publishes the new entries and answers
-// every request in it. It returns the frame buffer for reuse.
-func (l *Log) commit(batch *twal.Batch, frame []byte, group []*request) []byte {
+// every request in it. The caller holds writeMu.
+func (l *Log) commit(group []*request) {
 	l.mu.Lock()
 	err := l.err
 	next := l.last + 1
@@ -359,7 +406,7 @@ func (l *Log) commit(batch *twal.Batch, frame []byte, group []*request) []byte {
 		cycled  []uint64 // first indexes of segments the write starts
 	)
 	if err == nil {
-		batch.Clear()
+		l.batch.Clear()
 		if l.tailBytes > l.opts.SegmentBytes {
 			cycled = append(cycled, next)
 			l.tailBytes = 0
@@ -368,10 +415,10 @@ func (l *Log) commit(batch *twal.Batch, frame []byte, group []*request) []byte {
 		for _, r := range group {
 			r.first = idx
 			for _, d := range r.data {
-				frame = appendFrame(frame[:0], d)
-				batch.Write(idx, frame)
+				l.frame = appendFrame(l.frame[:0], d)
+				l.batch.Write(idx, l.frame)
 				sizes = append(sizes, int64(len(d)))
-				l.tailBytes += storedSize(len(frame))
+				l.tailBytes += storedSize(len(l.frame))
 				idx++
 				if l.tailBytes >= l.opts.SegmentBytes {
 					cycled = append(cycled, idx)
@@ -380,7 +427,7 @@ func (l *Log) commit(batch *twal.Batch, frame []byte, group []*request) []byte {
 			}
 		}
 		entries = int(idx - next)
-		err = l.w.WriteBatch(batch)
+		err = l.w.WriteBatch(&l.batch)
 		if err == nil {
 			start := time.Now()
 			err = l.sync()
@@ -431,7 +478,6 @@ func (l *Log) commit(batch *twal.Batch, frame []byte, group []*request) []byte {
 		r.err = err
 		r.done <- struct{}{}
 	}
-	return frame
 }
 
 func sumBytes(group []*request) (n int64) {
@@ -530,7 +576,7 @@ func (l *Log) requestTruncate(released uint64) {
 	l.truncate <- released + 1
 }
 
-// truncateFront removes every entry before index. Writer goroutine only.
+// truncateFront removes every entry before index. The caller holds writeMu.
 func (l *Log) truncateFront(index uint64) {
 	l.mu.Lock()
 	failed := l.err != nil
