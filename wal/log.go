@@ -31,8 +31,8 @@ type Log struct {
 	w    *twal.Log
 	sync func() error // fsync of the tail segment; replaced by fault tests
 
-	quit      chan struct{} // closed by Close once no append can be accepted
-	kick      chan struct{} // hands the queue to the writer goroutine; capacity 1
+	quit      chan struct{}  // closed by Close once no append can be accepted
+	kick      chan struct{}  // hands the queue to the writer goroutine; capacity 1
 	appenders sync.WaitGroup // Appends between admission and handing over their request
 	wg        sync.WaitGroup
 	closeOnce sync.Once
