@@ -57,7 +57,8 @@
 //     repeated, none lost), logged and counted as a repair.
 //
 // Open reads every segment to verify it, so opening takes time in proportion
-// to the data retained; docs/benchmarks.md gives the figure.
+// to the data retained: 0.26 s for 256 MiB in the page cache here
+// (BenchmarkOpen, docs/benchmarks.md).
 //
 // # Bound and failure
 //
