@@ -290,13 +290,6 @@ func (l *Log) admit(bytes, entries int64) error {
 	return nil
 }
 
-func (l *Log) unadmit(bytes, entries int64) {
-	l.mu.Lock()
-	l.pendingBytes -= bytes
-	l.pendingEntries -= entries
-	l.mu.Unlock()
-}
-
 // depthLocked returns the payload bytes and the number of unreleased entries.
 func (l *Log) depthLocked() (bytes, entries int64) {
 	if n := len(l.cum); n > 0 {
