@@ -212,7 +212,8 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 // Append appends one entry and returns its index once an fsync covers it.
 // At the bound it returns ErrFull at once. After a failed write or fsync it
 // returns that failure until the log is reopened. If ctx ends first, the
-// entry may or may not become durable.
+// entry may or may not become durable, and the log may still read data
+// after Append has returned: the caller must not modify data then.
 func (l *Log) Append(ctx context.Context, data []byte) (uint64, error) {
 	r := reqPool.Get().(*request)
 	r.one[0] = data
@@ -220,7 +221,9 @@ func (l *Log) Append(ctx context.Context, data []byte) (uint64, error) {
 }
 
 // AppendBatch appends entries with consecutive indexes, returning the first,
-// once one fsync covers them all. It is all or nothing under the bound.
+// once one fsync covers them all. It is all or nothing under the bound. A
+// batch with no entries is ErrEmptyBatch. As with Append, if ctx ends first
+// the caller must not modify data afterwards.
 func (l *Log) AppendBatch(ctx context.Context, data [][]byte) (uint64, error) {
 	if len(data) == 0 {
 		return 0, ErrEmptyBatch
