@@ -40,6 +40,13 @@
 // consumer must therefore tolerate repeats, never gaps; the log never skips
 // an entry that was not released.
 //
+// # Identity
+//
+// A log draws a random identity when it is created (Log.ID) and keeps it
+// beside its segments. Indexes restart at 1 in a new log, so consumers name
+// an entry by (identity, index): losing and re-creating a data directory then
+// cannot make new entries look like repeats of old ones.
+//
 // # Integrity
 //
 // Every entry carries its length and a CRC32C, verified when the log is

@@ -26,6 +26,20 @@ func FuzzFrame(f *testing.F) {
 	})
 }
 
+func FuzzIdentity(f *testing.F) {
+	f.Add(encodeID(1))
+	f.Add([]byte("WLID"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		id, err := decodeID(b)
+		if err != nil {
+			return
+		}
+		if !bytes.Equal(encodeID(id), b) {
+			t.Fatalf("identity %d re-encodes differently", id)
+		}
+	})
+}
+
 func FuzzRelease(f *testing.F) {
 	f.Add(encodeRelease(0))
 	f.Add(encodeRelease(1 << 40))

@@ -25,6 +25,7 @@ import (
 // mirror of the tail segment's size stays exact.
 type Log struct {
 	dir  string
+	id   uint64
 	opts Options
 	lg   *slog.Logger
 	m    *metrics
@@ -121,9 +122,16 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
 	m.repairs.Add(float64(res.repairs))
+	id, created, err := loadID(dir)
+	if err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
+	if created && len(res.segs) > 0 && res.segs[len(res.segs)-1].first+res.segs[len(res.segs)-1].count > 1 && lg != nil {
+		lg.Warn("wal: log identity missing or damaged; a new one was drawn, so consumers may see retained entries again", "dir", dir)
+	}
 
 	l := &Log{
-		dir: dir, opts: opts, lg: lg, m: m,
+		dir: dir, id: id, opts: opts, lg: lg, m: m,
 		quit:      make(chan struct{}),
 		kick:      make(chan struct{}, 1),
 		relSignal: make(chan struct{}, 1),
@@ -625,6 +633,11 @@ func (l *Log) Err() error {
 	defer l.mu.Unlock()
 	return l.err
 }
+
+// ID returns the log's identity: a random non-zero number drawn when the log
+// was created. (ID, index) names an entry for good, even across the loss and
+// re-creation of the log's directory.
+func (l *Log) ID() uint64 { return l.id }
 
 // FirstIndex returns the index of the first entry still on disk.
 func (l *Log) FirstIndex() uint64 {

@@ -464,3 +464,39 @@ func waitFor(t testing.TB, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A log keeps its identity across reopening; a log created anew in the same
+// place gets another.
+func TestIdentity(t *testing.T) {
+	dir := t.TempDir()
+	l := openLog(t, dir, wal.Options{}, nil)
+	id := l.ID()
+	if id == 0 {
+		t.Fatal("zero identity")
+	}
+	if _, err := l.Append(context.Background(), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	l = openLog(t, dir, wal.Options{}, nil)
+	if l.ID() != id {
+		t.Fatalf("identity changed across reopen: %x, was %x", l.ID(), id)
+	}
+	l.Close()
+	if err := os.RemoveAll(dir); err != nil {
+		t.Fatal(err)
+	}
+	l = openLog(t, dir, wal.Options{}, nil)
+	if l.ID() == id {
+		t.Fatal("a new log in the same place has the old identity")
+	}
+	l.Close()
+	// A damaged identity file is replaced, not an error.
+	if err := os.WriteFile(filepath.Join(dir, "log-id"), []byte("junk"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	l = openLog(t, dir, wal.Options{}, nil)
+	if l.ID() == 0 {
+		t.Fatal("zero identity after damage")
+	}
+}

@@ -1,0 +1,82 @@
+package wal
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"path/filepath"
+)
+
+// Every log has an identity, a random number drawn when the log is created
+// and kept in a small file beside its segments. Indexes restart at 1 in a new
+// log, so (identity, index) names an entry for good even when a tier's data
+// directory is lost and created again; without it, a consumer that drops
+// repeats by index would drop the new log's entries as repeats.
+//
+//	[0:4]   magic "WLID"
+//	[4:12]  identity, little-endian uint64
+//	[12:16] CRC32C of bytes [0:12]
+const idFile = "log-id"
+
+var idMagic = [4]byte{'W', 'L', 'I', 'D'}
+
+func encodeID(id uint64) []byte {
+	b := make([]byte, 16)
+	copy(b[0:4], idMagic[:])
+	binary.LittleEndian.PutUint64(b[4:12], id)
+	binary.LittleEndian.PutUint32(b[12:16], crc32.Checksum(b[0:12], castagnoli))
+	return b
+}
+
+func decodeID(b []byte) (uint64, error) {
+	if len(b) != 16 || [4]byte(b[0:4]) != idMagic ||
+		crc32.Checksum(b[0:12], castagnoli) != binary.LittleEndian.Uint32(b[12:16]) {
+		return 0, errors.New("log identity file damaged")
+	}
+	return binary.LittleEndian.Uint64(b[4:12]), nil
+}
+
+// loadID returns the log's identity, creating it for a new log. A damaged or
+// missing identity file of a log that has entries is replaced by a new
+// identity: consumers then see the retained entries again under the new one
+// (repeats, never loss).
+func loadID(dir string) (id uint64, created bool, err error) {
+	path := filepath.Join(dir, idFile)
+	b, err := os.ReadFile(path)
+	if err == nil {
+		if id, derr := decodeID(b); derr == nil {
+			return id, false, nil
+		}
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return 0, false, fmt.Errorf("read log identity: %w", err)
+	}
+	var r [8]byte
+	for id == 0 {
+		if _, err := rand.Read(r[:]); err != nil {
+			return 0, false, fmt.Errorf("draw log identity: %w", err)
+		}
+		id = binary.LittleEndian.Uint64(r[:])
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, encodeID(id), 0o640); err != nil {
+		return 0, false, fmt.Errorf("write log identity: %w", err)
+	}
+	f, err := os.Open(tmp)
+	if err == nil {
+		err = f.Sync()
+		f.Close()
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err == nil {
+		err = syncDir(dir)
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("write log identity: %w", err)
+	}
+	return id, true, nil
+}
