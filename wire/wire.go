@@ -1,0 +1,455 @@
+// Package wire is the binary format of every message between tiers: the
+// batches a frontend sends a middletier, the acknowledgements and busy
+// replies it gets back, the stream a middletier publishes, and the fetch and
+// commit requests of its consumers. docs/wire.md is its specification.
+//
+// Every message is one ZeroMQ frame:
+//
+//	[0]       magic 0xD7
+//	[1]       version, 1
+//	[2]       kind
+//	[3:n-4]   body, by kind
+//	[n-4:n]   CRC32C (Castagnoli) of bytes [0:n-4], little-endian
+//
+// Integers in bodies are unsigned varints; strings and byte strings are a
+// varint length and the bytes. Decoders verify the checksum first, then
+// refuse anything that is not exactly one well-formed body: trailing bytes,
+// lengths past the end, names over MaxNameLen, non-minimal varints. Decoded
+// byte slices alias the input.
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"time"
+)
+
+const (
+	magic   = 0xD7
+	version = 1
+	// headerLen and trailerLen frame every message's body.
+	headerLen  = 3
+	trailerLen = 4
+	// MaxNameLen bounds origin, middletier and consumer names.
+	MaxNameLen = 255
+)
+
+// Kind says what a message is.
+type Kind uint8
+
+const (
+	KindBatch      Kind = 1 // frontend → middletier: entries of the frontend's log
+	KindAck        Kind = 2 // middletier → frontend: durable up to an index
+	KindBusy       Kind = 3 // middletier → frontend: at its bound, retry later
+	KindStream     Kind = 4 // middletier → subscribers: committed records
+	KindFetch      Kind = 5 // consumer → middletier: records from a sequence
+	KindFetchReply Kind = 6 // middletier → consumer
+	KindCommit     Kind = 7 // consumer → middletier: its checkpoint
+	KindCommitAck  Kind = 8 // middletier → consumer: the checkpoint is durable
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindBatch:
+		return "batch"
+	case KindAck:
+		return "ack"
+	case KindBusy:
+		return "busy"
+	case KindStream:
+		return "stream"
+	case KindFetch:
+		return "fetch"
+	case KindFetchReply:
+		return "fetch_reply"
+	case KindCommit:
+		return "commit"
+	case KindCommitAck:
+		return "commit_ack"
+	}
+	return fmt.Sprintf("kind(%d)", uint8(k))
+}
+
+// ErrInvalid is wrapped by every decoding error.
+var ErrInvalid = errors.New("wire: invalid message")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Message is one of *Batch, *Ack, *Busy, *Stream, *Fetch, *FetchReply,
+// *Commit, *CommitAck.
+type Message interface {
+	Kind() Kind
+	appendBody(dst []byte) []byte
+	decodeBody(d *decoder) error
+}
+
+// Batch carries consecutive entries of a frontend's log: Entries[i] is the
+// entry at index First+i. Origin names the log: the frontend's id and its
+// log's identity, so that (Origin, index) names an entry for good.
+type Batch struct {
+	Origin  string
+	First   uint64
+	Entries [][]byte
+}
+
+// Ack says every entry of Origin up to and including UpTo is durable in the
+// middletier (appended now, or earlier: repeats are acknowledged too).
+type Ack struct {
+	Origin string
+	UpTo   uint64
+}
+
+// Busy says the middletier is at its bound and did not take the batch that
+// asked; UpTo is what it has acknowledged of Origin so far.
+type Busy struct {
+	Origin     string
+	UpTo       uint64
+	RetryAfter time.Duration
+}
+
+// Stream carries committed records of a middletier's log: Records[i] is the
+// record at sequence First+i.
+type Stream struct {
+	Middletier string
+	First      uint64
+	Records    [][]byte
+}
+
+// Fetch asks for at most Max records from sequence From.
+type Fetch struct {
+	Consumer string
+	From     uint64
+	Max      uint64
+}
+
+// FetchReply answers a Fetch: Records[i] is at sequence First+i. Oldest is
+// the first sequence the middletier still holds, Last the last it has
+// committed; First > the Fetch's From means records before First are gone.
+type FetchReply struct {
+	Middletier string
+	Oldest     uint64
+	Last       uint64
+	First      uint64
+	Records    [][]byte
+}
+
+// Commit records that Consumer has made durable every record up to and
+// including Seq.
+type Commit struct {
+	Consumer string
+	Seq      uint64
+}
+
+// CommitAck says the middletier has made Consumer's checkpoint Seq durable.
+type CommitAck struct {
+	Consumer string
+	Seq      uint64
+}
+
+func (*Batch) Kind() Kind      { return KindBatch }
+func (*Ack) Kind() Kind        { return KindAck }
+func (*Busy) Kind() Kind       { return KindBusy }
+func (*Stream) Kind() Kind     { return KindStream }
+func (*Fetch) Kind() Kind      { return KindFetch }
+func (*FetchReply) Kind() Kind { return KindFetchReply }
+func (*Commit) Kind() Kind     { return KindCommit }
+func (*CommitAck) Kind() Kind  { return KindCommitAck }
+
+// Append appends the encoding of m to dst.
+func Append(dst []byte, m Message) []byte {
+	start := len(dst)
+	dst = append(dst, magic, version, byte(m.Kind()))
+	dst = m.appendBody(dst)
+	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
+}
+
+// Decode decodes one message. Byte slices in it alias b.
+func Decode(b []byte) (Message, error) {
+	k, err := Peek(b)
+	if err != nil {
+		return nil, err
+	}
+	var m Message
+	switch k {
+	case KindBatch:
+		m = new(Batch)
+	case KindAck:
+		m = new(Ack)
+	case KindBusy:
+		m = new(Busy)
+	case KindStream:
+		m = new(Stream)
+	case KindFetch:
+		m = new(Fetch)
+	case KindFetchReply:
+		m = new(FetchReply)
+	case KindCommit:
+		m = new(Commit)
+	case KindCommitAck:
+		m = new(CommitAck)
+	default:
+		return nil, fmt.Errorf("%w: unknown kind %d", ErrInvalid, k)
+	}
+	d := &decoder{b: b[headerLen : len(b)-trailerLen]}
+	if err := m.decodeBody(d); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, k, err)
+	}
+	if len(d.b) != 0 {
+		return nil, fmt.Errorf("%w: %s: %d trailing bytes", ErrInvalid, k, len(d.b))
+	}
+	return m, nil
+}
+
+// Peek verifies b's framing and checksum and returns its kind.
+func Peek(b []byte) (Kind, error) {
+	if len(b) < headerLen+trailerLen {
+		return 0, fmt.Errorf("%w: %d bytes", ErrInvalid, len(b))
+	}
+	if b[0] != magic {
+		return 0, fmt.Errorf("%w: bad magic %#x", ErrInvalid, b[0])
+	}
+	if b[1] != version {
+		return 0, fmt.Errorf("%w: unsupported version %d", ErrInvalid, b[1])
+	}
+	n := len(b) - trailerLen
+	if crc32.Checksum(b[:n], castagnoli) != binary.LittleEndian.Uint32(b[n:]) {
+		return 0, fmt.Errorf("%w: checksum mismatch", ErrInvalid)
+	}
+	return Kind(b[2]), nil
+}
+
+func (m *Batch) appendBody(dst []byte) []byte {
+	dst = appendString(dst, m.Origin)
+	dst = binary.AppendUvarint(dst, m.First)
+	return appendList(dst, m.Entries)
+}
+
+func (m *Batch) decodeBody(d *decoder) (err error) {
+	if m.Origin, err = d.name(); err != nil {
+		return err
+	}
+	if m.First, err = d.uvarint(); err != nil {
+		return err
+	}
+	if m.Entries, err = d.list(); err != nil {
+		return err
+	}
+	if m.First == 0 || len(m.Entries) == 0 {
+		return errors.New("batch needs entries from index 1 on")
+	}
+	return nil
+}
+
+func (m *Ack) appendBody(dst []byte) []byte {
+	dst = appendString(dst, m.Origin)
+	return binary.AppendUvarint(dst, m.UpTo)
+}
+
+func (m *Ack) decodeBody(d *decoder) (err error) {
+	if m.Origin, err = d.name(); err != nil {
+		return err
+	}
+	m.UpTo, err = d.uvarint()
+	return err
+}
+
+func (m *Busy) appendBody(dst []byte) []byte {
+	dst = appendString(dst, m.Origin)
+	dst = binary.AppendUvarint(dst, m.UpTo)
+	return binary.AppendUvarint(dst, uint64(m.RetryAfter/time.Millisecond))
+}
+
+func (m *Busy) decodeBody(d *decoder) (err error) {
+	if m.Origin, err = d.name(); err != nil {
+		return err
+	}
+	if m.UpTo, err = d.uvarint(); err != nil {
+		return err
+	}
+	ms, err := d.uvarint()
+	if err != nil {
+		return err
+	}
+	if ms > uint64(time.Hour/time.Millisecond) {
+		return fmt.Errorf("retry after %d ms", ms)
+	}
+	m.RetryAfter = time.Duration(ms) * time.Millisecond
+	return nil
+}
+
+func (m *Stream) appendBody(dst []byte) []byte {
+	dst = appendString(dst, m.Middletier)
+	dst = binary.AppendUvarint(dst, m.First)
+	return appendList(dst, m.Records)
+}
+
+func (m *Stream) decodeBody(d *decoder) (err error) {
+	if m.Middletier, err = d.name(); err != nil {
+		return err
+	}
+	if m.First, err = d.uvarint(); err != nil {
+		return err
+	}
+	if m.Records, err = d.list(); err != nil {
+		return err
+	}
+	if m.First == 0 || len(m.Records) == 0 {
+		return errors.New("stream needs records from sequence 1 on")
+	}
+	return nil
+}
+
+func (m *Fetch) appendBody(dst []byte) []byte {
+	dst = appendString(dst, m.Consumer)
+	dst = binary.AppendUvarint(dst, m.From)
+	return binary.AppendUvarint(dst, m.Max)
+}
+
+func (m *Fetch) decodeBody(d *decoder) (err error) {
+	if m.Consumer, err = d.name(); err != nil {
+		return err
+	}
+	if m.From, err = d.uvarint(); err != nil {
+		return err
+	}
+	m.Max, err = d.uvarint()
+	return err
+}
+
+func (m *FetchReply) appendBody(dst []byte) []byte {
+	dst = appendString(dst, m.Middletier)
+	dst = binary.AppendUvarint(dst, m.Oldest)
+	dst = binary.AppendUvarint(dst, m.Last)
+	dst = binary.AppendUvarint(dst, m.First)
+	return appendList(dst, m.Records)
+}
+
+func (m *FetchReply) decodeBody(d *decoder) (err error) {
+	if m.Middletier, err = d.name(); err != nil {
+		return err
+	}
+	if m.Oldest, err = d.uvarint(); err != nil {
+		return err
+	}
+	if m.Last, err = d.uvarint(); err != nil {
+		return err
+	}
+	if m.First, err = d.uvarint(); err != nil {
+		return err
+	}
+	m.Records, err = d.list()
+	return err
+}
+
+func (m *Commit) appendBody(dst []byte) []byte {
+	dst = appendString(dst, m.Consumer)
+	return binary.AppendUvarint(dst, m.Seq)
+}
+
+func (m *Commit) decodeBody(d *decoder) (err error) {
+	if m.Consumer, err = d.name(); err != nil {
+		return err
+	}
+	m.Seq, err = d.uvarint()
+	return err
+}
+
+func (m *CommitAck) appendBody(dst []byte) []byte {
+	dst = appendString(dst, m.Consumer)
+	return binary.AppendUvarint(dst, m.Seq)
+}
+
+func (m *CommitAck) decodeBody(d *decoder) (err error) {
+	if m.Consumer, err = d.name(); err != nil {
+		return err
+	}
+	m.Seq, err = d.uvarint()
+	return err
+}
+
+func appendString(dst []byte, s string) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(s)))
+	return append(dst, s...)
+}
+
+func appendBytes(dst, b []byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(b)))
+	return append(dst, b...)
+}
+
+func appendList(dst []byte, items [][]byte) []byte {
+	dst = binary.AppendUvarint(dst, uint64(len(items)))
+	for _, it := range items {
+		dst = appendBytes(dst, it)
+	}
+	return dst
+}
+
+// decoder reads a body strictly.
+type decoder struct{ b []byte }
+
+var errShort = errors.New("body ends early")
+
+func (d *decoder) uvarint() (uint64, error) {
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		return 0, errShort
+	}
+	if n != uvarintLen(v) {
+		return 0, errors.New("non-minimal varint")
+	}
+	d.b = d.b[n:]
+	return v, nil
+}
+
+func (d *decoder) bytes() ([]byte, error) {
+	n, err := d.uvarint()
+	if err != nil {
+		return nil, err
+	}
+	if n > uint64(len(d.b)) {
+		return nil, errShort
+	}
+	b := d.b[:n:n]
+	d.b = d.b[n:]
+	return b, nil
+}
+
+func (d *decoder) name() (string, error) {
+	b, err := d.bytes()
+	if err != nil {
+		return "", err
+	}
+	if len(b) > MaxNameLen {
+		return "", fmt.Errorf("name of %d bytes", len(b))
+	}
+	return string(b), nil
+}
+
+func (d *decoder) list() ([][]byte, error) {
+	n, err := d.uvarint()
+	if err != nil {
+		return nil, err
+	}
+	if n > uint64(len(d.b)) { // every item takes at least its length byte
+		return nil, errShort
+	}
+	items := make([][]byte, n)
+	for i := range items {
+		if items[i], err = d.bytes(); err != nil {
+			return nil, err
+		}
+	}
+	return items, nil
+}
+
+func uvarintLen(x uint64) int {
+	n := 1
+	for x >= 0x80 {
+		x >>= 7
+		n++
+	}
+	return n
+}

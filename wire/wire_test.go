@@ -1,0 +1,149 @@
+package wire
+
+import (
+	"bytes"
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+)
+
+func samples() []Message {
+	return []Message{
+		&Batch{Origin: "fe-1.00ab", First: 17, Entries: [][]byte{[]byte("a"), {}, bytes.Repeat([]byte{7}, 300)}},
+		&Ack{Origin: "fe-1.00ab", UpTo: 1 << 40},
+		&Busy{Origin: "fe-1", UpTo: 3, RetryAfter: 250 * time.Millisecond},
+		&Stream{Middletier: "mt-0", First: 1, Records: [][]byte{[]byte("r")}},
+		&Fetch{Consumer: "storage", From: 99, Max: 1000},
+		&FetchReply{Middletier: "mt-0", Oldest: 5, Last: 10, First: 9, Records: [][]byte{[]byte("x"), []byte("y")}},
+		&FetchReply{Middletier: "mt-0", Oldest: 1, Last: 0, First: 1, Records: [][]byte{}},
+		&Commit{Consumer: "storage", Seq: 42},
+		&CommitAck{Consumer: "storage", Seq: 42},
+	}
+}
+
+func TestRoundTrip(t *testing.T) {
+	for _, m := range samples() {
+		b := Append([]byte("prefix"), m)[len("prefix"):]
+		got, err := Decode(b)
+		if err != nil {
+			t.Fatalf("%s: %v", m.Kind(), err)
+		}
+		if !reflect.DeepEqual(got, m) {
+			t.Fatalf("%s: decoded %+v, want %+v", m.Kind(), got, m)
+		}
+		// Every single-byte change is caught.
+		for i := range b {
+			c := bytes.Clone(b)
+			c[i] ^= 0x01
+			if _, err := Decode(c); !errors.Is(err, ErrInvalid) {
+				t.Fatalf("%s: flipped byte %d accepted", m.Kind(), i)
+			}
+		}
+		// So is every truncation.
+		for n := range len(b) {
+			if _, err := Decode(b[:n]); !errors.Is(err, ErrInvalid) {
+				t.Fatalf("%s: truncated to %d accepted", m.Kind(), n)
+			}
+		}
+	}
+}
+
+// reframe recomputes the checksum of a hand-made body, to reach the body
+// checks behind it.
+func reframe(kind Kind, body []byte) []byte {
+	return Append(nil, rawBody{kind, body})
+}
+
+type rawBody struct {
+	k    Kind
+	body []byte
+}
+
+func (r rawBody) Kind() Kind                   { return r.k }
+func (r rawBody) appendBody(dst []byte) []byte { return append(dst, r.body...) }
+func (rawBody) decodeBody(*decoder) error      { return nil }
+
+func TestInvalid(t *testing.T) {
+	long := bytes.Repeat([]byte("n"), MaxNameLen+1)
+	tests := []struct {
+		name string
+		b    []byte
+	}{
+		{"empty", nil},
+		{"bad magic", append([]byte{0x00}, Append(nil, &Ack{Origin: "a", UpTo: 1})[1:]...)},
+		{"unknown kind", reframe(99, nil)},
+		{"trailing bytes", reframe(KindAck, []byte{1, 'a', 1, 0})},
+		{"non-minimal varint", reframe(KindAck, []byte{1, 'a', 0x81, 0x00})},
+		{"name too long", reframe(KindAck, append(append([]byte{0x80, 0x02}, long...), 1))},
+		{"length past the end", reframe(KindBatch, []byte{1, 'a', 1, 1, 9, 'x'})},
+		{"count past the end", reframe(KindBatch, []byte{1, 'a', 1, 100})},
+		{"empty batch", reframe(KindBatch, []byte{1, 'a', 1, 0})},
+		{"batch from index 0", reframe(KindBatch, []byte{1, 'a', 0, 1, 1, 'x'})},
+		{"retry after over an hour", reframe(KindBusy, []byte{1, 'a', 1, 0xff, 0xff, 0xff, 0xff, 0x0f})},
+	}
+	for _, tt := range tests {
+		if m, err := Decode(tt.b); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s: decoded %+v, err %v", tt.name, m, err)
+		}
+	}
+}
+
+func TestRecord(t *testing.T) {
+	r := Record{Origin: "fe-1.00ab", Index: 12345, Data: []byte(`{"t":1}`)}
+	b := AppendRecord(nil, &r)
+	got, err := DecodeRecord(b)
+	if err != nil || got.Origin != r.Origin || got.Index != r.Index || !bytes.Equal(got.Data, r.Data) {
+		t.Fatalf("decoded %+v, %v", got, err)
+	}
+	for _, bad := range [][]byte{nil, {2}, {1}, {1, 1, 'a'}, {1, 1, 'a', 0}} {
+		if _, err := DecodeRecord(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("record %v accepted", bad)
+		}
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	for _, m := range samples() {
+		f.Add(Append(nil, m))
+	}
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		m, err := Decode(b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		if re := Append(nil, m); !bytes.Equal(re, b) {
+			t.Fatalf("%s decoded from %x re-encodes as %x", m.Kind(), b, re)
+		}
+	})
+}
+
+func FuzzDecodeRecord(f *testing.F) {
+	f.Add(AppendRecord(nil, &Record{Origin: "a", Index: 1, Data: []byte("x")}))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		r, err := DecodeRecord(b)
+		if err != nil {
+			return
+		}
+		if re := AppendRecord(nil, &r); !bytes.Equal(re, b) {
+			t.Fatalf("record re-encodes differently")
+		}
+	})
+}
+
+func BenchmarkAppendBatch(b *testing.B) {
+	entries := make([][]byte, 64)
+	for i := range entries {
+		entries[i] = make([]byte, 200)
+	}
+	m := &Batch{Origin: "fe-1.0123456789abcdef", First: 1, Entries: entries}
+	buf := make([]byte, 0, 64<<10)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = Append(buf[:0], m)
+	}
+}
