@@ -48,6 +48,7 @@ const (
 	KindFetchReply Kind = 6 // middletier → consumer
 	KindCommit     Kind = 7 // consumer → middletier: its checkpoint
 	KindCommitAck  Kind = 8 // middletier → consumer: the checkpoint is durable
+	KindResend     Kind = 9 // middletier → frontend: a batch is missing, send again from an index
 )
 
 func (k Kind) String() string {
@@ -68,6 +69,8 @@ func (k Kind) String() string {
 		return "commit"
 	case KindCommitAck:
 		return "commit_ack"
+	case KindResend:
+		return "resend"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -77,8 +80,8 @@ var ErrInvalid = errors.New("wire: invalid message")
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Message is one of *Batch, *Ack, *Busy, *Stream, *Fetch, *FetchReply,
-// *Commit, *CommitAck.
+// Message is one of *Batch, *Ack, *Busy, *Resend, *Stream, *Fetch,
+// *FetchReply, *Commit, *CommitAck.
 type Message interface {
 	Kind() Kind
 	appendBody(dst []byte) []byte
@@ -88,10 +91,24 @@ type Message interface {
 // Batch carries consecutive entries of a frontend's log: Entries[i] is the
 // entry at index First+i. Origin names the log: the frontend's id and its
 // log's identity, so that (Origin, index) names an entry for good.
+//
+// Acked is the frontend's release mark when it sent the batch: every entry
+// up to it is durable in some middletier, and will never be sent again. A
+// middletier accepts a batch only if it follows on from what it holds of
+// Origin or from Acked; any other gap means an earlier batch was lost on the
+// way, and it answers Resend.
 type Batch struct {
 	Origin  string
+	Acked   uint64
 	First   uint64
 	Entries [][]byte
+}
+
+// Resend asks the frontend to send Origin's entries again from index From:
+// a batch arrived after a gap.
+type Resend struct {
+	Origin string
+	From   uint64
 }
 
 // Ack says every entry of Origin up to and including UpTo is durable in the
@@ -150,6 +167,7 @@ type CommitAck struct {
 
 func (*Batch) Kind() Kind      { return KindBatch }
 func (*Ack) Kind() Kind        { return KindAck }
+func (*Resend) Kind() Kind     { return KindResend }
 func (*Busy) Kind() Kind       { return KindBusy }
 func (*Stream) Kind() Kind     { return KindStream }
 func (*Fetch) Kind() Kind      { return KindFetch }
@@ -179,6 +197,8 @@ func Decode(b []byte) (Message, error) {
 		m = new(Ack)
 	case KindBusy:
 		m = new(Busy)
+	case KindResend:
+		m = new(Resend)
 	case KindStream:
 		m = new(Stream)
 	case KindFetch:
@@ -222,12 +242,16 @@ func Peek(b []byte) (Kind, error) {
 
 func (m *Batch) appendBody(dst []byte) []byte {
 	dst = appendString(dst, m.Origin)
+	dst = binary.AppendUvarint(dst, m.Acked)
 	dst = binary.AppendUvarint(dst, m.First)
 	return appendList(dst, m.Entries)
 }
 
 func (m *Batch) decodeBody(d *decoder) (err error) {
 	if m.Origin, err = d.name(); err != nil {
+		return err
+	}
+	if m.Acked, err = d.uvarint(); err != nil {
 		return err
 	}
 	if m.First, err = d.uvarint(); err != nil {
@@ -238,6 +262,27 @@ func (m *Batch) decodeBody(d *decoder) (err error) {
 	}
 	if m.First == 0 || len(m.Entries) == 0 {
 		return errors.New("batch needs entries from index 1 on")
+	}
+	if m.Acked >= m.First {
+		return errors.New("batch holds entries already acknowledged")
+	}
+	return nil
+}
+
+func (m *Resend) appendBody(dst []byte) []byte {
+	dst = appendString(dst, m.Origin)
+	return binary.AppendUvarint(dst, m.From)
+}
+
+func (m *Resend) decodeBody(d *decoder) (err error) {
+	if m.Origin, err = d.name(); err != nil {
+		return err
+	}
+	if m.From, err = d.uvarint(); err != nil {
+		return err
+	}
+	if m.From == 0 {
+		return errors.New("resend from index 0")
 	}
 	return nil
 }

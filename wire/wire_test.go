@@ -10,9 +10,10 @@ import (
 
 func samples() []Message {
 	return []Message{
-		&Batch{Origin: "fe-1.00ab", First: 17, Entries: [][]byte{[]byte("a"), {}, bytes.Repeat([]byte{7}, 300)}},
+		&Batch{Origin: "fe-1.00ab", Acked: 16, First: 17, Entries: [][]byte{[]byte("a"), {}, bytes.Repeat([]byte{7}, 300)}},
 		&Ack{Origin: "fe-1.00ab", UpTo: 1 << 40},
 		&Busy{Origin: "fe-1", UpTo: 3, RetryAfter: 250 * time.Millisecond},
+		&Resend{Origin: "fe-1", From: 9},
 		&Stream{Middletier: "mt-0", First: 1, Records: [][]byte{[]byte("r")}},
 		&Fetch{Consumer: "storage", From: 99, Max: 1000},
 		&FetchReply{Middletier: "mt-0", Oldest: 5, Last: 10, First: 9, Records: [][]byte{[]byte("x"), []byte("y")}},
@@ -76,10 +77,12 @@ func TestInvalid(t *testing.T) {
 		{"trailing bytes", reframe(KindAck, []byte{1, 'a', 1, 0})},
 		{"non-minimal varint", reframe(KindAck, []byte{1, 'a', 0x81, 0x00})},
 		{"name too long", reframe(KindAck, append(append([]byte{0x80, 0x02}, long...), 1))},
-		{"length past the end", reframe(KindBatch, []byte{1, 'a', 1, 1, 9, 'x'})},
-		{"count past the end", reframe(KindBatch, []byte{1, 'a', 1, 100})},
-		{"empty batch", reframe(KindBatch, []byte{1, 'a', 1, 0})},
-		{"batch from index 0", reframe(KindBatch, []byte{1, 'a', 0, 1, 1, 'x'})},
+		{"length past the end", reframe(KindBatch, []byte{1, 'a', 0, 1, 1, 9, 'x'})},
+		{"count past the end", reframe(KindBatch, []byte{1, 'a', 0, 1, 100})},
+		{"empty batch", reframe(KindBatch, []byte{1, 'a', 0, 1, 0})},
+		{"batch from index 0", reframe(KindBatch, []byte{1, 'a', 0, 0, 1, 1, 'x'})},
+		{"batch below its own ack mark", reframe(KindBatch, []byte{1, 'a', 5, 5, 1, 1, 'x'})},
+		{"resend from index 0", reframe(KindResend, []byte{1, 'a', 0})},
 		{"retry after over an hour", reframe(KindBusy, []byte{1, 'a', 1, 0xff, 0xff, 0xff, 0xff, 0x0f})},
 	}
 	for _, tt := range tests {
