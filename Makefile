@@ -19,10 +19,17 @@ run:
 	@echo "What runs today: the frontend tier, 'go run ./cmd/ingest frontend --help'."
 	@exit 1
 
-# deps installs what the test suite needs: Go modules now; the databases the
-# storage tests run against will be installed here from Debian's packages.
+# deps installs what the test suite needs: Go modules, and from Debian's
+# packages strace (the WAL's fsync-ordering test watches system calls).
+APT_PACKAGES := strace
+
 deps:
 	$(GO) mod download
+	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
 
 test: deps lint
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)

@@ -63,6 +63,12 @@
 //   - a damaged release mark is reset to the first entry on disk (entries are
 //     repeated, none lost), logged and counted as a repair.
 //
+// Deciding between a torn tail and corruption, the log never guesses in the
+// direction that loses data: a torn write whose surviving bytes happen to
+// hold something that decodes as an intact entry (a payload embedding this
+// package's framing) is refused as corruption rather than truncated, since
+// the same bytes could be acknowledged entries behind a damaged length.
+//
 // Open reads every segment to verify it, so opening takes time in proportion
 // to the data retained: 0.26 s for 256 MiB in the page cache here
 // (BenchmarkOpen, docs/benchmarks.md).
@@ -78,6 +84,17 @@
 // page cache and the disk may disagree, so every later Append returns that
 // error until the log is closed and reopened, which recovers from what is on
 // disk. An fsync is never retried.
+//
+// One Log at a time may have a directory open: Open takes an exclusive
+// flock on the directory's LOCK file and returns ErrLocked if another Log,
+// in this process or another, holds it. The kernel drops the lock when the
+// process dies.
+//
+// Known limits: tidwall/wal fsyncs again when it is closed, also after a
+// failed fsync (nothing is acknowledged after the failure, so it promises
+// nothing); and its front truncation renames and removes files without an
+// fsync of the directory between the steps, which a journalling file system
+// such as ext4 orders for it.
 //
 // # Concurrency
 //

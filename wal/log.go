@@ -26,6 +26,7 @@ import (
 type Log struct {
 	dir  string
 	id   uint64
+	lock *os.File // holds an exclusive flock on the directory until Close
 	opts Options
 	lg   *slog.Logger
 	m    *metrics
@@ -61,6 +62,7 @@ type Log struct {
 	mu             sync.Mutex
 	closed         bool
 	err            error  // sticky write failure: fail stop
+	relErr         error  // the final release mark could not be written
 	first          uint64 // first index on disk
 	last           uint64 // last committed (fsynced) index
 	released       uint64 // consumers are done with every index <= released
@@ -98,18 +100,25 @@ func Open(dir string, opts Options, reg prometheus.Registerer, lg *slog.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(dir, 0o750); err != nil {
+	if err := mkdirDurable(dir); err != nil {
 		return nil, fmt.Errorf("wal: create dir: %w", err)
+	}
+	lock, err := lockDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
 	m, err := newMetrics(reg, opts.Hop)
 	if err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("wal: register metrics: %w", err)
 	}
 	l, err := open(dir, opts, m, lg)
 	if err != nil {
 		m.unregister()
+		lock.Close()
 		return nil, err
 	}
+	l.lock = lock
 	l.wg.Add(2)
 	go l.writer()
 	go l.releaser(l.released)
@@ -212,6 +221,12 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		l.w.Close()
 		return nil, fmt.Errorf("wal: open %s: log holds %d..%d, scan found %d..%d: %v", dir, first, last, l.first, l.last, err)
 	}
+	// tidwall/wal may have created the first segment file just now; make its
+	// name durable before anything in it is acknowledged.
+	if err := syncDir(dir); err != nil {
+		l.w.Close()
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
 	l.sync = l.w.Sync
 	l.updateDepth()
 	return l, nil
@@ -248,6 +263,13 @@ func (l *Log) submit(ctx context.Context, r *request, data [][]byte) (uint64, er
 			return 0, ErrTooLarge
 		}
 		n += int64(len(d))
+	}
+	if n > l.opts.MaxBytes || (l.opts.MaxEntries > 0 && int64(len(data)) > l.opts.MaxEntries) {
+		// It would not fit in an empty log: ErrFull would have the caller
+		// wait for room that never comes.
+		r.one[0] = nil
+		reqPool.Put(r)
+		return 0, ErrTooLarge
 	}
 	if err := l.admit(n, int64(len(data))); err != nil {
 		r.one[0] = nil
@@ -453,6 +475,7 @@ func (l *Log) commit(group []*request) {
 		if l.err == nil {
 			l.err = err
 			l.m.failed.Set(1)
+			l.wakeLocked()
 		}
 		err = l.err
 	} else {
@@ -466,8 +489,7 @@ func (l *Log) commit(group []*request) {
 			prev += sz
 			l.cum = append(l.cum, prev)
 		}
-		close(l.notify)
-		l.notify = make(chan struct{})
+		l.wakeLocked()
 	}
 	db, de := l.depthLocked()
 	l.mu.Unlock()
@@ -551,6 +573,11 @@ func (l *Log) releaser(persisted uint64) {
 		if released > persisted && !failed {
 			if err := writeRelease(l.dir, released); err != nil {
 				l.fail(err)
+				if stop {
+					l.mu.Lock()
+					l.relErr = fmt.Errorf("wal: close: %w", err)
+					l.mu.Unlock()
+				}
 			} else {
 				persisted = released
 				l.requestTruncate(persisted)
@@ -624,7 +651,15 @@ func (l *Log) fail(err error) {
 	if l.err == nil {
 		l.err = fmt.Errorf("wal: %w", err)
 		l.m.failed.Set(1)
+		l.wakeLocked()
 	}
+}
+
+// wakeLocked wakes every reader waiting for a commit, so that readers see
+// the failure. The caller holds mu.
+func (l *Log) wakeLocked() {
+	close(l.notify)
+	l.notify = make(chan struct{})
 }
 
 // Err returns the failure that stopped the log, or nil.
@@ -680,12 +715,19 @@ func (l *Log) Close() error {
 		close(l.quit)
 		l.wg.Wait()
 		l.readMu.Lock()
-		l.closeErr = l.w.Close()
+		// tidwall/wal fsyncs on Close, also after a failed fsync; nothing is
+		// acknowledged after a failure, so that fsync can make no promise.
+		err := l.w.Close()
 		l.readMu.Unlock()
 		l.m.unregister()
-		if l.closeErr != nil {
-			l.closeErr = fmt.Errorf("wal: close: %w", l.closeErr)
+		if err != nil {
+			err = fmt.Errorf("wal: close: %w", err)
 		}
+		l.mu.Lock()
+		relErr := l.relErr
+		l.mu.Unlock()
+		l.closeErr = errors.Join(relErr, err)
+		l.lock.Close() // releases the flock
 	})
 	return l.closeErr
 }

@@ -83,6 +83,26 @@ func writeRelease(dir string, upTo uint64) error {
 	return syncDir(dir)
 }
 
+// mkdirDurable creates dir and any missing parents, and fsyncs the parent
+// of every directory it created, so that the log's directory survives a
+// power loss along with what is acknowledged in it.
+func mkdirDurable(dir string) error {
+	dir = filepath.Clean(dir)
+	if _, err := os.Stat(dir); err == nil {
+		return nil
+	}
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirDurable(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	return syncDir(parent)
+}
+
 // syncDir fsyncs a directory, so that files created, renamed or removed in it
 // survive a power loss.
 func syncDir(dir string) error {
