@@ -1,0 +1,69 @@
+// Package middletier is the router tier: it takes batches of entries from
+// frontends over ZeroMQ, makes them durable a second time in its own WAL,
+// acknowledges them, and publishes them as a stream to storage writers and
+// the live feed, which fill gaps with fetch and report their progress with
+// commit. docs/wire.md specifies the messages.
+//
+// # Sockets
+//
+// A Router listens on four ZeroMQ sockets: an ingest ROUTER for frontends,
+// a consumer ROUTER for fetch and commit, a stream PUB for durable consumers
+// and, optionally, a feed PUB for the live feed. Frontends and consumers
+// have separate ROUTERs because zmq4 sends on a ROUTER have no deadline and
+// hold one lock for every peer: a consumer that stops reading fetch replies
+// must not be able to hold up acknowledgements to frontends. Every send on
+// a ROUTER goes through one goroutine whose watchdog closes the socket and
+// listens again on the same address when a send stalls (Options.SendStall);
+// peers reconnect and retransmit, and nothing durable is lost. The stream
+// and the feed have separate PUB sockets so that neither slows the other.
+//
+// # Durability and acknowledgement
+//
+// A batch is acknowledged only after an fsync of the middletier's WAL
+// covers every new entry in it. Acks are cumulative per origin (a
+// frontend's log): Ack{UpTo} says every entry of the origin up to UpTo is
+// durable here or, for entries up to the frontend's own release mark,
+// somewhere else. Batches waiting for the WAL are appended together with
+// one fsync (group commit).
+//
+// # Repeats and gaps
+//
+// Each record in the WAL carries its identity, (origin, index in the
+// origin's log). The Router keeps, per origin, the highest index it holds,
+// and drops entries at or below it: a retransmission never enters this
+// middletier's stream twice. The marks survive restarts: they are kept in
+// the state file, written before the WAL is released, and raised at start
+// by reading every record still in the WAL.
+//
+// zmq4 can drop a message silently and deliver the ones after it, so a
+// batch that does not follow on from the origin's mark, nor from the
+// frontend's release mark that it carries, is not appended: the Router
+// answers Resend{From}, and the frontend sends again from there.
+//
+// # Backpressure
+//
+// At the WAL's bound, or when more batches wait than Options.IngestQueue,
+// batches are answered Busy with a retry hint and nothing is appended: the
+// frontend keeps its entries and tries again. A durable consumer that falls
+// behind holds the WAL's entries, which fills the WAL towards its bound:
+// lag becomes backpressure, never loss. Its lag is a metric, and a line is
+// logged when it passes Options.LagWarn.
+//
+// # Stream, fetch and commit
+//
+// The stream carries records in WAL order with their sequence numbers (the
+// middletier's WAL indexes). A PUB socket drops messages silently past its
+// high-water mark, so subscribers detect gaps by sequence and fetch them.
+// The WAL is released up to the lowest checkpoint of the durable consumers
+// named in Options.Consumers (or, with none, up to what was published), and
+// never past what the state file covers; commit is acknowledged once the
+// checkpoint is durable and the release it allows is done.
+//
+// # Security
+//
+// zmq4 offers no encryption (no CURVE), and it greets new connections in
+// its accept loop with no deadline, so a silent client can delay others'
+// connecting. Keep the inter-tier network private: on Kubernetes, the
+// NetworkPolicies in deploy/k8s let only frontends reach the ingest socket
+// and only consumers the others.
+package middletier

@@ -1,0 +1,120 @@
+package middletier
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ingest-io/ingest/wire"
+)
+
+// Options configure a Router. Zero fields mean their defaults.
+type Options struct {
+	// ID names this middletier in its stream. Required.
+	ID string
+	// StateDir holds the consumer checkpoints and the marks used to drop
+	// repeats. Required; keep it on the same volume as the WAL.
+	StateDir string
+	// IngestAddr is the ZeroMQ endpoint of the ROUTER that frontends send
+	// batches to. Default tcp://127.0.0.1:5555.
+	IngestAddr string
+	// ConsumerAddr is the ZeroMQ endpoint of the ROUTER that consumers send
+	// fetch and commit to. It is separate from IngestAddr so that a consumer
+	// that stops reading can never hold up acknowledgements to frontends.
+	// Default tcp://127.0.0.1:5556.
+	ConsumerAddr string
+	// StreamAddr is the ZeroMQ endpoint of the PUB socket durable consumers
+	// (storage writers) subscribe to. Default tcp://127.0.0.1:5557.
+	StreamAddr string
+	// FeedAddr is the endpoint of a second PUB socket with the same stream,
+	// for the live feed, so that neither slows the other. Empty: none.
+	FeedAddr string
+	// Consumers are the durable consumers. The log is truncated only below
+	// the lowest of their checkpoints; with none, entries are released once
+	// published.
+	Consumers []string
+	// StreamBatch is the most records in one stream message. Default 256.
+	StreamBatch int
+	// StreamHWM is how many stream messages a PUB socket queues before it
+	// drops new ones; subscribers see the gap and fetch it. Default 4096.
+	StreamHWM int
+	// IngestQueue is how many batches may wait for the WAL before more are
+	// answered busy. Default 1024.
+	IngestQueue int
+	// BusyRetry is the retry hint sent with busy. Default 200ms.
+	BusyRetry time.Duration
+	// SendStall is how long one send on a ROUTER may take before the
+	// watchdog closes the socket and listens again: zmq4 sends have no
+	// deadline, and one peer that stops reading freezes sends to all.
+	// Default 2s.
+	SendStall time.Duration
+	// MaxFetchRecords and MaxFetchBytes bound one fetch reply. Defaults 4096
+	// and 4 MiB.
+	MaxFetchRecords int
+	MaxFetchBytes   int
+	// LagWarn is the consumer lag, in entries, past which a line is logged.
+	// Default 1,000,000.
+	LagWarn uint64
+}
+
+// DefaultOptions returns the defaults that zero fields stand for.
+func DefaultOptions() Options {
+	return Options{
+		IngestAddr:      "tcp://127.0.0.1:5555",
+		ConsumerAddr:    "tcp://127.0.0.1:5556",
+		StreamAddr:      "tcp://127.0.0.1:5557",
+		StreamBatch:     256,
+		StreamHWM:       4096,
+		IngestQueue:     1024,
+		BusyRetry:       200 * time.Millisecond,
+		SendStall:       2 * time.Second,
+		MaxFetchRecords: 4096,
+		MaxFetchBytes:   4 << 20,
+		LagWarn:         1_000_000,
+	}
+}
+
+func (o Options) withDefaults() (Options, error) {
+	d := DefaultOptions()
+	if o.ID == "" || len(o.ID) > wire.MaxNameLen {
+		return o, fmt.Errorf("middletier: id must be 1 to %d bytes", wire.MaxNameLen)
+	}
+	if o.StateDir == "" {
+		return o, errors.New("middletier: state dir required")
+	}
+	for _, c := range o.Consumers {
+		if c == "" || len(c) > wire.MaxNameLen {
+			return o, fmt.Errorf("middletier: consumer name %q must be 1 to %d bytes", c, wire.MaxNameLen)
+		}
+	}
+	set := func(v *int, def int) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	setD := func(v *time.Duration, def time.Duration) {
+		if *v <= 0 {
+			*v = def
+		}
+	}
+	if o.IngestAddr == "" {
+		o.IngestAddr = d.IngestAddr
+	}
+	if o.ConsumerAddr == "" {
+		o.ConsumerAddr = d.ConsumerAddr
+	}
+	if o.StreamAddr == "" {
+		o.StreamAddr = d.StreamAddr
+	}
+	set(&o.StreamBatch, d.StreamBatch)
+	set(&o.StreamHWM, d.StreamHWM)
+	set(&o.IngestQueue, d.IngestQueue)
+	set(&o.MaxFetchRecords, d.MaxFetchRecords)
+	set(&o.MaxFetchBytes, d.MaxFetchBytes)
+	setD(&o.BusyRetry, d.BusyRetry)
+	setD(&o.SendStall, d.SendStall)
+	if o.LagWarn == 0 {
+		o.LagWarn = d.LagWarn
+	}
+	return o, nil
+}

@@ -1,0 +1,598 @@
+package middletier
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-zeromq/zmq4"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/wal"
+	"github.com/ingest-io/ingest/wire"
+)
+
+// Router is a middletier: it takes batches from frontends, makes them
+// durable in its WAL, acknowledges them, publishes them as a stream, and
+// serves fetch and commit to the stream's consumers. See doc.go.
+//
+// Goroutines, all started and awaited by Run: one receiver and one sender
+// per ROUTER socket, the ingest worker, the publisher, the fetch worker and
+// the state keeper. Lock order: mu is a leaf.
+type Router struct {
+	opts Options
+	log  *wal.Log
+	lg   *slog.Logger
+	m    *metrics
+
+	ctx    context.Context // ends when Run ends; every socket lives on it
+	cancel context.CancelFunc
+
+	ingest   *routerSocket
+	consumer *routerSocket
+	stream   zmq4.Socket
+	feed     zmq4.Socket
+
+	batches chan inbound
+	fetches chan fetchReq
+	wake    chan struct{} // wakes the state keeper; capacity 1
+
+	failOnce sync.Once
+	failErr  error
+
+	mu        sync.Mutex
+	highest   map[string]uint64 // per origin: every index up to it is durable here or acknowledged elsewhere
+	applied   uint64            // WAL index up to which highest accounts for every record
+	ckpt      map[string]uint64 // per consumer: checkpoint
+	published uint64            // WAL index up to which records were published
+	waiters   []commitWaiter    // commits to acknowledge once the state is durable
+	lagging   map[string]bool   // consumers logged as lagging
+}
+
+type inbound struct {
+	identity []byte
+	b        *wire.Batch
+}
+
+type fetchReq struct {
+	identity []byte
+	f        *wire.Fetch
+}
+
+type commitWaiter struct {
+	identity []byte
+	consumer string
+	seq      uint64
+}
+
+// Addrs are the endpoints a Router listens on, ports resolved.
+type Addrs struct {
+	Ingest, Consumer, Stream, Feed string
+}
+
+// New returns a Router over log, recovering its marks from StateDir and the
+// WAL. It starts nothing. reg and lg may be nil.
+func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger) (*Router, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	st, err := readState(opts.StateDir)
+	if err != nil {
+		return nil, fmt.Errorf("middletier: %w", err)
+	}
+	r := &Router{
+		opts: opts, log: log, lg: lg,
+		batches: make(chan inbound, opts.IngestQueue),
+		fetches: make(chan fetchReq, 64),
+		wake:    make(chan struct{}, 1),
+		highest: st.Origins,
+		ckpt:    st.Consumers,
+		lagging: map[string]bool{},
+	}
+	if err := r.recoverMarks(); err != nil {
+		return nil, err
+	}
+	r.applied = log.LastIndex()
+	r.published = log.LastIndex()
+	r.m, err = newMetrics(reg, opts.ID)
+	if err != nil {
+		return nil, fmt.Errorf("middletier: register metrics: %w", err)
+	}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.ingest = newRouterSocket(r.ctx, "ingest", opts.IngestAddr, opts.SendStall, 4096, lg, func() { r.m.stalls.WithLabelValues("ingest").Inc() })
+	r.consumer = newRouterSocket(r.ctx, "consumer", opts.ConsumerAddr, opts.SendStall, 256, lg, func() { r.m.stalls.WithLabelValues("consumer").Inc() })
+	return r, nil
+}
+
+// recoverMarks raises the per-origin marks to cover every record retained in
+// the WAL: the state file covers what was truncated.
+func (r *Router) recoverMarks() error {
+	last := r.log.LastIndex()
+	first := r.log.FirstIndex()
+	if first > last {
+		return nil
+	}
+	c, err := r.log.Cursor(first)
+	if err != nil {
+		return fmt.Errorf("middletier: recover marks: %w", err)
+	}
+	var es []wal.Entry
+	for next := first; next <= last; {
+		es, err = c.NextBatch(context.Background(), es[:0], 4096)
+		if err != nil {
+			return fmt.Errorf("middletier: recover marks: %w", err)
+		}
+		for _, e := range es {
+			rec, err := wire.DecodeRecord(e.Data)
+			if err != nil {
+				return fmt.Errorf("middletier: recover marks: entry %d: %w", e.Index, err)
+			}
+			r.highest[rec.Origin] = max(r.highest[rec.Origin], rec.Index)
+			next = e.Index + 1
+		}
+	}
+	return nil
+}
+
+// Listen binds every socket. Run calls it if it was not called.
+func (r *Router) Listen() (Addrs, error) {
+	if r.stream != nil {
+		return r.addrs(), nil
+	}
+	if err := r.ingest.listen(); err != nil {
+		return Addrs{}, fmt.Errorf("middletier: ingest: %w", err)
+	}
+	if err := r.consumer.listen(); err != nil {
+		r.ingest.close()
+		return Addrs{}, fmt.Errorf("middletier: consumer: %w", err)
+	}
+	var err error
+	if r.stream, err = r.listenPub(r.opts.StreamAddr); err != nil {
+		r.ingest.close()
+		r.consumer.close()
+		return Addrs{}, fmt.Errorf("middletier: stream: %w", err)
+	}
+	if r.opts.FeedAddr != "" {
+		if r.feed, err = r.listenPub(r.opts.FeedAddr); err != nil {
+			r.ingest.close()
+			r.consumer.close()
+			r.stream.Close()
+			return Addrs{}, fmt.Errorf("middletier: feed: %w", err)
+		}
+	}
+	return r.addrs(), nil
+}
+
+func (r *Router) listenPub(addr string) (zmq4.Socket, error) {
+	pub := zmq4.NewPub(r.ctx)
+	if err := pub.SetOption(zmq4.OptionHWM, r.opts.StreamHWM); err != nil {
+		pub.Close()
+		return nil, err
+	}
+	if err := pub.Listen(addr); err != nil {
+		pub.Close()
+		return nil, fmt.Errorf("listen %s: %w", addr, err)
+	}
+	return pub, nil
+}
+
+func (r *Router) addrs() Addrs {
+	a := Addrs{Ingest: r.ingest.endpoint(), Consumer: r.consumer.endpoint(), Stream: endpointOf(r.opts.StreamAddr, r.stream)}
+	if r.feed != nil {
+		a.Feed = endpointOf(r.opts.FeedAddr, r.feed)
+	}
+	return a
+}
+
+func endpointOf(addr string, s zmq4.Socket) string {
+	if tcp, ok := s.Addr().(*net.TCPAddr); ok && strings.HasPrefix(addr, "tcp://") {
+		return "tcp://" + tcp.String()
+	}
+	return addr
+}
+
+// Run serves until ctx ends or a WAL failure stops it, then closes every
+// socket, waits for every goroutine and makes the state durable. It returns
+// nil after a clean stop, or the failure.
+func (r *Router) Run(ctx context.Context) error {
+	if _, err := r.Listen(); err != nil {
+		r.cancel()
+		r.m.unregister()
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { r.recvIngest() })
+	wg.Go(func() { r.recvConsumer() })
+	wg.Go(func() { r.ingest.sender() })
+	wg.Go(func() { r.consumer.sender() })
+	wg.Go(func() { r.ingestWorker() })
+	wg.Go(func() { r.publisher() })
+	wg.Go(func() { r.fetchWorker() })
+	wg.Go(func() { r.stateKeeper() })
+	select {
+	case <-ctx.Done():
+	case <-r.ctx.Done():
+	}
+	r.cancel()
+	r.ingest.close()
+	r.consumer.close()
+	r.stream.Close()
+	if r.feed != nil {
+		r.feed.Close()
+	}
+	wg.Wait()
+	err := r.keepState()
+	r.m.unregister()
+	if r.failErr != nil {
+		return r.failErr
+	}
+	return err
+}
+
+// fail stops the Router with err (a WAL or state failure: fail stop).
+func (r *Router) fail(err error) {
+	r.failOnce.Do(func() {
+		r.failErr = err
+		r.cancel()
+	})
+}
+
+func (r *Router) recvIngest() {
+	for {
+		msg, err := r.ingest.recv()
+		if err != nil {
+			return
+		}
+		m, err := decodeFrom(msg)
+		b, ok := m.(*wire.Batch)
+		if err != nil || !ok {
+			r.m.invalid.WithLabelValues("ingest").Inc()
+			continue
+		}
+		r.m.batches.Inc()
+		select {
+		case r.batches <- inbound{identity: msg.Frames[0], b: b}:
+			r.m.ingestQueue.Inc()
+		default:
+			r.m.busy.Inc()
+			r.mu.Lock()
+			upTo := r.highest[b.Origin]
+			r.mu.Unlock()
+			r.ingest.send(msg.Frames[0], wire.Append(nil, &wire.Busy{Origin: b.Origin, UpTo: upTo, RetryAfter: r.opts.BusyRetry}))
+		}
+	}
+}
+
+// decodeFrom decodes a ROUTER message: the peer's identity, then one frame.
+func decodeFrom(msg zmq4.Msg) (wire.Message, error) {
+	if len(msg.Frames) != 2 {
+		return nil, fmt.Errorf("%w: %d frames", wire.ErrInvalid, len(msg.Frames))
+	}
+	return wire.Decode(msg.Frames[1])
+}
+
+// ingestWorker appends batches to the WAL. It takes whatever batches are
+// waiting and appends their new entries with one AppendBatch (one fsync),
+// then answers each batch.
+func (r *Router) ingestWorker() {
+	var group []inbound
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case in := <-r.batches:
+			group = append(group[:0], in)
+		}
+		size := batchBytes(group[0].b)
+	more:
+		for len(group) < 1024 && size < 8<<20 {
+			select {
+			case in := <-r.batches:
+				group = append(group, in)
+				size += batchBytes(in.b)
+			default:
+				break more
+			}
+		}
+		r.m.ingestQueue.Sub(float64(len(group)))
+		r.appendGroup(group)
+		clear(group)
+	}
+}
+
+func batchBytes(b *wire.Batch) int {
+	n := 0
+	for _, e := range b.Entries {
+		n += len(e)
+	}
+	return n
+}
+
+// appendGroup appends the new entries of a group of batches and answers
+// each: ack, resend after a gap, or busy at the WAL's bound.
+func (r *Router) appendGroup(group []inbound) {
+	type answer struct {
+		in     inbound
+		resend uint64 // non-zero: ask again from here
+	}
+	var (
+		marks   = map[string]uint64{} // the group's marks, applied once durable
+		answers = make([]answer, 0, len(group))
+		buf     []byte
+		ends    []int
+		repeats int
+	)
+	r.mu.Lock()
+	mark := func(origin string) uint64 {
+		if v, ok := marks[origin]; ok {
+			return v
+		}
+		return r.highest[origin]
+	}
+	for _, in := range group {
+		b := in.b
+		base := max(mark(b.Origin), b.Acked)
+		if b.First > base+1 {
+			// An earlier batch of this origin was lost on the way.
+			answers = append(answers, answer{in: in, resend: base + 1})
+			continue
+		}
+		for i, e := range b.Entries {
+			idx := b.First + uint64(i)
+			if idx <= base {
+				repeats++
+				continue
+			}
+			buf = wire.AppendRecord(buf, &wire.Record{Origin: b.Origin, Index: idx, Data: e})
+			ends = append(ends, len(buf))
+		}
+		marks[b.Origin] = max(base, b.First+uint64(len(b.Entries))-1)
+		answers = append(answers, answer{in: in})
+	}
+	r.mu.Unlock()
+	r.m.repeats.Add(float64(repeats))
+
+	if len(ends) > 0 {
+		records := make([][]byte, len(ends))
+		start := 0
+		for i, end := range ends {
+			records[i] = buf[start:end:end]
+			start = end
+		}
+		first, err := r.log.AppendBatch(r.ctx, records)
+		switch {
+		case errors.Is(err, wal.ErrFull):
+			r.mu.Lock()
+			for _, a := range answers {
+				r.ingest.send(a.in.identity, wire.Append(nil, &wire.Busy{Origin: a.in.b.Origin, UpTo: r.highest[a.in.b.Origin], RetryAfter: r.opts.BusyRetry}))
+			}
+			r.mu.Unlock()
+			r.m.busy.Add(float64(len(answers)))
+			return
+		case err != nil:
+			if r.ctx.Err() == nil {
+				r.fail(fmt.Errorf("middletier: append: %w", err))
+			}
+			return
+		}
+		r.m.entries.Add(float64(len(records)))
+		r.mu.Lock()
+		r.applied = first + uint64(len(records)) - 1
+		r.mu.Unlock()
+	}
+
+	r.mu.Lock()
+	for origin, v := range marks {
+		r.highest[origin] = max(r.highest[origin], v)
+	}
+	for _, a := range answers {
+		b := a.in.b
+		var msg []byte
+		if a.resend != 0 {
+			r.m.gaps.Inc()
+			msg = wire.Append(nil, &wire.Resend{Origin: b.Origin, From: a.resend})
+		} else {
+			msg = wire.Append(nil, &wire.Ack{Origin: b.Origin, UpTo: r.highest[b.Origin]})
+		}
+		r.ingest.send(a.in.identity, msg)
+	}
+	r.mu.Unlock()
+}
+
+// publisher publishes on the stream (and the feed) every record committed
+// after New. Records committed before are served by fetch.
+func (r *Router) publisher() {
+	r.mu.Lock()
+	from := r.published + 1
+	r.mu.Unlock()
+	c, err := r.log.Cursor(from)
+	if err != nil {
+		r.fail(fmt.Errorf("middletier: publish: %w", err))
+		return
+	}
+	var es []wal.Entry
+	var records [][]byte
+	for {
+		es, err = c.NextBatch(r.ctx, es[:0], r.opts.StreamBatch)
+		if err != nil {
+			if r.ctx.Err() == nil {
+				r.fail(fmt.Errorf("middletier: publish: %w", err))
+			}
+			return
+		}
+		records = records[:0]
+		for _, e := range es {
+			records = append(records, e.Data)
+		}
+		msg := zmq4.NewMsg(wire.Append(nil, &wire.Stream{Middletier: r.opts.ID, First: es[0].Index, Records: records}))
+		// Past the socket's high-water mark zmq4 drops the message and says
+		// nothing: subscribers see the gap by sequence and fetch it.
+		r.stream.Send(msg)
+		if r.feed != nil {
+			r.feed.Send(msg)
+		}
+		r.m.published.Add(float64(len(es)))
+		r.mu.Lock()
+		r.published = es[len(es)-1].Index
+		r.mu.Unlock()
+		if len(r.opts.Consumers) == 0 {
+			r.poke()
+		}
+	}
+}
+
+func (r *Router) recvConsumer() {
+	for {
+		msg, err := r.consumer.recv()
+		if err != nil {
+			return
+		}
+		m, err := decodeFrom(msg)
+		if err != nil {
+			r.m.invalid.WithLabelValues("consumer").Inc()
+			continue
+		}
+		switch m := m.(type) {
+		case *wire.Fetch:
+			select {
+			case r.fetches <- fetchReq{identity: msg.Frames[0], f: m}:
+			default: // the consumer asks again when its fetch times out
+			}
+		case *wire.Commit:
+			r.mu.Lock()
+			if m.Seq > r.ckpt[m.Consumer] && m.Seq <= r.log.LastIndex() {
+				r.ckpt[m.Consumer] = m.Seq
+			}
+			r.waiters = append(r.waiters, commitWaiter{identity: msg.Frames[0], consumer: m.Consumer, seq: m.Seq})
+			r.mu.Unlock()
+			r.poke()
+		default:
+			r.m.invalid.WithLabelValues("consumer").Inc()
+		}
+	}
+}
+
+// fetchWorker serves fetches one at a time from the WAL.
+func (r *Router) fetchWorker() {
+	var es []wal.Entry
+	for {
+		var req fetchReq
+		select {
+		case <-r.ctx.Done():
+			return
+		case req = <-r.fetches:
+		}
+		r.m.fetches.Inc()
+		reply := &wire.FetchReply{Middletier: r.opts.ID}
+		for range 2 { // once more if a truncation raced the read
+			es = es[:0]
+			reply.Oldest, reply.Last = r.log.FirstIndex(), r.log.LastIndex()
+			reply.First = max(req.f.From, reply.Oldest)
+			if reply.First > reply.Last || req.f.Max == 0 {
+				break
+			}
+			c, err := r.log.Cursor(reply.First)
+			if err == nil {
+				n := int(min(req.f.Max, uint64(r.opts.MaxFetchRecords), reply.Last-reply.First+1))
+				es, err = c.NextBatch(r.ctx, es, n)
+			}
+			if errors.Is(err, wal.ErrCompacted) {
+				continue
+			}
+			if err != nil && r.ctx.Err() == nil {
+				r.fail(fmt.Errorf("middletier: fetch: %w", err))
+			}
+			break
+		}
+		reply.Records = reply.Records[:0]
+		size := 0
+		for _, e := range es {
+			if size += len(e.Data); size > r.opts.MaxFetchBytes && len(reply.Records) > 0 {
+				break
+			}
+			reply.Records = append(reply.Records, e.Data)
+		}
+		r.consumer.send(req.identity, wire.Append(nil, reply))
+	}
+}
+
+func (r *Router) poke() {
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// stateKeeper makes the marks and checkpoints durable, acknowledges commits
+// once they are, releases the WAL up to what every durable consumer has,
+// and keeps the lag gauges.
+func (r *Router) stateKeeper() {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case <-r.wake:
+		case <-tick.C:
+		}
+		if err := r.keepState(); err != nil {
+			r.fail(err)
+			return
+		}
+	}
+}
+
+func (r *Router) keepState() error {
+	r.mu.Lock()
+	st := &state{Applied: r.applied, Origins: maps.Clone(r.highest), Consumers: maps.Clone(r.ckpt)}
+	waiters := r.waiters
+	r.waiters = nil
+	published := r.published
+	r.mu.Unlock()
+
+	if err := writeState(r.opts.StateDir, st); err != nil {
+		return fmt.Errorf("middletier: %w", err)
+	}
+
+	// Entries may go once every durable consumer has them, and once the
+	// marks that cover them are durable (st.Applied).
+	target := published
+	for _, c := range r.opts.Consumers {
+		target = min(target, st.Consumers[c])
+	}
+	target = min(target, st.Applied)
+	if target > r.log.Released() {
+		if err := r.log.Release(target); err != nil && !errors.Is(err, wal.ErrClosed) {
+			return fmt.Errorf("middletier: release: %w", err)
+		}
+	}
+
+	// Acknowledged once durable and applied: the room it freed is free.
+	for _, w := range waiters {
+		r.consumer.send(w.identity, wire.Append(nil, &wire.CommitAck{Consumer: w.consumer, Seq: st.Consumers[w.consumer]}))
+		r.m.commits.Inc()
+	}
+
+	last := r.log.LastIndex()
+	r.m.streamLagged.Set(float64(last - min(published, last)))
+	for _, c := range r.opts.Consumers {
+		lag := last - min(st.Consumers[c], last)
+		r.m.lag.WithLabelValues(c).Set(float64(lag))
+		r.mu.Lock()
+		was := r.lagging[c]
+		r.lagging[c] = lag > r.opts.LagWarn
+		r.mu.Unlock()
+		if lag > r.opts.LagWarn && !was && r.lg != nil {
+			r.lg.Warn("middletier: durable consumer far behind; the WAL keeps its entries and fills towards its bound", "consumer", c, "lag_entries", lag)
+		}
+	}
+	return nil
+}
