@@ -401,4 +401,3 @@ func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	return sum
 }
-
