@@ -669,6 +669,15 @@ func (l *Log) Err() error {
 	return l.err
 }
 
+// Notify returns a channel that is closed when entries after the current
+// last are committed, when the log fails, or when it is closed. Take a new
+// channel after each wake-up.
+func (l *Log) Notify() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.notify
+}
+
 // ID returns the log's identity: a random non-zero number drawn when the log
 // was created. (ID, index) names an entry for good, even across the loss and
 // re-creation of the log's directory.
@@ -714,6 +723,9 @@ func (l *Log) Close() error {
 		l.appenders.Wait()
 		close(l.quit)
 		l.wg.Wait()
+		l.mu.Lock()
+		l.wakeLocked()
+		l.mu.Unlock()
 		l.readMu.Lock()
 		// tidwall/wal fsyncs on Close, also after a failed fsync; nothing is
 		// acknowledged after a failure, so that fsync can make no promise.

@@ -500,3 +500,28 @@ func TestIdentity(t *testing.T) {
 		t.Fatal("zero identity after damage")
 	}
 }
+
+func TestNotify(t *testing.T) {
+	l := openLog(t, t.TempDir(), wal.Options{}, nil)
+	ch := l.Notify()
+	select {
+	case <-ch:
+		t.Fatal("notified before any commit")
+	default:
+	}
+	if _, err := l.Append(context.Background(), []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	default:
+		t.Fatal("not notified of a commit")
+	}
+	ch = l.Notify()
+	l.Close()
+	select {
+	case <-ch:
+	default:
+		t.Fatal("not notified of close")
+	}
+}
