@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,10 +19,10 @@ import (
 
 // conn is one device connection.
 //
-// Goroutines: the HTTP handler goroutine is the one reader (serve); a flusher
-// goroutine exists only while frames wait for the WAL; a keepalive timer
-// goroutine exists only while a ping is in flight. Writes come from all three
-// and are serialised by the websocket library, each with a deadline.
+// Goroutines: one started by Server.run after the upgrade is the one reader
+// (serve); a flusher goroutine exists only while frames wait for the WAL; a
+// keepalive timer goroutine exists only while a ping is in flight. Writes come
+// from all three and are serialised by wmu, each under a socket deadline.
 //
 // The reader numbers data frames 1, 2, 3… (seq) and queues every frame, even
 // one whose messages were all rejected, in pending; the flusher appends the
@@ -32,15 +33,22 @@ import (
 type conn struct {
 	s      *Server
 	ws     *websocket.Conn
+	nc     net.Conn // the socket under ws, for write deadlines
 	device string
 	exp    time.Time // token expiry; zero: none
 	done   chan struct{}
 
 	lastRead atomic.Int64 // unix nanos of the last frame or pong
 
-	// Reader-only state.
+	// Reader-only state. bucket is the device's, handed over between its
+	// connections through Server.limits.
 	seq    uint64
 	bucket bucket
+
+	// wmu serialises this server's writes, each under a socket deadline
+	// that is cleared afterwards (the library's own writes, pongs and close
+	// frames, carry their own timeouts).
+	wmu sync.Mutex
 
 	mu       sync.Mutex
 	cond     *sync.Cond // signalled when flushing turns false or pending shrinks
@@ -81,9 +89,14 @@ type bucket struct {
 	last   int64
 }
 
+// level returns the tokens the bucket holds at now.
+func (b *bucket) level(now int64, rate, burst float64) float64 {
+	return min(burst, b.tokens+float64(max(now-b.last, 0))/1e9*rate)
+}
+
 // take removes n tokens, or reports how long until n would be available.
 func (b *bucket) take(now int64, n int, rate, burst float64) (bool, time.Duration) {
-	b.tokens = min(burst, b.tokens+float64(now-b.last)/1e9*rate)
+	b.tokens = b.level(now, rate, burst)
 	b.last = now
 	if b.tokens >= float64(n) {
 		b.tokens -= float64(n)
@@ -138,33 +151,35 @@ func (c *conn) serve() {
 	c.stopPing()
 	c.s.m.closes.WithLabelValues(reason).Inc()
 	c.s.lg.Debug("device disconnected", "device", c.device, "reason", reason)
+	// Before done is closed: a newer connection of the device waits for it.
+	c.s.limits.put(c.device, c.bucket, time.Now().UnixNano())
 }
 
 func (c *conn) readLoop() error {
 	s := c.s
-	bp := s.readPool.Get().(*[]byte)
-	defer func() {
-		if cap(*bp) <= 64<<10 {
-			s.readPool.Put(bp)
-		}
-	}()
 	for {
 		typ, r, err := c.ws.Reader(context.Background())
 		if err != nil {
 			return err
 		}
-		// Between frames the buffer goes back to the pool, so an idle
-		// connection holds none.
+		// The frame buffer is taken only once a frame has begun, and goes
+		// back to the pool after it, so an idle connection holds none.
+		bp := s.readPool.Get().(*[]byte)
 		buf, err := readAll(r, (*bp)[:0])
 		*bp = buf
+		if err == nil {
+			now := time.Now()
+			c.lastRead.Store(now.UnixNano())
+			c.seq++
+			s.m.bytes.Add(float64(len(buf)))
+			c.handleFrame(typ, buf, now)
+		}
+		if cap(*bp) <= 64<<10 {
+			s.readPool.Put(bp)
+		}
 		if err != nil {
 			return err
 		}
-		now := time.Now()
-		c.lastRead.Store(now.UnixNano())
-		c.seq++
-		s.m.bytes.Add(float64(len(buf)))
-		c.handleFrame(typ, buf, now)
 	}
 }
 
@@ -425,10 +440,18 @@ func (c *conn) writeError(code string, seq uint64, index int, id []byte, retryMS
 	c.write(appendError(make([]byte, 0, 128), code, seq, index, id, retryMS, reason))
 }
 
+// write writes one text frame within Options.WriteTimeout. The bound is a
+// socket deadline rather than a context: a context with a timeout costs a
+// timer and three allocations per write, which at 10,000 devices was a
+// good part of what made the garbage collector run (see docs/benchmarks.md).
+// A hard stop after the drain window closes the socket, which ends a write
+// in progress as well.
 func (c *conn) write(b []byte) error {
-	ctx, cancel := context.WithTimeout(c.s.hard, c.s.opts.WriteTimeout)
-	err := c.ws.Write(ctx, websocket.MessageText, b)
-	cancel()
+	c.wmu.Lock()
+	c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+	err := c.ws.Write(context.Background(), websocket.MessageText, b)
+	c.nc.SetWriteDeadline(time.Time{})
+	c.wmu.Unlock()
 	if err != nil {
 		c.mu.Lock()
 		if c.reason == "" {

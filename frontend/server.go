@@ -32,6 +32,8 @@ type Server struct {
 	m    *metrics
 	auth *verifier // nil with InsecureNoAuth
 
+	limits *limits // rate-limit buckets of devices between connections
+
 	ready  atomic.Bool
 	nconns atomic.Int64
 
@@ -81,6 +83,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	if s.m, err = newMetrics(reg); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
+	s.limits = newLimits(o.Rate, float64(o.Burst), o.MaxConnections)
 	s.hard, s.hardCancel = context.WithCancel(context.Background())
 	s.pendPool.New = func() any { return new(pending) }
 	s.readPool.New = func() any { b := make([]byte, 0, 4096); return &b }
@@ -245,29 +248,29 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusServiceUnavailable, "too_many_connections", "too many connections")
 		return
 	}
-	defer s.nconns.Add(-1)
 
 	c := &conn{s: s, device: device, exp: exp, done: make(chan struct{})}
 	c.cond = sync.NewCond(&c.mu)
-	c.bucket.tokens = float64(s.opts.Burst)
-	c.bucket.last = time.Now().UnixNano()
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	hj := &hijacker{ResponseWriter: w}
+	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.opts.OriginPatterns,
 		CompressionMode: websocket.CompressionDisabled,
 		OnPongReceived:  func(context.Context, []byte) { c.lastRead.Store(time.Now().UnixNano()) },
 	})
 	if err != nil {
 		// Accept has answered the request (403 for a foreign Origin, 400 otherwise).
+		s.nconns.Add(-1)
 		s.m.handshakes.WithLabelValues("bad_handshake").Inc()
 		s.lg.Debug("websocket handshake refused", "remote", r.RemoteAddr, "err", err)
 		return
 	}
 	ws.SetReadLimit(int64(s.opts.MaxFrameBytes))
-	c.ws = ws
+	c.ws, c.nc = ws, hj.nc
 
 	s.mu.Lock()
 	if s.draining {
 		s.mu.Unlock()
+		s.nconns.Add(-1)
 		ws.Close(s.opts.ShutdownCode, "server shutting down")
 		s.m.closes.WithLabelValues(reasonDrain).Inc()
 		return
@@ -277,14 +280,24 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
 	s.mu.Unlock()
+	// The connection gets a goroutine of its own and the handler returns, so
+	// that net/http lets go of the request, its buffers and the deep stack
+	// of the handshake (~4 KB per connection).
+	go s.run(c, old)
+}
+
+// run serves an upgraded connection until it ends. old is the device's
+// previous connection, if it had one.
+func (s *Server) run(c *conn, old *conn) {
 	defer s.wg.Done()
+	defer s.nconns.Add(-1)
 	s.m.connections.Inc()
 	defer s.m.connections.Dec()
 
 	if old != nil {
 		// One connection per device keeps its messages in order: the newer
 		// one starts reading only after the older one has finished.
-		s.lg.Info("device reconnected, closing its older connection", "device", device)
+		s.lg.Info("device reconnected, closing its older connection", "device", c.device)
 		s.wg.Go(func() { old.finish(closePolicy, reasonReplaced) })
 		t := time.NewTimer(s.opts.WriteTimeout)
 		select {
@@ -295,13 +308,14 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		}
 		t.Stop()
 	}
+	c.bucket = s.limits.take(c.device, time.Now().UnixNano())
 
 	c.serve()
 
 	s.mu.Lock()
 	delete(s.conns, c)
-	if s.devices[device] == c {
-		delete(s.devices, device)
+	if s.devices[c.device] == c {
+		delete(s.devices, c.device)
 	}
 	s.mu.Unlock()
 }
