@@ -368,6 +368,19 @@ func (r *Router) appendGroup(group []inbound) {
 		}
 		first, err := r.log.AppendBatch(r.ctx, records)
 		switch {
+		case errors.Is(err, wal.ErrTooLarge) && len(group) > 1:
+			// The group could never fit under the WAL's bound, though its
+			// batches might: append them in two halves.
+			h := len(group) / 2
+			r.appendGroup(group[:h])
+			r.appendGroup(group[h:])
+			return
+		case errors.Is(err, wal.ErrTooLarge):
+			if r.lg != nil {
+				r.lg.Error("middletier: a batch can never fit under the WAL's bound; raise the bound or lower the frontends' batch size",
+					"origin", group[0].b.Origin, "entries", len(records))
+			}
+			fallthrough
 		case errors.Is(err, wal.ErrFull):
 			r.mu.Lock()
 			for _, a := range answers {

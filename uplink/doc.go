@@ -1,0 +1,40 @@
+// Package uplink is the frontend's forwarder (its queue monitor): it reads
+// the frontend's WAL in order and carries it to a middletier over a ZeroMQ
+// DEALER, releasing entries from the WAL only once the middletier has made
+// them durable and said so. docs/wire.md specifies the messages.
+//
+// # Delivery
+//
+// zmq4 gives no delivery guarantee: Send reports success for messages it
+// drops while a connection is down. The Link therefore trusts only the
+// middletier's cumulative acknowledgements. It keeps at most Window batches
+// unacknowledged; when no acknowledgement comes for AckTimeout it sends
+// again from the oldest unacknowledged entry (go-back-N), and after
+// Reconnect such timeouts in a row it closes the socket and connects a new
+// one. A middletier that acknowledges nothing for Failover while entries
+// wait is left for the next one in the list. Entries may reach a middletier
+// more than once, and reach two middletiers across a failover; the
+// middletier drops repeats by (origin, index).
+//
+// Each batch carries the frontend's release mark, so that a middletier can
+// tell a gap the frontend vouches for (entries acknowledged by another
+// middletier) from a batch lost on the way, which it answers with Resend.
+// Busy (the middletier at its bound) makes the Link wait for the retry hint
+// and send again; the entries stay in the frontend's WAL, which fills
+// towards its own bound and turns into backpressure on devices.
+//
+// # Sockets
+//
+// A zmq4 DEALER sends every message to every peer it is connected to, so a
+// Link's socket is connected to exactly one middletier. Sends go through one
+// goroutine whose watchdog closes the socket if a send stalls (zmq4 sends
+// have no deadline once connected). Each socket has an identity of its own,
+// so that a middletier never answers a new socket's batches to an old one.
+//
+// # Order
+//
+// Entries reach a middletier in WAL order, which keeps each device's order
+// from the device to the middletier. After a failover, entries may reach
+// the stream of another middletier, and the order across the two streams is
+// not defined.
+package uplink

@@ -1,0 +1,343 @@
+package uplink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/wal"
+	"github.com/ingest-io/ingest/wire"
+)
+
+// Link forwards a frontend's WAL to a middletier: it reads the WAL in
+// order, sends batches over a DEALER connected to one middletier, and
+// releases entries from the WAL only once the middletier has acknowledged
+// them. See doc.go.
+type Link struct {
+	opts   Options
+	log    *wal.Log
+	lg     *slog.Logger
+	m      *metrics
+	origin string
+}
+
+// New returns a Link for log. It starts nothing. reg and lg may be nil.
+func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger) (*Link, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("uplink: register metrics: %w", err)
+	}
+	return &Link{opts: opts, log: log, lg: lg, m: m, origin: Origin(opts.ID, log.ID())}, nil
+}
+
+// Origin is the name under which a middletier knows the entries of the
+// frontend id's WAL with the given identity.
+func Origin(id string, logID uint64) string {
+	return fmt.Sprintf("%s.%016x", id, logID)
+}
+
+// sent is a batch waiting for its acknowledgement.
+type sent struct {
+	last uint64
+	at   time.Time
+}
+
+// state is the Link's state, owned by Run's goroutine.
+type state struct {
+	acked     uint64 // every entry up to it is durable in a middletier
+	cur       *wal.Cursor
+	next      uint64      // index of the next entry to read
+	pending   []wal.Entry // read, not yet sent
+	inflight  []sent
+	waitSince time.Time // when the oldest unacknowledged batch was sent, or the last progress
+	lastAck   time.Time // last progress, for failover
+	timeouts  int       // ack timeouts in a row
+	paused    time.Time // no sends before this (busy)
+	conn      *conn
+	endpoints []string
+	at        int // index in endpoints
+	dials     int // failed dials in a row, for backoff
+	nextDial  time.Time
+	socketSeq uint64
+	// The last resend asked for: every batch in flight behind a lost one
+	// draws the same request, and one rewind answers them all.
+	resentFrom uint64
+	resentAt   time.Time
+}
+
+// Run forwards until ctx ends, then closes its socket. Entries not yet
+// acknowledged stay in the WAL for the next Run. It returns nil when ctx
+// ends, or the WAL's failure.
+func (k *Link) Run(ctx context.Context) error {
+	defer k.m.unregister()
+	s := &state{acked: k.log.Released(), lastAck: time.Now(), waitSince: time.Now()}
+	if err := k.rewind(s, s.acked+1); err != nil {
+		return err
+	}
+	defer func() {
+		if s.conn != nil {
+			s.conn.close()
+		}
+	}()
+	tick := time.NewTicker(k.opts.AckTimeout / 4)
+	defer tick.Stop()
+	for {
+		if s.conn == nil && !time.Now().Before(s.nextDial) {
+			k.connect(ctx, s)
+		}
+		if err := k.fill(ctx, s); err != nil {
+			return err
+		}
+		k.sendReady(s)
+		k.m.inflight.Set(float64(s.next - 1 - s.acked - uint64(len(s.pending))))
+
+		var notify <-chan struct{}
+		if len(s.pending) == 0 && s.next > k.log.LastIndex() {
+			notify = k.log.Notify()
+			if s.next <= k.log.LastIndex() { // committed meanwhile
+				continue
+			}
+		}
+		var replies <-chan wire.Message
+		var dead <-chan struct{}
+		if s.conn != nil {
+			replies, dead = s.conn.replies, s.conn.dead
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-notify:
+			if err := k.log.Err(); err != nil {
+				return err
+			}
+		case m := <-replies:
+			if err := k.handle(s, m); err != nil {
+				return err
+			}
+		case <-dead:
+			k.drop(s, "link lost")
+		case <-tick.C:
+			if err := k.checkTimeouts(s); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// fill reads committed entries into pending, without waiting.
+func (k *Link) fill(ctx context.Context, s *state) error {
+	if len(s.pending) > 0 || s.next > k.log.LastIndex() {
+		return nil
+	}
+	es, err := s.cur.NextBatch(ctx, s.pending[:0], k.opts.MaxBatchEntries*4)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("uplink: read wal: %w", err)
+	}
+	s.pending = es
+	s.next = es[len(es)-1].Index + 1
+	return nil
+}
+
+// sendReady sends pending entries while the window has room.
+func (k *Link) sendReady(s *state) {
+	now := time.Now()
+	for s.conn != nil && len(s.pending) > 0 && len(s.inflight) < k.opts.Window && !now.Before(s.paused) {
+		n, bytes := 0, 0
+		for n < len(s.pending) && n < k.opts.MaxBatchEntries && (n == 0 || bytes+len(s.pending[n].Data) <= k.opts.MaxBatchBytes) {
+			bytes += len(s.pending[n].Data)
+			n++
+		}
+		entries := make([][]byte, n)
+		for i := range n {
+			entries[i] = s.pending[i].Data
+		}
+		b := &wire.Batch{Origin: k.origin, Acked: s.acked, First: s.pending[0].Index, Entries: entries}
+		if !s.conn.enqueue(wire.Append(nil, b)) {
+			k.drop(s, "sender queue full")
+			return
+		}
+		if len(s.inflight) == 0 {
+			s.waitSince = now
+		}
+		s.inflight = append(s.inflight, sent{last: b.First + uint64(n) - 1, at: now})
+		s.pending = s.pending[n:]
+		k.m.batches.Inc()
+	}
+}
+
+func (k *Link) handle(s *state, m wire.Message) error {
+	switch m := m.(type) {
+	case *wire.Ack:
+		if m.Origin == k.origin {
+			return k.progress(s, m.UpTo)
+		}
+	case *wire.Busy:
+		if m.Origin != k.origin {
+			return nil
+		}
+		if err := k.progress(s, m.UpTo); err != nil {
+			return err
+		}
+		k.m.retransmits.WithLabelValues("busy").Inc()
+		s.paused = time.Now().Add(m.RetryAfter)
+		s.lastAck = time.Now() // a busy middletier is alive: no failover
+		return k.rewind(s, s.acked+1)
+	case *wire.Resend:
+		if m.Origin != k.origin {
+			return nil
+		}
+		from := max(m.From, s.acked+1)
+		if from <= s.resentFrom && time.Since(s.resentAt) < k.opts.AckTimeout {
+			return nil // answered by the rewind already done
+		}
+		k.m.retransmits.WithLabelValues("gap").Inc()
+		s.resentFrom, s.resentAt = from, time.Now()
+		return k.rewind(s, from)
+	}
+	return nil
+}
+
+// progress applies a cumulative acknowledgement.
+func (k *Link) progress(s *state, upTo uint64) error {
+	if upTo <= s.acked {
+		return nil
+	}
+	if last := k.log.LastIndex(); upTo > last {
+		// Not an entry of this log: a middletier that confused origins.
+		if k.lg != nil {
+			k.lg.Error("uplink: acknowledgement beyond the last entry; ignored", "up_to", upTo, "last", last)
+		}
+		return nil
+	}
+	if err := k.log.Release(upTo); err != nil {
+		return fmt.Errorf("uplink: release: %w", err)
+	}
+	now := time.Now()
+	k.m.acked.Add(float64(upTo - s.acked))
+	s.acked = upTo
+	s.lastAck, s.waitSince, s.timeouts = now, now, 0
+	i := 0
+	for i < len(s.inflight) && s.inflight[i].last <= upTo {
+		k.m.rtt.Observe(now.Sub(s.inflight[i].at).Seconds())
+		i++
+	}
+	s.inflight = s.inflight[i:]
+	if first := s.next - uint64(len(s.pending)); upTo >= first {
+		// The middletier holds entries not yet sent in this session: skip them.
+		return k.rewind(s, upTo+1)
+	}
+	return nil
+}
+
+// rewind makes from the next entry to send, forgetting what is in flight.
+func (k *Link) rewind(s *state, from uint64) error {
+	c, err := k.log.Cursor(from)
+	if err != nil {
+		return fmt.Errorf("uplink: rewind: %w", err)
+	}
+	s.cur, s.next, s.pending, s.inflight = c, from, nil, nil
+	s.waitSince = time.Now()
+	return nil
+}
+
+func (k *Link) checkTimeouts(s *state) error {
+	now := time.Now()
+	waiting := len(s.inflight) > 0 || len(s.pending) > 0 || s.next <= k.log.LastIndex()
+	if !waiting {
+		s.lastAck = now
+		return nil
+	}
+	if s.conn != nil && now.Sub(s.lastAck) > k.opts.Failover && len(s.endpoints) > 1 {
+		k.m.failovers.Inc()
+		if k.lg != nil {
+			k.lg.Warn("uplink: middletier silent; moving to the next", "middletier", s.conn.endpoint, "silent_for", now.Sub(s.lastAck))
+		}
+		k.drop(s, "failover")
+		s.at++
+		s.lastAck = now
+		return k.rewind(s, s.acked+1)
+	}
+	if len(s.inflight) > 0 && now.Sub(s.waitSince) > k.opts.AckTimeout {
+		k.m.retransmits.WithLabelValues("timeout").Inc()
+		s.timeouts++
+		if s.timeouts >= k.opts.Reconnect {
+			// zmq4 drops messages silently while a connection is down: a
+			// fresh socket is the way to a working connection.
+			k.drop(s, "no acknowledgement")
+			s.timeouts = 0
+		}
+		return k.rewind(s, s.acked+1)
+	}
+	return nil
+}
+
+// drop closes the current socket; Run connects again.
+func (k *Link) drop(s *state, why string) {
+	if s.conn == nil {
+		return
+	}
+	if k.lg != nil {
+		k.lg.Info("uplink: closing connection", "middletier", s.conn.endpoint, "reason", why)
+	}
+	k.m.connected.WithLabelValues(s.conn.endpoint).Set(0)
+	s.conn.close()
+	s.conn = nil
+	k.m.reconnects.Inc()
+	s.inflight = nil
+}
+
+// connect connects to the current middletier, or on failure arranges the
+// next try (the next middletier, after a backoff).
+func (k *Link) connect(ctx context.Context, s *state) {
+	if len(s.endpoints) == 0 || s.at >= len(s.endpoints) {
+		eps := k.opts.Middletiers
+		if k.opts.Resolve != nil {
+			var err error
+			if eps, err = k.opts.Resolve(ctx); err != nil && k.lg != nil {
+				k.lg.Warn("uplink: resolve middletiers", "err", err)
+			}
+		}
+		s.endpoints, s.at = eps, 0
+		if len(eps) == 0 {
+			k.backoff(s)
+			return
+		}
+	}
+	ep := s.endpoints[s.at]
+	s.socketSeq++
+	c, err := dial(ctx, ep, fmt.Sprintf("%s#%d-%x", k.origin, s.socketSeq, rand.Uint32()), k.opts)
+	if err != nil {
+		if k.lg != nil && s.dials == 0 {
+			k.lg.Warn("uplink: connect", "middletier", ep, "err", err)
+		}
+		s.at++
+		k.backoff(s)
+		return
+	}
+	s.conn, s.dials = c, 0
+	k.m.connected.WithLabelValues(ep).Set(1)
+	if k.lg != nil {
+		k.lg.Info("uplink: connected", "middletier", ep)
+	}
+	if err := k.rewind(s, s.acked+1); err != nil && !errors.Is(err, wal.ErrClosed) && k.lg != nil {
+		k.lg.Error("uplink: rewind", "err", err)
+	}
+}
+
+func (k *Link) backoff(s *state) {
+	s.dials++
+	d := min(50*time.Millisecond<<min(s.dials, 6), 2*time.Second)
+	s.nextDial = time.Now().Add(d/2 + rand.N(d/2+1))
+}

@@ -1,0 +1,311 @@
+package uplink_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/middletier"
+	"github.com/ingest-io/ingest/uplink"
+	"github.com/ingest-io/ingest/wal"
+	"github.com/ingest-io/ingest/wire"
+)
+
+// tier is a middletier on loopback over a real WAL.
+type tier struct {
+	dir   string
+	opts  middletier.Options
+	wopts wal.Options
+	log   *wal.Log
+	addrs middletier.Addrs
+	stop  func()
+}
+
+func startTier(t *testing.T, dir string, opts middletier.Options, wopts wal.Options) *tier {
+	t.Helper()
+	tr := &tier{dir: dir, opts: opts, wopts: wopts}
+	tr.start(t)
+	return tr
+}
+
+func (tr *tier) start(t *testing.T) {
+	t.Helper()
+	opts := tr.opts
+	opts.StateDir = tr.dir
+	if opts.ID == "" {
+		opts.ID = "mt-" + filepath.Base(tr.dir)
+	}
+	def := "tcp://127.0.0.1:0"
+	if tr.addrs.Ingest != "" { // a restart listens where it did before
+		opts.IngestAddr, opts.ConsumerAddr, opts.StreamAddr = tr.addrs.Ingest, tr.addrs.Consumer, tr.addrs.Stream
+	} else {
+		opts.IngestAddr, opts.ConsumerAddr, opts.StreamAddr = def, def, def
+	}
+	wopts := tr.wopts
+	wopts.Hop = "middletier"
+	l, err := wal.Open(filepath.Join(tr.dir, "wal"), wopts, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := middletier.New(opts, l, nil, nil)
+	if err != nil {
+		l.Close()
+		t.Fatal(err)
+	}
+	if tr.addrs, err = r.Listen(); err != nil {
+		l.Close()
+		t.Fatal(err)
+	}
+	tr.log = l
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	tr.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("middletier: %v", err)
+			}
+			l.Close()
+		})
+	}
+	t.Cleanup(tr.stop)
+}
+
+// records returns, by identity, how often each record is in the tier's WAL.
+func (tr *tier) records(t *testing.T) map[uint64]int {
+	t.Helper()
+	l, err := wal.Open(filepath.Join(tr.dir, "wal"), wal.Options{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	seen := map[uint64]int{}
+	if l.LastIndex() < l.FirstIndex() {
+		return seen
+	}
+	c, err := l.Cursor(l.FirstIndex())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := l.FirstIndex(); i <= l.LastIndex(); i++ {
+		e, err := c.Next(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec, err := wire.DecodeRecord(e.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("entry-%d", rec.Index); string(rec.Data) != want {
+			t.Fatalf("record %d holds %q", rec.Index, rec.Data)
+		}
+		seen[rec.Index]++
+	}
+	return seen
+}
+
+// frontend is a frontend's WAL with a Link running over it.
+type frontend struct {
+	log  *wal.Log
+	reg  *prometheus.Registry
+	stop func()
+}
+
+func startLink(t *testing.T, opts uplink.Options) *frontend {
+	t.Helper()
+	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.ID == "" {
+		opts.ID = "fe-test"
+	}
+	reg := prometheus.NewRegistry()
+	k, err := uplink.New(opts, l, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- k.Run(ctx) }()
+	var once sync.Once
+	f := &frontend{log: l, reg: reg}
+	f.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("uplink: %v", err)
+			}
+			l.Close()
+		})
+	}
+	t.Cleanup(f.stop)
+	return f
+}
+
+// appendEntries appends entry-1 .. entry-n in batches of 100, pausing
+// between batches for pace, so that the content of each entry names its
+// index.
+func (f *frontend) appendEntries(t *testing.T, n int, pace time.Duration) {
+	t.Helper()
+	for i := 1; i <= n; i += 100 {
+		var batch [][]byte
+		for j := i; j < i+100 && j <= n; j++ {
+			batch = append(batch, fmt.Appendf(nil, "entry-%d", j))
+		}
+		first, err := f.log.AppendBatch(context.Background(), batch)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if first != uint64(i) {
+			t.Errorf("entry-%d appended at %d", i, first)
+			return
+		}
+		if pace > 0 {
+			time.Sleep(pace)
+		}
+	}
+}
+
+func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > limit {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+func exactlyOnce(t *testing.T, seen map[uint64]int, n int) {
+	t.Helper()
+	for i := 1; i <= n; i++ {
+		if seen[uint64(i)] != 1 {
+			t.Fatalf("entry %d is in the middletier's WAL %d times", i, seen[uint64(i)])
+		}
+	}
+	if len(seen) != n {
+		t.Fatalf("%d records, want %d", len(seen), n)
+	}
+}
+
+func TestForward(t *testing.T) {
+	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	f := startLink(t, uplink.Options{Middletiers: []string{mt.addrs.Ingest}})
+	const n = 20000
+	f.appendEntries(t, n, 0)
+	waitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
+	mt.stop()
+	exactlyOnce(t, mt.records(t), n)
+}
+
+// A middletier restarted while the frontend sends: traffic resumes, and
+// nothing is lost or doubled in the middletier's stream.
+func TestMiddletierRestart(t *testing.T) {
+	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	f := startLink(t, uplink.Options{Middletiers: []string{mt.addrs.Ingest}})
+	const n = 6000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.appendEntries(t, n, 20*time.Millisecond)
+	}()
+	waitFor(t, "the first acknowledgements", 10*time.Second, func() bool { return f.log.Released() > 1000 })
+	mt.stop()
+	before := f.log.Released()
+	mt.start(t)
+	took := waitFor(t, "traffic to resume", 30*time.Second, func() bool { return f.log.Released() > before })
+	t.Logf("traffic resumed %v after the middletier restarted", took)
+	if took > 5*time.Second {
+		t.Errorf("traffic resumed after %v, want within 5s", took)
+	}
+	<-done
+	waitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
+	mt.stop()
+	exactlyOnce(t, mt.records(t), n)
+}
+
+// When a middletier dies for good, the frontend fails over to the next:
+// every entry is acknowledged, each is durable in a middletier, and no
+// middletier holds one twice.
+func TestFailover(t *testing.T) {
+	a := startTier(t, t.TempDir(), middletier.Options{ID: "mt-a"}, wal.Options{})
+	b := startTier(t, t.TempDir(), middletier.Options{ID: "mt-b"}, wal.Options{})
+	f := startLink(t, uplink.Options{Middletiers: []string{a.addrs.Ingest, b.addrs.Ingest}, Failover: 2 * time.Second})
+	const n = 5000
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f.appendEntries(t, n, 20*time.Millisecond)
+	}()
+	waitFor(t, "the first acknowledgements", 10*time.Second, func() bool { return f.log.Released() > 1000 })
+	a.stop()
+	<-done
+	waitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
+	b.stop()
+	inA, inB := a.records(t), b.records(t)
+	for i := uint64(1); i <= n; i++ {
+		if inA[i] > 1 || inB[i] > 1 {
+			t.Fatalf("entry %d twice in one middletier (a %d, b %d)", i, inA[i], inB[i])
+		}
+		if inA[i]+inB[i] == 0 {
+			t.Fatalf("entry %d acknowledged and in no middletier", i)
+		}
+	}
+	if len(inB) == 0 {
+		t.Fatal("nothing reached the second middletier")
+	}
+}
+
+// A middletier at its bound answers busy; the frontend keeps its entries
+// and delivers them once room is made.
+func TestBusyBackpressure(t *testing.T) {
+	mt := startTier(t, t.TempDir(), middletier.Options{Consumers: []string{"storage"}, BusyRetry: 20 * time.Millisecond}, wal.Options{MaxEntries: 500})
+	f := startLink(t, uplink.Options{Middletiers: []string{mt.addrs.Ingest}})
+	const n = 2000
+	f.appendEntries(t, n, 0)
+	// Batches are all or nothing: the middletier takes whole batches while
+	// they fit under its bound, then answers busy.
+	waitFor(t, "busy answers", 10*time.Second, func() bool { return counter(t, f.reg, "ingest_uplink_retransmits_total") > 0 })
+	if held, released := mt.log.LastIndex(), f.log.Released(); held == 0 || held > 500 || released != held {
+		t.Fatalf("middletier holds %d entries (bound 500), frontend released %d", held, released)
+	}
+	// The consumer catches up in steps; everything gets through.
+	cons := newConsumer(t, mt.addrs.Consumer)
+	for f.log.Released() < n {
+		seq := mt.log.LastIndex()
+		cons.commit(t, seq)
+		waitFor(t, "room", 10*time.Second, func() bool { return mt.log.Released() >= seq })
+		waitFor(t, "more entries or the end", 10*time.Second, func() bool { return mt.log.LastIndex() > seq || f.log.Released() == n })
+	}
+	mt.stop()
+	exactlyOnce(t, mt.records(t), n)
+}
+
+// counter sums every series of a counter.
+func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return sum
+}

@@ -1,0 +1,117 @@
+package uplink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/ingest-io/ingest/wire"
+)
+
+// Options configure a Link. Zero fields mean their defaults.
+type Options struct {
+	// ID names the frontend. With the WAL's identity it makes the origin the
+	// middletier knows the frontend's entries by. Required.
+	ID string
+	// Middletiers are the ZeroMQ endpoints of the middletiers' ingest
+	// sockets (tcp://host:port), in order of preference.
+	Middletiers []string
+	// Resolve, if set, is asked for the endpoints each time the Link
+	// connects, instead of Middletiers: DNSResolver finds them through a
+	// Kubernetes headless Service.
+	Resolve func(context.Context) ([]string, error)
+	// MaxBatchEntries and MaxBatchBytes bound one batch. Defaults 256 and
+	// 1 MiB.
+	MaxBatchEntries int
+	MaxBatchBytes   int
+	// Window is how many batches may be unacknowledged at once. Default 32.
+	Window int
+	// AckTimeout is how long the Link waits for an acknowledgement before
+	// it sends again from the oldest unacknowledged entry. Default 1s.
+	AckTimeout time.Duration
+	// Reconnect is how many ack timeouts in a row make the Link close its
+	// socket and connect again. Default 2.
+	Reconnect int
+	// Failover is how long a middletier may go without acknowledging
+	// anything while entries wait before the Link moves to the next one.
+	// Default 5s.
+	Failover time.Duration
+	// SendStall bounds one send on the socket: zmq4 sends have no deadline
+	// once connected, so a send that takes longer closes the socket.
+	// Default 2s.
+	SendStall time.Duration
+	// DialTimeout bounds connecting to one middletier. Default 1s.
+	DialTimeout time.Duration
+}
+
+// DefaultOptions returns the defaults that zero fields stand for.
+func DefaultOptions() Options {
+	return Options{
+		MaxBatchEntries: 256,
+		MaxBatchBytes:   1 << 20,
+		Window:          32,
+		AckTimeout:      time.Second,
+		Reconnect:       2,
+		Failover:        5 * time.Second,
+		SendStall:       2 * time.Second,
+		DialTimeout:     time.Second,
+	}
+}
+
+func (o Options) withDefaults() (Options, error) {
+	d := DefaultOptions()
+	if o.ID == "" || len(o.ID) > wire.MaxNameLen-17 {
+		return o, fmt.Errorf("uplink: id must be 1 to %d bytes", wire.MaxNameLen-17)
+	}
+	if len(o.Middletiers) == 0 && o.Resolve == nil {
+		return o, errors.New("uplink: no middletiers")
+	}
+	if o.MaxBatchEntries <= 0 {
+		o.MaxBatchEntries = d.MaxBatchEntries
+	}
+	if o.MaxBatchBytes <= 0 {
+		o.MaxBatchBytes = d.MaxBatchBytes
+	}
+	if o.Window <= 0 {
+		o.Window = d.Window
+	}
+	if o.AckTimeout <= 0 {
+		o.AckTimeout = d.AckTimeout
+	}
+	if o.Reconnect <= 0 {
+		o.Reconnect = d.Reconnect
+	}
+	if o.Failover <= 0 {
+		o.Failover = d.Failover
+	}
+	if o.SendStall <= 0 {
+		o.SendStall = d.SendStall
+	}
+	if o.DialTimeout <= 0 {
+		o.DialTimeout = d.DialTimeout
+	}
+	return o, nil
+}
+
+// DNSResolver returns a Resolve function that looks host up (the name of a
+// Kubernetes headless Service, whose A records are the middletier pods) and
+// gives tcp://address:port for each address, sorted so that every frontend
+// prefers them in the same order.
+func DNSResolver(host string, port int) func(context.Context) ([]string, error) {
+	return func(ctx context.Context) ([]string, error) {
+		addrs, err := net.DefaultResolver.LookupHost(ctx, host)
+		if err != nil {
+			return nil, fmt.Errorf("resolve %s: %w", host, err)
+		}
+		slices.Sort(addrs)
+		out := make([]string, len(addrs))
+		for i, a := range addrs {
+			out[i] = "tcp://" + net.JoinHostPort(a, strconv.Itoa(port))
+		}
+		return out, nil
+	}
+}
