@@ -47,7 +47,7 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ingest_middletier_consumer_lag_entries", ConstLabels: l,
 			Help: "Entries committed to the WAL and not yet checkpointed by a durable consumer."}, []string{"consumer"}),
 		ingestQueue: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_queue_depth_entries", ConstLabels: prometheus.Labels{"hop": "middletier_inbox"},
-			Help: "Batches received and waiting to be appended to the middletier's WAL."}),
+			Help: "Entries waiting at one hop of the pipeline; the hop label names the queue."}),
 		streamLagged: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_middletier_stream_lag_entries", ConstLabels: l,
 			Help: "Entries committed to the WAL and not yet published on the stream."}),
 	}

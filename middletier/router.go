@@ -259,7 +259,7 @@ func (r *Router) recvIngest() {
 		r.m.batches.Inc()
 		select {
 		case r.batches <- inbound{identity: msg.Frames[0], b: b}:
-			r.m.ingestQueue.Inc()
+			r.m.ingestQueue.Add(float64(len(b.Entries)))
 		default:
 			r.m.busy.Inc()
 			r.mu.Lock()
@@ -301,7 +301,9 @@ func (r *Router) ingestWorker() {
 				break more
 			}
 		}
-		r.m.ingestQueue.Sub(float64(len(group)))
+		for _, in := range group {
+			r.m.ingestQueue.Sub(float64(len(in.b.Entries)))
+		}
 		r.appendGroup(group)
 		clear(group)
 	}

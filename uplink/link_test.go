@@ -309,3 +309,29 @@ func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	return sum
 }
+
+// The WAL, the middletier and the uplink share metric names (the queue
+// depth of every hop); in one process they register in one registry, which
+// Prometheus allows only if their label names and help agree.
+func TestMetricsShareOneRegistry(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	fl, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fl.Close()
+	ml, err := wal.Open(t.TempDir(), wal.Options{Hop: "middletier"}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ml.Close()
+	if _, err := middletier.New(middletier.Options{ID: "mt", StateDir: t.TempDir()}, ml, reg, nil); err != nil {
+		t.Fatalf("middletier beside the WALs: %v", err)
+	}
+	if _, err := uplink.New(uplink.Options{ID: "fe", Middletiers: []string{"tcp://127.0.0.1:1"}}, fl, reg, nil); err != nil {
+		t.Fatalf("uplink beside the WALs and the middletier: %v", err)
+	}
+	if _, err := reg.Gather(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -19,7 +19,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		reg: reg,
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_queue_depth_entries", ConstLabels: prometheus.Labels{"hop": "uplink_inflight"},
-			Help: "Entries sent to a middletier and not yet acknowledged."}),
+			Help: "Entries waiting at one hop of the pipeline; the hop label names the queue."}),
 		batches: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_uplink_batches_sent_total",
 			Help: "Batches sent to middletiers, retransmissions included."}),
 		acked: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_uplink_acked_entries_total",

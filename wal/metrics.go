@@ -24,7 +24,7 @@ func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
 		reg: reg,
 		depthEntries: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ingest_queue_depth_entries", ConstLabels: l,
-			Help: "Entries appended to the hop's write-ahead log and not yet released by its consumer.",
+			Help: "Entries waiting at one hop of the pipeline; the hop label names the queue.",
 		}),
 		depthBytes: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ingest_queue_depth_bytes", ConstLabels: l,

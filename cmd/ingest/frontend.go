@@ -8,8 +8,10 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -53,6 +56,12 @@ func runFrontend(ctx context.Context, args []string) error {
 		pong        = fs.Duration("pong-timeout", d.PongTimeout, "close a connection whose pong is this late")
 		drain       = fs.Duration("drain-window", d.DrainWindow, "time over which connections are closed at shutdown")
 		restartCode = fs.Bool("drain.service-restart", false, "close with 1012 (service restart) instead of 1001 (going away) at shutdown")
+		mtList      = fs.String("uplink.middletiers", "", "comma-separated ZeroMQ endpoints of the middletiers' ingest sockets, in order of preference (tcp://host:5555)")
+		mtDNS       = fs.String("uplink.dns", "", "host:port of a headless Service whose addresses are the middletiers (instead of --uplink.middletiers)")
+		upWindow    = fs.Int("uplink.window", uplink.DefaultOptions().Window, "batches in flight to the middletier")
+		upAck       = fs.Duration("uplink.ack-timeout", uplink.DefaultOptions().AckTimeout, "send again from the oldest unacknowledged entry after this long without an ack")
+		upFailover  = fs.Duration("uplink.failover", uplink.DefaultOptions().Failover, "move to the next middletier after it acknowledges nothing for this long")
+		upFlush     = fs.Duration("uplink.flush-timeout", 5*time.Second, "at shutdown, how long to wait for the middletier to acknowledge what the WAL holds")
 		logLevel    = fs.String("log.level", "info", "log level: debug, info, warn, error")
 		logFormat   = fs.String("log.format", "text", "log format: text or json")
 	)
@@ -132,15 +141,80 @@ func runFrontend(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+	link, err := newUplink(*id, *mtList, *mtDNS, uplink.Options{Window: *upWindow, AckTimeout: *upAck, Failover: *upFailover}, log, reg, lg)
+	if err != nil {
+		return err
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
 	lg.Info("frontend listening", "addr", ln.Addr().String(), "id", opts.ID, "wal", *walDir, "last_index", log.LastIndex())
 	start := time.Now()
+	linkCtx, stopLink := context.WithCancel(context.Background())
+	linkDone := make(chan error, 1)
+	if link != nil {
+		go func() { linkDone <- link.Run(linkCtx) }()
+	} else {
+		linkDone <- nil
+	}
 	err = srv.Serve(ctx, ln)
-	lg.Info("frontend stopped", "after", time.Since(start).Round(time.Millisecond))
+	// Devices are drained: give the uplink a moment to hand the middletier
+	// what the WAL holds. What it cannot is kept for the next start.
+	lerr, stopped := error(nil), false
+	if link != nil {
+		lerr, stopped = flushUplink(log, *upFlush, linkDone)
+	}
+	stopLink()
+	if !stopped {
+		lerr = <-linkDone
+	}
+	if lerr != nil {
+		lg.Error("uplink stopped", "err", lerr)
+		err = errors.Join(err, lerr)
+	}
+	lg.Info("frontend stopped", "after", time.Since(start).Round(time.Millisecond), "unforwarded", log.LastIndex()-log.Released())
 	return err
+}
+
+// newUplink builds the forwarder to the middletiers, or returns nil (and
+// logs a warning) when none is configured: the WAL then only fills.
+func newUplink(id, list, dns string, o uplink.Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger) (*uplink.Link, error) {
+	o.ID = id
+	switch {
+	case list != "" && dns != "":
+		return nil, errors.New("--uplink.middletiers and --uplink.dns exclude each other")
+	case list != "":
+		o.Middletiers = strings.Split(list, ",")
+	case dns != "":
+		host, port, err := net.SplitHostPort(dns)
+		if err != nil {
+			return nil, fmt.Errorf("parse --uplink.dns: %w", err)
+		}
+		p, err := strconv.Atoi(port)
+		if err != nil {
+			return nil, fmt.Errorf("parse --uplink.dns port: %w", err)
+		}
+		o.Resolve = uplink.DNSResolver(host, p)
+	default:
+		lg.Warn("no middletiers configured (--uplink.middletiers): messages are made durable here and not forwarded; the WAL fills to its bound")
+		return nil, nil
+	}
+	return uplink.New(o, log, reg, lg)
+}
+
+// flushUplink waits until every entry is acknowledged downstream or the
+// timeout passes. If the uplink stops first it returns its result and true.
+func flushUplink(log *wal.Log, timeout time.Duration, linkDone <-chan error) (error, bool) {
+	deadline := time.Now().Add(timeout)
+	for log.Released() < log.LastIndex() && time.Now().Before(deadline) {
+		select {
+		case err := <-linkDone:
+			return err, true
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	return nil, false
 }
 
 // listenSet reports whether --listen or INGEST_LISTEN was given.

@@ -17,7 +17,8 @@ import (
 
 // subcommands maps a name to its entry point. args excludes the name.
 var subcommands = map[string]func(ctx context.Context, args []string) error{
-	"frontend": runFrontend,
+	"frontend":   runFrontend,
+	"middletier": runMiddletier,
 }
 
 func main() {
