@@ -73,8 +73,10 @@ type pending struct {
 }
 
 type pframe struct {
-	seq  uint64
-	recv int64 // unix nanos
+	seq   uint64
+	recv  int64 // unix nanos
+	nenv  int   // envelopes of the frame in buf
+	idEnd int   // end offset in ids of the frame's ids
 }
 
 func (p *pending) reset() {
@@ -293,6 +295,7 @@ func (c *conn) enqueue(seq uint64, now time.Time, msgs []message) {
 	}
 	p := c.pend
 	e := envelope.Envelope{Frontend: s.opts.ID, Device: c.device, Received: now.UnixNano()}
+	nenv := len(p.ends)
 	for i := range msgs {
 		m := &msgs[i]
 		if m.code != "" {
@@ -309,7 +312,7 @@ func (c *conn) enqueue(seq uint64, now time.Time, msgs []message) {
 			p.ids = append(p.ids, m.id...)
 		}
 	}
-	p.frames = append(p.frames, pframe{seq: seq, recv: now.UnixNano()})
+	p.frames = append(p.frames, pframe{seq: seq, recv: now.UnixNano(), nenv: len(p.ends) - nenv, idEnd: len(p.ids)})
 	if !c.flushing {
 		c.flushing = true
 		s.wg.Add(1)
@@ -356,27 +359,93 @@ func (c *conn) flush() {
 			}
 			_, err = s.log.AppendBatch(s.hard, p.entries)
 		}
-		if err != nil {
-			c.appendFailed(p, err)
-			continue // the loop sees stopped and exits
+		reuse := true
+		switch {
+		case err == nil:
+			c.ack(p, len(p.frames), p.ids)
+		case errors.Is(err, wal.ErrTooLarge):
+			// More than the WAL could hold even when empty (its bound is
+			// small, or it bounds entries): append frame by frame.
+			reuse = c.appendEach(p)
+		default:
+			reuse = c.appendFailed(p, 0, err)
 		}
-		last := p.frames[len(p.frames)-1].seq
-		p.out = appendAck(p.out[:0], last, p.ids)
-		if c.write(p.out) == nil {
-			now := time.Now().UnixNano()
-			for _, f := range p.frames {
-				s.m.ackLatency.Observe(float64(now-f.recv) / 1e9)
-			}
-			s.m.acked.Add(float64(len(p.ends)))
+		if !reuse {
+			continue // the loop sees stopped and exits
 		}
 		p.reset()
 		spare = p
 	}
 }
 
-// appendFailed answers a failed AppendBatch. ErrFull becomes overloaded and a
-// 1013 close; anything else ends the connection without an ack.
-func (c *conn) appendFailed(p *pending, err error) {
+// ack writes one cumulative ack for the first to frames of p, naming ids,
+// and counts them.
+func (c *conn) ack(p *pending, to int, ids []byte) {
+	s := c.s
+	p.out = appendAck(p.out[:0], p.frames[to-1].seq, ids)
+	if c.write(p.out) != nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	n := 0
+	for _, f := range p.frames[:to] {
+		s.m.ackLatency.Observe(float64(now-f.recv) / 1e9)
+		n += f.nenv
+	}
+	s.m.acked.Add(float64(n))
+}
+
+// appendEach appends the frames of p one at a time, after a batch of them
+// was too large for the WAL. A frame that alone is too large is refused
+// with too_large and dropped (the device must split it); the first frame
+// that meets any other failure ends the connection as appendFailed does,
+// after the frames before it have been acknowledged. It reports whether p
+// may be reused.
+func (c *conn) appendEach(p *pending) bool {
+	s := c.s
+	var (
+		env    int    // index of the frame's first envelope in p.ends
+		ids    []byte // ids of the appended frames
+		idFrom int    // offset in p.ids of the frame's first id
+	)
+	for i, f := range p.frames {
+		fids := p.ids[idFrom:f.idEnd]
+		idFrom = f.idEnd
+		if f.nenv == 0 {
+			continue
+		}
+		_, err := s.log.AppendBatch(s.hard, p.entries[env:env+f.nenv])
+		env += f.nenv
+		switch {
+		case err == nil:
+			if len(fids) > 0 && fids[0] == ',' {
+				fids = fids[1:]
+			}
+			if len(ids) > 0 && len(fids) > 0 {
+				ids = append(ids, ',')
+			}
+			ids = append(ids, fids...)
+		case errors.Is(err, wal.ErrTooLarge):
+			s.m.rejected.WithLabelValues(codeTooLarge).Add(float64(f.nenv))
+			c.writeError(codeTooLarge, f.seq, -1, nil, 0,
+				"frame holds more than the server's queue can ever take; split it")
+			p.frames[i].nenv = 0 // not acknowledged as stored
+		default:
+			if i > 0 {
+				c.ack(p, i, ids)
+			}
+			return c.appendFailed(p, i, err)
+		}
+	}
+	c.ack(p, len(p.frames), ids)
+	return true
+}
+
+// appendFailed answers a failed AppendBatch of frames from..end of p.
+// ErrFull becomes overloaded for frame from and a 1013 close; anything else
+// ends the connection without an ack. It reports whether p may be reused:
+// not after a cancelled append, which the WAL may still be reading.
+func (c *conn) appendFailed(p *pending, from int, err error) bool {
 	s := c.s
 	c.mu.Lock()
 	if c.pend != nil {
@@ -386,11 +455,15 @@ func (c *conn) appendFailed(p *pending, err error) {
 	already := c.stopped
 	c.stopped = true
 	c.mu.Unlock()
-	first := p.frames[0].seq
+	first := p.frames[from].seq
+	n := 0
+	for _, f := range p.frames[from:] {
+		n += f.nenv
+	}
 	switch {
 	case errors.Is(err, wal.ErrFull):
 		c.setReason(reasonOverloaded)
-		s.m.rejected.WithLabelValues(codeOverloaded).Add(float64(len(p.ends)))
+		s.m.rejected.WithLabelValues(codeOverloaded).Add(float64(n))
 		c.writeError(codeOverloaded, first, -1, nil, s.opts.OverloadRetryAfter.Milliseconds(),
 			"server queue is full; resend from this frame on after the retry delay")
 		if !already {
@@ -400,7 +473,7 @@ func (c *conn) appendFailed(p *pending, err error) {
 		// Hard stop after the drain window; the writer may still hold p.
 		c.setReason(reasonDrain)
 		c.ws.CloseNow()
-		return
+		return false
 	default:
 		c.setReason(reasonInternal)
 		s.lg.Error("wal append failed; closing device connection", "device", c.device, "err", err)
@@ -410,7 +483,7 @@ func (c *conn) appendFailed(p *pending, err error) {
 			c.ws.Close(closeInternal, "internal error")
 		}
 	}
-	p.reset()
+	return true
 }
 
 // finish stops accepting frames, waits until everything already accepted has

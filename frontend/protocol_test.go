@@ -48,6 +48,8 @@ func TestErrorAndCloseCodes(t *testing.T) {
 			errs:   []wantErr{{codeTooLarge, 1, -1, `"big"`, false}}},
 		{name: "too_large batch", opts: Options{MaxBatchMessages: 2}, frames: []string{`[{},{},{}]`},
 			errs: []wantErr{{codeTooLarge, 1, -1, "", false}}},
+		{name: "too_large for the WAL bound", wopts: wal.Options{MaxEntries: 2}, frames: []string{`[{"id":1},{"id":2},{"id":3}]`},
+			errs: []wantErr{{codeTooLarge, 1, -1, "", false}}},
 		{name: "bad_timestamp", frames: []string{`[{"id":1,"ts":1748736000000},{"id":2,"ts":"yesterday"}]`},
 			errs: []wantErr{{codeBadTimestamp, 1, 1, "2", false}}, stored: 1},
 		{name: "device_mismatch", frames: []string{`{"id":"m","device":"dev-2"}`, `{"id":"n","device":"dev-1"}`},
