@@ -1,0 +1,469 @@
+package client_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/wal"
+)
+
+var secret = []byte("0123456789abcdef0123456789abcdef-client-test")
+
+// server is a real frontend with a real WAL, on 127.0.0.1.
+type server struct {
+	addr   string
+	dir    string
+	log    *wal.Log
+	cancel context.CancelFunc
+	errc   chan error
+	once   sync.Once
+}
+
+// start serves a frontend on addr ("127.0.0.1:0" for any port) with its WAL
+// in dir.
+func start(t *testing.T, addr, dir string, opts frontend.Options, wopts wal.Options) *server {
+	t.Helper()
+	wopts.Hop = "frontend"
+	l, err := wal.Open(dir, wopts, nil, nil)
+	if err != nil {
+		t.Fatalf("open wal: %v", err)
+	}
+	opts.ID = "fe-client-test"
+	opts.Auth.HS256Secrets = [][]byte{secret}
+	opts.DrainWindow = 50 * time.Millisecond
+	srv, err := frontend.New(opts, l, nil, nil)
+	if err != nil {
+		l.Close()
+		t.Fatalf("new frontend: %v", err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		l.Close()
+		t.Fatalf("listen: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &server{addr: ln.Addr().String(), dir: dir, log: l, cancel: cancel, errc: make(chan error, 1)}
+	go func() { s.errc <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() { s.stop(t) })
+	return s
+}
+
+func (s *server) url() string { return "ws://" + s.addr + "/v1/ingest" }
+
+// stop drains the frontend and closes its WAL, once.
+func (s *server) stop(t *testing.T) {
+	s.once.Do(func() {
+		s.cancel()
+		if err := <-s.errc; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		if err := s.log.Close(); err != nil {
+			t.Errorf("close wal: %v", err)
+		}
+	})
+}
+
+func token(t *testing.T, device string) string {
+	t.Helper()
+	c := jwt.RegisteredClaims{Subject: device, ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// stored returns the "id" of every message in the WAL in dir, in WAL order.
+func stored(t *testing.T, dir string) []int {
+	t.Helper()
+	l, err := wal.Open(dir, wal.Options{Hop: "check"}, nil, nil)
+	if err != nil {
+		t.Fatalf("reopen wal: %v", err)
+	}
+	defer l.Close()
+	cur, err := l.Cursor(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []int
+	for uint64(len(ids)) < l.LastIndex()-l.Released() {
+		e, err := cur.Next(context.Background())
+		if err != nil {
+			t.Fatalf("read wal: %v", err)
+		}
+		ids = append(ids, messageID(t, e))
+	}
+	return ids
+}
+
+// messageID decodes the "id" of the message in a WAL entry.
+func messageID(t *testing.T, e wal.Entry) int {
+	env, err := envelope.Decode(e.Data)
+	if err != nil {
+		t.Fatalf("entry %d: %v", e.Index, err)
+	}
+	var p struct{ ID int }
+	if err := json.Unmarshal(env.Payload, &p); err != nil {
+		t.Fatalf("entry %d: %v", e.Index, err)
+	}
+	return p.ID
+}
+
+// checkOrder checks that ids holds every id below n and never gets ahead of
+// itself: a message is stored only after every earlier one was, repeats
+// (resends of unacknowledged messages) allowed.
+func checkOrder(t *testing.T, ids []int, n int) {
+	t.Helper()
+	next := 0 // lowest id not yet seen
+	for k, id := range ids {
+		if id > next {
+			t.Fatalf("entry %d holds message %d before message %d was stored", k, id, next)
+		}
+		if id == next {
+			next++
+		}
+	}
+	if next != n {
+		t.Fatalf("%d messages stored in order, want %d", next, n)
+	}
+}
+
+// results collects OnResult calls.
+type results struct {
+	mu  sync.Mutex
+	got []client.Result
+}
+
+func (r *results) add(res client.Result) {
+	r.mu.Lock()
+	r.got = append(r.got, res)
+	r.mu.Unlock()
+}
+
+func (r *results) snapshot() []client.Result {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]client.Result(nil), r.got...)
+}
+
+// dialer counts and times the client's TCP dials.
+type dialer struct {
+	mu    sync.Mutex
+	times []time.Time
+	tr    *http.Transport
+}
+
+func newDialer(t *testing.T) *dialer {
+	d := &dialer{}
+	var nd net.Dialer
+	d.tr = &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		d.mu.Lock()
+		d.times = append(d.times, time.Now())
+		d.mu.Unlock()
+		return nd.DialContext(ctx, network, addr)
+	}}
+	t.Cleanup(d.tr.CloseIdleConnections)
+	return d
+}
+
+func (d *dialer) dials() []time.Time {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]time.Time(nil), d.times...)
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func msg(i int) []byte { return fmt.Appendf(nil, `{"id":%d,"v":%d}`, i, i*i) }
+
+// TestReconnectResendsInOrder: the frontend goes away while messages are in
+// flight and more are queued; the client redials with backoff until it is
+// back on the same address, resends everything unacknowledged oldest first,
+// and every message ends up acknowledged and stored in order.
+func TestReconnectResendsInOrder(t *testing.T) {
+	dir := t.TempDir()
+	s1 := start(t, "127.0.0.1:0", dir, frontend.Options{}, wal.Options{})
+	addr := s1.addr
+	var res results
+	d := newDialer(t)
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Options{
+		URL: s1.url(), Token: token(t, "dev-1"), Window: 16,
+		MinBackoff: 5 * time.Millisecond, MaxBackoff: 40 * time.Millisecond,
+		HTTPClient: &http.Client{Transport: d.tr}, OnResult: res.add,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	const half = 1000
+	for i := range half {
+		if _, err := c.Send(ctx, msg(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "some acknowledgements", 10*time.Second, func() bool { return len(res.snapshot()) >= 50 })
+	s1.stop(t)
+	down := len(d.dials())
+	for i := half; i < 2*half; i++ {
+		if _, err := c.Send(ctx, msg(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Refused dials while the frontend is down, each after a backoff.
+	waitFor(t, "redial attempts", 10*time.Second, func() bool { return len(d.dials()) >= down+3 })
+	if c.Pending() == 0 {
+		t.Fatal("nothing pending while the frontend was down")
+	}
+
+	s2 := start(t, addr, dir, frontend.Options{}, wal.Options{})
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := c.Flush(fctx); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	got := res.snapshot()
+	if len(got) != 2*half {
+		t.Fatalf("%d results, want %d", len(got), 2*half)
+	}
+	for i, r := range got {
+		if r.N != uint64(i+1) || r.Err != nil {
+			t.Fatalf("result %d: %+v, want message %d acknowledged", i, r, i+1)
+		}
+	}
+	c.Close()
+	s2.stop(t)
+	checkOrder(t, stored(t, dir), 2*half)
+}
+
+// TestOverloadedRetryHint: a frontend whose WAL is at its bound answers
+// overloaded with a retry hint and closes; the client waits at least the
+// hint before each redial, and once the WAL has room again every message is
+// acknowledged and stored in order.
+func TestOverloadedRetryHint(t *testing.T) {
+	const hint = 300 * time.Millisecond
+	// About six 150-byte envelopes fit.
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{OverloadRetryAfter: hint}, wal.Options{MaxBytes: 1000})
+	var res results
+	d := newDialer(t)
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Options{
+		URL: s.url(), Token: token(t, "dev-1"),
+		// Without the hint the client would redial within milliseconds.
+		MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond,
+		HTTPClient: &http.Client{Transport: d.tr}, OnResult: res.add,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 12
+	for i := range n {
+		if _, err := c.Send(ctx, fmt.Appendf(nil, `{"id":%d,"pad":%q}`, i, strings.Repeat("x", 80))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Two refusals at least, then a consumer reads the WAL and releases
+	// what it has read, freeing room as it goes.
+	waitFor(t, "redials after overloaded", 10*time.Second, func() bool { return len(d.dials()) >= 3 })
+	relCtx, stopRel := context.WithCancel(ctx)
+	var (
+		rel      sync.WaitGroup
+		consumed []int
+	)
+	cur, err := s.log.Cursor(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel.Go(func() {
+		for {
+			e, err := cur.Next(relCtx)
+			if err != nil {
+				if relCtx.Err() == nil {
+					t.Errorf("consume: %v", err)
+				}
+				return
+			}
+			consumed = append(consumed, messageID(t, e))
+			if err := s.log.Release(e.Index); err != nil {
+				t.Errorf("release: %v", err)
+				return
+			}
+		}
+	})
+	fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err = c.Flush(fctx)
+	stopRel()
+	rel.Wait()
+	if err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	for i, r := range res.snapshot() {
+		if r.N != uint64(i+1) || r.Err != nil {
+			t.Fatalf("result %d: %+v, want message %d acknowledged", i, r, i+1)
+		}
+	}
+	if got := len(res.snapshot()); got != n {
+		t.Fatalf("%d results, want %d", got, n)
+	}
+	// Every session but the last ended with overloaded, so every redial
+	// came at least the hint after the previous dial.
+	dials := d.dials()
+	for i := 1; i < len(dials); i++ {
+		if gap := dials[i].Sub(dials[i-1]); gap < hint {
+			t.Fatalf("dial %d came %v after the previous one, before the %v retry hint", i, gap, hint)
+		}
+	}
+	c.Close()
+	s.stop(t)
+	checkOrder(t, consumed, n)
+}
+
+// TestSendWaitAndFlush covers what the calls promise: SendWait returns once
+// the message is durable, or with the server's rejection; Flush returns once
+// every message has its result, each delivered once and in order; a
+// context ends waiting without ending the message; Close fails what is
+// left with ErrClosed.
+func TestSendWaitAndFlush(t *testing.T) {
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
+	var res results
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Options{URL: s.url(), Token: token(t, "dev-1"), OnResult: res.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+
+	// SendWait: durable when it returns nil.
+	if err := c.SendWait(ctx, msg(0)); err != nil {
+		t.Fatalf("send wait: %v", err)
+	}
+	if s.log.LastIndex() != 1 {
+		t.Fatalf("WAL last index %d after SendWait, want 1", s.log.LastIndex())
+	}
+	// SendWait: the server's rejection, as a *ServerError.
+	err = c.SendWait(ctx, []byte(`{"id":1,"ts":1}`))
+	var se *client.ServerError
+	if !errors.As(err, &se) || se.Code != "bad_timestamp" || se.Index != -1 {
+		t.Fatalf("send wait of a bad timestamp: %v, want a bad_timestamp *ServerError", err)
+	}
+
+	// Flush: every result in, in order, once each.
+	const n = 200
+	for i := 2; i < n; i++ {
+		p := msg(i)
+		if i == 100 {
+			p = []byte(`{"id":100,"device":"dev-2"}`)
+		}
+		if _, err := c.Send(ctx, p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Flush(ctx); err != nil {
+		t.Fatalf("flush: %v", err)
+	}
+	if c.Pending() != 0 {
+		t.Fatalf("%d pending after Flush", c.Pending())
+	}
+	got := res.snapshot()
+	if len(got) != n {
+		t.Fatalf("%d results after Flush, want %d", len(got), n)
+	}
+	for i, r := range got {
+		if r.N != uint64(i+1) {
+			t.Fatalf("result %d is for message %d", i, r.N)
+		}
+		switch {
+		case i == 1 || i == 100:
+			if !errors.As(r.Err, &se) {
+				t.Fatalf("message %d: %v, want a *ServerError", r.N, r.Err)
+			}
+		case r.Err != nil:
+			t.Fatalf("message %d: %v", r.N, r.Err)
+		}
+	}
+	if last := s.log.LastIndex(); last != n-2 {
+		t.Fatalf("WAL holds %d messages, want %d", last, n-2)
+	}
+
+	// With the frontend gone nothing is acknowledged: the context ends the
+	// wait, not the message.
+	s.stop(t)
+	if _, err := c.Send(ctx, msg(n)); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	if err := c.Flush(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("flush without a frontend: %v, want DeadlineExceeded", err)
+	}
+	cancel()
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := c.SendWait(cancelled, msg(n+1)); !errors.Is(err, context.Canceled) {
+		t.Fatalf("send wait with a cancelled context: %v, want Canceled", err)
+	}
+	if c.Pending() == 0 {
+		t.Fatal("messages dropped when a wait ended")
+	}
+
+	// Close: what is left fails with ErrClosed, and so does any later call.
+	before := len(res.snapshot())
+	pending := c.Pending()
+	c.Close()
+	got = res.snapshot()[before:]
+	if len(got) != pending {
+		t.Fatalf("%d results at Close, want %d", len(got), pending)
+	}
+	for _, r := range got {
+		if !errors.Is(r.Err, client.ErrClosed) {
+			t.Fatalf("message %d at Close: %v, want ErrClosed", r.N, r.Err)
+		}
+	}
+	if _, err := c.Send(ctx, msg(0)); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("send after close: %v", err)
+	}
+	if err := c.Flush(ctx); !errors.Is(err, client.ErrClosed) {
+		t.Fatalf("flush after close: %v", err)
+	}
+}
+
+// TestDialRefused: a token the frontend refuses fails Dial with ErrRefused.
+func TestDialRefused(t *testing.T) {
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
+	bad, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{Subject: "dev-1"}).SignedString([]byte("another secret, 32 bytes or more!!"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.Dial(context.Background(), client.Options{URL: s.url(), Token: bad})
+	if !errors.Is(err, client.ErrRefused) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("dial with a bad token: %v, want ErrRefused", err)
+	}
+}
