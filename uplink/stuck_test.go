@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -136,8 +137,12 @@ func TestStuckFrontendDoesNotStallOthers(t *testing.T) {
 	if err := stuck.Dial("tcp://" + fz.ln.Addr().String()); err != nil {
 		t.Fatal(err)
 	}
-	one := [][]byte{make([]byte, 64)}
-	if err := stuck.Send(zmq4.NewMsg(wire.Append(nil, &wire.Batch{Origin: "stuck", First: 1, Entries: one}))); err != nil {
+	// A long origin makes every ack large, and sending the same batch again
+	// and again draws an ack each time without touching the WAL (a repeat):
+	// the buffers towards the stuck frontend fill fast.
+	origin := "stuck-" + strings.Repeat("x", 200)
+	repeat := zmq4.NewMsg(wire.Append(nil, &wire.Batch{Origin: origin, First: 1, Entries: [][]byte{make([]byte, 64)}}))
+	if err := stuck.Send(repeat); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := stuck.Recv(); err != nil { // the path works before it freezes
@@ -151,8 +156,8 @@ func TestStuckFrontendDoesNotStallOthers(t *testing.T) {
 	floodDone := make(chan struct{})
 	go func() {
 		defer close(floodDone)
-		for i := uint64(2); flooding.Err() == nil; i++ {
-			if stuck.Send(zmq4.NewMsg(wire.Append(nil, &wire.Batch{Origin: "stuck", First: i, Entries: one}))) != nil {
+		for flooding.Err() == nil {
+			if stuck.Send(repeat) != nil {
 				return
 			}
 		}
