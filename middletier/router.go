@@ -84,6 +84,14 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 		return nil, err
 	}
 	st, err := readState(opts.StateDir)
+	if errors.Is(err, errStateDamaged) {
+		// Marks come back from the WAL's retained records, checkpoints start
+		// again from nothing: repeats may follow, never loss.
+		if lg != nil {
+			lg.Warn("middletier: state file damaged; marks recovered from the WAL only, consumer checkpoints reset", "dir", opts.StateDir, "err", err)
+		}
+		st, err = &state{Origins: map[string]uint64{}, Consumers: map[string]uint64{}}, nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("middletier: %w", err)
 	}

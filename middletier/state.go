@@ -42,8 +42,9 @@ func encodeState(s *state) ([]byte, error) {
 var errStateDamaged = errors.New("middletier state damaged")
 
 func decodeState(b []byte) (*state, error) {
-	i := bytes.LastIndexByte(bytes.TrimSuffix(b, []byte("\n")), '\n')
-	if i < 0 || len(b)-i != 10 {
+	// Exactly: JSON, "\n", 8 hex digits, "\n".
+	i := len(b) - 10
+	if i < 0 || b[i] != '\n' || b[len(b)-1] != '\n' {
 		return nil, errStateDamaged
 	}
 	var sum uint32
