@@ -1,0 +1,295 @@
+// Package registry is the device registry: metadata about each device (name,
+// group, site, type and any labels) kept in a YAML or CSV file that
+// operators edit. Storage writers put its labels on every series of a device;
+// the live feed filters by its groups. The file is reloaded when it changes;
+// a file that does not parse leaves the last good registry in place.
+//
+// YAML (.yaml, .yml):
+//
+//	devices:
+//	  - id: tracker-001
+//	    name: Truck 1
+//	    group: fleet-north
+//	    site: depot-a
+//	    type: gps
+//	    labels:
+//	      driver: alice
+//
+// CSV (.csv): a header row naming the columns; id is required, name, group,
+// site and type are optional, and every other column is a label:
+//
+//	id,name,group,site,type,driver
+//	tracker-001,Truck 1,fleet-north,depot-a,gps,alice
+//
+// Label names follow Prometheus's rules ([a-zA-Z_][a-zA-Z0-9_]*, not starting
+// with "__") and must not be one of device, name, group, site or type.
+package registry
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.yaml.in/yaml/v3"
+)
+
+// Device is what the registry knows of one device.
+type Device struct {
+	ID     string            `yaml:"id"`
+	Name   string            `yaml:"name"`
+	Group  string            `yaml:"group"`
+	Site   string            `yaml:"site"`
+	Type   string            `yaml:"type"`
+	Labels map[string]string `yaml:"labels"`
+}
+
+// AllLabels returns the device's labels with name, group, site and type
+// among them (those that are set).
+func (d Device) AllLabels() map[string]string {
+	out := make(map[string]string, len(d.Labels)+4)
+	for k, v := range d.Labels {
+		out[k] = v
+	}
+	for k, v := range map[string]string{"name": d.Name, "group": d.Group, "site": d.Site, "type": d.Type} {
+		if v != "" {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// ErrInvalid is wrapped by every error about a registry file's content.
+var ErrInvalid = errors.New("registry: invalid")
+
+// Registry holds the devices of one file. Lookup is safe for concurrent use
+// and never blocks on a reload.
+type Registry struct {
+	path     string
+	interval time.Duration
+	lg       *slog.Logger
+	devices  atomic.Pointer[map[string]Device]
+	sum      [32]byte
+
+	m struct {
+		devices prometheus.Gauge
+		reloads *prometheus.CounterVec
+	}
+	reg prometheus.Registerer
+}
+
+// New loads the registry at path. An empty path is an empty registry that
+// never changes. reg and lg may be nil.
+func New(path string, reg prometheus.Registerer, lg *slog.Logger) (*Registry, error) {
+	r := &Registry{path: path, interval: 2 * time.Second, lg: lg, reg: reg}
+	r.m.devices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_registry_devices", Help: "Devices in the device registry."})
+	r.m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_registry_reloads_total",
+		Help: "Reloads of the device registry file, by result (ok, error)."}, []string{"result"})
+	empty := map[string]Device{}
+	r.devices.Store(&empty)
+	if path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("registry: read %s: %w", path, err)
+		}
+		devs, err := Parse(filepath.Ext(path), b)
+		if err != nil {
+			return nil, fmt.Errorf("registry: %s: %w", path, err)
+		}
+		r.devices.Store(&devs)
+		r.sum = sha256.Sum256(b)
+	}
+	r.m.devices.Set(float64(len(*r.devices.Load())))
+	if reg != nil {
+		if err := reg.Register(r.m.devices); err != nil {
+			return nil, fmt.Errorf("registry: register metrics: %w", err)
+		}
+		if err := reg.Register(r.m.reloads); err != nil {
+			reg.Unregister(r.m.devices)
+			return nil, fmt.Errorf("registry: register metrics: %w", err)
+		}
+	}
+	return r, nil
+}
+
+// Lookup returns the device with the given id.
+func (r *Registry) Lookup(id string) (Device, bool) {
+	d, ok := (*r.devices.Load())[id]
+	return d, ok
+}
+
+// Len returns the number of devices.
+func (r *Registry) Len() int { return len(*r.devices.Load()) }
+
+// Run reloads the file whenever its content changes, until ctx ends. It
+// polls, which also follows the symlink swaps of a Kubernetes ConfigMap. A
+// file that cannot be read or parsed is logged and counted, and the last good
+// registry stays in place.
+func (r *Registry) Run(ctx context.Context) error {
+	defer func() {
+		if r.reg != nil {
+			r.reg.Unregister(r.m.devices)
+			r.reg.Unregister(r.m.reloads)
+		}
+	}()
+	if r.path == "" {
+		<-ctx.Done()
+		return nil
+	}
+	t := time.NewTicker(r.interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			r.reload()
+		}
+	}
+}
+
+func (r *Registry) reload() {
+	b, err := os.ReadFile(r.path)
+	if err == nil && sha256.Sum256(b) == r.sum {
+		return
+	}
+	var devs map[string]Device
+	if err == nil {
+		devs, err = Parse(filepath.Ext(r.path), b)
+	}
+	if err != nil {
+		r.m.reloads.WithLabelValues("error").Inc()
+		if r.lg != nil {
+			r.lg.Error("registry: reload failed; keeping the last good registry", "path", r.path, "err", err)
+		}
+		return
+	}
+	r.sum = sha256.Sum256(b)
+	r.devices.Store(&devs)
+	r.m.devices.Set(float64(len(devs)))
+	r.m.reloads.WithLabelValues("ok").Inc()
+	if r.lg != nil {
+		r.lg.Info("registry: reloaded", "path", r.path, "devices", len(devs))
+	}
+}
+
+// Parse decodes a registry file's content; ext (".yaml", ".yml" or ".csv")
+// says which format.
+func Parse(ext string, b []byte) (map[string]Device, error) {
+	var list []Device
+	var err error
+	switch strings.ToLower(ext) {
+	case ".yaml", ".yml":
+		list, err = parseYAML(b)
+	case ".csv":
+		list, err = parseCSV(b)
+	default:
+		return nil, fmt.Errorf("%w: unknown format %q (want .yaml, .yml or .csv)", ErrInvalid, ext)
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]Device, len(list))
+	for i, d := range list {
+		if err := validate(d); err != nil {
+			return nil, fmt.Errorf("%w: device %d: %w", ErrInvalid, i+1, err)
+		}
+		if _, dup := out[d.ID]; dup {
+			return nil, fmt.Errorf("%w: device id %q listed twice", ErrInvalid, d.ID)
+		}
+		out[d.ID] = d
+	}
+	return out, nil
+}
+
+func parseYAML(b []byte) ([]Device, error) {
+	var doc struct {
+		Devices []Device `yaml:"devices"`
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	return doc.Devices, nil
+}
+
+func parseCSV(b []byte) ([]Device, error) {
+	rd := csv.NewReader(bytes.NewReader(b))
+	rd.TrimLeadingSpace = true
+	rows, err := rd.ReadAll()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
+	}
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	header := rows[0]
+	col := map[string]int{}
+	for i, h := range header {
+		h = strings.TrimSpace(h)
+		if _, dup := col[h]; dup {
+			return nil, fmt.Errorf("%w: column %q twice", ErrInvalid, h)
+		}
+		col[h] = i
+	}
+	if _, ok := col["id"]; !ok {
+		return nil, fmt.Errorf("%w: no id column", ErrInvalid)
+	}
+	var out []Device
+	for _, row := range rows[1:] {
+		d := Device{Labels: map[string]string{}}
+		for name, i := range col {
+			v := strings.TrimSpace(row[i])
+			switch name {
+			case "id":
+				d.ID = v
+			case "name":
+				d.Name = v
+			case "group":
+				d.Group = v
+			case "site":
+				d.Site = v
+			case "type":
+				d.Type = v
+			default:
+				if v != "" {
+					d.Labels[name] = v
+				}
+			}
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+var labelName = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)
+
+func validate(d Device) error {
+	if d.ID == "" {
+		return errors.New("no id")
+	}
+	if len(d.ID) > 255 {
+		return fmt.Errorf("id of %d bytes", len(d.ID))
+	}
+	for k := range d.Labels {
+		switch {
+		case !labelName.MatchString(k) || strings.HasPrefix(k, "__"):
+			return fmt.Errorf("label name %q is not a valid label name", k)
+		case k == "device" || k == "name" || k == "group" || k == "site" || k == "type":
+			return fmt.Errorf("label name %q is reserved", k)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,196 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+const sampleYAML = `devices:
+  - id: tracker-001
+    name: Truck 1
+    group: fleet-north
+    site: depot-a
+    type: gps
+    labels:
+      driver: alice
+  - id: sensor-9
+    group: greenhouse
+`
+
+const sampleCSV = `id,name,group,site,type,driver
+tracker-001,Truck 1,fleet-north,depot-a,gps,alice
+sensor-9,,greenhouse,,,
+`
+
+func TestParseFormats(t *testing.T) {
+	want := map[string]Device{
+		"tracker-001": {ID: "tracker-001", Name: "Truck 1", Group: "fleet-north", Site: "depot-a", Type: "gps", Labels: map[string]string{"driver": "alice"}},
+		"sensor-9":    {ID: "sensor-9", Group: "greenhouse"},
+	}
+	y, err := Parse(".yaml", []byte(sampleYAML))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := Parse(".csv", []byte(sampleCSV))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// CSV gives every device a label map; compare what matters.
+	for id, w := range want {
+		for name, got := range map[string]map[string]Device{"yaml": y, "csv": c} {
+			d := got[id]
+			if len(d.Labels) == 0 {
+				d.Labels = nil
+			}
+			if !reflect.DeepEqual(d, w) {
+				t.Errorf("%s %s: %+v, want %+v", name, id, d, w)
+			}
+		}
+	}
+	if got := y["tracker-001"].AllLabels(); !reflect.DeepEqual(got, map[string]string{"name": "Truck 1", "group": "fleet-north", "site": "depot-a", "type": "gps", "driver": "alice"}) {
+		t.Errorf("all labels %v", got)
+	}
+}
+
+func TestParseInvalid(t *testing.T) {
+	for _, tt := range []struct{ ext, body string }{
+		{".yaml", "devices:\n  - name: no id\n"},
+		{".yaml", "devices:\n  - id: a\n  - id: a\n"},
+		{".yaml", "devices:\n  - id: a\n    labels:\n      \"bad-name\": x\n"},
+		{".yaml", "devices:\n  - id: a\n    labels:\n      group: x\n"},
+		{".yaml", "devices:\n  - id: a\n    colour: red\n"},
+		{".yaml", "devices: [\n"},
+		{".csv", "name\nx\n"},
+		{".csv", "id,id\na,b\n"},
+		{".csv", "id,__hidden\na,b\n"},
+		{".csv", "id,name\n\"unterminated\n"},
+		{".toml", "x"},
+	} {
+		if _, err := Parse(tt.ext, []byte(tt.body)); !errors.Is(err, ErrInvalid) {
+			t.Errorf("%s %q: %v, want ErrInvalid", tt.ext, tt.body, err)
+		}
+	}
+}
+
+// The registry reloads a changed file, and keeps the last good one when the
+// new content does not parse.
+func TestReload(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "devices.yaml")
+	if err := os.WriteFile(path, []byte(sampleYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	r, err := New(path, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.interval = 5 * time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if d, ok := r.Lookup("sensor-9"); !ok || d.Group != "greenhouse" {
+		t.Fatalf("lookup %+v %v", d, ok)
+	}
+	if err := os.WriteFile(path, []byte("devices:\n  - id: sensor-9\n    group: orchard\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { d, _ := r.Lookup("sensor-9"); return d.Group == "orchard" })
+	if _, ok := r.Lookup("tracker-001"); ok {
+		t.Fatal("removed device still present")
+	}
+	if err := os.WriteFile(path, []byte("devices: [broken\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return counter(t, reg, "error") == 1 })
+	if d, ok := r.Lookup("sensor-9"); !ok || d.Group != "orchard" {
+		t.Fatalf("a bad file replaced the registry: %+v %v", d, ok)
+	}
+}
+
+func TestEmptyPath(t *testing.T) {
+	r, err := New("", nil, nil)
+	if err != nil || r.Len() != 0 {
+		t.Fatalf("%v %d", err, r.Len())
+	}
+	if _, err := New(filepath.Join(t.TempDir(), "missing.yaml"), nil, nil); err == nil {
+		t.Fatal("missing file accepted")
+	}
+}
+
+func counter(t *testing.T, reg *prometheus.Registry, result string) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ingest_registry_reloads_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == result {
+				return m.GetCounter().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+func FuzzParseYAML(f *testing.F) {
+	f.Add([]byte(sampleYAML))
+	f.Add([]byte("devices: []"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		devs, err := Parse(".yaml", b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		for id, d := range devs {
+			if id != d.ID || validate(d) != nil {
+				t.Fatalf("accepted an invalid device %+v", d)
+			}
+		}
+	})
+}
+
+func FuzzParseCSV(f *testing.F) {
+	f.Add([]byte(sampleCSV))
+	f.Add([]byte("id\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		devs, err := Parse(".csv", b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		for id, d := range devs {
+			if id != d.ID || validate(d) != nil {
+				t.Fatalf("accepted an invalid device %+v", d)
+			}
+		}
+	})
+}
