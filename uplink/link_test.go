@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -334,4 +336,46 @@ func TestMetricsShareOneRegistry(t *testing.T) {
 	if _, err := reg.Gather(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// Endpoints from DNS: a headless Service's name resolves to every
+// middletier pod; localhost stands in for it here.
+func TestDNSResolver(t *testing.T) {
+	eps, err := uplink.DNSResolver("localhost", 5555)(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, ep := range eps {
+		found = found || ep == "tcp://127.0.0.1:5555"
+	}
+	if !found {
+		t.Fatalf("localhost resolved to %v", eps)
+	}
+	if _, err := uplink.DNSResolver("no-such-host.invalid", 5555)(context.Background()); err == nil {
+		t.Fatal("an unknown name resolved")
+	}
+}
+
+// A frontend configured with a resolver finds its middletier through it.
+func TestForwardThroughResolver(t *testing.T) {
+	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	port := mt.addrs.Ingest[strings.LastIndexByte(mt.addrs.Ingest, ':')+1:]
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := startLink(t, uplink.Options{Resolve: func(ctx context.Context) ([]string, error) {
+		eps, err := uplink.DNSResolver("localhost", p)(ctx)
+		// Keep IPv4: the middletier listens on 127.0.0.1.
+		var v4 []string
+		for _, ep := range eps {
+			if strings.HasPrefix(ep, "tcp://127.") {
+				v4 = append(v4, ep)
+			}
+		}
+		return v4, err
+	}})
+	f.appendEntries(t, 500, 0)
+	waitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == 500 })
 }
