@@ -514,10 +514,18 @@ func (r *Router) fetchWorker() {
 		}
 		r.m.fetches.Inc()
 		reply := &wire.FetchReply{Middletier: r.opts.ID}
+		from := req.f.From
+		if from == 0 {
+			// From the consumer's checkpoint: how a consumer learns where
+			// to resume after a restart.
+			r.mu.Lock()
+			from = r.ckpt[req.f.Consumer] + 1
+			r.mu.Unlock()
+		}
 		for range 2 { // once more if a truncation raced the read
 			es = es[:0]
 			reply.Oldest, reply.Last = r.log.FirstIndex(), r.log.LastIndex()
-			reply.First = max(req.f.From, reply.Oldest)
+			reply.First = max(from, reply.Oldest)
 			if reply.First > reply.Last || req.f.Max == 0 {
 				break
 			}

@@ -333,6 +333,60 @@ func TestFetchAndCommit(t *testing.T) {
 	}
 }
 
+// TestFetchFromCheckpoint: a Fetch from 0 is answered from the consumer's
+// checkpoint + 1, also after the middletier restarts, so that a consumer
+// resumes where it committed without keeping state of its own.
+func TestFetchFromCheckpoint(t *testing.T) {
+	dir := t.TempDir()
+	opts := middletier.Options{Consumers: []string{"storage"}}
+	tr := startTier(t, dir, opts, wal.Options{})
+	fe := dealer(t, tr.addrs.Ingest, "fe-1#1")
+	fe.send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 250)})
+	next[*wire.Ack](t, fe)
+
+	cons := dealer(t, tr.addrs.Consumer, "storage#1")
+	// Never committed: from the first record.
+	cons.send(t, &wire.Fetch{Consumer: "storage", From: 0, Max: 5})
+	if fr := next[*wire.FetchReply](t, cons); fr.First != 1 || len(fr.Records) != 5 {
+		t.Fatalf("fetch from 0 before any commit: first %d, %d records", fr.First, len(fr.Records))
+	}
+	cons.send(t, &wire.Commit{Consumer: "storage", Seq: 200})
+	if ca := next[*wire.CommitAck](t, cons); ca.Seq != 200 {
+		t.Fatalf("commit ack %+v", ca)
+	}
+	cons.send(t, &wire.Fetch{Consumer: "storage", From: 0, Max: 10})
+	fr := next[*wire.FetchReply](t, cons)
+	if fr.First != 201 || len(fr.Records) != 10 || fr.Last != 250 {
+		t.Fatalf("fetch from checkpoint: first %d, %d records, last %d", fr.First, len(fr.Records), fr.Last)
+	}
+	if rec, err := wire.DecodeRecord(fr.Records[0]); err != nil || rec.Index != 201 {
+		t.Fatalf("first record after the checkpoint: %+v %v", rec, err)
+	}
+	// Max 0 asks only where to resume.
+	cons.send(t, &wire.Fetch{Consumer: "storage", From: 0, Max: 0})
+	if fr := next[*wire.FetchReply](t, cons); fr.First != 201 || len(fr.Records) != 0 {
+		t.Fatalf("where to resume: first %d, %d records", fr.First, len(fr.Records))
+	}
+	if err := tr.stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	tr2 := startTier(t, dir, opts, wal.Options{})
+	cons2 := dealer(t, tr2.addrs.Consumer, "storage#2")
+	cons2.send(t, &wire.Fetch{Consumer: "storage", From: 0, Max: 1000})
+	fr = next[*wire.FetchReply](t, cons2)
+	if fr.First != 201 || len(fr.Records) != 50 {
+		t.Fatalf("after restart: first %d, %d records", fr.First, len(fr.Records))
+	}
+	// Up to date: an empty reply whose First is past Last.
+	cons2.send(t, &wire.Commit{Consumer: "storage", Seq: 250})
+	next[*wire.CommitAck](t, cons2)
+	cons2.send(t, &wire.Fetch{Consumer: "storage", From: 0, Max: 1000})
+	if fr := next[*wire.FetchReply](t, cons2); fr.First != 251 || fr.Last != 250 || len(fr.Records) != 0 {
+		t.Fatalf("up to date: %+v", fr)
+	}
+}
+
 func TestBusyAtBound(t *testing.T) {
 	tr := startTier(t, t.TempDir(), middletier.Options{Consumers: []string{"storage"}}, wal.Options{MaxEntries: 10})
 	fe := dealer(t, tr.addrs.Ingest, "fe-1#1")

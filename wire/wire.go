@@ -134,7 +134,11 @@ type Stream struct {
 	Records    [][]byte
 }
 
-// Fetch asks for at most Max records from sequence From.
+// Fetch asks for at most Max records from sequence From. From 0 asks for
+// the records after Consumer's checkpoint: the reply's First is the
+// checkpoint + 1 (or Oldest, if that is later), so a consumer that restarts
+// learns where to resume from the middletier, with Max 0 if it wants only
+// that.
 type Fetch struct {
 	Consumer string
 	From     uint64
