@@ -593,11 +593,15 @@ func (r *Router) keepState() error {
 		return fmt.Errorf("middletier: %w", err)
 	}
 
-	// Entries may go once every durable consumer has them, and once the
-	// marks that cover them are durable (st.Applied).
+	// Entries may go once every durable consumer has them (with none, once
+	// published), and once the marks that cover them are durable
+	// (st.Applied). A consumer may be ahead of the stream: it fetches.
 	target := published
-	for _, c := range r.opts.Consumers {
-		target = min(target, st.Consumers[c])
+	if len(r.opts.Consumers) > 0 {
+		target = st.Consumers[r.opts.Consumers[0]]
+		for _, c := range r.opts.Consumers[1:] {
+			target = min(target, st.Consumers[c])
+		}
 	}
 	target = min(target, st.Applied)
 	if target > r.log.Released() {
