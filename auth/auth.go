@@ -1,0 +1,142 @@
+// Package auth verifies the JSON Web Tokens that devices and dashboard
+// readers present. Each configured key kind enables exactly one algorithm
+// (HS256, RS256 or ES256); tokens signed with any other algorithm, including
+// "none", are refused, and keys of one kind are never tried for another
+// algorithm, so an RS256 public key cannot be abused as an HS256 secret.
+// exp and nbf are honoured whenever present.
+package auth
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rsa"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+// Options configure a Verifier.
+type Options struct {
+	// HS256Secrets are shared secrets (at least 32 bytes each) for HS256.
+	HS256Secrets [][]byte
+	// RS256Keys are RSA public keys (at least 2048 bits) for RS256.
+	RS256Keys []*rsa.PublicKey
+	// ES256Keys are P-256 public keys for ES256.
+	ES256Keys []*ecdsa.PublicKey
+	// Issuer and Audience, when set, must match the token's iss and aud.
+	Issuer   string
+	Audience string
+	// RequireExpiry refuses tokens without exp. Default false: exp and nbf are
+	// honoured whenever present.
+	RequireExpiry bool
+	// Leeway tolerates clock skew on exp and nbf. Default 0.
+	Leeway time.Duration
+}
+
+// Configured reports whether any key is configured.
+func (o *Options) Configured() bool {
+	return len(o.HS256Secrets)+len(o.RS256Keys)+len(o.ES256Keys) > 0
+}
+
+// ErrUnauthorized wraps every verification failure.
+var ErrUnauthorized = errors.New("unauthorized")
+
+// Verifier checks tokens against the configured keys. It is safe for
+// concurrent use.
+type Verifier struct {
+	parser *jwt.Parser
+	hs     jwt.VerificationKeySet
+	rs     jwt.VerificationKeySet
+	es     jwt.VerificationKeySet
+}
+
+// NewVerifier checks the keys and returns a Verifier for them.
+func NewVerifier(o Options) (*Verifier, error) {
+	v := &Verifier{}
+	var methods []string
+	for i, k := range o.HS256Secrets {
+		if len(k) < 32 {
+			return nil, fmt.Errorf("check HS256 secret %d: %d bytes, at least 32 required", i, len(k))
+		}
+		v.hs.Keys = append(v.hs.Keys, k)
+	}
+	for i, k := range o.RS256Keys {
+		if k == nil || k.N.BitLen() < 2048 {
+			return nil, fmt.Errorf("check RS256 key %d: at least 2048 bits required", i)
+		}
+		v.rs.Keys = append(v.rs.Keys, k)
+	}
+	for i, k := range o.ES256Keys {
+		if k == nil || k.Curve != elliptic.P256() {
+			return nil, fmt.Errorf("check ES256 key %d: a P-256 key is required", i)
+		}
+		v.es.Keys = append(v.es.Keys, k)
+	}
+	if len(v.hs.Keys) > 0 {
+		methods = append(methods, jwt.SigningMethodHS256.Alg())
+	}
+	if len(v.rs.Keys) > 0 {
+		methods = append(methods, jwt.SigningMethodRS256.Alg())
+	}
+	if len(v.es.Keys) > 0 {
+		methods = append(methods, jwt.SigningMethodES256.Alg())
+	}
+	if len(methods) == 0 {
+		return nil, errors.New("check auth: no keys configured")
+	}
+	popts := []jwt.ParserOption{jwt.WithValidMethods(methods), jwt.WithLeeway(o.Leeway)}
+	if o.RequireExpiry {
+		popts = append(popts, jwt.WithExpirationRequired())
+	}
+	if o.Issuer != "" {
+		popts = append(popts, jwt.WithIssuer(o.Issuer))
+	}
+	if o.Audience != "" {
+		popts = append(popts, jwt.WithAudience(o.Audience))
+	}
+	v.parser = jwt.NewParser(popts...)
+	return v, nil
+}
+
+// keyFor returns only the keys of the token's own algorithm family.
+func (v *Verifier) keyFor(t *jwt.Token) (any, error) {
+	switch t.Method.Alg() {
+	case jwt.SigningMethodHS256.Alg():
+		return v.hs, nil
+	case jwt.SigningMethodRS256.Alg():
+		return v.rs, nil
+	case jwt.SigningMethodES256.Alg():
+		return v.es, nil
+	}
+	return nil, fmt.Errorf("algorithm %q not allowed", t.Method.Alg())
+}
+
+// Verify checks a token's signature, algorithm and registered claims, and
+// decodes its claims into claims (a *jwt.RegisteredClaims, or a struct that
+// embeds one to read more). Every error wraps ErrUnauthorized.
+func (v *Verifier) Verify(token string, claims jwt.Claims) error {
+	if _, err := v.parser.ParseWithClaims(token, claims, v.keyFor); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnauthorized, err)
+	}
+	return nil
+}
+
+// BearerToken extracts a token from "Authorization: Bearer <token>" or, for
+// clients that cannot set headers, the "token" query parameter.
+func BearerToken(r *http.Request) (string, bool) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, tok, ok := strings.Cut(h, " ")
+		if !ok || !strings.EqualFold(scheme, "Bearer") || strings.TrimSpace(tok) == "" {
+			return "", false
+		}
+		return strings.TrimSpace(tok), true
+	}
+	if tok := r.URL.Query().Get("token"); tok != "" {
+		return tok, true
+	}
+	return "", false
+}
