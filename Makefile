@@ -43,9 +43,17 @@ lint:
 	$(GO) vet $(PKGS)
 	$(GO) run $(STATICCHECK) $(PKGS)
 
-# bench runs the Go benchmarks whose figures docs/benchmarks.md records.
-bench:
+# bench runs the Go benchmarks and the bench tool's standard scenarios whose
+# figures docs/benchmarks.md records; results and plots go to bench/out/.
+bench: build
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal/
+	$(GO) test -run '^$$' -bench Hop -benchtime 1000000x ./uplink/
+	$(GO) test -run '^$$' -bench AckRoundTrip -benchtime 5000x ./uplink/
+	mkdir -p bench/out
+	$(GO) run ./bench -spawn bin/ingest -devices 100 -window 16 -duration 20s \
+		-json bench/out/closed-100x16.json -plot bench/out/closed-100x16.svg
+	$(GO) run ./bench -spawn bin/ingest -devices 10000 -rate 1 -ramp 20s -duration 30s \
+		-json bench/out/paced-10k.json -plot bench/out/paced-10k.svg
 
 # fuzz runs every fuzz target for FUZZTIME each.
 fuzz:

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "bench-bin")
+	if err != nil {
+		panic(err)
+	}
+	binPath = filepath.Join(dir, "ingest")
+	if out, err := exec.Command("go", "build", "-o", binPath, "../cmd/ingest").CombinedOutput(); err != nil {
+		panic(string(out))
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// A short run against a frontend the bench starts itself: every message
+// sent is acknowledged, and the JSON and the plot are written.
+func TestRunSpawned(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		name string
+		c    config
+	}{
+		{"closed loop", config{Devices: 8, Window: 4, Size: 200, Shape: "sensor"}},
+		{"paced", config{Devices: 20, Window: 4, Rate: 50, Size: 120, Shape: "gps"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.c
+			c.Spawn, c.Duration, c.Drain, c.Sources, c.Quiet = binPath, 2*time.Second, 10*time.Second, 2, true
+			c.JSON, c.Plot = filepath.Join(dir, tc.name+".json"), filepath.Join(dir, tc.name+".svg")
+			if err := run(c); err != nil {
+				t.Fatal(err)
+			}
+			var r result
+			b, err := os.ReadFile(c.JSON)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := json.Unmarshal(b, &r); err != nil {
+				t.Fatal(err)
+			}
+			if r.Connected != c.Devices || r.Acked == 0 || r.Acked != r.Sent || len(r.Errors) != 0 {
+				t.Fatalf("connected %d, sent %d, acked %d, errors %v", r.Connected, r.Sent, r.Acked, r.Errors)
+			}
+			if r.AckLatency.P50 <= 0 || r.AckLatency.P99 < r.AckLatency.P50 {
+				t.Fatalf("latency %+v", r.AckLatency)
+			}
+			if c.Rate > 0 {
+				// Paced: about rate × devices × duration messages, not more.
+				want := c.Rate * float64(c.Devices) * c.Duration.Seconds()
+				if float64(r.Sent) > want*1.1 {
+					t.Fatalf("sent %d at %g/s per device for %v, want at most ~%.0f", r.Sent, c.Rate, c.Duration, want)
+				}
+			}
+			svg, err := os.ReadFile(c.Plot)
+			if err != nil || !strings.HasPrefix(string(svg), "<svg") {
+				t.Fatalf("plot: %v", err)
+			}
+		})
+	}
+}
+
+func TestValidate(t *testing.T) {
+	good := config{URL: "ws://x", Insecure: true, Devices: 1, Window: 1, Shape: "sensor", Sources: 1, Duration: time.Second}
+	if err := good.validate(); err != nil {
+		t.Fatal(err)
+	}
+	for _, mod := range []func(*config){
+		func(c *config) { c.URL = "" },
+		func(c *config) { c.Spawn = "x" },
+		func(c *config) { c.Insecure = false },
+		func(c *config) { c.Devices = 0 },
+		func(c *config) { c.Devices = 100_001 },
+		func(c *config) { c.Window = 0 },
+		func(c *config) { c.Rate = -1 },
+		func(c *config) { c.Shape = "xml" },
+		func(c *config) { c.Sources = 0 },
+		func(c *config) { c.Duration = 0 },
+	} {
+		c := good
+		mod(&c)
+		if c.validate() == nil {
+			t.Errorf("accepted %+v", c)
+		}
+	}
+}
+
+func TestMessageSize(t *testing.T) {
+	for _, shape := range []string{"sensor", "gps"} {
+		for _, size := range []int{200, 1000} {
+			m := message(shape, size, 7, 12345)
+			if len(m) != size {
+				t.Errorf("%s message of %d bytes, want %d", shape, len(m), size)
+			}
+			var v map[string]any
+			if err := json.Unmarshal(m, &v); err != nil {
+				t.Errorf("%s: %v", shape, err)
+			}
+		}
+	}
+}

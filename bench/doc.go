@@ -1,0 +1,15 @@
+// Command bench is the engine's load generator and its proof: it connects
+// many devices over WebSocket with the device client and the documented
+// protocol only, streams messages at a pace or with a window in flight, and
+// measures acknowledgement latency (HDR histograms), throughput, errors by
+// code and connection set-up times. It prints a progress line every second,
+// then a summary, and can write the results as JSON and the latency
+// distribution as an SVG plot.
+//
+// It drives an engine already running (-url), or starts one itself from the
+// ingest binary (-spawn), which is how `make bench` runs the standard
+// scenarios. docs/benchmarks.md records their figures.
+//
+//	go run ./bench -spawn bin/ingest -devices 100 -window 16 -duration 20s
+//	go run ./bench -url ws://host:8080/v1/ingest -secret-file secret -devices 10000 -rate 1 -ramp 20s
+package main

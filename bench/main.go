@@ -1,0 +1,144 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// config is the scenario, from flags.
+type config struct {
+	URL        string
+	SecretFile string
+	Insecure   bool
+	Spawn      string // path of the ingest binary to start a frontend with
+	Devices    int
+	Rate       float64 // messages per second per device; 0: closed loop
+	Window     int     // frames in flight per device
+	Size       int     // approximate message size, bytes
+	Shape      string  // sensor or gps
+	Duration   time.Duration
+	Ramp       time.Duration
+	Sources    int // spread connections over 127.0.0.1 .. 127.0.0.N
+	Drain      time.Duration
+	JSON       string
+	Plot       string
+	Quiet      bool
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.URL, "url", "", "device endpoint of a running engine (ws://host:8080/v1/ingest)")
+	flag.StringVar(&c.SecretFile, "secret-file", "", "HS256 secret the engine accepts; device tokens are signed with it")
+	flag.BoolVar(&c.Insecure, "insecure", false, "the engine runs without auth: devices name themselves with ?device=")
+	flag.StringVar(&c.Spawn, "spawn", "", "start a frontend from this ingest binary (loopback, no auth, WAL in a temporary directory) instead of -url")
+	flag.IntVar(&c.Devices, "devices", 100, "device connections (up to 100,000)")
+	flag.Float64Var(&c.Rate, "rate", 0, "messages per second per device; 0 runs closed loop (a window in flight)")
+	flag.IntVar(&c.Window, "window", 16, "messages in flight per device")
+	flag.IntVar(&c.Size, "size", 200, "approximate message size in bytes")
+	flag.StringVar(&c.Shape, "shape", "sensor", "message shape: sensor or gps")
+	flag.DurationVar(&c.Duration, "duration", 20*time.Second, "how long to send, after the ramp-up")
+	flag.DurationVar(&c.Ramp, "ramp", 0, "spread the device connections over this long")
+	flag.IntVar(&c.Sources, "sources", 1, "spread connections over source addresses 127.0.0.1 .. 127.0.0.N (past ~28,000 connections one address runs out of ports)")
+	flag.DurationVar(&c.Drain, "drain", 30*time.Second, "after sending stops, how long to wait for outstanding acknowledgements")
+	flag.StringVar(&c.JSON, "json", "", "write the results as JSON to this file")
+	flag.StringVar(&c.Plot, "plot", "", "write the latency distribution as SVG to this file")
+	flag.BoolVar(&c.Quiet, "quiet", false, "no progress line")
+	flag.Parse()
+
+	if err := run(c); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(c config) error {
+	if err := c.validate(); err != nil {
+		return err
+	}
+	raiseFileLimit(c.Devices)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+
+	if c.Spawn != "" {
+		eng, err := spawnFrontend(ctx, c.Spawn)
+		if err != nil {
+			return err
+		}
+		defer eng.stop()
+		c.URL, c.Insecure = eng.url, true
+		defer func() {
+			fmt.Fprintf(os.Stderr, "frontend: %s\n", eng.memSummary())
+		}()
+	}
+	res, err := load(ctx, c, lg)
+	if err != nil {
+		return err
+	}
+	res.print(os.Stdout)
+	if c.JSON != "" {
+		b, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(c.JSON, append(b, '\n'), 0o644); err != nil {
+			return fmt.Errorf("write results: %w", err)
+		}
+	}
+	if c.Plot != "" {
+		if err := os.WriteFile(c.Plot, res.svg(), 0o644); err != nil {
+			return fmt.Errorf("write plot: %w", err)
+		}
+	}
+	if res.Acked == 0 {
+		return errors.New("no message was acknowledged")
+	}
+	return nil
+}
+
+func (c config) validate() error {
+	switch {
+	case (c.URL == "") == (c.Spawn == ""):
+		return errors.New("give one of -url and -spawn")
+	case c.URL != "" && c.SecretFile == "" && !c.Insecure:
+		return errors.New("give -secret-file, or -insecure for an engine without auth")
+	case c.Devices < 1 || c.Devices > 100_000:
+		return errors.New("-devices must be 1 to 100,000")
+	case c.Window < 1:
+		return errors.New("-window must be at least 1")
+	case c.Rate < 0:
+		return errors.New("-rate must not be negative")
+	case c.Shape != "sensor" && c.Shape != "gps":
+		return errors.New("-shape must be sensor or gps")
+	case c.Sources < 1 || c.Sources > 250:
+		return errors.New("-sources must be 1 to 250")
+	case c.Duration <= 0:
+		return errors.New("-duration must be positive")
+	}
+	return nil
+}
+
+// raiseFileLimit lifts RLIMIT_NOFILE to what the devices need, as far as
+// the hard limit allows.
+func raiseFileLimit(devices int) {
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) != nil {
+		return
+	}
+	want := uint64(devices) + 1024 // one socket per device, and some slack
+	if lim.Cur >= want {
+		return
+	}
+	lim.Cur = min(want, lim.Max)
+	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) != nil || lim.Cur < want {
+		fmt.Fprintf(os.Stderr, "bench: open-file limit %d is below the %d the devices need\n", lim.Cur, want)
+	}
+}

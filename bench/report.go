@@ -1,0 +1,193 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"time"
+)
+
+// result is what a run measured; it is also the JSON output.
+type result struct {
+	Scenario struct {
+		Devices  int     `json:"devices"`
+		Rate     float64 `json:"rate_per_device"`
+		Window   int     `json:"window"`
+		Size     int     `json:"size_bytes"`
+		Shape    string  `json:"shape"`
+		Duration string  `json:"duration"`
+	} `json:"scenario"`
+	Connected   int              `json:"connected"`
+	DialFailed  int64            `json:"dial_failed"`
+	Sent        int64            `json:"sent"`
+	Acked       int64            `json:"acked"`
+	AckedPerSec float64          `json:"acked_per_second"`
+	Errors      map[string]int64 `json:"errors_by_code"`
+	AckLatency  latency          `json:"ack_latency_ms"`
+	Dial        latency          `json:"connect_ms"`
+	PerSecond   []int64          `json:"acked_each_second"`
+	Percentiles []point          `json:"ack_latency_distribution"`
+}
+
+type latency struct {
+	P50, P90, P99, P999, Max, Mean float64
+}
+
+type point struct {
+	Percentile float64 `json:"percentile"`
+	Ms         float64 `json:"ms"`
+}
+
+// newResult summarises a run. The rate counts what was acknowledged while
+// sending went on; acknowledgements that came in the drain afterwards count
+// in Acked and in the latencies.
+func newResult(c config, st *stats, connected int, sendTime time.Duration, ackedInWindow int64) *result {
+	r := &result{Connected: connected, DialFailed: st.dialFail.Load(), Sent: st.sent.Load(), Acked: st.acked.Load()}
+	r.Scenario.Devices, r.Scenario.Rate, r.Scenario.Window = c.Devices, c.Rate, c.Window
+	r.Scenario.Size, r.Scenario.Shape, r.Scenario.Duration = c.Size, c.Shape, c.Duration.String()
+	r.AckedPerSec = float64(ackedInWindow) / sendTime.Seconds()
+	st.mu.Lock()
+	r.Errors = st.errs
+	r.PerSecond = append([]int64(nil), st.perSec...)
+	r.Dial = latencyOf(st.dials)
+	st.mu.Unlock()
+	h := st.merged()
+	r.AckLatency = latencyOf(h)
+	for _, p := range []float64{0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100} {
+		r.Percentiles = append(r.Percentiles, point{p, float64(h.ValueAtQuantile(p)) / 1000})
+	}
+	return r
+}
+
+func latencyOf(h interface {
+	ValueAtQuantile(float64) int64
+	Max() int64
+	Mean() float64
+}) latency {
+	ms := func(v int64) float64 { return float64(v) / 1000 }
+	return latency{P50: ms(h.ValueAtQuantile(50)), P90: ms(h.ValueAtQuantile(90)), P99: ms(h.ValueAtQuantile(99)),
+		P999: ms(h.ValueAtQuantile(99.9)), Max: ms(h.Max()), Mean: h.Mean() / 1000}
+}
+
+func (r *result) print(w io.Writer) {
+	fmt.Fprintf(w, "scenario: %d devices, ", r.Scenario.Devices)
+	if r.Scenario.Rate > 0 {
+		fmt.Fprintf(w, "%g msg/s each", r.Scenario.Rate)
+	} else {
+		fmt.Fprintf(w, "closed loop, %d in flight each", r.Scenario.Window)
+	}
+	fmt.Fprintf(w, ", %d-byte %s messages, %s\n", r.Scenario.Size, r.Scenario.Shape, r.Scenario.Duration)
+	fmt.Fprintf(w, "connected:  %d (failed %d); connect p50 %.1f ms, p99 %.1f ms, max %.1f ms\n",
+		r.Connected, r.DialFailed, r.Dial.P50, r.Dial.P99, r.Dial.Max)
+	fmt.Fprintf(w, "messages:   sent %d, acknowledged %d, %.0f acknowledged/s\n", r.Sent, r.Acked, r.AckedPerSec)
+	fmt.Fprintf(w, "ack latency ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
+		r.AckLatency.P50, r.AckLatency.P90, r.AckLatency.P99, r.AckLatency.P999, r.AckLatency.Max, r.AckLatency.Mean)
+	if len(r.Errors) == 0 {
+		fmt.Fprintln(w, "errors:     none")
+		return
+	}
+	codes := make([]string, 0, len(r.Errors))
+	for c := range r.Errors {
+		codes = append(codes, c)
+	}
+	sort.Strings(codes)
+	fmt.Fprint(w, "errors:    ")
+	for _, c := range codes {
+		fmt.Fprintf(w, " %s=%d", c, r.Errors[c])
+	}
+	fmt.Fprintln(w)
+}
+
+// svg plots the acknowledgement latency against percentile, on the usual
+// log scale of "nines", and the acknowledged rate per second beside it.
+func (r *result) svg() []byte {
+	const W, H, pad = 900, 380, 60
+	var b bytes.Buffer
+	fmt.Fprintf(&b, `<svg xmlns="http://www.w3.org/2000/svg" width="%d" height="%d" font-family="sans-serif" font-size="12">`, W, H)
+	fmt.Fprintf(&b, `<rect width="100%%" height="100%%" fill="white"/>`)
+	title := fmt.Sprintf("ack latency: %d devices, %.0f acked/s", r.Scenario.Devices, r.AckedPerSec)
+	fmt.Fprintf(&b, `<text x="%d" y="20" font-size="14">%s</text>`, pad, title)
+
+	// Left: latency by percentile; x = -log10(1 - p/100), 0 .. 4 (99.99).
+	x0, x1, y0, y1 := float64(pad), float64(W/2-20), float64(H-pad), float64(40)
+	maxMs := 0.0
+	for _, p := range r.Percentiles {
+		maxMs = math.Max(maxMs, p.Ms)
+	}
+	maxMs = niceCeil(maxMs)
+	xOf := func(p float64) float64 {
+		n := math.Min(-math.Log10(math.Max(1-p/100, 1e-4)), 4)
+		return x0 + (x1-x0)*n/4
+	}
+	yOf := func(ms float64) float64 { return y0 - (y0-y1)*ms/maxMs }
+	axes(&b, x0, x1, y0, y1)
+	for i, lbl := range []string{"0%", "90%", "99%", "99.9%", "99.99%"} {
+		x := x0 + (x1-x0)*float64(i)/4
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="middle">%s</text>`, x, y0+18, lbl)
+	}
+	for i := 0; i <= 4; i++ {
+		v := maxMs * float64(i) / 4
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end">%g ms</text>`, x0-6, yOf(v)+4, roundTo(v))
+	}
+	var path bytes.Buffer
+	for i, p := range r.Percentiles {
+		if p.Percentile >= 100 {
+			continue
+		}
+		cmd := "L"
+		if i == 0 {
+			cmd = "M"
+		}
+		fmt.Fprintf(&path, "%s%.1f,%.1f ", cmd, xOf(p.Percentile), yOf(p.Ms))
+	}
+	fmt.Fprintf(&b, `<path d="%s" fill="none" stroke="#1f77b4" stroke-width="2"/>`, path.String())
+	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="middle">percentile</text>`, (x0+x1)/2, y0+36)
+
+	// Right: acknowledged per second.
+	x0, x1 = float64(W/2+60), float64(W-20)
+	maxRate := 1.0
+	for _, n := range r.PerSecond {
+		maxRate = math.Max(maxRate, float64(n))
+	}
+	maxRate = niceCeil(maxRate)
+	axes(&b, x0, x1, y0, y1)
+	for i := 0; i <= 4; i++ {
+		v := maxRate * float64(i) / 4
+		y := y0 - (y0-y1)*float64(i)/4
+		fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="end">%g</text>`, x0-6, y+4, roundTo(v))
+	}
+	path.Reset()
+	n := max(len(r.PerSecond), 2)
+	for i, v := range r.PerSecond {
+		cmd := "L"
+		if i == 0 {
+			cmd = "M"
+		}
+		fmt.Fprintf(&path, "%s%.1f,%.1f ", cmd, x0+(x1-x0)*float64(i)/float64(n-1), y0-(y0-y1)*float64(v)/maxRate)
+	}
+	fmt.Fprintf(&b, `<path d="%s" fill="none" stroke="#2ca02c" stroke-width="2"/>`, path.String())
+	fmt.Fprintf(&b, `<text x="%.0f" y="%.0f" text-anchor="middle">second of the run (acknowledged/s)</text>`, (x0+x1)/2, y0+36)
+	b.WriteString(`</svg>`)
+	return b.Bytes()
+}
+
+func axes(b *bytes.Buffer, x0, x1, y0, y1 float64) {
+	fmt.Fprintf(b, `<path d="M%.0f,%.0f L%.0f,%.0f L%.0f,%.0f" fill="none" stroke="black"/>`, x0, y1, x0, y0, x1, y0)
+}
+
+func niceCeil(v float64) float64 {
+	if v <= 0 {
+		return 1
+	}
+	p := math.Pow(10, math.Floor(math.Log10(v)))
+	for _, m := range []float64{1, 2, 2.5, 5, 10} {
+		if v <= m*p {
+			return m * p
+		}
+	}
+	return 10 * p
+}
+
+func roundTo(v float64) float64 { return math.Round(v*1000) / 1000 }

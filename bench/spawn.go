@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// engine is a frontend started by the bench, on loopback without auth.
+type engine struct {
+	cmd  *exec.Cmd
+	dir  string
+	url  string
+	done chan struct{}
+	pid  int
+}
+
+var listeningRE = regexp.MustCompile(`msg="frontend listening" addr=(\S+)`)
+
+func spawnFrontend(ctx context.Context, bin string) (*engine, error) {
+	dir, err := os.MkdirTemp("", "ingest-bench-")
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "frontend", "--insecure-no-auth", "--listen", "127.0.0.1:0",
+		"--wal.dir", dir+"/wal", "--rate", "1000000", "--burst", "1000000", "--max-connections", "200000")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start frontend: %w", err)
+	}
+	e := &engine{cmd: cmd, dir: dir, done: make(chan struct{}), pid: cmd.Process.Pid}
+	addr := make(chan string, 1)
+	go func() {
+		defer close(e.done)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			if m := listeningRE.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case addr <- m[1]:
+				default:
+				}
+			} else if strings.Contains(sc.Text(), "level=ERROR") {
+				fmt.Fprintln(os.Stderr, "frontend:", sc.Text())
+			}
+		}
+		io.Copy(io.Discard, stderr)
+		cmd.Wait()
+	}()
+	select {
+	case a := <-addr:
+		e.url = "ws://" + a + "/v1/ingest"
+		return e, nil
+	case <-e.done:
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("frontend exited at start")
+	case <-time.After(30 * time.Second):
+		e.stop()
+		return nil, fmt.Errorf("frontend did not start")
+	case <-ctx.Done():
+		e.stop()
+		return nil, ctx.Err()
+	}
+}
+
+// memSummary reports the frontend's resident memory, read from /proc.
+func (e *engine) memSummary() string {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", e.pid))
+	if err != nil {
+		return "exited"
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.HasPrefix(line, "VmHWM:") {
+			return "peak resident memory " + strings.TrimSpace(strings.TrimPrefix(line, "VmHWM:"))
+		}
+	}
+	return ""
+}
+
+func (e *engine) stop() {
+	e.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-e.done:
+	case <-time.After(30 * time.Second):
+		e.cmd.Process.Kill()
+		<-e.done
+	}
+	os.RemoveAll(e.dir)
+}
