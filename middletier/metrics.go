@@ -1,9 +1,13 @@
 package middletier
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/internal/metricset"
+)
 
 type metrics struct {
-	reg prometheus.Registerer
+	set *metricset.Set
 
 	batches      prometheus.Counter
 	entries      prometheus.Counter
@@ -23,7 +27,6 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 	l := prometheus.Labels{"middletier": id}
 	m := &metrics{
-		reg: reg,
 		batches: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_middletier_batches_total", ConstLabels: l,
 			Help: "Batches received from frontends."}),
 		entries: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_middletier_entries_total", ConstLabels: l,
@@ -51,30 +54,10 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 		streamLagged: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_middletier_stream_lag_entries", ConstLabels: l,
 			Help: "Entries committed to the WAL and not yet published on the stream."}),
 	}
-	if reg == nil {
-		return m, nil
-	}
-	for i, c := range m.collectors() {
-		if err := reg.Register(c); err != nil {
-			for _, r := range m.collectors()[:i] {
-				reg.Unregister(r)
-			}
-			return nil, err
-		}
-	}
-	return m, nil
+	var err error
+	m.set, err = metricset.Register(reg, m.batches, m.entries, m.repeats, m.gaps, m.busy, m.invalid,
+		m.published, m.fetches, m.commits, m.stalls, m.lag, m.ingestQueue, m.streamLagged)
+	return m, err
 }
 
-func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.batches, m.entries, m.repeats, m.gaps, m.busy, m.invalid,
-		m.published, m.fetches, m.commits, m.stalls, m.lag, m.ingestQueue, m.streamLagged}
-}
-
-func (m *metrics) unregister() {
-	if m.reg == nil {
-		return
-	}
-	for _, c := range m.collectors() {
-		m.reg.Unregister(c)
-	}
-}
+func (m *metrics) unregister() { m.set.Unregister() }

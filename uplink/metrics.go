@@ -1,9 +1,13 @@
 package uplink
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/internal/metricset"
+)
 
 type metrics struct {
-	reg prometheus.Registerer
+	set *metricset.Set
 
 	inflight    prometheus.Gauge
 	batches     prometheus.Counter
@@ -17,7 +21,6 @@ type metrics struct {
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
-		reg: reg,
 		inflight: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_queue_depth_entries", ConstLabels: prometheus.Labels{"hop": "uplink_inflight"},
 			Help: "Entries waiting at one hop of the pipeline; the hop label names the queue."}),
 		batches: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_uplink_batches_sent_total",
@@ -36,29 +39,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "From sending a batch to the acknowledgement that covers it.",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18)}),
 	}
-	if reg == nil {
-		return m, nil
-	}
-	for i, c := range m.collectors() {
-		if err := reg.Register(c); err != nil {
-			for _, r := range m.collectors()[:i] {
-				reg.Unregister(r)
-			}
-			return nil, err
-		}
-	}
-	return m, nil
+	var err error
+	m.set, err = metricset.Register(reg, m.inflight, m.batches, m.acked, m.retransmits, m.reconnects, m.failovers, m.connected, m.rtt)
+	return m, err
 }
 
-func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.inflight, m.batches, m.acked, m.retransmits, m.reconnects, m.failovers, m.connected, m.rtt}
-}
-
-func (m *metrics) unregister() {
-	if m.reg == nil {
-		return
-	}
-	for _, c := range m.collectors() {
-		m.reg.Unregister(c)
-	}
-}
+func (m *metrics) unregister() { m.set.Unregister() }

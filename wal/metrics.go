@@ -1,11 +1,15 @@
 package wal
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/internal/metricset"
+)
 
 // metrics are one Log's collectors. Every one carries the constant label
 // hop, so the logs of several tiers can share one registry.
 type metrics struct {
-	reg prometheus.Registerer
+	set *metricset.Set
 
 	depthEntries prometheus.Gauge
 	depthBytes   prometheus.Gauge
@@ -21,7 +25,6 @@ type metrics struct {
 func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
 	l := prometheus.Labels{"hop": hop}
 	m := &metrics{
-		reg: reg,
 		depthEntries: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ingest_queue_depth_entries", ConstLabels: l,
 			Help: "Entries waiting at one hop of the pipeline; the hop label names the queue.",
@@ -61,32 +64,10 @@ func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
 			Help: "1 once a write or fsync failed: the log refuses appends until it is reopened.",
 		}),
 	}
-	if reg == nil {
-		return m, nil
-	}
-	for i, c := range m.collectors() {
-		if err := reg.Register(c); err != nil {
-			for _, r := range m.collectors()[:i] {
-				reg.Unregister(r)
-			}
-			return nil, err
-		}
-	}
-	return m, nil
+	var err error
+	m.set, err = metricset.Register(reg, m.depthEntries, m.depthBytes, m.fsync, m.batch, m.appended,
+		m.full, m.repairs, m.truncations, m.failed)
+	return m, err
 }
 
-func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{
-		m.depthEntries, m.depthBytes, m.fsync, m.batch, m.appended,
-		m.full, m.repairs, m.truncations, m.failed,
-	}
-}
-
-func (m *metrics) unregister() {
-	if m.reg == nil {
-		return
-	}
-	for _, c := range m.collectors() {
-		m.reg.Unregister(c)
-	}
-}
+func (m *metrics) unregister() { m.set.Unregister() }
