@@ -17,6 +17,7 @@ import (
 
 // subcommands maps a name to its entry point. args excludes the name.
 var subcommands = map[string]func(ctx context.Context, args []string) error{
+	"all":        runAll,
 	"frontend":   runFrontend,
 	"middletier": runMiddletier,
 }

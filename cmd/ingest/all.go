@@ -1,0 +1,136 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/middletier"
+	"github.com/ingest-io/ingest/uplink"
+	"github.com/ingest-io/ingest/wal"
+)
+
+// runAll runs every tier in one process over loopback, on a data directory:
+// the embedded default (make run). The tiers still talk over ZeroMQ on
+// loopback, exactly as they do as separate processes.
+func runAll(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("all", flag.ContinueOnError)
+	var (
+		dataDir    = fs.String("data.dir", "data", "data directory; every tier keeps its state below it")
+		listen     = fs.String("listen", "127.0.0.1:8080", "address for devices, /metrics, /healthz and /readyz")
+		noAuth     = fs.Bool("insecure-no-auth", false, "accept devices without tokens (device id from ?device=); loopback only")
+		secretFile = fs.String("auth.hs256-secret-file", "", "file holding the HS256 secret devices' tokens are signed with")
+		drain      = fs.Duration("drain-window", 2*time.Second, "time over which device connections are closed at shutdown")
+		logLevel   = fs.String("log.level", "info", "log level: debug, info, warn, error")
+		logFormat  = fs.String("log.format", "text", "log format: text or json")
+	)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	lg, err := newLogger(*logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	if !*noAuth && *secretFile == "" {
+		return errors.New("give --auth.hs256-secret-file, or --insecure-no-auth to try the engine on loopback")
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	// The middletier, on loopback ports chosen by the kernel.
+	mlog, err := wal.Open(filepath.Join(*dataDir, "middletier", "wal"), wal.Options{Hop: "middletier"}, reg, lg)
+	if err != nil {
+		return fmt.Errorf("open middletier wal: %w", err)
+	}
+	defer closeLog(mlog, lg)
+	loop := "tcp://127.0.0.1:0"
+	mt, err := middletier.New(middletier.Options{ID: "mt-0", StateDir: filepath.Join(*dataDir, "middletier"),
+		IngestAddr: loop, ConsumerAddr: loop, StreamAddr: loop, FeedAddr: loop}, mlog, reg, lg)
+	if err != nil {
+		return err
+	}
+	addrs, err := mt.Listen()
+	if err != nil {
+		return err
+	}
+
+	// The frontend and its uplink to the middletier.
+	flog, err := wal.Open(filepath.Join(*dataDir, "frontend", "wal"), wal.Options{Hop: "frontend"}, reg, lg)
+	if err != nil {
+		return fmt.Errorf("open frontend wal: %w", err)
+	}
+	defer closeLog(flog, lg)
+	fopts := frontend.Options{ID: "fe-0", InsecureNoAuth: *noAuth, DrainWindow: *drain, Gatherer: reg}
+	if *secretFile != "" {
+		b, err := os.ReadFile(*secretFile)
+		if err != nil {
+			return fmt.Errorf("read HS256 secret: %w", err)
+		}
+		fopts.Auth.HS256Secrets = [][]byte{trimSpace(b)}
+	}
+	srv, err := frontend.New(fopts, flog, reg, lg)
+	if err != nil {
+		return err
+	}
+	link, err := uplink.New(uplink.Options{ID: "fe-0", Middletiers: []string{addrs.Ingest}}, flog, reg, lg)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+
+	lg.Info("engine running (all tiers in one process)",
+		"devices", "ws://"+ln.Addr().String()+"/v1/ingest",
+		"metrics", "http://"+ln.Addr().String()+"/metrics",
+		"middletier_stream", addrs.Stream, "middletier_feed", addrs.Feed,
+		"data", *dataDir)
+
+	// Shutdown in dependency order: devices drain first, the uplink hands
+	// the middletier what the frontend's WAL holds, then the middletier
+	// stops; the WALs close last (deferred above).
+	mtCtx, stopMT := context.WithCancel(context.Background())
+	linkCtx, stopLink := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var mtErr, linkErr error
+	wg.Go(func() { mtErr = mt.Run(mtCtx) })
+	linkDone := make(chan error, 1)
+	go func() { linkDone <- link.Run(linkCtx) }()
+
+	err = srv.Serve(ctx, ln)
+	linkErr, stopped := flushUplink(flog, 5*time.Second, linkDone)
+	stopLink()
+	if !stopped {
+		linkErr = <-linkDone
+	}
+	stopMT()
+	wg.Wait()
+	lg.Info("engine stopped", "unforwarded", flog.LastIndex()-flog.Released())
+	return errors.Join(err, linkErr, mtErr)
+}
+
+func closeLog(l *wal.Log, lg *slog.Logger) {
+	if err := l.Close(); err != nil {
+		lg.Error("close wal", "err", err)
+	}
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}

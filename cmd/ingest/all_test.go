@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"regexp"
+	"strconv"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ingest-io/ingest/client"
+)
+
+var metricRE = func(name string) *regexp.Regexp {
+	return regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` (\S+)$`)
+}
+
+func scrape(t *testing.T, addr, series string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	m := metricRE(series).FindSubmatch(b)
+	if m == nil {
+		return -1
+	}
+	v, _ := strconv.ParseFloat(string(m[1]), 64)
+	return v
+}
+
+// The all-in-one engine: a device's messages are acknowledged, carried to
+// the middletier, and the process stops cleanly on SIGTERM.
+func TestAllInOne(t *testing.T) {
+	p := &tierProc{t: t, name: "all", ready: regexp.MustCompile(`msg="engine running`),
+		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t))}}
+	p.start()
+	addr := p.args[len(p.args)-1]
+	var acked atomic.Int64
+	c, err := client.Dial(context.Background(), client.Options{URL: "ws://" + addr + "/v1/ingest?device=dev-1",
+		OnResult: func(r client.Result) {
+			if r.Err == nil {
+				acked.Add(1)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 500
+	for i := 1; i <= n; i++ {
+		if _, err := c.Send(context.Background(), fmt.Appendf(nil, `{"id":%d,"temp":21.5}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if acked.Load() != n {
+		t.Fatalf("%d acknowledged, want %d", acked.Load(), n)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for scrape(t, addr, `ingest_middletier_entries_total{middletier="mt-0"}`) != n {
+		if time.Now().After(deadline) {
+			t.Fatalf("the middletier holds %v entries, want %d; logs:\n%s", scrape(t, addr, `ingest_middletier_entries_total{middletier="mt-0"}`), n, p.logs.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := p.stop(); err != nil {
+		t.Fatalf("%v; logs:\n%s", err, p.logs.String())
+	}
+}
