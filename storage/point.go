@@ -1,6 +1,19 @@
 package storage
 
-import "time"
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/wire"
+)
 
 // Point is one device message turned into data: what every sink writes.
 //
@@ -28,4 +41,102 @@ type Point struct {
 	// ID is the message's identity, origin + "/" + index, taken from the
 	// middletier record: the same for every delivery of the message.
 	ID string
+}
+
+// minDeviceTime is the earliest device time taken as valid, as the frontend
+// checks it. A device time is never compared with the clock here: a
+// message delivered again days later must give the same point.
+var minDeviceTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+
+// reserved are the members of a device message that are not data
+// (docs/protocol.md): the message id, its timestamp, the device id.
+var reserved = map[string]bool{"id": true, "ts": true, "device": true}
+
+// NewPoint turns a middletier record into a point. labels, if not nil,
+// gives a device's registry labels (nil for an unknown device).
+//
+// It is deterministic: the same record always gives the same point, so a
+// repeated delivery writes the same samples.
+func NewPoint(rec wire.Record, labels func(device string) map[string]string) (Point, error) {
+	env, err := envelope.Decode(rec.Data)
+	if err != nil {
+		return Point{}, fmt.Errorf("decode envelope: %w", err)
+	}
+	ns := env.Received
+	if env.HasDeviceTime && env.DeviceTime >= minDeviceTime {
+		ns = env.DeviceTime
+	}
+	p := Point{
+		Device: env.Device,
+		Time:   time.Unix(0, ns).UTC(),
+		ID:     rec.Origin + "/" + strconv.FormatUint(rec.Index, 10),
+	}
+	if err := Flatten(env.Payload, &p); err != nil {
+		return Point{}, err
+	}
+	if labels != nil {
+		p.Labels = labels(env.Device)
+	}
+	return p, nil
+}
+
+// Flatten decodes a device message's JSON object into p.Numbers and
+// p.Strings: nested objects and arrays are flattened with dots ("gps.lat",
+// "cells.0"), booleans become 0 and 1, nulls and the reserved members id,
+// ts and device (at the top level) are left out, and a number beyond the
+// float64 range is left out. Where two paths flatten to the same name
+// ({"a":{"b":1},"a.b":2}), the one that sorts last wins, whatever the
+// order in the message.
+func Flatten(payload []byte, p *Point) error {
+	d := json.NewDecoder(bytes.NewReader(payload))
+	d.UseNumber()
+	var obj map[string]any
+	if err := d.Decode(&obj); err != nil {
+		return fmt.Errorf("decode payload: %w", err)
+	}
+	if obj == nil {
+		return errors.New("decode payload: not a JSON object")
+	}
+	if d.More() {
+		return errors.New("decode payload: data after the object")
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return errors.New("decode payload: data after the object")
+	}
+	p.Numbers = map[string]float64{}
+	p.Strings = map[string]string{}
+	for _, k := range slices.Sorted(maps.Keys(obj)) {
+		if reserved[k] {
+			continue
+		}
+		flatten(k, obj[k], p)
+	}
+	return nil
+}
+
+func flatten(name string, v any, p *Point) {
+	switch v := v.(type) {
+	case map[string]any:
+		for _, k := range slices.Sorted(maps.Keys(v)) {
+			flatten(name+"."+k, v[k], p)
+		}
+	case []any:
+		for i, e := range v {
+			flatten(name+"."+strconv.Itoa(i), e, p)
+		}
+	case json.Number:
+		f, err := strconv.ParseFloat(string(v), 64)
+		if err != nil { // beyond float64: ±Inf is not what was sent
+			return
+		}
+		p.Numbers[name] = f
+	case bool:
+		if v {
+			p.Numbers[name] = 1
+		} else {
+			p.Numbers[name] = 0
+		}
+	case string:
+		p.Strings[name] = v
+	}
 }

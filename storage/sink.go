@@ -1,6 +1,9 @@
 package storage
 
-import "context"
+import (
+	"context"
+	"errors"
+)
 
 // Sink writes points durably into a store. The embedded TSDB and the
 // external stores (Prometheus remote-write, InfluxDB line protocol) are
@@ -24,4 +27,29 @@ import "context"
 type Sink interface {
 	Write(ctx context.Context, points []Point) error
 	Close() error
+}
+
+// KindError names the kind of a sink's failure ("timeout", "rejected",
+// "unavailable", "append"…), which the Subscriber counts in
+// ingest_storage_sink_errors_total{kind}. Errors that are not a KindError
+// are counted as "timeout" when they wrap context.DeadlineExceeded, else
+// as "other".
+type KindError struct {
+	Kind string
+	Err  error
+}
+
+func (e *KindError) Error() string { return e.Err.Error() }
+func (e *KindError) Unwrap() error { return e.Err }
+
+// errorKind is the kind label of a sink error.
+func errorKind(err error) string {
+	var ke *KindError
+	switch {
+	case errors.As(err, &ke):
+		return ke.Kind
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	return "other"
 }

@@ -1,0 +1,349 @@
+package storage_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ingest-io/ingest/storage"
+)
+
+func openTSDB(t *testing.T, dir string, opts storage.TSDBOptions) (*storage.TSDB, *prometheus.Registry) {
+	t.Helper()
+	opts.Dir = dir
+	reg := prometheus.NewRegistry()
+	db, err := storage.OpenTSDB(opts, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db, reg
+}
+
+// apiResult is the part of a Prometheus API answer the tests read.
+type apiResult struct {
+	Status    string          `json:"status"`
+	ErrorType string          `json:"errorType"`
+	Error     string          `json:"error"`
+	Data      json.RawMessage `json:"data"`
+	Warnings  []string        `json:"warnings"`
+}
+
+func apiGet(t *testing.T, base, path string, params url.Values) apiResult {
+	t.Helper()
+	resp, err := http.Get(base + path + "?" + params.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var r apiResult
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatalf("%s: %v: %s", path, err, b)
+	}
+	return r
+}
+
+type vectorSample struct {
+	Metric map[string]string `json:"metric"`
+	Value  [2]any            `json:"value"`
+}
+
+func instant(t *testing.T, base, q string, at time.Time) []vectorSample {
+	t.Helper()
+	r := apiGet(t, base, "/api/v1/query", url.Values{"query": {q}, "time": {fmt.Sprint(float64(at.UnixMilli()) / 1000)}})
+	if r.Status != "success" {
+		t.Fatalf("query %s: %s %s", q, r.ErrorType, r.Error)
+	}
+	var d struct {
+		ResultType string         `json:"resultType"`
+		Result     []vectorSample `json:"result"`
+	}
+	if err := json.Unmarshal(r.Data, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.ResultType != "vector" {
+		t.Fatalf("query %s: result type %s", q, d.ResultType)
+	}
+	return d.Result
+}
+
+// scalarOf returns the one sample's value of an instant query, or "" if
+// there is none.
+func scalarOf(t *testing.T, base, q string, at time.Time) string {
+	t.Helper()
+	res := instant(t, base, q, at)
+	switch len(res) {
+	case 0:
+		return ""
+	case 1:
+		return res[0].Value[1].(string)
+	}
+	t.Fatalf("query %s: %d samples", q, len(res))
+	return ""
+}
+
+func point(dev string, at time.Time, n map[string]float64, s map[string]string, lbl map[string]string) storage.Point {
+	return storage.Point{Device: dev, Time: at, Numbers: n, Strings: s, Labels: lbl}
+}
+
+func TestTSDBWriteAndQuery(t *testing.T) {
+	db, _ := openTSDB(t, t.TempDir(), storage.TSDBOptions{})
+	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	defer srv.Close()
+
+	t0 := time.Now().Add(-10 * time.Minute).Truncate(time.Second)
+	lbl := map[string]string{"name": "Boiler 1", "site": "Berlin", "fw.version": "1.2"}
+	pts := []storage.Point{
+		point("dev-1", t0, map[string]float64{"temp": 21.5, "gps.lat": 52.5, "ok": 1}, map[string]string{"door": "open"}, lbl),
+		point("dev-1", t0.Add(time.Second), map[string]float64{"temp": 22}, map[string]string{"door": "closed"}, lbl),
+		point("dev-2", t0, map[string]float64{"temp": 19}, nil, nil),
+	}
+	if err := db.Write(context.Background(), pts); err != nil {
+		t.Fatal(err)
+	}
+	at := t0.Add(2 * time.Second)
+	if v := scalarOf(t, srv.URL, `temp{device="dev-1"}`, at); v != "22" {
+		t.Fatalf("temp of dev-1 = %q", v)
+	}
+	if v := scalarOf(t, srv.URL, `gps_lat{site="Berlin",name="Boiler 1",fw_version="1.2"}`, at); v != "52.5" {
+		t.Fatalf("gps_lat with registry labels = %q", v)
+	}
+	res := instant(t, srv.URL, `door_info{device="dev-1"}`, at)
+	if len(res) != 2 { // both values are within the lookback
+		t.Fatalf("door_info: %+v", res)
+	}
+	// The current value of a string field: the series with the newest sample.
+	res = instant(t, srv.URL, `topk by (device) (1, timestamp(door_info))`, at)
+	if len(res) != 1 || res[0].Metric["value"] != "closed" {
+		t.Fatalf("current door: %+v", res)
+	}
+	res = instant(t, srv.URL, `topk by (device) (1, timestamp(door_info))`, t0)
+	if len(res) != 1 || res[0].Metric["value"] != "open" {
+		t.Fatalf("door at t0: %+v", res)
+	}
+	if v := scalarOf(t, srv.URL, `count(temp)`, at); v != "2" {
+		t.Fatalf("count(temp) = %q", v)
+	}
+}
+
+// TestTSDBIdempotent writes the same points again — in order, out of order,
+// after a compaction into blocks and after a restart — and counts every
+// sample once.
+func TestTSDBIdempotent(t *testing.T) {
+	dir := t.TempDir()
+	db, reg := openTSDB(t, dir, storage.TSDBOptions{})
+	ctx := context.Background()
+	// Three hours back, one sample a minute: the head will cut a block.
+	t0 := time.Now().Add(-3 * time.Hour).Truncate(time.Minute)
+	var pts []storage.Point
+	for i := range 180 {
+		pts = append(pts, point("dev-1", t0.Add(time.Duration(i)*time.Minute), map[string]float64{"v": float64(i)}, map[string]string{"s": fmt.Sprint(i % 3)}, nil))
+	}
+	if err := db.Write(ctx, pts); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	defer srv.Close()
+	end := t0.Add(180 * time.Minute)
+	count := func(what string) {
+		t.Helper()
+		if v := scalarOf(t, srv.URL, `count_over_time(v[4h])`, end); v != "180" {
+			t.Fatalf("%s: count_over_time(v) = %q, want 180", what, v)
+		}
+		if v := scalarOf(t, srv.URL, `sum(count_over_time(s_info[4h]))`, end); v != "180" {
+			t.Fatalf("%s: count of s_info = %q, want 180", what, v)
+		}
+		if v := scalarOf(t, srv.URL, `sum_over_time(v[4h])`, end); v != fmt.Sprint(179*180/2) {
+			t.Fatalf("%s: sum_over_time(v) = %q", what, v)
+		}
+	}
+	count("first write")
+
+	// The last point again: an in-order repeat with the same value.
+	if err := db.Write(ctx, pts[len(pts)-1:]); err != nil {
+		t.Fatalf("repeat of the newest sample: %v", err)
+	}
+	count("newest repeated")
+	// Everything again: out-of-order repeats.
+	if err := db.Write(ctx, pts); err != nil {
+		t.Fatalf("repeat of every sample: %v", err)
+	}
+	count("all repeated")
+	// Into blocks, then again: repeats of samples already in a block.
+	if err := db.DB().Compact(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Write(ctx, pts); err != nil {
+		t.Fatalf("repeat after compaction: %v", err)
+	}
+	count("repeated after compaction")
+	if got := testutil.ToFloat64(dropped(t, reg)); got != 0 {
+		t.Fatalf("%v samples dropped for repeats", got)
+	}
+
+	// A different value at a timestamp already taken is dropped and counted.
+	bad := point("dev-1", pts[len(pts)-1].Time, map[string]float64{"v": -1}, nil, nil)
+	if err := db.Write(ctx, []storage.Point{bad}); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(dropped(t, reg)); got != 1 {
+		t.Fatalf("dropped %v, want 1", got)
+	}
+	srv.Close()
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	db2, _ := openTSDB(t, dir, storage.TSDBOptions{})
+	srv = httptest.NewServer(storage.NewAPI(db2.DB(), storage.APIOptions{}, nil, nil))
+	defer srv.Close()
+	if err := db2.Write(ctx, pts); err != nil {
+		t.Fatalf("repeat after reopening: %v", err)
+	}
+	count("after reopening")
+}
+
+func dropped(t *testing.T, reg *prometheus.Registry) prometheus.Collector {
+	t.Helper()
+	return collectorFunc(func(ch chan<- prometheus.Metric) {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var sum float64
+		for _, mf := range mfs {
+			if mf.GetName() == "ingest_storage_dropped_samples_total" {
+				for _, m := range mf.GetMetric() {
+					sum += m.GetCounter().GetValue()
+				}
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(prometheus.NewDesc("sum", "sum", nil, nil), prometheus.CounterValue, sum)
+	})
+}
+
+type collectorFunc func(chan<- prometheus.Metric)
+
+func (f collectorFunc) Describe(ch chan<- *prometheus.Desc) { prometheus.DescribeByCollect(f, ch) }
+func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
+
+// TestTSDBLateData: data hours late lands in the store, within the
+// out-of-order window; data older than the window is dropped and counted.
+func TestTSDBLateData(t *testing.T) {
+	db, reg := openTSDB(t, t.TempDir(), storage.TSDBOptions{OutOfOrderWindow: 24 * time.Hour})
+	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	defer srv.Close()
+	ctx := context.Background()
+	now := time.Now().Truncate(time.Second)
+	if err := db.Write(ctx, []storage.Point{point("dev-1", now, map[string]float64{"v": 1}, nil, nil)}); err != nil {
+		t.Fatal(err)
+	}
+	late := now.Add(-5 * time.Hour)
+	if err := db.Write(ctx, []storage.Point{point("dev-1", late, map[string]float64{"v": 5}, nil, nil),
+		point("dev-9", late, map[string]float64{"v": 9}, nil, nil)}); err != nil {
+		t.Fatal(err)
+	}
+	if v := scalarOf(t, srv.URL, `v{device="dev-1"}`, late); v != "5" {
+		t.Fatalf("5 h late sample of a known series: %q", v)
+	}
+	if v := scalarOf(t, srv.URL, `v{device="dev-9"}`, late); v != "9" {
+		t.Fatalf("5 h late sample of a new series: %q", v)
+	}
+	if err := db.Write(ctx, []storage.Point{point("dev-1", now.Add(-25*time.Hour), map[string]float64{"v": 25}, nil, nil)}); err != nil {
+		t.Fatalf("too old a sample fails the batch: %v", err)
+	}
+	if got := testutil.ToFloat64(dropped(t, reg)); got != 1 {
+		t.Fatalf("dropped %v, want 1", got)
+	}
+}
+
+func TestAPIEndpoints(t *testing.T) {
+	db, _ := openTSDB(t, t.TempDir(), storage.TSDBOptions{})
+	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	defer srv.Close()
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	if err := db.Write(context.Background(), []storage.Point{
+		point("dev-1", t0, map[string]float64{"temp": 1}, map[string]string{"door": "open"}, map[string]string{"site": "x"}),
+		point("dev-1", t0.Add(10*time.Second), map[string]float64{"temp": 2}, nil, map[string]string{"site": "x"}),
+	}); err != nil {
+		t.Fatal(err)
+	}
+	want := func(path string, params url.Values, sub string) {
+		t.Helper()
+		r := apiGet(t, srv.URL, path, params)
+		if r.Status != "success" || !strings.Contains(string(r.Data), sub) {
+			t.Fatalf("%s %v: %s %s %s; want %s", path, params, r.Status, r.Error, r.Data, sub)
+		}
+	}
+	want("/api/v1/labels", nil, `["__name__","device","site","value"]`)
+	want("/api/v1/label/__name__/values", nil, `["door_info","temp"]`)
+	want("/api/v1/label/device/values", url.Values{"match[]": {"temp"}}, `["dev-1"]`)
+	want("/api/v1/series", url.Values{"match[]": {`{device="dev-1"}`}}, `{"__name__":"door_info","device":"dev-1","site":"x","value":"open"}`)
+	want("/api/v1/metadata", nil, `"temp":[{"type":"gauge"`)
+	want("/api/v1/status/buildinfo", nil, `"version":"3.`)
+	want("/api/v1/query_range", url.Values{"query": {"temp"}, "start": {fmt.Sprint(t0.Unix())}, "end": {fmt.Sprint(t0.Unix() + 10)}, "step": {"5"}},
+		fmt.Sprintf(`"resultType":"matrix","result":[{"metric":{"__name__":"temp","device":"dev-1","site":"x"},"values":[[%d,"1"],[%d,"1"],[%d,"2"]]`, t0.Unix(), t0.Unix()+5, t0.Unix()+10))
+	want("/api/v1/query", url.Values{"query": {"1+1"}}, `"resultType":"scalar"`)
+
+	// POST forms, as promtool and Grafana send them.
+	resp, err := http.PostForm(srv.URL+"/api/v1/query", url.Values{"query": {"temp"}, "time": {t0.Add(10 * time.Second).Format(time.RFC3339)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(b), `"value":[`+fmt.Sprint(t0.Unix()+10)+`,"2"]`) {
+		t.Fatalf("POST query: %s", b)
+	}
+
+	// Errors in Prometheus's format and codes.
+	for _, c := range []struct {
+		path   string
+		params url.Values
+		code   int
+		typ    string
+	}{
+		{"/api/v1/query", url.Values{"query": {"temp{"}}, 400, "bad_data"},
+		{"/api/v1/query", url.Values{"query": {"temp"}, "time": {"yesterday"}}, 400, "bad_data"},
+		{"/api/v1/query_range", url.Values{"query": {"temp"}, "start": {"10"}, "end": {"5"}, "step": {"1"}}, 400, "bad_data"},
+		{"/api/v1/query_range", url.Values{"query": {"temp"}, "start": {"0"}, "end": {"100000"}, "step": {"1"}}, 400, "bad_data"},
+		{"/api/v1/series", nil, 400, "bad_data"},
+		{"/api/v1/query", url.Values{"query": {`label_replace(temp, "x", "$1", "device", "(")`}}, 422, "execution"},
+	} {
+		resp, err := http.Get(srv.URL + c.path + "?" + c.params.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r apiResult
+		json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if resp.StatusCode != c.code || r.Status != "error" || r.ErrorType != c.typ {
+			t.Errorf("%s %v: %d %+v, want %d %s", c.path, c.params, resp.StatusCode, r, c.code, c.typ)
+		}
+	}
+}
+
+func TestMetricName(t *testing.T) {
+	for in, want := range map[string]string{
+		"temp": "temp", "gps.lat": "gps_lat", "a:b": "a:b", "1st": "_1st", "": "_",
+		"température": "temp_rature", "cells.0.rssi": "cells_0_rssi", "a-b c": "a_b_c",
+	} {
+		if got := storage.MetricName(in); got != want {
+			t.Errorf("MetricName(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if got := storage.LabelName("a:b"); got != "a_b" {
+		t.Errorf("LabelName(a:b) = %q", got)
+	}
+}
