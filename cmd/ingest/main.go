@@ -20,9 +20,13 @@ var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"all":        runAll,
 	"frontend":   runFrontend,
 	"middletier": runMiddletier,
+	"version":    runVersion,
 }
 
 func main() {
+	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "-version") {
+		os.Args[1] = "version"
+	}
 	if len(os.Args) < 2 || subcommands[os.Args[1]] == nil {
 		fmt.Fprintf(os.Stderr, "usage: ingest <subcommand> [flags]\n\nsubcommands: %s\n", strings.Join(names(), ", "))
 		os.Exit(2)
