@@ -21,12 +21,20 @@ run: build
 	./bin/ingest all --insecure-no-auth --data.dir data
 
 # deps installs what the test suite needs: Go modules, and from Debian's
-# packages strace (the WAL's fsync-ordering test watches system calls).
-APT_PACKAGES := strace
+# packages strace (the WAL's fsync-ordering test watches system calls) and
+# the external stores the storage sinks are tested against: prometheus,
+# influxdb (its binary is influxd) and victoria-metrics. The tests run their
+# own instances on free loopback ports with their own data directories, so
+# the services these packages may start on their default ports are no
+# obstacle. A package is looked up with dpkg, not by a command name, which
+# can differ from the package's.
+APT_PACKAGES := strace prometheus influxdb victoria-metrics
 
 deps:
 	$(GO) mod download
-	@missing=""; for p in $(APT_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \

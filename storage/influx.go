@@ -1,0 +1,395 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"maps"
+	"math"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/prometheus/model/labels"
+)
+
+// InfluxOptions configure an InfluxSink. Zero fields take the defaults of
+// DefaultInfluxOptions.
+type InfluxOptions struct {
+	// URL is the store's line-protocol write endpoint with its query
+	// parameters: http://host:8086/write?db=ingest for InfluxDB 1.x (add
+	// &rp= for a retention policy other than the default),
+	// http://host:8428/write for VictoriaMetrics. The sink sets
+	// precision=ms. Required.
+	URL string
+	// Name labels the sink's metrics (label sink). Default "influx".
+	Name string
+	// Measurement is the measurement of every line. Default "ingest".
+	Measurement string
+	// MaxLinesPerRequest bounds the lines (points) of one request; a Write
+	// of more points sends several requests, one after another. Default
+	// 5000.
+	MaxLinesPerRequest int
+	// NoStrings leaves string fields out. For VictoriaMetrics, which stores
+	// a string field as a sample of value 0 under the field's name; use its
+	// remote-write endpoint to keep strings (as info series).
+	NoStrings bool
+	HTTPOptions
+}
+
+// DefaultInfluxOptions returns the defaults of an InfluxSink.
+func DefaultInfluxOptions() InfluxOptions {
+	return InfluxOptions{
+		Name:               "influx",
+		Measurement:        "ingest",
+		MaxLinesPerRequest: 5000,
+		HTTPOptions:        DefaultHTTPOptions(),
+	}
+}
+
+// maxInfluxString is the longest string field value InfluxDB stores.
+const maxInfluxString = 64<<10 - 1
+
+// InfluxSink writes points to a store that takes InfluxDB line protocol over
+// HTTP: one line per point, with the measurement of the options, the tags
+// device and the registry labels (named as the embedded TSDB names them),
+// every numeric field as a float field and every string field as a string
+// field, at the point's time in milliseconds:
+//
+//	ingest,device=d1,site=lab gps.lat=52.1,status="ok" 1700000000000
+//
+// A repeated delivery overwrites a line with itself: InfluxDB keeps one value
+// per measurement, tag set, field and timestamp (VictoriaMetrics needs
+// -dedup.minScrapeInterval for that; docs/storage.md).
+//
+// InfluxDB answers points older than the retention policy (and fields of a
+// type other than the one stored) with a partial write: it stores the other
+// points and says how many it dropped; the sink counts them in
+// ingest_storage_external_dropped_samples_total and takes the request as
+// done. A request refused as a whole as unparseable is split in halves until
+// the refused lines stand alone, which are dropped and counted.
+type InfluxSink struct {
+	opts InfluxOptions
+	url  string
+	h    *httpSink
+
+	mu     sync.Mutex // one Write at a time; guards everything below
+	closed bool
+	buf    []byte // the lines of one Write, reused
+	ends   []int  // ends[i] is the end of line i in buf
+	fields []string
+	base   []labels.Label
+}
+
+// NewInfluxSink returns a sink writing to opts.URL. It starts nothing and
+// sends nothing until Write.
+func NewInfluxSink(opts InfluxOptions, reg prometheus.Registerer, lg *slog.Logger) (*InfluxSink, error) {
+	d := DefaultInfluxOptions()
+	if opts.Name == "" {
+		opts.Name = d.Name
+	}
+	if opts.Measurement == "" {
+		opts.Measurement = d.Measurement
+	}
+	if opts.MaxLinesPerRequest == 0 {
+		opts.MaxLinesPerRequest = d.MaxLinesPerRequest
+	}
+	if opts.MaxLinesPerRequest < 0 {
+		return nil, fmt.Errorf("validate options: max lines per request %d", opts.MaxLinesPerRequest)
+	}
+	if err := checkURL(opts.URL); err != nil {
+		return nil, err
+	}
+	u, _ := url.Parse(opts.URL)
+	q := u.Query()
+	q.Set("precision", "ms")
+	u.RawQuery = q.Encode()
+	var err error
+	if opts.HTTPOptions, err = opts.HTTPOptions.withDefaults(); err != nil {
+		return nil, err
+	}
+	h, err := newHTTPSink(opts.Name, opts.HTTPOptions, reg, lg)
+	if err != nil {
+		return nil, err
+	}
+	return &InfluxSink{opts: opts, url: u.String(), h: h}, nil
+}
+
+var influxHeader = http.Header{
+	"Content-Type": {"text/plain; charset=utf-8"},
+	"User-Agent":   {"ingest-storage"},
+}
+
+// Write sends every point as a line and returns nil once the store has
+// acknowledged each line or said it dropped it for good.
+func (s *InfluxSink) Write(ctx context.Context, points []Point) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("write %s: %w", s.opts.Name, errSinkClosed)
+	}
+	s.buf, s.ends = s.buf[:0], s.ends[:0]
+	var dropped, tooLong int
+	for i := range points {
+		var d, tl int
+		s.buf, d, tl = s.appendLine(s.buf, &points[i])
+		dropped += d
+		tooLong += tl
+		if len(s.ends) == 0 || len(s.buf) > s.ends[len(s.ends)-1] {
+			s.ends = append(s.ends, len(s.buf))
+		}
+	}
+	if dropped > 0 {
+		s.h.m.dropped.WithLabelValues(errKindRejected).Add(float64(dropped))
+	}
+	if tooLong > 0 {
+		s.h.m.dropped.WithLabelValues(dropStringTooLong).Add(float64(tooLong))
+	}
+	for lo := 0; lo < len(s.ends); {
+		hi := min(len(s.ends), lo+s.opts.MaxLinesPerRequest)
+		if err := s.writeLines(ctx, lo, hi); err != nil {
+			return err
+		}
+		lo = hi
+	}
+	return nil
+}
+
+// writeLines sends lines [lo, hi) as one request and, when the store refuses
+// the request as a whole for its content, splits it to find the lines at
+// fault and drop them.
+func (s *InfluxSink) writeLines(ctx context.Context, lo, hi int) error {
+	start := 0
+	if lo > 0 {
+		start = s.ends[lo-1]
+	}
+	body := s.buf[start:s.ends[hi-1]]
+	a, v, err := s.h.send(ctx, s.url, influxHeader, body, judgeInflux)
+	if err != nil {
+		return err
+	}
+	n := hi - lo
+	switch v {
+	case verdictOK:
+		s.h.m.samples.Add(float64(n))
+		s.h.m.batch.Observe(float64(n))
+		return nil
+	case verdictFail:
+		s.h.m.errors.WithLabelValues(errKindRejected).Inc()
+		return &KindError{Kind: "rejected", Err: fmt.Errorf("write %s: %w", s.opts.Name, &StatusError{Sink: s.opts.Name, Status: a.status, Body: trimBody(a.body)})}
+	}
+	kind := errKindRejected
+	if v == verdictTooOld {
+		kind = errKindTooOld
+	}
+	s.h.m.errors.WithLabelValues(kind).Inc()
+	if ie, ok := parseInfluxError(a.body); ok && ie.Partial {
+		// The store kept the other lines and says how many it dropped.
+		dropped := min(ie.Dropped, n)
+		s.h.m.dropped.WithLabelValues(kind).Add(float64(dropped))
+		s.h.m.samples.Add(float64(n - dropped))
+		s.h.m.batch.Observe(float64(n))
+		if v == verdictRejected {
+			s.h.lg.Warn("store dropped lines", "dropped", dropped, "answer", ie.Message)
+		}
+		return nil
+	}
+	if n == 1 {
+		s.h.m.dropped.WithLabelValues(kind).Inc()
+		s.h.lg.Warn("store refused a line; dropped", "line", trimBody(body), "status", a.status, "answer", trimBody(a.body))
+		return nil
+	}
+	mid := lo + n/2
+	if err := s.writeLines(ctx, lo, mid); err != nil {
+		return err
+	}
+	return s.writeLines(ctx, mid, hi)
+}
+
+// Close releases the sink's connections and unregisters its metrics.
+func (s *InfluxSink) Close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	s.h.close()
+	return nil
+}
+
+// judgeInflux classifies an answer of a line-protocol endpoint.
+func judgeInflux(a answer) verdict {
+	switch {
+	case a.status/100 == 2:
+		return verdictOK
+	case a.status == http.StatusTooManyRequests || a.status/100 == 5:
+		return verdictRetry
+	case a.status == http.StatusBadRequest || a.status == http.StatusRequestEntityTooLarge || a.status == http.StatusUnprocessableEntity:
+		ie, ok := parseInfluxError(a.body)
+		switch {
+		case !ok:
+			return verdictRejected
+		case ie.BeyondRetention:
+			return verdictTooOld
+		case ie.Partial || bytes.HasPrefix([]byte(ie.Message), []byte("unable to parse")) || a.status == http.StatusRequestEntityTooLarge:
+			return verdictRejected
+		}
+		// A 400 about the request itself ("database not found" comes as
+		// 404; an unknown precision, a missing db parameter as 400).
+		return verdictFail
+	default:
+		return verdictFail
+	}
+}
+
+// influxError is what an InfluxDB error answer says.
+type influxError struct {
+	Message string
+	// Partial: the store kept the other points of the request and dropped
+	// Dropped of them.
+	Partial         bool
+	Dropped         int
+	BeyondRetention bool
+}
+
+// parseInfluxError reads an InfluxDB 1.x error answer,
+// {"error":"partial write: points beyond retention policy dropped=3"}, or a
+// plain-text one (VictoriaMetrics). ok is false when body says nothing.
+func parseInfluxError(body []byte) (e influxError, ok bool) {
+	var j struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(body, &j) == nil && j.Error != "" {
+		e.Message = j.Error
+	} else {
+		e.Message = string(bytes.TrimSpace(body))
+	}
+	if e.Message == "" {
+		return e, false
+	}
+	msg := []byte(e.Message)
+	if rest, found := bytes.CutPrefix(msg, []byte("partial write:")); found {
+		i := bytes.LastIndex(rest, []byte(" dropped="))
+		if i >= 0 {
+			if n, err := strconv.Atoi(string(rest[i+len(" dropped="):])); err == nil && n >= 0 {
+				e.Partial, e.Dropped = true, n
+				e.BeyondRetention = bytes.Contains(rest[:i], []byte("beyond retention policy"))
+			}
+		}
+	}
+	return e, true
+}
+
+// appendLine appends the line of p to b, with its trailing newline. A point
+// with no field that can be written appends nothing. rejected counts the
+// fields left out because line protocol cannot carry them (a NaN or
+// infinite number, an empty name); tooLong, the string fields longer than
+// InfluxDB stores.
+func (s *InfluxSink) appendLine(b []byte, p *Point) (_ []byte, rejected, tooLong int) {
+	start := len(b)
+	b = appendInfluxName(b, s.opts.Measurement, false)
+	s.base = baseLabels(s.base[:0], p)
+	for _, l := range s.base {
+		if l.Value == "" {
+			continue
+		}
+		b = append(b, ',')
+		b = appendInfluxName(b, l.Name, true)
+		b = append(b, '=')
+		b = appendInfluxName(b, l.Value, true)
+	}
+	sep := byte(' ')
+	s.fields = slices.AppendSeq(s.fields[:0], maps.Keys(p.Numbers))
+	slices.Sort(s.fields)
+	for _, k := range s.fields {
+		v := p.Numbers[k]
+		if k == "" || math.IsNaN(v) || math.IsInf(v, 0) {
+			rejected++
+			continue
+		}
+		b = append(b, sep)
+		sep = ','
+		b = appendInfluxName(b, k, true)
+		b = append(b, '=')
+		b = strconv.AppendFloat(b, v, 'g', -1, 64)
+	}
+	s.fields = s.fields[:0]
+	if !s.opts.NoStrings {
+		s.fields = slices.AppendSeq(s.fields, maps.Keys(p.Strings))
+	}
+	slices.Sort(s.fields)
+	for _, k := range s.fields {
+		v := p.Strings[k]
+		switch {
+		case k == "":
+			rejected++
+			continue
+		case len(v) > maxInfluxString:
+			tooLong++
+			continue
+		}
+		b = append(b, sep)
+		sep = ','
+		b = appendInfluxName(b, k, true)
+		b = append(b, '=')
+		b = appendInfluxString(b, v)
+	}
+	if sep == ' ' { // no field
+		return b[:start], rejected, tooLong
+	}
+	b = append(b, ' ')
+	b = strconv.AppendInt(b, p.Time.UnixMilli(), 10)
+	b = append(b, '\n')
+	return b, rejected, tooLong
+}
+
+// appendInfluxName appends a measurement (key false) or a tag key, tag value
+// or field key (key true), escaped as line protocol wants: a backslash
+// before each comma and space, and, in keys and tag values, before each '='.
+// Line protocol has no escape for a newline, which becomes a space, nor for
+// a backslash at the end of a name, which would escape the separator after
+// it: it is doubled.
+func appendInfluxName(b []byte, s string, key bool) []byte {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch c {
+		case ',', ' ':
+			b = append(b, '\\', c)
+		case '=':
+			if key {
+				b = append(b, '\\')
+			}
+			b = append(b, c)
+		case '\n', '\r':
+			b = append(b, '\\', ' ')
+		case '\\':
+			b = append(b, c)
+			if i == len(s)-1 {
+				b = append(b, c)
+			}
+		default:
+			b = append(b, c)
+		}
+	}
+	return b
+}
+
+// appendInfluxString appends a string field value: in double quotes, with a
+// backslash before each double quote and backslash.
+func appendInfluxString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '"' || c == '\\' {
+			b = append(b, '\\')
+		}
+		b = append(b, c)
+	}
+	return append(b, '"')
+}

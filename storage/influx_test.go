@@ -1,0 +1,284 @@
+package storage
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+)
+
+func newTestInflux(t *testing.T, u string, reg prometheus.Registerer, opts InfluxOptions) *InfluxSink {
+	t.Helper()
+	opts.URL = u
+	s, err := NewInfluxSink(opts, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// influxDB creates a database (with a retention policy of rp, if not empty)
+// named after the test.
+func influxDB(t *testing.T, srv *extServer, rp string) string {
+	db := strings.NewReplacer("/", "_", "-", "_").Replace(fmt.Sprintf("%s_%d", t.Name(), time.Now().UnixNano()))
+	q := fmt.Sprintf("CREATE DATABASE %q", db)
+	if rp != "" {
+		q += " WITH DURATION " + rp
+	}
+	extPost(t, srv.url+"/query", url.Values{"q": {q}})
+	return db
+}
+
+// influxRows reads back what InfluxDB holds for device as "time field=value"
+// strings.
+func influxRows(t *testing.T, srv *extServer, db, device string) map[string]string {
+	rows := extInfluxQuery(t, srv, db, fmt.Sprintf(`SELECT * FROM "ingest" WHERE "device" = '%s'`, strings.NewReplacer(`\`, `\\`, "'", `\'`).Replace(device)))
+	got := map[string]string{}
+	for _, r := range rows {
+		ts := r["time"].(json.Number).String()
+		for k, v := range r {
+			if k == "time" || v == nil {
+				continue
+			}
+			got[ts+" "+k] = fmt.Sprint(v)
+		}
+	}
+	return got
+}
+
+func influxWant(ps []Point) map[string]string {
+	want := map[string]string{}
+	for _, p := range ps {
+		ts := fmt.Sprint(p.Time.UnixMilli())
+		want[ts+" device"] = p.Device
+		for k, v := range p.Labels {
+			want[ts+" "+LabelName(k)] = v
+		}
+		for k, v := range p.Numbers {
+			want[ts+" "+k] = fmt.Sprint(v)
+		}
+		for k, v := range p.Strings {
+			want[ts+" "+k] = v
+		}
+	}
+	return want
+}
+
+func diffMaps(got, want map[string]string) string {
+	for k, w := range want {
+		if g, ok := got[k]; !ok || g != w {
+			return fmt.Sprintf("%s: got %q, want %q", k, g, w)
+		}
+	}
+	for k, g := range got {
+		if _, ok := want[k]; !ok {
+			return fmt.Sprintf("unexpected %s = %q", k, g)
+		}
+	}
+	return ""
+}
+
+// TestInfluxSinkInfluxDB: names and strings that need escaping come back
+// as sent, and a repeated delivery changes nothing.
+func TestInfluxSinkInfluxDB(t *testing.T) {
+	srv := influxServer(t)
+	db := influxDB(t, srv, "")
+	reg := prometheus.NewRegistry()
+	s := newTestInflux(t, srv.url+"/write?db="+db, reg, InfluxOptions{MaxLinesPerRequest: 7})
+	dev := `dev 1,a=b\x`
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	ps := extPoints(dev, t0, 20)
+	ps[0].Strings["multi line"] = "a\nb, \"c\"=d \\"
+	ps[0].Numbers["big"] = 1e300
+	ps[0].Numbers["tiny"] = -1.5e-300
+	ps[0].Labels["x=y z"] = `tag,with=all the\things`
+	ps[1].Strings["utf8"] = "Grüße ☃"
+	for round := range 2 {
+		if err := s.Write(context.Background(), ps); err != nil {
+			t.Fatalf("write %d: %v", round, err)
+		}
+		if d := diffMaps(influxRows(t, srv, db, dev), influxWant(ps)); d != "" {
+			t.Fatalf("round %d: %s", round, d)
+		}
+		if n := len(extInfluxQuery(t, srv, db, `SELECT count("temp") FROM "ingest"`)); n != 1 {
+			t.Fatalf("count rows: %d", n)
+		}
+		rows := extInfluxQuery(t, srv, db, `SELECT count("temp") FROM "ingest"`)
+		if c := rows[0]["count"].(json.Number).String(); c != "20" {
+			t.Fatalf("round %d: %s points, want 20", round, c)
+		}
+	}
+	if got := testutil.ToFloat64(s.h.m.samples); got != 40 {
+		t.Errorf("lines written: %v, want 40", got)
+	}
+	if got := testutil.ToFloat64(s.h.m.requests); got != 6 {
+		t.Errorf("requests: %v, want 6 (20 lines in requests of 7, twice)", got)
+	}
+}
+
+// TestInfluxSinkInfluxDBTooOld: points older than the retention policy are
+// dropped and counted; the others land.
+func TestInfluxSinkInfluxDBTooOld(t *testing.T) {
+	srv := influxServer(t)
+	db := influxDB(t, srv, "1h")
+	reg := prometheus.NewRegistry()
+	s := newTestInflux(t, srv.url+"/write?db="+db, reg, InfluxOptions{})
+	now := time.Now().Truncate(time.Second)
+	fresh := extPoints("fresh", now.Add(-time.Minute), 5)
+	old := extPoints("fresh", now.Add(-3*time.Hour), 8)
+	for round := range 2 {
+		if err := s.Write(context.Background(), append(append([]Point{}, old...), fresh...)); err != nil {
+			t.Fatalf("write %d: %v", round, err)
+		}
+		if d := diffMaps(influxRows(t, srv, db, "fresh"), influxWant(fresh)); d != "" {
+			t.Fatal(d)
+		}
+	}
+	if got := testutil.ToFloat64(s.h.m.dropped.WithLabelValues(errKindTooOld)); got != 16 {
+		t.Errorf("dropped too old: %v, want 16", got)
+	}
+	if got := testutil.ToFloat64(s.h.m.errors.WithLabelValues(errKindTooOld)); got != 2 {
+		t.Errorf("too old answers: %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(s.h.m.samples); got != 10 {
+		t.Errorf("lines written: %v, want 10", got)
+	}
+}
+
+// TestInfluxSinkRejected: a line the store cannot take (a field of another
+// type than stored) is dropped and counted, the rest of the Write lands; a
+// missing database fails the Write and drops nothing.
+func TestInfluxSinkRejected(t *testing.T) {
+	srv := influxServer(t)
+	db := influxDB(t, srv, "")
+	s := newTestInflux(t, srv.url+"/write?db="+db, nil, InfluxOptions{})
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	ps := extPoints("typed", t0, 4)
+	if err := s.Write(context.Background(), ps[:1]); err != nil {
+		t.Fatal(err)
+	}
+	ps[2].Numbers = map[string]float64{}
+	ps[2].Strings = map[string]string{"temp": "warm"} // temp is a float field
+	if err := s.Write(context.Background(), ps); err != nil {
+		t.Fatalf("write with a conflicting line: %v", err)
+	}
+	if got := testutil.ToFloat64(s.h.m.dropped.WithLabelValues(errKindRejected)); got != 1 {
+		t.Errorf("dropped rejected: %v, want 1", got)
+	}
+	want := influxWant([]Point{ps[0], ps[1], ps[3]})
+	if d := diffMaps(influxRows(t, srv, db, "typed"), want); d != "" {
+		t.Error(d)
+	}
+
+	missing := newTestInflux(t, srv.url+"/write?db=nodb_"+db, nil, InfluxOptions{Name: "missing"})
+	err := missing.Write(context.Background(), ps[:1])
+	var ke *KindError
+	if !errorsAs(err, &ke) || ke.Kind != "rejected" {
+		t.Fatalf("write to a missing database: %v", err)
+	}
+	if got := testutil.ToFloat64(missing.h.m.dropped.WithLabelValues(errKindRejected)); got != 0 {
+		t.Errorf("dropped: %v", got)
+	}
+}
+
+func TestInfluxSinkVictoriaMetrics(t *testing.T) {
+	srv := victoriaServer(t)
+	reg := prometheus.NewRegistry()
+	s := newTestInflux(t, srv.url+"/write", reg, InfluxOptions{MaxLinesPerRequest: 7, NoStrings: true})
+	dev := fmt.Sprintf("influx-vm-%d", time.Now().UnixNano())
+	t0 := time.Now().Add(-10 * time.Minute).Truncate(time.Second)
+	const n = 20
+	ps := extPoints(dev, t0, n)
+	want := map[string][]extSample{}
+	for _, p := range ps {
+		for f, v := range p.Numbers {
+			k := extLabelsKey(map[string]string{"__name__": "ingest_" + f, "device": dev, "site": "lab 1", "group": "a,b=c"})
+			want[k] = append(want[k], extSample{T: p.Time.UnixMilli(), V: fmt.Sprint(v)})
+		}
+	}
+	for round := range 2 {
+		if err := s.Write(context.Background(), ps); err != nil {
+			t.Fatalf("write %d: %v", round, err)
+		}
+		extEventually(t, 30*time.Second, "store holds every sample once", func() (bool, string) {
+			d := diffSamples(extVMExport(t, srv, fmt.Sprintf(`{device=%q}`, dev)), want)
+			return d == "", d
+		})
+	}
+	if got := testutil.ToFloat64(s.h.m.samples); got != 2*n {
+		t.Errorf("lines written: %v, want %d", got, 2*n)
+	}
+}
+
+func TestInfluxLine(t *testing.T) {
+	s := &InfluxSink{opts: InfluxOptions{Measurement: "m e,a"}}
+	p := Point{
+		Device:  "d,1 =x",
+		Time:    time.UnixMilli(1700000000123),
+		Labels:  map[string]string{"site": `end\`, "empty": ""},
+		Numbers: map[string]float64{"a.b": 1, "nan": nan(), "": 3, "c": -2.5e-7},
+		Strings: map[string]string{"s": "q\"\\\nx", "w=x y,z": "v"},
+	}
+	b, rejected, tooLong := s.appendLine(nil, &p)
+	want := `m\ e\,a,device=d\,1\ \=x,site=end\\ a.b=1,c=-2.5e-07,s="q\"\\` + "\n" + `x",w\=x\ y\,z="v" 1700000000123` + "\n"
+	if string(b) != want {
+		t.Errorf("line\n%s\nwant\n%s", b, want)
+	}
+	if rejected != 2 || tooLong != 0 {
+		t.Errorf("rejected %d, too long %d", rejected, tooLong)
+	}
+	if b, _, _ := s.appendLine(nil, &Point{Device: "d", Numbers: map[string]float64{"x": nan()}}); len(b) != 0 {
+		t.Errorf("a point with no field: %q", b)
+	}
+}
+
+func nan() float64 { var z float64; return z / z }
+
+func TestParseInfluxError(t *testing.T) {
+	for _, c := range []struct {
+		body string
+		want influxError
+		ok   bool
+	}{
+		{`{"error":"partial write: points beyond retention policy dropped=3"}`, influxError{Message: "partial write: points beyond retention policy dropped=3", Partial: true, Dropped: 3, BeyondRetention: true}, true},
+		{`{"error":"partial write: field type conflict: input field \"x\" on measurement \"m\" is type string, already exists as type float dropped=1"}`, influxError{Message: `partial write: field type conflict: input field "x" on measurement "m" is type string, already exists as type float dropped=1`, Partial: true, Dropped: 1}, true},
+		{`{"error":"unable to parse 'x': bad timestamp"}`, influxError{Message: "unable to parse 'x': bad timestamp"}, true},
+		{"cannot parse line\n", influxError{Message: "cannot parse line"}, true},
+		{`{"error":"partial write: dropped=x"}`, influxError{Message: "partial write: dropped=x"}, true},
+		{``, influxError{}, false},
+	} {
+		got, ok := parseInfluxError([]byte(c.body))
+		if got != c.want || ok != c.ok {
+			t.Errorf("%s: %+v %v, want %+v %v", c.body, got, ok, c.want, c.ok)
+		}
+	}
+}
+
+func FuzzParseInfluxError(f *testing.F) {
+	f.Add([]byte(`{"error":"partial write: points beyond retention policy dropped=3"}`))
+	f.Add([]byte(`{"error":"unable to parse 'x': bad timestamp"}`))
+	f.Add([]byte(`partial write: x dropped=-1`))
+	f.Fuzz(func(t *testing.T, body []byte) {
+		e, ok := parseInfluxError(body)
+		if e.Dropped < 0 || (!e.Partial && (e.Dropped != 0 || e.BeyondRetention)) {
+			t.Fatalf("%+v", e)
+		}
+		if !ok && (e.Partial || e.Message != "") {
+			t.Fatalf("nothing said, yet %+v", e)
+		}
+		v := judgeInflux(answer{status: 400, body: body})
+		if v == verdictTooOld && !e.BeyondRetention {
+			t.Fatalf("too old without a retention drop: %+v", e)
+		}
+	})
+}
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }
