@@ -1,0 +1,140 @@
+package feed_test
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/middletier"
+)
+
+func TestAuth(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	fs := startFeed(t, feed.Options{Sources: []feed.Source{{Feed: tr.addrs.Feed}}})
+
+	good := token(t, "feed:read", nil)
+	none, err := jwt.NewWithClaims(jwt.SigningMethodNone, jwt.MapClaims{"sub": "d", "scope": "feed:read"}).
+		SignedString(jwt.UnsafeAllowNoneSignatureType)
+	if err != nil {
+		t.Fatal(err)
+	}
+	otherKey, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "d", "scope": "feed:read"}).
+		SignedString([]byte("another-secret-0123456789abcdef-x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		header string
+		query  string
+		status int // 0: accepted
+	}{
+		{name: "header", header: "Bearer " + good},
+		{name: "query parameter", query: good},
+		{name: "scope among others", header: "Bearer " + token(t, "status:read feed:read", nil)},
+		{name: "scope as an array", header: "Bearer " + token(t, []string{"x", "feed:read"}, nil)},
+		{name: "missing", status: http.StatusUnauthorized},
+		{name: "not bearer", header: "Basic ZGV2OnB3", status: http.StatusUnauthorized},
+		{name: "bad signature", header: "Bearer " + good[:len(good)-4] + "AAAA", status: http.StatusUnauthorized},
+		{name: "other key", header: "Bearer " + otherKey, status: http.StatusUnauthorized},
+		{name: "expired", header: "Bearer " + token(t, "feed:read", func(c *jwt.MapClaims) {
+			(*c)["exp"] = time.Now().Add(-time.Minute).Unix()
+		}), status: http.StatusUnauthorized},
+		{name: "not yet valid", header: "Bearer " + token(t, "feed:read", func(c *jwt.MapClaims) {
+			(*c)["nbf"] = time.Now().Add(time.Minute).Unix()
+		}), status: http.StatusUnauthorized},
+		{name: "alg none", header: "Bearer " + none, status: http.StatusUnauthorized},
+		{name: "no scope", header: "Bearer " + token(t, nil, nil), status: http.StatusForbidden},
+		{name: "other scope", header: "Bearer " + token(t, "feed:write feed:readx", nil), status: http.StatusForbidden},
+		{name: "scope of the wrong type", header: "Bearer " + token(t, 7, nil), status: http.StatusUnauthorized},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			u := fs.url
+			if tc.query != "" {
+				u += "?token=" + tc.query
+			}
+			h := http.Header{}
+			if tc.header != "" {
+				h.Set("Authorization", tc.header)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: h})
+			if tc.status == 0 {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				r := &reader{c: c, frames: make(chan frame, 16)}
+				r.run(t)
+				r.subscribe(t, `{"type":"subscribe"}`)
+				return
+			}
+			if err == nil {
+				c.CloseNow()
+				t.Fatal("accepted")
+			}
+			if resp == nil || resp.StatusCode != tc.status {
+				t.Fatalf("refusal %v, want HTTP %d", err, tc.status)
+			}
+		})
+	}
+
+	t.Run("expires while connected", func(t *testing.T) {
+		// exp has a resolution of one second.
+		tok := token(t, "feed:read", func(c *jwt.MapClaims) { (*c)["exp"] = time.Now().Add(2 * time.Second).Unix() })
+		r := dialReader(t, fs.url, tok, nil)
+		r.run(t)
+		r.subscribe(t, `{"type":"subscribe"}`)
+		for range r.frames {
+		}
+		var ce websocket.CloseError
+		if !errors.As(r.err, &ce) || ce.Code != websocket.StatusPolicyViolation || ce.Reason != "unauthorized" {
+			t.Fatalf("ended with %v, want close 1008 unauthorized", r.err)
+		}
+	})
+}
+
+func TestNoAuthNeedsLoopback(t *testing.T) {
+	if _, err := feed.New(feed.Options{Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, nil, nil); err == nil {
+		t.Fatal("New accepted neither keys nor InsecureNoAuth")
+	}
+	s, err := feed.New(feed.Options{InsecureNoAuth: true, Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(context.Background(), fakeAddrListener(t)); err == nil {
+		t.Fatal("served without auth on a non-loopback address")
+	}
+}
+
+func TestSubscribeErrors(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	fs := startFeed(t, feed.Options{Sources: []feed.Source{{Feed: tr.addrs.Feed}}, SubscribeTimeout: 500 * time.Millisecond})
+	tok := token(t, "feed:read", nil)
+
+	r := dialReader(t, fs.url, tok, nil)
+	r.run(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, bad := range []string{`{"type":"subscribe","devices":[""]}`, `{"type":"sub"}`, `{"type":"subscribe","colour":1}`, `[]`} {
+		if err := r.c.Write(ctx, websocket.MessageText, []byte(bad)); err != nil {
+			t.Fatal(err)
+		}
+		if f := r.next(t); f.Type != "error" || f.Code != "invalid_subscribe" {
+			t.Fatalf("%s answered %+v", bad, f)
+		}
+	}
+	// No valid subscribe within the timeout: closed.
+	for range r.frames {
+	}
+	if code := closeStatus(r.err); code != websocket.StatusPolicyViolation {
+		t.Fatalf("ended with %v, want close 1008", r.err)
+	}
+}

@@ -1,0 +1,43 @@
+// Package feed is the live feed: it follows the middletiers' feed sockets
+// and serves their device messages to dashboards over WebSocket, filtered
+// per subscription by device id, id prefix, or registry group.
+// docs/protocol.md ("Live feed") specifies what readers see.
+//
+// # Lossy by design, and says so
+//
+// The feed never slows the pipeline. Per middletier, one goroutine only
+// drains the SUB socket into a bounded buffer (a zmq4 PUB writes its
+// subscribers one after another, so a slow subscriber would slow every
+// other one); another decodes each record once into the JSON frame readers
+// get, and queues it for every reader whose filter matches, without ever
+// blocking. Each reader has a bounded queue: when it is full, messages for
+// that reader are dropped and counted, the reader gets a "missed" notice
+// with the count before its next message, and a reader that stays behind
+// for Options.SlowGrace (or misses more than Options.MaxMissed before
+// catching up) gets a last notice and is closed with StatusTooSlow (4000).
+//
+// # Sequence, gaps and resume
+//
+// Stream messages carry the middletier's sequence numbers. A jump (the PUB
+// socket's high-water mark, a lost connection, the buffer behind the socket
+// overflowing) is a gap: with the middletier's consumer socket configured
+// the dispatcher fetches the missing records (at most Options.MaxGapFill)
+// before going on, so readers get them in order; what it cannot fetch is
+// announced to every reader as missed. A subscription may ask to resume from
+// a sequence: the records from there up to where its live messages start
+// are fetched and written first. The feed is not a durable consumer and
+// never commits: a middletier keeps records only for its durable consumers
+// (storage writers), so resume reaches back as far as they have not
+// committed, and no further.
+//
+// Records that arrive twice with the same identity (origin, index), as
+// across a middletier failover, are dispatched once.
+//
+// # Goroutines
+//
+// Serve owns every goroutine: per source a receiver and a dispatcher, and
+// per reader the HTTP handler (the only writer of its frames), a reader
+// goroutine (coder/websocket needs one always reading) and a pinger. Lock
+// order: the hub's lock, then a reader's queue lock; a fetcher's lock is
+// never held with either.
+package feed

@@ -1,0 +1,123 @@
+package feed_test
+
+import (
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/middletier"
+)
+
+const devicesYAML = `devices:
+  - id: truck-7
+    name: Truck 7
+    group: north
+    labels:
+      driver: alice
+  - id: sensor-1
+    group: north
+  - id: sensor-2
+    group: south
+`
+
+func TestFilters(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	fs := startFeed(t, feed.Options{
+		Sources:  []feed.Source{{Feed: tr.addrs.Feed, Consumer: tr.addrs.Consumer}},
+		Registry: writeRegistry(t, devicesYAML),
+	})
+	fe := newFrontend(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+	tok := token(t, "feed:read", nil)
+
+	subs := map[string]string{
+		"all":     `{"type":"subscribe"}`,
+		"ids":     `{"type":"subscribe","devices":["sensor-2","nobody"]}`,
+		"prefix":  `{"type":"subscribe","prefixes":["truck-"]}`,
+		"group":   `{"type":"subscribe","groups":["north"]}`,
+		"mixed":   `{"type":"subscribe","devices":["lonely"],"groups":["south"]}`,
+		"nothing": `{"type":"subscribe","devices":["nobody"]}`,
+	}
+	readers := map[string]*reader{}
+	for name, sub := range subs {
+		r := dialReader(t, fs.url, tok, nil)
+		r.run(t)
+		r.subscribe(t, sub)
+		readers[name] = r
+	}
+	warm(t, fe, readers["all"])
+
+	sent := []msg{
+		{device: "truck-7", payload: `{"lat":52.5,"lon":13.4}`, ts: 1748736000123},
+		{device: "sensor-1", payload: `{"temp":21.5}`},
+		{device: "sensor-2", payload: `{"temp":19}`},
+		{device: "lonely", payload: `{"x":"a\"b"}`},
+		{device: "truck-8", payload: `{"lat":1}`},
+	}
+	fe.send(t, sent[:2]...)
+	fe.send(t, sent[2:]...)
+	fe.send(t, msg{device: "end", payload: `{}`})
+
+	want := map[string][]string{
+		"all":     {"truck-7", "sensor-1", "sensor-2", "lonely", "truck-8", "end"},
+		"ids":     {"sensor-2"},
+		"prefix":  {"truck-7", "truck-8"},
+		"group":   {"truck-7", "sensor-1"},
+		"mixed":   {"sensor-2", "lonely"},
+		"nothing": nil,
+	}
+	var all []frame
+	for name, devices := range want {
+		r := readers[name]
+		got := r.messages(t, len(devices), isWarm)
+		var ids []string
+		for _, f := range got {
+			ids = append(ids, f.Device)
+		}
+		if !slices.Equal(ids, devices) {
+			t.Errorf("%s: got %q, want %q", name, ids, devices)
+		}
+		if name == "all" {
+			all = got
+		}
+	}
+	// Nothing more arrives for the filtered readers: "end" reached "all"
+	// after everything else was dispatched, and every reader's messages are
+	// queued in dispatch order.
+	for name, r := range readers {
+		select {
+		case f := <-r.frames:
+			if name != "all" {
+				t.Errorf("%s: extra frame %+v", name, f)
+			}
+		default:
+		}
+	}
+
+	truck := all[0]
+	if truck.Time != 1748736000123 || truck.Received < time.Now().Add(-time.Minute).UnixMilli() ||
+		string(truck.Payload) != `{"lat":52.5,"lon":13.4}` || truck.Middletier != "mt-0" ||
+		truck.Origin != "fe-1.0000000000000001" || truck.Index == 0 || truck.Seq == 0 {
+		t.Errorf("truck-7 message %+v", truck)
+	}
+	if truck.Labels["name"] != "Truck 7" || truck.Labels["group"] != "north" || truck.Labels["driver"] != "alice" {
+		t.Errorf("truck-7 labels %v", truck.Labels)
+	}
+	if all[1].Time != all[1].Received {
+		t.Errorf("without a device time, time %d should be the receive time %d", all[1].Time, all[1].Received)
+	}
+	if all[3].Labels != nil || string(all[3].Payload) != `{"x":"a\"b"}` {
+		t.Errorf("unregistered device: %+v", all[3])
+	}
+	for i := 1; i < len(all); i++ {
+		if all[i].Seq != all[i-1].Seq+1 || all[i].Index != all[i-1].Index+1 {
+			t.Fatalf("sequence %d/%d after %d/%d", all[i].Seq, all[i].Index, all[i-1].Seq, all[i-1].Index)
+		}
+	}
+	if n := metric(t, fs, "ingest_feed_readers"); n != float64(len(readers)) {
+		t.Errorf("ingest_feed_readers %v, want %d", n, len(readers))
+	}
+	if n := metric(t, fs, "ingest_feed_delivered_messages_total"); n < 6+2+2+1+2 {
+		t.Errorf("ingest_feed_delivered_messages_total %v", n)
+	}
+}

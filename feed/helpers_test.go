@@ -1,0 +1,488 @@
+package feed_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/go-zeromq/zmq4"
+	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/middletier"
+	"github.com/ingest-io/ingest/registry"
+	"github.com/ingest-io/ingest/wal"
+	"github.com/ingest-io/ingest/wire"
+)
+
+var testSecret = []byte("feed-test-secret-0123456789abcdef")
+
+// tier is a real middletier on loopback over a real WAL, with a feed socket.
+type tier struct {
+	addrs middletier.Addrs
+	reg   *prometheus.Registry
+	stop  func()
+}
+
+func startTier(t testing.TB, opts middletier.Options) *tier {
+	t.Helper()
+	dir := t.TempDir()
+	l, err := wal.Open(filepath.Join(dir, "wal"), wal.Options{Hop: "middletier"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.ID == "" {
+		opts.ID = "mt-0"
+	}
+	opts.StateDir = dir
+	opts.IngestAddr, opts.ConsumerAddr, opts.StreamAddr, opts.FeedAddr =
+		"tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0"
+	reg := prometheus.NewRegistry()
+	r, err := middletier.New(opts, l, reg, nil)
+	if err != nil {
+		l.Close()
+		t.Fatal(err)
+	}
+	addrs, err := r.Listen()
+	if err != nil {
+		l.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	tr := &tier{addrs: addrs, reg: reg}
+	tr.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("middletier: %v", err)
+			}
+			l.Close()
+		})
+	}
+	t.Cleanup(tr.stop)
+	return tr
+}
+
+// frontend sends real batches of envelopes to a middletier, as the uplink
+// does, and waits for each acknowledgement.
+type frontend struct {
+	origin string
+	next   uint64
+	sck    zmq4.Socket
+	acks   chan wire.Message
+	wg     sync.WaitGroup
+}
+
+func newFrontend(t testing.TB, endpoint, origin string) *frontend {
+	t.Helper()
+	sck := zmq4.NewDealer(context.Background(), zmq4.WithID(zmq4.SocketIdentity(origin+"#1")), zmq4.WithTimeout(time.Second))
+	if err := sck.Dial(endpoint); err != nil {
+		t.Fatal(err)
+	}
+	f := &frontend{origin: origin, next: 1, sck: sck, acks: make(chan wire.Message, 64)}
+	f.wg.Go(func() {
+		defer close(f.acks)
+		for {
+			m, err := sck.Recv()
+			if err != nil {
+				return
+			}
+			if msg, err := wire.Decode(m.Frames[len(m.Frames)-1]); err == nil {
+				f.acks <- msg
+			}
+		}
+	})
+	t.Cleanup(func() { sck.Close(); f.wg.Wait() })
+	return f
+}
+
+// msg is one device message to send.
+type msg struct {
+	device  string
+	payload string
+	ts      int64 // device time, ms; 0 for none
+}
+
+// send sends msgs as one batch and waits until the middletier has made them
+// durable.
+func (f *frontend) send(t testing.TB, msgs ...msg) {
+	t.Helper()
+	entries := make([][]byte, len(msgs))
+	now := time.Now().UnixNano()
+	for i, m := range msgs {
+		e := envelope.Envelope{Frontend: "fe-test", Device: m.device, Received: now, Payload: []byte(m.payload)}
+		if m.ts != 0 {
+			e.DeviceTime, e.HasDeviceTime = m.ts*1e6, true
+		}
+		entries[i] = envelope.AppendEncode(nil, &e)
+	}
+	b := &wire.Batch{Origin: f.origin, Acked: f.next - 1, First: f.next, Entries: entries}
+	last := f.next + uint64(len(msgs)) - 1
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if err := f.sck.Send(zmq4.NewMsg(wire.Append(nil, b))); err != nil {
+			t.Fatal(err)
+		}
+		timeout := time.After(time.Second)
+	wait:
+		for {
+			select {
+			case m, ok := <-f.acks:
+				if !ok {
+					t.Fatal("frontend socket closed")
+				}
+				if a, ok := m.(*wire.Ack); ok && a.UpTo >= last {
+					f.next = last + 1
+					return
+				}
+			case <-timeout:
+				break wait
+			}
+		}
+	}
+	t.Fatalf("batch %d..%d not acknowledged", b.First, last)
+}
+
+// feedServer is a feed.Server serving on loopback.
+type feedServer struct {
+	s    *feed.Server
+	url  string
+	reg  *prometheus.Registry
+	stop func()
+}
+
+func startFeed(t testing.TB, opts feed.Options) *feedServer {
+	t.Helper()
+	if !opts.InsecureNoAuth && !opts.Auth.Configured() {
+		opts.Auth = auth.Options{HS256Secrets: [][]byte{testSecret}}
+	}
+	reg := prometheus.NewRegistry()
+	s, err := feed.New(opts, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.Serve(ctx, ln) }()
+	var once sync.Once
+	fs := &feedServer{s: s, url: "ws://" + ln.Addr().String() + "/v1/feed", reg: reg}
+	fs.stop = func() {
+		once.Do(func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("feed: %v", err)
+			}
+		})
+	}
+	t.Cleanup(fs.stop)
+	waitFor(t, "feed ready", s.Ready)
+	return fs
+}
+
+func token(t testing.TB, scope any, mod func(*jwt.MapClaims)) string {
+	t.Helper()
+	c := jwt.MapClaims{"sub": "dashboard-1", "exp": time.Now().Add(time.Hour).Unix()}
+	if scope != nil {
+		c["scope"] = scope
+	}
+	if mod != nil {
+		mod(&c)
+	}
+	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// frame is any server frame.
+type frame struct {
+	Type       string            `json:"type"`
+	Device     string            `json:"device"`
+	Time       int64             `json:"time"`
+	Received   int64             `json:"received"`
+	Payload    json.RawMessage   `json:"payload"`
+	Labels     map[string]string `json:"labels"`
+	Middletier string            `json:"middletier"`
+	Seq        uint64            `json:"seq"`
+	Origin     string            `json:"origin"`
+	Index      uint64            `json:"index"`
+	Count      uint64            `json:"count"`
+	Reason     string            `json:"reason"`
+	From       uint64            `json:"from"`
+	To         uint64            `json:"to"`
+	Code       string            `json:"code"`
+	Message    string            `json:"message"`
+	Live       map[string]uint64 `json:"live"`
+}
+
+// reader is a dashboard connection whose frames arrive on a channel.
+type reader struct {
+	c      *websocket.Conn
+	frames chan frame
+	err    error // set before frames is closed
+}
+
+func dialReader(t testing.TB, url, tok string, opts *websocket.DialOptions) *reader {
+	t.Helper()
+	if opts == nil {
+		opts = &websocket.DialOptions{}
+	}
+	if tok != "" {
+		opts.HTTPHeader = http.Header{"Authorization": {"Bearer " + tok}}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, url, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadLimit(1 << 20)
+	return &reader{c: c, frames: make(chan frame, 1<<16)}
+}
+
+// run starts reading frames into r.frames.
+func (r *reader) run(t testing.TB) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(r.frames)
+		for {
+			_, b, err := r.c.Read(context.Background())
+			if err != nil {
+				r.err = err
+				return
+			}
+			var f frame
+			if err := json.Unmarshal(b, &f); err != nil {
+				r.err = fmt.Errorf("frame %s: %w", b, err)
+				return
+			}
+			r.frames <- f
+		}
+	}()
+	t.Cleanup(func() { r.c.CloseNow(); <-done })
+}
+
+func (r *reader) subscribe(t testing.TB, sub string) frame {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.c.Write(ctx, websocket.MessageText, []byte(sub)); err != nil {
+		t.Fatal(err)
+	}
+	f := r.next(t)
+	if f.Type != "subscribed" {
+		t.Fatalf("answer to subscribe: %+v", f)
+	}
+	return f
+}
+
+func (r *reader) next(t testing.TB) frame {
+	t.Helper()
+	select {
+	case f, ok := <-r.frames:
+		if !ok {
+			t.Fatalf("connection ended: %v", r.err)
+		}
+		return f
+	case <-time.After(10 * time.Second):
+		t.Fatal("no frame within 10s")
+	}
+	return frame{}
+}
+
+// messages reads until it has n device messages, failing on anything else
+// except frames skip accepts.
+func (r *reader) messages(t testing.TB, n int, skip func(frame) bool) []frame {
+	t.Helper()
+	var out []frame
+	for len(out) < n {
+		f := r.next(t)
+		switch {
+		case f.Type == "message" && (skip == nil || !skip(f)):
+			out = append(out, f)
+		case skip != nil && skip(f):
+		default:
+			t.Fatalf("unexpected frame %+v after %d messages", f, len(out))
+		}
+	}
+	return out
+}
+
+// warm sends messages from device "warm-up" until r sees one: the SUB
+// socket's subscription reaches the middletier's PUB asynchronously.
+func warm(t testing.TB, fe *frontend, r *reader) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		fe.send(t, msg{device: "warm-up", payload: `{"warm":true}`})
+		select {
+		case f := <-r.frames:
+			if f.Type == "message" && f.Device == "warm-up" {
+				return
+			}
+			t.Fatalf("unexpected frame while warming up: %+v", f)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	t.Fatal("the feed never delivered a message")
+}
+
+func isWarm(f frame) bool { return f.Type == "message" && f.Device == "warm-up" }
+
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func writeRegistry(t testing.TB, content string) *registry.Registry {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), "devices.yaml")
+	if err := os.WriteFile(p, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := registry.New(p, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// proxy forwards TCP connections to a target until cut, and refuses them
+// while cut: a link between the feed and a middletier that the test breaks.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  map[net.Conn]struct{}
+	wg     sync.WaitGroup
+}
+
+func startProxy(t testing.TB, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
+	p.wg.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.down {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.conns[c], p.conns[up] = struct{}{}, struct{}{}
+			p.mu.Unlock()
+			p.wg.Go(func() { io.Copy(up, c); up.Close(); c.Close() })
+			p.wg.Go(func() { io.Copy(c, up); up.Close(); c.Close() })
+		}
+	})
+	t.Cleanup(func() { ln.Close(); p.cut(); p.wg.Wait() })
+	return p
+}
+
+func (p *proxy) endpoint() string { return "tcp://" + p.ln.Addr().String() }
+
+// cut closes every forwarded connection and refuses new ones.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for c := range p.conns {
+		c.Close()
+		delete(p.conns, c)
+	}
+}
+
+func (p *proxy) restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
+}
+
+func closeStatus(err error) websocket.StatusCode {
+	var ce websocket.CloseError
+	if errors.As(err, &ce) {
+		return ce.Code
+	}
+	return -1
+}
+
+// metric sums every series of a metric family.
+func metric(t testing.TB, fs *feedServer, name string) float64 {
+	t.Helper()
+	mfs, err := fs.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			switch {
+			case m.Counter != nil:
+				sum += m.Counter.GetValue()
+			case m.Gauge != nil:
+				sum += m.Gauge.GetValue()
+			}
+		}
+	}
+	return sum
+}
+
+// fakeAddrListener is a loopback listener that reports a non-loopback
+// address.
+func fakeAddrListener(t testing.TB) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return fakeAddr{ln}
+}
+
+type fakeAddr struct{ net.Listener }
+
+func (fakeAddr) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 8080} }

@@ -1,0 +1,205 @@
+package feed
+
+import (
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// hub is the set of readers and what dispatch needs to reach them.
+//
+// Lock order: hub.mu, then client.mu. Dispatchers hold hub.mu for reading
+// while they queue an event for every reader (never blocking: a full queue
+// drops); a reader's (un)registration holds it for writing, so that it sees
+// every source's next sequence exactly as of the first event it will get.
+type hub struct {
+	mu      sync.RWMutex
+	clients map[*client]struct{}
+	byName  map[string]*source
+
+	seenMu sync.Mutex
+	seen   map[string]uint64 // per origin, the highest index dispatched
+}
+
+func newHub() *hub {
+	return &hub{clients: make(map[*client]struct{}), byName: make(map[string]*source), seen: make(map[string]uint64)}
+}
+
+func (h *hub) nameSource(name string, src *source) {
+	h.mu.Lock()
+	h.byName[name] = src
+	h.mu.Unlock()
+}
+
+// first reports whether (origin, index) is newer than anything dispatched
+// from origin, and records it. A frontend's entries are in order within a
+// middletier's stream; across a failover they can be in two streams.
+func (h *hub) first(origin string, index uint64) bool {
+	h.seenMu.Lock()
+	defer h.seenMu.Unlock()
+	if index <= h.seen[origin] {
+		return false
+	}
+	h.seen[origin] = index
+	return true
+}
+
+// dispatch queues every event for the readers whose filter matches it, then
+// runs advance (which moves the source's next sequence) under the same lock.
+func (h *hub) dispatch(evs []event, advance func()) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for c := range h.clients {
+		f := c.filter.Load()
+		for i := range evs {
+			if f.match(evs[i].device, evs[i].group) {
+				c.enqueue(evs[i].frame, true)
+			}
+		}
+	}
+	advance()
+}
+
+// broadcast queues a notice for every reader.
+func (h *hub) broadcast(frame []byte, advance func()) {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for c := range h.clients {
+		c.enqueue(frame, false)
+	}
+	advance()
+}
+
+// register adds c with its filter, or changes its filter, and returns where
+// each middletier's live messages for c start.
+func (h *hub) register(c *client, f *filter) map[string]uint64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	c.filter.Store(f)
+	h.clients[c] = struct{}{}
+	live := make(map[string]uint64, len(h.byName))
+	for name, src := range h.byName {
+		live[name] = src.next.Load()
+	}
+	return live
+}
+
+func (h *hub) unregister(c *client) {
+	h.mu.Lock()
+	delete(h.clients, c)
+	h.mu.Unlock()
+}
+
+func (h *hub) source(name string) *source {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.byName[name]
+}
+
+// item is one frame queued for a reader. missed counts the messages dropped
+// for the reader just before this one (its queue was full).
+type item struct {
+	frame  []byte
+	missed uint64
+	notice bool // a notice, not a device message
+}
+
+// client is a reader's side of the hub: a bounded queue filled by the
+// dispatchers and emptied by the connection's writer.
+type client struct {
+	queue     chan item
+	filter    atomic.Pointer[filter]
+	grace     time.Duration
+	maxMissed uint64
+	m         *metrics
+
+	behind atomic.Bool // something was dropped and not yet reported
+	mu     sync.Mutex  // guards the fields below
+	missed uint64      // dropped since the last queued item or notice
+	since  time.Time   // when the reader began dropping; zero when caught up
+	run    uint64      // dropped since then
+
+	slow     chan struct{} // closed when the reader is judged too slow
+	slowOnce sync.Once
+}
+
+func newClient(o *Options, m *metrics) *client {
+	return &client{queue: make(chan item, o.ClientQueue), grace: o.SlowGrace, maxMissed: uint64(o.MaxMissed), m: m, slow: make(chan struct{})}
+}
+
+// enqueue queues frame without blocking. A full queue drops it and counts it
+// for the reader's next missed notice; a reader that keeps dropping for
+// longer than its grace, or drops more than its limit before catching up,
+// is marked slow and its writer closes it.
+func (c *client) enqueue(frame []byte, message bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	select {
+	case c.queue <- item{frame: frame, missed: c.missed, notice: !message}:
+		c.missed = 0
+		return
+	default:
+	}
+	if !message {
+		return // a notice that does not fit: the slow notice will follow
+	}
+	c.m.dropped.Inc()
+	c.missed++
+	c.run++
+	c.behind.Store(true)
+	now := time.Now()
+	if c.since.IsZero() {
+		c.since = now
+	}
+	if c.run > c.maxMissed || now.Sub(c.since) > c.grace {
+		c.slowOnce.Do(func() { close(c.slow) })
+	}
+}
+
+// stillBehind is called by the writer after each frame while the reader is
+// behind: a reader that has not emptied its queue within its grace since it
+// began dropping is marked slow, even when nothing more is being dropped.
+func (c *client) stillBehind() {
+	if !c.behind.Load() {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.since.IsZero() && time.Since(c.since) > c.grace {
+		c.slowOnce.Do(func() { close(c.slow) })
+	}
+}
+
+// caughtUp is called by the writer when the queue is empty: the reader is no
+// longer behind. It returns the drops not yet reported.
+func (c *client) caughtUp() uint64 {
+	if !c.behind.Load() {
+		return 0
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.missed
+	c.missed, c.run, c.since = 0, 0, time.Time{}
+	c.behind.Store(false)
+	return n
+}
+
+// abandon empties the queue of a reader being closed and returns how many
+// messages it will not get: those queued and those dropped unreported.
+func (c *client) abandon() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := c.missed
+	c.missed = 0
+	for {
+		select {
+		case it := <-c.queue:
+			n += it.missed
+			if !it.notice {
+				n++
+			}
+		default:
+			return n
+		}
+	}
+}

@@ -1,0 +1,81 @@
+package feed_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/middletier"
+)
+
+// TestResume: a reader that names a sequence it wants to resume from gets
+// the records from there (filtered like the live ones) before the live ones.
+func TestResume(t *testing.T) {
+	tr := startTier(t, middletier.Options{Consumers: []string{"storage"}})
+	fs := startFeed(t, feed.Options{
+		Sources:   []feed.Source{{Feed: tr.addrs.Feed, Consumer: tr.addrs.Consumer}},
+		MaxResume: 8,
+	})
+	fe := newFrontend(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+	tok := token(t, "feed:read", nil)
+	a := dialReader(t, fs.url, tok, nil)
+	a.run(t)
+	a.subscribe(t, `{"type":"subscribe","devices":["dev","tick"]}`)
+	waitTick(t, fe, a, nil)
+
+	// Ten messages, with one of another device between each.
+	for i := range 10 {
+		fe.send(t, msg{device: "dev", payload: fmt.Sprintf(`{"n":%d}`, i)}, msg{device: "other", payload: `{}`})
+	}
+	got := a.messages(t, 10, nil)
+
+	// Resume from message 6: 6..9 replayed, "other" filtered out.
+	b := dialReader(t, fs.url, tok, nil)
+	b.run(t)
+	sub := b.subscribe(t, fmt.Sprintf(`{"type":"subscribe","devices":["dev"],"from":{"mt-0":%d,"mt-9":1}}`, got[6].Seq))
+	if live := sub.Live["mt-0"]; live != got[9].Seq+2 {
+		t.Fatalf("live from %d, want %d", live, got[9].Seq+2)
+	}
+	// mt-9 is not followed: an error frame, before or after the replay
+	// (the order of middletiers in from is not defined).
+	unavailable := 0
+	isUnavailable := func(f frame) bool {
+		if f.Type == "error" && f.Code == "resume_unavailable" {
+			unavailable++
+			return true
+		}
+		return false
+	}
+	replayed := b.messages(t, 4, isUnavailable)
+	for i, f := range replayed {
+		if want := got[6+i]; f.Seq != want.Seq || string(f.Payload) != string(want.Payload) || f.Origin != want.Origin || f.Index != want.Index {
+			t.Fatalf("replayed %+v, want %+v", f, want)
+		}
+	}
+	// Then live.
+	fe.send(t, msg{device: "dev", payload: `{"n":10}`})
+	if f := b.messages(t, 1, isUnavailable)[0]; string(f.Payload) != `{"n":10}` {
+		t.Fatalf("live message %+v", f)
+	}
+	if unavailable != 1 {
+		t.Fatalf("%d resume_unavailable errors, want 1", unavailable)
+	}
+
+	// Resume from further back than MaxResume: told how many are not replayed.
+	c := dialReader(t, fs.url, tok, nil)
+	c.run(t)
+	c.subscribe(t, fmt.Sprintf(`{"type":"subscribe","from":{"mt-0":%d}}`, got[0].Seq))
+	f := c.next(t)
+	live := got[9].Seq + 3
+	if f.Type != "missed" || f.Reason != "resume_limit" || f.From != got[0].Seq || f.To != live-9 || f.Count != f.To-f.From+1 {
+		t.Fatalf("got %+v, want a resume_limit notice up to %d", f, live-9)
+	}
+	for seq := live - 8; seq < live; seq++ {
+		if f := c.next(t); f.Type != "message" || f.Seq != seq {
+			t.Fatalf("replayed %+v, want seq %d", f, seq)
+		}
+	}
+	if n := metric(t, fs, "ingest_feed_replayed_records_total"); n < 4+8 {
+		t.Errorf("replayed records %v", n)
+	}
+}

@@ -1,0 +1,168 @@
+package feed
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ingest-io/ingest/auth"
+)
+
+// ErrNotLoopback is returned by Serve without auth on a listener that is not
+// on a loopback address.
+var ErrNotLoopback = errors.New("feed: running without auth requires a loopback listener")
+
+// Server is the live feed: it follows middletiers' feed sockets and serves
+// their messages to dashboard readers over WebSocket.
+type Server struct {
+	opts    Options
+	lg      *slog.Logger
+	m       *metrics
+	auth    *auth.Verifier // nil with InsecureNoAuth
+	hub     *hub
+	sources []*source
+
+	nreaders atomic.Int64
+	ready    atomic.Bool
+	served   atomic.Bool
+
+	// conns ends every reader connection at shutdown; connWG waits for them.
+	// A handler joins connWG only under connMu and while !closing.
+	conns      context.Context
+	connCancel context.CancelFunc
+	connMu     sync.Mutex
+	closing    bool
+	connWG     sync.WaitGroup
+}
+
+// New checks opts and registers the metrics. It starts nothing: Serve does.
+// reg and lg may be nil.
+func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Server, error) {
+	o, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	s := &Server{opts: o, lg: lg, hub: newHub()}
+	if !o.InsecureNoAuth {
+		if s.auth, err = auth.NewVerifier(o.Auth); err != nil {
+			return nil, err
+		}
+	}
+	if s.m, err = newMetrics(reg); err != nil {
+		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	for _, c := range o.Sources {
+		s.sources = append(s.sources, newSource(s, c))
+	}
+	s.conns, s.connCancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Handler returns the HTTP handler: /v1/feed, /healthz, /readyz and, when
+// Options.Gatherer is set, /metrics.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/feed", s.handleFeed)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.Ready() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	if s.opts.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
+	}
+	return mux
+}
+
+// Ready reports whether the feed is serving and subscribed to at least one
+// middletier.
+func (s *Server) Ready() bool {
+	if !s.ready.Load() {
+		return false
+	}
+	for _, src := range s.sources {
+		if src.connected.Load() {
+			return true
+		}
+	}
+	return false
+}
+
+// Serve follows the middletiers and serves readers on ln until ctx ends.
+// Then readiness turns false, ln closes, every reader is closed with 1001,
+// and the sockets to the middletiers close. Serve returns once every
+// goroutine it started has ended. A Server serves once.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if !s.served.CompareAndSwap(false, true) {
+		return errors.New("serve: server already served")
+	}
+	defer s.m.unregister()
+	if s.opts.InsecureNoAuth {
+		if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+			ln.Close()
+			return fmt.Errorf("serve %s: %w", ln.Addr(), ErrNotLoopback)
+		}
+		s.lg.Warn("feed: reader authentication is OFF: any local process can read every device", "addr", ln.Addr().String())
+	}
+	srcCtx, srcCancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, src := range s.sources {
+		wg.Go(func() { src.receive(srcCtx) })
+		wg.Go(func() { src.dispatch(srcCtx) })
+	}
+	hs := &http.Server{
+		Handler:           s.Handler(),
+		ReadHeaderTimeout: s.opts.HandshakeTimeout,
+		IdleTimeout:       time.Minute,
+		ErrorLog:          slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),
+	}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	s.ready.Store(true)
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		err = fmt.Errorf("serve http: %w", err)
+	}
+	s.ready.Store(false)
+	// Stop accepting; reader connections are hijacked, so Shutdown does not
+	// wait for them: their own context ends them with 1001.
+	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	hs.Shutdown(sctx)
+	cancel()
+	hs.Close()
+	if err == nil {
+		<-errc
+	}
+	s.connMu.Lock()
+	s.closing = true
+	s.connMu.Unlock()
+	s.connCancel()
+	s.connWG.Wait()
+	srcCancel()
+	wg.Wait()
+	for _, src := range s.sources {
+		if src.gap != nil {
+			src.gap.close()
+			src.resume.close()
+		}
+	}
+	return err
+}
