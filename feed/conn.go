@@ -128,19 +128,23 @@ func (s *Server) refuse(w http.ResponseWriter, status int, code, msg string) {
 // and this goroutine as the only writer of data frames. It returns why the
 // connection ended.
 func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
-	ctx, cancel := context.WithCancel(s.conns)
-	defer cancel()
+	// The reader and the pinger do not use the shutdown context: a read or
+	// ping whose context ends closes the connection at once, and shutdown
+	// closes it with 1001 instead.
+	rctx, rcancel := context.WithCancel(context.Background())
 	ws.SetReadLimit(int64(s.opts.MaxFrameBytes))
 	c := newClient(&s.opts, s.m)
 	defer s.hub.unregister(c)
 
 	subs := make(chan []byte, 1)
+	readerGone := make(chan struct{})
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer rcancel()
 	wg.Go(func() {
-		defer cancel()
+		defer close(readerGone)
 		for {
-			typ, b, err := ws.Read(ctx)
+			typ, b, err := ws.Read(rctx)
 			if err != nil {
 				return
 			}
@@ -149,7 +153,7 @@ func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
 			}
 			select {
 			case subs <- b:
-			case <-ctx.Done():
+			case <-rctx.Done():
 				return
 			}
 		}
@@ -159,15 +163,17 @@ func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
 		defer t.Stop()
 		for {
 			select {
-			case <-ctx.Done():
+			case <-rctx.Done():
+				return
+			case <-readerGone:
 				return
 			case <-t.C:
 			}
-			pctx, pcancel := context.WithTimeout(ctx, s.opts.PongTimeout)
+			pctx, pcancel := context.WithTimeout(rctx, s.opts.PongTimeout)
 			err := ws.Ping(pctx)
 			pcancel()
 			if err != nil {
-				cancel()
+				ws.CloseNow() // the reader sees it and ends
 				return
 			}
 		}
@@ -190,11 +196,10 @@ func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
 
 	for {
 		select {
-		case <-ctx.Done():
-			if s.conns.Err() != nil {
-				ws.Close(websocket.StatusGoingAway, "server shutting down")
-				return "shutdown"
-			}
+		case <-s.conns.Done():
+			ws.Close(websocket.StatusGoingAway, "server shutting down")
+			return "shutdown"
+		case <-readerGone:
 			ws.CloseNow()
 			return "closed"
 		case <-expired:
@@ -237,7 +242,7 @@ func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
 				return "write_error"
 			}
 			if len(sub.From) > 0 {
-				if err := s.replay(ctx, sub, live, write); err != nil {
+				if err := s.replay(s.conns, sub, live, write); err != nil {
 					ws.CloseNow()
 					return "write_error"
 				}
