@@ -18,6 +18,7 @@ import (
 // subcommands maps a name to its entry point. args excludes the name.
 var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"all":        runAll,
+	"feed":       runFeed,
 	"frontend":   runFrontend,
 	"middletier": runMiddletier,
 	"version":    runVersion,
