@@ -7,12 +7,26 @@ FUZZTIME    ?= 30s
 BENCHTIME   ?= 2s
 PKGS        := ./...
 
-.PHONY: all build run test test-short deps lint bench fuzz clean
+.PHONY: all build run test test-short deps lint bench fuzz clean image
 
 all: build
 
 build:
 	$(GO) build -o bin/ingest ./cmd/ingest
+
+# image builds the container image without a container engine: a static
+# binary (CGO_ENABLED=0) as the only layer, user 65532, entrypoint /ingest
+# (deploy/image). bin/image/ingest.tar is for docker load, kind load
+# image-archive and crane push; bin/image/oci is an OCI image layout.
+# deploy/Dockerfile builds the same image with Docker.
+IMAGE   ?= ingest:dev
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+
+image:
+	mkdir -p bin/image
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/image/ingest ./cmd/ingest
+	$(GO) run ./deploy/image -binary bin/image/ingest -tag $(IMAGE) -version $(VERSION) \
+		-tar bin/image/ingest.tar -oci bin/image/oci
 
 # run starts the whole engine in one process on its embedded defaults: data
 # in ./data, devices on ws://127.0.0.1:8080/v1/ingest without auth (loopback
