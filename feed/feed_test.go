@@ -27,7 +27,7 @@ func TestFilters(t *testing.T) {
 		Sources:  []feed.Source{{Feed: tr.addrs.Feed, Consumer: tr.addrs.Consumer}},
 		Registry: writeRegistry(t, devicesYAML),
 	})
-	fe := newFrontend(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
 	tok := token(t, "feed:read", nil)
 
 	subs := map[string]string{

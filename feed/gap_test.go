@@ -24,7 +24,7 @@ func TestGap(t *testing.T) {
 				src.Consumer = tr.addrs.Consumer
 			}
 			fs := startFeed(t, feed.Options{Sources: []feed.Source{src}})
-			fe := newFrontend(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+			fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
 			r := dialReader(t, fs.url, token(t, "feed:read", nil), nil)
 			r.run(t)
 			r.subscribe(t, `{"type":"subscribe","devices":["dev","tick"]}`)
@@ -103,7 +103,7 @@ func TestGap(t *testing.T) {
 
 // waitTick sends a message from device "tick" every 20ms until r gets one,
 // handing every other frame to other (nil: none expected).
-func waitTick(t *testing.T, fe *frontend, r *reader, other func(frame)) {
+func waitTick(t *testing.T, fe *sender, r *reader, other func(frame)) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -130,7 +130,7 @@ func waitTick(t *testing.T, fe *frontend, r *reader, other func(frame)) {
 
 // messagesOf sends n messages from "dev" numbered from first and returns
 // them as r receives them, skipping ticks.
-func (r *reader) messagesOf(t *testing.T, fe *frontend, n, first int) []frame {
+func (r *reader) messagesOf(t *testing.T, fe *sender, n, first int) []frame {
 	t.Helper()
 	msgs := make([]msg, n)
 	for i := range msgs {

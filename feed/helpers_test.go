@@ -79,9 +79,9 @@ func startTier(t testing.TB, opts middletier.Options) *tier {
 	return tr
 }
 
-// frontend sends real batches of envelopes to a middletier, as the uplink
+// sender sends real batches of envelopes to a middletier, as the uplink
 // does, and waits for each acknowledgement.
-type frontend struct {
+type sender struct {
 	origin string
 	next   uint64
 	sck    zmq4.Socket
@@ -89,13 +89,13 @@ type frontend struct {
 	wg     sync.WaitGroup
 }
 
-func newFrontend(t testing.TB, endpoint, origin string) *frontend {
+func newSender(t testing.TB, endpoint, origin string) *sender {
 	t.Helper()
 	sck := zmq4.NewDealer(context.Background(), zmq4.WithID(zmq4.SocketIdentity(origin+"#1")), zmq4.WithTimeout(time.Second))
 	if err := sck.Dial(endpoint); err != nil {
 		t.Fatal(err)
 	}
-	f := &frontend{origin: origin, next: 1, sck: sck, acks: make(chan wire.Message, 64)}
+	f := &sender{origin: origin, next: 1, sck: sck, acks: make(chan wire.Message, 64)}
 	f.wg.Go(func() {
 		defer close(f.acks)
 		for {
@@ -119,10 +119,21 @@ type msg struct {
 	ts      int64 // device time, ms; 0 for none
 }
 
-// send sends msgs as one batch and waits until the middletier has made them
-// durable.
-func (f *frontend) send(t testing.TB, msgs ...msg) {
+// sendAsync sends msgs as one batch without waiting for the ack; acks are
+// read and dropped.
+func (f *sender) sendAsync(t testing.TB, msgs ...msg) {
 	t.Helper()
+	b := f.batch(msgs)
+	if err := f.sck.Send(zmq4.NewMsg(wire.Append(nil, b))); err != nil {
+		t.Fatal(err)
+	}
+	f.next += uint64(len(msgs))
+	for len(f.acks) > 0 {
+		<-f.acks
+	}
+}
+
+func (f *sender) batch(msgs []msg) *wire.Batch {
 	entries := make([][]byte, len(msgs))
 	now := time.Now().UnixNano()
 	for i, m := range msgs {
@@ -132,7 +143,14 @@ func (f *frontend) send(t testing.TB, msgs ...msg) {
 		}
 		entries[i] = envelope.AppendEncode(nil, &e)
 	}
-	b := &wire.Batch{Origin: f.origin, Acked: f.next - 1, First: f.next, Entries: entries}
+	return &wire.Batch{Origin: f.origin, Acked: f.next - 1, First: f.next, Entries: entries}
+}
+
+// send sends msgs as one batch and waits until the middletier has made them
+// durable.
+func (f *sender) send(t testing.TB, msgs ...msg) {
+	t.Helper()
+	b := f.batch(msgs)
 	last := f.next + uint64(len(msgs)) - 1
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {
@@ -332,7 +350,7 @@ func (r *reader) messages(t testing.TB, n int, skip func(frame) bool) []frame {
 
 // warm sends messages from device "warm-up" until r sees one: the SUB
 // socket's subscription reaches the middletier's PUB asynchronously.
-func warm(t testing.TB, fe *frontend, r *reader) {
+func warm(t testing.TB, fe *sender, r *reader) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for time.Now().Before(deadline) {

@@ -16,7 +16,7 @@ func TestResume(t *testing.T) {
 		Sources:   []feed.Source{{Feed: tr.addrs.Feed, Consumer: tr.addrs.Consumer}},
 		MaxResume: 8,
 	})
-	fe := newFrontend(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
 	tok := token(t, "feed:read", nil)
 	a := dialReader(t, fs.url, tok, nil)
 	a.run(t)

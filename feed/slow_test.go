@@ -43,7 +43,7 @@ func TestSlowReader(t *testing.T) {
 		ClientQueue: 1024,
 		SlowGrace:   300 * time.Millisecond,
 	})
-	fe := newFrontend(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
 	tok := token(t, "feed:read", nil)
 
 	fast := dialReader(t, fs.url, tok, nil)
