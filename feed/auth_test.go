@@ -138,3 +138,34 @@ func TestSubscribeErrors(t *testing.T) {
 		t.Fatalf("ended with %v, want close 1008", r.err)
 	}
 }
+
+func TestMaxReaders(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	fs := startFeed(t, feed.Options{Sources: []feed.Source{{Feed: tr.addrs.Feed}}, MaxReaders: 2})
+	tok := token(t, "feed:read", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+
+	// A browser from an origin not allowed is refused.
+	c, resp, err := websocket.Dial(ctx, fs.url, &websocket.DialOptions{HTTPHeader: http.Header{
+		"Authorization": {"Bearer " + tok}, "Origin": {"https://elsewhere.example"}}})
+	if err == nil {
+		c.CloseNow()
+		t.Fatal("a foreign origin was accepted")
+	}
+	if resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("foreign origin: %v, want HTTP 403", err)
+	}
+
+	for range 2 {
+		dialReader(t, fs.url, tok, nil).run(t)
+	}
+	c, resp, err = websocket.Dial(ctx, fs.url, &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}}})
+	if err == nil {
+		c.CloseNow()
+		t.Fatal("a third reader was accepted")
+	}
+	if resp == nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("refusal %v, want HTTP 503 with Retry-After", err)
+	}
+}

@@ -48,13 +48,6 @@ func newSource(s *Server, cfg Source) *source {
 	return src
 }
 
-func (src *source) middletier() string {
-	if p := src.name.Load(); p != nil {
-		return *p
-	}
-	return ""
-}
-
 // receive drains the SUB socket until ctx ends, dialling again whenever the
 // connection is lost.
 func (src *source) receive(ctx context.Context) {
