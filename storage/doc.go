@@ -1,0 +1,52 @@
+// Package storage is the storage tier: writers that follow the middletiers'
+// streams, turn each device message into a point (numeric fields as
+// samples, string fields kept, the device's registry labels on every
+// series), write points to a sink, and commit their checkpoint back to the
+// middletier only after the sink holds them. The embedded sink is a
+// Prometheus TSDB (TSDB) served through the Prometheus HTTP query API
+// (API), which Grafana's Prometheus data source reads unchanged; external
+// sinks write to Prometheus remote-write and InfluxDB line protocol
+// endpoints. docs/storage.md has the mapping, the PromQL for each kind of
+// field and the options.
+//
+// # Subscribing
+//
+// A Subscriber follows each middletier with a SUB socket on its stream and
+// a DEALER socket on its consumer ROUTER. A goroutine per SUB socket drains
+// it at once into a bounded buffer, whatever the sink is doing: a zmq4 PUB
+// socket writes its subscribers one after another, so one slow subscriber
+// slows all. Records are taken strictly in sequence order. A gap in
+// sequence (a message dropped at the PUB's high-water mark, at the
+// buffer's bound, or before the subscription reached the PUB) is filled
+// by fetch; so is anything the stream never carried (records committed
+// before the middletier started, the tail of a stream that went silent:
+// after Options.IdlePoll without a message the Subscriber fetches).
+//
+// # Checkpoints: exactly once in effect
+//
+// The checkpoint is kept by the middletier, not by the writer. At start a
+// writer sends Fetch{From: 0}, which the middletier answers from its
+// checkpoint + 1. After every successful Sink.Write the writer commits the
+// last sequence written (Commit); never before. So a writer killed at any
+// instant loses nothing (the middletier keeps every record past the
+// checkpoint of a durable consumer, named in its --consumers) and may write
+// again what it wrote after its last commit: sinks are idempotent (same
+// series, same timestamp, same value), and repeats do not show in the
+// store. Across a middletier failover a message can be in two middletiers'
+// streams; it becomes the same samples both times, so it is stored once.
+//
+// A writer with an external sink therefore keeps no state of its own.
+// Writers that share a consumer name share a checkpoint: run one writer
+// per consumer name.
+//
+// # Failures
+//
+// A failed write is retried, with backoff, with the same points, for as
+// long as it fails; the stream meanwhile overflows its buffer and is
+// fetched again later. A middletier that stops answering (three fetches
+// unanswered, a stalled send) is dialled again, from the last sequence
+// written. A record that does not decode is counted and skipped: no retry
+// could store it. Points a sink can never store (older than its
+// out-of-order window, say) are dropped by the sink and counted, rather
+// than failing the batch for ever.
+package storage
