@@ -21,6 +21,7 @@ var subcommands = map[string]func(ctx context.Context, args []string) error{
 	"feed":       runFeed,
 	"frontend":   runFrontend,
 	"middletier": runMiddletier,
+	"storage":    runStorage,
 	"version":    runVersion,
 }
 
