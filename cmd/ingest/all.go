@@ -15,8 +15,11 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/feed"
 	"github.com/ingest-io/ingest/frontend"
 	"github.com/ingest-io/ingest/middletier"
+	"github.com/ingest-io/ingest/registry"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -29,6 +32,8 @@ func runAll(ctx context.Context, args []string) error {
 	var (
 		dataDir    = fs.String("data.dir", "data", "data directory; every tier keeps its state below it")
 		listen     = fs.String("listen", "127.0.0.1:8080", "address for devices, /metrics, /healthz and /readyz")
+		feedListen = fs.String("feed.listen", "127.0.0.1:8081", "address of the live feed for dashboards (/v1/feed)")
+		regFile    = fs.String("registry.file", "", "device registry (YAML or CSV): labels on every series of a device, groups for feed filters")
 		noAuth     = fs.Bool("insecure-no-auth", false, "accept devices without tokens (device id from ?device=); loopback only")
 		secretFile = fs.String("auth.hs256-secret-file", "", "file holding the HS256 secret devices' tokens are signed with")
 		drain      = fs.Duration("drain-window", 2*time.Second, "time over which device connections are closed at shutdown")
@@ -48,6 +53,11 @@ func runAll(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	devices, err := registry.New(*regFile, reg, lg)
+	if err != nil {
+		return err
+	}
 
 	// The middletier, on loopback ports chosen by the kernel.
 	mlog, err := wal.Open(filepath.Join(*dataDir, "middletier", "wal"), wal.Options{Hop: "middletier"}, reg, lg)
@@ -93,9 +103,26 @@ func runAll(ctx context.Context, args []string) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 
+	// The live feed, following the middletier's feed socket.
+	fdopts := feed.Options{Sources: []feed.Source{{Feed: addrs.Feed, Consumer: addrs.Consumer}}, Registry: devices, InsecureNoAuth: *noAuth}
+	if !*noAuth {
+		fdopts.Auth = auth.Options(fopts.Auth)
+	}
+	fd, err := feed.New(fdopts, reg, lg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	fln, err := net.Listen("tcp", *feedListen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("listen feed: %w", err)
+	}
+
 	lg.Info("engine running (all tiers in one process)",
 		"devices", "ws://"+ln.Addr().String()+"/v1/ingest",
 		"metrics", "http://"+ln.Addr().String()+"/metrics",
+		"live_feed", "ws://"+fln.Addr().String()+"/v1/feed",
 		"middletier_stream", addrs.Stream, "middletier_feed", addrs.Feed,
 		"data", *dataDir)
 
@@ -104,13 +131,18 @@ func runAll(ctx context.Context, args []string) error {
 	// stops; the WALs close last (deferred above).
 	mtCtx, stopMT := context.WithCancel(context.Background())
 	linkCtx, stopLink := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	var mtErr, linkErr error
+	sideCtx, stopSide := context.WithCancel(context.Background())
+	var wg, side sync.WaitGroup
+	var mtErr, linkErr, feedErr error
 	wg.Go(func() { mtErr = mt.Run(mtCtx) })
+	side.Go(func() { feedErr = fd.Serve(sideCtx, fln) })
+	side.Go(func() { devices.Run(sideCtx) })
 	linkDone := make(chan error, 1)
 	go func() { linkDone <- link.Run(linkCtx) }()
 
 	err = srv.Serve(ctx, ln)
+	stopSide() // dashboards are closed with 1001 while the pipeline drains
+	side.Wait()
 	linkErr, stopped := flushUplink(flog, 5*time.Second, linkDone)
 	stopLink()
 	if !stopped {
@@ -119,7 +151,7 @@ func runAll(ctx context.Context, args []string) error {
 	stopMT()
 	wg.Wait()
 	lg.Info("engine stopped", "unforwarded", flog.LastIndex()-flog.Released())
-	return errors.Join(err, linkErr, mtErr)
+	return errors.Join(err, linkErr, mtErr, feedErr)
 }
 
 func closeLog(l *wal.Log, lg *slog.Logger) {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/coder/websocket"
 
 	"github.com/ingest-io/ingest/client"
 )
@@ -35,12 +38,38 @@ func scrape(t *testing.T, addr, series string) float64 {
 }
 
 // The all-in-one engine: a device's messages are acknowledged, carried to
-// the middletier, and the process stops cleanly on SIGTERM.
+// the middletier and shown on the live feed, and the process stops cleanly
+// on SIGTERM.
 func TestAllInOne(t *testing.T) {
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	feedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := &tierProc{t: t, name: "all", ready: regexp.MustCompile(`msg="engine running`),
-		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t))}}
+		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", addr, "--feed.listen", feedAddr}}
 	p.start()
-	addr := p.args[len(p.args)-1]
+
+	// A dashboard follows every device on the live feed.
+	ws, _, err := websocket.Dial(context.Background(), "ws://"+feedAddr+"/v1/feed", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	if err := ws.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe"}`)); err != nil {
+		t.Fatal(err)
+	}
+	shown := make(chan map[string]any, 1024)
+	go func() {
+		defer close(shown)
+		for {
+			_, b, err := ws.Read(context.Background())
+			if err != nil {
+				return
+			}
+			var f map[string]any
+			if json.Unmarshal(b, &f) == nil && f["type"] == "message" {
+				shown <- f
+			}
+		}
+	}()
 	var acked atomic.Int64
 	c, err := client.Dial(context.Background(), client.Options{URL: "ws://" + addr + "/v1/ingest?device=dev-1",
 		OnResult: func(r client.Result) {
@@ -72,6 +101,24 @@ func TestAllInOne(t *testing.T) {
 			t.Fatalf("the middletier holds %v entries, want %d; logs:\n%s", scrape(t, addr, `ingest_middletier_entries_total{middletier="mt-0"}`), n, p.logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+	// Every message is on the feed, in order.
+	next := 1.0
+	timeout := time.After(30 * time.Second)
+	for next <= n {
+		select {
+		case f, ok := <-shown:
+			if !ok {
+				t.Fatalf("feed closed after %v messages", next-1)
+			}
+			payload, _ := f["payload"].(map[string]any)
+			if f["device"] != "dev-1" || payload["id"] != next {
+				t.Fatalf("feed message %v, want id %v", f, next)
+			}
+			next++
+		case <-timeout:
+			t.Fatalf("the feed showed %v of %d messages", next-1, n)
+		}
 	}
 	if err := p.stop(); err != nil {
 		t.Fatalf("%v; logs:\n%s", err, p.logs.String())
