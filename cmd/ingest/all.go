@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -20,6 +21,7 @@ import (
 	"github.com/ingest-io/ingest/frontend"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/registry"
+	"github.com/ingest-io/ingest/storage"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -33,6 +35,7 @@ func runAll(ctx context.Context, args []string) error {
 		dataDir    = fs.String("data.dir", "data", "data directory; every tier keeps its state below it")
 		listen     = fs.String("listen", "127.0.0.1:8080", "address for devices, /metrics, /healthz and /readyz")
 		feedListen = fs.String("feed.listen", "127.0.0.1:8081", "address of the live feed for dashboards (/v1/feed)")
+		queryAddr  = fs.String("query.listen", "127.0.0.1:9090", "address of the Prometheus query API of the embedded store, for Grafana (/api/v1/...)")
 		regFile    = fs.String("registry.file", "", "device registry (YAML or CSV): labels on every series of a device, groups for feed filters")
 		noAuth     = fs.Bool("insecure-no-auth", false, "accept devices without tokens (device id from ?device=); loopback only")
 		secretFile = fs.String("auth.hs256-secret-file", "", "file holding the HS256 secret devices' tokens are signed with")
@@ -67,7 +70,7 @@ func runAll(ctx context.Context, args []string) error {
 	defer closeLog(mlog, lg)
 	loop := "tcp://127.0.0.1:0"
 	mt, err := middletier.New(middletier.Options{ID: "mt-0", StateDir: filepath.Join(*dataDir, "middletier"),
-		IngestAddr: loop, ConsumerAddr: loop, StreamAddr: loop, FeedAddr: loop}, mlog, reg, lg)
+		IngestAddr: loop, ConsumerAddr: loop, StreamAddr: loop, FeedAddr: loop, Consumers: []string{"storage"}}, mlog, reg, lg)
 	if err != nil {
 		return err
 	}
@@ -75,6 +78,38 @@ func runAll(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
+
+	// The storage writer into the embedded TSDB, a durable consumer of the
+	// middletier's stream, and the query API over it.
+	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: filepath.Join(*dataDir, "storage")}, reg, lg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := db.Close(); cerr != nil {
+			lg.Error("close tsdb", "err", cerr)
+		}
+	}()
+	sub, err := storage.New(storage.Options{Consumer: "storage",
+		Middletiers: []storage.Endpoints{{Stream: addrs.Stream, Consumer: addrs.Consumer}},
+		Labels: func(id string) map[string]string {
+			if d, ok := devices.Lookup(id); ok {
+				return d.AllLabels()
+			}
+			return nil
+		}}, db, reg, lg)
+	if err != nil {
+		return err
+	}
+	qln, err := net.Listen("tcp", *queryAddr)
+	if err != nil {
+		return fmt.Errorf("listen query api: %w", err)
+	}
+	qmux := http.NewServeMux()
+	qmux.Handle("/api/v1/", storage.NewAPI(db.DB(), storage.APIOptions{}, reg, lg))
+	qs := &http.Server{Handler: qmux, ReadHeaderTimeout: 5 * time.Second}
+	go qs.Serve(qln)
+	defer qs.Close()
 
 	// The frontend and its uplink to the middletier.
 	flog, err := wal.Open(filepath.Join(*dataDir, "frontend", "wal"), wal.Options{Hop: "frontend"}, reg, lg)
@@ -123,6 +158,7 @@ func runAll(ctx context.Context, args []string) error {
 		"devices", "ws://"+ln.Addr().String()+"/v1/ingest",
 		"metrics", "http://"+ln.Addr().String()+"/metrics",
 		"live_feed", "ws://"+fln.Addr().String()+"/v1/feed",
+		"query_api", "http://"+qln.Addr().String()+"/api/v1/",
 		"middletier_stream", addrs.Stream, "middletier_feed", addrs.Feed,
 		"data", *dataDir)
 
@@ -134,7 +170,11 @@ func runAll(ctx context.Context, args []string) error {
 	sideCtx, stopSide := context.WithCancel(context.Background())
 	var wg, side sync.WaitGroup
 	var mtErr, linkErr, feedErr error
+	storeCtx, stopStore := context.WithCancel(context.Background())
+	var storeErr error
 	wg.Go(func() { mtErr = mt.Run(mtCtx) })
+	var store sync.WaitGroup
+	store.Go(func() { storeErr = sub.Run(storeCtx) })
 	side.Go(func() { feedErr = fd.Serve(sideCtx, fln) })
 	side.Go(func() { devices.Run(sideCtx) })
 	linkDone := make(chan error, 1)
@@ -148,10 +188,17 @@ func runAll(ctx context.Context, args []string) error {
 	if !stopped {
 		linkErr = <-linkDone
 	}
+	// Give the storage writer a moment to store what the middletier holds.
+	deadline := time.Now().Add(5 * time.Second)
+	for mlog.Released() < mlog.LastIndex() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	stopStore()
+	store.Wait()
 	stopMT()
 	wg.Wait()
-	lg.Info("engine stopped", "unforwarded", flog.LastIndex()-flog.Released())
-	return errors.Join(err, linkErr, mtErr, feedErr)
+	lg.Info("engine stopped", "unforwarded", flog.LastIndex()-flog.Released(), "unstored", mlog.LastIndex()-mlog.Released())
+	return errors.Join(err, linkErr, mtErr, feedErr, storeErr)
 }
 
 func closeLog(l *wal.Log, lg *slog.Logger) {

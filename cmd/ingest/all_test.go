@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"regexp"
 	"strconv"
 	"sync/atomic"
@@ -43,8 +44,9 @@ func scrape(t *testing.T, addr, series string) float64 {
 func TestAllInOne(t *testing.T) {
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	feedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	queryAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := &tierProc{t: t, name: "all", ready: regexp.MustCompile(`msg="engine running`),
-		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", addr, "--feed.listen", feedAddr}}
+		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", addr, "--feed.listen", feedAddr, "--query.listen", queryAddr}}
 	p.start()
 
 	// A dashboard follows every device on the live feed.
@@ -81,8 +83,10 @@ func TestAllInOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 500
+	base := time.Now().UnixMilli() - n
 	for i := 1; i <= n; i++ {
-		if _, err := c.Send(context.Background(), fmt.Appendf(nil, `{"id":%d,"temp":21.5}`, i)); err != nil {
+		// One millisecond apart: the store keeps one sample per series and millisecond.
+		if _, err := c.Send(context.Background(), fmt.Appendf(nil, `{"id":%d,"n":%d,"temp":21.5,"ts":%d}`, i, i, base+int64(i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -120,7 +124,51 @@ func TestAllInOne(t *testing.T) {
 			t.Fatalf("the feed showed %v of %d messages", next-1, n)
 		}
 	}
+	// And every message is in the embedded store, once: the query API
+	// answers as Prometheus would.
+	q := "http://" + queryAddr + "/api/v1/query?query=" + url.QueryEscape(`count_over_time(n{device="dev-1"}[1h])`)
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		got := queryValue(t, q)
+		if got == fmt.Sprint(n) {
+			break
+		}
+		if time.Now().After(deadline) {
+			resp, err := http.Get("http://" + queryAddr + "/api/v1/query?query=" + url.QueryEscape(`{device="dev-1"}`))
+			var body []byte
+			if err == nil {
+				body, _ = io.ReadAll(resp.Body)
+				resp.Body.Close()
+			}
+			t.Fatalf("the store counts %q samples of n, want %d; the device's series now: %s %v", got, n, body, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	if err := p.stop(); err != nil {
 		t.Fatalf("%v; logs:\n%s", err, p.logs.String())
 	}
+}
+
+// queryValue runs an instant query and returns the value of its one
+// sample, or "" when there is none.
+func queryValue(t *testing.T, u string) string {
+	t.Helper()
+	resp, err := http.Get(u)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Status string
+		Data   struct {
+			Result []struct {
+				Value [2]any
+			}
+		}
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil || r.Status != "success" || len(r.Data.Result) != 1 {
+		return ""
+	}
+	v, _ := r.Data.Result[0].Value[1].(string)
+	return v
 }
