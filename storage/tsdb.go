@@ -153,6 +153,7 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 	var (
 		b       labels.ScratchBuilder
 		base    []labels.Label
+		keys    []string
 		n       int
 		tooOld  int
 		dupTS   int
@@ -162,7 +163,9 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 		p := &points[i]
 		t := p.Time.UnixMilli()
 		base = baseLabels(base[:0], p)
-		for _, name := range slices.Sorted(maps.Keys(p.Numbers)) {
+		// In name order: where two fields make one series ("a.b", "a_b"),
+		// the same one wins on every delivery.
+		for _, name := range sortedKeys(&keys, p.Numbers) {
 			ls := seriesLabels(&b, base, MetricName(name), "")
 			_, err := app.Append(0, ls, 0, t, p.Numbers[name], nil, nil, promstorage.AppendV2Options{})
 			switch {
@@ -177,7 +180,7 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 				return &KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
 			}
 		}
-		for _, name := range slices.Sorted(maps.Keys(p.Strings)) {
+		for _, name := range sortedKeys(&keys, p.Strings) {
 			v := p.Strings[name]
 			if len(v) > s.opts.MaxStringBytes {
 				tooLong++
@@ -211,6 +214,16 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 		s.lg.Debug("storage: samples dropped", "too_old", tooOld, "duplicate_timestamp", dupTS)
 	}
 	return nil
+}
+
+// sortedKeys returns m's keys in order, in *buf's storage.
+func sortedKeys[V any](buf *[]string, m map[string]V) []string {
+	*buf = (*buf)[:0]
+	for k := range m {
+		*buf = append(*buf, k)
+	}
+	slices.Sort(*buf)
+	return *buf
 }
 
 // baseLabels appends the labels every series of p carries: device, and the
