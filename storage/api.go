@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"runtime"
+	"runtime/debug"
 	"slices"
 	"strconv"
 	"strings"
@@ -542,10 +543,22 @@ func (a *API) metadata(w http.ResponseWriter, r *http.Request) {
 	a.respond(w, out, nil, nil)
 }
 
-// Version is reported by status/buildinfo; Grafana reads it to choose the
-// API features it uses. It is the Prometheus version whose query engine
-// is embedded.
-const promVersion = "3.11.0"
+// promVersion is the version buildinfo reports; Grafana reads it to choose
+// the API features it uses. It is the version of the Prometheus whose query
+// engine is embedded: module v0.3xx.y is Prometheus 3.xx.y.
+var promVersion = func() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, d := range bi.Deps {
+			var minor, patch int
+			if d.Path == "github.com/prometheus/prometheus" {
+				if _, err := fmt.Sscanf(d.Version, "v0.3%d.%d", &minor, &patch); err == nil {
+					return fmt.Sprintf("3.%d.%d", minor, patch)
+				}
+			}
+		}
+	}
+	return "3.0.0"
+}()
 
 func (a *API) buildinfo(w http.ResponseWriter, r *http.Request) {
 	if !a.form(w, r) {
