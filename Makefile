@@ -72,6 +72,7 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal/
 	$(GO) test -run '^$$' -bench Hop -benchtime 1000000x ./uplink/
 	$(GO) test -run '^$$' -bench AckRoundTrip -benchtime 5000x ./uplink/
+	$(GO) test -run '^$$' -bench BenchmarkTSDBWrite -benchtime 3s ./storage/
 	mkdir -p bench/out
 	$(GO) run ./bench -spawn bin/ingest -devices 100 -window 16 -duration 20s \
 		-json bench/out/closed-100x16.json -plot bench/out/closed-100x16.svg
