@@ -7,7 +7,7 @@ FUZZTIME    ?= 30s
 BENCHTIME   ?= 2s
 PKGS        := ./...
 
-.PHONY: all build run test test-short deps lint bench fuzz clean image
+.PHONY: all build run test test-short deps lint bench chaos soak fuzz clean image
 
 all: build
 
@@ -78,6 +78,21 @@ bench: build
 		-json bench/out/closed-100x16.json -plot bench/out/closed-100x16.svg
 	$(GO) run ./bench -spawn bin/ingest -devices 10000 -rate 1 -ramp 20s -duration 30s \
 		-json bench/out/paced-10k.json -plot bench/out/paced-10k.svg
+
+# chaos runs the tiers as separate processes for 10 minutes, killing one at
+# random every 5 s, and checks every acknowledged message is stored once.
+# (make test runs a 20-second version, TestChaosShort.)
+chaos: build
+	mkdir -p bench/out
+	$(GO) run ./bench -spawn bin/ingest -chaos -chaos.every 5s -devices 50 -rate 20 -duration 10m \
+		-json bench/out/chaos-10m.json -plot bench/out/chaos-10m.svg
+
+# soak runs 1,000 devices at 1 message/s for 30 minutes through the whole
+# engine, with the completeness check but no kills.
+soak: build
+	mkdir -p bench/out
+	$(GO) run ./bench -spawn bin/ingest -chaos -chaos.every 1000h -devices 1000 -rate 1 -ramp 30s -duration 30m \
+		-json bench/out/soak-30m.json -plot bench/out/soak-30m.svg
 
 # fuzz runs every fuzz target for FUZZTIME each.
 fuzz:

@@ -109,7 +109,7 @@ func TestValidate(t *testing.T) {
 func TestMessageSize(t *testing.T) {
 	for _, shape := range []string{"sensor", "gps"} {
 		for _, size := range []int{200, 1000} {
-			m := message(shape, size, 7, 12345)
+			m := message(shape, size, 7, 12345, 1795436827000)
 			if len(m) != size {
 				t.Errorf("%s message of %d bytes, want %d", shape, len(m), size)
 			}
@@ -119,4 +119,41 @@ func TestMessageSize(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A short chaos run, part of make test: the tiers run as separate
+// processes, a random one is killed with SIGKILL every second or two and
+// started again while devices stream, and afterwards every acknowledged
+// message is in the store exactly once.
+func TestChaosShort(t *testing.T) {
+	dir := t.TempDir()
+	c := config{Spawn: binPath, Chaos: true, ChaosEvery: 1500 * time.Millisecond, Devices: 10, Rate: 40, Window: 8, Size: 150,
+		Shape: "sensor", Sources: 1, Duration: 20 * time.Second, Drain: 30 * time.Second, CheckWait: time.Minute, Quiet: true,
+		JSON: filepath.Join(dir, "chaos.json")}
+	if testing.Short() {
+		c.Duration = 6 * time.Second
+	}
+	if err := run(c); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	b, err := os.ReadFile(c.JSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	cp := r.Completeness
+	if cp == nil || cp.Acked == 0 || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != cp.Acked {
+		t.Fatalf("completeness %+v", cp)
+	}
+	kills := 0
+	for _, rc := range r.Chaos {
+		kills += rc.Kills
+	}
+	if kills == 0 {
+		t.Fatal("no tier was killed")
+	}
+	t.Logf("%d kills; %d acknowledged, all stored once", kills, cp.Acked)
 }

@@ -29,6 +29,8 @@ type device struct {
 	mu     sync.Mutex // guards sentAt and seq
 	sentAt map[uint64]time.Time
 	seq    int
+	lastTS int64        // the ts of the last message, in ms: unique per device
+	acked  map[int]bool // seqs acknowledged
 }
 
 // stats collects what the run measures. Histograms are sharded to keep
@@ -137,7 +139,7 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 		if c.Ramp > 0 {
 			time.Sleep(time.Until(st.start.Add(c.Ramp * time.Duration(i) / time.Duration(c.Devices))))
 		}
-		d := &device{id: fmt.Sprintf("bench-%06d", i), idx: i, sentAt: map[uint64]time.Time{}}
+		d := &device{id: fmt.Sprintf("bench-%06d", i), idx: i, sentAt: map[uint64]time.Time{}, acked: map[int]bool{}}
 		devs[i] = d
 		dialSem <- struct{}{}
 		wg.Go(func() {
@@ -149,6 +151,9 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 					d.mu.Lock()
 					at, ok := d.sentAt[r.N]
 					delete(d.sentAt, r.N)
+					if r.Err == nil {
+						d.acked[int(r.N)] = true
+					}
 					d.mu.Unlock()
 					if r.Err != nil {
 						st.fail(r.Err)
@@ -163,8 +168,11 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 					}
 				},
 			}
+			if len(c.urls) > 0 {
+				opts.URL = c.urls[d.idx%len(c.urls)]
+			}
 			if c.Insecure {
-				opts.URL = withDevice(c.URL, d.id)
+				opts.URL = withDevice(opts.URL, d.id)
 			} else {
 				opts.Token = deviceToken(secret, d.id)
 			}
@@ -225,6 +233,9 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 	workers.Wait()
 	sendTime := time.Since(sendStart)
 	ackedInWindow := st.acked.Load()
+	if c.onSendEnd != nil {
+		c.onSendEnd()
+	}
 
 	// Drain: wait for what is in flight, then close.
 	drainCtx, stopDrain := context.WithTimeout(ctx, c.Drain)
@@ -240,7 +251,15 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 		})
 	}
 	closers.Wait()
-	return newResult(c, st, connected, sendTime, ackedInWindow), nil
+	res := newResult(c, st, connected, sendTime, ackedInWindow)
+	if c.Check != "" {
+		comp, err := check(ctx, c.Check, devs, st.start, c.CheckWait)
+		if err != nil {
+			return nil, err
+		}
+		res.Completeness = comp
+	}
+	return res, nil
 }
 
 // send sends the device's next message.
@@ -253,8 +272,12 @@ func send(ctx context.Context, d *device, c config, st *stats) {
 	d.mu.Lock()
 	d.seq++
 	seq := d.seq
+	// A device time unique per device: the store keeps one sample per
+	// series and millisecond, and the completeness check counts samples.
+	d.lastTS = max(time.Now().UnixMilli(), d.lastTS+1)
+	ts := d.lastTS
 	d.mu.Unlock()
-	payload := message(c.Shape, c.Size, d.idx, seq)
+	payload := message(c.Shape, c.Size, d.idx, seq, ts)
 	// Record the time before Send: the result may arrive before Send returns.
 	at := time.Now()
 	d.mu.Lock()
@@ -367,16 +390,17 @@ func deviceToken(secret []byte, id string) string {
 	return s
 }
 
-// message builds a message of about size bytes in the given shape.
-func message(shape string, size, dev, seq int) []byte {
+// message builds a message of about size bytes in the given shape. seq is
+// stored as a field (the id is the protocol's acknowledgement id, not data).
+func message(shape string, size, dev, seq int, ts int64) []byte {
 	var b []byte
 	switch shape {
 	case "gps":
 		lat := 48.85 + float64(dev%1000)/10000 + float64(seq%100)/100000
 		lon := 2.35 + float64(dev/1000)/10000
-		b = fmt.Appendf(nil, `{"id":%d,"lat":%.6f,"lon":%.6f,"speed":%d,"heading":%d,"fix":true`, seq, lat, lon, seq%120, seq%360)
+		b = fmt.Appendf(nil, `{"id":%d,"seq":%d,"ts":%d,"lat":%.6f,"lon":%.6f,"speed":%d,"heading":%d,"fix":true`, seq, seq, ts, lat, lon, seq%120, seq%360)
 	default:
-		b = fmt.Appendf(nil, `{"id":%d,"temp":%.1f,"hum":%d,"battery":%.2f,"ok":true`, seq, 20+float64(seq%100)/10, 40+seq%20, 3.3-float64(seq%50)/100)
+		b = fmt.Appendf(nil, `{"id":%d,"seq":%d,"ts":%d,"temp":%.1f,"hum":%d,"battery":%.2f,"ok":true`, seq, seq, ts, 20+float64(seq%100)/10, 40+seq%20, 3.3-float64(seq%50)/100)
 	}
 	if pad := size - len(b) - len(`,"note":""}`); pad > 0 {
 		b = append(b, `,"note":"`...)

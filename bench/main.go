@@ -31,6 +31,13 @@ type config struct {
 	JSON       string
 	Plot       string
 	Quiet      bool
+	Check      string        // query API of the store to check completeness against
+	CheckWait  time.Duration // how long the store may take to catch up
+	Chaos      bool
+	ChaosEvery time.Duration
+
+	urls      []string // device endpoints when the bench runs the engine itself
+	onSendEnd func()   // called when sending stops, before the drain
 }
 
 func main() {
@@ -51,6 +58,10 @@ func main() {
 	flag.StringVar(&c.JSON, "json", "", "write the results as JSON to this file")
 	flag.StringVar(&c.Plot, "plot", "", "write the latency distribution as SVG to this file")
 	flag.BoolVar(&c.Quiet, "quiet", false, "no progress line")
+	flag.StringVar(&c.Check, "check", "", "after the run, check every acknowledged message is in the store exactly once, through this Prometheus query API (http://host:9090)")
+	flag.DurationVar(&c.CheckWait, "check.wait", time.Minute, "how long the store may take to catch up before a missing message counts as lost")
+	flag.BoolVar(&c.Chaos, "chaos", false, "with -spawn: run the tiers as separate processes (2 middletiers, a storage writer, 2 frontends) and SIGKILL a random one every -chaos.every, starting it again; then check completeness")
+	flag.DurationVar(&c.ChaosEvery, "chaos.every", 5*time.Second, "mean time between kills")
 	flag.Parse()
 
 	if err := run(c); err != nil {
@@ -68,6 +79,9 @@ func run(c config) error {
 	defer stop()
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
+	if c.Chaos {
+		return runChaos(ctx, c, lg)
+	}
 	if c.Spawn != "" {
 		eng, err := spawnFrontend(ctx, c.Spawn)
 		if err != nil {
@@ -83,6 +97,12 @@ func run(c config) error {
 	if err != nil {
 		return err
 	}
+	return report(c, res)
+}
+
+// report prints the results, writes the JSON and the plot, and fails the
+// run when a message was lost or duplicated.
+func report(c config, res *result) error {
 	res.print(os.Stdout)
 	if c.JSON != "" {
 		b, err := json.MarshalIndent(res, "", "  ")
@@ -101,13 +121,54 @@ func run(c config) error {
 	if res.Acked == 0 {
 		return errors.New("no message was acknowledged")
 	}
+	if cp := res.Completeness; cp != nil && (cp.Lost > 0 || cp.Duplicated > 0) {
+		return fmt.Errorf("%d acknowledged messages lost, %d duplicated", cp.Lost, cp.Duplicated)
+	}
 	return nil
+}
+
+// runChaos runs the engine as separate processes, kills them at random
+// while the load runs, and checks completeness in the store.
+func runChaos(ctx context.Context, c config, lg *slog.Logger) error {
+	cl, err := startCluster(c.Spawn)
+	if err != nil {
+		return err
+	}
+	c.urls, c.Insecure, c.Check = cl.devices, true, cl.queryURL+""
+	chaosCtx, stopChaos := context.WithCancel(ctx)
+	var kills map[string]*recovery
+	var chaosErr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		kills, chaosErr = cl.chaos(chaosCtx, c.ChaosEvery)
+	}()
+	// The chaos stops when sending stops; the drain and the check run on a
+	// whole engine.
+	c.onSendEnd = func() { stopChaos(); <-done }
+	res, err := load(ctx, c, lg)
+	stopChaos()
+	<-done
+	stopErr := cl.stop()
+	if err != nil {
+		return err
+	}
+	if chaosErr != nil {
+		return chaosErr
+	}
+	res.Chaos = kills
+	if rerr := report(c, res); rerr != nil {
+		return rerr
+	}
+	return stopErr
 }
 
 func (c config) validate() error {
 	switch {
 	case (c.URL == "") == (c.Spawn == ""):
 		return errors.New("give one of -url and -spawn")
+	case c.Chaos && c.Spawn == "":
+		return errors.New("-chaos runs the engine itself: give -spawn")
 	case c.URL != "" && c.SecretFile == "" && !c.Insecure:
 		return errors.New("give -secret-file, or -insecure for an engine without auth")
 	case c.Devices < 1 || c.Devices > 100_000:

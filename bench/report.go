@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -19,16 +20,18 @@ type result struct {
 		Shape    string  `json:"shape"`
 		Duration string  `json:"duration"`
 	} `json:"scenario"`
-	Connected   int              `json:"connected"`
-	DialFailed  int64            `json:"dial_failed"`
-	Sent        int64            `json:"sent"`
-	Acked       int64            `json:"acked"`
-	AckedPerSec float64          `json:"acked_per_second"`
-	Errors      map[string]int64 `json:"errors_by_code"`
-	AckLatency  latency          `json:"ack_latency_ms"`
-	Dial        latency          `json:"connect_ms"`
-	PerSecond   []int64          `json:"acked_each_second"`
-	Percentiles []point          `json:"ack_latency_distribution"`
+	Connected    int                  `json:"connected"`
+	DialFailed   int64                `json:"dial_failed"`
+	Sent         int64                `json:"sent"`
+	Acked        int64                `json:"acked"`
+	AckedPerSec  float64              `json:"acked_per_second"`
+	Errors       map[string]int64     `json:"errors_by_code"`
+	AckLatency   latency              `json:"ack_latency_ms"`
+	Dial         latency              `json:"connect_ms"`
+	PerSecond    []int64              `json:"acked_each_second"`
+	Percentiles  []point              `json:"ack_latency_distribution"`
+	Completeness *completeness        `json:"completeness,omitempty"`
+	Chaos        map[string]*recovery `json:"chaos,omitempty"`
 }
 
 type latency struct {
@@ -84,6 +87,25 @@ func (r *result) print(w io.Writer) {
 	fmt.Fprintf(w, "messages:   sent %d, acknowledged %d, %.0f acknowledged/s\n", r.Sent, r.Acked, r.AckedPerSec)
 	fmt.Fprintf(w, "ack latency ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
 		r.AckLatency.P50, r.AckLatency.P90, r.AckLatency.P99, r.AckLatency.P999, r.AckLatency.Max, r.AckLatency.Mean)
+	if cp := r.Completeness; cp != nil {
+		fmt.Fprintf(w, "store:      %d acknowledged, %d stored, lost %d, duplicated %d\n", cp.Acked, cp.Stored, cp.Lost, cp.Duplicated)
+		if len(cp.LostExamples) > 0 {
+			fmt.Fprintf(w, "lost, e.g.: %s\n", strings.Join(cp.LostExamples, " "))
+		}
+	}
+	if len(r.Chaos) > 0 {
+		kinds := make([]string, 0, len(r.Chaos))
+		for k := range r.Chaos {
+			kinds = append(kinds, k)
+		}
+		sort.Strings(kinds)
+		fmt.Fprint(w, "chaos:     ")
+		for _, k := range kinds {
+			rc := r.Chaos[k]
+			fmt.Fprintf(w, " %s killed %d× (back in %.0f ms mean, %.0f ms max)", k, rc.Kills, rc.MeanMs, rc.MaxMs)
+		}
+		fmt.Fprintln(w)
+	}
 	if len(r.Errors) == 0 {
 		fmt.Fprintln(w, "errors:     none")
 		return

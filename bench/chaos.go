@@ -1,0 +1,251 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// tier is one process of the engine that chaos can kill and start again
+// with the same arguments and data.
+type tier struct {
+	name  string
+	kind  string // frontend, middletier, storage
+	bin   string
+	args  []string
+	ready *regexp.Regexp
+
+	mu   sync.Mutex
+	cmd  *exec.Cmd
+	done chan struct{}
+	logs []string
+}
+
+func (t *tier) start() (time.Duration, error) {
+	begin := time.Now()
+	cmd := exec.Command(t.bin, t.args...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, fmt.Errorf("start %s: %w", t.name, err)
+	}
+	up, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(nil, 1<<20)
+		signalled := false
+		for sc.Scan() {
+			line := sc.Text()
+			t.mu.Lock()
+			if t.logs = append(t.logs, line); len(t.logs) > 200 {
+				t.logs = t.logs[100:]
+			}
+			t.mu.Unlock()
+			if !signalled && t.ready.MatchString(line) {
+				close(up)
+				signalled = true
+			}
+		}
+		io.Copy(io.Discard, stderr)
+		cmd.Wait()
+	}()
+	select {
+	case <-up:
+	case <-done:
+		return 0, fmt.Errorf("%s exited at start:\n%s", t.name, t.tail())
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		return 0, fmt.Errorf("%s did not start:\n%s", t.name, t.tail())
+	}
+	t.mu.Lock()
+	t.cmd, t.done = cmd, done
+	t.mu.Unlock()
+	return time.Since(begin), nil
+}
+
+func (t *tier) signal(sig syscall.Signal, wait time.Duration) error {
+	t.mu.Lock()
+	cmd, done := t.cmd, t.done
+	t.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	cmd.Process.Signal(sig)
+	select {
+	case <-done:
+	case <-time.After(wait):
+		cmd.Process.Kill()
+		<-done
+		return fmt.Errorf("%s did not stop on %v", t.name, sig)
+	}
+	if sig == syscall.SIGTERM && !cmd.ProcessState.Success() {
+		return fmt.Errorf("%s exited with %v:\n%s", t.name, cmd.ProcessState, t.tail())
+	}
+	return nil
+}
+
+func (t *tier) tail() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	n := max(0, len(t.logs)-20)
+	return strings.Join(t.logs[n:], "\n")
+}
+
+// cluster is the engine as separate processes on loopback: two
+// middletiers, a storage writer following both, and two frontends whose
+// uplinks know both middletiers.
+type cluster struct {
+	dir      string
+	tiers    []*tier
+	devices  []string // device endpoints, one per frontend
+	queryURL string
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+func ports(n int) ([]int, error) {
+	out := make([]int, n)
+	for i := range out {
+		p, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		out[i] = p
+	}
+	return out, nil
+}
+
+func startCluster(bin string) (*cluster, error) {
+	dir, err := os.MkdirTemp("", "ingest-chaos-")
+	if err != nil {
+		return nil, err
+	}
+	c := &cluster{dir: dir}
+	p, err := ports(12)
+	if err != nil {
+		return nil, err
+	}
+	ep := func(port int) string { return fmt.Sprintf("tcp://127.0.0.1:%d", port) }
+	var ingest, streams, consumers []string
+	for i := range 2 {
+		in, co, st, hp := p[4*i], p[4*i+1], p[4*i+2], p[4*i+3]
+		ingest, streams, consumers = append(ingest, ep(in)), append(streams, ep(st)), append(consumers, ep(co))
+		c.tiers = append(c.tiers, &tier{name: fmt.Sprintf("mt-%d", i), kind: "middletier", bin: bin,
+			ready: regexp.MustCompile(`msg="middletier listening"`),
+			args: []string{"middletier", "--id", fmt.Sprintf("mt-%d", i), "--data.dir", filepath.Join(dir, fmt.Sprintf("mt-%d", i)),
+				"--ingest.addr", ep(in), "--consumer.addr", ep(co), "--stream.addr", ep(st),
+				"--http.listen", fmt.Sprintf("127.0.0.1:%d", hp), "--consumers", "storage"}})
+	}
+	query := p[8]
+	c.queryURL = fmt.Sprintf("http://127.0.0.1:%d", query)
+	c.tiers = append(c.tiers, &tier{name: "storage", kind: "storage", bin: bin,
+		ready: regexp.MustCompile(`msg="storage listening"`),
+		args: []string{"storage", "--data.dir", filepath.Join(dir, "storage"), "--consumer", "storage",
+			"--middletiers.stream", strings.Join(streams, ","), "--middletiers.consumer", strings.Join(consumers, ","),
+			"--http.listen", fmt.Sprintf("127.0.0.1:%d", query)}})
+	for i := range 2 {
+		addr := fmt.Sprintf("127.0.0.1:%d", p[9+i])
+		c.devices = append(c.devices, "ws://"+addr+"/v1/ingest")
+		order := []string{ingest[i], ingest[1-i]}
+		c.tiers = append(c.tiers, &tier{name: fmt.Sprintf("fe-%d", i), kind: "frontend", bin: bin,
+			ready: regexp.MustCompile(`msg="frontend listening"`),
+			args: []string{"frontend", "--insecure-no-auth", "--listen", addr, "--id", fmt.Sprintf("fe-%d", i),
+				"--wal.dir", filepath.Join(dir, fmt.Sprintf("fe-%d", i)), "--drain-window", "200ms",
+				"--rate", "1000000", "--burst", "1000000",
+				"--uplink.middletiers", strings.Join(order, ","), "--uplink.failover", "2s", "--uplink.flush-timeout", "5s"}})
+	}
+	for _, t := range c.tiers {
+		if _, err := t.start(); err != nil {
+			c.stop()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// stop ends every process with SIGTERM, frontends first, and removes the
+// data unless keep.
+func (c *cluster) stop() error {
+	var errs []string
+	order := append([]*tier{}, c.tiers...)
+	sort.SliceStable(order, func(i, j int) bool { return rank(order[i].kind) < rank(order[j].kind) })
+	for _, t := range order {
+		if err := t.signal(syscall.SIGTERM, 30*time.Second); err != nil {
+			errs = append(errs, err.Error())
+		}
+	}
+	os.RemoveAll(c.dir)
+	if len(errs) > 0 {
+		return fmt.Errorf("stop: %s", strings.Join(errs, "; "))
+	}
+	return nil
+}
+
+func rank(kind string) int {
+	switch kind {
+	case "frontend":
+		return 0
+	case "middletier":
+		return 1
+	}
+	return 2
+}
+
+// recovery is what chaos did to one kind of tier.
+type recovery struct {
+	Kills  int     `json:"kills"`
+	MeanMs float64 `json:"mean_restart_ms"`
+	MaxMs  float64 `json:"max_restart_ms"`
+}
+
+// chaos kills a random tier with SIGKILL every interval (jittered) and
+// starts it again, until ctx ends. It returns, per kind of tier, how long
+// the restarts took until the process served again.
+func (c *cluster) chaos(ctx context.Context, every time.Duration) (map[string]*recovery, error) {
+	out := map[string]*recovery{}
+	for {
+		select {
+		case <-ctx.Done():
+			return out, nil
+		case <-time.After(every/2 + rand.N(every)):
+		}
+		t := c.tiers[rand.IntN(len(c.tiers))]
+		t.signal(syscall.SIGKILL, 10*time.Second)
+		took, err := t.start()
+		if err != nil {
+			return out, err
+		}
+		r := out[t.kind]
+		if r == nil {
+			r = &recovery{}
+			out[t.kind] = r
+		}
+		ms := float64(took.Microseconds()) / 1000
+		r.MeanMs = (r.MeanMs*float64(r.Kills) + ms) / float64(r.Kills+1)
+		r.MaxMs = max(r.MaxMs, ms)
+		r.Kills++
+	}
+}

@@ -1,0 +1,134 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// completeness is the comparison of what devices saw acknowledged with what
+// the store holds.
+type completeness struct {
+	Acked        int64    `json:"acknowledged"`
+	Stored       int64    `json:"stored_acknowledged"`
+	Lost         int64    `json:"lost"`
+	Duplicated   int64    `json:"duplicated"`
+	LostExamples []string `json:"lost_examples,omitempty"`
+}
+
+// check queries the store's Prometheus API for every device's seq samples
+// and compares them with what each device had acknowledged: an acknowledged
+// message missing from the store is lost; a message stored twice (the same
+// seq at two timestamps) is duplicated. It waits up to wait for the store to
+// catch up.
+func check(ctx context.Context, api string, devs []*device, since time.Time, wait time.Duration) (*completeness, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		c, err := checkOnce(ctx, api, devs, since)
+		if err != nil || c.Lost == 0 || time.Now().After(deadline) {
+			return c, err
+		}
+		time.Sleep(time.Second)
+	}
+}
+
+func checkOnce(ctx context.Context, api string, devs []*device, since time.Time) (*completeness, error) {
+	c := &completeness{}
+	rng := fmt.Sprintf("%ds", int(time.Since(since).Seconds())+120)
+	for start := 0; start < len(devs); start += 100 {
+		chunk := devs[start:min(start+100, len(devs))]
+		var names []string
+		for _, d := range chunk {
+			if d != nil {
+				names = append(names, regexp.QuoteMeta(d.id))
+			}
+		}
+		stored, err := querySeqs(ctx, api, `seq{device=~"`+strings.Join(names, "|")+`"}[`+rng+`]`)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range chunk {
+			if d == nil {
+				continue
+			}
+			d.mu.Lock()
+			acked := d.acked
+			d.mu.Unlock()
+			got := stored[d.id]
+			for seq, ok := range acked {
+				if !ok {
+					continue
+				}
+				c.Acked++
+				switch n := got[seq]; {
+				case n == 0:
+					c.Lost++
+					if len(c.LostExamples) < 10 {
+						c.LostExamples = append(c.LostExamples, fmt.Sprintf("%s/%d", d.id, seq))
+					}
+				default:
+					c.Stored++
+				}
+			}
+			for _, n := range got {
+				if n > 1 {
+					c.Duplicated += int64(n - 1)
+				}
+			}
+		}
+	}
+	return c, nil
+}
+
+// querySeqs runs a range-vector query and counts, per device, how often each
+// seq value is stored.
+func querySeqs(ctx context.Context, api, q string) (map[string]map[int]int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, api+"/api/v1/query", strings.NewReader(url.Values{"query": {q}}.Encode()))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("query store: %w", err)
+	}
+	defer resp.Body.Close()
+	var r struct {
+		Status string `json:"status"`
+		Error  string `json:"error"`
+		Data   struct {
+			Result []struct {
+				Metric map[string]string `json:"metric"`
+				Values [][2]any          `json:"values"`
+			} `json:"result"`
+		} `json:"data"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+		return nil, fmt.Errorf("decode query result: %w", err)
+	}
+	if r.Status != "success" {
+		return nil, fmt.Errorf("query store: %s", r.Error)
+	}
+	out := map[string]map[int]int{}
+	for _, s := range r.Data.Result {
+		dev := s.Metric["device"]
+		if out[dev] == nil {
+			out[dev] = map[int]int{}
+		}
+		for _, v := range s.Values {
+			str, _ := v[1].(string)
+			f, err := strconv.ParseFloat(str, 64)
+			if err != nil {
+				return nil, fmt.Errorf("query store: value %q", str)
+			}
+			out[dev][int(f)]++
+		}
+	}
+	return out, nil
+}
