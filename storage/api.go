@@ -520,7 +520,7 @@ func (a *API) metadata(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer q.Close()
-	names, _, err := q.LabelValues(r.Context(), labels.MetricName, nil)
+	names, _, err := q.LabelValues(r.Context(), model.MetricNameLabel, nil)
 	if err != nil {
 		a.fail(w, errExec, err)
 		return

@@ -16,6 +16,7 @@ import (
 
 	"github.com/klauspost/compress/snappy"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 )
 
@@ -354,7 +355,7 @@ func appendWriteRequest(b []byte, labels []labels.Label, ss []rwSample) []byte {
 		b = binary.AppendUvarint(b, uint64(ssz))
 		b = append(b, 1<<3|1)
 		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(s.v))
-		b = append(b, 2<<3|0)
+		b = append(b, 2<<3) // field 2, wire type 0 (varint)
 		b = binary.AppendUvarint(b, uint64(s.t))
 	}
 	return b
@@ -405,7 +406,7 @@ func (b *seriesBuilder) appendPoint(p *Point) {
 
 func (b *seriesBuilder) appendSample(metric, value string, t int64, v float64) {
 	lo := len(b.labels)
-	b.labels = append(b.labels, labels.Label{Name: labels.MetricName, Value: metric})
+	b.labels = append(b.labels, labels.Label{Name: model.MetricNameLabel, Value: metric})
 	b.labels = append(b.labels, b.base...)
 	if value != "" {
 		b.labels = append(b.labels, labels.Label{Name: "value", Value: value})

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	promstorage "github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
@@ -235,7 +236,7 @@ func baseLabels(dst []labels.Label, p *Point) []labels.Label {
 	for _, k := range slices.Sorted(maps.Keys(p.Labels)) {
 		v := p.Labels[k]
 		name := LabelName(k)
-		if v == "" || name == "device" || name == "value" || name == labels.MetricName {
+		if v == "" || name == "device" || name == "value" || name == model.MetricNameLabel {
 			continue
 		}
 		if slices.ContainsFunc(dst, func(l labels.Label) bool { return l.Name == name }) {
@@ -248,7 +249,7 @@ func baseLabels(dst []labels.Label, p *Point) []labels.Label {
 
 func seriesLabels(b *labels.ScratchBuilder, base []labels.Label, name, value string) labels.Labels {
 	b.Reset()
-	b.Add(labels.MetricName, name)
+	b.Add(model.MetricNameLabel, name)
 	for _, l := range base {
 		b.Add(l.Name, l.Value)
 	}
