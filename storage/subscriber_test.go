@@ -328,7 +328,8 @@ func TestSubscriberOverflowFetches(t *testing.T) {
 			}
 			srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
 			defer srv.Close()
-			stored(t, srv.URL, n, base.Add(10*time.Second))
+			// Message i is stamped base+i ms: ask after the last of them.
+			stored(t, srv.URL, n, base.Add(time.Duration(n)*time.Millisecond+time.Second))
 		})
 	}
 }
