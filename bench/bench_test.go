@@ -89,6 +89,9 @@ func TestValidate(t *testing.T) {
 	for _, mod := range []func(*config){
 		func(c *config) { c.URL = "" },
 		func(c *config) { c.Spawn = "x" },
+		func(c *config) { c.SpawnAll = "x" },
+		func(c *config) { c.URL, c.Spawn, c.SpawnAll = "", "x", "x" },
+		func(c *config) { c.URL, c.SpawnAll, c.Chaos = "", "x", true },
 		func(c *config) { c.Insecure = false },
 		func(c *config) { c.Devices = 0 },
 		func(c *config) { c.Devices = 100_001 },
@@ -156,4 +159,36 @@ func TestChaosShort(t *testing.T) {
 		t.Fatal("no tier was killed")
 	}
 	t.Logf("%d kills; %d acknowledged, all stored once", kills, cp.Acked)
+}
+
+// TestSpawnAll: the bench starts the whole engine in one process, follows
+// the live feed and checks the store: every acknowledged message is shown
+// on the feed and stored exactly once.
+func TestSpawnAll(t *testing.T) {
+	dir := t.TempDir()
+	c := config{SpawnAll: binPath, Devices: 10, Rate: 50, Window: 4, Size: 150, Shape: "gps", Sources: 1,
+		Duration: 3 * time.Second, Drain: 10 * time.Second, CheckWait: 30 * time.Second, Quiet: true,
+		JSON: filepath.Join(dir, "all.json")}
+	if err := run(c); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	b, err := os.ReadFile(c.JSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Acked == 0 || r.Acked != r.Sent {
+		t.Fatalf("sent %d, acked %d", r.Sent, r.Acked)
+	}
+	f := r.Feed
+	if f == nil || f.Shown != r.Acked || f.Missed != 0 || f.Latency.P50 <= 0 || f.Latency.P99 < f.Latency.P50 {
+		t.Fatalf("live feed %+v, %d acknowledged", f, r.Acked)
+	}
+	cp := r.Completeness
+	if cp == nil || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != r.Acked {
+		t.Fatalf("completeness %+v, %d acknowledged", cp, r.Acked)
+	}
 }

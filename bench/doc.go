@@ -16,6 +16,13 @@
 // every acknowledged message that is missing (lost) or stored twice
 // (duplicated); the run fails if either is not zero.
 //
+// With -spawn-all it starts the whole engine in one process (ingest all:
+// frontend, middletier, storage writer, live feed), follows every device on
+// the live feed as a dashboard would and reports the device → dashboard
+// latency (from the device's send to the feed frame's arrival), then checks
+// completeness in the store. -feed follows the live feed of an engine
+// already running.
+//
 // With -chaos (and -spawn) it runs the tiers as separate processes — two
 // middletiers, a storage writer following both, two frontends whose uplinks
 // know both middletiers — kills a random one with SIGKILL every -chaos.every
@@ -24,5 +31,6 @@
 //
 //	go run ./bench -spawn bin/ingest -devices 100 -window 16 -duration 20s
 //	go run ./bench -url ws://host:8080/v1/ingest -secret-file secret -devices 10000 -rate 1 -ramp 20s
+//	go run ./bench -spawn-all bin/ingest -devices 100 -rate 20 -duration 30s
 //	go run ./bench -spawn bin/ingest -chaos -devices 50 -rate 20 -duration 10m
 package main

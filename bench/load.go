@@ -31,6 +31,9 @@ type device struct {
 	seq    int
 	lastTS int64        // the ts of the last message, in ms: unique per device
 	acked  map[int]bool // seqs acknowledged
+	// shownAt holds send times until the live feed shows the message (only
+	// while a feed is watched).
+	shownAt map[int]time.Time
 }
 
 // stats collects what the run measures. Histograms are sharded to keep
@@ -140,6 +143,9 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 			time.Sleep(time.Until(st.start.Add(c.Ramp * time.Duration(i) / time.Duration(c.Devices))))
 		}
 		d := &device{id: fmt.Sprintf("bench-%06d", i), idx: i, sentAt: map[uint64]time.Time{}, acked: map[int]bool{}}
+		if c.Feed != "" {
+			d.shownAt = map[int]time.Time{}
+		}
 		devs[i] = d
 		dialSem <- struct{}{}
 		wg.Go(func() {
@@ -205,6 +211,17 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 		return nil, errors.New("no device could connect")
 	}
 
+	// Watch the live feed, if there is one.
+	var fw *feedWatch
+	e2e := newStats()
+	e2e.start = time.Now() // set again when sending starts
+	if c.Feed != "" {
+		var err error
+		if fw, err = watchFeed(ctx, c.Feed, devs, e2e); err != nil {
+			return nil, err
+		}
+	}
+
 	// Send, for the duration.
 	runCtx, stopRun := context.WithTimeout(ctx, c.Duration)
 	defer stopRun()
@@ -213,6 +230,9 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 	st.start = sendStart
 	st.perSec = nil
 	st.mu.Unlock()
+	e2e.mu.Lock()
+	e2e.start = sendStart
+	e2e.mu.Unlock()
 	var workers sync.WaitGroup
 	for range 8 {
 		workers.Go(func() {
@@ -252,6 +272,22 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 	}
 	closers.Wait()
 	res := newResult(c, st, connected, sendTime, ackedInWindow)
+	if fw != nil {
+		// Let the feed show what is still on its way.
+		deadline := time.Now().Add(5 * time.Second)
+		for time.Now().Before(deadline) {
+			fw.mu.Lock()
+			shown := fw.shownN
+			fw.mu.Unlock()
+			if shown >= res.Acked {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		fw.close()
+		h := e2e.merged()
+		res.Feed = &feedResult{Shown: fw.shownN, Missed: fw.missed, Latency: latencyOf(h)}
+	}
 	if c.Check != "" {
 		comp, err := check(ctx, c.Check, devs, st.start, c.CheckWait)
 		if err != nil {
@@ -283,6 +319,9 @@ func send(ctx context.Context, d *device, c config, st *stats) {
 	d.mu.Lock()
 	n := uint64(seq) // the client numbers messages 1, 2, 3… per device, as Send returns them
 	d.sentAt[n] = at
+	if d.shownAt != nil {
+		d.shownAt[seq] = at
+	}
 	d.mu.Unlock()
 	got, err := d.c.Send(ctx, payload)
 	if err != nil {

@@ -35,6 +35,8 @@ type config struct {
 	CheckWait  time.Duration // how long the store may take to catch up
 	Chaos      bool
 	ChaosEvery time.Duration
+	SpawnAll   string // path of the ingest binary to start the whole engine with
+	Feed       string // live feed to follow for end-to-end latency
 
 	urls      []string // device endpoints when the bench runs the engine itself
 	onSendEnd func()   // called when sending stops, before the drain
@@ -60,6 +62,8 @@ func main() {
 	flag.BoolVar(&c.Quiet, "quiet", false, "no progress line")
 	flag.StringVar(&c.Check, "check", "", "after the run, check every acknowledged message is in the store exactly once, through this Prometheus query API (http://host:9090)")
 	flag.DurationVar(&c.CheckWait, "check.wait", time.Minute, "how long the store may take to catch up before a missing message counts as lost")
+	flag.StringVar(&c.SpawnAll, "spawn-all", "", "start the whole engine (ingest all: frontend, middletier, storage, live feed) from this ingest binary; then measure device → live feed latency and check completeness in the store")
+	flag.StringVar(&c.Feed, "feed", "", "live feed to follow (ws://host:8081/v1/feed, no auth) for device → dashboard latency")
 	flag.BoolVar(&c.Chaos, "chaos", false, "with -spawn: run the tiers as separate processes (2 middletiers, a storage writer, 2 frontends) and SIGKILL a random one every -chaos.every, starting it again; then check completeness")
 	flag.DurationVar(&c.ChaosEvery, "chaos.every", 5*time.Second, "mean time between kills")
 	flag.Parse()
@@ -81,6 +85,14 @@ func run(c config) error {
 
 	if c.Chaos {
 		return runChaos(ctx, c, lg)
+	}
+	if c.SpawnAll != "" {
+		eng, err := spawnAll(ctx, c.SpawnAll)
+		if err != nil {
+			return err
+		}
+		defer eng.stop()
+		c.URL, c.Insecure, c.Feed, c.Check = eng.url, true, eng.feed, eng.query
 	}
 	if c.Spawn != "" {
 		eng, err := spawnFrontend(ctx, c.Spawn)
@@ -165,8 +177,8 @@ func runChaos(ctx context.Context, c config, lg *slog.Logger) error {
 
 func (c config) validate() error {
 	switch {
-	case (c.URL == "") == (c.Spawn == ""):
-		return errors.New("give one of -url and -spawn")
+	case c.URL == "" && c.Spawn == "" && c.SpawnAll == "", c.URL != "" && (c.Spawn != "" || c.SpawnAll != ""), c.Spawn != "" && c.SpawnAll != "":
+		return errors.New("give one of -url, -spawn and -spawn-all")
 	case c.Chaos && c.Spawn == "":
 		return errors.New("-chaos runs the engine itself: give -spawn")
 	case c.URL != "" && c.SecretFile == "" && !c.Insecure:

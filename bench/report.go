@@ -31,7 +31,15 @@ type result struct {
 	PerSecond    []int64              `json:"acked_each_second"`
 	Percentiles  []point              `json:"ack_latency_distribution"`
 	Completeness *completeness        `json:"completeness,omitempty"`
+	Feed         *feedResult          `json:"live_feed,omitempty"`
 	Chaos        map[string]*recovery `json:"chaos,omitempty"`
+}
+
+// feedResult is what a dashboard on the live feed saw.
+type feedResult struct {
+	Shown   int64   `json:"shown"`
+	Missed  int64   `json:"missed_notices"`
+	Latency latency `json:"device_to_dashboard_ms"`
 }
 
 type latency struct {
@@ -87,6 +95,10 @@ func (r *result) print(w io.Writer) {
 	fmt.Fprintf(w, "messages:   sent %d, acknowledged %d, %.0f acknowledged/s\n", r.Sent, r.Acked, r.AckedPerSec)
 	fmt.Fprintf(w, "ack latency ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
 		r.AckLatency.P50, r.AckLatency.P90, r.AckLatency.P99, r.AckLatency.P999, r.AckLatency.Max, r.AckLatency.Mean)
+	if f := r.Feed; f != nil {
+		fmt.Fprintf(w, "live feed:  %d shown, %d missed; device → dashboard ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n",
+			f.Shown, f.Missed, f.Latency.P50, f.Latency.P90, f.Latency.P99, f.Latency.P999, f.Latency.Max)
+	}
 	if cp := r.Completeness; cp != nil {
 		fmt.Fprintf(w, "store:      %d acknowledged, %d stored, lost %d, duplicated %d\n", cp.Acked, cp.Stored, cp.Lost, cp.Duplicated)
 		if len(cp.LostExamples) > 0 {

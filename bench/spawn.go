@@ -15,14 +15,19 @@ import (
 
 // engine is a frontend started by the bench, on loopback without auth.
 type engine struct {
-	cmd  *exec.Cmd
-	dir  string
-	url  string
-	done chan struct{}
-	pid  int
+	cmd   *exec.Cmd
+	dir   string
+	url   string
+	feed  string
+	query string
+	done  chan struct{}
+	pid   int
 }
 
-var listeningRE = regexp.MustCompile(`msg="frontend listening" addr=(\S+)`)
+var (
+	listeningRE = regexp.MustCompile(`msg="frontend listening" addr=(\S+)`)
+	allRE       = regexp.MustCompile(`msg="engine running.*devices=(\S+) .*live_feed=(\S+) query_api=(\S+)`)
+)
 
 func spawnFrontend(ctx context.Context, bin string) (*engine, error) {
 	dir, err := os.MkdirTemp("", "ingest-bench-")
@@ -96,4 +101,61 @@ func (e *engine) stop() {
 		<-e.done
 	}
 	os.RemoveAll(e.dir)
+}
+
+// spawnAll starts the whole engine in one process (ingest all) on loopback
+// ports, without auth, on a temporary data directory.
+func spawnAll(ctx context.Context, bin string) (*engine, error) {
+	dir, err := os.MkdirTemp("", "ingest-bench-all-")
+	if err != nil {
+		return nil, err
+	}
+	p, err := ports(3)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, "all", "--insecure-no-auth", "--data.dir", dir,
+		"--listen", fmt.Sprintf("127.0.0.1:%d", p[0]), "--feed.listen", fmt.Sprintf("127.0.0.1:%d", p[1]),
+		"--query.listen", fmt.Sprintf("127.0.0.1:%d", p[2]))
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("start engine: %w", err)
+	}
+	e := &engine{cmd: cmd, dir: dir, done: make(chan struct{}), pid: cmd.Process.Pid}
+	found := make(chan []string, 1)
+	go func() {
+		defer close(e.done)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(nil, 1<<20)
+		for sc.Scan() {
+			if m := allRE.FindStringSubmatch(sc.Text()); m != nil {
+				select {
+				case found <- m:
+				default:
+				}
+			} else if strings.Contains(sc.Text(), "level=ERROR") {
+				fmt.Fprintln(os.Stderr, "engine:", sc.Text())
+			}
+		}
+		io.Copy(io.Discard, stderr)
+		cmd.Wait()
+	}()
+	select {
+	case m := <-found:
+		e.url, e.feed, e.query = m[1], m[2], strings.TrimSuffix(m[3], "/api/v1/")
+		return e, nil
+	case <-e.done:
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("engine exited at start")
+	case <-time.After(30 * time.Second):
+		e.stop()
+		return nil, fmt.Errorf("engine did not start")
+	case <-ctx.Done():
+		e.stop()
+		return nil, ctx.Err()
+	}
 }

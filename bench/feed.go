@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// feedWatch follows every device on the live feed and records, per message,
+// the time from the device's send to the dashboard's receipt.
+type feedWatch struct {
+	ws   *websocket.Conn
+	hist *stats
+	devs map[string]*device
+	done chan struct{}
+
+	mu      sync.Mutex
+	missed  int64
+	shownN  int64
+	unknown int64
+}
+
+func watchFeed(ctx context.Context, url string, devs []*device, hist *stats) (*feedWatch, error) {
+	ws, _, err := websocket.Dial(ctx, url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("dial live feed: %w", err)
+	}
+	ws.SetReadLimit(1 << 20)
+	if err := ws.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe"}`)); err != nil {
+		ws.CloseNow()
+		return nil, fmt.Errorf("subscribe to live feed: %w", err)
+	}
+	w := &feedWatch{ws: ws, hist: hist, devs: map[string]*device{}, done: make(chan struct{})}
+	for _, d := range devs {
+		if d != nil {
+			w.devs[d.id] = d
+		}
+	}
+	go w.read()
+	return w, nil
+}
+
+func (w *feedWatch) read() {
+	defer close(w.done)
+	for {
+		_, b, err := w.ws.Read(context.Background())
+		if err != nil {
+			return
+		}
+		now := time.Now()
+		var f struct {
+			Type    string `json:"type"`
+			Device  string `json:"device"`
+			Count   int64  `json:"count"`
+			Payload struct {
+				Seq int `json:"seq"`
+			} `json:"payload"`
+		}
+		if json.Unmarshal(b, &f) != nil {
+			continue
+		}
+		switch f.Type {
+		case "missed":
+			w.mu.Lock()
+			w.missed += f.Count
+			w.mu.Unlock()
+		case "message":
+			d := w.devs[f.Device]
+			if d == nil {
+				continue
+			}
+			d.mu.Lock()
+			at, ok := d.shownAt[f.Payload.Seq]
+			delete(d.shownAt, f.Payload.Seq)
+			d.mu.Unlock()
+			w.mu.Lock()
+			if ok {
+				w.shownN++
+			} else {
+				w.unknown++ // shown twice, or sent before the watch began
+			}
+			w.mu.Unlock()
+			if ok {
+				w.hist.record(d.idx, now.Sub(at))
+			}
+		}
+	}
+}
+
+func (w *feedWatch) close() {
+	w.ws.Close(websocket.StatusNormalClosure, "")
+	<-w.done
+}
