@@ -85,10 +85,37 @@ func (p *pending) reset() {
 	p.entries = p.entries[:0]
 }
 
-// bucket is a token bucket refilled at Options.Rate up to Options.Burst.
+// bucket is a token bucket refilled at Options.Rate up to Options.Burst. It
+// also carries the device's last receive stamp (see stamp), so that both
+// survive a reconnect to the same frontend.
 type bucket struct {
-	tokens float64
-	last   int64
+	tokens  float64
+	last    int64
+	stampMS int64 // the last receive stamp given, in unix ms
+}
+
+// maxStampLead bounds how far ahead of the clock stamp moves a receive
+// stamp: 1 s, which a device within the default rate (1,000/s, burst
+// 2,000) reaches only at the end of a full burst.
+const maxStampLead = 1000
+
+// stamp returns the receive time of a message without a device timestamp.
+// The stores keep one sample per series and millisecond, so a device's
+// messages must not share one: a message received in the millisecond of
+// the previous one takes the next free millisecond, up to maxStampLead
+// ahead of now (past that, a device sending faster than 1,000 messages a
+// second without ts, the stamp is the receive time and may repeat).
+func (b *bucket) stamp(now int64) int64 {
+	ms := now / 1e6
+	switch {
+	case ms > b.stampMS:
+		b.stampMS = ms
+		return now
+	case b.stampMS+1-ms <= maxStampLead:
+		b.stampMS++
+		return b.stampMS * 1e6
+	}
+	return now
 }
 
 // level returns the tokens the bucket holds at now.
@@ -302,6 +329,10 @@ func (c *conn) enqueue(seq uint64, now time.Time, msgs []message) {
 			continue
 		}
 		e.HasDeviceTime, e.DeviceTime = m.ts != nil, m.tsNS
+		e.Received = now.UnixNano()
+		if !e.HasDeviceTime {
+			e.Received = c.bucket.stamp(e.Received)
+		}
 		e.Payload = m.raw
 		p.buf = envelope.AppendEncode(p.buf, &e)
 		p.ends = append(p.ends, len(p.buf))

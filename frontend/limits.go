@@ -6,8 +6,9 @@ import "sync"
 // so that a device that reconnects carries on with the tokens it had rather
 // than a fresh burst.
 //
-// A bucket refilled to the burst is the same as a fresh one, so only
-// buckets still short of it are kept: for at most Burst/Rate after the
+// A bucket refilled to the burst (with its receive stamps behind the
+// clock) is the same as a fresh one, so only buckets still short of it are
+// kept: for at most Burst/Rate after the
 // device's last connection ended (2 s by default). At most max are kept;
 // past that, buckets already refilled are swept out, and if none are, an
 // arbitrary one is dropped, which gives that one device a fresh burst again
@@ -42,7 +43,7 @@ func (l *limits) take(device string, now int64) bucket {
 
 // put saves the bucket of a connection that ended.
 func (l *limits) put(device string, b bucket, now int64) {
-	if b.level(now, l.rate, l.burst) >= l.burst {
+	if b.spent(now, l.rate, l.burst) {
 		return
 	}
 	l.mu.Lock()
@@ -51,7 +52,7 @@ func (l *limits) put(device string, b bucket, now int64) {
 	if len(l.saved) >= l.max && l.sweeps >= l.max/4 {
 		l.sweeps = 0
 		for d, sb := range l.saved {
-			if sb.level(now, l.rate, l.burst) >= l.burst {
+			if sb.spent(now, l.rate, l.burst) {
 				delete(l.saved, d)
 			}
 		}
@@ -63,6 +64,12 @@ func (l *limits) put(device string, b bucket, now int64) {
 		}
 	}
 	l.saved[device] = b
+}
+
+// spent reports whether a saved bucket is the same as a fresh one: refilled
+// to the burst, its receive stamps behind the clock.
+func (b *bucket) spent(now int64, rate, burst float64) bool {
+	return b.level(now, rate, burst) >= burst && b.stampMS < now/1e6
 }
 
 func (l *limits) len() int {

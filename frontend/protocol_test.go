@@ -3,6 +3,7 @@ package frontend
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -289,5 +290,66 @@ func TestDrain(t *testing.T) {
 				t.Fatalf("closes{drain} = %v", got)
 			}
 		})
+	}
+}
+
+// TestReceiveStamps: messages without ts take the receive time as their
+// time, and the stores keep one sample per series and millisecond, so a
+// device's stamps are distinct milliseconds, in order, across frames and
+// across a reconnect; a message with ts keeps its ts and its true receive
+// time.
+func TestReceiveStamps(t *testing.T) {
+	ts := startServer(t, Options{}, wal.Options{})
+	tok := hsToken(t, "dev-1", nil)
+	before := time.Now().UnixNano()
+	var batch []string
+	for i := range 50 {
+		batch = append(batch, fmt.Sprintf(`{"id":%d}`, i))
+	}
+	batch[10] = `{"id":10,"ts":1700000000000}`
+	frames := []string{"[" + strings.Join(batch, ",") + "]", `{"id":50}`, `[{"id":51},{"id":52}]`}
+	for round := range 2 { // the second on a new connection
+		c := rawDial(t, ts, tok)
+		for i, f := range frames {
+			send(t, c, f)
+			for {
+				of, err := readFrame(t, c)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if of.Type == "ack" && of.Seq == uint64(i+1) {
+					break
+				}
+				if of.Type != "ack" {
+					t.Fatalf("round %d: %+v", round, of)
+				}
+			}
+		}
+		c.Close(websocket.StatusNormalClosure, "")
+	}
+	after := time.Now().UnixNano()
+	ts.stop(t)
+	envs := walEnvelopes(t, ts.dir)
+	if len(envs) != 106 {
+		t.Fatalf("%d envelopes, want 106", len(envs))
+	}
+	last := int64(0)
+	for i, e := range envs {
+		if e.HasDeviceTime {
+			if i%53 != 10 || e.DeviceTime != 1_700_000_000_000*1e6 || e.Received < before || e.Received > after {
+				t.Fatalf("envelope %d: device time %d, received %d", i, e.DeviceTime, e.Received)
+			}
+			continue
+		}
+		ms := e.Received / 1e6
+		if ms <= last {
+			t.Fatalf("envelope %d: stamp %d ms, not after %d ms", i, ms, last)
+		}
+		// Never behind the receive time, never further ahead than the
+		// messages before it in the same millisecond could push it.
+		if e.Received < before || ms > after/1e6+int64(i) {
+			t.Fatalf("envelope %d: stamp %d outside [%d, %d ms + %d]", i, e.Received, before, after/1e6, i)
+		}
+		last = ms
 	}
 }
