@@ -44,6 +44,7 @@ func (t *tier) start() (time.Duration, error) {
 		return 0, fmt.Errorf("start %s: %w", t.name, err)
 	}
 	up, done := make(chan struct{}), make(chan struct{})
+	var startLog []string // this process's lines until it is up
 	go func() {
 		defer close(done)
 		sc := bufio.NewScanner(stderr)
@@ -52,6 +53,9 @@ func (t *tier) start() (time.Duration, error) {
 		for sc.Scan() {
 			line := sc.Text()
 			t.mu.Lock()
+			if !signalled {
+				startLog = append(startLog, line)
+			}
 			if t.logs = append(t.logs, line); len(t.logs) > 200 {
 				t.logs = t.logs[100:]
 			}
@@ -69,9 +73,23 @@ func (t *tier) start() (time.Duration, error) {
 	case <-done:
 		return 0, fmt.Errorf("%s exited at start:\n%s", t.name, t.tail())
 	case <-time.After(60 * time.Second):
-		cmd.Process.Kill()
-		<-done
-		return 0, fmt.Errorf("%s did not start:\n%s", t.name, t.tail())
+		// A Go process prints every goroutine's stack on SIGQUIT: keep it,
+		// it says where the start is stuck.
+		cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+		}
+		t.mu.Lock()
+		dump := strings.Join(startLog, "\n")
+		t.mu.Unlock()
+		f := filepath.Join(os.TempDir(), fmt.Sprintf("ingest-chaos-%s-stuck-%d.txt", t.name, cmd.Process.Pid))
+		if err := os.WriteFile(f, []byte(dump), 0o644); err != nil {
+			f = err.Error()
+		}
+		return 0, fmt.Errorf("%s did not start in 60 s (its stacks: %s):\n%s", t.name, f, t.tail())
 	}
 	t.mu.Lock()
 	t.cmd, t.done = cmd, done
