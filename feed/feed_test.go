@@ -1,7 +1,10 @@
 package feed_test
 
 import (
+	"io"
+	"net/http"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,4 +123,37 @@ func TestFilters(t *testing.T) {
 	if n := metric(t, fs, "ingest_feed_delivered_messages_total"); n < 6+2+2+1+2 {
 		t.Errorf("ingest_feed_delivered_messages_total %v", n)
 	}
+	// Every record taken from the stream is timed once, however many
+	// readers it went to: the warm-up messages and the six sent.
+	if n := metric(t, fs, "ingest_feed_dispatch_latency_seconds"); n < 6 || n > metric(t, fs, "ingest_feed_received_records_total") {
+		t.Errorf("ingest_feed_dispatch_latency_seconds counts %v records, want 6 to %v", n, metric(t, fs, "ingest_feed_received_records_total"))
+	}
+}
+
+// Options.Handlers share the feed's listener (the status page's origin is
+// then the feed's own) and leave the feed's paths alone.
+func TestHandlers(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	fs := startFeed(t, feed.Options{
+		Sources:        []feed.Source{{Feed: tr.addrs.Feed}},
+		InsecureNoAuth: true,
+		Handlers: map[string]http.Handler{"/page/": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.WriteString(w, "page at "+r.URL.Path)
+		})},
+	})
+	base := "http://" + strings.TrimSuffix(strings.TrimPrefix(fs.url, "ws://"), "/v1/feed")
+	for path, want := range map[string]string{"/page/x": "page at /page/x", "/readyz": "ready\n"} {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(b) != want {
+			t.Errorf("GET %s: %s %q, want %q", path, resp.Status, b, want)
+		}
+	}
+	r := dialReader(t, fs.url, "", nil)
+	r.run(t)
+	r.subscribe(t, `{"type":"subscribe"}`)
 }

@@ -468,7 +468,8 @@ func closeStatus(err error) websocket.StatusCode {
 	return -1
 }
 
-// metric sums every series of a metric family.
+// metric sums every series of a metric family; a histogram counts its
+// observations.
 func metric(t testing.TB, fs *feedServer, name string) float64 {
 	t.Helper()
 	mfs, err := fs.reg.Gather()
@@ -486,6 +487,8 @@ func metric(t testing.TB, fs *feedServer, name string) float64 {
 				sum += m.Counter.GetValue()
 			case m.Gauge != nil:
 				sum += m.Gauge.GetValue()
+			case m.Histogram != nil:
+				sum += float64(m.Histogram.GetSampleCount())
 			}
 		}
 	}

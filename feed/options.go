@@ -3,6 +3,7 @@ package feed
 import (
 	"errors"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -99,6 +100,11 @@ type Options struct {
 
 	// Gatherer, when set, is served at /metrics.
 	Gatherer prometheus.Gatherer
+	// Handlers are more handlers served on the feed's listener, by
+	// http.ServeMux pattern (e.g. "/status/" for the status page, which is
+	// then same-origin with /v1/feed). They must not claim the feed's own
+	// paths.
+	Handlers map[string]http.Handler
 }
 
 // DefaultOptions returns the defaults that zero fields stand for.

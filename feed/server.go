@@ -70,8 +70,8 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Server, err
 	return s, nil
 }
 
-// Handler returns the HTTP handler: /v1/feed, /healthz, /readyz and, when
-// Options.Gatherer is set, /metrics.
+// Handler returns the HTTP handler: /v1/feed, /healthz, /readyz, /metrics
+// when Options.Gatherer is set, and Options.Handlers.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/feed", s.handleFeed)
@@ -85,6 +85,9 @@ func (s *Server) Handler() http.Handler {
 	})
 	if s.opts.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
+	}
+	for pattern, h := range s.opts.Handlers {
+		mux.Handle(pattern, h)
 	}
 	return mux
 }

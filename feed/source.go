@@ -197,7 +197,8 @@ func (src *source) lost(mt string, from, to uint64) {
 
 // dispatcher holds a dispatch goroutine's reusable buffers.
 type dispatcher struct {
-	evs []event
+	evs      []event
+	received []int64 // the envelopes' receive times (Unix ns), for the latency histogram
 }
 
 // event is one device message ready for fan-out: the frame is shared by
@@ -211,6 +212,7 @@ type event struct {
 // publish decodes records from sequence first on and hands them to the hub.
 func (src *source) publish(d *dispatcher, mt string, first uint64, records [][]byte) {
 	d.evs = d.evs[:0]
+	d.received = d.received[:0]
 	var received int64
 	for i, rb := range records {
 		ev, env, ok := src.s.decode(mt, first+uint64(i), rb, true)
@@ -219,11 +221,19 @@ func (src *source) publish(d *dispatcher, mt string, first uint64, records [][]b
 		}
 		received = env.Received
 		d.evs = append(d.evs, ev)
+		d.received = append(d.received, received)
 	}
 	last := first + uint64(len(records)) - 1
 	src.s.hub.dispatch(d.evs, func() { src.next.Store(last + 1) })
 	clear(d.evs)
 	m := src.s.m
+	// Measured after the hand-over to every reader's queue: the frontend's
+	// wall clock against this process's, so across hosts it includes their
+	// clock skew (a negative difference counts as 0).
+	now := time.Now().UnixNano()
+	for _, r := range d.received {
+		m.latency.Observe(max(float64(now-r), 0) / 1e9)
+	}
 	if h := src.head.Load(); h > last {
 		m.lagRecords.WithLabelValues(mt).Set(float64(h - last))
 	} else {
