@@ -1,0 +1,332 @@
+package k8s_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/promql/parser"
+	"go.uber.org/goleak"
+
+	"github.com/ingest-io/ingest/client"
+)
+
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "ingest-k8s-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "ingest")
+	if out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/ingest").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build ingest: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// targetLabels are added by Prometheus and the Prometheus Operator when
+// they scrape, so a binary's /metrics does not carry them.
+var targetLabels = map[string]bool{"job": true, "namespace": true, "pod": true, "instance": true, "container": true, "endpoint": true, "tier": true}
+
+// synthetic are series Prometheus makes for every target.
+var synthetic = map[string]bool{"up": true}
+
+// TestMetricsExist starts every tier's binary on loopback, sends device
+// messages through them and follows them on the live feed, scrapes each
+// /metrics, and checks that every metric the alerts and the dashboard
+// select exists there with the label values they select.
+func TestMetricsExist(t *testing.T) {
+	var exprs []rule
+	for _, dir := range overlays(t) {
+		o := render(t, dir)
+		exprs = append(exprs, ruleExprs(t, o)...)
+		exprs = append(exprs, dashboardExprs(t, o)...)
+	}
+	if len(exprs) == 0 {
+		t.Fatal("no overlay has alerts or a dashboard")
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
+	defer cancel()
+	dir := t.TempDir()
+	mt := start(t, "middletier listening", "middletier", "--id", "mt-0", "--data.dir", filepath.Join(dir, "mt"),
+		"--consumers", "storage", "--ingest.addr", "tcp://127.0.0.1:0", "--consumer.addr", "tcp://127.0.0.1:0",
+		"--stream.addr", "tcp://127.0.0.1:0", "--feed.addr", "tcp://127.0.0.1:0", "--http.listen", "127.0.0.1:0")
+	fe := start(t, "frontend listening", "frontend", "--id", "fe-0", "--wal.dir", filepath.Join(dir, "fe"), "--insecure-no-auth",
+		"--listen", "127.0.0.1:0", "--uplink.middletiers", mt.attr("ingest"), "--drain-window", "100ms")
+	st := start(t, "storage listening", "storage", "--consumer", "storage", "--data.dir", filepath.Join(dir, "tsdb"),
+		"--middletiers.stream", mt.attr("stream"), "--middletiers.consumer", mt.attr("consumer"), "--http.listen", "127.0.0.1:0")
+	fd := start(t, "feed listening", "feed", "--id", "feed-0", "--insecure-no-auth", "--listen", "127.0.0.1:0",
+		"--middletiers", mt.attr("feed"), "--middletiers.consumer", mt.attr("consumer"))
+
+	// A dashboard follows the devices.
+	reader, _, err := websocket.Dial(ctx, "ws://"+fd.attr("addr")+"/v1/feed", nil)
+	if err != nil {
+		t.Fatalf("dial feed: %v", err)
+	}
+	defer reader.CloseNow()
+	if err := reader.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe","prefixes":["k8s-"]}`)); err != nil {
+		t.Fatal(err)
+	}
+
+	// A device sends, and closes.
+	const n = 20
+	dev, err := client.Dial(ctx, client.Options{URL: "ws://" + fe.attr("addr") + "/v1/ingest?device=k8s-1"})
+	if err != nil {
+		t.Fatalf("dial frontend: %v", err)
+	}
+	for i := range n {
+		if err := dev.SendWait(ctx, fmt.Appendf(nil, `{"id":%d,"temp":21.5}`, i)); err != nil {
+			t.Fatalf("send: %v", err)
+		}
+	}
+	dev.Close()
+
+	// The feed delivers them.
+	for got := 0; got < n; {
+		_, msg, err := reader.Read(ctx)
+		if err != nil {
+			t.Fatalf("read feed after %d messages: %v", got, err)
+		}
+		if strings.Contains(string(msg), `"type":"message"`) {
+			got++
+		}
+	}
+	reader.Close(websocket.StatusNormalClosure, "")
+
+	// Scrape every tier until each selector finds its series (some are
+	// set by periodic work, such as the consumer lag), or the deadline.
+	var missing []string
+	var families map[string]*dto.MetricFamily
+	checked := map[string]bool{}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		families = map[string]*dto.MetricFamily{}
+		for _, addr := range []string{fe.attr("addr"), mt.attr("http"), st.attr("http"), fd.attr("addr")} {
+			for name, f := range scrape(t, ctx, addr) {
+				if g, ok := families[name]; ok {
+					g.Metric = append(g.Metric, f.Metric...)
+				} else {
+					families[name] = f
+				}
+			}
+		}
+		missing = missing[:0]
+		for _, r := range exprs {
+			for _, sel := range vectorSelectors(r.expr) {
+				checked[sel.String()] = true
+				if !synthetic[sel.Name] && !seriesExist(families, sel) {
+					missing = append(missing, fmt.Sprintf("%s: %q selects %s, which no tier's /metrics has", r.alert, r.text, sel))
+				}
+			}
+		}
+		if len(missing) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, m := range missing {
+		t.Error(m)
+	}
+	t.Logf("%d selectors checked against %d metric families", len(checked), len(families))
+
+	for _, p := range []*proc{fd, fe, st, mt} {
+		p.stop(t)
+	}
+}
+
+func vectorSelectors(e parser.Expr) []*parser.VectorSelector {
+	var vs []*parser.VectorSelector
+	parser.Inspect(e, func(n parser.Node, _ []parser.Node) error {
+		if v, ok := n.(*parser.VectorSelector); ok {
+			vs = append(vs, v)
+		}
+		return nil
+	})
+	return vs
+}
+
+// seriesExist reports whether some scraped series has sel's name and
+// matches its matchers on every label a binary exports.
+func seriesExist(families map[string]*dto.MetricFamily, sel *parser.VectorSelector) bool {
+	for _, s := range series(families, sel.Name) {
+		ok := true
+		for _, m := range sel.LabelMatchers {
+			if m.Name == model.MetricNameLabel || targetLabels[m.Name] {
+				continue
+			}
+			if !m.Matches(s[m.Name]) {
+				ok = false
+			}
+		}
+		if ok {
+			return true
+		}
+	}
+	return false
+}
+
+// series lists the label sets of the samples named name, with histograms
+// and summaries expanded into _bucket, _sum and _count as Prometheus
+// stores them.
+func series(families map[string]*dto.MetricFamily, name string) []map[string]string {
+	base, suffix := name, ""
+	for _, s := range []string{"_bucket", "_sum", "_count"} {
+		if f, ok := families[strings.TrimSuffix(name, s)]; ok && strings.HasSuffix(name, s) &&
+			(f.GetType() == dto.MetricType_HISTOGRAM || f.GetType() == dto.MetricType_SUMMARY) {
+			base, suffix = strings.TrimSuffix(name, s), s
+		}
+	}
+	f, ok := families[base]
+	if !ok {
+		return nil
+	}
+	isHist := f.GetType() == dto.MetricType_HISTOGRAM || f.GetType() == dto.MetricType_SUMMARY
+	if isHist != (suffix != "") {
+		return nil
+	}
+	var out []map[string]string
+	for _, m := range f.GetMetric() {
+		l := map[string]string{}
+		for _, p := range m.GetLabel() {
+			l[p.GetName()] = p.GetValue()
+		}
+		if suffix != "_bucket" {
+			out = append(out, l)
+			continue
+		}
+		for _, b := range m.GetHistogram().GetBucket() {
+			lb := map[string]string{"le": fmt.Sprint(b.GetUpperBound())}
+			for k, v := range l {
+				lb[k] = v
+			}
+			out = append(out, lb)
+		}
+	}
+	return out
+}
+
+func scrape(t *testing.T, ctx context.Context, addr string) map[string]*dto.MetricFamily {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+"/metrics", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("scrape %s: %v", addr, err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse %s/metrics: %v", addr, err)
+	}
+	return fams
+}
+
+// proc is one tier's binary, started with JSON logs; attrs are the
+// attributes of the log line that says it is listening.
+type proc struct {
+	cmd   *exec.Cmd
+	attrs map[string]any
+	done  chan error
+	out   *strings.Builder
+}
+
+func (p *proc) attr(k string) string {
+	v, _ := p.attrs[k].(string)
+	return v
+}
+
+// start runs the binary and waits for the log line whose msg is ready.
+func start(t *testing.T, ready string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(binPath, append(args, "--log.format", "json")...)
+	cmd.Env = cleanEnv()
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %v: %v", args, err)
+	}
+	p := &proc{cmd: cmd, done: make(chan error, 1), out: &strings.Builder{}}
+	t.Cleanup(func() {
+		if p.cmd.ProcessState == nil {
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	found := make(chan map[string]any, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			p.out.WriteString(line + "\n")
+			var m map[string]any
+			if json.Unmarshal([]byte(line), &m) == nil && m["msg"] == ready {
+				found <- m
+			}
+		}
+		io.Copy(io.Discard, stderr)
+		p.done <- cmd.Wait()
+	}()
+	select {
+	case p.attrs = <-found:
+	case err := <-p.done:
+		p.done <- err
+		t.Fatalf("%v exited before %q: %v\n%s", args, ready, err, p.out)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("%v: no %q in 20s\n%s", args, ready, p.out)
+	}
+	return p
+}
+
+func (p *proc) stop(t *testing.T) {
+	t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		if err != nil {
+			t.Errorf("%v: %v\n%s", p.cmd.Args, err, p.out)
+		}
+	case <-time.After(20 * time.Second):
+		t.Errorf("%v did not stop in 20s", p.cmd.Args)
+	}
+}
+
+// cleanEnv is the test's environment without INGEST_ variables, which
+// would set the binaries' flags.
+func cleanEnv() []string {
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "INGEST_") {
+			env = append(env, e)
+		}
+	}
+	return env
+}
