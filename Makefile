@@ -30,19 +30,21 @@ image:
 
 # run starts the whole engine in one process on its embedded defaults: data
 # in ./data, devices on ws://127.0.0.1:8080/v1/ingest without auth (loopback
-# only). Its log lists every URL.
+# only), the status page on http://127.0.0.1:8081/status/. Its log lists
+# every URL.
 run: build
 	./bin/ingest all --insecure-no-auth --data.dir data
 
 # deps installs what the test suite needs: Go modules, and from Debian's
 # packages strace (the WAL's fsync-ordering test watches system calls) and
 # the external stores the storage sinks are tested against: prometheus,
-# influxdb (its binary is influxd) and victoria-metrics. The tests run their
+# influxdb (its binary is influxd) and victoria-metrics; and chromium, in
+# which the status page's test opens the page headless. The tests run their
 # own instances on free loopback ports with their own data directories, so
 # the services these packages may start on their default ports are no
 # obstacle. A package is looked up with dpkg, not by a command name, which
 # can differ from the package's.
-APT_PACKAGES := strace prometheus influxdb victoria-metrics
+APT_PACKAGES := strace prometheus influxdb victoria-metrics chromium
 
 deps:
 	$(GO) mod download

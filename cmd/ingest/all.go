@@ -21,6 +21,7 @@ import (
 	"github.com/ingest-io/ingest/frontend"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/registry"
+	"github.com/ingest-io/ingest/status"
 	"github.com/ingest-io/ingest/storage"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
@@ -34,7 +35,7 @@ func runAll(ctx context.Context, args []string) error {
 	var (
 		dataDir    = fs.String("data.dir", "data", "data directory; every tier keeps its state below it")
 		listen     = fs.String("listen", "127.0.0.1:8080", "address for devices, /metrics, /healthz and /readyz")
-		feedListen = fs.String("feed.listen", "127.0.0.1:8081", "address of the live feed for dashboards (/v1/feed)")
+		feedListen = fs.String("feed.listen", "127.0.0.1:8081", "address of the live feed for dashboards (/v1/feed) and of the status page (/status/)")
 		queryAddr  = fs.String("query.listen", "127.0.0.1:9090", "address of the Prometheus query API of the embedded store, for Grafana (/api/v1/...)")
 		regFile    = fs.String("registry.file", "", "device registry (YAML or CSV): labels on every series of a device, groups for feed filters")
 		noAuth     = fs.Bool("insecure-no-auth", false, "accept devices without tokens (device id from ?device=); loopback only")
@@ -138,8 +139,16 @@ func runAll(ctx context.Context, args []string) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 
-	// The live feed, following the middletier's feed socket.
-	fdopts := feed.Options{Sources: []feed.Source{{Feed: addrs.Feed, Consumer: addrs.Consumer}}, Registry: devices, InsecureNoAuth: *noAuth}
+	// The live feed, following the middletier's feed socket. The status
+	// page is served on the feed's listener: the page then follows /v1/feed
+	// from its own origin, with no Origin to allow.
+	page, err := status.New(status.Options{Gatherer: reg, FeedURL: "/v1/feed"}, lg)
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	fdopts := feed.Options{Sources: []feed.Source{{Feed: addrs.Feed, Consumer: addrs.Consumer}}, Registry: devices, InsecureNoAuth: *noAuth,
+		Handlers: map[string]http.Handler{"/status/": http.StripPrefix("/status", page)}}
 	if !*noAuth {
 		fdopts.Auth = auth.Options(fopts.Auth)
 	}
@@ -159,6 +168,7 @@ func runAll(ctx context.Context, args []string) error {
 		"metrics", "http://"+ln.Addr().String()+"/metrics",
 		"live_feed", "ws://"+fln.Addr().String()+"/v1/feed",
 		"query_api", "http://"+qln.Addr().String()+"/api/v1/",
+		"status", "http://"+fln.Addr().String()+"/status/",
 		"middletier_stream", addrs.Stream, "middletier_feed", addrs.Feed,
 		"data", *dataDir)
 

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/ingest-io/ingest/feed"
 	"github.com/ingest-io/ingest/registry"
+	"github.com/ingest-io/ingest/status"
 )
 
 // runFeed serves the live feed to dashboards until SIGTERM, then closes
@@ -26,7 +28,7 @@ func runFeed(ctx context.Context, args []string) error {
 	d := feed.DefaultOptions()
 	host, _ := os.Hostname()
 	var (
-		listen     = fs.String("listen", ":8081", "address for /v1/feed, /metrics, /healthz and /readyz")
+		listen     = fs.String("listen", ":8081", "address for /v1/feed, the status page (/status/), /metrics, /healthz and /readyz")
 		id         = fs.String("id", "feed-"+host, "name of this feed in its fetch requests to the middletiers")
 		mts        = fs.String("middletiers", "", "comma-separated ZeroMQ endpoints of the middletiers' feed sockets (middletier --feed.addr) (required)")
 		consumers  = fs.String("middletiers.consumer", "", "comma-separated endpoints of the same middletiers' consumer sockets (--consumer.addr), in the same order, to fill gaps and serve resume; empty: gaps are reported, not filled")
@@ -121,6 +123,14 @@ func runFeed(ctx context.Context, args []string) error {
 			return err
 		}
 	}
+	// The status page beside the feed: same origin as /v1/feed. This
+	// process registers only the feed's metrics, so the page shows the feed's
+	// figures and table, and dashes for the other tiers'.
+	page, err := status.New(status.Options{Gatherer: reg, FeedURL: "/v1/feed"}, lg)
+	if err != nil {
+		return err
+	}
+	opts.Handlers = map[string]http.Handler{"/status/": http.StripPrefix("/status", page)}
 	srv, err := feed.New(opts, reg, lg)
 	if err != nil {
 		return err
@@ -134,7 +144,7 @@ func runFeed(ctx context.Context, args []string) error {
 	if opts.Registry != nil {
 		wg.Go(func() { opts.Registry.Run(regCtx) })
 	}
-	lg.Info("feed listening", "addr", ln.Addr().String(), "path", "/v1/feed", "id", opts.ID, "middletiers", *mts)
+	lg.Info("feed listening", "addr", ln.Addr().String(), "path", "/v1/feed", "status", "/status/", "id", opts.ID, "middletiers", *mts)
 	start := time.Now()
 	err = srv.Serve(ctx, ln)
 	stopReg()
