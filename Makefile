@@ -80,6 +80,10 @@ bench: build
 		-json bench/out/closed-100x16.json -plot bench/out/closed-100x16.svg
 	$(GO) run ./bench -spawn bin/ingest -devices 10000 -rate 1 -ramp 20s -duration 30s \
 		-json bench/out/paced-10k.json -plot bench/out/paced-10k.svg
+	$(GO) run ./bench -spawn-all bin/ingest -devices 100 -window 16 -duration 20s \
+		-json bench/out/pipeline-100x16.json -plot bench/out/pipeline-100x16.svg
+	$(GO) run ./bench -spawn-all bin/ingest -devices 100 -rate 100 -duration 30s \
+		-json bench/out/pipeline-10k-per-s.json -plot bench/out/pipeline-10k-per-s.svg
 
 # chaos runs the tiers as separate processes for 10 minutes, killing one at
 # random every 5 s, and checks every acknowledged message is stored once.
