@@ -14,19 +14,27 @@ all: build
 build:
 	$(GO) build -o bin/ingest ./cmd/ingest
 
-# image builds the container image without a container engine: a static
+# image builds the container images without a container engine: a static
 # binary (CGO_ENABLED=0) as the only layer, user 65532, entrypoint /ingest
-# (deploy/image). bin/image/ingest.tar is for docker load, kind load
-# image-archive and crane push; bin/image/oci is an OCI image layout.
-# deploy/Dockerfile builds the same image with Docker.
-IMAGE   ?= ingest:dev
-VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+# (deploy/image). IMAGE has every subcommand; SLIM_IMAGE is built with
+# -tags nostorage, without the embedded TSDB and its query engine, for the
+# frontend, middletier and feed tiers (deploy/k8s runs them on it). Each
+# bin/image/*.tar is for docker load, kind load image-archive and crane
+# push; bin/image/oci and bin/image/oci-slim are OCI image layouts.
+# deploy/Dockerfile builds the same images with Docker (--build-arg
+# TAGS=nostorage for the slim one). docs/kubernetes.md records the sizes.
+IMAGE      ?= ingest:dev
+SLIM_IMAGE ?= ingest:dev-slim
+VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 image:
 	mkdir -p bin/image
 	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/image/ingest ./cmd/ingest
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -tags nostorage -ldflags "-s -w -X main.version=$(VERSION)" -o bin/image/ingest-slim ./cmd/ingest
 	$(GO) run ./deploy/image -binary bin/image/ingest -tag $(IMAGE) -version $(VERSION) \
 		-tar bin/image/ingest.tar -oci bin/image/oci
+	$(GO) run ./deploy/image -binary bin/image/ingest-slim -tag $(SLIM_IMAGE) -version $(VERSION) \
+		-tar bin/image/ingest-slim.tar -oci bin/image/oci-slim
 
 # run starts the whole engine in one process on its embedded defaults: data
 # in ./data, devices on ws://127.0.0.1:8080/v1/ingest without auth (loopback

@@ -14,6 +14,9 @@ import (
 // printed.
 var version = ""
 
+// variant names a build that leaves subcommands out (" nostorage").
+var variant = ""
+
 // runVersion prints the binary's version: `ingest version` or `ingest --version`.
 func runVersion(_ context.Context, args []string) error {
 	fs := flag.NewFlagSet("version", flag.ContinueOnError)
@@ -48,5 +51,5 @@ func versionString() string {
 	if rev != "" {
 		s += " " + rev + dirty
 	}
-	return s + " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
+	return s + variant + " " + runtime.Version() + " " + runtime.GOOS + "/" + runtime.GOARCH
 }

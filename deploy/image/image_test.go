@@ -96,6 +96,62 @@ func TestImageRuns(t *testing.T) {
 	t.Logf("compressed image %.1f MB", float64(size)/1e6)
 }
 
+// slimTarget bounds the slim image's size: its one file, the binary, as
+// it is unpacked on a node.
+const slimTarget = 20 << 20
+
+// TestSlimImage builds the slim image as make image does (-tags nostorage,
+// stripped), runs /ingest from its unpacked file system, and checks that
+// it is under slimTarget and serves every tier but storage.
+func TestSlimImage(t *testing.T) {
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "ingest-slim")
+	build := exec.Command("go", "build", "-trimpath", "-tags", "nostorage", "-ldflags", "-s -w -X main.version=v0.0.0-slimtest", "-o", bin, "../../cmd/ingest")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build ingest: %v\n%s", err, out)
+	}
+	tarPath := filepath.Join(dir, "ingest-slim.tar")
+	if err := run(bin, "ingest:test-slim", tarPath, "", "v0.0.0-slimtest"); err != nil {
+		t.Fatal(err)
+	}
+	img, err := tarball.ImageFromPath(tarPath, nil)
+	if err != nil {
+		t.Fatalf("read tarball: %v", err)
+	}
+	root := filepath.Join(dir, "rootfs")
+	unpack(t, mutate.Extract(img), root)
+	ingest := filepath.Join(root, "ingest")
+	fi, err := os.Stat(ingest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Size() >= slimTarget {
+		t.Errorf("slim image holds %.1f MB, want under %d MB", float64(fi.Size())/(1<<20), slimTarget>>20)
+	}
+
+	out, err := exec.Command(ingest, "--version").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(out), "ingest v0.0.0-slimtest nostorage ") {
+		t.Errorf("ingest --version: %v, printed %q", err, out)
+	}
+	for _, sub := range []string{"frontend", "middletier", "feed"} {
+		if out, err := exec.Command(ingest, sub, "--help").CombinedOutput(); err != nil {
+			t.Errorf("ingest %s --help: %v\n%s", sub, err, out)
+		}
+	}
+	for _, sub := range []string{"storage", "all"} {
+		out, err := exec.Command(ingest, sub).CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "not in this build") {
+			t.Errorf("ingest %s on the slim image: %v, printed %q; want a refusal", sub, err, out)
+		}
+	}
+	size, err := CompressedSize(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("slim image: %.1f MB unpacked, %.1f MB compressed", float64(fi.Size())/1e6, float64(size)/1e6)
+}
+
 func TestBuildRefusesDynamicBinary(t *testing.T) {
 	// /bin/sh on a Linux host is dynamically linked; an empty image could
 	// not run it.
