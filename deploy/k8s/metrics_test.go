@@ -25,7 +25,10 @@ import (
 	"github.com/ingest-io/ingest/client"
 )
 
-var binPath string
+// binPath is the full binary (the image "ingest", which storage runs);
+// slimPath is built with -tags nostorage (the image "ingest-slim", which
+// the other tiers run).
+var binPath, slimPath string
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "ingest-k8s-test")
@@ -33,11 +36,13 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binPath = filepath.Join(dir, "ingest")
-	if out, err := exec.Command("go", "build", "-o", binPath, "../../cmd/ingest").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build ingest: %v\n%s", err, out)
-		os.RemoveAll(dir)
-		os.Exit(1)
+	binPath, slimPath = filepath.Join(dir, "ingest"), filepath.Join(dir, "ingest-slim")
+	for _, b := range [][]string{{"-o", binPath}, {"-tags", "nostorage", "-o", slimPath}} {
+		if out, err := exec.Command("go", append(append([]string{"build"}, b...), "../../cmd/ingest")...).CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "build ingest %v: %v\n%s", b, err, out)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	if code == 0 {
@@ -57,10 +62,11 @@ var targetLabels = map[string]bool{"job": true, "namespace": true, "pod": true, 
 // synthetic are series Prometheus makes for every target.
 var synthetic = map[string]bool{"up": true}
 
-// TestMetricsExist starts every tier's binary on loopback, sends device
-// messages through them and follows them on the live feed, scrapes each
-// /metrics, and checks that every metric the alerts and the dashboard
-// select exists there with the label values they select.
+// TestMetricsExist starts every tier's binary (the one its image holds) on
+// loopback, sends device messages through them and follows them on the
+// live feed, scrapes each /metrics, and checks that every metric the
+// alerts and the dashboard select exists there with the label values they
+// select.
 func TestMetricsExist(t *testing.T) {
 	var exprs []rule
 	for _, dir := range overlays(t) {
@@ -262,10 +268,15 @@ func (p *proc) attr(k string) string {
 	return v
 }
 
-// start runs the binary and waits for the log line whose msg is ready.
+// start runs the binary the tier's image holds and waits for the log line
+// whose msg is ready.
 func start(t *testing.T, ready string, args ...string) *proc {
 	t.Helper()
-	cmd := exec.Command(binPath, append(args, "--log.format", "json")...)
+	bin := slimPath
+	if args[0] == "storage" {
+		bin = binPath
+	}
+	cmd := exec.Command(bin, append(args, "--log.format", "json")...)
 	cmd.Env = cleanEnv()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {

@@ -253,6 +253,14 @@ func checkWorkloads(t *testing.T, o *objects) {
 			}
 		}
 
+		// A pinned image; storage's with the embedded TSDB (the slim
+		// image, -tags nostorage, refuses the storage subcommand).
+		if ref := c.Image; ref == "" || strings.HasSuffix(ref, ":latest") || !strings.ContainsAny(ref[strings.LastIndex(ref, "/")+1:], ":@") {
+			t.Errorf("%s: image %q has no tag or digest", where, ref)
+		} else if sub == "storage" && strings.Contains(ref[strings.LastIndex(ref, "/")+1:], "slim") {
+			t.Errorf("%s: image %q is the slim one, without the storage subcommand", where, ref)
+		}
+
 		// A restrictive securityContext.
 		psc := spec.SecurityContext
 		if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot || psc.RunAsUser == nil || *psc.RunAsUser == 0 ||

@@ -590,7 +590,7 @@ var dashboardShows = []struct {
 	{"acknowledged rates", "ingest_frontend_messages_acked_total", "rate", ""},
 	{"queue depth per hop", "ingest_queue_depth_entries", "", "hop"},
 	{"ack latency", "ingest_frontend_ack_latency_seconds_bucket", "histogram_quantile", ""},
-	{"end-to-end latency", "ingest_feed_lag_seconds", "", ""},
+	{"end-to-end latency", "ingest_feed_dispatch_latency_seconds_bucket", "histogram_quantile", ""},
 	{"rejected messages", "ingest_frontend_messages_rejected_total", "rate", "code"},
 	{"WAL failures", "ingest_wal_failed", "", "hop"},
 	{"consumer lag", "ingest_middletier_consumer_lag_entries", "", "consumer"},
