@@ -115,7 +115,10 @@ func (o Options) withDefaults() (Options, error) {
 //
 // Goroutines, all started and awaited by Run: per middletier, one follower,
 // and per connection one that drains the SUB socket and one that reads the
-// DEALER socket. Followers take turns at the sink (sinkMu, a leaf lock).
+// DEALER socket. Followers take turns at the sink (sinkMu, a leaf lock),
+// unless it is a concurrentSink (the embedded TSDB), whose Writes may
+// overlap: one follower's appends then run during another's fsync, and
+// writes committed together share one fsync.
 type Subscriber struct {
 	opts Options
 	sink Sink
@@ -124,6 +127,13 @@ type Subscriber struct {
 
 	sinkMu sync.Mutex
 	caught atomic.Int32 // followers that have caught up with their middletier once
+}
+
+// concurrentSink is a Sink whose Write may be called from several
+// goroutines at once.
+type concurrentSink interface {
+	Sink
+	concurrentWrites()
 }
 
 // New returns a Subscriber that writes to sink. It starts nothing; the
@@ -397,16 +407,28 @@ func (f *follower) add(ctx context.Context, seq uint64, b []byte) error {
 
 // flush writes the batch, retrying with backoff until the sink takes it,
 // then commits the checkpoint.
+//
+// The commit may let the middletier release the records for good, so it
+// is sent only once Write has returned nil, which a sink returns only when
+// the store holds the points durably: the embedded TSDB after an fsync of
+// its write logs (TSDB.Write); an external store when it has answered 2xx,
+// and what it does with a power loss after that is its own guarantee
+// (docs/storage.md, Crash safety).
 func (f *follower) flush(ctx context.Context) error {
 	if f.upTo <= f.committed {
 		return nil
 	}
+	_, concurrent := f.s.sink.(concurrentSink)
 	backoff := f.s.opts.MinBackoff
 	for len(f.points) > 0 {
-		f.s.sinkMu.Lock()
+		if !concurrent {
+			f.s.sinkMu.Lock()
+		}
 		start := time.Now()
 		err := f.s.sink.Write(ctx, f.points)
-		f.s.sinkMu.Unlock()
+		if !concurrent {
+			f.s.sinkMu.Unlock()
+		}
 		f.s.m.writeDuration.Observe(time.Since(start).Seconds())
 		if err == nil {
 			n := 0

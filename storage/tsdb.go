@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"maps"
+	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -15,6 +18,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	promstorage "github.com/prometheus/prometheus/storage"
 	"github.com/prometheus/prometheus/tsdb"
+	"github.com/prometheus/prometheus/tsdb/wlog"
 )
 
 // TSDBOptions configure the embedded TSDB. Zero fields mean their defaults.
@@ -73,23 +77,29 @@ func (o TSDBOptions) withDefaults() (TSDBOptions, error) {
 // out-of-order repeat is dropped by the out-of-order head, and queries and
 // compaction merge a repeat of a sample already in a block into one.
 //
-// The TSDB survives SIGKILL by replaying its own WAL: Write returns after
-// the appender's commit has written the samples to that WAL (not fsynced;
-// a power loss can lose the last moments, a process crash cannot).
+// Write is durable: it returns nil only after the appender's commit has
+// written the samples to the TSDB's write logs (its WAL, and the
+// write-behind log of out-of-order samples), which it replays at start,
+// and after an fsync of those logs has returned (logSync). A power loss
+// after Write returns loses nothing. Concurrent Writes share their fsyncs.
+//
+// Write may be called from several goroutines at once.
 type TSDB struct {
 	db   *tsdb.DB
 	opts TSDBOptions
 	lg   *slog.Logger
 	m    *tsdbMetrics
+	sync *logSync
 
 	closeOnce sync.Once
 	closeErr  error
 }
 
 type tsdbMetrics struct {
-	reg     prometheus.Registerer
-	samples prometheus.Counter
-	dropped *prometheus.CounterVec
+	reg      prometheus.Registerer
+	samples  prometheus.Counter
+	dropped  *prometheus.CounterVec
+	syncTime prometheus.Histogram
 }
 
 // OpenTSDB opens (or creates) the TSDB in opts.Dir, replaying its WAL. The
@@ -118,9 +128,14 @@ func OpenTSDB(opts TSDBOptions, reg prometheus.Registerer, lg *slog.Logger) (*TS
 			Name: "ingest_storage_dropped_samples_total",
 			Help: "Samples a sink could never store and dropped from the batch, by reason.",
 		}, []string{"sink", "reason"}),
+		syncTime: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "ingest_storage_tsdb_wal_sync_duration_seconds",
+			Help:    "Duration of one fsync of the embedded TSDB's write logs, shared by the writes committed before it.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.samples, m.dropped} {
+		for _, c := range []prometheus.Collector{m.samples, m.dropped, m.syncTime} {
 			if err := reg.Register(c); err != nil {
 				m.unregister()
 				return nil, fmt.Errorf("storage: register metrics: %w", err)
@@ -132,23 +147,33 @@ func OpenTSDB(opts TSDBOptions, reg prometheus.Registerer, lg *slog.Logger) (*TS
 		m.unregister()
 		return nil, fmt.Errorf("storage: open tsdb: %w", err)
 	}
-	return &TSDB{db: db, opts: opts, lg: lg, m: m}, nil
+	ls, err := openLogSync(opts.Dir, m.syncTime, tlg)
+	if err != nil {
+		db.Close()
+		m.unregister()
+		return nil, fmt.Errorf("storage: open tsdb: %w", err)
+	}
+	return &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls}, nil
 }
 
 func (m *tsdbMetrics) unregister() {
 	if m.reg != nil {
 		m.reg.Unregister(m.samples)
 		m.reg.Unregister(m.dropped)
+		m.reg.Unregister(m.syncTime)
 	}
 }
 
 // DB is the underlying TSDB, for queries.
 func (s *TSDB) DB() *tsdb.DB { return s.db }
 
-// Write appends every sample of points in one transaction and commits it.
-// Samples the store can never take (older than the out-of-order window, a
-// different value at a timestamp already taken, an over-long string) are
-// dropped and counted; any other failure rolls the whole batch back.
+// Write appends every sample of points in one transaction, commits it and
+// makes it durable. Samples the store can never take (older than the
+// out-of-order window, a different value at a timestamp already taken, an
+// over-long string) are dropped and counted; any other failure rolls the
+// whole batch back. A failed fsync fails this Write and every later one
+// (kind "sync"): after it the OS may have dropped pages it could not write,
+// so nothing more is reported stored until the writer is restarted.
 func (s *TSDB) Write(ctx context.Context, points []Point) error {
 	app := s.db.AppenderV2(ctx)
 	var (
@@ -204,6 +229,11 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 	}
 	if err := app.Commit(); err != nil {
 		return &KindError{Kind: "commit", Err: fmt.Errorf("commit tsdb: %w", err)}
+	}
+	// The commit has written its records out to the OS (logSync); make
+	// them durable before the caller may report them stored.
+	if err := s.sync.sync(); err != nil {
+		return &KindError{Kind: "sync", Err: fmt.Errorf("sync tsdb write logs: %w", err)}
 	}
 	s.m.samples.Add(float64(n))
 	for reason, c := range map[string]int{"too_old": tooOld, "duplicate_timestamp": dupTS, "string_too_long": tooLong} {
@@ -299,8 +329,265 @@ func validNameByte(c byte, colon bool) bool {
 // Close closes the TSDB, flushing its head to its WAL. Idempotent.
 func (s *TSDB) Close() error {
 	s.closeOnce.Do(func() {
-		s.closeErr = s.db.Close()
+		s.closeErr = errors.Join(s.db.Close(), s.sync.close())
 		s.m.unregister()
 	})
 	return s.closeErr
+}
+
+// concurrentWrites marks the TSDB as a sink whose Write may be called from
+// several goroutines at once (concurrentSink): the Subscriber's followers
+// then write without taking turns, and their fsyncs are shared.
+func (*TSDB) concurrentWrites() {}
+
+// logSync makes what the TSDB's commits have written to its write logs
+// durable: the WAL (<dir>/wal) and the write-behind log of out-of-order
+// samples (<dir>/wbl; the WAL's copy of a sample that went in out of order
+// is not replayed, the write-behind log's is).
+//
+// The TSDB has no sync to call (github.com/prometheus/prometheus v0.316.0):
+// the head keeps its write logs (tsdb/wlog.WL) unexported, and WL.Sync "is
+// meant to be used only on tests" and reads the current segment without
+// the log's lock. wlog fsyncs a segment itself only once it has completed
+// it (nextSegment, in the background) and at Close. What wlog does
+// guarantee is that a commit's records have reached the OS when the commit
+// returns: headAppenderBase.Commit (tsdb/head_append.go) calls WL.Log for
+// its WAL records, and for its out-of-order samples WL.Log on the
+// write-behind log, before it returns; WL.Log (tsdb/wlog/wlog.go) ends with
+// log(rec, final=true), which "if it's the final record of the batch and
+// the page is not empty" calls flushPage, and flushPage writes the page to
+// the segment's *os.File (write(2), no buffer in between). So after Commit
+// its records are in the page cache of the segment files, and an fsync of
+// those files makes them durable. On Linux fsync on any descriptor of a
+// file flushes the file's dirty pages, whoever wrote them: logSync keeps
+// its own read-only descriptor of each log's newest segment.
+//
+// Each sync fsyncs, per log, the segment it synced last (written since)
+// and every segment after it, and the log's directory when a segment was
+// created since, so that the new file's name survives too. One sync at a
+// time; a Write whose commit returned while a sync was running waits for
+// the next one, and that one covers every Write that waited (group
+// commit): one fsync per batch at most, fewer under concurrency.
+//
+// A failed fsync is sticky (fail stop): Linux may have dropped the dirty
+// pages it could not write, so a later fsync that succeeds proves nothing.
+//
+// The write-behind log is written after the commit has put the samples in
+// memory, and the TSDB only logs a failure to write it (Commit still
+// returns nil): such a failure is in the TSDB's log and its
+// prometheus_tsdb_out_of_order_wbl_writes_failed_total, not in Write's
+// error.
+type logSync struct {
+	logs     []*segLog
+	duration prometheus.Observer
+	lg       *slog.Logger
+	fsync    func(*os.File) error // (*os.File).Sync; tests replace it
+
+	mu      sync.Mutex
+	cond    *sync.Cond
+	started uint64 // syncs started
+	done    uint64 // the last sync that ended
+	running bool
+	err     error // the first failure, for good
+}
+
+// segLog is one write log's directory and a descriptor of its newest
+// segment, as last synced.
+type segLog struct {
+	dir  string
+	seg  int      // index of the segment f is open on; -1: none
+	f    *os.File // read-only, for fsync
+	size int64    // f's size when it was last fsynced
+}
+
+// openLogSync opens the logs of the TSDB in dir, which tsdb.Open has just
+// opened. It fsyncs everything in them once, and their directories: what
+// an earlier process wrote and never synced (it was killed, say) may still
+// be only in the OS, and it holds samples whose records this writer will
+// not write again (a repeat of a sample the TSDB holds is not logged again).
+func openLogSync(dir string, duration prometheus.Observer, lg *slog.Logger) (*logSync, error) {
+	s := &logSync{duration: duration, lg: lg, fsync: (*os.File).Sync}
+	s.cond = sync.NewCond(&s.mu)
+	for _, name := range []string{"wal", wlog.WblDirName} {
+		d := filepath.Join(dir, name)
+		if _, err := os.Stat(d); errors.Is(err, fs.ErrNotExist) {
+			continue // no write-behind log without an out-of-order window
+		}
+		if err := syncTree(d, s.fsync); err != nil {
+			s.close()
+			return nil, fmt.Errorf("sync %s: %w", d, err)
+		}
+		l := &segLog{dir: d, seg: -1}
+		s.logs = append(s.logs, l)
+		if _, err := l.sync(s.fsync); err != nil {
+			s.close()
+			return nil, err
+		}
+	}
+	// The logs' own names in dir, and dir's in its parent when tsdb.Open
+	// created it. The parent may be beyond reach (a volume's mount point):
+	// that one is best effort.
+	if err := syncDir(dir, s.fsync); err != nil {
+		s.close()
+		return nil, err
+	}
+	if err := syncDir(filepath.Dir(dir), s.fsync); err != nil {
+		lg.Warn("storage: could not fsync the parent of the tsdb directory", "dir", dir, "err", err)
+	}
+	return s, nil
+}
+
+// sync returns once every record that commits which returned before it was
+// called wrote to the logs is durable.
+func (s *logSync) sync() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	// A sync that starts from now on covers this caller's records; one
+	// already running may have started before they were written.
+	need := s.started + 1
+	for s.done < need && s.err == nil {
+		if s.running {
+			s.cond.Wait()
+			continue
+		}
+		s.running = true
+		s.started++
+		gen := s.started
+		s.mu.Unlock()
+		err := s.syncLogs()
+		s.mu.Lock()
+		s.running = false
+		s.done = gen
+		if err != nil && s.err == nil {
+			s.err = err
+			s.lg.Error("storage: fsync of the tsdb write logs failed; every later write fails, restart the writer", "err", err)
+		}
+		s.cond.Broadcast()
+	}
+	return s.err
+}
+
+func (s *logSync) syncLogs() error {
+	start := time.Now()
+	for _, l := range s.logs {
+		created, err := l.sync(s.fsync)
+		if err != nil {
+			return err
+		}
+		if created {
+			if err := syncDir(l.dir, s.fsync); err != nil {
+				return err
+			}
+		}
+	}
+	s.duration.Observe(time.Since(start).Seconds())
+	return nil
+}
+
+// sync fsyncs the segment last synced and every later one, keeping a
+// descriptor of the newest. It reports whether a segment was created since
+// the last sync. A segment gone before it could be opened was removed by
+// the TSDB's WAL truncation, after a checkpoint (fsynced) took its data.
+//
+// The segment last synced is passed over when its size has not changed:
+// wlog only appends to a segment (opened O_APPEND; flushPage writes the
+// page's bytes not yet written), so every write grows it, and an fsync of
+// a file with nothing to write can still cost a flush of the disk's cache
+// (the write-behind log goes unwritten while samples come in order).
+func (l *segLog) sync(fsync func(*os.File) error) (created bool, err error) {
+	first, last, err := wlog.Segments(l.dir)
+	if err != nil {
+		return false, err
+	}
+	if last < 0 {
+		return false, nil
+	}
+	for i := max(l.seg, first); i <= last; i++ {
+		if i == l.seg {
+			fi, err := l.f.Stat()
+			if err != nil {
+				return false, err
+			}
+			if fi.Size() == l.size {
+				continue
+			}
+			if err := fsync(l.f); err != nil {
+				return false, fmt.Errorf("fsync %s: %w", l.f.Name(), err)
+			}
+			l.size = fi.Size()
+			continue
+		}
+		f, err := os.Open(wlog.SegmentName(l.dir, i))
+		if errors.Is(err, fs.ErrNotExist) && i < last {
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		fi, err := f.Stat()
+		if err == nil {
+			err = fsync(f)
+		}
+		if err != nil {
+			f.Close()
+			return false, fmt.Errorf("fsync %s: %w", f.Name(), err)
+		}
+		if l.f != nil {
+			l.f.Close()
+		}
+		l.f, l.seg, l.size, created = f, i, fi.Size(), true
+	}
+	return created, nil
+}
+
+func (s *logSync) close() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for s.running {
+		s.cond.Wait()
+	}
+	var errs []error
+	for _, l := range s.logs {
+		if l.f != nil {
+			errs = append(errs, l.f.Close())
+			l.f = nil
+		}
+	}
+	if s.err == nil {
+		s.err = errors.New("tsdb closed")
+	}
+	return errors.Join(errs...)
+}
+
+// syncTree fsyncs every file and directory under dir, and dir.
+func syncTree(dir string, fsync func(*os.File) error) error {
+	return filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if !d.IsDir() && !d.Type().IsRegular() {
+			return nil
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := fsync(f); err != nil {
+			return fmt.Errorf("fsync %s: %w", path, err)
+		}
+		return nil
+	})
+}
+
+func syncDir(dir string, fsync func(*os.File) error) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := fsync(f); err != nil {
+		return fmt.Errorf("fsync %s: %w", dir, err)
+	}
+	return nil
 }
