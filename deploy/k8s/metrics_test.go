@@ -101,30 +101,76 @@ func TestMetricsExist(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The payload ids of the messages the feed delivers, in order.
+	delivered := make(chan int, 256)
+	go func() {
+		defer close(delivered)
+		for {
+			_, b, err := reader.Read(ctx)
+			if err != nil {
+				return
+			}
+			var f struct {
+				Type    string `json:"type"`
+				Payload struct {
+					ID int `json:"id"`
+				} `json:"payload"`
+			}
+			if json.Unmarshal(b, &f) == nil && f.Type == "message" {
+				delivered <- f.Payload.ID
+			}
+		}
+	}()
+
 	// A device sends, and closes.
-	const n = 20
 	dev, err := client.Dial(ctx, client.Options{URL: "ws://" + fe.attr("addr") + "/v1/ingest?device=k8s-1"})
 	if err != nil {
 		t.Fatalf("dial frontend: %v", err)
 	}
-	for i := range n {
-		if err := dev.SendWait(ctx, fmt.Appendf(nil, `{"id":%d,"temp":21.5}`, i)); err != nil {
-			t.Fatalf("send: %v", err)
+	next := 0
+	send := func() {
+		t.Helper()
+		if err := dev.SendWait(ctx, fmt.Appendf(nil, `{"id":%d,"temp":21.5}`, next)); err != nil {
+			t.Fatalf("send %d: %v", next, err)
+		}
+		next++
+	}
+	// The feed is live from the first record it sees on a middletier's
+	// stream, and a ZeroMQ subscription takes a moment to reach the
+	// publisher: send one message at a time until one is delivered. Every
+	// later one must be, in order.
+	first := -1
+	for first < 0 {
+		send()
+		select {
+		case id, ok := <-delivered:
+			if !ok {
+				t.Fatal("feed reader closed before the first message")
+			}
+			first = id
+		case <-time.After(200 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatalf("no message delivered by the feed after %d sent", next)
 		}
 	}
+	const n = 20
+	for next < first+1+n {
+		send()
+	}
 	dev.Close()
-
-	// The feed delivers them.
-	for got := 0; got < n; {
-		_, msg, err := reader.Read(ctx)
-		if err != nil {
-			t.Fatalf("read feed after %d messages: %v", got, err)
-		}
-		if strings.Contains(string(msg), `"type":"message"`) {
-			got++
+	for want := first + 1; want < next; want++ {
+		select {
+		case id, ok := <-delivered:
+			if !ok || id != want {
+				t.Fatalf("feed delivered message %d (open %v), want %d", id, ok, want)
+			}
+		case <-ctx.Done():
+			t.Fatalf("feed delivered messages %d to %d of %d", first, want-1, next-1)
 		}
 	}
 	reader.Close(websocket.StatusNormalClosure, "")
+	for range delivered {
+	}
 
 	// Scrape every tier until each selector finds its series (some are
 	// set by periodic work, such as the consumer lag), or the deadline.
