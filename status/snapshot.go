@@ -12,17 +12,18 @@ import (
 // The metrics the snapshot reads. Every series of a family is summed
 // (histograms bucket by bucket).
 const (
-	mConnections = "ingest_frontend_connections"
-	mReceived    = "ingest_frontend_messages_received_total"
-	mAcked       = "ingest_frontend_messages_acked_total"
-	mRejected    = "ingest_frontend_messages_rejected_total"
-	mStored      = "ingest_storage_points_written_total"
-	mDelivered   = "ingest_feed_delivered_messages_total"
-	mReaders     = "ingest_feed_readers"
-	mDepth       = "ingest_queue_depth_entries"
-	mDepthBytes  = "ingest_queue_depth_bytes"
-	mAckLatency  = "ingest_frontend_ack_latency_seconds"
-	mFeedLatency = "ingest_feed_dispatch_latency_seconds"
+	mConnections  = "ingest_frontend_connections"
+	mReceived     = "ingest_frontend_messages_received_total"
+	mAcked        = "ingest_frontend_messages_acked_total"
+	mRejected     = "ingest_frontend_messages_rejected_total"
+	mStored       = "ingest_storage_points_written_total"
+	mDelivered    = "ingest_feed_delivered_messages_total"
+	mReaders      = "ingest_feed_readers"
+	mDepth        = "ingest_queue_depth_entries"
+	mDepthBytes   = "ingest_queue_depth_bytes"
+	mAckLatency   = "ingest_frontend_ack_latency_seconds"
+	mFeedLatency  = "ingest_feed_dispatch_latency_seconds"
+	mStoreLatency = "ingest_storage_delivery_latency_seconds"
 )
 
 // Snapshot is the JSON the page polls. A null member stands for metrics the
@@ -48,9 +49,10 @@ type Snapshot struct {
 	Queues []Queue `json:"queues"`
 	// AckLatency is the time from a message's receipt at the frontend to its
 	// acknowledgement; FeedLatency, to its dispatch to the live feed's
-	// readers.
-	AckLatency  *Latency `json:"ack_latency"`
-	FeedLatency *Latency `json:"feed_latency"`
+	// readers; StoreLatency, to the storage writer's sink holding it.
+	AckLatency   *Latency `json:"ack_latency"`
+	FeedLatency  *Latency `json:"feed_latency"`
+	StoreLatency *Latency `json:"store_latency"`
 }
 
 // Rate is a counter: its total and its rate over the window.
@@ -121,7 +123,7 @@ func (h *Handler) gather(now time.Time) (sample, error) {
 			} else {
 				s.bytes = by
 			}
-		case mAckLatency, mFeedLatency:
+		case mAckLatency, mFeedLatency, mStoreLatency:
 			s.hists[name] = mergeHist(mf.GetMetric())
 		}
 	}
@@ -203,6 +205,7 @@ func compute(base, cur sample) *Snapshot {
 	slices.SortFunc(s.Queues, func(a, b Queue) int { return hopOrder(a.Hop) - hopOrder(b.Hop) })
 	s.AckLatency = latency(base.hists[mAckLatency], cur.hists, mAckLatency)
 	s.FeedLatency = latency(base.hists[mFeedLatency], cur.hists, mFeedLatency)
+	s.StoreLatency = latency(base.hists[mStoreLatency], cur.hists, mStoreLatency)
 	return s
 }
 

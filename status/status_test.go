@@ -149,7 +149,7 @@ func TestSnapshot(t *testing.T) {
 		t.Errorf("ack latency %+v, want 100 observations, p50 2 ms, p99 5 ms", l)
 	}
 	// What the process does not register is null.
-	if s.Rejected != nil || s.Stored != nil || s.FeedDelivered != nil || s.FeedReaders != nil || s.FeedLatency != nil {
+	if s.Rejected != nil || s.Stored != nil || s.FeedDelivered != nil || s.FeedReaders != nil || s.FeedLatency != nil || s.StoreLatency != nil {
 		t.Errorf("figures without metrics should be null: %+v", s)
 	}
 	// Queues in the order a message passes them.
@@ -176,7 +176,7 @@ func TestSnapshot(t *testing.T) {
 	json.NewDecoder(resp.Body).Decode(&raw)
 	resp.Body.Close()
 	for _, k := range []string{"time", "window_seconds", "devices_connected", "received", "acked", "rejected", "stored",
-		"feed_delivered", "feed_readers", "queues", "ack_latency", "feed_latency"} {
+		"feed_delivered", "feed_readers", "queues", "ack_latency", "feed_latency", "store_latency"} {
 		if _, ok := raw[k]; !ok {
 			t.Errorf("snapshot has no %q: %v", k, raw)
 		}

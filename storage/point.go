@@ -41,6 +41,9 @@ type Point struct {
 	// ID is the message's identity, origin + "/" + index, taken from the
 	// middletier record: the same for every delivery of the message.
 	ID string
+	// Received is the receive time fixed at the frontend, whatever Time is
+	// (for the delivery latency; sinks do not store it).
+	Received time.Time
 }
 
 // minDeviceTime is the earliest device time taken as valid, as the frontend
@@ -70,6 +73,8 @@ func NewPoint(rec wire.Record, labels func(device string) map[string]string) (Po
 		Device: env.Device,
 		Time:   time.Unix(0, ns).UTC(),
 		ID:     rec.Origin + "/" + strconv.FormatUint(rec.Index, 10),
+
+		Received: time.Unix(0, env.Received).UTC(),
 	}
 	if err := Flatten(env.Payload, &p); err != nil {
 		return Point{}, err

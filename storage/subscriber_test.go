@@ -233,6 +233,28 @@ func TestSubscriberFetchThenStream(t *testing.T) {
 	if got := testutil.ToFloat64(counter(t, w.reg, "ingest_storage_samples_written_total")); got != 6000*3 {
 		t.Fatalf("samples written %v, want %d", got, 6000*3)
 	}
+	// One delivery latency per point; these were received an hour ahead
+	// of the writer's clock, which counts as 0, not as a negative time.
+	if n, sum := histogram(t, w.reg, "ingest_storage_delivery_latency_seconds"); n != 6000 || sum != 0 {
+		t.Fatalf("delivery latency: %d observations summing to %v, want 6000 summing to 0", n, sum)
+	}
+}
+
+// histogram returns the sample count and sum of the histogram called name.
+func histogram(t *testing.T, reg *prometheus.Registry, name string) (uint64, float64) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			h := mf.GetMetric()[0].GetHistogram()
+			return h.GetSampleCount(), h.GetSampleSum()
+		}
+	}
+	t.Fatalf("no histogram %s", name)
+	return 0, 0
 }
 
 // TestSubscriberResumes: a writer stopped and started again resumes from

@@ -108,7 +108,7 @@ func TestStatusPage(t *testing.T) {
 	waitFor("the device's message in the table", rowShown)
 	waitFor("a connected device", `Number(document.getElementById("devices").textContent) >= 1`)
 	waitFor("the frontend's queue", `document.querySelector('#queues tr[data-hop="frontend"]') !== null`)
-	waitFor("ack and end-to-end latencies", `["ack-p50", "ack-p99", "e2e-p50", "e2e-p99"].every(id => /^[0-9.,]+ (µs|ms|s)$/.test(document.getElementById(id).textContent))`)
+	waitFor("ack and end-to-end latencies", `["ack-p50", "ack-p99", "e2e-p50", "e2e-p99", "store-p50", "store-p99"].every(id => /^[0-9.,]+ (µs|ms|s)$/.test(document.getElementById(id).textContent))`)
 	if got := text("received-total"); got != "1" {
 		t.Errorf("received total %q, want 1", got)
 	}

@@ -46,6 +46,8 @@ function showSnapshot(s) {
   $("ack-p99").textContent = seconds(s.ack_latency && s.ack_latency.p99_seconds);
   $("e2e-p50").textContent = seconds(s.feed_latency && s.feed_latency.p50_seconds);
   $("e2e-p99").textContent = seconds(s.feed_latency && s.feed_latency.p99_seconds);
+  $("store-p50").textContent = seconds(s.store_latency && s.store_latency.p50_seconds);
+  $("store-p99").textContent = seconds(s.store_latency && s.store_latency.p99_seconds);
   $("window").textContent = num(s.window_seconds, 1);
   $("readers").textContent = num(s.feed_readers);
   $("updated").textContent = "updated " + new Date(s.time).toLocaleTimeString();
