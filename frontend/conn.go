@@ -94,24 +94,23 @@ type bucket struct {
 	stampMS int64 // the last receive stamp given, in unix ms
 }
 
-// maxStampLead bounds how far ahead of the clock stamp moves a receive
-// stamp: 1 s, which a device within the default rate (1,000/s, burst
-// 2,000) reaches only at the end of a full burst.
-const maxStampLead = 1000
-
 // stamp returns the receive time of a message without a device timestamp.
 // The stores keep one sample per series and millisecond, so a device's
 // messages must not share one: a message received in the millisecond of
-// the previous one takes the next free millisecond, up to maxStampLead
-// ahead of now (past that, a device sending faster than 1,000 messages a
-// second without ts, the stamp is the receive time and may repeat).
-func (b *bucket) stamp(now int64) int64 {
+// the previous one (or behind it) takes the next free millisecond.
+//
+// The lead over the clock is bounded by lead, in ms, which the server sets
+// to Options.Burst: a device within a rate of at most 1,000 messages a
+// second can send at most Burst messages more than one per millisecond, so
+// its stamps never reach the bound and stay distinct. Past it (a rate over
+// 1,000/s), the stamp is the receive time and may repeat.
+func (b *bucket) stamp(now, lead int64) int64 {
 	ms := now / 1e6
 	switch {
 	case ms > b.stampMS:
 		b.stampMS = ms
 		return now
-	case b.stampMS+1-ms <= maxStampLead:
+	case b.stampMS+1-ms <= lead:
 		b.stampMS++
 		return b.stampMS * 1e6
 	}
@@ -331,7 +330,7 @@ func (c *conn) enqueue(seq uint64, now time.Time, msgs []message) {
 		e.HasDeviceTime, e.DeviceTime = m.ts != nil, m.tsNS
 		e.Received = now.UnixNano()
 		if !e.HasDeviceTime {
-			e.Received = c.bucket.stamp(e.Received)
+			e.Received = c.bucket.stamp(e.Received, int64(s.opts.Burst))
 		}
 		e.Payload = m.raw
 		p.buf = envelope.AppendEncode(p.buf, &e)

@@ -353,3 +353,55 @@ func TestReceiveStamps(t *testing.T) {
 		last = ms
 	}
 }
+
+// TestReceiveStampsFullBurst: with the default limits (rate 1,000/s, burst
+// 2,000, 500 messages a frame) a device may send a full burst of 2,000
+// messages without ts at once, and every one is acknowledged, so every one
+// must get a millisecond of its own: a repeat is a message the store keeps
+// only one value of.
+func TestReceiveStampsFullBurst(t *testing.T) {
+	ts := startServer(t, Options{}, wal.Options{})
+	c := rawDial(t, ts, hsToken(t, "dev-burst", nil))
+	var frames []string
+	for f := range 4 {
+		var b []string
+		for i := range 500 {
+			b = append(b, fmt.Sprintf(`{"id":%d,"v":%d}`, f*500+i, f*500+i))
+		}
+		frames = append(frames, "["+strings.Join(b, ",")+"]")
+	}
+	for _, f := range frames {
+		send(t, c, f)
+	}
+	for acked := uint64(0); acked < 4; {
+		of, err := readFrame(t, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if of.Type != "ack" {
+			t.Fatalf("got %+v, want acks only (the burst is within the limit)", of)
+		}
+		acked = of.Seq
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	ts.stop(t)
+	envs := walEnvelopes(t, ts.dir)
+	if len(envs) != 2000 {
+		t.Fatalf("%d envelopes, want 2000", len(envs))
+	}
+	seen := map[int64]int{}
+	dups := 0
+	for i, e := range envs {
+		ms := e.Received / 1e6
+		if j, ok := seen[ms]; ok {
+			if dups == 0 {
+				t.Errorf("message %d has the stamp %d ms of message %d", i, ms, j)
+			}
+			dups++
+		}
+		seen[ms] = i
+	}
+	if dups > 0 {
+		t.Errorf("%d of 2000 acknowledged messages share a millisecond stamp with an earlier one", dups)
+	}
+}
