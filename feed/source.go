@@ -240,7 +240,7 @@ func (src *source) publish(d *dispatcher, mt string, first uint64, records [][]b
 		m.lagRecords.WithLabelValues(mt).Set(0)
 	}
 	if received != 0 {
-		m.lagSeconds.WithLabelValues(mt).Set(time.Since(time.Unix(0, received)).Seconds())
+		m.lagSeconds.WithLabelValues(mt).Set(max(time.Since(time.Unix(0, received)).Seconds(), 0)) // a receive stamp may lead the clock
 	}
 }
 
