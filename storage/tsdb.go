@@ -100,6 +100,7 @@ type tsdbMetrics struct {
 	samples  prometheus.Counter
 	dropped  *prometheus.CounterVec
 	syncTime prometheus.Histogram
+	failed   prometheus.GaugeFunc // set once the write logs are open
 }
 
 // OpenTSDB opens (or creates) the TSDB in opts.Dir, replaying its WAL. The
@@ -153,7 +154,38 @@ func OpenTSDB(opts TSDBOptions, reg prometheus.Registerer, lg *slog.Logger) (*TS
 		m.unregister()
 		return nil, fmt.Errorf("storage: open tsdb: %w", err)
 	}
-	return &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls}, nil
+	s := &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls}
+	m.failed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ingest_storage_tsdb_failed",
+		Help: "1 once an fsync of the embedded TSDB's write logs has failed: every later write fails until the writer restarts (its /healthz fails).",
+	}, func() float64 {
+		if s.Failed() != nil {
+			return 1
+		}
+		return 0
+	})
+	if reg != nil {
+		if err := reg.Register(m.failed); err != nil {
+			ls.close()
+			db.Close()
+			m.unregister()
+			return nil, fmt.Errorf("storage: register metrics: %w", err)
+		}
+	}
+	return s, nil
+}
+
+// Failed returns the failure that stopped the TSDB's writes for good (an
+// fsync of its write logs that failed), or nil. A process that sees it
+// must restart: the write logs' state after a failed fsync is unknown, and
+// the records not committed to the middletiers are written again.
+func (s *TSDB) Failed() error {
+	s.sync.mu.Lock()
+	defer s.sync.mu.Unlock()
+	if s.sync.err == errSyncClosed {
+		return nil
+	}
+	return s.sync.err
 }
 
 func (m *tsdbMetrics) unregister() {
@@ -161,6 +193,9 @@ func (m *tsdbMetrics) unregister() {
 		m.reg.Unregister(m.samples)
 		m.reg.Unregister(m.dropped)
 		m.reg.Unregister(m.syncTime)
+		if m.failed != nil {
+			m.reg.Unregister(m.failed)
+		}
 	}
 }
 
@@ -339,6 +374,9 @@ func (s *TSDB) Close() error {
 // several goroutines at once (concurrentSink): the Subscriber's followers
 // then write without taking turns, and their fsyncs are shared.
 func (*TSDB) concurrentWrites() {}
+
+// errSyncClosed is what a sync after Close returns.
+var errSyncClosed = errors.New("tsdb closed")
 
 // logSync makes what the TSDB's commits have written to its write logs
 // durable: the WAL (<dir>/wal) and the write-behind log of out-of-order
@@ -554,7 +592,7 @@ func (s *logSync) close() error {
 		}
 	}
 	if s.err == nil {
-		s.err = errors.New("tsdb closed")
+		s.err = errSyncClosed
 	}
 	return errors.Join(errs...)
 }

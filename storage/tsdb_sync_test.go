@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/tsdb/wlog"
 )
@@ -83,7 +85,8 @@ func waitInSync(t *testing.T, n int) {
 // dropped the pages it could not write, so a later fsync that succeeds
 // proves nothing.
 func TestTSDBSyncFailureIsSticky(t *testing.T) {
-	s, err := OpenTSDB(TSDBOptions{Dir: t.TempDir()}, nil, nil)
+	reg := prometheus.NewRegistry()
+	s, err := OpenTSDB(TSDBOptions{Dir: t.TempDir()}, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,6 +94,23 @@ func TestTSDBSyncFailureIsSticky(t *testing.T) {
 	at := time.Now().Add(-time.Minute)
 	if err := s.Write(context.Background(), syncTestPoints("a", at)); err != nil {
 		t.Fatal(err)
+	}
+	failed := func() float64 {
+		t.Helper()
+		n, err := testutil.GatherAndCount(reg, "ingest_storage_tsdb_failed")
+		if err != nil || n != 1 {
+			t.Fatalf("ingest_storage_tsdb_failed: %d series, %v", n, err)
+		}
+		mfs, _ := reg.Gather()
+		for _, mf := range mfs {
+			if mf.GetName() == "ingest_storage_tsdb_failed" {
+				return mf.GetMetric()[0].GetGauge().GetValue()
+			}
+		}
+		return -1
+	}
+	if s.Failed() != nil || failed() != 0 {
+		t.Fatalf("healthy TSDB: Failed %v, gauge %v", s.Failed(), failed())
 	}
 	boom := errors.New("injected fsync failure")
 	s.sync.fsync = func(*os.File) error { return boom }
@@ -101,6 +121,9 @@ func TestTSDBSyncFailureIsSticky(t *testing.T) {
 	s.sync.fsync = (*os.File).Sync
 	if err := s.Write(context.Background(), syncTestPoints("c", at)); !errors.Is(err, boom) {
 		t.Fatalf("write after a failed fsync: %v, want the failure again", err)
+	}
+	if !errors.Is(s.Failed(), boom) || failed() != 1 {
+		t.Fatalf("after a failed fsync: Failed %v, gauge %v; want the failure and 1", s.Failed(), failed())
 	}
 }
 

@@ -95,11 +95,20 @@ func runStorage(ctx context.Context, args []string) error {
 	mux := http.NewServeMux()
 	mux.Handle("/api/v1/", storage.NewAPI(db.DB(), storage.APIOptions{Timeout: *qTimeout}, reg, lg))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		// A failed fsync of the TSDB's write logs stops its writes for
+		// good; only a restart recovers (the middletiers keep what was
+		// not committed), so the writer reports itself dead.
+		if err := db.Failed(); err != nil {
+			http.Error(w, "tsdb failed: "+err.Error(), http.StatusInternalServerError)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 		// Ready once every middletier has been caught up with: before, the
 		// store answers queries with a hole in recent data.
-		if stopping.Load() || !sub.CaughtUp() {
+		if stopping.Load() || !sub.CaughtUp() || db.Failed() != nil {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
