@@ -112,6 +112,7 @@ func spawnAll(ctx context.Context, bin string) (*engine, error) {
 	}
 	p, err := ports(3)
 	if err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
 	cmd := exec.Command(bin, "all", "--insecure-no-auth", "--data.dir", dir,
