@@ -95,7 +95,7 @@ func TestStatusPage(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Send(context.Background(), []byte(`{"note":"`+marker+`","temp":21.5}`)); err != nil {
+	if _, err := c.Send(context.Background(), []byte(`{"note":"`+marker+`","temp":21.5,"html":"<img src=x onerror=window.__injected=1><b>bold</b>"}`)); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -106,6 +106,14 @@ func TestStatusPage(t *testing.T) {
 
 	rowShown := `[...document.querySelectorAll("#messages tbody tr")].some(tr => tr.dataset.device === "status-dev-1" && tr.textContent.includes(` + strconv.Quote(marker) + `))`
 	waitFor("the device's message in the table", rowShown)
+	// Device data is shown as text, never as markup.
+	waitFor("the payload's markup as text", `[...document.querySelectorAll("#messages tbody tr")].some(tr => tr.textContent.includes("<b>bold</b>"))`)
+	ictx, icancel := context.WithTimeout(browser, 5*time.Second)
+	injected, err := chromedp.Run(ictx, chromedp.Evaluate[bool](`window.__injected === 1 || document.querySelector("#messages tbody b, #messages tbody img") !== null`))
+	icancel()
+	if err != nil || injected {
+		t.Fatalf("a device's payload became markup on the page (%v)", err)
+	}
 	waitFor("a connected device", `Number(document.getElementById("devices").textContent) >= 1`)
 	waitFor("the frontend's queue", `document.querySelector('#queues tr[data-hop="frontend"]') !== null`)
 	waitFor("ack and end-to-end latencies", `["ack-p50", "ack-p99", "e2e-p50", "e2e-p99", "store-p50", "store-p99"].every(id => /^[0-9.,]+ (µs|ms|s)$/.test(document.getElementById(id).textContent))`)
