@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -21,11 +22,13 @@ import (
 // tier is one process of the engine that chaos can kill and start again
 // with the same arguments and data.
 type tier struct {
-	name  string
-	kind  string // frontend, middletier, storage
-	bin   string
-	args  []string
-	ready *regexp.Regexp
+	name    string
+	kind    string // frontend, middletier, storage
+	bin     string
+	args    []string
+	ready   *regexp.Regexp
+	log     string // every run's stderr is appended here
+	metrics string // its /metrics URL
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -40,14 +43,21 @@ func (t *tier) start() (time.Duration, error) {
 	if err != nil {
 		return 0, err
 	}
+	logf, err := os.OpenFile(t.log, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return 0, err
+	}
 	if err := cmd.Start(); err != nil {
+		logf.Close()
 		return 0, fmt.Errorf("start %s: %w", t.name, err)
 	}
+	fmt.Fprintf(logf, "--- %s started, pid %d\n", time.Now().UTC().Format(time.RFC3339Nano), cmd.Process.Pid)
 	up, done := make(chan struct{}), make(chan struct{})
 	var startLog []string // this process's lines until it is up
 	go func() {
 		defer close(done)
-		sc := bufio.NewScanner(stderr)
+		defer logf.Close()
+		sc := bufio.NewScanner(io.TeeReader(stderr, logf))
 		sc.Buffer(nil, 1<<20)
 		signalled := false
 		for sc.Scan() {
@@ -175,7 +185,8 @@ func startCluster(bin string) (*cluster, error) {
 			ready: regexp.MustCompile(`msg="middletier listening"`),
 			args: []string{"middletier", "--id", fmt.Sprintf("mt-%d", i), "--data.dir", filepath.Join(dir, fmt.Sprintf("mt-%d", i)),
 				"--ingest.addr", ep(in), "--consumer.addr", ep(co), "--stream.addr", ep(st),
-				"--http.listen", fmt.Sprintf("127.0.0.1:%d", hp), "--consumers", "storage"}})
+				"--http.listen", fmt.Sprintf("127.0.0.1:%d", hp), "--consumers", "storage"},
+			metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", hp)})
 	}
 	query := p[8]
 	c.queryURL = fmt.Sprintf("http://127.0.0.1:%d", query)
@@ -183,7 +194,8 @@ func startCluster(bin string) (*cluster, error) {
 		ready: regexp.MustCompile(`msg="storage listening"`),
 		args: []string{"storage", "--data.dir", filepath.Join(dir, "storage"), "--consumer", "storage",
 			"--middletiers.stream", strings.Join(streams, ","), "--middletiers.consumer", strings.Join(consumers, ","),
-			"--http.listen", fmt.Sprintf("127.0.0.1:%d", query)}})
+			"--http.listen", fmt.Sprintf("127.0.0.1:%d", query)},
+		metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", query)})
 	for i := range 2 {
 		addr := fmt.Sprintf("127.0.0.1:%d", p[9+i])
 		c.devices = append(c.devices, "ws://"+addr+"/v1/ingest")
@@ -193,20 +205,46 @@ func startCluster(bin string) (*cluster, error) {
 			args: []string{"frontend", "--insecure-no-auth", "--listen", addr, "--id", fmt.Sprintf("fe-%d", i),
 				"--wal.dir", filepath.Join(dir, fmt.Sprintf("fe-%d", i)), "--drain-window", "200ms",
 				"--rate", "1000000", "--burst", "1000000",
-				"--uplink.middletiers", strings.Join(order, ","), "--uplink.failover", "2s", "--uplink.flush-timeout", "5s"}})
+				"--uplink.middletiers", strings.Join(order, ","), "--uplink.failover", "2s", "--uplink.flush-timeout", "5s"},
+			metrics: "http://" + addr + "/metrics"})
+	}
+	for _, t := range c.tiers {
+		t.log = filepath.Join(dir, t.name+".log")
 	}
 	for _, t := range c.tiers {
 		if _, err := t.start(); err != nil {
-			c.stop()
+			c.stop(false)
 			return nil, err
 		}
 	}
 	return c, nil
 }
 
+// saveMetrics writes every running tier's /metrics into the data
+// directory, for the post-mortem of a failed run.
+func (c *cluster) saveMetrics() {
+	for _, t := range c.tiers {
+		if t.metrics == "" {
+			continue
+		}
+		resp, err := http.Get(t.metrics)
+		if err != nil {
+			continue
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		os.WriteFile(filepath.Join(c.dir, t.name+".metrics"), b, 0o644)
+	}
+}
+
+// saveAcked writes the acknowledged messages the store lacks, one per line.
+func saveAcked(path string, lost []string) {
+	os.WriteFile(path, []byte(strings.Join(lost, "\n")+"\n"), 0o644)
+}
+
 // stop ends every process with SIGTERM, frontends first, and removes the
-// data unless keep.
-func (c *cluster) stop() error {
+// data and the logs unless keep.
+func (c *cluster) stop(keep bool) error {
 	var errs []string
 	order := append([]*tier{}, c.tiers...)
 	sort.SliceStable(order, func(i, j int) bool { return rank(order[i].kind) < rank(order[j].kind) })
@@ -215,7 +253,9 @@ func (c *cluster) stop() error {
 			errs = append(errs, err.Error())
 		}
 	}
-	os.RemoveAll(c.dir)
+	if !keep {
+		os.RemoveAll(c.dir)
+	}
 	if len(errs) > 0 {
 		return fmt.Errorf("stop: %s", strings.Join(errs, "; "))
 	}

@@ -20,6 +20,7 @@ type completeness struct {
 	Lost         int64    `json:"lost"`
 	Duplicated   int64    `json:"duplicated"`
 	LostExamples []string `json:"lost_examples,omitempty"`
+	LostAll      []string `json:"-"` // every one, for a failed run's post-mortem
 }
 
 // check queries the store's Prometheus API for every device's seq samples
@@ -69,6 +70,7 @@ func checkOnce(ctx context.Context, api string, devs []*device, since time.Time)
 				switch n := got[seq]; {
 				case n == 0:
 					c.Lost++
+					c.LostAll = append(c.LostAll, fmt.Sprintf("%s/%d", d.id, seq))
 					if len(c.LostExamples) < 10 {
 						c.LostExamples = append(c.LostExamples, fmt.Sprintf("%s/%d", d.id, seq))
 					}

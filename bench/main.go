@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 	"time"
 )
@@ -161,7 +162,19 @@ func runChaos(ctx context.Context, c config, lg *slog.Logger) error {
 	res, err := load(ctx, c, lg)
 	stopChaos()
 	<-done
-	stopErr := cl.stop()
+	// A run that lost or doubled messages keeps its data directories and
+	// every process's log, for the post-mortem.
+	failed := err != nil || chaosErr != nil || res.Completeness == nil || res.Completeness.Lost > 0 || res.Completeness.Duplicated > 0
+	if failed {
+		cl.saveMetrics()
+		if res != nil && res.Completeness != nil {
+			saveAcked(filepath.Join(cl.dir, "acked-not-stored.txt"), res.Completeness.LostAll)
+		}
+	}
+	stopErr := cl.stop(failed)
+	if failed {
+		fmt.Fprintf(os.Stderr, "bench: the engine's data and logs are kept in %s\n", cl.dir)
+	}
 	if err != nil {
 		return err
 	}

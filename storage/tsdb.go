@@ -277,7 +277,8 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 		}
 	}
 	if (tooOld > 0 || dupTS > 0) && s.lg != nil {
-		s.lg.Debug("storage: samples dropped", "too_old", tooOld, "duplicate_timestamp", dupTS)
+		// Data the store could never hold: say so where an operator looks.
+		s.lg.Warn("storage: samples dropped", "too_old", tooOld, "duplicate_timestamp", dupTS)
 	}
 	return nil
 }
