@@ -1,6 +1,7 @@
 package storage_test
 
 import (
+	"os"
 	"testing"
 
 	"github.com/ingest-io/ingest/storage"
@@ -8,6 +9,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if dir := os.Getenv(tsdbCrashChildEnv); dir != "" {
+		os.Exit(tsdbCrashChild(dir))
+	}
 	goleak.VerifyTestMain(stopExtServersAfter{m},
 		// zmq4 v0.17.0 loses the wake-up of a closed PUB socket's writer
 		// goroutine if it was sending (pub.go, run); see middletier's tests.

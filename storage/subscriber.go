@@ -117,8 +117,8 @@ func (o Options) withDefaults() (Options, error) {
 // and per connection one that drains the SUB socket and one that reads the
 // DEALER socket. Followers take turns at the sink (sinkMu, a leaf lock),
 // unless it is a concurrentSink (the embedded TSDB), whose Writes may
-// overlap: one follower's appends then run during another's fsync, and
-// writes committed together share one fsync.
+// overlap: one follower's transaction then runs during another's fsync,
+// and writes committed together share one fsync.
 type Subscriber struct {
 	opts Options
 	sink Sink

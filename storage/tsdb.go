@@ -83,13 +83,37 @@ func (o TSDBOptions) withDefaults() (TSDBOptions, error) {
 // and after an fsync of those logs has returned (logSync). A power loss
 // after Write returns loses nothing. Concurrent Writes share their fsyncs.
 //
-// Write may be called from several goroutines at once.
+// Write may be called from several goroutines at once; their transactions
+// take turns, their fsyncs are shared.
 type TSDB struct {
 	db   *tsdb.DB
 	opts TSDBOptions
 	lg   *slog.Logger
 	m    *tsdbMetrics
 	sync *logSync
+
+	// appendMu makes transactions take turns, from the appender's first
+	// Append to its Commit; the fsync that makes them durable is shared
+	// (logSync) and runs outside it. The TSDB's head allows concurrent
+	// appenders, but its WAL and its replay at start assume commits that
+	// do not overlap for one series, and two that do lose data a Write
+	// reported stored (TestTSDBCrash finds both, after a SIGKILL and a
+	// reopen):
+	//   - A series is logged (a series record in the WAL) by the commit of
+	//     the appender that created it. Another appender that appends to
+	//     it meanwhile and commits first logs its samples before the
+	//     series record; replay drops samples of a series it does not know
+	//     yet.
+	//   - A commit logs its samples to the WAL, then applies them to the
+	//     head, each in order or out of order (into the out-of-order
+	//     chunks and the write-behind log) by what the head holds at that
+	//     moment. Replay applies the WAL in log order and skips every WAL
+	//     sample that is out of order then, expecting the write-behind log
+	//     to hold it. Two commits for one series may log in one order and
+	//     apply in the other: a sample taken in order in memory, never
+	//     written to the write-behind log, is out of order at replay and
+	//     gone.
+	appendMu sync.Mutex
 
 	closeOnce sync.Once
 	closeErr  error
@@ -210,15 +234,39 @@ func (s *TSDB) DB() *tsdb.DB { return s.db }
 // (kind "sync"): after it the OS may have dropped pages it could not write,
 // so nothing more is reported stored until the writer is restarted.
 func (s *TSDB) Write(ctx context.Context, points []Point) error {
+	n, tooOld, dupTS, tooLong, err := s.commit(ctx, points)
+	if err != nil {
+		return err
+	}
+	// The commit has written its records out to the OS (logSync); make
+	// them durable before the caller may report them stored.
+	if err := s.sync.sync(); err != nil {
+		return &KindError{Kind: "sync", Err: fmt.Errorf("sync tsdb write logs: %w", err)}
+	}
+	s.m.samples.Add(float64(n))
+	for reason, c := range map[string]int{"too_old": tooOld, "duplicate_timestamp": dupTS, "string_too_long": tooLong} {
+		if c > 0 {
+			s.m.dropped.WithLabelValues("tsdb", reason).Add(float64(c))
+		}
+	}
+	if (tooOld > 0 || dupTS > 0) && s.lg != nil {
+		// Data the store could never hold: say so where an operator looks.
+		s.lg.Warn("storage: samples dropped", "too_old", tooOld, "duplicate_timestamp", dupTS)
+	}
+	return nil
+}
+
+// commit appends every sample of points in one transaction and commits it,
+// one transaction at a time (appendMu). It returns the samples taken and
+// those dropped, by reason.
+func (s *TSDB) commit(ctx context.Context, points []Point) (n, tooOld, dupTS, tooLong int, err error) {
+	s.appendMu.Lock()
+	defer s.appendMu.Unlock()
 	app := s.db.AppenderV2(ctx)
 	var (
-		b       labels.ScratchBuilder
-		base    []labels.Label
-		keys    []string
-		n       int
-		tooOld  int
-		dupTS   int
-		tooLong int
+		b    labels.ScratchBuilder
+		base []labels.Label
+		keys []string
 	)
 	for i := range points {
 		p := &points[i]
@@ -238,7 +286,7 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 				dupTS++
 			default:
 				app.Rollback()
-				return &KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
+				return 0, 0, 0, 0, &KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
 			}
 		}
 		for _, name := range sortedKeys(&keys, p.Strings) {
@@ -258,29 +306,14 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 				dupTS++
 			default:
 				app.Rollback()
-				return &KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
+				return 0, 0, 0, 0, &KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
 			}
 		}
 	}
 	if err := app.Commit(); err != nil {
-		return &KindError{Kind: "commit", Err: fmt.Errorf("commit tsdb: %w", err)}
+		return 0, 0, 0, 0, &KindError{Kind: "commit", Err: fmt.Errorf("commit tsdb: %w", err)}
 	}
-	// The commit has written its records out to the OS (logSync); make
-	// them durable before the caller may report them stored.
-	if err := s.sync.sync(); err != nil {
-		return &KindError{Kind: "sync", Err: fmt.Errorf("sync tsdb write logs: %w", err)}
-	}
-	s.m.samples.Add(float64(n))
-	for reason, c := range map[string]int{"too_old": tooOld, "duplicate_timestamp": dupTS, "string_too_long": tooLong} {
-		if c > 0 {
-			s.m.dropped.WithLabelValues("tsdb", reason).Add(float64(c))
-		}
-	}
-	if (tooOld > 0 || dupTS > 0) && s.lg != nil {
-		// Data the store could never hold: say so where an operator looks.
-		s.lg.Warn("storage: samples dropped", "too_old", tooOld, "duplicate_timestamp", dupTS)
-	}
-	return nil
+	return n, tooOld, dupTS, tooLong, nil
 }
 
 // sortedKeys returns m's keys in order, in *buf's storage.
@@ -373,7 +406,8 @@ func (s *TSDB) Close() error {
 
 // concurrentWrites marks the TSDB as a sink whose Write may be called from
 // several goroutines at once (concurrentSink): the Subscriber's followers
-// then write without taking turns, and their fsyncs are shared.
+// then call it without taking turns; their transactions take turns inside
+// (appendMu), and their fsyncs are shared.
 func (*TSDB) concurrentWrites() {}
 
 // errSyncClosed is what a sync after Close returns.
