@@ -12,6 +12,9 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(tsdbCrashChildEnv); dir != "" {
 		os.Exit(tsdbCrashChild(dir))
 	}
+	if dir := os.Getenv(tornWALChildEnv); dir != "" {
+		os.Exit(tornWALChild(dir))
+	}
 	goleak.VerifyTestMain(stopExtServersAfter{m},
 		// zmq4 v0.17.0 loses the wake-up of a closed PUB socket's writer
 		// goroutine if it was sending (pub.go, run); see middletier's tests.
