@@ -92,6 +92,10 @@ type TSDB struct {
 	m    *tsdbMetrics
 	sync *logSync
 
+	// lock is this package's flock on the directory (lockTSDB), held from
+	// before recoverTSDB until after Close has marked the directory clean.
+	lock *os.File
+
 	// appendMu makes transactions take turns, from the appender's first
 	// Append to its Commit; the fsync that makes them durable is shared
 	// (logSync) and runs outside it. The TSDB's head allows concurrent
@@ -143,7 +147,17 @@ func OpenTSDB(opts TSDBOptions, reg prometheus.Registerer, lg *slog.Logger) (*TS
 	if tlg == nil {
 		tlg = slog.New(slog.DiscardHandler)
 	}
-	if err := recoverTSDB(opts.Dir, to, tlg); err != nil {
+	lock, err := lockTSDB(opts.Dir)
+	if err != nil {
+		return nil, err
+	}
+	opened := false
+	defer func() {
+		if !opened {
+			lock.Close()
+		}
+	}()
+	if err := recoverTSDB(opts.Dir, tlg); err != nil {
 		return nil, err
 	}
 	m := &tsdbMetrics{
@@ -181,7 +195,7 @@ func OpenTSDB(opts TSDBOptions, reg prometheus.Registerer, lg *slog.Logger) (*TS
 		m.unregister()
 		return nil, fmt.Errorf("storage: open tsdb: %w", err)
 	}
-	s := &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls}
+	s := &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls, lock: lock}
 	m.failed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ingest_storage_tsdb_failed",
 		Help: "1 once an fsync of the embedded TSDB's write logs has failed: every later write fails until the writer restarts (its /healthz fails).",
@@ -199,103 +213,8 @@ func OpenTSDB(opts TSDBOptions, reg prometheus.Registerer, lg *slog.Logger) (*TS
 			return nil, fmt.Errorf("storage: register metrics: %w", err)
 		}
 	}
+	opened = true
 	return s, nil
-}
-
-// cleanMark is the file in the TSDB's directory that says the last process
-// closed it: Close writes it, OpenTSDB removes it.
-const cleanMark = "ingest-closed-cleanly"
-
-// recoverTSDB prepares the TSDB in dir for tsdb.Open after a process that
-// did not close it (a crash, SIGKILL, power loss), working around two ways
-// in which the TSDB (github.com/prometheus/prometheus v0.316.0) loses
-// out-of-order samples that were in its write-behind log (WBL) when it
-// restarts after a crash. TestTSDBCrash finds both; TestTSDBTornWAL the
-// first alone.
-//
-//   - tsdb.Open repairs a WAL whose last record is torn (a commit cut
-//     short: never acknowledged), but then starts without replaying the
-//     WBL: its samples are missing from the head, and from what the next
-//     compaction writes. One open here repairs the WAL and closes, so that
-//     the real one replays both logs whole.
-//   - The head writes the chunks it cuts to chunks_head through a 4 MiB
-//     buffer in memory, and logs to the WBL a marker naming each
-//     out-of-order chunk as it cuts it: at replay a marker says "the
-//     samples before me are in that chunk" and drops them from the
-//     rebuilt head. A crash loses the buffer, so markers name chunks that
-//     never reached the disk. Replay skips markers past the last chunk on
-//     disk, which covers the first restart, but the chunks that restart
-//     writes come after the lost ones, and from the second restart on the
-//     markers look satisfied and the samples are gone. After an unclean
-//     stop the head's chunk files are removed: replay then rebuilds the
-//     head from the WAL and the WBL alone (every marker names a chunk past
-//     the last on disk), and nothing depends on the lost chunks. It costs
-//     a longer replay after a crash, never after a clean stop.
-//
-// A new directory, or one closed cleanly, is left as it is; the clean mark
-// is removed, so that a crash of this process is seen at the next start.
-func recoverTSDB(dir string, to *tsdb.Options, lg *slog.Logger) error {
-	mark := filepath.Join(dir, cleanMark)
-	_, err := os.Stat(mark)
-	clean := err == nil
-	if clean {
-		if err := os.Remove(mark); err != nil {
-			return fmt.Errorf("storage: open tsdb: %w", err)
-		}
-		if err := syncDir(dir, (*os.File).Sync); err != nil {
-			return fmt.Errorf("storage: open tsdb: %w", err)
-		}
-		return nil
-	}
-	if walTorn(dir) {
-		lg.Warn("storage: the TSDB's WAL ends in a torn record (a write cut short by a crash); repairing it before opening")
-		db, err := tsdb.Open(dir, lg, nil, to, nil)
-		if err != nil {
-			return fmt.Errorf("storage: open tsdb to repair its WAL: %w", err)
-		}
-		if err := db.Close(); err != nil {
-			return fmt.Errorf("storage: close tsdb after repairing its WAL: %w", err)
-		}
-	}
-	chunkDir := filepath.Join(dir, "chunks_head")
-	files, err := os.ReadDir(chunkDir)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("storage: open tsdb: %w", err)
-	}
-	if len(files) == 0 {
-		return nil
-	}
-	lg.Warn("storage: the TSDB was not closed cleanly; rebuilding its head from its write logs, without its chunk files", "dir", chunkDir, "files", len(files))
-	for _, f := range files {
-		if err := os.Remove(filepath.Join(chunkDir, f.Name())); err != nil {
-			return fmt.Errorf("storage: open tsdb: %w", err)
-		}
-	}
-	if err := syncDir(chunkDir, (*os.File).Sync); err != nil {
-		return fmt.Errorf("storage: open tsdb: %w", err)
-	}
-	return nil
-}
-
-// walTorn reports whether the last records of the WAL of the TSDB in dir
-// do not read back whole. Only the segment being written when a process
-// died can hold a torn record; the two newest segments are read, in case
-// the newest was begun just before. Any other trouble is left to tsdb.Open.
-func walTorn(dir string) bool {
-	walDir := filepath.Join(dir, "wal")
-	first, last, err := wlog.Segments(walDir)
-	if err != nil || last < 0 {
-		return false
-	}
-	sr, err := wlog.NewSegmentsRangeReader(wlog.SegmentRange{Dir: walDir, First: max(first, last-1), Last: last})
-	if err != nil {
-		return false
-	}
-	defer sr.Close()
-	r := wlog.NewReader(sr)
-	for r.Next() {
-	}
-	return r.Err() != nil
 }
 
 // Failed returns the failure that stopped the TSDB's writes for good (an
@@ -497,10 +416,17 @@ func validNameByte(c byte, colon bool) bool {
 // Close closes the TSDB, flushing its head to its WAL. Idempotent.
 func (s *TSDB) Close() error {
 	s.closeOnce.Do(func() {
+		// No commit may race the close: one that did could lose its
+		// write-behind log records, which the library only logs.
+		s.appendMu.Lock()
+		defer s.appendMu.Unlock()
 		s.closeErr = errors.Join(s.db.Close(), s.sync.close())
-		if s.closeErr == nil {
+		if s.closeErr == nil && s.Failed() == nil {
+			// After a failed fsync the logs' state is unknown: leave the
+			// directory unclean, so that the next start recovers it.
 			s.closeErr = markClean(s.opts.Dir)
 		}
+		s.closeErr = errors.Join(s.closeErr, s.lock.Close())
 		s.m.unregister()
 	})
 	return s.closeErr
