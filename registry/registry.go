@@ -80,7 +80,9 @@ type Registry struct {
 	interval time.Duration
 	lg       *slog.Logger
 	devices  atomic.Pointer[map[string]Device]
-	sum      [32]byte
+	sum      [32]byte // of the content in use
+	seen     [32]byte // of a new content read once, applied when read again
+	bad      [32]byte // of the last content that did not parse, counted once
 
 	m struct {
 		devices prometheus.Gauge
@@ -133,9 +135,11 @@ func (r *Registry) Lookup(id string) (Device, bool) {
 func (r *Registry) Len() int { return len(*r.devices.Load()) }
 
 // Run reloads the file whenever its content changes, until ctx ends. It
-// polls, which also follows the symlink swaps of a Kubernetes ConfigMap. A
-// file that cannot be read or parsed is logged and counted, and the last good
-// registry stays in place.
+// polls, which also follows the symlink swaps of a Kubernetes ConfigMap; a
+// new content is applied once two polls in a row read it, so a file being
+// rewritten in place is never taken half-written. A file that cannot be
+// read or parsed is logged and counted (a content that does not parse,
+// once), and the last good registry stays in place.
 func (r *Registry) Run(ctx context.Context) error {
 	defer func() {
 		if r.reg != nil {
@@ -161,12 +165,22 @@ func (r *Registry) Run(ctx context.Context) error {
 
 func (r *Registry) reload() {
 	b, err := os.ReadFile(r.path)
-	if err == nil && sha256.Sum256(b) == r.sum {
-		return
-	}
 	var devs map[string]Device
 	if err == nil {
-		devs, err = Parse(filepath.Ext(r.path), b)
+		sum := sha256.Sum256(b)
+		if sum == r.sum || sum == r.bad {
+			return
+		}
+		if sum != r.seen {
+			// Apply a new content only once two polls in a row read it:
+			// a file being rewritten in place (truncated, then written)
+			// reads empty or half-written in between, and may parse.
+			r.seen = sum
+			return
+		}
+		if devs, err = Parse(filepath.Ext(r.path), b); err != nil {
+			r.bad = sum
+		}
 	}
 	if err != nil {
 		r.m.reloads.WithLabelValues("error").Inc()

@@ -194,3 +194,35 @@ func FuzzParseCSV(f *testing.F) {
 		}
 	})
 }
+
+// A file rewritten in place reads empty or half-written for a moment; a
+// content is applied only once two polls in a row read it.
+func TestReloadWaitsForAStableFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "devices.yaml")
+	if err := os.WriteFile(path, []byte(sampleYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Truncated: read once, then the new content is written.
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.reload()
+	if _, ok := r.Lookup("sensor-9"); !ok {
+		t.Fatal("an empty file read once replaced the registry")
+	}
+	if err := os.WriteFile(path, []byte("devices:\n  - id: sensor-9\n    group: orchard\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.reload()
+	if d, _ := r.Lookup("sensor-9"); d.Group != "greenhouse" {
+		t.Fatalf("a content read once was applied: %+v", d)
+	}
+	r.reload()
+	if d, _ := r.Lookup("sensor-9"); d.Group != "orchard" {
+		t.Fatalf("a content read twice was not applied: %+v", d)
+	}
+}
