@@ -106,10 +106,13 @@ type Client struct {
 	cond     *sync.Cond
 	queue    []*msg // not yet sent on the current connection, in order
 	inflight []*msg // sent on the current connection, in frame order
-	nextN    uint64
-	closed   bool
-	fatal    error
-	ws       *websocket.Conn
+	// delivering counts messages taken off queue or inflight whose results
+	// are being delivered (outside mu); Flush and Pending count them.
+	delivering int
+	nextN      uint64
+	closed     bool
+	fatal      error
+	ws         *websocket.Conn
 
 	done chan struct{}
 }
@@ -240,7 +243,7 @@ func (c *Client) Flush(ctx context.Context) error {
 	defer stop()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for len(c.queue)+len(c.inflight) > 0 && !c.closed && ctx.Err() == nil {
+	for len(c.queue)+len(c.inflight)+c.delivering > 0 && !c.closed && ctx.Err() == nil {
 		c.cond.Wait()
 	}
 	if c.closed {
@@ -253,7 +256,7 @@ func (c *Client) Flush(ctx context.Context) error {
 func (c *Client) Pending() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.queue) + len(c.inflight)
+	return len(c.queue) + len(c.inflight) + c.delivering
 }
 
 // Err returns why the client stopped on its own (a refusal), or nil.
@@ -492,11 +495,13 @@ func (c *Client) settle(seq uint64) {
 	}
 	done := append([]*msg(nil), c.inflight[:i]...)
 	c.inflight = c.inflight[i:]
+	c.delivering += len(done)
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	for _, m := range done {
 		c.deliver(m, m.err)
 	}
+	c.delivered(len(done))
 }
 
 func (c *Client) failAll(err error) {
@@ -506,11 +511,24 @@ func (c *Client) failAll(err error) {
 	if err != ErrClosed && c.fatal == nil {
 		c.fatal = err
 	}
+	c.delivering += len(ms)
 	c.cond.Broadcast()
 	c.mu.Unlock()
 	for _, m := range ms {
 		c.deliver(m, err)
 	}
+	c.delivered(len(ms))
+}
+
+// delivered notes that n results taken off the queues have been delivered.
+func (c *Client) delivered(n int) {
+	if n == 0 {
+		return
+	}
+	c.mu.Lock()
+	c.delivering -= n
+	c.cond.Broadcast()
+	c.mu.Unlock()
 }
 
 func (c *Client) deliver(m *msg, err error) {

@@ -467,3 +467,33 @@ func TestDialRefused(t *testing.T) {
 		t.Fatalf("dial with a bad token: %v, want ErrRefused", err)
 	}
 }
+
+// Flush returns only after OnResult has run for every message: a slow
+// callback for the last results must not be overtaken.
+func TestFlushWaitsForOnResult(t *testing.T) {
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
+	defer s.stop(t)
+	var res results
+	slow := func(r client.Result) {
+		time.Sleep(20 * time.Millisecond) // a callback that does work of its own
+		res.add(r)
+	}
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Options{URL: s.url(), Token: token(t, "dev-1"), OnResult: slow})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	const n = 5
+	for i := range n {
+		if _, err := c.Send(ctx, msg(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(res.snapshot()); got != n {
+		t.Fatalf("%d results delivered when Flush returned, want %d", got, n)
+	}
+}
