@@ -7,8 +7,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"syscall"
 
+	"github.com/ingest-io/ingest/internal/dirlock"
 	"github.com/prometheus/prometheus/tsdb/record"
 	"github.com/prometheus/prometheus/tsdb/wlog"
 	"github.com/prometheus/prometheus/util/compression"
@@ -50,22 +50,17 @@ const cleanMark = "ingest-closed-cleanly"
 // the directory before the library takes its own lock.
 const lockFile = "ingest.lock"
 
-// lockTSDB takes an exclusive flock on dir's lock file (creating dir). The
-// kernel drops it when the process dies.
+// lockTSDB takes an exclusive flock on dir's lock file (creating dir).
 func lockTSDB(dir string) (*os.File, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("storage: open tsdb: %w", err)
 	}
-	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_CREATE|os.O_RDWR, 0o640)
+	f, err := dirlock.Lock(filepath.Join(dir, lockFile))
+	if errors.Is(err, dirlock.ErrLocked) {
+		return nil, fmt.Errorf("storage: open tsdb: %s is in use by another process", dir)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("storage: open tsdb: %w", err)
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
-			return nil, fmt.Errorf("storage: open tsdb: %s is in use by another process", dir)
-		}
-		return nil, fmt.Errorf("storage: open tsdb: lock %s: %w", dir, err)
 	}
 	return f, nil
 }
