@@ -124,26 +124,10 @@ func TestTSDBCrash(t *testing.T) {
 	base := tsdbCrashBase()
 	want := map[string]map[int64]bool{} // device → acknowledged times
 	for round := range kills {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), tsdbCrashChildEnv+"="+dir,
+		cmd, sc, stderr := startChild(t, fmt.Sprintf("round %d", round), "ready",
+			tsdbCrashChildEnv+"="+dir,
 			"INGEST_TSDB_CRASH_ROUND="+strconv.Itoa(round),
 			"INGEST_TSDB_CRASH_BASE="+strconv.FormatInt(base, 10))
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(out)
-		if !sc.Scan() || sc.Text() != "ready" {
-			cmd.Process.Kill()
-			cmd.Wait()
-			t.Fatalf("round %d: child did not start: %s", round, stderr.String())
-		}
 		// The kill comes 200 ms to 1 s after the first acknowledged batch.
 		// A batch's lines count once its end line "E" is read: a kill may
 		// cut the child's write of a batch (pipe writes over 4 KiB are not
@@ -182,7 +166,7 @@ func TestTSDBCrash(t *testing.T) {
 			t.Fatalf("round %d: the child acknowledged nothing: %s", round, stderr.String())
 		}
 		timer.Stop()
-		err = cmd.Wait()
+		err := cmd.Wait()
 		if code := cmd.ProcessState.ExitCode(); code != -1 {
 			t.Fatalf("round %d: child exited %d before the kill (%v): %s", round, code, err, stderr.String())
 		}
@@ -197,6 +181,33 @@ func TestTSDBCrash(t *testing.T) {
 		}
 		checkTSDBHolds(t, dir, round, want)
 	}
+}
+
+// startChild starts the test binary again as a child with env added (a
+// child that dies with the test) and waits for its first line to be first;
+// what names it in a failure. It returns the child, the scanner of its
+// stdout and its stderr.
+func startChild(t *testing.T, what, first string, env ...string) (*exec.Cmd, *bufio.Scanner, *bytes.Buffer) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	stderr := new(bytes.Buffer)
+	cmd.Stderr = stderr
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || sc.Text() != first {
+		cmd.Process.Kill()
+		cmd.Wait()
+		t.Fatalf("%s: child did not start: %s", what, stderr.String())
+	}
+	return cmd, sc, stderr
 }
 
 // checkTSDBHolds opens the TSDB in dir and checks that every sample in want
@@ -298,30 +309,12 @@ func tornWALTimes(base int64) []int64 {
 // whose WAL ends in a torn record, as a kill in the middle of a commit
 // leaves it, and checks that the out-of-order samples are there both
 // times. The TSDB on its own repairs such a WAL at open but then skips the
-// write-behind log's replay (the first open misses them), and the chunks
-// that open writes make the markers of the chunks the kill lost look
-// satisfied (the second open drops them for good); recoverTSDB.
+// write-behind log's replay, so the first open misses them (recoverTSDB,
+// repairWAL).
 func TestTSDBTornWAL(t *testing.T) {
 	dir := t.TempDir()
 	base := tsdbCrashBase()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), tornWALChildEnv+"="+dir, "INGEST_TSDB_CRASH_BASE="+strconv.FormatInt(base, 10))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // dies with the test
-	var stderr bytes.Buffer
-	cmd.Stderr = &stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() || sc.Text() != "done" {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("child: %s", stderr.String())
-	}
+	cmd, _, _ := startChild(t, "writer", "done", tornWALChildEnv+"="+dir, "INGEST_TSDB_CRASH_BASE="+strconv.FormatInt(base, 10))
 	cmd.Process.Kill()
 	cmd.Wait()
 	want := map[string]map[int64]bool{}
