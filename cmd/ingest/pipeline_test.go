@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +35,7 @@ type tierProc struct {
 	args  []string
 	env   []string
 	ready *regexp.Regexp // a log line that says it is serving
+	wrap  []string       // a command the binary runs under (strace and its flags), or nil
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -43,7 +45,8 @@ type tierProc struct {
 
 func (p *tierProc) start() {
 	p.t.Helper()
-	cmd := exec.Command(binPath, p.args...)
+	argv := append(append(slices.Clone(p.wrap), binPath), p.args...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), p.env...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -51,6 +54,10 @@ func (p *tierProc) start() {
 	}
 	if err := cmd.Start(); err != nil {
 		p.t.Fatal(err)
+	}
+	startWithin := 30 * time.Second
+	if p.wrap != nil {
+		startWithin = 60 * time.Second // under strace it starts slower
 	}
 	up := make(chan struct{})
 	done := make(chan struct{})
@@ -72,7 +79,7 @@ func (p *tierProc) start() {
 	case <-up:
 	case <-done:
 		p.t.Fatalf("%s exited at start:\n%s", p.name, p.logs.String())
-	case <-time.After(30 * time.Second):
+	case <-time.After(startWithin):
 		cmd.Process.Kill()
 		<-done
 		p.t.Fatalf("%s did not start:\n%s", p.name, p.logs.String())

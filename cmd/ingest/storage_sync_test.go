@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -48,46 +46,14 @@ func TestStorageSyncsTSDBBeforeCommit(t *testing.T) {
 
 	// The writer, traced: only the calls that matter, filtered in the
 	// kernel (--seccomp-bpf) so that the writer runs at a useful speed.
-	cmd := exec.Command(strace, append([]string{"-f", "-qq", "--seccomp-bpf", "-yy", "-x", "-s", "16", "-o", trace,
-		"-e", "trace=openat,fsync,fdatasync,sync_file_range,write,writev,pwrite64,sendto,sendmsg",
-		binPath}, st.args...)...)
-	cmd.Env = append(os.Environ(), st.env...)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	up, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		sc := bufio.NewScanner(stderr)
-		signalled := false
-		for sc.Scan() {
-			st.logs.Write([]byte("storage: " + sc.Text() + "\n"))
-			if !signalled && st.ready.MatchString(sc.Text()) {
-				close(up)
-				signalled = true
-			}
-		}
-		io.Copy(io.Discard, stderr)
-		cmd.Wait()
-	}()
-	select {
-	case <-up:
-	case <-done:
-		t.Fatalf("traced storage writer exited at start:\n%s", st.logs.String())
-	case <-time.After(60 * time.Second):
-		cmd.Process.Kill()
-		<-done
-		t.Fatalf("traced storage writer did not start:\n%s", st.logs.String())
-	}
+	st.wrap = []string{strace, "-f", "-qq", "--seccomp-bpf", "-yy", "-x", "-s", "16", "-o", trace,
+		"-e", "trace=openat,fsync,fdatasync,sync_file_range,write,writev,pwrite64,sendto,sendmsg"}
+	st.start()
+	cmd, done := st.cmd, st.done
 	stopped := false
 	defer func() {
 		if !stopped {
-			cmd.Process.Kill() // strace, which kills the writer it started
-			<-done
+			st.kill() // strace, which kills the writer it started
 		}
 	}()
 
