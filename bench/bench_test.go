@@ -49,17 +49,7 @@ func TestRunSpawned(t *testing.T) {
 			c := tc.c
 			c.Spawn, c.Duration, c.Drain, c.Sources, c.Quiet = binPath, 2*time.Second, 10*time.Second, 2, true
 			c.JSON, c.Plot = filepath.Join(dir, tc.name+".json"), filepath.Join(dir, tc.name+".svg")
-			if err := run(c); err != nil {
-				t.Fatal(err)
-			}
-			var r result
-			b, err := os.ReadFile(c.JSON)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := json.Unmarshal(b, &r); err != nil {
-				t.Fatal(err)
-			}
+			r := runResult(t, c)
 			if r.Connected != c.Devices || r.Acked == 0 || r.Acked != r.Sent || len(r.Errors) != 0 {
 				t.Fatalf("connected %d, sent %d, acked %d, errors %v", r.Connected, r.Sent, r.Acked, r.Errors)
 			}
@@ -136,17 +126,7 @@ func TestChaosShort(t *testing.T) {
 	if testing.Short() {
 		c.Duration = 6 * time.Second
 	}
-	if err := run(c); err != nil {
-		t.Fatal(err)
-	}
-	var r result
-	b, err := os.ReadFile(c.JSON)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatal(err)
-	}
+	r := runResult(t, c)
 	cp := r.Completeness
 	if cp == nil || cp.Acked == 0 || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != cp.Acked {
 		t.Fatalf("completeness %+v", cp)
@@ -169,17 +149,7 @@ func TestSpawnAll(t *testing.T) {
 	c := config{SpawnAll: binPath, Devices: 10, Rate: 50, Window: 4, Size: 150, Shape: "gps", Sources: 1,
 		Duration: 3 * time.Second, Drain: 10 * time.Second, CheckWait: 30 * time.Second, Quiet: true,
 		JSON: filepath.Join(dir, "all.json")}
-	if err := run(c); err != nil {
-		t.Fatal(err)
-	}
-	var r result
-	b, err := os.ReadFile(c.JSON)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatal(err)
-	}
+	r := runResult(t, c)
 	if r.Acked == 0 || r.Acked != r.Sent {
 		t.Fatalf("sent %d, acked %d", r.Sent, r.Acked)
 	}
@@ -191,4 +161,22 @@ func TestSpawnAll(t *testing.T) {
 	if cp == nil || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != r.Acked {
 		t.Fatalf("completeness %+v, %d acknowledged", cp, r.Acked)
 	}
+}
+
+// runResult runs the bench with c, which names a JSON file, and returns the
+// result read back from that file.
+func runResult(t *testing.T, c config) result {
+	t.Helper()
+	if err := run(c); err != nil {
+		t.Fatal(err)
+	}
+	var r result
+	b, err := os.ReadFile(c.JSON)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r
 }
