@@ -325,6 +325,7 @@ func (c *Client) run(ws *websocket.Conn) {
 			var err error
 			ws, err = c.dial(context.Background())
 			if err == nil {
+				c.lg.Debug("reconnected", "attempt", attempt, "backoff", d)
 				break
 			}
 			c.lg.Info("reconnect failed", "err", err, "attempt", attempt)
@@ -336,18 +337,23 @@ func (c *Client) run(ws *websocket.Conn) {
 	}
 }
 
-// sleep waits d unless the client is closed first.
+// sleep waits d unless the client is closed first. The end of the wait is
+// a flag the timer sets under mu, not a reading of the clock: the timer's
+// one broadcast could otherwise come while the clock still read "before the
+// deadline" (the timer starts before any deadline can be computed), and
+// nothing else might ever wake the loop again.
 func (c *Client) sleep(d time.Duration) bool {
+	expired := false
 	t := time.AfterFunc(d, func() {
 		c.mu.Lock()
+		expired = true
 		c.cond.Broadcast()
 		c.mu.Unlock()
 	})
 	defer t.Stop()
-	deadline := time.Now().Add(d)
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for !c.closed && time.Now().Before(deadline) {
+	for !c.closed && !expired {
 		c.cond.Wait()
 	}
 	return !c.closed
