@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -211,14 +212,17 @@ func TestPipelineUnderSIGKILL(t *testing.T) {
 	ctx, stopSending := context.WithCancel(context.Background())
 	var senders sync.WaitGroup
 	var clients []*client.Client
+	clientLogs := make([]*syncBuf, devices)
 	for d := range devices {
 		acked[fmt.Sprintf("dev-%02d", d)] = map[uint64]bool{}
+		clientLogs[d] = &syncBuf{}
 	}
 	for d := range devices {
 		dev := fmt.Sprintf("dev-%02d", d)
 		c, err := client.Dial(context.Background(), client.Options{
 			URL: "ws://" + feAddrs[d%2] + "/v1/ingest", Token: token(t, dev), Window: 16,
 			MinBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+			Logger: slog.New(slog.NewTextHandler(clientLogs[d], &slog.HandlerOptions{Level: slog.LevelDebug})),
 			OnResult: func(r client.Result) {
 				if r.Err == nil {
 					mu.Lock()
@@ -257,10 +261,11 @@ func TestPipelineUnderSIGKILL(t *testing.T) {
 
 	// Every device's messages end up acknowledged (the client resends what
 	// was not), and the frontends forward everything.
-	for _, c := range clients {
+	for d, c := range clients {
 		fctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 		if err := c.Flush(fctx); err != nil {
-			t.Errorf("flush: %v", err)
+			t.Errorf("flush of dev-%02d: %v; %d messages without a result; its log (tail):\n%s",
+				d, err, c.Pending(), tail(clientLogs[d].String(), 20))
 		}
 		cancel()
 		c.Close()
