@@ -12,6 +12,9 @@ func TestMain(m *testing.M) {
 	if dir := os.Getenv(tsdbCrashChildEnv); dir != "" {
 		os.Exit(tsdbCrashChild(dir))
 	}
+	if dir := os.Getenv(wblCutChildEnv); dir != "" {
+		os.Exit(wblCutChild(dir))
+	}
 	if dir := os.Getenv(tornWALChildEnv); dir != "" {
 		os.Exit(tornWALChild(dir))
 	}

@@ -129,37 +129,12 @@ func TestTSDBCrash(t *testing.T) {
 			"INGEST_TSDB_CRASH_ROUND="+strconv.Itoa(round),
 			"INGEST_TSDB_CRASH_BASE="+strconv.FormatInt(base, 10))
 		// The kill comes 200 ms to 1 s after the first acknowledged batch.
-		// A batch's lines count once its end line "E" is read: a kill may
-		// cut the child's write of a batch (pipe writes over 4 KiB are not
-		// atomic), and a cut line must not pass for a sample.
 		var timer *time.Timer
-		var batch [][2]string
-		n := 0
-		for sc.Scan() {
-			f := strings.Fields(sc.Text())
-			switch {
-			case len(f) == 3 && f[0] == "A":
-				batch = append(batch, [2]string{f[1], f[2]})
-				continue
-			case len(f) != 1 || f[0] != "E":
-				continue
-			}
-			for _, a := range batch {
-				ts, err := strconv.ParseInt(a[1], 10, 64)
-				if err != nil {
-					t.Fatalf("round %d: %q", round, a)
-				}
-				if want[a[0]] == nil {
-					want[a[0]] = map[int64]bool{}
-				}
-				want[a[0]][ts] = true
-				n++
-			}
-			batch = batch[:0]
+		readAcks(t, sc, want, func() {
 			if timer == nil {
 				timer = time.AfterFunc(time.Duration(200+rand.IntN(800))*time.Millisecond, func() { cmd.Process.Kill() })
 			}
-		}
+		})
 		if timer == nil {
 			cmd.Process.Kill()
 			cmd.Wait()
@@ -189,7 +164,15 @@ func TestTSDBCrash(t *testing.T) {
 // stdout and its stderr.
 func startChild(t *testing.T, what, first string, env ...string) (*exec.Cmd, *bufio.Scanner, *bytes.Buffer) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	return startChildUnder(t, nil, what, first, env...)
+}
+
+// startChildUnder is startChild with the child run under wrap (strace and
+// its flags), or directly if wrap is nil.
+func startChildUnder(t *testing.T, wrap []string, what, first string, env ...string) (*exec.Cmd, *bufio.Scanner, *bytes.Buffer) {
+	t.Helper()
+	argv := append(append([]string{}, wrap...), os.Args[0], "-test.run=^$")
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stderr := new(bytes.Buffer)
@@ -208,6 +191,43 @@ func startChild(t *testing.T, what, first string, env ...string) (*exec.Cmd, *bu
 		t.Fatalf("%s: child did not start: %s", what, stderr.String())
 	}
 	return cmd, sc, stderr
+}
+
+// readAcks reads a child's lines until they end or one is "done", which it
+// reports. Samples "A device t" count as acknowledged, into want, once the
+// end line "E" of their batch is read: a kill may cut the child's write of
+// a batch (pipe writes over 4 KiB are not atomic), and a cut line must not
+// pass for a sample. onBatch, if set, is called after each whole batch.
+func readAcks(t *testing.T, sc *bufio.Scanner, want map[string]map[int64]bool, onBatch func()) (done bool) {
+	t.Helper()
+	var batch [][2]string
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		switch {
+		case len(f) == 3 && f[0] == "A":
+			batch = append(batch, [2]string{f[1], f[2]})
+			continue
+		case len(f) == 1 && f[0] == "done":
+			return true
+		case len(f) != 1 || f[0] != "E":
+			continue
+		}
+		for _, a := range batch {
+			ts, err := strconv.ParseInt(a[1], 10, 64)
+			if err != nil {
+				t.Fatalf("bad line from the child: %q", a)
+			}
+			if want[a[0]] == nil {
+				want[a[0]] = map[int64]bool{}
+			}
+			want[a[0]][ts] = true
+		}
+		batch = batch[:0]
+		if onBatch != nil {
+			onBatch()
+		}
+	}
+	return false
 }
 
 // checkTSDBHolds opens the TSDB in dir and checks that every sample in want
