@@ -17,12 +17,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/prometheus/model/labels"
 
+	"github.com/ingest-io/ingest/internal/testchild"
 	"github.com/ingest-io/ingest/storage"
 )
 
@@ -124,7 +124,7 @@ func TestTSDBCrash(t *testing.T) {
 	base := tsdbCrashBase()
 	want := map[string]map[int64]bool{} // device → acknowledged times
 	for round := range kills {
-		cmd, sc, stderr := startChild(t, fmt.Sprintf("round %d", round), "ready",
+		cmd, sc, stderr := testchild.Start(t, nil, fmt.Sprintf("round %d", round), "ready",
 			tsdbCrashChildEnv+"="+dir,
 			"INGEST_TSDB_CRASH_ROUND="+strconv.Itoa(round),
 			"INGEST_TSDB_CRASH_BASE="+strconv.FormatInt(base, 10))
@@ -156,41 +156,6 @@ func TestTSDBCrash(t *testing.T) {
 		}
 		checkTSDBHolds(t, dir, round, want)
 	}
-}
-
-// startChild starts the test binary again as a child with env added (a
-// child that dies with the test) and waits for its first line to be first;
-// what names it in a failure. It returns the child, the scanner of its
-// stdout and its stderr.
-func startChild(t *testing.T, what, first string, env ...string) (*exec.Cmd, *bufio.Scanner, *bytes.Buffer) {
-	t.Helper()
-	return startChildUnder(t, nil, what, first, env...)
-}
-
-// startChildUnder is startChild with the child run under wrap (strace and
-// its flags), or directly if wrap is nil.
-func startChildUnder(t *testing.T, wrap []string, what, first string, env ...string) (*exec.Cmd, *bufio.Scanner, *bytes.Buffer) {
-	t.Helper()
-	argv := append(append([]string{}, wrap...), os.Args[0], "-test.run=^$")
-	cmd := exec.Command(argv[0], argv[1:]...)
-	cmd.Env = append(os.Environ(), env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	stderr := new(bytes.Buffer)
-	cmd.Stderr = stderr
-	out, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	sc := bufio.NewScanner(out)
-	if !sc.Scan() || sc.Text() != first {
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("%s: child did not start: %s", what, stderr.String())
-	}
-	return cmd, sc, stderr
 }
 
 // readAcks reads a child's lines until they end or one is "done", which it
@@ -334,7 +299,7 @@ func tornWALTimes(base int64) []int64 {
 func TestTSDBTornWAL(t *testing.T) {
 	dir := t.TempDir()
 	base := tsdbCrashBase()
-	cmd, _, _ := startChild(t, "writer", "done", tornWALChildEnv+"="+dir, "INGEST_TSDB_CRASH_BASE="+strconv.FormatInt(base, 10))
+	cmd, _, _ := testchild.Start(t, nil, "writer", "done", tornWALChildEnv+"="+dir, "INGEST_TSDB_CRASH_BASE="+strconv.FormatInt(base, 10))
 	cmd.Process.Kill()
 	cmd.Wait()
 	want := map[string]map[int64]bool{}

@@ -17,6 +17,7 @@ import (
 	precord "github.com/prometheus/prometheus/tsdb/record"
 	"github.com/prometheus/prometheus/tsdb/wlog"
 
+	"github.com/ingest-io/ingest/internal/testchild"
 	"github.com/ingest-io/ingest/storage"
 )
 
@@ -116,7 +117,7 @@ func TestTSDBKillInsideWBLWrite(t *testing.T) {
 	want := map[string]map[int64]bool{}
 
 	seg := wlog.SegmentName(filepath.Join(dir, "wbl"), 0)
-	cmd, sc, stderr := startChildUnder(t, []string{strace, "-f", "-qq", "-o", "/dev/null", "-P", seg,
+	cmd, sc, stderr := testchild.Start(t, []string{strace, "-f", "-qq", "-o", "/dev/null", "-P", seg,
 		"-e", "trace=write", "-e", "inject=write:signal=KILL:when=2"},
 		"cut", "ready", append(env, "INGEST_TSDB_WBLCUT_MODE=cut")...)
 	done := readAcks(t, sc, want, nil)
@@ -146,7 +147,7 @@ func TestTSDBKillInsideWBLWrite(t *testing.T) {
 	// Written again and acknowledged; a kill; another writer opens what it
 	// left (no clean close between), writes again and is killed too.
 	for round := 2; round <= 3; round++ {
-		cmd, sc, stderr := startChild(t, fmt.Sprintf("resend %d", round), "ready", append(env, "INGEST_TSDB_WBLCUT_MODE=resend")...)
+		cmd, sc, stderr := testchild.Start(t, nil, fmt.Sprintf("resend %d", round), "ready", append(env, "INGEST_TSDB_WBLCUT_MODE=resend")...)
 		done := readAcks(t, sc, want, nil)
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()

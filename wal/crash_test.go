@@ -1,7 +1,6 @@
 package wal_test
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/testchild"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -112,23 +112,8 @@ func TestCrash(t *testing.T) {
 	var repairs float64
 	total := 0
 	for round := range kills {
-		cmd := exec.Command(os.Args[0], "-test.run=^$")
-		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, "INGEST_WAL_CRASH_ROUND="+strconv.Itoa(round))
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		sc := bufio.NewScanner(out)
-		if !sc.Scan() || sc.Text() != "ready" {
-			cmd.Process.Kill()
-			cmd.Wait()
-			t.Fatalf("round %d: child did not start: %s", round, stderr.String())
-		}
+		cmd, sc, stderr := testchild.Start(t, nil, fmt.Sprintf("round %d", round), "ready",
+			crashChildEnv+"="+dir, "INGEST_WAL_CRASH_ROUND="+strconv.Itoa(round))
 		timer := time.AfterFunc(time.Duration(5+rand.IntN(150))*time.Millisecond, func() { cmd.Process.Kill() })
 		lastByWriter := map[int]uint64{}
 		for sc.Scan() {
@@ -153,7 +138,7 @@ func TestCrash(t *testing.T) {
 			}
 		}
 		timer.Stop()
-		err = cmd.Wait()
+		err := cmd.Wait()
 		if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != -1 {
 			t.Fatalf("round %d: child ended with %v, not by the kill: %s", round, err, stderr.String())
 		}
