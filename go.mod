@@ -148,3 +148,7 @@ require (
 	golang.org/x/text v0.43.0 // indirect
 	google.golang.org/protobuf v1.36.12
 )
+
+// tidwall/wal with one patch: the tail segment's cached entries buffer is
+// sized once per segment instead of growing by append (third_party/tidwall-wal/README.ingest.md).
+replace github.com/tidwall/wal => ./third_party/tidwall-wal
