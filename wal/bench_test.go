@@ -18,11 +18,20 @@ const benchEntry = 200
 // BenchmarkAppend measures append latency and throughput with 1 to 1024
 // concurrent appenders of 200-byte entries, beside a raw write+fsync loop on
 // the same file system in the same run: the floor group commit builds on.
-// Compare ratios within one run: absolute figures move with the machine.
+// raw-overwrite-fdatasync is the floor of preallocated segments (spare.go),
+// and the prealloc=off runs are the log with segments that grow as they are
+// written. Compare ratios within one run: absolute figures move with the
+// machine.
 func BenchmarkAppend(b *testing.B) {
 	b.Run("raw-fsync", benchRawFsync)
+	b.Run("raw-overwrite-fdatasync", benchRawOverwrite)
 	for _, n := range []int{1, 16, 256, 1024} {
-		b.Run(fmt.Sprintf("appenders=%d", n), func(b *testing.B) { benchAppend(b, n) })
+		b.Run(fmt.Sprintf("appenders=%d", n), func(b *testing.B) { benchAppend(b, n, wal.Options{Hop: "bench"}) })
+	}
+	for _, n := range []int{1, 256} {
+		b.Run(fmt.Sprintf("appenders=%d,prealloc=off", n), func(b *testing.B) {
+			benchAppend(b, n, wal.Options{Hop: "bench", NoPreallocate: true})
+		})
 	}
 }
 
@@ -50,8 +59,46 @@ func benchRawFsync(b *testing.B) {
 	report(b, lat, time.Since(start))
 }
 
-func benchAppend(b *testing.B, appenders int) {
-	l, err := wal.Open(b.TempDir(), wal.Options{Hop: "bench"}, nil, nil)
+// benchRawOverwrite writes one framed 200-byte record into a file of zeros
+// written and fsynced beforehand, and fdatasyncs it, b.N times.
+func benchRawOverwrite(b *testing.B) {
+	rec := make([]byte, benchEntry+9)
+	size := int64(len(rec)) * int64(b.N)
+	f, err := os.OpenFile(filepath.Join(b.TempDir(), "raw"), os.O_CREATE|os.O_RDWR, 0o640)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	zeros := make([]byte, 1<<20)
+	for off := int64(0); off < size; off += int64(len(zeros)) {
+		if _, err := f.Write(zeros[:min(int64(len(zeros)), size-off)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	if _, err := f.Seek(0, 0); err != nil {
+		b.Fatal(err)
+	}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	start := time.Now()
+	for range b.N {
+		t := time.Now()
+		if _, err := f.Write(rec); err != nil {
+			b.Fatal(err)
+		}
+		if err := wal.Datasync(f); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t))
+	}
+	report(b, lat, time.Since(start))
+}
+
+func benchAppend(b *testing.B, appenders int, opts wal.Options) {
+	l, err := wal.Open(b.TempDir(), opts, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

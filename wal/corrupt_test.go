@@ -23,7 +23,9 @@ const (
 	perSegment     = 38
 )
 
-var corruptOpts = wal.Options{Hop: "test", SegmentBytes: 4096}
+// The damage below is placed by the layout of segments that grow as they
+// are written; TestPreallocatedDamage has the same for preallocated ones.
+var corruptOpts = wal.Options{Hop: "test", SegmentBytes: 4096, NoPreallocate: true}
 
 func corruptPayload(i int) []byte {
 	return bytes.Repeat([]byte{byte(i)}, 100)
@@ -96,9 +98,21 @@ func TestCorruption(t *testing.T) {
 			want: want{last: corruptEntries - 1, repairs: 1},
 		},
 		{
+			// Free space, as in a preallocated segment: nothing to repair,
+			// and the appends below overwrite the zeros.
 			name: "zeros appended to the last segment",
 			damage: func(t *testing.T, dir string, segs []string) {
 				mutate(t, segs[3], func(b []byte) []byte { return append(b, make([]byte, 4096)...) })
+			},
+			want: want{last: corruptEntries},
+		},
+		{
+			// What a power loss can leave after the last acknowledged
+			// entry: a later page of an unacknowledged write, zeros
+			// before it.
+			name: "bytes after zeros appended to the last segment",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return append(append(b, make([]byte, 4096)...), 1) })
 			},
 			want: want{last: corruptEntries, repairs: 1},
 		},
@@ -110,9 +124,18 @@ func TestCorruption(t *testing.T) {
 			want: want{last: corruptEntries - 1, repairs: 1},
 		},
 		{
+			// Zeros after a segment's last entry are its free space: a
+			// preallocated segment looks just so.
 			name: "zeros appended to an earlier segment",
 			damage: func(t *testing.T, dir string, segs []string) {
 				mutate(t, segs[1], func(b []byte) []byte { return append(b, make([]byte, 4096)...) })
+			},
+			want: want{last: corruptEntries},
+		},
+		{
+			name: "bytes after zeros appended to an earlier segment",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[1], func(b []byte) []byte { return append(append(b, make([]byte, 4096)...), 1) })
 			},
 			want: want{segment: "00000000000000000039", offset: perSegment * storedEntry, index: 77},
 		},

@@ -12,17 +12,31 @@
 //
 // # Durability
 //
-// Append and AppendBatch return only after an fsync that covers their
-// entries. Whatever they returned an index for survives the process being
-// killed at any instant, and survives a power loss on a file system that
-// honours fsync (new segment files are made durable by an fsync of the
-// directory as well). An append that returned an error, or whose context
-// ended first, may or may not be in the log after a crash: the caller has
-// not acknowledged it, and sending it again can only repeat it.
+// Append and AppendBatch return only after a sync that covers their
+// entries: fdatasync(2) of the segment file (fsync where the system has no
+// fdatasync), which flushes the data and whatever metadata reading it back
+// needs, such as a grown size. Whatever they returned an index for survives
+// the process being killed at any instant, and survives a power loss on a
+// file system that honours fsync (new segment files are made durable by an
+// fsync of the directory as well). An append that returned an error, or
+// whose context ended first, may or may not be in the log after a crash:
+// the caller has not acknowledged it, and sending it again can only repeat
+// it.
 //
 // Appends are group-committed: one goroutine writes whatever appends are
-// waiting with one write and one fsync. A lone appender pays one fsync;
+// waiting with one write and one sync. A lone appender pays one sync;
 // concurrent appenders share it.
+//
+// Segment files are preallocated (unless Options.NoPreallocate): a
+// goroutine writes the next segment's file of zeros ahead of need and
+// fsyncs it, the log renames it into place when it moves to a new segment,
+// and entries then overwrite the zeros. A sync then has no size or block
+// allocation to commit, only data: on ext4 that halved the sync that every
+// acknowledgement waits for (docs/benchmarks.md, "WAL"). The zeros after a
+// segment's last entry are its free space; a zero byte where an entry would
+// start ends the segment, which no entry can begin with. Preallocation
+// costs one segment of disk (SegmentBytes plus a sixteenth) for the spare
+// file, segment.spare, and up to a sixteenth of a segment per segment.
 //
 // # Order
 //
@@ -37,8 +51,10 @@
 // Release(upTo) says consumers are done with every entry up to upTo. Their
 // room under the bound is freed at once. The mark is written to a small file
 // (written aside, fsynced, renamed into place, directory fsynced) in the
-// background, and segments wholly below it are then truncated in the
-// background. After a restart, Cursor(0) starts at the first entry after the
+// background, and segments wholly below it are then removed in the
+// background: a segment stays whole, released entries and all, until the
+// mark passes its end, so truncation never rewrites a file. FirstIndex
+// may therefore be below the mark. After a restart, Cursor(0) starts at the first entry after the
 // durable mark: entries released just before a crash may be read again. A
 // consumer must therefore tolerate repeats, never gaps; the log never skips
 // an entry that was not released.
@@ -55,10 +71,16 @@
 // Every entry carries its length and a CRC32C, verified when the log is
 // opened and on every read. At open:
 //
+//   - zeros after a segment's last entry are its free space, not damage;
 //   - damage in the last segment that no intact entry follows is a torn tail
-//     (the write in progress when the process died, or zeros the file system
-//     left): it is truncated away, fsynced, logged once and counted in
-//     ingest_wal_repairs_total;
+//     (the write in progress when the process died, or what a power loss
+//     left of writes that were never acknowledged): it is truncated away,
+//     fsynced, logged once and counted in ingest_wal_repairs_total. So is
+//     a run of zeros in the last segment followed by intact entries:
+//     acknowledged entries are a durable prefix of the segment, so that is
+//     an unacknowledged write of which a power loss kept later blocks and
+//     lost earlier ones (in a preallocated file no change of size orders
+//     them); the entries after the zeros were never acknowledged either;
 //   - any other damage (damage followed by intact entries, damage in an
 //     earlier segment, a segment missing from the sequence) makes Open fail
 //     with a *CorruptionError naming the segment, offset and index. Damaged
@@ -95,9 +117,10 @@
 //
 // Known limits: tidwall/wal fsyncs again when it is closed, also after a
 // failed fsync (nothing is acknowledged after the failure, so it promises
-// nothing); and its front truncation renames and removes files without an
-// fsync of the directory between the steps, which a journalling file system
-// such as ext4 orders for it.
+// nothing); and its front truncation removes segment files, oldest first,
+// with one fsync of the directory after the last rather than one after
+// each: a crash part way leaves the log starting at a later segment, every
+// unreleased entry intact.
 //
 // # Concurrency
 //

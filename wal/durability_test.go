@@ -94,15 +94,25 @@ func TestBlockedCursorWokenOnFailure(t *testing.T) {
 // such a tear from a damaged length followed by acknowledged entries would
 // mean guessing, and a wrong guess would truncate acknowledged entries.
 func TestTornTailWithEmbeddedFrameRefusesOpen(t *testing.T) {
+	for _, prealloc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("prealloc=%v", prealloc), func(t *testing.T) {
+			testTornTailWithEmbeddedFrame(t, Options{NoPreallocate: !prealloc})
+		})
+	}
+}
+
+func testTornTailWithEmbeddedFrame(t *testing.T, opts Options) {
 	dir := t.TempDir()
-	l, err := Open(dir, Options{}, nil, nil)
+	l, err := Open(dir, opts, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
+	end := 0 // where the next entry starts in the segment
 	for _, p := range []string{"one", "two"} {
 		if _, err := l.Append(context.Background(), []byte(p)); err != nil {
 			t.Fatal(err)
 		}
+		end += storedSize(len(appendFrame(nil, []byte(p))))
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
@@ -121,17 +131,20 @@ func TestTornTailWithEmbeddedFrameRefusesOpen(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	torn := stored[:4096-int(fi.Size())] // the write stopped at a page boundary
-	f, err := os.OpenFile(seg, os.O_WRONLY|os.O_APPEND, 0)
+	if prealloc := fi.Size() > int64(end); prealloc == opts.NoPreallocate {
+		t.Fatalf("segment of %d bytes for %d bytes of entries with %+v", fi.Size(), end, opts)
+	}
+	torn := stored[:4096-end] // the write stopped at a page boundary
+	f, err := os.OpenFile(seg, os.O_WRONLY, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.Write(torn); err != nil {
+	if _, err := f.WriteAt(torn, int64(end)); err != nil {
 		t.Fatal(err)
 	}
 	f.Close()
 
-	l2, err := Open(dir, Options{}, nil, nil)
+	l2, err := Open(dir, opts, nil, nil)
 	var ce *CorruptionError
 	if !errors.As(err, &ce) || ce.Index != 3 || ce.Segment != segmentName(1) {
 		if l2 != nil {
@@ -184,11 +197,13 @@ func TestSecondOpenRefused(t *testing.T) {
 // Before the first Append of a new log is acknowledged, the log's directory
 // is fsynced after its first segment file was created, and the parent after
 // the log's directory was created: otherwise a power loss could take the
-// file, and the acknowledged entry with it. Observed with strace.
+// file, and the acknowledged entry with it. Observed with strace, for a
+// first segment created empty and for one renamed from a preallocated spare.
 func TestNewLogDirSyncedBeforeAck(t *testing.T) {
 	const env = "INGEST_WAL_DIRSYNC_CHILD"
 	if dir := os.Getenv(env); dir != "" {
-		l, err := Open(filepath.Join(dir, "wal"), Options{}, nil, nil)
+		opts := Options{NoPreallocate: os.Getenv(env+"_NOPREALLOC") != ""}
+		l, err := Open(filepath.Join(dir, "wal"), opts, nil, nil)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(2)
@@ -200,15 +215,27 @@ func TestNewLogDirSyncedBeforeAck(t *testing.T) {
 		os.Stdout.Write([]byte("ACKED\n"))
 		os.Exit(0)
 	}
+	for _, prealloc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("prealloc=%v", prealloc), func(t *testing.T) {
+			extra := env + "_NOPREALLOC="
+			if !prealloc {
+				extra += "1"
+			}
+			testNewLogDirSynced(t, env, extra, prealloc)
+		})
+	}
+}
+
+func testNewLogDirSynced(t *testing.T, env, extra string, prealloc bool) {
 	strace, err := exec.LookPath("strace")
 	if err != nil {
 		t.Fatal("strace not found: make deps installs it")
 	}
 	dir := t.TempDir()
 	trace := filepath.Join(dir, "trace")
-	cmd := exec.Command(strace, "-f", "-qq", "-y", "-e", "trace=openat,mkdirat,fsync,fdatasync,write", "-o", trace,
+	cmd := exec.Command(strace, "-f", "-qq", "-y", "-e", "trace=openat,mkdirat,rename,renameat,renameat2,fsync,fdatasync,write", "-o", trace,
 		os.Args[0], "-test.run=^TestNewLogDirSyncedBeforeAck$")
-	cmd.Env = append(os.Environ(), env+"="+dir)
+	cmd.Env = append(os.Environ(), env+"="+dir, extra)
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "ACKED") {
 		t.Fatalf("child: %v: %s", err, out)
@@ -223,6 +250,9 @@ func TestNewLogDirSyncedBeforeAck(t *testing.T) {
 	for _, line := range strings.Split(string(b), "\n") {
 		switch {
 		case strings.Contains(line, `"ACKED\n"`):
+			if !created {
+				t.Errorf("entry 1 acknowledged, but %s was never created (prealloc=%v):\n%s", seg, prealloc, b)
+			}
 			if !walDirSynced {
 				t.Errorf("entry 1 acknowledged, but %s was never fsynced after creating %s", walDir, filepath.Base(seg))
 			}
@@ -230,7 +260,10 @@ func TestNewLogDirSyncedBeforeAck(t *testing.T) {
 				t.Errorf("entry 1 acknowledged, but %s was never fsynced after creating the log directory in it", dir)
 			}
 			return
-		case strings.Contains(line, "openat(") && strings.Contains(line, `"`+seg+`"`) && strings.Contains(line, "O_CREAT"):
+		case !prealloc && strings.Contains(line, "openat(") && strings.Contains(line, `"`+seg+`"`) && strings.Contains(line, "O_CREAT"):
+			created = true
+		case prealloc && strings.Contains(line, "rename") && strings.HasSuffix(strings.TrimSpace(line), "= 0") &&
+			strings.Contains(line, "segment.spare") && strings.Contains(line, segmentName(1)):
 			created = true
 		case created && strings.Contains(line, "fsync(") && strings.Contains(line, "<"+walDir+">"):
 			walDirSynced = true

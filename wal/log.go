@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
 
@@ -44,6 +43,8 @@ type Log struct {
 
 	// readMu serialises reads: two concurrent Reads race inside tidwall/wal.
 	readMu sync.Mutex
+
+	spare *spare // prepares preallocated segment files; nil if turned off
 
 	// qmu guards the queue of appends waiting for a commit, and leading:
 	// whether some goroutine (an appender, or the writer goroutine) is
@@ -202,6 +203,17 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		l.cum = append(l.cum, prev+sz)
 	}
 
+	opened := false
+	if !opts.NoPreallocate {
+		// A new log's first segment is preallocated too, so its spare is
+		// written before the log is created.
+		l.spare = newSpare(dir, int64(opts.SegmentBytes+opts.SegmentBytes/16), lg, len(res.segs) == 0)
+		defer func() {
+			if !opened {
+				l.spare.close()
+			}
+		}()
+	}
 	l.w, err = twal.Open(dir, &twal.Options{
 		NoSync:           true, // we fsync ourselves, once per group commit, and time it
 		SegmentSize:      opts.SegmentBytes,
@@ -211,6 +223,14 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		AllowEmpty:       true,
 		DirPerms:         0o750,
 		FilePerms:        0o640,
+		// Segments may hold zeros after their last entry (spare.go).
+		CreateSegment: func(path string) (*os.File, error) {
+			if l.spare != nil {
+				return l.spare.create(path)
+			}
+			return createEmpty(path)
+		},
+		SyncFile: datasync,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
@@ -229,6 +249,7 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 	}
 	l.sync = l.w.Sync
 	l.updateDepth()
+	opened = true
 	return l, nil
 }
 
@@ -590,9 +611,9 @@ func (l *Log) releaser(persisted uint64) {
 }
 
 // requestTruncate asks the writer to remove released entries from disk once
-// at least one whole segment is released. tidwall/wal rewrites the unreleased
-// rest of the segment holding the new first entry, so this is cheap while
-// consumers keep up, and it never runs for less than a segment's worth.
+// at least one whole segment is released. Truncation removes whole segments
+// only, so it never runs for less than a segment's worth and never rewrites
+// a file.
 func (l *Log) requestTruncate(released uint64) {
 	l.mu.Lock()
 	worth := len(l.segStarts) >= 2 && released+1 >= l.segStarts[1]
@@ -607,25 +628,28 @@ func (l *Log) requestTruncate(released uint64) {
 	l.truncate <- released + 1
 }
 
-// truncateFront removes every entry before index. The caller holds writeMu.
+// truncateFront removes the segments wholly before index. The segment that
+// holds index stays as it is, with its released entries, until the log moves
+// past it: nothing is rewritten, and the tail keeps its preallocated file.
+// The caller holds writeMu.
 func (l *Log) truncateFront(index uint64) {
 	l.mu.Lock()
 	failed := l.err != nil
-	tailStart := l.segStarts[len(l.segStarts)-1]
+	start := l.segStarts[0]
+	for _, s := range l.segStarts {
+		if s > index {
+			break
+		}
+		start = s
+	}
+	first := l.first
 	l.mu.Unlock()
-	if failed {
+	if failed || start <= first {
 		return
 	}
-	err := l.w.TruncateFront(index)
+	err := l.w.TruncateFront(start)
 	if err == nil {
 		err = syncDir(l.dir)
-	}
-	if err == nil && index >= tailStart {
-		// The tail segment was rewritten without its released entries.
-		var fi os.FileInfo
-		if fi, err = os.Stat(filepath.Join(l.dir, segmentName(index))); err == nil {
-			l.tailBytes = int(fi.Size())
-		}
 	}
 	if err != nil {
 		l.fail(fmt.Errorf("truncate: %w", err))
@@ -635,13 +659,12 @@ func (l *Log) truncateFront(index uint64) {
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.first = index
+	l.first = start
 	i := 0
-	for i+1 < len(l.segStarts) && l.segStarts[i+1] <= index {
+	for l.segStarts[i] != start {
 		i++
 	}
 	l.segStarts = append(l.segStarts[:0], l.segStarts[i:]...)
-	l.segStarts[0] = index
 }
 
 // fail makes err the log's sticky failure.
@@ -731,6 +754,9 @@ func (l *Log) Close() error {
 		// acknowledged after a failure, so that fsync can make no promise.
 		err := l.w.Close()
 		l.readMu.Unlock()
+		if l.spare != nil {
+			l.spare.close()
+		}
 		l.m.unregister()
 		if err != nil {
 			err = fmt.Errorf("wal: close: %w", err)

@@ -11,8 +11,8 @@ type Options struct {
 	// the value of the hop label on every metric of the log.
 	Hop string
 	// SegmentBytes is the size at which a segment file is closed and a new
-	// one started. Truncation rewrites the unreleased rest of one segment, so
-	// small segments keep it cheap. Default 4 MiB.
+	// one started. Released entries are removed a whole segment at a time,
+	// so up to one segment of them stays on disk. Default 4 MiB.
 	SegmentBytes int
 	// MaxBytes bounds the payload bytes of unreleased entries. An Append that
 	// would pass it returns ErrFull. Default 1 GiB.
@@ -23,6 +23,12 @@ type Options struct {
 	// MaxBatchBytes bounds the payload bytes that one group commit writes
 	// with one fsync. Default 8 MiB.
 	MaxBatchBytes int
+	// NoPreallocate turns off the preallocation of segment files (see
+	// spare.go): each segment then starts empty and grows as it is
+	// written, and every sync must commit its new size too. For
+	// comparisons and for file systems where writing a file of zeros
+	// ahead is no cheaper than growing one.
+	NoPreallocate bool
 }
 
 // DefaultOptions returns the options a zero Options stands for.

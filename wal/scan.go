@@ -85,10 +85,11 @@ func listSegments(dir string) ([]segment, error) {
 	return segs, syncDir(dir)
 }
 
-// scan reads and verifies every entry of every segment. Damage in the last
-// segment that no intact entry follows is a torn tail (the write that was in
-// progress when the process died, or zeros the file system left there): it
-// is truncated away and fsynced. Any other damage is a *CorruptionError.
+// scan reads and verifies every entry of every segment. Zeros after a
+// segment's last entry are its free space (segments are preallocated). Damage
+// in the last segment that no intact entry follows is a torn tail (the write
+// that was in progress when the process died): it is truncated away and
+// fsynced. Any other damage is a *CorruptionError.
 func scan(dir string, lg *slog.Logger) (*scanResult, error) {
 	segs, err := listSegments(dir)
 	if err != nil {
@@ -111,6 +112,11 @@ func scan(dir string, lg *slog.Logger) (*scanResult, error) {
 		}
 		pos := 0
 		for pos < len(data) {
+			if data[pos] == 0 && isZero(data[pos:]) {
+				// The rest of a preallocated segment (spare.go).
+				data = data[:pos]
+				break
+			}
 			payload, n, ferr := nextEntry(data[pos:])
 			if ferr == nil {
 				res.sizes = append(res.sizes, int64(len(payload)))
@@ -119,7 +125,10 @@ func scan(dir string, lg *slog.Logger) (*scanResult, error) {
 				continue
 			}
 			cerr := &CorruptionError{Segment: s.name, Offset: int64(pos), Index: s.first + s.count, Err: ferr}
-			if i != len(segs)-1 || intactAfter(data, pos) {
+			if i != len(segs)-1 {
+				return nil, cerr
+			}
+			if next := intactAfter(data, pos); next >= 0 && !isZero(data[pos:next]) {
 				return nil, cerr
 			}
 			if err := truncateFile(path, int64(pos)); err != nil {
@@ -150,16 +159,22 @@ func nextEntry(b []byte) (payload []byte, n int, err error) {
 	return payload, end, err
 }
 
-// intactAfter reports whether an intact entry starts anywhere in data after
-// the damage at pos. A torn write leaves nothing intact behind it; damage
-// followed by an intact entry is corruption of data that was once durable.
-func intactAfter(data []byte, pos int) bool {
+// intactAfter returns where the first intact entry after the damage at pos
+// starts, or -1. A torn write leaves nothing intact behind it; damage
+// followed by an intact entry is corruption of data that was once durable,
+// unless the damage is zeros: acknowledged entries are a durable prefix of
+// the segment, so zeros before an intact entry in the last segment are
+// blocks of an unacknowledged write that a power loss kept from the disk
+// while it kept later ones (in a preallocated segment, the file's size
+// does not order them), and the entries after them were never
+// acknowledged either.
+func intactAfter(data []byte, pos int) int {
 	for p := pos + 1; p+1+frameHeaderSize <= len(data); p++ {
 		if _, _, err := nextEntry(data[p:]); err == nil {
-			return true
+			return p
 		}
 	}
-	return false
+	return -1
 }
 
 func truncateFile(path string, size int64) error {

@@ -6,7 +6,10 @@ package wal
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
+	"strconv"
 	"testing"
 )
 
@@ -110,5 +113,108 @@ func TestIngestPatchEntries(t *testing.T) {
 		if got, err := l.Read(i); err != nil || !bytes.Equal(got, entry(i)) {
 			t.Fatalf("entry %d after reopening: %d bytes, %v", i, len(got), err)
 		}
+	}
+}
+
+// TestIngestPatchPreallocated: with CreateSegment making files of zeros
+// longer than a segment, entries are written in place, read back after
+// reopening, and appended after reopening where the last one ends; empty
+// entries are refused; truncating at a segment's first index removes the
+// segments before it and leaves the rest untouched.
+func TestIngestPatchPreallocated(t *testing.T) {
+	const segment = 4096
+	dir := t.TempDir()
+	var created []string
+	opts := &Options{SegmentSize: segment, LogFormat: Binary, SegmentCacheSize: 2,
+		CreateSegment: func(path string) (*os.File, error) {
+			created = append(created, path)
+			if err := os.WriteFile(path, make([]byte, 2*segment), 0o640); err != nil {
+				return nil, err
+			}
+			return os.OpenFile(path, os.O_WRONLY, 0)
+		},
+		SyncFile: func(f *os.File) error { return f.Sync() },
+	}
+	l, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	entry := func(i uint64) []byte { return bytes.Repeat([]byte{byte(i) | 1}, 100+int(i%7)) }
+	const n = 200
+	for i := uint64(1); i <= n; i++ {
+		if err := l.Write(i, entry(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Write(n+1, nil); err != ErrEmptyEntry {
+		t.Fatalf("empty entry: %v, want ErrEmptyEntry", err)
+	}
+	if len(created) < 4 {
+		t.Fatalf("%d segments created, want at least 4", len(created))
+	}
+	for _, p := range created {
+		if fi, err := os.Stat(p); err != nil || fi.Size() != 2*segment {
+			t.Fatalf("%s: %v, %d bytes, want %d: written in place", filepath.Base(p), err, fi.Size(), 2*segment)
+		}
+	}
+	l.Close()
+
+	l, err = Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if last, _ := l.LastIndex(); last != n {
+		t.Fatalf("last index %d after reopening, want %d", last, n)
+	}
+	if err := l.Write(n+1, entry(n+1)); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(1); i <= n+1; i++ {
+		if got, err := l.Read(i); err != nil || !bytes.Equal(got, entry(i)) {
+			t.Fatalf("entry %d: %d bytes, %v", i, len(got), err)
+		}
+	}
+	tail := created[len(created)-1]
+	before, err := os.Stat(tail)
+	if err != nil || before.Size() != 2*segment {
+		t.Fatalf("tail after appending past a reopen: %v, %d bytes", err, before.Size())
+	}
+
+	// Truncate at the start of the third segment: the two before it go, and
+	// no file is rewritten.
+	segs, _ := filepath.Glob(filepath.Join(dir, "0*"))
+	third, err := strconv.ParseUint(filepath.Base(segs[2]), 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	third2 := filepath.Join(dir, segmentName(third))
+	thirdBefore, err := os.Stat(third2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.TruncateFront(third); err != nil {
+		t.Fatal(err)
+	}
+	if first, _ := l.FirstIndex(); first != third {
+		t.Fatalf("first index %d, want %d", first, third)
+	}
+	names, _ := filepath.Glob(filepath.Join(dir, "0*"))
+	if len(names) != len(created)-2 || names[0] != third2 {
+		t.Fatalf("segments after truncating at %d: %v", third, names)
+	}
+	if fi, err := os.Stat(third2); err != nil || !os.SameFile(fi, thirdBefore) || fi.Size() != 2*segment {
+		t.Fatalf("segment %d was rewritten by the truncation", third)
+	}
+	if fi, err := os.Stat(tail); err != nil || !os.SameFile(fi, before) {
+		t.Fatalf("the tail was rewritten by the truncation")
+	}
+	for i := third; i <= n+1; i++ {
+		if got, err := l.Read(i); err != nil || !bytes.Equal(got, entry(i)) {
+			t.Fatalf("entry %d after truncating: %d bytes, %v", i, len(got), err)
+		}
+	}
+	if err := l.Write(n+2, entry(n+2)); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -38,6 +38,11 @@ var (
 	// valid because 12 and 11 are out of order.
 	ErrOutOfOrder = errors.New("out of order")
 
+	// ErrEmptyEntry is returned when an empty entry is written to a log
+	// whose segments may be preallocated (Options.CreateSegment). (Patch of
+	// the ingest engine.)
+	ErrEmptyEntry = errors.New("empty entry")
+
 	// ErrOutOfRange is returned from TruncateFront() and TruncateBack() when
 	// the index not in the range of the log's first and last index. Or, this
 	// may be returned when the caller is attempting to remove *all* entries;
@@ -97,6 +102,18 @@ type Options struct {
 	// Perms represents the datafiles modes and permission bits
 	DirPerms  os.FileMode
 	FilePerms os.FileMode
+
+	// CreateSegment, if set, makes the file of each new segment instead of
+	// an empty file being created, and returns it open for writing at
+	// offset 0. The file may be longer than what is then written to it
+	// (preallocated), as long as it holds zeros after that: with
+	// CreateSegment set, a zero byte where an entry's length would start
+	// ends a segment's entries, and empty entries are refused
+	// (ErrEmptyEntry). (Patch of the ingest engine; see README.ingest.md.)
+	CreateSegment func(path string) (*os.File, error)
+	// SyncFile, if set, makes the tail segment's writes durable instead of
+	// (*os.File).Sync, e.g. with fdatasync. (Patch of the ingest engine.)
+	SyncFile func(*os.File) error
 }
 
 // DefaultOptions for Open().
@@ -229,8 +246,7 @@ func (l *Log) load() error {
 		})
 		l.firstIndex = 1
 		l.lastIndex = 0
-		l.sfile, err = os.OpenFile(l.segments[0].path,
-			os.O_CREATE|os.O_RDWR|os.O_TRUNC, l.opts.FilePerms)
+		l.sfile, err = l.createSegment(l.segments[0].path)
 		return err
 	}
 	// Open existing log. Clean up log if START of END segments exists.
@@ -286,11 +302,13 @@ func (l *Log) load() error {
 	if err != nil {
 		return err
 	}
-	if _, err := l.sfile.Seek(0, 2); err != nil {
-		return err
-	}
 	// Load the last segment entries
 	if err := l.loadSegmentEntries(lseg); err != nil {
+		return err
+	}
+	// Append after the last entry, which is the end of the file unless
+	// the segment was preallocated. (Patch of the ingest engine.)
+	if _, err := l.sfile.Seek(int64(len(lseg.ebuf)), 0); err != nil {
 		return err
 	}
 	l.lastIndex = lseg.index + uint64(len(lseg.epos)) - 1
@@ -316,7 +334,7 @@ func (l *Log) Close() error {
 		}
 		return ErrClosed
 	}
-	if err := l.sfile.Sync(); err != nil {
+	if err := l.syncFile(l.sfile); err != nil {
 		return err
 	}
 	if err := l.sfile.Close(); err != nil {
@@ -387,7 +405,7 @@ func growPositions(epos []bpos, used, segmentSize int) []bpos {
 
 // Cycle the old segment for a new segment.
 func (l *Log) cycle() error {
-	if err := l.sfile.Sync(); err != nil {
+	if err := l.syncFile(l.sfile); err != nil {
 		return err
 	}
 	if err := l.sfile.Close(); err != nil {
@@ -400,13 +418,30 @@ func (l *Log) cycle() error {
 		path:  filepath.Join(l.path, segmentName(l.lastIndex+1)),
 	}
 	var err error
-	l.sfile, err = os.OpenFile(s.path, os.O_CREATE|os.O_RDWR|os.O_TRUNC,
-		l.opts.FilePerms)
+	l.sfile, err = l.createSegment(s.path)
 	if err != nil {
 		return err
 	}
 	l.segments = append(l.segments, s)
 	return nil
+}
+
+// createSegment returns the file for a new segment, open for writing at
+// offset 0. (Patch of the ingest engine.)
+func (l *Log) createSegment(path string) (*os.File, error) {
+	if l.opts.CreateSegment != nil {
+		return l.opts.CreateSegment(path)
+	}
+	return os.OpenFile(path, os.O_CREATE|os.O_RDWR|os.O_TRUNC, l.opts.FilePerms)
+}
+
+// syncFile makes the tail segment's writes durable. (Patch of the ingest
+// engine.)
+func (l *Log) syncFile(f *os.File) error {
+	if l.opts.SyncFile != nil {
+		return l.opts.SyncFile(f)
+	}
+	return f.Sync()
 }
 
 func appendJSONEntry(dst []byte, index uint64, data []byte) (out []byte,
@@ -492,6 +527,9 @@ func (l *Log) writeBatch(b *Batch) error {
 		if b.entries[i].index != l.lastIndex+uint64(i+1) {
 			return ErrOutOfOrder
 		}
+		if b.entries[i].size == 0 && l.opts.CreateSegment != nil {
+			return ErrEmptyEntry
+		}
 	}
 	// load the tail segment
 	s := l.segments[len(l.segments)-1]
@@ -534,7 +572,7 @@ func (l *Log) writeBatch(b *Batch) error {
 		l.lastIndex = b.entries[len(b.entries)-1].index
 	}
 	if !l.opts.NoSync {
-		if err := l.sfile.Sync(); err != nil {
+		if err := l.syncFile(l.sfile); err != nil {
 			return err
 		}
 	}
@@ -601,6 +639,13 @@ func (l *Log) loadSegmentEntries(s *segment) error {
 	var epos []bpos
 	var pos int
 	for exidx := s.index; len(data) > 0; exidx++ {
+		if data[0] == 0 && l.opts.CreateSegment != nil &&
+			l.opts.LogFormat == Binary {
+			// The zeros of a preallocated segment follow its last entry.
+			// (Patch of the ingest engine.)
+			ebuf = ebuf[:pos]
+			break
+		}
 		var n int
 		if l.opts.LogFormat == JSON {
 			n, err = loadNextJSONEntry(data)
@@ -828,6 +873,22 @@ func (l *Log) truncateFront(index uint64) (err error) {
 		ebuf = nil
 	} else {
 		segIdx = l.findSegment(index)
+		if l.segments[segIdx].index == index {
+			// The index starts a segment: remove the segments before it,
+			// oldest first, and rewrite nothing. A crash part way leaves
+			// the log starting at a later segment, every entry from index
+			// on intact. (Patch of the ingest engine.)
+			for i := 0; i < segIdx; i++ {
+				if err = os.Remove(l.segments[i].path); err != nil {
+					l.corrupt = true
+					return err
+				}
+			}
+			l.segments = append([]*segment{}, l.segments[segIdx:]...)
+			l.firstIndex = index
+			l.clearCache()
+			return nil
+		}
 		s, err = l.loadSegment(index)
 		if err != nil {
 			return err
@@ -1011,7 +1072,7 @@ func (l *Log) Sync() error {
 	} else if l.closed {
 		return ErrClosed
 	}
-	return l.sfile.Sync()
+	return l.syncFile(l.sfile)
 }
 
 // IsEmpty returns true if there are no entries in the log.

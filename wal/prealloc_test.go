@@ -1,0 +1,242 @@
+package wal_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/wal"
+)
+
+// preallocOpts: the defaults, so segments are preallocated.
+var preallocOpts = wal.Options{Hop: "test", SegmentBytes: 4096}
+
+const preallocSize = 4096 + 4096/16 // a preallocated segment file
+
+// waitSpare waits until the next preallocated segment is ready in dir.
+func waitSpare(t *testing.T, dir string) {
+	t.Helper()
+	waitFor(t, "a spare segment", func() bool {
+		fi, err := os.Stat(filepath.Join(dir, "segment.spare"))
+		return err == nil && fi.Size() == preallocSize
+	})
+}
+
+// appendPrealloc appends entries from..to, each after a spare segment is
+// ready, so every segment the log moves to is a preallocated one.
+func appendPrealloc(t *testing.T, l *wal.Log, dir string, from, to int) {
+	t.Helper()
+	for i := from; i <= to; i++ {
+		waitSpare(t, dir)
+		if idx, err := l.Append(context.Background(), corruptPayload(i)); err != nil || idx != uint64(i) {
+			t.Fatalf("append %d: %d %v", i, idx, err)
+		}
+	}
+}
+
+// buildPreallocated writes the log buildLog does, in preallocated segments.
+func buildPreallocated(t *testing.T) (dir string, segs []string) {
+	t.Helper()
+	dir = t.TempDir()
+	l := openLog(t, dir, preallocOpts, nil)
+	appendPrealloc(t, l, dir, 1, corruptEntries)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	segs = segmentPaths(t, dir)
+	if len(segs) != 4 {
+		t.Fatalf("%d segments, want 4", len(segs))
+	}
+	// The first segment of a new log is created empty; every later one is
+	// a preallocated file, written in place.
+	for _, s := range segs[1:] {
+		if fi, err := os.Stat(s); err != nil || fi.Size() != preallocSize {
+			t.Fatalf("segment %s: %v, %v bytes, want %d", filepath.Base(s), err, fi.Size(), preallocSize)
+		}
+	}
+	return dir, segs
+}
+
+// TestPreallocatedSegments: entries are written in place into preallocated
+// segment files, read back after reopening, and appended after reopening
+// in the same file without growing it.
+func TestPreallocatedSegments(t *testing.T) {
+	dir, segs := buildPreallocated(t)
+	tail := segs[len(segs)-1]
+
+	reg := prometheus.NewRegistry()
+	l := openLog(t, dir, preallocOpts, reg)
+	if got := metricValue(t, reg, "ingest_wal_repairs_total", "test"); got != 0 {
+		t.Fatalf("%v repairs of an intact preallocated log", got)
+	}
+	if l.LastIndex() != corruptEntries {
+		t.Fatalf("last %d, want %d", l.LastIndex(), corruptEntries)
+	}
+	// Two more entries fit in the tail segment: they go into its zeros.
+	appendPrealloc(t, l, dir, corruptEntries+1, corruptEntries+2)
+	if fi, err := os.Stat(tail); err != nil || fi.Size() != preallocSize {
+		t.Fatalf("tail segment after appending: %v, %v bytes, want %d", err, fi.Size(), preallocSize)
+	}
+	l.Close()
+
+	l = openLog(t, dir, preallocOpts, nil)
+	defer l.Close()
+	es := readAll(t, l, 0)
+	if len(es) != corruptEntries+2 {
+		t.Fatalf("read %d entries, want %d", len(es), corruptEntries+2)
+	}
+	for i, e := range es {
+		if e.Index != uint64(i+1) || !bytes.Equal(e.Data, corruptPayload(i+1)) {
+			t.Fatalf("entry %d damaged", e.Index)
+		}
+	}
+}
+
+// TestPreallocatedDamage is TestCorruption's table for preallocated
+// segments: the zeros after the last entry are free space, and damage is
+// found around them as it is elsewhere.
+func TestPreallocatedDamage(t *testing.T) {
+	tailEnd := (corruptEntries - 3*perSegment) * storedEntry // last entry's end in the tail
+	segEnd := perSegment * storedEntry                       // the same in an earlier segment
+	set := func(off int, v byte) func([]byte) []byte {
+		return func(b []byte) []byte { b[off] = v; return b }
+	}
+	zero := func(from, to int) func([]byte) []byte {
+		return func(b []byte) []byte { clear(b[from:to]); return b }
+	}
+	type want struct {
+		last    uint64
+		repairs float64
+		segment string // for a refused open
+		offset  int64
+		index   uint64
+	}
+	tests := []struct {
+		name   string
+		damage func(t *testing.T, dir string, segs []string)
+		want   want
+	}{
+		{
+			// A torn write into the zeros: the entry's start, and zeros.
+			name: "torn last entry",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], zero(tailEnd-20, tailEnd))
+			},
+			want: want{last: corruptEntries - 1, repairs: 1},
+		},
+		{
+			// A later page of an unacknowledged write, after a power loss.
+			name: "bytes in the last segment's free space",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], set(tailEnd+1000, 1))
+			},
+			want: want{last: corruptEntries, repairs: 1},
+		},
+		{
+			// A power loss kept the blocks of entry 119 from the disk and
+			// not those of entry 120, both written by one unacknowledged
+			// write: the gap is zeros, and both entries go.
+			name: "unacknowledged entry past a gap of zeros",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], zero(tailEnd-2*storedEntry, tailEnd-storedEntry))
+			},
+			want: want{last: corruptEntries - 2, repairs: 1},
+		},
+		{
+			// The same gap with anything but zeros in it is damage to
+			// entries that may have been acknowledged.
+			name: "entry past a damaged one",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], zero(tailEnd-2*storedEntry, tailEnd-storedEntry-1))
+			},
+			want: want{segment: "00000000000000000115", offset: int64(tailEnd - 2*storedEntry), index: 119},
+		},
+		{
+			name: "bytes in an earlier segment's free space",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[1], set(segEnd+100, 1))
+			},
+			want: want{segment: "00000000000000000039", offset: int64(segEnd), index: 77},
+		},
+		{
+			// Zeros where an earlier segment's last entry was: it reads
+			// as free space, and the next segment starts past a gap.
+			name: "last entry of an earlier segment zeroed",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[1], zero(segEnd-storedEntry, segEnd))
+			},
+			want: want{segment: "00000000000000000076", offset: -1, index: 76},
+		},
+		{
+			// A spare left by a run that died writing it, and one with a
+			// stray byte: neither is used as it is.
+			name: "damaged spare segments",
+			damage: func(t *testing.T, dir string, segs []string) {
+				spare := make([]byte, preallocSize)
+				spare[preallocSize-10] = 1 // in what would be free space
+				if err := os.WriteFile(filepath.Join(dir, "segment.spare"), spare, 0o640); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, "segment.spare.tmp"), spare[:100], 0o640); err != nil {
+					t.Fatal(err)
+				}
+			},
+			want: want{last: corruptEntries},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, segs := buildPreallocated(t)
+			tt.damage(t, dir, segs)
+			reg := prometheus.NewRegistry()
+			l, err := wal.Open(dir, preallocOpts, reg, nil)
+			if tt.want.segment != "" {
+				var ce *wal.CorruptionError
+				if !errors.As(err, &ce) {
+					if l != nil {
+						l.Close()
+					}
+					t.Fatalf("open: %v, want a *CorruptionError", err)
+				}
+				if ce.Segment != tt.want.segment || ce.Offset != tt.want.offset || ce.Index != tt.want.index {
+					t.Fatalf("corruption at segment %s offset %d index %d, want %s %d %d (%v)",
+						ce.Segment, ce.Offset, ce.Index, tt.want.segment, tt.want.offset, tt.want.index, err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("open: %v", err)
+			}
+			if got := metricValue(t, reg, "ingest_wal_repairs_total", "test"); got != tt.want.repairs {
+				t.Errorf("repairs %v, want %v", got, tt.want.repairs)
+			}
+			if l.LastIndex() != tt.want.last {
+				t.Fatalf("last %d, want %d", l.LastIndex(), tt.want.last)
+			}
+			// Enough appends to move to two new segments, each on a
+			// spare: the spares written after the damage are sound.
+			last := int(tt.want.last)
+			appendPrealloc(t, l, dir, last+1, last+2*perSegment)
+			l.Close()
+			l2, err := wal.Open(dir, preallocOpts, prometheus.NewRegistry(), nil)
+			if err != nil {
+				t.Fatalf("reopen: %v", err)
+			}
+			defer l2.Close()
+			es := readAll(t, l2, 0)
+			if len(es) != last+2*perSegment {
+				t.Fatalf("read %d entries, want %d", len(es), last+2*perSegment)
+			}
+			for i, e := range es {
+				if e.Index != uint64(i+1) || !bytes.Equal(e.Data, corruptPayload(i+1)) {
+					t.Fatalf("entry %d damaged", e.Index)
+				}
+			}
+		})
+	}
+}
