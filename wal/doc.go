@@ -76,11 +76,14 @@
 //     (the write in progress when the process died, or what a power loss
 //     left of writes that were never acknowledged): it is truncated away,
 //     fsynced, logged once and counted in ingest_wal_repairs_total. So is
-//     a run of zeros in the last segment followed by intact entries:
-//     acknowledged entries are a durable prefix of the segment, so that is
-//     an unacknowledged write of which a power loss kept later blocks and
-//     lost earlier ones (in a preallocated file no change of size orders
-//     them); the entries after the zeros were never acknowledged either;
+//     damage in the last segment followed by intact entries when a lost
+//     sector explains it: a 512-byte sector ending before the next intact
+//     entry reads as zeros from its start (or from the damage on).
+//     Acknowledged entries are a durable prefix of the segment, so that is
+//     an unacknowledged write of which a power loss kept some sectors and
+//     lost others, which kept their old zeros (in a preallocated file no
+//     change of size orders them); the entries after it were never
+//     acknowledged either;
 //   - any other damage (damage followed by intact entries, damage in an
 //     earlier segment, a segment missing from the sequence) makes Open fail
 //     with a *CorruptionError naming the segment, offset and index. Damaged
@@ -115,7 +118,15 @@
 // in this process or another, holds it. The kernel drops the lock when the
 // process dies.
 //
-// Known limits: tidwall/wal fsyncs again when it is closed, also after a
+// Known limits: the rules above trust zeros in the last segment to be
+// sectors the disk never wrote, which a file system that honours fsync
+// only leaves in unacknowledged writes; a disk that zeroes acknowledged
+// sectors (a media fault) at an entry's start would have the entries from
+// there on dropped as a torn tail rather than refused. A log written with
+// preallocated segments cannot be opened by an engine from before them
+// (which reads zeros after a segment's last entry as damage): drain the
+// log, or run with Options.NoPreallocate until no preallocated segment is
+// left, before going back. tidwall/wal fsyncs again when it is closed, also after a
 // failed fsync (nothing is acknowledged after the failure, so it promises
 // nothing); and its front truncation removes segment files, oldest first,
 // with one fsync of the directory after the last rather than one after

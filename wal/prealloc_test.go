@@ -52,9 +52,9 @@ func buildPreallocated(t *testing.T) (dir string, segs []string) {
 	if len(segs) != 4 {
 		t.Fatalf("%d segments, want 4", len(segs))
 	}
-	// The first segment of a new log is created empty; every later one is
-	// a preallocated file, written in place.
-	for _, s := range segs[1:] {
+	// Every segment, a new log's first too, is a preallocated file,
+	// written in place.
+	for _, s := range segs {
 		if fi, err := os.Stat(s); err != nil || fi.Size() != preallocSize {
 			t.Fatalf("segment %s: %v, %v bytes, want %d", filepath.Base(s), err, fi.Size(), preallocSize)
 		}
@@ -148,11 +148,23 @@ func TestPreallocatedDamage(t *testing.T) {
 			want: want{last: corruptEntries - 2, repairs: 1},
 		},
 		{
-			// The same gap with anything but zeros in it is damage to
-			// entries that may have been acknowledged.
+			// Entries 115 and 116 acknowledged, 117 to 120 written by one
+			// write whose first sector (bytes 0-511) a power loss kept from
+			// the disk: it reads as 115, 116 and the zeros it held before.
+			// Entry 120, in the next sector, is intact; 117 to 120 go.
+			name: "unacknowledged entries past a lost sector",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], zero(2*storedEntry, 512))
+			},
+			want: want{last: corruptEntries - 4, repairs: 1},
+		},
+		{
+			// Zeros that no lost sector explains (they end before the
+			// sector does) in front of an intact entry: damage to entries
+			// that may have been acknowledged.
 			name: "entry past a damaged one",
 			damage: func(t *testing.T, dir string, segs []string) {
-				mutate(t, segs[3], zero(tailEnd-2*storedEntry, tailEnd-storedEntry-1))
+				mutate(t, segs[3], zero(tailEnd-2*storedEntry+10, tailEnd-2*storedEntry+50))
 			},
 			want: want{segment: "00000000000000000115", offset: int64(tailEnd - 2*storedEntry), index: 119},
 		},

@@ -128,7 +128,7 @@ func scan(dir string, lg *slog.Logger) (*scanResult, error) {
 			if i != len(segs)-1 {
 				return nil, cerr
 			}
-			if next := intactAfter(data, pos); next >= 0 && !isZero(data[pos:next]) {
+			if next := intactAfter(data, pos); next >= 0 && !lostSector(data, pos, next) {
 				return nil, cerr
 			}
 			if err := truncateFile(path, int64(pos)); err != nil {
@@ -162,12 +162,7 @@ func nextEntry(b []byte) (payload []byte, n int, err error) {
 // intactAfter returns where the first intact entry after the damage at pos
 // starts, or -1. A torn write leaves nothing intact behind it; damage
 // followed by an intact entry is corruption of data that was once durable,
-// unless the damage is zeros: acknowledged entries are a durable prefix of
-// the segment, so zeros before an intact entry in the last segment are
-// blocks of an unacknowledged write that a power loss kept from the disk
-// while it kept later ones (in a preallocated segment, the file's size
-// does not order them), and the entries after them were never
-// acknowledged either.
+// unless a lost sector explains it (lostSector).
 func intactAfter(data []byte, pos int) int {
 	for p := pos + 1; p+1+frameHeaderSize <= len(data); p++ {
 		if _, _, err := nextEntry(data[p:]); err == nil {
@@ -175,6 +170,25 @@ func intactAfter(data []byte, pos int) int {
 		}
 	}
 	return -1
+}
+
+// lostSector reports whether the damage from pos to the intact entry at next
+// is what a power loss leaves of an unacknowledged write: a 512-byte sector
+// that ends by next reads as zeros from its start, or from pos if it starts
+// before pos. Acknowledged entries are a durable prefix of the segment, so
+// in the last segment the bytes from pos on were never acknowledged; a
+// power loss during their sync can keep some of their sectors and lose
+// others (in a preallocated file no change of size orders them), and a
+// lost sector keeps its old contents: the zeros of the preallocated file,
+// or of blocks never written. Damage of any other shape is refused.
+func lostSector(data []byte, pos, next int) bool {
+	const sector = 512
+	for end := (pos/sector + 1) * sector; end <= next; end += sector {
+		if isZero(data[max(pos, end-sector):end]) {
+			return true
+		}
+	}
+	return false
 }
 
 func truncateFile(path string, size int64) error {

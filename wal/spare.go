@@ -34,6 +34,9 @@ const (
 	spareChunk   = 256 << 10           // written and flushed a chunk at a time
 )
 
+// errSpareClosed ends a preparation cut short by Close.
+var errSpareClosed = errors.New("wal: log closed while preparing a spare segment")
+
 // spare prepares preallocated segment files in a directory.
 type spare struct {
 	dir  string
@@ -86,6 +89,9 @@ func (s *spare) prepared(err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.ready = err == nil
+	if errors.Is(err, errSpareClosed) {
+		return
+	}
 	if err != nil && s.failed == nil && s.lg != nil {
 		s.lg.Warn("wal: cannot preallocate the next segment; segments grow as they are written",
 			"dir", s.dir, "err", err)
@@ -122,7 +128,8 @@ func (s *spare) prepare() error {
 		select {
 		case <-s.quit:
 			f.Close()
-			return errors.New("log closed")
+			os.Remove(tmp)
+			return errSpareClosed
 		default:
 		}
 	}
@@ -186,23 +193,33 @@ var zeroPage [4096]byte
 // offset 0: the spare renamed into place if one is ready, else a new empty
 // file. It asks for the next spare either way.
 func (s *spare) create(path string) (*os.File, error) {
-	s.mu.Lock()
-	ready := s.ready
-	s.ready = false
-	s.mu.Unlock()
 	defer func() {
 		select {
 		case s.want <- struct{}{}:
 		default:
 		}
 	}()
-	if ready {
-		if err := os.Rename(filepath.Join(s.dir, spareName), path); err != nil {
-			return nil, fmt.Errorf("preallocated segment: %w", err)
-		}
-		return os.OpenFile(path, os.O_WRONLY, 0)
+	// The lock is held across the rename, so that the spare goroutine
+	// never sees ready false while the spare file is still there: it would
+	// take that file for a spare of its own.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ready {
+		return createEmpty(path)
 	}
-	return createEmpty(path)
+	s.ready = false
+	err := os.Rename(filepath.Join(s.dir, spareName), path)
+	if errors.Is(err, os.ErrNotExist) {
+		// Removed behind the log's back: do without.
+		if s.lg != nil {
+			s.lg.Warn("wal: the spare segment file is gone; this segment grows as it is written", "dir", s.dir)
+		}
+		return createEmpty(path)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("preallocated segment: %w", err)
+	}
+	return os.OpenFile(path, os.O_WRONLY, 0)
 }
 
 // createEmpty creates an empty segment file at path.

@@ -863,6 +863,23 @@ func (l *Log) truncateFront(index uint64) (err error) {
 		// nothing to truncate
 		return nil
 	}
+	if segIdx := l.findSegment(index); l.segments[segIdx].index == index {
+		// The index starts a segment (the tail too, if it holds no entries
+		// yet): remove the segments before it, oldest first, and rewrite
+		// nothing. A crash part way leaves the log starting at a later
+		// segment, every entry from index on intact. (Patch of the ingest
+		// engine.)
+		for i := 0; i < segIdx; i++ {
+			if err = os.Remove(l.segments[i].path); err != nil {
+				l.corrupt = true
+				return err
+			}
+		}
+		l.segments = append([]*segment{}, l.segments[segIdx:]...)
+		l.firstIndex = index
+		l.clearCache()
+		return nil
+	}
 	var segIdx int
 	var s *segment
 	var ebuf []byte
@@ -873,22 +890,6 @@ func (l *Log) truncateFront(index uint64) (err error) {
 		ebuf = nil
 	} else {
 		segIdx = l.findSegment(index)
-		if l.segments[segIdx].index == index {
-			// The index starts a segment: remove the segments before it,
-			// oldest first, and rewrite nothing. A crash part way leaves
-			// the log starting at a later segment, every entry from index
-			// on intact. (Patch of the ingest engine.)
-			for i := 0; i < segIdx; i++ {
-				if err = os.Remove(l.segments[i].path); err != nil {
-					l.corrupt = true
-					return err
-				}
-			}
-			l.segments = append([]*segment{}, l.segments[segIdx:]...)
-			l.firstIndex = index
-			l.clearCache()
-			return nil
-		}
 		s, err = l.loadSegment(index)
 		if err != nil {
 			return err
