@@ -42,28 +42,13 @@ func benchRawFsync(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer f.Close()
-	rec := make([]byte, benchEntry+9)
-	lat := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	start := time.Now()
-	for range b.N {
-		t := time.Now()
-		if _, err := f.Write(rec); err != nil {
-			b.Fatal(err)
-		}
-		if err := f.Sync(); err != nil {
-			b.Fatal(err)
-		}
-		lat = append(lat, time.Since(t))
-	}
-	report(b, lat, time.Since(start))
+	rawLoop(b, f, f.Sync)
 }
 
 // benchRawOverwrite writes one framed 200-byte record into a file of zeros
 // written and fsynced beforehand, and fdatasyncs it, b.N times.
 func benchRawOverwrite(b *testing.B) {
-	rec := make([]byte, benchEntry+9)
-	size := int64(len(rec)) * int64(b.N)
+	size := int64(benchEntry+9) * int64(b.N)
 	f, err := os.OpenFile(filepath.Join(b.TempDir(), "raw"), os.O_CREATE|os.O_RDWR, 0o640)
 	if err != nil {
 		b.Fatal(err)
@@ -81,6 +66,13 @@ func benchRawOverwrite(b *testing.B) {
 	if _, err := f.Seek(0, 0); err != nil {
 		b.Fatal(err)
 	}
+	rawLoop(b, f, func() error { return wal.Datasync(f) })
+}
+
+// rawLoop writes one framed 200-byte record to f and syncs it, b.N times,
+// and reports the latencies.
+func rawLoop(b *testing.B, f *os.File, sync func() error) {
+	rec := make([]byte, benchEntry+9)
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	start := time.Now()
@@ -89,7 +81,7 @@ func benchRawOverwrite(b *testing.B) {
 		if _, err := f.Write(rec); err != nil {
 			b.Fatal(err)
 		}
-		if err := wal.Datasync(f); err != nil {
+		if err := sync(); err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, time.Since(t))

@@ -68,21 +68,61 @@ func flip(off int) func([]byte) []byte {
 	return func(b []byte) []byte { b[off] ^= 0x40; return b }
 }
 
-func TestCorruption(t *testing.T) {
-	type want struct {
-		last     uint64 // the last index after a successful open
-		repairs  float64
-		released uint64
-		// for a refused open
-		segment string
-		offset  int64
-		index   uint64
+// damageCase is one row of a table of damage done to a closed log.
+type damageCase struct {
+	name   string
+	damage func(t *testing.T, dir string, segs []string)
+	want   damageWant
+}
+
+// damageWant is what opening a damaged log must give.
+type damageWant struct {
+	last     uint64 // the last index after a successful open
+	repairs  float64
+	released uint64
+	// for a refused open
+	segment string
+	offset  int64
+	index   uint64
+}
+
+// openDamaged opens the damaged log in dir and checks the outcome against
+// w: a *CorruptionError at w's segment, offset and index (it returns nil),
+// or an open log with w's last index, release mark and repairs.
+func openDamaged(t *testing.T, dir string, opts wal.Options, w damageWant) *wal.Log {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	l, err := wal.Open(dir, opts, reg, nil)
+	if w.segment != "" {
+		var ce *wal.CorruptionError
+		if !errors.As(err, &ce) {
+			if l != nil {
+				l.Close()
+			}
+			t.Fatalf("open: %v, want a *CorruptionError", err)
+		}
+		if ce.Segment != w.segment || ce.Offset != w.offset || ce.Index != w.index {
+			t.Fatalf("corruption at segment %s offset %d index %d, want %s %d %d (%v)",
+				ce.Segment, ce.Offset, ce.Index, w.segment, w.offset, w.index, err)
+		}
+		return nil
 	}
-	tests := []struct {
-		name   string
-		damage func(t *testing.T, dir string, segs []string)
-		want   want
-	}{
+	if err != nil {
+		t.Fatalf("open: %v", err)
+	}
+	t.Cleanup(func() { l.Close() })
+	if got := metricValue(t, reg, "ingest_wal_repairs_total", "test"); got != w.repairs {
+		t.Errorf("repairs %v, want %v", got, w.repairs)
+	}
+	if l.LastIndex() != w.last || l.Released() != w.released {
+		t.Fatalf("last %d released %d, want %d %d", l.LastIndex(), l.Released(), w.last, w.released)
+	}
+	return l
+}
+
+func TestCorruption(t *testing.T) {
+	type want = damageWant
+	tests := []damageCase{
 		{
 			name: "torn last entry",
 			damage: func(t *testing.T, dir string, segs []string) {
@@ -211,31 +251,9 @@ func TestCorruption(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir, segs := buildLog(t)
 			tt.damage(t, dir, segs)
-			reg := prometheus.NewRegistry()
-			l, err := wal.Open(dir, corruptOpts, reg, nil)
-			if tt.want.segment != "" {
-				var ce *wal.CorruptionError
-				if !errors.As(err, &ce) {
-					if l != nil {
-						l.Close()
-					}
-					t.Fatalf("open: %v, want a *CorruptionError", err)
-				}
-				if ce.Segment != tt.want.segment || ce.Offset != tt.want.offset || ce.Index != tt.want.index {
-					t.Fatalf("corruption at segment %s offset %d index %d, want %s %d %d (%v)",
-						ce.Segment, ce.Offset, ce.Index, tt.want.segment, tt.want.offset, tt.want.index, err)
-				}
+			l := openDamaged(t, dir, corruptOpts, tt.want)
+			if l == nil {
 				return
-			}
-			if err != nil {
-				t.Fatalf("open: %v", err)
-			}
-			defer l.Close()
-			if got := metricValue(t, reg, "ingest_wal_repairs_total", "test"); got != tt.want.repairs {
-				t.Errorf("repairs %v, want %v", got, tt.want.repairs)
-			}
-			if l.LastIndex() != tt.want.last || l.Released() != tt.want.released {
-				t.Fatalf("last %d released %d, want %d %d", l.LastIndex(), l.Released(), tt.want.last, tt.want.released)
 			}
 			es := readAll(t, l, 0)
 			for i, e := range es {

@@ -3,7 +3,6 @@ package wal_test
 import (
 	"bytes"
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -109,18 +108,8 @@ func TestPreallocatedDamage(t *testing.T) {
 	zero := func(from, to int) func([]byte) []byte {
 		return func(b []byte) []byte { clear(b[from:to]); return b }
 	}
-	type want struct {
-		last    uint64
-		repairs float64
-		segment string // for a refused open
-		offset  int64
-		index   uint64
-	}
-	tests := []struct {
-		name   string
-		damage func(t *testing.T, dir string, segs []string)
-		want   want
-	}{
+	type want = damageWant
+	tests := []damageCase{
 		{
 			// A torn write into the zeros: the entry's start, and zeros.
 			name: "torn last entry",
@@ -205,30 +194,9 @@ func TestPreallocatedDamage(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			dir, segs := buildPreallocated(t)
 			tt.damage(t, dir, segs)
-			reg := prometheus.NewRegistry()
-			l, err := wal.Open(dir, preallocOpts, reg, nil)
-			if tt.want.segment != "" {
-				var ce *wal.CorruptionError
-				if !errors.As(err, &ce) {
-					if l != nil {
-						l.Close()
-					}
-					t.Fatalf("open: %v, want a *CorruptionError", err)
-				}
-				if ce.Segment != tt.want.segment || ce.Offset != tt.want.offset || ce.Index != tt.want.index {
-					t.Fatalf("corruption at segment %s offset %d index %d, want %s %d %d (%v)",
-						ce.Segment, ce.Offset, ce.Index, tt.want.segment, tt.want.offset, tt.want.index, err)
-				}
+			l := openDamaged(t, dir, preallocOpts, tt.want)
+			if l == nil {
 				return
-			}
-			if err != nil {
-				t.Fatalf("open: %v", err)
-			}
-			if got := metricValue(t, reg, "ingest_wal_repairs_total", "test"); got != tt.want.repairs {
-				t.Errorf("repairs %v, want %v", got, tt.want.repairs)
-			}
-			if l.LastIndex() != tt.want.last {
-				t.Fatalf("last %d, want %d", l.LastIndex(), tt.want.last)
 			}
 			// Enough appends to move to two new segments, each on a
 			// spare: the spares written after the damage are sound.
