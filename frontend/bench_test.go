@@ -23,7 +23,10 @@ func benchServer(b *testing.B, opts Options) *testServer {
 	opts.Rate = 1e9
 	opts.Burst = 1e9
 	// The WAL is never released in a benchmark: give it room.
-	return startServer(b, opts, wal.Options{MaxBytes: 8 << 30, SegmentBytes: 4 << 20})
+	// BENCH_WAL_NOPREALLOC=1 runs it with segments that grow as they are
+	// written, for comparison.
+	return startServer(b, opts, wal.Options{MaxBytes: 8 << 30, SegmentBytes: 4 << 20,
+		NoPreallocate: os.Getenv("BENCH_WAL_NOPREALLOC") != ""})
 }
 
 // BenchmarkPipelined: 100 connections, 16 frames in flight each, 200-byte

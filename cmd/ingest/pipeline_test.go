@@ -180,6 +180,10 @@ func TestPipelineUnderSIGKILL(t *testing.T) {
 				// record for the check at the end.
 				"--consumers", "audit"}})
 	}
+	// The second of each tier runs its WAL with segments that grow as they
+	// are written, so both layouts are killed and recovered.
+	mts[1].args = append(mts[1].args, "--wal.no-preallocate")
+	var feDirs []string
 	var fes []*tierProc
 	var feAddrs []string
 	for i := range 2 {
@@ -191,7 +195,9 @@ func TestPipelineUnderSIGKILL(t *testing.T) {
 			args: []string{"frontend", "--listen", addr, "--id", fmt.Sprintf("fe-%d", i), "--drain-window", "200ms",
 				"--uplink.middletiers", strings.Join(order, ","), "--uplink.failover", "2s", "--uplink.flush-timeout", "1s"},
 			env: []string{"INGEST_WAL_DIR=" + t.TempDir(), "INGEST_AUTH_HS256_SECRET_FILE=" + secretFile}})
+		feDirs = append(feDirs, strings.TrimPrefix(fes[i].env[0], "INGEST_WAL_DIR="))
 	}
+	fes[1].env = append(fes[1].env, "INGEST_WAL_NO_PREALLOCATE=true")
 	procs := append(append([]*tierProc{}, mts...), fes...)
 	for _, p := range procs {
 		p.start()
@@ -282,6 +288,15 @@ func TestPipelineUnderSIGKILL(t *testing.T) {
 	for _, p := range procs {
 		if err := p.stop(); err != nil {
 			t.Error(err)
+		}
+	}
+
+	// The first of each tier kept a preallocated spare segment; the second,
+	// told not to, none.
+	for i, dir := range []string{filepath.Join(mtDirs[0], "wal"), filepath.Join(mtDirs[1], "wal"), feDirs[0], feDirs[1]} {
+		_, err := os.Stat(filepath.Join(dir, "segment.spare"))
+		if prealloc := i%2 == 0; prealloc != (err == nil) {
+			t.Errorf("%s: spare segment %v with preallocation %v", dir, err, prealloc)
 		}
 	}
 
