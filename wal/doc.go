@@ -145,6 +145,10 @@
 // ingest_queue_depth_entries, ingest_queue_depth_bytes,
 // ingest_wal_fsync_duration_seconds, ingest_wal_batch_entries,
 // ingest_wal_appended_entries_total, ingest_wal_full_total,
-// ingest_wal_repairs_total, ingest_wal_truncations_total and
-// ingest_wal_failed. Close unregisters them.
+// ingest_wal_repairs_total, ingest_wal_truncations_total,
+// ingest_wal_failed and ingest_wal_segments_total{preallocated="true"|"false"}
+// (segments started on a spare, or grown because none was ready: a rising
+// "false" means the spare cannot keep up or cannot be written).
+// ingest_wal_fsync_duration_seconds times the sync of each group commit,
+// an fdatasync where the system has one. Close unregisters them.
 package wal

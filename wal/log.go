@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -225,10 +226,20 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		FilePerms:        0o640,
 		// Segments may hold zeros after their last entry (spare.go).
 		CreateSegment: func(path string) (*os.File, error) {
-			if l.spare != nil {
-				return l.spare.create(path)
+			var (
+				f   *os.File
+				pre bool
+				err error
+			)
+			if l.spare == nil {
+				f, err = createEmpty(path)
+			} else {
+				f, pre, err = l.spare.create(path)
 			}
-			return createEmpty(path)
+			if err == nil {
+				l.m.segments.WithLabelValues(strconv.FormatBool(pre)).Inc()
+			}
+			return f, err
 		},
 		SyncFile: datasync,
 	})

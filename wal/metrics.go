@@ -20,6 +20,7 @@ type metrics struct {
 	repairs      prometheus.Counter
 	truncations  prometheus.Counter
 	failed       prometheus.Gauge
+	segments     *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
@@ -35,7 +36,7 @@ func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
 		}),
 		fsync: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "ingest_wal_fsync_duration_seconds", ConstLabels: l,
-			Help:    "Time taken by one fsync of the write-ahead log.",
+			Help:    "Time taken by one sync of the write-ahead log (fdatasync; fsync where there is none), the one each group commit waits for.",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 		}),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
@@ -63,10 +64,16 @@ func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
 			Name: "ingest_wal_failed", ConstLabels: l,
 			Help: "1 once a write or fsync failed: the log refuses appends until it is reopened.",
 		}),
+		segments: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ingest_wal_segments_total", ConstLabels: l,
+			Help: "Segment files started, by whether a preallocated spare was ready (preallocated=\"false\": the segment grows as it is written, each sync committing its size).",
+		}, []string{"preallocated"}),
 	}
+	m.segments.WithLabelValues("true")
+	m.segments.WithLabelValues("false")
 	var err error
 	m.set, err = metricset.Register(reg, m.depthEntries, m.depthBytes, m.fsync, m.batch, m.appended,
-		m.full, m.repairs, m.truncations, m.failed)
+		m.full, m.repairs, m.truncations, m.failed, m.segments)
 	return m, err
 }
 

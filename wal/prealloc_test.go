@@ -3,6 +3,7 @@ package wal_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -219,4 +220,60 @@ func TestPreallocatedDamage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestSegmentsMetric: ingest_wal_segments_total counts the segments a log
+// starts, preallocated or grown.
+func TestSegmentsMetric(t *testing.T) {
+	for _, prealloc := range []bool{true, false} {
+		t.Run(fmt.Sprintf("prealloc=%v", prealloc), func(t *testing.T) {
+			dir := t.TempDir()
+			reg := prometheus.NewRegistry()
+			opts := preallocOpts
+			opts.NoPreallocate = !prealloc
+			l := openLog(t, dir, opts, reg)
+			defer l.Close()
+			if prealloc {
+				appendPrealloc(t, l, dir, 1, 3*perSegment)
+			} else {
+				for i := 1; i <= 3*perSegment; i++ {
+					if _, err := l.Append(context.Background(), corruptPayload(i)); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+			// The first segment and three more (the last entry fills the
+			// third and starts the fourth).
+			segs := float64(len(segmentFiles(t, dir)))
+			if segs != 4 {
+				t.Fatalf("%v segments, want 4", segs)
+			}
+			pre, grown := segmentsMetric(t, reg, "true"), segmentsMetric(t, reg, "false")
+			if prealloc && (pre != segs || grown != 0) || !prealloc && (pre != 0 || grown != segs) {
+				t.Fatalf("segments: %v preallocated, %v grown; want %v of one kind", pre, grown, segs)
+			}
+		})
+	}
+}
+
+func segmentsMetric(t *testing.T, reg *prometheus.Registry, preallocated string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ingest_wal_segments_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "preallocated" && lp.GetValue() == preallocated {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no ingest_wal_segments_total{preallocated=%q}", preallocated)
+	return 0
 }

@@ -191,8 +191,8 @@ var zeroPage [4096]byte
 
 // create returns the file for a new segment at path, open for writing at
 // offset 0: the spare renamed into place if one is ready, else a new empty
-// file. It asks for the next spare either way.
-func (s *spare) create(path string) (*os.File, error) {
+// file; and whether it is the spare. It asks for the next spare either way.
+func (s *spare) create(path string) (f *os.File, preallocated bool, err error) {
 	defer func() {
 		select {
 		case s.want <- struct{}{}:
@@ -205,21 +205,24 @@ func (s *spare) create(path string) (*os.File, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.ready {
-		return createEmpty(path)
+		f, err = createEmpty(path)
+		return f, false, err
 	}
 	s.ready = false
-	err := os.Rename(filepath.Join(s.dir, spareName), path)
+	err = os.Rename(filepath.Join(s.dir, spareName), path)
 	if errors.Is(err, os.ErrNotExist) {
 		// Removed behind the log's back: do without.
 		if s.lg != nil {
 			s.lg.Warn("wal: the spare segment file is gone; this segment grows as it is written", "dir", s.dir)
 		}
-		return createEmpty(path)
+		f, err = createEmpty(path)
+		return f, false, err
 	}
 	if err != nil {
-		return nil, fmt.Errorf("preallocated segment: %w", err)
+		return nil, false, fmt.Errorf("preallocated segment: %w", err)
 	}
-	return os.OpenFile(path, os.O_WRONLY, 0)
+	f, err = os.OpenFile(path, os.O_WRONLY, 0)
+	return f, true, err
 }
 
 // createEmpty creates an empty segment file at path.
