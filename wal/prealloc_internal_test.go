@@ -112,16 +112,7 @@ func TestSpareFileRemoved(t *testing.T) {
 	dir := t.TempDir()
 	opts := Options{Hop: "test", SegmentBytes: 4096}
 	l := openInternal(t, dir, opts)
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		l.spare.mu.Lock()
-		r := l.spare.ready
-		l.spare.mu.Unlock()
-		if r || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	waitUntil(t, "a spare segment", func() bool { return spareReady(l) })
 	if err := os.Remove(filepath.Join(dir, spareName)); err != nil {
 		t.Fatal(err)
 	}
@@ -130,6 +121,17 @@ func TestSpareFileRemoved(t *testing.T) {
 			t.Fatalf("append %d: %v", i, err)
 		}
 	}
+	if n := len(l.SegmentStarts()); n < 3 {
+		t.Fatalf("%d segments, want the log to have moved on twice", n)
+	}
+	waitUntil(t, "a new spare segment", func() bool { return spareReady(l) })
+}
+
+// spareReady reports whether l has a spare segment ready.
+func spareReady(l *Log) bool {
+	l.spare.mu.Lock()
+	defer l.spare.mu.Unlock()
+	return l.spare.ready
 }
 
 // Releasing every entry while the tail is a fresh (empty) preallocated
@@ -143,6 +145,8 @@ func TestReleaseAllKeepsPreallocatedTail(t *testing.T) {
 	ctx := context.Background()
 	var last uint64
 	for {
+		// Every segment starts on a spare.
+		waitUntil(t, "a spare segment", func() bool { return spareReady(l) })
 		idx, err := l.Append(ctx, plPayload(1))
 		if err != nil {
 			t.Fatal(err)
@@ -155,20 +159,31 @@ func TestReleaseAllKeepsPreallocatedTail(t *testing.T) {
 	}
 	st := l.SegmentStarts()
 	tail := filepath.Join(dir, segmentName(st[len(st)-1]))
-	fi, _ := os.Stat(tail)
-	t.Logf("tail %s size before release: %d", filepath.Base(tail), fi.Size())
+	fi, err := os.Stat(tail)
+	if want := int64(opts.SegmentBytes + opts.SegmentBytes/16); err != nil || fi.Size() != want {
+		t.Fatalf("tail %s: %v, %d bytes, want a preallocated %d", filepath.Base(tail), err, fi.Size(), want)
+	}
 	if err := l.Release(last); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for l.FirstIndex() != last+1 && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
+	waitUntil(t, "truncation", func() bool { return l.FirstIndex() == last+1 })
 	fi2, err := os.Stat(tail)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fi2.Size() != fi.Size() {
+	if fi2.Size() != fi.Size() || !os.SameFile(fi, fi2) {
 		t.Fatalf("tail rewritten by truncation: size %d -> %d", fi.Size(), fi2.Size())
+	}
+}
+
+// waitUntil waits up to 10 s for cond.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
