@@ -1,5 +1,7 @@
 package wal
 
+import "testing"
+
 // SetSync replaces the fsync of the tail segment, for fault tests. It must be
 // called before the first append.
 func (l *Log) SetSync(f func() error) { l.sync = f }
@@ -13,3 +15,6 @@ func (l *Log) SegmentStarts() []uint64 {
 
 // Datasync is fdatasync where the system has it, for benchmarks.
 var Datasync = datasync
+
+// WaitFor waits up to 10 s for cond, failing the test if it never holds.
+func WaitFor(t testing.TB, what string, cond func() bool) { waitFor(t, what, cond) }

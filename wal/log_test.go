@@ -473,17 +473,6 @@ func metricValue(t testing.TB, reg *prometheus.Registry, name, hop string) float
 	return 0
 }
 
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // A log keeps its identity across reopening; a log created anew in the same
 // place gets another.
 func TestIdentity(t *testing.T) {
@@ -544,3 +533,6 @@ func TestNotify(t *testing.T) {
 		t.Fatal("not notified of close")
 	}
 }
+
+// waitFor is the package test files' waitFor.
+var waitFor = wal.WaitFor

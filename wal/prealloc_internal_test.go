@@ -112,7 +112,7 @@ func TestSpareFileRemoved(t *testing.T) {
 	dir := t.TempDir()
 	opts := Options{Hop: "test", SegmentBytes: 4096}
 	l := openInternal(t, dir, opts)
-	waitUntil(t, "a spare segment", func() bool { return spareReady(l) })
+	waitFor(t, "a spare segment", func() bool { return spareReady(l) })
 	if err := os.Remove(filepath.Join(dir, spareName)); err != nil {
 		t.Fatal(err)
 	}
@@ -124,7 +124,7 @@ func TestSpareFileRemoved(t *testing.T) {
 	if n := len(l.SegmentStarts()); n < 3 {
 		t.Fatalf("%d segments, want the log to have moved on twice", n)
 	}
-	waitUntil(t, "a new spare segment", func() bool { return spareReady(l) })
+	waitFor(t, "a new spare segment", func() bool { return spareReady(l) })
 }
 
 // spareReady reports whether l has a spare segment ready.
@@ -146,7 +146,7 @@ func TestReleaseAllKeepsPreallocatedTail(t *testing.T) {
 	var last uint64
 	for {
 		// Every segment starts on a spare.
-		waitUntil(t, "a spare segment", func() bool { return spareReady(l) })
+		waitFor(t, "a spare segment", func() bool { return spareReady(l) })
 		idx, err := l.Append(ctx, plPayload(1))
 		if err != nil {
 			t.Fatal(err)
@@ -166,7 +166,7 @@ func TestReleaseAllKeepsPreallocatedTail(t *testing.T) {
 	if err := l.Release(last); err != nil {
 		t.Fatal(err)
 	}
-	waitUntil(t, "truncation", func() bool { return l.FirstIndex() == last+1 })
+	waitFor(t, "truncation", func() bool { return l.FirstIndex() == last+1 })
 	fi2, err := os.Stat(tail)
 	if err != nil {
 		t.Fatal(err)
@@ -176,8 +176,8 @@ func TestReleaseAllKeepsPreallocatedTail(t *testing.T) {
 	}
 }
 
-// waitUntil waits up to 10 s for cond.
-func waitUntil(t *testing.T, what string, cond func() bool) {
+// waitFor waits up to 10 s for cond, failing the test if it never holds.
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
