@@ -66,4 +66,16 @@
 // connecting. Keep the inter-tier network private: on Kubernetes, the
 // NetworkPolicies in deploy/k8s let only frontends reach the ingest socket
 // and only consumers the others.
+//
+// # Known limits
+//
+// zmq4 v0.17.0 leaks a goroutine when a socket is closed at the wrong
+// moment, and nothing a caller does can end it: a PUB socket's writer
+// goroutine if it was sending when the socket closed (its one wake-up is
+// lost), and a ROUTER's reader goroutine for a connection whose messages
+// were still arriving when the socket closed with its ten-message queue
+// full (the reader waits to hand on one more message that no one will
+// take). Each holds a goroutine and a message; they come from closing
+// sockets, which the middletier does at shutdown and when its watchdog
+// replaces a stalled socket.
 package middletier
