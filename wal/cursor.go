@@ -102,6 +102,12 @@ func (l *Log) read(index uint64) ([]byte, error) {
 func (l *Log) segmentOf(index uint64) string {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	return segmentName(l.segmentStartLocked(index))
+}
+
+// segmentStartLocked returns the first index of the segment that holds
+// index (the first segment's, for an index before it). The caller holds mu.
+func (l *Log) segmentStartLocked(index uint64) uint64 {
 	s := l.segStarts[0]
 	for _, start := range l.segStarts {
 		if start > index {
@@ -109,5 +115,5 @@ func (l *Log) segmentOf(index uint64) string {
 		}
 		s = start
 	}
-	return segmentName(s)
+	return s
 }

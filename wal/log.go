@@ -646,13 +646,7 @@ func (l *Log) requestTruncate(released uint64) {
 func (l *Log) truncateFront(index uint64) {
 	l.mu.Lock()
 	failed := l.err != nil
-	start := l.segStarts[0]
-	for _, s := range l.segStarts {
-		if s > index {
-			break
-		}
-		start = s
-	}
+	start := l.segmentStartLocked(index)
 	first := l.first
 	l.mu.Unlock()
 	if failed || start <= first {
