@@ -45,7 +45,7 @@ type Log struct {
 	// readMu serialises reads: two concurrent Reads race inside tidwall/wal.
 	readMu sync.Mutex
 
-	spare *spare // prepares preallocated segment files; nil if turned off
+	spare *spare // prepares preallocated segment files; nil if turned off (its methods then create empty segments and stop nothing)
 
 	// qmu guards the queue of appends waiting for a commit, and leading:
 	// whether some goroutine (an appender, or the writer goroutine) is
@@ -209,12 +209,12 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		// A new log's first segment is preallocated too, so its spare is
 		// written before the log is created.
 		l.spare = newSpare(dir, int64(opts.SegmentBytes+opts.SegmentBytes/16), lg, len(res.segs) == 0)
-		defer func() {
-			if !opened {
-				l.spare.close()
-			}
-		}()
 	}
+	defer func() {
+		if !opened {
+			l.spare.close()
+		}
+	}()
 	l.w, err = twal.Open(dir, &twal.Options{
 		NoSync:           true, // we fsync ourselves, once per group commit, and time it
 		SegmentSize:      opts.SegmentBytes,
@@ -226,16 +226,7 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		FilePerms:        0o640,
 		// Segments may hold zeros after their last entry (spare.go).
 		CreateSegment: func(path string) (*os.File, error) {
-			var (
-				f   *os.File
-				pre bool
-				err error
-			)
-			if l.spare == nil {
-				f, err = createEmpty(path)
-			} else {
-				f, pre, err = l.spare.create(path)
-			}
+			f, pre, err := l.spare.create(path)
 			if err == nil {
 				l.m.segments.WithLabelValues(strconv.FormatBool(pre)).Inc()
 			}
@@ -759,9 +750,7 @@ func (l *Log) Close() error {
 		// acknowledged after a failure, so that fsync can make no promise.
 		err := l.w.Close()
 		l.readMu.Unlock()
-		if l.spare != nil {
-			l.spare.close()
-		}
+		l.spare.close()
 		l.m.unregister()
 		if err != nil {
 			err = fmt.Errorf("wal: close: %w", err)

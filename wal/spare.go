@@ -192,7 +192,12 @@ var zeroPage [4096]byte
 // create returns the file for a new segment at path, open for writing at
 // offset 0: the spare renamed into place if one is ready, else a new empty
 // file; and whether it is the spare. It asks for the next spare either way.
+// A nil spare (preallocation turned off) creates an empty file.
 func (s *spare) create(path string) (f *os.File, preallocated bool, err error) {
+	if s == nil {
+		f, err = createEmpty(path)
+		return f, false, err
+	}
 	defer func() {
 		select {
 		case s.want <- struct{}{}:
@@ -231,7 +236,11 @@ func createEmpty(path string) (*os.File, error) {
 }
 
 // close stops the goroutine, waiting for a preparation under way to stop.
+// A nil spare has nothing to stop.
 func (s *spare) close() {
+	if s == nil {
+		return
+	}
 	close(s.quit)
 	<-s.done
 }
