@@ -156,3 +156,38 @@ func FuzzDecodeFrame(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkDecodeFrame decodes and checks a device frame as a connection
+// does before it appends the messages: one 200-byte message, and a batch of
+// ten, each with an id, a device and a ts.
+func BenchmarkDecodeFrame(b *testing.B) {
+	one := `{"id":17,"device":"dev-000001","ts":1748736000123,"temp":21.5,"hum":48,"battery":3.21,"ok":true,"gps":{"lat":48.851234,"lon":2.351234},"note":"` + strings.Repeat("x", 40) + `"}`
+	batch := "[" + strings.Repeat(one+",", 9) + one + "]"
+	for _, bc := range []struct{ name, frame string }{{"single", one}, {"batch10", batch}} {
+		b.Run(bc.name, func(b *testing.B) {
+			frame := []byte(bc.frame)
+			msgs := make([]message, 0, 16)
+			now := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC)
+			b.SetBytes(int64(len(frame)))
+			b.ReportAllocs()
+			for b.Loop() {
+				var ferr *frameError
+				msgs, ferr = decodeFrame(frame, msgs[:0], 500, 1<<16)
+				if ferr != nil {
+					b.Fatal(ferr.reason)
+				}
+				for i := range msgs {
+					m := &msgs[i]
+					if m.code == "" && m.device != nil && !sameDevice(m.device, "dev-000001") {
+						b.Fatal("device mismatch")
+					}
+					if m.code == "" && m.ts != nil {
+						if m.tsNS, m.reason = parseTS(m.ts, now, time.Hour); m.reason != "" {
+							b.Fatal(m.reason)
+						}
+					}
+				}
+			}
+		})
+	}
+}
