@@ -18,6 +18,8 @@ import (
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 
+	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -40,7 +42,7 @@ func TestAuth(t *testing.T) {
 	}
 	rsaPubPEM := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
 
-	ts := startServer(t, Options{Auth: AuthOptions{
+	ts := startServer(t, Options{Auth: auth.Options{
 		HS256Secrets: [][]byte{testSecret},
 		RS256Keys:    []*rsa.PublicKey{&rsaKey.PublicKey},
 		ES256Keys:    []*ecdsa.PublicKey{&ecKey.PublicKey},
@@ -145,7 +147,7 @@ func TestAuth(t *testing.T) {
 		defer c.CloseNow()
 		send(t, c, `{"id":"x","device":"dev-1"}`)
 		f, err := readFrame(t, c)
-		if err != nil || f.Type != "error" || f.Code != codeDeviceMismatch || string(f.ID) != `"x"` {
+		if err != nil || f.Type != "error" || f.Code != protocol.CodeDeviceMismatch || string(f.ID) != `"x"` {
 			t.Fatalf("got %+v %v, want device_mismatch", f, err)
 		}
 		send(t, c, `{"id":"y"}`)

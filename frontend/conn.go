@@ -1,9 +1,7 @@
 package frontend
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"net"
@@ -14,6 +12,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -237,30 +236,30 @@ func (c *conn) handleFrame(typ websocket.MessageType, frame []byte, now time.Tim
 		return // ending: the device resends whatever was not acknowledged
 	}
 	if !c.exp.IsZero() && now.After(c.exp.Add(s.opts.Auth.Leeway)) {
-		s.m.rejected.WithLabelValues(codeUnauthorized).Inc()
-		c.writeError(codeUnauthorized, seq, -1, nil, 0, "token expired")
-		c.finish(closePolicy, reasonExpired)
+		s.m.rejected.WithLabelValues(protocol.CodeUnauthorized).Inc()
+		c.writeError(protocol.CodeUnauthorized, seq, -1, nil, 0, "token expired")
+		c.finish(protocol.ClosePolicyViolation, reasonExpired)
 		return
 	}
 	if typ != websocket.MessageText {
 		s.m.received.Inc()
-		s.m.rejected.WithLabelValues(codeInvalidJSON).Inc()
-		c.writeError(codeInvalidJSON, seq, -1, nil, 0, "binary frames are not accepted; send JSON as text frames")
+		s.m.rejected.WithLabelValues(protocol.CodeInvalidJSON).Inc()
+		c.writeError(protocol.CodeInvalidJSON, seq, -1, nil, 0, "binary frames are not accepted; send JSON as text frames")
 		c.enqueue(seq, now, nil)
 		return
 	}
-	mp := s.msgPool.Get().(*[]message)
+	mp := s.msgPool.Get().(*[]protocol.Message)
 	defer func() {
 		clear(*mp)
 		*mp = (*mp)[:0]
 		s.msgPool.Put(mp)
 	}()
-	msgs, ferr := decodeFrame(frame, (*mp)[:0], s.opts.MaxBatchMessages, s.opts.MaxMessageBytes)
+	msgs, ferr := protocol.ParseFrame(frame, (*mp)[:0], s.opts.MaxBatchMessages, s.opts.MaxMessageBytes)
 	*mp = msgs
 	if ferr != nil {
 		s.m.received.Inc()
-		s.m.rejected.WithLabelValues(ferr.code).Inc()
-		c.writeError(ferr.code, seq, -1, nil, 0, ferr.reason)
+		s.m.rejected.WithLabelValues(ferr.Code).Inc()
+		c.writeError(ferr.Code, seq, -1, nil, 0, ferr.Reason)
 		c.enqueue(seq, now, nil)
 		return
 	}
@@ -269,44 +268,27 @@ func (c *conn) handleFrame(typ websocket.MessageType, frame []byte, now time.Tim
 		// Accepting later frames while this one waits would reorder the
 		// device's messages, so the connection ends after acking what came
 		// before; the device resends from this frame on.
-		s.m.rejected.WithLabelValues(codeRateLimited).Add(float64(len(msgs)))
-		c.writeError(codeRateLimited, seq, -1, nil, max(wait.Milliseconds(), 1),
+		s.m.rejected.WithLabelValues(protocol.CodeRateLimited).Add(float64(len(msgs)))
+		c.writeError(protocol.CodeRateLimited, seq, -1, nil, max(wait.Milliseconds(), 1),
 			"over the device rate limit; resend from this frame on after the retry delay")
-		c.finish(closeTryAgainLater, reasonRateLimited)
+		c.finish(protocol.CloseTryAgainLater, reasonRateLimited)
 		return
 	}
 	for i := range msgs {
 		m := &msgs[i]
-		if m.code == "" && m.device != nil && !sameDevice(m.device, c.device) {
-			m.code, m.reason = codeDeviceMismatch, "\"device\" differs from the authenticated device id"
-		}
-		if m.code == "" && m.ts != nil {
-			if m.tsNS, m.reason = parseTS(m.ts, now, s.opts.MaxFutureSkew); m.reason != "" {
-				m.code = codeBadTimestamp
-			}
-		}
-		if m.code != "" {
-			s.m.rejected.WithLabelValues(m.code).Inc()
-			c.writeError(m.code, seq, m.index, m.id, 0, m.reason)
+		m.Check(c.device, now, s.opts.MaxFutureSkew)
+		if m.Code != "" {
+			s.m.rejected.WithLabelValues(m.Code).Inc()
+			c.writeError(m.Code, seq, m.Index, m.ID, 0, m.Reason)
 		}
 	}
 	c.enqueue(seq, now, msgs)
 }
 
-// sameDevice compares a raw JSON string token with the device id.
-func sameDevice(tok []byte, device string) bool {
-	inner := tok[1 : len(tok)-1]
-	if bytes.IndexByte(inner, '\\') < 0 {
-		return string(inner) == device
-	}
-	var s string
-	return json.Unmarshal(tok, &s) == nil && s == device
-}
-
 // enqueue encodes the accepted messages of frame seq into pending and makes
 // sure a flusher runs. It blocks while the connection's pending bytes are over
 // the bound, which stops reading from the device (TCP backpressure).
-func (c *conn) enqueue(seq uint64, now time.Time, msgs []message) {
+func (c *conn) enqueue(seq uint64, now time.Time, msgs []protocol.Message) {
 	s := c.s
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -324,22 +306,22 @@ func (c *conn) enqueue(seq uint64, now time.Time, msgs []message) {
 	nenv := len(p.ends)
 	for i := range msgs {
 		m := &msgs[i]
-		if m.code != "" {
+		if m.Code != "" {
 			continue
 		}
-		e.HasDeviceTime, e.DeviceTime = m.ts != nil, m.tsNS
+		e.HasDeviceTime, e.DeviceTime = m.TS != nil, m.Time
 		e.Received = now.UnixNano()
 		if !e.HasDeviceTime {
 			e.Received = c.bucket.stamp(e.Received, int64(s.opts.Burst))
 		}
-		e.Payload = m.raw
+		e.Payload = m.Raw
 		p.buf = envelope.AppendEncode(p.buf, &e)
 		p.ends = append(p.ends, len(p.buf))
-		if m.id != nil {
+		if m.ID != nil {
 			if len(p.ids) > 0 {
 				p.ids = append(p.ids, ',')
 			}
-			p.ids = append(p.ids, m.id...)
+			p.ids = append(p.ids, m.ID...)
 		}
 	}
 	p.frames = append(p.frames, pframe{seq: seq, recv: now.UnixNano(), nenv: len(p.ends) - nenv, idEnd: len(p.ids)})
@@ -412,7 +394,7 @@ func (c *conn) flush() {
 // and counts them.
 func (c *conn) ack(p *pending, to int, ids []byte) {
 	s := c.s
-	p.out = appendAck(p.out[:0], p.frames[to-1].seq, ids)
+	p.out = protocol.AppendAck(p.out[:0], p.frames[to-1].seq, ids)
 	if c.write(p.out) != nil {
 		return
 	}
@@ -456,8 +438,8 @@ func (c *conn) appendEach(p *pending) bool {
 			}
 			ids = append(ids, fids...)
 		case errors.Is(err, wal.ErrTooLarge):
-			s.m.rejected.WithLabelValues(codeTooLarge).Add(float64(f.nenv))
-			c.writeError(codeTooLarge, f.seq, -1, nil, 0,
+			s.m.rejected.WithLabelValues(protocol.CodeTooLarge).Add(float64(f.nenv))
+			c.writeError(protocol.CodeTooLarge, f.seq, -1, nil, 0,
 				"frame holds more than the server's queue can ever take; split it")
 			p.frames[i].nenv = 0 // not acknowledged as stored
 		default:
@@ -493,11 +475,11 @@ func (c *conn) appendFailed(p *pending, from int, err error) bool {
 	switch {
 	case errors.Is(err, wal.ErrFull):
 		c.setReason(reasonOverloaded)
-		s.m.rejected.WithLabelValues(codeOverloaded).Add(float64(n))
-		c.writeError(codeOverloaded, first, -1, nil, s.opts.OverloadRetryAfter.Milliseconds(),
+		s.m.rejected.WithLabelValues(protocol.CodeOverloaded).Add(float64(n))
+		c.writeError(protocol.CodeOverloaded, first, -1, nil, s.opts.OverloadRetryAfter.Milliseconds(),
 			"server queue is full; resend from this frame on after the retry delay")
 		if !already {
-			c.ws.Close(closeTryAgainLater, "overloaded")
+			c.ws.Close(protocol.CloseTryAgainLater, protocol.ReasonOverloaded)
 		}
 	case errors.Is(err, context.Canceled):
 		// Hard stop after the drain window; the writer may still hold p.
@@ -508,9 +490,9 @@ func (c *conn) appendFailed(p *pending, from int, err error) bool {
 		c.setReason(reasonInternal)
 		s.lg.Error("wal append failed; closing device connection", "device", c.device, "err", err)
 		if errors.Is(err, wal.ErrClosed) {
-			c.ws.Close(closeServiceRestart, "server shutting down")
+			c.ws.Close(protocol.CloseServiceRestart, protocol.ReasonShutdown)
 		} else {
-			c.ws.Close(closeInternal, "internal error")
+			c.ws.Close(protocol.CloseInternalError, protocol.ReasonInternal)
 		}
 	}
 	return true
@@ -534,13 +516,13 @@ func (c *conn) finish(code websocket.StatusCode, reason string) {
 	c.mu.Unlock()
 	text := reason
 	if reason == reasonDrain {
-		text = "server shutting down"
+		text = protocol.ReasonShutdown
 	}
 	c.ws.Close(code, text)
 }
 
 func (c *conn) writeError(code string, seq uint64, index int, id []byte, retryMS int64, reason string) {
-	c.write(appendError(make([]byte, 0, 128), code, seq, index, id, retryMS, reason))
+	c.write(protocol.AppendError(make([]byte, 0, 128), code, seq, index, id, retryMS, reason))
 }
 
 // write writes one text frame within Options.WriteTimeout. The bound is a

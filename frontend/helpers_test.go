@@ -61,7 +61,7 @@ func startServer(t testing.TB, opts Options, wopts wal.Options) *testServer {
 	if opts.ID == "" {
 		opts.ID = "fe-test"
 	}
-	if !opts.InsecureNoAuth && !opts.Auth.configured() {
+	if !opts.InsecureNoAuth && !opts.Auth.Configured() {
 		opts.Auth.HS256Secrets = [][]byte{testSecret}
 	}
 	if opts.DrainWindow == 0 {

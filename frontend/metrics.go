@@ -2,6 +2,24 @@ package frontend
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/protocol"
+)
+
+// Why a device connection ended: the values of the closes metric's reason
+// label. Where the device is told with a close frame, the label is the
+// close frame's reason text (drain's is protocol.ReasonShutdown).
+const (
+	reasonPeer        = "peer"                      // the device closed or the connection broke
+	reasonDrain       = "drain"                     // server shutdown
+	reasonOverloaded  = protocol.ReasonOverloaded   // WAL full
+	reasonRateLimited = protocol.ReasonRateLimited  // device over its rate
+	reasonExpired     = protocol.ReasonUnauthorized // token expired
+	reasonReplaced    = protocol.ReasonReplaced     // a newer connection for the same device
+	reasonTooBig      = "too_big"                   // frame over the read limit (1009)
+	reasonPingTimeout = "ping_timeout"              // no pong within the timeout
+	reasonWriteFailed = "write_failed"              // a write failed or missed its deadline
+	reasonInternal    = "internal"                  // the WAL failed
 )
 
 // metrics are the frontend's own series. The WAL exports the queue depth for
@@ -53,8 +71,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "WebSocket handshakes refused before upgrade, by reason.",
 		}, []string{"reason"}),
 	}
-	for _, code := range []string{codeInvalidJSON, codeInvalidMessage, codeTooLarge, codeBadTimestamp,
-		codeDeviceMismatch, codeRateLimited, codeOverloaded, codeUnauthorized} {
+	for _, code := range protocol.ErrorCodes() {
 		m.rejected.WithLabelValues(code)
 	}
 	if reg == nil {

@@ -8,7 +8,9 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/protocol"
 )
 
 // Options configure a Server. A zero field means its default (DefaultOptions);
@@ -19,8 +21,10 @@ type Options struct {
 	// the WAL directory lives (a StatefulSet pod name or a hostname).
 	ID string
 
-	// Auth configures JWT verification of devices.
-	Auth AuthOptions
+	// Auth configures JWT verification of devices: each configured key kind
+	// enables exactly one algorithm; tokens signed with any other, "none"
+	// included, are refused. A token's subject is the device id.
+	Auth auth.Options
 	// InsecureNoAuth accepts devices without a token, taking the device id from
 	// the "device" query parameter. Serve then refuses any listener that is not
 	// on a loopback address, and logs a warning.
@@ -55,7 +59,7 @@ type Options struct {
 	Burst int
 
 	// MaxFutureSkew is how far ahead of the server's clock a device "ts" may
-	// be. Default 1h.
+	// be. Default protocol.DefaultMaxFutureSkew (1h).
 	MaxFutureSkew time.Duration
 
 	// PingInterval is how long a connection may stay silent before the server
@@ -91,14 +95,14 @@ func DefaultOptions() Options {
 		MaxPendingBytes:    1 << 20,
 		Rate:               1000,
 		Burst:              2000,
-		MaxFutureSkew:      time.Hour,
+		MaxFutureSkew:      protocol.DefaultMaxFutureSkew,
 		PingInterval:       30 * time.Second,
 		PongTimeout:        15 * time.Second,
 		WriteTimeout:       10 * time.Second,
 		HandshakeTimeout:   10 * time.Second,
 		OverloadRetryAfter: time.Second,
 		DrainWindow:        5 * time.Second,
-		ShutdownCode:       websocket.StatusGoingAway,
+		ShutdownCode:       protocol.CloseGoingAway,
 	}
 }
 
@@ -137,7 +141,7 @@ func (o Options) withDefaults() (Options, error) {
 	if err := envelope.CheckID(o.ID); err != nil {
 		return o, fmt.Errorf("check frontend id: %w", err)
 	}
-	if o.InsecureNoAuth == o.Auth.configured() {
+	if o.InsecureNoAuth == o.Auth.Configured() {
 		return o, errors.New("check auth: configure JWT keys or set InsecureNoAuth, not both or neither")
 	}
 	if o.MaxConnections < 0 || o.MaxFrameBytes < 0 || o.MaxMessageBytes < 0 || o.MaxBatchMessages < 0 ||
@@ -151,7 +155,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Burst < o.MaxBatchMessages {
 		return o, fmt.Errorf("check options: Burst %d is below MaxBatchMessages %d, so a full batch could never pass", o.Burst, o.MaxBatchMessages)
 	}
-	if o.ShutdownCode != websocket.StatusGoingAway && o.ShutdownCode != websocket.StatusServiceRestart {
+	if o.ShutdownCode != protocol.CloseGoingAway && o.ShutdownCode != protocol.CloseServiceRestart {
 		return o, fmt.Errorf("check options: ShutdownCode %d is neither 1001 nor 1012", o.ShutdownCode)
 	}
 	return o, nil

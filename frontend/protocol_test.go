@@ -13,6 +13,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -39,35 +40,35 @@ func TestErrorAndCloseCodes(t *testing.T) {
 		close  websocket.StatusCode // 0: stays open
 		stored int                  // envelopes in the WAL at the end
 	}{
-		{name: "invalid_json", frames: []string{`{"id":1,`}, errs: []wantErr{{codeInvalidJSON, 1, -1, "", false}}},
-		{name: "invalid_json binary frame", frames: []string{`{"id":1}`}, binary: true, errs: []wantErr{{codeInvalidJSON, 1, -1, "", false}}},
-		{name: "invalid_message scalar frame", frames: []string{`"hello"`}, errs: []wantErr{{codeInvalidMessage, 1, -1, "", false}}},
+		{name: "invalid_json", frames: []string{`{"id":1,`}, errs: []wantErr{{protocol.CodeInvalidJSON, 1, -1, "", false}}},
+		{name: "invalid_json binary frame", frames: []string{`{"id":1}`}, binary: true, errs: []wantErr{{protocol.CodeInvalidJSON, 1, -1, "", false}}},
+		{name: "invalid_message scalar frame", frames: []string{`"hello"`}, errs: []wantErr{{protocol.CodeInvalidMessage, 1, -1, "", false}}},
 		{name: "invalid_message batch element", frames: []string{`[{"id":1},7]`},
-			errs: []wantErr{{codeInvalidMessage, 1, 1, "", false}}, stored: 1},
+			errs: []wantErr{{protocol.CodeInvalidMessage, 1, 1, "", false}}, stored: 1},
 		{name: "too_large message", opts: Options{MaxMessageBytes: 64},
 			frames: []string{`{"id":"big","pad":"` + strings.Repeat("x", 100) + `"}`},
-			errs:   []wantErr{{codeTooLarge, 1, -1, `"big"`, false}}},
+			errs:   []wantErr{{protocol.CodeTooLarge, 1, -1, `"big"`, false}}},
 		{name: "too_large batch", opts: Options{MaxBatchMessages: 2}, frames: []string{`[{},{},{}]`},
-			errs: []wantErr{{codeTooLarge, 1, -1, "", false}}},
+			errs: []wantErr{{protocol.CodeTooLarge, 1, -1, "", false}}},
 		{name: "too_large for the WAL bound", wopts: wal.Options{MaxEntries: 2}, frames: []string{`[{"id":1},{"id":2},{"id":3}]`},
-			errs: []wantErr{{codeTooLarge, 1, -1, "", false}}},
+			errs: []wantErr{{protocol.CodeTooLarge, 1, -1, "", false}}},
 		{name: "bad_timestamp", frames: []string{`[{"id":1,"ts":1748736000000},{"id":2,"ts":"yesterday"}]`},
-			errs: []wantErr{{codeBadTimestamp, 1, 1, "2", false}}, stored: 1},
+			errs: []wantErr{{protocol.CodeBadTimestamp, 1, 1, "2", false}}, stored: 1},
 		{name: "device_mismatch", frames: []string{`{"id":"m","device":"dev-2"}`, `{"id":"n","device":"dev-1"}`},
-			errs: []wantErr{{codeDeviceMismatch, 1, -1, `"m"`, false}}, stored: 1},
+			errs: []wantErr{{protocol.CodeDeviceMismatch, 1, -1, `"m"`, false}}, stored: 1},
 		{name: "rate_limited closes 1013", opts: Options{Rate: 1, Burst: 2, MaxBatchMessages: 2},
 			frames: []string{`{"id":1}`, `{"id":2}`, `{"id":3}`},
-			errs:   []wantErr{{codeRateLimited, 3, -1, "", true}}, close: websocket.StatusTryAgainLater, stored: 2},
+			errs:   []wantErr{{protocol.CodeRateLimited, 3, -1, "", true}}, close: websocket.StatusTryAgainLater, stored: 2},
 		{name: "overloaded closes 1013", wopts: wal.Options{MaxEntries: 2},
 			frames: []string{`{"id":1}`, `{"id":2}`, `{"id":3}`},
-			errs:   []wantErr{{codeOverloaded, 3, -1, "", true}}, close: websocket.StatusTryAgainLater, stored: 2},
+			errs:   []wantErr{{protocol.CodeOverloaded, 3, -1, "", true}}, close: websocket.StatusTryAgainLater, stored: 2},
 		{name: "unauthorized when the token expires closes 1008",
 			token: func(t *testing.T) (string, time.Time) {
 				exp := time.Now().Add(2 * time.Second).Truncate(time.Second)
 				return hsToken(t, "dev-1", func(c *jwt.RegisteredClaims) { c.ExpiresAt = jwt.NewNumericDate(exp) }), exp
 			},
 			frames: []string{`{"id":1}`},
-			errs:   []wantErr{{codeUnauthorized, 1, -1, "", false}}, close: websocket.StatusPolicyViolation},
+			errs:   []wantErr{{protocol.CodeUnauthorized, 1, -1, "", false}}, close: websocket.StatusPolicyViolation},
 		{name: "frame over the read limit closes 1009", opts: Options{MaxFrameBytes: 1024, MaxMessageBytes: 512},
 			frames: []string{`{"pad":"` + strings.Repeat("x", 2000) + `"}`}, close: websocket.StatusMessageTooBig},
 	}

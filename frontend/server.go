@@ -12,10 +12,13 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -30,7 +33,7 @@ type Server struct {
 	log  *wal.Log
 	lg   *slog.Logger
 	m    *metrics
-	auth *verifier // nil with InsecureNoAuth
+	auth *auth.Verifier // nil with InsecureNoAuth
 
 	limits *limits // rate-limit buckets of devices between connections
 
@@ -53,7 +56,7 @@ type Server struct {
 
 	pendPool sync.Pool // *pending
 	readPool sync.Pool // *[]byte frame buffers
-	msgPool  sync.Pool // *[]message
+	msgPool  sync.Pool // *[]protocol.Message
 }
 
 // New validates opts and prepares a Server. It starts nothing.
@@ -76,7 +79,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 		devices: make(map[string]*conn),
 	}
 	if !o.InsecureNoAuth {
-		if s.auth, err = newVerifier(o.Auth); err != nil {
+		if s.auth, err = auth.NewVerifier(o.Auth); err != nil {
 			return nil, err
 		}
 	}
@@ -87,7 +90,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	s.hard, s.hardCancel = context.WithCancel(context.Background())
 	s.pendPool.New = func() any { return new(pending) }
 	s.readPool.New = func() any { b := make([]byte, 0, 4096); return &b }
-	s.msgPool.New = func() any { m := make([]message, 0, 16); return &m }
+	s.msgPool.New = func() any { m := make([]protocol.Message, 0, 16); return &m }
 	return s, nil
 }
 
@@ -95,7 +98,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 // Options.Gatherer is set, /metrics.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /v1/ingest", s.handleIngest)
+	mux.HandleFunc("GET "+protocol.Path, s.handleIngest)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.log.Err(); err != nil {
 			http.Error(w, "wal failed: "+err.Error(), http.StatusServiceUnavailable)
@@ -217,6 +220,22 @@ func isLoopback(a net.Addr) bool {
 	return ok && ta.IP.IsLoopback()
 }
 
+// verifyDevice checks a device's token and returns its subject, the device
+// id, and its expiry (zero when the token has none).
+func verifyDevice(v *auth.Verifier, token string) (device string, exp time.Time, err error) {
+	var claims jwt.RegisteredClaims
+	if err := v.Verify(token, &claims); err != nil {
+		return "", time.Time{}, err
+	}
+	if err := envelope.CheckID(claims.Subject); err != nil {
+		return "", time.Time{}, fmt.Errorf("%w: token subject: %w", auth.ErrUnauthorized, err)
+	}
+	if claims.ExpiresAt != nil {
+		exp = claims.ExpiresAt.Time
+	}
+	return claims.Subject, exp, nil
+}
+
 // handleIngest authenticates the device, upgrades and runs the connection.
 func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	var (
@@ -224,21 +243,21 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		exp    time.Time
 	)
 	if s.auth != nil {
-		tok, ok := bearerToken(r)
+		tok, ok := auth.BearerToken(r)
 		if !ok {
-			s.refuse(w, http.StatusUnauthorized, "unauthorized", "missing bearer token")
+			s.refuse(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "missing bearer token")
 			return
 		}
 		var err error
-		if device, exp, err = s.auth.verify(tok); err != nil {
+		if device, exp, err = verifyDevice(s.auth, tok); err != nil {
 			s.lg.Debug("token refused", "remote", r.RemoteAddr, "err", err)
-			s.refuse(w, http.StatusUnauthorized, "unauthorized", err.Error())
+			s.refuse(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
 			return
 		}
 	} else {
 		device = r.URL.Query().Get("device")
 		if envelope.CheckID(device) != nil {
-			s.refuse(w, http.StatusUnauthorized, "unauthorized", "without auth the device id must be given as ?device=")
+			s.refuse(w, http.StatusUnauthorized, protocol.CodeUnauthorized, "without auth the device id must be given as ?device=")
 			return
 		}
 	}
@@ -271,7 +290,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	if s.draining {
 		s.mu.Unlock()
 		s.nconns.Add(-1)
-		ws.Close(s.opts.ShutdownCode, "server shutting down")
+		ws.Close(s.opts.ShutdownCode, protocol.ReasonShutdown)
 		s.m.closes.WithLabelValues(reasonDrain).Inc()
 		return
 	}
@@ -298,7 +317,7 @@ func (s *Server) run(c *conn, old *conn) {
 		// One connection per device keeps its messages in order: the newer
 		// one starts reading only after the older one has finished.
 		s.lg.Info("device reconnected, closing its older connection", "device", c.device)
-		s.wg.Go(func() { old.finish(closePolicy, reasonReplaced) })
+		s.wg.Go(func() { old.finish(protocol.ClosePolicyViolation, reasonReplaced) })
 		t := time.NewTimer(s.opts.WriteTimeout)
 		select {
 		case <-old.done:
@@ -326,15 +345,12 @@ func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
 	s.m.handshakes.WithLabelValues(reason).Inc()
 	code := reason
 	if status == http.StatusServiceUnavailable {
-		code = codeOverloaded
+		code = protocol.CodeOverloaded
 	}
 	if status == http.StatusUnauthorized {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="ingest"`)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	b := append([]byte(`{"type":"error","code":"`), code...)
-	b = append(b, `","message":`...)
-	b = appendJSONString(b, msg)
-	w.Write(append(b, "}\n"...))
+	w.Write(append(protocol.AppendRefusal(nil, code, msg), '\n'))
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/feed"
 	"github.com/ingest-io/ingest/frontend"
 	"github.com/ingest-io/ingest/middletier"
@@ -152,7 +151,7 @@ func runAll(ctx context.Context, args []string) error {
 	fdopts := feed.Options{Sources: []feed.Source{{Feed: addrs.Feed, Consumer: addrs.Consumer}}, Registry: devices, InsecureNoAuth: *noAuth,
 		Handlers: map[string]http.Handler{"/status/": http.StripPrefix("/status", page)}}
 	if !*noAuth {
-		fdopts.Auth = auth.Options(fopts.Auth)
+		fdopts.Auth = fopts.Auth
 	}
 	fd, err := feed.New(fdopts, reg, lg)
 	if err != nil {

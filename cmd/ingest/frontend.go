@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/frontend"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
@@ -89,7 +90,7 @@ func runFrontend(ctx context.Context, args []string) error {
 		PingInterval:     *ping,
 		PongTimeout:      *pong,
 		DrainWindow:      *drain,
-		Auth: frontend.AuthOptions{
+		Auth: auth.Options{
 			Issuer: *issuer, Audience: *audience, RequireExpiry: *requireExp, Leeway: *leeway,
 		},
 	}

@@ -1,4 +1,4 @@
-package frontend
+package protocol
 
 import (
 	"bytes"
@@ -8,60 +8,65 @@ import (
 	"unicode/utf8"
 )
 
-// maxDepth bounds nesting inside a frame, so a hostile frame cannot make the
-// decoder recurse without limit.
-const maxDepth = 32
-
-// maxClientIDBytes bounds a message's "id" as raw JSON (quotes included).
-const maxClientIDBytes = 128
-
-// message is one device message found in a frame. All slices alias the frame.
-type message struct {
-	raw    []byte // the JSON object exactly as sent
-	id     []byte // raw JSON token of "id" (a string with quotes, or a number); nil if absent
-	device []byte // raw JSON string token of "device"; nil if absent
-	ts     []byte // raw JSON token of "ts"; nil if absent
-	tsNS   int64  // "ts" in unix nanoseconds, once validated
-	index  int    // position in a batch, -1 for a single-object frame
-	code   string // non-empty: rejected with this code
-	reason string
+// Message is one device message found in a frame by ParseFrame. Its slices
+// alias the frame.
+type Message struct {
+	Raw    []byte // the JSON object exactly as sent, without surrounding whitespace
+	ID     []byte // raw JSON token of "id" (a string with quotes, or a number); nil if absent
+	Device []byte // raw JSON string token of "device"; nil if absent
+	TS     []byte // raw JSON token of "ts"; nil if absent
+	Time   int64  // "ts" in unix nanoseconds, once Check has accepted it
+	Index  int    // position in a batch, -1 for a single-object frame
+	Code   string // non-empty: rejected with this error code
+	Reason string // why it was rejected: the error frame's message
 }
 
-// frameError rejects a whole frame.
-type frameError struct {
-	code   string
-	reason string
+// FrameError rejects a whole frame: it is answered with one error frame
+// without an index, and none of its messages is stored.
+type FrameError struct {
+	Code   string
+	Reason string
 }
 
-// decoder splits a text frame into messages, validating the JSON strictly
-// (RFC 8259 syntax, valid UTF-8, bounded depth). It never allocates on the
-// accepting path once msgs has capacity.
-type decoder struct {
+func (e *FrameError) Error() string { return e.Code + ": " + e.Reason }
+
+// scanner walks JSON strictly (RFC 8259 syntax, valid UTF-8, nesting at
+// most MaxDepth). It never allocates on the accepting path.
+type scanner struct {
 	b     []byte
 	i     int
 	depth int
 	err   string
 }
 
-// decodeFrame appends the messages of frame to msgs. A frame is one JSON object
-// or an array of JSON values; array elements that are not objects become
-// messages rejected with codeInvalidMessage. maxMessages bounds the batch size
-// and maxMessageBytes the size of each message.
-func decodeFrame(frame []byte, msgs []message, maxMessages, maxMessageBytes int) ([]message, *frameError) {
-	d := decoder{b: frame}
+// ParseFrame appends the messages of a device frame to msgs. A frame is one
+// JSON object or an array of JSON values; array elements that are not
+// objects become messages rejected with CodeInvalidMessage. maxMessages
+// bounds the batch size and maxMessageBytes the size of each message.
+//
+// Every message gets its members "id", "ts" and "device" recorded; a member
+// of the wrong type, a repeated one or an "id" over MaxMessageIDBytes
+// rejects the message (Code and Reason set). A frame that is not strict
+// JSON, or holds more than maxMessages, is rejected whole: the FrameError
+// says why, and msgs is returned as it was given. Check validates what
+// depends on the connection and the clock.
+//
+// It never allocates on the accepting path once msgs has capacity.
+func ParseFrame(frame []byte, msgs []Message, maxMessages, maxMessageBytes int) ([]Message, *FrameError) {
+	d := scanner{b: frame}
 	d.ws()
 	if d.i >= len(d.b) {
-		return msgs, &frameError{codeInvalidJSON, "empty frame"}
+		return msgs, &FrameError{CodeInvalidJSON, "empty frame"}
 	}
 	switch d.b[d.i] {
 	case '{':
-		m := message{index: -1}
+		m := Message{Index: -1}
 		if !d.object(&m) {
 			return msgs, d.syntaxError()
 		}
 		d.ws()
 		if d.i != len(d.b) {
-			return msgs, &frameError{codeInvalidJSON, "unexpected data after the top-level value at byte " + strconv.Itoa(d.i)}
+			return msgs, &FrameError{CodeInvalidJSON, "unexpected data after the top-level value at byte " + strconv.Itoa(d.i)}
 		}
 		checkSize(&m, maxMessageBytes)
 		return append(msgs, m), nil
@@ -79,9 +84,9 @@ func decodeFrame(frame []byte, msgs []message, maxMessages, maxMessageBytes int)
 					return msgs[:start], d.syntaxError()
 				}
 				if len(msgs)-start == maxMessages {
-					return msgs[:start], &frameError{codeTooLarge, "batch holds more than " + strconv.Itoa(maxMessages) + " messages"}
+					return msgs[:start], &FrameError{CodeTooLarge, "batch holds more than " + strconv.Itoa(maxMessages) + " messages"}
 				}
-				m := message{index: len(msgs) - start}
+				m := Message{Index: len(msgs) - start}
 				if d.b[d.i] == '{' {
 					if !d.object(&m) {
 						return msgs[:start], d.syntaxError()
@@ -92,8 +97,8 @@ func decodeFrame(frame []byte, msgs []message, maxMessages, maxMessageBytes int)
 					if !d.value() {
 						return msgs[:start], d.syntaxError()
 					}
-					m.raw = d.b[s:d.i]
-					m.code, m.reason = codeInvalidMessage, "batch element is not a JSON object"
+					m.Raw = d.b[s:d.i]
+					m.Code, m.Reason = CodeInvalidMessage, "batch element is not a JSON object"
 				}
 				msgs = append(msgs, m)
 				d.ws()
@@ -114,7 +119,7 @@ func decodeFrame(frame []byte, msgs []message, maxMessages, maxMessageBytes int)
 		}
 		d.ws()
 		if d.i != len(d.b) {
-			return msgs[:start], &frameError{codeInvalidJSON, "unexpected data after the top-level value at byte " + strconv.Itoa(d.i)}
+			return msgs[:start], &FrameError{CodeInvalidJSON, "unexpected data after the top-level value at byte " + strconv.Itoa(d.i)}
 		}
 		return msgs, nil
 	default:
@@ -123,30 +128,30 @@ func decodeFrame(frame []byte, msgs []message, maxMessages, maxMessageBytes int)
 		}
 		d.ws()
 		if d.i != len(d.b) {
-			return msgs, &frameError{codeInvalidJSON, "unexpected data after the top-level value at byte " + strconv.Itoa(d.i)}
+			return msgs, &FrameError{CodeInvalidJSON, "unexpected data after the top-level value at byte " + strconv.Itoa(d.i)}
 		}
-		return msgs, &frameError{codeInvalidMessage, "a frame must hold a JSON object or an array of objects"}
+		return msgs, &FrameError{CodeInvalidMessage, "a frame must hold a JSON object or an array of objects"}
 	}
 }
 
-func checkSize(m *message, max int) {
-	if m.code == "" && len(m.raw) > max {
-		m.code, m.reason = codeTooLarge, "message is "+strconv.Itoa(len(m.raw))+" bytes, the limit is "+strconv.Itoa(max)
+func checkSize(m *Message, max int) {
+	if m.Code == "" && len(m.Raw) > max {
+		m.Code, m.Reason = CodeTooLarge, "message is "+strconv.Itoa(len(m.Raw))+" bytes, the limit is "+strconv.Itoa(max)
 	}
 }
 
-func (d *decoder) syntaxError() *frameError {
+func (d *scanner) syntaxError() *FrameError {
 	why := d.err
 	if why == "" {
 		why = "syntax error"
 	}
 	if d.i >= len(d.b) {
-		return &frameError{codeInvalidJSON, why + " at end of frame"}
+		return &FrameError{CodeInvalidJSON, why + " at end of frame"}
 	}
-	return &frameError{codeInvalidJSON, why + " at byte " + strconv.Itoa(d.i)}
+	return &FrameError{CodeInvalidJSON, why + " at byte " + strconv.Itoa(d.i)}
 }
 
-func (d *decoder) ws() {
+func (d *scanner) ws() {
 	for d.i < len(d.b) {
 		switch d.b[d.i] {
 		case ' ', '\t', '\n', '\r':
@@ -160,12 +165,12 @@ func (d *decoder) ws() {
 // object parses an object at d.i. When m is non-nil, it is a message: its raw
 // bytes and its top-level "id", "ts" and "device" members are recorded, and a
 // member of the wrong type or a repeated one marks the message rejected.
-func (d *decoder) object(m *message) bool {
+func (d *scanner) object(m *Message) bool {
 	start := d.i
 	d.i++ // '{'
 	d.depth++
-	if d.depth > maxDepth {
-		d.err = "nesting deeper than " + strconv.Itoa(maxDepth)
+	if d.depth > MaxDepth {
+		d.err = "nesting deeper than " + strconv.Itoa(MaxDepth)
 		return false
 	}
 	d.ws()
@@ -173,7 +178,7 @@ func (d *decoder) object(m *message) bool {
 		d.i++
 		d.depth--
 		if m != nil {
-			m.raw = d.b[start:d.i]
+			m.Raw = d.b[start:d.i]
 		}
 		return true
 	}
@@ -216,7 +221,7 @@ func (d *decoder) object(m *message) bool {
 			d.i++
 			d.depth--
 			if m != nil {
-				m.raw = d.b[start:d.i]
+				m.Raw = d.b[start:d.i]
 			}
 			return true
 		}
@@ -225,7 +230,7 @@ func (d *decoder) object(m *message) bool {
 	}
 }
 
-func (d *decoder) member(m *message, key []byte, escaped bool, v []byte) {
+func (d *scanner) member(m *Message, key []byte, escaped bool, v []byte) {
 	if escaped {
 		// Rare: a member name with escapes is compared by its meaning, so
 		// "\u0069d" cannot smuggle a second "id" past this decoder.
@@ -239,41 +244,41 @@ func (d *decoder) member(m *message, key []byte, escaped bool, v []byte) {
 	}
 	var slot *[]byte
 	switch string(key) {
-	case "id":
-		slot = &m.id
-	case "ts":
-		slot = &m.ts
-	case "device":
-		slot = &m.device
+	case MemberID:
+		slot = &m.ID
+	case MemberTS:
+		slot = &m.TS
+	case MemberDevice:
+		slot = &m.Device
 	default:
 		return
 	}
-	if m.code != "" {
+	if m.Code != "" {
 		return
 	}
 	if *slot != nil {
-		m.code, m.reason = codeInvalidMessage, "member \""+string(key)+"\" appears twice"
+		m.Code, m.Reason = CodeInvalidMessage, "member \""+string(key)+"\" appears twice"
 		return
 	}
 	*slot = v
 	switch string(key) {
-	case "id":
+	case MemberID:
 		if v[0] != '"' && v[0] != '-' && (v[0] < '0' || v[0] > '9') {
-			m.id = nil
-			m.code, m.reason = codeInvalidMessage, "\"id\" must be a string or a number"
-		} else if len(v) > maxClientIDBytes {
-			m.id = nil
-			m.code, m.reason = codeInvalidMessage, "\"id\" is longer than "+strconv.Itoa(maxClientIDBytes)+" bytes"
+			m.ID = nil
+			m.Code, m.Reason = CodeInvalidMessage, "\"id\" must be a string or a number"
+		} else if len(v) > MaxMessageIDBytes {
+			m.ID = nil
+			m.Code, m.Reason = CodeInvalidMessage, "\"id\" is longer than "+strconv.Itoa(MaxMessageIDBytes)+" bytes"
 		}
-	case "device":
+	case MemberDevice:
 		if v[0] != '"' {
-			m.code, m.reason = codeInvalidMessage, "\"device\" must be a string"
+			m.Code, m.Reason = CodeInvalidMessage, "\"device\" must be a string"
 		}
 	}
 }
 
 // str parses a string at d.i and reports whether it held escapes.
-func (d *decoder) str() (escaped, ok bool) {
+func (d *scanner) str() (escaped, ok bool) {
 	d.i++ // '"'
 	for d.i < len(d.b) {
 		c := d.b[d.i]
@@ -329,7 +334,7 @@ func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
-func (d *decoder) value() bool {
+func (d *scanner) value() bool {
 	if d.i >= len(d.b) {
 		d.err = "expected a value"
 		return false
@@ -356,11 +361,11 @@ func (d *decoder) value() bool {
 	}
 }
 
-func (d *decoder) array() bool {
+func (d *scanner) array() bool {
 	d.i++
 	d.depth++
-	if d.depth > maxDepth {
-		d.err = "nesting deeper than " + strconv.Itoa(maxDepth)
+	if d.depth > MaxDepth {
+		d.err = "nesting deeper than " + strconv.Itoa(MaxDepth)
 		return false
 	}
 	d.ws()
@@ -393,7 +398,7 @@ func (d *decoder) array() bool {
 	}
 }
 
-func (d *decoder) literal(lit string) bool {
+func (d *scanner) literal(lit string) bool {
 	if !bytes.HasPrefix(d.b[d.i:], []byte(lit)) {
 		d.err = "invalid literal"
 		return false
@@ -402,7 +407,7 @@ func (d *decoder) literal(lit string) bool {
 	return true
 }
 
-func (d *decoder) number() bool {
+func (d *scanner) number() bool {
 	b := d.b
 	i := d.i
 	if b[i] == '-' {
@@ -446,9 +451,34 @@ func (d *decoder) number() bool {
 	return true
 }
 
-// minDeviceTime is the earliest "ts" accepted: a device that sends seconds
-// instead of milliseconds lands in 1970 and is told so.
-var minDeviceTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
+// Check validates what ParseFrame cannot: that "device", when present, is
+// the authenticated device id (else CodeDeviceMismatch), and that "ts",
+// when present, is a time from MinDeviceTime to maxAhead past now (else
+// CodeBadTimestamp). An accepted "ts" is left in Time. A message already
+// rejected is left as it is.
+//
+// It allocates nothing for a "ts" number, nor for a "device" without
+// escapes.
+func (m *Message) Check(device string, now time.Time, maxAhead time.Duration) {
+	if m.Code == "" && m.Device != nil && !sameDevice(m.Device, device) {
+		m.Code, m.Reason = CodeDeviceMismatch, "\"device\" differs from the authenticated device id"
+	}
+	if m.Code == "" && m.TS != nil {
+		if m.Time, m.Reason = parseTS(m.TS, now, maxAhead); m.Reason != "" {
+			m.Code = CodeBadTimestamp
+		}
+	}
+}
+
+// sameDevice compares a raw JSON string token with the device id.
+func sameDevice(tok []byte, device string) bool {
+	inner := tok[1 : len(tok)-1]
+	if bytes.IndexByte(inner, '\\') < 0 {
+		return string(inner) == device
+	}
+	var s string
+	return json.Unmarshal(tok, &s) == nil && s == device
+}
 
 // parseTS interprets a raw "ts" token: milliseconds since the epoch as a JSON
 // number (fractions allowed, down to nanoseconds) or an RFC 3339 string. It
@@ -478,7 +508,7 @@ func parseTS(v []byte, now time.Time, maxAhead time.Duration) (int64, string) {
 	default:
 		return 0, "\"ts\" must be a number (ms since the epoch) or an RFC 3339 string"
 	}
-	if ns < minDeviceTime {
+	if ns < MinDeviceTime {
 		return 0, "\"ts\" is before 2000-01-01 (milliseconds expected)"
 	}
 	if ns > now.Add(maxAhead).UnixNano() {
