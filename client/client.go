@@ -13,7 +13,6 @@ package client
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -24,6 +23,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/ingest-io/ingest/protocol"
 )
 
 // Errors.
@@ -38,7 +39,7 @@ var (
 
 // ServerError is a message rejected by the server with an error frame.
 type ServerError struct {
-	Code       string // stable error code, e.g. "bad_timestamp"
+	Code       string // stable error code, e.g. protocol.CodeBadTimestamp
 	Message    string // human-readable detail
 	Index      int    // position in a batch frame, -1 for a single message
 	RetryAfter time.Duration
@@ -420,10 +421,10 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 	ws.CloseNow()
 	rd.Wait()
 	switch code := websocket.CloseStatus(readErr); code {
-	case websocket.StatusPolicyViolation:
+	case protocol.ClosePolicyViolation:
 		var ce websocket.CloseError
 		errors.As(readErr, &ce)
-		if ce.Reason == "unauthorized" && c.opts.TokenFunc != nil {
+		if ce.Reason == protocol.ReasonUnauthorized && c.opts.TokenFunc != nil {
 			return acked, retry, nil
 		}
 		return acked, retry, fmt.Errorf("%w: closed by server with 1008 %q", ErrRefused, ce.Reason)
@@ -435,16 +436,6 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 	return acked, retry, nil
 }
 
-type serverFrame struct {
-	Type         string          `json:"type"`
-	Seq          uint64          `json:"seq"`
-	Code         string          `json:"code"`
-	Index        *int            `json:"index"`
-	ID           json.RawMessage `json:"id"`
-	RetryAfterMS int64           `json:"retry_after_ms"`
-	Message      string          `json:"message"`
-}
-
 // read handles the server's frames until the connection ends.
 func (c *Client) read(ws *websocket.Conn) (acked bool, retry time.Duration, err error) {
 	for {
@@ -452,25 +443,21 @@ func (c *Client) read(ws *websocket.Conn) (acked bool, retry time.Duration, err 
 		if err != nil {
 			return acked, retry, err
 		}
-		var f serverFrame
-		if err := json.Unmarshal(b, &f); err != nil {
+		f, err := protocol.DecodeServerFrame(b)
+		if err != nil {
 			c.lg.Warn("undecodable frame from server", "err", err)
 			continue
 		}
 		switch f.Type {
-		case "ack":
+		case protocol.TypeAck:
 			acked = true
 			c.settle(f.Seq)
-		case "error":
-			se := &ServerError{Code: f.Code, Message: f.Message, Index: -1, RetryAfter: time.Duration(f.RetryAfterMS) * time.Millisecond}
-			if f.Index != nil {
-				se.Index = *f.Index
-			}
-			switch f.Code {
-			case "overloaded", "rate_limited", "unauthorized":
+		case protocol.TypeError:
+			se := &ServerError{Code: f.Code, Message: f.Message, Index: f.Index, RetryAfter: f.RetryAfter}
+			if protocol.EndsConnection(f.Code) {
 				// The connection ends; this frame and later ones are sent again.
 				retry = max(retry, se.RetryAfter)
-			default:
+			} else {
 				c.reject(f.Seq, se)
 			}
 		}
