@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wire"
 )
 
@@ -46,15 +47,6 @@ type Point struct {
 	Received time.Time
 }
 
-// minDeviceTime is the earliest device time taken as valid, as the frontend
-// checks it. A device time is never compared with the clock here: a
-// message delivered again days later must give the same point.
-var minDeviceTime = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC).UnixNano()
-
-// reserved are the members of a device message that are not data
-// (docs/protocol.md): the message id, its timestamp, the device id.
-var reserved = map[string]bool{"id": true, "ts": true, "device": true}
-
 // NewPoint turns a middletier record into a point. labels, if not nil,
 // gives a device's registry labels (nil for an unknown device).
 //
@@ -65,8 +57,11 @@ func NewPoint(rec wire.Record, labels func(device string) map[string]string) (Po
 	if err != nil {
 		return Point{}, fmt.Errorf("decode envelope: %w", err)
 	}
+	// A device time is taken from protocol.MinDeviceTime on, as the
+	// frontend checks it, but never compared with the clock here: a
+	// message delivered again days later must give the same point.
 	ns := env.Received
-	if env.HasDeviceTime && env.DeviceTime >= minDeviceTime {
+	if env.HasDeviceTime && env.DeviceTime >= protocol.MinDeviceTime {
 		ns = env.DeviceTime
 	}
 	p := Point{
@@ -111,7 +106,7 @@ func Flatten(payload []byte, p *Point) error {
 	p.Numbers = map[string]float64{}
 	p.Strings = map[string]string{}
 	for _, k := range slices.Sorted(maps.Keys(obj)) {
-		if reserved[k] {
+		if protocol.Reserved(k) { // the message id, its ts, the device id: not data
 			continue
 		}
 		flatten(k, obj[k], p)

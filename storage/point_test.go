@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/storage"
 	"github.com/ingest-io/ingest/wire"
 )
@@ -71,11 +72,18 @@ func TestNewPoint(t *testing.T) {
 	for _, e := range []envelope.Envelope{
 		{Frontend: "fe-1", Device: "dev-2", Received: recv.UnixNano(), Payload: []byte(`{}`)},
 		{Frontend: "fe-1", Device: "dev-2", Received: recv.UnixNano(), HasDeviceTime: true, DeviceTime: 1000, Payload: []byte(`{}`)},
+		{Frontend: "fe-1", Device: "dev-2", Received: recv.UnixNano(), HasDeviceTime: true, DeviceTime: protocol.MinDeviceTime - 1, Payload: []byte(`{}`)},
 	} {
 		p, err := storage.NewPoint(record(t, "o", 1, e), labels)
 		if err != nil || !p.Time.Equal(recv) || p.Labels != nil {
 			t.Fatalf("point %+v, %v", p, err)
 		}
+	}
+	// The earliest device time the frontend accepts is taken as it is.
+	p, err = storage.NewPoint(record(t, "o", 1, envelope.Envelope{Frontend: "fe-1", Device: "dev-2", Received: recv.UnixNano(),
+		HasDeviceTime: true, DeviceTime: protocol.MinDeviceTime, Payload: []byte(`{}`)}), nil)
+	if err != nil || p.Time.UnixNano() != protocol.MinDeviceTime {
+		t.Fatalf("point %+v, %v: want the device time 2000-01-01", p, err)
 	}
 	if _, err := storage.NewPoint(wire.Record{Origin: "o", Index: 1, Data: []byte("junk")}, nil); !errors.Is(err, envelope.ErrInvalid) {
 		t.Fatalf("junk envelope: %v", err)
