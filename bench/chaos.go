@@ -17,6 +17,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ingest-io/ingest/protocol"
 )
 
 // tier is one process of the engine that chaos can kill and start again
@@ -198,7 +200,7 @@ func startCluster(bin string) (*cluster, error) {
 		metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", query)})
 	for i := range 2 {
 		addr := fmt.Sprintf("127.0.0.1:%d", p[9+i])
-		c.devices = append(c.devices, "ws://"+addr+"/v1/ingest")
+		c.devices = append(c.devices, "ws://"+addr+protocol.Path)
 		order := []string{ingest[i], ingest[1-i]}
 		c.tiers = append(c.tiers, &tier{name: fmt.Sprintf("fe-%d", i), kind: "frontend", bin: bin,
 			ready: regexp.MustCompile(`msg="frontend listening"`),

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/ingest-io/ingest/protocol"
 )
 
 // engine is a frontend started by the bench, on loopback without auth.
@@ -64,7 +66,7 @@ func spawnFrontend(ctx context.Context, bin string) (*engine, error) {
 	}()
 	select {
 	case a := <-addr:
-		e.url = "ws://" + a + "/v1/ingest"
+		e.url = "ws://" + a + protocol.Path
 		return e, nil
 	case <-e.done:
 		os.RemoveAll(dir)
