@@ -51,7 +51,8 @@ run: build
 # own instances on free loopback ports with their own data directories, so
 # the services these packages may start on their default ports are no
 # obstacle. A package is looked up with dpkg, not by a command name, which
-# can differ from the package's.
+# can differ from the package's. Recommended packages are not installed:
+# the tests need none of them (chromium alone would pull in CUPS and more).
 APT_PACKAGES := strace prometheus influxdb victoria-metrics chromium
 
 deps:
@@ -61,7 +62,7 @@ deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
 # The second line tests the patched copy of tidwall/wal the engine builds
