@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math"
 	"net/http"
+	"os"
 	"runtime"
 	"runtime/debug"
 	"slices"
@@ -37,6 +38,20 @@ type APIOptions struct {
 	// MaxSeries bounds the series the series endpoint returns, and
 	// the names and values the label endpoints return. Default 100,000.
 	MaxSeries int
+	// Healthy reports why the store cannot go on (its writes failed for
+	// good); /-/healthy answers 500 with the error then. Nil: always
+	// healthy.
+	Healthy func() error
+	// Ready reports why the store does not answer with complete data yet
+	// (catching up, stopping); /-/ready answers 503 then. Nil: always
+	// ready.
+	Ready func() error
+	// Retention is the store's retention, reported by status/runtimeinfo.
+	// Zero: not reported.
+	Retention time.Duration
+	// Flags are the process's command-line flags and their values, reported
+	// by status/flags. Nil: none.
+	Flags map[string]string
 }
 
 // DefaultAPIOptions returns the defaults that zero fields stand for.
@@ -45,11 +60,20 @@ func DefaultAPIOptions() APIOptions {
 }
 
 // API serves, over a Queryable, the part of the Prometheus HTTP API that
-// Grafana's Prometheus data source and promtool use, in Prometheus's JSON
-// format, for GET and for POST forms:
+// Grafana's Prometheus data source, Grafana's alerting and promtool use, in
+// Prometheus's JSON format, for GET and for POST forms:
 //
-//	/api/v1/query  /api/v1/query_range  /api/v1/series  /api/v1/labels
-//	/api/v1/label/<name>/values  /api/v1/metadata  /api/v1/status/buildinfo
+//	/api/v1/query  /api/v1/query_range  /api/v1/query_exemplars  /api/v1/format_query
+//	/api/v1/series  /api/v1/labels  /api/v1/label/<name>/values  /api/v1/metadata
+//	/api/v1/rules  /api/v1/alerts
+//	/api/v1/status/buildinfo  /api/v1/status/runtimeinfo  /api/v1/status/flags
+//
+// The store has no rules, alerts or exemplars: those endpoints check their
+// parameters as Prometheus does and answer empty lists. /api/v1/ itself
+// answers the list of endpoints; any other path below it is a JSON error
+// of type not_found (404). Beside the API it serves Prometheus's health
+// endpoints /-/healthy and /-/ready (GET and HEAD), and redirects / to
+// /api/v1/, so that it can be mounted at the root of a listener.
 type API struct {
 	q      promstorage.Queryable
 	opts   APIOptions
@@ -57,6 +81,15 @@ type API struct {
 	parser parser.Parser
 	lg     *slog.Logger
 	mux    *http.ServeMux
+	start  time.Time
+}
+
+// apiEndpoints are the API's paths, as /api/v1/ lists them.
+var apiEndpoints = []string{
+	"/api/v1/query", "/api/v1/query_range", "/api/v1/query_exemplars", "/api/v1/format_query",
+	"/api/v1/series", "/api/v1/labels", "/api/v1/label/{name}/values", "/api/v1/metadata",
+	"/api/v1/rules", "/api/v1/alerts",
+	"/api/v1/status/buildinfo", "/api/v1/status/runtimeinfo", "/api/v1/status/flags",
 }
 
 // NewAPI returns the query API over q. reg and lg may be nil; the PromQL
@@ -87,19 +120,41 @@ func NewAPI(q promstorage.Queryable, opts APIOptions, reg prometheus.Registerer,
 			LookbackDelta: opts.LookbackDelta, EnableAtModifier: true, EnableNegativeOffset: true,
 			Parser: p,
 		}),
-		mux: http.NewServeMux(),
+		mux:   http.NewServeMux(),
+		start: time.Now(),
 	}
-	a.mux.HandleFunc("/api/v1/query", a.query)
-	a.mux.HandleFunc("/api/v1/query_range", a.queryRange)
-	a.mux.HandleFunc("/api/v1/series", a.series)
-	a.mux.HandleFunc("/api/v1/labels", a.labelNames)
-	a.mux.HandleFunc("/api/v1/label/{name}/values", a.labelValues)
-	a.mux.HandleFunc("/api/v1/metadata", a.metadata)
-	a.mux.HandleFunc("/api/v1/status/buildinfo", a.buildinfo)
+	for path, h := range map[string]http.HandlerFunc{
+		"/api/v1/query":               a.query,
+		"/api/v1/query_range":         a.queryRange,
+		"/api/v1/query_exemplars":     a.queryExemplars,
+		"/api/v1/format_query":        a.formatQuery,
+		"/api/v1/series":              a.series,
+		"/api/v1/labels":              a.labelNames,
+		"/api/v1/label/{name}/values": a.labelValues,
+		"/api/v1/metadata":            a.metadata,
+		"/api/v1/rules":               a.rules,
+		"/api/v1/alerts":              a.alerts,
+		"/api/v1/status/buildinfo":    a.buildinfo,
+		"/api/v1/status/runtimeinfo":  a.runtimeinfo,
+		"/api/v1/status/flags":        a.flags,
+	} {
+		a.mux.HandleFunc(path, h)
+	}
+	a.mux.HandleFunc("/api/v1/", a.index)
+	a.mux.HandleFunc("/-/healthy", a.healthy)
+	a.mux.HandleFunc("/-/ready", a.ready)
+	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		http.Redirect(w, r, "/api/v1/", http.StatusFound)
+	})
 	return a
 }
 
-// ServeHTTP serves the API's paths; others are 404.
+// ServeHTTP serves the API's paths, the health endpoints and the redirect
+// from /.
 func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) { a.mux.ServeHTTP(w, r) }
 
 // Prometheus's error types, and the status codes it answers them with.
@@ -109,6 +164,7 @@ const (
 	errTimeout   = "timeout"
 	errCanceled  = "canceled"
 	errInternal  = "internal"
+	errNotFound  = "not_found"
 	errNotAllows = "method_not_allowed"
 )
 
@@ -140,6 +196,8 @@ func (a *API) fail(w http.ResponseWriter, typ string, err error) {
 		code = http.StatusUnprocessableEntity
 	case errTimeout, errCanceled:
 		code = http.StatusServiceUnavailable
+	case errNotFound:
+		code = http.StatusNotFound
 	case errNotAllows:
 		code = http.StatusMethodNotAllowed
 	}
@@ -572,6 +630,168 @@ func (a *API) buildinfo(w http.ResponseWriter, r *http.Request) {
 		"buildDate": "",
 		"goVersion": runtime.Version(),
 	}, nil, nil)
+}
+
+// index answers /api/v1/ with the API's endpoints, and any other path
+// below it that no endpoint serves with a not_found error, as JSON: a
+// client that mistypes a path gets an answer it can parse.
+func (a *API) index(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path != "/api/v1/" {
+		a.fail(w, errNotFound, fmt.Errorf("unknown API endpoint %s", r.URL.Path))
+		return
+	}
+	if !a.form(w, r) {
+		return
+	}
+	a.respond(w, map[string]any{
+		"name":      "ingest",
+		"api":       "Prometheus HTTP API v1 over the embedded store",
+		"endpoints": apiEndpoints,
+		"health":    []string{"/-/healthy", "/-/ready"},
+	}, nil, nil)
+}
+
+// healthy and ready answer as Prometheus's /-/healthy and /-/ready do:
+// 200 with a line of text (no body for HEAD), else a line saying why.
+func (a *API) healthy(w http.ResponseWriter, r *http.Request) {
+	probe(w, r, a.opts.Healthy, "Healthy", http.StatusInternalServerError)
+}
+
+func (a *API) ready(w http.ResponseWriter, r *http.Request) {
+	probe(w, r, a.opts.Ready, "Ready", http.StatusServiceUnavailable)
+}
+
+func probe(w http.ResponseWriter, r *http.Request, check func() error, state string, failCode int) {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		http.Error(w, "Method Not Allowed", http.StatusMethodNotAllowed)
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	if check != nil {
+		if err := check(); err != nil {
+			w.WriteHeader(failCode)
+			if r.Method == http.MethodGet {
+				fmt.Fprintf(w, "%s: %v\n", http.StatusText(failCode), err)
+			}
+			return
+		}
+	}
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		fmt.Fprintf(w, "ingest is %s.\n", state)
+	}
+}
+
+// queryExemplars checks its parameters as Prometheus does; the store keeps
+// no exemplars, so the answer is always an empty list. Grafana asks it
+// whether exemplars are available: a success says they are, and there are
+// none to show.
+func (a *API) queryExemplars(w http.ResponseWriter, r *http.Request) {
+	if !a.form(w, r) {
+		return
+	}
+	if _, _, err := timeRange(r); err != nil {
+		a.fail(w, errBadData, err)
+		return
+	}
+	if _, err := a.parser.ParseExpr(r.FormValue("query")); err != nil {
+		a.fail(w, errBadData, fmt.Errorf("invalid parameter \"query\": %w", err))
+		return
+	}
+	a.respond(w, []struct{}{}, nil, nil)
+}
+
+// formatQuery answers the query pretty-printed, as Prometheus does.
+func (a *API) formatQuery(w http.ResponseWriter, r *http.Request) {
+	if !a.form(w, r) {
+		return
+	}
+	expr, err := a.parser.ParseExpr(r.FormValue("query"))
+	if err != nil {
+		a.fail(w, errBadData, fmt.Errorf("invalid parameter \"query\": %w", err))
+		return
+	}
+	a.respond(w, expr.Pretty(0), nil, nil)
+}
+
+// rules answers no rule groups: the store evaluates no rules. Its
+// parameters are checked as Prometheus checks them.
+func (a *API) rules(w http.ResponseWriter, r *http.Request) {
+	if !a.form(w, r) {
+		return
+	}
+	if typ := strings.ToLower(r.FormValue("type")); typ != "" && typ != "alert" && typ != "record" {
+		a.fail(w, errBadData, fmt.Errorf("invalid parameter \"type\": not supported value %q", typ))
+		return
+	}
+	if _, err := a.matchers(r); err != nil {
+		a.fail(w, errBadData, err)
+		return
+	}
+	a.respond(w, map[string][]struct{}{"groups": {}}, nil, nil)
+}
+
+// alerts answers no alerts: the store evaluates no alerting rules.
+func (a *API) alerts(w http.ResponseWriter, r *http.Request) {
+	if !a.form(w, r) {
+		return
+	}
+	a.respond(w, map[string][]struct{}{"alerts": {}}, nil, nil)
+}
+
+// runtimeInfo is status/runtimeinfo's answer, member for member as
+// Prometheus gives it. The store has no configuration to reload: the
+// last configuration is the one it started with.
+type runtimeInfo struct {
+	StartTime           time.Time `json:"startTime"`
+	CWD                 string    `json:"CWD"`
+	Hostname            string    `json:"hostname"`
+	ServerTime          time.Time `json:"serverTime"`
+	ReloadConfigSuccess bool      `json:"reloadConfigSuccess"`
+	LastConfigTime      time.Time `json:"lastConfigTime"`
+	CorruptionCount     int64     `json:"corruptionCount"`
+	GoroutineCount      int       `json:"goroutineCount"`
+	GOMAXPROCS          int       `json:"GOMAXPROCS"`
+	GOMEMLIMIT          int64     `json:"GOMEMLIMIT"`
+	GOGC                string    `json:"GOGC"`
+	GODEBUG             string    `json:"GODEBUG"`
+	StorageRetention    string    `json:"storageRetention"`
+}
+
+func (a *API) runtimeinfo(w http.ResponseWriter, r *http.Request) {
+	if !a.form(w, r) {
+		return
+	}
+	info := runtimeInfo{
+		StartTime:           a.start.UTC(),
+		ServerTime:          time.Now().UTC(),
+		ReloadConfigSuccess: true,
+		LastConfigTime:      a.start.UTC(),
+		GoroutineCount:      runtime.NumGoroutine(),
+		GOMAXPROCS:          runtime.GOMAXPROCS(0),
+		GOMEMLIMIT:          debug.SetMemoryLimit(-1),
+		GOGC:                os.Getenv("GOGC"),
+		GODEBUG:             os.Getenv("GODEBUG"),
+	}
+	info.CWD, _ = os.Getwd()
+	info.Hostname, _ = os.Hostname()
+	if a.opts.Retention > 0 {
+		info.StorageRetention = model.Duration(a.opts.Retention).String()
+	}
+	a.respond(w, &info, nil, nil)
+}
+
+func (a *API) flags(w http.ResponseWriter, r *http.Request) {
+	if !a.form(w, r) {
+		return
+	}
+	flags := a.opts.Flags
+	if flags == nil {
+		flags = map[string]string{}
+	}
+	a.respond(w, flags, nil, nil)
 }
 
 var (

@@ -37,7 +37,7 @@ func runAll(ctx context.Context, args []string) error {
 		dataDir    = fs.String("data.dir", "data", "data directory; every tier keeps its state below it")
 		listen     = fs.String("listen", "127.0.0.1:8080", "address for devices, /metrics, /healthz and /readyz")
 		feedListen = fs.String("feed.listen", "127.0.0.1:8081", "address of the live feed for dashboards (/v1/feed) and of the status page (/status/)")
-		queryAddr  = fs.String("query.listen", "127.0.0.1:9090", "address of the Prometheus query API of the embedded store, for Grafana (/api/v1/...)")
+		queryAddr  = fs.String("query.listen", "127.0.0.1:9090", "address of the Prometheus query API of the embedded store, for Grafana (/api/v1/..., /-/healthy, /-/ready)")
 		regFile    = fs.String("registry.file", "", "device registry (YAML or CSV): labels on every series of a device, groups for feed filters")
 		noAuth     = fs.Bool("insecure-no-auth", false, "accept devices without tokens (device id from ?device=); loopback only")
 		secretFile = fs.String("auth.hs256-secret-file", "", "file holding the HS256 secret devices' tokens are signed with")
@@ -107,9 +107,21 @@ func runAll(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen query api: %w", err)
 	}
-	qmux := http.NewServeMux()
-	qmux.Handle("/api/v1/", storage.NewAPI(db.DB(), storage.APIOptions{}, reg, lg))
-	qs := &http.Server{Handler: qmux, ReadHeaderTimeout: 5 * time.Second}
+	api := storage.NewAPI(db.DB(), storage.APIOptions{
+		Healthy: func() error {
+			if err := db.Failed(); err != nil {
+				return fmt.Errorf("tsdb failed: %w", err)
+			}
+			return nil
+		},
+		Ready: func() error {
+			if !sub.CaughtUp() || db.Failed() != nil {
+				return errors.New("not ready")
+			}
+			return nil
+		},
+		Retention: storage.DefaultTSDBOptions().Retention, Flags: flagValues(fs)}, reg, lg)
+	qs := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second}
 	go qs.Serve(qln)
 	defer qs.Close()
 

@@ -42,7 +42,7 @@ func runStorage(ctx context.Context, args []string) error {
 		maxStr    = fs.Int("tsdb.max-string-bytes", td.MaxStringBytes, "longer string field values are dropped and counted")
 		batch     = fs.Int("max-batch", d.MaxBatch, "most records in one write to the TSDB")
 		qTimeout  = fs.Duration("query.timeout", ad.Timeout, "bound on one query")
-		httpAddr  = fs.String("http.listen", ":9090", "address of the Prometheus query API (/api/v1/...), /metrics, /healthz and /readyz")
+		httpAddr  = fs.String("http.listen", ":9090", "address of the Prometheus query API (/api/v1/..., /-/healthy, /-/ready), /metrics, /healthz and /readyz")
 		logLevel  = fs.String("log.level", "info", "log level: debug, info, warn, error")
 		logFormat = fs.String("log.format", "text", "log format: text or json")
 	)
@@ -92,24 +92,37 @@ func runStorage(ctx context.Context, args []string) error {
 	}
 
 	var stopping atomic.Bool
+	// A failed fsync of the TSDB's write logs stops its writes for good;
+	// only a restart recovers (the middletiers keep what was not
+	// committed), so the writer reports itself dead.
+	healthy := func() error {
+		if err := db.Failed(); err != nil {
+			return fmt.Errorf("tsdb failed: %w", err)
+		}
+		return nil
+	}
+	// Ready once every middletier has been caught up with: before, the
+	// store answers queries with a hole in recent data.
+	ready := func() error {
+		if stopping.Load() || !sub.CaughtUp() || db.Failed() != nil {
+			return errors.New("not ready")
+		}
+		return nil
+	}
 	mux := http.NewServeMux()
-	mux.Handle("/api/v1/", storage.NewAPI(db.DB(), storage.APIOptions{Timeout: *qTimeout}, reg, lg))
+	mux.Handle("/", storage.NewAPI(db.DB(), storage.APIOptions{Timeout: *qTimeout, Healthy: healthy, Ready: ready,
+		Retention: *retention, Flags: flagValues(fs)}, reg, lg))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		// A failed fsync of the TSDB's write logs stops its writes for
-		// good; only a restart recovers (the middletiers keep what was
-		// not committed), so the writer reports itself dead.
-		if err := db.Failed(); err != nil {
-			http.Error(w, "tsdb failed: "+err.Error(), http.StatusInternalServerError)
+		if err := healthy(); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
 			return
 		}
 		fmt.Fprintln(w, "ok")
 	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		// Ready once every middletier has been caught up with: before, the
-		// store answers queries with a hole in recent data.
-		if stopping.Load() || !sub.CaughtUp() || db.Failed() != nil {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
+		if err := ready(); err != nil {
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
 			return
 		}
 		fmt.Fprintln(w, "ready")
@@ -160,4 +173,12 @@ func splitList(s string) []string {
 		}
 	}
 	return out
+}
+
+// flagValues are the flags of fs and their values (given or default), for
+// the query API's status/flags.
+func flagValues(fs *flag.FlagSet) map[string]string {
+	m := map[string]string{}
+	fs.VisitAll(func(f *flag.Flag) { m[f.Name] = f.Value.String() })
+	return m
 }
