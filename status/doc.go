@@ -1,9 +1,9 @@
 // Package status is the engine's status page: one HTML page, embedded in
-// the binary, that shows live what the process is doing, and the JSON
-// snapshot it polls.
+// the binary, that shows live what the process is doing and charts the
+// last minutes of it, and the JSON snapshot and history it polls.
 //
-// The snapshot is computed from the process's own prometheus.Gatherer, so
-// the page needs no Prometheus server and no PromQL: connected devices,
+// The snapshot and the history are computed from the process's own
+// prometheus.Gatherer, so the page needs no Prometheus server and no PromQL: connected devices,
 // messages received and acknowledged per second, the depth of every queue
 // (ingest_queue_depth_entries and _bytes, by hop), ack latency (from
 // ingest_frontend_ack_latency_seconds) and the live feed's end-to-end
@@ -23,8 +23,17 @@
 // Quantiles interpolate linearly within a bucket, as histogram_quantile
 // does; one that falls in the +Inf bucket is the highest finite bound.
 //
+// # History
+//
+// The page's charts show the last Options.History (15 minutes): Run takes a
+// point every Options.Interval (a second) from the Gatherer, each the
+// snapshot's figures over the Window before it, and keeps them in a ring;
+// /history serves them as columns, all of them or those after ?since=, so
+// that a page opened late still draws the whole span. Without Run the
+// history stays empty and the page shows its figures only. Snapshots do
+// not depend on Run: they gather in the request.
+//
 // The page follows the live feed WebSocket (Options.FeedURL) for its table
 // of recent messages; serve it on the feed's listener so that the browser's
-// Origin is the feed's own. The handler starts no goroutine: every gather
-// happens in a request.
+// Origin is the feed's own.
 package status

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"sync"
 	"time"
 
@@ -31,6 +32,11 @@ type Options struct {
 	FeedURL string
 	// Window is the span rates and latency quantiles cover. Default 5s.
 	Window time.Duration
+	// History is how far back the page's charts reach: Run keeps the
+	// points of this span. Default 15m.
+	History time.Duration
+	// Interval is how often Run takes a point of history. Default 1s.
+	Interval time.Duration
 	// Now is the clock. Default time.Now.
 	Now func() time.Time
 }
@@ -38,7 +44,8 @@ type Options struct {
 // Handler serves the status page. It expects to be mounted below a prefix
 // with that prefix stripped (http.StripPrefix("/status", h) for
 // "/status/"): it serves the page at "/", its script and style beside it,
-// and the snapshot at "/snapshot"; the page refers to them relatively.
+// the snapshot at "/snapshot" and the history at "/history"; the page
+// refers to them relatively. Run fills the history.
 type Handler struct {
 	opts  Options
 	lg    *slog.Logger
@@ -47,6 +54,9 @@ type Handler struct {
 
 	mu      sync.Mutex
 	samples []sample // oldest first; never empty
+
+	hmu  sync.Mutex // guards hist; never held with mu
+	hist history
 }
 
 // New checks opts and takes the first gather. lg may be nil.
@@ -56,6 +66,12 @@ func New(opts Options, lg *slog.Logger) (*Handler, error) {
 	}
 	if opts.Window <= 0 {
 		opts.Window = 5 * time.Second
+	}
+	if opts.History <= 0 {
+		opts.History = 15 * time.Minute
+	}
+	if opts.Interval <= 0 {
+		opts.Interval = time.Second
 	}
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -81,6 +97,8 @@ func New(opts Options, lg *slog.Logger) (*Handler, error) {
 		return nil, err
 	}
 	h.samples = []sample{first}
+	h.hist.points = make([]point, 0, max(1, int(opts.History/opts.Interval)))
+	h.hist.raw = []sample{first}
 	return h, nil
 }
 
@@ -105,6 +123,19 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")
 		json.NewEncoder(w).Encode(s)
+	case "/history":
+		var since time.Time
+		if s := r.URL.Query().Get("since"); s != "" {
+			ms, err := strconv.ParseInt(s, 10, 64)
+			if err != nil {
+				http.Error(w, "since: want milliseconds since the epoch", http.StatusBadRequest)
+				return
+			}
+			since = time.UnixMilli(ms)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		w.Write(h.appendHistory(nil, since))
 	case "/app.js", "/style.css":
 		w.Header().Set("Cache-Control", "no-cache")
 		h.files.ServeHTTP(w, r)

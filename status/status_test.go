@@ -1,7 +1,9 @@
 package status_test
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"math"
 	"net/http"
@@ -9,6 +11,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -304,4 +307,145 @@ func TestPage(t *testing.T) {
 	if _, err := status.New(status.Options{}, nil); err == nil {
 		t.Error("New without a gatherer succeeded")
 	}
+}
+
+// historyAnswer is /status/history's JSON.
+type historyAnswer struct {
+	IntervalSeconds float64               `json:"interval_seconds"`
+	WindowSeconds   float64               `json:"window_seconds"`
+	HistorySeconds  float64               `json:"history_seconds"`
+	Time            []int64               `json:"time"`
+	Series          map[string][]*float64 `json:"series"`
+	Queues          []struct {
+		Hop     string     `json:"hop"`
+		Entries []*float64 `json:"entries"`
+	} `json:"queues"`
+}
+
+func getHistory(t *testing.T, h http.Handler, query string) historyAnswer {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", "/history"+query, nil))
+	if rec.Code != 200 || rec.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("GET /history%s: %d %q %s", query, rec.Code, rec.Header().Get("Content-Type"), rec.Body)
+	}
+	var a historyAnswer
+	if err := json.Unmarshal(rec.Body.Bytes(), &a); err != nil {
+		t.Fatalf("GET /history%s: %v\n%s", query, err, rec.Body)
+	}
+	return a
+}
+
+// runHandler starts h.Run and stops it at the end of the test.
+func runHandler(t *testing.T, h *status.Handler) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+}
+
+// The history holds a point a second for the last 15 minutes, each over
+// the window before it: a page opened late gets all of it at once, and
+// then only what is new.
+func TestHistory(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEngine(t)
+		h, err := status.New(status.Options{Gatherer: e.reg}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runHandler(t, h)
+
+		// Before the first second there is no point.
+		if a := getHistory(t, h, ""); len(a.Time) != 0 || a.IntervalSeconds != 1 || a.WindowSeconds != 5 || a.HistorySeconds != 900 {
+			t.Fatalf("history at start: %+v", a)
+		}
+		// Twenty minutes: 10 messages a second acked in 3 ms, then for
+		// the last 2 minutes 100 a second acked in 300 ms; the frontend's
+		// queue holds as many entries as minutes have passed. The engine
+		// changes half-way between the handler's ticks.
+		time.Sleep(500 * time.Millisecond)
+		for s := range 20 * 60 {
+			n, lat := 10, .003
+			if s >= 18*60 {
+				n, lat = 100, .3
+			}
+			e.received.Add(float64(n))
+			e.acked.Add(float64(n))
+			for range n {
+				e.ackLatency.Observe(lat)
+			}
+			e.depth.WithLabelValues("frontend").Set(float64(s / 60))
+			if s >= 19*60 {
+				e.depth.WithLabelValues("middletier").Set(7)
+			}
+			time.Sleep(time.Second)
+		}
+		end := time.Now().Add(-500 * time.Millisecond) // the last tick
+
+		a := getHistory(t, h, "")
+		if len(a.Time) != 900 {
+			t.Fatalf("%d points, want 900 (15 minutes, one a second)", len(a.Time))
+		}
+		for i, ms := range a.Time {
+			if want := end.Add(time.Duration(i-899) * time.Second).UnixMilli(); ms != want {
+				t.Fatalf("point %d at %d, want %d: one a second up to the last tick", i, ms, want)
+			}
+		}
+		value := func(series string, i int) any {
+			if p := a.Series[series][i]; p != nil {
+				return *p
+			}
+			return nil
+		}
+		// The oldest point is at 5 minutes, the newest at 20.
+		for _, c := range []struct {
+			series string
+			i      int
+			want   any
+		}{
+			{"received", 0, 10.0}, {"acked", 0, 10.0}, {"received", 899, 100.0},
+			// 3 s after the change: 2 s at 10/s and 3 s at 100/s.
+			{"received", 899 - 117, (2*10 + 3*100) / 5.0},
+			// Everything between 2 and 5 ms: interpolated as
+			// histogram_quantile does.
+			{"ack_p50", 0, .0035}, {"ack_p99", 0, .002 + .003*.99},
+			{"ack_p50", 899, .25 + .25*.5}, {"ack_p99", 899, .25 + .25*.99},
+			{"stored", 0, nil}, {"feed_p50", 899, nil}, {"store_p99", 899, nil},
+		} {
+			got := value(c.series, c.i)
+			if w, ok := c.want.(float64); ok {
+				if g, ok := got.(float64); !ok || math.Abs(g-w) > 1e-4*math.Max(1, w) {
+					t.Errorf("%s[%d] = %v, want %v", c.series, c.i, got, w)
+				}
+			} else if got != nil {
+				t.Errorf("%s[%d] = %v, want null: no such metric", c.series, c.i, got)
+			}
+		}
+		if len(a.Queues) != 2 || a.Queues[0].Hop != "frontend" || a.Queues[1].Hop != "middletier" {
+			t.Fatalf("queues %+v", a.Queues)
+		}
+		if f := a.Queues[0].Entries; f[0] == nil || *f[0] != 5 || *f[899] != 19 {
+			t.Errorf("frontend queue from %v to %v, want 5 to 19", f[0], f[899])
+		}
+		if m := a.Queues[1].Entries; m[0] != nil || m[899] == nil || *m[899] != 7 {
+			t.Errorf("middletier queue from %v to %v, want null (no such hop yet) to 7", m[0], m[899])
+		}
+
+		// What is new since a point.
+		b := getHistory(t, h, fmt.Sprintf("?since=%d", a.Time[896]))
+		if len(b.Time) != 3 || b.Time[0] != a.Time[897] || len(b.Series["received"]) != 3 || len(b.Queues[0].Entries) != 3 {
+			t.Errorf("since the third-last point: %+v", b)
+		}
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest("GET", "/history?since=yesterday", nil))
+		if rec.Code != http.StatusBadRequest {
+			t.Errorf("since=yesterday: %d", rec.Code)
+		}
+	})
 }

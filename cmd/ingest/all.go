@@ -200,6 +200,7 @@ func runAll(ctx context.Context, args []string) error {
 	store.Go(func() { storeErr = sub.Run(storeCtx) })
 	side.Go(func() { feedErr = fd.Serve(sideCtx, fln) })
 	side.Go(func() { devices.Run(sideCtx) })
+	side.Go(func() { page.Run(sideCtx) })
 	linkDone := make(chan error, 1)
 	go func() { linkDone <- link.Run(linkCtx) }()
 

@@ -144,6 +144,7 @@ func runFeed(ctx context.Context, args []string) error {
 	if opts.Registry != nil {
 		wg.Go(func() { opts.Registry.Run(regCtx) })
 	}
+	wg.Go(func() { page.Run(regCtx) })
 	lg.Info("feed listening", "addr", ln.Addr().String(), "path", "/v1/feed", "status", "/status/", "id", opts.ID, "middletiers", *mts)
 	start := time.Now()
 	err = srv.Serve(ctx, ln)
