@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -62,32 +63,53 @@ var targetLabels = map[string]bool{"job": true, "namespace": true, "pod": true, 
 // synthetic are series Prometheus makes for every target.
 var synthetic = map[string]bool{"up": true}
 
+// fleetMessage is the device message TestMetricsExist sends: the fields a
+// GPS tracker sends (those of bench -shape gps), a temperature and a
+// string. The fleet dashboard's series are what the storage tier makes of
+// it.
+const fleetMessage = `{"id":%d,"seq":%d,"ts":%d,"lat":48.8566,"lon":2.3522,"speed":42,"heading":270,"fix":true,"temp":21.5,"door":"open"}`
+
 // TestMetricsExist starts every tier's binary (the one its image holds) on
 // loopback, sends device messages through them and follows them on the
 // live feed, scrapes each /metrics, and checks that every metric the
-// alerts and the dashboard select exists there with the label values they
-// select.
+// alerts and the engine's dashboard panels select exists there with the
+// label values they select. The fleet dashboard's queries of the device
+// data are checked against the storage tier's query API: every series
+// they select must be among those the storage tier wrote for the device's
+// messages (with its registry labels), and every query must run.
 func TestMetricsExist(t *testing.T) {
-	var exprs []rule
+	var exprs, fleet []rule
 	for _, dir := range overlays(t) {
 		o := render(t, dir)
 		exprs = append(exprs, ruleExprs(t, o)...)
-		exprs = append(exprs, dashboardExprs(t, o)...)
+		for _, r := range dashboardExprs(t, o) {
+			if r.devices {
+				fleet = append(fleet, r)
+			} else {
+				exprs = append(exprs, r)
+			}
+		}
 	}
-	if len(exprs) == 0 {
-		t.Fatal("no overlay has alerts or a dashboard")
+	if len(exprs) == 0 || len(fleet) == 0 {
+		t.Fatalf("the overlays have %d alert and engine dashboard expressions, %d of the fleet dashboard", len(exprs), len(fleet))
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Second)
 	defer cancel()
 	dir := t.TempDir()
+	regFile := filepath.Join(dir, "devices.yaml")
+	if err := os.WriteFile(regFile, []byte("devices:\n  - id: "+fleetDevice+"\n    name: Truck 1\n    group: "+fleetGroup+
+		"\n    site: depot-a\n    type: gps\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	mt := start(t, "middletier listening", "middletier", "--id", "mt-0", "--data.dir", filepath.Join(dir, "mt"),
 		"--consumers", "storage", "--ingest.addr", "tcp://127.0.0.1:0", "--consumer.addr", "tcp://127.0.0.1:0",
 		"--stream.addr", "tcp://127.0.0.1:0", "--feed.addr", "tcp://127.0.0.1:0", "--http.listen", "127.0.0.1:0")
 	fe := start(t, "frontend listening", "frontend", "--id", "fe-0", "--wal.dir", filepath.Join(dir, "fe"), "--insecure-no-auth",
 		"--listen", "127.0.0.1:0", "--uplink.middletiers", mt.attr("ingest"), "--drain-window", "100ms")
 	st := start(t, "storage listening", "storage", "--consumer", "storage", "--data.dir", filepath.Join(dir, "tsdb"),
-		"--middletiers.stream", mt.attr("stream"), "--middletiers.consumer", mt.attr("consumer"), "--http.listen", "127.0.0.1:0")
+		"--middletiers.stream", mt.attr("stream"), "--middletiers.consumer", mt.attr("consumer"), "--http.listen", "127.0.0.1:0",
+		"--registry.file", regFile)
 	fd := start(t, "feed listening", "feed", "--id", "feed-0", "--insecure-no-auth", "--listen", "127.0.0.1:0",
 		"--middletiers", mt.attr("feed"), "--middletiers.consumer", mt.attr("consumer"))
 
@@ -122,15 +144,21 @@ func TestMetricsExist(t *testing.T) {
 		}
 	}()
 
+	// A device that gives no id is refused at the handshake, as the fleet
+	// dashboard's errors show.
+	if _, _, err := websocket.Dial(ctx, "ws://"+fe.attr("addr")+"/v1/ingest", nil); err == nil {
+		t.Fatal("a handshake without a device id was accepted")
+	}
+
 	// A device sends, and closes.
-	dev, err := client.Dial(ctx, client.Options{URL: "ws://" + fe.attr("addr") + "/v1/ingest?device=k8s-1"})
+	dev, err := client.Dial(ctx, client.Options{URL: "ws://" + fe.attr("addr") + "/v1/ingest?device=" + fleetDevice})
 	if err != nil {
 		t.Fatalf("dial frontend: %v", err)
 	}
 	next := 0
 	send := func() {
 		t.Helper()
-		if err := dev.SendWait(ctx, fmt.Appendf(nil, `{"id":%d,"temp":21.5}`, next)); err != nil {
+		if err := dev.SendWait(ctx, fmt.Appendf(nil, fleetMessage, next, next, time.Now().UnixMilli())); err != nil {
 			t.Fatalf("send %d: %v", next, err)
 		}
 		next++
@@ -207,10 +235,76 @@ func TestMetricsExist(t *testing.T) {
 		t.Error(m)
 	}
 	t.Logf("%d selectors checked against %d metric families", len(checked), len(families))
+	checkFleet(t, ctx, "http://"+st.attr("http"), fleet)
 
 	for _, p := range []*proc{fd, fe, st, mt} {
 		p.stop(t)
 	}
+}
+
+// checkFleet checks the fleet dashboard's queries against the storage
+// tier's query API: each selector finds a series the device's messages
+// made, and each query runs. Stored points are visible once the writer
+// has committed them: it waits for them until the deadline.
+func checkFleet(t *testing.T, ctx context.Context, api string, fleet []rule) {
+	t.Helper()
+	get := func(path string, params url.Values) (json.RawMessage, error) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", api+path+"?"+params.Encode(), nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		var r struct {
+			Status, ErrorType, Error string
+			Data                     json.RawMessage
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
+			return nil, fmt.Errorf("%s: %s: %w", path, resp.Status, err)
+		}
+		if r.Status != "success" {
+			return nil, fmt.Errorf("%s: %s: %s", r.ErrorType, resp.Status, r.Error)
+		}
+		return r.Data, nil
+	}
+	var problems []string
+	checked := map[string]bool{}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		problems = problems[:0]
+		now := time.Now()
+		for _, r := range fleet {
+			for _, sel := range vectorSelectors(r.expr) {
+				checked[sel.String()] = true
+				data, err := get("/api/v1/series", url.Values{"match[]": {sel.String()},
+					"start": {fmt.Sprint(now.Add(-time.Hour).Unix())}, "end": {fmt.Sprint(now.Unix())}})
+				var series []map[string]string
+				if err == nil {
+					err = json.Unmarshal(data, &series)
+				}
+				if err != nil || len(series) == 0 {
+					problems = append(problems, fmt.Sprintf("%s: %q selects %s, which the store does not hold for the device's messages (%v)", r.alert, r.text, sel, err))
+				}
+			}
+			if _, err := get("/api/v1/query", url.Values{"query": {grafanaVars.Replace(r.text)}, "time": {fmt.Sprint(now.Unix())}}); err != nil {
+				problems = append(problems, fmt.Sprintf("%s: %q: %v", r.alert, r.text, err))
+			}
+		}
+		if len(problems) == 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	for _, p := range problems {
+		t.Error(p)
+	}
+	// What the store holds, to read a failure by.
+	if t.Failed() {
+		if data, err := get("/api/v1/series", url.Values{"match[]": {`{device=~".+"}`}}); err == nil {
+			t.Logf("the store's device series: %s", data)
+		}
+	}
+	t.Logf("%d fleet selectors checked against the store", len(checked))
 }
 
 func vectorSelectors(e parser.Expr) []*parser.VectorSelector {

@@ -3,6 +3,7 @@ package k8s_test
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"net"
 	"path/filepath"
@@ -577,6 +578,7 @@ func checkMonitoring(t *testing.T, o *objects) {
 		t.Error("no Grafana dashboard")
 	}
 	checkDashboardShows(t, dashboardExprs(t, o))
+	checkFleetDashboard(t, o)
 }
 
 // dashboardShows is what the dashboard must show: a metric, the function
@@ -594,6 +596,149 @@ var dashboardShows = []struct {
 	{"rejected messages", "ingest_frontend_messages_rejected_total", "rate", "code"},
 	{"WAL failures", "ingest_wal_failed", "", "hop"},
 	{"consumer lag", "ingest_middletier_consumer_lag_entries", "", "consumer"},
+	// The fleet dashboard. A metric "" is a selector of every field.
+	{"messages per device", "", "count_over_time", "device"},
+	{"messages per group", "", "count_over_time", "group"},
+	{"top talkers", "", "topk", ""},
+	{"latest values per device", "", "last_over_time", ""},
+	{"device latitudes", "lat", "last_over_time", ""},
+	{"device longitudes", "lon", "last_over_time", ""},
+	{"handshakes refused by reason", "ingest_frontend_handshakes_rejected_total", "rate", "reason"},
+}
+
+// checkFleetDashboard checks what the expressions do not show of the fleet
+// dashboard: every query names its data source, the device data's
+// variable defaults to the provisioned data source, and a geomap panel
+// places markers by the columns its lat and lon queries become.
+func checkFleetDashboard(t *testing.T, o *objects) {
+	t.Helper()
+	uids := map[string]bool{}
+	for _, cm := range o.configMaps {
+		if cm.Labels["grafana_datasource"] != "1" {
+			continue
+		}
+		for _, body := range cm.Data {
+			var ds struct {
+				Datasources []struct{ UID string } `json:"datasources"`
+			}
+			if err := yaml.Unmarshal([]byte(body), &ds); err != nil {
+				t.Fatal(err)
+			}
+			for _, d := range ds.Datasources {
+				uids[d.UID] = true
+			}
+		}
+	}
+	type fleetPanel struct {
+		Type       string               `json:"type"`
+		Title      string               `json:"title"`
+		Datasource *dashboardDatasource `json:"datasource"`
+		Targets    []struct {
+			RefID      string               `json:"refId"`
+			Expr       string               `json:"expr"`
+			Datasource *dashboardDatasource `json:"datasource"`
+		} `json:"targets"`
+		Transformations []struct {
+			ID      string          `json:"id"`
+			Options json.RawMessage `json:"options"`
+		} `json:"transformations"`
+		Options struct {
+			Layers []struct {
+				Type     string `json:"type"`
+				Location struct {
+					Mode      string `json:"mode"`
+					Latitude  string `json:"latitude"`
+					Longitude string `json:"longitude"`
+				} `json:"location"`
+			} `json:"layers"`
+		} `json:"options"`
+	}
+	found := false
+	for _, cm := range o.configMaps {
+		if cm.Labels["grafana_dashboard"] != "1" {
+			continue
+		}
+		for file, body := range cm.Data {
+			var d struct {
+				UID        string       `json:"uid"`
+				Panels     []fleetPanel `json:"panels"`
+				Templating struct {
+					List []struct {
+						Name    string `json:"name"`
+						Type    string `json:"type"`
+						Current struct {
+							Value string `json:"value"`
+						} `json:"current"`
+					} `json:"list"`
+				} `json:"templating"`
+			}
+			if err := json.Unmarshal([]byte(body), &d); err != nil {
+				t.Fatalf("dashboard %s/%s: %v", cm.Name, file, err)
+			}
+			if d.UID != "ingest-fleet" {
+				continue
+			}
+			found = true
+			for _, v := range d.Templating.List {
+				if v.Name == "devices" && (v.Type != "datasource" || !uids[v.Current.Value]) {
+					t.Errorf("fleet dashboard: variable devices is a %s defaulting to %q, want a data source variable defaulting to one provisioned (%v)", v.Type, v.Current.Value, keys(uids))
+				}
+			}
+			geomap := false
+			for _, p := range d.Panels {
+				for _, tg := range p.Targets {
+					ds := tg.Datasource
+					if ds == nil {
+						ds = p.Datasource
+					}
+					if ds == nil || (ds.UID != "${devices}" && ds.UID != "${datasource}") {
+						t.Errorf("fleet dashboard, panel %q: target %s reads %+v, want ${devices} or ${datasource}", p.Title, tg.RefID, ds)
+					}
+				}
+				if p.Type != "geomap" {
+					continue
+				}
+				// The lat query's values become the column lat, the lon
+				// query's lon, and the markers are placed by them.
+				refs := map[string]string{}
+				for _, tg := range p.Targets {
+					for _, sel := range vectorSelectors(mustParse(t, tg.Expr)) {
+						refs[sel.Name] = "Value #" + tg.RefID
+					}
+				}
+				renamed := map[string]string{}
+				for _, tr := range p.Transformations {
+					var opt struct {
+						RenameByName map[string]string `json:"renameByName"`
+					}
+					if tr.ID == "organize" && json.Unmarshal(tr.Options, &opt) == nil {
+						maps.Copy(renamed, opt.RenameByName)
+					}
+				}
+				for _, l := range p.Options.Layers {
+					if l.Type == "markers" && l.Location.Mode == "coords" &&
+						renamed[refs["lat"]] == l.Location.Latitude && renamed[refs["lon"]] == l.Location.Longitude && l.Location.Latitude != "" {
+						geomap = true
+					}
+				}
+			}
+			if !geomap {
+				t.Error("fleet dashboard: no geomap panel with markers placed by the columns of its lat and lon queries")
+			}
+		}
+	}
+	if !found {
+		t.Error("no fleet dashboard (uid ingest-fleet)")
+	}
+}
+
+func mustParse(t *testing.T, expr string) parser.Expr {
+	t.Helper()
+	e, err := promParser.ParseExpr(grafanaVars.Replace(expr))
+	if err != nil {
+		t.Fatalf("%q: %v", expr, err)
+	}
+	return e
 }
 
 func checkDashboardShows(t *testing.T, exprs []rule) {
@@ -615,6 +760,7 @@ func checkDashboardShows(t *testing.T, exprs []rule) {
 					case *parser.Call:
 						fnOK = fnOK || a.Func.Name == want.fn
 					case *parser.AggregateExpr:
+						fnOK = fnOK || a.Op.String() == want.fn
 						if want.keeps != "" && slices.Contains(a.Grouping, want.keeps) == a.Without {
 							keeps = false
 						}
@@ -630,9 +776,13 @@ func checkDashboardShows(t *testing.T, exprs []rule) {
 	}
 }
 
+// rule is an expression of an alert, a dashboard panel or a dashboard
+// variable; devices says it reads the device data (the embedded store's
+// query API), not the engine's metrics.
 type rule struct {
 	alert, text string
 	expr        parser.Expr
+	devices     bool
 }
 
 func ruleExprs(t *testing.T, o *objects) []rule {
@@ -645,7 +795,7 @@ func ruleExprs(t *testing.T, o *objects) []rule {
 				if err != nil {
 					t.Fatalf("PrometheusRule %s, %s: %q: %v", pr.Name, r.Alert, r.Expr.String(), err)
 				}
-				rs = append(rs, rule{r.Alert, r.Expr.String(), e})
+				rs = append(rs, rule{alert: r.Alert, text: r.Expr.String(), expr: e})
 			}
 		}
 	}
@@ -653,15 +803,40 @@ func ruleExprs(t *testing.T, o *objects) []rule {
 }
 
 // grafanaVars stand in for Grafana's variables so that the expressions
-// parse as Prometheus sees them.
-var grafanaVars = strings.NewReplacer("$__rate_interval", "1m", "$__interval", "1m", "$__range", "1h", "$namespace", "ingest")
+// parse as Prometheus sees them. The fleet dashboard's device and group
+// stand for the device TestMetricsExist sends as and the group the
+// registry gives it (fleetDevice), its fields for every field and one the
+// device sends.
+var grafanaVars = strings.NewReplacer("$__rate_interval", "1m", "$__interval", "1m", "$__range", "1h", "$namespace", "ingest",
+	"$device", fleetDevice, "$group", fleetGroup, "$field", ".+", "$count_field", "lat")
+
+// The device of TestMetricsExist, and its group in the storage tier's
+// registry.
+const fleetDevice, fleetGroup = "k8s-1", "trucks"
+
+// dashboardDatasource is a panel's, a target's or a variable's data
+// source.
+type dashboardDatasource struct {
+	UID string `json:"uid"`
+}
+
+// devices says whether a data source is the device data: the fleet
+// dashboard's variable for it, or the provisioned data source itself.
+// Every other one is the engine's metrics (the engine dashboard's
+// variable ${datasource}, a Prometheus that scrapes the tiers).
+func (d *dashboardDatasource) devices() bool {
+	return d != nil && (d.UID == "${devices}" || d.UID == "ingest-devices")
+}
 
 // dashboardPanel is the part of a Grafana panel the checks read; a row
-// (collapsed or not) may hold its panels inside it.
+// (collapsed or not) may hold its panels inside it. A target without a
+// data source of its own uses the panel's.
 type dashboardPanel struct {
-	Title   string `json:"title"`
-	Targets []struct {
-		Expr string `json:"expr"`
+	Title      string               `json:"title"`
+	Datasource *dashboardDatasource `json:"datasource"`
+	Targets    []struct {
+		Expr       string               `json:"expr"`
+		Datasource *dashboardDatasource `json:"datasource"`
 	} `json:"targets"`
 	Panels []dashboardPanel `json:"panels"`
 }
@@ -685,27 +860,32 @@ func dashboardExprs(t *testing.T, o *objects) []rule {
 				Panels     []dashboardPanel `json:"panels"`
 				Templating struct {
 					List []struct {
-						Name  string          `json:"name"`
-						Type  string          `json:"type"`
-						Query json.RawMessage `json:"query"`
+						Name       string               `json:"name"`
+						Type       string               `json:"type"`
+						Query      json.RawMessage      `json:"query"`
+						Datasource *dashboardDatasource `json:"datasource"`
 					} `json:"list"`
 				} `json:"templating"`
 			}
 			if err := json.Unmarshal([]byte(body), &d); err != nil {
 				t.Fatalf("dashboard %s/%s: %v", cm.Name, file, err)
 			}
-			add := func(what, text string) {
+			add := func(what, text string, devices bool) {
 				e, err := promParser.ParseExpr(grafanaVars.Replace(text))
 				if err != nil {
 					t.Fatalf("dashboard %s, %s: %q: %v", d.Title, what, text, err)
 				}
-				rs = append(rs, rule{what, text, e})
+				rs = append(rs, rule{alert: what, text: text, expr: e, devices: devices})
 			}
 			var walk func([]dashboardPanel)
 			walk = func(ps []dashboardPanel) {
 				for _, p := range ps {
 					for _, tg := range p.Targets {
-						add(fmt.Sprintf("panel %q", p.Title), tg.Expr)
+						ds := tg.Datasource
+						if ds == nil {
+							ds = p.Datasource
+						}
+						add(fmt.Sprintf("panel %q", p.Title), tg.Expr, ds.devices())
 					}
 					walk(p.Panels)
 				}
@@ -730,7 +910,7 @@ func dashboardExprs(t *testing.T, o *objects) []rule {
 				if m == nil {
 					t.Fatalf("dashboard %s, variable %s: %q is no label_values(selector, label) query", d.Title, v.Name, q)
 				}
-				add("variable "+v.Name, m[1])
+				add("variable "+v.Name, m[1], v.Datasource.devices())
 			}
 		}
 	}
