@@ -634,7 +634,12 @@ func (a *API) buildinfo(w http.ResponseWriter, r *http.Request) {
 
 // index answers /api/v1/ with the API's endpoints, and any other path
 // below it that no endpoint serves with a not_found error, as JSON: a
-// client that mistypes a path gets an answer it can parse.
+// client that mistypes a path gets an answer it can parse. The address is
+// the one the engine logs for the API; it answers JSON rather than
+// redirecting to the status page because the page is served elsewhere (on
+// the live feed's listener, which the API cannot know behind a Service)
+// or not at all (the storage tier alone), and because what asks an API's
+// address is as often a program as a browser.
 func (a *API) index(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path != "/api/v1/" {
 		a.fail(w, errNotFound, fmt.Errorf("unknown API endpoint %s", r.URL.Path))
