@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -9,12 +10,16 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"runtime/trace"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/internal/loadgen"
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -31,7 +36,8 @@ func benchServer(b *testing.B, opts Options) *testServer {
 
 // BenchmarkPipelined: 100 connections, 16 frames in flight each, 200-byte
 // messages, one message per frame, each frame its own write syscall. The
-// load generator runs in a process of its own, on the same 2 cores.
+// load generator (internal/loadgen, the bench command's) runs in a process
+// of its own, on the same 2 cores.
 func BenchmarkPipelined(b *testing.B) {
 	benchPipelined(b, false)
 }
@@ -58,6 +64,173 @@ func benchPipelined(b *testing.B, coalesce bool) {
 	b.ReportMetric(float64(r.P50.Microseconds()), "p50_µs")
 	b.ReportMetric(float64(r.P99.Microseconds()), "p99_µs")
 	b.ReportMetric(0, "ns/op")
+}
+
+// loadSpec describes a device fleet for the load generator; it goes to the
+// child process as JSON.
+type loadSpec struct {
+	Addr     string        // server host:port
+	Conns    int           // connections
+	Window   int           // frames in flight per connection
+	Rate     float64       // frames per second per connection; 0 = as fast as the window allows
+	Size     int           // message size in bytes
+	Duration time.Duration // how long to send
+	Total    int64         // or: stop after this many frames in all (when > 0)
+	Warmup   time.Duration // frames sent this early are acked but not in the quantiles
+	Coalesce bool          // loadgen.Options.Coalesce
+	Pacers   int           // goroutines pacing a Rate-limited fleet; default 4
+}
+
+type loadResult struct {
+	Acked    int64
+	Measured int64 // frames in the quantiles (sent after the warm-up)
+	Elapsed  time.Duration
+	P50, P99 time.Duration
+	P999     time.Duration
+	Max      time.Duration
+	Errors   int64
+	Skipped  int64         // paced sends skipped because the window was full
+	PaceP99  time.Duration // how late the pacers wrote, vs the schedule
+	Seconds  []secStat     // per second of sending, by send time
+	Proc     []string      // per-second runtime stats of the generator
+}
+
+// secStat summarises the latencies of the frames sent in one second of the run.
+type secStat struct {
+	N             int
+	P50, P99, Max time.Duration
+}
+
+type sample struct{ at, lat time.Duration } // since start; ack latency
+
+// runLoad drives spec.Conns devices (no auth: the server runs with
+// InsecureNoAuth on loopback) and measures each frame's ack latency, from
+// just before the write syscall that sends it to just after the read that
+// returns the ack covering it. The generator's own delay in waking up for
+// the ack is therefore included; its pacing delay (how late a paced frame
+// is written) is not, and is reported apart as PaceP99. A paced frame due
+// while the window is full is skipped and counted.
+func runLoad(spec loadSpec) (loadResult, error) {
+	pad := bytes.Repeat([]byte("x"), max(spec.Size-len(`{"id":"0000000000","v":1.25,"p":""}`), 0))
+	samples := make([][]sample, spec.Conns) // each written by its device's goroutine only
+	lags := make([][]time.Duration, spec.Conns)
+	var start, warm int64 // on the fleet's clock, set before sending begins
+	fl, err := loadgen.New(loadgen.Options{
+		URLs: []string{"ws://" + spec.Addr + protocol.Path}, Devices: spec.Conns, Insecure: true, MaxDials: 64,
+		Window: spec.Window, Rate: spec.Rate, Duration: spec.Duration, Total: spec.Total,
+		Coalesce: spec.Coalesce, Pacers: spec.Pacers, DialTimeout: 30 * time.Second,
+		Message: func(dst []byte, _ int, seq uint64, _ int64) []byte {
+			var num [20]byte
+			d := strconv.AppendUint(num[:0], seq-1, 10)
+			dst = append(dst, `{"id":"`...)
+			dst = append(dst, "0000000000"[:max(10-len(d), 0)]...)
+			dst = append(dst, d...)
+			dst = append(dst, `","v":1.25,"p":"`...)
+			dst = append(dst, pad...)
+			return append(dst, `"}`...)
+		},
+		OnSettle: func(dev int, ms []loadgen.Msg, now int64) {
+			for _, m := range ms {
+				if m.Code != "" {
+					continue
+				}
+				if m.Sent >= warm {
+					samples[dev] = append(samples[dev], sample{time.Duration(m.Sent - start), time.Duration(now - m.Sent)})
+				}
+				if spec.Rate > 0 {
+					lags[dev] = append(lags[dev], time.Duration(m.Sent-m.Due))
+				}
+			}
+		},
+	})
+	if err != nil {
+		return loadResult{}, err
+	}
+	defer fl.Close()
+	if _, err := fl.Connect(context.Background()); err != nil {
+		return loadResult{}, err
+	}
+	if st := fl.Stats(); st.DialFailed > 0 {
+		return loadResult{}, fmt.Errorf("%d dials failed: %w", st.DialFailed, st.DialErr)
+	}
+
+	procStop, procDone := make(chan struct{}), make(chan struct{})
+	var procLines []string
+	go func() {
+		defer close(procDone)
+		ps := newProcStats(nil)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				procLines = append(procLines, ps.line())
+			case <-procStop:
+				return
+			}
+		}
+	}()
+	start = fl.Now()
+	warm = start + int64(spec.Warmup)
+	fl.Send(context.Background())
+	// Wait until every frame written is acknowledged (bounded), then close
+	// every connection.
+	fl.Drain(context.Background(), 10*time.Second)
+	fl.Close()
+	close(procStop)
+	<-procDone
+
+	st := fl.Stats()
+	var all []sample
+	for _, s := range samples {
+		all = append(all, s...)
+	}
+	var errs int64
+	for code, n := range st.Errors {
+		fmt.Fprintf(os.Stderr, "%s: %d\n", code, n)
+		errs += n
+	}
+	r := loadResult{Acked: st.Acked, Elapsed: time.Duration(st.LastAck - st.Start), Errors: errs, Skipped: st.Skipped,
+		Measured: int64(len(all)), Proc: procLines, Seconds: perSecond(all)}
+	lats := make([]time.Duration, len(all))
+	for i, s := range all {
+		lats[i] = s.lat
+	}
+	r.P50, r.P99, r.P999, r.Max = quantiles(lats)
+	if lag := slices.Concat(lags...); len(lag) > 0 {
+		_, r.PaceP99, _, _ = quantiles(lag)
+	}
+	return r, nil
+}
+
+// quantiles sorts d and returns its p50, p99, p99.9 and maximum.
+func quantiles(d []time.Duration) (p50, p99, p999, mx time.Duration) {
+	if len(d) == 0 {
+		return
+	}
+	slices.Sort(d)
+	q := func(p float64) time.Duration { return d[min(int(p*float64(len(d))), len(d)-1)] }
+	return q(.5), q(.99), q(.999), d[len(d)-1]
+}
+
+func perSecond(ss []sample) []secStat {
+	var buckets [][]time.Duration
+	for _, s := range ss {
+		i := int(s.at / time.Second)
+		for len(buckets) <= i {
+			buckets = append(buckets, nil)
+		}
+		buckets[i] = append(buckets[i], s.lat)
+	}
+	out := make([]secStat, len(buckets))
+	for i, b := range buckets {
+		if len(b) == 0 {
+			continue
+		}
+		p50, p99, _, mx := quantiles(b)
+		out[i] = secStat{N: len(b), P50: p50, P99: p99, Max: mx}
+	}
+	return out
 }
 
 // loadgenEnv makes the test binary a load generator, so that the server is
