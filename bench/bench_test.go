@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -109,6 +110,41 @@ func TestMessageSize(t *testing.T) {
 			var v map[string]any
 			if err := json.Unmarshal(m, &v); err != nil {
 				t.Errorf("%s: %v", shape, err)
+			}
+		}
+	}
+}
+
+// The messages keep their contract byte for byte: the fields, their
+// order and formatting, seq as a field and the device time; the check and
+// the dashboards downstream read them.
+func TestMessageContract(t *testing.T) {
+	ref := func(shape string, size, dev, seq int, ts int64) []byte {
+		var b []byte
+		switch shape {
+		case "gps":
+			lat := 48.85 + float64(dev%1000)/10000 + float64(seq%100)/100000
+			lon := 2.35 + float64(dev/1000)/10000
+			b = fmt.Appendf(nil, `{"id":%d,"seq":%d,"ts":%d,"lat":%.6f,"lon":%.6f,"speed":%d,"heading":%d,"fix":true`, seq, seq, ts, lat, lon, seq%120, seq%360)
+		default:
+			b = fmt.Appendf(nil, `{"id":%d,"seq":%d,"ts":%d,"temp":%.1f,"hum":%d,"battery":%.2f,"ok":true`, seq, seq, ts, 20+float64(seq%100)/10, 40+seq%20, 3.3-float64(seq%50)/100)
+		}
+		if pad := size - len(b) - len(`,"note":""}`); pad > 0 {
+			b = append(b, `,"note":"`...)
+			b = append(b, strings.Repeat("x", pad)...)
+			b = append(b, '"')
+		}
+		return append(b, '}')
+	}
+	for _, shape := range []string{"sensor", "gps"} {
+		for _, size := range []int{50, 150, 200, 1000} {
+			for _, dev := range []int{0, 7, 1234, 99_999} {
+				for seq := 1; seq <= 1500; seq += 7 {
+					ts := 1795436827000 + int64(seq)
+					if got, want := appendMessage([]byte("prefix"), shape, size, dev, uint64(seq), ts), ref(shape, size, dev, seq, ts); string(got[len("prefix"):]) != string(want) {
+						t.Fatalf("%s %d/%d:\n got %s\nwant %s", shape, dev, seq, got[len("prefix"):], want)
+					}
+				}
 			}
 		}
 	}

@@ -58,16 +58,13 @@ func checkOnce(ctx context.Context, api string, devs []*device, since time.Time)
 			if d == nil {
 				continue
 			}
-			d.mu.Lock()
-			acked := d.acked
-			d.mu.Unlock()
 			got := stored[d.id]
-			for seq, ok := range acked {
-				if !ok {
+			for seq := uint64(1); seq <= d.settled; seq++ {
+				if d.notAcked[seq] {
 					continue
 				}
 				c.Acked++
-				switch n := got[seq]; {
+				switch n := got[int(seq)]; {
 				case n == 0:
 					c.Lost++
 					c.LostAll = append(c.LostAll, fmt.Sprintf("%s/%d", d.id, seq))

@@ -1,33 +1,65 @@
 // Command bench is the engine's load generator and its proof: it connects
-// many devices over WebSocket with the device client and the documented
-// protocol only, streams messages at a pace or with a window in flight, and
-// measures acknowledgement latency (HDR histograms), throughput, errors by
-// code and connection set-up times. It prints a progress line every second,
-// then a summary, and can write the results as JSON and the latency
-// distribution as an SVG plot.
+// many devices over WebSocket with the documented protocol only, streams
+// messages at a pace or with a window in flight, and measures
+// acknowledgement latency (HDR histograms), throughput, errors by code and
+// connection set-up times. It prints a progress line every second, then a
+// summary, and can write the results as JSON and the latency distribution
+// as an SVG plot.
 //
-// It drives an engine already running (-url), or starts one itself from the
-// ingest binary (-spawn), which is how `make bench` runs the standard
-// scenarios. docs/benchmarks.md records their figures.
+// Its devices are those of internal/loadgen, which the frontend's Go
+// benchmarks use too: one goroutine per device that reads the server's
+// acks and writes the frames they let go, with one read and one write
+// system call per ack, over plain TCP, so that the generator costs a
+// fraction of what the engine it measures costs per message on the same
+// cores. The summary says how much: the bench's CPU time per acknowledged
+// message while sending, and, for an engine it started, the engine's.
+// Each frame holds one message; the frames one ack lets go leave with one
+// write (-frame-per-write writes each with its own, as the client package
+// does). A device whose connection ends (the server closed it with a
+// retry hint, or its process was killed) reconnects with backoff and sends
+// again, in order, every message not yet acknowledged, as docs/protocol.md
+// asks of a device. Error frames are counted by their code, close frames
+// by theirs ("close_1013"), connections that ended without one as
+// "conn_lost".
+//
+// Ack latency runs from just before the write that first carried a
+// message to just after the read that brought its ack. A paced device's
+// messages come due on a schedule, the devices' phases spread evenly over
+// one period; one that cannot go at once (its window is full, or its
+// connection is being made again) waits, and the time from its slot in the
+// schedule to its write is reported apart as the send lag.
+//
+// Every message carries its device's sequence number (1, 2, 3…) as the
+// field "seq" and a device time "ts" unique to the device; -shape chooses
+// the other fields: sensor (temp, hum, battery and ok, which with seq make
+// five samples in the store) or gps, padded to -size bytes (200).
+//
+// It drives an engine already running (-url, with -secret-file to sign
+// device tokens, sent as "Authorization: Bearer", or -insecure for an
+// engine without auth, where devices name themselves with ?device=), or
+// starts one itself from the ingest binary (-spawn), which is how `make
+// bench` runs the standard scenarios. docs/benchmarks.md records their
+// figures.
 //
 // With -check it then proves completeness: it queries the store's
-// Prometheus API for every device's messages (each carries its sequence
-// number as a field and a device time unique to the device) and reports
-// every acknowledged message that is missing (lost) or stored twice
+// Prometheus API for every device's messages and reports every
+// acknowledged message that is missing (lost) or stored twice
 // (duplicated); the run fails if either is not zero.
 //
 // With -spawn-all it starts the whole engine in one process (ingest all:
 // frontend, middletier, storage writer, live feed), follows every device on
 // the live feed as a dashboard would and reports the device → dashboard
-// latency (from the device's send to the feed frame's arrival), then checks
-// completeness in the store. -feed follows the live feed of an engine
-// already running.
+// latency (from the device's write to the feed frame's arrival), then
+// checks completeness in the store. -feed follows the live feed of an
+// engine already running.
 //
 // With -chaos (and -spawn) it runs the tiers as separate processes — two
 // middletiers, a storage writer following both, two frontends whose uplinks
 // know both middletiers — kills a random one with SIGKILL every -chaos.every
 // and starts it again while the load runs, then checks completeness. It
 // reports the kills per tier and how long each took to serve again.
+//
+// -cpuprofile writes the bench's own CPU profile, for go tool pprof.
 //
 //	go run ./bench -spawn bin/ingest -devices 100 -window 16 -duration 20s
 //	go run ./bench -url ws://host:8080/v1/ingest -secret-file secret -devices 10000 -rate 1 -ramp 20s

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/coder/websocket"
 )
@@ -16,6 +15,7 @@ type feedWatch struct {
 	ws   *websocket.Conn
 	hist *stats
 	devs map[string]*device
+	now  func() int64 // the load generator's clock, which stamps the sends
 	done chan struct{}
 
 	mu      sync.Mutex
@@ -24,7 +24,7 @@ type feedWatch struct {
 	unknown int64
 }
 
-func watchFeed(ctx context.Context, url string, devs []*device, hist *stats) (*feedWatch, error) {
+func watchFeed(ctx context.Context, url string, devs []*device, hist *stats, now func() int64) (*feedWatch, error) {
 	ws, _, err := websocket.Dial(ctx, url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("dial live feed: %w", err)
@@ -34,7 +34,7 @@ func watchFeed(ctx context.Context, url string, devs []*device, hist *stats) (*f
 		ws.CloseNow()
 		return nil, fmt.Errorf("subscribe to live feed: %w", err)
 	}
-	w := &feedWatch{ws: ws, hist: hist, devs: map[string]*device{}, done: make(chan struct{})}
+	w := &feedWatch{ws: ws, hist: hist, devs: map[string]*device{}, now: now, done: make(chan struct{})}
 	for _, d := range devs {
 		if d != nil {
 			w.devs[d.id] = d
@@ -51,7 +51,7 @@ func (w *feedWatch) read() {
 		if err != nil {
 			return
 		}
-		now := time.Now()
+		now := w.now()
 		var f struct {
 			Type    string `json:"type"`
 			Device  string `json:"device"`
@@ -73,10 +73,13 @@ func (w *feedWatch) read() {
 			if d == nil {
 				continue
 			}
+			var at int64
 			d.mu.Lock()
-			at, ok := d.shownAt[f.Payload.Seq]
-			delete(d.shownAt, f.Payload.Seq)
+			if i := f.Payload.Seq - 1; i >= 0 && i < len(d.sentAt) {
+				at, d.sentAt[i] = d.sentAt[i], 0
+			}
 			d.mu.Unlock()
+			ok := at != 0
 			w.mu.Lock()
 			if ok {
 				w.shownN++
@@ -85,7 +88,7 @@ func (w *feedWatch) read() {
 			}
 			w.mu.Unlock()
 			if ok {
-				w.hist.record(d.idx, now.Sub(at))
+				w.hist.record(d.idx, now-at)
 			}
 		}
 	}

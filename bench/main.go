@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"syscall"
 	"time"
 )
@@ -38,9 +39,14 @@ type config struct {
 	ChaosEvery time.Duration
 	SpawnAll   string // path of the ingest binary to start the whole engine with
 	Feed       string // live feed to follow for end-to-end latency
+	// FramePerWrite writes every frame with a write of its own, as the
+	// client package does; by default the frames an ack lets go share one.
+	FramePerWrite bool
+	CPUProfile    string // write the bench's own CPU profile here
 
 	urls      []string // device endpoints when the bench runs the engine itself
 	onSendEnd func()   // called when sending stops, before the drain
+	enginePID int      // the engine process the bench started, for its CPU time
 }
 
 func main() {
@@ -67,6 +73,8 @@ func main() {
 	flag.StringVar(&c.Feed, "feed", "", "live feed to follow (ws://host:8081/v1/feed, no auth) for device → dashboard latency")
 	flag.BoolVar(&c.Chaos, "chaos", false, "with -spawn: run the tiers as separate processes (2 middletiers, a storage writer, 2 frontends) and SIGKILL a random one every -chaos.every, starting it again; then check completeness")
 	flag.DurationVar(&c.ChaosEvery, "chaos.every", 5*time.Second, "mean time between kills")
+	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write the bench's own CPU profile to this file (go tool pprof)")
+	flag.BoolVar(&c.FramePerWrite, "frame-per-write", false, "write every frame with a write system call of its own, as the client package does; by default a device writes the frames one ack lets go with one write (each frame still holds one message)")
 	flag.Parse()
 
 	if err := run(c); err != nil {
@@ -80,6 +88,17 @@ func run(c config) error {
 		return err
 	}
 	raiseFileLimit(c.Devices)
+	if c.CPUProfile != "" {
+		f, err := os.Create(c.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
@@ -93,7 +112,7 @@ func run(c config) error {
 			return err
 		}
 		defer eng.stop()
-		c.URL, c.Insecure, c.Feed, c.Check = eng.url, true, eng.feed, eng.query
+		c.URL, c.Insecure, c.Feed, c.Check, c.enginePID = eng.url, true, eng.feed, eng.query, eng.pid
 	}
 	if c.Spawn != "" {
 		eng, err := spawnFrontend(ctx, c.Spawn)
@@ -101,7 +120,7 @@ func run(c config) error {
 			return err
 		}
 		defer eng.stop()
-		c.URL, c.Insecure = eng.url, true
+		c.URL, c.Insecure, c.enginePID = eng.url, true, eng.pid
 		defer func() {
 			fmt.Fprintf(os.Stderr, "frontend: %s\n", eng.memSummary())
 		}()

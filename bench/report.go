@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/loadgen"
 )
 
 // result is what a run measured; it is also the JSON output.
@@ -26,7 +28,14 @@ type result struct {
 	Acked        int64                `json:"acked"`
 	AckedPerSec  float64              `json:"acked_per_second"`
 	Errors       map[string]int64     `json:"errors_by_code"`
+	Reconnects   int64                `json:"reconnects"`
+	Resent       int64                `json:"resent"`
+	Skipped      int64                `json:"skipped,omitempty"`
+	Writes       int64                `json:"write_syscalls"`
+	Reads        int64                `json:"read_syscalls"`
 	AckLatency   latency              `json:"ack_latency_ms"`
+	SendLag      *latency             `json:"send_lag_ms,omitempty"`
+	CPU          *cpuResult           `json:"cpu,omitempty"`
 	Dial         latency              `json:"connect_ms"`
 	PerSecond    []int64              `json:"acked_each_second"`
 	Percentiles  []point              `json:"ack_latency_distribution"`
@@ -54,20 +63,34 @@ type point struct {
 // newResult summarises a run. The rate counts what was acknowledged while
 // sending went on; acknowledgements that came in the drain afterwards count
 // in Acked and in the latencies.
-func newResult(c config, st *stats, connected int, sendTime time.Duration, ackedInWindow int64) *result {
-	r := &result{Connected: connected, DialFailed: st.dialFail.Load(), Sent: st.sent.Load(), Acked: st.acked.Load()}
+func newResult(c config, fs loadgen.Stats, st *stats, connected int, sendTime time.Duration, ackedInWindow int64) *result {
+	r := &result{Connected: connected, DialFailed: int64(fs.DialFailed), Sent: fs.Sent, Acked: fs.Acked,
+		Errors: fs.Errors, Reconnects: fs.Reconnects, Resent: fs.Resent, Skipped: fs.Skipped,
+		Writes: fs.Writes, Reads: fs.Reads}
 	r.Scenario.Devices, r.Scenario.Rate, r.Scenario.Window = c.Devices, c.Rate, c.Window
 	r.Scenario.Size, r.Scenario.Shape, r.Scenario.Duration = c.Size, c.Shape, c.Duration.String()
 	r.AckedPerSec = float64(ackedInWindow) / sendTime.Seconds()
-	st.mu.Lock()
-	r.Errors = st.errs
-	r.PerSecond = append([]int64(nil), st.perSec...)
+	// The seconds after the last acknowledgement are not part of the run.
+	last := 0
+	for i := range st.perSec {
+		r.PerSecond = append(r.PerSecond, st.perSec[i].Load())
+		if r.PerSecond[i] > 0 {
+			last = i + 1
+		}
+	}
+	r.PerSecond = r.PerSecond[:last]
+	for _, d := range fs.Dials {
+		st.dials.RecordValue(max(d.Microseconds(), 1))
+	}
 	r.Dial = latencyOf(st.dials)
-	st.mu.Unlock()
-	h := st.merged()
+	h := merged(st.shards)
 	r.AckLatency = latencyOf(h)
 	for _, p := range []float64{0, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.95, 99.99, 100} {
 		r.Percentiles = append(r.Percentiles, point{p, float64(h.ValueAtQuantile(p)) / 1000})
+	}
+	if st.late != nil {
+		l := latencyOf(merged(st.late))
+		r.SendLag = &l
 	}
 	return r
 }
@@ -95,6 +118,23 @@ func (r *result) print(w io.Writer) {
 	fmt.Fprintf(w, "messages:   sent %d, acknowledged %d, %.0f acknowledged/s\n", r.Sent, r.Acked, r.AckedPerSec)
 	fmt.Fprintf(w, "ack latency ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f  mean %.3f\n",
 		r.AckLatency.P50, r.AckLatency.P90, r.AckLatency.P99, r.AckLatency.P999, r.AckLatency.Max, r.AckLatency.Mean)
+	if l := r.SendLag; l != nil {
+		fmt.Fprintf(w, "send lag ms (schedule → write): p50 %.3f  p99 %.3f  max %.3f; %d skipped\n", l.P50, l.P99, l.Max, r.Skipped)
+	}
+	if r.Reconnects > 0 {
+		fmt.Fprintf(w, "reconnects: %d, %d messages sent again\n", r.Reconnects, r.Resent)
+	}
+	if r.Writes > 0 && r.Reads > 0 {
+		fmt.Fprintf(w, "syscalls:   %d writes (%.1f messages each), %d reads (%.1f messages acknowledged each)\n",
+			r.Writes, float64(r.Sent+r.Resent)/float64(r.Writes), r.Reads, float64(r.Acked)/float64(r.Reads))
+	}
+	if cp := r.CPU; cp != nil {
+		fmt.Fprintf(w, "cpu:        bench %.2f s (%.2f µs per acknowledged message)", cp.BenchSeconds, cp.BenchMicrosPerMsg)
+		if cp.EngineSeconds > 0 {
+			fmt.Fprintf(w, ", engine %.2f s (%.2f µs per message)", cp.EngineSeconds, cp.EngineMicrosPerMsg)
+		}
+		fmt.Fprintf(w, " while sending; load average %.2f\n", cp.LoadAverage)
+	}
 	if f := r.Feed; f != nil {
 		fmt.Fprintf(w, "live feed:  %d shown, %d missed; device → dashboard ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n",
 			f.Shown, f.Missed, f.Latency.P50, f.Latency.P90, f.Latency.P99, f.Latency.P999, f.Latency.Max)
