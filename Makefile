@@ -82,11 +82,15 @@ lint:
 
 # bench runs the Go benchmarks and the bench tool's standard scenarios whose
 # figures docs/benchmarks.md records; results and plots go to bench/out/.
+# The frontend's benchmark and the first bench scenario measure the same
+# frontend with the same devices (internal/loadgen) on the same cores;
+# bench's summary gives its own and the frontend's CPU time per message.
 bench: build
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal/
 	$(GO) test -run '^$$' -bench Hop -benchtime 1000000x ./uplink/
 	$(GO) test -run '^$$' -bench AckRoundTrip -benchtime 5000x ./uplink/
 	$(GO) test -run '^$$' -bench BenchmarkTSDBWrite -benchtime 3s ./storage/
+	$(GO) test -run '^$$' -bench 'BenchmarkPipelined$$' -benchtime 2000000x ./frontend/
 	mkdir -p bench/out
 	$(GO) run ./bench -spawn bin/ingest -devices 100 -window 16 -duration 20s \
 		-json bench/out/closed-100x16.json -plot bench/out/closed-100x16.svg
