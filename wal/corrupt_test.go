@@ -72,6 +72,7 @@ func flip(off int) func([]byte) []byte {
 type damageCase struct {
 	name   string
 	damage func(t *testing.T, dir string, segs []string)
+	repair bool // open with Options.RepairTruncated
 	want   damageWant
 }
 
@@ -79,6 +80,8 @@ type damageCase struct {
 type damageWant struct {
 	last     uint64 // the last index after a successful open
 	repairs  float64
+	dropped  float64 // ingest_wal_dropped_entries_total
+	newID    bool    // the repair gave the log a new identity
 	released uint64
 	// for a refused open
 	segment string
@@ -114,6 +117,9 @@ func openDamaged(t *testing.T, dir string, opts wal.Options, w damageWant) *wal.
 	if got := metricValue(t, reg, "ingest_wal_repairs_total", "test"); got != w.repairs {
 		t.Errorf("repairs %v, want %v", got, w.repairs)
 	}
+	if got := metricValue(t, reg, "ingest_wal_dropped_entries_total", "test"); got != w.dropped {
+		t.Errorf("dropped entries %v, want %v", got, w.dropped)
+	}
 	if l.LastIndex() != w.last || l.Released() != w.released {
 		t.Fatalf("last %d released %d, want %d %d", l.LastIndex(), l.Released(), w.last, w.released)
 	}
@@ -128,14 +134,14 @@ func TestCorruption(t *testing.T) {
 			damage: func(t *testing.T, dir string, segs []string) {
 				mutate(t, segs[3], func(b []byte) []byte { return b[:len(b)-40] })
 			},
-			want: want{last: corruptEntries - 1, repairs: 1},
+			want: want{last: corruptEntries - 1, repairs: 1, dropped: 1},
 		},
 		{
 			name: "torn length of last entry",
 			damage: func(t *testing.T, dir string, segs []string) {
 				mutate(t, segs[3], func(b []byte) []byte { return b[:len(b)-storedEntry+1] })
 			},
-			want: want{last: corruptEntries - 1, repairs: 1},
+			want: want{last: corruptEntries - 1, repairs: 1, dropped: 1},
 		},
 		{
 			// Free space, as in a preallocated segment: nothing to repair,
@@ -154,14 +160,14 @@ func TestCorruption(t *testing.T) {
 			damage: func(t *testing.T, dir string, segs []string) {
 				mutate(t, segs[3], func(b []byte) []byte { return append(append(b, make([]byte, 4096)...), 1) })
 			},
-			want: want{last: corruptEntries, repairs: 1},
+			want: want{last: corruptEntries, repairs: 1, dropped: 1},
 		},
 		{
 			name: "flipped byte in the last entry",
 			damage: func(t *testing.T, dir string, segs []string) {
 				mutate(t, segs[3], func(b []byte) []byte { b[len(b)-5] ^= 1; return b })
 			},
-			want: want{last: corruptEntries - 1, repairs: 1},
+			want: want{last: corruptEntries - 1, repairs: 1, dropped: 1},
 		},
 		{
 			// Zeros after a segment's last entry are its free space: a
@@ -287,7 +293,12 @@ func TestCorruption(t *testing.T) {
 // writeReleaseMark leaves a durable release mark at upTo, through the log.
 func writeReleaseMark(t *testing.T, dir string, upTo uint64) {
 	t.Helper()
-	l, err := wal.Open(dir, corruptOpts, nil, nil)
+	writeReleaseMarkOpts(t, dir, corruptOpts, upTo)
+}
+
+func writeReleaseMarkOpts(t *testing.T, dir string, opts wal.Options, upTo uint64) {
+	t.Helper()
+	l, err := wal.Open(dir, opts, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -357,5 +368,99 @@ func TestInterruptedTruncation(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "00000000000000000099.START.TEMP")); !os.IsNotExist(err) {
 		t.Fatalf("leftover temporary file kept: %v", err)
+	}
+}
+
+// TestTruncatedSegment: a last segment shorter than it was created is
+// refused, or repaired on request and counted, whatever the options it is
+// opened with; the size mark says what segments were created with, and
+// follows the options.
+func TestTruncatedSegment(t *testing.T) {
+	tailEnd := (corruptEntries - 3*perSegment) * storedEntry
+	noPre := preallocOpts
+	noPre.NoPreallocate = true
+	repairNoPre := noPre
+	repairNoPre.RepairTruncated = true
+	half := func(t *testing.T, seg string) {
+		mutate(t, seg, func(b []byte) []byte { return b[:tailEnd/2+50] })
+	}
+	tests := []struct {
+		name  string
+		build func(t *testing.T) (string, []string)
+		// before is done to the log, then it is truncated, then opened
+		// with open and checked against want.
+		before func(t *testing.T, dir string)
+		open   wal.Options
+		want   damageWant
+	}{
+		{
+			name:  "preallocated, opened without preallocation",
+			build: buildPreallocated,
+			open:  noPre,
+			want:  damageWant{segment: "00000000000000000115", offset: 3 * storedEntry, index: 118},
+		},
+		{
+			name:  "preallocated, repaired without preallocation",
+			build: buildPreallocated,
+			open:  repairNoPre,
+			want:  damageWant{last: 117, repairs: 1, dropped: 1},
+		},
+		{
+			// A log whose segments grew is given the mark when it is
+			// opened with preallocation, its last segment extended to
+			// the full size first: from then on it is checked.
+			name:  "grown segments, opened with preallocation once",
+			build: buildLog,
+			before: func(t *testing.T, dir string) {
+				l := openLog(t, dir, preallocOpts, nil)
+				l.Close()
+			},
+			open: preallocOpts,
+			want: damageWant{segment: "00000000000000000115", offset: 3 * storedEntry, index: 118},
+		},
+		{
+			// Opened without preallocation, a log loses its mark: its
+			// segments may grow from then on, and are not checked.
+			name:  "preallocated, opened without preallocation once",
+			build: buildPreallocated,
+			before: func(t *testing.T, dir string) {
+				l := openLog(t, dir, noPre, nil)
+				l.Close()
+			},
+			open: preallocOpts,
+			want: damageWant{last: 117, repairs: 1, dropped: 1},
+		},
+		{
+			// A damaged mark checks nothing this once.
+			name:  "damaged size mark",
+			build: buildPreallocated,
+			before: func(t *testing.T, dir string) {
+				mutate(t, filepath.Join(dir, "segment-size"), flip(5))
+			},
+			open: preallocOpts,
+			want: damageWant{last: 117, repairs: 1, dropped: 1},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			dir, segs := tt.build(t)
+			if tt.before != nil {
+				tt.before(t, dir)
+			}
+			half(t, segs[3])
+			l := openDamaged(t, dir, tt.open, tt.want)
+			if l == nil {
+				return
+			}
+			es := readAll(t, l, 0)
+			if len(es) != int(tt.want.last) {
+				t.Fatalf("read %d entries, want %d", len(es), tt.want.last)
+			}
+			for i, e := range es {
+				if e.Index != uint64(i+1) || !bytes.Equal(e.Data, corruptPayload(i+1)) {
+					t.Fatalf("entry %d damaged", e.Index)
+				}
+			}
+		})
 	}
 }

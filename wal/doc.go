@@ -32,7 +32,12 @@
 // fsyncs it, the log renames it into place when it moves to a new segment,
 // and entries then overwrite the zeros. A sync then has no size or block
 // allocation to commit, only data: on ext4 that halved the sync that every
-// acknowledgement waits for (docs/benchmarks.md, "WAL"). The zeros after a
+// acknowledgement waits for (docs/benchmarks.md, "WAL"). When no spare is
+// ready, the segment is a sparse file of the same size instead, made aside
+// and renamed into place, whose blocks are allocated as it is written.
+// Either way a segment has its full size from the moment it has its name
+// (the size mark, segment-size, records it), which is what lets Open tell a
+// truncated segment from what a crash leaves (Integrity). The zeros after a
 // segment's last entry are its free space; a zero byte where an entry would
 // start ends the segment, which no entry can begin with. Preallocation
 // costs one segment of disk (SegmentBytes plus a sixteenth) for the spare
@@ -74,8 +79,11 @@
 //   - zeros after a segment's last entry are its free space, not damage;
 //   - damage in the last segment that no intact entry follows is a torn tail
 //     (the write in progress when the process died, or what a power loss
-//     left of writes that were never acknowledged): it is truncated away,
-//     fsynced, logged once and counted in ingest_wal_repairs_total. So is
+//     left of writes that were never acknowledged): it is removed (zeroed
+//     in place in a preallocated log, truncated away otherwise), fsynced,
+//     logged with the index of the first entry it drops and how many, and
+//     counted in ingest_wal_repairs_total and
+//     ingest_wal_dropped_entries_total. So is
 //     damage in the last segment followed by intact entries when a lost
 //     sector explains it: a 512-byte sector ending before the next intact
 //     entry reads as zeros from its start (or from the damage on).
@@ -84,6 +92,23 @@
 //     lost others, which kept their old zeros (in a preallocated file no
 //     change of size orders them); the entries after it were never
 //     acknowledged either;
+//   - a last segment shorter than the size segments are created with (the
+//     size mark) cannot be what a crash left: it was cut, and whatever it
+//     held past its end is gone, acknowledged entries among it, how many
+//     cannot be known. Open fails with a *CorruptionError naming the
+//     segment, the offset where its whole entries end and the first index
+//     that may be lost, unless Options.RepairTruncated is set (the
+//     --wal.repair flag of the tiers): then it keeps the whole entries,
+//     drops a partial one, logs at error level the first lost index and
+//     what it dropped, counts them, and draws a new log identity before it
+//     changes anything, since entries past the cut may have reached
+//     consumers under indexes that new entries will take (a release mark
+//     past the cut moves back to the last entry kept). A log whose
+//     segments grew as they were written (Options.NoPreallocate, or an
+//     engine from before the mark) has no mark, and a short last segment
+//     there cannot be told from a sound one: such a log gets the mark, its
+//     last segment extended to full size, the first time it is opened with
+//     preallocation;
 //   - any other damage (damage followed by intact entries, damage in an
 //     earlier segment, a segment missing from the sequence) makes Open fail
 //     with a *CorruptionError naming the segment, offset and index. Damaged
@@ -108,17 +133,38 @@
 // caller turns that into backpressure. Append never blocks on the bound and
 // never drops.
 //
-// A failed write, fsync or truncation is sticky (fail stop): after it the
-// page cache and the disk may disagree, so every later Append returns that
-// error until the log is closed and reopened, which recovers from what is on
-// disk. An fsync is never retried.
+// A full file system is backpressure too, not a failure. A write that
+// fails with ENOSPC or EDQUOT, with no fsync having failed, is undone:
+// tidwall/wal is closed and opened again from the files once they are put
+// back as they were before the write (segment files it started removed,
+// the bytes it left after the last entry zeroed and fsynced), and the
+// appends of that group commit return ErrNoSpace, nothing of them written.
+// For Options.NoSpaceRetry after that, appends return ErrNoSpace at once;
+// then the next group commit tries the disk again, and the first that
+// succeeds ends it. A release mark that cannot be written for lack of room
+// leaves the old mark in place (a crash repeats entries, and loses none)
+// and is written again every NoSpaceRetry; released segments stay on disk
+// until it is. A spare segment the disk has no room for is not kept half
+// written. ingest_wal_no_space is 1 while appends are refused or the mark
+// is unwritten for lack of room.
+//
+// Any other failed write, and every failed fsync or truncation, is sticky
+// (fail stop): after it the page cache and the disk may disagree, so every
+// later Append returns that error until the log is closed and reopened,
+// which recovers from what is on disk. An fsync is never retried. The tiers
+// exit after such a failure, so that whatever supervises them starts them
+// again and the log is reopened.
 //
 // One Log at a time may have a directory open: Open takes an exclusive
 // flock on the directory's LOCK file and returns ErrLocked if another Log,
 // in this process or another, holds it. The kernel drops the lock when the
 // process dies.
 //
-// Known limits: the rules above trust zeros in the last segment to be
+// Known limits: the size check needs the size mark, so a log run with
+// Options.NoPreallocate cannot tell a cut last segment from a short one, and
+// it relies on the file system keeping the order of a file's size change
+// and its rename (journalled file systems do; the size is also fsynced
+// before the rename). The rules above trust zeros in the last segment to be
 // sectors the disk never wrote, which a file system that honours fsync
 // only leaves in unacknowledged writes; a disk that zeroes acknowledged
 // sectors (a media fault) at an entry's start would have the entries from
@@ -145,10 +191,12 @@
 // ingest_queue_depth_entries, ingest_queue_depth_bytes,
 // ingest_wal_fsync_duration_seconds, ingest_wal_batch_entries,
 // ingest_wal_appended_entries_total, ingest_wal_full_total,
-// ingest_wal_repairs_total, ingest_wal_truncations_total,
-// ingest_wal_failed and ingest_wal_segments_total{preallocated="true"|"false"}
-// (segments started on a spare, or grown because none was ready: a rising
-// "false" means the spare cannot keep up or cannot be written).
+// ingest_wal_repairs_total, ingest_wal_dropped_entries_total,
+// ingest_wal_truncations_total, ingest_wal_failed, ingest_wal_no_space,
+// ingest_wal_no_space_total and
+// ingest_wal_segments_total{preallocated="true"|"false"} (segments started
+// on a spare, or sparse because none was ready: a rising "false" means the
+// spare cannot keep up or cannot be written).
 // ingest_wal_fsync_duration_seconds times the sync of each group commit,
 // an fdatasync where the system has one. Close unregisters them.
 package wal

@@ -3,6 +3,7 @@ package wal
 import (
 	"errors"
 	"fmt"
+	"syscall"
 )
 
 var (
@@ -12,6 +13,14 @@ var (
 	// reached the Log's bound. Nothing was written; the caller should turn it
 	// into backpressure and try again once consumers have released entries.
 	ErrFull = errors.New("wal: full")
+	// ErrNoSpace is returned by Append when the file system holding the log
+	// has no room for the entries (ENOSPC, or EDQUOT: a quota is used up).
+	// Nothing was written: the log is as it was before the append, and it
+	// keeps taking appends once there is room again. Like ErrFull, the
+	// caller should turn it into backpressure. After a failed write the log
+	// refuses appends at once, without writing, for Options.NoSpaceRetry,
+	// then lets the next group commit try again.
+	ErrNoSpace = errors.New("wal: no space left on device")
 	// ErrTooLarge is returned by Append for an entry that could never fit
 	// under the Log's bound.
 	ErrTooLarge = errors.New("wal: entry too large")
@@ -22,11 +31,21 @@ var (
 	ErrEmptyBatch = errors.New("wal: empty batch")
 	// errMissingSegment describes a gap in the sequence of segments.
 	errMissingSegment = errors.New("missing segment")
+	// errTruncated describes a segment shorter than it was created.
+	errTruncated = errors.New("segment truncated")
 )
+
+// isNoSpace reports whether err says the file system is out of room: a
+// full disk, or a disk quota used up.
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
 
 // CorruptionError reports damaged data that is not a torn tail: damage
 // followed by intact entries, a damaged entry in a segment that is not the
-// last, or a gap between segments. The log refuses to open (or, found while
+// last, a gap between segments, or a last segment shorter than the size it
+// was created with (errors.Is(err, ...) cannot name that case; its Err says
+// "segment truncated", and Options.RepairTruncated opens such a log). The log refuses to open (or, found while
 // reading, to return the entry) rather than skip or return damaged data.
 type CorruptionError struct {
 	// Segment is the name of the segment file, inside the log's directory.

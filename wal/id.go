@@ -53,30 +53,27 @@ func loadID(dir string) (id uint64, created bool, err error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return 0, false, fmt.Errorf("read log identity: %w", err)
 	}
-	var r [8]byte
+	id, err = drawID(dir)
+	if err != nil {
+		return 0, false, err
+	}
+	return id, true, nil
+}
+
+// drawID draws a new identity for the log in dir and makes it durable.
+func drawID(dir string) (uint64, error) {
+	var (
+		r  [8]byte
+		id uint64
+	)
 	for id == 0 {
 		if _, err := rand.Read(r[:]); err != nil {
-			return 0, false, fmt.Errorf("draw log identity: %w", err)
+			return 0, fmt.Errorf("draw log identity: %w", err)
 		}
 		id = binary.LittleEndian.Uint64(r[:])
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, encodeID(id), 0o640); err != nil {
-		return 0, false, fmt.Errorf("write log identity: %w", err)
+	if err := writeFileDurable(dir, idFile, encodeID(id)); err != nil {
+		return 0, fmt.Errorf("write log identity: %w", err)
 	}
-	f, err := os.Open(tmp)
-	if err == nil {
-		err = f.Sync()
-		f.Close()
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err == nil {
-		err = syncDir(dir)
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("write log identity: %w", err)
-	}
-	return id, true, nil
+	return id, nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -20,9 +21,11 @@ import (
 // Goroutines: Open starts two, the writer (group commit) and the releaser
 // (release mark and truncation); Close stops both and waits for them.
 //
-// Lock order: readMu before mu. Nothing calls into tidwall/wal while holding
-// mu. Only the writer goroutine writes to tidwall/wal or truncates it, so its
-// mirror of the tail segment's size stays exact.
+// Lock order: writeMu, then readMu, then mu. Nothing calls into tidwall/wal
+// while holding mu. Only the committer (the writer goroutine, or an
+// appender leading a group commit), holding writeMu, writes to tidwall/wal,
+// truncates it or replaces it (after a write that failed for lack of room),
+// so its mirror of the tail segment's size stays exact.
 type Log struct {
 	dir  string
 	id   uint64
@@ -31,6 +34,7 @@ type Log struct {
 	lg   *slog.Logger
 	m    *metrics
 	w    *twal.Log
+	twop twal.Options // how w was opened, to open it again
 	sync func() error // fsync of the tail segment; replaced by fault tests
 
 	quit      chan struct{}  // closed by Close once no append can be accepted
@@ -56,15 +60,20 @@ type Log struct {
 
 	// writeMu is held by whoever writes to or truncates tidwall/wal; it
 	// guards the fields below it.
-	writeMu   sync.Mutex
-	tailBytes int // bytes in the tail segment, mirroring tidwall/wal's cycling
-	batch     twal.Batch
-	frame     []byte
+	writeMu    sync.Mutex
+	tailBytes  int // bytes in the tail segment, mirroring tidwall/wal's cycling
+	batch      twal.Batch
+	frame      []byte
+	syncFailed bool // an fsync inside the current write failed (fail stop)
+	skipSync   bool // closing w after a write that failed for lack of room: no fsync
 
 	mu             sync.Mutex
 	closed         bool
-	err            error  // sticky write failure: fail stop
-	relErr         error  // the final release mark could not be written
+	err            error // sticky write failure: fail stop
+	relErr         error // the final release mark could not be written
+	noSpace        error // the last append that failed for lack of room, until one succeeds
+	noSpaceUntil   time.Time
+	markNoSpace    bool   // the release mark could not be written for lack of room
 	first          uint64 // first index on disk
 	last           uint64 // last committed (fsynced) index
 	released       uint64 // consumers are done with every index <= released
@@ -128,17 +137,40 @@ func Open(dir string, opts Options, reg prometheus.Registerer, lg *slog.Logger) 
 }
 
 func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
-	res, err := scan(dir, lg)
+	created, hasMark, err := readSizeMark(dir)
+	if errors.Is(err, errSizeMarkDamaged) {
+		// Without the mark a short last segment cannot be told from a
+		// sound one: nothing is checked this once, and the mark is
+		// written again below.
+		if lg != nil {
+			lg.Warn("wal: segment size mark damaged; the last segment's size is not checked this time", "dir", dir)
+		}
+		err = nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
+	if !hasMark {
+		created = 0
+	}
+	res, err := scan(dir, scanOptions{lg: lg, createdSize: created, repairTruncated: opts.RepairTruncated})
 	if err != nil {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
 	m.repairs.Add(float64(res.repairs))
-	id, created, err := loadID(dir)
+	m.dropped.Add(float64(res.dropped))
+	id, created2, err := loadID(dir)
 	if err != nil {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
-	if created && len(res.segs) > 0 && res.segs[len(res.segs)-1].first+res.segs[len(res.segs)-1].count > 1 && lg != nil {
+	if created2 && len(res.segs) > 0 && res.segs[len(res.segs)-1].first+res.segs[len(res.segs)-1].count > 1 && lg != nil {
 		lg.Warn("wal: log identity missing or damaged; a new one was drawn, so consumers may see retained entries again", "dir", dir)
+	}
+	if err := markSegmentSize(dir, opts, res, created, hasMark); err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
+	if err := os.Remove(filepath.Join(dir, sparseTmpName)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("wal: open %s: remove leftover: %w", dir, err)
 	}
 
 	l := &Log{
@@ -188,6 +220,19 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, &CorruptionError{Segment: segmentName(released + 1),
 			Offset: -1, Index: released + 1, Err: fmt.Errorf("%w: entries %d to %d are gone", errMissingSegment, released+1, l.first-1)})
 	}
+	if released > l.last && res.newID {
+		// Consumers were done with entries that a truncation took and the
+		// repair gave up: under the new identity the indexes after the
+		// last kept entry are new ones, never released.
+		if lg != nil {
+			lg.Warn("wal: release mark beyond the entries a repair kept; moved back to the last of them", "dir", dir,
+				"released", released, "last", l.last)
+		}
+		released = l.last
+		if err := writeRelease(dir, released); err != nil {
+			return nil, fmt.Errorf("wal: open %s: move release mark: %w", dir, err)
+		}
+	}
 	if released > l.last {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, &CorruptionError{Segment: segmentName(l.segStarts[len(l.segStarts)-1]),
 			Offset: -1, Index: l.last + 1, Err: fmt.Errorf("release mark %d is beyond the last entry %d", released, l.last)})
@@ -208,14 +253,14 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 	if !opts.NoPreallocate {
 		// A new log's first segment is preallocated too, so its spare is
 		// written before the log is created.
-		l.spare = newSpare(dir, int64(opts.SegmentBytes+opts.SegmentBytes/16), lg, len(res.segs) == 0)
+		l.spare = newSpare(dir, opts.segmentFileBytes(), lg, m.noSpaceTotal, len(res.segs) == 0)
 	}
 	defer func() {
 		if !opened {
 			l.spare.close()
 		}
 	}()
-	l.w, err = twal.Open(dir, &twal.Options{
+	l.twop = twal.Options{
 		NoSync:           true, // we fsync ourselves, once per group commit, and time it
 		SegmentSize:      opts.SegmentBytes,
 		LogFormat:        twal.Binary,
@@ -232,8 +277,10 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 			}
 			return f, err
 		},
-		SyncFile: datasync,
-	})
+		SyncFile: l.syncFile,
+	}
+	twop := l.twop
+	l.w, err = twal.Open(dir, &twop)
 	if err != nil {
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
@@ -249,7 +296,7 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		l.w.Close()
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
-	l.sync = l.w.Sync
+	l.sync = func() error { return l.w.Sync() }
 	l.updateDepth()
 	opened = true
 	return l, nil
@@ -333,6 +380,8 @@ func (l *Log) admit(bytes, entries int64) error {
 		return l.err
 	case l.closed:
 		return ErrClosed
+	case l.noSpace != nil && time.Now().Before(l.noSpaceUntil):
+		return l.noSpace
 	}
 	depthBytes, depthEntries := l.depthLocked()
 	if depthBytes+l.pendingBytes+bytes > l.opts.MaxBytes ||
@@ -443,18 +492,30 @@ func (l *Log) writer() {
 
 // commit writes one group, fsyncs, publishes the new entries and answers
 // every request in it. The caller holds writeMu.
+//
+// A write that fails for lack of room (ENOSPC, EDQUOT) with no fsync
+// failed is undone (undoWrite): the group is answered with ErrNoSpace, and
+// the log stays as it was. Any other failure is sticky (fail stop).
 func (l *Log) commit(group []*request) {
 	l.mu.Lock()
 	err := l.err
 	next := l.last + 1
+	tailStart := l.segStarts[len(l.segStarts)-1]
+	if err == nil && l.noSpace != nil && time.Now().Before(l.noSpaceUntil) {
+		// Room is not back yet: refused without writing.
+		err = l.noSpace
+	}
 	l.mu.Unlock()
 
 	var (
 		entries int
 		sizes   []int64
 		cycled  []uint64 // first indexes of segments the write starts
+		noSpace bool
 	)
 	if err == nil {
+		tailBytes := l.tailBytes
+		l.syncFailed = false
 		l.batch.Clear()
 		if l.tailBytes > l.opts.SegmentBytes {
 			cycled = append(cycled, next)
@@ -477,7 +538,17 @@ func (l *Log) commit(group []*request) {
 		}
 		entries = int(idx - next)
 		err = l.w.WriteBatch(&l.batch)
-		if err == nil {
+		if err != nil && isNoSpace(err) && !l.syncFailed {
+			// Nothing of the group was acknowledged, nor made durable
+			// by an fsync that failed: put the log back as it was.
+			l.m.noSpaceTotal.Inc()
+			if uerr := l.undoWrite(tailStart, tailBytes); uerr != nil {
+				err = fmt.Errorf("%w; undoing it: %w", err, uerr)
+			} else {
+				l.tailBytes = tailBytes
+				noSpace = true
+			}
+		} else if err == nil {
 			start := time.Now()
 			err = l.sync()
 			l.m.fsync.Observe(time.Since(start).Seconds())
@@ -488,20 +559,34 @@ func (l *Log) commit(group []*request) {
 		}
 		if err != nil {
 			err = fmt.Errorf("wal: append: %w", err)
+			if noSpace {
+				err = fmt.Errorf("%w: %w", ErrNoSpace, err)
+			}
 		}
 	}
 
 	l.mu.Lock()
 	l.pendingBytes -= sumBytes(group)
 	l.pendingEntries -= int64(countEntries(group))
-	if err != nil {
+	switch {
+	case noSpace:
+		if l.noSpace == nil && l.lg != nil {
+			l.lg.Warn("wal: disk full; appends are refused (backpressure) until there is room again",
+				"dir", l.dir, "err", err)
+		}
+		l.noSpace = err
+		l.noSpaceUntil = time.Now().Add(l.opts.NoSpaceRetry)
+		l.m.noSpace.Set(1)
+	case err != nil && errors.Is(err, ErrNoSpace) && l.err == nil:
+		// Refused without writing (above).
+	case err != nil:
 		if l.err == nil {
 			l.err = err
 			l.m.failed.Set(1)
 			l.wakeLocked()
 		}
 		err = l.err
-	} else {
+	default:
 		l.last = next + uint64(entries) - 1
 		l.segStarts = append(l.segStarts, cycled...)
 		prev := l.cumBase
@@ -512,6 +597,13 @@ func (l *Log) commit(group []*request) {
 			prev += sz
 			l.cum = append(l.cum, prev)
 		}
+		if l.noSpace != nil {
+			l.noSpace = nil
+			if l.lg != nil {
+				l.lg.Info("wal: room on disk again; appends are taken", "dir", l.dir)
+			}
+		}
+		l.m.noSpace.Set(b2f(l.markNoSpace))
 		l.wakeLocked()
 	}
 	db, de := l.depthLocked()
@@ -527,6 +619,84 @@ func (l *Log) commit(group []*request) {
 		r.err = err
 		r.done <- struct{}{}
 	}
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// undoWrite puts the log back as it was before a group commit whose write
+// failed for lack of room: tidwall/wal's memory and the files on disk.
+// tailStart is the first index of the tail segment before the write, and
+// tailBytes the bytes of its entries. The caller holds writeMu.
+//
+// After a failed write tidwall/wal is out of step with what it stands for:
+// its tail buffer holds the group's entries (its last index, too, if the
+// write crossed into a new segment), its file offset is past whatever
+// part of them reached the file, and a segment the write moved to may be
+// open, or half made. So it is closed (with no fsync: nothing of the write
+// is to be kept) and opened again from the files, once they are put back:
+//   - segment files started by the write are removed: they hold nothing
+//     but the group's entries;
+//   - the bytes the write left in the tail after its entries are zeroed
+//     (they were the group's entries; kept, they would read as entries
+//     that were never acknowledged, and could be overwritten only in part
+//     by the next write) and fsynced. A move to a new segment fsyncs the
+//     old one first, so entries of the group may have been durable there
+//     for a moment: it is their removal that is made durable here.
+//
+// The blocks it zeroes hold data, so they need no room. If any step
+// fails, the caller fails the log.
+func (l *Log) undoWrite(tailStart uint64, tailBytes int) error {
+	l.readMu.Lock()
+	defer l.readMu.Unlock()
+	l.skipSync = true
+	l.w.Close() // it fails on the half-made segment, if any; it is dropped either way
+	l.skipSync = false
+	des, err := os.ReadDir(l.dir)
+	if err != nil {
+		return fmt.Errorf("read dir: %w", err)
+	}
+	removed := false
+	for _, de := range des {
+		name := de.Name()
+		if len(name) != 20 {
+			continue
+		}
+		if index, err := strconv.ParseUint(name, 10, 64); err == nil && index > tailStart {
+			if err := os.Remove(filepath.Join(l.dir, name)); err != nil {
+				return fmt.Errorf("remove segment %s: %w", name, err)
+			}
+			removed = true
+		}
+	}
+	if _, err := zeroAfter(filepath.Join(l.dir, segmentName(tailStart)), int64(tailBytes)); err != nil {
+		return fmt.Errorf("zero the write's bytes: %w", err)
+	}
+	if removed {
+		if err := syncDir(l.dir); err != nil {
+			return err
+		}
+	}
+	twop := l.twop
+	w, err := twal.Open(l.dir, &twop)
+	if err != nil {
+		return fmt.Errorf("reopen: %w", err)
+	}
+	first, err1 := w.FirstIndex()
+	last, err2 := w.LastIndex()
+	l.mu.Lock()
+	wantFirst, wantLast := l.first, l.last
+	l.mu.Unlock()
+	if err := errors.Join(err1, err2); err != nil || first != wantFirst || last != wantLast {
+		w.Close()
+		return fmt.Errorf("reopen: log holds %d..%d, want %d..%d: %v", first, last, wantFirst, wantLast, err)
+	}
+	l.w = w
+	return nil
 }
 
 func sumBytes(group []*request) (n int64) {
@@ -580,35 +750,99 @@ func (l *Log) Release(upTo uint64) error {
 }
 
 // releaser makes the release mark durable and truncates released segments.
-// Several Releases in quick succession share one write of the mark.
+// Several Releases in quick succession share one write of the mark. A mark
+// that cannot be written for lack of room is tried again every
+// NoSpaceRetry, and fails nothing: the old mark stays in place (a crash
+// repeats entries, and loses none), and segments wait for the new one to be
+// durable before they are removed.
 func (l *Log) releaser(persisted uint64) {
 	defer l.wg.Done()
+	var retry *time.Timer
+	var retryC <-chan time.Time
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+	}()
 	for {
 		stop := false
 		select {
 		case <-l.relSignal:
+		case <-retryC:
+			retryC = nil
 		case <-l.quit:
 			stop = true
 		}
 		l.mu.Lock()
 		released, failed := l.released, l.err != nil
 		l.mu.Unlock()
-		if released > persisted && !failed {
-			if err := writeRelease(l.dir, released); err != nil {
-				l.fail(err)
-				if stop {
-					l.mu.Lock()
-					l.relErr = fmt.Errorf("wal: close: %w", err)
-					l.mu.Unlock()
-				}
-			} else {
-				persisted = released
-				l.requestTruncate(persisted)
+		if released <= persisted || failed {
+			if stop {
+				return
 			}
+			continue
+		}
+		err := stageRelease(l.dir, released)
+		switch {
+		case err != nil && isNoSpace(err):
+			l.m.noSpaceTotal.Inc()
+			l.setMarkNoSpace(true, err)
+			if stop {
+				l.mu.Lock()
+				l.relErr = fmt.Errorf("wal: close: %w", err)
+				l.mu.Unlock()
+				return
+			}
+			if retryC == nil {
+				if retry == nil {
+					retry = time.NewTimer(l.opts.NoSpaceRetry)
+				} else {
+					retry.Reset(l.opts.NoSpaceRetry)
+				}
+				retryC = retry.C
+			}
+			continue
+		case err == nil:
+			// The rename is in place; an fsync of the directory that
+			// fails leaves it unknown whether it is durable: fail stop.
+			err = syncDir(l.dir)
+		}
+		if err != nil {
+			l.fail(err)
+			if stop {
+				l.mu.Lock()
+				l.relErr = fmt.Errorf("wal: close: %w", err)
+				l.mu.Unlock()
+			}
+		} else {
+			l.setMarkNoSpace(false, nil)
+			persisted = released
+			l.requestTruncate(persisted)
 		}
 		if stop {
 			return
 		}
+	}
+}
+
+// setMarkNoSpace records whether the release mark could not be written for
+// lack of room, logging each change.
+func (l *Log) setMarkNoSpace(on bool, err error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.markNoSpace == on {
+		return
+	}
+	l.markNoSpace = on
+	l.m.noSpace.Set(b2f(on || l.noSpace != nil))
+	if l.lg == nil {
+		return
+	}
+	if on {
+		l.lg.Warn("wal: disk full; the release mark is kept as it was and written again later (released entries stay on disk until then)",
+			"dir", l.dir, "err", err)
+	} else {
+		l.lg.Info("wal: release mark written again", "dir", l.dir)
 	}
 }
 
@@ -661,6 +895,22 @@ func (l *Log) truncateFront(index uint64) {
 		i++
 	}
 	l.segStarts = append(l.segStarts[:0], l.segStarts[i:]...)
+}
+
+// syncFile makes the tail segment's writes durable for tidwall/wal: at each
+// group commit (Log.sync) and when it moves to a new segment. A failure is
+// recorded, so that the write it ends is never taken for one that failed
+// for lack of room and undone: after a failed fsync nothing is undone or
+// tried again (fail stop).
+func (l *Log) syncFile(f *os.File) error {
+	if l.skipSync || f == nil {
+		return nil
+	}
+	err := datasync(f)
+	if err != nil {
+		l.syncFailed = true
+	}
+	return err
 }
 
 // fail makes err the log's sticky failure.

@@ -21,6 +21,9 @@ type metrics struct {
 	truncations  prometheus.Counter
 	failed       prometheus.Gauge
 	segments     *prometheus.CounterVec
+	noSpace      prometheus.Gauge
+	noSpaceTotal prometheus.Counter
+	dropped      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
@@ -54,7 +57,7 @@ func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
 		}),
 		repairs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ingest_wal_repairs_total", ConstLabels: l,
-			Help: "Torn tails truncated and damaged release marks reset when the log was opened.",
+			Help: "Torn tails removed, truncated segments repaired and damaged release marks reset when the log was opened.",
 		}),
 		truncations: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ingest_wal_truncations_total", ConstLabels: l,
@@ -64,16 +67,28 @@ func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
 			Name: "ingest_wal_failed", ConstLabels: l,
 			Help: "1 once a write or fsync failed: the log refuses appends until it is reopened.",
 		}),
+		noSpace: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ingest_wal_no_space", ConstLabels: l,
+			Help: "1 while the log's file system is full (ENOSPC or EDQUOT): appends are refused with ErrNoSpace, or the release mark cannot be written. Nothing is lost; it clears by itself once a write succeeds.",
+		}),
+		noSpaceTotal: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_wal_no_space_total", ConstLabels: l,
+			Help: "Writes that failed for lack of room (appends, release marks, spare segments), each undone and tried again later.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_wal_dropped_entries_total", ConstLabels: l,
+			Help: "Entries, whole or partial, removed by repairs when the log was opened (torn tails, truncated segments repaired on request); the log names their indexes.",
+		}),
 		segments: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ingest_wal_segments_total", ConstLabels: l,
-			Help: "Segment files started, by whether a preallocated spare was ready (preallocated=\"false\": the segment grows as it is written, each sync committing its size).",
+			Help: "Segment files started, by whether a preallocated spare was ready (preallocated=\"false\": the segment's blocks are allocated as it is written, each sync committing them).",
 		}, []string{"preallocated"}),
 	}
 	m.segments.WithLabelValues("true")
 	m.segments.WithLabelValues("false")
 	var err error
 	m.set, err = metricset.Register(reg, m.depthEntries, m.depthBytes, m.fsync, m.batch, m.appended,
-		m.full, m.repairs, m.truncations, m.failed, m.segments)
+		m.full, m.repairs, m.truncations, m.failed, m.segments, m.noSpace, m.noSpaceTotal, m.dropped)
 	return m, err
 }
 

@@ -3,6 +3,7 @@ package wal
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Options configure a Log. The zero value of a field means its default.
@@ -29,6 +30,20 @@ type Options struct {
 	// comparisons and for file systems where writing a file of zeros
 	// ahead is no cheaper than growing one.
 	NoPreallocate bool
+	// RepairTruncated opens a log whose last segment is shorter than the
+	// size it was created with, which no crash can leave (segments are
+	// created at their full size; see doc.go, "Integrity"): someone or
+	// something cut the file, and acknowledged entries may have gone with
+	// it. Without it, Open refuses such a log with a *CorruptionError
+	// naming the segment. With it, Open keeps the whole entries the segment
+	// still holds, logs and counts what it drops, and draws a new log
+	// identity, so that consumers cannot take entries appended from then on
+	// for repeats of lost ones that had the same indexes.
+	RepairTruncated bool
+	// NoSpaceRetry is how long the log refuses appends with ErrNoSpace,
+	// without writing, after a write failed for lack of room; the next
+	// group commit after it tries the disk again. Default 1s.
+	NoSpaceRetry time.Duration
 }
 
 // DefaultOptions returns the options a zero Options stands for.
@@ -37,13 +52,14 @@ func DefaultOptions() Options {
 		SegmentBytes:  4 << 20,
 		MaxBytes:      1 << 30,
 		MaxBatchBytes: 8 << 20,
+		NoSpaceRetry:  time.Second,
 	}
 }
 
 // withDefaults validates o and returns a copy with defaults filled in.
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
-	if o.SegmentBytes < 0 || o.MaxBytes < 0 || o.MaxEntries < 0 || o.MaxBatchBytes < 0 {
+	if o.SegmentBytes < 0 || o.MaxBytes < 0 || o.MaxEntries < 0 || o.MaxBatchBytes < 0 || o.NoSpaceRetry < 0 {
 		return o, errors.New("wal: options must not be negative")
 	}
 	if o.SegmentBytes == 0 {
@@ -55,8 +71,18 @@ func (o Options) withDefaults() (Options, error) {
 	if o.MaxBatchBytes == 0 {
 		o.MaxBatchBytes = d.MaxBatchBytes
 	}
+	if o.NoSpaceRetry == 0 {
+		o.NoSpaceRetry = d.NoSpaceRetry
+	}
 	if o.SegmentBytes < 4096 {
 		return o, fmt.Errorf("wal: segment size %d below 4096 bytes", o.SegmentBytes)
 	}
 	return o, nil
+}
+
+// segmentFileBytes is the size segment files are created with when they are
+// preallocated: a segment ends after the entry that takes it to
+// SegmentBytes, so a sixteenth more leaves room for that entry.
+func (o Options) segmentFileBytes() int64 {
+	return int64(o.SegmentBytes + o.SegmentBytes/16)
 }

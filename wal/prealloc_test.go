@@ -117,7 +117,7 @@ func TestPreallocatedDamage(t *testing.T) {
 			damage: func(t *testing.T, dir string, segs []string) {
 				mutate(t, segs[3], zero(tailEnd-20, tailEnd))
 			},
-			want: want{last: corruptEntries - 1, repairs: 1},
+			want: want{last: corruptEntries - 1, repairs: 1, dropped: 1},
 		},
 		{
 			// A later page of an unacknowledged write, after a power loss.
@@ -125,7 +125,7 @@ func TestPreallocatedDamage(t *testing.T) {
 			damage: func(t *testing.T, dir string, segs []string) {
 				mutate(t, segs[3], set(tailEnd+1000, 1))
 			},
-			want: want{last: corruptEntries, repairs: 1},
+			want: want{last: corruptEntries, repairs: 1, dropped: 1},
 		},
 		{
 			// A power loss kept the blocks of entry 119 from the disk and
@@ -135,7 +135,7 @@ func TestPreallocatedDamage(t *testing.T) {
 			damage: func(t *testing.T, dir string, segs []string) {
 				mutate(t, segs[3], zero(tailEnd-2*storedEntry, tailEnd-storedEntry))
 			},
-			want: want{last: corruptEntries - 2, repairs: 1},
+			want: want{last: corruptEntries - 2, repairs: 1, dropped: 2},
 		},
 		{
 			// Entries 115 and 116 acknowledged, 117 to 120 written by one
@@ -146,7 +146,9 @@ func TestPreallocatedDamage(t *testing.T) {
 			damage: func(t *testing.T, dir string, segs []string) {
 				mutate(t, segs[3], zero(2*storedEntry, 512))
 			},
-			want: want{last: corruptEntries - 4, repairs: 1},
+			// Entries wholly inside the lost sector cannot be told
+			// apart: the count is the damaged one and 120.
+			want: want{last: corruptEntries - 4, repairs: 1, dropped: 2},
 		},
 		{
 			// Zeros that no lost sector explains (they end before the
@@ -175,6 +177,82 @@ func TestPreallocatedDamage(t *testing.T) {
 			want: want{segment: "00000000000000000076", offset: -1, index: 76},
 		},
 		{
+			// No crash leaves a segment shorter than it was created:
+			// the entries it held are gone, how many cannot be known.
+			name: "last segment truncated to 0 bytes",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return b[:0] })
+			},
+			want: want{segment: "00000000000000000115", offset: 0, index: 115},
+		},
+		{
+			// Half of its six entries: 115 to 117 are left.
+			name: "last segment truncated to half of its entries",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return b[:tailEnd/2] })
+			},
+			want: want{segment: "00000000000000000115", offset: 3 * storedEntry, index: 118},
+		},
+		{
+			name: "last segment truncated inside an entry",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return b[:tailEnd/2+50] })
+			},
+			want: want{segment: "00000000000000000115", offset: 3 * storedEntry, index: 118},
+		},
+		{
+			// Every entry still there, but the file is short: nothing
+			// says that nothing followed them.
+			name: "last segment truncated after its entries",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return b[:tailEnd] })
+			},
+			want: want{segment: "00000000000000000115", offset: int64(tailEnd), index: corruptEntries + 1},
+		},
+		{
+			name: "last segment truncated to 0 bytes, repaired",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return b[:0] })
+			},
+			repair: true,
+			want:   want{last: 114, repairs: 1, newID: true},
+		},
+		{
+			name: "last segment truncated to half of its entries, repaired",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return b[:tailEnd/2] })
+			},
+			repair: true,
+			want:   want{last: 117, repairs: 1, newID: true},
+		},
+		{
+			// The partial entry is dropped and counted.
+			name: "last segment truncated inside an entry, repaired",
+			damage: func(t *testing.T, dir string, segs []string) {
+				mutate(t, segs[3], func(b []byte) []byte { return b[:tailEnd/2+50] })
+			},
+			repair: true,
+			want:   want{last: 117, repairs: 1, dropped: 1, newID: true},
+		},
+		{
+			// The release mark passed entries the truncation took: the
+			// repair moves it back to the last entry kept.
+			name: "last segment truncated below the release mark, repaired",
+			damage: func(t *testing.T, dir string, segs []string) {
+				writeReleaseMarkOpts(t, dir, preallocOpts, 119)
+				mutate(t, segs[3], func(b []byte) []byte { return b[:tailEnd/2+50] })
+			},
+			repair: true,
+			want:   want{last: 117, repairs: 1, dropped: 1, newID: true, released: 117},
+		},
+		{
+			// The repair option changes nothing for a sound log.
+			name:   "repair option on an intact log",
+			damage: func(t *testing.T, dir string, segs []string) {},
+			repair: true,
+			want:   want{last: corruptEntries},
+		},
+		{
 			// A spare left by a run that died writing it, and one with a
 			// stray byte: neither is used as it is.
 			name: "damaged spare segments",
@@ -194,27 +272,41 @@ func TestPreallocatedDamage(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			dir, segs := buildPreallocated(t)
+			id := readID(t, dir)
 			tt.damage(t, dir, segs)
-			l := openDamaged(t, dir, preallocOpts, tt.want)
+			opts := preallocOpts
+			opts.RepairTruncated = tt.repair
+			l := openDamaged(t, dir, opts, tt.want)
 			if l == nil {
 				return
+			}
+			if newID := l.ID() != id; newID != tt.want.newID {
+				t.Fatalf("new identity %v, want %v", newID, tt.want.newID)
 			}
 			// Enough appends to move to two new segments, each on a
 			// spare: the spares written after the damage are sound.
 			last := int(tt.want.last)
 			appendPrealloc(t, l, dir, last+1, last+2*perSegment)
 			l.Close()
-			l2, err := wal.Open(dir, preallocOpts, prometheus.NewRegistry(), nil)
+			// Without the repair option: a repaired log is sound.
+			reg2 := prometheus.NewRegistry()
+			l2, err := wal.Open(dir, preallocOpts, reg2, nil)
 			if err != nil {
 				t.Fatalf("reopen: %v", err)
 			}
 			defer l2.Close()
+			if got := metricValue(t, reg2, "ingest_wal_repairs_total", "test"); got != 0 {
+				t.Fatalf("second open repaired %v times", got)
+			}
+			// Every entry after the release mark (0 but where a row
+			// moves it).
 			es := readAll(t, l2, 0)
-			if len(es) != last+2*perSegment {
-				t.Fatalf("read %d entries, want %d", len(es), last+2*perSegment)
+			rel := int(tt.want.released)
+			if len(es) != last+2*perSegment-rel {
+				t.Fatalf("read %d entries, want %d", len(es), last+2*perSegment-rel)
 			}
 			for i, e := range es {
-				if e.Index != uint64(i+1) || !bytes.Equal(e.Data, corruptPayload(i+1)) {
+				if e.Index != uint64(rel+i+1) || !bytes.Equal(e.Data, corruptPayload(rel+i+1)) {
 					t.Fatalf("entry %d damaged", e.Index)
 				}
 			}
@@ -254,6 +346,17 @@ func TestSegmentsMetric(t *testing.T) {
 			}
 		})
 	}
+}
+
+// readID returns the identity of the closed log in dir.
+func readID(t *testing.T, dir string) uint64 {
+	t.Helper()
+	l, err := wal.Open(dir, wal.Options{Hop: "test", SegmentBytes: 4096}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.ID()
 }
 
 func segmentsMetric(t *testing.T, reg *prometheus.Registry, preallocated string) float64 {

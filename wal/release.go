@@ -17,9 +17,8 @@ import (
 //	[4:12]  released index, little-endian uint64
 //	[12:16] CRC32C of bytes [0:12]
 const (
-	releaseFile    = "released"
-	releaseTmpFile = "released.tmp"
-	releaseSize    = 16
+	releaseFile = "released" // written aside as released.tmp
+	releaseSize = 16
 )
 
 var (
@@ -61,26 +60,19 @@ func readRelease(dir string) (upTo uint64, ok bool, err error) {
 
 // writeRelease makes upTo the durable release mark in dir.
 func writeRelease(dir string, upTo uint64) error {
-	tmp := filepath.Join(dir, releaseTmpFile)
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
-	if err != nil {
-		return fmt.Errorf("create release mark: %w", err)
-	}
-	if _, err := f.Write(encodeRelease(upTo)); err != nil {
-		f.Close()
-		return fmt.Errorf("write release mark: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync release mark: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close release mark: %w", err)
-	}
-	if err := os.Rename(tmp, filepath.Join(dir, releaseFile)); err != nil {
-		return fmt.Errorf("rename release mark: %w", err)
+	if err := stageRelease(dir, upTo); err != nil {
+		return err
 	}
 	return syncDir(dir)
+}
+
+// stageRelease writes upTo as the release mark in dir, durable once dir is
+// fsynced (stageFile). On a failure the old mark stays in place.
+func stageRelease(dir string, upTo uint64) error {
+	if err := stageFile(dir, releaseFile, encodeRelease(upTo)); err != nil {
+		return fmt.Errorf("write release mark: %w", err)
+	}
+	return nil
 }
 
 // mkdirDurable creates dir and any missing parents, and fsyncs the parent

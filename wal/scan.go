@@ -22,7 +22,22 @@ type segment struct {
 type scanResult struct {
 	segs    []segment
 	sizes   []int64 // payload size of every entry, from segs[0].first on
-	repairs int     // torn tails truncated
+	repairs int     // torn tails removed, truncated segments repaired
+	dropped int     // entries, whole or partial, that repairs removed
+	newID   bool    // a repair drew a new log identity
+}
+
+// scanOptions say how the open-time scan judges and repairs the last
+// segment.
+type scanOptions struct {
+	lg *slog.Logger
+	// createdSize is the size every segment file was created with (the
+	// size mark), or 0 when segments may be shorter (sizemark.go). A last
+	// segment shorter than it was truncated, which no crash does.
+	createdSize int64
+	// repairTruncated repairs a truncated last segment rather than refuse
+	// it (Options.RepairTruncated).
+	repairTruncated bool
 }
 
 func segmentName(index uint64) string {
@@ -88,9 +103,12 @@ func listSegments(dir string) ([]segment, error) {
 // scan reads and verifies every entry of every segment. Zeros after a
 // segment's last entry are its free space (segments are preallocated). Damage
 // in the last segment that no intact entry follows is a torn tail (the write
-// that was in progress when the process died): it is truncated away and
-// fsynced. Any other damage is a *CorruptionError.
-func scan(dir string, lg *slog.Logger) (*scanResult, error) {
+// that was in progress when the process died): it is removed and the file
+// synced. A last segment shorter than its created size was truncated: it is
+// a *CorruptionError unless o.repairTruncated. Any other damage is a
+// *CorruptionError. Every repair is logged with the index of the first entry
+// it removes and how many it removes.
+func scan(dir string, o scanOptions) (*scanResult, error) {
 	segs, err := listSegments(dir)
 	if err != nil {
 		return nil, err
@@ -110,41 +128,127 @@ func scan(dir string, lg *slog.Logger) (*scanResult, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read segment: %w", err)
 		}
+		fileSize := int64(len(data))
 		pos := 0
+		var ferr error
 		for pos < len(data) {
 			if data[pos] == 0 && isZero(data[pos:]) {
-				// The rest of a preallocated segment (spare.go).
-				data = data[:pos]
+				break // the rest of a preallocated segment (spare.go)
+			}
+			payload, n, err := nextEntry(data[pos:])
+			if err != nil {
+				ferr = err
 				break
 			}
-			payload, n, ferr := nextEntry(data[pos:])
-			if ferr == nil {
-				res.sizes = append(res.sizes, int64(len(payload)))
-				s.count++
-				pos += n
-				continue
-			}
+			res.sizes = append(res.sizes, int64(len(payload)))
+			s.count++
+			pos += n
+		}
+		s.size = int64(pos)
+		last := i == len(segs)-1
+		if ferr != nil {
 			cerr := &CorruptionError{Segment: s.name, Offset: int64(pos), Index: s.first + s.count, Err: ferr}
-			if i != len(segs)-1 {
+			if !last {
 				return nil, cerr
 			}
 			if next := intactAfter(data, pos); next >= 0 && !lostSector(data, pos, next) {
 				return nil, cerr
 			}
-			if err := truncateFile(path, int64(pos)); err != nil {
-				return nil, fmt.Errorf("repair torn tail: %w", err)
+		}
+		if !last {
+			continue
+		}
+		next := s.first + s.count // index of the first entry not kept
+		switch {
+		case o.createdSize > 0 && fileSize < o.createdSize:
+			terr := &CorruptionError{Segment: s.name, Offset: int64(pos), Index: next,
+				Err: fmt.Errorf("%w: %d bytes, created with %d: whatever it held from index %d on is gone, acknowledged entries among it; "+
+					"the repair option keeps its %d whole entries and gives the log a new identity",
+					errTruncated, fileSize, o.createdSize, next, s.count)}
+			if !o.repairTruncated {
+				return nil, terr
 			}
-			if lg != nil {
-				lg.Warn("wal: repaired torn tail", "dir", dir, "segment", s.name,
-					"offset", pos, "bytes_dropped", len(data)-pos, "cause", ferr)
+			dropped := 0
+			if ferr != nil {
+				dropped = droppedEntries(data, pos)
+			}
+			// The entries from next on may have reached consumers: the
+			// indexes they had must not name other entries under the same
+			// identity. The new identity is durable before the segment
+			// changes, so a crash in between repairs again.
+			if _, err := drawID(dir); err != nil {
+				return nil, fmt.Errorf("repair truncated segment: %w", err)
+			}
+			res.newID = true
+			if _, err := zeroAfter(path, int64(pos)); err != nil {
+				return nil, fmt.Errorf("repair truncated segment: %w", err)
+			}
+			if o.lg != nil {
+				o.lg.Error("wal: repaired a truncated segment: entries from the first lost index on are gone, "+
+					"how many cannot be known; the log has a new identity", "dir", dir, "segment", s.name,
+					"bytes", fileSize, "created_bytes", o.createdSize, "kept_entries", s.count,
+					"first_lost_index", next, "partial_entries_dropped", dropped)
 			}
 			res.repairs++
-			data = data[:pos]
+			res.dropped += dropped
+		case ferr != nil:
+			dropped := droppedEntries(data, pos)
+			var (
+				extent int64
+				err    error
+			)
+			if o.createdSize > 0 {
+				// The file keeps its created size (sizemark.go).
+				extent, err = zeroAfter(path, int64(pos))
+			} else {
+				extent = nonZeroExtent(data, pos)
+				err = truncateFile(path, int64(pos))
+			}
+			if err != nil {
+				return nil, fmt.Errorf("repair torn tail: %w", err)
+			}
+			if o.lg != nil {
+				o.lg.Warn("wal: repaired torn tail (an unacknowledged write cut short)", "dir", dir, "segment", s.name,
+					"offset", pos, "bytes_dropped", extent, "first_dropped_index", next,
+					"entries_dropped", dropped, "cause", ferr)
+			}
+			res.repairs++
+			res.dropped += dropped
 		}
-		s.size = int64(len(data))
 	}
 	res.segs = segs
 	return res, nil
+}
+
+// droppedEntries counts the entries a repair at pos removes: the damaged one
+// at pos, and every intact one after it. Entries wholly inside damaged
+// bytes cannot be told apart, so it is a lower bound.
+func droppedEntries(data []byte, pos int) int {
+	n := 1
+	for p := intactAfter(data, pos); p >= 0; {
+		_, m, err := nextEntry(data[p:])
+		if err != nil {
+			n++ // damage again
+			p = intactAfter(data, p)
+			continue
+		}
+		n++
+		p += m
+		if p >= len(data) || data[p] == 0 && isZero(data[p:]) {
+			break
+		}
+	}
+	return n
+}
+
+// nonZeroExtent returns how many bytes from pos to the last non-zero byte
+// of data there are.
+func nonZeroExtent(data []byte, pos int) int64 {
+	end := len(data)
+	for end > pos && data[end-1] == 0 {
+		end--
+	}
+	return int64(end - pos)
 }
 
 // nextEntry decodes the entry at the start of b as tidwall/wal stores it (a

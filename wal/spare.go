@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Segment files are preallocated: each new segment is a file of zeros
@@ -22,16 +24,21 @@ import (
 //
 // A spare goroutine keeps one such file ready, so that the zeros are never
 // written on the way to an acknowledgement. If none is ready when a segment
-// starts (a new log, or a burst that uses segments faster than they are
-// prepared), the segment is created empty and grows as before; fdatasync
-// then flushes the size with the data. Either way the bytes after a
-// segment's last entry are zeros, and a zero byte where an entry would
-// start ends the segment (entries are never empty: every one has a frame
-// header).
+// starts (a burst that uses segments faster than they are prepared, or a
+// disk too full to prepare one), the segment is created as a sparse file of
+// the same size instead: made aside, given its size without writing it,
+// fsynced and renamed into place. Its blocks are then allocated as entries
+// are written, and fdatasync commits them with the data, as for a file that
+// grows; but its size is the full size from the moment it has its name, so
+// that a last segment shorter than that is damage, never what a crash left
+// (sizemark.go). Either way the bytes after a segment's last entry are
+// zeros, and a zero byte where an entry would start ends the segment
+// (entries are never empty: every one has a frame header).
 const (
-	spareName    = "segment.spare"     // a complete file of zeros, fsynced
-	spareTmpName = "segment.spare.tmp" // being written
-	spareChunk   = 256 << 10           // written and flushed a chunk at a time
+	spareName     = "segment.spare"      // a complete file of zeros, fsynced
+	spareTmpName  = "segment.spare.tmp"  // being written
+	sparseTmpName = "segment.sparse.tmp" // a sparse segment file being made
+	spareChunk    = 256 << 10            // written and flushed a chunk at a time
 )
 
 // errSpareClosed ends a preparation cut short by Close.
@@ -39,9 +46,10 @@ var errSpareClosed = errors.New("wal: log closed while preparing a spare segment
 
 // spare prepares preallocated segment files in a directory.
 type spare struct {
-	dir  string
-	size int64
-	lg   *slog.Logger
+	dir     string
+	size    int64
+	lg      *slog.Logger
+	noSpace prometheus.Counter // counts preparations a full disk cut short; may be nil
 
 	mu     sync.Mutex
 	ready  bool  // spareName is complete
@@ -54,8 +62,8 @@ type spare struct {
 
 // newSpare starts preparing spare segment files of size bytes in dir. With
 // now, it prepares the first before it returns.
-func newSpare(dir string, size int64, lg *slog.Logger, now bool) *spare {
-	s := &spare{dir: dir, size: size, lg: lg, want: make(chan struct{}, 1),
+func newSpare(dir string, size int64, lg *slog.Logger, noSpace prometheus.Counter, now bool) *spare {
+	s := &spare{dir: dir, size: size, lg: lg, noSpace: noSpace, want: make(chan struct{}, 1),
 		quit: make(chan struct{}), done: make(chan struct{})}
 	if now {
 		s.prepared(s.prepare())
@@ -93,10 +101,13 @@ func (s *spare) prepared(err error) {
 		return
 	}
 	if err != nil && s.failed == nil && s.lg != nil {
-		s.lg.Warn("wal: cannot preallocate the next segment; segments grow as they are written",
+		s.lg.Warn("wal: cannot preallocate the next segment; segments are started sparse",
 			"dir", s.dir, "err", err)
 	}
 	s.failed = err
+	if isNoSpace(err) && s.noSpace != nil {
+		s.noSpace.Inc()
+	}
 }
 
 // prepare makes spareName a complete, durable file of zeros: it keeps one
@@ -107,6 +118,19 @@ func (s *spare) prepare() error {
 		return err
 	}
 	tmp := filepath.Join(s.dir, spareTmpName)
+	err := s.write(tmp)
+	if err != nil {
+		// A spare that a full disk cut short holds room that appends need.
+		os.Remove(tmp)
+		return err
+	}
+	// No fsync of the directory: the rename into a segment's name is made
+	// durable by the one that follows a new segment (Log.commit).
+	return os.Rename(tmp, path)
+}
+
+// write writes tmp as a complete, durable file of zeros.
+func (s *spare) write(tmp string) error {
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
 	if err != nil {
 		return err
@@ -128,7 +152,6 @@ func (s *spare) prepare() error {
 		select {
 		case <-s.quit:
 			f.Close()
-			os.Remove(tmp)
 			return errSpareClosed
 		default:
 		}
@@ -137,12 +160,7 @@ func (s *spare) prepare() error {
 		f.Close()
 		return err
 	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	// No fsync of the directory: the rename into a segment's name is made
-	// durable by the one that follows a new segment (Log.commit).
-	return os.Rename(tmp, path)
+	return f.Close()
 }
 
 // allZeros reports whether path is a file of size zeros. A missing file is
@@ -190,9 +208,10 @@ func isZero(b []byte) bool {
 var zeroPage [4096]byte
 
 // create returns the file for a new segment at path, open for writing at
-// offset 0: the spare renamed into place if one is ready, else a new empty
-// file; and whether it is the spare. It asks for the next spare either way.
-// A nil spare (preallocation turned off) creates an empty file.
+// offset 0: the spare renamed into place if one is ready, else a sparse
+// file of the same size; and whether it is the spare. It asks for the next
+// spare either way. A nil spare (preallocation turned off) creates an empty
+// file.
 func (s *spare) create(path string) (f *os.File, preallocated bool, err error) {
 	if s == nil {
 		f, err = createEmpty(path)
@@ -210,7 +229,7 @@ func (s *spare) create(path string) (f *os.File, preallocated bool, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.ready {
-		f, err = createEmpty(path)
+		f, err = s.createSparse(path)
 		return f, false, err
 	}
 	s.ready = false
@@ -218,9 +237,9 @@ func (s *spare) create(path string) (f *os.File, preallocated bool, err error) {
 	if errors.Is(err, os.ErrNotExist) {
 		// Removed behind the log's back: do without.
 		if s.lg != nil {
-			s.lg.Warn("wal: the spare segment file is gone; this segment grows as it is written", "dir", s.dir)
+			s.lg.Warn("wal: the spare segment file is gone; this segment is started sparse", "dir", s.dir)
 		}
-		f, err = createEmpty(path)
+		f, err = s.createSparse(path)
 		return f, false, err
 	}
 	if err != nil {
@@ -228,6 +247,32 @@ func (s *spare) create(path string) (f *os.File, preallocated bool, err error) {
 	}
 	f, err = os.OpenFile(path, os.O_WRONLY, 0)
 	return f, true, err
+}
+
+// createSparse makes the file of a new segment at path as a sparse file of
+// the spare's size: created aside, sized without being written, fsynced and
+// renamed into place, so that the segment's name never stands for a file
+// shorter than that. The caller fsyncs the directory before anything in it
+// is acknowledged.
+func (s *spare) createSparse(path string) (*os.File, error) {
+	tmp := filepath.Join(s.dir, sparseTmpName)
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o640)
+	if err != nil {
+		return nil, fmt.Errorf("sparse segment: %w", err)
+	}
+	err = f.Truncate(s.size)
+	if err == nil {
+		err = f.Sync()
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return nil, fmt.Errorf("sparse segment: %w", err)
+	}
+	return f, nil
 }
 
 // createEmpty creates an empty segment file at path.

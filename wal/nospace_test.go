@@ -1,0 +1,197 @@
+package wal_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/internal/tmpfs"
+	"github.com/ingest-io/ingest/wal"
+)
+
+func noSpacePayload(w, i int) []byte {
+	return []byte(fmt.Sprintf("w%02d-%06d|%s", w, i, strings.Repeat("p", 180)))
+}
+
+// TestNoSpaceIsBackpressure fills the file system under a log while
+// appenders keep appending, then frees it. While it is full, appends fail
+// with ErrNoSpace and the log does not fail; once room is back they succeed
+// again by themselves. Every append that returned an index is in the log
+// once, in order, and no refused one is: a write that met ENOSPC is undone,
+// in memory and on disk.
+func TestNoSpaceIsBackpressure(t *testing.T) {
+	for _, prealloc := range []bool{true, false} {
+		t.Run(fmt.Sprintf("prealloc=%v", prealloc), func(t *testing.T) {
+			dir := filepath.Join(tmpfs.Mount(t, 1<<20), "wal")
+			opts := wal.Options{Hop: "test", SegmentBytes: 16 << 10, NoSpaceRetry: 20 * time.Millisecond, NoPreallocate: !prealloc}
+			reg := prometheus.NewRegistry()
+			l := openLog(t, dir, opts, reg)
+
+			const writers = 6
+			var (
+				mu      sync.Mutex
+				acked   = map[string]uint64{} // payload -> index
+				refused int
+				stop    = make(chan struct{})
+				wg      sync.WaitGroup
+			)
+			for w := range writers {
+				wg.Go(func() {
+					for i := 0; ; {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						p := noSpacePayload(w, i)
+						idx, err := l.Append(context.Background(), p)
+						switch {
+						case err == nil:
+							mu.Lock()
+							acked[string(p)] = idx
+							mu.Unlock()
+							i++ // the next one; a refused one is sent again, as a device would
+						case errors.Is(err, wal.ErrNoSpace):
+							mu.Lock()
+							refused++
+							mu.Unlock()
+							time.Sleep(time.Millisecond)
+						default:
+							t.Errorf("append: %v", err)
+							return
+						}
+					}
+				})
+			}
+			count := func() (int, int) {
+				mu.Lock()
+				defer mu.Unlock()
+				return len(acked), refused
+			}
+			wal.WaitFor(t, "appends", func() bool { n, _ := count(); return n > 200 })
+			filler := tmpfs.Fill(t, filepath.Dir(dir))
+			wal.WaitFor(t, "appends refused for lack of room", func() bool { _, r := count(); return r > 50 })
+			if err := l.Err(); err != nil {
+				t.Fatalf("log failed on a full disk: %v", err)
+			}
+			if got := metricValue(t, reg, "ingest_wal_no_space", "test"); got != 1 {
+				t.Fatalf("ingest_wal_no_space %v while appends are refused", got)
+			}
+			if got := metricValue(t, reg, "ingest_wal_no_space_total", "test"); got == 0 {
+				t.Fatal("no failed write counted")
+			}
+			// A spare that the full disk cut short does not keep the room it took.
+			if prealloc {
+				wal.WaitFor(t, "no half-written spare", func() bool {
+					_, err := os.Stat(filepath.Join(dir, "segment.spare.tmp"))
+					return os.IsNotExist(err)
+				})
+			}
+			n0, _ := count()
+			if err := os.Remove(filler); err != nil {
+				t.Fatal(err)
+			}
+			wal.WaitFor(t, "appends taken again", func() bool { n, _ := count(); return n > n0+500 })
+			close(stop)
+			wg.Wait()
+			wal.WaitFor(t, "the no-space gauge cleared", func() bool {
+				return metricValue(t, reg, "ingest_wal_no_space", "test") == 0
+			})
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			reg2 := prometheus.NewRegistry()
+			l2 := openLog(t, dir, opts, reg2)
+			if got := metricValue(t, reg2, "ingest_wal_repairs_total", "test"); got != 0 {
+				t.Fatalf("%v repairs after a clean close", got)
+			}
+			es := readAll(t, l2, 0)
+			n, r := count()
+			t.Logf("%d appends acknowledged, %d refused for lack of room; %d entries in the log", n, r, len(es))
+			if len(es) != n {
+				t.Fatalf("%d entries in the log, %d acknowledged", len(es), n)
+			}
+			next := map[int]int{}
+			for i, e := range es {
+				idx, ok := acked[string(e.Data)]
+				if !ok || idx != e.Index || e.Index != uint64(i+1) {
+					t.Fatalf("entry %d (%.10s) was not acknowledged at that index (%d, %v)", e.Index, e.Data, idx, ok)
+				}
+				var w, seq int
+				fmt.Sscanf(string(e.Data), "w%02d-%06d", &w, &seq)
+				if seq != next[w] {
+					t.Fatalf("entry %d: writer %d's %d, want its %d", e.Index, w, seq, next[w])
+				}
+				next[w]++
+			}
+		})
+	}
+}
+
+// TestReleaseMarkNoSpace: a release mark that cannot be written for lack of
+// room fails nothing. Appends go on into the room the segments already
+// have, the old mark stays, and the mark is written by itself once there is
+// room again.
+func TestReleaseMarkNoSpace(t *testing.T) {
+	dir := filepath.Join(tmpfs.Mount(t, 1<<20), "wal")
+	opts := wal.Options{Hop: "test", SegmentBytes: 64 << 10, NoSpaceRetry: 20 * time.Millisecond}
+	reg := prometheus.NewRegistry()
+	l := openLog(t, dir, opts, reg)
+	ctx := context.Background()
+	for i := range 10 {
+		if _, err := l.Append(ctx, noSpacePayload(0, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Release(5); err != nil {
+		t.Fatal(err)
+	}
+	waitSpareSized(t, dir, int64(opts.SegmentBytes+opts.SegmentBytes/16))
+	filler := tmpfs.Fill(t, filepath.Dir(dir))
+	if err := l.Release(10); err != nil {
+		t.Fatal(err)
+	}
+	wal.WaitFor(t, "the mark refused for lack of room", func() bool {
+		return metricValue(t, reg, "ingest_wal_no_space", "test") == 1
+	})
+	// The preallocated tail still has room: appends are acknowledged.
+	for i := 10; i < 40; i++ {
+		if _, err := l.Append(ctx, noSpacePayload(0, i)); err != nil {
+			t.Fatalf("append %d with the mark unwritten: %v", i, err)
+		}
+	}
+	if err := l.Err(); err != nil {
+		t.Fatalf("log failed: %v", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	wal.WaitFor(t, "the mark written again", func() bool {
+		return metricValue(t, reg, "ingest_wal_no_space", "test") == 0
+	})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l2 := openLog(t, dir, opts, nil)
+	if l2.Released() != 10 || l2.LastIndex() != 40 {
+		t.Fatalf("released %d, last %d after reopening; want 10, 40", l2.Released(), l2.LastIndex())
+	}
+}
+
+// waitSpareSized waits until a spare segment of size bytes is ready in dir.
+func waitSpareSized(t *testing.T, dir string, size int64) {
+	t.Helper()
+	wal.WaitFor(t, "a spare segment", func() bool {
+		fi, err := os.Stat(filepath.Join(dir, "segment.spare"))
+		return err == nil && fi.Size() == size
+	})
+}
