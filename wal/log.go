@@ -83,6 +83,7 @@ type Log struct {
 	pendingBytes   int64   // accepted by Append, not yet committed
 	pendingEntries int64
 	notify         chan struct{} // closed and replaced at each commit
+	failedCh       chan struct{} // closed when err is set
 }
 
 // Entry is one entry read from a Log.
@@ -180,6 +181,7 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		relSignal: make(chan struct{}, 1),
 		truncate:  make(chan uint64, 1),
 		notify:    make(chan struct{}),
+		failedCh:  make(chan struct{}),
 	}
 	if len(res.segs) > 0 {
 		tail := res.segs[len(res.segs)-1]
@@ -580,11 +582,7 @@ func (l *Log) commit(group []*request) {
 	case err != nil && errors.Is(err, ErrNoSpace) && l.err == nil:
 		// Refused without writing (above).
 	case err != nil:
-		if l.err == nil {
-			l.err = err
-			l.m.failed.Set(1)
-			l.wakeLocked()
-		}
+		l.failLocked(err)
 		err = l.err
 	default:
 		l.last = next + uint64(entries) - 1
@@ -917,11 +915,19 @@ func (l *Log) syncFile(f *os.File) error {
 func (l *Log) fail(err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.err == nil {
-		l.err = fmt.Errorf("wal: %w", err)
-		l.m.failed.Set(1)
-		l.wakeLocked()
+	l.failLocked(fmt.Errorf("wal: %w", err))
+}
+
+// failLocked makes err the log's sticky failure, unless it has one. The
+// caller holds mu.
+func (l *Log) failLocked(err error) {
+	if l.err != nil {
+		return
 	}
+	l.err = err
+	l.m.failed.Set(1)
+	close(l.failedCh)
+	l.wakeLocked()
 }
 
 // wakeLocked wakes every reader waiting for a commit, so that readers see
@@ -937,6 +943,11 @@ func (l *Log) Err() error {
 	defer l.mu.Unlock()
 	return l.err
 }
+
+// Failed returns a channel that is closed once the log has failed (fail
+// stop): Err then says why. A tier that sees it should stop, so that it is
+// started again and the log reopened from disk.
+func (l *Log) Failed() <-chan struct{} { return l.failedCh }
 
 // Notify returns a channel that is closed when entries after the current
 // last are committed, when the log fails, or when it is closed. Take a new

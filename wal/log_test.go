@@ -338,6 +338,11 @@ func TestFailStop(t *testing.T) {
 	if _, err := l.Append(ctx, []byte("durable")); err != nil {
 		t.Fatal(err)
 	}
+	select {
+	case <-l.Failed():
+		t.Fatal("Failed closed before any failure")
+	default:
+	}
 	mu.Lock()
 	fail = true
 	mu.Unlock()
@@ -362,6 +367,11 @@ func TestFailStop(t *testing.T) {
 	}
 	if !errors.Is(l.Err(), boom) {
 		t.Fatalf("Err() = %v", l.Err())
+	}
+	select {
+	case <-l.Failed():
+	default:
+		t.Fatal("Failed not closed after the failure")
 	}
 	l.Close()
 	l2 := openLog(t, dir, wal.Options{Hop: "test"}, nil)
