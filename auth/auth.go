@@ -3,7 +3,8 @@
 // (HS256, RS256 or ES256); tokens signed with any other algorithm, including
 // "none", are refused, and keys of one kind are never tried for another
 // algorithm, so an RS256 public key cannot be abused as an HS256 secret.
-// exp and nbf are honoured whenever present.
+// exp and nbf are honoured whenever present. A token longer than
+// Options.MaxTokenBytes (8 KiB by default) is refused before it is parsed.
 package auth
 
 import (
@@ -35,20 +36,34 @@ type Options struct {
 	RequireExpiry bool
 	// Leeway tolerates clock skew on exp and nbf. Default 0.
 	Leeway time.Duration
+	// MaxTokenBytes bounds the length of a token: a longer one is refused
+	// with ErrTokenTooLarge before it is decoded or its signature checked.
+	// Tokens carry a subject and a few claims; nothing legitimate comes
+	// near the default, 8 KiB (DefaultMaxTokenBytes).
+	MaxTokenBytes int
 }
+
+// DefaultMaxTokenBytes is the default of Options.MaxTokenBytes.
+const DefaultMaxTokenBytes = 8 << 10
 
 // Configured reports whether any key is configured.
 func (o *Options) Configured() bool {
 	return len(o.HS256Secrets)+len(o.RS256Keys)+len(o.ES256Keys) > 0
 }
 
-// ErrUnauthorized wraps every verification failure.
-var ErrUnauthorized = errors.New("unauthorized")
+var (
+	// ErrUnauthorized wraps every verification failure.
+	ErrUnauthorized = errors.New("unauthorized")
+	// ErrTokenTooLarge is the failure of a token longer than
+	// Options.MaxTokenBytes; it wraps ErrUnauthorized too.
+	ErrTokenTooLarge = errors.New("token too large")
+)
 
 // Verifier checks tokens against the configured keys. It is safe for
 // concurrent use.
 type Verifier struct {
 	parser *jwt.Parser
+	max    int // bytes in a token, at most
 	hs     jwt.VerificationKeySet
 	rs     jwt.VerificationKeySet
 	es     jwt.VerificationKeySet
@@ -56,7 +71,13 @@ type Verifier struct {
 
 // NewVerifier checks the keys and returns a Verifier for them.
 func NewVerifier(o Options) (*Verifier, error) {
-	v := &Verifier{}
+	v := &Verifier{max: o.MaxTokenBytes}
+	switch {
+	case v.max < 0:
+		return nil, fmt.Errorf("check token size bound: %d is negative", v.max)
+	case v.max == 0:
+		v.max = DefaultMaxTokenBytes
+	}
 	var methods []string
 	for i, k := range o.HS256Secrets {
 		if len(k) < 32 {
@@ -119,6 +140,9 @@ func (v *Verifier) keyFor(t *jwt.Token) (any, error) {
 // decodes its claims into claims (a *jwt.RegisteredClaims, or a struct that
 // embeds one to read more). Every error wraps ErrUnauthorized.
 func (v *Verifier) Verify(token string, claims jwt.Claims) error {
+	if len(token) > v.max {
+		return fmt.Errorf("%w: %w: %d bytes, at most %d", ErrUnauthorized, ErrTokenTooLarge, len(token), v.max)
+	}
 	if _, err := v.parser.ParseWithClaims(token, claims, v.keyFor); err != nil {
 		return fmt.Errorf("%w: %w", ErrUnauthorized, err)
 	}
@@ -126,7 +150,8 @@ func (v *Verifier) Verify(token string, claims jwt.Claims) error {
 }
 
 // BearerToken extracts a token from "Authorization: Bearer <token>" or, for
-// clients that cannot set headers, the "token" query parameter.
+// clients that cannot set headers, the "token" query parameter. The scheme
+// is matched without regard to case ("bearer" too), as RFC 9110 has it.
 func BearerToken(r *http.Request) (string, bool) {
 	if h := r.Header.Get("Authorization"); h != "" {
 		scheme, tok, ok := strings.Cut(h, " ")

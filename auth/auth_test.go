@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -117,6 +118,7 @@ func TestBearerToken(t *testing.T) {
 	}{
 		{"Bearer abc", "/", "abc", true},
 		{"bearer  abc ", "/", "abc", true},
+		{"BEARER abc", "/", "abc", true},
 		{"Basic abc", "/?token=x", "", false},
 		{"Bearer ", "/", "", false},
 		{"", "/?token=q", "q", true},
@@ -130,5 +132,69 @@ func TestBearerToken(t *testing.T) {
 		if got != tc.want || ok != tc.ok {
 			t.Errorf("%q %q: got %q %v", tc.header, tc.url, got, ok)
 		}
+	}
+}
+
+// TestTokenSizeCap: a validly signed token longer than the cap is refused
+// before it is verified, with ErrTokenTooLarge (and ErrUnauthorized); one at
+// the cap is accepted.
+func TestTokenSizeCap(t *testing.T) {
+	// sized returns a valid HS256 token of exactly n bytes or a little less.
+	sign := func(pad int) string {
+		c := jwt.RegisteredClaims{Subject: "s", ID: strings.Repeat("p", pad)}
+		s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	sized := func(n int) string {
+		// Each 3 bytes of claims are 4 of the token.
+		pad := max(0, (n-len(sign(0)))*3/4+3)
+		for {
+			if s := sign(pad); len(s) <= n || pad == 0 {
+				return s
+			}
+			pad--
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		max   int // Options.MaxTokenBytes
+		size  int
+		ok    bool
+		large bool // refused as too large
+	}{
+		{name: "small", size: 200, ok: true},
+		{name: "at the default cap", size: DefaultMaxTokenBytes, ok: true},
+		{name: "over the default cap", size: DefaultMaxTokenBytes + 4, large: true},
+		{name: "100 KiB", size: 100 << 10, large: true},
+		{name: "at a smaller cap", max: 1024, size: 1024, ok: true},
+		{name: "over a smaller cap", max: 1024, size: 1030, large: true},
+		{name: "under a larger cap", max: 64 << 10, size: 32 << 10, ok: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			v, err := NewVerifier(Options{HS256Secrets: [][]byte{secret}, MaxTokenBytes: tc.max})
+			if err != nil {
+				t.Fatal(err)
+			}
+			tok := sized(tc.size)
+			if len(tok) < tc.size-4 {
+				t.Fatalf("token of %d bytes, want %d", len(tok), tc.size)
+			}
+			var c jwt.RegisteredClaims
+			err = v.Verify(tok, &c)
+			switch {
+			case tc.ok && err != nil:
+				t.Fatalf("%d-byte token refused: %v", len(tok), err)
+			case !tc.ok && !errors.Is(err, ErrUnauthorized):
+				t.Fatalf("%d-byte token: %v, want ErrUnauthorized", len(tok), err)
+			case errors.Is(err, ErrTokenTooLarge) != tc.large:
+				t.Fatalf("%d-byte token: %v, too large %v", len(tok), err, tc.large)
+			}
+		})
+	}
+	if _, err := NewVerifier(Options{HS256Secrets: [][]byte{secret}, MaxTokenBytes: -1}); err == nil {
+		t.Fatal("negative cap accepted")
 	}
 }

@@ -2,8 +2,10 @@ package feed_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -29,17 +31,22 @@ func TestAuth(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	big := token(t, "feed:read", func(c *jwt.MapClaims) { (*c)["pad"] = strings.Repeat("p", 100<<10) })
 	cases := []struct {
 		name   string
 		header string
 		query  string
-		status int // 0: accepted
+		status int    // 0: accepted
+		code   string // the refusal's body code, when it is checked
 	}{
 		{name: "header", header: "Bearer " + good},
+		{name: "lowercase bearer", header: "bearer " + good},
+		{name: "token over the size cap", header: "Bearer " + big, status: http.StatusUnauthorized, code: "token_too_large"},
+		{name: "token over the size cap, query parameter", query: big, status: http.StatusUnauthorized, code: "token_too_large"},
 		{name: "query parameter", query: good},
 		{name: "scope among others", header: "Bearer " + token(t, "status:read feed:read", nil)},
 		{name: "scope as an array", header: "Bearer " + token(t, []string{"x", "feed:read"}, nil)},
-		{name: "missing", status: http.StatusUnauthorized},
+		{name: "missing", status: http.StatusUnauthorized, code: "unauthorized"},
 		{name: "not bearer", header: "Basic ZGV2OnB3", status: http.StatusUnauthorized},
 		{name: "bad signature", header: "Bearer " + good[:len(good)-4] + "AAAA", status: http.StatusUnauthorized},
 		{name: "other key", header: "Bearer " + otherKey, status: http.StatusUnauthorized},
@@ -82,6 +89,12 @@ func TestAuth(t *testing.T) {
 			}
 			if resp == nil || resp.StatusCode != tc.status {
 				t.Fatalf("refusal %v, want HTTP %d", err, tc.status)
+			}
+			if tc.code != "" {
+				var body struct{ Type, Code string }
+				if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Type != "error" || body.Code != tc.code {
+					t.Fatalf("refusal body %+v (%v), want an error with code %s", body, err, tc.code)
+				}
 			}
 		})
 	}

@@ -68,7 +68,11 @@ func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
 		var claims readerClaims
 		if err := s.auth.Verify(tok, &claims); err != nil {
 			s.lg.Debug("feed: token refused", "remote", r.RemoteAddr, "err", err)
-			s.refuse(w, http.StatusUnauthorized, "unauthorized", err.Error())
+			code := "unauthorized"
+			if errors.Is(err, auth.ErrTokenTooLarge) {
+				code = "token_too_large"
+			}
+			s.refuse(w, http.StatusUnauthorized, code, err.Error())
 			return
 		}
 		if !claims.Scope.has(s.opts.Scope) {

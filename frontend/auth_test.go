@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"net"
@@ -63,14 +64,42 @@ func TestAuth(t *testing.T) {
 		return s
 	}
 	hs := sign(jwt.SigningMethodHS256, testSecret, claims("dev-1", nil))
+	// Validly signed tokens of a given length, padded in a claim.
+	sized := func(n int) string {
+		pad := 0
+		for {
+			tok := sign(jwt.SigningMethodHS256, testSecret, claims("dev-1", func(c *jwt.RegisteredClaims) {
+				c.ID = strings.Repeat("p", pad)
+			}))
+			if len(tok) >= n {
+				return tok
+			}
+			pad += (n - len(tok)) * 3 / 4
+			if pad == 0 {
+				pad = 1
+			}
+		}
+	}
+	atCap, overCap := sized(auth.DefaultMaxTokenBytes), sized(100<<10)
+	for len(atCap) > auth.DefaultMaxTokenBytes {
+		atCap = sized(auth.DefaultMaxTokenBytes - (len(atCap) - auth.DefaultMaxTokenBytes) - 1)
+	}
+	if len(atCap) < auth.DefaultMaxTokenBytes-8 {
+		t.Fatalf("token of %d bytes, want one at the cap of %d", len(atCap), auth.DefaultMaxTokenBytes)
+	}
 
 	cases := []struct {
 		name   string
 		header string // Authorization header value
 		query  string // token query parameter
 		ok     bool
+		code   string // the refusal's body code; default unauthorized
 	}{
 		{name: "HS256 header", header: "Bearer " + hs, ok: true},
+		{name: "lowercase bearer", header: "bearer " + hs, ok: true},
+		{name: "token at the size cap", header: "Bearer " + atCap, ok: true},
+		{name: "token over the size cap", header: "Bearer " + overCap, code: protocol.CodeTokenTooLarge},
+		{name: "token over the size cap, query parameter", query: overCap, code: protocol.CodeTokenTooLarge},
 		{name: "HS256 query parameter", query: hs, ok: true},
 		{name: "RS256", header: "Bearer " + sign(jwt.SigningMethodRS256, rsaKey, claims("dev-1", nil)), ok: true},
 		{name: "ES256", header: "Bearer " + sign(jwt.SigningMethodES256, ecKey, claims("dev-1", nil)), ok: true},
@@ -129,6 +158,14 @@ func TestAuth(t *testing.T) {
 			}
 			if resp.Header.Get("WWW-Authenticate") == "" {
 				t.Fatal("401 without WWW-Authenticate")
+			}
+			want := tc.code
+			if want == "" {
+				want = protocol.CodeUnauthorized
+			}
+			var body struct{ Type, Code string }
+			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Type != "error" || body.Code != want {
+				t.Fatalf("refusal body %+v (%v), want an error with code %s", body, err, want)
 			}
 		})
 	}

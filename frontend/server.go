@@ -251,7 +251,11 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		var err error
 		if device, exp, err = verifyDevice(s.auth, tok); err != nil {
 			s.lg.Debug("token refused", "remote", r.RemoteAddr, "err", err)
-			s.refuse(w, http.StatusUnauthorized, protocol.CodeUnauthorized, err.Error())
+			code := protocol.CodeUnauthorized
+			if errors.Is(err, auth.ErrTokenTooLarge) {
+				code = protocol.CodeTokenTooLarge
+			}
+			s.refuse(w, http.StatusUnauthorized, code, err.Error())
 			return
 		}
 	} else {

@@ -42,6 +42,10 @@ const (
 	// ClosePolicyViolation and ReasonUnauthorized), or, in a refused
 	// handshake's body, the token was missing or refused (HTTP 401).
 	CodeUnauthorized = "unauthorized"
+	// CodeTokenTooLarge: in a refused handshake's body only (HTTP 401), the
+	// token is longer than the server's cap (8 KiB by default) and was not
+	// verified.
+	CodeTokenTooLarge = "token_too_large"
 )
 
 // ErrorCodes returns every error code of an error frame, in the order of
