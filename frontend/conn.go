@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -473,11 +474,16 @@ func (c *conn) appendFailed(p *pending, from int, err error) bool {
 		n += f.nenv
 	}
 	switch {
-	case errors.Is(err, wal.ErrFull):
+	case errors.Is(err, wal.ErrFull), errors.Is(err, wal.ErrNoSpace):
+		// A full disk is backpressure as the bound is: the WAL keeps what
+		// it has and takes appends again once there is room.
 		c.setReason(reasonOverloaded)
 		s.m.rejected.WithLabelValues(protocol.CodeOverloaded).Add(float64(n))
-		c.writeError(protocol.CodeOverloaded, first, -1, nil, s.opts.OverloadRetryAfter.Milliseconds(),
-			"server queue is full; resend from this frame on after the retry delay")
+		msg := "server queue is full; resend from this frame on after the retry delay"
+		if errors.Is(err, wal.ErrNoSpace) {
+			msg = "server disk is full; resend from this frame on after the retry delay"
+		}
+		c.writeError(protocol.CodeOverloaded, first, -1, nil, s.opts.OverloadRetryAfter.Milliseconds(), msg)
 		if !already {
 			c.ws.Close(protocol.CloseTryAgainLater, protocol.ReasonOverloaded)
 		}
@@ -488,7 +494,7 @@ func (c *conn) appendFailed(p *pending, from int, err error) bool {
 		return false
 	default:
 		c.setReason(reasonInternal)
-		s.lg.Error("wal append failed; closing device connection", "device", c.device, "err", err)
+		s.walErrLog.log(s.lg, slog.LevelError, "wal append failed; closing device connections", "device", c.device, "err", err)
 		if errors.Is(err, wal.ErrClosed) {
 			c.ws.Close(protocol.CloseServiceRestart, protocol.ReasonShutdown)
 		} else {

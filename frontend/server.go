@@ -22,6 +22,18 @@ import (
 	"github.com/ingest-io/ingest/wal"
 )
 
+// Handshake refusals beside those of the device protocol.
+const (
+	// reasonNotReady counts handshakes refused with 503 while the server
+	// is not ready (starting, draining, or its WAL failed).
+	reasonNotReady = "not_ready"
+	// notReadyRetryAfter is the Retry-After of that 503, in seconds.
+	notReadyRetryAfter = "5"
+	// logEvery is how often a condition that repeats per connection is
+	// logged: once, with how many times it happened since.
+	logEvery = 10 * time.Second
+)
+
 // ErrNotLoopback is returned by Serve when InsecureNoAuth is set and the
 // listener is not on a loopback address.
 var ErrNotLoopback = errors.New("frontend: running without auth requires a loopback listener")
@@ -39,6 +51,9 @@ type Server struct {
 
 	ready  atomic.Bool
 	nconns atomic.Int64
+
+	notReadyLog rateLog // handshakes refused while not ready
+	walErrLog   rateLog // connections closed by a failed WAL append
 
 	// hard ends WAL appends and writes still running when the drain window
 	// is over.
@@ -120,7 +135,10 @@ func (s *Server) Handler() http.Handler {
 }
 
 // Ready reports whether the server accepts devices: it is serving, not
-// draining, and its WAL has not failed.
+// draining, and its WAL has not failed. While it is not, device handshakes
+// are refused with HTTP 503 and Retry-After. A full disk does not make it
+// unready: devices are answered overloaded, as at the WAL's bound, and
+// acknowledged again once there is room.
 func (s *Server) Ready() bool { return s.ready.Load() && s.log.Err() == nil }
 
 // Serve accepts devices on ln until ctx ends, then drains: readiness turns
@@ -128,6 +146,15 @@ func (s *Server) Ready() bool { return s.ready.Load() && s.log.Err() == nil }
 // spread over Options.DrainWindow, each after its pending messages have been
 // appended and acknowledged. Serve returns once every goroutine it started
 // has ended; ln is closed on return. A Server serves once.
+//
+// If the WAL fails (fail stop: a failed fsync, or a write that failed for
+// another reason than a full disk), Serve stops too, and returns the
+// failure: the log can only be recovered by opening it again, and the
+// process is meant to exit so that its supervisor starts it again (the
+// frontend's liveness probe, /healthz, fails meanwhile). It first stays a
+// lame duck for the drain window: handshakes are answered 503 with
+// Retry-After, and connections are closed, so that devices and load
+// balancers get a clear answer.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.mu.Lock()
 	if s.served {
@@ -150,25 +177,47 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ErrorLog:          slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
+	s.ready.Store(true) // before the first request can be served
 	go func() { errc <- hs.Serve(ln) }()
-	s.ready.Store(true)
 
 	var serveErr error
+	walFailed := false
 	select {
 	case <-ctx.Done():
 	case serveErr = <-errc:
 		errc = nil
 		serveErr = fmt.Errorf("serve http: %w", serveErr)
+	case <-s.log.Failed():
+		walFailed = true
+		serveErr = fmt.Errorf("serve: %w", s.log.Err())
 	}
 	s.ready.Store(false)
 	start := time.Now()
+	var n int
+	if walFailed {
+		// A lame duck for the drain window, ln still open: handshakes
+		// get 503 and Retry-After (handleIngest), connections are closed.
+		s.lg.Error("frontend stopping: its WAL failed and must be reopened from disk; devices are refused meanwhile",
+			"err", s.log.Err(), "drain_window", s.opts.DrainWindow)
+		n = s.drain()
+		if rest := s.opts.DrainWindow - time.Since(start); rest > 0 {
+			t := time.NewTimer(rest)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+		}
+	}
 	shCtx, cancel := context.WithTimeout(context.Background(), s.opts.DrainWindow)
 	hs.Shutdown(shCtx) // closes ln; waits for plain HTTP requests only
 	cancel()
 	if errc != nil {
 		<-errc
 	}
-	n := s.drain()
+	if !walFailed {
+		n = s.drain()
+	}
 	s.lg.Info("frontend drained", "connections", n, "duration", time.Since(start))
 	return serveErr
 }
@@ -242,6 +291,18 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		device string
 		exp    time.Time
 	)
+	if !s.Ready() {
+		// Starting, draining, or the WAL failed: no connection could
+		// store anything. Logged once per interval, not per device.
+		why := "draining"
+		if err := s.log.Err(); err != nil {
+			why = "wal failed: " + err.Error()
+		}
+		s.notReadyLog.log(s.lg, slog.LevelWarn, "device handshakes refused: frontend not ready", "why", why)
+		w.Header().Set("Retry-After", notReadyRetryAfter)
+		s.refuse(w, http.StatusServiceUnavailable, reasonNotReady, "server not ready; reconnect later")
+		return
+	}
 	if s.auth != nil {
 		tok, ok := auth.BearerToken(r)
 		if !ok {
@@ -357,4 +418,29 @@ func (s *Server) refuse(w http.ResponseWriter, status int, reason, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	w.Write(append(protocol.AppendRefusal(nil, code, msg), '\n'))
+}
+
+// rateLog logs a condition that can repeat for every connection at most
+// once per logEvery, with how many times it happened since the last line.
+type rateLog struct {
+	mu     sync.Mutex
+	last   time.Time
+	missed int
+}
+
+func (r *rateLog) log(lg *slog.Logger, level slog.Level, msg string, args ...any) {
+	r.mu.Lock()
+	now := time.Now()
+	if !r.last.IsZero() && now.Sub(r.last) < logEvery {
+		r.missed++
+		r.mu.Unlock()
+		return
+	}
+	n := r.missed
+	r.last, r.missed = now, 0
+	r.mu.Unlock()
+	if n > 0 {
+		args = append(args, "more_since_last_logged", n)
+	}
+	lg.Log(context.Background(), level, msg, args...)
 }
