@@ -42,9 +42,15 @@
 //
 // # Backpressure
 //
-// At the WAL's bound, or when more batches wait than Options.IngestQueue,
-// batches are answered Busy with a retry hint and nothing is appended: the
-// frontend keeps its entries and tries again. A durable consumer that falls
+// At the WAL's bound, when its disk is full (wal.ErrNoSpace), or when more
+// batches wait than Options.IngestQueue, batches are answered Busy with a
+// retry hint and nothing is appended: the frontend keeps its entries and
+// tries again. A state file that cannot be written for lack of room keeps
+// the old one: commits are acknowledged and the WAL released only once a
+// later write succeeds (every second), and
+// ingest_middletier_state_no_space says so meanwhile. A failed WAL (fail
+// stop) ends Run with its error, so that the process exits and is started
+// again on the log reopened. A durable consumer that falls
 // behind holds the WAL's entries, which fills the WAL towards its bound:
 // lag becomes backpressure, never loss. Its lag is a metric, and a line is
 // logged when it passes Options.LagWarn.

@@ -22,6 +22,7 @@ type metrics struct {
 	lag          *prometheus.GaugeVec
 	ingestQueue  prometheus.Gauge
 	streamLagged prometheus.Gauge
+	stateNoSpace prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
@@ -53,10 +54,12 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 			Help: "Entries waiting at one hop of the pipeline; the hop label names the queue."}),
 		streamLagged: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_middletier_stream_lag_entries", ConstLabels: l,
 			Help: "Entries committed to the WAL and not yet published on the stream."}),
+		stateNoSpace: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_middletier_state_no_space", ConstLabels: l,
+			Help: "1 while the state file (marks and consumer checkpoints) cannot be written for lack of disk space: commits wait, nothing is released, and it is written again every second."}),
 	}
 	var err error
 	m.set, err = metricset.Register(reg, m.batches, m.entries, m.repeats, m.gaps, m.busy, m.invalid,
-		m.published, m.fetches, m.commits, m.stalls, m.lag, m.ingestQueue, m.streamLagged)
+		m.published, m.fetches, m.commits, m.stalls, m.lag, m.ingestQueue, m.streamLagged, m.stateNoSpace)
 	return m, err
 }
 

@@ -9,6 +9,8 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/go-zeromq/zmq4"
@@ -45,6 +47,8 @@ type Router struct {
 
 	failOnce sync.Once
 	failErr  error
+
+	stateNoSpace atomic.Bool // the last state write failed for lack of room
 
 	mu        sync.Mutex
 	highest   map[string]uint64 // per origin: every index up to it is durable here or acknowledged elsewhere
@@ -391,7 +395,10 @@ func (r *Router) appendGroup(group []inbound) {
 					"origin", group[0].b.Origin, "entries", len(records))
 			}
 			fallthrough
-		case errors.Is(err, wal.ErrFull):
+		case errors.Is(err, wal.ErrFull), errors.Is(err, wal.ErrNoSpace):
+			// At the bound, or the disk is full (the WAL logs it): the
+			// WAL keeps what it has, and the frontends send again after
+			// the retry hint.
 			r.mu.Lock()
 			for _, a := range answers {
 				r.ingest.send(a.in.identity, wire.Append(nil, &wire.Busy{Origin: a.in.b.Origin, UpTo: r.highest[a.in.b.Origin], RetryAfter: r.opts.BusyRetry}))
@@ -590,7 +597,29 @@ func (r *Router) keepState() error {
 	r.mu.Unlock()
 
 	if err := writeState(r.opts.StateDir, st); err != nil {
-		return fmt.Errorf("middletier: %w", err)
+		if !isNoSpace(err) {
+			return fmt.Errorf("middletier: %w", err)
+		}
+		// A full disk: the old state stays in place (its marks and
+		// checkpoints are older: repeats after a crash, never loss).
+		// Commits wait for a state that holds them, nothing is released,
+		// and the next tick tries again.
+		r.mu.Lock()
+		r.waiters = append(waiters, r.waiters...)
+		r.mu.Unlock()
+		if r.stateNoSpace.CompareAndSwap(false, true) {
+			r.m.stateNoSpace.Set(1)
+			if r.lg != nil {
+				r.lg.Warn("middletier: disk full; the state file is written again once there is room, commits wait", "err", err)
+			}
+		}
+		return nil
+	}
+	if r.stateNoSpace.CompareAndSwap(true, false) {
+		r.m.stateNoSpace.Set(0)
+		if r.lg != nil {
+			r.lg.Info("middletier: state file written again")
+		}
 	}
 
 	// Entries may go once every durable consumer has them (with none, once
@@ -630,4 +659,10 @@ func (r *Router) keepState() error {
 		}
 	}
 	return nil
+}
+
+// isNoSpace reports whether err says the disk is full (ENOSPC) or a quota
+// is used up (EDQUOT).
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
 }

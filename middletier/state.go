@@ -97,6 +97,9 @@ func writeState(dir string, s *state) error {
 	if err == nil {
 		err = os.Rename(tmp, filepath.Join(dir, stateFile))
 	}
+	if err != nil {
+		os.Remove(tmp) // a file cut short by a full disk keeps no room
+	}
 	if err == nil {
 		var d *os.File
 		if d, err = os.Open(dir); err == nil {
