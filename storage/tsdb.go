@@ -10,10 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	promstorage "github.com/prometheus/prometheus/storage"
@@ -83,6 +87,16 @@ func (o TSDBOptions) withDefaults() (TSDBOptions, error) {
 // and after an fsync of those logs has returned (logSync). A power loss
 // after Write returns loses nothing. Concurrent Writes share their fsyncs.
 //
+// A write to those logs that fails, an fsync that fails, and a full disk
+// among the causes, stops the TSDB's writes for good (Failed): the write
+// logs' state is unknown after it (a record cut short by a failed write
+// is followed by whatever the next commit writes; pages a failed fsync
+// could not write may be dropped), so nothing more is reported stored.
+// The writer keeps retrying and commits nothing to the middletiers, which
+// keep the records; a restart replays the logs (dropping the cut record,
+// which no Write reported stored) and the writer fetches from its
+// checkpoint.
+//
 // Write may be called from several goroutines at once; their transactions
 // take turns, their fsyncs are shared.
 type TSDB struct {
@@ -119,6 +133,8 @@ type TSDB struct {
 	//     gone.
 	appendMu sync.Mutex
 
+	noSpace atomic.Bool // the failure that stopped writes was for lack of room
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -129,6 +145,62 @@ type tsdbMetrics struct {
 	dropped  *prometheus.CounterVec
 	syncTime prometheus.Histogram
 	failed   prometheus.GaugeFunc // set once the write logs are open
+	noSpace  prometheus.GaugeFunc // likewise
+
+	// wblFailed is the write-behind log's own count of failed writes
+	// (prometheus_tsdb_out_of_order_wbl_writes_failed_total), taken as
+	// tsdb.Open registers it: the TSDB does not return that failure.
+	wblFailed prometheus.Collector
+}
+
+// watchRegisterer passes the TSDB's own metrics on to reg (nil: none), and
+// keeps the write-behind log's failed-writes counter for Write to read.
+type watchRegisterer struct {
+	reg prometheus.Registerer
+	m   *tsdbMetrics
+}
+
+func (w watchRegisterer) Register(c prometheus.Collector) error {
+	descs := make(chan *prometheus.Desc, 8)
+	go func() { c.Describe(descs); close(descs) }()
+	for d := range descs {
+		if strings.Contains(d.String(), `fqName: "prometheus_tsdb_out_of_order_wbl_writes_failed_total"`) {
+			w.m.wblFailed = c
+		}
+	}
+	if w.reg == nil {
+		return nil
+	}
+	return w.reg.Register(c)
+}
+
+func (w watchRegisterer) MustRegister(cs ...prometheus.Collector) {
+	for _, c := range cs {
+		if err := w.Register(c); err != nil {
+			panic(err)
+		}
+	}
+}
+
+func (w watchRegisterer) Unregister(c prometheus.Collector) bool {
+	return w.reg != nil && w.reg.Unregister(c)
+}
+
+// wblWritesFailed returns the write-behind log's count of failed writes.
+func (m *tsdbMetrics) wblWritesFailed() float64 {
+	if m.wblFailed == nil {
+		return 0
+	}
+	ch := make(chan prometheus.Metric, 1)
+	go func() { m.wblFailed.Collect(ch); close(ch) }()
+	var v float64
+	for met := range ch {
+		var d dto.Metric
+		if met.Write(&d) == nil && d.Counter != nil {
+			v = d.Counter.GetValue()
+		}
+	}
+	return v
 }
 
 // OpenTSDB opens (or creates) the TSDB in opts.Dir, replaying its WAL. The
@@ -184,7 +256,7 @@ func OpenTSDB(opts TSDBOptions, reg prometheus.Registerer, lg *slog.Logger) (*TS
 			}
 		}
 	}
-	db, err := tsdb.Open(opts.Dir, tlg, reg, to, nil)
+	db, err := tsdb.Open(opts.Dir, tlg, watchRegisterer{reg: reg, m: m}, to, nil)
 	if err != nil {
 		m.unregister()
 		return nil, fmt.Errorf("storage: open tsdb: %w", err)
@@ -198,29 +270,72 @@ func OpenTSDB(opts TSDBOptions, reg prometheus.Registerer, lg *slog.Logger) (*TS
 	s := &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls, lock: lock}
 	m.failed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ingest_storage_tsdb_failed",
-		Help: "1 once an fsync of the embedded TSDB's write logs has failed: every later write fails until the writer restarts (its /healthz fails).",
+		Help: "1 once a write to the embedded TSDB's write logs or an fsync of them has failed: every later write fails until the writer restarts (its /healthz fails).",
 	}, func() float64 {
 		if s.Failed() != nil {
 			return 1
 		}
 		return 0
 	})
+	m.noSpace = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "ingest_storage_tsdb_no_space",
+		Help: "1 once the embedded TSDB's writes have stopped for lack of disk space (ENOSPC or EDQUOT): the writer commits nothing, the middletiers keep the records, and a restart with room again takes them.",
+	}, func() float64 {
+		if s.noSpace.Load() {
+			return 1
+		}
+		return 0
+	})
 	if reg != nil {
-		if err := reg.Register(m.failed); err != nil {
-			ls.close()
-			db.Close()
-			m.unregister()
-			return nil, fmt.Errorf("storage: register metrics: %w", err)
+		for _, c := range []prometheus.Collector{m.failed, m.noSpace} {
+			if err := reg.Register(c); err != nil {
+				ls.close()
+				db.Close()
+				m.unregister()
+				return nil, fmt.Errorf("storage: register metrics: %w", err)
+			}
 		}
 	}
 	opened = true
 	return s, nil
 }
 
-// Failed returns the failure that stopped the TSDB's writes for good (an
-// fsync of its write logs that failed), or nil. A process that sees it
-// must restart: the write logs' state after a failed fsync is unknown, and
-// the records not committed to the middletiers are written again.
+// stop stops the TSDB's writes for good with err (fail stop), noting
+// whether it was for lack of room.
+func (s *TSDB) stop(err error) {
+	first := s.sync.fail(err)
+	if !first {
+		return
+	}
+	full := isNoSpace(err) || diskFull(s.opts.Dir)
+	if full {
+		s.noSpace.Store(true)
+	}
+	if s.lg != nil {
+		s.lg.Error("storage: the tsdb's write logs could not be written; every later write fails, restart the writer (nothing is committed meanwhile: the middletiers keep the records)",
+			"err", err, "disk_full", full)
+	}
+}
+
+// isNoSpace reports whether err says the disk is full (ENOSPC) or a quota
+// is used up (EDQUOT).
+func isNoSpace(err error) bool {
+	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// diskFull reports whether the file system holding dir has no room left
+// for an unprivileged writer: what a failure the TSDB only logs (its
+// write-behind log's) most likely met.
+func diskFull(dir string) bool {
+	var st syscall.Statfs_t
+	return syscall.Statfs(dir, &st) == nil && st.Bavail == 0
+}
+
+// Failed returns the failure that stopped the TSDB's writes for good (a
+// write to its write logs or an fsync of them that failed), or nil. A
+// process that sees it must restart: the write logs' state after it is
+// unknown, and the records not committed to the middletiers are written
+// again.
 func (s *TSDB) Failed() error {
 	s.sync.mu.Lock()
 	defer s.sync.mu.Unlock()
@@ -238,6 +353,9 @@ func (m *tsdbMetrics) unregister() {
 		if m.failed != nil {
 			m.reg.Unregister(m.failed)
 		}
+		if m.noSpace != nil {
+			m.reg.Unregister(m.noSpace)
+		}
 	}
 }
 
@@ -252,6 +370,9 @@ func (s *TSDB) DB() *tsdb.DB { return s.db }
 // (kind "sync"): after it the OS may have dropped pages it could not write,
 // so nothing more is reported stored until the writer is restarted.
 func (s *TSDB) Write(ctx context.Context, points []Point) error {
+	if err := s.Failed(); err != nil {
+		return &KindError{Kind: "sync", Err: fmt.Errorf("tsdb stopped: %w", err)}
+	}
 	n, tooOld, dupTS, tooLong, err := s.commit(ctx, points)
 	if err != nil {
 		return err
@@ -259,6 +380,9 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 	// The commit has written its records out to the OS (logSync); make
 	// them durable before the caller may report them stored.
 	if err := s.sync.sync(); err != nil {
+		if isNoSpace(err) {
+			s.noSpace.Store(true)
+		}
 		return &KindError{Kind: "sync", Err: fmt.Errorf("sync tsdb write logs: %w", err)}
 	}
 	s.m.samples.Add(float64(n))
@@ -328,8 +452,20 @@ func (s *TSDB) commit(ctx context.Context, points []Point) (n, tooOld, dupTS, to
 			}
 		}
 	}
+	wblFailed := s.m.wblWritesFailed()
 	if err := app.Commit(); err != nil {
-		return 0, 0, 0, 0, &KindError{Kind: "commit", Err: fmt.Errorf("commit tsdb: %w", err)}
+		// The WAL write failed, maybe after part of a record: fail stop.
+		err = fmt.Errorf("commit tsdb: %w", err)
+		s.stop(err)
+		return 0, 0, 0, 0, &KindError{Kind: "commit", Err: err}
+	}
+	if s.m.wblWritesFailed() > wblFailed {
+		// Commit returned nil with the out-of-order samples in memory and
+		// not in the write-behind log: a restart would lose them, so the
+		// batch is not reported stored, nor is any after it.
+		err := errors.New("commit tsdb: write-behind log write failed (the TSDB's log says why)")
+		s.stop(err)
+		return 0, 0, 0, 0, &KindError{Kind: "commit", Err: err}
 	}
 	return n, tooOld, dupTS, tooLong, nil
 }
@@ -496,9 +632,9 @@ var errSyncClosed = errors.New("tsdb closed")
 //
 // The write-behind log is written after the commit has put the samples in
 // memory, and the TSDB only logs a failure to write it (Commit still
-// returns nil): such a failure is in the TSDB's log and its
-// prometheus_tsdb_out_of_order_wbl_writes_failed_total, not in Write's
-// error.
+// returns nil): TSDB.commit reads the TSDB's own count of those failures
+// (prometheus_tsdb_out_of_order_wbl_writes_failed_total) around each
+// commit, and a failure stops the TSDB's writes as a failed fsync does.
 type logSync struct {
 	logs     []*segLog
 	duration prometheus.Observer
@@ -587,6 +723,18 @@ func (s *logSync) sync() error {
 		s.cond.Broadcast()
 	}
 	return s.err
+}
+
+// fail makes err the sticky failure, unless there is one (or the logs are
+// closed), and reports whether it did.
+func (s *logSync) fail(err error) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return false
+	}
+	s.err = err
+	return true
 }
 
 func (s *logSync) syncLogs() error {
