@@ -42,6 +42,7 @@ func runAll(ctx context.Context, args []string) error {
 		noAuth     = fs.Bool("insecure-no-auth", false, "accept devices without tokens (device id from ?device=); loopback only")
 		secretFile = fs.String("auth.hs256-secret-file", "", "file holding the HS256 secret devices' tokens are signed with")
 		drain      = fs.Duration("drain-window", 2*time.Second, "time over which device connections are closed at shutdown")
+		walRepair  = fs.Bool("wal.repair", false, "open WALs whose last segment was cut short (refused otherwise): keep their whole entries, log and count what is lost, give the log a new identity")
 		logLevel   = fs.String("log.level", "info", "log level: debug, info, warn, error")
 		logFormat  = fs.String("log.format", "text", "log format: text or json")
 	)
@@ -65,7 +66,7 @@ func runAll(ctx context.Context, args []string) error {
 	}
 
 	// The middletier, on loopback ports chosen by the kernel.
-	mlog, err := wal.Open(filepath.Join(*dataDir, "middletier", "wal"), wal.Options{Hop: "middletier"}, reg, lg)
+	mlog, err := wal.Open(filepath.Join(*dataDir, "middletier", "wal"), wal.Options{Hop: "middletier", RepairTruncated: *walRepair}, reg, lg)
 	if err != nil {
 		return fmt.Errorf("open middletier wal: %w", err)
 	}
@@ -126,7 +127,7 @@ func runAll(ctx context.Context, args []string) error {
 	defer qs.Close()
 
 	// The frontend and its uplink to the middletier.
-	flog, err := wal.Open(filepath.Join(*dataDir, "frontend", "wal"), wal.Options{Hop: "frontend"}, reg, lg)
+	flog, err := wal.Open(filepath.Join(*dataDir, "frontend", "wal"), wal.Options{Hop: "frontend", RepairTruncated: *walRepair}, reg, lg)
 	if err != nil {
 		return fmt.Errorf("open frontend wal: %w", err)
 	}

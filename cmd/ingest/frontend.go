@@ -39,6 +39,7 @@ func runFrontend(ctx context.Context, args []string) error {
 		walMax      = fs.Int64("wal.max-bytes", wd.MaxBytes, "bound on unacknowledged-downstream WAL bytes; past it devices get overloaded")
 		walSeg      = fs.Int("wal.segment-bytes", wd.SegmentBytes, "WAL segment size")
 		walNoPre    = fs.Bool("wal.no-preallocate", false, "let WAL segments grow as they are written instead of writing each next one as zeros ahead of need (fewer bytes written, a slower sync per acknowledgement)")
+		walRepair   = fs.Bool("wal.repair", false, "open a WAL whose last segment was cut short (refused otherwise): keep its whole entries, log and count what is lost, give the log a new identity")
 		hsFile      = fs.String("auth.hs256-secret-file", "", "file holding the HS256 shared secret (at least 32 bytes)")
 		rsFile      = fs.String("auth.rs256-public-keys", "", "PEM file of RSA public keys accepted for RS256")
 		esFile      = fs.String("auth.es256-public-keys", "", "PEM file of P-256 public keys accepted for ES256")
@@ -129,7 +130,7 @@ func runFrontend(ctx context.Context, args []string) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	opts.Gatherer = reg
 
-	log, err := wal.Open(*walDir, wal.Options{Hop: "frontend", MaxBytes: *walMax, SegmentBytes: *walSeg, NoPreallocate: *walNoPre}, reg, lg)
+	log, err := wal.Open(*walDir, wal.Options{Hop: "frontend", MaxBytes: *walMax, SegmentBytes: *walSeg, NoPreallocate: *walNoPre, RepairTruncated: *walRepair}, reg, lg)
 	if err != nil {
 		return fmt.Errorf("open wal: %w", err)
 	}

@@ -37,6 +37,7 @@ func runMiddletier(ctx context.Context, args []string) error {
 		walMax    = fs.Int64("wal.max-bytes", wd.MaxBytes, "bound on the WAL's unreleased bytes; past it frontends are answered busy")
 		walSeg    = fs.Int("wal.segment-bytes", wd.SegmentBytes, "WAL segment size")
 		walNoPre  = fs.Bool("wal.no-preallocate", false, "let WAL segments grow as they are written instead of writing each next one as zeros ahead of need (fewer bytes written, a slower sync per acknowledgement)")
+		walRepair = fs.Bool("wal.repair", false, "open a WAL whose last segment was cut short (refused otherwise): keep its whole entries, log and count what is lost, give the log a new identity")
 		stall     = fs.Duration("send-stall", d.SendStall, "a send on a ROUTER socket taking longer closes and reopens the socket")
 		httpAddr  = fs.String("http.listen", ":9091", "address for /metrics, /healthz and /readyz")
 		logLevel  = fs.String("log.level", "info", "log level: debug, info, warn, error")
@@ -63,7 +64,7 @@ func runMiddletier(ctx context.Context, args []string) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	log, err := wal.Open(filepath.Join(*dataDir, "wal"), wal.Options{Hop: "middletier", MaxBytes: *walMax, SegmentBytes: *walSeg, NoPreallocate: *walNoPre}, reg, lg)
+	log, err := wal.Open(filepath.Join(*dataDir, "wal"), wal.Options{Hop: "middletier", MaxBytes: *walMax, SegmentBytes: *walSeg, NoPreallocate: *walNoPre, RepairTruncated: *walRepair}, reg, lg)
 	if err != nil {
 		return fmt.Errorf("open wal: %w", err)
 	}
