@@ -569,9 +569,28 @@ func checkMonitoring(t *testing.T, o *objects) {
 	if !found {
 		t.Error("no alert IngestWALNearBound")
 	}
-	for _, want := range []string{"IngestQueueDepthGrowing", "IngestConsumerLag", "IngestWALFull", "IngestWALFailed", "IngestSlowFsync", "IngestRestarting"} {
+	for _, want := range []string{"IngestQueueDepthGrowing", "IngestConsumerLag", "IngestWALFull", "IngestWALFailed", "IngestDiskFull", "IngestSlowFsync", "IngestRestarting"} {
 		if !slices.ContainsFunc(ruleExprs(t, o), func(r rule) bool { return r.alert == want }) {
 			t.Errorf("no alert %s", want)
+		}
+	}
+	// A full disk is told for every tier that writes one: the WALs, the
+	// middletier's state file and the embedded TSDB.
+	for _, r := range ruleExprs(t, o) {
+		if r.alert != "IngestDiskFull" {
+			continue
+		}
+		sel := map[string]bool{}
+		parser.Inspect(r.expr, func(n parser.Node, _ []parser.Node) error {
+			if vs, ok := n.(*parser.VectorSelector); ok {
+				sel[vs.Name] = true
+			}
+			return nil
+		})
+		for _, m := range []string{"ingest_wal_no_space", "ingest_middletier_state_no_space", "ingest_storage_tsdb_no_space"} {
+			if !sel[m] {
+				t.Errorf("IngestDiskFull does not select %s", m)
+			}
 		}
 	}
 	if len(dashboardExprs(t, o)) == 0 {
