@@ -1,9 +1,14 @@
 package feed
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -101,7 +106,8 @@ func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
 	s.connMu.Unlock()
 	defer s.connWG.Done()
 
-	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	hj := &hijacker{ResponseWriter: w, linger: s.opts.WriteTimeout}
+	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		CompressionMode: websocket.CompressionDisabled,
 		OriginPatterns:  s.opts.OriginPatterns,
 	})
@@ -109,10 +115,13 @@ func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
 		s.m.handshakes.WithLabelValues("upgrade_failed").Inc()
 		return
 	}
+	// The socket's flusher ends by Close (the connection's), within the
+	// linger it was given; the handler waits for it.
+	defer hj.sc.wait()
 	s.m.handshakes.WithLabelValues("ok").Inc()
 	s.m.readers.Inc()
 	defer s.m.readers.Dec()
-	reason := s.serveConn(ws, exp)
+	reason := s.serveConn(ws, hj.sc, exp)
 	s.m.disconnects.WithLabelValues(reason).Inc()
 	s.lg.Debug("feed: reader disconnected", "reader", reader, "remote", r.RemoteAddr, "reason", reason)
 }
@@ -131,7 +140,17 @@ func (s *Server) refuse(w http.ResponseWriter, status int, code, msg string) {
 // needs one always reading: it answers pings and sees the close), a pinger,
 // and this goroutine as the only writer of data frames. It returns why the
 // connection ended.
-func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
+//
+// Frames go out through sc, whose writes never block: a reader slower than
+// its messages is found out by its queue, not by a write that hangs, and
+// its last missed notice and its 4000 close can always be written. While
+// sc's backlog is over its bound (the reader is not taking what it was
+// sent), messages stay in the queue, which drops and counts what does not
+// fit; a reader that stays so for SlowGrace is judged too slow, its notice
+// and close wait behind what it has not read yet, for as long as a reader
+// that reads nothing at all could live by the keepalive (PingInterval plus
+// PongTimeout), and then the socket is closed.
+func (s *Server) serveConn(ws *websocket.Conn, sc *sendConn, exp time.Time) (reason string) {
 	// The reader and the pinger do not use the shutdown context: a read or
 	// ping whose context ends closes the connection at once, and shutdown
 	// closes it with 1001 instead.
@@ -183,10 +202,27 @@ func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
 		}
 	})
 
-	write := func(b []byte) error {
+	// writeNow writes b at once: into sc's buffer, whatever its backlog.
+	writeNow := func(b []byte) error {
 		wctx, wcancel := context.WithTimeout(s.conns, s.opts.WriteTimeout)
 		defer wcancel()
 		return ws.Write(wctx, websocket.MessageText, b)
+	}
+	// write writes b once sc's backlog is under its bound: a write that
+	// waits longer than WriteTimeout fails (the connection then ends).
+	write := func(b []byte) error {
+		if room := sc.congested(); room != nil {
+			t := time.NewTimer(s.opts.WriteTimeout)
+			defer t.Stop()
+			select {
+			case <-room:
+			case <-t.C:
+				return errWriteTimeout
+			case <-s.conns.Done():
+				return s.conns.Err()
+			}
+		}
+		return writeNow(b)
 	}
 	var expired <-chan time.Time
 	if !exp.IsZero() {
@@ -199,7 +235,14 @@ func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
 	subscribed := false
 
 	for {
+		// Messages are taken from the queue only while the socket takes
+		// what it is given (see above).
+		queue, room := c.queue, sc.congested()
+		if room != nil {
+			queue = nil
+		}
 		select {
+		case <-room:
 		case <-s.conns.Done():
 			ws.Close(websocket.StatusGoingAway, "server shutting down")
 			return "shutdown"
@@ -217,7 +260,10 @@ func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
 		case <-c.slow:
 			s.hub.unregister(c)
 			n := c.abandon()
-			if write(missedFrame(n, "slow", "", 0, 0)) != nil {
+			// Behind whatever the reader has not read yet: it gets them
+			// when it reads again, within the linger.
+			sc.setLinger(s.opts.PingInterval+s.opts.PongTimeout, s.conns.Done())
+			if writeNow(missedFrame(n, "slow", "", 0, 0)) != nil {
 				ws.CloseNow()
 				return "slow"
 			}
@@ -251,14 +297,17 @@ func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
 					return "write_error"
 				}
 			}
-		case it := <-c.queue:
+		case it := <-queue:
+			// The socket was taking frames when the item was taken: it
+			// goes out whole, notice and all, at once (a wait here would
+			// keep the slow verdict waiting).
 			if it.missed > 0 {
-				if write(missedFrame(it.missed, "slow", "", 0, 0)) != nil {
+				if writeNow(missedFrame(it.missed, "slow", "", 0, 0)) != nil {
 					ws.CloseNow()
 					return "write_error"
 				}
 			}
-			if write(it.frame) != nil {
+			if writeNow(it.frame) != nil {
 				ws.CloseNow()
 				return "write_error"
 			}
@@ -269,7 +318,7 @@ func (s *Server) serveConn(ws *websocket.Conn, exp time.Time) (reason string) {
 				c.stillBehind()
 			} else {
 				if n := c.caughtUp(); n > 0 {
-					if write(missedFrame(n, "slow", "", 0, 0)) != nil {
+					if writeNow(missedFrame(n, "slow", "", 0, 0)) != nil {
 						ws.CloseNow()
 						return "write_error"
 					}
@@ -347,3 +396,195 @@ func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]
 	}
 	return nil
 }
+
+// errWriteTimeout ends a connection whose socket took nothing for
+// Options.WriteTimeout while a frame waited to be written.
+var errWriteTimeout = errors.New("write timed out: the reader takes nothing")
+
+// A reader's socket backlog (bytes written to its sendConn and not yet
+// taken by the kernel) past sendHigh congests it; it is free again at
+// sendLow. The kernel keeps at most sendUnsent bytes queued and not yet
+// sent (limitUnsent).
+const (
+	sendHigh   = 32 << 10
+	sendLow    = 8 << 10
+	sendUnsent = 64 << 10
+)
+
+// hijacker wraps the ResponseWriter given to websocket.Accept: the upgraded
+// connection writes through a sendConn.
+type hijacker struct {
+	http.ResponseWriter
+	linger time.Duration
+	sc     *sendConn
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	hj, ok := h.ResponseWriter.(http.Hijacker)
+	if !ok {
+		return nil, nil, errors.New("hijack: response writer is not a hijacker")
+	}
+	nc, brw, err := hj.Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	limitUnsent(nc, sendUnsent)
+	h.sc = newSendConn(nc, h.linger)
+	br := bufio.NewReaderSize(h.sc, 4096)
+	if n := brw.Reader.Buffered(); n > 0 {
+		// Bytes the reader sent right behind its handshake: websocket.Accept
+		// carries over only what is buffered in the reader it is given.
+		b, _ := brw.Reader.Peek(n)
+		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), h.sc), 4096)
+		if _, err := br.Peek(n); err != nil {
+			h.sc.Close()
+			h.sc.wait()
+			return nil, nil, fmt.Errorf("hijack: carry over buffered bytes: %w", err)
+		}
+	}
+	return h.sc, bufio.NewReadWriter(br, bufio.NewWriterSize(h.sc, 4096)), nil
+}
+
+// sendConn is a reader's socket with a send buffer of its own, so that a
+// write never blocks: a goroutine (the flusher) writes what is buffered to
+// the socket, however long the reader takes to read it. What a write hands
+// over is delivered in order, or the connection fails. The backlog it
+// holds is bounded by its user (congested), not here.
+//
+// Close stops the writes and lets the flusher write what is left for up to
+// the linger (setLinger; the one given to newSendConn otherwise), then
+// closes the socket; wait waits for that.
+type sendConn struct {
+	net.Conn
+
+	mu       sync.Mutex
+	cond     *sync.Cond
+	buf      []byte // waiting for the flusher
+	spare    []byte
+	inflight int   // bytes the flusher is writing
+	err      error // the socket failed
+	closed   bool
+	linger   time.Duration
+	abort    <-chan struct{} // ends the linger early; nil: never
+	room     chan struct{}   // while congested: closed when the backlog is down to sendLow
+
+	flushed chan struct{} // closed when the flusher has closed the socket
+	wg      sync.WaitGroup
+}
+
+func newSendConn(nc net.Conn, linger time.Duration) *sendConn {
+	c := &sendConn{Conn: nc, linger: linger, flushed: make(chan struct{})}
+	c.cond = sync.NewCond(&c.mu)
+	c.wg.Add(1)
+	go c.flush()
+	return c
+}
+
+// Write buffers p for the flusher and returns at once.
+func (c *sendConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.err != nil:
+		return 0, c.err
+	case c.closed:
+		return 0, net.ErrClosed
+	}
+	c.buf = append(c.buf, p...)
+	if c.room == nil && len(c.buf)+c.inflight > sendHigh {
+		c.room = make(chan struct{})
+	}
+	c.cond.Signal()
+	return len(p), nil
+}
+
+// congested returns nil while the backlog is under its bound, else a
+// channel closed once the flusher has brought it down to sendLow or the
+// socket has failed.
+func (c *sendConn) congested() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.room == nil {
+		return nil
+	}
+	return c.room
+}
+
+// setLinger sets how long the flusher may still write after Close, and a
+// channel that ends that early (nil: none).
+func (c *sendConn) setLinger(d time.Duration, abort <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.linger, c.abort = d, abort
+}
+
+// flush writes the buffer to the socket until Close, then what is left
+// within the linger, and closes the socket.
+func (c *sendConn) flush() {
+	defer c.wg.Done()
+	defer close(c.flushed)
+	defer c.Conn.Close()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for {
+		for len(c.buf) == 0 && !c.closed && c.err == nil {
+			c.cond.Wait()
+		}
+		if c.err != nil || len(c.buf) == 0 {
+			c.freeRoom()
+			return
+		}
+		out := c.buf
+		c.buf, c.spare = c.spare[:0], nil
+		c.inflight = len(out)
+		c.mu.Unlock()
+		_, err := c.Conn.Write(out)
+		c.mu.Lock()
+		c.inflight = 0
+		c.spare = out[:0]
+		if err != nil {
+			c.err = err
+		}
+		if c.room != nil && (c.err != nil || len(c.buf) <= sendLow) {
+			c.freeRoom()
+		}
+	}
+}
+
+func (c *sendConn) freeRoom() {
+	if c.room != nil {
+		close(c.room)
+		c.room = nil
+	}
+}
+
+// Close ends the writes: the flusher writes what is buffered within the
+// linger, then closes the socket. A read waiting on the socket returns.
+func (c *sendConn) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	linger, abort := c.linger, c.abort
+	c.cond.Signal()
+	c.mu.Unlock()
+	c.Conn.SetWriteDeadline(time.Now().Add(linger))
+	c.Conn.SetReadDeadline(time.Now())
+	if abort != nil {
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			select {
+			case <-abort:
+				c.Conn.SetWriteDeadline(time.Now())
+			case <-c.flushed:
+			}
+		}()
+	}
+	return nil
+}
+
+// wait waits until the flusher has closed the socket.
+func (c *sendConn) wait() { c.wg.Wait() }

@@ -16,6 +16,17 @@
 // for Options.SlowGrace (or misses more than Options.MaxMissed before
 // catching up) gets a last notice and is closed with StatusTooSlow (4000).
 //
+// A reader that is slow is told so before any write to it times out:
+// writes to a reader's socket never block. They go into a send buffer of
+// its own that a goroutine writes out, and the kernel keeps at most 64 KiB
+// of it unsent (TCP_NOTSENT_LOWAT, on Linux); while more than 32 KiB wait
+// there the reader is not taking what it is sent, and its messages stay in
+// its queue, which drops. The last notice and the close can therefore
+// always be written: they wait behind what the reader has not read yet, for
+// up to Options.PingInterval plus Options.PongTimeout, then the socket is
+// closed. A reader that stops reading for a while gets them when it reads
+// again.
+//
 // # Sequence, gaps and resume
 //
 // Stream messages carry the middletier's sequence numbers. A jump (the PUB
@@ -37,7 +48,8 @@
 //
 // Serve owns every goroutine: per source a receiver and a dispatcher, and
 // per reader the HTTP handler (the only writer of its frames), a reader
-// goroutine (coder/websocket needs one always reading) and a pinger. Lock
+// goroutine (coder/websocket needs one always reading), a pinger, and the
+// flusher of its send buffer (which the handler waits for). Lock
 // order: the hub's lock, then a reader's queue lock; a fetcher's lock is
 // never held with either.
 package feed

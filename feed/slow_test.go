@@ -2,10 +2,12 @@ package feed_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -99,7 +101,8 @@ func TestSlowReader(t *testing.T) {
 	// the close.
 	var messages, missed int
 	var last frame
-	var total uint64 // messages reported missed
+	var total uint64     // messages reported missed
+	data, lastN := 0, -1 // the test's messages read, and the last one's n
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		_, b, err := slow.c.Read(ctx)
@@ -113,6 +116,18 @@ func TestSlowReader(t *testing.T) {
 		switch {
 		case strings.HasPrefix(string(b), `{"type":"message"`):
 			messages++
+			var f frame
+			if err := json.Unmarshal(b, &f); err != nil {
+				t.Fatal(err)
+			}
+			if f.Device == "dev" {
+				var p struct{ N int }
+				json.Unmarshal(f.Payload, &p)
+				if p.N <= lastN {
+					t.Fatalf("slow reader got message %d after %d", p.N, lastN)
+				}
+				data, lastN = data+1, p.N
+			}
 		case strings.HasPrefix(string(b), `{"type":"missed"`):
 			missed++
 			last = frame{}
@@ -126,10 +141,13 @@ func TestSlowReader(t *testing.T) {
 			t.Fatalf("slow reader got %s", b)
 		}
 	}
-	t.Logf("slow reader: %d messages, %d missed notices, the last for %d", messages, missed, last.Count)
-	// Every message is accounted for: read, or reported missed (warm-up
-	// messages may add to both).
-	if missed == 0 || messages >= sent || uint64(messages)+total < uint64(sent) {
+	t.Logf("slow reader: %d messages (the last %d of %d sent), %d missed notices for %d, the last for %d",
+		messages, lastN, sent, missed, total, last.Count)
+	// Every message meant for it is accounted for: read, or reported
+	// missed (warm-up messages may add to both). It is closed as soon as
+	// it has been too slow for its grace, while messages are still being
+	// sent: those up to the last it read were all meant for it.
+	if missed == 0 || messages >= sent || uint64(data)+total < uint64(lastN+1) {
 		t.Fatalf("slow reader: %d messages, %d missed notices", messages, missed)
 	}
 	waitFor(t, "the slow disconnect counted", func() bool { return metric(t, fs, "ingest_feed_disconnects_total") == 1 })
@@ -141,4 +159,171 @@ func TestSlowReader(t *testing.T) {
 	if f := fast.messages(t, 1, nil)[0]; f.Device != "after" {
 		t.Fatalf("fast reader got %+v", f)
 	}
+}
+
+// slowOutcome is what a slow reader read before its connection ended.
+type slowOutcome struct {
+	data   int    // the test's messages
+	lastN  int    // the last one's n
+	missed uint64 // messages reported missed
+	notes  int    // missed notices
+	last   string // the last frame's type
+	err    error  // how the connection ended
+}
+
+// readSlowly reads r after pause, one frame every interval, until the
+// connection ends.
+func readSlowly(r *reader, pause, interval time.Duration) slowOutcome {
+	o := slowOutcome{lastN: -1}
+	time.Sleep(pause)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		_, b, err := r.c.Read(ctx)
+		cancel()
+		if err != nil {
+			o.err = err
+			return o
+		}
+		var f frame
+		if err := json.Unmarshal(b, &f); err != nil {
+			o.err = err
+			return o
+		}
+		o.last = f.Type
+		switch {
+		case f.Type == "message" && f.Device == "dev":
+			var p struct{ N int }
+			json.Unmarshal(f.Payload, &p)
+			if p.N <= o.lastN {
+				o.err = fmt.Errorf("message %d after %d", p.N, o.lastN)
+				return o
+			}
+			o.data, o.lastN = o.data+1, p.N
+		case f.Type == "missed":
+			if f.Reason != "slow" || f.Count == 0 {
+				o.err = fmt.Errorf("missed notice %+v", f)
+				return o
+			}
+			o.notes++
+			o.missed += f.Count
+		}
+		time.Sleep(interval)
+	}
+}
+
+// TestSlowReaderToldBeforeWriteTimeout: what docs/protocol.md promises a
+// slow reader (missed notices, a last one, then close 4000 once it has been
+// dropping for its grace) holds whatever the write timeout: for a reader
+// that reads, but slower than the stream, and for one that stops reading
+// for three times the write timeout before it reads again. Neither is cut
+// off by a write timeout; another reader gets every message in order, and
+// the pipeline does not slow down.
+func TestSlowReaderToldBeforeWriteTimeout(t *testing.T) {
+	const writeTimeout = time.Second
+	tr := startTier(t, middletier.Options{})
+	fs := startFeed(t, feed.Options{
+		Sources:      []feed.Source{{Feed: tr.addrs.Feed, Consumer: tr.addrs.Consumer}},
+		ClientQueue:  256,
+		SlowGrace:    300 * time.Millisecond,
+		WriteTimeout: writeTimeout,
+		PingInterval: 10 * time.Second,
+		PongTimeout:  10 * time.Second,
+	})
+	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+	tok := token(t, "feed:read", nil)
+
+	fast := dialReader(t, fs.url, tok, nil)
+	fast.run(t)
+	fast.subscribe(t, `{"type":"subscribe"}`)
+	var slow []*reader
+	for range 2 {
+		r := dialReader(t, fs.url, tok, &websocket.DialOptions{HTTPClient: smallBufferDialer()})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if err := r.c.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe"}`)); err != nil {
+			t.Fatal(err)
+		}
+		cancel()
+		t.Cleanup(func() { r.c.CloseNow() })
+		slow = append(slow, r)
+	}
+	warm(t, fe, fast)
+
+	// One reader reads 200 frames a second from a stream of about 1,000;
+	// the other reads nothing for three write timeouts, then reads.
+	outcomes := make([]slowOutcome, 2)
+	var readers sync.WaitGroup
+	readers.Go(func() { outcomes[0] = readSlowly(slow[0], 0, 5*time.Millisecond) })
+	readers.Go(func() { outcomes[1] = readSlowly(slow[1], 3*writeTimeout, 0) })
+
+	// Batches of 20 messages every 20 ms for four seconds, each once the
+	// fast reader has the one before last.
+	const per = 20
+	var got []frame
+	sent := 0
+	start := time.Now()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for b := 0; time.Since(start) < 4*time.Second; b++ {
+		<-tick.C
+		msgs := make([]msg, per)
+		for i := range msgs {
+			msgs[i] = msg{device: "dev", payload: fmt.Sprintf(`{"n":%d,"pad":"%s"}`, sent+i, strings.Repeat("x", 50))}
+		}
+		fe.send(t, msgs...)
+		sent += per
+		if b > 0 {
+			got = append(got, fast.messages(t, sent-per-len(got), isWarm)...)
+		}
+	}
+	got = append(got, fast.messages(t, sent-len(got), isWarm)...)
+	for i, f := range got {
+		if want := fmt.Sprintf(`{"n":%d,`, i); !strings.HasPrefix(string(f.Payload), want) {
+			t.Fatalf("fast reader's message %d is %.20s", i, f.Payload)
+		}
+	}
+	readers.Wait()
+
+	for i, o := range outcomes {
+		name := []string{"slower reader", "stalled reader"}[i]
+		t.Logf("%s: %d messages (the last %d of %d sent), %d missed notices for %d; ended with %v",
+			name, o.data, o.lastN, sent, o.notes, o.missed, o.err)
+		if code := closeStatus(o.err); code != feed.StatusTooSlow {
+			t.Errorf("%s ended with %v (code %d), want close %d", name, o.err, code, feed.StatusTooSlow)
+			continue
+		}
+		if o.notes == 0 || o.last != "missed" {
+			t.Errorf("%s: %d missed notices, the last frame a %q; want a missed notice last", name, o.notes, o.last)
+		}
+		// Every message meant for it, up to the last it read, is
+		// accounted for; it was closed while the stream went on.
+		if uint64(o.data)+o.missed < uint64(o.lastN+1) || o.lastN+1 >= sent {
+			t.Errorf("%s: %d messages and %d missed, the last read %d of %d sent", name, o.data, o.missed, o.lastN, sent)
+		}
+	}
+	waitFor(t, "both slow disconnects counted", func() bool { return metric(t, fs, "ingest_feed_disconnects_total") == 2 })
+	if n := metricWith(t, fs, "ingest_feed_disconnects_total", "reason", "slow"); n != 2 {
+		t.Errorf("%v disconnects for slowness, want 2", n)
+	}
+}
+
+// metricWith returns the value of name's series whose label is value.
+func metricWith(t testing.TB, fs *feedServer, name, label, value string) float64 {
+	t.Helper()
+	mfs, err := fs.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == label && l.GetValue() == value {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }
