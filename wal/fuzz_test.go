@@ -55,6 +55,76 @@ func FuzzRelease(f *testing.F) {
 	})
 }
 
+func FuzzSizeMark(f *testing.F) {
+	f.Add(encodeSizeMark(4352))
+	f.Add(encodeSizeMark(1))
+	f.Add([]byte("WSEG"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		size, err := decodeSizeMark(b)
+		if err != nil {
+			return
+		}
+		if size <= 0 || !bytes.Equal(encodeSizeMark(size), b) {
+			t.Fatalf("size mark %d re-encodes differently", size)
+		}
+	})
+}
+
+// FuzzOpenMarked is FuzzOpen for a log with a size mark, so that its last
+// segment's size is checked, opened with or without the repair option:
+// Open fails, or the log reads back verified, takes appends, and reopens
+// without the repair option.
+func FuzzOpenMarked(f *testing.F) {
+	var good []byte
+	for _, p := range []string{"one", "two", "three"} {
+		fr := appendFrame(nil, []byte(p))
+		good = append(append(good, byte(len(fr))), fr...)
+	}
+	full := append(append([]byte(nil), good...), make([]byte, 4352-len(good))...)
+	f.Add(full, false)
+	f.Add(full, true)
+	f.Add(good, false)
+	f.Add(good, true)
+	f.Add(good[:len(good)-3], true)
+	f.Add([]byte(nil), true)
+	f.Fuzz(func(t *testing.T, seg []byte, repair bool) {
+		dir := t.TempDir()
+		if err := os.WriteFile(filepath.Join(dir, segmentName(1)), seg, 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if err := writeSizeMark(dir, 4352); err != nil {
+			t.Fatal(err)
+		}
+		l, err := Open(dir, Options{SegmentBytes: 4096, RepairTruncated: repair}, nil, nil)
+		if err != nil {
+			var ce *CorruptionError
+			if len(seg) < 4352 && !repair && !errors.As(err, &ce) {
+				t.Fatalf("short segment refused with %v, want a *CorruptionError", err)
+			}
+			return
+		}
+		if len(seg) < 4352 && !repair {
+			l.Close()
+			t.Fatalf("a segment of %d bytes, created with 4352, opened without the repair option", len(seg))
+		}
+		entries := readEverything(t, l)
+		if _, err := l.Append(context.Background(), []byte("next")); err != nil {
+			t.Fatalf("append after open: %v", err)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		l, err = Open(dir, Options{SegmentBytes: 4096}, nil, nil)
+		if err != nil {
+			t.Fatalf("reopen: %v", err)
+		}
+		defer l.Close()
+		if again := readEverything(t, l); len(again) != len(entries)+1 {
+			t.Fatalf("reopen read %d entries, want %d", len(again), len(entries)+1)
+		}
+	})
+}
+
 // FuzzOpen opens a log whose segments hold arbitrary bytes. Open either fails
 // with an error or yields a log whose every entry reads back verified, that
 // takes appends at the next index, and that reopens the same with nothing
