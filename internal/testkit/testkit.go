@@ -1,0 +1,70 @@
+// Package testkit is what the tests of the tiers share: waiting for a
+// condition with a deadline, running a component until the test ends,
+// summing a metric, the zmq4 goroutines a leak check ignores, and a real
+// middletier in the test process, on loopback over a real WAL, with peers
+// that talk to its sockets as a frontend or a consumer does.
+package testkit
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+)
+
+// WaitFor polls cond every 2ms until it holds, and fails the test if it
+// does not within the given time. It returns how long it waited.
+func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for !cond() {
+		if time.Since(start) > within {
+			t.Fatalf("timed out after %v waiting for %s", within, what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return time.Since(start)
+}
+
+// Go runs run in a goroutine until stop is called or the test ends, when
+// run's context is cancelled; stop waits for run to return and returns
+// its error. A non-nil error fails the test, named by what, unless the
+// test called stop and looked at it itself.
+func Go(t testing.TB, what string, run func(ctx context.Context) error) (stop func() error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx) }()
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			err = <-done
+		})
+		return err
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("%s: %v", what, err)
+		}
+	})
+	return stop
+}
+
+// zmq4 v0.17.0 leaks a goroutine when a socket is closed at the wrong
+// moment, and nothing a caller does can end it (zsock/doc.go, Known
+// limits). Leak checks ignore these by name, and only these.
+var (
+	// PubWriterLeak: pubMWriter.Close signals its writer goroutine once; if
+	// the writer is sending at that moment the signal is lost and it waits
+	// on its condition variable for good (pub.go, run). One goroutine per
+	// closed PUB socket.
+	PubWriterLeak = goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*pubMWriter).run")
+	// RouterReaderLeak: a ROUTER's reader goroutine for one connection
+	// sends each message it reads into the socket's queue of ten with no
+	// way out (router.go, listen); closed while that queue is full and the
+	// peer still sending, it waits there for good.
+	RouterReaderLeak = goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*routerQReader).listen")
+)
