@@ -8,6 +8,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
@@ -103,27 +104,5 @@ func benchRoundTrip(b *testing.B, repeat bool) {
 // startTierB runs a middletier for a benchmark and returns its ingest endpoint.
 func startTierB(b *testing.B) string {
 	b.Helper()
-	dir := b.TempDir()
-	l, err := wal.Open(dir+"/wal", wal.Options{Hop: "middletier"}, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	any := "tcp://127.0.0.1:0"
-	r, err := middletier.New(middletier.Options{ID: "mt-bench", StateDir: dir, IngestAddr: any, ConsumerAddr: any, StreamAddr: any}, l, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	addrs, err := r.Listen()
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	b.Cleanup(func() {
-		cancel()
-		<-done
-		l.Close()
-	})
-	return addrs.Ingest
+	return testkit.StartMiddletier(b, b.TempDir(), middletier.Options{ID: "mt-bench"}, wal.Options{}).Addrs.Ingest
 }

@@ -26,10 +26,18 @@
 // # Sockets
 //
 // A zmq4 DEALER sends every message to every peer it is connected to, so a
-// Link's socket is connected to exactly one middletier. Sends go through one
-// goroutine whose watchdog closes the socket if a send stalls (zmq4 sends
-// have no deadline once connected). Each socket has an identity of its own,
-// so that a middletier never answers a new socket's batches to an old one.
+// Link's socket, a zsock.Dealer, is connected to exactly one middletier.
+// Sends go through one goroutine whose watchdog closes the socket if a send
+// stalls (Options.SendStall: zmq4 sends have no deadline once connected);
+// the Link then connects a new socket. Each socket has an identity of its
+// own, <origin>#<n>-<random>, so that a middletier never answers a new
+// socket's batches to an old one.
+//
+// # Goroutines
+//
+// Run is the Link's goroutine: it reads the WAL, sends, takes the
+// acknowledgements and closes its socket before it returns; the socket's
+// sender and reader are the Dealer's, ended by its Close.
 //
 // # Order
 //

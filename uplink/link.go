@@ -12,6 +12,7 @@ import (
 
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
+	"github.com/ingest-io/ingest/zsock"
 )
 
 // Link forwards a frontend's WAL to a middletier: it reads the WAL in
@@ -31,6 +32,9 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
 	}
 	m, err := newMetrics(reg)
 	if err != nil {
@@ -62,7 +66,7 @@ type state struct {
 	lastAck   time.Time // last progress, for failover
 	timeouts  int       // ack timeouts in a row
 	paused    time.Time // no sends before this (busy)
-	conn      *conn
+	conn      *zsock.Dealer
 	endpoints []string
 	at        int // index in endpoints
 	dials     int // failed dials in a row, for backoff
@@ -85,7 +89,7 @@ func (k *Link) Run(ctx context.Context) error {
 	}
 	defer func() {
 		if s.conn != nil {
-			s.conn.close()
+			s.conn.Close()
 		}
 	}()
 	tick := time.NewTicker(k.opts.AckTimeout / 4)
@@ -107,10 +111,10 @@ func (k *Link) Run(ctx context.Context) error {
 				continue
 			}
 		}
-		var replies <-chan wire.Message
+		var replies <-chan [][]byte
 		var dead <-chan struct{}
 		if s.conn != nil {
-			replies, dead = s.conn.replies, s.conn.dead
+			replies, dead = s.conn.Recv(), s.conn.Done()
 		}
 		select {
 		case <-ctx.Done():
@@ -119,7 +123,14 @@ func (k *Link) Run(ctx context.Context) error {
 			if err := k.log.Err(); err != nil {
 				return err
 			}
-		case m := <-replies:
+		case frames := <-replies:
+			if len(frames) != 1 {
+				continue
+			}
+			m, err := wire.Decode(frames[0])
+			if err != nil {
+				continue
+			}
 			if err := k.handle(s, m); err != nil {
 				return err
 			}
@@ -164,7 +175,7 @@ func (k *Link) sendReady(s *state) {
 			entries[i] = s.pending[i].Data
 		}
 		b := &wire.Batch{Origin: k.origin, Acked: s.acked, First: s.pending[0].Index, Entries: entries}
-		if !s.conn.enqueue(wire.Append(nil, b)) {
+		if !s.conn.Send(wire.Append(nil, b)) {
 			k.drop(s, "sender queue full")
 			return
 		}
@@ -216,9 +227,7 @@ func (k *Link) progress(s *state, upTo uint64) error {
 	}
 	if last := k.log.LastIndex(); upTo > last {
 		// Not an entry of this log: a middletier that confused origins.
-		if k.lg != nil {
-			k.lg.Error("uplink: acknowledgement beyond the last entry; ignored", "up_to", upTo, "last", last)
-		}
+		k.lg.Error("uplink: acknowledgement beyond the last entry; ignored", "up_to", upTo, "last", last)
 		return nil
 	}
 	if err := k.log.Release(upTo); err != nil {
@@ -261,9 +270,7 @@ func (k *Link) checkTimeouts(s *state) error {
 	}
 	if s.conn != nil && now.Sub(s.lastAck) > k.opts.Failover && len(s.endpoints) > 1 {
 		k.m.failovers.Inc()
-		if k.lg != nil {
-			k.lg.Warn("uplink: middletier silent; moving to the next", "middletier", s.conn.endpoint, "silent_for", now.Sub(s.lastAck))
-		}
+		k.lg.Warn("uplink: middletier silent; moving to the next", "middletier", s.conn.Endpoint(), "silent_for", now.Sub(s.lastAck))
 		k.drop(s, "failover")
 		s.at++
 		s.lastAck = now
@@ -288,11 +295,9 @@ func (k *Link) drop(s *state, why string) {
 	if s.conn == nil {
 		return
 	}
-	if k.lg != nil {
-		k.lg.Info("uplink: closing connection", "middletier", s.conn.endpoint, "reason", why)
-	}
-	k.m.connected.WithLabelValues(s.conn.endpoint).Set(0)
-	s.conn.close()
+	k.lg.Info("uplink: closing connection", "middletier", s.conn.Endpoint(), "reason", why)
+	k.m.connected.WithLabelValues(s.conn.Endpoint()).Set(0)
+	s.conn.Close()
 	s.conn = nil
 	k.m.reconnects.Inc()
 	s.inflight = nil
@@ -305,7 +310,7 @@ func (k *Link) connect(ctx context.Context, s *state) {
 		eps := k.opts.Middletiers
 		if k.opts.Resolve != nil {
 			var err error
-			if eps, err = k.opts.Resolve(ctx); err != nil && k.lg != nil {
+			if eps, err = k.opts.Resolve(ctx); err != nil {
 				k.lg.Warn("uplink: resolve middletiers", "err", err)
 			}
 		}
@@ -317,9 +322,17 @@ func (k *Link) connect(ctx context.Context, s *state) {
 	}
 	ep := s.endpoints[s.at]
 	s.socketSeq++
-	c, err := dial(ctx, ep, fmt.Sprintf("%s#%d-%x", k.origin, s.socketSeq, rand.Uint32()), k.opts)
+	// An identity of its own per socket, so that a middletier never
+	// answers this socket's batches to an earlier one.
+	c, err := zsock.Dial(ep, zsock.DealerOptions{
+		Identity:    fmt.Sprintf("%s#%d-%x", k.origin, s.socketSeq, rand.Uint32()),
+		SendStall:   k.opts.SendStall,
+		DialTimeout: k.opts.DialTimeout,
+		SendQueue:   k.opts.Window * 2,
+		RecvQueue:   k.opts.Window * 2,
+	})
 	if err != nil {
-		if k.lg != nil && s.dials == 0 {
+		if s.dials == 0 {
 			k.lg.Warn("uplink: connect", "middletier", ep, "err", err)
 		}
 		s.at++
@@ -328,10 +341,8 @@ func (k *Link) connect(ctx context.Context, s *state) {
 	}
 	s.conn, s.dials = c, 0
 	k.m.connected.WithLabelValues(ep).Set(1)
-	if k.lg != nil {
-		k.lg.Info("uplink: connected", "middletier", ep)
-	}
-	if err := k.rewind(s, s.acked+1); err != nil && !errors.Is(err, wal.ErrClosed) && k.lg != nil {
+	k.lg.Info("uplink: connected", "middletier", ep)
+	if err := k.rewind(s, s.acked+1); err != nil && !errors.Is(err, wal.ErrClosed) {
 		k.lg.Error("uplink: rewind", "err", err)
 	}
 }

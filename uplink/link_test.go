@@ -6,105 +6,35 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
 )
 
-// tier is a middletier on loopback over a real WAL.
-type tier struct {
-	dir   string
-	opts  middletier.Options
-	wopts wal.Options
-	log   *wal.Log
-	addrs middletier.Addrs
-	stop  func()
+// startTier runs a middletier with its data in dir until the test ends.
+func startTier(t *testing.T, dir string, opts middletier.Options, wopts wal.Options) *testkit.Middletier {
+	t.Helper()
+	return testkit.StartMiddletier(t, dir, opts, wopts)
 }
 
-func startTier(t *testing.T, dir string, opts middletier.Options, wopts wal.Options) *tier {
+// records returns, by identity, how often each record is in the stopped
+// middletier's WAL.
+func records(t *testing.T, mt *testkit.Middletier) map[uint64]int {
 	t.Helper()
-	tr := &tier{dir: dir, opts: opts, wopts: wopts}
-	tr.start(t)
-	return tr
-}
-
-func (tr *tier) start(t *testing.T) {
-	t.Helper()
-	opts := tr.opts
-	opts.StateDir = tr.dir
-	if opts.ID == "" {
-		opts.ID = "mt-" + filepath.Base(tr.dir)
-	}
-	def := "tcp://127.0.0.1:0"
-	if tr.addrs.Ingest != "" { // a restart listens where it did before
-		opts.IngestAddr, opts.ConsumerAddr, opts.StreamAddr = tr.addrs.Ingest, tr.addrs.Consumer, tr.addrs.Stream
-	} else {
-		opts.IngestAddr, opts.ConsumerAddr, opts.StreamAddr = def, def, def
-	}
-	wopts := tr.wopts
-	wopts.Hop = "middletier"
-	l, err := wal.Open(filepath.Join(tr.dir, "wal"), wopts, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r, err := middletier.New(opts, l, nil, nil)
-	if err != nil {
-		l.Close()
-		t.Fatal(err)
-	}
-	if tr.addrs, err = r.Listen(); err != nil {
-		l.Close()
-		t.Fatal(err)
-	}
-	tr.log = l
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	tr.stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("middletier: %v", err)
-			}
-			l.Close()
-		})
-	}
-	t.Cleanup(tr.stop)
-}
-
-// records returns, by identity, how often each record is in the tier's WAL.
-func (tr *tier) records(t *testing.T) map[uint64]int {
-	t.Helper()
-	l, err := wal.Open(filepath.Join(tr.dir, "wal"), wal.Options{}, nil, nil)
+	l, err := wal.Open(filepath.Join(mt.Dir, "wal"), wal.Options{}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
 	seen := map[uint64]int{}
-	if l.LastIndex() < l.FirstIndex() {
-		return seen
-	}
-	c, err := l.Cursor(l.FirstIndex())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := l.FirstIndex(); i <= l.LastIndex(); i++ {
-		e, err := c.Next(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		rec, err := wire.DecodeRecord(e.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, rec := range testkit.Records(t, l) {
 		if want := fmt.Sprintf("entry-%d", rec.Index); string(rec.Data) != want {
 			t.Fatalf("record %d holds %q", rec.Index, rec.Data)
 		}
@@ -134,22 +64,11 @@ func startLink(t *testing.T, opts uplink.Options) *frontend {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- k.Run(ctx) }()
-	var once sync.Once
-	f := &frontend{log: l, reg: reg}
-	f.stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("uplink: %v", err)
-			}
-			l.Close()
-		})
-	}
-	t.Cleanup(f.stop)
-	return f
+	stop := testkit.Go(t, "uplink", func(ctx context.Context) error {
+		defer l.Close()
+		return k.Run(ctx)
+	})
+	return &frontend{log: l, reg: reg, stop: func() { stop() }}
 }
 
 // appendEntries appends entry-1 .. entry-n in batches of 100, pausing
@@ -177,18 +96,6 @@ func (f *frontend) appendEntries(t *testing.T, n int, pace time.Duration) {
 	}
 }
 
-func waitFor(t *testing.T, what string, limit time.Duration, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for !cond() {
-		if time.Since(start) > limit {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	return time.Since(start)
-}
-
 func exactlyOnce(t *testing.T, seen map[uint64]int, n int) {
 	t.Helper()
 	for i := 1; i <= n; i++ {
@@ -203,38 +110,38 @@ func exactlyOnce(t *testing.T, seen map[uint64]int, n int) {
 
 func TestForward(t *testing.T) {
 	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
-	f := startLink(t, uplink.Options{Middletiers: []string{mt.addrs.Ingest}})
+	f := startLink(t, uplink.Options{Middletiers: []string{mt.Addrs.Ingest}})
 	const n = 20000
 	f.appendEntries(t, n, 0)
-	waitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
-	mt.stop()
-	exactlyOnce(t, mt.records(t), n)
+	testkit.WaitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
+	mt.Stop()
+	exactlyOnce(t, records(t, mt), n)
 }
 
 // A middletier restarted while the frontend sends: traffic resumes, and
 // nothing is lost or doubled in the middletier's stream.
 func TestMiddletierRestart(t *testing.T) {
 	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
-	f := startLink(t, uplink.Options{Middletiers: []string{mt.addrs.Ingest}})
+	f := startLink(t, uplink.Options{Middletiers: []string{mt.Addrs.Ingest}})
 	const n = 6000
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		f.appendEntries(t, n, 20*time.Millisecond)
 	}()
-	waitFor(t, "the first acknowledgements", 10*time.Second, func() bool { return f.log.Released() > 1000 })
-	mt.stop()
+	testkit.WaitFor(t, "the first acknowledgements", 10*time.Second, func() bool { return f.log.Released() > 1000 })
+	mt.Stop()
 	before := f.log.Released()
-	mt.start(t)
-	took := waitFor(t, "traffic to resume", 30*time.Second, func() bool { return f.log.Released() > before })
+	mt.Start(t)
+	took := testkit.WaitFor(t, "traffic to resume", 30*time.Second, func() bool { return f.log.Released() > before })
 	t.Logf("traffic resumed %v after the middletier restarted", took)
 	if took > 5*time.Second {
 		t.Errorf("traffic resumed after %v, want within 5s", took)
 	}
 	<-done
-	waitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
-	mt.stop()
-	exactlyOnce(t, mt.records(t), n)
+	testkit.WaitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
+	mt.Stop()
+	exactlyOnce(t, records(t, mt), n)
 }
 
 // When a middletier dies for good, the frontend fails over to the next:
@@ -243,19 +150,19 @@ func TestMiddletierRestart(t *testing.T) {
 func TestFailover(t *testing.T) {
 	a := startTier(t, t.TempDir(), middletier.Options{ID: "mt-a"}, wal.Options{})
 	b := startTier(t, t.TempDir(), middletier.Options{ID: "mt-b"}, wal.Options{})
-	f := startLink(t, uplink.Options{Middletiers: []string{a.addrs.Ingest, b.addrs.Ingest}, Failover: 2 * time.Second})
+	f := startLink(t, uplink.Options{Middletiers: []string{a.Addrs.Ingest, b.Addrs.Ingest}, Failover: 2 * time.Second})
 	const n = 5000
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		f.appendEntries(t, n, 20*time.Millisecond)
 	}()
-	waitFor(t, "the first acknowledgements", 10*time.Second, func() bool { return f.log.Released() > 1000 })
-	a.stop()
+	testkit.WaitFor(t, "the first acknowledgements", 10*time.Second, func() bool { return f.log.Released() > 1000 })
+	a.Stop()
 	<-done
-	waitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
-	b.stop()
-	inA, inB := a.records(t), b.records(t)
+	testkit.WaitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
+	b.Stop()
+	inA, inB := records(t, a), records(t, b)
 	for i := uint64(1); i <= n; i++ {
 		if inA[i] > 1 || inB[i] > 1 {
 			t.Fatalf("entry %d twice in one middletier (a %d, b %d)", i, inA[i], inB[i])
@@ -273,43 +180,26 @@ func TestFailover(t *testing.T) {
 // and delivers them once room is made.
 func TestBusyBackpressure(t *testing.T) {
 	mt := startTier(t, t.TempDir(), middletier.Options{Consumers: []string{"storage"}, BusyRetry: 20 * time.Millisecond}, wal.Options{MaxEntries: 500})
-	f := startLink(t, uplink.Options{Middletiers: []string{mt.addrs.Ingest}})
+	f := startLink(t, uplink.Options{Middletiers: []string{mt.Addrs.Ingest}})
 	const n = 2000
 	f.appendEntries(t, n, 0)
 	// Batches are all or nothing: the middletier takes whole batches while
 	// they fit under its bound, then answers busy.
-	waitFor(t, "busy answers", 10*time.Second, func() bool { return counter(t, f.reg, "ingest_uplink_retransmits_total") > 0 })
-	if held, released := mt.log.LastIndex(), f.log.Released(); held == 0 || held > 500 || released != held {
+	testkit.WaitFor(t, "busy answers", 10*time.Second, func() bool { return testkit.Metric(t, f.reg, "ingest_uplink_retransmits_total") > 0 })
+	if held, released := mt.Log.LastIndex(), f.log.Released(); held == 0 || held > 500 || released != held {
 		t.Fatalf("middletier holds %d entries (bound 500), frontend released %d", held, released)
 	}
 	// The consumer catches up in steps; everything gets through.
-	cons := newConsumer(t, mt.addrs.Consumer)
+	cons := testkit.Dealer(t, mt.Addrs.Consumer, "storage#test")
 	for f.log.Released() < n {
-		seq := mt.log.LastIndex()
-		cons.commit(t, seq)
-		waitFor(t, "room", 10*time.Second, func() bool { return mt.log.Released() >= seq })
-		waitFor(t, "more entries or the end", 10*time.Second, func() bool { return mt.log.LastIndex() > seq || f.log.Released() == n })
+		seq := mt.Log.LastIndex()
+		cons.Send(t, &wire.Commit{Consumer: "storage", Seq: seq})
+		testkit.Next[*wire.CommitAck](t, cons)
+		testkit.WaitFor(t, "room", 10*time.Second, func() bool { return mt.Log.Released() >= seq })
+		testkit.WaitFor(t, "more entries or the end", 10*time.Second, func() bool { return mt.Log.LastIndex() > seq || f.log.Released() == n })
 	}
-	mt.stop()
-	exactlyOnce(t, mt.records(t), n)
-}
-
-// counter sums every series of a counter.
-func counter(t *testing.T, reg *prometheus.Registry, name string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := 0.0
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
+	mt.Stop()
+	exactlyOnce(t, records(t, mt), n)
 }
 
 // The WAL, the middletier and the uplink share metric names (the queue
@@ -360,7 +250,7 @@ func TestDNSResolver(t *testing.T) {
 // A frontend configured with a resolver finds its middletier through it.
 func TestForwardThroughResolver(t *testing.T) {
 	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
-	port := mt.addrs.Ingest[strings.LastIndexByte(mt.addrs.Ingest, ':')+1:]
+	port := mt.Addrs.Ingest[strings.LastIndexByte(mt.Addrs.Ingest, ':')+1:]
 	p, err := strconv.Atoi(port)
 	if err != nil {
 		t.Fatal(err)
@@ -377,5 +267,5 @@ func TestForwardThroughResolver(t *testing.T) {
 		return v4, err
 	}})
 	f.appendEntries(t, 500, 0)
-	waitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == 500 })
+	testkit.WaitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == 500 })
 }

@@ -4,15 +4,14 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
-		// zmq4 v0.17.0 loses the wake-up of a closed PUB socket's writer
-		// goroutine if it was sending (pub.go, run), and a closed ROUTER's
-		// reader goroutine can wait for good to queue one more message
-		// (router.go, listen); see middletier's tests and doc.go.
-		goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*pubMWriter).run"),
-		goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*routerQReader).listen"),
+		// zmq4's goroutines that a closed socket can strand, and nothing a
+		// caller can end: testkit names them and says why.
+		testkit.PubWriterLeak, testkit.RouterReaderLeak,
 	)
 }
