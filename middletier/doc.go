@@ -11,11 +11,13 @@
 // and, optionally, a feed PUB for the live feed. Frontends and consumers
 // have separate ROUTERs because zmq4 sends on a ROUTER have no deadline and
 // hold one lock for every peer: a consumer that stops reading fetch replies
-// must not be able to hold up acknowledgements to frontends. Every send on
-// a ROUTER goes through one goroutine whose watchdog closes the socket and
-// listens again on the same address when a send stalls (Options.SendStall);
-// peers reconnect and retransmit, and nothing durable is lost. The stream
-// and the feed have separate PUB sockets so that neither slows the other.
+// must not be able to hold up acknowledgements to frontends. Both are
+// zsock.Routers: every send goes through one goroutine whose watchdog
+// closes the socket and listens again on the same address when a send
+// stalls (Options.SendStall), counted in
+// ingest_middletier_send_stalls_total{socket}; peers reconnect and
+// retransmit, and nothing durable is lost. The stream and the feed have
+// separate PUB sockets so that neither slows the other.
 //
 // # Durability and acknowledgement
 //
@@ -83,5 +85,12 @@
 // full (the reader waits to hand on one more message that no one will
 // take). Each holds a goroutine and a message; they come from closing
 // sockets, which the middletier does at shutdown and when its watchdog
-// replaces a stalled socket.
+// replaces a stalled socket (zsock/doc.go).
+//
+// # Goroutines
+//
+// Run owns every goroutine: each ROUTER's reader and sender (zsock.Router's
+// Run), the ingest worker, the publisher, the fetch worker and the state
+// keeper, all ended by one context that Run derives from its own and
+// cancels on a WAL or state failure. New and Listen start nothing.
 package middletier

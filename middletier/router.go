@@ -6,40 +6,35 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/go-zeromq/zmq4"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
+	"github.com/ingest-io/ingest/zsock"
 )
 
 // Router is a middletier: it takes batches from frontends, makes them
 // durable in its WAL, acknowledges them, publishes them as a stream, and
 // serves fetch and commit to the stream's consumers. See doc.go.
 //
-// Goroutines, all started and awaited by Run: one receiver and one sender
-// per ROUTER socket, the ingest worker, the publisher, the fetch worker and
-// the state keeper. Lock order: mu is a leaf.
+// Goroutines, all started and awaited by Run: each ROUTER socket's Run
+// (a receiver and a sender), the ingest worker, the publisher, the fetch
+// worker and the state keeper. Lock order: mu is a leaf.
 type Router struct {
 	opts Options
 	log  *wal.Log
 	lg   *slog.Logger
 	m    *metrics
 
-	ctx    context.Context // ends when Run ends; every socket lives on it
-	cancel context.CancelFunc
-
-	ingest   *routerSocket
-	consumer *routerSocket
-	stream   zmq4.Socket
-	feed     zmq4.Socket
+	ingest   *zsock.Router
+	consumer *zsock.Router
+	stream   *zsock.Pub
+	feed     *zsock.Pub
 
 	batches chan inbound
 	fetches chan fetchReq
@@ -47,6 +42,7 @@ type Router struct {
 
 	failOnce sync.Once
 	failErr  error
+	failed   chan struct{} // closed by fail
 
 	stateNoSpace atomic.Bool // the last state write failed for lack of room
 
@@ -87,13 +83,14 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
 	st, err := readState(opts.StateDir)
 	if errors.Is(err, errStateDamaged) {
 		// Marks come back from the WAL's retained records, checkpoints start
 		// again from nothing: repeats may follow, never loss.
-		if lg != nil {
-			lg.Warn("middletier: state file damaged; marks recovered from the WAL only, consumer checkpoints reset", "dir", opts.StateDir, "err", err)
-		}
+		lg.Warn("middletier: state file damaged; marks recovered from the WAL only, consumer checkpoints reset", "dir", opts.StateDir, "err", err)
 		st, err = &state{Origins: map[string]uint64{}, Consumers: map[string]uint64{}}, nil
 	}
 	if err != nil {
@@ -104,6 +101,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 		batches: make(chan inbound, opts.IngestQueue),
 		fetches: make(chan fetchReq, 64),
 		wake:    make(chan struct{}, 1),
+		failed:  make(chan struct{}),
 		highest: st.Origins,
 		ckpt:    st.Consumers,
 		lagging: map[string]bool{},
@@ -117,10 +115,18 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("middletier: register metrics: %w", err)
 	}
-	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.ingest = newRouterSocket(r.ctx, "ingest", opts.IngestAddr, opts.SendStall, 4096, lg, func() { r.m.stalls.WithLabelValues("ingest").Inc() })
-	r.consumer = newRouterSocket(r.ctx, "consumer", opts.ConsumerAddr, opts.SendStall, 256, lg, func() { r.m.stalls.WithLabelValues("consumer").Inc() })
+	r.ingest = r.newSocket("ingest", opts.IngestAddr, 4096)
+	r.consumer = r.newSocket("consumer", opts.ConsumerAddr, 256)
 	return r, nil
+}
+
+// newSocket returns a ROUTER whose watchdog recycles it when a send stalls.
+func (r *Router) newSocket(name, addr string, queue int) *zsock.Router {
+	stalls := r.m.stalls.WithLabelValues(name)
+	return zsock.NewRouter(addr, zsock.RouterOptions{SendStall: r.opts.SendStall, SendQueue: queue, OnStall: func() {
+		r.lg.Warn("middletier: send stalled; closing the socket and listening again", "socket", name, "after", r.opts.SendStall)
+		stalls.Inc()
+	}}, r.lg.With("socket", name))
 }
 
 // recoverMarks raises the per-origin marks to cover every record retained in
@@ -158,56 +164,37 @@ func (r *Router) Listen() (Addrs, error) {
 	if r.stream != nil {
 		return r.addrs(), nil
 	}
-	if err := r.ingest.listen(); err != nil {
+	if err := r.ingest.Listen(); err != nil {
 		return Addrs{}, fmt.Errorf("middletier: ingest: %w", err)
 	}
-	if err := r.consumer.listen(); err != nil {
-		r.ingest.close()
+	if err := r.consumer.Listen(); err != nil {
+		r.ingest.Close()
 		return Addrs{}, fmt.Errorf("middletier: consumer: %w", err)
 	}
-	var err error
-	if r.stream, err = r.listenPub(r.opts.StreamAddr); err != nil {
-		r.ingest.close()
-		r.consumer.close()
+	stream, err := zsock.ListenPub(r.opts.StreamAddr, r.opts.StreamHWM)
+	if err != nil {
+		r.ingest.Close()
+		r.consumer.Close()
 		return Addrs{}, fmt.Errorf("middletier: stream: %w", err)
 	}
 	if r.opts.FeedAddr != "" {
-		if r.feed, err = r.listenPub(r.opts.FeedAddr); err != nil {
-			r.ingest.close()
-			r.consumer.close()
-			r.stream.Close()
+		if r.feed, err = zsock.ListenPub(r.opts.FeedAddr, r.opts.StreamHWM); err != nil {
+			r.ingest.Close()
+			r.consumer.Close()
+			stream.Close()
 			return Addrs{}, fmt.Errorf("middletier: feed: %w", err)
 		}
 	}
+	r.stream = stream
 	return r.addrs(), nil
 }
 
-func (r *Router) listenPub(addr string) (zmq4.Socket, error) {
-	pub := zmq4.NewPub(r.ctx)
-	if err := pub.SetOption(zmq4.OptionHWM, r.opts.StreamHWM); err != nil {
-		pub.Close()
-		return nil, err
-	}
-	if err := pub.Listen(addr); err != nil {
-		pub.Close()
-		return nil, fmt.Errorf("listen %s: %w", addr, err)
-	}
-	return pub, nil
-}
-
 func (r *Router) addrs() Addrs {
-	a := Addrs{Ingest: r.ingest.endpoint(), Consumer: r.consumer.endpoint(), Stream: endpointOf(r.opts.StreamAddr, r.stream)}
+	a := Addrs{Ingest: r.ingest.Addr(), Consumer: r.consumer.Addr(), Stream: r.stream.Addr()}
 	if r.feed != nil {
-		a.Feed = endpointOf(r.opts.FeedAddr, r.feed)
+		a.Feed = r.feed.Addr()
 	}
 	return a
-}
-
-func endpointOf(addr string, s zmq4.Socket) string {
-	if tcp, ok := s.Addr().(*net.TCPAddr); ok && strings.HasPrefix(addr, "tcp://") {
-		return "tcp://" + tcp.String()
-	}
-	return addr
 }
 
 // Run serves until ctx ends or a WAL failure stops it, then closes every
@@ -215,31 +202,27 @@ func endpointOf(addr string, s zmq4.Socket) string {
 // nil after a clean stop, or the failure.
 func (r *Router) Run(ctx context.Context) error {
 	if _, err := r.Listen(); err != nil {
-		r.cancel()
 		r.m.unregister()
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	wg.Go(func() { r.recvIngest() })
-	wg.Go(func() { r.recvConsumer() })
-	wg.Go(func() { r.ingest.sender() })
-	wg.Go(func() { r.consumer.sender() })
-	wg.Go(func() { r.ingestWorker() })
-	wg.Go(func() { r.publisher() })
-	wg.Go(func() { r.fetchWorker() })
-	wg.Go(func() { r.stateKeeper() })
+	wg.Go(func() { r.ingest.Run(ctx, r.recvIngest) })
+	wg.Go(func() { r.consumer.Run(ctx, r.recvConsumer) })
+	wg.Go(func() { r.ingestWorker(ctx) })
+	wg.Go(func() { r.publisher(ctx) })
+	wg.Go(func() { r.fetchWorker(ctx) })
+	wg.Go(func() { r.stateKeeper(ctx) })
 	select {
 	case <-ctx.Done():
-	case <-r.ctx.Done():
+	case <-r.failed:
 	}
-	r.cancel()
-	r.ingest.close()
-	r.consumer.close()
+	cancel()
+	wg.Wait()
 	r.stream.Close()
 	if r.feed != nil {
 		r.feed.Close()
 	}
-	wg.Wait()
 	err := r.keepState()
 	r.m.unregister()
 	if r.failErr != nil {
@@ -252,52 +235,48 @@ func (r *Router) Run(ctx context.Context) error {
 func (r *Router) fail(err error) {
 	r.failOnce.Do(func() {
 		r.failErr = err
-		r.cancel()
+		close(r.failed)
 	})
 }
 
-func (r *Router) recvIngest() {
-	for {
-		msg, err := r.ingest.recv()
-		if err != nil {
-			return
-		}
-		m, err := decodeFrom(msg)
-		b, ok := m.(*wire.Batch)
-		if err != nil || !ok {
-			r.m.invalid.WithLabelValues("ingest").Inc()
-			continue
-		}
-		r.m.batches.Inc()
-		select {
-		case r.batches <- inbound{identity: msg.Frames[0], b: b}:
-			r.m.ingestQueue.Add(float64(len(b.Entries)))
-		default:
-			r.m.busy.Inc()
-			r.mu.Lock()
-			upTo := r.highest[b.Origin]
-			r.mu.Unlock()
-			r.ingest.send(msg.Frames[0], wire.Append(nil, &wire.Busy{Origin: b.Origin, UpTo: upTo, RetryAfter: r.opts.BusyRetry}))
-		}
+// recvIngest takes one message from a frontend, on the ingest socket's
+// reader goroutine.
+func (r *Router) recvIngest(frames [][]byte) {
+	m, err := decodeFrom(frames)
+	b, ok := m.(*wire.Batch)
+	if err != nil || !ok {
+		r.m.invalid.WithLabelValues("ingest").Inc()
+		return
+	}
+	r.m.batches.Inc()
+	select {
+	case r.batches <- inbound{identity: frames[0], b: b}:
+		r.m.ingestQueue.Add(float64(len(b.Entries)))
+	default:
+		r.m.busy.Inc()
+		r.mu.Lock()
+		upTo := r.highest[b.Origin]
+		r.mu.Unlock()
+		r.ingest.Send(frames[0], wire.Append(nil, &wire.Busy{Origin: b.Origin, UpTo: upTo, RetryAfter: r.opts.BusyRetry}))
 	}
 }
 
 // decodeFrom decodes a ROUTER message: the peer's identity, then one frame.
-func decodeFrom(msg zmq4.Msg) (wire.Message, error) {
-	if len(msg.Frames) != 2 {
-		return nil, fmt.Errorf("%w: %d frames", wire.ErrInvalid, len(msg.Frames))
+func decodeFrom(frames [][]byte) (wire.Message, error) {
+	if len(frames) != 2 {
+		return nil, fmt.Errorf("%w: %d frames", wire.ErrInvalid, len(frames))
 	}
-	return wire.Decode(msg.Frames[1])
+	return wire.Decode(frames[1])
 }
 
 // ingestWorker appends batches to the WAL. It takes whatever batches are
 // waiting and appends their new entries with one AppendBatch (one fsync),
 // then answers each batch.
-func (r *Router) ingestWorker() {
+func (r *Router) ingestWorker(ctx context.Context) {
 	var group []inbound
 	for {
 		select {
-		case <-r.ctx.Done():
+		case <-ctx.Done():
 			return
 		case in := <-r.batches:
 			group = append(group[:0], in)
@@ -316,7 +295,7 @@ func (r *Router) ingestWorker() {
 		for _, in := range group {
 			r.m.ingestQueue.Sub(float64(len(in.b.Entries)))
 		}
-		r.appendGroup(group)
+		r.appendGroup(ctx, group)
 		clear(group)
 	}
 }
@@ -331,7 +310,7 @@ func batchBytes(b *wire.Batch) int {
 
 // appendGroup appends the new entries of a group of batches and answers
 // each: ack, resend after a gap, or busy at the WAL's bound.
-func (r *Router) appendGroup(group []inbound) {
+func (r *Router) appendGroup(ctx context.Context, group []inbound) {
 	type answer struct {
 		in     inbound
 		resend uint64 // non-zero: ask again from here
@@ -380,20 +359,18 @@ func (r *Router) appendGroup(group []inbound) {
 			records[i] = buf[start:end:end]
 			start = end
 		}
-		first, err := r.log.AppendBatch(r.ctx, records)
+		first, err := r.log.AppendBatch(ctx, records)
 		switch {
 		case errors.Is(err, wal.ErrTooLarge) && len(group) > 1:
 			// The group could never fit under the WAL's bound, though its
 			// batches might: append them in two halves.
 			h := len(group) / 2
-			r.appendGroup(group[:h])
-			r.appendGroup(group[h:])
+			r.appendGroup(ctx, group[:h])
+			r.appendGroup(ctx, group[h:])
 			return
 		case errors.Is(err, wal.ErrTooLarge):
-			if r.lg != nil {
-				r.lg.Error("middletier: a batch can never fit under the WAL's bound; raise the bound or lower the frontends' batch size",
-					"origin", group[0].b.Origin, "entries", len(records))
-			}
+			r.lg.Error("middletier: a batch can never fit under the WAL's bound; raise the bound or lower the frontends' batch size",
+				"origin", group[0].b.Origin, "entries", len(records))
 			fallthrough
 		case errors.Is(err, wal.ErrFull), errors.Is(err, wal.ErrNoSpace):
 			// At the bound, or the disk is full (the WAL logs it): the
@@ -401,13 +378,13 @@ func (r *Router) appendGroup(group []inbound) {
 			// the retry hint.
 			r.mu.Lock()
 			for _, a := range answers {
-				r.ingest.send(a.in.identity, wire.Append(nil, &wire.Busy{Origin: a.in.b.Origin, UpTo: r.highest[a.in.b.Origin], RetryAfter: r.opts.BusyRetry}))
+				r.ingest.Send(a.in.identity, wire.Append(nil, &wire.Busy{Origin: a.in.b.Origin, UpTo: r.highest[a.in.b.Origin], RetryAfter: r.opts.BusyRetry}))
 			}
 			r.mu.Unlock()
 			r.m.busy.Add(float64(len(answers)))
 			return
 		case err != nil:
-			if r.ctx.Err() == nil {
+			if ctx.Err() == nil {
 				r.fail(fmt.Errorf("middletier: append: %w", err))
 			}
 			return
@@ -431,14 +408,14 @@ func (r *Router) appendGroup(group []inbound) {
 		} else {
 			msg = wire.Append(nil, &wire.Ack{Origin: b.Origin, UpTo: r.highest[b.Origin]})
 		}
-		r.ingest.send(a.in.identity, msg)
+		r.ingest.Send(a.in.identity, msg)
 	}
 	r.mu.Unlock()
 }
 
 // publisher publishes on the stream (and the feed) every record committed
 // after New. Records committed before are served by fetch.
-func (r *Router) publisher() {
+func (r *Router) publisher(ctx context.Context) {
 	r.mu.Lock()
 	from := r.published + 1
 	r.mu.Unlock()
@@ -450,9 +427,9 @@ func (r *Router) publisher() {
 	var es []wal.Entry
 	var records [][]byte
 	for {
-		es, err = c.NextBatch(r.ctx, es[:0], r.opts.StreamBatch)
+		es, err = c.NextBatch(ctx, es[:0], r.opts.StreamBatch)
 		if err != nil {
-			if r.ctx.Err() == nil {
+			if ctx.Err() == nil {
 				r.fail(fmt.Errorf("middletier: publish: %w", err))
 			}
 			return
@@ -461,7 +438,7 @@ func (r *Router) publisher() {
 		for _, e := range es {
 			records = append(records, e.Data)
 		}
-		msg := zmq4.NewMsg(wire.Append(nil, &wire.Stream{Middletier: r.opts.ID, First: es[0].Index, Records: records}))
+		msg := wire.Append(nil, &wire.Stream{Middletier: r.opts.ID, First: es[0].Index, Records: records})
 		// Past the socket's high-water mark zmq4 drops the message and says
 		// nothing: subscribers see the gap by sequence and fetch it.
 		r.stream.Send(msg)
@@ -478,44 +455,40 @@ func (r *Router) publisher() {
 	}
 }
 
-func (r *Router) recvConsumer() {
-	for {
-		msg, err := r.consumer.recv()
-		if err != nil {
-			return
+// recvConsumer takes one message from a consumer, on the consumer socket's
+// reader goroutine.
+func (r *Router) recvConsumer(frames [][]byte) {
+	m, err := decodeFrom(frames)
+	if err != nil {
+		r.m.invalid.WithLabelValues("consumer").Inc()
+		return
+	}
+	switch m := m.(type) {
+	case *wire.Fetch:
+		select {
+		case r.fetches <- fetchReq{identity: frames[0], f: m}:
+		default: // the consumer asks again when its fetch times out
 		}
-		m, err := decodeFrom(msg)
-		if err != nil {
-			r.m.invalid.WithLabelValues("consumer").Inc()
-			continue
+	case *wire.Commit:
+		r.mu.Lock()
+		if m.Seq > r.ckpt[m.Consumer] && m.Seq <= r.log.LastIndex() {
+			r.ckpt[m.Consumer] = m.Seq
 		}
-		switch m := m.(type) {
-		case *wire.Fetch:
-			select {
-			case r.fetches <- fetchReq{identity: msg.Frames[0], f: m}:
-			default: // the consumer asks again when its fetch times out
-			}
-		case *wire.Commit:
-			r.mu.Lock()
-			if m.Seq > r.ckpt[m.Consumer] && m.Seq <= r.log.LastIndex() {
-				r.ckpt[m.Consumer] = m.Seq
-			}
-			r.waiters = append(r.waiters, commitWaiter{identity: msg.Frames[0], consumer: m.Consumer, seq: m.Seq})
-			r.mu.Unlock()
-			r.poke()
-		default:
-			r.m.invalid.WithLabelValues("consumer").Inc()
-		}
+		r.waiters = append(r.waiters, commitWaiter{identity: frames[0], consumer: m.Consumer, seq: m.Seq})
+		r.mu.Unlock()
+		r.poke()
+	default:
+		r.m.invalid.WithLabelValues("consumer").Inc()
 	}
 }
 
 // fetchWorker serves fetches one at a time from the WAL.
-func (r *Router) fetchWorker() {
+func (r *Router) fetchWorker(ctx context.Context) {
 	var es []wal.Entry
 	for {
 		var req fetchReq
 		select {
-		case <-r.ctx.Done():
+		case <-ctx.Done():
 			return
 		case req = <-r.fetches:
 		}
@@ -539,12 +512,12 @@ func (r *Router) fetchWorker() {
 			c, err := r.log.Cursor(reply.First)
 			if err == nil {
 				n := int(min(req.f.Max, uint64(r.opts.MaxFetchRecords), reply.Last-reply.First+1))
-				es, err = c.NextBatch(r.ctx, es, n)
+				es, err = c.NextBatch(ctx, es, n)
 			}
 			if errors.Is(err, wal.ErrCompacted) {
 				continue
 			}
-			if err != nil && r.ctx.Err() == nil {
+			if err != nil && ctx.Err() == nil {
 				r.fail(fmt.Errorf("middletier: fetch: %w", err))
 			}
 			break
@@ -557,7 +530,7 @@ func (r *Router) fetchWorker() {
 			}
 			reply.Records = append(reply.Records, e.Data)
 		}
-		r.consumer.send(req.identity, wire.Append(nil, reply))
+		r.consumer.Send(req.identity, wire.Append(nil, reply))
 	}
 }
 
@@ -571,12 +544,12 @@ func (r *Router) poke() {
 // stateKeeper makes the marks and checkpoints durable, acknowledges commits
 // once they are, releases the WAL up to what every durable consumer has,
 // and keeps the lag gauges.
-func (r *Router) stateKeeper() {
+func (r *Router) stateKeeper(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
 		select {
-		case <-r.ctx.Done():
+		case <-ctx.Done():
 			return
 		case <-r.wake:
 		case <-tick.C:
@@ -641,7 +614,7 @@ func (r *Router) keepState() error {
 
 	// Acknowledged once durable and applied: the room it freed is free.
 	for _, w := range waiters {
-		r.consumer.send(w.identity, wire.Append(nil, &wire.CommitAck{Consumer: w.consumer, Seq: st.Consumers[w.consumer]}))
+		r.consumer.Send(w.identity, wire.Append(nil, &wire.CommitAck{Consumer: w.consumer, Seq: st.Consumers[w.consumer]}))
 		r.m.commits.Inc()
 	}
 
@@ -654,7 +627,7 @@ func (r *Router) keepState() error {
 		was := r.lagging[c]
 		r.lagging[c] = lag > r.opts.LagWarn
 		r.mu.Unlock()
-		if lag > r.opts.LagWarn && !was && r.lg != nil {
+		if lag > r.opts.LagWarn && !was {
 			r.lg.Warn("middletier: durable consumer far behind; the WAL keeps its entries and fills towards its bound", "consumer", c, "lag_entries", lag)
 		}
 	}
