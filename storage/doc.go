@@ -11,8 +11,9 @@
 //
 // # Subscribing
 //
-// A Subscriber follows each middletier with a SUB socket on its stream and
-// a DEALER socket on its consumer ROUTER. A goroutine per SUB socket drains
+// A Subscriber follows each middletier with a durable stream.Follower (the
+// package stream has the contract): a SUB socket on its stream and a
+// DEALER socket on its consumer ROUTER. A goroutine per SUB socket drains
 // it at once into a bounded buffer, whatever the sink is doing: a zmq4 PUB
 // socket writes its subscribers one after another, so one slow subscriber
 // slows all. Records are taken strictly in sequence order. A gap in
@@ -20,14 +21,17 @@
 // buffer's bound, or before the subscription reached the PUB) is filled
 // by fetch; so is anything the stream never carried (records committed
 // before the middletier started, the tail of a stream that went silent:
-// after Options.IdlePoll without a message the Subscriber fetches).
+// after Options.IdlePoll without a message the Subscriber fetches). The
+// Follower hands the records over in batches of up to Options.MaxBatch;
+// the Subscriber turns them into points and writes them to the sink.
 //
 // # Checkpoints: exactly once in effect
 //
 // The checkpoint is kept by the middletier, not by the writer. At start a
 // writer sends Fetch{From: 0}, which the middletier answers from its
 // checkpoint + 1. After every successful Sink.Write the writer commits the
-// last sequence written (Commit); never before. So a writer killed at any
+// last sequence written (Commit); never before. At shutdown it sends its
+// last checkpoint once more and waits a moment for the acknowledgement. So a writer killed at any
 // instant loses nothing (the middletier keeps every record past the
 // checkpoint of a durable consumer, named in its --consumers) and may write
 // again what it wrote after its last commit: sinks are idempotent (same
@@ -45,8 +49,9 @@
 // long as it fails; the stream meanwhile overflows its buffer and is
 // fetched again later. A middletier that stops answering (three fetches
 // unanswered, a stalled send) is dialled again, from the last sequence
-// written. A record that does not decode is counted and skipped: no retry
-// could store it. Points a sink can never store (older than its
+// written. A middletier that comes back with its WAL created again starts
+// its sequence at 1: the writer resumes from its checkpoint there. A record
+// that does not decode is counted and skipped: no retry could store it. Points a sink can never store (older than its
 // out-of-order window, say) are dropped by the sink and counted, rather
 // than failing the batch for ever.
 package storage
