@@ -336,7 +336,7 @@ func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]
 	for mt, from := range sub.From {
 		src := s.hub.source(mt)
 		to, known := live[mt]
-		if src == nil || !known || src.resume == nil {
+		if src == nil || !known || src.cfg.Consumer == "" {
 			if err := write(errorFrame("resume_unavailable", "no resume from middletier "+strconv.Quote(mt)+": not followed, no records seen yet, or no consumer endpoint")); err != nil {
 				return err
 			}
@@ -353,7 +353,7 @@ func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]
 			from = cut
 		}
 		for from < to {
-			r, err := src.resume.fetch(ctx, from, min(to-from, maxFetch))
+			r, err := src.f.Fetch(ctx, from, min(to-from, maxFetch))
 			if err != nil {
 				if ctx.Err() != nil {
 					return ctx.Err()

@@ -5,10 +5,12 @@
 //
 // # Lossy by design, and says so
 //
-// The feed never slows the pipeline. Per middletier, one goroutine only
-// drains the SUB socket into a bounded buffer (a zmq4 PUB writes its
+// The feed never slows the pipeline. Per middletier, a live
+// stream.Follower (the package stream has the contract) drains the SUB
+// socket on one goroutine into a bounded buffer (a zmq4 PUB writes its
 // subscribers one after another, so a slow subscriber would slow every
-// other one); another decodes each record once into the JSON frame readers
+// other one); on another it takes records in sequence order and hands them
+// to the feed, which decodes each record once into the JSON frame readers
 // get, and queues it for every reader whose filter matches, without ever
 // blocking. Each reader has a bounded queue: when it is full, messages for
 // that reader are dropped and counted, the reader gets a "missed" notice
@@ -32,11 +34,12 @@
 // Stream messages carry the middletier's sequence numbers. A jump (the PUB
 // socket's high-water mark, a lost connection, the buffer behind the socket
 // overflowing) is a gap: with the middletier's consumer socket configured
-// the dispatcher fetches the missing records (at most Options.MaxGapFill)
+// the Follower fetches the missing records (at most Options.MaxGapFill)
 // before going on, so readers get them in order; what it cannot fetch is
 // announced to every reader as missed. A subscription may ask to resume from
 // a sequence: the records from there up to where its live messages start
-// are fetched and written first. The feed is not a durable consumer and
+// are fetched (stream.Follower's Fetch, one request at a time per
+// middletier) and written first. The feed is not a durable consumer and
 // never commits: a middletier keeps records only for its durable consumers
 // (storage writers), so resume reaches back as far as they have not
 // committed, and no further.
@@ -46,10 +49,11 @@
 //
 // # Goroutines
 //
-// Serve owns every goroutine: per source a receiver and a dispatcher, and
-// per reader the HTTP handler (the only writer of its frames), a reader
-// goroutine (coder/websocket needs one always reading), a pinger, and the
-// flusher of its send buffer (which the handler waits for). Lock
-// order: the hub's lock, then a reader's queue lock; a fetcher's lock is
-// never held with either.
+// Serve owns every goroutine: per source the Follower's Run and the
+// goroutines it owns (among them the one that dispatches), and per reader
+// the HTTP handler (the only writer of its frames), a reader goroutine
+// (coder/websocket needs one always reading), a pinger, and the flusher of
+// its send buffer (which the handler waits for). Lock order: the hub's
+// lock, then a reader's queue lock; a Follower holds no lock while it
+// hands records to the feed.
 package feed

@@ -36,7 +36,7 @@ func TestTwoMiddletiers(t *testing.T) {
 	toA.send(t, mk(1, 5)...)
 	got := r.messages(t, 5, isWarm)
 	// Entries 3..8 to the other middletier: 3..5 again.
-	toB.next = 3
+	toB.Next = 3
 	toB.send(t, mk(3, 6)...)
 	toB.send(t, msg{device: "end", payload: `{}`})
 	got = append(got, r.messages(t, 4, isWarm)...)

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/internal/tcpproxy"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 )
 
@@ -18,8 +20,8 @@ func TestGap(t *testing.T) {
 		t.Run(fmt.Sprintf("fill=%v", fill), func(t *testing.T) {
 			// A durable consumer that never commits keeps the WAL's records.
 			tr := startTier(t, middletier.Options{Consumers: []string{"storage"}})
-			px := startProxy(t, tr.addrs.Feed[len("tcp://"):])
-			src := feed.Source{Feed: px.endpoint()}
+			px := tcpproxy.Start(t, tr.addrs.Feed[len("tcp://"):])
+			src := feed.Source{Feed: px.Endpoint()}
 			if fill {
 				src.Consumer = tr.addrs.Consumer
 			}
@@ -33,9 +35,9 @@ func TestGap(t *testing.T) {
 
 			before := r.messagesOf(t, fe, 5, 0)
 
-			px.cut()
+			px.Cut()
 			waitFor(t, "the feed to notice the cut", func() bool { return !fs.s.Ready() })
-			published := metricOf(t, tr, "ingest_middletier_published_records_total")
+			published := testkit.Metric(t, tr.reg, "ingest_middletier_published_records_total")
 			var missing []msg
 			for i := range 3 {
 				for j := range 10 {
@@ -44,9 +46,9 @@ func TestGap(t *testing.T) {
 				fe.send(t, missing[i*10:]...)
 			}
 			waitFor(t, "the middletier to publish", func() bool {
-				return metricOf(t, tr, "ingest_middletier_published_records_total") >= published+30
+				return testkit.Metric(t, tr.reg, "ingest_middletier_published_records_total") >= published+30
 			})
-			px.restore()
+			px.Restore()
 
 			// Ticks until one arrives: the first stream message after the
 			// link is back reveals the gap.
@@ -144,21 +146,4 @@ func (r *reader) messagesOf(t *testing.T, fe *sender, n, first int) []frame {
 		}
 	}
 	return got
-}
-
-func metricOf(t *testing.T, tr *tier, name string) float64 {
-	t.Helper()
-	mfs, err := tr.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
 }

@@ -5,111 +5,51 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/go-zeromq/zmq4"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/registry"
 	"github.com/ingest-io/ingest/wal"
-	"github.com/ingest-io/ingest/wire"
 )
 
 var testSecret = []byte("feed-test-secret-0123456789abcdef")
 
 // tier is a real middletier on loopback over a real WAL, with a feed socket.
 type tier struct {
+	*testkit.Middletier
 	addrs middletier.Addrs
 	reg   *prometheus.Registry
-	stop  func()
 }
 
+// startTier runs a tier until the test ends. Its id is "mt-0" unless opts
+// names it.
 func startTier(t testing.TB, opts middletier.Options) *tier {
 	t.Helper()
-	dir := t.TempDir()
-	l, err := wal.Open(filepath.Join(dir, "wal"), wal.Options{Hop: "middletier"}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if opts.ID == "" {
-		opts.ID = "mt-0"
-	}
-	opts.StateDir = dir
-	opts.IngestAddr, opts.ConsumerAddr, opts.StreamAddr, opts.FeedAddr =
-		"tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0", "tcp://127.0.0.1:0"
-	reg := prometheus.NewRegistry()
-	r, err := middletier.New(opts, l, reg, nil)
-	if err != nil {
-		l.Close()
-		t.Fatal(err)
-	}
-	addrs, err := r.Listen()
-	if err != nil {
-		l.Close()
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- r.Run(ctx) }()
-	var once sync.Once
-	tr := &tier{addrs: addrs, reg: reg}
-	tr.stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("middletier: %v", err)
-			}
-			l.Close()
-		})
-	}
-	t.Cleanup(tr.stop)
-	return tr
+	opts.FeedAddr = "tcp://127.0.0.1:0"
+	m := testkit.StartMiddletier(t, t.TempDir(), opts, wal.Options{})
+	return &tier{Middletier: m, addrs: m.Addrs, reg: m.Reg}
 }
 
 // sender sends real batches of envelopes to a middletier, as the uplink
-// does, and waits for each acknowledgement.
-type sender struct {
-	origin string
-	next   uint64
-	sck    zmq4.Socket
-	acks   chan wire.Message
-	wg     sync.WaitGroup
-}
+// does.
+type sender struct{ *testkit.Frontend }
 
 func newSender(t testing.TB, endpoint, origin string) *sender {
 	t.Helper()
-	sck := zmq4.NewDealer(context.Background(), zmq4.WithID(zmq4.SocketIdentity(origin+"#1")), zmq4.WithTimeout(time.Second))
-	if err := sck.Dial(endpoint); err != nil {
-		t.Fatal(err)
-	}
-	f := &sender{origin: origin, next: 1, sck: sck, acks: make(chan wire.Message, 64)}
-	f.wg.Go(func() {
-		defer close(f.acks)
-		for {
-			m, err := sck.Recv()
-			if err != nil {
-				return
-			}
-			if msg, err := wire.Decode(m.Frames[len(m.Frames)-1]); err == nil {
-				f.acks <- msg
-			}
-		}
-	})
-	t.Cleanup(func() { sck.Close(); f.wg.Wait() })
-	return f
+	return &sender{testkit.NewFrontend(t, endpoint, origin)}
 }
 
 // msg is one device message to send.
@@ -119,21 +59,14 @@ type msg struct {
 	ts      int64 // device time, ms; 0 for none
 }
 
-// sendAsync sends msgs as one batch without waiting for the ack; acks are
-// read and dropped.
-func (f *sender) sendAsync(t testing.TB, msgs ...msg) {
-	t.Helper()
-	b := f.batch(msgs)
-	if err := f.sck.Send(zmq4.NewMsg(wire.Append(nil, b))); err != nil {
-		t.Fatal(err)
-	}
-	f.next += uint64(len(msgs))
-	for len(f.acks) > 0 {
-		<-f.acks
-	}
-}
+// sendAsync sends msgs as one batch without waiting for the ack.
+func (f *sender) sendAsync(t testing.TB, msgs ...msg) { f.SendAsync(t, envelopes(msgs)...) }
 
-func (f *sender) batch(msgs []msg) *wire.Batch {
+// send sends msgs as one batch and waits until the middletier has made them
+// durable.
+func (f *sender) send(t testing.TB, msgs ...msg) { f.Send(t, envelopes(msgs)...) }
+
+func envelopes(msgs []msg) [][]byte {
 	entries := make([][]byte, len(msgs))
 	now := time.Now().UnixNano()
 	for i, m := range msgs {
@@ -143,38 +76,7 @@ func (f *sender) batch(msgs []msg) *wire.Batch {
 		}
 		entries[i] = envelope.AppendEncode(nil, &e)
 	}
-	return &wire.Batch{Origin: f.origin, Acked: f.next - 1, First: f.next, Entries: entries}
-}
-
-// send sends msgs as one batch and waits until the middletier has made them
-// durable.
-func (f *sender) send(t testing.TB, msgs ...msg) {
-	t.Helper()
-	b := f.batch(msgs)
-	last := f.next + uint64(len(msgs)) - 1
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if err := f.sck.Send(zmq4.NewMsg(wire.Append(nil, b))); err != nil {
-			t.Fatal(err)
-		}
-		timeout := time.After(time.Second)
-	wait:
-		for {
-			select {
-			case m, ok := <-f.acks:
-				if !ok {
-					t.Fatal("frontend socket closed")
-				}
-				if a, ok := m.(*wire.Ack); ok && a.UpTo >= last {
-					f.next = last + 1
-					return
-				}
-			case <-timeout:
-				break wait
-			}
-		}
-	}
-	t.Fatalf("batch %d..%d not acknowledged", b.First, last)
+	return entries
 }
 
 // feedServer is a feed.Server serving on loopback.
@@ -199,21 +101,9 @@ func startFeed(t testing.TB, opts feed.Options) *feedServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx, ln) }()
-	var once sync.Once
-	fs := &feedServer{s: s, url: "ws://" + ln.Addr().String() + "/v1/feed", reg: reg}
-	fs.stop = func() {
-		once.Do(func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("feed: %v", err)
-			}
-		})
-	}
-	t.Cleanup(fs.stop)
-	waitFor(t, "feed ready", s.Ready)
+	stop := testkit.Go(t, "feed", func(ctx context.Context) error { return s.Serve(ctx, ln) })
+	fs := &feedServer{s: s, url: "ws://" + ln.Addr().String() + "/v1/feed", reg: reg, stop: func() { stop() }}
+	testkit.WaitFor(t, "feed ready", 10*time.Second, s.Ready)
 	return fs
 }
 
@@ -357,7 +247,7 @@ func warm(t testing.TB, fe *sender, r *reader) {
 		fe.send(t, msg{device: "warm-up", payload: `{"warm":true}`})
 		select {
 		case f := <-r.frames:
-			if f.Type == "message" && f.Device == "warm-up" && f.Origin == fe.origin {
+			if f.Type == "message" && f.Device == "warm-up" && f.Origin == fe.Origin {
 				return
 			}
 			if !isWarm(f) {
@@ -370,17 +260,6 @@ func warm(t testing.TB, fe *sender, r *reader) {
 }
 
 func isWarm(f frame) bool { return f.Type == "message" && f.Device == "warm-up" }
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
 
 func writeRegistry(t testing.TB, content string) *registry.Registry {
 	t.Helper()
@@ -395,71 +274,6 @@ func writeRegistry(t testing.TB, content string) *registry.Registry {
 	return r
 }
 
-// proxy forwards TCP connections to a target until cut, and refuses them
-// while cut: a link between the feed and a middletier that the test breaks.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
-}
-
-func startProxy(t testing.TB, target string) *proxy {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	p.wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			if p.down {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			p.conns[c], p.conns[up] = struct{}{}, struct{}{}
-			p.mu.Unlock()
-			p.wg.Go(func() { io.Copy(up, c); up.Close(); c.Close() })
-			p.wg.Go(func() { io.Copy(c, up); up.Close(); c.Close() })
-		}
-	})
-	t.Cleanup(func() { ln.Close(); p.cut(); p.wg.Wait() })
-	return p
-}
-
-func (p *proxy) endpoint() string { return "tcp://" + p.ln.Addr().String() }
-
-// cut closes every forwarded connection and refuses new ones.
-func (p *proxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
-func (p *proxy) restore() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
-}
-
 func closeStatus(err error) websocket.StatusCode {
 	var ce websocket.CloseError
 	if errors.As(err, &ce) {
@@ -468,31 +282,16 @@ func closeStatus(err error) websocket.StatusCode {
 	return -1
 }
 
-// metric sums every series of a metric family; a histogram counts its
-// observations.
+func waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	testkit.WaitFor(t, what, 10*time.Second, cond)
+}
+
+// metric sums every series of a metric family of the feed; a histogram
+// counts its observations.
 func metric(t testing.TB, fs *feedServer, name string) float64 {
 	t.Helper()
-	mfs, err := fs.reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			switch {
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.Histogram.GetSampleCount())
-			}
-		}
-	}
-	return sum
+	return testkit.Metric(t, fs.reg, name)
 }
 
 // fakeAddrListener is a loopback listener that reports a non-loopback

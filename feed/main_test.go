@@ -4,14 +4,14 @@ import (
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m,
-		// zmq4 v0.17.0: pubMWriter.Close signals its writer goroutine once;
-		// if the writer is sending at that moment the signal is lost and it
-		// waits on its condition variable for good (pub.go, run). One
-		// goroutine per closed PUB socket of the test's middletiers.
-		goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*pubMWriter).run"),
+		// zmq4's PUB writer that a closed socket can strand: one per closed
+		// PUB socket of the tests' middletiers (testkit says why).
+		testkit.PubWriterLeak,
 	)
 }

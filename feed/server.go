@@ -64,7 +64,12 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Server, err
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	for _, c := range o.Sources {
-		s.sources = append(s.sources, newSource(s, c))
+		src, err := newSource(s, c)
+		if err != nil {
+			s.m.unregister()
+			return nil, fmt.Errorf("follow %s: %w", c.Feed, err)
+		}
+		s.sources = append(s.sources, src)
 	}
 	s.conns, s.connCancel = context.WithCancel(context.Background())
 	return s, nil
@@ -99,7 +104,7 @@ func (s *Server) Ready() bool {
 		return false
 	}
 	for _, src := range s.sources {
-		if src.connected.Load() {
+		if src.f.Connected() {
 			return true
 		}
 	}
@@ -125,8 +130,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	srcCtx, srcCancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	for _, src := range s.sources {
-		wg.Go(func() { src.receive(srcCtx) })
-		wg.Go(func() { src.dispatch(srcCtx) })
+		wg.Go(func() { src.f.Run(srcCtx) })
 	}
 	hs := &http.Server{
 		Handler:           s.Handler(),
@@ -161,11 +165,5 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.connWG.Wait()
 	srcCancel()
 	wg.Wait()
-	for _, src := range s.sources {
-		if src.gap != nil {
-			src.gap.close()
-			src.resume.close()
-		}
-	}
 	return err
 }
