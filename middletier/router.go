@@ -582,17 +582,13 @@ func (r *Router) keepState() error {
 		r.mu.Unlock()
 		if r.stateNoSpace.CompareAndSwap(false, true) {
 			r.m.stateNoSpace.Set(1)
-			if r.lg != nil {
-				r.lg.Warn("middletier: disk full; the state file is written again once there is room, commits wait", "err", err)
-			}
+			r.lg.Warn("middletier: disk full; the state file is written again once there is room, commits wait", "err", err)
 		}
 		return nil
 	}
 	if r.stateNoSpace.CompareAndSwap(true, false) {
 		r.m.stateNoSpace.Set(0)
-		if r.lg != nil {
-			r.lg.Info("middletier: state file written again")
-		}
+		r.lg.Info("middletier: state file written again")
 	}
 
 	// Entries may go once every durable consumer has them (with none, once
