@@ -23,9 +23,10 @@ import (
 	"github.com/ingest-io/ingest/zsock"
 )
 
+// The tests stop middletiers while followers are connected and sending:
+// the goroutines zmq4 strands in their PUB and ROUTER sockets then
+// (testkit says why) are ignored, and only they.
 func TestMain(m *testing.M) {
-	// zmq4's goroutines that a closed socket can strand, and nothing a
-	// caller can end: testkit names them and says why.
 	goleak.VerifyTestMain(m, testkit.PubWriterLeak, testkit.RouterReaderLeak)
 }
 

@@ -17,9 +17,10 @@ import (
 	"github.com/ingest-io/ingest/zsock"
 )
 
+// The tests close a PUB that may be sending and recycle ROUTERs under a
+// flooding peer: the goroutines zmq4 strands then (testkit says why) are
+// ignored, and only they.
 func TestMain(m *testing.M) {
-	// zmq4's goroutines that a closed socket can strand, and nothing a
-	// caller can end: testkit names them and says why.
 	goleak.VerifyTestMain(m, testkit.PubWriterLeak, testkit.RouterReaderLeak)
 }
 
