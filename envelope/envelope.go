@@ -7,13 +7,23 @@ import (
 	"hash/crc32"
 )
 
-// Version is the layout version written by AppendEncode.
-const Version = 1
+// Version is the newest layout version, written by AppendEncode for an
+// envelope with a Topic. An envelope without one is written as version 1,
+// byte for byte what version 1 writers wrote, so that readers of version 1
+// still read every message that does not use what version 2 added.
+const Version = 2
 
-// MaxIDBytes bounds the frontend id and the device id.
-const MaxIDBytes = 255
+// MaxIDBytes bounds the frontend id and the device id; MaxTopicBytes the
+// topic.
+const (
+	MaxIDBytes    = 255
+	MaxTopicBytes = 255
+)
 
-const flagDeviceTime = 1 << 0
+const (
+	flagDeviceTime = 1 << 0
+	flagTopic      = 1 << 1 // version 2 on
+)
 
 // minSize is the smallest well-formed record: version, flags, two 1-byte ids with
 // their lengths, receive time, empty payload length, checksum.
@@ -41,6 +51,11 @@ type Envelope struct {
 	// when HasDeviceTime is true.
 	DeviceTime    int64
 	HasDeviceTime bool
+	// Topic is what followed devices/{id}/ in the MQTT topic the message
+	// was published to ("" for none, and for WebSocket devices); the
+	// stores keep it as the label "topic". At most MaxTopicBytes; the
+	// caller validates it.
+	Topic string
 	// Payload is the message's JSON object exactly as the device sent it.
 	Payload []byte
 }
@@ -52,6 +67,9 @@ func Size(e *Envelope) int {
 		uvarintLen(len(e.Payload)) + len(e.Payload) + 4
 	if e.HasDeviceTime {
 		n += 8
+	}
+	if e.Topic != "" {
+		n += uvarintLen(len(e.Topic)) + len(e.Topic)
 	}
 	return n
 }
@@ -65,7 +83,12 @@ func AppendEncode(dst []byte, e *Envelope) []byte {
 	if e.HasDeviceTime {
 		flags |= flagDeviceTime
 	}
-	dst = append(dst, Version, flags)
+	version := byte(1)
+	if e.Topic != "" {
+		flags |= flagTopic
+		version = 2
+	}
+	dst = append(dst, version, flags)
 	dst = binary.AppendUvarint(dst, uint64(len(e.Frontend)))
 	dst = append(dst, e.Frontend...)
 	dst = binary.AppendUvarint(dst, uint64(len(e.Device)))
@@ -73,6 +96,10 @@ func AppendEncode(dst []byte, e *Envelope) []byte {
 	dst = binary.LittleEndian.AppendUint64(dst, uint64(e.Received))
 	if e.HasDeviceTime {
 		dst = binary.LittleEndian.AppendUint64(dst, uint64(e.DeviceTime))
+	}
+	if e.Topic != "" {
+		dst = binary.AppendUvarint(dst, uint64(len(e.Topic)))
+		dst = append(dst, e.Topic...)
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(e.Payload)))
 	dst = append(dst, e.Payload...)
@@ -89,12 +116,22 @@ func Decode(b []byte) (Envelope, error) {
 	if got, want := crc32.Checksum(body, castagnoli), binary.LittleEndian.Uint32(b[len(b)-4:]); got != want {
 		return e, ErrChecksum
 	}
-	if body[0] != Version {
+	known := byte(flagDeviceTime)
+	switch body[0] {
+	case 1:
+	case 2:
+		known |= flagTopic
+	default:
 		return e, fmt.Errorf("%w %d", ErrVersion, body[0])
 	}
 	flags := body[1]
-	if flags&^flagDeviceTime != 0 {
-		return e, fmt.Errorf("%w: unknown flags %#x", ErrInvalid, flags)
+	if flags&^known != 0 {
+		return e, fmt.Errorf("%w: unknown flags %#x for version %d", ErrInvalid, flags, body[0])
+	}
+	if body[0] == 2 && flags&flagTopic == 0 {
+		// Version 2 without a topic is written as version 1: only one
+		// encoding of each envelope is accepted.
+		return e, fmt.Errorf("%w: version 2 without a topic", ErrInvalid)
 	}
 	p := body[2:]
 	frontend, p, err := readID(p, "frontend id")
@@ -118,6 +155,12 @@ func Decode(b []byte) (Envelope, error) {
 		e.HasDeviceTime = true
 		p = p[8:]
 	}
+	var topic []byte
+	if flags&flagTopic != 0 {
+		if topic, p, err = readID(p, "topic"); err != nil {
+			return e, err
+		}
+	}
 	n, k := binary.Uvarint(p)
 	if k <= 0 || k != uvarintLen(int(min(n, 1<<62))) {
 		return e, fmt.Errorf("%w: payload length malformed", ErrInvalid)
@@ -131,6 +174,7 @@ func Decode(b []byte) (Envelope, error) {
 	}
 	e.Frontend = string(frontend)
 	e.Device = string(device)
+	e.Topic = string(topic)
 	e.Payload = p[:n:n]
 	return e, nil
 }

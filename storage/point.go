@@ -31,8 +31,9 @@ type Point struct {
 	// the same Time.
 	Time time.Time
 	// Labels are the device's labels from the registry (name, group, site,
-	// type and custom labels), the same on every series of the device. Nil
-	// when the device is not in the registry. Device is not among them.
+	// type and custom labels), the same on every series of the device, and
+	// TopicLabel when the message came over MQTT to a topic below
+	// devices/{id}/. Nil when there are none. Device is not among them.
 	Labels map[string]string
 	// Numbers are the message's numeric fields, nested objects flattened
 	// with dots ("gps.lat"), booleans as 0 and 1.
@@ -77,8 +78,19 @@ func NewPoint(rec wire.Record, labels func(device string) map[string]string) (Po
 	if labels != nil {
 		p.Labels = labels(env.Device)
 	}
+	if env.Topic != "" {
+		// The registry's map is shared by every point of the device.
+		l := make(map[string]string, len(p.Labels)+1)
+		maps.Copy(l, p.Labels)
+		l[TopicLabel] = env.Topic // the message's own topic wins over a registry label of that name
+		p.Labels = l
+	}
 	return p, nil
 }
+
+// TopicLabel is the label that carries what followed devices/{id}/ in the
+// MQTT topic a message was published to (docs/mqtt.md).
+const TopicLabel = "topic"
 
 // Flatten decodes a device message's JSON object into p.Numbers and
 // p.Strings: nested objects and arrays are flattened with dots ("gps.lat",

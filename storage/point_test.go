@@ -85,6 +85,20 @@ func TestNewPoint(t *testing.T) {
 	if err != nil || p.Time.UnixNano() != protocol.MinDeviceTime {
 		t.Fatalf("point %+v, %v: want the device time 2000-01-01", p, err)
 	}
+	// An MQTT topic below devices/{id}/ is the label "topic", beside the
+	// registry's labels (and in place of a registry label of that name),
+	// without changing the registry's map.
+	reg := map[string]string{"site": "x", "topic": "from-registry"}
+	p, err = storage.NewPoint(record(t, "o", 2, envelope.Envelope{Frontend: "fe-1", Device: "dev-1", Received: recv.UnixNano(),
+		Topic: "telemetry/gps", Payload: []byte(`{"lat":1}`)}), func(string) map[string]string { return reg })
+	if err != nil || p.Labels[storage.TopicLabel] != "telemetry/gps" || p.Labels["site"] != "x" || reg["topic"] != "from-registry" {
+		t.Fatalf("point %+v, %v: want topic=telemetry/gps and site=x, the registry map untouched", p, err)
+	}
+	p, err = storage.NewPoint(record(t, "o", 3, envelope.Envelope{Frontend: "fe-1", Device: "dev-9", Received: recv.UnixNano(),
+		Topic: "status", Payload: []byte(`{}`)}), labels)
+	if err != nil || len(p.Labels) != 1 || p.Labels["topic"] != "status" {
+		t.Fatalf("point %+v, %v: want the topic label alone for an unregistered device", p, err)
+	}
 	if _, err := storage.NewPoint(wire.Record{Origin: "o", Index: 1, Data: []byte("junk")}, nil); !errors.Is(err, envelope.ErrInvalid) {
 		t.Fatalf("junk envelope: %v", err)
 	}
