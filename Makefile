@@ -47,13 +47,15 @@ run: build
 # packages strace (the WAL's fsync-ordering test watches system calls) and
 # the external stores the storage sinks are tested against: prometheus,
 # influxdb (its binary is influxd) and victoria-metrics; and chromium, in
-# which the status page's test opens the page headless. The tests run their
+# which the status page's test opens the page headless; mosquitto-clients
+# (mosquitto_pub, mosquitto_sub), which the MQTT tests connect with, and
+# mosquitto, the broker the MQTT benchmark compares with. The tests run their
 # own instances on free loopback ports with their own data directories, so
 # the services these packages may start on their default ports are no
 # obstacle. A package is looked up with dpkg, not by a command name, which
 # can differ from the package's. Recommended packages are not installed:
 # the tests need none of them (chromium alone would pull in CUPS and more).
-APT_PACKAGES := strace prometheus influxdb victoria-metrics chromium
+APT_PACKAGES := strace prometheus influxdb victoria-metrics chromium mosquitto mosquitto-clients
 
 deps:
 	$(GO) mod download

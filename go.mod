@@ -6,12 +6,17 @@ require (
 	github.com/HdrHistogram/hdrhistogram-go v1.1.2
 	github.com/chromedp/chromedp v0.23.0
 	github.com/coder/websocket v1.8.15
+	github.com/eclipse/paho.golang v0.23.0
+	github.com/eclipse/paho.mqtt.golang v1.5.1
 	github.com/golang-jwt/jwt/v5 v5.3.1
+	github.com/mochi-mqtt/server/v2 v2.7.9
 	github.com/prometheus/client_golang v1.25.0
 	github.com/prometheus/prometheus v0.316.0
 	github.com/tidwall/wal v1.2.1
 	go.uber.org/goleak v1.3.0
 )
+
+require github.com/gorilla/websocket v1.5.4-0.20250319132907-e064f32e3674 // indirect
 
 require (
 	github.com/blang/semver/v4 v4.0.0 // indirect

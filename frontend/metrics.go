@@ -20,6 +20,8 @@ const (
 	reasonPingTimeout = "ping_timeout"              // no pong within the timeout
 	reasonWriteFailed = "write_failed"              // a write failed or missed its deadline
 	reasonInternal    = "internal"                  // the WAL failed
+	// MQTT sessions add reasonKeepalive, reasonProtocolError and
+	// reasonReceiveMaximum (mqtt_conn.go).
 )
 
 // metrics are the frontend's own series. The WAL exports the queue depth for
@@ -33,13 +35,14 @@ type metrics struct {
 	bytes       prometheus.Counter
 	closes      *prometheus.CounterVec
 	handshakes  *prometheus.CounterVec
+	mqtt        *mqttMetrics
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		connections: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "ingest_frontend_connections",
-			Help: "Open device WebSocket connections.",
+			Help: "Open device connections: WebSocket connections and MQTT sessions.",
 		}),
 		received: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ingest_frontend_messages_received_total",
@@ -70,6 +73,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ingest_frontend_handshakes_rejected_total",
 			Help: "WebSocket handshakes refused before upgrade, by reason.",
 		}, []string{"reason"}),
+		mqtt: newMQTTMetrics(),
 	}
 	for _, code := range protocol.ErrorCodes() {
 		m.rejected.WithLabelValues(code)
@@ -89,5 +93,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connections, m.received, m.acked, m.rejected, m.ackLatency, m.bytes, m.closes, m.handshakes}
+	return append([]prometheus.Collector{m.connections, m.received, m.acked, m.rejected, m.ackLatency, m.bytes, m.closes, m.handshakes},
+		m.mqtt.collectors()...)
 }

@@ -81,8 +81,29 @@ type Options struct {
 	// the default) or 1012 (service restart).
 	ShutdownCode websocket.StatusCode
 
+	// MQTT configures MQTT sessions: over TCP on a listener given to
+	// ListenMQTT, and over WebSocket at /mqtt on the device port.
+	MQTT MQTTOptions
+
 	// Gatherer, when set, is served at /metrics.
 	Gatherer prometheus.Gatherer
+}
+
+// MQTTOptions bound MQTT sessions (docs/mqtt.md). The device rules (auth,
+// message limits, rate, WAL) are the Server's own.
+type MQTTOptions struct {
+	// MaxPacketBytes bounds one MQTT control packet; a larger one ends the
+	// session (MQTT 5: DISCONNECT 0x95). MQTT 5 clients are told it as the
+	// Maximum Packet Size. Default MaxFrameBytes.
+	MaxPacketBytes int
+	// ReceiveMaximum bounds the QoS 1 and 2 publishes a session may have
+	// unacknowledged. MQTT 5 clients are told it in CONNACK and a session
+	// that exceeds it ends with DISCONNECT 0x93; an MQTT 3.1.1 session is
+	// no longer read while it has that many. Default 128, at most 65,535.
+	ReceiveMaximum int
+	// ConnectTimeout bounds the wait for CONNECT once a connection is
+	// open. Default HandshakeTimeout.
+	ConnectTimeout time.Duration
 }
 
 // DefaultOptions returns the defaults that zero fields stand for.
@@ -137,6 +158,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.ShutdownCode == 0 {
 		o.ShutdownCode = d.ShutdownCode
 	}
+	setInt(&o.MQTT.MaxPacketBytes, o.MaxFrameBytes)
+	setInt(&o.MQTT.ReceiveMaximum, defaultReceiveMaximum)
+	setDur(&o.MQTT.ConnectTimeout, o.HandshakeTimeout)
 
 	if err := envelope.CheckID(o.ID); err != nil {
 		return o, fmt.Errorf("check frontend id: %w", err)
@@ -154,6 +178,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.Burst < o.MaxBatchMessages {
 		return o, fmt.Errorf("check options: Burst %d is below MaxBatchMessages %d, so a full batch could never pass", o.Burst, o.MaxBatchMessages)
+	}
+	if o.MQTT.MaxPacketBytes < 0 || o.MQTT.ReceiveMaximum < 0 || o.MQTT.ReceiveMaximum > 65535 || o.MQTT.ConnectTimeout < 0 {
+		return o, errors.New("check options: MQTT limits must be positive, ReceiveMaximum at most 65535")
+	}
+	if o.MQTT.MaxPacketBytes > maxMQTTPacketBytes {
+		return o, fmt.Errorf("check options: MQTT MaxPacketBytes %d exceeds the protocol's %d", o.MQTT.MaxPacketBytes, maxMQTTPacketBytes)
 	}
 	if o.ShutdownCode != protocol.CloseGoingAway && o.ShutdownCode != protocol.CloseServiceRestart {
 		return o, fmt.Errorf("check options: ShutdownCode %d is neither 1001 nor 1012", o.ShutdownCode)

@@ -48,6 +48,7 @@ type Server struct {
 	auth *auth.Verifier // nil with InsecureNoAuth
 
 	limits *limits // rate-limit buckets of devices between connections
+	mqtt   mqttServer
 
 	ready  atomic.Bool
 	nconns atomic.Int64
@@ -62,8 +63,8 @@ type Server struct {
 
 	// mu guards the connection registry. Lock order: Server.mu before conn.mu.
 	mu       sync.Mutex
-	conns    map[*conn]struct{}
-	devices  map[string]*conn
+	conns    map[session]struct{}
+	devices  map[string]session // one session per device, across transports
 	draining bool
 	served   bool
 
@@ -90,8 +91,8 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 		opts:    o,
 		log:     log,
 		lg:      lg,
-		conns:   make(map[*conn]struct{}),
-		devices: make(map[string]*conn),
+		conns:   make(map[session]struct{}),
+		devices: make(map[string]session),
 	}
 	if !o.InsecureNoAuth {
 		if s.auth, err = auth.NewVerifier(o.Auth); err != nil {
@@ -114,6 +115,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+protocol.Path, s.handleIngest)
+	mux.HandleFunc("GET "+MQTTPath, s.handleMQTTWebSocket)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.log.Err(); err != nil {
 			http.Error(w, "wal failed: "+err.Error(), http.StatusServiceUnavailable)
@@ -170,6 +172,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		}
 		s.lg.Warn("device authentication is OFF: any local process can write as any device", "addr", ln.Addr().String())
 	}
+	stopMQTT, err := s.startMQTT()
+	if err != nil {
+		ln.Close()
+		return err
+	}
 	hs := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
@@ -215,6 +222,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if errc != nil {
 		<-errc
 	}
+	stopMQTT()
 	if !walFailed {
 		n = s.drain()
 	}
@@ -227,7 +235,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 func (s *Server) drain() int {
 	s.mu.Lock()
 	s.draining = true
-	conns := make([]*conn, 0, len(s.conns))
+	conns := make([]session, 0, len(s.conns))
 	for c := range s.conns {
 		conns = append(conns, c)
 	}
@@ -255,7 +263,7 @@ func (s *Server) drain() int {
 		s.hardCancel()
 		s.mu.Lock()
 		for c := range s.conns {
-			c.ws.CloseNow()
+			c.closeNow()
 		}
 		s.mu.Unlock()
 		<-done
@@ -351,19 +359,13 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(int64(s.opts.MaxFrameBytes))
 	c.ws, c.nc = ws, hj.nc
 
-	s.mu.Lock()
-	if s.draining {
-		s.mu.Unlock()
+	old, ok := s.register(c, device)
+	if !ok {
 		s.nconns.Add(-1)
 		ws.Close(s.opts.ShutdownCode, protocol.ReasonShutdown)
 		s.m.closes.WithLabelValues(reasonDrain).Inc()
 		return
 	}
-	old := s.devices[device]
-	s.devices[device] = c
-	s.conns[c] = struct{}{}
-	s.wg.Add(1)
-	s.mu.Unlock()
 	// The connection gets a goroutine of its own and the handler returns, so
 	// that net/http lets go of the request, its buffers and the deep stack
 	// of the handshake (~4 KB per connection).
@@ -372,36 +374,19 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 
 // run serves an upgraded connection until it ends. old is the device's
 // previous connection, if it had one.
-func (s *Server) run(c *conn, old *conn) {
+func (s *Server) run(c *conn, old session) {
 	defer s.wg.Done()
 	defer s.nconns.Add(-1)
 	s.m.connections.Inc()
 	defer s.m.connections.Dec()
 
-	if old != nil {
-		// One connection per device keeps its messages in order: the newer
-		// one starts reading only after the older one has finished.
-		s.lg.Info("device reconnected, closing its older connection", "device", c.device)
-		s.wg.Go(func() { old.finish(protocol.ClosePolicyViolation, reasonReplaced) })
-		t := time.NewTimer(s.opts.WriteTimeout)
-		select {
-		case <-old.done:
-		case <-t.C:
-			old.ws.CloseNow()
-			<-old.done
-		}
-		t.Stop()
-	}
+	// The newer connection starts reading only after the older one has finished.
+	s.takeOver(old, c.device)
 	c.bucket = s.limits.take(c.device, time.Now().UnixNano())
 
 	c.serve()
 
-	s.mu.Lock()
-	delete(s.conns, c)
-	if s.devices[c.device] == c {
-		delete(s.devices, c.device)
-	}
-	s.mu.Unlock()
+	s.unregister(c, c.device)
 }
 
 // refuse answers a handshake that will not be upgraded with a JSON error body

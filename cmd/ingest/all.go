@@ -36,6 +36,7 @@ func runAll(ctx context.Context, args []string) error {
 	var (
 		dataDir    = fs.String("data.dir", "data", "data directory; every tier keeps its state below it")
 		listen     = fs.String("listen", "127.0.0.1:8080", "address for devices, /metrics, /healthz and /readyz")
+		mqttListen = fs.String("mqtt.listen", "127.0.0.1:1883", "address for MQTT devices over TCP; empty: off (MQTT over WebSocket is always served at /mqtt on --listen)")
 		feedListen = fs.String("feed.listen", "127.0.0.1:8081", "address of the live feed for dashboards (/v1/feed) and of the status page (/status/)")
 		queryAddr  = fs.String("query.listen", "127.0.0.1:9090", "address of the Prometheus query API of the embedded store, for Grafana (/api/v1/..., /-/healthy, /-/ready)")
 		regFile    = fs.String("registry.file", "", "device registry (YAML or CSV): labels on every series of a device, groups for feed filters")
@@ -146,6 +147,9 @@ func runAll(ctx context.Context, args []string) error {
 	}
 	link, err := uplink.New(uplink.Options{ID: "fe-0", Middletiers: []string{addrs.Ingest}}, flog, reg, lg)
 	if err != nil {
+		return err
+	}
+	if err := listenMQTT(srv, *mqttListen, lg); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", *listen)

@@ -34,6 +34,8 @@ func runFrontend(ctx context.Context, args []string) error {
 	host, _ := os.Hostname()
 	var (
 		listen      = fs.String("listen", ":8080", "address to listen on for devices, health and metrics")
+		mqttListen  = fs.String("mqtt.listen", "", "address to listen on for MQTT devices over TCP (e.g. :1883); empty: off (MQTT over WebSocket is always served at /mqtt on --listen)")
+		mqttRecvMax = fs.Int("mqtt.receive-maximum", d.MQTT.ReceiveMaximum, "QoS 1 and 2 publishes an MQTT session may have unacknowledged")
 		id          = fs.String("id", host, "frontend id written into every envelope; keep it stable for the life of the WAL directory")
 		walDir      = fs.String("wal.dir", "", "WAL directory (required)")
 		walMax      = fs.Int64("wal.max-bytes", wd.MaxBytes, "bound on unacknowledged-downstream WAL bytes; past it devices get overloaded")
@@ -91,6 +93,7 @@ func runFrontend(ctx context.Context, args []string) error {
 		PingInterval:     *ping,
 		PongTimeout:      *pong,
 		DrainWindow:      *drain,
+		MQTT:             frontend.MQTTOptions{ReceiveMaximum: *mqttRecvMax},
 		Auth: auth.Options{
 			Issuer: *issuer, Audience: *audience, RequireExpiry: *requireExp, Leeway: *leeway,
 		},
@@ -146,6 +149,9 @@ func runFrontend(ctx context.Context, args []string) error {
 	}
 	link, err := newUplink(*id, *mtList, *mtDNS, uplink.Options{Window: *upWindow, AckTimeout: *upAck, Failover: *upFailover}, log, reg, lg)
 	if err != nil {
+		return err
+	}
+	if err := listenMQTT(srv, *mqttListen, lg); err != nil {
 		return err
 	}
 	ln, err := net.Listen("tcp", *listen)
@@ -218,6 +224,19 @@ func flushUplink(log *wal.Log, timeout time.Duration, linkDone <-chan error) (er
 		}
 	}
 	return nil, false
+}
+
+// listenMQTT has srv serve MQTT over TCP on addr, unless addr is empty.
+func listenMQTT(srv *frontend.Server, addr string, lg *slog.Logger) error {
+	if addr == "" {
+		return nil
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("listen mqtt: %w", err)
+	}
+	lg.Info("mqtt listening", "addr", ln.Addr().String())
+	return srv.ListenMQTT(ln)
 }
 
 // listenSet reports whether --listen or INGEST_LISTEN was given.

@@ -1,0 +1,429 @@
+package frontend
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/ingest-io/ingest/envelope"
+)
+
+// MQTT sessions live in this package, beside the WebSocket connections,
+// rather than in a package of their own: they are another way into the same
+// Server — its WAL and group commit, its device registry (one session per
+// device across both transports), its rate-limit buckets, auth, metrics and
+// drain — none of which a separate package could share without exporting
+// the Server's insides.
+//
+// Encoding and decoding of MQTT packets is github.com/mochi-mqtt/server/v2's
+// packets package (MQTT 3.1.1 and 5, with v5 properties and reason codes);
+// only the session logic that ties acknowledgements to the WAL's fsync is
+// written here.
+
+// MQTTPath is the path of MQTT over WebSocket on the device port; the
+// WebSocket subprotocol is MQTTSubprotocol.
+const (
+	MQTTPath        = "/mqtt"
+	MQTTSubprotocol = "mqtt"
+)
+
+const (
+	defaultReceiveMaximum = 128
+	maxMQTTPacketBytes    = 268_435_455 // the largest remaining length MQTT can express
+)
+
+// MQTT protocol levels served: 3.1.1 and 5. 3.1 ("MQIsdp") is refused.
+const (
+	mqtt311 byte = 4
+	mqtt5   byte = 5
+)
+
+// mqttServer is the Server's MQTT side: the TCP listeners and the context
+// that ends connections still waiting for their CONNECT.
+type mqttServer struct {
+	lns []net.Listener
+
+	once     sync.Once
+	hsCtx    context.Context // cancelled when the server stops accepting
+	hsCancel context.CancelFunc
+	accept   sync.WaitGroup // accept loops
+
+	pool sync.Pool // *mqttPending
+}
+
+func (m *mqttServer) init() {
+	m.once.Do(func() {
+		m.hsCtx, m.hsCancel = context.WithCancel(context.Background())
+		m.pool.New = func() any { return new(mqttPending) }
+	})
+}
+
+// ListenMQTT makes Serve accept MQTT over TCP on ln as well (MQTT over
+// WebSocket is always served at MQTTPath on the device port). Call it
+// before Serve; Serve closes ln. ln may be a TLS listener
+// (crypto/tls.NewListener): sessions use only the net.Conn interface.
+func (s *Server) ListenMQTT(ln net.Listener) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.served {
+		return errors.New("listen mqtt: server already serving")
+	}
+	s.mqtt.lns = append(s.mqtt.lns, ln)
+	return nil
+}
+
+// startMQTT starts an accept loop per MQTT listener. stop closes the
+// listeners, ends connections still waiting for their CONNECT and waits for
+// the accept loops; sessions already registered are left to the drain.
+func (s *Server) startMQTT() (stop func(), err error) {
+	m := &s.mqtt
+	m.init()
+	if s.opts.InsecureNoAuth {
+		for _, ln := range m.lns {
+			if !isLoopback(ln.Addr()) {
+				for _, ln := range m.lns {
+					ln.Close()
+				}
+				return nil, fmt.Errorf("serve mqtt %s: %w", ln.Addr(), ErrNotLoopback)
+			}
+		}
+	}
+	for _, ln := range m.lns {
+		m.accept.Go(func() { s.acceptMQTT(ln) })
+	}
+	return func() {
+		m.hsCancel()
+		for _, ln := range m.lns {
+			ln.Close()
+		}
+		m.accept.Wait()
+	}, nil
+}
+
+func (s *Server) acceptMQTT(ln net.Listener) {
+	var delay time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off as net/http
+			// does, rather than spin or give up.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.lg.Warn("mqtt accept failed; retrying", "addr", ln.Addr().String(), "err", err, "in", delay)
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		if !s.admit() {
+			nc.Close()
+			continue
+		}
+		go s.handshakeMQTT(nc, func() { nc.Close() }, false)
+	}
+}
+
+// admit counts a new connection in the server's wait group, unless the
+// server drains. A connection admitted must end with s.wg.Done.
+func (s *Server) admit() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return false
+	}
+	s.wg.Add(1)
+	return true
+}
+
+// handleMQTTWebSocket serves MQTT over WebSocket: an upgrade that offers
+// the "mqtt" subprotocol, then MQTT packets in binary messages. The device
+// authenticates in CONNECT, as over TCP.
+func (s *Server) handleMQTTWebSocket(w http.ResponseWriter, r *http.Request) {
+	s.mqtt.init()
+	if !s.admit() {
+		w.Header().Set("Retry-After", "5")
+		http.Error(w, "server shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	hj := &hijacker{ResponseWriter: w}
+	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
+		Subprotocols:    []string{MQTTSubprotocol},
+		OriginPatterns:  s.opts.OriginPatterns,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		s.wg.Done()
+		s.m.handshakes.WithLabelValues("bad_handshake").Inc()
+		return
+	}
+	if ws.Subprotocol() != MQTTSubprotocol {
+		s.wg.Done()
+		s.m.handshakes.WithLabelValues("no_mqtt_subprotocol").Inc()
+		ws.Close(websocket.StatusProtocolError, "the mqtt subprotocol is required")
+		return
+	}
+	nc := websocket.NetConn(s.hard, ws, websocket.MessageBinary)
+	// NetConn lifts the read limit; one message holds at most a packet
+	// and the next one's fixed header.
+	ws.SetReadLimit(int64(s.opts.MQTT.MaxPacketBytes) + 16)
+	go s.handshakeMQTT(nc, func() { ws.CloseNow() }, true)
+}
+
+// handshakeMQTT reads and answers a connection's CONNECT, registers the
+// session (taking over the device's older one) and serves it. The caller
+// has admitted the connection.
+func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
+	defer s.wg.Done()
+	c := &mqttConn{
+		s:        s,
+		nc:       nc,
+		closeFn:  closeNow,
+		br:       bufio.NewReaderSize(nc, readBufBytes),
+		done:     make(chan struct{}),
+		stopc:    make(chan struct{}),
+		overWS:   overWS,
+		maxPkt:   s.opts.MQTT.MaxPacketBytes,
+		problems: true,
+	}
+	c.cond = sync.NewCond(&c.mu)
+	stop := context.AfterFunc(s.mqtt.hsCtx, closeNow)
+	nc.SetReadDeadline(time.Now().Add(s.opts.MQTT.ConnectTimeout))
+	code, reason := c.readConnect()
+	if !stop() || code == 0 && !s.Ready() {
+		// The server stopped accepting while CONNECT was read, or its WAL
+		// has failed (the process is about to restart).
+		code, reason = connackUnavailable, "server not accepting devices; reconnect later"
+	}
+	if code != 0 {
+		s.m.mqtt.refused.WithLabelValues(connackLabel(code)).Inc()
+		if c.version != 0 {
+			c.writeConnack(code, reason)
+		}
+		closeNow()
+		return
+	}
+	if s.nconns.Add(1) > int64(s.opts.MaxConnections) {
+		s.nconns.Add(-1)
+		s.m.mqtt.refused.WithLabelValues(connackLabel(connackBusy)).Inc()
+		c.writeConnack(connackBusy, "too many connections")
+		closeNow()
+		return
+	}
+	defer s.nconns.Add(-1)
+	s.mu.Lock()
+	var old session
+	ok := !s.draining
+	if ok {
+		old = s.devices[c.device]
+		s.devices[c.device] = c
+		s.conns[c] = struct{}{}
+	}
+	s.mu.Unlock()
+	if !ok {
+		s.m.mqtt.refused.WithLabelValues(connackLabel(connackUnavailable)).Inc()
+		c.writeConnack(connackUnavailable, "server shutting down")
+		closeNow()
+		return
+	}
+	s.takeOver(old, c.device)
+	c.bucket = s.limits.take(c.device, time.Now().UnixNano())
+
+	vl := versionLabel(c.version)
+	s.m.connections.Inc()
+	s.m.mqtt.connections.WithLabelValues(vl).Inc()
+	c.serve()
+	s.m.mqtt.connections.WithLabelValues(vl).Dec()
+	s.m.connections.Dec()
+	s.unregister(c, c.device)
+}
+
+// CONNACK codes the handshake answers with, as MQTT 5 reason codes;
+// connackCode gives the MQTT 3.1.1 return code of each.
+const (
+	connackMalformed          byte = 0x81
+	connackProtocolError      byte = 0x82
+	connackImplementation     byte = 0x83 // a will message
+	connackBadVersion         byte = 0x84
+	connackBadClientID        byte = 0x85
+	connackBadAuth            byte = 0x86
+	connackUnavailable        byte = 0x88
+	connackBusy               byte = 0x89
+	connackBadAuthMethod      byte = 0x8C
+	mqtt311UnacceptableLevel  byte = 0x01
+	mqtt311IdentifierRejected byte = 0x02
+	mqtt311ServerUnavailable  byte = 0x03
+	mqtt311NotAuthorized      byte = 0x05
+)
+
+// connackCode maps a CONNACK reason code to what version gets.
+func connackCode(version, code byte) byte {
+	if version == mqtt5 || code == 0 {
+		return code
+	}
+	switch code {
+	case connackBadVersion:
+		return mqtt311UnacceptableLevel
+	case connackBadClientID:
+		return mqtt311IdentifierRejected
+	case connackUnavailable, connackBusy:
+		return mqtt311ServerUnavailable
+	}
+	// Bad credentials, a will, an authentication method: not authorized.
+	return mqtt311NotAuthorized
+}
+
+// connackLabel names a refused CONNECT in the metric.
+func connackLabel(code byte) string {
+	switch code {
+	case connackMalformed:
+		return "malformed"
+	case connackProtocolError:
+		return "protocol_error"
+	case connackImplementation:
+		return "will_not_supported"
+	case connackBadVersion:
+		return "unsupported_version"
+	case connackBadClientID:
+		return "bad_client_id"
+	case connackBadAuth:
+		return "bad_auth"
+	case connackUnavailable:
+		return "shutting_down"
+	case connackBusy:
+		return "too_many_connections"
+	case connackBadAuthMethod:
+		return "bad_auth_method"
+	}
+	return "no_connect"
+}
+
+func versionLabel(v byte) string {
+	if v == mqtt5 {
+		return "5"
+	}
+	return "3.1.1"
+}
+
+// readConnect reads the first packet, which must be CONNECT, and checks it.
+// It returns a CONNACK reason code (0: accepted) and a reason string. When
+// no CONNECT could be read, c.version stays 0 and nothing is answered.
+func (c *mqttConn) readConnect() (code byte, reason string) {
+	s := c.s
+	bp, err := c.readPacket()
+	if err != nil || c.pk.FixedHeader.Type != packets.Connect {
+		c.putBuf(bp)
+		return connackMalformed, "no CONNECT"
+	}
+	defer c.putBuf(bp)
+	buf := *bp
+	pk := &c.pk
+	if len(buf) >= 7 {
+		// The protocol level, to know how to answer even a CONNECT that
+		// does not decode.
+		if l := int(buf[0])<<8 | int(buf[1]); l == 4 && len(buf) > 6 {
+			switch buf[6] {
+			case mqtt311, mqtt5:
+				c.version = buf[6]
+			}
+		}
+	}
+	if err := decode(pk.ConnectDecode, buf); err != nil {
+		if c.version == 0 {
+			return connackMalformed, "malformed CONNECT"
+		}
+		return connackMalformed, "malformed CONNECT: " + err.Error()
+	}
+	if pk.ProtocolVersion != mqtt311 && pk.ProtocolVersion != mqtt5 {
+		// 3.1 ("MQIsdp") and unknown levels get the 3.1.1 return code.
+		c.version = mqtt311
+		return connackBadVersion, "MQTT 3.1.1 and 5 are served"
+	}
+	c.version = pk.ProtocolVersion
+	if v := pk.ConnectValidate(); v != packets.CodeSuccess {
+		return connackProtocolError, v.Reason
+	}
+	p := &pk.Properties
+	if c.version == mqtt5 {
+		if p.AuthenticationMethod != "" {
+			return connackBadAuthMethod, "extended authentication is not supported; send the device token as the password"
+		}
+		if p.RequestProblemInfoFlag && p.RequestProblemInfo == 0 {
+			c.problems = false
+		}
+		c.clientMax = p.MaximumPacketSize
+		c.sessionExpiry = p.SessionExpiryIntervalFlag && p.SessionExpiryInterval > 0
+	}
+	if pk.Connect.WillFlag {
+		return connackImplementation, "will messages are not supported"
+	}
+	// The library's strings alias the packet buffer, which is reused.
+	clientID := strings.Clone(pk.Connect.ClientIdentifier)
+	if s.auth != nil {
+		if !pk.Connect.PasswordFlag {
+			return connackBadAuth, "the password must be the device token"
+		}
+		device, exp, err := verifyDevice(s.auth, string(pk.Connect.Password))
+		if err != nil {
+			s.lg.Debug("mqtt token refused", "remote", c.nc.RemoteAddr().String(), "err", err)
+			return connackBadAuth, "token refused: " + err.Error()
+		}
+		if clientID != "" && clientID != device {
+			return connackBadClientID, "the client id must be empty or the device id, the token's subject"
+		}
+		c.device, c.exp = device, exp
+	} else {
+		if err := envelope.CheckID(clientID); err != nil {
+			return connackBadClientID, "without auth the client id is the device id and must be 1 to 255 bytes"
+		}
+		c.device = clientID
+	}
+	c.assigned = clientID == ""
+	if ka := pk.Connect.Keepalive; ka > 0 {
+		// Spec: 1.5 times the keep alive. The deadline is moved at most
+		// once a second, so it may fall up to a second later.
+		c.keepalive = time.Duration(ka) * 1500 * time.Millisecond
+	}
+	return 0, ""
+}
+
+// writeConnack answers CONNECT with code (0: accepted).
+func (c *mqttConn) writeConnack(code byte, reason string) {
+	o := c.s.opts.MQTT
+	pk := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Connack},
+		ProtocolVersion: c.version,
+		ReasonCode:      connackCode(c.version, code),
+		Mods:            packets.Mods{MaxSize: c.clientMax, DisallowProblemInfo: !c.problems},
+	}
+	if c.version == mqtt5 {
+		p := &pk.Properties
+		if code != 0 {
+			p.ReasonString = reason
+		} else {
+			p.ReceiveMaximum = uint16(o.ReceiveMaximum)
+			p.MaximumPacketSize = uint32(o.MaxPacketBytes)
+			p.RetainAvailable, p.RetainAvailableFlag = 0, true
+			p.WildcardSubAvailable, p.WildcardSubAvailableFlag = 0, true
+			p.SubIDAvailable, p.SubIDAvailableFlag = 0, true
+			p.SharedSubAvailable, p.SharedSubAvailableFlag = 0, true
+			if c.sessionExpiry {
+				// Clean sessions only: nothing is kept after the connection.
+				p.SessionExpiryInterval, p.SessionExpiryIntervalFlag = 0, true
+			}
+			if c.assigned {
+				p.AssignedClientID = c.device
+			}
+		}
+	}
+	c.writePacket(&pk, pk.ConnackEncode)
+}

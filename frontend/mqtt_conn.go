@@ -1,0 +1,946 @@
+package frontend
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/protocol"
+	"github.com/ingest-io/ingest/wal"
+)
+
+// mqttConn is one MQTT session of a device, over TCP or WebSocket.
+//
+// Goroutines: the reader (serve, started by the handshake once the session
+// is registered) reads and answers every packet but publishes; a flusher
+// goroutine exists only while publishes wait for the WAL, as for a
+// WebSocket connection (conn). Writes from both are serialised by wmu, each
+// under a socket deadline.
+//
+// The reader queues every QoS 0, 1 and 2 PUBLISH, refused ones included, in
+// pending, in the order received; the flusher appends the envelopes of
+// everything pending with one AppendBatch and then writes the PUBACKs (QoS
+// 1) and PUBRECs (QoS 2) of all of them, in that order, in one write. So
+// every acknowledgement follows the fsync that covers its message, a
+// session's acknowledgements keep the order of its publishes (MQTT requires
+// it), and publishes of many sessions in flight together share one group
+// commit.
+//
+// Lock order: Server.mu before mqttConn.mu; wmu is taken with neither held
+// by the flusher and the reader, and never while waiting on cond.
+type mqttConn struct {
+	s       *Server
+	nc      net.Conn
+	closeFn func() // closes the connection at once
+	br      *bufio.Reader
+	overWS  bool
+	done    chan struct{}
+	stopc   chan struct{} // closed when stopped turns true
+
+	// Set by the handshake, then read-only.
+	version       byte // mqtt311 or mqtt5
+	device        string
+	exp           time.Time     // token expiry; zero: none
+	keepalive     time.Duration // 1.5 × the client's keep alive; zero: none
+	clientMax     uint32        // the client's Maximum Packet Size (MQTT 5); zero: none
+	problems      bool          // MQTT 5 Request Problem Information: reason strings allowed
+	sessionExpiry bool          // an MQTT 5 client asked for a session that outlives the connection
+	assigned      bool          // the client sent no client id; it is given the device id
+	maxPkt        int
+
+	// Reader-only.
+	pk       packets.Packet
+	bucket   bucket
+	deadline time.Time // the read deadline set for the keep alive
+	msgs     []protocol.Message
+
+	wmu sync.Mutex
+
+	mu       sync.Mutex
+	cond     *sync.Cond // signalled when flushing turns false, pending shrinks or inflight drops
+	pend     *mqttPending
+	flushing bool
+	stopped  bool
+	reason   string              // why it ends (metric label); first writer wins
+	endCode  byte                // MQTT 5 DISCONNECT reason code the session ends with; 0: none
+	inflight int                 // QoS 1 and 2 publishes not yet fully acknowledged
+	qos2     map[uint16]struct{} // QoS 2 packet ids received and not yet released (PUBREL)
+}
+
+// mqttPending holds the publishes a flusher appends together.
+type mqttPending struct {
+	buf     []byte     // encoded envelopes, back to back
+	ends    []int      // end offset in buf of each envelope
+	items   []mqttItem // every queued publish, in the order received
+	entries [][]byte   // scratch for AppendBatch
+	out     bytes.Buffer
+}
+
+// mqttItem is one queued PUBLISH.
+type mqttItem struct {
+	id     uint16
+	qos    byte
+	code   byte   // MQTT 5 reason code of its PUBACK or PUBREC: 0 stored, else refused
+	dup    bool   // a QoS 2 publish repeated before its PUBREL: acknowledged, not stored again
+	nenv   int    // envelopes of the publish in buf
+	recv   int64  // unix nanos
+	reason string // reason string of a refusal
+}
+
+func (p *mqttPending) reset() {
+	p.buf, p.ends, p.items = p.buf[:0], p.ends[:0], p.items[:0]
+	clear(p.entries)
+	p.entries = p.entries[:0]
+	p.out.Reset()
+}
+
+// Reason codes the session ends with or refuses a publish with (MQTT 5).
+const (
+	rcSuccess            byte = 0x00
+	rcUnspecified        byte = 0x80
+	rcMalformed          byte = 0x81
+	rcProtocolError      byte = 0x82
+	rcImplementation     byte = 0x83
+	rcNotAuthorized      byte = 0x87
+	rcServerBusy         byte = 0x89
+	rcShuttingDown       byte = 0x8B
+	rcKeepAliveTimeout   byte = 0x8D
+	rcSessionTakenOver   byte = 0x8E
+	rcTopicNameInvalid   byte = 0x90
+	rcPacketIDNotFound   byte = 0x92
+	rcReceiveMaximum     byte = 0x93
+	rcPacketTooLarge     byte = 0x95
+	rcQuotaExceeded      byte = 0x97
+	rcPayloadInvalid     byte = 0x99
+	rcRetainNotSupported byte = 0x9A
+	rcNoSubscription     byte = 0x11
+)
+
+// Why an MQTT session ended, beyond the reasons WebSocket connections share.
+const (
+	reasonKeepalive      = "keepalive_timeout" // nothing received for 1.5 × the keep alive
+	reasonProtocolError  = "protocol_error"    // a malformed packet or a protocol violation
+	reasonReceiveMaximum = "receive_maximum"   // more publishes in flight than the receive maximum
+	// The client sent DISCONNECT: what it published before is appended
+	// (QoS 0 included), though its acknowledgements may find it gone.
+	reasonClientDisconnect = "client_disconnect"
+)
+
+// mqttEnd ends a session: code is the MQTT 5 DISCONNECT reason code.
+type mqttEnd struct {
+	code   byte
+	reason string // metric label
+	text   string
+}
+
+func (e *mqttEnd) Error() string { return e.reason + ": " + e.text }
+
+var (
+	errPeerDisconnect = errors.New("client sent DISCONNECT")
+	errStopped        = errors.New("session stopped")
+)
+
+func protocolError(code byte, text string) error {
+	return &mqttEnd{code: code, reason: reasonProtocolError, text: text}
+}
+
+// decode runs a decoder of the packet library and turns a panic inside it
+// into a malformed-packet error: the library indexes some buffers without
+// checking their length, and a hostile packet must not take the server down.
+func decode(f func([]byte) error, buf []byte) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("decode packet: %v", r)
+		}
+	}()
+	return f(buf)
+}
+
+// readPacket reads one control packet: its fixed header is decoded into
+// c.pk (otherwise reset) and its remaining bytes returned in a pooled
+// buffer, which the caller gives back with putBuf.
+func (c *mqttConn) readPacket() (*[]byte, error) {
+	hb, err := c.br.ReadByte()
+	if err != nil {
+		return nil, err
+	}
+	c.pk = packets.Packet{ProtocolVersion: c.version}
+	if err := c.pk.FixedHeader.Decode(hb); err != nil {
+		return nil, protocolError(rcMalformed, "fixed header: "+err.Error())
+	}
+	n, _, err := packets.DecodeLength(c.br)
+	if err != nil {
+		var code packets.Code
+		if errors.As(err, &code) {
+			return nil, protocolError(rcMalformed, "remaining length: "+code.Reason)
+		}
+		return nil, err
+	}
+	if n > c.maxPkt {
+		return nil, &mqttEnd{code: rcPacketTooLarge, reason: reasonTooBig,
+			text: "packet of " + strconv.Itoa(n) + " bytes, the maximum is " + strconv.Itoa(c.maxPkt)}
+	}
+	c.pk.FixedHeader.Remaining = n
+	bp := c.s.readPool.Get().(*[]byte)
+	if cap(*bp) < n {
+		*bp = make([]byte, n)
+	}
+	*bp = (*bp)[:n]
+	if _, err := io.ReadFull(c.br, *bp); err != nil {
+		c.putBuf(bp)
+		return nil, err
+	}
+	return bp, nil
+}
+
+func (c *mqttConn) putBuf(bp *[]byte) {
+	if bp != nil && cap(*bp) <= 64<<10 {
+		c.s.readPool.Put(bp)
+	}
+}
+
+// stopLocked marks the session as taking nothing more. c.mu is held.
+func (c *mqttConn) stopLocked() {
+	if !c.stopped {
+		c.stopped = true
+		close(c.stopc)
+		c.cond.Broadcast()
+	}
+}
+
+// end records why the session ends, first writer wins. c.mu is held.
+func (c *mqttConn) endLocked(reason string, code byte) {
+	if c.reason == "" {
+		c.reason, c.endCode = reason, code
+	}
+}
+
+// serve is the session's one reader, from CONNACK to the end.
+func (c *mqttConn) serve() {
+	defer close(c.done)
+	s := c.s
+	c.writeConnack(0, "")
+	if c.keepalive == 0 {
+		c.nc.SetReadDeadline(time.Time{})
+	}
+	readErr := c.readLoop()
+
+	c.mu.Lock()
+	stopped := c.stopped
+	c.stopLocked()
+	var me *mqttEnd
+	switch {
+	case errors.As(readErr, &me):
+		c.endLocked(me.reason, me.code)
+	case errors.Is(readErr, errPeerDisconnect):
+		c.endLocked(reasonClientDisconnect, 0)
+	case c.keepalive > 0 && !c.deadline.IsZero() && !time.Now().Before(c.deadline):
+		c.endLocked(reasonKeepalive, rcKeepAliveTimeout)
+	default:
+		c.endLocked(reasonPeer, 0)
+	}
+	code := c.endCode
+	c.mu.Unlock()
+	if !stopped {
+		c.disconnect(code)
+	}
+	c.mu.Lock()
+	for c.flushing {
+		c.cond.Wait()
+	}
+	if c.pend != nil {
+		// Publishes read but never appended: nothing was acknowledged for them.
+		c.pend.reset()
+		s.mqtt.pool.Put(c.pend)
+		c.pend = nil
+	}
+	reason := c.reason
+	c.mu.Unlock()
+	s.m.closes.WithLabelValues(reason).Inc()
+	s.lg.Debug("mqtt session ended", "device", c.device, "reason", reason, "err", readErr)
+	// Before done is closed: a newer session of the device waits for it.
+	s.limits.put(c.device, c.bucket, time.Now().UnixNano())
+}
+
+func (c *mqttConn) readLoop() error {
+	for {
+		if c.keepalive > 0 {
+			// Move the deadline only when it is due within the keep
+			// alive: one deadline update a second at most.
+			now := time.Now()
+			if c.deadline.Before(now.Add(c.keepalive)) {
+				c.deadline = now.Add(c.keepalive + time.Second)
+				c.nc.SetReadDeadline(c.deadline)
+			}
+		}
+		bp, err := c.readPacket()
+		if err != nil {
+			return err
+		}
+		err = c.handle(*bp, time.Now())
+		c.putBuf(bp)
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// handle answers one packet read after CONNECT.
+func (c *mqttConn) handle(buf []byte, now time.Time) error {
+	pk := &c.pk
+	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		return c.publish(buf, now)
+	case packets.Pubrel:
+		if err := decode(pk.PubrelDecode, buf); err != nil {
+			return protocolError(rcMalformed, "PUBREL: "+err.Error())
+		}
+		return c.release(pk.PacketID)
+	case packets.Pingreq:
+		out := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}
+		c.writePacket(&out, out.PingrespEncode)
+		return nil
+	case packets.Subscribe:
+		if err := decode(pk.SubscribeDecode, buf); err != nil {
+			return protocolError(rcMalformed, "SUBSCRIBE: "+err.Error())
+		}
+		if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
+			return protocolError(code.Code, "SUBSCRIBE: "+code.Reason)
+		}
+		return c.subscribe(pk)
+	case packets.Unsubscribe:
+		if err := decode(pk.UnsubscribeDecode, buf); err != nil {
+			return protocolError(rcMalformed, "UNSUBSCRIBE: "+err.Error())
+		}
+		if code := pk.UnsubscribeValidate(); code != packets.CodeSuccess {
+			return protocolError(code.Code, "UNSUBSCRIBE: "+code.Reason)
+		}
+		out := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Unsuback},
+			ProtocolVersion: c.version,
+			PacketID:        pk.PacketID,
+			ReasonCodes:     bytes.Repeat([]byte{rcNoSubscription}, len(pk.Filters)),
+		}
+		c.writePacket(&out, out.UnsubackEncode)
+		return nil
+	case packets.Disconnect:
+		if err := decode(pk.DisconnectDecode, buf); err != nil {
+			return protocolError(rcMalformed, "DISCONNECT: "+err.Error())
+		}
+		return errPeerDisconnect
+	case packets.Connect:
+		return protocolError(rcProtocolError, "second CONNECT")
+	}
+	// PUBACK, PUBREC and PUBCOMP answer publishes the server never sends;
+	// AUTH follows an authentication method CONNECT refuses.
+	return protocolError(rcProtocolError, "unexpected "+packets.PacketNames[pk.FixedHeader.Type]+" packet")
+}
+
+// subscribe answers SUBSCRIBE. No topic can be subscribed to yet: every
+// filter is refused. Commands to devices (devices/{id}/commands) will be
+// served from here.
+func (c *mqttConn) subscribe(pk *packets.Packet) error {
+	code := rcImplementation
+	if c.version == mqtt311 {
+		code = rcUnspecified // 3.1.1's only failure return code
+	}
+	out := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Suback},
+		ProtocolVersion: c.version,
+		PacketID:        pk.PacketID,
+		ReasonCodes:     bytes.Repeat([]byte{code}, len(pk.Filters)),
+		Properties:      packets.Properties{ReasonString: "subscriptions are not served yet"},
+		Mods:            c.mods(),
+	}
+	c.writePacket(&out, out.SubackEncode)
+	return nil
+}
+
+// release answers PUBREL: the QoS 2 exchange of the packet id is over.
+func (c *mqttConn) release(id uint16) error {
+	c.mu.Lock()
+	_, ok := c.qos2[id]
+	if ok {
+		delete(c.qos2, id)
+		c.inflight--
+		c.cond.Broadcast()
+	}
+	c.mu.Unlock()
+	out := packets.Packet{
+		FixedHeader:     packets.FixedHeader{Type: packets.Pubcomp},
+		ProtocolVersion: c.version,
+		PacketID:        id,
+	}
+	if !ok {
+		out.ReasonCode = rcPacketIDNotFound
+	}
+	c.writePacket(&out, out.PubcompEncode)
+	return nil
+}
+
+// publish checks a PUBLISH and queues it for the flusher.
+func (c *mqttConn) publish(buf []byte, now time.Time) error {
+	s := c.s
+	pk := &c.pk
+	if err := decode(pk.PublishDecode, buf); err != nil {
+		return protocolError(rcMalformed, "PUBLISH: "+err.Error())
+	}
+	if code := pk.PublishValidate(0); code != packets.CodeSuccess {
+		// Wildcards, a missing packet id, or a topic alias (none is
+		// allowed: the Topic Alias Maximum is 0).
+		return protocolError(code.Code, "PUBLISH: "+code.Reason)
+	}
+	if pk.FixedHeader.Retain && c.version == mqtt5 {
+		return protocolError(rcRetainNotSupported, "retained messages are not supported")
+	}
+	s.m.bytes.Add(float64(len(pk.Payload)))
+	if !c.exp.IsZero() && now.After(c.exp.Add(s.opts.Auth.Leeway)) {
+		// As on WebSocket: what came before is acknowledged, this and
+		// what follows is not, and the session ends.
+		s.m.rejected.WithLabelValues(protocol.CodeUnauthorized).Inc()
+		c.finish(protocol.ClosePolicyViolation, reasonExpired)
+		return errStopped
+	}
+	it := mqttItem{id: pk.PacketID, qos: pk.FixedHeader.Qos, recv: now.UnixNano()}
+	if it.qos == 2 {
+		c.mu.Lock()
+		_, it.dup = c.qos2[it.id]
+		c.mu.Unlock()
+		if it.dup {
+			return c.enqueue(&it, nil, "", now)
+		}
+	}
+	topic, code, why := c.checkTopic(pk.TopicName)
+	if code != 0 {
+		s.m.received.Inc()
+		s.m.mqtt.received.Inc()
+		s.m.rejected.WithLabelValues(protocol.CodeInvalidMessage).Inc()
+		return c.refuse(&it, code, why, now)
+	}
+	msgs, ferr := protocol.ParseFrame(pk.Payload, c.msgs[:0], s.opts.MaxBatchMessages, s.opts.MaxMessageBytes)
+	c.msgs = msgs
+	defer clear(c.msgs)
+	if ferr != nil {
+		s.m.received.Inc()
+		s.m.mqtt.received.Inc()
+		s.m.rejected.WithLabelValues(ferr.Code).Inc()
+		return c.refuse(&it, rcPayloadInvalid, ferr.Code+": "+ferr.Reason, now)
+	}
+	s.m.received.Add(float64(len(msgs)))
+	s.m.mqtt.received.Add(float64(len(msgs)))
+	firstBad := -1
+	for i := range msgs {
+		m := &msgs[i]
+		m.Check(c.device, now, s.opts.MaxFutureSkew)
+		if m.Code != "" {
+			s.m.rejected.WithLabelValues(m.Code).Inc()
+			if firstBad < 0 {
+				firstBad = i
+			}
+		}
+	}
+	if firstBad >= 0 {
+		// One PUBLISH has one acknowledgement: it is stored whole or not
+		// at all.
+		m := &msgs[firstBad]
+		why := m.Code + ": " + m.Reason
+		if m.Index >= 0 {
+			why += " (message " + strconv.Itoa(m.Index) + " of the batch)"
+		}
+		return c.refuse(&it, rcPayloadInvalid, why, now)
+	}
+	if err := c.throttle(len(msgs)); err != nil {
+		return err
+	}
+	return c.enqueue(&it, msgs, topic, now)
+}
+
+// refuse queues the refusal of a publish, so that its PUBACK keeps its
+// place among the session's acknowledgements. MQTT 3.1.1 has no negative
+// acknowledgement: there the publish is acknowledged as usual, and dropped
+// (counted in ingest_frontend_mqtt_publishes_refused_total).
+func (c *mqttConn) refuse(it *mqttItem, code byte, why string, now time.Time) error {
+	c.s.m.mqtt.refusedPublishes.WithLabelValues(publishRefusal(code)).Inc()
+	c.s.lg.Debug("mqtt publish refused", "device", c.device, "code", code, "why", why)
+	it.code, it.reason = code, why
+	return c.enqueue(it, nil, "", now)
+}
+
+func publishRefusal(code byte) string {
+	switch code {
+	case rcTopicNameInvalid:
+		return "topic_invalid"
+	case rcNotAuthorized:
+		return "not_authorized"
+	case rcPayloadInvalid:
+		return "payload_invalid"
+	case rcQuotaExceeded:
+		return "quota_exceeded"
+	}
+	return "other"
+}
+
+// MaxTopicLabelBytes bounds the part of a topic after devices/{id}/, which
+// is stored with every message of the publish as the label "topic".
+const MaxTopicLabelBytes = 128
+
+// checkTopic checks that a publish's topic is devices/{id} or
+// devices/{id}/rest, with the session's own device id, and returns rest.
+func (c *mqttConn) checkTopic(t string) (rest string, code byte, why string) {
+	const prefix = "devices/"
+	if len(t) <= len(prefix) || t[:len(prefix)] != prefix {
+		return "", rcTopicNameInvalid, "topics are devices/{device id}/..."
+	}
+	t = t[len(prefix):]
+	id := c.device
+	if len(t) < len(id) || t[:len(id)] != id || len(t) > len(id) && t[len(id)] != '/' {
+		return "", rcNotAuthorized, "a device publishes under devices/" + id + "/ only"
+	}
+	if len(t) == len(id) {
+		return "", 0, ""
+	}
+	rest = t[len(id)+1:]
+	switch {
+	case rest == "":
+		return "", rcTopicNameInvalid, "empty topic level after the device id"
+	case len(rest) > MaxTopicLabelBytes:
+		return "", rcTopicNameInvalid, "the topic after devices/{device id}/ is longer than " + strconv.Itoa(MaxTopicLabelBytes) + " bytes"
+	}
+	return rest, 0, ""
+}
+
+// throttle holds the reader until the device's bucket has n tokens: over
+// MQTT the rate limit is backpressure (the session is not read), never a
+// refusal, so that no publish is refused for a rate the device cannot see.
+func (c *mqttConn) throttle(n int) error {
+	s := c.s
+	counted := false
+	for {
+		ok, wait := c.bucket.take(time.Now().UnixNano(), n, s.opts.Rate, float64(s.opts.Burst))
+		if ok {
+			return nil
+		}
+		if !counted {
+			s.m.mqtt.throttled.Inc()
+			counted = true
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-c.stopc:
+			t.Stop()
+			return errStopped
+		}
+	}
+}
+
+// enqueue encodes the messages of a publish into pending and makes sure a
+// flusher runs. It blocks while the session's pending bytes are over the
+// bound, and an MQTT 3.1.1 session's while it has ReceiveMaximum publishes
+// in flight: the session is then not read (TCP backpressure).
+func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, now time.Time) error {
+	s := c.s
+	rmax := s.opts.MQTT.ReceiveMaximum
+	counts := it.qos > 0 && !it.dup
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if counts && c.version == mqtt5 && c.inflight >= rmax {
+		return &mqttEnd{code: rcReceiveMaximum, reason: reasonReceiveMaximum,
+			text: "more than " + strconv.Itoa(rmax) + " publishes in flight"}
+	}
+	for !c.stopped && (c.pend != nil && len(c.pend.buf) >= s.opts.MaxPendingBytes || counts && c.inflight >= rmax) {
+		c.cond.Wait()
+	}
+	if c.stopped {
+		return errStopped
+	}
+	if counts {
+		c.inflight++
+		if it.qos == 2 {
+			if c.qos2 == nil {
+				c.qos2 = make(map[uint16]struct{})
+			}
+			c.qos2[it.id] = struct{}{}
+		}
+	}
+	if c.pend == nil {
+		c.pend = s.mqtt.pool.Get().(*mqttPending)
+	}
+	p := c.pend
+	e := envelope.Envelope{Frontend: s.opts.ID, Device: c.device, Topic: topic}
+	n := len(p.ends)
+	for i := range msgs {
+		m := &msgs[i]
+		e.HasDeviceTime, e.DeviceTime = m.TS != nil, m.Time
+		e.Received = now.UnixNano()
+		if !e.HasDeviceTime {
+			e.Received = c.bucket.stamp(e.Received, int64(s.opts.Burst))
+		}
+		e.Payload = m.Raw
+		p.buf = envelope.AppendEncode(p.buf, &e)
+		p.ends = append(p.ends, len(p.buf))
+	}
+	it.nenv = len(p.ends) - n
+	p.items = append(p.items, *it)
+	if !c.flushing {
+		c.flushing = true
+		s.wg.Add(1)
+		go c.flush()
+	}
+	return nil
+}
+
+// flush appends pending publishes to the WAL and acknowledges them, until
+// none are left.
+func (c *mqttConn) flush() {
+	s := c.s
+	defer s.wg.Done()
+	var spare *mqttPending
+	for {
+		c.mu.Lock()
+		p := c.pend
+		if p == nil || len(p.items) == 0 || c.stopped && c.reason != reasonDrain &&
+			c.reason != reasonExpired && c.reason != reasonReplaced && c.reason != reasonClientDisconnect {
+			if p != nil {
+				p.reset()
+				s.mqtt.pool.Put(p)
+				c.pend = nil
+			}
+			c.flushing = false
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			if spare != nil {
+				s.mqtt.pool.Put(spare)
+			}
+			return
+		}
+		c.pend = spare
+		c.cond.Broadcast() // room for the reader again
+		c.mu.Unlock()
+
+		var err error
+		if len(p.ends) > 0 {
+			start := 0
+			for _, end := range p.ends {
+				p.entries = append(p.entries, p.buf[start:end])
+				start = end
+			}
+			err = c.append(p.entries)
+		}
+		reuse := true
+		switch {
+		case err == nil:
+			c.ack(p, 0, len(p.items))
+		case errors.Is(err, wal.ErrTooLarge):
+			reuse = c.appendEach(p)
+		default:
+			reuse = c.appendFailed(p, 0, err)
+		}
+		if !reuse {
+			continue
+		}
+		p.reset()
+		spare = p
+	}
+}
+
+// noRoom reports whether an append failed for lack of room, at the WAL's
+// bound or on a full disk: nothing was written, and it may be tried again.
+func noRoom(err error) bool { return errors.Is(err, wal.ErrFull) || errors.Is(err, wal.ErrNoSpace) }
+
+// walFullRetry is how often an MQTT 3.1.1 session's flusher tries again to
+// append while the WAL is at its bound.
+const walFullRetry = 50 * time.Millisecond
+
+// append appends entries with one AppendBatch. At the WAL's bound (or on a
+// full disk), an MQTT
+// 3.1.1 session holds them and tries again until the WAL has room or the
+// session ends: 3.1.1 cannot refuse a publish, so it is not read meanwhile
+// (its pending bound fills), and nothing is dropped. MQTT 5 sessions are
+// told (appendFailed).
+func (c *mqttConn) append(entries [][]byte) error {
+	s := c.s
+	waited := false
+	for {
+		_, err := s.log.AppendBatch(s.hard, entries)
+		if !noRoom(err) || c.version == mqtt5 {
+			return err
+		}
+		if !waited {
+			s.m.mqtt.walFullWaits.Inc()
+			waited = true
+		}
+		t := time.NewTimer(walFullRetry)
+		select {
+		case <-t.C:
+		case <-c.stopc:
+			t.Stop()
+			c.mu.Lock()
+			reason := c.reason
+			c.mu.Unlock()
+			if reason == reasonDrain || reason == reasonReplaced {
+				// Drain and takeover wait for the flusher: give up
+				// within one more try, unacknowledged.
+				_, err = s.log.AppendBatch(s.hard, entries)
+			}
+			return err
+		}
+	}
+}
+
+// ack writes the acknowledgements of items from..to of p, in order, in one
+// write, and counts them.
+func (c *mqttConn) ack(p *mqttPending, from, to int) {
+	s := c.s
+	items := p.items[from:to]
+	// The in-flight count drops before the acknowledgements are written:
+	// a client may publish again as soon as it reads them.
+	c.mu.Lock()
+	for i := range items {
+		it := &items[i]
+		switch {
+		case it.qos == 1:
+			c.inflight--
+		case it.qos == 2 && !it.dup && it.code >= rcUnspecified && c.version == mqtt5:
+			// A refused QoS 2 publish ends with its PUBREC.
+			delete(c.qos2, it.id)
+			c.inflight--
+		}
+	}
+	c.cond.Broadcast()
+	c.mu.Unlock()
+
+	p.out.Reset()
+	stored, acked := 0, 0
+	mods := c.mods()
+	for i := range items {
+		it := &items[i]
+		if it.code == 0 {
+			if it.qos == 0 {
+				stored += it.nenv
+			} else {
+				acked += it.nenv
+			}
+		}
+		if it.qos == 0 {
+			continue
+		}
+		out := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Puback},
+			ProtocolVersion: c.version,
+			PacketID:        it.id,
+			Mods:            mods,
+		}
+		if c.version == mqtt5 {
+			out.ReasonCode = it.code
+			out.Properties.ReasonString = it.reason
+		}
+		if it.qos == 2 {
+			out.FixedHeader.Type = packets.Pubrec
+			out.PubrecEncode(&p.out)
+		} else {
+			out.PubackEncode(&p.out)
+		}
+	}
+	if p.out.Len() > 0 && c.write(p.out.Bytes()) != nil {
+		return
+	}
+	now := time.Now().UnixNano()
+	for i := range items {
+		if it := &items[i]; it.qos > 0 && it.code == 0 && it.nenv > 0 {
+			s.m.ackLatency.Observe(float64(now-it.recv) / 1e9)
+		}
+	}
+	s.m.acked.Add(float64(acked))
+	s.m.mqtt.acked.Add(float64(acked))
+	s.m.mqtt.storedQoS0.Add(float64(stored))
+}
+
+// appendEach appends the publishes of p one at a time, after a batch of
+// them was too large for the WAL. A publish that alone is too large is
+// refused (MQTT 5: quota exceeded) and dropped; the first that meets any
+// other failure ends the session as appendFailed does, after those before
+// it have been acknowledged. It reports whether p may be reused.
+func (c *mqttConn) appendEach(p *mqttPending) bool {
+	s := c.s
+	env, done := 0, 0 // done: items acknowledged so far
+	for i := range p.items {
+		it := &p.items[i]
+		if it.nenv == 0 {
+			continue
+		}
+		err := c.append(p.entries[env : env+it.nenv])
+		env += it.nenv
+		switch {
+		case err == nil:
+			// Acknowledged at once: the next one may wait for room.
+			c.ack(p, done, i+1)
+			done = i + 1
+		case errors.Is(err, wal.ErrTooLarge):
+			s.m.rejected.WithLabelValues(protocol.CodeTooLarge).Add(float64(it.nenv))
+			s.m.mqtt.refusedPublishes.WithLabelValues(publishRefusal(rcQuotaExceeded)).Inc()
+			it.code, it.reason, it.nenv = rcQuotaExceeded, "publish holds more than the server's queue can ever take; split it", 0
+		default:
+			if i > done {
+				c.ack(p, done, i)
+			}
+			return c.appendFailed(p, i, err)
+		}
+	}
+	if done < len(p.items) {
+		c.ack(p, done, len(p.items))
+	}
+	return true
+}
+
+// appendFailed answers a failed append of the publishes from..end of p and
+// ends the session. At the WAL's bound an MQTT 5 session gets quota
+// exceeded for each of them and DISCONNECT server busy; any other failure
+// ends the session without acknowledgement. It reports whether p may be
+// reused: not after a cancelled append, which the WAL may still be reading.
+func (c *mqttConn) appendFailed(p *mqttPending, from int, err error) bool {
+	s := c.s
+	c.mu.Lock()
+	if c.pend != nil {
+		// Publishes queued behind the failed ones must not be appended
+		// out of order.
+		c.pend.reset()
+	}
+	already := c.stopped
+	c.stopLocked()
+	c.mu.Unlock()
+	n := 0
+	for _, it := range p.items[from:] {
+		n += it.nenv
+	}
+	code := rcUnspecified
+	switch {
+	case noRoom(err):
+		c.mu.Lock()
+		c.endLocked(reasonOverloaded, rcServerBusy)
+		c.mu.Unlock()
+		s.m.rejected.WithLabelValues(protocol.CodeOverloaded).Add(float64(n))
+		if c.version == mqtt5 {
+			for i := range p.items[from:] {
+				it := &p.items[from+i]
+				if it.code == 0 {
+					it.code, it.reason = rcQuotaExceeded, "server queue is full; publish again later"
+					it.nenv = 0
+					s.m.mqtt.refusedPublishes.WithLabelValues(publishRefusal(rcQuotaExceeded)).Inc()
+				}
+			}
+			c.ack(p, from, len(p.items))
+		}
+		code = rcServerBusy
+	case errors.Is(err, context.Canceled):
+		c.mu.Lock()
+		c.endLocked(reasonDrain, 0)
+		c.mu.Unlock()
+		c.closeFn()
+		return false
+	default:
+		c.mu.Lock()
+		c.endLocked(reasonInternal, rcUnspecified)
+		c.mu.Unlock()
+		s.lg.Error("wal append failed; closing mqtt session", "device", c.device, "err", err)
+		if errors.Is(err, wal.ErrClosed) {
+			code = rcShuttingDown
+		}
+	}
+	if !already {
+		c.disconnect(code)
+	} else {
+		c.closeFn()
+	}
+	return true
+}
+
+// finish stops taking publishes, waits until everything already taken has
+// been appended and acknowledged, and ends the session; an MQTT 5 client
+// is told why with DISCONNECT. The WebSocket close code is not used.
+func (c *mqttConn) finish(_ websocket.StatusCode, reason string) {
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return
+	}
+	c.stopLocked()
+	var code byte
+	switch reason {
+	case reasonDrain:
+		code = rcShuttingDown
+	case reasonReplaced:
+		code = rcSessionTakenOver
+	case reasonExpired:
+		code = rcNotAuthorized
+	}
+	c.endLocked(reason, code)
+	for c.flushing {
+		c.cond.Wait()
+	}
+	c.mu.Unlock()
+	c.disconnect(code)
+}
+
+func (c *mqttConn) closeNow()              { c.closeFn() }
+func (c *mqttConn) ended() <-chan struct{} { return c.done }
+
+// disconnect sends an MQTT 5 client DISCONNECT with code (none when 0 or
+// for 3.1.1, which has no server DISCONNECT) and closes the connection.
+func (c *mqttConn) disconnect(code byte) {
+	if code != 0 && c.version == mqtt5 {
+		out := packets.Packet{
+			FixedHeader:     packets.FixedHeader{Type: packets.Disconnect},
+			ProtocolVersion: c.version,
+			ReasonCode:      code,
+		}
+		c.writePacket(&out, out.DisconnectEncode)
+	}
+	c.closeFn()
+}
+
+func (c *mqttConn) mods() packets.Mods {
+	return packets.Mods{MaxSize: c.clientMax, DisallowProblemInfo: !c.problems}
+}
+
+// writePacket encodes a packet with enc and writes it.
+func (c *mqttConn) writePacket(pk *packets.Packet, enc func(*bytes.Buffer) error) {
+	var b bytes.Buffer
+	if pk.Mods == (packets.Mods{}) {
+		pk.Mods = c.mods()
+	}
+	if err := enc(&b); err != nil {
+		c.s.lg.Error("encode mqtt packet", "type", packets.PacketNames[pk.FixedHeader.Type], "err", err)
+		return
+	}
+	c.write(b.Bytes())
+}
+
+// write writes b within Options.WriteTimeout; a failed write ends the
+// session.
+func (c *mqttConn) write(b []byte) error {
+	c.wmu.Lock()
+	c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+	_, err := c.nc.Write(b)
+	c.nc.SetWriteDeadline(time.Time{})
+	c.wmu.Unlock()
+	if err != nil {
+		c.mu.Lock()
+		c.endLocked(reasonWriteFailed, 0)
+		c.stopLocked()
+		c.mu.Unlock()
+		c.closeFn()
+	}
+	return err
+}

@@ -1,0 +1,66 @@
+package frontend
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// mqttMetrics are the MQTT sessions' own series. The frontend's shared
+// series (connections, messages received, acknowledged and rejected, ack
+// latency, closes) count MQTT sessions as well: these say how much of each
+// is MQTT's.
+type mqttMetrics struct {
+	connections      *prometheus.GaugeVec
+	received         prometheus.Counter
+	acked            prometheus.Counter
+	storedQoS0       prometheus.Counter
+	refused          *prometheus.CounterVec
+	refusedPublishes *prometheus.CounterVec
+	throttled        prometheus.Counter
+	walFullWaits     prometheus.Counter
+}
+
+func newMQTTMetrics() *mqttMetrics {
+	m := &mqttMetrics{
+		connections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ingest_frontend_mqtt_connections",
+			Help: "Open MQTT sessions, by protocol version (also counted in ingest_frontend_connections).",
+		}, []string{"version"}),
+		received: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_frontend_mqtt_messages_received_total",
+			Help: "Device messages received over MQTT, accepted or not.",
+		}),
+		acked: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_frontend_mqtt_messages_acked_total",
+			Help: "Device messages of QoS 1 and 2 publishes acknowledged (PUBACK, PUBREC) after the WAL fsync that covers them.",
+		}),
+		storedQoS0: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_frontend_mqtt_qos0_messages_stored_total",
+			Help: "Device messages of QoS 0 publishes appended to the WAL (they get no acknowledgement).",
+		}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ingest_frontend_mqtt_connects_refused_total",
+			Help: "MQTT CONNECTs refused or never completed, by reason.",
+		}, []string{"reason"}),
+		refusedPublishes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ingest_frontend_mqtt_publishes_refused_total",
+			Help: "MQTT PUBLISHes not stored, by reason (MQTT 5 clients get it as a reason code; MQTT 3.1.1 clients get a plain acknowledgement).",
+		}, []string{"reason"}),
+		throttled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_frontend_mqtt_publishes_throttled_total",
+			Help: "MQTT PUBLISHes that waited for the device's rate limit (the session was not read meanwhile).",
+		}),
+		walFullWaits: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_frontend_mqtt_wal_full_waits_total",
+			Help: "Times an MQTT 3.1.1 session held its publishes because the WAL was at its bound (the session was not read meanwhile).",
+		}),
+	}
+	for _, v := range []string{"3.1.1", "5"} {
+		m.connections.WithLabelValues(v)
+	}
+	for _, r := range []string{"topic_invalid", "not_authorized", "payload_invalid", "quota_exceeded"} {
+		m.refusedPublishes.WithLabelValues(r)
+	}
+	return m
+}
+
+func (m *mqttMetrics) collectors() []prometheus.Collector {
+	return []prometheus.Collector{m.connections, m.received, m.acked, m.storedQoS0, m.refused, m.refusedPublishes, m.throttled, m.walFullWaits}
+}

@@ -1,0 +1,494 @@
+package frontend
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/protocol"
+	"github.com/ingest-io/ingest/wal"
+)
+
+// rawMQTT is a bare MQTT client over TCP, built on the packet library, for
+// tests that need to break the rules or watch every packet.
+type rawMQTT struct {
+	t       testing.TB
+	nc      net.Conn
+	br      *bufio.Reader
+	version byte
+}
+
+func dialRaw(t testing.TB, addr string, version byte) *rawMQTT {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	return &rawMQTT{t: t, nc: nc, br: bufio.NewReader(nc), version: version}
+}
+
+func (r *rawMQTT) send(pk *packets.Packet, enc func(*bytes.Buffer) error) {
+	r.t.Helper()
+	var b bytes.Buffer
+	pk.ProtocolVersion = r.version
+	if err := enc(&b); err != nil {
+		r.t.Fatal(err)
+	}
+	if _, err := r.nc.Write(b.Bytes()); err != nil {
+		r.t.Fatalf("write: %v", err)
+	}
+}
+
+func (r *rawMQTT) connect(clientID, token string, keepalive uint16) {
+	r.t.Helper()
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: r.version,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, ClientIdentifier: clientID, Keepalive: keepalive}}
+	if token != "" {
+		pk.Connect.UsernameFlag, pk.Connect.Username = true, []byte(clientID)
+		pk.Connect.PasswordFlag, pk.Connect.Password = true, []byte(token)
+	}
+	r.send(&pk, pk.ConnectEncode)
+	ca := r.read(5 * time.Second)
+	if ca == nil || ca.FixedHeader.Type != packets.Connack || ca.ReasonCode != 0 {
+		r.t.Fatalf("CONNACK: %+v", ca)
+	}
+}
+
+func (r *rawMQTT) publish(topic, payload string, qos byte, id uint16) {
+	r.t.Helper()
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos}, TopicName: topic,
+		Payload: []byte(payload), PacketID: id}
+	r.send(&pk, pk.PublishEncode)
+}
+
+// read returns the next packet, or nil once the server has closed the
+// connection.
+func (r *rawMQTT) read(timeout time.Duration) *packets.Packet {
+	r.t.Helper()
+	r.nc.SetReadDeadline(time.Now().Add(timeout))
+	hb, err := r.br.ReadByte()
+	if err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed) || strings.Contains(err.Error(), "reset") {
+			return nil
+		}
+		r.t.Fatalf("read: %v", err)
+	}
+	pk := &packets.Packet{ProtocolVersion: r.version}
+	if err := pk.FixedHeader.Decode(hb); err != nil {
+		r.t.Fatal(err)
+	}
+	n, _, err := packets.DecodeLength(r.br)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r.br, buf); err != nil {
+		r.t.Fatal(err)
+	}
+	pk.FixedHeader.Remaining = n
+	var derr error
+	switch pk.FixedHeader.Type {
+	case packets.Connack:
+		derr = pk.ConnackDecode(buf)
+	case packets.Puback:
+		derr = pk.PubackDecode(buf)
+	case packets.Pubrec:
+		derr = pk.PubrecDecode(buf)
+	case packets.Pubcomp:
+		derr = pk.PubcompDecode(buf)
+	case packets.Disconnect:
+		derr = pk.DisconnectDecode(buf)
+	case packets.Suback:
+		derr = pk.SubackDecode(buf)
+	}
+	if derr != nil {
+		r.t.Fatalf("decode %s: %v", packets.PacketNames[pk.FixedHeader.Type], derr)
+	}
+	return pk
+}
+
+// expectEnd reads until the server closes, and returns the DISCONNECT
+// reason code it sent first (-1: none).
+func (r *rawMQTT) expectEnd(timeout time.Duration) int {
+	r.t.Helper()
+	code := -1
+	for {
+		pk := r.read(timeout)
+		if pk == nil {
+			return code
+		}
+		if pk.FixedHeader.Type == packets.Disconnect {
+			code = int(pk.ReasonCode)
+		}
+	}
+}
+
+func TestMQTTMosquittoClients(t *testing.T) {
+	for _, bin := range []string{"mosquitto_pub", "mosquitto_sub"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Fatalf("%s not found: install Debian's mosquitto-clients (make deps)", bin)
+		}
+	}
+	ts := startMQTTServer(t, Options{}, wal.Options{})
+	host, port, _ := net.SplitHostPort(ts.mqttAddr)
+	run := func(bin string, args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, bin, append([]string{"-h", host, "-p", port}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	tok := hsToken(t, "mosq-1", nil)
+	for _, v := range []string{"mqttv311", "mqttv5"} {
+		for _, qos := range []string{"0", "1", "2"} {
+			out, err := run("mosquitto_pub", "-V", v, "-q", qos, "-i", "mosq-1", "-u", "mosq-1", "-P", tok,
+				"-t", "devices/mosq-1/env", "-m", `{"temp":21.5,"v":"`+v+qos+`"}`)
+			if err != nil {
+				t.Fatalf("mosquitto_pub %s QoS %s: %v\n%s", v, qos, err, out)
+			}
+		}
+		// Several messages on one connection, one a line.
+		out, err := run("mosquitto_pub", "-V", v, "-q", "1", "-i", "mosq-1", "-u", "mosq-1", "-P", tok,
+			"-t", "devices/mosq-1", "-l")
+		_ = out
+		if err != nil {
+			t.Fatalf("mosquitto_pub -l: %v", err)
+		}
+		out, err = run("mosquitto_pub", "-V", v, "-q", "1", "-i", "mosq-1", "-u", "mosq-1", "-P", "wrong", "-t", "devices/mosq-1", "-m", "{}")
+		if err == nil || !strings.Contains(strings.ToLower(out), "not authori") && !strings.Contains(strings.ToLower(out), "bad user name or password") {
+			t.Fatalf("mosquitto_pub %s with a bad token: %v\n%s", v, err, out)
+		}
+		// Subscriptions are refused until commands are served.
+		out, err = run("mosquitto_sub", "-V", v, "-i", "mosq-1", "-u", "mosq-1", "-P", tok, "-t", "devices/mosq-1/commands", "-C", "1", "-W", "5")
+		if !strings.Contains(out, "denied") {
+			t.Fatalf("mosquitto_sub %s: %v\n%s", v, err, out)
+		}
+	}
+	ts.stop(t)
+	n := 0
+	for _, e := range walEnvelopes(t, ts.dir) {
+		if e.Device != "mosq-1" || e.Topic != "env" {
+			t.Fatalf("envelope %+v", e)
+		}
+		n++
+	}
+	if n != 6 {
+		t.Fatalf("%d messages stored, want 6", n)
+	}
+}
+
+func TestMQTTTakeover(t *testing.T) {
+	ts := startMQTTServer(t, Options{}, wal.Options{})
+	tok := hsToken(t, "dev-1", nil)
+	// MQTT 5 replaced by MQTT 5: DISCONNECT 0x8E, after acknowledging what it had.
+	a := dialRaw(t, ts.mqttAddr, mqtt5)
+	a.connect("dev-1", tok, 30)
+	a.publish("devices/dev-1", `{"v":1}`, 1, 1)
+	if pk := a.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Puback || pk.PacketID != 1 {
+		t.Fatalf("PUBACK: %+v", pk)
+	}
+	b := dialRaw(t, ts.mqttAddr, mqtt5)
+	b.connect("dev-1", tok, 30)
+	if code := a.expectEnd(5 * time.Second); code != int(rcSessionTakenOver) {
+		t.Fatalf("older session ended with %#x, want 0x8e", code)
+	}
+	// A WebSocket connection of the device replaces the MQTT session ...
+	ws := rawDial(t, ts.testServer, tok)
+	if code := b.expectEnd(5 * time.Second); code != int(rcSessionTakenOver) {
+		t.Fatalf("MQTT session replaced by WebSocket ended with %#x, want 0x8e", code)
+	}
+	// ... and an MQTT 3.1.1 session replaces the WebSocket connection.
+	wsErr := make(chan error, 1)
+	go func() { _, _, err := ws.Read(context.Background()); wsErr <- err }() // a device always reads
+	c := dialRaw(t, ts.mqttAddr, mqtt311)
+	c.connect("dev-1", tok, 30)
+	if err := <-wsErr; websocket.CloseStatus(err) != protocol.ClosePolicyViolation {
+		t.Fatalf("WebSocket replaced by MQTT: %v, want close 1008", err)
+	}
+	c.publish("devices/dev-1", `{"v":2}`, 1, 7)
+	if pk := c.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Puback || pk.PacketID != 7 {
+		t.Fatalf("PUBACK: %+v", pk)
+	}
+	if got := testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(reasonReplaced)); got != 3 {
+		t.Fatalf("%v connections closed as replaced, want 3", got)
+	}
+}
+
+func TestMQTTKeepalive(t *testing.T) {
+	ts := startMQTTServer(t, Options{MQTT: MQTTOptions{ConnectTimeout: 300 * time.Millisecond}}, wal.Options{})
+	tok := hsToken(t, "dev-1", nil)
+	for _, v := range []byte{mqtt311, mqtt5} {
+		r := dialRaw(t, ts.mqttAddr, v)
+		r.connect("dev-1", tok, 1)
+		// Pings keep it alive past 1.5 × the keep alive ...
+		for range 3 {
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+			r.send(&pk, pk.PingreqEncode)
+			if pk := r.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Pingresp {
+				t.Fatalf("PINGRESP: %+v", pk)
+			}
+			time.Sleep(700 * time.Millisecond) // the client's own pace, not a wait for the server
+		}
+		// ... and silence ends it within 1.5 × (plus at most a second).
+		start := time.Now()
+		code := r.expectEnd(5 * time.Second)
+		if d := time.Since(start); d < 1400*time.Millisecond || d > 3500*time.Millisecond {
+			t.Fatalf("v%d: silent session ended after %v, want 1.5 s to 2.5 s", v, d)
+		}
+		if want := map[byte]int{mqtt311: -1, mqtt5: int(rcKeepAliveTimeout)}[v]; code != want {
+			t.Fatalf("v%d: DISCONNECT %#x, want %#x", v, code, want)
+		}
+	}
+	if got := testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(reasonKeepalive)); got != 2 {
+		t.Fatalf("%v keepalive closes, want 2", got)
+	}
+	// No CONNECT within the connect timeout: closed.
+	r := dialRaw(t, ts.mqttAddr, mqtt5)
+	if pk := r.read(5 * time.Second); pk != nil {
+		t.Fatalf("got %+v before CONNECT", pk)
+	}
+}
+
+func TestMQTTLimits(t *testing.T) {
+	ts := startMQTTServer(t, Options{MQTT: MQTTOptions{MaxPacketBytes: 1024, ReceiveMaximum: 2}}, wal.Options{})
+	tok := hsToken(t, "dev-1", nil)
+	// A packet over the maximum: DISCONNECT 0x95.
+	r := dialRaw(t, ts.mqttAddr, mqtt5)
+	r.connect("dev-1", tok, 30)
+	r.publish("devices/dev-1", `{"pad":"`+strings.Repeat("x", 2000)+`"}`, 1, 1)
+	if code := r.expectEnd(5 * time.Second); code != int(rcPacketTooLarge) {
+		t.Fatalf("oversized packet: DISCONNECT %#x, want 0x95", code)
+	}
+	// More publishes in flight than the receive maximum: DISCONNECT 0x93.
+	r = dialRaw(t, ts.mqttAddr, mqtt5)
+	r.connect("dev-1", tok, 30)
+	var b bytes.Buffer
+	for i := range 50 {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: mqtt5,
+			TopicName: "devices/dev-1", Payload: []byte(`{}`), PacketID: uint16(i + 1)}
+		pk.PublishEncode(&b)
+	}
+	r.nc.Write(b.Bytes())
+	if code := r.expectEnd(5 * time.Second); code != int(rcReceiveMaximum) {
+		t.Fatalf("over the receive maximum: DISCONNECT %#x, want 0x93", code)
+	}
+	// MQTT 3.1.1 has no receive maximum to break: the same burst is read
+	// two at a time, and all of it acknowledged in order.
+	r = dialRaw(t, ts.mqttAddr, mqtt311)
+	r.connect("dev-1", tok, 30)
+	b.Reset()
+	for i := range 50 {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: mqtt311,
+			TopicName: "devices/dev-1", Payload: []byte(`{}`), PacketID: uint16(i + 1)}
+		pk.PublishEncode(&b)
+	}
+	r.nc.Write(b.Bytes())
+	for i := range 50 {
+		if pk := r.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Puback || pk.PacketID != uint16(i+1) {
+			t.Fatalf("PUBACK %d: %+v", i+1, pk)
+		}
+	}
+	// A retained publish is refused in MQTT 5 (Retain Available is 0).
+	r = dialRaw(t, ts.mqttAddr, mqtt5)
+	r.connect("dev-1", tok, 30)
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true}, TopicName: "devices/dev-1", Payload: []byte(`{}`), PacketID: 1}
+	r.send(&pk, pk.PublishEncode)
+	if code := r.expectEnd(5 * time.Second); code != int(rcRetainNotSupported) {
+		t.Fatalf("retained publish: DISCONNECT %#x, want 0x9a", code)
+	}
+}
+
+// TestMQTTWALFull: at the WAL's bound an MQTT 5 session gets quota
+// exceeded and DISCONNECT server busy; an MQTT 3.1.1 session is no longer
+// read until the WAL has room, and then every publish is stored and
+// acknowledged, in order.
+func TestMQTTWALFull(t *testing.T) {
+	ts := startMQTTServer(t, Options{}, wal.Options{MaxEntries: 5})
+	tok := hsToken(t, "dev-1", nil)
+	r := dialRaw(t, ts.mqttAddr, mqtt311)
+	r.connect("dev-1", tok, 0)
+	for i := range 8 {
+		r.publish("devices/dev-1", fmt.Sprintf(`{"v":%d}`, i), 1, uint16(i+1))
+	}
+	for i := range 5 {
+		if pk := r.read(5 * time.Second); pk == nil || pk.PacketID != uint16(i+1) {
+			t.Fatalf("PUBACK %d: %+v", i+1, pk)
+		}
+	}
+	waitFor(t, "the session to wait for room", 5*time.Second, func() bool {
+		return testutil.ToFloat64(ts.srv.m.mqtt.walFullWaits) >= 1
+	})
+	r.nc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := r.br.ReadByte(); err == nil {
+		t.Fatal("acknowledged a publish while the WAL was full")
+	}
+	// The next hop takes the first five: room for the other three.
+	ts.log.Release(5)
+	for i := 5; i < 8; i++ {
+		if pk := r.read(5 * time.Second); pk == nil || pk.PacketID != uint16(i+1) {
+			t.Fatalf("PUBACK %d: %+v", i+1, pk)
+		}
+	}
+	// The WAL holds 3 of 5: an MQTT 5 session publishing 4 gets two
+	// stored, then quota exceeded and DISCONNECT server busy.
+	r.nc.Close()
+	v := dialRaw(t, ts.mqttAddr, mqtt5)
+	v.connect("dev-1", tok, 0)
+	var b bytes.Buffer
+	for i := range 4 {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: mqtt5,
+			TopicName: "devices/dev-1", Payload: []byte(fmt.Sprintf(`{"w":%d}`, i)), PacketID: uint16(i + 1)}
+		pk.PublishEncode(&b)
+	}
+	v.nc.Write(b.Bytes())
+	ok, full, disc := 0, 0, -1
+	for {
+		pk := v.read(5 * time.Second)
+		if pk == nil {
+			break
+		}
+		switch {
+		case pk.FixedHeader.Type == packets.Puback && pk.ReasonCode == 0:
+			if full > 0 {
+				t.Fatal("a publish was stored after one before it was refused")
+			}
+			ok++
+		case pk.FixedHeader.Type == packets.Puback && pk.ReasonCode == rcQuotaExceeded:
+			full++
+		case pk.FixedHeader.Type == packets.Disconnect:
+			disc = int(pk.ReasonCode)
+		}
+	}
+	if full == 0 || ok+full > 4 || disc != int(rcServerBusy) {
+		t.Fatalf("MQTT 5 at the bound: %d stored, %d quota exceeded, DISCONNECT %#x; want some refused and 0x89", ok, full, disc)
+	}
+	// The WAL holds, after the five released, the rest in order.
+	var got []string
+	cur, err := ts.log.Cursor(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range ts.log.LastIndex() - ts.log.Released() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		e, err := cur.Next(ctx)
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		env, err := envelope.Decode(e.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, string(env.Payload))
+	}
+	if ts.log.Released() != 5 {
+		t.Fatalf("released %d", ts.log.Released())
+	}
+	want := []string{`{"v":5}`, `{"v":6}`, `{"v":7}`}
+	for i := range ok {
+		want = append(want, fmt.Sprintf(`{"w":%d}`, i))
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("WAL holds %v, want %v", got, want)
+	}
+}
+
+// TestMQTTDrain: at shutdown a session's publishes are acknowledged, then an
+// MQTT 5 client is told DISCONNECT 0x8B.
+func TestMQTTDrain(t *testing.T) {
+	ts := startMQTTServer(t, Options{}, wal.Options{})
+	r := dialRaw(t, ts.mqttAddr, mqtt5)
+	r.connect("dev-1", hsToken(t, "dev-1", nil), 30)
+	r.publish("devices/dev-1", `{"v":1}`, 1, 1)
+	if pk := r.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Puback {
+		t.Fatalf("PUBACK: %+v", pk)
+	}
+	go ts.stop(t)
+	if code := r.expectEnd(5 * time.Second); code != int(rcShuttingDown) {
+		t.Fatalf("drain: DISCONNECT %#x, want 0x8b", code)
+	}
+}
+
+// FuzzMQTTConn feeds bytes to an MQTT session, with or without a valid
+// CONNECT before them: each ends handled or with a clean close, never a
+// panic or a hang.
+func FuzzMQTTConn(f *testing.F) {
+	enc := func(pk packets.Packet, e func(*packets.Packet, *bytes.Buffer) error) []byte {
+		var b bytes.Buffer
+		e(&pk, &b)
+		return b.Bytes()
+	}
+	for _, v := range []byte{mqtt311, mqtt5} {
+		pub := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: v,
+			TopicName: "devices/dev-1/x", Payload: []byte(`{"v":1}`), PacketID: 1}, (*packets.Packet).PublishEncode)
+		sub := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: v, PacketID: 2,
+			Filters: packets.Subscriptions{{Filter: "devices/dev-1/commands", Qos: 1}}}, (*packets.Packet).SubscribeEncode)
+		rel := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, ProtocolVersion: v, PacketID: 1}, (*packets.Packet).PubrelEncode)
+		f.Add(v, true, append(append(pub, sub...), rel...))
+		f.Add(v, false, pub)
+	}
+	f.Add(mqtt5, true, []byte{0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x01}) // SUBSCRIBE whose filter runs to the end
+	f.Add(mqtt5, false, []byte{0x10, 0xff, 0xff, 0xff, 0xff, 0x7f})
+
+	opts, err := Options{ID: "fe-fuzz", InsecureNoAuth: true, MQTT: MQTTOptions{MaxPacketBytes: 4096, ConnectTimeout: time.Second}}.withDefaults()
+	if err != nil {
+		f.Fatal(err)
+	}
+	l, err := wal.Open(f.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer l.Close()
+	s, err := New(opts, l, nil, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	s.mqtt.init()
+	defer s.mqtt.hsCancel()
+	f.Fuzz(func(t *testing.T, version byte, withConnect bool, in []byte) {
+		client, server := net.Pipe()
+		done := make(chan struct{})
+		go func() { io.Copy(io.Discard, client); close(done) }()
+		if !s.admit() {
+			t.Fatal("not admitted")
+		}
+		ended := make(chan struct{})
+		go func() { s.handshakeMQTT(server, func() { server.Close() }, false); close(ended) }()
+		var b bytes.Buffer
+		if withConnect {
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: version%2 + 4,
+				Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, ClientIdentifier: "dev-1", Keepalive: 10}}
+			pk.ConnectEncode(&b)
+		}
+		b.Write(in)
+		client.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		client.Write(b.Bytes())
+		// The client is done: its half closes; the session must end.
+		pend := make(chan struct{})
+		go func() {
+			select {
+			case <-ended:
+			case <-time.After(10 * time.Second):
+				t.Error("session did not end")
+			}
+			close(pend)
+		}()
+		client.Close()
+		<-pend
+		<-done
+	})
+	s.wg.Wait()
+}

@@ -1,0 +1,74 @@
+package frontend
+
+import (
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/ingest-io/ingest/protocol"
+)
+
+// session is one connection of a device, whatever carries it: a WebSocket
+// (*conn) or an MQTT session (*mqttConn). The server keeps at most one per
+// device id across both: a newer one replaces the older, so that a device's
+// messages stay in order whichever transport it moves to.
+type session interface {
+	// finish stops taking messages, waits until everything already taken
+	// has been appended and acknowledged, and ends the connection. code is
+	// the WebSocket close code; an MQTT session maps reason to its own
+	// reason codes instead.
+	finish(code websocket.StatusCode, reason string)
+	// closeNow ends the connection at once, acknowledging nothing more.
+	closeNow()
+	// ended is closed once the session's reader has returned and its
+	// rate-limit bucket has been handed back.
+	ended() <-chan struct{}
+}
+
+func (c *conn) closeNow()              { c.ws.CloseNow() }
+func (c *conn) ended() <-chan struct{} { return c.done }
+
+// register adds a connected session to the registry and returns the
+// device's previous session, if any. It reports false, adding nothing, while
+// the server drains.
+func (s *Server) register(se session, device string) (old session, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return nil, false
+	}
+	old = s.devices[device]
+	s.devices[device] = se
+	s.conns[se] = struct{}{}
+	s.wg.Add(1)
+	return old, true
+}
+
+// unregister removes a session that has ended.
+func (s *Server) unregister(se session, device string) {
+	s.mu.Lock()
+	delete(s.conns, se)
+	if s.devices[device] == se {
+		delete(s.devices, device)
+	}
+	s.mu.Unlock()
+}
+
+// takeOver ends a device's older session before its newer one starts
+// reading: one session per device keeps its messages in order. The older
+// one acknowledges what it had taken first, within one write timeout.
+func (s *Server) takeOver(old session, device string) {
+	if old == nil {
+		return
+	}
+	s.lg.Info("device reconnected, closing its older connection", "device", device)
+	s.wg.Go(func() { old.finish(protocol.ClosePolicyViolation, reasonReplaced) })
+	t := time.NewTimer(s.opts.WriteTimeout)
+	select {
+	case <-old.ended():
+	case <-t.C:
+		old.closeNow()
+		<-old.ended()
+	}
+	t.Stop()
+}
