@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime/pprof"
+	"strings"
 	"syscall"
 	"time"
 )
@@ -18,6 +19,7 @@ import (
 // config is the scenario, from flags.
 type config struct {
 	URL        string
+	Proto      string // ws, mqtt (3.1.1) or mqtt5
 	SecretFile string
 	Insecure   bool
 	Spawn      string // path of the ingest binary to start a frontend with
@@ -52,6 +54,7 @@ type config struct {
 func main() {
 	var c config
 	flag.StringVar(&c.URL, "url", "", "device endpoint of a running engine (ws://host:8080/v1/ingest)")
+	flag.StringVar(&c.Proto, "proto", "ws", "device protocol: ws (protocol v1 over WebSocket), mqtt (MQTT 3.1.1) or mqtt5 (MQTT 5), each message a QoS 1 publish to devices/{id}; with -url give the MQTT endpoint as mqtt://host:1883")
 	flag.StringVar(&c.SecretFile, "secret-file", "", "HS256 secret the engine accepts; device tokens are signed with it")
 	flag.BoolVar(&c.Insecure, "insecure", false, "the engine runs without auth: devices name themselves with ?device=")
 	flag.StringVar(&c.Spawn, "spawn", "", "start a frontend from this ingest binary (loopback, no auth, WAL in a temporary directory) instead of -url")
@@ -113,6 +116,9 @@ func run(c config) error {
 		}
 		defer eng.stop()
 		c.URL, c.Insecure, c.Feed, c.Check, c.enginePID = eng.url, true, eng.feed, eng.query, eng.pid
+		if c.mqtt() {
+			c.URL = eng.mqtt
+		}
 	}
 	if c.Spawn != "" {
 		eng, err := spawnFrontend(ctx, c.Spawn)
@@ -121,9 +127,15 @@ func run(c config) error {
 		}
 		defer eng.stop()
 		c.URL, c.Insecure, c.enginePID = eng.url, true, eng.pid
+		if c.mqtt() {
+			c.URL = eng.mqtt
+		}
 		defer func() {
 			fmt.Fprintf(os.Stderr, "frontend: %s\n", eng.memSummary())
 		}()
+	}
+	if c.Proto == "mqtt5" {
+		c.URL = "mqtt5://" + strings.TrimPrefix(c.URL, "mqtt://")
 	}
 	res, err := load(ctx, c, lg)
 	if err != nil {
@@ -211,6 +223,12 @@ func (c config) validate() error {
 	switch {
 	case c.URL == "" && c.Spawn == "" && c.SpawnAll == "", c.URL != "" && (c.Spawn != "" || c.SpawnAll != ""), c.Spawn != "" && c.SpawnAll != "":
 		return errors.New("give one of -url, -spawn and -spawn-all")
+	case c.Proto != "" && c.Proto != "ws" && !c.mqtt():
+		return errors.New("-proto must be ws, mqtt or mqtt5")
+	case c.mqtt() && c.URL != "" && !strings.HasPrefix(c.URL, "mqtt://"):
+		return errors.New("-proto mqtt and mqtt5 take an MQTT endpoint: -url mqtt://host:1883")
+	case c.mqtt() && c.Chaos:
+		return errors.New("-chaos runs WebSocket devices only")
 	case c.Chaos && c.Spawn == "":
 		return errors.New("-chaos runs the engine itself: give -spawn")
 	case c.URL != "" && c.SecretFile == "" && !c.Insecure:
@@ -230,6 +248,9 @@ func (c config) validate() error {
 	}
 	return nil
 }
+
+// mqtt reports whether the devices speak MQTT.
+func (c config) mqtt() bool { return c.Proto == "mqtt" || c.Proto == "mqtt5" }
 
 // raiseFileLimit lifts RLIMIT_NOFILE to what the devices need, as far as
 // the hard limit allows.

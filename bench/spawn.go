@@ -20,6 +20,7 @@ type engine struct {
 	cmd   *exec.Cmd
 	dir   string
 	url   string
+	mqtt  string // mqtt://host:port of its MQTT listener
 	feed  string
 	query string
 	done  chan struct{}
@@ -28,6 +29,7 @@ type engine struct {
 
 var (
 	listeningRE = regexp.MustCompile(`msg="frontend listening" addr=(\S+)`)
+	mqttRE      = regexp.MustCompile(`msg="mqtt listening" addr=(\S+)`)
 	allRE       = regexp.MustCompile(`msg="engine running.*devices=(\S+) .*live_feed=(\S+) query_api=(\S+)`)
 )
 
@@ -36,7 +38,7 @@ func spawnFrontend(ctx context.Context, bin string) (*engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "frontend", "--insecure-no-auth", "--listen", "127.0.0.1:0",
+	cmd := exec.Command(bin, "frontend", "--insecure-no-auth", "--listen", "127.0.0.1:0", "--mqtt.listen", "127.0.0.1:0",
 		"--wal.dir", dir+"/wal", "--rate", "1000000", "--burst", "1000000", "--max-connections", "200000")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
@@ -52,7 +54,9 @@ func spawnFrontend(ctx context.Context, bin string) (*engine, error) {
 		defer close(e.done)
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
-			if m := listeningRE.FindStringSubmatch(sc.Text()); m != nil {
+			if m := mqttRE.FindStringSubmatch(sc.Text()); m != nil {
+				e.mqtt = "mqtt://" + m[1] // logged before the frontend's own line
+			} else if m := listeningRE.FindStringSubmatch(sc.Text()); m != nil {
 				select {
 				case addr <- m[1]:
 				default:
@@ -119,7 +123,7 @@ func spawnAll(ctx context.Context, bin string) (*engine, error) {
 	}
 	cmd := exec.Command(bin, "all", "--insecure-no-auth", "--data.dir", dir,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", p[0]), "--feed.listen", fmt.Sprintf("127.0.0.1:%d", p[1]),
-		"--query.listen", fmt.Sprintf("127.0.0.1:%d", p[2]))
+		"--query.listen", fmt.Sprintf("127.0.0.1:%d", p[2]), "--mqtt.listen", "127.0.0.1:0")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -135,7 +139,9 @@ func spawnAll(ctx context.Context, bin string) (*engine, error) {
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(nil, 1<<20)
 		for sc.Scan() {
-			if m := allRE.FindStringSubmatch(sc.Text()); m != nil {
+			if m := mqttRE.FindStringSubmatch(sc.Text()); m != nil {
+				e.mqtt = "mqtt://" + m[1] // logged before "engine running"
+			} else if m := allRE.FindStringSubmatch(sc.Text()); m != nil {
 				select {
 				case found <- m:
 				default:

@@ -51,7 +51,9 @@ type device struct {
 	frag    []byte // a fragmented message being put together
 	fragOp  byte   // its opcode; 0 when there is none
 	settle  []Msg
-	attempt int // failed reconnects in a row
+	attempt int    // failed reconnects in a row
+	pubacks uint64 // MQTT: PUBACKs read on this connection (reset by attach)
+	topic   string // MQTT: devices/{id}
 }
 
 func (d *device) dial(ctx context.Context) (net.Conn, []byte, error) {
@@ -62,7 +64,20 @@ func (d *device) dial(ctx context.Context) (net.Conn, []byte, error) {
 			return nil, nil, fmt.Errorf("get token: %w", err)
 		}
 	}
+	if d.tg.mqtt != 0 {
+		return dialMQTT(ctx, d.tg, d.local, d.id, tok, d.f.opts.DialTimeout)
+	}
 	return dial(ctx, d.tg, d.local, tok, d.f.opts.DialTimeout)
+}
+
+// appendMsg appends the frame (or MQTT PUBLISH) that carries message seq,
+// held in d.msg, to d.out. With mu held.
+func (d *device) appendMsg(seq uint64) {
+	if d.tg.mqtt != 0 {
+		d.out = appendPublish(d.out, d.tg.mqtt, d.topic, packetID(seq-d.base), d.msg)
+		return
+	}
+	d.out = appendFrame(d.out, opText, d.msg)
 }
 
 // attach makes nc the device's connection: what was unacknowledged goes
@@ -81,14 +96,14 @@ func (d *device) attach(nc net.Conn) bool {
 	if d.ring == nil {
 		d.ring = make([]Msg, d.f.window)
 	}
-	d.nc, d.base, d.frames, d.ackedTo = nc, d.settled, 0, 0
+	d.nc, d.base, d.frames, d.ackedTo, d.pubacks = nc, d.settled, 0, 0, 0
 	if n := d.next - d.settled; n > 0 {
 		d.out = d.out[:0]
 		for seq := d.settled + 1; seq <= d.next; seq++ {
 			m := &d.ring[(seq-1)%uint64(len(d.ring))]
 			m.Code = "" // a rejection is the server's to repeat
 			d.msg = d.f.opts.Message(d.msg[:0], d.i, seq, m.TS)
-			d.out = appendFrame(d.out, opText, d.msg)
+			d.appendMsg(seq)
 		}
 		d.frames = n
 		d.f.resent.Add(int64(n))
@@ -182,7 +197,7 @@ func (d *device) send(n int) error {
 		d.lastTS = ts
 		d.ring[(d.next-1)%uint64(len(d.ring))] = Msg{Seq: d.next, TS: ts, Due: due}
 		d.msg = f.opts.Message(d.msg[:0], d.i, d.next, ts)
-		d.out = appendFrame(d.out, opText, d.msg)
+		d.appendMsg(d.next)
 		if !f.opts.Coalesce || made == n {
 			if err := d.flush(first); err != nil {
 				return err
@@ -349,9 +364,13 @@ func (d *device) control(nc net.Conn, op byte, p []byte) {
 type closeError struct {
 	code   int
 	reason string
+	mqtt   bool // an MQTT DISCONNECT; code is its reason code
 }
 
 func (e *closeError) Error() string {
+	if e.mqtt {
+		return fmt.Sprintf("disconnected by the server: %#x", e.code)
+	}
 	return fmt.Sprintf("closed by the server: %d %s", e.code, e.reason)
 }
 
@@ -371,7 +390,16 @@ func (d *device) read(nc net.Conn, rest []byte) error {
 	now := d.f.Now()
 	var rerr error
 	for {
-		n, ackTo, err := d.handle(nc, buf[r:w])
+		var (
+			n     int
+			ackTo uint64
+			err   error
+		)
+		if d.tg.mqtt != 0 {
+			n, ackTo, err = d.handleMQTT(buf[r:w])
+		} else {
+			n, ackTo, err = d.handle(nc, buf[r:w])
+		}
 		r += n
 		// One ack covers every frame before it: only the latest of a read
 		// counts. It is settled even when the connection ends after it.
@@ -440,7 +468,7 @@ func (d *device) handle(nc net.Conn, b []byte) (int, uint64, error) {
 				echo = closeNormal
 			}
 			d.control(nc, opClose, closePayload(echo))
-			return r, ackTo, &closeError{code, reason}
+			return r, ackTo, &closeError{code: code, reason: reason}
 		case opContinuation:
 			if d.fragOp == 0 {
 				return r, ackTo, fmt.Errorf("%w: continuation of nothing", errProtocol)
@@ -499,6 +527,9 @@ func (d *device) run(nc net.Conn, rest []byte) {
 		fatal := false
 		var ce *closeError
 		switch {
+		case errors.As(err, &ce) && ce.mqtt:
+			f.count("disconnect_"+mqttCode(byte(ce.code)), 1)
+			fatal = byte(ce.code) == mqttSessionTakenOff
 		case errors.As(err, &ce):
 			f.count("close_"+strconv.Itoa(ce.code), 1)
 			// A newer connection of the same device took over: this one
@@ -564,8 +595,17 @@ func (d *device) redial() (net.Conn, []byte) {
 		if f.closing.Load() {
 			return nil, nil
 		}
-		var he *HandshakeError
-		if errors.As(err, &he) {
+		var (
+			he *HandshakeError
+			ce *ConnackError
+		)
+		if errors.As(err, &ce) {
+			f.count(mqttCode(ce.Code), 1)
+			if ce.refused() {
+				d.giveUp()
+				return nil, nil
+			}
+		} else if errors.As(err, &he) {
 			f.count("http_"+strconv.Itoa(he.Status), 1)
 			if he.refused() {
 				d.giveUp()

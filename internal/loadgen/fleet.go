@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // Options configure a Fleet. Zero fields mean the defaults noted.
@@ -228,7 +230,8 @@ func New(opts Options) (*Fleet, error) {
 	f.devs = make([]*device, opts.Devices)
 	for i := range f.devs {
 		d := &device{f: f, i: i, id: opts.DeviceID(i), tg: targets[i%len(targets)]}
-		if opts.Insecure {
+		d.topic = "devices/" + d.id
+		if opts.Insecure && d.tg.mqtt == 0 {
 			d.tg = d.tg.withQuery("device", d.id)
 		}
 		if opts.Sources > 0 {
@@ -484,7 +487,10 @@ func (f *Fleet) Close() {
 			// A write blocked on a full socket holds mu: then the close
 			// frame is left out.
 			if d.mu.TryLock() {
-				if d.nc != nil {
+				switch {
+				case d.nc != nil && d.tg.mqtt != 0:
+					d.nc.Write([]byte{packets.Disconnect << 4, 0})
+				case d.nc != nil:
 					d.nc.Write(appendFrame(nil, opClose, closePayload(closeNormal)))
 				}
 				d.mu.Unlock()

@@ -196,6 +196,7 @@ func (e *HandshakeError) refused() bool {
 
 // target is a device endpoint, parsed once.
 type target struct {
+	mqtt     byte // 4 (mqtt://) or 5 (mqtt5://): an MQTT target; 0: WebSocket
 	tls      bool
 	addr     string // host:port
 	host     string // the Host header
@@ -219,8 +220,16 @@ func parseTarget(raw string) (target, error) {
 		if port == "" {
 			port = "443"
 		}
+	case "mqtt", "mqtt5":
+		t.mqtt = 4
+		if u.Scheme == "mqtt5" {
+			t.mqtt = 5
+		}
+		if port == "" {
+			port = mqttPort
+		}
 	default:
-		return target{}, fmt.Errorf("parse url %q: scheme %q, want ws or wss", raw, u.Scheme)
+		return target{}, fmt.Errorf("parse url %q: scheme %q, want ws, wss, mqtt or mqtt5", raw, u.Scheme)
 	}
 	if u.Hostname() == "" {
 		return target{}, fmt.Errorf("parse url %q: no host", raw)
