@@ -61,8 +61,17 @@
 //
 // -cpuprofile writes the bench's own CPU profile, for go tool pprof.
 //
+// -proto mqtt (MQTT 3.1.1) or mqtt5 (MQTT 5) makes the devices MQTT
+// clients instead (docs/mqtt.md): each message is a QoS 1 PUBLISH to
+// devices/{id}, settled by its PUBACK. With -url the endpoint is
+// mqtt://host:1883, which may be any MQTT broker (the same generator
+// measures the engine and the broker alike); -spawn and -spawn-all start
+// the engine with an MQTT listener on a free port.
+//
 //	go run ./bench -spawn bin/ingest -devices 100 -window 16 -duration 20s
 //	go run ./bench -url ws://host:8080/v1/ingest -secret-file secret -devices 10000 -rate 1 -ramp 20s
 //	go run ./bench -spawn-all bin/ingest -devices 100 -rate 20 -duration 30s
 //	go run ./bench -spawn bin/ingest -chaos -devices 50 -rate 20 -duration 10m
+//	go run ./bench -spawn bin/ingest -proto mqtt -devices 100 -window 16 -duration 10s
+//	go run ./bench -url mqtt://127.0.0.1:1883 -insecure -proto mqtt5 -devices 10000 -rate 1 -ramp 10s
 package main
