@@ -15,6 +15,8 @@ const (
 	mConnections  = "ingest_frontend_connections"
 	mReceived     = "ingest_frontend_messages_received_total"
 	mAcked        = "ingest_frontend_messages_acked_total"
+	mMQTTConns    = "ingest_frontend_mqtt_connections"
+	mMQTTAcked    = "ingest_frontend_mqtt_messages_acked_total"
 	mRejected     = "ingest_frontend_messages_rejected_total"
 	mStored       = "ingest_storage_points_written_total"
 	mDelivered    = "ingest_feed_delivered_messages_total"
@@ -33,13 +35,16 @@ type Snapshot struct {
 	Time time.Time `json:"time"`
 	// WindowSeconds is the span rates and latencies cover.
 	WindowSeconds float64 `json:"window_seconds"`
-	// DevicesConnected counts open device connections.
+	// DevicesConnected counts open device connections, WebSocket and MQTT;
+	// MQTTConnected, the MQTT sessions among them.
 	DevicesConnected *float64 `json:"devices_connected"`
+	MQTTConnected    *float64 `json:"mqtt_connected"`
 	// Received, Acked and Rejected are device messages at the frontend;
 	// Stored, points the storage writer's sink has taken; FeedDelivered,
 	// messages written to live-feed readers.
 	Received      *Rate `json:"received"`
 	Acked         *Rate `json:"acked"`
+	MQTTAcked     *Rate `json:"mqtt_acked"` // the MQTT devices' share of Acked
 	Rejected      *Rate `json:"rejected"`
 	Stored        *Rate `json:"stored"`
 	FeedDelivered *Rate `json:"feed_delivered"`
@@ -107,7 +112,7 @@ func (h *Handler) gather(now time.Time) (sample, error) {
 	s := sample{at: now, values: map[string]float64{}, hists: map[string]hist{}}
 	for _, mf := range mfs {
 		switch name := mf.GetName(); name {
-		case mConnections, mReceived, mAcked, mRejected, mStored, mDelivered, mReaders:
+		case mConnections, mReceived, mAcked, mRejected, mStored, mDelivered, mReaders, mMQTTConns, mMQTTAcked:
 			var sum float64
 			for _, m := range mf.GetMetric() {
 				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
@@ -192,6 +197,7 @@ func compute(base, cur sample) *Snapshot {
 		return r
 	}
 	s.DevicesConnected = gauge(mConnections)
+	s.MQTTConnected, s.MQTTAcked = gauge(mMQTTConns), rate(mMQTTAcked)
 	s.FeedReaders = gauge(mReaders)
 	s.Received, s.Acked, s.Rejected = rate(mReceived), rate(mAcked), rate(mRejected)
 	s.Stored, s.FeedDelivered = rate(mStored), rate(mDelivered)
