@@ -21,12 +21,30 @@ import (
 // accepts, say) instead of failing the batch forever, but it must count it
 // in a metric: a dropped point is not retried.
 //
-// Write is called from one goroutine at a time. points and everything in
-// them belong to the caller after Write returns. Close releases the sink's
-// resources; it is called once, after the last Write.
+// Write is called from one goroutine at a time, unless the sink is a
+// ConcurrentSink. points and everything in them belong to the caller after
+// Write returns. Close releases the sink's resources; it is called once,
+// after the last Write.
 type Sink interface {
 	Write(ctx context.Context, points []Point) error
 	Close() error
+}
+
+// ConcurrentSink is a Sink whose Write may be called from several
+// goroutines at once. A Writer follows each middletier from a goroutine of
+// its own; it makes them take turns at a Sink, and lets their Writes
+// overlap at a ConcurrentSink whose ConcurrentWrites returns true. Such a
+// sink can then do one goroutine's work while another waits: the embedded
+// TSDB (storage/embedded) runs one transaction during another's fsync, and
+// the Writes committed during one fsync share the next.
+//
+// Every promise of Sink holds for each Write on its own: a Write returns
+// nil only once the store holds all of its points, whatever the others do.
+type ConcurrentSink interface {
+	Sink
+	// ConcurrentWrites reports whether Write may be called from several
+	// goroutines at once. A Writer asks once, in New.
+	ConcurrentWrites() bool
 }
 
 // KindError names the kind of a sink's failure ("timeout", "rejected",

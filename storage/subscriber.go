@@ -103,7 +103,7 @@ func (o Options) withDefaults() (Options, error) {
 //
 // Goroutines, all started and awaited by Run: per middletier, a durable
 // stream.Follower's Run and the goroutines it owns. Followers take turns
-// at the sink (sinkMu, a leaf lock), unless it is a concurrentSink (the
+// at the sink (sinkMu, a leaf lock), unless it is a ConcurrentSink (the
 // embedded TSDB), whose Writes may overlap: one follower's transaction
 // then runs during another's fsync, and writes committed together share
 // one fsync.
@@ -115,13 +115,6 @@ type Subscriber struct {
 	followers []*stream.Follower
 
 	sinkMu sync.Mutex
-}
-
-// concurrentSink is a Sink whose Write may be called from several
-// goroutines at once.
-type concurrentSink interface {
-	Sink
-	concurrentWrites()
 }
 
 // New returns a Subscriber that writes to sink. It starts nothing; the
@@ -139,7 +132,8 @@ func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*
 		return nil, fmt.Errorf("storage: register metrics: %w", err)
 	}
 	s := &Subscriber{opts: opts, sink: sink, lg: lg, m: m}
-	_, concurrent := sink.(concurrentSink)
+	cs, concurrent := sink.(ConcurrentSink)
+	concurrent = concurrent && cs.ConcurrentWrites()
 	for _, ep := range opts.Middletiers {
 		f, err := stream.New(ep, stream.Options{
 			Consumer:     opts.Consumer,

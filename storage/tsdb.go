@@ -513,42 +513,6 @@ func seriesLabels(b *labels.ScratchBuilder, base []labels.Label, name, value str
 	return b.Labels()
 }
 
-// MetricName makes a flattened field name a valid Prometheus metric name:
-// every character outside [a-zA-Z0-9_:] becomes '_', and a name that
-// starts with a digit (or is empty) gets a leading '_'. "gps.lat" →
-// "gps_lat".
-func MetricName(field string) string { return sanitize(field, true) }
-
-// LabelName makes a registry label name a valid Prometheus label name, as
-// MetricName does but without ':'.
-func LabelName(name string) string { return sanitize(name, false) }
-
-func sanitize(s string, colon bool) string {
-	ok := s != "" && !(s[0] >= '0' && s[0] <= '9')
-	for i := 0; ok && i < len(s); i++ {
-		ok = validNameByte(s[i], colon)
-	}
-	if ok {
-		return s
-	}
-	out := make([]byte, 0, len(s)+1)
-	if s == "" || (s[0] >= '0' && s[0] <= '9') {
-		out = append(out, '_')
-	}
-	for _, r := range s { // one '_' per character, not per byte
-		if r < 0x80 && validNameByte(byte(r), colon) {
-			out = append(out, byte(r))
-		} else {
-			out = append(out, '_')
-		}
-	}
-	return string(out)
-}
-
-func validNameByte(c byte, colon bool) bool {
-	return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || (colon && c == ':')
-}
-
 // Close closes the TSDB, flushing its head to its WAL. Idempotent.
 func (s *TSDB) Close() error {
 	s.closeOnce.Do(func() {
@@ -589,11 +553,10 @@ func markClean(dir string) error {
 	return nil
 }
 
-// concurrentWrites marks the TSDB as a sink whose Write may be called from
-// several goroutines at once (concurrentSink): the Subscriber's followers
-// then call it without taking turns; their transactions take turns inside
-// (appendMu), and their fsyncs are shared.
-func (*TSDB) concurrentWrites() {}
+// ConcurrentWrites reports true: the TSDB is a ConcurrentSink. The
+// Subscriber's followers call Write without taking turns; their
+// transactions take turns inside (appendMu), and their fsyncs are shared.
+func (*TSDB) ConcurrentWrites() bool { return true }
 
 // errSyncClosed is what a sync after Close returns.
 var errSyncClosed = errors.New("tsdb closed")
