@@ -2,7 +2,10 @@
 // condition with a deadline, running a component until the test ends,
 // summing a metric, the zmq4 goroutines a leak check ignores, and a real
 // middletier in the test process, on loopback over a real WAL, with peers
-// that talk to its sockets as a frontend or a consumer does.
+// that talk to its sockets as a frontend or a consumer does; the external
+// stores the storage sinks are tested against (Prometheus, InfluxDB,
+// VictoriaMetrics from Debian's packages, on loopback), and points to write
+// to them.
 package testkit
 
 import (

@@ -1,4 +1,4 @@
-package storage
+package influx
 
 import (
 	"bytes"
@@ -16,11 +16,28 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/internal/series"
+	"github.com/ingest-io/ingest/storage/internal/sinkhttp"
 )
 
-// InfluxOptions configure an InfluxSink. Zero fields take the defaults of
-// DefaultInfluxOptions.
-type InfluxOptions struct {
+// HTTPOptions are what the HTTP sinks share: how long one request may
+// take, how failed requests are retried (MinBackoff, MaxBackoff,
+// MaxRetryTime) and the headers every request carries. Zero fields take
+// their defaults: Timeout 30s, backoff from 50ms to 5s, retries for 1m.
+type HTTPOptions = sinkhttp.Options
+
+// StatusError is an answer of the store that Write could not get past: the
+// request was refused as a whole, or retries ran out on it. Write returns
+// it wrapped in a *storage.KindError: kind "rejected" for a refusal,
+// "unavailable" when retries ran out. It is the same type as
+// remotewrite.StatusError.
+type StatusError = sinkhttp.StatusError
+
+// Options configure a Sink. Zero fields take the defaults of
+// DefaultOptions.
+type Options struct {
 	// URL is the store's line-protocol write endpoint with its query
 	// parameters: http://host:8086/write?db=ingest for InfluxDB 1.x (add
 	// &rp= for a retention policy other than the default),
@@ -42,20 +59,20 @@ type InfluxOptions struct {
 	HTTPOptions
 }
 
-// DefaultInfluxOptions returns the defaults of an InfluxSink.
-func DefaultInfluxOptions() InfluxOptions {
-	return InfluxOptions{
+// DefaultOptions returns the defaults of a Sink.
+func DefaultOptions() Options {
+	return Options{
 		Name:               "influx",
 		Measurement:        "ingest",
 		MaxLinesPerRequest: 5000,
-		HTTPOptions:        DefaultHTTPOptions(),
+		HTTPOptions:        sinkhttp.DefaultOptions(),
 	}
 }
 
 // maxInfluxString is the longest string field value InfluxDB stores.
 const maxInfluxString = 64<<10 - 1
 
-// InfluxSink writes points to a store that takes InfluxDB line protocol over
+// Sink writes points to a store that takes InfluxDB line protocol over
 // HTTP: one line per point, with the measurement of the options, the tags
 // device and the registry labels (named as the embedded TSDB names them),
 // every numeric field as a float field and every string field as a string
@@ -73,10 +90,10 @@ const maxInfluxString = 64<<10 - 1
 // ingest_storage_external_dropped_samples_total and takes the request as
 // done. A request refused as a whole as unparseable is split in halves until
 // the refused lines stand alone, which are dropped and counted.
-type InfluxSink struct {
-	opts InfluxOptions
+type Sink struct {
+	opts Options
 	url  string
-	h    *httpSink
+	h    *sinkhttp.Client
 
 	mu     sync.Mutex // one Write at a time; guards everything below
 	closed bool
@@ -86,10 +103,10 @@ type InfluxSink struct {
 	base   []labels.Label
 }
 
-// NewInfluxSink returns a sink writing to opts.URL. It starts nothing and
-// sends nothing until Write.
-func NewInfluxSink(opts InfluxOptions, reg prometheus.Registerer, lg *slog.Logger) (*InfluxSink, error) {
-	d := DefaultInfluxOptions()
+// New returns a sink writing to opts.URL. It starts nothing and sends
+// nothing until Write. reg and lg may be nil.
+func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Sink, error) {
+	d := DefaultOptions()
 	if opts.Name == "" {
 		opts.Name = d.Name
 	}
@@ -102,7 +119,7 @@ func NewInfluxSink(opts InfluxOptions, reg prometheus.Registerer, lg *slog.Logge
 	if opts.MaxLinesPerRequest < 0 {
 		return nil, fmt.Errorf("validate options: max lines per request %d", opts.MaxLinesPerRequest)
 	}
-	if err := checkURL(opts.URL); err != nil {
+	if err := sinkhttp.CheckURL(opts.URL); err != nil {
 		return nil, err
 	}
 	u, _ := url.Parse(opts.URL)
@@ -110,14 +127,14 @@ func NewInfluxSink(opts InfluxOptions, reg prometheus.Registerer, lg *slog.Logge
 	q.Set("precision", "ms")
 	u.RawQuery = q.Encode()
 	var err error
-	if opts.HTTPOptions, err = opts.HTTPOptions.withDefaults(); err != nil {
+	if opts.HTTPOptions, err = opts.HTTPOptions.WithDefaults(); err != nil {
 		return nil, err
 	}
-	h, err := newHTTPSink(opts.Name, opts.HTTPOptions, reg, lg)
+	h, err := sinkhttp.New(opts.Name, opts.HTTPOptions, reg, lg)
 	if err != nil {
 		return nil, err
 	}
-	return &InfluxSink{opts: opts, url: u.String(), h: h}, nil
+	return &Sink{opts: opts, url: u.String(), h: h}, nil
 }
 
 var influxHeader = http.Header{
@@ -127,11 +144,11 @@ var influxHeader = http.Header{
 
 // Write sends every point as a line and returns nil once the store has
 // acknowledged each line or said it dropped it for good.
-func (s *InfluxSink) Write(ctx context.Context, points []Point) error {
+func (s *Sink) Write(ctx context.Context, points []storage.Point) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return fmt.Errorf("write %s: %w", s.opts.Name, errSinkClosed)
+		return fmt.Errorf("write %s: %w", s.opts.Name, sinkhttp.ErrClosed)
 	}
 	s.buf, s.ends = s.buf[:0], s.ends[:0]
 	var dropped, tooLong int
@@ -145,10 +162,10 @@ func (s *InfluxSink) Write(ctx context.Context, points []Point) error {
 		}
 	}
 	if dropped > 0 {
-		s.h.m.dropped.WithLabelValues(errKindRejected).Add(float64(dropped))
+		s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindRejected).Add(float64(dropped))
 	}
 	if tooLong > 0 {
-		s.h.m.dropped.WithLabelValues(dropStringTooLong).Add(float64(tooLong))
+		s.h.Metrics.Dropped.WithLabelValues(sinkhttp.DropStringTooLong).Add(float64(tooLong))
 	}
 	for lo := 0; lo < len(s.ends); {
 		hi := min(len(s.ends), lo+s.opts.MaxLinesPerRequest)
@@ -163,45 +180,45 @@ func (s *InfluxSink) Write(ctx context.Context, points []Point) error {
 // writeLines sends lines [lo, hi) as one request and, when the store refuses
 // the request as a whole for its content, splits it to find the lines at
 // fault and drop them.
-func (s *InfluxSink) writeLines(ctx context.Context, lo, hi int) error {
+func (s *Sink) writeLines(ctx context.Context, lo, hi int) error {
 	start := 0
 	if lo > 0 {
 		start = s.ends[lo-1]
 	}
 	body := s.buf[start:s.ends[hi-1]]
-	a, v, err := s.h.send(ctx, s.url, influxHeader, body, judgeInflux)
+	a, v, err := s.h.Send(ctx, s.url, influxHeader, body, judgeInflux)
 	if err != nil {
 		return err
 	}
 	n := hi - lo
 	switch v {
-	case verdictOK:
-		s.h.m.samples.Add(float64(n))
-		s.h.m.batch.Observe(float64(n))
+	case sinkhttp.OK:
+		s.h.Metrics.Samples.Add(float64(n))
+		s.h.Metrics.Batch.Observe(float64(n))
 		return nil
-	case verdictFail:
-		s.h.m.errors.WithLabelValues(errKindRejected).Inc()
-		return &KindError{Kind: "rejected", Err: fmt.Errorf("write %s: %w", s.opts.Name, &StatusError{Sink: s.opts.Name, Status: a.status, Body: trimBody(a.body)})}
+	case sinkhttp.Fail:
+		s.h.Metrics.Errors.WithLabelValues(sinkhttp.KindRejected).Inc()
+		return &storage.KindError{Kind: "rejected", Err: fmt.Errorf("write %s: %w", s.opts.Name, &StatusError{Sink: s.opts.Name, Status: a.Status, Body: sinkhttp.TrimBody(a.Body)})}
 	}
-	kind := errKindRejected
-	if v == verdictTooOld {
-		kind = errKindTooOld
+	kind := sinkhttp.KindRejected
+	if v == sinkhttp.TooOld {
+		kind = sinkhttp.KindTooOld
 	}
-	s.h.m.errors.WithLabelValues(kind).Inc()
-	if ie, ok := parseInfluxError(a.body); ok && ie.Partial {
+	s.h.Metrics.Errors.WithLabelValues(kind).Inc()
+	if ie, ok := parseInfluxError(a.Body); ok && ie.Partial {
 		// The store kept the other lines and says how many it dropped.
 		dropped := min(ie.Dropped, n)
-		s.h.m.dropped.WithLabelValues(kind).Add(float64(dropped))
-		s.h.m.samples.Add(float64(n - dropped))
-		s.h.m.batch.Observe(float64(n))
-		if v == verdictRejected {
-			s.h.lg.Warn("store dropped lines", "dropped", dropped, "answer", ie.Message)
+		s.h.Metrics.Dropped.WithLabelValues(kind).Add(float64(dropped))
+		s.h.Metrics.Samples.Add(float64(n - dropped))
+		s.h.Metrics.Batch.Observe(float64(n))
+		if v == sinkhttp.Rejected {
+			s.h.Log.Warn("store dropped lines", "dropped", dropped, "answer", ie.Message)
 		}
 		return nil
 	}
 	if n == 1 {
-		s.h.m.dropped.WithLabelValues(kind).Inc()
-		s.h.lg.Warn("store refused a line; dropped", "line", trimBody(body), "status", a.status, "answer", trimBody(a.body))
+		s.h.Metrics.Dropped.WithLabelValues(kind).Inc()
+		s.h.Log.Warn("store refused a line; dropped", "line", sinkhttp.TrimBody(body), "status", a.Status, "answer", sinkhttp.TrimBody(a.Body))
 		return nil
 	}
 	mid := lo + n/2
@@ -212,39 +229,39 @@ func (s *InfluxSink) writeLines(ctx context.Context, lo, hi int) error {
 }
 
 // Close releases the sink's connections and unregisters its metrics.
-func (s *InfluxSink) Close() error {
+func (s *Sink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil
 	}
 	s.closed = true
-	s.h.close()
+	s.h.Close()
 	return nil
 }
 
 // judgeInflux classifies an answer of a line-protocol endpoint.
-func judgeInflux(a answer) verdict {
+func judgeInflux(a sinkhttp.Answer) sinkhttp.Verdict {
 	switch {
-	case a.status/100 == 2:
-		return verdictOK
-	case a.status == http.StatusTooManyRequests || a.status/100 == 5:
-		return verdictRetry
-	case a.status == http.StatusBadRequest || a.status == http.StatusRequestEntityTooLarge || a.status == http.StatusUnprocessableEntity:
-		ie, ok := parseInfluxError(a.body)
+	case a.Status/100 == 2:
+		return sinkhttp.OK
+	case a.Status == http.StatusTooManyRequests || a.Status/100 == 5:
+		return sinkhttp.Retry
+	case a.Status == http.StatusBadRequest || a.Status == http.StatusRequestEntityTooLarge || a.Status == http.StatusUnprocessableEntity:
+		ie, ok := parseInfluxError(a.Body)
 		switch {
 		case !ok:
-			return verdictRejected
+			return sinkhttp.Rejected
 		case ie.BeyondRetention:
-			return verdictTooOld
-		case ie.Partial || bytes.HasPrefix([]byte(ie.Message), []byte("unable to parse")) || a.status == http.StatusRequestEntityTooLarge:
-			return verdictRejected
+			return sinkhttp.TooOld
+		case ie.Partial || bytes.HasPrefix([]byte(ie.Message), []byte("unable to parse")) || a.Status == http.StatusRequestEntityTooLarge:
+			return sinkhttp.Rejected
 		}
 		// A 400 about the request itself ("database not found" comes as
 		// 404; an unknown precision, a missing db parameter as 400).
-		return verdictFail
+		return sinkhttp.Fail
 	default:
-		return verdictFail
+		return sinkhttp.Fail
 	}
 }
 
@@ -291,10 +308,10 @@ func parseInfluxError(body []byte) (e influxError, ok bool) {
 // fields left out because line protocol cannot carry them (a NaN or
 // infinite number, an empty name); tooLong, the string fields longer than
 // InfluxDB stores.
-func (s *InfluxSink) appendLine(b []byte, p *Point) (_ []byte, rejected, tooLong int) {
+func (s *Sink) appendLine(b []byte, p *storage.Point) (_ []byte, rejected, tooLong int) {
 	start := len(b)
 	b = appendInfluxName(b, s.opts.Measurement, false)
-	s.base = baseLabels(s.base[:0], p)
+	s.base = series.Base(s.base[:0], p)
 	for _, l := range s.base {
 		if l.Value == "" {
 			continue

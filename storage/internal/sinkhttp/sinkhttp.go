@@ -1,4 +1,10 @@
-package storage
+// Package sinkhttp is the request loop the HTTP sinks (storage/remotewrite,
+// storage/influx) share: one request at a time, retried with backoff while
+// the server answers network errors, 5xx or 429, within a bound; the
+// answers' classification into verdicts, which each sink makes for its
+// protocol; the errors and the metrics the sinks have in common. Each sink
+// package gives its users Options and StatusError under its own name.
+package sinkhttp
 
 import (
 	"bytes"
@@ -10,18 +16,21 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
-	"github.com/ingest-io/ingest/internal/metricset"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/internal/metricset"
+	"github.com/ingest-io/ingest/storage"
 )
 
-// HTTPOptions are what the HTTP sinks (remote-write and InfluxDB line
+// Options are what the HTTP sinks (remote-write and InfluxDB line
 // protocol) share: how long one request may take, how failed requests are
 // retried, and what every request carries. Zero fields take the defaults of
-// DefaultHTTPOptions.
-type HTTPOptions struct {
+// DefaultOptions.
+type Options struct {
 	// Timeout bounds one HTTP request, answer included. Default 30s.
 	Timeout time.Duration
 	// MinBackoff is the wait before the first retry; each further retry
@@ -39,9 +48,9 @@ type HTTPOptions struct {
 	Headers map[string]string
 }
 
-// DefaultHTTPOptions returns the defaults of the HTTP sinks.
-func DefaultHTTPOptions() HTTPOptions {
-	return HTTPOptions{
+// DefaultOptions returns the defaults of the HTTP sinks.
+func DefaultOptions() Options {
+	return Options{
 		Timeout:      30 * time.Second,
 		MinBackoff:   50 * time.Millisecond,
 		MaxBackoff:   5 * time.Second,
@@ -49,8 +58,10 @@ func DefaultHTTPOptions() HTTPOptions {
 	}
 }
 
-func (o HTTPOptions) withDefaults() (HTTPOptions, error) {
-	d := DefaultHTTPOptions()
+// WithDefaults returns o with its zero fields set to their defaults, or
+// an error if o cannot be used.
+func (o Options) WithDefaults() (Options, error) {
+	d := DefaultOptions()
 	if o.Timeout == 0 {
 		o.Timeout = d.Timeout
 	}
@@ -74,38 +85,39 @@ func (o HTTPOptions) withDefaults() (HTTPOptions, error) {
 	return o, nil
 }
 
-// verdict is what an HTTP sink makes of one answer of its server.
-type verdict int
+// Verdict is what an HTTP sink makes of one answer of its server.
+type Verdict int
 
 const (
-	// verdictOK: the server holds every sample of the request.
-	verdictOK verdict = iota
-	// verdictRetry: nothing useful was learnt (network error, 5xx, 429);
-	// send the same request again after a backoff.
-	verdictRetry
-	// verdictTooOld: the server refused samples older than it accepts.
-	verdictTooOld
-	// verdictRejected: the server refused the content of the request for
-	// another reason that will not change by retrying (a sample it cannot
-	// parse or store).
-	verdictRejected
-	// verdictFail: the server refused the request itself (authentication,
-	// a wrong URL, a missing database): no sample is at fault, nothing is
-	// dropped, Write returns an error.
-	verdictFail
+	// OK: the server holds every sample of the request.
+	OK Verdict = iota
+	// Retry: nothing useful was learnt (network error, 5xx, 429); send the
+	// same request again after a backoff.
+	Retry
+	// TooOld: the server refused samples older than it accepts.
+	TooOld
+	// Rejected: the server refused the content of the request for another
+	// reason that will not change by retrying (a sample it cannot parse or
+	// store).
+	Rejected
+	// Fail: the server refused the request itself (authentication, a wrong
+	// URL, a missing database): no sample is at fault, nothing is dropped,
+	// Write returns an error.
+	Fail
 )
 
-// Error kinds of ingest_storage_external_errors_total.
+// Error kinds of ingest_storage_external_errors_total, and reasons of
+// ingest_storage_external_dropped_samples_total.
 const (
-	errKindRetry    = "retry"
-	errKindRejected = "rejected"
-	errKindTooOld   = "too_old"
+	KindRetry    = "retry"
+	KindRejected = "rejected"
+	KindTooOld   = "too_old"
 )
 
 // StatusError is an answer of a store that Write could not get past: the
 // request was refused as a whole, or retries ran out on it. Write returns it
-// wrapped in a *KindError: kind "rejected" for a refusal, "unavailable" when
-// retries ran out.
+// wrapped in a *storage.KindError: kind "rejected" for a refusal,
+// "unavailable" when retries ran out.
 type StatusError struct {
 	Sink   string // the sink's name
 	Status int    // the HTTP status
@@ -116,54 +128,54 @@ func (e *StatusError) Error() string {
 	return fmt.Sprintf("%s: server answered %d: %s", e.Sink, e.Status, e.Body)
 }
 
-// sinkMetrics are the metrics of one external sink, labelled with its name.
-type sinkMetrics struct {
-	samples  prometheus.Counter
-	dropped  *prometheus.CounterVec
-	errors   *prometheus.CounterVec
-	latency  prometheus.Histogram
-	batch    prometheus.Histogram
-	requests prometheus.Counter
+// Metrics are the metrics of one external sink, labelled with its name.
+type Metrics struct {
+	Samples  prometheus.Counter
+	Dropped  *prometheus.CounterVec // by reason
+	Errors   *prometheus.CounterVec // by kind
+	Latency  prometheus.Histogram
+	Batch    prometheus.Histogram
+	Requests prometheus.Counter
 	set      *metricset.Set
 }
 
-func newSinkMetrics(name string, reg prometheus.Registerer) (*sinkMetrics, error) {
+func newMetrics(name string, reg prometheus.Registerer) (*Metrics, error) {
 	cl := prometheus.Labels{"sink": name}
-	m := &sinkMetrics{
-		samples: prometheus.NewCounter(prometheus.CounterOpts{
+	m := &Metrics{
+		Samples: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ingest_storage_external_samples_written_total", ConstLabels: cl,
 			Help: "Samples (or InfluxDB fields) the external store acknowledged.",
 		}),
-		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ingest_storage_external_dropped_samples_total", ConstLabels: cl,
 			Help: "Samples the external store refused for good (or could never hold) and the sink dropped, by reason (too_old, duplicate_timestamp, rejected, string_too_long).",
 		}, []string{"reason"}),
-		errors: prometheus.NewCounterVec(prometheus.CounterOpts{
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ingest_storage_external_errors_total", ConstLabels: cl,
 			Help: "Failed requests to the external store, by kind: retry (network error, 5xx, 429: sent again), rejected (a 4xx answer), too_old (a 4xx answer for samples older than the store accepts).",
 		}, []string{"kind"}),
-		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Latency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "ingest_storage_external_request_duration_seconds", ConstLabels: cl,
 			Help:    "Duration of one request to the external store, answer included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
-		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
+		Batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "ingest_storage_external_batch_samples", ConstLabels: cl,
 			Help:    "Samples (or lines, for InfluxDB) per request to the external store.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
 		}),
-		requests: prometheus.NewCounter(prometheus.CounterOpts{
+		Requests: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "ingest_storage_external_requests_total", ConstLabels: cl,
 			Help: "Requests sent to the external store.",
 		}),
 	}
-	for _, k := range []string{errKindRetry, errKindRejected, errKindTooOld} {
-		m.errors.WithLabelValues(k)
+	for _, k := range []string{KindRetry, KindRejected, KindTooOld} {
+		m.Errors.WithLabelValues(k)
 	}
-	for _, k := range []string{errKindRejected, errKindTooOld} {
-		m.dropped.WithLabelValues(k)
+	for _, k := range []string{KindRejected, KindTooOld} {
+		m.Dropped.WithLabelValues(k)
 	}
-	set, err := metricset.Register(reg, m.samples, m.dropped, m.errors, m.latency, m.batch, m.requests)
+	set, err := metricset.Register(reg, m.Samples, m.Dropped, m.Errors, m.Latency, m.Batch, m.Requests)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
@@ -174,21 +186,26 @@ func newSinkMetrics(name string, reg prometheus.Registerer) (*sinkMetrics, error
 // maxErrorBody bounds how much of an error answer is read and kept.
 const maxErrorBody = 4 << 10
 
-// httpSink is the request loop the HTTP sinks share: one request at a time,
+// Client is the request loop the HTTP sinks share: one request at a time,
 // retried with backoff while the server answers network errors, 5xx or 429,
-// within MaxRetryTime.
-type httpSink struct {
+// within MaxRetryTime. A sink calls it from one goroutine at a time.
+type Client struct {
+	// Metrics are the sink's; Log is the sink's logger, with its name.
+	Metrics *Metrics
+	Log     *slog.Logger
+
 	name    string
-	opts    HTTPOptions
+	opts    Options
 	client  *http.Client
 	tr      *http.Transport
-	m       *sinkMetrics
-	lg      *slog.Logger
 	errBody []byte
 }
 
-func newHTTPSink(name string, opts HTTPOptions, reg prometheus.Registerer, lg *slog.Logger) (*httpSink, error) {
-	m, err := newSinkMetrics(name, reg)
+// New returns the client of the sink called name, with opts as
+// WithDefaults returned them, and registers the sink's metrics with reg.
+// reg and lg may be nil.
+func New(name string, opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Client, error) {
+	m, err := newMetrics(name, reg)
 	if err != nil {
 		return nil, err
 	}
@@ -203,36 +220,41 @@ func newHTTPSink(name string, opts HTTPOptions, reg prometheus.Registerer, lg *s
 		// The sinks compress their own bodies; an answer is small.
 		DisableCompression: true,
 	}
-	return &httpSink{
-		name:   name,
-		opts:   opts,
-		tr:     tr,
-		client: &http.Client{Transport: tr, Timeout: opts.Timeout},
-		m:      m,
-		lg:     lg.With("sink", name),
+	return &Client{
+		name:    name,
+		opts:    opts,
+		tr:      tr,
+		client:  &http.Client{Transport: tr, Timeout: opts.Timeout},
+		Metrics: m,
+		Log:     lg.With("sink", name),
 	}, nil
 }
 
-func (h *httpSink) close() {
+// Close releases the client's connections and unregisters the sink's
+// metrics.
+func (h *Client) Close() {
 	h.tr.CloseIdleConnections()
-	h.m.set.Unregister()
+	h.Metrics.set.Unregister()
 }
 
-// answer is one answer of the server: its status, and the start of its body
-// when it is not a success.
-type answer struct {
-	status     int
-	body       []byte
-	retryAfter time.Duration
+// Answer is one answer of the server: its status, and the start of its
+// body when it is not a success.
+type Answer struct {
+	Status int
+	// Body is the start of a failure's body, up to 4 KiB; valid until the
+	// next request.
+	Body []byte
+	// RetryAfter is the wait a Retry-After header in seconds asked for.
+	RetryAfter time.Duration
 }
 
 // post sends one request and reads its answer. The body of a success is
 // discarded; the body of a failure is kept, up to maxErrorBody, in a buffer
 // reused by the next post.
-func (h *httpSink) post(ctx context.Context, url string, header http.Header, body []byte) (answer, error) {
+func (h *Client) post(ctx context.Context, url string, header http.Header, body []byte) (Answer, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(body))
 	if err != nil {
-		return answer{}, fmt.Errorf("build request: %w", err)
+		return Answer{}, fmt.Errorf("build request: %w", err)
 	}
 	for k, v := range header {
 		req.Header[k] = v
@@ -241,42 +263,42 @@ func (h *httpSink) post(ctx context.Context, url string, header http.Header, bod
 		req.Header.Set(k, v)
 	}
 	start := time.Now()
-	h.m.requests.Inc()
+	h.Metrics.Requests.Inc()
 	resp, err := h.client.Do(req)
 	if err != nil {
-		return answer{}, err
+		return Answer{}, err
 	}
 	defer resp.Body.Close()
-	a := answer{status: resp.StatusCode}
+	a := Answer{Status: resp.StatusCode}
 	if resp.StatusCode/100 != 2 {
 		buf := bytes.NewBuffer(h.errBody[:0])
 		_, err = io.Copy(buf, io.LimitReader(resp.Body, maxErrorBody))
 		h.errBody = buf.Bytes()
-		a.body = h.errBody
+		a.Body = h.errBody
 		if s := resp.Header.Get("Retry-After"); s != "" {
 			if secs, perr := strconv.Atoi(s); perr == nil && secs > 0 {
-				a.retryAfter = time.Duration(secs) * time.Second
+				a.RetryAfter = time.Duration(secs) * time.Second
 			}
 		}
 	}
 	// Drain what is left, within reason, so the connection is reused.
 	_, derr := io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-	h.m.latency.Observe(time.Since(start).Seconds())
+	h.Metrics.Latency.Observe(time.Since(start).Seconds())
 	if err == nil {
 		err = derr
 	}
 	if err != nil {
-		return answer{}, fmt.Errorf("read answer: %w", err)
+		return Answer{}, fmt.Errorf("read answer: %w", err)
 	}
 	return a, nil
 }
 
-// send posts body until the server answers with something other than a
+// Send posts body until the server answers with something other than a
 // retryable failure, and returns that answer with judge's verdict on it.
 // Network errors, 5xx and 429 (unless judge says otherwise: an old
 // Prometheus answers 500 for a too old sample) are retried with backoff
 // until MaxRetryTime has passed; then send returns the last error.
-func (h *httpSink) send(ctx context.Context, url string, header http.Header, body []byte, judge func(answer) verdict) (answer, verdict, error) {
+func (h *Client) Send(ctx context.Context, url string, header http.Header, body []byte, judge func(Answer) Verdict) (Answer, Verdict, error) {
 	backoff := h.opts.MinBackoff
 	deadline := time.Now().Add(h.opts.MaxRetryTime)
 	var timer *time.Timer
@@ -287,26 +309,26 @@ func (h *httpSink) send(ctx context.Context, url string, header http.Header, bod
 	}()
 	for {
 		a, err := h.post(ctx, url, header, body)
-		var v verdict
+		var v Verdict
 		if err == nil {
 			v = judge(a)
-			if v != verdictRetry {
+			if v != Retry {
 				return a, v, nil
 			}
-			err = &StatusError{Sink: h.name, Status: a.status, Body: trimBody(a.body)}
+			err = &StatusError{Sink: h.name, Status: a.Status, Body: TrimBody(a.Body)}
 		}
 		if cerr := ctx.Err(); cerr != nil {
-			return answer{}, verdictRetry, fmt.Errorf("write %s: %w", h.name, cerr)
+			return Answer{}, Retry, fmt.Errorf("write %s: %w", h.name, cerr)
 		}
 		wait := backoff + rand.N(backoff/4+1)
-		if a.retryAfter > wait {
-			wait = min(a.retryAfter, h.opts.MaxBackoff)
+		if a.RetryAfter > wait {
+			wait = min(a.RetryAfter, h.opts.MaxBackoff)
 		}
 		if time.Now().Add(wait).After(deadline) {
-			return answer{}, verdictRetry, &KindError{Kind: "unavailable", Err: fmt.Errorf("write %s: retries ran out after %v: %w", h.name, h.opts.MaxRetryTime, err)}
+			return Answer{}, Retry, &storage.KindError{Kind: "unavailable", Err: fmt.Errorf("write %s: retries ran out after %v: %w", h.name, h.opts.MaxRetryTime, err)}
 		}
-		h.m.errors.WithLabelValues(errKindRetry).Inc()
-		h.lg.Debug("retrying a write", "err", err, "backoff", wait)
+		h.Metrics.Errors.WithLabelValues(KindRetry).Inc()
+		h.Log.Debug("retrying a write", "err", err, "backoff", wait)
 		if timer == nil {
 			timer = time.NewTimer(wait)
 		} else {
@@ -314,18 +336,18 @@ func (h *httpSink) send(ctx context.Context, url string, header http.Header, bod
 		}
 		select {
 		case <-ctx.Done():
-			return answer{}, verdictRetry, fmt.Errorf("write %s: %w", h.name, ctx.Err())
+			return Answer{}, Retry, fmt.Errorf("write %s: %w", h.name, ctx.Err())
 		case <-timer.C:
 		}
 		backoff = min(2*backoff, h.opts.MaxBackoff)
 	}
 }
 
-// errSinkClosed is returned by Write after Close.
-var errSinkClosed = errors.New("sink closed")
+// ErrClosed is what a sink's Write returns after Close.
+var ErrClosed = errors.New("sink closed")
 
-// trimBody returns the start of an error body for messages and logs.
-func trimBody(b []byte) string {
+// TrimBody returns the start of an error body for messages and logs.
+func TrimBody(b []byte) string {
 	const n = 512
 	b = bytes.TrimSpace(b)
 	if len(b) > n {
@@ -337,6 +359,19 @@ func trimBody(b []byte) string {
 // Reasons of ingest_storage_external_dropped_samples_total besides the
 // error kinds, named as the embedded TSDB names them.
 const (
-	dropDuplicateTimestamp = "duplicate_timestamp"
-	dropStringTooLong      = "string_too_long"
+	DropDuplicateTimestamp = "duplicate_timestamp"
+	DropStringTooLong      = "string_too_long"
 )
+
+// CheckURL checks that s is an http or https URL with a host: a sink's
+// endpoint.
+func CheckURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("validate options: parse url: %w", err)
+	}
+	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return fmt.Errorf("validate options: url %q is not an http(s) URL", s)
+	}
+	return nil
+}

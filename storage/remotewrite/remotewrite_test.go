@@ -1,4 +1,4 @@
-package storage
+package remotewrite
 
 import (
 	"context"
@@ -22,68 +22,40 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/prometheus/model/labels"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/internal/series"
+	"github.com/ingest-io/ingest/storage/internal/sinkhttp"
 )
 
-// extPoints returns n points of device, one a second from t0, each with
-// three numbers and a string, and registry labels that need escaping in
-// line protocol.
-func extPoints(device string, t0 time.Time, n int) []Point {
-	ps := make([]Point, n)
-	for i := range ps {
-		ps[i] = Point{
-			Device:  device,
-			Time:    t0.Add(time.Duration(i) * time.Second),
-			Labels:  map[string]string{"site": "lab 1", "group": "a,b=c"},
-			Numbers: map[string]float64{"temp": float64(i) + 0.25, "gps.lat": -52.5 + float64(i)/1e3, "on": float64(i % 2)},
-			Strings: map[string]string{"status": fmt.Sprintf(`ok "%d" \ done`, i%3)},
-			ID:      fmt.Sprintf("fe1/%d", i),
-		}
-	}
-	return ps
-}
-
-// extExpect is what a Prometheus-style store must hold for extPoints: series
-// key → samples, by the mapping of docs/storage.md.
-func extExpect(device string, t0 time.Time, n int) map[string][]extSample {
-	want := map[string][]extSample{}
-	for _, p := range extPoints(device, t0, n) {
+// expect is what a Prometheus-style store must hold for testkit.Points:
+// series key → samples, by the mapping of docs/storage.md.
+func expect(device string, t0 time.Time, n int) map[string][]testkit.Sample {
+	want := map[string][]testkit.Sample{}
+	for _, p := range testkit.Points(device, t0, n) {
 		base := map[string]string{"device": device, "site": "lab 1", "group": "a,b=c"}
 		for f, v := range p.Numbers {
 			m := maps.Clone(base)
-			m["__name__"] = MetricName(f)
-			k := extLabelsKey(m)
-			want[k] = append(want[k], extSample{T: p.Time.UnixMilli(), V: strconv.FormatFloat(v, 'f', -1, 64)})
+			m["__name__"] = storage.MetricName(f)
+			k := testkit.LabelsKey(m)
+			want[k] = append(want[k], testkit.Sample{T: p.Time.UnixMilli(), V: strconv.FormatFloat(v, 'f', -1, 64)})
 		}
 		for f, v := range p.Strings {
 			m := maps.Clone(base)
-			m["__name__"] = MetricName(f) + "_info"
+			m["__name__"] = storage.MetricName(f) + "_info"
 			m["value"] = v
-			k := extLabelsKey(m)
-			want[k] = append(want[k], extSample{T: p.Time.UnixMilli(), V: "1"})
+			k := testkit.LabelsKey(m)
+			want[k] = append(want[k], testkit.Sample{T: p.Time.UnixMilli(), V: "1"})
 		}
 	}
 	return want
 }
 
-func diffSamples(got, want map[string][]extSample) string {
-	for k, w := range want {
-		g := got[k]
-		if !slices.Equal(g, w) {
-			return fmt.Sprintf("series %s: got %v, want %v", k, g, w)
-		}
-	}
-	for k := range got {
-		if _, ok := want[k]; !ok {
-			return fmt.Sprintf("unexpected series %s: %v", k, got[k])
-		}
-	}
-	return ""
-}
-
 func TestWriteRequestEncoding(t *testing.T) {
 	var b seriesBuilder
 	b.maxString = 1024
-	p := Point{
+	p := storage.Point{
 		Device:  "d1",
 		Time:    time.UnixMilli(1_700_000_000_123),
 		Labels:  map[string]string{"site": "s", "Zone": "z"},
@@ -183,13 +155,13 @@ func cmpString(a, b string) int {
 // TestRemoteWriteSeriesAsTSDB: the remote-write sink makes the same series
 // of a point as the embedded TSDB.
 func TestRemoteWriteSeriesAsTSDB(t *testing.T) {
-	db, err := OpenTSDB(TSDBOptions{Dir: t.TempDir()}, nil, nil)
+	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: t.TempDir()}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
 	t0 := time.Now().Truncate(time.Second)
-	ps := extPoints("same", t0, 3)
+	ps := testkit.Points("same", t0, 3)
 	ps[1].Strings["long"] = string(make([]byte, 2000)) // over MaxStringBytes: left out by both
 	ps[2].Labels["__name__"] = "x"
 	ps[2].Labels["bad-name"] = "y"
@@ -209,7 +181,7 @@ func TestRemoteWriteSeriesAsTSDB(t *testing.T) {
 	if err := set.Err(); err != nil {
 		t.Fatal(err)
 	}
-	b := seriesBuilder{maxString: DefaultTSDBOptions().MaxStringBytes}
+	b := seriesBuilder{maxString: series.MaxStringBytes}
 	seen := map[string]bool{}
 	var fromSink []string
 	for i := range ps {
@@ -232,10 +204,10 @@ func TestRemoteWriteSeriesAsTSDB(t *testing.T) {
 	}
 }
 
-func newTestRemoteWrite(t *testing.T, u string, reg prometheus.Registerer, opts RemoteWriteOptions) *RemoteWriteSink {
+func newTestRemoteWrite(t *testing.T, u string, reg prometheus.Registerer, opts Options) *Sink {
 	t.Helper()
 	opts.URL = u
-	s, err := NewRemoteWriteSink(opts, reg, nil)
+	s, err := New(opts, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,33 +217,33 @@ func newTestRemoteWrite(t *testing.T, u string, reg prometheus.Registerer, opts 
 
 // testRemoteWriteStore writes points twice to a remote-write store and checks
 // it holds each sample once.
-func testRemoteWriteStore(t *testing.T, srv *extServer, path string, read func(selector string) map[string][]extSample) {
+func testRemoteWriteStore(t *testing.T, srv *testkit.Store, path string, read func(selector string) map[string][]testkit.Sample) {
 	reg := prometheus.NewRegistry()
 	// Small requests: a Write takes several.
-	s := newTestRemoteWrite(t, srv.url+path, reg, RemoteWriteOptions{MaxSamplesPerRequest: 37})
+	s := newTestRemoteWrite(t, srv.URL+path, reg, Options{MaxSamplesPerRequest: 37})
 	dev := fmt.Sprintf("%s-%d", t.Name(), time.Now().UnixNano())
 	const n = 50
 	t0 := time.Now().Add(-10 * time.Minute).Truncate(time.Second)
-	ps := extPoints(dev, t0, n)
-	want := extExpect(dev, t0, n)
+	ps := testkit.Points(dev, t0, n)
+	want := expect(dev, t0, n)
 	sel := fmt.Sprintf(`{device=%q}`, dev)
 	for round := range 2 {
 		if err := s.Write(context.Background(), ps); err != nil {
 			t.Fatalf("write %d: %v", round, err)
 		}
-		extEventually(t, 30*time.Second, "store holds every sample once", func() (bool, string) {
-			d := diffSamples(read(sel), want)
+		testkit.Eventually(t, 30*time.Second, "store holds every sample once", func() (bool, string) {
+			d := testkit.DiffSamples(read(sel), want)
 			return d == "", d
 		})
 	}
-	if got := testutil.ToFloat64(s.h.m.samples); got != 2*4*n {
+	if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 2*4*n {
 		t.Errorf("samples written: %v, want %d", got, 2*4*n)
 	}
-	if got := testutil.ToFloat64(s.h.m.requests); got != 2*6 {
+	if got := testutil.ToFloat64(s.h.Metrics.Requests); got != 2*6 {
 		t.Errorf("requests: %v, want 12 (200 samples in requests of 37, twice)", got)
 	}
-	for _, k := range []string{errKindRetry, errKindRejected, errKindTooOld} {
-		if got := testutil.ToFloat64(s.h.m.errors.WithLabelValues(k)); got != 0 {
+	for _, k := range []string{sinkhttp.KindRetry, sinkhttp.KindRejected, sinkhttp.KindTooOld} {
+		if got := testutil.ToFloat64(s.h.Metrics.Errors.WithLabelValues(k)); got != 0 {
 			t.Errorf("errors %s: %v", k, got)
 		}
 	}
@@ -281,61 +253,61 @@ func testRemoteWriteStore(t *testing.T, srv *extServer, path string, read func(s
 }
 
 func TestRemoteWritePrometheus(t *testing.T) {
-	srv := prometheusServer(t)
-	testRemoteWriteStore(t, srv, "/api/v1/write", func(sel string) map[string][]extSample {
-		return extPromRaw(t, srv, sel, time.Now(), time.Hour)
+	srv := testkit.Prometheus(t)
+	testRemoteWriteStore(t, srv, "/api/v1/write", func(sel string) map[string][]testkit.Sample {
+		return testkit.PromRaw(t, srv, sel, time.Now(), time.Hour)
 	})
 }
 
 func TestRemoteWriteVictoriaMetrics(t *testing.T) {
-	srv := victoriaServer(t)
-	testRemoteWriteStore(t, srv, "/api/v1/write", func(sel string) map[string][]extSample {
-		return extVMExport(t, srv, sel)
+	srv := testkit.VictoriaMetrics(t)
+	testRemoteWriteStore(t, srv, "/api/v1/write", func(sel string) map[string][]testkit.Sample {
+		return testkit.VMExport(t, srv, sel)
 	})
 }
 
 // TestRemoteWritePrometheusTooOld: samples older than Prometheus's
 // out-of-order window are dropped and counted; the rest of the Write lands.
 func TestRemoteWritePrometheusTooOld(t *testing.T) {
-	srv := prometheusServer(t)
+	srv := testkit.Prometheus(t)
 	reg := prometheus.NewRegistry()
-	s := newTestRemoteWrite(t, srv.url+"/api/v1/write", reg, RemoteWriteOptions{MaxSamplesPerRequest: 64})
+	s := newTestRemoteWrite(t, srv.URL+"/api/v1/write", reg, Options{MaxSamplesPerRequest: 64})
 	dev := fmt.Sprintf("tooold-%d", time.Now().UnixNano())
 	now := time.Now().Truncate(time.Second)
 	// The head's newest sample: now.
-	if err := s.Write(context.Background(), extPoints(dev+"-fresh", now, 1)); err != nil {
+	if err := s.Write(context.Background(), testkit.Points(dev+"-fresh", now, 1)); err != nil {
 		t.Fatal(err)
 	}
 	const nOld, nNew = 40, 10
-	old := extPoints(dev, now.Add(-promOOOWindow-time.Hour), nOld)
-	fresh := extPoints(dev, now.Add(-time.Minute), nNew)
+	old := testkit.Points(dev, now.Add(-testkit.PrometheusOOOWindow-time.Hour), nOld)
+	fresh := testkit.Points(dev, now.Add(-time.Minute), nNew)
 	mixed := append(slices.Clone(fresh[:5]), old...)
 	mixed = append(mixed, fresh[5:]...)
-	before := testutil.ToFloat64(s.h.m.requests)
+	before := testutil.ToFloat64(s.h.Metrics.Requests)
 	if err := s.Write(context.Background(), mixed); err != nil {
 		t.Fatalf("write with too old samples: %v", err)
 	}
-	if got := testutil.ToFloat64(s.h.m.dropped.WithLabelValues(errKindTooOld)); got != 4*nOld {
+	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindTooOld)); got != 4*nOld {
 		t.Errorf("dropped too old: %v, want %d", got, 4*nOld)
 	}
-	if got := testutil.ToFloat64(s.h.m.samples); got != 4*(1+nNew) {
+	if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 4*(1+nNew) {
 		t.Errorf("samples written: %v, want %d", got, 4*(1+nNew))
 	}
 	// 200 samples in requests of 64 (4 of them); splitting finds the newest
 	// too-old sample in about log2(64) steps per request holding old ones.
-	if req := testutil.ToFloat64(s.h.m.requests) - before; req > 4+3*2*7 {
+	if req := testutil.ToFloat64(s.h.Metrics.Requests) - before; req > 4+3*2*7 {
 		t.Errorf("%v requests to drop %d too old samples", req, 4*nOld)
 	}
-	want := extExpect(dev, now.Add(-time.Minute), nNew)
-	got := extPromRaw(t, srv, fmt.Sprintf(`{device=%q}`, dev), now, 3*time.Hour)
-	if d := diffSamples(got, want); d != "" {
+	want := expect(dev, now.Add(-time.Minute), nNew)
+	got := testkit.PromRaw(t, srv, fmt.Sprintf(`{device=%q}`, dev), now, 3*time.Hour)
+	if d := testkit.DiffSamples(got, want); d != "" {
 		t.Error(d)
 	}
 	// Again: nothing new, no error.
 	if err := s.Write(context.Background(), mixed); err != nil {
 		t.Fatalf("write again: %v", err)
 	}
-	if got := testutil.ToFloat64(s.h.m.dropped.WithLabelValues(errKindTooOld)); got != 2*4*nOld {
+	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindTooOld)); got != 2*4*nOld {
 		t.Errorf("dropped too old after a repeat: %v, want %d", got, 2*4*nOld)
 	}
 }
@@ -395,26 +367,26 @@ func newFaultProxy(t *testing.T, target string, fail ...int) (*faultProxy, strin
 // TestRemoteWriteRetries: 5xx and 429 are retried (429 after its
 // Retry-After) until the store takes the samples.
 func TestRemoteWriteRetries(t *testing.T) {
-	srv := prometheusServer(t)
-	f, u := newFaultProxy(t, srv.url, 503, 500, 429)
+	srv := testkit.Prometheus(t)
+	f, u := newFaultProxy(t, srv.URL, 503, 500, 429)
 	reg := prometheus.NewRegistry()
-	s := newTestRemoteWrite(t, u+"/api/v1/write", reg, RemoteWriteOptions{HTTPOptions: HTTPOptions{MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Second}})
+	s := newTestRemoteWrite(t, u+"/api/v1/write", reg, Options{HTTPOptions: HTTPOptions{MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Second}})
 	dev := fmt.Sprintf("retries-%d", time.Now().UnixNano())
 	t0 := time.Now().Truncate(time.Second)
 	start := time.Now()
-	if err := s.Write(context.Background(), extPoints(dev, t0, 5)); err != nil {
+	if err := s.Write(context.Background(), testkit.Points(dev, t0, 5)); err != nil {
 		t.Fatal(err)
 	}
 	if d := time.Since(start); d < time.Second {
 		t.Errorf("write took %v, less than the 429's Retry-After", d)
 	}
-	if got := testutil.ToFloat64(s.h.m.errors.WithLabelValues(errKindRetry)); got != 3 {
+	if got := testutil.ToFloat64(s.h.Metrics.Errors.WithLabelValues(sinkhttp.KindRetry)); got != 3 {
 		t.Errorf("retries: %v, want 3", got)
 	}
 	if got := f.n.Load(); got != 4 {
 		t.Errorf("requests: %d, want 4", got)
 	}
-	if d := diffSamples(extPromRaw(t, srv, fmt.Sprintf(`{device=%q}`, dev), t0.Add(time.Minute), time.Hour), extExpect(dev, t0, 5)); d != "" {
+	if d := testkit.DiffSamples(testkit.PromRaw(t, srv, fmt.Sprintf(`{device=%q}`, dev), t0.Add(time.Minute), time.Hour), expect(dev, t0, 5)); d != "" {
 		t.Error(d)
 	}
 }
@@ -422,13 +394,13 @@ func TestRemoteWriteRetries(t *testing.T) {
 // TestRemoteWriteRefused: a 4xx about the request itself is not retried and
 // drops nothing; Write says so.
 func TestRemoteWriteRefused(t *testing.T) {
-	srv := prometheusServer(t)
-	f, u := newFaultProxy(t, srv.url, 401, 404)
-	s := newTestRemoteWrite(t, u+"/api/v1/write", nil, RemoteWriteOptions{})
-	ps := extPoints("refused", time.Now(), 3)
+	srv := testkit.Prometheus(t)
+	f, u := newFaultProxy(t, srv.URL, 401, 404)
+	s := newTestRemoteWrite(t, u+"/api/v1/write", nil, Options{})
+	ps := testkit.Points("refused", time.Now(), 3)
 	for _, status := range []int{401, 404} {
 		err := s.Write(context.Background(), ps)
-		var ke *KindError
+		var ke *storage.KindError
 		var se *StatusError
 		if !errors.As(err, &ke) || ke.Kind != "rejected" || !errors.As(err, &se) || se.Status != status {
 			t.Fatalf("write through %d: %v", status, err)
@@ -437,7 +409,7 @@ func TestRemoteWriteRefused(t *testing.T) {
 	if got := f.n.Load(); got != 2 {
 		t.Errorf("requests: %d, want 2 (no retry)", got)
 	}
-	if got := testutil.ToFloat64(s.h.m.dropped.WithLabelValues(errKindRejected)); got != 0 {
+	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindRejected)); got != 0 {
 		t.Errorf("dropped: %v", got)
 	}
 	if err := s.Write(context.Background(), ps); err != nil {
@@ -454,24 +426,24 @@ func TestRemoteWriteRetryBound(t *testing.T) {
 	}
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens: every request fails to connect
-	s := newTestRemoteWrite(t, "http://"+addr+"/api/v1/write", nil, RemoteWriteOptions{HTTPOptions: HTTPOptions{
+	s := newTestRemoteWrite(t, "http://"+addr+"/api/v1/write", nil, Options{HTTPOptions: HTTPOptions{
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, MaxRetryTime: 300 * time.Millisecond,
 	}})
-	err = s.Write(context.Background(), extPoints("bound", time.Now(), 1))
-	var ke *KindError
+	err = s.Write(context.Background(), testkit.Points("bound", time.Now(), 1))
+	var ke *storage.KindError
 	if !errors.As(err, &ke) || ke.Kind != "unavailable" {
 		t.Fatalf("write to nothing: %v", err)
 	}
-	if got := testutil.ToFloat64(s.h.m.errors.WithLabelValues(errKindRetry)); got < 2 {
+	if got := testutil.ToFloat64(s.h.Metrics.Errors.WithLabelValues(sinkhttp.KindRetry)); got < 2 {
 		t.Errorf("retries: %v", got)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := s.Write(ctx, extPoints("bound", time.Now(), 1)); !errors.Is(err, context.Canceled) {
+	if err := s.Write(ctx, testkit.Points("bound", time.Now(), 1)); !errors.Is(err, context.Canceled) {
 		t.Fatalf("write with a cancelled context: %v", err)
 	}
 	s.Close()
-	if err := s.Write(context.Background(), nil); !errors.Is(err, errSinkClosed) {
+	if err := s.Write(context.Background(), nil); !errors.Is(err, sinkhttp.ErrClosed) {
 		t.Fatalf("write after close: %v", err)
 	}
 }
@@ -480,23 +452,23 @@ func TestJudgeRemoteWrite(t *testing.T) {
 	for _, c := range []struct {
 		status int
 		body   string
-		want   verdict
+		want   sinkhttp.Verdict
 	}{
-		{204, "", verdictOK},
-		{200, "", verdictOK},
-		{429, "", verdictRetry},
-		{503, "", verdictRetry},
-		{500, "too old sample", verdictTooOld}, // Prometheus before 2.45
-		{400, "out of bounds", verdictTooOld},
-		{400, "out of order sample", verdictTooOld},
-		{400, "too old sample", verdictTooOld},
-		{400, "out of bounds: timestamp is too far in the future", verdictRejected},
-		{400, "duplicate sample for timestamp", verdictRejected},
-		{400, "snappy: corrupt input", verdictFail},
-		{401, "", verdictFail},
-		{404, "", verdictFail},
+		{204, "", sinkhttp.OK},
+		{200, "", sinkhttp.OK},
+		{429, "", sinkhttp.Retry},
+		{503, "", sinkhttp.Retry},
+		{500, "too old sample", sinkhttp.TooOld}, // Prometheus before 2.45
+		{400, "out of bounds", sinkhttp.TooOld},
+		{400, "out of order sample", sinkhttp.TooOld},
+		{400, "too old sample", sinkhttp.TooOld},
+		{400, "out of bounds: timestamp is too far in the future", sinkhttp.Rejected},
+		{400, "duplicate sample for timestamp", sinkhttp.Rejected},
+		{400, "snappy: corrupt input", sinkhttp.Fail},
+		{401, "", sinkhttp.Fail},
+		{404, "", sinkhttp.Fail},
 	} {
-		if got := judgeRemoteWrite(answer{status: c.status, body: []byte(c.body)}); got != c.want {
+		if got := judgeRemoteWrite(sinkhttp.Answer{Status: c.status, Body: []byte(c.body)}); got != c.want {
 			t.Errorf("%d %q: %v, want %v", c.status, c.body, got, c.want)
 		}
 	}
@@ -507,11 +479,11 @@ func FuzzJudgeRemoteWrite(f *testing.F) {
 	f.Add(500, []byte("out of bounds"))
 	f.Add(400, []byte("out of bounds: timestamp is too far in the future"))
 	f.Fuzz(func(t *testing.T, status int, body []byte) {
-		v := judgeRemoteWrite(answer{status: status, body: body})
-		if status/100 == 2 && v != verdictOK {
+		v := judgeRemoteWrite(sinkhttp.Answer{Status: status, Body: body})
+		if status/100 == 2 && v != sinkhttp.OK {
 			t.Fatalf("%d: %v", status, v)
 		}
-		if v == verdictTooOld && !rwTooOld(body) {
+		if v == sinkhttp.TooOld && !rwTooOld(body) {
 			t.Fatal("too old without a too-old phrase")
 		}
 		if rwBoundIsGlobal(body) && !rwTooOld(body) {
@@ -525,7 +497,7 @@ func FuzzJudgeRemoteWrite(f *testing.F) {
 func FuzzWriteRequestSnappy(f *testing.F) {
 	f.Add("d", "k", "v", "field", int64(1700000000000), 1.5)
 	f.Fuzz(func(t *testing.T, dev, k, v, field string, ts int64, val float64) {
-		p := Point{Device: dev, Time: time.UnixMilli(ts), Labels: map[string]string{k: v}, Numbers: map[string]float64{field: val}}
+		p := storage.Point{Device: dev, Time: time.UnixMilli(ts), Labels: map[string]string{k: v}, Numbers: map[string]float64{field: val}}
 		b := seriesBuilder{maxString: 1024}
 		b.appendPoint(&p)
 		pb := appendWriteRequest(nil, b.labels, b.samples)

@@ -1,4 +1,4 @@
-package storage
+package remotewrite
 
 import (
 	"bytes"
@@ -9,7 +9,6 @@ import (
 	"math"
 	"math/bits"
 	"net/http"
-	"net/url"
 	"slices"
 	"strings"
 	"sync"
@@ -18,11 +17,28 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
+
+	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/internal/series"
+	"github.com/ingest-io/ingest/storage/internal/sinkhttp"
 )
 
-// RemoteWriteOptions configure a RemoteWriteSink. Zero fields take the
-// defaults of DefaultRemoteWriteOptions.
-type RemoteWriteOptions struct {
+// HTTPOptions are what the HTTP sinks share: how long one request may
+// take, how failed requests are retried (MinBackoff, MaxBackoff,
+// MaxRetryTime) and the headers every request carries. Zero fields take
+// their defaults: Timeout 30s, backoff from 50ms to 5s, retries for 1m.
+type HTTPOptions = sinkhttp.Options
+
+// StatusError is an answer of the store that Write could not get past: the
+// request was refused as a whole, or retries ran out on it. Write returns
+// it wrapped in a *storage.KindError: kind "rejected" for a refusal,
+// "unavailable" when retries ran out. It is the same type as
+// influx.StatusError.
+type StatusError = sinkhttp.StatusError
+
+// Options configure a Sink. Zero fields take the defaults of
+// DefaultOptions.
+type Options struct {
 	// URL is the store's remote-write endpoint:
 	// http://host:9090/api/v1/write for Prometheus (started with
 	// --web.enable-remote-write-receiver), http://host:8428/api/v1/write for
@@ -41,21 +57,21 @@ type RemoteWriteOptions struct {
 	HTTPOptions
 }
 
-// DefaultRemoteWriteOptions returns the defaults of a RemoteWriteSink.
-func DefaultRemoteWriteOptions() RemoteWriteOptions {
-	return RemoteWriteOptions{
+// DefaultOptions returns the defaults of a Sink.
+func DefaultOptions() Options {
+	return Options{
 		Name:                 "remotewrite",
 		MaxSamplesPerRequest: 2000,
-		MaxStringBytes:       DefaultTSDBOptions().MaxStringBytes,
-		HTTPOptions:          DefaultHTTPOptions(),
+		MaxStringBytes:       series.MaxStringBytes,
+		HTTPOptions:          sinkhttp.DefaultOptions(),
 	}
 }
 
-// RemoteWriteSink writes points to a store that speaks the Prometheus
+// Sink writes points to a store that speaks the Prometheus
 // remote-write protocol 1.0: a snappy-compressed protobuf WriteRequest per
 // request, each sample its own TimeSeries, samples sorted by time.
 //
-// Points become series exactly as in the embedded TSDB (see appendSeries).
+// Points become series exactly as in the embedded TSDB (seriesBuilder).
 // Repeated samples are harmless: Prometheus and VictoriaMetrics keep one
 // sample per series and timestamp when the value is the same (Prometheus
 // needs an out-of-order window for repeats older than a series' newest
@@ -66,13 +82,13 @@ func DefaultRemoteWriteOptions() RemoteWriteOptions {
 // are found by splitting the request in halves until the refused samples
 // stand alone (Prometheus rolls back a whole request for one bad sample and
 // does not say which), then dropped and counted in
-// ingest_storage_sink_dropped_samples_total. The newer half goes first, and
+// ingest_storage_external_dropped_samples_total. The newer half goes first, and
 // once one sample is known to be older than the store's bound every older
 // sample of the same Write is dropped without a request: a Write whose
 // samples are all too old costs about log2(n) requests, not n.
-type RemoteWriteSink struct {
-	opts RemoteWriteOptions
-	h    *httpSink
+type Sink struct {
+	opts Options
+	h    *sinkhttp.Client
 
 	mu     sync.Mutex // one Write at a time; guards everything below
 	closed bool
@@ -81,10 +97,10 @@ type RemoteWriteSink struct {
 	zb     []byte // its snappy encoding, reused
 }
 
-// NewRemoteWriteSink returns a sink writing to opts.URL. It starts nothing
-// and sends nothing until Write.
-func NewRemoteWriteSink(opts RemoteWriteOptions, reg prometheus.Registerer, lg *slog.Logger) (*RemoteWriteSink, error) {
-	d := DefaultRemoteWriteOptions()
+// New returns a sink writing to opts.URL. It starts nothing and sends
+// nothing until Write. reg and lg may be nil.
+func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Sink, error) {
+	d := DefaultOptions()
 	if opts.Name == "" {
 		opts.Name = d.Name
 	}
@@ -97,29 +113,18 @@ func NewRemoteWriteSink(opts RemoteWriteOptions, reg prometheus.Registerer, lg *
 	if opts.MaxSamplesPerRequest < 0 || opts.MaxStringBytes < 0 {
 		return nil, fmt.Errorf("validate options: max samples per request %d, max string bytes %d", opts.MaxSamplesPerRequest, opts.MaxStringBytes)
 	}
-	if err := checkURL(opts.URL); err != nil {
+	if err := sinkhttp.CheckURL(opts.URL); err != nil {
 		return nil, err
 	}
 	var err error
-	if opts.HTTPOptions, err = opts.HTTPOptions.withDefaults(); err != nil {
+	if opts.HTTPOptions, err = opts.HTTPOptions.WithDefaults(); err != nil {
 		return nil, err
 	}
-	h, err := newHTTPSink(opts.Name, opts.HTTPOptions, reg, lg)
+	h, err := sinkhttp.New(opts.Name, opts.HTTPOptions, reg, lg)
 	if err != nil {
 		return nil, err
 	}
-	return &RemoteWriteSink{opts: opts, h: h, ms: seriesBuilder{maxString: opts.MaxStringBytes}}, nil
-}
-
-func checkURL(s string) error {
-	u, err := url.Parse(s)
-	if err != nil {
-		return fmt.Errorf("validate options: parse url: %w", err)
-	}
-	if (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("validate options: url %q is not an http(s) URL", s)
-	}
-	return nil
+	return &Sink{opts: opts, h: h, ms: seriesBuilder{maxString: opts.MaxStringBytes}}, nil
 }
 
 var rwHeader = http.Header{
@@ -131,18 +136,18 @@ var rwHeader = http.Header{
 
 // Write sends every sample of points and returns nil once the store has
 // acknowledged each one or it was dropped as one the store refuses for good.
-func (s *RemoteWriteSink) Write(ctx context.Context, points []Point) error {
+func (s *Sink) Write(ctx context.Context, points []storage.Point) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return fmt.Errorf("write %s: %w", s.opts.Name, errSinkClosed)
+		return fmt.Errorf("write %s: %w", s.opts.Name, sinkhttp.ErrClosed)
 	}
 	s.ms.reset()
 	for i := range points {
 		s.ms.appendPoint(&points[i])
 	}
 	if s.ms.tooLong > 0 {
-		s.h.m.dropped.WithLabelValues(dropStringTooLong).Add(float64(s.ms.tooLong))
+		s.h.Metrics.Dropped.WithLabelValues(sinkhttp.DropStringTooLong).Add(float64(s.ms.tooLong))
 	}
 	// Oldest first: samples too old for the store then form a prefix, which
 	// the split search finds from its newest end.
@@ -177,14 +182,14 @@ type rwWriteState struct {
 
 // writeChunk sends ss (sorted by time) as one request and, when the store
 // refuses samples of it for good, splits it to find and drop them.
-func (s *RemoteWriteSink) writeChunk(ctx context.Context, ss []rwSample, st *rwWriteState) error {
+func (s *Sink) writeChunk(ctx context.Context, ss []rwSample, st *rwWriteState) error {
 	if st.tooOld {
 		n := 0
 		for n < len(ss) && ss[n].t <= st.tooOldMax {
 			n++
 		}
 		if n > 0 {
-			s.h.m.dropped.WithLabelValues(errKindTooOld).Add(float64(n))
+			s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindTooOld).Add(float64(n))
 			ss = ss[n:]
 		}
 	}
@@ -193,35 +198,35 @@ func (s *RemoteWriteSink) writeChunk(ctx context.Context, ss []rwSample, st *rwW
 	}
 	s.pb = appendWriteRequest(s.pb[:0], s.ms.labels, ss)
 	s.zb = snappy.Encode(s.zb[:cap(s.zb)], s.pb)
-	a, v, err := s.h.send(ctx, s.opts.URL, rwHeader, s.zb, judgeRemoteWrite)
+	a, v, err := s.h.Send(ctx, s.opts.URL, rwHeader, s.zb, judgeRemoteWrite)
 	if err != nil {
 		return err
 	}
 	switch v {
-	case verdictOK:
-		s.h.m.samples.Add(float64(len(ss)))
-		s.h.m.batch.Observe(float64(len(ss)))
+	case sinkhttp.OK:
+		s.h.Metrics.Samples.Add(float64(len(ss)))
+		s.h.Metrics.Batch.Observe(float64(len(ss)))
 		return nil
-	case verdictFail:
-		s.h.m.errors.WithLabelValues(errKindRejected).Inc()
-		return &KindError{Kind: "rejected", Err: fmt.Errorf("write %s: %w", s.opts.Name, &StatusError{Sink: s.opts.Name, Status: a.status, Body: trimBody(a.body)})}
+	case sinkhttp.Fail:
+		s.h.Metrics.Errors.WithLabelValues(sinkhttp.KindRejected).Inc()
+		return &storage.KindError{Kind: "rejected", Err: fmt.Errorf("write %s: %w", s.opts.Name, &StatusError{Sink: s.opts.Name, Status: a.Status, Body: sinkhttp.TrimBody(a.Body)})}
 	}
-	kind, reason := errKindRejected, errKindRejected
+	kind, reason := sinkhttp.KindRejected, sinkhttp.KindRejected
 	switch {
-	case v == verdictTooOld:
-		kind, reason = errKindTooOld, errKindTooOld
-	case bytes.Contains(a.body, []byte("duplicate sample for timestamp")):
+	case v == sinkhttp.TooOld:
+		kind, reason = sinkhttp.KindTooOld, sinkhttp.KindTooOld
+	case bytes.Contains(a.Body, []byte("duplicate sample for timestamp")):
 		// A different value is stored at this series and timestamp.
-		reason = dropDuplicateTimestamp
+		reason = sinkhttp.DropDuplicateTimestamp
 	}
-	s.h.m.errors.WithLabelValues(kind).Inc()
+	s.h.Metrics.Errors.WithLabelValues(kind).Inc()
 	if len(ss) == 1 {
-		s.h.m.dropped.WithLabelValues(reason).Inc()
-		if v == verdictTooOld && rwBoundIsGlobal(a.body) {
+		s.h.Metrics.Dropped.WithLabelValues(reason).Inc()
+		if v == sinkhttp.TooOld && rwBoundIsGlobal(a.Body) {
 			st.tooOld, st.tooOldMax = true, max(st.tooOldMax, ss[0].t)
 		}
-		if v == verdictRejected {
-			s.h.lg.Warn("store refused a sample; dropped", "series", s.ms.seriesString(ss[0]), "timestamp_ms", ss[0].t, "status", a.status, "answer", trimBody(a.body))
+		if v == sinkhttp.Rejected {
+			s.h.Log.Warn("store refused a sample; dropped", "series", s.ms.seriesString(ss[0]), "timestamp_ms", ss[0].t, "status", a.Status, "answer", sinkhttp.TrimBody(a.Body))
 		}
 		return nil
 	}
@@ -233,42 +238,42 @@ func (s *RemoteWriteSink) writeChunk(ctx context.Context, ss []rwSample, st *rwW
 }
 
 // Close releases the sink's connections and unregisters its metrics.
-func (s *RemoteWriteSink) Close() error {
+func (s *Sink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return nil
 	}
 	s.closed = true
-	s.h.close()
+	s.h.Close()
 	return nil
 }
 
 // judgeRemoteWrite classifies an answer of a remote-write receiver.
-func judgeRemoteWrite(a answer) verdict {
+func judgeRemoteWrite(a sinkhttp.Answer) sinkhttp.Verdict {
 	switch {
-	case a.status/100 == 2:
-		return verdictOK
-	case a.status == http.StatusTooManyRequests:
-		return verdictRetry
-	case a.status/100 == 5:
+	case a.Status/100 == 2:
+		return sinkhttp.OK
+	case a.Status == http.StatusTooManyRequests:
+		return sinkhttp.Retry
+	case a.Status/100 == 5:
 		// Prometheus before 2.45 answers 500 for a sample older than its
 		// out-of-order window: retrying it would fail forever.
-		if rwTooOld(a.body) {
-			return verdictTooOld
+		if rwTooOld(a.Body) {
+			return sinkhttp.TooOld
 		}
-		return verdictRetry
-	case a.status == http.StatusBadRequest || a.status == http.StatusRequestEntityTooLarge || a.status == http.StatusUnprocessableEntity:
-		if rwTooOld(a.body) {
-			return verdictTooOld
+		return sinkhttp.Retry
+	case a.Status == http.StatusBadRequest || a.Status == http.StatusRequestEntityTooLarge || a.Status == http.StatusUnprocessableEntity:
+		if rwTooOld(a.Body) {
+			return sinkhttp.TooOld
 		}
-		if rwUndecodable(a.body) {
+		if rwUndecodable(a.Body) {
 			// The request itself could not be read: no sample is at fault.
-			return verdictFail
+			return sinkhttp.Fail
 		}
-		return verdictRejected
+		return sinkhttp.Rejected
 	default:
-		return verdictFail
+		return sinkhttp.Fail
 	}
 }
 
@@ -370,7 +375,7 @@ func sampleSize(t int64) int { return 1 + 8 + 1 + uvarintLen(uint64(t)) }
 func uvarintLen(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
 
 // seriesBuilder turns points into samples and their series, as the embedded
-// TSDB does (TSDB.Write): a numeric field f is the sample of
+// TSDB does (embedded.TSDB.Write): a numeric field f is the sample of
 // {__name__=MetricName(f), device, registry labels}; a string field f is a
 // sample of value 1 of {__name__=MetricName(f)+"_info", device, registry
 // labels, value=<the string>}, left out (and counted) when longer than
@@ -389,18 +394,18 @@ func (b *seriesBuilder) reset() {
 	b.labels, b.samples, b.tooLong = b.labels[:0], b.samples[:0], 0
 }
 
-func (b *seriesBuilder) appendPoint(p *Point) {
+func (b *seriesBuilder) appendPoint(p *storage.Point) {
 	t := p.Time.UnixMilli()
-	b.base = baseLabels(b.base[:0], p)
+	b.base = series.Base(b.base[:0], p)
 	for name, v := range p.Numbers {
-		b.appendSample(MetricName(name), "", t, v)
+		b.appendSample(storage.MetricName(name), "", t, v)
 	}
 	for name, s := range p.Strings {
 		if len(s) > b.maxString {
 			b.tooLong++
 			continue
 		}
-		b.appendSample(MetricName(name)+"_info", s, t, 1)
+		b.appendSample(storage.MetricName(name)+"_info", s, t, 1)
 	}
 }
 

@@ -1,4 +1,4 @@
-package storage
+package influx
 
 import (
 	"context"
@@ -12,12 +12,16 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/internal/sinkhttp"
 )
 
-func newTestInflux(t *testing.T, u string, reg prometheus.Registerer, opts InfluxOptions) *InfluxSink {
+func newTestInflux(t *testing.T, u string, reg prometheus.Registerer, opts Options) *Sink {
 	t.Helper()
 	opts.URL = u
-	s, err := NewInfluxSink(opts, reg, nil)
+	s, err := New(opts, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -27,20 +31,20 @@ func newTestInflux(t *testing.T, u string, reg prometheus.Registerer, opts Influ
 
 // influxDB creates a database (with a retention policy of rp, if not empty)
 // named after the test.
-func influxDB(t *testing.T, srv *extServer, rp string) string {
+func influxDB(t *testing.T, srv *testkit.Store, rp string) string {
 	db := strings.NewReplacer("/", "_", "-", "_").Replace(fmt.Sprintf("%s_%d", t.Name(), time.Now().UnixNano()))
 	q := fmt.Sprintf("CREATE DATABASE %q", db)
 	if rp != "" {
 		q += " WITH DURATION " + rp
 	}
-	extPost(t, srv.url+"/query", url.Values{"q": {q}})
+	testkit.StorePost(t, srv.URL+"/query", url.Values{"q": {q}})
 	return db
 }
 
 // influxRows reads back what InfluxDB holds for device as "time field=value"
 // strings.
-func influxRows(t *testing.T, srv *extServer, db, device string) map[string]string {
-	rows := extInfluxQuery(t, srv, db, fmt.Sprintf(`SELECT * FROM "ingest" WHERE "device" = '%s'`, strings.NewReplacer(`\`, `\\`, "'", `\'`).Replace(device)))
+func influxRows(t *testing.T, srv *testkit.Store, db, device string) map[string]string {
+	rows := testkit.InfluxQuery(t, srv, db, fmt.Sprintf(`SELECT * FROM "ingest" WHERE "device" = '%s'`, strings.NewReplacer(`\`, `\\`, "'", `\'`).Replace(device)))
 	got := map[string]string{}
 	for _, r := range rows {
 		ts := r["time"].(json.Number).String()
@@ -54,13 +58,13 @@ func influxRows(t *testing.T, srv *extServer, db, device string) map[string]stri
 	return got
 }
 
-func influxWant(ps []Point) map[string]string {
+func influxWant(ps []storage.Point) map[string]string {
 	want := map[string]string{}
 	for _, p := range ps {
 		ts := fmt.Sprint(p.Time.UnixMilli())
 		want[ts+" device"] = p.Device
 		for k, v := range p.Labels {
-			want[ts+" "+LabelName(k)] = v
+			want[ts+" "+storage.LabelName(k)] = v
 		}
 		for k, v := range p.Numbers {
 			want[ts+" "+k] = fmt.Sprint(v)
@@ -89,13 +93,13 @@ func diffMaps(got, want map[string]string) string {
 // TestInfluxSinkInfluxDB: names and strings that need escaping come back
 // as sent, and a repeated delivery changes nothing.
 func TestInfluxSinkInfluxDB(t *testing.T) {
-	srv := influxServer(t)
+	srv := testkit.InfluxDB(t)
 	db := influxDB(t, srv, "")
 	reg := prometheus.NewRegistry()
-	s := newTestInflux(t, srv.url+"/write?db="+db, reg, InfluxOptions{MaxLinesPerRequest: 7})
+	s := newTestInflux(t, srv.URL+"/write?db="+db, reg, Options{MaxLinesPerRequest: 7})
 	dev := `dev 1,a=b\x`
 	t0 := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
-	ps := extPoints(dev, t0, 20)
+	ps := testkit.Points(dev, t0, 20)
 	ps[0].Strings["multi line"] = "a\nb, \"c\"=d \\"
 	ps[0].Numbers["big"] = 1e300
 	ps[0].Numbers["tiny"] = -1.5e-300
@@ -108,18 +112,18 @@ func TestInfluxSinkInfluxDB(t *testing.T) {
 		if d := diffMaps(influxRows(t, srv, db, dev), influxWant(ps)); d != "" {
 			t.Fatalf("round %d: %s", round, d)
 		}
-		if n := len(extInfluxQuery(t, srv, db, `SELECT count("temp") FROM "ingest"`)); n != 1 {
+		if n := len(testkit.InfluxQuery(t, srv, db, `SELECT count("temp") FROM "ingest"`)); n != 1 {
 			t.Fatalf("count rows: %d", n)
 		}
-		rows := extInfluxQuery(t, srv, db, `SELECT count("temp") FROM "ingest"`)
+		rows := testkit.InfluxQuery(t, srv, db, `SELECT count("temp") FROM "ingest"`)
 		if c := rows[0]["count"].(json.Number).String(); c != "20" {
 			t.Fatalf("round %d: %s points, want 20", round, c)
 		}
 	}
-	if got := testutil.ToFloat64(s.h.m.samples); got != 40 {
+	if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 40 {
 		t.Errorf("lines written: %v, want 40", got)
 	}
-	if got := testutil.ToFloat64(s.h.m.requests); got != 6 {
+	if got := testutil.ToFloat64(s.h.Metrics.Requests); got != 6 {
 		t.Errorf("requests: %v, want 6 (20 lines in requests of 7, twice)", got)
 	}
 }
@@ -127,28 +131,28 @@ func TestInfluxSinkInfluxDB(t *testing.T) {
 // TestInfluxSinkInfluxDBTooOld: points older than the retention policy are
 // dropped and counted; the others land.
 func TestInfluxSinkInfluxDBTooOld(t *testing.T) {
-	srv := influxServer(t)
+	srv := testkit.InfluxDB(t)
 	db := influxDB(t, srv, "1h")
 	reg := prometheus.NewRegistry()
-	s := newTestInflux(t, srv.url+"/write?db="+db, reg, InfluxOptions{})
+	s := newTestInflux(t, srv.URL+"/write?db="+db, reg, Options{})
 	now := time.Now().Truncate(time.Second)
-	fresh := extPoints("fresh", now.Add(-time.Minute), 5)
-	old := extPoints("fresh", now.Add(-3*time.Hour), 8)
+	fresh := testkit.Points("fresh", now.Add(-time.Minute), 5)
+	old := testkit.Points("fresh", now.Add(-3*time.Hour), 8)
 	for round := range 2 {
-		if err := s.Write(context.Background(), append(append([]Point{}, old...), fresh...)); err != nil {
+		if err := s.Write(context.Background(), append(append([]storage.Point{}, old...), fresh...)); err != nil {
 			t.Fatalf("write %d: %v", round, err)
 		}
 		if d := diffMaps(influxRows(t, srv, db, "fresh"), influxWant(fresh)); d != "" {
 			t.Fatal(d)
 		}
 	}
-	if got := testutil.ToFloat64(s.h.m.dropped.WithLabelValues(errKindTooOld)); got != 16 {
+	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindTooOld)); got != 16 {
 		t.Errorf("dropped too old: %v, want 16", got)
 	}
-	if got := testutil.ToFloat64(s.h.m.errors.WithLabelValues(errKindTooOld)); got != 2 {
+	if got := testutil.ToFloat64(s.h.Metrics.Errors.WithLabelValues(sinkhttp.KindTooOld)); got != 2 {
 		t.Errorf("too old answers: %v, want 2", got)
 	}
-	if got := testutil.ToFloat64(s.h.m.samples); got != 10 {
+	if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 10 {
 		t.Errorf("lines written: %v, want 10", got)
 	}
 }
@@ -157,11 +161,11 @@ func TestInfluxSinkInfluxDBTooOld(t *testing.T) {
 // type than stored) is dropped and counted, the rest of the Write lands; a
 // missing database fails the Write and drops nothing.
 func TestInfluxSinkRejected(t *testing.T) {
-	srv := influxServer(t)
+	srv := testkit.InfluxDB(t)
 	db := influxDB(t, srv, "")
-	s := newTestInflux(t, srv.url+"/write?db="+db, nil, InfluxOptions{})
+	s := newTestInflux(t, srv.URL+"/write?db="+db, nil, Options{})
 	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
-	ps := extPoints("typed", t0, 4)
+	ps := testkit.Points("typed", t0, 4)
 	if err := s.Write(context.Background(), ps[:1]); err != nil {
 		t.Fatal(err)
 	}
@@ -170,57 +174,57 @@ func TestInfluxSinkRejected(t *testing.T) {
 	if err := s.Write(context.Background(), ps); err != nil {
 		t.Fatalf("write with a conflicting line: %v", err)
 	}
-	if got := testutil.ToFloat64(s.h.m.dropped.WithLabelValues(errKindRejected)); got != 1 {
+	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindRejected)); got != 1 {
 		t.Errorf("dropped rejected: %v, want 1", got)
 	}
-	want := influxWant([]Point{ps[0], ps[1], ps[3]})
+	want := influxWant([]storage.Point{ps[0], ps[1], ps[3]})
 	if d := diffMaps(influxRows(t, srv, db, "typed"), want); d != "" {
 		t.Error(d)
 	}
 
-	missing := newTestInflux(t, srv.url+"/write?db=nodb_"+db, nil, InfluxOptions{Name: "missing"})
+	missing := newTestInflux(t, srv.URL+"/write?db=nodb_"+db, nil, Options{Name: "missing"})
 	err := missing.Write(context.Background(), ps[:1])
-	var ke *KindError
+	var ke *storage.KindError
 	if !errorsAs(err, &ke) || ke.Kind != "rejected" {
 		t.Fatalf("write to a missing database: %v", err)
 	}
-	if got := testutil.ToFloat64(missing.h.m.dropped.WithLabelValues(errKindRejected)); got != 0 {
+	if got := testutil.ToFloat64(missing.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindRejected)); got != 0 {
 		t.Errorf("dropped: %v", got)
 	}
 }
 
 func TestInfluxSinkVictoriaMetrics(t *testing.T) {
-	srv := victoriaServer(t)
+	srv := testkit.VictoriaMetrics(t)
 	reg := prometheus.NewRegistry()
-	s := newTestInflux(t, srv.url+"/write", reg, InfluxOptions{MaxLinesPerRequest: 7, NoStrings: true})
+	s := newTestInflux(t, srv.URL+"/write", reg, Options{MaxLinesPerRequest: 7, NoStrings: true})
 	dev := fmt.Sprintf("influx-vm-%d", time.Now().UnixNano())
 	t0 := time.Now().Add(-10 * time.Minute).Truncate(time.Second)
 	const n = 20
-	ps := extPoints(dev, t0, n)
-	want := map[string][]extSample{}
+	ps := testkit.Points(dev, t0, n)
+	want := map[string][]testkit.Sample{}
 	for _, p := range ps {
 		for f, v := range p.Numbers {
-			k := extLabelsKey(map[string]string{"__name__": "ingest_" + f, "device": dev, "site": "lab 1", "group": "a,b=c"})
-			want[k] = append(want[k], extSample{T: p.Time.UnixMilli(), V: fmt.Sprint(v)})
+			k := testkit.LabelsKey(map[string]string{"__name__": "ingest_" + f, "device": dev, "site": "lab 1", "group": "a,b=c"})
+			want[k] = append(want[k], testkit.Sample{T: p.Time.UnixMilli(), V: fmt.Sprint(v)})
 		}
 	}
 	for round := range 2 {
 		if err := s.Write(context.Background(), ps); err != nil {
 			t.Fatalf("write %d: %v", round, err)
 		}
-		extEventually(t, 30*time.Second, "store holds every sample once", func() (bool, string) {
-			d := diffSamples(extVMExport(t, srv, fmt.Sprintf(`{device=%q}`, dev)), want)
+		testkit.Eventually(t, 30*time.Second, "store holds every sample once", func() (bool, string) {
+			d := testkit.DiffSamples(testkit.VMExport(t, srv, fmt.Sprintf(`{device=%q}`, dev)), want)
 			return d == "", d
 		})
 	}
-	if got := testutil.ToFloat64(s.h.m.samples); got != 2*n {
+	if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 2*n {
 		t.Errorf("lines written: %v, want %d", got, 2*n)
 	}
 }
 
 func TestInfluxLine(t *testing.T) {
-	s := &InfluxSink{opts: InfluxOptions{Measurement: "m e,a"}}
-	p := Point{
+	s := &Sink{opts: Options{Measurement: "m e,a"}}
+	p := storage.Point{
 		Device:  "d,1 =x",
 		Time:    time.UnixMilli(1700000000123),
 		Labels:  map[string]string{"site": `end\`, "empty": ""},
@@ -235,7 +239,7 @@ func TestInfluxLine(t *testing.T) {
 	if rejected != 2 || tooLong != 0 {
 		t.Errorf("rejected %d, too long %d", rejected, tooLong)
 	}
-	if b, _, _ := s.appendLine(nil, &Point{Device: "d", Numbers: map[string]float64{"x": nan()}}); len(b) != 0 {
+	if b, _, _ := s.appendLine(nil, &storage.Point{Device: "d", Numbers: map[string]float64{"x": nan()}}); len(b) != 0 {
 		t.Errorf("a point with no field: %q", b)
 	}
 }
@@ -274,8 +278,8 @@ func FuzzParseInfluxError(f *testing.F) {
 		if !ok && (e.Partial || e.Message != "") {
 			t.Fatalf("nothing said, yet %+v", e)
 		}
-		v := judgeInflux(answer{status: 400, body: body})
-		if v == verdictTooOld && !e.BeyondRetention {
+		v := judgeInflux(sinkhttp.Answer{Status: 400, Body: body})
+		if v == sinkhttp.TooOld && !e.BeyondRetention {
 			t.Fatalf("too old without a retention drop: %+v", e)
 		}
 	})

@@ -1,12 +1,12 @@
-package storage
+package testkit
 
-// The external stores the sinks are tested against: real servers from
-// Debian's packages (prometheus, influxdb, victoria-metrics; `make deps`
-// installs them), each started once per test binary on loopback with its own
-// data directory and ports, and stopped by TestMain (StopExtServers, in
-// export_test.go). The harness starts no goroutine: a server's exit is
-// polled with wait4, so goleak has nothing to see; should the test binary
-// die without stopping them, the servers get SIGKILL with it (Pdeathsig).
+// The external stores the storage sinks are tested against: real servers
+// from Debian's packages (prometheus, influxdb, victoria-metrics; `make
+// deps` installs them), each started once per test binary on loopback with
+// its own data directory and ports, and stopped by the package's TestMain
+// (StopStores). The harness starts no goroutine: a server's exit is polled
+// with wait4, so goleak has nothing to see; should the test binary die
+// without stopping them, the servers get SIGKILL with it (Pdeathsig).
 
 import (
 	"bytes"
@@ -28,63 +28,67 @@ import (
 	"time"
 )
 
-// extServer is a store server the tests started.
-type extServer struct {
-	name string
-	url  string // http://127.0.0.1:port
+// Store is a store server the tests started.
+type Store struct {
+	Name string
+	URL  string // http://127.0.0.1:port
 	dir  string
 	cmd  *exec.Cmd
 	log  *os.File
 	gone bool // the process has ended and was reaped
 }
 
-var extServers struct {
+// stores are the servers of this test binary: one of each, for all its
+// tests.
+var stores struct {
 	mu      sync.Mutex
-	running map[string]*extServer
+	running map[string]*Store
 	failed  map[string]error
 }
 
-// extServer returns the running server called name, starting it with start
+// startStore returns the running server called name, starting it with start
 // the first time. A server that cannot be started fails the test: `make
 // test` installs every one of them.
-func startExtServer(t testing.TB, name string, start func() (*extServer, error)) *extServer {
+func startStore(t testing.TB, name string, start func() (*Store, error)) *Store {
 	t.Helper()
-	extServers.mu.Lock()
-	defer extServers.mu.Unlock()
-	if s := extServers.running[name]; s != nil {
+	stores.mu.Lock()
+	defer stores.mu.Unlock()
+	if s := stores.running[name]; s != nil {
 		return s
 	}
-	if err := extServers.failed[name]; err != nil {
+	if err := stores.failed[name]; err != nil {
 		t.Fatalf("%s: %v", name, err)
 	}
 	s, err := start()
 	if err != nil {
-		if extServers.failed == nil {
-			extServers.failed = map[string]error{}
+		if stores.failed == nil {
+			stores.failed = map[string]error{}
 		}
-		extServers.failed[name] = err
+		stores.failed[name] = err
 		t.Fatalf("%s: %v", name, err)
 	}
-	if extServers.running == nil {
-		extServers.running = map[string]*extServer{}
+	if stores.running == nil {
+		stores.running = map[string]*Store{}
 	}
-	extServers.running[name] = s
+	stores.running[name] = s
 	return s
 }
 
-func stopExtServers() {
-	extServers.mu.Lock()
-	defer extServers.mu.Unlock()
-	for name, s := range extServers.running {
+// StopStores stops the store servers the tests started and removes their
+// data. A TestMain calls it after the tests and before its leak check.
+func StopStores() {
+	stores.mu.Lock()
+	defer stores.mu.Unlock()
+	for name, s := range stores.running {
 		if err := s.stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "stop %s: %v\n", name, err)
 		}
 	}
-	extServers.running = nil
+	stores.running = nil
 }
 
-// extLookBinary finds a server's binary or says how to get it.
-func extLookBinary(bin, pkg string) (string, error) {
+// lookStoreBinary finds a server's binary or says how to get it.
+func lookStoreBinary(bin, pkg string) (string, error) {
 	p, err := exec.LookPath(bin)
 	if err != nil {
 		return "", fmt.Errorf("find %s: %w: install Debian's package %s (make deps does)", bin, err, pkg)
@@ -92,8 +96,8 @@ func extLookBinary(bin, pkg string) (string, error) {
 	return p, nil
 }
 
-// extFreePort returns a loopback port nothing listens on now.
-func extFreePort() (int, error) {
+// freePort returns a loopback port nothing listens on now.
+func freePort() (int, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return 0, fmt.Errorf("find free port: %w", err)
@@ -102,9 +106,9 @@ func extFreePort() (int, error) {
 	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
-// run starts bin with args, its output in dir/<name>.log, and waits until
-// GET ready answers 2xx.
-func runExtServer(name, dir, bin, ready string, args ...string) (*extServer, error) {
+// runStore starts bin with args, its output in dir/<name>.log, and waits
+// until GET ready answers 2xx.
+func runStore(name, dir, bin, ready string, args ...string) (*Store, error) {
 	lf, err := os.Create(filepath.Join(dir, name+".log"))
 	if err != nil {
 		return nil, fmt.Errorf("create log: %w", err)
@@ -118,9 +122,9 @@ func runExtServer(name, dir, bin, ready string, args ...string) (*extServer, err
 		lf.Close()
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
-	s := &extServer{name: name, dir: dir, cmd: cmd, log: lf}
+	s := &Store{Name: name, dir: dir, cmd: cmd, log: lf}
 	u, _ := url.Parse(ready)
-	s.url = u.Scheme + "://" + u.Host
+	s.URL = u.Scheme + "://" + u.Host
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	deadline := time.Now().Add(90 * time.Second)
 	for {
@@ -144,7 +148,7 @@ func runExtServer(name, dir, bin, ready string, args ...string) (*extServer, err
 	}
 }
 
-func (s *extServer) logTail() string {
+func (s *Store) logTail() string {
 	b, _ := os.ReadFile(s.log.Name())
 	if len(b) > 2000 {
 		b = b[len(b)-2000:]
@@ -153,7 +157,7 @@ func (s *extServer) logTail() string {
 }
 
 // exited reports whether the server's process has ended, reaping it if so.
-func (s *extServer) exited() bool {
+func (s *Store) exited() bool {
 	if s.gone {
 		return true
 	}
@@ -168,7 +172,7 @@ func (s *extServer) exited() bool {
 
 // stop ends the server (SIGTERM, then SIGKILL after 15s) and removes its
 // directory.
-func (s *extServer) stop() error {
+func (s *Store) stop() error {
 	if !s.exited() {
 		_ = s.cmd.Process.Signal(syscall.SIGTERM)
 		deadline := time.Now().Add(15 * time.Second)
@@ -187,12 +191,15 @@ func (s *extServer) stop() error {
 	return os.RemoveAll(s.dir)
 }
 
-// promOOOWindow is the out-of-order window the test Prometheus runs with.
-const promOOOWindow = time.Hour
+// PrometheusOOOWindow is the out-of-order window the test Prometheus runs
+// with.
+const PrometheusOOOWindow = time.Hour
 
-func prometheusServer(t testing.TB) *extServer {
-	return startExtServer(t, "prometheus", func() (*extServer, error) {
-		bin, err := extLookBinary("prometheus", "prometheus")
+// Prometheus returns the test binary's Prometheus server, started with its
+// remote-write receiver and an out-of-order window of PrometheusOOOWindow.
+func Prometheus(t testing.TB) *Store {
+	return startStore(t, "prometheus", func() (*Store, error) {
+		bin, err := lookStoreBinary("prometheus", "prometheus")
 		if err != nil {
 			return nil, err
 		}
@@ -200,16 +207,16 @@ func prometheusServer(t testing.TB) *extServer {
 		if err != nil {
 			return nil, err
 		}
-		port, err := extFreePort()
+		port, err := freePort()
 		if err != nil {
 			return nil, err
 		}
-		cfg := fmt.Sprintf("storage:\n  tsdb:\n    out_of_order_time_window: %s\n", promOOOWindow)
+		cfg := fmt.Sprintf("storage:\n  tsdb:\n    out_of_order_time_window: %s\n", PrometheusOOOWindow)
 		if err := os.WriteFile(filepath.Join(dir, "prometheus.yml"), []byte(cfg), 0o644); err != nil {
 			return nil, err
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		return runExtServer("prometheus", dir, bin, "http://"+addr+"/-/ready",
+		return runStore("prometheus", dir, bin, "http://"+addr+"/-/ready",
 			"--config.file="+filepath.Join(dir, "prometheus.yml"),
 			"--storage.tsdb.path="+filepath.Join(dir, "data"),
 			"--web.listen-address="+addr,
@@ -219,9 +226,10 @@ func prometheusServer(t testing.TB) *extServer {
 	})
 }
 
-func influxServer(t testing.TB) *extServer {
-	return startExtServer(t, "influxdb", func() (*extServer, error) {
-		bin, err := extLookBinary("influxd", "influxdb")
+// InfluxDB returns the test binary's InfluxDB 1.x server.
+func InfluxDB(t testing.TB) *Store {
+	return startStore(t, "influxdb", func() (*Store, error) {
+		bin, err := lookStoreBinary("influxd", "influxdb")
 		if err != nil {
 			return nil, err
 		}
@@ -229,11 +237,11 @@ func influxServer(t testing.TB) *extServer {
 		if err != nil {
 			return nil, err
 		}
-		port, err := extFreePort()
+		port, err := freePort()
 		if err != nil {
 			return nil, err
 		}
-		rpc, err := extFreePort()
+		rpc, err := freePort()
 		if err != nil {
 			return nil, err
 		}
@@ -258,14 +266,16 @@ bind-address = "127.0.0.1:%d"
 		if err := os.WriteFile(filepath.Join(dir, "influxdb.conf"), []byte(cfg), 0o644); err != nil {
 			return nil, err
 		}
-		return runExtServer("influxdb", dir, bin, fmt.Sprintf("http://127.0.0.1:%d/ping", port),
+		return runStore("influxdb", dir, bin, fmt.Sprintf("http://127.0.0.1:%d/ping", port),
 			"run", "-config", filepath.Join(dir, "influxdb.conf"))
 	})
 }
 
-func victoriaServer(t testing.TB) *extServer {
-	return startExtServer(t, "victoria-metrics", func() (*extServer, error) {
-		bin, err := extLookBinary("victoria-metrics", "victoria-metrics")
+// VictoriaMetrics returns the test binary's VictoriaMetrics server, which
+// keeps one sample per series and timestamp.
+func VictoriaMetrics(t testing.TB) *Store {
+	return startStore(t, "victoria-metrics", func() (*Store, error) {
+		bin, err := lookStoreBinary("victoria-metrics", "victoria-metrics")
 		if err != nil {
 			return nil, err
 		}
@@ -273,12 +283,12 @@ func victoriaServer(t testing.TB) *extServer {
 		if err != nil {
 			return nil, err
 		}
-		port, err := extFreePort()
+		port, err := freePort()
 		if err != nil {
 			return nil, err
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", port)
-		return runExtServer("victoria-metrics", dir, bin, "http://"+addr+"/health",
+		return runStore("victoria-metrics", dir, bin, "http://"+addr+"/health",
 			"-storageDataPath="+filepath.Join(dir, "data"),
 			"-httpListenAddr="+addr,
 			// Keep one sample per series and timestamp: without it a
@@ -289,14 +299,14 @@ func victoriaServer(t testing.TB) *extServer {
 	})
 }
 
-// extClient talks to the test servers; it keeps no idle connection, so
+// storeClient talks to the test servers; it keeps no idle connection, so
 // nothing is left for goleak.
-var extClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+var storeClient = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 
-// extGetJSON GETs u with query q and decodes the JSON answer into v.
-func extGetJSON(t testing.TB, u string, q url.Values, v any) {
+// StoreGetJSON GETs u with query q and decodes the JSON answer into v.
+func StoreGetJSON(t testing.TB, u string, q url.Values, v any) {
 	t.Helper()
-	resp, err := extClient.Get(u + "?" + q.Encode())
+	resp, err := storeClient.Get(u + "?" + q.Encode())
 	if err != nil {
 		t.Fatalf("GET %s: %v", u, err)
 	}
@@ -316,10 +326,10 @@ func extGetJSON(t testing.TB, u string, q url.Values, v any) {
 	}
 }
 
-// extPost POSTs q to u and fails the test unless the answer is 2xx.
-func extPost(t testing.TB, u string, q url.Values) []byte {
+// StorePost POSTs q to u and fails the test unless the answer is 2xx.
+func StorePost(t testing.TB, u string, q url.Values) []byte {
 	t.Helper()
-	resp, err := extClient.PostForm(u, q)
+	resp, err := storeClient.PostForm(u, q)
 	if err != nil {
 		t.Fatalf("POST %s: %v", u, err)
 	}
@@ -331,9 +341,9 @@ func extPost(t testing.TB, u string, q url.Values) []byte {
 	return b
 }
 
-// extInfluxQuery runs an InfluxQL statement and returns its first series' rows
-// as column → value maps (timestamps in ms).
-func extInfluxQuery(t testing.TB, s *extServer, db, q string) []map[string]any {
+// InfluxQuery runs an InfluxQL statement and returns its first series' rows
+// as column → value maps (timestamps in ms), numbers as json.Number.
+func InfluxQuery(t testing.TB, s *Store, db, q string) []map[string]any {
 	t.Helper()
 	var out struct {
 		Results []struct {
@@ -344,7 +354,7 @@ func extInfluxQuery(t testing.TB, s *extServer, db, q string) []map[string]any {
 			} `json:"series"`
 		} `json:"results"`
 	}
-	b := extPost(t, s.url+"/query", url.Values{"db": {db}, "q": {q}, "epoch": {"ms"}})
+	b := StorePost(t, s.URL+"/query", url.Values{"db": {db}, "q": {q}, "epoch": {"ms"}})
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.UseNumber()
 	if err := d.Decode(&out); err != nil {
@@ -368,16 +378,18 @@ func extInfluxQuery(t testing.TB, s *extServer, db, q string) []map[string]any {
 	return rows
 }
 
-// extSample is one raw sample as a Prometheus-API store returns it.
-type extSample struct {
+// Sample is one raw sample as a Prometheus-API store returns it: its time
+// in ms and its value as the store formats it.
+type Sample struct {
 	T int64
 	V string
 }
 
-// extPromRaw returns the raw samples of every series matching selector over the
-// last `window`, keyed by the series' labels, through /api/v1/query with a
-// range selector (Prometheus and VictoriaMetrics both answer it).
-func extPromRaw(t testing.TB, s *extServer, selector string, at time.Time, window time.Duration) map[string][]extSample {
+// PromRaw returns the raw samples of every series matching selector over
+// the last `window`, keyed by the series' labels (LabelsKey), through
+// /api/v1/query with a range selector (Prometheus and VictoriaMetrics both
+// answer it).
+func PromRaw(t testing.TB, s *Store, selector string, at time.Time, window time.Duration) map[string][]Sample {
 	t.Helper()
 	var out struct {
 		Status string `json:"status"`
@@ -392,26 +404,27 @@ func extPromRaw(t testing.TB, s *extServer, selector string, at time.Time, windo
 		"query": {fmt.Sprintf("%s[%dms]", selector, window.Milliseconds())},
 		"time":  {fmt.Sprintf("%.3f", float64(at.UnixMilli())/1000)},
 	}
-	extGetJSON(t, s.url+"/api/v1/query", q, &out)
-	res := map[string][]extSample{}
+	StoreGetJSON(t, s.URL+"/api/v1/query", q, &out)
+	res := map[string][]Sample{}
 	for _, r := range out.Data.Result {
-		var ss []extSample
+		var ss []Sample
 		for _, v := range r.Values {
 			ts, _ := v[0].(float64)
 			val, _ := v[1].(string)
-			ss = append(ss, extSample{T: int64(ts*1000 + 0.5), V: val})
+			ss = append(ss, Sample{T: int64(ts*1000 + 0.5), V: val})
 		}
-		res[extLabelsKey(r.Metric)] = ss
+		res[LabelsKey(r.Metric)] = ss
 	}
 	return res
 }
 
-// extVMExport returns the raw samples VictoriaMetrics stores for selector,
-// duplicates included, through /api/v1/export after a flush.
-func extVMExport(t testing.TB, s *extServer, selector string) map[string][]extSample {
+// VMExport returns the raw samples VictoriaMetrics stores for selector,
+// duplicates included, keyed by the series' labels (LabelsKey), through
+// /api/v1/export after a flush.
+func VMExport(t testing.TB, s *Store, selector string) map[string][]Sample {
 	t.Helper()
-	extGetJSON(t, s.url+"/internal/force_flush", url.Values{}, nil)
-	resp, err := extClient.Get(s.url + "/api/v1/export?" + url.Values{"match[]": {selector}}.Encode())
+	StoreGetJSON(t, s.URL+"/internal/force_flush", url.Values{}, nil)
+	resp, err := storeClient.Get(s.URL + "/api/v1/export?" + url.Values{"match[]": {selector}}.Encode())
 	if err != nil {
 		t.Fatalf("export: %v", err)
 	}
@@ -420,7 +433,7 @@ func extVMExport(t testing.TB, s *extServer, selector string) map[string][]extSa
 		b, _ := io.ReadAll(resp.Body)
 		t.Fatalf("export: %s: %s", resp.Status, b)
 	}
-	res := map[string][]extSample{}
+	res := map[string][]Sample{}
 	d := json.NewDecoder(resp.Body)
 	for {
 		var line struct {
@@ -433,16 +446,16 @@ func extVMExport(t testing.TB, s *extServer, selector string) map[string][]extSa
 		} else if err != nil {
 			t.Fatalf("export: decode: %v", err)
 		}
-		k := extLabelsKey(line.Metric)
+		k := LabelsKey(line.Metric)
 		for i, ts := range line.Timestamps {
-			res[k] = append(res[k], extSample{T: ts, V: fmt.Sprint(line.Values[i])})
+			res[k] = append(res[k], Sample{T: ts, V: fmt.Sprint(line.Values[i])})
 		}
 	}
 	return res
 }
 
-// extLabelsKey formats a label set as {a="1", b="2"}, sorted by name.
-func extLabelsKey(m map[string]string) string {
+// LabelsKey formats a label set as {a="1", b="2"}, sorted by name.
+func LabelsKey(m map[string]string) string {
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -460,8 +473,26 @@ func extLabelsKey(m map[string]string) string {
 	return b.String()
 }
 
-// extEventually polls cond until it holds or the deadline passes.
-func extEventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
+// DiffSamples says how got differs from want, series by series, or "".
+func DiffSamples(got, want map[string][]Sample) string {
+	for k, w := range want {
+		g := got[k]
+		if !slices.Equal(g, w) {
+			return fmt.Sprintf("series %s: got %v, want %v", k, g, w)
+		}
+	}
+	for k := range got {
+		if _, ok := want[k]; !ok {
+			return fmt.Sprintf("unexpected series %s: %v", k, got[k])
+		}
+	}
+	return ""
+}
+
+// Eventually polls cond every 50ms until it holds, and fails the test if it
+// does not within the given time, with what cond last said. It is WaitFor
+// for conditions that cost a request to a store to check.
+func Eventually(t testing.TB, within time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for {
