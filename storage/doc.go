@@ -3,11 +3,11 @@
 // samples, string fields kept, the device's registry labels on every
 // series), write points to a sink, and commit their checkpoint back to the
 // middletier only after the sink holds them. The embedded sink is a
-// Prometheus TSDB (TSDB) served through the Prometheus HTTP query API
-// (API), which Grafana's Prometheus data source reads unchanged; external
-// sinks write to Prometheus remote-write and InfluxDB line protocol
-// endpoints. docs/storage.md has the mapping, the PromQL for each kind of
-// field and the options.
+// Prometheus TSDB served through the Prometheus HTTP query API, which
+// Grafana's Prometheus data source reads unchanged (storage/embedded);
+// external sinks write to Prometheus remote-write (storage/remotewrite)
+// and InfluxDB line protocol (storage/influx) endpoints. docs/storage.md
+// has the mapping, the PromQL for each kind of field and the options.
 //
 // # Subscribing
 //

@@ -194,9 +194,10 @@ type sinkWriter struct {
 // A nil return lets the Follower commit, which may let the middletier
 // release the records for good, so it comes only once Write has returned
 // nil, which a sink returns only when the store holds the points durably:
-// the embedded TSDB after an fsync of its write logs (TSDB.Write); an
-// external store when it has answered 2xx, and what it does with a power
-// loss after that is its own guarantee (docs/storage.md, Crash safety).
+// the embedded TSDB after an fsync of its write logs
+// (embedded.TSDB.Write); an external store when it has answered 2xx, and
+// what it does with a power loss after that is its own guarantee
+// (docs/storage.md, Crash safety).
 func (w *sinkWriter) Records(ctx context.Context, b *stream.Batch) error {
 	s := w.s
 	for i, rb := range b.Records {

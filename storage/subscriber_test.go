@@ -13,8 +13,22 @@ import (
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
 	"github.com/ingest-io/ingest/wal"
 )
+
+// openTSDB opens an embedded TSDB in a directory of the test's, closed when
+// the test ends: the sink of these tests, a storage.ConcurrentSink, whose
+// query API shows what was stored.
+func openTSDB(t *testing.T) *embedded.TSDB {
+	t.Helper()
+	db, err := embedded.Open(embedded.Options{Dir: t.TempDir()}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
 
 // startMiddletier runs a middletier called id on loopback until the test
 // ends.
@@ -79,7 +93,7 @@ func stored(t *testing.T, base string, n int, at time.Time) {
 	t.Helper()
 	q := func(expr, want string) {
 		t.Helper()
-		if got := scalarOf(t, base, expr, at); got != want {
+		if got := testkit.PromScalar(t, base, expr, at); got != want {
 			t.Fatalf("%s = %q, want %q", expr, got, want)
 		}
 	}
@@ -99,7 +113,7 @@ func TestSubscriberFetchThenStream(t *testing.T) {
 	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
 	send(t, fe, 1, 3001, base)
 
-	db, _ := openTSDB(t, t.TempDir(), storage.TSDBOptions{})
+	db := openTSDB(t)
 	w := startWriter(t, db, storage.Options{Middletiers: endpoints(mt),
 		Labels: func(dev string) map[string]string { return map[string]string{"site": "s-" + dev} }})
 	testkit.WaitFor(t, "fetched records", 20*time.Second, func() bool {
@@ -115,11 +129,11 @@ func TestSubscriberFetchThenStream(t *testing.T) {
 	if !w.sub.CaughtUp() {
 		t.Fatal("not caught up")
 	}
-	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
 	defer srv.Close()
 	at := base.Add(10 * time.Second)
 	stored(t, srv.URL, 6000, at)
-	if got := scalarOf(t, srv.URL, `count(n{site="s-dev-3",device="dev-3"})`, base.Add(6*time.Second)); got != "1" {
+	if got := testkit.PromScalar(t, srv.URL, `count(n{site="s-dev-3",device="dev-3"})`, base.Add(6*time.Second)); got != "1" {
 		t.Fatalf("registry label: %q", got)
 	}
 	if got := testkit.Metric(t, w.reg, "ingest_storage_samples_written_total"); got != 6000*3 {
@@ -155,7 +169,7 @@ func TestSubscriberResumes(t *testing.T) {
 	mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
 	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
 	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
-	db, _ := openTSDB(t, t.TempDir(), storage.TSDBOptions{})
+	db := openTSDB(t)
 
 	w := startWriter(t, db, storage.Options{Middletiers: endpoints(mt)})
 	send(t, fe, 1, 1001, base)
@@ -172,7 +186,7 @@ func TestSubscriberResumes(t *testing.T) {
 	if got := testkit.Metric(t, w2.reg, "ingest_storage_points_written_total"); got != 1000 {
 		t.Fatalf("second writer wrote %v points, want the 1000 after the checkpoint", got)
 	}
-	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
 	defer srv.Close()
 	stored(t, srv.URL, 2000, base.Add(10*time.Second))
 }
@@ -211,7 +225,7 @@ func TestSubscriberOverflowFetches(t *testing.T) {
 			mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}, StreamBatch: 10})
 			fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
 			base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
-			db, _ := openTSDB(t, t.TempDir(), storage.TSDBOptions{})
+			db := openTSDB(t)
 			g := &gatedSink{Sink: db, gate: make(chan struct{})}
 			w := startWriter(t, g, storage.Options{Middletiers: endpoints(mt), StreamBuffer: 2, MaxBatch: 50, IdlePoll: c.idlePoll})
 			testkit.WaitFor(t, "caught up", 10*time.Second, w.sub.CaughtUp)
@@ -240,7 +254,7 @@ func TestSubscriberOverflowFetches(t *testing.T) {
 			if c.more && testkit.Metric(t, w.reg, "ingest_storage_stream_gaps_total") == 0 {
 				t.Fatal("no gap counted")
 			}
-			srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+			srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
 			defer srv.Close()
 			// Message i is stamped base+i ms: ask after the last of them.
 			stored(t, srv.URL, n, base.Add(time.Duration(n)*time.Millisecond+time.Second))
@@ -254,7 +268,7 @@ func TestSubscriberTwoMiddletiers(t *testing.T) {
 	mt0 := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
 	mt1 := startMiddletier(t, "mt-1", middletier.Options{Consumers: []string{"storage"}})
 	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
-	db, _ := openTSDB(t, t.TempDir(), storage.TSDBOptions{})
+	db := openTSDB(t)
 	w := startWriter(t, db, storage.Options{Middletiers: endpoints(mt0, mt1)})
 	send(t, testkit.NewFrontend(t, mt0.Addrs.Ingest, "fe-1.0001"), 1, 1501, base)
 	// The frontend failed over before mt-0's acks reached it: mt-1 gets
@@ -264,7 +278,7 @@ func TestSubscriberTwoMiddletiers(t *testing.T) {
 	testkit.WaitFor(t, "both streams", 20*time.Second, func() bool {
 		return testkit.Metric(t, w.reg, "ingest_storage_points_written_total") == 2500
 	})
-	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
 	defer srv.Close()
 	stored(t, srv.URL, 2000, base.Add(10*time.Second))
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/ingest-io/ingest/registry"
 	"github.com/ingest-io/ingest/status"
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -85,7 +86,7 @@ func runAll(ctx context.Context, args []string) error {
 
 	// The storage writer into the embedded TSDB, a durable consumer of the
 	// middletier's stream, and the query API over it.
-	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: filepath.Join(*dataDir, "storage")}, reg, lg)
+	db, err := embedded.Open(embedded.Options{Dir: filepath.Join(*dataDir, "storage")}, reg, lg)
 	if err != nil {
 		return err
 	}
@@ -109,7 +110,7 @@ func runAll(ctx context.Context, args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen query api: %w", err)
 	}
-	api := storage.NewAPI(db.DB(), storage.APIOptions{
+	api := embedded.NewAPI(db.DB(), embedded.APIOptions{
 		Healthy: func() error {
 			if err := db.Failed(); err != nil {
 				return fmt.Errorf("tsdb failed: %w", err)
@@ -122,7 +123,7 @@ func runAll(ctx context.Context, args []string) error {
 			}
 			return nil
 		},
-		Retention: storage.DefaultTSDBOptions().Retention, Flags: flagValues(fs)}, reg, lg)
+		Retention: embedded.DefaultOptions().Retention, Flags: flagValues(fs)}, reg, lg)
 	qs := &http.Server{Handler: api, ReadHeaderTimeout: 5 * time.Second}
 	go qs.Serve(qln)
 	defer qs.Close()

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ingest-io/ingest/registry"
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
 )
 
 // runStorage runs a storage writer into the embedded TSDB and serves the
@@ -29,8 +30,8 @@ import (
 func runStorage(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("storage", flag.ContinueOnError)
 	d := storage.DefaultOptions()
-	td := storage.DefaultTSDBOptions()
-	ad := storage.DefaultAPIOptions()
+	td := embedded.DefaultOptions()
+	ad := embedded.DefaultAPIOptions()
 	var (
 		dataDir   = fs.String("data.dir", "", "directory of the embedded TSDB (required)")
 		streams   = fs.String("middletiers.stream", "tcp://127.0.0.1:5557", "comma-separated stream (PUB) endpoints of the middletiers to follow")
@@ -77,7 +78,7 @@ func runStorage(ctx context.Context, args []string) error {
 		}
 		return nil
 	}
-	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: *dataDir, Retention: *retention, OutOfOrderWindow: *ooo, MaxStringBytes: *maxStr}, reg, lg)
+	db, err := embedded.Open(embedded.Options{Dir: *dataDir, Retention: *retention, OutOfOrderWindow: *ooo, MaxStringBytes: *maxStr}, reg, lg)
 	if err != nil {
 		return err
 	}
@@ -110,7 +111,7 @@ func runStorage(ctx context.Context, args []string) error {
 		return nil
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", storage.NewAPI(db.DB(), storage.APIOptions{Timeout: *qTimeout, Healthy: healthy, Ready: ready,
+	mux.Handle("/", embedded.NewAPI(db.DB(), embedded.APIOptions{Timeout: *qTimeout, Healthy: healthy, Ready: ready,
 		Retention: *retention, Flags: flagValues(fs)}, reg, lg))
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {

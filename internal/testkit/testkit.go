@@ -5,7 +5,8 @@
 // that talk to its sockets as a frontend or a consumer does; the external
 // stores the storage sinks are tested against (Prometheus, InfluxDB,
 // VictoriaMetrics from Debian's packages, on loopback), and points to write
-// to them.
+// to them; a client of the Prometheus HTTP query API, as the embedded store
+// serves it.
 package testkit
 
 import (

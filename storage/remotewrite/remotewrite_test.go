@@ -25,6 +25,7 @@ import (
 
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
 	"github.com/ingest-io/ingest/storage/internal/series"
 	"github.com/ingest-io/ingest/storage/internal/sinkhttp"
 )
@@ -155,7 +156,7 @@ func cmpString(a, b string) int {
 // TestRemoteWriteSeriesAsTSDB: the remote-write sink makes the same series
 // of a point as the embedded TSDB.
 func TestRemoteWriteSeriesAsTSDB(t *testing.T) {
-	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: t.TempDir()}, nil, nil)
+	db, err := embedded.Open(embedded.Options{Dir: t.TempDir()}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

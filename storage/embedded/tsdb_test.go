@@ -1,4 +1,4 @@
-package storage_test
+package embedded_test
 
 import (
 	"context"
@@ -15,14 +15,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
 )
 
-func openTSDB(t *testing.T, dir string, opts storage.TSDBOptions) (*storage.TSDB, *prometheus.Registry) {
+func openTSDB(t *testing.T, dir string, opts embedded.Options) (*embedded.TSDB, *prometheus.Registry) {
 	t.Helper()
 	opts.Dir = dir
 	reg := prometheus.NewRegistry()
-	db, err := storage.OpenTSDB(opts, reg, nil)
+	db, err := embedded.Open(opts, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,76 +32,13 @@ func openTSDB(t *testing.T, dir string, opts storage.TSDBOptions) (*storage.TSDB
 	return db, reg
 }
 
-// apiResult is the part of a Prometheus API answer the tests read.
-type apiResult struct {
-	Status    string          `json:"status"`
-	ErrorType string          `json:"errorType"`
-	Error     string          `json:"error"`
-	Data      json.RawMessage `json:"data"`
-	Warnings  []string        `json:"warnings"`
-}
-
-func apiGet(t *testing.T, base, path string, params url.Values) apiResult {
-	t.Helper()
-	resp, err := http.Get(base + path + "?" + params.Encode())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var r apiResult
-	if err := json.Unmarshal(b, &r); err != nil {
-		t.Fatalf("%s: %v: %s", path, err, b)
-	}
-	return r
-}
-
-type vectorSample struct {
-	Metric map[string]string `json:"metric"`
-	Value  [2]any            `json:"value"`
-}
-
-func instant(t *testing.T, base, q string, at time.Time) []vectorSample {
-	t.Helper()
-	r := apiGet(t, base, "/api/v1/query", url.Values{"query": {q}, "time": {fmt.Sprint(float64(at.UnixMilli()) / 1000)}})
-	if r.Status != "success" {
-		t.Fatalf("query %s: %s %s", q, r.ErrorType, r.Error)
-	}
-	var d struct {
-		ResultType string         `json:"resultType"`
-		Result     []vectorSample `json:"result"`
-	}
-	if err := json.Unmarshal(r.Data, &d); err != nil {
-		t.Fatal(err)
-	}
-	if d.ResultType != "vector" {
-		t.Fatalf("query %s: result type %s", q, d.ResultType)
-	}
-	return d.Result
-}
-
-// scalarOf returns the one sample's value of an instant query, or "" if
-// there is none.
-func scalarOf(t *testing.T, base, q string, at time.Time) string {
-	t.Helper()
-	res := instant(t, base, q, at)
-	switch len(res) {
-	case 0:
-		return ""
-	case 1:
-		return res[0].Value[1].(string)
-	}
-	t.Fatalf("query %s: %d samples", q, len(res))
-	return ""
-}
-
 func point(dev string, at time.Time, n map[string]float64, s map[string]string, lbl map[string]string) storage.Point {
 	return storage.Point{Device: dev, Time: at, Numbers: n, Strings: s, Labels: lbl}
 }
 
 func TestTSDBWriteAndQuery(t *testing.T) {
-	db, _ := openTSDB(t, t.TempDir(), storage.TSDBOptions{})
-	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	db, _ := openTSDB(t, t.TempDir(), embedded.Options{})
+	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
 	defer srv.Close()
 
 	t0 := time.Now().Add(-10 * time.Minute).Truncate(time.Second)
@@ -113,26 +52,26 @@ func TestTSDBWriteAndQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	at := t0.Add(2 * time.Second)
-	if v := scalarOf(t, srv.URL, `temp{device="dev-1"}`, at); v != "22" {
+	if v := testkit.PromScalar(t, srv.URL, `temp{device="dev-1"}`, at); v != "22" {
 		t.Fatalf("temp of dev-1 = %q", v)
 	}
-	if v := scalarOf(t, srv.URL, `gps_lat{site="Berlin",name="Boiler 1",fw_version="1.2"}`, at); v != "52.5" {
+	if v := testkit.PromScalar(t, srv.URL, `gps_lat{site="Berlin",name="Boiler 1",fw_version="1.2"}`, at); v != "52.5" {
 		t.Fatalf("gps_lat with registry labels = %q", v)
 	}
-	res := instant(t, srv.URL, `door_info{device="dev-1"}`, at)
+	res := testkit.PromInstant(t, srv.URL, `door_info{device="dev-1"}`, at)
 	if len(res) != 2 { // both values are within the lookback
 		t.Fatalf("door_info: %+v", res)
 	}
 	// The current value of a string field: the series with the newest sample.
-	res = instant(t, srv.URL, `topk by (device) (1, timestamp(door_info))`, at)
+	res = testkit.PromInstant(t, srv.URL, `topk by (device) (1, timestamp(door_info))`, at)
 	if len(res) != 1 || res[0].Metric["value"] != "closed" {
 		t.Fatalf("current door: %+v", res)
 	}
-	res = instant(t, srv.URL, `topk by (device) (1, timestamp(door_info))`, t0)
+	res = testkit.PromInstant(t, srv.URL, `topk by (device) (1, timestamp(door_info))`, t0)
 	if len(res) != 1 || res[0].Metric["value"] != "open" {
 		t.Fatalf("door at t0: %+v", res)
 	}
-	if v := scalarOf(t, srv.URL, `count(temp)`, at); v != "2" {
+	if v := testkit.PromScalar(t, srv.URL, `count(temp)`, at); v != "2" {
 		t.Fatalf("count(temp) = %q", v)
 	}
 }
@@ -142,7 +81,7 @@ func TestTSDBWriteAndQuery(t *testing.T) {
 // sample once.
 func TestTSDBIdempotent(t *testing.T) {
 	dir := t.TempDir()
-	db, reg := openTSDB(t, dir, storage.TSDBOptions{})
+	db, reg := openTSDB(t, dir, embedded.Options{})
 	ctx := context.Background()
 	// Three hours back, one sample a minute: the head will cut a block.
 	t0 := time.Now().Add(-3 * time.Hour).Truncate(time.Minute)
@@ -153,18 +92,18 @@ func TestTSDBIdempotent(t *testing.T) {
 	if err := db.Write(ctx, pts); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
 	defer srv.Close()
 	end := t0.Add(180 * time.Minute)
 	count := func(what string) {
 		t.Helper()
-		if v := scalarOf(t, srv.URL, `count_over_time(v[4h])`, end); v != "180" {
+		if v := testkit.PromScalar(t, srv.URL, `count_over_time(v[4h])`, end); v != "180" {
 			t.Fatalf("%s: count_over_time(v) = %q, want 180", what, v)
 		}
-		if v := scalarOf(t, srv.URL, `sum(count_over_time(s_info[4h]))`, end); v != "180" {
+		if v := testkit.PromScalar(t, srv.URL, `sum(count_over_time(s_info[4h]))`, end); v != "180" {
 			t.Fatalf("%s: count of s_info = %q, want 180", what, v)
 		}
-		if v := scalarOf(t, srv.URL, `sum_over_time(v[4h])`, end); v != fmt.Sprint(179*180/2) {
+		if v := testkit.PromScalar(t, srv.URL, `sum_over_time(v[4h])`, end); v != fmt.Sprint(179*180/2) {
 			t.Fatalf("%s: sum_over_time(v) = %q", what, v)
 		}
 	}
@@ -205,8 +144,8 @@ func TestTSDBIdempotent(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	db2, _ := openTSDB(t, dir, storage.TSDBOptions{})
-	srv = httptest.NewServer(storage.NewAPI(db2.DB(), storage.APIOptions{}, nil, nil))
+	db2, _ := openTSDB(t, dir, embedded.Options{})
+	srv = httptest.NewServer(embedded.NewAPI(db2.DB(), embedded.APIOptions{}, nil, nil))
 	defer srv.Close()
 	if err := db2.Write(ctx, pts); err != nil {
 		t.Fatalf("repeat after reopening: %v", err)
@@ -241,8 +180,8 @@ func (f collectorFunc) Collect(ch chan<- prometheus.Metric) { f(ch) }
 // TestTSDBLateData: data hours late lands in the store, within the
 // out-of-order window; data older than the window is dropped and counted.
 func TestTSDBLateData(t *testing.T) {
-	db, reg := openTSDB(t, t.TempDir(), storage.TSDBOptions{OutOfOrderWindow: 24 * time.Hour})
-	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	db, reg := openTSDB(t, t.TempDir(), embedded.Options{OutOfOrderWindow: 24 * time.Hour})
+	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
 	defer srv.Close()
 	ctx := context.Background()
 	now := time.Now().Truncate(time.Second)
@@ -254,10 +193,10 @@ func TestTSDBLateData(t *testing.T) {
 		point("dev-9", late, map[string]float64{"v": 9}, nil, nil)}); err != nil {
 		t.Fatal(err)
 	}
-	if v := scalarOf(t, srv.URL, `v{device="dev-1"}`, late); v != "5" {
+	if v := testkit.PromScalar(t, srv.URL, `v{device="dev-1"}`, late); v != "5" {
 		t.Fatalf("5 h late sample of a known series: %q", v)
 	}
-	if v := scalarOf(t, srv.URL, `v{device="dev-9"}`, late); v != "9" {
+	if v := testkit.PromScalar(t, srv.URL, `v{device="dev-9"}`, late); v != "9" {
 		t.Fatalf("5 h late sample of a new series: %q", v)
 	}
 	if err := db.Write(ctx, []storage.Point{point("dev-1", now.Add(-25*time.Hour), map[string]float64{"v": 25}, nil, nil)}); err != nil {
@@ -269,8 +208,8 @@ func TestTSDBLateData(t *testing.T) {
 }
 
 func TestAPIEndpoints(t *testing.T) {
-	db, _ := openTSDB(t, t.TempDir(), storage.TSDBOptions{})
-	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	db, _ := openTSDB(t, t.TempDir(), embedded.Options{})
+	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
 	defer srv.Close()
 	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
 	if err := db.Write(context.Background(), []storage.Point{
@@ -281,7 +220,7 @@ func TestAPIEndpoints(t *testing.T) {
 	}
 	want := func(path string, params url.Values, sub string) {
 		t.Helper()
-		r := apiGet(t, srv.URL, path, params)
+		r := testkit.PromGet(t, srv.URL, path, params)
 		if r.Status != "success" || !strings.Contains(string(r.Data), sub) {
 			t.Fatalf("%s %v: %s %s %s; want %s", path, params, r.Status, r.Error, r.Data, sub)
 		}
@@ -325,7 +264,7 @@ func TestAPIEndpoints(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		var r apiResult
+		var r testkit.PromResult
 		json.NewDecoder(resp.Body).Decode(&r)
 		resp.Body.Close()
 		if resp.StatusCode != c.code || r.Status != "error" || r.ErrorType != c.typ {
@@ -337,15 +276,15 @@ func TestAPIEndpoints(t *testing.T) {
 // TestTSDBNameCollision: two fields that make one series ("a.b" and "a_b")
 // store the same one on every delivery: the first in name order.
 func TestTSDBNameCollision(t *testing.T) {
-	db, reg := openTSDB(t, t.TempDir(), storage.TSDBOptions{})
-	srv := httptest.NewServer(storage.NewAPI(db.DB(), storage.APIOptions{}, nil, nil))
+	db, reg := openTSDB(t, t.TempDir(), embedded.Options{})
+	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
 	defer srv.Close()
 	at := time.Now().Add(-time.Minute).Truncate(time.Second)
 	for range 3 {
 		if err := db.Write(context.Background(), []storage.Point{point("dev-1", at, map[string]float64{"a_b": 2, "a.b": 1}, nil, nil)}); err != nil {
 			t.Fatal(err)
 		}
-		if v := scalarOf(t, srv.URL, `a_b`, at); v != "1" {
+		if v := testkit.PromScalar(t, srv.URL, `a_b`, at); v != "1" {
 			t.Fatalf("a_b = %q, want the value of \"a.b\"", v)
 		}
 	}

@@ -1,4 +1,4 @@
-package storage_test
+package embedded_test
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/ingest-io/ingest/internal/tmpfs"
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
 )
 
 // TestTSDBDiskFull fills the disk under the embedded TSDB while it is
@@ -33,7 +34,7 @@ func testTSDBDiskFull(t *testing.T, ooo bool) {
 	mount := tmpfs.Mount(t, 8<<20)
 	dir := filepath.Join(mount, "tsdb")
 	reg := prometheus.NewRegistry()
-	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: dir}, reg, nil)
+	db, err := embedded.Open(embedded.Options{Dir: dir}, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package storage_test
+package embedded_test
 
 import (
 	"bufio"
@@ -24,6 +24,7 @@ import (
 
 	"github.com/ingest-io/ingest/internal/testchild"
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
 )
 
 const (
@@ -56,7 +57,7 @@ func tsdbCrashChild(dir string) int {
 	round, _ := strconv.Atoi(os.Getenv("INGEST_TSDB_CRASH_ROUND"))
 	base, _ := strconv.ParseInt(os.Getenv("INGEST_TSDB_CRASH_BASE"), 10, 64)
 	reg := prometheus.NewRegistry()
-	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: dir}, reg, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	db, err := embedded.Open(embedded.Options{Dir: dir}, reg, slog.New(slog.NewTextHandler(os.Stderr, nil)))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
@@ -199,7 +200,7 @@ func readAcks(t *testing.T, sc *bufio.Scanner, want map[string]map[int64]bool, o
 // is there with its value.
 func checkTSDBHolds(t *testing.T, dir string, round int, want map[string]map[int64]bool) {
 	t.Helper()
-	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: dir}, nil, nil)
+	db, err := embedded.Open(embedded.Options{Dir: dir}, nil, nil)
 	if err != nil {
 		t.Fatalf("round %d: reopen: %v", round, err)
 	}
@@ -259,7 +260,7 @@ func checkTSDBHolds(t *testing.T, dir string, round int, want map[string]map[int
 // killed. The chunks are still in the head's write buffer when it dies.
 func tornWALChild(dir string) int {
 	base, _ := strconv.ParseInt(os.Getenv("INGEST_TSDB_CRASH_BASE"), 10, 64)
-	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: dir}, nil, nil)
+	db, err := embedded.Open(embedded.Options{Dir: dir}, nil, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2

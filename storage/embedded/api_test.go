@@ -1,4 +1,4 @@
-package storage_test
+package embedded_test
 
 import (
 	"context"
@@ -18,7 +18,9 @@ import (
 	promapi "github.com/prometheus/client_golang/api"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
 )
 
 // grafanaAPI serves the query API over a TSDB holding two samples of
@@ -34,7 +36,7 @@ type grafanaAPI struct {
 
 func newGrafanaAPI(t *testing.T) *grafanaAPI {
 	t.Helper()
-	db, _ := openTSDB(t, t.TempDir(), storage.TSDBOptions{})
+	db, _ := openTSDB(t, t.TempDir(), embedded.Options{})
 	g := &grafanaAPI{t0: time.Now().Add(-time.Minute).Truncate(time.Second), data: t.TempDir()}
 	if err := db.Write(context.Background(), []storage.Point{
 		point("dev-1", g.t0, map[string]float64{"temp": 1}, map[string]string{"door": "open"}, map[string]string{"site": "x"}),
@@ -42,7 +44,7 @@ func newGrafanaAPI(t *testing.T) *grafanaAPI {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	api := storage.NewAPI(db.DB(), storage.APIOptions{
+	api := embedded.NewAPI(db.DB(), embedded.APIOptions{
 		Retention: 15 * 24 * time.Hour,
 		Flags:     map[string]string{"data.dir": g.data, "query.timeout": "2m0s"},
 		Ready: func() error {
@@ -316,7 +318,7 @@ func TestAPIErrorsAndProbes(t *testing.T) {
 		{"GET", "/api/v1/query_exemplars", url.Values{"query": {"temp{"}}, 400, "bad_data"},
 	} {
 		code, h, b := g.call(t, c.method, c.path, c.params)
-		var r apiResult
+		var r testkit.PromResult
 		err := json.Unmarshal(b, &r)
 		if err != nil || code != c.code || r.Status != "error" || r.ErrorType != c.typ || r.Error == "" || h.Get("Content-Type") != "application/json" {
 			t.Errorf("%s %s %v: %d %q %s, want %d %s in JSON", c.method, c.path, c.params, code, h.Get("Content-Type"), b, c.code, c.typ)

@@ -1,4 +1,4 @@
-package storage
+package embedded
 
 import (
 	"context"
@@ -16,10 +16,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/prometheus/tsdb/wlog"
+
+	"github.com/ingest-io/ingest/storage"
 )
 
-func syncTestPoints(dev string, at time.Time) []Point {
-	return []Point{{Device: dev, Time: at, Numbers: map[string]float64{"temp": 21.5}}}
+func syncTestPoints(dev string, at time.Time) []storage.Point {
+	return []storage.Point{{Device: dev, Time: at, Numbers: map[string]float64{"temp": 21.5}}}
 }
 
 func syncRounds(t *testing.T, s *TSDB) uint64 {
@@ -34,7 +36,7 @@ func syncRounds(t *testing.T, s *TSDB) uint64 {
 // Writes whose commits return while a sync is running wait for the next
 // sync, and that one sync covers them all (group commit).
 func TestTSDBWritesShareSyncs(t *testing.T) {
-	s, err := OpenTSDB(TSDBOptions{Dir: t.TempDir()}, nil, nil)
+	s, err := Open(Options{Dir: t.TempDir()}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +73,7 @@ func waitInSync(t *testing.T, n int) {
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		buf := make([]byte, 1<<20)
-		if strings.Count(string(buf[:runtime.Stack(buf, true)]), "storage.(*logSync).sync(") >= n {
+		if strings.Count(string(buf[:runtime.Stack(buf, true)]), "embedded.(*logSync).sync(") >= n {
 			return
 		}
 		if time.Now().After(deadline) {
@@ -86,7 +88,7 @@ func waitInSync(t *testing.T, n int) {
 // proves nothing.
 func TestTSDBSyncFailureIsSticky(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	s, err := OpenTSDB(TSDBOptions{Dir: t.TempDir()}, reg, nil)
+	s, err := Open(Options{Dir: t.TempDir()}, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,8 +117,9 @@ func TestTSDBSyncFailureIsSticky(t *testing.T) {
 	boom := errors.New("injected fsync failure")
 	s.sync.fsync = func(*os.File) error { return boom }
 	err = s.Write(context.Background(), syncTestPoints("b", at))
-	if !errors.Is(err, boom) || errorKind(err) != "sync" {
-		t.Fatalf("write with a failing fsync: %v (kind %s), want the failure, kind sync", err, errorKind(err))
+	var ke *storage.KindError
+	if !errors.Is(err, boom) || !errors.As(err, &ke) || ke.Kind != "sync" {
+		t.Fatalf("write with a failing fsync: %v (%#v), want the failure, kind sync", err, ke)
 	}
 	s.sync.fsync = (*os.File).Sync
 	if err := s.Write(context.Background(), syncTestPoints("c", at)); !errors.Is(err, boom) {

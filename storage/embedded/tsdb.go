@@ -1,4 +1,4 @@
-package storage
+package embedded
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -20,13 +19,16 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
-	promstorage "github.com/prometheus/prometheus/storage"
+	promstorage "github.com/prometheus/prometheus/storage" // storage is ours here
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/wlog"
+
+	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/internal/series"
 )
 
-// TSDBOptions configure the embedded TSDB. Zero fields mean their defaults.
-type TSDBOptions struct {
+// Options configure the embedded TSDB. Zero fields mean their defaults.
+type Options struct {
 	// Dir holds the TSDB's blocks and WAL. Required.
 	Dir string
 	// Retention is how long samples are kept, by their timestamps.
@@ -43,17 +45,17 @@ type TSDBOptions struct {
 	MaxStringBytes int
 }
 
-// DefaultTSDBOptions returns the defaults that zero fields stand for.
-func DefaultTSDBOptions() TSDBOptions {
-	return TSDBOptions{
+// DefaultOptions returns the defaults that zero fields stand for.
+func DefaultOptions() Options {
+	return Options{
 		Retention:        15 * 24 * time.Hour,
 		OutOfOrderWindow: 24 * time.Hour,
-		MaxStringBytes:   1024,
+		MaxStringBytes:   series.MaxStringBytes,
 	}
 }
 
-func (o TSDBOptions) withDefaults() (TSDBOptions, error) {
-	d := DefaultTSDBOptions()
+func (o Options) withDefaults() (Options, error) {
+	d := DefaultOptions()
 	if o.Dir == "" {
 		return o, errors.New("storage: tsdb dir required")
 	}
@@ -97,11 +99,12 @@ func (o TSDBOptions) withDefaults() (TSDBOptions, error) {
 // which no Write reported stored) and the writer fetches from its
 // checkpoint.
 //
-// Write may be called from several goroutines at once; their transactions
-// take turns, their fsyncs are shared.
+// Write may be called from several goroutines at once (it is a
+// storage.ConcurrentSink); their transactions take turns, their fsyncs are
+// shared.
 type TSDB struct {
 	db   *tsdb.DB
-	opts TSDBOptions
+	opts Options
 	lg   *slog.Logger
 	m    *tsdbMetrics
 	sync *logSync
@@ -203,10 +206,10 @@ func (m *tsdbMetrics) wblWritesFailed() float64 {
 	return v
 }
 
-// OpenTSDB opens (or creates) the TSDB in opts.Dir, replaying its WAL. The
+// Open opens (or creates) the TSDB in opts.Dir, replaying its WAL. The
 // TSDB runs its own compaction in the background until Close. reg and lg
 // may be nil; the TSDB's own metrics (prometheus_tsdb_*) go to reg too.
-func OpenTSDB(opts TSDBOptions, reg prometheus.Registerer, lg *slog.Logger) (*TSDB, error) {
+func Open(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*TSDB, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
@@ -369,9 +372,9 @@ func (s *TSDB) DB() *tsdb.DB { return s.db }
 // whole batch back. A failed fsync fails this Write and every later one
 // (kind "sync"): after it the OS may have dropped pages it could not write,
 // so nothing more is reported stored until the writer is restarted.
-func (s *TSDB) Write(ctx context.Context, points []Point) error {
+func (s *TSDB) Write(ctx context.Context, points []storage.Point) error {
 	if err := s.Failed(); err != nil {
-		return &KindError{Kind: "sync", Err: fmt.Errorf("tsdb stopped: %w", err)}
+		return &storage.KindError{Kind: "sync", Err: fmt.Errorf("tsdb stopped: %w", err)}
 	}
 	n, tooOld, dupTS, tooLong, err := s.commit(ctx, points)
 	if err != nil {
@@ -383,7 +386,7 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 		if isNoSpace(err) {
 			s.noSpace.Store(true)
 		}
-		return &KindError{Kind: "sync", Err: fmt.Errorf("sync tsdb write logs: %w", err)}
+		return &storage.KindError{Kind: "sync", Err: fmt.Errorf("sync tsdb write logs: %w", err)}
 	}
 	s.m.samples.Add(float64(n))
 	for reason, c := range map[string]int{"too_old": tooOld, "duplicate_timestamp": dupTS, "string_too_long": tooLong} {
@@ -401,7 +404,7 @@ func (s *TSDB) Write(ctx context.Context, points []Point) error {
 // commit appends every sample of points in one transaction and commits it,
 // one transaction at a time (appendMu). It returns the samples taken and
 // those dropped, by reason.
-func (s *TSDB) commit(ctx context.Context, points []Point) (n, tooOld, dupTS, tooLong int, err error) {
+func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, dupTS, tooLong int, err error) {
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
 	app := s.db.AppenderV2(ctx)
@@ -413,11 +416,11 @@ func (s *TSDB) commit(ctx context.Context, points []Point) (n, tooOld, dupTS, to
 	for i := range points {
 		p := &points[i]
 		t := p.Time.UnixMilli()
-		base = baseLabels(base[:0], p)
+		base = series.Base(base[:0], p)
 		// In name order: where two fields make one series ("a.b", "a_b"),
 		// the same one wins on every delivery.
 		for _, name := range sortedKeys(&keys, p.Numbers) {
-			ls := seriesLabels(&b, base, MetricName(name), "")
+			ls := seriesLabels(&b, base, storage.MetricName(name), "")
 			_, err := app.Append(0, ls, 0, t, p.Numbers[name], nil, nil, promstorage.AppendV2Options{})
 			switch {
 			case err == nil:
@@ -428,7 +431,7 @@ func (s *TSDB) commit(ctx context.Context, points []Point) (n, tooOld, dupTS, to
 				dupTS++
 			default:
 				app.Rollback()
-				return 0, 0, 0, 0, &KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
+				return 0, 0, 0, 0, &storage.KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
 			}
 		}
 		for _, name := range sortedKeys(&keys, p.Strings) {
@@ -437,7 +440,7 @@ func (s *TSDB) commit(ctx context.Context, points []Point) (n, tooOld, dupTS, to
 				tooLong++
 				continue
 			}
-			ls := seriesLabels(&b, base, MetricName(name)+"_info", v)
+			ls := seriesLabels(&b, base, storage.MetricName(name)+"_info", v)
 			_, err := app.Append(0, ls, 0, t, 1, nil, nil, promstorage.AppendV2Options{})
 			switch {
 			case err == nil:
@@ -448,7 +451,7 @@ func (s *TSDB) commit(ctx context.Context, points []Point) (n, tooOld, dupTS, to
 				dupTS++
 			default:
 				app.Rollback()
-				return 0, 0, 0, 0, &KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
+				return 0, 0, 0, 0, &storage.KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
 			}
 		}
 	}
@@ -457,7 +460,7 @@ func (s *TSDB) commit(ctx context.Context, points []Point) (n, tooOld, dupTS, to
 		// The WAL write failed, maybe after part of a record: fail stop.
 		err = fmt.Errorf("commit tsdb: %w", err)
 		s.stop(err)
-		return 0, 0, 0, 0, &KindError{Kind: "commit", Err: err}
+		return 0, 0, 0, 0, &storage.KindError{Kind: "commit", Err: err}
 	}
 	if s.m.wblWritesFailed() > wblFailed {
 		// Commit returned nil with the out-of-order samples in memory and
@@ -465,7 +468,7 @@ func (s *TSDB) commit(ctx context.Context, points []Point) (n, tooOld, dupTS, to
 		// batch is not reported stored, nor is any after it.
 		err := errors.New("commit tsdb: write-behind log write failed (the TSDB's log says why)")
 		s.stop(err)
-		return 0, 0, 0, 0, &KindError{Kind: "commit", Err: err}
+		return 0, 0, 0, 0, &storage.KindError{Kind: "commit", Err: err}
 	}
 	return n, tooOld, dupTS, tooLong, nil
 }
@@ -478,26 +481,6 @@ func sortedKeys[V any](buf *[]string, m map[string]V) []string {
 	}
 	slices.Sort(*buf)
 	return *buf
-}
-
-// baseLabels appends the labels every series of p carries: device, and the
-// registry labels with their names made valid. A registry label that would
-// take the place of device, __name__ or value, or of another registry label
-// (after sanitising), is left out; so is an empty one.
-func baseLabels(dst []labels.Label, p *Point) []labels.Label {
-	dst = append(dst, labels.Label{Name: "device", Value: p.Device})
-	for _, k := range slices.Sorted(maps.Keys(p.Labels)) {
-		v := p.Labels[k]
-		name := LabelName(k)
-		if v == "" || name == "device" || name == "value" || name == model.MetricNameLabel {
-			continue
-		}
-		if slices.ContainsFunc(dst, func(l labels.Label) bool { return l.Name == name }) {
-			continue
-		}
-		dst = append(dst, labels.Label{Name: name, Value: v})
-	}
-	return dst
 }
 
 func seriesLabels(b *labels.ScratchBuilder, base []labels.Label, name, value string) labels.Labels {
@@ -553,8 +536,8 @@ func markClean(dir string) error {
 	return nil
 }
 
-// ConcurrentWrites reports true: the TSDB is a ConcurrentSink. The
-// Subscriber's followers call Write without taking turns; their
+// ConcurrentWrites reports true: the TSDB is a storage.ConcurrentSink. A
+// storage writer's followers call Write without taking turns; their
 // transactions take turns inside (appendMu), and their fsyncs are shared.
 func (*TSDB) ConcurrentWrites() bool { return true }
 

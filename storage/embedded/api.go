@@ -1,4 +1,4 @@
-package storage
+package embedded
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
-	promstorage "github.com/prometheus/prometheus/storage"
+	promstorage "github.com/prometheus/prometheus/storage" // storage is ours in this package (tsdb.go)
 )
 
 // APIOptions configure the query API. Zero fields mean their defaults.

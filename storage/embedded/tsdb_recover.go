@@ -1,4 +1,4 @@
-package storage
+package embedded
 
 import (
 	"errors"
@@ -14,7 +14,7 @@ import (
 	"github.com/prometheus/prometheus/util/compression"
 )
 
-// What OpenTSDB does to a TSDB directory that a process did not close
+// What Open does to a TSDB directory that a process did not close
 // cleanly (a crash, SIGKILL, power loss), before the library opens it.
 // The library (github.com/prometheus/prometheus v0.316.0) loses
 // out-of-order samples it had reported stored when it restarts after a
@@ -42,7 +42,7 @@ import (
 //     one series and time).
 
 // cleanMark is the file in the TSDB's directory that says the last process
-// closed it: Close writes it after everything is durable, OpenTSDB removes
+// closed it: Close writes it after everything is durable, Open removes
 // it before anything is written.
 const cleanMark = "ingest-closed-cleanly"
 

@@ -1,4 +1,4 @@
-package storage_test
+package embedded_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
 )
 
 // BenchmarkTSDBWrite measures samples/s into the embedded TSDB: points of
@@ -73,10 +74,10 @@ func BenchmarkTSDBWriteConcurrent(b *testing.B) {
 	}
 }
 
-func openBenchTSDB(b *testing.B) (*storage.TSDB, *prometheus.Registry) {
+func openBenchTSDB(b *testing.B) (*embedded.TSDB, *prometheus.Registry) {
 	b.Helper()
 	reg := prometheus.NewRegistry()
-	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: b.TempDir()}, reg, nil)
+	db, err := embedded.Open(embedded.Options{Dir: b.TempDir()}, reg, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package storage_test
+package embedded_test
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/ingest-io/ingest/internal/testchild"
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
 )
 
 const wblCutChildEnv = "INGEST_TSDB_WBLCUT_CHILD"
@@ -70,7 +71,7 @@ func wblCutChild(dir string) int {
 	// made by the goroutine that commits, which stays on this thread.
 	runtime.LockOSThread()
 	base, _ := strconv.ParseInt(os.Getenv("INGEST_TSDB_CRASH_BASE"), 10, 64)
-	db, err := storage.OpenTSDB(storage.TSDBOptions{Dir: dir}, nil, nil)
+	db, err := embedded.Open(embedded.Options{Dir: dir}, nil, nil)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
