@@ -11,7 +11,7 @@
 //
 // # Subscribing
 //
-// A Subscriber follows each middletier with a durable stream.Follower (the
+// A Writer follows each middletier with a durable stream.Follower (the
 // package stream has the contract): a SUB socket on its stream and a
 // DEALER socket on its consumer ROUTER. A goroutine per SUB socket drains
 // it at once into a bounded buffer, whatever the sink is doing: a zmq4 PUB
@@ -21,9 +21,9 @@
 // buffer's bound, or before the subscription reached the PUB) is filled
 // by fetch; so is anything the stream never carried (records committed
 // before the middletier started, the tail of a stream that went silent:
-// after Options.IdlePoll without a message the Subscriber fetches). The
+// after Options.IdlePoll without a message the Writer fetches). The
 // Follower hands the records over in batches of up to Options.MaxBatch;
-// the Subscriber turns them into points and writes them to the sink.
+// the Writer turns them into points and writes them to the sink.
 //
 // # Checkpoints: exactly once in effect
 //

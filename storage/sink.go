@@ -48,7 +48,7 @@ type ConcurrentSink interface {
 }
 
 // KindError names the kind of a sink's failure ("timeout", "rejected",
-// "unavailable", "append"…), which the Subscriber counts in
+// "unavailable", "append"…), which the Writer counts in
 // ingest_storage_sink_errors_total{kind}. Errors that are not a KindError
 // are counted as "timeout" when they wrap context.DeadlineExceeded, else
 // as "other".

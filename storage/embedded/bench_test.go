@@ -15,7 +15,7 @@ import (
 
 // BenchmarkTSDBWrite measures samples/s into the embedded TSDB: points of
 // 1,000 devices, each with 4 numeric fields and 1 string field (5 samples),
-// with registry labels, written in batches as a Subscriber writes them.
+// with registry labels, written in batches as a Writer writes them.
 // Every Write is durable: its commit, then an fsync of the TSDB's write
 // logs; sync-µs/op is the time of that fsync.
 func BenchmarkTSDBWrite(b *testing.B) {

@@ -15,14 +15,14 @@ import (
 	"github.com/ingest-io/ingest/wire"
 )
 
-// Endpoints are the two sockets of one middletier a Subscriber uses: its
+// Endpoints are the two sockets of one middletier a Writer uses: its
 // PUB stream (--stream.addr, e.g. tcp://mt-0:5557) and its consumer ROUTER
 // (--consumer.addr, e.g. tcp://mt-0:5556), for fetch and commit.
 type Endpoints = stream.Endpoints
 
-// Options configure a Subscriber. Zero fields mean their defaults.
+// Options configure a Writer. Zero fields mean their defaults.
 type Options struct {
-	// Consumer is the name the Subscriber commits its checkpoints under at
+	// Consumer is the name the Writer commits its checkpoints under at
 	// every middletier; name it in the middletiers' --consumers so that
 	// they keep every record until it is in the store. Writers that share
 	// a name share a checkpoint. Default "storage".
@@ -45,7 +45,7 @@ type Options struct {
 	// asked again; after three, the sockets are dialled again.
 	// Default 2s.
 	FetchTimeout time.Duration
-	// IdlePoll is how long the stream may be silent before the Subscriber
+	// IdlePoll is how long the stream may be silent before the Writer
 	// fetches to see whether it missed the stream's last messages.
 	// Default 1s.
 	IdlePoll time.Duration
@@ -97,7 +97,7 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// Subscriber follows the streams of one or more middletiers and writes
+// Writer follows the streams of one or more middletiers and writes
 // every record, as a point, to a sink; it commits its checkpoint to a
 // middletier only after the sink has the records. See doc.go.
 //
@@ -107,19 +107,19 @@ func (o Options) withDefaults() (Options, error) {
 // embedded TSDB), whose Writes may overlap: one follower's transaction
 // then runs during another's fsync, and writes committed together share
 // one fsync.
-type Subscriber struct {
+type Writer struct {
 	opts      Options
 	sink      Sink
 	lg        *slog.Logger
-	m         *subMetrics
+	m         *writerMetrics
 	followers []*stream.Follower
 
 	sinkMu sync.Mutex
 }
 
-// New returns a Subscriber that writes to sink. It starts nothing; the
+// New returns a Writer that writes to sink. It starts nothing; the
 // caller closes sink after Run. reg and lg may be nil.
-func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*Subscriber, error) {
+func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*Writer, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
@@ -127,11 +127,11 @@ func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	m, err := newSubMetrics(reg)
+	m, err := newWriterMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("storage: register metrics: %w", err)
 	}
-	s := &Subscriber{opts: opts, sink: sink, lg: lg, m: m}
+	s := &Writer{opts: opts, sink: sink, lg: lg, m: m}
 	cs, concurrent := sink.(ConcurrentSink)
 	concurrent = concurrent && cs.ConcurrentWrites()
 	for _, ep := range opts.Middletiers {
@@ -145,7 +145,7 @@ func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*
 			MinBackoff:   opts.MinBackoff,
 			MaxBackoff:   opts.MaxBackoff,
 			Name:         "storage",
-		}, &sinkWriter{s: s, concurrent: concurrent}, m.follower, lg)
+		}, &handler{s: s, concurrent: concurrent}, m.follower, lg)
 		if err != nil {
 			m.set.Unregister()
 			return nil, fmt.Errorf("storage: %w", err)
@@ -157,7 +157,7 @@ func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*
 
 // CaughtUp reports whether every middletier has been caught up with at
 // least once since Run started: the readiness of a storage writer.
-func (s *Subscriber) CaughtUp() bool {
+func (s *Writer) CaughtUp() bool {
 	for _, f := range s.followers {
 		if !f.CaughtUp() {
 			return false
@@ -169,7 +169,7 @@ func (s *Subscriber) CaughtUp() bool {
 // Run follows every middletier until ctx ends, then sends each its last
 // checkpoint and returns nil once every goroutine has ended. Records not
 // yet written when ctx ends are not committed: the next Run fetches them.
-func (s *Subscriber) Run(ctx context.Context) error {
+func (s *Writer) Run(ctx context.Context) error {
 	defer s.m.set.Unregister()
 	var wg sync.WaitGroup
 	for _, f := range s.followers {
@@ -179,10 +179,10 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	return nil
 }
 
-// sinkWriter turns one middletier's records into points and writes them to
+// handler turns one middletier's records into points and writes them to
 // the sink. Its Follower calls it from one goroutine.
-type sinkWriter struct {
-	s          *Subscriber
+type handler struct {
+	s          *Writer
 	concurrent bool
 	points     []Point
 }
@@ -198,7 +198,7 @@ type sinkWriter struct {
 // (embedded.TSDB.Write); an external store when it has answered 2xx, and
 // what it does with a power loss after that is its own guarantee
 // (docs/storage.md, Crash safety).
-func (w *sinkWriter) Records(ctx context.Context, b *stream.Batch) error {
+func (w *handler) Records(ctx context.Context, b *stream.Batch) error {
 	s := w.s
 	for i, rb := range b.Records {
 		rec, err := wire.DecodeRecord(rb)
@@ -259,13 +259,13 @@ func (w *sinkWriter) Records(ctx context.Context, b *stream.Batch) error {
 
 // Lost reports records a middletier released before this writer stored
 // them: the middletier was not told this consumer is durable.
-func (w *sinkWriter) Lost(g stream.Gap) {
+func (w *handler) Lost(g stream.Gap) {
 	w.s.m.skipped.WithLabelValues(g.Middletier).Add(float64(g.To - g.From + 1))
 	w.s.lg.Error("storage: records released by the middletier before they were stored; name this consumer in the middletier's --consumers",
 		"middletier", g.Middletier, "consumer", w.s.opts.Consumer, "from", g.From, "to", g.To, "cause", g.Cause)
 }
 
-type subMetrics struct {
+type writerMetrics struct {
 	set           *metricset.Set
 	follower      stream.Metrics
 	samples       prometheus.Counter
@@ -277,7 +277,7 @@ type subMetrics struct {
 	invalid       prometheus.Counter
 }
 
-func newSubMetrics(reg prometheus.Registerer) (*subMetrics, error) {
+func newWriterMetrics(reg prometheus.Registerer) (*writerMetrics, error) {
 	mt := []string{"middletier"}
 	f := stream.Metrics{
 		Lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ingest_storage_lag_records",
@@ -295,7 +295,7 @@ func newSubMetrics(reg prometheus.Registerer) (*subMetrics, error) {
 		Invalid: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_storage_invalid_records_total",
 			Help: "Messages and records that did not decode, skipped."}),
 	}
-	m := &subMetrics{
+	m := &writerMetrics{
 		follower: f,
 		invalid:  f.Invalid,
 		samples: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_storage_samples_written_total",

@@ -62,9 +62,9 @@ func send(t *testing.T, fe *testkit.Frontend, from, to int, base time.Time) {
 	}
 }
 
-// writer is a Subscriber writing into a TSDB, running until stopped.
+// writer is a Writer writing into a sink, running until stopped.
 type writer struct {
-	sub  *storage.Subscriber
+	wr   *storage.Writer
 	reg  *prometheus.Registry
 	stop func()
 }
@@ -76,8 +76,8 @@ func startWriter(t *testing.T, db storage.Sink, opts storage.Options) *writer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := testkit.Go(t, "subscriber", s.Run)
-	return &writer{sub: s, reg: reg, stop: func() { stop() }}
+	stop := testkit.Go(t, "writer", s.Run)
+	return &writer{wr: s, reg: reg, stop: func() { stop() }}
 }
 
 func endpoints(ms ...*testkit.Middletier) []storage.Endpoints {
@@ -104,10 +104,10 @@ func stored(t *testing.T, base string, n int, at time.Time) {
 	q(`count(count_over_time(n[1h]))`, "10") // ten devices
 }
 
-// TestSubscriberFetchThenStream: records committed before the writer
+// TestWriterFetchThenStream: records committed before the writer
 // starts come by fetch, later ones by the stream; each lands once, and the
 // middletier's checkpoint for the writer reaches the last record.
-func TestSubscriberFetchThenStream(t *testing.T) {
+func TestWriterFetchThenStream(t *testing.T) {
 	mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
 	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
 	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
@@ -126,7 +126,7 @@ func TestSubscriberFetchThenStream(t *testing.T) {
 	testkit.WaitFor(t, "the checkpoint", 10*time.Second, func() bool {
 		return testkit.Metric(t, mt.Reg, "ingest_middletier_consumer_lag_entries") == 0
 	})
-	if !w.sub.CaughtUp() {
+	if !w.wr.CaughtUp() {
 		t.Fatal("not caught up")
 	}
 	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
@@ -163,9 +163,9 @@ func histogram(t *testing.T, reg *prometheus.Registry, name string) (uint64, flo
 	return 0, 0
 }
 
-// TestSubscriberResumes: a writer stopped and started again resumes from
+// TestWriterResumes: a writer stopped and started again resumes from
 // the checkpoint the middletier keeps: it writes only what came after.
-func TestSubscriberResumes(t *testing.T) {
+func TestWriterResumes(t *testing.T) {
 	mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
 	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
 	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
@@ -207,12 +207,12 @@ func (g *gatedSink) Write(ctx context.Context, pts []storage.Point) error {
 	return g.Sink.Write(ctx, pts)
 }
 
-// TestSubscriberOverflowFetches: a sink that stalls makes the stream
+// TestWriterOverflowFetches: a sink that stalls makes the stream
 // overflow the writer's buffer; the writer keeps draining its socket, and
 // fetches what it dropped once the sink is back: a gap, seen when a later
 // stream message arrives, or the stream's lost tail, found when the stream
 // stays silent. Nothing is lost.
-func TestSubscriberOverflowFetches(t *testing.T) {
+func TestWriterOverflowFetches(t *testing.T) {
 	for _, c := range []struct {
 		name     string
 		idlePoll time.Duration
@@ -228,7 +228,7 @@ func TestSubscriberOverflowFetches(t *testing.T) {
 			db := openTSDB(t)
 			g := &gatedSink{Sink: db, gate: make(chan struct{})}
 			w := startWriter(t, g, storage.Options{Middletiers: endpoints(mt), StreamBuffer: 2, MaxBatch: 50, IdlePoll: c.idlePoll})
-			testkit.WaitFor(t, "caught up", 10*time.Second, w.sub.CaughtUp)
+			testkit.WaitFor(t, "caught up", 10*time.Second, w.wr.CaughtUp)
 			send(t, fe, 1, 3001, base)
 			testkit.WaitFor(t, "overflow", 10*time.Second, func() bool {
 				return testkit.Metric(t, w.reg, "ingest_storage_stream_overflows_total") > 0
@@ -262,9 +262,9 @@ func TestSubscriberOverflowFetches(t *testing.T) {
 	}
 }
 
-// TestSubscriberTwoMiddletiers: after a failover the same messages are in
+// TestWriterTwoMiddletiers: after a failover the same messages are in
 // two middletiers' streams; the writer follows both and stores each once.
-func TestSubscriberTwoMiddletiers(t *testing.T) {
+func TestWriterTwoMiddletiers(t *testing.T) {
 	mt0 := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
 	mt1 := startMiddletier(t, "mt-1", middletier.Options{Consumers: []string{"storage"}})
 	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
