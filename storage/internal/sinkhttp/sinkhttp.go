@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -269,28 +270,45 @@ func (h *Client) post(ctx context.Context, url string, header http.Header, body 
 		return Answer{}, err
 	}
 	defer resp.Body.Close()
-	a := Answer{Status: resp.StatusCode}
+	var a Answer
+	a, h.errBody, err = readAnswer(resp, h.errBody)
+	h.Metrics.Latency.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return Answer{}, fmt.Errorf("read answer: %w", err)
+	}
+	return a, nil
+}
+
+// readAnswer reads the answer resp: its status and, for a failure, the
+// start of its body, up to maxErrorBody, into buf (returned, to be used
+// again), and the wait its Retry-After header asks for in seconds (an
+// HTTP date is not read). It drains what is left of the body, up to 1 MiB,
+// so that the connection is reused. a.Body is valid until buf is used
+// again.
+func readAnswer(resp *http.Response, buf []byte) (a Answer, _ []byte, err error) {
+	a.Status = resp.StatusCode
 	if resp.StatusCode/100 != 2 {
-		buf := bytes.NewBuffer(h.errBody[:0])
-		_, err = io.Copy(buf, io.LimitReader(resp.Body, maxErrorBody))
-		h.errBody = buf.Bytes()
-		a.Body = h.errBody
+		b := bytes.NewBuffer(buf[:0])
+		_, err = io.Copy(b, io.LimitReader(resp.Body, maxErrorBody))
+		buf = b.Bytes()
+		a.Body = buf
 		if s := resp.Header.Get("Retry-After"); s != "" {
 			if secs, perr := strconv.Atoi(s); perr == nil && secs > 0 {
-				a.RetryAfter = time.Duration(secs) * time.Second
+				// Beyond what a Duration holds: the longest one, not a
+				// product that wraps around to a negative wait.
+				a.RetryAfter = time.Duration(math.MaxInt64)
+				if secs <= math.MaxInt64/int(time.Second) {
+					a.RetryAfter = time.Duration(secs) * time.Second
+				}
 			}
 		}
 	}
 	// Drain what is left, within reason, so the connection is reused.
 	_, derr := io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<20))
-	h.Metrics.Latency.Observe(time.Since(start).Seconds())
 	if err == nil {
 		err = derr
 	}
-	if err != nil {
-		return Answer{}, fmt.Errorf("read answer: %w", err)
-	}
-	return a, nil
+	return a, buf, err
 }
 
 // Send posts body until the server answers with something other than a
