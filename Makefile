@@ -91,7 +91,7 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) ./wal/
 	$(GO) test -run '^$$' -bench Hop -benchtime 1000000x ./uplink/
 	$(GO) test -run '^$$' -bench AckRoundTrip -benchtime 5000x ./uplink/
-	$(GO) test -run '^$$' -bench BenchmarkTSDBWrite -benchtime 3s ./storage/
+	$(GO) test -run '^$$' -bench BenchmarkTSDBWrite -benchtime 3s ./storage/embedded/
 	$(GO) test -run '^$$' -bench 'BenchmarkPipelined$$' -benchtime 2000000x ./frontend/
 	mkdir -p bench/out
 	$(GO) run ./bench -spawn bin/ingest -devices 100 -window 16 -duration 20s \

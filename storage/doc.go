@@ -1,13 +1,34 @@
-// Package storage is the storage tier: writers that follow the middletiers'
-// streams, turn each device message into a point (numeric fields as
-// samples, string fields kept, the device's registry labels on every
-// series), write points to a sink, and commit their checkpoint back to the
-// middletier only after the sink holds them. The embedded sink is a
-// Prometheus TSDB served through the Prometheus HTTP query API, which
-// Grafana's Prometheus data source reads unchanged (storage/embedded);
-// external sinks write to Prometheus remote-write (storage/remotewrite)
-// and InfluxDB line protocol (storage/influx) endpoints. docs/storage.md
-// has the mapping, the PromQL for each kind of field and the options.
+// Package storage is the core of the storage tier: the Writer, which
+// follows the middletiers' streams, turns each device message into a
+// Point (numeric fields as samples, string fields kept, the device's
+// registry labels on every series), writes points to a Sink, and commits
+// its checkpoint back to the middletier only after the sink holds them.
+//
+// The sinks are packages of their own, split by artifact as Prometheus
+// splits its tsdb; each imports storage for Point and Sink, never the
+// reverse, and storage imports nothing of the Prometheus server
+// (github.com/prometheus/prometheus), its TSDB least of all:
+//
+//   - storage/embedded: the embedded Prometheus TSDB, with its crash
+//     repair, and the Prometheus HTTP query API over it, which Grafana's
+//     Prometheus data source reads unchanged;
+//   - storage/remotewrite: Prometheus remote-write (Prometheus,
+//     VictoriaMetrics, Mimir);
+//   - storage/influx: InfluxDB line protocol (InfluxDB, VictoriaMetrics).
+//
+// docs/storage.md has the mapping, the PromQL for each kind of field and
+// the options.
+//
+// # Sinks
+//
+// A Sink's Write returns nil only once the store holds every point it was
+// given, durably as far as the store goes; only then does the Writer
+// commit. Write must be idempotent: after a crash the Writer writes again
+// what it wrote after its last commit. A Sink is written from one
+// goroutine at a time, a ConcurrentSink (the embedded TSDB) from the
+// Writer's followers of every middletier at once. A sink that can never
+// store a point drops and counts it rather than failing the batch for
+// ever. Sink, in sink.go, has the whole contract.
 //
 // # Subscribing
 //
