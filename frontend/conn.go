@@ -255,7 +255,7 @@ func (c *conn) handleFrame(typ websocket.MessageType, frame []byte, now time.Tim
 		*mp = (*mp)[:0]
 		s.msgPool.Put(mp)
 	}()
-	msgs, ferr := protocol.ParseFrame(frame, (*mp)[:0], s.opts.MaxBatchMessages, s.opts.MaxMessageBytes)
+	msgs, ferr := s.opts.limits().ParseFrame(frame, (*mp)[:0])
 	*mp = msgs
 	if ferr != nil {
 		s.m.received.Inc()
@@ -280,6 +280,9 @@ func (c *conn) handleFrame(typ websocket.MessageType, frame []byte, now time.Tim
 		m.Check(c.device, now, s.opts.MaxFutureSkew)
 		if m.Code != "" {
 			s.m.rejected.WithLabelValues(m.Code).Inc()
+			if m.Rule != "" {
+				s.m.fieldRules.WithLabelValues(m.Rule).Inc()
+			}
 			c.writeError(m.Code, seq, m.Index, m.ID, 0, m.Reason)
 		}
 	}

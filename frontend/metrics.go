@@ -31,6 +31,7 @@ type metrics struct {
 	received    prometheus.Counter
 	acked       prometheus.Counter
 	rejected    *prometheus.CounterVec
+	fieldRules  *prometheus.CounterVec
 	ackLatency  prometheus.Histogram
 	bytes       prometheus.Counter
 	closes      *prometheus.CounterVec
@@ -56,6 +57,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "ingest_frontend_messages_rejected_total",
 			Help: "Device messages answered with an error frame, by error code.",
 		}, []string{"code"}),
+		fieldRules: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ingest_frontend_field_rejections_total",
+			Help: "Device messages rejected with too_many_fields or invalid_field, by the field rule they broke.",
+		}, []string{"rule"}),
 		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "ingest_frontend_ack_latency_seconds",
 			Help:    "Time from receiving a frame to writing the ack that covers it.",
@@ -78,6 +83,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, code := range protocol.ErrorCodes() {
 		m.rejected.WithLabelValues(code)
 	}
+	for _, rule := range protocol.FieldRules() {
+		m.fieldRules.WithLabelValues(rule)
+	}
 	if reg == nil {
 		return m, nil
 	}
@@ -93,6 +101,6 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.connections, m.received, m.acked, m.rejected, m.ackLatency, m.bytes, m.closes, m.handshakes},
+	return append([]prometheus.Collector{m.connections, m.received, m.acked, m.rejected, m.fieldRules, m.ackLatency, m.bytes, m.closes, m.handshakes},
 		m.mqtt.collectors()...)
 }

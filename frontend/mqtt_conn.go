@@ -428,7 +428,7 @@ func (c *mqttConn) publish(buf []byte, now time.Time) error {
 		s.m.rejected.WithLabelValues(protocol.CodeInvalidMessage).Inc()
 		return c.refuse(&it, code, why, now)
 	}
-	msgs, ferr := protocol.ParseFrame(pk.Payload, c.msgs[:0], s.opts.MaxBatchMessages, s.opts.MaxMessageBytes)
+	msgs, ferr := s.opts.limits().ParseFrame(pk.Payload, c.msgs[:0])
 	c.msgs = msgs
 	defer clear(c.msgs)
 	if ferr != nil {
@@ -445,6 +445,9 @@ func (c *mqttConn) publish(buf []byte, now time.Time) error {
 		m.Check(c.device, now, s.opts.MaxFutureSkew)
 		if m.Code != "" {
 			s.m.rejected.WithLabelValues(m.Code).Inc()
+			if m.Rule != "" {
+				s.m.fieldRules.WithLabelValues(m.Rule).Inc()
+			}
 			if firstBad < 0 {
 				firstBad = i
 			}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -285,6 +286,8 @@ func TestMQTTRefusals(t *testing.T) {
 				{"not an object", "devices/" + dev, `42`, rcPayloadInvalid},
 				{"device mismatch", "devices/" + dev, `{"device":"other","v":1}`, rcPayloadInvalid},
 				{"bad ts in a batch", "devices/" + dev, `[{"v":1},{"ts":5,"v":2}]`, rcPayloadInvalid},
+				{"reserved field name", "devices/" + dev, `{"__name__":1}`, rcPayloadInvalid},
+				{"NUL in a string in a batch", "devices/" + dev, `[{"v":1},{"s":"a\u0000"}]`, rcPayloadInvalid},
 				{"good", "devices/" + dev + "/a/b", `[{"v":1},{"v":2}]`, 0},
 			} {
 				for _, qos := range []byte{1, 2} {
@@ -300,6 +303,12 @@ func TestMQTTRefusals(t *testing.T) {
 				}
 			}
 		})
+	}
+	// The field rules are the WebSocket's, and counted the same way.
+	for _, rule := range []string{protocol.RuleNameReserved, protocol.RuleStringInvalid} {
+		if testutil.ToFloat64(ts.srv.m.fieldRules.WithLabelValues(rule)) == 0 {
+			t.Errorf("field_rejections{rule=%q} not counted for MQTT publishes", rule)
+		}
 	}
 	// MQTT 3.1.1: refused CONNECTs get the 3.1.1 return codes.
 	for _, tc := range []struct {

@@ -47,6 +47,18 @@ type Options struct {
 	// MaxBatchMessages bounds the messages in one array frame; a larger batch is
 	// rejected whole with too_large. Default 500.
 	MaxBatchMessages int
+	// MaxFields bounds the fields of one message (its numbers, booleans and
+	// strings, nested ones included): each becomes a series in the store.
+	// A message with more is rejected with too_many_fields. Default 1,000.
+	MaxFields int
+	// MaxFieldNameBytes bounds a field's name flattened with dots
+	// ("gps.lat"); a longer one rejects its message with invalid_field.
+	// Default 256.
+	MaxFieldNameBytes int
+	// MaxStringBytes bounds a string value, escapes decoded; a longer one
+	// rejects its message with invalid_field. Default 1,024, the storage
+	// writer's own bound on a string it stores.
+	MaxStringBytes int
 	// MaxPendingBytes bounds the envelopes of one connection waiting for the
 	// WAL; past it the server stops reading from that connection until the WAL
 	// catches up (TCP backpressure). Default 1 MiB.
@@ -111,8 +123,11 @@ func DefaultOptions() Options {
 	return Options{
 		MaxConnections:     20000,
 		MaxFrameBytes:      256 << 10,
-		MaxMessageBytes:    64 << 10,
-		MaxBatchMessages:   500,
+		MaxMessageBytes:    protocol.DefaultMaxMessageBytes,
+		MaxBatchMessages:   protocol.DefaultMaxMessages,
+		MaxFields:          protocol.DefaultMaxFields,
+		MaxFieldNameBytes:  protocol.DefaultMaxNameBytes,
+		MaxStringBytes:     protocol.DefaultMaxStringBytes,
 		MaxPendingBytes:    1 << 20,
 		Rate:               1000,
 		Burst:              2000,
@@ -143,6 +158,9 @@ func (o Options) withDefaults() (Options, error) {
 	setInt(&o.MaxFrameBytes, d.MaxFrameBytes)
 	setInt(&o.MaxMessageBytes, d.MaxMessageBytes)
 	setInt(&o.MaxBatchMessages, d.MaxBatchMessages)
+	setInt(&o.MaxFields, d.MaxFields)
+	setInt(&o.MaxFieldNameBytes, d.MaxFieldNameBytes)
+	setInt(&o.MaxStringBytes, d.MaxStringBytes)
 	setInt(&o.MaxPendingBytes, d.MaxPendingBytes)
 	setInt(&o.Burst, d.Burst)
 	if o.Rate == 0 {
@@ -169,6 +187,7 @@ func (o Options) withDefaults() (Options, error) {
 		return o, errors.New("check auth: configure JWT keys or set InsecureNoAuth, not both or neither")
 	}
 	if o.MaxConnections < 0 || o.MaxFrameBytes < 0 || o.MaxMessageBytes < 0 || o.MaxBatchMessages < 0 ||
+		o.MaxFields < 0 || o.MaxFieldNameBytes < 0 || o.MaxStringBytes < 0 ||
 		o.MaxPendingBytes < 0 || o.Rate < 0 || o.Burst < 0 || o.PingInterval < 0 || o.PongTimeout < 0 ||
 		o.WriteTimeout < 0 || o.HandshakeTimeout < 0 || o.OverloadRetryAfter < 0 || o.DrainWindow < 0 || o.MaxFutureSkew < 0 {
 		return o, errors.New("check options: limits must not be negative")
@@ -189,4 +208,16 @@ func (o Options) withDefaults() (Options, error) {
 		return o, fmt.Errorf("check options: ShutdownCode %d is neither 1001 nor 1012", o.ShutdownCode)
 	}
 	return o, nil
+}
+
+// limits are the bounds every device frame is parsed under, whatever
+// carried it.
+func (o *Options) limits() protocol.Limits {
+	return protocol.Limits{
+		MaxMessages:     o.MaxBatchMessages,
+		MaxMessageBytes: o.MaxMessageBytes,
+		MaxFields:       o.MaxFields,
+		MaxNameBytes:    o.MaxFieldNameBytes,
+		MaxStringBytes:  o.MaxStringBytes,
+	}
 }

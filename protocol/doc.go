@@ -12,10 +12,14 @@
 //     members of a device message the server reads (id, ts, device);
 //   - the rules: the earliest device time, the default bound on how far
 //     ahead of the server's clock a device time may be, the bound on a
-//     message id and on nesting;
-//   - the device → server side: ParseFrame splits a frame (one message or a
-//     batch) into messages and validates it strictly, and Message.Check
-//     validates a message against the authenticated device and the clock.
+//     message id and on nesting, and Limits: the bounds on a frame and on
+//     the fields of a message (how many, how long their names and string
+//     values), with the rules every field name and string value follows,
+//     so that one device cannot flood a time-series store with series;
+//   - the device → server side: Limits.ParseFrame splits a frame (one
+//     message or a batch) into messages and validates it strictly, and
+//     Message.Check validates a message against the authenticated device
+//     and the clock.
 //     Every transport that takes device messages (WebSocket today) applies
 //     exactly these two, so a message means the same whatever carried it;
 //   - the server → device side: AppendAck and AppendError encode the

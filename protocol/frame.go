@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strconv"
 	"time"
+	"unicode/utf16"
 	"unicode/utf8"
 )
 
@@ -19,6 +20,74 @@ type Message struct {
 	Index  int    // position in a batch, -1 for a single-object frame
 	Code   string // non-empty: rejected with this error code
 	Reason string // why it was rejected: the error frame's message
+	Rule   string // with CodeTooManyFields or CodeInvalidField: the field rule broken
+}
+
+// reject marks m rejected, unless it already is: the first reason stands.
+func (m *Message) reject(code, rule, reason string) {
+	if m.Code == "" {
+		m.Code, m.Rule, m.Reason = code, rule, reason
+	}
+}
+
+// Limits bound a device frame and the fields of each message in it.
+//
+// A field is what a store makes a series of: every number, boolean and
+// string of a message, nested ones included, named by its path flattened
+// with dots ("gps.lat", "cells.0.rssi"). Nulls, empty objects and arrays,
+// and the top-level members id, ts and device are not fields.
+//
+// Besides these bounds, every member name of a message, at any depth, must
+// be non-empty valid Unicode without control characters (U+0000–U+001F,
+// U+007F–U+009F), and a top-level one must not begin with "__" (a
+// time-series store reserves such names); a string value must be valid
+// Unicode without U+0000. Escapes are decoded before any of this is
+// checked, so "\u0000" is U+0000 and a lone "\ud800" is invalid.
+//
+// A zero (or negative) field means its default.
+type Limits struct {
+	// MaxMessages bounds the messages of a batch frame; a larger batch is
+	// rejected whole with CodeTooLarge. Default DefaultMaxMessages (500).
+	MaxMessages int
+	// MaxMessageBytes bounds one message as written; a larger one is
+	// rejected with CodeTooLarge. Default DefaultMaxMessageBytes (64 KiB).
+	MaxMessageBytes int
+	// MaxFields bounds the fields of one message; a message with more is
+	// rejected with CodeTooManyFields. Default DefaultMaxFields (1,000).
+	MaxFields int
+	// MaxNameBytes bounds a field's flattened name in bytes of UTF-8
+	// (CodeInvalidField, RuleNameTooLong). Default DefaultMaxNameBytes
+	// (256).
+	MaxNameBytes int
+	// MaxStringBytes bounds a string value in bytes of UTF-8, escapes
+	// decoded (CodeInvalidField, RuleStringTooLong). Default
+	// DefaultMaxStringBytes (1,024).
+	MaxStringBytes int
+}
+
+// DefaultLimits returns the defaults that zero fields stand for.
+func DefaultLimits() Limits {
+	return Limits{
+		MaxMessages:     DefaultMaxMessages,
+		MaxMessageBytes: DefaultMaxMessageBytes,
+		MaxFields:       DefaultMaxFields,
+		MaxNameBytes:    DefaultMaxNameBytes,
+		MaxStringBytes:  DefaultMaxStringBytes,
+	}
+}
+
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits()
+	for _, f := range [...]struct {
+		v *int
+		d int
+	}{{&l.MaxMessages, d.MaxMessages}, {&l.MaxMessageBytes, d.MaxMessageBytes},
+		{&l.MaxFields, d.MaxFields}, {&l.MaxNameBytes, d.MaxNameBytes}, {&l.MaxStringBytes, d.MaxStringBytes}} {
+		if *f.v <= 0 {
+			*f.v = f.d
+		}
+	}
+	return l
 }
 
 // FrameError rejects a whole frame: it is answered with one error frame
@@ -31,39 +100,57 @@ type FrameError struct {
 func (e *FrameError) Error() string { return e.Code + ": " + e.Reason }
 
 // scanner walks JSON strictly (RFC 8259 syntax, valid UTF-8, nesting at
-// most MaxDepth). It never allocates on the accepting path.
+// most MaxDepth), and inside a message checks its fields against lim. It
+// never allocates on the accepting path.
 type scanner struct {
 	b     []byte
 	i     int
 	depth int
 	err   string
+
+	lim    Limits
+	m      Message // the message being scanned, filled by object(true, …)
+	fields int     // fields of m so far
+	key    []byte  // the last member name of m, as written, for reasons
+}
+
+// ParseFrame is Limits{MaxMessages: maxMessages, MaxMessageBytes:
+// maxMessageBytes}.ParseFrame: the given frame bounds and the default
+// field limits.
+func ParseFrame(frame []byte, msgs []Message, maxMessages, maxMessageBytes int) ([]Message, *FrameError) {
+	return Limits{MaxMessages: maxMessages, MaxMessageBytes: maxMessageBytes}.ParseFrame(frame, msgs)
 }
 
 // ParseFrame appends the messages of a device frame to msgs. A frame is one
 // JSON object or an array of JSON values; array elements that are not
-// objects become messages rejected with CodeInvalidMessage. maxMessages
-// bounds the batch size and maxMessageBytes the size of each message.
+// objects become messages rejected with CodeInvalidMessage. l bounds the
+// batch size, the size of each message and its fields.
 //
 // Every message gets its members "id", "ts" and "device" recorded; a member
 // of the wrong type, a repeated one or an "id" over MaxMessageIDBytes
-// rejects the message (Code and Reason set). A frame that is not strict
-// JSON, or holds more than maxMessages, is rejected whole: the FrameError
-// says why, and msgs is returned as it was given. Check validates what
-// depends on the connection and the clock.
+// rejects the message (Code and Reason set), and so does a field that
+// breaks l (Code CodeTooManyFields or CodeInvalidField, Rule set; its "id"
+// is still recorded for the error frame). A frame that is not strict JSON,
+// or holds more than l.MaxMessages, is rejected whole: the FrameError says
+// why, and msgs is returned as it was given. Check validates what depends
+// on the connection and the clock.
 //
 // It never allocates on the accepting path once msgs has capacity.
-func ParseFrame(frame []byte, msgs []Message, maxMessages, maxMessageBytes int) ([]Message, *FrameError) {
-	d := scanner{b: frame}
+func (l Limits) ParseFrame(frame []byte, msgs []Message) ([]Message, *FrameError) {
+	l = l.withDefaults()
+	maxMessages, maxMessageBytes := l.MaxMessages, l.MaxMessageBytes
+	d := scanner{b: frame, lim: l}
 	d.ws()
 	if d.i >= len(d.b) {
 		return msgs, &FrameError{CodeInvalidJSON, "empty frame"}
 	}
 	switch d.b[d.i] {
 	case '{':
-		m := Message{Index: -1}
-		if !d.object(&m) {
+		d.m = Message{Index: -1}
+		if !d.object(true, 0) {
 			return msgs, d.syntaxError()
 		}
+		m := d.m
 		d.ws()
 		if d.i != len(d.b) {
 			return msgs, &FrameError{CodeInvalidJSON, "unexpected data after the top-level value at byte " + strconv.Itoa(d.i)}
@@ -88,13 +175,15 @@ func ParseFrame(frame []byte, msgs []Message, maxMessages, maxMessageBytes int) 
 				}
 				m := Message{Index: len(msgs) - start}
 				if d.b[d.i] == '{' {
-					if !d.object(&m) {
+					d.m = m
+					if !d.object(true, 0) {
 						return msgs[:start], d.syntaxError()
 					}
+					m = d.m
 					checkSize(&m, maxMessageBytes)
 				} else {
 					s := d.i
-					if !d.value() {
+					if !d.value(-1) {
 						return msgs[:start], d.syntaxError()
 					}
 					m.Raw = d.b[s:d.i]
@@ -123,7 +212,7 @@ func ParseFrame(frame []byte, msgs []Message, maxMessages, maxMessageBytes int) 
 		}
 		return msgs, nil
 	default:
-		if !d.value() {
+		if !d.value(-1) {
 			return msgs, d.syntaxError()
 		}
 		d.ws()
@@ -162,10 +251,17 @@ func (d *scanner) ws() {
 	}
 }
 
-// object parses an object at d.i. When m is non-nil, it is a message: its raw
-// bytes and its top-level "id", "ts" and "device" members are recorded, and a
-// member of the wrong type or a repeated one marks the message rejected.
-func (d *scanner) object(m *Message) bool {
+// object parses an object at d.i. When top, it is the message d.m: its raw
+// bytes and its top-level "id", "ts" and "device" members are recorded, a
+// member of the wrong type or a repeated one marks the message rejected,
+// and every other member is a field whose name and value are checked
+// against d.lim. Otherwise, path >= 0: the object is inside a field of d.m
+// whose flattened name is path bytes long; path < 0: it is not in a
+// message's fields, or nothing more is to be checked.
+//
+// The message is kept in the scanner, not behind a pointer, so that it
+// stays on the caller's stack.
+func (d *scanner) object(top bool, path int) bool {
 	start := d.i
 	d.i++ // '{'
 	d.depth++
@@ -173,11 +269,15 @@ func (d *scanner) object(m *Message) bool {
 		d.err = "nesting deeper than " + strconv.Itoa(MaxDepth)
 		return false
 	}
+	m := &d.m
+	if top {
+		d.fields = 0
+	}
 	d.ws()
 	if d.i < len(d.b) && d.b[d.i] == '}' {
 		d.i++
 		d.depth--
-		if m != nil {
+		if top {
 			m.Raw = d.b[start:d.i]
 		}
 		return true
@@ -193,7 +293,8 @@ func (d *scanner) object(m *Message) bool {
 		if !ok {
 			return false
 		}
-		key := d.b[ks+1 : d.i-1]
+		tok := d.b[ks:d.i]
+		key := tok[1 : len(tok)-1]
 		d.ws()
 		if d.i >= len(d.b) || d.b[d.i] != ':' {
 			d.err = "expected ':'"
@@ -201,12 +302,35 @@ func (d *scanner) object(m *Message) bool {
 		}
 		d.i++
 		d.ws()
-		vs := d.i
-		if !d.value() {
-			return false
+		child, reserved := -1, false
+		if top {
+			// A member name with escapes is compared by its meaning, so
+			// "\u0069d" cannot smuggle a second "id" past this decoder.
+			name := key
+			if esc {
+				if u, ok := unescape(tok); ok {
+					name = u
+				}
+			}
+			switch string(name) {
+			case MemberID, MemberTS, MemberDevice:
+				reserved = true
+				vs := d.i
+				if !d.value(-1) {
+					return false
+				}
+				d.member(m, name, d.b[vs:d.i])
+			default:
+				if m.Code == "" && len(name) >= 2 && name[0] == '_' && name[1] == '_' {
+					m.reject(CodeInvalidField, RuleNameReserved, "member "+shown(key)+" is reserved: a top-level member name must not begin with \"__\"")
+				}
+				child = d.name(key, esc, -1)
+			}
+		} else if path >= 0 {
+			child = d.name(key, esc, path)
 		}
-		if m != nil {
-			d.member(m, key, esc, d.b[vs:d.i])
+		if !reserved && !d.value(child) {
+			return false
 		}
 		d.ws()
 		if d.i >= len(d.b) {
@@ -220,7 +344,7 @@ func (d *scanner) object(m *Message) bool {
 		if d.b[d.i] == '}' {
 			d.i++
 			d.depth--
-			if m != nil {
+			if top {
 				m.Raw = d.b[start:d.i]
 			}
 			return true
@@ -230,18 +354,10 @@ func (d *scanner) object(m *Message) bool {
 	}
 }
 
-func (d *scanner) member(m *Message, key []byte, escaped bool, v []byte) {
-	if escaped {
-		// Rare: a member name with escapes is compared by its meaning, so
-		// "\u0069d" cannot smuggle a second "id" past this decoder.
-		var s string
-		q := make([]byte, 0, len(key)+2)
-		q = append(append(append(q, '"'), key...), '"')
-		if json.Unmarshal(q, &s) != nil {
-			return
-		}
-		key = []byte(s)
-	}
+// member records a top-level "id", "ts" or "device" of m. After a field
+// rule rejected m they are still recorded (the error frame names the id),
+// but nothing about them changes the rejection.
+func (d *scanner) member(m *Message, key []byte, v []byte) {
 	var slot *[]byte
 	switch string(key) {
 	case MemberID:
@@ -253,11 +369,11 @@ func (d *scanner) member(m *Message, key []byte, escaped bool, v []byte) {
 	default:
 		return
 	}
-	if m.Code != "" {
+	if m.Code != "" && m.Rule == "" {
 		return
 	}
 	if *slot != nil {
-		m.Code, m.Reason = CodeInvalidMessage, "member \""+string(key)+"\" appears twice"
+		m.reject(CodeInvalidMessage, "", "member \""+string(key)+"\" appears twice")
 		return
 	}
 	*slot = v
@@ -265,16 +381,151 @@ func (d *scanner) member(m *Message, key []byte, escaped bool, v []byte) {
 	case MemberID:
 		if v[0] != '"' && v[0] != '-' && (v[0] < '0' || v[0] > '9') {
 			m.ID = nil
-			m.Code, m.Reason = CodeInvalidMessage, "\"id\" must be a string or a number"
+			m.reject(CodeInvalidMessage, "", "\"id\" must be a string or a number")
 		} else if len(v) > MaxMessageIDBytes {
 			m.ID = nil
-			m.Code, m.Reason = CodeInvalidMessage, "\"id\" is longer than "+strconv.Itoa(MaxMessageIDBytes)+" bytes"
+			m.reject(CodeInvalidMessage, "", "\"id\" is longer than "+strconv.Itoa(MaxMessageIDBytes)+" bytes")
 		}
 	case MemberDevice:
 		if v[0] != '"' {
-			m.Code, m.Reason = CodeInvalidMessage, "\"device\" must be a string"
+			m.reject(CodeInvalidMessage, "", "\"device\" must be a string")
 		}
 	}
+}
+
+// name checks a member name of d.m, as written (key, with escapes if esc),
+// that extends a field's flattened name of path bytes (path < 0: the
+// member is at the top). It returns the flattened name's length, or -1
+// once d.m is rejected: nothing more is checked then.
+func (d *scanner) name(key []byte, esc bool, path int) int {
+	m := &d.m
+	if m.Code != "" {
+		return -1
+	}
+	n, ok := textLen(key, esc, true)
+	if !ok || n == 0 {
+		m.reject(CodeInvalidField, RuleNameInvalid, "member name "+shown(key)+" is empty, not valid Unicode, or holds a control character")
+		return -1
+	}
+	if path >= 0 {
+		n += path + 1 // path "." name
+	}
+	if n > d.lim.MaxNameBytes {
+		m.reject(CodeInvalidField, RuleNameTooLong, "field name at member "+shown(key)+" is longer than "+strconv.Itoa(d.lim.MaxNameBytes)+" bytes once flattened")
+		return -1
+	}
+	d.key = key
+	return n
+}
+
+// field counts a field of d.m (a number, boolean or string).
+func (d *scanner) field() {
+	if m := &d.m; m.Code == "" {
+		if d.fields++; d.fields > d.lim.MaxFields {
+			m.reject(CodeTooManyFields, RuleTooManyFields, "message has more than "+strconv.Itoa(d.lim.MaxFields)+" fields (numbers, booleans and strings, nested ones included)")
+		}
+	}
+}
+
+// stringField counts and checks a string field of d.m, as written (raw,
+// with escapes if esc).
+func (d *scanner) stringField(raw []byte, esc bool) {
+	d.field()
+	m := &d.m
+	if m.Code != "" {
+		return
+	}
+	n, ok := len(raw), true
+	if esc {
+		n, ok = textLen(raw, true, false)
+	}
+	switch {
+	case !ok:
+		m.reject(CodeInvalidField, RuleStringInvalid, "string value of "+shown(d.key)+" holds U+0000 or invalid Unicode")
+	case n > d.lim.MaxStringBytes:
+		m.reject(CodeInvalidField, RuleStringTooLong, "string value of "+shown(d.key)+" is "+strconv.Itoa(n)+" bytes, the limit is "+strconv.Itoa(d.lim.MaxStringBytes))
+	}
+}
+
+// textLen returns the length in bytes of UTF-8 of a JSON string's content
+// as written (raw, with escapes if esc), once decoded, and whether it is
+// acceptable: valid Unicode (no lone surrogate escape) without U+0000,
+// and, for a name, without any control character (U+0000–U+001F,
+// U+007F–U+009F). raw has passed the scanner, so it is valid UTF-8 without
+// raw C0 controls and its escapes are well formed.
+func textLen(raw []byte, esc, name bool) (int, bool) {
+	if !esc && !name {
+		return len(raw), true
+	}
+	n := 0
+	for i := 0; i < len(raw); {
+		c := raw[i]
+		if c != '\\' {
+			// U+007F is 0x7f; U+0080–U+009F are 0xc2 0x80–0x9f.
+			if name && (c == 0x7f || c == 0xc2 && raw[i+1] < 0xa0) {
+				return n, false
+			}
+			n++
+			i++
+			continue
+		}
+		if e := raw[i+1]; e != 'u' {
+			// \" \\ \/ are themselves; \b \f \n \r \t are control characters.
+			if name && e != '"' && e != '\\' && e != '/' {
+				return n, false
+			}
+			n++
+			i += 2
+			continue
+		}
+		r := hex4(raw[i+2:])
+		i += 6
+		if utf16.IsSurrogate(r) {
+			if r < 0xdc00 && i+6 <= len(raw) && raw[i] == '\\' && raw[i+1] == 'u' {
+				if r2 := hex4(raw[i+2:]); r2 >= 0xdc00 && r2 < 0xe000 {
+					n += 4
+					i += 6
+					continue
+				}
+			}
+			return n, false
+		}
+		if r == 0 || name && (r < 0x20 || r >= 0x7f && r < 0xa0) {
+			return n, false
+		}
+		n += utf8.RuneLen(r)
+	}
+	return n, true
+}
+
+// hex4 decodes the four hex digits at the start of b.
+func hex4(b []byte) rune {
+	var r rune
+	for _, c := range b[:4] {
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		default:
+			c -= 'A' - 10
+		}
+		r = r<<4 | rune(c)
+	}
+	return r
+}
+
+// shown quotes a member name as written for a reason, cut to 64 bytes.
+func shown(key []byte) string {
+	const max = 64
+	if len(key) <= max {
+		return "\"" + string(key) + "\""
+	}
+	n := max
+	for n > 0 && !utf8.RuneStart(key[n]) {
+		n--
+	}
+	return "\"" + string(key[:n]) + "…\""
 }
 
 // str parses a string at d.i and reports whether it held escapes.
@@ -334,34 +585,47 @@ func isHex(c byte) bool {
 	return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F'
 }
 
-func (d *scanner) value() bool {
+// value parses a value at d.i. path >= 0: the value is a field of d.m whose
+// flattened name is path bytes long, or holds fields below it; path < 0:
+// it is not in a message's fields, or nothing more is to be checked.
+func (d *scanner) value(path int) bool {
 	if d.i >= len(d.b) {
 		d.err = "expected a value"
 		return false
 	}
+	ok := false
 	switch c := d.b[d.i]; {
 	case c == '{':
-		return d.object(nil)
+		return d.object(false, path)
 	case c == '[':
-		return d.array()
+		return d.array(path)
 	case c == '"':
-		_, ok := d.str()
+		s := d.i
+		var esc bool
+		if esc, ok = d.str(); ok && path >= 0 {
+			d.stringField(d.b[s+1:d.i-1], esc)
+		}
 		return ok
 	case c == 't':
-		return d.literal("true")
+		ok = d.literal("true")
 	case c == 'f':
-		return d.literal("false")
+		ok = d.literal("false")
 	case c == 'n':
-		return d.literal("null")
+		return d.literal("null") // not a field
 	case c == '-' || c >= '0' && c <= '9':
-		return d.number()
+		ok = d.number()
 	default:
 		d.err = "expected a value"
 		return false
 	}
+	if ok && path >= 0 {
+		d.field()
+	}
+	return ok
 }
 
-func (d *scanner) array() bool {
+// array parses an array at d.i; path as for value.
+func (d *scanner) array(path int) bool {
 	d.i++
 	d.depth++
 	if d.depth > MaxDepth {
@@ -374,9 +638,17 @@ func (d *scanner) array() bool {
 		d.depth--
 		return true
 	}
-	for {
+	for i := 0; ; i++ {
 		d.ws()
-		if !d.value() {
+		child := -1
+		if path >= 0 && d.m.Code == "" {
+			// The element's name is path "." i.
+			if child = path + 1 + decimalLen(i); child > d.lim.MaxNameBytes {
+				d.m.reject(CodeInvalidField, RuleNameTooLong, "field name at element "+strconv.Itoa(i)+" of "+shown(d.key)+" is longer than "+strconv.Itoa(d.lim.MaxNameBytes)+" bytes once flattened")
+				child = -1
+			}
+		}
+		if !d.value(child) {
 			return false
 		}
 		d.ws()
@@ -396,6 +668,15 @@ func (d *scanner) array() bool {
 		d.err = "expected ',' or ']'"
 		return false
 	}
+}
+
+// decimalLen is the number of decimal digits of i >= 0.
+func decimalLen(i int) int {
+	n := 1
+	for ; i >= 10; i /= 10 {
+		n++
+	}
+	return n
 }
 
 func (d *scanner) literal(lit string) bool {

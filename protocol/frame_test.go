@@ -1,7 +1,11 @@
 package protocol
 
 import (
+	"bytes"
 	"encoding/json"
+	"fmt"
+	"io"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -157,12 +161,17 @@ func TestParseFrameAllocatesNothing(t *testing.T) {
 
 // FuzzParseFrame checks the device frame decoder against encoding/json: it
 // never panics, it accepts a frame only if encoding/json finds it valid, and
-// every accepted message is a valid JSON object.
+// every accepted message is a valid JSON object. Under small field limits,
+// a message is rejected by a field rule exactly when fieldRules, which
+// walks it with encoding/json, finds one broken.
 func FuzzParseFrame(f *testing.F) {
 	for _, s := range []string{`{"id":1}`, `[{"id":"a","ts":1748736000000},{"v":[1,{"b":null}]}]`, `[]`, `{"\u0069d":1}`,
-		`{"a":"\ud83d\ude00"}`, `[1,2]`, `{"a":-0.5e+3}`, `{"device":"x","ts":"2025-01-01T00:00:00Z"}`} {
+		`{"a":"\ud83d\ude00"}`, `[1,2]`, `{"a":-0.5e+3}`, `{"device":"x","ts":"2025-01-01T00:00:00Z"}`,
+		`{"__name__":1}`, `{"a\u0000":"\u0000"}`, `{"abcdefgh":[1,2,{"c":"long string"}]}`, `{"id":{"x":[1,2,3,4,5]},"\ud800":1}`,
+		`[{"a":1,"b":2,"c":3,"d":4,"e":5},{"é":"\u00e9\u00e9\u00e9"}]`, "{\"a\x7f\":1,\"b\u0085\":2}"} {
 		f.Add([]byte(s))
 	}
+	small := Limits{MaxFields: 4, MaxNameBytes: 8, MaxStringBytes: 6}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		msgs, ferr := ParseFrame(b, nil, 500, 1<<16)
 		valid := json.Valid(b) && utf8.Valid(b)
@@ -180,6 +189,9 @@ func FuzzParseFrame(f *testing.F) {
 			if m.Code == "" && m.Raw[0] != '{' {
 				t.Fatalf("accepted non-object %q", m.Raw)
 			}
+			if (m.Rule != "") != (m.Code == CodeTooManyFields || m.Code == CodeInvalidField) {
+				t.Fatalf("code %q with rule %q", m.Code, m.Rule)
+			}
 			code := m.Code
 			m.Check("x", time.Now(), time.Hour)
 			if code != "" && m.Code != code {
@@ -189,7 +201,128 @@ func FuzzParseFrame(f *testing.F) {
 				t.Fatalf("ts %s accepted as %d, before MinDeviceTime", m.TS, m.Time)
 			}
 		}
+		smsgs, sferr := small.ParseFrame(b, nil)
+		if (sferr == nil) != (ferr == nil) || len(smsgs) != len(msgs) {
+			t.Fatalf("field limits changed the frame's fate: %+v %d, %+v %d", ferr, len(msgs), sferr, len(smsgs))
+		}
+		for _, m := range smsgs {
+			if m.Raw[0] != '{' || m.Code != "" && m.Rule == "" {
+				continue // not a message, or rejected for another reason first
+			}
+			broken, sure := fieldRules(t, m.Raw, small)
+			if sure && broken != (m.Rule != "") {
+				t.Fatalf("message %q: rule %q (%s), but encoding/json finds a broken rule: %v", m.Raw, m.Rule, m.Reason, broken)
+			}
+		}
 	})
+}
+
+// fieldRules walks a message with encoding/json and reports whether it
+// breaks a rule of lim. encoding/json decodes a lone surrogate escape as
+// U+FFFD, so when the message also holds a U+FFFD of its own, sure is
+// false: the walk cannot tell them apart.
+func fieldRules(t *testing.T, raw []byte, lim Limits) (broken, sure bool) {
+	sure = !bytes.Contains(raw, []byte("\uFFFD")) && !bytes.Contains(bytes.ToLower(raw), []byte(`\ufffd`))
+	badText := func(s string, name bool) bool {
+		for _, r := range s {
+			if r == 0 || r == utf8.RuneError || name && (r < 0x20 || r >= 0x7f && r < 0xa0) {
+				return true
+			}
+		}
+		return false
+	}
+	type level struct {
+		obj   bool
+		key   string // in an object: the member whose value comes next
+		keyed bool
+		n     int // in an array: elements so far
+		path  int // length of the flattened name of this object or array; -1 at the top
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	var stack []level
+	fields, skip := 0, 0
+	for {
+		tok, err := dec.Token()
+		if err == io.EOF {
+			return broken, sure
+		}
+		if err != nil {
+			t.Fatalf("decode %q: %v", raw, err)
+		}
+		delim, isDelim := tok.(json.Delim)
+		if skip > 0 { // inside the value of a top-level id, ts or device
+			if isDelim && (delim == '{' || delim == '[') {
+				skip++
+			} else if isDelim {
+				skip--
+			}
+			if skip == 0 {
+				stack[len(stack)-1].keyed = false
+			}
+			continue
+		}
+		if isDelim && (delim == '}' || delim == ']') {
+			stack = stack[:len(stack)-1]
+			if len(stack) > 0 {
+				stack[len(stack)-1].keyed = false
+			}
+			continue
+		}
+		if len(stack) == 0 { // the message's own '{'
+			stack = append(stack, level{obj: true, path: -1})
+			continue
+		}
+		top := &stack[len(stack)-1]
+		if top.obj && !top.keyed {
+			top.key, top.keyed = tok.(string), true
+			if len(stack) == 1 && Reserved(top.key) {
+				continue
+			}
+			if top.key == "" || badText(top.key, true) || len(stack) == 1 && strings.HasPrefix(top.key, "__") {
+				broken = true
+			}
+			continue
+		}
+		// A value: its flattened name.
+		var path int
+		if top.obj {
+			if len(stack) == 1 && Reserved(top.key) {
+				if isDelim {
+					skip = 1
+				} else {
+					top.keyed = false
+				}
+				continue
+			}
+			path = len(top.key)
+			top.keyed = false
+		} else {
+			path = len(strconv.Itoa(top.n))
+			top.n++
+		}
+		if top.path >= 0 {
+			path += top.path + 1
+		}
+		if path > lim.MaxNameBytes {
+			broken = true
+		}
+		switch v := tok.(type) {
+		case json.Delim:
+			stack = append(stack, level{obj: v == '{', path: path})
+		case nil:
+		case string:
+			fields++
+			if len(v) > lim.MaxStringBytes || badText(v, false) {
+				broken = true
+			}
+		default:
+			fields++
+		}
+		if fields > lim.MaxFields {
+			broken = true
+		}
+	}
 }
 
 // BenchmarkParseFrame decodes and checks a device frame as a connection
@@ -218,5 +351,151 @@ func BenchmarkParseFrame(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestParseFrameLimits is the table of the field limits and rules: each
+// one under, at and over its bound, with small limits so that the cases
+// stay readable, then the defaults.
+func TestParseFrameLimits(t *testing.T) {
+	small := Limits{MaxFields: 3, MaxNameBytes: 8, MaxStringBytes: 4}
+	cases := []struct {
+		name string
+		in   string
+		rule string // "" = accepted; else rejected with this rule
+		id   string // the id recorded, if any
+	}{
+		// Fields per message (3).
+		{"fields under", `{"a":1,"b":2}`, "", ""},
+		{"fields at", `{"a":1,"b":"x","c":true}`, "", ""},
+		{"fields over", `{"a":1,"b":2,"c":3,"d":4}`, RuleTooManyFields, ""},
+		{"nested fields at", `{"a":{"b":1,"c":[2,false]}}`, "", ""},
+		{"nested fields over", `{"a":{"b":1,"c":[2,3,"x"]}}`, RuleTooManyFields, ""},
+		{"nulls and empties are not fields", `{"a":1,"b":2,"c":3,"n":null,"o":{},"e":[],"x":[null,{}]}`, "", ""},
+		{"id ts device are not fields", `{"id":1,"ts":1748736000000,"device":"dddddddd","a":1,"b":2,"c":3}`, "", "1"},
+		{"nested id is a field", `{"x":{"id":1},"a":1,"b":2,"c":3}`, RuleTooManyFields, ""},
+		// Flattened name length (8 bytes).
+		{"name under", `{"abc":1}`, "", ""},
+		{"name at", `{"abcdefgh":1}`, "", ""},
+		{"name over", `{"abcdefghi":1}`, RuleNameTooLong, ""},
+		{"flattened at", `{"abc":{"defg":1}}`, "", ""},
+		{"flattened over", `{"abc":{"defgh":1}}`, RuleNameTooLong, ""},
+		{"element at", `{"abcdef":[1]}`, "", ""},
+		{"element over", `{"abcdefg":[1]}`, RuleNameTooLong, ""},
+		{"element index over", `{"abcdef":[null,null,null,null,null,null,null,null,null,null,1]}`, RuleNameTooLong, ""},
+		{"name of a null over", `{"abcdefghi":null}`, RuleNameTooLong, ""},
+		{"escaped name at", `{"\u00e9\u00e9\u00e9\u00e9":1}`, "", ""},
+		{"escaped name over", `{"\u00e9\u00e9\u00e9\u00e9a":1}`, RuleNameTooLong, ""},
+		{"surrogate pair name at", `{"\ud83d\ude00\ud83d\ude00":1}`, "", ""},
+		{"surrogate pair name over", `{"\ud83d\ude00\ud83d\ude00a":1}`, RuleNameTooLong, ""},
+		{"raw UTF-8 name over", `{"ééééa":1}`, RuleNameTooLong, ""},
+		// Reserved names: "__" at the top.
+		{"__name__", `{"__name__":1}`, RuleNameReserved, ""},
+		{"__", `{"__":1}`, RuleNameReserved, ""},
+		{"escaped __", `{"\u005f_x":1}`, RuleNameReserved, ""},
+		{"__ with null", `{"__x":null}`, RuleNameReserved, ""},
+		{"one underscore", `{"_a":1}`, "", ""},
+		{"trailing __", `{"a__":1}`, "", ""},
+		{"nested __", `{"a":{"__b":1}}`, "", ""},
+		// Invalid names.
+		{"empty name", `{"":1}`, RuleNameInvalid, ""},
+		{"empty nested name", `{"a":{"":1}}`, RuleNameInvalid, ""},
+		{"NUL in name", `{"a\u0000":1}`, RuleNameInvalid, ""},
+		{"newline in name", `{"a\n":1}`, RuleNameInvalid, ""},
+		{"tab in nested name", `{"a":{"b\t":1}}`, RuleNameInvalid, ""},
+		{"escaped DEL in name", `{"a\u007f":1}`, RuleNameInvalid, ""},
+		{"raw DEL in name", "{\"a\x7f\":1}", RuleNameInvalid, ""},
+		{"raw C1 in name", "{\"a\u0085\":1}", RuleNameInvalid, ""},
+		{"escaped C1 in name", `{"a\u009F":1}`, RuleNameInvalid, ""},
+		{"lone high surrogate in name", `{"\ud800":1}`, RuleNameInvalid, ""},
+		{"lone low surrogate in name", `{"\udc00x":1}`, RuleNameInvalid, ""},
+		{"high surrogate then a letter", `{"\ud800\u0041":1}`, RuleNameInvalid, ""},
+		{"NBSP in name", `{"a\u00a0":1}`, "", ""},
+		{"quote slash backslash in name", `{"\"\/\\":1}`, "", ""},
+		// String values (4 bytes).
+		{"string under", `{"s":"abc"}`, "", ""},
+		{"string at", `{"s":"abcd"}`, "", ""},
+		{"string over", `{"s":"abcde"}`, RuleStringTooLong, ""},
+		{"escaped string at", `{"s":"\u00e9\u00e9"}`, "", ""},
+		{"escaped string over", `{"s":"\u00e9\u00e9a"}`, RuleStringTooLong, ""},
+		{"string in array over", `{"s":["ok","abcde"]}`, RuleStringTooLong, ""},
+		{"newline in string", `{"s":"a\nb"}`, "", ""},
+		{"NUL in string", `{"s":"\u0000"}`, RuleStringInvalid, ""},
+		{"lone surrogate in string", `{"s":"a\udfff"}`, RuleStringInvalid, ""},
+		{"surrogate pair in string", `{"s":"\ud83d\ude00"}`, "", ""},
+		{"device is not a string field", `{"device":"\u0000x"}`, "", ""},
+		// Rejections keep the id and the first reason.
+		{"id after a field rule", `{"__x":1,"id":7}`, RuleNameReserved, "7"},
+		{"id before a field rule", `{"id":"a","s":"abcdef"}`, RuleStringTooLong, `"a"`},
+		{"first rule stands", `{"__x":1,"s":"abcdefg","a":1,"b":2}`, RuleNameReserved, ""},
+		{"bad id after a field rule", `{"__x":1,"id":true}`, RuleNameReserved, ""},
+		{"repeated id after a field rule", `{"__x":1,"id":1,"id":2}`, RuleNameReserved, "1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			msgs, ferr := small.ParseFrame([]byte(tc.in), nil)
+			if ferr != nil || len(msgs) != 1 {
+				t.Fatalf("frame error %+v, %d messages", ferr, len(msgs))
+			}
+			m := msgs[0]
+			if m.Rule != tc.rule || string(m.ID) != tc.id {
+				t.Fatalf("code %q rule %q (%s) id %s, want rule %q id %s", m.Code, m.Rule, m.Reason, m.ID, tc.rule, tc.id)
+			}
+			want := ""
+			switch tc.rule {
+			case "":
+			case RuleTooManyFields:
+				want = CodeTooManyFields
+			default:
+				want = CodeInvalidField
+			}
+			if m.Code != want || (m.Code != "") != (m.Reason != "") {
+				t.Fatalf("code %q (%s), want %q", m.Code, m.Reason, want)
+			}
+			if m.Code == "" && !json.Valid(m.Raw) {
+				t.Fatalf("raw %q is not valid JSON", m.Raw)
+			}
+		})
+	}
+
+	// A batch checks each message on its own: the field count restarts.
+	msgs, ferr := small.ParseFrame([]byte(`[{"a":1,"b":2,"c":3,"d":4},{"a":1,"b":2,"c":3},{"__x":1},{"a":1}]`), nil)
+	if ferr != nil || len(msgs) != 4 {
+		t.Fatalf("batch: %+v %d", ferr, len(msgs))
+	}
+	for i, rule := range []string{RuleTooManyFields, "", RuleNameReserved, ""} {
+		if msgs[i].Rule != rule || msgs[i].Index != i {
+			t.Errorf("batch message %d: rule %q index %d, want %q", i, msgs[i].Rule, msgs[i].Index, rule)
+		}
+	}
+
+	// The defaults, as ParseFrame applies them.
+	fields := func(n int) string {
+		var b strings.Builder
+		b.WriteString(`{"id":1`)
+		for i := range n {
+			fmt.Fprintf(&b, `,"f%d":%d`, i, i)
+		}
+		return b.String() + "}"
+	}
+	name := func(n int) string { return `{"` + strings.Repeat("n", n) + `":1}` }
+	str := func(n int) string { return `{"s":"` + strings.Repeat("s", n) + `"}` }
+	for _, tc := range []struct {
+		in, rule string
+	}{
+		{fields(DefaultMaxFields - 1), ""}, {fields(DefaultMaxFields), ""}, {fields(DefaultMaxFields + 1), RuleTooManyFields},
+		{name(DefaultMaxNameBytes - 1), ""}, {name(DefaultMaxNameBytes), ""}, {name(DefaultMaxNameBytes + 1), RuleNameTooLong},
+		{str(DefaultMaxStringBytes - 1), ""}, {str(DefaultMaxStringBytes), ""}, {str(DefaultMaxStringBytes + 1), RuleStringTooLong},
+		{name(60 << 10), RuleNameTooLong},
+	} {
+		msgs, ferr := ParseFrame([]byte(tc.in), nil, 1, 1<<20)
+		if ferr != nil || len(msgs) != 1 || msgs[0].Rule != tc.rule {
+			t.Errorf("%.40s… (%d bytes): %+v %+v, want rule %q", tc.in, len(tc.in), ferr, msgs, tc.rule)
+			continue
+		}
+		// A reason quotes at most a short part of what the device sent.
+		if len(msgs[0].Reason) > 200 {
+			t.Errorf("reason of %d bytes: %.80s…", len(msgs[0].Reason), msgs[0].Reason)
+		}
 	}
 }

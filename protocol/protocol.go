@@ -42,6 +42,15 @@ const (
 	// ClosePolicyViolation and ReasonUnauthorized), or, in a refused
 	// handshake's body, the token was missing or refused (HTTP 401).
 	CodeUnauthorized = "unauthorized"
+	// CodeTooManyFields: a message with more fields than the server's
+	// limit (Limits.MaxFields); message dropped. Message.Rule is
+	// RuleTooManyFields.
+	CodeTooManyFields = "too_many_fields"
+	// CodeInvalidField: a field of the message breaks a field rule (a name
+	// that is reserved, not valid Unicode, holds a control character or is
+	// too long; a string value that holds U+0000, is not valid Unicode or
+	// is too long); message dropped. Message.Rule names the rule.
+	CodeInvalidField = "invalid_field"
 	// CodeTokenTooLarge: in a refused handshake's body only (HTTP 401), the
 	// token is longer than the server's cap (8 KiB by default) and was not
 	// verified.
@@ -51,8 +60,8 @@ const (
 // ErrorCodes returns every error code of an error frame, in the order of
 // docs/protocol.md.
 func ErrorCodes() []string {
-	return []string{CodeInvalidJSON, CodeInvalidMessage, CodeTooLarge, CodeBadTimestamp,
-		CodeDeviceMismatch, CodeRateLimited, CodeOverloaded, CodeUnauthorized}
+	return []string{CodeInvalidJSON, CodeInvalidMessage, CodeTooLarge, CodeTooManyFields, CodeInvalidField,
+		CodeBadTimestamp, CodeDeviceMismatch, CodeRateLimited, CodeOverloaded, CodeUnauthorized}
 }
 
 // EndsConnection reports whether an error frame with code means that the
@@ -123,6 +132,34 @@ const (
 	// DefaultMaxFutureSkew is how far ahead of the server's clock a "ts"
 	// may be unless the operator sets another bound.
 	DefaultMaxFutureSkew = time.Hour
+)
+
+// Field rules: the rule a message rejected with CodeTooManyFields or
+// CodeInvalidField broke (Message.Rule). They are stable, like the codes:
+// operators count rejections by them.
+const (
+	RuleTooManyFields = "too_many_fields" // more fields than Limits.MaxFields
+	RuleNameTooLong   = "name_too_long"   // a flattened field name over Limits.MaxNameBytes
+	RuleNameReserved  = "name_reserved"   // a top-level member name beginning with "__"
+	RuleNameInvalid   = "name_invalid"    // an empty member name, a control character or invalid Unicode in one
+	RuleStringTooLong = "string_too_long" // a string value over Limits.MaxStringBytes
+	RuleStringInvalid = "string_invalid"  // a string value holding U+0000 or invalid Unicode
+)
+
+// FieldRules returns every field rule, in the order of docs/protocol.md.
+func FieldRules() []string {
+	return []string{RuleTooManyFields, RuleNameTooLong, RuleNameReserved, RuleNameInvalid,
+		RuleStringTooLong, RuleStringInvalid}
+}
+
+// Default bounds of a device frame and of the fields of a message: the
+// zero values of Limits stand for them.
+const (
+	DefaultMaxMessages     = 500
+	DefaultMaxMessageBytes = 64 << 10
+	DefaultMaxFields       = 1000
+	DefaultMaxNameBytes    = 256
+	DefaultMaxStringBytes  = 1024
 )
 
 // Other bounds of a device frame.

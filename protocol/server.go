@@ -163,7 +163,7 @@ func DecodeServerFrame(b []byte) (ServerFrame, error) {
 			d.i++
 			d.ws()
 			vs := d.i
-			if !d.value() {
+			if !d.value(-1) {
 				return f, d.serverError()
 			}
 			v := d.b[vs:d.i]
@@ -271,6 +271,10 @@ func stringValue(v []byte, name string) (string, error) {
 		return CodeInvalidMessage, nil
 	case CodeTooLarge:
 		return CodeTooLarge, nil
+	case CodeTooManyFields:
+		return CodeTooManyFields, nil
+	case CodeInvalidField:
+		return CodeInvalidField, nil
 	case CodeBadTimestamp:
 		return CodeBadTimestamp, nil
 	case CodeDeviceMismatch:

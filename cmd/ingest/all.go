@@ -44,6 +44,9 @@ func runAll(ctx context.Context, args []string) error {
 		noAuth     = fs.Bool("insecure-no-auth", false, "accept devices without tokens (device id from ?device=); loopback only")
 		secretFile = fs.String("auth.hs256-secret-file", "", "file holding the HS256 secret devices' tokens are signed with")
 		drain      = fs.Duration("drain-window", 2*time.Second, "time over which device connections are closed at shutdown")
+		maxFields  = fs.Int("max-fields", frontend.DefaultOptions().MaxFields, "most fields (numbers, booleans, strings, nested ones included) in one message; more is rejected with too_many_fields")
+		maxName    = fs.Int("max-field-name-bytes", frontend.DefaultOptions().MaxFieldNameBytes, "longest field name, flattened with dots; longer is rejected with invalid_field")
+		maxString  = fs.Int("max-string-bytes", frontend.DefaultOptions().MaxStringBytes, "longest string value; longer is rejected with invalid_field")
 		walRepair  = fs.Bool("wal.repair", false, "open WALs whose last segment was cut short (refused otherwise): keep their whole entries, log and count what is lost, give the log a new identity")
 		logLevel   = fs.String("log.level", "info", "log level: debug, info, warn, error")
 		logFormat  = fs.String("log.format", "text", "log format: text or json")
@@ -134,7 +137,8 @@ func runAll(ctx context.Context, args []string) error {
 		return fmt.Errorf("open frontend wal: %w", err)
 	}
 	defer closeLog(flog, lg)
-	fopts := frontend.Options{ID: "fe-0", InsecureNoAuth: *noAuth, DrainWindow: *drain, Gatherer: reg}
+	fopts := frontend.Options{ID: "fe-0", InsecureNoAuth: *noAuth, DrainWindow: *drain, Gatherer: reg,
+		MaxFields: *maxFields, MaxFieldNameBytes: *maxName, MaxStringBytes: *maxString}
 	if *secretFile != "" {
 		b, err := os.ReadFile(*secretFile)
 		if err != nil {

@@ -55,6 +55,9 @@ func runFrontend(ctx context.Context, args []string) error {
 		maxFrame    = fs.Int("max-frame-bytes", d.MaxFrameBytes, "largest frame; larger closes the connection with 1009")
 		maxMsg      = fs.Int("max-message-bytes", d.MaxMessageBytes, "largest message; larger is rejected with too_large")
 		maxBatch    = fs.Int("max-batch", d.MaxBatchMessages, "most messages in one batch frame")
+		maxFields   = fs.Int("max-fields", d.MaxFields, "most fields (numbers, booleans, strings, nested ones included) in one message; more is rejected with too_many_fields")
+		maxName     = fs.Int("max-field-name-bytes", d.MaxFieldNameBytes, "longest field name, flattened with dots; longer is rejected with invalid_field")
+		maxString   = fs.Int("max-string-bytes", d.MaxStringBytes, "longest string value; longer is rejected with invalid_field")
 		rate        = fs.Float64("rate", d.Rate, "messages per second per device")
 		burst       = fs.Int("burst", d.Burst, "burst of messages per device")
 		ping        = fs.Duration("ping-interval", d.PingInterval, "ping a connection silent for this long")
@@ -98,6 +101,7 @@ func runFrontend(ctx context.Context, args []string) error {
 			Issuer: *issuer, Audience: *audience, RequireExpiry: *requireExp, Leeway: *leeway,
 		},
 	}
+	opts.MaxFields, opts.MaxFieldNameBytes, opts.MaxStringBytes = *maxFields, *maxName, *maxString
 	if *restartCode {
 		opts.ShutdownCode = websocket.StatusServiceRestart
 	}

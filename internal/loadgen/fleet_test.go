@@ -240,7 +240,9 @@ func TestClosedLoop(t *testing.T) {
 // intact; a message over the server's limit is rejected with its error
 // frame, which the fleet reads and settles the message with.
 func TestFrameLengths(t *testing.T) {
-	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{MaxMessageBytes: 70_000, MaxFrameBytes: 256 << 10})
+	// The messages are padded with one string: its limit is raised past
+	// the largest, so that only the message limit is met.
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{MaxMessageBytes: 70_000, MaxFrameBytes: 256 << 10, MaxStringBytes: 100_000})
 	sizes := []int{16, 125, 126, 127, 200, 65535, 65536, 69_999, 70_001, 100_000}
 	var got settled
 	f, err := New(Options{URLs: []string{s.url()}, Devices: 1, Insecure: true, Window: 4, Total: int64(len(sizes)),
