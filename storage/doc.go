@@ -75,4 +75,14 @@
 // that does not decode is counted and skipped: no retry could store it. Points a sink can never store (older than its
 // out-of-order window, say) are dropped by the sink and counted, rather
 // than failing the batch for ever.
+//
+// # Limits
+//
+// A Limiter, put in front of a sink (Limiter.Sink), bounds what one device
+// can add to the store: the series it has (a field that would make one
+// more than LimitOptions.MaxSeriesPerDevice is dropped, the device's known
+// series keep being written), and the series names of a point's fields
+// (two fields that make one name: the first in name order is kept). What it
+// drops is counted; the frontend has already refused, with an error code to
+// the device, messages whose fields break the protocol's field limits.
 package storage

@@ -2,14 +2,21 @@ package storage
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"io"
+	"log/slog"
 	"maps"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/protocol"
@@ -151,4 +158,300 @@ func flatten(name string, v any, p *Point) {
 	case string:
 		p.Strings[name] = v
 	}
+}
+
+// Reasons a Limiter drops a field: the values of
+// ingest_storage_dropped_fields_total's reason label.
+const (
+	// DropSeriesLimit: the field would have made a new series for a device
+	// already at LimitOptions.MaxSeriesPerDevice.
+	DropSeriesLimit = "series_limit"
+	// DropNameCollision: another field of the same kind (numeric or
+	// string) in the point makes the same series name (MetricName), and
+	// sorts before it ("a.b" and "a_b": "a.b" is kept).
+	DropNameCollision = "name_collision"
+	// DropReservedName: the field's name begins with "__", which
+	// Prometheus-style stores reserve (the frontend refuses such messages;
+	// this catches records written before it did).
+	DropReservedName = "reserved_name"
+)
+
+// LimitOptions configure a Limiter. Zero fields mean their defaults.
+type LimitOptions struct {
+	// MaxSeriesPerDevice bounds the series a device has written recently:
+	// one per numeric field, one per string field and value (an info
+	// series), each per MQTT topic (TopicLabel). A field that would make a device's series one more is
+	// dropped and counted, whatever its message; the device's known series
+	// keep being written. Default 2,000, room for a full message of the
+	// frontend's default 1,000 fields and as many string values again.
+	MaxSeriesPerDevice int
+	// Window is how long a series that is no longer written still counts
+	// toward its device's bound: from one to two windows, as a
+	// Prometheus-style head keeps a series that went quiet for a while.
+	// Default 1h.
+	Window time.Duration
+	// Now is the clock, for tests. Default time.Now.
+	Now func() time.Time
+}
+
+// DefaultLimitOptions returns the defaults that zero fields stand for.
+func DefaultLimitOptions() LimitOptions {
+	return LimitOptions{MaxSeriesPerDevice: 2000, Window: time.Hour, Now: time.Now}
+}
+
+// Limiter bounds what the points of a device may add to a store, before a
+// sink writes them: the number of series each device has (its known series
+// are always written, a field that would make a new one past the bound is
+// dropped), and the series names a point's fields make (where two fields
+// of one kind make one series name, the first in name order is kept; a name
+// beginning with "__" is dropped). Every dropped field is counted in
+// ingest_storage_dropped_fields_total{reason}; a device's first drop for
+// its series bound in each window is logged.
+//
+// The known series of a device are kept in memory as 64-bit hashes in two
+// sets, the current window's and the previous one's: at most
+// MaxSeriesPerDevice hashes per device, about 40 bytes each with the sets'
+// room to grow, and a few hundred bytes per device (measured: 0.5 KiB for a
+// device of 10 series, 74 KiB for one at the default bound). Devices that
+// wrote nothing for two windows are forgotten. They are not kept
+// across restarts: after one, a device's first MaxSeriesPerDevice series
+// in arrival order are its known ones.
+//
+// Its methods may be called from several goroutines; one mutex serialises
+// them.
+type Limiter struct {
+	opts LimitOptions
+	seed maphash.Seed
+	lg   *slog.Logger
+	reg  prometheus.Registerer
+
+	dropped *prometheus.CounterVec
+
+	mu      sync.Mutex
+	devices map[string]*deviceSeries
+	started time.Time // the current window's start
+	names   []string  // scratch, under mu
+}
+
+// deviceSeries are the hashes of a device's series written in the current
+// window and in the previous one; a hash is in at most one of them.
+type deviceSeries struct {
+	cur, prev map[uint64]struct{}
+	warned    bool // its drop for the series bound was logged in this window
+}
+
+// NewLimiter returns a Limiter. reg and lg may be nil.
+func NewLimiter(opts LimitOptions, reg prometheus.Registerer, lg *slog.Logger) (*Limiter, error) {
+	d := DefaultLimitOptions()
+	if opts.MaxSeriesPerDevice < 0 || opts.Window < 0 {
+		return nil, fmt.Errorf("storage: validate limit options: max series per device %d, window %v", opts.MaxSeriesPerDevice, opts.Window)
+	}
+	if opts.MaxSeriesPerDevice == 0 {
+		opts.MaxSeriesPerDevice = d.MaxSeriesPerDevice
+	}
+	if opts.Window == 0 {
+		opts.Window = d.Window
+	}
+	if opts.Now == nil {
+		opts.Now = d.Now
+	}
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	l := &Limiter{opts: opts, seed: maphash.MakeSeed(), lg: lg, reg: reg, devices: map[string]*deviceSeries{}, started: opts.Now()}
+	l.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ingest_storage_dropped_fields_total",
+		Help: "Fields of points dropped before the sink, by reason: series_limit (a new series of a device at its bound), name_collision (another field makes the same series name), reserved_name (a name beginning with __).",
+	}, []string{"reason"})
+	for _, r := range []string{DropSeriesLimit, DropNameCollision, DropReservedName} {
+		l.dropped.WithLabelValues(r)
+	}
+	if reg != nil {
+		if err := reg.Register(l.dropped); err != nil {
+			return nil, fmt.Errorf("storage: register limiter metrics: %w", err)
+		}
+	}
+	return l, nil
+}
+
+// Apply drops from points, in place, the fields the limits refuse, and
+// counts them. It is deterministic for a given state: the fields of a point
+// are taken in name order, numeric ones first.
+func (l *Limiter) Apply(points []Point) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now := l.opts.Now(); now.Sub(l.started) >= l.opts.Window {
+		l.rotate(now)
+	}
+	var reserved, collisions, overLimit int
+	for i := range points {
+		p := &points[i]
+		reserved += dropReserved(p.Numbers) + dropReserved(p.Strings)
+		collisions += dropCollisions(p.Numbers, &l.names) + dropCollisions(p.Strings, &l.names)
+		overLimit += l.limitSeries(p)
+	}
+	for reason, n := range map[string]int{DropReservedName: reserved, DropNameCollision: collisions, DropSeriesLimit: overLimit} {
+		if n > 0 {
+			l.dropped.WithLabelValues(reason).Add(float64(n))
+		}
+	}
+}
+
+// rotate starts a new window at now: the current window's series become
+// the previous one's, and those of the previous one are forgotten (all of
+// them when more than a window passed since the last Apply); so is a
+// device with none left.
+func (l *Limiter) rotate(now time.Time) {
+	skipped := now.Sub(l.started) >= 2*l.opts.Window
+	for dev, d := range l.devices {
+		d.prev, d.cur, d.warned = d.cur, nil, false
+		if skipped || len(d.prev) == 0 {
+			delete(l.devices, dev)
+		}
+	}
+	l.started = now
+}
+
+// limitSeries drops the fields of p that would make a new series of its
+// device past the bound, and returns how many it dropped.
+func (l *Limiter) limitSeries(p *Point) (dropped int) {
+	d := l.devices[p.Device]
+	if d == nil {
+		if len(p.Numbers)+len(p.Strings) == 0 {
+			return 0
+		}
+		d = &deviceSeries{}
+		l.devices[strings.Clone(p.Device)] = d
+	}
+	topic := p.Labels[TopicLabel] // a series per topic
+	var h maphash.Hash
+	h.SetSeed(l.seed)
+	admit := func(name, value string, number bool) bool {
+		// 0xff, never in UTF-8, separates the parts.
+		h.Reset()
+		if number {
+			h.WriteByte(0)
+		} else {
+			h.WriteByte(1)
+		}
+		h.WriteString(topic)
+		h.WriteByte(0xff)
+		h.WriteString(name)
+		if !number {
+			h.WriteByte(0xff)
+			h.WriteString(value)
+		}
+		k := h.Sum64()
+		if _, ok := d.cur[k]; ok {
+			return true
+		}
+		if d.cur == nil {
+			d.cur = map[uint64]struct{}{}
+		}
+		if _, ok := d.prev[k]; ok {
+			delete(d.prev, k)
+			d.cur[k] = struct{}{}
+			return true
+		}
+		if len(d.cur)+len(d.prev) >= l.opts.MaxSeriesPerDevice {
+			if !d.warned {
+				d.warned = true
+				l.lg.Warn("storage: device at its series limit; fields that would make new series are dropped",
+					"device", p.Device, "limit", l.opts.MaxSeriesPerDevice, "field", name)
+			}
+			return false
+		}
+		d.cur[k] = struct{}{}
+		return true
+	}
+	for _, name := range sortedKeys(&l.names, p.Numbers) {
+		if !admit(name, "", true) {
+			delete(p.Numbers, name)
+			dropped++
+		}
+	}
+	for _, name := range sortedKeys(&l.names, p.Strings) {
+		if !admit(name, p.Strings[name], false) {
+			delete(p.Strings, name)
+			dropped++
+		}
+	}
+	return dropped
+}
+
+// dropReserved drops the fields whose name begins with "__".
+func dropReserved[V any](fields map[string]V) (dropped int) {
+	for name := range fields {
+		if strings.HasPrefix(name, "__") {
+			delete(fields, name)
+			dropped++
+		}
+	}
+	return dropped
+}
+
+// dropCollisions drops every field whose series name (MetricName) is that of
+// a field before it in name order. Where every name is a valid series name
+// already, no two can collide.
+func dropCollisions[V any](fields map[string]V, scratch *[]string) (dropped int) {
+	clean := true
+	for name := range fields {
+		if MetricName(name) != name {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return 0
+	}
+	seen := make(map[string]struct{}, len(fields))
+	for _, name := range sortedKeys(scratch, fields) {
+		m := MetricName(name)
+		if _, ok := seen[m]; ok {
+			delete(fields, name)
+			dropped++
+			continue
+		}
+		seen[m] = struct{}{}
+	}
+	return dropped
+}
+
+// Sink returns s with the Limiter applied to the points of every Write
+// before s writes them. The fields it drops are removed from the caller's
+// points, so what the caller counts after Write is what was written. A
+// sink whose Writes may overlap (a ConcurrentSink, the embedded TSDB) stays
+// so. Close closes s and unregisters the Limiter's metrics.
+func (l *Limiter) Sink(s Sink) ConcurrentSink { return limitedSink{s: s, l: l} }
+
+type limitedSink struct {
+	s Sink
+	l *Limiter
+}
+
+func (s limitedSink) Write(ctx context.Context, points []Point) error {
+	s.l.Apply(points)
+	return s.s.Write(ctx, points)
+}
+
+func (s limitedSink) ConcurrentWrites() bool {
+	c, ok := s.s.(ConcurrentSink)
+	return ok && c.ConcurrentWrites()
+}
+
+func (s limitedSink) Close() error {
+	if s.l.reg != nil {
+		s.l.reg.Unregister(s.l.dropped)
+	}
+	return s.s.Close()
+}
+
+// sortedKeys returns m's keys in order, in *buf's storage.
+func sortedKeys[V any](buf *[]string, m map[string]V) []string {
+	*buf = (*buf)[:0]
+	for k := range m {
+		*buf = append(*buf, k)
+	}
+	slices.Sort(*buf)
+	return *buf
 }

@@ -1,15 +1,29 @@
 package storage_test
 
 import (
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/http/httptest"
 	"reflect"
+	"runtime"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/storage"
+	"github.com/ingest-io/ingest/storage/embedded"
+	"github.com/ingest-io/ingest/storage/remotewrite"
 	"github.com/ingest-io/ingest/wire"
 )
 
@@ -124,4 +138,289 @@ func FuzzFlatten(f *testing.F) {
 			t.Fatalf("not deterministic: %+v then %+v (%v)", p, q, err)
 		}
 	})
+}
+
+// limiterClock is a settable clock for a Limiter.
+type limiterClock struct{ t time.Time }
+
+func (c *limiterClock) now() time.Time { return c.t }
+
+func droppedFields(t *testing.T, reg *prometheus.Registry, reason string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ingest_storage_dropped_fields_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == reason {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("ingest_storage_dropped_fields_total{reason=%q} not exported", reason)
+	return 0
+}
+
+// fieldNames are the fields a point kept: numeric names, then string
+// fields as name=value, each in name order.
+func fieldNames(p storage.Point) []string {
+	out := slices.Sorted(maps.Keys(p.Numbers))
+	for _, k := range slices.Sorted(maps.Keys(p.Strings)) {
+		out = append(out, k+"="+p.Strings[k])
+	}
+	return out
+}
+
+// TestLimiterSeriesPerDevice is the table of the series bound: a device
+// under, at and over it (4 here), its known series written on while new
+// ones are dropped, string values counted as series, other devices apart,
+// and series forgotten after one to two windows without a write.
+func TestLimiterSeriesPerDevice(t *testing.T) {
+	clock := &limiterClock{t: time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)}
+	reg := prometheus.NewRegistry()
+	var logs bytes.Buffer
+	lg := slog.New(slog.NewTextHandler(&logs, nil))
+	l, err := storage.NewLimiter(storage.LimitOptions{MaxSeriesPerDevice: 4, Window: time.Hour, Now: clock.now}, reg, lg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	num := func(names ...string) map[string]float64 {
+		m := map[string]float64{}
+		for i, n := range names {
+			m[n] = float64(i)
+		}
+		return m
+	}
+	steps := []struct {
+		name    string
+		advance time.Duration // clock moves before the step
+		device  string
+		numbers map[string]float64
+		strings map[string]string
+		kept    []string
+		dropped int // series_limit drops in this step
+	}{
+		{"under", 0, "d1", num("a", "b", "c"), nil, []string{"a", "b", "c"}, 0},
+		{"at", 0, "d1", num("a", "b", "c", "d"), nil, []string{"a", "b", "c", "d"}, 0},
+		{"over: new fields dropped, known ones kept", 0, "d1", num("a", "e", "d", "f"), nil, []string{"a", "d"}, 2},
+		{"over in one point: the first in name order kept", 0, "d2", num("z", "y", "x", "w", "v"), nil, []string{"v", "w", "x", "y"}, 1},
+		{"string values are series", 0, "d3", num("a", "b", "c"), map[string]string{"door": "open"}, []string{"a", "b", "c", "door=open"}, 0},
+		{"a new string value over the bound", 0, "d3", nil, map[string]string{"door": "closed"}, nil, 1},
+		{"a known string value", 0, "d3", num("a"), map[string]string{"door": "open"}, []string{"a", "door=open"}, 0},
+		{"numbers before strings", 0, "d4", num("b", "c", "d"), map[string]string{"a": "x", "e": "y"}, []string{"b", "c", "d", "a=x"}, 1},
+		{"other devices are apart", 0, "d5", num("e", "f", "g", "h"), nil, []string{"e", "f", "g", "h"}, 0},
+		// d1 knows a, b, c, d. A window later they are the previous
+		// window's: still known, and a and b, written again, come back
+		// into the current one.
+		{"a window later, still known", time.Hour, "d1", num("a", "b", "e"), nil, []string{"a", "b"}, 1},
+		// Another window: c and d, not written for a whole window, are
+		// forgotten; a and b are kept, and two new series fit.
+		{"quiet series forgotten", time.Hour, "d1", num("a", "b", "e", "f", "g"), nil, []string{"a", "b", "e", "f"}, 1},
+		// Two windows without a write: the device is forgotten.
+		{"an idle device starts afresh", 2 * time.Hour, "d1", num("m", "n", "o", "p"), nil, []string{"m", "n", "o", "p"}, 0},
+	}
+	total := 0.0
+	for _, st := range steps {
+		clock.t = clock.t.Add(st.advance)
+		p := storage.Point{Device: st.device, Numbers: st.numbers, Strings: st.strings}
+		if p.Numbers == nil {
+			p.Numbers = map[string]float64{}
+		}
+		if p.Strings == nil {
+			p.Strings = map[string]string{}
+		}
+		l.Apply([]storage.Point{p})
+		if got := fieldNames(p); !slices.Equal(got, st.kept) {
+			t.Fatalf("%s: kept %v, want %v", st.name, got, st.kept)
+		}
+		total += float64(st.dropped)
+		if got := droppedFields(t, reg, storage.DropSeriesLimit); got != total {
+			t.Fatalf("%s: dropped_fields{series_limit} = %v, want %v", st.name, got, total)
+		}
+		// Applied again (a sink write retried), a point loses nothing more.
+		l.Apply([]storage.Point{p})
+		if got := fieldNames(p); !slices.Equal(got, st.kept) || droppedFields(t, reg, storage.DropSeriesLimit) != total {
+			t.Fatalf("%s: applied again: kept %v", st.name, got)
+		}
+	}
+	// An MQTT topic makes series of its own: the same field under two
+	// topics is two series.
+	for i, c := range []struct {
+		topic string
+		kept  []string
+	}{{"", []string{"a", "b"}}, {"telemetry", []string{"a", "b"}}, {"status", nil}, {"telemetry", []string{"a", "b"}}} {
+		p := storage.Point{Device: "d6", Numbers: num("a", "b"), Strings: map[string]string{}}
+		if c.topic != "" {
+			p.Labels = map[string]string{storage.TopicLabel: c.topic}
+		}
+		l.Apply([]storage.Point{p})
+		if got := fieldNames(p); !slices.Equal(got, c.kept) {
+			t.Fatalf("topic %q (%d): kept %v, want %v", c.topic, i, got, c.kept)
+		}
+	}
+	total += 2
+	if got := droppedFields(t, reg, storage.DropSeriesLimit); got != total {
+		t.Fatalf("topics: dropped_fields{series_limit} = %v, want %v", got, total)
+	}
+
+	// One line per device and window that met the bound: d1, d2, d3 and
+	// d4 in the first window, d1 in the second and the third, d6.
+	if n := strings.Count(logs.String(), "series limit"); n != 7 {
+		t.Fatalf("%d log lines about the series limit, want 7:\n%s", n, logs.String())
+	}
+	if _, err := storage.NewLimiter(storage.LimitOptions{MaxSeriesPerDevice: -1}, nil, nil); err == nil {
+		t.Fatal("a negative bound accepted")
+	}
+	if d := storage.DefaultLimitOptions(); d.MaxSeriesPerDevice != 2000 || d.Window != time.Hour {
+		t.Fatalf("defaults %+v", d)
+	}
+}
+
+// TestLimiterNames: the series names a point's fields make are its own:
+// where two fields of one kind make one name, the first in name order is
+// kept on every delivery, and a name beginning with "__" is dropped.
+func TestLimiterNames(t *testing.T) {
+	for _, c := range []struct {
+		numbers    map[string]float64
+		strings    map[string]string
+		kept       []string
+		collisions float64
+		reserved   float64
+	}{
+		{map[string]float64{"temp": 1, "gps_lat": 2}, map[string]string{"door": "open"}, []string{"gps_lat", "temp", "door=open"}, 0, 0},
+		{map[string]float64{"a_b": 2, "a.b": 1, "a-b": 3}, nil, []string{"a-b"}, 2, 0}, // "-" sorts before "." and "_"
+		{nil, map[string]string{"a_b": "y", "a.b": "x"}, []string{"a.b=x"}, 1, 0},
+		{map[string]float64{"température": 1, "temp_rature": 2}, nil, []string{"temp_rature"}, 1, 0},
+		{map[string]float64{"door_info": 1}, map[string]string{"door": "open"}, []string{"door_info", "door=open"}, 0, 0}, // two series
+		{map[string]float64{"__name__": 1, "_x": 2}, map[string]string{"__y": "z"}, []string{"_x"}, 0, 2},
+		{map[string]float64{"1st": 1, "_1st": 2}, nil, []string{"1st"}, 1, 0},
+	} {
+		reg := prometheus.NewRegistry()
+		l, err := storage.NewLimiter(storage.LimitOptions{}, reg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := storage.Point{Device: "d", Numbers: map[string]float64{}, Strings: map[string]string{}}
+		maps.Copy(p.Numbers, c.numbers)
+		maps.Copy(p.Strings, c.strings)
+		l.Apply([]storage.Point{p})
+		if got := fieldNames(p); !slices.Equal(got, c.kept) {
+			t.Errorf("%v %v: kept %v, want %v", c.numbers, c.strings, got, c.kept)
+		}
+		if got := droppedFields(t, reg, storage.DropNameCollision); got != c.collisions {
+			t.Errorf("%v %v: name_collision %v, want %v", c.numbers, c.strings, got, c.collisions)
+		}
+		if got := droppedFields(t, reg, storage.DropReservedName); got != c.reserved {
+			t.Errorf("%v %v: reserved_name %v, want %v", c.numbers, c.strings, got, c.reserved)
+		}
+	}
+}
+
+// TestLimiterSink: through Limiter.Sink, the embedded TSDB holds a device's
+// first series up to the bound and no more, whatever the device sends; the
+// limited sink takes overlapping Writes as the TSDB does (a remote-write
+// sink stays one that does not), and closing it unregisters the Limiter's
+// metrics.
+func TestLimiterSink(t *testing.T) {
+	db := openTSDB(t)
+	reg := prometheus.NewRegistry()
+	l, err := storage.NewLimiter(storage.LimitOptions{MaxSeriesPerDevice: 5}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := l.Sink(db)
+	if !sink.ConcurrentWrites() {
+		t.Fatal("the limited TSDB does not take overlapping Writes")
+	}
+	rw, err := remotewrite.New(remotewrite.Options{URL: "http://127.0.0.1:1/api/v1/write"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rw.Close()
+	if l.Sink(rw).ConcurrentWrites() {
+		t.Fatal("the limited remote-write sink takes overlapping Writes")
+	}
+	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
+	defer srv.Close()
+	at := time.Now().Add(-time.Minute).Truncate(time.Second)
+	point := func(dev string, at time.Time, n map[string]float64, s map[string]string) storage.Point {
+		return storage.Point{Device: dev, Time: at, Numbers: n, Strings: s}
+	}
+	for i := range 20 { // every message a new field and a new string value
+		p := point("flood", at.Add(time.Duration(i)*time.Millisecond), map[string]float64{"temp": 1, fmt.Sprintf("f%02d", i): 1},
+			map[string]string{"note": fmt.Sprint(i)})
+		if err := sink.Write(context.Background(), []storage.Point{p, point("calm", p.Time, map[string]float64{"temp": 2}, nil)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v := testkit.PromScalar(t, srv.URL, `count(count by (__name__, value) ({device="flood"}))`, at.Add(time.Second)); v != "5" {
+		t.Fatalf("the flooding device has %s series, want 5", v)
+	}
+	if v := testkit.PromScalar(t, srv.URL, `count({device="calm"})`, at.Add(time.Second)); v != "1" {
+		t.Fatalf("the calm device has %s series, want 1", v)
+	}
+	// f00, temp, note=0, then f01, note=1 fit; each of the 18 later
+	// messages loses its two new ones.
+	if got := droppedFields(t, reg, storage.DropSeriesLimit); got != 36 {
+		t.Fatalf("dropped_fields{series_limit} = %v, want 36", got)
+	}
+	if err := sink.Close(); err != nil {
+		t.Fatal(err)
+	}
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() == "ingest_storage_dropped_fields_total" {
+			t.Fatal("the limiter's metrics are still registered after Close")
+		}
+	}
+}
+
+// TestLimiterMemory bounds what a Limiter keeps: about 40 bytes per series
+// of a device and a few hundred per device (docs/storage.md gives the
+// figures): 10,000 devices of 10 series, and 100 devices at the default
+// bound of 2,000 series.
+func TestLimiterMemory(t *testing.T) {
+	for _, c := range []struct {
+		devices, series int
+		perDevice       float64 // at most, bytes
+	}{
+		{10000, 10, 1 << 10},
+		{100, 2000, 2000 * 64},
+	} {
+		l, err := storage.NewLimiter(storage.LimitOptions{}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		names := make([]string, c.series)
+		for i := range names {
+			names[i] = fmt.Sprintf("field_%d", i)
+		}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for d := range c.devices {
+			p := storage.Point{Device: fmt.Sprintf("device-%06d", d), Numbers: make(map[string]float64, c.series), Strings: map[string]string{}}
+			for _, n := range names {
+				p.Numbers[n] = 1
+			}
+			l.Apply([]storage.Point{p})
+			if len(p.Numbers) != c.series {
+				t.Fatalf("device %d: %d of %d fields kept", d, len(p.Numbers), c.series)
+			}
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		runtime.KeepAlive(l)
+		perDevice := (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / float64(c.devices)
+		t.Logf("%d devices of %d series: %.0f bytes per device, %.1f per series", c.devices, c.series, perDevice, perDevice/float64(c.series))
+		if perDevice > c.perDevice {
+			t.Errorf("%d devices of %d series: %.0f bytes per device, want at most %.0f", c.devices, c.series, perDevice, c.perDevice)
+		}
+	}
 }

@@ -47,6 +47,7 @@ func runAll(ctx context.Context, args []string) error {
 		maxFields  = fs.Int("max-fields", frontend.DefaultOptions().MaxFields, "most fields (numbers, booleans, strings, nested ones included) in one message; more is rejected with too_many_fields")
 		maxName    = fs.Int("max-field-name-bytes", frontend.DefaultOptions().MaxFieldNameBytes, "longest field name, flattened with dots; longer is rejected with invalid_field")
 		maxString  = fs.Int("max-string-bytes", frontend.DefaultOptions().MaxStringBytes, "longest string value; longer is rejected with invalid_field")
+		maxSeries  = fs.Int("max-series-per-device", storage.DefaultLimitOptions().MaxSeriesPerDevice, "most series a device has in the store (seen within one to two hours); fields that would make more are dropped and counted")
 		walRepair  = fs.Bool("wal.repair", false, "open WALs whose last segment was cut short (refused otherwise): keep their whole entries, log and count what is lost, give the log a new identity")
 		logLevel   = fs.String("log.level", "info", "log level: debug, info, warn, error")
 		logFormat  = fs.String("log.format", "text", "log format: text or json")
@@ -98,6 +99,10 @@ func runAll(ctx context.Context, args []string) error {
 			lg.Error("close tsdb", "err", cerr)
 		}
 	}()
+	lim, err := storage.NewLimiter(storage.LimitOptions{MaxSeriesPerDevice: *maxSeries}, reg, lg)
+	if err != nil {
+		return err
+	}
 	sub, err := storage.New(storage.Options{Consumer: "storage",
 		Middletiers: []storage.Endpoints{{Stream: addrs.Stream, Consumer: addrs.Consumer}},
 		Labels: func(id string) map[string]string {
@@ -105,7 +110,7 @@ func runAll(ctx context.Context, args []string) error {
 				return d.AllLabels()
 			}
 			return nil
-		}}, db, reg, lg)
+		}}, lim.Sink(db), reg, lg)
 	if err != nil {
 		return err
 	}

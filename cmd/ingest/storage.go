@@ -41,6 +41,7 @@ func runStorage(ctx context.Context, args []string) error {
 		retention = fs.Duration("tsdb.retention", td.Retention, "how long samples are kept")
 		ooo       = fs.Duration("tsdb.out-of-order-window", td.OutOfOrderWindow, "how far behind the newest sample late samples are still accepted")
 		maxStr    = fs.Int("tsdb.max-string-bytes", td.MaxStringBytes, "longer string field values are dropped and counted")
+		maxSeries = fs.Int("max-series-per-device", storage.DefaultLimitOptions().MaxSeriesPerDevice, "most series a device has (seen within one to two hours); fields that would make more are dropped and counted")
 		batch     = fs.Int("max-batch", d.MaxBatch, "most records in one write to the TSDB")
 		qTimeout  = fs.Duration("query.timeout", ad.Timeout, "bound on one query")
 		httpAddr  = fs.String("http.listen", ":9090", "address of the Prometheus query API (/api/v1/..., /-/healthy, /-/ready), /metrics, /healthz and /readyz")
@@ -87,7 +88,11 @@ func runStorage(ctx context.Context, args []string) error {
 			lg.Error("close tsdb", "err", cerr)
 		}
 	}()
-	sub, err := storage.New(opts, db, reg, lg)
+	lim, err := storage.NewLimiter(storage.LimitOptions{MaxSeriesPerDevice: *maxSeries}, reg, lg)
+	if err != nil {
+		return err
+	}
+	sub, err := storage.New(opts, lim.Sink(db), reg, lg)
 	if err != nil {
 		return err
 	}
