@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
 	"log/slog"
 	"maps"
 	"net/http/httptest"
@@ -122,7 +123,8 @@ func TestNewPoint(t *testing.T) {
 // fields are all the payload's leaves, and the same point every time.
 func FuzzFlatten(f *testing.F) {
 	for _, s := range []string{`{"id":17,"ts":1748736000123,"temp":21.5,"door":"open","gps":{"lat":52.5,"lon":13.4}}`,
-		`{"a":[1,[2,{"b":true}]],"c":null,"d":"\u00e9"}`, `{"a":{"b":1},"a.b":2}`, `{}`, `[]`, `{"x":1e999}`} {
+		`{"a":[1,[2,{"b":true}]],"c":null,"d":"\u00e9"}`, `{"a":{"b":1},"a.b":2}`, `{}`, `[]`, `{"x":1e999}`,
+		`{"__name__":1,"a_b":"x","a.b":"y","a-b":3,"c":[1,2,3,4,5,6,7,8,9]}`} {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -137,7 +139,49 @@ func FuzzFlatten(f *testing.F) {
 		if err := storage.Flatten(b, &q); err != nil || !reflect.DeepEqual(p, q) {
 			t.Fatalf("not deterministic: %+v then %+v (%v)", p, q, err)
 		}
+		// Through a Limiter, the point keeps a subset of its fields: at most
+		// the bound, no name beginning with "__", no two of a kind with one
+		// series name, and the same subset from a fresh Limiter again.
+		l, err := storage.NewLimiter(storage.LimitOptions{MaxSeriesPerDevice: 8}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Device, q.Device = "d", "d"
+		orig := fieldNames(p)
+		l.Apply([]storage.Point{p})
+		kept := fieldNames(p)
+		if len(kept) > 8 || len(kept) > len(orig) {
+			t.Fatalf("%d of %d fields kept, bound 8", len(kept), len(orig))
+		}
+		for _, k := range kept {
+			if !slices.Contains(orig, k) || strings.HasPrefix(k, "__") {
+				t.Fatalf("kept %q of %v", k, orig)
+			}
+		}
+		for _, fields := range []map[string]bool{setOf(maps.Keys(p.Numbers)), setOf(maps.Keys(p.Strings))} {
+			seen := map[string]bool{}
+			for k := range fields {
+				if m := storage.MetricName(k); seen[m] {
+					t.Fatalf("two fields kept with the series name %q: %v", m, kept)
+				} else {
+					seen[m] = true
+				}
+			}
+		}
+		l2, _ := storage.NewLimiter(storage.LimitOptions{MaxSeriesPerDevice: 8}, nil, nil)
+		l2.Apply([]storage.Point{q})
+		if again := fieldNames(q); !slices.Equal(again, kept) {
+			t.Fatalf("kept %v, then %v", kept, again)
+		}
 	})
+}
+
+func setOf(seq iter.Seq[string]) map[string]bool {
+	m := map[string]bool{}
+	for k := range seq {
+		m[k] = true
+	}
+	return m
 }
 
 // limiterClock is a settable clock for a Limiter.
