@@ -111,7 +111,9 @@ type scanner struct {
 	lim    Limits
 	m      Message // the message being scanned, filled by object(true, …)
 	fields int     // fields of m so far
-	key    []byte  // the last member name of m, as written, for reasons
+	keyAt  int     // where the last member name of m starts in b, as written, for reasons
+	keyEnd int     // and where it ends
+	ctl    bool    // str saw a raw U+007F–U+009F: set by str, cleared by its caller
 }
 
 // ParseFrame is Limits{MaxMessages: maxMessages, MaxMessageBytes:
@@ -289,6 +291,7 @@ func (d *scanner) object(top bool, path int) bool {
 			return false
 		}
 		ks := d.i
+		d.ctl = false
 		esc, ok := d.str()
 		if !ok {
 			return false
@@ -324,10 +327,10 @@ func (d *scanner) object(top bool, path int) bool {
 				if m.Code == "" && len(name) >= 2 && name[0] == '_' && name[1] == '_' {
 					m.reject(CodeInvalidField, RuleNameReserved, "member "+shown(key)+" is reserved: a top-level member name must not begin with \"__\"")
 				}
-				child = d.name(key, esc, -1)
+				child = d.name(ks+1, key, esc, -1)
 			}
 		} else if path >= 0 {
-			child = d.name(key, esc, path)
+			child = d.name(ks+1, key, esc, path)
 		}
 		if !reserved && !d.value(child) {
 			return false
@@ -393,16 +396,20 @@ func (d *scanner) member(m *Message, key []byte, v []byte) {
 	}
 }
 
-// name checks a member name of d.m, as written (key, with escapes if esc),
-// that extends a field's flattened name of path bytes (path < 0: the
-// member is at the top). It returns the flattened name's length, or -1
-// once d.m is rejected: nothing more is checked then.
-func (d *scanner) name(key []byte, esc bool, path int) int {
+// name checks a member name of d.m, as written (key, at offset at of d.b,
+// with escapes if esc; str has just set d.ctl for it) that extends a
+// field's flattened name of path bytes (path < 0: the member is at the
+// top). It returns the flattened name's length, or -1 once d.m is
+// rejected: nothing more is checked then.
+func (d *scanner) name(at int, key []byte, esc bool, path int) int {
 	m := &d.m
 	if m.Code != "" {
 		return -1
 	}
-	n, ok := textLen(key, esc, true)
+	n, ok := len(key), true
+	if esc || d.ctl {
+		n, ok = textLen(key, esc, true)
+	}
 	if !ok || n == 0 {
 		m.reject(CodeInvalidField, RuleNameInvalid, "member name "+shown(key)+" is empty, not valid Unicode, or holds a control character")
 		return -1
@@ -414,23 +421,36 @@ func (d *scanner) name(key []byte, esc bool, path int) int {
 		m.reject(CodeInvalidField, RuleNameTooLong, "field name at member "+shown(key)+" is longer than "+strconv.Itoa(d.lim.MaxNameBytes)+" bytes once flattened")
 		return -1
 	}
-	d.key = key
+	d.keyAt, d.keyEnd = at, at+len(key)
 	return n
 }
 
-// field counts a field of d.m (a number, boolean or string).
+// key is the last member name of d.m, as written.
+func (d *scanner) key() []byte { return d.b[d.keyAt:d.keyEnd] }
+
+// field counts a field of d.m (a number, boolean or string). Small
+// enough to be inlined: it runs for every value of a message.
 func (d *scanner) field() {
-	if m := &d.m; m.Code == "" {
-		if d.fields++; d.fields > d.lim.MaxFields {
-			m.reject(CodeTooManyFields, RuleTooManyFields, "message has more than "+strconv.Itoa(d.lim.MaxFields)+" fields (numbers, booleans and strings, nested ones included)")
-		}
+	if d.fields++; d.fields > d.lim.MaxFields {
+		d.tooManyFields()
 	}
+}
+
+func (d *scanner) tooManyFields() {
+	d.m.reject(CodeTooManyFields, RuleTooManyFields, "message has more than "+strconv.Itoa(d.lim.MaxFields)+" fields (numbers, booleans and strings, nested ones included)")
 }
 
 // stringField counts and checks a string field of d.m, as written (raw,
 // with escapes if esc).
 func (d *scanner) stringField(raw []byte, esc bool) {
 	d.field()
+	if !esc && len(raw) <= d.lim.MaxStringBytes {
+		return
+	}
+	d.checkString(raw, esc)
+}
+
+func (d *scanner) checkString(raw []byte, esc bool) {
 	m := &d.m
 	if m.Code != "" {
 		return
@@ -441,9 +461,9 @@ func (d *scanner) stringField(raw []byte, esc bool) {
 	}
 	switch {
 	case !ok:
-		m.reject(CodeInvalidField, RuleStringInvalid, "string value of "+shown(d.key)+" holds U+0000 or invalid Unicode")
+		m.reject(CodeInvalidField, RuleStringInvalid, "string value of "+shown(d.key())+" holds U+0000 or invalid Unicode")
 	case n > d.lim.MaxStringBytes:
-		m.reject(CodeInvalidField, RuleStringTooLong, "string value of "+shown(d.key)+" is "+strconv.Itoa(n)+" bytes, the limit is "+strconv.Itoa(d.lim.MaxStringBytes))
+		m.reject(CodeInvalidField, RuleStringTooLong, "string value of "+shown(d.key())+" is "+strconv.Itoa(n)+" bytes, the limit is "+strconv.Itoa(d.lim.MaxStringBytes))
 	}
 }
 
@@ -528,7 +548,9 @@ func shown(key []byte) string {
 	return "\"" + string(key[:n]) + "…\""
 }
 
-// str parses a string at d.i and reports whether it held escapes.
+// str parses a string at d.i and reports whether it held escapes. It sets
+// d.ctl when the string holds a raw U+007F–U+009F, which only a member name
+// must not.
 func (d *scanner) str() (escaped, ok bool) {
 	d.i++ // '"'
 	for d.i < len(d.b) {
@@ -566,13 +588,19 @@ func (d *scanner) str() (escaped, ok bool) {
 		case c < 0x20:
 			d.err = "control character in string"
 			return escaped, false
-		case c < utf8.RuneSelf:
+		case c < 0x7f:
+			d.i++
+		case c == 0x7f:
+			d.ctl = true
 			d.i++
 		default:
 			r, n := utf8.DecodeRune(d.b[d.i:])
 			if r == utf8.RuneError && n <= 1 {
 				d.err = "invalid UTF-8"
 				return escaped, false
+			}
+			if r < 0xa0 {
+				d.ctl = true
 			}
 			d.i += n
 		}
@@ -644,7 +672,7 @@ func (d *scanner) array(path int) bool {
 		if path >= 0 && d.m.Code == "" {
 			// The element's name is path "." i.
 			if child = path + 1 + decimalLen(i); child > d.lim.MaxNameBytes {
-				d.m.reject(CodeInvalidField, RuleNameTooLong, "field name at element "+strconv.Itoa(i)+" of "+shown(d.key)+" is longer than "+strconv.Itoa(d.lim.MaxNameBytes)+" bytes once flattened")
+				d.m.reject(CodeInvalidField, RuleNameTooLong, "field name at element "+strconv.Itoa(i)+" of "+shown(d.key())+" is longer than "+strconv.Itoa(d.lim.MaxNameBytes)+" bytes once flattened")
 				child = -1
 			}
 		}
