@@ -157,8 +157,9 @@
 //
 // One Log at a time may have a directory open: Open takes an exclusive
 // flock on the directory's LOCK file and returns ErrLocked if another Log,
-// in this process or another, holds it. The kernel drops the lock when the
-// process dies.
+// in this process or another, holds it; the error also wraps a
+// *dirlock.HeldError naming the holder's process id, which the holder
+// writes into LOCK. The kernel drops the lock when the process dies.
 //
 // Known limits: the size check needs the size mark, so a log run with
 // Options.NoPreallocate cannot tell a cut last segment from a short one, and

@@ -178,6 +178,8 @@ func TestSecondOpenRefused(t *testing.T) {
 			b.Close()
 		}
 		t.Fatalf("second open: %v, want ErrLocked", err)
+	} else if want := fmt.Sprintf("held by pid %d", os.Getpid()); !strings.Contains(err.Error(), want) {
+		t.Errorf("second open: %v, want it to name the holder (%s)", err, want)
 	}
 	if _, err := a.Append(context.Background(), []byte("from-A")); err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package wal
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 
@@ -15,11 +16,13 @@ var ErrLocked = errors.New("wal: directory in use by another log")
 
 const lockFile = "LOCK"
 
-// lockDir takes an exclusive flock on dir's lock file (dirlock.Lock).
+// lockDir takes an exclusive flock on dir's lock file (dirlock.Lock). When
+// another holds it, the error wraps ErrLocked and the *dirlock.HeldError
+// that names the holder's process.
 func lockDir(dir string) (*os.File, error) {
 	f, err := dirlock.Lock(filepath.Join(dir, lockFile))
 	if errors.Is(err, dirlock.ErrLocked) {
-		return nil, ErrLocked
+		return nil, fmt.Errorf("%w: %w", ErrLocked, err)
 	}
 	return f, err
 }

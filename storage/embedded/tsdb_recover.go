@@ -57,7 +57,7 @@ func lockTSDB(dir string) (*os.File, error) {
 	}
 	f, err := dirlock.Lock(filepath.Join(dir, lockFile))
 	if errors.Is(err, dirlock.ErrLocked) {
-		return nil, fmt.Errorf("storage: open tsdb: %s is in use by another process", dir)
+		return nil, fmt.Errorf("storage: open tsdb: %s is in use by another process: %w", dir, err)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("storage: open tsdb: %w", err)
