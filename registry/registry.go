@@ -38,6 +38,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -88,12 +89,17 @@ type Registry struct {
 		devices prometheus.Gauge
 		reloads *prometheus.CounterVec
 	}
-	reg prometheus.Registerer
+	reg       prometheus.Registerer
+	closeOnce sync.Once
 }
 
 // New loads the registry at path. An empty path is an empty registry that
-// never changes. reg and lg may be nil.
+// never changes. It starts nothing: Run follows the file. reg and lg may be
+// nil.
 func New(path string, reg prometheus.Registerer, lg *slog.Logger) (*Registry, error) {
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
 	r := &Registry{path: path, interval: 2 * time.Second, lg: lg, reg: reg}
 	r.m.devices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_registry_devices", Help: "Devices in the device registry."})
 	r.m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_registry_reloads_total",
@@ -139,14 +145,11 @@ func (r *Registry) Len() int { return len(*r.devices.Load()) }
 // new content is applied once two polls in a row read it, so a file being
 // rewritten in place is never taken half-written. A file that cannot be
 // read or parsed is logged and counted (a content that does not parse,
-// once), and the last good registry stays in place.
+// once), and the last good registry stays in place. When ctx ends it
+// unregisters the metrics (Close) and returns nil; Lookup keeps answering
+// from the last registry.
 func (r *Registry) Run(ctx context.Context) error {
-	defer func() {
-		if r.reg != nil {
-			r.reg.Unregister(r.m.devices)
-			r.reg.Unregister(r.m.reloads)
-		}
-	}()
+	defer r.Close()
 	if r.path == "" {
 		<-ctx.Done()
 		return nil
@@ -161,6 +164,18 @@ func (r *Registry) Run(ctx context.Context) error {
 			r.reload()
 		}
 	}
+}
+
+// Close unregisters the registry's metrics, as Run does when it returns:
+// for a Registry that never ran. Lookup keeps answering. It is idempotent.
+func (r *Registry) Close() error {
+	r.closeOnce.Do(func() {
+		if r.reg != nil {
+			r.reg.Unregister(r.m.devices)
+			r.reg.Unregister(r.m.reloads)
+		}
+	})
+	return nil
 }
 
 func (r *Registry) reload() {
@@ -184,18 +199,14 @@ func (r *Registry) reload() {
 	}
 	if err != nil {
 		r.m.reloads.WithLabelValues("error").Inc()
-		if r.lg != nil {
-			r.lg.Error("registry: reload failed; keeping the last good registry", "path", r.path, "err", err)
-		}
+		r.lg.Error("registry: reload failed; keeping the last good registry", "path", r.path, "err", err)
 		return
 	}
 	r.sum = sha256.Sum256(b)
 	r.devices.Store(&devs)
 	r.m.devices.Set(float64(len(devs)))
 	r.m.reloads.WithLabelValues("ok").Inc()
-	if r.lg != nil {
-		r.lg.Info("registry: reloaded", "path", r.path, "devices", len(devs))
-	}
+	r.lg.Info("registry: reloaded", "path", r.path, "devices", len(devs))
 }
 
 // Parse decodes a registry file's content; ext (".yaml", ".yml" or ".csv")

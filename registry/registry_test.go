@@ -226,3 +226,38 @@ func TestReloadWaitsForAStableFile(t *testing.T) {
 		t.Fatalf("a content read twice was not applied: %+v", d)
 	}
 }
+
+// Close unregisters the metrics of a registry that never ran, as Run does
+// when it returns; it may be called again, and a new registry can then
+// register on the same Registerer.
+func TestCloseUnregisters(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	r, err := New("", reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := New("", reg, nil); err == nil {
+		t.Fatal("a second registry registered the same metrics")
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if mfs, _ := reg.Gather(); len(mfs) != 0 {
+		t.Fatalf("after Close %d metric families remain", len(mfs))
+	}
+	r2, err := New("", reg, nil)
+	if err != nil {
+		t.Fatalf("New after Close: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := r2.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if mfs, _ := reg.Gather(); len(mfs) != 0 {
+		t.Fatalf("after Run %d metric families remain", len(mfs))
+	}
+}
