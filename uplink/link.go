@@ -43,6 +43,14 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	return &Link{opts: opts, log: log, lg: lg, m: m, origin: Origin(opts.ID, log.ID())}, nil
 }
 
+// Close unregisters the Link's metrics, as Run does when it returns: for a
+// Link that never ran. Call it after Run has returned, or instead of Run;
+// it does not stop Run (end Run's context for that). It is idempotent.
+func (k *Link) Close() error {
+	k.m.unregister()
+	return nil
+}
+
 // Origin is the name under which a middletier knows the entries of the
 // frontend id's WAL with the given identity.
 func Origin(id string, logID uint64) string {

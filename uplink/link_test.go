@@ -269,3 +269,40 @@ func TestForwardThroughResolver(t *testing.T) {
 	f.appendEntries(t, 500, 0)
 	testkit.WaitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == 500 })
 }
+
+// Close unregisters the metrics of a Link that never ran, as Run does when
+// it returns, and may be called again: a new Link can then register its
+// metrics on the same Registerer.
+func TestCloseUnregisters(t *testing.T) {
+	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	reg := prometheus.NewRegistry()
+	opts := uplink.Options{ID: "fe", Middletiers: []string{"tcp://127.0.0.1:1"}}
+	k, err := uplink.New(opts, l, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := uplink.New(opts, l, reg, nil); err == nil {
+		t.Fatal("a second Link registered the same metrics")
+	}
+	for range 2 {
+		if err := k.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k2, err := uplink.New(opts, l, reg, nil)
+	if err != nil {
+		t.Fatalf("New after Close: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := k2.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if mfs, _ := reg.Gather(); len(mfs) != 0 {
+		t.Fatalf("after Run %d metric families remain", len(mfs))
+	}
+}
