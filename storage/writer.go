@@ -179,6 +179,15 @@ func (s *Writer) Run(ctx context.Context) error {
 	return nil
 }
 
+// Close unregisters the Writer's metrics, as Run does when it returns: for
+// a Writer that never ran. Call it after Run has returned, or instead of
+// Run; it does not stop Run (end Run's context for that), and it leaves the
+// sink to the caller. It is idempotent.
+func (s *Writer) Close() error {
+	s.m.set.Unregister()
+	return nil
+}
+
 // handler turns one middletier's records into points and writes them to
 // the sink. Its Follower calls it from one goroutine.
 type handler struct {

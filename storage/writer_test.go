@@ -282,3 +282,30 @@ func TestWriterTwoMiddletiers(t *testing.T) {
 	defer srv.Close()
 	stored(t, srv.URL, 2000, base.Add(10*time.Second))
 }
+
+// Close unregisters the metrics of a Writer that never ran, as Run does
+// when it returns, and may be called again: a new Writer can then register
+// its metrics on the same Registerer.
+func TestWriterCloseUnregisters(t *testing.T) {
+	db := openTSDB(t)
+	reg := prometheus.NewRegistry()
+	opts := storage.Options{Middletiers: []storage.Endpoints{{Stream: "tcp://127.0.0.1:1", Consumer: "tcp://127.0.0.1:2"}}}
+	s, err := storage.New(opts, db, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := storage.New(opts, db, reg, nil); err == nil {
+		t.Fatal("a second Writer registered the same metrics")
+	}
+	for range 2 {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if mfs, _ := reg.Gather(); len(mfs) != 0 {
+		t.Fatalf("after Close %d metric families remain", len(mfs))
+	}
+	if _, err := storage.New(opts, db, reg, nil); err != nil {
+		t.Fatalf("New after Close: %v", err)
+	}
+}
