@@ -92,5 +92,7 @@
 // Run owns every goroutine: each ROUTER's reader and sender (zsock.Router's
 // Run), the ingest worker, the publisher, the fetch worker and the state
 // keeper, all ended by one context that Run derives from its own and
-// cancels on a WAL or state failure. New and Listen start nothing.
+// cancels on a WAL or state failure. New binds the sockets (so that their
+// addresses are known before Run) and starts no goroutine of its own; Run,
+// or Close for a Router that never ran, closes them.
 package middletier

@@ -46,6 +46,10 @@ type Router struct {
 
 	stateNoSpace atomic.Bool // the last state write failed for lack of room
 
+	life   sync.Mutex // guards ran and closed; a leaf
+	ran    bool
+	closed bool
+
 	mu        sync.Mutex
 	highest   map[string]uint64 // per origin: every index up to it is durable here or acknowledged elsewhere
 	applied   uint64            // WAL index up to which highest accounts for every record
@@ -76,8 +80,28 @@ type Addrs struct {
 	Ingest, Consumer, Stream, Feed string
 }
 
+// ListenError is returned by New when one of the Router's sockets cannot
+// bind its address.
+type ListenError struct {
+	// Socket is the socket's name: ingest, consumer, stream or feed.
+	Socket string
+	// Addr is the endpoint it was to bind, as configured.
+	Addr string
+	Err  error
+}
+
+func (e *ListenError) Error() string {
+	return fmt.Sprintf("middletier: %s socket: %v", e.Socket, e.Err)
+}
+
+func (e *ListenError) Unwrap() error { return e.Err }
+
 // New returns a Router over log, recovering its marks from StateDir and the
-// WAL. It starts nothing. reg and lg may be nil.
+// WAL, and binds its sockets, so that Addrs is known before Run: a port 0
+// in an address is resolved, and a test can dial the Router at once. It
+// starts no goroutine of the Router's own (zmq4 accepts connections from
+// the bind on; they wait for Run). Run, or Close instead, closes the
+// sockets. reg and lg may be nil.
 func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger) (*Router, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -117,6 +141,10 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	}
 	r.ingest = r.newSocket("ingest", opts.IngestAddr, 4096)
 	r.consumer = r.newSocket("consumer", opts.ConsumerAddr, 256)
+	if err := r.listen(); err != nil {
+		r.m.unregister()
+		return nil, err
+	}
 	return r, nil
 }
 
@@ -159,37 +187,36 @@ func (r *Router) recoverMarks() error {
 	return nil
 }
 
-// Listen binds every socket. Run calls it if it was not called.
-func (r *Router) Listen() (Addrs, error) {
-	if r.stream != nil {
-		return r.addrs(), nil
-	}
+// listen binds every socket, or none.
+func (r *Router) listen() error {
 	if err := r.ingest.Listen(); err != nil {
-		return Addrs{}, fmt.Errorf("middletier: ingest: %w", err)
+		return &ListenError{Socket: "ingest", Addr: r.opts.IngestAddr, Err: err}
 	}
 	if err := r.consumer.Listen(); err != nil {
 		r.ingest.Close()
-		return Addrs{}, fmt.Errorf("middletier: consumer: %w", err)
+		return &ListenError{Socket: "consumer", Addr: r.opts.ConsumerAddr, Err: err}
 	}
 	stream, err := zsock.ListenPub(r.opts.StreamAddr, r.opts.StreamHWM)
 	if err != nil {
 		r.ingest.Close()
 		r.consumer.Close()
-		return Addrs{}, fmt.Errorf("middletier: stream: %w", err)
+		return &ListenError{Socket: "stream", Addr: r.opts.StreamAddr, Err: err}
 	}
 	if r.opts.FeedAddr != "" {
 		if r.feed, err = zsock.ListenPub(r.opts.FeedAddr, r.opts.StreamHWM); err != nil {
 			r.ingest.Close()
 			r.consumer.Close()
 			stream.Close()
-			return Addrs{}, fmt.Errorf("middletier: feed: %w", err)
+			return &ListenError{Socket: "feed", Addr: r.opts.FeedAddr, Err: err}
 		}
 	}
 	r.stream = stream
-	return r.addrs(), nil
+	return nil
 }
 
-func (r *Router) addrs() Addrs {
+// Addrs returns the endpoints the Router's sockets are bound to, ports
+// resolved.
+func (r *Router) Addrs() Addrs {
 	a := Addrs{Ingest: r.ingest.Addr(), Consumer: r.consumer.Addr(), Stream: r.stream.Addr()}
 	if r.feed != nil {
 		a.Feed = r.feed.Addr()
@@ -198,13 +225,17 @@ func (r *Router) addrs() Addrs {
 }
 
 // Run serves until ctx ends or a WAL failure stops it, then closes every
-// socket, waits for every goroutine and makes the state durable. It returns
-// nil after a clean stop, or the failure.
+// socket, waits for every goroutine, makes the state durable and
+// unregisters the metrics. It returns nil after a clean stop, or the
+// failure. A Router runs once.
 func (r *Router) Run(ctx context.Context) error {
-	if _, err := r.Listen(); err != nil {
-		r.m.unregister()
-		return err
+	r.life.Lock()
+	if r.ran || r.closed {
+		r.life.Unlock()
+		return errors.New("middletier: run: the router has run or is closed")
 	}
+	r.ran = true
+	r.life.Unlock()
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { r.ingest.Run(ctx, r.recvIngest) })
@@ -229,6 +260,29 @@ func (r *Router) Run(ctx context.Context) error {
 		return r.failErr
 	}
 	return err
+}
+
+// Close closes the sockets of a Router that never ran and unregisters its
+// metrics, as Run does when it returns. Call it after Run has returned, or
+// instead of Run; it does not stop Run (end Run's context for that). It is
+// idempotent.
+func (r *Router) Close() error {
+	r.life.Lock()
+	defer r.life.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	if !r.ran {
+		r.ingest.Close()
+		r.consumer.Close()
+		r.stream.Close()
+		if r.feed != nil {
+			r.feed.Close()
+		}
+	}
+	r.m.unregister()
+	return nil
 }
 
 // fail stops the Router with err (a WAL or state failure: fail stop).

@@ -217,9 +217,12 @@ func TestMetricsShareOneRegistry(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer ml.Close()
-	if _, err := middletier.New(middletier.Options{ID: "mt", StateDir: t.TempDir()}, ml, reg, nil); err != nil {
+	loop := "tcp://127.0.0.1:0"
+	r, err := middletier.New(middletier.Options{ID: "mt", StateDir: t.TempDir(), IngestAddr: loop, ConsumerAddr: loop, StreamAddr: loop}, ml, reg, nil)
+	if err != nil {
 		t.Fatalf("middletier beside the WALs: %v", err)
 	}
+	defer r.Close()
 	if _, err := uplink.New(uplink.Options{ID: "fe", Middletiers: []string{"tcp://127.0.0.1:1"}}, fl, reg, nil); err != nil {
 		t.Fatalf("uplink beside the WALs and the middletier: %v", err)
 	}

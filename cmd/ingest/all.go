@@ -83,10 +83,7 @@ func runAll(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	addrs, err := mt.Listen()
-	if err != nil {
-		return err
-	}
+	addrs := mt.Addrs()
 
 	// The storage writer into the embedded TSDB, a durable consumer of the
 	// middletier's stream, and the query API over it.

@@ -77,10 +77,7 @@ func runMiddletier(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	addrs, err := r.Listen()
-	if err != nil {
-		return err
-	}
+	addrs := r.Addrs()
 
 	var ready atomic.Bool
 	mux := http.NewServeMux()

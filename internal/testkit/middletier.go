@@ -65,11 +65,7 @@ func (m *Middletier) Start(t testing.TB) {
 		l.Close()
 		t.Fatal(err)
 	}
-	addrs, err := r.Listen()
-	if err != nil {
-		l.Close()
-		t.Fatal(err)
-	}
+	addrs := r.Addrs()
 	m.Opts.IngestAddr, m.Opts.ConsumerAddr, m.Opts.StreamAddr = addrs.Ingest, addrs.Consumer, addrs.Stream
 	if addrs.Feed != "" {
 		m.Opts.FeedAddr = addrs.Feed
