@@ -44,19 +44,20 @@ func start(t *testing.T, addr, dir string, opts frontend.Options, wopts wal.Opti
 	opts.ID = "fe-client-test"
 	opts.Auth.HS256Secrets = [][]byte{secret}
 	opts.DrainWindow = 50 * time.Millisecond
-	srv, err := frontend.New(opts, l, nil, nil)
-	if err != nil {
-		l.Close()
-		t.Fatalf("new frontend: %v", err)
-	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		l.Close()
 		t.Fatalf("listen: %v", err)
 	}
+	opts.Listener = ln
+	srv, err := frontend.New(opts, l, nil, nil)
+	if err != nil {
+		l.Close()
+		t.Fatalf("new frontend: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &server{addr: ln.Addr().String(), dir: dir, log: l, cancel: cancel, errc: make(chan error, 1)}
-	go func() { s.errc <- srv.Serve(ctx, ln) }()
+	go func() { s.errc <- srv.Run(ctx) }()
 	t.Cleanup(func() { s.stop(t) })
 	return s
 }

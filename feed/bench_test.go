@@ -37,11 +37,11 @@ func BenchmarkDeviceToFeed(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer flog.Close()
-	fsrv, err := frontend.New(frontend.Options{ID: "fe-0", InsecureNoAuth: true, Rate: 1e6, Burst: 2e6}, flog, nil, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	fsrv, err := frontend.New(frontend.Options{Listener: ln, ID: "fe-0", InsecureNoAuth: true, Rate: 1e6, Burst: 2e6}, flog, nil, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func BenchmarkDeviceToFeed(b *testing.B) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Go(func() { fsrv.Serve(ctx, ln) })
+	wg.Go(func() { fsrv.Run(ctx) })
 	wg.Go(func() { link.Run(ctx) })
 	defer func() { cancel(); wg.Wait() }()
 

@@ -225,19 +225,33 @@ func TestNoAuthNeedsLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	if _, err := New(Options{ID: "fe"}, l, nil, nil); err == nil {
-		t.Fatal("New accepted neither keys nor InsecureNoAuth")
+	listen := func() net.Listener {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ln
 	}
-	s, err := New(Options{ID: "fe", InsecureNoAuth: true}, l, nil, nil)
-	if err != nil {
-		t.Fatal(err)
+	ln := listen()
+	if _, err := New(Options{Listener: ln, ID: "fe"}, l, nil, nil); err == nil || !strings.Contains(err.Error(), "check auth") {
+		t.Fatalf("New with neither keys nor InsecureNoAuth: %v, want refused", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	if _, err := ln.Accept(); err == nil {
+		t.Fatal("a failed New left its listener open")
 	}
-	if err := s.Serve(context.Background(), fakeAddrListener{ln}); !errors.Is(err, ErrNotLoopback) {
-		t.Fatalf("Serve on a non-loopback address: %v, want ErrNotLoopback", err)
+	ln = listen()
+	if _, err := New(Options{Listener: fakeAddrListener{ln}, ID: "fe", InsecureNoAuth: true}, l, nil, nil); !errors.Is(err, ErrNotLoopback) {
+		t.Fatalf("New on a non-loopback address: %v, want ErrNotLoopback", err)
+	}
+	ln, mln := listen(), listen()
+	if _, err := New(Options{Listener: ln, MQTTListener: fakeAddrListener{mln}, ID: "fe", InsecureNoAuth: true}, l, nil, nil); !errors.Is(err, ErrNotLoopback) {
+		t.Fatalf("New with MQTT on a non-loopback address: %v, want ErrNotLoopback", err)
+	}
+	if _, err := ln.Accept(); err == nil {
+		t.Fatal("a failed New left its listener open")
+	}
+	if _, err := mln.Accept(); err == nil {
+		t.Fatal("a failed New left its MQTT listener open")
 	}
 
 	ts := startServer(t, Options{InsecureNoAuth: true}, wal.Options{})

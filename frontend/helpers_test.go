@@ -68,19 +68,21 @@ func startServer(t testing.TB, opts Options, wopts wal.Options) *testServer {
 		opts.DrainWindow = 200 * time.Millisecond
 	}
 	opts.Gatherer = ts.reg
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		l.Close()
+		t.Fatal(err)
+	}
+	ts.addr = ln.Addr().String()
+	opts.Listener = ln
 	ts.srv, err = New(opts, l, ts.reg, nil)
 	if err != nil {
 		l.Close()
 		t.Fatalf("new server: %v", err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts.addr = ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	ts.cancel = cancel
-	go func() { ts.errc <- ts.srv.Serve(ctx, ln) }()
+	go func() { ts.errc <- ts.srv.Run(ctx) }()
 	t.Cleanup(func() { ts.stop(t) })
 	return ts
 }

@@ -37,6 +37,8 @@ type metrics struct {
 	closes      *prometheus.CounterVec
 	handshakes  *prometheus.CounterVec
 	mqtt        *mqttMetrics
+
+	reg prometheus.Registerer // nil: none registered
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -97,7 +99,19 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
+	m.reg = reg
 	return m, nil
+}
+
+// unregister unregisters every collector; a second call does nothing.
+func (m *metrics) unregister() {
+	if m.reg == nil {
+		return
+	}
+	for _, c := range m.collectors() {
+		m.reg.Unregister(c)
+	}
+	m.reg = nil
 }
 
 func (m *metrics) collectors() []prometheus.Collector {

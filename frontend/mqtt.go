@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"strings"
@@ -47,8 +46,9 @@ const (
 	mqtt5   byte = 5
 )
 
-// mqttServer is the Server's MQTT side: the TCP listeners and the context
-// that ends connections still waiting for their CONNECT.
+// mqttServer is the Server's MQTT side: the TCP listeners (Options'
+// MQTTListener) and the context that ends connections still waiting for
+// their CONNECT.
 type mqttServer struct {
 	lns []net.Listener
 
@@ -67,36 +67,12 @@ func (m *mqttServer) init() {
 	})
 }
 
-// ListenMQTT makes Serve accept MQTT over TCP on ln as well (MQTT over
-// WebSocket is always served at MQTTPath on the device port). Call it
-// before Serve; Serve closes ln. ln may be a TLS listener
-// (crypto/tls.NewListener): sessions use only the net.Conn interface.
-func (s *Server) ListenMQTT(ln net.Listener) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.served {
-		return errors.New("listen mqtt: server already serving")
-	}
-	s.mqtt.lns = append(s.mqtt.lns, ln)
-	return nil
-}
-
 // startMQTT starts an accept loop per MQTT listener. stop closes the
 // listeners, ends connections still waiting for their CONNECT and waits for
 // the accept loops; sessions already registered are left to the drain.
-func (s *Server) startMQTT() (stop func(), err error) {
+func (s *Server) startMQTT() (stop func()) {
 	m := &s.mqtt
 	m.init()
-	if s.opts.InsecureNoAuth {
-		for _, ln := range m.lns {
-			if !isLoopback(ln.Addr()) {
-				for _, ln := range m.lns {
-					ln.Close()
-				}
-				return nil, fmt.Errorf("serve mqtt %s: %w", ln.Addr(), ErrNotLoopback)
-			}
-		}
-	}
 	for _, ln := range m.lns {
 		m.accept.Go(func() { s.acceptMQTT(ln) })
 	}
@@ -106,7 +82,7 @@ func (s *Server) startMQTT() (stop func(), err error) {
 			ln.Close()
 		}
 		m.accept.Wait()
-	}, nil
+	}
 }
 
 func (s *Server) acceptMQTT(ln net.Listener) {

@@ -443,7 +443,11 @@ func FuzzMQTTConn(f *testing.F) {
 	f.Add(mqtt5, true, []byte{0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x01}) // SUBSCRIBE whose filter runs to the end
 	f.Add(mqtt5, false, []byte{0x10, 0xff, 0xff, 0xff, 0xff, 0x7f})
 
-	opts, err := Options{ID: "fe-fuzz", InsecureNoAuth: true, MQTT: MQTTOptions{MaxPacketBytes: 4096, ConnectTimeout: time.Second}}.withDefaults()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		f.Fatal(err)
+	}
+	opts, err := Options{Listener: ln, ID: "fe-fuzz", InsecureNoAuth: true, MQTT: MQTTOptions{MaxPacketBytes: 4096, ConnectTimeout: time.Second}}.withDefaults()
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -456,6 +460,7 @@ func FuzzMQTTConn(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
+	defer s.Close()
 	s.mqtt.init()
 	defer s.mqtt.hsCancel()
 	f.Fuzz(func(t *testing.T, version byte, withConnect bool, in []byte) {

@@ -14,7 +14,6 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
 	"github.com/golang-jwt/jwt/v5"
-	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -36,61 +35,9 @@ func startMQTTServer(t testing.TB, opts Options, wopts wal.Options) *mqttTestSer
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := startServerWith(t, opts, wopts, func(s *Server) {
-		if err := s.ListenMQTT(ln); err != nil {
-			t.Fatal(err)
-		}
-	})
+	opts.MQTTListener = ln
+	ts := startServer(t, opts, wopts)
 	return &mqttTestServer{testServer: ts, mqttAddr: ln.Addr().String()}
-}
-
-// startServerWith is startServer with a hook between New and Serve.
-func startServerWith(t testing.TB, opts Options, wopts wal.Options, hook func(*Server)) *testServer {
-	t.Helper()
-	ts := &testServer{reg: nil, dir: t.TempDir(), errc: make(chan error, 1)}
-	base := startServerParts(t, ts, opts, wopts)
-	hook(ts.srv)
-	base()
-	return ts
-}
-
-// startServerParts opens the WAL and builds the server of ts; the function
-// it returns starts serving.
-func startServerParts(t testing.TB, ts *testServer, opts Options, wopts wal.Options) func() {
-	t.Helper()
-	ts.reg = prometheus.NewRegistry()
-	wopts.Hop = "frontend"
-	l, err := wal.Open(ts.dir, wopts, ts.reg, nil)
-	if err != nil {
-		t.Fatalf("open wal: %v", err)
-	}
-	ts.log = l
-	if opts.ID == "" {
-		opts.ID = "fe-test"
-	}
-	if !opts.InsecureNoAuth && !opts.Auth.Configured() {
-		opts.Auth.HS256Secrets = [][]byte{testSecret}
-	}
-	if opts.DrainWindow == 0 {
-		opts.DrainWindow = 200 * time.Millisecond
-	}
-	opts.Gatherer = ts.reg
-	ts.srv, err = New(opts, l, ts.reg, nil)
-	if err != nil {
-		l.Close()
-		t.Fatalf("new server: %v", err)
-	}
-	return func() {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ts.addr = ln.Addr().String()
-		ctx, cancel := context.WithCancel(context.Background())
-		ts.cancel = cancel
-		go func() { ts.errc <- ts.srv.Serve(ctx, ln) }()
-		t.Cleanup(func() { ts.stop(t) })
-	}
 }
 
 // v5 connects a paho.golang (MQTT 5) client over TCP or, with ws, over

@@ -3,6 +3,7 @@ package frontend
 import (
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/coder/websocket"
@@ -16,6 +17,12 @@ import (
 // Options configure a Server. A zero field means its default (DefaultOptions);
 // ID and either Auth keys or InsecureNoAuth are required.
 type Options struct {
+	// Listener is where devices connect; the Server serves HTTP on it.
+	// Required: the caller binds it (tests on 127.0.0.1:0), so the address
+	// is known before Run. The Server owns it from New on: Run closes it
+	// when it returns, Close if Run never ran, New itself if it fails.
+	Listener net.Listener
+
 	// ID names this frontend in every envelope it writes. Together with the WAL
 	// index it is a message's identity, so it must stay the same for as long as
 	// the WAL directory lives (a StatefulSet pod name or a hostname).
@@ -26,8 +33,8 @@ type Options struct {
 	// included, are refused. A token's subject is the device id.
 	Auth auth.Options
 	// InsecureNoAuth accepts devices without a token, taking the device id from
-	// the "device" query parameter. Serve then refuses any listener that is not
-	// on a loopback address, and logs a warning.
+	// the "device" query parameter. New then refuses a Listener that is not
+	// on a loopback address, and Run logs a warning.
 	InsecureNoAuth bool
 
 	// OriginPatterns lists the browser origins allowed to connect, as in
@@ -93,8 +100,14 @@ type Options struct {
 	// the default) or 1012 (service restart).
 	ShutdownCode websocket.StatusCode
 
-	// MQTT configures MQTT sessions: over TCP on a listener given to
-	// ListenMQTT, and over WebSocket at /mqtt on the device port.
+	// MQTTListener, if set, is where MQTT devices connect over TCP; it may
+	// be a TLS listener (crypto/tls.NewListener): sessions use only the
+	// net.Conn interface. MQTT over WebSocket is always served at MQTTPath
+	// on Listener. The Server owns it as it owns Listener; with
+	// InsecureNoAuth it must be on a loopback address too.
+	MQTTListener net.Listener
+	// MQTT configures MQTT sessions: over TCP on MQTTListener, and over
+	// WebSocket at /mqtt on the device port.
 	MQTT MQTTOptions
 
 	// Gatherer, when set, is served at /metrics.
@@ -180,6 +193,9 @@ func (o Options) withDefaults() (Options, error) {
 	setInt(&o.MQTT.ReceiveMaximum, defaultReceiveMaximum)
 	setDur(&o.MQTT.ConnectTimeout, o.HandshakeTimeout)
 
+	if o.Listener == nil {
+		return o, errors.New("check listener: nil")
+	}
 	if err := envelope.CheckID(o.ID); err != nil {
 		return o, fmt.Errorf("check frontend id: %w", err)
 	}

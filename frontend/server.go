@@ -34,12 +34,12 @@ const (
 	logEvery = 10 * time.Second
 )
 
-// ErrNotLoopback is returned by Serve when InsecureNoAuth is set and the
+// ErrNotLoopback is returned by New when InsecureNoAuth is set and the
 // listener is not on a loopback address.
 var ErrNotLoopback = errors.New("frontend: running without auth requires a loopback listener")
 
 // Server is the device-facing WebSocket server. It owns no WAL: the caller
-// opens the log, hands it to New, and closes it after Serve has returned.
+// opens the log, hands it to New, and closes it after Run has returned.
 type Server struct {
 	opts Options
 	log  *wal.Log
@@ -66,7 +66,10 @@ type Server struct {
 	conns    map[session]struct{}
 	devices  map[string]session // one session per device, across transports
 	draining bool
-	served   bool
+
+	life   sync.Mutex // guards ran and closed; a leaf
+	ran    bool
+	closed bool
 
 	wg sync.WaitGroup // connection handlers and their flushers
 
@@ -75,14 +78,26 @@ type Server struct {
 	msgPool  sync.Pool // *[]protocol.Message
 }
 
-// New validates opts and prepares a Server. It starts nothing.
-func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger) (*Server, error) {
+// New validates opts and prepares a Server. It starts nothing. It takes
+// opts.Listener and opts.MQTTListener: if New fails, it closes them. reg
+// and lg may be nil.
+func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger) (_ *Server, err error) {
+	defer func() {
+		if err != nil {
+			closeListeners(opts)
+		}
+	}()
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	if log == nil {
 		return nil, errors.New("check wal: nil log")
+	}
+	for _, ln := range []net.Listener{o.Listener, o.MQTTListener} {
+		if o.InsecureNoAuth && ln != nil && !isLoopback(ln.Addr()) {
+			return nil, fmt.Errorf("check listener %s: %w", ln.Addr(), ErrNotLoopback)
+		}
 	}
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
@@ -101,6 +116,9 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	}
 	if s.m, err = newMetrics(reg); err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
+	}
+	if o.MQTTListener != nil {
+		s.mqtt.lns = []net.Listener{o.MQTTListener}
 	}
 	s.limits = newLimits(o.Rate, float64(o.Burst), o.MaxConnections)
 	s.hard, s.hardCancel = context.WithCancel(context.Background())
@@ -143,40 +161,35 @@ func (s *Server) Handler() http.Handler {
 // acknowledged again once there is room.
 func (s *Server) Ready() bool { return s.ready.Load() && s.log.Err() == nil }
 
-// Serve accepts devices on ln until ctx ends, then drains: readiness turns
-// false, ln closes, and connections are closed with Options.ShutdownCode
-// spread over Options.DrainWindow, each after its pending messages have been
-// appended and acknowledged. Serve returns once every goroutine it started
-// has ended; ln is closed on return. A Server serves once.
+// Run accepts devices on Options.Listener (and Options.MQTTListener) until
+// ctx ends, then drains:
+// readiness turns false, the listener closes, and connections are closed
+// with Options.ShutdownCode spread over Options.DrainWindow, each after its
+// pending messages have been appended and acknowledged. Run returns once
+// every goroutine it started has ended; the listener is closed on return.
+// A Server runs once.
 //
 // If the WAL fails (fail stop: a failed fsync, or a write that failed for
-// another reason than a full disk), Serve stops too, and returns the
+// another reason than a full disk), Run stops too, and returns the
 // failure: the log can only be recovered by opening it again, and the
 // process is meant to exit so that its supervisor starts it again (the
 // frontend's liveness probe, /healthz, fails meanwhile). It first stays a
 // lame duck for the drain window: handshakes are answered 503 with
 // Retry-After, and connections are closed, so that devices and load
 // balancers get a clear answer.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	s.mu.Lock()
-	if s.served {
-		s.mu.Unlock()
-		return errors.New("serve: server already served")
+func (s *Server) Run(ctx context.Context) error {
+	s.life.Lock()
+	if s.ran || s.closed {
+		s.life.Unlock()
+		return errors.New("frontend: run: the server has run or is closed")
 	}
-	s.served = true
-	s.mu.Unlock()
+	s.ran = true
+	s.life.Unlock()
+	ln := s.opts.Listener
 	if s.opts.InsecureNoAuth {
-		if !isLoopback(ln.Addr()) {
-			ln.Close()
-			return fmt.Errorf("serve %s: %w", ln.Addr(), ErrNotLoopback)
-		}
 		s.lg.Warn("device authentication is OFF: any local process can write as any device", "addr", ln.Addr().String())
 	}
-	stopMQTT, err := s.startMQTT()
-	if err != nil {
-		ln.Close()
-		return err
-	}
+	stopMQTT := s.startMQTT()
 	hs := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
@@ -228,6 +241,36 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.lg.Info("frontend drained", "connections", n, "duration", time.Since(start))
 	return serveErr
+}
+
+// Close releases what New took when Run has not: it closes the listener of
+// a Server that never ran, and unregisters the metrics. Call it after Run
+// has returned, or instead of Run; it does not stop Run (end Run's context
+// for that). It is idempotent.
+func (s *Server) Close() error {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var err error
+	if !s.ran {
+		err = closeListeners(s.opts)
+	}
+	s.m.unregister()
+	return err
+}
+
+// closeListeners closes the listeners of o.
+func closeListeners(o Options) error {
+	var errs []error
+	for _, ln := range []net.Listener{o.Listener, o.MQTTListener} {
+		if ln != nil {
+			errs = append(errs, ln.Close())
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // drain closes every connection over the drain window and waits for them,

@@ -103,16 +103,16 @@ func TestFailedWALRefusesHandshakes(t *testing.T) {
 	var logs lockedBuf
 	lg := slog.New(slog.NewTextHandler(&logs, nil))
 	const drain = 3 * time.Second
-	srv, err := New(Options{ID: "fe-test", Auth: auth.Options{HS256Secrets: [][]byte{testSecret}}, DrainWindow: drain, Gatherer: reg}, l, reg, lg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	srv, err := New(Options{Listener: ln, ID: "fe-test", Auth: auth.Options{HS256Secrets: [][]byte{testSecret}}, DrainWindow: drain, Gatherer: reg}, l, reg, lg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	errc := make(chan error, 1)
-	go func() { errc <- srv.Serve(context.Background(), ln) }()
+	go func() { errc <- srv.Run(context.Background()) }()
 	ts := &testServer{addr: ln.Addr().String()}
 
 	c := rawDial(t, ts, hsToken(t, "dev-1", nil))

@@ -148,6 +148,14 @@ func runAll(ctx context.Context, args []string) error {
 		}
 		fopts.Auth.HS256Secrets = [][]byte{trimSpace(b)}
 	}
+	if fopts.MQTTListener, err = listenMQTT(*mqttListen, lg); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	fopts.Listener = ln
 	srv, err := frontend.New(fopts, flog, reg, lg)
 	if err != nil {
 		return err
@@ -155,13 +163,6 @@ func runAll(ctx context.Context, args []string) error {
 	link, err := uplink.New(uplink.Options{ID: "fe-0", Middletiers: []string{addrs.Ingest}}, flog, reg, lg)
 	if err != nil {
 		return err
-	}
-	if err := listenMQTT(srv, *mqttListen, lg); err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
 	}
 
 	// The live feed, following the middletier's feed socket. The status
@@ -216,7 +217,7 @@ func runAll(ctx context.Context, args []string) error {
 	linkDone := make(chan error, 1)
 	go func() { linkDone <- link.Run(linkCtx) }()
 
-	err = srv.Serve(ctx, ln)
+	err = srv.Run(ctx)
 	stopSide() // dashboards are closed with 1001 while the pipeline drains
 	side.Wait()
 	linkErr, stopped := flushUplink(flog, 5*time.Second, linkDone)

@@ -147,20 +147,22 @@ func runFrontend(ctx context.Context, args []string) error {
 			lg.Error("close wal", "err", cerr)
 		}
 	}()
+	if opts.MQTTListener, err = listenMQTT(*mqttListen, lg); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	opts.Listener = ln
 	srv, err := frontend.New(opts, log, reg, lg)
 	if err != nil {
 		return err
 	}
 	link, err := newUplink(*id, *mtList, *mtDNS, uplink.Options{Window: *upWindow, AckTimeout: *upAck, Failover: *upFailover}, log, reg, lg)
 	if err != nil {
+		srv.Close()
 		return err
-	}
-	if err := listenMQTT(srv, *mqttListen, lg); err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
 	}
 	lg.Info("frontend listening", "addr", ln.Addr().String(), "id", opts.ID, "wal", *walDir, "last_index", log.LastIndex())
 	start := time.Now()
@@ -171,7 +173,7 @@ func runFrontend(ctx context.Context, args []string) error {
 	} else {
 		linkDone <- nil
 	}
-	err = srv.Serve(ctx, ln)
+	err = srv.Run(ctx)
 	// Devices are drained: give the uplink a moment to hand the middletier
 	// what the WAL holds. What it cannot is kept for the next start.
 	lerr, stopped := error(nil), false
@@ -230,17 +232,17 @@ func flushUplink(log *wal.Log, timeout time.Duration, linkDone <-chan error) (er
 	return nil, false
 }
 
-// listenMQTT has srv serve MQTT over TCP on addr, unless addr is empty.
-func listenMQTT(srv *frontend.Server, addr string, lg *slog.Logger) error {
+// listenMQTT binds the MQTT listener on addr, unless addr is empty.
+func listenMQTT(addr string, lg *slog.Logger) (net.Listener, error) {
 	if addr == "" {
-		return nil
+		return nil, nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return fmt.Errorf("listen mqtt: %w", err)
+		return nil, fmt.Errorf("listen mqtt: %w", err)
 	}
 	lg.Info("mqtt listening", "addr", ln.Addr().String())
-	return srv.ListenMQTT(ln)
+	return ln, nil
 }
 
 // listenSet reports whether --listen or INGEST_LISTEN was given.

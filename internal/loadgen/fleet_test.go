@@ -50,11 +50,6 @@ func start(t *testing.T, addr, dir string, opts frontend.Options) *server {
 		opts.Rate, opts.Burst = 1e9, 1e9
 	}
 	opts.DrainWindow = 20 * time.Millisecond
-	srv, err := frontend.New(opts, l, nil, nil)
-	if err != nil {
-		l.Close()
-		t.Fatalf("new frontend: %v", err)
-	}
 	var ln net.Listener
 	// A restarted server takes its predecessor's port, which the
 	// predecessor's connections may hold for a moment.
@@ -69,9 +64,15 @@ func start(t *testing.T, addr, dir string, opts frontend.Options) *server {
 		l.Close()
 		t.Fatalf("listen: %v", err)
 	}
+	opts.Listener = ln
+	srv, err := frontend.New(opts, l, nil, nil)
+	if err != nil {
+		l.Close()
+		t.Fatalf("new frontend: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &server{addr: ln.Addr().String(), dir: dir, log: l, cancel: cancel, errc: make(chan error, 1)}
-	go func() { s.errc <- srv.Serve(ctx, ln) }()
+	go func() { s.errc <- srv.Run(ctx) }()
 	t.Cleanup(func() { s.stop(t) })
 	return s
 }

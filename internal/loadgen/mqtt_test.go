@@ -23,25 +23,23 @@ func startMQTT(t *testing.T, dir string, opts frontend.Options) (*server, string
 	}
 	opts.ID, opts.InsecureNoAuth = "fe-loadgen-test", true
 	opts.Rate, opts.Burst, opts.DrainWindow = 1e9, 1e9, 20*time.Millisecond
-	srv, err := frontend.New(opts, l, nil, nil)
-	if err != nil {
-		l.Close()
-		t.Fatal(err)
-	}
 	mln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.ListenMQTT(mln); err != nil {
 		t.Fatal(err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	opts.Listener, opts.MQTTListener = ln, mln
+	srv, err := frontend.New(opts, l, nil, nil)
+	if err != nil {
+		l.Close()
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &server{addr: ln.Addr().String(), dir: dir, log: l, cancel: cancel, errc: make(chan error, 1)}
-	go func() { s.errc <- srv.Serve(ctx, ln) }()
+	go func() { s.errc <- srv.Run(ctx) }()
 	t.Cleanup(func() { s.stop(t) })
 	return s, mln.Addr().String()
 }

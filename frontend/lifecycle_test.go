@@ -1,0 +1,76 @@
+package frontend
+
+import (
+	"context"
+	"net"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/wal"
+)
+
+// Close releases what New took from a Server that never ran: the listeners
+// and the metrics' registrations. It may be called again, and a closed
+// Server does not run. After Run, Close leaves the listener to Run, which
+// closed it, and a second Run is refused.
+func TestCloseWithoutRun(t *testing.T) {
+	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	reg := prometheus.NewRegistry()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := New(Options{Listener: ln, MQTTListener: mln, ID: "fe", InsecureNoAuth: true}, l, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ln.Accept(); err == nil {
+		t.Fatal("Close left the listener open")
+	}
+	if _, err := mln.Accept(); err == nil {
+		t.Fatal("Close left the MQTT listener open")
+	}
+	if mfs, _ := reg.Gather(); len(mfs) != 0 {
+		t.Fatalf("after Close %d metric families remain", len(mfs))
+	}
+	if err := s.Run(context.Background()); err == nil {
+		t.Fatal("a closed Server ran")
+	}
+
+	ln, err = net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err = New(Options{Listener: ln, ID: "fe", InsecureNoAuth: true}, l, reg, nil)
+	if err != nil {
+		t.Fatalf("New after Close on the same registry: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := s.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ln.Accept(); err == nil {
+		t.Fatal("Run left the listener open")
+	}
+	if err := s.Run(context.Background()); err == nil {
+		t.Fatal("a Server ran twice")
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
