@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/feed"
 	"github.com/ingest-io/ingest/middletier"
@@ -115,15 +117,47 @@ func TestAuth(t *testing.T) {
 }
 
 func TestNoAuthNeedsLoopback(t *testing.T) {
-	if _, err := feed.New(feed.Options{Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, nil, nil); err == nil {
-		t.Fatal("New accepted neither keys nor InsecureNoAuth")
-	}
-	s, err := feed.New(feed.Options{InsecureNoAuth: true, Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, nil, nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Serve(context.Background(), fakeAddrListener(t)); err == nil {
-		t.Fatal("served without auth on a non-loopback address")
+	if _, err := feed.New(feed.Options{Listener: ln, Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, nil, nil); err == nil || !strings.Contains(err.Error(), "check auth") {
+		t.Fatalf("New with neither keys nor InsecureNoAuth: %v, want refused", err)
+	}
+	if _, err := ln.Accept(); err == nil {
+		t.Fatal("a failed New left its listener open")
+	}
+	if _, err := feed.New(feed.Options{Listener: fakeAddrListener(t), InsecureNoAuth: true, Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, nil, nil); !errors.Is(err, feed.ErrNotLoopback) {
+		t.Fatalf("New without auth on a non-loopback address: %v, want ErrNotLoopback", err)
+	}
+}
+
+// Close releases what New took from a Server that never ran: the listener
+// and the metrics' registrations. It may be called again, and a closed
+// Server does not run.
+func TestCloseWithoutRun(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	s, err := feed.New(feed.Options{Listener: ln, InsecureNoAuth: true, Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := ln.Accept(); err == nil {
+		t.Fatal("Close left the listener open")
+	}
+	if mfs, _ := reg.Gather(); len(mfs) != 0 {
+		t.Fatalf("after Close %d metric families remain", len(mfs))
+	}
+	if err := s.Run(context.Background()); err == nil {
+		t.Fatal("a closed Server ran")
 	}
 }
 

@@ -121,7 +121,7 @@ func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
 	s.m.handshakes.WithLabelValues("ok").Inc()
 	s.m.readers.Inc()
 	defer s.m.readers.Dec()
-	reason := s.serveConn(ws, hj.sc, exp)
+	reason := s.serveConn(r.Context(), ws, hj.sc, exp)
 	s.m.disconnects.WithLabelValues(reason).Inc()
 	s.lg.Debug("feed: reader disconnected", "reader", reader, "remote", r.RemoteAddr, "reason", reason)
 }
@@ -150,7 +150,10 @@ func (s *Server) refuse(w http.ResponseWriter, status int, code, msg string) {
 // and close wait behind what it has not read yet, for as long as a reader
 // that reads nothing at all could live by the keepalive (PingInterval plus
 // PongTimeout), and then the socket is closed.
-func (s *Server) serveConn(ws *websocket.Conn, sc *sendConn, exp time.Time) (reason string) {
+//
+// ctx ends at shutdown (Run's connection context): the reader is then
+// closed with 1001.
+func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn, exp time.Time) (reason string) {
 	// The reader and the pinger do not use the shutdown context: a read or
 	// ping whose context ends closes the connection at once, and shutdown
 	// closes it with 1001 instead.
@@ -204,7 +207,7 @@ func (s *Server) serveConn(ws *websocket.Conn, sc *sendConn, exp time.Time) (rea
 
 	// writeNow writes b at once: into sc's buffer, whatever its backlog.
 	writeNow := func(b []byte) error {
-		wctx, wcancel := context.WithTimeout(s.conns, s.opts.WriteTimeout)
+		wctx, wcancel := context.WithTimeout(ctx, s.opts.WriteTimeout)
 		defer wcancel()
 		return ws.Write(wctx, websocket.MessageText, b)
 	}
@@ -218,8 +221,8 @@ func (s *Server) serveConn(ws *websocket.Conn, sc *sendConn, exp time.Time) (rea
 			case <-room:
 			case <-t.C:
 				return errWriteTimeout
-			case <-s.conns.Done():
-				return s.conns.Err()
+			case <-ctx.Done():
+				return ctx.Err()
 			}
 		}
 		return writeNow(b)
@@ -243,7 +246,7 @@ func (s *Server) serveConn(ws *websocket.Conn, sc *sendConn, exp time.Time) (rea
 		}
 		select {
 		case <-room:
-		case <-s.conns.Done():
+		case <-ctx.Done():
 			ws.Close(websocket.StatusGoingAway, "server shutting down")
 			return "shutdown"
 		case <-readerGone:
@@ -262,7 +265,7 @@ func (s *Server) serveConn(ws *websocket.Conn, sc *sendConn, exp time.Time) (rea
 			n := c.abandon()
 			// Behind whatever the reader has not read yet: it gets them
 			// when it reads again, within the linger.
-			sc.setLinger(s.opts.PingInterval+s.opts.PongTimeout, s.conns.Done())
+			sc.setLinger(s.opts.PingInterval+s.opts.PongTimeout, ctx.Done())
 			if writeNow(missedFrame(n, "slow", "", 0, 0)) != nil {
 				ws.CloseNow()
 				return "slow"
@@ -292,7 +295,7 @@ func (s *Server) serveConn(ws *websocket.Conn, sc *sendConn, exp time.Time) (rea
 				return "write_error"
 			}
 			if len(sub.From) > 0 {
-				if err := s.replay(s.conns, sub, live, write); err != nil {
+				if err := s.replay(ctx, sub, live, write); err != nil {
 					ws.CloseNow()
 					return "write_error"
 				}

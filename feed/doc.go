@@ -49,7 +49,7 @@
 //
 // # Goroutines
 //
-// Serve owns every goroutine: per source the Follower's Run and the
+// Run owns every goroutine: per source the Follower's Run and the
 // goroutines it owns (among them the one that dispatches), and per reader
 // the HTTP handler (the only writer of its frames), a reader goroutine
 // (coder/websocket needs one always reading), a pinger, and the flusher of

@@ -93,15 +93,16 @@ func startFeed(t testing.TB, opts feed.Options) *feedServer {
 		opts.Auth = auth.Options{HS256Secrets: [][]byte{testSecret}}
 	}
 	reg := prometheus.NewRegistry()
-	s, err := feed.New(opts, reg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	stop := testkit.Go(t, "feed", func(ctx context.Context) error { return s.Serve(ctx, ln) })
+	opts.Listener = ln
+	s, err := feed.New(opts, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := testkit.Go(t, "feed", s.Run)
 	fs := &feedServer{s: s, url: "ws://" + ln.Addr().String() + "/v1/feed", reg: reg, stop: func() { stop() }}
 	testkit.WaitFor(t, "feed ready", 10*time.Second, s.Ready)
 	return fs

@@ -3,6 +3,7 @@ package feed
 import (
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"time"
 
@@ -28,6 +29,12 @@ type Source struct {
 // (DefaultOptions); Sources and either Auth keys or InsecureNoAuth are
 // required.
 type Options struct {
+	// Listener is where readers connect; the Server serves HTTP on it.
+	// Required: the caller binds it (tests on 127.0.0.1:0), so the address
+	// is known before Run. The Server owns it from New on: Run closes it
+	// when it returns, Close if Run never ran, New itself if it fails.
+	Listener net.Listener
+
 	// ID names this feed in its fetch requests and socket identities.
 	// Default "feed".
 	ID string
@@ -40,8 +47,8 @@ type Options struct {
 	// Scope must be one of the token's scopes (claim "scope": a
 	// space-separated string or an array of strings). Default "feed:read".
 	Scope string
-	// InsecureNoAuth accepts readers without a token. Serve then refuses any
-	// listener that is not on a loopback address.
+	// InsecureNoAuth accepts readers without a token. New then refuses a
+	// Listener that is not on a loopback address.
 	InsecureNoAuth bool
 	// OriginPatterns lists the browser origins allowed to connect, as in
 	// websocket.AcceptOptions; same-host origins and requests without an
@@ -164,6 +171,9 @@ func (o Options) withDefaults() (Options, error) {
 	setDur(&o.WriteTimeout, d.WriteTimeout)
 	setDur(&o.HandshakeTimeout, d.HandshakeTimeout)
 
+	if o.Listener == nil {
+		return o, errors.New("check listener: nil")
+	}
 	// The ID goes into socket identities of the form <id>#<purpose>-<n>-<hex>.
 	if len(o.ID) > wire.MaxNameLen-40 {
 		return o, fmt.Errorf("check id: %d bytes, at most %d", len(o.ID), wire.MaxNameLen-40)

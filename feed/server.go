@@ -17,7 +17,7 @@ import (
 	"github.com/ingest-io/ingest/auth"
 )
 
-// ErrNotLoopback is returned by Serve without auth on a listener that is not
+// ErrNotLoopback is returned by New without auth on a listener that is not
 // on a loopback address.
 var ErrNotLoopback = errors.New("feed: running without auth requires a loopback listener")
 
@@ -33,23 +33,35 @@ type Server struct {
 
 	nreaders atomic.Int64
 	ready    atomic.Bool
-	served   atomic.Bool
 
-	// conns ends every reader connection at shutdown; connWG waits for them.
-	// A handler joins connWG only under connMu and while !closing.
-	conns      context.Context
-	connCancel context.CancelFunc
-	connMu     sync.Mutex
-	closing    bool
-	connWG     sync.WaitGroup
+	life   sync.Mutex // guards ran and closed; a leaf
+	ran    bool
+	closed bool
+
+	// At shutdown the context Run gives every request (http.Server's
+	// BaseContext) ends every reader connection; connWG waits for them. A
+	// handler joins connWG only under connMu and while !closing.
+	connMu  sync.Mutex
+	closing bool
+	connWG  sync.WaitGroup
 }
 
-// New checks opts and registers the metrics. It starts nothing: Serve does.
-// reg and lg may be nil.
-func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Server, error) {
+// New checks opts and registers the metrics. It starts nothing: Run does.
+// It takes opts.Listener: if New fails, it closes it. reg and lg may be nil.
+func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (_ *Server, err error) {
+	defer func() {
+		if err != nil && opts.Listener != nil {
+			opts.Listener.Close()
+		}
+	}()
 	o, err := opts.withDefaults()
 	if err != nil {
 		return nil, err
+	}
+	if o.InsecureNoAuth {
+		if ta, ok := o.Listener.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
+			return nil, fmt.Errorf("check listener %s: %w", o.Listener.Addr(), ErrNotLoopback)
+		}
 	}
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
@@ -71,7 +83,6 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Server, err
 		}
 		s.sources = append(s.sources, src)
 	}
-	s.conns, s.connCancel = context.WithCancel(context.Background())
 	return s, nil
 }
 
@@ -111,20 +122,22 @@ func (s *Server) Ready() bool {
 	return false
 }
 
-// Serve follows the middletiers and serves readers on ln until ctx ends.
-// Then readiness turns false, ln closes, every reader is closed with 1001,
-// and the sockets to the middletiers close. Serve returns once every
-// goroutine it started has ended. A Server serves once.
-func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	if !s.served.CompareAndSwap(false, true) {
-		return errors.New("serve: server already served")
+// Run follows the middletiers and serves readers on Options.Listener until
+// ctx ends. Then readiness turns false, the listener closes, every reader is
+// closed with 1001, and the sockets to the middletiers close. Run returns
+// once every goroutine it started has ended, and unregisters the metrics.
+// A Server runs once.
+func (s *Server) Run(ctx context.Context) error {
+	s.life.Lock()
+	if s.ran || s.closed {
+		s.life.Unlock()
+		return errors.New("feed: run: the server has run or is closed")
 	}
+	s.ran = true
+	s.life.Unlock()
 	defer s.m.unregister()
+	ln := s.opts.Listener
 	if s.opts.InsecureNoAuth {
-		if ta, ok := ln.Addr().(*net.TCPAddr); !ok || !ta.IP.IsLoopback() {
-			ln.Close()
-			return fmt.Errorf("serve %s: %w", ln.Addr(), ErrNotLoopback)
-		}
 		s.lg.Warn("feed: reader authentication is OFF: any local process can read every device", "addr", ln.Addr().String())
 	}
 	srcCtx, srcCancel := context.WithCancel(context.Background())
@@ -132,11 +145,17 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	for _, src := range s.sources {
 		wg.Go(func() { src.f.Run(srcCtx) })
 	}
+	// Reader connections end with this context: every request's context
+	// descends from it, and a hijacked connection's request context ends
+	// only with it or when its handler returns.
+	conns, endConns := context.WithCancel(context.Background())
+	defer endConns()
 	hs := &http.Server{
 		Handler:           s.Handler(),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
 		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),
+		BaseContext:       func(net.Listener) context.Context { return conns },
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -150,7 +169,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.ready.Store(false)
 	// Stop accepting; reader connections are hijacked, so Shutdown does not
-	// wait for them: their own context ends them with 1001.
+	// wait for them: their context ends them with 1001.
 	sctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	hs.Shutdown(sctx)
 	cancel()
@@ -161,9 +180,28 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.connMu.Lock()
 	s.closing = true
 	s.connMu.Unlock()
-	s.connCancel()
+	endConns()
 	s.connWG.Wait()
 	srcCancel()
 	wg.Wait()
+	return err
+}
+
+// Close releases what New took when Run has not: it closes the listener of
+// a Server that never ran, and unregisters the metrics, as Run does when it
+// returns. Call it after Run has returned, or instead of Run; it does not
+// stop Run (end Run's context for that). It is idempotent.
+func (s *Server) Close() error {
+	s.life.Lock()
+	defer s.life.Unlock()
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	var err error
+	if !s.ran {
+		err = s.opts.Listener.Close()
+	}
+	s.m.unregister()
 	return err
 }

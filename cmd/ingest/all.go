@@ -178,15 +178,16 @@ func runAll(ctx context.Context, args []string) error {
 	if !*noAuth {
 		fdopts.Auth = fopts.Auth
 	}
-	fd, err := feed.New(fdopts, reg, lg)
-	if err != nil {
-		ln.Close()
-		return err
-	}
 	fln, err := net.Listen("tcp", *feedListen)
 	if err != nil {
 		ln.Close()
 		return fmt.Errorf("listen feed: %w", err)
+	}
+	fdopts.Listener = fln
+	fd, err := feed.New(fdopts, reg, lg)
+	if err != nil {
+		ln.Close()
+		return err
 	}
 
 	lg.Info("engine running (all tiers in one process)",
@@ -211,7 +212,7 @@ func runAll(ctx context.Context, args []string) error {
 	wg.Go(func() { mtErr = mt.Run(mtCtx) })
 	var store sync.WaitGroup
 	store.Go(func() { storeErr = sub.Run(storeCtx) })
-	side.Go(func() { feedErr = fd.Serve(sideCtx, fln) })
+	side.Go(func() { feedErr = fd.Run(sideCtx) })
 	side.Go(func() { devices.Run(sideCtx) })
 	side.Go(func() { page.Run(sideCtx) })
 	linkDone := make(chan error, 1)

@@ -131,13 +131,14 @@ func runFeed(ctx context.Context, args []string) error {
 		return err
 	}
 	opts.Handlers = map[string]http.Handler{"/status/": http.StripPrefix("/status", page)}
-	srv, err := feed.New(opts, reg, lg)
-	if err != nil {
-		return err
-	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	opts.Listener = ln
+	srv, err := feed.New(opts, reg, lg)
+	if err != nil {
+		return err
 	}
 	var wg sync.WaitGroup
 	regCtx, stopReg := context.WithCancel(context.Background())
@@ -147,7 +148,7 @@ func runFeed(ctx context.Context, args []string) error {
 	wg.Go(func() { page.Run(regCtx) })
 	lg.Info("feed listening", "addr", ln.Addr().String(), "path", "/v1/feed", "status", "/status/", "id", opts.ID, "middletiers", *mts)
 	start := time.Now()
-	err = srv.Serve(ctx, ln)
+	err = srv.Run(ctx)
 	stopReg()
 	wg.Wait()
 	lg.Info("feed stopped", "after", time.Since(start).Round(time.Millisecond))
