@@ -11,8 +11,14 @@ PKGS        := ./...
 
 all: build
 
+# VERSION and COMMIT are stamped into the binary (ingest version prints
+# them, with the Go version) by build and image.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null)
+LDFLAGS := -X main.version=$(VERSION) -X main.commit=$(COMMIT)
+
 build:
-	$(GO) build -o bin/ingest ./cmd/ingest
+	$(GO) build -ldflags "$(LDFLAGS)" -o bin/ingest ./cmd/ingest
 
 # image builds the container images without a container engine: a static
 # binary (CGO_ENABLED=0) as the only layer, user 65532, entrypoint /ingest
@@ -25,12 +31,11 @@ build:
 # TAGS=nostorage for the slim one). docs/kubernetes.md records the sizes.
 IMAGE      ?= ingest:dev
 SLIM_IMAGE ?= ingest:dev-slim
-VERSION    ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 
 image:
 	mkdir -p bin/image
-	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "-s -w -X main.version=$(VERSION)" -o bin/image/ingest ./cmd/ingest
-	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -tags nostorage -ldflags "-s -w -X main.version=$(VERSION)" -o bin/image/ingest-slim ./cmd/ingest
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o bin/image/ingest ./cmd/ingest
+	CGO_ENABLED=0 GOOS=linux $(GO) build -trimpath -tags nostorage -ldflags "-s -w $(LDFLAGS)" -o bin/image/ingest-slim ./cmd/ingest
 	$(GO) run ./deploy/image -binary bin/image/ingest -tag $(IMAGE) -version $(VERSION) \
 		-tar bin/image/ingest.tar -oci bin/image/oci
 	$(GO) run ./deploy/image -binary bin/image/ingest-slim -tag $(SLIM_IMAGE) -version $(VERSION) \

@@ -123,7 +123,7 @@ func spawnAll(ctx context.Context, bin string) (*engine, error) {
 	}
 	cmd := exec.Command(bin, "all", "--insecure-no-auth", "--data.dir", dir,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", p[0]), "--feed.listen", fmt.Sprintf("127.0.0.1:%d", p[1]),
-		"--query.listen", fmt.Sprintf("127.0.0.1:%d", p[2]), "--mqtt.listen", "127.0.0.1:0")
+		"--storage.http.listen", fmt.Sprintf("127.0.0.1:%d", p[2]), "--mqtt.listen", "127.0.0.1:0")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

@@ -46,7 +46,7 @@ func TestAllInOne(t *testing.T) {
 	feedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	queryAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	p := &tierProc{t: t, name: "all", ready: regexp.MustCompile(`msg="engine running`),
-		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", addr, "--feed.listen", feedAddr, "--query.listen", queryAddr, "--mqtt.listen", "127.0.0.1:0"}}
+		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", addr, "--feed.listen", feedAddr, "--storage.http.listen", queryAddr, "--mqtt.listen", "127.0.0.1:0"}}
 	p.start()
 
 	// A dashboard follows every device on the live feed.

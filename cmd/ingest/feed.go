@@ -2,155 +2,141 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
-	"strings"
-	"sync"
 	"time"
-
-	"github.com/golang-jwt/jwt/v5"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/ingest-io/ingest/feed"
 	"github.com/ingest-io/ingest/registry"
 	"github.com/ingest-io/ingest/status"
 )
 
-// runFeed serves the live feed to dashboards until SIGTERM, then closes
-// every reader with 1001 and its sockets to the middletiers.
-func runFeed(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("feed", flag.ContinueOnError)
+// feedConfig is the live feed for dashboards, with the status page beside
+// it on the same listener.
+type feedConfig struct {
+	listen, id, middletiers, consumers, scope, origins string
+	maxReaders, queue, maxMissed, gapFill, maxResume   int
+	grace, fetchTimeout, ping, pong                    time.Duration
+	f                                                  flags
+
+	direct []feed.Source // ingest all: the middletier to follow, instead of the flags
+}
+
+func newFeedConfig() feedConfig {
 	d := feed.DefaultOptions()
 	host, _ := os.Hostname()
-	var (
-		listen     = fs.String("listen", ":8081", "address for /v1/feed, the status page (/status/), /metrics, /healthz and /readyz")
-		id         = fs.String("id", "feed-"+host, "name of this feed in its fetch requests to the middletiers")
-		mts        = fs.String("middletiers", "", "comma-separated ZeroMQ endpoints of the middletiers' feed sockets (middletier --feed.addr) (required)")
-		consumers  = fs.String("middletiers.consumer", "", "comma-separated endpoints of the same middletiers' consumer sockets (--consumer.addr), in the same order, to fill gaps and serve resume; empty: gaps are reported, not filled")
-		regFile    = fs.String("registry.file", "", "device registry (YAML or CSV) for group filters and labels; reloaded on change")
-		hsFile     = fs.String("auth.hs256-secret-file", "", "file holding the HS256 shared secret (at least 32 bytes)")
-		rsFile     = fs.String("auth.rs256-public-keys", "", "PEM file of RSA public keys accepted for RS256")
-		esFile     = fs.String("auth.es256-public-keys", "", "PEM file of P-256 public keys accepted for ES256")
-		issuer     = fs.String("auth.issuer", "", "required token issuer (iss), if set")
-		audience   = fs.String("auth.audience", "", "required token audience (aud), if set")
-		requireExp = fs.Bool("auth.require-exp", false, "refuse tokens without exp")
-		leeway     = fs.Duration("auth.leeway", 0, "clock skew tolerated on exp and nbf")
-		scope      = fs.String("auth.scope", d.Scope, "scope a reader's token must carry (claim scope)")
-		noAuth     = fs.Bool("insecure-no-auth", false, "accept readers without tokens; loopback only")
-		origins    = fs.String("origins", "", "comma-separated browser origins allowed to connect (dashboards on other hosts)")
-		maxReaders = fs.Int("max-readers", d.MaxReaders, "maximum open reader connections")
-		queue      = fs.Int("client-queue", d.ClientQueue, "messages queued per reader; past it messages for that reader are dropped and reported missed")
-		grace      = fs.Duration("slow-grace", d.SlowGrace, "a reader dropping messages for this long without catching up is closed with 4000")
-		maxMissed  = fs.Int("max-missed", d.MaxMissed, "a reader missing more messages than this before catching up is closed with 4000")
-		gapFill    = fs.Int("max-gap-fill", d.MaxGapFill, "most records fetched to fill one gap in a middletier's stream")
-		maxResume  = fs.Int("max-resume", d.MaxResume, "most records replayed for one resume request")
-		fetchTO    = fs.Duration("fetch-timeout", d.FetchTimeout, "bound on one fetch from a middletier")
-		ping       = fs.Duration("ping-interval", d.PingInterval, "ping every reader this often")
-		pong       = fs.Duration("pong-timeout", d.PongTimeout, "close a reader whose pong is this late")
-		logLevel   = fs.String("log.level", "info", "log level: debug, info, warn, error")
-		logFormat  = fs.String("log.format", "text", "log format: text or json")
-	)
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	return feedConfig{listen: ":8081", id: "feed-" + host, scope: d.Scope,
+		maxReaders: d.MaxReaders, queue: d.ClientQueue, grace: d.SlowGrace, maxMissed: d.MaxMissed,
+		gapFill: d.MaxGapFill, maxResume: d.MaxResume, fetchTimeout: d.FetchTimeout, ping: d.PingInterval, pong: d.PongTimeout}
+}
+
+func (c *feedConfig) register(f flags) {
+	c.f = f
+	f.str(&c.listen, "listen", "address for /v1/feed, the status page (/status/), /metrics, /healthz and /readyz")
+	f.str(&c.id, "id", "name of this feed in its fetch requests to the middletiers")
+	f.str(&c.middletiers, "middletiers", "comma-separated ZeroMQ endpoints of the middletiers' feed sockets (middletier --feed.addr) (required)")
+	f.str(&c.consumers, "middletiers.consumer", "comma-separated endpoints of the same middletiers' consumer sockets (--consumer.addr), in the same order, to fill gaps and serve resume; empty: gaps are reported, not filled")
+	f.str(&c.scope, "auth.scope", "scope a reader's token must carry (claim scope)")
+	f.str(&c.origins, "origins", "comma-separated browser origins allowed to connect (dashboards on other hosts)")
+	f.integer(&c.maxReaders, "max-readers", "maximum open reader connections")
+	f.integer(&c.queue, "client-queue", "messages queued per reader; past it messages for that reader are dropped and reported missed")
+	f.duration(&c.grace, "slow-grace", "a reader dropping messages for this long without catching up is closed with 4000")
+	f.integer(&c.maxMissed, "max-missed", "a reader missing more messages than this before catching up is closed with 4000")
+	f.integer(&c.gapFill, "max-gap-fill", "most records fetched to fill one gap in a middletier's stream")
+	f.integer(&c.maxResume, "max-resume", "most records replayed for one resume request")
+	f.duration(&c.fetchTimeout, "fetch-timeout", "bound on one fetch from a middletier")
+	f.duration(&c.ping, "ping-interval", "ping every reader this often")
+	f.duration(&c.pong, "pong-timeout", "close a reader whose pong is this late")
+}
+
+// sources are the middletiers to follow.
+func (c *feedConfig) sources(p *process) ([]feed.Source, error) {
+	if c.direct != nil {
+		return c.direct, nil
 	}
-	lg, err := newLogger(*logLevel, *logFormat)
-	if err != nil {
-		return err
+	feeds, cons := splitList(c.middletiers), splitList(c.consumers)
+	if len(feeds) == 0 {
+		return nil, c.f.required("middletiers")
 	}
-	if *mts == "" {
-		return errors.New("--middletiers (INGEST_MIDDLETIERS) is required")
+	if len(cons) == 0 {
+		p.lg.Warn("no consumer endpoints (--middletiers.consumer): gaps in the stream are reported to readers, not filled, and resume is off")
+	} else if len(cons) != len(feeds) {
+		return nil, fmt.Errorf("--%s lists %d endpoints for %d middletiers", c.f.name("middletiers.consumer"), len(cons), len(feeds))
 	}
-	opts := feed.Options{
-		ID: *id, Scope: *scope, InsecureNoAuth: *noAuth,
-		MaxReaders: *maxReaders, ClientQueue: *queue, SlowGrace: *grace, MaxMissed: *maxMissed,
-		MaxGapFill: *gapFill, MaxResume: *maxResume, FetchTimeout: *fetchTO,
-		PingInterval: *ping, PongTimeout: *pong,
-	}
-	opts.Auth.Issuer, opts.Auth.Audience, opts.Auth.RequireExpiry, opts.Auth.Leeway = *issuer, *audience, *requireExp, *leeway
-	feeds := strings.Split(*mts, ",")
-	var cons []string
-	if *consumers != "" {
-		if cons = strings.Split(*consumers, ","); len(cons) != len(feeds) {
-			return fmt.Errorf("--middletiers.consumer lists %d endpoints for %d middletiers", len(cons), len(feeds))
-		}
-	} else {
-		lg.Warn("no consumer endpoints (--middletiers.consumer): gaps in the stream are reported to readers, not filled, and resume is off")
-	}
-	for i, f := range feeds {
-		src := feed.Source{Feed: f}
+	var out []feed.Source
+	for i, fd := range feeds {
+		src := feed.Source{Feed: fd}
 		if cons != nil {
 			src.Consumer = cons[i]
 		}
-		opts.Sources = append(opts.Sources, src)
+		out = append(out, src)
 	}
-	if *origins != "" {
-		opts.OriginPatterns = strings.Split(*origins, ",")
-	}
-	if *hsFile != "" {
-		b, err := os.ReadFile(*hsFile)
-		if err != nil {
-			return fmt.Errorf("read HS256 secret: %w", err)
-		}
-		opts.Auth.HS256Secrets = [][]byte{[]byte(strings.TrimSpace(string(b)))}
-	}
-	if *rsFile != "" {
-		if opts.Auth.RS256Keys, err = readKeys(*rsFile, jwt.ParseRSAPublicKeyFromPEM); err != nil {
-			return err
-		}
-	}
-	if *esFile != "" {
-		if opts.Auth.ES256Keys, err = readKeys(*esFile, jwt.ParseECPublicKeyFromPEM); err != nil {
-			return err
-		}
-	}
-	if *noAuth && (*hsFile != "" || *rsFile != "" || *esFile != "") {
-		return errors.New("--insecure-no-auth cannot be combined with auth keys")
-	}
-	if *noAuth && !listenSet(fs) {
-		*listen = "127.0.0.1:8081"
-	}
+	return out, nil
+}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts.Gatherer = reg
-	if *regFile != "" {
-		if opts.Registry, err = registry.New(*regFile, reg, lg); err != nil {
-			return err
-		}
+// build builds the feed and its status page as parts of p; devices (nil:
+// none) gives group filters and labels. It returns the feed's address.
+func (c *feedConfig) build(p *process, a *authConfig, devices *registry.Registry) (string, error) {
+	opts := feed.Options{ID: c.id, Scope: c.scope, InsecureNoAuth: a.noAuth, OriginPatterns: splitList(c.origins),
+		MaxReaders: c.maxReaders, ClientQueue: c.queue, SlowGrace: c.grace, MaxMissed: c.maxMissed,
+		MaxGapFill: c.gapFill, MaxResume: c.maxResume, FetchTimeout: c.fetchTimeout,
+		PingInterval: c.ping, PongTimeout: c.pong, Registry: devices, Gatherer: p.reg}
+	var err error
+	if opts.Sources, err = c.sources(p); err != nil {
+		return "", err
 	}
-	// The status page beside the feed: same origin as /v1/feed. This
-	// process registers only the feed's metrics, so the page shows the feed's
-	// figures and table, and dashes for the other tiers'.
-	page, err := status.New(status.Options{Gatherer: reg, FeedURL: "/v1/feed"}, lg)
+	if opts.Auth, err = a.options(); err != nil {
+		return "", err
+	}
+	if a.noAuth && !c.f.given("listen") {
+		c.listen = "127.0.0.1:8081" // without auth, loopback only
+	}
+	// The status page beside the feed: same origin as /v1/feed. It shows
+	// the figures of the tiers this process runs, dashes for the others.
+	page, err := status.New(status.Options{Gatherer: p.reg, FeedURL: "/v1/feed"}, p.lg)
 	if err != nil {
-		return err
+		return "", err
 	}
 	opts.Handlers = map[string]http.Handler{"/status/": http.StripPrefix("/status", page)}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+	if opts.Listener, err = listen(c.f.name("listen"), c.listen); err != nil {
+		return "", err
 	}
-	opts.Listener = ln
-	srv, err := feed.New(opts, reg, lg)
+	srv, err := feed.New(opts, p.reg, p.lg)
 	if err != nil {
+		return "", err
+	}
+	p.onClose("feed", srv.Close)
+	p.add(part{name: "feed", stage: stageReaders, run: srv.Run})
+	p.add(part{name: "status page", stage: stageReaders, run: page.Run})
+	addr := opts.Listener.Addr().String()
+	p.built("feed listening", "addr", addr, "path", "/v1/feed", "status", "/status/", "id", c.id, "middletiers", len(opts.Sources))
+	return addr, nil
+}
+
+// runFeed serves the live feed to dashboards until SIGTERM, then closes
+// every reader with 1001 and its sockets to the middletiers.
+func runFeed(ctx context.Context, args []string) error {
+	var (
+		c  = newFeedConfig()
+		a  authConfig
+		rc registryConfig
+		lc = newLogConfig()
+		f  = newFlags("feed")
+	)
+	c.register(f)
+	a.register(f, "readers")
+	rc.register(f, "for group filters and labels")
+	lc.register(f)
+	return runTier(ctx, f, args, &lc, func(p *process) error {
+		var devices *registry.Registry
+		if rc.file != "" {
+			var err error
+			if devices, err = rc.build(p); err != nil {
+				return err
+			}
+		}
+		_, err := c.build(p, &a, devices)
 		return err
-	}
-	var wg sync.WaitGroup
-	regCtx, stopReg := context.WithCancel(context.Background())
-	if opts.Registry != nil {
-		wg.Go(func() { opts.Registry.Run(regCtx) })
-	}
-	wg.Go(func() { page.Run(regCtx) })
-	lg.Info("feed listening", "addr", ln.Addr().String(), "path", "/v1/feed", "status", "/status/", "id", opts.ID, "middletiers", *mts)
-	start := time.Now()
-	err = srv.Run(ctx)
-	stopReg()
-	wg.Wait()
-	lg.Info("feed stopped", "after", time.Since(start).Round(time.Millisecond))
-	return err
+	})
 }

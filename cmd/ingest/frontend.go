@@ -2,279 +2,210 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/rsa"
-	"encoding/pem"
-	"errors"
-	"flag"
 	"fmt"
-	"log/slog"
 	"net"
 	"os"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/golang-jwt/jwt/v5"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/frontend"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
 )
 
-// runFrontend serves devices until SIGTERM, then drains and closes the WAL last.
-func runFrontend(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("frontend", flag.ContinueOnError)
-	d := frontend.DefaultOptions()
-	wd := wal.DefaultOptions()
+// frontendConfig is the frontend tier: the device server, its WAL and the
+// uplink that forwards the WAL to the middletiers.
+type frontendConfig struct {
+	listen, mqttListen, id, walDir    string
+	origins                           string
+	mqttReceiveMax                    int
+	wal                               walConfig
+	maxConns, maxFrame, maxMsg, batch int
+	maxFields, maxName, maxString     int
+	rate                              float64
+	burst                             int
+	ping, pong, drain                 time.Duration
+	serviceRestart                    bool
+	uplink                            uplinkConfig
+	f                                 flags
+
+	// walShown is the directory named when another process holds the WAL
+	// (ingest all: its --data.dir); empty: walDir.
+	walShown string
+}
+
+// uplinkConfig is the uplink's flags. ingest all sets direct instead of
+// the middletiers' endpoints.
+type uplinkConfig struct {
+	middletiers, dns       string
+	window                 int
+	ack, failover, flushTO time.Duration
+	direct                 []string
+}
+
+func newFrontendConfig() frontendConfig {
+	d, u := frontend.DefaultOptions(), uplink.DefaultOptions()
 	host, _ := os.Hostname()
-	var (
-		listen      = fs.String("listen", ":8080", "address to listen on for devices, health and metrics")
-		mqttListen  = fs.String("mqtt.listen", "", "address to listen on for MQTT devices over TCP (e.g. :1883); empty: off (MQTT over WebSocket is always served at /mqtt on --listen)")
-		mqttRecvMax = fs.Int("mqtt.receive-maximum", d.MQTT.ReceiveMaximum, "QoS 1 and 2 publishes an MQTT session may have unacknowledged")
-		id          = fs.String("id", host, "frontend id written into every envelope; keep it stable for the life of the WAL directory")
-		walDir      = fs.String("wal.dir", "", "WAL directory (required)")
-		walMax      = fs.Int64("wal.max-bytes", wd.MaxBytes, "bound on unacknowledged-downstream WAL bytes; past it devices get overloaded")
-		walSeg      = fs.Int("wal.segment-bytes", wd.SegmentBytes, "WAL segment size")
-		walNoPre    = fs.Bool("wal.no-preallocate", false, "let WAL segments grow as they are written instead of writing each next one as zeros ahead of need (fewer bytes written, a slower sync per acknowledgement)")
-		walRepair   = fs.Bool("wal.repair", false, "open a WAL whose last segment was cut short (refused otherwise): keep its whole entries, log and count what is lost, give the log a new identity")
-		hsFile      = fs.String("auth.hs256-secret-file", "", "file holding the HS256 shared secret (at least 32 bytes)")
-		rsFile      = fs.String("auth.rs256-public-keys", "", "PEM file of RSA public keys accepted for RS256")
-		esFile      = fs.String("auth.es256-public-keys", "", "PEM file of P-256 public keys accepted for ES256")
-		issuer      = fs.String("auth.issuer", "", "required token issuer (iss), if set")
-		audience    = fs.String("auth.audience", "", "required token audience (aud), if set")
-		requireExp  = fs.Bool("auth.require-exp", false, "refuse tokens without exp")
-		leeway      = fs.Duration("auth.leeway", 0, "clock skew tolerated on exp and nbf")
-		noAuth      = fs.Bool("insecure-no-auth", false, "accept devices without tokens (device id from ?device=); loopback only")
-		origins     = fs.String("origins", "", "comma-separated browser origins allowed to connect")
-		maxConns    = fs.Int("max-connections", d.MaxConnections, "maximum open device connections")
-		maxFrame    = fs.Int("max-frame-bytes", d.MaxFrameBytes, "largest frame; larger closes the connection with 1009")
-		maxMsg      = fs.Int("max-message-bytes", d.MaxMessageBytes, "largest message; larger is rejected with too_large")
-		maxBatch    = fs.Int("max-batch", d.MaxBatchMessages, "most messages in one batch frame")
-		maxFields   = fs.Int("max-fields", d.MaxFields, "most fields (numbers, booleans, strings, nested ones included) in one message; more is rejected with too_many_fields")
-		maxName     = fs.Int("max-field-name-bytes", d.MaxFieldNameBytes, "longest field name, flattened with dots; longer is rejected with invalid_field")
-		maxString   = fs.Int("max-string-bytes", d.MaxStringBytes, "longest string value; longer is rejected with invalid_field")
-		rate        = fs.Float64("rate", d.Rate, "messages per second per device")
-		burst       = fs.Int("burst", d.Burst, "burst of messages per device")
-		ping        = fs.Duration("ping-interval", d.PingInterval, "ping a connection silent for this long")
-		pong        = fs.Duration("pong-timeout", d.PongTimeout, "close a connection whose pong is this late")
-		drain       = fs.Duration("drain-window", d.DrainWindow, "time over which connections are closed at shutdown")
-		restartCode = fs.Bool("drain.service-restart", false, "close with 1012 (service restart) instead of 1001 (going away) at shutdown")
-		mtList      = fs.String("uplink.middletiers", "", "comma-separated ZeroMQ endpoints of the middletiers' ingest sockets, in order of preference (tcp://host:5555)")
-		mtDNS       = fs.String("uplink.dns", "", "host:port of a headless Service whose addresses are the middletiers (instead of --uplink.middletiers)")
-		upWindow    = fs.Int("uplink.window", uplink.DefaultOptions().Window, "batches in flight to the middletier")
-		upAck       = fs.Duration("uplink.ack-timeout", uplink.DefaultOptions().AckTimeout, "send again from the oldest unacknowledged entry after this long without an ack")
-		upFailover  = fs.Duration("uplink.failover", uplink.DefaultOptions().Failover, "move to the next middletier after it acknowledges nothing for this long")
-		upFlush     = fs.Duration("uplink.flush-timeout", 5*time.Second, "at shutdown, how long to wait for the middletier to acknowledge what the WAL holds")
-		logLevel    = fs.String("log.level", "info", "log level: debug, info, warn, error")
-		logFormat   = fs.String("log.format", "text", "log format: text or json")
-	)
-	if err := parseFlags(fs, args); err != nil {
-		return err
+	return frontendConfig{
+		listen: ":8080", id: host, wal: newWALConfig(), mqttReceiveMax: d.MQTT.ReceiveMaximum,
+		maxConns: d.MaxConnections, maxFrame: d.MaxFrameBytes, maxMsg: d.MaxMessageBytes, batch: d.MaxBatchMessages,
+		maxFields: d.MaxFields, maxName: d.MaxFieldNameBytes, maxString: d.MaxStringBytes,
+		rate: d.Rate, burst: d.Burst, ping: d.PingInterval, pong: d.PongTimeout, drain: d.DrainWindow,
+		uplink: uplinkConfig{window: u.Window, ack: u.AckTimeout, failover: u.Failover, flushTO: 5 * time.Second},
 	}
-	lg, err := newLogger(*logLevel, *logFormat)
-	if err != nil {
-		return err
-	}
-	if *walDir == "" {
-		return errors.New("--wal.dir (INGEST_WAL_DIR) is required")
-	}
-
-	opts := frontend.Options{
-		ID:               *id,
-		InsecureNoAuth:   *noAuth,
-		MaxConnections:   *maxConns,
-		MaxFrameBytes:    *maxFrame,
-		MaxMessageBytes:  *maxMsg,
-		MaxBatchMessages: *maxBatch,
-		Rate:             *rate,
-		Burst:            *burst,
-		PingInterval:     *ping,
-		PongTimeout:      *pong,
-		DrainWindow:      *drain,
-		MQTT:             frontend.MQTTOptions{ReceiveMaximum: *mqttRecvMax},
-		Auth: auth.Options{
-			Issuer: *issuer, Audience: *audience, RequireExpiry: *requireExp, Leeway: *leeway,
-		},
-	}
-	opts.MaxFields, opts.MaxFieldNameBytes, opts.MaxStringBytes = *maxFields, *maxName, *maxString
-	if *restartCode {
-		opts.ShutdownCode = websocket.StatusServiceRestart
-	}
-	if *origins != "" {
-		opts.OriginPatterns = strings.Split(*origins, ",")
-	}
-	if *hsFile != "" {
-		b, err := os.ReadFile(*hsFile)
-		if err != nil {
-			return fmt.Errorf("read HS256 secret: %w", err)
-		}
-		opts.Auth.HS256Secrets = [][]byte{[]byte(strings.TrimSpace(string(b)))}
-	}
-	if *rsFile != "" {
-		if opts.Auth.RS256Keys, err = readKeys(*rsFile, jwt.ParseRSAPublicKeyFromPEM); err != nil {
-			return err
-		}
-	}
-	if *esFile != "" {
-		if opts.Auth.ES256Keys, err = readKeys(*esFile, jwt.ParseECPublicKeyFromPEM); err != nil {
-			return err
-		}
-	}
-	if *noAuth && (*hsFile != "" || *rsFile != "" || *esFile != "") {
-		return errors.New("--insecure-no-auth cannot be combined with auth keys")
-	}
-	if *noAuth && !listenSet(fs) {
-		// Without auth the server serves loopback only; default accordingly.
-		*listen = "127.0.0.1:8080"
-	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	opts.Gatherer = reg
-
-	log, err := wal.Open(*walDir, wal.Options{Hop: "frontend", MaxBytes: *walMax, SegmentBytes: *walSeg, NoPreallocate: *walNoPre, RepairTruncated: *walRepair}, reg, lg)
-	if err != nil {
-		return fmt.Errorf("open wal: %w", err)
-	}
-	// The WAL closes last, after every connection has drained.
-	defer func() {
-		if cerr := log.Close(); cerr != nil {
-			lg.Error("close wal", "err", cerr)
-		}
-	}()
-	if opts.MQTTListener, err = listenMQTT(*mqttListen, lg); err != nil {
-		return err
-	}
-	ln, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	opts.Listener = ln
-	srv, err := frontend.New(opts, log, reg, lg)
-	if err != nil {
-		return err
-	}
-	link, err := newUplink(*id, *mtList, *mtDNS, uplink.Options{Window: *upWindow, AckTimeout: *upAck, Failover: *upFailover}, log, reg, lg)
-	if err != nil {
-		srv.Close()
-		return err
-	}
-	lg.Info("frontend listening", "addr", ln.Addr().String(), "id", opts.ID, "wal", *walDir, "last_index", log.LastIndex())
-	start := time.Now()
-	linkCtx, stopLink := context.WithCancel(context.Background())
-	linkDone := make(chan error, 1)
-	if link != nil {
-		go func() { linkDone <- link.Run(linkCtx) }()
-	} else {
-		linkDone <- nil
-	}
-	err = srv.Run(ctx)
-	// Devices are drained: give the uplink a moment to hand the middletier
-	// what the WAL holds. What it cannot is kept for the next start.
-	lerr, stopped := error(nil), false
-	if link != nil {
-		lerr, stopped = flushUplink(log, *upFlush, linkDone)
-	}
-	stopLink()
-	if !stopped {
-		lerr = <-linkDone
-	}
-	if lerr != nil {
-		lg.Error("uplink stopped", "err", lerr)
-		err = errors.Join(err, lerr)
-	}
-	lg.Info("frontend stopped", "after", time.Since(start).Round(time.Millisecond), "unforwarded", log.LastIndex()-log.Released())
-	return err
 }
 
-// newUplink builds the forwarder to the middletiers, or returns nil (and
-// logs a warning) when none is configured: the WAL then only fills.
-func newUplink(id, list, dns string, o uplink.Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger) (*uplink.Link, error) {
-	o.ID = id
+func (c *frontendConfig) register(f flags) {
+	c.f = f
+	f.str(&c.listen, "listen", "address to listen on for devices, health and metrics")
+	f.str(&c.mqttListen, "mqtt.listen", "address to listen on for MQTT devices over TCP (e.g. :1883); empty: off (MQTT over WebSocket is always served at /mqtt on --listen)")
+	f.integer(&c.mqttReceiveMax, "mqtt.receive-maximum", "QoS 1 and 2 publishes an MQTT session may have unacknowledged")
+	f.str(&c.id, "id", "frontend id written into every envelope; keep it stable for the life of the WAL directory")
+	f.str(&c.walDir, "wal.dir", "WAL directory (required)")
+	c.wal.register(f, "devices are answered overloaded")
+	f.str(&c.origins, "origins", "comma-separated browser origins allowed to connect")
+	f.integer(&c.maxConns, "max-connections", "maximum open device connections")
+	f.integer(&c.maxFrame, "max-frame-bytes", "largest frame; larger closes the connection with 1009")
+	f.integer(&c.maxMsg, "max-message-bytes", "largest message; larger is rejected with too_large")
+	f.integer(&c.batch, "max-batch", "most messages in one batch frame")
+	f.integer(&c.maxFields, "max-fields", "most fields (numbers, booleans, strings, nested ones included) in one message; more is rejected with too_many_fields")
+	f.integer(&c.maxName, "max-field-name-bytes", "longest field name, flattened with dots; longer is rejected with invalid_field")
+	f.integer(&c.maxString, "max-string-bytes", "longest string value; longer is rejected with invalid_field")
+	f.float(&c.rate, "rate", "messages per second per device")
+	f.integer(&c.burst, "burst", "burst of messages per device")
+	f.duration(&c.ping, "ping-interval", "ping a connection silent for this long")
+	f.duration(&c.pong, "pong-timeout", "close a connection whose pong is this late")
+	f.duration(&c.drain, "drain-window", "time over which connections are closed at shutdown")
+	f.boolean(&c.serviceRestart, "drain.service-restart", "close with 1012 (service restart) instead of 1001 (going away) at shutdown")
+	u := &c.uplink
+	f.str(&u.middletiers, "uplink.middletiers", "comma-separated ZeroMQ endpoints of the middletiers' ingest sockets, in order of preference (tcp://host:5555)")
+	f.str(&u.dns, "uplink.dns", "host:port of a headless Service whose addresses are the middletiers (instead of --uplink.middletiers)")
+	f.integer(&u.window, "uplink.window", "batches in flight to the middletier")
+	f.duration(&u.ack, "uplink.ack-timeout", "send again from the oldest unacknowledged entry after this long without an ack")
+	f.duration(&u.failover, "uplink.failover", "move to the next middletier after it acknowledges nothing for this long")
+	f.duration(&u.flushTO, "uplink.flush-timeout", "at shutdown, how long to wait for the middletier to acknowledge what the WAL holds")
+}
+
+// options are the server's options but for the listener and auth.
+func (c *frontendConfig) options() frontend.Options {
+	o := frontend.Options{
+		ID: c.id, MaxConnections: c.maxConns, MaxFrameBytes: c.maxFrame, MaxMessageBytes: c.maxMsg,
+		MaxBatchMessages: c.batch, MaxFields: c.maxFields, MaxFieldNameBytes: c.maxName, MaxStringBytes: c.maxString,
+		Rate: c.rate, Burst: c.burst,
+		PingInterval: c.ping, PongTimeout: c.pong, DrainWindow: c.drain, OriginPatterns: splitList(c.origins),
+		MQTT: frontend.MQTTOptions{ReceiveMaximum: c.mqttReceiveMax},
+	}
+	if c.serviceRestart {
+		o.ShutdownCode = websocket.StatusServiceRestart
+	}
+	return o
+}
+
+// build opens the WAL and builds the server and the uplink as parts of p.
+// It returns the WAL and the address devices connect to.
+func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, error) {
+	if c.walDir == "" {
+		return nil, nil, c.f.required("wal.dir")
+	}
+	opts := c.options()
+	var err error
+	if opts.Auth, err = a.options(); err != nil {
+		return nil, nil, err
+	}
+	opts.InsecureNoAuth, opts.Gatherer = a.noAuth, p.reg
+	if a.noAuth && !c.f.given("listen") {
+		c.listen = "127.0.0.1:8080" // without auth, loopback only
+	}
+	log, err := c.wal.open(p, "frontend", c.walDir, firstOf(c.walShown, c.walDir))
+	if err != nil {
+		return nil, nil, err
+	}
+	if c.mqttListen != "" {
+		if opts.MQTTListener, err = listen(c.f.name("mqtt.listen"), c.mqttListen); err != nil {
+			return nil, nil, err
+		}
+		p.onClose("mqtt listener", func() error { return closeListener(opts.MQTTListener) })
+		// Its own line, which bench and the tests read, whether the
+		// tier's line is logged or not.
+		p.lg.Info("mqtt listening", "addr", opts.MQTTListener.Addr().String())
+	}
+	if opts.Listener, err = listen(c.f.name("listen"), c.listen); err != nil {
+		return nil, nil, err
+	}
+	srv, err := frontend.New(opts, log, p.reg, p.lg)
+	if err != nil {
+		return nil, nil, err
+	}
+	p.onClose("frontend", srv.Close)
+	p.add(part{name: "frontend", stage: stageDevices, run: srv.Run})
+	if err := c.buildUplink(p, log); err != nil {
+		return nil, nil, err
+	}
+	addr := opts.Listener.Addr()
+	p.built("frontend listening", "addr", addr.String(), "id", opts.ID, "wal", c.walDir, "last_index", log.LastIndex())
+	return log, addr, nil
+}
+
+// buildUplink builds the forwarder to the middletiers, or warns that none
+// is configured: the WAL then only fills.
+func (c *frontendConfig) buildUplink(p *process, log *wal.Log) error {
+	u := c.uplink
+	o := uplink.Options{ID: c.id, Window: u.window, AckTimeout: u.ack, Failover: u.failover, Middletiers: u.direct}
 	switch {
-	case list != "" && dns != "":
-		return nil, errors.New("--uplink.middletiers and --uplink.dns exclude each other")
-	case list != "":
-		o.Middletiers = strings.Split(list, ",")
-	case dns != "":
-		host, port, err := net.SplitHostPort(dns)
+	case u.direct != nil:
+	case u.middletiers != "" && u.dns != "":
+		return fmt.Errorf("--%s and --%s exclude each other", c.f.name("uplink.middletiers"), c.f.name("uplink.dns"))
+	case u.middletiers != "":
+		o.Middletiers = splitList(u.middletiers)
+	case u.dns != "":
+		host, port, err := net.SplitHostPort(u.dns)
 		if err != nil {
-			return nil, fmt.Errorf("parse --uplink.dns: %w", err)
+			return fmt.Errorf("parse --%s: %w", c.f.name("uplink.dns"), err)
 		}
-		p, err := strconv.Atoi(port)
+		n, err := strconv.Atoi(port)
 		if err != nil {
-			return nil, fmt.Errorf("parse --uplink.dns port: %w", err)
+			return fmt.Errorf("parse --%s port: %w", c.f.name("uplink.dns"), err)
 		}
-		o.Resolve = uplink.DNSResolver(host, p)
+		o.Resolve = uplink.DNSResolver(host, n)
 	default:
-		lg.Warn("no middletiers configured (--uplink.middletiers): messages are made durable here and not forwarded; the WAL fills to its bound")
-		return nil, nil
+		p.lg.Warn("no middletiers configured (--uplink.middletiers): messages are made durable here and not forwarded; the WAL fills to its bound")
+		return nil
 	}
-	return uplink.New(o, log, reg, lg)
-}
-
-// flushUplink waits until every entry is acknowledged downstream or the
-// timeout passes. If the uplink stops first it returns its result and true.
-func flushUplink(log *wal.Log, timeout time.Duration, linkDone <-chan error) (error, bool) {
-	deadline := time.Now().Add(timeout)
-	for log.Released() < log.LastIndex() && time.Now().Before(deadline) {
-		select {
-		case err := <-linkDone:
-			return err, true
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	return nil, false
-}
-
-// listenMQTT binds the MQTT listener on addr, unless addr is empty.
-func listenMQTT(addr string, lg *slog.Logger) (net.Listener, error) {
-	if addr == "" {
-		return nil, nil
-	}
-	ln, err := net.Listen("tcp", addr)
+	link, err := uplink.New(o, log, p.reg, p.lg)
 	if err != nil {
-		return nil, fmt.Errorf("listen mqtt: %w", err)
+		return err
 	}
-	lg.Info("mqtt listening", "addr", ln.Addr().String())
-	return ln, nil
+	p.onClose("uplink", link.Close)
+	p.add(part{name: "uplink", stage: stageUplink, run: link.Run, settle: p.settleWAL("uplink", log, u.flushTO)})
+	return nil
 }
 
-// listenSet reports whether --listen or INGEST_LISTEN was given.
-func listenSet(fs *flag.FlagSet) bool {
-	if _, ok := os.LookupEnv(envName("listen")); ok {
-		return true
-	}
-	set := false
-	fs.Visit(func(f *flag.Flag) { set = set || f.Name == "listen" })
-	return set
+// runFrontend serves devices until SIGTERM, then drains them, flushes the
+// uplink and closes the WAL last.
+func runFrontend(ctx context.Context, args []string) error {
+	var (
+		c  = newFrontendConfig()
+		a  authConfig
+		lc = newLogConfig()
+		f  = newFlags("frontend")
+	)
+	c.register(f)
+	a.register(f, "devices (device id from ?device=)")
+	lc.register(f)
+	return runTier(ctx, f, args, &lc, func(p *process) error {
+		_, _, err := c.build(p, &a)
+		return err
+	})
 }
 
-func readKeys[K *rsa.PublicKey | *ecdsa.PublicKey](path string, parse func([]byte) (K, error)) ([]K, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("read keys: %w", err)
-	}
-	var keys []K
-	for {
-		var blk *pem.Block
-		blk, b = pem.Decode(b)
-		if blk == nil {
-			break
+// firstOf is the first of its arguments that is not empty.
+func firstOf(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
 		}
-		k, err := parse(pem.EncodeToMemory(blk))
-		if err != nil {
-			return nil, fmt.Errorf("parse key in %s: %w", path, err)
-		}
-		keys = append(keys, k)
 	}
-	if len(keys) == 0 {
-		return nil, fmt.Errorf("parse keys: no PEM block in %s", path)
-	}
-	return keys, nil
+	return ""
 }

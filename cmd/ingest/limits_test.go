@@ -23,7 +23,7 @@ func TestAllLimits(t *testing.T) {
 	p := &tierProc{t: t, name: "all", ready: regexp.MustCompile(`msg="engine running`),
 		env: []string{"INGEST_MAX_FIELDS=3"},
 		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", addr,
-			"--feed.listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--query.listen", queryAddr, "--max-series-per-device", "4"}}
+			"--feed.listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--storage.http.listen", queryAddr, "--storage.max-series-per-device", "4", "--mqtt.listen", "127.0.0.1:0"}}
 	p.start()
 
 	var (

@@ -1,5 +1,9 @@
 // Command ingest runs the engine's tiers. Each tier is a subcommand; every
 // flag has an environment twin (--wal.dir / INGEST_WAL_DIR).
+//
+// Each tier is a config type that registers its flags and builds the
+// tier's parts into a process; ingest all composes the same configs. A
+// process runs its parts and stops them in dependency order (process.go).
 package main
 
 import (
@@ -7,104 +11,138 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
+	"io"
 	"os"
 	"os/signal"
-	"sort"
-	"strings"
 	"syscall"
+	"time"
 )
 
-// subcommands maps a name to its entry point. args excludes the name.
-var subcommands = map[string]func(ctx context.Context, args []string) error{
-	"all":        runAll,
-	"feed":       runFeed,
-	"frontend":   runFrontend,
-	"middletier": runMiddletier,
-	"storage":    runStorage,
-	"version":    runVersion,
+// subcommand is one entry point; args excludes its name.
+type subcommand struct {
+	name, summary string
+	run           func(ctx context.Context, args []string) error
+}
+
+// subcommands in the order ingest --help lists them.
+var subcommands = []subcommand{
+	{"all", "every tier in one process over loopback, with its data in one directory (make run)", runAll},
+	{"frontend", "the device tier: WebSocket devices, a WAL acknowledged after fsync, the uplink to the middletiers", runFrontend},
+	{"middletier", "the router tier: takes frontends' batches into its WAL, streams them to storage writers and feeds", runMiddletier},
+	{"storage", "a storage writer into the embedded TSDB, and the Prometheus query API over it", runStorage},
+	{"feed", "the live feed for dashboards (WebSocket), and the status page", runFeed},
+	{"version", "print the version, the commit and the Go version the binary was built with", runVersion},
+	{"help", "list the subcommands, or the flags of one (ingest help frontend)", nil}, // run below: it looks subcommands up
+}
+
+func lookup(name string) *subcommand {
+	for i := range subcommands {
+		if subcommands[i].name == name {
+			return &subcommands[i]
+		}
+	}
+	return nil
 }
 
 func main() {
-	if len(os.Args) == 2 && (os.Args[1] == "--version" || os.Args[1] == "-version") {
-		os.Args[1] = "version"
+	os.Exit(run(os.Args[1:]))
+}
+
+// run runs the command line args and returns the exit code: 0, 1 for a
+// failure, 2 for a command line in error.
+func run(args []string) int {
+	if len(args) == 0 {
+		usage(os.Stderr)
+		return 2
 	}
-	if len(os.Args) < 2 || subcommands[os.Args[1]] == nil {
-		fmt.Fprintf(os.Stderr, "usage: ingest <subcommand> [flags]\n\nsubcommands: %s\n", strings.Join(names(), ", "))
-		os.Exit(2)
+	switch args[0] {
+	case "-h", "-help", "--help":
+		usage(os.Stdout)
+		return 0
+	case "-version", "--version":
+		args[0] = "version"
+	}
+	sub := lookup(args[0])
+	if sub == nil {
+		msg := fmt.Sprintf("ingest: unknown subcommand %q", args[0])
+		if s := closest(args[0], names()); s != "" {
+			msg += "; did you mean " + s + "?"
+		}
+		fmt.Fprintf(os.Stderr, "%s\n(ingest --help lists the subcommands)\n", msg)
+		return 2
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	if err := subcommands[os.Args[1]](ctx, os.Args[2:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			os.Exit(0)
-		}
-		fmt.Fprintf(os.Stderr, "ingest %s: %v\n", os.Args[1], err)
-		os.Exit(1)
+	runSub := sub.run
+	if sub.name == "help" {
+		runSub = runHelp
 	}
+	err := runSub(ctx, args[1:])
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(os.Stderr, "ingest %s: %v\n", sub.name, err)
+		return 2
+	}
+	fmt.Fprintf(os.Stderr, "ingest %s: %v\n", sub.name, err)
+	return 1
 }
 
 func names() []string {
 	var n []string
-	for k := range subcommands {
-		n = append(n, k)
+	for _, s := range subcommands {
+		n = append(n, s.name)
 	}
-	sort.Strings(n)
 	return n
 }
 
-// parseFlags parses args, then fills every flag not given on the command line
-// from its environment twin: INGEST_ + the flag name in upper case with '.'
-// and '-' turned into '_' (--wal.dir -> INGEST_WAL_DIR).
-func parseFlags(fs *flag.FlagSet, args []string) error {
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "usage: ingest %s [flags]\n\nEvery flag can also be set through the environment variable shown.\n\n", fs.Name())
-		fs.VisitAll(func(f *flag.Flag) {
-			fmt.Fprintf(fs.Output(), "  --%s (%s)\n    \t%s", f.Name, envName(f.Name), f.Usage)
-			if f.DefValue != "" {
-				fmt.Fprintf(fs.Output(), " (default %s)", f.DefValue)
-			}
-			fmt.Fprintln(fs.Output())
-		})
+// usage lists the subcommands, a line each.
+func usage(w io.Writer) {
+	fmt.Fprint(w, "ingest: a durable WebSocket ingestion engine for IoT devices.\n\nusage: ingest <subcommand> [flags]\n\nsubcommands:\n")
+	for _, s := range subcommands {
+		fmt.Fprintf(w, "  %-11s %s\n", s.name, s.summary)
 	}
-	if err := fs.Parse(args); err != nil {
+	fmt.Fprint(w, "\n`ingest <subcommand> --help` lists a subcommand's flags; every flag has an environment\ntwin (--wal.dir / INGEST_WAL_DIR).\n")
+}
+
+// runHelp is `ingest help [subcommand]`.
+func runHelp(ctx context.Context, args []string) error {
+	if len(args) == 0 {
+		usage(os.Stdout)
+		return nil
+	}
+	sub := lookup(args[0])
+	if sub == nil || sub.name == "help" {
+		return &usageError{sub: "help", err: fmt.Errorf("unknown subcommand %q", args[0])}
+	}
+	return sub.run(ctx, []string{"--help"})
+}
+
+func newFlags(sub string) flags { return flags{fs: flag.NewFlagSet(sub, flag.ContinueOnError)} }
+
+// runTier parses a tier's flags, builds its process and runs it until ctx
+// ends.
+func runTier(ctx context.Context, f flags, args []string, lc *logConfig, build func(*process) error) error {
+	return runProcess(ctx, f, args, "", lc, build)
+}
+
+// runProcess parses the flags (header goes above them in --help), builds
+// the process and runs it until ctx ends.
+func runProcess(ctx context.Context, f flags, args []string, header string, lc *logConfig, build func(*process) error) error {
+	if err := parseFlags(f.fs, args, header); err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected arguments: %q", fs.Args())
+	lg, err := lc.logger()
+	if err != nil {
+		return &usageError{sub: f.fs.Name(), err: err}
 	}
-	set := map[string]bool{}
-	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	var err error
-	fs.VisitAll(func(f *flag.Flag) {
-		if set[f.Name] || err != nil {
-			return
-		}
-		if v, ok := os.LookupEnv(envName(f.Name)); ok {
-			if e := fs.Set(f.Name, v); e != nil {
-				err = fmt.Errorf("parse %s: %w", envName(f.Name), e)
-			}
-		}
-	})
+	p := newProcess(lg)
+	if err := build(p); err != nil {
+		return errors.Join(err, p.close())
+	}
+	start := time.Now()
+	err = p.run(ctx)
+	lg.Info("ingest "+f.fs.Name()+" stopped", "after", time.Since(start).Round(time.Millisecond))
 	return err
-}
-
-func envName(flagName string) string {
-	return "INGEST_" + strings.NewReplacer(".", "_", "-", "_").Replace(strings.ToUpper(flagName))
-}
-
-// newLogger builds the process logger on stderr.
-func newLogger(level, format string) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("parse log level: %w", err)
-	}
-	o := &slog.HandlerOptions{Level: l}
-	switch format {
-	case "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, o)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, o)), nil
-	}
-	return nil, fmt.Errorf("parse log format %q: want text or json", format)
 }

@@ -3,114 +3,118 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"path/filepath"
-	"strings"
-	"sync/atomic"
+	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/wal"
 )
 
+// middletierConfig is the router tier: its WAL and state in a data
+// directory, its ZeroMQ sockets, and an HTTP port for metrics and health.
+type middletierConfig struct {
+	id, dataDir                    string
+	ingest, consumer, stream, feed string
+	consumers                      string
+	wal                            walConfig
+	sendStall                      time.Duration
+	httpListen                     string
+	f                              flags
+	dataShown                      string // named when another process holds the directory; empty: dataDir
+	moreConsumers                  []string
+}
+
+func newMiddletierConfig() middletierConfig {
+	d := middletier.DefaultOptions()
+	return middletierConfig{ingest: d.IngestAddr, consumer: d.ConsumerAddr, stream: d.StreamAddr,
+		wal: newWALConfig(), sendStall: d.SendStall, httpListen: ":9091"}
+}
+
+func (c *middletierConfig) register(f flags) {
+	c.f = f
+	f.str(&c.id, "id", "middletier id, in its stream (required; stable for the life of the data directory)")
+	f.str(&c.dataDir, "data.dir", "data directory: the WAL in wal/, the state file beside it (required)")
+	f.str(&c.ingest, "ingest.addr", "ZeroMQ endpoint of the ROUTER frontends send batches to")
+	f.str(&c.consumer, "consumer.addr", "ZeroMQ endpoint of the ROUTER consumers fetch and commit on")
+	f.str(&c.stream, "stream.addr", "ZeroMQ endpoint of the PUB stream for storage writers")
+	f.str(&c.feed, "feed.addr", "ZeroMQ endpoint of a second PUB stream for the live feed (none if empty)")
+	f.str(&c.consumers, "consumers", "comma-separated durable consumers; the WAL keeps entries until every one has committed them")
+	c.wal.register(f, "frontends are answered busy")
+	f.duration(&c.sendStall, "send-stall", "a send on a ROUTER socket taking longer closes and reopens the socket")
+	f.str(&c.httpListen, "http.listen", "address for /metrics, /healthz and /readyz (none if empty)")
+}
+
+// build opens the WAL and binds the router's sockets as a part of p.
+func (c *middletierConfig) build(p *process) (middletier.Addrs, *wal.Log, error) {
+	if c.id == "" {
+		return middletier.Addrs{}, nil, c.f.required("id")
+	}
+	if c.dataDir == "" {
+		return middletier.Addrs{}, nil, c.f.required("data.dir")
+	}
+	opts := middletier.Options{ID: c.id, StateDir: c.dataDir,
+		IngestAddr: c.ingest, ConsumerAddr: c.consumer, StreamAddr: c.stream, FeedAddr: c.feed,
+		Consumers: append(splitList(c.consumers), c.moreConsumers...), SendStall: c.sendStall}
+	log, err := c.wal.open(p, "middletier", filepath.Join(c.dataDir, "wal"), firstOf(c.dataShown, c.dataDir))
+	if err != nil {
+		return middletier.Addrs{}, nil, err
+	}
+	r, err := middletier.New(opts, log, p.reg, p.lg)
+	if err != nil {
+		return middletier.Addrs{}, nil, c.listenError(err)
+	}
+	p.onClose("middletier", r.Close)
+	p.add(part{name: "middletier", stage: stageRouter, run: r.Run})
+	a := r.Addrs()
+	httpAddr := ""
+	if c.httpListen != "" {
+		ln, err := listen(c.f.name("http.listen"), c.httpListen)
+		if err != nil {
+			return middletier.Addrs{}, nil, err
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
+		p.health(mux, http.StatusServiceUnavailable, log.Err, log.Err)
+		p.serveHTTP("middletier http", ln, mux, time.Second)
+		httpAddr = ln.Addr().String()
+	}
+	p.built("middletier listening", "id", c.id, "ingest", a.Ingest, "consumer", a.Consumer,
+		"stream", a.Stream, "feed", a.Feed, "http", httpAddr,
+		"first_index", log.FirstIndex(), "last_index", log.LastIndex())
+	return a, log, nil
+}
+
+// listenError names the flag of a socket that could not bind.
+func (c *middletierConfig) listenError(err error) error {
+	var le *middletier.ListenError
+	if !errors.As(err, &le) {
+		return err
+	}
+	cause := le.Err
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		cause = errno
+	}
+	return fmt.Errorf("listen %s (--%s): %w", le.Addr, c.f.name(le.Socket+".addr"), cause)
+}
+
 // runMiddletier serves the router tier until SIGTERM, then closes its
 // sockets, makes its state durable and closes the WAL last.
 func runMiddletier(ctx context.Context, args []string) error {
-	fs := flag.NewFlagSet("middletier", flag.ContinueOnError)
-	d := middletier.DefaultOptions()
-	wd := wal.DefaultOptions()
 	var (
-		id        = fs.String("id", "", "middletier id, in its stream (required; stable for the life of the data directory)")
-		dataDir   = fs.String("data.dir", "", "data directory: the WAL in wal/, the state file beside it (required)")
-		ingest    = fs.String("ingest.addr", d.IngestAddr, "ZeroMQ endpoint of the ROUTER frontends send batches to")
-		consumer  = fs.String("consumer.addr", d.ConsumerAddr, "ZeroMQ endpoint of the ROUTER consumers fetch and commit on")
-		stream    = fs.String("stream.addr", d.StreamAddr, "ZeroMQ endpoint of the PUB stream for storage writers")
-		feed      = fs.String("feed.addr", "", "ZeroMQ endpoint of a second PUB stream for the live feed (none if empty)")
-		consumers = fs.String("consumers", "", "comma-separated durable consumers; the WAL keeps entries until every one has committed them")
-		walMax    = fs.Int64("wal.max-bytes", wd.MaxBytes, "bound on the WAL's unreleased bytes; past it frontends are answered busy")
-		walSeg    = fs.Int("wal.segment-bytes", wd.SegmentBytes, "WAL segment size")
-		walNoPre  = fs.Bool("wal.no-preallocate", false, "let WAL segments grow as they are written instead of writing each next one as zeros ahead of need (fewer bytes written, a slower sync per acknowledgement)")
-		walRepair = fs.Bool("wal.repair", false, "open a WAL whose last segment was cut short (refused otherwise): keep its whole entries, log and count what is lost, give the log a new identity")
-		stall     = fs.Duration("send-stall", d.SendStall, "a send on a ROUTER socket taking longer closes and reopens the socket")
-		httpAddr  = fs.String("http.listen", ":9091", "address for /metrics, /healthz and /readyz")
-		logLevel  = fs.String("log.level", "info", "log level: debug, info, warn, error")
-		logFormat = fs.String("log.format", "text", "log format: text or json")
+		c  = newMiddletierConfig()
+		lc = newLogConfig()
+		f  = newFlags("middletier")
 	)
-	if err := parseFlags(fs, args); err != nil {
+	c.register(f)
+	lc.register(f)
+	return runTier(ctx, f, args, &lc, func(p *process) error {
+		_, _, err := c.build(p)
 		return err
-	}
-	lg, err := newLogger(*logLevel, *logFormat)
-	if err != nil {
-		return err
-	}
-	if *id == "" || *dataDir == "" {
-		return errors.New("--id (INGEST_ID) and --data.dir (INGEST_DATA_DIR) are required")
-	}
-	opts := middletier.Options{
-		ID: *id, StateDir: *dataDir,
-		IngestAddr: *ingest, ConsumerAddr: *consumer, StreamAddr: *stream, FeedAddr: *feed,
-		SendStall: *stall,
-	}
-	if *consumers != "" {
-		opts.Consumers = strings.Split(*consumers, ",")
-	}
-
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	log, err := wal.Open(filepath.Join(*dataDir, "wal"), wal.Options{Hop: "middletier", MaxBytes: *walMax, SegmentBytes: *walSeg, NoPreallocate: *walNoPre, RepairTruncated: *walRepair}, reg, lg)
-	if err != nil {
-		return fmt.Errorf("open wal: %w", err)
-	}
-	defer func() {
-		if cerr := log.Close(); cerr != nil {
-			lg.Error("close wal", "err", cerr)
-		}
-	}()
-	r, err := middletier.New(opts, log, reg, lg)
-	if err != nil {
-		return err
-	}
-	addrs := r.Addrs()
-
-	var ready atomic.Bool
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := log.Err(); err != nil {
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
 	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if !ready.Load() || log.Err() != nil {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
-	ln, err := net.Listen("tcp", *httpAddr)
-	if err != nil {
-		return fmt.Errorf("listen http: %w", err)
-	}
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	go hs.Serve(ln)
-	defer hs.Close()
-
-	lg.Info("middletier listening", "id", *id, "ingest", addrs.Ingest, "consumer", addrs.Consumer,
-		"stream", addrs.Stream, "feed", addrs.Feed, "http", ln.Addr().String(),
-		"first_index", log.FirstIndex(), "last_index", log.LastIndex())
-	ready.Store(true)
-	start := time.Now()
-	err = r.Run(ctx)
-	ready.Store(false)
-	lg.Info("middletier stopped", "after", time.Since(start).Round(time.Millisecond))
-	return err
 }

@@ -35,6 +35,7 @@ type tierProc struct {
 	name  string
 	args  []string
 	env   []string
+	dir   string         // the working directory; empty: the test's
 	ready *regexp.Regexp // a log line that says it is serving
 	wrap  []string       // a command the binary runs under (strace and its flags), or nil
 
@@ -49,6 +50,7 @@ func (p *tierProc) start() {
 	argv := append(append(slices.Clone(p.wrap), binPath), p.args...)
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = append(os.Environ(), p.env...)
+	cmd.Dir = p.dir
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		p.t.Fatal(err)
@@ -88,6 +90,13 @@ func (p *tierProc) start() {
 	p.mu.Lock()
 	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
+}
+
+// pid is the running process's id.
+func (p *tierProc) pid() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cmd.Process.Pid
 }
 
 // kill sends SIGKILL and waits for the process to be gone.

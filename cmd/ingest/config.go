@@ -1,0 +1,184 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/rsa"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/registry"
+	"github.com/ingest-io/ingest/wal"
+)
+
+// The configs here are shared by several tiers; ingest all registers each
+// once: one logger, one set of keys for devices and dashboard readers, one
+// device registry.
+
+// logConfig is the process logger's flags.
+type logConfig struct {
+	level, format string
+}
+
+func newLogConfig() logConfig { return logConfig{level: "info", format: "text"} }
+
+func (c *logConfig) register(f flags) {
+	f.str(&c.level, "log.level", "log level: debug, info, warn, error")
+	f.str(&c.format, "log.format", "log format: text or json")
+}
+
+// logger builds the process logger on stderr.
+func (c *logConfig) logger() (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(c.level)); err != nil {
+		return nil, fmt.Errorf("parse --log.level: %w", err)
+	}
+	o := &slog.HandlerOptions{Level: l}
+	switch c.format {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, o)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, o)), nil
+	}
+	return nil, fmt.Errorf("parse --log.format %q: want text or json", c.format)
+}
+
+// authConfig is how devices (frontend) and dashboard readers (feed) are
+// authenticated: JWT keys, or none on loopback.
+type authConfig struct {
+	hs256File, rs256File, es256File string
+	issuer, audience                string
+	requireExp                      bool
+	leeway                          time.Duration
+	noAuth                          bool
+	f                               flags
+}
+
+// register registers the auth flags; who names the clients ("devices").
+func (c *authConfig) register(f flags, who string) {
+	c.f = f
+	f.str(&c.hs256File, "auth.hs256-secret-file", "file holding the HS256 shared secret (at least 32 bytes)")
+	f.str(&c.rs256File, "auth.rs256-public-keys", "PEM file of RSA public keys accepted for RS256")
+	f.str(&c.es256File, "auth.es256-public-keys", "PEM file of P-256 public keys accepted for ES256")
+	f.str(&c.issuer, "auth.issuer", "required token issuer (iss), if set")
+	f.str(&c.audience, "auth.audience", "required token audience (aud), if set")
+	f.boolean(&c.requireExp, "auth.require-exp", "refuse tokens without exp")
+	f.duration(&c.leeway, "auth.leeway", "clock skew tolerated on exp and nbf")
+	f.boolean(&c.noAuth, "insecure-no-auth", "accept "+who+" without tokens; loopback only")
+}
+
+func (c *authConfig) keyed() bool { return c.hs256File != "" || c.rs256File != "" || c.es256File != "" }
+
+// options reads the keys.
+func (c *authConfig) options() (auth.Options, error) {
+	o := auth.Options{Issuer: c.issuer, Audience: c.audience, RequireExpiry: c.requireExp, Leeway: c.leeway}
+	if c.noAuth && c.keyed() {
+		return o, fmt.Errorf("--%s cannot be combined with auth keys", c.f.name("insecure-no-auth"))
+	}
+	if c.hs256File != "" {
+		b, err := os.ReadFile(c.hs256File)
+		if err != nil {
+			return o, fmt.Errorf("read HS256 secret (--%s): %w", c.f.name("auth.hs256-secret-file"), err)
+		}
+		o.HS256Secrets = [][]byte{[]byte(strings.TrimSpace(string(b)))}
+	}
+	var err error
+	if c.rs256File != "" {
+		if o.RS256Keys, err = readKeys(c.rs256File, jwt.ParseRSAPublicKeyFromPEM); err != nil {
+			return o, err
+		}
+	}
+	if c.es256File != "" {
+		if o.ES256Keys, err = readKeys(c.es256File, jwt.ParseECPublicKeyFromPEM); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
+func readKeys[K *rsa.PublicKey | *ecdsa.PublicKey](path string, parse func([]byte) (K, error)) ([]K, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read keys: %w", err)
+	}
+	var keys []K
+	for {
+		var blk *pem.Block
+		blk, b = pem.Decode(b)
+		if blk == nil {
+			break
+		}
+		k, err := parse(pem.EncodeToMemory(blk))
+		if err != nil {
+			return nil, fmt.Errorf("parse key in %s: %w", path, err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("parse keys: no PEM block in %s", path)
+	}
+	return keys, nil
+}
+
+// walConfig is a WAL's flags.
+type walConfig struct {
+	maxBytes      int64
+	segmentBytes  int
+	noPreallocate bool
+	repair        bool
+}
+
+func newWALConfig() walConfig {
+	d := wal.DefaultOptions()
+	return walConfig{maxBytes: d.MaxBytes, segmentBytes: d.SegmentBytes}
+}
+
+// register registers the WAL's flags; full says what happens past its bound.
+func (c *walConfig) register(f flags, full string) {
+	f.int64(&c.maxBytes, "wal.max-bytes", "bound on the WAL's unreleased bytes; past it "+full)
+	f.integer(&c.segmentBytes, "wal.segment-bytes", "WAL segment size")
+	f.boolean(&c.noPreallocate, "wal.no-preallocate", "let WAL segments grow as they are written instead of writing each next one as zeros ahead of need (fewer bytes written, a slower sync per acknowledgement)")
+	f.boolean(&c.repair, "wal.repair", "open a WAL whose last segment was cut short (refused otherwise): keep its whole entries, log and count what is lost, give the log a new identity")
+}
+
+// open opens the WAL of hop in dir and has p close it last. shown is the
+// directory to name if another process holds it.
+func (c *walConfig) open(p *process, hop, dir, shown string) (*wal.Log, error) {
+	l, err := wal.Open(dir, wal.Options{Hop: hop, MaxBytes: c.maxBytes, SegmentBytes: c.segmentBytes,
+		NoPreallocate: c.noPreallocate, RepairTruncated: c.repair}, p.reg, p.lg)
+	if err != nil {
+		return nil, fmt.Errorf("open %s wal: %w", hop, inUse(shown, err))
+	}
+	p.onClose(hop+" wal", l.Close)
+	return l, nil
+}
+
+// registryConfig is the device registry's flag.
+type registryConfig struct {
+	file string
+}
+
+func (c *registryConfig) register(f flags, use string) {
+	f.str(&c.file, "registry.file", "device registry (YAML or CSV) "+use+"; reloaded on change (none if empty)")
+}
+
+// build loads the registry and has p follow the file.
+func (c *registryConfig) build(p *process) (*registry.Registry, error) {
+	r, err := registry.New(c.file, p.reg, p.lg)
+	if err != nil {
+		return nil, err
+	}
+	p.onClose("registry", r.Close)
+	p.add(part{name: "registry", stage: stageSupport, run: r.Run})
+	return r, nil
+}
+
+// errNoAuth is returned when neither keys nor --insecure-no-auth are given.
+var errNoAuth = errors.New("give auth keys (--auth.hs256-secret-file, --auth.rs256-public-keys or --auth.es256-public-keys), or --insecure-no-auth to try the engine on loopback")

@@ -1,0 +1,135 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// events records what the parts of a process did, in order.
+type events struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func (e *events) add(s string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.got = append(e.got, s)
+}
+
+func (e *events) list() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return slices.Clone(e.got)
+}
+
+// recorder is a part that records when its context ends and when it
+// returns, and returns err.
+func recorder(ev *events, name string, st stage, err error) part {
+	return part{name: name, stage: st, run: func(ctx context.Context) error {
+		<-ctx.Done()
+		ev.add(name + " stopping")
+		return err
+	}}
+}
+
+// At shutdown the parts stop stage by stage, whatever order they were
+// added in: a part is settled before its context ends, after every part of
+// an earlier stage has returned; what was registered with onClose is
+// released last, in reverse order.
+func TestProcessStopsInStageOrder(t *testing.T) {
+	ev := &events{}
+	p := newProcess(slog.New(slog.DiscardHandler))
+	p.onClose("first opened", func() error { ev.add("close first opened"); return nil })
+	p.add(recorder(ev, "middletier", stageRouter, nil))
+	p.add(recorder(ev, "frontend", stageDevices, nil))
+	p.onClose("last opened", func() error { ev.add("close last opened"); return nil })
+	up := recorder(ev, "uplink", stageUplink, nil)
+	up.settle = func(ended <-chan struct{}) {
+		select {
+		case <-ended:
+			t.Error("the uplink's context ended before it was settled")
+		default:
+		}
+		ev.add("uplink settled")
+	}
+	p.add(up)
+	p.add(recorder(ev, "query api", stageHTTP, nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.run(ctx) }()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"frontend stopping", "uplink settled", "uplink stopping", "middletier stopping", "query api stopping",
+		"close last opened", "close first opened"}
+	if got := ev.list(); !slices.Equal(got, want) {
+		t.Errorf("shutdown went\n%q\nwant\n%q", got, want)
+	}
+	if !p.stopping.Load() {
+		t.Error("the process does not report itself stopping")
+	}
+}
+
+// A part that returns by itself (a failure) shuts the process down in
+// order; its error comes back named, with the other parts' and the
+// releases'.
+func TestProcessStopsWhenAPartFails(t *testing.T) {
+	ev := &events{}
+	p := newProcess(slog.New(slog.DiscardHandler))
+	p.add(recorder(ev, "frontend", stageDevices, nil))
+	failed := errors.New("wal failed")
+	p.add(part{name: "middletier", stage: stageRouter, run: func(context.Context) error { return failed }})
+	p.add(recorder(ev, "registry", stageSupport, errors.New("registry odd")))
+	p.onClose("wal", func() error { return errors.New("sync failed") })
+	done := make(chan error, 1)
+	go func() { done <- p.run(context.Background()) }()
+	var err error
+	select {
+	case err = <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a failed part did not stop the process")
+	}
+	if !errors.Is(err, failed) {
+		t.Fatalf("run returned %v, want the middletier's failure", err)
+	}
+	for _, want := range []string{"middletier: wal failed", "registry: registry odd", "close wal: sync failed"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("run returned %q, want it to hold %q", err, want)
+		}
+	}
+	if got := ev.list(); !slices.Equal(got, []string{"frontend stopping", "registry stopping"}) {
+		t.Errorf("shutdown went %q", got)
+	}
+}
+
+// waitFor returns as soon as its condition holds, or the part it waits for
+// has ended, or its timeout has passed, reporting whether the condition
+// held.
+func TestWaitFor(t *testing.T) {
+	never := func() bool { return false }
+	start := time.Now()
+	if waitFor(never, 50*time.Millisecond, nil) {
+		t.Error("a condition that never holds held")
+	}
+	if d := time.Since(start); d < 50*time.Millisecond || d > 5*time.Second {
+		t.Errorf("waited %v for a timeout of 50ms", d)
+	}
+	ended := make(chan struct{})
+	close(ended)
+	start = time.Now()
+	if waitFor(never, time.Hour, ended) || time.Since(start) > 5*time.Second {
+		t.Error("waitFor did not return when the part ended")
+	}
+	var n int
+	if !waitFor(func() bool { n++; return n > 3 }, time.Hour, nil) {
+		t.Error("a condition that came to hold did not")
+	}
+}
