@@ -2,7 +2,8 @@
 // group, site, type and any labels) kept in a YAML or CSV file that
 // operators edit. Storage writers put its labels on every series of a device;
 // the live feed filters by its groups. The file is reloaded when it changes;
-// a file that does not parse leaves the last good registry in place.
+// a file that does not parse, and an empty file (a rewrite in place between
+// its truncate and its write), leave the last good registry in place.
 //
 // YAML (.yaml, .yml):
 //
@@ -143,11 +144,16 @@ func (r *Registry) Len() int { return len(*r.devices.Load()) }
 // Run reloads the file whenever its content changes, until ctx ends. It
 // polls, which also follows the symlink swaps of a Kubernetes ConfigMap; a
 // new content is applied once two polls in a row read it, so a file being
-// rewritten in place is never taken half-written. A file that cannot be
-// read or parsed is logged and counted (a content that does not parse,
-// once), and the last good registry stays in place. When ctx ends it
-// unregisters the metrics (Close) and returns nil; Lookup keeps answering
-// from the last registry.
+// rewritten in place is not taken half-written. An empty file (no bytes,
+// or only white space) never replaces a registry that has devices, however
+// long it stays: it is what every rewrite in place looks like between the
+// truncate and the write, and a writer can be held up for longer than a
+// poll. It is logged once; a registry with no devices is written as
+// "devices: []" or a CSV header alone. A file that cannot be read or
+// parsed is logged and counted (a content that does not parse, once), and
+// the last good registry stays in place. When ctx ends it unregisters the
+// metrics (Close) and returns nil; Lookup keeps answering from the last
+// registry.
 func (r *Registry) Run(ctx context.Context) error {
 	defer r.Close()
 	if r.path == "" {
@@ -191,6 +197,18 @@ func (r *Registry) reload() {
 			// a file being rewritten in place (truncated, then written)
 			// reads empty or half-written in between, and may parse.
 			r.seen = sum
+			return
+		}
+		if len(bytes.TrimSpace(b)) == 0 && r.Len() > 0 {
+			// An empty file is what a rewrite in place looks like
+			// between its truncate and its write, for as long as the
+			// writer is held up: never take it for "no devices". A
+			// registry with none says so (devices: [], or a CSV
+			// header alone).
+			r.bad = sum
+			if r.lg != nil {
+				r.lg.Warn("registry: file is empty; keeping the last registry (write devices: [] or a CSV header for none)", "path", r.path, "devices", r.Len())
+			}
 			return
 		}
 		if devs, err = Parse(filepath.Ext(r.path), b); err != nil {

@@ -261,3 +261,56 @@ func TestCloseUnregisters(t *testing.T) {
 		t.Fatalf("after Run %d metric families remain", len(mfs))
 	}
 }
+
+// A writer held up between the truncate and the write leaves the file empty
+// for as long as it likes: an empty file, read at any number of polls, never
+// replaces a registry that has devices. A registry with none is written as
+// such, and then an empty file changes nothing.
+func TestReloadRefusesAnEmptyFile(t *testing.T) {
+	for _, tt := range []struct{ name, full, none string }{
+		{"devices.yaml", sampleYAML, "devices: []\n"},
+		{"devices.csv", sampleCSV, "id,name,group\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), tt.name)
+			write := func(s string) {
+				t.Helper()
+				if err := os.WriteFile(path, []byte(s), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			write(tt.full)
+			reg := prometheus.NewRegistry()
+			r, err := New(path, reg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, empty := range []string{"", " \n\n"} {
+				write(empty)
+				for range 3 {
+					r.reload()
+				}
+				if r.Len() != 2 {
+					t.Fatalf("an empty file %q read at three polls left %d devices, want 2", empty, r.Len())
+				}
+			}
+			if got := counter(t, reg, "ok") + counter(t, reg, "error"); got != 0 {
+				t.Fatalf("an empty file counted as %v reloads", got)
+			}
+			write(tt.full)
+			r.reload()
+			write(tt.none)
+			r.reload()
+			r.reload()
+			if r.Len() != 0 {
+				t.Fatalf("a registry written with no devices has %d", r.Len())
+			}
+			write("")
+			r.reload()
+			r.reload()
+			if r.Len() != 0 || counter(t, reg, "error") != 0 {
+				t.Fatalf("an empty file after an empty registry: %d devices, %v errors", r.Len(), counter(t, reg, "error"))
+			}
+		})
+	}
+}
