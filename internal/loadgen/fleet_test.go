@@ -401,10 +401,16 @@ func TestReconnect(t *testing.T) {
 		checkStored(t, f, &got, devices, stored(t, dir1), stored(t, dir2))
 	})
 	t.Run("rate limited", func(t *testing.T) {
-		s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{Rate: 2000, Burst: 500})
+		// A rate any machine exceeds: a device with a window of 16 sends
+		// 17 messages as soon as the first is acknowledged, and more than
+		// rate a second for as long as it runs.
+		const rate, burst = 10, 16
+		s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{Rate: rate, Burst: burst, MaxBatchMessages: burst})
 		var got settled
+		began := time.Now()
 		st, err := Run(context.Background(), Options{URLs: []string{s.url()}, Devices: 2, Insecure: true, Window: 16,
 			Duration: 1500 * time.Millisecond, Reconnect: true, Message: message(50), OnSettle: got.add}, 10*time.Second)
+		elapsed := time.Since(began)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -428,6 +434,10 @@ func TestReconnect(t *testing.T) {
 			}
 			if uint64(len(seqs)) != uint64(len(got.got[dev])) {
 				t.Fatalf("device %d: %d stored, %d acknowledged", dev, len(seqs), len(got.got[dev]))
+			}
+			// The server took no more than the bucket allows.
+			if allowed := burst + rate*elapsed.Seconds(); float64(len(seqs)) > allowed {
+				t.Fatalf("device %d: %d stored in %v, over the %v the rate allows", dev, len(seqs), elapsed, allowed)
 			}
 		}
 	})
