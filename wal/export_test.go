@@ -13,6 +13,10 @@ func (l *Log) SegmentStarts() []uint64 {
 	return append([]uint64(nil), l.segStarts...)
 }
 
+// WriteRelease makes upTo the durable release mark in dir, as a log's
+// Release does, without a log: no segment is truncated behind it.
+var WriteRelease = writeRelease
+
 // Datasync is fdatasync where the system has it, for benchmarks.
 var Datasync = datasync
 

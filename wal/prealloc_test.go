@@ -239,7 +239,7 @@ func TestPreallocatedDamage(t *testing.T) {
 			// repair moves it back to the last entry kept.
 			name: "last segment truncated below the release mark, repaired",
 			damage: func(t *testing.T, dir string, segs []string) {
-				writeReleaseMarkOpts(t, dir, preallocOpts, 119)
+				writeReleaseMark(t, dir, 119)
 				mutate(t, segs[3], func(b []byte) []byte { return b[:tailEnd/2+50] })
 			},
 			repair: true,
