@@ -639,13 +639,16 @@ func (c *mqttConn) flush() {
 				p.entries = append(p.entries, p.buf[start:end])
 				start = end
 			}
-			err = c.append(p.entries)
+			// A 3.1.1 session waits for room one publish at a time, so
+			// that the WAL fills up to its bound whatever the reads
+			// grouped into this batch.
+			err = c.append(p.entries, len(p.items) == 1)
 		}
 		reuse := true
 		switch {
 		case err == nil:
 			c.ack(p, 0, len(p.items))
-		case errors.Is(err, wal.ErrTooLarge):
+		case errors.Is(err, wal.ErrTooLarge) || noRoom(err) && c.version != mqtt5:
 			reuse = c.appendEach(p)
 		default:
 			reuse = c.appendFailed(p, 0, err)
@@ -667,17 +670,17 @@ func noRoom(err error) bool { return errors.Is(err, wal.ErrFull) || errors.Is(er
 const walFullRetry = 50 * time.Millisecond
 
 // append appends entries with one AppendBatch. At the WAL's bound (or on a
-// full disk), an MQTT
-// 3.1.1 session holds them and tries again until the WAL has room or the
-// session ends: 3.1.1 cannot refuse a publish, so it is not read meanwhile
-// (its pending bound fills), and nothing is dropped. MQTT 5 sessions are
-// told (appendFailed).
-func (c *mqttConn) append(entries [][]byte) error {
+// full disk), an MQTT 3.1.1 session, when wait is set, holds them and tries
+// again until the WAL has room or the session ends: 3.1.1 cannot refuse a
+// publish, so it is not read meanwhile (its pending bound fills), and
+// nothing is dropped. Without wait, or for MQTT 5 sessions (which are told,
+// appendFailed), the error is returned at once.
+func (c *mqttConn) append(entries [][]byte, wait bool) error {
 	s := c.s
 	waited := false
 	for {
 		_, err := s.log.AppendBatch(s.hard, entries)
-		if !noRoom(err) || c.version == mqtt5 {
+		if !noRoom(err) || c.version == mqtt5 || !wait {
 			return err
 		}
 		if !waited {
@@ -771,7 +774,8 @@ func (c *mqttConn) ack(p *mqttPending, from, to int) {
 }
 
 // appendEach appends the publishes of p one at a time, after a batch of
-// them was too large for the WAL. A publish that alone is too large is
+// them was too large for the WAL, or found no room in it for an MQTT 3.1.1
+// session (which then waits for room for each in turn). A publish that alone is too large is
 // refused (MQTT 5: quota exceeded) and dropped; the first that meets any
 // other failure ends the session as appendFailed does, after those before
 // it have been acknowledged. It reports whether p may be reused.
@@ -783,7 +787,7 @@ func (c *mqttConn) appendEach(p *mqttPending) bool {
 		if it.nenv == 0 {
 			continue
 		}
-		err := c.append(p.entries[env : env+it.nenv])
+		err := c.append(p.entries[env:env+it.nenv], true)
 		env += it.nenv
 		switch {
 		case err == nil:
