@@ -189,6 +189,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.opts.InsecureNoAuth {
 		s.lg.Warn("device authentication is OFF: any local process can write as any device", "addr", ln.Addr().String())
 	}
+	// Ready before the first device can be served, on either listener: a
+	// CONNECT read before would be refused as if the server were stopping.
+	s.ready.Store(true)
 	stopMQTT := s.startMQTT()
 	hs := &http.Server{
 		Handler:           s.Handler(),
@@ -197,7 +200,6 @@ func (s *Server) Run(ctx context.Context) error {
 		ErrorLog:          slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
-	s.ready.Store(true) // before the first request can be served
 	go func() { errc <- hs.Serve(ln) }()
 
 	var serveErr error
