@@ -39,7 +39,15 @@ func raiseFileLimit(t testing.TB, n uint64) {
 func TestManyConnections(t *testing.T) {
 	const conns = 5000
 	raiseFileLimit(t, 2*conns+1000)
-	ts := startServer(t, Options{DrainWindow: time.Second}, wal.Options{})
+	// Thousands of connections on a loaded machine: a handshake, a pong or
+	// a write can wait for the CPU longer than the defaults allow, and a
+	// connection closed for it is dialled again and resends what it had in
+	// flight, which counts acks twice. The timeouts are beyond what the
+	// test waits, so that none ends a connection; the test checks that
+	// none ended.
+	const patient = 10 * time.Minute
+	ts := startServer(t, Options{DrainWindow: time.Second, PingInterval: patient, PongTimeout: patient,
+		WriteTimeout: patient, HandshakeTimeout: patient}, wal.Options{})
 	ctx := context.Background()
 	clients := make([]*client.Client, conns)
 	var (
@@ -52,7 +60,8 @@ func TestManyConnections(t *testing.T) {
 		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			c, err := client.Dial(ctx, client.Options{URL: ts.url(), Token: hsToken(t, fmt.Sprintf("dev-%d", i), nil)})
+			c, err := client.Dial(ctx, client.Options{URL: ts.url(), Token: hsToken(t, fmt.Sprintf("dev-%d", i), nil),
+				DialTimeout: patient, WriteTimeout: patient})
 			if err != nil {
 				errs <- err
 				return
@@ -98,5 +107,8 @@ func TestManyConnections(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(ts.srv.m.connections); got != conns {
 		t.Fatalf("connections %v while all were sending, want %d", got, conns)
+	}
+	if got := testutil.CollectAndCount(ts.srv.m.closes); got != 0 {
+		t.Fatalf("%d close reasons counted while every connection was to stay open", got)
 	}
 }
