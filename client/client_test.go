@@ -17,6 +17,7 @@ import (
 	"github.com/ingest-io/ingest/client"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -186,18 +187,6 @@ func (d *dialer) dials() []time.Time {
 	return append([]time.Time(nil), d.times...)
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-}
-
 func msg(i int) []byte { return fmt.Appendf(nil, `{"id":%d,"v":%d}`, i, i*i) }
 
 // TestReconnectResendsInOrder: the frontend goes away while messages are in
@@ -227,7 +216,7 @@ func TestReconnectResendsInOrder(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "some acknowledgements", 10*time.Second, func() bool { return len(res.snapshot()) >= 50 })
+	testkit.WaitFor(t, "some acknowledgements", 10*time.Second, func() bool { return len(res.snapshot()) >= 50 })
 	s1.stop(t)
 	down := len(d.dials())
 	for i := half; i < 2*half; i++ {
@@ -236,7 +225,7 @@ func TestReconnectResendsInOrder(t *testing.T) {
 		}
 	}
 	// Refused dials while the frontend is down, each after a backoff.
-	waitFor(t, "redial attempts", 10*time.Second, func() bool { return len(d.dials()) >= down+3 })
+	testkit.WaitFor(t, "redial attempts", 10*time.Second, func() bool { return len(d.dials()) >= down+3 })
 	if c.Pending() == 0 {
 		t.Fatal("nothing pending while the frontend was down")
 	}
@@ -290,7 +279,7 @@ func TestOverloadedRetryHint(t *testing.T) {
 	}
 	// Two refusals at least, then a consumer reads the WAL and releases
 	// what it has read, freeing room as it goes.
-	waitFor(t, "redials after overloaded", 10*time.Second, func() bool { return len(d.dials()) >= 3 })
+	testkit.WaitFor(t, "redials after overloaded", 10*time.Second, func() bool { return len(d.dials()) >= 3 })
 	relCtx, stopRel := context.WithCancel(ctx)
 	var (
 		rel      sync.WaitGroup

@@ -36,7 +36,7 @@ func TestGap(t *testing.T) {
 			before := r.messagesOf(t, fe, 5, 0)
 
 			px.Cut()
-			waitFor(t, "the feed to notice the cut", func() bool { return !fs.s.Ready() })
+			testkit.WaitFor(t, "the feed to notice the cut", 10*time.Second, func() bool { return !fs.s.Ready() })
 			published := testkit.Metric(t, tr.reg, "ingest_middletier_published_records_total")
 			var missing []msg
 			for i := range 3 {
@@ -45,7 +45,7 @@ func TestGap(t *testing.T) {
 				}
 				fe.send(t, missing[i*10:]...)
 			}
-			waitFor(t, "the middletier to publish", func() bool {
+			testkit.WaitFor(t, "the middletier to publish", 10*time.Second, func() bool {
 				return testkit.Metric(t, tr.reg, "ingest_middletier_published_records_total") >= published+30
 			})
 			px.Restore()
@@ -107,27 +107,24 @@ func TestGap(t *testing.T) {
 // handing every other frame to other (nil: none expected).
 func waitTick(t *testing.T, fe *sender, r *reader, other func(frame)) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	testkit.WaitFor(t, "a tick", 10*time.Second, func() bool {
 		fe.send(t, msg{device: "tick", payload: `{}`})
 		timeout := time.After(20 * time.Millisecond)
 		for {
 			select {
 			case f := <-r.frames:
 				if f.Type == "message" && f.Device == "tick" {
-					return
+					return true
 				}
 				if other == nil {
 					t.Fatalf("unexpected %+v", f)
 				}
 				other(f)
-				continue
 			case <-timeout:
+				return false
 			}
-			break
 		}
-	}
-	t.Fatal("no tick arrived")
+	})
 }
 
 // messagesOf sends n messages from "dev" numbered from first and returns

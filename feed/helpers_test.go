@@ -243,21 +243,20 @@ func (r *reader) messages(t testing.TB, n int, skip func(frame) bool) []frame {
 // socket's subscription reaches the middletier's PUB asynchronously.
 func warm(t testing.TB, fe *sender, r *reader) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
+	testkit.WaitFor(t, "the feed to deliver a message", 10*time.Second, func() bool {
 		fe.send(t, msg{device: "warm-up", payload: `{"warm":true}`})
 		select {
 		case f := <-r.frames:
 			if f.Type == "message" && f.Device == "warm-up" && f.Origin == fe.Origin {
-				return
+				return true
 			}
 			if !isWarm(f) {
 				t.Fatalf("unexpected frame while warming up: %+v", f)
 			}
 		case <-time.After(50 * time.Millisecond):
 		}
-	}
-	t.Fatal("the feed never delivered a message")
+		return false
+	})
 }
 
 func isWarm(f frame) bool { return f.Type == "message" && f.Device == "warm-up" }
@@ -281,11 +280,6 @@ func closeStatus(err error) websocket.StatusCode {
 		return ce.Code
 	}
 	return -1
-}
-
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	testkit.WaitFor(t, what, 10*time.Second, cond)
 }
 
 // metric sums every series of a metric family of the feed; a histogram

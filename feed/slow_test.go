@@ -15,6 +15,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 )
 
@@ -150,7 +151,7 @@ func TestSlowReader(t *testing.T) {
 	if missed == 0 || messages >= sent || uint64(data)+total < uint64(lastN+1) {
 		t.Fatalf("slow reader: %d messages, %d missed notices", messages, missed)
 	}
-	waitFor(t, "the slow disconnect counted", func() bool { return metric(t, fs, "ingest_feed_disconnects_total") == 1 })
+	testkit.WaitFor(t, "the slow disconnect counted", 10*time.Second, func() bool { return metric(t, fs, "ingest_feed_disconnects_total") == 1 })
 	if n := metric(t, fs, "ingest_feed_dropped_messages_total"); n == 0 || int(n)+messages > sent+1 {
 		t.Errorf("%v drops counted, %d messages read of %d sent", n, messages, sent)
 	}
@@ -300,7 +301,7 @@ func TestSlowReaderToldBeforeWriteTimeout(t *testing.T) {
 			t.Errorf("%s: %d messages and %d missed, the last read %d of %d sent", name, o.data, o.missed, o.lastN, sent)
 		}
 	}
-	waitFor(t, "both slow disconnects counted", func() bool { return metric(t, fs, "ingest_feed_disconnects_total") == 2 })
+	testkit.WaitFor(t, "both slow disconnects counted", 10*time.Second, func() bool { return metric(t, fs, "ingest_feed_disconnects_total") == 2 })
 	if n := metricWith(t, fs, "ingest_feed_disconnects_total", "reason", "slow"); n != 2 {
 		t.Errorf("%v disconnects for slowness, want 2", n)
 	}

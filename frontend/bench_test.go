@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ingest-io/ingest/internal/testkit"
+
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ingest-io/ingest/internal/loadgen"
@@ -291,7 +293,7 @@ func runLoadProcess(b *testing.B, ts *testServer, spec loadSpec, steady func()) 
 	var werr error
 	exited := make(chan struct{})
 	go func() { werr = cmd.Wait(); close(exited) }()
-	waitFor(b, "all devices connected", 60*time.Second, func() bool {
+	testkit.WaitFor(b, "all devices connected", 60*time.Second, func() bool {
 		select {
 		case <-exited:
 			return true
@@ -375,7 +377,7 @@ func BenchmarkTenThousandDevices(b *testing.B) {
 		Warmup: 8 * time.Second, Duration: 28 * time.Second}, func() {
 		// Measure in steady state, while every device is sending, and
 		// within the warm-up (see above).
-		waitFor(b, "steady state", 60*time.Second, func() bool {
+		testkit.WaitFor(b, "steady state", 60*time.Second, func() bool {
 			return testutil.ToFloat64(ts.srv.m.acked) > 5*conns
 		})
 		if f := os.Getenv("BENCH_TRACE"); f != "" {

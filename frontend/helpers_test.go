@@ -185,18 +185,6 @@ func walEnvelopes(t testing.TB, dir string) []envelope.Envelope {
 	return out
 }
 
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t testing.TB, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 func payload(device string, i int) string {
 	return fmt.Sprintf(`{"id":%d,"device":%q,"v":%d,"pad":%q}`, i, device, i, strings.Repeat("x", 8))
 }

@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ingest-io/ingest/internal/testkit"
+
 	"github.com/coder/websocket"
 
 	"github.com/ingest-io/ingest/wal"
@@ -23,7 +25,7 @@ func TestRateLimitSurvivesReconnect(t *testing.T) {
 		t.Fatalf("first connection: %+v %v", f, err)
 	}
 	c.Close(websocket.StatusNormalClosure, "")
-	waitFor(t, "first connection gone", 5*time.Second, func() bool { return ts.srv.nconns.Load() == 0 })
+	testkit.WaitFor(t, "first connection gone", 5*time.Second, func() bool { return ts.srv.nconns.Load() == 0 })
 
 	// One token is left: one message passes, the next frame is refused.
 	c = rawDial(t, ts, tok)

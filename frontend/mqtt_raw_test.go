@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ingest-io/ingest/internal/testkit"
+
 	"github.com/coder/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -328,7 +330,7 @@ func TestMQTTWALFull(t *testing.T) {
 			t.Fatalf("PUBACK %d: %+v", i+1, pk)
 		}
 	}
-	waitFor(t, "the session to wait for room", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "the session to wait for room", 5*time.Second, func() bool {
 		return testutil.ToFloat64(ts.srv.m.mqtt.walFullWaits) >= 1
 	})
 	r.nc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))

@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ingest-io/ingest/internal/testkit"
+
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -86,7 +88,7 @@ func TestErrorAndCloseCodes(t *testing.T) {
 			c := rawDial(t, ts, tok)
 			if !exp.IsZero() {
 				// The token must be past its expiry when the frame arrives.
-				waitFor(t, "token expiry", 5*time.Second, func() bool { return time.Now().After(exp) })
+				testkit.WaitFor(t, "token expiry", 5*time.Second, func() bool { return time.Now().After(exp) })
 			}
 			var (
 				got      []wantErr
@@ -245,7 +247,7 @@ func TestPingTimeout(t *testing.T) {
 	ts := startServer(t, Options{PingInterval: 100 * time.Millisecond, PongTimeout: 100 * time.Millisecond}, wal.Options{})
 	c := rawDial(t, ts, hsToken(t, "dev-1", nil))
 	_ = c // never read: pongs are only sent by a reading peer
-	waitFor(t, "ping timeout close", 5*time.Second, func() bool {
+	testkit.WaitFor(t, "ping timeout close", 5*time.Second, func() bool {
 		return testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(reasonPingTimeout)) == 1
 	})
 	// A peer that reads (and so answers pings) stays connected.

@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ingest-io/ingest/internal/testkit"
+
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ingest-io/ingest/client"
@@ -79,7 +81,7 @@ func TestManyConnections(t *testing.T) {
 			c.Close()
 		}
 	}()
-	waitFor(t, "all connections registered", 30*time.Second, func() bool {
+	testkit.WaitFor(t, "all connections registered", 30*time.Second, func() bool {
 		return testutil.ToFloat64(ts.srv.m.connections) == conns
 	})
 	t.Logf("%d connections up in %v", conns, time.Since(start).Round(time.Millisecond))

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ingest-io/ingest/internal/testkit"
+
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -129,7 +131,7 @@ func TestFailedWALRefusesHandshakes(t *testing.T) {
 	if err := l.Release(1); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the WAL to fail", 5*time.Second, func() bool { return l.Err() != nil })
+	testkit.WaitFor(t, "the WAL to fail", 5*time.Second, func() bool { return l.Err() != nil })
 	failedAt := time.Now()
 
 	get := func(path string) int {

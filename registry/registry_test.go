@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -105,14 +107,14 @@ func TestReload(t *testing.T) {
 	if err := os.WriteFile(path, []byte("devices:\n  - id: sensor-9\n    group: orchard\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { d, _ := r.Lookup("sensor-9"); return d.Group == "orchard" })
+	testkit.WaitFor(t, "the new content applied", 10*time.Second, func() bool { d, _ := r.Lookup("sensor-9"); return d.Group == "orchard" })
 	if _, ok := r.Lookup("tracker-001"); ok {
 		t.Fatal("removed device still present")
 	}
 	if err := os.WriteFile(path, []byte("devices: [broken\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return counter(t, reg, "error") == 1 })
+	testkit.WaitFor(t, "the failed reload counted", 10*time.Second, func() bool { return counter(t, reg, "error") == 1 })
 	if d, ok := r.Lookup("sensor-9"); !ok || d.Group != "orchard" {
 		t.Fatalf("a bad file replaced the registry: %+v %v", d, ok)
 	}
@@ -144,17 +146,6 @@ func counter(t *testing.T, reg *prometheus.Registry, result string) float64 {
 		}
 	}
 	return 0
-}
-
-func waitFor(t *testing.T, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("timed out")
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func FuzzParseYAML(f *testing.F) {

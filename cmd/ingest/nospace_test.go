@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/internal/tmpfs"
 )
 
@@ -128,7 +129,7 @@ func testDiskFull(t *testing.T, full string) {
 			c.Close()
 		}
 	}()
-	waitUntil(t, "devices acknowledged", 30*time.Second, func() bool { return ackedCount() > 500 })
+	testkit.WaitFor(t, "devices acknowledged", 30*time.Second, func() bool { return ackedCount() > 500 })
 
 	// Fill the disk, and keep it full: the WAL's own truncation, or a
 	// spare given up, may free a little.
@@ -146,17 +147,17 @@ func testDiskFull(t *testing.T, full string) {
 		}
 	})
 	hop := `hop="` + full + `"`
-	waitUntil(t, "the "+full+" WAL out of room", 60*time.Second, func() bool {
+	testkit.WaitFor(t, "the "+full+" WAL out of room", 60*time.Second, func() bool {
 		return metricOf(tierURL, "ingest_wal_no_space", hop) == 1
 	})
 	// Full for a while: devices (or the frontend) are refused, retry after
 	// the hint and are refused again, more than once.
 	if full == "frontend" {
-		waitUntil(t, "devices answered overloaded, again and again", 60*time.Second, func() bool {
+		testkit.WaitFor(t, "devices answered overloaded, again and again", 60*time.Second, func() bool {
 			return metricOf(feURL, "ingest_frontend_messages_rejected_total", `code="overloaded"`) > 3*devices
 		})
 	} else {
-		waitUntil(t, "the frontend answered busy, again and again", 60*time.Second, func() bool {
+		testkit.WaitFor(t, "the frontend answered busy, again and again", 60*time.Second, func() bool {
 			return metricOf(mtURL, "ingest_middletier_busy_total", "") > 20
 		})
 	}
@@ -176,8 +177,8 @@ func testDiskFull(t *testing.T, full string) {
 		t.Fatal(err)
 	}
 	t.Logf("%d messages acknowledged when the disk was freed", before)
-	waitUntil(t, "acknowledgements again", 60*time.Second, func() bool { return ackedCount() > before+1000 })
-	waitUntil(t, "the no-space gauge cleared", 60*time.Second, func() bool {
+	testkit.WaitFor(t, "acknowledgements again", 60*time.Second, func() bool { return ackedCount() > before+1000 })
+	testkit.WaitFor(t, "the no-space gauge cleared", 60*time.Second, func() bool {
 		return metricOf(tierURL, "ingest_wal_no_space", hop) == 0
 	})
 	stopSending()
@@ -190,7 +191,7 @@ func testDiskFull(t *testing.T, full string) {
 		}
 		cancel()
 	}
-	waitUntil(t, "the frontend's WAL forwarded", 60*time.Second, func() bool { return queueDepth(t, feAddr) == 0 })
+	testkit.WaitFor(t, "the frontend's WAL forwarded", 60*time.Second, func() bool { return queueDepth(t, feAddr) == 0 })
 	overloaded := metricOf(feURL, "ingest_frontend_messages_rejected_total", `code="overloaded"`)
 	busy := metricOf(mtURL, "ingest_middletier_busy_total", "")
 	for _, p := range []*tierProc{fe, mt} {
@@ -220,18 +221,6 @@ func testDiskFull(t *testing.T, full string) {
 		t.Fatalf("%d records in the middletier, %d messages acknowledged: each must be there once", n, nAcked)
 	}
 	t.Logf("%d messages acknowledged, each in the middletier once; %v messages answered overloaded, %v batches busy", nAcked, overloaded, busy)
-}
-
-// waitUntil polls cond until it holds, failing the test after d.
-func waitUntil(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // metricOf returns the value of the first sample of name whose labels

@@ -18,6 +18,7 @@ import (
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -379,12 +380,12 @@ func TestReconnect(t *testing.T) {
 		ctx, stop := context.WithCancel(context.Background())
 		sent := make(chan struct{})
 		go func() { defer close(sent); f.Send(ctx) }()
-		waitFor(t, "acks", func() bool { return f.Stats().Acked > 1000 })
+		testkit.WaitFor(t, "acks", 20*time.Second, func() bool { return f.Stats().Acked > 1000 })
 		s.stop(t)
 		s2 := start(t, s.addr, dir2, frontend.Options{})
-		waitFor(t, "reconnects", func() bool { return f.Stats().Reconnects >= devices })
+		testkit.WaitFor(t, "reconnects", 20*time.Second, func() bool { return f.Stats().Reconnects >= devices })
 		before := f.Stats().Acked
-		waitFor(t, "acks after the restart", func() bool { return f.Stats().Acked > before+1000 })
+		testkit.WaitFor(t, "acks after the restart", 20*time.Second, func() bool { return f.Stats().Acked > before+1000 })
 		stop()
 		<-sent
 		if !f.Drain(context.Background(), 10*time.Second) {
@@ -501,9 +502,9 @@ func TestNoReconnect(t *testing.T) {
 	ctx, stop := context.WithCancel(context.Background())
 	sent := make(chan struct{})
 	go func() { defer close(sent); f.Send(ctx) }()
-	waitFor(t, "acks", func() bool { return f.Stats().Acked > 100 })
+	testkit.WaitFor(t, "acks", 20*time.Second, func() bool { return f.Stats().Acked > 100 })
 	s.stop(t)
-	waitFor(t, "both devices stopped", func() bool { return f.Stats().Errors["close_1001"] == 2 })
+	testkit.WaitFor(t, "both devices stopped", 20*time.Second, func() bool { return f.Stats().Errors["close_1001"] == 2 })
 	stop()
 	<-sent
 	f.Close()
@@ -554,17 +555,5 @@ func TestOptions(t *testing.T) {
 		if _, err := New(o); err == nil {
 			t.Errorf("accepted %+v", o)
 		}
-	}
-}
-
-// waitFor polls cond until it holds, for at most 20 s.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
 	}
 }

@@ -18,16 +18,22 @@ import (
 	"go.uber.org/goleak"
 )
 
-// WaitFor polls cond every 2ms until it holds, and fails the test if it
-// does not within the given time. It returns how long it waited.
+// WaitFor polls cond until it holds, and fails the test if it does not
+// within the given time. It returns how long it waited. It polls at once,
+// then after 1ms, doubling the pause up to 20ms: a cheap condition is seen
+// soon after it holds, and one that costs a request (a scrape of /metrics)
+// is not asked hundreds of times a second. It is the one way the tests
+// wait for something; a test that only waits on time uses testing/synctest.
 func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) time.Duration {
 	t.Helper()
 	start := time.Now()
+	pause := time.Millisecond
 	for !cond() {
 		if time.Since(start) > within {
 			t.Fatalf("timed out after %v waiting for %s", within, what)
 		}
-		time.Sleep(2 * time.Millisecond)
+		time.Sleep(pause) // the polling interval, not a wait for the condition
+		pause = min(2*pause, 20*time.Millisecond)
 	}
 	return time.Since(start)
 }
