@@ -449,6 +449,12 @@ func TestLiveGaps(t *testing.T) {
 			send(t, fe, n+1, 30)
 			gapFrom := uint64(n + 1)
 			n += 30
+			// Acknowledged is not yet published: the middletier publishes
+			// from its WAL on its own time. Published after the link is
+			// back, the 30 would reach the follower and make no gap.
+			testkit.WaitFor(t, "the records sent while cut published", 20*time.Second, func() bool {
+				return testkit.Metric(t, mt.Reg, "ingest_middletier_published_records_total") == float64(n)
+			})
 			px.Restore()
 			testkit.WaitFor(t, "the follower to subscribe again", 20*time.Second, f.Connected)
 			// The first stream message after the cut reveals the gap.
