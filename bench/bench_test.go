@@ -188,10 +188,25 @@ func TestSpawnAll(t *testing.T) {
 	dir := t.TempDir()
 	c := config{SpawnAll: binPath, Devices: 10, Rate: 50, Window: 4, Size: 150, Shape: "gps", Sources: 1,
 		Duration: 3 * time.Second, Drain: 10 * time.Second, CheckWait: 30 * time.Second, Quiet: true,
-		JSON: filepath.Join(dir, "all.json")}
+		JSON: filepath.Join(dir, "all.json"), Interval: time.Second}
 	r := runResult(t, c)
 	if r.Acked == 0 || r.Acked != r.Sent {
 		t.Fatalf("sent %d, acked %d", r.Sent, r.Acked)
+	}
+	// The soak's lines: one a second, each with what the devices saw and
+	// the engine's process as it was.
+	if len(r.Intervals) < 2 {
+		t.Fatalf("%d interval lines in a 3 s run, want 2 or more", len(r.Intervals))
+	}
+	var inLines int64
+	for _, iv := range r.Intervals {
+		inLines += iv.Acked
+		if iv.RSSMiB <= 0 || iv.FDs <= 0 || iv.Threads <= 0 || iv.Goroutines <= 0 || iv.HeapMiB <= 0 || iv.AckP99 < iv.AckP50 {
+			t.Fatalf("interval line %+v", iv)
+		}
+	}
+	if inLines == 0 || inLines > r.Acked || r.Intervals[0].FeedP99 <= 0 {
+		t.Fatalf("interval lines count %d acknowledged of %d; first %+v", inLines, r.Acked, r.Intervals[0])
 	}
 	f := r.Feed
 	if f == nil || f.Shown != r.Acked || f.Missed != 0 || f.Latency.P50 <= 0 || f.Latency.P99 < f.Latency.P50 {

@@ -41,6 +41,9 @@ type stats struct {
 	perSec []atomic.Int64 // acknowledged per second of the run
 	late   []*shard       // paced: from a message's slot in the schedule to its first write
 	dials  *hdrhistogram.Histogram
+	// ivl holds the latencies since the last interval line (-interval);
+	// nil when the run prints none.
+	ivl []*shard
 }
 
 type shard struct {
@@ -85,6 +88,9 @@ func (s *stats) settle(dev int, ms []loadgen.Msg, now int64) {
 		i = j
 	}
 	sh.mu.Unlock()
+	if s.ivl != nil {
+		s.ivl[dev%len(s.ivl)].recordAcked(ms, now)
+	}
 	if n > 0 {
 		if sec := (now - s.start.Load()) / int64(time.Second); sec >= 0 && sec < int64(len(s.perSec)) {
 			s.perSec[sec].Add(n)
@@ -102,12 +108,42 @@ func (s *stats) settle(dev int, ms []loadgen.Msg, now int64) {
 	}
 }
 
+// recordAcked records the latency of each acknowledged message of ms.
+func (sh *shard) recordAcked(ms []loadgen.Msg, now int64) {
+	sh.mu.Lock()
+	for i := range ms {
+		if ms[i].Code == "" {
+			sh.h.RecordValue(max((now-ms[i].Sent)/1000, 1))
+		}
+	}
+	sh.mu.Unlock()
+}
+
 // record records one latency d (nanoseconds).
 func (s *stats) record(dev int, d int64) {
 	sh := s.shards[dev%len(s.shards)]
 	sh.mu.Lock()
 	sh.h.RecordValue(max(d/1000, 1))
 	sh.mu.Unlock()
+	if s.ivl != nil {
+		sh := s.ivl[dev%len(s.ivl)]
+		sh.mu.Lock()
+		sh.h.RecordValue(max(d/1000, 1))
+		sh.mu.Unlock()
+	}
+}
+
+// takeInterval returns the latencies recorded since the last call and
+// starts the next interval.
+func (s *stats) takeInterval() *hdrhistogram.Histogram {
+	h := newHist()
+	for _, sh := range s.ivl {
+		sh.mu.Lock()
+		h.Merge(sh.h)
+		sh.h.Reset()
+		sh.mu.Unlock()
+	}
+	return h
 }
 
 func merged(shards []*shard) *hdrhistogram.Histogram {
@@ -137,6 +173,9 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 	st := newStats(int((c.Duration+c.Drain)/time.Second) + 2)
 	if c.Rate > 0 {
 		st.late = newShards()
+	}
+	if c.Interval > 0 {
+		st.ivl = newShards()
 	}
 	urls := c.urls
 	if len(urls) == 0 {
@@ -189,6 +228,9 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 	// Watch the live feed, if there is one.
 	var fw *feedWatch
 	e2e := newStats(0)
+	if c.Interval > 0 {
+		e2e.ivl = newShards()
+	}
 	if c.Feed != "" {
 		if fw, err = watchFeed(ctx, c.Feed, devs, e2e, fl.Now); err != nil {
 			return nil, err
@@ -204,12 +246,21 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 	progressDone := make(chan struct{})
 	go func() {
 		defer close(progressDone)
-		progress(runCtx, fl, st, c.Quiet)
+		progress(runCtx, fl, st, c.Quiet || c.Interval > 0)
+	}()
+	var lines []interval
+	linesDone := make(chan struct{})
+	go func() {
+		defer close(linesDone)
+		if c.Interval > 0 {
+			lines = intervals(runCtx, c.Interval, fl, st, e2e, c.enginePID, c.engineMetrics, os.Stdout)
+		}
 	}()
 	fl.Send(runCtx)
 	sendTime := time.Since(sendStart)
 	stopRun()
 	<-progressDone
+	<-linesDone
 	ackedInWindow := fl.Stats().Acked
 	cpuUsed := cpu.stop(ackedInWindow)
 	if c.onSendEnd != nil {
@@ -231,6 +282,7 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 	}
 	res := newResult(c, fl.Stats(), st, connected, sendTime, ackedInWindow)
 	res.CPU = cpuUsed
+	res.Intervals = lines
 	if fw != nil {
 		// Let the feed show what is still on its way.
 		deadline := time.Now().Add(5 * time.Second)

@@ -46,9 +46,18 @@ type config struct {
 	FramePerWrite bool
 	CPUProfile    string // write the bench's own CPU profile here
 
-	urls      []string // device endpoints when the bench runs the engine itself
-	onSendEnd func()   // called when sending stops, before the drain
-	enginePID int      // the engine process the bench started, for its CPU time
+	// Interval prints a line of ack latency and the engine's process
+	// figures (memory, descriptors, goroutines, CPU) every so often: a soak.
+	Interval time.Duration
+	// PID and Metrics name a running engine's process and metrics
+	// endpoint for the interval lines, when the bench did not start it.
+	PID     int
+	Metrics string
+
+	urls          []string // device endpoints when the bench runs the engine itself
+	engineMetrics string   // the engine's metrics endpoint, for its goroutines
+	onSendEnd     func()   // called when sending stops, before the drain
+	enginePID     int      // the engine process the bench started, for its CPU time
 }
 
 func main() {
@@ -78,6 +87,9 @@ func main() {
 	flag.DurationVar(&c.ChaosEvery, "chaos.every", 5*time.Second, "mean time between kills")
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write the bench's own CPU profile to this file (go tool pprof)")
 	flag.BoolVar(&c.FramePerWrite, "frame-per-write", false, "write every frame with a write system call of its own, as the client package does; by default a device writes the frames one ack lets go with one write (each frame still holds one message)")
+	flag.DurationVar(&c.Interval, "interval", 0, "every so long, print a line: acknowledged/s, ack p50/p99/p99.9/max and device → feed p99 in that interval, and the engine's resident memory, open files, goroutines, heap and CPU (a soak; 0: none)")
+	flag.IntVar(&c.PID, "pid", 0, "with -url and -interval: the engine's process id, for its memory, open files and CPU")
+	flag.StringVar(&c.Metrics, "metrics", "", "with -url and -interval: the engine's metrics endpoint (http://host:8080/metrics), for its goroutines and heap")
 	flag.Parse()
 
 	if err := run(c); err != nil {
@@ -89,6 +101,9 @@ func main() {
 func run(c config) error {
 	if err := c.validate(); err != nil {
 		return err
+	}
+	if c.enginePID == 0 {
+		c.enginePID, c.engineMetrics = c.PID, c.Metrics
 	}
 	raiseFileLimit(c.Devices)
 	if c.CPUProfile != "" {
@@ -115,7 +130,7 @@ func run(c config) error {
 			return err
 		}
 		defer eng.stop()
-		c.URL, c.Insecure, c.Feed, c.Check, c.enginePID = eng.url, true, eng.feed, eng.query, eng.pid
+		c.URL, c.Insecure, c.Feed, c.Check, c.enginePID, c.engineMetrics = eng.url, true, eng.feed, eng.query, eng.pid, eng.metrics
 		if c.mqtt() {
 			c.URL = eng.mqtt
 		}
@@ -126,7 +141,7 @@ func run(c config) error {
 			return err
 		}
 		defer eng.stop()
-		c.URL, c.Insecure, c.enginePID = eng.url, true, eng.pid
+		c.URL, c.Insecure, c.enginePID, c.engineMetrics = eng.url, true, eng.pid, eng.metrics
 		if c.mqtt() {
 			c.URL = eng.mqtt
 		}
@@ -245,6 +260,10 @@ func (c config) validate() error {
 		return errors.New("-sources must be 1 to 250")
 	case c.Duration <= 0:
 		return errors.New("-duration must be positive")
+	case c.Interval < 0:
+		return errors.New("-interval must not be negative")
+	case (c.PID != 0 || c.Metrics != "") && c.URL == "":
+		return errors.New("-pid and -metrics name an engine given with -url")
 	}
 	return nil
 }

@@ -42,6 +42,7 @@ type result struct {
 	Completeness *completeness        `json:"completeness,omitempty"`
 	Feed         *feedResult          `json:"live_feed,omitempty"`
 	Chaos        map[string]*recovery `json:"chaos,omitempty"`
+	Intervals    []interval           `json:"intervals,omitempty"`
 }
 
 // feedResult is what a dashboard on the live feed saw.

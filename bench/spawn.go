@@ -23,14 +23,16 @@ type engine struct {
 	mqtt  string // mqtt://host:port of its MQTT listener
 	feed  string
 	query string
-	done  chan struct{}
-	pid   int
+	// metrics is the engine's Prometheus endpoint.
+	metrics string
+	done    chan struct{}
+	pid     int
 }
 
 var (
 	listeningRE = regexp.MustCompile(`msg="frontend listening" addr=(\S+)`)
 	mqttRE      = regexp.MustCompile(`msg="mqtt listening" addr=(\S+)`)
-	allRE       = regexp.MustCompile(`msg="engine running.*devices=(\S+) .*live_feed=(\S+) query_api=(\S+)`)
+	allRE       = regexp.MustCompile(`msg="engine running.*devices=(\S+) metrics=(\S+) live_feed=(\S+) query_api=(\S+)`)
 )
 
 func spawnFrontend(ctx context.Context, bin string) (*engine, error) {
@@ -70,7 +72,7 @@ func spawnFrontend(ctx context.Context, bin string) (*engine, error) {
 	}()
 	select {
 	case a := <-addr:
-		e.url = "ws://" + a + protocol.Path
+		e.url, e.metrics = "ws://"+a+protocol.Path, "http://"+a+"/metrics"
 		return e, nil
 	case <-e.done:
 		os.RemoveAll(dir)
@@ -155,7 +157,7 @@ func spawnAll(ctx context.Context, bin string) (*engine, error) {
 	}()
 	select {
 	case m := <-found:
-		e.url, e.feed, e.query = m[1], m[2], strings.TrimSuffix(m[3], "/api/v1/")
+		e.url, e.metrics, e.feed, e.query = m[1], m[2], m[3], strings.TrimSuffix(m[4], "/api/v1/")
 		return e, nil
 	case <-e.done:
 		os.RemoveAll(dir)

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ingest-io/ingest/internal/loadgen"
+)
+
+// interval is one line of a long run (-interval): what the devices saw in
+// the interval, and the engine's process at its end. A soak is judged by
+// whether these lines stay flat.
+type interval struct {
+	End        float64 `json:"end_s"`
+	Acked      int64   `json:"acked"`
+	PerSec     float64 `json:"acked_per_second"`
+	AckP50     float64 `json:"ack_p50_ms"`
+	AckP99     float64 `json:"ack_p99_ms"`
+	AckP999    float64 `json:"ack_p999_ms"`
+	AckMax     float64 `json:"ack_max_ms"`
+	FeedP99    float64 `json:"feed_p99_ms,omitempty"`
+	Errors     int64   `json:"errors"`
+	Reconnects int64   `json:"reconnects"`
+	// The engine's process, when the bench started it (-spawn, -spawn-all)
+	// or was given its pid and metrics (-pid, -metrics).
+	RSSMiB     float64 `json:"engine_rss_mib,omitempty"`
+	FDs        int     `json:"engine_fds,omitempty"`
+	Threads    int     `json:"engine_threads,omitempty"`
+	Goroutines int     `json:"engine_goroutines,omitempty"`
+	HeapMiB    float64 `json:"engine_heap_mib,omitempty"`
+	CPUPercent float64 `json:"engine_cpu_percent,omitempty"` // of one core, over the interval
+	Load1      float64 `json:"load_average_1m"`
+}
+
+// intervals samples a run every every until ctx ends, printing each line to
+// w as it is taken, and returns them all.
+func intervals(ctx context.Context, every time.Duration, fl *loadgen.Fleet, st, e2e *stats, pid int, metricsURL string, w io.Writer) []interval {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	start := time.Now()
+	var out []interval
+	var lastAcked, lastErrs, lastRecon int64
+	lastCPU, _ := processCPU(pid)
+	lastAt := start
+	fmt.Fprintf(w, "%8s %9s %9s %9s %9s %9s %9s %9s %9s %8s %7s %10s %9s %7s %6s\n",
+		"end_s", "acked/s", "p50_ms", "p99_ms", "p99.9_ms", "max_ms", "feed_p99", "errors", "reconn", "rss_mib", "fds", "goroutines", "heap_mib", "cpu_%", "load")
+	for {
+		select {
+		case <-ctx.Done():
+			return out
+		case now := <-t.C:
+			_, acked, errs := fl.Progress()
+			fs := fl.Stats()
+			h := st.takeInterval()
+			iv := interval{
+				End: now.Sub(start).Seconds(), Acked: acked - lastAcked,
+				AckP50: ms(h.ValueAtQuantile(50)), AckP99: ms(h.ValueAtQuantile(99)),
+				AckP999: ms(h.ValueAtQuantile(99.9)), AckMax: ms(h.Max()),
+				Errors: errs - lastErrs, Reconnects: fs.Reconnects - lastRecon, Load1: loadAverage(),
+			}
+			iv.PerSec = float64(iv.Acked) / now.Sub(lastAt).Seconds()
+			if e2e != nil && e2e.ivl != nil {
+				if fh := e2e.takeInterval(); fh.TotalCount() > 0 {
+					iv.FeedP99 = ms(fh.ValueAtQuantile(99))
+				}
+			}
+			if pid > 0 {
+				iv.RSSMiB, iv.Threads = processMemory(pid)
+				iv.FDs = processFDs(pid)
+				if c, ok := processCPU(pid); ok {
+					iv.CPUPercent = 100 * (c - lastCPU).Seconds() / now.Sub(lastAt).Seconds()
+					lastCPU = c
+				}
+			}
+			if metricsURL != "" {
+				// Not ctx: the last line's scrape may outlast the run.
+				iv.Goroutines, iv.HeapMiB = scrapeRuntime(context.Background(), metricsURL)
+			}
+			lastAcked, lastErrs, lastRecon, lastAt = acked, errs, fs.Reconnects, now
+			out = append(out, iv)
+			fmt.Fprintf(w, "%8.0f %9.0f %9.2f %9.2f %9.2f %9.2f %9.2f %9d %9d %8.1f %7d %10d %9.1f %7.1f %6.2f\n",
+				iv.End, iv.PerSec, iv.AckP50, iv.AckP99, iv.AckP999, iv.AckMax, iv.FeedP99, iv.Errors, iv.Reconnects,
+				iv.RSSMiB, iv.FDs, iv.Goroutines, iv.HeapMiB, iv.CPUPercent, iv.Load1)
+		}
+	}
+}
+
+func ms(us int64) float64 { return float64(us) / 1000 }
+
+// processMemory reads a process's resident memory (MiB) and its thread
+// count from /proc/<pid>/status.
+func processMemory(pid int) (rssMiB float64, threads int) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(v)
+		if len(f) == 0 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch k {
+		case "VmRSS":
+			rssMiB = float64(n) / 1024 // kB
+		case "Threads":
+			threads = int(n)
+		}
+	}
+	return rssMiB, threads
+}
+
+// processFDs counts a process's open file descriptors.
+func processFDs(pid int) int {
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return 0
+	}
+	return len(ents)
+}
+
+// scrapeRuntime reads go_goroutines and go_memstats_heap_inuse_bytes from a
+// Prometheus metrics endpoint.
+func scrapeRuntime(ctx context.Context, url string) (goroutines int, heapMiB float64) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return 0, 0
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return 0, 0
+	}
+	defer resp.Body.Close()
+	return parseRuntime(resp.Body)
+}
+
+// parseRuntime picks the Go runtime's goroutine count and heap in use out
+// of the Prometheus text format.
+func parseRuntime(r io.Reader) (goroutines int, heapMiB float64) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
+		if err != nil {
+			continue
+		}
+		switch name {
+		case "go_goroutines":
+			goroutines = int(v)
+		case "go_memstats_heap_inuse_bytes":
+			heapMiB = v / (1 << 20)
+		}
+	}
+	return goroutines, heapMiB
+}
