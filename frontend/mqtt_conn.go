@@ -250,8 +250,11 @@ func (c *mqttConn) serve() {
 	default:
 		c.endLocked(reasonPeer, 0)
 	}
-	code := c.endCode
+	code, reason := c.endCode, c.reason
 	c.mu.Unlock()
+	// Counted before the socket closes: a peer that sees the end sees it
+	// counted. The first reason set is final.
+	s.m.closes.WithLabelValues(reason).Inc()
 	if !stopped {
 		c.disconnect(code)
 	}
@@ -265,9 +268,7 @@ func (c *mqttConn) serve() {
 		s.mqtt.pool.Put(c.pend)
 		c.pend = nil
 	}
-	reason := c.reason
 	c.mu.Unlock()
-	s.m.closes.WithLabelValues(reason).Inc()
 	s.lg.Debug("mqtt session ended", "device", c.device, "reason", reason, "err", readErr)
 	// Before done is closed: a newer session of the device waits for it.
 	s.limits.put(c.device, c.bucket, time.Now().UnixNano())
