@@ -18,6 +18,7 @@ var allShared = []string{
 	"log.level", "log.format", "insecure-no-auth", "registry.file",
 	"auth.hs256-secret-file", "auth.rs256-public-keys", "auth.es256-public-keys",
 	"auth.issuer", "auth.audience", "auth.require-exp", "auth.leeway",
+	"tls.cert-file", "tls.key-file",
 }
 
 // allExceptions are the tiers' flags that ingest all does not have, and
