@@ -29,6 +29,7 @@ type allConfig struct {
 	fd             feedConfig
 	auth           authConfig
 	registry       registryConfig
+	tls            tlsConfig
 	log            logConfig
 }
 
@@ -57,6 +58,7 @@ func (c *allConfig) register(fs *flag.FlagSet) {
 	c.fd.register(tier("feed"))
 	c.auth.register(root, "devices (device id from ?device=) and dashboard readers")
 	c.registry.register(root, "whose labels go on every series of a device, and whose groups the feed filters by")
+	c.tls.register(root, "the device endpoint (--listen), MQTT (--mqtt.listen), the feed and status page (--feed.listen) and the query API (--storage.http.listen)")
 	c.log.register(root)
 	for name, usage := range map[string]string{
 		"wal.dir":             "WAL directory of the frontend (default <data.dir>/frontend/wal)",
@@ -115,6 +117,9 @@ func (c *allConfig) build(p *process, fs *flag.FlagSet) error {
 	if err := c.lockDataDir(p); err != nil {
 		return err
 	}
+	if err := c.tls.build(p); err != nil {
+		return err
+	}
 	devices, err := c.registry.build(p)
 	if err != nil {
 		return err
@@ -151,11 +156,11 @@ func (c *allConfig) build(p *process, fs *flag.FlagSet) error {
 	if err != nil {
 		return err
 	}
-	dev := devAddr.String()
+	dev, ws, web := devAddr.String(), p.scheme("ws")+"://", p.scheme("http")+"://"
 	p.lg.Info("engine running (all tiers in one process)",
-		"devices", "ws://"+dev+"/v1/ingest", "metrics", "http://"+dev+"/metrics",
-		"live_feed", "ws://"+feedAddr+"/v1/feed", "query_api", "http://"+query+"/api/v1/",
-		"status", "http://"+feedAddr+"/status/",
+		"devices", ws+dev+"/v1/ingest", "metrics", web+dev+"/metrics",
+		"live_feed", ws+feedAddr+"/v1/feed", "query_api", web+query+"/api/v1/",
+		"status", web+feedAddr+"/status/",
 		"middletier_stream", mt.Stream, "middletier_feed", mt.Feed, "data", c.dataDir)
 	return nil
 }

@@ -99,7 +99,7 @@ func (c *feedConfig) build(p *process, a *authConfig, devices *registry.Registry
 		return "", err
 	}
 	opts.Handlers = map[string]http.Handler{"/status/": http.StripPrefix("/status", page)}
-	if opts.Listener, err = listen(c.f.name("listen"), c.listen); err != nil {
+	if opts.Listener, err = p.listenTLS(c.f.name("listen"), c.listen, "http/1.1"); err != nil {
 		return "", err
 	}
 	srv, err := feed.New(opts, p.reg, p.lg)
@@ -110,7 +110,7 @@ func (c *feedConfig) build(p *process, a *authConfig, devices *registry.Registry
 	p.add(part{name: "feed", stage: stageReaders, run: srv.Run})
 	p.add(part{name: "status page", stage: stageReaders, run: page.Run})
 	addr := opts.Listener.Addr().String()
-	p.built("feed listening", "addr", addr, "path", "/v1/feed", "status", "/status/", "id", c.id, "middletiers", len(opts.Sources))
+	p.built("feed listening", "addr", addr, "tls", p.tls != nil, "path", "/v1/feed", "status", "/status/", "id", c.id, "middletiers", len(opts.Sources))
 	return addr, nil
 }
 
@@ -121,14 +121,19 @@ func runFeed(ctx context.Context, args []string) error {
 		c  = newFeedConfig()
 		a  authConfig
 		rc registryConfig
+		tc tlsConfig
 		lc = newLogConfig()
 		f  = newFlags("feed")
 	)
 	c.register(f)
 	a.register(f, "readers")
 	rc.register(f, "for group filters and labels")
+	tc.register(f, "--listen (the feed, the status page, health and metrics)")
 	lc.register(f)
 	return runTier(ctx, f, args, &lc, func(p *process) error {
+		if err := tc.build(p); err != nil {
+			return err
+		}
 		var devices *registry.Registry
 		if rc.file != "" {
 			var err error

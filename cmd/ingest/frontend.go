@@ -123,15 +123,15 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 		return nil, nil, err
 	}
 	if c.mqttListen != "" {
-		if opts.MQTTListener, err = listen(c.f.name("mqtt.listen"), c.mqttListen); err != nil {
+		if opts.MQTTListener, err = p.listenTLS(c.f.name("mqtt.listen"), c.mqttListen); err != nil {
 			return nil, nil, err
 		}
 		p.onClose("mqtt listener", func() error { return closeListener(opts.MQTTListener) })
 		// Its own line, which bench and the tests read, whether the
 		// tier's line is logged or not.
-		p.lg.Info("mqtt listening", "addr", opts.MQTTListener.Addr().String())
+		p.lg.Info("mqtt listening", "addr", opts.MQTTListener.Addr().String(), "tls", p.tls != nil)
 	}
-	if opts.Listener, err = listen(c.f.name("listen"), c.listen); err != nil {
+	if opts.Listener, err = p.listenTLS(c.f.name("listen"), c.listen, "http/1.1"); err != nil {
 		return nil, nil, err
 	}
 	srv, err := frontend.New(opts, log, p.reg, p.lg)
@@ -144,7 +144,7 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 		return nil, nil, err
 	}
 	addr := opts.Listener.Addr()
-	p.built("frontend listening", "addr", addr.String(), "id", opts.ID, "wal", c.walDir, "last_index", log.LastIndex())
+	p.built("frontend listening", "addr", addr.String(), "tls", p.tls != nil, "id", opts.ID, "wal", c.walDir, "last_index", log.LastIndex())
 	return log, addr, nil
 }
 
@@ -188,13 +188,18 @@ func runFrontend(ctx context.Context, args []string) error {
 	var (
 		c  = newFrontendConfig()
 		a  authConfig
+		tc tlsConfig
 		lc = newLogConfig()
 		f  = newFlags("frontend")
 	)
 	c.register(f)
 	a.register(f, "devices (device id from ?device=)")
+	tc.register(f, "--listen (WebSocket, MQTT over WebSocket, health and metrics) and --mqtt.listen (MQTT over TLS)")
 	lc.register(f)
 	return runTier(ctx, f, args, &lc, func(p *process) error {
+		if err := tc.build(p); err != nil {
+			return err
+		}
 		_, _, err := c.build(p, &a)
 		return err
 	})

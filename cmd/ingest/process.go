@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ingest-io/ingest/internal/certfile"
 	"github.com/ingest-io/ingest/internal/dirlock"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -66,6 +67,10 @@ type process struct {
 
 	parts   []part
 	closers []closer // released in reverse order
+
+	// tls, if set, is the certificate the listeners made by listenTLS
+	// serve.
+	tls *certfile.Reloader
 }
 
 // built logs, at p.announce, that a tier is built and where it listens.

@@ -126,7 +126,7 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 		}
 		return nil
 	}
-	ln, err := listen(c.f.name("http.listen"), c.httpListen)
+	ln, err := p.listenTLS(c.f.name("http.listen"), c.httpListen, "http/1.1")
 	if err != nil {
 		return "", err
 	}
@@ -136,7 +136,7 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 	mux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
 	p.health(mux, http.StatusInternalServerError, healthy, ready)
 	p.serveHTTP("query api", ln, mux, queryDrain)
-	p.built("storage listening", "http", ln.Addr().String(), "query_api", "http://"+ln.Addr().String()+"/api/v1/",
+	p.built("storage listening", "http", ln.Addr().String(), "query_api", p.scheme("http")+"://"+ln.Addr().String()+"/api/v1/",
 		"middletiers", len(eps), "consumer", c.consumer, "data_dir", c.dataDir)
 	return ln.Addr().String(), nil
 }
@@ -149,13 +149,18 @@ func runStorage(ctx context.Context, args []string) error {
 	var (
 		c  = newStorageConfig()
 		rc registryConfig
+		tc tlsConfig
 		lc = newLogConfig()
 		f  = newFlags("storage")
 	)
 	c.register(f)
 	rc.register(f, "whose labels go on every series of a device")
+	tc.register(f, "--http.listen (the query API, health and metrics)")
 	lc.register(f)
 	return runTier(ctx, f, args, &lc, func(p *process) error {
+		if err := tc.build(p); err != nil {
+			return err
+		}
 		devices, err := rc.build(p)
 		if err != nil {
 			return err

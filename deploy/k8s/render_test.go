@@ -211,6 +211,7 @@ func TestRenderAll(t *testing.T) {
 			checkDisruption(t, o)
 			checkAuth(t, dir, o)
 			checkMonitoring(t, o)
+			checkTLS(t, o)
 		})
 	}
 }

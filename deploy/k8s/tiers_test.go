@@ -316,7 +316,11 @@ func checkStorage(t *testing.T, o *objects) {
 				t.Errorf("data source %s/%s defines none", cm.Name, file)
 			}
 			for _, d := range ds.Datasources {
-				want := fmt.Sprintf("http://storage.%s.svc:%d", o.namespace, svc.Spec.Ports[0].Port)
+				scheme := "http"
+				if servesTLS(c) {
+					scheme = "https"
+				}
+				want := fmt.Sprintf("%s://storage.%s.svc:%d", scheme, o.namespace, svc.Spec.Ports[0].Port)
 				if d.Type != "prometheus" || d.URL != want {
 					t.Errorf("data source %s/%s: %s at %s, want prometheus at %s", cm.Name, file, d.Type, d.URL, want)
 				}
