@@ -29,6 +29,7 @@ type allConfig struct {
 	fd             feedConfig
 	auth           authConfig
 	registry       registryConfig
+	selfMonitor    selfMonitorConfig
 	log            logConfig
 }
 
@@ -37,7 +38,7 @@ type allConfig struct {
 // kernel-chosen ones for the middletier's sockets.
 func newAllConfig() *allConfig {
 	c := &allConfig{dataDir: "data", storageTimeout: 5 * time.Second,
-		fe: newFrontendConfig(), mt: newMiddletierConfig(), st: newStorageConfig(), fd: newFeedConfig(), log: newLogConfig()}
+		fe: newFrontendConfig(), mt: newMiddletierConfig(), st: newStorageConfig(), fd: newFeedConfig(), selfMonitor: newSelfMonitorConfig(), log: newLogConfig()}
 	c.fe.listen, c.fe.mqttListen, c.fe.id, c.fe.drain = "127.0.0.1:8080", "127.0.0.1:1883", "fe-0", 2*time.Second
 	loop := "tcp://127.0.0.1:0"
 	c.mt.id, c.mt.ingest, c.mt.consumer, c.mt.stream, c.mt.feed, c.mt.httpListen = "mt-0", loop, loop, loop, loop, ""
@@ -57,6 +58,7 @@ func (c *allConfig) register(fs *flag.FlagSet) {
 	c.fd.register(tier("feed"))
 	c.auth.register(root, "devices (device id from ?device=) and dashboard readers")
 	c.registry.register(root, "whose labels go on every series of a device, and whose groups the feed filters by")
+	c.selfMonitor.register(root)
 	c.log.register(root)
 	for name, usage := range map[string]string{
 		"wal.dir":             "WAL directory of the frontend (default <data.dir>/frontend/wal)",
@@ -134,6 +136,7 @@ func (c *allConfig) build(p *process, fs *flag.FlagSet) error {
 	}
 	c.st.direct = []storage.Endpoints{{Stream: mt.Stream, Consumer: mt.Consumer}}
 	c.st.settle = p.settleWAL("storage writer", mlog, c.storageTimeout)
+	c.st.selfMonitor = &c.selfMonitor
 	query, err := c.st.build(p, devices, flagValues(fs))
 	if err != nil {
 		return err
