@@ -62,7 +62,7 @@ func TestRevoked(t *testing.T) {
 		t.Fatalf("connect v5: %v %+v", err, ca)
 	}
 	lost := make(chan error, 1)
-	o := pahov3.NewClientOptions().AddBroker("tcp://"+ts.mqttAddr).SetClientID("v311-dev").SetUsername("v311-dev").
+	o := pahov3.NewClientOptions().AddBroker("tcp://" + ts.mqttAddr).SetClientID("v311-dev").SetUsername("v311-dev").
 		SetPassword(hsToken(t, "v311-dev", nil)).SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectionLostHandler(func(_ pahov3.Client, err error) { lost <- err })
 	c3 := pahov3.NewClient(o)
