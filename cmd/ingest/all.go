@@ -57,7 +57,7 @@ func (c *allConfig) register(fs *flag.FlagSet) {
 	c.st.register(tier("storage"))
 	c.fd.register(tier("feed"))
 	c.auth.register(root, "devices (device id from ?device=) and dashboard readers")
-	c.registry.register(root, "whose labels go on every series of a device, and whose groups the feed filters by")
+	c.registry.register(root, "whose labels go on every series of a device, whose groups the feed filters by, and whose disabled devices the frontend refuses")
 	c.selfMonitor.register(root)
 	c.log.register(root)
 	for name, usage := range map[string]string{
@@ -145,6 +145,7 @@ func (c *allConfig) build(p *process, fs *flag.FlagSet) error {
 		c.fe.walDir, c.fe.walShown = filepath.Join(c.dataDir, "frontend", "wal"), c.dataDir
 	}
 	c.fe.uplink.direct = []string{mt.Ingest}
+	c.fe.devices = devices
 	_, devAddr, err := c.fe.build(p, &c.auth)
 	if err != nil {
 		return err
