@@ -346,7 +346,7 @@ func (c *conn) flush() {
 		c.mu.Lock()
 		p := c.pend
 		if p == nil || len(p.frames) == 0 || c.stopped && c.reason != reasonDrain &&
-			c.reason != reasonRateLimited && c.reason != reasonExpired && c.reason != reasonReplaced {
+			c.reason != reasonRateLimited && c.reason != reasonExpired && c.reason != reasonReplaced && c.reason != reasonRevoked {
 			// Nothing left, or the connection broke: stop. Buffers go back
 			// to the pool so an idle connection holds none.
 			if p != nil {

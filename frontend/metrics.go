@@ -16,6 +16,7 @@ const (
 	reasonRateLimited = protocol.ReasonRateLimited  // device over its rate
 	reasonExpired     = protocol.ReasonUnauthorized // token expired
 	reasonReplaced    = protocol.ReasonReplaced     // a newer connection for the same device
+	reasonRevoked     = protocol.ReasonRevoked      // the device was disabled in the registry
 	reasonTooBig      = "too_big"                   // frame over the read limit (1009)
 	reasonPingTimeout = "ping_timeout"              // no pong within the timeout
 	reasonWriteFailed = "write_failed"              // a write failed or missed its deadline

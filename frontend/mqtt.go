@@ -234,6 +234,7 @@ const (
 	connackBadAuth            byte = 0x86
 	connackUnavailable        byte = 0x88
 	connackBusy               byte = 0x89
+	connackBanned             byte = 0x8A // the device is disabled (Options.Revoked)
 	connackBadAuthMethod      byte = 0x8C
 	mqtt311UnacceptableLevel  byte = 0x01
 	mqtt311IdentifierRejected byte = 0x02
@@ -254,7 +255,8 @@ func connackCode(version, code byte) byte {
 	case connackUnavailable, connackBusy:
 		return mqtt311ServerUnavailable
 	}
-	// Bad credentials, a will, an authentication method: not authorized.
+	// Bad credentials, a will, an authentication method, a disabled
+	// device: not authorized.
 	return mqtt311NotAuthorized
 }
 
@@ -279,6 +281,8 @@ func connackLabel(code byte) string {
 		return "too_many_connections"
 	case connackBadAuthMethod:
 		return "bad_auth_method"
+	case connackBanned:
+		return "revoked"
 	}
 	return "no_connect"
 }
@@ -362,6 +366,9 @@ func (c *mqttConn) readConnect() (code byte, reason string) {
 			return connackBadClientID, "without auth the client id is the device id and must be 1 to 255 bytes"
 		}
 		c.device = clientID
+	}
+	if s.opts.Revoked != nil && s.opts.Revoked(c.device) {
+		return connackBanned, "device " + c.device + " is disabled in the device registry"
 	}
 	c.assigned = clientID == ""
 	if ka := pk.Connect.Keepalive; ka > 0 {

@@ -116,6 +116,7 @@ const (
 	rcServerBusy         byte = 0x89
 	rcShuttingDown       byte = 0x8B
 	rcKeepAliveTimeout   byte = 0x8D
+	rcAdministrative     byte = 0x98 // Administrative action: the device was disabled
 	rcSessionTakenOver   byte = 0x8E
 	rcTopicNameInvalid   byte = 0x90
 	rcPacketIDNotFound   byte = 0x92
@@ -615,7 +616,7 @@ func (c *mqttConn) flush() {
 		c.mu.Lock()
 		p := c.pend
 		if p == nil || len(p.items) == 0 || c.stopped && c.reason != reasonDrain &&
-			c.reason != reasonExpired && c.reason != reasonReplaced && c.reason != reasonClientDisconnect {
+			c.reason != reasonExpired && c.reason != reasonReplaced && c.reason != reasonRevoked && c.reason != reasonClientDisconnect {
 			if p != nil {
 				p.reset()
 				s.mqtt.pool.Put(p)
@@ -696,8 +697,8 @@ func (c *mqttConn) append(entries [][]byte, wait bool) error {
 			c.mu.Lock()
 			reason := c.reason
 			c.mu.Unlock()
-			if reason == reasonDrain || reason == reasonReplaced {
-				// Drain and takeover wait for the flusher: give up
+			if reason == reasonDrain || reason == reasonReplaced || reason == reasonRevoked {
+				// Drain, takeover and revocation wait for the flusher: give up
 				// within one more try, unacknowledged.
 				_, err = s.log.AppendBatch(s.hard, entries)
 			}
@@ -892,6 +893,8 @@ func (c *mqttConn) finish(_ websocket.StatusCode, reason string) {
 		code = rcSessionTakenOver
 	case reasonExpired:
 		code = rcNotAuthorized
+	case reasonRevoked:
+		code = rcAdministrative
 	}
 	c.endLocked(reason, code)
 	for c.flushing {

@@ -112,6 +112,14 @@ type Options struct {
 
 	// Gatherer, when set, is served at /metrics.
 	Gatherer prometheus.Gatherer
+
+	// Revoked, when set, reports whether a device is disabled (the device
+	// registry's disabled): its handshake is refused, however valid its
+	// token (WebSocket: HTTP 403 with the code revoked; MQTT: CONNACK
+	// 0x05 not authorized in 3.1.1, 0x8A banned in 5). Server.CloseRevoked
+	// closes the open connections of the devices it reports. It is called
+	// once per handshake and must not block.
+	Revoked func(device string) bool
 }
 
 // MQTTOptions bound MQTT sessions (docs/mqtt.md). The device rules (auth,

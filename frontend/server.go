@@ -379,6 +379,11 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if s.opts.Revoked != nil && s.opts.Revoked(device) {
+		s.lg.Debug("handshake of a disabled device refused", "device", device, "remote", r.RemoteAddr)
+		s.refuse(w, http.StatusForbidden, protocol.CodeRevoked, "device "+device+" is disabled in the device registry")
+		return
+	}
 	if s.nconns.Add(1) > int64(s.opts.MaxConnections) {
 		s.nconns.Add(-1)
 		w.Header().Set("Retry-After", "5")

@@ -72,3 +72,33 @@ func (s *Server) takeOver(old session, device string) {
 	}
 	t.Stop()
 }
+
+// CloseRevoked closes the open connections of every device that
+// Options.Revoked reports, as a newer connection closes an older one: each
+// acknowledges what it had taken, then ends, a WebSocket with 1008 and the
+// reason revoked, an MQTT 5 session with DISCONNECT 0x98 (administrative
+// action), an MQTT 3.1.1 session by closing the connection. It returns how
+// many it closes, and does not wait for them. Call it when the registry
+// behind Options.Revoked changes.
+func (s *Server) CloseRevoked() int {
+	if s.opts.Revoked == nil {
+		return 0
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.draining {
+		return 0 // drain closes every connection
+	}
+	n := 0
+	for device, se := range s.devices {
+		if !s.opts.Revoked(device) {
+			continue
+		}
+		n++
+		s.lg.Info("device disabled in the registry: closing its connection", "device", device)
+		// Added under s.mu, as register does: drain waits for s.wg only
+		// after it has set draining under s.mu.
+		s.wg.Go(func() { se.finish(protocol.ClosePolicyViolation, reasonRevoked) })
+	}
+	return n
+}

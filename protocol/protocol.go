@@ -55,6 +55,11 @@ const (
 	// token is longer than the server's cap (8 KiB by default) and was not
 	// verified.
 	CodeTokenTooLarge = "token_too_large"
+	// CodeRevoked: in a refused handshake's body only (HTTP 403), the
+	// device is disabled in the server's device registry; its token,
+	// however valid, is not accepted. A connection open when the device is
+	// disabled is closed with ClosePolicyViolation and ReasonRevoked.
+	CodeRevoked = "revoked"
 )
 
 // ErrorCodes returns every error code of an error frame, in the order of
@@ -82,8 +87,9 @@ func EndsConnection(code string) bool {
 const (
 	// CloseGoingAway: the frontend is draining (the default at shutdown).
 	CloseGoingAway = 1001
-	// ClosePolicyViolation: ReasonUnauthorized (token expired) or
-	// ReasonReplaced (a newer connection of the device took over).
+	// ClosePolicyViolation: ReasonUnauthorized (token expired),
+	// ReasonReplaced (a newer connection of the device took over) or
+	// ReasonRevoked (the device was disabled in the registry).
 	ClosePolicyViolation = 1008
 	// CloseMessageTooBig: a frame over the frame limit.
 	CloseMessageTooBig = 1009
@@ -100,6 +106,7 @@ const (
 	ReasonShutdown     = "server shutting down" // with CloseGoingAway or CloseServiceRestart
 	ReasonUnauthorized = "unauthorized"         // with ClosePolicyViolation: get a fresh token
 	ReasonReplaced     = "replaced"             // with ClosePolicyViolation: this connection is stale
+	ReasonRevoked      = "revoked"              // with ClosePolicyViolation: the device is disabled; do not reconnect
 	ReasonInternal     = "internal error"       // with CloseInternalError
 	ReasonOverloaded   = "overloaded"           // with CloseTryAgainLater
 	ReasonRateLimited  = "rate_limited"         // with CloseTryAgainLater

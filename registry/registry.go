@@ -15,12 +15,20 @@
 //	    type: gps
 //	    labels:
 //	      driver: alice
+//	  - id: tracker-002
+//	    disabled: true
 //
 // CSV (.csv): a header row naming the columns; id is required, name, group,
-// site and type are optional, and every other column is a label:
+// site, type and disabled are optional, and every other column is a label:
 //
-//	id,name,group,site,type,driver
-//	tracker-001,Truck 1,fleet-north,depot-a,gps,alice
+//	id,name,group,site,type,disabled,driver
+//	tracker-001,Truck 1,fleet-north,depot-a,gps,,alice
+//	tracker-002,Truck 2,fleet-north,depot-a,gps,true,bob
+//
+// A disabled device is refused by the frontends that follow the registry,
+// and its open connections are closed, as soon as they take the file
+// (Changed). In CSV, disabled is true, false (or 1, 0, yes, no), or empty
+// for false.
 //
 // Label names follow Prometheus's rules ([a-zA-Z_][a-zA-Z0-9_]*, not starting
 // with "__") and must not be one of device, name, group, site or type.
@@ -55,6 +63,9 @@ type Device struct {
 	Site   string            `yaml:"site"`
 	Type   string            `yaml:"type"`
 	Labels map[string]string `yaml:"labels"`
+	// Disabled devices are refused at connect, and their open connections
+	// closed, by the frontends that follow the registry.
+	Disabled bool `yaml:"disabled"`
 }
 
 // AllLabels returns the device's labels with name, group, site and type
@@ -85,6 +96,7 @@ type Registry struct {
 	sum      [32]byte // of the content in use
 	seen     [32]byte // of a new content read once, applied when read again
 	bad      [32]byte // of the last content that did not parse, counted once
+	changed  atomic.Pointer[chan struct{}]
 
 	m struct {
 		devices prometheus.Gauge
@@ -107,6 +119,8 @@ func New(path string, reg prometheus.Registerer, lg *slog.Logger) (*Registry, er
 		Help: "Reloads of the device registry file, by result (ok, error)."}, []string{"result"})
 	empty := map[string]Device{}
 	r.devices.Store(&empty)
+	ch := make(chan struct{})
+	r.changed.Store(&ch)
 	if path != "" {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -137,6 +151,18 @@ func (r *Registry) Lookup(id string) (Device, bool) {
 	d, ok := (*r.devices.Load())[id]
 	return d, ok
 }
+
+// Disabled reports whether the device with the given id is listed and
+// disabled.
+func (r *Registry) Disabled(id string) bool {
+	d, ok := r.Lookup(id)
+	return ok && d.Disabled
+}
+
+// Changed returns a channel that is closed when the registry next takes a
+// new content of its file. Take it before reading the registry: a change
+// between the two then closes it too.
+func (r *Registry) Changed() <-chan struct{} { return *r.changed.Load() }
 
 // Len returns the number of devices.
 func (r *Registry) Len() int { return len(*r.devices.Load()) }
@@ -222,6 +248,8 @@ func (r *Registry) reload() {
 	}
 	r.sum = sha256.Sum256(b)
 	r.devices.Store(&devs)
+	next := make(chan struct{})
+	close(*r.changed.Swap(&next))
 	r.m.devices.Set(float64(len(devs)))
 	r.m.reloads.WithLabelValues("ok").Inc()
 	r.lg.Info("registry: reloaded", "path", r.path, "devices", len(devs))
@@ -291,7 +319,7 @@ func parseCSV(b []byte) ([]Device, error) {
 		return nil, fmt.Errorf("%w: no id column", ErrInvalid)
 	}
 	var out []Device
-	for _, row := range rows[1:] {
+	for n, row := range rows[1:] {
 		d := Device{Labels: map[string]string{}}
 		for name, i := range col {
 			v := strings.TrimSpace(row[i])
@@ -306,6 +334,10 @@ func parseCSV(b []byte) ([]Device, error) {
 				d.Site = v
 			case "type":
 				d.Type = v
+			case "disabled":
+				if d.Disabled, err = parseBool(v); err != nil {
+					return nil, fmt.Errorf("%w: row %d: disabled: %w", ErrInvalid, n+2, err)
+				}
 			default:
 				if v != "" {
 					d.Labels[name] = v
@@ -315,6 +347,17 @@ func parseCSV(b []byte) ([]Device, error) {
 		out = append(out, d)
 	}
 	return out, nil
+}
+
+// parseBool reads a CSV cell of a yes-or-no column; empty is no.
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(v) {
+	case "", "false", "0", "no":
+		return false, nil
+	case "true", "1", "yes":
+		return true, nil
+	}
+	return false, fmt.Errorf("%q is not true or false", v)
 }
 
 var labelName = regexp.MustCompile(`^[a-zA-Z_][a-zA-Z0-9_]*$`)

@@ -151,6 +151,7 @@ func counter(t *testing.T, reg *prometheus.Registry, result string) float64 {
 func FuzzParseYAML(f *testing.F) {
 	f.Add([]byte(sampleYAML))
 	f.Add([]byte("devices: []"))
+	f.Add([]byte("devices:\n  - id: a\n    disabled: true\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		devs, err := Parse(".yaml", b)
 		if err != nil {
@@ -170,6 +171,7 @@ func FuzzParseYAML(f *testing.F) {
 func FuzzParseCSV(f *testing.F) {
 	f.Add([]byte(sampleCSV))
 	f.Add([]byte("id\n"))
+	f.Add([]byte("id,disabled,x\na,true,1\nb,,2\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		devs, err := Parse(".csv", b)
 		if err != nil {
@@ -303,5 +305,81 @@ func TestReloadRefusesAnEmptyFile(t *testing.T) {
 				t.Fatalf("an empty file after an empty registry: %d devices, %v errors", r.Len(), counter(t, reg, "error"))
 			}
 		})
+	}
+}
+
+// A device is disabled in YAML with disabled: true, in CSV with a disabled
+// column; a value that is not a yes or a no refuses the file.
+func TestDisabled(t *testing.T) {
+	for _, c := range []struct {
+		ext, body string
+		want      map[string]bool
+		bad       bool
+	}{
+		{".yaml", "devices:\n  - id: a\n  - id: b\n    disabled: true\n  - id: c\n    disabled: false\n", map[string]bool{"a": false, "b": true, "c": false}, false},
+		{".csv", "id,disabled,driver\na,,x\nb,true,y\nc,no,z\nd,1,w\n", map[string]bool{"a": false, "b": true, "c": false, "d": true}, false},
+		{".csv", "id,disabled\na,maybe\n", nil, true},
+		{".yaml", "devices:\n  - id: a\n    disabled: maybe\n", nil, true},
+	} {
+		devs, err := Parse(c.ext, []byte(c.body))
+		if c.bad {
+			if err == nil || !errors.Is(err, ErrInvalid) {
+				t.Errorf("%s %q: err %v, want ErrInvalid", c.ext, c.body, err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s %q: %v", c.ext, c.body, err)
+		}
+		for id, want := range c.want {
+			if devs[id].Disabled != want {
+				t.Errorf("%s: device %s disabled %v, want %v", c.ext, id, devs[id].Disabled, want)
+			}
+			if _, isLabel := devs[id].Labels["disabled"]; isLabel {
+				t.Errorf("%s: device %s has disabled as a label", c.ext, id)
+			}
+		}
+	}
+}
+
+// Changed is closed when the registry takes a new content, and not before;
+// Disabled answers from the new content by then.
+func TestChanged(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "devices.yaml")
+	if err := os.WriteFile(path, []byte("devices:\n  - id: a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.interval = 5 * time.Millisecond
+	ch := r.Changed()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- r.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	if r.Disabled("a") || r.Disabled("unknown") {
+		t.Fatal("a device is disabled before any file says so")
+	}
+	// The same content again: no change.
+	if err := os.WriteFile(path, []byte("devices:\n  - id: a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte("devices:\n  - id: a\n    disabled: true\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Changed was not closed after the file changed")
+	}
+	if !r.Disabled("a") {
+		t.Fatal("Changed closed before the new content was in use")
+	}
+	select {
+	case <-r.Changed():
+		t.Fatal("the next Changed is closed already")
+	default:
 	}
 }

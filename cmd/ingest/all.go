@@ -30,6 +30,7 @@ type allConfig struct {
 	auth           authConfig
 	registry       registryConfig
 	tls            tlsConfig
+	selfMonitor    selfMonitorConfig
 	log            logConfig
 }
 
@@ -38,7 +39,7 @@ type allConfig struct {
 // kernel-chosen ones for the middletier's sockets.
 func newAllConfig() *allConfig {
 	c := &allConfig{dataDir: "data", storageTimeout: 5 * time.Second,
-		fe: newFrontendConfig(), mt: newMiddletierConfig(), st: newStorageConfig(), fd: newFeedConfig(), log: newLogConfig()}
+		fe: newFrontendConfig(), mt: newMiddletierConfig(), st: newStorageConfig(), fd: newFeedConfig(), selfMonitor: newSelfMonitorConfig(), log: newLogConfig()}
 	c.fe.listen, c.fe.mqttListen, c.fe.id, c.fe.drain = "127.0.0.1:8080", "127.0.0.1:1883", "fe-0", 2*time.Second
 	loop := "tcp://127.0.0.1:0"
 	c.mt.id, c.mt.ingest, c.mt.consumer, c.mt.stream, c.mt.feed, c.mt.httpListen = "mt-0", loop, loop, loop, loop, ""
@@ -57,8 +58,9 @@ func (c *allConfig) register(fs *flag.FlagSet) {
 	c.st.register(tier("storage"))
 	c.fd.register(tier("feed"))
 	c.auth.register(root, "devices (device id from ?device=) and dashboard readers")
-	c.registry.register(root, "whose labels go on every series of a device, and whose groups the feed filters by")
+	c.registry.register(root, "whose labels go on every series of a device, whose groups the feed filters by, and whose disabled devices the frontend refuses")
 	c.tls.register(root, "the device endpoint (--listen), MQTT (--mqtt.listen), the feed and status page (--feed.listen) and the query API (--storage.http.listen)")
+	c.selfMonitor.register(root)
 	c.log.register(root)
 	for name, usage := range map[string]string{
 		"wal.dir":             "WAL directory of the frontend (default <data.dir>/frontend/wal)",
@@ -139,6 +141,7 @@ func (c *allConfig) build(p *process, fs *flag.FlagSet) error {
 	}
 	c.st.direct = []storage.Endpoints{{Stream: mt.Stream, Consumer: mt.Consumer}}
 	c.st.settle = p.settleWAL("storage writer", mlog, c.storageTimeout)
+	c.st.selfMonitor = &c.selfMonitor
 	query, err := c.st.build(p, devices, flagValues(fs))
 	if err != nil {
 		return err
@@ -147,6 +150,7 @@ func (c *allConfig) build(p *process, fs *flag.FlagSet) error {
 		c.fe.walDir, c.fe.walShown = filepath.Join(c.dataDir, "frontend", "wal"), c.dataDir
 	}
 	c.fe.uplink.direct = []string{mt.Ingest}
+	c.fe.devices = devices
 	_, devAddr, err := c.fe.build(p, &c.auth)
 	if err != nil {
 		return err

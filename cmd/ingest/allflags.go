@@ -13,9 +13,11 @@ var allPrefixes = map[string]string{"frontend": "", "middletier": "middletier.",
 // allShared are flags several tiers have that ingest all registers once,
 // under their own name: one logger, the same keys for devices and
 // dashboard readers, one device registry for the store's labels and the
-// feed's groups, one TLS certificate for every listener.
+// feed's groups, one TLS certificate for every listener; and the storage
+// writer's --self-monitor.interval, which writes the metrics of the whole
+// process.
 var allShared = []string{
-	"log.level", "log.format", "insecure-no-auth", "registry.file",
+	"log.level", "log.format", "insecure-no-auth", "registry.file", "self-monitor.interval",
 	"auth.hs256-secret-file", "auth.rs256-public-keys", "auth.es256-public-keys",
 	"auth.issuer", "auth.audience", "auth.require-exp", "auth.leeway",
 	"tls.cert-file", "tls.key-file",

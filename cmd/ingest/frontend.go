@@ -11,6 +11,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/registry"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -34,6 +35,10 @@ type frontendConfig struct {
 	// walShown is the directory named when another process holds the WAL
 	// (ingest all: its --data.dir); empty: walDir.
 	walShown string
+
+	// devices is the device registry: its disabled devices are refused,
+	// and their connections closed when it changes. nil: none.
+	devices *registry.Registry
 }
 
 // uplinkConfig is the uplink's flags. ingest all sets direct instead of
@@ -115,6 +120,9 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 		return nil, nil, err
 	}
 	opts.InsecureNoAuth, opts.Gatherer = a.noAuth, p.reg
+	if c.devices != nil {
+		opts.Revoked = c.devices.Disabled
+	}
 	if a.noAuth && !c.f.given("listen") {
 		c.listen = "127.0.0.1:8080" // without auth, loopback only
 	}
@@ -140,6 +148,11 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 	}
 	p.onClose("frontend", srv.Close)
 	p.add(part{name: "frontend", stage: stageDevices, run: srv.Run})
+	if c.devices != nil {
+		p.add(part{name: "revocations", stage: stageSupport, run: func(ctx context.Context) error {
+			return closeRevoked(ctx, c.devices, srv)
+		}})
+	}
 	if err := c.buildUplink(p, log); err != nil {
 		return nil, nil, err
 	}
@@ -192,17 +205,39 @@ func runFrontend(ctx context.Context, args []string) error {
 		lc = newLogConfig()
 		f  = newFlags("frontend")
 	)
+	var rc registryConfig
 	c.register(f)
 	a.register(f, "devices (device id from ?device=)")
+	rc.register(f, "whose disabled devices are refused, and their connections closed")
 	tc.register(f, "--listen (WebSocket, MQTT over WebSocket, health and metrics) and --mqtt.listen (MQTT over TLS)")
 	lc.register(f)
 	return runTier(ctx, f, args, &lc, func(p *process) error {
 		if err := tc.build(p); err != nil {
 			return err
 		}
-		_, _, err := c.build(p, &a)
+		var err error
+		if rc.file != "" {
+			if c.devices, err = rc.build(p); err != nil {
+				return err
+			}
+		}
+		_, _, err = c.build(p, &a)
 		return err
 	})
+}
+
+// closeRevoked closes the connections of the devices the registry
+// disables, each time it takes a new content, until ctx ends.
+func closeRevoked(ctx context.Context, devices *registry.Registry, srv *frontend.Server) error {
+	for {
+		changed := devices.Changed()
+		srv.CloseRevoked()
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		}
+	}
 }
 
 // firstOf is the first of its arguments that is not empty.

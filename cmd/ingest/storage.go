@@ -33,6 +33,9 @@ type storageConfig struct {
 	dataShown string              // named when another process holds the directory; empty: dataDir
 	direct    []storage.Endpoints // ingest all: the middletier to follow, instead of the flags
 	settle    func(ended <-chan struct{})
+
+	// selfMonitor writes the process's metrics into the TSDB; nil: never.
+	selfMonitor *selfMonitorConfig
 }
 
 func newStorageConfig() storageConfig {
@@ -136,6 +139,11 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 	mux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
 	p.health(mux, http.StatusInternalServerError, healthy, ready)
 	p.serveHTTP("query api", ln, mux, queryDrain)
+	if c.selfMonitor != nil {
+		if err := c.selfMonitor.build(p, db, ln.Addr().String()); err != nil {
+			return "", err
+		}
+	}
 	p.built("storage listening", "http", ln.Addr().String(), "query_api", p.scheme("http")+"://"+ln.Addr().String()+"/api/v1/",
 		"middletiers", len(eps), "consumer", c.consumer, "data_dir", c.dataDir)
 	return ln.Addr().String(), nil
@@ -150,10 +158,13 @@ func runStorage(ctx context.Context, args []string) error {
 		c  = newStorageConfig()
 		rc registryConfig
 		tc tlsConfig
+		sm = newSelfMonitorConfig()
 		lc = newLogConfig()
 		f  = newFlags("storage")
 	)
 	c.register(f)
+	sm.register(f)
+	c.selfMonitor = &sm
 	rc.register(f, "whose labels go on every series of a device")
 	tc.register(f, "--http.listen (the query API, health and metrics)")
 	lc.register(f)
