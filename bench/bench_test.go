@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 var binPath string
@@ -25,6 +27,7 @@ func TestMain(m *testing.M) {
 		panic(string(out))
 	}
 	code := m.Run()
+	testkit.StopStores()
 	os.RemoveAll(dir)
 	if code == 0 {
 		if err := goleak.Find(); err != nil {
@@ -233,6 +236,31 @@ func TestSpawnAllMQTT(t *testing.T) {
 	}
 	if cp := r.Completeness; cp == nil || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != r.Acked {
 		t.Fatalf("completeness %+v, %d acknowledged", cp, r.Acked)
+	}
+}
+
+// TestCheckVictoriaMetrics: the completeness check reads any Prometheus
+// query API. The engine stores into a real VictoriaMetrics alone, by
+// remote-write, and -check proves there, through VictoriaMetrics's
+// /prometheus path, that every acknowledged message is stored exactly once.
+func TestCheckVictoriaMetrics(t *testing.T) {
+	vm := testkit.VictoriaMetrics(t)
+	c := config{SpawnAll: binPath, SpawnSinks: "remotewrite+" + vm.URL + "/api/v1/write#name=vm", Check: vm.URL + "/prometheus/",
+		Devices: 10, Rate: 50, Window: 4, Size: 150, Shape: "sensor", Sources: 1,
+		Duration: 3 * time.Second, Drain: 10 * time.Second, CheckWait: 2 * time.Minute, Quiet: true,
+		JSON: filepath.Join(t.TempDir(), "vm.json")}
+	r := runResult(t, c)
+	if r.Acked == 0 || r.Acked != r.Sent {
+		t.Fatalf("sent %d, acked %d", r.Sent, r.Acked)
+	}
+	if cp := r.Completeness; cp == nil || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != r.Acked {
+		t.Fatalf("completeness %+v, %d acknowledged", cp, r.Acked)
+	}
+	// The same check through the other forms of the API's URL.
+	for _, u := range []string{vm.URL, vm.URL + "/api/v1/query", vm.URL + "/prometheus/api/v1"} {
+		if got := queryBase(u); got != vm.URL && got != vm.URL+"/prometheus" {
+			t.Errorf("queryBase(%s) = %s", u, got)
+		}
 	}
 }
 

@@ -29,6 +29,7 @@ type completeness struct {
 // seq at two timestamps) is duplicated. It waits up to wait for the store to
 // catch up.
 func check(ctx context.Context, api string, devs []*device, since time.Time, wait time.Duration) (*completeness, error) {
+	api = queryBase(api)
 	deadline := time.Now().Add(wait)
 	for {
 		c, err := checkOnce(ctx, api, devs, since)
@@ -37,6 +38,17 @@ func check(ctx context.Context, api string, devs []*device, since time.Time, wai
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// queryBase is the base URL of a Prometheus query API given as -check:
+// any of http://host:9090, http://host:9090/, .../api/v1 and
+// .../api/v1/query name the same API, below any path prefix (VictoriaMetrics's
+// /prometheus, a vmselect's /select/0/prometheus).
+func queryBase(api string) string {
+	api = strings.TrimRight(api, "/")
+	api = strings.TrimSuffix(api, "/api/v1/query")
+	api = strings.TrimSuffix(api, "/api/v1")
+	return strings.TrimRight(api, "/")
 }
 
 func checkOnce(ctx context.Context, api string, devs []*device, since time.Time) (*completeness, error) {

@@ -40,6 +40,7 @@ type config struct {
 	Chaos      bool
 	ChaosEvery time.Duration
 	SpawnAll   string // path of the ingest binary to start the whole engine with
+	SpawnSinks string // the spawned engine's --sink specs (INGEST_SINK); empty: its default
 	Feed       string // live feed to follow for end-to-end latency
 	// FramePerWrite writes every frame with a write of its own, as the
 	// client package does; by default the frames an ack lets go share one.
@@ -79,9 +80,10 @@ func main() {
 	flag.StringVar(&c.JSON, "json", "", "write the results as JSON to this file")
 	flag.StringVar(&c.Plot, "plot", "", "write the latency distribution as SVG to this file")
 	flag.BoolVar(&c.Quiet, "quiet", false, "no progress line")
-	flag.StringVar(&c.Check, "check", "", "after the run, check every acknowledged message is in the store exactly once, through this Prometheus query API (http://host:9090)")
+	flag.StringVar(&c.Check, "check", "", "after the run, check every acknowledged message is in the store exactly once, through this Prometheus query API: the base URL /api/v1/query is below (the engine's or Prometheus's http://host:9090, VictoriaMetrics's http://host:8428 or http://host:8428/prometheus, a vmselect's http://vmselect:8481/select/0/prometheus); with -spawn-all, the spawned engine's unless given")
 	flag.DurationVar(&c.CheckWait, "check.wait", time.Minute, "how long the store may take to catch up before a missing message counts as lost")
 	flag.StringVar(&c.SpawnAll, "spawn-all", "", "start the whole engine (ingest all: frontend, middletier, storage, live feed) from this ingest binary; then measure device → live feed latency and check completeness in the store")
+	flag.StringVar(&c.SpawnSinks, "spawn-all.sink", "", "with -spawn-all: the engine's sinks (its --sink, several separated by spaces), e.g. remotewrite+http://127.0.0.1:8428/api/v1/write; check the store with -check")
 	flag.StringVar(&c.Feed, "feed", "", "live feed to follow (ws://host:8081/v1/feed, no auth) for device → dashboard latency")
 	flag.BoolVar(&c.Chaos, "chaos", false, "with -spawn: run the tiers as separate processes (2 middletiers, a storage writer, 2 frontends) and SIGKILL a random one every -chaos.every, starting it again; then check completeness")
 	flag.DurationVar(&c.ChaosEvery, "chaos.every", 5*time.Second, "mean time between kills")
@@ -125,12 +127,18 @@ func run(c config) error {
 		return runChaos(ctx, c, lg)
 	}
 	if c.SpawnAll != "" {
-		eng, err := spawnAll(ctx, c.SpawnAll)
+		eng, err := spawnAll(ctx, c.SpawnAll, c.SpawnSinks)
 		if err != nil {
 			return err
 		}
 		defer eng.stop()
-		c.URL, c.Insecure, c.Feed, c.Check, c.enginePID, c.engineMetrics = eng.url, true, eng.feed, eng.query, eng.pid, eng.metrics
+		c.URL, c.Insecure, c.Feed, c.enginePID, c.engineMetrics = eng.url, true, eng.feed, eng.pid, eng.metrics
+		if c.Check == "" {
+			if eng.query == "none" {
+				return fmt.Errorf("the engine has no embedded sink (-spawn-all.sink %q): give the store's query API with -check", c.SpawnSinks)
+			}
+			c.Check = eng.query
+		}
 		if c.mqtt() {
 			c.URL = eng.mqtt
 		}

@@ -112,8 +112,9 @@ func (e *engine) stop() {
 }
 
 // spawnAll starts the whole engine in one process (ingest all) on loopback
-// ports, without auth, on a temporary data directory.
-func spawnAll(ctx context.Context, bin string) (*engine, error) {
+// ports, without auth, on a temporary data directory, with sinks as its
+// --sink if not empty. Its query API is "none" without an embedded sink.
+func spawnAll(ctx context.Context, bin, sinks string) (*engine, error) {
 	dir, err := os.MkdirTemp("", "ingest-bench-all-")
 	if err != nil {
 		return nil, err
@@ -126,6 +127,9 @@ func spawnAll(ctx context.Context, bin string) (*engine, error) {
 	cmd := exec.Command(bin, "all", "--insecure-no-auth", "--data.dir", dir,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", p[0]), "--feed.listen", fmt.Sprintf("127.0.0.1:%d", p[1]),
 		"--storage.http.listen", fmt.Sprintf("127.0.0.1:%d", p[2]), "--mqtt.listen", "127.0.0.1:0")
+	if sinks != "" {
+		cmd.Env = append(os.Environ(), "INGEST_SINK="+sinks)
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -55,7 +56,12 @@ func (c *allConfig) register(fs *flag.FlagSet) {
 	root.duration(&c.storageTimeout, "drain.storage-timeout", "at shutdown, how long the storage writer may take to store what the middletier holds; what it has not stays in the middletier's WAL for the next start")
 	c.fe.register(tier("frontend"))
 	c.mt.register(tier("middletier"))
-	c.st.register(tier("storage"))
+	st := tier("storage")
+	st.except = maps.Clone(st.except)
+	st.except["sink"] = "registered under its own name below"
+	c.st.register(st)
+	root.value(&c.st.sinks, "sink", sinkUsage())
+	c.st.sinkName = "sink"
 	c.fd.register(tier("feed"))
 	c.auth.register(root, "devices (device id from ?device=) and dashboard readers")
 	c.registry.register(root, "whose labels go on every series of a device, whose groups the feed filters by, and whose disabled devices the frontend refuses")
@@ -66,7 +72,7 @@ func (c *allConfig) register(fs *flag.FlagSet) {
 		"wal.dir":             "WAL directory of the frontend (default <data.dir>/frontend/wal)",
 		"middletier.data.dir": "data directory of the middletier (default <data.dir>/middletier)",
 		"storage.data.dir":    "directory of the embedded TSDB (default <data.dir>/storage)",
-		"middletier.consumers": "comma-separated durable consumers beside the storage writer (--storage.consumer), " +
+		"middletier.consumers": "comma-separated durable consumers beside the storage writer's (--storage.consumer, one per --sink), " +
 			"which the middletier always keeps entries for",
 	} {
 		fs.Lookup(name).Usage = usage
@@ -129,8 +135,14 @@ func (c *allConfig) build(p *process, fs *flag.FlagSet) error {
 	if c.mt.dataDir == "" {
 		c.mt.dataDir, c.mt.dataShown = filepath.Join(c.dataDir, "middletier"), c.dataDir
 	}
-	if !slices.Contains(splitList(c.mt.consumers), c.st.consumer) {
-		c.mt.moreConsumers = []string{c.st.consumer}
+	consumers, err := c.st.sinkConsumers()
+	if err != nil {
+		return err
+	}
+	for _, cn := range consumers {
+		if !slices.Contains(splitList(c.mt.consumers), cn) {
+			c.mt.moreConsumers = append(c.mt.moreConsumers, cn)
+		}
 	}
 	mt, mlog, err := c.mt.build(p)
 	if err != nil {
@@ -161,9 +173,13 @@ func (c *allConfig) build(p *process, fs *flag.FlagSet) error {
 		return err
 	}
 	dev, ws, web := devAddr.String(), p.scheme("ws")+"://", p.scheme("http")+"://"
+	queryAPI := "none" // no embedded sink: the writer serves /metrics alone
+	if slices.ContainsFunc(c.st.sinks.values, func(v string) bool { return strings.Contains(" "+v, " embedded") }) {
+		queryAPI = web + query + "/api/v1/"
+	}
 	p.lg.Info("engine running (all tiers in one process)",
 		"devices", ws+dev+"/v1/ingest", "metrics", web+dev+"/metrics",
-		"live_feed", ws+feedAddr+"/v1/feed", "query_api", web+query+"/api/v1/",
+		"live_feed", ws+feedAddr+"/v1/feed", "query_api", queryAPI,
 		"status", web+feedAddr+"/status/",
 		"middletier_stream", mt.Stream, "middletier_feed", mt.Feed, "data", c.dataDir)
 	return nil

@@ -13,11 +13,12 @@ var allPrefixes = map[string]string{"frontend": "", "middletier": "middletier.",
 // allShared are flags several tiers have that ingest all registers once,
 // under their own name: one logger, the same keys for devices and
 // dashboard readers, one device registry for the store's labels and the
-// feed's groups, one TLS certificate for every listener; and the storage
+// feed's groups, one TLS certificate for every listener; the storage
 // writer's --self-monitor.interval, which writes the metrics of the whole
-// process.
+// process; and the storage writer's --sink, the one way to say where the
+// engine stores, under the same name in both.
 var allShared = []string{
-	"log.level", "log.format", "insecure-no-auth", "registry.file", "self-monitor.interval",
+	"log.level", "log.format", "insecure-no-auth", "registry.file", "self-monitor.interval", "sink",
 	"auth.hs256-secret-file", "auth.rs256-public-keys", "auth.es256-public-keys",
 	"auth.issuer", "auth.audience", "auth.require-exp", "auth.leeway",
 	"tls.cert-file", "tls.key-file",

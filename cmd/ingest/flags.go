@@ -69,6 +69,13 @@ func (f flags) duration(p *time.Duration, name, usage string) {
 	}
 }
 
+// value registers a flag of its own type; its default is what v holds now.
+func (f flags) value(v flag.Value, name, usage string) {
+	if !f.skip(name) {
+		f.fs.Var(v, f.name(name), usage)
+	}
+}
+
 // given reports whether the flag was set on the command line or through
 // its environment twin.
 func (f flags) given(name string) bool {

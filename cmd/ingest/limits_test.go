@@ -87,10 +87,10 @@ func TestAllLimits(t *testing.T) {
 	// temp, f03, f04, f05 are stored; f06 to f10 are dropped.
 	q := "http://" + queryAddr + "/api/v1/query?query=" + url.QueryEscape(`count({device="dev-1"})`)
 	deadline := time.Now().Add(30 * time.Second)
-	for scrape(t, addr, `ingest_storage_dropped_fields_total{reason="series_limit"}`) != 5 || queryValue(t, q) != "4" {
+	for scrape(t, addr, `ingest_storage_dropped_fields_total{reason="series_limit",sink="embedded"}`) != 5 || queryValue(t, q) != "4" {
 		if time.Now().After(deadline) {
 			t.Fatalf("series_limit drops %v, series %q, want 5 and 4; logs:\n%s",
-				scrape(t, addr, `ingest_storage_dropped_fields_total{reason="series_limit"}`), queryValue(t, q), p.logs.String())
+				scrape(t, addr, `ingest_storage_dropped_fields_total{reason="series_limit",sink="embedded"}`), queryValue(t, q), p.logs.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -7,8 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ingest-io/ingest/registry"
@@ -20,14 +22,16 @@ import (
 // (deploy/k8s's grace periods count on it).
 const queryDrain = 5 * time.Second
 
-// storageConfig is a storage writer: a durable consumer of middletiers'
-// streams writing into the embedded TSDB, and the Prometheus query API
-// over it.
+// storageConfig is a storage writer: durable consumers of middletiers'
+// streams, one per sink (the embedded TSDB, remote-write, InfluxDB line
+// protocol), and the Prometheus query API over the embedded TSDB.
 type storageConfig struct {
 	dataDir, streams, consumers, consumer string
 	retention, ooo, queryTimeout          time.Duration
 	maxString, maxBatch, maxSeries        int
 	httpListen                            string
+	sinks                                 sinkFlag
+	sinkName                              string // --sink's name: ingest all has it unprefixed
 	f                                     flags
 
 	dataShown string              // named when another process holds the directory; empty: dataDir
@@ -43,15 +47,17 @@ func newStorageConfig() storageConfig {
 	return storageConfig{streams: "tcp://127.0.0.1:5557", consumers: "tcp://127.0.0.1:5556", consumer: d.Consumer,
 		retention: td.Retention, ooo: td.OutOfOrderWindow, maxString: td.MaxStringBytes, maxBatch: d.MaxBatch,
 		maxSeries:    storage.DefaultLimitOptions().MaxSeriesPerDevice,
-		queryTimeout: ad.Timeout, httpListen: ":9090"}
+		queryTimeout: ad.Timeout, httpListen: ":9090", sinks: sinkFlag{values: []string{"embedded"}}}
 }
 
 func (c *storageConfig) register(f flags) {
 	c.f = f
-	f.str(&c.dataDir, "data.dir", "directory of the embedded TSDB (required)")
+	f.value(&c.sinks, "sink", sinkUsage())
+	c.sinkName = f.name("sink")
+	f.str(&c.dataDir, "data.dir", "directory of the embedded TSDB (required with the embedded sink)")
 	f.str(&c.streams, "middletiers.stream", "comma-separated stream (PUB) endpoints of the middletiers to follow")
 	f.str(&c.consumers, "middletiers.consumer", "comma-separated consumer (ROUTER) endpoints of the same middletiers, in the same order")
-	f.str(&c.consumer, "consumer", "consumer name the checkpoint is kept under at the middletiers (name it in their --consumers)")
+	f.str(&c.consumer, "consumer", "consumer name the checkpoint is kept under at the middletiers (name it in their --consumers); with several sinks, each keeps its own as <consumer>-<sink name>")
 	f.duration(&c.retention, "tsdb.retention", "how long samples are kept")
 	f.duration(&c.ooo, "tsdb.out-of-order-window", "how far behind the newest sample late samples are still accepted")
 	f.integer(&c.maxString, "tsdb.max-string-bytes", "longer string field values are dropped and counted")
@@ -78,75 +84,144 @@ func (c *storageConfig) endpoints() ([]storage.Endpoints, error) {
 	return eps, nil
 }
 
-// build opens the TSDB and builds the writer and the query API as parts
-// of p. devices labels the series; flags are what status/flags reports.
+// build builds a writer per sink (the embedded TSDB, an external store),
+// each with its own checkpoint, and the HTTP endpoints (the Prometheus
+// query API when the embedded TSDB is a sink) as parts of p. devices
+// labels the series; flags are what status/flags reports. queryAddr is the
+// address of the HTTP endpoints.
 func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[string]string) (queryAddr string, err error) {
-	if c.dataDir == "" {
-		return "", c.f.required("data.dir")
+	specs, err := parseSinks(c.sinks.values)
+	if err != nil {
+		return "", fmt.Errorf("--%s: %w", c.sinkName, err)
 	}
 	eps, err := c.endpoints()
 	if err != nil {
 		return "", err
 	}
-	db, err := embedded.Open(embedded.Options{Dir: c.dataDir, Retention: c.retention, OutOfOrderWindow: c.ooo, MaxStringBytes: c.maxString}, p.reg, p.lg)
-	if err != nil {
-		return "", inUse(firstOf(c.dataShown, c.dataDir), err)
-	}
-	lim, err := storage.NewLimiter(storage.LimitOptions{MaxSeriesPerDevice: c.maxSeries}, p.reg, p.lg)
-	if err != nil {
-		db.Close()
-		return "", err
-	}
-	sink := lim.Sink(db)
-	p.onClose("tsdb", sink.Close) // closes db, and unregisters the limiter's metrics
-	w, err := storage.New(storage.Options{Consumer: c.consumer, MaxBatch: c.maxBatch, Middletiers: eps,
-		Labels: func(id string) map[string]string {
-			if d, ok := devices.Lookup(id); ok {
-				return d.AllLabels()
+	var db *embedded.TSDB
+	var writers []*storage.Writer
+	var names []string
+	for i := range specs {
+		sp := &specs[i]
+		var sink storage.Sink
+		if sp.kind == "embedded" {
+			if c.dataDir == "" {
+				return "", c.f.required("data.dir")
 			}
-			return nil
-		}}, sink, p.reg, p.lg)
-	if err != nil {
-		return "", err
-	}
-	p.onClose("storage writer", w.Close)
-	p.add(part{name: "storage writer", stage: stageWriter, run: w.Run, settle: c.settle})
-
-	// A failed fsync of the TSDB's write logs stops its writes for good;
-	// only a restart recovers (the middletiers keep what was not
-	// committed), so the writer reports itself dead.
-	healthy := func() error {
-		if err := db.Failed(); err != nil {
-			return fmt.Errorf("tsdb failed: %w", err)
+			db, err = embedded.Open(embedded.Options{Dir: c.dataDir, Retention: c.retention, OutOfOrderWindow: c.ooo, MaxStringBytes: c.maxString}, p.reg, p.lg)
+			if err != nil {
+				return "", inUse(firstOf(c.dataShown, c.dataDir), err)
+			}
+			sink = db
+		} else if sink, err = sp.newExternalSink(p, c.maxString); err != nil {
+			return "", fmt.Errorf("--%s: %w", c.sinkName, err)
 		}
-		return nil
-	}
-	// Ready once every middletier has been caught up with: before, the
-	// store answers queries with a hole in recent data.
-	ready := func() error {
-		if p.stopping.Load() || !w.CaughtUp() || db.Failed() != nil {
-			return errors.New("not ready")
+		// The first writer's settle waits until the middletier has released
+		// everything, which is when every writer has stored it.
+		settle := c.settle
+		if len(writers) > 0 {
+			settle = nil
 		}
-		return nil
+		w, err := c.writer(p, sp, len(specs), sink, eps, devices, settle)
+		if err != nil {
+			return "", err
+		}
+		writers = append(writers, w)
+		names = append(names, sp.name+"="+sp.consumer(c.consumer, len(specs)))
 	}
+	healthy, ready := c.checks(p, db, writers)
 	ln, err := p.listenTLS(c.f.name("http.listen"), c.httpListen, "http/1.1")
 	if err != nil {
 		return "", err
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", embedded.NewAPI(db.DB(), embedded.APIOptions{Timeout: c.queryTimeout, Healthy: healthy, Ready: ready,
-		Retention: c.retention, Flags: flags}, p.reg, p.lg))
+	if db != nil {
+		mux.Handle("/", embedded.NewAPI(db.DB(), embedded.APIOptions{Timeout: c.queryTimeout, Healthy: healthy, Ready: ready,
+			Retention: c.retention, Flags: flags}, p.reg, p.lg))
+	}
 	mux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
 	p.health(mux, http.StatusInternalServerError, healthy, ready)
 	p.serveHTTP("query api", ln, mux, queryDrain)
-	if c.selfMonitor != nil {
+	if c.selfMonitor != nil && db != nil {
 		if err := c.selfMonitor.build(p, db, ln.Addr().String()); err != nil {
 			return "", err
 		}
 	}
-	p.built("storage listening", "http", ln.Addr().String(), "query_api", p.scheme("http")+"://"+ln.Addr().String()+"/api/v1/",
-		"middletiers", len(eps), "consumer", c.consumer, "data_dir", c.dataDir)
+	args := []any{"http", ln.Addr().String(), "middletiers", len(eps), "sinks", strings.Join(names, ",")}
+	if db != nil {
+		args = append(args, "query_api", p.scheme("http")+"://"+ln.Addr().String()+"/api/v1/", "data_dir", c.dataDir)
+	}
+	p.built("storage listening", args...)
 	return ln.Addr().String(), nil
+}
+
+// writer builds the writer of one sink as a part of p, its metrics
+// labelled with the sink's name, behind a Limiter of its own.
+func (c *storageConfig) writer(p *process, sp *sinkSpec, sinks int, sink storage.Sink, eps []storage.Endpoints,
+	devices *registry.Registry, settle func(<-chan struct{})) (*storage.Writer, error) {
+	reg := prometheus.WrapRegistererWith(prometheus.Labels{"sink": sp.name}, p.reg)
+	lim, err := storage.NewLimiter(storage.LimitOptions{MaxSeriesPerDevice: c.maxSeries}, reg, p.lg)
+	if err != nil {
+		sink.Close()
+		return nil, err
+	}
+	ls := lim.Sink(sink)
+	p.onClose("sink "+sp.name, ls.Close) // closes the sink, and unregisters the limiter's metrics
+	w, err := storage.New(storage.Options{Consumer: sp.consumer(c.consumer, sinks), MaxBatch: c.maxBatch, Middletiers: eps,
+		Labels: func(id string) map[string]string {
+			if d, ok := devices.Lookup(id); ok {
+				return d.AllLabels()
+			}
+			return nil
+		}}, ls, reg, p.lg.With("sink", sp.name))
+	if err != nil {
+		return nil, err
+	}
+	p.onClose("storage writer "+sp.name, w.Close)
+	p.add(part{name: "storage writer " + sp.name, stage: stageWriter, run: w.Run, settle: settle})
+	return w, nil
+}
+
+// checks are the health and readiness of the writers. A failed fsync of
+// the embedded TSDB's write logs stops its writes for good; only a restart
+// recovers (the middletiers keep what was not committed), so the process
+// reports itself dead. It is ready once every writer has caught up with
+// every middletier: before, the stores hold a hole in recent data.
+func (c *storageConfig) checks(p *process, db *embedded.TSDB, writers []*storage.Writer) (healthy, ready func() error) {
+	healthy = func() error {
+		if db != nil {
+			if err := db.Failed(); err != nil {
+				return fmt.Errorf("tsdb failed: %w", err)
+			}
+		}
+		return nil
+	}
+	ready = func() error {
+		if p.stopping.Load() || healthy() != nil {
+			return errors.New("not ready")
+		}
+		for _, w := range writers {
+			if !w.CaughtUp() {
+				return errors.New("not ready")
+			}
+		}
+		return nil
+	}
+	return healthy, ready
+}
+
+// sinkConsumers are the consumer names the writer's sinks keep their
+// checkpoints under, or an error if the sinks are not valid.
+func (c *storageConfig) sinkConsumers() ([]string, error) {
+	specs, err := parseSinks(c.sinks.values)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %w", c.sinkName, err)
+	}
+	var cs []string
+	for i := range specs {
+		cs = append(cs, specs[i].consumer(c.consumer, len(specs)))
+	}
+	return cs, nil
 }
 
 // runStorage runs a storage writer into the embedded TSDB and serves the

@@ -275,15 +275,17 @@ type influxError struct {
 	BeyondRetention bool
 }
 
-// parseInfluxError reads an InfluxDB 1.x error answer,
-// {"error":"partial write: points beyond retention policy dropped=3"}, or a
-// plain-text one (VictoriaMetrics). ok is false when body says nothing.
+// parseInfluxError reads an InfluxDB error answer, 1.x's
+// {"error":"partial write: points beyond retention policy dropped=3"}, 2.x's
+// {"code":"unprocessable entity","message":"failure writing points to
+// database: partial write: …"}, or a plain-text one (VictoriaMetrics). ok is false when body says nothing.
 func parseInfluxError(body []byte) (e influxError, ok bool) {
 	var j struct {
-		Error string `json:"error"`
+		Error   string `json:"error"`   // 1.x
+		Message string `json:"message"` // 2.x: {"code":"unprocessable entity","message":"…"}
 	}
-	if json.Unmarshal(body, &j) == nil && j.Error != "" {
-		e.Message = j.Error
+	if json.Unmarshal(body, &j) == nil && (j.Error != "" || j.Message != "") {
+		e.Message = firstNonEmpty(j.Error, j.Message)
 	} else {
 		e.Message = string(bytes.TrimSpace(body))
 	}
@@ -291,7 +293,9 @@ func parseInfluxError(body []byte) (e influxError, ok bool) {
 		return e, false
 	}
 	msg := []byte(e.Message)
-	if rest, found := bytes.CutPrefix(msg, []byte("partial write:")); found {
+	// 2.x puts "failure writing points to database: " in front.
+	if i := bytes.Index(msg, []byte("partial write:")); i >= 0 {
+		rest := msg[i+len("partial write:"):]
 		i := bytes.LastIndex(rest, []byte(" dropped="))
 		if i >= 0 {
 			if n, err := strconv.Atoi(string(rest[i+len(" dropped="):])); err == nil && n >= 0 {
@@ -409,4 +413,11 @@ func appendInfluxString(b []byte, s string) []byte {
 		b = append(b, c)
 	}
 	return append(b, '"')
+}
+
+func firstNonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
 }

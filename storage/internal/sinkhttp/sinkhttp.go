@@ -9,6 +9,8 @@ package sinkhttp
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -47,6 +49,9 @@ type Options struct {
 	// Headers are set on every request: Authorization, X-Scope-OrgID for
 	// Mimir tenants, and the like.
 	Headers map[string]string
+	// RootCAs are the certificate authorities an https server's certificate
+	// is checked against. Nil: the system's.
+	RootCAs *x509.CertPool
 }
 
 // DefaultOptions returns the defaults of the HTTP sinks.
@@ -220,6 +225,9 @@ func New(name string, opts Options, reg prometheus.Registerer, lg *slog.Logger) 
 		IdleConnTimeout:     90 * time.Second,
 		// The sinks compress their own bodies; an answer is small.
 		DisableCompression: true,
+	}
+	if opts.RootCAs != nil {
+		tr.TLSClientConfig = &tls.Config{RootCAs: opts.RootCAs, MinVersion: tls.VersionTLS12}
 	}
 	return &Client{
 		name:    name,
