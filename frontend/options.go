@@ -3,6 +3,7 @@ package frontend
 import (
 	"errors"
 	"fmt"
+	"github.com/ingest-io/ingest/downlink"
 	"net"
 	"time"
 
@@ -112,6 +113,15 @@ type Options struct {
 
 	// Gatherer, when set, is served at /metrics.
 	Gatherer prometheus.Gatherer
+	// Downlink, when set, carries commands to the devices connected here
+	// and their answers back, and the command API (docs/commands.md) is
+	// served on Listener, authenticated by application tokens of the same
+	// keys as devices' (with scope "commands"). The caller runs it. Nil:
+	// no commands; a command_result frame is then refused as data.
+	Downlink *downlink.Link
+	// CommandMaxTTL bounds a command's time to live at the API. Default 7
+	// days; keep it within the homes' own bound.
+	CommandMaxTTL time.Duration
 }
 
 // MQTTOptions bound MQTT sessions (docs/mqtt.md). The device rules (auth,
