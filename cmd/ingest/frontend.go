@@ -10,6 +10,8 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/frontend"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
@@ -29,11 +31,20 @@ type frontendConfig struct {
 	ping, pong, drain                 time.Duration
 	serviceRestart                    bool
 	uplink                            uplinkConfig
+	commands                          commandsConfig
 	f                                 flags
 
 	// walShown is the directory named when another process holds the WAL
 	// (ingest all: its --data.dir); empty: walDir.
 	walShown string
+}
+
+// commandsConfig is the flags of the frontend's side of device commands.
+// ingest all sets direct instead of the homes' endpoints.
+type commandsConfig struct {
+	homes  string
+	maxTTL time.Duration
+	direct []string
 }
 
 // uplinkConfig is the uplink's flags. ingest all sets direct instead of
@@ -53,7 +64,8 @@ func newFrontendConfig() frontendConfig {
 		maxConns: d.MaxConnections, maxFrame: d.MaxFrameBytes, maxMsg: d.MaxMessageBytes, batch: d.MaxBatchMessages,
 		maxFields: d.MaxFields, maxName: d.MaxFieldNameBytes, maxString: d.MaxStringBytes,
 		rate: d.Rate, burst: d.Burst, ping: d.PingInterval, pong: d.PongTimeout, drain: d.DrainWindow,
-		uplink: uplinkConfig{window: u.Window, ack: u.AckTimeout, failover: u.Failover, flushTO: 5 * time.Second},
+		uplink:   uplinkConfig{window: u.Window, ack: u.AckTimeout, failover: u.Failover, flushTO: 5 * time.Second},
+		commands: commandsConfig{maxTTL: command.DefaultOptions().MaxTTL},
 	}
 }
 
@@ -86,6 +98,8 @@ func (c *frontendConfig) register(f flags) {
 	f.duration(&u.ack, "uplink.ack-timeout", "send again from the oldest unacknowledged entry after this long without an ack")
 	f.duration(&u.failover, "uplink.failover", "move to the next middletier after it acknowledges nothing for this long")
 	f.duration(&u.flushTO, "uplink.flush-timeout", "at shutdown, how long to wait for the middletier to acknowledge what the WAL holds")
+	f.str(&c.commands.homes, "commands.homes", "comma-separated ZeroMQ endpoints of the middletiers' command homes (--command.addr), in the same order on every frontend; serves the command API on --listen (no commands if empty)")
+	f.duration(&c.commands.maxTTL, "commands.max-ttl", "longest time to live the command API accepts; keep it within the homes' --command.max-ttl")
 }
 
 // options are the server's options but for the listener and auth.
@@ -131,6 +145,10 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 		// tier's line is logged or not.
 		p.lg.Info("mqtt listening", "addr", opts.MQTTListener.Addr().String())
 	}
+	if opts.Downlink, err = c.buildDownlink(p); err != nil {
+		return nil, nil, err
+	}
+	opts.CommandMaxTTL = c.commands.maxTTL
 	if opts.Listener, err = listen(c.f.name("listen"), c.listen); err != nil {
 		return nil, nil, err
 	}
@@ -146,6 +164,24 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 	addr := opts.Listener.Addr()
 	p.built("frontend listening", "addr", addr.String(), "id", opts.ID, "wal", c.walDir, "last_index", log.LastIndex())
 	return log, addr, nil
+}
+
+// buildDownlink builds the link to the command homes, if any are given.
+func (c *frontendConfig) buildDownlink(p *process) (*downlink.Link, error) {
+	homes := c.commands.direct
+	if homes == nil {
+		homes = splitList(c.commands.homes)
+	}
+	if len(homes) == 0 {
+		return nil, nil
+	}
+	link, err := downlink.New(downlink.Options{Frontend: c.id, Homes: homes}, p.reg, p.lg)
+	if err != nil {
+		return nil, err
+	}
+	p.onClose("downlink", link.Close)
+	p.add(part{name: "downlink", stage: stageUplink, run: link.Run})
+	return link, nil
 }
 
 // buildUplink builds the forwarder to the middletiers, or warns that none
