@@ -12,7 +12,9 @@
 package client
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -83,11 +85,43 @@ type Options struct {
 	// OnResult, when set, is called once per message, in the order results
 	// arrive, from the client's goroutines. It must not block for long.
 	OnResult func(Result)
+	// OnCommand, when set, answers the commands the server sends
+	// (docs/commands.md), one at a time in the order they arrive, on a
+	// goroutine of the client's. Its answer is sent to the server as a
+	// command_result frame. A command may arrive more than once (delivery
+	// is at least once): a repeat of one of the last 1,024 answered is
+	// answered again with the same Answer without calling OnCommand. The
+	// context ends when the client is closed. Without it, commands are
+	// ignored, and the server sends them again until they expire.
+	OnCommand func(ctx context.Context, cmd Command) Answer
 	// HTTPClient is used for handshakes. Default http.DefaultClient.
 	HTTPClient *http.Client
 	// Logger receives connection events. Default: none.
 	Logger *slog.Logger
 }
+
+// Command is a command from the server.
+type Command struct {
+	// ID names the command; a repeat has the same ID.
+	ID string
+	// Name and Payload are what the application submitted; Payload is one
+	// JSON value ("null" when it gave none).
+	Name    string
+	Payload []byte
+}
+
+// Answer is a device's answer to a command.
+type Answer struct {
+	// Status is protocol.StatusOK when the command was carried out, else
+	// protocol.StatusError, protocol.StatusRejected or a status of the
+	// device's own (printable ASCII, at most 64 bytes).
+	Status string
+	// Payload, if not empty, is one JSON value sent with the answer.
+	Payload []byte
+}
+
+// answersKept is how many answers a client remembers to answer repeats.
+const answersKept = 1024
 
 type msg struct {
 	n     uint64
@@ -114,6 +148,8 @@ type Client struct {
 	closed     bool
 	fatal      error
 	ws         *websocket.Conn
+
+	cmds chan Command // to the command goroutine; nil without OnCommand
 
 	done chan struct{}
 }
@@ -148,6 +184,9 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		c.lg = slog.New(slog.DiscardHandler)
 	}
 	c.cond = sync.NewCond(&c.mu)
+	if opts.OnCommand != nil {
+		c.cmds = make(chan Command, 256)
+	}
 	ws, err := c.dial(ctx)
 	if err != nil {
 		return nil, err
@@ -291,6 +330,13 @@ func (c *Client) Close() error {
 // acks, and reconnects when the connection ends.
 func (c *Client) run(ws *websocket.Conn) {
 	defer close(c.done)
+	if c.cmds != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		wg.Go(func() { c.commands(ctx) })
+		defer wg.Wait()
+		defer cancel()
+	}
 	attempt := 0
 	for {
 		acked, retry, fatal := c.session(ws)
@@ -452,6 +498,19 @@ func (c *Client) read(ws *websocket.Conn) (acked bool, retry time.Duration, err 
 		case protocol.TypeAck:
 			acked = true
 			c.settle(f.Seq)
+		case protocol.TypeCommand:
+			if c.cmds == nil {
+				continue
+			}
+			var id string
+			if err := json.Unmarshal(f.ID, &id); err != nil {
+				continue
+			}
+			select {
+			case c.cmds <- Command{ID: id, Name: f.Name, Payload: bytes.Clone(f.Payload)}:
+			default:
+				// The handler is behind: the server sends it again.
+			}
 		case protocol.TypeError:
 			se := &ServerError{Code: f.Code, Message: f.Message, Index: f.Index, RetryAfter: f.RetryAfter}
 			if protocol.EndsConnection(f.Code) {
@@ -460,6 +519,45 @@ func (c *Client) read(ws *websocket.Conn) (acked bool, retry time.Duration, err 
 			} else {
 				c.reject(f.Seq, se)
 			}
+		}
+	}
+}
+
+// commands answers commands, one at a time, until ctx ends.
+func (c *Client) commands(ctx context.Context) {
+	answers := map[string]Answer{}
+	var order []string
+	for {
+		var cmd Command
+		select {
+		case <-ctx.Done():
+			return
+		case cmd = <-c.cmds:
+		}
+		a, ok := answers[cmd.ID]
+		if !ok {
+			a = c.opts.OnCommand(ctx, cmd)
+			if a.Status == "" {
+				a.Status = protocol.StatusOK
+			}
+			answers[cmd.ID] = a
+			order = append(order, cmd.ID)
+			if len(order) > answersKept {
+				delete(answers, order[0])
+				order = order[1:]
+			}
+		}
+		c.mu.Lock()
+		ws := c.ws
+		c.mu.Unlock()
+		if ws == nil {
+			continue // the server sends the command again on the next connection
+		}
+		wctx, cancel := context.WithTimeout(ctx, c.opts.WriteTimeout)
+		err := ws.Write(wctx, websocket.MessageText, protocol.AppendCommandResult(nil, cmd.ID, a.Status, a.Payload))
+		cancel()
+		if err != nil {
+			c.lg.Debug("command answer not written", "id", cmd.ID, "err", err)
 		}
 	}
 }

@@ -1,6 +1,7 @@
 package frontend
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
@@ -37,6 +39,7 @@ type conn struct {
 	device string
 	exp    time.Time // token expiry; zero: none
 	done   chan struct{}
+	att    *downlink.Attachment // with Options.Downlink: where commands for the device are written
 
 	lastRead atomic.Int64 // unix nanos of the last frame or pong
 
@@ -195,7 +198,11 @@ func (c *conn) readLoop() error {
 		bp := s.readPool.Get().(*[]byte)
 		buf, err := readAll(r, (*bp)[:0])
 		*bp = buf
-		if err == nil {
+		if err == nil && s.opts.Downlink != nil && typ == websocket.MessageText && protocol.IsCommandResult(buf) {
+			// An answer to a command: not a data frame, so not numbered.
+			c.lastRead.Store(time.Now().UnixNano())
+			c.commandResult(buf)
+		} else if err == nil {
 			now := time.Now()
 			c.lastRead.Store(now.UnixNano())
 			c.seq++
@@ -209,6 +216,20 @@ func (c *conn) readLoop() error {
 			return err
 		}
 	}
+}
+
+// commandResult carries a device's answer to a command to its home. A
+// frame that does not decode is answered with an invalid_message error
+// frame naming frame 0, which no data frame has.
+func (c *conn) commandResult(frame []byte) {
+	r, err := protocol.DecodeCommandResult(frame)
+	if err != nil {
+		c.s.m.rejected.WithLabelValues(protocol.CodeInvalidMessage).Inc()
+		c.writeError(protocol.CodeInvalidMessage, 0, -1, nil, 0, err.Error())
+		return
+	}
+	r.Payload = bytes.Clone(r.Payload) // the frame buffer is reused
+	c.s.opts.Downlink.Result(c.device, r)
 }
 
 func readAll(r io.Reader, b []byte) ([]byte, error) {

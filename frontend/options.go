@@ -3,6 +3,7 @@ package frontend
 import (
 	"errors"
 	"fmt"
+	"github.com/ingest-io/ingest/downlink"
 	"net"
 	"time"
 
@@ -120,6 +121,15 @@ type Options struct {
 	// closes the open connections of the devices it reports. It is called
 	// once per handshake and must not block.
 	Revoked func(device string) bool
+	// Downlink, when set, carries commands to the devices connected here
+	// and their answers back, and the command API (docs/commands.md) is
+	// served on Listener, authenticated by application tokens of the same
+	// keys as devices' (with scope "commands"). The caller runs it. Nil:
+	// no commands; a command_result frame is then refused as data.
+	Downlink *downlink.Link
+	// CommandMaxTTL bounds a command's time to live at the API. Default 7
+	// days; keep it within the homes' own bound.
+	CommandMaxTTL time.Duration
 }
 
 // MQTTOptions bound MQTT sessions (docs/mqtt.md). The device rules (auth,

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
@@ -128,8 +129,9 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	return s, nil
 }
 
-// Handler returns the HTTP handler: /v1/ingest, /healthz, /readyz and, when
-// Options.Gatherer is set, /metrics.
+// Handler returns the HTTP handler: /v1/ingest, /healthz, /readyz, when
+// Options.Gatherer is set /metrics, and when Options.Downlink is set the
+// command API.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+protocol.Path, s.handleIngest)
@@ -150,6 +152,12 @@ func (s *Server) Handler() http.Handler {
 	})
 	if s.opts.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
+	}
+	if s.opts.Downlink != nil {
+		api := downlink.NewAPI(s.opts.Downlink, downlink.APIOptions{Verifier: s.auth, MaxTTL: s.opts.CommandMaxTTL}, s.lg)
+		for _, r := range downlink.Routes {
+			mux.Handle(r, api)
+		}
 	}
 	return mux
 }
@@ -434,7 +442,13 @@ func (s *Server) run(c *conn, old session) {
 	s.takeOver(old, c.device)
 	c.bucket = s.limits.take(c.device, time.Now().UnixNano())
 
+	if s.opts.Downlink != nil {
+		c.att = s.opts.Downlink.Attach(c.device, c.write)
+	}
 	c.serve()
+	if c.att != nil {
+		c.att.Detach()
+	}
 
 	s.unregister(c, c.device)
 }

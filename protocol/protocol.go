@@ -8,8 +8,37 @@ const Path = "/v1/ingest"
 
 // Frame types: the "type" member of every server → device frame.
 const (
-	TypeAck   = "ack"
-	TypeError = "error"
+	TypeAck     = "ack"
+	TypeError   = "error"
+	TypeCommand = "command" // a command for the device (docs/commands.md)
+)
+
+// TypeCommandResult is the "__type" of a device → server command_result
+// frame: the device's answer to a command. The member name begins with
+// "__", which no data message may use at its top level, so a command_result
+// frame can never be mistaken for telemetry.
+const TypeCommandResult = "command_result"
+
+// Bounds of a command and its answer.
+const (
+	// MaxCommandIDBytes bounds a command id.
+	MaxCommandIDBytes = 64
+	// MaxCommandNameBytes bounds a command's name.
+	MaxCommandNameBytes = 128
+	// MaxStatusBytes bounds a command_result's status.
+	MaxStatusBytes = 64
+	// MaxCommandPayloadBytes bounds a command's payload and the payload of
+	// its answer, as written.
+	MaxCommandPayloadBytes = 16 << 10
+)
+
+// Command result statuses a device answers with. StatusOK marks the command
+// acknowledged; any other status (StatusError, StatusRejected, or one of
+// the device's own) marks it failed.
+const (
+	StatusOK       = "ok"
+	StatusError    = "error"
+	StatusRejected = "rejected"
 )
 
 // Error codes, the "code" member of error frames and of a refused

@@ -23,6 +23,23 @@ func AppendAck(dst []byte, seq uint64, ids []byte) []byte {
 	return append(dst, '}')
 }
 
+// AppendCommand appends a command frame to dst:
+// {"type":"command","id":ID,"name":NAME,"payload":PAYLOAD}. payload must be
+// one JSON value; nil writes null.
+func AppendCommand(dst []byte, id, name string, payload []byte) []byte {
+	dst = append(dst, `{"type":"`+TypeCommand+`","id":`...)
+	dst = appendJSONString(dst, id)
+	dst = append(dst, `,"name":`...)
+	dst = appendJSONString(dst, name)
+	dst = append(dst, `,"payload":`...)
+	if len(payload) == 0 {
+		dst = append(dst, "null"...)
+	} else {
+		dst = append(dst, payload...)
+	}
+	return append(dst, '}')
+}
+
 // AppendError appends an error frame to dst. index < 0 omits the batch
 // index, a nil id (a raw JSON token) omits the id, retryMS <= 0 omits the
 // retry hint; message is the human-readable detail.
@@ -102,6 +119,11 @@ type ServerFrame struct {
 	RetryAfter time.Duration
 	// Message is an error's human-readable detail.
 	Message string
+	// Name is a command's name.
+	Name string
+	// Payload is a command's payload as written (one JSON value); nil when
+	// absent.
+	Payload []byte
 }
 
 // DecodeServerFrame decodes a server → device frame, validating it
@@ -122,7 +144,7 @@ func DecodeServerFrame(b []byte) (ServerFrame, error) {
 	}
 	d.i++
 	d.depth++
-	var seen uint8
+	var seen uint16
 	const (
 		hasType = 1 << iota
 		hasSeq
@@ -132,6 +154,8 @@ func DecodeServerFrame(b []byte) (ServerFrame, error) {
 		hasID
 		hasRetry
 		hasMessage
+		hasName
+		hasPayload
 	)
 	d.ws()
 	if d.i < len(d.b) && d.b[d.i] == '}' {
@@ -167,7 +191,7 @@ func DecodeServerFrame(b []byte) (ServerFrame, error) {
 				return f, d.serverError()
 			}
 			v := d.b[vs:d.i]
-			var bit uint8
+			var bit uint16
 			var err error
 			switch string(key) {
 			case "type":
@@ -205,6 +229,12 @@ func DecodeServerFrame(b []byte) (ServerFrame, error) {
 			case "message":
 				bit = hasMessage
 				f.Message, err = stringValue(v, "message")
+			case "name":
+				bit = hasName
+				f.Name, err = stringValue(v, "name")
+			case "payload":
+				bit = hasPayload
+				f.Payload = v
 			}
 			if err != nil {
 				return f, err
@@ -236,6 +266,14 @@ func DecodeServerFrame(b []byte) (ServerFrame, error) {
 	if f.Type == TypeAck && seen&hasSeq == 0 {
 		return f, fmt.Errorf("%w: an ack without \"seq\"", ErrInvalidServerFrame)
 	}
+	if f.Type == TypeCommand {
+		if seen&hasID == 0 || f.ID[0] != '"' || seen&hasName == 0 {
+			return f, fmt.Errorf("%w: a command without a string \"id\" and a \"name\"", ErrInvalidServerFrame)
+		}
+		if len(f.ID) > MaxCommandIDBytes+2 || len(f.Name) > MaxCommandNameBytes {
+			return f, fmt.Errorf("%w: a command's id or name is too long", ErrInvalidServerFrame)
+		}
+	}
 	return f, nil
 }
 
@@ -265,6 +303,8 @@ func stringValue(v []byte, name string) (string, error) {
 		return TypeAck, nil
 	case TypeError:
 		return TypeError, nil
+	case TypeCommand:
+		return TypeCommand, nil
 	case CodeInvalidJSON:
 		return CodeInvalidJSON, nil
 	case CodeInvalidMessage:

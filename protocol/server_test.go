@@ -60,7 +60,8 @@ func TestDecodeServerFrame(t *testing.T) {
 			ServerFrame{Type: TypeError, Code: CodeUnauthorized, Index: -1, Message: "missing bearer token"}},
 		{`{"type":"error","code":"some_new_code","seq":1,"id":-1.5e3,"later":{"x":[1]}}`, // unknown code and member
 			ServerFrame{Type: TypeError, Code: "some_new_code", Seq: 1, Index: -1, ID: []byte(`-1.5e3`)}},
-		{`{"type":"command","id":"c1","payload":{"on":true}}`, ServerFrame{Type: "command", Index: -1, ID: []byte(`"c1"`)}},
+		{`{"type":"notice","id":"c1","payload":{"on":true}}`, ServerFrame{Type: "notice", Index: -1, ID: []byte(`"c1"`), Payload: []byte(`{"on":true}`)}}, // a type this version does not know
+		{`{"type":"command","id":"c1","name":"relay","payload":{"on":true}}`, ServerFrame{Type: TypeCommand, Index: -1, ID: []byte(`"c1"`), Name: "relay", Payload: []byte(`{"on":true}`)}},
 		{`{"\u0074ype":"\u0061ck","seq":1}`, ServerFrame{Type: TypeAck, Seq: 1, Index: -1}},
 	} {
 		got, err := DecodeServerFrame([]byte(tc.in))
@@ -113,7 +114,8 @@ func FuzzDecodeServerFrame(f *testing.F) {
 		string(AppendError(nil, CodeBadTimestamp, 42, 1, []byte(`"a-19"`), 0, `"ts" is before 2000`)),
 		string(AppendError(nil, CodeOverloaded, 3, -1, nil, 1000, "full")),
 		string(AppendRefusal(nil, CodeUnauthorized, "token expired")),
-		`{"type":"command","id":"c1","payload":{"a":[1,{"b":null}]}}`, `{"\u0074ype":"ack","seq":1}`, `[]`, `{}`,
+		`{"type":"command","id":"c1","payload":{"a":[1,{"b":null}]}}`,
+		string(AppendCommand(nil, "c-1", "reboot", []byte(`{"delay":[1,2]}`))), `{"\u0074ype":"ack","seq":1}`, `[]`, `{}`,
 	} {
 		f.Add([]byte(s))
 	}
@@ -141,6 +143,25 @@ func FuzzDecodeServerFrame(f *testing.F) {
 			again = AppendAck(nil, fr.Seq, fr.IDs)
 		case TypeError:
 			again = AppendError(nil, fr.Code, fr.Seq, fr.Index, fr.ID, fr.RetryAfter.Milliseconds(), fr.Message)
+		case TypeCommand:
+			var id string
+			if err := json.Unmarshal(fr.ID, &id); err != nil {
+				t.Fatalf("%q: command id %q: %v", b, fr.ID, err)
+			}
+			again = AppendCommand(nil, id, fr.Name, fr.Payload)
+			fr2, err := DecodeServerFrame(again)
+			if err != nil {
+				t.Fatalf("%q encoded again as %q: %v", b, again, err)
+			}
+			var s1, s2 any
+			if fr.Payload != nil {
+				json.Unmarshal(fr.Payload, &s1)
+			}
+			json.Unmarshal(fr2.Payload, &s2)
+			if fr2.Name != fr.Name || !reflect.DeepEqual(s1, s2) {
+				t.Fatalf("%q decoded as %+v, encoded again as %q, decoded as %+v", b, fr, again, fr2)
+			}
+			return
 		default:
 			return
 		}

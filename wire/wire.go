@@ -1,7 +1,8 @@
 // Package wire is the binary format of every message between tiers: the
 // batches a frontend sends a middletier, the acknowledgements and busy
-// replies it gets back, the stream a middletier publishes, and the fetch and
-// commit requests of its consumers. docs/wire.md is its specification.
+// replies it gets back, the stream a middletier publishes, the fetch and
+// commit requests of its consumers, and the device commands between
+// frontends and the middletiers that are their devices' homes. docs/wire.md is its specification.
 //
 // Every message is one ZeroMQ frame:
 //
@@ -71,6 +72,18 @@ func (k Kind) String() string {
 		return "commit_ack"
 	case KindResend:
 		return "resend"
+	case KindSubmit:
+		return "submit"
+	case KindQuery:
+		return "query"
+	case KindReply:
+		return "reply"
+	case KindPresence:
+		return "presence"
+	case KindDeliver:
+		return "deliver"
+	case KindResult:
+		return "result"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -81,7 +94,8 @@ var ErrInvalid = errors.New("wire: invalid message")
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Message is one of *Batch, *Ack, *Busy, *Resend, *Stream, *Fetch,
-// *FetchReply, *Commit, *CommitAck.
+// *FetchReply, *Commit, *CommitAck, and the command messages *Submit,
+// *Query, *Reply, *Presence, *Deliver, *Result.
 type Message interface {
 	Kind() Kind
 	appendBody(dst []byte) []byte
@@ -213,6 +227,18 @@ func Decode(b []byte) (Message, error) {
 		m = new(Commit)
 	case KindCommitAck:
 		m = new(CommitAck)
+	case KindSubmit:
+		m = new(Submit)
+	case KindQuery:
+		m = new(Query)
+	case KindReply:
+		m = new(Reply)
+	case KindPresence:
+		m = new(Presence)
+	case KindDeliver:
+		m = new(Deliver)
+	case KindResult:
+		m = new(Result)
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", ErrInvalid, k)
 	}

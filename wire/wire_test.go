@@ -20,6 +20,43 @@ func samples() []Message {
 		&FetchReply{Middletier: "mt-0", Oldest: 1, Last: 0, First: 1, Records: [][]byte{}},
 		&Commit{Consumer: "storage", Seq: 42},
 		&CommitAck{Consumer: "storage", Seq: 42},
+		&Submit{Req: 7, Device: "dev-1", Name: "reboot", Payload: []byte(`{"delay":3}`), TTLMS: 60000, Key: "k1"},
+		&Query{Req: 8, Op: QueryList, Device: "dev-1", CID: "", State: StateQueued},
+		&Reply{Req: 8, Code: "", Commands: []Command{sampleCommand(), {ID: "c2", Device: "d", Name: "n", Payload: []byte{}, State: StateQueued, Result: []byte{}}}},
+		&Reply{Req: 9, Code: CodeNotFound, Commands: []Command{}},
+		&Presence{Frontend: "fe-1", Full: true, Devices: []Place{{Device: "a", Since: 1 << 62, Present: true}, {Device: "b", Since: 5}}},
+		&Deliver{Commands: []Command{sampleCommand()}},
+		&Result{Device: "dev-1", CID: "c1", Status: "ok", Payload: []byte(`{"x":1}`)},
+	}
+}
+
+func sampleCommand() Command {
+	return Command{ID: "c1", Device: "dev-1", Name: "set", Payload: []byte(`{"interval":5}`), Key: "k",
+		State: StateAcknowledged, Created: 1, Expires: 2, Sent: 3, Done: 4, Status: "ok", Result: []byte(`{}`)}
+}
+
+func TestCommand(t *testing.T) {
+	c := sampleCommand()
+	b := AppendCommand(nil, &c)
+	got, err := DecodeCommand(b)
+	if err != nil || !reflect.DeepEqual(got, c) {
+		t.Fatalf("decoded %+v, %v; want %+v", got, err, c)
+	}
+	for n := range len(b) {
+		if _, err := DecodeCommand(b[:n]); !errors.Is(err, ErrInvalid) {
+			t.Fatalf("truncated to %d accepted", n)
+		}
+	}
+	if _, err := DecodeCommand(append(b, 0)); !errors.Is(err, ErrInvalid) {
+		t.Fatal("trailing byte accepted")
+	}
+	for _, s := range []CommandState{StateQueued, StateSent, StateAcknowledged, StateFailed, StateExpired, StateCancelled} {
+		if p, ok := ParseCommandState(s.String()); !ok || p != s {
+			t.Fatalf("state %v does not parse back", s)
+		}
+	}
+	if _, ok := ParseCommandState("state(0)"); ok {
+		t.Fatal("unknown state parsed")
 	}
 }
 
@@ -149,4 +186,21 @@ func BenchmarkAppendBatch(b *testing.B) {
 	for b.Loop() {
 		buf = Append(buf[:0], m)
 	}
+}
+
+func FuzzDecodeCommand(f *testing.F) {
+	c := sampleCommand()
+	f.Add(AppendCommand(nil, &c))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := DecodeCommand(b)
+		if err != nil {
+			if !errors.Is(err, ErrInvalid) {
+				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			return
+		}
+		if re := AppendCommand(nil, &c); !bytes.Equal(re, b) {
+			t.Fatalf("command re-encodes differently")
+		}
+	})
 }

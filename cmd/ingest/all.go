@@ -44,6 +44,7 @@ func newAllConfig() *allConfig {
 	c.fe.listen, c.fe.mqttListen, c.fe.id, c.fe.drain = "127.0.0.1:8080", "127.0.0.1:1883", "fe-0", 2*time.Second
 	loop := "tcp://127.0.0.1:0"
 	c.mt.id, c.mt.ingest, c.mt.consumer, c.mt.stream, c.mt.feed, c.mt.httpListen = "mt-0", loop, loop, loop, loop, ""
+	c.mt.command.addr = loop
 	c.st.httpListen = "127.0.0.1:9090"
 	c.fd.listen, c.fd.id = "127.0.0.1:8081", "feed"
 	return c
@@ -163,6 +164,9 @@ func (c *allConfig) build(p *process, fs *flag.FlagSet) error {
 	}
 	c.fe.uplink.direct = []string{mt.Ingest}
 	c.fe.devices = devices
+	if c.mt.command.bound != "" {
+		c.fe.commands.direct = []string{c.mt.command.bound}
+	}
 	_, devAddr, err := c.fe.build(p, &c.auth)
 	if err != nil {
 		return err

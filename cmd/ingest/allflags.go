@@ -31,6 +31,7 @@ var allExceptions = map[string]map[string]string{
 	"frontend": {
 		"uplink.middletiers": "the uplink forwards to the middletier of the same process",
 		"uplink.dns":         "the uplink forwards to the middletier of the same process",
+		"commands.homes":     "the command home is the middletier's of the same process (--middletier.command.addr; empty: no commands)",
 	},
 	"storage": {
 		"middletiers.stream":   "the storage writer follows the middletier of the same process",

@@ -10,6 +10,8 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/frontend"
 	"github.com/ingest-io/ingest/registry"
 	"github.com/ingest-io/ingest/uplink"
@@ -30,6 +32,7 @@ type frontendConfig struct {
 	ping, pong, drain                 time.Duration
 	serviceRestart                    bool
 	uplink                            uplinkConfig
+	commands                          commandsConfig
 	f                                 flags
 
 	// walShown is the directory named when another process holds the WAL
@@ -39,6 +42,14 @@ type frontendConfig struct {
 	// devices is the device registry: its disabled devices are refused,
 	// and their connections closed when it changes. nil: none.
 	devices *registry.Registry
+}
+
+// commandsConfig is the flags of the frontend's side of device commands.
+// ingest all sets direct instead of the homes' endpoints.
+type commandsConfig struct {
+	homes  string
+	maxTTL time.Duration
+	direct []string
 }
 
 // uplinkConfig is the uplink's flags. ingest all sets direct instead of
@@ -58,7 +69,8 @@ func newFrontendConfig() frontendConfig {
 		maxConns: d.MaxConnections, maxFrame: d.MaxFrameBytes, maxMsg: d.MaxMessageBytes, batch: d.MaxBatchMessages,
 		maxFields: d.MaxFields, maxName: d.MaxFieldNameBytes, maxString: d.MaxStringBytes,
 		rate: d.Rate, burst: d.Burst, ping: d.PingInterval, pong: d.PongTimeout, drain: d.DrainWindow,
-		uplink: uplinkConfig{window: u.Window, ack: u.AckTimeout, failover: u.Failover, flushTO: 5 * time.Second},
+		uplink:   uplinkConfig{window: u.Window, ack: u.AckTimeout, failover: u.Failover, flushTO: 5 * time.Second},
+		commands: commandsConfig{maxTTL: command.DefaultOptions().MaxTTL},
 	}
 }
 
@@ -91,6 +103,8 @@ func (c *frontendConfig) register(f flags) {
 	f.duration(&u.ack, "uplink.ack-timeout", "send again from the oldest unacknowledged entry after this long without an ack")
 	f.duration(&u.failover, "uplink.failover", "move to the next middletier after it acknowledges nothing for this long")
 	f.duration(&u.flushTO, "uplink.flush-timeout", "at shutdown, how long to wait for the middletier to acknowledge what the WAL holds")
+	f.str(&c.commands.homes, "commands.homes", "comma-separated ZeroMQ endpoints of the middletiers' command homes (--command.addr), in the same order on every frontend; serves the command API on --listen (no commands if empty)")
+	f.duration(&c.commands.maxTTL, "commands.max-ttl", "longest time to live the command API accepts; keep it within the homes' --command.max-ttl")
 }
 
 // options are the server's options but for the listener and auth.
@@ -139,6 +153,10 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 		// tier's line is logged or not.
 		p.lg.Info("mqtt listening", "addr", opts.MQTTListener.Addr().String(), "tls", p.tls != nil)
 	}
+	if opts.Downlink, err = c.buildDownlink(p); err != nil {
+		return nil, nil, err
+	}
+	opts.CommandMaxTTL = c.commands.maxTTL
 	if opts.Listener, err = p.listenTLS(c.f.name("listen"), c.listen, "http/1.1"); err != nil {
 		return nil, nil, err
 	}
@@ -159,6 +177,24 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 	addr := opts.Listener.Addr()
 	p.built("frontend listening", "addr", addr.String(), "tls", p.tls != nil, "id", opts.ID, "wal", c.walDir, "last_index", log.LastIndex())
 	return log, addr, nil
+}
+
+// buildDownlink builds the link to the command homes, if any are given.
+func (c *frontendConfig) buildDownlink(p *process) (*downlink.Link, error) {
+	homes := c.commands.direct
+	if homes == nil {
+		homes = splitList(c.commands.homes)
+	}
+	if len(homes) == 0 {
+		return nil, nil
+	}
+	link, err := downlink.New(downlink.Options{Frontend: c.id, Homes: homes}, p.reg, p.lg)
+	if err != nil {
+		return nil, err
+	}
+	p.onClose("downlink", link.Close)
+	p.add(part{name: "downlink", stage: stageUplink, run: link.Run})
+	return link, nil
 }
 
 // buildUplink builds the forwarder to the middletiers, or warns that none

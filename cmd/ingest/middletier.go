@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/ingest-io/ingest/command"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -27,12 +28,24 @@ type middletierConfig struct {
 	f                              flags
 	dataShown                      string // named when another process holds the directory; empty: dataDir
 	moreConsumers                  []string
+	command                        commandHomeConfig
+}
+
+// commandHomeConfig is the flags of the middletier's command home.
+type commandHomeConfig struct {
+	addr              string
+	maxInFlight       int
+	redeliver, maxTTL time.Duration
+	presenceTimeout   time.Duration
+	bound             string // the endpoint the home listens on, port resolved; empty: none
 }
 
 func newMiddletierConfig() middletierConfig {
 	d := middletier.DefaultOptions()
+	cd := command.DefaultOptions()
 	return middletierConfig{ingest: d.IngestAddr, consumer: d.ConsumerAddr, stream: d.StreamAddr,
-		wal: newWALConfig(), sendStall: d.SendStall, httpListen: ":9091"}
+		wal: newWALConfig(), sendStall: d.SendStall, httpListen: ":9091",
+		command: commandHomeConfig{maxInFlight: cd.MaxInFlight, redeliver: cd.Redeliver, maxTTL: cd.MaxTTL, presenceTimeout: cd.PresenceTimeout}}
 }
 
 func (c *middletierConfig) register(f flags) {
@@ -47,6 +60,34 @@ func (c *middletierConfig) register(f flags) {
 	c.wal.register(f, "frontends are answered busy")
 	f.duration(&c.sendStall, "send-stall", "a send on a ROUTER socket taking longer closes and reopens the socket")
 	f.str(&c.httpListen, "http.listen", "address for /metrics, /healthz and /readyz (none if empty)")
+	f.str(&c.command.addr, "command.addr", "ZeroMQ endpoint of the ROUTER frontends reach this middletier's command home on (tcp://host:5558); its log is in <data.dir>/commands (no commands if empty)")
+	f.integer(&c.command.maxInFlight, "command.max-in-flight", "commands a device may have sent and unanswered at a time")
+	f.duration(&c.command.redeliver, "command.redeliver", "hand a sent command on again after this long without its answer")
+	f.duration(&c.command.maxTTL, "command.max-ttl", "longest time to live of a command")
+	f.duration(&c.command.presenceTimeout, "command.presence-timeout", "forget where a device is connected when no frontend has named it for this long")
+}
+
+// buildCommands opens the command home's log and binds its socket as a
+// part of p, if --command.addr is set. It returns the home's endpoint.
+func (c *middletierConfig) buildCommands(p *process) (string, error) {
+	if c.command.addr == "" {
+		return "", nil
+	}
+	dir := filepath.Join(c.dataDir, "commands")
+	log, err := wal.Open(dir, wal.Options{Hop: "command", SegmentBytes: 1 << 20}, p.reg, p.lg)
+	if err != nil {
+		return "", fmt.Errorf("open command wal: %w", inUse(firstOf(c.dataShown, c.dataDir), err))
+	}
+	p.onClose("command wal", log.Close)
+	h, err := command.New(command.Options{ID: c.id, Addr: c.command.addr, MaxInFlight: c.command.maxInFlight,
+		Redeliver: c.command.redeliver, MaxTTL: c.command.maxTTL, PresenceTimeout: c.command.presenceTimeout,
+		SendStall: c.sendStall}, log, p.reg, p.lg)
+	if err != nil {
+		return "", fmt.Errorf("listen %s (--%s): %w", c.command.addr, c.f.name("command.addr"), err)
+	}
+	p.onClose("command home", h.Close)
+	p.add(part{name: "command home", stage: stageRouter, run: h.Run})
+	return h.Addr(), nil
 }
 
 // build opens the WAL and binds the router's sockets as a part of p.
@@ -71,6 +112,9 @@ func (c *middletierConfig) build(p *process) (middletier.Addrs, *wal.Log, error)
 	p.onClose("middletier", r.Close)
 	p.add(part{name: "middletier", stage: stageRouter, run: r.Run})
 	a := r.Addrs()
+	if c.command.bound, err = c.buildCommands(p); err != nil {
+		return middletier.Addrs{}, nil, err
+	}
 	httpAddr := ""
 	if c.httpListen != "" {
 		ln, err := listen(c.f.name("http.listen"), c.httpListen)
@@ -84,7 +128,7 @@ func (c *middletierConfig) build(p *process) (middletier.Addrs, *wal.Log, error)
 		httpAddr = ln.Addr().String()
 	}
 	p.built("middletier listening", "id", c.id, "ingest", a.Ingest, "consumer", a.Consumer,
-		"stream", a.Stream, "feed", a.Feed, "http", httpAddr,
+		"stream", a.Stream, "feed", a.Feed, "command", c.command.bound, "http", httpAddr,
 		"first_index", log.FirstIndex(), "last_index", log.LastIndex())
 	return a, log, nil
 }

@@ -1,0 +1,620 @@
+package command
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/protocol"
+	"github.com/ingest-io/ingest/wal"
+	"github.com/ingest-io/ingest/wire"
+	"github.com/ingest-io/ingest/zsock"
+)
+
+// Options configure a Home. Zero fields mean their defaults.
+type Options struct {
+	// ID names the home in logs and metrics. Required.
+	ID string
+	// Addr is the ZeroMQ endpoint of the ROUTER frontends connect to.
+	// Default tcp://127.0.0.1:5558.
+	Addr string
+	// MaxInFlight is how many commands a device may have sent and
+	// unanswered at a time. Default 1: a device then sees its commands
+	// strictly in the order accepted, even when one is delivered again.
+	MaxInFlight int
+	// Redeliver is how long a sent command waits for its answer before it
+	// is handed on again. Default 2s.
+	Redeliver time.Duration
+	// PresenceTimeout is how long a device's place stands without a
+	// frontend naming it again. Default 5s.
+	PresenceTimeout time.Duration
+	// DefaultTTL is the time to live of a command submitted without one.
+	// Default 24h.
+	DefaultTTL time.Duration
+	// MaxTTL bounds a command's time to live. Default 7 days.
+	MaxTTL time.Duration
+	// SendStall bounds one send on the ROUTER. Default 2s.
+	SendStall time.Duration
+	// ListMax bounds the commands of one list answer, the latest kept.
+	// Default 1000.
+	ListMax int
+}
+
+// DefaultOptions returns the defaults that zero fields stand for.
+func DefaultOptions() Options {
+	return Options{
+		Addr:            "tcp://127.0.0.1:5558",
+		MaxInFlight:     1,
+		Redeliver:       2 * time.Second,
+		PresenceTimeout: 5 * time.Second,
+		DefaultTTL:      24 * time.Hour,
+		MaxTTL:          7 * 24 * time.Hour,
+		SendStall:       2 * time.Second,
+		ListMax:         1000,
+	}
+}
+
+func (o Options) withDefaults() (Options, error) {
+	d := DefaultOptions()
+	if o.ID == "" || len(o.ID) > wire.MaxNameLen {
+		return o, fmt.Errorf("command: id must be 1 to %d bytes", wire.MaxNameLen)
+	}
+	if o.Addr == "" {
+		o.Addr = d.Addr
+	}
+	if o.MaxInFlight <= 0 {
+		o.MaxInFlight = d.MaxInFlight
+	}
+	if o.ListMax <= 0 {
+		o.ListMax = d.ListMax
+	}
+	for _, f := range []struct{ v, d *time.Duration }{{&o.Redeliver, &d.Redeliver}, {&o.PresenceTimeout, &d.PresenceTimeout},
+		{&o.DefaultTTL, &d.DefaultTTL}, {&o.MaxTTL, &d.MaxTTL}, {&o.SendStall, &d.SendStall}} {
+		if *f.v <= 0 {
+			*f.v = *f.d
+		}
+	}
+	return o, nil
+}
+
+// Home keeps the commands of the devices that hash to it. See doc.go.
+type Home struct {
+	opts Options
+	log  *wal.Log
+	lg   *slog.Logger
+	m    *metrics
+	sock *zsock.Router
+	in   chan inbound
+	stop chan struct{} // closed when the loop has ended: nothing takes from in
+
+	// Owned by the loop.
+	cmds   map[string]*wire.Command
+	keys   map[string]string // device + "\x00" + key → command id
+	devs   map[string]*device
+	byPeer map[string]map[string]struct{} // peer identity → devices placed there
+	now    time.Time
+	dirty  map[*device]struct{}
+	logBuf [][]byte
+	outs   []outbound
+}
+
+type inbound struct {
+	peer []byte
+	m    wire.Message
+}
+
+type outbound struct {
+	peer []byte
+	m    wire.Message
+}
+
+// device is what a home knows of one device.
+type device struct {
+	id    string
+	open  []*wire.Command // not final, in the order accepted
+	all   []*wire.Command // every command kept, in the order accepted
+	peer  []byte          // where it is connected; nil: nowhere known
+	since int64
+	seen  time.Time
+	// handed is when each sent command was last handed on, not durable: a
+	// restarted home hands its sent commands on again at once.
+	handed map[string]time.Time
+}
+
+// New returns a Home over log, reading back every command it holds, and
+// binds its socket. It starts nothing. reg and lg may be nil.
+func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger) (*Home, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	h := &Home{
+		opts: opts, log: log, lg: lg,
+		in:     make(chan inbound, 4096),
+		stop:   make(chan struct{}),
+		cmds:   map[string]*wire.Command{},
+		keys:   map[string]string{},
+		devs:   map[string]*device{},
+		byPeer: map[string]map[string]struct{}{},
+		dirty:  map[*device]struct{}{},
+	}
+	if err := h.recover(); err != nil {
+		return nil, err
+	}
+	if h.m, err = newMetrics(reg, opts.ID); err != nil {
+		return nil, fmt.Errorf("command: register metrics: %w", err)
+	}
+	h.countStates()
+	h.sock = zsock.NewRouter(opts.Addr, zsock.RouterOptions{SendStall: opts.SendStall, SendQueue: 4096, OnStall: func() {
+		lg.Warn("command: send stalled; closing the socket and listening again", "after", opts.SendStall)
+	}}, lg)
+	if err := h.sock.Listen(); err != nil {
+		h.m.unregister()
+		return nil, fmt.Errorf("command: %w", err)
+	}
+	return h, nil
+}
+
+// Addr is the endpoint the home listens on, its port resolved.
+func (h *Home) Addr() string { return h.sock.Addr() }
+
+// recover reads every command state in the log; the last of each id wins.
+func (h *Home) recover() error {
+	first, last := h.log.FirstIndex(), h.log.LastIndex()
+	if first > last {
+		return nil
+	}
+	c, err := h.log.Cursor(first)
+	if err != nil {
+		return fmt.Errorf("command: recover: %w", err)
+	}
+	var es []wal.Entry
+	for next := first; next <= last; {
+		if es, err = c.NextBatch(context.Background(), es[:0], 4096); err != nil {
+			return fmt.Errorf("command: recover: %w", err)
+		}
+		for _, e := range es {
+			cmd, err := wire.DecodeCommand(bytes.Clone(e.Data))
+			if err != nil {
+				return fmt.Errorf("command: recover: entry %d: %w", e.Index, err)
+			}
+			h.apply(&cmd)
+			next = e.Index + 1
+		}
+	}
+	return nil
+}
+
+// apply makes c the state of its id, in memory only.
+func (h *Home) apply(c *wire.Command) {
+	d := h.device(c.Device)
+	if old, ok := h.cmds[c.ID]; ok {
+		*old = *c
+		if c.State.Final() {
+			d.remove(old)
+		}
+		return
+	}
+	cp := new(wire.Command)
+	*cp = *c
+	h.cmds[c.ID] = cp
+	if c.Key != "" {
+		h.keys[c.Device+"\x00"+c.Key] = c.ID
+	}
+	d.all = append(d.all, cp)
+	if !c.State.Final() {
+		d.open = append(d.open, cp)
+	}
+}
+
+func (d *device) remove(c *wire.Command) {
+	for i, o := range d.open {
+		if o == c {
+			d.open = append(d.open[:i], d.open[i+1:]...)
+			break
+		}
+	}
+	delete(d.handed, c.ID)
+}
+
+func (h *Home) device(id string) *device {
+	d := h.devs[id]
+	if d == nil {
+		d = &device{id: id, handed: map[string]time.Time{}}
+		h.devs[id] = d
+	}
+	return d
+}
+
+// Run serves frontends until ctx ends or the log fails, then closes the
+// socket. It returns the log's failure, if any.
+func (h *Home) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- h.sock.Run(ctx, h.receive) }()
+	err := h.loop(ctx)
+	close(h.stop)
+	cancel()
+	<-errc
+	return err
+}
+
+// Close releases a Home that never ran, and unregisters its metrics.
+func (h *Home) Close() error {
+	h.sock.Close()
+	h.m.unregister()
+	return nil
+}
+
+func (h *Home) receive(frames [][]byte) {
+	if len(frames) != 2 {
+		h.m.invalid.Inc()
+		return
+	}
+	m, err := wire.Decode(frames[1])
+	if err != nil {
+		h.m.invalid.Inc()
+		return
+	}
+	switch m.(type) {
+	case *wire.Submit, *wire.Query, *wire.Presence, *wire.Result:
+	default:
+		h.m.invalid.Inc()
+		return
+	}
+	// Decoded slices alias the frame, which is the home's from here on.
+	select {
+	case h.in <- inbound{peer: bytes.Clone(frames[0]), m: m}:
+	case <-h.stop:
+	}
+}
+
+func (h *Home) loop(ctx context.Context) error {
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	batch := make([]inbound, 0, 256)
+	for {
+		batch = batch[:0]
+		swept := false
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-h.log.Failed():
+			return fmt.Errorf("command: %w", h.log.Err())
+		case in := <-h.in:
+			batch = append(batch, in)
+		drain:
+			for len(batch) < cap(batch) {
+				select {
+				case in := <-h.in:
+					batch = append(batch, in)
+				default:
+					break drain
+				}
+			}
+		case <-tick.C:
+			swept = true
+		}
+		h.now = time.Now()
+		for _, in := range batch {
+			h.handle(in)
+		}
+		if swept {
+			h.sweep()
+			h.countStates()
+		}
+		for d := range h.dirty {
+			h.dispatch(d)
+		}
+		clear(h.dirty)
+		if len(h.logBuf) > 0 {
+			if _, err := h.log.AppendBatch(ctx, h.logBuf); err != nil {
+				// Memory is ahead of the disk now: stop, and let the
+				// process start again from the log.
+				return fmt.Errorf("command: append: %w", err)
+			}
+			clear(h.logBuf)
+			h.logBuf = h.logBuf[:0]
+		}
+		for _, o := range h.outs {
+			h.sock.Send(o.peer, wire.Append(nil, o.m))
+		}
+		clear(h.outs)
+		h.outs = h.outs[:0]
+	}
+}
+
+// save queues c's state for the round's append.
+func (h *Home) save(c *wire.Command) {
+	h.logBuf = append(h.logBuf, wire.AppendCommand(nil, c))
+}
+
+func (h *Home) reply(peer []byte, req uint64, code string, cmds ...*wire.Command) {
+	r := &wire.Reply{Req: req, Code: code, Commands: make([]wire.Command, 0, len(cmds))}
+	for _, c := range cmds {
+		r.Commands = append(r.Commands, *c)
+	}
+	h.outs = append(h.outs, outbound{peer, r})
+}
+
+func (h *Home) handle(in inbound) {
+	switch m := in.m.(type) {
+	case *wire.Submit:
+		h.submit(in.peer, m)
+	case *wire.Query:
+		h.query(in.peer, m)
+	case *wire.Presence:
+		h.presence(in.peer, m)
+	case *wire.Result:
+		h.result(m)
+	}
+}
+
+// CheckSubmit validates a command as a home accepts it: a device id, a name
+// of 1 to protocol.MaxCommandNameBytes bytes, a payload that is one JSON
+// value of at most protocol.MaxCommandPayloadBytes, and a time to live
+// within maxTTL.
+func CheckSubmit(s *wire.Submit, maxTTL time.Duration) error {
+	switch {
+	case s.Device == "":
+		return errors.New("no device")
+	case s.Name == "" || len(s.Name) > protocol.MaxCommandNameBytes:
+		return fmt.Errorf("name must be 1 to %d bytes", protocol.MaxCommandNameBytes)
+	case len(s.Payload) > protocol.MaxCommandPayloadBytes:
+		return fmt.Errorf("payload over %d bytes", protocol.MaxCommandPayloadBytes)
+	case len(s.Payload) > 0 && !json.Valid(s.Payload):
+		return errors.New("payload is not JSON")
+	case s.TTLMS > uint64(maxTTL/time.Millisecond):
+		return fmt.Errorf("ttl over %s", maxTTL)
+	}
+	return nil
+}
+
+func (h *Home) submit(peer []byte, s *wire.Submit) {
+	if id, ok := h.keys[s.Device+"\x00"+s.Key]; ok && s.Key != "" {
+		c := h.cmds[id]
+		if c.Name != s.Name || !bytes.Equal(c.Payload, s.Payload) {
+			h.reply(peer, s.Req, CodeKeyReused, c)
+			return
+		}
+		h.reply(peer, s.Req, "", c)
+		return
+	}
+	if err := CheckSubmit(s, h.opts.MaxTTL); err != nil {
+		h.reply(peer, s.Req, wire.CodeInvalid)
+		return
+	}
+	ttl := time.Duration(s.TTLMS) * time.Millisecond
+	if ttl == 0 {
+		ttl = h.opts.DefaultTTL
+	}
+	c := &wire.Command{
+		ID: newID(), Device: s.Device, Name: s.Name, Payload: bytes.Clone(s.Payload), Key: s.Key,
+		State: wire.StateQueued, Created: h.now.UnixNano(), Expires: h.now.Add(ttl).UnixNano(),
+	}
+	h.apply(c)
+	c = h.cmds[c.ID]
+	h.save(c)
+	h.m.accepted.Inc()
+	h.reply(peer, s.Req, "", c)
+	h.dirty[h.devs[c.Device]] = struct{}{}
+}
+
+// CodeKeyReused answers a Submit whose idempotency key names an earlier
+// command with another name or payload.
+const CodeKeyReused = "key_reused"
+
+func newID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return "c" + hex.EncodeToString(b[:])
+}
+
+func (h *Home) query(peer []byte, q *wire.Query) {
+	switch q.Op {
+	case wire.QueryGet:
+		c := h.cmds[q.CID]
+		if c == nil {
+			h.reply(peer, q.Req, wire.CodeNotFound)
+			return
+		}
+		h.reply(peer, q.Req, "", c)
+	case wire.QueryList:
+		d := h.devs[q.Device]
+		var out []*wire.Command
+		if d != nil {
+			for i := len(d.all) - 1; i >= 0 && len(out) < h.opts.ListMax; i-- {
+				if c := d.all[i]; q.State == 0 || c.State == q.State {
+					out = append(out, c)
+				}
+			}
+		}
+		for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+			out[i], out[j] = out[j], out[i]
+		}
+		h.reply(peer, q.Req, "", out...)
+	case wire.QueryCancel:
+		c := h.cmds[q.CID]
+		switch {
+		case c == nil:
+			h.reply(peer, q.Req, wire.CodeNotFound)
+		case c.State == wire.StateQueued:
+			h.finish(c, wire.StateCancelled, "", nil)
+			h.m.cancelled.Inc()
+			h.reply(peer, q.Req, "", c)
+		case c.State == wire.StateCancelled:
+			h.reply(peer, q.Req, "", c)
+		default:
+			h.reply(peer, q.Req, wire.CodeNotCancellable, c)
+		}
+	}
+}
+
+// finish moves c to a final state and queues it for the log.
+func (h *Home) finish(c *wire.Command, s wire.CommandState, status string, result []byte) {
+	c.State, c.Done, c.Status, c.Result = s, h.now.UnixNano(), status, result
+	d := h.devs[c.Device]
+	d.remove(c)
+	h.save(c)
+	h.dirty[d] = struct{}{}
+}
+
+func (h *Home) presence(peer []byte, p *wire.Presence) {
+	key := string(peer)
+	listed := map[string]struct{}{}
+	for _, pl := range p.Devices {
+		d := h.devs[pl.Device]
+		if !pl.Present {
+			if d != nil && bytes.Equal(d.peer, peer) && pl.Since >= d.since {
+				h.unplace(d)
+			}
+			continue
+		}
+		listed[pl.Device] = struct{}{}
+		if d == nil {
+			d = h.device(pl.Device)
+		}
+		if d.peer != nil && pl.Since < d.since {
+			continue // an older connection, still listed by a frontend that has not seen it end
+		}
+		if !bytes.Equal(d.peer, peer) || d.since != pl.Since {
+			h.unplace(d)
+			d.peer, d.since = peer, pl.Since
+			set := h.byPeer[key]
+			if set == nil {
+				set = map[string]struct{}{}
+				h.byPeer[key] = set
+			}
+			set[d.id] = struct{}{}
+			clear(d.handed) // whatever was handed on went to another connection
+			h.dirty[d] = struct{}{}
+		}
+		d.seen = h.now
+	}
+	if p.Full {
+		for id := range h.byPeer[key] {
+			if _, ok := listed[id]; !ok {
+				h.unplace(h.devs[id])
+			}
+		}
+	}
+}
+
+func (h *Home) unplace(d *device) {
+	if d.peer == nil {
+		return
+	}
+	key := string(d.peer)
+	delete(h.byPeer[key], d.id)
+	if len(h.byPeer[key]) == 0 {
+		delete(h.byPeer, key)
+	}
+	d.peer, d.since = nil, 0
+	clear(d.handed)
+	if len(d.open) == 0 && len(d.all) == 0 {
+		delete(h.devs, d.id)
+	}
+}
+
+func (h *Home) result(r *wire.Result) {
+	c := h.cmds[r.CID]
+	if c == nil || c.Device != r.Device {
+		h.m.strayResults.Inc()
+		return
+	}
+	if c.State != wire.StateSent {
+		h.m.repeatResults.Inc()
+		return
+	}
+	state := wire.StateFailed
+	if r.Status == protocol.StatusOK {
+		state = wire.StateAcknowledged
+	}
+	h.finish(c, state, r.Status, bytes.Clone(r.Payload))
+	h.m.answered.WithLabelValues(state.String()).Inc()
+	h.m.latency.Observe(float64(c.Done-c.Created) / 1e9)
+}
+
+// sweep expires commands past their time to live, forgets places no
+// frontend has confirmed, and marks devices with commands to hand on again.
+func (h *Home) sweep() {
+	now := h.now.UnixNano()
+	for _, d := range h.devs {
+		for i := 0; i < len(d.open); {
+			c := d.open[i]
+			if c.Expires <= now {
+				h.finish(c, wire.StateExpired, "", nil)
+				h.m.expired.Inc()
+				continue // finish removed it
+			}
+			i++
+		}
+		if d.peer != nil && h.now.Sub(d.seen) > h.opts.PresenceTimeout {
+			h.unplace(d)
+		}
+		if d.peer != nil && len(d.open) > 0 {
+			h.dirty[d] = struct{}{}
+		}
+	}
+}
+
+// dispatch hands a placed device the commands it should have now: sent ones
+// due again, and queued ones while fewer than MaxInFlight are unanswered.
+func (h *Home) dispatch(d *device) {
+	if d.peer == nil || len(d.open) == 0 {
+		return
+	}
+	var out []wire.Command
+	inflight := 0
+	for _, c := range d.open {
+		if inflight >= h.opts.MaxInFlight {
+			break
+		}
+		switch c.State {
+		case wire.StateSent:
+			inflight++
+			if t, ok := d.handed[c.ID]; ok && h.now.Sub(t) < h.opts.Redeliver {
+				continue
+			}
+			h.m.redelivered.Inc()
+		case wire.StateQueued:
+			if c.Expires <= h.now.UnixNano() {
+				break // the sweep expires it; nothing after it goes first
+			}
+			inflight++
+			c.State, c.Sent = wire.StateSent, h.now.UnixNano()
+			h.save(c)
+			h.m.sendLatency.Observe(float64(c.Sent-c.Created) / 1e9)
+		default:
+			continue
+		}
+		d.handed[c.ID] = h.now
+		out = append(out, wire.Command{ID: c.ID, Device: c.Device, Name: c.Name, Payload: c.Payload, State: c.State, Created: c.Created, Expires: c.Expires, Sent: c.Sent})
+	}
+	if len(out) > 0 {
+		h.outs = append(h.outs, outbound{d.peer, &wire.Deliver{Commands: out}})
+	}
+}
+
+// countStates sets the gauge of commands by state.
+func (h *Home) countStates() {
+	var n [wire.StateCancelled + 1]int
+	for _, c := range h.cmds {
+		n[c.State]++
+	}
+	for s := wire.StateQueued; s <= wire.StateCancelled; s++ {
+		h.m.states.WithLabelValues(s.String()).Set(float64(n[s]))
+	}
+}

@@ -1,0 +1,114 @@
+package downlink_test
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/downlink"
+	"github.com/ingest-io/ingest/protocol"
+)
+
+// TestAPIBadInput: every bad request is answered with its status and
+// stable code, and none leaves a command behind.
+func TestAPIBadInput(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{})
+	fe := startFrontend(t, "fe-1", []string{h.addr}, true)
+	app := appToken(t, "commands")
+	deviceTok := func() string {
+		s, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{Subject: "dev-1"}).SignedString(testSecret)
+		return s
+	}()
+	wrongKey := func() string {
+		s, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "app", "scope": "commands"}).SignedString([]byte("another-secret-of-at-least-32-bytes!!"))
+		return s
+	}()
+	post := "POST"
+	dev := fe.base() + "/v1/devices/dev-1/commands"
+	bigPayload := `{"name":"n","payload":"` + strings.Repeat("x", protocol.MaxCommandPayloadBytes) + `"}`
+	for _, tc := range []struct {
+		name, method, url, token, body string
+		status                         int
+		code                           string
+	}{
+		{"no token", post, dev, "", `{"name":"n"}`, 401, downlink.CodeUnauthorized},
+		{"wrong token", post, dev, wrongKey, `{"name":"n"}`, 401, downlink.CodeUnauthorized},
+		{"garbage token", post, dev, "not.a.jwt", `{"name":"n"}`, 401, downlink.CodeUnauthorized},
+		{"device token as app token", post, dev, deviceTok, `{"name":"n"}`, 403, downlink.CodeForbidden},
+		{"token of another scope", post, dev, appToken(t, "feed"), `{"name":"n"}`, 403, downlink.CodeForbidden},
+		{"device token on get", "GET", fe.base() + "/v1/commands/cabc", deviceTok, "", 403, downlink.CodeForbidden},
+		{"device id too long", post, fe.base() + "/v1/devices/" + strings.Repeat("d", 300) + "/commands", app, `{"name":"n"}`, 400, downlink.CodeInvalidDevice},
+		{"bad JSON", post, dev, app, `{"name":`, 400, downlink.CodeInvalidJSON},
+		{"not an object", post, dev, app, `["n"]`, 400, downlink.CodeInvalidJSON},
+		{"unknown member", post, dev, app, `{"name":"n","colour":1}`, 400, downlink.CodeInvalidJSON},
+		{"member of another case", post, dev, app, `{"NAME":"n"}`, 400, downlink.CodeInvalidJSON},
+		{"two objects", post, dev, app, `{"name":"n"}{"name":"m"}`, 400, downlink.CodeInvalidJSON},
+		{"name of the wrong type", post, dev, app, `{"name":5}`, 400, downlink.CodeInvalidJSON},
+		{"no name", post, dev, app, `{"payload":{}}`, 400, downlink.CodeInvalidCommand},
+		{"name too long", post, dev, app, `{"name":"` + strings.Repeat("n", 129) + `"}`, 400, downlink.CodeInvalidCommand},
+		{"oversize payload", post, dev, app, bigPayload, 413, downlink.CodeTooLarge},
+		{"negative ttl", post, dev, app, `{"name":"n","ttl_ms":-5}`, 400, downlink.CodeInvalidTTL},
+		{"zero ttl", post, dev, app, `{"name":"n","ttl_ms":0}`, 400, downlink.CodeInvalidTTL},
+		{"ttl past the bound", post, dev, app, `{"name":"n","ttl_ms":999999999999}`, 400, downlink.CodeInvalidTTL},
+		{"fractional ttl", post, dev, app, `{"name":"n","ttl_ms":1.5}`, 400, downlink.CodeInvalidJSON},
+		{"ttl as a string", post, dev, app, `{"name":"n","ttl_ms":"30s"}`, 400, downlink.CodeInvalidJSON},
+		{"unknown state filter", "GET", dev + "?state=lost", app, "", 400, downlink.CodeInvalidState},
+		{"unknown command", "GET", fe.base() + "/v1/commands/cnothere", app, "", 404, downlink.CodeNotFound},
+		{"cancel unknown command", "DELETE", fe.base() + "/v1/commands/cnothere", app, "", 404, downlink.CodeNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var e downlink.ErrorBody
+			var body any
+			if tc.body != "" {
+				body = tc.body
+			}
+			if st := call(t, tc.method, tc.url, tc.token, body, &e); st != tc.status || e.Code != tc.code || e.Message == "" {
+				t.Fatalf("HTTP %d %+v, want %d %s", st, e, tc.status, tc.code)
+			}
+		})
+	}
+	// Nothing was created for the device.
+	var list struct{ Commands []downlink.CommandJSON }
+	if st := call(t, "GET", dev, app, nil, &list); st != http.StatusOK || len(list.Commands) != 0 {
+		t.Fatalf("after bad input: HTTP %d %+v", st, list)
+	}
+	// And a good request with the same token goes through; a scope given
+	// as an array works too.
+	var c downlink.CommandJSON
+	if st := call(t, post, dev, appToken(t, []string{"feed", "commands"}), `{"name":"n","payload":{"x":1},"ttl_ms":60000}`, &c); st != http.StatusAccepted || c.State != "queued" || string(c.Payload) != `{"x":1}` {
+		t.Fatalf("good request: HTTP %d %+v", st, c)
+	}
+}
+
+func FuzzDecodeSubmit(f *testing.F) {
+	for _, s := range []string{`{"name":"n","payload":{"a":[1]},"ttl_ms":5,"idempotency_key":"k"}`, `{"name":"n","payload":null}`, `{}`, `[]`, `{"Name":"x"}`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var req downlink.SubmitRequest
+		if err := downlink.DecodeSubmit(b, &req); err != nil {
+			return
+		}
+		if !json.Valid(b) {
+			t.Fatalf("accepted invalid JSON %q", b)
+		}
+		var std map[string]any
+		if err := json.Unmarshal(b, &std); err != nil {
+			t.Fatalf("accepted %q: %v", b, err)
+		}
+		for k := range std {
+			switch k {
+			case "name", "payload", "ttl_ms", "idempotency_key":
+			default:
+				t.Fatalf("accepted member %q", k)
+			}
+		}
+		if req.Payload != nil && !json.Valid(req.Payload) {
+			t.Fatalf("payload %q is not JSON", req.Payload)
+		}
+	})
+}

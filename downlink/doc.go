@@ -1,0 +1,33 @@
+// Package downlink is the frontend's side of device commands: a Link holds
+// a connection to every home (command.Home, in the middletiers), tells each
+// home which of its devices are connected here, writes the commands homes
+// deliver to those devices, and carries the devices' answers back. It also
+// serves the HTTP API through which applications submit, read, list and
+// cancel commands (API), forwarding each request to the device's home.
+// docs/commands.md describes the whole path.
+//
+// # Homes
+//
+// A device's home is Options.Homes[HomeIndex(device, len(Homes))]: every
+// frontend must list the same homes in the same order. The Link keeps one
+// DEALER per home and dials it again whenever it ends; requests that get no
+// reply within Options.RequestTimeout are sent again, on a new connection
+// after two timeouts in a row. Submits carry an idempotency key, so a
+// request sent again never creates a second command.
+//
+// # Presence
+//
+// Attach reports a device's connection to its home at once and Detach its
+// end; every Options.PresenceInterval the Link sends each home the full
+// list of its devices connected here, which corrects anything a lost
+// message left wrong. A command delivered for a device no longer here is
+// answered with the device's absence, so its home waits for it to appear
+// elsewhere.
+//
+// # Goroutines
+//
+// Run owns one goroutine per home (its dealer's and its reader's). The
+// frames for one device are written in order by at most one goroutine at a
+// time, which exists only while frames wait. Lock order: Link.mu before
+// attachment.mu; home.mu is a leaf.
+package downlink

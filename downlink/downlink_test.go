@@ -1,0 +1,144 @@
+package downlink_test
+
+import (
+	"fmt"
+	"net/http"
+	"slices"
+	"testing"
+
+	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/downlink"
+)
+
+// TestAcrossFrontends: commands submitted at either frontend reach devices
+// connected to either, in order per device, and each ends acknowledged
+// with the device's answer, as both frontends report.
+func TestAcrossFrontends(t *testing.T) {
+	h1 := startHome(t, "home-1", command.Options{})
+	h2 := startHome(t, "home-2", command.Options{})
+	homes := []string{h1.addr, h2.addr}
+	fe := []*testFrontend{startFrontend(t, "fe-1", homes, false), startFrontend(t, "fe-2", homes, false)}
+	var devs []*device
+	for i := range 8 {
+		d := &device{id: fmt.Sprintf("dev-%d", i)}
+		connect(t, fe[i%2], d)
+		devs = append(devs, d)
+	}
+	want := map[string][]string{}
+	for round := range 3 {
+		for i, d := range devs {
+			c := submit(t, fe[(i+round)%2], d.id, fmt.Sprintf("cmd-%d", round), nil)
+			want[d.id] = append(want[d.id], c.ID)
+		}
+	}
+	for i, d := range devs {
+		for _, cid := range want[d.id] {
+			c := waitState(t, fe[(i+1)%2], cid, "acknowledged")
+			if c.Status != "ok" || len(c.Result) == 0 || c.Sent == nil || c.Done == nil {
+				t.Fatalf("%s: %+v", cid, c)
+			}
+		}
+		if got := slices.Compact(d.ids()); !slices.Equal(got, want[d.id]) {
+			t.Fatalf("%s saw %v, want %v in order", d.id, got, want[d.id])
+		}
+	}
+	// The list of a device, filtered by state.
+	var list struct{ Commands []downlink.CommandJSON }
+	if st := call(t, "GET", fe[0].base()+"/v1/devices/dev-3/commands?state=acknowledged", "", nil, &list); st != http.StatusOK || len(list.Commands) != 3 {
+		t.Fatalf("list: HTTP %d, %+v", st, list)
+	}
+	if st := call(t, "GET", fe[0].base()+"/v1/devices/dev-3/commands?state=queued", "", nil, &list); st != http.StatusOK || len(list.Commands) != 0 {
+		t.Fatalf("list queued: HTTP %d, %+v", st, list)
+	}
+}
+
+// TestFollowsDevice: commands queued while a device is away are delivered
+// when it connects to another frontend, in the order accepted; a queued
+// command can be cancelled and is never delivered; a repeated idempotency
+// key gives the same command.
+func TestFollowsDevice(t *testing.T) {
+	h1 := startHome(t, "home-1", command.Options{})
+	h2 := startHome(t, "home-2", command.Options{})
+	homes := []string{h1.addr, h2.addr}
+	fe1, fe2 := startFrontend(t, "fe-1", homes, false), startFrontend(t, "fe-2", homes, false)
+	d := &device{id: "mover"}
+	connect(t, fe1, d)
+	first := submit(t, fe1, d.id, "first", nil)
+	waitState(t, fe2, first.ID, "acknowledged")
+	d.disconnect()
+
+	a := submit(t, fe2, d.id, "a", map[string]any{"idempotency_key": "k-a"})
+	again := submit(t, fe1, d.id, "a", map[string]any{"idempotency_key": "k-a"})
+	if again.ID != a.ID {
+		t.Fatalf("same key gave %s and %s", a.ID, again.ID)
+	}
+	var conflict downlink.ErrorBody
+	if st := call(t, "POST", fe1.base()+"/v1/devices/mover/commands", "", map[string]any{"name": "other", "idempotency_key": "k-a"}, &conflict); st != http.StatusConflict || conflict.Code != downlink.CodeKeyReused {
+		t.Fatalf("key reused for another command: HTTP %d %+v", st, conflict)
+	}
+	cancelled := submit(t, fe1, d.id, "cancel-me", nil)
+	b := submit(t, fe1, d.id, "b", nil)
+	var c downlink.CommandJSON
+	if st := call(t, "DELETE", fe2.base()+"/v1/commands/"+cancelled.ID, "", nil, &c); st != http.StatusOK || c.State != "cancelled" {
+		t.Fatalf("cancel: HTTP %d %+v", st, c)
+	}
+	if got := get(t, fe1, a.ID); got.State != "queued" {
+		t.Fatalf("queued while away: %+v", got)
+	}
+
+	connect(t, fe2, d)
+	waitState(t, fe1, b.ID, "acknowledged")
+	waitState(t, fe1, a.ID, "acknowledged")
+	if got, want := slices.Compact(d.ids()), []string{first.ID, a.ID, b.ID}; !slices.Equal(got, want) {
+		t.Fatalf("device saw %v, want %v", got, want)
+	}
+	var e downlink.ErrorBody
+	if st := call(t, "DELETE", fe2.base()+"/v1/commands/"+b.ID, "", nil, &e); st != http.StatusConflict || e.Code != downlink.CodeNotCancellable {
+		t.Fatalf("cancel of an answered command: HTTP %d %+v", st, e)
+	}
+	if st := call(t, "GET", fe2.base()+"/v1/commands/cnosuchcommand", "", nil, &e); st != http.StatusNotFound || e.Code != downlink.CodeNotFound {
+		t.Fatalf("unknown command: HTTP %d %+v", st, e)
+	}
+}
+
+// TestHomeRestart: a home stopped and started again on its log keeps every
+// command and its state; commands queued before the restart are delivered
+// after it; while the home is down, submits for its devices are answered
+// unavailable and change nothing.
+func TestHomeRestart(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{})
+	fe := startFrontend(t, "fe-1", []string{h.addr}, false)
+	d := &device{id: "dev-r"}
+	connect(t, fe, d)
+	done := submit(t, fe, d.id, "before", nil)
+	waitState(t, fe, done.ID, "acknowledged")
+	d.disconnect()
+	queued := submit(t, fe, d.id, "queued", nil)
+	expiring := submit(t, fe, d.id, "short", map[string]any{"ttl_ms": 1})
+
+	h.stop(t)
+	var e downlink.ErrorBody
+	if st := call(t, "POST", fe.base()+"/v1/devices/dev-r/commands", "", map[string]any{"name": "while-down"}, &e); st != http.StatusServiceUnavailable || e.Code != downlink.CodeUnavailable {
+		t.Fatalf("submit while the home is down: HTTP %d %+v", st, e)
+	}
+	h.start(t)
+
+	if got := waitState(t, fe, done.ID, "acknowledged"); got.Status != "ok" {
+		t.Fatalf("after restart: %+v", got)
+	}
+	waitState(t, fe, expiring.ID, "expired")
+	connect(t, fe, d)
+	waitState(t, fe, queued.ID, "acknowledged")
+	var list struct{ Commands []downlink.CommandJSON }
+	call(t, "GET", fe.base()+"/v1/devices/dev-r/commands", "", nil, &list)
+	var names []string
+	for _, c := range list.Commands {
+		names = append(names, c.Name+"="+c.State)
+	}
+	if want := []string{"before=acknowledged", "queued=acknowledged", "short=expired"}; !slices.Equal(names, want) {
+		t.Fatalf("commands %v, want %v", names, want)
+	}
+	if slices.Contains(d.ids(), expiring.ID) {
+		t.Fatal("an expired command was delivered")
+	}
+}

@@ -1,0 +1,464 @@
+package downlink
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/internal/metricset"
+	"github.com/ingest-io/ingest/protocol"
+	"github.com/ingest-io/ingest/wire"
+	"github.com/ingest-io/ingest/zsock"
+)
+
+// Options configure a Link. Zero fields mean their defaults.
+type Options struct {
+	// Frontend is this frontend's id, as homes see it. Required.
+	Frontend string
+	// Homes are the ZeroMQ endpoints of the homes (tcp://host:5558), in
+	// the same order on every frontend. Required.
+	Homes []string
+	// RequestTimeout is how long a request waits for its reply before it
+	// is sent again. Default 1s.
+	RequestTimeout time.Duration
+	// PresenceInterval is how often each home gets the full list of its
+	// devices connected here. Default 1s.
+	PresenceInterval time.Duration
+	// SendStall bounds one send on a home's connection. Default 2s.
+	SendStall time.Duration
+}
+
+// DefaultOptions returns the defaults that zero fields stand for.
+func DefaultOptions() Options {
+	return Options{RequestTimeout: time.Second, PresenceInterval: time.Second, SendStall: 2 * time.Second}
+}
+
+// ErrUnavailable is returned by requests that got no reply from the
+// device's home before their context ended.
+var ErrUnavailable = errors.New("downlink: home unavailable")
+
+// HomeIndex is the index of a device's home among n homes.
+func HomeIndex(device string, n int) int {
+	h := fnv.New32a()
+	h.Write([]byte(device))
+	return int(h.Sum32() % uint32(n))
+}
+
+// Link is a frontend's connection to the homes. See doc.go.
+type Link struct {
+	opts  Options
+	lg    *slog.Logger
+	m     *metrics
+	homes []*home
+	reqID atomic.Uint64
+
+	mu      sync.Mutex
+	devices map[string]*Attachment
+
+	pmu     sync.Mutex
+	pending map[uint64]chan *wire.Reply
+
+	life sync.Mutex
+	ran  bool
+}
+
+type home struct {
+	l     *Link
+	index int
+	addr  string
+
+	mu sync.Mutex
+	d  *zsock.Dealer // nil while not connected
+}
+
+// Attachment is one device connection known to the Link.
+type Attachment struct {
+	l      *Link
+	device string
+	since  int64
+	write  func([]byte) error
+
+	mu      sync.Mutex
+	queue   [][]byte
+	writing bool
+	closed  bool
+}
+
+// New returns a Link. It starts nothing. reg and lg may be nil.
+func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Link, error) {
+	d := DefaultOptions()
+	if opts.Frontend == "" || len(opts.Frontend) > wire.MaxNameLen {
+		return nil, fmt.Errorf("downlink: frontend id must be 1 to %d bytes", wire.MaxNameLen)
+	}
+	if len(opts.Homes) == 0 {
+		return nil, errors.New("downlink: no homes")
+	}
+	if opts.RequestTimeout <= 0 {
+		opts.RequestTimeout = d.RequestTimeout
+	}
+	if opts.PresenceInterval <= 0 {
+		opts.PresenceInterval = d.PresenceInterval
+	}
+	if opts.SendStall <= 0 {
+		opts.SendStall = d.SendStall
+	}
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	l := &Link{opts: opts, lg: lg, devices: map[string]*Attachment{}, pending: map[uint64]chan *wire.Reply{}}
+	for i, a := range opts.Homes {
+		l.homes = append(l.homes, &home{l: l, index: i, addr: a})
+	}
+	var err error
+	if l.m, err = newMetrics(reg, opts.Frontend); err != nil {
+		return nil, fmt.Errorf("downlink: register metrics: %w", err)
+	}
+	return l, nil
+}
+
+// Close unregisters the Link's metrics. Call it after Run has returned.
+func (l *Link) Close() error {
+	l.m.unregister()
+	return nil
+}
+
+func (l *Link) homeOf(device string) *home { return l.homes[HomeIndex(device, len(l.homes))] }
+
+// Run keeps a connection to every home until ctx ends.
+func (l *Link) Run(ctx context.Context) error {
+	l.life.Lock()
+	if l.ran {
+		l.life.Unlock()
+		return errors.New("downlink: a Link runs once")
+	}
+	l.ran = true
+	l.life.Unlock()
+	var wg sync.WaitGroup
+	for _, h := range l.homes {
+		wg.Go(func() { h.run(ctx) })
+	}
+	wg.Wait()
+	return nil
+}
+
+func (h *home) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		d, err := zsock.Dial(h.addr, zsock.DealerOptions{Identity: zsock.Identity(h.l.opts.Frontend), SendStall: h.l.opts.SendStall, SendQueue: 1024, RecvQueue: 256})
+		if err != nil {
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		h.serve(ctx, d)
+		h.mu.Lock()
+		h.d = nil
+		h.mu.Unlock()
+		d.Close()
+		h.l.m.reconnects.Inc()
+	}
+}
+
+// serve carries one connection until it ends, a request goes unanswered
+// twice in a row, or ctx ends.
+func (h *home) serve(ctx context.Context, d *zsock.Dealer) {
+	h.mu.Lock()
+	h.d = d
+	h.mu.Unlock()
+	h.sendPresence(d)
+	t := time.NewTicker(h.l.opts.PresenceInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.Done():
+			return
+		case <-t.C:
+			h.sendPresence(d)
+		case frames := <-d.Recv():
+			if len(frames) != 1 {
+				h.l.m.invalid.Inc()
+				continue
+			}
+			m, err := wire.Decode(frames[0])
+			if err != nil {
+				h.l.m.invalid.Inc()
+				continue
+			}
+			switch m := m.(type) {
+			case *wire.Reply:
+				h.l.answer(m)
+			case *wire.Deliver:
+				h.l.deliver(h, m)
+			default:
+				h.l.m.invalid.Inc()
+			}
+		}
+	}
+}
+
+// send hands m to the home's current connection, if there is one.
+func (h *home) send(m wire.Message) bool {
+	h.mu.Lock()
+	d := h.d
+	h.mu.Unlock()
+	return d != nil && d.Send(wire.Append(nil, m))
+}
+
+// reconnect ends the current connection, so that run dials a new one.
+func (h *home) reconnect(d *zsock.Dealer) {
+	h.mu.Lock()
+	cur := h.d
+	h.mu.Unlock()
+	if cur == d && d != nil {
+		d.Close()
+	}
+}
+
+func (h *home) sendPresence(d *zsock.Dealer) {
+	p := &wire.Presence{Frontend: h.l.opts.Frontend, Full: true}
+	h.l.mu.Lock()
+	for id, a := range h.l.devices {
+		if h.l.homeOf(id) == h {
+			p.Devices = append(p.Devices, wire.Place{Device: id, Since: a.since, Present: true})
+		}
+	}
+	h.l.mu.Unlock()
+	d.Send(wire.Append(nil, p))
+}
+
+// Attach records a device's connection, which write sends frames to, and
+// tells its home. A newer attachment of the device replaces an older one.
+func (l *Link) Attach(device string, write func([]byte) error) *Attachment {
+	a := &Attachment{l: l, device: device, since: time.Now().UnixNano(), write: write}
+	l.mu.Lock()
+	if old := l.devices[device]; old != nil && old.since >= a.since {
+		a.since = old.since + 1
+	}
+	l.devices[device] = a
+	n := len(l.devices)
+	l.mu.Unlock()
+	l.m.attached.Set(float64(n))
+	l.homeOf(device).send(&wire.Presence{Frontend: l.opts.Frontend, Devices: []wire.Place{{Device: device, Since: a.since, Present: true}}})
+	return a
+}
+
+// Detach records the end of the connection and tells the device's home.
+// Frames not yet written are dropped: the home hands them on again.
+func (a *Attachment) Detach() {
+	l := a.l
+	a.mu.Lock()
+	a.closed = true
+	a.queue = nil
+	a.mu.Unlock()
+	l.mu.Lock()
+	if l.devices[a.device] == a {
+		delete(l.devices, a.device)
+	}
+	n := len(l.devices)
+	l.mu.Unlock()
+	l.m.attached.Set(float64(n))
+	l.homeOf(a.device).send(&wire.Presence{Frontend: l.opts.Frontend, Devices: []wire.Place{{Device: a.device, Since: a.since}}})
+}
+
+// push queues frame for the device, in order, and makes sure a writer runs.
+func (a *Attachment) push(frame []byte) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.closed {
+		return
+	}
+	a.queue = append(a.queue, frame)
+	if !a.writing {
+		a.writing = true
+		go a.drain()
+	}
+}
+
+func (a *Attachment) drain() {
+	for {
+		a.mu.Lock()
+		if len(a.queue) == 0 || a.closed {
+			a.writing = false
+			a.mu.Unlock()
+			return
+		}
+		f := a.queue[0]
+		a.queue = a.queue[1:]
+		a.mu.Unlock()
+		if a.write(f) == nil {
+			a.l.m.written.Inc()
+		}
+	}
+}
+
+// deliver writes delivered commands to their devices, and answers for each
+// device not here that it is gone.
+func (l *Link) deliver(h *home, d *wire.Deliver) {
+	var gone []wire.Place
+	for i := range d.Commands {
+		c := &d.Commands[i]
+		l.mu.Lock()
+		a := l.devices[c.Device]
+		l.mu.Unlock()
+		if a == nil {
+			gone = append(gone, wire.Place{Device: c.Device, Since: time.Now().UnixNano()})
+			continue
+		}
+		a.push(protocol.AppendCommand(nil, c.ID, c.Name, c.Payload))
+	}
+	if len(gone) > 0 {
+		h.send(&wire.Presence{Frontend: l.opts.Frontend, Devices: gone})
+	}
+}
+
+// Result carries a device's answer to its home. An answer lost on the way
+// is asked for again: the home hands the command on again, and the device
+// answers again.
+func (l *Link) Result(device string, r protocol.CommandResult) {
+	l.m.results.Inc()
+	l.homeOf(device).send(&wire.Result{Device: device, CID: r.ID, Status: r.Status, Payload: r.Payload})
+}
+
+func (l *Link) answer(r *wire.Reply) {
+	l.pmu.Lock()
+	ch := l.pending[r.Req]
+	delete(l.pending, r.Req)
+	l.pmu.Unlock()
+	if ch != nil {
+		ch <- r
+	}
+}
+
+// request sends m (whose Req is set from req) to home h until a reply comes
+// or ctx ends.
+func (l *Link) request(ctx context.Context, h *home, m wire.Message, req uint64) (*wire.Reply, error) {
+	ch := make(chan *wire.Reply, 1)
+	l.pmu.Lock()
+	l.pending[req] = ch
+	l.pmu.Unlock()
+	defer func() {
+		l.pmu.Lock()
+		delete(l.pending, req)
+		l.pmu.Unlock()
+	}()
+	misses := 0
+	for {
+		h.mu.Lock()
+		d := h.d
+		h.mu.Unlock()
+		wait := l.opts.RequestTimeout
+		if d == nil || !d.Send(wire.Append(nil, m)) {
+			wait = 50 * time.Millisecond
+		}
+		t := time.NewTimer(wait)
+		select {
+		case r := <-ch:
+			t.Stop()
+			return r, nil
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+		case <-t.C:
+		}
+		if d != nil {
+			if misses++; misses >= 2 {
+				h.reconnect(d)
+				misses = 0
+			}
+		}
+	}
+}
+
+// Submit asks the device's home to accept a command, and returns the
+// command once it is durable there (or the one an earlier Submit with the
+// same key created).
+func (l *Link) Submit(ctx context.Context, s wire.Submit) (*wire.Reply, error) {
+	s.Req = l.reqID.Add(1)
+	return l.request(ctx, l.homeOf(s.Device), &s, s.Req)
+}
+
+// Query asks the home of q.Device, or for a command id every home in turn
+// until one has it.
+func (l *Link) Query(ctx context.Context, q wire.Query) (*wire.Reply, error) {
+	if q.Op == wire.QueryList {
+		q.Req = l.reqID.Add(1)
+		return l.request(ctx, l.homeOf(q.Device), &q, q.Req)
+	}
+	// A command id does not say which home keeps it: ask them all at once.
+	type answer struct {
+		r   *wire.Reply
+		err error
+	}
+	ch := make(chan answer, len(l.homes))
+	for _, h := range l.homes {
+		q := q
+		q.Req = l.reqID.Add(1)
+		go func() {
+			r, err := l.request(ctx, h, &q, q.Req)
+			ch <- answer{r, err}
+		}()
+	}
+	var first error
+	for range l.homes {
+		a := <-ch
+		if a.err != nil {
+			first = cmpErr(first, a.err)
+			continue
+		}
+		if a.r.Code != wire.CodeNotFound {
+			return a.r, nil
+		}
+	}
+	if first != nil {
+		// A home that did not answer may hold it.
+		return nil, first
+	}
+	return &wire.Reply{Code: wire.CodeNotFound}, nil
+}
+
+func cmpErr(a, b error) error {
+	if a != nil {
+		return a
+	}
+	return b
+}
+
+type metrics struct {
+	set        *metricset.Set
+	attached   prometheus.Gauge
+	written    prometheus.Counter
+	results    prometheus.Counter
+	invalid    prometheus.Counter
+	reconnects prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, frontend string) (*metrics, error) {
+	l := prometheus.Labels{"frontend": frontend}
+	m := &metrics{
+		attached: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_downlink_devices", ConstLabels: l,
+			Help: "Devices connected here whose presence the homes are told of."}),
+		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_commands_written_total", ConstLabels: l,
+			Help: "Command frames written to devices (a command handed on again counts again)."}),
+		results: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_results_total", ConstLabels: l,
+			Help: "command_result frames from devices carried to their homes."}),
+		invalid: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_invalid_messages_total", ConstLabels: l,
+			Help: "Messages from homes that failed to decode or were of the wrong kind."}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_reconnects_total", ConstLabels: l,
+			Help: "Connections to homes ended and dialled again."}),
+	}
+	var err error
+	m.set, err = metricset.Register(reg, m.attached, m.written, m.results, m.invalid, m.reconnects)
+	return m, err
+}
+
+func (m *metrics) unregister() { m.set.Unregister() }

@@ -1,0 +1,173 @@
+package protocol
+
+import (
+	"errors"
+	"fmt"
+	"unicode/utf8"
+)
+
+// ErrInvalidCommandResult wraps every error of DecodeCommandResult.
+var ErrInvalidCommandResult = errors.New("protocol: invalid command_result frame")
+
+// CommandResult is a device's answer to a command, as DecodeCommandResult
+// reads it. Payload aliases the frame.
+type CommandResult struct {
+	// ID is the command's id, as the command frame gave it.
+	ID string
+	// Status is StatusOK, or another status, which marks the command failed.
+	Status string
+	// Payload is the answer's payload as written (one JSON value); nil when
+	// absent.
+	Payload []byte
+}
+
+// IsCommandResult reports whether a device frame is a command_result frame
+// rather than data: a JSON object whose first member is "__type". It looks
+// no further; DecodeCommandResult validates the frame.
+func IsCommandResult(frame []byte) bool {
+	i := skipWS(frame, 0)
+	if i >= len(frame) || frame[i] != '{' {
+		return false
+	}
+	i = skipWS(frame, i+1)
+	const key = `"__type"`
+	return len(frame)-i >= len(key) && string(frame[i:i+len(key)]) == key
+}
+
+func skipWS(b []byte, i int) int {
+	for i < len(b) && (b[i] == ' ' || b[i] == '\t' || b[i] == '\n' || b[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// DecodeCommandResult decodes a device's command_result frame strictly:
+// one JSON object with "__type" "command_result", a string "id" of 1 to
+// MaxCommandIDBytes bytes, a string "status" of 1 to MaxStatusBytes bytes
+// of printable ASCII, and optionally "payload", any JSON value of at most
+// MaxCommandPayloadBytes. Each member may appear once; other members are
+// ignored, so that a later device may add them. Every error wraps
+// ErrInvalidCommandResult.
+func DecodeCommandResult(b []byte) (CommandResult, error) {
+	var r CommandResult
+	bad := func(format string, a ...any) (CommandResult, error) {
+		return CommandResult{}, fmt.Errorf("%w: %s", ErrInvalidCommandResult, fmt.Sprintf(format, a...))
+	}
+	d := scanner{b: b}
+	d.ws()
+	if d.i >= len(d.b) || d.b[d.i] != '{' {
+		return bad("not a JSON object")
+	}
+	d.i++
+	d.depth++
+	var hasType, hasID, hasStatus, hasPayload bool
+	d.ws()
+	if d.i < len(d.b) && d.b[d.i] == '}' {
+		d.i++
+	} else {
+		for {
+			d.ws()
+			if d.i >= len(d.b) || d.b[d.i] != '"' {
+				return bad("expected a member name at byte %d", d.i)
+			}
+			ks := d.i
+			esc, ok := d.str()
+			if !ok {
+				return bad("%s", d.syntaxError().Reason)
+			}
+			key := d.b[ks+1 : d.i-1]
+			if esc {
+				if key, ok = unescape(d.b[ks:d.i]); !ok {
+					return bad("bad member name")
+				}
+			}
+			d.ws()
+			if d.i >= len(d.b) || d.b[d.i] != ':' {
+				return bad("expected ':' at byte %d", d.i)
+			}
+			d.i++
+			d.ws()
+			vs := d.i
+			if !d.value(-1) {
+				return bad("%s", d.syntaxError().Reason)
+			}
+			v := d.b[vs:d.i]
+			var seen *bool
+			switch string(key) {
+			case "__type":
+				seen = &hasType
+				t, err := stringValue(v, "__type")
+				if err != nil || t != TypeCommandResult {
+					return bad("\"__type\" is not %q", TypeCommandResult)
+				}
+			case "id":
+				seen = &hasID
+				s, err := stringValue(v, "id")
+				if err != nil || s == "" || len(s) > MaxCommandIDBytes || !utf8.ValidString(s) {
+					return bad("\"id\" must be a string of 1 to %d bytes", MaxCommandIDBytes)
+				}
+				r.ID = s
+			case "status":
+				seen = &hasStatus
+				s, err := stringValue(v, "status")
+				if err != nil || s == "" || len(s) > MaxStatusBytes || !printableASCII(s) {
+					return bad("\"status\" must be a string of 1 to %d printable ASCII bytes", MaxStatusBytes)
+				}
+				r.Status = s
+			case "payload":
+				seen = &hasPayload
+				if len(v) > MaxCommandPayloadBytes {
+					return bad("\"payload\" over %d bytes", MaxCommandPayloadBytes)
+				}
+				r.Payload = v
+			}
+			if seen != nil {
+				if *seen {
+					return bad("member %q appears twice", key)
+				}
+				*seen = true
+			}
+			d.ws()
+			if d.i < len(d.b) && d.b[d.i] == ',' {
+				d.i++
+				continue
+			}
+			if d.i < len(d.b) && d.b[d.i] == '}' {
+				d.i++
+				break
+			}
+			return bad("expected ',' or '}' at byte %d", d.i)
+		}
+	}
+	d.ws()
+	if d.i != len(d.b) {
+		return bad("unexpected data after the object at byte %d", d.i)
+	}
+	if !hasType || !hasID || !hasStatus {
+		return bad("\"__type\", \"id\" and \"status\" are required")
+	}
+	return r, nil
+}
+
+// AppendCommandResult appends a command_result frame to dst. payload must
+// be one JSON value, or nil for none.
+func AppendCommandResult(dst []byte, id, status string, payload []byte) []byte {
+	dst = append(dst, `{"__type":"`+TypeCommandResult+`","id":`...)
+	dst = appendJSONString(dst, id)
+	dst = append(dst, `,"status":`...)
+	dst = appendJSONString(dst, status)
+	if len(payload) > 0 {
+		dst = append(dst, `,"payload":`...)
+		dst = append(dst, payload...)
+	}
+	return append(dst, '}')
+}
+
+func printableASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x20 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
