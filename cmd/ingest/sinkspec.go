@@ -86,7 +86,7 @@ func parseSinkSpec(spec string) (sinkSpec, error) {
 	}
 	if hasOpts {
 		if options == "" {
-			return s, fmt.Errorf("sink %q: nothing after '#': give options as name=value,...", spec)
+			return s, fmt.Errorf("sink %q: nothing after '#': give options as name=value pairs separated by commas", spec)
 		}
 		named := false
 		for _, o := range strings.Split(options, ",") {
