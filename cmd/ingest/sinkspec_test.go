@@ -105,7 +105,7 @@ func TestSinkErrors(t *testing.T) {
 			`remotewrite takes no option "db" (it takes name, header, ca-file, bearer-file, user, password-file)`},
 		{"option without value", nil, []string{"--sink", rw + "#bearer-file"}, 2, `option "bearer-file" is not name=value`},
 		{"empty option", nil, []string{"--sink", rw + "#ca-file="}, 2, `option ca-file is empty`},
-		{"nothing after #", nil, []string{"--sink", rw + "#"}, 2, `nothing after '#': give options as name=value,...`},
+		{"nothing after #", nil, []string{"--sink", rw + "#"}, 2, `nothing after '#': give options as name=value pairs separated by commas`},
 		{"option twice", nil, []string{"--sink", rw + "#ca-file=a,ca-file=b"}, 2, `option ca-file given twice`},
 		{"name twice", nil, []string{"--sink", rw + "#name=a,name=b"}, 2, `option name given twice`},
 		{"bad name", nil, []string{"--sink", rw + "#name=a/b"}, 2, `name "a/b": up to 32 letters, digits`},
