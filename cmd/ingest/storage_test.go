@@ -133,7 +133,9 @@ func storageTiers(t *testing.T) (mt, st *tierProc, ingest, httpAddr string) {
 		t.Fatal(err)
 	}
 	st = &tierProc{t: t, name: "storage", ready: regexp.MustCompile(`msg="storage listening"`),
-		args: []string{"storage", "--data.dir", t.TempDir(), "--http.listen", httpAddr, "--registry.file", regFile},
+		// Without the engine's own metrics (TestSelfMonitoring has them), so
+		// that the store holds the devices' series alone.
+		args: []string{"storage", "--data.dir", t.TempDir(), "--http.listen", httpAddr, "--registry.file", regFile, "--self-monitor.interval", "0"},
 		env:  []string{"INGEST_MIDDLETIERS_STREAM=" + stream, "INGEST_MIDDLETIERS_CONSUMER=" + cons}}
 	return mt, st, ingest, httpAddr
 }
