@@ -47,6 +47,11 @@ func TestAckedMessagesAreInWAL(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
+	// The server counts an ack once its write returns, which may be after
+	// the device has read it.
+	testkit.WaitFor(t, "the acked metric to count every message", 5*time.Second, func() bool {
+		return testutil.ToFloat64(ts.srv.m.acked) >= n+1
+	})
 	if got := testutil.ToFloat64(ts.srv.m.acked); got != n+1 {
 		t.Fatalf("acked metric %v, want %d", got, n+1)
 	}
