@@ -204,7 +204,8 @@ func TestSpawnAll(t *testing.T) {
 	var inLines int64
 	for _, iv := range r.Intervals {
 		inLines += iv.Acked
-		if iv.RSSMiB <= 0 || iv.FDs <= 0 || iv.Threads <= 0 || iv.Goroutines <= 0 || iv.HeapMiB <= 0 || iv.AckP99 < iv.AckP50 {
+		if iv.RSSMiB <= 0 || iv.FDs <= 0 || iv.Threads <= 0 || iv.Goroutines <= 0 || iv.HeapMiB <= 0 || iv.AckP99 < iv.AckP50 ||
+			iv.AnonMiB <= 0 || iv.AnonMiB > iv.RSSMiB || iv.HeapHeldMiB < iv.HeapMiB {
 			t.Fatalf("interval line %+v", iv)
 		}
 	}

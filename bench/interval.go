@@ -30,13 +30,21 @@ type interval struct {
 	Reconnects int64   `json:"reconnects"`
 	// The engine's process, when the bench started it (-spawn, -spawn-all)
 	// or was given its pid and metrics (-pid, -metrics).
-	RSSMiB     float64 `json:"engine_rss_mib,omitempty"`
+	RSSMiB float64 `json:"engine_rss_mib,omitempty"`
+	// RSS split into anonymous memory (heap, stacks) and file pages mapped
+	// into the process (the embedded TSDB's memory-mapped chunks and index),
+	// which the kernel can drop and read again.
+	AnonMiB    float64 `json:"engine_rss_anon_mib,omitempty"`
+	FileMiB    float64 `json:"engine_rss_file_mib,omitempty"`
 	FDs        int     `json:"engine_fds,omitempty"`
 	Threads    int     `json:"engine_threads,omitempty"`
 	Goroutines int     `json:"engine_goroutines,omitempty"`
 	HeapMiB    float64 `json:"engine_heap_mib,omitempty"`
-	CPUPercent float64 `json:"engine_cpu_percent,omitempty"` // of one core, over the interval
-	Load1      float64 `json:"load_average_1m"`
+	// What the Go heap holds from the operating system: spans in use, free
+	// spans not yet returned, less what was returned.
+	HeapHeldMiB float64 `json:"engine_heap_held_mib,omitempty"`
+	CPUPercent  float64 `json:"engine_cpu_percent,omitempty"` // of one core, over the interval
+	Load1       float64 `json:"load_average_1m"`
 }
 
 // intervals samples a run every every until ctx ends, printing each line to
@@ -49,8 +57,8 @@ func intervals(ctx context.Context, every time.Duration, fl *loadgen.Fleet, st, 
 	var lastAcked, lastErrs, lastRecon int64
 	lastCPU, _ := processCPU(pid)
 	lastAt := start
-	fmt.Fprintf(w, "%8s %9s %9s %9s %9s %9s %9s %9s %9s %8s %7s %10s %9s %7s %6s\n",
-		"end_s", "acked/s", "p50_ms", "p99_ms", "p99.9_ms", "max_ms", "feed_p99", "errors", "reconn", "rss_mib", "fds", "goroutines", "heap_mib", "cpu_%", "load")
+	fmt.Fprintf(w, "%8s %9s %9s %9s %9s %9s %9s %9s %9s %8s %8s %8s %7s %10s %9s %8s %7s %6s\n",
+		"end_s", "acked/s", "p50_ms", "p99_ms", "p99.9_ms", "max_ms", "feed_p99", "errors", "reconn", "rss_mib", "anon_mib", "file_mib", "fds", "goroutines", "heap_mib", "held_mib", "cpu_%", "load")
 	for {
 		select {
 		case <-ctx.Done():
@@ -72,7 +80,8 @@ func intervals(ctx context.Context, every time.Duration, fl *loadgen.Fleet, st, 
 				}
 			}
 			if pid > 0 {
-				iv.RSSMiB, iv.Threads = processMemory(pid)
+				m := processMemory(pid)
+				iv.RSSMiB, iv.AnonMiB, iv.FileMiB, iv.Threads = m.rss, m.anon, m.file, m.threads
 				iv.FDs = processFDs(pid)
 				if c, ok := processCPU(pid); ok {
 					iv.CPUPercent = 100 * (c - lastCPU).Seconds() / now.Sub(lastAt).Seconds()
@@ -81,27 +90,42 @@ func intervals(ctx context.Context, every time.Duration, fl *loadgen.Fleet, st, 
 			}
 			if metricsURL != "" {
 				// Not ctx: the last line's scrape may outlast the run.
-				iv.Goroutines, iv.HeapMiB = scrapeRuntime(context.Background(), metricsURL)
+				rt := scrapeRuntime(context.Background(), metricsURL)
+				iv.Goroutines, iv.HeapMiB, iv.HeapHeldMiB = rt.goroutines, rt.heapMiB, rt.heldMiB()
 			}
 			lastAcked, lastErrs, lastRecon, lastAt = acked, errs, fs.Reconnects, now
 			out = append(out, iv)
-			fmt.Fprintf(w, "%8.0f %9.0f %9.2f %9.2f %9.2f %9.2f %9.2f %9d %9d %8.1f %7d %10d %9.1f %7.1f %6.2f\n",
+			fmt.Fprintf(w, "%8.0f %9.0f %9.2f %9.2f %9.2f %9.2f %9.2f %9d %9d %8.1f %8.1f %8.1f %7d %10d %9.1f %8.1f %7.1f %6.2f\n",
 				iv.End, iv.PerSec, iv.AckP50, iv.AckP99, iv.AckP999, iv.AckMax, iv.FeedP99, iv.Errors, iv.Reconnects,
-				iv.RSSMiB, iv.FDs, iv.Goroutines, iv.HeapMiB, iv.CPUPercent, iv.Load1)
+				iv.RSSMiB, iv.AnonMiB, iv.FileMiB, iv.FDs, iv.Goroutines, iv.HeapMiB, iv.HeapHeldMiB, iv.CPUPercent, iv.Load1)
 		}
 	}
 }
 
 func ms(us int64) float64 { return float64(us) / 1000 }
 
-// processMemory reads a process's resident memory (MiB) and its thread
-// count from /proc/<pid>/status.
-func processMemory(pid int) (rssMiB float64, threads int) {
+// memory is a process's resident memory (MiB), split as the kernel counts
+// it, and its thread count.
+type memory struct {
+	rss, anon, file float64
+	threads         int
+}
+
+// processMemory reads a process's memory and thread count from
+// /proc/<pid>/status.
+func processMemory(pid int) memory {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, 0
+		return memory{}
 	}
-	for _, line := range strings.Split(string(b), "\n") {
+	return parseStatus(string(b))
+}
+
+// parseStatus picks VmRSS, RssAnon, RssFile (kB) and Threads out of a
+// /proc/<pid>/status text.
+func parseStatus(s string) memory {
+	var m memory
+	for _, line := range strings.Split(s, "\n") {
 		k, v, ok := strings.Cut(line, ":")
 		if !ok {
 			continue
@@ -116,12 +140,16 @@ func processMemory(pid int) (rssMiB float64, threads int) {
 		}
 		switch k {
 		case "VmRSS":
-			rssMiB = float64(n) / 1024 // kB
+			m.rss = float64(n) / 1024
+		case "RssAnon":
+			m.anon = float64(n) / 1024
+		case "RssFile":
+			m.file = float64(n) / 1024
 		case "Threads":
-			threads = int(n)
+			m.threads = int(n)
 		}
 	}
-	return rssMiB, threads
+	return m
 }
 
 // processFDs counts a process's open file descriptors.
@@ -133,26 +161,37 @@ func processFDs(pid int) int {
 	return len(ents)
 }
 
-// scrapeRuntime reads go_goroutines and go_memstats_heap_inuse_bytes from a
-// Prometheus metrics endpoint.
-func scrapeRuntime(ctx context.Context, url string) (goroutines int, heapMiB float64) {
+// runtimeStats is what the bench reads of the Go runtime from the engine's
+// metrics.
+type runtimeStats struct {
+	goroutines                   int
+	heapMiB, sysMiB, releasedMiB float64
+}
+
+// heldMiB is the memory the Go heap holds from the operating system.
+func (r runtimeStats) heldMiB() float64 { return r.sysMiB - r.releasedMiB }
+
+// scrapeRuntime reads the Go runtime's figures from a Prometheus metrics
+// endpoint.
+func scrapeRuntime(ctx context.Context, url string) runtimeStats {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
-		return 0, 0
+		return runtimeStats{}
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return 0, 0
+		return runtimeStats{}
 	}
 	defer resp.Body.Close()
 	return parseRuntime(resp.Body)
 }
 
-// parseRuntime picks the Go runtime's goroutine count and heap in use out
-// of the Prometheus text format.
-func parseRuntime(r io.Reader) (goroutines int, heapMiB float64) {
+// parseRuntime picks the goroutine count and the heap's in-use, obtained
+// and released bytes out of the Prometheus text format.
+func parseRuntime(r io.Reader) runtimeStats {
+	var rt runtimeStats
 	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
@@ -166,10 +205,14 @@ func parseRuntime(r io.Reader) (goroutines int, heapMiB float64) {
 		}
 		switch name {
 		case "go_goroutines":
-			goroutines = int(v)
+			rt.goroutines = int(v)
 		case "go_memstats_heap_inuse_bytes":
-			heapMiB = v / (1 << 20)
+			rt.heapMiB = v / (1 << 20)
+		case "go_memstats_heap_sys_bytes":
+			rt.sysMiB = v / (1 << 20)
+		case "go_memstats_heap_released_bytes":
+			rt.releasedMiB = v / (1 << 20)
 		}
 	}
-	return goroutines, heapMiB
+	return rt
 }

@@ -11,11 +11,24 @@ func TestParseRuntime(t *testing.T) {
 go_goroutines 1234
 go_goroutines_other 5
 go_memstats_heap_inuse_bytes 5.24288e+06
+go_memstats_heap_sys_bytes 1.048576e+07
+go_memstats_heap_released_bytes 2.097152e+06
 ingest_wal_depth{hop="frontend"} 3
 `
-	g, heap := parseRuntime(strings.NewReader(in))
-	if g != 1234 || heap != 5 {
-		t.Fatalf("goroutines %d, heap %g MiB; want 1234, 5", g, heap)
+	rt := parseRuntime(strings.NewReader(in))
+	if rt.goroutines != 1234 || rt.heapMiB != 5 || rt.heldMiB() != 8 {
+		t.Fatalf("goroutines %d, heap %g MiB, held %g MiB; want 1234, 5, 8", rt.goroutines, rt.heapMiB, rt.heldMiB())
+	}
+}
+
+func TestParseStatus(t *testing.T) {
+	in := "Name:\tingest\nVmRSS:\t  204800 kB\nRssAnon:\t  153600 kB\nRssFile:\t   51200 kB\nRssShmem:\t       0 kB\nThreads:\t12\n"
+	m := parseStatus(in)
+	if m.rss != 200 || m.anon != 150 || m.file != 50 || m.threads != 12 {
+		t.Fatalf("parseStatus = %+v; want rss 200, anon 150, file 50 MiB, 12 threads", m)
+	}
+	if self := processMemory(0); self != (memory{}) {
+		t.Fatalf("processMemory(0) = %+v; want zero for a pid that does not exist", self)
 	}
 }
 
@@ -25,7 +38,7 @@ func FuzzParseRuntime(f *testing.F) {
 	f.Add("go_goroutines 12\ngo_memstats_heap_inuse_bytes 1e6\n")
 	f.Add("go_goroutines NaN\n\n go_goroutines")
 	f.Fuzz(func(t *testing.T, s string) {
-		g, heap := parseRuntime(strings.NewReader(s))
-		_, _ = g, heap
+		_ = parseRuntime(strings.NewReader(s))
+		_ = parseStatus(s)
 	})
 }
