@@ -26,13 +26,13 @@ const queryDrain = 5 * time.Second
 // streams, one per sink (the embedded TSDB, remote-write, InfluxDB line
 // protocol), and the Prometheus query API over the embedded TSDB.
 type storageConfig struct {
-	dataDir, streams, consumers, consumer string
-	retention, ooo, queryTimeout          time.Duration
-	maxString, maxBatch, maxSeries        int
-	httpListen                            string
-	sinks                                 sinkFlag
-	sinkName                              string // --sink's name: ingest all has it unprefixed
-	f                                     flags
+	dataDir, streams, consumers, consumer       string
+	retention, ooo, blockDuration, queryTimeout time.Duration
+	maxString, maxBatch, maxSeries              int
+	httpListen                                  string
+	sinks                                       sinkFlag
+	sinkName                                    string // --sink's name: ingest all has it unprefixed
+	f                                           flags
 
 	dataShown string              // named when another process holds the directory; empty: dataDir
 	direct    []storage.Endpoints // ingest all: the middletier to follow, instead of the flags
@@ -45,7 +45,7 @@ type storageConfig struct {
 func newStorageConfig() storageConfig {
 	d, td, ad := storage.DefaultOptions(), embedded.DefaultOptions(), embedded.DefaultAPIOptions()
 	return storageConfig{streams: "tcp://127.0.0.1:5557", consumers: "tcp://127.0.0.1:5556", consumer: d.Consumer,
-		retention: td.Retention, ooo: td.OutOfOrderWindow, maxString: td.MaxStringBytes, maxBatch: d.MaxBatch,
+		retention: td.Retention, ooo: td.OutOfOrderWindow, blockDuration: td.BlockDuration, maxString: td.MaxStringBytes, maxBatch: d.MaxBatch,
 		maxSeries:    storage.DefaultLimitOptions().MaxSeriesPerDevice,
 		queryTimeout: ad.Timeout, httpListen: ":9090", sinks: sinkFlag{values: []string{"embedded"}}}
 }
@@ -60,6 +60,7 @@ func (c *storageConfig) register(f flags) {
 	f.str(&c.consumer, "consumer", "consumer name the checkpoint is kept under at the middletiers (name it in their --consumers); with several sinks, each keeps its own as <consumer>-<sink name>")
 	f.duration(&c.retention, "tsdb.retention", "how long samples are kept")
 	f.duration(&c.ooo, "tsdb.out-of-order-window", "how far behind the newest sample late samples are still accepted")
+	f.duration(&c.blockDuration, "tsdb.block-duration", "span of the blocks cut from the TSDB's in-memory head; the head holds up to 1.5× this, so memory grows for that long after a start, then levels off (at least 1m)")
 	f.integer(&c.maxString, "tsdb.max-string-bytes", "longer string field values are dropped and counted")
 	f.integer(&c.maxSeries, "max-series-per-device", "most series a device has (seen within one to two hours); fields that would make more are dropped and counted")
 	f.integer(&c.maxBatch, "max-batch", "most records in one write to the TSDB")
@@ -108,7 +109,7 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 			if c.dataDir == "" {
 				return "", c.f.required("data.dir")
 			}
-			db, err = embedded.Open(embedded.Options{Dir: c.dataDir, Retention: c.retention, OutOfOrderWindow: c.ooo, MaxStringBytes: c.maxString}, p.reg, p.lg)
+			db, err = embedded.Open(embedded.Options{Dir: c.dataDir, Retention: c.retention, OutOfOrderWindow: c.ooo, MaxStringBytes: c.maxString, BlockDuration: c.blockDuration}, p.reg, p.lg)
 			if err != nil {
 				return "", inUse(firstOf(c.dataShown, c.dataDir), err)
 			}

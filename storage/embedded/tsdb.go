@@ -43,6 +43,14 @@ type Options struct {
 	// value, and long free text makes poor series. Longer values are
 	// dropped and counted (reason "string_too_long"). Default 1024.
 	MaxStringBytes int
+	// BlockDuration is the span of the blocks the TSDB cuts from its
+	// in-memory head. The head holds up to one and a half of it before the
+	// oldest block's worth is written out and dropped from memory, so the
+	// process's memory grows for that long after a start and then levels
+	// off; a shorter span holds less in memory and writes more, smaller
+	// blocks (compacted together later, up to the larger of 2h and this
+	// span). At least a minute. Default 2h, as Prometheus.
+	BlockDuration time.Duration
 }
 
 // DefaultOptions returns the defaults that zero fields stand for.
@@ -51,6 +59,7 @@ func DefaultOptions() Options {
 		Retention:        15 * 24 * time.Hour,
 		OutOfOrderWindow: 24 * time.Hour,
 		MaxStringBytes:   series.MaxStringBytes,
+		BlockDuration:    2 * time.Hour,
 	}
 }
 
@@ -67,6 +76,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxStringBytes <= 0 {
 		o.MaxStringBytes = d.MaxStringBytes
+	}
+	if o.BlockDuration == 0 {
+		o.BlockDuration = d.BlockDuration
+	}
+	if o.BlockDuration < time.Minute {
+		return o, fmt.Errorf("storage: tsdb block duration %v is under a minute", o.BlockDuration)
 	}
 	return o, nil
 }
@@ -218,6 +233,8 @@ func Open(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*TSDB, erro
 	to.RetentionDuration = opts.Retention.Milliseconds()
 	to.OutOfOrderTimeWindow = opts.OutOfOrderWindow.Milliseconds()
 	to.EnableOverlappingCompaction = true // out-of-order data makes overlapping blocks
+	to.MinBlockDuration = opts.BlockDuration.Milliseconds()
+	to.MaxBlockDuration = max(to.MaxBlockDuration, to.MinBlockDuration)
 	tlg := lg
 	if tlg == nil {
 		tlg = slog.New(slog.DiscardHandler)

@@ -294,3 +294,33 @@ func TestTSDBNameCollision(t *testing.T) {
 		t.Fatalf("dropped %v, want 2", got)
 	}
 }
+
+// TestTSDBBlockDuration: with a short block duration the head cuts a block
+// and drops it from memory once it holds more than one and a half of it;
+// with the default it keeps everything; under a minute is refused.
+func TestTSDBBlockDuration(t *testing.T) {
+	// Ten minutes of samples, one every ten seconds, for 20 devices.
+	t0 := time.Now().Add(-10 * time.Minute).Truncate(time.Minute)
+	var pts []storage.Point
+	for i := range 60 {
+		for d := range 20 {
+			pts = append(pts, point(fmt.Sprintf("dev-%d", d), t0.Add(time.Duration(i)*10*time.Second), map[string]float64{"v": float64(i)}, nil, nil))
+		}
+	}
+	short, _ := openTSDB(t, t.TempDir(), embedded.Options{BlockDuration: time.Minute})
+	long, _ := openTSDB(t, t.TempDir(), embedded.Options{})
+	for _, db := range []*embedded.TSDB{short, long} {
+		if err := db.Write(context.Background(), pts); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(t, "a block cut from the head with a 1m block duration", 30*time.Second, func() bool {
+		return len(short.DB().Blocks()) > 0 && short.DB().Head().MinTime() > t0.UnixMilli()
+	})
+	if n := len(long.DB().Blocks()); n != 0 || long.DB().Head().MinTime() != t0.UnixMilli() {
+		t.Fatalf("default block duration: %d blocks, head from %d; want 0 blocks and the head from %d", n, long.DB().Head().MinTime(), t0.UnixMilli())
+	}
+	if _, err := embedded.Open(embedded.Options{Dir: t.TempDir(), BlockDuration: 30 * time.Second}, nil, nil); err == nil || !strings.Contains(err.Error(), "under a minute") {
+		t.Fatalf("Open with a 30s block duration: %v; want an error naming the minimum", err)
+	}
+}
