@@ -290,42 +290,58 @@ func counter(t *testing.T, tf *testFrontend, name string) float64 {
 	return 0
 }
 
-// TestMQTTCommandsMosquitto: the firmware engineer's commands of
-// docs/mqtt.md, with Debian's mosquitto_sub and mosquitto_pub, MQTT 3.1.1
-// and 5: a command queued for the device arrives on mosquitto_sub, the
-// answer sent with mosquitto_pub ends it acknowledged, and a subscription to
-// another device's commands is denied.
+// TestMQTTCommandsMosquitto: the firmware engineer's loop of docs/mqtt.md,
+// with Debian's mosquitto_sub and mosquitto_pub, MQTT 3.1.1 and 5: the
+// commands queued for the device arrive one per mosquitto_sub, in order,
+// the answers sent with mosquitto_pub end them acknowledged, and a
+// subscription to another device's commands is denied.
 func TestMQTTCommandsMosquitto(t *testing.T) {
-	if _, err := exec.LookPath("mosquitto_sub"); err != nil {
-		t.Fatal("mosquitto_sub not found: make deps installs mosquitto-clients")
+	for _, tool := range []string{"mosquitto_sub", "mosquitto_pub", "bash"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Fatalf("%s not found: make deps installs mosquitto-clients", tool)
+		}
 	}
 	h := startHome(t, "home-1", command.Options{})
 	tf := startFrontend(t, "fe-1", []string{h.addr}, false)
 	host, port, _ := net.SplitHostPort(tf.mqtt)
-	run := func(name string, args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		out, err := exec.CommandContext(ctx, name, append([]string{"-h", host, "-p", port}, args...)...).CombinedOutput()
-		return strings.TrimSpace(string(out)), err
-	}
 	for _, v := range []string{"mqttv311", "mqttv5"} {
 		id := "mosq-" + v
-		c := submit(t, tf, id, "reboot", map[string]any{"payload": map[string]any{"delay_s": 5}})
-		out, err := run("mosquitto_sub", "-V", v, "-q", "1", "-i", id, "-t", "devices/"+id+"/commands", "-C", "1", "-W", "15")
-		var f struct{ Type, ID, Name string }
-		if err != nil || json.Unmarshal([]byte(out), &f) != nil || f.Type != "command" || f.ID != c.ID || f.Name != "reboot" {
-			t.Fatalf("%s: mosquitto_sub: %q, %v", v, out, err)
+		var want []string
+		for _, name := range []string{"reboot", "report"} {
+			want = append(want, submit(t, tf, id, name, map[string]any{"payload": map[string]any{"delay_s": 5}}).ID)
 		}
-		if out, err := run("mosquitto_pub", "-V", v, "-q", "1", "-i", id, "-t", "devices/"+id+"/commands/"+f.ID+"/result",
-			"-m", `{"status":"ok","payload":{"rebooting":true}}`); err != nil {
-			t.Fatalf("%s: mosquitto_pub: %q, %v", v, out, err)
+		// As docs/mqtt.md has it, for two commands.
+		script := `for i in 1 2; do
+  cmd=$(mosquitto_sub -h $H -p $P -V $V -q 1 -i $ID -t devices/$ID/commands -C 1 -W 15) || exit 1
+  echo "$cmd"
+  cid=${cmd#*\"id\":\"}; cid=${cid%%\"*}
+  mosquitto_pub -h $H -p $P -V $V -q 1 -i $ID \
+    -t "devices/$ID/commands/$cid/result" -m '{"status":"ok","payload":{"rebooting":true}}' || exit 1
+done`
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		cmd := exec.CommandContext(ctx, "bash", "-c", script)
+		cmd.Env = append(cmd.Environ(), "H="+host, "P="+port, "V="+v, "ID="+id)
+		out, err := cmd.CombinedOutput()
+		cancel()
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		if err != nil || len(lines) != 2 {
+			t.Fatalf("%s: %v\n%s", v, err, out)
 		}
-		if got := waitState(t, tf, c.ID, "acknowledged"); string(got.Result) != `{"rebooting":true}` {
-			t.Fatalf("%s: %+v", v, got)
+		for i, line := range lines {
+			var f struct{ Type, ID, Name string }
+			if json.Unmarshal([]byte(line), &f) != nil || f.Type != "command" || f.ID != want[i] {
+				t.Fatalf("%s: command %d: %s, want %s", v, i, line, want[i])
+			}
+			if got := waitState(t, tf, f.ID, "acknowledged"); string(got.Result) != `{"rebooting":true}` {
+				t.Fatalf("%s: %+v", v, got)
+			}
 		}
-		out, err = run("mosquitto_sub", "-V", v, "-q", "1", "-i", id, "-t", "devices/someone-else/commands", "-C", "1", "-W", "5")
-		if !strings.Contains(out, "denied") {
-			t.Fatalf("%s: subscription to another device's commands: %q, %v", v, out, err)
+		ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+		out, _ = exec.CommandContext(ctx, "mosquitto_sub", "-h", host, "-p", port, "-V", v, "-q", "1", "-i", id,
+			"-t", "devices/someone-else/commands", "-C", "1", "-W", "5").CombinedOutput()
+		cancel()
+		if !strings.Contains(string(out), "denied") {
+			t.Fatalf("%s: subscription to another device's commands: %s", v, out)
 		}
 	}
 }

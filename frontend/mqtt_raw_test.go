@@ -175,7 +175,7 @@ func TestMQTTMosquittoClients(t *testing.T) {
 		if err == nil || !strings.Contains(strings.ToLower(out), "not authori") && !strings.Contains(strings.ToLower(out), "bad user name or password") {
 			t.Fatalf("mosquitto_pub %s with a bad token: %v\n%s", v, err, out)
 		}
-		// Subscriptions are refused until commands are served.
+		// A frontend that serves no commands (no Downlink) refuses every subscription.
 		out, err = run("mosquitto_sub", "-V", v, "-i", "mosq-1", "-u", "mosq-1", "-P", tok, "-t", "devices/mosq-1/commands", "-C", "1", "-W", "5")
 		if !strings.Contains(out, "denied") {
 			t.Fatalf("mosquitto_sub %s: %v\n%s", v, err, out)
