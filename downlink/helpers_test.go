@@ -86,6 +86,8 @@ func (th *testHome) stop(t *testing.T) {
 // testFrontend is a real frontend with a Link to the homes.
 type testFrontend struct {
 	addr   string
+	mqtt   string // its MQTT listener's address
+	reg    *prometheus.Registry
 	srv    *frontend.Server
 	link   *downlink.Link
 	log    *wal.Log
@@ -108,7 +110,11 @@ func startFrontend(t *testing.T, id string, homes []string, withAuth bool) *test
 	if err != nil {
 		t.Fatal(err)
 	}
-	o := frontend.Options{ID: id, Listener: ln, Downlink: link, DrainWindow: 100 * time.Millisecond}
+	mln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := frontend.Options{ID: id, Listener: ln, MQTTListener: mln, Downlink: link, DrainWindow: 100 * time.Millisecond}
 	if withAuth {
 		o.Auth = auth.Options{HS256Secrets: [][]byte{testSecret}}
 	} else {
@@ -118,7 +124,7 @@ func startFrontend(t *testing.T, id string, homes []string, withAuth bool) *test
 	if err != nil {
 		t.Fatal(err)
 	}
-	tf := &testFrontend{addr: ln.Addr().String(), srv: srv, link: link, log: l}
+	tf := &testFrontend{addr: ln.Addr().String(), mqtt: mln.Addr().String(), reg: reg, srv: srv, link: link, log: l}
 	ctx, cancel := context.WithCancel(context.Background())
 	tf.cancel = cancel
 	tf.wg.Go(func() { link.Run(ctx) })

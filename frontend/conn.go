@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -228,8 +229,15 @@ func (c *conn) commandResult(frame []byte) {
 		c.writeError(protocol.CodeInvalidMessage, 0, -1, nil, 0, err.Error())
 		return
 	}
-	r.Payload = bytes.Clone(r.Payload) // the frame buffer is reused
-	c.s.opts.Downlink.Result(c.device, r)
+	c.s.answerCommand(c.device, r)
+}
+
+// answerCommand carries a device's answer to a command to its home, from a
+// WebSocket command_result frame or an MQTT publish on the command's
+// result topic. r may alias a read buffer, which is reused.
+func (s *Server) answerCommand(device string, r protocol.CommandResult) {
+	r.ID, r.Payload = strings.Clone(r.ID), bytes.Clone(r.Payload)
+	s.opts.Downlink.Result(device, r)
 }
 
 func readAll(r io.Reader, b []byte) ([]byte, error) {

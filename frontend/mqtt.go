@@ -169,6 +169,7 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 		stopc:    make(chan struct{}),
 		overWS:   overWS,
 		maxPkt:   s.opts.MQTT.MaxPacketBytes,
+		sendMax:  maxCommandsUnacked,
 		problems: true,
 	}
 	c.cond = sync.NewCond(&c.mu)
@@ -218,6 +219,7 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 	s.m.connections.Inc()
 	s.m.mqtt.connections.WithLabelValues(vl).Inc()
 	c.serve()
+	c.detach()
 	s.m.mqtt.connections.WithLabelValues(vl).Dec()
 	s.m.connections.Dec()
 	s.unregister(c, c.device)
@@ -341,6 +343,9 @@ func (c *mqttConn) readConnect() (code byte, reason string) {
 			c.problems = false
 		}
 		c.clientMax = p.MaximumPacketSize
+		if p.ReceiveMaximum > 0 {
+			c.sendMax = int(p.ReceiveMaximum)
+		}
 		c.sessionExpiry = p.SessionExpiryIntervalFlag && p.SessionExpiryInterval > 0
 	}
 	if pk.Connect.WillFlag {

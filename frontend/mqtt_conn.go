@@ -15,6 +15,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
@@ -60,6 +61,7 @@ type mqttConn struct {
 	maxPkt        int
 
 	// Reader-only.
+	att      *downlink.Attachment // while subscribed to its commands (Options.Downlink)
 	pk       packets.Packet
 	bucket   bucket
 	deadline time.Time // the read deadline set for the keep alive
@@ -76,6 +78,13 @@ type mqttConn struct {
 	endCode  byte                // MQTT 5 DISCONNECT reason code the session ends with; 0: none
 	inflight int                 // QoS 1 and 2 publishes not yet fully acknowledged
 	qos2     map[uint16]struct{} // QoS 2 packet ids received and not yet released (PUBREL)
+
+	// Commands to the device (mqtt_command.go).
+	subscribed bool                // to its commands topic
+	subQoS     byte                // the QoS granted, which command publishes are sent at
+	sendMax    int                 // command publishes unacknowledged at most (the client's Receive Maximum)
+	unacked    map[uint16]struct{} // packet ids of command publishes awaiting PUBACK
+	nextID     uint16              // the last packet id given to a command publish
 }
 
 // mqttPending holds the publishes a flusher appends together.
@@ -328,14 +337,12 @@ func (c *mqttConn) handle(buf []byte, now time.Time) error {
 		if code := pk.UnsubscribeValidate(); code != packets.CodeSuccess {
 			return protocolError(code.Code, "UNSUBSCRIBE: "+code.Reason)
 		}
-		out := packets.Packet{
-			FixedHeader:     packets.FixedHeader{Type: packets.Unsuback},
-			ProtocolVersion: c.version,
-			PacketID:        pk.PacketID,
-			ReasonCodes:     bytes.Repeat([]byte{rcNoSubscription}, len(pk.Filters)),
+		return c.unsubscribe(pk)
+	case packets.Puback:
+		if err := decode(pk.PubackDecode, buf); err != nil {
+			return protocolError(rcMalformed, "PUBACK: "+err.Error())
 		}
-		c.writePacket(&out, out.UnsubackEncode)
-		return nil
+		return c.puback(pk.PacketID, pk.ReasonCode)
 	case packets.Disconnect:
 		if err := decode(pk.DisconnectDecode, buf); err != nil {
 			return protocolError(rcMalformed, "DISCONNECT: "+err.Error())
@@ -344,29 +351,9 @@ func (c *mqttConn) handle(buf []byte, now time.Time) error {
 	case packets.Connect:
 		return protocolError(rcProtocolError, "second CONNECT")
 	}
-	// PUBACK, PUBREC and PUBCOMP answer publishes the server never sends;
+	// PUBREC and PUBCOMP answer QoS 2 publishes the server never sends;
 	// AUTH follows an authentication method CONNECT refuses.
 	return protocolError(rcProtocolError, "unexpected "+packets.PacketNames[pk.FixedHeader.Type]+" packet")
-}
-
-// subscribe answers SUBSCRIBE. No topic can be subscribed to yet: every
-// filter is refused. Commands to devices (devices/{id}/commands) will be
-// served from here.
-func (c *mqttConn) subscribe(pk *packets.Packet) error {
-	code := rcImplementation
-	if c.version == mqtt311 {
-		code = rcUnspecified // 3.1.1's only failure return code
-	}
-	out := packets.Packet{
-		FixedHeader:     packets.FixedHeader{Type: packets.Suback},
-		ProtocolVersion: c.version,
-		PacketID:        pk.PacketID,
-		ReasonCodes:     bytes.Repeat([]byte{code}, len(pk.Filters)),
-		Properties:      packets.Properties{ReasonString: "subscriptions are not served yet"},
-		Mods:            c.mods(),
-	}
-	c.writePacket(&out, out.SubackEncode)
-	return nil
 }
 
 // release answers PUBREL: the QoS 2 exchange of the packet id is over.
@@ -424,6 +411,9 @@ func (c *mqttConn) publish(buf []byte, now time.Time) error {
 		}
 	}
 	topic, code, why := c.checkTopic(pk.TopicName)
+	if code == 0 && isCommandsTopic(topic) {
+		return c.answer(&it, topic, pk.Payload, now)
+	}
 	if code != 0 {
 		s.m.received.Inc()
 		s.m.mqtt.received.Inc()

@@ -15,6 +15,9 @@ type mqttMetrics struct {
 	refusedPublishes *prometheus.CounterVec
 	throttled        prometheus.Counter
 	walFullWaits     prometheus.Counter
+
+	commandsDelivered prometheus.Counter
+	commandsRefused   prometheus.Counter
 }
 
 func newMQTTMetrics() *mqttMetrics {
@@ -51,6 +54,14 @@ func newMQTTMetrics() *mqttMetrics {
 			Name: "ingest_frontend_mqtt_wal_full_waits_total",
 			Help: "Times an MQTT 3.1.1 session held its publishes because the WAL was at its bound (the session was not read meanwhile).",
 		}),
+		commandsDelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_frontend_mqtt_commands_delivered_total",
+			Help: "Command publishes the device acknowledged (PUBACK); a command sent again counts again.",
+		}),
+		commandsRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ingest_frontend_mqtt_commands_refused_total",
+			Help: "Command publishes an MQTT 5 device answered with a failure reason code in its PUBACK.",
+		}),
 	}
 	for _, v := range []string{"3.1.1", "5"} {
 		m.connections.WithLabelValues(v)
@@ -62,5 +73,5 @@ func newMQTTMetrics() *mqttMetrics {
 }
 
 func (m *mqttMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.connections, m.received, m.acked, m.storedQoS0, m.refused, m.refusedPublishes, m.throttled, m.walFullWaits}
+	return []prometheus.Collector{m.connections, m.received, m.acked, m.storedQoS0, m.refused, m.refusedPublishes, m.throttled, m.walFullWaits, m.commandsDelivered, m.commandsRefused}
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
@@ -173,7 +175,7 @@ func TestMQTTMosquittoClients(t *testing.T) {
 		if err == nil || !strings.Contains(strings.ToLower(out), "not authori") && !strings.Contains(strings.ToLower(out), "bad user name or password") {
 			t.Fatalf("mosquitto_pub %s with a bad token: %v\n%s", v, err, out)
 		}
-		// Subscriptions are refused until commands are served.
+		// A frontend that serves no commands (no Downlink) refuses every subscription.
 		out, err = run("mosquitto_sub", "-V", v, "-i", "mosq-1", "-u", "mosq-1", "-P", tok, "-t", "devices/mosq-1/commands", "-C", "1", "-W", "5")
 		if !strings.Contains(out, "denied") {
 			t.Fatalf("mosquitto_sub %s: %v\n%s", v, err, out)
@@ -439,7 +441,13 @@ func FuzzMQTTConn(f *testing.F) {
 		sub := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, ProtocolVersion: v, PacketID: 2,
 			Filters: packets.Subscriptions{{Filter: "devices/dev-1/commands", Qos: 1}}}, (*packets.Packet).SubscribeEncode)
 		rel := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, ProtocolVersion: v, PacketID: 1}, (*packets.Packet).PubrelEncode)
+		answer := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: v,
+			TopicName: "devices/dev-1/commands/c1/result", Payload: []byte(`{"status":"ok"}`), PacketID: 3}, (*packets.Packet).PublishEncode)
+		ack := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, ProtocolVersion: v, PacketID: 1}, (*packets.Packet).PubackEncode)
+		unsub := enc(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Unsubscribe, Qos: 1}, ProtocolVersion: v, PacketID: 4,
+			Filters: packets.Subscriptions{{Filter: "devices/dev-1/commands"}}}, (*packets.Packet).UnsubscribeEncode)
 		f.Add(v, true, append(append(pub, sub...), rel...))
+		f.Add(v, true, slices.Concat(sub, answer, unsub, ack))
 		f.Add(v, false, pub)
 	}
 	f.Add(mqtt5, true, []byte{0x82, 0x05, 0x00, 0x01, 0x00, 0x00, 0x01}) // SUBSCRIBE whose filter runs to the end
@@ -449,7 +457,15 @@ func FuzzMQTTConn(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	opts, err := Options{Listener: ln, ID: "fe-fuzz", InsecureNoAuth: true, MQTT: MQTTOptions{MaxPacketBytes: 4096, ConnectTimeout: time.Second}}.withDefaults()
+	// A Link that never runs: subscriptions are granted and answers taken,
+	// and nothing reaches a home.
+	link, err := downlink.New(downlink.Options{Frontend: "fe-fuzz", Homes: []string{"tcp://127.0.0.1:1"}}, nil, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer link.Close()
+	opts, err := Options{Listener: ln, ID: "fe-fuzz", InsecureNoAuth: true, Downlink: link,
+		MQTT: MQTTOptions{MaxPacketBytes: 4096, ConnectTimeout: time.Second}}.withDefaults()
 	if err != nil {
 		f.Fatal(err)
 	}

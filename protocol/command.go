@@ -6,7 +6,8 @@ import (
 	"unicode/utf8"
 )
 
-// ErrInvalidCommandResult wraps every error of DecodeCommandResult.
+// ErrInvalidCommandResult wraps every error of DecodeCommandResult and
+// DecodeCommandAnswer.
 var ErrInvalidCommandResult = errors.New("protocol: invalid command_result frame")
 
 // CommandResult is a device's answer to a command, as DecodeCommandResult
@@ -49,6 +50,29 @@ func skipWS(b []byte, i int) int {
 // ignored, so that a later device may add them. Every error wraps
 // ErrInvalidCommandResult.
 func DecodeCommandResult(b []byte) (CommandResult, error) {
+	return decodeCommandResult(b, "")
+}
+
+// DecodeCommandAnswer decodes the answer to command id sent where the
+// command is named outside it (an MQTT result topic): the object of a
+// command_result frame in which "__type" and "id" may be left out; when
+// present they must be "command_result" and id. The rules are otherwise
+// DecodeCommandResult's, and the result's ID is id, which must be a valid
+// command id.
+func DecodeCommandAnswer(b []byte, id string) (CommandResult, error) {
+	if !validCommandID(id) {
+		return CommandResult{}, fmt.Errorf("%w: command id must be 1 to %d bytes of UTF-8", ErrInvalidCommandResult, MaxCommandIDBytes)
+	}
+	return decodeCommandResult(b, id)
+}
+
+func validCommandID(s string) bool {
+	return s != "" && len(s) <= MaxCommandIDBytes && utf8.ValidString(s)
+}
+
+// decodeCommandResult decodes a command_result frame, or with named set,
+// the answer to command named.
+func decodeCommandResult(b []byte, named string) (CommandResult, error) {
 	var r CommandResult
 	bad := func(format string, a ...any) (CommandResult, error) {
 		return CommandResult{}, fmt.Errorf("%w: %s", ErrInvalidCommandResult, fmt.Sprintf(format, a...))
@@ -103,8 +127,11 @@ func DecodeCommandResult(b []byte) (CommandResult, error) {
 			case "id":
 				seen = &hasID
 				s, err := stringValue(v, "id")
-				if err != nil || s == "" || len(s) > MaxCommandIDBytes || !utf8.ValidString(s) {
+				if err != nil || !validCommandID(s) {
 					return bad("\"id\" must be a string of 1 to %d bytes", MaxCommandIDBytes)
+				}
+				if named != "" && s != named {
+					return bad("\"id\" %q is not the command %q answered", s, named)
 				}
 				r.ID = s
 			case "status":
@@ -142,6 +169,13 @@ func DecodeCommandResult(b []byte) (CommandResult, error) {
 	d.ws()
 	if d.i != len(d.b) {
 		return bad("unexpected data after the object at byte %d", d.i)
+	}
+	if named != "" {
+		if !hasStatus {
+			return bad("\"status\" is required")
+		}
+		r.ID = named
+		return r, nil
 	}
 	if !hasType || !hasID || !hasStatus {
 		return bad("\"__type\", \"id\" and \"status\" are required")

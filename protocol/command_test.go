@@ -97,3 +97,32 @@ func FuzzDecodeCommandResult(f *testing.F) {
 		}
 	})
 }
+
+func TestCommandAnswer(t *testing.T) {
+	for _, ok := range []string{
+		`{"status":"ok"}`,
+		`{"status":"ok","payload":{"applied":true}}`,
+		`{"id":"c1","status":"rejected"}`,
+		string(AppendCommandResult(nil, "c1", StatusOK, []byte(`[1]`))),
+	} {
+		r, err := DecodeCommandAnswer([]byte(ok), "c1")
+		if err != nil || r.ID != "c1" || r.Status == "" {
+			t.Errorf("%s: %+v, %v", ok, r, err)
+		}
+	}
+	for _, bad := range []struct{ b, id string }{
+		{`{"status":"ok"}`, ""},
+		{`{"status":"ok"}`, strings.Repeat("c", MaxCommandIDBytes+1)},
+		{`{"status":"ok"}`, "c\xff"},
+		{`{"payload":1}`, "c1"},
+		{`{"id":"c2","status":"ok"}`, "c1"},
+		{`{"__type":"command","status":"ok"}`, "c1"},
+		{`{"status":"ok","status":"ok"}`, "c1"},
+		{`"ok"`, "c1"},
+		{``, "c1"},
+	} {
+		if _, err := DecodeCommandAnswer([]byte(bad.b), bad.id); !errors.Is(err, ErrInvalidCommandResult) {
+			t.Errorf("%s for %q accepted: %v", bad.b, bad.id, err)
+		}
+	}
+}
