@@ -31,6 +31,7 @@ var subcommands = []subcommand{
 	{"middletier", "the router tier: takes frontends' batches into its WAL, streams them to storage writers and feeds", runMiddletier},
 	{"storage", "a storage writer into the embedded TSDB, and the Prometheus query API over it", runStorage},
 	{"feed", "the live feed for dashboards (WebSocket), and the status page", runFeed},
+	{"token", "mint a device's token (or a feed reader's, an application's) with the key the frontend verifies", runToken},
 	{"version", "print the version, the commit and the Go version the binary was built with", runVersion},
 	{"help", "list the subcommands, or the flags of one (ingest help frontend)", nil}, // run below: it looks subcommands up
 }
