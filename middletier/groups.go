@@ -30,7 +30,7 @@ import (
 // group is what a middletier knows of one writer group. Guarded by
 // Router.gmu.
 type group struct {
-	known   time.Time            // when the group was first seen
+	first   time.Time            // when a member asked while the group had none
 	members map[string]time.Time // lease members: last request
 	plain   map[string]time.Time // connections that fetched or committed without a lease: last message
 	holder  string
@@ -42,7 +42,7 @@ type group struct {
 func (r *Router) groupLocked(name string, now time.Time) *group {
 	g := r.groups[name]
 	if g == nil {
-		g = &group{known: now, members: map[string]time.Time{}, plain: map[string]time.Time{}}
+		g = &group{members: map[string]time.Time{}, plain: map[string]time.Time{}}
 		r.groups[name] = g
 	}
 	return g
@@ -95,6 +95,9 @@ func (r *Router) lease(identity []byte, l *wire.Lease) {
 	r.gmu.Lock()
 	g := r.groupLocked(l.Group, now)
 	r.expireLocked(g, now)
+	if len(g.members) == 0 {
+		g.first = now
+	}
 	switch l.Op {
 	case wire.LeaseHold, wire.LeaseRelease:
 		g.members[l.Member] = now
@@ -109,10 +112,10 @@ func (r *Router) lease(identity []byte, l *wire.Lease) {
 		}
 	}
 	chosen := g.chosen()
-	// A group's first grant waits a moment, so that every member has
-	// asked once: the members a middletier knows just after it started
-	// are whoever asked first.
-	if g.holder == "" && chosen != "" && now.Sub(g.known) >= r.opts.LeaseTTL/2 {
+	// A grant to a group that had no member waits a moment, so that every
+	// member has asked once: the members a middletier knows just after it
+	// started, or just after its group was empty, are whoever asked first.
+	if g.holder == "" && chosen != "" && now.Sub(g.first) >= r.opts.LeaseTTL/2 {
 		g.holder = chosen
 	}
 	reply := &wire.LeaseReply{Middletier: r.opts.ID, Group: l.Group, Member: l.Member, Req: l.Req, Holder: g.holder,
