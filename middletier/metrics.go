@@ -23,6 +23,8 @@ type metrics struct {
 	ingestQueue  prometheus.Gauge
 	streamLagged prometheus.Gauge
 	stateNoSpace prometheus.Gauge
+	groupWriters *prometheus.GaugeVec
+	groupHolder  *prometheus.GaugeVec
 }
 
 func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
@@ -56,10 +58,15 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 			Help: "Entries committed to the WAL and not yet published on the stream."}),
 		stateNoSpace: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_middletier_state_no_space", ConstLabels: l,
 			Help: "1 while the state file (marks and consumer checkpoints) cannot be written for lack of disk space: commits wait, nothing is released, and it is written again every second."}),
+		groupWriters: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ingest_middletier_group_writers", ConstLabels: l,
+			Help: "Live writers of a writer group (a durable consumer) at this middletier: members that renewed their lease request within the lease's time to live, or, for a group that takes no lease, connections that fetched or committed within it."}, []string{"group"}),
+		groupHolder: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ingest_middletier_group_holder", ConstLabels: l,
+			Help: "1 for the writer that holds a writer group's lease on this middletier's stream; no series while no writer holds it."}, []string{"group", "writer"}),
 	}
 	var err error
 	m.set, err = metricset.Register(reg, m.batches, m.entries, m.repeats, m.gaps, m.busy, m.invalid,
-		m.published, m.fetches, m.commits, m.stalls, m.lag, m.ingestQueue, m.streamLagged, m.stateNoSpace)
+		m.published, m.fetches, m.commits, m.stalls, m.lag, m.ingestQueue, m.streamLagged, m.stateNoSpace,
+		m.groupWriters, m.groupHolder)
 	return m, err
 }
 

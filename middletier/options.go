@@ -52,6 +52,11 @@ type Options struct {
 	// and 4 MiB.
 	MaxFetchRecords int
 	MaxFetchBytes   int
+	// LeaseTTL is how long a writer group's lease, and a member's place in
+	// its group, last without a renewal: a writer killed loses its streams
+	// to another member of its group this long after its last renewal.
+	// Writers renew every fifth of it. Default 5s.
+	LeaseTTL time.Duration
 	// LagWarn is the consumer lag, in entries, past which a line is logged.
 	// Default 1,000,000.
 	LagWarn uint64
@@ -71,6 +76,7 @@ func DefaultOptions() Options {
 		MaxFetchRecords: 4096,
 		MaxFetchBytes:   4 << 20,
 		LagWarn:         1_000_000,
+		LeaseTTL:        5 * time.Second,
 	}
 }
 
@@ -113,6 +119,10 @@ func (o Options) withDefaults() (Options, error) {
 	set(&o.MaxFetchBytes, d.MaxFetchBytes)
 	setD(&o.BusyRetry, d.BusyRetry)
 	setD(&o.SendStall, d.SendStall)
+	setD(&o.LeaseTTL, d.LeaseTTL)
+	if o.LeaseTTL < 10*time.Millisecond || o.LeaseTTL > wire.MaxLeaseTTL {
+		return o, fmt.Errorf("middletier: lease ttl %v: want 10ms to %v", o.LeaseTTL, wire.MaxLeaseTTL)
+	}
 	if o.LagWarn == 0 {
 		o.LagWarn = d.LagWarn
 	}

@@ -24,7 +24,7 @@ import (
 //
 // Goroutines, all started and awaited by Run: each ROUTER socket's Run
 // (a receiver and a sender), the ingest worker, the publisher, the fetch
-// worker and the state keeper. Lock order: mu is a leaf.
+// worker and the state keeper. Lock order: mu and gmu are leaves.
 type Router struct {
 	opts Options
 	log  *wal.Log
@@ -57,6 +57,10 @@ type Router struct {
 	published uint64            // WAL index up to which records were published
 	waiters   []commitWaiter    // commits to acknowledge once the state is durable
 	lagging   map[string]bool   // consumers logged as lagging
+
+	gmu     sync.Mutex        // guards groups and holders; a leaf
+	groups  map[string]*group // writer groups, by name (groups.go)
+	holders map[string]string // per group, the holder its gauge shows
 }
 
 type inbound struct {
@@ -129,6 +133,8 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 		highest: st.Origins,
 		ckpt:    st.Consumers,
 		lagging: map[string]bool{},
+		groups:  map[string]*group{},
+		holders: map[string]string{},
 	}
 	if err := r.recoverMarks(); err != nil {
 		return nil, err
@@ -144,6 +150,12 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	if err := r.listen(); err != nil {
 		r.m.unregister()
 		return nil, err
+	}
+	// Every durable consumer is a group, shown with no writer until one
+	// shows up.
+	now := time.Now()
+	for _, c := range opts.Consumers {
+		r.groupMetricsLocked(c, r.groupLocked(c, now))
 	}
 	return r, nil
 }
@@ -519,11 +531,13 @@ func (r *Router) recvConsumer(frames [][]byte) {
 	}
 	switch m := m.(type) {
 	case *wire.Fetch:
+		r.touch(m.Consumer, frames[0])
 		select {
 		case r.fetches <- fetchReq{identity: frames[0], f: m}:
 		default: // the consumer asks again when its fetch times out
 		}
 	case *wire.Commit:
+		r.touch(m.Consumer, frames[0])
 		r.mu.Lock()
 		if m.Seq > r.ckpt[m.Consumer] && m.Seq <= r.log.LastIndex() {
 			r.ckpt[m.Consumer] = m.Seq
@@ -531,6 +545,8 @@ func (r *Router) recvConsumer(frames [][]byte) {
 		r.waiters = append(r.waiters, commitWaiter{identity: frames[0], consumer: m.Consumer, seq: m.Seq})
 		r.mu.Unlock()
 		r.poke()
+	case *wire.Lease:
+		r.lease(frames[0], m)
 	default:
 		r.m.invalid.WithLabelValues("consumer").Inc()
 	}
@@ -607,6 +623,7 @@ func (r *Router) stateKeeper(ctx context.Context) {
 			return
 		case <-r.wake:
 		case <-tick.C:
+			r.keepGroups()
 		}
 		if err := r.keepState(); err != nil {
 			r.fail(err)

@@ -2,6 +2,8 @@ package storage
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,7 +29,19 @@ type Options struct {
 	// they keep every record until it is in the store. Writers that share
 	// a name share a checkpoint. Default "storage".
 	Consumer string
-	// Middletiers are the middletiers to follow. Required.
+	// Group makes the Writer a member of a writer group: the writers that
+	// share it divide the middletiers' streams among themselves, each
+	// stream followed by one of them at a time, under the consumer name
+	// Group (Consumer is then not used: the group's checkpoint is the
+	// consumer's). Empty: the Writer follows every middletier, as the
+	// only writer of its consumer name.
+	Group string
+	// Member names this writer within its group; unique among the group's
+	// writers while they run. Default: 8 random hex digits.
+	Member string
+	// Middletiers are the middletiers to follow. Required. The writers of a
+	// group list them in the same order: a middletier's position in the
+	// list chooses which writer follows it.
 	Middletiers []Endpoints
 	// Labels gives a device's registry labels, nil for none. Nil: no
 	// enrichment.
@@ -71,6 +85,12 @@ func DefaultOptions() Options {
 
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
+	if o.Group != "" {
+		o.Consumer = o.Group
+		if o.Member == "" {
+			o.Member = randomHex(8)
+		}
+	}
 	if o.Consumer == "" {
 		o.Consumer = d.Consumer
 	}
@@ -112,9 +132,16 @@ type Writer struct {
 	sink      Sink
 	lg        *slog.Logger
 	m         *writerMetrics
-	followers []*stream.Follower
+	followers []follower
 
 	sinkMu sync.Mutex
+}
+
+// follower follows one middletier: a stream.Follower, or a stream.Member
+// of the Writer's group.
+type follower interface {
+	Run(ctx context.Context) error
+	CaughtUp() bool
 }
 
 // New returns a Writer that writes to sink. It starts nothing; the
@@ -134,8 +161,8 @@ func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*
 	s := &Writer{opts: opts, sink: sink, lg: lg, m: m}
 	cs, concurrent := sink.(ConcurrentSink)
 	concurrent = concurrent && cs.ConcurrentWrites()
-	for _, ep := range opts.Middletiers {
-		f, err := stream.New(ep, stream.Options{
+	for i, ep := range opts.Middletiers {
+		so := stream.Options{
 			Consumer:     opts.Consumer,
 			Durable:      true,
 			Buffer:       opts.StreamBuffer,
@@ -145,7 +172,19 @@ func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*
 			MinBackoff:   opts.MinBackoff,
 			MaxBackoff:   opts.MaxBackoff,
 			Name:         "storage",
-		}, &handler{s: s, concurrent: concurrent}, m.follower, lg)
+		}
+		h := &handler{s: s, concurrent: concurrent}
+		var f follower
+		if opts.Group != "" {
+			var mb *stream.Member
+			mb, err = stream.NewMember(ep, so, stream.Group{Name: opts.Group, Member: opts.Member, Slot: i}, h, m.follower, nil, lg)
+			if err == nil {
+				m.members = append(m.members, mb)
+			}
+			f = mb
+		} else {
+			f, err = stream.New(ep, so, h, m.follower, lg)
+		}
 		if err != nil {
 			m.set.Unregister()
 			return nil, fmt.Errorf("storage: %w", err)
@@ -153,6 +192,20 @@ func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*
 		s.followers = append(s.followers, f)
 	}
 	return s, nil
+}
+
+// Member is the Writer's name in its group; "" without a group.
+func (s *Writer) Member() string {
+	if s.opts.Group == "" {
+		return ""
+	}
+	return s.opts.Member
+}
+
+func randomHex(n int) string {
+	b := make([]byte, (n+1)/2)
+	rand.Read(b)
+	return hex.EncodeToString(b)[:n]
 }
 
 // CaughtUp reports whether every middletier has been caught up with at
@@ -276,6 +329,7 @@ func (w *handler) Lost(g stream.Gap) {
 
 type writerMetrics struct {
 	set           *metricset.Set
+	members       []*stream.Member // the group's, read by leases
 	follower      stream.Metrics
 	samples       prometheus.Counter
 	points        prometheus.Counter
@@ -284,6 +338,27 @@ type writerMetrics struct {
 	sinkErrors    *prometheus.CounterVec
 	skipped       *prometheus.CounterVec
 	invalid       prometheus.Counter
+	leases        prometheus.GaugeFunc
+	leaseByMT     *leaseCollector
+}
+
+// leaseCollector shows, per middletier, whether the writer holds its
+// group's lease there, read from the Members when scraped.
+type leaseCollector struct {
+	m    *writerMetrics
+	desc *prometheus.Desc
+}
+
+func (c *leaseCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *leaseCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, mb := range c.m.members {
+		v := 0.0
+		if mb.Held() {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, v, mb.Middletier())
+	}
 }
 
 func newWriterMetrics(reg prometheus.Registerer) (*writerMetrics, error) {
@@ -322,8 +397,22 @@ func newWriterMetrics(reg prometheus.Registerer) (*writerMetrics, error) {
 		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_storage_released_unstored_records_total",
 			Help: "Records a middletier released before this writer stored them (the consumer is not in its --consumers)."}, mt),
 	}
+	m.leases = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ingest_storage_group_streams",
+		Help: "Middletiers' streams this writer follows as the holder of its group's lease (a writer with no group follows every middletier, and shows 0)."},
+		func() float64 {
+			n := 0
+			for _, mb := range m.members {
+				if mb.Held() {
+					n++
+				}
+			}
+			return float64(n)
+		})
+	m.leaseByMT = &leaseCollector{m: m, desc: prometheus.NewDesc("ingest_storage_group_lease",
+		"1 for each middletier whose stream this writer follows as the holder of its group's lease, 0 for those another writer of the group follows.",
+		[]string{"middletier"}, nil)}
 	var err error
-	m.set, err = metricset.Register(reg, m.samples, m.points, m.writeDuration, m.delivery, m.sinkErrors, f.Lag, f.Checkpoint,
+	m.set, err = metricset.Register(reg, m.leases, m.leaseByMT, m.samples, m.points, m.writeDuration, m.delivery, m.sinkErrors, f.Lag, f.Checkpoint,
 		f.Gaps, f.Fetches, m.skipped, f.Reconnects, f.Overflows, f.Invalid)
 	return m, err
 }

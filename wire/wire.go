@@ -1,7 +1,8 @@
 // Package wire is the binary format of every message between tiers: the
 // batches a frontend sends a middletier, the acknowledgements and busy
 // replies it gets back, the stream a middletier publishes, the fetch and
-// commit requests of its consumers, and the device commands between
+// commit requests of its consumers, the leases by which the writers of a
+// group divide the streams, and the device commands between
 // frontends and the middletiers that are their devices' homes. docs/wire.md is its specification.
 //
 // Every message is one ZeroMQ frame:
@@ -84,6 +85,10 @@ func (k Kind) String() string {
 		return "deliver"
 	case KindResult:
 		return "result"
+	case KindLease:
+		return "lease"
+	case KindLeaseReply:
+		return "lease_reply"
 	}
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
@@ -95,7 +100,8 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Message is one of *Batch, *Ack, *Busy, *Resend, *Stream, *Fetch,
 // *FetchReply, *Commit, *CommitAck, and the command messages *Submit,
-// *Query, *Reply, *Presence, *Deliver, *Result.
+// *Query, *Reply, *Presence, *Deliver, *Result, and the writer groups
+// *Lease and *LeaseReply.
 type Message interface {
 	Kind() Kind
 	appendBody(dst []byte) []byte
@@ -239,6 +245,10 @@ func Decode(b []byte) (Message, error) {
 		m = new(Deliver)
 	case KindResult:
 		m = new(Result)
+	case KindLease:
+		m = new(Lease)
+	case KindLeaseReply:
+		m = new(LeaseReply)
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", ErrInvalid, k)
 	}

@@ -27,6 +27,10 @@ func samples() []Message {
 		&Presence{Frontend: "fe-1", Full: true, Devices: []Place{{Device: "a", Since: 1 << 62, Present: true}, {Device: "b", Since: 5}}},
 		&Deliver{Commands: []Command{sampleCommand()}},
 		&Result{Device: "dev-1", CID: "c1", Status: "ok", Payload: []byte(`{"x":1}`)},
+		&Lease{Group: "writers", Member: "storage-0-1a2b", Req: 300, Slot: 2, Op: LeaseHold},
+		&Lease{Group: "writers", Member: "m", Req: 1, Op: LeaseLeave},
+		&LeaseReply{Middletier: "mt-0", Group: "writers", Member: "m", Req: 300, Holder: "m", Writers: 2, TTL: 5 * time.Second, Revoked: true},
+		&LeaseReply{Middletier: "mt-1", Group: "writers", Member: "m", Req: 1, Holder: "", Writers: 0, TTL: time.Millisecond},
 	}
 }
 
@@ -121,6 +125,16 @@ func TestInvalid(t *testing.T) {
 		{"batch below its own ack mark", reframe(KindBatch, []byte{1, 'a', 5, 5, 1, 1, 'x'})},
 		{"resend from index 0", reframe(KindResend, []byte{1, 'a', 0})},
 		{"retry after over an hour", reframe(KindBusy, []byte{1, 'a', 1, 0xff, 0xff, 0xff, 0xff, 0x0f})},
+		{"lease of another version", reframe(KindLease, []byte{2, 1, 'g', 1, 'm', 1, 0, 1})},
+		{"lease of no group", reframe(KindLease, []byte{1, 0, 1, 'm', 1, 0, 1})},
+		{"lease of no member", reframe(KindLease, []byte{1, 1, 'g', 0, 1, 0, 1})},
+		{"lease op 0", reframe(KindLease, []byte{1, 1, 'g', 1, 'm', 1, 0, 0})},
+		{"lease op 4", reframe(KindLease, []byte{1, 1, 'g', 1, 'm', 1, 0, 4})},
+		{"lease reply of no middletier", reframe(KindLeaseReply, []byte{1, 0, 1, 'g', 1, 'm', 1, 0, 0, 1, 0})},
+		{"lease reply ttl 0", reframe(KindLeaseReply, []byte{1, 2, 'm', 't', 1, 'g', 1, 'm', 1, 0, 0, 0, 0})},
+		{"lease reply ttl over an hour", reframe(KindLeaseReply, []byte{1, 2, 'm', 't', 1, 'g', 1, 'm', 1, 0, 0, 0x81, 0xee, 0xdb, 0x01, 0})},
+		{"lease reply boolean 2", reframe(KindLeaseReply, []byte{1, 2, 'm', 't', 1, 'g', 1, 'm', 1, 0, 0, 1, 2})},
+		{"lease revoked from another", reframe(KindLeaseReply, []byte{1, 2, 'm', 't', 1, 'g', 1, 'm', 1, 1, 'o', 0, 1, 1})},
 	}
 	for _, tt := range tests {
 		if m, err := Decode(tt.b); !errors.Is(err, ErrInvalid) {

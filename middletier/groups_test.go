@@ -1,0 +1,146 @@
+package middletier_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/middletier"
+	"github.com/ingest-io/ingest/wal"
+	"github.com/ingest-io/ingest/wire"
+)
+
+// member is one writer of a group, asking a middletier for its lease.
+type member struct {
+	t    *testing.T
+	name string
+	p    *testkit.Peer
+	req  uint64
+}
+
+func newMember(t *testing.T, tr *testkit.Middletier, name string) *member {
+	return &member{t: t, name: name, p: dealer(t, tr.Addrs.Consumer, "g#"+name)}
+}
+
+// ask sends a lease request and returns its reply.
+func (m *member) ask(op uint8, slot uint64) *wire.LeaseReply {
+	m.t.Helper()
+	m.req++
+	m.p.Send(m.t, &wire.Lease{Group: "g", Member: m.name, Req: m.req, Slot: slot, Op: op})
+	for {
+		r := testkit.Next[*wire.LeaseReply](m.t, m.p)
+		if r.Req == m.req {
+			if r.Group != "g" || r.Member != m.name || r.Middletier != "mt-test" {
+				m.t.Fatalf("reply %+v to %s", r, m.name)
+			}
+			return r
+		}
+	}
+}
+
+// gauges returns the series of the gauge name by their labels' values.
+func gauges(t *testing.T, reg prometheus.Gatherer, name string) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			out[labelValues(m)] = m.GetGauge().GetValue()
+		}
+	}
+	return out
+}
+
+func labelValues(m *dto.Metric) string {
+	s := ""
+	for _, l := range m.GetLabel() {
+		if l.GetName() != "middletier" {
+			s += l.GetName() + "=" + l.GetValue() + " "
+		}
+	}
+	return s
+}
+
+// TestWriterGroupLease: a middletier grants a group's lease to one member
+// at a time, the member the slot chooses among the live ones; a holder no
+// longer chosen is told so and hands over by releasing; a member that
+// stops renewing loses the lease and its place; the gauges show the live
+// writers and the holder, and a durable consumer with no writer shows 0.
+func TestWriterGroupLease(t *testing.T) {
+	const ttl = 600 * time.Millisecond
+	tr := startTier(t, t.TempDir(), middletier.Options{Consumers: []string{"g", "plain"}, LeaseTTL: ttl}, wal.Options{})
+	writers := func() map[string]float64 { return gauges(t, tr.Reg, "ingest_middletier_group_writers") }
+	if w := writers(); w["group=g "] != 0 || w["group=plain "] != 0 || len(w) != 2 {
+		t.Fatalf("writers at start: %v", w)
+	}
+
+	a, b := newMember(t, tr, "a"), newMember(t, tr, "b")
+	// A group's first grant waits half a time to live.
+	testkit.WaitFor(t, "a's first grant", 5*time.Second, func() bool { return a.ask(wire.LeaseHold, 0).Holder == "a" })
+	if r := b.ask(wire.LeaseHold, 0); r.Holder != "a" || r.Writers != 2 || r.TTL != ttl || r.Revoked {
+		t.Fatalf("b, slot 0: %+v", r)
+	}
+	if r := a.ask(wire.LeaseHold, 0); r.Holder != "a" || r.Revoked {
+		t.Fatalf("a, slot 0, still chosen: %+v", r)
+	}
+	if h := gauges(t, tr.Reg, "ingest_middletier_group_holder"); len(h) != 1 || h["group=g writer=a "] != 1 {
+		t.Fatalf("holder gauge: %v", h)
+	}
+
+	// Slot 1 chooses b: a is told, keeps the lease until it releases it,
+	// and then b has it.
+	if r := b.ask(wire.LeaseHold, 1); r.Holder != "a" {
+		t.Fatalf("b, slot 1, before the hand-over: %+v", r)
+	}
+	if r := a.ask(wire.LeaseHold, 1); r.Holder != "a" || !r.Revoked {
+		t.Fatalf("a, slot 1: %+v, want revoked", r)
+	}
+	if r := a.ask(wire.LeaseRelease, 1); r.Holder != "b" || r.Revoked {
+		t.Fatalf("a's release: %+v", r)
+	}
+	if r := b.ask(wire.LeaseHold, 1); r.Holder != "b" || r.Revoked || r.Writers != 2 {
+		t.Fatalf("b after the hand-over: %+v", r)
+	}
+	if h := gauges(t, tr.Reg, "ingest_middletier_group_holder"); len(h) != 1 || h["group=g writer=b "] != 1 {
+		t.Fatalf("holder gauge: %v", h)
+	}
+
+	// b stops renewing (killed): after its time to live a has the lease,
+	// whatever the slot says of a group of two.
+	testkit.WaitFor(t, "b's lease to expire", 10*time.Second, func() bool {
+		return a.ask(wire.LeaseHold, 1).Holder == "a"
+	})
+	if r := a.ask(wire.LeaseHold, 1); r.Writers != 1 || r.Revoked {
+		t.Fatalf("a alone: %+v", r)
+	}
+	if w := writers(); w["group=g "] != 1 {
+		t.Fatalf("writers with a alone: %v", w)
+	}
+
+	// a leaves: no holder, no writer.
+	if r := a.ask(wire.LeaseLeave, 1); r.Holder != "" || r.Writers != 0 {
+		t.Fatalf("a's leave: %+v", r)
+	}
+	if h := gauges(t, tr.Reg, "ingest_middletier_group_holder"); len(h) != 0 {
+		t.Fatalf("holder gauge with no holder: %v", h)
+	}
+
+	// A consumer that takes no lease is a group of one: its fetches show
+	// it live, and it is forgotten when it goes silent.
+	c := dealer(t, tr.Addrs.Consumer, "plain#1")
+	c.Send(t, &wire.Fetch{Consumer: "plain", From: 0, Max: 0})
+	testkit.Next[*wire.FetchReply](t, c)
+	if w := writers(); w["group=plain "] != 1 || w["group=g "] != 0 {
+		t.Fatalf("writers after a plain fetch: %v", w)
+	}
+	testkit.WaitFor(t, "the plain consumer to be forgotten", 10*time.Second, func() bool { return writers()["group=plain "] == 0 })
+}

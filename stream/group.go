@@ -1,0 +1,248 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/wire"
+)
+
+// Group makes a durable consumer one member of a writer group: the writers
+// that share Name divide the middletiers' streams among themselves, each
+// stream followed by one of them at a time.
+type Group struct {
+	// Name is the group's, and the consumer name its checkpoint is kept
+	// under at every middletier.
+	Name string
+	// Member names this writer in its group; unique among the group's
+	// writers for as long as it runs.
+	Member string
+	// Slot is the middletier's position in the writer's list of
+	// middletiers: writers with the same list divide them evenly.
+	Slot int
+}
+
+// Member follows one middletier's stream as a member of a writer group. It
+// asks the middletier for the group's lease every fifth of the lease's
+// time to live and, while it holds it, runs a durable Follower under the
+// group's consumer name, which resumes from the group's checkpoint. It
+// stops following when the middletier revokes the lease (another member is
+// chosen) and then commits its last checkpoint and releases the lease, so
+// that the next holder resumes where it stopped; and it stops following,
+// without a word, once the lease may have run out unrenewed (the
+// middletier unreachable), so that two members never follow at once while
+// their clocks run at the same rate. The lease lasts from the sending of
+// the request that was granted; the middletier counts it from its receipt.
+//
+// Goroutines, all started and awaited by Run: its own, which asks for the
+// lease, and the Follower's Run (with the goroutines it owns) while the
+// lease is held.
+type Member struct {
+	ep   Endpoints
+	o    Options
+	g    Group
+	h    Handler
+	m    Metrics
+	lg   *slog.Logger
+	held prometheus.Gauge // 1 while the lease is held; nil: not kept
+
+	ran   atomic.Bool
+	known atomic.Bool // the middletier has answered: it knows who follows
+	hold  atomic.Bool
+	fol   atomic.Pointer[Follower]
+	name  atomic.Pointer[string]
+}
+
+// NewMember returns a Member of group g that follows the middletier at ep
+// while it holds the group's lease there, handing records to h. opts are
+// the Follower's: Durable is implied, and Consumer is the group's name.
+// held, if not nil, is set to 1 while the lease is held. It starts
+// nothing. lg may be nil.
+func NewMember(ep Endpoints, opts Options, g Group, h Handler, m Metrics, held prometheus.Gauge, lg *slog.Logger) (*Member, error) {
+	opts.Consumer, opts.Durable = g.Name, true
+	o, err := opts.withDefaults(ep)
+	if err != nil {
+		return nil, err
+	}
+	if g.Member == "" || len(g.Member) > wire.MaxNameLen {
+		return nil, fmt.Errorf("stream: group member name must be 1 to %d bytes", wire.MaxNameLen)
+	}
+	if g.Slot < 0 {
+		return nil, errors.New("stream: negative slot")
+	}
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	mb := &Member{ep: ep, o: o, g: g, h: h, m: m, lg: lg, held: held}
+	name := ep.Consumer
+	mb.name.Store(&name)
+	return mb, nil
+}
+
+// Middletier is the id of the middletier, once it has answered; before,
+// its consumer endpoint.
+func (mb *Member) Middletier() string { return *mb.name.Load() }
+
+// Held reports whether the Member holds its group's lease and follows.
+func (mb *Member) Held() bool { return mb.hold.Load() }
+
+// CaughtUp reports whether the middletier has answered and, if this
+// Member holds the lease, its Follower has caught up once: the readiness
+// of a writer, which has nothing to catch up with on a stream that another
+// member follows.
+func (mb *Member) CaughtUp() bool {
+	if !mb.known.Load() {
+		return false
+	}
+	f := mb.fol.Load()
+	return f == nil || f.CaughtUp()
+}
+
+// Run asks for the lease and follows while it holds it, until ctx ends;
+// then it stops following (the Follower sends its last checkpoint), leaves
+// the group and returns nil once every goroutine it started has ended. A
+// Member runs once.
+func (mb *Member) Run(ctx context.Context) error {
+	if !mb.ran.CompareAndSwap(false, true) {
+		return errors.New("stream: member already ran")
+	}
+	l := leaser{Member: mb, c: consumer{endpoint: mb.ep.Consumer, name: mb.g.Name, timeout: mb.o.FetchTimeout},
+		sent: map[uint64]time.Time{}, renew: time.Second}
+	defer l.c.close()
+	defer l.stop()
+	tick := time.NewTimer(0)
+	defer tick.Stop()
+	for {
+		var replies <-chan [][]byte
+		var done <-chan struct{}
+		if l.c.d != nil {
+			replies, done = l.c.d.Recv(), l.c.d.Done()
+		}
+		select {
+		case <-ctx.Done():
+			l.stop()
+			l.ask(wire.LeaseLeave)
+			return nil
+		case <-tick.C:
+			if l.following() && time.Now().After(l.until) {
+				mb.lg.Warn(mb.o.Name+": lease not renewed in time; stopped following", "middletier", mb.Middletier(), "group", mb.g.Name)
+				l.stop()
+			}
+			l.ask(wire.LeaseHold)
+			tick.Reset(l.renew)
+		case frames := <-replies:
+			if r, ok := decode(frames).(*wire.LeaseReply); ok {
+				l.onReply(ctx, r)
+			}
+		case <-done:
+			l.c.close() // asked again at the next tick
+		}
+	}
+}
+
+// leaser is a Member's Run state, owned by its goroutine.
+type leaser struct {
+	*Member
+	c      consumer
+	req    uint64
+	sent   map[uint64]time.Time // requests in flight, by number
+	renew  time.Duration
+	until  time.Time // the lease held lasts until then
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func (l *leaser) following() bool { return l.cancel != nil }
+
+// ask sends a lease request; a failure is answered by the next tick's.
+func (l *leaser) ask(op uint8) {
+	l.req++
+	now := time.Now()
+	l.sent[l.req] = now
+	for n, at := range l.sent {
+		if now.Sub(at) > time.Minute {
+			delete(l.sent, n)
+		}
+	}
+	if err := l.c.send(&wire.Lease{Group: l.g.Name, Member: l.g.Member, Req: l.req, Slot: uint64(l.g.Slot), Op: op}); err != nil {
+		l.lg.Debug(l.o.Name+": lease request not sent", "middletier", l.Middletier(), "err", err)
+	}
+}
+
+// onReply takes the middletier's answer: follow while the lease is held,
+// hand the stream over when it is revoked, stop when another holds it.
+func (l *leaser) onReply(ctx context.Context, r *wire.LeaseReply) {
+	at, ok := l.sent[r.Req]
+	if !ok || r.Group != l.g.Name || r.Member != l.g.Member {
+		return
+	}
+	delete(l.sent, r.Req)
+	if r.Middletier != l.Middletier() {
+		id := r.Middletier
+		l.name.Store(&id)
+	}
+	l.known.Store(true)
+	l.renew = max(r.TTL/5, time.Millisecond)
+	switch {
+	case r.Holder == l.g.Member && r.Revoked:
+		if l.following() {
+			l.lg.Info(l.o.Name+": handing the stream over to another writer of the group", "middletier", r.Middletier, "group", l.g.Name)
+			l.stop()
+		}
+		l.ask(wire.LeaseRelease)
+	case r.Holder == l.g.Member:
+		// The middletier counts from the request's receipt, later than
+		// its sending: the lease ends here first.
+		l.until = at.Add(r.TTL)
+		if !l.following() {
+			l.start(ctx, r)
+		}
+	default:
+		if l.following() {
+			l.lg.Warn(l.o.Name+": another writer of the group holds the lease; stopped following", "middletier", r.Middletier,
+				"group", l.g.Name, "holder", r.Holder)
+			l.stop()
+		}
+	}
+}
+
+// start runs a Follower of the stream for as long as the lease is held.
+func (l *leaser) start(ctx context.Context, r *wire.LeaseReply) {
+	f, err := New(l.ep, l.o, l.h, l.m, l.lg)
+	if err != nil {
+		l.lg.Error(l.o.Name+": cannot follow", "middletier", r.Middletier, "err", err) // options were checked in NewMember
+		return
+	}
+	l.lg.Info(l.o.Name+": lease taken; following", "middletier", r.Middletier, "group", l.g.Name, "member", l.g.Member, "writers", r.Writers)
+	fctx, cancel := context.WithCancel(ctx)
+	l.cancel = cancel
+	l.fol.Store(f)
+	l.hold.Store(true)
+	if l.held != nil {
+		l.held.Set(1)
+	}
+	l.wg.Go(func() { f.Run(fctx) })
+}
+
+// stop ends the Follower, which sends its last checkpoint, and waits for
+// it.
+func (l *leaser) stop() {
+	if l.cancel == nil {
+		return
+	}
+	l.cancel()
+	l.wg.Wait()
+	l.cancel = nil
+	l.fol.Store(nil)
+	l.hold.Store(false)
+	if l.held != nil {
+		l.held.Set(0)
+	}
+}
