@@ -205,11 +205,11 @@ func TestDataDirInUse(t *testing.T) {
 	}
 
 	walDir := t.TempDir()
-	fe := startFrontend(t, walDir, "127.0.0.1:0")
-	defer fe.cmd.Process.Kill()
+	fe, _ := startFrontend(t, walDir, "127.0.0.1:0")
+	defer fe.kill()
 	_, errOut, code = runBin(t, "", []string{"INGEST_AUTH_HS256_SECRET_FILE=" + writeSecret(t)},
 		"frontend", "--wal.dir", walDir, "--listen", "127.0.0.1:0")
-	want = fmt.Sprintf("ingest frontend: open frontend wal: %s/ is in use by ingest pid %d\n", walDir, fe.cmd.Process.Pid)
+	want = fmt.Sprintf("ingest frontend: open frontend wal: %s/ is in use by ingest pid %d\n", walDir, fe.pid())
 	if code != 1 || errOut != want {
 		t.Errorf("a second frontend on its WAL: exit %d, printed %q; want exit 1 and %q", code, errOut, want)
 	}

@@ -1,19 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -61,12 +57,6 @@ func TestMain(m *testing.M) {
 
 const secret = "0123456789abcdef0123456789abcdef-e2e"
 
-type proc struct {
-	cmd  *exec.Cmd
-	addr string
-	logs *syncBuf
-}
-
 type syncBuf struct {
 	mu sync.Mutex
 	b  []byte
@@ -87,47 +77,14 @@ func (s *syncBuf) String() string {
 
 var addrRE = regexp.MustCompile(`msg="frontend listening" addr=(\S+)`)
 
-// startFrontend runs `ingest frontend` and returns once it has logged the
-// address it bound.
-func startFrontend(t *testing.T, walDir, listen string) *proc {
+// startFrontend starts `ingest frontend` (fe-e2e) on listen with its WAL in
+// walDir, and returns it and the address it logged; flags come after.
+func startFrontend(t *testing.T, walDir, listen string, flags ...string) (*tierProc, string) {
 	t.Helper()
-	secretFile := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(binPath, "frontend", "--listen", listen, "--id", "fe-e2e", "--drain-window", "500ms")
-	cmd.Env = append(os.Environ(), "INGEST_WAL_DIR="+walDir, "INGEST_AUTH_HS256_SECRET_FILE="+secretFile)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, logs: &syncBuf{}}
-	found := make(chan string, 1)
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			p.logs.Write([]byte(line + "\n"))
-			if m := addrRE.FindStringSubmatch(line); m != nil {
-				select {
-				case found <- m[1]:
-				default:
-				}
-			}
-		}
-		io.Copy(io.Discard, stderr)
-	}()
-	select {
-	case p.addr = <-found:
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("frontend did not report its address; logs:\n%s", p.logs)
-	}
-	return p
+	p := frontendProc(t, "fe-e2e", listen, walDir, writeSecret(t), append([]string{"--drain-window", "500ms"}, flags...)...)
+	p.start()
+	logsOnFailure(t, 60, p)
+	return p, addrRE.FindStringSubmatch(p.logs.String())[1]
 }
 
 func token(t *testing.T, device string) string {
@@ -149,50 +106,23 @@ func TestFrontendSurvivesSIGKILL(t *testing.T) {
 		perDevice = 400
 	)
 	walDir := t.TempDir()
-	p := startFrontend(t, walDir, "127.0.0.1:0")
-	url := "ws://" + p.addr + "/v1/ingest"
-
-	resp, err := http.Get("http://" + p.addr + "/healthz")
-	if err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("healthz: %v %v", resp, err)
+	p, addr := startFrontend(t, walDir, "127.0.0.1:0")
+	if s := httpStatus(t, "http://"+addr+"/healthz"); s != http.StatusOK {
+		t.Fatalf("healthz: %d", s)
 	}
-	resp.Body.Close()
-
-	var (
-		mu       sync.Mutex
-		acked    = map[string]map[uint64]bool{} // device -> client message numbers
-		ackCount atomic.Int64
-		clients  []*client.Client
-	)
-	ctx := context.Background()
-	for d := range devices {
-		dev := fmt.Sprintf("dev-%02d", d)
-		acked[dev] = map[uint64]bool{}
-		c, err := client.Dial(ctx, client.Options{
-			URL: url, Token: token(t, dev), Window: 16,
-			MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
-			OnResult: func(r client.Result) {
-				if r.Err == nil {
-					mu.Lock()
-					acked[dev][r.N] = true
-					mu.Unlock()
-					ackCount.Add(1)
-				}
-			},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		clients = append(clients, c)
-		defer c.Close()
-	}
+	ids := deviceIDs("dev", devices)
+	acked := newAcks(ids)
+	clients := dialDevices(t, acked, ids, func(int, string) client.Options {
+		return client.Options{URL: "ws://" + addr + "/v1/ingest", Window: 16,
+			MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	})
 	var senders sync.WaitGroup
 	for d, c := range clients {
 		senders.Go(func() {
 			for i := 1; i <= perDevice; i++ {
 				// Send numbers messages 1, 2, 3…, the same as i.
 				msg := fmt.Sprintf(`{"id":%d,"seq":%d,"temp":%d.5}`, i, i, 20+d)
-				if _, err := c.Send(ctx, []byte(msg)); err != nil {
+				if _, err := c.Send(context.Background(), []byte(msg)); err != nil {
 					t.Errorf("send: %v", err)
 					return
 				}
@@ -200,81 +130,29 @@ func TestFrontendSurvivesSIGKILL(t *testing.T) {
 		})
 	}
 
-	// Kill in the middle of the stream.
-	deadline := time.Now().Add(30 * time.Second)
-	for ackCount.Load() < devices*perDevice/4 {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d acks before the kill; logs:\n%s", ackCount.Load(), p.logs)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	p.cmd.Wait()
-	mu.Lock()
-	ackedAtKill := map[string]map[uint64]bool{}
-	for dev, ids := range acked {
-		ackedAtKill[dev] = map[uint64]bool{}
-		for id := range ids {
-			ackedAtKill[dev][id] = true
-		}
-	}
-	mu.Unlock()
-	t.Logf("killed after %d acks", ackCount.Load())
-
-	// What the dead process acknowledged is on disk.
-	stored := readWAL(t, walDir)
-	for dev, ids := range ackedAtKill {
-		for id := range ids {
-			if !stored[dev][id] {
-				t.Fatalf("acknowledged message %s/%d is not in the WAL after SIGKILL", dev, id)
-			}
-		}
-	}
+	// Kill in the middle of the stream. What the dead process acknowledged
+	// is on disk.
+	testkit.WaitFor(t, "a quarter of the messages acknowledged before the kill", 30*time.Second, func() bool {
+		return acked.count() >= devices*perDevice/4
+	})
+	p.kill()
+	ackedAtKill := acked.snapshot()
+	t.Logf("killed after %d acks", acked.count())
+	checkAckedStored(t, ackedAtKill, readWAL(t, walDir), "the WAL after SIGKILL")
 
 	// Restart on the same address: clients reconnect and resend whatever was
 	// not acknowledged, in order.
-	p2 := startFrontend(t, walDir, p.addr)
+	p2, _ := startFrontend(t, walDir, addr)
 	senders.Wait()
-	for _, c := range clients {
-		fctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		err := c.Flush(fctx)
-		cancel()
-		if err != nil {
-			t.Fatalf("flush after restart: %v (pending %d); logs:\n%s", err, c.Pending(), p2.logs)
-		}
+	flushAll(t, clients, func(int) string { return " after the restart" })
+	if t.Failed() {
+		t.FailNow()
 	}
 	for _, c := range clients {
 		c.Close()
 	}
-	if err := p2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := p2.cmd.Wait(); err != nil {
-		t.Fatalf("frontend exit after SIGTERM: %v; logs:\n%s", err, p2.logs)
-	}
-
-	order := walOrder(t, walDir)
-	for dev, ids := range acked {
-		if len(ids) != perDevice {
-			t.Fatalf("%s: %d acknowledged, want %d", dev, len(ids), perDevice)
-		}
-		seen := map[uint64]bool{}
-		var last uint64
-		for _, id := range order[dev] {
-			if seen[id] {
-				continue // a resend of a message whose ack was lost: allowed
-			}
-			if id != last+1 {
-				t.Fatalf("%s: message %d first stored after %d: order broken", dev, id, last)
-			}
-			seen[id], last = true, id
-		}
-		if last != perDevice {
-			t.Fatalf("%s: %d stored, want %d", dev, last, perDevice)
-		}
-	}
+	stopOrFail(t, p2)
+	checkOrder(t, acked.snapshot(), walOrder(t, walDir), perDevice)
 }
 
 func readWAL(t *testing.T, dir string) map[string]map[uint64]bool {

@@ -7,72 +7,17 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 var mqttAddrRE = regexp.MustCompile(`msg="mqtt listening" addr=(\S+)`)
-
-// startFrontendMQTT runs `ingest frontend` with an MQTT listener and
-// returns once it has logged both addresses.
-func startFrontendMQTT(t *testing.T, walDir, listen, mqttListen string) (*proc, string) {
-	t.Helper()
-	secretFile := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(secretFile, []byte(secret+"\n"), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(binPath, "frontend", "--listen", listen, "--mqtt.listen", mqttListen, "--id", "fe-e2e", "--drain-window", "500ms")
-	cmd.Env = append(os.Environ(), "INGEST_WAL_DIR="+walDir, "INGEST_AUTH_HS256_SECRET_FILE="+secretFile)
-	stderr, err := cmd.StderrPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	p := &proc{cmd: cmd, logs: &syncBuf{}}
-	found := make(chan [2]string, 1)
-	go func() {
-		var ws, mq string
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			line := sc.Text()
-			p.logs.Write([]byte(line + "\n"))
-			if m := mqttAddrRE.FindStringSubmatch(line); m != nil {
-				mq = m[1]
-			}
-			if m := addrRE.FindStringSubmatch(line); m != nil {
-				ws = m[1]
-			}
-			if ws != "" && mq != "" {
-				select {
-				case found <- [2]string{ws, mq}:
-				default:
-				}
-			}
-		}
-		io.Copy(io.Discard, stderr)
-	}()
-	select {
-	case a := <-found:
-		p.addr = a[0]
-		return p, a[1]
-	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
-		cmd.Wait()
-		t.Fatalf("frontend did not report its addresses; logs:\n%s", p.logs)
-	}
-	return nil, ""
-}
 
 // mqttDevice publishes messages 1..n at QoS 1, window in flight, and keeps
 // each until its PUBACK: on a lost connection it reconnects and publishes
@@ -197,32 +142,17 @@ func TestFrontendMQTTSurvivesSIGKILL(t *testing.T) {
 		perDevice = 500
 	)
 	walDir := t.TempDir()
-	p, mqttAddr := startFrontendMQTT(t, walDir, "127.0.0.1:0", "127.0.0.1:0")
-	var (
-		mu       sync.Mutex
-		acked    = map[string]map[uint64]bool{}
-		ackCount atomic.Int64
-		addrMu   sync.Mutex
-		addr     = mqttAddr
-	)
+	p, addr := startFrontend(t, walDir, "127.0.0.1:0", "--mqtt.listen", "127.0.0.1:0")
+	mqttAddr := mqttAddrRE.FindStringSubmatch(p.logs.String())[1]
+	ids := deviceIDs("mq", devices)
+	acked := newAcks(ids)
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	errs := make(chan error, devices)
-	for i := range devices {
-		acked[fmt.Sprintf("mq-%02d", i)] = map[uint64]bool{}
-	}
-	for i := range devices {
-		dev := fmt.Sprintf("mq-%02d", i)
+	for i, dev := range ids {
 		d := &mqttDevice{id: dev, version: byte(4 + i%2), token: token(t, dev), n: perDevice, window: 16,
-			onAck: func(n int) {
-				mu.Lock()
-				acked[dev][uint64(n)] = true
-				mu.Unlock()
-				ackCount.Add(1)
-			}}
-		wg.Go(func() {
-			errs <- d.run(func() string { addrMu.Lock(); defer addrMu.Unlock(); return addr }, stop)
-		})
+			onAck: func(n int) { acked.add(dev, uint64(n)) }}
+		wg.Go(func() { errs <- d.run(func() string { return mqttAddr }, stop) })
 	}
 	defer func() {
 		select {
@@ -232,48 +162,23 @@ func TestFrontendMQTTSurvivesSIGKILL(t *testing.T) {
 		}
 		wg.Wait()
 	}()
-	deadline := time.Now().Add(30 * time.Second)
-	for ackCount.Load() < devices*perDevice/4 {
-		if time.Now().After(deadline) {
-			t.Fatalf("only %d acks before the kill; logs:\n%s", ackCount.Load(), p.logs)
-		}
-		time.Sleep(time.Millisecond)
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		t.Fatal(err)
-	}
-	p.cmd.Wait()
-	mu.Lock()
-	ackedAtKill := map[string][]uint64{}
-	for dev, ids := range acked {
-		for id := range ids {
-			ackedAtKill[dev] = append(ackedAtKill[dev], id)
-		}
-	}
-	mu.Unlock()
-	t.Logf("killed after %d PUBACKs", ackCount.Load())
-	stored := walOrder(t, walDir)
-	for dev, ids := range ackedAtKill {
-		count := map[uint64]int{}
-		for _, id := range stored[dev] {
-			count[id]++
-		}
-		for _, id := range ids {
-			if count[id] != 1 {
-				t.Fatalf("PUBACKed message %s/%d is in the WAL %d times after SIGKILL, want once", dev, id, count[id])
-			}
-		}
-	}
+	testkit.WaitFor(t, "a quarter of the messages PUBACKed before the kill", 30*time.Second, func() bool {
+		return acked.count() >= devices*perDevice/4
+	})
+	p.kill()
+	ackedAtKill := acked.snapshot()
+	t.Logf("killed after %d PUBACKs", acked.count())
+	checkStoredOnce(t, ackedAtKill, walOrder(t, walDir), "after SIGKILL")
 
 	// Restart on the same addresses: devices reconnect and publish again
 	// from their first unacknowledged message.
-	p2, _ := startFrontendMQTT(t, walDir, p.addr, mqttAddr)
+	p2, _ := startFrontend(t, walDir, addr, "--mqtt.listen", mqttAddr)
 	done := make(chan struct{})
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
 	case <-time.After(90 * time.Second):
-		t.Fatalf("devices did not finish after the restart; logs:\n%s", p2.logs)
+		t.Fatal("devices did not finish after the restart")
 	}
 	close(stop)
 	for range devices {
@@ -281,35 +186,24 @@ func TestFrontendMQTTSurvivesSIGKILL(t *testing.T) {
 			t.Fatalf("device: %v", err)
 		}
 	}
-	if err := p2.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if err := p2.cmd.Wait(); err != nil {
-		t.Fatalf("frontend exit after SIGTERM: %v; logs:\n%s", err, p2.logs)
-	}
+	stopOrFail(t, p2)
 	order := walOrder(t, walDir)
+	checkOrder(t, acked.snapshot(), order, perDevice)
+	checkStoredOnce(t, ackedAtKill, order, "in the end")
+}
+
+// checkStoredOnce fails the test unless each message in acked is in order
+// (what a WAL holds of each device) once.
+func checkStoredOnce(t *testing.T, acked map[string]map[uint64]bool, order map[string][]uint64, when string) {
+	t.Helper()
 	for dev, ids := range acked {
-		if len(ids) != perDevice {
-			t.Fatalf("%s: %d acknowledged, want %d", dev, len(ids), perDevice)
-		}
-		seen := map[uint64]int{}
-		var last uint64
+		count := map[uint64]int{}
 		for _, id := range order[dev] {
-			seen[id]++
-			if seen[id] > 1 {
-				continue
-			}
-			if id != last+1 {
-				t.Fatalf("%s: message %d first stored after %d: order broken", dev, id, last)
-			}
-			last = id
+			count[id]++
 		}
-		if last != perDevice {
-			t.Fatalf("%s: %d stored, want %d", dev, last, perDevice)
-		}
-		for _, id := range ackedAtKill[dev] {
-			if seen[id] != 1 {
-				t.Fatalf("%s/%d, PUBACKed before the kill, is in the WAL %d times", dev, id, seen[id])
+		for id := range ids {
+			if count[id] != 1 {
+				t.Fatalf("PUBACKed message %s/%d is in the WAL %d times %s, want once", dev, id, count[id], when)
 			}
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -24,6 +23,7 @@ import (
 
 	"github.com/ingest-io/ingest/client"
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
 )
@@ -88,8 +88,12 @@ func (p *tierProc) start() {
 		p.t.Fatalf("%s did not start:\n%s", p.name, p.logs.String())
 	}
 	p.mu.Lock()
+	first := p.cmd == nil
 	p.cmd, p.done = cmd, done
 	p.mu.Unlock()
+	if first {
+		p.t.Cleanup(p.kill) // what the test left running
+	}
 }
 
 // pid is the running process's id.
@@ -161,148 +165,52 @@ func freePort(t *testing.T) int {
 // every message any device saw acknowledged is in a middletier's stream,
 // and no middletier's stream holds an entry (by identity) twice.
 func TestPipelineUnderSIGKILL(t *testing.T) {
-	chaos := 20 * time.Second
+	d := 20 * time.Second
 	if testing.Short() {
-		chaos = 5 * time.Second
+		d = 5 * time.Second
 	}
 	const devices = 20
-	secretFile := filepath.Join(t.TempDir(), "secret")
-	if err := os.WriteFile(secretFile, []byte(secret), 0o600); err != nil {
-		t.Fatal(err)
-	}
-
-	var mts []*tierProc
-	var mtIngest []string
-	var mtDirs []string
-	for i := range 2 {
-		dir := t.TempDir()
-		ing := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
-		mtIngest = append(mtIngest, ing)
-		mtDirs = append(mtDirs, dir)
-		mts = append(mts, &tierProc{t: t, name: fmt.Sprintf("mt-%d", i), ready: regexp.MustCompile(`msg="middletier listening"`),
-			args: []string{"middletier", "--id", fmt.Sprintf("mt-%d", i), "--data.dir", dir,
-				"--ingest.addr", ing,
-				"--consumer.addr", fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)),
-				"--stream.addr", fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)),
-				"--http.listen", "127.0.0.1:0",
-				// A durable consumer that never commits: the WAL keeps every
-				// record for the check at the end.
-				"--consumers", "audit"}})
-	}
-	// The second of each tier runs its WAL with segments that grow as they
-	// are written, so both layouts are killed and recovered.
-	mts[1].args = append(mts[1].args, "--wal.no-preallocate")
-	var feDirs []string
-	var fes []*tierProc
-	var feAddrs []string
-	for i := range 2 {
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		feAddrs = append(feAddrs, addr)
-		// Each frontend prefers a different middletier.
-		order := []string{mtIngest[i], mtIngest[1-i]}
-		fes = append(fes, &tierProc{t: t, name: fmt.Sprintf("fe-%d", i), ready: regexp.MustCompile(`msg="frontend listening"`),
-			args: []string{"frontend", "--listen", addr, "--id", fmt.Sprintf("fe-%d", i), "--drain-window", "200ms",
-				"--uplink.middletiers", strings.Join(order, ","), "--uplink.failover", "2s", "--uplink.flush-timeout", "1s"},
-			env: []string{"INGEST_WAL_DIR=" + t.TempDir(), "INGEST_AUTH_HS256_SECRET_FILE=" + secretFile}})
-		feDirs = append(feDirs, strings.TrimPrefix(fes[i].env[0], "INGEST_WAL_DIR="))
-	}
-	fes[1].env = append(fes[1].env, "INGEST_WAL_NO_PREALLOCATE=true")
-	procs := append(append([]*tierProc{}, mts...), fes...)
+	mts, fes := pipelineTiers(t)
+	procs := []*tierProc{mts[0].tierProc, mts[1].tierProc, fes[0].tierProc, fes[1].tierProc}
 	for _, p := range procs {
 		p.start()
 	}
-	defer func() {
-		if t.Failed() {
-			for _, p := range procs {
-				t.Logf("logs of %s (tail):\n%s", p.name, tail(p.logs.String(), 30))
-			}
-		}
-	}()
+	logsOnFailure(t, 30, procs...)
 
 	// Devices stream to the frontends until the chaos ends.
-	var (
-		mu    sync.Mutex
-		acked = map[string]map[uint64]bool{}
-	)
+	ids := deviceIDs("dev", devices)
+	acked := newAcks(ids)
+	clientLogs := make([]*syncBuf, devices)
+	clients := dialDevices(t, acked, ids, func(d int, _ string) client.Options {
+		clientLogs[d] = &syncBuf{}
+		return client.Options{URL: "ws://" + fes[d%2].addr + "/v1/ingest", Window: 16,
+			MinBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
+			Logger: slog.New(slog.NewTextHandler(clientLogs[d], &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	})
 	ctx, stopSending := context.WithCancel(context.Background())
 	var senders sync.WaitGroup
-	var clients []*client.Client
-	clientLogs := make([]*syncBuf, devices)
-	for d := range devices {
-		acked[fmt.Sprintf("dev-%02d", d)] = map[uint64]bool{}
-		clientLogs[d] = &syncBuf{}
-	}
-	for d := range devices {
-		dev := fmt.Sprintf("dev-%02d", d)
-		c, err := client.Dial(context.Background(), client.Options{
-			URL: "ws://" + feAddrs[d%2] + "/v1/ingest", Token: token(t, dev), Window: 16,
-			MinBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
-			Logger: slog.New(slog.NewTextHandler(clientLogs[d], &slog.HandlerOptions{Level: slog.LevelDebug})),
-			OnResult: func(r client.Result) {
-				if r.Err == nil {
-					mu.Lock()
-					acked[dev][r.N] = true
-					mu.Unlock()
-				}
-			},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		clients = append(clients, c)
+	for d, c := range clients {
 		senders.Go(func() {
-			for i := 1; ctx.Err() == nil; i++ {
-				if _, err := c.Send(ctx, fmt.Appendf(nil, `{"id":%d,"v":%d}`, i, d)); err != nil {
-					return
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
+			sendUntil(ctx, c, 5*time.Millisecond, func(i int) []byte { return fmt.Appendf(nil, `{"id":%d,"v":%d}`, i, d) })
 		})
 	}
 
 	// Chaos: kill a random tier every 0.5 to 1.5 s and start it again.
-	kills := map[string]int{}
-	end := time.Now().Add(chaos)
-	for time.Now().Before(end) {
-		time.Sleep(time.Duration(500+rand.IntN(1000)) * time.Millisecond)
-		p := procs[rand.IntN(len(procs))]
-		p.kill()
-		kills[p.name]++
-		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
-		p.start()
-	}
+	kills := chaos(procs, d)
 	stopSending()
 	senders.Wait()
 
 	// Every device's messages end up acknowledged (the client resends what
 	// was not), and the frontends forward everything.
-	for d, c := range clients {
-		fctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		if err := c.Flush(fctx); err != nil {
-			t.Errorf("flush of dev-%02d: %v; %d messages without a result; its log (tail):\n%s",
-				d, err, c.Pending(), tail(clientLogs[d].String(), 20))
-		}
-		cancel()
-		c.Close()
+	flushAll(t, clients, func(d int) string { return "; its log (tail):\n" + tail(clientLogs[d].String(), 20) })
+	for _, fe := range fes {
+		testkit.WaitFor(t, fe.name+" forwarding every entry", 60*time.Second, func() bool { return queueDepth(t, fe.addr) == 0 })
 	}
-	for i, addr := range feAddrs {
-		deadline := time.Now().Add(60 * time.Second)
-		for queueDepth(t, addr) != 0 {
-			if time.Now().After(deadline) {
-				t.Fatalf("fe-%d still holds unforwarded entries", i)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	for _, p := range procs {
-		if err := p.stop(); err != nil {
-			t.Error(err)
-		}
-	}
+	stopAll(t, procs...)
 
 	// The first of each tier kept a preallocated spare segment; the second,
 	// told not to, none.
-	for i, dir := range []string{filepath.Join(mtDirs[0], "wal"), filepath.Join(mtDirs[1], "wal"), feDirs[0], feDirs[1]} {
+	for i, dir := range []string{filepath.Join(mts[0].dir, "wal"), filepath.Join(mts[1].dir, "wal"), fes[0].walDir, fes[1].walDir} {
 		_, err := os.Stat(filepath.Join(dir, "segment.spare"))
 		if prealloc := i%2 == 0; prealloc != (err == nil) {
 			t.Errorf("%s: spare segment %v with preallocation %v", dir, err, prealloc)
@@ -313,30 +221,45 @@ func TestPipelineUnderSIGKILL(t *testing.T) {
 	// middletier holds an identity twice.
 	stored := map[string]map[uint64]bool{}
 	total := 0
-	for i, dir := range mtDirs {
-		n := 0
-		for id, count := range readStream(t, filepath.Join(dir, "wal"), stored) {
-			if count > 1 {
-				t.Fatalf("mt-%d holds %s %d times", i, id, count)
-			}
-			n++
-		}
-		t.Logf("mt-%d: %d records", i, n)
+	for _, mt := range mts {
+		n := storedOnce(t, mt, stored)
+		t.Logf("%s: %d records", mt.name, n)
 		total += n
 	}
-	nAcked := 0
-	for dev, ids := range acked {
-		for id := range ids {
-			nAcked++
-			if !stored[dev][id] {
-				t.Fatalf("%s message %d was acknowledged and is in no middletier", dev, id)
-			}
-		}
-	}
+	nAcked := checkAckedStored(t, acked.snapshot(), stored, "any middletier")
 	t.Logf("kills %v; %d messages acknowledged, all stored; %d records in the middletiers", kills, nAcked, total)
 	if nAcked < 1000 {
 		t.Fatalf("only %d messages acknowledged", nAcked)
 	}
+}
+
+// feProc is a frontend process, its address and its WAL.
+type feProc struct {
+	*tierProc
+	addr, walDir string
+}
+
+// pipelineTiers are two middletiers and two frontends, each frontend
+// preferring a different middletier; the second of each tier runs its WAL
+// with segments that grow as they are written, so both layouts are killed
+// and recovered.
+func pipelineTiers(t *testing.T) (mts []*mtProc, fes []*feProc) {
+	secretFile := writeSecret(t)
+	for i := range 2 {
+		// A durable consumer that never commits: the WAL keeps every
+		// record for the check at the end.
+		mts = append(mts, middletierProc(t, fmt.Sprintf("mt-%d", i), t.TempDir(), "--consumers", "audit"))
+	}
+	mts[1].args = append(mts[1].args, "--wal.no-preallocate")
+	for i := range 2 {
+		fe := &feProc{addr: loopback(t), walDir: t.TempDir()}
+		order := []string{mts[i].ingest, mts[1-i].ingest}
+		fe.tierProc = frontendProc(t, fmt.Sprintf("fe-%d", i), fe.addr, fe.walDir, secretFile,
+			"--uplink.middletiers", strings.Join(order, ","), "--uplink.failover", "2s", "--uplink.flush-timeout", "1s")
+		fes = append(fes, fe)
+	}
+	fes[1].env = append(fes[1].env, "INGEST_WAL_NO_PREALLOCATE=true")
+	return mts, fes
 }
 
 // readStream reads a middletier's WAL: it counts each record's identity,
