@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"github.com/ingest-io/ingest/downlink"
 	"net"
+	"net/http"
 	"time"
 
 	"github.com/coder/websocket"
@@ -113,6 +114,10 @@ type Options struct {
 
 	// Gatherer, when set, is served at /metrics.
 	Gatherer prometheus.Gatherer
+	// Handlers are more handlers served on Listener, by http.ServeMux
+	// pattern (e.g. "/debug/pprof/"). They must not claim the server's own
+	// paths.
+	Handlers map[string]http.Handler
 
 	// Revoked, when set, reports whether a device is disabled (the device
 	// registry's disabled): its handshake is refused, however valid its

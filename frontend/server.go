@@ -130,8 +130,8 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 }
 
 // Handler returns the HTTP handler: /v1/ingest, /healthz, /readyz, when
-// Options.Gatherer is set /metrics, and when Options.Downlink is set the
-// command API.
+// Options.Gatherer is set /metrics, when Options.Downlink is set the
+// command API, and Options.Handlers.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+protocol.Path, s.handleIngest)
@@ -158,6 +158,9 @@ func (s *Server) Handler() http.Handler {
 		for _, r := range downlink.Routes {
 			mux.Handle(r, api)
 		}
+	}
+	for pattern, h := range s.opts.Handlers {
+		mux.Handle(pattern, h)
 	}
 	return mux
 }

@@ -16,9 +16,10 @@ var allPrefixes = map[string]string{"frontend": "", "middletier": "middletier.",
 // feed's groups, one TLS certificate for every listener; the storage
 // writer's --self-monitor.interval, which writes the metrics of the whole
 // process; and the storage writer's --sink, the one way to say where the
-// engine stores, under the same name in both.
+// engine stores, under the same name in both; --debug.pprof, which
+// profiles the one process on every port it serves.
 var allShared = []string{
-	"log.level", "log.format", "insecure-no-auth", "registry.file", "self-monitor.interval", "sink",
+	"log.level", "log.format", "debug.pprof", "insecure-no-auth", "registry.file", "self-monitor.interval", "sink",
 	"auth.hs256-secret-file", "auth.rs256-public-keys", "auth.es256-public-keys",
 	"auth.issuer", "auth.audience", "auth.require-exp", "auth.leeway",
 	"tls.cert-file", "tls.key-file",

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/http"
 	"os"
 	"time"
@@ -99,6 +100,7 @@ func (c *feedConfig) build(p *process, a *authConfig, devices *registry.Registry
 		return "", err
 	}
 	opts.Handlers = map[string]http.Handler{"/status/": http.StripPrefix("/status", page)}
+	maps.Copy(opts.Handlers, p.pprofHandlers())
 	if opts.Listener, err = p.listenTLS(c.f.name("listen"), c.listen, "http/1.1"); err != nil {
 		return "", err
 	}

@@ -133,7 +133,7 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 	if opts.Auth, err = a.options(); err != nil {
 		return nil, nil, err
 	}
-	opts.InsecureNoAuth, opts.Gatherer = a.noAuth, p.reg
+	opts.InsecureNoAuth, opts.Gatherer, opts.Handlers = a.noAuth, p.reg, p.pprofHandlers()
 	if c.devices != nil {
 		opts.Revoked = c.devices.Disabled
 	}

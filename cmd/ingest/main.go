@@ -131,6 +131,8 @@ func runTier(ctx context.Context, f flags, args []string, lc *logConfig, build f
 // runProcess parses the flags (header goes above them in --help), builds
 // the process and runs it until ctx ends.
 func runProcess(ctx context.Context, f flags, args []string, header string, lc *logConfig, build func(*process) error) error {
+	var pprofOn bool
+	f.boolean(&pprofOn, "debug.pprof", "serve Go's profiling endpoints (/debug/pprof/) on every HTTP port of the process; anyone who reaches a port can profile the process")
 	if err := parseFlags(f.fs, args, header); err != nil {
 		return err
 	}
@@ -139,6 +141,7 @@ func runProcess(ctx context.Context, f flags, args []string, header string, lc *
 		return &usageError{sub: f.fs.Name(), err: err}
 	}
 	p := newProcess(lg)
+	p.pprof = pprofOn
 	if err := build(p); err != nil {
 		return errors.Join(err, p.close())
 	}

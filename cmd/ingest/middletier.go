@@ -124,6 +124,7 @@ func (c *middletierConfig) build(p *process) (middletier.Addrs, *wal.Log, error)
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
 		p.health(mux, http.StatusServiceUnavailable, log.Err, log.Err)
+		p.mountPprof(mux)
 		p.serveHTTP("middletier http", ln, mux, time.Second)
 		httpAddr = ln.Addr().String()
 	}

@@ -71,6 +71,10 @@ type process struct {
 	// tls, if set, is the certificate the listeners made by listenTLS
 	// serve.
 	tls *certfile.Reloader
+
+	// pprof serves the profiling endpoints on the process's HTTP ports
+	// (--debug.pprof).
+	pprof bool
 }
 
 // built logs, at p.announce, that a tier is built and where it listens.

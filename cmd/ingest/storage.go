@@ -142,6 +142,7 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 	}
 	mux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
 	p.health(mux, http.StatusInternalServerError, healthy, ready)
+	p.mountPprof(mux)
 	p.serveHTTP("query api", ln, mux, queryDrain)
 	if c.selfMonitor != nil && db != nil {
 		if err := c.selfMonitor.build(p, db, ln.Addr().String()); err != nil {
