@@ -67,6 +67,19 @@
 // never past what the state file covers; commit is acknowledged once the
 // checkpoint is durable and the release it allows is done.
 //
+// # Writer groups
+//
+// Storage writers that share a group name divide the streams: each asks
+// every middletier for the group's lease on its stream (wire.Lease), and a
+// middletier grants it to one live member at a time, chosen by the slot
+// the members send (the middletier's position in their lists), and hands
+// it over when the members change (Revoked, then the holder's release) or
+// when the holder stops renewing for Options.LeaseTTL. The group's
+// checkpoint is the consumer checkpoint of its name; retention is as for
+// any durable consumer. groups.go has the rules;
+// ingest_middletier_group_writers{group} counts a group's live writers and
+// ingest_middletier_group_holder{group,writer} names the holder.
+//
 // # Security
 //
 // zmq4 offers no encryption (no CURVE), and it greets new connections in

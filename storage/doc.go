@@ -62,7 +62,19 @@
 //
 // A writer with an external sink therefore keeps no state of its own.
 // Writers that share a consumer name share a checkpoint: run one writer
-// per consumer name.
+// per consumer name, or make them a writer group.
+//
+// # Writer groups
+//
+// Writers given the same Options.Group divide the middletiers' streams:
+// each middletier's stream is followed by one writer of the group at a
+// time (a stream.Member per middletier, holding the group's lease there),
+// under the consumer name Group, so that the checkpoint is the group's.
+// When a writer stops it hands its streams over with their checkpoints;
+// when it dies its leases run out and another member resumes from the last
+// checkpoint, writing again what the dead one wrote after it (the sinks are
+// idempotent). The writers of a group should write to one shared store.
+// Different groups each receive everything.
 //
 // # Failures
 //

@@ -64,6 +64,14 @@
 // calls the Handler; its counters for other goroutines (Connected,
 // CaughtUp, Middletier) are atomic.
 //
+// # Writer groups
+//
+// A Member follows one middletier for a member of a writer group: it asks
+// the middletier for the group's lease (wire.Lease) every fifth of its
+// time to live, and runs a durable Follower under the group's name only
+// while it holds it, so that each stream is followed by one member at a
+// time and a new holder resumes from the group's checkpoint. See Member.
+//
 // # Per-stream state
 //
 // Everything a Follower knows of its stream (the next sequence, the last

@@ -23,7 +23,7 @@ type middletierConfig struct {
 	ingest, consumer, stream, feed string
 	consumers                      string
 	wal                            walConfig
-	sendStall                      time.Duration
+	sendStall, leaseTTL            time.Duration
 	httpListen                     string
 	f                              flags
 	dataShown                      string // named when another process holds the directory; empty: dataDir
@@ -44,7 +44,7 @@ func newMiddletierConfig() middletierConfig {
 	d := middletier.DefaultOptions()
 	cd := command.DefaultOptions()
 	return middletierConfig{ingest: d.IngestAddr, consumer: d.ConsumerAddr, stream: d.StreamAddr,
-		wal: newWALConfig(), sendStall: d.SendStall, httpListen: ":9091",
+		wal: newWALConfig(), sendStall: d.SendStall, leaseTTL: d.LeaseTTL, httpListen: ":9091",
 		command: commandHomeConfig{maxInFlight: cd.MaxInFlight, redeliver: cd.Redeliver, maxTTL: cd.MaxTTL, presenceTimeout: cd.PresenceTimeout}}
 }
 
@@ -56,7 +56,8 @@ func (c *middletierConfig) register(f flags) {
 	f.str(&c.consumer, "consumer.addr", "ZeroMQ endpoint of the ROUTER consumers fetch and commit on")
 	f.str(&c.stream, "stream.addr", "ZeroMQ endpoint of the PUB stream for storage writers")
 	f.str(&c.feed, "feed.addr", "ZeroMQ endpoint of a second PUB stream for the live feed (none if empty)")
-	f.str(&c.consumers, "consumers", "comma-separated durable consumers; the WAL keeps entries until every one has committed them")
+	f.str(&c.consumers, "consumers", "comma-separated durable consumers (storage writers' --consumer or --group); the WAL keeps entries until every one has committed them")
+	f.duration(&c.leaseTTL, "lease.ttl", "a writer group's lease on this middletier's stream lasts this long unrenewed: a writer killed loses its streams to another of its group after it")
 	c.wal.register(f, "frontends are answered busy")
 	f.duration(&c.sendStall, "send-stall", "a send on a ROUTER socket taking longer closes and reopens the socket")
 	f.str(&c.httpListen, "http.listen", "address for /metrics, /healthz and /readyz (none if empty)")
@@ -100,7 +101,7 @@ func (c *middletierConfig) build(p *process) (middletier.Addrs, *wal.Log, error)
 	}
 	opts := middletier.Options{ID: c.id, StateDir: c.dataDir,
 		IngestAddr: c.ingest, ConsumerAddr: c.consumer, StreamAddr: c.stream, FeedAddr: c.feed,
-		Consumers: append(splitList(c.consumers), c.moreConsumers...), SendStall: c.sendStall}
+		Consumers: append(splitList(c.consumers), c.moreConsumers...), SendStall: c.sendStall, LeaseTTL: c.leaseTTL}
 	log, err := c.wal.open(p, "middletier", filepath.Join(c.dataDir, "wal"), firstOf(c.dataShown, c.dataDir))
 	if err != nil {
 		return middletier.Addrs{}, nil, err

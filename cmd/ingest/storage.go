@@ -4,9 +4,11 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"time"
 
@@ -27,6 +29,7 @@ const queryDrain = 5 * time.Second
 // protocol), and the Prometheus query API over the embedded TSDB.
 type storageConfig struct {
 	dataDir, streams, consumers, consumer       string
+	group, member                               string
 	retention, ooo, blockDuration, queryTimeout time.Duration
 	maxString, maxBatch, maxSeries              int
 	httpListen                                  string
@@ -58,6 +61,10 @@ func (c *storageConfig) register(f flags) {
 	f.str(&c.streams, "middletiers.stream", "comma-separated stream (PUB) endpoints of the middletiers to follow")
 	f.str(&c.consumers, "middletiers.consumer", "comma-separated consumer (ROUTER) endpoints of the same middletiers, in the same order")
 	f.str(&c.consumer, "consumer", "consumer name the checkpoint is kept under at the middletiers (name it in their --consumers); with several sinks, each keeps its own as <consumer>-<sink name>")
+	f.str(&c.group, "group", "writer group: the writers that share it divide the middletiers' streams, each followed by one of them at a time, "+
+		"and the group's checkpoint is kept under its name instead of --consumer (name it in the middletiers' --consumers; list the middletiers in the same order in every writer). "+
+		"Empty: this writer follows every middletier")
+	f.str(&c.member, "group.member", "this writer's name in its group, unique among its writers (default: the host name and a random suffix)")
 	f.duration(&c.retention, "tsdb.retention", "how long samples are kept")
 	f.duration(&c.ooo, "tsdb.out-of-order-window", "how far behind the newest sample late samples are still accepted")
 	f.duration(&c.blockDuration, "tsdb.block-duration", "span of the blocks cut from the TSDB's in-memory head; the head holds up to 1.5× this, so memory grows for that long after a start, then levels off (at least 1m)")
@@ -102,6 +109,9 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 	var db *embedded.TSDB
 	var writers []*storage.Writer
 	var names []string
+	if c.group != "" && c.member == "" {
+		c.member = c.memberName()
+	}
 	for i := range specs {
 		sp := &specs[i]
 		var sink storage.Sink
@@ -128,7 +138,7 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 			return "", err
 		}
 		writers = append(writers, w)
-		names = append(names, sp.name+"="+sp.consumer(c.consumer, len(specs)))
+		names = append(names, sp.name+"="+sp.consumer(c.base(), len(specs)))
 	}
 	healthy, ready := c.checks(p, db, writers)
 	ln, err := p.listenTLS(c.f.name("http.listen"), c.httpListen, "http/1.1")
@@ -150,6 +160,9 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 		}
 	}
 	args := []any{"http", ln.Addr().String(), "middletiers", len(eps), "sinks", strings.Join(names, ",")}
+	if c.group != "" {
+		args = append(args, "group", c.group, "member", c.member)
+	}
 	if db != nil {
 		args = append(args, "query_api", p.scheme("http")+"://"+ln.Addr().String()+"/api/v1/", "data_dir", c.dataDir)
 	}
@@ -169,13 +182,17 @@ func (c *storageConfig) writer(p *process, sp *sinkSpec, sinks int, sink storage
 	}
 	ls := lim.Sink(sink)
 	p.onClose("sink "+sp.name, ls.Close) // closes the sink, and unregisters the limiter's metrics
-	w, err := storage.New(storage.Options{Consumer: sp.consumer(c.consumer, sinks), MaxBatch: c.maxBatch, Middletiers: eps,
-		Labels: func(id string) map[string]string {
-			if d, ok := devices.Lookup(id); ok {
-				return d.AllLabels()
-			}
-			return nil
-		}}, ls, reg, p.lg.With("sink", sp.name))
+	o := storage.Options{Consumer: sp.consumer(c.consumer, sinks), MaxBatch: c.maxBatch, Middletiers: eps}
+	if c.group != "" {
+		o.Group, o.Member = sp.consumer(c.group, sinks), c.member
+	}
+	o.Labels = func(id string) map[string]string {
+		if d, ok := devices.Lookup(id); ok {
+			return d.AllLabels()
+		}
+		return nil
+	}
+	w, err := storage.New(o, ls, reg, p.lg.With("sink", sp.name))
 	if err != nil {
 		return nil, err
 	}
@@ -212,6 +229,26 @@ func (c *storageConfig) checks(p *process, db *embedded.TSDB, writers []*storage
 	return healthy, ready
 }
 
+// base is the consumer name the sinks' checkpoints are named after: the
+// group's, or the writer's own.
+func (c *storageConfig) base() string {
+	if c.group != "" {
+		return c.group
+	}
+	return c.consumer
+}
+
+// memberName is the writer's name in its group.
+func (c *storageConfig) memberName() string {
+	if c.member != "" {
+		return c.member
+	}
+	host, _ := os.Hostname()
+	b := make([]byte, 2)
+	rand.Read(b)
+	return fmt.Sprintf("%s-%x", firstOf(host, "writer"), b)
+}
+
 // sinkConsumers are the consumer names the writer's sinks keep their
 // checkpoints under, or an error if the sinks are not valid.
 func (c *storageConfig) sinkConsumers() ([]string, error) {
@@ -221,7 +258,7 @@ func (c *storageConfig) sinkConsumers() ([]string, error) {
 	}
 	var cs []string
 	for i := range specs {
-		cs = append(cs, specs[i].consumer(c.consumer, len(specs)))
+		cs = append(cs, specs[i].consumer(c.base(), len(specs)))
 	}
 	return cs, nil
 }

@@ -79,20 +79,25 @@ func (f *mtFeeder) send(from, to int, base time.Time) {
 		for j := range entries {
 			entries[j] = storageMessage(i+j, base)
 		}
-		b := wire.Append(nil, &wire.Batch{Origin: "fe-test.0001", First: uint64(i), Entries: entries})
-		deadline := time.Now().Add(10 * time.Second)
-		for acked := false; !acked; {
-			if err := f.sck.Send(zmq4.NewMsg(b)); err != nil {
-				f.t.Fatal(err)
-			}
-			select {
-			case up := <-f.acks:
-				acked = up >= uint64(i+n-1)
-			case <-time.After(time.Second): // resend: a middletier drops repeats
-			}
-			if time.Now().After(deadline) {
-				f.t.Fatalf("no ack for %d..%d", i, i+n-1)
-			}
+		f.sendBatch(wire.Append(nil, &wire.Batch{Origin: "fe-test.0001", First: uint64(i), Entries: entries}), uint64(i+n-1))
+	}
+}
+
+// sendBatch sends the encoded batch b until an ack covers last.
+func (f *mtFeeder) sendBatch(b []byte, last uint64) {
+	f.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for acked := false; !acked; {
+		if err := f.sck.Send(zmq4.NewMsg(b)); err != nil {
+			f.t.Fatal(err)
+		}
+		select {
+		case up := <-f.acks:
+			acked = up >= last
+		case <-time.After(time.Second): // resend: a middletier drops repeats
+		}
+		if time.Now().After(deadline) {
+			f.t.Fatalf("no ack up to %d", last)
 		}
 	}
 }

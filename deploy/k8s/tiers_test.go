@@ -211,14 +211,25 @@ func checkMiddletier(t *testing.T, o *objects) {
 		t.Errorf("middletier: serviceName %q is not a headless Service selecting the middletiers", s)
 	}
 	// The WAL keeps entries for exactly the durable consumers deployed:
-	// each storage replica, under its pod name.
+	// each storage replica, under its pod name, or the replicas' one
+	// writer group.
 	sw, sc := statefulWorkload(t, o, "storage")
-	if v, ok := envFrom(sc, "INGEST_CONSUMER"); !ok || v != "metadata.name" {
-		t.Fatal("storage: INGEST_CONSUMER must be the pod name")
-	}
 	var want []string
-	for i := range sw.replicas {
-		want = append(want, fmt.Sprintf("storage-%d", i))
+	if g, ok := env(sc, "INGEST_GROUP"); ok {
+		if _, ok := env(sc, "INGEST_CONSUMER"); ok {
+			t.Error("storage: INGEST_CONSUMER beside INGEST_GROUP, which replaces it")
+		}
+		if v, ok := envFrom(sc, "INGEST_GROUP_MEMBER"); !ok || v != "metadata.name" {
+			t.Error("storage: INGEST_GROUP_MEMBER must be the pod name")
+		}
+		want = []string{g}
+	} else {
+		if v, ok := envFrom(sc, "INGEST_CONSUMER"); !ok || v != "metadata.name" {
+			t.Fatal("storage: INGEST_CONSUMER must be the pod name")
+		}
+		for i := range sw.replicas {
+			want = append(want, fmt.Sprintf("storage-%d", i))
+		}
 	}
 	if got := mustEnv(t, c, "INGEST_CONSUMERS"); got != strings.Join(want, ",") {
 		t.Errorf("middletier: INGEST_CONSUMERS=%q, want the storage replicas %q", got, strings.Join(want, ","))
@@ -573,7 +584,7 @@ func checkMonitoring(t *testing.T, o *objects) {
 	if !found {
 		t.Error("no alert IngestWALNearBound")
 	}
-	for _, want := range []string{"IngestQueueDepthGrowing", "IngestConsumerLag", "IngestWALFull", "IngestWALFailed", "IngestDiskFull", "IngestSlowFsync", "IngestRestarting"} {
+	for _, want := range []string{"IngestQueueDepthGrowing", "IngestConsumerLag", "IngestWriterGroupEmpty", "IngestWALFull", "IngestWALFailed", "IngestDiskFull", "IngestSlowFsync", "IngestRestarting"} {
 		if !slices.ContainsFunc(ruleExprs(t, o), func(r rule) bool { return r.alert == want }) {
 			t.Errorf("no alert %s", want)
 		}
