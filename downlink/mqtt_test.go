@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -253,11 +254,16 @@ func TestMQTTCommands(t *testing.T) {
 			}
 			// PUBACK of each command publish is counted as its delivery.
 			testkit.WaitFor(t, "two command publishes acknowledged", 10*time.Second, func() bool {
-				return counter(t, tf, "ingest_frontend_mqtt_commands_delivered_total") == 2
+				return metric(t, tf, "ingest_frontend_mqtt_commands_delivered_total") == 2
 			})
 
 			// Queued while away: delivered once the device is back and subscribed.
 			d.close()
+			// Once the frontend has let the session go, the home is told
+			// before it gets the next submit (one connection, in order).
+			testkit.WaitFor(t, "session detached", 10*time.Second, func() bool {
+				return metric(t, tf, "ingest_downlink_devices") == 0
+			})
 			away := submit(t, tf, id, "away", nil)
 			d = v.dial(t, tf.mqtt, id)
 			if c := get(t, tf, away.ID); c.State != "queued" {
@@ -275,7 +281,8 @@ func TestMQTTCommands(t *testing.T) {
 	}
 }
 
-func counter(t *testing.T, tf *testFrontend, name string) float64 {
+// metric is the value of tf's counter or gauge name.
+func metric(t *testing.T, tf *testFrontend, name string) float64 {
 	t.Helper()
 	mfs, err := tf.reg.Gather()
 	if err != nil {
@@ -283,7 +290,11 @@ func counter(t *testing.T, tf *testFrontend, name string) float64 {
 	}
 	for _, mf := range mfs {
 		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetCounter().GetValue()
+			m := mf.GetMetric()[0]
+			if g := m.GetGauge(); g != nil {
+				return g.GetValue()
+			}
+			return m.GetCounter().GetValue()
 		}
 	}
 	t.Fatalf("no metric %s", name)
@@ -343,5 +354,31 @@ done`
 		if !strings.Contains(string(out), "denied") {
 			t.Fatalf("%s: subscription to another device's commands: %s", v, out)
 		}
+	}
+}
+
+// TestMQTTCommandsMoveToWebSocket: a command sent to a device over MQTT and
+// left unanswered goes to the device's WebSocket connection once that takes
+// the session over, and the commands after it follow, in order: the home
+// treats both transports alike.
+func TestMQTTCommandsMoveToWebSocket(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{})
+	tf := startFrontend(t, "fe-1", []string{h.addr}, false)
+	const id = "mover"
+	m := dialV5(t, tf.mqtt, id)
+	if got := m.subscribe(t, "devices/"+id+"/commands"); got != 1 {
+		t.Fatalf("subscribe: %#x", got)
+	}
+	first := submit(t, tf, id, "first", nil)
+	if cid, _, _ := nextCommand(t, m, id); cid != first.ID {
+		t.Fatalf("over MQTT: got %s, want %s", cid, first.ID)
+	}
+	second := submit(t, tf, id, "second", nil)
+	d := &device{id: id}
+	connect(t, tf, d) // takes the MQTT session over
+	waitState(t, tf, first.ID, "acknowledged")
+	waitState(t, tf, second.ID, "acknowledged")
+	if got, want := slices.Compact(d.ids()), []string{first.ID, second.ID}; !slices.Equal(got, want) {
+		t.Fatalf("over WebSocket: saw %v, want %v", got, want)
 	}
 }
