@@ -5,9 +5,17 @@
 // algorithm, so an RS256 public key cannot be abused as an HS256 secret.
 // exp and nbf are honoured whenever present. A token longer than
 // Options.MaxTokenBytes (8 KiB by default) is refused before it is parsed.
+//
+// Keys may carry an id (Options.Keys): a token whose header names a key
+// id (kid) is checked against that key alone, and refused if no key has
+// that id or the key is of another algorithm; a token without kid is
+// checked against every key of its algorithm, with an id or without. A
+// frontend holding the old and the new key at once accepts the tokens of
+// both, which is how a fleet moves from one key to the next.
 package auth
 
 import (
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rsa"
@@ -28,6 +36,9 @@ type Options struct {
 	RS256Keys []*rsa.PublicKey
 	// ES256Keys are P-256 public keys for ES256.
 	ES256Keys []*ecdsa.PublicKey
+	// Keys are keys of any of the three kinds, each with an id that a
+	// token's kid header selects.
+	Keys []Key
 	// Issuer and Audience, when set, must match the token's iss and aud.
 	Issuer   string
 	Audience string
@@ -43,12 +54,44 @@ type Options struct {
 	MaxTokenBytes int
 }
 
+// Key is a verification key with an id.
+type Key struct {
+	// ID is the key id a token names in its kid header; not empty, and
+	// unique among Options.Keys.
+	ID string
+	// Secret is an HS256 shared secret (at least 32 bytes), or Public an
+	// RS256 (*rsa.PublicKey, at least 2048 bits) or an ES256 key
+	// (*ecdsa.PublicKey on P-256): one of the two.
+	Secret []byte
+	Public crypto.PublicKey
+}
+
+// Alg is the algorithm the key verifies, or "" if it is none of the
+// kinds a Verifier takes.
+func (k Key) Alg() string {
+	switch p := k.Public.(type) {
+	case nil:
+		if k.Secret != nil {
+			return jwt.SigningMethodHS256.Alg()
+		}
+	case *rsa.PublicKey:
+		if k.Secret == nil && p != nil {
+			return jwt.SigningMethodRS256.Alg()
+		}
+	case *ecdsa.PublicKey:
+		if k.Secret == nil && p != nil {
+			return jwt.SigningMethodES256.Alg()
+		}
+	}
+	return ""
+}
+
 // DefaultMaxTokenBytes is the default of Options.MaxTokenBytes.
 const DefaultMaxTokenBytes = 8 << 10
 
 // Configured reports whether any key is configured.
 func (o *Options) Configured() bool {
-	return len(o.HS256Secrets)+len(o.RS256Keys)+len(o.ES256Keys) > 0
+	return len(o.HS256Secrets)+len(o.RS256Keys)+len(o.ES256Keys)+len(o.Keys) > 0
 }
 
 var (
@@ -67,11 +110,18 @@ type Verifier struct {
 	hs     jwt.VerificationKeySet
 	rs     jwt.VerificationKeySet
 	es     jwt.VerificationKeySet
+	byID   map[string]idKey
+}
+
+// idKey is a key of Options.Keys.
+type idKey struct {
+	alg string
+	key any
 }
 
 // NewVerifier checks the keys and returns a Verifier for them.
 func NewVerifier(o Options) (*Verifier, error) {
-	v := &Verifier{max: o.MaxTokenBytes}
+	v := &Verifier{max: o.MaxTokenBytes, byID: map[string]idKey{}}
 	switch {
 	case v.max < 0:
 		return nil, fmt.Errorf("check token size bound: %d is negative", v.max)
@@ -96,6 +146,9 @@ func NewVerifier(o Options) (*Verifier, error) {
 			return nil, fmt.Errorf("check ES256 key %d: a P-256 key is required", i)
 		}
 		v.es.Keys = append(v.es.Keys, k)
+	}
+	if err := v.addKeys(o.Keys); err != nil {
+		return nil, err
 	}
 	if len(v.hs.Keys) > 0 {
 		methods = append(methods, jwt.SigningMethodHS256.Alg())
@@ -123,8 +176,61 @@ func NewVerifier(o Options) (*Verifier, error) {
 	return v, nil
 }
 
-// keyFor returns only the keys of the token's own algorithm family.
+// addKeys checks the keys with ids and adds each to its algorithm's
+// keys, for tokens without kid, and under its id.
+func (v *Verifier) addKeys(keys []Key) error {
+	for i, k := range keys {
+		if k.ID == "" {
+			return fmt.Errorf("check key %d: no id", i)
+		}
+		if _, dup := v.byID[k.ID]; dup {
+			return fmt.Errorf("check key %q: two keys with that id", k.ID)
+		}
+		var key jwt.VerificationKey
+		switch alg := k.Alg(); alg {
+		case jwt.SigningMethodHS256.Alg():
+			if len(k.Secret) < 32 {
+				return fmt.Errorf("check HS256 key %q: %d bytes, at least 32 required", k.ID, len(k.Secret))
+			}
+			key = k.Secret
+			v.hs.Keys = append(v.hs.Keys, key)
+		case jwt.SigningMethodRS256.Alg():
+			if p := k.Public.(*rsa.PublicKey); p.N == nil || p.N.BitLen() < 2048 {
+				return fmt.Errorf("check RS256 key %q: at least 2048 bits required", k.ID)
+			}
+			key = k.Public
+			v.rs.Keys = append(v.rs.Keys, key)
+		case jwt.SigningMethodES256.Alg():
+			if k.Public.(*ecdsa.PublicKey).Curve != elliptic.P256() {
+				return fmt.Errorf("check ES256 key %q: a P-256 key is required", k.ID)
+			}
+			key = k.Public
+			v.es.Keys = append(v.es.Keys, key)
+		default:
+			return fmt.Errorf("check key %q: an HS256 secret, or an RSA or P-256 public key, is required", k.ID)
+		}
+		v.byID[k.ID] = idKey{alg: k.Alg(), key: key}
+	}
+	return nil
+}
+
+// keyFor returns the key the token's kid names, or else only the keys of
+// the token's own algorithm family.
 func (v *Verifier) keyFor(t *jwt.Token) (any, error) {
+	if kid, ok := t.Header["kid"]; ok {
+		id, ok := kid.(string)
+		if !ok {
+			return nil, errors.New("key id (kid) is not a string")
+		}
+		k, ok := v.byID[id]
+		switch {
+		case !ok:
+			return nil, fmt.Errorf("no key with id (kid) %q", id)
+		case k.alg != t.Method.Alg():
+			return nil, fmt.Errorf("key %q is for %s, not %s", id, k.alg, t.Method.Alg())
+		}
+		return k.key, nil
+	}
 	switch t.Method.Alg() {
 	case jwt.SigningMethodHS256.Alg():
 		return v.hs, nil

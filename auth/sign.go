@@ -20,6 +20,7 @@ type Signer struct {
 	key    any
 	public crypto.PublicKey // nil for HS256
 	secret []byte
+	kid    string
 }
 
 // NewSigner returns a Signer for alg ("HS256", "RS256" or "ES256") with
@@ -54,22 +55,44 @@ func NewSigner(alg string, key []byte) (*Signer, error) {
 	return nil, fmt.Errorf("check algorithm %q: HS256, RS256 or ES256 are supported", alg)
 }
 
+// WithKeyID returns a copy of s that names its key kid in every token's
+// header: a Verifier whose Options.Keys hold the key under that id checks
+// the token against it alone.
+func (s *Signer) WithKeyID(kid string) *Signer {
+	c := *s
+	c.kid = kid
+	return &c
+}
+
 // Alg is the algorithm the Signer signs with.
 func (s *Signer) Alg() string { return s.method.Alg() }
 
 // Sign mints a token with claims. A device token's subject is the device
 // id.
 func (s *Signer) Sign(claims jwt.Claims) (string, error) {
-	tok, err := jwt.NewWithClaims(s.method, claims).SignedString(s.key)
+	t := jwt.NewWithClaims(s.method, claims)
+	if s.kid != "" {
+		t.Header["kid"] = s.kid
+	}
+	tok, err := t.SignedString(s.key)
 	if err != nil {
 		return "", fmt.Errorf("sign token: %w", err)
 	}
 	return tok, nil
 }
 
-// Verifying returns o with the Signer's secret or public key added, so
-// that a Verifier built from it accepts the Signer's tokens.
+// Verifying returns o with the Signer's secret or public key added (to
+// Keys under its key id, if it has one), so that a Verifier built from it
+// accepts the Signer's tokens.
 func (s *Signer) Verifying(o Options) Options {
+	if s.kid != "" {
+		k := Key{ID: s.kid, Public: s.public}
+		if s.public == nil {
+			k.Secret = s.secret
+		}
+		o.Keys = append(o.Keys, k)
+		return o
+	}
 	switch k := s.public.(type) {
 	case *rsa.PublicKey:
 		o.RS256Keys = append(o.RS256Keys, k)

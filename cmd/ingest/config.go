@@ -1,6 +1,8 @@
 package main
 
 import (
+	"bytes"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/rsa"
 	"encoding/pem"
@@ -8,6 +10,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"time"
 
@@ -54,6 +58,7 @@ func (c *logConfig) logger() (*slog.Logger, error) {
 // authenticated: JWT keys, or none on loopback.
 type authConfig struct {
 	hs256File, rs256File, es256File string
+	keysDir                         string
 	issuer, audience                string
 	requireExp                      bool
 	leeway                          time.Duration
@@ -67,6 +72,7 @@ func (c *authConfig) register(f flags, who string) {
 	f.str(&c.hs256File, "auth.hs256-secret-file", "file holding the HS256 shared secret (at least 32 bytes)")
 	f.str(&c.rs256File, "auth.rs256-public-keys", "PEM file of RSA public keys accepted for RS256")
 	f.str(&c.es256File, "auth.es256-public-keys", "PEM file of P-256 public keys accepted for ES256")
+	f.str(&c.keysDir, "auth.keys-dir", "directory of keys a token's kid header selects, the file name the kid: <kid>.hs256 an HS256 secret, <kid>.pem an RSA (RS256) or P-256 (ES256) public key; with the keys above, or instead of them")
 	f.str(&c.issuer, "auth.issuer", "required token issuer (iss), if set")
 	f.str(&c.audience, "auth.audience", "required token audience (aud), if set")
 	f.boolean(&c.requireExp, "auth.require-exp", "refuse tokens without exp")
@@ -74,7 +80,9 @@ func (c *authConfig) register(f flags, who string) {
 	f.boolean(&c.noAuth, "insecure-no-auth", "accept "+who+" without tokens; loopback only")
 }
 
-func (c *authConfig) keyed() bool { return c.hs256File != "" || c.rs256File != "" || c.es256File != "" }
+func (c *authConfig) keyed() bool {
+	return c.hs256File != "" || c.rs256File != "" || c.es256File != "" || c.keysDir != ""
+}
 
 // options reads the keys.
 func (c *authConfig) options() (auth.Options, error) {
@@ -90,6 +98,11 @@ func (c *authConfig) options() (auth.Options, error) {
 		o.HS256Secrets = [][]byte{[]byte(strings.TrimSpace(string(b)))}
 	}
 	var err error
+	if c.keysDir != "" {
+		if o.Keys, err = readKeyDir(c.keysDir); err != nil {
+			return o, fmt.Errorf("--%s: %w", c.f.name("auth.keys-dir"), err)
+		}
+	}
 	if c.rs256File != "" {
 		if o.RS256Keys, err = readKeys(c.rs256File, jwt.ParseRSAPublicKeyFromPEM); err != nil {
 			return o, err
@@ -101,6 +114,76 @@ func (c *authConfig) options() (auth.Options, error) {
 		}
 	}
 	return o, nil
+}
+
+// keyIDs are the key ids a key directory's file names may give, and
+// `ingest token --kid` may write.
+var keyIDs = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$`)
+
+// readKeyDir reads the keys of a key directory, each file a key whose
+// name is its id: <kid>.hs256 an HS256 secret (white space around it
+// trimmed), <kid>.pem one PEM public key, RSA for RS256 or P-256 for
+// ES256. Names that start with a dot, and directories, are passed over:
+// a Kubernetes Secret mounted as a directory has its ..data entries beside
+// the keys.
+func readKeyDir(dir string) ([]auth.Key, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("read keys: %w", err)
+	}
+	var keys []auth.Key
+	for _, e := range ents {
+		path := filepath.Join(dir, e.Name())
+		if strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		if st, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("read keys: %w", err)
+		} else if st.IsDir() {
+			continue
+		}
+		ext := filepath.Ext(e.Name())
+		k := auth.Key{ID: strings.TrimSuffix(e.Name(), ext)}
+		if ext != ".hs256" && ext != ".pem" {
+			return nil, fmt.Errorf("key file %s: name it <kid>.hs256 (an HS256 secret) or <kid>.pem (a public key)", path)
+		}
+		if !keyIDs.MatchString(k.ID) {
+			return nil, fmt.Errorf("key file %s: the key id %q is not 1 to 64 letters, digits, '.', '_' or '-'", path, k.ID)
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return nil, fmt.Errorf("read keys: %w", err)
+		}
+		if ext == ".hs256" {
+			k.Secret = []byte(strings.TrimSpace(string(b)))
+		} else if k.Public, err = parsePublicKey(b); err != nil {
+			return nil, fmt.Errorf("key file %s: %w", path, err)
+		}
+		keys = append(keys, k)
+	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("no key in %s (<kid>.hs256 or <kid>.pem)", dir)
+	}
+	return keys, nil
+}
+
+// parsePublicKey parses one PEM public key, RSA or EC.
+func parsePublicKey(b []byte) (crypto.PublicKey, error) {
+	blk, rest := pem.Decode(b)
+	switch {
+	case blk == nil:
+		return nil, errors.New("no PEM block")
+	case len(bytes.TrimSpace(rest)) > 0:
+		return nil, errors.New("more than one PEM block: one key a file")
+	}
+	if k, err := jwt.ParseRSAPublicKeyFromPEM(b); err == nil {
+		return k, nil
+	}
+	k, err := jwt.ParseECPublicKeyFromPEM(b)
+	if err != nil {
+		return nil, errors.New("not an RSA or EC public key")
+	}
+	return k, nil
 }
 
 func readKeys[K *rsa.PublicKey | *ecdsa.PublicKey](path string, parse func([]byte) (K, error)) ([]K, error) {
@@ -181,4 +264,4 @@ func (c *registryConfig) build(p *process) (*registry.Registry, error) {
 }
 
 // errNoAuth is returned when neither keys nor --insecure-no-auth are given.
-var errNoAuth = errors.New("give auth keys (--auth.hs256-secret-file, --auth.rs256-public-keys or --auth.es256-public-keys), or --insecure-no-auth to try the engine on loopback")
+var errNoAuth = errors.New("give auth keys (--auth.hs256-secret-file, --auth.rs256-public-keys, --auth.es256-public-keys or --auth.keys-dir), or --insecure-no-auth to try the engine on loopback")

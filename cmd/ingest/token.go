@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 // RS256 or ES256 public key), printed on stdout.
 type tokenConfig struct {
 	hs256File, rs256File, es256File string
+	keysDir, kid                    string
 	alg                             string
 	subject, audience, issuer       string
 	scope                           string
@@ -39,6 +41,8 @@ func (c *tokenConfig) register(f flags) {
 	f.str(&c.hs256File, "auth.hs256-secret-file", "file holding the HS256 shared secret (at least 32 bytes), as the frontend's")
 	f.str(&c.rs256File, "auth.rs256-private-key", "PEM RSA private key (PKCS #1 or #8, at least 2048 bits) to sign RS256 with")
 	f.str(&c.es256File, "auth.es256-private-key", "PEM P-256 private key (SEC 1 or PKCS #8) to sign ES256 with")
+	f.str(&c.keysDir, "auth.keys-dir", "the frontend's key directory: with --kid and none of the keys above, sign HS256 with the secret <kid>.hs256 in it")
+	f.str(&c.kid, "kid", "the key id written in the token's header (kid): the name, without .hs256 or .pem, of the key's file in the frontend's --auth.keys-dir")
 	f.str(&c.alg, "alg", "HS256, RS256 or ES256; empty: the one the key given implies")
 	f.duration(&c.ttl, "ttl", "the token expires this long from now (exp); 0 and no --expiry: it never expires, and a frontend with --auth.require-exp refuses it")
 	f.str(&c.expiry, "expiry", "the token expires at this time (exp), RFC 3339 (2027-01-31T00:00:00Z) or a date (2027-01-31, midnight UTC); instead of --ttl")
@@ -48,7 +52,7 @@ func (c *tokenConfig) register(f flags) {
 }
 
 // errNoSigningKey is the error of `ingest token` without a key.
-var errNoSigningKey = errors.New("give the signing key: --auth.hs256-secret-file (INGEST_AUTH_HS256_SECRET_FILE), --auth.rs256-private-key or --auth.es256-private-key")
+var errNoSigningKey = errors.New("give the signing key: --auth.hs256-secret-file (INGEST_AUTH_HS256_SECRET_FILE), --auth.rs256-private-key, --auth.es256-private-key, or --auth.keys-dir and --kid")
 
 // signer reads the one key given and returns a Signer for it.
 func (c *tokenConfig) signer() (*auth.Signer, error) {
@@ -63,6 +67,15 @@ func (c *tokenConfig) signer() (*auth.Signer, error) {
 			given = append(given, k)
 		}
 	}
+	if c.kid != "" && !keyIDs.MatchString(c.kid) {
+		return nil, c.usage(fmt.Errorf("--kid %q: 1 to 64 letters, digits, '.', '_' or '-'", c.kid))
+	}
+	if len(given) == 0 && c.keysDir != "" {
+		if c.kid == "" {
+			return nil, c.usage(errors.New("--auth.keys-dir needs --kid: the id of the key to sign with, its file <kid>.hs256"))
+		}
+		given = append(given, keyFlag{"HS256", "auth.keys-dir", filepath.Join(c.keysDir, c.kid+".hs256")})
+	}
 	switch {
 	case c.alg != "" && c.alg != "HS256" && c.alg != "RS256" && c.alg != "ES256":
 		return nil, c.usage(fmt.Errorf("unknown algorithm --alg %q: HS256, RS256 or ES256", c.alg))
@@ -76,6 +89,9 @@ func (c *tokenConfig) signer() (*auth.Signer, error) {
 	k := given[0]
 	b, err := os.ReadFile(k.file)
 	if err != nil {
+		if _, perr := os.Stat(filepath.Join(c.keysDir, c.kid+".pem")); k.flag == "auth.keys-dir" && perr == nil {
+			return nil, c.usage(fmt.Errorf("key %s in --auth.keys-dir is a public key: sign with its private key (--auth.rs256-private-key or --auth.es256-private-key) and --kid %s", c.kid, c.kid))
+		}
 		return nil, fmt.Errorf("read signing key (--%s): %w", k.flag, err)
 	}
 	if k.alg == "HS256" {
@@ -84,6 +100,9 @@ func (c *tokenConfig) signer() (*auth.Signer, error) {
 	s, err := auth.NewSigner(k.alg, b)
 	if err != nil {
 		return nil, fmt.Errorf("--%s: %w", k.flag, err)
+	}
+	if c.kid != "" {
+		s = s.WithKeyID(c.kid)
 	}
 	return s, nil
 }

@@ -167,7 +167,7 @@ func TestTokenErrors(t *testing.T) {
 		want string
 	}{
 		{"no key", []string{"--subject", "d1"}, 2,
-			"ingest token: give the signing key: --auth.hs256-secret-file (INGEST_AUTH_HS256_SECRET_FILE), --auth.rs256-private-key or --auth.es256-private-key\n"},
+			"ingest token: give the signing key: --auth.hs256-secret-file (INGEST_AUTH_HS256_SECRET_FILE), --auth.rs256-private-key, --auth.es256-private-key, or --auth.keys-dir and --kid\n"},
 		{"no subject", hs, 2, "ingest token: --subject (INGEST_SUBJECT) is required\n"},
 		{"unknown algorithm", append([]string{"--subject", "d1", "--alg", "HS512"}, hs...), 2,
 			`ingest token: unknown algorithm --alg "HS512": HS256, RS256 or ES256` + "\n"},
@@ -203,5 +203,138 @@ func TestTokenErrors(t *testing.T) {
 				t.Errorf("ingest token %q: exit %d, stdout %q, stderr\n%s\nwant exit %d and %q", c.args, code, out, errOut, c.code, c.want)
 			}
 		})
+	}
+}
+
+// writeKeyDir makes a key directory holding files (name -> content), as
+// a Kubernetes Secret mounted as a directory does: the files are links
+// into a ..data directory.
+func writeKeyDir(t *testing.T, files map[string]string) string {
+	t.Helper()
+	dir := t.TempDir()
+	data := filepath.Join(dir, "..2026_01_01_00_00_00.000000001")
+	if err := os.Mkdir(data, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Base(data), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range files {
+		if err := os.WriteFile(filepath.Join(data, name), []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(filepath.Join("..data", name), filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func mint(t *testing.T, args ...string) string {
+	t.Helper()
+	out, errOut, code := runBin(t, "", nil, append([]string{"token"}, args...)...)
+	if code != 0 {
+		t.Fatalf("ingest token %q: exit %d: %s", args, code, errOut)
+	}
+	return strings.TrimSpace(out)
+}
+
+// TestKeyRotation moves a frontend from key a to key b as an operator
+// does: b is added beside a, devices are given tokens naming b, a is taken
+// away. At each step the frontend accepts the tokens of the keys it has,
+// each token checked against the key its kid names; tokens without kid,
+// from the flags that came before the key directory, keep working beside
+// it.
+func TestKeyRotation(t *testing.T) {
+	k := writeKeyFiles(t, secret)
+	secretA, secretB := strings.Repeat("a", 40), strings.Repeat("b", 40)
+	rsaPub, err := os.ReadFile(k.rsaPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	minting := writeKeyDir(t, map[string]string{"a.hs256": secretA + "\n", "b.hs256": secretB})
+	tokA := mint(t, "--subject", "rot-a", "--auth.keys-dir", minting, "--kid", "a")
+	tokB := mint(t, "--subject", "rot-b", "--auth.keys-dir", minting, "--kid", "b")
+	tokR := mint(t, "--subject", "rot-r", "--auth.rs256-private-key", k.rsaPriv, "--kid", "r")
+	tokLegacy := mint(t, "--subject", "rot-legacy", "--auth.hs256-secret-file", k.hs256)
+	// a's secret under b's name: checked against b alone, and refused.
+	forged := mint(t, "--subject", "rot-forged", "--auth.hs256-secret-file", filepath.Join(minting, "a.hs256"), "--kid", "b")
+	if h, _, err := jwt.NewParser().ParseUnverified(tokA, &tokenClaims{}); err != nil || h.Header["kid"] != "a" || h.Method.Alg() != "HS256" {
+		t.Fatalf("token for key a: %v %v", h.Header, err)
+	}
+	for _, step := range []struct {
+		name  string
+		files map[string]string
+		ok    map[string]bool // which tokens are accepted
+	}{
+		{"a", map[string]string{"a.hs256": secretA, "r.pem": string(rsaPub)}, map[string]bool{"a": true, "r": true, "legacy": true}},
+		{"a and b", map[string]string{"a.hs256": secretA, "b.hs256": secretB, "r.pem": string(rsaPub)}, map[string]bool{"a": true, "b": true, "r": true, "legacy": true}},
+		{"b", map[string]string{"b.hs256": secretB}, map[string]bool{"b": true, "legacy": true}},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			fe := &tierProc{t: t, name: "frontend", ready: addrRE,
+				env:  []string{"INGEST_AUTH_KEYS_DIR=" + writeKeyDir(t, step.files)},
+				args: []string{"frontend", "--listen", "127.0.0.1:0", "--wal.dir", t.TempDir(), "--auth.hs256-secret-file", k.hs256}}
+			fe.start()
+			defer fe.stop()
+			url := "ws://" + addrRE.FindStringSubmatch(fe.logs.String())[1] + "/v1/ingest"
+			for name, tok := range map[string]string{"a": tokA, "b": tokB, "r": tokR, "legacy": tokLegacy, "forged": forged} {
+				err := sendOne(url, tok)
+				if step.ok[name] && err != nil {
+					t.Errorf("keys %s: token %s refused: %v", step.name, name, err)
+				}
+				if !step.ok[name] && !errors.Is(err, client.ErrRefused) {
+					t.Errorf("keys %s: token %s: %v, want refused", step.name, name, err)
+				}
+			}
+		})
+	}
+}
+
+// A key directory the frontend cannot use stops it with the file named.
+func TestKeyDirErrors(t *testing.T) {
+	k := writeKeyFiles(t, secret)
+	priv, err := os.ReadFile(k.ecPriv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, err := os.ReadFile(k.ecPub)
+	if err != nil {
+		t.Fatal(err)
+	}
+	empty := t.TempDir()
+	for _, c := range []struct {
+		name string
+		dir  string
+		want string
+	}{
+		{"empty", empty, fmt.Sprintf("ingest frontend: --auth.keys-dir: no key in %s (<kid>.hs256 or <kid>.pem)\n", empty)},
+		{"other extension", writeKeyDir(t, map[string]string{"a.key": secret}), "/a.key: name it <kid>.hs256 (an HS256 secret) or <kid>.pem (a public key)\n"},
+		{"short secret", writeKeyDir(t, map[string]string{"a.hs256": "short"}), `check HS256 key "a": 5 bytes, at least 32 required` + "\n"},
+		{"private key", writeKeyDir(t, map[string]string{"e.pem": string(priv)}), "/e.pem: not an RSA or EC public key\n"},
+		{"two keys in a file", writeKeyDir(t, map[string]string{"e.pem": string(pub) + string(pub)}), "/e.pem: more than one PEM block: one key a file\n"},
+		{"bad key id", writeKeyDir(t, map[string]string{"a b.hs256": secret}), `the key id "a b" is not 1 to 64 letters, digits, '.', '_' or '-'` + "\n"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, errOut, code := runBin(t, "", nil, "frontend", "--listen", "127.0.0.1:0", "--wal.dir", t.TempDir(), "--auth.keys-dir", c.dir)
+			if code != 1 || !strings.HasPrefix(errOut, "ingest frontend: ") || !strings.HasSuffix(errOut, c.want) {
+				t.Errorf("exit %d, printed %q; want exit 1 and %q", code, errOut, c.want)
+			}
+		})
+	}
+	// ingest token with the key directory.
+	dir := writeKeyDir(t, map[string]string{"e.pem": string(pub), "a.hs256": secret})
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--auth.keys-dir", dir}, "ingest token: --auth.keys-dir needs --kid: the id of the key to sign with, its file <kid>.hs256\n"},
+		{[]string{"--auth.keys-dir", dir, "--kid", "e"}, "ingest token: key e in --auth.keys-dir is a public key: sign with its private key (--auth.rs256-private-key or --auth.es256-private-key) and --kid e\n"},
+		{[]string{"--auth.keys-dir", dir, "--kid", "../a"}, `ingest token: --kid "../a": 1 to 64 letters, digits, '.', '_' or '-'` + "\n"},
+	} {
+		_, errOut, code := runBin(t, "", nil, append([]string{"token", "--subject", "d1"}, c.args...)...)
+		if code != 2 || !strings.HasPrefix(errOut, c.want) {
+			t.Errorf("ingest token %q: exit %d, printed %q; want exit 2 and %q", c.args, code, errOut, c.want)
+		}
 	}
 }

@@ -81,6 +81,9 @@ func checkFrontend(t *testing.T, o *objects) {
 		}
 	}
 	checkDeviceEntry(t, o, w, c)
+	// The frontends follow the registry, to refuse the devices it
+	// disables.
+	regOnMount(t, o, w, c)
 	if len(o.hpas) != 1 {
 		t.Fatalf("%d HorizontalPodAutoscalers, want 1 for the frontends", len(o.hpas))
 	}

@@ -171,3 +171,33 @@ func TestTLSComponent(t *testing.T) {
 		})
 	}
 }
+
+// The small overlay with components/keys: the checks of TestRenderAll
+// hold, and the frontends and the feed read --auth.keys-dir from the
+// Secret ingest-auth-keys, beside the key they had.
+func TestKeysComponent(t *testing.T) {
+	o := render(t, kustomization(t, "overlays/small", "components/keys"))
+	checkWorkloads(t, o)
+	checkFrontend(t, o)
+	checkFeed(t, o)
+	checkAuth(t, "small", o)
+	for _, name := range []string{"frontend", "feed"} {
+		var w workload
+		for _, x := range o.workloads() {
+			if x.name == name {
+				w = x
+			}
+		}
+		if w.pod == nil {
+			t.Fatalf("no workload %s", name)
+		}
+		c := container(t, w)
+		dir := mustEnv(t, c, "INGEST_AUTH_KEYS_DIR")
+		if s := secretFile(t, w, c, filepath.Join(dir, "k.hs256")); s != "ingest-auth-keys" {
+			t.Errorf("%s: --auth.keys-dir %s is on Secret %q, want a read-only mount of ingest-auth-keys", name, dir, s)
+		}
+		if _, ok := env(c, "INGEST_AUTH_HS256_SECRET_FILE"); !ok {
+			t.Errorf("%s: the key without id is gone", name)
+		}
+	}
+}
