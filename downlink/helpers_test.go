@@ -33,6 +33,7 @@ type testHome struct {
 	opts      command.Options
 	home      *command.Home
 	log       *wal.Log
+	reg       *prometheus.Registry
 	cancel    context.CancelFunc
 	errc      chan error
 }
@@ -59,7 +60,8 @@ func (th *testHome) start(t *testing.T) {
 	if th.addr != "" {
 		o.Addr = th.addr
 	}
-	h, err := command.New(o, l, prometheus.NewRegistry(), nil)
+	th.reg = prometheus.NewRegistry()
+	h, err := command.New(o, l, th.reg, nil)
 	if err != nil {
 		l.Close()
 		t.Fatal(err)
@@ -88,6 +90,7 @@ type testFrontend struct {
 	addr   string
 	srv    *frontend.Server
 	link   *downlink.Link
+	reg    *prometheus.Registry
 	log    *wal.Log
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -118,7 +121,7 @@ func startFrontend(t *testing.T, id string, homes []string, withAuth bool) *test
 	if err != nil {
 		t.Fatal(err)
 	}
-	tf := &testFrontend{addr: ln.Addr().String(), srv: srv, link: link, log: l}
+	tf := &testFrontend{addr: ln.Addr().String(), srv: srv, link: link, log: l, reg: reg}
 	ctx, cancel := context.WithCancel(context.Background())
 	tf.cancel = cancel
 	tf.wg.Go(func() { link.Run(ctx) })
