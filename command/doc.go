@@ -31,6 +31,17 @@
 // to live ends before it is answered expires; an expired command is never
 // sent again. An answer that arrives after a final state is dropped.
 //
+// # Retention and compaction
+//
+// A command in a final state stays known (GET, list, its idempotency key)
+// for Options.Retain after it ended, then is forgotten. The log only grows
+// by appends, so once it holds more than twice the commands kept and
+// Options.CompactEntries besides, a round appends the state of every kept
+// command again and, once that append is durable, releases every entry
+// before it; the WAL truncates the released segments. The log therefore
+// stays within a small multiple of the commands kept, whatever the number
+// of commands that passed through.
+//
 // # Goroutines
 //
 // Run owns them: the ROUTER socket's reader and sender (zsock.Router) and

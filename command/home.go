@@ -46,6 +46,13 @@ type Options struct {
 	// ListMax bounds the commands of one list answer, the latest kept.
 	// Default 1000.
 	ListMax int
+	// Retain is how long a command stays known after its final state: its
+	// GET and list answers, and its idempotency key. Default 24h.
+	Retain time.Duration
+	// CompactEntries is how many entries the log may hold beyond twice the
+	// commands kept before the home writes the kept ones again and
+	// releases the rest. Default 4096.
+	CompactEntries int
 }
 
 // DefaultOptions returns the defaults that zero fields stand for.
@@ -59,6 +66,8 @@ func DefaultOptions() Options {
 		MaxTTL:          7 * 24 * time.Hour,
 		SendStall:       2 * time.Second,
 		ListMax:         1000,
+		Retain:          24 * time.Hour,
+		CompactEntries:  4096,
 	}
 }
 
@@ -76,8 +85,11 @@ func (o Options) withDefaults() (Options, error) {
 	if o.ListMax <= 0 {
 		o.ListMax = d.ListMax
 	}
+	if o.CompactEntries <= 0 {
+		o.CompactEntries = d.CompactEntries
+	}
 	for _, f := range []struct{ v, d *time.Duration }{{&o.Redeliver, &d.Redeliver}, {&o.PresenceTimeout, &d.PresenceTimeout},
-		{&o.DefaultTTL, &d.DefaultTTL}, {&o.MaxTTL, &d.MaxTTL}, {&o.SendStall, &d.SendStall}} {
+		{&o.DefaultTTL, &d.DefaultTTL}, {&o.MaxTTL, &d.MaxTTL}, {&o.SendStall, &d.SendStall}, {&o.Retain, &d.Retain}} {
 		if *f.v <= 0 {
 			*f.v = *f.d
 		}
@@ -104,6 +116,10 @@ type Home struct {
 	dirty  map[*device]struct{}
 	logBuf [][]byte
 	outs   []outbound
+	// releaseTo, when not 0, is released once the round's append is
+	// durable: every entry up to it is superseded by that append.
+	releaseTo   uint64
+	lastCompact time.Time
 }
 
 type inbound struct {
@@ -152,6 +168,8 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	if err := h.recover(); err != nil {
 		return nil, err
 	}
+	h.now = time.Now()
+	h.forget()
 	if h.m, err = newMetrics(reg, opts.ID); err != nil {
 		return nil, fmt.Errorf("command: register metrics: %w", err)
 	}
@@ -313,6 +331,11 @@ func (h *Home) loop(ctx context.Context) error {
 		}
 		if swept {
 			h.sweep()
+			if h.now.Sub(h.lastCompact) >= time.Second {
+				h.lastCompact = h.now
+				h.forget()
+				h.compact()
+			}
 			h.countStates()
 		}
 		for d := range h.dirty {
@@ -327,6 +350,13 @@ func (h *Home) loop(ctx context.Context) error {
 			}
 			clear(h.logBuf)
 			h.logBuf = h.logBuf[:0]
+		}
+		if h.releaseTo > 0 {
+			if err := h.log.Release(h.releaseTo); err != nil {
+				return fmt.Errorf("command: release: %w", err)
+			}
+			h.m.compactions.Inc()
+			h.releaseTo = 0
 		}
 		for _, o := range h.outs {
 			h.sock.Send(o.peer, wire.Append(nil, o.m))
@@ -606,6 +636,50 @@ func (h *Home) dispatch(d *device) {
 	if len(out) > 0 {
 		h.outs = append(h.outs, outbound{d.peer, &wire.Deliver{Commands: out}})
 	}
+}
+
+// forget drops the commands that reached their final state more than
+// Options.Retain ago: from memory now, from the log at the next compaction.
+func (h *Home) forget() {
+	horizon := h.now.Add(-h.opts.Retain).UnixNano()
+	for _, d := range h.devs {
+		kept := d.all[:0]
+		for _, c := range d.all {
+			if !c.State.Final() || c.Done > horizon {
+				kept = append(kept, c)
+				continue
+			}
+			delete(h.cmds, c.ID)
+			if k := c.Device + "\x00" + c.Key; c.Key != "" && h.keys[k] == c.ID {
+				delete(h.keys, k)
+			}
+		}
+		clear(d.all[len(kept):])
+		d.all = kept
+		if d.peer == nil && len(d.open) == 0 && len(d.all) == 0 {
+			delete(h.devs, d.id)
+		}
+	}
+}
+
+// compact bounds the log: once it holds more than twice the commands kept
+// and Options.CompactEntries besides, the round appends the state of every
+// kept command again, each device's in the order accepted (the order
+// recover rebuilds), and then releases every entry before them. A crash
+// before the release repeats states on recovery; the last of each id is
+// still the command's state.
+func (h *Home) compact() {
+	last := h.log.LastIndex()
+	released := h.log.Released()
+	if last <= released || last-released <= uint64(2*len(h.cmds)+h.opts.CompactEntries) {
+		return
+	}
+	for _, d := range h.devs {
+		for _, c := range d.all {
+			h.save(c)
+		}
+	}
+	h.releaseTo = last
 }
 
 // countStates sets the gauge of commands by state.

@@ -18,6 +18,7 @@ type metrics struct {
 	strayResults  prometheus.Counter
 	repeatResults prometheus.Counter
 	invalid       prometheus.Counter
+	compactions   prometheus.Counter
 	sendLatency   prometheus.Histogram
 	latency       prometheus.Histogram
 }
@@ -44,6 +45,8 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 			Help: "Answers to commands already in a final state, dropped."}),
 		invalid: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_command_invalid_messages_total", ConstLabels: l,
 			Help: "Messages from frontends that failed to decode or were of the wrong kind."}),
+		compactions: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_command_compactions_total", ConstLabels: l,
+			Help: "Times the home wrote its kept commands again and released the rest of its log."}),
 		sendLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ingest_command_delivery_latency_seconds", ConstLabels: l,
 			Buckets: buckets, Help: "From a command's acceptance to its first handing to a frontend."}),
 		latency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ingest_command_answer_latency_seconds", ConstLabels: l,
@@ -51,7 +54,7 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 	}
 	var err error
 	m.set, err = metricset.Register(reg, m.states, m.accepted, m.answered, m.expired, m.cancelled, m.redelivered,
-		m.strayResults, m.repeatResults, m.invalid, m.sendLatency, m.latency)
+		m.strayResults, m.repeatResults, m.invalid, m.compactions, m.sendLatency, m.latency)
 	return m, err
 }
 

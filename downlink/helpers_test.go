@@ -33,6 +33,7 @@ type testHome struct {
 	opts      command.Options
 	home      *command.Home
 	log       *wal.Log
+	reg       *prometheus.Registry
 	cancel    context.CancelFunc
 	errc      chan error
 }
@@ -59,7 +60,8 @@ func (th *testHome) start(t *testing.T) {
 	if th.addr != "" {
 		o.Addr = th.addr
 	}
-	h, err := command.New(o, l, prometheus.NewRegistry(), nil)
+	th.reg = prometheus.NewRegistry()
+	h, err := command.New(o, l, th.reg, nil)
 	if err != nil {
 		l.Close()
 		t.Fatal(err)

@@ -86,9 +86,19 @@ type Attachment struct {
 	write  func([]byte) error
 
 	mu      sync.Mutex
-	queue   [][]byte
+	queue   []frame
 	writing bool
 	closed  bool
+	// pending are the commands written to this connection and not yet
+	// answered, by id, with their acceptance time (unix nanoseconds).
+	pending map[string]int64
+}
+
+// frame is a command frame waiting to be written.
+type frame struct {
+	cid     string
+	created int64
+	b       []byte
 }
 
 // New returns a Link. It starts nothing. reg and lg may be nil.
@@ -239,7 +249,7 @@ func (h *home) sendPresence(d *zsock.Dealer) {
 // Attach records a device's connection, which write sends frames to, and
 // tells its home. A newer attachment of the device replaces an older one.
 func (l *Link) Attach(device string, write func([]byte) error) *Attachment {
-	a := &Attachment{l: l, device: device, since: time.Now().UnixNano(), write: write}
+	a := &Attachment{l: l, device: device, since: time.Now().UnixNano(), write: write, pending: map[string]int64{}}
 	l.mu.Lock()
 	if old := l.devices[device]; old != nil && old.since >= a.since {
 		a.since = old.since + 1
@@ -259,6 +269,8 @@ func (a *Attachment) Detach() {
 	a.mu.Lock()
 	a.closed = true
 	a.queue = nil
+	l.m.pending.Sub(float64(len(a.pending)))
+	clear(a.pending)
 	a.mu.Unlock()
 	l.mu.Lock()
 	if l.devices[a.device] == a {
@@ -270,14 +282,14 @@ func (a *Attachment) Detach() {
 	l.homeOf(a.device).send(&wire.Presence{Frontend: l.opts.Frontend, Devices: []wire.Place{{Device: a.device, Since: a.since}}})
 }
 
-// push queues frame for the device, in order, and makes sure a writer runs.
-func (a *Attachment) push(frame []byte) {
+// push queues f for the device, in order, and makes sure a writer runs.
+func (a *Attachment) push(f frame) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return
 	}
-	a.queue = append(a.queue, frame)
+	a.queue = append(a.queue, f)
 	if !a.writing {
 		a.writing = true
 		go a.drain()
@@ -295,9 +307,17 @@ func (a *Attachment) drain() {
 		f := a.queue[0]
 		a.queue = a.queue[1:]
 		a.mu.Unlock()
-		if a.write(f) == nil {
-			a.l.m.written.Inc()
+		if a.write(f.b) != nil {
+			continue
 		}
+		a.l.m.written.Inc()
+		a.mu.Lock()
+		if _, ok := a.pending[f.cid]; !ok && !a.closed {
+			a.pending[f.cid] = f.created
+			a.l.m.pending.Inc()
+			a.l.m.deliveryLatency.Observe(sinceSeconds(f.created))
+		}
+		a.mu.Unlock()
 	}
 }
 
@@ -314,7 +334,7 @@ func (l *Link) deliver(h *home, d *wire.Deliver) {
 			gone = append(gone, wire.Place{Device: c.Device, Since: time.Now().UnixNano()})
 			continue
 		}
-		a.push(protocol.AppendCommand(nil, c.ID, c.Name, c.Payload))
+		a.push(frame{cid: c.ID, created: c.Created, b: protocol.AppendCommand(nil, c.ID, c.Name, c.Payload)})
 	}
 	if len(gone) > 0 {
 		h.send(&wire.Presence{Frontend: l.opts.Frontend, Devices: gone})
@@ -326,6 +346,18 @@ func (l *Link) deliver(h *home, d *wire.Deliver) {
 // answers again.
 func (l *Link) Result(device string, r protocol.CommandResult) {
 	l.m.results.Inc()
+	l.mu.Lock()
+	a := l.devices[device]
+	l.mu.Unlock()
+	if a != nil {
+		a.mu.Lock()
+		if created, ok := a.pending[r.ID]; ok {
+			delete(a.pending, r.ID)
+			l.m.pending.Dec()
+			l.m.resultLatency.Observe(sinceSeconds(created))
+		}
+		a.mu.Unlock()
+	}
 	l.homeOf(device).send(&wire.Result{Device: device, CID: r.ID, Status: r.Status, Payload: r.Payload})
 }
 
@@ -433,13 +465,24 @@ func cmpErr(a, b error) error {
 	return b
 }
 
+// sinceSeconds is the time since ns (unix nanoseconds), in seconds, never
+// below zero: the home's clock stamped it, and clocks differ.
+func sinceSeconds(ns int64) float64 {
+	return max(float64(time.Now().UnixNano()-ns)/1e9, 0)
+}
+
 type metrics struct {
-	set        *metricset.Set
-	attached   prometheus.Gauge
-	written    prometheus.Counter
-	results    prometheus.Counter
-	invalid    prometheus.Counter
-	reconnects prometheus.Counter
+	set      *metricset.Set
+	attached prometheus.Gauge
+	pending  prometheus.Gauge
+	// deliveryLatency and resultLatency run from a command's acceptance to
+	// its first write to the device, and to its answer arriving here.
+	deliveryLatency prometheus.Histogram
+	resultLatency   prometheus.Histogram
+	written         prometheus.Counter
+	results         prometheus.Counter
+	invalid         prometheus.Counter
+	reconnects      prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer, frontend string) (*metrics, error) {
@@ -447,6 +490,12 @@ func newMetrics(reg prometheus.Registerer, frontend string) (*metrics, error) {
 	m := &metrics{
 		attached: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_downlink_devices", ConstLabels: l,
 			Help: "Devices connected here whose presence the homes are told of."}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_downlink_pending_commands", ConstLabels: l,
+			Help: "Commands written to devices connected here and not yet answered."}),
+		deliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ingest_downlink_delivery_latency_seconds", ConstLabels: l,
+			Buckets: latencyBuckets, Help: "From a command's acceptance by its home to its first write to the device here."}),
+		resultLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ingest_downlink_result_latency_seconds", ConstLabels: l,
+			Buckets: latencyBuckets, Help: "From a command's acceptance by its home to its device's answer arriving here."}),
 		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_commands_written_total", ConstLabels: l,
 			Help: "Command frames written to devices (a command handed on again counts again)."}),
 		results: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_results_total", ConstLabels: l,
@@ -457,8 +506,10 @@ func newMetrics(reg prometheus.Registerer, frontend string) (*metrics, error) {
 			Help: "Connections to homes ended and dialled again."}),
 	}
 	var err error
-	m.set, err = metricset.Register(reg, m.attached, m.written, m.results, m.invalid, m.reconnects)
+	m.set, err = metricset.Register(reg, m.attached, m.pending, m.deliveryLatency, m.resultLatency, m.written, m.results, m.invalid, m.reconnects)
 	return m, err
 }
+
+var latencyBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
 
 func (m *metrics) unregister() { m.set.Unregister() }

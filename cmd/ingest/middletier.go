@@ -37,6 +37,7 @@ type commandHomeConfig struct {
 	maxInFlight       int
 	redeliver, maxTTL time.Duration
 	presenceTimeout   time.Duration
+	retain            time.Duration
 	bound             string // the endpoint the home listens on, port resolved; empty: none
 }
 
@@ -45,7 +46,7 @@ func newMiddletierConfig() middletierConfig {
 	cd := command.DefaultOptions()
 	return middletierConfig{ingest: d.IngestAddr, consumer: d.ConsumerAddr, stream: d.StreamAddr,
 		wal: newWALConfig(), sendStall: d.SendStall, leaseTTL: d.LeaseTTL, httpListen: ":9091",
-		command: commandHomeConfig{maxInFlight: cd.MaxInFlight, redeliver: cd.Redeliver, maxTTL: cd.MaxTTL, presenceTimeout: cd.PresenceTimeout}}
+		command: commandHomeConfig{maxInFlight: cd.MaxInFlight, redeliver: cd.Redeliver, maxTTL: cd.MaxTTL, presenceTimeout: cd.PresenceTimeout, retain: cd.Retain}}
 }
 
 func (c *middletierConfig) register(f flags) {
@@ -66,6 +67,7 @@ func (c *middletierConfig) register(f flags) {
 	f.duration(&c.command.redeliver, "command.redeliver", "hand a sent command on again after this long without its answer")
 	f.duration(&c.command.maxTTL, "command.max-ttl", "longest time to live of a command")
 	f.duration(&c.command.presenceTimeout, "command.presence-timeout", "forget where a device is connected when no frontend has named it for this long")
+	f.duration(&c.command.retain, "command.retain", "how long a command stays known (its GET, list and idempotency key) after its final state; then it leaves the log")
 }
 
 // buildCommands opens the command home's log and binds its socket as a
@@ -82,7 +84,7 @@ func (c *middletierConfig) buildCommands(p *process) (string, error) {
 	p.onClose("command wal", log.Close)
 	h, err := command.New(command.Options{ID: c.id, Addr: c.command.addr, MaxInFlight: c.command.maxInFlight,
 		Redeliver: c.command.redeliver, MaxTTL: c.command.maxTTL, PresenceTimeout: c.command.presenceTimeout,
-		SendStall: c.sendStall}, log, p.reg, p.lg)
+		Retain: c.command.retain, SendStall: c.sendStall}, log, p.reg, p.lg)
 	if err != nil {
 		return "", fmt.Errorf("listen %s (--%s): %w", c.command.addr, c.f.name("command.addr"), err)
 	}

@@ -70,6 +70,13 @@ func checkFrontend(t *testing.T, o *objects) {
 		t.Errorf("INGEST_UPLINK_DNS port %s, middletiers' ingest socket on %d", port, p)
 	}
 
+	// Every frontend lists every middletier's command home, in ordinal
+	// order; the command API is on the devices' port, which the Service
+	// below exposes.
+	if got, want := mustEnv(t, c, "INGEST_COMMANDS_HOMES"), middletierEndpoints(t, o, "command"); got != want {
+		t.Errorf("frontend: INGEST_COMMANDS_HOMES=%q, want %q", got, want)
+	}
+
 	// The devices' Service and the autoscaler.
 	fs, ok := o.services["frontend"]
 	if !ok || !selectsMap(fs.Spec.Selector, w.pod.Labels) {
@@ -97,10 +104,11 @@ func checkFrontend(t *testing.T, o *objects) {
 	}
 }
 
-// checkDeviceEntry checks that devices reach the frontends from outside
-// the cluster: through a Service of type LoadBalancer, or an Ingress that
-// routes /v1/ingest over TLS, to a Service selecting the frontends on the
-// devices' port.
+// checkDeviceEntry checks that devices and the command API reach the
+// frontends from outside the cluster: through a Service of type
+// LoadBalancer, or an Ingress that routes /v1/ingest and the command
+// routes over TLS, to a Service selecting the frontends on the devices'
+// port.
 func checkDeviceEntry(t *testing.T, o *objects, w workload, c *corev1.Container) {
 	t.Helper()
 	devPort := listenPort(t, "frontend", c, "frontend")
@@ -119,46 +127,50 @@ func checkDeviceEntry(t *testing.T, o *objects, w workload, c *corev1.Container)
 		}
 		return false
 	}
-	var via []string
-	for _, svc := range o.services {
-		if svc.Spec.Type == corev1.ServiceTypeLoadBalancer && toDevices(svc.Name, "") {
-			via = append(via, "Service "+svc.Name)
-		}
-	}
-	for _, ing := range o.ingresses {
-		for _, r := range ing.Spec.Rules {
-			if r.HTTP == nil {
-				continue
-			}
-			for _, p := range r.HTTP.Paths {
-				if !routes(p, "/v1/ingest") || p.Backend.Service == nil {
-					continue
-				}
-				b := p.Backend.Service
-				port := b.Port.Name
-				if port == "" {
-					port = strconv.Itoa(int(b.Port.Number))
-				}
-				if !toDevices(b.Name, port) {
-					t.Errorf("Ingress %s routes /v1/ingest to Service %s port %s, which does not reach the frontends' port %d", ing.Name, b.Name, port, devPort)
-					continue
-				}
-				// Devices send bearer tokens: never in clear text over the
-				// Ingress.
-				tls := false
-				for _, tl := range ing.Spec.TLS {
-					tls = tls || slices.Contains(tl.Hosts, r.Host)
-				}
-				if !tls {
-					t.Errorf("Ingress %s: host %q serves /v1/ingest without TLS", ing.Name, r.Host)
-					continue
-				}
-				via = append(via, "Ingress "+ing.Name)
+	// Devices' connections, and applications' command API on the same
+	// port (docs/commands.md).
+	for _, path := range []string{"/v1/ingest", "/v1/devices/d-1/commands", "/v1/commands/c-1"} {
+		var via []string
+		for _, svc := range o.services {
+			if svc.Spec.Type == corev1.ServiceTypeLoadBalancer && toDevices(svc.Name, "") {
+				via = append(via, "Service "+svc.Name)
 			}
 		}
-	}
-	if len(via) == 0 {
-		t.Errorf("devices cannot reach the frontends from outside the cluster: no LoadBalancer Service and no Ingress routes /v1/ingest to port %d", devPort)
+		for _, ing := range o.ingresses {
+			for _, r := range ing.Spec.Rules {
+				if r.HTTP == nil {
+					continue
+				}
+				for _, p := range r.HTTP.Paths {
+					if !routes(p, path) || p.Backend.Service == nil {
+						continue
+					}
+					b := p.Backend.Service
+					port := b.Port.Name
+					if port == "" {
+						port = strconv.Itoa(int(b.Port.Number))
+					}
+					if !toDevices(b.Name, port) {
+						t.Errorf("Ingress %s routes %s to Service %s port %s, which does not reach the frontends' port %d", ing.Name, path, b.Name, port, devPort)
+						continue
+					}
+					// Devices and applications send bearer tokens: never in
+					// clear text over the Ingress.
+					tls := false
+					for _, tl := range ing.Spec.TLS {
+						tls = tls || slices.Contains(tl.Hosts, r.Host)
+					}
+					if !tls {
+						t.Errorf("Ingress %s: host %q serves %s without TLS", ing.Name, r.Host, path)
+						continue
+					}
+					via = append(via, "Ingress "+ing.Name)
+				}
+			}
+		}
+		if len(via) == 0 {
+			t.Errorf("%s does not reach the frontends from outside the cluster: no LoadBalancer Service and no Ingress routes it to port %d", path, devPort)
+		}
 	}
 }
 
@@ -199,6 +211,7 @@ var zmqPorts = []struct {
 	{"INGEST_CONSUMER_ADDR", "consumer", []string{"feed", "storage"}},
 	{"INGEST_STREAM_ADDR", "stream", []string{"storage"}},
 	{"INGEST_FEED_ADDR", "feed", []string{"feed"}},
+	{"INGEST_COMMAND_ADDR", "command", []string{"frontend"}},
 }
 
 func checkMiddletier(t *testing.T, o *objects) {

@@ -1,0 +1,442 @@
+package command_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/wal"
+	"github.com/ingest-io/ingest/wire"
+)
+
+// testHome is a real Home on 127.0.0.1 over a real WAL; restart keeps its
+// directory and address.
+type testHome struct {
+	dir, addr string
+	opts      command.Options
+	wopts     wal.Options
+	home      *command.Home
+	log       *wal.Log
+	reg       *prometheus.Registry
+	cancel    context.CancelFunc
+	errc      chan error
+}
+
+func startHome(t *testing.T, o command.Options, wo wal.Options) *testHome {
+	t.Helper()
+	o.ID = "home-1"
+	o.Addr = "tcp://127.0.0.1:0"
+	if o.Redeliver == 0 {
+		o.Redeliver = time.Minute // nothing handed on again unless a test asks
+	}
+	if o.PresenceTimeout == 0 {
+		o.PresenceTimeout = time.Minute
+	}
+	wo.Hop = "command"
+	th := &testHome{dir: t.TempDir(), opts: o, wopts: wo}
+	th.start(t)
+	t.Cleanup(func() { th.stop(t) })
+	return th
+}
+
+func (th *testHome) start(t *testing.T) {
+	t.Helper()
+	l, err := wal.Open(th.dir, th.wopts, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := th.opts
+	if th.addr != "" {
+		o.Addr = th.addr
+	}
+	th.reg = prometheus.NewRegistry()
+	h, err := command.New(o, l, th.reg, nil)
+	if err != nil {
+		l.Close()
+		t.Fatal(err)
+	}
+	th.addr, th.home, th.log = h.Addr(), h, l
+	ctx, cancel := context.WithCancel(context.Background())
+	th.cancel, th.errc = cancel, make(chan error, 1)
+	go func() { th.errc <- h.Run(ctx) }()
+}
+
+func (th *testHome) stop(t *testing.T) {
+	if th.cancel == nil {
+		return
+	}
+	th.cancel()
+	if err := <-th.errc; err != nil {
+		t.Errorf("home: %v", err)
+	}
+	th.home.Close()
+	th.log.Close()
+	th.cancel = nil
+}
+
+// frontend speaks the home's wire messages as a frontend's downlink.Link
+// does, over a real DEALER, and keeps the deliveries apart from replies.
+type frontend struct {
+	p         *testkit.Peer
+	req       uint64
+	delivered []wire.Command
+}
+
+func dialFrontend(t *testing.T, th *testHome, id string) *frontend {
+	t.Helper()
+	return &frontend{p: testkit.Dealer(t, th.addr, id)}
+}
+
+// next waits for the next message from the home.
+func (f *frontend) next(t *testing.T) wire.Message {
+	t.Helper()
+	select {
+	case msg, ok := <-f.p.Msgs:
+		if !ok {
+			t.Fatal("socket closed")
+		}
+		m, err := wire.Decode(msg.Frames[len(msg.Frames)-1])
+		if err != nil {
+			t.Fatalf("undecodable message: %v", err)
+		}
+		return m
+	case <-time.After(10 * time.Second):
+		t.Fatal("no message from the home within 10s")
+	}
+	return nil
+}
+
+// ask sends m, whose Req it sets, and waits for its Reply; deliveries that
+// come meanwhile are kept for deliver.
+func (f *frontend) ask(t *testing.T, m wire.Message) *wire.Reply {
+	t.Helper()
+	f.req++
+	switch m := m.(type) {
+	case *wire.Submit:
+		m.Req = f.req
+	case *wire.Query:
+		m.Req = f.req
+	}
+	f.p.Send(t, m)
+	for {
+		switch m := f.next(t).(type) {
+		case *wire.Reply:
+			if m.Req == f.req {
+				return m
+			}
+		case *wire.Deliver:
+			f.delivered = append(f.delivered, m.Commands...)
+		}
+	}
+}
+
+// deliver waits for the next command handed to this frontend.
+func (f *frontend) deliver(t *testing.T) wire.Command {
+	t.Helper()
+	return f.deliverFor(t, "")
+}
+
+// deliverFor waits for the next command handed to this frontend for
+// device ("": any).
+func (f *frontend) deliverFor(t *testing.T, device string) wire.Command {
+	t.Helper()
+	for {
+		for i, c := range f.delivered {
+			if device == "" || c.Device == device {
+				f.delivered = slices.Delete(f.delivered, i, i+1)
+				return c
+			}
+		}
+		if d, ok := f.next(t).(*wire.Deliver); ok {
+			f.delivered = append(f.delivered, d.Commands...)
+		}
+	}
+}
+
+func (f *frontend) submit(t *testing.T, s wire.Submit) wire.Command {
+	t.Helper()
+	r := f.ask(t, &s)
+	if r.Code != "" || len(r.Commands) != 1 {
+		t.Fatalf("submit %+v: reply %+v", s, r)
+	}
+	return r.Commands[0]
+}
+
+func (f *frontend) get(t *testing.T, cid string) *wire.Reply {
+	t.Helper()
+	return f.ask(t, &wire.Query{Op: wire.QueryGet, CID: cid})
+}
+
+func (f *frontend) list(t *testing.T, device string, state wire.CommandState) []string {
+	t.Helper()
+	r := f.ask(t, &wire.Query{Op: wire.QueryList, Device: device, State: state})
+	var ids []string
+	for _, c := range r.Commands {
+		ids = append(ids, c.ID)
+	}
+	return ids
+}
+
+func (f *frontend) place(t *testing.T, device string, since int64) {
+	t.Helper()
+	f.p.Send(t, &wire.Presence{Frontend: "fe", Devices: []wire.Place{{Device: device, Since: since, Present: true}}})
+}
+
+func (f *frontend) answer(t *testing.T, device, cid, status string) {
+	t.Helper()
+	f.p.Send(t, &wire.Result{Device: device, CID: cid, Status: status, Payload: []byte(`{"done":true}`)})
+}
+
+func (f *frontend) waitState(t *testing.T, cid string, s wire.CommandState) wire.Command {
+	t.Helper()
+	var c wire.Command
+	testkit.WaitFor(t, cid+" "+s.String(), 10*time.Second, func() bool {
+		r := f.get(t, cid)
+		if r.Code != "" {
+			t.Fatalf("get %s: %+v", cid, r)
+		}
+		c = r.Commands[0]
+		return c.State == s
+	})
+	return c
+}
+
+// TestOrderPerDevice: a device's commands, queued while it is nowhere, are
+// handed on in the order accepted, one at a time (MaxInFlight 1), the next
+// only once the one before is answered; another device's are its own.
+func TestOrderPerDevice(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	fe := dialFrontend(t, th, "fe#1")
+	var want []string
+	for i := range 5 {
+		want = append(want, fe.submit(t, wire.Submit{Device: "d1", Name: fmt.Sprintf("c%d", i)}).ID)
+	}
+	other := fe.submit(t, wire.Submit{Device: "d2", Name: "x"}).ID
+	if got := fe.list(t, "d1", wire.StateQueued); !slices.Equal(got, want) {
+		t.Fatalf("queued %q, want %q in the order accepted", got, want)
+	}
+	fe.place(t, "d1", 1)
+	for i, id := range want {
+		c := fe.deliverFor(t, "d1")
+		if c.ID != id || c.Device != "d1" || c.Name != fmt.Sprintf("c%d", i) {
+			t.Fatalf("delivery %d: %+v, want %s", i, c, id)
+		}
+		if got := fe.waitState(t, id, wire.StateSent); got.Sent == 0 {
+			t.Fatalf("%s sent without a time: %+v", id, got)
+		}
+		for _, o := range fe.delivered {
+			if o.Device == "d1" {
+				t.Fatalf("handed on %+v while %s is unanswered", o, id)
+			}
+		}
+		fe.answer(t, "d1", id, "ok")
+		if i == 2 {
+			fe.place(t, "d2", 1)
+			if c := fe.deliverFor(t, "d2"); c.ID != other {
+				t.Fatalf("d2 got %+v, want %s", c, other)
+			}
+		}
+	}
+	last := fe.waitState(t, want[4], wire.StateAcknowledged)
+	if last.Status != "ok" || string(last.Result) != `{"done":true}` || last.Done == 0 {
+		t.Fatalf("answered command: %+v", last)
+	}
+	if got := fe.list(t, "d1", 0); !slices.Equal(got, want) {
+		t.Fatalf("listed %q, want %q", got, want)
+	}
+	if got := fe.list(t, "d1", wire.StateAcknowledged); !slices.Equal(got, want) {
+		t.Fatalf("acknowledged %q, want %q", got, want)
+	}
+	// A status other than ok fails the command; a repeat answer changes
+	// nothing.
+	id := fe.submit(t, wire.Submit{Device: "d1", Name: "bad"}).ID
+	fe.deliver(t)
+	fe.answer(t, "d1", id, "unsupported")
+	if c := fe.waitState(t, id, wire.StateFailed); c.Status != "unsupported" {
+		t.Fatalf("failed command: %+v", c)
+	}
+	fe.answer(t, "d1", id, "ok")
+	testkit.WaitFor(t, "the repeat answer counted", 10*time.Second, func() bool {
+		return testkit.Metric(t, th.reg, "ingest_command_repeat_results_total") == 1
+	})
+	if c := fe.get(t, id).Commands[0]; c.State != wire.StateFailed {
+		t.Fatalf("a repeat answer changed %+v", c)
+	}
+}
+
+// TestTTLExpiry: a command whose time to live ends before its device is
+// anywhere expires and is never sent; the one after it is.
+func TestTTLExpiry(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	fe := dialFrontend(t, th, "fe#1")
+	short := fe.submit(t, wire.Submit{Device: "d1", Name: "short", TTLMS: 1})
+	if short.Expires-short.Created != int64(time.Millisecond) {
+		t.Fatalf("ttl 1 ms gave created %d expires %d", short.Created, short.Expires)
+	}
+	long := fe.submit(t, wire.Submit{Device: "d1", Name: "long"})
+	if d := time.Duration(long.Expires - long.Created); d != command.DefaultOptions().DefaultTTL {
+		t.Fatalf("no ttl gave %s, want the default", d)
+	}
+	if c := fe.waitState(t, short.ID, wire.StateExpired); c.Sent != 0 || c.Done == 0 {
+		t.Fatalf("expired command: %+v", c)
+	}
+	fe.place(t, "d1", 1)
+	if c := fe.deliver(t); c.ID != long.ID {
+		t.Fatalf("delivered %+v, want %s (the expired one is never sent)", c, long.ID)
+	}
+	if n := testkit.Metric(t, th.reg, "ingest_command_expired_total"); n != 1 {
+		t.Fatalf("expired_total %v", n)
+	}
+	// A ttl past the bound is refused.
+	th2 := startHome(t, command.Options{MaxTTL: time.Hour}, wal.Options{})
+	fe2 := dialFrontend(t, th2, "fe#2")
+	if r := fe2.ask(t, &wire.Submit{Device: "d1", Name: "n", TTLMS: uint64(2 * time.Hour / time.Millisecond)}); r.Code != wire.CodeInvalid {
+		t.Fatalf("ttl over the bound: %+v", r)
+	}
+}
+
+// TestIdempotencyKey: a Submit with a key the device has used gives the
+// command of the first, before and after a restart; the same key with
+// another payload is refused; another device's key is its own.
+func TestIdempotencyKey(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	fe := dialFrontend(t, th, "fe#1")
+	s := wire.Submit{Device: "d1", Name: "set", Payload: []byte(`{"v":1}`), Key: "k1"}
+	first := fe.submit(t, s)
+	if again := fe.submit(t, s); again.ID != first.ID {
+		t.Fatalf("same key: %s, then %s", first.ID, again.ID)
+	}
+	if other := fe.submit(t, wire.Submit{Device: "d2", Name: "set", Payload: []byte(`{"v":1}`), Key: "k1"}); other.ID == first.ID {
+		t.Fatal("another device's key gave the same command")
+	}
+	changed := s
+	changed.Payload = []byte(`{"v":2}`)
+	if r := fe.ask(t, &changed); r.Code != command.CodeKeyReused || len(r.Commands) != 1 || r.Commands[0].ID != first.ID {
+		t.Fatalf("key with another payload: %+v", r)
+	}
+	if got := fe.list(t, "d1", 0); len(got) != 1 {
+		t.Fatalf("d1 has %q, want one command", got)
+	}
+	th.stop(t)
+	th.start(t)
+	fe = dialFrontend(t, th, "fe#2")
+	if again := fe.submit(t, s); again.ID != first.ID {
+		t.Fatalf("same key after a restart: %s, then %s", first.ID, again.ID)
+	}
+	// The key holds after the command's end too.
+	fe.place(t, "d1", 1)
+	fe.answer(t, "d1", fe.deliver(t).ID, "ok")
+	fe.waitState(t, first.ID, wire.StateAcknowledged)
+	if again := fe.submit(t, s); again.ID != first.ID || again.State != wire.StateAcknowledged {
+		t.Fatalf("same key after the answer: %+v", again)
+	}
+}
+
+// TestCancel: only a queued command can be cancelled; a cancelled one is
+// never sent, also after a restart; cancelling it again answers it again.
+func TestCancel(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	fe := dialFrontend(t, th, "fe#1")
+	a := fe.submit(t, wire.Submit{Device: "d1", Name: "a"})
+	b := fe.submit(t, wire.Submit{Device: "d1", Name: "b"})
+	c := fe.submit(t, wire.Submit{Device: "d1", Name: "c"})
+	cancel := func(cid string) *wire.Reply { return fe.ask(t, &wire.Query{Op: wire.QueryCancel, CID: cid}) }
+	if r := cancel(a.ID); r.Code != "" || r.Commands[0].State != wire.StateCancelled || r.Commands[0].Done == 0 {
+		t.Fatalf("cancel queued: %+v", r)
+	}
+	if r := cancel(a.ID); r.Code != "" || r.Commands[0].State != wire.StateCancelled {
+		t.Fatalf("cancel again: %+v", r)
+	}
+	if r := cancel("cnothere"); r.Code != wire.CodeNotFound {
+		t.Fatalf("cancel unknown: %+v", r)
+	}
+	th.stop(t)
+	th.start(t)
+	fe = dialFrontend(t, th, "fe#2")
+	if r := fe.get(t, a.ID); r.Code != "" || r.Commands[0].State != wire.StateCancelled {
+		t.Fatalf("after a restart: %+v", r)
+	}
+	fe.place(t, "d1", 1)
+	if got := fe.deliver(t); got.ID != b.ID {
+		t.Fatalf("delivered %+v, want %s: the cancelled one is never sent", got, b.ID)
+	}
+	fe.waitState(t, b.ID, wire.StateSent)
+	if r := cancel(b.ID); r.Code != wire.CodeNotCancellable || r.Commands[0].State != wire.StateSent {
+		t.Fatalf("cancel sent: %+v", r)
+	}
+	fe.answer(t, "d1", b.ID, "ok")
+	if got := fe.deliver(t); got.ID != c.ID {
+		t.Fatalf("delivered %+v, want %s", got, c.ID)
+	}
+	fe.answer(t, "d1", c.ID, "ok")
+	fe.waitState(t, c.ID, wire.StateAcknowledged)
+	if r := cancel(c.ID); r.Code != wire.CodeNotCancellable {
+		t.Fatalf("cancel answered: %+v", r)
+	}
+}
+
+// TestCompaction: commands that ended and passed Options.Retain leave the
+// log: it stays within twice the commands kept plus CompactEntries however
+// many pass, its segments are truncated, and the commands kept are whole
+// and in order after a restart.
+func TestCompaction(t *testing.T) {
+	const compactEntries = 20
+	th := startHome(t, command.Options{Retain: time.Nanosecond, CompactEntries: compactEntries}, wal.Options{SegmentBytes: 4096})
+	fe := dialFrontend(t, th, "fe#1")
+	// Kept throughout: queued for a device that never connects.
+	var kept []string
+	for i := range 3 {
+		kept = append(kept, fe.submit(t, wire.Submit{Device: "waits", Name: fmt.Sprintf("k%d", i), Payload: []byte(`{"i":1}`)}).ID)
+	}
+	const passing = 200
+	var gone []string
+	for i := range passing {
+		c := fe.submit(t, wire.Submit{Device: "d1", Name: "p", Key: fmt.Sprintf("key-%d", i)})
+		if r := fe.ask(t, &wire.Query{Op: wire.QueryCancel, CID: c.ID}); r.Code != "" {
+			t.Fatalf("cancel: %+v", r)
+		}
+		gone = append(gone, c.ID)
+	}
+	testkit.WaitFor(t, "a compaction", 10*time.Second, func() bool {
+		return testkit.Metric(t, th.reg, "ingest_command_compactions_total") >= 1
+	})
+	testkit.WaitFor(t, "the log released down to the kept commands", 10*time.Second, func() bool {
+		n, _ := th.log.Depth()
+		return n <= int64(2*len(kept)+compactEntries)
+	})
+	ents, err := os.ReadDir(th.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 403 entries of ~80 bytes took ~8 segments of 4 KiB; what is left,
+	// at most 2*3+20 entries, spans two (four files are not segments).
+	testkit.WaitFor(t, "released segments truncated", 10*time.Second, func() bool {
+		ents, err = os.ReadDir(th.dir)
+		return err == nil && len(ents) <= 6
+	})
+	if r := fe.get(t, gone[0]); r.Code != wire.CodeNotFound {
+		t.Fatalf("a command past its retention: %+v", r)
+	}
+	th.stop(t)
+	th.start(t)
+	fe = dialFrontend(t, th, "fe#2")
+	if got := fe.list(t, "waits", wire.StateQueued); !slices.Equal(got, kept) {
+		t.Fatalf("after compaction and restart: queued %q, want %q", got, kept)
+	}
+	for _, id := range []string{gone[0], gone[passing-1]} {
+		if r := fe.get(t, id); r.Code != wire.CodeNotFound {
+			t.Fatalf("%s came back: %+v", id, r)
+		}
+	}
+	fe.place(t, "waits", 1)
+	if c := fe.deliver(t); c.ID != kept[0] || string(c.Payload) != `{"i":1}` || c.Name != "k0" {
+		t.Fatalf("first kept command delivered as %+v", c)
+	}
+}

@@ -1,0 +1,93 @@
+package downlink_test
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/internal/testkit"
+)
+
+// TestMetricsMove: a command held unanswered by its device counts as
+// pending at its frontend and sent at its home; once answered, pending
+// falls back and the latency histograms of both sides have it.
+func TestMetricsMove(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{})
+	fe := startFrontend(t, "fe-1", []string{h.addr}, false)
+	got := make(chan string, 1)
+	release := make(chan struct{})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Options{
+		URL: "ws://" + fe.addr + "/v1/ingest?device=dev-1",
+		OnCommand: func(ctx context.Context, cmd client.Command) client.Answer {
+			got <- cmd.ID
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return client.Answer{Status: "ok"}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	metric := func(tf *testFrontend, name string) float64 { return testkit.Metric(t, tf.reg, name) }
+	home := func(name string) float64 { return testkit.Metric(t, h.reg, name) }
+
+	cmd := submit(t, fe, "dev-1", "hold", nil)
+	if id := <-got; id != cmd.ID {
+		t.Fatalf("device got %s, want %s", id, cmd.ID)
+	}
+	testkit.WaitFor(t, "one pending command at the frontend", 10*time.Second, func() bool {
+		return metric(fe, "ingest_downlink_pending_commands") == 1
+	})
+	if n := metric(fe, "ingest_downlink_delivery_latency_seconds"); n != 1 {
+		t.Fatalf("delivery latency observations %v, want 1", n)
+	}
+	if n := home("ingest_command_delivery_latency_seconds"); n != 1 {
+		t.Fatalf("home's delivery latency observations %v, want 1", n)
+	}
+	testkit.WaitFor(t, "the home's gauge: one sent", 10*time.Second, func() bool {
+		return gaugeOf(t, h, "sent") == 1
+	})
+	close(release)
+	waitState(t, fe, cmd.ID, "acknowledged")
+	testkit.WaitFor(t, "nothing pending at the frontend", 10*time.Second, func() bool {
+		return metric(fe, "ingest_downlink_pending_commands") == 0
+	})
+	if n := metric(fe, "ingest_downlink_result_latency_seconds"); n != 1 {
+		t.Fatalf("result latency observations %v, want 1", n)
+	}
+	if n := home("ingest_command_answer_latency_seconds"); n != 1 {
+		t.Fatalf("home's answer latency observations %v, want 1", n)
+	}
+	testkit.WaitFor(t, "the home's gauge: one acknowledged, none sent", 10*time.Second, func() bool {
+		return gaugeOf(t, h, "acknowledged") == 1 && gaugeOf(t, h, "sent") == 0
+	})
+}
+
+// gaugeOf is the home's ingest_command_commands for state.
+func gaugeOf(t *testing.T, h *testHome, state string) float64 {
+	t.Helper()
+	mfs, err := h.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "ingest_command_commands" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "state" && l.GetValue() == state {
+					return m.GetGauge().GetValue()
+				}
+			}
+		}
+	}
+	return -1
+}
