@@ -198,7 +198,7 @@ func TestPipelineUnderSIGKILL(t *testing.T) {
 	for i := range 2 {
 		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 		feAddrs = append(feAddrs, addr)
-		// Each frontend prefers a different middletier.
+		// The list in two orders: each frontend ranks it by its id.
 		order := []string{mtIngest[i], mtIngest[1-i]}
 		fes = append(fes, &tierProc{t: t, name: fmt.Sprintf("fe-%d", i), ready: regexp.MustCompile(`msg="frontend listening"`),
 			args: []string{"frontend", "--listen", addr, "--id", fmt.Sprintf("fe-%d", i), "--drain-window", "200ms",
