@@ -12,9 +12,20 @@
 // again from the oldest unacknowledged entry (go-back-N), and after
 // Reconnect such timeouts in a row it closes the socket and connects a new
 // one. A middletier that acknowledges nothing for Failover while entries
-// wait is left for the next one in the list. Entries may reach a middletier
-// more than once, and reach two middletiers across a failover; the
-// middletier drops repeats by (origin, index).
+// wait is left for the next one in the Link's ranking. Entries may reach a
+// middletier more than once, and reach two middletiers across a failover;
+// the middletier drops repeats by (origin, index).
+//
+// # Spread
+//
+// The Link ranks the middletiers with Rank (rendezvous hashing of its ID
+// with each endpoint), so that frontends spread over them, and connects
+// to its first choice. When it is on another, it looks every Return
+// whether its first choice is back (a socket connected to it, on a
+// goroutine of its own), and goes back: it sends nothing new until what is
+// in flight to the current middletier is acknowledged (or an AckTimeout
+// passes), then sends from its oldest unacknowledged entry on the new
+// socket. A drained move puts no entry in two streams.
 //
 // Each batch carries the frontend's release mark, so that a middletier can
 // tell a gap the frontend vouches for (entries acknowledged by another
@@ -37,12 +48,13 @@
 //
 // Run is the Link's goroutine: it reads the WAL, sends, takes the
 // acknowledgements and closes its socket before it returns; the socket's
-// sender and reader are the Dealer's, ended by its Close.
+// sender and reader are the Dealer's, ended by its Close. The look for the
+// first choice runs on a goroutine Run starts and waits for.
 //
 // # Order
 //
 // Entries reach a middletier in WAL order, which keeps each device's order
-// from the device to the middletier. After a failover, entries may reach
-// the stream of another middletier, and the order across the two streams is
-// not defined.
+// from the device to the middletier. After a failover or a return, entries
+// reach the stream of another middletier, and the order across the two
+// streams is not defined.
 package uplink

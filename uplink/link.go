@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,6 +28,8 @@ type Link struct {
 	lg     *slog.Logger
 	m      *metrics
 	origin string
+
+	socketSeq atomic.Uint64
 }
 
 // New returns a Link for log. It starts nothing. reg and lg may be nil.
@@ -79,11 +84,31 @@ type state struct {
 	at        int // index in endpoints
 	dials     int // failed dials in a row, for backoff
 	nextDial  time.Time
-	socketSeq uint64
 	// The last resend asked for: every batch in flight behind a lost one
 	// draws the same request, and one rewind answers them all.
 	resentFrom uint64
 	resentAt   time.Time
+
+	// Going back to the first choice: every Return a look is taken
+	// (probe); when it finds a first choice other than the current
+	// middletier and connects to it, that socket waits as standby while
+	// the current one drains (nothing new is sent until what is in flight
+	// is acknowledged), and then takes over.
+	nextLook   time.Time
+	lookEvery  time.Duration
+	looking    bool
+	standby    *zsock.Dealer
+	drainSince time.Time // zero: not draining
+	returned   bool      // the current middletier was reached by a return
+	returnedAt time.Time
+}
+
+// look is what a probe found: the middletiers ranked, and a socket
+// connected to the first of them when that is not the current one.
+type look struct {
+	ranked []string
+	conn   *zsock.Dealer
+	err    error
 }
 
 // Run forwards until ctx ends, then closes its socket. Entries not yet
@@ -91,11 +116,25 @@ type state struct {
 // ends, or the WAL's failure.
 func (k *Link) Run(ctx context.Context) error {
 	defer k.m.unregister()
-	s := &state{acked: k.log.Released(), lastAck: time.Now(), waitSince: time.Now()}
+	now := time.Now()
+	s := &state{acked: k.log.Released(), lastAck: now, waitSince: now, lookEvery: k.opts.Return, nextLook: now.Add(k.opts.Return)}
 	if err := k.rewind(s, s.acked+1); err != nil {
 		return err
 	}
+	looks := make(chan look, 1)
+	var probes sync.WaitGroup
 	defer func() {
+		probes.Wait()
+		select {
+		case l := <-looks:
+			if l.conn != nil {
+				l.conn.Close()
+			}
+		default:
+		}
+		if s.standby != nil {
+			s.standby.Close()
+		}
 		if s.conn != nil {
 			s.conn.Close()
 		}
@@ -105,6 +144,16 @@ func (k *Link) Run(ctx context.Context) error {
 	for {
 		if s.conn == nil && !time.Now().Before(s.nextDial) {
 			k.connect(ctx, s)
+		}
+		if s.draining() && len(s.inflight) == 0 {
+			if err := k.takeStandby(s, "drained"); err != nil {
+				return err
+			}
+		}
+		if k.lookDue(s) {
+			s.looking = true
+			cur := s.conn.Endpoint()
+			probes.Go(func() { looks <- k.probe(ctx, cur) })
 		}
 		if err := k.fill(ctx, s); err != nil {
 			return err
@@ -144,6 +193,15 @@ func (k *Link) Run(ctx context.Context) error {
 			}
 		case <-dead:
 			k.drop(s, "link lost")
+			if s.standby != nil {
+				if err := k.takeStandby(s, "link lost"); err != nil {
+					return err
+				}
+			}
+		case l := <-looks:
+			if err := k.looked(s, l); err != nil {
+				return err
+			}
 		case <-tick.C:
 			if err := k.checkTimeouts(s); err != nil {
 				return err
@@ -172,7 +230,7 @@ func (k *Link) fill(ctx context.Context, s *state) error {
 // sendReady sends pending entries while the window has room.
 func (k *Link) sendReady(s *state) {
 	now := time.Now()
-	for s.conn != nil && len(s.pending) > 0 && len(s.inflight) < k.opts.Window && !now.Before(s.paused) {
+	for s.conn != nil && !s.draining() && len(s.pending) > 0 && len(s.inflight) < k.opts.Window && !now.Before(s.paused) {
 		n, bytes := 0, 0
 		for n < len(s.pending) && n < k.opts.MaxBatchEntries && (n == 0 || bytes+len(s.pending[n].Data) <= k.opts.MaxBatchBytes) {
 			bytes += len(s.pending[n].Data)
@@ -245,6 +303,10 @@ func (k *Link) progress(s *state, upTo uint64) error {
 	k.m.acked.Add(float64(upTo - s.acked))
 	s.acked = upTo
 	s.lastAck, s.waitSince, s.timeouts = now, now, 0
+	if s.returned && now.Sub(s.returnedAt) > k.opts.Failover {
+		// The return held: look again at the usual pace.
+		s.returned, s.lookEvery = false, k.opts.Return
+	}
 	i := 0
 	for i < len(s.inflight) && s.inflight[i].last <= upTo {
 		k.m.rtt.Observe(now.Sub(s.inflight[i].at).Seconds())
@@ -276,9 +338,30 @@ func (k *Link) checkTimeouts(s *state) error {
 		s.lastAck = now
 		return nil
 	}
+	if s.standby != nil {
+		select {
+		case <-s.standby.Done():
+			k.lg.Info("uplink: first choice lost before the return", "middletier", s.standby.Endpoint())
+			s.standby.Close()
+			s.standby, s.drainSince = nil, time.Time{}
+		default:
+			if now.Sub(s.drainSince) > k.opts.AckTimeout {
+				// The current middletier does not answer what is in
+				// flight: those entries go to the first choice too, as
+				// across a failover.
+				return k.takeStandby(s, "drain timed out")
+			}
+		}
+	}
 	if s.conn != nil && now.Sub(s.lastAck) > k.opts.Failover && len(s.endpoints) > 1 {
 		k.m.failovers.Inc()
 		k.lg.Warn("uplink: middletier silent; moving to the next", "middletier", s.conn.Endpoint(), "silent_for", now.Sub(s.lastAck))
+		if s.returned {
+			// A first choice that takes connections and acknowledges
+			// nothing: look less often, so as not to stall every Return.
+			s.lookEvery = min(2*s.lookEvery, 32*k.opts.Return)
+			s.returned = false
+		}
 		k.drop(s, "failover")
 		s.at++
 		s.lastAck = now
@@ -322,23 +405,14 @@ func (k *Link) connect(ctx context.Context, s *state) {
 				k.lg.Warn("uplink: resolve middletiers", "err", err)
 			}
 		}
-		s.endpoints, s.at = eps, 0
+		s.endpoints, s.at = Rank(k.opts.ID, eps), 0
 		if len(eps) == 0 {
 			k.backoff(s)
 			return
 		}
 	}
 	ep := s.endpoints[s.at]
-	s.socketSeq++
-	// An identity of its own per socket, so that a middletier never
-	// answers this socket's batches to an earlier one.
-	c, err := zsock.Dial(ep, zsock.DealerOptions{
-		Identity:    fmt.Sprintf("%s#%d-%x", k.origin, s.socketSeq, rand.Uint32()),
-		SendStall:   k.opts.SendStall,
-		DialTimeout: k.opts.DialTimeout,
-		SendQueue:   k.opts.Window * 2,
-		RecvQueue:   k.opts.Window * 2,
-	})
+	c, err := k.dial(ep)
 	if err != nil {
 		if s.dials == 0 {
 			k.lg.Warn("uplink: connect", "middletier", ep, "err", err)
@@ -353,6 +427,103 @@ func (k *Link) connect(ctx context.Context, s *state) {
 	if err := k.rewind(s, s.acked+1); err != nil && !errors.Is(err, wal.ErrClosed) {
 		k.lg.Error("uplink: rewind", "err", err)
 	}
+}
+
+// dial connects a socket to ep.
+func (k *Link) dial(ep string) (*zsock.Dealer, error) {
+	// An identity of its own per socket, so that a middletier never
+	// answers this socket's batches to an earlier one. The sequence is
+	// shared with the probe's goroutine.
+	n := k.socketSeq.Add(1)
+	return zsock.Dial(ep, zsock.DealerOptions{
+		Identity:    fmt.Sprintf("%s#%d-%x", k.origin, n, rand.Uint32()),
+		SendStall:   k.opts.SendStall,
+		DialTimeout: k.opts.DialTimeout,
+		SendQueue:   k.opts.Window * 2,
+		RecvQueue:   k.opts.Window * 2,
+	})
+}
+
+func (s *state) draining() bool { return s.standby != nil }
+
+// lookDue reports whether it is time to look for a better middletier: the
+// Link is connected, not already looking or returning, and either not on
+// its first choice or finding its middletiers through Resolve (where a new
+// one may have become the first choice).
+func (k *Link) lookDue(s *state) bool {
+	if s.conn == nil || s.looking || s.standby != nil || time.Now().Before(s.nextLook) {
+		return false
+	}
+	return s.at > 0 || k.opts.Resolve != nil
+}
+
+// probe ranks the middletiers anew and, when the first of them is not cur,
+// connects a socket to it. It runs on a goroutine of its own: resolving
+// and dialing take time, during which Run keeps forwarding.
+func (k *Link) probe(ctx context.Context, cur string) look {
+	eps := k.opts.Middletiers
+	if k.opts.Resolve != nil {
+		var err error
+		if eps, err = k.opts.Resolve(ctx); err != nil {
+			return look{err: err}
+		}
+	}
+	l := look{ranked: Rank(k.opts.ID, eps)}
+	if len(l.ranked) == 0 || l.ranked[0] == cur {
+		return l
+	}
+	l.conn, l.err = k.dial(l.ranked[0])
+	return l
+}
+
+// looked takes what a probe found.
+func (k *Link) looked(s *state, l look) error {
+	s.looking = false
+	s.nextLook = time.Now().Add(s.lookEvery)
+	if l.err != nil {
+		k.lg.Debug("uplink: first choice not back", "err", l.err)
+		return nil
+	}
+	if len(l.ranked) == 0 {
+		return nil
+	}
+	if s.conn == nil {
+		// Lost meanwhile: the next connect starts from the first choice.
+		if l.conn != nil {
+			l.conn.Close()
+		}
+		s.endpoints, s.at = l.ranked, len(l.ranked)
+		return nil
+	}
+	if l.conn == nil || l.conn.Endpoint() == s.conn.Endpoint() {
+		// Already on the first choice (or back on it meanwhile, by a
+		// failover around the list).
+		if l.conn != nil {
+			l.conn.Close()
+		}
+		s.endpoints, s.at = l.ranked, max(0, slices.Index(l.ranked, s.conn.Endpoint()))
+		return nil
+	}
+	k.lg.Info("uplink: first choice back; draining the current middletier", "middletier", s.conn.Endpoint(), "first_choice", l.conn.Endpoint())
+	s.endpoints, s.at = l.ranked, max(0, slices.Index(l.ranked, s.conn.Endpoint()))
+	s.standby, s.drainSince = l.conn, time.Now()
+	return nil
+}
+
+// takeStandby makes the standby socket the current one: the first choice,
+// from the oldest unacknowledged entry on.
+func (k *Link) takeStandby(s *state, why string) error {
+	c := s.standby
+	s.standby, s.drainSince = nil, time.Time{}
+	k.drop(s, "returning to the first choice ("+why+")")
+	k.m.returns.Inc()
+	now := time.Now()
+	s.conn, s.at, s.dials = c, 0, 0
+	s.returned, s.returnedAt, s.lastAck = true, now, now
+	s.timeouts = 0
+	k.m.connected.WithLabelValues(c.Endpoint()).Set(1)
+	k.lg.Info("uplink: connected", "middletier", c.Endpoint(), "reason", "first choice")
+	return k.rewind(s, s.acked+1)
 }
 
 func (k *Link) backoff(s *state) {

@@ -148,9 +148,10 @@ func TestMiddletierRestart(t *testing.T) {
 // every entry is acknowledged, each is durable in a middletier, and no
 // middletier holds one twice.
 func TestFailover(t *testing.T) {
-	a := startTier(t, t.TempDir(), middletier.Options{ID: "mt-a"}, wal.Options{})
-	b := startTier(t, t.TempDir(), middletier.Options{ID: "mt-b"}, wal.Options{})
-	f := startLink(t, uplink.Options{Middletiers: []string{a.Addrs.Ingest, b.Addrs.Ingest}, Failover: 2 * time.Second})
+	a, b := firstChoiceFirst(t, "fe-test",
+		startTier(t, t.TempDir(), middletier.Options{ID: "mt-a"}, wal.Options{}),
+		startTier(t, t.TempDir(), middletier.Options{ID: "mt-b"}, wal.Options{}))
+	f := startLink(t, uplink.Options{Middletiers: []string{b.Addrs.Ingest, a.Addrs.Ingest}, Failover: 2 * time.Second})
 	const n = 5000
 	done := make(chan struct{})
 	go func() {
@@ -173,6 +174,79 @@ func TestFailover(t *testing.T) {
 	}
 	if len(inB) == 0 {
 		t.Fatal("nothing reached the second middletier")
+	}
+}
+
+// firstChoiceFirst returns x and y in the order the frontend id ranks them.
+func firstChoiceFirst(t *testing.T, id string, x, y *testkit.Middletier) (*testkit.Middletier, *testkit.Middletier) {
+	t.Helper()
+	if uplink.Rank(id, []string{x.Addrs.Ingest, y.Addrs.Ingest})[0] == x.Addrs.Ingest {
+		return x, y
+	}
+	return y, x
+}
+
+// A frontend whose first choice stops moves to its second, and goes back
+// to its first once it is back: it drains the second (sends nothing new
+// until what is in flight is acknowledged) and resends from its oldest
+// unacknowledged entry, so no middletier holds an entry twice and every
+// acknowledged entry is in one of them.
+func TestReturnToFirstChoice(t *testing.T) {
+	a, b := firstChoiceFirst(t, "fe-test",
+		startTier(t, t.TempDir(), middletier.Options{ID: "mt-a"}, wal.Options{}),
+		startTier(t, t.TempDir(), middletier.Options{ID: "mt-b"}, wal.Options{}))
+	f := startLink(t, uplink.Options{Middletiers: []string{b.Addrs.Ingest, a.Addrs.Ingest}, Failover: 3 * time.Second, Return: 300 * time.Millisecond})
+	// Entries in batches of 10 every 10 ms until told to stop.
+	stop, done := make(chan struct{}), make(chan uint64)
+	go func() {
+		var n uint64
+		defer func() { done <- n }()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			var batch [][]byte
+			for j := n + 1; j <= n+10; j++ {
+				batch = append(batch, fmt.Appendf(nil, "entry-%d", j))
+			}
+			if _, err := f.log.AppendBatch(context.Background(), batch); err != nil {
+				t.Error(err)
+				return
+			}
+			n += 10
+		}
+	}()
+	testkit.WaitFor(t, "the first acknowledgements", 10*time.Second, func() bool { return f.log.Released() > 200 })
+	if got := b.Log.LastIndex(); got != 0 {
+		t.Fatalf("the second choice holds %d entries while the first is up", got)
+	}
+	a.Stop()
+	testkit.WaitFor(t, "traffic on the second choice", 20*time.Second, func() bool { return b.Log.LastIndex() > 200 })
+	a.Start(t)
+	aBack := a.Log.LastIndex()
+	testkit.WaitFor(t, "traffic back on the first choice", 20*time.Second, func() bool { return a.Log.LastIndex() > aBack+200 })
+	if got := testkit.Metric(t, f.reg, "ingest_uplink_returns_total"); got < 1 {
+		t.Errorf("%v returns counted", got)
+	}
+	bAfter := b.Log.LastIndex()
+	close(stop)
+	n := <-done
+	testkit.WaitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
+	if got := b.Log.LastIndex(); got != bAfter {
+		t.Errorf("the second choice took %d more entries after the return", got-bAfter)
+	}
+	a.Stop()
+	b.Stop()
+	inA, inB := records(t, a), records(t, b)
+	for i := uint64(1); i <= n; i++ {
+		if inA[i] > 1 || inB[i] > 1 {
+			t.Fatalf("entry %d twice in one middletier (a %d, b %d)", i, inA[i], inB[i])
+		}
+		if inA[i]+inB[i] == 0 {
+			t.Fatalf("entry %d acknowledged and in no middletier", i)
+		}
 	}
 }
 

@@ -15,6 +15,7 @@ type metrics struct {
 	retransmits *prometheus.CounterVec
 	reconnects  prometheus.Counter
 	failovers   prometheus.Counter
+	returns     prometheus.Counter
 	connected   *prometheus.GaugeVec
 	rtt         prometheus.Histogram
 }
@@ -33,6 +34,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Sockets closed and connected again."}),
 		failovers: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_uplink_failovers_total",
 			Help: "Moves to the next middletier after one stayed silent."}),
+		returns: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_uplink_returns_total",
+			Help: "Moves back to the first choice among the middletiers (or to a new first choice), after it drained the current one."}),
 		connected: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ingest_uplink_connected",
 			Help: "1 for the middletier the uplink is connected to."}, []string{"middletier"}),
 		rtt: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ingest_uplink_ack_rtt_seconds",
@@ -40,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 18)}),
 	}
 	var err error
-	m.set, err = metricset.Register(reg, m.inflight, m.batches, m.acked, m.retransmits, m.reconnects, m.failovers, m.connected, m.rtt)
+	m.set, err = metricset.Register(reg, m.inflight, m.batches, m.acked, m.retransmits, m.reconnects, m.failovers, m.returns, m.connected, m.rtt)
 	return m, err
 }
 

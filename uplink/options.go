@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"slices"
 	"strconv"
 	"time"
 
@@ -18,7 +17,8 @@ type Options struct {
 	// middletier knows the frontend's entries by. Required.
 	ID string
 	// Middletiers are the ZeroMQ endpoints of the middletiers' ingest
-	// sockets (tcp://host:port), in order of preference.
+	// sockets (tcp://host:port), in any order: the Link ranks them with
+	// Rank(ID, …), so that frontends spread over them.
 	Middletiers []string
 	// Resolve, if set, is asked for the endpoints each time the Link
 	// connects, instead of Middletiers: DNSResolver finds them through a
@@ -46,6 +46,11 @@ type Options struct {
 	SendStall time.Duration
 	// DialTimeout bounds connecting to one middletier. Default 1s.
 	DialTimeout time.Duration
+	// Return is how often a Link that is not on its first choice looks
+	// again at the middletiers (resolving them anew with Resolve) and
+	// tries its first choice, to go back to it. Doubled after each return
+	// that ends in a failover, up to 32 times. Default 10s.
+	Return time.Duration
 }
 
 // DefaultOptions returns the defaults that zero fields stand for.
@@ -59,6 +64,7 @@ func DefaultOptions() Options {
 		Failover:        5 * time.Second,
 		SendStall:       2 * time.Second,
 		DialTimeout:     time.Second,
+		Return:          10 * time.Second,
 	}
 }
 
@@ -94,20 +100,23 @@ func (o Options) withDefaults() (Options, error) {
 	if o.DialTimeout <= 0 {
 		o.DialTimeout = d.DialTimeout
 	}
+	if o.Return <= 0 {
+		o.Return = d.Return
+	}
 	return o, nil
 }
 
 // DNSResolver returns a Resolve function that looks host up (the name of a
 // Kubernetes headless Service, whose A records are the middletier pods) and
-// gives tcp://address:port for each address, sorted so that every frontend
-// prefers them in the same order.
+// gives tcp://address:port for each address. The Link ranks them by its
+// id: the addresses are the keys, so a pod that comes back with a new
+// address takes a new place in every frontend's ranking.
 func DNSResolver(host string, port int) func(context.Context) ([]string, error) {
 	return func(ctx context.Context) ([]string, error) {
 		addrs, err := net.DefaultResolver.LookupHost(ctx, host)
 		if err != nil {
 			return nil, fmt.Errorf("resolve %s: %w", host, err)
 		}
-		slices.Sort(addrs)
 		out := make([]string, len(addrs))
 		for i, a := range addrs {
 			out[i] = "tcp://" + net.JoinHostPort(a, strconv.Itoa(port))

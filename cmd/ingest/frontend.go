@@ -58,6 +58,7 @@ type uplinkConfig struct {
 	middletiers, dns       string
 	window                 int
 	ack, failover, flushTO time.Duration
+	ret                    time.Duration
 	direct                 []string
 }
 
@@ -69,7 +70,7 @@ func newFrontendConfig() frontendConfig {
 		maxConns: d.MaxConnections, maxFrame: d.MaxFrameBytes, maxMsg: d.MaxMessageBytes, batch: d.MaxBatchMessages,
 		maxFields: d.MaxFields, maxName: d.MaxFieldNameBytes, maxString: d.MaxStringBytes,
 		rate: d.Rate, burst: d.Burst, ping: d.PingInterval, pong: d.PongTimeout, drain: d.DrainWindow,
-		uplink:   uplinkConfig{window: u.Window, ack: u.AckTimeout, failover: u.Failover, flushTO: 5 * time.Second},
+		uplink:   uplinkConfig{window: u.Window, ack: u.AckTimeout, failover: u.Failover, ret: u.Return, flushTO: 5 * time.Second},
 		commands: commandsConfig{maxTTL: command.DefaultOptions().MaxTTL},
 	}
 }
@@ -97,11 +98,12 @@ func (c *frontendConfig) register(f flags) {
 	f.duration(&c.drain, "drain-window", "time over which connections are closed at shutdown")
 	f.boolean(&c.serviceRestart, "drain.service-restart", "close with 1012 (service restart) instead of 1001 (going away) at shutdown")
 	u := &c.uplink
-	f.str(&u.middletiers, "uplink.middletiers", "comma-separated ZeroMQ endpoints of the middletiers' ingest sockets, in order of preference (tcp://host:5555)")
+	f.str(&u.middletiers, "uplink.middletiers", "comma-separated ZeroMQ endpoints of the middletiers' ingest sockets (tcp://host:5555); each frontend ranks them by its --id (rendezvous hashing), so frontends spread over them")
 	f.str(&u.dns, "uplink.dns", "host:port of a headless Service whose addresses are the middletiers (instead of --uplink.middletiers)")
 	f.integer(&u.window, "uplink.window", "batches in flight to the middletier")
 	f.duration(&u.ack, "uplink.ack-timeout", "send again from the oldest unacknowledged entry after this long without an ack")
 	f.duration(&u.failover, "uplink.failover", "move to the next middletier after it acknowledges nothing for this long")
+	f.duration(&u.ret, "uplink.return", "when not on its first choice (or finding middletiers by --uplink.dns), look this often whether the first choice is back, and go back to it after draining the current one")
 	f.duration(&u.flushTO, "uplink.flush-timeout", "at shutdown, how long to wait for the middletier to acknowledge what the WAL holds")
 	f.str(&c.commands.homes, "commands.homes", "comma-separated ZeroMQ endpoints of the middletiers' command homes (--command.addr), in the same order on every frontend; serves the command API on --listen (no commands if empty)")
 	f.duration(&c.commands.maxTTL, "commands.max-ttl", "longest time to live the command API accepts; keep it within the homes' --command.max-ttl")
@@ -201,7 +203,7 @@ func (c *frontendConfig) buildDownlink(p *process) (*downlink.Link, error) {
 // is configured: the WAL then only fills.
 func (c *frontendConfig) buildUplink(p *process, log *wal.Log) error {
 	u := c.uplink
-	o := uplink.Options{ID: c.id, Window: u.window, AckTimeout: u.ack, Failover: u.failover, Middletiers: u.direct}
+	o := uplink.Options{ID: c.id, Window: u.window, AckTimeout: u.ack, Failover: u.failover, Return: u.ret, Middletiers: u.direct}
 	switch {
 	case u.direct != nil:
 	case u.middletiers != "" && u.dns != "":

@@ -67,13 +67,36 @@ type workload struct {
 	claims     []corev1.PersistentVolumeClaim
 }
 
+// engineLabel is the app.kubernetes.io/name of the engine's own pods; the
+// store's pods (components/victoriametrics) have names of their own and
+// app.kubernetes.io/part-of: ingest.
+const engineLabel = "ingest"
+
+// workloads are the engine's tiers: the workloads whose pods are labelled
+// app.kubernetes.io/name: ingest.
 func (o *objects) workloads() []workload {
+	return o.workloadsWhere(func(l map[string]string) bool { return l["app.kubernetes.io/name"] == engineLabel })
+}
+
+// storeWorkloads are the workloads of a store deployed beside the engine:
+// part of it, not its tiers.
+func (o *objects) storeWorkloads() []workload {
+	return o.workloadsWhere(func(l map[string]string) bool {
+		return l["app.kubernetes.io/name"] != engineLabel && l["app.kubernetes.io/part-of"] == engineLabel
+	})
+}
+
+func (o *objects) workloadsWhere(pick func(map[string]string) bool) []workload {
 	var w []workload
 	for _, s := range o.statefulSets {
-		w = append(w, workload{"StatefulSet", s.Name, *s.Spec.Replicas, &s.Spec.Template, s.Spec.VolumeClaimTemplates})
+		if pick(s.Spec.Template.Labels) {
+			w = append(w, workload{"StatefulSet", s.Name, *s.Spec.Replicas, &s.Spec.Template, s.Spec.VolumeClaimTemplates})
+		}
 	}
 	for _, d := range o.deployments {
-		w = append(w, workload{"Deployment", d.Name, *d.Spec.Replicas, &d.Spec.Template, nil})
+		if pick(d.Spec.Template.Labels) {
+			w = append(w, workload{"Deployment", d.Name, *d.Spec.Replicas, &d.Spec.Template, nil})
+		}
 	}
 	sort.Slice(w, func(i, j int) bool { return w[i].name < w[j].name })
 	return w
@@ -217,6 +240,11 @@ func TestRenderAll(t *testing.T) {
 }
 
 func checkWorkloads(t *testing.T, o *objects) {
+	// Every workload is a tier of the engine or part of a store beside
+	// it, told apart by its labels; none is left unchecked.
+	if n, known := len(o.statefulSets)+len(o.deployments), len(o.workloads())+len(o.storeWorkloads()); n != known {
+		t.Errorf("%d workloads, %d of them labelled app.kubernetes.io/name: ingest or app.kubernetes.io/part-of: ingest", n, known)
+	}
 	ws := o.workloads()
 	var names []string
 	for _, w := range ws {

@@ -348,6 +348,11 @@ func checkStorage(t *testing.T, o *objects) {
 					scheme = "https"
 				}
 				want := fmt.Sprintf("%s://storage.%s.svc:%d", scheme, o.namespace, svc.Spec.Ports[0].Port)
+				if sinks, ok := env(c, "INGEST_SINK"); ok && !slices.Contains(strings.Fields(sinks), "embedded") {
+					// No embedded TSDB: Grafana reads the store the
+					// writers write to.
+					want = storeQueryURL(t, o, sinks)
+				}
 				if d.Type != "prometheus" || d.URL != want {
 					t.Errorf("data source %s/%s: %s at %s, want prometheus at %s", cm.Name, file, d.Type, d.URL, want)
 				}
