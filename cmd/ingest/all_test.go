@@ -13,9 +13,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
-
 	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 var metricRE = func(name string) *regexp.Regexp {
@@ -42,70 +41,24 @@ func scrape(t *testing.T, addr, series string) float64 {
 // the middletier and shown on the live feed, and the process stops cleanly
 // on SIGTERM.
 func TestAllInOne(t *testing.T) {
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	feedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	queryAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := &tierProc{t: t, name: "all", ready: regexp.MustCompile(`msg="engine running`),
-		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", addr, "--feed.listen", feedAddr, "--storage.http.listen", queryAddr, "--mqtt.listen", "127.0.0.1:0"}}
-	p.start()
-
+	e := startAll(t, nil)
 	// A dashboard follows every device on the live feed.
-	ws, _, err := websocket.Dial(context.Background(), "ws://"+feedAddr+"/v1/feed", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.CloseNow()
-	if err := ws.Write(context.Background(), websocket.MessageText, []byte(`{"type":"subscribe"}`)); err != nil {
-		t.Fatal(err)
-	}
-	shown := make(chan map[string]any, 1024)
-	go func() {
-		defer close(shown)
-		for {
-			_, b, err := ws.Read(context.Background())
-			if err != nil {
-				return
-			}
-			var f map[string]any
-			if json.Unmarshal(b, &f) == nil && f["type"] == "message" {
-				shown <- f
-			}
-		}
-	}()
-	var acked atomic.Int64
-	c, err := client.Dial(context.Background(), client.Options{URL: "ws://" + addr + "/v1/ingest?device=dev-1",
-		OnResult: func(r client.Result) {
-			if r.Err == nil {
-				acked.Add(1)
-			}
-		}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	shown, _ := dashboard(t, context.Background(), "ws://"+e.feedAddr+"/v1/feed", nil, `{"type":"subscribe"}`)
 	const n = 500
 	base := time.Now().UnixMilli() - n
+	var msgs [][]byte
 	for i := 1; i <= n; i++ {
 		// One millisecond apart: the store keeps one sample per series and millisecond.
-		if _, err := c.Send(context.Background(), fmt.Appendf(nil, `{"id":%d,"n":%d,"temp":21.5,"ts":%d}`, i, i, base+int64(i))); err != nil {
-			t.Fatal(err)
-		}
+		msgs = append(msgs, fmt.Appendf(nil, `{"id":%d,"n":%d,"temp":21.5,"ts":%d}`, i, i, base+int64(i)))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := c.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if acked.Load() != n {
-		t.Fatalf("%d acknowledged, want %d", acked.Load(), n)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for scrape(t, addr, `ingest_middletier_entries_total{middletier="mt-0"}`) != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("the middletier holds %v entries, want %d; logs:\n%s", scrape(t, addr, `ingest_middletier_entries_total{middletier="mt-0"}`), n, p.logs.String())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	sendAcked(t, ctx, client.Options{URL: "ws://" + e.addr + "/v1/ingest?device=dev-1"}, msgs)
+	entries := `ingest_middletier_entries_total{middletier="mt-0"}`
+	testkit.Eventually(t, 30*time.Second, fmt.Sprintf("the middletier holds %d entries", n), func() (bool, string) {
+		v := scrape(t, e.addr, entries)
+		return v == n, fmt.Sprint(v)
+	})
 	// Every message is on the feed, in order.
 	next := 1.0
 	timeout := time.After(30 * time.Second)
@@ -114,6 +67,9 @@ func TestAllInOne(t *testing.T) {
 		case f, ok := <-shown:
 			if !ok {
 				t.Fatalf("feed closed after %v messages", next-1)
+			}
+			if f["type"] != "message" {
+				continue
 			}
 			payload, _ := f["payload"].(map[string]any)
 			if f["device"] != "dev-1" || payload["id"] != next {
@@ -126,27 +82,55 @@ func TestAllInOne(t *testing.T) {
 	}
 	// And every message is in the embedded store, once: the query API
 	// answers as Prometheus would.
-	q := "http://" + queryAddr + "/api/v1/query?query=" + url.QueryEscape(`count_over_time(n{device="dev-1"}[1h])`)
-	deadline = time.Now().Add(30 * time.Second)
-	for {
-		got := queryValue(t, q)
-		if got == fmt.Sprint(n) {
-			break
+	q := "http://" + e.queryAddr + "/api/v1/query?query=" + url.QueryEscape(`count_over_time(n{device="dev-1"}[1h])`)
+	testkit.Eventually(t, 30*time.Second, fmt.Sprintf("the store counts %d samples of n", n), func() (bool, string) {
+		if got := queryValue(t, q); got != fmt.Sprint(n) {
+			return false, fmt.Sprintf("%q; the device's series now: %s", got,
+				getBody("http://"+e.queryAddr+"/api/v1/query?query="+url.QueryEscape(`{device="dev-1"}`)))
 		}
-		if time.Now().After(deadline) {
-			resp, err := http.Get("http://" + queryAddr + "/api/v1/query?query=" + url.QueryEscape(`{device="dev-1"}`))
-			var body []byte
-			if err == nil {
-				body, _ = io.ReadAll(resp.Body)
-				resp.Body.Close()
-			}
-			t.Fatalf("the store counts %q samples of n, want %d; the device's series now: %s %v", got, n, body, err)
+		return true, ""
+	})
+	stopOrFail(t, e.tierProc)
+}
+
+// sendAcked sends msgs from a device client with options o and fails the
+// test unless every one is acknowledged.
+func sendAcked(t *testing.T, ctx context.Context, o client.Options, msgs [][]byte) {
+	t.Helper()
+	var acked atomic.Int64
+	o.OnResult = func(r client.Result) {
+		if r.Err == nil {
+			acked.Add(1)
 		}
-		time.Sleep(50 * time.Millisecond)
 	}
-	if err := p.stop(); err != nil {
-		t.Fatalf("%v; logs:\n%s", err, p.logs.String())
+	c, err := client.Dial(ctx, o)
+	if err != nil {
+		t.Fatalf("dial %s: %v", o.URL, err)
 	}
+	defer c.Close()
+	for _, m := range msgs {
+		if _, err := c.Send(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	if acked.Load() != int64(len(msgs)) {
+		t.Fatalf("%d acknowledged at %s, want %d", acked.Load(), o.URL, len(msgs))
+	}
+}
+
+// getBody is the body GET u answers with, or the error.
+func getBody(u string) string {
+	resp, err := http.Get(u)
+	if err != nil {
+		return err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
 }
 
 // queryValue runs an instant query and returns the value of its one

@@ -16,69 +16,34 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // TestFeedProcess runs a middletier, a frontend and `ingest feed` as
 // processes: a device's message reaches a dashboard subscribed by group,
 // with its registry labels; SIGTERM closes the dashboard with 1001.
 func TestFeedProcess(t *testing.T) {
-	dir := t.TempDir()
-	secretFile := filepath.Join(dir, "secret")
-	if err := os.WriteFile(secretFile, []byte(secret), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	regFile := filepath.Join(dir, "devices.csv")
+	secretFile := writeSecret(t)
+	regFile := filepath.Join(t.TempDir(), "devices.csv")
 	if err := os.WriteFile(regFile, []byte("id,name,group\ndev-1,Truck 1,north\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	ing := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
-	cons := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
-	feedSock := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
-	mt := &tierProc{t: t, name: "mt", ready: regexp.MustCompile(`msg="middletier listening"`),
-		args: []string{"middletier", "--id", "mt-0", "--data.dir", t.TempDir(), "--ingest.addr", ing,
-			"--consumer.addr", cons, "--stream.addr", fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)),
-			"--feed.addr", feedSock, "--http.listen", "127.0.0.1:0", "--consumers", "audit"}}
-	feAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	fe := &tierProc{t: t, name: "fe", ready: regexp.MustCompile(`msg="frontend listening"`),
-		args: []string{"frontend", "--listen", feAddr, "--id", "fe-0", "--drain-window", "200ms",
-			"--uplink.middletiers", ing, "--uplink.flush-timeout", "1s"},
-		env: []string{"INGEST_WAL_DIR=" + t.TempDir(), "INGEST_AUTH_HS256_SECRET_FILE=" + secretFile}}
-	feedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	feedSock := endpoint(t)
+	mt := middletierProc(t, "mt-0", t.TempDir(), "--feed.addr", feedSock, "--consumers", "audit")
+	feAddr := loopback(t)
+	fe := frontendProc(t, "fe-0", feAddr, t.TempDir(), secretFile, "--uplink.middletiers", mt.ingest, "--uplink.flush-timeout", "1s")
+	feedAddr := loopback(t)
 	fd := &tierProc{t: t, name: "feed", ready: regexp.MustCompile(`msg="feed listening" addr=` + regexp.QuoteMeta(feedAddr)),
 		args: []string{"feed", "--listen", feedAddr, "--middletiers", feedSock},
-		env: []string{"INGEST_MIDDLETIERS_CONSUMER=" + cons, "INGEST_AUTH_HS256_SECRET_FILE=" + secretFile,
+		env: []string{"INGEST_MIDDLETIERS_CONSUMER=" + mt.consumer, "INGEST_AUTH_HS256_SECRET_FILE=" + secretFile,
 			"INGEST_REGISTRY_FILE=" + regFile}}
-	procs := []*tierProc{mt, fe, fd}
+	procs := []*tierProc{mt.tierProc, fe, fd}
 	for _, p := range procs {
 		p.start()
 	}
-	defer func() {
-		for _, p := range procs[:2] {
-			if err := p.stop(); err != nil {
-				t.Error(err)
-			}
-		}
-		if t.Failed() {
-			for _, p := range procs {
-				t.Logf("logs of %s (tail):\n%s", p.name, tail(p.logs.String(), 30))
-			}
-		}
-	}()
-
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		resp, err := http.Get("http://" + feedAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("feed not ready: %v", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	defer stopAll(t, procs[:2]...)
+	logsOnFailure(t, 30, procs...)
+	testkit.WaitFor(t, "the feed ready", 10*time.Second, func() bool { return httpStatusOr0("http://"+feedAddr+"/readyz") == http.StatusOK })
 
 	tok, err := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{
 		"sub": "dashboard", "scope": "feed:read", "exp": time.Now().Add(time.Hour).Unix(),
@@ -88,61 +53,12 @@ func TestFeedProcess(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, "ws://"+feedAddr+"/v1/feed", &websocket.DialOptions{
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ws.CloseNow()
-	if err := ws.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe","groups":["north"]}`)); err != nil {
-		t.Fatal(err)
-	}
-	frames := make(chan map[string]any, 64)
-	readErr := make(chan error, 1)
-	go func() {
-		for {
-			_, b, err := ws.Read(context.Background())
-			if err != nil {
-				readErr <- err
-				close(frames)
-				return
-			}
-			var f map[string]any
-			json.Unmarshal(b, &f)
-			frames <- f
-		}
-	}()
+	frames, readErr := dashboard(t, ctx, "ws://"+feedAddr+"/v1/feed", &websocket.DialOptions{
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}}}, `{"type":"subscribe","groups":["north"]}`)
 	if f := <-frames; f["type"] != "subscribed" {
 		t.Fatalf("answer to subscribe: %v", f)
 	}
-
-	dev, err := client.Dial(ctx, client.Options{URL: "ws://" + feAddr + "/v1/ingest", Token: token(t, "dev-1")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	other, err := client.Dial(ctx, client.Options{URL: "ws://" + feAddr + "/v1/ingest", Token: token(t, "dev-2")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer other.Close()
-	// Until the feed's subscription has reached the middletier, messages
-	// are published past it: send until one arrives.
-	var got map[string]any
-	for i := 0; got == nil; i++ {
-		if err := other.SendWait(ctx, []byte(`{"temp":1}`)); err != nil {
-			t.Fatal(err)
-		}
-		if err := dev.SendWait(ctx, fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case got = <-frames:
-		case <-time.After(50 * time.Millisecond):
-		case <-ctx.Done():
-			t.Fatal("no message reached the dashboard")
-		}
-	}
+	got := firstFeedMessage(t, ctx, feAddr, frames)
 	labels, _ := got["labels"].(map[string]any)
 	if got["type"] != "message" || got["device"] != "dev-1" || got["middletier"] != "mt-0" ||
 		labels["name"] != "Truck 1" || labels["group"] != "north" {
@@ -158,4 +74,84 @@ func TestFeedProcess(t *testing.T) {
 	if err := <-readErr; !errors.As(err, &ce) || ce.Code != websocket.StatusGoingAway {
 		t.Fatalf("dashboard connection ended with %v, want 1001", err)
 	}
+}
+
+// firstFeedMessage has dev-1 (in the group the dashboard follows) and
+// dev-2 (in none) send through the frontend at feAddr until a frame
+// reaches the dashboard, and returns that frame: until the feed's
+// subscription has reached the middletier, messages are published past it.
+func firstFeedMessage(t *testing.T, ctx context.Context, feAddr string, frames <-chan map[string]any) map[string]any {
+	t.Helper()
+	dev, err := client.Dial(ctx, client.Options{URL: "ws://" + feAddr + "/v1/ingest", Token: token(t, "dev-1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	other, err := client.Dial(ctx, client.Options{URL: "ws://" + feAddr + "/v1/ingest", Token: token(t, "dev-2")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	for i := 0; ; i++ {
+		if err := other.SendWait(ctx, []byte(`{"temp":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		if err := dev.SendWait(ctx, fmt.Appendf(nil, `{"n":%d}`, i)); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case got := <-frames:
+			return got
+		case <-time.After(50 * time.Millisecond):
+		case <-ctx.Done():
+			t.Fatal("no message reached the dashboard")
+		}
+	}
+}
+
+// dashboard follows the live feed at url: it dials with opts, sends sub
+// (a subscribe frame), and returns the frames it is sent, decoded, and the
+// error its connection ended with, sent once frames is closed. It holds up
+// to 1024 frames unread; later ones are dropped. The connection is closed
+// when the test ends.
+func dashboard(t *testing.T, ctx context.Context, url string, opts *websocket.DialOptions, sub string) (<-chan map[string]any, <-chan error) {
+	t.Helper()
+	ws, _, err := websocket.Dial(ctx, url, opts)
+	if err != nil {
+		t.Fatalf("dial %s: %v", url, err)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	if err := ws.Write(ctx, websocket.MessageText, []byte(sub)); err != nil {
+		t.Fatal(err)
+	}
+	frames := make(chan map[string]any, 1024)
+	ended := make(chan error, 1)
+	go func() {
+		for {
+			_, b, err := ws.Read(context.Background())
+			if err != nil {
+				ended <- err
+				close(frames)
+				return
+			}
+			var f map[string]any
+			json.Unmarshal(b, &f)
+			select {
+			case frames <- f:
+			default:
+			}
+		}
+	}()
+	return frames, ended
+}
+
+// httpStatusOr0 is the status GET url answers with, or 0 if it cannot be
+// asked.
+func httpStatusOr0(url string) int {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

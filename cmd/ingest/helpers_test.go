@@ -73,6 +73,7 @@ func allProc(t *testing.T, env []string, flags ...string) *engine {
 func startAll(t *testing.T, env []string, flags ...string) *engine {
 	e := allProc(t, env, flags...)
 	e.start()
+	logsOnFailure(t, 100, e.tierProc)
 	return e
 }
 

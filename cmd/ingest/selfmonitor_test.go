@@ -13,10 +13,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/prometheus/prometheus/promql/parser"
 
 	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // engineDashboard is the engine dashboard Grafana is provisioned with.
@@ -144,60 +144,11 @@ func TestSelfMonitoring(t *testing.T) {
 	if len(sels) < 40 {
 		t.Fatalf("the engine dashboard has %d selectors; the parse missed some", len(sels))
 	}
-	run := func(interval string) (p *tierProc, dev, query string) {
-		dev = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		feedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		query = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		p = &tierProc{t: t, name: "all", ready: regexp.MustCompile(`msg="engine running`),
-			args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", dev, "--feed.listen", feedAddr,
-				"--storage.http.listen", query, "--mqtt.listen", "127.0.0.1:0", "--drain-window", "200ms"},
-			env: []string{"INGEST_SELF_MONITOR_INTERVAL=" + interval}}
-		p.start()
-
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		// A dashboard reader on the live feed, kept open.
-		ws, _, err := websocket.Dial(ctx, "ws://"+feedAddr+"/v1/feed", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { ws.CloseNow() })
-		if err := ws.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe"}`)); err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			for {
-				if _, _, err := ws.Read(context.Background()); err != nil {
-					return
-				}
-			}
-		}()
-		// A device sends, one of its messages is refused, and it leaves.
-		c, err := client.Dial(ctx, client.Options{URL: "ws://" + dev + "/v1/ingest?device=dev-1"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i := range 20 {
-			if err := c.SendWait(ctx, fmt.Appendf(nil, `{"id":%d,"temp":21.5}`, i)); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := c.SendWait(ctx, []byte(`{"id":"bad","ts":5}`)); err == nil {
-			t.Fatal("a message from 1970 was accepted")
-		}
-		c.Close()
-		return p, dev, query
-	}
-
-	p, _, query := run("300ms")
-	// The store takes the device's messages...
+	e := runSelfMonitored(t, "300ms")
+	query := e.queryAddr
 	deadline := time.Now().Add(30 * time.Second)
-	for queryValue(t, "http://"+query+"/api/v1/query?query="+url.QueryEscape(`count(temp{device="dev-1"})`)) != "1" {
-		if time.Now().After(deadline) {
-			t.Fatalf("the device's data is not in the store; logs:\n%s", p.logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	// The store takes the device's messages...
+	deviceStored(t, e)
 	// ...and, within a few intervals, every metric the dashboard selects.
 	var missing []string
 	for {
@@ -219,23 +170,46 @@ func TestSelfMonitoring(t *testing.T) {
 	if n, err := seriesCount(query, `ingest_frontend_messages_acked_total{job="ingest",instance="`+query+`"}`); err != nil || n != 1 {
 		t.Errorf("ingest_frontend_messages_acked_total with job and instance: %d series, %v", n, err)
 	}
-	if err := p.stop(); err != nil {
-		t.Fatalf("%v; logs:\n%s", err, p.logs.String())
-	}
+	stopOrFail(t, e.tierProc)
 
 	// Turned off: the device's data is stored, the engine's metrics are not.
-	p, _, query = run("0")
-	deadline = time.Now().Add(30 * time.Second)
-	for queryValue(t, "http://"+query+"/api/v1/query?query="+url.QueryEscape(`count(temp{device="dev-1"})`)) != "1" {
-		if time.Now().After(deadline) {
-			t.Fatalf("the device's data is not in the store; logs:\n%s", p.logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	if n, err := seriesCount(query, `{job="ingest"}`); err != nil || n != 0 {
+	e = runSelfMonitored(t, "0")
+	deviceStored(t, e)
+	if n, err := seriesCount(e.queryAddr, `{job="ingest"}`); err != nil || n != 0 {
 		t.Errorf("with --self-monitor.interval 0 the store has %d series of the engine (%v)", n, err)
 	}
-	if err := p.stop(); err != nil {
-		t.Fatalf("%v; logs:\n%s", err, p.logs.String())
+	stopOrFail(t, e.tierProc)
+}
+
+// deviceStored waits until the store of e holds the series of dev-1's
+// temp.
+func deviceStored(t *testing.T, e *engine) {
+	t.Helper()
+	q := "http://" + e.queryAddr + "/api/v1/query?query=" + url.QueryEscape(`count(temp{device="dev-1"})`)
+	testkit.WaitFor(t, "the device's data in the store", 30*time.Second, func() bool { return queryValue(t, q) == "1" })
+}
+
+// runSelfMonitored starts ingest all with --self-monitor.interval interval
+// and drives through it a dashboard reader on the live feed, kept open,
+// and a device that sends, has one of its messages refused, and leaves.
+func runSelfMonitored(t *testing.T, interval string) *engine {
+	t.Helper()
+	e := startAll(t, []string{"INGEST_SELF_MONITOR_INTERVAL=" + interval}, "--drain-window", "200ms")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dashboard(t, ctx, "ws://"+e.feedAddr+"/v1/feed", nil, `{"type":"subscribe"}`)
+	c, err := client.Dial(ctx, client.Options{URL: "ws://" + e.addr + "/v1/ingest?device=dev-1"})
+	if err != nil {
+		t.Fatal(err)
 	}
+	defer c.Close()
+	for i := range 20 {
+		if err := c.SendWait(ctx, fmt.Appendf(nil, `{"id":%d,"temp":21.5}`, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.SendWait(ctx, []byte(`{"id":"bad","ts":5}`)); err == nil {
+		t.Fatal("a message from 1970 was accepted")
+	}
+	return e
 }

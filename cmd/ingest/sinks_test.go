@@ -45,19 +45,11 @@ func TestSinksEndToEnd(t *testing.T) {
 		consumers = append(consumers, "storage-"+n)
 	}
 	mt, st, ingest, httpAddr := storageTiers(t)
-	for i, a := range mt.args {
-		if a == "--consumers" {
-			mt.args[i+1] = strings.Join(consumers, ",")
-		}
-	}
+	setFlag(mt, "--consumers", strings.Join(consumers, ","))
 	st.env = append(st.env, "INGEST_SINK="+strings.Join(sinks, "\n  "))
 	mt.start()
 	st.start()
-	defer func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s\n%s", tail(mt.logs.String(), 30), tail(st.logs.String(), 60))
-		}
-	}()
+	logsOnFailure(t, 60, mt, st)
 	if !regexp.MustCompile(`sinks="embedded=storage-embedded,prom=storage-prom,vm=storage-vm,influx1=storage-influx1,influx2=storage-influx2"`).MatchString(st.logs.String()) {
 		t.Errorf("the writer does not name its sinks and their consumers:\n%s", st.logs.String())
 	}
@@ -65,7 +57,35 @@ func TestSinksEndToEnd(t *testing.T) {
 	const n = 2000
 	base := time.Now().Add(-10 * time.Minute).Truncate(time.Second)
 	newMTFeeder(t, ingest).send(1, n+1, base)
-	at := base.Add(time.Minute)
+	checkEveryStoreHolds(t, httpAddr, prom, influxdb, vm, n, base.Add(time.Minute))
+	// Each sink committed every record under its own consumer name.
+	for _, name := range names {
+		testkit.Eventually(t, 60*time.Second, "sink "+name+" checkpointed", func() (bool, string) {
+			v := scrape(t, httpAddr, fmt.Sprintf(`ingest_storage_checkpoint{middletier="mt-0",sink=%q}`, name))
+			return v == n, fmt.Sprint(v)
+		})
+		if v := scrape(t, httpAddr, fmt.Sprintf(`ingest_storage_points_written_total{sink=%q}`, name)); v != n {
+			t.Errorf("sink %s: %v points written, want %d", name, v, n)
+		}
+	}
+	stopAll(t, st, mt)
+}
+
+// setFlag gives flag the value v in p's arguments.
+func setFlag(p *tierProc, flag, v string) {
+	for i, a := range p.args {
+		if a == flag {
+			p.args[i+1] = v
+		}
+	}
+}
+
+// checkEveryStoreHolds waits until the embedded TSDB (its query API at
+// httpAddr), Prometheus, VictoriaMetrics (through remote-write and the
+// InfluxDB 2.x API) and InfluxDB (the 1.x API) each hold messages 1..n,
+// by count and by sum, at at.
+func checkEveryStoreHolds(t *testing.T, httpAddr string, prom, influxdb, vm *testkit.Store, n int, at time.Time) {
+	t.Helper()
 	sumN := fmt.Sprint(n * (n + 1) / 2)
 	count := func(samples map[string][]testkit.Sample) (c int, sum int) {
 		for _, ss := range samples {
@@ -100,22 +120,6 @@ func TestSinksEndToEnd(t *testing.T) {
 		}
 		return fmt.Sprint(rows[0]["count"]) == fmt.Sprint(n) && fmt.Sprint(rows[0]["sum"]) == sumN, fmt.Sprint(rows[0])
 	})
-	// Each sink committed every record under its own consumer name.
-	for _, name := range names {
-		testkit.Eventually(t, within, "sink "+name+" checkpointed", func() (bool, string) {
-			v := scrape(t, httpAddr, fmt.Sprintf(`ingest_storage_checkpoint{middletier="mt-0",sink=%q}`, name))
-			return v == n, fmt.Sprint(v)
-		})
-		if v := scrape(t, httpAddr, fmt.Sprintf(`ingest_storage_points_written_total{sink=%q}`, name)); v != n {
-			t.Errorf("sink %s: %v points written, want %d", name, v, n)
-		}
-	}
-	if err := st.stop(); err != nil {
-		t.Error(err)
-	}
-	if err := mt.stop(); err != nil {
-		t.Error(err)
-	}
 }
 
 // TestDeadSinkHoldsNoOther: a sink whose store is down keeps its own
@@ -124,19 +128,11 @@ func TestSinksEndToEnd(t *testing.T) {
 func TestDeadSinkHoldsNoOther(t *testing.T) {
 	dead := fmt.Sprintf("127.0.0.1:%d", freePort(t)) // nothing listens there
 	mt, st, ingest, httpAddr := storageTiers(t)
-	for i, a := range mt.args {
-		if a == "--consumers" {
-			mt.args[i+1] = "storage-embedded,storage-dead"
-		}
-	}
+	setFlag(mt, "--consumers", "storage-embedded,storage-dead")
 	st.args = append(st.args, "--sink", "embedded", "--sink", "remotewrite+http://"+dead+"/api/v1/write#name=dead")
 	mt.start()
 	st.start()
-	defer func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s\n%s", tail(mt.logs.String(), 30), tail(st.logs.String(), 60))
-		}
-	}()
+	logsOnFailure(t, 60, mt, st)
 	const n = 500
 	base := time.Now().Add(-10 * time.Minute).Truncate(time.Second)
 	newMTFeeder(t, ingest).send(1, n+1, base)
@@ -154,10 +150,5 @@ func TestDeadSinkHoldsNoOther(t *testing.T) {
 	if v := scrape(t, httpAddr, `ingest_storage_lag_records{middletier="mt-0",sink="dead"}`); v <= 0 {
 		t.Errorf("the dead sink's lag is %v, want the records it has not stored", v)
 	}
-	if err := st.stop(); err != nil {
-		t.Error(err)
-	}
-	if err := mt.stop(); err != nil {
-		t.Error(err)
-	}
+	stopAll(t, st, mt)
 }

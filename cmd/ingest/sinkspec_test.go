@@ -74,6 +74,39 @@ func TestParseSinks(t *testing.T) {
 // with it; exit 2 for the syntax (a usage error), 1 for what only shows when
 // the writer is built (a file that cannot be read, sinks that clash).
 func TestSinkErrors(t *testing.T) {
+	for _, c := range sinkErrorCases(t) {
+		t.Run(c.name, func(t *testing.T) {
+			for _, sub := range []string{"storage", "all"} {
+				args := append([]string{sub, "--http.listen", "127.0.0.1:0"}, c.args...)
+				if sub == "all" {
+					args = append([]string{sub, "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", "127.0.0.1:0",
+						"--mqtt.listen", "127.0.0.1:0", "--feed.listen", "127.0.0.1:0", "--storage.http.listen", "127.0.0.1:0"}, c.args...)
+					if strings.Contains(c.name, "data.dir") {
+						continue // ingest all has a default
+					}
+				}
+				_, errOut, code := runBin(t, "", c.env, args...)
+				if code != c.code || !strings.Contains(errOut, c.want) {
+					t.Errorf("ingest %q: exit %d, printed\n%s\nwant exit %d and %q", args, code, errOut, c.code, c.want)
+				}
+			}
+		})
+	}
+}
+
+// sinkErrorCase is a bad --sink (args) or INGEST_SINK (env), and the exit
+// code and the message it is refused with.
+type sinkErrorCase struct {
+	name string
+	env  []string
+	args []string
+	code int
+	want string
+}
+
+// sinkErrorCases are the bad sinks TestSinkErrors tries, with the files
+// some of them name.
+func sinkErrorCases(t *testing.T) []sinkErrorCase {
 	dir := t.TempDir()
 	empty := filepath.Join(dir, "empty")
 	if err := os.WriteFile(empty, nil, 0o600); err != nil {
@@ -84,13 +117,7 @@ func TestSinkErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	rw := "remotewrite+http://127.0.0.1:1/api/v1/write"
-	for _, c := range []struct {
-		name string
-		env  []string
-		args []string
-		code int
-		want string
-	}{
+	return []sinkErrorCase{
 		{"unknown kind", nil, []string{"--sink", "kafka+http://k:9092"}, 2,
 			`invalid value "kafka+http://k:9092" for flag --sink: sink "kafka+http://k:9092": unknown kind "kafka": want embedded, remotewrite, influx`},
 		{"unknown kind from the environment", []string{"INGEST_SINK=embedded mimir"}, nil, 2,
@@ -138,23 +165,6 @@ func TestSinkErrors(t *testing.T) {
 			`--sink: sink remotewrite: password-file ` + empty + `: want one line, not empty`},
 		{"CA file without a certificate", nil, []string{"--sink", rw + "#ca-file=" + notPEM}, 1,
 			`--sink: sink remotewrite: ca-file ` + notPEM + ` holds no PEM certificate`},
-	} {
-		t.Run(c.name, func(t *testing.T) {
-			for _, sub := range []string{"storage", "all"} {
-				args := append([]string{sub, "--http.listen", "127.0.0.1:0"}, c.args...)
-				if sub == "all" {
-					args = append([]string{sub, "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", "127.0.0.1:0",
-						"--mqtt.listen", "127.0.0.1:0", "--feed.listen", "127.0.0.1:0", "--storage.http.listen", "127.0.0.1:0"}, c.args...)
-					if strings.Contains(c.name, "data.dir") {
-						continue // ingest all has a default
-					}
-				}
-				_, errOut, code := runBin(t, "", c.env, args...)
-				if code != c.code || !strings.Contains(errOut, c.want) {
-					t.Errorf("ingest %q: exit %d, printed\n%s\nwant exit %d and %q", args, code, errOut, c.code, c.want)
-				}
-			}
-		})
 	}
 }
 

@@ -2,10 +2,12 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os/exec"
 	"regexp"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,77 +22,23 @@ import (
 // connected, its message in the table (and not under another device's
 // filter), the queues and the latencies.
 func TestStatusPage(t *testing.T) {
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatal("chromium not found: install Debian's chromium package (make deps)")
-	}
-	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	feedAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	queryAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	p := &tierProc{t: t, name: "all", ready: regexp.MustCompile(`msg="engine running`),
-		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", addr, "--feed.listen", feedAddr, "--storage.http.listen", queryAddr, "--mqtt.listen", "127.0.0.1:0"}}
-	p.start()
-	stopped := false
-	defer func() {
-		if !stopped {
-			p.kill()
-		}
-	}()
-
+	e := startAll(t, nil)
 	// The log line names the page, after the URLs bench -spawn-all reads
 	// with its own pattern.
-	line := regexp.MustCompile(`msg="engine running.*devices=(\S+) .*live_feed=(\S+) query_api=(\S+) status=(\S+)`).FindStringSubmatch(p.logs.String())
-	if line == nil || line[1] != "ws://"+addr+"/v1/ingest" || line[2] != "ws://"+feedAddr+"/v1/feed" {
-		t.Fatalf("engine running line %q; logs:\n%s", line, p.logs.String())
+	line := regexp.MustCompile(`msg="engine running.*devices=(\S+) .*live_feed=(\S+) query_api=(\S+) status=(\S+)`).FindStringSubmatch(e.logs.String())
+	if line == nil || line[1] != "ws://"+e.addr+"/v1/ingest" || line[2] != "ws://"+e.feedAddr+"/v1/feed" {
+		t.Fatalf("engine running line %q; logs:\n%s", line, e.logs.String())
 	}
-	page := line[4]
-	if page != "http://"+feedAddr+"/status/" {
-		t.Fatalf("status page at %q, want on the feed's listener %s", page, feedAddr)
+	if line[4] != "http://"+e.feedAddr+"/status/" {
+		t.Fatalf("status page at %q, want on the feed's listener %s", line[4], e.feedAddr)
 	}
-
-	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(chromium),
-		chromedp.NoSandbox, // as root Chromium refuses to start with its sandbox
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.Flag("disable-dev-shm-usage", true),
-	)...)
-	defer cancelAlloc()
-	browser, cancelBrowser := chromedp.NewContext(alloc)
-	defer cancelBrowser()
-	// The first Run starts the browser for the life of this context.
-	if err := chromedp.Do(browser, chromedp.Navigate(page)); err != nil {
-		t.Fatalf("open %s: %v", page, err)
-	}
-
-	// waitFor polls a JavaScript predicate on the page until it holds.
-	waitFor := func(what, predicate string) {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(browser, 15*time.Second)
-		defer cancel()
-		if _, err := chromedp.Run(ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingInterval(50*time.Millisecond))); err != nil {
-			tctx, tcancel := context.WithTimeout(browser, 2*time.Second)
-			text, _ := chromedp.Run(tctx, chromedp.Evaluate[string](`document.body.innerText`))
-			tcancel()
-			t.Fatalf("the page never showed %s: %v\npage:\n%s\nlogs:\n%s", what, err, text, p.logs.String())
-		}
-	}
-	text := func(id string) string {
-		t.Helper()
-		ctx, cancel := context.WithTimeout(browser, 5*time.Second)
-		defer cancel()
-		s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.getElementById(`+strconv.Quote(id)+`).textContent`))
-		if err != nil {
-			t.Fatalf("read #%s: %v", id, err)
-		}
-		return s
-	}
-
-	waitFor("the live feed followed", `document.getElementById("feed-state").textContent === "live"`)
-	waitFor("the engine's figures", `document.getElementById("engine-state").textContent === "running"`)
+	pg := openPage(t, line[4], e.logs.String)
+	pg.waitFor("the live feed followed", `document.getElementById("feed-state").textContent === "live"`, 15*time.Second)
+	pg.waitFor("the engine's figures", `document.getElementById("engine-state").textContent === "running"`, 15*time.Second)
 
 	// A device connects and sends one message, and stays connected.
 	marker := fmt.Sprintf("status-page-%d", time.Now().UnixNano())
-	c, err := client.Dial(context.Background(), client.Options{URL: "ws://" + addr + "/v1/ingest?device=status-dev-1"})
+	c, err := client.Dial(context.Background(), client.Options{URL: "ws://" + e.addr + "/v1/ingest?device=status-dev-1"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,43 +51,108 @@ func TestStatusPage(t *testing.T) {
 	if err := c.Flush(ctx); err != nil {
 		t.Fatalf("message not acknowledged: %v", err)
 	}
+	checkStatusShows(t, pg, marker)
+	c.Close()
+	pg.close()
+	stopOrFail(t, e.tierProc)
+}
 
+// checkStatusShows checks that the status page shows a connected device
+// and its one message, with marker in it, as text; the queues and the
+// latencies; and the message under its own device's filter and not under
+// another's.
+func checkStatusShows(t *testing.T, pg *page, marker string) {
+	t.Helper()
 	rowShown := `[...document.querySelectorAll("#messages tbody tr")].some(tr => tr.dataset.device === "status-dev-1" && tr.textContent.includes(` + strconv.Quote(marker) + `))`
-	waitFor("the device's message in the table", rowShown)
+	pg.waitFor("the device's message in the table", rowShown, 15*time.Second)
 	// Device data is shown as text, never as markup.
-	waitFor("the payload's markup as text", `[...document.querySelectorAll("#messages tbody tr")].some(tr => tr.textContent.includes("<b>bold</b>"))`)
-	ictx, icancel := context.WithTimeout(browser, 5*time.Second)
-	injected, err := chromedp.Run(ictx, chromedp.Evaluate[bool](`window.__injected === 1 || document.querySelector("#messages tbody b, #messages tbody img") !== null`))
-	icancel()
-	if err != nil || injected {
-		t.Fatalf("a device's payload became markup on the page (%v)", err)
+	pg.waitFor("the payload's markup as text", `[...document.querySelectorAll("#messages tbody tr")].some(tr => tr.textContent.includes("<b>bold</b>"))`, 15*time.Second)
+	var injected bool
+	pg.eval(`window.__injected === 1 || document.querySelector("#messages tbody b, #messages tbody img") !== null`, &injected)
+	if injected {
+		t.Fatal("a device's payload became markup on the page")
 	}
-	waitFor("a connected device", `Number(document.getElementById("devices").textContent) >= 1`)
-	waitFor("the frontend's queue", `document.querySelector('#queues tr[data-hop="frontend"]') !== null`)
-	waitFor("ack and end-to-end latencies", `["ack-p50", "ack-p99", "e2e-p50", "e2e-p99", "store-p50", "store-p99"].every(id => /^[0-9.,]+ (µs|ms|s)$/.test(document.getElementById(id).textContent))`)
-	if got := text("received-total"); got != "1" {
-		t.Errorf("received total %q, want 1", got)
+	pg.waitFor("a connected device", `Number(document.getElementById("devices").textContent) >= 1`, 15*time.Second)
+	pg.waitFor("the frontend's queue", `document.querySelector('#queues tr[data-hop="frontend"]') !== null`, 15*time.Second)
+	pg.waitFor("ack and end-to-end latencies", `["ack-p50", "ack-p99", "e2e-p50", "e2e-p99", "store-p50", "store-p99"].every(id => /^[0-9.,]+ (µs|ms|s)$/.test(document.getElementById(id).textContent))`, 15*time.Second)
+	var received string
+	if pg.eval(`document.getElementById("received-total").textContent`, &received); received != "1" {
+		t.Errorf("received total %q, want 1", received)
 	}
 
 	// The filter: typing another device's id hides the row; the device's
 	// own id shows it again.
-	if err := chromedp.Do(browser, chromedp.SendKeys("#filter-device", "some-other-device")); err != nil {
+	if err := chromedp.Do(pg.ctx, chromedp.SendKeys("#filter-device", "some-other-device")); err != nil {
 		t.Fatal(err)
 	}
-	waitFor("the table filtered to nothing", `document.querySelectorAll("#messages tbody tr").length === 0`)
-	if err := chromedp.Do(browser, chromedp.Evaluate[chromedp.Void](
+	pg.waitFor("the table filtered to nothing", `document.querySelectorAll("#messages tbody tr").length === 0`, 15*time.Second)
+	if err := chromedp.Do(pg.ctx, chromedp.Evaluate[chromedp.Void](
 		`(el => { el.value = ""; el.dispatchEvent(new Event("input")); })(document.getElementById("filter-device"))`),
 		chromedp.SendKeys("#filter-device", "dev-1"),
 		chromedp.SendKeys("#filter-text", marker)); err != nil {
 		t.Fatal(err)
 	}
-	waitFor("the row under its own device and text filter", rowShown)
+	pg.waitFor("the row under its own device and text filter", rowShown, 15*time.Second)
+}
 
-	c.Close()
-	cancelBrowser()
-	cancelAlloc()
-	stopped = true
-	if err := p.stop(); err != nil {
-		t.Fatalf("%v; logs:\n%s", err, p.logs.String())
+// page is a page open in headless Chromium (Debian's chromium package;
+// make deps installs it).
+type page struct {
+	t     *testing.T
+	ctx   context.Context // the browser's: chromedp runs in it
+	close func()          // closes the browser; closed when the test ends too
+	logs  func() string   // what a failure shows besides the page
+}
+
+// openPage opens u in a new headless Chromium, with opts besides the
+// defaults.
+func openPage(t *testing.T, u string, logs func() string, opts ...chromedp.ExecAllocatorOption) *page {
+	t.Helper()
+	chromium, err := exec.LookPath("chromium")
+	if err != nil {
+		t.Fatal("chromium not found: install Debian's chromium package (make deps)")
+	}
+	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chromium),
+		chromedp.NoSandbox, // as root Chromium refuses to start with its sandbox
+		chromedp.UserDataDir(t.TempDir()),
+		chromedp.Flag("disable-dev-shm-usage", true),
+	), opts...)...)
+	browser, cancelBrowser := chromedp.NewContext(alloc)
+	pg := &page{t: t, ctx: browser, logs: logs, close: sync.OnceFunc(func() { cancelBrowser(); cancelAlloc() })}
+	t.Cleanup(pg.close)
+	// The first Run starts the browser for the life of this context.
+	if err := chromedp.Do(browser, chromedp.Navigate(u)); err != nil {
+		t.Fatalf("open %s: %v", u, err)
+	}
+	return pg
+}
+
+// eval evaluates expr on the page and decodes its value into out.
+func (pg *page) eval(expr string, out any) {
+	pg.t.Helper()
+	ctx, cancel := context.WithTimeout(pg.ctx, 5*time.Second)
+	defer cancel()
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`JSON.stringify(`+expr+`)`))
+	if err != nil {
+		pg.t.Fatalf("evaluate %s: %v", expr, err)
+	}
+	if err := json.Unmarshal([]byte(s), out); err != nil {
+		pg.t.Fatalf("evaluate %s: %v: %s", expr, err, s)
+	}
+}
+
+// waitFor polls a JavaScript predicate on the page until it holds, and
+// fails the test, with the page's text, if it does not within the given
+// time.
+func (pg *page) waitFor(what, predicate string, within time.Duration) {
+	pg.t.Helper()
+	ctx, cancel := context.WithTimeout(pg.ctx, within)
+	defer cancel()
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](predicate, chromedp.WithPollingInterval(50*time.Millisecond))); err != nil {
+		tctx, tcancel := context.WithTimeout(pg.ctx, 2*time.Second)
+		text, _ := chromedp.Run(tctx, chromedp.Evaluate[string](`document.body.innerText`))
+		tcancel()
+		pg.t.Fatalf("the page never showed %s: %v\npage:\n%s\nlogs:\n%s", what, err, text, pg.logs())
 	}
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/go-zeromq/zmq4"
 
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wire"
 )
 
@@ -124,25 +125,33 @@ func promQuery(addr, expr string, at time.Time) string {
 	return s
 }
 
+// storageTiers are a middletier with a durable consumer "storage" and a
+// storage writer that follows it, with a device registry, and without the
+// engine's own metrics (TestSelfMonitoring has them), so that the store
+// holds the devices' series alone; ingest is the middletier's ingest
+// endpoint, httpAddr the writer's query API.
 func storageTiers(t *testing.T) (mt, st *tierProc, ingest, httpAddr string) {
 	t.Helper()
-	ingest = fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
-	cons := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
-	stream := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
-	httpAddr = fmt.Sprintf("127.0.0.1:%d", freePort(t))
-	mt = &tierProc{t: t, name: "mt", ready: regexp.MustCompile(`msg="middletier listening"`),
-		args: []string{"middletier", "--id", "mt-0", "--data.dir", t.TempDir(), "--ingest.addr", ingest,
-			"--consumer.addr", cons, "--stream.addr", stream, "--http.listen", "127.0.0.1:0", "--consumers", "storage"}}
+	m := middletierProc(t, "mt-0", t.TempDir(), "--consumers", "storage")
+	httpAddr = loopback(t)
 	regFile := filepath.Join(t.TempDir(), "devices.csv")
 	if err := os.WriteFile(regFile, []byte("id,name,site\ndev-1,Boiler 1,berlin\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	st = &tierProc{t: t, name: "storage", ready: regexp.MustCompile(`msg="storage listening"`),
-		// Without the engine's own metrics (TestSelfMonitoring has them), so
-		// that the store holds the devices' series alone.
 		args: []string{"storage", "--data.dir", t.TempDir(), "--http.listen", httpAddr, "--registry.file", regFile, "--self-monitor.interval", "0"},
-		env:  []string{"INGEST_MIDDLETIERS_STREAM=" + stream, "INGEST_MIDDLETIERS_CONSUMER=" + cons}}
-	return mt, st, ingest, httpAddr
+		env:  []string{"INGEST_MIDDLETIERS_STREAM=" + m.stream, "INGEST_MIDDLETIERS_CONSUMER=" + m.consumer}}
+	return m.tierProc, st, m.ingest, httpAddr
+}
+
+// storedN waits until the query API at httpAddr counts want samples of n
+// (expr) at at.
+func storedN(t *testing.T, httpAddr, expr string, at time.Time, want string, within time.Duration) {
+	t.Helper()
+	testkit.Eventually(t, within, "the store holds "+want+" samples of n", func() (bool, string) {
+		got := promQuery(httpAddr, expr, at)
+		return got == want, got
+	})
 }
 
 // TestStorageUnderSIGKILL streams messages through a middletier to a
@@ -153,11 +162,7 @@ func TestStorageUnderSIGKILL(t *testing.T) {
 	mt, st, ingest, httpAddr := storageTiers(t)
 	mt.start()
 	st.start()
-	defer func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s\n%s", tail(mt.logs.String(), 30), tail(st.logs.String(), 60))
-		}
-	}()
+	logsOnFailure(t, 60, mt, st)
 	const n = 50000
 	base := time.Now().Add(-time.Hour).Truncate(time.Second)
 	feeder := newMTFeeder(t, ingest)
@@ -185,13 +190,7 @@ func TestStorageUnderSIGKILL(t *testing.T) {
 	st.start()
 
 	at := base.Add(time.Minute)
-	deadline := time.Now().Add(60 * time.Second)
-	for promQuery(httpAddr, `sum(count_over_time(n[1h]))`, at) != fmt.Sprint(n) {
-		if time.Now().After(deadline) {
-			t.Fatalf("store holds %q samples of n, want %d", promQuery(httpAddr, `sum(count_over_time(n[1h]))`, at), n)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	storedN(t, httpAddr, `sum(count_over_time(n[1h]))`, at, fmt.Sprint(n), 60*time.Second)
 	for expr, want := range map[string]string{
 		`sum(count_over_time(n[1h]))`:                fmt.Sprint(n),
 		`sum(sum_over_time(n[1h]))`:                  fmt.Sprint(n * (n + 1) / 2),
@@ -203,12 +202,7 @@ func TestStorageUnderSIGKILL(t *testing.T) {
 			t.Errorf("%s = %q, want %q", expr, got, want)
 		}
 	}
-	if err := st.stop(); err != nil {
-		t.Error(err)
-	}
-	if err := mt.stop(); err != nil {
-		t.Error(err)
-	}
+	stopAll(t, st, mt)
 	resumes := regexp.MustCompile(`msg="storage: resuming" middletier=mt-0 from=(\d+)`).FindAllStringSubmatch(st.logs.String(), -1)
 	var from []string
 	for _, m := range resumes {
@@ -228,49 +222,63 @@ func TestStoragePromtool(t *testing.T) {
 	mt, st, ingest, httpAddr := storageTiers(t)
 	mt.start()
 	st.start()
-	defer func() {
-		if t.Failed() {
-			t.Logf("logs:\n%s\n%s", tail(mt.logs.String(), 30), tail(st.logs.String(), 30))
-		}
-	}()
+	logsOnFailure(t, 30, mt, st)
 	base := time.Now().Add(-10 * time.Minute).Truncate(time.Second)
 	newMTFeeder(t, ingest).send(1, 101, base) // messages 1..100, 1 ms apart
 	at := base.Add(time.Second)
-	deadline := time.Now().Add(30 * time.Second)
-	for promQuery(httpAddr, `sum(count_over_time(n[1h]))`, at) != "100" {
-		if time.Now().After(deadline) {
-			t.Fatal("messages not stored")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	server := "http://" + httpAddr
-	run := func(args ...string) string {
+	storedN(t, httpAddr, `sum(count_over_time(n[1h]))`, at, "100", 30*time.Second)
+	pt := promtoolQuery(t, promtool, "http://"+httpAddr)
+	checkPromtoolInstant(t, pt, at)
+	checkPromtoolRange(t, pt, base, at)
+	stopAll(t, st, mt)
+}
+
+// promtoolQuery runs promtool query against server: args[0] is the kind
+// of query, the server comes after it.
+func promtoolQuery(t *testing.T, promtool, server string) func(args ...string) string {
+	return func(args ...string) string {
 		t.Helper()
-		out, err := exec.Command(promtool, append([]string{"query"}, args...)...).CombinedOutput()
+		args = append([]string{"query", args[0], server}, args[1:]...)
+		out, err := exec.Command(promtool, args...).CombinedOutput()
 		if err != nil {
-			t.Fatalf("promtool query %s: %v\n%s", strings.Join(args, " "), err, out)
+			t.Fatalf("promtool %s: %v\n%s", strings.Join(args, " "), err, out)
 		}
 		return string(out)
 	}
-	// As promtool prints times: seconds, with the milliseconds if any.
-	unix := func(t time.Time) string { return strconv.FormatFloat(float64(t.UnixMilli())/1000, 'f', -1, 64) }
+}
 
+// promtoolTime is t as promtool prints times: seconds, with the
+// milliseconds if any.
+func promtoolTime(t time.Time) string {
+	return strconv.FormatFloat(float64(t.UnixMilli())/1000, 'f', -1, 64)
+}
+
+// checkPromtoolInstant checks instant queries at at of messages 1..100.
+func checkPromtoolInstant(t *testing.T, run func(args ...string) string, at time.Time) {
+	t.Helper()
+	unix := promtoolTime
 	// Message 91 is dev-1's last: n 91 at base+91ms, with its registry labels.
-	out := run("instant", server, `n{device="dev-1"}`, "--time="+unix(at))
+	out := run("instant", `n{device="dev-1"}`, "--time="+unix(at))
 	if want := `n{device="dev-1", name="Boiler 1", site="berlin"} => 91 @[` + unix(at) + `]`; strings.TrimSpace(out) != want {
 		t.Errorf("instant query: %q, want %q", out, want)
 	}
-	out = run("instant", server, `sum(n)`, "--time="+unix(at))
+	out = run("instant", `sum(n)`, "--time="+unix(at))
 	if want := fmt.Sprintf(`{} => %d @[%s]`, 91+92+93+94+95+96+97+98+99+100, unix(at)); strings.TrimSpace(out) != want {
 		t.Errorf("instant sum: %q, want %q", out, want)
 	}
-	out = run("instant", server, `door_info{device="dev-2"}`, "--time="+unix(at))
+	out = run("instant", `door_info{device="dev-2"}`, "--time="+unix(at))
 	if !strings.Contains(out, `door_info{device="dev-2", value="closed"} => 1`) || strings.Contains(out, `"open"`) {
 		t.Errorf("string field: %q", out)
 	}
+}
 
+// checkPromtoolRange checks range, series and label queries of messages
+// 1..100, sent from base on.
+func checkPromtoolRange(t *testing.T, run func(args ...string) string, base, at time.Time) {
+	t.Helper()
+	unix := promtoolTime
 	// dev-3 sent 3, 13, …, 93 at base+3ms, +13ms, …: one step per 10 ms.
-	out = run("range", server, `n{device="dev-3"}`, "--start="+unix(base.Add(3*time.Millisecond)),
+	out := run("range", `n{device="dev-3"}`, "--start="+unix(base.Add(3*time.Millisecond)),
 		"--end="+unix(base.Add(93*time.Millisecond)), "--step=10ms")
 	var want strings.Builder
 	want.WriteString(`n{device="dev-3"} =>` + "\n")
@@ -281,14 +289,14 @@ func TestStoragePromtool(t *testing.T) {
 		t.Errorf("range query:\n%s\nwant\n%s", out, want.String())
 	}
 
-	out = run("series", server, `--match=n`, "--start="+unix(base), "--end="+unix(at))
+	out = run("series", `--match=n`, "--start="+unix(base), "--end="+unix(at))
 	series := strings.Split(strings.TrimSpace(out), "\n")
 	if len(series) != 10 || !strings.Contains(out, `{__name__="n", device="dev-1", name="Boiler 1", site="berlin"}`) ||
 		!strings.Contains(out, `{__name__="n", device="dev-0"}`) {
 		t.Errorf("series: %q", out)
 	}
 
-	out = run("labels", server, "device")
+	out = run("labels", "device")
 	var devs []string
 	for i := range 10 {
 		devs = append(devs, fmt.Sprintf("dev-%d", i))
@@ -296,14 +304,8 @@ func TestStoragePromtool(t *testing.T) {
 	if strings.TrimSpace(out) != strings.Join(devs, "\n") {
 		t.Errorf("label values of device: %q", out)
 	}
-	out = run("labels", server, "__name__")
+	out = run("labels", "__name__")
 	if strings.TrimSpace(out) != "door_info\nn" {
 		t.Errorf("metric names: %q", out)
-	}
-	if err := st.stop(); err != nil {
-		t.Error(err)
-	}
-	if err := mt.stop(); err != nil {
-		t.Error(err)
 	}
 }

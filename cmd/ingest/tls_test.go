@@ -2,14 +2,12 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"regexp"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -60,130 +58,23 @@ func TestTLS(t *testing.T) {
 	certDir := t.TempDir()
 	leaf := ca.Issue(t)
 	certFile, keyFile := leaf.Write(t, certDir)
-	p := &tierProc{t: t, name: "all", ready: regexp.MustCompile(`msg="engine running`),
-		args: []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(),
-			"--listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--feed.listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-			"--storage.http.listen", fmt.Sprintf("127.0.0.1:%d", freePort(t)), "--mqtt.listen", "127.0.0.1:0"},
-		env: []string{"INGEST_TLS_CERT_FILE=" + certFile, "INGEST_TLS_KEY_FILE=" + keyFile}}
-	p.start()
-	defer func() {
-		if err := p.stop(); err != nil {
-			t.Errorf("%v; logs:\n%s", err, p.logs.String())
-		}
-	}()
-	urls := logAttrs(t, p.logs.String(), "engine running")
+	e := startAll(t, []string{"INGEST_TLS_CERT_FILE=" + certFile, "INGEST_TLS_KEY_FILE=" + keyFile})
+	urls := logAttrs(t, e.logs.String(), "engine running")
 	for k, scheme := range map[string]string{"devices": "wss", "live_feed": "wss", "metrics": "https", "query_api": "https", "status": "https"} {
 		if !strings.HasPrefix(urls[k], scheme+"://") {
 			t.Errorf("logged %s=%s, want a %s:// URL", k, urls[k], scheme)
 		}
 	}
-	mqttAddr := mqttAddrRE.FindStringSubmatch(p.logs.String())
+	mqttAddr := mqttAddrRE.FindStringSubmatch(e.logs.String())
 	if mqttAddr == nil {
-		t.Fatalf("no mqtt listening line:\n%s", p.logs.String())
+		t.Fatalf("no mqtt listening line:\n%s", e.logs.String())
 	}
 	dev, _ := url.Parse(urls["devices"])
 	feedU, _ := url.Parse(urls["live_feed"])
 	query, _ := url.Parse(urls["query_api"])
 	hc := ca.HTTPClient()
-	wsClient := &http.Client{Transport: &http.Transport{TLSClientConfig: ca.TLSConfig()}}
-
-	// Plain HTTP to a TLS port is refused, and a client that does not
-	// trust the CA fails the handshake.
-	for _, addr := range []string{dev.Host, feedU.Host, query.Host} {
-		if code, _ := get(t, http.DefaultClient, "http://"+addr+"/healthz"); code != http.StatusBadRequest {
-			t.Errorf("plain http://%s/healthz answered %d, want 400 (an HTTP request to an HTTPS server)", addr, code)
-		}
-		if _, err := http.Get("https://" + addr + "/healthz"); err == nil || !strings.Contains(err.Error(), "certificate") {
-			t.Errorf("https://%s/healthz without the CA: %v, want a certificate error", addr, err)
-		}
-	}
-
-	// A dashboard follows the feed over wss://.
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	ws, _, err := websocket.Dial(ctx, urls["live_feed"], &websocket.DialOptions{HTTPClient: wsClient})
-	if err != nil {
-		t.Fatalf("dial %s: %v", urls["live_feed"], err)
-	}
-	defer ws.CloseNow()
-	if err := ws.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe"}`)); err != nil {
-		t.Fatal(err)
-	}
-	shown := make(chan string, 64)
-	go func() {
-		defer close(shown)
-		for {
-			_, b, err := ws.Read(context.Background())
-			if err != nil {
-				return
-			}
-			var f struct{ Type, Device string }
-			if json.Unmarshal(b, &f) == nil && f.Type == "message" {
-				select {
-				case shown <- f.Device:
-				default:
-				}
-			}
-		}
-	}()
-
-	// A device over wss:// with the device client.
-	var acked atomic.Int64
-	c, err := client.Dial(ctx, client.Options{URL: urls["devices"] + "?device=dev-tls", HTTPClient: wsClient,
-		OnResult: func(r client.Result) {
-			if r.Err == nil {
-				acked.Add(1)
-			}
-		}})
-	if err != nil {
-		t.Fatalf("dial %s: %v", urls["devices"], err)
-	}
-	const n = 20
-	base := time.Now().UnixMilli() - 1000
-	for i := 1; i <= n; i++ {
-		if _, err := c.Send(ctx, fmt.Appendf(nil, `{"n":%d,"ts":%d}`, i, base+int64(i))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := c.Flush(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c.Close()
-	if acked.Load() != n {
-		t.Fatalf("%d acknowledged over wss://, want %d", acked.Load(), n)
-	}
-	select {
-	case d := <-shown:
-		if d != "dev-tls" {
-			t.Fatalf("feed showed device %q, want dev-tls", d)
-		}
-	case <-ctx.Done():
-		t.Fatal("the feed showed nothing over wss://")
-	}
-
-	// An MQTT device over TLS; QoS 1 returns after the fsync.
-	o := pahov3.NewClientOptions().AddBroker("tls://" + mqttAddr[1]).SetClientID("mqtt-tls").SetTLSConfig(ca.TLSConfig()).
-		SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
-		SetConnectTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second)
-	mc := pahov3.NewClient(o)
-	if tok := mc.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
-		t.Fatalf("mqtt connect over tls to %s: %v", mqttAddr[1], tok.Error())
-	}
-	tok := mc.Publish("devices/mqtt-tls/telemetry", 1, false, fmt.Sprintf(`{"n":1,"ts":%d}`, base))
-	if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
-		t.Fatalf("mqtt publish over tls: %v", tok.Error())
-	}
-	mc.Disconnect(250)
-
-	// Both are in the store, asked over https://.
-	for _, q := range []string{`count_over_time(n{device="dev-tls"}[1h])`, `count_over_time(n{device="mqtt-tls"}[1h])`} {
-		want := map[bool]string{true: fmt.Sprint(n), false: "1"}[strings.Contains(q, "dev-tls")]
-		u := "https://" + query.Host + "/api/v1/query?query=" + url.QueryEscape(q)
-		testkit.WaitFor(t, q+" = "+want+" over https", 30*time.Second, func() bool {
-			code, body := get(t, hc, u)
-			return code == http.StatusOK && strings.Contains(body, `"`+want+`"]`)
-		})
-	}
+	checkPlainRefused(t, dev.Host, feedU.Host, query.Host)
+	checkServedOverTLS(t, ca, urls, mqttAddr[1])
 	for _, u := range []string{urls["status"], urls["metrics"], "https://" + feedU.Host + "/healthz", "https://" + query.Host + "/-/healthy", "https://" + query.Host + "/metrics"} {
 		if code, _ := get(t, hc, u); code != http.StatusOK {
 			t.Errorf("GET %s: %d, want 200", u, code)
@@ -192,14 +83,15 @@ func TestTLS(t *testing.T) {
 
 	// A new certificate: every listener presents it from a handshake after
 	// the check interval, counted once.
-	for _, addr := range []string{dev.Host, feedU.Host, query.Host, mqttAddr[1]} {
+	addrs := []string{dev.Host, feedU.Host, query.Host, mqttAddr[1]}
+	for _, addr := range addrs {
 		if got := ca.ServedSerial(t, addr); got.Cmp(leaf.Serial) != 0 {
 			t.Fatalf("%s presents serial %v, want %v", addr, got, leaf.Serial)
 		}
 	}
 	next := ca.Issue(t)
 	next.Write(t, certDir)
-	for _, addr := range []string{dev.Host, feedU.Host, query.Host, mqttAddr[1]} {
+	for _, addr := range addrs {
 		testkit.WaitFor(t, addr+" presenting the new certificate", 30*time.Second, func() bool {
 			return ca.ServedSerial(t, addr).Cmp(next.Serial) == 0
 		})
@@ -208,9 +100,83 @@ func TestTLS(t *testing.T) {
 	if !strings.Contains(metrics, `ingest_tls_reloads_total{result="ok"} 1`+"\n") || !strings.Contains(metrics, `ingest_tls_reloads_total{result="error"} 0`+"\n") {
 		t.Errorf("want one good reload and no failed one in /metrics:\n%s", grepLines(metrics, "ingest_tls_"))
 	}
-	if !strings.Contains(p.logs.String(), `msg="tls certificate reloaded"`) || !strings.Contains(p.logs.String(), "serial="+next.Serial.String()) {
-		t.Errorf("no log line of the reload to serial %v:\n%s", next.Serial, p.logs.String())
+	if !strings.Contains(e.logs.String(), `msg="tls certificate reloaded"`) || !strings.Contains(e.logs.String(), "serial="+next.Serial.String()) {
+		t.Errorf("no log line of the reload to serial %v:\n%s", next.Serial, e.logs.String())
 	}
+	stopOrFail(t, e.tierProc)
+}
+
+// checkPlainRefused checks that plain HTTP to each TLS port is refused,
+// and that a client that does not trust the CA fails the handshake.
+func checkPlainRefused(t *testing.T, addrs ...string) {
+	t.Helper()
+	for _, addr := range addrs {
+		if code, _ := get(t, http.DefaultClient, "http://"+addr+"/healthz"); code != http.StatusBadRequest {
+			t.Errorf("plain http://%s/healthz answered %d, want 400 (an HTTP request to an HTTPS server)", addr, code)
+		}
+		if _, err := http.Get("https://" + addr + "/healthz"); err == nil || !strings.Contains(err.Error(), "certificate") {
+			t.Errorf("https://%s/healthz without the CA: %v, want a certificate error", addr, err)
+		}
+	}
+}
+
+// checkServedOverTLS has a dashboard follow the feed over wss://, a device
+// send over wss:// with the device client and an MQTT device publish over
+// TLS, and checks that the dashboard is shown the device and that the
+// store, asked over https://, holds both devices' messages.
+func checkServedOverTLS(t *testing.T, ca *testkit.CA, urls map[string]string, mqttAddr string) {
+	t.Helper()
+	wsClient := &http.Client{Transport: &http.Transport{TLSClientConfig: ca.TLSConfig()}}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	shown, _ := dashboard(t, ctx, urls["live_feed"], &websocket.DialOptions{HTTPClient: wsClient}, `{"type":"subscribe"}`)
+	const n = 20
+	base := time.Now().UnixMilli() - 1000
+	var msgs [][]byte
+	for i := 1; i <= n; i++ {
+		msgs = append(msgs, fmt.Appendf(nil, `{"n":%d,"ts":%d}`, i, base+int64(i)))
+	}
+	sendAcked(t, ctx, client.Options{URL: urls["devices"] + "?device=dev-tls", HTTPClient: wsClient}, msgs)
+	for seen := false; !seen; {
+		select {
+		case f := <-shown:
+			if seen = f["type"] == "message"; seen && f["device"] != "dev-tls" {
+				t.Fatalf("feed showed device %q, want dev-tls", f["device"])
+			}
+		case <-ctx.Done():
+			t.Fatal("the feed showed nothing over wss://")
+		}
+	}
+	publishMQTTOverTLS(t, ca, mqttAddr, base)
+
+	// Both are in the store, asked over https://.
+	query, _ := url.Parse(urls["query_api"])
+	for _, q := range []string{`count_over_time(n{device="dev-tls"}[1h])`, `count_over_time(n{device="mqtt-tls"}[1h])`} {
+		want := map[bool]string{true: fmt.Sprint(n), false: "1"}[strings.Contains(q, "dev-tls")]
+		u := "https://" + query.Host + "/api/v1/query?query=" + url.QueryEscape(q)
+		testkit.WaitFor(t, q+" = "+want+" over https", 30*time.Second, func() bool {
+			code, body := get(t, ca.HTTPClient(), u)
+			return code == http.StatusOK && strings.Contains(body, `"`+want+`"]`)
+		})
+	}
+}
+
+// publishMQTTOverTLS publishes one message of mqtt-tls at QoS 1 to the
+// MQTT listener at addr over TLS; QoS 1 returns after the fsync.
+func publishMQTTOverTLS(t *testing.T, ca *testkit.CA, addr string, ts int64) {
+	t.Helper()
+	o := pahov3.NewClientOptions().AddBroker("tls://" + addr).SetClientID("mqtt-tls").SetTLSConfig(ca.TLSConfig()).
+		SetProtocolVersion(4).SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(10 * time.Second).SetWriteTimeout(10 * time.Second)
+	mc := pahov3.NewClient(o)
+	if tok := mc.Connect(); !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt connect over tls to %s: %v", addr, tok.Error())
+	}
+	tok := mc.Publish("devices/mqtt-tls/telemetry", 1, false, fmt.Sprintf(`{"n":1,"ts":%d}`, ts))
+	if !tok.WaitTimeout(20*time.Second) || tok.Error() != nil {
+		t.Fatalf("mqtt publish over tls: %v", tok.Error())
+	}
+	mc.Disconnect(250)
 }
 
 // grepLines are the lines of s that contain sub.

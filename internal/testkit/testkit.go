@@ -78,3 +78,22 @@ var (
 	// peer still sending, it waits there for good.
 	RouterReaderLeak = goleak.IgnoreAnyFunction("github.com/go-zeromq/zmq4.(*routerQReader).listen")
 )
+
+// Main runs a package's tests, stops the external store servers they
+// started, and then checks that no goroutine is left, but for those of
+// ignore (PubWriterLeak, RouterReaderLeak: what the package's sockets can
+// strand). It is the TestMain of a package that starts stores or zmq4
+// sockets.
+func Main(m *testing.M, ignore ...goleak.Option) {
+	goleak.VerifyTestMain(stopStoresAfter{m}, ignore...)
+}
+
+// stopStoresAfter runs the tests, then stops the external store servers
+// they started, before goleak looks.
+type stopStoresAfter struct{ m *testing.M }
+
+func (s stopStoresAfter) Run() int {
+	code := s.m.Run()
+	StopStores()
+	return code
+}
