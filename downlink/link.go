@@ -443,21 +443,21 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer, frontend string) (*metrics, error) {
-	l := prometheus.Labels{"frontend": frontend}
+	b := metricset.NewBuilder(prometheus.Labels{"frontend": frontend})
 	m := &metrics{
-		attached: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_downlink_devices", ConstLabels: l,
-			Help: "Devices connected here whose presence the homes are told of."}),
-		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_commands_written_total", ConstLabels: l,
-			Help: "Command frames written to devices (a command handed on again counts again)."}),
-		results: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_results_total", ConstLabels: l,
-			Help: "command_result frames from devices carried to their homes."}),
-		invalid: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_invalid_messages_total", ConstLabels: l,
-			Help: "Messages from homes that failed to decode or were of the wrong kind."}),
-		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_reconnects_total", ConstLabels: l,
-			Help: "Connections to homes ended and dialled again."}),
+		attached: b.Gauge("ingest_downlink_devices",
+			"Devices connected here whose presence the homes are told of."),
+		written: b.Counter("ingest_downlink_commands_written_total",
+			"Command frames written to devices (a command handed on again counts again)."),
+		results: b.Counter("ingest_downlink_results_total",
+			"command_result frames from devices carried to their homes."),
+		invalid: b.Counter("ingest_downlink_invalid_messages_total",
+			"Messages from homes that failed to decode or were of the wrong kind."),
+		reconnects: b.Counter("ingest_downlink_reconnects_total",
+			"Connections to homes ended and dialled again."),
 	}
 	var err error
-	m.set, err = metricset.Register(reg, m.attached, m.written, m.results, m.invalid, m.reconnects)
+	m.set, err = b.Register(reg)
 	return m, err
 }
 
