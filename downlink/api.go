@@ -13,8 +13,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/golang-jwt/jwt/v5"
-
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/protocol"
@@ -89,28 +87,6 @@ type api struct {
 	lg *slog.Logger
 }
 
-type appClaims struct {
-	jwt.RegisteredClaims
-	Scope scopes `json:"scope"`
-}
-
-// scopes reads "scope" as a space-separated string (RFC 8693) or an array.
-type scopes []string
-
-func (s *scopes) UnmarshalJSON(b []byte) error {
-	var str string
-	if err := json.Unmarshal(b, &str); err == nil {
-		*s = strings.Fields(str)
-		return nil
-	}
-	var list []string
-	if err := json.Unmarshal(b, &list); err != nil {
-		return errors.New("scope is neither a string nor an array of strings")
-	}
-	*s = list
-	return nil
-}
-
 func (a *api) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if a.o.Verifier != nil {
@@ -119,16 +95,12 @@ func (a *api) auth(h http.HandlerFunc) http.HandlerFunc {
 				fail(w, http.StatusUnauthorized, CodeUnauthorized, "missing bearer token")
 				return
 			}
-			var c appClaims
+			var c auth.ScopedClaims
 			if err := a.o.Verifier.Verify(tok, &c); err != nil {
 				fail(w, http.StatusUnauthorized, CodeUnauthorized, err.Error())
 				return
 			}
-			has := false
-			for _, s := range c.Scope {
-				has = has || s == Scope
-			}
-			if !has {
+			if !c.Scope.Has(Scope) {
 				fail(w, http.StatusForbidden, CodeForbidden, "token lacks scope "+Scope+" (a device's token is not an application's)")
 				return
 			}

@@ -486,27 +486,27 @@ type metrics struct {
 }
 
 func newMetrics(reg prometheus.Registerer, frontend string) (*metrics, error) {
-	l := prometheus.Labels{"frontend": frontend}
+	b := metricset.NewBuilder(prometheus.Labels{"frontend": frontend})
 	m := &metrics{
-		attached: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_downlink_devices", ConstLabels: l,
-			Help: "Devices connected here whose presence the homes are told of."}),
-		pending: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_downlink_pending_commands", ConstLabels: l,
-			Help: "Commands written to devices connected here and not yet answered."}),
-		deliveryLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ingest_downlink_delivery_latency_seconds", ConstLabels: l,
-			Buckets: latencyBuckets, Help: "From a command's acceptance by its home to its first write to the device here."}),
-		resultLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ingest_downlink_result_latency_seconds", ConstLabels: l,
-			Buckets: latencyBuckets, Help: "From a command's acceptance by its home to its device's answer arriving here."}),
-		written: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_commands_written_total", ConstLabels: l,
-			Help: "Command frames written to devices (a command handed on again counts again)."}),
-		results: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_results_total", ConstLabels: l,
-			Help: "command_result frames from devices carried to their homes."}),
-		invalid: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_invalid_messages_total", ConstLabels: l,
-			Help: "Messages from homes that failed to decode or were of the wrong kind."}),
-		reconnects: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_downlink_reconnects_total", ConstLabels: l,
-			Help: "Connections to homes ended and dialled again."}),
+		attached: b.Gauge("ingest_downlink_devices",
+			"Devices connected here whose presence the homes are told of."),
+		pending: b.Gauge("ingest_downlink_pending_commands",
+			"Commands written to devices connected here and not yet answered."),
+		deliveryLatency: b.Histogram("ingest_downlink_delivery_latency_seconds",
+			"From a command's acceptance by its home to its first write to the device here.", latencyBuckets),
+		resultLatency: b.Histogram("ingest_downlink_result_latency_seconds",
+			"From a command's acceptance by its home to its device's answer arriving here.", latencyBuckets),
+		written: b.Counter("ingest_downlink_commands_written_total",
+			"Command frames written to devices (a command handed on again counts again)."),
+		results: b.Counter("ingest_downlink_results_total",
+			"command_result frames from devices carried to their homes."),
+		invalid: b.Counter("ingest_downlink_invalid_messages_total",
+			"Messages from homes that failed to decode or were of the wrong kind."),
+		reconnects: b.Counter("ingest_downlink_reconnects_total",
+			"Connections to homes ended and dialled again."),
 	}
 	var err error
-	m.set, err = metricset.Register(reg, m.attached, m.pending, m.deliveryLatency, m.resultLatency, m.written, m.results, m.invalid, m.reconnects)
+	m.set, err = b.Register(reg)
 	return m, err
 }
 

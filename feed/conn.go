@@ -2,23 +2,18 @@ package feed
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/internal/hijack"
 )
 
 // Close codes of the live feed beside the standard ones.
@@ -27,38 +22,6 @@ const (
 	// Options.MaxMissed); a missed notice precedes it.
 	StatusTooSlow websocket.StatusCode = 4000
 )
-
-// readerClaims are a reader token's claims: the registered ones and scope.
-type readerClaims struct {
-	jwt.RegisteredClaims
-	Scope scopes `json:"scope"`
-}
-
-// scopes reads "scope" as a space-separated string (RFC 8693) or an array.
-type scopes []string
-
-func (s *scopes) UnmarshalJSON(b []byte) error {
-	var str string
-	if err := json.Unmarshal(b, &str); err == nil {
-		*s = strings.Fields(str)
-		return nil
-	}
-	var list []string
-	if err := json.Unmarshal(b, &list); err != nil {
-		return errors.New("scope is neither a string nor an array of strings")
-	}
-	*s = list
-	return nil
-}
-
-func (s scopes) has(want string) bool {
-	for _, v := range s {
-		if v == want {
-			return true
-		}
-	}
-	return false
-}
 
 // handleFeed authenticates a reader, upgrades and serves the connection.
 func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
@@ -70,7 +33,7 @@ func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
 			s.refuse(w, http.StatusUnauthorized, "unauthorized", "missing bearer token")
 			return
 		}
-		var claims readerClaims
+		var claims auth.ScopedClaims
 		if err := s.auth.Verify(tok, &claims); err != nil {
 			s.lg.Debug("feed: token refused", "remote", r.RemoteAddr, "err", err)
 			code := "unauthorized"
@@ -80,7 +43,7 @@ func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
 			s.refuse(w, http.StatusUnauthorized, code, err.Error())
 			return
 		}
-		if !claims.Scope.has(s.opts.Scope) {
+		if !claims.Scope.Has(s.opts.Scope) {
 			s.refuse(w, http.StatusForbidden, "forbidden", "token lacks scope "+s.opts.Scope)
 			return
 		}
@@ -423,27 +386,17 @@ type hijacker struct {
 }
 
 func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	hj, ok := h.ResponseWriter.(http.Hijacker)
-	if !ok {
-		return nil, nil, errors.New("hijack: response writer is not a hijacker")
-	}
-	nc, brw, err := hj.Hijack()
+	nc, brw, err := hijack.Conn(h.ResponseWriter)
 	if err != nil {
 		return nil, nil, err
 	}
 	limitUnsent(nc, sendUnsent)
 	h.sc = newSendConn(nc, h.linger)
-	br := bufio.NewReaderSize(h.sc, 4096)
-	if n := brw.Reader.Buffered(); n > 0 {
-		// Bytes the reader sent right behind its handshake: websocket.Accept
-		// carries over only what is buffered in the reader it is given.
-		b, _ := brw.Reader.Peek(n)
-		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), h.sc), 4096)
-		if _, err := br.Peek(n); err != nil {
-			h.sc.Close()
-			h.sc.wait()
-			return nil, nil, fmt.Errorf("hijack: carry over buffered bytes: %w", err)
-		}
+	br, err := hijack.Reader(brw, h.sc, 4096)
+	if err != nil {
+		h.sc.Close()
+		h.sc.wait()
+		return nil, nil, err
 	}
 	return h.sc, bufio.NewReadWriter(br, bufio.NewWriterSize(h.sc, 4096)), nil
 }

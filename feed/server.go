@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
 // ErrNotLoopback is returned by New without auth on a listener that is not
@@ -34,9 +35,7 @@ type Server struct {
 	nreaders atomic.Int64
 	ready    atomic.Bool
 
-	life   sync.Mutex // guards ran and closed; a leaf
-	ran    bool
-	closed bool
+	life lifecycle.Once
 
 	// At shutdown the context Run gives every request (http.Server's
 	// BaseContext) ends every reader connection; connWG waits for them. A
@@ -128,13 +127,9 @@ func (s *Server) Ready() bool {
 // once every goroutine it started has ended, and unregisters the metrics.
 // A Server runs once.
 func (s *Server) Run(ctx context.Context) error {
-	s.life.Lock()
-	if s.ran || s.closed {
-		s.life.Unlock()
+	if !s.life.Start() {
 		return errors.New("feed: run: the server has run or is closed")
 	}
-	s.ran = true
-	s.life.Unlock()
 	defer s.m.unregister()
 	ln := s.opts.Listener
 	if s.opts.InsecureNoAuth {
@@ -192,16 +187,11 @@ func (s *Server) Run(ctx context.Context) error {
 // returns. Call it after Run has returned, or instead of Run; it does not
 // stop Run (end Run's context for that). It is idempotent.
 func (s *Server) Close() error {
-	s.life.Lock()
-	defer s.life.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
-	var err error
-	if !s.ran {
-		err = s.opts.Listener.Close()
-	}
-	s.m.unregister()
-	return err
+	return s.life.Close(func(ran bool) error {
+		s.m.unregister()
+		if ran {
+			return nil
+		}
+		return s.opts.Listener.Close()
+	})
 }

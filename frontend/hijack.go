@@ -2,12 +2,10 @@ package frontend
 
 import (
 	"bufio"
-	"bytes"
-	"errors"
-	"fmt"
-	"io"
 	"net"
 	"net/http"
+
+	"github.com/ingest-io/ingest/internal/hijack"
 )
 
 // Buffer sizes of an upgraded connection. net/http hands a hijacker a 4 KiB
@@ -30,26 +28,14 @@ type hijacker struct {
 }
 
 func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	hj, ok := h.ResponseWriter.(http.Hijacker)
-	if !ok {
-		return nil, nil, errors.New("hijack: response writer is not a hijacker")
-	}
-	nc, brw, err := hj.Hijack()
+	nc, brw, err := hijack.Conn(h.ResponseWriter)
 	if err != nil {
 		return nil, nil, err
 	}
-	br := bufio.NewReaderSize(nc, readBufBytes)
-	if n := brw.Reader.Buffered(); n > 0 {
-		// Bytes the device sent right behind its handshake (net/http's
-		// background read may hold the first one). They must end up in the
-		// new reader's buffer: websocket.Accept carries over only what is
-		// buffered there.
-		b, _ := brw.Reader.Peek(n)
-		br = bufio.NewReaderSize(io.MultiReader(bytes.NewReader(bytes.Clone(b)), nc), readBufBytes)
-		if _, err := br.Peek(n); err != nil {
-			nc.Close()
-			return nil, nil, fmt.Errorf("hijack: carry over buffered bytes: %w", err)
-		}
+	br, err := hijack.Reader(brw, nc, readBufBytes)
+	if err != nil {
+		nc.Close()
+		return nil, nil, err
 	}
 	h.nc = nc
 	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, writeBufBytes)), nil

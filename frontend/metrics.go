@@ -3,6 +3,7 @@ package frontend
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/metricset"
 	"github.com/ingest-io/ingest/protocol"
 )
 
@@ -39,49 +40,31 @@ type metrics struct {
 	handshakes  *prometheus.CounterVec
 	mqtt        *mqttMetrics
 
-	reg prometheus.Registerer // nil: none registered
+	set *metricset.Set
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
+	b := metricset.NewBuilder(nil)
 	m := &metrics{
-		connections: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "ingest_frontend_connections",
-			Help: "Open device connections: WebSocket connections and MQTT sessions.",
-		}),
-		received: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ingest_frontend_messages_received_total",
-			Help: "Device messages received, accepted or not.",
-		}),
-		acked: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ingest_frontend_messages_acked_total",
-			Help: "Device messages acknowledged after the WAL fsync that covers them.",
-		}),
-		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ingest_frontend_messages_rejected_total",
-			Help: "Device messages answered with an error frame, by error code.",
-		}, []string{"code"}),
-		fieldRules: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ingest_frontend_field_rejections_total",
-			Help: "Device messages rejected with too_many_fields or invalid_field, by the field rule they broke.",
-		}, []string{"rule"}),
-		ackLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name:    "ingest_frontend_ack_latency_seconds",
-			Help:    "Time from receiving a frame to writing the ack that covers it.",
-			Buckets: []float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
-		}),
-		bytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ingest_frontend_received_bytes_total",
-			Help: "Payload bytes of data frames received from devices.",
-		}),
-		closes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ingest_frontend_closes_total",
-			Help: "Device connections ended, by reason.",
-		}, []string{"reason"}),
-		handshakes: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ingest_frontend_handshakes_rejected_total",
-			Help: "WebSocket handshakes refused before upgrade, by reason.",
-		}, []string{"reason"}),
-		mqtt: newMQTTMetrics(),
+		connections: b.Gauge("ingest_frontend_connections",
+			"Open device connections: WebSocket connections and MQTT sessions."),
+		received: b.Counter("ingest_frontend_messages_received_total",
+			"Device messages received, accepted or not."),
+		acked: b.Counter("ingest_frontend_messages_acked_total",
+			"Device messages acknowledged after the WAL fsync that covers them."),
+		rejected: b.CounterVec("ingest_frontend_messages_rejected_total",
+			"Device messages answered with an error frame, by error code.", "code"),
+		fieldRules: b.CounterVec("ingest_frontend_field_rejections_total",
+			"Device messages rejected with too_many_fields or invalid_field, by the field rule they broke.", "rule"),
+		ackLatency: b.Histogram("ingest_frontend_ack_latency_seconds",
+			"Time from receiving a frame to writing the ack that covers it.",
+			[]float64{.0001, .00025, .0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}),
+		bytes: b.Counter("ingest_frontend_received_bytes_total",
+			"Payload bytes of data frames received from devices."),
+		closes: b.CounterVec("ingest_frontend_closes_total", "Device connections ended, by reason.", "reason"),
+		handshakes: b.CounterVec("ingest_frontend_handshakes_rejected_total",
+			"WebSocket handshakes refused before upgrade, by reason.", "reason"),
+		mqtt: newMQTTMetrics(b),
 	}
 	for _, code := range protocol.ErrorCodes() {
 		m.rejected.WithLabelValues(code)
@@ -89,33 +72,10 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	for _, rule := range protocol.FieldRules() {
 		m.fieldRules.WithLabelValues(rule)
 	}
-	if reg == nil {
-		return m, nil
-	}
-	for _, c := range m.collectors() {
-		if err := reg.Register(c); err != nil {
-			for _, r := range m.collectors() {
-				reg.Unregister(r)
-			}
-			return nil, err
-		}
-	}
-	m.reg = reg
-	return m, nil
+	var err error
+	m.set, err = b.Register(reg)
+	return m, err
 }
 
 // unregister unregisters every collector; a second call does nothing.
-func (m *metrics) unregister() {
-	if m.reg == nil {
-		return
-	}
-	for _, c := range m.collectors() {
-		m.reg.Unregister(c)
-	}
-	m.reg = nil
-}
-
-func (m *metrics) collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.connections, m.received, m.acked, m.rejected, m.fieldRules, m.ackLatency, m.bytes, m.closes, m.handshakes},
-		m.mqtt.collectors()...)
-}
+func (m *metrics) unregister() { m.set.Unregister() }

@@ -19,6 +19,7 @@ import (
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -68,9 +69,7 @@ type Server struct {
 	devices  map[string]session // one session per device, across transports
 	draining bool
 
-	life   sync.Mutex // guards ran and closed; a leaf
-	ran    bool
-	closed bool
+	life lifecycle.Once
 
 	wg sync.WaitGroup // connection handlers and their flushers
 
@@ -189,13 +188,9 @@ func (s *Server) Ready() bool { return s.ready.Load() && s.log.Err() == nil }
 // Retry-After, and connections are closed, so that devices and load
 // balancers get a clear answer.
 func (s *Server) Run(ctx context.Context) error {
-	s.life.Lock()
-	if s.ran || s.closed {
-		s.life.Unlock()
+	if !s.life.Start() {
 		return errors.New("frontend: run: the server has run or is closed")
 	}
-	s.ran = true
-	s.life.Unlock()
 	ln := s.opts.Listener
 	if s.opts.InsecureNoAuth {
 		s.lg.Warn("device authentication is OFF: any local process can write as any device", "addr", ln.Addr().String())
@@ -261,18 +256,13 @@ func (s *Server) Run(ctx context.Context) error {
 // has returned, or instead of Run; it does not stop Run (end Run's context
 // for that). It is idempotent.
 func (s *Server) Close() error {
-	s.life.Lock()
-	defer s.life.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
-	var err error
-	if !s.ran {
-		err = closeListeners(s.opts)
-	}
-	s.m.unregister()
-	return err
+	return s.life.Close(func(ran bool) error {
+		s.m.unregister()
+		if ran {
+			return nil
+		}
+		return closeListeners(s.opts)
+	})
 }
 
 // closeListeners closes the listeners of o.

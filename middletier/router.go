@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
 	"github.com/ingest-io/ingest/zsock"
@@ -46,9 +47,7 @@ type Router struct {
 
 	stateNoSpace atomic.Bool // the last state write failed for lack of room
 
-	life   sync.Mutex // guards ran and closed; a leaf
-	ran    bool
-	closed bool
+	life lifecycle.Once
 
 	mu        sync.Mutex
 	highest   map[string]uint64 // per origin: every index up to it is durable here or acknowledged elsewhere
@@ -241,13 +240,9 @@ func (r *Router) Addrs() Addrs {
 // unregisters the metrics. It returns nil after a clean stop, or the
 // failure. A Router runs once.
 func (r *Router) Run(ctx context.Context) error {
-	r.life.Lock()
-	if r.ran || r.closed {
-		r.life.Unlock()
+	if !r.life.Start() {
 		return errors.New("middletier: run: the router has run or is closed")
 	}
-	r.ran = true
-	r.life.Unlock()
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { r.ingest.Run(ctx, r.recvIngest) })
@@ -279,22 +274,18 @@ func (r *Router) Run(ctx context.Context) error {
 // instead of Run; it does not stop Run (end Run's context for that). It is
 // idempotent.
 func (r *Router) Close() error {
-	r.life.Lock()
-	defer r.life.Unlock()
-	if r.closed {
-		return nil
-	}
-	r.closed = true
-	if !r.ran {
-		r.ingest.Close()
-		r.consumer.Close()
-		r.stream.Close()
-		if r.feed != nil {
-			r.feed.Close()
+	return r.life.Close(func(ran bool) error {
+		if !ran {
+			r.ingest.Close()
+			r.consumer.Close()
+			r.stream.Close()
+			if r.feed != nil {
+				r.feed.Close()
+			}
 		}
-	}
-	r.m.unregister()
-	return nil
+		r.m.unregister()
+		return nil
+	})
 }
 
 // fail stops the Router with err (a WAL or state failure: fail stop).

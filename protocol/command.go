@@ -78,92 +78,55 @@ func decodeCommandResult(b []byte, named string) (CommandResult, error) {
 		return CommandResult{}, fmt.Errorf("%w: %s", ErrInvalidCommandResult, fmt.Sprintf(format, a...))
 	}
 	d := scanner{b: b}
-	d.ws()
-	if d.i >= len(d.b) || d.b[d.i] != '{' {
+	if !d.openObject() {
 		return bad("not a JSON object")
 	}
-	d.i++
-	d.depth++
 	var hasType, hasID, hasStatus, hasPayload bool
-	d.ws()
-	if d.i < len(d.b) && d.b[d.i] == '}' {
-		d.i++
-	} else {
-		for {
-			d.ws()
-			if d.i >= len(d.b) || d.b[d.i] != '"' {
-				return bad("expected a member name at byte %d", d.i)
+	for first := true; ; first = false {
+		key, v, more, ok := d.nextMember(first)
+		if !ok {
+			return bad("%s", d.syntaxError().Reason)
+		}
+		if !more {
+			break
+		}
+		var seen *bool
+		switch string(key) {
+		case "__type":
+			seen = &hasType
+			t, err := stringValue(v, "__type")
+			if err != nil || t != TypeCommandResult {
+				return bad("\"__type\" is not %q", TypeCommandResult)
 			}
-			ks := d.i
-			esc, ok := d.str()
-			if !ok {
-				return bad("%s", d.syntaxError().Reason)
+		case "id":
+			seen = &hasID
+			s, err := stringValue(v, "id")
+			if err != nil || !validCommandID(s) {
+				return bad("\"id\" must be a string of 1 to %d bytes", MaxCommandIDBytes)
 			}
-			key := d.b[ks+1 : d.i-1]
-			if esc {
-				if key, ok = unescape(d.b[ks:d.i]); !ok {
-					return bad("bad member name")
-				}
+			if named != "" && s != named {
+				return bad("\"id\" %q is not the command %q answered", s, named)
 			}
-			d.ws()
-			if d.i >= len(d.b) || d.b[d.i] != ':' {
-				return bad("expected ':' at byte %d", d.i)
+			r.ID = s
+		case "status":
+			seen = &hasStatus
+			s, err := stringValue(v, "status")
+			if err != nil || s == "" || len(s) > MaxStatusBytes || !printableASCII(s) {
+				return bad("\"status\" must be a string of 1 to %d printable ASCII bytes", MaxStatusBytes)
 			}
-			d.i++
-			d.ws()
-			vs := d.i
-			if !d.value(-1) {
-				return bad("%s", d.syntaxError().Reason)
+			r.Status = s
+		case "payload":
+			seen = &hasPayload
+			if len(v) > MaxCommandPayloadBytes {
+				return bad("\"payload\" over %d bytes", MaxCommandPayloadBytes)
 			}
-			v := d.b[vs:d.i]
-			var seen *bool
-			switch string(key) {
-			case "__type":
-				seen = &hasType
-				t, err := stringValue(v, "__type")
-				if err != nil || t != TypeCommandResult {
-					return bad("\"__type\" is not %q", TypeCommandResult)
-				}
-			case "id":
-				seen = &hasID
-				s, err := stringValue(v, "id")
-				if err != nil || !validCommandID(s) {
-					return bad("\"id\" must be a string of 1 to %d bytes", MaxCommandIDBytes)
-				}
-				if named != "" && s != named {
-					return bad("\"id\" %q is not the command %q answered", s, named)
-				}
-				r.ID = s
-			case "status":
-				seen = &hasStatus
-				s, err := stringValue(v, "status")
-				if err != nil || s == "" || len(s) > MaxStatusBytes || !printableASCII(s) {
-					return bad("\"status\" must be a string of 1 to %d printable ASCII bytes", MaxStatusBytes)
-				}
-				r.Status = s
-			case "payload":
-				seen = &hasPayload
-				if len(v) > MaxCommandPayloadBytes {
-					return bad("\"payload\" over %d bytes", MaxCommandPayloadBytes)
-				}
-				r.Payload = v
+			r.Payload = v
+		}
+		if seen != nil {
+			if *seen {
+				return bad("member %q appears twice", key)
 			}
-			if seen != nil {
-				if *seen {
-					return bad("member %q appears twice", key)
-				}
-				*seen = true
-			}
-			d.ws()
-			if d.i < len(d.b) && d.b[d.i] == ',' {
-				d.i++
-				continue
-			}
-			if d.i < len(d.b) && d.b[d.i] == '}' {
-				d.i++
-				break
-			}
-			return bad("expected ',' or '}' at byte %d", d.i)
+			*seen = true
 		}
 	}
 	d.ws()

@@ -138,12 +138,9 @@ type ServerFrame struct {
 func DecodeServerFrame(b []byte) (ServerFrame, error) {
 	f := ServerFrame{Index: -1}
 	d := scanner{b: b}
-	d.ws()
-	if d.i >= len(d.b) || d.b[d.i] != '{' {
+	if !d.openObject() {
 		return f, fmt.Errorf("%w: not a JSON object", ErrInvalidServerFrame)
 	}
-	d.i++
-	d.depth++
 	var seen uint16
 	const (
 		hasType = 1 << iota
@@ -157,104 +154,66 @@ func DecodeServerFrame(b []byte) (ServerFrame, error) {
 		hasName
 		hasPayload
 	)
-	d.ws()
-	if d.i < len(d.b) && d.b[d.i] == '}' {
-		d.i++
-	} else {
-		for {
-			d.ws()
-			if d.i >= len(d.b) || d.b[d.i] != '"' {
-				d.err = "expected a member name"
-				return f, d.serverError()
-			}
-			ks := d.i
-			esc, ok := d.str()
-			if !ok {
-				return f, d.serverError()
-			}
-			key := d.b[ks+1 : d.i-1]
-			if esc {
-				// Rare: compared by meaning, as ParseFrame does.
-				if key, ok = unescape(d.b[ks:d.i]); !ok {
-					return f, fmt.Errorf("%w: bad member name", ErrInvalidServerFrame)
-				}
-			}
-			d.ws()
-			if d.i >= len(d.b) || d.b[d.i] != ':' {
-				d.err = "expected ':'"
-				return f, d.serverError()
-			}
-			d.i++
-			d.ws()
-			vs := d.i
-			if !d.value(-1) {
-				return f, d.serverError()
-			}
-			v := d.b[vs:d.i]
-			var bit uint16
-			var err error
-			switch string(key) {
-			case "type":
-				bit = hasType
-				f.Type, err = stringValue(v, "type")
-			case "seq":
-				bit = hasSeq
-				f.Seq, err = uintValue(v, "seq", math.MaxUint64)
-			case "ids":
-				bit = hasIDs
-				if v[0] != '[' {
-					err = fmt.Errorf("%w: \"ids\" is not an array", ErrInvalidServerFrame)
-				} else {
-					f.IDs = trimWS(v[1 : len(v)-1])
-				}
-			case "code":
-				bit = hasCode
-				f.Code, err = stringValue(v, "code")
-			case "index":
-				bit = hasIndex
-				var n uint64
-				n, err = uintValue(v, "index", math.MaxInt32)
-				f.Index = int(n)
-			case "id":
-				bit = hasID
-				if v[0] != '"' && v[0] != '-' && (v[0] < '0' || v[0] > '9') {
-					err = fmt.Errorf("%w: \"id\" is not a string or a number", ErrInvalidServerFrame)
-				}
-				f.ID = v
-			case "retry_after_ms":
-				bit = hasRetry
-				var n uint64
-				n, err = uintValue(v, "retry_after_ms", math.MaxInt64/uint64(time.Millisecond))
-				f.RetryAfter = time.Duration(n) * time.Millisecond
-			case "message":
-				bit = hasMessage
-				f.Message, err = stringValue(v, "message")
-			case "name":
-				bit = hasName
-				f.Name, err = stringValue(v, "name")
-			case "payload":
-				bit = hasPayload
-				f.Payload = v
-			}
-			if err != nil {
-				return f, err
-			}
-			if seen&bit != 0 {
-				return f, fmt.Errorf("%w: member %q appears twice", ErrInvalidServerFrame, key)
-			}
-			seen |= bit
-			d.ws()
-			if d.i < len(d.b) && d.b[d.i] == ',' {
-				d.i++
-				continue
-			}
-			if d.i < len(d.b) && d.b[d.i] == '}' {
-				d.i++
-				break
-			}
-			d.err = "expected ',' or '}'"
+	for first := true; ; first = false {
+		key, v, more, ok := d.nextMember(first)
+		if !ok {
 			return f, d.serverError()
 		}
+		if !more {
+			break
+		}
+		var bit uint16
+		var err error
+		switch string(key) {
+		case "type":
+			bit = hasType
+			f.Type, err = stringValue(v, "type")
+		case "seq":
+			bit = hasSeq
+			f.Seq, err = uintValue(v, "seq", math.MaxUint64)
+		case "ids":
+			bit = hasIDs
+			if v[0] != '[' {
+				err = fmt.Errorf("%w: \"ids\" is not an array", ErrInvalidServerFrame)
+			} else {
+				f.IDs = trimWS(v[1 : len(v)-1])
+			}
+		case "code":
+			bit = hasCode
+			f.Code, err = stringValue(v, "code")
+		case "index":
+			bit = hasIndex
+			var n uint64
+			n, err = uintValue(v, "index", math.MaxInt32)
+			f.Index = int(n)
+		case "id":
+			bit = hasID
+			if v[0] != '"' && v[0] != '-' && (v[0] < '0' || v[0] > '9') {
+				err = fmt.Errorf("%w: \"id\" is not a string or a number", ErrInvalidServerFrame)
+			}
+			f.ID = v
+		case "retry_after_ms":
+			bit = hasRetry
+			var n uint64
+			n, err = uintValue(v, "retry_after_ms", math.MaxInt64/uint64(time.Millisecond))
+			f.RetryAfter = time.Duration(n) * time.Millisecond
+		case "message":
+			bit = hasMessage
+			f.Message, err = stringValue(v, "message")
+		case "name":
+			bit = hasName
+			f.Name, err = stringValue(v, "name")
+		case "payload":
+			bit = hasPayload
+			f.Payload = v
+		}
+		if err != nil {
+			return f, err
+		}
+		if seen&bit != 0 {
+			return f, fmt.Errorf("%w: member %q appears twice", ErrInvalidServerFrame, key)
+		}
+		seen |= bit
 	}
 	d.ws()
 	if d.i != len(d.b) {
@@ -358,4 +317,66 @@ func trimWS(b []byte) []byte {
 		b = b[:n-1]
 	}
 	return b
+}
+
+// openObject reads the '{' that opens the object d.b holds.
+func (d *scanner) openObject() bool {
+	d.ws()
+	if d.i >= len(d.b) || d.b[d.i] != '{' {
+		return false
+	}
+	d.i++
+	d.depth++
+	return true
+}
+
+// nextMember reads the next member of the object openObject opened (first:
+// none has been read yet), and returns its name, unescaped, and its raw
+// value; more is false once the object's '}' is read. ok is false on a
+// syntax error, which d.err and d.i describe (see syntaxError). It checks
+// nothing of the values: the frames of the server and the command_result
+// frame, flat objects whose members are read one by one, share it.
+func (d *scanner) nextMember(first bool) (key, v []byte, more, ok bool) {
+	d.ws()
+	switch {
+	case d.i < len(d.b) && d.b[d.i] == '}':
+		d.i++
+		return nil, nil, false, true
+	case first:
+	case d.i < len(d.b) && d.b[d.i] == ',':
+		d.i++
+		d.ws()
+	default:
+		d.err = "expected ',' or '}'"
+		return nil, nil, false, false
+	}
+	if d.i >= len(d.b) || d.b[d.i] != '"' {
+		d.err = "expected a member name"
+		return nil, nil, false, false
+	}
+	ks := d.i
+	esc, ok := d.str()
+	if !ok {
+		return nil, nil, false, false
+	}
+	key = d.b[ks+1 : d.i-1]
+	if esc {
+		// Rare: compared by meaning, as ParseFrame does.
+		if key, ok = unescape(d.b[ks:d.i]); !ok {
+			d.err = "bad member name"
+			return nil, nil, false, false
+		}
+	}
+	d.ws()
+	if d.i >= len(d.b) || d.b[d.i] != ':' {
+		d.err = "expected ':'"
+		return nil, nil, false, false
+	}
+	d.i++
+	d.ws()
+	vs := d.i
+	if !d.value(-1) {
+		return nil, nil, false, false
+	}
+	return key, d.b[vs:d.i], true, true
 }

@@ -362,40 +362,36 @@ func (c *leaseCollector) Collect(ch chan<- prometheus.Metric) {
 }
 
 func newWriterMetrics(reg prometheus.Registerer) (*writerMetrics, error) {
-	mt := []string{"middletier"}
+	b := metricset.NewBuilder(nil)
+	mt := "middletier"
 	f := stream.Metrics{
-		Lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ingest_storage_lag_records",
-			Help: "Records a middletier holds beyond this writer's checkpoint there."}, mt),
-		Checkpoint: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ingest_storage_checkpoint",
-			Help: "The checkpoint a middletier last acknowledged for this writer."}, mt),
-		Gaps: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_storage_stream_gaps_total",
-			Help: "Gaps in a middletier's stream, filled by fetch."}, mt),
-		Fetches: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_storage_fetches_total",
-			Help: "Fetches sent to a middletier (retries not counted)."}, mt),
-		Reconnects: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_storage_reconnects_total",
-			Help: "Connections to a middletier lost and dialled again."}, mt),
-		Overflows: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_storage_stream_overflows_total",
-			Help: "Stream messages dropped because the buffer was full; their records are fetched."}),
-		Invalid: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_storage_invalid_records_total",
-			Help: "Messages and records that did not decode, skipped."}),
+		Lag: b.GaugeVec("ingest_storage_lag_records",
+			"Records a middletier holds beyond this writer's checkpoint there.", mt),
+		Checkpoint: b.GaugeVec("ingest_storage_checkpoint",
+			"The checkpoint a middletier last acknowledged for this writer.", mt),
+		Gaps:    b.CounterVec("ingest_storage_stream_gaps_total", "Gaps in a middletier's stream, filled by fetch.", mt),
+		Fetches: b.CounterVec("ingest_storage_fetches_total", "Fetches sent to a middletier (retries not counted).", mt),
+		Reconnects: b.CounterVec("ingest_storage_reconnects_total",
+			"Connections to a middletier lost and dialled again.", mt),
+		Overflows: b.Counter("ingest_storage_stream_overflows_total",
+			"Stream messages dropped because the buffer was full; their records are fetched."),
+		Invalid: b.Counter("ingest_storage_invalid_records_total",
+			"Messages and records that did not decode, skipped."),
 	}
 	m := &writerMetrics{
 		follower: f,
 		invalid:  f.Invalid,
-		samples: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_storage_samples_written_total",
-			Help: "Samples (numeric and string fields) in points the sink has taken."}),
-		points: prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_storage_points_written_total",
-			Help: "Points (device messages) the sink has taken."}),
-		writeDuration: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ingest_storage_write_duration_seconds",
-			Help:    "Duration of one sink write, failed ones included.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
-		delivery: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "ingest_storage_delivery_latency_seconds",
-			Help:    "End-to-end latency into the store: from a message's receipt at the frontend (its envelope's receive time) to the sink holding it (for the embedded TSDB, fsynced), once per point written. Across hosts it includes the clocks' difference; negative values count as 0.",
-			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}}),
-		sinkErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_storage_sink_errors_total",
-			Help: "Failed sink writes (retried), by kind."}, []string{"kind"}),
-		skipped: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_storage_released_unstored_records_total",
-			Help: "Records a middletier released before this writer stored them (the consumer is not in its --consumers)."}, mt),
+		samples: b.Counter("ingest_storage_samples_written_total",
+			"Samples (numeric and string fields) in points the sink has taken."),
+		points: b.Counter("ingest_storage_points_written_total", "Points (device messages) the sink has taken."),
+		writeDuration: b.Histogram("ingest_storage_write_duration_seconds",
+			"Duration of one sink write, failed ones included.", prometheus.ExponentialBuckets(0.0005, 2, 16)),
+		delivery: b.Histogram("ingest_storage_delivery_latency_seconds",
+			"End-to-end latency into the store: from a message's receipt at the frontend (its envelope's receive time) to the sink holding it (for the embedded TSDB, fsynced), once per point written. Across hosts it includes the clocks' difference; negative values count as 0.",
+			[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}),
+		sinkErrors: b.CounterVec("ingest_storage_sink_errors_total", "Failed sink writes (retried), by kind.", "kind"),
+		skipped: b.CounterVec("ingest_storage_released_unstored_records_total",
+			"Records a middletier released before this writer stored them (the consumer is not in its --consumers).", mt),
 	}
 	m.leases = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ingest_storage_group_streams",
 		Help: "Middletiers' streams this writer follows as the holder of its group's lease (a writer with no group follows every middletier, and shows 0)."},
@@ -412,7 +408,7 @@ func newWriterMetrics(reg prometheus.Registerer) (*writerMetrics, error) {
 		"1 for each middletier whose stream this writer follows as the holder of its group's lease, 0 for those another writer of the group follows.",
 		[]string{"middletier"}, nil)}
 	var err error
-	m.set, err = metricset.Register(reg, m.leases, m.leaseByMT, m.samples, m.points, m.writeDuration, m.delivery, m.sinkErrors, f.Lag, f.Checkpoint,
-		f.Gaps, f.Fetches, m.skipped, f.Reconnects, f.Overflows, f.Invalid)
+	b.Add(m.leases, m.leaseByMT)
+	m.set, err = b.Register(reg)
 	return m, err
 }

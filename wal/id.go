@@ -8,6 +8,8 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+
+	"github.com/ingest-io/ingest/internal/fileutil"
 )
 
 // Every log has an identity, a random number drawn when the log is created
@@ -72,7 +74,7 @@ func drawID(dir string) (uint64, error) {
 		}
 		id = binary.LittleEndian.Uint64(r[:])
 	}
-	if err := writeFileDurable(dir, idFile, encodeID(id)); err != nil {
+	if err := fileutil.WriteFileDurable(dir, idFile, encodeID(id)); err != nil {
 		return 0, fmt.Errorf("write log identity: %w", err)
 	}
 	return id, nil

@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	twal "github.com/tidwall/wal"
+
+	"github.com/ingest-io/ingest/internal/fileutil"
 )
 
 // Log is a durable FIFO queue of entries. See the package documentation for
@@ -294,7 +296,7 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 	}
 	// tidwall/wal may have created the first segment file just now; make its
 	// name durable before anything in it is acknowledged.
-	if err := syncDir(dir); err != nil {
+	if err := fileutil.SyncDir(dir); err != nil {
 		l.w.Close()
 		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
 	}
@@ -557,7 +559,7 @@ func (l *Log) commit(group []*request) {
 		}
 		if err == nil && len(cycled) > 0 {
 			// tidwall/wal creates segment files without syncing their directory.
-			err = syncDir(l.dir)
+			err = fileutil.SyncDir(l.dir)
 		}
 		if err != nil {
 			err = fmt.Errorf("wal: append: %w", err)
@@ -675,7 +677,7 @@ func (l *Log) undoWrite(tailStart uint64, tailBytes int) error {
 		return fmt.Errorf("zero the write's bytes: %w", err)
 	}
 	if removed {
-		if err := syncDir(l.dir); err != nil {
+		if err := fileutil.SyncDir(l.dir); err != nil {
 			return err
 		}
 	}
@@ -803,7 +805,7 @@ func (l *Log) releaser(persisted uint64) {
 		case err == nil:
 			// The rename is in place; an fsync of the directory that
 			// fails leaves it unknown whether it is durable: fail stop.
-			err = syncDir(l.dir)
+			err = fileutil.SyncDir(l.dir)
 		}
 		if err != nil {
 			l.fail(err)
@@ -877,7 +879,7 @@ func (l *Log) truncateFront(index uint64) {
 	}
 	err := l.w.TruncateFront(start)
 	if err == nil {
-		err = syncDir(l.dir)
+		err = fileutil.SyncDir(l.dir)
 	}
 	if err != nil {
 		l.fail(fmt.Errorf("truncate: %w", err))

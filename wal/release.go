@@ -7,6 +7,8 @@ import (
 	"hash/crc32"
 	"os"
 	"path/filepath"
+
+	"github.com/ingest-io/ingest/internal/fileutil"
 )
 
 // The release mark records how far consumers are done. It lives in a small
@@ -63,13 +65,13 @@ func writeRelease(dir string, upTo uint64) error {
 	if err := stageRelease(dir, upTo); err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return fileutil.SyncDir(dir)
 }
 
 // stageRelease writes upTo as the release mark in dir, durable once dir is
-// fsynced (stageFile). On a failure the old mark stays in place.
+// fsynced (fileutil.StageFile). On a failure the old mark stays in place.
 func stageRelease(dir string, upTo uint64) error {
-	if err := stageFile(dir, releaseFile, encodeRelease(upTo)); err != nil {
+	if err := fileutil.StageFile(dir, releaseFile, encodeRelease(upTo)); err != nil {
 		return fmt.Errorf("write release mark: %w", err)
 	}
 	return nil
@@ -92,22 +94,5 @@ func mkdirDurable(dir string) error {
 	if err := os.Mkdir(dir, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
-	return syncDir(parent)
-}
-
-// syncDir fsyncs a directory, so that files created, renamed or removed in it
-// survive a power loss.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open dir: %w", err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("sync dir: %w", err)
-	}
-	return nil
+	return fileutil.SyncDir(parent)
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+
+	"github.com/ingest-io/ingest/internal/fileutil"
 )
 
 // segment describes one segment file as found by the open-time scan.
@@ -97,7 +99,7 @@ func listSegments(dir string) ([]segment, error) {
 		return nil, fmt.Errorf("finish truncation: %w", err)
 	}
 	segs[0].name = final
-	return segs, syncDir(dir)
+	return segs, fileutil.SyncDir(dir)
 }
 
 // scan reads and verifies every entry of every segment. Zeros after a

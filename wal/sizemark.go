@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+
+	"github.com/ingest-io/ingest/internal/fileutil"
 )
 
 // The size mark records that every segment file of the log is created at
@@ -67,7 +69,7 @@ func readSizeMark(dir string) (size int64, ok bool, err error) {
 
 // writeSizeMark makes size the durable segment size mark of dir.
 func writeSizeMark(dir string, size int64) error {
-	if err := writeFileDurable(dir, sizeMarkFile, encodeSizeMark(size)); err != nil {
+	if err := fileutil.WriteFileDurable(dir, sizeMarkFile, encodeSizeMark(size)); err != nil {
 		return fmt.Errorf("write segment size mark: %w", err)
 	}
 	return nil
@@ -81,48 +83,12 @@ func removeSizeMark(dir string) error {
 		return nil
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = fileutil.SyncDir(dir)
 	}
 	if err != nil {
 		return fmt.Errorf("remove segment size mark: %w", err)
 	}
 	return nil
-}
-
-// writeFileDurable replaces dir/name with b atomically and durably
-// (stageFile, then an fsync of dir).
-func writeFileDurable(dir, name string, b []byte) error {
-	if err := stageFile(dir, name, b); err != nil {
-		return err
-	}
-	return syncDir(dir)
-}
-
-// stageFile replaces dir/name with b atomically: written aside, fsynced and
-// renamed into place; the rename is durable once dir is fsynced. A failure
-// leaves the old file as it was and no temporary file behind, so that a
-// full disk keeps no half-written file: trying again later is safe, since
-// nothing of the failed attempt is ever read.
-func stageFile(dir, name string, b []byte) error {
-	tmp := filepath.Join(dir, name+".tmp")
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
-	}
-	return err
 }
 
 // extendFile grows the file at path to size bytes (holes, which read as

@@ -30,3 +30,43 @@ func TestAllOrNone(t *testing.T) {
 		t.Fatal("nil registerer")
 	}
 }
+
+func TestBuilderRegistersWhatItMade(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	b := NewBuilder(prometheus.Labels{"tier": "x"})
+	c := b.Counter("c_total", "c")
+	b.CounterVec("cv_total", "cv", "reason").WithLabelValues("a")
+	b.Gauge("g", "g")
+	b.GaugeVec("gv", "gv", "k").WithLabelValues("a")
+	b.Histogram("h_seconds", "h", []float64{1})
+	b.QueueDepth("inbox")
+	s, err := b.Register(reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Inc()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(mfs) != 6 {
+		t.Fatalf("gathered %d families, want 6", len(mfs))
+	}
+	for _, mf := range mfs {
+		want := "tier"
+		if mf.GetName() == "ingest_queue_depth_entries" {
+			want = "hop"
+		}
+		found := false
+		for _, l := range mf.GetMetric()[0].GetLabel() {
+			found = found || l.GetName() == want
+		}
+		if !found {
+			t.Errorf("%s: no label %q", mf.GetName(), want)
+		}
+	}
+	s.Unregister()
+	if mfs, _ := reg.Gather(); len(mfs) != 0 {
+		t.Fatalf("after Unregister: %d families left", len(mfs))
+	}
+}

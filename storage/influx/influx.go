@@ -119,21 +119,14 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Sink, error
 	if opts.MaxLinesPerRequest < 0 {
 		return nil, fmt.Errorf("validate options: max lines per request %d", opts.MaxLinesPerRequest)
 	}
-	if err := sinkhttp.CheckURL(opts.URL); err != nil {
-		return nil, err
-	}
-	u, _ := url.Parse(opts.URL)
-	q := u.Query()
-	q.Set("precision", "ms")
-	u.RawQuery = q.Encode()
-	var err error
-	if opts.HTTPOptions, err = opts.HTTPOptions.WithDefaults(); err != nil {
-		return nil, err
-	}
-	h, err := sinkhttp.New(opts.Name, opts.HTTPOptions, reg, lg)
+	h, err := sinkhttp.New(opts.Name, opts.URL, opts.HTTPOptions, reg, lg)
 	if err != nil {
 		return nil, err
 	}
+	u, _ := url.Parse(opts.URL) // sinkhttp.New checked it
+	q := u.Query()
+	q.Set("precision", "ms")
+	u.RawQuery = q.Encode()
 	return &Sink{opts: opts, url: u.String(), h: h}, nil
 }
 

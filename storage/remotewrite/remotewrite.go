@@ -113,14 +113,7 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Sink, error
 	if opts.MaxSamplesPerRequest < 0 || opts.MaxStringBytes < 0 {
 		return nil, fmt.Errorf("validate options: max samples per request %d, max string bytes %d", opts.MaxSamplesPerRequest, opts.MaxStringBytes)
 	}
-	if err := sinkhttp.CheckURL(opts.URL); err != nil {
-		return nil, err
-	}
-	var err error
-	if opts.HTTPOptions, err = opts.HTTPOptions.WithDefaults(); err != nil {
-		return nil, err
-	}
-	h, err := sinkhttp.New(opts.Name, opts.HTTPOptions, reg, lg)
+	h, err := sinkhttp.New(opts.Name, opts.URL, opts.HTTPOptions, reg, lg)
 	if err != nil {
 		return nil, err
 	}

@@ -146,34 +146,21 @@ type Metrics struct {
 }
 
 func newMetrics(name string, reg prometheus.Registerer) (*Metrics, error) {
-	cl := prometheus.Labels{"sink": name}
+	b := metricset.NewBuilder(prometheus.Labels{"sink": name})
 	m := &Metrics{
-		Samples: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ingest_storage_external_samples_written_total", ConstLabels: cl,
-			Help: "Samples (or InfluxDB fields) the external store acknowledged.",
-		}),
-		Dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ingest_storage_external_dropped_samples_total", ConstLabels: cl,
-			Help: "Samples the external store refused for good (or could never hold) and the sink dropped, by reason (too_old, duplicate_timestamp, rejected, string_too_long).",
-		}, []string{"reason"}),
-		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "ingest_storage_external_errors_total", ConstLabels: cl,
-			Help: "Failed requests to the external store, by kind: retry (network error, 5xx, 429: sent again), rejected (a 4xx answer), too_old (a 4xx answer for samples older than the store accepts).",
-		}, []string{"kind"}),
-		Latency: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "ingest_storage_external_request_duration_seconds", ConstLabels: cl,
-			Help:    "Duration of one request to the external store, answer included.",
-			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
-		}),
-		Batch: prometheus.NewHistogram(prometheus.HistogramOpts{
-			Name: "ingest_storage_external_batch_samples", ConstLabels: cl,
-			Help:    "Samples (or lines, for InfluxDB) per request to the external store.",
-			Buckets: prometheus.ExponentialBuckets(1, 4, 9),
-		}),
-		Requests: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "ingest_storage_external_requests_total", ConstLabels: cl,
-			Help: "Requests sent to the external store.",
-		}),
+		Samples: b.Counter("ingest_storage_external_samples_written_total",
+			"Samples (or InfluxDB fields) the external store acknowledged."),
+		Dropped: b.CounterVec("ingest_storage_external_dropped_samples_total",
+			"Samples the external store refused for good (or could never hold) and the sink dropped, by reason (too_old, duplicate_timestamp, rejected, string_too_long).",
+			"reason"),
+		Errors: b.CounterVec("ingest_storage_external_errors_total",
+			"Failed requests to the external store, by kind: retry (network error, 5xx, 429: sent again), rejected (a 4xx answer), too_old (a 4xx answer for samples older than the store accepts).",
+			"kind"),
+		Latency: b.Histogram("ingest_storage_external_request_duration_seconds",
+			"Duration of one request to the external store, answer included.", prometheus.ExponentialBuckets(0.0005, 2, 16)),
+		Batch: b.Histogram("ingest_storage_external_batch_samples",
+			"Samples (or lines, for InfluxDB) per request to the external store.", prometheus.ExponentialBuckets(1, 4, 9)),
+		Requests: b.Counter("ingest_storage_external_requests_total", "Requests sent to the external store."),
 	}
 	for _, k := range []string{KindRetry, KindRejected, KindTooOld} {
 		m.Errors.WithLabelValues(k)
@@ -181,7 +168,7 @@ func newMetrics(name string, reg prometheus.Registerer) (*Metrics, error) {
 	for _, k := range []string{KindRejected, KindTooOld} {
 		m.Dropped.WithLabelValues(k)
 	}
-	set, err := metricset.Register(reg, m.Samples, m.Dropped, m.Errors, m.Latency, m.Batch, m.Requests)
+	set, err := b.Register(reg)
 	if err != nil {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
@@ -207,10 +194,18 @@ type Client struct {
 	errBody []byte
 }
 
-// New returns the client of the sink called name, with opts as
-// WithDefaults returned them, and registers the sink's metrics with reg.
-// reg and lg may be nil.
-func New(name string, opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Client, error) {
+// New returns the client of the sink called name, whose endpoint is
+// endpoint (checked with CheckURL): opts take their defaults
+// (WithDefaults), and the sink's metrics are registered with reg. reg and
+// lg may be nil.
+func New(name, endpoint string, opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Client, error) {
+	if err := CheckURL(endpoint); err != nil {
+		return nil, err
+	}
+	opts, err := opts.WithDefaults()
+	if err != nil {
+		return nil, err
+	}
 	m, err := newMetrics(name, reg)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,39 @@
+// Package lifecycle holds the rule the engine's components share: New
+// starts nothing, Run runs once, and Close is idempotent and releases what
+// New took when Run never ran (Run releases it itself when it returns).
+package lifecycle
+
+import "sync"
+
+// Once guards a component's Run and Close. Its zero value is ready; it is a
+// leaf lock.
+type Once struct {
+	mu     sync.Mutex
+	ran    bool
+	closed bool
+}
+
+// Start marks the component running. It reports false when Run has already
+// started or Close was called: a component runs once.
+func (o *Once) Start() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.ran || o.closed {
+		return false
+	}
+	o.ran = true
+	return true
+}
+
+// Close marks the component closed. The first call runs release, told
+// whether Run started, and returns its error; later calls return nil.
+// release runs under the lock, so Run cannot start while it does.
+func (o *Once) Close(release func(ran bool) error) error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		return nil
+	}
+	o.closed = true
+	return release(o.ran)
+}
