@@ -55,6 +55,11 @@ type Options struct {
 	// LagWarn is the consumer lag, in entries, past which a line is logged.
 	// Default 1,000,000.
 	LagWarn uint64
+	// StateInterval is the least time between two writes of the state file
+	// (three syncs). Consumers' commits within it share one write, and are
+	// acknowledged, and the WAL released up to them, once it is made.
+	// Default 1s.
+	StateInterval time.Duration
 }
 
 // DefaultOptions returns the defaults that zero fields stand for.
@@ -71,6 +76,7 @@ func DefaultOptions() Options {
 		MaxFetchRecords: 4096,
 		MaxFetchBytes:   4 << 20,
 		LagWarn:         1_000_000,
+		StateInterval:   time.Second,
 	}
 }
 
@@ -113,6 +119,7 @@ func (o Options) withDefaults() (Options, error) {
 	set(&o.MaxFetchBytes, d.MaxFetchBytes)
 	setD(&o.BusyRetry, d.BusyRetry)
 	setD(&o.SendStall, d.SendStall)
+	setD(&o.StateInterval, d.StateInterval)
 	if o.LagWarn == 0 {
 		o.LagWarn = d.LagWarn
 	}

@@ -597,10 +597,15 @@ func (r *Router) poke() {
 
 // stateKeeper makes the marks and checkpoints durable, acknowledges commits
 // once they are, releases the WAL up to what every durable consumer has,
-// and keeps the lag gauges.
+// and keeps the lag gauges: once a second, and after a commit, but never
+// twice within Options.StateInterval.
 func (r *Router) stateKeeper(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	pace := time.NewTimer(0)
+	defer pace.Stop()
+	<-pace.C
+	var written time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -608,6 +613,15 @@ func (r *Router) stateKeeper(ctx context.Context) {
 		case <-r.wake:
 		case <-tick.C:
 		}
+		if wait := r.opts.StateInterval - time.Since(written); wait > 0 {
+			pace.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return // Run keeps the state once more as it stops
+			case <-pace.C:
+			}
+		}
+		written = time.Now()
 		if err := r.keepState(); err != nil {
 			r.fail(err)
 			return
