@@ -107,6 +107,15 @@ const TopicLabel = "topic"
 // ({"a":{"b":1},"a.b":2}), the one that sorts last wins, whatever the
 // order in the message.
 func Flatten(payload []byte, p *Point) error {
+	if flattenOnePass(payload, p) {
+		return nil
+	}
+	return flattenDecoded(payload, p)
+}
+
+// flattenDecoded is Flatten the general way: the payload decoded into a map,
+// its members flattened in the order of their names.
+func flattenDecoded(payload []byte, p *Point) error {
 	d := json.NewDecoder(bytes.NewReader(payload))
 	d.UseNumber()
 	var obj map[string]any

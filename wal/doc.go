@@ -56,7 +56,8 @@
 // Release(upTo) says consumers are done with every entry up to upTo. Their
 // room under the bound is freed at once. The mark is written to a small file
 // (written aside, fsynced, renamed into place, directory fsynced) in the
-// background, and segments wholly below it are then removed in the
+// background, at most once per Options.MarkInterval (the releases in between
+// share one write; Close writes the last), and segments wholly below it are then removed in the
 // background: a segment stays whole, released entries and all, until the
 // mark passes its end, so truncation never rewrites a file. FirstIndex
 // may therefore be below the mark. After a restart, Cursor(0) starts at the first entry after the

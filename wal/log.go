@@ -750,7 +750,8 @@ func (l *Log) Release(upTo uint64) error {
 }
 
 // releaser makes the release mark durable and truncates released segments.
-// Several Releases in quick succession share one write of the mark. A mark
+// Releases within Options.MarkInterval of the last write of the mark share
+// the next one. A mark
 // that cannot be written for lack of room is tried again every
 // NoSpaceRetry, and fails nothing: the old mark stays in place (a crash
 // repeats entries, and loses none), and segments wait for the new one to be
@@ -764,15 +765,31 @@ func (l *Log) releaser(persisted uint64) {
 			retry.Stop()
 		}
 	}()
+	pace := time.NewTimer(0)
+	defer pace.Stop()
+	<-pace.C
+	var written time.Time // when the mark was last written
 	for {
 		stop := false
 		select {
 		case <-l.relSignal:
+			// The mark is written at most once per MarkInterval: a
+			// crash repeats what was released since, and loses nothing.
+			if wait := l.opts.MarkInterval - time.Since(written); wait > 0 {
+				pace.Reset(wait)
+				select {
+				case <-pace.C:
+				case <-l.quit:
+					pace.Stop()
+					stop = true
+				}
+			}
 		case <-retryC:
 			retryC = nil
 		case <-l.quit:
 			stop = true
 		}
+		written = time.Now()
 		l.mu.Lock()
 		released, failed := l.released, l.err != nil
 		l.mu.Unlock()

@@ -44,6 +44,13 @@ type Options struct {
 	// without writing, after a write failed for lack of room; the next
 	// group commit after it tries the disk again. Default 1s.
 	NoSpaceRetry time.Duration
+	// MarkInterval is the least time between two writes of the release
+	// mark (a file written aside, fsynced and renamed, and the directory
+	// fsynced: three syncs). Releases within it share one write, made
+	// when it has passed since the last; Close writes the last mark at
+	// once. A crash repeats at most what was released within it, and
+	// released segments are removed up to that much later. Default 1s.
+	MarkInterval time.Duration
 }
 
 // DefaultOptions returns the options a zero Options stands for.
@@ -53,13 +60,14 @@ func DefaultOptions() Options {
 		MaxBytes:      1 << 30,
 		MaxBatchBytes: 8 << 20,
 		NoSpaceRetry:  time.Second,
+		MarkInterval:  time.Second,
 	}
 }
 
 // withDefaults validates o and returns a copy with defaults filled in.
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
-	if o.SegmentBytes < 0 || o.MaxBytes < 0 || o.MaxEntries < 0 || o.MaxBatchBytes < 0 || o.NoSpaceRetry < 0 {
+	if o.SegmentBytes < 0 || o.MaxBytes < 0 || o.MaxEntries < 0 || o.MaxBatchBytes < 0 || o.NoSpaceRetry < 0 || o.MarkInterval < 0 {
 		return o, errors.New("wal: options must not be negative")
 	}
 	if o.SegmentBytes == 0 {
@@ -73,6 +81,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.NoSpaceRetry == 0 {
 		o.NoSpaceRetry = d.NoSpaceRetry
+	}
+	if o.MarkInterval == 0 {
+		o.MarkInterval = d.MarkInterval
 	}
 	if o.SegmentBytes < 4096 {
 		return o, fmt.Errorf("wal: segment size %d below 4096 bytes", o.SegmentBytes)
