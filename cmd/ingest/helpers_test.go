@@ -284,9 +284,3 @@ func storedOnce(t *testing.T, m *mtProc, stored map[string]map[uint64]bool) int 
 	}
 	return n
 }
-
-// metricAt is the first sample of name with label at addr's /metrics
-// (metricOf), said as text for a failure's message.
-func metricAt(addr, name, label string) string {
-	return strconv.FormatFloat(metricOf("http://"+addr, name, label), 'g', -1, 64)
-}
