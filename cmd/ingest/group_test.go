@@ -59,12 +59,46 @@ func holdersOf(addr, group string) []string {
 // every acknowledged message exactly once, and so does the second group's
 // store.
 func TestWriterGroupUnderSIGKILL(t *testing.T) {
-	vm := testkit.VictoriaMetrics(t)
-	type mtAddrs struct{ ingest, consumer, stream, http string }
+	g := startGroup(t)
+	victim, survivor, survivorHTTP := g.divided()
+	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	g.feedKilling(base, victim, survivorHTTP)
+	if t.Failed() {
+		return
+	}
+	g.checkOnce(base, survivorHTTP)
+	for _, p := range []*tierProc{survivor, g.rep, g.mts[0], g.mts[1], g.mts[2]} {
+		if err := p.stop(); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// groupMTAddrs are the endpoints of a middletier of the group test.
+type groupMTAddrs struct{ ingest, consumer, stream, http string }
+
+// groupRig is three middletiers, two storage writers in the group
+// "writers" remote-writing to VictoriaMetrics, and one in the group
+// "replica" with an embedded TSDB, all as processes.
+type groupRig struct {
+	t                     *testing.T
+	vm                    *testkit.Store
+	mts                   []*tierProc
+	addrs                 []groupMTAddrs
+	w0, w1, rep           *tierProc
+	http0, http1, httpRep string
+}
+
+// groupMessages is how many messages the group test sends.
+const groupMessages = 30000
+
+func startGroup(t *testing.T) *groupRig {
+	g := &groupRig{t: t, vm: testkit.VictoriaMetrics(t)}
+	vm := g.vm
 	var mts []*tierProc
-	var addrs []mtAddrs
+	var addrs []groupMTAddrs
 	for i := range 3 {
-		a := mtAddrs{
+		a := groupMTAddrs{
 			ingest:   fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)),
 			consumer: fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)),
 			stream:   fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)),
@@ -96,13 +130,7 @@ func TestWriterGroupUnderSIGKILL(t *testing.T) {
 	w1.env = append(w1.env, "INGEST_GROUP=writers") // the environment twin
 	rep, httpRep := writer("replica", "--group", "replica", "--data.dir", t.TempDir())
 	procs := append(append([]*tierProc{}, mts...), w0, w1, rep)
-	defer func() {
-		if t.Failed() {
-			for _, p := range procs {
-				t.Logf("%s:\n%s", p.name, tail(p.logs.String(), 25))
-			}
-		}
-	}()
+	logsOnFailure(t, 25, procs...)
 	for _, p := range procs {
 		p.start()
 	}
@@ -110,9 +138,21 @@ func TestWriterGroupUnderSIGKILL(t *testing.T) {
 		t.Fatal("a writer does not log its group")
 	}
 
+	g.mts, g.addrs, g.w0, g.w1, g.rep, g.http0, g.http1, g.httpRep = mts, addrs, w0, w1, rep, http0, http1, httpRep
+	return g
+}
+
+// streamsOf is how many streams the writer serving addr follows.
+func streamsOf(addr string) float64 {
+	return metricOf("http://"+addr, "ingest_storage_group_streams", "")
+}
+
+// divided waits for the group's writers to divide the streams and returns
+// the one holding two (the victim), the other and the other's address.
+func (g *groupRig) divided() (victim, survivor *tierProc, survivorHTTP string) {
+	t, addrs, w0, w1, http0, http1 := g.t, g.addrs, g.w0, g.w1, g.http0, g.http1
 	// Each middletier followed by exactly one writer of the group: one
 	// holds two streams, the other one.
-	streamsOf := func(addr string) float64 { return metricOf("http://"+addr, "ingest_storage_group_streams", "") }
 	testkit.WaitFor(t, "the group's writers to divide the streams", 30*time.Second, func() bool {
 		for _, a := range addrs {
 			if len(holdersOf(a.http, "writers")) != 1 || len(holdersOf(a.http, "replica")) != 1 {
@@ -122,7 +162,7 @@ func TestWriterGroupUnderSIGKILL(t *testing.T) {
 		s0, s1 := streamsOf(http0), streamsOf(http1)
 		return s0+s1 == 3 && (s0 == 2 || s1 == 2)
 	})
-	victim, survivor, survivorHTTP := w0, w1, http1
+	victim, survivor, survivorHTTP = w0, w1, http1
 	if streamsOf(http1) == 2 {
 		victim, survivor, survivorHTTP = w1, w0, http0
 	}
@@ -132,11 +172,17 @@ func TestWriterGroupUnderSIGKILL(t *testing.T) {
 		}
 	}
 
+	return victim, survivor, survivorHTTP
+}
+
+// feedKilling sends the messages to the three middletiers and SIGKILLs
+// victim a third of the way through.
+func (g *groupRig) feedKilling(base time.Time, victim *tierProc, survivorHTTP string) {
+	t, addrs := g.t, g.addrs
 	// Messages flow to the three middletiers, message i to middletier
 	// (i-1)%3 as its frontend's entry (i-1)/3+1, acknowledged batch by
 	// batch; the victim is killed a third of the way through.
-	const n = 30000
-	base := time.Now().Add(-time.Hour).Truncate(time.Second)
+	const n = groupMessages
 	var feeders []*mtFeeder
 	for _, a := range addrs {
 		feeders = append(feeders, newMTFeeder(t, a.ingest))
@@ -170,10 +216,14 @@ func TestWriterGroupUnderSIGKILL(t *testing.T) {
 		t.Logf("takeover slower than the 10s spec on this machine: %v", d)
 	}
 	<-sent
-	if t.Failed() {
-		return
-	}
 
+}
+
+// checkOnce: every acknowledged message is in VictoriaMetrics and in the
+// second group's store, none twice.
+func (g *groupRig) checkOnce(base time.Time, survivorHTTP string) {
+	t, vm, addrs, httpRep := g.t, g.vm, g.addrs, g.httpRep
+	const n = groupMessages
 	// Exactly once: every acknowledged message in VictoriaMetrics and in
 	// the second group's store, none twice.
 	at := base.Add(time.Minute)
@@ -205,11 +255,6 @@ func TestWriterGroupUnderSIGKILL(t *testing.T) {
 	written := metricOf("http://"+survivorHTTP, "ingest_storage_points_written_total", "")
 	t.Logf("%d messages stored exactly once in VictoriaMetrics by a group of two writers, one killed (the survivor wrote %v points; VictoriaMetrics export shows %d raw samples) and in the second group's store",
 		n, written, raw)
-	for _, p := range []*tierProc{survivor, rep, mts[0], mts[1], mts[2]} {
-		if err := p.stop(); err != nil {
-			t.Error(err)
-		}
-	}
 }
 
 // sendEntries sends entries as its frontend's entries from index first, in

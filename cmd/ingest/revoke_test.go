@@ -115,6 +115,25 @@ func TestRevokedProcess(t *testing.T) {
 
 	// A reconnect, with a valid token, is refused with the documented
 	// answers.
+	checkRevokedRefused(ctx, t, url, mqttAddr, fe)
+
+	// Enabled again, it connects once the frontend has taken the file.
+	writeRegistry(t, reg, "devices:\n  - id: rev-ws\n  - id: rev-mqtt\n  - id: rev-keep\n")
+	testkit.WaitFor(t, "the device enabled again connecting", 30*time.Second, func() bool {
+		c, err := client.Dial(ctx, client.Options{URL: url, Token: token(t, "rev-ws")})
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return c.SendWait(ctx, []byte(`{"v":3}`)) == nil
+	})
+}
+
+// checkRevokedRefused: the disabled devices rev-ws (WebSocket at url) and
+// rev-mqtt (MQTT 5 at mqttAddr) are refused, with a valid token, with the
+// documented answers, and fe logs the refusal.
+func checkRevokedRefused(ctx context.Context, t *testing.T, url, mqttAddr string, fe *tierProc) {
+	t.Helper()
 	h := http.Header{"Authorization": {"Bearer " + token(t, "rev-ws")}}
 	_, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: h})
 	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
@@ -134,15 +153,4 @@ func TestRevokedProcess(t *testing.T) {
 	if !regexp.MustCompile(`msg="handshake of a disabled device refused" device=rev-ws`).MatchString(fe.logs.String()) {
 		t.Errorf("the refusal is not logged:\n%s", fe.logs.String())
 	}
-
-	// Enabled again, it connects once the frontend has taken the file.
-	writeRegistry(t, reg, "devices:\n  - id: rev-ws\n  - id: rev-mqtt\n  - id: rev-keep\n")
-	testkit.WaitFor(t, "the device enabled again connecting", 30*time.Second, func() bool {
-		c, err := client.Dial(ctx, client.Options{URL: url, Token: token(t, "rev-ws")})
-		if err != nil {
-			return false
-		}
-		defer c.Close()
-		return c.SendWait(ctx, []byte(`{"v":3}`)) == nil
-	})
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sync"
 	"testing"
 	"time"
@@ -24,212 +23,169 @@ import (
 // acknowledged is in a middletier's stream, and no stream holds an entry
 // twice.
 func TestSpreadOverMiddletiers(t *testing.T) {
-	window := 8 * time.Second
+	r := startSpread(t)
+	a := newAcks(deviceIDs("dev", 2*len(r.fes)))
+	devices := deviceIDs("dev", 2*len(r.fes))
+	// Two devices per frontend, each sending every 10 ms.
+	clients := dialDevices(t, a, devices, func(d int, _ string) client.Options {
+		return client.Options{URL: "ws://" + r.feAddrs[d%len(r.fes)] + "/v1/ingest", Window: 16,
+			MinBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond}
+	})
+	ctx, stopSending := context.WithCancel(context.Background())
+	var senders sync.WaitGroup
+	for d, c := range clients {
+		senders.Go(func() {
+			sendUntil(ctx, c, 10*time.Millisecond, func(i int) []byte { return fmt.Appendf(nil, `{"id":%d,"v":%d}`, i, d) })
+		})
+	}
+
+	// Every frontend on its first choice; each middletier a third.
+	for fe, id := range r.feIDs {
+		first := uplink.Rank(id, r.mtIngest)[0]
+		testkit.WaitFor(t, id+" on its first choice", 20*time.Second, func() bool { return r.connectedTo(fe, first) })
+	}
+	time.Sleep(time.Second) // past the first connections' catch-up
+	r.checkThirds("all three up", "")
+	r.killFirstAndReturn()
+
+	stopSending()
+	senders.Wait()
+	flushAll(t, clients, func(int) string { return "" })
+	for i, addr := range r.feAddrs {
+		testkit.WaitFor(t, r.feIDs[i]+" forwarded everything", 60*time.Second, func() bool { return queueDepth(t, addr) == 0 })
+	}
+	stopAll(t, r.procs...)
+	stored := map[string]map[uint64]bool{}
+	for _, m := range r.mts {
+		storedOnce(t, m, stored)
+	}
+	nAcked := checkAckedStored(t, a.snapshot(), stored, "any middletier")
+	t.Logf("%d messages acknowledged, all in a middletier's stream", nAcked)
+	if nAcked < 1000 {
+		t.Fatalf("only %d messages acknowledged", nAcked)
+	}
+}
+
+// spread is three middletiers and six frontends as processes, two of the
+// frontends ranking each middletier first.
+type spread struct {
+	t              *testing.T
+	window         time.Duration // how long a share is measured over
+	mts            []*mtProc
+	mtIngest       []string
+	fes            []*tierProc
+	feIDs, feAddrs []string
+	byFirst        map[string][]int // frontends by first choice
+	procs          []*tierProc
+}
+
+func startSpread(t *testing.T) *spread {
+	r := &spread{t: t, window: 8 * time.Second, byFirst: map[string][]int{}}
 	if testing.Short() {
-		window = 4 * time.Second
+		r.window = 4 * time.Second
 	}
 	secretFile := filepath.Join(t.TempDir(), "secret")
 	if err := os.WriteFile(secretFile, []byte(secret), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var (
-		mts                      []*tierProc
-		mtIngest, mtHTTP, mtDirs []string
-		fes                      []*tierProc
-		feIDs, feAddrs           []string
-		byFirst                  = map[string][]int{} // frontends by first choice
-	)
 	for i := range 3 {
-		dir := t.TempDir()
-		ing := fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t))
-		web := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		mtIngest, mtHTTP, mtDirs = append(mtIngest, ing), append(mtHTTP, web), append(mtDirs, dir)
-		mts = append(mts, &tierProc{t: t, name: fmt.Sprintf("mt-%d", i), ready: regexp.MustCompile(`msg="middletier listening"`),
-			args: []string{"middletier", "--id", fmt.Sprintf("mt-%d", i), "--data.dir", dir,
-				"--ingest.addr", ing,
-				"--consumer.addr", fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)),
-				"--stream.addr", fmt.Sprintf("tcp://127.0.0.1:%d", freePort(t)),
-				"--http.listen", web,
-				// A durable consumer that never commits: the WAL keeps every
-				// record for the check at the end.
-				"--consumers", "audit"}})
+		// A durable consumer that never commits: the WAL keeps every
+		// record for the check at the end.
+		m := middletierProc(t, fmt.Sprintf("mt-%d", i), t.TempDir(), "--consumers", "audit")
+		r.mts, r.mtIngest = append(r.mts, m), append(r.mtIngest, m.ingest)
+		r.procs = append(r.procs, m.tierProc)
 	}
 	// Six frontends, two whose first choice is each middletier. Rendezvous
 	// hashing spreads many frontends evenly, but six given names over three
 	// middletiers on random ports come out two on each only one time in
 	// eight: the test takes names that do, so that what it measures is
 	// where the uplinks send their traffic, not the luck of a draw.
-	for i := 0; len(feIDs) < 6; i++ {
+	for i := 0; len(r.feIDs) < 6; i++ {
 		id := fmt.Sprintf("fe-%d", i)
-		first := uplink.Rank(id, mtIngest)[0]
-		if len(byFirst[first]) == 2 {
+		first := uplink.Rank(id, r.mtIngest)[0]
+		if len(r.byFirst[first]) == 2 {
 			continue
 		}
-		byFirst[first] = append(byFirst[first], len(feIDs))
-		feIDs = append(feIDs, id)
+		r.byFirst[first] = append(r.byFirst[first], len(r.feIDs))
+		r.feIDs = append(r.feIDs, id)
 	}
-	for i, id := range feIDs {
-		addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
-		feAddrs = append(feAddrs, addr)
-		fes = append(fes, &tierProc{t: t, name: id, ready: regexp.MustCompile(`msg="frontend listening"`),
-			args: []string{"frontend", "--listen", addr, "--id", id, "--drain-window", "200ms",
-				"--uplink.middletiers", mtIngest[i%3] + "," + mtIngest[(i+1)%3] + "," + mtIngest[(i+2)%3],
-				"--uplink.failover", "5s", "--uplink.return", "1s", "--uplink.flush-timeout", "1s"},
-			env: []string{"INGEST_WAL_DIR=" + t.TempDir(), "INGEST_AUTH_HS256_SECRET_FILE=" + secretFile}})
+	for i, id := range r.feIDs {
+		addr := loopback(t)
+		r.feAddrs = append(r.feAddrs, addr)
+		fe := frontendProc(t, id, addr, t.TempDir(), secretFile,
+			"--uplink.middletiers", r.mtIngest[i%3]+","+r.mtIngest[(i+1)%3]+","+r.mtIngest[(i+2)%3],
+			"--uplink.failover", "5s", "--uplink.return", "1s", "--uplink.flush-timeout", "1s")
+		r.fes, r.procs = append(r.fes, fe), append(r.procs, fe)
 	}
-	procs := append(append([]*tierProc{}, mts...), fes...)
-	for _, p := range procs {
+	for _, p := range r.procs {
 		p.start()
 	}
-	defer func() {
-		if t.Failed() {
-			for _, p := range procs {
-				t.Logf("logs of %s (tail):\n%s", p.name, tail(p.logs.String(), 30))
-			}
-		}
-	}()
+	logsOnFailure(t, 30, r.procs...)
+	return r
+}
 
-	// Two devices per frontend, each sending every 10 ms.
-	var (
-		mu    sync.Mutex
-		acked = map[string]map[uint64]bool{}
-	)
-	ctx, stopSending := context.WithCancel(context.Background())
-	var senders sync.WaitGroup
-	var clients []*client.Client
-	for d := range 2 * len(fes) {
-		dev := fmt.Sprintf("dev-%02d", d)
-		acked[dev] = map[uint64]bool{}
-		c, err := client.Dial(context.Background(), client.Options{
-			URL: "ws://" + feAddrs[d%len(fes)] + "/v1/ingest", Token: token(t, dev), Window: 16,
-			MinBackoff: 20 * time.Millisecond, MaxBackoff: 300 * time.Millisecond,
-			OnResult: func(r client.Result) {
-				if r.Err == nil {
-					mu.Lock()
-					acked[dev][r.N] = true
-					mu.Unlock()
-				}
-			},
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		clients = append(clients, c)
-		senders.Go(func() {
-			for i := 1; ctx.Err() == nil; i++ {
-				if _, err := c.Send(ctx, fmt.Appendf(nil, `{"id":%d,"v":%d}`, i, d)); err != nil {
-					return
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
-		})
-	}
+// connectedTo says whether frontend fe's uplink is connected to ep.
+func (r *spread) connectedTo(fe int, ep string) bool {
+	return scrape(r.t, r.feAddrs[fe], `ingest_uplink_connected{middletier="`+ep+`"}`) == 1
+}
 
+// shares measures what part of the entries the middletiers appended over
+// the window each one took.
+func (r *spread) shares(what string) []float64 {
 	appended := func(i int) float64 {
-		return scrape(t, mtHTTP[i], `ingest_wal_appended_entries_total{hop="middletier"}`)
+		return scrape(r.t, r.mts[i].http, `ingest_wal_appended_entries_total{hop="middletier"}`)
 	}
-	connectedTo := func(fe int, ep string) bool {
-		return scrape(t, feAddrs[fe], `ingest_uplink_connected{middletier="`+ep+`"}`) == 1
+	var before, after [3]float64
+	for i := range 3 {
+		before[i] = appended(i)
 	}
-	shares := func(what string) []float64 {
-		var before, after [3]float64
-		for i := range 3 {
-			before[i] = appended(i)
-		}
-		time.Sleep(window)
-		sum := 0.0
-		for i := range 3 {
-			after[i] = appended(i)
-			sum += after[i] - before[i]
-		}
-		out := make([]float64, 3)
-		for i := range 3 {
-			out[i] = (after[i] - before[i]) / sum
-		}
-		t.Logf("%s: shares of the %.0f entries the middletiers took in %v: mt-0 %.3f, mt-1 %.3f, mt-2 %.3f", what, sum, window, out[0], out[1], out[2])
-		return out
+	time.Sleep(r.window) // the span measured over, not a wait for a condition
+	sum := 0.0
+	for i := range 3 {
+		after[i] = appended(i)
+		sum += after[i] - before[i]
 	}
+	out := make([]float64, 3)
+	for i := range 3 {
+		out[i] = (after[i] - before[i]) / sum
+	}
+	r.t.Logf("%s: shares of the %.0f entries the middletiers took in %v: mt-0 %.3f, mt-1 %.3f, mt-2 %.3f", what, sum, r.window, out[0], out[1], out[2])
+	return out
+}
 
-	// Every frontend on its first choice; each middletier a third.
-	for fe, id := range feIDs {
-		first := uplink.Rank(id, mtIngest)[0]
-		testkit.WaitFor(t, id+" on its first choice", 20*time.Second, func() bool { return connectedTo(fe, first) })
-	}
-	time.Sleep(time.Second) // past the first connections' catch-up
-	for i, s := range shares("all three up") {
+// checkThirds fails the test unless each middletier carries 1/3 ±20 % of
+// the traffic.
+func (r *spread) checkThirds(what, when string) {
+	for i, s := range r.shares(what) {
 		if s < 0.8/3 || s > 1.2/3 {
-			t.Errorf("mt-%d carried %.3f of the traffic, want 1/3 ±20 %%", i, s)
+			r.t.Errorf("%smt-%d carried %.3f of the traffic, want 1/3 ±20 %%", when, i, s)
 		}
 	}
+}
 
-	// SIGKILL mt-0: its two frontends go to their second choices, the
-	// others stay where they are.
-	victim := mtIngest[0]
-	mts[0].kill()
-	for _, fe := range byFirst[victim] {
-		second := uplink.Rank(feIDs[fe], mtIngest)[1]
-		testkit.WaitFor(t, feIDs[fe]+" on its second choice", 30*time.Second, func() bool { return connectedTo(fe, second) })
+// killFirstAndReturn SIGKILLs mt-0: its two frontends go to their second
+// choices, the others stay where they are; started again, it gets its
+// frontends back and its third of the traffic.
+func (r *spread) killFirstAndReturn() {
+	t := r.t
+	victim := r.mtIngest[0]
+	r.mts[0].kill()
+	for _, fe := range r.byFirst[victim] {
+		second := uplink.Rank(r.feIDs[fe], r.mtIngest)[1]
+		testkit.WaitFor(t, r.feIDs[fe]+" on its second choice", 30*time.Second, func() bool { return r.connectedTo(fe, second) })
 	}
-	for fe, id := range feIDs {
-		if first := uplink.Rank(id, mtIngest)[0]; first != victim && !connectedTo(fe, first) {
+	for fe, id := range r.feIDs {
+		if first := uplink.Rank(id, r.mtIngest)[0]; first != victim && !r.connectedTo(fe, first) {
 			t.Errorf("%s left its first choice %s, which is up", id, first)
 		}
 	}
-	got := shares("mt-0 down")
-	if got[0] != 0 {
+	if got := r.shares("mt-0 down"); got[0] != 0 {
 		t.Errorf("mt-0, killed, took %.3f of the traffic", got[0])
 	}
-
-	// Started again, mt-0 gets its frontends back.
-	mts[0].start()
-	for _, fe := range byFirst[victim] {
-		testkit.WaitFor(t, feIDs[fe]+" back on its first choice", 30*time.Second, func() bool { return connectedTo(fe, victim) })
+	r.mts[0].start()
+	for _, fe := range r.byFirst[victim] {
+		testkit.WaitFor(t, r.feIDs[fe]+" back on its first choice", 30*time.Second, func() bool { return r.connectedTo(fe, victim) })
 	}
-	time.Sleep(time.Second)
-	for i, s := range shares("mt-0 back") {
-		if s < 0.8/3 || s > 1.2/3 {
-			t.Errorf("after the restart mt-%d carried %.3f of the traffic, want 1/3 ±20 %%", i, s)
-		}
-	}
-
-	stopSending()
-	senders.Wait()
-	for d, c := range clients {
-		fctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		if err := c.Flush(fctx); err != nil {
-			t.Errorf("flush of dev-%02d: %v; %d messages without a result", d, err, c.Pending())
-		}
-		cancel()
-		c.Close()
-	}
-	for i, addr := range feAddrs {
-		testkit.WaitFor(t, feIDs[i]+" forwarded everything", 60*time.Second, func() bool { return queueDepth(t, addr) == 0 })
-	}
-	for _, p := range procs {
-		if err := p.stop(); err != nil {
-			t.Error(err)
-		}
-	}
-
-	stored := map[string]map[uint64]bool{}
-	for i, dir := range mtDirs {
-		for id, count := range readStream(t, filepath.Join(dir, "wal"), stored) {
-			if count > 1 {
-				t.Fatalf("mt-%d holds %s %d times", i, id, count)
-			}
-		}
-	}
-	nAcked := 0
-	for dev, ids := range acked {
-		for id := range ids {
-			nAcked++
-			if !stored[dev][id] {
-				t.Fatalf("%s message %d was acknowledged and is in no middletier", dev, id)
-			}
-		}
-	}
-	t.Logf("%d messages acknowledged, all in a middletier's stream", nAcked)
-	if nAcked < 1000 {
-		t.Fatalf("only %d messages acknowledged", nAcked)
-	}
+	time.Sleep(time.Second) // past the returned connections' catch-up
+	r.checkThirds("mt-0 back", "after the restart ")
 }
