@@ -1,84 +1,31 @@
 package command_test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/command/commandtest"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
 )
 
-// testHome is a real Home on 127.0.0.1 over a real WAL; restart keeps its
-// directory and address.
-type testHome struct {
-	dir, addr string
-	opts      command.Options
-	wopts     wal.Options
-	home      *command.Home
-	log       *wal.Log
-	reg       *prometheus.Registry
-	cancel    context.CancelFunc
-	errc      chan error
-}
-
-func startHome(t *testing.T, o command.Options, wo wal.Options) *testHome {
+// startHome runs a real home (commandtest.Home) as "home-1", with nothing
+// handed on again and no frontend forgotten unless a test asks.
+func startHome(t *testing.T, o command.Options, wo wal.Options) *commandtest.Home {
 	t.Helper()
 	o.ID = "home-1"
-	o.Addr = "tcp://127.0.0.1:0"
 	if o.Redeliver == 0 {
-		o.Redeliver = time.Minute // nothing handed on again unless a test asks
+		o.Redeliver = time.Minute
 	}
 	if o.PresenceTimeout == 0 {
 		o.PresenceTimeout = time.Minute
 	}
-	wo.Hop = "command"
-	th := &testHome{dir: t.TempDir(), opts: o, wopts: wo}
-	th.start(t)
-	t.Cleanup(func() { th.stop(t) })
-	return th
-}
-
-func (th *testHome) start(t *testing.T) {
-	t.Helper()
-	l, err := wal.Open(th.dir, th.wopts, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := th.opts
-	if th.addr != "" {
-		o.Addr = th.addr
-	}
-	th.reg = prometheus.NewRegistry()
-	h, err := command.New(o, l, th.reg, nil)
-	if err != nil {
-		l.Close()
-		t.Fatal(err)
-	}
-	th.addr, th.home, th.log = h.Addr(), h, l
-	ctx, cancel := context.WithCancel(context.Background())
-	th.cancel, th.errc = cancel, make(chan error, 1)
-	go func() { th.errc <- h.Run(ctx) }()
-}
-
-func (th *testHome) stop(t *testing.T) {
-	if th.cancel == nil {
-		return
-	}
-	th.cancel()
-	if err := <-th.errc; err != nil {
-		t.Errorf("home: %v", err)
-	}
-	th.home.Close()
-	th.log.Close()
-	th.cancel = nil
+	return commandtest.Start(t, o, wo)
 }
 
 // frontend speaks the home's wire messages as a frontend's downlink.Link
@@ -89,9 +36,9 @@ type frontend struct {
 	delivered []wire.Command
 }
 
-func dialFrontend(t *testing.T, th *testHome, id string) *frontend {
+func dialFrontend(t *testing.T, th *commandtest.Home, id string) *frontend {
 	t.Helper()
-	return &frontend{p: testkit.Dealer(t, th.addr, id)}
+	return &frontend{p: testkit.Dealer(t, th.Addr, id)}
 }
 
 // next waits for the next message from the home.
@@ -264,7 +211,7 @@ func TestOrderPerDevice(t *testing.T) {
 	}
 	fe.answer(t, "d1", id, "ok")
 	testkit.WaitFor(t, "the repeat answer counted", 10*time.Second, func() bool {
-		return testkit.Metric(t, th.reg, "ingest_command_repeat_results_total") == 1
+		return testkit.Metric(t, th.Reg, "ingest_command_repeat_results_total") == 1
 	})
 	if c := fe.get(t, id).Commands[0]; c.State != wire.StateFailed {
 		t.Fatalf("a repeat answer changed %+v", c)
@@ -291,7 +238,7 @@ func TestTTLExpiry(t *testing.T) {
 	if c := fe.deliver(t); c.ID != long.ID {
 		t.Fatalf("delivered %+v, want %s (the expired one is never sent)", c, long.ID)
 	}
-	if n := testkit.Metric(t, th.reg, "ingest_command_expired_total"); n != 1 {
+	if n := testkit.Metric(t, th.Reg, "ingest_command_expired_total"); n != 1 {
 		t.Fatalf("expired_total %v", n)
 	}
 	// A ttl past the bound is refused.
@@ -324,8 +271,8 @@ func TestIdempotencyKey(t *testing.T) {
 	if got := fe.list(t, "d1", 0); len(got) != 1 {
 		t.Fatalf("d1 has %q, want one command", got)
 	}
-	th.stop(t)
-	th.start(t)
+	th.Stop(t)
+	th.Start(t)
 	fe = dialFrontend(t, th, "fe#2")
 	if again := fe.submit(t, s); again.ID != first.ID {
 		t.Fatalf("same key after a restart: %s, then %s", first.ID, again.ID)
@@ -357,8 +304,8 @@ func TestCancel(t *testing.T) {
 	if r := cancel("cnothere"); r.Code != wire.CodeNotFound {
 		t.Fatalf("cancel unknown: %+v", r)
 	}
-	th.stop(t)
-	th.start(t)
+	th.Stop(t)
+	th.Start(t)
 	fe = dialFrontend(t, th, "fe#2")
 	if r := fe.get(t, a.ID); r.Code != "" || r.Commands[0].State != wire.StateCancelled {
 		t.Fatalf("after a restart: %+v", r)
@@ -405,27 +352,27 @@ func TestCompaction(t *testing.T) {
 		gone = append(gone, c.ID)
 	}
 	testkit.WaitFor(t, "a compaction", 10*time.Second, func() bool {
-		return testkit.Metric(t, th.reg, "ingest_command_compactions_total") >= 1
+		return testkit.Metric(t, th.Reg, "ingest_command_compactions_total") >= 1
 	})
 	testkit.WaitFor(t, "the log released down to the kept commands", 10*time.Second, func() bool {
-		n, _ := th.log.Depth()
+		n, _ := th.Log.Depth()
 		return n <= int64(2*len(kept)+compactEntries)
 	})
-	ents, err := os.ReadDir(th.dir)
+	ents, err := os.ReadDir(th.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// 403 entries of ~80 bytes took ~8 segments of 4 KiB; what is left,
 	// at most 2*3+20 entries, spans two (four files are not segments).
 	testkit.WaitFor(t, "released segments truncated", 10*time.Second, func() bool {
-		ents, err = os.ReadDir(th.dir)
+		ents, err = os.ReadDir(th.Dir)
 		return err == nil && len(ents) <= 6
 	})
 	if r := fe.get(t, gone[0]); r.Code != wire.CodeNotFound {
 		t.Fatalf("a command past its retention: %+v", r)
 	}
-	th.stop(t)
-	th.start(t)
+	th.Stop(t)
+	th.Start(t)
 	fe = dialFrontend(t, th, "fe#2")
 	if got := fe.list(t, "waits", wire.StateQueued); !slices.Equal(got, kept) {
 		t.Fatalf("after compaction and restart: queued %q, want %q", got, kept)

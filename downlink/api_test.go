@@ -17,7 +17,7 @@ import (
 // stable code, and none leaves a command behind.
 func TestAPIBadInput(t *testing.T) {
 	h := startHome(t, "home-1", command.Options{})
-	fe := startFrontend(t, "fe-1", []string{h.addr}, true)
+	fe := startFrontend(t, "fe-1", []string{h.Addr}, true)
 	app := appToken(t, "commands")
 	deviceTok := func() string {
 		s, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{Subject: "dev-1"}).SignedString(testSecret)

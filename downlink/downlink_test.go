@@ -16,7 +16,7 @@ import (
 func TestAcrossFrontends(t *testing.T) {
 	h1 := startHome(t, "home-1", command.Options{})
 	h2 := startHome(t, "home-2", command.Options{})
-	homes := []string{h1.addr, h2.addr}
+	homes := []string{h1.Addr, h2.Addr}
 	fe := []*testFrontend{startFrontend(t, "fe-1", homes, false), startFrontend(t, "fe-2", homes, false)}
 	var devs []*device
 	for i := range 8 {
@@ -59,7 +59,7 @@ func TestAcrossFrontends(t *testing.T) {
 func TestFollowsDevice(t *testing.T) {
 	h1 := startHome(t, "home-1", command.Options{})
 	h2 := startHome(t, "home-2", command.Options{})
-	homes := []string{h1.addr, h2.addr}
+	homes := []string{h1.Addr, h2.Addr}
 	fe1, fe2 := startFrontend(t, "fe-1", homes, false), startFrontend(t, "fe-2", homes, false)
 	d := &device{id: "mover"}
 	connect(t, fe1, d)
@@ -107,7 +107,7 @@ func TestFollowsDevice(t *testing.T) {
 // unavailable and change nothing.
 func TestHomeRestart(t *testing.T) {
 	h := startHome(t, "home-1", command.Options{})
-	fe := startFrontend(t, "fe-1", []string{h.addr}, false)
+	fe := startFrontend(t, "fe-1", []string{h.Addr}, false)
 	d := &device{id: "dev-r"}
 	connect(t, fe, d)
 	done := submit(t, fe, d.id, "before", nil)
@@ -116,12 +116,12 @@ func TestHomeRestart(t *testing.T) {
 	queued := submit(t, fe, d.id, "queued", nil)
 	expiring := submit(t, fe, d.id, "short", map[string]any{"ttl_ms": 1})
 
-	h.stop(t)
+	h.Stop(t)
 	var e downlink.ErrorBody
 	if st := call(t, "POST", fe.base()+"/v1/devices/dev-r/commands", "", map[string]any{"name": "while-down"}, &e); st != http.StatusServiceUnavailable || e.Code != downlink.CodeUnavailable {
 		t.Fatalf("submit while the home is down: HTTP %d %+v", st, e)
 	}
-	h.start(t)
+	h.Start(t)
 
 	if got := waitState(t, fe, done.ID, "acknowledged"); got.Status != "ok" {
 		t.Fatalf("after restart: %+v", got)

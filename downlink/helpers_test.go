@@ -18,6 +18,7 @@ import (
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/client"
 	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/command/commandtest"
 	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/frontend"
 	"github.com/ingest-io/ingest/internal/testkit"
@@ -26,63 +27,11 @@ import (
 
 var testSecret = []byte("0123456789abcdef0123456789abcdef-test-secret")
 
-// testHome is a real home on 127.0.0.1 with a real WAL; stop and start
-// again keep its directory and address.
-type testHome struct {
-	dir, addr string
-	opts      command.Options
-	home      *command.Home
-	log       *wal.Log
-	reg       *prometheus.Registry
-	cancel    context.CancelFunc
-	errc      chan error
-}
-
-func startHome(t *testing.T, id string, o command.Options) *testHome {
+// startHome runs a real home (commandtest.Home) with id id.
+func startHome(t *testing.T, id string, o command.Options) *commandtest.Home {
 	t.Helper()
 	o.ID = id
-	if o.Addr == "" {
-		o.Addr = "tcp://127.0.0.1:0"
-	}
-	th := &testHome{dir: t.TempDir(), opts: o}
-	th.start(t)
-	t.Cleanup(func() { th.stop(t) })
-	return th
-}
-
-func (th *testHome) start(t *testing.T) {
-	t.Helper()
-	l, err := wal.Open(th.dir, wal.Options{Hop: "command"}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	o := th.opts
-	if th.addr != "" {
-		o.Addr = th.addr
-	}
-	th.reg = prometheus.NewRegistry()
-	h, err := command.New(o, l, th.reg, nil)
-	if err != nil {
-		l.Close()
-		t.Fatal(err)
-	}
-	th.addr, th.home, th.log = h.Addr(), h, l
-	ctx, cancel := context.WithCancel(context.Background())
-	th.cancel, th.errc = cancel, make(chan error, 1)
-	go func() { th.errc <- h.Run(ctx) }()
-}
-
-func (th *testHome) stop(t *testing.T) {
-	if th.cancel == nil {
-		return
-	}
-	th.cancel()
-	if err := <-th.errc; err != nil {
-		t.Errorf("home: %v", err)
-	}
-	th.home.Close()
-	th.log.Close()
-	th.cancel = nil
+	return commandtest.Start(t, o, wal.Options{})
 }
 
 // testFrontend is a real frontend with a Link to the homes.

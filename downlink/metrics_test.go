@@ -7,6 +7,7 @@ import (
 
 	"github.com/ingest-io/ingest/client"
 	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/command/commandtest"
 	"github.com/ingest-io/ingest/internal/testkit"
 )
 
@@ -15,7 +16,7 @@ import (
 // falls back and the latency histograms of both sides have it.
 func TestMetricsMove(t *testing.T) {
 	h := startHome(t, "home-1", command.Options{})
-	fe := startFrontend(t, "fe-1", []string{h.addr}, false)
+	fe := startFrontend(t, "fe-1", []string{h.Addr}, false)
 	got := make(chan string, 1)
 	release := make(chan struct{})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -36,7 +37,7 @@ func TestMetricsMove(t *testing.T) {
 	}
 	defer c.Close()
 	metric := func(tf *testFrontend, name string) float64 { return testkit.Metric(t, tf.reg, name) }
-	home := func(name string) float64 { return testkit.Metric(t, h.reg, name) }
+	home := func(name string) float64 { return testkit.Metric(t, h.Reg, name) }
 
 	cmd := submit(t, fe, "dev-1", "hold", nil)
 	if id := <-got; id != cmd.ID {
@@ -71,9 +72,9 @@ func TestMetricsMove(t *testing.T) {
 }
 
 // gaugeOf is the home's ingest_command_commands for state.
-func gaugeOf(t *testing.T, h *testHome, state string) float64 {
+func gaugeOf(t *testing.T, h *commandtest.Home, state string) float64 {
 	t.Helper()
-	mfs, err := h.reg.Gather()
+	mfs, err := h.Reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

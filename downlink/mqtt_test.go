@@ -175,7 +175,7 @@ func TestMQTTCommands(t *testing.T) {
 	}{{"5", dialV5}, {"3.1.1", dialV311}} {
 		t.Run(v.name, func(t *testing.T) {
 			h := startHome(t, "home-1", command.Options{})
-			tf := startFrontend(t, "fe-1", []string{h.addr}, false)
+			tf := startFrontend(t, "fe-1", []string{h.Addr}, false)
 			id := "mqtt-" + strings.ReplaceAll(v.name, ".", "")
 			mine := "devices/" + id + "/commands"
 			v5 := v.name == "5"
@@ -313,7 +313,7 @@ func TestMQTTCommandsMosquitto(t *testing.T) {
 		}
 	}
 	h := startHome(t, "home-1", command.Options{})
-	tf := startFrontend(t, "fe-1", []string{h.addr}, false)
+	tf := startFrontend(t, "fe-1", []string{h.Addr}, false)
 	host, port, _ := net.SplitHostPort(tf.mqtt)
 	for _, v := range []string{"mqttv311", "mqttv5"} {
 		id := "mosq-" + v
@@ -363,7 +363,7 @@ done`
 // treats both transports alike.
 func TestMQTTCommandsMoveToWebSocket(t *testing.T) {
 	h := startHome(t, "home-1", command.Options{})
-	tf := startFrontend(t, "fe-1", []string{h.addr}, false)
+	tf := startFrontend(t, "fe-1", []string{h.Addr}, false)
 	const id = "mover"
 	m := dialV5(t, tf.mqtt, id)
 	if got := m.subscribe(t, "devices/"+id+"/commands"); got != 1 {
