@@ -110,19 +110,8 @@ func (f *flattener) object(depth int) bool {
 			}
 			f.name = f.name[:base]
 		}
-		f.ws()
-		if f.i >= len(f.b) {
-			return false
-		}
-		switch f.b[f.i] {
-		case ',':
-			f.i++
-			f.ws()
-		case '}':
-			f.i++
-			return true
-		default:
-			return false
+		if more, ok := f.next('}'); !more {
+			return ok
 		}
 	}
 }
@@ -146,21 +135,30 @@ func (f *flattener) array(depth int) bool {
 			return false
 		}
 		f.name = f.name[:base]
-		f.ws()
-		if f.i >= len(f.b) {
-			return false
-		}
-		switch f.b[f.i] {
-		case ',':
-			f.i++
-			f.ws()
-		case ']':
-			f.i++
-			return true
-		default:
-			return false
+		if more, ok := f.next(']'); !more {
+			return ok
 		}
 	}
+}
+
+// next scans what follows a member or an element: a ',' and the space
+// after it (more) or close, which ends the object or array (!more, ok);
+// anything else is !ok.
+func (f *flattener) next(close byte) (more, ok bool) {
+	f.ws()
+	if f.i >= len(f.b) {
+		return false, false
+	}
+	switch f.b[f.i] {
+	case ',':
+		f.i++
+		f.ws()
+		return true, true
+	case close:
+		f.i++
+		return false, true
+	}
+	return false, false
 }
 
 // value scans the value at f.i, a member or element of depth depth, and
