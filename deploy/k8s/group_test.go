@@ -10,14 +10,7 @@ import (
 // consumer; the monitoring component alerts on a group with no writer.
 func TestWriterGroupComponent(t *testing.T) {
 	o := render(t, kustomization(t, "overlays/production", "components/writer-group"))
-	checkWorkloads(t, o)
-	checkFrontend(t, o)
-	checkMiddletier(t, o)
-	checkFeed(t, o)
-	checkStorage(t, o)
-	checkNetworkPolicies(t, o)
-	checkDisruption(t, o)
-	checkAuth(t, "production", o)
+	checkTiers(t, "production", o)
 	checkMonitoring(t, o)
 	sw, sc := statefulWorkload(t, o, "storage")
 	if sw.replicas < 2 {

@@ -225,18 +225,26 @@ func TestRenderAll(t *testing.T) {
 	for _, dir := range overlays(t) {
 		t.Run(filepath.Base(dir), func(t *testing.T) {
 			o := render(t, dir)
-			checkWorkloads(t, o)
-			checkFrontend(t, o)
-			checkMiddletier(t, o)
-			checkFeed(t, o)
-			checkStorage(t, o)
-			checkNetworkPolicies(t, o)
-			checkDisruption(t, o)
-			checkAuth(t, dir, o)
+			checkTiers(t, dir, o)
 			checkMonitoring(t, o)
 			checkTLS(t, o)
 		})
 	}
+}
+
+// checkTiers holds the rendered overlay (or overlay and components) o to
+// what every one must be: its workloads, each tier, the network policies,
+// the disruption budgets and auth (of the overlay named by overlay).
+func checkTiers(t *testing.T, overlay string, o *objects) {
+	t.Helper()
+	checkWorkloads(t, o)
+	checkFrontend(t, o)
+	checkMiddletier(t, o)
+	checkFeed(t, o)
+	checkStorage(t, o)
+	checkNetworkPolicies(t, o)
+	checkDisruption(t, o)
+	checkAuth(t, overlay, o)
 }
 
 func checkWorkloads(t *testing.T, o *objects) {

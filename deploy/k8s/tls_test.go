@@ -136,14 +136,7 @@ func TestTLSComponent(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := render(t, kustomization(t, "overlays/small", tc.components...))
-			checkWorkloads(t, o)
-			checkFrontend(t, o)
-			checkMiddletier(t, o)
-			checkFeed(t, o)
-			checkStorage(t, o)
-			checkNetworkPolicies(t, o)
-			checkDisruption(t, o)
-			checkAuth(t, "small", o)
+			checkTiers(t, "small", o)
 			if len(tc.components) == 1 {
 				// With the monitoring component, small's WAL bounds are
 				// not the ones its alerts divide by; that is the

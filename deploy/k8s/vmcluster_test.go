@@ -210,14 +210,7 @@ func TestVictoriaMetricsComponent(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := render(t, kustomization(t, tc.base, tc.components...))
-			checkWorkloads(t, o)
-			checkFrontend(t, o)
-			checkMiddletier(t, o)
-			checkFeed(t, o)
-			checkStorage(t, o)
-			checkNetworkPolicies(t, o)
-			checkDisruption(t, o)
-			checkAuth(t, tc.base, o)
+			checkTiers(t, tc.base, o)
 			checkTLS(t, o)
 			checkStores(t, o)
 			if n := len(o.storeWorkloads()); n != 3 {
