@@ -71,24 +71,13 @@ func TestMetricsMove(t *testing.T) {
 	})
 }
 
-// gaugeOf is the home's ingest_command_commands for state.
+// gaugeOf is the home's ingest_command_commands for state; -1 while it has
+// no such series.
 func gaugeOf(t *testing.T, h *commandtest.Home, state string) float64 {
 	t.Helper()
-	mfs, err := h.Reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	v, ok := testkit.Gauges(t, h.Reg, "ingest_command_commands", "state")[state]
+	if !ok {
+		return -1
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != "ingest_command_commands" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "state" && l.GetValue() == state {
-					return m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	return -1
+	return v
 }

@@ -4,9 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
-
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/wal"
@@ -41,35 +38,6 @@ func (m *member) ask(op uint8, slot uint64) *wire.LeaseReply {
 	}
 }
 
-// gauges returns the series of the gauge name by their labels' values.
-func gauges(t *testing.T, reg prometheus.Gatherer, name string) map[string]float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			out[labelValues(m)] = m.GetGauge().GetValue()
-		}
-	}
-	return out
-}
-
-func labelValues(m *dto.Metric) string {
-	s := ""
-	for _, l := range m.GetLabel() {
-		if l.GetName() != "middletier" {
-			s += l.GetName() + "=" + l.GetValue() + " "
-		}
-	}
-	return s
-}
-
 // TestWriterGroupLease: a middletier grants a group's lease to one member
 // at a time, the member the slot chooses among the live ones; a holder no
 // longer chosen is told so and hands over by releasing; a member that
@@ -78,8 +46,10 @@ func labelValues(m *dto.Metric) string {
 func TestWriterGroupLease(t *testing.T) {
 	const ttl = 600 * time.Millisecond
 	tr := startTier(t, t.TempDir(), middletier.Options{Consumers: []string{"g", "plain"}, LeaseTTL: ttl}, wal.Options{})
-	writers := func() map[string]float64 { return gauges(t, tr.Reg, "ingest_middletier_group_writers") }
-	if w := writers(); w["group=g "] != 0 || w["group=plain "] != 0 || len(w) != 2 {
+	writers := func() map[string]float64 {
+		return testkit.Gauges(t, tr.Reg, "ingest_middletier_group_writers", "group")
+	}
+	if w := writers(); w["g"] != 0 || w["plain"] != 0 || len(w) != 2 {
 		t.Fatalf("writers at start: %v", w)
 	}
 
@@ -92,7 +62,7 @@ func TestWriterGroupLease(t *testing.T) {
 	if r := a.ask(wire.LeaseHold, 0); r.Holder != "a" || r.Revoked {
 		t.Fatalf("a, slot 0, still chosen: %+v", r)
 	}
-	if h := gauges(t, tr.Reg, "ingest_middletier_group_holder"); len(h) != 1 || h["group=g writer=a "] != 1 {
+	if h := testkit.Gauges(t, tr.Reg, "ingest_middletier_group_holder", "group", "writer"); len(h) != 1 || h["g/a"] != 1 {
 		t.Fatalf("holder gauge: %v", h)
 	}
 
@@ -110,7 +80,7 @@ func TestWriterGroupLease(t *testing.T) {
 	if r := b.ask(wire.LeaseHold, 1); r.Holder != "b" || r.Revoked || r.Writers != 2 {
 		t.Fatalf("b after the hand-over: %+v", r)
 	}
-	if h := gauges(t, tr.Reg, "ingest_middletier_group_holder"); len(h) != 1 || h["group=g writer=b "] != 1 {
+	if h := testkit.Gauges(t, tr.Reg, "ingest_middletier_group_holder", "group", "writer"); len(h) != 1 || h["g/b"] != 1 {
 		t.Fatalf("holder gauge: %v", h)
 	}
 
@@ -122,7 +92,7 @@ func TestWriterGroupLease(t *testing.T) {
 	if r := a.ask(wire.LeaseHold, 1); r.Writers != 1 || r.Revoked {
 		t.Fatalf("a alone: %+v", r)
 	}
-	if w := writers(); w["group=g "] != 1 {
+	if w := writers(); w["g"] != 1 {
 		t.Fatalf("writers with a alone: %v", w)
 	}
 
@@ -130,7 +100,7 @@ func TestWriterGroupLease(t *testing.T) {
 	if r := a.ask(wire.LeaseLeave, 1); r.Holder != "" || r.Writers != 0 {
 		t.Fatalf("a's leave: %+v", r)
 	}
-	if h := gauges(t, tr.Reg, "ingest_middletier_group_holder"); len(h) != 0 {
+	if h := testkit.Gauges(t, tr.Reg, "ingest_middletier_group_holder", "group", "writer"); len(h) != 0 {
 		t.Fatalf("holder gauge with no holder: %v", h)
 	}
 
@@ -139,8 +109,8 @@ func TestWriterGroupLease(t *testing.T) {
 	c := dealer(t, tr.Addrs.Consumer, "plain#1")
 	c.Send(t, &wire.Fetch{Consumer: "plain", From: 0, Max: 0})
 	testkit.Next[*wire.FetchReply](t, c)
-	if w := writers(); w["group=plain "] != 1 || w["group=g "] != 0 {
+	if w := writers(); w["plain"] != 1 || w["g"] != 0 {
 		t.Fatalf("writers after a plain fetch: %v", w)
 	}
-	testkit.WaitFor(t, "the plain consumer to be forgotten", 10*time.Second, func() bool { return writers()["group=plain "] == 0 })
+	testkit.WaitFor(t, "the plain consumer to be forgotten", 10*time.Second, func() bool { return writers()["plain"] == 0 })
 }

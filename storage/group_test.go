@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/storage"
@@ -132,36 +130,13 @@ func TestWriterGroup(t *testing.T) {
 		t.Errorf("b wrote %v points, want 5000: a's streams resumed from its checkpoints", pb)
 	}
 	for _, mt := range mts {
-		w := gaugesOf(t, mt.Reg, "ingest_middletier_group_writers")
+		w := testkit.Gauges(t, mt.Reg, "ingest_middletier_group_writers", "group")
 		if w["g"] != 1 {
 			t.Errorf("%s: group g has %v writers, want 1", mt.Opts.ID, w["g"])
 		}
 	}
 	replica.stop()
 	b.stop()
-}
-
-// gaugesOf returns the gauge name's values by their group label.
-func gaugesOf(t *testing.T, reg prometheus.Gatherer, name string) map[string]float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "group" {
-					out[l.GetValue()] = m.GetGauge().GetValue()
-				}
-			}
-		}
-	}
-	return out
 }
 
 // httpAPI serves db's query API until the test ends and returns its URL.

@@ -3,6 +3,8 @@ package testkit
 import (
 	"context"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -107,6 +109,33 @@ func Records(t testing.TB, l *wal.Log) []wire.Record {
 // Stop stops the middletier and closes its WAL, and returns what its Run
 // returned. It may be called more than once.
 func (m *Middletier) Stop() error { return m.stop() }
+
+// Gauges returns the series of the gauge called name in reg by the values
+// of the labels named, joined with "/" in their order ("g/a" for
+// labels "group", "writer").
+func Gauges(t testing.TB, reg prometheus.Gatherer, name string, labels ...string) map[string]float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]float64{}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			vals := make([]string, len(labels))
+			for _, l := range m.GetLabel() {
+				if i := slices.Index(labels, l.GetName()); i >= 0 {
+					vals[i] = l.GetValue()
+				}
+			}
+			out[strings.Join(vals, "/")] = m.GetGauge().GetValue()
+		}
+	}
+	return out
+}
 
 // Metric sums every series of the gauge or counter called name in reg; a
 // histogram counts its observations.
