@@ -236,9 +236,16 @@ func (d *Dealer) send(stall time.Duration) {
 		}
 		w.arm()
 		err := d.sck.Send(zmq4.NewMsg(m.b))
-		if w.disarm() {
+		switch {
+		case w.disarm():
 			err = ErrStalled
-		} else if err != nil {
+		case errors.Is(err, context.DeadlineExceeded):
+			// zmq4 gave up waiting on the write after its own send
+			// timeout, the same SendStall, before the watchdog fired: the
+			// same stall, and the write is still stuck on the socket.
+			err = ErrStalled
+			d.end(err)
+		case err != nil:
 			// A write failed: the connection is broken.
 			err = fmt.Errorf("send: %w", err)
 			d.end(err)

@@ -7,12 +7,14 @@
 //   - A DEALER sends every message to every peer it is connected to. A
 //     Dealer is connected to exactly one peer, and is closed rather than
 //     connected again: a new connection is a new Dealer.
-//   - A send has no deadline once a connection is up (WithTimeout bounds
-//     only the wait for a first connection), and a ROUTER's send holds one
-//     lock for every peer: one peer that stops reading freezes sends to all.
-//     Every socket here sends from one goroutine, and a watchdog closes the
-//     socket when one send takes longer than its SendStall, which is the only
-//     way to free a stalled zmq4 send. A Dealer then ends (Done is closed,
+//   - A send gives up after the socket's timeout (WithTimeout) with
+//     context.DeadlineExceeded, but leaves its write blocked on the
+//     connection, and a ROUTER's send holds one lock for every peer: one
+//     peer that stops reading freezes sends to all. Every socket here sends
+//     from one goroutine with the timeout set to its SendStall, and a
+//     watchdog closes the socket when one send takes longer than that,
+//     which is the only way to free a stalled zmq4 write; whichever of the
+//     two sees the stall first, it is the same stall. A Dealer then ends (Done is closed,
 //     Err is ErrStalled); a Router recycles itself: it closes the socket and
 //     listens again on the same address, and its peers reconnect.
 //   - A ROUTER answers a message to every connection whose peer has the
