@@ -39,7 +39,7 @@
 // A zmq4 DEALER sends every message to every peer it is connected to, so a
 // Link's socket, a zsock.Dealer, is connected to exactly one middletier.
 // Sends go through one goroutine whose watchdog closes the socket if a send
-// stalls (Options.SendStall: zmq4 sends have no deadline once connected);
+// stalls (Options.SendStall: a stalled zmq4 send leaves its write stuck);
 // the Link then connects a new socket. Each socket has an identity of its
 // own, <origin>#<n>-<random>, so that a middletier never answers a new
 // socket's batches to an old one.
