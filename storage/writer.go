@@ -55,6 +55,12 @@ type Options struct {
 	// MaxBatch is the most records written to the sink in one Write.
 	// Default 4096.
 	MaxBatch int
+	// Linger is how long the Writer gathers records after the first of a
+	// batch before it writes them (sooner when MaxBatch is reached): at a
+	// low rate, one sink write, fsync and checkpoint commit per Linger
+	// instead of one per message, for up to Linger more delay before a
+	// message is queryable. Default 20ms; negative: none.
+	Linger time.Duration
 	// FetchTimeout is how long a fetch may go unanswered before it is
 	// asked again; after three, the sockets are dialled again.
 	// Default 2s.
@@ -76,6 +82,7 @@ func DefaultOptions() Options {
 		Consumer:     "storage",
 		StreamBuffer: d.Buffer,
 		MaxBatch:     d.MaxBatch,
+		Linger:       20 * time.Millisecond,
 		FetchTimeout: d.FetchTimeout,
 		IdlePoll:     d.IdlePoll,
 		MinBackoff:   d.MinBackoff,
@@ -108,6 +115,12 @@ func (o Options) withDefaults() (Options, error) {
 	// What is left zero or below takes the Follower's default; the backoffs
 	// bound the sink's retries too.
 	o.StreamBuffer, o.MaxBatch = max(o.StreamBuffer, 0), max(o.MaxBatch, 0)
+	switch {
+	case o.Linger == 0:
+		o.Linger = d.Linger
+	case o.Linger < 0:
+		o.Linger = 0
+	}
 	if o.MinBackoff <= 0 {
 		o.MinBackoff = d.MinBackoff
 	}
@@ -167,6 +180,7 @@ func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*
 			Durable:      true,
 			Buffer:       opts.StreamBuffer,
 			MaxBatch:     opts.MaxBatch,
+			Linger:       opts.Linger,
 			FetchTimeout: opts.FetchTimeout,
 			IdlePoll:     opts.IdlePoll,
 			MinBackoff:   opts.MinBackoff,

@@ -55,6 +55,12 @@ type Options struct {
 	// MaxBatch is the most records handed over at once, and asked for in
 	// one fetch. Default 4096.
 	MaxBatch int
+	// Linger is how long a Follower waits for more of the stream after the
+	// first record of a batch before it hands the batch over (sooner when
+	// it is full). Zero hands over what the socket holds at once. A Handler
+	// whose every batch costs an fsync and a commit does one per Linger at
+	// most, instead of one per stream message, for up to Linger more delay.
+	Linger time.Duration
 	// MaxGapFill is the most records a live Follower fetches to fill one
 	// gap; older ones are lost. Default 10,000. A durable Follower fills
 	// every gap.
@@ -100,7 +106,7 @@ func (o Options) withDefaults(ep Endpoints) (Options, error) {
 	if o.Durable && ep.Consumer == "" {
 		return o, fmt.Errorf("stream: a durable consumer needs the consumer endpoint of %s", ep.Stream)
 	}
-	if o.Buffer < 0 || o.MaxBatch < 0 || o.MaxGapFill < 0 {
+	if o.Buffer < 0 || o.MaxBatch < 0 || o.MaxGapFill < 0 || o.Linger < 0 {
 		return o, errors.New("stream: limits must not be negative")
 	}
 	set := func(v *int, def int) {
@@ -407,17 +413,8 @@ func (f *Follower) follow(ctx context.Context, sub *zsock.Sub, idle *time.Timer)
 			if err := f.onStream(ctx, frames); err != nil {
 				return err
 			}
-			// Take whatever else waits, up to a batch, before handing over.
-		more:
-			for len(f.batch) < f.o.MaxBatch {
-				select {
-				case frames := <-sub.Recv():
-					if err := f.onStream(ctx, frames); err != nil {
-						return err
-					}
-				default:
-					break more
-				}
+			if err := f.gather(ctx, sub); err != nil {
+				return err
 			}
 		case <-idleC:
 			// Silence may mean the stream's last messages were lost.
@@ -444,6 +441,43 @@ func (f *Follower) follow(ctx context.Context, sub *zsock.Sub, idle *time.Timer)
 			idle.Reset(f.o.IdlePoll)
 		}
 	}
+}
+
+// gather takes whatever else waits on the stream, up to a batch, before
+// the batch is handed over, and with a Linger waits that long for more.
+func (f *Follower) gather(ctx context.Context, sub *zsock.Sub) error {
+	var until <-chan time.Time
+	if f.o.Linger > 0 && len(f.batch) > 0 {
+		t := time.NewTimer(f.o.Linger)
+		defer t.Stop()
+		until = t.C
+	}
+	for len(f.batch) > 0 && len(f.batch) < f.o.MaxBatch {
+		if until == nil {
+			select {
+			case frames := <-sub.Recv():
+				if err := f.onStream(ctx, frames); err != nil {
+					return err
+				}
+				continue
+			default:
+				return nil
+			}
+		}
+		select {
+		case frames := <-sub.Recv():
+			if err := f.onStream(ctx, frames); err != nil {
+				return err
+			}
+		case <-until:
+			return nil
+		case <-ctx.Done():
+			return nil
+		case <-sub.Done():
+			return nil
+		}
+	}
+	return nil
 }
 
 // resume asks the middletier where this consumer resumes (a fetch from 0

@@ -251,6 +251,28 @@ func TestDurableFetchThenStream(t *testing.T) {
 	}
 }
 
+// A Follower with a Linger gathers the stream into batches: records that
+// arrive one stream message each are handed over MaxBatch at a time, and
+// the rest wait for more (an hour here, so the test never sees them go).
+// Without the Linger each message would be a batch of its own.
+func TestDurableLingerGathers(t *testing.T) {
+	mt, fe, ep := durableTier(t, middletier.Options{})
+	rec := newRecorder()
+	f := follow(t, ep, stream.Options{Durable: true, MaxBatch: 10, Linger: time.Hour}, rec)
+	testkit.WaitFor(t, "caught up", 20*time.Second, f.CaughtUp)
+	for i := 1; i <= 25; i++ {
+		fe.Send(t, entries(i, 1)...)
+	}
+	waitCheckpoint(t, mt, "storage", 20)
+	rec.mu.Lock()
+	firsts := slices.Clone(rec.firsts)
+	rec.mu.Unlock()
+	if !slices.Equal(firsts, []uint64{1, 11}) {
+		t.Fatalf("batches handed over from %v, want two of 10 from 1 and 11", firsts)
+	}
+	rec.check(t, 1, 20, "fe-1.0001", 1)
+}
+
 // Nothing is committed before the Handler has taken it: while it holds a
 // batch the checkpoint stays put, and a batch it refuses comes again.
 func TestDurableCommitsOnlyWhatIsTaken(t *testing.T) {
@@ -547,6 +569,7 @@ func TestOptions(t *testing.T) {
 		{stream.Endpoints{Consumer: ep.Consumer}, stream.Options{Consumer: "c"}},
 		{stream.Endpoints{Stream: ep.Stream}, stream.Options{Consumer: "c", Durable: true}},
 		{ep, stream.Options{Consumer: "c", MaxGapFill: -1}},
+		{ep, stream.Options{Consumer: "c", Linger: -time.Second}},
 	} {
 		if _, err := stream.New(c.ep, c.opts, newRecorder(), stream.Metrics{}, nil); err == nil {
 			t.Errorf("%+v %+v accepted", c.ep, c.opts)

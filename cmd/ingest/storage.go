@@ -32,6 +32,7 @@ type storageConfig struct {
 	group, member                               string
 	retention, ooo, blockDuration, queryTimeout time.Duration
 	maxString, maxBatch, maxSeries              int
+	linger                                      time.Duration
 	httpListen                                  string
 	sinks                                       sinkFlag
 	sinkName                                    string // --sink's name: ingest all has it unprefixed
@@ -48,7 +49,7 @@ type storageConfig struct {
 func newStorageConfig() storageConfig {
 	d, td, ad := storage.DefaultOptions(), embedded.DefaultOptions(), embedded.DefaultAPIOptions()
 	return storageConfig{streams: "tcp://127.0.0.1:5557", consumers: "tcp://127.0.0.1:5556", consumer: d.Consumer,
-		retention: td.Retention, ooo: td.OutOfOrderWindow, blockDuration: td.BlockDuration, maxString: td.MaxStringBytes, maxBatch: d.MaxBatch,
+		retention: td.Retention, ooo: td.OutOfOrderWindow, blockDuration: td.BlockDuration, maxString: td.MaxStringBytes, maxBatch: d.MaxBatch, linger: d.Linger,
 		maxSeries:    storage.DefaultLimitOptions().MaxSeriesPerDevice,
 		queryTimeout: ad.Timeout, httpListen: ":9090", sinks: sinkFlag{values: []string{"embedded"}}}
 }
@@ -71,6 +72,7 @@ func (c *storageConfig) register(f flags) {
 	f.integer(&c.maxString, "tsdb.max-string-bytes", "longer string field values are dropped and counted")
 	f.integer(&c.maxSeries, "max-series-per-device", "most series a device has (seen within one to two hours); fields that would make more are dropped and counted")
 	f.integer(&c.maxBatch, "max-batch", "most records in one write to the TSDB")
+	f.duration(&c.linger, "linger", "how long records are gathered after the first of a batch before they are written: one write, fsync and checkpoint per linger at a low rate, for up to that much more delay before they are queryable (0: write what has arrived at once)")
 	f.duration(&c.queryTimeout, "query.timeout", "bound on one query")
 	f.str(&c.httpListen, "http.listen", "address of the Prometheus query API (/api/v1/..., /-/healthy, /-/ready), /metrics, /healthz and /readyz")
 }
@@ -105,6 +107,9 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 	eps, err := c.endpoints()
 	if err != nil {
 		return "", err
+	}
+	if c.linger < 0 {
+		return "", fmt.Errorf("--%s must not be negative", c.f.name("linger"))
 	}
 	var db *embedded.TSDB
 	var writers []*storage.Writer
@@ -182,7 +187,7 @@ func (c *storageConfig) writer(p *process, sp *sinkSpec, sinks int, sink storage
 	}
 	ls := lim.Sink(sink)
 	p.onClose("sink "+sp.name, ls.Close) // closes the sink, and unregisters the limiter's metrics
-	o := storage.Options{Consumer: sp.consumer(c.consumer, sinks), MaxBatch: c.maxBatch, Middletiers: eps}
+	o := storage.Options{Consumer: sp.consumer(c.consumer, sinks), MaxBatch: c.maxBatch, Linger: lingerOption(c.linger), Middletiers: eps}
 	if c.group != "" {
 		o.Group, o.Member = sp.consumer(c.group, sinks), c.member
 	}
@@ -293,4 +298,13 @@ func runStorage(ctx context.Context, args []string) error {
 		_, err = c.build(p, devices, flagValues(f.fs))
 		return err
 	})
+}
+
+// lingerOption is storage.Options.Linger for --linger: a zero flag asks
+// for none, which the option spells as negative.
+func lingerOption(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
