@@ -101,6 +101,9 @@ type state struct {
 	drainSince time.Time // zero: not draining
 	returned   bool      // the current middletier was reached by a return
 	returnedAt time.Time
+	// lingerUntil is when committed entries that wait for more are read
+	// and sent; zero: none wait.
+	lingerUntil time.Time
 }
 
 // look is what a probe found: the middletiers ranked, and a socket
@@ -141,6 +144,8 @@ func (k *Link) Run(ctx context.Context) error {
 	}()
 	tick := time.NewTicker(k.opts.AckTimeout / 4)
 	defer tick.Stop()
+	lingerT := time.NewTimer(time.Hour)
+	defer lingerT.Stop()
 	for {
 		if s.conn == nil && !time.Now().Before(s.nextDial) {
 			k.connect(ctx, s)
@@ -162,10 +167,16 @@ func (k *Link) Run(ctx context.Context) error {
 		k.m.inflight.Set(float64(s.next - 1 - s.acked - uint64(len(s.pending))))
 
 		var notify <-chan struct{}
-		if len(s.pending) == 0 && s.next > k.log.LastIndex() {
+		var linger <-chan time.Time
+		if len(s.pending) == 0 && (s.next > k.log.LastIndex() || !s.lingerUntil.IsZero()) {
+			last := k.log.LastIndex()
 			notify = k.log.Notify()
-			if s.next <= k.log.LastIndex() { // committed meanwhile
+			if k.log.LastIndex() != last { // committed meanwhile
 				continue
+			}
+			if !s.lingerUntil.IsZero() {
+				lingerT.Reset(time.Until(s.lingerUntil))
+				linger = lingerT.C
 			}
 		}
 		var replies <-chan [][]byte
@@ -180,6 +191,7 @@ func (k *Link) Run(ctx context.Context) error {
 			if err := k.log.Err(); err != nil {
 				return err
 			}
+		case <-linger:
 		case frames := <-replies:
 			if len(frames) != 1 {
 				continue
@@ -215,6 +227,17 @@ func (k *Link) fill(ctx context.Context, s *state) error {
 	if len(s.pending) > 0 || s.next > k.log.LastIndex() {
 		return nil
 	}
+	if k.opts.Linger > 0 && k.log.LastIndex()-s.next+1 < uint64(k.opts.MaxBatchEntries) {
+		// Fewer than a batch: wait up to Linger for more.
+		now := time.Now()
+		if s.lingerUntil.IsZero() {
+			s.lingerUntil = now.Add(k.opts.Linger)
+		}
+		if now.Before(s.lingerUntil) {
+			return nil
+		}
+	}
+	s.lingerUntil = time.Time{}
 	es, err := s.cur.NextBatch(ctx, s.pending[:0], k.opts.MaxBatchEntries*4)
 	if err != nil {
 		if ctx.Err() != nil {

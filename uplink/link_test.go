@@ -118,6 +118,23 @@ func TestForward(t *testing.T) {
 	exactlyOnce(t, records(t, mt), n)
 }
 
+// A Link with a Linger waits for a full batch (up to the Linger, an hour
+// here): entries committed one at a time go in batches of MaxBatchEntries,
+// and the last five wait. Without it each entry would be a batch.
+func TestLingerGathers(t *testing.T) {
+	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	f := startLink(t, uplink.Options{Middletiers: []string{mt.Addrs.Ingest}, MaxBatchEntries: 10, Linger: time.Hour})
+	for i := 1; i <= 25; i++ {
+		if _, err := f.log.AppendBatch(context.Background(), [][]byte{fmt.Appendf(nil, "entry-%d", i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(t, "20 entries acknowledged", 30*time.Second, func() bool { return f.log.Released() >= 20 })
+	if got, sent := f.log.Released(), testkit.Metric(t, f.reg, "ingest_uplink_batches_sent_total"); got != 20 || sent != 2 {
+		t.Fatalf("%d entries acknowledged in %v batches, want 20 in 2", got, sent)
+	}
+}
+
 // A middletier restarted while the frontend sends: traffic resumes, and
 // nothing is lost or doubled in the middletier's stream.
 func TestMiddletierRestart(t *testing.T) {

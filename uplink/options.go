@@ -28,6 +28,13 @@ type Options struct {
 	// 1 MiB.
 	MaxBatchEntries int
 	MaxBatchBytes   int
+	// Linger is how long committed entries may wait for more before the
+	// first of them is sent (sooner once a full batch waits): at a low
+	// rate, one batch, one middletier fsync and one stream message per
+	// Linger instead of one per entry. It delays forwarding, never the
+	// device's ack, which follows the frontend's own fsync. Default 5ms;
+	// negative: none.
+	Linger time.Duration
 	// Window is how many batches may be unacknowledged at once. Default 32.
 	Window int
 	// AckTimeout is how long the Link waits for an acknowledgement before
@@ -58,6 +65,7 @@ func DefaultOptions() Options {
 	return Options{
 		MaxBatchEntries: 256,
 		MaxBatchBytes:   1 << 20,
+		Linger:          5 * time.Millisecond,
 		Window:          32,
 		AckTimeout:      time.Second,
 		Reconnect:       2,
@@ -81,6 +89,12 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxBatchBytes <= 0 {
 		o.MaxBatchBytes = d.MaxBatchBytes
+	}
+	switch {
+	case o.Linger == 0:
+		o.Linger = d.Linger
+	case o.Linger < 0:
+		o.Linger = 0
 	}
 	if o.Window <= 0 {
 		o.Window = d.Window

@@ -58,7 +58,7 @@ type uplinkConfig struct {
 	middletiers, dns       string
 	window                 int
 	ack, failover, flushTO time.Duration
-	ret                    time.Duration
+	ret, linger            time.Duration
 	direct                 []string
 }
 
@@ -70,7 +70,7 @@ func newFrontendConfig() frontendConfig {
 		maxConns: d.MaxConnections, maxFrame: d.MaxFrameBytes, maxMsg: d.MaxMessageBytes, batch: d.MaxBatchMessages,
 		maxFields: d.MaxFields, maxName: d.MaxFieldNameBytes, maxString: d.MaxStringBytes,
 		rate: d.Rate, burst: d.Burst, ping: d.PingInterval, pong: d.PongTimeout, drain: d.DrainWindow,
-		uplink:   uplinkConfig{window: u.Window, ack: u.AckTimeout, failover: u.Failover, ret: u.Return, flushTO: 5 * time.Second},
+		uplink:   uplinkConfig{window: u.Window, ack: u.AckTimeout, failover: u.Failover, ret: u.Return, linger: u.Linger, flushTO: 5 * time.Second},
 		commands: commandsConfig{maxTTL: command.DefaultOptions().MaxTTL},
 	}
 }
@@ -101,6 +101,7 @@ func (c *frontendConfig) register(f flags) {
 	f.str(&u.middletiers, "uplink.middletiers", "comma-separated ZeroMQ endpoints of the middletiers' ingest sockets (tcp://host:5555); each frontend ranks them by its --id (rendezvous hashing), so frontends spread over them")
 	f.str(&u.dns, "uplink.dns", "host:port of a headless Service whose addresses are the middletiers (instead of --uplink.middletiers)")
 	f.integer(&u.window, "uplink.window", "batches in flight to the middletier")
+	f.duration(&u.linger, "uplink.linger", "how long committed messages may wait for more before they are forwarded (sooner once a full batch waits): one middletier fsync per linger at a low rate; devices' acks never wait for it (0: forward at once)")
 	f.duration(&u.ack, "uplink.ack-timeout", "send again from the oldest unacknowledged entry after this long without an ack")
 	f.duration(&u.failover, "uplink.failover", "move to the next middletier after it acknowledges nothing for this long")
 	f.duration(&u.ret, "uplink.return", "when not on its first choice (or finding middletiers by --uplink.dns), look this often whether the first choice is back, and go back to it after draining the current one")
@@ -203,7 +204,10 @@ func (c *frontendConfig) buildDownlink(p *process) (*downlink.Link, error) {
 // is configured: the WAL then only fills.
 func (c *frontendConfig) buildUplink(p *process, log *wal.Log) error {
 	u := c.uplink
-	o := uplink.Options{ID: c.id, Window: u.window, AckTimeout: u.ack, Failover: u.failover, Return: u.ret, Middletiers: u.direct}
+	if u.linger < 0 {
+		return fmt.Errorf("--%s must not be negative", c.f.name("uplink.linger"))
+	}
+	o := uplink.Options{ID: c.id, Window: u.window, Linger: lingerOption(u.linger), AckTimeout: u.ack, Failover: u.failover, Return: u.ret, Middletiers: u.direct}
 	switch {
 	case u.direct != nil:
 	case u.middletiers != "" && u.dns != "":
