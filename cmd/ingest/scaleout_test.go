@@ -372,7 +372,7 @@ func (r *scaleOut) checkStoredOnce(acked map[string]map[uint64]bool) {
 	for _, ss := range testkit.VMExport(t, r.vm, `seq`) {
 		raw += len(ss)
 	}
-	t.Logf("%d messages acknowledged, %d samples in VictoriaMetrics (%d raw, before its deduplication of repeated deliveries)", want, stored, raw)
+	t.Logf("%d messages acknowledged, %d samples in VictoriaMetrics (%d in its raw export)", want, stored, raw)
 	if want < 3000 {
 		t.Errorf("only %d messages acknowledged", want)
 	}
