@@ -97,18 +97,27 @@ func counterOf(u, name, label string) (float64, error) {
 		return 0, err
 	}
 	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
+	v, err := counterIn(resp.Body, name, label)
+	io.Copy(io.Discard, resp.Body)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", u, err)
+	}
+	return v, nil
+}
+
+// counterIn is the first sample of name whose labels hold label in the
+// Prometheus text exposition r.
+func counterIn(r io.Reader, name, label string) (float64, error) {
+	sc := bufio.NewScanner(r)
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		rest, ok := strings.CutPrefix(line, name)
+		rest, ok := strings.CutPrefix(sc.Text(), name)
 		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') || !strings.Contains(rest, label) {
 			continue
 		}
-		return strconv.ParseFloat(rest[strings.LastIndexByte(rest, ' ')+1:], 64)
+		return strconv.ParseFloat(strings.TrimSpace(rest[strings.LastIndexByte(rest, ' ')+1:]), 64)
 	}
-	io.Copy(io.Discard, resp.Body)
-	return 0, fmt.Errorf("%s: no %s{%s}", u, name, label)
+	return 0, fmt.Errorf("no %s{%s}", name, label)
 }
 
 // tierFigure is what one kind of tier spent on the messages it handled
