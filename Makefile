@@ -7,7 +7,7 @@ FUZZTIME    ?= 30s
 BENCHTIME   ?= 2s
 PKGS        := ./...
 
-.PHONY: all build run test test-short deps lint bench chaos soak fuzz clean image
+.PHONY: all build run test test-short deps lint bench tiers chaos soak fuzz clean image
 
 all: build
 
@@ -107,6 +107,15 @@ bench: build
 		-json bench/out/pipeline-100x16.json -plot bench/out/pipeline-100x16.svg
 	$(GO) run ./bench -spawn-all bin/ingest -devices 100 -rate 100 -duration 30s \
 		-json bench/out/pipeline-10k-per-s.json -plot bench/out/pipeline-10k-per-s.svg
+
+# tiers runs three frontends, three middletiers and two storage writers of
+# one group as separate processes, 3,000 devices at 1 msg/s, and prints each
+# tier's CPU per message, msg/s per core and each process's share
+# (docs/scaling.md).
+tiers: build
+	mkdir -p bench/out
+	$(GO) run ./bench -spawn bin/ingest -tiers -tiers.frontends 3 -tiers.middletiers 3 -tiers.writers 2 \
+		-devices 3000 -rate 1 -ramp 10s -duration 40s -json bench/out/tiers-3-3-2.json
 
 # chaos runs the tiers as separate processes for 10 minutes, killing one at
 # random every 5 s, and checks every acknowledged message is stored once.

@@ -88,6 +88,8 @@ func TestValidate(t *testing.T) {
 		func(c *config) { c.SpawnAll = "x" },
 		func(c *config) { c.URL, c.Spawn, c.SpawnAll = "", "x", "x" },
 		func(c *config) { c.URL, c.SpawnAll, c.Chaos = "", "x", true },
+		func(c *config) { c.Tiers = true }, // without -spawn
+		func(c *config) { c.URL, c.Spawn, c.Tiers, c.Cluster.Middletiers = "", "x", true, 65 },
 		func(c *config) { c.Insecure = false },
 		func(c *config) { c.Devices = 0 },
 		func(c *config) { c.Devices = 100_001 },
@@ -182,6 +184,40 @@ func TestChaosShort(t *testing.T) {
 		t.Fatal("no tier was killed")
 	}
 	t.Logf("%d kills; %d acknowledged, all stored once", kills, cp.Acked)
+}
+
+// TestTiers: three frontends, three middletiers and two writers of one
+// group, each with its own embedded TSDB, as processes. The bench reports
+// each tier's CPU per message from the processes' own readings: every
+// process of a tier has a share of its messages, each middletier about a
+// third, and every acknowledged message is in one of the writers' stores
+// exactly once.
+func TestTiers(t *testing.T) {
+	c := config{Spawn: binPath, Tiers: true, Cluster: shape{Frontends: 3, Middletiers: 3, Writers: 2},
+		Devices: 30, Rate: 20, Window: 8, Size: 150, Shape: "sensor", Sources: 1, Duration: 6 * time.Second,
+		Drain: 30 * time.Second, CheckWait: time.Minute, Quiet: true, JSON: filepath.Join(t.TempDir(), "tiers.json")}
+	r := runResult(t, c)
+	if cp := r.Completeness; cp == nil || cp.Acked == 0 || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != cp.Acked {
+		t.Fatalf("completeness %+v", cp)
+	}
+	want := map[string]int{"frontend": 3, "middletier": 3, "storage": 2}
+	if len(r.Tiers) != len(want) {
+		t.Fatalf("tiers %+v", r.Tiers)
+	}
+	for _, f := range r.Tiers {
+		if f.Processes != want[f.Kind] || len(f.Shares) != f.Processes || f.CPUSeconds <= 0 || f.Messages <= 0 || f.PerCore <= 0 {
+			t.Errorf("%s: %+v", f.Kind, f)
+		}
+		for name, s := range f.Shares {
+			if s <= 0 {
+				t.Errorf("%s %s: share %v", f.Kind, name, s)
+			}
+			// Each frontend has ten devices, each middletier one frontend.
+			if f.Kind != "storage" && (s < 0.8/3 || s > 1.2/3) {
+				t.Errorf("%s %s: share %.3f, want 1/3 ±20 %%", f.Kind, name, s)
+			}
+		}
+	}
 }
 
 // TestSpawnAll: the bench starts the whole engine in one process, follows

@@ -137,14 +137,15 @@ func (t *tier) tail() string {
 	return strings.Join(t.logs[n:], "\n")
 }
 
-// cluster is the engine as separate processes on loopback: two
-// middletiers, a storage writer following both, and two frontends whose
-// uplinks know both middletiers.
+// cluster is the engine as separate processes on loopback: middletiers,
+// storage writers following every middletier (one group when there are
+// several), and frontends whose uplinks know every middletier.
 type cluster struct {
 	dir      string
 	tiers    []*tier
 	devices  []string // device endpoints, one per frontend
-	queryURL string
+	queryURL string   // the first writer's query API
+	queries  []string // every writer's query API, with the embedded sink
 }
 
 func freePort() (int, error) {
@@ -168,19 +169,22 @@ func ports(n int) ([]int, error) {
 	return out, nil
 }
 
-func startCluster(bin string) (*cluster, error) {
+// startCluster starts the processes of shape s from the ingest binary bin,
+// middletiers first.
+func startCluster(bin string, s shape) (*cluster, error) {
+	s = s.withDefaults()
 	dir, err := os.MkdirTemp("", "ingest-chaos-")
 	if err != nil {
 		return nil, err
 	}
 	c := &cluster{dir: dir}
-	p, err := ports(12)
+	p, err := ports(4*s.Middletiers + s.Writers + s.Frontends)
 	if err != nil {
 		return nil, err
 	}
 	ep := func(port int) string { return fmt.Sprintf("tcp://127.0.0.1:%d", port) }
 	var ingest, streams, consumers []string
-	for i := range 2 {
+	for i := range s.Middletiers {
 		in, co, st, hp := p[4*i], p[4*i+1], p[4*i+2], p[4*i+3]
 		ingest, streams, consumers = append(ingest, ep(in)), append(streams, ep(st)), append(consumers, ep(co))
 		c.tiers = append(c.tiers, &tier{name: fmt.Sprintf("mt-%d", i), kind: "middletier", bin: bin,
@@ -190,24 +194,24 @@ func startCluster(bin string) (*cluster, error) {
 				"--http.listen", fmt.Sprintf("127.0.0.1:%d", hp), "--consumers", "storage"},
 			metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", hp)})
 	}
-	query := p[8]
-	c.queryURL = fmt.Sprintf("http://127.0.0.1:%d", query)
-	c.tiers = append(c.tiers, &tier{name: "storage", kind: "storage", bin: bin,
-		ready: regexp.MustCompile(`msg="storage listening"`),
-		args: []string{"storage", "--data.dir", filepath.Join(dir, "storage"), "--consumer", "storage",
-			"--middletiers.stream", strings.Join(streams, ","), "--middletiers.consumer", strings.Join(consumers, ","),
-			"--http.listen", fmt.Sprintf("127.0.0.1:%d", query)},
-		metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", query)})
-	for i := range 2 {
-		addr := fmt.Sprintf("127.0.0.1:%d", p[9+i])
+	p = p[4*s.Middletiers:]
+	for i := range s.Writers {
+		c.tiers = append(c.tiers, writerTier(bin, dir, i, s, p[i], streams, consumers))
+		if s.Sink == "" {
+			c.queries = append(c.queries, fmt.Sprintf("http://127.0.0.1:%d", p[i]))
+		}
+	}
+	c.queryURL = fmt.Sprintf("http://127.0.0.1:%d", p[0])
+	p = p[s.Writers:]
+	for i, id := range frontendIDs(s.Frontends, ingest) {
+		addr := fmt.Sprintf("127.0.0.1:%d", p[i])
 		c.devices = append(c.devices, "ws://"+addr+protocol.Path)
-		order := []string{ingest[i], ingest[1-i]}
-		c.tiers = append(c.tiers, &tier{name: fmt.Sprintf("fe-%d", i), kind: "frontend", bin: bin,
+		c.tiers = append(c.tiers, &tier{name: id, kind: "frontend", bin: bin,
 			ready: regexp.MustCompile(`msg="frontend listening"`),
-			args: []string{"frontend", "--insecure-no-auth", "--listen", addr, "--id", fmt.Sprintf("fe-%d", i),
-				"--wal.dir", filepath.Join(dir, fmt.Sprintf("fe-%d", i)), "--drain-window", "200ms",
-				"--rate", "1000000", "--burst", "1000000",
-				"--uplink.middletiers", strings.Join(order, ","), "--uplink.failover", "2s", "--uplink.flush-timeout", "5s"},
+			args: []string{"frontend", "--insecure-no-auth", "--listen", addr, "--id", id,
+				"--wal.dir", filepath.Join(dir, id), "--drain-window", "200ms",
+				"--rate", "1000000", "--burst", "1000000", "--max-connections", "200000",
+				"--uplink.middletiers", strings.Join(ingest, ","), "--uplink.failover", "2s", "--uplink.flush-timeout", "5s"},
 			metrics: "http://" + addr + "/metrics"})
 	}
 	for _, t := range c.tiers {
@@ -220,6 +224,30 @@ func startCluster(bin string) (*cluster, error) {
 		}
 	}
 	return c, nil
+}
+
+// writerTier is storage writer i of shape s, its HTTP listener on port:
+// the consumer "storage" alone, or a member of the group "storage" when
+// there are several, with the embedded TSDB or s.Sink.
+func writerTier(bin, dir string, i int, s shape, port int, streams, consumers []string) *tier {
+	name := fmt.Sprintf("w-%d", i)
+	if s.Writers == 1 {
+		name = "storage" // the name -chaos has always reported
+	}
+	args := []string{"storage", "--middletiers.stream", strings.Join(streams, ","),
+		"--middletiers.consumer", strings.Join(consumers, ","), "--http.listen", fmt.Sprintf("127.0.0.1:%d", port)}
+	if s.Writers > 1 {
+		args = append(args, "--group", "storage", "--group.member", name)
+	} else {
+		args = append(args, "--consumer", "storage")
+	}
+	if s.Sink == "" {
+		args = append(args, "--data.dir", filepath.Join(dir, name))
+	} else {
+		args = append(args, "--sink", s.Sink)
+	}
+	return &tier{name: name, kind: "storage", bin: bin, args: args,
+		ready: regexp.MustCompile(`msg="storage listening"`), metrics: fmt.Sprintf("http://127.0.0.1:%d/metrics", port)}
 }
 
 // saveMetrics writes every running tier's /metrics into the data

@@ -27,12 +27,16 @@ type completeness struct {
 // and compares them with what each device had acknowledged: an acknowledged
 // message missing from the store is lost; a message stored twice (the same
 // seq at two timestamps) is duplicated. It waits up to wait for the store to
-// catch up.
-func check(ctx context.Context, api string, devs []*device, since time.Time, wait time.Duration) (*completeness, error) {
-	api = queryBase(api)
+// catch up. With several stores (writers with an embedded TSDB each, each
+// holding the streams it followed), a message is stored if one of them
+// holds it, and duplicated if one holds it twice.
+func check(ctx context.Context, apis []string, devs []*device, since time.Time, wait time.Duration) (*completeness, error) {
+	for i, api := range apis {
+		apis[i] = queryBase(api)
+	}
 	deadline := time.Now().Add(wait)
 	for {
-		c, err := checkOnce(ctx, api, devs, since)
+		c, err := checkOnce(ctx, apis, devs, since)
 		if err != nil || c.Lost == 0 || time.Now().After(deadline) {
 			return c, err
 		}
@@ -51,7 +55,7 @@ func queryBase(api string) string {
 	return strings.TrimRight(api, "/")
 }
 
-func checkOnce(ctx context.Context, api string, devs []*device, since time.Time) (*completeness, error) {
+func checkOnce(ctx context.Context, apis []string, devs []*device, since time.Time) (*completeness, error) {
 	c := &completeness{}
 	rng := fmt.Sprintf("%ds", int(time.Since(since).Seconds())+120)
 	for start := 0; start < len(devs); start += 100 {
@@ -62,9 +66,21 @@ func checkOnce(ctx context.Context, api string, devs []*device, since time.Time)
 				names = append(names, regexp.QuoteMeta(d.id))
 			}
 		}
-		stored, err := querySeqs(ctx, api, `seq{device=~"`+strings.Join(names, "|")+`"}[`+rng+`]`)
-		if err != nil {
-			return nil, err
+		stored := map[string]map[int]int{}
+		for _, api := range apis {
+			s, err := querySeqs(ctx, api, `seq{device=~"`+strings.Join(names, "|")+`"}[`+rng+`]`)
+			if err != nil {
+				return nil, err
+			}
+			for dev, seqs := range s {
+				if stored[dev] == nil {
+					stored[dev] = seqs
+					continue
+				}
+				for seq, n := range seqs {
+					stored[dev][seq] = max(stored[dev][seq], n)
+				}
+			}
 		}
 		for _, d := range chunk {
 			if d == nil {

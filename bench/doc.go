@@ -58,6 +58,19 @@
 // know both middletiers — kills a random one with SIGKILL every -chaos.every
 // and starts it again while the load runs, then checks completeness. It
 // reports the kills per tier and how long each took to serve again.
+// -tiers.frontends, -tiers.middletiers and -tiers.writers choose how many
+// of each it runs (several writers form one writer group), -tiers.sink the
+// writers' sink.
+//
+// With -tiers (and -spawn) it runs the tiers the same way without killing
+// any, and reports for each tier the CPU time its processes spent while
+// the devices sent (from /proc/<pid>/stat), per message it handled
+// (entries into a frontend's or a middletier's WAL, points a writer's sink
+// took, from each process's own counters), as µs per message and msg/s per
+// core, and each process's share of its tier's messages. The frontends are
+// named such that each middletier is the first choice of as many as can
+// be, so that the load is spread evenly rather than as a draw of a few
+// names happens to spread it.
 //
 // -cpuprofile writes the bench's own CPU profile, for go tool pprof.
 //
@@ -72,6 +85,7 @@
 //	go run ./bench -url ws://host:8080/v1/ingest -secret-file secret -devices 10000 -rate 1 -ramp 20s
 //	go run ./bench -spawn-all bin/ingest -devices 100 -rate 20 -duration 30s
 //	go run ./bench -spawn bin/ingest -chaos -devices 50 -rate 20 -duration 10m
+//	go run ./bench -spawn bin/ingest -tiers -tiers.frontends 3 -tiers.middletiers 3 -tiers.writers 2 -devices 3000 -rate 1 -ramp 10s -duration 40s
 //	go run ./bench -spawn bin/ingest -proto mqtt -devices 100 -window 16 -duration 10s
 //	go run ./bench -url mqtt://127.0.0.1:1883 -insecure -proto mqtt5 -devices 10000 -rate 1 -ramp 10s
 package main

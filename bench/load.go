@@ -240,6 +240,9 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 	// Send, for the duration.
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
+	if c.onSendStart != nil {
+		c.onSendStart()
+	}
 	cpu := startCPU(c.enginePID)
 	st.start.Store(fl.Now())
 	sendStart := time.Now()
@@ -300,7 +303,11 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 		res.Feed = &feedResult{Shown: fw.shownN, Missed: fw.missed, Latency: latencyOf(h)}
 	}
 	if c.Check != "" {
-		comp, err := check(ctx, c.Check, devs, sendStart, c.CheckWait)
+		apis := c.checkAPIs
+		if len(apis) == 0 {
+			apis = []string{c.Check}
+		}
+		comp, err := check(ctx, apis, devs, sendStart, c.CheckWait)
 		if err != nil {
 			return nil, err
 		}

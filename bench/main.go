@@ -39,6 +39,10 @@ type config struct {
 	CheckWait  time.Duration // how long the store may take to catch up
 	Chaos      bool
 	ChaosEvery time.Duration
+	// Tiers runs the engine as separate processes (Cluster) and reports
+	// each tier's CPU per message and each process's share of the traffic.
+	Tiers      bool
+	Cluster    shape
 	SpawnAll   string // path of the ingest binary to start the whole engine with
 	SpawnSinks string // the spawned engine's --sink specs (INGEST_SINK); empty: its default
 	Feed       string // live feed to follow for end-to-end latency
@@ -57,7 +61,9 @@ type config struct {
 
 	urls          []string // device endpoints when the bench runs the engine itself
 	engineMetrics string   // the engine's metrics endpoint, for its goroutines
+	onSendStart   func()   // called when sending starts
 	onSendEnd     func()   // called when sending stops, before the drain
+	checkAPIs     []string // the stores to check, when there are several (writers with an embedded TSDB each)
 	enginePID     int      // the engine process the bench started, for its CPU time
 }
 
@@ -85,8 +91,13 @@ func main() {
 	flag.StringVar(&c.SpawnAll, "spawn-all", "", "start the whole engine (ingest all: frontend, middletier, storage, live feed) from this ingest binary; then measure device → live feed latency and check completeness in the store")
 	flag.StringVar(&c.SpawnSinks, "spawn-all.sink", "", "with -spawn-all: the engine's sinks (its --sink, several separated by spaces), e.g. remotewrite+http://127.0.0.1:8428/api/v1/write; check the store with -check")
 	flag.StringVar(&c.Feed, "feed", "", "live feed to follow (ws://host:8081/v1/feed, no auth) for device → dashboard latency")
-	flag.BoolVar(&c.Chaos, "chaos", false, "with -spawn: run the tiers as separate processes (2 middletiers, a storage writer, 2 frontends) and SIGKILL a random one every -chaos.every, starting it again; then check completeness")
+	flag.BoolVar(&c.Chaos, "chaos", false, "with -spawn: run the tiers as separate processes (by default 2 middletiers, a storage writer, 2 frontends: -tiers.*) and SIGKILL a random one every -chaos.every, starting it again; then check completeness")
 	flag.DurationVar(&c.ChaosEvery, "chaos.every", 5*time.Second, "mean time between kills")
+	flag.BoolVar(&c.Tiers, "tiers", false, "with -spawn: run the tiers as separate processes (-tiers.frontends, -tiers.middletiers, -tiers.writers) and report each tier's CPU time per message, its msg/s per core and each process's share of the traffic; then check completeness")
+	flag.IntVar(&c.Cluster.Frontends, "tiers.frontends", 2, "with -tiers or -chaos: frontends, named such that each middletier is the first choice of as many as can be")
+	flag.IntVar(&c.Cluster.Middletiers, "tiers.middletiers", 2, "with -tiers or -chaos: middletiers")
+	flag.IntVar(&c.Cluster.Writers, "tiers.writers", 1, "with -tiers or -chaos: storage writers, one writer group when more than one")
+	flag.StringVar(&c.Cluster.Sink, "tiers.sink", "", "with -tiers or -chaos: the writers' --sink (e.g. remotewrite+http://127.0.0.1:8428/api/v1/write; check that store with -check); empty: an embedded TSDB per writer, each checked")
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write the bench's own CPU profile to this file (go tool pprof)")
 	flag.BoolVar(&c.FramePerWrite, "frame-per-write", false, "write every frame with a write system call of its own, as the client package does; by default a device writes the frames one ack lets go with one write (each frame still holds one message)")
 	flag.DurationVar(&c.Interval, "interval", 0, "every so long, print a line: acknowledged/s, ack p50/p99/p99.9/max and device → feed p99 in that interval, and the engine's resident memory, open files, goroutines, heap and CPU (a soak; 0: none)")
@@ -123,8 +134,8 @@ func run(c config) error {
 	defer stop()
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
-	if c.Chaos {
-		return runChaos(ctx, c, lg)
+	if c.Chaos || c.Tiers {
+		return runCluster(ctx, c, lg)
 	}
 	if c.SpawnAll != "" {
 		eng, err := spawnAll(ctx, c.SpawnAll, c.SpawnSinks)
@@ -194,26 +205,43 @@ func report(c config, res *result) error {
 	return nil
 }
 
-// runChaos runs the engine as separate processes, kills them at random
-// while the load runs, and checks completeness in the store.
-func runChaos(ctx context.Context, c config, lg *slog.Logger) error {
-	cl, err := startCluster(c.Spawn)
+// runCluster runs the engine as separate processes and checks
+// completeness in the store; with -chaos it kills them at random while the
+// load runs, without, it reports each tier's CPU per message.
+func runCluster(ctx context.Context, c config, lg *slog.Logger) error {
+	if c.Cluster.Sink != "" && c.Check == "" && c.Chaos {
+		return errors.New("-chaos with -tiers.sink: give the store's query API with -check")
+	}
+	cl, err := startCluster(c.Spawn, c.Cluster)
 	if err != nil {
 		return err
 	}
-	c.urls, c.Insecure, c.Check = cl.devices, true, cl.queryURL+""
+	c.urls, c.Insecure = cl.devices, true
+	if c.Check == "" && len(cl.queries) > 0 {
+		c.Check, c.checkAPIs = cl.queryURL, cl.queries
+	}
 	chaosCtx, stopChaos := context.WithCancel(ctx)
 	var kills map[string]*recovery
 	var chaosErr error
 	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		kills, chaosErr = cl.chaos(chaosCtx, c.ChaosEvery)
-	}()
-	// The chaos stops when sending stops; the drain and the check run on a
-	// whole engine.
-	c.onSendEnd = func() { stopChaos(); <-done }
+	var before, after []reading
+	if c.Chaos {
+		go func() {
+			defer close(done)
+			kills, chaosErr = cl.chaos(chaosCtx, c.ChaosEvery)
+		}()
+		// The chaos stops when sending stops; the drain and the check run
+		// on a whole engine.
+		c.onSendEnd = func() { stopChaos(); <-done }
+	} else {
+		close(done)
+		c.onSendStart = func() { before = cl.read() }
+		c.onSendEnd = func() { after = cl.read() }
+	}
 	res, err := load(ctx, c, lg)
+	if res != nil && before != nil && after != nil {
+		res.Tiers = cl.figures(before, after)
+	}
 	stopChaos()
 	<-done
 	// A run that lost or doubled messages keeps its data directories and
@@ -254,6 +282,10 @@ func (c config) validate() error {
 		return errors.New("-chaos runs WebSocket devices only")
 	case c.Chaos && c.Spawn == "":
 		return errors.New("-chaos runs the engine itself: give -spawn")
+	case c.Tiers && (c.Spawn == "" || c.mqtt()):
+		return errors.New("-tiers runs the engine itself with WebSocket devices: give -spawn")
+	case (c.Tiers || c.Chaos) && (c.Cluster.Frontends > 64 || c.Cluster.Middletiers > 64 || c.Cluster.Writers > 64):
+		return errors.New("-tiers.frontends, -tiers.middletiers and -tiers.writers must be at most 64")
 	case c.URL != "" && c.SecretFile == "" && !c.Insecure:
 		return errors.New("give -secret-file, or -insecure for an engine without auth")
 	case c.Devices < 1 || c.Devices > 100_000:

@@ -43,6 +43,7 @@ type result struct {
 	Feed         *feedResult          `json:"live_feed,omitempty"`
 	Chaos        map[string]*recovery `json:"chaos,omitempty"`
 	Intervals    []interval           `json:"intervals,omitempty"`
+	Tiers        []tierFigure         `json:"tiers,omitempty"`
 }
 
 // feedResult is what a dashboard on the live feed saw.
@@ -159,6 +160,7 @@ func (r *result) print(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
+	printTiers(w, r.Tiers)
 	if len(r.Errors) == 0 {
 		fmt.Fprintln(w, "errors:     none")
 		return
