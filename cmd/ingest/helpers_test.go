@@ -111,11 +111,18 @@ func logsOnFailure(t *testing.T, lines int, procs ...*tierProc) {
 // chaos kills a random one of procs every 0.5 to 1.5 s for d, starting it
 // again after up to 0.3 s, and returns how often it killed each.
 func chaos(procs []*tierProc, d time.Duration) map[string]int {
+	return chaosPicking(func(int) *tierProc { return procs[rand.IntN(len(procs))] }, d)
+}
+
+// chaosPicking kills pick(n) for the nth kill every 0.5 to 1.5 s for d,
+// starting it again after up to 0.3 s, and returns how often it killed
+// each.
+func chaosPicking(pick func(n int) *tierProc, d time.Duration) map[string]int {
 	kills := map[string]int{}
 	end := time.Now().Add(d)
-	for time.Now().Before(end) {
+	for n := 0; time.Now().Before(end); n++ {
 		time.Sleep(time.Duration(500+rand.IntN(1000)) * time.Millisecond) // the chaos's pace, not a wait for a condition
-		p := procs[rand.IntN(len(procs))]
+		p := pick(n)
 		p.kill()
 		kills[p.name]++
 		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)

@@ -301,18 +301,10 @@ func (w *tally) shares() string {
 // returns how often it killed each.
 func chaosByKind(kinds map[string][]*tierProc, d time.Duration) map[string]int {
 	order := slices.Sorted(maps.Keys(kinds))
-	kills := map[string]int{}
-	end := time.Now().Add(d)
-	for n := 0; time.Now().Before(end); n++ {
-		time.Sleep(time.Duration(500+rand.IntN(1000)) * time.Millisecond) // the chaos's pace, not a wait for a condition
+	return chaosPicking(func(n int) *tierProc {
 		procs := kinds[order[n%len(order)]]
-		p := procs[rand.IntN(len(procs))]
-		p.kill()
-		kills[p.name]++
-		time.Sleep(time.Duration(rand.IntN(300)) * time.Millisecond)
-		p.start()
-	}
-	return kills
+		return procs[rand.IntN(len(procs))]
+	}, d)
 }
 
 var seqDevice = regexp.MustCompile(`device="([^"]*)"`)
