@@ -53,6 +53,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
 // Device is what the registry knows of one device.
@@ -186,16 +188,7 @@ func (r *Registry) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	t := time.NewTicker(r.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			r.reload()
-		}
-	}
+	return lifecycle.Every(ctx, r.interval, r.reload)
 }
 
 // Close unregisters the registry's metrics, as Run does when it returns:
