@@ -256,13 +256,7 @@ func (s *Server) Run(ctx context.Context) error {
 // has returned, or instead of Run; it does not stop Run (end Run's context
 // for that). It is idempotent.
 func (s *Server) Close() error {
-	return s.life.Close(func(ran bool) error {
-		s.m.unregister()
-		if ran {
-			return nil
-		}
-		return closeListeners(s.opts)
-	})
+	return s.life.Release(s.m.unregister, func() error { return closeListeners(s.opts) })
 }
 
 // closeListeners closes the listeners of o.
@@ -393,7 +387,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	}
 
 	c := &conn{s: s, device: device, exp: exp, done: make(chan struct{})}
-	c.cond = sync.NewCond(&c.mu)
+	c.init(&s.pendPool)
 	hj := &hijacker{ResponseWriter: w}
 	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.opts.OriginPatterns,
