@@ -216,9 +216,5 @@ func appToken(t *testing.T, scope any) string {
 	if scope != nil {
 		claims["scope"] = scope
 	}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(testSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return testkit.SignHS256(t, testSecret, claims)
 }

@@ -117,11 +117,7 @@ func token(t testing.TB, scope any, mod func(*jwt.MapClaims)) string {
 	if mod != nil {
 		mod(&c)
 	}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(testSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return testkit.SignHS256(t, testSecret, c)
 }
 
 // frame is any server frame.

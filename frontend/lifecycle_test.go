@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -33,23 +34,7 @@ func TestCloseWithoutRun(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 2 {
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := ln.Accept(); err == nil {
-		t.Fatal("Close left the listener open")
-	}
-	if _, err := mln.Accept(); err == nil {
-		t.Fatal("Close left the MQTT listener open")
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Close %d metric families remain", len(mfs))
-	}
-	if err := s.Run(context.Background()); err == nil {
-		t.Fatal("a closed Server ran")
-	}
+	testkit.CheckCloseWithoutRun(t, s.Close, s.Run, reg, map[string]net.Listener{"listener": ln, "MQTT listener": mln})
 
 	ln, err = net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

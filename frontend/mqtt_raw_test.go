@@ -183,7 +183,7 @@ func TestMQTTMosquittoClients(t *testing.T) {
 	}
 	ts.stop(t)
 	n := 0
-	for _, e := range walEnvelopes(t, ts.dir) {
+	for _, e := range testkit.WALEnvelopes(t, ts.dir) {
 		if e.Device != "mosq-1" || e.Topic != "env" {
 			t.Fatalf("envelope %+v", e)
 		}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -173,7 +174,7 @@ func TestMQTTPublishGoClients(t *testing.T) {
 	// Every message is in the WAL once, each device's in the order sent
 	// (a QoS 1 and a QoS 2 publish may pass each other in the client).
 	got := map[string]int{}
-	for _, e := range walEnvelopes(t, ts.dir) {
+	for _, e := range testkit.WALEnvelopes(t, ts.dir) {
 		got[e.Device]++
 		want := ""
 		if strings.HasPrefix(e.Device, "v5-") {
@@ -286,7 +287,7 @@ func TestMQTTRefusals(t *testing.T) {
 	}
 	ts.stop(t)
 	n := 0
-	for _, e := range walEnvelopes(t, ts.dir) {
+	for _, e := range testkit.WALEnvelopes(t, ts.dir) {
 		if e.Device == "d311" {
 			t.Fatalf("a refused 3.1.1 publish was stored: %+v", e)
 		}

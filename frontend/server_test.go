@@ -56,7 +56,7 @@ func TestAckedMessagesAreInWAL(t *testing.T) {
 		t.Fatalf("acked metric %v, want %d", got, n+1)
 	}
 	ts.stop(t)
-	envs := walEnvelopes(t, ts.dir)
+	envs := testkit.WALEnvelopes(t, ts.dir)
 	if len(envs) != n+1 {
 		t.Fatalf("%d envelopes in the WAL, want %d", len(envs), n+1)
 	}

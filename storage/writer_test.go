@@ -149,18 +149,12 @@ func TestWriterFetchThenStream(t *testing.T) {
 // histogram returns the sample count and sum of the histogram called name.
 func histogram(t *testing.T, reg *prometheus.Registry, name string) (uint64, float64) {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	ms := testkit.Series(t, reg, name)
+	if len(ms) != 1 {
+		t.Fatalf("no histogram %s", name)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			h := mf.GetMetric()[0].GetHistogram()
-			return h.GetSampleCount(), h.GetSampleSum()
-		}
-	}
-	t.Fatalf("no histogram %s", name)
-	return 0, 0
+	h := ms[0].GetHistogram()
+	return h.GetSampleCount(), h.GetSampleSum()
 }
 
 // TestWriterResumes: a writer stopped and started again resumes from

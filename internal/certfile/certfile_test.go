@@ -243,15 +243,9 @@ func writeFile(t *testing.T, path string, b []byte) {
 
 func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	ms := testkit.Series(t, reg, name)
+	if len(ms) == 0 {
+		t.Fatalf("no %s", name)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no %s", name)
-	return 0
+	return ms[0].GetGauge().GetValue()
 }

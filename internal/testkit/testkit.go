@@ -11,6 +11,7 @@ package testkit
 
 import (
 	"context"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -96,4 +97,15 @@ func (s stopStoresAfter) Run() int {
 	code := s.m.Run()
 	StopStores()
 	return code
+}
+
+// Tool returns the path of the program name, which the Debian package pkg
+// installs (make deps does), and fails the test if it is not installed.
+func Tool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found: install Debian's %s package (make deps)", name, pkg)
+	}
+	return path
 }
