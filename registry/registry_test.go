@@ -202,34 +202,8 @@ func TestReloadWaitsForAStableFile(t *testing.T) {
 // register on the same Registerer.
 func TestCloseUnregisters(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	r, err := New("", reg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := New("", reg, nil); err == nil {
-		t.Fatal("a second registry registered the same metrics")
-	}
-	if err := r.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Close %d metric families remain", len(mfs))
-	}
-	r2, err := New("", reg, nil)
-	if err != nil {
-		t.Fatalf("New after Close: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := r2.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Run %d metric families remain", len(mfs))
-	}
+	r2 := testkit.CheckCloseUnregisters(t, reg, "registry", func() (*Registry, error) { return New("", reg, nil) })
+	testkit.CheckRunUnregisters(t, reg, r2.Run)
 }
 
 // A writer held up between the truncate and the write leaves the file empty

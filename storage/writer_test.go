@@ -284,22 +284,5 @@ func TestWriterCloseUnregisters(t *testing.T) {
 	db := openTSDB(t)
 	reg := prometheus.NewRegistry()
 	opts := storage.Options{Middletiers: []storage.Endpoints{{Stream: "tcp://127.0.0.1:1", Consumer: "tcp://127.0.0.1:2"}}}
-	s, err := storage.New(opts, db, reg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := storage.New(opts, db, reg, nil); err == nil {
-		t.Fatal("a second Writer registered the same metrics")
-	}
-	for range 2 {
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Close %d metric families remain", len(mfs))
-	}
-	if _, err := storage.New(opts, db, reg, nil); err != nil {
-		t.Fatalf("New after Close: %v", err)
-	}
+	testkit.CheckCloseUnregisters(t, reg, "Writer", func() (*storage.Writer, error) { return storage.New(opts, db, reg, nil) })
 }

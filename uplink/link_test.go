@@ -362,28 +362,6 @@ func TestCloseUnregisters(t *testing.T) {
 	defer l.Close()
 	reg := prometheus.NewRegistry()
 	opts := uplink.Options{ID: "fe", Middletiers: []string{"tcp://127.0.0.1:1"}}
-	k, err := uplink.New(opts, l, reg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := uplink.New(opts, l, reg, nil); err == nil {
-		t.Fatal("a second Link registered the same metrics")
-	}
-	for range 2 {
-		if err := k.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	k2, err := uplink.New(opts, l, reg, nil)
-	if err != nil {
-		t.Fatalf("New after Close: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := k2.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Run %d metric families remain", len(mfs))
-	}
+	k2 := testkit.CheckCloseUnregisters(t, reg, "Link", func() (*uplink.Link, error) { return uplink.New(opts, l, reg, nil) })
+	testkit.CheckRunUnregisters(t, reg, k2.Run)
 }

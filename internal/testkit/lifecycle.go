@@ -31,3 +31,46 @@ func CheckCloseWithoutRun(t testing.TB, close func() error, run func(context.Con
 		t.Fatal("a closed Server ran")
 	}
 }
+
+// CheckCloseUnregisters checks what Close must do for a component that
+// registers metrics on reg and never ran (newC makes one, named what in
+// failures): while it lives a second cannot register the same metrics;
+// Close, which may be called twice, unregisters them; and a new one can
+// then register, which it returns.
+func CheckCloseUnregisters[C interface{ Close() error }](t testing.TB, reg prometheus.Gatherer, what string, newC func() (C, error)) C {
+	t.Helper()
+	c, err := newC()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newC(); err == nil {
+		t.Fatalf("a second %s registered the same metrics", what)
+	}
+	for range 2 {
+		if err := c.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if mfs, _ := reg.Gather(); len(mfs) != 0 {
+		t.Fatalf("after Close %d metric families remain", len(mfs))
+	}
+	c2, err := newC()
+	if err != nil {
+		t.Fatalf("New after Close: %v", err)
+	}
+	return c2
+}
+
+// CheckRunUnregisters runs run with its context ended: it must return nil,
+// having unregistered every metric from reg.
+func CheckRunUnregisters(t testing.TB, reg prometheus.Gatherer, run func(context.Context) error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if mfs, _ := reg.Gather(); len(mfs) != 0 {
+		t.Fatalf("after Run %d metric families remain", len(mfs))
+	}
+}
