@@ -40,6 +40,20 @@ func FuzzSizeMark(f *testing.F) {
 		encodeSizeMark(4352), encodeSizeMark(1), []byte("WSEG"))
 }
 
+// reopenFuzzed closes l and opens the log in dir again, without the repair
+// option: what Open accepted once it must accept again.
+func reopenFuzzed(t *testing.T, l *Log, dir string) *Log {
+	t.Helper()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(dir, Options{SegmentBytes: 4096}, nil, nil)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	return l
+}
+
 // fuzzMark fuzzes the decoder of one of the log's small files: whatever
 // it accepts is valid (when valid is given) and re-encodes to the same
 // bytes.
@@ -99,13 +113,7 @@ func FuzzOpenMarked(f *testing.F) {
 		if _, err := l.Append(context.Background(), []byte("next")); err != nil {
 			t.Fatalf("append after open: %v", err)
 		}
-		if err := l.Close(); err != nil {
-			t.Fatal(err)
-		}
-		l, err = Open(dir, Options{SegmentBytes: 4096}, nil, nil)
-		if err != nil {
-			t.Fatalf("reopen: %v", err)
-		}
+		l = reopenFuzzed(t, l, dir)
 		defer l.Close()
 		if again := readEverything(t, l); len(again) != len(entries)+1 {
 			t.Fatalf("reopen read %d entries, want %d", len(again), len(entries)+1)
@@ -156,13 +164,7 @@ func FuzzOpen(f *testing.F) {
 		if err != nil || idx != l.first+uint64(len(entries)) {
 			t.Fatalf("append after open: %d %v (first %d, %d entries)", idx, err, l.first, len(entries))
 		}
-		if err := l.Close(); err != nil {
-			t.Fatal(err)
-		}
-		l, err = Open(dir, Options{SegmentBytes: 4096}, nil, nil)
-		if err != nil {
-			t.Fatalf("reopen: %v", err)
-		}
+		l = reopenFuzzed(t, l, dir)
 		defer l.Close()
 		again := readEverything(t, l)
 		if len(again) != len(entries)+1 {
