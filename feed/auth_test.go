@@ -104,10 +104,7 @@ func TestAuth(t *testing.T) {
 }
 
 func TestNoAuthNeedsLoopback(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	if _, err := feed.New(feed.Options{Listener: ln, Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, nil, nil); err == nil || !strings.Contains(err.Error(), "check auth") {
 		t.Fatalf("New with neither keys nor InsecureNoAuth: %v, want refused", err)
 	}
@@ -123,10 +120,7 @@ func TestNoAuthNeedsLoopback(t *testing.T) {
 // and the metrics' registrations. It may be called again, and a closed
 // Server does not run.
 func TestCloseWithoutRun(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	reg := prometheus.NewRegistry()
 	s, err := feed.New(feed.Options{Listener: ln, InsecureNoAuth: true, Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, reg, nil)
 	if err != nil {

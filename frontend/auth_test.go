@@ -203,10 +203,7 @@ func TestNoAuthNeedsLoopback(t *testing.T) {
 	}
 	defer l.Close()
 	listen := func() net.Listener {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := testkit.Listen(t)
 		return ln
 	}
 	ln := listen()

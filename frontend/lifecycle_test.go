@@ -22,24 +22,15 @@ func TestCloseWithoutRun(t *testing.T) {
 	}
 	defer l.Close()
 	reg := prometheus.NewRegistry()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
+	mln := testkit.Listen(t)
 	s, err := New(Options{Listener: ln, MQTTListener: mln, ID: "fe", InsecureNoAuth: true}, l, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	testkit.CheckCloseWithoutRun(t, s.Close, s.Run, reg, map[string]net.Listener{"listener": ln, "MQTT listener": mln})
 
-	ln, err = net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln = testkit.Listen(t)
 	s, err = New(Options{Listener: ln, ID: "fe", InsecureNoAuth: true}, l, reg, nil)
 	if err != nil {
 		t.Fatalf("New after Close on the same registry: %v", err)

@@ -32,10 +32,7 @@ func (ts *mqttTestServer) wsURL() string { return "ws://" + ts.addr + MQTTPath }
 
 func startMQTTServer(t testing.TB, opts Options, wopts wal.Options) *mqttTestServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	opts.MQTTListener = ln
 	ts := startServer(t, opts, wopts)
 	return &mqttTestServer{testServer: ts, mqttAddr: ln.Addr().String()}

@@ -110,10 +110,7 @@ func TestFailedWALRefusesHandshakes(t *testing.T) {
 	var logs lockedBuf
 	lg := slog.New(slog.NewTextHandler(&logs, nil))
 	const drain = 3 * time.Second
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	srv, err := New(Options{Listener: ln, ID: "fe-test", Auth: auth.Options{HS256Secrets: [][]byte{testSecret}}, DrainWindow: drain, Gatherer: reg}, l, reg, lg)
 	if err != nil {
 		t.Fatal(err)

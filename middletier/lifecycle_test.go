@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -69,10 +70,7 @@ func TestNewAddressInUse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	busy := testkit.Listen(t)
 	defer busy.Close()
 	loop := "tcp://127.0.0.1:0"
 	reg := prometheus.NewRegistry()

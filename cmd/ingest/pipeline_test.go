@@ -144,10 +144,7 @@ func freePort(t *testing.T) int {
 	handedOut.Lock()
 	defer handedOut.Unlock()
 	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := testkit.Listen(t)
 		port := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
 		if !handedOut.ports[port] {

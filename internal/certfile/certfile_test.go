@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,10 +24,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // the test ends, completing each handshake, and returns the address.
 func serve(t *testing.T, r *certfile.Reloader) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	tln := tls.NewListener(ln, r.TLSConfig())
 	var wg sync.WaitGroup
 	wg.Go(func() {

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -450,10 +449,7 @@ func TestNoReconnect(t *testing.T) {
 
 // Dialing an address nothing listens on fails Connect.
 func TestConnectFails(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	addr := ln.Addr().String()
 	ln.Close()
 	f, err := New(Options{URLs: []string{"ws://" + addr + protocol.Path}, Devices: 3, Duration: time.Second, Message: message(10)})

@@ -3,22 +3,19 @@ package loadgen
 import (
 	"context"
 	"fmt"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // startMQTT serves a frontend without auth with an MQTT listener as well,
 // and returns the MQTT address.
 func startMQTT(t *testing.T, dir string, opts frontend.Options) (*server, string) {
 	t.Helper()
-	mln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	mln := testkit.Listen(t)
 	opts.MQTTListener = mln
 	return start(t, "127.0.0.1:0", dir, opts), mln.Addr().String()
 }
