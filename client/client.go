@@ -26,6 +26,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
 )
 
@@ -180,9 +181,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("parse url: %w", err)
 	}
 	c := &Client{opts: opts, lg: opts.Logger, done: make(chan struct{})}
-	if c.lg == nil {
-		c.lg = slog.New(slog.DiscardHandler)
-	}
+	c.lg = lifecycle.Logger(c.lg)
 	c.cond = sync.NewCond(&c.mu)
 	if opts.OnCommand != nil {
 		c.cmds = make(chan Command, 256)

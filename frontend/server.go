@@ -99,9 +99,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 			return nil, fmt.Errorf("check listener %s: %w", ln.Addr(), ErrNotLoopback)
 		}
 	}
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	s := &Server{
 		opts:    o,
 		log:     log,

@@ -112,9 +112,7 @@ type Registry struct {
 // never changes. It starts nothing: Run follows the file. reg and lg may be
 // nil.
 func New(path string, reg prometheus.Registerer, lg *slog.Logger) (*Registry, error) {
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	r := &Registry{path: path, interval: 2 * time.Second, lg: lg, reg: reg}
 	r.m.devices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_registry_devices", Help: "Devices in the device registry."})
 	r.m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_registry_reloads_total",

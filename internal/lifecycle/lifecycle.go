@@ -5,6 +5,7 @@ package lifecycle
 
 import (
 	"context"
+	"log/slog"
 	"sync"
 	"time"
 )
@@ -70,4 +71,13 @@ func Every(ctx context.Context, interval time.Duration, f func()) error {
 			f()
 		}
 	}
+}
+
+// Logger is the logger a component was given, or one that discards
+// everything when it was given nil: a nil logger means no logs.
+func Logger(lg *slog.Logger) *slog.Logger {
+	if lg == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return lg
 }

@@ -3,6 +3,8 @@ package lifecycle
 import (
 	"context"
 	"errors"
+	"io"
+	"log/slog"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -84,4 +86,14 @@ func TestEvery(t *testing.T) {
 			t.Fatalf("Every returned %v when its context ended, want nil", err)
 		}
 	})
+}
+
+func TestLogger(t *testing.T) {
+	lg := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if Logger(lg) != lg {
+		t.Fatal("Logger replaced a logger it was given")
+	}
+	if l := Logger(nil); l == nil || l.Enabled(context.Background(), slog.LevelError) {
+		t.Fatal("Logger(nil) is not a logger that discards everything")
+	}
 }

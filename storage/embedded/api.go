@@ -23,6 +23,8 @@ import (
 	"github.com/prometheus/prometheus/promql/parser"
 	promstorage "github.com/prometheus/prometheus/storage" // storage is ours in this package (tsdb.go)
 	"github.com/prometheus/prometheus/util/annotations"
+
+	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
 // APIOptions configure the query API. Zero fields mean their defaults.
@@ -111,9 +113,7 @@ func NewAPI(q promstorage.Queryable, opts APIOptions, reg prometheus.Registerer,
 	}
 	p := parser.NewParser(parser.Options{})
 	elg := lg
-	if elg == nil {
-		elg = slog.New(slog.DiscardHandler)
-	}
+	elg = lifecycle.Logger(elg)
 	a := &API{
 		q: q, opts: opts, parser: p, lg: lg,
 		engine: promql.NewEngine(promql.EngineOpts{
