@@ -197,11 +197,7 @@ type fakeAddrListener struct{ net.Listener }
 func (fakeAddrListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 8080} }
 
 func TestNoAuthNeedsLoopback(t *testing.T) {
-	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "frontend"})
 	listen := func() net.Listener {
 		ln := testkit.Listen(t)
 		return ln

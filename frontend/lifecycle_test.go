@@ -16,11 +16,7 @@ import (
 // Server does not run. After Run, Close leaves the listener to Run, which
 // closed it, and a second Run is refused.
 func TestCloseWithoutRun(t *testing.T) {
-	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "frontend"})
 	reg := prometheus.NewRegistry()
 	ln := testkit.Listen(t)
 	mln := testkit.Listen(t)

@@ -469,11 +469,7 @@ func FuzzMQTTConn(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	l, err := wal.Open(f.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(f, f.TempDir(), wal.Options{Hop: "frontend"})
 	s, err := New(opts, l, nil, nil)
 	if err != nil {
 		f.Fatal(err)

@@ -261,11 +261,7 @@ func TestInvalidMessagesCounted(t *testing.T) {
 }
 
 func TestOptionsValidation(t *testing.T) {
-	l, err := wal.Open(t.TempDir(), wal.Options{}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{})
 	for _, o := range []middletier.Options{{StateDir: t.TempDir()}, {ID: "x"}, {ID: "x", StateDir: t.TempDir(), Consumers: []string{""}}} {
 		if _, err := middletier.New(o, l, nil, nil); err == nil {
 			t.Errorf("options %+v accepted", o)

@@ -355,11 +355,7 @@ func TestForwardThroughResolver(t *testing.T) {
 // it returns, and may be called again: a new Link can then register its
 // metrics on the same Registerer.
 func TestCloseUnregisters(t *testing.T) {
-	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "frontend"})
 	reg := prometheus.NewRegistry()
 	opts := uplink.Options{ID: "fe", Middletiers: []string{"tcp://127.0.0.1:1"}}
 	k2 := testkit.CheckCloseUnregisters(t, reg, "Link", func() (*uplink.Link, error) { return uplink.New(opts, l, reg, nil) })

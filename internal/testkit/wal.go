@@ -35,3 +35,14 @@ func WALEnvelopes(t testing.TB, dir string) []envelope.Envelope {
 	}
 	return out
 }
+
+// OpenWAL opens the WAL in dir with opts, closed when the test ends.
+func OpenWAL(t testing.TB, dir string, opts wal.Options) *wal.Log {
+	t.Helper()
+	l, err := wal.Open(dir, opts, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
