@@ -397,7 +397,7 @@ func (c *conn) enqueue(seq uint64, now time.Time, msgs []protocol.Message) {
 		}
 	}
 	p.frames = append(p.frames, pframe{seq: seq, recv: now.UnixNano(), nenv: nenv, idEnd: len(p.ids)})
-	c.flushLocked(&s.wg, c.flush)
+	c.flushLocked()
 }
 
 // flush appends the frames of p to the WAL and acknowledges them. It

@@ -561,7 +561,7 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 	e := envelope.Envelope{Frontend: s.opts.ID, Device: c.device, Topic: topic}
 	it.nenv = p.add(&e, msgs, now, &c.bucket, int64(s.opts.Burst))
 	p.items = append(p.items, *it)
-	c.flushLocked(&s.wg, c.flush)
+	c.flushLocked()
 	return nil
 }
 

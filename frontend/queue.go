@@ -16,6 +16,8 @@ type flushQueue[P any, PP pendingBuf[P]] struct {
 	stopped  bool       // nothing more is taken; the connection is ending
 	reason   string     // why it ends (metric label); first writer wins
 	pool     *sync.Pool // of PP, so that an idle connection holds no buffer
+	wg       *sync.WaitGroup
+	flush    func(PP) (reuse bool)
 }
 
 // pendingBuf is a connection's pending buffer: pending or mqttPending.
@@ -25,9 +27,12 @@ type pendingBuf[P any] interface {
 	queued() int // frames or publishes queued
 }
 
-func (q *flushQueue[P, PP]) init(pool *sync.Pool) {
+// init readies the queue: its buffers come from pool, and its flusher,
+// counted by wg, hands what is pending to flush, which appends it to the
+// WAL and acknowledges it and reports whether the buffer may be reused.
+func (q *flushQueue[P, PP]) init(pool *sync.Pool, wg *sync.WaitGroup, flush func(PP) (reuse bool)) {
 	q.cond = sync.NewCond(&q.mu)
-	q.pool = pool
+	q.pool, q.wg, q.flush = pool, wg, flush
 }
 
 // pendingLocked returns the pending buffer, taking one from the pool when
@@ -39,16 +44,14 @@ func (q *flushQueue[P, PP]) pendingLocked() PP {
 	return q.pend
 }
 
-// flushLocked starts a flusher, a goroutine counted by wg, unless one
-// runs. The flusher hands what is pending to flush, which appends it to
-// the WAL and acknowledges it and reports whether the buffer may be
-// reused, until next tells it to end. q.mu is held.
-func (q *flushQueue[P, PP]) flushLocked(wg *sync.WaitGroup, flush func(PP) (reuse bool)) {
+// flushLocked starts a flusher unless one runs; it flushes what is pending
+// until next tells it to end. q.mu is held.
+func (q *flushQueue[P, PP]) flushLocked() {
 	if q.flushing {
 		return
 	}
 	q.flushing = true
-	wg.Go(func() {
+	q.wg.Go(func() {
 		var spare PP
 		for {
 			p, ok := q.next(spare)
@@ -56,7 +59,7 @@ func (q *flushQueue[P, PP]) flushLocked(wg *sync.WaitGroup, flush func(PP) (reus
 				return
 			}
 			spare = nil // next made it pending again
-			if flush(p) {
+			if q.flush(p) {
 				p.reset()
 				spare = p
 			}

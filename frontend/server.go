@@ -385,7 +385,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	}
 
 	c := &conn{s: s, device: device, exp: exp, done: make(chan struct{})}
-	c.init(&s.pendPool)
+	c.init(&s.pendPool, &s.wg, c.flush)
 	hj := &hijacker{ResponseWriter: w}
 	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.opts.OriginPatterns,
