@@ -3,7 +3,6 @@ package auth
 import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
 	"errors"
@@ -14,6 +13,8 @@ import (
 
 	"github.com/golang-jwt/jwt/v5"
 	"go.uber.org/goleak"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -21,14 +22,8 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 var secret = []byte("0123456789abcdef0123456789abcdef")
 
 func TestVerify(t *testing.T) {
-	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rsaKey := testkit.RSAKey(t, 2048)
+	ecKey := testkit.ECKey(t, elliptic.P256())
 	der, err := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
 	if err != nil {
 		t.Fatal(err)
@@ -88,14 +83,8 @@ func TestVerify(t *testing.T) {
 }
 
 func TestNewVerifierChecksKeys(t *testing.T) {
-	small, err := rsa.GenerateKey(rand.Reader, 1024)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	small := testkit.RSAKey(t, 1024)
+	p384 := testkit.ECKey(t, elliptic.P384())
 	for name, o := range map[string]Options{
 		"none":         {},
 		"short secret": {HS256Secrets: [][]byte{[]byte("short")}},
@@ -142,11 +131,7 @@ func TestTokenSizeCap(t *testing.T) {
 	// sized returns a valid HS256 token of exactly n bytes or a little less.
 	sign := func(pad int) string {
 		c := jwt.RegisteredClaims{Subject: "s", ID: strings.Repeat("p", pad)}
-		s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return s
+		return testkit.SignHS256(t, secret, c)
 	}
 	sized := func(n int) string {
 		// Each 3 bytes of claims are 4 of the token.

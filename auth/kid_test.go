@@ -1,14 +1,14 @@
 package auth
 
 import (
-	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"strings"
 	"testing"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // kidSigners are signers of every kind: HS256 "a" and "b", RS256 "r",
@@ -121,18 +121,9 @@ func TestRotation(t *testing.T) {
 // Keys with ids are held to the same rules as the others, and each id
 // names one key.
 func TestNewVerifierChecksKeyIDs(t *testing.T) {
-	small, err := rsa.GenerateKey(rand.Reader, 1024)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	small := testkit.RSAKey(t, 1024)
+	p384 := testkit.ECKey(t, elliptic.P384())
+	ec := testkit.ECKey(t, elliptic.P256())
 	var nilRSA *rsa.PublicKey
 	for _, c := range []struct {
 		name string

@@ -1,10 +1,7 @@
 package auth
 
 import (
-	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"strings"
@@ -12,6 +9,8 @@ import (
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 func pemOf(t testing.TB, typ string, der []byte) []byte {
@@ -23,22 +22,10 @@ func pemOf(t testing.TB, typ string, der []byte) []byte {
 // writes, and keys the Verifier would refuse.
 func signerKeys(t testing.TB) map[string][]byte {
 	t.Helper()
-	rk, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	small, err := rsa.GenerateKey(rand.Reader, 1024)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ek, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p384, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rk := testkit.RSAKey(t, 2048)
+	small := testkit.RSAKey(t, 1024)
+	ek := testkit.ECKey(t, elliptic.P256())
+	p384 := testkit.ECKey(t, elliptic.P384())
 	rk8, _ := x509.MarshalPKCS8PrivateKey(rk)
 	ek1, _ := x509.MarshalECPrivateKey(ek)
 	ek8, _ := x509.MarshalPKCS8PrivateKey(ek)

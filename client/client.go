@@ -26,6 +26,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
 )
 
@@ -180,9 +181,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("parse url: %w", err)
 	}
 	c := &Client{opts: opts, lg: opts.Logger, done: make(chan struct{})}
-	if c.lg == nil {
-		c.lg = slog.New(slog.DiscardHandler)
-	}
+	c.lg = lifecycle.Logger(c.lg)
 	c.cond = sync.NewCond(&c.mu)
 	if opts.OnCommand != nil {
 		c.cmds = make(chan Command, 256)
@@ -246,13 +245,18 @@ func (c *Client) SendWait(ctx context.Context, payload []byte) error {
 	}
 }
 
-func (c *Client) enqueue(ctx context.Context, payload []byte, ch chan error) (*msg, error) {
-	stop := context.AfterFunc(ctx, func() {
+// wakeOn wakes whoever waits on c.cond when ctx ends, so that a wait
+// bounded by ctx sees it end; the function returned undoes it.
+func (c *Client) wakeOn(ctx context.Context) (stop func() bool) {
+	return context.AfterFunc(ctx, func() {
 		c.mu.Lock()
 		c.cond.Broadcast()
 		c.mu.Unlock()
 	})
-	defer stop()
+}
+
+func (c *Client) enqueue(ctx context.Context, payload []byte, ch chan error) (*msg, error) {
+	defer c.wakeOn(ctx)()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for len(c.queue)+len(c.inflight) >= c.opts.MaxQueue && !c.closed && c.fatal == nil && ctx.Err() == nil {
@@ -275,12 +279,7 @@ func (c *Client) enqueue(ctx context.Context, payload []byte, ch chan error) (*m
 
 // Flush waits until every message sent so far has its result.
 func (c *Client) Flush(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() {
-		c.mu.Lock()
-		c.cond.Broadcast()
-		c.mu.Unlock()
-	})
-	defer stop()
+	defer c.wakeOn(ctx)()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for len(c.queue)+len(c.inflight)+c.delivering > 0 && !c.closed && ctx.Err() == nil {

@@ -17,96 +17,37 @@ import (
 	"github.com/ingest-io/ingest/client"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/internal/frontendtest"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 )
 
 var secret = []byte("0123456789abcdef0123456789abcdef-client-test")
 
-// server is a real frontend with a real WAL, on 127.0.0.1.
-type server struct {
-	addr   string
-	dir    string
-	log    *wal.Log
-	cancel context.CancelFunc
-	errc   chan error
-	once   sync.Once
-}
+type server = frontendtest.Server
 
 // start serves a frontend on addr ("127.0.0.1:0" for any port) with its WAL
 // in dir.
 func start(t *testing.T, addr, dir string, opts frontend.Options, wopts wal.Options) *server {
 	t.Helper()
-	wopts.Hop = "frontend"
-	l, err := wal.Open(dir, wopts, nil, nil)
-	if err != nil {
-		t.Fatalf("open wal: %v", err)
-	}
 	opts.ID = "fe-client-test"
 	opts.Auth.HS256Secrets = [][]byte{secret}
 	opts.DrainWindow = 50 * time.Millisecond
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		l.Close()
-		t.Fatalf("listen: %v", err)
-	}
-	opts.Listener = ln
-	srv, err := frontend.New(opts, l, nil, nil)
-	if err != nil {
-		l.Close()
-		t.Fatalf("new frontend: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{addr: ln.Addr().String(), dir: dir, log: l, cancel: cancel, errc: make(chan error, 1)}
-	go func() { s.errc <- srv.Run(ctx) }()
-	t.Cleanup(func() { s.stop(t) })
-	return s
-}
-
-func (s *server) url() string { return "ws://" + s.addr + "/v1/ingest" }
-
-// stop drains the frontend and closes its WAL, once.
-func (s *server) stop(t *testing.T) {
-	s.once.Do(func() {
-		s.cancel()
-		if err := <-s.errc; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if err := s.log.Close(); err != nil {
-			t.Errorf("close wal: %v", err)
-		}
-	})
+	return frontendtest.Start(t, addr, dir, opts, wopts)
 }
 
 func token(t *testing.T, device string) string {
 	t.Helper()
 	c := jwt.RegisteredClaims{Subject: device, ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return testkit.SignHS256(t, secret, c)
 }
 
 // stored returns the "id" of every message in the WAL in dir, in WAL order.
 func stored(t *testing.T, dir string) []int {
 	t.Helper()
-	l, err := wal.Open(dir, wal.Options{Hop: "check"}, nil, nil)
-	if err != nil {
-		t.Fatalf("reopen wal: %v", err)
-	}
-	defer l.Close()
-	cur, err := l.Cursor(0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	var ids []int
-	for uint64(len(ids)) < l.LastIndex()-l.Released() {
-		e, err := cur.Next(context.Background())
-		if err != nil {
-			t.Fatalf("read wal: %v", err)
-		}
-		ids = append(ids, messageID(t, e))
+	for _, env := range testkit.WALEnvelopes(t, dir) {
+		ids = append(ids, payloadID(t, env.Payload))
 	}
 	return ids
 }
@@ -117,9 +58,14 @@ func messageID(t *testing.T, e wal.Entry) int {
 	if err != nil {
 		t.Fatalf("entry %d: %v", e.Index, err)
 	}
+	return payloadID(t, env.Payload)
+}
+
+// payloadID decodes the "id" of a message.
+func payloadID(t *testing.T, payload []byte) int {
 	var p struct{ ID int }
-	if err := json.Unmarshal(env.Payload, &p); err != nil {
-		t.Fatalf("entry %d: %v", e.Index, err)
+	if err := json.Unmarshal(payload, &p); err != nil {
+		t.Fatalf("message %q: %v", payload, err)
 	}
 	return p.ID
 }
@@ -196,12 +142,12 @@ func msg(i int) []byte { return fmt.Appendf(nil, `{"id":%d,"v":%d}`, i, i*i) }
 func TestReconnectResendsInOrder(t *testing.T) {
 	dir := t.TempDir()
 	s1 := start(t, "127.0.0.1:0", dir, frontend.Options{}, wal.Options{})
-	addr := s1.addr
+	addr := s1.Addr
 	var res results
 	d := newDialer(t)
 	ctx := context.Background()
 	c, err := client.Dial(ctx, client.Options{
-		URL: s1.url(), Token: token(t, "dev-1"), Window: 16,
+		URL: s1.URL(), Token: token(t, "dev-1"), Window: 16,
 		MinBackoff: 5 * time.Millisecond, MaxBackoff: 40 * time.Millisecond,
 		HTTPClient: &http.Client{Transport: d.tr}, OnResult: res.add,
 	})
@@ -217,7 +163,7 @@ func TestReconnectResendsInOrder(t *testing.T) {
 		}
 	}
 	testkit.WaitFor(t, "some acknowledgements", 10*time.Second, func() bool { return len(res.snapshot()) >= 50 })
-	s1.stop(t)
+	s1.Stop(t)
 	down := len(d.dials())
 	for i := half; i < 2*half; i++ {
 		if _, err := c.Send(ctx, msg(i)); err != nil {
@@ -246,7 +192,7 @@ func TestReconnectResendsInOrder(t *testing.T) {
 		}
 	}
 	c.Close()
-	s2.stop(t)
+	s2.Stop(t)
 	checkOrder(t, stored(t, dir), 2*half)
 }
 
@@ -262,7 +208,7 @@ func TestOverloadedRetryHint(t *testing.T) {
 	d := newDialer(t)
 	ctx := context.Background()
 	c, err := client.Dial(ctx, client.Options{
-		URL: s.url(), Token: token(t, "dev-1"),
+		URL: s.URL(), Token: token(t, "dev-1"),
 		// Without the hint the client would redial within milliseconds.
 		MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond,
 		HTTPClient: &http.Client{Transport: d.tr}, OnResult: res.add,
@@ -285,7 +231,7 @@ func TestOverloadedRetryHint(t *testing.T) {
 		rel      sync.WaitGroup
 		consumed []int
 	)
-	cur, err := s.log.Cursor(0)
+	cur, err := s.Log.Cursor(0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -299,7 +245,7 @@ func TestOverloadedRetryHint(t *testing.T) {
 				return
 			}
 			consumed = append(consumed, messageID(t, e))
-			if err := s.log.Release(e.Index); err != nil {
+			if err := s.Log.Release(e.Index); err != nil {
 				t.Errorf("release: %v", err)
 				return
 			}
@@ -330,7 +276,7 @@ func TestOverloadedRetryHint(t *testing.T) {
 		}
 	}
 	c.Close()
-	s.stop(t)
+	s.Stop(t)
 	checkOrder(t, consumed, n)
 }
 
@@ -343,7 +289,7 @@ func TestSendWaitAndFlush(t *testing.T) {
 	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
 	var res results
 	ctx := context.Background()
-	c, err := client.Dial(ctx, client.Options{URL: s.url(), Token: token(t, "dev-1"), OnResult: res.add})
+	c, err := client.Dial(ctx, client.Options{URL: s.URL(), Token: token(t, "dev-1"), OnResult: res.add})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -353,8 +299,8 @@ func TestSendWaitAndFlush(t *testing.T) {
 	if err := c.SendWait(ctx, msg(0)); err != nil {
 		t.Fatalf("send wait: %v", err)
 	}
-	if s.log.LastIndex() != 1 {
-		t.Fatalf("WAL last index %d after SendWait, want 1", s.log.LastIndex())
+	if s.Log.LastIndex() != 1 {
+		t.Fatalf("WAL last index %d after SendWait, want 1", s.Log.LastIndex())
 	}
 	// SendWait: the server's rejection, as a *ServerError.
 	err = c.SendWait(ctx, []byte(`{"id":1,"ts":1}`))
@@ -397,13 +343,13 @@ func TestSendWaitAndFlush(t *testing.T) {
 			t.Fatalf("message %d: %v", r.N, r.Err)
 		}
 	}
-	if last := s.log.LastIndex(); last != n-2 {
+	if last := s.Log.LastIndex(); last != n-2 {
 		t.Fatalf("WAL holds %d messages, want %d", last, n-2)
 	}
 
 	// With the frontend gone nothing is acknowledged: the context ends the
 	// wait, not the message.
-	s.stop(t)
+	s.Stop(t)
 	if _, err := c.Send(ctx, msg(n)); err != nil {
 		t.Fatal(err)
 	}
@@ -449,7 +395,7 @@ func TestDialRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c, err := client.Dial(context.Background(), client.Options{URL: s.url(), Token: bad})
+	c, err := client.Dial(context.Background(), client.Options{URL: s.URL(), Token: bad})
 	if !errors.Is(err, client.ErrRefused) {
 		if c != nil {
 			c.Close()
@@ -462,14 +408,14 @@ func TestDialRefused(t *testing.T) {
 // callback for the last results must not be overtaken.
 func TestFlushWaitsForOnResult(t *testing.T) {
 	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
-	defer s.stop(t)
+	defer s.Stop(t)
 	var res results
 	slow := func(r client.Result) {
 		time.Sleep(20 * time.Millisecond) // a callback that does work of its own
 		res.add(r)
 	}
 	ctx := context.Background()
-	c, err := client.Dial(ctx, client.Options{URL: s.url(), Token: token(t, "dev-1"), OnResult: slow})
+	c, err := client.Dial(ctx, client.Options{URL: s.URL(), Token: token(t, "dev-1"), OnResult: slow})
 	if err != nil {
 		t.Fatal(err)
 	}

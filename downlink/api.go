@@ -15,6 +15,7 @@ import (
 
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wire"
 )
@@ -69,9 +70,7 @@ func NewAPI(l *Link, o APIOptions, lg *slog.Logger) http.Handler {
 	if o.Timeout <= 0 {
 		o.Timeout = 5 * time.Second
 	}
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	a := &api{l: l, o: o, lg: lg}
 	mux := http.NewServeMux()
 	mux.HandleFunc(Routes[0], a.auth(a.submit))

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"sync"
 	"testing"
@@ -57,14 +56,8 @@ func startFrontend(t *testing.T, id string, homes []string, withAuth bool) *test
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
+	mln := testkit.Listen(t)
 	o := frontend.Options{ID: id, Listener: ln, MQTTListener: mln, Downlink: link, DrainWindow: 100 * time.Millisecond}
 	if withAuth {
 		o.Auth = auth.Options{HS256Secrets: [][]byte{testSecret}}
@@ -216,9 +209,5 @@ func appToken(t *testing.T, scope any) string {
 	if scope != nil {
 		claims["scope"] = scope
 	}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, claims).SignedString(testSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return testkit.SignHS256(t, testSecret, claims)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/internal/metricset"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wire"
@@ -119,9 +120,7 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Link, error
 	if opts.SendStall <= 0 {
 		opts.SendStall = d.SendStall
 	}
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	l := &Link{opts: opts, lg: lg, devices: map[string]*Attachment{}, pending: map[uint64]chan *wire.Reply{}}
 	for i, a := range opts.Homes {
 		l.homes = append(l.homes, &home{l: l, index: i, addr: a})

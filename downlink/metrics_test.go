@@ -2,6 +2,7 @@ package downlink_test
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
@@ -36,36 +37,33 @@ func TestMetricsMove(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	metric := func(tf *testFrontend, name string) float64 { return testkit.Metric(t, tf.reg, name) }
-	home := func(name string) float64 { return testkit.Metric(t, h.Reg, name) }
+	// moved waits until the frontend has pending commands pending, then
+	// checks that its histogram feHist and the home's homeHist have one
+	// observation each.
+	moved := func(pending float64, feHist, homeHist string) {
+		t.Helper()
+		testkit.WaitFor(t, fmt.Sprintf("%v pending commands at the frontend", pending), 10*time.Second, func() bool {
+			return testkit.Metric(t, fe.reg, "ingest_downlink_pending_commands") == pending
+		})
+		if n := testkit.Metric(t, fe.reg, feHist); n != 1 {
+			t.Fatalf("%s observations %v, want 1", feHist, n)
+		}
+		if n := testkit.Metric(t, h.Reg, homeHist); n != 1 {
+			t.Fatalf("home's %s observations %v, want 1", homeHist, n)
+		}
+	}
 
 	cmd := submit(t, fe, "dev-1", "hold", nil)
 	if id := <-got; id != cmd.ID {
 		t.Fatalf("device got %s, want %s", id, cmd.ID)
 	}
-	testkit.WaitFor(t, "one pending command at the frontend", 10*time.Second, func() bool {
-		return metric(fe, "ingest_downlink_pending_commands") == 1
-	})
-	if n := metric(fe, "ingest_downlink_delivery_latency_seconds"); n != 1 {
-		t.Fatalf("delivery latency observations %v, want 1", n)
-	}
-	if n := home("ingest_command_delivery_latency_seconds"); n != 1 {
-		t.Fatalf("home's delivery latency observations %v, want 1", n)
-	}
+	moved(1, "ingest_downlink_delivery_latency_seconds", "ingest_command_delivery_latency_seconds")
 	testkit.WaitFor(t, "the home's gauge: one sent", 10*time.Second, func() bool {
 		return gaugeOf(t, h, "sent") == 1
 	})
 	close(release)
 	waitState(t, fe, cmd.ID, "acknowledged")
-	testkit.WaitFor(t, "nothing pending at the frontend", 10*time.Second, func() bool {
-		return metric(fe, "ingest_downlink_pending_commands") == 0
-	})
-	if n := metric(fe, "ingest_downlink_result_latency_seconds"); n != 1 {
-		t.Fatalf("result latency observations %v, want 1", n)
-	}
-	if n := home("ingest_command_answer_latency_seconds"); n != 1 {
-		t.Fatalf("home's answer latency observations %v, want 1", n)
-	}
+	moved(0, "ingest_downlink_result_latency_seconds", "ingest_command_answer_latency_seconds")
 	testkit.WaitFor(t, "the home's gauge: one acknowledged, none sent", 10*time.Second, func() bool {
 		return gaugeOf(t, h, "acknowledged") == 1 && gaugeOf(t, h, "sent") == 0
 	})

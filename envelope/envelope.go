@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+
+	"github.com/ingest-io/ingest/internal/varint"
 )
 
 // Version is the newest layout version, written by AppendEncode for an
@@ -62,14 +64,14 @@ type Envelope struct {
 
 // Size returns the exact number of bytes AppendEncode adds for e.
 func Size(e *Envelope) int {
-	n := 2 + uvarintLen(len(e.Frontend)) + len(e.Frontend) +
-		uvarintLen(len(e.Device)) + len(e.Device) + 8 +
-		uvarintLen(len(e.Payload)) + len(e.Payload) + 4
+	n := 2 + varint.Len(uint64(len(e.Frontend))) + len(e.Frontend) +
+		varint.Len(uint64(len(e.Device))) + len(e.Device) + 8 +
+		varint.Len(uint64(len(e.Payload))) + len(e.Payload) + 4
 	if e.HasDeviceTime {
 		n += 8
 	}
 	if e.Topic != "" {
-		n += uvarintLen(len(e.Topic)) + len(e.Topic)
+		n += varint.Len(uint64(len(e.Topic))) + len(e.Topic)
 	}
 	return n
 }
@@ -162,7 +164,7 @@ func Decode(b []byte) (Envelope, error) {
 		}
 	}
 	n, k := binary.Uvarint(p)
-	if k <= 0 || k != uvarintLen(int(min(n, 1<<62))) {
+	if k <= 0 || k != varint.Len(min(n, 1<<62)) {
 		return e, fmt.Errorf("%w: payload length malformed", ErrInvalid)
 	}
 	p = p[k:]
@@ -181,7 +183,7 @@ func Decode(b []byte) (Envelope, error) {
 
 func readID(p []byte, what string) (id, rest []byte, err error) {
 	n, k := binary.Uvarint(p)
-	if k <= 0 || k != uvarintLen(int(min(n, 1<<62))) {
+	if k <= 0 || k != varint.Len(min(n, 1<<62)) {
 		// Non-minimal varints are rejected so that every accepted record is
 		// exactly the encoding of what it decodes to.
 		return nil, nil, fmt.Errorf("%w: %s length malformed", ErrInvalid, what)
@@ -202,13 +204,4 @@ func CheckID(id string) error {
 		return fmt.Errorf("check id: length %d outside 1..%d", len(id), MaxIDBytes)
 	}
 	return nil
-}
-
-func uvarintLen(n int) int {
-	l := 1
-	for n >= 0x80 {
-		n >>= 7
-		l++
-	}
-	return l
 }

@@ -7,6 +7,8 @@ import (
 	"hash/crc32"
 	"strings"
 	"testing"
+
+	"github.com/ingest-io/ingest/internal/decodetest"
 )
 
 func sample() *Envelope {
@@ -177,11 +179,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(make([]byte, 30))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		e, err := Decode(b)
-		if err != nil {
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("error %v does not wrap ErrInvalid", err)
-			}
+		e, ok := decodetest.Accepted(t, b, Decode, ErrInvalid)
+		if !ok {
 			return
 		}
 		// Anything accepted is exactly the encoding of what it decoded to.

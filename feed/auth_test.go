@@ -2,7 +2,6 @@ package feed_test
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
@@ -15,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 )
 
@@ -65,17 +65,7 @@ func TestAuth(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			u := fs.url
-			if tc.query != "" {
-				u += "?token=" + tc.query
-			}
-			h := http.Header{}
-			if tc.header != "" {
-				h.Set("Authorization", tc.header)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: h})
+			c, resp, err := testkit.DialToken(fs.url, tc.header, tc.query)
 			if tc.status == 0 {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -93,10 +83,7 @@ func TestAuth(t *testing.T) {
 				t.Fatalf("refusal %v, want HTTP %d", err, tc.status)
 			}
 			if tc.code != "" {
-				var body struct{ Type, Code string }
-				if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Type != "error" || body.Code != tc.code {
-					t.Fatalf("refusal body %+v (%v), want an error with code %s", body, err, tc.code)
-				}
+				testkit.CheckRefusal(t, resp, tc.code)
 			}
 		})
 	}
@@ -117,10 +104,7 @@ func TestAuth(t *testing.T) {
 }
 
 func TestNoAuthNeedsLoopback(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	if _, err := feed.New(feed.Options{Listener: ln, Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, nil, nil); err == nil || !strings.Contains(err.Error(), "check auth") {
 		t.Fatalf("New with neither keys nor InsecureNoAuth: %v, want refused", err)
 	}
@@ -136,29 +120,13 @@ func TestNoAuthNeedsLoopback(t *testing.T) {
 // and the metrics' registrations. It may be called again, and a closed
 // Server does not run.
 func TestCloseWithoutRun(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	reg := prometheus.NewRegistry()
 	s, err := feed.New(feed.Options{Listener: ln, InsecureNoAuth: true, Sources: []feed.Source{{Feed: "tcp://127.0.0.1:1"}}}, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 2 {
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := ln.Accept(); err == nil {
-		t.Fatal("Close left the listener open")
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Close %d metric families remain", len(mfs))
-	}
-	if err := s.Run(context.Background()); err == nil {
-		t.Fatal("a closed Server ran")
-	}
+	testkit.CheckCloseWithoutRun(t, s.Close, s.Run, reg, map[string]net.Listener{"listener": ln})
 }
 
 func TestSubscribeErrors(t *testing.T) {

@@ -14,6 +14,7 @@ import (
 	"github.com/ingest-io/ingest/client"
 	"github.com/ingest-io/ingest/feed"
 	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
@@ -32,11 +33,7 @@ func BenchmarkDeviceToFeed(b *testing.B) {
 	tr := startTier(b, middletier.Options{})
 
 	// The frontend and its uplink.
-	flog, err := wal.Open(filepath.Join(b.TempDir(), "wal"), wal.Options{Hop: "frontend", MaxBytes: 8 << 30, SegmentBytes: 4 << 20}, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer flog.Close()
+	flog := testkit.OpenWAL(b, filepath.Join(b.TempDir(), "wal"), wal.Options{Hop: "frontend", MaxBytes: 8 << 30, SegmentBytes: 4 << 20})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

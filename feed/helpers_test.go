@@ -93,10 +93,7 @@ func startFeed(t testing.TB, opts feed.Options) *feedServer {
 		opts.Auth = auth.Options{HS256Secrets: [][]byte{testSecret}}
 	}
 	reg := prometheus.NewRegistry()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	opts.Listener = ln
 	s, err := feed.New(opts, reg, nil)
 	if err != nil {
@@ -117,11 +114,7 @@ func token(t testing.TB, scope any, mod func(*jwt.MapClaims)) string {
 	if mod != nil {
 		mod(&c)
 	}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(testSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return testkit.SignHS256(t, testSecret, c)
 }
 
 // frame is any server frame.
@@ -292,10 +285,7 @@ func metric(t testing.TB, fs *feedServer, name string) float64 {
 // fakeAddrListener is a loopback listener that reports a non-loopback
 // address.
 func fakeAddrListener(t testing.TB) net.Listener {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	t.Cleanup(func() { ln.Close() })
 	return fakeAddr{ln}
 }

@@ -187,11 +187,5 @@ func (s *Server) Run(ctx context.Context) error {
 // returns. Call it after Run has returned, or instead of Run; it does not
 // stop Run (end Run's context for that). It is idempotent.
 func (s *Server) Close() error {
-	return s.life.Close(func(ran bool) error {
-		s.m.unregister()
-		if ran {
-			return nil
-		}
-		return s.opts.Listener.Close()
-	})
+	return s.life.Release(s.m.unregister, s.opts.Listener.Close)
 }

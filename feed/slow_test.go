@@ -40,25 +40,12 @@ func smallBufferDialer() *http.Client {
 // many, and is closed with 4000; meanwhile another reader gets every single
 // message, in order: the slow one slows neither the pipeline nor it.
 func TestSlowReader(t *testing.T) {
-	tr := startTier(t, middletier.Options{})
-	fs := startFeed(t, feed.Options{
-		Sources:     []feed.Source{{Feed: tr.addrs.Feed, Consumer: tr.addrs.Consumer}},
+	fs, fe, tok, fast := startFastReader(t, feed.Options{
 		ClientQueue: 1024,
 		SlowGrace:   300 * time.Millisecond,
 	})
-	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
-	tok := token(t, "feed:read", nil)
-
-	fast := dialReader(t, fs.url, tok, nil)
-	fast.run(t)
-	fast.subscribe(t, `{"type":"subscribe"}`)
-	slow := dialReader(t, fs.url, tok, &websocket.DialOptions{HTTPClient: smallBufferDialer()})
+	slow := dialSlowReader(t, fs.url, tok)
 	slow.c.SetReadLimit(1 << 20)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	if err := slow.c.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe"}`)); err != nil {
-		t.Fatal(err)
-	}
-	cancel()
 	warm(t, fe, fast)
 
 	// Batches of 100 messages of 1 KiB, each sent once the fast reader has
@@ -68,12 +55,11 @@ func TestSlowReader(t *testing.T) {
 	// grace: it has stayed too slow.
 	const per, maxBatches = 100, 400
 	pad := strings.Repeat("x", 1000)
-	var got []frame
+	st := &numbered{fe: fe, fast: fast}
 	var firstDrop time.Time
-	sent := 0
 	for b := 0; ; b++ {
 		if b == maxBatches {
-			t.Fatalf("after %d messages the slow reader has not been too slow for long", sent)
+			t.Fatalf("after %d messages the slow reader has not been too slow for long", st.sent)
 		}
 		if firstDrop.IsZero() && metric(t, fs, "ingest_feed_dropped_messages_total") > 0 {
 			firstDrop = time.Now()
@@ -81,22 +67,10 @@ func TestSlowReader(t *testing.T) {
 		if !firstDrop.IsZero() && time.Since(firstDrop) > 3*300*time.Millisecond {
 			break
 		}
-		msgs := make([]msg, per)
-		for i := range msgs {
-			msgs[i] = msg{device: "dev", payload: fmt.Sprintf(`{"n":%d,"pad":"%s"}`, sent+i, pad)}
-		}
-		fe.send(t, msgs...)
-		sent += per
-		if b > 0 {
-			got = append(got, fast.messages(t, sent-per-len(got), isWarm)...)
-		}
+		st.batch(t, per, pad)
 	}
-	got = append(got, fast.messages(t, sent-len(got), isWarm)...)
-	for i, f := range got {
-		if want := fmt.Sprintf(`{"n":%d,`, i); !strings.HasPrefix(string(f.Payload), want) {
-			t.Fatalf("fast reader's message %d is %.20s", i, f.Payload)
-		}
-	}
+	st.check(t)
+	sent := st.sent
 
 	// The slow reader now reads: some messages, then a missed notice, then
 	// the close.
@@ -221,29 +195,16 @@ func readSlowly(r *reader, pause, interval time.Duration) slowOutcome {
 // the pipeline does not slow down.
 func TestSlowReaderToldBeforeWriteTimeout(t *testing.T) {
 	const writeTimeout = time.Second
-	tr := startTier(t, middletier.Options{})
-	fs := startFeed(t, feed.Options{
-		Sources:      []feed.Source{{Feed: tr.addrs.Feed, Consumer: tr.addrs.Consumer}},
+	fs, fe, tok, fast := startFastReader(t, feed.Options{
 		ClientQueue:  256,
 		SlowGrace:    300 * time.Millisecond,
 		WriteTimeout: writeTimeout,
 		PingInterval: 10 * time.Second,
 		PongTimeout:  10 * time.Second,
 	})
-	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
-	tok := token(t, "feed:read", nil)
-
-	fast := dialReader(t, fs.url, tok, nil)
-	fast.run(t)
-	fast.subscribe(t, `{"type":"subscribe"}`)
 	var slow []*reader
 	for range 2 {
-		r := dialReader(t, fs.url, tok, &websocket.DialOptions{HTTPClient: smallBufferDialer()})
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if err := r.c.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe"}`)); err != nil {
-			t.Fatal(err)
-		}
-		cancel()
+		r := dialSlowReader(t, fs.url, tok)
 		t.Cleanup(func() { r.c.CloseNow() })
 		slow = append(slow, r)
 	}
@@ -259,29 +220,17 @@ func TestSlowReaderToldBeforeWriteTimeout(t *testing.T) {
 	// Batches of 20 messages every 20 ms for four seconds, each once the
 	// fast reader has the one before last.
 	const per = 20
-	var got []frame
-	sent := 0
+	st := &numbered{fe: fe, fast: fast}
+	pad := strings.Repeat("x", 50)
 	start := time.Now()
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
-	for b := 0; time.Since(start) < 4*time.Second; b++ {
+	for time.Since(start) < 4*time.Second {
 		<-tick.C
-		msgs := make([]msg, per)
-		for i := range msgs {
-			msgs[i] = msg{device: "dev", payload: fmt.Sprintf(`{"n":%d,"pad":"%s"}`, sent+i, strings.Repeat("x", 50))}
-		}
-		fe.send(t, msgs...)
-		sent += per
-		if b > 0 {
-			got = append(got, fast.messages(t, sent-per-len(got), isWarm)...)
-		}
+		st.batch(t, per, pad)
 	}
-	got = append(got, fast.messages(t, sent-len(got), isWarm)...)
-	for i, f := range got {
-		if want := fmt.Sprintf(`{"n":%d,`, i); !strings.HasPrefix(string(f.Payload), want) {
-			t.Fatalf("fast reader's message %d is %.20s", i, f.Payload)
-		}
-	}
+	st.check(t)
+	sent := st.sent
 	readers.Wait()
 
 	for i, o := range outcomes {
@@ -327,4 +276,70 @@ func metricWith(t testing.TB, fs *feedServer, name, label, value string) float64
 		}
 	}
 	return 0
+}
+
+// startFastReader starts a middletier, a feed of it with opts (its
+// source set), a frontend sending to the middletier, and a reader that
+// reads everything as it comes; tok is a reader's token.
+func startFastReader(t *testing.T, opts feed.Options) (fs *feedServer, fe *sender, tok string, fast *reader) {
+	t.Helper()
+	tr := startTier(t, middletier.Options{})
+	opts.Sources = []feed.Source{{Feed: tr.addrs.Feed, Consumer: tr.addrs.Consumer}}
+	fs = startFeed(t, opts)
+	fe = newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+	tok = token(t, "feed:read", nil)
+	fast = dialReader(t, fs.url, tok, nil)
+	fast.run(t)
+	fast.subscribe(t, `{"type":"subscribe"}`)
+	return fs, fe, tok, fast
+}
+
+// dialSlowReader dials a reader over a connection with small socket
+// buffers and subscribes it to everything, reading nothing yet.
+func dialSlowReader(t *testing.T, url, tok string) *reader {
+	t.Helper()
+	r := dialReader(t, url, tok, &websocket.DialOptions{HTTPClient: smallBufferDialer()})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.c.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe"}`)); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// numbered sends batches of numbered messages ({"n":0,…}, {"n":1,…}…)
+// and gathers what the fast reader gets of them, one batch behind: each
+// batch is sent once the fast reader has the one before last.
+type numbered struct {
+	fe   *sender
+	fast *reader
+	sent int
+	got  []frame
+}
+
+// batch sends per messages padded with pad, then waits for the fast
+// reader to have every batch but this one.
+func (n *numbered) batch(t *testing.T, per int, pad string) {
+	t.Helper()
+	msgs := make([]msg, per)
+	for i := range msgs {
+		msgs[i] = msg{device: "dev", payload: fmt.Sprintf(`{"n":%d,"pad":"%s"}`, n.sent+i, pad)}
+	}
+	n.fe.send(t, msgs...)
+	if n.sent > 0 {
+		n.got = append(n.got, n.fast.messages(t, n.sent-len(n.got), isWarm)...)
+	}
+	n.sent += per
+}
+
+// check waits for the fast reader to have every message sent and checks
+// that it got each once, in order.
+func (n *numbered) check(t *testing.T) {
+	t.Helper()
+	n.got = append(n.got, n.fast.messages(t, n.sent-len(n.got), isWarm)...)
+	for i, f := range n.got {
+		if want := fmt.Sprintf(`{"n":%d,`, i); !strings.HasPrefix(string(f.Payload), want) {
+			t.Fatalf("fast reader's message %d is %.20s", i, f.Payload)
+		}
+	}
 }

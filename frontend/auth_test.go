@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"net"
@@ -20,23 +18,15 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
 
 func TestAuth(t *testing.T) {
-	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ecKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	otherRSA, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rsaKey := testkit.RSAKey(t, 2048)
+	ecKey := testkit.ECKey(t, elliptic.P256())
+	otherRSA := testkit.RSAKey(t, 2048)
 	der, err := x509.MarshalPKIXPublicKey(&rsaKey.PublicKey)
 	if err != nil {
 		t.Fatal(err)
@@ -127,17 +117,7 @@ func TestAuth(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			u := ts.url()
-			if tc.query != "" {
-				u += "?token=" + tc.query
-			}
-			h := http.Header{}
-			if tc.header != "" {
-				h.Set("Authorization", tc.header)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			c, resp, err := websocket.Dial(ctx, u, &websocket.DialOptions{HTTPHeader: h})
+			c, resp, err := testkit.DialToken(ts.url(), tc.header, tc.query)
 			if tc.ok {
 				if err != nil {
 					t.Fatalf("refused: %v", err)
@@ -163,10 +143,7 @@ func TestAuth(t *testing.T) {
 			if want == "" {
 				want = protocol.CodeUnauthorized
 			}
-			var body struct{ Type, Code string }
-			if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Type != "error" || body.Code != want {
-				t.Fatalf("refusal body %+v (%v), want an error with code %s", body, err, want)
-			}
+			testkit.CheckRefusal(t, resp, want)
 		})
 	}
 
@@ -199,7 +176,7 @@ func TestAuth(t *testing.T) {
 		}
 		c.CloseNow()
 		ts.stop(t)
-		envs := walEnvelopes(t, ts.dir)
+		envs := testkit.WALEnvelopes(t, ts.dir)
 		if len(envs) == 0 {
 			t.Fatal("nothing stored")
 		}
@@ -220,16 +197,9 @@ type fakeAddrListener struct{ net.Listener }
 func (fakeAddrListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 8080} }
 
 func TestNoAuthNeedsLoopback(t *testing.T) {
-	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "frontend"})
 	listen := func() net.Listener {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := testkit.Listen(t)
 		return ln
 	}
 	ln := listen()

@@ -54,12 +54,8 @@ type conn struct {
 	// frames, carry their own timeouts).
 	wmu sync.Mutex
 
-	mu       sync.Mutex
-	cond     *sync.Cond // signalled when flushing turns false or pending shrinks
-	pend     *pending   // frames waiting for the flusher; nil when idle
-	flushing bool       // a flusher goroutine is running
-	stopped  bool       // no frame is accepted any more; the connection is ending
-	reason   string     // why it ends (metric label); first writer wins
+	// Frames waiting for the flusher, and the connection's end.
+	flushQueue[pending, *pending]
 
 	pingMu      sync.Mutex
 	pingTimer   *time.Timer
@@ -68,12 +64,10 @@ type conn struct {
 
 // pending holds the frames a flusher will append together.
 type pending struct {
-	buf     []byte   // encoded envelopes, back to back
-	ends    []int    // end offset in buf of each envelope
-	frames  []pframe // every queued frame, in seq order
-	ids     []byte   // comma-separated raw client ids of accepted messages
-	entries [][]byte // scratch for AppendBatch
-	out     []byte   // scratch for the ack frame
+	batch
+	frames []pframe // every queued frame, in seq order
+	ids    []byte   // comma-separated raw client ids of accepted messages
+	out    []byte   // scratch for the ack frame
 }
 
 type pframe struct {
@@ -84,9 +78,57 @@ type pframe struct {
 }
 
 func (p *pending) reset() {
-	p.buf, p.ends, p.frames, p.ids, p.out = p.buf[:0], p.ends[:0], p.frames[:0], p.ids[:0], p.out[:0]
-	clear(p.entries)
-	p.entries = p.entries[:0]
+	p.batch.reset()
+	p.frames, p.ids, p.out = p.frames[:0], p.ids[:0], p.out[:0]
+}
+
+func (p *pending) queued() int { return len(p.frames) }
+
+// batch is the envelopes a flusher appends with one AppendBatch, over a
+// WebSocket connection or an MQTT session.
+type batch struct {
+	buf     []byte   // encoded envelopes, back to back
+	ends    []int    // end offset in buf of each envelope
+	entries [][]byte // scratch for AppendBatch
+}
+
+func (b *batch) reset() {
+	b.buf, b.ends = b.buf[:0], b.ends[:0]
+	clear(b.entries)
+	b.entries = b.entries[:0]
+}
+
+// add encodes the accepted messages of msgs (those without a Code) as
+// envelopes like e, received at now, and returns how many it added. A
+// message without a device time takes its receive time from the device's
+// bucket (see bucket.stamp), which lead bounds.
+func (b *batch) add(e *envelope.Envelope, msgs []protocol.Message, now time.Time, bk *bucket, lead int64) int {
+	n := len(b.ends)
+	for i := range msgs {
+		m := &msgs[i]
+		if m.Code != "" {
+			continue
+		}
+		e.HasDeviceTime, e.DeviceTime = m.TS != nil, m.Time
+		e.Received = now.UnixNano()
+		if !e.HasDeviceTime {
+			e.Received = bk.stamp(e.Received, lead)
+		}
+		e.Payload = m.Raw
+		b.buf = envelope.AppendEncode(b.buf, e)
+		b.ends = append(b.ends, len(b.buf))
+	}
+	return len(b.ends) - n
+}
+
+// split fills entries with the envelopes in buf, for AppendBatch.
+func (b *batch) split() [][]byte {
+	start := 0
+	for _, end := range b.ends {
+		b.entries = append(b.entries, b.buf[start:end])
+		start = end
+	}
+	return b.entries
 }
 
 // bucket is a token bucket refilled at Options.Rate up to Options.Burst. It
@@ -168,18 +210,7 @@ func (c *conn) serve() {
 	if !stopped {
 		c.ws.CloseNow()
 	}
-	c.mu.Lock()
-	for c.flushing {
-		c.cond.Wait()
-	}
-	if c.pend != nil {
-		// Frames read but never appended: nothing was acknowledged for them.
-		c.pend.reset()
-		c.s.pendPool.Put(c.pend)
-		c.pend = nil
-	}
-	reason := c.reason
-	c.mu.Unlock()
+	reason := c.dropPending()
 	c.stopPing()
 	c.s.m.closes.WithLabelValues(reason).Inc()
 	c.s.lg.Debug("device disconnected", "device", c.device, "reason", reason)
@@ -265,7 +296,7 @@ func (c *conn) handleFrame(typ websocket.MessageType, frame []byte, now time.Tim
 	if stopped {
 		return // ending: the device resends whatever was not acknowledged
 	}
-	if !c.exp.IsZero() && now.After(c.exp.Add(s.opts.Auth.Leeway)) {
+	if s.expired(c.exp, now) {
 		s.m.rejected.WithLabelValues(protocol.CodeUnauthorized).Inc()
 		c.writeError(protocol.CodeUnauthorized, seq, -1, nil, 0, "token expired")
 		c.finish(protocol.ClosePolicyViolation, reasonExpired)
@@ -304,18 +335,41 @@ func (c *conn) handleFrame(typ websocket.MessageType, frame []byte, now time.Tim
 		c.finish(protocol.CloseTryAgainLater, reasonRateLimited)
 		return
 	}
-	for i := range msgs {
-		m := &msgs[i]
-		m.Check(c.device, now, s.opts.MaxFutureSkew)
-		if m.Code != "" {
-			s.m.rejected.WithLabelValues(m.Code).Inc()
-			if m.Rule != "" {
-				s.m.fieldRules.WithLabelValues(m.Rule).Inc()
+	if bad := s.check(c.device, msgs, now); bad >= 0 {
+		for i := range msgs[bad:] {
+			if m := &msgs[bad+i]; m.Code != "" {
+				c.writeError(m.Code, seq, m.Index, m.ID, 0, m.Reason)
 			}
-			c.writeError(m.Code, seq, m.Index, m.ID, 0, m.Reason)
 		}
 	}
 	c.enqueue(seq, now, msgs)
+}
+
+// check checks each message of a frame or publish of device, counting
+// those it refuses, and returns the index of the first it refuses, or -1.
+func (s *Server) check(device string, msgs []protocol.Message, now time.Time) int {
+	first := -1
+	for i := range msgs {
+		m := &msgs[i]
+		m.Check(device, now, s.opts.MaxFutureSkew)
+		if m.Code == "" {
+			continue
+		}
+		s.m.rejected.WithLabelValues(m.Code).Inc()
+		if m.Rule != "" {
+			s.m.fieldRules.WithLabelValues(m.Rule).Inc()
+		}
+		if first < 0 {
+			first = i
+		}
+	}
+	return first
+}
+
+// expired reports whether a token that expires at exp (zero: never) has
+// expired at now, past the leeway.
+func (s *Server) expired(exp, now time.Time) bool {
+	return !exp.IsZero() && now.After(exp.Add(s.opts.Auth.Leeway))
 }
 
 // enqueue encodes the accepted messages of frame seq into pending and makes
@@ -331,96 +385,39 @@ func (c *conn) enqueue(seq uint64, now time.Time, msgs []protocol.Message) {
 	if c.stopped {
 		return
 	}
-	if c.pend == nil {
-		c.pend = s.pendPool.Get().(*pending)
-	}
-	p := c.pend
-	e := envelope.Envelope{Frontend: s.opts.ID, Device: c.device, Received: now.UnixNano()}
-	nenv := len(p.ends)
+	p := c.pendingLocked()
+	e := envelope.Envelope{Frontend: s.opts.ID, Device: c.device}
+	nenv := p.add(&e, msgs, now, &c.bucket, int64(s.opts.Burst))
 	for i := range msgs {
-		m := &msgs[i]
-		if m.Code != "" {
-			continue
-		}
-		e.HasDeviceTime, e.DeviceTime = m.TS != nil, m.Time
-		e.Received = now.UnixNano()
-		if !e.HasDeviceTime {
-			e.Received = c.bucket.stamp(e.Received, int64(s.opts.Burst))
-		}
-		e.Payload = m.Raw
-		p.buf = envelope.AppendEncode(p.buf, &e)
-		p.ends = append(p.ends, len(p.buf))
-		if m.ID != nil {
+		if m := &msgs[i]; m.Code == "" && m.ID != nil {
 			if len(p.ids) > 0 {
 				p.ids = append(p.ids, ',')
 			}
 			p.ids = append(p.ids, m.ID...)
 		}
 	}
-	p.frames = append(p.frames, pframe{seq: seq, recv: now.UnixNano(), nenv: len(p.ends) - nenv, idEnd: len(p.ids)})
-	if !c.flushing {
-		c.flushing = true
-		s.wg.Add(1)
-		go c.flush()
-	}
+	p.frames = append(p.frames, pframe{seq: seq, recv: now.UnixNano(), nenv: nenv, idEnd: len(p.ids)})
+	c.flushLocked()
 }
 
-// flush appends pending frames to the WAL and acknowledges them, until none
-// are left.
-func (c *conn) flush() {
+// flush appends the frames of p to the WAL and acknowledges them. It
+// reports whether p may be reused.
+func (c *conn) flush(p *pending) bool {
 	s := c.s
-	defer s.wg.Done()
-	var spare *pending
-	for {
-		c.mu.Lock()
-		p := c.pend
-		if p == nil || len(p.frames) == 0 || c.stopped && c.reason != reasonDrain &&
-			c.reason != reasonRateLimited && c.reason != reasonExpired && c.reason != reasonReplaced && c.reason != reasonRevoked {
-			// Nothing left, or the connection broke: stop. Buffers go back
-			// to the pool so an idle connection holds none.
-			if p != nil {
-				p.reset()
-				s.pendPool.Put(p)
-				c.pend = nil
-			}
-			c.flushing = false
-			c.cond.Broadcast()
-			c.mu.Unlock()
-			if spare != nil {
-				s.pendPool.Put(spare)
-			}
-			return
-		}
-		c.pend = spare
-		c.cond.Broadcast() // room for the reader again
-		c.mu.Unlock()
-
-		var err error
-		if len(p.ends) > 0 {
-			start := 0
-			for _, end := range p.ends {
-				p.entries = append(p.entries, p.buf[start:end])
-				start = end
-			}
-			_, err = s.log.AppendBatch(s.hard, p.entries)
-		}
-		reuse := true
-		switch {
-		case err == nil:
-			c.ack(p, len(p.frames), p.ids)
-		case errors.Is(err, wal.ErrTooLarge):
-			// More than the WAL could hold even when empty (its bound is
-			// small, or it bounds entries): append frame by frame.
-			reuse = c.appendEach(p)
-		default:
-			reuse = c.appendFailed(p, 0, err)
-		}
-		if !reuse {
-			continue // the loop sees stopped and exits
-		}
-		p.reset()
-		spare = p
+	var err error
+	if len(p.ends) > 0 {
+		_, err = s.log.AppendBatch(s.hard, p.split())
 	}
+	switch {
+	case err == nil:
+		c.ack(p, len(p.frames), p.ids)
+		return true
+	case errors.Is(err, wal.ErrTooLarge):
+		// More than the WAL could hold even when empty (its bound is
+		// small, or it bounds entries): append frame by frame.
+		return c.appendEach(p)
+	}
+	return c.appendFailed(p, 0, err)
 }
 
 // ack writes one cumulative ack for the first to frames of p, naming ids,
@@ -493,11 +490,7 @@ func (c *conn) appendEach(p *pending) bool {
 func (c *conn) appendFailed(p *pending, from int, err error) bool {
 	s := c.s
 	c.mu.Lock()
-	if c.pend != nil {
-		// Frames queued behind the failed ones must not be appended out of order.
-		c.pend.reset()
-	}
-	already := c.stopped
+	already := c.failedLocked()
 	c.stopped = true
 	c.mu.Unlock()
 	first := p.frames[from].seq

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -112,7 +113,7 @@ func TestFieldLimits(t *testing.T) {
 			}
 			c.CloseNow()
 			ts.stop(t)
-			envs := walEnvelopes(t, ts.dir)
+			envs := testkit.WALEnvelopes(t, ts.dir)
 			if len(envs) != len(stored) {
 				t.Fatalf("%d envelopes stored, want %d", len(envs), len(stored))
 			}

@@ -15,7 +15,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -93,11 +93,7 @@ func hsToken(t testing.TB, sub string, mod func(*jwt.RegisteredClaims)) string {
 	if mod != nil {
 		mod(&c)
 	}
-	s, err := jwt.NewWithClaims(jwt.SigningMethodHS256, c).SignedString(testSecret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return s
+	return testkit.SignHS256(t, testSecret, c)
 }
 
 // rawDial opens a plain WebSocket to the server, for tests that look at frames
@@ -155,34 +151,6 @@ func send(t testing.TB, c *websocket.Conn, s string) {
 	if err := c.Write(ctx, websocket.MessageText, []byte(s)); err != nil {
 		t.Fatalf("write: %v", err)
 	}
-}
-
-// walEnvelopes reads every entry of a WAL directory (after the server is
-// stopped) and decodes it.
-func walEnvelopes(t testing.TB, dir string) []envelope.Envelope {
-	t.Helper()
-	l, err := wal.Open(dir, wal.Options{Hop: "check"}, nil, nil)
-	if err != nil {
-		t.Fatalf("reopen wal: %v", err)
-	}
-	defer l.Close()
-	cur, err := l.Cursor(0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []envelope.Envelope
-	for n := l.LastIndex(); uint64(len(out)) < n; {
-		e, err := cur.Next(context.Background())
-		if err != nil {
-			t.Fatalf("read wal: %v", err)
-		}
-		env, err := envelope.Decode(e.Data)
-		if err != nil {
-			t.Fatalf("entry %d: %v", e.Index, err)
-		}
-		out = append(out, env)
-	}
-	return out
 }
 
 func payload(device string, i int) string {

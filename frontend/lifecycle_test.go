@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -15,46 +16,17 @@ import (
 // Server does not run. After Run, Close leaves the listener to Run, which
 // closed it, and a second Run is refused.
 func TestCloseWithoutRun(t *testing.T) {
-	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "frontend"})
 	reg := prometheus.NewRegistry()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	mln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
+	mln := testkit.Listen(t)
 	s, err := New(Options{Listener: ln, MQTTListener: mln, ID: "fe", InsecureNoAuth: true}, l, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 2 {
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := ln.Accept(); err == nil {
-		t.Fatal("Close left the listener open")
-	}
-	if _, err := mln.Accept(); err == nil {
-		t.Fatal("Close left the MQTT listener open")
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Close %d metric families remain", len(mfs))
-	}
-	if err := s.Run(context.Background()); err == nil {
-		t.Fatal("a closed Server ran")
-	}
+	testkit.CheckCloseWithoutRun(t, s.Close, s.Run, reg, map[string]net.Listener{"listener": ln, "MQTT listener": mln})
 
-	ln, err = net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln = testkit.Listen(t)
 	s, err = New(Options{Listener: ln, ID: "fe", InsecureNoAuth: true}, l, reg, nil)
 	if err != nil {
 		t.Fatalf("New after Close on the same registry: %v", err)

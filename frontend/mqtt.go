@@ -172,7 +172,7 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 		sendMax:  maxCommandsUnacked,
 		problems: true,
 	}
-	c.cond = sync.NewCond(&c.mu)
+	c.init(&s.mqtt.pool, &s.wg, c.flush)
 	stop := context.AfterFunc(s.mqtt.hsCtx, closeNow)
 	nc.SetReadDeadline(time.Now().Add(s.opts.MQTT.ConnectTimeout))
 	code, reason := c.readConnect()

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -69,12 +70,10 @@ type mqttConn struct {
 
 	wmu sync.Mutex
 
-	mu       sync.Mutex
-	cond     *sync.Cond // signalled when flushing turns false, pending shrinks or inflight drops
-	pend     *mqttPending
-	flushing bool
-	stopped  bool
-	reason   string              // why it ends (metric label); first writer wins
+	// Publishes waiting for the flusher, and the session's end; its cond
+	// is signalled when inflight drops too. The fields below are guarded
+	// by its mu.
+	flushQueue[mqttPending, *mqttPending]
 	endCode  byte                // MQTT 5 DISCONNECT reason code the session ends with; 0: none
 	inflight int                 // QoS 1 and 2 publishes not yet fully acknowledged
 	qos2     map[uint16]struct{} // QoS 2 packet ids received and not yet released (PUBREL)
@@ -89,11 +88,9 @@ type mqttConn struct {
 
 // mqttPending holds the publishes a flusher appends together.
 type mqttPending struct {
-	buf     []byte     // encoded envelopes, back to back
-	ends    []int      // end offset in buf of each envelope
-	items   []mqttItem // every queued publish, in the order received
-	entries [][]byte   // scratch for AppendBatch
-	out     bytes.Buffer
+	batch
+	items []mqttItem // every queued publish, in the order received
+	out   bytes.Buffer
 }
 
 // mqttItem is one queued PUBLISH.
@@ -108,11 +105,12 @@ type mqttItem struct {
 }
 
 func (p *mqttPending) reset() {
-	p.buf, p.ends, p.items = p.buf[:0], p.ends[:0], p.items[:0]
-	clear(p.entries)
-	p.entries = p.entries[:0]
+	p.batch.reset()
+	p.items = p.items[:0]
 	p.out.Reset()
 }
+
+func (p *mqttPending) queued() int { return len(p.items) }
 
 // Reason codes the session ends with or refuses a publish with (MQTT 5).
 const (
@@ -236,6 +234,13 @@ func (c *mqttConn) endLocked(reason string, code byte) {
 	}
 }
 
+// end records why the session ends, first writer wins.
+func (c *mqttConn) end(reason string, code byte) {
+	c.mu.Lock()
+	c.endLocked(reason, code)
+	c.mu.Unlock()
+}
+
 // serve is the session's one reader, from CONNACK to the end.
 func (c *mqttConn) serve() {
 	defer close(c.done)
@@ -268,17 +273,7 @@ func (c *mqttConn) serve() {
 	if !stopped {
 		c.disconnect(code)
 	}
-	c.mu.Lock()
-	for c.flushing {
-		c.cond.Wait()
-	}
-	if c.pend != nil {
-		// Publishes read but never appended: nothing was acknowledged for them.
-		c.pend.reset()
-		s.mqtt.pool.Put(c.pend)
-		c.pend = nil
-	}
-	c.mu.Unlock()
+	c.dropPending()
 	s.lg.Debug("mqtt session ended", "device", c.device, "reason", reason, "err", readErr)
 	// Before done is closed: a newer session of the device waits for it.
 	s.limits.put(c.device, c.bucket, time.Now().UnixNano())
@@ -310,50 +305,50 @@ func (c *mqttConn) readLoop() error {
 // handle answers one packet read after CONNECT.
 func (c *mqttConn) handle(buf []byte, now time.Time) error {
 	pk := &c.pk
-	switch pk.FixedHeader.Type {
+	typ := pk.FixedHeader.Type
+	switch typ {
 	case packets.Publish:
 		return c.publish(buf, now)
-	case packets.Pubrel:
-		if err := decode(pk.PubrelDecode, buf); err != nil {
-			return protocolError(rcMalformed, "PUBREL: "+err.Error())
-		}
-		return c.release(pk.PacketID)
 	case packets.Pingreq:
 		out := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}
 		c.writePacket(&out, out.PingrespEncode)
 		return nil
-	case packets.Subscribe:
-		if err := decode(pk.SubscribeDecode, buf); err != nil {
-			return protocolError(rcMalformed, "SUBSCRIBE: "+err.Error())
-		}
-		if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
-			return protocolError(code.Code, "SUBSCRIBE: "+code.Reason)
-		}
-		return c.subscribe(pk)
-	case packets.Unsubscribe:
-		if err := decode(pk.UnsubscribeDecode, buf); err != nil {
-			return protocolError(rcMalformed, "UNSUBSCRIBE: "+err.Error())
-		}
-		if code := pk.UnsubscribeValidate(); code != packets.CodeSuccess {
-			return protocolError(code.Code, "UNSUBSCRIBE: "+code.Reason)
-		}
-		return c.unsubscribe(pk)
-	case packets.Puback:
-		if err := decode(pk.PubackDecode, buf); err != nil {
-			return protocolError(rcMalformed, "PUBACK: "+err.Error())
-		}
-		return c.puback(pk.PacketID, pk.ReasonCode)
-	case packets.Disconnect:
-		if err := decode(pk.DisconnectDecode, buf); err != nil {
-			return protocolError(rcMalformed, "DISCONNECT: "+err.Error())
-		}
-		return errPeerDisconnect
 	case packets.Connect:
 		return protocolError(rcProtocolError, "second CONNECT")
+	case packets.Pubrel:
+		return c.decoded(buf, pk.PubrelDecode, nil, func() error { return c.release(pk.PacketID) })
+	case packets.Subscribe:
+		return c.decoded(buf, pk.SubscribeDecode, pk.SubscribeValidate, func() error { return c.subscribe(pk) })
+	case packets.Unsubscribe:
+		return c.decoded(buf, pk.UnsubscribeDecode, pk.UnsubscribeValidate, func() error { return c.unsubscribe(pk) })
+	case packets.Puback:
+		return c.decoded(buf, pk.PubackDecode, nil, func() error { return c.puback(pk.PacketID, pk.ReasonCode) })
+	case packets.Disconnect:
+		return c.decoded(buf, pk.DisconnectDecode, nil, func() error { return errPeerDisconnect })
 	}
 	// PUBREC and PUBCOMP answer QoS 2 publishes the server never sends;
 	// AUTH follows an authentication method CONNECT refuses.
-	return protocolError(rcProtocolError, "unexpected "+packets.PacketNames[pk.FixedHeader.Type]+" packet")
+	return protocolError(rcProtocolError, "unexpected "+packets.PacketNames[typ]+" packet")
+}
+
+// decoded decodes the packet in buf into c.pk with dec, checks it with
+// valid (when not nil), and answers it with then. A packet that does not
+// decode or check ends the session with a protocol error naming its type.
+func (c *mqttConn) decoded(buf []byte, dec func([]byte) error, valid func() packets.Code, then func() error) error {
+	if err := decode(dec, buf); err != nil {
+		return protocolError(rcMalformed, c.packetName()+": "+err.Error())
+	}
+	if valid != nil {
+		if code := valid(); code != packets.CodeSuccess {
+			return protocolError(code.Code, c.packetName()+": "+code.Reason)
+		}
+	}
+	return then()
+}
+
+// packetName is the name of c.pk's type as MQTT writes it: SUBSCRIBE.
+func (c *mqttConn) packetName() string {
+	return strings.ToUpper(packets.PacketNames[c.pk.FixedHeader.Type])
 }
 
 // release answers PUBREL: the QoS 2 exchange of the packet id is over.
@@ -382,19 +377,17 @@ func (c *mqttConn) release(id uint16) error {
 func (c *mqttConn) publish(buf []byte, now time.Time) error {
 	s := c.s
 	pk := &c.pk
-	if err := decode(pk.PublishDecode, buf); err != nil {
-		return protocolError(rcMalformed, "PUBLISH: "+err.Error())
-	}
-	if code := pk.PublishValidate(0); code != packets.CodeSuccess {
-		// Wildcards, a missing packet id, or a topic alias (none is
-		// allowed: the Topic Alias Maximum is 0).
-		return protocolError(code.Code, "PUBLISH: "+code.Reason)
+	// PublishValidate refuses wildcards, a missing packet id, or a topic
+	// alias (none is allowed: the Topic Alias Maximum is 0).
+	valid := func() packets.Code { return pk.PublishValidate(0) }
+	if err := c.decoded(buf, pk.PublishDecode, valid, func() error { return nil }); err != nil {
+		return err
 	}
 	if pk.FixedHeader.Retain && c.version == mqtt5 {
 		return protocolError(rcRetainNotSupported, "retained messages are not supported")
 	}
 	s.m.bytes.Add(float64(len(pk.Payload)))
-	if !c.exp.IsZero() && now.After(c.exp.Add(s.opts.Auth.Leeway)) {
+	if s.expired(c.exp, now) {
 		// As on WebSocket: what came before is acknowledged, this and
 		// what follows is not, and the session ends.
 		s.m.rejected.WithLabelValues(protocol.CodeUnauthorized).Inc()
@@ -431,21 +424,7 @@ func (c *mqttConn) publish(buf []byte, now time.Time) error {
 	}
 	s.m.received.Add(float64(len(msgs)))
 	s.m.mqtt.received.Add(float64(len(msgs)))
-	firstBad := -1
-	for i := range msgs {
-		m := &msgs[i]
-		m.Check(c.device, now, s.opts.MaxFutureSkew)
-		if m.Code != "" {
-			s.m.rejected.WithLabelValues(m.Code).Inc()
-			if m.Rule != "" {
-				s.m.fieldRules.WithLabelValues(m.Rule).Inc()
-			}
-			if firstBad < 0 {
-				firstBad = i
-			}
-		}
-	}
-	if firstBad >= 0 {
+	if firstBad := s.check(c.device, msgs, now); firstBad >= 0 {
 		// One PUBLISH has one acknowledgement: it is stored whole or not
 		// at all.
 		m := &msgs[firstBad]
@@ -530,13 +509,22 @@ func (c *mqttConn) throttle(n int) error {
 			s.m.mqtt.throttled.Inc()
 			counted = true
 		}
-		t := time.NewTimer(wait)
-		select {
-		case <-t.C:
-		case <-c.stopc:
-			t.Stop()
+		if !c.pause(wait) {
 			return errStopped
 		}
+	}
+}
+
+// pause waits for d, or until the session stops; it reports whether it
+// waited the whole of d.
+func (c *mqttConn) pause(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-c.stopc:
+		return false
 	}
 }
 
@@ -569,88 +557,32 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 			c.qos2[it.id] = struct{}{}
 		}
 	}
-	if c.pend == nil {
-		c.pend = s.mqtt.pool.Get().(*mqttPending)
-	}
-	p := c.pend
+	p := c.pendingLocked()
 	e := envelope.Envelope{Frontend: s.opts.ID, Device: c.device, Topic: topic}
-	n := len(p.ends)
-	for i := range msgs {
-		m := &msgs[i]
-		e.HasDeviceTime, e.DeviceTime = m.TS != nil, m.Time
-		e.Received = now.UnixNano()
-		if !e.HasDeviceTime {
-			e.Received = c.bucket.stamp(e.Received, int64(s.opts.Burst))
-		}
-		e.Payload = m.Raw
-		p.buf = envelope.AppendEncode(p.buf, &e)
-		p.ends = append(p.ends, len(p.buf))
-	}
-	it.nenv = len(p.ends) - n
+	it.nenv = p.add(&e, msgs, now, &c.bucket, int64(s.opts.Burst))
 	p.items = append(p.items, *it)
-	if !c.flushing {
-		c.flushing = true
-		s.wg.Add(1)
-		go c.flush()
-	}
+	c.flushLocked()
 	return nil
 }
 
-// flush appends pending publishes to the WAL and acknowledges them, until
-// none are left.
-func (c *mqttConn) flush() {
-	s := c.s
-	defer s.wg.Done()
-	var spare *mqttPending
-	for {
-		c.mu.Lock()
-		p := c.pend
-		if p == nil || len(p.items) == 0 || c.stopped && c.reason != reasonDrain &&
-			c.reason != reasonExpired && c.reason != reasonReplaced && c.reason != reasonRevoked && c.reason != reasonClientDisconnect {
-			if p != nil {
-				p.reset()
-				s.mqtt.pool.Put(p)
-				c.pend = nil
-			}
-			c.flushing = false
-			c.cond.Broadcast()
-			c.mu.Unlock()
-			if spare != nil {
-				s.mqtt.pool.Put(spare)
-			}
-			return
-		}
-		c.pend = spare
-		c.cond.Broadcast() // room for the reader again
-		c.mu.Unlock()
-
-		var err error
-		if len(p.ends) > 0 {
-			start := 0
-			for _, end := range p.ends {
-				p.entries = append(p.entries, p.buf[start:end])
-				start = end
-			}
-			// A 3.1.1 session waits for room one publish at a time, so
-			// that the WAL fills up to its bound whatever the reads
-			// grouped into this batch.
-			err = c.append(p.entries, len(p.items) == 1)
-		}
-		reuse := true
-		switch {
-		case err == nil:
-			c.ack(p, 0, len(p.items))
-		case errors.Is(err, wal.ErrTooLarge) || noRoom(err) && c.version != mqtt5:
-			reuse = c.appendEach(p)
-		default:
-			reuse = c.appendFailed(p, 0, err)
-		}
-		if !reuse {
-			continue
-		}
-		p.reset()
-		spare = p
+// flush appends the publishes of p to the WAL and acknowledges them. It
+// reports whether p may be reused.
+func (c *mqttConn) flush(p *mqttPending) bool {
+	var err error
+	if len(p.ends) > 0 {
+		// A 3.1.1 session waits for room one publish at a time, so that
+		// the WAL fills up to its bound whatever the reads grouped into
+		// this batch.
+		err = c.append(p.split(), len(p.items) == 1)
 	}
+	switch {
+	case err == nil:
+		c.ack(p, 0, len(p.items))
+		return true
+	case errors.Is(err, wal.ErrTooLarge) || noRoom(err) && c.version != mqtt5:
+		return c.appendEach(p)
+	}
+	return c.appendFailed(p, 0, err)
 }
 
 // noRoom reports whether an append failed for lack of room, at the WAL's
@@ -679,21 +611,18 @@ func (c *mqttConn) append(entries [][]byte, wait bool) error {
 			s.m.mqtt.walFullWaits.Inc()
 			waited = true
 		}
-		t := time.NewTimer(walFullRetry)
-		select {
-		case <-t.C:
-		case <-c.stopc:
-			t.Stop()
-			c.mu.Lock()
-			reason := c.reason
-			c.mu.Unlock()
-			if reason == reasonDrain || reason == reasonReplaced || reason == reasonRevoked {
-				// Drain, takeover and revocation wait for the flusher: give up
-				// within one more try, unacknowledged.
-				_, err = s.log.AppendBatch(s.hard, entries)
-			}
-			return err
+		if c.pause(walFullRetry) {
+			continue
 		}
+		c.mu.Lock()
+		reason := c.reason
+		c.mu.Unlock()
+		if reason == reasonDrain || reason == reasonReplaced || reason == reasonRevoked {
+			// Drain, takeover and revocation wait for the flusher: give up
+			// within one more try, unacknowledged.
+			_, err = s.log.AppendBatch(s.hard, entries)
+		}
+		return err
 	}
 }
 
@@ -811,12 +740,7 @@ func (c *mqttConn) appendEach(p *mqttPending) bool {
 func (c *mqttConn) appendFailed(p *mqttPending, from int, err error) bool {
 	s := c.s
 	c.mu.Lock()
-	if c.pend != nil {
-		// Publishes queued behind the failed ones must not be appended
-		// out of order.
-		c.pend.reset()
-	}
-	already := c.stopped
+	already := c.failedLocked()
 	c.stopLocked()
 	c.mu.Unlock()
 	n := 0
@@ -826,9 +750,7 @@ func (c *mqttConn) appendFailed(p *mqttPending, from int, err error) bool {
 	code := rcUnspecified
 	switch {
 	case noRoom(err):
-		c.mu.Lock()
-		c.endLocked(reasonOverloaded, rcServerBusy)
-		c.mu.Unlock()
+		c.end(reasonOverloaded, rcServerBusy)
 		s.m.rejected.WithLabelValues(protocol.CodeOverloaded).Add(float64(n))
 		if c.version == mqtt5 {
 			for i := range p.items[from:] {
@@ -843,15 +765,11 @@ func (c *mqttConn) appendFailed(p *mqttPending, from int, err error) bool {
 		}
 		code = rcServerBusy
 	case errors.Is(err, context.Canceled):
-		c.mu.Lock()
-		c.endLocked(reasonDrain, 0)
-		c.mu.Unlock()
+		c.end(reasonDrain, 0)
 		c.closeFn()
 		return false
 	default:
-		c.mu.Lock()
-		c.endLocked(reasonInternal, rcUnspecified)
-		c.mu.Unlock()
+		c.end(reasonInternal, rcUnspecified)
 		s.lg.Error("wal append failed; closing mqtt session", "device", c.device, "err", err)
 		if errors.Is(err, wal.ErrClosed) {
 			code = rcShuttingDown

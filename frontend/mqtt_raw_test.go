@@ -183,7 +183,7 @@ func TestMQTTMosquittoClients(t *testing.T) {
 	}
 	ts.stop(t)
 	n := 0
-	for _, e := range walEnvelopes(t, ts.dir) {
+	for _, e := range testkit.WALEnvelopes(t, ts.dir) {
 		if e.Device != "mosq-1" || e.Topic != "env" {
 			t.Fatalf("envelope %+v", e)
 		}
@@ -469,11 +469,7 @@ func FuzzMQTTConn(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	l, err := wal.Open(f.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		f.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(f, f.TempDir(), wal.Options{Hop: "frontend"})
 	s, err := New(opts, l, nil, nil)
 	if err != nil {
 		f.Fatal(err)

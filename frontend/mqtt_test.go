@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -31,10 +32,7 @@ func (ts *mqttTestServer) wsURL() string { return "ws://" + ts.addr + MQTTPath }
 
 func startMQTTServer(t testing.TB, opts Options, wopts wal.Options) *mqttTestServer {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	opts.MQTTListener = ln
 	ts := startServer(t, opts, wopts)
 	return &mqttTestServer{testServer: ts, mqttAddr: ln.Addr().String()}
@@ -173,7 +171,7 @@ func TestMQTTPublishGoClients(t *testing.T) {
 	// Every message is in the WAL once, each device's in the order sent
 	// (a QoS 1 and a QoS 2 publish may pass each other in the client).
 	got := map[string]int{}
-	for _, e := range walEnvelopes(t, ts.dir) {
+	for _, e := range testkit.WALEnvelopes(t, ts.dir) {
 		got[e.Device]++
 		want := ""
 		if strings.HasPrefix(e.Device, "v5-") {
@@ -286,7 +284,7 @@ func TestMQTTRefusals(t *testing.T) {
 	}
 	ts.stop(t)
 	n := 0
-	for _, e := range walEnvelopes(t, ts.dir) {
+	for _, e := range testkit.WALEnvelopes(t, ts.dir) {
 		if e.Device == "d311" {
 			t.Fatalf("a refused 3.1.1 publish was stored: %+v", e)
 		}

@@ -176,7 +176,7 @@ func TestErrorAndCloseCodes(t *testing.T) {
 			}
 			c.CloseNow()
 			ts.stop(t)
-			if n := len(walEnvelopes(t, ts.dir)); n != tc.stored {
+			if n := len(testkit.WALEnvelopes(t, ts.dir)); n != tc.stored {
 				t.Fatalf("%d envelopes stored, want %d", n, tc.stored)
 			}
 		})
@@ -336,7 +336,7 @@ func TestReceiveStamps(t *testing.T) {
 	}
 	after := time.Now().UnixNano()
 	ts.stop(t)
-	envs := walEnvelopes(t, ts.dir)
+	envs := testkit.WALEnvelopes(t, ts.dir)
 	if len(envs) != 106 {
 		t.Fatalf("%d envelopes, want 106", len(envs))
 	}
@@ -392,7 +392,7 @@ func TestReceiveStampsFullBurst(t *testing.T) {
 	}
 	c.Close(websocket.StatusNormalClosure, "")
 	ts.stop(t)
-	envs := walEnvelopes(t, ts.dir)
+	envs := testkit.WALEnvelopes(t, ts.dir)
 	if len(envs) != 2000 {
 		t.Fatalf("%d envelopes, want 2000", len(envs))
 	}

@@ -160,7 +160,7 @@ func TestRevoked(t *testing.T) {
 	}
 	ts.stop(t)
 	got := map[string]int{}
-	for _, e := range walEnvelopes(t, ts.dir) {
+	for _, e := range testkit.WALEnvelopes(t, ts.dir) {
 		got[e.Device]++
 	}
 	if got["v5-dev"] != 1 || got["v311-dev"] != 1 || got["other"] != 1 || got["ws-dev"] < 2 || got["ws-dev"] > 3 {

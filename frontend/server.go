@@ -99,9 +99,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 			return nil, fmt.Errorf("check listener %s: %w", ln.Addr(), ErrNotLoopback)
 		}
 	}
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	s := &Server{
 		opts:    o,
 		log:     log,
@@ -256,13 +254,7 @@ func (s *Server) Run(ctx context.Context) error {
 // has returned, or instead of Run; it does not stop Run (end Run's context
 // for that). It is idempotent.
 func (s *Server) Close() error {
-	return s.life.Close(func(ran bool) error {
-		s.m.unregister()
-		if ran {
-			return nil
-		}
-		return closeListeners(s.opts)
-	})
+	return s.life.Release(s.m.unregister, func() error { return closeListeners(s.opts) })
 }
 
 // closeListeners closes the listeners of o.
@@ -393,7 +385,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	}
 
 	c := &conn{s: s, device: device, exp: exp, done: make(chan struct{})}
-	c.cond = sync.NewCond(&c.mu)
+	c.init(&s.pendPool, &s.wg, c.flush)
 	hj := &hijacker{ResponseWriter: w}
 	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.opts.OriginPatterns,

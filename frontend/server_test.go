@@ -56,7 +56,7 @@ func TestAckedMessagesAreInWAL(t *testing.T) {
 		t.Fatalf("acked metric %v, want %d", got, n+1)
 	}
 	ts.stop(t)
-	envs := walEnvelopes(t, ts.dir)
+	envs := testkit.WALEnvelopes(t, ts.dir)
 	if len(envs) != n+1 {
 		t.Fatalf("%d envelopes in the WAL, want %d", len(envs), n+1)
 	}
@@ -110,10 +110,7 @@ func TestFailedWALRefusesHandshakes(t *testing.T) {
 	var logs lockedBuf
 	lg := slog.New(slog.NewTextHandler(&logs, nil))
 	const drain = 3 * time.Second
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	srv, err := New(Options{Listener: ln, ID: "fe-test", Auth: auth.Options{HS256Secrets: [][]byte{testSecret}}, DrainWindow: drain, Gatherer: reg}, l, reg, lg)
 	if err != nil {
 		t.Fatal(err)

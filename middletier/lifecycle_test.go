@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -18,11 +19,7 @@ import (
 // Close releases them for a Router that never ran, and may be called
 // again; a closed Router does not run.
 func TestNewBindsCloseReleases(t *testing.T) {
-	l, err := wal.Open(t.TempDir(), wal.Options{}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{})
 	loop := "tcp://127.0.0.1:0"
 	opts := middletier.Options{ID: "mt", StateDir: t.TempDir(), IngestAddr: loop, ConsumerAddr: loop, StreamAddr: loop, FeedAddr: loop}
 	reg := prometheus.NewRegistry()
@@ -64,19 +61,12 @@ func TestNewBindsCloseReleases(t *testing.T) {
 // An address in use fails New with a ListenError that names the socket,
 // and leaves nothing bound or registered.
 func TestNewAddressInUse(t *testing.T) {
-	l, err := wal.Open(t.TempDir(), wal.Options{}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{})
+	busy := testkit.Listen(t)
 	defer busy.Close()
 	loop := "tcp://127.0.0.1:0"
 	reg := prometheus.NewRegistry()
-	_, err = middletier.New(middletier.Options{ID: "mt", StateDir: t.TempDir(), IngestAddr: loop, ConsumerAddr: loop,
+	_, err := middletier.New(middletier.Options{ID: "mt", StateDir: t.TempDir(), IngestAddr: loop, ConsumerAddr: loop,
 		StreamAddr: "tcp://" + busy.Addr().String()}, l, reg, nil)
 	var le *middletier.ListenError
 	if !errors.As(err, &le) || le.Socket != "stream" || le.Addr != "tcp://"+busy.Addr().String() || !errors.Is(err, syscall.EADDRINUSE) {

@@ -110,9 +110,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	if err != nil {
 		return nil, err
 	}
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	st, err := readState(opts.StateDir)
 	if errors.Is(err, errStateDamaged) {
 		// Marks come back from the WAL's retained records, checkpoints start

@@ -123,15 +123,8 @@ func TestMarksSurviveRestart(t *testing.T) {
 	}
 
 	tr2 := startTier(t, dir, opts, walOpts)
-	fe2 := dealer(t, tr2.Addrs.Ingest, "fe-1#2")
 	// Everything again, from 1: all repeats, from truncated and retained entries.
-	fe2.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 510)})
-	if ack := testkit.Next[*wire.Ack](t, fe2); ack.UpTo != 510 {
-		t.Fatalf("ack %+v", ack)
-	}
-	if got := tr2.Log.LastIndex(); got != 510 {
-		t.Fatalf("last index %d after resending, want 510: repeats entered the WAL", got)
-	}
+	resendAll(t, tr2, 510, "repeats entered the WAL")
 	recs := testkit.Records(t, tr2.Log)
 	if last := recs[len(recs)-1]; last.Index != 510 || !bytes.Equal(last.Data, []byte("entry-510")) {
 		t.Fatalf("last record %+v", last)
@@ -268,11 +261,7 @@ func TestInvalidMessagesCounted(t *testing.T) {
 }
 
 func TestOptionsValidation(t *testing.T) {
-	l, err := wal.Open(t.TempDir(), wal.Options{}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{})
 	for _, o := range []middletier.Options{{StateDir: t.TempDir()}, {ID: "x"}, {ID: "x", StateDir: t.TempDir(), Consumers: []string{""}}} {
 		if _, err := middletier.New(o, l, nil, nil); err == nil {
 			t.Errorf("options %+v accepted", o)
@@ -295,12 +284,20 @@ func TestDamagedStateRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	tr2 := startTier(t, dir, middletier.Options{}, wal.Options{})
-	fe2 := dealer(t, tr2.Addrs.Ingest, "fe-1#2")
-	fe2.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 6)})
-	if ack := testkit.Next[*wire.Ack](t, fe2); ack.UpTo != 6 {
+	resendAll(t, tr2, 6, "1..5 were there before")
+}
+
+// resendAll sends entries 1..n of fe-1 to tr from a restarted frontend
+// and checks that they are acknowledged up to n and that tr's WAL ends at
+// n: what it held already (why) is not appended again.
+func resendAll(t *testing.T, tr *testkit.Middletier, n uint64, why string) {
+	t.Helper()
+	fe := dealer(t, tr.Addrs.Ingest, "fe-1#2")
+	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, int(n))})
+	if ack := testkit.Next[*wire.Ack](t, fe); ack.UpTo != n {
 		t.Fatalf("ack %+v", ack)
 	}
-	if got := tr2.Log.LastIndex(); got != 6 {
-		t.Fatalf("%d records after resending 1..6 over 1..5, want 6", got)
+	if got := tr.Log.LastIndex(); got != n {
+		t.Fatalf("last index %d after resending 1..%d, want %d: %s", got, n, n, why)
 	}
 }

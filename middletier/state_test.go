@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"reflect"
 	"testing"
+
+	"github.com/ingest-io/ingest/internal/decodetest"
 )
 
 func TestStateRoundTrip(t *testing.T) {
@@ -43,11 +45,8 @@ func FuzzState(f *testing.F) {
 	f.Add([]byte("{}\n00000000\n"))
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		st, err := decodeState(b)
-		if err != nil {
-			if !errors.Is(err, errStateDamaged) {
-				t.Fatalf("error %v does not wrap errStateDamaged", err)
-			}
+		st, ok := decodetest.Accepted(t, b, decodeState, errStateDamaged)
+		if !ok {
 			return
 		}
 		re, err := encodeState(st)

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"strings"
 	"testing"
+
+	"github.com/ingest-io/ingest/internal/decodetest"
 )
 
 func TestCommandFrame(t *testing.T) {
@@ -75,11 +77,8 @@ func FuzzDecodeCommandResult(f *testing.F) {
 	f.Add(AppendCommandResult(nil, "c1", StatusOK, []byte(`{"a":[1,2]}`)))
 	f.Add([]byte(`{"__type":"command_result","id":"c\u0031","status":"rejected"}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		r, err := DecodeCommandResult(b)
-		if err != nil {
-			if !errors.Is(err, ErrInvalidCommandResult) {
-				t.Fatalf("error %v does not wrap ErrInvalidCommandResult", err)
-			}
+		r, ok := decodetest.Accepted(t, b, DecodeCommandResult, ErrInvalidCommandResult)
+		if !ok {
 			return
 		}
 		var std map[string]json.RawMessage

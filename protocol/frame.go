@@ -335,25 +335,14 @@ func (d *scanner) object(top bool, path int) bool {
 		if !reserved && !d.value(child) {
 			return false
 		}
-		d.ws()
-		if d.i >= len(d.b) {
-			d.err = "unterminated object"
-			return false
-		}
-		if d.b[d.i] == ',' {
-			d.i++
+		more, ok := d.next('}')
+		if more {
 			continue
 		}
-		if d.b[d.i] == '}' {
-			d.i++
-			d.depth--
-			if top {
-				m.Raw = d.b[start:d.i]
-			}
-			return true
+		if ok && top {
+			m.Raw = d.b[start:d.i]
 		}
-		d.err = "expected ',' or '}'"
-		return false
+		return ok
 	}
 }
 
@@ -679,23 +668,38 @@ func (d *scanner) array(path int) bool {
 		if !d.value(child) {
 			return false
 		}
-		d.ws()
-		if d.i >= len(d.b) {
-			d.err = "unterminated array"
-			return false
+		if more, ok := d.next(']'); !more {
+			return ok
 		}
-		if d.b[d.i] == ',' {
-			d.i++
-			continue
-		}
-		if d.b[d.i] == ']' {
-			d.i++
-			d.depth--
-			return true
-		}
-		d.err = "expected ',' or ']'"
-		return false
 	}
+}
+
+// next scans what follows a member or an element: a ',' (more) or close,
+// which ends the object or array (!more, ok); anything else, or the end
+// of the frame, is an error (!ok).
+func (d *scanner) next(close byte) (more, ok bool) {
+	d.ws()
+	if d.i >= len(d.b) {
+		d.err = "unterminated array"
+		if close == '}' {
+			d.err = "unterminated object"
+		}
+		return false, false
+	}
+	switch d.b[d.i] {
+	case ',':
+		d.i++
+		return true, true
+	case close:
+		d.i++
+		d.depth--
+		return false, true
+	}
+	d.err = "expected ',' or ']'"
+	if close == '}' {
+		d.err = "expected ',' or '}'"
+	}
+	return false, false
 }
 
 // decimalLen is the number of decimal digits of i >= 0.
@@ -726,21 +730,14 @@ func (d *scanner) number() bool {
 	case i < len(b) && b[i] == '0':
 		i++
 	case i < len(b) && b[i] >= '1' && b[i] <= '9':
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
-		}
+		i = d.digits(b, i)
 	default:
 		d.err = "invalid number"
 		return false
 	}
 	if i < len(b) && b[i] == '.' {
-		i++
-		if i >= len(b) || b[i] < '0' || b[i] > '9' {
-			d.err = "invalid number"
+		if i = d.digits(b, i+1); i < 0 {
 			return false
-		}
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
 		}
 	}
 	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
@@ -748,16 +745,26 @@ func (d *scanner) number() bool {
 		if i < len(b) && (b[i] == '+' || b[i] == '-') {
 			i++
 		}
-		if i >= len(b) || b[i] < '0' || b[i] > '9' {
-			d.err = "invalid number"
+		if i = d.digits(b, i); i < 0 {
 			return false
-		}
-		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
-			i++
 		}
 	}
 	d.i = i
 	return true
+}
+
+// digits scans the one or more digits at b[i:] of an integer part, a
+// fraction or an exponent and returns the index after them, or -1, with
+// d.err set, when there are none.
+func (d *scanner) digits(b []byte, i int) int {
+	if i >= len(b) || b[i] < '0' || b[i] > '9' {
+		d.err = "invalid number"
+		return -1
+	}
+	for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+		i++
+	}
+	return i
 }
 
 // Check validates what ParseFrame cannot: that "device", when present, is

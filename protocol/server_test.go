@@ -7,6 +7,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/decodetest"
 )
 
 func TestAppendServerFrames(t *testing.T) {
@@ -120,11 +122,8 @@ func FuzzDecodeServerFrame(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		fr, err := DecodeServerFrame(b)
-		if err != nil {
-			if !errors.Is(err, ErrInvalidServerFrame) {
-				t.Fatalf("error %v does not wrap ErrInvalidServerFrame", err)
-			}
+		fr, ok := decodetest.Accepted(t, b, DecodeServerFrame, ErrInvalidServerFrame)
+		if !ok {
 			return
 		}
 		if !json.Valid(b) {

@@ -53,6 +53,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
 // Device is what the registry knows of one device.
@@ -110,9 +112,7 @@ type Registry struct {
 // never changes. It starts nothing: Run follows the file. reg and lg may be
 // nil.
 func New(path string, reg prometheus.Registerer, lg *slog.Logger) (*Registry, error) {
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	r := &Registry{path: path, interval: 2 * time.Second, lg: lg, reg: reg}
 	r.m.devices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_registry_devices", Help: "Devices in the device registry."})
 	r.m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_registry_reloads_total",
@@ -186,16 +186,7 @@ func (r *Registry) Run(ctx context.Context) error {
 		<-ctx.Done()
 		return nil
 	}
-	t := time.NewTicker(r.interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			r.reload()
-		}
-	}
+	return lifecycle.Every(ctx, r.interval, r.reload)
 }
 
 // Close unregisters the registry's metrics, as Run does when it returns:

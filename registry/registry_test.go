@@ -130,50 +130,27 @@ func TestEmptyPath(t *testing.T) {
 	}
 }
 
+// counter is ingest_registry_reloads_total for result.
 func counter(t *testing.T, reg *prometheus.Registry, result string) float64 {
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "ingest_registry_reloads_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if m.GetLabel()[0].GetValue() == result {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	return 0
+	return testkit.Metric(t, reg, "ingest_registry_reloads_total", "result", result)
 }
 
 func FuzzParseYAML(f *testing.F) {
-	f.Add([]byte(sampleYAML))
-	f.Add([]byte("devices: []"))
-	f.Add([]byte("devices:\n  - id: a\n    disabled: true\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		devs, err := Parse(".yaml", b)
-		if err != nil {
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("error %v does not wrap ErrInvalid", err)
-			}
-			return
-		}
-		for id, d := range devs {
-			if id != d.ID || validate(d) != nil {
-				t.Fatalf("accepted an invalid device %+v", d)
-			}
-		}
-	})
+	fuzzParse(f, ".yaml", sampleYAML, "devices: []", "devices:\n  - id: a\n    disabled: true\n")
 }
 
 func FuzzParseCSV(f *testing.F) {
-	f.Add([]byte(sampleCSV))
-	f.Add([]byte("id\n"))
-	f.Add([]byte("id,disabled,x\na,true,1\nb,,2\n"))
+	fuzzParse(f, ".csv", sampleCSV, "id\n", "id,disabled,x\na,true,1\nb,,2\n")
+}
+
+// fuzzParse fuzzes Parse of a file named *ext: it fails with ErrInvalid,
+// or every device it returns is valid and under its own id.
+func fuzzParse(f *testing.F, ext string, seeds ...string) {
+	for _, s := range seeds {
+		f.Add([]byte(s))
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		devs, err := Parse(".csv", b)
+		devs, err := Parse(ext, b)
 		if err != nil {
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("error %v does not wrap ErrInvalid", err)
@@ -225,34 +202,8 @@ func TestReloadWaitsForAStableFile(t *testing.T) {
 // register on the same Registerer.
 func TestCloseUnregisters(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	r, err := New("", reg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := New("", reg, nil); err == nil {
-		t.Fatal("a second registry registered the same metrics")
-	}
-	if err := r.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if err := r.Close(); err != nil {
-		t.Fatal(err)
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Close %d metric families remain", len(mfs))
-	}
-	r2, err := New("", reg, nil)
-	if err != nil {
-		t.Fatalf("New after Close: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := r2.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Run %d metric families remain", len(mfs))
-	}
+	r2 := testkit.CheckCloseUnregisters(t, reg, "registry", func() (*Registry, error) { return New("", reg, nil) })
+	testkit.CheckRunUnregisters(t, reg, r2.Run)
 }
 
 // A writer held up between the truncate and the write leaves the file empty

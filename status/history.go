@@ -7,6 +7,8 @@ import (
 	"slices"
 	"strconv"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
 // The figures a point of history holds, in the order of point.v; their
@@ -92,16 +94,7 @@ func (r *history) since(t time.Time) []point {
 // instant, computed over the Window before it as a snapshot is; the
 // handler keeps the points of the last Options.History for /history.
 func (h *Handler) Run(ctx context.Context) error {
-	t := time.NewTicker(h.opts.Interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-t.C:
-			h.record()
-		}
-	}
+	return lifecycle.Every(ctx, h.opts.Interval, h.record)
 }
 
 // record gathers now and adds a point to the history.

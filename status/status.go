@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
 //go:embed web
@@ -76,9 +78,7 @@ func New(opts Options, lg *slog.Logger) (*Handler, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	web, err := fs.Sub(webFS, "web")
 	if err != nil {
 		return nil, err

@@ -198,22 +198,20 @@ func TestSnapshotWindow(t *testing.T) {
 
 	// Ten seconds of 10 messages a second, each acked in 20 ms, polled
 	// every second.
-	for range 10 {
-		e.received.Add(10)
-		for range 10 {
-			e.ackLatency.Observe(.02)
+	second := func(n int, ackSeconds float64) {
+		e.received.Add(float64(n))
+		for range n {
+			e.ackLatency.Observe(ackSeconds)
 		}
 		clk.advance(time.Second)
 		snapshot(t, url)
 	}
+	for range 10 {
+		second(10, .02)
+	}
 	// Then two seconds at 100 a second, acked in 400 ms.
 	for range 2 {
-		e.received.Add(100)
-		for range 100 {
-			e.ackLatency.Observe(.4)
-		}
-		clk.advance(time.Second)
-		snapshot(t, url)
+		second(100, .4)
 	}
 	s := snapshot(t, url)
 	// The window is the last 5 s: 3 s at 10/s, 2 s at 100/s.

@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wire"
 )
@@ -264,9 +265,7 @@ func NewLimiter(opts LimitOptions, reg prometheus.Registerer, lg *slog.Logger) (
 	if opts.Now == nil {
 		opts.Now = d.Now
 	}
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	l := &Limiter{opts: opts, seed: maphash.MakeSeed(), lg: lg, reg: reg, devices: map[string]*deviceSeries{}, started: opts.Now()}
 	l.dropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ingest_storage_dropped_fields_total",

@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/internal/metricset"
 	"github.com/ingest-io/ingest/stream"
 	"github.com/ingest-io/ingest/wire"
@@ -164,9 +165,7 @@ func New(opts Options, sink Sink, reg prometheus.Registerer, lg *slog.Logger) (*
 	if err != nil {
 		return nil, err
 	}
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	m, err := newWriterMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("storage: register metrics: %w", err)

@@ -149,18 +149,12 @@ func TestWriterFetchThenStream(t *testing.T) {
 // histogram returns the sample count and sum of the histogram called name.
 func histogram(t *testing.T, reg *prometheus.Registry, name string) (uint64, float64) {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	ms := testkit.Series(t, reg, name)
+	if len(ms) != 1 {
+		t.Fatalf("no histogram %s", name)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			h := mf.GetMetric()[0].GetHistogram()
-			return h.GetSampleCount(), h.GetSampleSum()
-		}
-	}
-	t.Fatalf("no histogram %s", name)
-	return 0, 0
+	h := ms[0].GetHistogram()
+	return h.GetSampleCount(), h.GetSampleSum()
 }
 
 // TestWriterResumes: a writer stopped and started again resumes from
@@ -290,22 +284,5 @@ func TestWriterCloseUnregisters(t *testing.T) {
 	db := openTSDB(t)
 	reg := prometheus.NewRegistry()
 	opts := storage.Options{Middletiers: []storage.Endpoints{{Stream: "tcp://127.0.0.1:1", Consumer: "tcp://127.0.0.1:2"}}}
-	s, err := storage.New(opts, db, reg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := storage.New(opts, db, reg, nil); err == nil {
-		t.Fatal("a second Writer registered the same metrics")
-	}
-	for range 2 {
-		if err := s.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Close %d metric families remain", len(mfs))
-	}
-	if _, err := storage.New(opts, db, reg, nil); err != nil {
-		t.Fatalf("New after Close: %v", err)
-	}
+	testkit.CheckCloseUnregisters(t, reg, "Writer", func() (*storage.Writer, error) { return storage.New(opts, db, reg, nil) })
 }

@@ -22,11 +22,7 @@ import (
 // frontend has released the last one.
 func BenchmarkHop(b *testing.B) {
 	mt := startTierB(b)
-	fl, err := wal.Open(b.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer fl.Close()
+	fl := testkit.OpenWAL(b, b.TempDir(), wal.Options{Hop: "frontend"})
 	batch := make([][]byte, 1024)
 	for i := range batch {
 		batch[i] = make([]byte, 200)

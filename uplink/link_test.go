@@ -74,6 +74,20 @@ func startLink(t *testing.T, opts uplink.Options) *frontend {
 // appendEntries appends entry-1 .. entry-n in batches of 100, pausing
 // between batches for pace, so that the content of each entry names its
 // index.
+// appendAcked appends n entries in the background, paced, and returns
+// once the first 1,000 are acknowledged; done is closed when all n are
+// appended.
+func (f *frontend) appendAcked(t *testing.T, n int) (done <-chan struct{}) {
+	t.Helper()
+	c := make(chan struct{})
+	go func() {
+		defer close(c)
+		f.appendEntries(t, n, 20*time.Millisecond)
+	}()
+	testkit.WaitFor(t, "the first acknowledgements", 10*time.Second, func() bool { return f.log.Released() > 1000 })
+	return c
+}
+
 func (f *frontend) appendEntries(t *testing.T, n int, pace time.Duration) {
 	t.Helper()
 	for i := 1; i <= n; i += 100 {
@@ -141,12 +155,7 @@ func TestMiddletierRestart(t *testing.T) {
 	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
 	f := startLink(t, uplink.Options{Middletiers: []string{mt.Addrs.Ingest}})
 	const n = 6000
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f.appendEntries(t, n, 20*time.Millisecond)
-	}()
-	testkit.WaitFor(t, "the first acknowledgements", 10*time.Second, func() bool { return f.log.Released() > 1000 })
+	done := f.appendAcked(t, n)
 	mt.Stop()
 	before := f.log.Released()
 	mt.Start(t)
@@ -170,17 +179,22 @@ func TestFailover(t *testing.T) {
 		startTier(t, t.TempDir(), middletier.Options{ID: "mt-b"}, wal.Options{}))
 	f := startLink(t, uplink.Options{Middletiers: []string{b.Addrs.Ingest, a.Addrs.Ingest}, Failover: 2 * time.Second})
 	const n = 5000
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		f.appendEntries(t, n, 20*time.Millisecond)
-	}()
-	testkit.WaitFor(t, "the first acknowledgements", 10*time.Second, func() bool { return f.log.Released() > 1000 })
+	done := f.appendAcked(t, n)
 	a.Stop()
 	<-done
 	testkit.WaitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
 	b.Stop()
-	inA, inB := records(t, a), records(t, b)
+	_, inB := inOneEach(t, a, b, n)
+	if len(inB) == 0 {
+		t.Fatal("nothing reached the second middletier")
+	}
+}
+
+// inOneEach checks that each of the entries 1..n is in the WAL of a or b,
+// and in none of them twice, and returns how often each WAL holds each.
+func inOneEach(t *testing.T, a, b *testkit.Middletier, n uint64) (inA, inB map[uint64]int) {
+	t.Helper()
+	inA, inB = records(t, a), records(t, b)
 	for i := uint64(1); i <= n; i++ {
 		if inA[i] > 1 || inB[i] > 1 {
 			t.Fatalf("entry %d twice in one middletier (a %d, b %d)", i, inA[i], inB[i])
@@ -189,9 +203,7 @@ func TestFailover(t *testing.T) {
 			t.Fatalf("entry %d acknowledged and in no middletier", i)
 		}
 	}
-	if len(inB) == 0 {
-		t.Fatal("nothing reached the second middletier")
-	}
+	return inA, inB
 }
 
 // firstChoiceFirst returns x and y in the order the frontend id ranks them.
@@ -256,15 +268,7 @@ func TestReturnToFirstChoice(t *testing.T) {
 	}
 	a.Stop()
 	b.Stop()
-	inA, inB := records(t, a), records(t, b)
-	for i := uint64(1); i <= n; i++ {
-		if inA[i] > 1 || inB[i] > 1 {
-			t.Fatalf("entry %d twice in one middletier (a %d, b %d)", i, inA[i], inB[i])
-		}
-		if inA[i]+inB[i] == 0 {
-			t.Fatalf("entry %d acknowledged and in no middletier", i)
-		}
-	}
+	inOneEach(t, a, b, n)
 }
 
 // A middletier at its bound answers busy; the frontend keeps its entries
@@ -368,35 +372,9 @@ func TestForwardThroughResolver(t *testing.T) {
 // it returns, and may be called again: a new Link can then register its
 // metrics on the same Registerer.
 func TestCloseUnregisters(t *testing.T) {
-	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "frontend"})
 	reg := prometheus.NewRegistry()
 	opts := uplink.Options{ID: "fe", Middletiers: []string{"tcp://127.0.0.1:1"}}
-	k, err := uplink.New(opts, l, reg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := uplink.New(opts, l, reg, nil); err == nil {
-		t.Fatal("a second Link registered the same metrics")
-	}
-	for range 2 {
-		if err := k.Close(); err != nil {
-			t.Fatal(err)
-		}
-	}
-	k2, err := uplink.New(opts, l, reg, nil)
-	if err != nil {
-		t.Fatalf("New after Close: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if err := k2.Run(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if mfs, _ := reg.Gather(); len(mfs) != 0 {
-		t.Fatalf("after Run %d metric families remain", len(mfs))
-	}
+	k2 := testkit.CheckCloseUnregisters(t, reg, "Link", func() (*uplink.Link, error) { return uplink.New(opts, l, reg, nil) })
+	testkit.CheckRunUnregisters(t, reg, k2.Run)
 }

@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
+
+	"github.com/ingest-io/ingest/internal/varint"
 )
 
 // Every entry stored in tidwall/wal is a frame of our own, because tidwall/wal
@@ -60,14 +62,5 @@ func decodeFrame(b []byte) ([]byte, error) {
 // storedSize is the number of bytes tidwall/wal uses on disk for a frame of
 // frameLen bytes in its binary format: a uvarint length, then the frame.
 func storedSize(frameLen int) int {
-	return uvarintLen(uint64(frameLen)) + frameLen
-}
-
-func uvarintLen(x uint64) int {
-	n := 1
-	for x >= 0x80 {
-		x >>= 7
-		n++
-	}
-	return n
+	return varint.Len(uint64(frameLen)) + frameLen
 }

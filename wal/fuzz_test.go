@@ -27,45 +27,47 @@ func FuzzFrame(f *testing.F) {
 }
 
 func FuzzIdentity(f *testing.F) {
-	f.Add(encodeID(1))
-	f.Add([]byte("WLID"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		id, err := decodeID(b)
-		if err != nil {
-			return
-		}
-		if !bytes.Equal(encodeID(id), b) {
-			t.Fatalf("identity %d re-encodes differently", id)
-		}
-	})
+	fuzzMark(f, "identity", encodeID, decodeID, nil, encodeID(1), []byte("WLID"))
 }
 
 func FuzzRelease(f *testing.F) {
-	f.Add(encodeRelease(0))
-	f.Add(encodeRelease(1 << 40))
-	f.Add([]byte("WREL"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		upTo, err := decodeRelease(b)
-		if err != nil {
-			return
-		}
-		if !bytes.Equal(encodeRelease(upTo), b) {
-			t.Fatalf("release mark %d re-encodes differently", upTo)
-		}
-	})
+	fuzzMark(f, "release mark", encodeRelease, decodeRelease, nil,
+		encodeRelease(0), encodeRelease(1<<40), []byte("WREL"))
 }
 
 func FuzzSizeMark(f *testing.F) {
-	f.Add(encodeSizeMark(4352))
-	f.Add(encodeSizeMark(1))
-	f.Add([]byte("WSEG"))
+	fuzzMark(f, "size mark", encodeSizeMark, decodeSizeMark, func(size int64) bool { return size > 0 },
+		encodeSizeMark(4352), encodeSizeMark(1), []byte("WSEG"))
+}
+
+// reopenFuzzed closes l and opens the log in dir again, without the repair
+// option: what Open accepted once it must accept again.
+func reopenFuzzed(t *testing.T, l *Log, dir string) *Log {
+	t.Helper()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l, err := Open(dir, Options{SegmentBytes: 4096}, nil, nil)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	return l
+}
+
+// fuzzMark fuzzes the decoder of one of the log's small files: whatever
+// it accepts is valid (when valid is given) and re-encodes to the same
+// bytes.
+func fuzzMark[V any](f *testing.F, what string, encode func(V) []byte, decode func([]byte) (V, error), valid func(V) bool, seeds ...[]byte) {
+	for _, b := range seeds {
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		size, err := decodeSizeMark(b)
+		v, err := decode(b)
 		if err != nil {
 			return
 		}
-		if size <= 0 || !bytes.Equal(encodeSizeMark(size), b) {
-			t.Fatalf("size mark %d re-encodes differently", size)
+		if valid != nil && !valid(v) || !bytes.Equal(encode(v), b) {
+			t.Fatalf("%s %v re-encodes differently", what, v)
 		}
 	})
 }
@@ -111,13 +113,7 @@ func FuzzOpenMarked(f *testing.F) {
 		if _, err := l.Append(context.Background(), []byte("next")); err != nil {
 			t.Fatalf("append after open: %v", err)
 		}
-		if err := l.Close(); err != nil {
-			t.Fatal(err)
-		}
-		l, err = Open(dir, Options{SegmentBytes: 4096}, nil, nil)
-		if err != nil {
-			t.Fatalf("reopen: %v", err)
-		}
+		l = reopenFuzzed(t, l, dir)
 		defer l.Close()
 		if again := readEverything(t, l); len(again) != len(entries)+1 {
 			t.Fatalf("reopen read %d entries, want %d", len(again), len(entries)+1)
@@ -168,13 +164,7 @@ func FuzzOpen(f *testing.F) {
 		if err != nil || idx != l.first+uint64(len(entries)) {
 			t.Fatalf("append after open: %d %v (first %d, %d entries)", idx, err, l.first, len(entries))
 		}
-		if err := l.Close(); err != nil {
-			t.Fatal(err)
-		}
-		l, err = Open(dir, Options{SegmentBytes: 4096}, nil, nil)
-		if err != nil {
-			t.Fatalf("reopen: %v", err)
-		}
+		l = reopenFuzzed(t, l, dir)
 		defer l.Close()
 		again := readEverything(t, l)
 		if len(again) != len(entries)+1 {

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 
@@ -25,21 +24,11 @@ const idFile = "log-id"
 
 var idMagic = [4]byte{'W', 'L', 'I', 'D'}
 
-func encodeID(id uint64) []byte {
-	b := make([]byte, 16)
-	copy(b[0:4], idMagic[:])
-	binary.LittleEndian.PutUint64(b[4:12], id)
-	binary.LittleEndian.PutUint32(b[12:16], crc32.Checksum(b[0:12], castagnoli))
-	return b
-}
+var errIDDamaged = errors.New("log identity file damaged")
 
-func decodeID(b []byte) (uint64, error) {
-	if len(b) != 16 || [4]byte(b[0:4]) != idMagic ||
-		crc32.Checksum(b[0:12], castagnoli) != binary.LittleEndian.Uint32(b[12:16]) {
-		return 0, errors.New("log identity file damaged")
-	}
-	return binary.LittleEndian.Uint64(b[4:12]), nil
-}
+func encodeID(id uint64) []byte { return encodeMark(idMagic, id) }
+
+func decodeID(b []byte) (uint64, error) { return decodeMark(idMagic, b, errIDDamaged) }
 
 // loadID returns the log's identity, creating it for a new log. A damaged or
 // missing identity file of a log that has entries is replaced by a new

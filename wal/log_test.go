@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -459,24 +460,15 @@ func segmentPaths(t testing.TB, dir string) []string {
 // metricValue returns the value of the one gauge or counter called name.
 func metricValue(t testing.TB, reg *prometheus.Registry, name, hop string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() != "hop" || lp.GetValue() != hop {
-					continue
-				}
-				if g := m.GetGauge(); g != nil {
-					return g.GetValue()
-				}
-				return m.GetCounter().GetValue()
+	for _, m := range testkit.Series(t, reg, name) {
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() != "hop" || lp.GetValue() != hop {
+				continue
 			}
+			if g := m.GetGauge(); g != nil {
+				return g.GetValue()
+			}
+			return m.GetCounter().GetValue()
 		}
 	}
 	t.Fatalf("no metric %s{hop=%q}", name, hop)

@@ -1,15 +1,14 @@
 package wal_test
 
 import (
-	"os"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/ingest-io/ingest/internal/testchild"
 )
 
 func TestMain(m *testing.M) {
-	if dir := os.Getenv(crashChildEnv); dir != "" {
-		os.Exit(crashChild(dir))
-	}
+	testchild.Act(map[string]func(string) int{crashChildEnv: crashChild})
 	goleak.VerifyTestMain(m)
 }

@@ -1,10 +1,8 @@
 package wal
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 
@@ -18,46 +16,20 @@ import (
 //	[0:4]   magic "WREL"
 //	[4:12]  released index, little-endian uint64
 //	[12:16] CRC32C of bytes [0:12]
-const (
-	releaseFile = "released" // written aside as released.tmp
-	releaseSize = 16
-)
+const releaseFile = "released" // written aside as released.tmp
 
 var (
 	releaseMagic      = [4]byte{'W', 'R', 'E', 'L'}
 	errReleaseDamaged = errors.New("release mark damaged")
 )
 
-func encodeRelease(upTo uint64) []byte {
-	b := make([]byte, releaseSize)
-	copy(b[0:4], releaseMagic[:])
-	binary.LittleEndian.PutUint64(b[4:12], upTo)
-	binary.LittleEndian.PutUint32(b[12:16], crc32.Checksum(b[0:12], castagnoli))
-	return b
-}
+func encodeRelease(upTo uint64) []byte { return encodeMark(releaseMagic, upTo) }
 
-func decodeRelease(b []byte) (uint64, error) {
-	if len(b) != releaseSize || [4]byte(b[0:4]) != releaseMagic ||
-		crc32.Checksum(b[0:12], castagnoli) != binary.LittleEndian.Uint32(b[12:16]) {
-		return 0, errReleaseDamaged
-	}
-	return binary.LittleEndian.Uint64(b[4:12]), nil
-}
+func decodeRelease(b []byte) (uint64, error) { return decodeMark(releaseMagic, b, errReleaseDamaged) }
 
 // readRelease returns the release mark in dir; ok is false when there is none.
 func readRelease(dir string) (upTo uint64, ok bool, err error) {
-	b, err := os.ReadFile(filepath.Join(dir, releaseFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("read release mark: %w", err)
-	}
-	upTo, err = decodeRelease(b)
-	if err != nil {
-		return 0, false, err
-	}
-	return upTo, true, nil
+	return readMark(dir, releaseFile, "release mark", decodeRelease)
 }
 
 // writeRelease makes upTo the durable release mark in dir.

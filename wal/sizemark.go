@@ -1,10 +1,8 @@
 package wal
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -30,41 +28,20 @@ var (
 	errSizeMarkDamaged = errors.New("segment size mark damaged")
 )
 
-func encodeSizeMark(size int64) []byte {
-	b := make([]byte, 16)
-	copy(b[0:4], sizeMarkMagic[:])
-	binary.LittleEndian.PutUint64(b[4:12], uint64(size))
-	binary.LittleEndian.PutUint32(b[12:16], crc32.Checksum(b[0:12], castagnoli))
-	return b
-}
+func encodeSizeMark(size int64) []byte { return encodeMark(sizeMarkMagic, uint64(size)) }
 
 func decodeSizeMark(b []byte) (int64, error) {
-	if len(b) != 16 || [4]byte(b[0:4]) != sizeMarkMagic ||
-		crc32.Checksum(b[0:12], castagnoli) != binary.LittleEndian.Uint32(b[12:16]) {
+	size, err := decodeMark(sizeMarkMagic, b, errSizeMarkDamaged)
+	if err == nil && (size == 0 || size > 1<<40) {
 		return 0, errSizeMarkDamaged
 	}
-	size := binary.LittleEndian.Uint64(b[4:12])
-	if size == 0 || size > 1<<40 {
-		return 0, errSizeMarkDamaged
-	}
-	return int64(size), nil
+	return int64(size), err
 }
 
 // readSizeMark returns the segment size recorded in dir; ok is false when
 // there is none. A damaged mark is errSizeMarkDamaged.
 func readSizeMark(dir string) (size int64, ok bool, err error) {
-	b, err := os.ReadFile(filepath.Join(dir, sizeMarkFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return 0, false, nil
-	}
-	if err != nil {
-		return 0, false, fmt.Errorf("read segment size mark: %w", err)
-	}
-	size, err = decodeSizeMark(b)
-	if err != nil {
-		return 0, false, err
-	}
-	return size, true, nil
+	return readMark(dir, sizeMarkFile, "segment size mark", decodeSizeMark)
 }
 
 // writeSizeMark makes size the durable segment size mark of dir.

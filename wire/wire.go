@@ -26,6 +26,8 @@ import (
 	"fmt"
 	"hash/crc32"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/varint"
 )
 
 const (
@@ -482,7 +484,7 @@ func (d *decoder) uvarint() (uint64, error) {
 	if n <= 0 {
 		return 0, errShort
 	}
-	if n != uvarintLen(v) {
+	if n != varint.Len(v) {
 		return 0, errors.New("non-minimal varint")
 	}
 	d.b = d.b[n:]
@@ -528,13 +530,4 @@ func (d *decoder) list() ([][]byte, error) {
 		}
 	}
 	return items, nil
-}
-
-func uvarintLen(x uint64) int {
-	n := 1
-	for x >= 0x80 {
-		x >>= 7
-		n++
-	}
-	return n
 }

@@ -6,6 +6,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/decodetest"
 )
 
 func samples() []Message {
@@ -163,11 +165,8 @@ func FuzzDecode(f *testing.F) {
 	}
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		m, err := Decode(b)
-		if err != nil {
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("error %v does not wrap ErrInvalid", err)
-			}
+		m, ok := decodetest.Accepted(t, b, Decode, ErrInvalid)
+		if !ok {
 			return
 		}
 		if re := Append(nil, m); !bytes.Equal(re, b) {
@@ -206,11 +205,8 @@ func FuzzDecodeCommand(f *testing.F) {
 	c := sampleCommand()
 	f.Add(AppendCommand(nil, &c))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := DecodeCommand(b)
-		if err != nil {
-			if !errors.Is(err, ErrInvalid) {
-				t.Fatalf("error %v does not wrap ErrInvalid", err)
-			}
+		c, ok := decodetest.Accepted(t, b, DecodeCommand, ErrInvalid)
+		if !ok {
 			return
 		}
 		if re := AppendCommand(nil, &c); !bytes.Equal(re, b) {

@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+
+	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
 // RouterOptions configure a Router. Zero fields mean their defaults.
@@ -57,9 +59,7 @@ func NewRouter(addr string, o RouterOptions, lg *slog.Logger) *Router {
 	if o.SendQueue <= 0 {
 		o.SendQueue = 256
 	}
-	if lg == nil {
-		lg = slog.New(slog.DiscardHandler)
-	}
+	lg = lifecycle.Logger(lg)
 	return &Router{o: o, lg: lg, addr: addr, out: make(chan zmq4.Msg, o.SendQueue), quit: make(chan struct{}), changed: make(chan struct{})}
 }
 

@@ -9,7 +9,6 @@ import (
 	"go/parser"
 	gotoken "go/token"
 	"maps"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +19,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // runBin runs the built binary with args (and env added) in dir, and
@@ -141,10 +142,7 @@ func TestSubcommandList(t *testing.T) {
 // The errors a user meets first say what to do: a duration without a unit,
 // a flag that does not exist, a port in use named by its flag.
 func TestCLIErrors(t *testing.T) {
-	busy, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	busy := testkit.Listen(t)
 	defer busy.Close()
 	b := busy.Addr().String()
 	loop := "tcp://127.0.0.1:0"

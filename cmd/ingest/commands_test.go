@@ -36,10 +36,7 @@ type cmdRecord struct {
 // expired, or cancelled (and its device never saw it); each device saw its
 // commands first in the order they were accepted.
 func TestCommandsUnderSIGKILL(t *testing.T) {
-	d := 15 * time.Second
-	if testing.Short() {
-		d = 5 * time.Second
-	}
+	d := soak(15 * time.Second)
 	const devices = 8
 	procs, feAddrs := commandTiers(t)
 	for _, p := range procs {

@@ -263,5 +263,13 @@ func (c *registryConfig) build(p *process) (*registry.Registry, error) {
 	return r, nil
 }
 
+// buildIfGiven is build when --registry.file is given, and nil otherwise.
+func (c *registryConfig) buildIfGiven(p *process) (*registry.Registry, error) {
+	if c.file == "" {
+		return nil, nil
+	}
+	return c.build(p)
+}
+
 // errNoAuth is returned when neither keys nor --insecure-no-auth are given.
 var errNoAuth = errors.New("give auth keys (--auth.hs256-secret-file, --auth.rs256-public-keys, --auth.es256-public-keys or --auth.keys-dir), or --insecure-no-auth to try the engine on loopback")

@@ -123,27 +123,17 @@ func runFeed(ctx context.Context, args []string) error {
 		c  = newFeedConfig()
 		a  authConfig
 		rc registryConfig
-		tc tlsConfig
-		lc = newLogConfig()
 		f  = newFlags("feed")
 	)
 	c.register(f)
 	a.register(f, "readers")
 	rc.register(f, "for group filters and labels")
-	tc.register(f, "--listen (the feed, the status page, health and metrics)")
-	lc.register(f)
-	return runTier(ctx, f, args, &lc, func(p *process) error {
-		if err := tc.build(p); err != nil {
+	return runServing(ctx, f, args, "--listen (the feed, the status page, health and metrics)", func(p *process) error {
+		devices, err := rc.buildIfGiven(p)
+		if err != nil {
 			return err
 		}
-		var devices *registry.Registry
-		if rc.file != "" {
-			var err error
-			if devices, err = rc.build(p); err != nil {
-				return err
-			}
-		}
-		_, err := c.build(p, &a, devices)
+		_, err = c.build(p, &a, devices)
 		return err
 	})
 }

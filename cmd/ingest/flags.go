@@ -34,45 +34,41 @@ func (f flags) skip(n string) bool {
 }
 
 func (f flags) str(p *string, name, usage string) {
-	if !f.skip(name) {
-		f.fs.StringVar(p, f.name(name), *p, usage)
-	}
+	flagVar(f, p, name, usage, (*flag.FlagSet).StringVar)
 }
 
 func (f flags) integer(p *int, name, usage string) {
-	if !f.skip(name) {
-		f.fs.IntVar(p, f.name(name), *p, usage)
-	}
+	flagVar(f, p, name, usage, (*flag.FlagSet).IntVar)
 }
 
 func (f flags) int64(p *int64, name, usage string) {
-	if !f.skip(name) {
-		f.fs.Int64Var(p, f.name(name), *p, usage)
-	}
+	flagVar(f, p, name, usage, (*flag.FlagSet).Int64Var)
 }
 
 func (f flags) float(p *float64, name, usage string) {
-	if !f.skip(name) {
-		f.fs.Float64Var(p, f.name(name), *p, usage)
-	}
+	flagVar(f, p, name, usage, (*flag.FlagSet).Float64Var)
 }
 
 func (f flags) boolean(p *bool, name, usage string) {
-	if !f.skip(name) {
-		f.fs.BoolVar(p, f.name(name), *p, usage)
-	}
+	flagVar(f, p, name, usage, (*flag.FlagSet).BoolVar)
 }
 
 func (f flags) duration(p *time.Duration, name, usage string) {
-	if !f.skip(name) {
-		f.fs.Var((*durationValue)(p), f.name(name), usage)
-	}
+	f.value((*durationValue)(p), name, usage)
 }
 
 // value registers a flag of its own type; its default is what v holds now.
 func (f flags) value(v flag.Value, name, usage string) {
 	if !f.skip(name) {
 		f.fs.Var(v, f.name(name), usage)
+	}
+}
+
+// flagVar registers a flag of a type the flag package knows with define
+// (flag.FlagSet.StringVar and its siblings), its default what p holds now.
+func flagVar[T any](f flags, p *T, name, usage string, define func(*flag.FlagSet, *T, string, T, string)) {
+	if !f.skip(name) {
+		define(f.fs, p, f.name(name), *p, usage)
 	}
 }
 

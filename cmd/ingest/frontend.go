@@ -243,25 +243,16 @@ func runFrontend(ctx context.Context, args []string) error {
 	var (
 		c  = newFrontendConfig()
 		a  authConfig
-		tc tlsConfig
-		lc = newLogConfig()
+		rc registryConfig
 		f  = newFlags("frontend")
 	)
-	var rc registryConfig
 	c.register(f)
 	a.register(f, "devices (device id from ?device=)")
 	rc.register(f, "whose disabled devices are refused, and their connections closed")
-	tc.register(f, "--listen (WebSocket, MQTT over WebSocket, health and metrics) and --mqtt.listen (MQTT over TLS)")
-	lc.register(f)
-	return runTier(ctx, f, args, &lc, func(p *process) error {
-		if err := tc.build(p); err != nil {
-			return err
-		}
+	return runServing(ctx, f, args, "--listen (WebSocket, MQTT over WebSocket, health and metrics) and --mqtt.listen (MQTT over TLS)", func(p *process) error {
 		var err error
-		if rc.file != "" {
-			if c.devices, err = rc.build(p); err != nil {
-				return err
-			}
+		if c.devices, err = rc.buildIfGiven(p); err != nil {
+			return err
 		}
 		_, _, err = c.build(p, &a)
 		return err

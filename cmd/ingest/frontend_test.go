@@ -17,9 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ingest-io/ingest/client"
-	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/internal/testkit"
-	"github.com/ingest-io/ingest/wal"
 )
 
 var binPath string
@@ -132,12 +130,7 @@ func TestFrontendSurvivesSIGKILL(t *testing.T) {
 
 	// Kill in the middle of the stream. What the dead process acknowledged
 	// is on disk.
-	testkit.WaitFor(t, "a quarter of the messages acknowledged before the kill", 30*time.Second, func() bool {
-		return acked.count() >= devices*perDevice/4
-	})
-	p.kill()
-	ackedAtKill := acked.snapshot()
-	t.Logf("killed after %d acks", acked.count())
+	ackedAtKill := killMidStream(t, p, acked, devices*perDevice, "acknowledged", "acks")
 	checkAckedStored(t, ackedAtKill, readWAL(t, walDir), "the WAL after SIGKILL")
 
 	// Restart on the same address: clients reconnect and resend whatever was
@@ -170,31 +163,14 @@ func readWAL(t *testing.T, dir string) map[string]map[uint64]bool {
 // walOrder returns, per device, the "id" of every stored message in WAL order.
 func walOrder(t *testing.T, dir string) map[string][]uint64 {
 	t.Helper()
-	l, err := wal.Open(dir, wal.Options{Hop: "check"}, nil, nil)
-	if err != nil {
-		t.Fatalf("reopen wal: %v", err)
-	}
-	defer l.Close()
-	cur, err := l.Cursor(0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string][]uint64{}
-	for n := l.LastIndex(); n > 0; n-- {
-		e, err := cur.Next(context.Background())
-		if err != nil {
-			t.Fatalf("read wal: %v", err)
-		}
-		env, err := envelope.Decode(e.Data)
-		if err != nil {
-			t.Fatalf("entry %d: %v", e.Index, err)
-		}
+	for i, env := range testkit.WALEnvelopes(t, dir) {
 		if env.Frontend != "fe-e2e" {
-			t.Fatalf("entry %d from frontend %q", e.Index, env.Frontend)
+			t.Fatalf("entry %d from frontend %q", i, env.Frontend)
 		}
 		var m struct{ ID uint64 }
 		if err := json.Unmarshal(env.Payload, &m); err != nil {
-			t.Fatalf("entry %d payload %q: %v", e.Index, env.Payload, err)
+			t.Fatalf("entry %d payload %q: %v", i, env.Payload, err)
 		}
 		out[env.Device] = append(out[env.Device], m.ID)
 	}

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // What the end-to-end tests share: the tiers as processes on free ports,
@@ -289,4 +290,26 @@ func storedOnce(t *testing.T, m *mtProc, stored map[string]map[uint64]bool) int 
 		n++
 	}
 	return n
+}
+
+// killMidStream waits until a quarter of total messages are acknowledged
+// (acked names how, in the wait's description; acks in the log line), kills
+// p with SIGKILL and returns what had been acknowledged by then.
+func killMidStream(t *testing.T, p *tierProc, a *acks, total int, acked, acks string) map[string]map[uint64]bool {
+	t.Helper()
+	testkit.WaitFor(t, "a quarter of the messages "+acked+" before the kill", 30*time.Second, func() bool {
+		return a.count() >= int64(total/4)
+	})
+	p.kill()
+	at := a.snapshot()
+	t.Logf("killed after %d %s", a.count(), acks)
+	return at
+}
+
+// soak is how long a test under faults runs: d, or 5 seconds with -short.
+func soak(d time.Duration) time.Duration {
+	if testing.Short() {
+		return 5 * time.Second
+	}
+	return d
 }

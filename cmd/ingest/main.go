@@ -128,6 +128,22 @@ func runTier(ctx context.Context, f flags, args []string, lc *logConfig, build f
 	return runProcess(ctx, f, args, "", lc, build)
 }
 
+// runServing is runTier for a tier that serves HTTP: its TLS flags (usage
+// names the listeners they cover) and the log flags are registered after
+// the tier's own, and the TLS config is built before the tier.
+func runServing(ctx context.Context, f flags, args []string, tlsUsage string, build func(*process) error) error {
+	var tc tlsConfig
+	lc := newLogConfig()
+	tc.register(f, tlsUsage)
+	lc.register(f)
+	return runTier(ctx, f, args, &lc, func(p *process) error {
+		if err := tc.build(p); err != nil {
+			return err
+		}
+		return build(p)
+	})
+}
+
 // runProcess parses the flags (header goes above them in --help), builds
 // the process and runs it until ctx ends.
 func runProcess(ctx context.Context, f flags, args []string, header string, lc *logConfig, build func(*process) error) error {

@@ -13,8 +13,6 @@ import (
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
-
-	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 var mqttAddrRE = regexp.MustCompile(`msg="mqtt listening" addr=(\S+)`)
@@ -162,12 +160,7 @@ func TestFrontendMQTTSurvivesSIGKILL(t *testing.T) {
 		}
 		wg.Wait()
 	}()
-	testkit.WaitFor(t, "a quarter of the messages PUBACKed before the kill", 30*time.Second, func() bool {
-		return acked.count() >= devices*perDevice/4
-	})
-	p.kill()
-	ackedAtKill := acked.snapshot()
-	t.Logf("killed after %d PUBACKs", acked.count())
+	ackedAtKill := killMidStream(t, p, acked, devices*perDevice, "PUBACKed", "PUBACKs")
 	checkStoredOnce(t, ackedAtKill, walOrder(t, walDir), "after SIGKILL")
 
 	// Restart on the same addresses: devices reconnect and publish again

@@ -8,7 +8,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,7 +24,6 @@ import (
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
-	"github.com/ingest-io/ingest/wire"
 )
 
 // tierProc is a tier running as a process of the ingest binary, which can
@@ -146,10 +144,7 @@ func freePort(t *testing.T) int {
 	handedOut.Lock()
 	defer handedOut.Unlock()
 	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
+		ln := testkit.Listen(t)
 		port := ln.Addr().(*net.TCPAddr).Port
 		ln.Close()
 		if !handedOut.ports[port] {
@@ -165,10 +160,7 @@ func freePort(t *testing.T) int {
 // every message any device saw acknowledged is in a middletier's stream,
 // and no middletier's stream holds an entry (by identity) twice.
 func TestPipelineUnderSIGKILL(t *testing.T) {
-	d := 20 * time.Second
-	if testing.Short() {
-		d = 5 * time.Second
-	}
+	d := soak(20 * time.Second)
 	const devices = 20
 	mts, fes := pipelineTiers(t)
 	procs := []*tierProc{mts[0].tierProc, mts[1].tierProc, fes[0].tierProc, fes[1].tierProc}
@@ -272,26 +264,11 @@ func readStream(t *testing.T, dir string, stored map[string]map[uint64]bool) map
 	}
 	defer l.Close()
 	ids := map[string]int{}
-	if l.LastIndex() < l.FirstIndex() {
-		return ids
-	}
-	c, err := l.Cursor(l.FirstIndex())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for i := l.FirstIndex(); i <= l.LastIndex(); i++ {
-		e, err := c.Next(context.Background())
-		if err != nil {
-			t.Fatal(err)
-		}
-		rec, err := wire.DecodeRecord(e.Data)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for _, rec := range testkit.Records(t, l) {
 		ids[rec.Origin+"/"+strconv.FormatUint(rec.Index, 10)]++
 		env, err := envelope.Decode(rec.Data)
 		if err != nil {
-			t.Fatalf("record %d: %v", e.Index, err)
+			t.Fatalf("record %s/%d: %v", rec.Origin, rec.Index, err)
 		}
 		var m struct{ ID uint64 }
 		if err := json.Unmarshal(env.Payload, &m); err != nil {
@@ -305,23 +282,10 @@ func readStream(t *testing.T, dir string, stored map[string]map[uint64]bool) map
 	return ids
 }
 
-var depthRE = regexp.MustCompile(`(?m)^ingest_queue_depth_entries\{hop="frontend"\} (\S+)$`)
-
 // queueDepth reads the frontend's WAL depth from its metrics.
 func queueDepth(t *testing.T, addr string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + addr + "/metrics")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	m := depthRE.FindSubmatch(b)
-	if m == nil {
-		return -1
-	}
-	v, _ := strconv.ParseFloat(string(m[1]), 64)
-	return v
+	return scrape(t, addr, `ingest_queue_depth_entries{hop="frontend"}`)
 }
 
 func tail(s string, n int) string {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // TestStatusPage opens the status page of ingest all in headless Chromium
@@ -108,10 +108,7 @@ type page struct {
 // defaults.
 func openPage(t *testing.T, u string, logs func() string, opts ...chromedp.ExecAllocatorOption) *page {
 	t.Helper()
-	chromium, err := exec.LookPath("chromium")
-	if err != nil {
-		t.Fatal("chromium not found: install Debian's chromium package (make deps)")
-	}
+	chromium := testkit.Tool(t, "chromium", "chromium")
 	alloc, cancelAlloc := chromedp.NewExecAllocator(context.Background(), append(append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium),
 		chromedp.NoSandbox, // as root Chromium refuses to start with its sandbox

@@ -276,21 +276,14 @@ func runStorage(ctx context.Context, args []string) error {
 	var (
 		c  = newStorageConfig()
 		rc registryConfig
-		tc tlsConfig
 		sm = newSelfMonitorConfig()
-		lc = newLogConfig()
 		f  = newFlags("storage")
 	)
 	c.register(f)
 	sm.register(f)
 	c.selfMonitor = &sm
 	rc.register(f, "whose labels go on every series of a device")
-	tc.register(f, "--http.listen (the query API, health and metrics)")
-	lc.register(f)
-	return runTier(ctx, f, args, &lc, func(p *process) error {
-		if err := tc.build(p); err != nil {
-			return err
-		}
+	return runServing(ctx, f, args, "--http.listen (the query API, health and metrics)", func(p *process) error {
 		devices, err := rc.build(p)
 		if err != nil {
 			return err

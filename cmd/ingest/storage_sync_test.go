@@ -3,7 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -11,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // TestStorageSyncsTSDBBeforeCommit runs a storage writer process under
@@ -24,10 +25,7 @@ import (
 // between too. A power loss after the middletier has released records then
 // loses none of their samples.
 func TestStorageSyncsTSDBBeforeCommit(t *testing.T) {
-	strace, err := exec.LookPath("strace")
-	if err != nil {
-		t.Fatal("strace not found: make deps installs it")
-	}
+	strace := testkit.Tool(t, "strace", "strace")
 	mt, st, ingest, httpAddr := storageTiers(t)
 	mt.start()
 	t.Cleanup(func() {

@@ -215,10 +215,7 @@ func TestStorageUnderSIGKILL(t *testing.T) {
 // Prometheus API client (Debian's prometheus package; make deps installs
 // it): instant, range, series and label queries return what was sent.
 func TestStoragePromtool(t *testing.T) {
-	promtool, err := exec.LookPath("promtool")
-	if err != nil {
-		t.Fatal("promtool not found: install Debian's prometheus package (make deps)")
-	}
+	promtool := testkit.Tool(t, "promtool", "prometheus")
 	mt, st, ingest, httpAddr := storageTiers(t)
 	mt.start()
 	st.start()

@@ -2,10 +2,7 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
 	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -20,6 +17,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // keyFiles are a key of each kind in files: the HS256 secret, and the
@@ -38,14 +36,8 @@ func writeKeyFiles(t *testing.T, secret string) keyFiles {
 		}
 		return p
 	}
-	rk, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ek, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rk := testkit.RSAKey(t, 2048)
+	ek := testkit.ECKey(t, elliptic.P256())
 	pemOf := func(typ string, der []byte, err error) []byte {
 		if err != nil {
 			t.Fatal(err)

@@ -202,11 +202,9 @@ func TestMetricsExist(t *testing.T) {
 
 	// Scrape every tier until each selector finds its series (some are
 	// set by periodic work, such as the consumer lag), or the deadline.
-	var missing []string
 	var families map[string]*dto.MetricFamily
 	checked := map[string]bool{}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	untilNone(t, 15*time.Second, func() (missing []string) {
 		families = map[string]*dto.MetricFamily{}
 		for _, addr := range []string{fe.attr("addr"), mt.attr("http"), st.attr("http"), fd.attr("addr")} {
 			for name, f := range scrape(t, ctx, addr) {
@@ -217,7 +215,6 @@ func TestMetricsExist(t *testing.T) {
 				}
 			}
 		}
-		missing = missing[:0]
 		for _, r := range exprs {
 			for _, sel := range vectorSelectors(r.expr) {
 				checked[sel.String()] = true
@@ -226,14 +223,8 @@ func TestMetricsExist(t *testing.T) {
 				}
 			}
 		}
-		if len(missing) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	for _, m := range missing {
-		t.Error(m)
-	}
+		return missing
+	})
 	t.Logf("%d selectors checked against %d metric families", len(checked), len(families))
 	checkFleet(t, ctx, "http://"+st.attr("http"), fleet)
 
@@ -267,11 +258,8 @@ func checkFleet(t *testing.T, ctx context.Context, api string, fleet []rule) {
 		}
 		return r.Data, nil
 	}
-	var problems []string
 	checked := map[string]bool{}
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		problems = problems[:0]
+	untilNone(t, 15*time.Second, func() (problems []string) {
 		now := time.Now()
 		for _, r := range fleet {
 			for _, sel := range vectorSelectors(r.expr) {
@@ -290,14 +278,8 @@ func checkFleet(t *testing.T, ctx context.Context, api string, fleet []rule) {
 				problems = append(problems, fmt.Sprintf("%s: %q: %v", r.alert, r.text, err))
 			}
 		}
-		if len(problems) == 0 || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	for _, p := range problems {
-		t.Error(p)
-	}
+		return problems
+	})
 	// What the store holds, to read a failure by.
 	if t.Failed() {
 		if data, err := get("/api/v1/series", url.Values{"match[]": {`{device=~".+"}`}}); err == nil {
@@ -480,4 +462,24 @@ func cleanEnv() []string {
 		}
 	}
 	return env
+}
+
+// untilNone runs check every 100 ms until it finds no problem or within
+// has passed, and reports each problem it found last as an error.
+func untilNone(t *testing.T, within time.Duration, check func() []string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		problems := check()
+		if len(problems) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, p := range problems {
+				t.Error(p)
+			}
+			return
+		}
+		time.Sleep(100 * time.Millisecond) // the polling interval, not a wait for a condition
+	}
 }

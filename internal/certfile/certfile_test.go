@@ -4,7 +4,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,10 +24,7 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // the test ends, completing each handshake, and returns the address.
 func serve(t *testing.T, r *certfile.Reloader) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	tln := tls.NewListener(ln, r.TLSConfig())
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -93,15 +89,11 @@ func TestReload(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	r := newReloader(t, certFile, keyFile, time.Nanosecond, reg)
 	addr := serve(t, r)
-	if got := ca.ServedSerial(t, addr); got.Cmp(first.Serial) != 0 {
-		t.Fatalf("serial %v served, want %v", got, first.Serial)
-	}
+	ca.CheckServes(t, addr, first, "at first")
 
 	second := ca.Issue(t)
 	second.Write(t, dir)
-	if got := ca.ServedSerial(t, addr); got.Cmp(second.Serial) != 0 {
-		t.Fatalf("serial %v served after the files changed, want the new %v", got, second.Serial)
-	}
+	ca.CheckServes(t, addr, second, "after the files changed")
 	if ok, bad := reloads(t, reg, "ok"), reloads(t, reg, "error"); ok != 1 || bad != 0 {
 		t.Fatalf("reloads ok %v error %v, want 1 and 0", ok, bad)
 	}
@@ -110,9 +102,7 @@ func TestReload(t *testing.T) {
 	third, fourth := ca.Issue(t), ca.Issue(t)
 	writeFile(t, certFile, third.CertPEM)
 	writeFile(t, keyFile, fourth.KeyPEM)
-	if got := ca.ServedSerial(t, addr); got.Cmp(second.Serial) != 0 {
-		t.Fatalf("serial %v served after a mismatched pair, want the one in use %v", got, second.Serial)
-	}
+	ca.CheckServes(t, addr, second, "after a mismatched pair (the pair in use stays)")
 	if bad := reloads(t, reg, "error"); bad != 1 {
 		t.Fatalf("reloads error %v, want 1", bad)
 	}
@@ -123,15 +113,11 @@ func TestReload(t *testing.T) {
 	}
 	// Garbage in the certificate file: refused too.
 	writeFile(t, certFile, []byte("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"))
-	if got := ca.ServedSerial(t, addr); got.Cmp(second.Serial) != 0 {
-		t.Fatalf("serial %v served after a garbled certificate, want %v", got, second.Serial)
-	}
+	ca.CheckServes(t, addr, second, "after a garbled certificate")
 	// The right key arrives: the third is taken.
 	writeFile(t, certFile, third.CertPEM)
 	writeFile(t, keyFile, third.KeyPEM)
-	if got := ca.ServedSerial(t, addr); got.Cmp(third.Serial) != 0 {
-		t.Fatalf("serial %v served once the pair matched, want %v", got, third.Serial)
-	}
+	ca.CheckServes(t, addr, third, "once the pair matched")
 	if ok := reloads(t, reg, "ok"); ok != 2 {
 		t.Fatalf("reloads ok %v, want 2", ok)
 	}
@@ -142,9 +128,7 @@ func TestReload(t *testing.T) {
 
 	// Files gone: the pair in use stays.
 	os.Remove(certFile)
-	if got := ca.ServedSerial(t, addr); got.Cmp(third.Serial) != 0 {
-		t.Fatalf("serial %v served with the certificate file gone, want %v", got, third.Serial)
-	}
+	ca.CheckServes(t, addr, third, "with the certificate file gone")
 }
 
 // The files are looked at no more than once per check interval.
@@ -157,9 +141,7 @@ func TestCheckInterval(t *testing.T) {
 	addr := serve(t, r)
 	ca.Issue(t).Write(t, dir)
 	for range 3 {
-		if got := ca.ServedSerial(t, addr); got.Cmp(first.Serial) != 0 {
-			t.Fatalf("serial %v served within the check interval, want the first %v", got, first.Serial)
-		}
+		ca.CheckServes(t, addr, first, "within the check interval")
 	}
 }
 
@@ -186,9 +168,7 @@ func TestSymlinkSwap(t *testing.T) {
 	}
 	r := newReloader(t, filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), time.Nanosecond, nil)
 	addr := serve(t, r)
-	if got := ca.ServedSerial(t, addr); got.Cmp(first.Serial) != 0 {
-		t.Fatalf("serial %v, want %v", got, first.Serial)
-	}
+	ca.CheckServes(t, addr, first, "at first")
 	tmp := filepath.Join(dir, "..data_tmp")
 	if err := os.Symlink("..v2", tmp); err != nil {
 		t.Fatal(err)
@@ -196,9 +176,7 @@ func TestSymlinkSwap(t *testing.T) {
 	if err := os.Rename(tmp, filepath.Join(dir, "..data")); err != nil {
 		t.Fatal(err)
 	}
-	if got := ca.ServedSerial(t, addr); got.Cmp(second.Serial) != 0 {
-		t.Fatalf("serial %v after the swap, want %v", got, second.Serial)
-	}
+	ca.CheckServes(t, addr, second, "after the swap")
 }
 
 // A pair that cannot be used at start is an error naming the files.
@@ -243,15 +221,9 @@ func writeFile(t *testing.T, path string, b []byte) {
 
 func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	ms := testkit.Series(t, reg, name)
+	if len(ms) == 0 {
+		t.Fatalf("no %s", name)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() == name {
-			return mf.GetMetric()[0].GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no %s", name)
-	return 0
+	return ms[0].GetGauge().GetValue()
 }

@@ -5,15 +5,14 @@ import (
 	"net"
 	"net/http"
 	"testing"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // TestReaderCarriesOverBufferedBytes: bytes a client sends right behind its
 // request are read first from the new reader, then the rest from the socket.
 func TestReaderCarriesOverBufferedBytes(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	got := make(chan string, 1)
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		nc, brw, err := Conn(w)

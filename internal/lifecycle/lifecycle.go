@@ -3,7 +3,12 @@
 // New took when Run never ran (Run releases it itself when it returns).
 package lifecycle
 
-import "sync"
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+)
 
 // Once guards a component's Run and Close. Its zero value is ready; it is a
 // leaf lock.
@@ -36,4 +41,43 @@ func (o *Once) Close(release func(ran bool) error) error {
 	}
 	o.closed = true
 	return release(o.ran)
+}
+
+// Release is Close for a component whose Run releases what New took when
+// it returns: the first call runs always (undoing what New did that Run
+// does not, such as registering metrics) and then, only if Run never
+// started, unrun (releasing what Run would have, such as a listener), and
+// returns unrun's error.
+func (o *Once) Release(always func(), unrun func() error) error {
+	return o.Close(func(ran bool) error {
+		always()
+		if ran {
+			return nil
+		}
+		return unrun()
+	})
+}
+
+// Every runs f every interval until ctx ends, and returns nil then: the
+// Run of a component whose work is periodic.
+func Every(ctx context.Context, interval time.Duration, f func()) error {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			f()
+		}
+	}
+}
+
+// Logger is the logger a component was given, or one that discards
+// everything when it was given nil: a nil logger means no logs.
+func Logger(lg *slog.Logger) *slog.Logger {
+	if lg == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return lg
 }

@@ -1,8 +1,14 @@
 package lifecycle
 
 import (
+	"context"
 	"errors"
+	"io"
+	"log/slog"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
+	"time"
 )
 
 func TestRunOnceCloseOnce(t *testing.T) {
@@ -39,5 +45,55 @@ func TestCloseBeforeRun(t *testing.T) {
 	}
 	if o.Start() {
 		t.Fatal("Start allowed after Close")
+	}
+}
+
+func TestRelease(t *testing.T) {
+	for _, run := range []bool{false, true} {
+		var o Once
+		if run && !o.Start() {
+			t.Fatal("Start refused")
+		}
+		always, unrun := 0, 0
+		boom := errors.New("boom")
+		release := func() error {
+			err := o.Release(func() { always++ }, func() error { unrun++; return boom })
+			return err
+		}
+		err := release()
+		if run && (err != nil || unrun != 0) || !run && (err != boom || unrun != 1) {
+			t.Errorf("run %v: first Release: err %v, unrun ran %d times", run, err, unrun)
+		}
+		if err := release(); err != nil || always != 1 || unrun > 1 {
+			t.Errorf("run %v: second Release: err %v, always ran %d times, unrun %d", run, err, always, unrun)
+		}
+	}
+}
+
+func TestEvery(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx, cancel := context.WithCancel(t.Context())
+		var n atomic.Int32
+		done := make(chan error)
+		go func() { done <- Every(ctx, time.Second, func() { n.Add(1) }) }()
+		time.Sleep(3500 * time.Millisecond)
+		synctest.Wait()
+		if got := n.Load(); got != 3 {
+			t.Fatalf("ran %d times in 3.5 intervals, want 3", got)
+		}
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("Every returned %v when its context ended, want nil", err)
+		}
+	})
+}
+
+func TestLogger(t *testing.T) {
+	lg := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if Logger(lg) != lg {
+		t.Fatal("Logger replaced a logger it was given")
+	}
+	if l := Logger(nil); l == nil || l.Enabled(context.Background(), slog.LevelError) {
+		t.Fatal("Logger(nil) is not a logger that discards everything")
 	}
 }

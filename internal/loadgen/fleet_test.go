@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,8 +15,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ingest-io/ingest/auth"
-	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/internal/frontendtest"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
@@ -27,95 +26,26 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 var secret = []byte("0123456789abcdef0123456789abcdef-loadgen-test")
 
-// server is a real frontend with a real WAL, on 127.0.0.1.
-type server struct {
-	addr   string
-	dir    string
-	log    *wal.Log
-	cancel context.CancelFunc
-	errc   chan error
-	once   sync.Once
-}
+type server = frontendtest.Server
 
 // start serves a frontend on addr ("127.0.0.1:0" for any port) with its WAL
 // in dir. Without auth keys in opts it runs without auth.
 func start(t *testing.T, addr, dir string, opts frontend.Options) *server {
 	t.Helper()
-	l, err := wal.Open(dir, wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		t.Fatalf("open wal: %v", err)
-	}
 	opts.ID = "fe-loadgen-test"
 	opts.InsecureNoAuth = len(opts.Auth.HS256Secrets) == 0
 	if opts.Rate == 0 {
 		opts.Rate, opts.Burst = 1e9, 1e9
 	}
 	opts.DrainWindow = 20 * time.Millisecond
-	var ln net.Listener
-	// A restarted server takes its predecessor's port, which the
-	// predecessor's connections may hold for a moment.
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if ln, err = net.Listen("tcp", addr); err == nil || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	if err != nil {
-		l.Close()
-		t.Fatalf("listen: %v", err)
-	}
-	opts.Listener = ln
-	srv, err := frontend.New(opts, l, nil, nil)
-	if err != nil {
-		l.Close()
-		t.Fatalf("new frontend: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{addr: ln.Addr().String(), dir: dir, log: l, cancel: cancel, errc: make(chan error, 1)}
-	go func() { s.errc <- srv.Run(ctx) }()
-	t.Cleanup(func() { s.stop(t) })
-	return s
-}
-
-func (s *server) url() string { return "ws://" + s.addr + protocol.Path }
-
-// stop drains the frontend (its connections are closed with 1001) and
-// closes its WAL, once.
-func (s *server) stop(t *testing.T) {
-	s.once.Do(func() {
-		s.cancel()
-		if err := <-s.errc; err != nil {
-			t.Errorf("serve: %v", err)
-		}
-		if err := s.log.Close(); err != nil {
-			t.Errorf("close wal: %v", err)
-		}
-	})
+	return frontendtest.Start(t, addr, dir, opts, wal.Options{})
 }
 
 // stored returns every message in the WAL in dir, in WAL order, by device.
 func stored(t *testing.T, dir string) map[string][][]byte {
 	t.Helper()
-	l, err := wal.Open(dir, wal.Options{Hop: "check"}, nil, nil)
-	if err != nil {
-		t.Fatalf("reopen wal: %v", err)
-	}
-	defer l.Close()
-	cur, err := l.Cursor(0)
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string][][]byte{}
-	for range l.LastIndex() - l.Released() {
-		e, err := cur.Next(context.Background())
-		if err != nil {
-			t.Fatalf("read wal: %v", err)
-		}
-		env, err := envelope.Decode(e.Data)
-		if err != nil {
-			t.Fatalf("entry %d: %v", e.Index, err)
-		}
+	for _, env := range testkit.WALEnvelopes(t, dir) {
 		out[env.Device] = append(out[env.Device], env.Payload)
 	}
 	return out
@@ -192,7 +122,7 @@ func TestClosedLoop(t *testing.T) {
 			s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{})
 			var got settled
 			const devices, total = 5, 2000
-			opts := Options{URLs: []string{s.url()}, Devices: devices, Insecure: true, Window: 8, Total: total,
+			opts := Options{URLs: []string{s.URL()}, Devices: devices, Insecure: true, Window: 8, Total: total,
 				Duration: time.Minute, Coalesce: coalesce, Message: message(200), OnSettle: got.add}
 			f, err := New(opts)
 			if err != nil {
@@ -214,26 +144,7 @@ func TestClosedLoop(t *testing.T) {
 			if n := got.check(t, f, devices); n != total {
 				t.Fatalf("%d acknowledged, want %d", n, total)
 			}
-			s.stop(t)
-			all := stored(t, s.dir)
-			gen := message(200)
-			for dev := range devices {
-				got.mu.Lock()
-				ms := got.got[dev]
-				got.mu.Unlock()
-				payloads := all[f.ID(dev)]
-				if len(payloads) != len(ms) {
-					t.Fatalf("device %d: %d stored, %d acknowledged", dev, len(payloads), len(ms))
-				}
-				for i, m := range ms {
-					if want := gen(nil, dev, m.Seq, m.TS); !bytes.Equal(payloads[i], want) {
-						t.Fatalf("device %d message %d stored as %s, want %s", dev, m.Seq, payloads[i], want)
-					}
-					if i > 0 && m.TS <= ms[i-1].TS {
-						t.Fatalf("device %d: device time %d after %d", dev, m.TS, ms[i-1].TS)
-					}
-				}
-			}
+			checkStoredAsSettled(t, s, &got, devices, f.ID, true)
 		})
 	}
 }
@@ -247,16 +158,9 @@ func TestFrameLengths(t *testing.T) {
 	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{MaxMessageBytes: 70_000, MaxFrameBytes: 256 << 10, MaxStringBytes: 100_000})
 	sizes := []int{16, 125, 126, 127, 200, 65535, 65536, 69_999, 70_001, 100_000}
 	var got settled
-	f, err := New(Options{URLs: []string{s.url()}, Devices: 1, Insecure: true, Window: 4, Total: int64(len(sizes)),
+	f := connect(t, Options{URLs: []string{s.URL()}, Devices: 1, Insecure: true, Window: 4, Total: int64(len(sizes)),
 		Duration: time.Minute, Coalesce: true, OnSettle: got.add,
 		Message: func(dst []byte, _ int, seq uint64, ts int64) []byte { return message(sizes[seq-1])(dst, 0, seq, ts) }})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Connect(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	f.Send(context.Background())
 	if !f.Drain(context.Background(), 10*time.Second) {
 		t.Fatal("not drained")
@@ -275,8 +179,8 @@ func TestFrameLengths(t *testing.T) {
 			t.Fatalf("message %d of %d bytes settled with %q, want %q", m.Seq, sizes[m.Seq-1], m.Code, want)
 		}
 	}
-	s.stop(t)
-	payloads := stored(t, s.dir)[f.ID(0)]
+	s.Stop(t)
+	payloads := stored(t, s.Dir)[f.ID(0)]
 	if len(payloads) != len(sizes)-2 {
 		t.Fatalf("%d stored, want %d", len(payloads), len(sizes)-2)
 	}
@@ -299,20 +203,20 @@ func TestToken(t *testing.T) {
 				Subject: "tok-" + strconv.Itoa(i), ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))}).SignedString(key)
 		}
 	}
-	st, err := Run(context.Background(), Options{URLs: []string{s.url()}, Devices: 3, Token: sign(secret),
+	st, err := Run(context.Background(), Options{URLs: []string{s.URL()}, Devices: 3, Token: sign(secret),
 		DeviceID: func(i int) string { return "tok-" + strconv.Itoa(i) }, Window: 4, Total: 30, Duration: time.Minute,
 		Message: message(100)}, 10*time.Second)
 	if err != nil || st.Acked != 30 || len(st.Errors) != 0 {
 		t.Fatalf("stats %+v: %v", st, err)
 	}
-	_, err = Run(context.Background(), Options{URLs: []string{s.url()}, Devices: 1, Token: sign([]byte("another secret of at least 32 bytes")),
+	_, err = Run(context.Background(), Options{URLs: []string{s.URL()}, Devices: 1, Token: sign([]byte("another secret of at least 32 bytes")),
 		Total: 1, Duration: time.Minute, Message: message(100)}, time.Second)
 	var he *HandshakeError
 	if !errors.As(err, &he) || he.Status != 401 || he.Code != protocol.CodeUnauthorized {
 		t.Fatalf("dial with a bad token: %v", err)
 	}
-	s.stop(t)
-	all := stored(t, s.dir)
+	s.Stop(t)
+	all := stored(t, s.Dir)
 	for i := range 3 {
 		if n := len(all["tok-"+strconv.Itoa(i)]); n == 0 {
 			t.Fatalf("nothing stored for tok-%d: %v", i, all)
@@ -328,15 +232,8 @@ func TestPaced(t *testing.T) {
 	var got settled
 	const devices, rate = 10, 4.0
 	dur := 1500 * time.Millisecond
-	f, err := New(Options{URLs: []string{s.url()}, Devices: devices, Insecure: true, Rate: rate, Duration: dur,
+	f := connect(t, Options{URLs: []string{s.URL()}, Devices: devices, Insecure: true, Rate: rate, Duration: dur,
 		Message: message(100), OnSettle: got.add})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Connect(context.Background()); err != nil {
-		t.Fatal(err)
-	}
 	f.Send(context.Background())
 	f.Drain(context.Background(), 5*time.Second)
 	f.Close()
@@ -367,27 +264,17 @@ func TestReconnect(t *testing.T) {
 		s := start(t, "127.0.0.1:0", dir1, frontend.Options{})
 		var got settled
 		const devices = 4
-		f, err := New(Options{URLs: []string{s.url()}, Devices: devices, Insecure: true, Window: 8, Duration: time.Minute,
+		f := connect(t, Options{URLs: []string{s.URL()}, Devices: devices, Insecure: true, Window: 8, Duration: time.Minute,
 			Reconnect: true, MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond,
 			Message: message(100), OnSettle: got.add})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if _, err := f.Connect(context.Background()); err != nil {
-			t.Fatal(err)
-		}
-		ctx, stop := context.WithCancel(context.Background())
-		sent := make(chan struct{})
-		go func() { defer close(sent); f.Send(ctx) }()
+		stop := sendInBackground(f)
 		testkit.WaitFor(t, "acks", 20*time.Second, func() bool { return f.Stats().Acked > 1000 })
-		s.stop(t)
-		s2 := start(t, s.addr, dir2, frontend.Options{})
+		s.Stop(t)
+		s2 := start(t, s.Addr, dir2, frontend.Options{})
 		testkit.WaitFor(t, "reconnects", 20*time.Second, func() bool { return f.Stats().Reconnects >= devices })
 		before := f.Stats().Acked
 		testkit.WaitFor(t, "acks after the restart", 20*time.Second, func() bool { return f.Stats().Acked > before+1000 })
 		stop()
-		<-sent
 		if !f.Drain(context.Background(), 10*time.Second) {
 			t.Fatal("not drained")
 		}
@@ -398,7 +285,7 @@ func TestReconnect(t *testing.T) {
 			t.Fatalf("stats %+v", st)
 		}
 		got.check(t, f, devices)
-		s2.stop(t)
+		s2.Stop(t)
 		checkStored(t, f, &got, devices, stored(t, dir1), stored(t, dir2))
 	})
 	t.Run("rate limited", func(t *testing.T) {
@@ -409,7 +296,7 @@ func TestReconnect(t *testing.T) {
 		s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{Rate: rate, Burst: burst, MaxBatchMessages: burst})
 		var got settled
 		began := time.Now()
-		st, err := Run(context.Background(), Options{URLs: []string{s.url()}, Devices: 2, Insecure: true, Window: 16,
+		st, err := Run(context.Background(), Options{URLs: []string{s.URL()}, Devices: 2, Insecure: true, Window: 16,
 			Duration: 1500 * time.Millisecond, Reconnect: true, Message: message(50), OnSettle: got.add}, 10*time.Second)
 		elapsed := time.Since(began)
 		if err != nil {
@@ -419,8 +306,8 @@ func TestReconnect(t *testing.T) {
 		if st.Errors[protocol.CodeRateLimited] == 0 || st.Errors["close_1013"] != st.Errors[protocol.CodeRateLimited] || st.Reconnects == 0 || st.Acked != st.Sent {
 			t.Fatalf("stats %+v", st)
 		}
-		s.stop(t)
-		all := stored(t, s.dir)
+		s.Stop(t)
+		all := stored(t, s.Dir)
 		for dev := range 2 {
 			// Messages the server refused for the rate were never stored:
 			// each is stored once, in order.
@@ -442,6 +329,61 @@ func TestReconnect(t *testing.T) {
 			}
 		}
 	})
+}
+
+// checkStoredAsSettled stops s and checks that its WAL holds, for each of
+// the devices (named by id), the messages settled as acknowledged, in
+// order, each as message(200) made it; with increasingTS, that their
+// device times increase too.
+func checkStoredAsSettled(t *testing.T, s *server, got *settled, devices int, id func(int) string, increasingTS bool) {
+	t.Helper()
+	s.Stop(t)
+	all := stored(t, s.Dir)
+	gen := message(200)
+	for dev := range devices {
+		got.mu.Lock()
+		ms := got.got[dev]
+		got.mu.Unlock()
+		payloads := all[id(dev)]
+		if len(payloads) != len(ms) {
+			t.Fatalf("device %d: %d stored, %d acknowledged", dev, len(payloads), len(ms))
+		}
+		for i, m := range ms {
+			if want := gen(nil, dev, m.Seq, m.TS); !bytes.Equal(payloads[i], want) {
+				t.Fatalf("device %d message %d stored as %s, want %s", dev, m.Seq, payloads[i], want)
+			}
+			if increasingTS && i > 0 && m.TS <= ms[i-1].TS {
+				t.Fatalf("device %d: device time %d after %d", dev, m.TS, ms[i-1].TS)
+			}
+		}
+	}
+}
+
+// connect makes a fleet of opts and connects its devices; the fleet is
+// closed when the test ends.
+func connect(t *testing.T, opts Options) *Fleet {
+	t.Helper()
+	f, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(f.Close)
+	if _, err := f.Connect(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+// sendInBackground runs f.Send until stop is called, which returns once
+// Send has.
+func sendInBackground(f *Fleet) (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sent := make(chan struct{})
+	go func() { defer close(sent); f.Send(ctx) }()
+	return func() {
+		cancel()
+		<-sent
+	}
 }
 
 // checkStored checks that every acknowledged message is in one of the WALs
@@ -490,23 +432,13 @@ func seqOf(t *testing.T, p []byte) uint64 {
 func TestNoReconnect(t *testing.T) {
 	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{})
 	var got settled
-	f, err := New(Options{URLs: []string{s.url()}, Devices: 2, Insecure: true, Window: 4, Duration: time.Minute,
+	f := connect(t, Options{URLs: []string{s.URL()}, Devices: 2, Insecure: true, Window: 4, Duration: time.Minute,
 		Message: message(100), OnSettle: got.add})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := f.Connect(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	sent := make(chan struct{})
-	go func() { defer close(sent); f.Send(ctx) }()
+	stop := sendInBackground(f)
 	testkit.WaitFor(t, "acks", 20*time.Second, func() bool { return f.Stats().Acked > 100 })
-	s.stop(t)
+	s.Stop(t)
 	testkit.WaitFor(t, "both devices stopped", 20*time.Second, func() bool { return f.Stats().Errors["close_1001"] == 2 })
 	stop()
-	<-sent
 	f.Close()
 	st := f.Stats()
 	if st.Reconnects != 0 || st.Acked+st.Rejected != st.Sent || st.Errors[CodeClosed] != st.Rejected {
@@ -517,10 +449,7 @@ func TestNoReconnect(t *testing.T) {
 
 // Dialing an address nothing listens on fails Connect.
 func TestConnectFails(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	addr := ln.Addr().String()
 	ln.Close()
 	f, err := New(Options{URLs: []string{"ws://" + addr + protocol.Path}, Devices: 3, Duration: time.Second, Message: message(10)})

@@ -37,16 +37,11 @@ const (
 // dialMQTT opens an MQTT session: TCP, CONNECT, CONNACK. It returns the
 // bytes read past the CONNACK.
 func dialMQTT(ctx context.Context, t target, local net.Addr, clientID, token string, timeout time.Duration) (net.Conn, []byte, error) {
-	d := net.Dialer{LocalAddr: local, Timeout: timeout}
-	nc, err := d.DialContext(ctx, "tcp", t.addr)
+	nc, err := dialTCP(ctx, t.addr, local, timeout)
 	if err != nil {
 		return nil, nil, err
 	}
-	if tc, ok := nc.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
-	}
-	nc.SetDeadline(time.Now().Add(timeout))
-	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	stop := handshakeWithin(ctx, nc, timeout)
 	defer stop()
 	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: t.mqtt,
 		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, ClientIdentifier: clientID}}

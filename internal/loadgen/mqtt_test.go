@@ -1,47 +1,23 @@
 package loadgen
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ingest-io/ingest/frontend"
-	"github.com/ingest-io/ingest/wal"
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // startMQTT serves a frontend without auth with an MQTT listener as well,
 // and returns the MQTT address.
 func startMQTT(t *testing.T, dir string, opts frontend.Options) (*server, string) {
 	t.Helper()
-	l, err := wal.Open(dir, wal.Options{Hop: "frontend"}, nil, nil)
-	if err != nil {
-		t.Fatalf("open wal: %v", err)
-	}
-	opts.ID, opts.InsecureNoAuth = "fe-loadgen-test", true
-	opts.Rate, opts.Burst, opts.DrainWindow = 1e9, 1e9, 20*time.Millisecond
-	mln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	opts.Listener, opts.MQTTListener = ln, mln
-	srv, err := frontend.New(opts, l, nil, nil)
-	if err != nil {
-		l.Close()
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	s := &server{addr: ln.Addr().String(), dir: dir, log: l, cancel: cancel, errc: make(chan error, 1)}
-	go func() { s.errc <- srv.Run(ctx) }()
-	t.Cleanup(func() { s.stop(t) })
-	return s, mln.Addr().String()
+	mln := testkit.Listen(t)
+	opts.MQTTListener = mln
+	return start(t, "127.0.0.1:0", dir, opts), mln.Addr().String()
 }
 
 // TestMQTTClosedLoop: MQTT 3.1.1 and 5 devices publish at QoS 1 with a
@@ -61,23 +37,7 @@ func TestMQTTClosedLoop(t *testing.T) {
 			if st.Sent != total || st.Acked != total || st.Rejected != 0 || len(st.Errors) != 0 || st.Connected != devices {
 				t.Fatalf("stats %+v", st)
 			}
-			s.stop(t)
-			all := stored(t, s.dir)
-			gen := message(200)
-			for dev := range devices {
-				got.mu.Lock()
-				ms := got.got[dev]
-				got.mu.Unlock()
-				payloads := all[fmt.Sprintf("dev-%d", dev)]
-				if len(payloads) != len(ms) {
-					t.Fatalf("device %d: %d stored, %d acknowledged", dev, len(payloads), len(ms))
-				}
-				for i, m := range ms {
-					if want := gen(nil, dev, m.Seq, m.TS); !bytes.Equal(payloads[i], want) {
-						t.Fatalf("device %d message %d stored as %s, want %s", dev, m.Seq, payloads[i], want)
-					}
-				}
-			}
+			checkStoredAsSettled(t, s, &got, devices, func(dev int) string { return fmt.Sprintf("dev-%d", dev) }, false)
 		})
 	}
 }

@@ -248,6 +248,28 @@ func (t target) withQuery(name, value string) target {
 	return t
 }
 
+// dialTCP dials addr from local (nil: any address) within timeout, with
+// Nagle's algorithm off: a device's frames go out as they are written.
+func dialTCP(ctx context.Context, addr string, local net.Addr, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{LocalAddr: local, Timeout: timeout}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	return nc, nil
+}
+
+// handshakeWithin gives a handshake on nc the dial's time, ending it
+// early when ctx ends; call what it returns when the handshake is over
+// (the deadline it set stays until the caller clears it).
+func handshakeWithin(ctx context.Context, nc net.Conn, timeout time.Duration) (stop func() bool) {
+	nc.SetDeadline(time.Now().Add(timeout))
+	return context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+}
+
 const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 // dial opens a WebSocket connection to t from local (nil: any address),
@@ -255,22 +277,16 @@ const acceptGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 // returns the connection and the bytes the server sent after its
 // handshake response, which belong to the first frames.
 func dial(ctx context.Context, t target, local net.Addr, token string, timeout time.Duration) (net.Conn, []byte, error) {
-	d := net.Dialer{LocalAddr: local, Timeout: timeout}
-	nc, err := d.DialContext(ctx, "tcp", t.addr)
+	nc, err := dialTCP(ctx, t.addr, local, timeout)
 	if err != nil {
 		return nil, nil, err
-	}
-	if tc, ok := nc.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
 	}
 	if t.tls {
 		host, _, _ := net.SplitHostPort(t.addr)
 		tc := tls.Client(nc, &tls.Config{ServerName: host})
 		nc = tc
 	}
-	// The handshake has the dial's time, and ends early with ctx.
-	nc.SetDeadline(time.Now().Add(timeout))
-	stop := context.AfterFunc(ctx, func() { nc.SetDeadline(time.Unix(1, 0)) })
+	stop := handshakeWithin(ctx, nc, timeout)
 	defer stop()
 	rest, err := handshake(nc, t, token)
 	if err != nil {

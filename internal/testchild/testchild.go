@@ -41,3 +41,15 @@ func Start(t testing.TB, wrap []string, what, first string, env ...string) (*exe
 	}
 	return cmd, sc, stderr
 }
+
+// Act is the first thing a TestMain does: when the environment names one
+// of children (by its variable, whose value is the child's directory),
+// the process is that child, and Act runs it and exits with its code.
+// Otherwise it returns and the tests run.
+func Act(children map[string]func(dir string) int) {
+	for env, child := range children {
+		if dir := os.Getenv(env); dir != "" {
+			os.Exit(child(dir))
+		}
+	}
+}

@@ -151,3 +151,12 @@ func (ca *CA) ServedSerial(t testing.TB, addr string) *big.Int {
 	defer c.Close()
 	return c.ConnectionState().PeerCertificates[0].SerialNumber
 }
+
+// CheckServes fails the test unless the server at addr presents leaf's
+// certificate; when says at what point of the test, in the failure.
+func (ca *CA) CheckServes(t testing.TB, addr string, leaf Leaf, when string) {
+	t.Helper()
+	if got := ca.ServedSerial(t, addr); got.Cmp(leaf.Serial) != 0 {
+		t.Fatalf("serial %v served %s, want %v", got, when, leaf.Serial)
+	}
+}

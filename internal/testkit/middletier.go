@@ -11,6 +11,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/wal"
@@ -115,53 +116,67 @@ func (m *Middletier) Stop() error { return m.stop() }
 // labels "group", "writer").
 func Gauges(t testing.TB, reg prometheus.Gatherer, name string, labels ...string) map[string]float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			vals := make([]string, len(labels))
-			for _, l := range m.GetLabel() {
-				if i := slices.Index(labels, l.GetName()); i >= 0 {
-					vals[i] = l.GetValue()
-				}
+	for _, m := range Series(t, reg, name) {
+		vals := make([]string, len(labels))
+		for _, l := range m.GetLabel() {
+			if i := slices.Index(labels, l.GetName()); i >= 0 {
+				vals[i] = l.GetValue()
 			}
-			out[strings.Join(vals, "/")] = m.GetGauge().GetValue()
 		}
+		out[strings.Join(vals, "/")] = m.GetGauge().GetValue()
 	}
 	return out
 }
 
 // Metric sums every series of the gauge or counter called name in reg; a
-// histogram counts its observations.
-func Metric(t testing.TB, reg prometheus.Gatherer, name string) float64 {
+// histogram counts its observations. With labels, given as name, value,
+// name, value…, only the series that have each of those label values count.
+func Metric(t testing.TB, reg prometheus.Gatherer, name string, labels ...string) float64 {
+	t.Helper()
+	var sum float64
+	for _, m := range Series(t, reg, name) {
+		if !hasLabels(m.GetLabel(), labels) {
+			continue
+		}
+		switch {
+		case m.Counter != nil:
+			sum += m.Counter.GetValue()
+		case m.Gauge != nil:
+			sum += m.Gauge.GetValue()
+		case m.Histogram != nil:
+			sum += float64(m.Histogram.GetSampleCount())
+		}
+	}
+	return sum
+}
+
+// Series returns every series of the metric called name in reg.
+func Series(t testing.TB, reg prometheus.Gatherer, name string) []*dto.Metric {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var sum float64
 	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			switch {
-			case m.Counter != nil:
-				sum += m.Counter.GetValue()
-			case m.Gauge != nil:
-				sum += m.Gauge.GetValue()
-			case m.Histogram != nil:
-				sum += float64(m.Histogram.GetSampleCount())
-			}
+		if mf.GetName() == name {
+			return mf.GetMetric()
 		}
 	}
-	return sum
+	return nil
+}
+
+// hasLabels reports whether ls has each label value of want (name, value,
+// name, value…).
+func hasLabels(ls []*dto.LabelPair, want []string) bool {
+	for i := 0; i+1 < len(want); i += 2 {
+		if !slices.ContainsFunc(ls, func(lp *dto.LabelPair) bool {
+			return lp.GetName() == want[i] && lp.GetValue() == want[i+1]
+		}) {
+			return false
+		}
+	}
+	return true
 }
 
 // Peer is a zmq4 socket connected to a middletier, as a frontend or a

@@ -195,19 +195,26 @@ func (s *Store) stop() error {
 // with.
 const PrometheusOOOWindow = time.Hour
 
+// prepareStore finds the binary bin of the Debian package pkg and makes
+// the store name a directory and a port.
+func prepareStore(name, bin, pkg string) (path, dir string, port int, err error) {
+	if path, err = lookStoreBinary(bin, pkg); err != nil {
+		return "", "", 0, err
+	}
+	if dir, err = os.MkdirTemp("", "ingest-"+name+"-"); err != nil {
+		return "", "", 0, err
+	}
+	if port, err = freePort(); err != nil {
+		return "", "", 0, err
+	}
+	return path, dir, port, nil
+}
+
 // Prometheus returns the test binary's Prometheus server, started with its
 // remote-write receiver and an out-of-order window of PrometheusOOOWindow.
 func Prometheus(t testing.TB) *Store {
 	return startStore(t, "prometheus", func() (*Store, error) {
-		bin, err := lookStoreBinary("prometheus", "prometheus")
-		if err != nil {
-			return nil, err
-		}
-		dir, err := os.MkdirTemp("", "ingest-prometheus-")
-		if err != nil {
-			return nil, err
-		}
-		port, err := freePort()
+		bin, dir, port, err := prepareStore("prometheus", "prometheus", "prometheus")
 		if err != nil {
 			return nil, err
 		}
@@ -229,15 +236,7 @@ func Prometheus(t testing.TB) *Store {
 // InfluxDB returns the test binary's InfluxDB 1.x server.
 func InfluxDB(t testing.TB) *Store {
 	return startStore(t, "influxdb", func() (*Store, error) {
-		bin, err := lookStoreBinary("influxd", "influxdb")
-		if err != nil {
-			return nil, err
-		}
-		dir, err := os.MkdirTemp("", "ingest-influxdb-")
-		if err != nil {
-			return nil, err
-		}
-		port, err := freePort()
+		bin, dir, port, err := prepareStore("influxdb", "influxd", "influxdb")
 		if err != nil {
 			return nil, err
 		}
@@ -275,15 +274,7 @@ bind-address = "127.0.0.1:%d"
 // keeps one sample per series and timestamp.
 func VictoriaMetrics(t testing.TB) *Store {
 	return startStore(t, "victoria-metrics", func() (*Store, error) {
-		bin, err := lookStoreBinary("victoria-metrics", "victoria-metrics")
-		if err != nil {
-			return nil, err
-		}
-		dir, err := os.MkdirTemp("", "ingest-victoria-metrics-")
-		if err != nil {
-			return nil, err
-		}
-		port, err := freePort()
+		bin, dir, port, err := prepareStore("victoria-metrics", "victoria-metrics", "victoria-metrics")
 		if err != nil {
 			return nil, err
 		}

@@ -1,16 +1,21 @@
 // Package testkit is what the tests of the tiers share: waiting for a
-// condition with a deadline, running a component until the test ends,
-// summing a metric, the zmq4 goroutines a leak check ignores, and a real
-// middletier in the test process, on loopback over a real WAL, with peers
-// that talk to its sockets as a frontend or a consumer does; the external
+// condition with a deadline, running a component until the test ends, free
+// ports, summing a metric or reading its series, the checks of the
+// lifecycle contract (Close and Run unregister, Close without Run), the
+// zmq4 goroutines a leak check ignores, and a real middletier in the test
+// process, on loopback over a real WAL, with peers that talk to its
+// sockets as a frontend or a consumer does; reading a stopped frontend's
+// WAL; keys and tokens, and a WebSocket dial with a token; the external
 // stores the storage sinks are tested against (Prometheus, InfluxDB,
-// VictoriaMetrics from Debian's packages, on loopback), and points to write
-// to them; a client of the Prometheus HTTP query API, as the embedded store
-// serves it.
+// VictoriaMetrics from Debian's packages, on loopback), and points to
+// write to them; a client of the Prometheus HTTP query API, as the
+// embedded store serves it.
 package testkit
 
 import (
 	"context"
+	"net"
+	"os/exec"
 	"sync"
 	"testing"
 	"time"
@@ -96,4 +101,26 @@ func (s stopStoresAfter) Run() int {
 	code := s.m.Run()
 	StopStores()
 	return code
+}
+
+// Tool returns the path of the program name, which the Debian package pkg
+// installs (make deps does), and fails the test if it is not installed.
+func Tool(t testing.TB, name, pkg string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s not found: install Debian's %s package (make deps)", name, pkg)
+	}
+	return path
+}
+
+// Listen listens on a free port of 127.0.0.1, for a server under test to
+// serve on: its address is known before it serves.
+func Listen(t testing.TB) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ln
 }

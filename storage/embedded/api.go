@@ -22,6 +22,9 @@ import (
 	"github.com/prometheus/prometheus/promql"
 	"github.com/prometheus/prometheus/promql/parser"
 	promstorage "github.com/prometheus/prometheus/storage" // storage is ours in this package (tsdb.go)
+	"github.com/prometheus/prometheus/util/annotations"
+
+	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
 // APIOptions configure the query API. Zero fields mean their defaults.
@@ -110,9 +113,7 @@ func NewAPI(q promstorage.Queryable, opts APIOptions, reg prometheus.Registerer,
 	}
 	p := parser.NewParser(parser.Options{})
 	elg := lg
-	if elg == nil {
-		elg = slog.New(slog.DiscardHandler)
-	}
+	elg = lifecycle.Logger(elg)
 	a := &API{
 		q: q, opts: opts, parser: p, lg: lg,
 		engine: promql.NewEngine(promql.EngineOpts{
@@ -463,30 +464,9 @@ func (a *API) series(w http.ResponseWriter, r *http.Request) {
 }
 
 func (a *API) labelNames(w http.ResponseWriter, r *http.Request) {
-	q, sets, ok := a.querier(w, r)
-	if !ok {
-		return
-	}
-	defer q.Close()
-	limit, err := a.limit(r)
-	if err != nil {
-		a.fail(w, errBadData, err)
-		return
-	}
-	names, warnings, err := collect(sets, func(ms []*labels.Matcher) ([]string, []string, error) {
-		v, ws, err := q.LabelNames(r.Context(), &promstorage.LabelHints{Limit: limit + 1}, ms...)
-		s, _ := ws.AsStrings("", 10, 0)
-		return v, s, err
+	a.labelQuery(w, r, func(q promstorage.Querier, hints *promstorage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
+		return q.LabelNames(r.Context(), hints, ms...)
 	})
-	if err != nil {
-		a.fail(w, errExec, err)
-		return
-	}
-	if len(names) > limit {
-		names = names[:limit]
-		warnings = append(warnings, "results truncated due to limit")
-	}
-	a.respond(w, names, warnings, nil)
 }
 
 func (a *API) labelValues(w http.ResponseWriter, r *http.Request) {
@@ -498,6 +478,15 @@ func (a *API) labelValues(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errBadData, fmt.Errorf("invalid label name: %q", name))
 		return
 	}
+	a.labelQuery(w, r, func(q promstorage.Querier, hints *promstorage.LabelHints, ms []*labels.Matcher) ([]string, annotations.Annotations, error) {
+		return q.LabelValues(r.Context(), name, hints, ms...)
+	})
+}
+
+// labelQuery answers a request for label names or for the values of one
+// label: get runs for each matcher set of the request, and the sorted
+// union is answered, at most limit of it.
+func (a *API) labelQuery(w http.ResponseWriter, r *http.Request, get func(promstorage.Querier, *promstorage.LabelHints, []*labels.Matcher) ([]string, annotations.Annotations, error)) {
 	q, sets, ok := a.querier(w, r)
 	if !ok {
 		return
@@ -508,8 +497,9 @@ func (a *API) labelValues(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errBadData, err)
 		return
 	}
-	values, warnings, err := collect(sets, func(ms []*labels.Matcher) ([]string, []string, error) {
-		v, ws, err := q.LabelValues(r.Context(), name, &promstorage.LabelHints{Limit: limit + 1}, ms...)
+	hints := &promstorage.LabelHints{Limit: limit + 1}
+	out, warnings, err := collect(sets, func(ms []*labels.Matcher) ([]string, []string, error) {
+		v, ws, err := get(q, hints, ms)
 		s, _ := ws.AsStrings("", 10, 0)
 		return v, s, err
 	})
@@ -517,11 +507,11 @@ func (a *API) labelValues(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errExec, err)
 		return
 	}
-	if len(values) > limit {
-		values = values[:limit]
+	if len(out) > limit {
+		out = out[:limit]
 		warnings = append(warnings, "results truncated due to limit")
 	}
-	a.respond(w, values, warnings, nil)
+	a.respond(w, out, warnings, nil)
 }
 
 // collect runs get for each matcher set (once with none if there are

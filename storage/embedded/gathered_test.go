@@ -73,31 +73,7 @@ func TestWriteGathered(t *testing.T) {
 	if _, err := db.WriteGathered(context.Background(), mfs, target, at); err != nil {
 		t.Fatal(err)
 	}
-	if v := counterSum(t, dbReg, "ingest_storage_dropped_samples_total", "sink", "self"); v != 1 {
+	if v := testkit.Metric(t, dbReg, "ingest_storage_dropped_samples_total", "sink", "self"); v != 1 {
 		t.Fatalf("dropped samples after a second value at one instant: %v, want 1", v)
 	}
-}
-
-// counterSum is the sum of the counter name's series in reg that have
-// the label value want[label].
-func counterSum(t *testing.T, reg *prometheus.Registry, name, label, want string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if lp.GetName() == label && lp.GetValue() == want {
-					sum += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return sum
 }

@@ -1,21 +1,18 @@
 package embedded_test
 
 import (
-	"os"
 	"testing"
 
 	"go.uber.org/goleak"
+
+	"github.com/ingest-io/ingest/internal/testchild"
 )
 
 func TestMain(m *testing.M) {
-	if dir := os.Getenv(tsdbCrashChildEnv); dir != "" {
-		os.Exit(tsdbCrashChild(dir))
-	}
-	if dir := os.Getenv(wblCutChildEnv); dir != "" {
-		os.Exit(wblCutChild(dir))
-	}
-	if dir := os.Getenv(tornWALChildEnv); dir != "" {
-		os.Exit(tornWALChild(dir))
-	}
+	testchild.Act(map[string]func(string) int{
+		tsdbCrashChildEnv: tsdbCrashChild,
+		wblCutChildEnv:    wblCutChild,
+		tornWALChildEnv:   tornWALChild,
+	})
 	goleak.VerifyTestMain(m)
 }

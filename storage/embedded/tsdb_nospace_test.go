@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/internal/tmpfs"
 	"github.com/ingest-io/ingest/storage"
 	"github.com/ingest-io/ingest/storage/embedded"
@@ -110,20 +111,13 @@ func testTSDBDiskFull(t *testing.T, ooo bool) {
 // gathered returns the collector of the one metric called name in reg.
 func gathered(t *testing.T, reg *prometheus.Registry, name string) prometheus.Collector {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	ms := testkit.Series(t, reg, name)
+	if len(ms) != 1 {
+		t.Fatalf("no metric %s", name)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
-			m := mf.GetMetric()[0]
-			v := m.GetGauge().GetValue()
-			if m.Counter != nil {
-				v = m.GetCounter().GetValue()
-			}
-			return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: "copy"}, func() float64 { return v })
-		}
+	v := ms[0].GetGauge().GetValue()
+	if ms[0].Counter != nil {
+		v = ms[0].GetCounter().GetValue()
 	}
-	t.Fatalf("no metric %s", name)
-	return nil
+	return prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: "copy"}, func() float64 { return v })
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -18,6 +17,7 @@ import (
 	"github.com/prometheus/prometheus/tsdb/wlog"
 
 	"github.com/ingest-io/ingest/internal/testchild"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/storage"
 	"github.com/ingest-io/ingest/storage/embedded"
 )
@@ -108,10 +108,7 @@ func wblCutChild(dir string) int {
 // acknowledged and the writer killed, and after another writer opens what
 // that kill left and is killed in turn.
 func TestTSDBKillInsideWBLWrite(t *testing.T) {
-	strace, err := exec.LookPath("strace")
-	if err != nil {
-		t.Fatal("strace not found: make deps installs it")
-	}
+	strace := testkit.Tool(t, "strace", "strace")
 	dir := t.TempDir()
 	base := tsdbCrashBase()
 	env := []string{wblCutChildEnv + "=" + dir, "INGEST_TSDB_CRASH_BASE=" + strconv.FormatInt(base, 10)}

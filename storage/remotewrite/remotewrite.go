@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
-	"math/bits"
 	"net/http"
 	"slices"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 
+	"github.com/ingest-io/ingest/internal/varint"
 	"github.com/ingest-io/ingest/storage"
 	"github.com/ingest-io/ingest/storage/internal/series"
 	"github.com/ingest-io/ingest/storage/internal/sinkhttp"
@@ -333,10 +333,10 @@ func appendWriteRequest(b []byte, labels []labels.Label, ss []rwSample) []byte {
 		size := 0
 		for _, l := range ls {
 			n := labelSize(l)
-			size += 1 + uvarintLen(uint64(n)) + n
+			size += 1 + varint.Len(uint64(n)) + n
 		}
 		ssz := sampleSize(s.t)
-		size += 1 + uvarintLen(uint64(ssz)) + ssz
+		size += 1 + varint.Len(uint64(ssz)) + ssz
 		b = append(b, 1<<3|2)
 		b = binary.AppendUvarint(b, uint64(size))
 		for _, l := range ls {
@@ -360,12 +360,10 @@ func appendWriteRequest(b []byte, labels []labels.Label, ss []rwSample) []byte {
 }
 
 func labelSize(l labels.Label) int {
-	return 1 + uvarintLen(uint64(len(l.Name))) + len(l.Name) + 1 + uvarintLen(uint64(len(l.Value))) + len(l.Value)
+	return 1 + varint.Len(uint64(len(l.Name))) + len(l.Name) + 1 + varint.Len(uint64(len(l.Value))) + len(l.Value)
 }
 
-func sampleSize(t int64) int { return 1 + 8 + 1 + uvarintLen(uint64(t)) }
-
-func uvarintLen(x uint64) int { return (bits.Len64(x|1) + 6) / 7 }
+func sampleSize(t int64) int { return 1 + 8 + 1 + varint.Len(uint64(t)) }
 
 // seriesBuilder turns points into samples and their series, as the embedded
 // TSDB does (embedded.TSDB.Write): a numeric field f is the sample of

@@ -7,7 +7,6 @@ import (
 	"io"
 	"maps"
 	"math"
-	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -337,10 +336,7 @@ func (f *faultProxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // serveLoopback serves h on 127.0.0.1 until the test ends.
 func serveLoopback(t *testing.T, h http.Handler) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	srv := &http.Server{Handler: h}
 	done := make(chan struct{})
 	go func() {
@@ -421,16 +417,13 @@ func TestRemoteWriteRefused(t *testing.T) {
 // TestRemoteWriteRetryBound: a store that never answers well makes Write
 // return "unavailable" after MaxRetryTime, and a cancelled context at once.
 func TestRemoteWriteRetryBound(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ln := testkit.Listen(t)
 	addr := ln.Addr().String()
 	ln.Close() // nothing listens: every request fails to connect
 	s := newTestRemoteWrite(t, "http://"+addr+"/api/v1/write", nil, Options{HTTPOptions: HTTPOptions{
 		MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, MaxRetryTime: 300 * time.Millisecond,
 	}})
-	err = s.Write(context.Background(), testkit.Points("bound", time.Now(), 1))
+	err := s.Write(context.Background(), testkit.Points("bound", time.Now(), 1))
 	var ke *storage.KindError
 	if !errors.As(err, &ke) || ke.Kind != "unavailable" {
 		t.Fatalf("write to nothing: %v", err)
