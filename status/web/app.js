@@ -49,6 +49,10 @@ function showSnapshot(s) {
   $("store-p99").textContent = seconds(s.store_latency && s.store_latency.p99_seconds);
   $("window").textContent = num(s.window_seconds, 1);
   $("readers").textContent = num(s.feed_readers);
+  const c = s.commands || {};
+  for (const k of ["queued", "sent", "answered", "expired", "failed", "cancelled"]) {
+    $("cmd-" + k).textContent = num(c[k]);
+  }
   $("updated").textContent = "updated " + new Date(s.time).toLocaleTimeString();
 
   const tbody = $("queues").tBodies[0];
