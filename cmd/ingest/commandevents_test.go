@@ -42,16 +42,7 @@ func TestCommandEvents(t *testing.T) {
 	checkFeedEvents(t, shown, map[string][]string{answered: {"queued", "sent", "acknowledged"}, expired: {"queued", "expired"}})
 	checkStoredEvents(t, "http://"+e.queryAddr, map[string]string{
 		"dev-1/queued": "1", "dev-1/sent": "1", "dev-1/acknowledged": "1", "dev-2/queued": "1", "dev-2/expired": "1"})
-	testkit.Eventually(t, 10*time.Second, "the status page counts 1 answered and 1 expired", func() (bool, string) {
-		var s struct {
-			Commands map[string]float64 `json:"commands"`
-		}
-		if err := json.Unmarshal([]byte(getBody("http://"+e.feedAddr+"/status/snapshot")), &s); err != nil {
-			return false, err.Error()
-		}
-		c := s.Commands
-		return c["answered"] == 1 && c["acknowledged"] == 1 && c["expired"] == 1 && c["queued"] == 0 && c["sent"] == 0, fmt.Sprint(c)
-	})
+	checkStatusCommands(t, e)
 	dev.Close()
 	stopOrFail(t, e.tierProc)
 }
@@ -130,4 +121,26 @@ func checkStoredEvents(t *testing.T, base string, want map[string]string) {
 	if v, err := strconv.ParseFloat(lat, 64); err != nil || v <= 0 || v > 30 {
 		t.Fatalf("answer latency %q", lat)
 	}
+}
+
+// checkStatusCommands waits until the status snapshot counts one command
+// answered and one expired, none queued or sent, and the page, in a
+// headless Chromium, shows them.
+func checkStatusCommands(t *testing.T, e *engine) {
+	t.Helper()
+	testkit.Eventually(t, 10*time.Second, "the status snapshot counts 1 answered and 1 expired", func() (bool, string) {
+		var s struct {
+			Commands map[string]float64 `json:"commands"`
+		}
+		if err := json.Unmarshal([]byte(getBody("http://"+e.feedAddr+"/status/snapshot")), &s); err != nil {
+			return false, err.Error()
+		}
+		c := s.Commands
+		return c["answered"] == 1 && c["acknowledged"] == 1 && c["expired"] == 1 && c["queued"] == 0 && c["sent"] == 0, fmt.Sprint(c)
+	})
+	pg := openPage(t, "http://"+e.feedAddr+"/status/", e.logs.String)
+	shown := func(id, v string) string { return fmt.Sprintf(`document.getElementById(%q).textContent === %q`, id, v) }
+	pg.waitFor("the page's commands card", shown("cmd-answered", "1")+" && "+shown("cmd-expired", "1")+" && "+
+		shown("cmd-queued", "0")+" && "+shown("cmd-sent", "0")+" && "+shown("cmd-failed", "0"), 15*time.Second)
+	pg.close()
 }
