@@ -31,6 +31,23 @@
 // to live ends before it is answered expires; an expired command is never
 // sent again. An answer that arrives after a final state is dropped.
 //
+// # Events
+//
+// With Options.Events, every change of a command's state (accepted, first
+// sent, answered, expired, cancelled; not a redelivery, not a compaction's
+// rewrite) is also an event: a wire.CommandEvent in an envelope on topic
+// wire.CommandEventTopic, for the command's device, at the change's time
+// (moved to the millisecond after the device's previous event when it
+// would share one, so that every event is a sample of its own in the
+// stores). A round's events are appended to the events log, with one
+// fsync, before the round's changes to the command log: a change the home
+// keeps has its event; a crash between the appends leaves events of
+// changes the home did not keep, most of which it then makes again. An
+// uplink.Link forwards the events log to Options.EventsTo, from where the
+// events reach the storage writers and the live feed as devices' messages
+// do. Events that find the log at its bound or the disk full are dropped
+// and counted; the commands go on.
+//
 // # Retention and compaction
 //
 // A command in a final state stays known (GET, list, its idempotency key)
@@ -44,8 +61,8 @@
 //
 // # Goroutines
 //
-// Run owns them: the ROUTER socket's reader and sender (zsock.Router) and
-// one loop that holds every command and device, takes the messages the
+// Run owns them: the ROUTER socket's reader and sender (zsock.Router), the
+// events' uplink.Link (with Options.Events), and one loop that holds every command and device, takes the messages the
 // reader hands it, and appends each round of changes with one fsync (group
 // commit) before it answers or delivers anything of that round.
 package command

@@ -13,8 +13,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
+	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
 	"github.com/ingest-io/ingest/zsock"
@@ -54,6 +56,16 @@ type Options struct {
 	// commands kept before the home writes the kept ones again and
 	// releases the rest. Default 4096.
 	CompactEntries int
+	// Events, if not nil, is the log of the home's command events: for
+	// every change of a command's state the home appends an event
+	// (wire.CommandEvent, in an envelope on topic wire.CommandEventTopic)
+	// to it before the change itself, and forwards it to EventsTo as a
+	// frontend forwards its WAL (package uplink), so that the changes reach
+	// the storage writers and the live feed. The home does not close it.
+	Events *wal.Log
+	// EventsTo are the ingest endpoints of the middletiers the events go
+	// to (the home's own middletier's); required with Events.
+	EventsTo []string
 }
 
 // DefaultOptions returns the defaults that zero fields stand for.
@@ -80,6 +92,9 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Addr == "" {
 		o.Addr = d.Addr
 	}
+	if o.Events != nil && len(o.EventsTo) == 0 {
+		return o, errors.New("command: events need the middletiers to send them to")
+	}
 	if o.MaxInFlight <= 0 {
 		o.MaxInFlight = d.MaxInFlight
 	}
@@ -105,6 +120,7 @@ type Home struct {
 	lg   *slog.Logger
 	m    *metrics
 	sock *zsock.Router
+	link *uplink.Link // forwards Options.Events; nil without
 	in   chan inbound
 	stop chan struct{} // closed when the loop has ended: nothing takes from in
 
@@ -116,6 +132,7 @@ type Home struct {
 	now    time.Time
 	dirty  map[*device]struct{}
 	logBuf [][]byte
+	evBuf  [][]byte // the round's events, appended before logBuf
 	outs   []outbound
 	// releaseTo, when not 0, is released once the round's append is
 	// durable: every entry up to it is superseded by that append.
@@ -144,6 +161,9 @@ type device struct {
 	// handed is when each sent command was last handed on, not durable: a
 	// restarted home hands its sent commands on again at once.
 	handed map[string]time.Time
+	// lastEventMS is the time of the device's last event, ms: each of its
+	// events gets a millisecond of its own (see emit).
+	lastEventMS int64
 }
 
 // New returns a Home over log, reading back every command it holds, and
@@ -176,6 +196,16 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	h.sock = zsock.NewRouter(opts.Addr, zsock.RouterOptions{SendStall: opts.SendStall, SendQueue: 4096, OnStall: func() {
 		lg.Warn("command: send stalled; closing the socket and listening again", "after", opts.SendStall)
 	}}, lg)
+	if opts.Events != nil {
+		// No registerer: the uplink's metrics are the frontend's, and an
+		// engine in one process has both. The events' queue shows as the
+		// log's depth (its hop).
+		if h.link, err = uplink.New(uplink.Options{ID: opts.ID + ".commands", Middletiers: opts.EventsTo, SendStall: opts.SendStall},
+			opts.Events, nil, lg); err != nil {
+			h.m.unregister()
+			return nil, fmt.Errorf("command: events: %w", err)
+		}
+	}
 	if err := h.sock.Listen(); err != nil {
 		h.m.unregister()
 		return nil, fmt.Errorf("command: %w", err)
@@ -261,16 +291,34 @@ func (h *Home) Run(ctx context.Context) error {
 	defer cancel()
 	errc := make(chan error, 1)
 	go func() { errc <- h.sock.Run(ctx, h.receive) }()
+	linkc := make(chan error, 1)
+	if h.link != nil {
+		go func() {
+			err := h.link.Run(ctx)
+			if err != nil {
+				cancel() // its log failed: stop the home with it
+			}
+			linkc <- err
+		}()
+	} else {
+		linkc <- nil
+	}
 	err := h.loop(ctx)
 	close(h.stop)
 	cancel()
 	<-errc
+	if lerr := <-linkc; err == nil && lerr != nil {
+		err = fmt.Errorf("command: events: %w", lerr)
+	}
 	return err
 }
 
 // Close releases a Home that never ran, and unregisters its metrics.
 func (h *Home) Close() error {
 	h.sock.Close()
+	if h.link != nil {
+		h.link.Close()
+	}
 	h.m.unregister()
 	return nil
 }
@@ -341,6 +389,9 @@ func (h *Home) loop(ctx context.Context) error {
 			h.dispatch(d)
 		}
 		clear(h.dirty)
+		if err := h.appendEvents(ctx); err != nil {
+			return err
+		}
 		if len(h.logBuf) > 0 {
 			if _, err := h.log.AppendBatch(ctx, h.logBuf); err != nil {
 				// Memory is ahead of the disk now: stop, and let the
@@ -368,6 +419,45 @@ func (h *Home) loop(ctx context.Context) error {
 // save queues c's state for the round's append.
 func (h *Home) save(c *wire.Command) {
 	h.logBuf = append(h.logBuf, wire.AppendCommand(nil, c))
+}
+
+// emit queues the event of c's change to its current state for the
+// round's append to the events log. The event's time is the change's,
+// moved on to the millisecond after the device's last event where it
+// would share one: the stores keep one sample per series and millisecond,
+// and a device's events of one name and state must each count.
+func (h *Home) emit(c *wire.Command) {
+	if h.link == nil {
+		return
+	}
+	d := h.device(c.Device)
+	ms := max(h.now.UnixMilli(), d.lastEventMS+1)
+	d.lastEventMS = ms
+	e := envelope.Envelope{Frontend: h.opts.ID, Device: c.Device, Received: ms * 1e6,
+		Topic: wire.CommandEventTopic, Payload: wire.AppendCommandEvent(nil, c)}
+	h.evBuf = append(h.evBuf, envelope.AppendEncode(nil, &e))
+}
+
+// appendEvents makes the round's events durable, before the changes
+// themselves: a change the home keeps has its event, and a crash between
+// the two appends leaves events of changes the home then makes again or
+// never made (docs/commands.md). Events that find the log full or the disk
+// without room are dropped and counted: the commands go on.
+func (h *Home) appendEvents(ctx context.Context) error {
+	if len(h.evBuf) == 0 {
+		return nil
+	}
+	_, err := h.opts.Events.AppendBatch(ctx, h.evBuf)
+	switch {
+	case errors.Is(err, wal.ErrFull), errors.Is(err, wal.ErrNoSpace), errors.Is(err, wal.ErrTooLarge):
+		h.m.eventsDropped.Add(float64(len(h.evBuf)))
+		h.lg.Warn("command: events dropped", "events", len(h.evBuf), "err", err)
+	case err != nil:
+		return fmt.Errorf("command: append events: %w", err)
+	}
+	clear(h.evBuf)
+	h.evBuf = h.evBuf[:0]
+	return nil
 }
 
 func (h *Home) reply(peer []byte, req uint64, code string, cmds ...*wire.Command) {
@@ -436,6 +526,7 @@ func (h *Home) submit(peer []byte, s *wire.Submit) {
 	h.apply(c)
 	c = h.cmds[c.ID]
 	h.save(c)
+	h.emit(c)
 	h.m.accepted.Inc()
 	h.reply(peer, s.Req, "", c)
 	h.dirty[h.devs[c.Device]] = struct{}{}
@@ -497,6 +588,7 @@ func (h *Home) finish(c *wire.Command, s wire.CommandState, status string, resul
 	d := h.devs[c.Device]
 	d.remove(c)
 	h.save(c)
+	h.emit(c)
 	h.dirty[d] = struct{}{}
 }
 
@@ -625,6 +717,7 @@ func (h *Home) dispatch(d *device) {
 			inflight++
 			c.State, c.Sent = wire.StateSent, h.now.UnixNano()
 			h.save(c)
+			h.emit(c)
 			h.m.sendLatency.Observe(float64(c.Sent-c.Created) / 1e9)
 		default:
 			continue

@@ -19,6 +19,7 @@ type metrics struct {
 	repeatResults prometheus.Counter
 	invalid       prometheus.Counter
 	compactions   prometheus.Counter
+	eventsDropped prometheus.Counter
 	sendLatency   prometheus.Histogram
 	latency       prometheus.Histogram
 }
@@ -44,6 +45,8 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 			"Messages from frontends that failed to decode or were of the wrong kind."),
 		compactions: b.Counter("ingest_command_compactions_total",
 			"Times the home wrote its kept commands again and released the rest of its log."),
+		eventsDropped: b.Counter("ingest_command_events_dropped_total",
+			"Command events not kept: the events log was at its bound or the disk full."),
 		sendLatency: b.Histogram("ingest_command_delivery_latency_seconds",
 			"From a command's acceptance to its first handing to a frontend.", buckets),
 		latency: b.Histogram("ingest_command_answer_latency_seconds",

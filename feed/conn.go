@@ -349,7 +349,7 @@ func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]
 			s.m.replayed.Add(float64(len(recs)))
 			for i, rb := range recs {
 				ev, _, ok := s.decode(mt, from+uint64(i), rb, false)
-				if !ok || !f.match(ev.device, ev.group) {
+				if !ok || !f.takes(&ev) {
 					continue
 				}
 				if err := write(ev.frame); err != nil {

@@ -47,6 +47,15 @@
 // Records that arrive twice with the same identity (origin, index), as
 // across a middletier failover, are dispatched once.
 //
+// # Command events
+//
+// A record whose envelope has topic wire.CommandEventTopic is a command
+// home's event of a command's state change, not a device's message: it is
+// written as a command frame ("type":"command", the event in "command"),
+// only to readers whose subscription asked for commands, by the same
+// filter. An event whose payload does not decode is counted as invalid and
+// dispatched to nobody.
+//
 // # Goroutines
 //
 // Run owns every goroutine: per source the Follower's Run and the

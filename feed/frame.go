@@ -14,19 +14,30 @@ import (
 //	 "payload":{...},"labels":{"group":"g"},"middletier":"mt-0","seq":17,
 //	 "origin":"fe-1.00ab","index":9}
 //
-// payload must be valid JSON (the frontend stores only JSON objects).
-func appendMessage(b []byte, e *envelope.Envelope, dev *registry.Device, mt string, seq uint64, origin string, index uint64) []byte {
+// or, for a command event (command), the command frame: "type":"command"
+// and the event in "command" instead of "payload". The payload must be
+// valid JSON (the frontend stores only JSON objects; the caller checks a
+// command event).
+func appendMessage(b []byte, e *envelope.Envelope, dev *registry.Device, mt string, seq uint64, origin string, index uint64, command bool) []byte {
 	t := e.Received
 	if e.HasDeviceTime {
 		t = e.DeviceTime
 	}
-	b = append(b, `{"type":"message","device":`...)
+	if command {
+		b = append(b, `{"type":"command","device":`...)
+	} else {
+		b = append(b, `{"type":"message","device":`...)
+	}
 	b = appendJSONString(b, e.Device)
 	b = append(b, `,"time":`...)
 	b = strconv.AppendInt(b, floorMillis(t), 10)
 	b = append(b, `,"received":`...)
 	b = strconv.AppendInt(b, floorMillis(e.Received), 10)
-	b = append(b, `,"payload":`...)
+	if command {
+		b = append(b, `,"command":`...)
+	} else {
+		b = append(b, `,"payload":`...)
+	}
 	b = append(b, e.Payload...)
 	if dev != nil {
 		b = append(b, `,"labels":{`...)

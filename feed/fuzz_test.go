@@ -78,17 +78,19 @@ func FuzzDecodeSubscribe(f *testing.F) {
 // FuzzMessageFrame: whatever ids, labels and names a record carries, its
 // frame is valid JSON that says them back.
 func FuzzMessageFrame(f *testing.F) {
-	f.Add("dev-1", "north", "driver", "alice", "mt-0", "fe.01", int64(1748736000123456789))
-	f.Add("\"\\\n\x00\xff\u2028", "<&>", "k\t", "\x7f", "m", "o", int64(-1))
-	f.Fuzz(func(t *testing.T, device, group, k, v, mt, origin string, ts int64) {
+	f.Add("dev-1", "north", "driver", "alice", "mt-0", "fe.01", int64(1748736000123456789), false)
+	f.Add("\"\\\n\x00\xff\u2028", "<&>", "k\t", "\x7f", "m", "o", int64(-1), true)
+	f.Fuzz(func(t *testing.T, device, group, k, v, mt, origin string, ts int64, command bool) {
 		switch k {
 		case "name", "group", "site", "type":
 			return // the registry refuses these label names
 		}
 		e := envelope.Envelope{Device: device, Received: ts, Payload: []byte(`{"a":[1,"x"]}`)}
 		dev := registry.Device{Group: group, Labels: map[string]string{k: v}}
-		b := appendMessage(nil, &e, &dev, mt, 7, origin, 9)
+		b := appendMessage(nil, &e, &dev, mt, 7, origin, 9, command)
 		var got struct {
+			Type       string            `json:"type"`
+			Command    json.RawMessage   `json:"command"`
 			Device     string            `json:"device"`
 			Time       int64             `json:"time"`
 			Labels     map[string]string `json:"labels"`
@@ -100,8 +102,12 @@ func FuzzMessageFrame(f *testing.F) {
 			t.Fatalf("frame %q is not JSON: %v", b, err)
 		}
 		valid := func(s string) string { return string([]rune(s)) } // invalid UTF-8 becomes U+FFFD
+		body, typ := got.Payload, "message"
+		if command {
+			body, typ = got.Command, "command"
+		}
 		if got.Device != valid(device) || got.Middletier != valid(mt) || got.Origin != valid(origin) ||
-			string(got.Payload) != `{"a":[1,"x"]}` || got.Time != floorMillis(ts) {
+			string(body) != `{"a":[1,"x"]}` || got.Type != typ || got.Time != floorMillis(ts) {
 			t.Fatalf("frame %s", b)
 		}
 		if group != "" && got.Labels["group"] != valid(group) {

@@ -124,6 +124,7 @@ type frame struct {
 	Time       int64             `json:"time"`
 	Received   int64             `json:"received"`
 	Payload    json.RawMessage   `json:"payload"`
+	Command    json.RawMessage   `json:"command"`
 	Labels     map[string]string `json:"labels"`
 	Middletier string            `json:"middletier"`
 	Seq        uint64            `json:"seq"`

@@ -52,7 +52,7 @@ func (h *hub) dispatch(evs []event, advance func()) {
 	for c := range h.clients {
 		f := c.filter.Load()
 		for i := range evs {
-			if f.match(evs[i].device, evs[i].group) {
+			if f.takes(&evs[i]) {
 				c.enqueue(evs[i].frame, true)
 			}
 		}

@@ -94,9 +94,10 @@ type dispatcher struct {
 // event is one device message ready for fan-out: the frame is shared by
 // every reader it is queued for, and never changed.
 type event struct {
-	device string
-	group  string
-	frame  []byte
+	device  string
+	group   string
+	command bool // a command event: a command frame
+	frame   []byte
 }
 
 // publish decodes records from sequence first on and hands them to the hub.
@@ -148,13 +149,20 @@ func (s *Server) decode(mt string, seq uint64, rb []byte, dedup bool) (event, *e
 		return event{}, nil, false
 	}
 	ev := event{device: env.Device}
+	if env.Topic == wire.CommandEventTopic {
+		if _, err := wire.DecodeCommandEvent(env.Payload); err != nil {
+			s.m.invalid.Inc()
+			return event{}, nil, false
+		}
+		ev.command = true
+	}
 	if s.opts.Registry != nil {
 		if dev, ok := s.opts.Registry.Lookup(env.Device); ok {
 			ev.group = dev.Group
-			ev.frame = appendMessage(make([]byte, 0, 256+len(env.Payload)), &env, &dev, mt, seq, rec.Origin, rec.Index)
+			ev.frame = appendMessage(make([]byte, 0, 256+len(env.Payload)), &env, &dev, mt, seq, rec.Origin, rec.Index, ev.command)
 			return ev, &env, true
 		}
 	}
-	ev.frame = appendMessage(make([]byte, 0, 192+len(env.Payload)), &env, nil, mt, seq, rec.Origin, rec.Index)
+	ev.frame = appendMessage(make([]byte, 0, 192+len(env.Payload)), &env, nil, mt, seq, rec.Origin, rec.Index, ev.command)
 	return ev, &env, true
 }

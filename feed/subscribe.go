@@ -24,6 +24,9 @@ type Subscription struct {
 	Prefixes []string          `json:"prefixes,omitempty"`
 	Groups   []string          `json:"groups,omitempty"`
 	From     map[string]uint64 `json:"from,omitempty"`
+	// Commands asks for the command frames of the matching devices too:
+	// the changes of their commands' states (docs/commands.md, "Events").
+	Commands bool `json:"commands,omitempty"`
 }
 
 // ErrInvalidSubscribe wraps every error of DecodeSubscribe.
@@ -92,10 +95,11 @@ type filter struct {
 	devices  map[string]struct{}
 	prefixes []string
 	groups   map[string]struct{}
+	commands bool
 }
 
 func newFilter(s *Subscription) *filter {
-	f := &filter{all: len(s.Devices)+len(s.Prefixes)+len(s.Groups) == 0, prefixes: s.Prefixes}
+	f := &filter{all: len(s.Devices)+len(s.Prefixes)+len(s.Groups) == 0, prefixes: s.Prefixes, commands: s.Commands}
 	if len(s.Devices) > 0 {
 		f.devices = make(map[string]struct{}, len(s.Devices))
 		for _, d := range s.Devices {
@@ -109,6 +113,12 @@ func newFilter(s *Subscription) *filter {
 		}
 	}
 	return f
+}
+
+// takes reports whether ev is for the reader: a command event only if it
+// asked for them, and then by its device, as a message.
+func (f *filter) takes(ev *event) bool {
+	return (!ev.command || f.commands) && f.match(ev.device, ev.group)
 }
 
 func (f *filter) match(device, group string) bool {

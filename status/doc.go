@@ -8,7 +8,8 @@
 // (ingest_queue_depth_entries and _bytes, by hop), ack latency (from
 // ingest_frontend_ack_latency_seconds) and the live feed's end-to-end
 // latency (ingest_feed_dispatch_latency_seconds, frontend receipt to feed
-// dispatch), p50 and p99. A figure whose metrics the process does not
+// dispatch), p50 and p99, and the commands the process's command homes keep,
+// by state (ingest_command_commands). A figure whose metrics the process does not
 // register (a tier running alone) is null, and the page shows a dash.
 //
 // # Windows

@@ -26,6 +26,7 @@ const (
 	mAckLatency   = "ingest_frontend_ack_latency_seconds"
 	mFeedLatency  = "ingest_feed_dispatch_latency_seconds"
 	mStoreLatency = "ingest_storage_delivery_latency_seconds"
+	mCommands     = "ingest_command_commands"
 )
 
 // Snapshot is the JSON the page polls. A null member stands for metrics the
@@ -58,6 +59,23 @@ type Snapshot struct {
 	AckLatency   *Latency `json:"ack_latency"`
 	FeedLatency  *Latency `json:"feed_latency"`
 	StoreLatency *Latency `json:"store_latency"`
+	// Commands counts the commands the process's command homes keep, by
+	// state; null without a home.
+	Commands *Commands `json:"commands"`
+}
+
+// Commands are the commands kept, by state (ingest_command_commands):
+// those waiting for their device, those sent and not yet answered, and
+// those in a final state within the homes' retention.
+type Commands struct {
+	Queued float64 `json:"queued"`
+	Sent   float64 `json:"sent"`
+	// Answered is Acknowledged and Failed together.
+	Answered     float64 `json:"answered"`
+	Acknowledged float64 `json:"acknowledged"`
+	Failed       float64 `json:"failed"`
+	Expired      float64 `json:"expired"`
+	Cancelled    float64 `json:"cancelled"`
 }
 
 // Rate is a counter: its total and its rate over the window.
@@ -91,6 +109,7 @@ type sample struct {
 	hists  map[string]hist
 	depth  map[string]float64 // by hop
 	bytes  map[string]float64 // by hop
+	cmds   map[string]float64 // by state; nil without a command home
 }
 
 // hist is a cumulative histogram: counts[i] observations ≤ bounds[i],
@@ -130,6 +149,11 @@ func (h *Handler) gather(now time.Time) (sample, error) {
 			}
 		case mAckLatency, mFeedLatency, mStoreLatency:
 			s.hists[name] = mergeHist(mf.GetMetric())
+		case mCommands:
+			s.cmds = map[string]float64{}
+			for _, m := range mf.GetMetric() {
+				s.cmds[label(m, "state")] += m.GetGauge().GetValue()
+			}
 		}
 	}
 	return s, nil
@@ -212,6 +236,10 @@ func compute(base, cur sample) *Snapshot {
 	s.AckLatency = latency(base.hists[mAckLatency], cur.hists, mAckLatency)
 	s.FeedLatency = latency(base.hists[mFeedLatency], cur.hists, mFeedLatency)
 	s.StoreLatency = latency(base.hists[mStoreLatency], cur.hists, mStoreLatency)
+	if c := cur.cmds; c != nil {
+		s.Commands = &Commands{Queued: c["queued"], Sent: c["sent"], Answered: c["acknowledged"] + c["failed"],
+			Acknowledged: c["acknowledged"], Failed: c["failed"], Expired: c["expired"], Cancelled: c["cancelled"]}
+	}
 	return s
 }
 

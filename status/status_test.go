@@ -152,7 +152,8 @@ func TestSnapshot(t *testing.T) {
 		t.Errorf("ack latency %+v, want 100 observations, p50 2 ms, p99 5 ms", l)
 	}
 	// What the process does not register is null.
-	if s.Rejected != nil || s.Stored != nil || s.FeedDelivered != nil || s.FeedReaders != nil || s.FeedLatency != nil || s.StoreLatency != nil {
+	if s.Rejected != nil || s.Stored != nil || s.FeedDelivered != nil || s.FeedReaders != nil || s.FeedLatency != nil || s.StoreLatency != nil ||
+		s.Commands != nil {
 		t.Errorf("figures without metrics should be null: %+v", s)
 	}
 	// Queues in the order a message passes them.
@@ -179,13 +180,32 @@ func TestSnapshot(t *testing.T) {
 	json.NewDecoder(resp.Body).Decode(&raw)
 	resp.Body.Close()
 	for _, k := range []string{"time", "window_seconds", "devices_connected", "received", "acked", "rejected", "stored",
-		"feed_delivered", "feed_readers", "queues", "ack_latency", "feed_latency", "store_latency"} {
+		"feed_delivered", "feed_readers", "queues", "ack_latency", "feed_latency", "store_latency", "commands"} {
 		if _, ok := raw[k]; !ok {
 			t.Errorf("snapshot has no %q: %v", k, raw)
 		}
 	}
 	if r, _ := raw["received"].(map[string]any); r["per_second"] == nil || r["total"] == nil {
 		t.Errorf("received %v", raw["received"])
+	}
+}
+
+// The commands the homes keep, by state, summed over the homes; answered
+// is acknowledged and failed together.
+func TestSnapshotCommands(t *testing.T) {
+	e := newEngine(t)
+	cmds := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ingest_command_commands"}, []string{"home", "state"})
+	e.reg.MustRegister(cmds)
+	url := serve(t, status.Options{Gatherer: e.reg})
+	for home, n := range map[string]float64{"mt-0": 1, "mt-1": 10} {
+		for i, st := range []string{"queued", "sent", "acknowledged", "failed", "expired", "cancelled"} {
+			cmds.WithLabelValues(home, st).Set(n * float64(i+1))
+		}
+	}
+	got := snapshot(t, url).Commands
+	want := status.Commands{Queued: 11, Sent: 22, Answered: 33 + 44, Acknowledged: 33, Failed: 44, Expired: 55, Cancelled: 66}
+	if got == nil || *got != want {
+		t.Fatalf("commands %+v, want %+v", got, want)
 	}
 }
 

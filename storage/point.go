@@ -80,6 +80,9 @@ func NewPoint(rec wire.Record, labels func(device string) map[string]string) (Po
 
 		Received: time.Unix(0, env.Received).UTC(),
 	}
+	if env.Topic == wire.CommandEventTopic {
+		return commandPoint(p, &env, labels)
+	}
 	if err := Flatten(env.Payload, &p); err != nil {
 		return Point{}, err
 	}
@@ -99,6 +102,46 @@ func NewPoint(rec wire.Record, labels func(device string) map[string]string) (Po
 // TopicLabel is the label that carries what followed devices/{id}/ in the
 // MQTT topic a message was published to (docs/mqtt.md).
 const TopicLabel = "topic"
+
+// The series and labels of command events (docs/commands.md, "Events").
+const (
+	// CommandEventsSeries is 1 at each change of a command's state.
+	CommandEventsSeries = "command_events"
+	// CommandLatencySeries is, at each change but queued, the seconds
+	// from the command's acceptance to it.
+	CommandLatencySeries = "command_latency_seconds"
+	// CommandLabel carries the command's name; StateLabel the state it
+	// changed to. The command id is never a label: one series per command
+	// would grow the store without bound.
+	CommandLabel = "command"
+	StateLabel   = "state"
+)
+
+// commandPoint makes the point of a command event: the device's labels
+// with CommandLabel and StateLabel (which take the place of registry labels
+// of those names), and the samples CommandEventsSeries and
+// CommandLatencySeries. Nothing else of the event is stored: its id,
+// status and result are on the live feed and in the command API.
+func commandPoint(p Point, env *envelope.Envelope, labels func(string) map[string]string) (Point, error) {
+	ev, err := wire.DecodeCommandEvent(env.Payload)
+	if err != nil {
+		return Point{}, err
+	}
+	var reg map[string]string
+	if labels != nil {
+		reg = labels(env.Device)
+	}
+	l := make(map[string]string, len(reg)+2)
+	maps.Copy(l, reg)
+	l[CommandLabel], l[StateLabel] = ev.Name, ev.State
+	p.Labels = l
+	p.Numbers = map[string]float64{CommandEventsSeries: 1}
+	p.Strings = map[string]string{}
+	if ev.LatencyMS != nil {
+		p.Numbers[CommandLatencySeries] = *ev.LatencyMS / 1e3
+	}
+	return p, nil
+}
 
 // Flatten decodes a device message's JSON object into p.Numbers and
 // p.Strings: nested objects and arrays are flattened with dots ("gps.lat",
@@ -331,7 +374,8 @@ func (l *Limiter) limitSeries(p *Point) (dropped int) {
 		d = &deviceSeries{}
 		l.devices[strings.Clone(p.Device)] = d
 	}
-	topic := p.Labels[TopicLabel] // a series per topic
+	// A series per topic, and per command name and state.
+	topic := p.Labels[TopicLabel] + "\xff" + p.Labels[CommandLabel] + "\xff" + p.Labels[StateLabel]
 	var h maphash.Hash
 	h.SetSeed(l.seed)
 	admit := func(name, value string, number bool) bool {

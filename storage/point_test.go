@@ -119,6 +119,70 @@ func TestNewPoint(t *testing.T) {
 	}
 }
 
+// A command event becomes the samples command_events (1) and, but for
+// queued, command_latency_seconds, labelled with the command's name and the
+// state, beside the registry's labels (in place of registry labels of
+// those names); its id, status and result are no labels. An event that
+// does not decode is an error, not a device message.
+func TestNewPointCommandEvent(t *testing.T) {
+	at := time.Date(2026, 5, 1, 12, 0, 0, 7e6, time.UTC)
+	reg := map[string]string{"site": "x", "state": "from-registry"}
+	c := wire.Command{ID: "c0123", Device: "dev-1", Name: "reboot", State: wire.StateFailed, Status: "busy",
+		Result: []byte(`{"why":"x"}`), Created: at.UnixNano() - 1_500_000_000, Done: at.UnixNano()}
+	p, err := storage.NewPoint(record(t, "mt-0.commands.00ab", 4, envelope.Envelope{Frontend: "mt-0", Device: "dev-1",
+		Received: at.UnixNano(), Topic: wire.CommandEventTopic, Payload: wire.AppendCommandEvent(nil, &c)}),
+		func(string) map[string]string { return reg })
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{"site": "x", storage.CommandLabel: "reboot", storage.StateLabel: "failed"}
+	if !p.Time.Equal(at) || p.Device != "dev-1" || !maps.Equal(p.Labels, want) || len(p.Strings) != 0 ||
+		!maps.Equal(p.Numbers, map[string]float64{storage.CommandEventsSeries: 1, storage.CommandLatencySeries: 1.5}) {
+		t.Fatalf("point %+v", p)
+	}
+	if reg["state"] != "from-registry" {
+		t.Fatal("the registry's map changed")
+	}
+	c.State = wire.StateQueued
+	p, err = storage.NewPoint(record(t, "o", 5, envelope.Envelope{Frontend: "mt-0", Device: "dev-1",
+		Received: at.UnixNano(), Topic: wire.CommandEventTopic, Payload: wire.AppendCommandEvent(nil, &c)}), nil)
+	if err != nil || !maps.Equal(p.Numbers, map[string]float64{storage.CommandEventsSeries: 1}) || p.Labels[storage.StateLabel] != "queued" {
+		t.Fatalf("queued: %+v, %v", p, err)
+	}
+	if _, err := storage.NewPoint(record(t, "o", 6, envelope.Envelope{Frontend: "mt-0", Device: "dev-1",
+		Received: at.UnixNano(), Topic: wire.CommandEventTopic, Payload: []byte(`{"temp":1}`)}), nil); !errors.Is(err, wire.ErrInvalidEvent) {
+		t.Fatalf("a payload that is no event on the events' topic: %v", err)
+	}
+}
+
+// Each command name and state of a device's command events is a series of
+// its own under the device's bound: past it, a new name's events are
+// dropped and counted, the known ones still written.
+func TestLimiterCommandSeries(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	l, err := storage.NewLimiter(storage.LimitOptions{MaxSeriesPerDevice: 4}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	event := func(name, state string) storage.Point {
+		return storage.Point{Device: "d1", Labels: map[string]string{storage.CommandLabel: name, storage.StateLabel: state},
+			Numbers: map[string]float64{storage.CommandEventsSeries: 1, storage.CommandLatencySeries: 0.1}, Strings: map[string]string{}}
+	}
+	for i, st := range []struct {
+		name, state string
+		kept        int
+	}{{"reboot", "sent", 2}, {"reboot", "acknowledged", 2}, {"ping", "sent", 0}, {"reboot", "sent", 2}} {
+		p := event(st.name, st.state)
+		l.Apply([]storage.Point{p})
+		if len(p.Numbers) != st.kept {
+			t.Fatalf("step %d (%s %s): kept %v, want %d series", i, st.name, st.state, p.Numbers, st.kept)
+		}
+	}
+	if got := droppedFields(t, reg, storage.DropSeriesLimit); got != 2 {
+		t.Fatalf("dropped %v, want ping's 2 series", got)
+	}
+}
+
 // FuzzFlatten: any payload either fails to decode or gives a point whose
 // fields are all the payload's leaves, and the same point every time.
 func FuzzFlatten(f *testing.F) {

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -62,7 +64,7 @@ func (c *middletierConfig) register(f flags) {
 	c.wal.register(f, "frontends are answered busy")
 	f.duration(&c.sendStall, "send-stall", "a send on a ROUTER socket taking longer closes and reopens the socket")
 	f.str(&c.httpListen, "http.listen", "address for /metrics, /healthz and /readyz (none if empty)")
-	f.str(&c.command.addr, "command.addr", "ZeroMQ endpoint of the ROUTER frontends reach this middletier's command home on (tcp://host:5558); its log is in <data.dir>/commands (no commands if empty)")
+	f.str(&c.command.addr, "command.addr", "ZeroMQ endpoint of the ROUTER frontends reach this middletier's command home on (tcp://host:5558); its log is in <data.dir>/commands, the events of its commands' state changes in <data.dir>/command-events, forwarded to this middletier's ingest socket (no commands if empty)")
 	f.integer(&c.command.maxInFlight, "command.max-in-flight", "commands a device may have sent and unanswered at a time")
 	f.duration(&c.command.redeliver, "command.redeliver", "hand a sent command on again after this long without its answer")
 	f.duration(&c.command.maxTTL, "command.max-ttl", "longest time to live of a command")
@@ -70,27 +72,50 @@ func (c *middletierConfig) register(f flags) {
 	f.duration(&c.command.retain, "command.retain", "how long a command stays known (its GET, list and idempotency key) after its final state; then it leaves the log")
 }
 
-// buildCommands opens the command home's log and binds its socket as a
-// part of p, if --command.addr is set. It returns the home's endpoint.
-func (c *middletierConfig) buildCommands(p *process) (string, error) {
+// buildCommands opens the command home's log and its events' log and
+// binds its socket as a part of p, if --command.addr is set; the events go
+// to this middletier's ingest socket. It returns the home's endpoint.
+func (c *middletierConfig) buildCommands(p *process, ingest string) (string, error) {
 	if c.command.addr == "" {
 		return "", nil
 	}
-	dir := filepath.Join(c.dataDir, "commands")
-	log, err := wal.Open(dir, wal.Options{Hop: "command", SegmentBytes: 1 << 20}, p.reg, p.lg)
-	if err != nil {
-		return "", fmt.Errorf("open command wal: %w", inUse(firstOf(c.dataShown, c.dataDir), err))
+	var logs [2]*wal.Log
+	// The events' log is bounded well below the disk: events that find it
+	// full (the middletier refusing them for long) are dropped and counted.
+	for i, l := range []struct {
+		dir, hop string
+		max      int64
+	}{{"commands", "command", 0}, {"command-events", "command_events", 256 << 20}} {
+		log, err := wal.Open(filepath.Join(c.dataDir, l.dir), wal.Options{Hop: l.hop, SegmentBytes: 1 << 20, MaxBytes: l.max}, p.reg, p.lg)
+		if err != nil {
+			return "", fmt.Errorf("open %s wal: %w", l.hop, inUse(firstOf(c.dataShown, c.dataDir), err))
+		}
+		p.onClose(l.hop+" wal", log.Close)
+		logs[i] = log
 	}
-	p.onClose("command wal", log.Close)
+	log := logs[0]
 	h, err := command.New(command.Options{ID: c.id, Addr: c.command.addr, MaxInFlight: c.command.maxInFlight,
 		Redeliver: c.command.redeliver, MaxTTL: c.command.maxTTL, PresenceTimeout: c.command.presenceTimeout,
-		Retain: c.command.retain, SendStall: c.sendStall}, log, p.reg, p.lg)
+		Retain: c.command.retain, SendStall: c.sendStall, Events: logs[1], EventsTo: []string{dialable(ingest)}}, log, p.reg, p.lg)
 	if err != nil {
 		return "", fmt.Errorf("listen %s (--%s): %w", c.command.addr, c.f.name("command.addr"), err)
 	}
 	p.onClose("command home", h.Close)
 	p.add(part{name: "command home", stage: stageRouter, run: h.Run})
 	return h.Addr(), nil
+}
+
+// dialable is an endpoint a local socket can connect to for the endpoint
+// a socket bound: loopback for any address.
+func dialable(bound string) string {
+	host, port, err := net.SplitHostPort(strings.TrimPrefix(bound, "tcp://"))
+	if err != nil {
+		return bound
+	}
+	if ip := net.ParseIP(host); host == "" || host == "*" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "tcp://" + net.JoinHostPort(host, port)
 }
 
 // build opens the WAL and binds the router's sockets as a part of p.
@@ -115,7 +140,7 @@ func (c *middletierConfig) build(p *process) (middletier.Addrs, *wal.Log, error)
 	p.onClose("middletier", r.Close)
 	p.add(part{name: "middletier", stage: stageRouter, run: r.Run})
 	a := r.Addrs()
-	if c.command.bound, err = c.buildCommands(p); err != nil {
+	if c.command.bound, err = c.buildCommands(p, a.Ingest); err != nil {
 		return middletier.Addrs{}, nil, err
 	}
 	httpAddr := ""

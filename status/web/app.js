@@ -49,6 +49,10 @@ function showSnapshot(s) {
   $("store-p99").textContent = seconds(s.store_latency && s.store_latency.p99_seconds);
   $("window").textContent = num(s.window_seconds, 1);
   $("readers").textContent = num(s.feed_readers);
+  const c = s.commands || {};
+  for (const k of ["queued", "sent", "answered", "expired", "failed", "cancelled"]) {
+    $("cmd-" + k).textContent = num(c[k]);
+  }
   $("updated").textContent = "updated " + new Date(s.time).toLocaleTimeString();
 
   const tbody = $("queues").tBodies[0];
@@ -85,8 +89,8 @@ async function poll() {
 // where a point has no value.
 
 const SVG = "http://www.w3.org/2000/svg";
-const COLORS = { blue: "#3b6fd8", green: "#1a7f37", orange: "#d97706", red: "#c62828", purple: "#8250df", grey: "#687083" };
-const HOP_COLORS = { frontend: COLORS.blue, uplink_inflight: COLORS.purple, middletier_inbox: COLORS.orange, middletier: COLORS.green, command: COLORS.red };
+const COLORS = { blue: "#3b6fd8", green: "#1a7f37", orange: "#d97706", red: "#c62828", purple: "#8250df", teal: "#0e8a8c", grey: "#687083" };
+const HOP_COLORS = { frontend: COLORS.blue, uplink_inflight: COLORS.purple, middletier_inbox: COLORS.orange, middletier: COLORS.green, command: COLORS.red, command_events: COLORS.teal };
 
 const CHARTS = [
   { id: "rates", log: false, fmt: short, lines: [["received", "received", COLORS.blue], ["acked", "acked", COLORS.green], ["stored", "stored", COLORS.orange]] },
