@@ -100,6 +100,12 @@ func TestValidate(t *testing.T) {
 		func(c *config) { c.Duration = 0 },
 		func(c *config) { c.Proto = "amqp" },
 		func(c *config) { c.Proto = "mqtt" }, // with a ws:// URL
+		func(c *config) { c.Commands = -1 },
+		func(c *config) { c.Commands, c.CommandsPoll = 10, -1 },
+		func(c *config) { c.CommandsAPI = "http://x" },               // without -commands
+		func(c *config) { c.URL, c.Spawn, c.Commands = "", "x", 10 }, // a frontend alone has no command home
+		func(c *config) { c.Commands, c.Proto, c.URL = 10, "mqtt", "mqtt://x" },
+		func(c *config) { c.Commands, c.Check = 10, "http://x" },
 	} {
 		c := good
 		mod(&c)

@@ -72,6 +72,27 @@
 // be, so that the load is spread evenly rather than as a draw of a few
 // names happens to spread it.
 //
+// With -commands RATE it measures device commands instead
+// (docs/commands.md): its devices are the client package's, send no
+// messages, and answer every command ok; the bench, as an application,
+// submits RATE commands a second in all through the command API (POST
+// /v1/devices/{id}/commands), each to a device drawn at random among those
+// connected, from 256 requests in flight at most. Each command's payload
+// carries its number in the run, so a device names what it got before the
+// API's 202 has come back. Latencies run from just before the POST is
+// written: to the 202 (the command durable in its home), to the device's
+// handler receiving it (API → device), and, for every -commands.poll'th
+// command, to a GET /v1/commands/{cid} showing it acknowledged (API →
+// result; the bench reads it every 2 ms from the device's answer on, a
+// load on the API it counts). It prints the counts and these latencies a
+// second (or with -interval, as lines with the engine's process), then the
+// summary; after the drain it lists every device's commands through the
+// API and fails the run if an accepted command was not delivered, or is
+// not acknowledged there. It runs with -spawn-all (the engine without
+// auth, the API on its device listener) or -url (with -secret-file it
+// signs an application token with the scope "commands", or give one with
+// -commands.token-file; -commands.api if the API is not on -url's host).
+//
 // -cpuprofile writes the bench's own CPU profile, for go tool pprof.
 //
 // -proto mqtt (MQTT 3.1.1) or mqtt5 (MQTT 5) makes the devices MQTT
@@ -87,5 +108,6 @@
 //	go run ./bench -spawn bin/ingest -chaos -devices 50 -rate 20 -duration 10m
 //	go run ./bench -spawn bin/ingest -tiers -tiers.frontends 3 -tiers.middletiers 3 -tiers.writers 2 -devices 3000 -rate 1 -ramp 10s -duration 40s
 //	go run ./bench -spawn bin/ingest -proto mqtt -devices 100 -window 16 -duration 10s
+//	go run ./bench -spawn-all bin/ingest -commands 1000 -devices 10000 -ramp 20s -duration 60s
 //	go run ./bench -url mqtt://127.0.0.1:1883 -insecure -proto mqtt5 -devices 10000 -rate 1 -ramp 10s
 package main

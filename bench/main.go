@@ -51,6 +51,14 @@ type config struct {
 	FramePerWrite bool
 	CPUProfile    string // write the bench's own CPU profile here
 
+	// Commands, above 0, runs the command mode: the devices answer
+	// commands, and the bench submits this many a second in all through
+	// the command API, each to a random connected device (commands.go).
+	Commands      float64
+	CommandsPoll  int    // read every Nth command's state back until final
+	CommandsAPI   string // the command API's base URL; default: -url's host
+	CommandsToken string // file holding an application token
+
 	// Interval prints a line of ack latency and the engine's process
 	// figures (memory, descriptors, goroutines, CPU) every so often: a soak.
 	Interval time.Duration
@@ -100,6 +108,10 @@ func main() {
 	flag.StringVar(&c.Cluster.Sink, "tiers.sink", "", "with -tiers or -chaos: the writers' --sink (e.g. remotewrite+http://127.0.0.1:8428/api/v1/write; check that store with -check); empty: an embedded TSDB per writer, each checked")
 	flag.StringVar(&c.CPUProfile, "cpuprofile", "", "write the bench's own CPU profile to this file (go tool pprof)")
 	flag.BoolVar(&c.FramePerWrite, "frame-per-write", false, "write every frame with a write system call of its own, as the client package does; by default a device writes the frames one ack lets go with one write (each frame still holds one message)")
+	flag.Float64Var(&c.Commands, "commands", 0, "command mode: the devices (the client package's, sending no messages) answer every command, and the bench submits this many commands a second in all through the command API, each to a random connected device; it measures submit → 202, API → device and API → result, and fails the run if an accepted command is not delivered and acknowledged (with -spawn-all or -url)")
+	flag.IntVar(&c.CommandsPoll, "commands.poll", 10, "with -commands: read every Nth command's state back (GET /v1/commands/{cid}, every 2 ms from the device's answer) for API → result latency; 0: none")
+	flag.StringVar(&c.CommandsAPI, "commands.api", "", "with -commands and -url: the command API's base URL (default: -url's scheme and host, as http or https)")
+	flag.StringVar(&c.CommandsToken, "commands.token-file", "", "with -commands and -url: a file holding an application token (ingest token --scope commands); default: one signed with -secret-file")
 	flag.DurationVar(&c.Interval, "interval", 0, "every so long, print a line: acknowledged/s, ack p50/p99/p99.9/max and device → feed p99 in that interval, and the engine's resident memory, open files, goroutines, heap and CPU (a soak; 0: none)")
 	flag.IntVar(&c.PID, "pid", 0, "with -url and -interval: the engine's process id, for its memory, open files and CPU")
 	flag.StringVar(&c.Metrics, "metrics", "", "with -url and -interval: the engine's metrics endpoint (http://host:8080/metrics), for its goroutines and heap")
@@ -134,6 +146,9 @@ func run(c config) error {
 	defer stop()
 	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 
+	if c.Commands > 0 {
+		return runCommands(ctx, c, lg)
+	}
 	if c.Chaos || c.Tiers {
 		return runCluster(ctx, c, lg)
 	}
@@ -304,6 +319,14 @@ func (c config) validate() error {
 		return errors.New("-interval must not be negative")
 	case (c.PID != 0 || c.Metrics != "") && c.URL == "":
 		return errors.New("-pid and -metrics name an engine given with -url")
+	case c.Commands < 0 || c.CommandsPoll < 0:
+		return errors.New("-commands and -commands.poll must not be negative")
+	case c.Commands == 0 && (c.CommandsAPI != "" || c.CommandsToken != ""):
+		return errors.New("-commands.api and -commands.token-file go with -commands")
+	case c.Commands > 0 && (c.Spawn != "" || c.Chaos):
+		return errors.New("-commands needs the command API: give -spawn-all or -url")
+	case c.Commands > 0 && (c.mqtt() || c.Feed != "" || c.Check != "" || c.Plot != ""):
+		return errors.New("-commands runs WebSocket devices that send no messages: no -proto mqtt, -feed, -check or -plot")
 	}
 	return nil
 }

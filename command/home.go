@@ -138,6 +138,10 @@ type Home struct {
 	// durable: every entry up to it is superseded by that append.
 	releaseTo   uint64
 	lastCompact time.Time
+	// counts are the commands kept, by state, kept up to date with every
+	// change so that the gauge costs nothing per tick however many are
+	// kept.
+	counts [wire.StateCancelled + 1]int
 }
 
 type inbound struct {
@@ -247,6 +251,8 @@ func (h *Home) recover() error {
 func (h *Home) apply(c *wire.Command) {
 	d := h.device(c.Device)
 	if old, ok := h.cmds[c.ID]; ok {
+		h.counts[old.State]--
+		h.counts[c.State]++
 		*old = *c
 		if c.State.Final() {
 			d.remove(old)
@@ -256,6 +262,7 @@ func (h *Home) apply(c *wire.Command) {
 	cp := new(wire.Command)
 	*cp = *c
 	h.cmds[c.ID] = cp
+	h.counts[c.State]++
 	if c.Key != "" {
 		h.keys[c.Device+"\x00"+c.Key] = c.ID
 	}
@@ -584,6 +591,8 @@ func (h *Home) query(peer []byte, q *wire.Query) {
 
 // finish moves c to a final state and queues it for the log.
 func (h *Home) finish(c *wire.Command, s wire.CommandState, status string, result []byte) {
+	h.counts[c.State]--
+	h.counts[s]++
 	c.State, c.Done, c.Status, c.Result = s, h.now.UnixNano(), status, result
 	d := h.devs[c.Device]
 	d.remove(c)
@@ -715,6 +724,8 @@ func (h *Home) dispatch(d *device) {
 				break // the sweep expires it; nothing after it goes first
 			}
 			inflight++
+			h.counts[c.State]--
+			h.counts[wire.StateSent]++
 			c.State, c.Sent = wire.StateSent, h.now.UnixNano()
 			h.save(c)
 			h.emit(c)
@@ -742,6 +753,7 @@ func (h *Home) forget() {
 				continue
 			}
 			delete(h.cmds, c.ID)
+			h.counts[c.State]--
 			if k := c.Device + "\x00" + c.Key; c.Key != "" && h.keys[k] == c.ID {
 				delete(h.keys, k)
 			}
@@ -776,11 +788,7 @@ func (h *Home) compact() {
 
 // countStates sets the gauge of commands by state.
 func (h *Home) countStates() {
-	var n [wire.StateCancelled + 1]int
-	for _, c := range h.cmds {
-		n[c.State]++
-	}
 	for s := wire.StateQueued; s <= wire.StateCancelled; s++ {
-		h.m.states.WithLabelValues(s.String()).Set(float64(n[s]))
+		h.m.states.WithLabelValues(s.String()).Set(float64(h.counts[s]))
 	}
 }

@@ -1,0 +1,82 @@
+package command_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/command/commandtest"
+	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/wal"
+	"github.com/ingest-io/ingest/wire"
+)
+
+// waitGauges waits until the home's ingest_command_commands is want for
+// every state (a state not named: 0).
+func waitGauges(t *testing.T, th *commandtest.Home, want map[string]float64) {
+	t.Helper()
+	testkit.WaitFor(t, fmt.Sprintf("commands by state %v", want), 10*time.Second, func() bool {
+		got := testkit.Gauges(t, th.Reg, "ingest_command_commands", "state")
+		for s := wire.StateQueued; s <= wire.StateCancelled; s++ {
+			if v, in := got[s.String()]; !in || v != want[s.String()] {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// TestStateGauge: the gauge of commands by state follows every change —
+// accepted, sent, answered ok and not, cancelled, expired — and counts the
+// same after a restart, whose recovery reads each command's states again.
+func TestStateGauge(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	fe := dialFrontend(t, th, "fe#1")
+	a := fe.submit(t, wire.Submit{Device: "d1", Name: "a"})
+	b := fe.submit(t, wire.Submit{Device: "d1", Name: "b"})
+	c := fe.submit(t, wire.Submit{Device: "d1", Name: "c"})
+	fe.submit(t, wire.Submit{Device: "d1", Name: "d"})
+	x := fe.submit(t, wire.Submit{Device: "d2", Name: "x"})
+	fe.submit(t, wire.Submit{Device: "d3", Name: "short", TTLMS: 1})
+	waitGauges(t, th, map[string]float64{"queued": 5, "expired": 1})
+
+	if r := fe.ask(t, &wire.Query{Op: wire.QueryCancel, CID: x.ID}); r.Code != "" {
+		t.Fatalf("cancel: %+v", r)
+	}
+	fe.place(t, "d1", 1)
+	if got := fe.deliver(t); got.ID != a.ID {
+		t.Fatalf("delivered %s, want %s", got.ID, a.ID)
+	}
+	waitGauges(t, th, map[string]float64{"queued": 3, "sent": 1, "expired": 1, "cancelled": 1})
+	fe.answer(t, "d1", a.ID, "ok")
+	if got := fe.deliver(t); got.ID != b.ID {
+		t.Fatalf("delivered %s, want %s", got.ID, b.ID)
+	}
+	fe.answer(t, "d1", b.ID, "rejected")
+	if got := fe.deliver(t); got.ID != c.ID {
+		t.Fatalf("delivered %s, want %s", got.ID, c.ID)
+	}
+	want := map[string]float64{"queued": 1, "sent": 1, "acknowledged": 1, "failed": 1, "expired": 1, "cancelled": 1}
+	waitGauges(t, th, want)
+
+	th.Stop(t)
+	th.Start(t)
+	waitGauges(t, th, want)
+}
+
+// TestStateGaugeForget: commands forgotten after Options.Retain leave the
+// gauge.
+func TestStateGaugeForget(t *testing.T) {
+	th := startHome(t, command.Options{Retain: 200 * time.Millisecond}, wal.Options{})
+	fe := dialFrontend(t, th, "fe#1")
+	a := fe.submit(t, wire.Submit{Device: "d1", Name: "a"})
+	fe.submit(t, wire.Submit{Device: "d2", Name: "b"})
+	fe.place(t, "d1", 1)
+	if got := fe.deliver(t); got.ID != a.ID {
+		t.Fatalf("delivered %s, want %s", got.ID, a.ID)
+	}
+	fe.answer(t, "d1", a.ID, "ok")
+	fe.waitState(t, a.ID, wire.StateAcknowledged)
+	waitGauges(t, th, map[string]float64{"queued": 1})
+}
