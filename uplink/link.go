@@ -226,18 +226,25 @@ func (k *Link) fill(ctx context.Context, s *state) error {
 	if len(s.pending) > 0 || s.next > k.log.LastIndex() {
 		return nil
 	}
-	if k.opts.Linger > 0 && k.log.LastIndex()-s.next+1 < uint64(k.opts.MaxBatchEntries) {
-		// Fewer than a batch: wait up to Linger for more.
+	limit := k.opts.MaxBatchEntries * 4
+	if k.opts.Linger > 0 {
 		now := time.Now()
 		if s.lingerUntil.IsZero() {
 			s.lingerUntil = now.Add(k.opts.Linger)
 		}
 		if now.Before(s.lingerUntil) {
-			return nil
+			// Lingering: read whole batches only, and wait up to Linger
+			// for the rest, so that a tail read beside full batches does
+			// not go as a small batch of its own.
+			whole := (k.log.LastIndex() - s.next + 1) / uint64(k.opts.MaxBatchEntries)
+			if whole == 0 {
+				return nil
+			}
+			limit = int(min(whole, 4)) * k.opts.MaxBatchEntries
 		}
 	}
 	s.lingerUntil = time.Time{}
-	es, err := s.cur.NextBatch(ctx, s.pending[:0], k.opts.MaxBatchEntries*4)
+	es, err := s.cur.NextBatch(ctx, s.pending[:0], limit)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil

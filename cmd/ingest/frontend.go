@@ -282,3 +282,12 @@ func firstOf(s ...string) string {
 	}
 	return ""
 }
+
+// lingerOption is an Options.Linger (storage's, uplink's) for a --linger
+// flag: a zero flag asks for none, which the options spell as negative.
+func lingerOption(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
+}

@@ -1,3 +1,5 @@
+//go:build !nostorage
+
 package main
 
 import (

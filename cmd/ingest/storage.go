@@ -292,12 +292,3 @@ func runStorage(ctx context.Context, args []string) error {
 		return err
 	})
 }
-
-// lingerOption is storage.Options.Linger for --linger: a zero flag asks
-// for none, which the option spells as negative.
-func lingerOption(d time.Duration) time.Duration {
-	if d == 0 {
-		return -1
-	}
-	return d
-}
