@@ -847,44 +847,53 @@ func (r *cmdRun) intervals(ctx context.Context, w io.Writer) []cmdInterval {
 	fmt.Fprintf(w, "%8s %10s %11s %8s %10s %9s %9s %9s %9s %10s %8s %10s %7s %7s %6s\n",
 		"end_s", "accepted/s", "delivered/s", "refused", "submit_p99", "dev_p50", "dev_p99", "dev_p99.9", "dev_max", "result_p99",
 		"rss_mib", "goroutines", "cpu_%", "bench_%", "load")
+	line := func(now time.Time) {
+		secs := now.Sub(lastAt).Seconds()
+		acc, del := r.accepted.Load(), r.delivered.Load()
+		r.mu.Lock()
+		var ref int64
+		for _, n := range r.refused {
+			ref += n
+		}
+		r.mu.Unlock()
+		sh, dh, rh := r.submitLat.takeInterval(), r.deviceLat.takeInterval(), r.resultLat.takeInterval()
+		iv := cmdInterval{End: now.Sub(start).Seconds(), AcceptedPS: float64(acc-lastAcc) / secs, DeliveredPS: float64(del-lastDel) / secs,
+			Refused: ref - lastRef, SubmitP99: ms(sh.ValueAtQuantile(99)), DeviceP50: ms(dh.ValueAtQuantile(50)),
+			DeviceP99: ms(dh.ValueAtQuantile(99)), DeviceP999: ms(dh.ValueAtQuantile(99.9)), DeviceMax: ms(dh.Max()),
+			Load1: loadAverage()}
+		if rh.TotalCount() > 0 {
+			iv.ResultP99 = ms(rh.ValueAtQuantile(99))
+		}
+		self := selfCPU()
+		iv.BenchPercent = 100 * (self - lastSelf).Seconds() / secs
+		if r.c.enginePID > 0 {
+			iv.RSSMiB = processMemory(r.c.enginePID).rss
+			if c, ok := processCPU(r.c.enginePID); ok {
+				iv.CPUPercent = 100 * (c - lastCPU).Seconds() / secs
+				lastCPU = c
+			}
+		}
+		if r.c.engineMetrics != "" {
+			iv.Goroutines = scrapeRuntime(context.Background(), r.c.engineMetrics).goroutines
+		}
+		lastAcc, lastDel, lastRef, lastAt, lastSelf = acc, del, ref, now, self
+		out = append(out, iv)
+		fmt.Fprintf(w, "%8.0f %10.0f %11.0f %8d %10.2f %9.2f %9.2f %9.2f %9.2f %10.2f %8.1f %10d %7.1f %7.1f %6.2f\n",
+			iv.End, iv.AcceptedPS, iv.DeliveredPS, iv.Refused, iv.SubmitP99, iv.DeviceP50, iv.DeviceP99, iv.DeviceP999, iv.DeviceMax,
+			iv.ResultP99, iv.RSSMiB, iv.Goroutines, iv.CPUPercent, iv.BenchPercent, iv.Load1)
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			// The run's last part, if commands were accepted in it: a
+			// slow tick (a scrape of a loaded engine) must not leave
+			// them unreported.
+			if r.accepted.Load() != lastAcc {
+				line(time.Now())
+			}
 			return out
 		case now := <-t.C:
-			secs := now.Sub(lastAt).Seconds()
-			acc, del := r.accepted.Load(), r.delivered.Load()
-			r.mu.Lock()
-			var ref int64
-			for _, n := range r.refused {
-				ref += n
-			}
-			r.mu.Unlock()
-			sh, dh, rh := r.submitLat.takeInterval(), r.deviceLat.takeInterval(), r.resultLat.takeInterval()
-			iv := cmdInterval{End: now.Sub(start).Seconds(), AcceptedPS: float64(acc-lastAcc) / secs, DeliveredPS: float64(del-lastDel) / secs,
-				Refused: ref - lastRef, SubmitP99: ms(sh.ValueAtQuantile(99)), DeviceP50: ms(dh.ValueAtQuantile(50)),
-				DeviceP99: ms(dh.ValueAtQuantile(99)), DeviceP999: ms(dh.ValueAtQuantile(99.9)), DeviceMax: ms(dh.Max()),
-				Load1: loadAverage()}
-			if rh.TotalCount() > 0 {
-				iv.ResultP99 = ms(rh.ValueAtQuantile(99))
-			}
-			self := selfCPU()
-			iv.BenchPercent = 100 * (self - lastSelf).Seconds() / secs
-			if r.c.enginePID > 0 {
-				iv.RSSMiB = processMemory(r.c.enginePID).rss
-				if c, ok := processCPU(r.c.enginePID); ok {
-					iv.CPUPercent = 100 * (c - lastCPU).Seconds() / secs
-					lastCPU = c
-				}
-			}
-			if r.c.engineMetrics != "" {
-				iv.Goroutines = scrapeRuntime(context.Background(), r.c.engineMetrics).goroutines
-			}
-			lastAcc, lastDel, lastRef, lastAt, lastSelf = acc, del, ref, now, self
-			out = append(out, iv)
-			fmt.Fprintf(w, "%8.0f %10.0f %11.0f %8d %10.2f %9.2f %9.2f %9.2f %9.2f %10.2f %8.1f %10d %7.1f %7.1f %6.2f\n",
-				iv.End, iv.AcceptedPS, iv.DeliveredPS, iv.Refused, iv.SubmitP99, iv.DeviceP50, iv.DeviceP99, iv.DeviceP999, iv.DeviceMax,
-				iv.ResultP99, iv.RSSMiB, iv.Goroutines, iv.CPUPercent, iv.BenchPercent, iv.Load1)
+			line(now)
 		}
 	}
 }
