@@ -44,9 +44,9 @@ const maxCachedSeries = 1 << 20
 //
 // So the cache changes how a series is found, never which series a sample
 // goes to, nor what a commit logs. Its memory is bounded: it is dropped
-// wholesale when it holds maxCachedSeries series (about 200 bytes each
-// with its keys, plus the label set it shares with the head while the
-// series lives), and when the head's oldest time rises (a truncation,
+// wholesale when it holds maxCachedSeries series (each its key, its
+// reference and the label set it shares with the head while the series
+// lives), and when the head's oldest time rises (a truncation,
 // after which the head drops the series that went quiet; their
 // references would only fall back to the labels).
 //
