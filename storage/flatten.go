@@ -1,7 +1,10 @@
 package storage
 
 import (
+	"hash/maphash"
 	"strconv"
+	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/ingest-io/ingest/protocol"
@@ -17,8 +20,14 @@ import (
 // then decodes the payload the general way; FuzzFlattenOnePass holds the
 // two to the same points.
 func flattenOnePass(payload []byte, p *Point) bool {
-	var buf [64]byte
-	f := flattener{b: payload, p: p, name: buf[:0]}
+	buf := nameBufs.Get().(*[]byte)
+	f := flattener{b: payload, p: p, name: (*buf)[:0]}
+	defer func() {
+		if cap(f.name) <= maxPooledName {
+			*buf = f.name[:0]
+			nameBufs.Put(buf)
+		}
+	}()
 	f.ws()
 	if f.i >= len(f.b) || f.b[f.i] != '{' {
 		return false
@@ -30,6 +39,40 @@ func flattenOnePass(payload []byte, p *Point) bool {
 	}
 	f.ws()
 	return f.i == len(f.b)
+}
+
+// nameBufs hold the buffers the one-pass path builds names in: one on
+// its stack would move to the heap, for the recursive scan stores into it
+// through a pointer. A buffer grown past maxPooledName is let go.
+var nameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64); return &b }}
+
+const maxPooledName = 1024
+
+// fieldNames interns the names the one-pass path gives fields: the
+// messages of a fleet name the same fields over and over, and a name found
+// here is not allocated again. A direct-mapped table of fixed size (a name
+// takes the place of the one in its slot), for names up to
+// maxInternedName bytes: at most about 360 KiB whatever the devices send.
+// Safe for concurrent use; it changes no point, only which copy of a name
+// a point's map holds.
+var (
+	fieldNames     [4096]atomic.Pointer[string]
+	fieldNamesSeed = maphash.MakeSeed()
+)
+
+const maxInternedName = 64
+
+func fieldName(b []byte) string {
+	if len(b) > maxInternedName {
+		return string(b)
+	}
+	slot := &fieldNames[maphash.Bytes(fieldNamesSeed, b)&uint64(len(fieldNames)-1)]
+	if s := slot.Load(); s != nil && *s == string(b) {
+		return *s
+	}
+	s := string(b)
+	slot.Store(&s)
+	return s
 }
 
 // maxOnePassDepth and maxOnePassMembers bound what the one-pass path takes:
@@ -180,7 +223,7 @@ func (f *flattener) value(depth int) bool {
 		if f.taken() {
 			return false
 		}
-		f.p.Strings[string(f.name)] = string(f.b[a:b])
+		f.p.Strings[fieldName(f.name)] = string(f.b[a:b])
 		return true
 	case c == 't', c == 'f':
 		v := 0.0
@@ -217,7 +260,7 @@ func (f *flattener) number(v float64) bool {
 	if f.taken() {
 		return false
 	}
-	f.p.Numbers[string(f.name)] = v
+	f.p.Numbers[fieldName(f.name)] = v
 	return true
 }
 

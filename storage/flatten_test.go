@@ -1,7 +1,9 @@
 package storage_test
 
 import (
+	"fmt"
 	"reflect"
+	"sync"
 	"testing"
 
 	"github.com/ingest-io/ingest/storage"
@@ -52,6 +54,34 @@ func checkSamePoint(t *testing.T, b []byte, fast storage.Point) {
 	if !reflect.DeepEqual(fast.Numbers, slow.Numbers) || !reflect.DeepEqual(fast.Strings, slow.Strings) {
 		t.Fatalf("%q: one pass gives %v %v, the general way %v %v", b, fast.Numbers, fast.Strings, slow.Numbers, slow.Strings)
 	}
+}
+
+// Goroutines flattening at once share the table of field names and the
+// name buffers, and each gets its own payload's fields: names that take
+// one another's slots in the table included.
+func TestFlattenOnePassConcurrent(t *testing.T) {
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 2000 {
+				b := []byte(fmt.Sprintf(`{"f%d_%d":{"x%d":%d},"s%d":"v%d"}`, g, i%300, i%7, i, i%500, i))
+				var fast storage.Point
+				if !storage.FlattenOnePass(b, &fast) {
+					t.Errorf("%s: not taken in one pass", b)
+					return
+				}
+				want := storage.Point{
+					Numbers: map[string]float64{fmt.Sprintf("f%d_%d.x%d", g, i%300, i%7): float64(i)},
+					Strings: map[string]string{fmt.Sprintf("s%d", i%500): fmt.Sprintf("v%d", i)},
+				}
+				if !reflect.DeepEqual(fast.Numbers, want.Numbers) || !reflect.DeepEqual(fast.Strings, want.Strings) {
+					t.Errorf("%s: %v %v", b, fast.Numbers, fast.Strings)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // FuzzFlattenOnePass: whatever the one-pass path takes, the general way

@@ -150,6 +150,9 @@ type TSDB struct {
 	//     written to the write-behind log, is out of order at replay and
 	//     gone.
 	appendMu sync.Mutex
+	// refs holds the head's references to the series appended to, under
+	// appendMu (refCache).
+	refs *refCache
 
 	noSpace atomic.Bool // the failure that stopped writes was for lack of room
 
@@ -287,7 +290,7 @@ func Open(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*TSDB, erro
 		m.unregister()
 		return nil, fmt.Errorf("storage: open tsdb: %w", err)
 	}
-	s := &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls, lock: lock}
+	s := &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls, lock: lock, refs: newRefCache(maxCachedSeries)}
 	m.failed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ingest_storage_tsdb_failed",
 		Help: "1 once a write to the embedded TSDB's write logs or an fsync of them has failed: every later write fails until the writer restarts (its /healthz fails).",
@@ -425,20 +428,19 @@ func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, d
 	s.appendMu.Lock()
 	defer s.appendMu.Unlock()
 	app := s.db.AppenderV2(ctx)
+	s.refs.headTime(s.db.Head().MinTime())
 	var (
 		b    labels.ScratchBuilder
-		base []labels.Label
 		keys []string
 	)
 	for i := range points {
 		p := &points[i]
 		t := p.Time.UnixMilli()
-		base = series.Base(base[:0], p)
+		dev := s.refs.device(p)
 		// In name order: where two fields make one series ("a.b", "a_b"),
 		// the same one wins on every delivery.
 		for _, name := range sortedKeys(&keys, p.Numbers) {
-			ls := seriesLabels(&b, base, storage.MetricName(name), "")
-			_, err := app.Append(0, ls, 0, t, p.Numbers[name], nil, nil, promstorage.AppendV2Options{})
+			ls, err := s.refs.append(app, &b, dev, seriesKey{field: name}, t, p.Numbers[name])
 			switch {
 			case err == nil:
 				n++
@@ -457,8 +459,7 @@ func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, d
 				tooLong++
 				continue
 			}
-			ls := seriesLabels(&b, base, storage.MetricName(name)+"_info", v)
-			_, err := app.Append(0, ls, 0, t, 1, nil, nil, promstorage.AppendV2Options{})
+			ls, err := s.refs.append(app, &b, dev, seriesKey{field: name, value: v, info: true}, t, 1)
 			switch {
 			case err == nil:
 				n++
