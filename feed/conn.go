@@ -299,6 +299,7 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 // messages start, filtered like them.
 func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]uint64, write func([]byte) error) error {
 	f := newFilter(sub)
+	var frame []byte // reused: a write copies what it writes
 	for mt, from := range sub.From {
 		src := s.hub.source(mt)
 		to, known := live[mt]
@@ -348,11 +349,12 @@ func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]
 			recs := r.Records[:min(uint64(len(r.Records)), to-from)]
 			s.m.replayed.Add(float64(len(recs)))
 			for i, rb := range recs {
-				ev, _, ok := s.decode(mt, from+uint64(i), rb, false)
+				ev, ok := s.decode(mt, from+uint64(i), rb, false)
 				if !ok || !f.takes(&ev) {
 					continue
 				}
-				if err := write(ev.frame); err != nil {
+				frame = ev.appendFrame(frame[:0])
+				if err := write(frame); err != nil {
 					return err
 				}
 				s.m.delivered.Inc()

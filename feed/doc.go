@@ -10,9 +10,12 @@
 // socket on one goroutine into a bounded buffer (a zmq4 PUB writes its
 // subscribers one after another, so a slow subscriber would slow every
 // other one); on another it takes records in sequence order and hands them
-// to the feed, which decodes each record once into the JSON frame readers
-// get, and queues it for every reader whose filter matches, without ever
-// blocking. Each reader has a bounded queue: when it is full, messages for
+// to the feed, which decodes each record once and queues it for every
+// reader whose filter matches, without ever blocking. A record's JSON frame
+// is built when the first reader's filter takes it, once, and shared by
+// every reader it is queued for; a record no reader takes costs no frame.
+// A device's payload is not parsed again: the frontend took only a JSON
+// object, and the envelope's checksum holds it to what the frontend wrote. Each reader has a bounded queue: when it is full, messages for
 // that reader are dropped and counted, the reader gets a "missed" notice
 // with the count before its next message, and a reader that stays behind
 // for Options.SlowGrace (or misses more than Options.MaxMissed before

@@ -1,6 +1,7 @@
 package feed
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 type hub struct {
 	mu      sync.RWMutex
 	clients map[*client]struct{}
+	list    []*client // the clients again, for dispatch's loop
 	byName  map[string]*source
 
 	seenMu sync.Mutex
@@ -46,15 +48,22 @@ func (h *hub) first(origin string, index uint64) bool {
 
 // dispatch queues every event for the readers whose filter matches it, then
 // runs advance (which moves the source's next sequence) under the same lock.
-func (h *hub) dispatch(evs []event, advance func()) {
+// An event's frame is built by build when the first reader takes it, and
+// shared by every reader that does; an event no reader takes costs no frame.
+func (h *hub) dispatch(evs []event, build func(*event) []byte, advance func()) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	for c := range h.clients {
-		f := c.filter.Load()
-		for i := range evs {
-			if f.takes(&evs[i]) {
-				c.enqueue(evs[i].frame, true)
+	for i := range evs {
+		ev := &evs[i]
+		var frame []byte
+		for _, c := range h.list {
+			if !c.filter.Load().takes(ev) {
+				continue
 			}
+			if frame == nil {
+				frame = build(ev)
+			}
+			c.enqueue(frame, true)
 		}
 	}
 	advance()
@@ -64,7 +73,7 @@ func (h *hub) dispatch(evs []event, advance func()) {
 func (h *hub) broadcast(frame []byte, advance func()) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	for c := range h.clients {
+	for _, c := range h.list {
 		c.enqueue(frame, false)
 	}
 	advance()
@@ -76,7 +85,10 @@ func (h *hub) register(c *client, f *filter) map[string]uint64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	c.filter.Store(f)
-	h.clients[c] = struct{}{}
+	if _, ok := h.clients[c]; !ok {
+		h.clients[c] = struct{}{}
+		h.list = append(h.list, c)
+	}
 	live := make(map[string]uint64, len(h.byName))
 	for name, src := range h.byName {
 		live[name] = src.next.Load()
@@ -86,8 +98,12 @@ func (h *hub) register(c *client, f *filter) map[string]uint64 {
 
 func (h *hub) unregister(c *client) {
 	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := h.clients[c]; !ok {
+		return
+	}
 	delete(h.clients, c)
-	h.mu.Unlock()
+	h.list = slices.DeleteFunc(h.list, func(x *client) bool { return x == c })
 }
 
 func (h *hub) source(name string) *source {

@@ -1,14 +1,15 @@
 package feed
 
 import (
+	"bytes"
 	"context"
-	"encoding/json"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/registry"
 	"github.com/ingest-io/ingest/stream"
 	"github.com/ingest-io/ingest/wire"
 )
@@ -89,15 +90,41 @@ func (src *source) Lost(g stream.Gap) {
 type dispatcher struct {
 	evs      []event
 	received []int64 // the envelopes' receive times (Unix ns), for the latency histogram
+	scratch  []byte  // where a frame is built before its copy of its own
 }
 
-// event is one device message ready for fan-out: the frame is shared by
-// every reader it is queued for, and never changed.
+// event is one device message ready for fan-out. Its frame is built only
+// when a reader's filter takes it, once, and then shared by every reader it
+// is queued for, and never changed.
 type event struct {
 	device  string
 	group   string
 	command bool // a command event: a command frame
-	frame   []byte
+
+	// What the frame is built from.
+	env    envelope.Envelope
+	dev    registry.Device
+	hasDev bool
+	mt     string
+	seq    uint64
+	origin string
+	index  uint64
+}
+
+// appendFrame appends ev's frame to b.
+func (ev *event) appendFrame(b []byte) []byte {
+	var dev *registry.Device
+	if ev.hasDev {
+		dev = &ev.dev
+	}
+	return appendMessage(b, &ev.env, dev, ev.mt, ev.seq, ev.origin, ev.index, ev.command)
+}
+
+// frame builds ev's frame in the dispatcher's scratch buffer and returns a
+// copy of its own, of its exact size, to be shared by the readers.
+func (d *dispatcher) frame(ev *event) []byte {
+	d.scratch = ev.appendFrame(d.scratch[:0])
+	return bytes.Clone(d.scratch)
 }
 
 // publish decodes records from sequence first on and hands them to the hub.
@@ -107,16 +134,16 @@ func (src *source) publish(mt string, first uint64, records [][]byte) {
 	d.received = d.received[:0]
 	var received int64
 	for i, rb := range records {
-		ev, env, ok := src.s.decode(mt, first+uint64(i), rb, true)
+		ev, ok := src.s.decode(mt, first+uint64(i), rb, true)
 		if !ok {
 			continue
 		}
-		received = env.Received
+		received = ev.env.Received
 		d.evs = append(d.evs, ev)
 		d.received = append(d.received, received)
 	}
 	last := first + uint64(len(records)) - 1
-	src.s.hub.dispatch(d.evs, func() { src.next.Store(last + 1) })
+	src.s.hub.dispatch(d.evs, d.frame, func() { src.next.Store(last + 1) })
 	clear(d.evs)
 	m := src.s.m
 	// Measured after the hand-over to every reader's queue: the frontend's
@@ -131,38 +158,40 @@ func (src *source) publish(mt string, first uint64, records [][]byte) {
 	}
 }
 
-// decode turns one record into an event. dedup drops records whose
-// (origin, index) was already dispatched.
-func (s *Server) decode(mt string, seq uint64, rb []byte, dedup bool) (event, *envelope.Envelope, bool) {
+// decode turns one record into an event, its frame not yet built. dedup
+// drops records whose (origin, index) was already dispatched.
+//
+// A device's payload is not parsed again: the frontend took only a JSON
+// object, and the envelope's checksum holds it to what the frontend
+// wrote. A command event, which no device wrote, is decoded.
+func (s *Server) decode(mt string, seq uint64, rb []byte, dedup bool) (event, bool) {
 	rec, err := wire.DecodeRecord(rb)
 	if err != nil {
 		s.m.invalid.Inc()
-		return event{}, nil, false
+		return event{}, false
 	}
 	env, err := envelope.Decode(rec.Data)
-	if err != nil || !json.Valid(env.Payload) {
+	if err != nil {
 		s.m.invalid.Inc()
-		return event{}, nil, false
+		return event{}, false
 	}
 	if dedup && !s.hub.first(rec.Origin, rec.Index) {
 		s.m.repeats.Inc()
-		return event{}, nil, false
+		return event{}, false
 	}
-	ev := event{device: env.Device}
+	ev := event{device: env.Device, env: env, mt: mt, seq: seq, origin: rec.Origin, index: rec.Index}
 	if env.Topic == wire.CommandEventTopic {
 		if _, err := wire.DecodeCommandEvent(env.Payload); err != nil {
 			s.m.invalid.Inc()
-			return event{}, nil, false
+			return event{}, false
 		}
 		ev.command = true
 	}
 	if s.opts.Registry != nil {
 		if dev, ok := s.opts.Registry.Lookup(env.Device); ok {
 			ev.group = dev.Group
-			ev.frame = appendMessage(make([]byte, 0, 256+len(env.Payload)), &env, &dev, mt, seq, rec.Origin, rec.Index, ev.command)
-			return ev, &env, true
+			ev.dev, ev.hasDev = dev, true
 		}
 	}
-	ev.frame = appendMessage(make([]byte, 0, 192+len(env.Payload)), &env, nil, mt, seq, rec.Origin, rec.Index, ev.command)
-	return ev, &env, true
+	return ev, true
 }

@@ -2,6 +2,7 @@ package middletier
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/internal/lifecycle"
+	"github.com/ingest-io/ingest/internal/varint"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
 	"github.com/ingest-io/ingest/zsock"
@@ -57,9 +59,34 @@ type Router struct {
 	waiters   []commitWaiter    // commits to acknowledge once the state is durable
 	lagging   map[string]bool   // consumers logged as lagging
 
+	scratch appendScratch // the ingest worker's, reused from group to group
+
 	gmu     sync.Mutex        // guards groups and holders; a leaf
 	groups  map[string]*group // writer groups, by name (groups.go)
 	holders map[string]string // per group, the holder its gauge shows
+}
+
+// appendScratch holds appendGroup's buffers, reused from one group to the
+// next: the WAL has copied what it appends when AppendBatch returns, unless
+// the append was abandoned (its context ended).
+type appendScratch struct {
+	buf     []byte
+	ends    []int
+	records [][]byte
+	answers []answer
+	marks   map[string]uint64
+	// abandoned: an append returned when its context ended, and the WAL
+	// may still read what it was given; nothing is reused from then on.
+	abandoned bool
+}
+
+// maxScratch bounds the records' buffer kept for the next group.
+const maxScratch = 16 << 20
+
+// answer is what appendGroup answers a batch: an ack, or a resend.
+type answer struct {
+	in     inbound
+	resend uint64 // non-zero: ask again from here
 }
 
 type inbound struct {
@@ -366,17 +393,33 @@ func batchBytes(b *wire.Batch) int {
 // appendGroup appends the new entries of a group of batches and answers
 // each: ack, resend after a gap, or busy at the WAL's bound.
 func (r *Router) appendGroup(ctx context.Context, group []inbound) {
-	type answer struct {
-		in     inbound
-		resend uint64 // non-zero: ask again from here
+	sc := &r.scratch
+	if sc.marks == nil {
+		sc.marks = map[string]uint64{}
 	}
+	clear(sc.marks)
 	var (
-		marks   = map[string]uint64{} // the group's marks, applied once durable
-		answers = make([]answer, 0, len(group))
-		buf     []byte
-		ends    []int
+		marks   = sc.marks // the group's marks, applied once durable
+		answers = sc.answers[:0]
+		buf     = sc.buf[:0]
+		ends    = sc.ends[:0]
 		repeats int
 	)
+	var records [][]byte
+	// The buffers go back for the next group, but never once an append was
+	// abandoned: the WAL may still be reading them.
+	defer func() {
+		clear(answers) // keeps no batch alive
+		sc.answers, sc.ends = answers[:0], ends[:0]
+		if sc.abandoned || cap(buf) > maxScratch {
+			sc.buf, sc.records = nil, nil
+			return
+		}
+		sc.buf = buf[:0]
+		if records != nil {
+			sc.records = records[:0]
+		}
+	}()
 	r.mu.Lock()
 	mark := func(origin string) uint64 {
 		if v, ok := marks[origin]; ok {
@@ -408,13 +451,16 @@ func (r *Router) appendGroup(ctx context.Context, group []inbound) {
 	r.m.repeats.Add(float64(repeats))
 
 	if len(ends) > 0 {
-		records := make([][]byte, len(ends))
+		records = sc.records[:0]
 		start := 0
-		for i, end := range ends {
-			records[i] = buf[start:end:end]
+		for _, end := range ends {
+			records = append(records, buf[start:end:end])
 			start = end
 		}
 		first, err := r.log.AppendBatch(ctx, records)
+		if err != nil && ctx.Err() != nil {
+			sc.abandoned = true
+		}
 		switch {
 		case errors.Is(err, wal.ErrTooLarge) && len(group) > 1:
 			// The group could never fit under the WAL's bound, though its
@@ -468,6 +514,11 @@ func (r *Router) appendGroup(ctx context.Context, group []inbound) {
 	r.mu.Unlock()
 }
 
+// streamOverhead bounds what a stream message's encoding adds beside its
+// middletier id and its records with their lengths: the header and
+// checksum (7 bytes), and three varints (the id's length, first, the count).
+const streamOverhead = 7 + 3*binary.MaxVarintLen64
+
 // publisher publishes on the stream (and the feed) every record committed
 // after New. Records committed before are served by fetch.
 func (r *Router) publisher(ctx context.Context) {
@@ -489,11 +540,16 @@ func (r *Router) publisher(ctx context.Context) {
 			}
 			return
 		}
+		// The message is encoded into a buffer of its own, of the size it
+		// needs: the sockets own what they are given to send.
 		records = records[:0]
+		size := streamOverhead + len(r.opts.ID)
 		for _, e := range es {
 			records = append(records, e.Data)
+			size += varint.Len(uint64(len(e.Data))) + len(e.Data)
 		}
-		msg := wire.Append(nil, &wire.Stream{Middletier: r.opts.ID, First: es[0].Index, Records: records})
+		msg := wire.Append(make([]byte, 0, size), &wire.Stream{Middletier: r.opts.ID, First: es[0].Index, Records: records})
+		clear(records) // keeps no entry alive
 		// Past the socket's high-water mark zmq4 drops the message and says
 		// nothing: subscribers see the gap by sequence and fetch it.
 		r.stream.Send(msg)

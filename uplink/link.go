@@ -2,6 +2,7 @@ package uplink
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/internal/lifecycle"
+	"github.com/ingest-io/ingest/internal/varint"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
 	"github.com/ingest-io/ingest/zsock"
@@ -73,6 +75,8 @@ type state struct {
 	cur       *wal.Cursor
 	next      uint64      // index of the next entry to read
 	pending   []wal.Entry // read, not yet sent
+	batch     wire.Batch  // the batch being encoded, reused
+	entries   [][]byte    // its entries, reused
 	inflight  []sent
 	waitSince time.Time // when the oldest unacknowledged batch was sent, or the last progress
 	lastAck   time.Time // last progress, for failover
@@ -256,6 +260,11 @@ func (k *Link) fill(ctx context.Context, s *state) error {
 	return nil
 }
 
+// batchOverhead bounds what a batch's encoding adds beside its origin and
+// its entries with their lengths: the header and checksum (7 bytes), and
+// four varints (the origin's length, acked, first, the count).
+const batchOverhead = 7 + 4*binary.MaxVarintLen64
+
 // sendReady sends pending entries while the window has room.
 func (k *Link) sendReady(s *state) {
 	now := time.Now()
@@ -265,12 +274,22 @@ func (k *Link) sendReady(s *state) {
 			bytes += len(s.pending[n].Data)
 			n++
 		}
-		entries := make([][]byte, n)
-		for i := range n {
-			entries[i] = s.pending[i].Data
+		// The batch and its entries' list are only read while it is
+		// encoded, and are reused. Its encoding is not: the Dealer owns
+		// what it was given to send, and may still be writing it after a
+		// stall, so each batch is encoded into a buffer of its own, of the
+		// size it needs.
+		size := batchOverhead + len(k.origin)
+		s.entries = s.entries[:0]
+		for _, e := range s.pending[:n] {
+			s.entries = append(s.entries, e.Data)
+			size += varint.Len(uint64(len(e.Data))) + len(e.Data)
 		}
-		b := &wire.Batch{Origin: k.origin, Acked: s.acked, First: s.pending[0].Index, Entries: entries}
-		if !s.conn.Send(wire.Append(nil, b)) {
+		b := &s.batch
+		*b = wire.Batch{Origin: k.origin, Acked: s.acked, First: s.pending[0].Index, Entries: s.entries}
+		msg := wire.Append(make([]byte, 0, size), b)
+		clear(s.entries) // keeps no entry alive
+		if !s.conn.Send(msg) {
 			k.drop(s, "sender queue full")
 			return
 		}
