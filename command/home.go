@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/uplink"
@@ -77,7 +78,7 @@ func DefaultOptions() Options {
 		PresenceTimeout: 5 * time.Second,
 		DefaultTTL:      24 * time.Hour,
 		MaxTTL:          7 * 24 * time.Hour,
-		SendStall:       2 * time.Second,
+		SendStall:       zsock.DefaultSendStall,
 		ListMax:         1000,
 		Retain:          24 * time.Hour,
 		CompactEntries:  4096,
@@ -95,21 +96,15 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Events != nil && len(o.EventsTo) == 0 {
 		return o, errors.New("command: events need the middletiers to send them to")
 	}
-	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = d.MaxInFlight
-	}
-	if o.ListMax <= 0 {
-		o.ListMax = d.ListMax
-	}
-	if o.CompactEntries <= 0 {
-		o.CompactEntries = d.CompactEntries
-	}
-	for _, f := range []struct{ v, d *time.Duration }{{&o.Redeliver, &d.Redeliver}, {&o.PresenceTimeout, &d.PresenceTimeout},
-		{&o.DefaultTTL, &d.DefaultTTL}, {&o.MaxTTL, &d.MaxTTL}, {&o.SendStall, &d.SendStall}, {&o.Retain, &d.Retain}} {
-		if *f.v <= 0 {
-			*f.v = *f.d
-		}
-	}
+	defaults.Positive(&o.MaxInFlight, d.MaxInFlight)
+	defaults.Positive(&o.ListMax, d.ListMax)
+	defaults.Positive(&o.CompactEntries, d.CompactEntries)
+	defaults.Positive(&o.Redeliver, d.Redeliver)
+	defaults.Positive(&o.PresenceTimeout, d.PresenceTimeout)
+	defaults.Positive(&o.DefaultTTL, d.DefaultTTL)
+	defaults.Positive(&o.MaxTTL, d.MaxTTL)
+	defaults.Positive(&o.SendStall, d.SendStall)
+	defaults.Positive(&o.Retain, d.Retain)
 	return o, nil
 }
 

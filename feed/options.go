@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/registry"
 	"github.com/ingest-io/ingest/wire"
 )
@@ -139,37 +140,23 @@ func DefaultOptions() Options {
 
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
-	setInt := func(v *int, def int) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setDur := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	if o.ID == "" {
-		o.ID = d.ID
-	}
-	if o.Scope == "" {
-		o.Scope = d.Scope
-	}
-	setInt(&o.MaxReaders, d.MaxReaders)
-	setInt(&o.ClientQueue, d.ClientQueue)
-	setInt(&o.MaxMissed, d.MaxMissed)
-	setInt(&o.SourceBuffer, d.SourceBuffer)
-	setInt(&o.MaxGapFill, d.MaxGapFill)
-	setInt(&o.MaxResume, d.MaxResume)
-	setInt(&o.MaxFrameBytes, d.MaxFrameBytes)
-	setInt(&o.MaxFilters, d.MaxFilters)
-	setDur(&o.SlowGrace, d.SlowGrace)
-	setDur(&o.FetchTimeout, d.FetchTimeout)
-	setDur(&o.SubscribeTimeout, d.SubscribeTimeout)
-	setDur(&o.PingInterval, d.PingInterval)
-	setDur(&o.PongTimeout, d.PongTimeout)
-	setDur(&o.WriteTimeout, d.WriteTimeout)
-	setDur(&o.HandshakeTimeout, d.HandshakeTimeout)
+	defaults.Zero(&o.ID, d.ID)
+	defaults.Zero(&o.Scope, d.Scope)
+	defaults.Zero(&o.MaxReaders, d.MaxReaders)
+	defaults.Zero(&o.ClientQueue, d.ClientQueue)
+	defaults.Zero(&o.MaxMissed, d.MaxMissed)
+	defaults.Zero(&o.SourceBuffer, d.SourceBuffer)
+	defaults.Zero(&o.MaxGapFill, d.MaxGapFill)
+	defaults.Zero(&o.MaxResume, d.MaxResume)
+	defaults.Zero(&o.MaxFrameBytes, d.MaxFrameBytes)
+	defaults.Zero(&o.MaxFilters, d.MaxFilters)
+	defaults.Zero(&o.SlowGrace, d.SlowGrace)
+	defaults.Zero(&o.FetchTimeout, d.FetchTimeout)
+	defaults.Zero(&o.SubscribeTimeout, d.SubscribeTimeout)
+	defaults.Zero(&o.PingInterval, d.PingInterval)
+	defaults.Zero(&o.PongTimeout, d.PongTimeout)
+	defaults.Zero(&o.WriteTimeout, d.WriteTimeout)
+	defaults.Zero(&o.HandshakeTimeout, d.HandshakeTimeout)
 
 	if o.Listener == nil {
 		return o, errors.New("check listener: nil")

@@ -3,10 +3,12 @@ package frontend
 import (
 	"errors"
 	"fmt"
-	"github.com/ingest-io/ingest/downlink"
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/ingest-io/ingest/downlink"
+	"github.com/ingest-io/ingest/internal/defaults"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -180,41 +182,27 @@ func DefaultOptions() Options {
 
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
-	setInt := func(v *int, def int) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setDur := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setInt(&o.MaxConnections, d.MaxConnections)
-	setInt(&o.MaxFrameBytes, d.MaxFrameBytes)
-	setInt(&o.MaxMessageBytes, d.MaxMessageBytes)
-	setInt(&o.MaxBatchMessages, d.MaxBatchMessages)
-	setInt(&o.MaxFields, d.MaxFields)
-	setInt(&o.MaxFieldNameBytes, d.MaxFieldNameBytes)
-	setInt(&o.MaxStringBytes, d.MaxStringBytes)
-	setInt(&o.MaxPendingBytes, d.MaxPendingBytes)
-	setInt(&o.Burst, d.Burst)
-	if o.Rate == 0 {
-		o.Rate = d.Rate
-	}
-	setDur(&o.MaxFutureSkew, d.MaxFutureSkew)
-	setDur(&o.PingInterval, d.PingInterval)
-	setDur(&o.PongTimeout, d.PongTimeout)
-	setDur(&o.WriteTimeout, d.WriteTimeout)
-	setDur(&o.HandshakeTimeout, d.HandshakeTimeout)
-	setDur(&o.OverloadRetryAfter, d.OverloadRetryAfter)
-	setDur(&o.DrainWindow, d.DrainWindow)
-	if o.ShutdownCode == 0 {
-		o.ShutdownCode = d.ShutdownCode
-	}
-	setInt(&o.MQTT.MaxPacketBytes, o.MaxFrameBytes)
-	setInt(&o.MQTT.ReceiveMaximum, defaultReceiveMaximum)
-	setDur(&o.MQTT.ConnectTimeout, o.HandshakeTimeout)
+	defaults.Zero(&o.MaxConnections, d.MaxConnections)
+	defaults.Zero(&o.MaxFrameBytes, d.MaxFrameBytes)
+	defaults.Zero(&o.MaxMessageBytes, d.MaxMessageBytes)
+	defaults.Zero(&o.MaxBatchMessages, d.MaxBatchMessages)
+	defaults.Zero(&o.MaxFields, d.MaxFields)
+	defaults.Zero(&o.MaxFieldNameBytes, d.MaxFieldNameBytes)
+	defaults.Zero(&o.MaxStringBytes, d.MaxStringBytes)
+	defaults.Zero(&o.MaxPendingBytes, d.MaxPendingBytes)
+	defaults.Zero(&o.Burst, d.Burst)
+	defaults.Zero(&o.Rate, d.Rate)
+	defaults.Zero(&o.MaxFutureSkew, d.MaxFutureSkew)
+	defaults.Zero(&o.PingInterval, d.PingInterval)
+	defaults.Zero(&o.PongTimeout, d.PongTimeout)
+	defaults.Zero(&o.WriteTimeout, d.WriteTimeout)
+	defaults.Zero(&o.HandshakeTimeout, d.HandshakeTimeout)
+	defaults.Zero(&o.OverloadRetryAfter, d.OverloadRetryAfter)
+	defaults.Zero(&o.DrainWindow, d.DrainWindow)
+	defaults.Zero(&o.ShutdownCode, d.ShutdownCode)
+	defaults.Zero(&o.MQTT.MaxPacketBytes, o.MaxFrameBytes)
+	defaults.Zero(&o.MQTT.ReceiveMaximum, defaultReceiveMaximum)
+	defaults.Zero(&o.MQTT.ConnectTimeout, o.HandshakeTimeout)
 
 	if o.Listener == nil {
 		return o, errors.New("check listener: nil")
