@@ -88,12 +88,7 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	defaults.Positive(&o.MaxBatchEntries, d.MaxBatchEntries)
 	defaults.Positive(&o.MaxBatchBytes, d.MaxBatchBytes)
-	switch {
-	case o.Linger == 0:
-		o.Linger = d.Linger
-	case o.Linger < 0:
-		o.Linger = 0
-	}
+	defaults.OrNone(&o.Linger, d.Linger)
 	defaults.Positive(&o.Window, d.Window)
 	defaults.Positive(&o.AckTimeout, d.AckTimeout)
 	defaults.Positive(&o.Reconnect, d.Reconnect)

@@ -24,3 +24,14 @@ func Positive[T signed](v *T, def T) {
 type signed interface {
 	~int | ~int32 | ~int64 | ~float64
 }
+
+// OrNone sets *v to def if *v is zero, and to zero if it is below: for a
+// delay where a negative asks for none.
+func OrNone[T signed](v *T, def T) {
+	switch {
+	case *v == 0:
+		*v = def
+	case *v < 0:
+		*v = 0
+	}
+}

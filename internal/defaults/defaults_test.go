@@ -28,3 +28,13 @@ func TestPositive(t *testing.T) {
 		t.Fatalf("got %d %d %d", a, b, c)
 	}
 }
+
+func TestOrNone(t *testing.T) {
+	a, b, c := time.Duration(0), -time.Millisecond, time.Second
+	OrNone(&a, 5*time.Millisecond)
+	OrNone(&b, 5*time.Millisecond)
+	OrNone(&c, 5*time.Millisecond)
+	if a != 5*time.Millisecond || b != 0 || c != time.Second {
+		t.Fatalf("got %v %v %v", a, b, c)
+	}
+}
