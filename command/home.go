@@ -90,21 +90,10 @@ func (o Options) withDefaults() (Options, error) {
 	if o.ID == "" || len(o.ID) > wire.MaxNameLen {
 		return o, fmt.Errorf("command: id must be 1 to %d bytes", wire.MaxNameLen)
 	}
-	if o.Addr == "" {
-		o.Addr = d.Addr
-	}
 	if o.Events != nil && len(o.EventsTo) == 0 {
 		return o, errors.New("command: events need the middletiers to send them to")
 	}
-	defaults.Positive(&o.MaxInFlight, d.MaxInFlight)
-	defaults.Positive(&o.ListMax, d.ListMax)
-	defaults.Positive(&o.CompactEntries, d.CompactEntries)
-	defaults.Positive(&o.Redeliver, d.Redeliver)
-	defaults.Positive(&o.PresenceTimeout, d.PresenceTimeout)
-	defaults.Positive(&o.DefaultTTL, d.DefaultTTL)
-	defaults.Positive(&o.MaxTTL, d.MaxTTL)
-	defaults.Positive(&o.SendStall, d.SendStall)
-	defaults.Positive(&o.Retain, d.Retain)
+	defaults.FillPositive(&o, d)
 	return o, nil
 }
 

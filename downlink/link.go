@@ -112,9 +112,7 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Link, error
 	if len(opts.Homes) == 0 {
 		return nil, errors.New("downlink: no homes")
 	}
-	defaults.Positive(&opts.RequestTimeout, d.RequestTimeout)
-	defaults.Positive(&opts.PresenceInterval, d.PresenceInterval)
-	defaults.Positive(&opts.SendStall, d.SendStall)
+	defaults.FillPositive(&opts, d)
 	lg = lifecycle.Logger(lg)
 	l := &Link{opts: opts, lg: lg, devices: map[string]*Attachment{}, pending: map[uint64]chan *wire.Reply{}}
 	for i, a := range opts.Homes {

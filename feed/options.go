@@ -140,23 +140,7 @@ func DefaultOptions() Options {
 
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
-	defaults.Zero(&o.ID, d.ID)
-	defaults.Zero(&o.Scope, d.Scope)
-	defaults.Zero(&o.MaxReaders, d.MaxReaders)
-	defaults.Zero(&o.ClientQueue, d.ClientQueue)
-	defaults.Zero(&o.MaxMissed, d.MaxMissed)
-	defaults.Zero(&o.SourceBuffer, d.SourceBuffer)
-	defaults.Zero(&o.MaxGapFill, d.MaxGapFill)
-	defaults.Zero(&o.MaxResume, d.MaxResume)
-	defaults.Zero(&o.MaxFrameBytes, d.MaxFrameBytes)
-	defaults.Zero(&o.MaxFilters, d.MaxFilters)
-	defaults.Zero(&o.SlowGrace, d.SlowGrace)
-	defaults.Zero(&o.FetchTimeout, d.FetchTimeout)
-	defaults.Zero(&o.SubscribeTimeout, d.SubscribeTimeout)
-	defaults.Zero(&o.PingInterval, d.PingInterval)
-	defaults.Zero(&o.PongTimeout, d.PongTimeout)
-	defaults.Zero(&o.WriteTimeout, d.WriteTimeout)
-	defaults.Zero(&o.HandshakeTimeout, d.HandshakeTimeout)
+	defaults.Fill(&o, d)
 
 	if o.Listener == nil {
 		return o, errors.New("check listener: nil")

@@ -95,20 +95,9 @@ func (o Options) withDefaults() (Options, error) {
 			return o, fmt.Errorf("middletier: consumer name %q must be 1 to %d bytes", c, wire.MaxNameLen)
 		}
 	}
-	defaults.Zero(&o.IngestAddr, d.IngestAddr)
-	defaults.Zero(&o.ConsumerAddr, d.ConsumerAddr)
-	defaults.Zero(&o.StreamAddr, d.StreamAddr)
-	defaults.Positive(&o.StreamBatch, d.StreamBatch)
-	defaults.Positive(&o.StreamHWM, d.StreamHWM)
-	defaults.Positive(&o.IngestQueue, d.IngestQueue)
-	defaults.Positive(&o.MaxFetchRecords, d.MaxFetchRecords)
-	defaults.Positive(&o.MaxFetchBytes, d.MaxFetchBytes)
-	defaults.Positive(&o.BusyRetry, d.BusyRetry)
-	defaults.Positive(&o.SendStall, d.SendStall)
-	defaults.Positive(&o.LeaseTTL, d.LeaseTTL)
+	defaults.FillPositive(&o, d)
 	if o.LeaseTTL < 10*time.Millisecond || o.LeaseTTL > wire.MaxLeaseTTL {
 		return o, fmt.Errorf("middletier: lease ttl %v: want 10ms to %v", o.LeaseTTL, wire.MaxLeaseTTL)
 	}
-	defaults.Zero(&o.LagWarn, d.LagWarn)
 	return o, nil
 }

@@ -86,16 +86,11 @@ func (o Options) withDefaults() (Options, error) {
 	if len(o.Middletiers) == 0 && o.Resolve == nil {
 		return o, errors.New("uplink: no middletiers")
 	}
-	defaults.Positive(&o.MaxBatchEntries, d.MaxBatchEntries)
-	defaults.Positive(&o.MaxBatchBytes, d.MaxBatchBytes)
-	defaults.OrNone(&o.Linger, d.Linger)
-	defaults.Positive(&o.Window, d.Window)
-	defaults.Positive(&o.AckTimeout, d.AckTimeout)
-	defaults.Positive(&o.Reconnect, d.Reconnect)
-	defaults.Positive(&o.Failover, d.Failover)
-	defaults.Positive(&o.SendStall, d.SendStall)
-	defaults.Positive(&o.DialTimeout, d.DialTimeout)
-	defaults.Positive(&o.Return, d.Return)
+	linger := o.Linger
+	defaults.FillPositive(&o, d)
+	if linger < 0 {
+		o.Linger = 0 // none
+	}
 	return o, nil
 }
 

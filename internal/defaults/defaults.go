@@ -3,6 +3,8 @@
 // every component's withDefaults applies.
 package defaults
 
+import "reflect"
+
 // Zero sets *v to def if *v is zero. A negative value stays, for the
 // caller to refuse.
 func Zero[T comparable](v *T, def T) {
@@ -33,5 +35,34 @@ func OrNone[T signed](v *T, def T) {
 		*v = def
 	case *v < 0:
 		*v = 0
+	}
+}
+
+// Fill sets every zero field of *o to the same field of d: the whole rule
+// for an Options type whose DefaultOptions gives each default, so that its
+// withDefaults states only what differs from the rule. T must be a struct.
+func Fill[T any](o *T, d T) { fill(o, d, false) }
+
+// FillPositive is Fill for an Options type where a negative number takes
+// its default as zero does.
+func FillPositive[T any](o *T, d T) { fill(o, d, true) }
+
+func fill[T any](o *T, d T, positive bool) {
+	v, dv := reflect.ValueOf(o).Elem(), reflect.ValueOf(d)
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if !f.CanSet() {
+			continue
+		}
+		neg := false
+		switch f.Kind() {
+		case reflect.Int, reflect.Int8, reflect.Int16, reflect.Int32, reflect.Int64:
+			neg = f.Int() < 0
+		case reflect.Float32, reflect.Float64:
+			neg = f.Float() < 0
+		}
+		if f.IsZero() || positive && neg {
+			f.Set(dv.Field(i))
+		}
 	}
 }

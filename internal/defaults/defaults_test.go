@@ -38,3 +38,25 @@ func TestOrNone(t *testing.T) {
 		t.Fatalf("got %v %v %v", a, b, c)
 	}
 }
+
+func TestFill(t *testing.T) {
+	type opts struct {
+		Name  string
+		N     int
+		D     time.Duration
+		List  []string
+		Hook  func()
+		local int
+	}
+	d := opts{Name: "d", N: 5, D: time.Second, List: []string{"x"}, local: 9}
+	o := opts{N: -1, List: []string{"mine"}}
+	Fill(&o, d)
+	if o.Name != "d" || o.N != -1 || o.D != time.Second || o.List[0] != "mine" || o.local != 0 {
+		t.Fatalf("Fill: %+v", o)
+	}
+	o = opts{N: -1, D: -time.Second, Name: "mine"}
+	FillPositive(&o, d)
+	if o.Name != "mine" || o.N != 5 || o.D != time.Second || o.List[0] != "x" {
+		t.Fatalf("FillPositive: %+v", o)
+	}
+}
