@@ -72,11 +72,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.SegmentBytes < 0 || o.MaxBytes < 0 || o.MaxEntries < 0 || o.MaxBatchBytes < 0 || o.NoSpaceRetry < 0 || o.MarkInterval < 0 {
 		return o, errors.New("wal: options must not be negative")
 	}
-	defaults.Zero(&o.SegmentBytes, d.SegmentBytes)
-	defaults.Zero(&o.MaxBytes, d.MaxBytes)
-	defaults.Zero(&o.MaxBatchBytes, d.MaxBatchBytes)
-	defaults.Zero(&o.NoSpaceRetry, d.NoSpaceRetry)
-	defaults.Zero(&o.MarkInterval, d.MarkInterval)
+	defaults.Fill(&o, d)
 	if o.SegmentBytes < 4096 {
 		return o, fmt.Errorf("wal: segment size %d below 4096 bytes", o.SegmentBytes)
 	}

@@ -100,10 +100,7 @@ var apiEndpoints = []string{
 // engine's metrics (prometheus_engine_*) go to reg.
 func NewAPI(q promstorage.Queryable, opts APIOptions, reg prometheus.Registerer, lg *slog.Logger) *API {
 	d := DefaultAPIOptions()
-	defaults.Positive(&opts.Timeout, d.Timeout)
-	defaults.Positive(&opts.MaxSamples, d.MaxSamples)
-	defaults.Positive(&opts.LookbackDelta, d.LookbackDelta)
-	defaults.Positive(&opts.MaxSeries, d.MaxSeries)
+	defaults.FillPositive(&opts, d)
 	p := parser.NewParser(parser.Options{})
 	elg := lg
 	elg = lifecycle.Logger(elg)
