@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/uplink"
@@ -77,7 +78,7 @@ func DefaultOptions() Options {
 		PresenceTimeout: 5 * time.Second,
 		DefaultTTL:      24 * time.Hour,
 		MaxTTL:          7 * 24 * time.Hour,
-		SendStall:       2 * time.Second,
+		SendStall:       zsock.DefaultSendStall,
 		ListMax:         1000,
 		Retain:          24 * time.Hour,
 		CompactEntries:  4096,
@@ -89,27 +90,10 @@ func (o Options) withDefaults() (Options, error) {
 	if o.ID == "" || len(o.ID) > wire.MaxNameLen {
 		return o, fmt.Errorf("command: id must be 1 to %d bytes", wire.MaxNameLen)
 	}
-	if o.Addr == "" {
-		o.Addr = d.Addr
-	}
 	if o.Events != nil && len(o.EventsTo) == 0 {
 		return o, errors.New("command: events need the middletiers to send them to")
 	}
-	if o.MaxInFlight <= 0 {
-		o.MaxInFlight = d.MaxInFlight
-	}
-	if o.ListMax <= 0 {
-		o.ListMax = d.ListMax
-	}
-	if o.CompactEntries <= 0 {
-		o.CompactEntries = d.CompactEntries
-	}
-	for _, f := range []struct{ v, d *time.Duration }{{&o.Redeliver, &d.Redeliver}, {&o.PresenceTimeout, &d.PresenceTimeout},
-		{&o.DefaultTTL, &d.DefaultTTL}, {&o.MaxTTL, &d.MaxTTL}, {&o.SendStall, &d.SendStall}, {&o.Retain, &d.Retain}} {
-		if *f.v <= 0 {
-			*f.v = *f.d
-		}
-	}
+	defaults.FillPositive(&o, d)
 	return o, nil
 }
 

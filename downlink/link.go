@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/internal/metricset"
 	"github.com/ingest-io/ingest/protocol"
@@ -38,7 +39,7 @@ type Options struct {
 
 // DefaultOptions returns the defaults that zero fields stand for.
 func DefaultOptions() Options {
-	return Options{RequestTimeout: time.Second, PresenceInterval: time.Second, SendStall: 2 * time.Second}
+	return Options{RequestTimeout: time.Second, PresenceInterval: time.Second, SendStall: zsock.DefaultSendStall}
 }
 
 // ErrUnavailable is returned by requests that got no reply from the
@@ -111,15 +112,7 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Link, error
 	if len(opts.Homes) == 0 {
 		return nil, errors.New("downlink: no homes")
 	}
-	if opts.RequestTimeout <= 0 {
-		opts.RequestTimeout = d.RequestTimeout
-	}
-	if opts.PresenceInterval <= 0 {
-		opts.PresenceInterval = d.PresenceInterval
-	}
-	if opts.SendStall <= 0 {
-		opts.SendStall = d.SendStall
-	}
+	defaults.FillPositive(&opts, d)
 	lg = lifecycle.Logger(lg)
 	l := &Link{opts: opts, lg: lg, devices: map[string]*Attachment{}, pending: map[uint64]chan *wire.Reply{}}
 	for i, a := range opts.Homes {

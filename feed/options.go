@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/registry"
 	"github.com/ingest-io/ingest/wire"
 )
@@ -139,37 +140,7 @@ func DefaultOptions() Options {
 
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
-	setInt := func(v *int, def int) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setDur := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	if o.ID == "" {
-		o.ID = d.ID
-	}
-	if o.Scope == "" {
-		o.Scope = d.Scope
-	}
-	setInt(&o.MaxReaders, d.MaxReaders)
-	setInt(&o.ClientQueue, d.ClientQueue)
-	setInt(&o.MaxMissed, d.MaxMissed)
-	setInt(&o.SourceBuffer, d.SourceBuffer)
-	setInt(&o.MaxGapFill, d.MaxGapFill)
-	setInt(&o.MaxResume, d.MaxResume)
-	setInt(&o.MaxFrameBytes, d.MaxFrameBytes)
-	setInt(&o.MaxFilters, d.MaxFilters)
-	setDur(&o.SlowGrace, d.SlowGrace)
-	setDur(&o.FetchTimeout, d.FetchTimeout)
-	setDur(&o.SubscribeTimeout, d.SubscribeTimeout)
-	setDur(&o.PingInterval, d.PingInterval)
-	setDur(&o.PongTimeout, d.PongTimeout)
-	setDur(&o.WriteTimeout, d.WriteTimeout)
-	setDur(&o.HandshakeTimeout, d.HandshakeTimeout)
+	defaults.Fill(&o, d)
 
 	if o.Listener == nil {
 		return o, errors.New("check listener: nil")

@@ -3,10 +3,12 @@ package frontend
 import (
 	"errors"
 	"fmt"
-	"github.com/ingest-io/ingest/downlink"
 	"net"
 	"net/http"
 	"time"
+
+	"github.com/ingest-io/ingest/downlink"
+	"github.com/ingest-io/ingest/internal/defaults"
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
@@ -180,41 +182,10 @@ func DefaultOptions() Options {
 
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
-	setInt := func(v *int, def int) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setDur := func(v *time.Duration, def time.Duration) {
-		if *v == 0 {
-			*v = def
-		}
-	}
-	setInt(&o.MaxConnections, d.MaxConnections)
-	setInt(&o.MaxFrameBytes, d.MaxFrameBytes)
-	setInt(&o.MaxMessageBytes, d.MaxMessageBytes)
-	setInt(&o.MaxBatchMessages, d.MaxBatchMessages)
-	setInt(&o.MaxFields, d.MaxFields)
-	setInt(&o.MaxFieldNameBytes, d.MaxFieldNameBytes)
-	setInt(&o.MaxStringBytes, d.MaxStringBytes)
-	setInt(&o.MaxPendingBytes, d.MaxPendingBytes)
-	setInt(&o.Burst, d.Burst)
-	if o.Rate == 0 {
-		o.Rate = d.Rate
-	}
-	setDur(&o.MaxFutureSkew, d.MaxFutureSkew)
-	setDur(&o.PingInterval, d.PingInterval)
-	setDur(&o.PongTimeout, d.PongTimeout)
-	setDur(&o.WriteTimeout, d.WriteTimeout)
-	setDur(&o.HandshakeTimeout, d.HandshakeTimeout)
-	setDur(&o.OverloadRetryAfter, d.OverloadRetryAfter)
-	setDur(&o.DrainWindow, d.DrainWindow)
-	if o.ShutdownCode == 0 {
-		o.ShutdownCode = d.ShutdownCode
-	}
-	setInt(&o.MQTT.MaxPacketBytes, o.MaxFrameBytes)
-	setInt(&o.MQTT.ReceiveMaximum, defaultReceiveMaximum)
-	setDur(&o.MQTT.ConnectTimeout, o.HandshakeTimeout)
+	defaults.Fill(&o, d)
+	defaults.Zero(&o.MQTT.MaxPacketBytes, o.MaxFrameBytes)
+	defaults.Zero(&o.MQTT.ReceiveMaximum, defaultReceiveMaximum)
+	defaults.Zero(&o.MQTT.ConnectTimeout, o.HandshakeTimeout)
 
 	if o.Listener == nil {
 		return o, errors.New("check listener: nil")

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/wire"
+	"github.com/ingest-io/ingest/zsock"
 )
 
 // Options configure a Router. Zero fields mean their defaults.
@@ -72,7 +74,7 @@ func DefaultOptions() Options {
 		StreamHWM:       4096,
 		IngestQueue:     1024,
 		BusyRetry:       200 * time.Millisecond,
-		SendStall:       2 * time.Second,
+		SendStall:       zsock.DefaultSendStall,
 		MaxFetchRecords: 4096,
 		MaxFetchBytes:   4 << 20,
 		LagWarn:         1_000_000,
@@ -93,38 +95,9 @@ func (o Options) withDefaults() (Options, error) {
 			return o, fmt.Errorf("middletier: consumer name %q must be 1 to %d bytes", c, wire.MaxNameLen)
 		}
 	}
-	set := func(v *int, def int) {
-		if *v <= 0 {
-			*v = def
-		}
-	}
-	setD := func(v *time.Duration, def time.Duration) {
-		if *v <= 0 {
-			*v = def
-		}
-	}
-	if o.IngestAddr == "" {
-		o.IngestAddr = d.IngestAddr
-	}
-	if o.ConsumerAddr == "" {
-		o.ConsumerAddr = d.ConsumerAddr
-	}
-	if o.StreamAddr == "" {
-		o.StreamAddr = d.StreamAddr
-	}
-	set(&o.StreamBatch, d.StreamBatch)
-	set(&o.StreamHWM, d.StreamHWM)
-	set(&o.IngestQueue, d.IngestQueue)
-	set(&o.MaxFetchRecords, d.MaxFetchRecords)
-	set(&o.MaxFetchBytes, d.MaxFetchBytes)
-	setD(&o.BusyRetry, d.BusyRetry)
-	setD(&o.SendStall, d.SendStall)
-	setD(&o.LeaseTTL, d.LeaseTTL)
+	defaults.FillPositive(&o, d)
 	if o.LeaseTTL < 10*time.Millisecond || o.LeaseTTL > wire.MaxLeaseTTL {
 		return o, fmt.Errorf("middletier: lease ttl %v: want 10ms to %v", o.LeaseTTL, wire.MaxLeaseTTL)
-	}
-	if o.LagWarn == 0 {
-		o.LagWarn = d.LagWarn
 	}
 	return o, nil
 }

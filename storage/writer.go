@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/internal/metricset"
 	"github.com/ingest-io/ingest/stream"
@@ -116,18 +117,9 @@ func (o Options) withDefaults() (Options, error) {
 	// What is left zero or below takes the Follower's default; the backoffs
 	// bound the sink's retries too.
 	o.StreamBuffer, o.MaxBatch = max(o.StreamBuffer, 0), max(o.MaxBatch, 0)
-	switch {
-	case o.Linger == 0:
-		o.Linger = d.Linger
-	case o.Linger < 0:
-		o.Linger = 0
-	}
-	if o.MinBackoff <= 0 {
-		o.MinBackoff = d.MinBackoff
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = d.MaxBackoff
-	}
+	defaults.OrNone(&o.Linger, d.Linger)
+	defaults.Positive(&o.MinBackoff, d.MinBackoff)
+	defaults.Positive(&o.MaxBackoff, d.MaxBackoff)
 	return o, nil
 }
 

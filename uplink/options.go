@@ -8,7 +8,9 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/wire"
+	"github.com/ingest-io/ingest/zsock"
 )
 
 // Options configure a Link. Zero fields mean their defaults.
@@ -70,8 +72,8 @@ func DefaultOptions() Options {
 		AckTimeout:      time.Second,
 		Reconnect:       2,
 		Failover:        5 * time.Second,
-		SendStall:       2 * time.Second,
-		DialTimeout:     time.Second,
+		SendStall:       zsock.DefaultSendStall,
+		DialTimeout:     zsock.DefaultDialTimeout,
 		Return:          10 * time.Second,
 	}
 }
@@ -84,38 +86,10 @@ func (o Options) withDefaults() (Options, error) {
 	if len(o.Middletiers) == 0 && o.Resolve == nil {
 		return o, errors.New("uplink: no middletiers")
 	}
-	if o.MaxBatchEntries <= 0 {
-		o.MaxBatchEntries = d.MaxBatchEntries
-	}
-	if o.MaxBatchBytes <= 0 {
-		o.MaxBatchBytes = d.MaxBatchBytes
-	}
-	switch {
-	case o.Linger == 0:
-		o.Linger = d.Linger
-	case o.Linger < 0:
-		o.Linger = 0
-	}
-	if o.Window <= 0 {
-		o.Window = d.Window
-	}
-	if o.AckTimeout <= 0 {
-		o.AckTimeout = d.AckTimeout
-	}
-	if o.Reconnect <= 0 {
-		o.Reconnect = d.Reconnect
-	}
-	if o.Failover <= 0 {
-		o.Failover = d.Failover
-	}
-	if o.SendStall <= 0 {
-		o.SendStall = d.SendStall
-	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = d.DialTimeout
-	}
-	if o.Return <= 0 {
-		o.Return = d.Return
+	linger := o.Linger
+	defaults.FillPositive(&o, d)
+	if linger < 0 {
+		o.Linger = 0 // none
 	}
 	return o, nil
 }

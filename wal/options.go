@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/defaults"
 )
 
 // Options configure a Log. The zero value of a field means its default.
@@ -70,21 +72,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.SegmentBytes < 0 || o.MaxBytes < 0 || o.MaxEntries < 0 || o.MaxBatchBytes < 0 || o.NoSpaceRetry < 0 || o.MarkInterval < 0 {
 		return o, errors.New("wal: options must not be negative")
 	}
-	if o.SegmentBytes == 0 {
-		o.SegmentBytes = d.SegmentBytes
-	}
-	if o.MaxBytes == 0 {
-		o.MaxBytes = d.MaxBytes
-	}
-	if o.MaxBatchBytes == 0 {
-		o.MaxBatchBytes = d.MaxBatchBytes
-	}
-	if o.NoSpaceRetry == 0 {
-		o.NoSpaceRetry = d.NoSpaceRetry
-	}
-	if o.MarkInterval == 0 {
-		o.MarkInterval = d.MarkInterval
-	}
+	defaults.Fill(&o, d)
 	if o.SegmentBytes < 4096 {
 		return o, fmt.Errorf("wal: segment size %d below 4096 bytes", o.SegmentBytes)
 	}

@@ -1,10 +1,6 @@
 package wire
 
-import (
-	"encoding/binary"
-	"errors"
-	"fmt"
-)
+import "fmt"
 
 // Command messages carry device commands between frontends and their home
 // middletiers (docs/commands.md): a device id hashes to one home, which
@@ -154,178 +150,119 @@ func (*Presence) Kind() Kind { return KindPresence }
 func (*Deliver) Kind() Kind  { return KindDeliver }
 func (*Result) Kind() Kind   { return KindResult }
 
-func (m *Submit) appendBody(dst []byte) []byte {
-	dst = binary.AppendUvarint(dst, m.Req)
-	dst = appendString(dst, m.Device)
-	dst = appendString(dst, m.Name)
-	dst = appendBytes(dst, m.Payload)
-	dst = binary.AppendUvarint(dst, m.TTLMS)
-	return appendString(dst, m.Key)
+func (m *Submit) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Submit) encode(e encoder) encoder {
+	e.uvarint(m.Req)
+	e.string(m.Device)
+	e.string(m.Name)
+	e.bytes(m.Payload)
+	e.uvarint(m.TTLMS)
+	e.string(m.Key)
+	return e
 }
 
-func (m *Submit) decodeBody(d *decoder) (err error) {
-	if m.Req, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.Device, err = d.name(); err != nil {
-		return err
-	}
-	if m.Name, err = d.name(); err != nil {
-		return err
-	}
-	if m.Payload, err = d.bytes(); err != nil {
-		return err
-	}
-	if m.TTLMS, err = d.uvarint(); err != nil {
-		return err
-	}
-	m.Key, err = d.name()
-	return err
+func (m *Submit) decodeBody(d *decoder) error {
+	m.Req = d.uvarint()
+	m.Device = d.name()
+	m.Name = d.name()
+	m.Payload = d.bytes()
+	m.TTLMS = d.uvarint()
+	m.Key = d.name()
+	return d.err
 }
 
-func (m *Query) appendBody(dst []byte) []byte {
-	dst = binary.AppendUvarint(dst, m.Req)
-	dst = append(dst, m.Op)
-	dst = appendString(dst, m.Device)
-	dst = appendString(dst, m.CID)
-	return append(dst, byte(m.State))
+func (m *Query) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Query) encode(e encoder) encoder {
+	e.uvarint(m.Req)
+	e.byte(m.Op)
+	e.string(m.Device)
+	e.string(m.CID)
+	e.byte(byte(m.State))
+	return e
 }
 
-func (m *Query) decodeBody(d *decoder) (err error) {
-	if m.Req, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.Op, err = d.byte(); err != nil {
-		return err
-	}
-	if m.Op < QueryGet || m.Op > QueryCancel {
-		return fmt.Errorf("query op %d", m.Op)
-	}
-	if m.Device, err = d.name(); err != nil {
-		return err
-	}
-	if m.CID, err = d.name(); err != nil {
-		return err
-	}
-	s, err := d.byte()
-	if err != nil {
-		return err
-	}
-	if s > byte(StateCancelled) {
-		return fmt.Errorf("state %d", s)
-	}
-	m.State = CommandState(s)
-	return nil
+func (m *Query) decodeBody(d *decoder) error {
+	m.Req = d.uvarint()
+	m.Op = d.op("query", QueryGet, QueryCancel)
+	m.Device = d.name()
+	m.CID = d.name()
+	m.State = d.state(0) // 0: any state
+	return d.err
 }
 
-func (m *Reply) appendBody(dst []byte) []byte {
-	dst = binary.AppendUvarint(dst, m.Req)
-	dst = appendString(dst, m.Code)
-	dst = binary.AppendUvarint(dst, uint64(len(m.Commands)))
-	for i := range m.Commands {
-		dst = AppendCommand(dst, &m.Commands[i])
-	}
-	return dst
+func (m *Reply) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Reply) encode(e encoder) encoder {
+	e.uvarint(m.Req)
+	e.string(m.Code)
+	e.commands(m.Commands)
+	return e
 }
 
-func (m *Reply) decodeBody(d *decoder) (err error) {
-	if m.Req, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.Code, err = d.name(); err != nil {
-		return err
-	}
-	m.Commands, err = d.commands()
-	return err
+func (m *Reply) decodeBody(d *decoder) error {
+	m.Req = d.uvarint()
+	m.Code = d.name()
+	m.Commands = d.commands()
+	return d.err
 }
 
-func (m *Presence) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Frontend)
-	if m.Full {
-		dst = append(dst, 1)
-	} else {
-		dst = append(dst, 0)
-	}
-	dst = binary.AppendUvarint(dst, uint64(len(m.Devices)))
+func (m *Presence) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Presence) encode(e encoder) encoder {
+	e.string(m.Frontend)
+	e.bool(m.Full)
+	e.uvarint(uint64(len(m.Devices)))
 	for _, p := range m.Devices {
-		dst = appendString(dst, p.Device)
-		dst = binary.AppendUvarint(dst, uint64(p.Since))
-		if p.Present {
-			dst = append(dst, 1)
-		} else {
-			dst = append(dst, 0)
-		}
+		e.string(p.Device)
+		e.uvarint(uint64(p.Since))
+		e.bool(p.Present)
 	}
-	return dst
+	return e
 }
 
-func (m *Presence) decodeBody(d *decoder) (err error) {
-	if m.Frontend, err = d.name(); err != nil {
-		return err
-	}
-	if m.Full, err = d.bool(); err != nil {
-		return err
-	}
-	n, err := d.uvarint()
-	if err != nil {
-		return err
-	}
-	if n > uint64(len(d.b))/3 { // every place takes at least three bytes
-		return errShort
-	}
-	m.Devices = make([]Place, n)
+func (m *Presence) decodeBody(d *decoder) error {
+	m.Frontend = d.name()
+	m.Full = d.bool()
+	m.Devices = make([]Place, d.count(3)) // every place takes at least three bytes
 	for i := range m.Devices {
 		p := &m.Devices[i]
-		if p.Device, err = d.name(); err != nil {
-			return err
-		}
-		since, err := d.uvarint()
-		if err != nil {
-			return err
-		}
-		if since > 1<<63-1 {
-			return errors.New("since out of range")
-		}
-		p.Since = int64(since)
-		if p.Present, err = d.bool(); err != nil {
-			return err
-		}
+		p.Device = d.name()
+		p.Since = d.int64()
+		p.Present = d.bool()
 	}
-	return nil
+	return d.err
 }
 
-func (m *Deliver) appendBody(dst []byte) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(m.Commands)))
-	for i := range m.Commands {
-		dst = AppendCommand(dst, &m.Commands[i])
-	}
-	return dst
+func (m *Deliver) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Deliver) encode(e encoder) encoder {
+	e.commands(m.Commands)
+	return e
 }
 
-func (m *Deliver) decodeBody(d *decoder) (err error) {
-	m.Commands, err = d.commands()
-	return err
+func (m *Deliver) decodeBody(d *decoder) error {
+	m.Commands = d.commands()
+	return d.err
 }
 
-func (m *Result) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Device)
-	dst = appendString(dst, m.CID)
-	dst = appendString(dst, m.Status)
-	return appendBytes(dst, m.Payload)
+func (m *Result) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Result) encode(e encoder) encoder {
+	e.string(m.Device)
+	e.string(m.CID)
+	e.string(m.Status)
+	e.bytes(m.Payload)
+	return e
 }
 
-func (m *Result) decodeBody(d *decoder) (err error) {
-	if m.Device, err = d.name(); err != nil {
-		return err
-	}
-	if m.CID, err = d.name(); err != nil {
-		return err
-	}
-	if m.Status, err = d.name(); err != nil {
-		return err
-	}
-	m.Payload, err = d.bytes()
-	return err
+func (m *Result) decodeBody(d *decoder) error {
+	m.Device = d.name()
+	m.CID = d.name()
+	m.Status = d.name()
+	m.Payload = d.bytes()
+	return d.err
 }
 
 const commandVersion = 1
@@ -333,115 +270,65 @@ const commandVersion = 1
 // AppendCommand appends the encoding of c to dst: the form a home keeps in
 // its log and sends in Reply and Deliver.
 func AppendCommand(dst []byte, c *Command) []byte {
-	dst = append(dst, commandVersion)
-	dst = appendString(dst, c.ID)
-	dst = appendString(dst, c.Device)
-	dst = appendString(dst, c.Name)
-	dst = appendBytes(dst, c.Payload)
-	dst = appendString(dst, c.Key)
-	dst = append(dst, byte(c.State))
-	for _, t := range [...]int64{c.Created, c.Expires, c.Sent, c.Done} {
-		dst = binary.AppendUvarint(dst, uint64(t))
-	}
-	dst = appendString(dst, c.Status)
-	return appendBytes(dst, c.Result)
+	return appendSized(dst, func(e encoder) encoder {
+		e.command(c)
+		return e
+	})
 }
 
 // DecodeCommand decodes one command that is the whole of b; its byte
 // slices alias b.
 func DecodeCommand(b []byte) (Command, error) {
 	d := &decoder{b: b}
-	c, err := d.command()
-	if err == nil && len(d.b) != 0 {
-		err = fmt.Errorf("%d trailing bytes", len(d.b))
-	}
-	if err != nil {
-		return Command{}, fmt.Errorf("%w: command: %w", ErrInvalid, err)
+	c := d.command()
+	if d.end(); d.err != nil {
+		return Command{}, fmt.Errorf("%w: command: %w", ErrInvalid, d.err)
 	}
 	return c, nil
 }
 
-func (d *decoder) command() (c Command, err error) {
-	v, err := d.byte()
-	if err != nil {
-		return c, err
+func (e *encoder) command(c *Command) {
+	e.byte(commandVersion)
+	e.string(c.ID)
+	e.string(c.Device)
+	e.string(c.Name)
+	e.bytes(c.Payload)
+	e.string(c.Key)
+	e.byte(byte(c.State))
+	for _, t := range [...]int64{c.Created, c.Expires, c.Sent, c.Done} {
+		e.uvarint(uint64(t))
 	}
-	if v != commandVersion {
-		return c, fmt.Errorf("command version %d", v)
-	}
-	if c.ID, err = d.name(); err != nil {
-		return c, err
-	}
-	if c.Device, err = d.name(); err != nil {
-		return c, err
-	}
-	if c.Name, err = d.name(); err != nil {
-		return c, err
-	}
-	if c.Payload, err = d.bytes(); err != nil {
-		return c, err
-	}
-	if c.Key, err = d.name(); err != nil {
-		return c, err
-	}
-	s, err := d.byte()
-	if err != nil {
-		return c, err
-	}
-	if s == 0 || s > byte(StateCancelled) {
-		return c, fmt.Errorf("state %d", s)
-	}
-	c.State = CommandState(s)
+	e.string(c.Status)
+	e.bytes(c.Result)
+}
+
+func (d *decoder) command() (c Command) {
+	d.version("command", commandVersion)
+	c.ID = d.name()
+	c.Device = d.name()
+	c.Name = d.name()
+	c.Payload = d.bytes()
+	c.Key = d.name()
+	c.State = d.state(StateQueued)
 	for _, t := range [...]*int64{&c.Created, &c.Expires, &c.Sent, &c.Done} {
-		v, err := d.uvarint()
-		if err != nil {
-			return c, err
-		}
-		if v > 1<<63-1 {
-			return c, errors.New("time out of range")
-		}
-		*t = int64(v)
+		*t = d.int64()
 	}
-	if c.Status, err = d.name(); err != nil {
-		return c, err
-	}
-	c.Result, err = d.bytes()
-	return c, err
+	c.Status = d.name()
+	c.Result = d.bytes()
+	return c
 }
 
-func (d *decoder) commands() ([]Command, error) {
-	n, err := d.uvarint()
-	if err != nil {
-		return nil, err
-	}
-	if n > uint64(len(d.b))/16 { // every command takes more than sixteen bytes
-		return nil, errShort
-	}
-	cs := make([]Command, n)
+func (e *encoder) commands(cs []Command) {
+	e.uvarint(uint64(len(cs)))
 	for i := range cs {
-		if cs[i], err = d.command(); err != nil {
-			return nil, err
-		}
+		e.command(&cs[i])
 	}
-	return cs, nil
 }
 
-func (d *decoder) byte() (byte, error) {
-	if len(d.b) == 0 {
-		return 0, errShort
+func (d *decoder) commands() []Command {
+	cs := make([]Command, d.count(16)) // every command takes more than sixteen bytes
+	for i := range cs {
+		cs[i] = d.command()
 	}
-	b := d.b[0]
-	d.b = d.b[1:]
-	return b, nil
-}
-
-func (d *decoder) bool() (bool, error) {
-	b, err := d.byte()
-	if err != nil {
-		return false, err
-	}
-	if b > 1 {
-		return false, fmt.Errorf("boolean %d", b)
-	}
-	return b == 1, nil
+	return cs
 }

@@ -1,11 +1,6 @@
 package wire
 
-import (
-	"encoding/binary"
-	"errors"
-	"fmt"
-	"time"
-)
+import "time"
 
 // Lease messages let the writers of a group divide the middletiers'
 // streams: each writer asks every middletier for the group's lease on its
@@ -75,109 +70,53 @@ type LeaseReply struct {
 func (*Lease) Kind() Kind      { return KindLease }
 func (*LeaseReply) Kind() Kind { return KindLeaseReply }
 
-func (m *Lease) appendBody(dst []byte) []byte {
-	dst = append(dst, leaseVersion)
-	dst = appendString(dst, m.Group)
-	dst = appendString(dst, m.Member)
-	dst = binary.AppendUvarint(dst, m.Req)
-	dst = binary.AppendUvarint(dst, m.Slot)
-	return append(dst, m.Op)
+func (m *Lease) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Lease) encode(e encoder) encoder {
+	e.byte(leaseVersion)
+	e.string(m.Group)
+	e.string(m.Member)
+	e.uvarint(m.Req)
+	e.uvarint(m.Slot)
+	e.byte(m.Op)
+	return e
 }
 
-func (m *Lease) decodeBody(d *decoder) (err error) {
-	if err = d.version(leaseVersion); err != nil {
-		return err
-	}
-	if m.Group, err = d.nonEmptyName(); err != nil {
-		return err
-	}
-	if m.Member, err = d.nonEmptyName(); err != nil {
-		return err
-	}
-	if m.Req, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.Slot, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.Op, err = d.byte(); err != nil {
-		return err
-	}
-	if m.Op < LeaseHold || m.Op > LeaseLeave {
-		return fmt.Errorf("lease op %d", m.Op)
-	}
-	return nil
+func (m *Lease) decodeBody(d *decoder) error {
+	d.version("lease", leaseVersion)
+	m.Group = d.nonEmptyName()
+	m.Member = d.nonEmptyName()
+	m.Req = d.uvarint()
+	m.Slot = d.uvarint()
+	m.Op = d.op("lease", LeaseHold, LeaseLeave)
+	return d.err
 }
 
-func (m *LeaseReply) appendBody(dst []byte) []byte {
-	dst = append(dst, leaseVersion)
-	dst = appendString(dst, m.Middletier)
-	dst = appendString(dst, m.Group)
-	dst = appendString(dst, m.Member)
-	dst = binary.AppendUvarint(dst, m.Req)
-	dst = appendString(dst, m.Holder)
-	dst = binary.AppendUvarint(dst, m.Writers)
-	dst = binary.AppendUvarint(dst, uint64(m.TTL/time.Millisecond))
-	if m.Revoked {
-		return append(dst, 1)
-	}
-	return append(dst, 0)
+func (m *LeaseReply) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *LeaseReply) encode(e encoder) encoder {
+	e.byte(leaseVersion)
+	e.string(m.Middletier)
+	e.string(m.Group)
+	e.string(m.Member)
+	e.uvarint(m.Req)
+	e.string(m.Holder)
+	e.uvarint(m.Writers)
+	e.millis(m.TTL)
+	e.bool(m.Revoked)
+	return e
 }
 
-func (m *LeaseReply) decodeBody(d *decoder) (err error) {
-	if err = d.version(leaseVersion); err != nil {
-		return err
-	}
-	if m.Middletier, err = d.nonEmptyName(); err != nil {
-		return err
-	}
-	if m.Group, err = d.nonEmptyName(); err != nil {
-		return err
-	}
-	if m.Member, err = d.nonEmptyName(); err != nil {
-		return err
-	}
-	if m.Req, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.Holder, err = d.name(); err != nil {
-		return err
-	}
-	if m.Writers, err = d.uvarint(); err != nil {
-		return err
-	}
-	ms, err := d.uvarint()
-	if err != nil {
-		return err
-	}
-	if ms == 0 || ms > uint64(MaxLeaseTTL/time.Millisecond) {
-		return fmt.Errorf("lease ttl %d ms", ms)
-	}
-	m.TTL = time.Duration(ms) * time.Millisecond
-	if m.Revoked, err = d.bool(); err != nil {
-		return err
-	}
-	if m.Revoked && m.Holder != m.Member {
-		return errors.New("lease revoked from a member that does not hold it")
-	}
-	return nil
-}
-
-func (d *decoder) version(want byte) error {
-	v, err := d.byte()
-	if err != nil {
-		return err
-	}
-	if v != want {
-		return fmt.Errorf("body version %d", v)
-	}
-	return nil
-}
-
-func (d *decoder) nonEmptyName() (string, error) {
-	s, err := d.name()
-	if err == nil && s == "" {
-		err = errors.New("empty name")
-	}
-	return s, err
+func (m *LeaseReply) decodeBody(d *decoder) error {
+	d.version("lease reply", leaseVersion)
+	m.Middletier = d.nonEmptyName()
+	m.Group = d.nonEmptyName()
+	m.Member = d.nonEmptyName()
+	m.Req = d.uvarint()
+	m.Holder = d.name()
+	m.Writers = d.uvarint()
+	m.TTL = d.millis("lease ttl", time.Millisecond, MaxLeaseTTL)
+	m.Revoked = d.bool()
+	d.check(!m.Revoked || m.Holder == m.Member, "lease revoked from a member that does not hold it")
+	return d.err
 }

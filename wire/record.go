@@ -1,10 +1,6 @@
 package wire
 
-import (
-	"encoding/binary"
-	"errors"
-	"fmt"
-)
+import "fmt"
 
 // Record is what a middletier stores in its log and publishes, one per
 // entry it received: the entry's identity in its frontend's log, and the
@@ -25,29 +21,24 @@ const recordVersion = 1
 
 // AppendRecord appends the encoding of r to dst.
 func AppendRecord(dst []byte, r *Record) []byte {
-	dst = append(dst, recordVersion)
-	dst = appendString(dst, r.Origin)
-	dst = binary.AppendUvarint(dst, r.Index)
-	return append(dst, r.Data...)
+	return appendSized(dst, func(e encoder) encoder {
+		e.byte(recordVersion)
+		e.string(r.Origin)
+		e.uvarint(r.Index)
+		e.raw(r.Data)
+		return e
+	})
 }
 
 // DecodeRecord decodes a record; r.Data aliases b.
 func DecodeRecord(b []byte) (Record, error) {
-	if len(b) == 0 || b[0] != recordVersion {
-		return Record{}, fmt.Errorf("%w: record version", ErrInvalid)
-	}
-	d := &decoder{b: b[1:]}
-	var r Record
-	var err error
-	if r.Origin, err = d.name(); err != nil {
-		return Record{}, fmt.Errorf("%w: record: %w", ErrInvalid, err)
-	}
-	if r.Index, err = d.uvarint(); err != nil {
-		return Record{}, fmt.Errorf("%w: record: %w", ErrInvalid, err)
-	}
-	if r.Index == 0 {
-		return Record{}, fmt.Errorf("%w: record: %w", ErrInvalid, errors.New("index 0"))
-	}
+	d := &decoder{b: b}
+	d.version("record", recordVersion)
+	r := Record{Origin: d.name(), Index: d.uvarint()}
 	r.Data = d.b
+	d.check(r.Index != 0, "index 0")
+	if d.err != nil {
+		return Record{}, fmt.Errorf("%w: record: %w", ErrInvalid, d.err)
+	}
 	return r, nil
 }

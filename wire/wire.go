@@ -25,9 +25,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"slices"
 	"time"
-
-	"github.com/ingest-io/ingest/internal/varint"
 )
 
 const (
@@ -201,8 +200,11 @@ func (*FetchReply) Kind() Kind { return KindFetchReply }
 func (*Commit) Kind() Kind     { return KindCommit }
 func (*CommitAck) Kind() Kind  { return KindCommitAck }
 
-// Append appends the encoding of m to dst.
+// Append appends the encoding of m to dst, growing dst at most once.
 func Append(dst []byte, m Message) []byte {
+	if f, ok := m.(interface{ encode(encoder) encoder }); ok {
+		dst = slices.Grow(dst, headerLen+f.encode(encoder{sizing: true}).n+trailerLen)
+	}
 	start := len(dst)
 	dst = append(dst, magic, version, byte(m.Kind()))
 	dst = m.appendBody(dst)
@@ -256,10 +258,10 @@ func Decode(b []byte) (Message, error) {
 	}
 	d := &decoder{b: b[headerLen : len(b)-trailerLen]}
 	if err := m.decodeBody(d); err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, k, err)
+		d.fail(err)
 	}
-	if len(d.b) != 0 {
-		return nil, fmt.Errorf("%w: %s: %d trailing bytes", ErrInvalid, k, len(d.b))
+	if d.end(); d.err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, k, d.err)
 	}
 	return m, nil
 }
@@ -282,252 +284,145 @@ func Peek(b []byte) (Kind, error) {
 	return Kind(b[2]), nil
 }
 
-func (m *Batch) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Origin)
-	dst = binary.AppendUvarint(dst, m.Acked)
-	dst = binary.AppendUvarint(dst, m.First)
-	return appendList(dst, m.Entries)
+// Each message states its fields once, in encode; appendBody writes them
+// and decodeBody reads them back, checking what the message promises.
+
+func (m *Batch) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Batch) encode(e encoder) encoder {
+	e.string(m.Origin)
+	e.uvarint(m.Acked)
+	e.uvarint(m.First)
+	e.list(m.Entries)
+	return e
 }
 
-func (m *Batch) decodeBody(d *decoder) (err error) {
-	if m.Origin, err = d.name(); err != nil {
-		return err
-	}
-	if m.Acked, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.First, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.Entries, err = d.list(); err != nil {
-		return err
-	}
-	if m.First == 0 || len(m.Entries) == 0 {
-		return errors.New("batch needs entries from index 1 on")
-	}
-	if m.Acked >= m.First {
-		return errors.New("batch holds entries already acknowledged")
-	}
-	return nil
+func (m *Batch) decodeBody(d *decoder) error {
+	m.Origin = d.name()
+	m.Acked = d.uvarint()
+	m.First = d.uvarint()
+	m.Entries = d.list()
+	d.check(m.First != 0 && len(m.Entries) != 0, "batch needs entries from index 1 on")
+	d.check(m.Acked < m.First, "batch holds entries already acknowledged")
+	return d.err
 }
 
-func (m *Resend) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Origin)
-	return binary.AppendUvarint(dst, m.From)
+func (m *Resend) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Resend) encode(e encoder) encoder {
+	e.string(m.Origin)
+	e.uvarint(m.From)
+	return e
 }
 
-func (m *Resend) decodeBody(d *decoder) (err error) {
-	if m.Origin, err = d.name(); err != nil {
-		return err
-	}
-	if m.From, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.From == 0 {
-		return errors.New("resend from index 0")
-	}
-	return nil
+func (m *Resend) decodeBody(d *decoder) error {
+	m.Origin = d.name()
+	m.From = d.uvarint()
+	d.check(m.From != 0, "resend from index 0")
+	return d.err
 }
 
-func (m *Ack) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Origin)
-	return binary.AppendUvarint(dst, m.UpTo)
+func (m *Ack) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Ack) encode(e encoder) encoder {
+	e.string(m.Origin)
+	e.uvarint(m.UpTo)
+	return e
 }
 
-func (m *Ack) decodeBody(d *decoder) (err error) {
-	if m.Origin, err = d.name(); err != nil {
-		return err
-	}
-	m.UpTo, err = d.uvarint()
-	return err
+func (m *Ack) decodeBody(d *decoder) error {
+	m.Origin = d.name()
+	m.UpTo = d.uvarint()
+	return d.err
 }
 
-func (m *Busy) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Origin)
-	dst = binary.AppendUvarint(dst, m.UpTo)
-	return binary.AppendUvarint(dst, uint64(m.RetryAfter/time.Millisecond))
+func (m *Busy) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Busy) encode(e encoder) encoder {
+	e.string(m.Origin)
+	e.uvarint(m.UpTo)
+	e.millis(m.RetryAfter)
+	return e
 }
 
-func (m *Busy) decodeBody(d *decoder) (err error) {
-	if m.Origin, err = d.name(); err != nil {
-		return err
-	}
-	if m.UpTo, err = d.uvarint(); err != nil {
-		return err
-	}
-	ms, err := d.uvarint()
-	if err != nil {
-		return err
-	}
-	if ms > uint64(time.Hour/time.Millisecond) {
-		return fmt.Errorf("retry after %d ms", ms)
-	}
-	m.RetryAfter = time.Duration(ms) * time.Millisecond
-	return nil
+func (m *Busy) decodeBody(d *decoder) error {
+	m.Origin = d.name()
+	m.UpTo = d.uvarint()
+	m.RetryAfter = d.millis("retry after", 0, time.Hour)
+	return d.err
 }
 
-func (m *Stream) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Middletier)
-	dst = binary.AppendUvarint(dst, m.First)
-	return appendList(dst, m.Records)
+func (m *Stream) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Stream) encode(e encoder) encoder {
+	e.string(m.Middletier)
+	e.uvarint(m.First)
+	e.list(m.Records)
+	return e
 }
 
-func (m *Stream) decodeBody(d *decoder) (err error) {
-	if m.Middletier, err = d.name(); err != nil {
-		return err
-	}
-	if m.First, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.Records, err = d.list(); err != nil {
-		return err
-	}
-	if m.First == 0 || len(m.Records) == 0 {
-		return errors.New("stream needs records from sequence 1 on")
-	}
-	return nil
+func (m *Stream) decodeBody(d *decoder) error {
+	m.Middletier = d.name()
+	m.First = d.uvarint()
+	m.Records = d.list()
+	d.check(m.First != 0 && len(m.Records) != 0, "stream needs records from sequence 1 on")
+	return d.err
 }
 
-func (m *Fetch) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Consumer)
-	dst = binary.AppendUvarint(dst, m.From)
-	return binary.AppendUvarint(dst, m.Max)
+func (m *Fetch) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Fetch) encode(e encoder) encoder {
+	e.string(m.Consumer)
+	e.uvarint(m.From)
+	e.uvarint(m.Max)
+	return e
 }
 
-func (m *Fetch) decodeBody(d *decoder) (err error) {
-	if m.Consumer, err = d.name(); err != nil {
-		return err
-	}
-	if m.From, err = d.uvarint(); err != nil {
-		return err
-	}
-	m.Max, err = d.uvarint()
-	return err
+func (m *Fetch) decodeBody(d *decoder) error {
+	m.Consumer = d.name()
+	m.From = d.uvarint()
+	m.Max = d.uvarint()
+	return d.err
 }
 
-func (m *FetchReply) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Middletier)
-	dst = binary.AppendUvarint(dst, m.Oldest)
-	dst = binary.AppendUvarint(dst, m.Last)
-	dst = binary.AppendUvarint(dst, m.First)
-	return appendList(dst, m.Records)
+func (m *FetchReply) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *FetchReply) encode(e encoder) encoder {
+	e.string(m.Middletier)
+	e.uvarint(m.Oldest)
+	e.uvarint(m.Last)
+	e.uvarint(m.First)
+	e.list(m.Records)
+	return e
 }
 
-func (m *FetchReply) decodeBody(d *decoder) (err error) {
-	if m.Middletier, err = d.name(); err != nil {
-		return err
-	}
-	if m.Oldest, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.Last, err = d.uvarint(); err != nil {
-		return err
-	}
-	if m.First, err = d.uvarint(); err != nil {
-		return err
-	}
-	m.Records, err = d.list()
-	return err
+func (m *FetchReply) decodeBody(d *decoder) error {
+	m.Middletier = d.name()
+	m.Oldest = d.uvarint()
+	m.Last = d.uvarint()
+	m.First = d.uvarint()
+	m.Records = d.list()
+	return d.err
 }
 
-func (m *Commit) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Consumer)
-	return binary.AppendUvarint(dst, m.Seq)
+func (m *Commit) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+
+func (m *Commit) encode(e encoder) encoder {
+	e.string(m.Consumer)
+	e.uvarint(m.Seq)
+	return e
 }
 
-func (m *Commit) decodeBody(d *decoder) (err error) {
-	if m.Consumer, err = d.name(); err != nil {
-		return err
-	}
-	m.Seq, err = d.uvarint()
-	return err
+func (m *Commit) decodeBody(d *decoder) error {
+	m.Consumer = d.name()
+	m.Seq = d.uvarint()
+	return d.err
 }
 
-func (m *CommitAck) appendBody(dst []byte) []byte {
-	dst = appendString(dst, m.Consumer)
-	return binary.AppendUvarint(dst, m.Seq)
-}
+// A CommitAck's body is its Commit's.
 
-func (m *CommitAck) decodeBody(d *decoder) (err error) {
-	if m.Consumer, err = d.name(); err != nil {
-		return err
-	}
-	m.Seq, err = d.uvarint()
-	return err
-}
+func (m *CommitAck) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
 
-func appendString(dst []byte, s string) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(s)))
-	return append(dst, s...)
-}
+func (m *CommitAck) encode(e encoder) encoder { return (*Commit)(m).encode(e) }
 
-func appendBytes(dst, b []byte) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(b)))
-	return append(dst, b...)
-}
-
-func appendList(dst []byte, items [][]byte) []byte {
-	dst = binary.AppendUvarint(dst, uint64(len(items)))
-	for _, it := range items {
-		dst = appendBytes(dst, it)
-	}
-	return dst
-}
-
-// decoder reads a body strictly.
-type decoder struct{ b []byte }
-
-var errShort = errors.New("body ends early")
-
-func (d *decoder) uvarint() (uint64, error) {
-	v, n := binary.Uvarint(d.b)
-	if n <= 0 {
-		return 0, errShort
-	}
-	if n != varint.Len(v) {
-		return 0, errors.New("non-minimal varint")
-	}
-	d.b = d.b[n:]
-	return v, nil
-}
-
-func (d *decoder) bytes() ([]byte, error) {
-	n, err := d.uvarint()
-	if err != nil {
-		return nil, err
-	}
-	if n > uint64(len(d.b)) {
-		return nil, errShort
-	}
-	b := d.b[:n:n]
-	d.b = d.b[n:]
-	return b, nil
-}
-
-func (d *decoder) name() (string, error) {
-	b, err := d.bytes()
-	if err != nil {
-		return "", err
-	}
-	if len(b) > MaxNameLen {
-		return "", fmt.Errorf("name of %d bytes", len(b))
-	}
-	return string(b), nil
-}
-
-func (d *decoder) list() ([][]byte, error) {
-	n, err := d.uvarint()
-	if err != nil {
-		return nil, err
-	}
-	if n > uint64(len(d.b)) { // every item takes at least its length byte
-		return nil, errShort
-	}
-	items := make([][]byte, n)
-	for i := range items {
-		if items[i], err = d.bytes(); err != nil {
-			return nil, err
-		}
-	}
-	return items, nil
-}
+func (m *CommitAck) decodeBody(d *decoder) error { return (*Commit)(m).decodeBody(d) }

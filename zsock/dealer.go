@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+	"github.com/ingest-io/ingest/internal/defaults"
 )
 
 var (
@@ -18,6 +19,16 @@ var (
 	ErrStalled = errors.New("zsock: send stalled")
 	// ErrClosed is why a Dealer ended that was closed.
 	ErrClosed = errors.New("zsock: closed")
+)
+
+// The defaults of every socket's bounds, for the options of their users to
+// state.
+const (
+	// DefaultSendStall bounds one send: a zmq4 send has no deadline of its
+	// own once connected.
+	DefaultSendStall = 2 * time.Second
+	// DefaultDialTimeout bounds one TCP connect.
+	DefaultDialTimeout = time.Second
 )
 
 // IdentitySuffixLen is how many bytes Identity adds to its prefix.
@@ -57,18 +68,10 @@ func (o DealerOptions) withDefaults() (DealerOptions, error) {
 	if o.Identity == "" {
 		return o, errors.New("zsock: dealer needs an identity")
 	}
-	if o.SendStall <= 0 {
-		o.SendStall = 2 * time.Second
-	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = time.Second
-	}
-	if o.SendQueue <= 0 {
-		o.SendQueue = 64
-	}
-	if o.RecvQueue <= 0 {
-		o.RecvQueue = 64
-	}
+	defaults.Positive(&o.SendStall, DefaultSendStall)
+	defaults.Positive(&o.DialTimeout, DefaultDialTimeout)
+	defaults.Positive(&o.SendQueue, 64)
+	defaults.Positive(&o.RecvQueue, 64)
 	return o, nil
 }
 

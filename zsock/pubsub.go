@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/go-zeromq/zmq4"
+	"github.com/ingest-io/ingest/internal/defaults"
 )
 
 // Pub is a PUB socket. zmq4 queues for every subscriber in one queue and
@@ -69,12 +70,8 @@ type Sub struct {
 
 // Subscribe connects a Sub to endpoint and starts its reader.
 func Subscribe(endpoint string, o SubOptions) (*Sub, error) {
-	if o.Buffer <= 0 {
-		o.Buffer = 256
-	}
-	if o.DialTimeout <= 0 {
-		o.DialTimeout = time.Second
-	}
+	defaults.Positive(&o.Buffer, 256)
+	defaults.Positive(&o.DialTimeout, DefaultDialTimeout)
 	sck := zmq4.NewSub(context.Background(), zmq4.WithDialerTimeout(o.DialTimeout), zmq4.WithDialerMaxRetries(0))
 	if err := sck.Dial(endpoint); err != nil {
 		sck.Close()

@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-zeromq/zmq4"
 
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
@@ -53,12 +54,8 @@ type Router struct {
 // NewRouter returns a Router for addr (tcp://host:port; port 0 picks a free
 // one). It starts nothing. lg may be nil.
 func NewRouter(addr string, o RouterOptions, lg *slog.Logger) *Router {
-	if o.SendStall <= 0 {
-		o.SendStall = 2 * time.Second
-	}
-	if o.SendQueue <= 0 {
-		o.SendQueue = 256
-	}
+	defaults.Positive(&o.SendStall, DefaultSendStall)
+	defaults.Positive(&o.SendQueue, 256)
 	lg = lifecycle.Logger(lg)
 	return &Router{o: o, lg: lg, addr: addr, out: make(chan zmq4.Msg, o.SendQueue), quit: make(chan struct{}), changed: make(chan struct{})}
 }

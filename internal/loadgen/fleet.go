@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -195,22 +196,12 @@ func New(opts Options) (*Fleet, error) {
 		return nil, errors.New("loadgen: no Duration and no Total")
 	}
 	def := DefaultOptions()
-	setInt := func(v *int, d int) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	setDur := func(v *time.Duration, d time.Duration) {
-		if *v <= 0 {
-			*v = d
-		}
-	}
-	setInt(&opts.Window, def.Window)
-	setInt(&opts.MaxDials, def.MaxDials)
-	setInt(&opts.Pacers, def.Pacers)
-	setDur(&opts.DialTimeout, def.DialTimeout)
-	setDur(&opts.MinBackoff, def.MinBackoff)
-	setDur(&opts.MaxBackoff, def.MaxBackoff)
+	defaults.Zero(&opts.Window, def.Window)
+	defaults.Zero(&opts.MaxDials, def.MaxDials)
+	defaults.Zero(&opts.Pacers, def.Pacers)
+	defaults.Positive(&opts.DialTimeout, def.DialTimeout)
+	defaults.Positive(&opts.MinBackoff, def.MinBackoff)
+	defaults.Positive(&opts.MaxBackoff, def.MaxBackoff)
 	if opts.DeviceID == nil {
 		opts.DeviceID = func(i int) string { return "dev-" + strconv.Itoa(i) }
 	}

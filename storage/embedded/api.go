@@ -24,6 +24,7 @@ import (
 	promstorage "github.com/prometheus/prometheus/storage" // storage is ours in this package (tsdb.go)
 	"github.com/prometheus/prometheus/util/annotations"
 
+	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
@@ -99,18 +100,7 @@ var apiEndpoints = []string{
 // engine's metrics (prometheus_engine_*) go to reg.
 func NewAPI(q promstorage.Queryable, opts APIOptions, reg prometheus.Registerer, lg *slog.Logger) *API {
 	d := DefaultAPIOptions()
-	if opts.Timeout <= 0 {
-		opts.Timeout = d.Timeout
-	}
-	if opts.MaxSamples <= 0 {
-		opts.MaxSamples = d.MaxSamples
-	}
-	if opts.LookbackDelta <= 0 {
-		opts.LookbackDelta = d.LookbackDelta
-	}
-	if opts.MaxSeries <= 0 {
-		opts.MaxSeries = d.MaxSeries
-	}
+	defaults.FillPositive(&opts, d)
 	p := parser.NewParser(parser.Options{})
 	elg := lg
 	elg = lifecycle.Logger(elg)
