@@ -150,8 +150,6 @@ func (*Presence) Kind() Kind { return KindPresence }
 func (*Deliver) Kind() Kind  { return KindDeliver }
 func (*Result) Kind() Kind   { return KindResult }
 
-func (m *Submit) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
-
 func (m *Submit) encode(e encoder) encoder {
 	e.uvarint(m.Req)
 	e.string(m.Device)
@@ -172,8 +170,6 @@ func (m *Submit) decodeBody(d *decoder) error {
 	return d.err
 }
 
-func (m *Query) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
-
 func (m *Query) encode(e encoder) encoder {
 	e.uvarint(m.Req)
 	e.byte(m.Op)
@@ -192,8 +188,6 @@ func (m *Query) decodeBody(d *decoder) error {
 	return d.err
 }
 
-func (m *Reply) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
-
 func (m *Reply) encode(e encoder) encoder {
 	e.uvarint(m.Req)
 	e.string(m.Code)
@@ -207,8 +201,6 @@ func (m *Reply) decodeBody(d *decoder) error {
 	m.Commands = d.commands()
 	return d.err
 }
-
-func (m *Presence) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
 
 func (m *Presence) encode(e encoder) encoder {
 	e.string(m.Frontend)
@@ -235,8 +227,6 @@ func (m *Presence) decodeBody(d *decoder) error {
 	return d.err
 }
 
-func (m *Deliver) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
-
 func (m *Deliver) encode(e encoder) encoder {
 	e.commands(m.Commands)
 	return e
@@ -246,8 +236,6 @@ func (m *Deliver) decodeBody(d *decoder) error {
 	m.Commands = d.commands()
 	return d.err
 }
-
-func (m *Result) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
 
 func (m *Result) encode(e encoder) encoder {
 	e.string(m.Device)

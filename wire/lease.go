@@ -70,8 +70,6 @@ type LeaseReply struct {
 func (*Lease) Kind() Kind      { return KindLease }
 func (*LeaseReply) Kind() Kind { return KindLeaseReply }
 
-func (m *Lease) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
-
 func (m *Lease) encode(e encoder) encoder {
 	e.byte(leaseVersion)
 	e.string(m.Group)
@@ -91,8 +89,6 @@ func (m *Lease) decodeBody(d *decoder) error {
 	m.Op = d.op("lease", LeaseHold, LeaseLeave)
 	return d.err
 }
-
-func (m *LeaseReply) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
 
 func (m *LeaseReply) encode(e encoder) encoder {
 	e.byte(leaseVersion)

@@ -105,7 +105,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // *Lease and *LeaseReply.
 type Message interface {
 	Kind() Kind
-	appendBody(dst []byte) []byte
+	encode(e encoder) encoder // writes the body, or sizes it
 	decodeBody(d *decoder) error
 }
 
@@ -202,12 +202,10 @@ func (*CommitAck) Kind() Kind  { return KindCommitAck }
 
 // Append appends the encoding of m to dst, growing dst at most once.
 func Append(dst []byte, m Message) []byte {
-	if f, ok := m.(interface{ encode(encoder) encoder }); ok {
-		dst = slices.Grow(dst, headerLen+f.encode(encoder{sizing: true}).n+trailerLen)
-	}
+	dst = slices.Grow(dst, headerLen+m.encode(encoder{sizing: true}).n+trailerLen)
 	start := len(dst)
 	dst = append(dst, magic, version, byte(m.Kind()))
-	dst = m.appendBody(dst)
+	dst = m.encode(encoder{b: dst}).b
 	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
 }
 
@@ -284,10 +282,8 @@ func Peek(b []byte) (Kind, error) {
 	return Kind(b[2]), nil
 }
 
-// Each message states its fields once, in encode; appendBody writes them
-// and decodeBody reads them back, checking what the message promises.
-
-func (m *Batch) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
+// Each message states its fields once, in encode, which writes or sizes
+// them; decodeBody reads them back, checking what the message promises.
 
 func (m *Batch) encode(e encoder) encoder {
 	e.string(m.Origin)
@@ -307,8 +303,6 @@ func (m *Batch) decodeBody(d *decoder) error {
 	return d.err
 }
 
-func (m *Resend) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
-
 func (m *Resend) encode(e encoder) encoder {
 	e.string(m.Origin)
 	e.uvarint(m.From)
@@ -322,8 +316,6 @@ func (m *Resend) decodeBody(d *decoder) error {
 	return d.err
 }
 
-func (m *Ack) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
-
 func (m *Ack) encode(e encoder) encoder {
 	e.string(m.Origin)
 	e.uvarint(m.UpTo)
@@ -335,8 +327,6 @@ func (m *Ack) decodeBody(d *decoder) error {
 	m.UpTo = d.uvarint()
 	return d.err
 }
-
-func (m *Busy) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
 
 func (m *Busy) encode(e encoder) encoder {
 	e.string(m.Origin)
@@ -351,8 +341,6 @@ func (m *Busy) decodeBody(d *decoder) error {
 	m.RetryAfter = d.millis("retry after", 0, time.Hour)
 	return d.err
 }
-
-func (m *Stream) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
 
 func (m *Stream) encode(e encoder) encoder {
 	e.string(m.Middletier)
@@ -369,8 +357,6 @@ func (m *Stream) decodeBody(d *decoder) error {
 	return d.err
 }
 
-func (m *Fetch) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
-
 func (m *Fetch) encode(e encoder) encoder {
 	e.string(m.Consumer)
 	e.uvarint(m.From)
@@ -384,8 +370,6 @@ func (m *Fetch) decodeBody(d *decoder) error {
 	m.Max = d.uvarint()
 	return d.err
 }
-
-func (m *FetchReply) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
 
 func (m *FetchReply) encode(e encoder) encoder {
 	e.string(m.Middletier)
@@ -405,8 +389,6 @@ func (m *FetchReply) decodeBody(d *decoder) error {
 	return d.err
 }
 
-func (m *Commit) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
-
 func (m *Commit) encode(e encoder) encoder {
 	e.string(m.Consumer)
 	e.uvarint(m.Seq)
@@ -420,8 +402,6 @@ func (m *Commit) decodeBody(d *decoder) error {
 }
 
 // A CommitAck's body is its Commit's.
-
-func (m *CommitAck) appendBody(dst []byte) []byte { return m.encode(encoder{b: dst}).b }
 
 func (m *CommitAck) encode(e encoder) encoder { return (*Commit)(m).encode(e) }
 

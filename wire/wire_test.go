@@ -104,9 +104,9 @@ type rawBody struct {
 	body []byte
 }
 
-func (r rawBody) Kind() Kind                   { return r.k }
-func (r rawBody) appendBody(dst []byte) []byte { return append(dst, r.body...) }
-func (rawBody) decodeBody(*decoder) error      { return nil }
+func (r rawBody) Kind() Kind               { return r.k }
+func (r rawBody) encode(e encoder) encoder { e.raw(r.body); return e }
+func (rawBody) decodeBody(*decoder) error  { return nil }
 
 func TestInvalid(t *testing.T) {
 	long := bytes.Repeat([]byte("n"), MaxNameLen+1)
