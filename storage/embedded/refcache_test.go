@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	promstorage "github.com/prometheus/prometheus/storage"
 
@@ -22,7 +23,7 @@ func samplesOf(t *testing.T, s *TSDB, name string) map[string][]float64 {
 		t.Fatal(err)
 	}
 	defer q.Close()
-	set := q.Select(context.Background(), true, nil, labels.MustNewMatcher(labels.MatchRegexp, labels.MetricName, name))
+	set := q.Select(context.Background(), true, nil, labels.MustNewMatcher(labels.MatchRegexp, model.MetricNameLabel, name))
 	got := map[string][]float64{}
 	for set.Next() {
 		it := set.At().Iterator(nil)
