@@ -211,7 +211,7 @@ func TestTiers(t *testing.T) {
 		t.Fatalf("tiers %+v", r.Tiers)
 	}
 	for _, f := range r.Tiers {
-		if f.Processes != want[f.Kind] || len(f.Shares) != f.Processes || f.CPUSeconds <= 0 || f.Messages <= 0 || f.PerCore <= 0 {
+		if f.Processes != want[f.Kind] || len(f.Shares) != f.Processes || f.CPUSeconds <= 0 || f.Messages <= 0 || f.PerCore <= 0 || f.BytesPer <= 0 {
 			t.Errorf("%s: %+v", f.Kind, f)
 		}
 		for name, s := range f.Shares {
@@ -261,6 +261,13 @@ func TestSpawnAll(t *testing.T) {
 	cp := r.Completeness
 	if cp == nil || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != r.Acked {
 		t.Fatalf("completeness %+v, %d acknowledged", cp, r.Acked)
+	}
+	// The engine's own figures: every acknowledged message reached the
+	// store after the first scrape, both WALs synced, the engine allocated.
+	e := r.Engine
+	if e == nil || e.StoreDelivery == nil || e.StoreDelivery.Count < float64(r.Acked) || e.StoreDelivery.P99 < e.StoreDelivery.P50 ||
+		e.Fsync["frontend"] == nil || e.Fsync["middletier"] == nil || e.Fsync["frontend"].Count <= 0 || e.AllocPerMsg <= 0 {
+		t.Fatalf("engine figures %+v, %d acknowledged", e, r.Acked)
 	}
 }
 

@@ -53,6 +53,16 @@
 // checks completeness in the store. -feed follows the live feed of an
 // engine already running.
 //
+// With an engine's metrics endpoint (-spawn, -spawn-all, or -metrics) it
+// also reports what the engine's own metrics gained over the run: the
+// fsyncs each write-ahead log waited for in the same minutes
+// (ingest_wal_fsync_duration_seconds, by hop), the bytes the engine
+// allocated per acknowledged message, and, once the store is checked, the
+// latency from a message's receipt at the frontend to the store holding it
+// (ingest_storage_delivery_latency_seconds). Their quantiles are
+// interpolated within the histograms' buckets, as PromQL's
+// histogram_quantile does.
+//
 // With -chaos (and -spawn) it runs the tiers as separate processes — two
 // middletiers, a storage writer following both, two frontends whose uplinks
 // know both middletiers — kills a random one with SIGKILL every -chaos.every
@@ -66,8 +76,10 @@
 // any, and reports for each tier the CPU time its processes spent while
 // the devices sent (from /proc/<pid>/stat), per message it handled
 // (entries into a frontend's or a middletier's WAL, points a writer's sink
-// took, from each process's own counters), as µs per message and msg/s per
-// core, and each process's share of its tier's messages. The frontends are
+// took, from each process's own counters), as µs per message (which is
+// also CPU-seconds per million messages) and msg/s per core, the bytes its
+// Go runtime allocated per message (go_memstats_alloc_bytes_total), and
+// each process's share of its tier's messages. The frontends are
 // named such that each middletier is the first choice of as many as can
 // be, so that the load is spread evenly rather than as a draw of a few
 // names happens to spread it.

@@ -244,6 +244,7 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 		c.onSendStart()
 	}
 	cpu := startCPU(c.enginePID)
+	scrapeBefore := scrapeEngine(ctx, c.engineMetrics)
 	st.start.Store(fl.Now())
 	sendStart := time.Now()
 	progressDone := make(chan struct{})
@@ -266,6 +267,7 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 	<-linesDone
 	ackedInWindow := fl.Stats().Acked
 	cpuUsed := cpu.stop(ackedInWindow)
+	scrapeSent := scrapeEngine(ctx, c.engineMetrics)
 	if c.onSendEnd != nil {
 		c.onSendEnd()
 	}
@@ -313,6 +315,11 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 		}
 		res.Completeness = comp
 	}
+	var scrapeStored scrape
+	if res.Completeness != nil {
+		scrapeStored = scrapeEngine(ctx, c.engineMetrics)
+	}
+	res.Engine = engineDelta(scrapeBefore, scrapeSent, scrapeStored, ackedInWindow)
 	return res, nil
 }
 

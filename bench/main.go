@@ -101,7 +101,7 @@ func main() {
 	flag.StringVar(&c.Feed, "feed", "", "live feed to follow (ws://host:8081/v1/feed, no auth) for device → dashboard latency")
 	flag.BoolVar(&c.Chaos, "chaos", false, "with -spawn: run the tiers as separate processes (by default 2 middletiers, a storage writer, 2 frontends: -tiers.*) and SIGKILL a random one every -chaos.every, starting it again; then check completeness")
 	flag.DurationVar(&c.ChaosEvery, "chaos.every", 5*time.Second, "mean time between kills")
-	flag.BoolVar(&c.Tiers, "tiers", false, "with -spawn: run the tiers as separate processes (-tiers.frontends, -tiers.middletiers, -tiers.writers) and report each tier's CPU time per message, its msg/s per core and each process's share of the traffic; then check completeness")
+	flag.BoolVar(&c.Tiers, "tiers", false, "with -spawn: run the tiers as separate processes (-tiers.frontends, -tiers.middletiers, -tiers.writers) and report each tier's CPU time per message, its msg/s per core, the bytes it allocated per message (go_memstats_alloc_bytes_total) and each process's share of the traffic; then check completeness")
 	flag.IntVar(&c.Cluster.Frontends, "tiers.frontends", 2, "with -tiers or -chaos: frontends, named such that each middletier is the first choice of as many as can be")
 	flag.IntVar(&c.Cluster.Middletiers, "tiers.middletiers", 2, "with -tiers or -chaos: middletiers")
 	flag.IntVar(&c.Cluster.Writers, "tiers.writers", 1, "with -tiers or -chaos: storage writers, one writer group when more than one")
@@ -114,7 +114,7 @@ func main() {
 	flag.StringVar(&c.CommandsToken, "commands.token-file", "", "with -commands and -url: a file holding an application token (ingest token --scope commands); default: one signed with -secret-file")
 	flag.DurationVar(&c.Interval, "interval", 0, "every so long, print a line: acknowledged/s, ack p50/p99/p99.9/max and device → feed p99 in that interval, and the engine's resident memory, open files, goroutines, heap and CPU (a soak; 0: none)")
 	flag.IntVar(&c.PID, "pid", 0, "with -url and -interval: the engine's process id, for its memory, open files and CPU")
-	flag.StringVar(&c.Metrics, "metrics", "", "with -url and -interval: the engine's metrics endpoint (http://host:8080/metrics), for its goroutines and heap")
+	flag.StringVar(&c.Metrics, "metrics", "", "with -url: the engine's metrics endpoint (http://host:8080/metrics), for its goroutines and heap (-interval) and the run's fsync, allocation and store-latency figures")
 	flag.Parse()
 
 	if err := run(c); err != nil {

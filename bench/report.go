@@ -44,6 +44,7 @@ type result struct {
 	Chaos        map[string]*recovery `json:"chaos,omitempty"`
 	Intervals    []interval           `json:"intervals,omitempty"`
 	Tiers        []tierFigure         `json:"tiers,omitempty"`
+	Engine       *engineFigures       `json:"engine,omitempty"`
 }
 
 // feedResult is what a dashboard on the live feed saw.
@@ -161,6 +162,7 @@ func (r *result) print(w io.Writer) {
 		fmt.Fprintln(w)
 	}
 	printTiers(w, r.Tiers)
+	printEngine(w, r.Engine)
 	if len(r.Errors) == 0 {
 		fmt.Fprintln(w, "errors:     none")
 		return

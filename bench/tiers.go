@@ -68,6 +68,7 @@ var tierCounter = map[string]struct{ name, label string }{
 type reading struct {
 	cpu      time.Duration
 	messages float64
+	alloc    float64 // bytes the Go runtime has allocated since the process started
 	ok       bool
 }
 
@@ -84,7 +85,8 @@ func (c *cluster) read() []reading {
 		cpu, ok := processCPU(cmd.Process.Pid)
 		tc := tierCounter[t.kind]
 		n, err := counterOf(t.metrics, tc.name, tc.label)
-		out[i] = reading{cpu: cpu, messages: n, ok: ok && err == nil}
+		alloc, aerr := counterOf(t.metrics, "go_memstats_alloc_bytes_total", "")
+		out[i] = reading{cpu: cpu, messages: n, alloc: alloc, ok: ok && err == nil && aerr == nil}
 	}
 	return out
 }
@@ -127,7 +129,9 @@ type tierFigure struct {
 	Processes   int                `json:"processes"`
 	CPUSeconds  float64            `json:"cpu_seconds"`
 	Messages    float64            `json:"messages"`
-	MicrosPer   float64            `json:"cpu_us_per_message"`
+	MicrosPer   float64            `json:"cpu_us_per_message"` // also CPU-seconds per million messages
+	AllocBytes  float64            `json:"alloc_bytes"`
+	BytesPer    float64            `json:"alloc_bytes_per_message"` // also MB per million messages
 	PerCore     float64            `json:"messages_per_second_per_core"`
 	Shares      map[string]float64 `json:"shares"`
 	Unavailable []string           `json:"unavailable,omitempty"` // processes without a reading
@@ -150,6 +154,7 @@ func (c *cluster) figures(before, after []reading) []tierFigure {
 			continue
 		}
 		f.CPUSeconds += (after[i].cpu - before[i].cpu).Seconds()
+		f.AllocBytes += after[i].alloc - before[i].alloc
 		f.Shares[t.name] = after[i].messages - before[i].messages
 		f.Messages += f.Shares[t.name]
 	}
@@ -165,6 +170,9 @@ func (c *cluster) figures(before, after []reading) []tierFigure {
 			f.MicrosPer = f.CPUSeconds * 1e6 / f.Messages
 			f.PerCore = f.Messages / f.CPUSeconds
 		}
+		if f.Messages > 0 {
+			f.BytesPer = f.AllocBytes / f.Messages
+		}
 		out = append(out, *f)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return rank(out[i].Kind) < rank(out[j].Kind) })
@@ -174,8 +182,8 @@ func (c *cluster) figures(before, after []reading) []tierFigure {
 // printTiers prints each tier's figures and shares.
 func printTiers(w io.Writer, figs []tierFigure) {
 	for _, f := range figs {
-		fmt.Fprintf(w, "%-11s %d× %.2f s CPU for %.0f messages: %.1f µs per message, %.0f msg/s per core; shares",
-			f.Kind+":", f.Processes, f.CPUSeconds, f.Messages, f.MicrosPer, f.PerCore)
+		fmt.Fprintf(w, "%-11s %d× %.2f s CPU for %.0f messages: %.1f µs per message, %.0f msg/s per core, %.0f B allocated per message; shares",
+			f.Kind+":", f.Processes, f.CPUSeconds, f.Messages, f.MicrosPer, f.PerCore, f.BytesPer)
 		names := make([]string, 0, len(f.Shares))
 		for n := range f.Shares {
 			names = append(names, n)
