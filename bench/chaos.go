@@ -208,10 +208,10 @@ func startCluster(bin string, s shape) (*cluster, error) {
 		c.devices = append(c.devices, "ws://"+addr+protocol.Path)
 		c.tiers = append(c.tiers, &tier{name: id, kind: "frontend", bin: bin,
 			ready: regexp.MustCompile(`msg="frontend listening"`),
-			args: []string{"frontend", "--insecure-no-auth", "--listen", addr, "--id", id,
+			args: append([]string{"frontend", "--insecure-no-auth", "--listen", addr, "--id", id,
 				"--wal.dir", filepath.Join(dir, id), "--drain-window", "200ms",
-				"--rate", "1000000", "--burst", "1000000", "--max-connections", "200000",
 				"--uplink.middletiers", strings.Join(ingest, ","), "--uplink.failover", "2s", "--uplink.flush-timeout", "5s"},
+				loadFlags...),
 			metrics: "http://" + addr + "/metrics"})
 	}
 	for _, t := range c.tiers {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -35,13 +36,27 @@ var (
 	allRE       = regexp.MustCompile(`msg="engine running.*devices=(\S+) metrics=(\S+) live_feed=(\S+) query_api=(\S+)`)
 )
 
+// loadFlags lift the frontend's per-device rate limit and connection bound
+// for an engine the bench starts, alone or whole, so that both measure the
+// same frontend: a device of a closed loop sends far past the default
+// 1,000 messages a second.
+var loadFlags = []string{"--rate", "1000000", "--burst", "1000000", "--max-connections", "200000"}
+
+// spawnedWALBound bounds the WAL of a frontend the bench starts alone.
+const spawnedWALBound = 16 << 30
+
 func spawnFrontend(ctx context.Context, bin string) (*engine, error) {
 	dir, err := os.MkdirTemp("", "ingest-bench-")
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(bin, "frontend", "--insecure-no-auth", "--listen", "127.0.0.1:0", "--mqtt.listen", "127.0.0.1:0",
-		"--wal.dir", dir+"/wal", "--rate", "1000000", "--burst", "1000000", "--max-connections", "200000")
+	args := append([]string{"frontend", "--insecure-no-auth", "--listen", "127.0.0.1:0", "--mqtt.listen", "127.0.0.1:0",
+		"--wal.dir", dir + "/wal",
+		// Nothing releases what this frontend holds: a bound far past
+		// what a run appends keeps "overloaded" out of a minute at full
+		// load.
+		"--wal.max-bytes", strconv.FormatInt(spawnedWALBound, 10)}, loadFlags...)
+	cmd := exec.Command(bin, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -124,9 +139,10 @@ func spawnAll(ctx context.Context, bin, sinks string) (*engine, error) {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	cmd := exec.Command(bin, "all", "--insecure-no-auth", "--data.dir", dir,
+	args := append([]string{"all", "--insecure-no-auth", "--data.dir", dir,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", p[0]), "--feed.listen", fmt.Sprintf("127.0.0.1:%d", p[1]),
-		"--storage.http.listen", fmt.Sprintf("127.0.0.1:%d", p[2]), "--mqtt.listen", "127.0.0.1:0")
+		"--storage.http.listen", fmt.Sprintf("127.0.0.1:%d", p[2]), "--mqtt.listen", "127.0.0.1:0"}, loadFlags...)
+	cmd := exec.Command(bin, args...)
 	if sinks != "" {
 		cmd.Env = append(os.Environ(), "INGEST_SINK="+sinks)
 	}
