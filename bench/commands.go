@@ -23,6 +23,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/internal/loadgen"
 	"github.com/ingest-io/ingest/protocol"
 )
 
@@ -266,7 +267,7 @@ func (r *cmdRun) connect(ctx context.Context, secret []byte, lg *slog.Logger) (*
 	sem := make(chan struct{}, 64)
 	start := time.Now()
 	for i := range n {
-		if r.c.Ramp > 0 && !sleep(ctx, time.Until(start.Add(r.c.Ramp*time.Duration(i)/time.Duration(n)))) {
+		if r.c.Ramp > 0 && !loadgen.Sleep(ctx, time.Until(start.Add(r.c.Ramp*time.Duration(i)/time.Duration(n)))) {
 			break
 		}
 		sem <- struct{}{}
@@ -323,7 +324,7 @@ func dialDevice(ctx context.Context, o client.Options, dials *stats, i int) (*cl
 			dials.record(i, int64(time.Since(t0)))
 			return cl, nil
 		}
-		if !sleep(ctx, 100*time.Millisecond) {
+		if !loadgen.Sleep(ctx, 100*time.Millisecond) {
 			break
 		}
 	}
@@ -414,7 +415,7 @@ func (r *cmdRun) run(ctx context.Context, f *cmdFleet) (*commandResult, error) {
 
 	// Drain: every accepted command delivered, every polled one read back.
 	deadline := time.Now().Add(r.c.Drain)
-	for (r.delivered.Load() < r.accepted.Load() || r.pollsLeft.Load() > 0) && time.Now().Before(deadline) && sleep(ctx, 20*time.Millisecond) {
+	for (r.delivered.Load() < r.accepted.Load() || r.pollsLeft.Load() > 0) && time.Now().Before(deadline) && loadgen.Sleep(ctx, 20*time.Millisecond) {
 	}
 	stopPolls()
 	r.pollWG.Wait()
@@ -511,7 +512,7 @@ func (r *cmdRun) pace(ctx context.Context, jobs chan<- uint64, up []int) {
 	stop := start + int64(r.c.Duration)
 	for k := uint64(1); ; k++ {
 		due := start + int64(float64(k-1)*period)
-		if due >= stop || !sleep(ctx, time.Duration(due-r.now())) {
+		if due >= stop || !loadgen.Sleep(ctx, time.Duration(due-r.now())) {
 			return
 		}
 		rec := &cmdRec{dev: up[rand.N(len(up))], due: due}
@@ -633,7 +634,7 @@ func (r *cmdRun) poll(ctx context.Context, k uint64) {
 		cid, sent, dev := rec.cid, rec.sent, rec.dev
 		r.mu.Unlock()
 		if cid == "" { // the API's answer is still on its way
-			if !sleep(ctx, commandPollEvery) {
+			if !loadgen.Sleep(ctx, commandPollEvery) {
 				return
 			}
 			continue
@@ -646,7 +647,7 @@ func (r *cmdRun) poll(ctx context.Context, k uint64) {
 			}
 			return
 		}
-		if !sleep(ctx, commandPollEvery) {
+		if !loadgen.Sleep(ctx, commandPollEvery) {
 			return
 		}
 	}
@@ -757,7 +758,7 @@ func (r *cmdRun) finalStates(ctx context.Context, deadline time.Time) (map[strin
 			})
 		}
 		wg.Wait()
-		if len(todo) == 0 || !time.Now().Before(deadline) || !sleep(ctx, 200*time.Millisecond) {
+		if len(todo) == 0 || !time.Now().Before(deadline) || !loadgen.Sleep(ctx, 200*time.Millisecond) {
 			break
 		}
 	}
@@ -785,34 +786,21 @@ func (r *cmdRun) finalStates(ctx context.Context, deadline time.Time) (map[strin
 
 // progress prints a line a second until ctx ends, unless quiet.
 func (r *cmdRun) progress(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
 	var last int64
-	for {
-		select {
-		case <-ctx.Done():
-			if !r.c.Quiet {
-				fmt.Fprintln(os.Stderr)
-			}
-			return
-		case <-t.C:
-			if r.c.Quiet {
-				continue
-			}
-			d := r.delivered.Load()
-			h := merged(r.deviceLat.shards)
-			r.mu.Lock()
-			var refused int64
-			for _, n := range r.refused {
-				refused += n
-			}
-			r.mu.Unlock()
-			fmt.Fprintf(os.Stderr, "\r%5.0fs  accepted %-9d delivered %-9d %6d/s  API → device p50 %7.2fms  p99 %7.2fms  refused %d   ",
-				float64(r.now()-r.start.Load())/1e9, r.accepted.Load(), d, d-last,
-				float64(h.ValueAtQuantile(50))/1000, float64(h.ValueAtQuantile(99))/1000, refused)
-			last = d
+	everySecond(ctx, r.c.Quiet, func() string {
+		d := r.delivered.Load()
+		h := merged(r.deviceLat.shards)
+		r.mu.Lock()
+		var refused int64
+		for _, n := range r.refused {
+			refused += n
 		}
-	}
+		r.mu.Unlock()
+		defer func() { last = d }()
+		return fmt.Sprintf("%5.0fs  accepted %-9d delivered %-9d %6d/s  API → device p50 %7.2fms  p99 %7.2fms  refused %d   ",
+			float64(r.now()-r.start.Load())/1e9, r.accepted.Load(), d, d-last,
+			float64(h.ValueAtQuantile(50))/1000, float64(h.ValueAtQuantile(99))/1000, refused)
+	})
 }
 
 // cmdInterval is one line of a command-mode run with -interval.
@@ -945,14 +933,8 @@ func countsLine(m map[string]int64) string {
 // when an accepted command was not acknowledged or none was accepted.
 func reportCommands(c config, res *commandResult) error {
 	res.print(os.Stdout)
-	if c.JSON != "" {
-		b, err := json.MarshalIndent(res, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(c.JSON, append(b, '\n'), 0o644); err != nil {
-			return fmt.Errorf("write results: %w", err)
-		}
+	if err := writeJSON(c.JSON, res); err != nil {
+		return err
 	}
 	return res.verdict()
 }
@@ -972,19 +954,4 @@ func (r *commandResult) verdict() error {
 		return fmt.Errorf("%d accepted commands not acknowledged (%s)", r.Unanswered, countsLine(r.Final))
 	}
 	return nil
-}
-
-// sleep waits d or until ctx ends; it reports whether it waited d.
-func sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -325,26 +325,33 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 
 // progress prints a line a second until ctx ends.
 func progress(ctx context.Context, fl *loadgen.Fleet, st *stats, quiet bool) {
+	var last int64
+	everySecond(ctx, quiet, func() string {
+		sent, acked, errs := fl.Progress()
+		h := merged(st.shards)
+		defer func() { last = acked }()
+		return fmt.Sprintf("%5.0fs  sent %-10d acked %-10d %8d/s  p50 %7.2fms  p99 %7.2fms  errors %d   ",
+			float64(fl.Now()-st.start.Load())/1e9, sent, acked, acked-last,
+			float64(h.ValueAtQuantile(50))/1000, float64(h.ValueAtQuantile(99))/1000, errs)
+	})
+}
+
+// everySecond prints line's result over the last one on stderr once a
+// second until ctx ends, then ends the line; nothing when quiet.
+func everySecond(ctx context.Context, quiet bool, line func() string) {
+	if quiet {
+		<-ctx.Done()
+		return
+	}
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	var last int64
 	for {
 		select {
 		case <-ctx.Done():
-			if !quiet {
-				fmt.Fprintln(os.Stderr)
-			}
+			fmt.Fprintln(os.Stderr)
 			return
 		case <-t.C:
-			if quiet {
-				continue
-			}
-			sent, acked, errs := fl.Progress()
-			h := merged(st.shards)
-			fmt.Fprintf(os.Stderr, "\r%5.0fs  sent %-10d acked %-10d %8d/s  p50 %7.2fms  p99 %7.2fms  errors %d   ",
-				float64(fl.Now()-st.start.Load())/1e9, sent, acked, acked-last,
-				float64(h.ValueAtQuantile(50))/1000, float64(h.ValueAtQuantile(99))/1000, errs)
-			last = acked
+			fmt.Fprint(os.Stderr, "\r"+line())
 		}
 	}
 }

@@ -197,14 +197,8 @@ func run(c config) error {
 // run when a message was lost or duplicated.
 func report(c config, res *result) error {
 	res.print(os.Stdout)
-	if c.JSON != "" {
-		b, err := json.MarshalIndent(res, "", "  ")
-		if err != nil {
-			return err
-		}
-		if err := os.WriteFile(c.JSON, append(b, '\n'), 0o644); err != nil {
-			return fmt.Errorf("write results: %w", err)
-		}
+	if err := writeJSON(c.JSON, res); err != nil {
+		return err
 	}
 	if c.Plot != "" {
 		if err := os.WriteFile(c.Plot, res.svg(), 0o644); err != nil {
@@ -349,4 +343,20 @@ func raiseFileLimit(devices int) {
 	if syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim) != nil || lim.Cur < want {
 		fmt.Fprintf(os.Stderr, "bench: open-file limit %d is below the %d the devices need\n", lim.Cur, want)
 	}
+}
+
+// writeJSON writes the results v as indented JSON to path; nothing when
+// path is empty.
+func writeJSON(path string, v any) error {
+	if path == "" {
+		return nil
+	}
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(path, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("write results: %w", err)
+	}
+	return nil
 }

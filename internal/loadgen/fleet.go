@@ -308,7 +308,7 @@ func (f *Fleet) Connect(ctx context.Context) (int, error) {
 	for i, d := range f.devs {
 		if f.opts.Ramp > 0 {
 			at := begin.Add(f.opts.Ramp * time.Duration(i) / time.Duration(len(f.devs)))
-			if !sleep(ctx, time.Until(at)) {
+			if !Sleep(ctx, time.Until(at)) {
 				d.mu.Lock()
 				d.dialErr = ctx.Err()
 				d.mu.Unlock()
@@ -454,7 +454,7 @@ func (f *Fleet) pace(ctx context.Context, stop int64) {
 func (f *Fleet) Drain(ctx context.Context, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for f.pending.Load() > 0 {
-		if time.Now().After(deadline) || !sleep(ctx, 2*time.Millisecond) {
+		if time.Now().After(deadline) || !Sleep(ctx, 2*time.Millisecond) {
 			return false
 		}
 	}
@@ -511,8 +511,8 @@ func Run(ctx context.Context, opts Options, drain time.Duration) (Stats, error) 
 	return f.Stats(), nil
 }
 
-// sleep waits d or until ctx ends; it reports whether it waited d.
-func sleep(ctx context.Context, d time.Duration) bool {
+// Sleep waits d or until ctx ends; it reports whether it waited d.
+func Sleep(ctx context.Context, d time.Duration) bool {
 	if d <= 0 {
 		return ctx.Err() == nil
 	}
