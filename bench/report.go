@@ -4,8 +4,9 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"maps"
 	"math"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -149,11 +150,7 @@ func (r *result) print(w io.Writer) {
 		}
 	}
 	if len(r.Chaos) > 0 {
-		kinds := make([]string, 0, len(r.Chaos))
-		for k := range r.Chaos {
-			kinds = append(kinds, k)
-		}
-		sort.Strings(kinds)
+		kinds := slices.Sorted(maps.Keys(r.Chaos))
 		fmt.Fprint(w, "chaos:     ")
 		for _, k := range kinds {
 			rc := r.Chaos[k]
@@ -167,11 +164,7 @@ func (r *result) print(w io.Writer) {
 		fmt.Fprintln(w, "errors:     none")
 		return
 	}
-	codes := make([]string, 0, len(r.Errors))
-	for c := range r.Errors {
-		codes = append(codes, c)
-	}
-	sort.Strings(codes)
+	codes := slices.Sorted(maps.Keys(r.Errors))
 	fmt.Fprint(w, "errors:    ")
 	for _, c := range codes {
 		fmt.Fprintf(w, " %s=%d", c, r.Errors[c])

@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -184,11 +186,7 @@ func printTiers(w io.Writer, figs []tierFigure) {
 	for _, f := range figs {
 		fmt.Fprintf(w, "%-11s %d× %.2f s CPU for %.0f messages: %.1f µs per message, %.0f msg/s per core, %.0f B allocated per message; shares",
 			f.Kind+":", f.Processes, f.CPUSeconds, f.Messages, f.MicrosPer, f.PerCore, f.BytesPer)
-		names := make([]string, 0, len(f.Shares))
-		for n := range f.Shares {
-			names = append(names, n)
-		}
-		sort.Strings(names)
+		names := slices.Sorted(maps.Keys(f.Shares))
 		for _, n := range names {
 			fmt.Fprintf(w, " %s %.3f", n, f.Shares[n])
 		}

@@ -1,6 +1,7 @@
 package middletier
 
 import (
+	"maps"
 	"slices"
 	"time"
 
@@ -72,11 +73,7 @@ func (g *group) chosen() string {
 	if len(g.members) == 0 {
 		return ""
 	}
-	names := make([]string, 0, len(g.members))
-	for m := range g.members {
-		names = append(names, m)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(g.members))
 	return names[g.slot%uint64(len(names))]
 }
 

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
@@ -447,11 +448,7 @@ func VMExport(t testing.TB, s *Store, selector string) map[string][]Sample {
 
 // LabelsKey formats a label set as {a="1", b="2"}, sorted by name.
 func LabelsKey(m map[string]string) string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	slices.Sort(keys)
+	keys := slices.Sorted(maps.Keys(m))
 	var b strings.Builder
 	b.WriteByte('{')
 	for i, k := range keys {
