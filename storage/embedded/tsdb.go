@@ -421,6 +421,22 @@ func (s *TSDB) Write(ctx context.Context, points []storage.Point) error {
 	return nil
 }
 
+// tally counts one append's outcome: taken, too old or a duplicate
+// timestamp. Any other error is the TSDB's own, and tally returns it.
+func tally(err error, ls labels.Labels, n, tooOld, dupTS *int) error {
+	switch {
+	case err == nil:
+		*n++
+	case errors.Is(err, promstorage.ErrTooOldSample), errors.Is(err, promstorage.ErrOutOfBounds), errors.Is(err, promstorage.ErrOutOfOrderSample):
+		*tooOld++
+	case errors.Is(err, promstorage.ErrDuplicateSampleForTimestamp):
+		*dupTS++
+	default:
+		return &storage.KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
+	}
+	return nil
+}
+
 // commit appends every sample of points in one transaction and commits it,
 // one transaction at a time (appendMu). It returns the samples taken and
 // those dropped, by reason.
@@ -441,16 +457,9 @@ func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, d
 		// the same one wins on every delivery.
 		for _, name := range sortedKeys(&keys, p.Numbers) {
 			ls, err := s.refs.append(app, &b, dev, seriesKey{field: name}, t, p.Numbers[name])
-			switch {
-			case err == nil:
-				n++
-			case errors.Is(err, promstorage.ErrTooOldSample), errors.Is(err, promstorage.ErrOutOfBounds), errors.Is(err, promstorage.ErrOutOfOrderSample):
-				tooOld++
-			case errors.Is(err, promstorage.ErrDuplicateSampleForTimestamp):
-				dupTS++
-			default:
+			if err := tally(err, ls, &n, &tooOld, &dupTS); err != nil {
 				app.Rollback()
-				return 0, 0, 0, 0, &storage.KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
+				return 0, 0, 0, 0, err
 			}
 		}
 		for _, name := range sortedKeys(&keys, p.Strings) {
@@ -460,16 +469,9 @@ func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, d
 				continue
 			}
 			ls, err := s.refs.append(app, &b, dev, seriesKey{field: name, value: v, info: true}, t, 1)
-			switch {
-			case err == nil:
-				n++
-			case errors.Is(err, promstorage.ErrTooOldSample), errors.Is(err, promstorage.ErrOutOfBounds), errors.Is(err, promstorage.ErrOutOfOrderSample):
-				tooOld++
-			case errors.Is(err, promstorage.ErrDuplicateSampleForTimestamp):
-				dupTS++
-			default:
+			if err := tally(err, ls, &n, &tooOld, &dupTS); err != nil {
 				app.Rollback()
-				return 0, 0, 0, 0, &storage.KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
+				return 0, 0, 0, 0, err
 			}
 		}
 	}
