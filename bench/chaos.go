@@ -40,7 +40,7 @@ type tier struct {
 
 func (t *tier) start() (time.Duration, error) {
 	begin := time.Now()
-	cmd := exec.Command(t.bin, t.args...)
+	cmd := engineCommand(t.bin, t.args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return 0, err

@@ -56,7 +56,7 @@ func spawnFrontend(ctx context.Context, bin string) (*engine, error) {
 		// what a run appends keeps "overloaded" out of a minute at full
 		// load.
 		"--wal.max-bytes", strconv.FormatInt(spawnedWALBound, 10)}, loadFlags...)
-	cmd := exec.Command(bin, args...)
+	cmd := engineCommand(bin, args...)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -142,7 +142,7 @@ func spawnAll(ctx context.Context, bin, sinks string) (*engine, error) {
 	args := append([]string{"all", "--insecure-no-auth", "--data.dir", dir,
 		"--listen", fmt.Sprintf("127.0.0.1:%d", p[0]), "--feed.listen", fmt.Sprintf("127.0.0.1:%d", p[1]),
 		"--storage.http.listen", fmt.Sprintf("127.0.0.1:%d", p[2]), "--mqtt.listen", "127.0.0.1:0"}, loadFlags...)
-	cmd := exec.Command(bin, args...)
+	cmd := engineCommand(bin, args...)
 	if sinks != "" {
 		cmd.Env = append(os.Environ(), "INGEST_SINK="+sinks)
 	}
@@ -189,4 +189,13 @@ func spawnAll(ctx context.Context, bin, sinks string) (*engine, error) {
 		e.stop()
 		return nil, ctx.Err()
 	}
+}
+
+// engineCommand is the command that starts an engine process from bin. The
+// kernel kills the process if the bench dies first (a SIGPIPE when its
+// output is cut short, a kill), so no engine outlives the run.
+func engineCommand(bin string, args ...string) *exec.Cmd {
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
 }
