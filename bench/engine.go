@@ -89,43 +89,53 @@ func engineDelta(before, sent, stored scrape, acked int64) *engineFigures {
 		}
 	}
 	if acked > 0 {
-		a, b := counterValue(after, "go_memstats_alloc_bytes_total"), counterValue(before, "go_memstats_alloc_bytes_total")
+		a, _ := sampleOf(after, "go_memstats_alloc_bytes_total", "", "")
+		b, _ := sampleOf(before, "go_memstats_alloc_bytes_total", "", "")
 		f.AllocPerMsg = (a - b) / float64(acked)
 	}
 	return f
 }
 
-// counterValue is the first sample of a counter or gauge family.
-func counterValue(s scrape, name string) float64 {
-	mf := s[name]
-	if mf == nil || len(mf.Metric) == 0 {
-		return 0
-	}
-	m := mf.Metric[0]
-	if c := m.GetCounter(); c != nil {
-		return c.GetValue()
-	}
-	return m.GetGauge().GetValue()
-}
-
-// histogramOf is the histogram of family name whose label key is value
-// (any, with key empty).
-func histogramOf(s scrape, name, key, value string) *dto.Histogram {
+// metricOf is the first metric of family name whose label key is value
+// (the first of any, with key empty); nil if there is none.
+func metricOf(s scrape, name, key, value string) *dto.Metric {
 	mf := s[name]
 	if mf == nil {
 		return nil
 	}
 	for _, m := range mf.Metric {
 		if key == "" {
-			return m.GetHistogram()
+			return m
 		}
 		for _, l := range m.Label {
 			if l.GetName() == key && l.GetValue() == value {
-				return m.GetHistogram()
+				return m
 			}
 		}
 	}
 	return nil
+}
+
+// sampleOf is the value of the counter, gauge or untyped metric that
+// metricOf finds; false if there is none.
+func sampleOf(s scrape, name, key, value string) (float64, bool) {
+	m := metricOf(s, name, key, value)
+	switch {
+	case m == nil:
+		return 0, false
+	case m.Counter != nil:
+		return m.Counter.GetValue(), true
+	case m.Gauge != nil:
+		return m.Gauge.GetValue(), true
+	case m.Untyped != nil:
+		return m.Untyped.GetValue(), true
+	}
+	return 0, false
+}
+
+// histogramOf is the histogram that metricOf finds; nil if there is none.
+func histogramOf(s scrape, name, key, value string) *dto.Histogram {
+	return metricOf(s, name, key, value).GetHistogram()
 }
 
 // histDelta summarises what a histogram gained between the scrapes, in

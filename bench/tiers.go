@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"maps"
-	"net/http"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -60,10 +58,10 @@ func frontendIDs(n int, middletiers []string) []string {
 // tierCounter is, per kind of tier, the counter of the messages a process
 // of it handled: entries into a frontend's WAL, entries into a
 // middletier's, points a writer's sink took.
-var tierCounter = map[string]struct{ name, label string }{
-	"frontend":   {"ingest_wal_appended_entries_total", `hop="frontend"`},
-	"middletier": {"ingest_middletier_entries_total", ""},
-	"storage":    {"ingest_storage_points_written_total", ""},
+var tierCounter = map[string]struct{ name, key, value string }{
+	"frontend":   {"ingest_wal_appended_entries_total", "hop", "frontend"},
+	"middletier": {"ingest_middletier_entries_total", "", ""},
+	"storage":    {"ingest_storage_points_written_total", "", ""},
 }
 
 // reading is a process's CPU time and message counter at one instant.
@@ -86,42 +84,12 @@ func (c *cluster) read() []reading {
 		}
 		cpu, ok := processCPU(cmd.Process.Pid)
 		tc := tierCounter[t.kind]
-		n, err := counterOf(t.metrics, tc.name, tc.label)
-		alloc, aerr := counterOf(t.metrics, "go_memstats_alloc_bytes_total", "")
-		out[i] = reading{cpu: cpu, messages: n, alloc: alloc, ok: ok && err == nil && aerr == nil}
+		m := scrapeEngine(context.Background(), t.metrics)
+		n, nok := sampleOf(m, tc.name, tc.key, tc.value)
+		alloc, aok := sampleOf(m, "go_memstats_alloc_bytes_total", "", "")
+		out[i] = reading{cpu: cpu, messages: n, alloc: alloc, ok: ok && nok && aok}
 	}
 	return out
-}
-
-// counterOf is the first sample of name whose labels hold label at the
-// metrics endpoint u.
-func counterOf(u, name, label string) (float64, error) {
-	resp, err := http.Get(u)
-	if err != nil {
-		return 0, err
-	}
-	defer resp.Body.Close()
-	v, err := counterIn(resp.Body, name, label)
-	io.Copy(io.Discard, resp.Body)
-	if err != nil {
-		return 0, fmt.Errorf("%s: %w", u, err)
-	}
-	return v, nil
-}
-
-// counterIn is the first sample of name whose labels hold label in the
-// Prometheus text exposition r.
-func counterIn(r io.Reader, name, label string) (float64, error) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), name)
-		if !ok || rest == "" || (rest[0] != ' ' && rest[0] != '{') || !strings.Contains(rest, label) {
-			continue
-		}
-		return strconv.ParseFloat(strings.TrimSpace(rest[strings.LastIndexByte(rest, ' ')+1:]), 64)
-	}
-	return 0, fmt.Errorf("no %s{%s}", name, label)
 }
 
 // tierFigure is what one kind of tier spent on the messages it handled
