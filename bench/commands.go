@@ -784,22 +784,29 @@ func (r *cmdRun) finalStates(ctx context.Context, deadline time.Time) (map[strin
 	return final, unanswered, nil
 }
 
+// refusedTotal is the number of commands the API has refused so far.
+func (r *cmdRun) refusedTotal() int64 {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var n int64
+	for _, k := range r.refused {
+		n += k
+	}
+	return n
+}
+
 // progress prints a line a second until ctx ends, unless quiet.
 func (r *cmdRun) progress(ctx context.Context) {
 	var last int64
 	everySecond(ctx, r.c.Quiet, func() string {
 		d := r.delivered.Load()
 		h := merged(r.deviceLat.shards)
-		r.mu.Lock()
-		var refused int64
-		for _, n := range r.refused {
-			refused += n
-		}
-		r.mu.Unlock()
-		defer func() { last = d }()
-		return fmt.Sprintf("%5.0fs  accepted %-9d delivered %-9d %6d/s  API → device p50 %7.2fms  p99 %7.2fms  refused %d   ",
+		refused := r.refusedTotal()
+		line := fmt.Sprintf("%5.0fs  accepted %-9d delivered %-9d %6d/s  API → device p50 %7.2fms  p99 %7.2fms  refused %d   ",
 			float64(r.now()-r.start.Load())/1e9, r.accepted.Load(), d, d-last,
 			float64(h.ValueAtQuantile(50))/1000, float64(h.ValueAtQuantile(99))/1000, refused)
+		last = d
+		return line
 	})
 }
 
@@ -838,12 +845,7 @@ func (r *cmdRun) intervals(ctx context.Context, w io.Writer) []cmdInterval {
 	line := func(now time.Time) {
 		secs := now.Sub(lastAt).Seconds()
 		acc, del := r.accepted.Load(), r.delivered.Load()
-		r.mu.Lock()
-		var ref int64
-		for _, n := range r.refused {
-			ref += n
-		}
-		r.mu.Unlock()
+		ref := r.refusedTotal()
 		sh, dh, rh := r.submitLat.takeInterval(), r.deviceLat.takeInterval(), r.resultLat.takeInterval()
 		iv := cmdInterval{End: now.Sub(start).Seconds(), AcceptedPS: float64(acc-lastAcc) / secs, DeliveredPS: float64(del-lastDel) / secs,
 			Refused: ref - lastRef, SubmitP99: ms(sh.ValueAtQuantile(99)), DeviceP50: ms(dh.ValueAtQuantile(50)),

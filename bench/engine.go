@@ -79,17 +79,16 @@ func engineDelta(before, sent, stored scrape, acked int64) *engineFigures {
 		return nil
 	}
 	f := &engineFigures{Fsync: map[string]*histFigure{}}
-	after := sent
 	if stored != nil {
 		f.StoreDelivery = histDelta(before, stored, "ingest_storage_delivery_latency_seconds", "", "")
 	}
 	for _, hop := range []string{"frontend", "middletier"} {
-		if h := histDelta(before, after, "ingest_wal_fsync_duration_seconds", "hop", hop); h != nil {
+		if h := histDelta(before, sent, "ingest_wal_fsync_duration_seconds", "hop", hop); h != nil {
 			f.Fsync[hop] = h
 		}
 	}
 	if acked > 0 {
-		a, _ := sampleOf(after, "go_memstats_alloc_bytes_total", "", "")
+		a, _ := sampleOf(sent, "go_memstats_alloc_bytes_total", "", "")
 		b, _ := sampleOf(before, "go_memstats_alloc_bytes_total", "", "")
 		f.AllocPerMsg = (a - b) / float64(acked)
 	}

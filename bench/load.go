@@ -329,10 +329,11 @@ func progress(ctx context.Context, fl *loadgen.Fleet, st *stats, quiet bool) {
 	everySecond(ctx, quiet, func() string {
 		sent, acked, errs := fl.Progress()
 		h := merged(st.shards)
-		defer func() { last = acked }()
-		return fmt.Sprintf("%5.0fs  sent %-10d acked %-10d %8d/s  p50 %7.2fms  p99 %7.2fms  errors %d   ",
+		line := fmt.Sprintf("%5.0fs  sent %-10d acked %-10d %8d/s  p50 %7.2fms  p99 %7.2fms  errors %d   ",
 			float64(fl.Now()-st.start.Load())/1e9, sent, acked, acked-last,
 			float64(h.ValueAtQuantile(50))/1000, float64(h.ValueAtQuantile(99))/1000, errs)
+		last = acked
+		return line
 	})
 }
 
