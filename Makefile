@@ -72,11 +72,13 @@ deps:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
 
-# The second line tests the patched copy of tidwall/wal the engine builds
-# with (a module of its own, so ./... leaves it out).
+# The last two lines test the patched copies of tidwall/wal and
+# go-zeromq/zmq4 the engine builds with (modules of their own, so ./...
+# leaves them out).
 test: deps lint
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	cd third_party/tidwall-wal && $(GO) test -race -count=1 .
+	cd third_party/go-zeromq-zmq4 && $(GO) test -race -count=1 .
 
 test-short: deps
 	$(GO) test -short -count=1 $(PKGS)
