@@ -18,6 +18,7 @@ type metrics struct {
 	published    prometheus.Counter
 	fetches      prometheus.Counter
 	commits      prometheus.Counter
+	stateWrites  prometheus.Counter
 	stalls       *prometheus.CounterVec
 	lag          *prometheus.GaugeVec
 	ingestQueue  prometheus.Gauge
@@ -43,6 +44,8 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 		published: b.Counter("ingest_middletier_published_records_total", "Records published on the stream."),
 		fetches:   b.Counter("ingest_middletier_fetches_total", "Fetch requests served."),
 		commits:   b.Counter("ingest_middletier_commits_total", "Consumer checkpoints made durable."),
+		stateWrites: b.Counter("ingest_middletier_state_writes_total",
+			"Writes of the state file (marks and consumer checkpoints), each with its fsyncs: at most one per StateInterval (100 ms by default), however many commits it holds."),
 		stalls: b.CounterVec("ingest_middletier_send_stalls_total",
 			"Sends that stalled past the watchdog's limit, after which the socket was closed and opened again.", "socket"),
 		lag: b.GaugeVec("ingest_middletier_consumer_lag_entries",

@@ -62,6 +62,14 @@ type Options struct {
 	// LagWarn is the consumer lag, in entries, past which a line is logged.
 	// Default 1,000,000.
 	LagWarn uint64
+	// StateInterval is the least time between two writes of the state
+	// file (a write, an fsync, a rename and an fsync of the directory).
+	// Commits that arrive within it are made durable, and acknowledged, by
+	// one write: with writers that each commit every few milliseconds the
+	// file is still written at most once per StateInterval. A commit waits
+	// up to this long more for its acknowledgement; nothing else does.
+	// Default 100ms.
+	StateInterval time.Duration
 }
 
 // DefaultOptions returns the defaults that zero fields stand for.
@@ -78,6 +86,7 @@ func DefaultOptions() Options {
 		MaxFetchRecords: 4096,
 		MaxFetchBytes:   4 << 20,
 		LagWarn:         1_000_000,
+		StateInterval:   100 * time.Millisecond,
 		LeaseTTL:        5 * time.Second,
 	}
 }

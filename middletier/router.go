@@ -659,9 +659,14 @@ func (r *Router) poke() {
 // stateKeeper makes the marks and checkpoints durable, acknowledges commits
 // once they are, releases the WAL up to what every durable consumer has,
 // and keeps the lag gauges.
+// The state file is written at most once per StateInterval: a commit that
+// arrives sooner waits for the interval's end and shares the write.
 func (r *Router) stateKeeper(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	gap := time.NewTimer(time.Hour)
+	gap.Stop()
+	var next time.Time // the earliest time of the next write
 	for {
 		select {
 		case <-ctx.Done():
@@ -670,6 +675,15 @@ func (r *Router) stateKeeper(ctx context.Context) {
 		case <-tick.C:
 			r.keepGroups()
 		}
+		if d := time.Until(next); d > 0 {
+			gap.Reset(d)
+			select {
+			case <-ctx.Done():
+				return
+			case <-gap.C:
+			}
+		}
+		next = time.Now().Add(r.opts.StateInterval)
 		if err := r.keepState(); err != nil {
 			r.fail(err)
 			return
@@ -702,6 +716,7 @@ func (r *Router) keepState() error {
 		}
 		return nil
 	}
+	r.m.stateWrites.Inc()
 	if r.stateNoSpace.CompareAndSwap(true, false) {
 		r.m.stateNoSpace.Set(0)
 		r.lg.Info("middletier: state file written again")

@@ -301,3 +301,47 @@ func resendAll(t *testing.T, tr *testkit.Middletier, n uint64, why string) {
 		t.Fatalf("last index %d after resending 1..%d, want %d: %s", got, n, n, why)
 	}
 }
+
+// TestCommitsShareStateWrites: commits that arrive within StateInterval of
+// the last write of the state file wait for the interval's end and are made
+// durable by one write; each is still acknowledged, with its checkpoint.
+func TestCommitsShareStateWrites(t *testing.T) {
+	tr := startTier(t, t.TempDir(), middletier.Options{Consumers: []string{"storage"}, StateInterval: time.Second}, wal.Options{})
+	fe := dealer(t, tr.Addrs.Ingest, "fe-1#1")
+	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 100)})
+	testkit.Next[*wire.Ack](t, fe)
+	cons := dealer(t, tr.Addrs.Consumer, "storage#1")
+	cons.Send(t, &wire.Commit{Consumer: "storage", Seq: 1})
+	if ca := testkit.Next[*wire.CommitAck](t, cons); ca.Seq != 1 {
+		t.Fatalf("commit ack %+v", ca)
+	}
+	before := testkit.Metric(t, tr.Reg, "ingest_middletier_state_writes_total")
+
+	// 40 commits, 5 ms apart: 200 ms, well inside one interval after the
+	// write that acknowledged the first. Written one by one they would take
+	// 40 writes; sharing, they take one (two if the second's tick falls
+	// between them).
+	const n = 40
+	for seq := uint64(2); seq < 2+n; seq++ {
+		cons.Send(t, &wire.Commit{Consumer: "storage", Seq: seq})
+		time.Sleep(5 * time.Millisecond)
+	}
+	var last uint64
+	for range n {
+		ca := testkit.Next[*wire.CommitAck](t, cons)
+		if ca.Seq < last {
+			t.Fatalf("commit acks went back from %d to %d", last, ca.Seq)
+		}
+		last = ca.Seq
+	}
+	if last != n+1 {
+		t.Fatalf("last commit acknowledged at %d, want %d", last, n+1)
+	}
+	if got := tr.Log.Released(); got != n+1 {
+		t.Fatalf("released %d after commit %d", got, n+1)
+	}
+	writes := testkit.Metric(t, tr.Reg, "ingest_middletier_state_writes_total") - before
+	if writes < 1 || writes > 2 {
+		t.Fatalf("%d commits took %v writes of the state file, want 1 or 2", n, writes)
+	}
+}
