@@ -170,8 +170,10 @@ type tsdbMetrics struct {
 
 	// wblFailed is the write-behind log's own count of failed writes
 	// (prometheus_tsdb_out_of_order_wbl_writes_failed_total), taken as
-	// tsdb.Open registers it: the TSDB does not return that failure.
-	wblFailed prometheus.Collector
+	// tsdb.Open registers it: the TSDB does not return that failure. It is
+	// the metric the counter's collector gave at registration, a live view
+	// of the counter, read in place on every commit.
+	wblFailed prometheus.Metric
 }
 
 // watchRegisterer passes the TSDB's own metrics on to reg (nil: none), and
@@ -186,13 +188,28 @@ func (w watchRegisterer) Register(c prometheus.Collector) error {
 	go func() { c.Describe(descs); close(descs) }()
 	for d := range descs {
 		if strings.Contains(d.String(), `fqName: "prometheus_tsdb_out_of_order_wbl_writes_failed_total"`) {
-			w.m.wblFailed = c
+			w.m.wblFailed = collectOne(c)
 		}
 	}
 	if w.reg == nil {
 		return nil
 	}
 	return w.reg.Register(c)
+}
+
+// collectOne returns the one metric c collects (a counter collects itself,
+// wrapped by the registerers it went through), or nil.
+func collectOne(c prometheus.Collector) prometheus.Metric {
+	ch := make(chan prometheus.Metric, 1)
+	go func() { c.Collect(ch); close(ch) }()
+	var ms []prometheus.Metric
+	for m := range ch {
+		ms = append(ms, m)
+	}
+	if len(ms) != 1 {
+		return nil
+	}
+	return ms[0]
 }
 
 func (w watchRegisterer) MustRegister(cs ...prometheus.Collector) {
@@ -212,16 +229,11 @@ func (m *tsdbMetrics) wblWritesFailed() float64 {
 	if m.wblFailed == nil {
 		return 0
 	}
-	ch := make(chan prometheus.Metric, 1)
-	go func() { m.wblFailed.Collect(ch); close(ch) }()
-	var v float64
-	for met := range ch {
-		var d dto.Metric
-		if met.Write(&d) == nil && d.Counter != nil {
-			v = d.Counter.GetValue()
-		}
+	var d dto.Metric
+	if m.wblFailed.Write(&d) != nil || d.Counter == nil {
+		return 0
 	}
-	return v
+	return d.Counter.GetValue()
 }
 
 // Open opens (or creates) the TSDB in opts.Dir, replaying its WAL. The
@@ -730,7 +742,15 @@ func (s *logSync) syncLogs() error {
 // page's bytes not yet written), so every write grows it, and an fsync of
 // a file with nothing to write can still cost a flush of the disk's cache
 // (the write-behind log goes unwritten while samples come in order).
+//
+// wlog numbers its segments in order, creates one only once the one before
+// it is full, and truncation removes the oldest: while the segment kept is
+// there and the one after it is not, no other can have grown, and two stats
+// stand for a listing of the directory.
 func (l *segLog) sync(fsync func(*os.File) error) (created bool, err error) {
+	if l.f != nil && exists(wlog.SegmentName(l.dir, l.seg)) && !exists(wlog.SegmentName(l.dir, l.seg+1)) {
+		return false, l.syncKept(fsync)
+	}
 	first, last, err := wlog.Segments(l.dir)
 	if err != nil {
 		return false, err
@@ -740,17 +760,9 @@ func (l *segLog) sync(fsync func(*os.File) error) (created bool, err error) {
 	}
 	for i := max(l.seg, first); i <= last; i++ {
 		if i == l.seg {
-			fi, err := l.f.Stat()
-			if err != nil {
+			if err := l.syncKept(fsync); err != nil {
 				return false, err
 			}
-			if fi.Size() == l.size {
-				continue
-			}
-			if err := fsync(l.f); err != nil {
-				return false, fmt.Errorf("fsync %s: %w", l.f.Name(), err)
-			}
-			l.size = fi.Size()
 			continue
 		}
 		f, err := os.Open(wlog.SegmentName(l.dir, i))
@@ -774,6 +786,30 @@ func (l *segLog) sync(fsync func(*os.File) error) (created bool, err error) {
 		l.f, l.seg, l.size, created = f, i, fi.Size(), true
 	}
 	return created, nil
+}
+
+// exists reports whether name is there; an error other than its absence
+// counts as there, which sends sync the long way.
+func exists(name string) bool {
+	_, err := os.Stat(name)
+	return !errors.Is(err, fs.ErrNotExist)
+}
+
+// syncKept fsyncs the segment kept open unless its size is what it was at
+// its last fsync.
+func (l *segLog) syncKept(fsync func(*os.File) error) error {
+	fi, err := l.f.Stat()
+	if err != nil {
+		return err
+	}
+	if fi.Size() == l.size {
+		return nil
+	}
+	if err := fsync(l.f); err != nil {
+		return fmt.Errorf("fsync %s: %w", l.f.Name(), err)
+	}
+	l.size = fi.Size()
+	return nil
 }
 
 func (s *logSync) close() error {

@@ -190,4 +190,43 @@ func TestSegLogSyncFollowsSegments(t *testing.T) {
 	step(false)
 	appendTo(3)
 	step(false, "00000003")
+	create(4)
+	step(true, "00000004")
+	appendTo(4)
+	create(5)
+	step(true, "00000004", "00000005")
+}
+
+// The write-behind log's failed-writes counter, registered through a
+// wrapping registerer as tsdb.Open does, is kept as the metric it collected
+// once and read live on every commit; the TSDB has one.
+func TestWBLWritesFailedRead(t *testing.T) {
+	m := &tsdbMetrics{}
+	if got := m.wblWritesFailed(); got != 0 {
+		t.Fatalf("no counter read as %v, want 0", got)
+	}
+	reg := prometheus.NewRegistry()
+	wrapped := prometheus.WrapRegistererWithPrefix("prometheus_tsdb_out_of_order_wbl_", watchRegisterer{reg: reg, m: m})
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "writes_failed_total"})
+	wrapped.MustRegister(c)
+	c.Add(2)
+	if got := m.wblWritesFailed(); got != 2 {
+		t.Fatalf("counter read as %v, want 2", got)
+	}
+	c.Inc()
+	if got := m.wblWritesFailed(); got != 3 {
+		t.Fatalf("counter read as %v after one more, want 3", got)
+	}
+	if got := testutil.ToFloat64(c); got != 3 {
+		t.Fatalf("registry has %v", got)
+	}
+
+	s, err := Open(Options{Dir: t.TempDir(), OutOfOrderWindow: time.Hour}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.m.wblFailed == nil {
+		t.Fatal("the TSDB registered no write-behind log failed-writes counter that Write could read")
+	}
 }
