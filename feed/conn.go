@@ -169,10 +169,12 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 	})
 
 	// writeNow writes b at once: into sc's buffer, whatever its backlog.
+	// sc never blocks a write (its flusher does the waiting), so the write
+	// needs no deadline, and a context without one spares the websocket
+	// library a timer and an AfterFunc for every message; a reader that
+	// takes nothing is timed out by write, through congested.
 	writeNow := func(b []byte) error {
-		wctx, wcancel := context.WithTimeout(ctx, s.opts.WriteTimeout)
-		defer wcancel()
-		return ws.Write(wctx, websocket.MessageText, b)
+		return ws.Write(context.Background(), websocket.MessageText, b)
 	}
 	// write writes b once sc's backlog is under its bound: a write that
 	// waits longer than WriteTimeout fails (the connection then ends).

@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"strings"
 	"sync"
 	"sync/atomic"
 )
@@ -452,7 +451,9 @@ func (conn *Conn) subscribe(msg Msg) {
 	conn.mu.Unlock()
 }
 
-func (conn *Conn) subscribed(topic string) bool {
+// Patch of the ingest engine: topic is the message's first frame, not a
+// copy of it in a string (README.ingest.md, patch 2).
+func (conn *Conn) subscribed(topic []byte) bool {
 	conn.mu.RLock()
 	defer conn.mu.RUnlock()
 	for k := range conn.topics {
@@ -460,7 +461,7 @@ func (conn *Conn) subscribed(topic string) bool {
 		case k == "":
 			// subscribed to everything
 			return true
-		case strings.HasPrefix(topic, k):
+		case len(topic) >= len(k) && string(topic[:len(k)]) == k:
 			return true
 		}
 	}

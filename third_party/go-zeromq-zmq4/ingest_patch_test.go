@@ -99,3 +99,34 @@ func BenchmarkQueuePushPop(b *testing.B) {
 		q.Pop()
 	}
 }
+
+// TestSubscribedMatchesFrame: a PUB socket matches a message's first frame
+// against each subscriber's topics as it is, by prefix, and the empty topic
+// takes everything; the match copies nothing (patch 2).
+func TestSubscribedMatchesFrame(t *testing.T) {
+	c := &Conn{topics: map[string]struct{}{"ab": {}, "xyz": {}}}
+	for _, tc := range []struct {
+		frame string
+		want  bool
+	}{
+		{"ab", true}, {"abc", true}, {"xyz and more", true},
+		{"a", false}, {"", false}, {"xb", false}, {"xy", false}, {"ba", false},
+	} {
+		if got := c.subscribed([]byte(tc.frame)); got != tc.want {
+			t.Errorf("subscribed(%q) = %v, want %v", tc.frame, got, tc.want)
+		}
+	}
+	all := &Conn{topics: map[string]struct{}{"": {}}}
+	if !all.subscribed([]byte("anything")) || !all.subscribed(nil) {
+		t.Error("the empty topic does not take everything")
+	}
+	none := &Conn{topics: map[string]struct{}{}}
+	if none.subscribed([]byte("ab")) {
+		t.Error("a connection with no topics took a message")
+	}
+	frame := make([]byte, 64<<10)
+	copy(frame, "xyz")
+	if n := testing.AllocsPerRun(100, func() { c.subscribed(frame) }); n != 0 {
+		t.Fatalf("matching a 64 KiB frame allocates %.1f times, want 0", n)
+	}
+}

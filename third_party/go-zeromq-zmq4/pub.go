@@ -309,7 +309,9 @@ func (w *pubMWriter) write(ctx context.Context, msg Msg) error {
 }
 
 func (w *pubMWriter) sendMsg(msg Msg) {
-	topic := string(msg.Frames[0])
+	// Patch of the ingest engine: the first frame is matched as it is;
+	// upstream copied it whole into a string for every message.
+	topic := msg.Frames[0]
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	// TODO(inphi): distribute messages across subscribers at once
