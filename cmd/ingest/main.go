@@ -46,6 +46,7 @@ func lookup(name string) *subcommand {
 }
 
 func main() {
+	tuneGC()
 	os.Exit(run(os.Args[1:]))
 }
 
