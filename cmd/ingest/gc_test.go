@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -13,22 +12,22 @@ import (
 // GOGC, and keeps a GOMEMLIMIT the environment sets; the Go collector's
 // metrics show what the runtime uses.
 func TestGCSettings(t *testing.T) {
-	for _, tc := range []struct {
-		env         []string
-		gogc, limit float64
-	}{
-		{[]string{"GOGC=", "GOMEMLIMIT=123MiB"}, defaultGCPercent, 123 << 20},
-		{[]string{"GOGC=50", "GOMEMLIMIT=1GiB"}, 50, 1 << 30},
-	} {
-		e := startAll(t, tc.env)
-		if got := scrape(t, e.addr, "go_gc_gogc_percent"); got != tc.gogc {
-			t.Errorf("%q: go_gc_gogc_percent %v, want %v", tc.env, got, tc.gogc)
-		}
-		if got := scrape(t, e.addr, "go_gc_gomemlimit_bytes"); got != tc.limit {
-			t.Errorf("%q: go_gc_gomemlimit_bytes %v, want %v", tc.env, got, tc.limit)
-		}
-		stopOrFail(t, e.tierProc)
+	gcUsed(t, []string{"GOGC=", "GOMEMLIMIT=123MiB"}, defaultGCPercent, 123<<20)
+	gcUsed(t, []string{"GOGC=50", "GOMEMLIMIT=1GiB"}, 50, 1<<30)
+}
+
+// gcUsed starts the engine with env and checks the GC percent and the
+// memory limit its runtime reports.
+func gcUsed(t *testing.T, env []string, gogc, limit float64) {
+	t.Helper()
+	e := startAll(t, env)
+	if got := scrape(t, e.addr, "go_gc_gogc_percent"); got != gogc {
+		t.Errorf("%q: go_gc_gogc_percent %v, want %v", env, got, gogc)
 	}
+	if got := scrape(t, e.addr, "go_gc_gomemlimit_bytes"); got != limit {
+		t.Errorf("%q: go_gc_gomemlimit_bytes %v, want %v", env, got, limit)
+	}
+	stopOrFail(t, e.tierProc)
 }
 
 // TestGCMemoryLimitFromCgroup: in a memory cgroup with a limit, and with
@@ -66,7 +65,7 @@ func memoryCgroup(t *testing.T, limit int64) (dir, file string) {
 			continue
 		}
 		t.Cleanup(func() { os.Remove(dir) })
-		if err := os.WriteFile(filepath.Join(dir, c.file), []byte(strconv.FormatInt(limit, 10)), 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, c.file), []byte(fmt.Sprint(limit)), 0o644); err != nil {
 			t.Skipf("cannot set %s: %v", c.file, err)
 		}
 		return dir, c.file
