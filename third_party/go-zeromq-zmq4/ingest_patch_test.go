@@ -1,8 +1,12 @@
 package zmq4
 
 import (
+	"context"
 	"fmt"
+	"runtime"
+	"strings"
 	"testing"
+	"time"
 )
 
 // TestQueueFIFO checks the ring against a plain slice through growth,
@@ -128,5 +132,57 @@ func TestSubscribedMatchesFrame(t *testing.T) {
 	copy(frame, "xyz")
 	if n := testing.AllocsPerRun(100, func() { c.subscribed(frame) }); n != 0 {
 		t.Fatalf("matching a 64 KiB frame allocates %.1f times, want 0", n)
+	}
+}
+
+// TestReaderGivesWayOnClose: a socket closed while messages wait that it
+// will never read (its queue full) ends its reading goroutine; upstream it
+// stayed blocked on the queue for good (patch 3).
+func TestReaderGivesWayOnClose(t *testing.T) {
+	ctx := context.Background()
+	router := NewRouter(ctx, WithID(SocketIdentity("router")))
+	defer router.Close()
+	if err := router.Listen("tcp://127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	dealer := NewDealer(ctx, WithID(SocketIdentity("dealer")))
+	if err := dealer.Dial("tcp://" + router.Addr().String()); err != nil {
+		t.Fatal(err)
+	}
+	if err := dealer.Send(NewMsgString("hello")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := router.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	q := dealer.(*dealerSocket).sck.r.(*qreader)
+	for i := 0; i < 3*cap(q.c); i++ {
+		if err := router.Send(NewMsgFrom([]byte("dealer"), []byte("unread"))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the dealer's queue to fill", func() bool { return len(q.c) == cap(q.c) })
+	if n := readers(); n != 1 {
+		t.Fatalf("%d reading goroutines before Close, want 1", n)
+	}
+	dealer.Close()
+	waitFor(t, "the dealer's reading goroutine to end", func() bool { return readers() == 0 })
+}
+
+// readers counts the goroutines in qreader.listen.
+func readers() int {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	return strings.Count(string(buf), "zmq4.(*qreader).listen(")
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

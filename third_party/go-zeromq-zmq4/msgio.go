@@ -103,11 +103,15 @@ func (q *qreader) listen(ctx context.Context, r *Conn) {
 
 	for {
 		msg := r.read()
+		// Patch of the ingest engine: the hand-over gives way when the
+		// socket closes. Upstream sent on q.c unconditionally once the
+		// message was read, and a message that arrived after the socket's
+		// last read (its queue full) left this goroutine blocked for good
+		// (README.ingest.md, patch 3).
 		select {
 		case <-ctx.Done():
 			return
-		default:
-			q.c <- msg
+		case q.c <- msg:
 			if msg.err != nil {
 				return
 			}
