@@ -146,15 +146,5 @@ func (g *gathered) sample(name string, m *dto.Metric, extra, extraValue string, 
 	g.b.Sort()
 	ls := g.b.Labels()
 	_, err := g.app.Append(0, ls, 0, g.t, v, nil, nil, promstorage.AppendV2Options{})
-	switch {
-	case err == nil:
-		g.n++
-	case errors.Is(err, promstorage.ErrTooOldSample), errors.Is(err, promstorage.ErrOutOfBounds), errors.Is(err, promstorage.ErrOutOfOrderSample):
-		g.tooOld++
-	case errors.Is(err, promstorage.ErrDuplicateSampleForTimestamp):
-		g.dupTS++
-	default:
-		return fmt.Errorf("append %s: %w", ls, err)
-	}
-	return nil
+	return tally(err, ls, &g.n, &g.tooOld, &g.dupTS)
 }

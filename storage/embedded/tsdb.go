@@ -434,7 +434,8 @@ func (s *TSDB) Write(ctx context.Context, points []storage.Point) error {
 }
 
 // tally counts one append's outcome: taken, too old or a duplicate
-// timestamp. Any other error is the TSDB's own, and tally returns it.
+// timestamp. Any other error is the TSDB's own, and tally returns it,
+// naming the series; Write and WriteGathered give it the kind "append".
 func tally(err error, ls labels.Labels, n, tooOld, dupTS *int) error {
 	switch {
 	case err == nil:
@@ -444,7 +445,7 @@ func tally(err error, ls labels.Labels, n, tooOld, dupTS *int) error {
 	case errors.Is(err, promstorage.ErrDuplicateSampleForTimestamp):
 		*dupTS++
 	default:
-		return &storage.KindError{Kind: "append", Err: fmt.Errorf("append %s: %w", ls, err)}
+		return fmt.Errorf("append %s: %w", ls, err)
 	}
 	return nil
 }
@@ -471,7 +472,7 @@ func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, d
 			ls, err := s.refs.append(app, &b, dev, seriesKey{field: name}, t, p.Numbers[name])
 			if err := tally(err, ls, &n, &tooOld, &dupTS); err != nil {
 				app.Rollback()
-				return 0, 0, 0, 0, err
+				return 0, 0, 0, 0, &storage.KindError{Kind: "append", Err: err}
 			}
 		}
 		for _, name := range sortedKeys(&keys, p.Strings) {
@@ -483,7 +484,7 @@ func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, d
 			ls, err := s.refs.append(app, &b, dev, seriesKey{field: name, value: v, info: true}, t, 1)
 			if err := tally(err, ls, &n, &tooOld, &dupTS); err != nil {
 				app.Rollback()
-				return 0, 0, 0, 0, err
+				return 0, 0, 0, 0, &storage.KindError{Kind: "append", Err: err}
 			}
 		}
 	}
