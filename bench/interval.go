@@ -1,11 +1,9 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -172,47 +170,19 @@ type runtimeStats struct {
 func (r runtimeStats) heldMiB() float64 { return r.sysMiB - r.releasedMiB }
 
 // scrapeRuntime reads the Go runtime's figures from a Prometheus metrics
-// endpoint.
+// endpoint; zero figures if it cannot.
 func scrapeRuntime(ctx context.Context, url string) runtimeStats {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return runtimeStats{}
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return runtimeStats{}
-	}
-	defer resp.Body.Close()
-	return parseRuntime(resp.Body)
+	return runtimeOf(scrapeEngine(ctx, url))
 }
 
-// parseRuntime picks the goroutine count and the heap's in-use, obtained
-// and released bytes out of the Prometheus text format.
-func parseRuntime(r io.Reader) runtimeStats {
-	var rt runtimeStats
-	sc := bufio.NewScanner(r)
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		name, val, ok := strings.Cut(sc.Text(), " ")
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
-		if err != nil {
-			continue
-		}
-		switch name {
-		case "go_goroutines":
-			rt.goroutines = int(v)
-		case "go_memstats_heap_inuse_bytes":
-			rt.heapMiB = v / (1 << 20)
-		case "go_memstats_heap_sys_bytes":
-			rt.sysMiB = v / (1 << 20)
-		case "go_memstats_heap_released_bytes":
-			rt.releasedMiB = v / (1 << 20)
-		}
+// runtimeOf picks the goroutine count and the heap's in-use, obtained and
+// released bytes out of a scrape.
+func runtimeOf(s scrape) runtimeStats {
+	mib := func(name string) float64 {
+		v, _ := sampleOf(s, name, "", "")
+		return v / (1 << 20)
 	}
-	return rt
+	g, _ := sampleOf(s, "go_goroutines", "", "")
+	return runtimeStats{goroutines: int(g), heapMiB: mib("go_memstats_heap_inuse_bytes"),
+		sysMiB: mib("go_memstats_heap_sys_bytes"), releasedMiB: mib("go_memstats_heap_released_bytes")}
 }

@@ -15,7 +15,11 @@ go_memstats_heap_sys_bytes 1.048576e+07
 go_memstats_heap_released_bytes 2.097152e+06
 ingest_wal_depth{hop="frontend"} 3
 `
-	rt := parseRuntime(strings.NewReader(in))
+	s, err := parseScrape(strings.NewReader(in))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := runtimeOf(s)
 	if rt.goroutines != 1234 || rt.heapMiB != 5 || rt.heldMiB() != 8 {
 		t.Fatalf("goroutines %d, heap %g MiB, held %g MiB; want 1234, 5, 8", rt.goroutines, rt.heapMiB, rt.heldMiB())
 	}
@@ -32,13 +36,15 @@ func TestParseStatus(t *testing.T) {
 	}
 }
 
-// FuzzParseRuntime: whatever an endpoint answers, parsing ends without a
-// panic.
+// FuzzParseRuntime: whatever an endpoint answers, parsing and reading the
+// runtime's figures end without a panic.
 func FuzzParseRuntime(f *testing.F) {
 	f.Add("go_goroutines 12\ngo_memstats_heap_inuse_bytes 1e6\n")
 	f.Add("go_goroutines NaN\n\n go_goroutines")
 	f.Fuzz(func(t *testing.T, s string) {
-		_ = parseRuntime(strings.NewReader(s))
+		if sc, err := parseScrape(strings.NewReader(s)); err == nil {
+			_ = runtimeOf(sc)
+		}
 		_ = parseStatus(s)
 	})
 }
