@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 )
@@ -46,8 +47,20 @@ func lookup(name string) *subcommand {
 }
 
 func main() {
+	if serving(os.Args[1:]) {
+		if err := setTimerSlack(); err != nil {
+			fmt.Fprintf(os.Stderr, "ingest: %v\n", err)
+			os.Exit(2)
+		}
+	}
 	tuneGC()
 	os.Exit(run(os.Args[1:]))
+}
+
+// serving tells whether args run a tier, a process that serves until it
+// is stopped: the one kind that setTimerSlack tunes.
+func serving(args []string) bool {
+	return len(args) > 0 && slices.Contains([]string{"all", "frontend", "middletier", "storage", "feed"}, args[0])
 }
 
 // run runs the command line args and returns the exit code: 0, 1 for a
