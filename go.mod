@@ -162,7 +162,8 @@ require (
 // sized once per segment instead of growing by append (third_party/tidwall-wal/README.ingest.md).
 replace github.com/tidwall/wal => ./third_party/tidwall-wal
 
-// go-zeromq/zmq4 with three patches: the PUB socket's queue is a ring that
-// keeps its storage, topics are matched on the frame without a copy, and a
-// closed socket's reading goroutines end (third_party/go-zeromq-zmq4/README.ingest.md).
+// go-zeromq/zmq4 with four patches: the PUB socket's queue is a ring that
+// keeps its storage, topics are matched on the frame without a copy, a
+// closed socket's reading goroutines end, and a frame is sent in one system
+// call and read through a buffer (third_party/go-zeromq-zmq4/README.ingest.md).
 replace github.com/go-zeromq/zmq4 => ./third_party/go-zeromq-zmq4

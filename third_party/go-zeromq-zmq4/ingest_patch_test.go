@@ -3,7 +3,10 @@ package zmq4
 import (
 	"context"
 	"fmt"
+	"net"
+	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -184,5 +187,116 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("gave up waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// connPair opens the two ends of a ZMTP connection over TCP on loopback: a
+// DEALER that dialed and the ROUTER's end it reached, with NULL security.
+func connPair(t *testing.T) (dialer, server *Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	type opened struct {
+		c   *Conn
+		err error
+	}
+	done := make(chan opened, 1)
+	go func() {
+		nc, err := ln.Accept()
+		if err != nil {
+			done <- opened{nil, err}
+			return
+		}
+		c, err := Open(nc, nullSecurity{}, Router, nil, true, nil)
+		done <- opened{c, err}
+	}()
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dialer, err = Open(nc, nullSecurity{}, Dealer, SocketIdentity("d"), false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := <-done
+	if o.err != nil {
+		t.Fatal(o.err)
+	}
+	t.Cleanup(func() { dialer.Close(); o.c.Close() })
+	return dialer, o.c
+}
+
+// threadSyscalls returns the read and the write system calls the calling
+// thread has made (/proc/thread-self/io); the caller has locked its
+// goroutine to the thread.
+func threadSyscalls(t *testing.T) (reads, writes int) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/thread-self/io")
+	if err != nil {
+		t.Skipf("no per-thread I/O accounting: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, ": ")
+		n, _ := strconv.Atoi(v)
+		switch k {
+		case "syscr":
+			reads = n
+		case "syscw":
+			writes = n
+		}
+	}
+	return reads, writes
+}
+
+// TestFrameSentInOneWrite: with NULL security a frame's header and body
+// go out in one system call (patch 4); upstream made one for each.
+func TestFrameSentInOneWrite(t *testing.T) {
+	c, _ := connPair(t)
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	const n = 100
+	_, w0 := threadSyscalls(t)
+	for i := 0; i < n; i++ {
+		if err := c.SendMsg(NewMsg(make([]byte, 300))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, w1 := threadSyscalls(t)
+	if got := w1 - w0; got < n || got > n+n/10 {
+		t.Errorf("%d frames sent in %d write calls, want %d (one each)", n, got, n)
+	}
+}
+
+// TestFramesReadBuffered: frames that have arrived are read from the
+// socket together (patch 4), where upstream read each frame's header,
+// its long size and its body with a call each: 300 calls for these.
+func TestFramesReadBuffered(t *testing.T) {
+	c, s := connPair(t)
+	const n = 100
+	for i := 0; i < n; i++ {
+		if err := c.SendMsg(NewMsg([]byte(fmt.Sprintf("%0300d", i)))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	r0, _ := threadSyscalls(t)
+	for i := 0; i < n; i++ {
+		m, err := s.RecvMsg()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("%0300d", i); len(m.Frames) != 1 || string(m.Frames[0]) != want {
+			t.Fatalf("message %d: %q, want one frame %.10q…", i, m.Frames, want)
+		}
+	}
+	r1, _ := threadSyscalls(t)
+	// 100 frames of 309 bytes are 31 KB: two buffers of 16 KiB, and a
+	// read that waits once if the last bytes were still on their way.
+	if got := r1 - r0; got > 10 {
+		t.Errorf("%d frames read in %d read calls, want a few", n, got)
 	}
 }
