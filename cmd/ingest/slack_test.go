@@ -1,53 +1,73 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // TestTimerSlack: a serving tier runs with a timer slack of 1 ms unless
-// INGEST_TIMER_SLACK sets another, or off keeps what it inherited. The
-// slack is read from the process the test started, which keeps its PID
-// through the execution again that sets it, also without capabilities and
-// with no_new_privs, as the Kubernetes manifests run it (setpriv). A value
-// in error stops the engine before it starts, with exit code 2.
+// INGEST_TIMER_SLACK sets another, or off keeps what it inherited; it
+// takes it by executing itself again, once, and its start-up log says
+// which slack it runs with and whether it did. That holds without
+// capabilities and with no_new_privs, as the Kubernetes manifests run it
+// (setpriv). Under a real-time policy, whose slack the kernel may keep at
+// 0, the engine starts with the slack it has instead of executing itself
+// again and again. A value in error stops the engine before it starts,
+// with exit code 2.
 func TestTimerSlack(t *testing.T) {
-	inherited := timerSlackOf(t, "self")
-	if inherited == defaultTimerSlack.Nanoseconds() {
+	n, err := unix.PrctlRetInt(unix.PR_GET_TIMERSLACK, 0, 0, 0, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inherited := time.Duration(n)
+	if inherited == defaultTimerSlack {
 		t.Logf("the test runs with the engine's default slack already: off cannot be told from it")
 	}
 	restricted := []string{testkit.Tool(t, "setpriv", "util-linux"), "--no-new-privs", "--inh-caps=-all", "--bounding-set=-all", "--"}
 	for _, c := range []struct {
 		env  string
 		wrap []string
-		want int64
+		want string // the start-up log's attributes; empty: any, once
 	}{
-		{"INGEST_TIMER_SLACK=", nil, 1_000_000},
-		{"INGEST_TIMER_SLACK=250us", nil, 250_000},
-		{"INGEST_TIMER_SLACK=off", nil, inherited},
-		{"INGEST_TIMER_SLACK=", restricted, 1_000_000},
+		{"INGEST_TIMER_SLACK=", nil, "slack=1ms set_at_start=true"},
+		{"INGEST_TIMER_SLACK=250us", nil, "slack=250µs set_at_start=true"},
+		{"INGEST_TIMER_SLACK=off", nil, fmt.Sprintf("slack=%v set_at_start=false", inherited)},
+		{"INGEST_TIMER_SLACK=", restricted, "slack=1ms set_at_start=true"},
+		{"INGEST_TIMER_SLACK=", realTime(t), ""},
 	} {
+		if c.wrap != nil && len(c.wrap) == 0 {
+			continue // no real-time policy to be had here
+		}
 		e := allProc(t, []string{c.env})
 		e.wrap = c.wrap
 		e.start()
 		logsOnFailure(t, 100, e.tierProc)
-		if got := timerSlackOf(t, strconv.Itoa(e.pid())); got != c.want {
-			t.Errorf("%s %q: the engine's timer slack is %d ns, want %d", c.env, c.wrap, got, c.want)
+		logs := e.logs.String()
+		if got := strings.Count(logs, `msg="timer slack"`); got != 1 {
+			t.Errorf("%s %q: %d start-up lines of the timer slack, want one:\n%s", c.env, c.wrap, got, logs)
+		}
+		if c.want != "" && !strings.Contains(logs, `msg="timer slack" `+c.want) {
+			t.Errorf("%s %q: the start-up log does not say %q:\n%s", c.env, c.wrap, c.want, logs)
 		}
 		stopOrFail(t, e.tierProc)
 	}
 	for _, v := range []string{"banana", "20ms"} {
-		cmd := exec.Command(binPath, "all", "--insecure-no-auth", "--data.dir", t.TempDir())
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		cmd := exec.CommandContext(ctx, binPath, "all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", "127.0.0.1:0",
+			"--feed.listen", "127.0.0.1:0", "--storage.http.listen", "127.0.0.1:0", "--mqtt.listen", "127.0.0.1:0")
 		cmd.Env = append(os.Environ(), "INGEST_TIMER_SLACK="+v)
 		out, err := cmd.CombinedOutput()
+		cancel()
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() != 2 || !strings.Contains(string(out), "INGEST_TIMER_SLACK") {
 			t.Errorf("INGEST_TIMER_SLACK=%s: %v, output %q; want exit code 2 naming the variable", v, err, out)
@@ -55,18 +75,15 @@ func TestTimerSlack(t *testing.T) {
 	}
 }
 
-// timerSlackOf reads the timer slack of the process pid ("self": this one).
-func timerSlackOf(t *testing.T, pid string) int64 {
-	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%s/timerslack_ns", pid))
-	if err != nil {
-		t.Fatal(err)
+// realTime returns a command that runs the engine under SCHED_FIFO, or an
+// empty one where this test cannot set that policy.
+func realTime(t *testing.T) []string {
+	chrt, err := exec.LookPath("chrt")
+	if err != nil || exec.Command(chrt, "-f", "1", "true").Run() != nil {
+		t.Logf("no SCHED_FIFO here (chrt: %v): the real-time case is left out", err)
+		return []string{}
 	}
-	n, err := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return []string{chrt, "-f", "1"}
 }
 
 // TestParseTimerSlack: INGEST_TIMER_SLACK takes a duration within its

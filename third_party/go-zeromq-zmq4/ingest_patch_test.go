@@ -265,6 +265,9 @@ func TestFrameSentInOneWrite(t *testing.T) {
 		}
 	}
 	_, w1 := threadSyscalls(t)
+	if w1 == w0 {
+		t.Skip("the kernel counts no system calls per thread (CONFIG_TASK_XACCT)")
+	}
 	if got := w1 - w0; got < n || got > n+n/10 {
 		t.Errorf("%d frames sent in %d write calls, want %d (one each)", n, got, n)
 	}
@@ -294,6 +297,9 @@ func TestFramesReadBuffered(t *testing.T) {
 		}
 	}
 	r1, _ := threadSyscalls(t)
+	if r1 == r0 {
+		t.Skip("the kernel counts no system calls per thread (CONFIG_TASK_XACCT)")
+	}
 	// 100 frames of 309 bytes are 31 KB: two buffers of 16 KiB, and a
 	// read that waits once if the last bytes were still on their way.
 	if got := r1 - r0; got > 10 {
