@@ -10,10 +10,13 @@ import (
 
 // Buffer sizes of an upgraded connection. net/http hands a hijacker a 4 KiB
 // reader and a fresh 4 KiB writer, held for the life of the connection: at
-// 10,000 devices that is 80 MB of mostly idle buffers. The reader keeps
-// 4 KiB so that a pipelining device's frames are read with few syscalls;
-// the writer only ever holds one small ack or error frame (a larger frame
-// is written past the buffer, straight to the socket).
+// 10,000 devices that is 80 MB of mostly idle buffers. Over TCP the reads
+// hold no buffer while the device is idle (hijack.Idle): a read takes a
+// 4 KiB buffer from a pool only while what has arrived is read, so that a
+// pipelining device's frames are still read with few syscalls. Where the
+// connection is not plain TCP (TLS), the reader keeps its own 4 KiB. The
+// writer only ever holds one small ack or error frame (a larger frame is
+// written past the buffer, straight to the socket).
 const (
 	readBufBytes  = 4096
 	writeBufBytes = 512
@@ -32,11 +35,14 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	h.nc = nc
+	if ic, br, ok := hijack.Idle(nc, brw.Reader); ok {
+		return ic, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, writeBufBytes)), nil
+	}
 	br, err := hijack.Reader(brw, nc, readBufBytes)
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
-	h.nc = nc
 	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, writeBufBytes)), nil
 }

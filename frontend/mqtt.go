@@ -14,6 +14,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/hijack"
 )
 
 // MQTT sessions live in this package, beside the WebSocket connections,
@@ -160,11 +161,17 @@ func (s *Server) handleMQTTWebSocket(w http.ResponseWriter, r *http.Request) {
 // has admitted the connection.
 func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 	defer s.wg.Done()
+	// Over plain TCP the reads hold no buffer while the device is idle, as
+	// a WebSocket device's do (hijacker).
+	br := bufio.NewReaderSize(nc, readBufBytes)
+	if ic, ibr, ok := hijack.Idle(nc, nil); ok {
+		nc, br = ic, ibr
+	}
 	c := &mqttConn{
 		s:        s,
 		nc:       nc,
 		closeFn:  closeNow,
-		br:       bufio.NewReaderSize(nc, readBufBytes),
+		br:       br,
 		done:     make(chan struct{}),
 		stopc:    make(chan struct{}),
 		overWS:   overWS,
