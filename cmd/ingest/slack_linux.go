@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"runtime"
@@ -66,12 +67,9 @@ func execAgain() error {
 	if err != nil {
 		return err
 	}
-	on, err := os.Stat(exe)
-	if err != nil {
-		return err
-	}
-	running, err := os.Stat("/proc/self/exe")
-	if err != nil {
+	on, errOn := os.Stat(exe)
+	running, errRunning := os.Stat("/proc/self/exe")
+	if err := errors.Join(errOn, errRunning); err != nil {
 		return err
 	}
 	if !os.SameFile(on, running) {
