@@ -170,13 +170,15 @@ func runProcess(ctx context.Context, f flags, args []string, header string, lc *
 	if err != nil {
 		return &usageError{sub: f.fs.Name(), err: err}
 	}
-	if d, err := timerSlack(); err == nil {
-		lg.Info("timer slack", "slack", d, "set_at_start", timerSlackSet)
-	}
 	p := newProcess(lg)
 	p.pprof = pprofOn
 	if err := build(p); err != nil {
 		return errors.Join(err, p.close())
+	}
+	// After the build: a process that stops on its configuration prints
+	// the error alone.
+	if d, err := timerSlack(); err == nil {
+		lg.Info("timer slack", "slack", d, "set_at_start", timerSlackSet)
 	}
 	start := time.Now()
 	err = p.run(ctx)

@@ -52,6 +52,10 @@ func TestTimerSlack(t *testing.T) {
 		e.wrap = c.wrap
 		e.start()
 		logsOnFailure(t, 100, e.tierProc)
+		// The process logs its slack once built, right after it is ready.
+		testkit.WaitFor(t, "the start-up line of the timer slack", 10*time.Second, func() bool {
+			return strings.Contains(e.logs.String(), `msg="timer slack"`)
+		})
 		logs := e.logs.String()
 		if got := strings.Count(logs, `msg="timer slack"`); got != 1 {
 			t.Errorf("%s %q: %d start-up lines of the timer slack, want one:\n%s", c.env, c.wrap, got, logs)
