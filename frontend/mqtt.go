@@ -163,9 +163,11 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 	defer s.wg.Done()
 	// Over plain TCP the reads hold no buffer while the device is idle, as
 	// a WebSocket device's do (hijacker).
-	br := bufio.NewReaderSize(nc, readBufBytes)
-	if ic, ibr, ok := hijack.Idle(nc, nil); ok {
-		nc, br = ic, ibr
+	ic, br, idle := hijack.Idle(nc, nil)
+	if idle {
+		nc = ic
+	} else {
+		br = bufio.NewReaderSize(nc, readBufBytes)
 	}
 	c := &mqttConn{
 		s:        s,

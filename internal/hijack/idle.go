@@ -1,3 +1,5 @@
+//go:build unix
+
 package hijack
 
 import (
@@ -32,9 +34,11 @@ type idleConn struct {
 	buf     *[]byte // from idleBufs while it holds unread bytes, else nil
 	r, w    int     // the unread bytes of buf
 
-	readf func(fd uintptr) bool // readFd, made once: a read allocates nothing
-	n     int                   // readFd's outcome
-	rerr  error
+	readf   func(fd uintptr) bool // readFd, made once: a read allocates nothing
+	directf func(fd uintptr) bool // readDirect, likewise
+	direct  []byte                // readDirect's target
+	n       int                   // the outcome of readFd or readDirect
+	rerr    error
 }
 
 // Idle returns nc as a connection that reads as idleConn does, and a
@@ -53,7 +57,7 @@ func Idle(nc net.Conn, buffered *bufio.Reader) (c net.Conn, br *bufio.Reader, ok
 		return nil, nil, false
 	}
 	ic := &idleConn{Conn: nc, rc: rc}
-	ic.readf = ic.readFd
+	ic.readf, ic.directf = ic.readFd, ic.readDirect
 	if n := bufferedLen(buffered); n > 0 {
 		b, _ := buffered.Peek(n)
 		ic.pending = append([]byte(nil), b...)
@@ -73,8 +77,16 @@ func (c *idleConn) Read(p []byte) (int, error) {
 		}
 		return n, nil
 	}
+	if c.buf == nil && len(p) >= IdleBufBytes {
+		// A read as large as a pooled buffer goes straight into p, as a
+		// bufio.Reader's does: a large frame takes few system calls.
+		c.direct = p
+		err := c.wait(c.directf)
+		c.direct = nil
+		return c.n, err
+	}
 	if c.buf == nil {
-		if err := c.fill(); err != nil {
+		if err := c.wait(c.readf); err != nil {
 			return 0, err
 		}
 	}
@@ -87,36 +99,43 @@ func (c *idleConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// fill waits until the socket is readable, holding no buffer, then reads
-// what has arrived into a pooled buffer. Errors are those of a net.Conn's
-// Read: io.EOF, or a *net.OpError for a closed connection, a deadline or
-// a failed read.
-func (c *idleConn) fill() error {
+// wait waits until the socket is readable, holding no buffer, then reads
+// what has arrived with read (readFd or readDirect). Errors are those of a
+// net.Conn's Read: io.EOF, or a *net.OpError for a closed connection, a
+// deadline or a failed read.
+func (c *idleConn) wait(read func(fd uintptr) bool) error {
 	c.n, c.rerr = 0, nil
-	err := c.rc.Read(c.readf)
+	err := c.rc.Read(read)
 	switch {
 	case err != nil:
+		if oe, ok := err.(*net.OpError); ok {
+			oe.Op = "read" // not raw-read: the error reads as a TCP connection's
+		}
 		return err
 	case c.rerr != nil:
-		return &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", c.rerr)}
+		return &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", c.rerr)}
 	case c.n == 0:
 		return io.EOF
 	}
 	return nil
 }
 
+// readDirect reads the socket into c.direct; false (nothing there yet)
+// has the caller wait until the socket is readable and call it again.
+func (c *idleConn) readDirect(fd uintptr) bool {
+	n, err := readRetrying(fd, c.direct)
+	if err == syscall.EAGAIN {
+		return false
+	}
+	c.n, c.rerr = max(n, 0), err
+	return true
+}
+
 // readFd reads the socket into a pooled buffer; false (nothing there yet)
 // has the caller wait until the socket is readable and call it again.
 func (c *idleConn) readFd(fd uintptr) bool {
 	b := idleBufs.Get().(*[]byte)
-	var n int
-	var err error
-	for {
-		n, err = syscall.Read(int(fd), *b)
-		if err != syscall.EINTR {
-			break
-		}
-	}
+	n, err := readRetrying(fd, *b)
 	if err == syscall.EAGAIN {
 		idleBufs.Put(b)
 		return false
@@ -128,6 +147,16 @@ func (c *idleConn) readFd(fd uintptr) bool {
 	}
 	c.buf, c.r, c.w = b, 0, n
 	return true
+}
+
+// readRetrying reads fd into p, again when a signal interrupts it.
+func readRetrying(fd uintptr, p []byte) (int, error) {
+	for {
+		n, err := syscall.Read(int(fd), p)
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
 }
 
 func bufferedLen(br *bufio.Reader) int {

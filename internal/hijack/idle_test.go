@@ -1,3 +1,5 @@
+//go:build unix
+
 package hijack
 
 import (
@@ -6,6 +8,8 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -134,8 +138,8 @@ func TestIdleErrors(t *testing.T) {
 	nc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	_, err := nc.Read(p)
 	var ne net.Error
-	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() {
-		t.Errorf("read past its deadline: %v, want a timeout", err)
+	if !errors.Is(err, os.ErrDeadlineExceeded) || !errors.As(err, &ne) || !ne.Timeout() || !strings.HasPrefix(err.Error(), "read tcp ") {
+		t.Errorf("read past its deadline: %v, want a timeout, reading as a TCP connection's", err)
 	}
 	nc.SetReadDeadline(time.Time{})
 
@@ -186,4 +190,58 @@ func TestIdleReadAllocatesNothing(t *testing.T) {
 	if allocs != 0 {
 		t.Errorf("%v allocations per message read, want 0", allocs)
 	}
+}
+
+// TestIdleLargeReadDirect: a read as large as a pooled buffer goes
+// straight into the caller's slice, as a bufio.Reader's does: 64 KiB that
+// have arrived take one system call or a few, not one per 4 KiB, and no
+// pooled buffer is held after.
+func TestIdleLargeReadDirect(t *testing.T) {
+	client, server := tcpPair(t)
+	nc, _, _ := Idle(server, nil)
+	msg := make([]byte, 64<<10)
+	for i := range msg {
+		msg[i] = byte(i * 7)
+	}
+	if _, err := client.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	r0 := threadReads(t)
+	p := make([]byte, len(msg))
+	if _, err := io.ReadFull(nc, p); err != nil {
+		t.Fatal(err)
+	}
+	r1 := threadReads(t)
+	if string(p) != string(msg) {
+		t.Fatal("the bytes read differ from those sent")
+	}
+	if nc.(*idleConn).buf != nil {
+		t.Error("a pooled buffer is held after a direct read")
+	}
+	// Two of the calls are the reading of /proc/thread-self/io itself.
+	if got := r1 - r0; got == 0 {
+		t.Skip("the kernel counts no system calls per thread (CONFIG_TASK_XACCT)")
+	} else if got > 6 {
+		t.Errorf("64 KiB read in %d read calls, want a few (16 or more through 4-KiB buffers)", got)
+	}
+}
+
+// threadReads returns the read system calls the calling thread has made
+// (/proc/thread-self/io); the caller has locked its goroutine to it.
+func threadReads(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/thread-self/io")
+	if err != nil {
+		t.Skipf("no per-thread I/O accounting: %v", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "syscr: "); ok {
+			n, _ := strconv.Atoi(v)
+			return n
+		}
+	}
+	t.Skip("no syscr in /proc/thread-self/io")
+	return 0
 }
