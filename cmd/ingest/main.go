@@ -14,7 +14,6 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"slices"
 	"syscall"
 	"time"
 )
@@ -23,18 +22,19 @@ import (
 type subcommand struct {
 	name, summary string
 	run           func(ctx context.Context, args []string) error
+	serves        bool // a tier: it serves until stopped (setTimerSlack tunes it)
 }
 
 // subcommands in the order ingest --help lists them.
 var subcommands = []subcommand{
-	{"all", "every tier in one process over loopback, with its data in one directory (make run)", runAll},
-	{"frontend", "the device tier: WebSocket devices, a WAL acknowledged after fsync, the uplink to the middletiers", runFrontend},
-	{"middletier", "the router tier: takes frontends' batches into its WAL, streams them to storage writers and feeds", runMiddletier},
-	{"storage", "a storage writer into the embedded TSDB, and the Prometheus query API over it", runStorage},
-	{"feed", "the live feed for dashboards (WebSocket), and the status page", runFeed},
-	{"token", "mint a device's token (or a feed reader's, an application's) with the key the frontend verifies", runToken},
-	{"version", "print the version, the commit and the Go version the binary was built with", runVersion},
-	{"help", "list the subcommands, or the flags of one (ingest help frontend)", nil}, // run below: it looks subcommands up
+	{"all", "every tier in one process over loopback, with its data in one directory (make run)", runAll, true},
+	{"frontend", "the device tier: WebSocket devices, a WAL acknowledged after fsync, the uplink to the middletiers", runFrontend, true},
+	{"middletier", "the router tier: takes frontends' batches into its WAL, streams them to storage writers and feeds", runMiddletier, true},
+	{"storage", "a storage writer into the embedded TSDB, and the Prometheus query API over it", runStorage, true},
+	{"feed", "the live feed for dashboards (WebSocket), and the status page", runFeed, true},
+	{"token", "mint a device's token (or a feed reader's, an application's) with the key the frontend verifies", runToken, false},
+	{"version", "print the version, the commit and the Go version the binary was built with", runVersion, false},
+	{"help", "list the subcommands, or the flags of one (ingest help frontend)", nil, false}, // run below: it looks subcommands up
 }
 
 func lookup(name string) *subcommand {
@@ -60,7 +60,11 @@ func main() {
 // serving tells whether args run a tier, a process that serves until it
 // is stopped: the one kind that setTimerSlack tunes.
 func serving(args []string) bool {
-	return len(args) > 0 && slices.Contains([]string{"all", "frontend", "middletier", "storage", "feed"}, args[0])
+	if len(args) == 0 {
+		return false
+	}
+	sub := lookup(args[0])
+	return sub != nil && sub.serves
 }
 
 // run runs the command line args and returns the exit code: 0, 1 for a
