@@ -605,6 +605,7 @@ func (h *Home) presence(peer []byte, p *wire.Presence) {
 		}
 		if !bytes.Equal(d.peer, peer) || d.since != pl.Since {
 			h.unplace(d)
+			d = h.device(pl.Device) // unplace forgets a device with no commands
 			d.peer, d.since = peer, pl.Since
 			set := h.byPeer[key]
 			if set == nil {
@@ -612,6 +613,7 @@ func (h *Home) presence(peer []byte, p *wire.Presence) {
 				h.byPeer[key] = set
 			}
 			set[d.id] = struct{}{}
+			h.m.placed.Inc()
 			clear(d.handed) // whatever was handed on went to another connection
 			h.dirty[d] = struct{}{}
 		}
@@ -636,6 +638,7 @@ func (h *Home) unplace(d *device) {
 		delete(h.byPeer, key)
 	}
 	d.peer, d.since = nil, 0
+	h.m.placed.Dec()
 	clear(d.handed)
 	if len(d.open) == 0 && len(d.all) == 0 {
 		delete(h.devs, d.id)

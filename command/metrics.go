@@ -10,6 +10,7 @@ type metrics struct {
 	set *metricset.Set
 
 	states        *prometheus.GaugeVec
+	placed        prometheus.Gauge
 	accepted      prometheus.Counter
 	answered      *prometheus.CounterVec
 	expired       prometheus.Counter
@@ -28,7 +29,9 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 	b := metricset.NewBuilder(prometheus.Labels{"home": id})
 	buckets := []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}
 	m := &metrics{
-		states:   b.GaugeVec("ingest_command_commands", "Commands the home keeps, by state.", "state"),
+		states: b.GaugeVec("ingest_command_commands", "Commands the home keeps, by state.", "state"),
+		placed: b.Gauge("ingest_command_devices_placed",
+			"Devices of this home's that a frontend reports connected: where their commands are sent."),
 		accepted: b.Counter("ingest_command_accepted_total", "Commands accepted and made durable."),
 		answered: b.CounterVec("ingest_command_answered_total",
 			"Commands answered by their device, by the state the answer gave them.", "state"),

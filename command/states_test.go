@@ -80,3 +80,67 @@ func TestStateGaugeForget(t *testing.T) {
 	fe.waitState(t, a.ID, wire.StateAcknowledged)
 	waitGauges(t, th, map[string]float64{"queued": 1})
 }
+
+// TestPlacedGauge: the gauge of placed devices counts a device once
+// wherever it is connected, and lets it go when its frontend reports it
+// gone, lists it no more, or falls silent past Options.PresenceTimeout.
+func TestPlacedGauge(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	fe1, fe2 := dialFrontend(t, th, "fe#1"), dialFrontend(t, th, "fe#2")
+	fe1.place(t, "d1", 1)
+	fe1.place(t, "d2", 1)
+	fe1.place(t, "d3", 1)
+	waitPlaced(t, th, 3)
+	fe2.place(t, "d1", 2) // d1 moved: still placed once
+	// fe#2 is not where d2 is: its word on d2 changes nothing.
+	fe2.p.Send(t, &wire.Presence{Frontend: "fe", Devices: []wire.Place{{Device: "d2", Since: 1, Present: false}}})
+	fe1.place(t, "d3", 1)
+	waitPlaced(t, th, 3)
+	fe2.p.Send(t, &wire.Presence{Frontend: "fe", Devices: []wire.Place{{Device: "d1", Since: 2, Present: false}}})
+	waitPlaced(t, th, 2)
+	fe1.p.Send(t, &wire.Presence{Frontend: "fe", Full: true, Devices: []wire.Place{{Device: "d3", Since: 1, Present: true}}})
+	waitPlaced(t, th, 1) // fe#1 lists d2 no more
+
+	// A frontend that falls silent: its device is forgotten after the
+	// timeout. The delivery shows that the device was placed.
+	th2 := commandtest.Start(t, command.Options{ID: "home-2", Redeliver: time.Minute, PresenceTimeout: 200 * time.Millisecond}, wal.Options{})
+	fe := dialFrontend(t, th2, "fe#3")
+	c := fe.submit(t, wire.Submit{Device: "d4", Name: "a"})
+	fe.place(t, "d4", 1)
+	if got := fe.deliver(t); got.ID != c.ID {
+		t.Fatalf("delivered %s, want %s", got.ID, c.ID)
+	}
+	waitPlaced(t, th2, 0)
+}
+
+// waitPlaced waits until the home's ingest_command_devices_placed is want.
+func waitPlaced(t *testing.T, th *commandtest.Home, want float64) {
+	t.Helper()
+	testkit.WaitFor(t, fmt.Sprintf("%v devices placed", want), 10*time.Second, func() bool {
+		return testkit.Metric(t, th.Reg, "ingest_command_devices_placed") == want
+	})
+}
+
+// TestMovedDeviceLeaves: a device with no commands that moves to another
+// frontend and then leaves it is let go, whether that frontend reports it
+// gone or lists it no more.
+func TestMovedDeviceLeaves(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	fe1, fe2 := dialFrontend(t, th, "fe#1"), dialFrontend(t, th, "fe#2")
+	fe1.place(t, "d1", 1)
+	fe1.place(t, "d2", 1)
+	waitPlaced(t, th, 2)
+	fe2.place(t, "d1", 2)
+	fe2.place(t, "d2", 2)
+	fe2.p.Send(t, &wire.Presence{Frontend: "fe", Devices: []wire.Place{{Device: "d1", Since: 2, Present: false}}})
+	waitPlaced(t, th, 1)
+	fe2.p.Send(t, &wire.Presence{Frontend: "fe", Full: true})
+	waitPlaced(t, th, 0)
+	// Still placed where it went: a command submitted now is handed there.
+	fe1.place(t, "d3", 1)
+	fe2.place(t, "d3", 2)
+	c := fe1.submit(t, wire.Submit{Device: "d3", Name: "a"})
+	if got := fe2.deliver(t); got.ID != c.ID {
+		t.Fatalf("delivered %s, want %s", got.ID, c.ID)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/ingest-io/ingest/command"
 	"github.com/ingest-io/ingest/downlink"
@@ -66,6 +67,7 @@ func TestFollowsDevice(t *testing.T) {
 	first := submit(t, fe1, d.id, "first", nil)
 	waitState(t, fe2, first.ID, "acknowledged")
 	d.disconnect()
+	waitPlaced(t, 0, h1, h2) // the device's home knows it is away
 
 	a := submit(t, fe2, d.id, "a", map[string]any{"idempotency_key": "k-a"})
 	again := submit(t, fe1, d.id, "a", map[string]any{"idempotency_key": "k-a"})
@@ -98,6 +100,37 @@ func TestFollowsDevice(t *testing.T) {
 	}
 	if st := call(t, "GET", fe2.base()+"/v1/commands/cnosuchcommand", "", nil, &e); st != http.StatusNotFound || e.Code != downlink.CodeNotFound {
 		t.Fatalf("unknown command: HTTP %d %+v", st, e)
+	}
+}
+
+// TestDeviceOverlaps: a device whose new connection comes before its old
+// one ends, at another frontend or the same one, is followed to the new
+// one; when it leaves, its home lets it go and goes on serving.
+func TestDeviceOverlaps(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{})
+	homes := []string{h.Addr}
+	fe1, fe2 := startFrontend(t, "fe-1", homes, false), startFrontend(t, "fe-2", homes, false)
+	for i, fes := range [][2]*testFrontend{{fe1, fe2}, {fe1, fe1}} {
+		id := fmt.Sprintf("overlap-%d", i)
+		old, cur := &device{id: id}, &device{id: id}
+		connect(t, fes[0], old)
+		waitPlaced(t, 1, h)
+		connect(t, fes[1], cur)
+		c := submit(t, fes[0], cur.id, "to-the-new-one", nil)
+		waitState(t, fes[0], c.ID, "acknowledged")
+		if got := cur.ids(); !slices.Equal(got, []string{c.ID}) {
+			t.Fatalf("new connection saw %v, want %v", got, []string{c.ID})
+		}
+		cur.disconnect()
+		old.disconnect()
+		waitPlaced(t, 0, h)
+		// A full presence list (every 200 ms here) that no longer names
+		// the device changes nothing.
+		time.Sleep(500 * time.Millisecond)
+		c = submit(t, fes[1], cur.id, "while-away", nil)
+		if got := get(t, fes[0], c.ID); got.State != "queued" {
+			t.Fatalf("submitted while away: %+v", got)
+		}
 	}
 }
 

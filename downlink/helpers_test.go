@@ -89,6 +89,20 @@ func startFrontend(t *testing.T, id string, homes []string, withAuth bool) *test
 
 func (tf *testFrontend) base() string { return "http://" + tf.addr }
 
+// waitPlaced waits until the homes together have want devices placed at a
+// frontend (ingest_command_devices_placed): a frontend's word that a
+// device connected or left has reached its home.
+func waitPlaced(t *testing.T, want float64, homes ...*commandtest.Home) {
+	t.Helper()
+	testkit.WaitFor(t, fmt.Sprintf("%v devices placed", want), 10*time.Second, func() bool {
+		var n float64
+		for _, h := range homes {
+			n += testkit.Metric(t, h.Reg, "ingest_command_devices_placed")
+		}
+		return n == want
+	})
+}
+
 // device is a client that answers every command and records what it saw.
 type device struct {
 	id string
