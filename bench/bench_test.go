@@ -271,6 +271,33 @@ func TestSpawnAll(t *testing.T) {
 	}
 }
 
+// TestCheckAheadOfClock: devices that send more than a thousand messages a
+// second stamp them ahead of the clock (a device's times are distinct
+// milliseconds); the check queries the store as of the latest of them, so
+// none counts as lost for being in the future of the check's query.
+func TestCheckAheadOfClock(t *testing.T) {
+	c := config{SpawnAll: binPath, Devices: 4, Window: 64, Size: 150, Shape: "sensor", Sources: 1,
+		Duration: 4 * time.Second, Drain: 10 * time.Second, CheckWait: time.Second, Quiet: true,
+		JSON: filepath.Join(t.TempDir(), "ahead.json")}
+	r := runResult(t, c)
+	if r.Acked == 0 || r.Acked != r.Sent {
+		t.Fatalf("sent %d, acked %d", r.Sent, r.Acked)
+	}
+	cp := r.Completeness
+	if cp == nil {
+		t.Fatal("no completeness")
+	}
+	// Ahead by more than the check waits: a check as of the clock would
+	// find messages missing.
+	if cp.AheadMS <= 2*c.CheckWait.Milliseconds() {
+		t.Fatalf("devices ran %d ms ahead of the clock; the test needs more than %v (%d messages in %v)",
+			cp.AheadMS, 2*c.CheckWait, r.Acked, c.Duration)
+	}
+	if cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != r.Acked {
+		t.Fatalf("completeness %+v, %d acknowledged", cp, r.Acked)
+	}
+}
+
 // TestSpawnAllMQTT: MQTT 5 devices through the whole engine: every message
 // PUBACKed is in the store exactly once, and on the live feed.
 func TestSpawnAllMQTT(t *testing.T) {

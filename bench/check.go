@@ -21,6 +21,9 @@ type completeness struct {
 	Duplicated   int64    `json:"duplicated"`
 	LostExamples []string `json:"lost_examples,omitempty"`
 	LostAll      []string `json:"-"` // every one, for a failed run's post-mortem
+	// AheadMS is how far the latest device time ran ahead of the clock
+	// when the check began: the store is queried as of that time.
+	AheadMS int64 `json:"devices_ahead_ms,omitempty"`
 }
 
 // check queries the store's Prometheus API for every device's seq samples
@@ -30,13 +33,27 @@ type completeness struct {
 // catch up. With several stores (writers with an embedded TSDB each, each
 // holding the streams it followed), a message is stored if one of them
 // holds it, and duplicated if one holds it twice.
-func check(ctx context.Context, apis []string, devs []*device, since time.Time, wait time.Duration) (*completeness, error) {
+//
+// latest is the latest device time of any message sent. A device's times
+// are distinct milliseconds, so one that sends more than a thousand
+// messages a second runs ahead of the clock; the store is queried as of
+// latest when that is later than now, or a query would leave out the
+// messages stamped in its future.
+func check(ctx context.Context, apis []string, devs []*device, since, latest time.Time, wait time.Duration) (*completeness, error) {
 	for i, api := range apis {
 		apis[i] = queryBase(api)
 	}
-	deadline := time.Now().Add(wait)
+	start := time.Now()
+	deadline := start.Add(wait)
 	for {
-		c, err := checkOnce(ctx, apis, devs, since)
+		at := time.Now()
+		if l := latest.Add(time.Millisecond); l.After(at) {
+			at = l
+		}
+		c, err := checkOnce(ctx, apis, devs, since, at)
+		if err == nil && latest.After(start) {
+			c.AheadMS = latest.Sub(start).Milliseconds()
+		}
 		if err != nil || c.Lost == 0 || time.Now().After(deadline) {
 			return c, err
 		}
@@ -55,9 +72,10 @@ func queryBase(api string) string {
 	return strings.TrimRight(api, "/")
 }
 
-func checkOnce(ctx context.Context, apis []string, devs []*device, since time.Time) (*completeness, error) {
+// checkOnce queries the store as of at.
+func checkOnce(ctx context.Context, apis []string, devs []*device, since, at time.Time) (*completeness, error) {
 	c := &completeness{}
-	rng := fmt.Sprintf("%ds", int(time.Since(since).Seconds())+120)
+	rng := fmt.Sprintf("%ds", int(at.Sub(since).Seconds())+120)
 	for start := 0; start < len(devs); start += 100 {
 		chunk := devs[start:min(start+100, len(devs))]
 		var names []string
@@ -68,7 +86,7 @@ func checkOnce(ctx context.Context, apis []string, devs []*device, since time.Ti
 		}
 		stored := map[string]map[int]int{}
 		for _, api := range apis {
-			s, err := querySeqs(ctx, api, `seq{device=~"`+strings.Join(names, "|")+`"}[`+rng+`]`)
+			s, err := querySeqs(ctx, api, `seq{device=~"`+strings.Join(names, "|")+`"}[`+rng+`]`, at)
 			if err != nil {
 				return nil, err
 			}
@@ -113,10 +131,11 @@ func checkOnce(ctx context.Context, apis []string, devs []*device, since time.Ti
 	return c, nil
 }
 
-// querySeqs runs a range-vector query and counts, per device, how often each
-// seq value is stored.
-func querySeqs(ctx context.Context, api, q string) (map[string]map[int]int, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, api+"/api/v1/query", strings.NewReader(url.Values{"query": {q}}.Encode()))
+// querySeqs runs a range-vector query as of at and counts, per device, how
+// often each seq value is stored.
+func querySeqs(ctx context.Context, api, q string, at time.Time) (map[string]map[int]int, error) {
+	form := url.Values{"query": {q}, "time": {strconv.FormatFloat(float64(at.UnixMilli())/1000, 'f', 3, 64)}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, api+"/api/v1/query", strings.NewReader(form.Encode()))
 	if err != nil {
 		return nil, err
 	}

@@ -37,10 +37,12 @@ type device struct {
 // every message it covers under one lock.
 type stats struct {
 	shards []*shard
-	start  atomic.Int64   // when sending began, on the fleet's clock
-	perSec []atomic.Int64 // acknowledged per second of the run
-	late   []*shard       // paced: from a message's slot in the schedule to its first write
-	dials  *hdrhistogram.Histogram
+	start  atomic.Int64 // when sending began, on the fleet's clock
+	// latestTS is the latest device time (unix ms) of a settled message.
+	latestTS atomic.Int64
+	perSec   []atomic.Int64 // acknowledged per second of the run
+	late     []*shard       // paced: from a message's slot in the schedule to its first write
+	dials    *hdrhistogram.Histogram
 	// ivl holds the latencies since the last interval line (-interval);
 	// nil when the run prints none.
 	ivl []*shard
@@ -71,6 +73,14 @@ func newStats(seconds int) *stats {
 // just before the write that first carried it to just after the read that
 // brought the ack.
 func (s *stats) settle(dev int, ms []loadgen.Msg, now int64) {
+	if n := len(ms); n > 0 { // a device's times increase with its seq
+		for ts := ms[n-1].TS; ; {
+			cur := s.latestTS.Load()
+			if ts <= cur || s.latestTS.CompareAndSwap(cur, ts) {
+				break
+			}
+		}
+	}
 	sh := s.shards[dev%len(s.shards)]
 	// Messages written together share their send time: one record each
 	// run of them.
@@ -309,7 +319,7 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 		if len(apis) == 0 {
 			apis = []string{c.Check}
 		}
-		comp, err := check(ctx, apis, devs, sendStart, c.CheckWait)
+		comp, err := check(ctx, apis, devs, sendStart, time.UnixMilli(st.latestTS.Load()), c.CheckWait)
 		if err != nil {
 			return nil, err
 		}

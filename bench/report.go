@@ -144,7 +144,11 @@ func (r *result) print(w io.Writer) {
 			f.Shown, f.Missed, f.Latency.P50, f.Latency.P90, f.Latency.P99, f.Latency.P999, f.Latency.Max)
 	}
 	if cp := r.Completeness; cp != nil {
-		fmt.Fprintf(w, "store:      %d acknowledged, %d stored, lost %d, duplicated %d\n", cp.Acked, cp.Stored, cp.Lost, cp.Duplicated)
+		fmt.Fprintf(w, "store:      %d acknowledged, %d stored, lost %d, duplicated %d", cp.Acked, cp.Stored, cp.Lost, cp.Duplicated)
+		if cp.AheadMS > 0 {
+			fmt.Fprintf(w, " (queried as of the latest device time, %.1f s ahead of the clock)", float64(cp.AheadMS)/1000)
+		}
+		fmt.Fprintln(w)
 		if len(cp.LostExamples) > 0 {
 			fmt.Fprintf(w, "lost, e.g.: %s\n", strings.Join(cp.LostExamples, " "))
 		}
