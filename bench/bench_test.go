@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -295,6 +296,25 @@ func TestCheckAheadOfClock(t *testing.T) {
 	}
 	if cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != r.Acked {
 		t.Fatalf("completeness %+v, %d acknowledged", cp, r.Acked)
+	}
+}
+
+// TestSpawnExitsAtStart: an engine that stops at start is reported with
+// its exit status and what it said, and leaves no data directory behind.
+func TestSpawnExitsAtStart(t *testing.T) {
+	before, _ := filepath.Glob(filepath.Join(os.TempDir(), "ingest-bench-all-*"))
+	_, err := spawnAll(context.Background(), binPath, "bogus://sink")
+	if err == nil {
+		t.Fatal("an engine with an unknown sink started")
+	}
+	for _, want := range []string{"engine exited at start (exit status 2)", `unknown kind "bogus://sink"`} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error %q does not say %q", err, want)
+		}
+	}
+	after, _ := filepath.Glob(filepath.Join(os.TempDir(), "ingest-bench-all-*"))
+	if len(after) > len(before) {
+		t.Errorf("data directories %v left behind (before: %v)", after, before)
 	}
 }
 

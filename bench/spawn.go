@@ -56,49 +56,19 @@ func spawnFrontend(ctx context.Context, bin string) (*engine, error) {
 		// what a run appends keeps "overloaded" out of a minute at full
 		// load.
 		"--wal.max-bytes", strconv.FormatInt(spawnedWALBound, 10)}, loadFlags...)
-	cmd := engineCommand(bin, args...)
-	stderr, err := cmd.StderrPipe()
+	var addr string
+	e, err := start(ctx, "frontend", engineCommand(bin, args...), dir, func(line string) bool {
+		m := listeningRE.FindStringSubmatch(line)
+		if m != nil {
+			addr = m[1]
+		}
+		return m != nil
+	})
 	if err != nil {
 		return nil, err
 	}
-	if err := cmd.Start(); err != nil {
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start frontend: %w", err)
-	}
-	e := &engine{cmd: cmd, dir: dir, done: make(chan struct{}), pid: cmd.Process.Pid}
-	addr := make(chan string, 1)
-	go func() {
-		defer close(e.done)
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			if m := mqttRE.FindStringSubmatch(sc.Text()); m != nil {
-				e.mqtt = "mqtt://" + m[1] // logged before the frontend's own line
-			} else if m := listeningRE.FindStringSubmatch(sc.Text()); m != nil {
-				select {
-				case addr <- m[1]:
-				default:
-				}
-			} else if strings.Contains(sc.Text(), "level=ERROR") {
-				fmt.Fprintln(os.Stderr, "frontend:", sc.Text())
-			}
-		}
-		io.Copy(io.Discard, stderr)
-		cmd.Wait()
-	}()
-	select {
-	case a := <-addr:
-		e.url, e.metrics = "ws://"+a+protocol.Path, "http://"+a+"/metrics"
-		return e, nil
-	case <-e.done:
-		os.RemoveAll(dir)
-		return nil, fmt.Errorf("frontend exited at start")
-	case <-time.After(30 * time.Second):
-		e.stop()
-		return nil, fmt.Errorf("frontend did not start")
-	case <-ctx.Done():
-		e.stop()
-		return nil, ctx.Err()
-	}
+	e.url, e.metrics = "ws://"+addr+protocol.Path, "http://"+addr+"/metrics"
+	return e, nil
 }
 
 // memSummary reports the frontend's resident memory, read from /proc.
@@ -146,45 +116,70 @@ func spawnAll(ctx context.Context, bin, sinks string) (*engine, error) {
 	if sinks != "" {
 		cmd.Env = append(os.Environ(), "INGEST_SINK="+sinks)
 	}
+	var m []string
+	e, err := start(ctx, "engine", cmd, dir, func(line string) bool {
+		m = allRE.FindStringSubmatch(line)
+		return m != nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	e.url, e.metrics, e.feed, e.query = m[1], m[2], m[3], strings.TrimSuffix(m[4], "/api/v1/")
+	return e, nil
+}
+
+// start runs cmd, an engine process the bench starts (name says which),
+// its data in dir, and waits until ready accepts a line of its log. The
+// process's error lines are passed on to the bench's stderr. If it exits
+// before it is ready, the error carries its exit status and the last lines
+// it logged; dir is removed unless it starts.
+func start(ctx context.Context, name string, cmd *exec.Cmd, dir string, ready func(line string) bool) (*engine, error) {
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("start engine: %w", err)
+		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
 	e := &engine{cmd: cmd, dir: dir, done: make(chan struct{}), pid: cmd.Process.Pid}
-	found := make(chan []string, 1)
+	up := make(chan struct{})
+	var tail []string // the last lines before it was ready
 	go func() {
 		defer close(e.done)
 		sc := bufio.NewScanner(stderr)
 		sc.Buffer(nil, 1<<20)
+		isUp := false
 		for sc.Scan() {
-			if m := mqttRE.FindStringSubmatch(sc.Text()); m != nil {
-				e.mqtt = "mqtt://" + m[1] // logged before "engine running"
-			} else if m := allRE.FindStringSubmatch(sc.Text()); m != nil {
-				select {
-				case found <- m:
-				default:
+			line := sc.Text()
+			if m := mqttRE.FindStringSubmatch(line); m != nil && !isUp {
+				e.mqtt = "mqtt://" + m[1] // logged before the ready line
+			} else if !isUp && ready(line) {
+				isUp = true
+				close(up)
+				continue
+			} else if strings.Contains(line, "level=ERROR") {
+				fmt.Fprintf(os.Stderr, "%s: %s\n", name, line)
+			}
+			if !isUp {
+				if tail = append(tail, line); len(tail) > 20 {
+					tail = tail[1:]
 				}
-			} else if strings.Contains(sc.Text(), "level=ERROR") {
-				fmt.Fprintln(os.Stderr, "engine:", sc.Text())
 			}
 		}
 		io.Copy(io.Discard, stderr)
 		cmd.Wait()
 	}()
 	select {
-	case m := <-found:
-		e.url, e.metrics, e.feed, e.query = m[1], m[2], m[3], strings.TrimSuffix(m[4], "/api/v1/")
+	case <-up:
 		return e, nil
 	case <-e.done:
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("engine exited at start")
+		return nil, fmt.Errorf("%s exited at start (%v); its last lines:\n%s", name, cmd.ProcessState, strings.Join(tail, "\n"))
 	case <-time.After(30 * time.Second):
 		e.stop()
-		return nil, fmt.Errorf("engine did not start")
+		return nil, fmt.Errorf("%s did not start", name)
 	case <-ctx.Done():
 		e.stop()
 		return nil, ctx.Err()
