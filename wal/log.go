@@ -66,8 +66,9 @@ type Log struct {
 	tailBytes  int // bytes in the tail segment, mirroring tidwall/wal's cycling
 	batch      twal.Batch
 	frame      []byte
-	syncFailed bool // an fsync inside the current write failed (fail stop)
-	skipSync   bool // closing w after a write that failed for lack of room: no fsync
+	syncFailed bool      // an fsync inside the current write failed (fail stop)
+	lastCommit time.Time // when the last group was taken from the queue (Options.CommitInterval)
+	skipSync   bool      // closing w after a write that failed for lack of room: no fsync
 
 	mu             sync.Mutex
 	closed         bool
@@ -439,6 +440,7 @@ func (l *Log) lead() {
 func (l *Log) commitNext() bool {
 	l.writeMu.Lock()
 	defer l.writeMu.Unlock()
+	l.pace()
 	l.qmu.Lock()
 	var (
 		n     int
@@ -457,8 +459,31 @@ func (l *Log) commitNext() bool {
 	if n == 0 {
 		return false
 	}
+	if l.opts.CommitInterval > 0 {
+		l.lastCommit = time.Now()
+	}
 	l.commit(group)
 	return true
+}
+
+// pace waits, with Options.CommitInterval set and appends queued, until
+// the interval has passed since the last commit began, so that the appends
+// arriving meanwhile share the next one's write and fsync. The caller
+// holds writeMu.
+func (l *Log) pace() {
+	if l.opts.CommitInterval <= 0 {
+		return
+	}
+	wait := l.opts.CommitInterval - time.Since(l.lastCommit)
+	if wait <= 0 {
+		return
+	}
+	l.qmu.Lock()
+	queued := len(l.queue) > 0
+	l.qmu.Unlock()
+	if queued {
+		time.Sleep(wait)
+	}
 }
 
 // writer is the goroutine that takes over the commits while appends keep

@@ -538,3 +538,42 @@ func TestNotify(t *testing.T) {
 
 // waitFor is the package test files' waitFor.
 var waitFor = wal.WaitFor
+
+// TestCommitInterval: appends that come within Options.CommitInterval of
+// the last commit's start wait for the rest of it and go out together, in
+// one group commit (one write, one fsync); the first, with no commit
+// before it, goes at once.
+func TestCommitInterval(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "paced", CommitInterval: 300 * time.Millisecond}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx := context.Background()
+	if _, err := l.Append(ctx, []byte("first")); err != nil {
+		t.Fatal(err)
+	}
+	// Ten appends 5 ms apart, each of which would have a commit of its own
+	// without the interval.
+	var wg sync.WaitGroup
+	for i := range 10 {
+		wg.Go(func() {
+			if _, err := l.Append(ctx, fmt.Appendf(nil, "entry %d", i)); err != nil {
+				t.Error(err)
+			}
+		})
+		time.Sleep(5 * time.Millisecond)
+	}
+	wg.Wait()
+	if n := testkit.Metric(t, reg, "ingest_wal_batch_entries"); n != 2 {
+		t.Fatalf("%v group commits, want 2: the first append alone, then the ten together", n)
+	}
+	if n := metricValue(t, reg, "ingest_wal_appended_entries_total", "paced"); n != 11 {
+		t.Fatalf("%v entries appended, want 11", n)
+	}
+	entries := readAll(t, l, 1)
+	if len(entries) != 11 {
+		t.Fatalf("read %d entries, want 11", len(entries))
+	}
+}

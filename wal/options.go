@@ -53,6 +53,16 @@ type Options struct {
 	// once. A crash repeats at most what was released within it, and
 	// released segments are removed up to that much later. Default 1s.
 	MarkInterval time.Duration
+	// CommitInterval is the least time between the starts of two group
+	// commits. An append that comes sooner after the last commit began
+	// waits for the rest of it, and goes out with whatever else came
+	// meanwhile: one write and one fsync for all of them. It bounds the
+	// fsyncs a second under load (many appends that each wait for their
+	// own, such as thousands of devices' single messages) and costs an
+	// append at most that much latency; an append that comes later is
+	// committed at once. Default 0: every commit starts as soon as the one
+	// before has ended.
+	CommitInterval time.Duration
 }
 
 // DefaultOptions returns the options a zero Options stands for.
@@ -69,7 +79,7 @@ func DefaultOptions() Options {
 // withDefaults validates o and returns a copy with defaults filled in.
 func (o Options) withDefaults() (Options, error) {
 	d := DefaultOptions()
-	if o.SegmentBytes < 0 || o.MaxBytes < 0 || o.MaxEntries < 0 || o.MaxBatchBytes < 0 || o.NoSpaceRetry < 0 || o.MarkInterval < 0 {
+	if o.SegmentBytes < 0 || o.MaxBytes < 0 || o.MaxEntries < 0 || o.MaxBatchBytes < 0 || o.NoSpaceRetry < 0 || o.MarkInterval < 0 || o.CommitInterval < 0 {
 		return o, errors.New("wal: options must not be negative")
 	}
 	defaults.Fill(&o, d)

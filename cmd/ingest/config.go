@@ -212,15 +212,20 @@ func readKeys[K *rsa.PublicKey | *ecdsa.PublicKey](path string, parse func([]byt
 
 // walConfig is a WAL's flags.
 type walConfig struct {
-	maxBytes      int64
-	segmentBytes  int
-	noPreallocate bool
-	repair        bool
+	maxBytes       int64
+	segmentBytes   int
+	noPreallocate  bool
+	repair         bool
+	commitInterval time.Duration
 }
+
+// defaultCommitInterval is the tiers' --wal.commit-interval: see
+// wal.Options.CommitInterval and docs/benchmarks.md for how it was chosen.
+const defaultCommitInterval = time.Millisecond
 
 func newWALConfig() walConfig {
 	d := wal.DefaultOptions()
-	return walConfig{maxBytes: d.MaxBytes, segmentBytes: d.SegmentBytes}
+	return walConfig{maxBytes: d.MaxBytes, segmentBytes: d.SegmentBytes, commitInterval: defaultCommitInterval}
 }
 
 // register registers the WAL's flags; full says what happens past its bound.
@@ -228,6 +233,7 @@ func (c *walConfig) register(f flags, full string) {
 	f.int64(&c.maxBytes, "wal.max-bytes", "bound on the WAL's unreleased bytes; past it "+full)
 	f.integer(&c.segmentBytes, "wal.segment-bytes", "WAL segment size")
 	f.boolean(&c.noPreallocate, "wal.no-preallocate", "let WAL segments grow as they are written instead of writing each next one as zeros ahead of need (fewer bytes written, a slower sync per acknowledgement)")
+	f.duration(&c.commitInterval, "wal.commit-interval", "least time between the starts of two WAL group commits (one write and one fsync each): an append sooner waits for the rest of it and shares the next commit, which bounds the fsyncs a second under load at the cost of up to this much latency per acknowledgement; 0: commit at once")
 	f.boolean(&c.repair, "wal.repair", "open a WAL whose last segment was cut short (refused otherwise): keep its whole entries, log and count what is lost, give the log a new identity")
 }
 
@@ -235,7 +241,7 @@ func (c *walConfig) register(f flags, full string) {
 // directory to name if another process holds it.
 func (c *walConfig) open(p *process, hop, dir, shown string) (*wal.Log, error) {
 	l, err := wal.Open(dir, wal.Options{Hop: hop, MaxBytes: c.maxBytes, SegmentBytes: c.segmentBytes,
-		NoPreallocate: c.noPreallocate, RepairTruncated: c.repair}, p.reg, p.lg)
+		NoPreallocate: c.noPreallocate, RepairTruncated: c.repair, CommitInterval: c.commitInterval}, p.reg, p.lg)
 	if err != nil {
 		return nil, fmt.Errorf("open %s wal: %w", hop, inUse(shown, err))
 	}
