@@ -113,6 +113,7 @@ type Home struct {
 	keys   map[string]string // device + "\x00" + key → command id
 	devs   map[string]*device
 	byPeer map[string]map[string]struct{} // peer identity → devices placed there
+	placed int                            // devices placed: the entries of byPeer's sets
 	now    time.Time
 	dirty  map[*device]struct{}
 	logBuf [][]byte
@@ -376,6 +377,10 @@ func (h *Home) loop(ctx context.Context) error {
 			}
 			h.countStates()
 		}
+		// Once a round, so that a device's move (let go of, placed again)
+		// never shows as a device fewer; before the round's replies, so
+		// that a frontend's answer comes after it.
+		h.m.placed.Set(float64(h.placed))
 		for d := range h.dirty {
 			h.dispatch(d)
 		}
@@ -613,7 +618,8 @@ func (h *Home) presence(peer []byte, p *wire.Presence) {
 				h.byPeer[key] = set
 			}
 			set[d.id] = struct{}{}
-			h.m.placed.Inc()
+			h.placed++
+			h.m.placements.Inc()
 			clear(d.handed) // whatever was handed on went to another connection
 			h.dirty[d] = struct{}{}
 		}
@@ -638,7 +644,7 @@ func (h *Home) unplace(d *device) {
 		delete(h.byPeer, key)
 	}
 	d.peer, d.since = nil, 0
-	h.m.placed.Dec()
+	h.placed--
 	clear(d.handed)
 	if len(d.open) == 0 && len(d.all) == 0 {
 		delete(h.devs, d.id)

@@ -11,6 +11,7 @@ type metrics struct {
 
 	states        *prometheus.GaugeVec
 	placed        prometheus.Gauge
+	placements    prometheus.Counter
 	accepted      prometheus.Counter
 	answered      *prometheus.CounterVec
 	expired       prometheus.Counter
@@ -32,6 +33,8 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 		states: b.GaugeVec("ingest_command_commands", "Commands the home keeps, by state.", "state"),
 		placed: b.Gauge("ingest_command_devices_placed",
 			"Devices of this home's that a frontend reports connected: where their commands are sent."),
+		placements: b.Counter("ingest_command_placements_total",
+			"Times a device of this home's was placed at a new connection: it connected, moved or reconnected."),
 		accepted: b.Counter("ingest_command_accepted_total", "Commands accepted and made durable."),
 		answered: b.CounterVec("ingest_command_answered_total",
 			"Commands answered by their device, by the state the answer gave them.", "state"),

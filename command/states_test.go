@@ -83,23 +83,24 @@ func TestStateGaugeForget(t *testing.T) {
 
 // TestPlacedGauge: the gauge of placed devices counts a device once
 // wherever it is connected, and lets it go when its frontend reports it
-// gone, lists it no more, or falls silent past Options.PresenceTimeout.
+// gone, lists it no more, or falls silent past Options.PresenceTimeout;
+// the counter of placements counts each new connection.
 func TestPlacedGauge(t *testing.T) {
 	th := startHome(t, command.Options{}, wal.Options{})
 	fe1, fe2 := dialFrontend(t, th, "fe#1"), dialFrontend(t, th, "fe#2")
 	fe1.place(t, "d1", 1)
 	fe1.place(t, "d2", 1)
 	fe1.place(t, "d3", 1)
-	waitPlaced(t, th, 3)
+	wantPlaced(t, th, 3, 3, fe1)
 	fe2.place(t, "d1", 2) // d1 moved: still placed once
 	// fe#2 is not where d2 is: its word on d2 changes nothing.
 	fe2.p.Send(t, &wire.Presence{Frontend: "fe", Devices: []wire.Place{{Device: "d2", Since: 1, Present: false}}})
-	fe1.place(t, "d3", 1)
-	waitPlaced(t, th, 3)
+	fe1.place(t, "d3", 1) // the same connection again: no new placement
+	wantPlaced(t, th, 3, 4, fe1, fe2)
 	fe2.p.Send(t, &wire.Presence{Frontend: "fe", Devices: []wire.Place{{Device: "d1", Since: 2, Present: false}}})
-	waitPlaced(t, th, 2)
+	wantPlaced(t, th, 2, 4, fe2)
 	fe1.p.Send(t, &wire.Presence{Frontend: "fe", Full: true, Devices: []wire.Place{{Device: "d3", Since: 1, Present: true}}})
-	waitPlaced(t, th, 1) // fe#1 lists d2 no more
+	wantPlaced(t, th, 1, 4, fe1) // fe#1 lists d2 no more
 
 	// A frontend that falls silent: its device is forgotten after the
 	// timeout. The delivery shows that the device was placed.
@@ -110,15 +111,28 @@ func TestPlacedGauge(t *testing.T) {
 	if got := fe.deliver(t); got.ID != c.ID {
 		t.Fatalf("delivered %s, want %s", got.ID, c.ID)
 	}
-	waitPlaced(t, th2, 0)
+	testkit.WaitFor(t, "d4 forgotten", 10*time.Second, func() bool {
+		return testkit.Metric(t, th2.Reg, "ingest_command_devices_placed") == 0
+	})
 }
 
-// waitPlaced waits until the home's ingest_command_devices_placed is want.
-func waitPlaced(t *testing.T, th *commandtest.Home, want float64) {
+// wantPlaced checks the home's gauge of placed devices and its counter of
+// placements once the home has handled all that the frontends fes sent
+// before: the reply to a query on each socket comes after the gauge is set
+// for the round that handled what came before it.
+func wantPlaced(t *testing.T, th *commandtest.Home, placed, placements float64, fes ...*frontend) {
 	t.Helper()
-	testkit.WaitFor(t, fmt.Sprintf("%v devices placed", want), 10*time.Second, func() bool {
-		return testkit.Metric(t, th.Reg, "ingest_command_devices_placed") == want
-	})
+	for _, f := range fes {
+		if r := f.ask(t, &wire.Query{Op: wire.QueryList, Device: "nobody"}); r.Code != "" {
+			t.Fatalf("query: %+v", r)
+		}
+	}
+	if got := testkit.Metric(t, th.Reg, "ingest_command_devices_placed"); got != placed {
+		t.Errorf("%v devices placed, want %v", got, placed)
+	}
+	if got := testkit.Metric(t, th.Reg, "ingest_command_placements_total"); got != placements {
+		t.Errorf("%v placements, want %v", got, placements)
+	}
 }
 
 // TestMovedDeviceLeaves: a device with no commands that moves to another
@@ -129,13 +143,13 @@ func TestMovedDeviceLeaves(t *testing.T) {
 	fe1, fe2 := dialFrontend(t, th, "fe#1"), dialFrontend(t, th, "fe#2")
 	fe1.place(t, "d1", 1)
 	fe1.place(t, "d2", 1)
-	waitPlaced(t, th, 2)
+	wantPlaced(t, th, 2, 2, fe1)
 	fe2.place(t, "d1", 2)
 	fe2.place(t, "d2", 2)
 	fe2.p.Send(t, &wire.Presence{Frontend: "fe", Devices: []wire.Place{{Device: "d1", Since: 2, Present: false}}})
-	waitPlaced(t, th, 1)
+	wantPlaced(t, th, 1, 4, fe2)
 	fe2.p.Send(t, &wire.Presence{Frontend: "fe", Full: true})
-	waitPlaced(t, th, 0)
+	wantPlaced(t, th, 0, 4, fe2)
 	// Still placed where it went: a command submitted now is handed there.
 	fe1.place(t, "d3", 1)
 	fe2.place(t, "d3", 2)

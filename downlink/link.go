@@ -78,6 +78,13 @@ type home struct {
 
 	mu sync.Mutex
 	d  *zsock.Dealer // nil while not connected
+
+	// presence orders what this frontend tells the home of its devices:
+	// a full list and a device's own connect or disconnect go out in the
+	// order in which they read the devices, so that a list read before a
+	// disconnect cannot reach the home after it and place the device
+	// again. Taken before Link.mu.
+	presence sync.Mutex
 }
 
 // Attachment is one device connection known to the Link.
@@ -227,6 +234,8 @@ func (h *home) reconnect(d *zsock.Dealer) {
 }
 
 func (h *home) sendPresence(d *zsock.Dealer) {
+	h.presence.Lock()
+	defer h.presence.Unlock()
 	p := &wire.Presence{Frontend: h.l.opts.Frontend, Full: true}
 	h.l.mu.Lock()
 	for id, a := range h.l.devices {
@@ -242,6 +251,9 @@ func (h *home) sendPresence(d *zsock.Dealer) {
 // tells its home. A newer attachment of the device replaces an older one.
 func (l *Link) Attach(device string, write func([]byte) error) *Attachment {
 	a := &Attachment{l: l, device: device, since: time.Now().UnixNano(), write: write, pending: map[string]int64{}}
+	h := l.homeOf(device)
+	h.presence.Lock()
+	defer h.presence.Unlock()
 	l.mu.Lock()
 	if old := l.devices[device]; old != nil && old.since >= a.since {
 		a.since = old.since + 1
@@ -250,7 +262,7 @@ func (l *Link) Attach(device string, write func([]byte) error) *Attachment {
 	n := len(l.devices)
 	l.mu.Unlock()
 	l.m.attached.Set(float64(n))
-	l.homeOf(device).send(&wire.Presence{Frontend: l.opts.Frontend, Devices: []wire.Place{{Device: device, Since: a.since, Present: true}}})
+	h.send(&wire.Presence{Frontend: l.opts.Frontend, Devices: []wire.Place{{Device: device, Since: a.since, Present: true}}})
 	return a
 }
 
@@ -264,6 +276,9 @@ func (a *Attachment) Detach() {
 	l.m.pending.Sub(float64(len(a.pending)))
 	clear(a.pending)
 	a.mu.Unlock()
+	h := l.homeOf(a.device)
+	h.presence.Lock()
+	defer h.presence.Unlock()
 	l.mu.Lock()
 	if l.devices[a.device] == a {
 		delete(l.devices, a.device)
@@ -271,7 +286,7 @@ func (a *Attachment) Detach() {
 	n := len(l.devices)
 	l.mu.Unlock()
 	l.m.attached.Set(float64(n))
-	l.homeOf(a.device).send(&wire.Presence{Frontend: l.opts.Frontend, Devices: []wire.Place{{Device: a.device, Since: a.since}}})
+	h.send(&wire.Presence{Frontend: l.opts.Frontend, Devices: []wire.Place{{Device: a.device, Since: a.since}}})
 }
 
 // push queues f for the device, in order, and makes sure a writer runs.

@@ -32,8 +32,9 @@
 // sending a message a second do, a fast disk would otherwise sync for one
 // or two entries at a time, and the syncs and the wake-ups around them
 // would cost most of the process's CPU. The interval bounds the syncs a
-// second, at the cost of up to that much latency for each append; one
-// that comes later is committed at once.
+// second, at the cost of up to that much latency for each append, plus
+// the timer slack by which the wait may overrun; one that comes later is
+// committed at once.
 //
 // Segment files are preallocated (unless Options.NoPreallocate): a
 // goroutine writes the next segment's file of zeros ahead of need and

@@ -545,7 +545,9 @@ var waitFor = wal.WaitFor
 // before it, goes at once.
 func TestCommitInterval(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "paced", CommitInterval: 300 * time.Millisecond}, reg, nil)
+	// An interval far longer than the first commit's fsync and the ten
+	// appends' 50 ms, so that all ten come within it on a slow disk too.
+	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "paced", CommitInterval: time.Second}, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -59,9 +59,11 @@ type Options struct {
 	// meanwhile: one write and one fsync for all of them. It bounds the
 	// fsyncs a second under load (many appends that each wait for their
 	// own, such as thousands of devices' single messages) and costs an
-	// append at most that much latency; an append that comes later is
-	// committed at once. Default 0: every commit starts as soon as the one
-	// before has ended.
+	// append up to that much latency, plus the thread's timer slack by
+	// which the wait may overrun (1 ms in the engine's serving tiers:
+	// INGEST_TIMER_SLACK); an append that comes later is committed at
+	// once. Default 0: every commit starts as soon as the one before has
+	// ended.
 	CommitInterval time.Duration
 }
 

@@ -233,7 +233,7 @@ func (c *walConfig) register(f flags, full string) {
 	f.int64(&c.maxBytes, "wal.max-bytes", "bound on the WAL's unreleased bytes; past it "+full)
 	f.integer(&c.segmentBytes, "wal.segment-bytes", "WAL segment size")
 	f.boolean(&c.noPreallocate, "wal.no-preallocate", "let WAL segments grow as they are written instead of writing each next one as zeros ahead of need (fewer bytes written, a slower sync per acknowledgement)")
-	f.duration(&c.commitInterval, "wal.commit-interval", "least time between the starts of two WAL group commits (one write and one fsync each): an append sooner waits for the rest of it and shares the next commit, which bounds the fsyncs a second under load at the cost of up to this much latency per acknowledgement; 0: commit at once")
+	f.duration(&c.commitInterval, "wal.commit-interval", "least time between the starts of two WAL group commits (one write and one fsync each): an append sooner waits for the rest of it and shares the next commit, which bounds the fsyncs a second under load at the cost of up to this much latency per acknowledgement, plus the timer slack (INGEST_TIMER_SLACK) by which the wait may overrun; 0: commit at once")
 	f.boolean(&c.repair, "wal.repair", "open a WAL whose last segment was cut short (refused otherwise): keep its whole entries, log and count what is lost, give the log a new identity")
 }
 

@@ -16,8 +16,9 @@ import (
 // a slack of 1 ms it sleeps at least that long, and the engine used 0.73
 // of the CPU per message at 1,000 msg/s and 0.84 at 10,000 devices × 1/s,
 // with the same latencies or shorter tails (docs/benchmarks.md, "Timer
-// slack"). Timers that the engine sets (lingers of 5 ms and more) may
-// fire up to 1 ms late.
+// slack"). Timers and sleeps that the engine sets may end up to 1 ms
+// late: its lingers of 5 ms and more, and the WALs' commit interval
+// (--wal.commit-interval, 1 ms), whose wait then lasts up to about 2 ms.
 const defaultTimerSlack = time.Millisecond
 
 // maxTimerSlack bounds INGEST_TIMER_SLACK: a slack is how late a timer
