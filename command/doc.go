@@ -21,7 +21,8 @@
 // Frontends report the devices they hold with Presence (a whole list every
 // second, and each connect and disconnect at once). A device's place is the
 // connection with the latest start time; a place no full list has named for
-// Options.PresenceTimeout is forgotten. For a placed device, the home sends
+// Options.PresenceTimeout is forgotten (looked for every fifth of it, at
+// most every second). For a placed device, the home sends
 // its commands in the order they were accepted, at most Options.MaxInFlight
 // unanswered at a time: queued ones are marked sent and handed on; sent
 // ones that stay unanswered for Options.Redeliver, or whose device moved to

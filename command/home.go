@@ -123,6 +123,7 @@ type Home struct {
 	// durable: every entry up to it is superseded by that append.
 	releaseTo   uint64
 	lastCompact time.Time
+	lastPlaces  time.Time // when sweep last looked for places gone stale
 	// counts are the commands kept, by state, kept up to date with every
 	// change so that the gauge costs nothing per tick however many are
 	// kept.
@@ -672,7 +673,19 @@ func (h *Home) result(r *wire.Result) {
 
 // sweep expires commands past their time to live, forgets places no
 // frontend has confirmed, and marks devices with commands to hand on again.
+// It looks at every device, so it does what it must only: commands while
+// some are open, and places once a fifth of Options.PresenceTimeout (at
+// most a second, at least each tick). A fleet of connected devices with no
+// commands costs a pass a second, not ten.
 func (h *Home) sweep() {
+	open := h.counts[wire.StateQueued]+h.counts[wire.StateSent] > 0
+	places := h.now.Sub(h.lastPlaces) >= min(h.opts.PresenceTimeout/5, time.Second)
+	if places {
+		h.lastPlaces = h.now
+	}
+	if !open && !places {
+		return
+	}
 	now := h.now.UnixNano()
 	for _, d := range h.devs {
 		for i := 0; i < len(d.open); {
@@ -684,7 +697,7 @@ func (h *Home) sweep() {
 			}
 			i++
 		}
-		if d.peer != nil && h.now.Sub(d.seen) > h.opts.PresenceTimeout {
+		if places && d.peer != nil && h.now.Sub(d.seen) > h.opts.PresenceTimeout {
 			h.unplace(d)
 		}
 		if d.peer != nil && len(d.open) > 0 {
