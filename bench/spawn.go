@@ -97,21 +97,21 @@ func (e *engine) stop() {
 }
 
 // spawnAll starts the whole engine in one process (ingest all) on loopback
-// ports, without auth, on a temporary data directory, with sinks as its
-// --sink if not empty. Its query API is "none" without an embedded sink.
+// ports of the kernel's choosing, without auth, on a temporary data
+// directory, with sinks as its --sink if not empty. Its query API is "none"
+// without an embedded sink.
 func spawnAll(ctx context.Context, bin, sinks string) (*engine, error) {
 	dir, err := os.MkdirTemp("", "ingest-bench-all-")
 	if err != nil {
 		return nil, err
 	}
-	p, err := ports(3)
-	if err != nil {
-		os.RemoveAll(dir)
-		return nil, err
-	}
+	// Every listener on a port the kernel picks as the engine binds it, read
+	// back from its log: ports picked here and freed for the engine to take
+	// could be handed meanwhile to the engine's own loopback sockets, bound
+	// first, and stop it at start.
 	args := append([]string{"all", "--insecure-no-auth", "--data.dir", dir,
-		"--listen", fmt.Sprintf("127.0.0.1:%d", p[0]), "--feed.listen", fmt.Sprintf("127.0.0.1:%d", p[1]),
-		"--storage.http.listen", fmt.Sprintf("127.0.0.1:%d", p[2]), "--mqtt.listen", "127.0.0.1:0"}, loadFlags...)
+		"--listen", "127.0.0.1:0", "--feed.listen", "127.0.0.1:0",
+		"--storage.http.listen", "127.0.0.1:0", "--mqtt.listen", "127.0.0.1:0"}, loadFlags...)
 	cmd := engineCommand(bin, args...)
 	if sinks != "" {
 		cmd.Env = append(os.Environ(), "INGEST_SINK="+sinks)
