@@ -113,7 +113,6 @@ type Home struct {
 	keys   map[string]string // device + "\x00" + key → command id
 	devs   map[string]*device
 	byPeer map[string]map[string]struct{} // peer identity → devices placed there
-	placed int                            // devices placed: the entries of byPeer's sets
 	now    time.Time
 	dirty  map[*device]struct{}
 	logBuf [][]byte
@@ -381,7 +380,7 @@ func (h *Home) loop(ctx context.Context) error {
 		// Once a round, so that a device's move (let go of, placed again)
 		// never shows as a device fewer; before the round's replies, so
 		// that a frontend's answer comes after it.
-		h.m.placed.Set(float64(h.placed))
+		h.m.placed.Set(float64(h.placedCount()))
 		for d := range h.dirty {
 			h.dispatch(d)
 		}
@@ -619,7 +618,6 @@ func (h *Home) presence(peer []byte, p *wire.Presence) {
 				h.byPeer[key] = set
 			}
 			set[d.id] = struct{}{}
-			h.placed++
 			h.m.placements.Inc()
 			clear(d.handed) // whatever was handed on went to another connection
 			h.dirty[d] = struct{}{}
@@ -635,6 +633,16 @@ func (h *Home) presence(peer []byte, p *wire.Presence) {
 	}
 }
 
+// placedCount is the number of devices placed at a frontend: one set in
+// byPeer per frontend.
+func (h *Home) placedCount() int {
+	n := 0
+	for _, set := range h.byPeer {
+		n += len(set)
+	}
+	return n
+}
+
 func (h *Home) unplace(d *device) {
 	if d.peer == nil {
 		return
@@ -645,7 +653,6 @@ func (h *Home) unplace(d *device) {
 		delete(h.byPeer, key)
 	}
 	d.peer, d.since = nil, 0
-	h.placed--
 	clear(d.handed)
 	if len(d.open) == 0 && len(d.all) == 0 {
 		delete(h.devs, d.id)

@@ -104,7 +104,7 @@ func TestPlacedGauge(t *testing.T) {
 
 	// A frontend that falls silent: its device is forgotten after the
 	// timeout. The delivery shows that the device was placed.
-	th2 := commandtest.Start(t, command.Options{ID: "home-2", Redeliver: time.Minute, PresenceTimeout: 200 * time.Millisecond}, wal.Options{})
+	th2 := startHome(t, command.Options{PresenceTimeout: 200 * time.Millisecond}, wal.Options{})
 	fe := dialFrontend(t, th2, "fe#3")
 	c := fe.submit(t, wire.Submit{Device: "d4", Name: "a"})
 	fe.place(t, "d4", 1)

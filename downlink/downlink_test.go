@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ingest-io/ingest/command"
-	"github.com/ingest-io/ingest/command/commandtest"
 	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/internal/testkit"
 )
@@ -119,10 +118,10 @@ func TestDeviceOverlaps(t *testing.T) {
 		waitPlaced(t, 1, h)
 		// The home places the new connection when its frontend's word
 		// comes, which nothing orders before the submit below: wait for it.
-		before := sumMetric(t, "ingest_command_placements_total", []*commandtest.Home{h})
+		before := testkit.Metric(t, h.Reg, "ingest_command_placements_total")
 		connect(t, fes[1], cur)
 		testkit.WaitFor(t, "the new connection placed", 10*time.Second, func() bool {
-			return sumMetric(t, "ingest_command_placements_total", []*commandtest.Home{h}) == before+1
+			return testkit.Metric(t, h.Reg, "ingest_command_placements_total") == before+1
 		})
 		c := submit(t, fes[0], cur.id, "to-the-new-one", nil)
 		waitState(t, fes[0], c.ID, "acknowledged")

@@ -95,17 +95,12 @@ func (tf *testFrontend) base() string { return "http://" + tf.addr }
 func waitPlaced(t *testing.T, want float64, homes ...*commandtest.Home) {
 	t.Helper()
 	testkit.WaitFor(t, fmt.Sprintf("%v devices placed", want), 10*time.Second, func() bool {
-		return sumMetric(t, "ingest_command_devices_placed", homes) == want
+		var n float64
+		for _, h := range homes {
+			n += testkit.Metric(t, h.Reg, "ingest_command_devices_placed")
+		}
+		return n == want
 	})
-}
-
-// sumMetric is the sum over homes of their metric name.
-func sumMetric(t *testing.T, name string, homes []*commandtest.Home) float64 {
-	var n float64
-	for _, h := range homes {
-		n += testkit.Metric(t, h.Reg, name)
-	}
-	return n
 }
 
 // device is a client that answers every command and records what it saw.
