@@ -19,7 +19,7 @@ var allPrefixes = map[string]string{"frontend": "", "middletier": "middletier.",
 // engine stores, under the same name in both; --debug.pprof, which
 // profiles the one process on every port it serves.
 var allShared = []string{
-	"log.level", "log.format", "debug.pprof", "insecure-no-auth", "registry.file", "self-monitor.interval", "sink",
+	"log.level", "log.format", "debug.pprof", "procs.follow-load", "insecure-no-auth", "registry.file", "self-monitor.interval", "sink",
 	"auth.hs256-secret-file", "auth.rs256-public-keys", "auth.es256-public-keys", "auth.keys-dir",
 	"auth.issuer", "auth.audience", "auth.require-exp", "auth.leeway",
 	"tls.cert-file", "tls.key-file",
