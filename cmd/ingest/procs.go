@@ -23,9 +23,12 @@ func (p *process) followLoad(on bool) {
 	if !on {
 		return
 	}
+	// The runtime takes a positive integer and ignores anything else.
 	if v := os.Getenv("GOMAXPROCS"); v != "" {
-		p.lg.Info("GOMAXPROCS is set: the processors do not follow the load", "GOMAXPROCS", v)
-		return
+		if n, err := strconv.Atoi(v); err == nil && n > 0 {
+			p.lg.Info("GOMAXPROCS is set: the processors do not follow the load", "GOMAXPROCS", v)
+			return
+		}
 	}
 	following.Set(1)
 	changes := prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -33,10 +36,19 @@ func (p *process) followLoad(on bool) {
 		Help: "Changes of GOMAXPROCS by --procs.follow-load, by the number of processors changed to (go_sched_gomaxprocs_threads is the current one).",
 	}, []string{"procs"})
 	p.reg.MustRegister(changes)
-	p.add(part{name: "procs", stage: stageHTTP, run: func(ctx context.Context) error {
-		return procs.Follow(ctx, procs.Options{Changed: func(n int, cores float64) {
-			changes.WithLabelValues(strconv.Itoa(n)).Inc()
-			p.lg.Debug("GOMAXPROCS changed", "procs", n, "cores_used", cores)
-		}})
+	changes.WithLabelValues("1") // from the start, for rate()
+	// In the first stage: shutdown, the drains included, runs on every
+	// processor.
+	p.add(part{name: "procs", stage: stageDevices, run: func(ctx context.Context) error {
+		return procs.Follow(ctx, procs.Options{
+			Changed: func(n int, cores float64) {
+				changes.WithLabelValues(strconv.Itoa(n)).Inc()
+				p.lg.Debug("GOMAXPROCS changed", "procs", n, "cores_used", cores)
+			},
+			Stopped: func(err error) {
+				following.Set(0)
+				p.lg.Error("the processors follow the load no more: the process's CPU time cannot be read", "err", err)
+			},
+		})
 	}})
 }
