@@ -34,13 +34,16 @@ import (
 // written by the reader before the frame is queued, so a device always sees a
 // frame's errors before the ack that covers it.
 type conn struct {
-	s      *Server
-	ws     *websocket.Conn
-	nc     net.Conn // the socket under ws, for write deadlines
-	device string
-	exp    time.Time // token expiry; zero: none
-	done   chan struct{}
-	att    *downlink.Attachment // with Options.Downlink: where commands for the device are written
+	s  *Server
+	ws *websocket.Conn
+	nc net.Conn // the socket under ws, for write deadlines
+	// bounded: ws writes through hijack.Bounded, which bounds each write
+	// by Options.WriteTimeout itself; write sets no deadline.
+	bounded bool
+	device  string
+	exp     time.Time // token expiry; zero: none
+	done    chan struct{}
+	att     *downlink.Attachment // with Options.Downlink: where commands for the device are written
 
 	lastRead atomic.Int64 // unix nanos of the last frame or pong
 
@@ -560,13 +563,20 @@ func (c *conn) writeError(code string, seq uint64, index int, id []byte, retryMS
 // socket deadline rather than a context: a context with a timeout costs a
 // timer and three allocations per write, which at 10,000 devices was a
 // good part of what made the garbage collector run (see docs/benchmarks.md).
-// A hard stop after the drain window closes the socket, which ends a write
-// in progress as well.
+// Over TCP the socket's writer sets that deadline only for a write that
+// has to wait (c.bounded: each of the frame's writes to the socket, one
+// for a frame that fits the 512-byte buffer, is bounded); elsewhere (TLS)
+// it is set around the frame here. A hard stop after the drain window
+// closes the socket, which ends a write in progress as well.
 func (c *conn) write(b []byte) error {
 	c.wmu.Lock()
-	c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+	if !c.bounded {
+		c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+	}
 	err := c.ws.Write(context.Background(), websocket.MessageText, b)
-	c.nc.SetWriteDeadline(time.Time{})
+	if !c.bounded {
+		c.nc.SetWriteDeadline(time.Time{})
+	}
 	c.wmu.Unlock()
 	if err != nil {
 		c.mu.Lock()

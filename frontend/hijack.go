@@ -2,8 +2,10 @@ package frontend
 
 import (
 	"bufio"
+	"io"
 	"net"
 	"net/http"
+	"time"
 
 	"github.com/ingest-io/ingest/internal/hijack"
 )
@@ -25,9 +27,14 @@ const (
 // hijacker wraps the ResponseWriter given to websocket.Accept: it swaps the
 // buffers net/http hands out for smaller ones, and keeps the net.Conn so
 // that writes can carry a socket deadline instead of a context with a timer.
+// With writeTimeout set, over TCP, the writer bounds each write itself
+// (hijack.Bounded: a deadline only for a write that has to wait), and
+// bounded says so.
 type hijacker struct {
 	http.ResponseWriter
-	nc net.Conn
+	writeTimeout time.Duration
+	nc           net.Conn
+	bounded      bool
 }
 
 func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -36,13 +43,17 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	h.nc = nc
+	var w io.Writer = nc
+	if bw, ok := hijack.Bounded(nc, h.writeTimeout); ok {
+		w, h.bounded = bw, true
+	}
 	if ic, br, ok := hijack.Idle(nc, brw.Reader); ok {
-		return ic, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, writeBufBytes)), nil
+		return ic, bufio.NewReadWriter(br, bufio.NewWriterSize(w, writeBufBytes)), nil
 	}
 	br, err := hijack.Reader(brw, nc, readBufBytes)
 	if err != nil {
 		nc.Close()
 		return nil, nil, err
 	}
-	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(nc, writeBufBytes)), nil
+	return nc, bufio.NewReadWriter(br, bufio.NewWriterSize(w, writeBufBytes)), nil
 }

@@ -386,7 +386,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 
 	c := &conn{s: s, device: device, exp: exp, done: make(chan struct{})}
 	c.init(&s.pendPool, &s.wg, c.flush)
-	hj := &hijacker{ResponseWriter: w}
+	hj := &hijacker{ResponseWriter: w, writeTimeout: s.opts.WriteTimeout}
 	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.opts.OriginPatterns,
 		CompressionMode: websocket.CompressionDisabled,
@@ -400,7 +400,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ws.SetReadLimit(int64(s.opts.MaxFrameBytes))
-	c.ws, c.nc = ws, hj.nc
+	c.ws, c.nc, c.bounded = ws, hj.nc, hj.bounded
 
 	old, ok := s.register(c, device)
 	if !ok {

@@ -5,6 +5,7 @@ package hijack
 import (
 	"bufio"
 	"net"
+	"time"
 )
 
 // IdleBufBytes is the size of the buffers an idle-reading connection
@@ -15,4 +16,10 @@ const IdleBufBytes = 4096
 // elsewhere it declines, and the caller keeps a buffer of its own.
 func Idle(nc net.Conn, buffered *bufio.Reader) (c net.Conn, br *bufio.Reader, ok bool) {
 	return nil, nil, false
+}
+
+// Bounded declines where the system is not Unix: the caller bounds its
+// writes itself.
+func Bounded(nc net.Conn, timeout time.Duration) (net.Conn, bool) {
+	return nil, false
 }
