@@ -90,7 +90,11 @@ type Options struct {
 	// Defaults 30s and 15s.
 	PingInterval time.Duration
 	PongTimeout  time.Duration
-	// WriteTimeout bounds every write to a device. Default 10s.
+	// WriteTimeout bounds every write to a device. Default 10s. For a
+	// WebSocket device over plain TCP it bounds each write to the socket
+	// that has to wait (a frame that fits the connection's 512-byte write
+	// buffer is one such write); a write the socket takes at once sets no
+	// deadline. Over TLS it bounds each frame.
 	WriteTimeout time.Duration
 	// HandshakeTimeout bounds reading the HTTP request headers. Default 10s.
 	HandshakeTimeout time.Duration
