@@ -130,12 +130,14 @@ func TestTakingTurns(t *testing.T) {
 	}
 	// Quiet past MaxDownWindow on one processor, then a rise: the next drop
 	// waits DownWindow again.
-	at = feed(f, at, at.Add(time.Second), &cpu, 0.25) // the fourth drop's wait is still 4 s: drop now
-	for !f.one {
+	for start := at; !f.one; { // the drop after the last rise still waits 4 s
 		at = feed(f, at, at, &cpu, 0.25)
+		if at.Sub(start) > 10*time.Second {
+			t.Fatal("no drop in 10 s")
+		}
 	}
 	at = feed(f, at, at.Add(5*time.Second), &cpu, 0.1)
-	at = feed(f, at, at.Add(300*time.Millisecond), &cpu, 0.5)
+	feed(f, at, at.Add(300*time.Millisecond), &cpu, 0.5)
 	if f.one {
 		t.Fatal("no rise at 0.5 cores on one processor")
 	}
