@@ -92,9 +92,10 @@ type Options struct {
 	PongTimeout  time.Duration
 	// WriteTimeout bounds every write to a device. Default 10s. For a
 	// WebSocket device over plain TCP it bounds each write to the socket
-	// that has to wait (a frame that fits the connection's 512-byte write
-	// buffer is one such write); a write the socket takes at once sets no
-	// deadline. Over TLS it bounds each frame.
+	// that has to wait, and a write the socket takes at once sets no
+	// deadline: a frame that fits the connection's 512-byte write buffer
+	// (an ack) is one such write, a larger one up to two, so up to twice
+	// WriteTimeout. Over TLS it bounds each frame.
 	WriteTimeout time.Duration
 	// HandshakeTimeout bounds reading the HTTP request headers. Default 10s.
 	HandshakeTimeout time.Duration

@@ -3,6 +3,7 @@
 package hijack
 
 import (
+	"io"
 	"net"
 	"os"
 	"syscall"
@@ -32,7 +33,9 @@ type bounded struct {
 // timeout to complete (a deadline it sets only if the write has to wait,
 // and clears after), and true; false where nc is not a TCP socket, whose
 // writes the caller bounds itself. Writes are from one goroutine at a
-// time, as a bufio.Writer's are.
+// time, as a bufio.Writer's are. The connection owns its write deadline:
+// callers set none (one they set would be replaced and cleared by the
+// next write that waits).
 func Bounded(nc net.Conn, timeout time.Duration) (net.Conn, bool) {
 	tc, isTCP := nc.(*net.TCPConn)
 	if !isTCP || timeout <= 0 {
@@ -84,6 +87,13 @@ func (b *bounded) writeFd(fd uintptr) bool {
 		}
 		if err != nil {
 			b.err = err
+			return true
+		}
+		if n <= 0 || n > len(b.p)-b.n {
+			// A socket that takes nothing without an error, or claims
+			// more than it was given: stop, as the standard library's
+			// writes do, rather than spin or overrun.
+			b.err = io.ErrUnexpectedEOF
 			return true
 		}
 		b.n += n

@@ -49,9 +49,15 @@ func TestBoundedClearsDeadline(t *testing.T) {
 	srv, cli := tcpPairTCP(t)
 	srv.SetWriteBuffer(4096) // the peer reads as fast as it can, the socket takes a few KiB at a time
 	const timeout = time.Second
-	bc, _ := Bounded(srv, timeout)
+	bc, ok := Bounded(srv, timeout)
+	if !ok {
+		t.Fatal("Bounded declined a TCP connection")
+	}
 	got := make(chan []byte, 1)
 	go func() {
+		// Late, so that the socket fills and the write has to wait:
+		// over loopback a reader from the start can keep up with it.
+		time.Sleep(50 * time.Millisecond)
 		b, _ := io.ReadAll(cli)
 		got <- b
 	}()
@@ -85,5 +91,42 @@ func TestBoundedDeclines(t *testing.T) {
 	srv, _ := tcpPairTCP(t)
 	if _, ok := Bounded(srv, 0); ok {
 		t.Error("Bounded took a zero timeout")
+	}
+}
+
+// TestBoundedClosed: a write waiting on a full socket ends when another
+// goroutine closes the connection, and a write after the close fails, as a
+// TCP connection's do (net.ErrClosed, a *net.OpError of op write).
+func TestBoundedClosed(t *testing.T) {
+	srv, cli := tcpPairTCP(t)
+	cli.SetReadBuffer(4096)
+	srv.SetWriteBuffer(4096)
+	bc, ok := Bounded(srv, time.Minute)
+	if !ok {
+		t.Fatal("Bounded declined a TCP connection")
+	}
+	ended := make(chan error, 1)
+	go func() {
+		chunk := make([]byte, 64<<10)
+		var err error
+		for i := 0; i < 1024 && err == nil; i++ { // the peer reads nothing: a write waits
+			_, err = bc.Write(chunk)
+		}
+		ended <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	bc.Close()
+	select {
+	case err := <-ended:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("the waiting write ended with %v, want net.ErrClosed", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a write waiting on a full socket did not end when the connection closed")
+	}
+	_, err := bc.Write([]byte("after the close"))
+	var oe *net.OpError
+	if !errors.Is(err, net.ErrClosed) || !errors.As(err, &oe) || oe.Op != "write" {
+		t.Errorf("a write after the close: %v, want net.ErrClosed in a *net.OpError of op write", err)
 	}
 }
