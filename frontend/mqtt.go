@@ -163,6 +163,12 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 	defer s.wg.Done()
 	// Over plain TCP the reads hold no buffer while the device is idle, as
 	// a WebSocket device's do (hijacker).
+	// Its writes bound themselves, with no timer for a write the socket
+	// takes at once (hijack.Bounded).
+	var bw net.Conn
+	if !overWS {
+		bw, _ = hijack.Bounded(nc, s.opts.WriteTimeout)
+	}
 	ic, br, idle := hijack.Idle(nc, nil)
 	if idle {
 		nc = ic
@@ -172,6 +178,7 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 	c := &mqttConn{
 		s:        s,
 		nc:       nc,
+		bw:       bw,
 		closeFn:  closeNow,
 		br:       br,
 		done:     make(chan struct{}),

@@ -44,7 +44,8 @@ import (
 type mqttConn struct {
 	s       *Server
 	nc      net.Conn
-	closeFn func() // closes the connection at once
+	bw      net.Conn // if not nil, nc's writes through hijack.Bounded: write sets no deadline
+	closeFn func()   // closes the connection at once
 	br      *bufio.Reader
 	overWS  bool
 	done    chan struct{}
@@ -847,12 +848,18 @@ func (c *mqttConn) writePacket(pk *packets.Packet, enc func(*bytes.Buffer) error
 }
 
 // write writes b within Options.WriteTimeout; a failed write ends the
-// session.
+// session. Over plain TCP the deadline is set only if the socket makes
+// the write wait (c.bw).
 func (c *mqttConn) write(b []byte) error {
 	c.wmu.Lock()
-	c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
-	_, err := c.nc.Write(b)
-	c.nc.SetWriteDeadline(time.Time{})
+	var err error
+	if c.bw != nil {
+		_, err = c.bw.Write(b)
+	} else {
+		c.nc.SetWriteDeadline(time.Now().Add(c.s.opts.WriteTimeout))
+		_, err = c.nc.Write(b)
+		c.nc.SetWriteDeadline(time.Time{})
+	}
 	c.wmu.Unlock()
 	if err != nil {
 		c.mu.Lock()
