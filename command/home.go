@@ -114,10 +114,13 @@ type Home struct {
 	devs   map[string]*device
 	byPeer map[string]map[string]struct{} // peer identity → devices placed there
 	now    time.Time
-	dirty  map[*device]struct{}
-	logBuf [][]byte
-	evBuf  [][]byte // the round's events, appended before logBuf
-	outs   []outbound
+	// listing numbers the full presence lists read; a device listed in
+	// the one being read has its listed set to it.
+	listing uint64
+	dirty   map[*device]struct{}
+	logBuf  [][]byte
+	evBuf   [][]byte // the round's events, appended before logBuf
+	outs    []outbound
 	// releaseTo, when not 0, is released once the round's append is
 	// durable: every entry up to it is superseded by that append.
 	releaseTo   uint64
@@ -147,6 +150,9 @@ type device struct {
 	peer  []byte          // where it is connected; nil: nowhere known
 	since int64
 	seen  time.Time
+	// listed is the number (Home.listing) of the last full presence list
+	// that named the device.
+	listed uint64
 	// handed is when each sent command was last handed on, not durable: a
 	// restarted home hands its sent commands on again at once.
 	handed map[string]time.Time
@@ -592,7 +598,9 @@ func (h *Home) finish(c *wire.Command, s wire.CommandState, status string, resul
 
 func (h *Home) presence(peer []byte, p *wire.Presence) {
 	key := string(peer)
-	listed := map[string]struct{}{}
+	if p.Full {
+		h.listing++
+	}
 	for _, pl := range p.Devices {
 		d := h.devs[pl.Device]
 		if !pl.Present {
@@ -601,9 +609,11 @@ func (h *Home) presence(peer []byte, p *wire.Presence) {
 			}
 			continue
 		}
-		listed[pl.Device] = struct{}{}
 		if d == nil {
 			d = h.device(pl.Device)
+		}
+		if p.Full {
+			d.listed = h.listing
 		}
 		if d.peer != nil && pl.Since < d.since {
 			continue // an older connection, still listed by a frontend that has not seen it end
@@ -626,8 +636,8 @@ func (h *Home) presence(peer []byte, p *wire.Presence) {
 	}
 	if p.Full {
 		for id := range h.byPeer[key] {
-			if _, ok := listed[id]; !ok {
-				h.unplace(h.devs[id])
+			if d := h.devs[id]; d == nil || d.listed != h.listing {
+				h.unplace(d)
 			}
 		}
 	}

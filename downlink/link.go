@@ -85,6 +85,9 @@ type home struct {
 	// disconnect cannot reach the home after it and place the device
 	// again. Taken before Link.mu.
 	presence sync.Mutex
+	// places is the full list's scratch, kept between lists (under
+	// presence): the list is encoded into a buffer of its own.
+	places []wire.Place
 }
 
 // Attachment is one device connection known to the Link.
@@ -236,7 +239,7 @@ func (h *home) reconnect(d *zsock.Dealer) {
 func (h *home) sendPresence(d *zsock.Dealer) {
 	h.presence.Lock()
 	defer h.presence.Unlock()
-	p := &wire.Presence{Frontend: h.l.opts.Frontend, Full: true}
+	p := &wire.Presence{Frontend: h.l.opts.Frontend, Full: true, Devices: h.places[:0]}
 	h.l.mu.Lock()
 	for id, a := range h.l.devices {
 		if h.l.homeOf(id) == h {
@@ -245,6 +248,8 @@ func (h *home) sendPresence(d *zsock.Dealer) {
 	}
 	h.l.mu.Unlock()
 	d.Send(wire.Append(nil, p))
+	clear(p.Devices) // the ids are the devices' own strings: keep none alive
+	h.places = p.Devices[:0]
 }
 
 // Attach records a device's connection, which write sends frames to, and
