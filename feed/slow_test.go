@@ -8,13 +8,13 @@ import (
 	"net/http"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
 	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/internal/tcpproxy"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 )
@@ -23,16 +23,7 @@ import (
 // that a reader that stops reading backs up into the server at once rather
 // than into megabytes of kernel buffers.
 func smallBufferDialer() *http.Client {
-	d := &net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
-		var serr error
-		err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
+	d := &net.Dialer{Control: tcpproxy.SmallBuffer}
 	return &http.Client{Transport: &http.Transport{DialContext: d.DialContext}}
 }
 

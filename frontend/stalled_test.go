@@ -4,12 +4,12 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/ingest-io/ingest/internal/tcpproxy"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -21,16 +21,7 @@ import (
 // writer (hijack.Bounded), not from a deadline the frontend sets.
 func TestStalledDeviceWriteFails(t *testing.T) {
 	ts := startServer(t, Options{WriteTimeout: 300 * time.Millisecond}, wal.Options{})
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-		if err != nil {
-			return err
-		}
-		return serr
-	}}
+	d := net.Dialer{Control: tcpproxy.SmallBuffer}
 	h := http.Header{}
 	h.Set("Authorization", "Bearer "+hsToken(t, "stalled-1", nil))
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
