@@ -8,8 +8,8 @@
 // more than one processor, a goroutine made runnable while another
 // processor is idle wakes a thread for that processor, which spins, finds
 // little to do and sleeps again: futex calls, context switches and
-// migrations that at a thousand messages a second cost more CPU than the
-// messages do. On one processor the same goroutines run in turn on one
+// migrations that at a thousand messages a second took up to a third of
+// the engine's CPU. On one processor the same goroutines run in turn on one
 // thread. Under load every processor is busy and the wake-ups are rare,
 // and the process needs them all, so it takes them back as soon as its CPU
 // use rises. docs/benchmarks.md has the measurements behind the defaults.
