@@ -615,13 +615,14 @@ func (h *Home) presence(peer []byte, p *wire.Presence) {
 		if p.Full {
 			d.listed = h.listing
 		}
+		listed := d.listed // what a device made again below must keep
 		if d.peer != nil && pl.Since < d.since {
 			continue // an older connection, still listed by a frontend that has not seen it end
 		}
 		if !bytes.Equal(d.peer, peer) || d.since != pl.Since {
 			h.unplace(d)
 			d = h.device(pl.Device) // unplace forgets a device with no commands
-			d.peer, d.since = peer, pl.Since
+			d.peer, d.since, d.listed = peer, pl.Since, listed
 			set := h.byPeer[key]
 			if set == nil {
 				set = map[string]struct{}{}

@@ -116,6 +116,22 @@ func TestPlacedGauge(t *testing.T) {
 	})
 }
 
+// TestFullListMovesDevice: a full list that names a device at a new
+// connection places it there, though the device had no commands and the
+// move forgets and makes it again, and a command for it is handed there.
+func TestFullListMovesDevice(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	fe1, fe2 := dialFrontend(t, th, "fe#1"), dialFrontend(t, th, "fe#2")
+	fe1.place(t, "d1", 1)
+	wantPlaced(t, th, 1, 1, fe1)
+	fe2.p.Send(t, &wire.Presence{Frontend: "fe", Full: true, Devices: []wire.Place{{Device: "d1", Since: 2, Present: true}}})
+	wantPlaced(t, th, 1, 2, fe2)
+	c := fe1.submit(t, wire.Submit{Device: "d1", Name: "a"})
+	if got := fe2.deliver(t); got.ID != c.ID {
+		t.Fatalf("delivered %s, want %s", got.ID, c.ID)
+	}
+}
+
 // wantPlaced checks the home's gauge of placed devices and its counter of
 // placements once the home has handled all that the frontends fes sent
 // before: the reply to a query on each socket comes after the gauge is set
