@@ -5,7 +5,6 @@ package hijack
 import (
 	"io"
 	"net"
-	"os"
 	"syscall"
 	"time"
 )
@@ -60,10 +59,7 @@ func (b *bounded) Write(p []byte) (int, error) {
 	b.p = nil
 	switch {
 	case err != nil:
-		if oe, ok := err.(*net.OpError); ok {
-			oe.Op = "write" // not raw-write: the error reads as a TCP connection's
-		}
-		return n, err
+		return n, connError(err, "write")
 	case werr == syscall.EAGAIN:
 		// The socket is full: the rest waits, within the timeout.
 		b.waits++
@@ -72,7 +68,7 @@ func (b *bounded) Write(p []byte) (int, error) {
 		b.Conn.SetWriteDeadline(time.Time{})
 		return n + m, err
 	case werr != nil:
-		return n, &net.OpError{Op: "write", Net: b.LocalAddr().Network(), Source: b.LocalAddr(), Addr: b.RemoteAddr(), Err: os.NewSyscallError("write", werr)}
+		return n, syscallError(b, "write", werr)
 	}
 	return n, nil
 }

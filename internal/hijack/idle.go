@@ -108,12 +108,9 @@ func (c *idleConn) wait(read func(fd uintptr) bool) error {
 	err := c.rc.Read(read)
 	switch {
 	case err != nil:
-		if oe, ok := err.(*net.OpError); ok {
-			oe.Op = "read" // not raw-read: the error reads as a TCP connection's
-		}
-		return err
+		return connError(err, "read")
 	case c.rerr != nil:
-		return &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", c.rerr)}
+		return syscallError(c, "read", c.rerr)
 	case c.n == 0:
 		return io.EOF
 	}
@@ -164,4 +161,20 @@ func bufferedLen(br *bufio.Reader) int {
 		return 0
 	}
 	return br.Buffered()
+}
+
+// connError is err from syscall.RawConn's Read or Write as the
+// connection's own Read or Write reports it: op "read" or "write", not
+// "raw-read" or "raw-write".
+func connError(err error, op string) error {
+	if oe, ok := err.(*net.OpError); ok {
+		oe.Op = op
+	}
+	return err
+}
+
+// syscallError is errno, from the read or write system call (op) on c,
+// as a TCP connection's Read or Write reports it.
+func syscallError(c net.Conn, op string, errno error) error {
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError(op, errno)}
 }
