@@ -162,13 +162,10 @@ func (s *Server) handleMQTTWebSocket(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 	defer s.wg.Done()
 	// Over plain TCP the reads hold no buffer while the device is idle, as
-	// a WebSocket device's do (hijacker).
-	// Its writes bound themselves, with no timer for a write the socket
-	// takes at once (hijack.Bounded).
-	var bw net.Conn
-	if !overWS {
-		bw, _ = hijack.Bounded(nc, s.opts.WriteTimeout)
-	}
+	// a WebSocket device's do (hijacker), and the writes bound themselves,
+	// with no timer for a write the socket takes at once (hijack.Bounded;
+	// nil elsewhere: over TLS or a WebSocket).
+	bw, _ := hijack.Bounded(nc, s.opts.WriteTimeout)
 	ic, br, idle := hijack.Idle(nc, nil)
 	if idle {
 		nc = ic
