@@ -92,12 +92,17 @@ func Follow(ctx context.Context, opt Options) error {
 	opt.defaults()
 	defer runtime.SetDefaultGOMAXPROCS()
 	f := newFollower(opt, time.Now())
-	var stopped bool
-	return lifecycle.Every(ctx, opt.Interval, func() {
-		if !stopped {
-			stopped = !f.step()
+	// Sampling ends early if the CPU time cannot be read; Follow still
+	// waits for ctx, for a part that returns ends its process.
+	sampling, stop := context.WithCancel(ctx)
+	defer stop()
+	lifecycle.Every(sampling, opt.Interval, func() {
+		if !f.step() {
+			stop()
 		}
 	})
+	<-ctx.Done()
+	return nil
 }
 
 func newFollower(opt Options, now time.Time) *follower {
