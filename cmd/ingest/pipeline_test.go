@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,6 +21,7 @@ import (
 
 	"github.com/ingest-io/ingest/client"
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/freeport"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -129,29 +129,15 @@ func (p *tierProc) stop() error {
 	return nil
 }
 
-// handedOut holds every port freePort has returned in this process.
-var handedOut = struct {
-	sync.Mutex
-	ports map[int]bool
-}{ports: map[int]bool{}}
-
-// freePort returns a loopback port that was free a moment ago and that it
-// has not returned before: the kernel may hand a port just closed out
-// again, and a test that picks several ports before starting the processes
-// that bind them would then give two of them the same one.
+// freePort returns a loopback port for a process the test starts: see
+// package freeport.
 func freePort(t *testing.T) int {
 	t.Helper()
-	handedOut.Lock()
-	defer handedOut.Unlock()
-	for {
-		ln := testkit.Listen(t)
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
-		if !handedOut.ports[port] {
-			handedOut.ports[port] = true
-			return port
-		}
+	p, err := freeport.Port()
+	if err != nil {
+		t.Fatal(err)
 	}
+	return p
 }
 
 // TestPipelineUnderSIGKILL runs two frontends and two middletiers as

@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"io"
 	"maps"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -27,6 +26,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/freeport"
 )
 
 // Store is a store server the tests started.
@@ -95,16 +96,6 @@ func lookStoreBinary(bin, pkg string) (string, error) {
 		return "", fmt.Errorf("find %s: %w: install Debian's package %s (make deps does)", bin, err, pkg)
 	}
 	return p, nil
-}
-
-// freePort returns a loopback port nothing listens on now.
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("find free port: %w", err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // runStore starts bin with args, its output in dir/<name>.log, and waits
@@ -205,7 +196,7 @@ func prepareStore(name, bin, pkg string) (path, dir string, port int, err error)
 	if dir, err = os.MkdirTemp("", "ingest-"+name+"-"); err != nil {
 		return "", "", 0, err
 	}
-	if port, err = freePort(); err != nil {
+	if port, err = freeport.Port(); err != nil {
 		return "", "", 0, err
 	}
 	return path, dir, port, nil
@@ -241,7 +232,7 @@ func InfluxDB(t testing.TB) *Store {
 		if err != nil {
 			return nil, err
 		}
-		rpc, err := freePort()
+		rpc, err := freeport.Port()
 		if err != nil {
 			return nil, err
 		}
