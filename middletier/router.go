@@ -533,14 +533,15 @@ func (r *Router) publisher(ctx context.Context) {
 	var es []wal.Entry
 	var records [][]byte
 	for {
-		es, err = c.NextBatch(ctx, es[:0], r.opts.StreamBatch)
+		es, err = c.NextBatchShared(ctx, es[:0], r.opts.StreamBatch)
 		if err != nil {
 			if ctx.Err() == nil {
 				r.fail(fmt.Errorf("middletier: publish: %w", err))
 			}
 			return
 		}
-		// The message is encoded into a buffer of its own, of the size it
+		// The entries' data are the cursor's until its next read. The
+		// message is encoded into a buffer of its own, of the size it
 		// needs: the sockets own what they are given to send.
 		records = records[:0]
 		size := streamOverhead + len(r.opts.ID)

@@ -74,7 +74,7 @@ type state struct {
 	acked     uint64 // every entry up to it is durable in a middletier
 	cur       *wal.Cursor
 	next      uint64      // index of the next entry to read
-	pending   []wal.Entry // read, not yet sent
+	pending   []wal.Entry // read, not yet sent; their Data are the cursor's until its next read (fill reads only once pending is empty)
 	batch     wire.Batch  // the batch being encoded, reused
 	entries   [][]byte    // its entries, reused
 	inflight  []sent
@@ -248,7 +248,7 @@ func (k *Link) fill(ctx context.Context, s *state) error {
 		}
 	}
 	s.lingerUntil = time.Time{}
-	es, err := s.cur.NextBatch(ctx, s.pending[:0], limit)
+	es, err := s.cur.NextBatchShared(ctx, s.pending[:0], limit)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil

@@ -579,3 +579,55 @@ func TestCommitInterval(t *testing.T) {
 		t.Fatalf("read %d entries, want 11", len(entries))
 	}
 }
+
+// TestNextBatchShared: NextBatchShared returns the entries NextBatch does,
+// across segments, with no allocation once its buffer has grown; the next
+// call overwrites the last one's data, which NextBatch's never is.
+func TestNextBatchShared(t *testing.T) {
+	ctx := context.Background()
+	l := openLog(t, t.TempDir(), wal.Options{Hop: "test", SegmentBytes: 64 << 10}, nil)
+	const n = 3000
+	for i := range n {
+		if _, err := l.Append(ctx, fmt.Appendf(nil, "entry %05d %s", i, bytes.Repeat([]byte{byte('a' + i%26)}, 50+i%100))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want := readAll(t, l, 1)
+	if len(want) != n {
+		t.Fatalf("read %d entries, want %d", len(want), n)
+	}
+	c, err := l.Cursor(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var es []wal.Entry
+	next := 0
+	read := func() {
+		es, err = c.NextBatchShared(ctx, es[:0], 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			if e.Index != want[next].Index || !bytes.Equal(e.Data, want[next].Data) {
+				t.Fatalf("entry %d: %d %q, want %d %q", next, e.Index, e.Data, want[next].Index, want[next].Data)
+			}
+			next++
+		}
+	}
+	read()
+	if allocs := testing.AllocsPerRun(100, read); allocs != 0 {
+		t.Errorf("NextBatchShared: %.1f allocations a call, want 0", allocs)
+	}
+	last := es[0]
+	kept := slices.Clone(last.Data)
+	read()
+	if bytes.Equal(last.Data, kept) {
+		t.Errorf("the last call's data is unchanged by the next: not shared")
+	}
+	for next < n {
+		read()
+	}
+	if !bytes.Equal(want[0].Data, []byte(fmt.Sprintf("entry %05d %s", 0, bytes.Repeat([]byte{'a'}, 50)))) {
+		t.Errorf("NextBatch's entry 1 changed: %q", want[0].Data)
+	}
+}
