@@ -271,6 +271,7 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		LogFormat:        twal.Binary,
 		SegmentCacheSize: 2,
 		NoCopy:           true, // payloads are copied out after their checksum is verified
+		ReuseBuffers:     true, // a new segment takes the buffers of one dropped from the cache (reuseEvicted)
 		AllowEmpty:       true,
 		DirPerms:         0o750,
 		FilePerms:        0o640,
@@ -585,6 +586,7 @@ func (l *Log) commit(group []*request) {
 		if err == nil && len(cycled) > 0 {
 			// tidwall/wal creates segment files without syncing their directory.
 			err = fileutil.SyncDir(l.dir)
+			l.reuseEvicted()
 		}
 		if err != nil {
 			err = fmt.Errorf("wal: append: %w", err)
@@ -906,6 +908,17 @@ func (l *Log) requestTruncate(released uint64) {
 	l.truncate <- released + 1
 }
 
+// reuseEvicted lets tidwall/wal give the in-memory buffers of the segments
+// it has dropped from its cache to its next segment, instead of allocating
+// one of a segment's size for each. A read may hold a slice into such a
+// buffer (NoCopy) while it holds readMu, and a write may drop one; so the
+// caller holds writeMu, and readMu is taken here.
+func (l *Log) reuseEvicted() {
+	l.readMu.Lock()
+	l.w.ReuseEvicted()
+	l.readMu.Unlock()
+}
+
 // truncateFront removes the segments wholly before index. The segment that
 // holds index stays as it is, with its released entries, until the log moves
 // past it: nothing is rewritten, and the tail keeps its preallocated file.
@@ -928,6 +941,7 @@ func (l *Log) truncateFront(index uint64) {
 		return
 	}
 	l.m.truncations.Inc()
+	l.reuseEvicted()
 
 	l.mu.Lock()
 	defer l.mu.Unlock()

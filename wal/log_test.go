@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -630,4 +631,78 @@ func TestNextBatchShared(t *testing.T) {
 	if !bytes.Equal(want[0].Data, []byte(fmt.Sprintf("entry %05d %s", 0, bytes.Repeat([]byte{'a'}, 50)))) {
 		t.Errorf("NextBatch's entry 1 changed: %q", want[0].Data)
 	}
+}
+
+// TestReadsWhileSegmentsReused: a log whose segments (8 KiB) turn over
+// every few appends, released as a cursor reads them, so that tidwall/wal
+// drops segments from its cache on every write that starts one and on
+// every truncation, and new segments take their buffers. Two cursors read
+// every entry while the appends go on (one with NextBatchShared, one
+// entry at a time with Next) and see what was appended. (A read holds a
+// slice into a buffer only for the moment it copies from it, too short a
+// window to hit on purpose: reuseEvicted's comment says why none is
+// reused in it.)
+func TestReadsWhileSegmentsReused(t *testing.T) {
+	ctx := context.Background()
+	l := openLog(t, t.TempDir(), wal.Options{Hop: "test", SegmentBytes: 8 << 10}, nil)
+	const n = 20000
+	payload := func(i uint64) []byte {
+		return fmt.Appendf(nil, "%08d%s", i, bytes.Repeat([]byte{byte('a' + i%26)}, int(20+i%200)))
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := uint64(1); i <= n; i++ {
+			if _, err := l.Append(ctx, payload(i)); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	check := func(e wal.Entry) bool {
+		if want := payload(e.Index); !bytes.Equal(e.Data, want) {
+			t.Errorf("entry %d: %.12q..., want %.12q...", e.Index, e.Data, want)
+			return false
+		}
+		return true
+	}
+	c1, err := l.Cursor(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := l.Cursor(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var read2 atomic.Uint64 // the last entry c2 has read
+	wg.Go(func() {
+		for i := uint64(1); i <= n; i++ {
+			e, err := c2.Next(ctx)
+			if err != nil || e.Index != i {
+				t.Errorf("Next: %d, %v; want entry %d", e.Index, err, i)
+				return
+			}
+			if !check(e) {
+				return
+			}
+			read2.Store(i)
+		}
+	})
+	var es []wal.Entry
+	for next := uint64(1); next <= n; {
+		es, err = c1.NextBatchShared(ctx, es[:0], 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range es {
+			if e.Index != next || !check(e) {
+				t.Fatalf("entry %d read as %d", next, e.Index)
+			}
+			next++
+		}
+		// Released entries are truncated once both cursors are past them.
+		if err := l.Release(min(next-1, read2.Load())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	wg.Wait()
 }

@@ -218,3 +218,93 @@ func TestIngestPatchPreallocated(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestIngestPatchReuse writes 32 segments of 300-byte entries with
+// ReuseBuffers, calling ReuseEvicted after each write as the engine does
+// after a write that starts a segment, and checks the bytes allocated per
+// byte written: a segment that takes the buffers of one evicted from the
+// cache allocates none of its own. Reads see the entries written all
+// along: the last one, from the tail's buffer, and one a segment back, from
+// the cache, after each write; old ones,
+// which load their segments into the cache and evict others, every 64
+// writes; and every one at the end.
+func TestIngestPatchReuse(t *testing.T) {
+	const segment = 1 << 20
+	for _, reuse := range []bool{true, false} {
+		l, err := Open(t.TempDir(), &Options{NoSync: true, SegmentSize: segment, LogFormat: Binary,
+			SegmentCacheSize: 2, NoCopy: true, ReuseBuffers: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// entry returns entry i's 300 bytes in a buffer of its own (want,
+		// for reads) or shared (put, for writes, which copy it).
+		var want, put [300]byte
+		entry := func(buf *[300]byte, i uint64) []byte {
+			for j := 0; j < 294; j++ {
+				buf[j] = byte('a' + i%26)
+			}
+			strconv.AppendUint(buf[294:294], i%1e6+1e5, 10)
+			return buf[:]
+		}
+		var b Batch
+		index := uint64(1)
+		perSegment := segment / (300 + 2)
+		write := func(n int, old bool) {
+			for i := 0; i < n; i += 16 {
+				b.Clear()
+				for j := 0; j < 16; j++ {
+					b.Write(index, entry(&put, index))
+					index++
+				}
+				if err := l.WriteBatch(&b); err != nil {
+					t.Fatal(err)
+				}
+				if reuse {
+					l.ReuseEvicted()
+				}
+				at := []uint64{index - 1}
+				if index > uint64(perSegment) {
+					at = append(at, index-uint64(perSegment)) // the segment before, in the cache
+				}
+				if old && i%(64*16) == 0 {
+					at = append(at, index/2, index/3)
+				}
+				for _, at := range at {
+					got, err := l.Read(at)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if !bytes.Equal(got, entry(&want, at)) {
+						t.Fatalf("reuse %v: entry %d reads %.20q..., want %.20q...", reuse, at, got, want)
+					}
+				}
+			}
+		}
+		write(4*perSegment, true) // segments to evict
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		write(32*perSegment, false)
+		runtime.ReadMemStats(&after)
+		write(4*perSegment, true)
+		written := float64(32 * perSegment * (300 + 2))
+		ratio := float64(after.TotalAlloc-before.TotalAlloc) / written
+		t.Logf("reuse %v: %.2f bytes allocated per byte written", reuse, ratio)
+		if reuse && ratio > 0.5 {
+			t.Errorf("with ReuseEvicted: %.2f bytes allocated per byte written, want at most 0.5", ratio)
+		}
+		if !reuse && ratio < 1 {
+			t.Errorf("without ReuseEvicted: %.2f bytes allocated per byte written, want a segment's buffers for each segment", ratio)
+		}
+		for i := uint64(1); i < index; i++ {
+			got, err := l.Read(i)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, entry(&want, i)) {
+				t.Fatalf("reuse %v: entry %d reads %.20q..., want %.20q...", reuse, i, got, want)
+			}
+		}
+		l.Close()
+	}
+}

@@ -114,6 +114,10 @@ type Options struct {
 	// SyncFile, if set, makes the tail segment's writes durable instead of
 	// (*os.File).Sync, e.g. with fdatasync. (Patch of the ingest engine.)
 	SyncFile func(*os.File) error
+	// ReuseBuffers keeps the in-memory buffers of segments evicted from
+	// the cache, for ReuseEvicted to hand to a later segment.
+	// (Patch of the ingest engine; see README.ingest.md.)
+	ReuseBuffers bool
 }
 
 // DefaultOptions for Open().
@@ -141,6 +145,14 @@ type Log struct {
 	sfile      *os.File    // tail segment file handle
 	wbatch     Batch       // reusable write batch
 	scache     tinylru.LRU // segment entries cache
+
+	// Patch of the ingest engine: with Options.ReuseBuffers, the largest
+	// buffers of segments evicted from the cache, and those ReuseEvicted
+	// made spare, which the next segment's first entries take.
+	evictedBuf []byte
+	evictedPos []bpos
+	spareBuf   []byte
+	sparePos   []bpos
 }
 
 // segment represents a single segment file.
@@ -202,9 +214,45 @@ func (l *Log) pushCache(segIdx int) {
 		l.scache.SetEvicted(segIdx, l.segments[segIdx])
 	if evicted {
 		s := v.(*segment)
+		l.keepEvicted(s)
 		s.ebuf = nil
 		s.epos = nil
 	}
+}
+
+// keepEvicted keeps the buffers of a segment dropped from the cache for
+// ReuseEvicted, if they are larger than those kept. (Patch of the ingest
+// engine.)
+func (l *Log) keepEvicted(s *segment) {
+	if !l.opts.ReuseBuffers {
+		return
+	}
+	if cap(s.ebuf) > cap(l.evictedBuf) {
+		l.evictedBuf = s.ebuf
+	}
+	if cap(s.epos) > cap(l.evictedPos) {
+		l.evictedPos = s.epos
+	}
+}
+
+// ReuseEvicted makes the largest buffers of the segments evicted from the
+// segment cache (or dropped from it by a truncation) since its last call
+// spare, for the next new segment to take instead of allocating its own. It is a no-op without Options.ReuseBuffers.
+//
+// With NoCopy, a slice returned by Read may be into an evicted segment's
+// buffer, which a new segment would then overwrite. The caller calls
+// ReuseEvicted only while it holds no such slice and no Read or Write is
+// running. (Patch of the ingest engine; see README.ingest.md.)
+func (l *Log) ReuseEvicted() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if want := l.opts.SegmentSize + l.opts.SegmentSize/16; cap(l.evictedBuf) >= want && cap(l.evictedBuf) > cap(l.spareBuf) {
+		l.spareBuf = l.evictedBuf[:0]
+	}
+	if cap(l.evictedPos) > cap(l.sparePos) {
+		l.sparePos = l.evictedPos[:0]
+	}
+	l.evictedBuf, l.evictedPos = nil, nil
 }
 
 // load all the segments. This operation also cleans up any START/END segments.
@@ -367,7 +415,12 @@ func (l *Log) appendEntry(dst []byte, index uint64, data []byte) (out []byte,
 		return appendJSONEntry(dst, index, data)
 	}
 	if need := len(dst) + binary.MaxVarintLen64 + len(data); need > cap(dst) {
-		dst = growEntries(dst, need, l.opts.SegmentSize)
+		if len(dst) == 0 && need <= cap(l.spareBuf) {
+			// A new segment takes the spare. (Patch of the ingest engine.)
+			dst, l.spareBuf = l.spareBuf, nil
+		} else {
+			dst = growEntries(dst, need, l.opts.SegmentSize)
+		}
 	}
 	return appendBinaryEntry(dst, data)
 }
@@ -548,7 +601,12 @@ func (l *Log) writeBatch(b *Batch) error {
 		var epos bpos
 		s.ebuf, epos = l.appendEntry(s.ebuf, b.entries[i].index, data)
 		if len(s.epos) == cap(s.epos) {
-			s.epos = growPositions(s.epos, len(s.ebuf), l.opts.SegmentSize)
+			if len(s.epos) == 0 && cap(l.sparePos) > 0 {
+				// A new segment takes the spare. (Patch of the ingest engine.)
+				s.epos, l.sparePos = l.sparePos, nil
+			} else {
+				s.epos = growPositions(s.epos, len(s.ebuf), l.opts.SegmentSize)
+			}
 		}
 		s.epos = append(s.epos, epos)
 		if len(s.ebuf) >= l.opts.SegmentSize {
@@ -799,6 +857,7 @@ func (l *Log) ClearCache() error {
 func (l *Log) clearCache() {
 	l.scache.Range(func(_, v interface{}) bool {
 		s := v.(*segment)
+		l.keepEvicted(s) // Patch of the ingest engine.
 		s.ebuf = nil
 		s.epos = nil
 		return true
