@@ -92,6 +92,7 @@ type answer struct {
 type inbound struct {
 	identity []byte
 	b        *wire.Batch
+	frame    []byte // the frame b was decoded from, whose bytes its entries are
 }
 
 type fetchReq struct {
@@ -328,11 +329,14 @@ func (r *Router) recvIngest(frames [][]byte) {
 	b, ok := m.(*wire.Batch)
 	if err != nil || !ok {
 		r.m.invalid.WithLabelValues("ingest").Inc()
+		if len(frames) == 2 {
+			zsock.ReleaseFrame(frames[1])
+		}
 		return
 	}
 	r.m.batches.Inc()
 	select {
-	case r.batches <- inbound{identity: frames[0], b: b}:
+	case r.batches <- inbound{identity: frames[0], b: b, frame: frames[1]}:
 		r.m.ingestQueue.Add(float64(len(b.Entries)))
 	default:
 		r.m.busy.Inc()
@@ -340,6 +344,7 @@ func (r *Router) recvIngest(frames [][]byte) {
 		upTo := r.highest[b.Origin]
 		r.mu.Unlock()
 		r.ingest.Send(frames[0], wire.Append(nil, &wire.Busy{Origin: b.Origin, UpTo: upTo, RetryAfter: r.opts.BusyRetry}))
+		zsock.ReleaseFrame(frames[1])
 	}
 }
 
@@ -378,6 +383,11 @@ func (r *Router) ingestWorker(ctx context.Context) {
 			r.m.ingestQueue.Sub(float64(len(in.b.Entries)))
 		}
 		r.appendGroup(ctx, group)
+		// appendGroup copied the entries it appended, and kept nothing
+		// of the batches: their frames are read into again.
+		for _, in := range group {
+			zsock.ReleaseFrame(in.frame)
+		}
 		clear(group)
 	}
 }

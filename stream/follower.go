@@ -196,8 +196,9 @@ type Gap struct {
 // Follower's Run goroutine, one at a time, in sequence order.
 type Handler interface {
 	// Records takes a batch. The slice b.Records is the Follower's and is
-	// reused once Records returns; the bytes of each record are never
-	// changed, and may be kept. For a durable Follower, nil means the
+	// reused once Records returns, and so are the bytes of the records: a
+	// later message from the stream may be read into them. A Handler
+	// copies what it keeps. For a durable Follower, nil means the
 	// records are durable downstream: the Follower commits them (with
 	// every record before them). An error, such as ctx's end, hands them
 	// back: they are taken again, from the stream or by fetch (a live
@@ -234,6 +235,7 @@ type Follower struct {
 	acked     uint64 // acknowledged as checkpoint
 	first     uint64 // the batch's first sequence
 	batch     [][]byte
+	held      [][]byte // stream frames read since the last hand-over, which batch's records may be slices of
 	out       Batch
 	cons      consumer
 	c         counters
@@ -510,6 +512,9 @@ func (f *Follower) resume(ctx context.Context) error {
 // onStream takes one stream message: records already taken are skipped, a
 // gap before it is filled first.
 func (f *Follower) onStream(ctx context.Context, frames [][]byte) error {
+	// Held only once taken: a hand-over while its records are taken
+	// gives back the frames before it.
+	defer func() { f.held = append(f.held, frames...) }()
 	st, ok := decode(frames).(*wire.Stream)
 	if !ok || len(st.Records) == 0 {
 		f.m.Invalid.Inc()
@@ -638,7 +643,17 @@ func (f *Follower) add(ctx context.Context, seq uint64, rec []byte) error {
 
 // handOver gives the batch to the Handler. If the Handler refuses it, its
 // records are taken again: from the stream or by fetch.
+//
+// Then nothing refers to the stream frames held, whose records were in the
+// batch or not taken: they are given back to the socket's reads.
 func (f *Follower) handOver(ctx context.Context) error {
+	defer func() {
+		for _, b := range f.held {
+			zsock.ReleaseFrame(b)
+		}
+		clear(f.held)
+		f.held = f.held[:0]
+	}()
 	if len(f.batch) == 0 {
 		return nil
 	}

@@ -149,6 +149,13 @@ func (r *Router) Run(ctx context.Context, handle func(frames [][]byte)) error {
 	return nil
 }
 
+// ReleaseFrame gives back the buffer of a frame a socket received, once
+// the receiver keeps nothing of it (no slice, no string made without a
+// copy): a later frame of about its size is read into it instead of
+// allocating one. It must not be used afterwards. Frames never released
+// are collected as garbage.
+func ReleaseFrame(b []byte) { zmq4.ReleaseFrame(b) }
+
 func (r *Router) receive(handle func([][]byte)) {
 	for {
 		sck, changed := r.current()

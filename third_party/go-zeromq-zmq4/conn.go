@@ -446,7 +446,9 @@ func (c *Conn) read() Msg {
 			return msg
 		}
 
-		body := make([]byte, size)
+		// Patch of the ingest engine: a released frame's buffer if one
+		// of the size is free (framepool.go).
+		body := newFrame(int(size))
 		_, msg.err = io.ReadFull(c.r, body)
 		if msg.err != nil {
 			c.checkIO(msg.err)

@@ -306,3 +306,74 @@ func TestFramesReadBuffered(t *testing.T) {
 		t.Errorf("%d frames read in %d read calls, want a few", n, got)
 	}
 }
+
+// TestFrameClass: the size classes of released frames (patch 5).
+func TestFrameClass(t *testing.T) {
+	for _, c := range []struct {
+		n     int
+		class int
+		ok    bool
+	}{
+		{0, 0, false}, {511, 0, false}, {512, 0, true}, {513, 1, true}, {1024, 1, true},
+		{1025, 2, true}, {1 << 17, 8, true}, {1<<17 + 1, 9, true}, {1 << 18, 9, true}, {1<<18 + 1, 0, false},
+	} {
+		class, ok := frameClass(c.n)
+		if class != c.class || ok != c.ok {
+			t.Errorf("frameClass(%d) = %d, %v; want %d, %v", c.n, class, ok, c.class, c.ok)
+		}
+		if ok && minPooledFrame<<class < c.n {
+			t.Errorf("frameClass(%d): class %d holds %d bytes", c.n, class, minPooledFrame<<class)
+		}
+	}
+}
+
+// TestReleasedFramesReadInto: frames of 600 to 3,000 bytes read over TCP
+// into the buffers of frames released before them hold what was sent, and
+// their reads allocate a fraction of what they hold; frames not released
+// are allocated each (patch 5).
+func TestReleasedFramesReadInto(t *testing.T) {
+	for _, release := range []bool{true, false} {
+		c, s := connPair(t)
+		const n = 2000
+		frame := func(i int) []byte {
+			return []byte(fmt.Sprintf("%08d", i) + strings.Repeat(string(rune('a'+i%26)), 600+i%2400))
+		}
+		msgs := make([]Msg, n)
+		for i := range msgs {
+			msgs[i] = NewMsg(frame(i))
+		}
+		go func() {
+			for _, m := range msgs {
+				if err := c.SendMsg(m); err != nil {
+					return
+				}
+			}
+		}()
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		received := 0
+		for i := 0; i < n; i++ {
+			m, err := s.RecvMsg()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(m.Frames) != 1 || string(m.Frames[0]) != string(msgs[i].Frames[0]) {
+				t.Fatalf("message %d: %.12q (%d bytes), want %.12q (%d bytes)", i, m.Frames[0], len(m.Frames[0]), msgs[i].Frames[0], len(msgs[i].Frames[0]))
+			}
+			received += len(m.Frames[0])
+			if release {
+				ReleaseFrame(m.Frames[0])
+			}
+		}
+		runtime.ReadMemStats(&after)
+		perByte := float64(after.TotalAlloc-before.TotalAlloc) / float64(received)
+		t.Logf("release %v: %.2f bytes allocated per byte received", release, perByte)
+		if release && perByte > 0.1 {
+			t.Errorf("with ReleaseFrame: %.2f bytes allocated per byte received, want under 0.1", perByte)
+		}
+		if !release && perByte < 1 {
+			t.Errorf("without ReleaseFrame: %.2f bytes allocated per byte received, want each frame's", perByte)
+		}
+	}
+}
