@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/internal/tcpproxy"
-	"go.uber.org/goleak"
 
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
@@ -27,7 +26,7 @@ import (
 // the goroutines zmq4 strands in their PUB and ROUTER sockets then
 // (testkit says why) are ignored, and only they.
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m, testkit.PubWriterLeak, testkit.RouterReaderLeak)
+	testkit.Main(m, testkit.PubWriterLeak, testkit.RouterReaderLeak)
 }
 
 // recorder is a Handler that keeps what it is given. Records waits while
@@ -41,6 +40,7 @@ type recorder struct {
 	data    []string     // each record's origin/index: data
 	firsts  []uint64     // each batch's first sequence
 	lost    []stream.Gap // in the order reported
+	invalid int          // records handed over that did not decode
 	cancel  func(uint64) // called with the last sequence of each batch taken
 }
 
@@ -73,6 +73,7 @@ func (r *recorder) Records(ctx context.Context, b *stream.Batch) error {
 	for i, rb := range b.Records {
 		rec, err := wire.DecodeRecord(rb)
 		if err != nil {
+			r.invalid++
 			return err
 		}
 		r.seqs = append(r.seqs, b.First+uint64(i))
@@ -609,6 +610,11 @@ func TestRecordsIntactWhileFramesReused(t *testing.T) {
 	if got := testkit.Metric(t, f.reg, "invalid_total"); got != 0 {
 		t.Errorf("%v stream messages invalid, want none", got)
 	}
+	rec.mu.Lock()
+	if rec.invalid != 0 {
+		t.Errorf("%d records handed over did not decode, want none", rec.invalid)
+	}
+	rec.mu.Unlock()
 	if got := testkit.Metric(t, f.reg, "received_total"); got < 4000 {
 		t.Errorf("%v records from the stream, want most of the 5000 (the rest fetched)", got)
 	}

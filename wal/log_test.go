@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"sync"
@@ -616,8 +617,17 @@ func TestNextBatchShared(t *testing.T) {
 		}
 	}
 	read()
-	if allocs := testing.AllocsPerRun(100, read); allocs != 0 {
-		t.Errorf("NextBatchShared: %.1f allocations a call, want 0", allocs)
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range 100 {
+		read()
+	}
+	runtime.ReadMemStats(&after)
+	// Ten entries a call, each its own allocation without sharing: 1,000.
+	// With it, the buffer's growth to the largest batch, and whatever
+	// the log's goroutines allocate meanwhile.
+	if n := after.Mallocs - before.Mallocs; n >= 100 {
+		t.Errorf("NextBatchShared: %d allocations in 100 calls, want under one a call", n)
 	}
 	last := es[0]
 	kept := slices.Clone(last.Data)

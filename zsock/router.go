@@ -156,6 +156,11 @@ func (r *Router) Run(ctx context.Context, handle func(frames [][]byte)) error {
 // are collected as garbage.
 func ReleaseFrame(b []byte) { zmq4.ReleaseFrame(b) }
 
+// PoisonReleasedFrames, for tests, has ReleaseFrame fill each buffer with
+// 0xEE before it is read into again: a frame used after its release then
+// reads as garbage at once.
+func PoisonReleasedFrames(on bool) { zmq4.PoisonReleasedFrames(on) }
+
 func (r *Router) receive(handle func([][]byte)) {
 	for {
 		sck, changed := r.current()

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/ingest-io/ingest/zsock"
 )
 
 // WaitFor polls cond until it holds, and fails the test if it does not
@@ -88,8 +90,11 @@ var (
 // started, and then checks that no goroutine is left, but for those of
 // ignore (PubWriterLeak, RouterReaderLeak: what the package's sockets can
 // strand). It is the TestMain of a package that starts stores or zmq4
-// sockets.
+// sockets. Frames released to the sockets' reads are poisoned
+// (zsock.PoisonReleasedFrames): one used after its release reads as
+// garbage at once.
 func Main(m *testing.M, ignore ...goleak.Option) {
+	zsock.PoisonReleasedFrames(true)
 	goleak.VerifyTestMain(stopStoresAfter{m}, ignore...)
 }
 

@@ -14,7 +14,10 @@ package zmq4
 // over maxPooledFrame bytes are always allocated. A frame never released
 // is left to the garbage collector, as upstream.
 
-import "math/bits"
+import (
+	"math/bits"
+	"sync/atomic"
+)
 
 const (
 	minPooledFrame = 512     // smallest size class
@@ -59,15 +62,31 @@ func newFrame(n int) []byte {
 
 // ReleaseFrame gives back the buffer of a frame that Recv returned, for a
 // later read to reuse. The caller must not use b, nor any slice of it,
-// afterwards. A buffer that was not a whole frame's, or is of a size that
-// is not pooled, is left to the garbage collector.
+// afterwards, and releases a frame once, whole (b or b[:n], never a slice
+// of it that starts later). A buffer whose capacity is not that of a size
+// class is left to the garbage collector.
 func ReleaseFrame(b []byte) {
 	c, ok := frameClass(cap(b))
 	if !ok || cap(b) != minPooledFrame<<c {
 		return
+	}
+	if poison.Load() {
+		b = b[:cap(b)]
+		for i := range b {
+			b[i] = poisonByte
+		}
 	}
 	select {
 	case freeFrames[c] <- b[:0]:
 	default:
 	}
 }
+
+// PoisonReleasedFrames, for tests, has ReleaseFrame fill each buffer with
+// poisonByte before it keeps it: a frame used after its release then reads
+// as garbage at once, rather than when a later read reuses its buffer.
+func PoisonReleasedFrames(on bool) { poison.Store(on) }
+
+var poison atomic.Bool
+
+const poisonByte = 0xEE

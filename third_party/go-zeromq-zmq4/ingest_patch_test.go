@@ -324,6 +324,35 @@ func TestFrameClass(t *testing.T) {
 		if ok && minPooledFrame<<class < c.n {
 			t.Errorf("frameClass(%d): class %d holds %d bytes", c.n, class, minPooledFrame<<class)
 		}
+		if b := newFrame(c.n); len(b) != c.n || ok && cap(b) != minPooledFrame<<class {
+			t.Errorf("newFrame(%d): len %d, cap %d", c.n, len(b), cap(b))
+		}
+	}
+	// Only buffers of a class's capacity are kept, and taken again.
+	for c := range freeFrames {
+		for len(freeFrames[c]) > 0 {
+			<-freeFrames[c]
+		}
+	}
+	ReleaseFrame(make([]byte, 1000))
+	ReleaseFrame(make([]byte, 1024)[100:])
+	ReleaseFrame(make([]byte, 1<<19))
+	for c := range freeFrames {
+		if n := len(freeFrames[c]); n != 0 {
+			t.Errorf("class %d keeps %d buffers of capacities no class has", c, n)
+		}
+	}
+	b := make([]byte, 700, 1024)
+	ReleaseFrame(b)
+	if got := newFrame(900); &got[:1][0] != &b[:1][0] {
+		t.Errorf("a frame of 900 bytes was not read into the released buffer of 1,024")
+	}
+	PoisonReleasedFrames(true)
+	defer PoisonReleasedFrames(false)
+	b = make([]byte, 512)
+	ReleaseFrame(b[:10])
+	if b[0] != poisonByte || b[511] != poisonByte {
+		t.Errorf("a released buffer was not poisoned: %x ... %x", b[0], b[511])
 	}
 }
 

@@ -308,3 +308,44 @@ func TestIngestPatchReuse(t *testing.T) {
 		l.Close()
 	}
 }
+
+// TestIngestPatchReuseOverwrites shows what ReuseEvicted's caller guards
+// against, and that the buffers are reused: a NoCopy slice read from a
+// segment, kept while the segment leaves the cache and ReuseEvicted runs,
+// reads a new segment's bytes once that segment takes the buffer. Without
+// ReuseEvicted it keeps its bytes.
+func TestIngestPatchReuseOverwrites(t *testing.T) {
+	const segment = 64 << 10
+	for _, reuse := range []bool{true, false} {
+		l, err := Open(t.TempDir(), &Options{NoSync: true, SegmentSize: segment, LogFormat: Binary,
+			SegmentCacheSize: 1, NoCopy: true, ReuseBuffers: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		old := bytes.Repeat([]byte("o"), 1000)
+		index := uint64(1)
+		write := func(data []byte, n int) {
+			for i := 0; i < n; i++ {
+				if err := l.Write(index, data); err != nil {
+					t.Fatal(err)
+				}
+				index++
+			}
+		}
+		write(old, 2*segment/1000) // two segments; the first in the cache
+		kept, err := l.Read(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		write(old, segment/1000) // the first leaves the cache
+		if reuse {
+			l.ReuseEvicted()
+		}
+		write(bytes.Repeat([]byte("n"), 1000), 2*segment/1000) // a new segment takes the spare
+		changed := !bytes.Equal(kept, old)
+		if changed != reuse {
+			t.Errorf("ReuseEvicted %v: the kept slice changed %v", reuse, changed)
+		}
+		l.Close()
+	}
+}
