@@ -25,6 +25,12 @@
 // commits: a middletier keeps records only for its durable consumers. Fetch
 // serves a reader that resumes from a sequence, over a socket of its own.
 //
+// The records a Handler is given are slices of the stream's messages as
+// the socket read them. Once they are handed over, the Follower gives the
+// messages back to the socket (zsock.ReleaseFrame), which reads later ones
+// into them: a record's bytes are valid until Records returns, and a
+// Handler copies what it keeps.
+//
 // # What is ordered, what may repeat, what may be lost
 //
 // Within one Follower, Records and Lost are called in sequence order, each
