@@ -41,6 +41,11 @@ const (
 	spareChunk    = 256 << 10            // written and flushed a chunk at a time
 )
 
+// zeroChunk is what a spare segment is written from, a chunk at a time; it
+// is never written to, so every preparation shares it instead of
+// allocating its own.
+var zeroChunk [spareChunk]byte
+
 // errSpareClosed ends a preparation cut short by Close.
 var errSpareClosed = errors.New("wal: log closed while preparing a spare segment")
 
@@ -135,7 +140,7 @@ func (s *spare) write(tmp string) error {
 	if err != nil {
 		return err
 	}
-	zeros := make([]byte, min(spareChunk, s.size))
+	zeros := zeroChunk[:min(spareChunk, s.size)]
 	for off := int64(0); off < s.size; {
 		n := min(int64(len(zeros)), s.size-off)
 		if _, err := f.Write(zeros[:n]); err != nil {

@@ -146,14 +146,19 @@ type Log struct {
 	wbatch     Batch       // reusable write batch
 	scache     tinylru.LRU // segment entries cache
 
-	// Patch of the ingest engine: with Options.ReuseBuffers, the largest
-	// buffers of segments evicted from the cache, and those ReuseEvicted
-	// made spare, which the next segment's first entries take.
-	evictedBuf []byte
-	evictedPos []bpos
-	spareBuf   []byte
-	sparePos   []bpos
+	// Patch of the ingest engine: with Options.ReuseBuffers, the buffers of
+	// segments dropped from the cache since ReuseEvicted last ran, and
+	// those it made spare, which new segments take; up to maxSpare of each.
+	evictedBufs [][]byte
+	evictedPos  [][]bpos
+	spareBufs   [][]byte
+	sparePos    [][]bpos
 }
+
+// maxSpare is how many buffers of each kind a log keeps for reuse: a
+// truncation and a move to a new segment may each drop one before a new
+// segment takes one. (Patch of the ingest engine.)
+const maxSpare = 2
 
 // segment represents a single segment file.
 type segment struct {
@@ -221,38 +226,49 @@ func (l *Log) pushCache(segIdx int) {
 }
 
 // keepEvicted keeps the buffers of a segment dropped from the cache for
-// ReuseEvicted, if they are larger than those kept. (Patch of the ingest
-// engine.)
+// ReuseEvicted: its entries buffer if it can hold a whole segment, its
+// positions, up to maxSpare of each. (Patch of the ingest engine.)
 func (l *Log) keepEvicted(s *segment) {
 	if !l.opts.ReuseBuffers {
 		return
 	}
-	if cap(s.ebuf) > cap(l.evictedBuf) {
-		l.evictedBuf = s.ebuf
+	if cap(s.ebuf) >= l.opts.SegmentSize+l.opts.SegmentSize/16 && len(l.evictedBufs) < maxSpare {
+		l.evictedBufs = append(l.evictedBufs, s.ebuf[:0])
 	}
-	if cap(s.epos) > cap(l.evictedPos) {
-		l.evictedPos = s.epos
+	if cap(s.epos) > 0 && len(l.evictedPos) < maxSpare {
+		l.evictedPos = append(l.evictedPos, s.epos[:0])
 	}
 }
 
-// ReuseEvicted makes the largest buffers of the segments evicted from the
-// segment cache (or dropped from it by a truncation) since its last call
-// spare, for the next new segment to take instead of allocating its own. It is a no-op without Options.ReuseBuffers.
+// ReuseEvicted makes the buffers of the segments dropped from the segment
+// cache (evicted, or by a truncation) since its last call spare, up to
+// maxSpare, for new segments to take instead of allocating their own. It
+// is a no-op without Options.ReuseBuffers.
 //
-// With NoCopy, a slice returned by Read may be into an evicted segment's
+// With NoCopy, a slice returned by Read may be into a dropped segment's
 // buffer, which a new segment would then overwrite. The caller calls
 // ReuseEvicted only while it holds no such slice and no Read or Write is
 // running. (Patch of the ingest engine; see README.ingest.md.)
 func (l *Log) ReuseEvicted() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if want := l.opts.SegmentSize + l.opts.SegmentSize/16; cap(l.evictedBuf) >= want && cap(l.evictedBuf) > cap(l.spareBuf) {
-		l.spareBuf = l.evictedBuf[:0]
+	for _, b := range l.evictedBufs {
+		if len(l.spareBufs) < maxSpare {
+			l.spareBufs = append(l.spareBufs, b)
+		}
 	}
-	if cap(l.evictedPos) > cap(l.sparePos) {
-		l.sparePos = l.evictedPos[:0]
+	for _, p := range l.evictedPos {
+		if len(l.sparePos) < maxSpare {
+			l.sparePos = append(l.sparePos, p)
+		}
 	}
-	l.evictedBuf, l.evictedPos = nil, nil
+	for i := range l.evictedBufs {
+		l.evictedBufs[i] = nil
+	}
+	for i := range l.evictedPos {
+		l.evictedPos[i] = nil
+	}
+	l.evictedBufs, l.evictedPos = l.evictedBufs[:0], l.evictedPos[:0]
 }
 
 // load all the segments. This operation also cleans up any START/END segments.
@@ -415,9 +431,11 @@ func (l *Log) appendEntry(dst []byte, index uint64, data []byte) (out []byte,
 		return appendJSONEntry(dst, index, data)
 	}
 	if need := len(dst) + binary.MaxVarintLen64 + len(data); need > cap(dst) {
-		if len(dst) == 0 && need <= cap(l.spareBuf) {
-			// A new segment takes the spare. (Patch of the ingest engine.)
-			dst, l.spareBuf = l.spareBuf, nil
+		if n := len(l.spareBufs); len(dst) == 0 && n > 0 && need <= cap(l.spareBufs[n-1]) {
+			// A new segment takes a spare. (Patch of the ingest engine.)
+			dst = l.spareBufs[n-1]
+			l.spareBufs[n-1] = nil
+			l.spareBufs = l.spareBufs[:n-1]
 		} else {
 			dst = growEntries(dst, need, l.opts.SegmentSize)
 		}
@@ -601,9 +619,11 @@ func (l *Log) writeBatch(b *Batch) error {
 		var epos bpos
 		s.ebuf, epos = l.appendEntry(s.ebuf, b.entries[i].index, data)
 		if len(s.epos) == cap(s.epos) {
-			if len(s.epos) == 0 && cap(l.sparePos) > 0 {
-				// A new segment takes the spare. (Patch of the ingest engine.)
-				s.epos, l.sparePos = l.sparePos, nil
+			if n := len(l.sparePos); len(s.epos) == 0 && n > 0 {
+				// A new segment takes a spare. (Patch of the ingest engine.)
+				s.epos = l.sparePos[n-1]
+				l.sparePos[n-1] = nil
+				l.sparePos = l.sparePos[:n-1]
 			} else {
 				s.epos = growPositions(s.epos, len(s.ebuf), l.opts.SegmentSize)
 			}
