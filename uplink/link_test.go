@@ -132,6 +132,21 @@ func TestForward(t *testing.T) {
 	exactlyOnce(t, records(t, mt), n)
 }
 
+// With one batch in flight and batches of 7, the entries the Link has read
+// wait in its pending list across many acknowledgements: their bytes share
+// the cursor's buffer (wal.Cursor.NextBatchShared), which the Link reads
+// into again only once they are all sent. Every entry reaches the
+// middletier intact, once.
+func TestForwardOneInFlight(t *testing.T) {
+	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	f := startLink(t, uplink.Options{Middletiers: []string{mt.Addrs.Ingest}, Window: 1, MaxBatchEntries: 7})
+	const n = 3000
+	f.appendEntries(t, n, 0)
+	testkit.WaitFor(t, "every entry acknowledged", 30*time.Second, func() bool { return f.log.Released() == n })
+	mt.Stop()
+	exactlyOnce(t, records(t, mt), n)
+}
+
 // A Link with a Linger waits for a full batch (up to the Linger, an hour
 // here): entries committed one at a time go in batches of MaxBatchEntries,
 // and the last five wait. Without it each entry would be a batch.
