@@ -32,8 +32,7 @@ func flattenOnePass(payload []byte, p *Point) bool {
 	if f.i >= len(f.b) || f.b[f.i] != '{' {
 		return false
 	}
-	p.Numbers = make(map[string]float64, 8)
-	p.Strings = make(map[string]string, 2)
+	resetFields(p, 8, 2)
 	if !f.object(0) {
 		return false
 	}

@@ -3,6 +3,7 @@ package storage_test
 import (
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 
@@ -116,5 +117,58 @@ func BenchmarkStagePointMapping(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// Flatten into a point that holds the maps of an earlier message empties
+// and reuses them: the fields are those of a fresh point, whichever way
+// the message is flattened (one pass, or the general way after a one-pass
+// scan that gave up part way), with no field of the message before; a
+// small message reuses the maps, one of more than 64 fields leaves maps
+// that are not reused; and reuse spares the maps' allocations.
+func TestFlattenReusesMaps(t *testing.T) {
+	var many strings.Builder
+	many.WriteString(`{"a0":0`)
+	for i := 1; i < 100; i++ {
+		fmt.Fprintf(&many, `,"a%d":%d`, i, i)
+	}
+	many.WriteString(`}`)
+	payloads := []string{
+		`{"temp":21.5,"hum":40,"ok":true,"note":"x"}`,
+		`{"gps":{"lat":48.8,"lon":2.3},"cells":[1,2],"s":"y"}`,
+		`{"temp":1,"esc":"a\"b","hum":2}`, // an escape: the general way, after a partial one pass
+		many.String(),
+		`{"temp":22}`,
+		`{"only":"strings","more":"here"}`,
+	}
+	mapOf := func(m any) uintptr { return reflect.ValueOf(m).Pointer() }
+	var p storage.Point
+	for round := range 3 {
+		for i, in := range payloads {
+			before := mapOf(p.Numbers)
+			large := len(p.Numbers) > 64
+			if err := storage.Flatten([]byte(in), &p); err != nil {
+				t.Fatal(err)
+			}
+			var fresh storage.Point
+			if err := storage.Flatten([]byte(in), &fresh); err != nil {
+				t.Fatal(err)
+			}
+			if !reflect.DeepEqual(p.Numbers, fresh.Numbers) || !reflect.DeepEqual(p.Strings, fresh.Strings) {
+				t.Fatalf("round %d, %.30s: reused %v %v, fresh %v %v", round, in, p.Numbers, p.Strings, fresh.Numbers, fresh.Strings)
+			}
+			if reused := mapOf(p.Numbers) == before; before != 0 && reused == large {
+				t.Errorf("round %d, payload %d: the numbers' map reused %v; the message before had more than 64 fields: %v", round, i, reused, large)
+			}
+		}
+	}
+	sensor := []byte(`{"id":1,"seq":1,"ts":1748736000123,"temp":21.5,"hum":40,"battery":3.3,"ok":true,"note":"xxxxxxxx"}`)
+	fresh := testing.AllocsPerRun(100, func() {
+		var q storage.Point
+		storage.Flatten(sensor, &q)
+	})
+	reused := testing.AllocsPerRun(100, func() { storage.Flatten(sensor, &p) })
+	if reused > fresh-2 {
+		t.Errorf("Flatten into a point with maps: %v allocations, fresh %v: the maps were not reused", reused, fresh)
 	}
 }

@@ -62,9 +62,21 @@ type Point struct {
 // It is deterministic: the same record always gives the same point, so a
 // repeated delivery writes the same samples.
 func NewPoint(rec wire.Record, labels func(device string) map[string]string) (Point, error) {
+	var p Point
+	if err := fillPoint(&p, rec, labels); err != nil {
+		return Point{}, err
+	}
+	return p, nil
+}
+
+// fillPoint is NewPoint into *p, which it overwrites whole but for the
+// maps of fields, which it empties and fills again (resetFields): a
+// writer that is done with a batch's points makes the next batch's in
+// them without allocating their maps again.
+func fillPoint(p *Point, rec wire.Record, labels func(device string) map[string]string) error {
 	env, err := envelope.Decode(rec.Data)
 	if err != nil {
-		return Point{}, fmt.Errorf("decode envelope: %w", err)
+		return fmt.Errorf("decode envelope: %w", err)
 	}
 	// A device time is taken from protocol.MinDeviceTime on, as the
 	// frontend checks it, but never compared with the clock here: a
@@ -73,18 +85,26 @@ func NewPoint(rec wire.Record, labels func(device string) map[string]string) (Po
 	if env.HasDeviceTime && env.DeviceTime >= protocol.MinDeviceTime {
 		ns = env.DeviceTime
 	}
-	p := Point{
+	*p = Point{
 		Device: env.Device,
 		Time:   time.Unix(0, ns).UTC(),
 		ID:     rec.Origin + "/" + strconv.FormatUint(rec.Index, 10),
 
 		Received: time.Unix(0, env.Received).UTC(),
+
+		Numbers: p.Numbers,
+		Strings: p.Strings,
 	}
 	if env.Topic == wire.CommandEventTopic {
-		return commandPoint(p, &env, labels)
+		cp, err := commandPoint(*p, &env, labels)
+		if err != nil {
+			return err
+		}
+		*p = cp
+		return nil
 	}
-	if err := Flatten(env.Payload, &p); err != nil {
-		return Point{}, err
+	if err := Flatten(env.Payload, p); err != nil {
+		return err
 	}
 	if labels != nil {
 		p.Labels = labels(env.Device)
@@ -96,7 +116,27 @@ func NewPoint(rec wire.Record, labels func(device string) map[string]string) (Po
 		l[TopicLabel] = env.Topic // the message's own topic wins over a registry label of that name
 		p.Labels = l
 	}
-	return p, nil
+	return nil
+}
+
+// maxReusedFields: a map of fields that held more than this many is not
+// reused (a cleared map keeps its size), so that one large message does
+// not leave large maps behind.
+const maxReusedFields = 64
+
+// resetFields gives p empty maps of fields: those it holds, cleared, or
+// new ones with room for numbers and strings.
+func resetFields(p *Point, numbers, strings int) {
+	if p.Numbers == nil || len(p.Numbers) > maxReusedFields {
+		p.Numbers = make(map[string]float64, numbers)
+	} else {
+		clear(p.Numbers)
+	}
+	if p.Strings == nil || len(p.Strings) > maxReusedFields {
+		p.Strings = make(map[string]string, strings)
+	} else {
+		clear(p.Strings)
+	}
 }
 
 // TopicLabel is the label that carries what followed devices/{id}/ in the
@@ -144,7 +184,7 @@ func commandPoint(p Point, env *envelope.Envelope, labels func(string) map[strin
 }
 
 // Flatten decodes a device message's JSON object into p.Numbers and
-// p.Strings: nested objects and arrays are flattened with dots ("gps.lat",
+// p.Strings (emptied first; maps p holds are reused): nested objects and arrays are flattened with dots ("gps.lat",
 // "cells.0"), booleans become 0 and 1, nulls and the reserved members id,
 // ts and device (at the top level) are left out, and a number beyond the
 // float64 range is left out. Where two paths flatten to the same name
@@ -175,8 +215,7 @@ func flattenDecoded(payload []byte, p *Point) error {
 	if _, err := d.Token(); err != io.EOF {
 		return errors.New("decode payload: data after the object")
 	}
-	p.Numbers = map[string]float64{}
-	p.Strings = map[string]string{}
+	resetFields(p, 0, 0)
 	for _, k := range slices.Sorted(maps.Keys(obj)) {
 		if protocol.Reserved(k) { // the message id, its ts, the device id: not data
 			continue

@@ -268,20 +268,29 @@ type handler struct {
 func (w *handler) Records(ctx context.Context, b *stream.Batch) error {
 	s := w.s
 	for i, rb := range b.Records {
+		// The points are made in those of the last batch, whose maps of
+		// fields are reused (fillPoint): the sinks keep nothing of a point
+		// once Write has returned.
+		if len(w.points) < cap(w.points) {
+			w.points = w.points[:len(w.points)+1]
+		} else {
+			w.points = append(w.points, Point{})
+		}
 		rec, err := wire.DecodeRecord(rb)
 		if err == nil {
-			var p Point
-			if p, err = NewPoint(rec, s.opts.Labels); err == nil {
-				w.points = append(w.points, p)
-			}
+			err = fillPoint(&w.points[len(w.points)-1], rec, s.opts.Labels)
 		}
 		if err != nil {
+			w.points = w.points[:len(w.points)-1]
 			s.m.invalid.Inc()
 			s.lg.Debug("storage: record skipped", "middletier", b.Middletier, "seq", b.First+uint64(i), "err", err)
 		}
 	}
 	defer func() {
-		clear(w.points)
+		// Only the maps of fields stay, emptied when next filled.
+		for i := range w.points {
+			w.points[i] = Point{Numbers: w.points[i].Numbers, Strings: w.points[i].Strings}
+		}
 		w.points = w.points[:0]
 	}()
 	backoff := s.opts.MinBackoff
