@@ -33,6 +33,9 @@ type Link struct {
 	origin string
 
 	socketSeq atomic.Uint64
+	// free holds the buffers of batches the sockets have written
+	// (DealerOptions.Written), for the next batches to be encoded into.
+	free chan []byte
 }
 
 // New returns a Link for log. It starts nothing. reg and lg may be nil.
@@ -46,7 +49,8 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	if err != nil {
 		return nil, fmt.Errorf("uplink: register metrics: %w", err)
 	}
-	return &Link{opts: opts, log: log, lg: lg, m: m, origin: Origin(opts.ID, log.ID())}, nil
+	return &Link{opts: opts, log: log, lg: lg, m: m, origin: Origin(opts.ID, log.ID()),
+		free: make(chan []byte, opts.Window+2)}, nil
 }
 
 // Close unregisters the Link's metrics, as Run does when it returns: for a
@@ -275,10 +279,9 @@ func (k *Link) sendReady(s *state) {
 			n++
 		}
 		// The batch and its entries' list are only read while it is
-		// encoded, and are reused. Its encoding is not: the Dealer owns
-		// what it was given to send, and may still be writing it after a
-		// stall, so each batch is encoded into a buffer of its own, of the
-		// size it needs.
+		// encoded, and are reused. Its encoding is the Dealer's once sent,
+		// until the Dealer has written it (recycle): it may still be
+		// writing it after a stall, when it never gives it back.
 		size := batchOverhead + len(k.origin)
 		s.entries = s.entries[:0]
 		for _, e := range s.pending[:n] {
@@ -287,7 +290,7 @@ func (k *Link) sendReady(s *state) {
 		}
 		b := &s.batch
 		*b = wire.Batch{Origin: k.origin, Acked: s.acked, First: s.pending[0].Index, Entries: s.entries}
-		msg := wire.Append(make([]byte, 0, size), b)
+		msg := wire.Append(k.buffer(size), b)
 		clear(s.entries) // keeps no entry alive
 		if !s.conn.Send(msg) {
 			k.drop(s, "sender queue full")
@@ -489,8 +492,34 @@ func (k *Link) dial(ep string) (*zsock.Dealer, error) {
 		DialTimeout: k.opts.DialTimeout,
 		SendQueue:   k.opts.Window * 2,
 		RecvQueue:   k.opts.Window * 2,
+		Written:     k.recycle,
 	})
 }
+
+// recycle keeps the buffer of a batch a socket has written, if there is
+// room, for a later batch.
+func (k *Link) recycle(b []byte) {
+	select {
+	case k.free <- b[:0]:
+	default:
+	}
+}
+
+// buffer returns an empty buffer with room for size bytes: one a socket
+// has written, or a new one (of at least minBuffer bytes, so that batches
+// of a few entries fit in the buffers of others).
+func (k *Link) buffer(size int) []byte {
+	select {
+	case b := <-k.free:
+		if cap(b) >= size {
+			return b
+		}
+	default:
+	}
+	return make([]byte, 0, max(size, minBuffer))
+}
+
+const minBuffer = 4096
 
 func (s *state) draining() bool { return s.standby != nil }
 

@@ -62,6 +62,12 @@ type DealerOptions struct {
 	// waits when it is full: read Recv promptly, or the peer's sends to this
 	// socket stall. Default 64.
 	RecvQueue int
+	// Written, if set, is called from the sender goroutine with the bytes
+	// of each message Send was given, once they are written whole to the
+	// connection: the Dealer is done with them, and the user may fill them
+	// again. It is not called for a message whose write failed or stalled
+	// (the connection may still hold them), nor for SendWait's.
+	Written func(b []byte)
 }
 
 func (o DealerOptions) withDefaults() (DealerOptions, error) {
@@ -82,6 +88,7 @@ func (o DealerOptions) withDefaults() (DealerOptions, error) {
 type Dealer struct {
 	endpoint string
 	sck      zmq4.Socket
+	written  func([]byte) // DealerOptions.Written
 	out      chan outMsg
 	in       chan [][]byte
 	done     chan struct{} // closed when the Dealer can carry nothing more
@@ -119,7 +126,7 @@ func Dial(endpoint string, o DealerOptions) (*Dealer, error) {
 		return nil, fmt.Errorf("dial %s: %w", endpoint, err)
 	}
 	d := &Dealer{
-		endpoint: endpoint, sck: sck,
+		endpoint: endpoint, sck: sck, written: o.Written,
 		out:  make(chan outMsg, o.SendQueue),
 		in:   make(chan [][]byte, o.RecvQueue),
 		done: make(chan struct{}),
@@ -255,6 +262,8 @@ func (d *Dealer) send(stall time.Duration) {
 		}
 		if m.sent != nil {
 			m.sent <- err
+		} else if err == nil && d.written != nil {
+			d.written(m.b)
 		}
 		if err != nil {
 			return

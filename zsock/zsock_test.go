@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -155,6 +157,54 @@ func TestDealerSendWait(t *testing.T) {
 	d.Close()
 	if err := d.SendWait([]byte("after")); !errors.Is(err, zsock.ErrClosed) {
 		t.Fatalf("SendWait on a closed dealer: %v", err)
+	}
+}
+
+// Written hands back the bytes of each message Send was given, once
+// written, in the order sent, and only then: the peer has each message as
+// sent even though its bytes are overwritten as soon as they are handed
+// back. SendWait's are not handed back.
+func TestDealerWritten(t *testing.T) {
+	r := runRouter(t, zsock.RouterOptions{}, echo)
+	written := make(chan []byte, 100)
+	d := dial(t, r.Addr(), zsock.DealerOptions{Written: func(b []byte) {
+		got := slices.Clone(b)
+		for i := range b {
+			b[i] = 'X' // as a user filling it again would
+		}
+		written <- got
+	}})
+	const n = 50
+	msgs := make([][]byte, n)
+	for i := range msgs {
+		msgs[i] = fmt.Appendf(nil, "message %02d", i)
+		if !d.Send(msgs[i]) {
+			t.Fatalf("send %d refused", i)
+		}
+	}
+	for i := range n {
+		if got := next(t, d); got != fmt.Sprintf("re:message %02d", i) {
+			t.Fatalf("answer %d: %q", i, got)
+		}
+		select {
+		case b := <-written:
+			if want := fmt.Sprintf("message %02d", i); string(b) != want {
+				t.Fatalf("written %d: %q, want %q", i, b, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d answered, never handed back", i)
+		}
+	}
+	if err := d.SendWait([]byte("wait")); err != nil {
+		t.Fatal(err)
+	}
+	if got := next(t, d); got != "re:wait" {
+		t.Fatalf("got %q", got)
+	}
+	select {
+	case b := <-written:
+		t.Fatalf("SendWait's message handed back: %q", b)
+	default:
 	}
 }
 
