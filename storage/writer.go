@@ -252,6 +252,7 @@ type handler struct {
 	s          *Writer
 	concurrent bool
 	points     []Point
+	large      []int // the points of this batch whose maps of fields are not to be reused
 }
 
 // Records writes the batch's points, retrying with backoff until the sink
@@ -278,20 +279,33 @@ func (w *handler) Records(ctx context.Context, b *stream.Batch) error {
 		}
 		rec, err := wire.DecodeRecord(rb)
 		if err == nil {
-			err = fillPoint(&w.points[len(w.points)-1], rec, s.opts.Labels)
+			p := &w.points[len(w.points)-1]
+			err = fillPoint(p, rec, s.opts.Labels)
+			// Counted now: the limiter may delete fields before the
+			// maps are reused.
+			if err == nil && (len(p.Numbers) > maxReusedFields || len(p.Strings) > maxReusedFields) {
+				w.large = append(w.large, len(w.points)-1)
+			}
 		}
 		if err != nil {
+			w.points[len(w.points)-1] = Point{} // its maps too: a message that failed part way may have grown them
 			w.points = w.points[:len(w.points)-1]
 			s.m.invalid.Inc()
 			s.lg.Debug("storage: record skipped", "middletier", b.Middletier, "seq", b.First+uint64(i), "err", err)
 		}
 	}
 	defer func() {
-		// Only the maps of fields stay, emptied when next filled.
+		// Only the maps of fields stay, emptied when next filled, but
+		// for those a large message grew: no slot keeps a large map.
 		for i := range w.points {
 			w.points[i] = Point{Numbers: w.points[i].Numbers, Strings: w.points[i].Strings}
 		}
-		w.points = w.points[:0]
+		for _, i := range w.large {
+			if i < len(w.points) {
+				w.points[i] = Point{}
+			}
+		}
+		w.points, w.large = w.points[:0], w.large[:0]
 	}()
 	backoff := s.opts.MinBackoff
 	for len(w.points) > 0 {

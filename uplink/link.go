@@ -497,13 +497,21 @@ func (k *Link) dial(ep string) (*zsock.Dealer, error) {
 }
 
 // recycle keeps the buffer of a batch a socket has written, if there is
-// room, for a later batch.
+// room and it is not larger than maxRecycled, for a later batch.
 func (k *Link) recycle(b []byte) {
+	if cap(b) > maxRecycled {
+		return
+	}
 	select {
 	case k.free <- b[:0]:
 	default:
 	}
 }
+
+// maxRecycled bounds the buffers the Link keeps: (Window+2) of them,
+// 4.5 MiB at most at the default Window, whatever a burst of large
+// batches left.
+const maxRecycled = 256 << 10
 
 // buffer returns an empty buffer with room for size bytes: one a socket
 // has written, or a new one (of at least minBuffer bytes, so that batches
