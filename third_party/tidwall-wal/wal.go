@@ -226,13 +226,14 @@ func (l *Log) pushCache(segIdx int) {
 }
 
 // keepEvicted keeps the buffers of a segment dropped from the cache for
-// ReuseEvicted: its entries buffer if it can hold a whole segment, its
+// ReuseEvicted: its entries buffer if it is of a whole segment's size
+// (entriesSize; one loaded from a file may be smaller), its
 // positions, up to maxSpare of each. (Patch of the ingest engine.)
 func (l *Log) keepEvicted(s *segment) {
 	if !l.opts.ReuseBuffers {
 		return
 	}
-	if cap(s.ebuf) >= l.opts.SegmentSize+l.opts.SegmentSize/16 && len(l.evictedBufs) < maxSpare {
+	if cap(s.ebuf) >= entriesSize(l.opts.SegmentSize) && len(l.evictedBufs) < maxSpare {
 		l.evictedBufs = append(l.evictedBufs, s.ebuf[:0])
 	}
 	if cap(s.epos) > 0 && len(l.evictedPos) < maxSpare {
@@ -450,7 +451,7 @@ func (l *Log) appendEntry(dst []byte, index uint64, data []byte) (out []byte,
 // segment instead, with room for the entry that crosses SegmentSize.
 // (Patch of the ingest engine; see README.ingest.md.)
 func growEntries(dst []byte, need, segmentSize int) []byte {
-	size := segmentSize + segmentSize/16
+	size := entriesSize(segmentSize)
 	if size < need {
 		size = need + need/4
 	}
@@ -458,6 +459,10 @@ func growEntries(dst []byte, need, segmentSize int) []byte {
 	copy(out, dst)
 	return out
 }
+
+// entriesSize is the size of a segment's entries buffer: the segment, and
+// room for the entry that crosses its end. (Patch of the ingest engine.)
+func entriesSize(segmentSize int) int { return segmentSize + segmentSize/16 }
 
 // growPositions returns epos with room for at least one more position,
 // sized for the number of entries of this size that fill the segment.
