@@ -149,18 +149,6 @@ func (r *Router) Run(ctx context.Context, handle func(frames [][]byte)) error {
 	return nil
 }
 
-// ReleaseFrame gives back the buffer of a frame a socket received, once
-// the receiver keeps nothing of it (no slice, no string made without a
-// copy): a later frame of about its size is read into it instead of
-// allocating one. It must not be used afterwards. Frames never released
-// are collected as garbage.
-func ReleaseFrame(b []byte) { zmq4.ReleaseFrame(b) }
-
-// PoisonReleasedFrames, for tests, has ReleaseFrame fill each buffer with
-// 0xEE before it is read into again: a frame used after its release then
-// reads as garbage at once.
-func PoisonReleasedFrames(on bool) { zmq4.PoisonReleasedFrames(on) }
-
 func (r *Router) receive(handle func([][]byte)) {
 	for {
 		sck, changed := r.current()
