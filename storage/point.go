@@ -367,24 +367,100 @@ func NewLimiter(opts LimitOptions, reg prometheus.Registerer, lg *slog.Logger) (
 // Apply drops from points, in place, the fields the limits refuse, and
 // counts them. It is deterministic for a given state: the fields of a point
 // are taken in name order, numeric ones first.
-func (l *Limiter) Apply(points []Point) {
+func (l *Limiter) Apply(points []Point) { l.apply(points, true) }
+
+// apply is Apply; with fast false, it takes no point as known (the tests
+// hold the two ways to one another).
+func (l *Limiter) apply(points []Point, fast bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if now := l.opts.Now(); now.Sub(l.started) >= l.opts.Window {
 		l.rotate(now)
 	}
 	var reserved, collisions, overLimit int
+	var h maphash.Hash
+	h.SetSeed(l.seed)
 	for i := range points {
 		p := &points[i]
+		if fast && l.known(&h, p) {
+			continue
+		}
 		reserved += dropReserved(p.Numbers) + dropReserved(p.Strings)
 		collisions += dropCollisions(p.Numbers, &l.names) + dropCollisions(p.Strings, &l.names)
 		overLimit += l.limitSeries(p)
 	}
-	for reason, n := range map[string]int{DropReservedName: reserved, DropNameCollision: collisions, DropSeriesLimit: overLimit} {
-		if n > 0 {
-			l.dropped.WithLabelValues(reason).Add(float64(n))
+	l.count(DropReservedName, reserved)
+	l.count(DropNameCollision, collisions)
+	l.count(DropSeriesLimit, overLimit)
+}
+
+func (l *Limiter) count(reason string, dropped int) {
+	if dropped > 0 {
+		l.dropped.WithLabelValues(reason).Add(float64(dropped))
+	}
+}
+
+// known reports whether Apply would leave p as it is and change nothing:
+// no name of p is reserved or other than its series name (so none
+// collide), and every field is a series of its device in the current
+// window. Nearly every point is so, its device writing the fields it wrote
+// before; known looks each field up once, where the drops and limitSeries
+// would each pass over the fields, and sort them.
+func (l *Limiter) known(h *maphash.Hash, p *Point) bool {
+	d := l.devices[p.Device]
+	if d == nil || len(p.Numbers)+len(p.Strings) > len(d.cur) {
+		return false
+	}
+	topic := seriesTopic(p)
+	for name := range p.Numbers {
+		if !cleanName(name) {
+			return false
+		}
+		if _, ok := d.cur[l.seriesHash(h, topic, name, "", true)]; !ok {
+			return false
 		}
 	}
+	for name, value := range p.Strings {
+		if !cleanName(name) {
+			return false
+		}
+		if _, ok := d.cur[l.seriesHash(h, topic, name, value, false)]; !ok {
+			return false
+		}
+	}
+	return true
+}
+
+// cleanName reports whether a field name is kept as it is: not reserved,
+// and its own series name.
+func cleanName(name string) bool {
+	return !strings.HasPrefix(name, "__") && MetricName(name) == name
+}
+
+// seriesTopic is what, besides a field, tells a device's series apart: its
+// topic, and its command name and state.
+func seriesTopic(p *Point) string {
+	return p.Labels[TopicLabel] + "\xff" + p.Labels[CommandLabel] + "\xff" + p.Labels[StateLabel]
+}
+
+// seriesHash is the hash of a device's series in deviceSeries: a numeric
+// field's, or a string field's with one value.
+func (l *Limiter) seriesHash(h *maphash.Hash, topic, name, value string, number bool) uint64 {
+	// 0xff, never in UTF-8, separates the parts.
+	h.Reset()
+	if number {
+		h.WriteByte(0)
+	} else {
+		h.WriteByte(1)
+	}
+	h.WriteString(topic)
+	h.WriteByte(0xff)
+	h.WriteString(name)
+	if !number {
+		h.WriteByte(0xff)
+		h.WriteString(value)
+	}
+	return h.Sum64()
 }
 
 // rotate starts a new window at now: the current window's series become
@@ -413,26 +489,11 @@ func (l *Limiter) limitSeries(p *Point) (dropped int) {
 		d = &deviceSeries{}
 		l.devices[strings.Clone(p.Device)] = d
 	}
-	// A series per topic, and per command name and state.
-	topic := p.Labels[TopicLabel] + "\xff" + p.Labels[CommandLabel] + "\xff" + p.Labels[StateLabel]
+	topic := seriesTopic(p)
 	var h maphash.Hash
 	h.SetSeed(l.seed)
 	admit := func(name, value string, number bool) bool {
-		// 0xff, never in UTF-8, separates the parts.
-		h.Reset()
-		if number {
-			h.WriteByte(0)
-		} else {
-			h.WriteByte(1)
-		}
-		h.WriteString(topic)
-		h.WriteByte(0xff)
-		h.WriteString(name)
-		if !number {
-			h.WriteByte(0xff)
-			h.WriteString(value)
-		}
-		k := h.Sum64()
+		k := l.seriesHash(&h, topic, name, value, number)
 		if _, ok := d.cur[k]; ok {
 			return true
 		}

@@ -9,10 +9,12 @@ import (
 	"iter"
 	"log/slog"
 	"maps"
+	"math/rand/v2"
 	"net/http/httptest"
 	"reflect"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -530,5 +532,108 @@ func TestLimiterMemory(t *testing.T) {
 		if perDevice > c.perDevice {
 			t.Errorf("%d devices of %d series: %.0f bytes per device, want at most %.0f", c.devices, c.series, perDevice, c.perDevice)
 		}
+	}
+}
+
+// TestLimiterKnownAgrees holds Apply, which lets a point whose fields are
+// all known series pass as it is, to the same Limiter taking every field
+// through the drops and the series bound: over a long run of points of a
+// few devices, with reserved, colliding and unclean names, string values,
+// topics, bounds reached and windows passing, the two keep and drop the
+// same fields and count the same drops.
+func TestLimiterKnownAgrees(t *testing.T) {
+	for _, bound := range []int{3, 8, 2000} {
+		clock := &limiterClock{t: time.Date(2026, 6, 1, 0, 0, 0, 0, time.UTC)}
+		opts := storage.LimitOptions{MaxSeriesPerDevice: bound, Window: time.Hour, Now: clock.now}
+		fastReg, slowReg := prometheus.NewRegistry(), prometheus.NewRegistry()
+		fast, err := storage.NewLimiter(opts, fastReg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		slow, err := storage.NewLimiter(opts, slowReg, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(uint64(bound), 7))
+		names := []string{"a", "b", "c", "d", "e", "__r", "a.b", "a_b", "9x", "é"}
+		values := []string{"open", "closed"}
+		topics := []string{"", "door", "gps"}
+		pick := func(pool []string) string { return pool[rng.IntN(len(pool))] }
+		for step := range 20000 {
+			if rng.IntN(500) == 0 {
+				clock.t = clock.t.Add(time.Duration(rng.IntN(3)+1) * 40 * time.Minute)
+			}
+			var batch [2][]storage.Point
+			for range rng.IntN(4) + 1 {
+				p := storage.Point{Device: "d" + strconv.Itoa(rng.IntN(4)), Numbers: map[string]float64{}, Strings: map[string]string{}}
+				if tp := pick(topics); tp != "" {
+					p.Labels = map[string]string{storage.TopicLabel: tp}
+				}
+				for range rng.IntN(5) {
+					p.Numbers[pick(names)] = 1
+				}
+				if rng.IntN(4) == 0 {
+					p.Strings[pick(names)] = pick(values)
+				}
+				q := p
+				q.Numbers, q.Strings = maps.Clone(p.Numbers), maps.Clone(p.Strings)
+				batch[0], batch[1] = append(batch[0], p), append(batch[1], q)
+			}
+			fast.Apply(batch[0])
+			slow.ApplyEveryField(batch[1])
+			for i := range batch[0] {
+				f, s := batch[0][i], batch[1][i]
+				if !maps.Equal(f.Numbers, s.Numbers) || !maps.Equal(f.Strings, s.Strings) {
+					t.Fatalf("bound %d, step %d, point %d of %s: kept %v %v, every field taken %v %v", bound, step, i, f.Device, f.Numbers, f.Strings, s.Numbers, s.Strings)
+				}
+			}
+		}
+		for _, reason := range []string{storage.DropSeriesLimit, storage.DropNameCollision, storage.DropReservedName} {
+			if f, s := droppedFields(t, fastReg, reason), droppedFields(t, slowReg, reason); f != s {
+				t.Errorf("bound %d: %v %s drops, every field taken %v", bound, f, reason, s)
+			}
+			if droppedFields(t, fastReg, reason) == 0 && (bound < 2000 || reason != storage.DropSeriesLimit) {
+				t.Errorf("bound %d: no %s drop in the run, which so does not test them", bound, reason)
+			}
+		}
+		// The shortcut is taken: a point of known fields is known.
+		p := storage.Point{Device: "d0", Numbers: map[string]float64{"a": 1, "b": 2}, Strings: map[string]string{"c": "open"}}
+		fast.Apply([]storage.Point{p})
+		if bound > 3 && !fast.Known(&p) {
+			t.Errorf("bound %d: a point whose fields were all just written is not known", bound)
+		}
+	}
+}
+
+// BenchmarkStageLimiter: the Limiter on the points of a 200-byte sensor
+// message (six numeric fields and one string) from 10,000 devices, each
+// writing its fields again, in batches of 100 as the storage writer's: with Apply's shortcut for known fields, and
+// with every field taken through the drops and the series bound.
+func BenchmarkStageLimiter(b *testing.B) {
+	const devices, batch = 10000, 100
+	points := make([]storage.Point, devices)
+	for i := range points {
+		points[i] = storage.Point{Device: "sensor-" + strconv.Itoa(i),
+			Numbers: map[string]float64{"id": 1, "ts": 2, "temperature": 21.5, "humidity": 40, "pressure": 1013, "co2": 415},
+			Strings: map[string]string{"pad": "xxxxxxxx"}}
+	}
+	for _, way := range []struct {
+		name  string
+		apply func(*storage.Limiter, []storage.Point)
+	}{{"known", (*storage.Limiter).Apply}, {"everyfield", (*storage.Limiter).ApplyEveryField}} {
+		b.Run(way.name, func(b *testing.B) {
+			l, err := storage.NewLimiter(storage.LimitOptions{}, nil, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			way.apply(l, points)
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				way.apply(l, points[i:i+batch])
+				i = (i + batch) % devices
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*batch), "ns/point")
+		})
 	}
 }
