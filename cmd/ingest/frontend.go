@@ -29,7 +29,7 @@ type frontendConfig struct {
 	maxFields, maxName, maxString     int
 	rate                              float64
 	burst                             int
-	ping, pong, drain                 time.Duration
+	ping, pong, write, drain          time.Duration
 	serviceRestart                    bool
 	uplink                            uplinkConfig
 	commands                          commandsConfig
@@ -69,7 +69,7 @@ func newFrontendConfig() frontendConfig {
 		listen: ":8080", id: host, wal: newWALConfig(), mqttReceiveMax: d.MQTT.ReceiveMaximum,
 		maxConns: d.MaxConnections, maxFrame: d.MaxFrameBytes, maxMsg: d.MaxMessageBytes, batch: d.MaxBatchMessages,
 		maxFields: d.MaxFields, maxName: d.MaxFieldNameBytes, maxString: d.MaxStringBytes,
-		rate: d.Rate, burst: d.Burst, ping: d.PingInterval, pong: d.PongTimeout, drain: d.DrainWindow,
+		rate: d.Rate, burst: d.Burst, ping: d.PingInterval, pong: d.PongTimeout, write: d.WriteTimeout, drain: d.DrainWindow,
 		uplink:   uplinkConfig{window: u.Window, ack: u.AckTimeout, failover: u.Failover, ret: u.Return, linger: u.Linger, flushTO: 5 * time.Second},
 		commands: commandsConfig{maxTTL: command.DefaultOptions().MaxTTL},
 	}
@@ -95,6 +95,7 @@ func (c *frontendConfig) register(f flags) {
 	f.integer(&c.burst, "burst", "burst of messages per device")
 	f.duration(&c.ping, "ping-interval", "ping a connection silent for this long")
 	f.duration(&c.pong, "pong-timeout", "close a connection whose pong is this late")
+	f.duration(&c.write, "write-timeout", "close a connection a write to which (an ack, say) has waited this long: a device that stopped reading")
 	f.duration(&c.drain, "drain-window", "time over which connections are closed at shutdown")
 	f.boolean(&c.serviceRestart, "drain.service-restart", "close with 1012 (service restart) instead of 1001 (going away) at shutdown")
 	u := &c.uplink
@@ -116,7 +117,7 @@ func (c *frontendConfig) options() frontend.Options {
 		ID: c.id, MaxConnections: c.maxConns, MaxFrameBytes: c.maxFrame, MaxMessageBytes: c.maxMsg,
 		MaxBatchMessages: c.batch, MaxFields: c.maxFields, MaxFieldNameBytes: c.maxName, MaxStringBytes: c.maxString,
 		Rate: c.rate, Burst: c.burst,
-		PingInterval: c.ping, PongTimeout: c.pong, DrainWindow: c.drain, OriginPatterns: splitList(c.origins),
+		PingInterval: c.ping, PongTimeout: c.pong, WriteTimeout: c.write, DrainWindow: c.drain, OriginPatterns: splitList(c.origins),
 		MQTT: frontend.MQTTOptions{ReceiveMaximum: c.mqttReceiveMax},
 	}
 	if c.serviceRestart {

@@ -176,3 +176,28 @@ func walOrder(t *testing.T, dir string) map[string][]uint64 {
 	}
 	return out
 }
+
+// TestWriteTimeoutFlag: --write-timeout, under its own name in ingest
+// frontend and ingest all, reaches the frontend's options; unset, it is
+// the frontend's default.
+func TestWriteTimeoutFlag(t *testing.T) {
+	for _, args := range [][]string{{"--write-timeout", "3s"}, {}} {
+		c := newFrontendConfig()
+		f := newFlags("frontend")
+		c.register(f)
+		if err := f.fs.Parse(args); err != nil {
+			t.Fatal(err)
+		}
+		want := 10 * time.Second
+		if len(args) > 0 {
+			want = 3 * time.Second
+		}
+		if got := c.options().WriteTimeout; got != want {
+			t.Errorf("%v: WriteTimeout %v, want %v", args, got, want)
+		}
+	}
+	help, _ := exec.Command(binPath, "all", "--help").CombinedOutput()
+	if !regexp.MustCompile(`(?m)^  --write-timeout `).Match(help) {
+		t.Errorf("ingest all --help lists no --write-timeout:\n%s", help)
+	}
+}
