@@ -8,6 +8,7 @@ import (
 	"context"
 	"io"
 	"sync"
+	"time"
 
 	errgrp "github.com/go-zeromq/zmq4/internal/errgroup"
 	"golang.org/x/sync/errgroup"
@@ -172,18 +173,30 @@ func (mw *mwriter) rmConn(w *Conn) {
 
 func (w *mwriter) write(ctx context.Context, msg Msg) error {
 	w.sem.lock(ctx)
-	grp, _ := errgrp.WithContext(ctx)
 	w.mu.Lock()
+	defer w.mu.Unlock()
+	// Patch of the ingest engine: to one peer, as a DEALER of the engine
+	// has, the message is sent from this goroutine, where upstream
+	// started one under an errgroup for every message.
+	switch len(w.ws) {
+	case 0:
+		return nil
+	case 1:
+		return w.ws[0].SendMsg(msg)
+	}
+	grp, _ := errgrp.WithContext(ctx)
 	for i := range w.ws {
 		ww := w.ws[i]
 		grp.Go(func() error {
 			return ww.SendMsg(msg)
 		})
 	}
-	err := grp.Wait()
-	w.mu.Unlock()
-	return err
+	return grp.Wait()
 }
+
+// ready reports whether a peer has ever been added (patch of the ingest
+// engine; see sendContext).
+func (w *mwriter) ready() bool { return w.sem.isReady() }
 
 type semaphore struct {
 	ready chan struct{}
@@ -202,6 +215,29 @@ func (sem *semaphore) enable() {
 	default:
 		close(sem.ready)
 	}
+}
+
+// isReady reports whether enable has been called: lock then returns at
+// once, whatever its context. (Patch of the ingest engine.)
+func (sem *semaphore) isReady() bool {
+	select {
+	case <-sem.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// sendContext is the context a Send writes under (patch of the ingest
+// engine). A writer's write waits under it only for its first peer
+// (semaphore.lock), and a semaphore, once enabled, stays so. Upstream made
+// a timeout context, and so a timer, for every message; once w has had a
+// peer, the socket's own context does as well, with nothing made.
+func sendContext(parent context.Context, w wpool, timeout time.Duration) (context.Context, context.CancelFunc) {
+	if r, ok := w.(interface{ ready() bool }); ok && r.ready() {
+		return parent, func() {}
+	}
+	return context.WithTimeout(parent, timeout)
 }
 
 func (sem *semaphore) lock(ctx context.Context) {

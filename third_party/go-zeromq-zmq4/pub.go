@@ -39,9 +39,10 @@ func (pub *pubSocket) Close() error {
 // Send puts the message on the outbound send queue.
 // Send blocks until the message can be queued or the send deadline expires.
 func (pub *pubSocket) Send(msg Msg) error {
-	ctx, cancel := context.WithTimeout(pub.sck.ctx, pub.sck.Timeout())
-	defer cancel()
-	return pub.sck.w.write(ctx, msg)
+	// Patch of the ingest engine: pubMWriter.write queues the message and
+	// never waits, so upstream's timeout context, a timer made and stopped
+	// for every message, bounded nothing.
+	return pub.sck.w.write(pub.sck.ctx, msg)
 }
 
 // SendMulti puts the message on the outbound send queue.
@@ -49,9 +50,7 @@ func (pub *pubSocket) Send(msg Msg) error {
 // The message will be sent as a multipart message.
 func (pub *pubSocket) SendMulti(msg Msg) error {
 	msg.multipart = true
-	ctx, cancel := context.WithTimeout(pub.sck.ctx, pub.sck.Timeout())
-	defer cancel()
-	return pub.sck.w.write(ctx, msg)
+	return pub.sck.w.write(pub.sck.ctx, msg) // as Send
 }
 
 // Recv receives a complete message.

@@ -5,7 +5,6 @@
 package zmq4
 
 import (
-	"bytes"
 	"context"
 	"net"
 	"sync"
@@ -35,7 +34,8 @@ func (router *routerSocket) Close() error {
 // Send puts the message on the outbound send queue.
 // Send blocks until the message can be queued or the send deadline expires.
 func (router *routerSocket) Send(msg Msg) error {
-	ctx, cancel := context.WithTimeout(router.sck.ctx, router.sck.Timeout())
+	// Patch of the ingest engine: see sendContext.
+	ctx, cancel := sendContext(router.sck.ctx, router.sck.w, router.sck.Timeout())
 	defer cancel()
 	return router.sck.w.write(ctx, msg)
 }
@@ -231,24 +231,43 @@ func (mw *routerMWriter) rmConn(w *Conn) {
 
 func (w *routerMWriter) write(ctx context.Context, msg Msg) error {
 	w.sem.lock(ctx)
-	grp, _ := errgroup.WithContext(ctx)
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	id := msg.Frames[0]
 	dmsg := NewMsgFrom(msg.Frames[1:]...)
-	for i := range w.ws {
-		ww := w.ws[i]
-		pid := []byte(ww.Peer.Meta[sysSockID])
-		if !bytes.Equal(pid, id) {
-			continue
+	// Patch of the ingest engine: the message goes to the one peer of
+	// its identity from this goroutine, where upstream started one per
+	// peer under an errgroup, and made each peer's identity a []byte to
+	// compare it. Several peers of one identity are still sent to at once.
+	var one *Conn
+	n := 0
+	for _, ww := range w.ws {
+		if ww.Peer.Meta[sysSockID] == string(id) {
+			one = ww
+			n++
 		}
-		grp.Go(func() error {
-			return ww.SendMsg(dmsg)
-		})
 	}
-	err := grp.Wait()
-	w.mu.Unlock()
-	return err
+	switch n {
+	case 0:
+		return nil
+	case 1:
+		return one.SendMsg(dmsg)
+	}
+	grp, _ := errgroup.WithContext(ctx)
+	for i := range w.ws {
+		ww := w.ws[i] // one per iteration: this module is go 1.13
+		if ww.Peer.Meta[sysSockID] == string(id) {
+			grp.Go(func() error {
+				return ww.SendMsg(dmsg)
+			})
+		}
+	}
+	return grp.Wait()
 }
+
+// ready reports whether a peer has ever been added (patch of the ingest
+// engine; see sendContext).
+func (w *routerMWriter) ready() bool { return w.sem.isReady() }
 
 var (
 	_ rpool  = (*routerQReader)(nil)

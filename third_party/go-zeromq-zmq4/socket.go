@@ -153,7 +153,8 @@ func (sck *socket) Close() error {
 // Send puts the message on the outbound send queue.
 // Send blocks until the message can be queued or the send deadline expires.
 func (sck *socket) Send(msg Msg) error {
-	ctx, cancel := context.WithTimeout(sck.ctx, sck.Timeout())
+	// Patch of the ingest engine: see sendContext.
+	ctx, cancel := sendContext(sck.ctx, sck.w, sck.Timeout())
 	defer cancel()
 	return sck.w.write(ctx, msg)
 }
@@ -163,17 +164,18 @@ func (sck *socket) Send(msg Msg) error {
 // The message will be sent as a multipart message.
 func (sck *socket) SendMulti(msg Msg) error {
 	msg.multipart = true
-	ctx, cancel := context.WithTimeout(sck.ctx, sck.Timeout())
+	ctx, cancel := sendContext(sck.ctx, sck.w, sck.Timeout())
 	defer cancel()
 	return sck.w.write(ctx, msg)
 }
 
 // Recv receives a complete message.
 func (sck *socket) Recv() (Msg, error) {
-	ctx, cancel := context.WithCancel(sck.ctx)
-	defer cancel()
+	// Patch of the ingest engine: upstream read under a context of its
+	// own, cancelled once read had returned, which only cost an
+	// allocation: read ends with the socket's context as with it.
 	var msg Msg
-	err := sck.r.read(ctx, &msg)
+	err := sck.r.read(sck.ctx, &msg)
 	return msg, err
 }
 
