@@ -24,8 +24,9 @@ var webFS embed.FS
 
 // Options configure a Handler. A zero field means its default.
 type Options struct {
-	// Gatherer is the process's registry the snapshot is computed from.
-	// Required.
+	// Gatherer is the process's registry the snapshot is computed from,
+	// or one that gathers only the families of Metrics (cheaper: the
+	// history gathers every Interval). Required.
 	Gatherer prometheus.Gatherer
 	// FeedURL is the live feed WebSocket the page follows for its table of
 	// recent messages: a path on the page's own host ("/v1/feed") or an

@@ -95,7 +95,7 @@ func (c *feedConfig) build(p *process, a *authConfig, devices *registry.Registry
 	}
 	// The status page beside the feed: same origin as /v1/feed. It shows
 	// the figures of the tiers this process runs, dashes for the others.
-	page, err := status.New(status.Options{Gatherer: p.reg, FeedURL: "/v1/feed"}, p.lg)
+	page, err := status.New(status.Options{Gatherer: p.reg.Gatherer(), FeedURL: "/v1/feed"}, p.lg)
 	if err != nil {
 		return "", err
 	}

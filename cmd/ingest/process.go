@@ -19,6 +19,8 @@ import (
 
 	"github.com/ingest-io/ingest/internal/certfile"
 	"github.com/ingest-io/ingest/internal/dirlock"
+	"github.com/ingest-io/ingest/internal/metricset"
+	"github.com/ingest-io/ingest/status"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -54,8 +56,10 @@ type part struct {
 // process is one ingest process: its parts, stopped in stage order, and
 // what they hold, released last.
 type process struct {
-	lg  *slog.Logger
-	reg *prometheus.Registry
+	lg *slog.Logger
+	// reg holds every collector of the process; reg.Gatherer() gathers
+	// those the status page reads alone (status.Metrics).
+	reg *metricset.Subset
 	// stopping turns true when shutdown begins: every readiness check of
 	// the process fails from then on.
 	stopping atomic.Bool
@@ -90,7 +94,7 @@ type closer struct {
 // newProcess returns a process with a fresh metrics registry holding the
 // Go runtime's and the process's collectors.
 func newProcess(lg *slog.Logger) *process {
-	reg := prometheus.NewRegistry()
+	reg := metricset.NewSubset(prometheus.NewRegistry(), status.Metrics())
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return &process{lg: lg, reg: reg}
 }
