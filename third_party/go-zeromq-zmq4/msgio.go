@@ -173,30 +173,18 @@ func (mw *mwriter) rmConn(w *Conn) {
 
 func (w *mwriter) write(ctx context.Context, msg Msg) error {
 	w.sem.lock(ctx)
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	// Patch of the ingest engine: to one peer, as a DEALER of the engine
-	// has, the message is sent from this goroutine, where upstream
-	// started one under an errgroup for every message.
-	switch len(w.ws) {
-	case 0:
-		return nil
-	case 1:
-		return w.ws[0].SendMsg(msg)
-	}
 	grp, _ := errgrp.WithContext(ctx)
+	w.mu.Lock()
 	for i := range w.ws {
 		ww := w.ws[i]
 		grp.Go(func() error {
 			return ww.SendMsg(msg)
 		})
 	}
-	return grp.Wait()
+	err := grp.Wait()
+	w.mu.Unlock()
+	return err
 }
-
-// ready reports whether a peer has ever been added (patch of the ingest
-// engine; see sendContext).
-func (w *mwriter) ready() bool { return w.sem.isReady() }
 
 type semaphore struct {
 	ready chan struct{}
@@ -228,11 +216,15 @@ func (sem *semaphore) isReady() bool {
 	}
 }
 
-// sendContext is the context a Send writes under (patch of the ingest
-// engine). A writer's write waits under it only for its first peer
-// (semaphore.lock), and a semaphore, once enabled, stays so. Upstream made
-// a timeout context, and so a timer, for every message; once w has had a
-// peer, the socket's own context does as well, with nothing made.
+// sendContext is the context a ROUTER's Send writes under (patch of the
+// ingest engine). routerMWriter.write waits under it only for its first
+// peer (semaphore.lock), and a semaphore, once enabled, stays so; its
+// write to the peer never looked at it (golang.org/x/sync/errgroup waits
+// for the write whatever the context). Upstream made a timeout context,
+// and so a timer, for every message; once w has had a peer, the socket's
+// own context does as well, with nothing made. A DEALER's writer
+// (mwriter) keeps upstream's timeout: its errgroup gives up a stalled
+// write when the timeout expires.
 func sendContext(parent context.Context, w wpool, timeout time.Duration) (context.Context, context.CancelFunc) {
 	if r, ok := w.(interface{ ready() bool }); ok && r.ready() {
 		return parent, func() {}

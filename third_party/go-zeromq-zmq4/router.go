@@ -255,7 +255,7 @@ func (w *routerMWriter) write(ctx context.Context, msg Msg) error {
 	}
 	grp, _ := errgroup.WithContext(ctx)
 	for i := range w.ws {
-		ww := w.ws[i] // one per iteration: this module is go 1.13
+		ww := w.ws[i] // one per iteration: before Go 1.22 (go.mod: 1.21) a loop shares its variable
 		if ww.Peer.Meta[sysSockID] == string(id) {
 			grp.Go(func() error {
 				return ww.SendMsg(dmsg)

@@ -153,8 +153,7 @@ func (sck *socket) Close() error {
 // Send puts the message on the outbound send queue.
 // Send blocks until the message can be queued or the send deadline expires.
 func (sck *socket) Send(msg Msg) error {
-	// Patch of the ingest engine: see sendContext.
-	ctx, cancel := sendContext(sck.ctx, sck.w, sck.Timeout())
+	ctx, cancel := context.WithTimeout(sck.ctx, sck.Timeout())
 	defer cancel()
 	return sck.w.write(ctx, msg)
 }
@@ -164,7 +163,7 @@ func (sck *socket) Send(msg Msg) error {
 // The message will be sent as a multipart message.
 func (sck *socket) SendMulti(msg Msg) error {
 	msg.multipart = true
-	ctx, cancel := sendContext(sck.ctx, sck.w, sck.Timeout())
+	ctx, cancel := context.WithTimeout(sck.ctx, sck.Timeout())
 	defer cancel()
 	return sck.w.write(ctx, msg)
 }
