@@ -7,12 +7,12 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/ingest-io/ingest/internal/tcpproxy"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -24,21 +24,18 @@ import (
 // waited WriteTimeout the server closes the silent device's connection
 // (write_failed), which frees its place.
 func TestDeviceThatStopsReading(t *testing.T) {
-	const writeTimeout = 5 * time.Second
+	// The other device's exchange must end before the silent one's close:
+	// a write timeout that leaves it seconds, even on a slow machine.
+	const writeTimeout = 10 * time.Second
 	ts := startServer(t, Options{WriteTimeout: writeTimeout, Rate: 1e6, Burst: 1e6, MaxPendingBytes: 64 << 10}, wal.Options{})
+	// The other device connects first, so that only its messages are
+	// left for the time the silent one is stuck.
+	c := rawDial(t, ts, hsToken(t, "talkative", nil))
 
 	// The silent device reads the handshake's answer, then nothing: a
 	// small receive buffer, set before the connection is made, so that
 	// acks fill it soon.
-	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		var serr error
-		if err := rc.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		}); err != nil {
-			return err
-		}
-		return serr
-	}}
+	d := net.Dialer{Control: tcpproxy.SmallBuffer}
 	nc, err := d.Dial("tcp", ts.addr)
 	if err != nil {
 		t.Fatal(err)
@@ -102,8 +99,7 @@ func TestDeviceThatStopsReading(t *testing.T) {
 		t.Fatalf("%v write_failed closes as the silent device stalled, want 0", got)
 	}
 
-	// Another device meanwhile: ten messages, ten acks.
-	c := rawDial(t, ts, hsToken(t, "talkative", nil))
+	// The other device meanwhile: ten messages, ten acks.
 	for i := range 10 {
 		send(t, c, payload("talkative", i))
 		f, err := readFrame(t, c)
@@ -116,7 +112,7 @@ func TestDeviceThatStopsReading(t *testing.T) {
 	}
 
 	// Then the server gives up on the silent device.
-	testkit.WaitFor(t, "the silent device closed for write_failed", 6*writeTimeout, func() bool {
+	testkit.WaitFor(t, "the silent device closed for write_failed", 3*writeTimeout, func() bool {
 		return gatherCloses(t, ts)[reasonWriteFailed] == 1
 	})
 	testkit.WaitFor(t, "one connection left", 10*time.Second, func() bool {

@@ -565,15 +565,21 @@ func TestLimiterKnownAgrees(t *testing.T) {
 			}
 			var batch [2][]storage.Point
 			for range rng.IntN(4) + 1 {
-				p := storage.Point{Device: "d" + strconv.Itoa(rng.IntN(4)), Numbers: map[string]float64{}, Strings: map[string]string{}}
+				p := storage.Point{Device: "d" + strconv.Itoa(rng.IntN(4))}
 				if tp := pick(topics); tp != "" {
 					p.Labels = map[string]string{storage.TopicLabel: tp}
 				}
-				for range rng.IntN(5) {
-					p.Numbers[pick(names)] = 1
+				if rng.IntN(8) == 0 {
+					p.Labels = map[string]string{storage.CommandLabel: pick(values), storage.StateLabel: pick(topics)}
+				}
+				if n := rng.IntN(5); n > 0 || rng.IntN(2) == 0 { // else nil
+					p.Numbers = map[string]float64{}
+					for range n {
+						p.Numbers[pick(names)] = 1
+					}
 				}
 				if rng.IntN(4) == 0 {
-					p.Strings[pick(names)] = pick(values)
+					p.Strings = map[string]string{pick(names): pick(values)}
 				}
 				q := p
 				q.Numbers, q.Strings = maps.Clone(p.Numbers), maps.Clone(p.Strings)
@@ -594,6 +600,30 @@ func TestLimiterKnownAgrees(t *testing.T) {
 			}
 			if droppedFields(t, fastReg, reason) == 0 && (bound < 2000 || reason != storage.DropSeriesLimit) {
 				t.Errorf("bound %d: no %s drop in the run, which so does not test them", bound, reason)
+			}
+		}
+		// A series of the previous window only is not known: it moves to
+		// the current one, which decides what the next window keeps. With
+		// bound 3: a and b, a window later c then a (a moved), a window
+		// later d and e: a, c and d make three, e is dropped.
+		if bound == 3 {
+			for _, step := range []struct {
+				advance time.Duration
+				field   string
+			}{{0, "a"}, {0, "b"}, {time.Hour, "c"}, {0, "a"}, {time.Hour, "d"}, {0, "e"}} {
+				clock.t = clock.t.Add(step.advance)
+				pts := [2][]storage.Point{
+					{{Device: "prev", Numbers: map[string]float64{step.field: 1}}},
+					{{Device: "prev", Numbers: map[string]float64{step.field: 1}}},
+				}
+				fast.Apply(pts[0])
+				slow.ApplyEveryField(pts[1])
+				if !maps.Equal(pts[0][0].Numbers, pts[1][0].Numbers) {
+					t.Fatalf("field %s: kept %v, every field taken %v", step.field, pts[0][0].Numbers, pts[1][0].Numbers)
+				}
+				if want := step.field != "e"; len(pts[0][0].Numbers) == 1 != want {
+					t.Fatalf("field %s: kept %v, want kept %v", step.field, pts[0][0].Numbers, want)
+				}
 			}
 		}
 		// The shortcut is taken: a point of known fields is known.
