@@ -38,6 +38,7 @@ type Router struct {
 	consumer *zsock.Router
 	stream   *zsock.Pub
 	feed     *zsock.Pub
+	pub      published // the buffers of the messages stream and feed send
 
 	batches chan inbound
 	fetches chan fetchReq
@@ -233,14 +234,14 @@ func (r *Router) listen() error {
 		r.ingest.Close()
 		return &ListenError{Socket: "consumer", Addr: r.opts.ConsumerAddr, Err: err}
 	}
-	stream, err := zsock.ListenPub(r.opts.StreamAddr, r.opts.StreamHWM)
+	stream, err := zsock.ListenPubSent(r.opts.StreamAddr, r.opts.StreamHWM, r.pub.sent)
 	if err != nil {
 		r.ingest.Close()
 		r.consumer.Close()
 		return &ListenError{Socket: "stream", Addr: r.opts.StreamAddr, Err: err}
 	}
 	if r.opts.FeedAddr != "" {
-		if r.feed, err = zsock.ListenPub(r.opts.FeedAddr, r.opts.StreamHWM); err != nil {
+		if r.feed, err = zsock.ListenPubSent(r.opts.FeedAddr, r.opts.StreamHWM, r.pub.sent); err != nil {
 			r.ingest.Close()
 			r.consumer.Close()
 			stream.Close()
@@ -551,16 +552,21 @@ func (r *Router) publisher(ctx context.Context) {
 			return
 		}
 		// The entries' data are the cursor's until its next read. The
-		// message is encoded into a buffer of its own, of the size it
-		// needs: the sockets own what they are given to send.
+		// message is encoded into a buffer the sockets own until both are
+		// done with it (r.pub): one they gave back, or a new one.
 		records = records[:0]
 		size := streamOverhead + len(r.opts.ID)
 		for _, e := range es {
 			records = append(records, e.Data)
 			size += varint.Len(uint64(len(e.Data))) + len(e.Data)
 		}
-		msg := wire.Append(make([]byte, 0, size), &wire.Stream{Middletier: r.opts.ID, First: es[0].Index, Records: records})
+		msg := wire.Append(r.pub.buffer(size), &wire.Stream{Middletier: r.opts.ID, First: es[0].Index, Records: records})
 		clear(records) // keeps no entry alive
+		sockets := 1
+		if r.feed != nil {
+			sockets = 2
+		}
+		r.pub.sending(msg, sockets)
 		// Past the socket's high-water mark zmq4 drops the message and says
 		// nothing: subscribers see the gap by sequence and fetch it.
 		r.stream.Send(msg)

@@ -387,3 +387,65 @@ func TestBatchesIntactWhileFramesReused(t *testing.T) {
 		}
 	}
 }
+
+// TestStreamIntactWhileBuffersReused: the stream and the feed socket share
+// each message the publisher sends, and the publisher encodes the next
+// ones into buffers both have given back (poisoned once given back, in
+// the test binary). Both subscribers get every record as the WAL holds it:
+// no buffer is written into while a socket still sends it.
+func TestStreamIntactWhileBuffersReused(t *testing.T) {
+	tr := startTier(t, t.TempDir(), middletier.Options{FeedAddr: "tcp://127.0.0.1:0"}, wal.Options{})
+	subs := []*testkit.Peer{testkit.Subscriber(t, tr.Addrs.Stream), testkit.Subscriber(t, tr.Addrs.Feed)}
+	fe := testkit.NewFrontend(t, tr.Addrs.Ingest, "fe-1")
+	// Until both subscriptions have reached their sockets, messages are
+	// dropped: send a batch at a time until each subscriber has one.
+	seen := make([]uint64, len(subs))
+	for i, sub := range subs {
+		for seen[i] == 0 {
+			fe.Send(t, []byte("warm-up"))
+			select {
+			case msg := <-sub.Msgs:
+				m, err := wire.Decode(msg.Frames[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				s := m.(*wire.Stream)
+				seen[i] = s.First + uint64(len(s.Records)) - 1
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	const batches, each = 300, 10
+	for b := range batches {
+		es := make([][]byte, each)
+		for i := range es {
+			es[i] = fmt.Appendf(nil, "batch-%03d entry-%02d %s", b, i, bytes.Repeat([]byte{byte('a' + (b+i)%26)}, 30+(b*7+i)%200))
+		}
+		fe.Send(t, es...)
+	}
+	want := map[uint64][]byte{}
+	c, err := tr.Log.Cursor(tr.Log.FirstIndex())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range tr.Log.LastIndex() - tr.Log.FirstIndex() + 1 {
+		e, err := c.Next(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[e.Index] = bytes.Clone(e.Data)
+	}
+	last := tr.Log.LastIndex()
+	for i, sub := range subs {
+		for seen[i] < last {
+			s := testkit.Next[*wire.Stream](t, sub)
+			for k, r := range s.Records {
+				idx := s.First + uint64(k)
+				if !bytes.Equal(r, want[idx]) {
+					t.Fatalf("subscriber %d, record %d: %q, the WAL holds %q", i, idx, r, want[idx])
+				}
+			}
+			seen[i] = s.First + uint64(len(s.Records)) - 1
+		}
+	}
+}

@@ -1,6 +1,10 @@
 package zsock
 
-import "github.com/go-zeromq/zmq4"
+import (
+	"sync/atomic"
+
+	"github.com/go-zeromq/zmq4"
+)
 
 // The frames every socket kind receives (Router's handler, Dealer.Recv,
 // Sub.Recv) are read into buffers of frames released before them, where
@@ -16,4 +20,13 @@ func ReleaseFrame(b []byte) { zmq4.ReleaseFrame(b) }
 // PoisonReleasedFrames, for tests, has ReleaseFrame fill each buffer with
 // 0xEE before it is read into again: a frame used after its release then
 // reads as garbage at once.
-func PoisonReleasedFrames(on bool) { zmq4.PoisonReleasedFrames(on) }
+func PoisonReleasedFrames(on bool) {
+	zmq4.PoisonReleasedFrames(on)
+	poisoned.Store(on)
+}
+
+var poisoned atomic.Bool
+
+// FramesPoisoned reports whether PoisonReleasedFrames is on: code that
+// recycles buffers of its own poisons them too.
+func FramesPoisoned() bool { return poisoned.Load() }

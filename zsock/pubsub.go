@@ -20,8 +20,19 @@ type Pub struct {
 
 // ListenPub binds a PUB socket to addr (port 0 picks a free one) with a
 // high-water mark of hwm messages.
-func ListenPub(addr string, hwm int) (*Pub, error) {
-	sck := zmq4.NewPub(context.Background())
+func ListenPub(addr string, hwm int) (*Pub, error) { return ListenPubSent(addr, hwm, nil) }
+
+// ListenPubSent is ListenPub with sent, if not nil, called with every
+// buffer given to Send once the socket is done with it: written to every
+// subscriber, or dropped past the high-water mark (zmq4.WithPubSent). The
+// caller may then reuse it. A buffer still queued when the socket closes
+// is not passed back.
+func ListenPubSent(addr string, hwm int, sent func(b []byte)) (*Pub, error) {
+	var opts []zmq4.Option
+	if sent != nil {
+		opts = append(opts, zmq4.WithPubSent(func(m zmq4.Msg) { sent(m.Frames[0]) }))
+	}
+	sck := zmq4.NewPub(context.Background(), opts...)
 	if err := sck.SetOption(zmq4.OptionHWM, hwm); err != nil {
 		sck.Close()
 		return nil, fmt.Errorf("set high-water mark: %w", err)

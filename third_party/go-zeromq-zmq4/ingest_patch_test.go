@@ -565,3 +565,73 @@ func TestDealerSendTimesOut(t *testing.T) {
 		}
 	}
 }
+
+// TestPubSent (patch 7): a PUB socket with WithPubSent passes back every
+// message once it has written it to its subscriber, the same frame it was
+// given, after the subscriber could read it whole.
+func TestPubSent(t *testing.T) {
+	ctx := context.Background()
+	got := make(chan []byte, 1000)
+	pub := NewPub(ctx, WithPubSent(func(m Msg) { got <- m.Frames[0] }))
+	defer pub.Close()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "tcp://" + ln.Addr().String()
+	ln.Close()
+	if err := pub.Listen(addr); err != nil {
+		t.Fatal(err)
+	}
+	sub := NewSub(ctx)
+	defer sub.Close()
+	if err := sub.Dial(addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SetOption(OptionSubscribe, ""); err != nil {
+		t.Fatal(err)
+	}
+	// Until the subscription arrives messages go to no one, and come back
+	// all the same.
+	for {
+		pub.Send(NewMsgString("warm-up"))
+		if b := <-got; string(b) != "warm-up" {
+			t.Fatalf("passed back %q, want warm-up", b)
+		}
+		if len(pub.(Topics).Topics()) > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	const n = 200
+	sentFrames := make([][]byte, n)
+	for i := 0; i < n; i++ {
+		sentFrames[i] = []byte(fmt.Sprintf("message %03d %s", i, strings.Repeat("x", i)))
+		if err := pub.Send(NewMsg(sentFrames[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < n; i++ {
+		select {
+		case b := <-got:
+			if &b[0] != &sentFrames[i][0] {
+				t.Fatalf("message %d: passed back another buffer", i)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d of %d messages passed back", i, n)
+		}
+	}
+	for i := 0; i < n; i++ {
+		m, err := sub.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(m.Frames[0]) == "warm-up" {
+			i--
+			continue
+		}
+		if string(m.Frames[0]) != string(sentFrames[i]) {
+			t.Fatalf("received %q, want %q", m.Frames[0], sentFrames[i])
+		}
+	}
+}

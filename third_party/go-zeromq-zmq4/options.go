@@ -44,6 +44,19 @@ func WithDialerTimeout(timeout time.Duration) Option {
 	}
 }
 
+// WithPubSent has a PUB socket call f with every message it is done
+// with: once it has written it to every subscriber it goes to, or when it
+// dropped it past its high-water mark. A message still queued when the
+// socket closes is not passed to f. f runs on the socket's writing
+// goroutine, or on the caller's for a drop; from then on the socket keeps
+// no reference to the message's frames, so their buffers may be reused.
+// Other socket types ignore it. (Patch of the ingest engine.)
+func WithPubSent(f func(Msg)) Option {
+	return func(s *socket) {
+		s.pubSent = f
+	}
+}
+
 // WithTimeout sets the timeout value for socket operations
 func WithTimeout(timeout time.Duration) Option {
 	return func(s *socket) {

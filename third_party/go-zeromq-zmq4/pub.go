@@ -21,7 +21,7 @@ type Topics interface {
 // The returned socket value is initially unbound.
 func NewPub(ctx context.Context, opts ...Option) Socket {
 	pub := &pubSocket{sck: newSocket(ctx, Pub, opts...)}
-	pub.sck.w = newPubMWriter(pub.sck.ctx)
+	pub.sck.w = newPubMWriter(pub.sck.ctx, pub.sck.pubSent)
 	pub.sck.r = newPubQReader(pub.sck.ctx)
 	return pub
 }
@@ -231,12 +231,17 @@ type pubMWriter struct {
 	q      *Queue
 	hwm    int
 	closed bool
+
+	// sent, if set, is told of every message the writer is done with
+	// (WithPubSent; patch of the ingest engine).
+	sent func(Msg)
 }
 
-func newPubMWriter(ctx context.Context) *pubMWriter {
+func newPubMWriter(ctx context.Context, sent func(Msg)) *pubMWriter {
 	p := &pubMWriter{
-		ctx: ctx,
-		q:   NewQueue(),
+		ctx:  ctx,
+		q:    NewQueue(),
+		sent: sent,
 	}
 	p.qcond = sync.NewCond(&p.qmu)
 	go p.run()
@@ -256,6 +261,9 @@ func (w *pubMWriter) run() {
 		w.q.Pop()
 		w.qmu.Unlock()
 		w.sendMsg(msg)
+		if w.sent != nil {
+			w.sent(msg) // patch of the ingest engine: written to every subscriber
+		}
 	}
 }
 
@@ -303,13 +311,17 @@ func (mw *pubMWriter) rmConn(w *Conn) {
 
 func (w *pubMWriter) write(ctx context.Context, msg Msg) error {
 	w.qmu.Lock()
-	defer w.qmu.Unlock()
 	if w.hwm != 0 && w.q.Len() >= w.hwm {
 		//TODO(inphi): per subscriber hwm
+		w.qmu.Unlock()
+		if w.sent != nil {
+			w.sent(msg) // patch of the ingest engine: dropped, done with
+		}
 		return nil
 	}
 	w.q.Push(msg)
 	w.qcond.Signal()
+	w.qmu.Unlock()
 	return nil
 }
 

@@ -41,6 +41,7 @@ type socket struct {
 	subTopics     func() []string
 	autoReconnect bool
 	timeout       time.Duration
+	pubSent       func(Msg) // WithPubSent (patch of the ingest engine)
 
 	mu    sync.RWMutex
 	conns []*Conn // ZMTP connections

@@ -1,0 +1,84 @@
+package middletier
+
+import (
+	"sync"
+
+	"github.com/ingest-io/ingest/zsock"
+)
+
+// published recycles the buffers of the stream messages the publisher
+// sends. Each goes to the stream socket and, where there is one, to the
+// feed socket, and is taken again once both are done with it: written to
+// every subscriber, or dropped past the high-water mark
+// (zsock.ListenPubSent). A buffer still queued when a socket closes never
+// comes back and is collected as garbage.
+type published struct {
+	mu      sync.Mutex
+	pending map[*byte]int // buffers sent: the sockets not yet done with each
+	free    [][]byte
+	reused  uint64 // buffers taken from free (tests)
+}
+
+const (
+	// maxFreePublished and maxPublishedBytes bound what published keeps:
+	// a burst's large messages are not kept.
+	maxFreePublished  = 8
+	maxPublishedBytes = 256 << 10
+)
+
+// buffer returns an empty buffer of at least size bytes.
+func (p *published) buffer(size int) []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if n := len(p.free); n > 0 {
+		b := p.free[n-1]
+		p.free[n-1] = nil
+		p.free = p.free[:n-1]
+		if cap(b) >= size {
+			p.reused++
+			return b[:0]
+		}
+	}
+	return make([]byte, 0, size)
+}
+
+// sending notes that b, not empty, is about to be given to sockets
+// sockets.
+func (p *published) sending(b []byte, sockets int) {
+	p.mu.Lock()
+	if p.pending == nil {
+		p.pending = map[*byte]int{}
+	}
+	p.pending[&b[0]] = sockets
+	p.mu.Unlock()
+}
+
+// sent is a socket's word that it is done with b: the last one's makes b
+// free.
+func (p *published) sent(b []byte) {
+	if len(b) == 0 {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	key := &b[0]
+	n, ok := p.pending[key]
+	switch {
+	case !ok:
+		return
+	case n > 1:
+		p.pending[key] = n - 1
+		return
+	}
+	delete(p.pending, key)
+	if cap(b) > maxPublishedBytes || len(p.free) >= maxFreePublished {
+		return
+	}
+	if zsock.FramesPoisoned() {
+		b = b[:cap(b)]
+		for i := range b {
+			b[i] = 0xEE
+		}
+	}
+	p.free = append(p.free, b[:0])
+}
