@@ -10,13 +10,22 @@ import (
 // sends. Each goes to the stream socket and, where there is one, to the
 // feed socket, and is taken again once both are done with it: written to
 // every subscriber, or dropped past the high-water mark
-// (zsock.ListenPubSent). A buffer still queued when a socket closes never
-// comes back and is collected as garbage.
+// (zsock.ListenPubSent). Once the sockets are closed (close), it keeps
+// nothing: a socket's writer may still pass back what was queued.
 type published struct {
 	mu      sync.Mutex
 	pending map[*byte]int // buffers sent: the sockets not yet done with each
 	free    [][]byte
 	reused  uint64 // buffers taken from free (tests)
+	closed  bool
+}
+
+// close drops what published keeps and has it keep nothing more.
+func (p *published) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.pending, p.free = nil, nil
+	p.mu.Unlock()
 }
 
 const (
@@ -49,7 +58,9 @@ func (p *published) sending(b []byte, sockets int) {
 	if p.pending == nil {
 		p.pending = map[*byte]int{}
 	}
-	p.pending[&b[0]] = sockets
+	if !p.closed {
+		p.pending[&b[0]] = sockets
+	}
 	p.mu.Unlock()
 }
 

@@ -56,4 +56,15 @@ func TestPublishedBuffers(t *testing.T) {
 	if len(p.pending) != 0 {
 		t.Fatalf("%d buffers pending, want 0", len(p.pending))
 	}
+	// Closed: nothing kept, nothing pending, what comes back is dropped.
+	d := append(p.buffer(64), 'x')
+	p.sending(d, 1)
+	p.close()
+	p.sent(d)
+	e := append(p.buffer(64), 'x')
+	p.sending(e, 1)
+	p.sent(e)
+	if len(p.free) != 0 || len(p.pending) != 0 {
+		t.Fatalf("after close: %d free, %d pending; want none", len(p.free), len(p.pending))
+	}
 }

@@ -38,7 +38,10 @@ type Router struct {
 	consumer *zsock.Router
 	stream   *zsock.Pub
 	feed     *zsock.Pub
-	pub      published // the buffers of the messages stream and feed send
+	// pub holds the buffers of the messages stream and feed send. Its own
+	// allocation: a PUB socket's writer outlives the socket (zmq4 never
+	// ends it), and holds pub's method, not the Router.
+	pub *published
 
 	batches chan inbound
 	fetches chan fetchReq
@@ -234,6 +237,7 @@ func (r *Router) listen() error {
 		r.ingest.Close()
 		return &ListenError{Socket: "consumer", Addr: r.opts.ConsumerAddr, Err: err}
 	}
+	r.pub = &published{}
 	stream, err := zsock.ListenPubSent(r.opts.StreamAddr, r.opts.StreamHWM, r.pub.sent)
 	if err != nil {
 		r.ingest.Close()
@@ -288,6 +292,7 @@ func (r *Router) Run(ctx context.Context) error {
 	if r.feed != nil {
 		r.feed.Close()
 	}
+	r.pub.close()
 	err := r.keepState()
 	r.m.unregister()
 	if r.failErr != nil {
@@ -309,6 +314,7 @@ func (r *Router) Close() error {
 			if r.feed != nil {
 				r.feed.Close()
 			}
+			r.pub.close()
 		}
 		r.m.unregister()
 		return nil

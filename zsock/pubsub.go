@@ -3,6 +3,7 @@ package zsock
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -25,11 +26,13 @@ func ListenPub(addr string, hwm int) (*Pub, error) { return ListenPubSent(addr, 
 // ListenPubSent is ListenPub with sent, if not nil, called with every
 // buffer given to Send once the socket is done with it: written to every
 // subscriber, or dropped past the high-water mark (zmq4.WithPubSent). The
-// caller may then reuse it. A buffer still queued when the socket closes
-// is not passed back.
+// caller may then reuse it. The socket's writer may still pass back
+// buffers queued when it closed, after Close. Only over tcp:// and ipc://:
+// zmq4's inproc transport hands the buffer itself to its reader, which
+// reads it later, so there sent is never called.
 func ListenPubSent(addr string, hwm int, sent func(b []byte)) (*Pub, error) {
 	var opts []zmq4.Option
-	if sent != nil {
+	if sent != nil && (strings.HasPrefix(addr, "tcp://") || strings.HasPrefix(addr, "ipc://")) {
 		opts = append(opts, zmq4.WithPubSent(func(m zmq4.Msg) { sent(m.Frames[0]) }))
 	}
 	sck := zmq4.NewPub(context.Background(), opts...)

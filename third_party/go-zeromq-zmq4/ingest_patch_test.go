@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -568,11 +569,18 @@ func TestDealerSendTimesOut(t *testing.T) {
 
 // TestPubSent (patch 7): a PUB socket with WithPubSent passes back every
 // message once it has written it to its subscriber, the same frame it was
-// given, after the subscriber could read it whole.
+// given. The test overwrites each frame passed back: the subscriber still
+// receives each as sent, so none was passed back before it was written.
 func TestPubSent(t *testing.T) {
 	ctx := context.Background()
 	got := make(chan []byte, 1000)
-	pub := NewPub(ctx, WithPubSent(func(m Msg) { got <- m.Frames[0] }))
+	pub := NewPub(ctx, WithPubSent(func(m Msg) {
+		b := m.Frames[0]
+		for i := range b {
+			b[i] = 0xEE
+		}
+		got <- b
+	}))
 	defer pub.Close()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -595,8 +603,8 @@ func TestPubSent(t *testing.T) {
 	// all the same.
 	for {
 		pub.Send(NewMsgString("warm-up"))
-		if b := <-got; string(b) != "warm-up" {
-			t.Fatalf("passed back %q, want warm-up", b)
+		if b := <-got; len(b) != len("warm-up") {
+			t.Fatalf("passed back %q, want the warm-up frame", b)
 		}
 		if len(pub.(Topics).Topics()) > 0 {
 			break
@@ -604,9 +612,10 @@ func TestPubSent(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	const n = 200
-	sentFrames := make([][]byte, n)
+	sentFrames, want := make([][]byte, n), make([]string, n)
 	for i := 0; i < n; i++ {
-		sentFrames[i] = []byte(fmt.Sprintf("message %03d %s", i, strings.Repeat("x", i)))
+		want[i] = fmt.Sprintf("message %03d %s", i, strings.Repeat("x", i))
+		sentFrames[i] = []byte(want[i])
 		if err := pub.Send(NewMsg(sentFrames[i])); err != nil {
 			t.Fatal(err)
 		}
@@ -630,8 +639,69 @@ func TestPubSent(t *testing.T) {
 			i--
 			continue
 		}
-		if string(m.Frames[0]) != string(sentFrames[i]) {
-			t.Fatalf("received %q, want %q", m.Frames[0], sentFrames[i])
+		if string(m.Frames[0]) != want[i] {
+			t.Fatalf("received %q, want %q", m.Frames[0], want[i])
 		}
+	}
+}
+
+// TestPubSentDropped (patch 7): past its high-water mark a PUB socket
+// drops a message and passes it back at once: with a subscriber that reads
+// nothing, every message but those being written or queued comes back.
+func TestPubSentDropped(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	back := map[*byte]bool{}
+	pub := NewPub(ctx, WithPubSent(func(m Msg) {
+		mu.Lock()
+		back[&m.Frames[0][0]] = true
+		mu.Unlock()
+	}))
+	defer pub.Close()
+	if err := pub.SetOption(OptionHWM, 1); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "tcp://" + ln.Addr().String()
+	ln.Close()
+	if err := pub.Listen(addr); err != nil {
+		t.Fatal(err)
+	}
+	// A subscriber that subscribes, then reads nothing.
+	nc, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	c, err := Open(nc, nullSecurity{}, Sub, nil, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SendMsg(NewMsg(append([]byte{1}, ""...))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the subscription", func() bool { return len(pub.(Topics).Topics()) > 0 })
+	const n = 200
+	frames := make([][]byte, n)
+	for i := 0; i < n; i++ {
+		frames[i] = make([]byte, 256<<10)
+		if err := pub.Send(NewMsg(frames[i])); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	missing := 0
+	for _, f := range frames {
+		if !back[&f[0]] {
+			missing++
+		}
+	}
+	if missing > 2 {
+		t.Fatalf("%d of %d messages not passed back with the subscriber stuck, want at most 2 (one being written, one queued)", missing, n)
 	}
 }

@@ -46,11 +46,13 @@ func WithDialerTimeout(timeout time.Duration) Option {
 
 // WithPubSent has a PUB socket call f with every message it is done
 // with: once it has written it to every subscriber it goes to, or when it
-// dropped it past its high-water mark. A message still queued when the
-// socket closes is not passed to f. f runs on the socket's writing
-// goroutine, or on the caller's for a drop; from then on the socket keeps
-// no reference to the message's frames, so their buffers may be reused.
-// Other socket types ignore it. (Patch of the ingest engine.)
+// dropped it past its high-water mark. The socket's writer goes on taking
+// what was queued after Close, so f may still be called then. f runs on
+// the socket's writing goroutine, or on the caller's for a drop; from then
+// on the socket keeps no reference to the message's frames, so their
+// buffers may be reused, over tcp:// and ipc://. The inproc transport
+// hands a frame to its reader, which reads it later: do not reuse buffers
+// there. Other socket types ignore it. (Patch of the ingest engine.)
 func WithPubSent(f func(Msg)) Option {
 	return func(s *socket) {
 		s.pubSent = f
