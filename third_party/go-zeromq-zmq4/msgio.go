@@ -8,7 +8,6 @@ import (
 	"context"
 	"io"
 	"sync"
-	"time"
 
 	errgrp "github.com/go-zeromq/zmq4/internal/errgroup"
 	"golang.org/x/sync/errgroup"
@@ -214,22 +213,6 @@ func (sem *semaphore) isReady() bool {
 	default:
 		return false
 	}
-}
-
-// sendContext is the context a ROUTER's Send writes under (patch of the
-// ingest engine). routerMWriter.write waits under it only for its first
-// peer (semaphore.lock), and a semaphore, once enabled, stays so; its
-// write to the peer never looked at it (golang.org/x/sync/errgroup waits
-// for the write whatever the context). Upstream made a timeout context,
-// and so a timer, for every message; once w has had a peer, the socket's
-// own context does as well, with nothing made. A DEALER's writer
-// (mwriter) keeps upstream's timeout: its errgroup gives up a stalled
-// write when the timeout expires.
-func sendContext(parent context.Context, w wpool, timeout time.Duration) (context.Context, context.CancelFunc) {
-	if r, ok := w.(interface{ ready() bool }); ok && r.ready() {
-		return parent, func() {}
-	}
-	return context.WithTimeout(parent, timeout)
 }
 
 func (sem *semaphore) lock(ctx context.Context) {

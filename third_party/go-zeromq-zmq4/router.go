@@ -34,9 +34,18 @@ func (router *routerSocket) Close() error {
 // Send puts the message on the outbound send queue.
 // Send blocks until the message can be queued or the send deadline expires.
 func (router *routerSocket) Send(msg Msg) error {
-	// Patch of the ingest engine: see sendContext.
-	ctx, cancel := sendContext(router.sck.ctx, router.sck.w, router.sck.Timeout())
-	defer cancel()
+	// Patch of the ingest engine: routerMWriter.write waits under ctx only
+	// for the socket's first peer (semaphore.lock), and a semaphore, once
+	// enabled, stays so; its write to the peer never looked at ctx
+	// (golang.org/x/sync/errgroup waits for the write whatever the
+	// context). Upstream made a timeout context, and so a timer, for every
+	// message; once a peer has come, the socket's own context does as well.
+	ctx := router.sck.ctx
+	if w, ok := router.sck.w.(*routerMWriter); !ok || !w.sem.isReady() {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, router.sck.Timeout())
+		defer cancel()
+	}
 	return router.sck.w.write(ctx, msg)
 }
 
@@ -264,10 +273,6 @@ func (w *routerMWriter) write(ctx context.Context, msg Msg) error {
 	}
 	return grp.Wait()
 }
-
-// ready reports whether a peer has ever been added (patch of the ingest
-// engine; see sendContext).
-func (w *routerMWriter) ready() bool { return w.sem.isReady() }
 
 var (
 	_ rpool  = (*routerQReader)(nil)
