@@ -13,19 +13,11 @@ import (
 // (zsock.ListenPubSent). Once the sockets are closed (close), it keeps
 // nothing: a socket's writer may still pass back what was queued.
 type published struct {
+	free *zsock.Buffers
+
 	mu      sync.Mutex
 	pending map[*byte]int // buffers sent: the sockets not yet done with each
-	free    [][]byte
-	reused  uint64 // buffers taken from free (tests)
 	closed  bool
-}
-
-// close drops what published keeps and has it keep nothing more.
-func (p *published) close() {
-	p.mu.Lock()
-	p.closed = true
-	p.pending, p.free = nil, nil
-	p.mu.Unlock()
 }
 
 const (
@@ -35,21 +27,21 @@ const (
 	maxPublishedBytes = 256 << 10
 )
 
-// buffer returns an empty buffer of at least size bytes.
-func (p *published) buffer(size int) []byte {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if n := len(p.free); n > 0 {
-		b := p.free[n-1]
-		p.free[n-1] = nil
-		p.free = p.free[:n-1]
-		if cap(b) >= size {
-			p.reused++
-			return b[:0]
-		}
-	}
-	return make([]byte, 0, size)
+func newPublished() *published {
+	return &published{free: zsock.NewBuffers(maxFreePublished, 0, maxPublishedBytes)}
 }
+
+// close drops what published keeps and has it keep nothing more.
+func (p *published) close() {
+	p.mu.Lock()
+	p.closed = true
+	p.pending = nil
+	p.mu.Unlock()
+	p.free.Drop()
+}
+
+// buffer returns an empty buffer of at least size bytes.
+func (p *published) buffer(size int) []byte { return p.free.Get(size) }
 
 // sending notes that b, not empty, is about to be given to sockets
 // sockets.
@@ -82,14 +74,5 @@ func (p *published) sent(b []byte) {
 		return
 	}
 	delete(p.pending, key)
-	if cap(b) > maxPublishedBytes || len(p.free) >= maxFreePublished {
-		return
-	}
-	if zsock.FramesPoisoned() {
-		b = b[:cap(b)]
-		for i := range b {
-			b[i] = 0xEE
-		}
-	}
-	p.free = append(p.free, b[:0])
+	p.free.Put(b)
 }

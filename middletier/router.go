@@ -237,7 +237,7 @@ func (r *Router) listen() error {
 		r.ingest.Close()
 		return &ListenError{Socket: "consumer", Addr: r.opts.ConsumerAddr, Err: err}
 	}
-	r.pub = &published{}
+	r.pub = newPublished()
 	stream, err := zsock.ListenPubSent(r.opts.StreamAddr, r.opts.StreamHWM, r.pub.sent)
 	if err != nil {
 		r.ingest.Close()

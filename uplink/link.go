@@ -35,7 +35,7 @@ type Link struct {
 	socketSeq atomic.Uint64
 	// free holds the buffers of batches the sockets have written
 	// (DealerOptions.Written), for the next batches to be encoded into.
-	free chan []byte
+	free *zsock.Buffers
 }
 
 // New returns a Link for log. It starts nothing. reg and lg may be nil.
@@ -50,7 +50,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 		return nil, fmt.Errorf("uplink: register metrics: %w", err)
 	}
 	return &Link{opts: opts, log: log, lg: lg, m: m, origin: Origin(opts.ID, log.ID()),
-		free: make(chan []byte, opts.Window+2)}, nil
+		free: zsock.NewBuffers(opts.Window+2, minBuffer, maxRecycled)}, nil
 }
 
 // Close unregisters the Link's metrics, as Run does when it returns: for a
@@ -280,7 +280,7 @@ func (k *Link) sendReady(s *state) {
 		}
 		// The batch and its entries' list are only read while it is
 		// encoded, and are reused. Its encoding is the Dealer's once sent,
-		// until the Dealer has written it (recycle): it may still be
+		// until the Dealer has written it (k.free): it may still be
 		// writing it after a stall, when it never gives it back.
 		size := batchOverhead + len(k.origin)
 		s.entries = s.entries[:0]
@@ -290,7 +290,7 @@ func (k *Link) sendReady(s *state) {
 		}
 		b := &s.batch
 		*b = wire.Batch{Origin: k.origin, Acked: s.acked, First: s.pending[0].Index, Entries: s.entries}
-		msg := wire.Append(k.buffer(size), b)
+		msg := wire.Append(k.free.Get(size), b)
 		clear(s.entries) // keeps no entry alive
 		if !s.conn.Send(msg) {
 			k.drop(s, "sender queue full")
@@ -492,42 +492,18 @@ func (k *Link) dial(ep string) (*zsock.Dealer, error) {
 		DialTimeout: k.opts.DialTimeout,
 		SendQueue:   k.opts.Window * 2,
 		RecvQueue:   k.opts.Window * 2,
-		Written:     k.recycle,
+		Written:     k.free.Put,
 	})
-}
-
-// recycle keeps the buffer of a batch a socket has written, if there is
-// room and it is not larger than maxRecycled, for a later batch.
-func (k *Link) recycle(b []byte) {
-	if cap(b) > maxRecycled {
-		return
-	}
-	select {
-	case k.free <- b[:0]:
-	default:
-	}
 }
 
 // maxRecycled bounds the buffers the Link keeps: (Window+2) of them,
 // 4.5 MiB at most at the default Window, whatever a burst of large
-// batches left.
-const maxRecycled = 256 << 10
-
-// buffer returns an empty buffer with room for size bytes: one a socket
-// has written, or a new one (of at least minBuffer bytes, so that batches
-// of a few entries fit in the buffers of others).
-func (k *Link) buffer(size int) []byte {
-	select {
-	case b := <-k.free:
-		if cap(b) >= size {
-			return b
-		}
-	default:
-	}
-	return make([]byte, 0, max(size, minBuffer))
-}
-
-const minBuffer = 4096
+// batches left. A new buffer has at least minBuffer bytes, so that
+// batches of a few entries fit in the buffers of others.
+const (
+	maxRecycled = 256 << 10
+	minBuffer   = 4096
+)
 
 func (s *state) draining() bool { return s.standby != nil }
 

@@ -17,16 +17,12 @@ import (
 // are collected as garbage.
 func ReleaseFrame(b []byte) { zmq4.ReleaseFrame(b) }
 
-// PoisonReleasedFrames, for tests, has ReleaseFrame fill each buffer with
-// 0xEE before it is read into again: a frame used after its release then
-// reads as garbage at once.
+// PoisonReleasedFrames, for tests, has ReleaseFrame and Buffers.Put fill
+// each buffer with 0xEE before it is used again: a frame or buffer used
+// after its release then reads as garbage at once.
 func PoisonReleasedFrames(on bool) {
 	zmq4.PoisonReleasedFrames(on)
 	poisoned.Store(on)
 }
 
 var poisoned atomic.Bool
-
-// FramesPoisoned reports whether PoisonReleasedFrames is on: code that
-// recycles buffers of its own poisons them too.
-func FramesPoisoned() bool { return poisoned.Load() }

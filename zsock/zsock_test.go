@@ -467,3 +467,42 @@ warm:
 	}
 	sub.Close()
 }
+
+// Buffers gives back what was put, keeps no more than its bound of
+// buffers nor any larger than its size bound, lets go of a kept buffer too
+// small for the size asked, and poisons what is put in test binaries.
+func TestBuffers(t *testing.T) {
+	b := zsock.NewBuffers(2, 16, 64)
+	first := b.Get(4)
+	if cap(first) < 16 || len(first) != 0 {
+		t.Fatalf("new buffer: len %d cap %d, want empty with room for 16", len(first), cap(first))
+	}
+	first = append(first, "abcd"...)
+	b.Put(first)
+	if b.Len() != 1 {
+		t.Fatalf("%d kept, want 1", b.Len())
+	}
+	got := b.Get(8)
+	if &got[:1][0] != &first[0] || len(got) != 0 {
+		t.Fatal("Get after Put: not the buffer put, emptied")
+	}
+	zsock.PoisonReleasedFrames(true) // off in this binary otherwise
+	defer zsock.PoisonReleasedFrames(false)
+	b.Put(got)
+	if got[:4][0] != 0xEE {
+		t.Fatalf("a buffer put while poisoning is on holds %q", got[:4])
+	}
+	b.Put(make([]byte, 0, 65)) // over the size bound
+	b.Put(make([]byte, 0, 32))
+	b.Put(make([]byte, 0, 32)) // past the count bound
+	if b.Len() != 2 {
+		t.Fatalf("%d kept, want the bound 2", b.Len())
+	}
+	if big := b.Get(1000); cap(big) < 1000 || b.Len() != 1 {
+		t.Fatalf("Get(1000) over small kept buffers: cap %d, %d kept; want a new one and one kept buffer let go", cap(big), b.Len())
+	}
+	b.Drop()
+	if b.Len() != 0 {
+		t.Fatalf("%d kept after Drop", b.Len())
+	}
+}
