@@ -123,7 +123,10 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 	rctx, rcancel := context.WithCancel(context.Background())
 	ws.SetReadLimit(int64(s.opts.MaxFrameBytes))
 	c := newClient(&s.opts, s.m)
-	defer s.hub.unregister(c)
+	defer func() {
+		s.hub.unregister(c) // no frame is queued for c after this
+		c.abandon()         // releases the frames still queued
+	}()
 
 	subs := make(chan []byte, 1)
 	readerGone := make(chan struct{})
@@ -269,13 +272,15 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 			// The socket was taking frames when the item was taken: it
 			// goes out whole, notice and all, at once (a wait here would
 			// keep the slow verdict waiting).
+			var err error
 			if it.missed > 0 {
-				if writeNow(missedFrame(it.missed, "slow", "", 0, 0)) != nil {
-					ws.CloseNow()
-					return "write_error"
-				}
+				err = writeNow(missedFrame(it.missed, "slow", "", 0, 0))
 			}
-			if writeNow(it.frame) != nil {
+			if err == nil {
+				err = writeNow(it.frame.b) // copies it: the frame can go
+			}
+			it.frame.release()
+			if err != nil {
 				ws.CloseNow()
 				return "write_error"
 			}

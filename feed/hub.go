@@ -5,6 +5,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ingest-io/ingest/zsock"
 )
 
 // hub is the set of readers and what dispatch needs to reach them.
@@ -21,10 +23,13 @@ type hub struct {
 
 	seenMu sync.Mutex
 	seen   map[string]uint64 // per origin, the highest index dispatched
+
+	frames frames // device messages' frames readers are done with
 }
 
 func newHub() *hub {
-	return &hub{clients: make(map[*client]struct{}), byName: make(map[string]*source), seen: make(map[string]uint64)}
+	return &hub{clients: make(map[*client]struct{}), byName: make(map[string]*source), seen: make(map[string]uint64),
+		frames: frames{free: make(chan *sharedFrame, keptFrames)}}
 }
 
 func (h *hub) nameSource(name string, src *source) {
@@ -48,22 +53,27 @@ func (h *hub) first(origin string, index uint64) bool {
 
 // dispatch queues every event for the readers whose filter matches it, then
 // runs advance (which moves the source's next sequence) under the same lock.
-// An event's frame is built by build when the first reader takes it, and
-// shared by every reader that does; an event no reader takes costs no frame.
-func (h *hub) dispatch(evs []event, build func(*event) []byte, advance func()) {
+// An event's frame is built by build, into one of h.frames, when the first
+// reader takes it, and shared by every reader that does; an event no reader
+// takes costs no frame.
+func (h *hub) dispatch(evs []event, build func(*event, []byte) []byte, advance func()) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	for i := range evs {
 		ev := &evs[i]
-		var frame []byte
+		var f *sharedFrame
 		for _, c := range h.list {
 			if !c.filter.Load().takes(ev) {
 				continue
 			}
-			if frame == nil {
-				frame = build(ev)
+			if f == nil {
+				f = h.frames.get()
+				f.b = build(ev, f.b[:0])
 			}
-			c.enqueue(frame, true)
+			c.enqueue(f, true)
+		}
+		if f != nil {
+			f.release() // dispatch's own reference
 		}
 	}
 	advance()
@@ -73,10 +83,82 @@ func (h *hub) dispatch(evs []event, build func(*event) []byte, advance func()) {
 func (h *hub) broadcast(frame []byte, advance func()) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
+	f := &sharedFrame{b: frame} // not kept: notices are few
 	for _, c := range h.list {
-		c.enqueue(frame, false)
+		c.enqueue(f, false)
 	}
 	advance()
+}
+
+// keptFrames bounds how many frames readers are done with are kept for
+// later messages, and maxKeptFrame the size of one: 1,024 of 4 KiB at most.
+const (
+	keptFrames   = 1024
+	maxKeptFrame = 4 << 10
+)
+
+// sharedFrame is a frame queued for one or more readers. A device message's
+// frame comes from the hub's frames and is counted: one reference for the
+// dispatch that builds it and one for each reader's queue it is in. Whoever
+// lets go of the last gives it back, to be built into again for a later
+// message. A notice's frame (pool nil) is not counted nor kept.
+type sharedFrame struct {
+	b    []byte
+	refs atomic.Int32
+	pool *frames
+}
+
+// hold adds a reference to f.
+func (f *sharedFrame) hold() {
+	if f.pool != nil {
+		f.refs.Add(1)
+	}
+}
+
+// release lets go of a reference to f; f must not be used afterwards.
+func (f *sharedFrame) release() {
+	if f.pool != nil && f.refs.Add(-1) == 0 {
+		f.pool.put(f)
+	}
+}
+
+// frames keeps the frames of device messages every reader is done with.
+type frames struct {
+	free chan *sharedFrame
+}
+
+// get returns a frame with one reference and an empty buffer: a kept one,
+// or a new one.
+func (p *frames) get() *sharedFrame {
+	var f *sharedFrame
+	select {
+	case f = <-p.free:
+	default:
+		f = &sharedFrame{pool: p}
+	}
+	f.refs.Store(1)
+	return f
+}
+
+// put keeps f unless its buffer is over maxKeptFrame or keptFrames are
+// kept. In test binaries (zsock.PoisonReleasedFrames) its buffer is filled
+// with 0xEE first, so that a frame written after its release reads as
+// garbage.
+func (p *frames) put(f *sharedFrame) {
+	if cap(f.b) > maxKeptFrame {
+		return
+	}
+	if zsock.Poisoned() {
+		b := f.b[:cap(f.b)]
+		for i := range b {
+			b[i] = 0xEE
+		}
+	}
+	f.b = f.b[:0]
+	select {
+	case p.free <- f:
+	default:
+	}
 }
 
 // register adds c with its filter, or changes its filter, and returns where
@@ -115,7 +197,7 @@ func (h *hub) source(name string) *source {
 // item is one frame queued for a reader. missed counts the messages dropped
 // for the reader just before this one (its queue was full).
 type item struct {
-	frame  []byte
+	frame  *sharedFrame // the item's reference: released once written or dropped
 	missed uint64
 	notice bool // a notice, not a device message
 }
@@ -143,19 +225,21 @@ func newClient(o *Options, m *metrics) *client {
 	return &client{queue: make(chan item, o.ClientQueue), grace: o.SlowGrace, maxMissed: uint64(o.MaxMissed), m: m, slow: make(chan struct{})}
 }
 
-// enqueue queues frame without blocking. A full queue drops it and counts it
-// for the reader's next missed notice; a reader that keeps dropping for
-// longer than its grace, or drops more than its limit before catching up,
-// is marked slow and its writer closes it.
-func (c *client) enqueue(frame []byte, message bool) {
+// enqueue queues frame without blocking, with a reference of its own. A
+// full queue drops it and counts it for the reader's next missed notice; a
+// reader that keeps dropping for longer than its grace, or drops more than
+// its limit before catching up, is marked slow and its writer closes it.
+func (c *client) enqueue(frame *sharedFrame, message bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	frame.hold()
 	select {
 	case c.queue <- item{frame: frame, missed: c.missed, notice: !message}:
 		c.missed = 0
 		return
 	default:
 	}
+	frame.release()
 	if !message {
 		return // a notice that does not fit: the slow notice will follow
 	}
@@ -200,8 +284,9 @@ func (c *client) caughtUp() uint64 {
 	return n
 }
 
-// abandon empties the queue of a reader being closed and returns how many
-// messages it will not get: those queued and those dropped unreported.
+// abandon empties the queue of a reader being closed, releasing its
+// frames, and returns how many messages it will not get: those queued and
+// those dropped unreported.
 func (c *client) abandon() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -210,6 +295,7 @@ func (c *client) abandon() uint64 {
 	for {
 		select {
 		case it := <-c.queue:
+			it.frame.release()
 			n += it.missed
 			if !it.notice {
 				n++

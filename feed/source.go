@@ -1,7 +1,6 @@
 package feed
 
 import (
-	"bytes"
 	"context"
 	"sync/atomic"
 	"time"
@@ -90,7 +89,6 @@ func (src *source) Lost(g stream.Gap) {
 type dispatcher struct {
 	evs      []event
 	received []int64 // the envelopes' receive times (Unix ns), for the latency histogram
-	scratch  []byte  // where a frame is built before its copy of its own
 }
 
 // event is one device message ready for fan-out. Its frame is built only
@@ -120,13 +118,6 @@ func (ev *event) appendFrame(b []byte) []byte {
 	return appendMessage(b, &ev.env, dev, ev.mt, ev.seq, ev.origin, ev.index, ev.command)
 }
 
-// frame builds ev's frame in the dispatcher's scratch buffer and returns a
-// copy of its own, of its exact size, to be shared by the readers.
-func (d *dispatcher) frame(ev *event) []byte {
-	d.scratch = ev.appendFrame(d.scratch[:0])
-	return bytes.Clone(d.scratch)
-}
-
 // publish decodes records from sequence first on and hands them to the hub.
 func (src *source) publish(mt string, first uint64, records [][]byte) {
 	d := &src.d
@@ -143,7 +134,7 @@ func (src *source) publish(mt string, first uint64, records [][]byte) {
 		d.received = append(d.received, received)
 	}
 	last := first + uint64(len(records)) - 1
-	src.s.hub.dispatch(d.evs, d.frame, func() { src.next.Store(last + 1) })
+	src.s.hub.dispatch(d.evs, (*event).appendFrame, func() { src.next.Store(last + 1) })
 	clear(d.evs)
 	m := src.s.m
 	// Measured after the hand-over to every reader's queue: the frontend's

@@ -25,4 +25,8 @@ func PoisonReleasedFrames(on bool) {
 	poisoned.Store(on)
 }
 
+// Poisoned reports whether PoisonReleasedFrames is on: other free lists of
+// buffers poison what they keep too.
+func Poisoned() bool { return poisoned.Load() }
+
 var poisoned atomic.Bool
