@@ -14,8 +14,9 @@
 // reader whose filter matches, without ever blocking. A record's JSON frame
 // is built when the first reader's filter takes it, once, and shared by
 // every reader it is queued for; a record no reader takes costs no frame.
-// The last reader to write a frame gives its buffer back, and a later
-// record's frame is built into it (up to 1,024 buffers of 4 KiB are kept).
+// Once every reader it was queued for has written it (or dropped or
+// abandoned it), its buffer is given back and a later record's frame is
+// built into it (up to 1,024 buffers of 4 KiB are kept).
 // A device's payload is not parsed again: the frontend took only a JSON
 // object, and the envelope's checksum holds it to what the frontend wrote. Each reader has a bounded queue: when it is full, messages for
 // that reader are dropped and counted, the reader gets a "missed" notice

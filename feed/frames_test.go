@@ -2,6 +2,11 @@ package feed
 
 import (
 	"bytes"
+	"fmt"
+	"regexp"
+	"runtime"
+	"strconv"
+	"sync"
 	"testing"
 )
 
@@ -75,5 +80,99 @@ func TestSharedFrames(t *testing.T) {
 	}
 	if n := len(free.free); n != 100 {
 		t.Fatalf("%d frames kept once the readers abandoned or wrote them, want 100", n)
+	}
+}
+
+// TestSharedFramesConcurrent: readers write and let go of frames while
+// dispatch is still queueing them for others. A frame given back while a
+// queue holds it is poisoned or built into again: its reader then sees it
+// change, or a sequence number go back.
+func TestSharedFramesConcurrent(t *testing.T) {
+	p := newPublisher(t, []Subscription{{}, {}, {Devices: []string{"dev-00"}}, {}})
+	seqRe := regexp.MustCompile(`"seq":(\d+)`)
+	stop := make(chan struct{})
+	errs := make(chan string, len(p.clients))
+	report := func(msg string) {
+		select {
+		case errs <- msg:
+		default:
+		}
+	}
+	var wg sync.WaitGroup
+	for _, c := range p.clients {
+		wg.Go(func() {
+			var last uint64
+			for {
+				select {
+				case it := <-c.queue:
+					b := bytes.Clone(it.frame.b)
+					runtime.Gosched()
+					if !bytes.Equal(b, it.frame.b) || !bytes.HasPrefix(b, []byte(`{"type":"message"`)) {
+						report(fmt.Sprintf("frame changed or poisoned while queued: %.40q", b))
+					}
+					if m := seqRe.FindSubmatch(b); m != nil {
+						seq, _ := strconv.ParseUint(string(m[1]), 10, 64)
+						if seq <= last {
+							report(fmt.Sprintf("seq %d after %d: a frame built into again while queued", seq, last))
+						}
+						last = seq
+					}
+					it.frame.release()
+				case <-stop:
+					for len(c.queue) > 0 {
+						(<-c.queue).frame.release()
+					}
+					return
+				}
+			}
+		})
+	}
+	for k := range 1000 {
+		p.publish(k)
+		if k%50 == 0 {
+			runtime.Gosched()
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Error(e)
+	}
+}
+
+// TestFramesKeptBounded: frames given back are poisoned (in test
+// binaries), at most keptFrames are kept, and none over maxKeptFrame.
+func TestFramesKeptBounded(t *testing.T) {
+	var p frames
+	p.free = make(chan *sharedFrame, keptFrames)
+	var made []*sharedFrame
+	for range keptFrames + 10 {
+		f := p.get()
+		f.b = append(f.b, `{"type":"message"}`...)
+		made = append(made, f)
+	}
+	big := p.get()
+	big.b = make([]byte, maxKeptFrame+1)
+	for _, f := range made {
+		b := f.b
+		f.release()
+		if !bytes.Equal(b, bytes.Repeat([]byte{0xEE}, len(b))) {
+			t.Fatalf("a frame given back reads %q, want it poisoned", b)
+		}
+	}
+	if n := len(p.free); n != keptFrames {
+		t.Fatalf("%d frames kept, want %d", n, keptFrames)
+	}
+	for range keptFrames {
+		<-p.free
+	}
+	b := big.b
+	big.release()
+	if len(p.free) != 0 {
+		t.Fatalf("a frame of %d bytes kept, want none over %d", cap(b), maxKeptFrame)
+	}
+	if b[0] != 0xEE {
+		t.Fatal("a frame too large to keep is not poisoned")
 	}
 }

@@ -108,7 +108,9 @@ type sharedFrame struct {
 	pool *frames
 }
 
-// hold adds a reference to f.
+// hold adds a reference to f. The caller must hold one already (dispatch
+// holds its own while it queues f), so that the count cannot reach zero
+// while f is still being handed out.
 func (f *sharedFrame) hold() {
 	if f.pool != nil {
 		f.refs.Add(1)
@@ -142,17 +144,17 @@ func (p *frames) get() *sharedFrame {
 
 // put keeps f unless its buffer is over maxKeptFrame or keptFrames are
 // kept. In test binaries (zsock.PoisonReleasedFrames) its buffer is filled
-// with 0xEE first, so that a frame written after its release reads as
-// garbage.
+// with 0xEE first, kept or not, so that a frame written after its release
+// reads as garbage.
 func (p *frames) put(f *sharedFrame) {
-	if cap(f.b) > maxKeptFrame {
-		return
-	}
 	if zsock.Poisoned() {
 		b := f.b[:cap(f.b)]
 		for i := range b {
 			b[i] = 0xEE
 		}
+	}
+	if cap(f.b) > maxKeptFrame {
+		return
 	}
 	f.b = f.b[:0]
 	select {
@@ -197,7 +199,7 @@ func (h *hub) source(name string) *source {
 // item is one frame queued for a reader. missed counts the messages dropped
 // for the reader just before this one (its queue was full).
 type item struct {
-	frame  *sharedFrame // the item's reference: released once written or dropped
+	frame  *sharedFrame // the item's reference, released once the item is written, fails to be, or is abandoned
 	missed uint64
 	notice bool // a notice, not a device message
 }

@@ -93,7 +93,7 @@ type dispatcher struct {
 
 // event is one device message ready for fan-out. Its frame is built only
 // when a reader's filter takes it, once, and then shared by every reader it
-// is queued for, and never changed.
+// is queued for, unchanged until the last of them lets go of it.
 type event struct {
 	device  string
 	group   string
