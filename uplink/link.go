@@ -36,6 +36,11 @@ type Link struct {
 	// free holds the buffers of batches the sockets have written
 	// (DealerOptions.Written), for the next batches to be encoded into.
 	free *zsock.Buffers
+
+	// afterFill, set by tests only, runs after each fill on Run's
+	// goroutine: an append there lands a commit between fill's look at
+	// the log and the wait.
+	afterFill func()
 }
 
 // New returns a Link for log. It starts nothing. reg and lg may be nil.
@@ -170,13 +175,22 @@ func (k *Link) Run(ctx context.Context) error {
 		if err := k.fill(ctx, s); err != nil {
 			return err
 		}
+		if k.afterFill != nil {
+			k.afterFill()
+		}
 		k.sendReady(s)
 		k.m.inflight.Set(float64(s.next - 1 - s.acked - uint64(len(s.pending))))
 
 		var notify <-chan struct{}
 		var linger <-chan time.Time
-		if len(s.pending) == 0 && (s.next > k.log.LastIndex() || !s.lingerUntil.IsZero()) {
+		if len(s.pending) == 0 {
 			last := k.log.LastIndex()
+			if s.next <= last && s.lingerUntil.IsZero() {
+				// Committed since fill looked: read it now. Waiting
+				// here would wait for no commit, only for an
+				// acknowledgement or the next tick.
+				continue
+			}
 			notify = k.log.Notify()
 			if k.log.LastIndex() != last { // committed meanwhile
 				continue

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -392,4 +393,41 @@ func TestCloseUnregisters(t *testing.T) {
 	opts := uplink.Options{ID: "fe", Middletiers: []string{"tcp://127.0.0.1:1"}}
 	k2 := testkit.CheckCloseUnregisters(t, reg, "Link", func() (*uplink.Link, error) { return uplink.New(opts, l, reg, nil) })
 	testkit.CheckRunUnregisters(t, reg, k2.Run)
+}
+
+// An entry committed after the Link found the log caught up, and before
+// it waits, is sent at once: the Link does not wait without listening for
+// commits (it used to, until an acknowledgement or its next tick, a
+// quarter of AckTimeout: up to 250 ms with the defaults, and here 5 s).
+func TestCommitBeforeTheWait(t *testing.T) {
+	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := uplink.New(uplink.Options{ID: "fe-test", Middletiers: []string{mt.Addrs.Ingest}, AckTimeout: 20 * time.Second}, l, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n atomic.Int64
+	uplink.SetAfterFill(k, func() {
+		// Caught up with nothing in flight: the first fill, and each
+		// one after the last entry is acknowledged.
+		if l.Released() == l.LastIndex() && n.Load() < 5 {
+			i := n.Add(1)
+			if _, err := l.AppendBatch(context.Background(), [][]byte{fmt.Appendf(nil, "entry-%d", i)}); err != nil {
+				t.Error(err)
+			}
+		}
+	})
+	stop := testkit.Go(t, "uplink", func(ctx context.Context) error {
+		defer l.Close()
+		return k.Run(ctx)
+	})
+	start := time.Now()
+	testkit.WaitFor(t, "five entries, each appended between a fill and the wait, acknowledged", 4*time.Second, func() bool { return l.Released() == 5 })
+	t.Logf("acknowledged in %v", time.Since(start))
+	stop()
+	mt.Stop()
+	exactlyOnce(t, records(t, mt), 5)
 }
