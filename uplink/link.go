@@ -175,6 +175,11 @@ func (k *Link) Run(ctx context.Context) error {
 		if err := k.fill(ctx, s); err != nil {
 			return err
 		}
+		if ctx.Err() != nil {
+			// fill keeps quiet about a read that failed at shutdown,
+			// and the loop below would read again at once.
+			return nil
+		}
 		if k.afterFill != nil {
 			k.afterFill()
 		}
@@ -186,7 +191,8 @@ func (k *Link) Run(ctx context.Context) error {
 		if len(s.pending) == 0 {
 			last := k.log.LastIndex()
 			if s.next <= last && s.lingerUntil.IsZero() {
-				// Committed since fill looked: read it now. Waiting
+				// More is committed than fill read (committed since
+				// it looked, or past its limit): read it now. Waiting
 				// here would wait for no commit, only for an
 				// acknowledgement or the next tick.
 				continue

@@ -6,7 +6,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -399,35 +398,78 @@ func TestCloseUnregisters(t *testing.T) {
 // it waits, is sent at once: the Link does not wait without listening for
 // commits (it used to, until an acknowledgement or its next tick, a
 // quarter of AckTimeout: up to 250 ms with the defaults, and here 5 s).
+// With a linger the entry waits for it; without one it is read at once.
 func TestCommitBeforeTheWait(t *testing.T) {
+	for _, linger := range []time.Duration{0, -1} { // the default (5 ms), none
+		t.Run(fmt.Sprint("linger=", linger), func(t *testing.T) {
+			mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+			l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			k, err := uplink.New(uplink.Options{ID: "fe-test", Middletiers: []string{mt.Addrs.Ingest}, AckTimeout: 20 * time.Second, Linger: linger}, l, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0 // the hook runs on Run's goroutine
+			uplink.SetAfterFill(k, func() {
+				// Caught up with nothing in flight: the first fill, and
+				// each one after the last entry is acknowledged.
+				if l.Released() == l.LastIndex() && n < 5 {
+					n++
+					if _, err := l.AppendBatch(context.Background(), [][]byte{fmt.Appendf(nil, "entry-%d", n)}); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+			stop := testkit.Go(t, "uplink", func(ctx context.Context) error {
+				defer l.Close()
+				return k.Run(ctx)
+			})
+			start := time.Now()
+			testkit.WaitFor(t, "five entries, each appended between a fill and the wait, acknowledged", 4*time.Second, func() bool { return l.Released() == 5 })
+			t.Logf("acknowledged in %v", time.Since(start))
+			stop()
+			mt.Stop()
+			exactlyOnce(t, records(t, mt), 5)
+		})
+	}
+}
+
+// Run returns at shutdown although its read of the WAL fails then (the
+// log closed under it): fill keeps quiet about such a failure, and Run
+// must not read again and again instead of returning.
+func TestRunEndsWhenReadFailsAtShutdown(t *testing.T) {
 	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
 	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k, err := uplink.New(uplink.Options{ID: "fe-test", Middletiers: []string{mt.Addrs.Ingest}, AckTimeout: 20 * time.Second}, l, nil, nil)
+	k, err := uplink.New(uplink.Options{ID: "fe-test", Middletiers: []string{mt.Addrs.Ingest}, Linger: -1}, l, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var n atomic.Int64
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	fills := 0
 	uplink.SetAfterFill(k, func() {
-		// Caught up with nothing in flight: the first fill, and each
-		// one after the last entry is acknowledged.
-		if l.Released() == l.LastIndex() && n.Load() < 5 {
-			i := n.Add(1)
-			if _, err := l.AppendBatch(context.Background(), [][]byte{fmt.Appendf(nil, "entry-%d", i)}); err != nil {
+		fills++
+		if fills == 1 {
+			if _, err := l.AppendBatch(context.Background(), [][]byte{[]byte("entry-1")}); err != nil {
 				t.Error(err)
 			}
+			cancel()
+			l.Close()
 		}
 	})
-	stop := testkit.Go(t, "uplink", func(ctx context.Context) error {
-		defer l.Close()
-		return k.Run(ctx)
-	})
-	start := time.Now()
-	testkit.WaitFor(t, "five entries, each appended between a fill and the wait, acknowledged", 4*time.Second, func() bool { return l.Released() == 5 })
-	t.Logf("acknowledged in %v", time.Since(start))
-	stop()
-	mt.Stop()
-	exactlyOnce(t, records(t, mt), 5)
+	done := make(chan error, 1)
+	go func() { done <- k.Run(ctx) }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after its context ended") // it spins: the binary ends it
+	}
 }
