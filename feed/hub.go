@@ -147,12 +147,7 @@ func (p *frames) get() *sharedFrame {
 // with 0xEE first, kept or not, so that a frame written after its release
 // reads as garbage.
 func (p *frames) put(f *sharedFrame) {
-	if zsock.Poisoned() {
-		b := f.b[:cap(f.b)]
-		for i := range b {
-			b[i] = 0xEE
-		}
-	}
+	zsock.Poison(f.b)
 	if cap(f.b) > maxKeptFrame {
 		return
 	}

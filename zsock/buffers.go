@@ -37,12 +37,7 @@ func (b *Buffers) Put(buf []byte) {
 	if cap(buf) > b.max {
 		return
 	}
-	if poisoned.Load() {
-		buf = buf[:cap(buf)]
-		for i := range buf {
-			buf[i] = 0xEE
-		}
-	}
+	Poison(buf)
 	select {
 	case b.free <- buf[:0]:
 	default:

@@ -17,16 +17,25 @@ import (
 // are collected as garbage.
 func ReleaseFrame(b []byte) { zmq4.ReleaseFrame(b) }
 
-// PoisonReleasedFrames, for tests, has ReleaseFrame and Buffers.Put fill
-// each buffer with 0xEE before it is used again: a frame or buffer used
-// after its release then reads as garbage at once.
+// PoisonReleasedFrames, for tests, has ReleaseFrame and Poison (so
+// Buffers.Put) fill each buffer with 0xEE before it is used again: a frame
+// or buffer used after its release then reads as garbage at once.
 func PoisonReleasedFrames(on bool) {
 	zmq4.PoisonReleasedFrames(on)
 	poisoned.Store(on)
 }
 
-// Poisoned reports whether PoisonReleasedFrames is on: other free lists of
-// buffers poison what they keep too.
-func Poisoned() bool { return poisoned.Load() }
+// Poison fills the whole of b, up to its capacity, with 0xEE while
+// PoisonReleasedFrames is on, and does nothing otherwise. A free list calls
+// it on each buffer given back to it.
+func Poison(b []byte) {
+	if !poisoned.Load() {
+		return
+	}
+	b = b[:cap(b)]
+	for i := range b {
+		b[i] = 0xEE
+	}
+}
 
 var poisoned atomic.Bool
