@@ -205,6 +205,58 @@ func Subscriber(t testing.TB, endpoint string) *Peer {
 	return p
 }
 
+// Written returns once the PUB socket at endpoint has written out every
+// message given to it so far, and returns the last sequence of the first
+// stream message a probe subscriber received. A middletier's published
+// count says only that its records were queued in the socket, which
+// writes them from the queue later: a subscriber that connects after the
+// count is reached may still be written them. The probe's subscription
+// reaches the socket asynchronously, so Written calls send, which must
+// have the middletier publish more, every 10ms until a message reaches
+// the probe; the socket writes in order.
+func Written(t testing.TB, endpoint string, send func()) uint64 {
+	t.Helper()
+	sub := zmq4.NewSub(context.Background())
+	defer sub.Close()
+	if err := sub.Dial(endpoint); err != nil {
+		t.Fatal(err)
+	}
+	if err := sub.SetOption(zmq4.OptionSubscribe, ""); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan zmq4.Msg, 1)
+	go func() {
+		m, err := sub.Recv()
+		if err == nil {
+			got <- m
+		}
+	}()
+	deadline := time.After(20 * time.Second)
+	for {
+		send()
+		select {
+		case m := <-got:
+			st, ok := decodeStream(m)
+			if !ok {
+				t.Fatalf("the probe received %d frames, not a stream message", len(m.Frames))
+			}
+			return st.First + uint64(len(st.Records)) - 1
+		case <-time.After(10 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("no message from %s reached the probe within 20s", endpoint)
+		}
+	}
+}
+
+func decodeStream(m zmq4.Msg) (*wire.Stream, bool) {
+	if len(m.Frames) != 1 {
+		return nil, false
+	}
+	d, err := wire.Decode(m.Frames[0])
+	st, ok := d.(*wire.Stream)
+	return st, err == nil && ok && len(st.Records) > 0
+}
+
 func connect(t testing.TB, sck zmq4.Socket, endpoint string) *Peer {
 	t.Helper()
 	if err := sck.Dial(endpoint); err != nil {
