@@ -391,14 +391,17 @@ func (k *Link) progress(s *state, upTo uint64) error {
 	return nil
 }
 
-// rewind makes from the next entry to send, forgetting what is in flight.
+// rewind makes from the next entry to send, forgetting what is in flight
+// and any linger: what waits from there is judged again. (A linger kept
+// across a rewind past the last entry would have Run wake for it again
+// and again, with nothing to read, until the next commit.)
 func (k *Link) rewind(s *state, from uint64) error {
 	c, err := k.log.Cursor(from)
 	if err != nil {
 		return fmt.Errorf("uplink: rewind: %w", err)
 	}
 	s.cur, s.next, s.pending, s.inflight = c, from, nil, nil
-	s.waitSince = time.Now()
+	s.waitSince, s.lingerUntil = time.Now(), time.Time{}
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -471,5 +472,54 @@ func TestRunEndsWhenReadFailsAtShutdown(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("Run did not return after its context ended") // it spins: the binary ends it
+	}
+}
+
+// An acknowledgement past every entry sent, while the Link lingers over
+// a tail shorter than a batch, leaves it with nothing to read: it then
+// waits for commits, and does not wake again and again for a linger that
+// has ended (it used to, until the next commit, at 100% of a core).
+// The middletier has every entry from the frontend's earlier life, whose
+// release was lost, and acknowledges them all at the first batch.
+func TestLateAckEndsTheLinger(t *testing.T) {
+	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := uplink.Options{ID: "fe-test", Middletiers: []string{mt.Addrs.Ingest}, MaxBatchEntries: 4, Linger: 200 * time.Millisecond}
+	earlier := testkit.NewFrontend(t, mt.Addrs.Ingest, uplink.Origin(opts.ID, l.ID()))
+	var es [][]byte
+	for i := 1; i <= 10; i++ {
+		es = append(es, fmt.Appendf(nil, "entry-%d", i))
+	}
+	earlier.Send(t, es...)
+	if _, err := l.AppendBatch(context.Background(), es); err != nil {
+		t.Fatal(err)
+	}
+	k, err := uplink.New(opts, l, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fills atomic.Int64
+	uplink.SetAfterFill(k, func() { fills.Add(1) })
+	stop := testkit.Go(t, "uplink", func(ctx context.Context) error {
+		defer l.Close()
+		return k.Run(ctx)
+	})
+	defer stop()
+	testkit.WaitFor(t, "every entry acknowledged", 10*time.Second, func() bool { return l.Released() == 10 })
+	// Past the linger, idle: the Link wakes at its ticks (a quarter of
+	// AckTimeout, 250 ms), a few times a second.
+	time.Sleep(2 * opts.Linger)
+	before := fills.Load()
+	time.Sleep(time.Second)
+	n := fills.Load() - before
+	if n > 20 {
+		t.Fatalf("idle, the Link read the WAL %d times in a second", n)
+	}
+	t.Logf("idle, the Link read the WAL %d times in a second", n)
+	if got := testkit.Metric(t, mt.Reg, "ingest_middletier_entries_total"); got != 10 {
+		t.Fatalf("the middletier appended %v entries, want the 10 of the earlier life", got)
 	}
 }
