@@ -51,6 +51,13 @@
 // sender and reader are the Dealer's, ended by its Close. The look for the
 // first choice runs on a goroutine Run starts and waits for.
 //
+// Run waits for what comes next: a commit to the WAL (only with nothing
+// read and unsent), a message from the middletier, the end of the look,
+// and one timer set to the earliest deadline it owes (the next dial after
+// a backoff, the end of a busy pause with entries to send, the end of a
+// linger). A tick, a quarter of AckTimeout, checks for timeouts and
+// failover; nothing else waits for it.
+//
 // # Order
 //
 // Entries reach a middletier in WAL order, which keeps each device's order

@@ -156,8 +156,8 @@ func (k *Link) Run(ctx context.Context) error {
 	}()
 	tick := time.NewTicker(k.opts.AckTimeout / 4)
 	defer tick.Stop()
-	lingerT := time.NewTimer(time.Hour)
-	defer lingerT.Stop()
+	wakeT := time.NewTimer(time.Hour)
+	defer wakeT.Stop()
 	for {
 		if s.conn == nil && !time.Now().Before(s.nextDial) {
 			k.connect(ctx, s)
@@ -187,7 +187,6 @@ func (k *Link) Run(ctx context.Context) error {
 		k.m.inflight.Set(float64(s.next - 1 - s.acked - uint64(len(s.pending))))
 
 		var notify <-chan struct{}
-		var linger <-chan time.Time
 		if len(s.pending) == 0 {
 			last := k.log.LastIndex()
 			if s.next <= last && s.lingerUntil.IsZero() {
@@ -201,10 +200,11 @@ func (k *Link) Run(ctx context.Context) error {
 			if k.log.LastIndex() != last { // committed meanwhile
 				continue
 			}
-			if !s.lingerUntil.IsZero() {
-				lingerT.Reset(time.Until(s.lingerUntil))
-				linger = lingerT.C
-			}
+		}
+		var wake <-chan time.Time
+		if at := k.wakeAt(s); !at.IsZero() {
+			wakeT.Reset(time.Until(at))
+			wake = wakeT.C
 		}
 		var replies <-chan [][]byte
 		var dead <-chan struct{}
@@ -218,7 +218,7 @@ func (k *Link) Run(ctx context.Context) error {
 			if err := k.log.Err(); err != nil {
 				return err
 			}
-		case <-linger:
+		case <-wake:
 		case frames := <-replies:
 			if len(frames) != 1 {
 				continue
@@ -247,6 +247,22 @@ func (k *Link) Run(ctx context.Context) error {
 			}
 		}
 	}
+}
+
+// wakeAt is when Run has something to do that no message, commit or
+// tick announces: the next dial; the end of a busy pause, with entries
+// to send; the end of a linger, with entries waiting for it. Zero: none.
+func (k *Link) wakeAt(s *state) time.Time {
+	switch {
+	case s.conn == nil:
+		return s.nextDial
+	case len(s.pending) > 0:
+		if time.Now().Before(s.paused) {
+			return s.paused
+		}
+		return time.Time{}
+	}
+	return s.lingerUntil
 }
 
 // fill reads committed entries into pending, without waiting.

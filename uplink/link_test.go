@@ -3,6 +3,7 @@ package uplink_test
 import (
 	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -522,4 +523,46 @@ func TestLateAckEndsTheLinger(t *testing.T) {
 	if got := testkit.Metric(t, mt.Reg, "ingest_middletier_entries_total"); got != 10 {
 		t.Fatalf("the middletier appended %v entries, want the 10 of the earlier life", got)
 	}
+}
+
+// After a busy answer the Link sends again once the middletier's hint has
+// passed, not at its next tick (a quarter of AckTimeout, here 5 s): with
+// one batch in flight, each busy answer is one try.
+func TestBusyRetriesAtTheHint(t *testing.T) {
+	mt := startTier(t, t.TempDir(), middletier.Options{Consumers: []string{"storage"}, BusyRetry: 50 * time.Millisecond}, wal.Options{MaxEntries: 500})
+	f := startLink(t, uplink.Options{Middletiers: []string{mt.Addrs.Ingest}, Window: 1, AckTimeout: 20 * time.Second, Failover: time.Minute})
+	const n = 1000
+	f.appendEntries(t, n, 0)
+	busy := func() float64 { return testkit.Metric(t, f.reg, "ingest_uplink_retransmits_total", "reason", "busy") }
+	took := testkit.WaitFor(t, "ten busy answers before the first tick", 4*time.Second, func() bool { return busy() >= 10 })
+	t.Logf("ten busy answers in %v", took)
+	cons := testkit.Dealer(t, mt.Addrs.Consumer, "storage#test")
+	for f.log.Released() < n {
+		seq := mt.Log.LastIndex()
+		cons.Send(t, &wire.Commit{Consumer: "storage", Seq: seq})
+		testkit.Next[*wire.CommitAck](t, cons)
+		testkit.WaitFor(t, "more entries or the end", 10*time.Second, func() bool { return mt.Log.LastIndex() > seq || f.log.Released() == n })
+	}
+	mt.Stop()
+	exactlyOnce(t, records(t, mt), n)
+}
+
+// A Link that cannot reach its middletier dials again when its backoff
+// ends, not at its next tick (a quarter of AckTimeout, here 5 s).
+func TestRedialAtTheBackoff(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "tcp://" + ln.Addr().String()
+	ln.Close() // refused until the middletier listens there
+	f := startLink(t, uplink.Options{Middletiers: []string{addr}, AckTimeout: 20 * time.Second, Failover: time.Minute})
+	const n = 100
+	f.appendEntries(t, n, 0)
+	time.Sleep(300 * time.Millisecond) // a few dials refused: the backoff is under a second
+	mt := startTier(t, t.TempDir(), middletier.Options{IngestAddr: addr}, wal.Options{})
+	took := testkit.WaitFor(t, "every entry acknowledged before the first tick", 4*time.Second, func() bool { return f.log.Released() == n })
+	t.Logf("acknowledged %v after the middletier started", took)
+	mt.Stop()
+	exactlyOnce(t, records(t, mt), n)
 }
