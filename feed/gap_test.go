@@ -52,7 +52,7 @@ func TestGap(t *testing.T) {
 			// queue, and what it writes after the link is back reaches the
 			// feed and makes no gap. Ticks until one reaches a probe of
 			// its own, written after the 30; they are in the gap too.
-			testkit.Written(t, tr.addrs.Feed, func() { fe.send(t, msg{device: "tick", payload: `{}`}) })
+			testkit.Written(t, tr.addrs.Feed, tr.Log.LastIndex(), func() { fe.send(t, msg{device: "tick", payload: `{}`}) })
 			px.Restore()
 
 			// Ticks until one arrives: the first stream message after the

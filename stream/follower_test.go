@@ -442,7 +442,7 @@ func TestLiveGaps(t *testing.T) {
 			fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
 			send(t, fe, 1, 20) // written before the Follower starts: never taken
 			n := 20
-			before := testkit.Written(t, mt.Addrs.Stream, func() { n++; send(t, fe, n, 1) })
+			before := testkit.Written(t, mt.Addrs.Stream, 20, func() { n++; send(t, fe, n, 1) })
 			px := tcpproxy.Start(t, strings.TrimPrefix(mt.Addrs.Stream, "tcp://"))
 			ep := stream.Endpoints{Stream: px.Endpoint()}
 			if c.consumer {
@@ -475,7 +475,7 @@ func TestLiveGaps(t *testing.T) {
 			// time, and its stream socket writes from a queue. Written
 			// after the link is back, the 30 would reach the follower and
 			// make no gap.
-			testkit.Written(t, mt.Addrs.Stream, func() { n++; send(t, fe, n, 1) })
+			testkit.Written(t, mt.Addrs.Stream, uint64(n), func() { n++; send(t, fe, n, 1) })
 			px.Restore()
 			testkit.WaitFor(t, "the follower to subscribe again", 20*time.Second, f.Connected)
 			// The first stream message after the cut reveals the gap.

@@ -206,15 +206,18 @@ func Subscriber(t testing.TB, endpoint string) *Peer {
 }
 
 // Written returns once the PUB socket at endpoint has written out every
-// message given to it so far, and returns the last sequence of the first
-// stream message a probe subscriber received. A middletier's published
-// count says only that its records were queued in the socket, which
-// writes them from the queue later: a subscriber that connects after the
-// count is reached may still be written them. The probe's subscription
-// reaches the socket asynchronously, so Written calls send, which must
-// have the middletier publish more, every 10ms until a message reaches
-// the probe; the socket writes in order.
-func Written(t testing.TB, endpoint string, send func()) uint64 {
+// stream message of sequences up to after, and returns the last sequence
+// of the message that shows it. A middletier's published count says only
+// that its records were queued in the socket, which writes them from the
+// queue later: a subscriber that connects after the count is reached may
+// still be written them. A probe subscriber waits for a message whose first
+// sequence is past after: the middletier publishes in sequence order, so
+// that message was queued after them, and the socket writes its queue in
+// order. The probe's subscription reaches the socket asynchronously, and
+// it may be written some of those messages first: Written calls send,
+// which must have the middletier publish more, every 10ms until such a
+// message reaches the probe.
+func Written(t testing.TB, endpoint string, after uint64, send func()) uint64 {
 	t.Helper()
 	sub := zmq4.NewSub(context.Background())
 	defer sub.Close()
@@ -224,26 +227,37 @@ func Written(t testing.TB, endpoint string, send func()) uint64 {
 	if err := sub.SetOption(zmq4.OptionSubscribe, ""); err != nil {
 		t.Fatal(err)
 	}
-	got := make(chan zmq4.Msg, 1)
+	got := make(chan zmq4.Msg, 64)
 	go func() {
-		m, err := sub.Recv()
-		if err == nil {
-			got <- m
+		for {
+			m, err := sub.Recv()
+			if err != nil {
+				return
+			}
+			select {
+			case got <- m:
+			default: // the probe needs only the latest
+			}
 		}
 	}()
 	deadline := time.After(20 * time.Second)
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	send()
 	for {
-		send()
 		select {
 		case m := <-got:
 			st, ok := decodeStream(m)
 			if !ok {
 				t.Fatalf("the probe received %d frames, not a stream message", len(m.Frames))
 			}
-			return st.First + uint64(len(st.Records)) - 1
-		case <-time.After(10 * time.Millisecond):
+			if st.First > after {
+				return st.First + uint64(len(st.Records)) - 1
+			}
+		case <-tick.C:
+			send()
 		case <-deadline:
-			t.Fatalf("no message from %s reached the probe within 20s", endpoint)
+			t.Fatalf("no message past %d from %s reached the probe within 20s", after, endpoint)
 		}
 	}
 }
