@@ -732,6 +732,7 @@ func (h *Home) dispatch(d *device) {
 	}
 	var out []wire.Command
 	inflight := 0
+commands:
 	for _, c := range d.open {
 		if inflight >= h.opts.MaxInFlight {
 			break
@@ -745,7 +746,7 @@ func (h *Home) dispatch(d *device) {
 			h.m.redelivered.Inc()
 		case wire.StateQueued:
 			if c.Expires <= h.now.UnixNano() {
-				break // the sweep expires it; nothing after it goes first
+				break commands // the sweep expires it; nothing after it goes first
 			}
 			inflight++
 			h.counts[c.State]--

@@ -249,6 +249,37 @@ func TestTTLExpiry(t *testing.T) {
 	}
 }
 
+// TestExpiredNeverHandedOn: a queued command whose time to live has
+// ended is not handed to its device placed before the sweep (every 100
+// ms) has expired it, and nothing behind it goes first. Each device is
+// placed 2 ms after its command expired: before the sweep, in all but a
+// few runs in a hundred. The home used to hand it on, still queued.
+func TestExpiredNeverHandedOn(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	fe := dialFrontend(t, th, "fe#1")
+	handed := 0
+	for i := range 6 {
+		dev := fmt.Sprintf("d%d", i)
+		c := fe.submit(t, wire.Submit{Device: dev, Name: "short", TTLMS: 150})
+		later := fe.submit(t, wire.Submit{Device: dev, Name: "later"})
+		time.Sleep(time.Until(time.Unix(0, c.Expires)) + 2*time.Millisecond)
+		fe.place(t, dev, 1)
+		d := fe.deliverFor(t, dev)
+		if d.ID == c.ID {
+			handed++
+			t.Errorf("%s, expired, handed to %s in state %v", c.ID, dev, d.State)
+			d = fe.deliverFor(t, dev)
+		}
+		if d.ID != later.ID {
+			t.Fatalf("delivered %+v to %s, want %s", d, dev, later.ID)
+		}
+		fe.waitState(t, c.ID, wire.StateExpired)
+	}
+	if handed > 0 {
+		t.Fatalf("%d of 6 expired commands handed on", handed)
+	}
+}
+
 // TestIdempotencyKey: a Submit with a key the device has used gives the
 // command of the first, before and after a restart; the same key with
 // another payload is refused; another device's key is its own.
