@@ -56,7 +56,8 @@
 // and one timer set to the earliest deadline it owes (the next dial after
 // a backoff, the end of a busy pause with entries to send, the end of a
 // linger). A tick, a quarter of AckTimeout, checks for timeouts and
-// failover; nothing else waits for it.
+// failover. The look for the first choice starts at the first turn of the
+// loop after it is due: at the latest, that tick.
 //
 // # Order
 //

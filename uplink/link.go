@@ -252,15 +252,23 @@ func (k *Link) Run(ctx context.Context) error {
 // wakeAt is when Run has something to do that no message, commit or
 // tick announces: the next dial; the end of a busy pause, with entries
 // to send; the end of a linger, with entries waiting for it. Zero: none.
+// Called after sendReady; a time past makes Run go round again at once.
 func (k *Link) wakeAt(s *state) time.Time {
 	switch {
 	case s.conn == nil:
+		if s.nextDial.IsZero() {
+			// Dropped since the top of the loop (by sendReady), with no
+			// dial failed: dial again now.
+			return time.Now()
+		}
 		return s.nextDial
 	case len(s.pending) > 0:
-		if time.Now().Before(s.paused) {
+		if len(s.inflight) < k.opts.Window && !s.draining() {
+			// sendReady sent what it could: only a pause held the rest
+			// (one that may have ended since it looked at the clock).
 			return s.paused
 		}
-		return time.Time{}
+		return time.Time{} // an acknowledgement makes room
 	}
 	return s.lingerUntil
 }

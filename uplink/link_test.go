@@ -566,3 +566,51 @@ func TestRedialAtTheBackoff(t *testing.T) {
 	mt.Stop()
 	exactlyOnce(t, records(t, mt), n)
 }
+
+// A Link that finds its connection gone when it sends (the middletier
+// restarted while the Link was busy, and no dial has failed) dials again
+// at once, not at its next tick (a quarter of AckTimeout, here 5 s).
+func TestRedialWhenASendFindsTheLinkDown(t *testing.T) {
+	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	l, err := wal.Open(t.TempDir(), wal.Options{Hop: "frontend"}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := uplink.New(uplink.Options{ID: "fe-test", Middletiers: []string{mt.Addrs.Ingest}, AckTimeout: 20 * time.Second, Failover: time.Minute, Linger: -1}, l, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var restart atomic.Bool
+	uplink.SetAfterFill(k, func() {
+		// Between the fill that read the next ten and their send.
+		if restart.Load() && l.LastIndex() == 20 {
+			restart.Store(false)
+			mt.Stop()
+			time.Sleep(500 * time.Millisecond) // the Link's socket reads the end and ends
+			mt.Start(t)
+		}
+	})
+	stop := testkit.Go(t, "uplink", func(ctx context.Context) error {
+		defer l.Close()
+		return k.Run(ctx)
+	})
+	defer stop()
+	appendTen := func(from int) {
+		var es [][]byte
+		for i := from; i < from+10; i++ {
+			es = append(es, fmt.Appendf(nil, "entry-%d", i))
+		}
+		if _, err := l.AppendBatch(context.Background(), es); err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendTen(1)
+	testkit.WaitFor(t, "the first ten acknowledged", 4*time.Second, func() bool { return l.Released() == 10 })
+	restart.Store(true)
+	appendTen(11)
+	took := testkit.WaitFor(t, "the next ten acknowledged before the first tick", 4*time.Second, func() bool { return l.Released() == 20 })
+	t.Logf("acknowledged %v after they were appended, 500 ms of it with the middletier down", took)
+	stop()
+	mt.Stop()
+	exactlyOnce(t, records(t, mt), 20)
+}
