@@ -614,3 +614,49 @@ func TestRedialWhenASendFindsTheLinkDown(t *testing.T) {
 	mt.Stop()
 	exactlyOnce(t, records(t, mt), 20)
 }
+
+// A middletier that takes connections and answers nothing (a stopped
+// process: its kernel still completes them) holds the Link for one
+// DialTimeout, and the Link moves to the next. A connection that sends
+// nothing to a middletier keeps no frontend from connecting to it.
+// Before, both waited for a greeting for good.
+func TestSilentPeers(t *testing.T) {
+	t.Run("silent-middletier", func(t *testing.T) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close() // never accepts
+		silent := "tcp://" + ln.Addr().String()
+		mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+		eps := []string{silent, mt.Addrs.Ingest}
+		id := ""
+		for i := 0; id == ""; i++ {
+			if c := fmt.Sprint("fe-", i); uplink.Rank(c, eps)[0] == silent {
+				id = c
+			}
+		}
+		f := startLink(t, uplink.Options{ID: id, Middletiers: eps, DialTimeout: 200 * time.Millisecond})
+		f.appendEntries(t, 100, 0)
+		took := testkit.WaitFor(t, "every entry acknowledged by the other middletier", 10*time.Second, func() bool { return f.log.Released() == 100 })
+		t.Logf("acknowledged in %v", took)
+		f.stop()
+		mt.Stop()
+		exactlyOnce(t, records(t, mt), 100)
+	})
+	t.Run("silent-connection", func(t *testing.T) {
+		mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+		nc, err := net.Dial("tcp", strings.TrimPrefix(mt.Addrs.Ingest, "tcp://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close() // sends nothing
+		f := startLink(t, uplink.Options{Middletiers: []string{mt.Addrs.Ingest}})
+		f.appendEntries(t, 100, 0)
+		took := testkit.WaitFor(t, "every entry acknowledged beside a silent connection", 10*time.Second, func() bool { return f.log.Released() == 100 })
+		t.Logf("acknowledged in %v", took)
+		f.stop()
+		mt.Stop()
+		exactlyOnce(t, records(t, mt), 100)
+	})
+}

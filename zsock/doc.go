@@ -30,6 +30,11 @@
 //     stops reading slows every other. A Sub drains its socket at once into a
 //     bounded buffer and drops what does not fit, which its user sees as a
 //     gap in sequence.
+//   - Upstream, a connection's greeting had no deadline, and a listening
+//     socket greeted in its accept loop: a peer that said nothing held a
+//     dial, or every later connection, for good. The engine's copy greets
+//     accepted connections on goroutines of their own within 10 s, and a
+//     dial within its DialTimeout (third_party/go-zeromq-zmq4, patch 8).
 //
 // # Ordering
 //

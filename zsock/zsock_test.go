@@ -215,6 +215,13 @@ func TestSharedIdentityGetsOthersAnswers(t *testing.T) {
 	r := runRouter(t, zsock.RouterOptions{}, echo)
 	id := zsock.Identity("peer")
 	d1 := dial(t, r.Addr(), zsock.DealerOptions{Identity: id})
+	// An answer shows the ROUTER has taken d1's connection: it takes each
+	// once its handshake is done, on a goroutine of its own, in no set
+	// order.
+	d1.Send([]byte("zero"))
+	if got := next(t, d1); got != "re:zero" {
+		t.Fatalf("first dealer got %q", got)
+	}
 	d2 := dial(t, r.Addr(), zsock.DealerOptions{Identity: id})
 	d2.Send([]byte("two"))
 	if got := next(t, d2); got != "re:two" {

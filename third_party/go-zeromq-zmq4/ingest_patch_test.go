@@ -705,3 +705,93 @@ func TestPubSentDropped(t *testing.T) {
 		t.Fatalf("%d of %d messages not passed back with the subscriber stuck, want at most 2 (one being written, one queued)", missing, n)
 	}
 }
+
+// TestSilentPeerHoldsNoAccept (patch 8): a peer that connects and sends
+// nothing keeps no other peer from connecting; upstream the accept loop
+// waited for its greeting, for good. Once the socket is closed, the
+// handshake still waiting ends too.
+func TestSilentPeerHoldsNoAccept(t *testing.T) {
+	ctx := context.Background()
+	router := NewRouter(ctx, WithID(SocketIdentity("r")))
+	if err := router.Listen("tcp://127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	silent, err := net.Dial("tcp", router.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	dealer := NewDealer(ctx, WithID(SocketIdentity("d")), WithDialerTimeout(5*time.Second))
+	defer dealer.Close()
+	dialed := make(chan error, 1)
+	go func() { dialed <- dealer.Dial("tcp://" + router.Addr().String()) }()
+	select {
+	case err := <-dialed:
+		if err != nil {
+			t.Fatalf("dial beside a silent peer: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a dial beside a silent peer did not complete within 10 s")
+	}
+	if err := dealer.Send(NewMsg([]byte("hello"))); err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan Msg, 1)
+	go func() {
+		if m, err := router.Recv(); err == nil {
+			got <- m
+		}
+	}()
+	select {
+	case m := <-got:
+		if string(m.Frames[len(m.Frames)-1]) != "hello" {
+			t.Fatalf("received %q", m.Frames)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("nothing received beside a silent peer within 10 s")
+	}
+	router.Close()
+	// The router's close closes the silent peer's connection (after its
+	// greeting, which the router sent).
+	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf := make([]byte, 64)
+	for {
+		_, err := silent.Read(buf)
+		if err == nil {
+			continue
+		}
+		if isTimeout(err) {
+			t.Fatal("the silent peer's connection was still open 10 s after the router closed")
+		}
+		break
+	}
+}
+
+// TestDialToSilentPeerTimesOut (patch 8): a dial to a peer that accepts
+// and sends nothing gives up after the dialer's timeout; upstream it
+// waited for the greeting for good.
+func TestDialToSilentPeerTimesOut(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close() // never accepts: the kernel completes the connection
+	dealer := NewDealer(context.Background(), WithID(SocketIdentity("d")), WithDialerTimeout(200*time.Millisecond), WithDialerMaxRetries(0))
+	defer dealer.Close()
+	dialed := make(chan error, 1)
+	go func() { dialed <- dealer.Dial("tcp://" + ln.Addr().String()) }()
+	select {
+	case err := <-dialed:
+		if err == nil {
+			t.Fatal("a dial to a silent peer succeeded")
+		}
+		t.Logf("dial: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("a dial to a silent peer did not give up within 10 s")
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -21,6 +21,10 @@ const (
 	defaultRetry      = 250 * time.Millisecond
 	defaultTimeout    = 5 * time.Minute
 	defaultMaxRetries = 10
+
+	// acceptHandshakeTimeout bounds the ZMTP handshake of an accepted
+	// connection. (Patch of the ingest engine.)
+	acceptHandshakeTimeout = 10 * time.Second
 )
 
 var (
@@ -223,16 +227,48 @@ func (sck *socket) accept() {
 				continue
 			}
 
-			zconn, err := Open(conn, sck.sec, sck.typ, sck.id, true, sck.scheduleRmConn)
-			if err != nil {
-				// FIXME(sbinet): maybe bubble up this error to application code?
-				sck.log.Printf("could not open a ZMTP connection with %q: %+v", sck.ep, err)
-				continue
-			}
-
-			sck.addConn(zconn)
+			// Patch of the ingest engine: the handshake runs off the
+			// accept loop, within a deadline. Upstream ran it here,
+			// without one: a peer that connected and sent nothing (a
+			// stopped process, a probe holding its connection) kept
+			// every later peer from connecting, for good.
+			go func() {
+				zconn, err := sck.open(conn, true, acceptHandshakeTimeout)
+				if err != nil {
+					// FIXME(sbinet): maybe bubble up this error to application code?
+					sck.log.Printf("could not open a ZMTP connection with %q: %+v", sck.ep, err)
+					return
+				}
+				sck.addConn(zconn)
+			}()
 		}
 	}
+}
+
+// open performs the ZMTP handshake over conn within timeout (none if 0),
+// and closes conn if it fails or the socket is closed meanwhile. (Patch
+// of the ingest engine.)
+func (sck *socket) open(conn net.Conn, server bool, timeout time.Duration) (*Conn, error) {
+	// A socket closed meanwhile ends the handshake.
+	defer context.AfterFunc(sck.ctx, func() { conn.Close() })()
+	if timeout > 0 {
+		if err := conn.SetDeadline(time.Now().Add(timeout)); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	zconn, err := Open(conn, sck.sec, sck.typ, sck.id, server, sck.scheduleRmConn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	if timeout > 0 {
+		if err := conn.SetDeadline(time.Time{}); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	return zconn, nil
 }
 
 // Dial connects a remote endpoint to the Socket.
@@ -269,7 +305,11 @@ connect:
 		return fmt.Errorf("zmq4: got a nil dial-conn to %q", endpoint)
 	}
 
-	zconn, err := Open(conn, sck.sec, sck.typ, sck.id, false, sck.scheduleRmConn)
+	// Patch of the ingest engine: the handshake has the dialer's timeout
+	// too. Upstream it had none: a peer that accepted and sent nothing (a
+	// stopped process, whose kernel still completes connections) held
+	// Dial for good.
+	zconn, err := sck.open(conn, false, sck.dialer.Timeout)
 	if err != nil {
 		return fmt.Errorf("zmq4: could not open a ZMTP connection: %w", err)
 	}
@@ -289,6 +329,14 @@ connect:
 func (sck *socket) addConn(c *Conn) {
 	sck.mu.Lock()
 	defer sck.mu.Unlock()
+	if sck.ctx.Err() != nil {
+		// Closed while the handshake ran (patch of the ingest engine:
+		// accepted connections are opened on goroutines of their own);
+		// Close, which cancels first, has closed the others or waits for
+		// the lock to.
+		c.Close()
+		return
+	}
 	sck.conns = append(sck.conns, c)
 	if len(c.Peer.Meta[sysSockID]) == 0 {
 		switch c.typ {
