@@ -40,10 +40,13 @@ type Group struct {
 // middletier unreachable), so that two members never follow at once while
 // their clocks run at the same rate. The lease lasts from the sending of
 // the request that was granted; the middletier counts it from its receipt.
+// A timer ends the Follower when the lease runs out, even while a request
+// is held up (a dial to a middletier that answers nothing waits for its
+// timeout).
 //
 // Goroutines, all started and awaited by Run: its own, which asks for the
 // lease, and the Follower's Run (with the goroutines it owns) while the
-// lease is held.
+// lease is held. The timer's function only cancels the Follower.
 type Member struct {
 	ep   Endpoints
 	o    Options
@@ -147,7 +150,7 @@ func (mb *Member) Run(ctx context.Context) error {
 	}
 }
 
-// leaser is a Member's Run state, owned by its goroutine.
+// leaser is a Member's Run state, owned by its goroutine, but for mu's.
 type leaser struct {
 	*Member
 	c      consumer
@@ -157,6 +160,13 @@ type leaser struct {
 	until  time.Time // the lease held lasts until then
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// expiry ends the Follower when the lease runs out unrenewed, on a
+	// goroutine of its own: Run may then be held up in a request (a dial
+	// to a middletier that answers nothing waits for its timeout).
+	expiry *time.Timer
+
+	mu  sync.Mutex
+	gen uint64 // follows begun or ended; an expiry of an earlier one does nothing
 }
 
 func (l *leaser) following() bool { return l.cancel != nil }
@@ -201,7 +211,15 @@ func (l *leaser) onReply(ctx context.Context, r *wire.LeaseReply) {
 		// The middletier counts from the request's receipt, later than
 		// its sending: the lease ends here first.
 		l.until = at.Add(r.TTL)
-		if !l.following() {
+		if l.following() && !l.expiry.Stop() {
+			// It ran out before this renewal came: the Follower was
+			// stopped. Follow again, from the group's checkpoint.
+			l.lg.Warn(l.o.Name+": lease not renewed in time; stopped following", "middletier", r.Middletier, "group", l.g.Name)
+			l.stop()
+		}
+		if l.following() {
+			l.expiry.Reset(time.Until(l.until))
+		} else {
 			l.start(ctx, r)
 		}
 	default:
@@ -223,12 +241,40 @@ func (l *leaser) start(ctx context.Context, r *wire.LeaseReply) {
 	l.lg.Info(l.o.Name+": lease taken; following", "middletier", r.Middletier, "group", l.g.Name, "member", l.g.Member, "writers", r.Writers)
 	fctx, cancel := context.WithCancel(ctx)
 	l.cancel = cancel
+	l.mu.Lock()
+	l.gen++
+	gen := l.gen
 	l.fol.Store(f)
 	l.hold.Store(true)
 	if l.held != nil {
 		l.held.Set(1)
 	}
+	l.mu.Unlock()
+	l.expiry = time.AfterFunc(time.Until(l.until), func() { l.expire(gen, cancel) })
 	l.wg.Go(func() { f.Run(fctx) })
+}
+
+// expire ends follow gen, unless it has ended already: the lease ran out
+// unrenewed. The Follower is cancelled, not waited for: Run waits for it
+// when it next looks at the lease.
+func (l *leaser) expire(gen uint64, cancel context.CancelFunc) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if gen != l.gen {
+		return
+	}
+	cancel()
+	l.ended()
+}
+
+// ended marks the follow ended. The caller holds mu.
+func (l *leaser) ended() {
+	l.gen++
+	l.fol.Store(nil)
+	l.hold.Store(false)
+	if l.held != nil {
+		l.held.Set(0)
+	}
 }
 
 // stop ends the Follower, which sends its last checkpoint, and waits for
@@ -237,12 +283,13 @@ func (l *leaser) stop() {
 	if l.cancel == nil {
 		return
 	}
+	l.expiry.Stop()
 	l.cancel()
 	l.wg.Wait()
 	l.cancel = nil
-	l.fol.Store(nil)
-	l.hold.Store(false)
-	if l.held != nil {
-		l.held.Set(0)
+	l.mu.Lock()
+	if l.hold.Load() { // not ended by expire
+		l.ended()
 	}
+	l.mu.Unlock()
 }

@@ -2,11 +2,13 @@ package stream_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/tcpproxy"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/stream"
@@ -58,4 +60,48 @@ func gathererOf(c prometheus.Collector) prometheus.Gatherer {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(c)
 	return reg
+}
+
+// A Member stops following once its lease may have run out, even while a
+// request for the lease is held up (a dial to a middletier that takes the
+// connection and answers nothing waits for its timeout): two members of a
+// group never follow one stream at once. It used to look at the lease
+// only between requests, and followed on for as long as one was held up.
+func TestLeaseEndsWhileTheAskWaits(t *testing.T) {
+	mt, fe, ep := durableTier(t, middletier.Options{LeaseTTL: time.Second})
+	send(t, fe, 1, 100)
+	px := tcpproxy.Start(t, strings.TrimPrefix(ep.Consumer, "tcp://"))
+	member := func(name string, ep stream.Endpoints) *stream.Member {
+		mb, err := stream.NewMember(ep, stream.Options{IdlePoll: 50 * time.Millisecond, FetchTimeout: 2 * time.Second}, stream.Group{Name: "storage", Member: name},
+			newRecorder(), newMetrics(prometheus.NewRegistry()), nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		testkit.Go(t, name, func(ctx context.Context) error { return mb.Run(ctx) })
+		return mb
+	}
+	a := member("m-a", stream.Endpoints{Stream: ep.Stream, Consumer: px.Endpoint()})
+	testkit.WaitFor(t, "the first member's lease", 20*time.Second, a.Held)
+	waitCheckpoint(t, mt, "storage", 100)
+	// Its requests now wait for a dial's timeout, 2 s, twice its lease.
+	px.Silence()
+	b := member("m-b", ep)
+	var both, aHeld time.Duration
+	const step = 5 * time.Millisecond
+	testkit.WaitFor(t, "the second member's lease, and the first's end", 20*time.Second, func() bool {
+		for range 10 {
+			switch ha, hb := a.Held(), b.Held(); {
+			case ha && hb:
+				both += step
+			case ha:
+				aHeld += step
+			}
+			time.Sleep(step)
+		}
+		return b.Held() && !a.Held()
+	})
+	t.Logf("the first member followed about %v after the silence alone, and about %v beside the second", aHeld, both)
+	if both > 0 {
+		t.Fatalf("both members followed at once for about %v", both)
+	}
 }

@@ -23,10 +23,12 @@ type Proxy struct {
 	frozenUp   atomic.Bool // client to target not read
 	frozenDown atomic.Bool // target to client not read
 
-	mu    sync.Mutex
-	down  bool
-	pairs map[*pair]struct{}
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	down   bool
+	silent bool       // new connections held, neither forwarded nor answered
+	held   []net.Conn // connections held while silent
+	pairs  map[*pair]struct{}
+	wg     sync.WaitGroup
 }
 
 // pair is a client's connection and the proxy's to the target.
@@ -98,6 +100,10 @@ func (p *Proxy) serve(client net.Conn) {
 		client.Close()
 		return
 	}
+	if p.silent {
+		p.held = append(p.held, client)
+		return
+	}
 	server, err := d.Dial("tcp", p.target)
 	if err != nil {
 		client.Close()
@@ -157,17 +163,42 @@ func (p *Proxy) Cut() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.down = true
+	p.closeLocked()
+}
+
+// Silence closes every forwarded connection and takes new ones without
+// forwarding or answering them, as the kernel of a stopped process does
+// from its listen backlog.
+func (p *Proxy) Silence() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.silent = true
+	p.closeLocked()
+}
+
+// closeLocked closes every connection, forwarded or held. The caller holds
+// mu.
+func (p *Proxy) closeLocked() {
 	for pr := range p.pairs {
 		pr.close()
 		delete(p.pairs, pr)
 	}
+	for _, c := range p.held {
+		c.Close()
+	}
+	p.held = nil
 }
 
-// Restore accepts connections again, and reads both directions again.
+// Restore accepts and forwards connections again, and reads both
+// directions again.
 func (p *Proxy) Restore() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.down = false
+	p.down, p.silent = false, false
+	for _, c := range p.held {
+		c.Close()
+	}
+	p.held = nil
 	p.frozenUp.Store(false)
 	p.frozenDown.Store(false)
 }
