@@ -213,6 +213,9 @@ type client struct {
 	missed uint64      // dropped since the last queued item or notice
 	since  time.Time   // when the reader began dropping; zero when caught up
 	run    uint64      // dropped since then
+	// verdict judges the reader at the end of its grace, whether or not
+	// anything is dropped or written meanwhile (the stream gone quiet).
+	verdict *time.Timer
 
 	slow     chan struct{} // closed when the reader is judged too slow
 	slowOnce sync.Once
@@ -247,8 +250,22 @@ func (c *client) enqueue(frame *sharedFrame, message bool) {
 	now := time.Now()
 	if c.since.IsZero() {
 		c.since = now
+		if c.verdict == nil {
+			c.verdict = time.AfterFunc(c.grace, c.judge)
+		} else {
+			c.verdict.Reset(c.grace)
+		}
 	}
 	if c.run > c.maxMissed || now.Sub(c.since) > c.grace {
+		c.slowOnce.Do(func() { close(c.slow) })
+	}
+}
+
+// judge marks the reader slow if it has been behind for its grace.
+func (c *client) judge() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.since.IsZero() && time.Since(c.since) >= c.grace {
 		c.slowOnce.Do(func() { close(c.slow) })
 	}
 }
@@ -278,6 +295,9 @@ func (c *client) caughtUp() uint64 {
 	n := c.missed
 	c.missed, c.run, c.since = 0, 0, time.Time{}
 	c.behind.Store(false)
+	if c.verdict != nil {
+		c.verdict.Stop()
+	}
 	return n
 }
 
@@ -287,6 +307,9 @@ func (c *client) caughtUp() uint64 {
 func (c *client) abandon() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.verdict != nil {
+		c.verdict.Stop()
+	}
 	n := c.missed
 	c.missed = 0
 	for {

@@ -334,3 +334,33 @@ func (n *numbered) check(t *testing.T) {
 		}
 	}
 }
+
+// TestSlowVerdictInSilence: a reader that stops reading is closed for
+// slowness once its grace has passed since it began dropping, even when
+// the stream then goes quiet: nothing more dropped, nothing written. It
+// used to be judged only when a message was dropped or a frame written,
+// and stayed connected, holding its queue, until the keepalive.
+func TestSlowVerdictInSilence(t *testing.T) {
+	fs, fe, tok, fast := startFastReader(t, feed.Options{
+		ClientQueue:  64,
+		SlowGrace:    300 * time.Millisecond,
+		PingInterval: time.Minute,
+		PongTimeout:  time.Minute,
+	})
+	slow := dialSlowReader(t, fs.url, tok)
+	t.Cleanup(func() { slow.c.CloseNow() })
+	warm(t, fe, fast)
+	pad := strings.Repeat("x", 1000)
+	st := &numbered{fe: fe, fast: fast}
+	for metric(t, fs, "ingest_feed_dropped_messages_total") == 0 {
+		st.batch(t, 20, pad)
+	}
+	st.check(t)
+	// Silence. The verdict comes at the grace; the slow disconnect is
+	// counted once the close handshake, which the reader does not read,
+	// gives up (5 s).
+	took := testkit.WaitFor(t, "the slow reader closed for slowness in silence", 15*time.Second, func() bool {
+		return metricWith(t, fs, "ingest_feed_disconnects_total", "reason", "slow") == 1
+	})
+	t.Logf("closed %v after the stream went quiet", took)
+}
