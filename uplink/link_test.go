@@ -637,12 +637,7 @@ func TestSilentPeers(t *testing.T) {
 			}
 		}
 		f := startLink(t, uplink.Options{ID: id, Middletiers: eps, DialTimeout: 200 * time.Millisecond})
-		f.appendEntries(t, 100, 0)
-		took := testkit.WaitFor(t, "every entry acknowledged by the other middletier", 10*time.Second, func() bool { return f.log.Released() == 100 })
-		t.Logf("acknowledged in %v", took)
-		f.stop()
-		mt.Stop()
-		exactlyOnce(t, records(t, mt), 100)
+		forwardHundred(t, f, mt)
 	})
 	t.Run("silent-connection", func(t *testing.T) {
 		mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
@@ -651,12 +646,18 @@ func TestSilentPeers(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer nc.Close() // sends nothing
-		f := startLink(t, uplink.Options{Middletiers: []string{mt.Addrs.Ingest}})
-		f.appendEntries(t, 100, 0)
-		took := testkit.WaitFor(t, "every entry acknowledged beside a silent connection", 10*time.Second, func() bool { return f.log.Released() == 100 })
-		t.Logf("acknowledged in %v", took)
-		f.stop()
-		mt.Stop()
-		exactlyOnce(t, records(t, mt), 100)
+		forwardHundred(t, startLink(t, uplink.Options{Middletiers: []string{mt.Addrs.Ingest}}), mt)
 	})
+}
+
+// forwardHundred appends 100 entries and fails unless f has them all
+// acknowledged within 10 s, and mt holds each once.
+func forwardHundred(t *testing.T, f *frontend, mt *testkit.Middletier) {
+	t.Helper()
+	f.appendEntries(t, 100, 0)
+	took := testkit.WaitFor(t, "every entry acknowledged", 10*time.Second, func() bool { return f.log.Released() == 100 })
+	t.Logf("acknowledged in %v", took)
+	f.stop()
+	mt.Stop()
+	exactlyOnce(t, records(t, mt), 100)
 }
