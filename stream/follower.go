@@ -410,6 +410,9 @@ func (f *Follower) follow(ctx context.Context, sub *zsock.Sub, idle *time.Timer)
 		case <-ctx.Done():
 			return nil
 		case <-sub.Done():
+			if err := f.drain(ctx, sub); err != nil {
+				return err
+			}
 			return errors.New("stream socket closed")
 		case frames := <-sub.Recv():
 			if err := f.onStream(ctx, frames); err != nil {
@@ -441,6 +444,22 @@ func (f *Follower) follow(ctx context.Context, sub *zsock.Sub, idle *time.Timer)
 		}
 		if idle != nil {
 			idle.Reset(f.o.IdlePoll)
+		}
+	}
+}
+
+// drain takes what the stream socket received before its end, and hands
+// it over. The socket's reader hands over all it received before it ends;
+// a select that sees the end may pick it before what is still waiting.
+func (f *Follower) drain(ctx context.Context, sub *zsock.Sub) error {
+	for {
+		select {
+		case frames := <-sub.Recv():
+			if err := f.onStream(ctx, frames); err != nil {
+				return err
+			}
+		default:
+			return f.flush(ctx)
 		}
 	}
 }

@@ -617,3 +617,48 @@ func TestRecordsIntactWhileFramesReused(t *testing.T) {
 		t.Errorf("%v records from the stream, want most of the 5000 (the rest fetched)", got)
 	}
 }
+
+// A Follower takes what its stream socket received before the connection
+// ended: the messages waiting in the socket's buffer when it sees the end
+// are taken, not dropped (a live Follower without a consumer endpoint
+// would report them lost). Here they wait while the handler is held, and
+// the middletier stops behind them.
+func TestReceivedBeforeTheEndTaken(t *testing.T) {
+	mt := testkit.StartMiddletier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
+	rec := newRecorder()
+	follow(t, stream.Endpoints{Stream: mt.Addrs.Stream}, stream.Options{Consumer: "feed", MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, rec)
+	n := 0
+	for rec.taken() == 0 { // the subscription reaches the PUB asynchronously
+		n++
+		send(t, fe, n, 1)
+		time.Sleep(10 * time.Millisecond)
+	}
+	rec.mu.Lock()
+	first := rec.seqs[0]
+	gate := make(chan struct{})
+	rec.gate = gate
+	rec.mu.Unlock()
+	testkit.WaitFor(t, "every record sent", 20*time.Second, func() bool { return uint64(rec.taken()) == uint64(n)-first+1 })
+	for range 10 { // ten stream messages
+		n++
+		send(t, fe, n, 1)
+	}
+	testkit.Written(t, mt.Addrs.Stream, uint64(n), func() { n++; send(t, fe, n, 1) })
+	if err := mt.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond) // the socket reads what was written, then the end
+	close(gate)
+	testkit.WaitFor(t, "every record received before the end taken", 20*time.Second, func() bool { return uint64(rec.taken()) == uint64(n)-first+1 })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.lost) > 0 {
+		t.Fatalf("reported lost: %+v", rec.lost)
+	}
+	for i, seq := range rec.seqs {
+		if seq != first+uint64(i) {
+			t.Fatalf("record %d is seq %d, want %d", i, seq, first+uint64(i))
+		}
+	}
+}
