@@ -496,6 +496,14 @@ func (l *Log) writer() {
 		select {
 		case <-l.kick:
 			for {
+				// Leading may last as long as appends keep coming:
+				// truncations are taken between commits too, or
+				// released segments would stay on disk meanwhile.
+				select {
+				case before := <-l.truncate:
+					l.truncateBefore(before)
+				default:
+				}
 				if !l.commitNext() {
 					l.qmu.Lock()
 					if len(l.queue) == 0 {
@@ -507,9 +515,7 @@ func (l *Log) writer() {
 				}
 			}
 		case before := <-l.truncate:
-			l.writeMu.Lock()
-			l.truncateFront(before)
-			l.writeMu.Unlock()
+			l.truncateBefore(before)
 		case <-l.quit:
 			// Close waited for every appender to queue its request and for
 			// every leader to finish: commit what is left.
@@ -917,6 +923,14 @@ func (l *Log) reuseEvicted() {
 	l.readMu.Lock()
 	l.w.ReuseEvicted()
 	l.readMu.Unlock()
+}
+
+// truncateBefore takes writeMu and truncates the segments wholly before
+// index.
+func (l *Log) truncateBefore(index uint64) {
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
+	l.truncateFront(index)
 }
 
 // truncateFront removes the segments wholly before index. The segment that

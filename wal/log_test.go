@@ -716,3 +716,53 @@ func TestReadsWhileSegmentsReused(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestTruncateUnderSteadyLoad: released segments are removed while appends
+// keep coming from many callers. The writer goroutine, once it leads the
+// commits, stays leading while each group commit finds more appends
+// queued, and it used to take the releaser's truncations only when the
+// queue emptied: under steady load, never, and the disk filled with
+// released segments. The fsync here takes 2 ms (as on a network disk), so
+// that appends always queue behind it.
+func TestTruncateUnderSteadyLoad(t *testing.T) {
+	l := openLog(t, t.TempDir(), wal.Options{Hop: "test", SegmentBytes: 64 << 10, MarkInterval: 10 * time.Millisecond, NoPreallocate: true}, nil)
+	defer l.Close()
+	l.SetSync(func() error { time.Sleep(2 * time.Millisecond); return nil })
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	data := make([]byte, 1024)
+	for range 32 {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				if _, err := l.Append(context.Background(), data); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for ctx.Err() == nil {
+			time.Sleep(5 * time.Millisecond)
+			if err := l.Release(l.LastIndex()); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	most := 0
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); {
+		time.Sleep(100 * time.Millisecond)
+		if time.Until(end) < time.Second { // past the first second
+			most = max(most, len(l.SegmentStarts()))
+		}
+	}
+	cancel()
+	wg.Wait()
+	t.Logf("at most %d segments of 64 KiB in the second second; %d entries appended", most, l.LastIndex())
+	if most > 10 {
+		t.Fatalf("%d segments on disk under load, all but the last few released", most)
+	}
+}
