@@ -75,9 +75,13 @@ type mqttConn struct {
 	// is signalled when inflight drops too. The fields below are guarded
 	// by its mu.
 	flushQueue[mqttPending, *mqttPending]
-	endCode  byte                // MQTT 5 DISCONNECT reason code the session ends with; 0: none
-	inflight int                 // QoS 1 and 2 publishes not yet fully acknowledged
-	qos2     map[uint16]struct{} // QoS 2 packet ids received and not yet released (PUBREL)
+	endCode  byte            // MQTT 5 DISCONNECT reason code the session ends with; 0: none
+	inflight int             // QoS 1 and 2 publishes not yet fully acknowledged
+	qos2     map[uint16]bool // QoS 2 packet ids received and not yet released (PUBREL): whether PUBREC was sent
+	// pubrecd counts the QoS 2 publishes of qos2 whose PUBREC was sent:
+	// they wait for the client's PUBREL, which the reader must be free to
+	// read, and hold no MQTT 3.1.1 reader back.
+	pubrecd int
 
 	// Commands to the device (mqtt_command.go).
 	subscribed bool                // to its commands topic
@@ -355,10 +359,13 @@ func (c *mqttConn) packetName() string {
 // release answers PUBREL: the QoS 2 exchange of the packet id is over.
 func (c *mqttConn) release(id uint16) error {
 	c.mu.Lock()
-	_, ok := c.qos2[id]
+	rec, ok := c.qos2[id]
 	if ok {
 		delete(c.qos2, id)
 		c.inflight--
+		if rec {
+			c.pubrecd--
+		}
 		c.cond.Broadcast()
 	}
 	c.mu.Unlock()
@@ -532,7 +539,8 @@ func (c *mqttConn) pause(d time.Duration) bool {
 // enqueue encodes the messages of a publish into pending and makes sure a
 // flusher runs. It blocks while the session's pending bytes are over the
 // bound, and an MQTT 3.1.1 session's while it has ReceiveMaximum publishes
-// in flight: the session is then not read (TCP backpressure).
+// not yet acknowledged (PUBACK, PUBREC): the session is then not read (TCP
+// backpressure).
 func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, now time.Time) error {
 	s := c.s
 	rmax := s.opts.MQTT.ReceiveMaximum
@@ -543,7 +551,9 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 		return &mqttEnd{code: rcReceiveMaximum, reason: reasonReceiveMaximum,
 			text: "more than " + strconv.Itoa(rmax) + " publishes in flight"}
 	}
-	for !c.stopped && (c.pend != nil && len(c.pend.buf) >= s.opts.MaxPendingBytes || counts && c.inflight >= rmax) {
+	// A 3.1.1 session's QoS 2 publishes acknowledged with PUBREC wait for
+	// PUBRELs that only this reader reads: they hold it back no more.
+	for !c.stopped && (c.pend != nil && len(c.pend.buf) >= s.opts.MaxPendingBytes || counts && c.inflight-c.pubrecd >= rmax) {
 		c.cond.Wait()
 	}
 	if c.stopped {
@@ -553,9 +563,9 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 		c.inflight++
 		if it.qos == 2 {
 			if c.qos2 == nil {
-				c.qos2 = make(map[uint16]struct{})
+				c.qos2 = make(map[uint16]bool)
 			}
-			c.qos2[it.id] = struct{}{}
+			c.qos2[it.id] = false
 		}
 	}
 	p := c.pendingLocked()
@@ -644,6 +654,11 @@ func (c *mqttConn) ack(p *mqttPending, from, to int) {
 			// A refused QoS 2 publish ends with its PUBREC.
 			delete(c.qos2, it.id)
 			c.inflight--
+		case it.qos == 2 && !it.dup:
+			if rec, ok := c.qos2[it.id]; ok && !rec {
+				c.qos2[it.id] = true
+				c.pubrecd++
+			}
 		}
 	}
 	c.cond.Broadcast()

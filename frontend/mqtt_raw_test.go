@@ -511,3 +511,44 @@ func FuzzMQTTConn(f *testing.F) {
 	})
 	s.wg.Wait()
 }
+
+// TestMQTT311QoS2PastReceiveMaximum: an MQTT 3.1.1 client with more QoS 2
+// publishes in flight than the receive maximum, each waiting for its
+// PUBREL, still has its PUBRELs read. The session is not read while it has
+// receive-maximum publishes unacknowledged, and a QoS 2 publish counted as
+// unacknowledged until its PUBREL: the reader waited behind the third
+// publish for the PUBRELs queued behind it, for good.
+func TestMQTT311QoS2PastReceiveMaximum(t *testing.T) {
+	ts := startMQTTServer(t, Options{MQTT: MQTTOptions{ReceiveMaximum: 2}}, wal.Options{})
+	r := dialRaw(t, ts.mqttAddr, mqtt311)
+	r.connect("dev-1", hsToken(t, "dev-1", nil), 30)
+	for i := 1; i <= 3; i++ {
+		r.publish("devices/dev-1", fmt.Sprintf(`{"v":%d}`, i), 2, uint16(i))
+	}
+	for i := 1; i <= 2; i++ {
+		pk := r.read(5 * time.Second)
+		if pk == nil || pk.FixedHeader.Type != packets.Pubrec || pk.PacketID != uint16(i) {
+			t.Fatalf("want PUBREC %d, got %+v", i, pk)
+		}
+		rel := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: uint16(i)}
+		r.send(&rel, rel.PubrelEncode)
+	}
+	got := map[string]bool{}
+	for range 3 {
+		pk := r.read(5 * time.Second)
+		if pk == nil {
+			t.Fatalf("closed after %v", got)
+		}
+		got[fmt.Sprint(packets.PacketNames[pk.FixedHeader.Type], " ", pk.PacketID)] = true
+	}
+	for _, want := range []string{"Pubcomp 1", "Pubcomp 2", "Pubrec 3"} {
+		if !got[want] {
+			t.Fatalf("got %v, want PUBCOMP 1 and 2 and PUBREC 3", got)
+		}
+	}
+	rel := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pubrel, Qos: 1}, PacketID: 3}
+	r.send(&rel, rel.PubrelEncode)
+	if pk := r.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Pubcomp || pk.PacketID != 3 {
+		t.Fatalf("want PUBCOMP 3, got %+v", pk)
+	}
+}
