@@ -193,28 +193,42 @@ func (h *home) serve(ctx context.Context, d *zsock.Dealer) {
 		case <-ctx.Done():
 			return
 		case <-d.Done():
-			return
+			// What the socket received before its end is still taken:
+			// the select picks at random between the end and it.
+			for {
+				select {
+				case frames := <-d.Recv():
+					h.take(frames)
+				default:
+					return
+				}
+			}
 		case <-t.C:
 			h.sendPresence(d)
 		case frames := <-d.Recv():
-			if len(frames) != 1 {
-				h.l.m.invalid.Inc()
-				continue
-			}
-			m, err := wire.Decode(frames[0])
-			if err != nil {
-				h.l.m.invalid.Inc()
-				continue
-			}
-			switch m := m.(type) {
-			case *wire.Reply:
-				h.l.answer(m)
-			case *wire.Deliver:
-				h.l.deliver(h, m)
-			default:
-				h.l.m.invalid.Inc()
-			}
+			h.take(frames)
 		}
+	}
+}
+
+// take handles one message from the home: a reply or a delivery.
+func (h *home) take(frames [][]byte) {
+	if len(frames) != 1 {
+		h.l.m.invalid.Inc()
+		return
+	}
+	m, err := wire.Decode(frames[0])
+	if err != nil {
+		h.l.m.invalid.Inc()
+		return
+	}
+	switch m := m.(type) {
+	case *wire.Reply:
+		h.l.answer(m)
+	case *wire.Deliver:
+		h.l.deliver(h, m)
+	default:
+		h.l.m.invalid.Inc()
 	}
 }
 

@@ -1,0 +1,64 @@
+package downlink
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/wire"
+	"github.com/ingest-io/ingest/zsock"
+)
+
+// A home's deliveries that the link's socket received before its
+// connection ended are taken, not dropped with the connection: serve's
+// select picked at random between the end and what was waiting. Here
+// twenty wait while the link's delivery is held (its lock taken), and the
+// connection is ended, as after two unanswered requests. The home is a
+// bare ROUTER: it delivers each command once.
+func TestDeliveriesBeforeTheEndTaken(t *testing.T) {
+	home := zsock.NewRouter("tcp://127.0.0.1:0", zsock.RouterOptions{}, nil)
+	if err := home.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	ids := make(chan []byte, 100)
+	testkit.Go(t, "home", func(ctx context.Context) error {
+		return home.Run(ctx, func(frames [][]byte) { ids <- bytes.Clone(frames[0]) })
+	})
+	l, err := New(Options{Frontend: "fe-1", Homes: []string{home.Addr()}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Go(t, "link", func(ctx context.Context) error { l.Run(ctx); return nil })
+	t.Cleanup(func() { l.Close() })
+
+	var mu sync.Mutex
+	var got []string
+	a := l.Attach("dev-1", func(b []byte) error { mu.Lock(); got = append(got, string(b)); mu.Unlock(); return nil })
+	defer a.Detach()
+	id := <-ids // the link's presence: its socket is connected
+	h := l.homes[0]
+	h.mu.Lock()
+	d := h.d
+	h.mu.Unlock()
+	if d == nil {
+		t.Fatal("no connection after the presence arrived")
+	}
+	const n = 20
+	l.mu.Lock() // the link takes the first delivery and waits for the lock
+	for i := range n {
+		home.Send(id, wire.Append(nil, &wire.Deliver{Commands: []wire.Command{{ID: fmt.Sprint("c-", i), Device: "dev-1", Name: "x", Payload: []byte(`{}`), State: wire.StateSent, Created: 1}}}))
+	}
+	time.Sleep(300 * time.Millisecond) // the rest reach the socket's queue
+	h.reconnect(d)
+	<-d.Done()
+	l.mu.Unlock()
+	testkit.WaitFor(t, "every delivered command written to the device", 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == n
+	})
+}
