@@ -925,36 +925,50 @@ func (l *Log) reuseEvicted() {
 	l.readMu.Unlock()
 }
 
-// truncateBefore takes writeMu and truncates the segments wholly before
-// index.
+// truncateBefore removes the segments wholly before index: it detaches
+// them from the log under writeMu, then removes their files and syncs the
+// directory without it. Removing a few files of a segment's size and
+// syncing the directory took 9–93 ms on ext4 under full load, and the
+// commits waited for it while it held writeMu.
 func (l *Log) truncateBefore(index uint64) {
 	l.writeMu.Lock()
-	defer l.writeMu.Unlock()
-	l.truncateFront(index)
+	files := l.truncateFront(index)
+	l.writeMu.Unlock()
+	if len(files) == 0 {
+		return
+	}
+	for _, f := range files {
+		if err := os.Remove(f); err != nil {
+			l.fail(fmt.Errorf("truncate: %w", err))
+			return
+		}
+	}
+	if err := fileutil.SyncDir(l.dir); err != nil {
+		l.fail(fmt.Errorf("truncate: %w", err))
+		return
+	}
+	l.m.truncations.Inc()
 }
 
-// truncateFront removes the segments wholly before index. The segment that
+// truncateFront detaches the segments wholly before index from the log,
+// and returns their files for the caller to remove. The segment that
 // holds index stays as it is, with its released entries, until the log moves
 // past it: nothing is rewritten, and the tail keeps its preallocated file.
 // The caller holds writeMu.
-func (l *Log) truncateFront(index uint64) {
+func (l *Log) truncateFront(index uint64) []string {
 	l.mu.Lock()
 	failed := l.err != nil
 	start := l.segmentStartLocked(index)
 	first := l.first
 	l.mu.Unlock()
 	if failed || start <= first {
-		return
+		return nil
 	}
-	err := l.w.TruncateFront(start)
-	if err == nil {
-		err = fileutil.SyncDir(l.dir)
-	}
+	files, err := l.w.TruncateFrontDetached(start)
 	if err != nil {
 		l.fail(fmt.Errorf("truncate: %w", err))
-		return
+		return nil
 	}
-	l.m.truncations.Inc()
 	l.reuseEvicted()
 
 	l.mu.Lock()
@@ -965,6 +979,7 @@ func (l *Log) truncateFront(index uint64) {
 		i++
 	}
 	l.segStarts = append(l.segStarts[:0], l.segStarts[i:]...)
+	return files
 }
 
 // syncFile makes the tail segment's writes durable for tidwall/wal: at each
