@@ -27,7 +27,7 @@ const (
 	// DefaultSendStall bounds one send: a zmq4 send has no deadline of its
 	// own once connected.
 	DefaultSendStall = 2 * time.Second
-	// DefaultDialTimeout bounds one TCP connect.
+	// DefaultDialTimeout bounds one TCP connect, and then the greeting.
 	DefaultDialTimeout = time.Second
 )
 
@@ -53,7 +53,8 @@ type DealerOptions struct {
 	// SendStall bounds one send: a send that takes longer closes the
 	// Dealer. Default 2s.
 	SendStall time.Duration
-	// DialTimeout bounds the TCP connect of Dial. Default 1s.
+	// DialTimeout bounds the TCP connect of Dial, and then the greeting:
+	// Dial takes up to twice it. Default 1s.
 	DialTimeout time.Duration
 	// SendQueue is how many messages Send queues for the sender; past it
 	// Send refuses. Default 64.

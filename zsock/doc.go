@@ -62,8 +62,7 @@
 // moment, and nothing a caller does can end it: a PUB socket's writer if it
 // was sending when the socket closed, and a ROUTER's reader for a
 // connection whose messages were still arriving when the socket closed with
-// its ten-message queue full. Tests ignore both by name. And a connection
-// that a ROUTER accepts while it closes stays open: its peer does not
-// learn that the socket went away, and what it sends is lost; the
-// protocol's timeouts (an acknowledgement, a fetch) find it.
+// its ten-message queue full. Tests ignore both by name. (A connection
+// that a ROUTER accepted while it closed used to stay open; the engine's
+// copy closes it, third_party/go-zeromq-zmq4, patch 8.)
 package zsock

@@ -62,7 +62,8 @@ type SubOptions struct {
 	// Buffer is how many messages wait between the socket and the user;
 	// past it messages are dropped. Default 256.
 	Buffer int
-	// DialTimeout bounds the TCP connect. Default 1s.
+	// DialTimeout bounds the TCP connect, and then the greeting. Default
+	// 1s.
 	DialTimeout time.Duration
 	// OnOverflow, if set, is called on the reader goroutine for every
 	// message dropped because the buffer was full.

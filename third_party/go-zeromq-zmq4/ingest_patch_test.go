@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -752,8 +753,9 @@ func TestSilentPeerHoldsNoAccept(t *testing.T) {
 	}
 	router.Close()
 	// The router's close closes the silent peer's connection (after its
-	// greeting, which the router sent).
-	silent.SetReadDeadline(time.Now().Add(10 * time.Second))
+	// greeting, which the router sent), well before the handshake's own
+	// deadline (10 s).
+	silent.SetReadDeadline(time.Now().Add(2 * time.Second))
 	buf := make([]byte, 64)
 	for {
 		_, err := silent.Read(buf)
@@ -761,7 +763,7 @@ func TestSilentPeerHoldsNoAccept(t *testing.T) {
 			continue
 		}
 		if isTimeout(err) {
-			t.Fatal("the silent peer's connection was still open 10 s after the router closed")
+			t.Fatal("the silent peer's connection was still open 2 s after the router closed")
 		}
 		break
 	}
@@ -794,4 +796,84 @@ func TestDialToSilentPeerTimesOut(t *testing.T) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// TestCloseDuringStalledSend (patch 9): a ROUTER whose send is stalled on a
+// peer that reads nothing closes, and so ends the stalled write, although
+// a peer connects or leaves during the stall. The writer's pool holds its
+// lock across the write; upstream took the pool's lock under the socket's
+// while adding or removing a connection, and Close, which needs the
+// socket's, waited for good.
+func TestCloseDuringStalledSend(t *testing.T) {
+	for _, c := range []string{"alone", "a peer joins", "a peer leaves"} {
+		t.Run(c, func(t *testing.T) {
+			ctx := context.Background()
+			router := NewRouter(ctx, WithID(SocketIdentity("r")), WithTimeout(time.Second))
+			if err := router.Listen("tcp://127.0.0.1:0"); err != nil {
+				t.Fatal(err)
+			}
+			ep := "tcp://" + router.Addr().String()
+			// x greets as a DEALER, then reads nothing, through a 4 KiB
+			// receive buffer.
+			d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+				var serr error
+				err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+				if err != nil {
+					return err
+				}
+				return serr
+			}}
+			nc, err := d.Dial("tcp", router.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			if _, err := Open(nc, nullSecurity{}, Dealer, SocketIdentity("x"), false, nil); err != nil {
+				t.Fatal(err)
+			}
+			var z Socket
+			if c == "a peer leaves" {
+				z = NewDealer(ctx, WithID(SocketIdentity("z")), WithDialerTimeout(time.Second))
+				if err := z.Dial(ep); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(200 * time.Millisecond) // the router takes x (and z)
+			stalled := make(chan struct{})
+			go func() {
+				defer close(stalled)
+				big := make([]byte, 1<<20)
+				for i := 0; i < 64; i++ {
+					if router.Send(NewMsgFrom([]byte("x"), big)) != nil {
+						return
+					}
+				}
+			}()
+			time.Sleep(500 * time.Millisecond)
+			select {
+			case <-stalled:
+				t.Fatal("the send to a peer that reads nothing did not stall")
+			default:
+			}
+			switch c {
+			case "a peer joins":
+				y := NewDealer(ctx, WithID(SocketIdentity("y")), WithDialerTimeout(time.Second))
+				if err := y.Dial(ep); err != nil {
+					t.Fatal(err)
+				}
+				defer y.Close()
+				time.Sleep(300 * time.Millisecond) // its handshake done, the router adds it
+			case "a peer leaves":
+				z.Close()
+				time.Sleep(300 * time.Millisecond) // the router removes it
+			}
+			closed := make(chan struct{})
+			go func() { router.Close(); close(closed) }()
+			select {
+			case <-closed:
+			case <-time.After(10 * time.Second):
+				t.Fatal("Close did not return within 10 s")
+			}
+		})
+	}
 }

@@ -48,7 +48,8 @@ type socket struct {
 	pubSent       func(Msg) // WithPubSent (patch of the ingest engine)
 
 	mu    sync.RWMutex
-	conns []*Conn // ZMTP connections
+	cmu   sync.Mutex // orders addConn and rmConn (patch of the ingest engine)
+	conns []*Conn    // ZMTP connections
 	r     rpool
 	w     wpool
 
@@ -327,9 +328,17 @@ connect:
 }
 
 func (sck *socket) addConn(c *Conn) {
+	// Patch of the ingest engine: the reader's and writer's pools take the
+	// connection under cmu, not sck.mu. A writer's pool holds its lock
+	// across a write, which a peer that reads nothing stalls; held under
+	// sck.mu, that wait kept Close from closing the stalled connection,
+	// which is what ends the write: a connection that came or went during
+	// a stalled send wedged Close for good.
+	sck.cmu.Lock()
+	defer sck.cmu.Unlock()
 	sck.mu.Lock()
-	defer sck.mu.Unlock()
 	if sck.ctx.Err() != nil {
+		sck.mu.Unlock()
 		// Closed while the handshake ran (patch of the ingest engine:
 		// accepted connections are opened on goroutines of their own);
 		// Close, which cancels first, has closed the others or waits for
@@ -346,6 +355,7 @@ func (sck *socket) addConn(c *Conn) {
 			c.Peer.Meta[sysSockID] = newUUID()
 		}
 	}
+	sck.mu.Unlock()
 	if sck.w != nil {
 		sck.w.addConn(c)
 	}
@@ -361,9 +371,10 @@ func (sck *socket) addConn(c *Conn) {
 }
 
 func (sck *socket) rmConn(c *Conn) {
+	// Patch of the ingest engine: as addConn, the pools under cmu.
+	sck.cmu.Lock()
+	defer sck.cmu.Unlock()
 	sck.mu.Lock()
-	defer sck.mu.Unlock()
-
 	cur := -1
 	for i := range sck.conns {
 		if sck.conns[i] == c {
@@ -373,10 +384,12 @@ func (sck *socket) rmConn(c *Conn) {
 	}
 
 	if cur == -1 {
+		sck.mu.Unlock()
 		return
 	}
 
 	sck.conns = append(sck.conns[:cur], sck.conns[cur+1:]...)
+	sck.mu.Unlock()
 	if sck.r != nil {
 		sck.r.rmConn(c)
 	}
