@@ -94,8 +94,9 @@ type state struct {
 	conn      *zsock.Dealer
 	endpoints []string
 	at        int // index in endpoints
-	dials     int // failed dials in a row, for backoff
+	dials     int // failed dials, and connections that ended within flapWindow, in a row, for backoff
 	nextDial  time.Time
+	connected time.Time // when the current connection began
 	// The last resend asked for: every batch in flight behind a lost one
 	// draws the same request, and one rewind answers them all.
 	resentFrom uint64
@@ -490,7 +491,19 @@ func (k *Link) drop(s *state, why string) {
 	s.conn = nil
 	k.m.reconnects.Inc()
 	s.inflight = nil
+	if time.Since(s.connected) < flapWindow {
+		// A connection that ended as soon as it began (a middletier
+		// that takes connections and drops them) is dialed again after
+		// a backoff, as a dial that failed: not again and again at once.
+		k.backoff(s)
+	} else {
+		s.dials = 0
+	}
 }
+
+// flapWindow is how long a connection must last for the next dial, once
+// it ends, to go at once.
+const flapWindow = time.Second
 
 // connect connects to the current middletier, or on failure arranges the
 // next try (the next middletier, after a backoff).
@@ -519,7 +532,7 @@ func (k *Link) connect(ctx context.Context, s *state) {
 		k.backoff(s)
 		return
 	}
-	s.conn, s.dials = c, 0
+	s.conn, s.connected = c, time.Now()
 	k.m.connected.WithLabelValues(ep).Set(1)
 	k.lg.Info("uplink: connected", "middletier", ep)
 	if err := k.rewind(s, s.acked+1); err != nil && !errors.Is(err, wal.ErrClosed) {
@@ -626,7 +639,7 @@ func (k *Link) takeStandby(s *state, why string) error {
 	k.drop(s, "returning to the first choice ("+why+")")
 	k.m.returns.Inc()
 	now := time.Now()
-	s.conn, s.at, s.dials = c, 0, 0
+	s.conn, s.at, s.dials, s.connected = c, 0, 0, now
 	s.returned, s.returnedAt, s.lastAck = true, now, now
 	s.timeouts = 0
 	k.m.connected.WithLabelValues(c.Endpoint()).Set(1)

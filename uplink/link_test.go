@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-zeromq/zmq4"
+	"github.com/go-zeromq/zmq4/security/null"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/internal/testkit"
@@ -660,4 +662,40 @@ func forwardHundred(t *testing.T, f *frontend, mt *testkit.Middletier) {
 	f.stop()
 	mt.Stop()
 	exactlyOnce(t, records(t, mt), 100)
+}
+
+// A middletier that takes each connection and drops it once greeted is
+// dialed again after a backoff that grows, as one that refuses them: not
+// again and again at once (the Link dialed it about 10,000 times in two
+// seconds).
+func TestFlappingMiddletierBackoff(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var greeted atomic.Int64
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				if _, err := zmq4.Open(nc, null.Security(), zmq4.Router, zmq4.SocketIdentity("mt"), true, nil); err == nil {
+					greeted.Add(1)
+				}
+			}()
+		}
+	}()
+	f := startLink(t, uplink.Options{Middletiers: []string{"tcp://" + ln.Addr().String()}})
+	f.appendEntries(t, 10, 0)
+	time.Sleep(2 * time.Second)
+	f.stop()
+	n := greeted.Load()
+	t.Logf("greeted and dropped %d connections in 2 s", n)
+	if n < 2 || n > 30 {
+		t.Fatalf("the Link connected %d times in 2 s to a middletier that drops every connection, want a few", n)
+	}
 }

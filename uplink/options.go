@@ -53,7 +53,8 @@ type Options struct {
 	// once connected, so a send that takes longer closes the socket.
 	// Default 2s.
 	SendStall time.Duration
-	// DialTimeout bounds connecting to one middletier. Default 1s.
+	// DialTimeout bounds the TCP connect to one middletier, and then its
+	// greeting: one dial takes up to twice it. Default 1s.
 	DialTimeout time.Duration
 	// Return is how often a Link that is not on its first choice looks
 	// again at the middletiers (resolving them anew with Resolve) and
