@@ -65,27 +65,34 @@ func gathererOf(c prometheus.Collector) prometheus.Gatherer {
 // A Member stops following once its lease may have run out, even while a
 // request for the lease is held up (a dial to a middletier that takes the
 // connection and answers nothing waits for its timeout): two members of a
-// group never follow one stream at once. It used to look at the lease
-// only between requests, and followed on for as long as one was held up.
+// group never follow one stream at once, and the first takes no record
+// once the second follows. It used to look at the lease only between
+// requests, and followed on for as long as one was held up. Here the
+// lease's connection (the first through the proxy) is cut and new ones
+// are held, while the Follower's own connection to the middletier stays
+// up.
 func TestLeaseEndsWhileTheAskWaits(t *testing.T) {
 	mt, fe, ep := durableTier(t, middletier.Options{LeaseTTL: time.Second})
 	send(t, fe, 1, 100)
 	px := tcpproxy.Start(t, strings.TrimPrefix(ep.Consumer, "tcp://"))
-	member := func(name string, ep stream.Endpoints) *stream.Member {
+	member := func(name string, ep stream.Endpoints, rec *recorder) *stream.Member {
 		mb, err := stream.NewMember(ep, stream.Options{IdlePoll: 50 * time.Millisecond, FetchTimeout: 2 * time.Second}, stream.Group{Name: "storage", Member: name},
-			newRecorder(), newMetrics(prometheus.NewRegistry()), nil, nil)
+			rec, newMetrics(prometheus.NewRegistry()), nil, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		testkit.Go(t, name, func(ctx context.Context) error { return mb.Run(ctx) })
 		return mb
 	}
-	a := member("m-a", stream.Endpoints{Stream: ep.Stream, Consumer: px.Endpoint()})
+	ra, rb := newRecorder(), newRecorder()
+	a := member("m-a", stream.Endpoints{Stream: ep.Stream, Consumer: px.Endpoint()}, ra)
 	testkit.WaitFor(t, "the first member's lease", 20*time.Second, a.Held)
 	waitCheckpoint(t, mt, "storage", 100)
-	// Its requests now wait for a dial's timeout, 2 s, twice its lease.
-	px.Silence()
-	b := member("m-b", ep)
+	testkit.WaitFor(t, "the first member caught up", 20*time.Second, a.CaughtUp)
+	// Its requests for the lease now wait for a dial's timeout, 2 s, twice
+	// its lease.
+	px.SilenceFirst()
+	b := member("m-b", ep, rb)
 	var both, aHeld time.Duration
 	const step = 5 * time.Millisecond
 	testkit.WaitFor(t, "the second member's lease, and the first's end", 20*time.Second, func() bool {
@@ -103,5 +110,15 @@ func TestLeaseEndsWhileTheAskWaits(t *testing.T) {
 	t.Logf("the first member followed about %v after the silence alone, and about %v beside the second", aHeld, both)
 	if both > 0 {
 		t.Fatalf("both members followed at once for about %v", both)
+	}
+	taken := ra.taken()
+	send(t, fe, 101, 100)
+	testkit.WaitFor(t, "the second member's records", 20*time.Second, func() bool { return rb.taken() >= 100 })
+	// The stream carried them to the first member too, whose Follower
+	// would take them within milliseconds were it still running.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(10 * time.Millisecond) {
+		if got := ra.taken(); got != taken {
+			t.Fatalf("the first member took %d records after the second held the lease", got-taken)
+		}
 	}
 }

@@ -28,6 +28,7 @@ type Proxy struct {
 	silent bool       // new connections held, neither forwarded nor answered
 	held   []net.Conn // connections held while silent
 	pairs  map[*pair]struct{}
+	order  []*pair // every pair forwarded, in the order accepted
 	wg     sync.WaitGroup
 }
 
@@ -111,6 +112,7 @@ func (p *Proxy) serve(client net.Conn) {
 	}
 	pr := &pair{client: client, server: server, done: make(chan struct{})}
 	p.pairs[pr] = struct{}{}
+	p.order = append(p.order, pr)
 	p.wg.Go(func() { p.pump(pr, server, client, &p.frozenUp) })
 	p.wg.Go(func() { p.pump(pr, client, server, &p.frozenDown) })
 }
@@ -174,6 +176,18 @@ func (p *Proxy) Silence() {
 	defer p.mu.Unlock()
 	p.silent = true
 	p.closeLocked()
+}
+
+// SilenceFirst closes the first connection it forwarded, keeps the others,
+// and takes new ones without forwarding or answering them.
+func (p *Proxy) SilenceFirst() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.silent = true
+	if len(p.order) > 0 {
+		p.order[0].close()
+		delete(p.pairs, p.order[0])
+	}
 }
 
 // closeLocked closes every connection, forwarded or held. The caller holds
