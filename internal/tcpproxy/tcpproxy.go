@@ -168,18 +168,9 @@ func (p *Proxy) Cut() {
 	p.closeLocked()
 }
 
-// Silence closes every forwarded connection and takes new ones without
-// forwarding or answering them, as the kernel of a stopped process does
-// from its listen backlog.
-func (p *Proxy) Silence() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.silent = true
-	p.closeLocked()
-}
-
 // SilenceFirst closes the first connection it forwarded, keeps the others,
-// and takes new ones without forwarding or answering them.
+// and takes new ones without forwarding or answering them, as the kernel
+// of a stopped process does from its listen backlog.
 func (p *Proxy) SilenceFirst() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
