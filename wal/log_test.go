@@ -229,10 +229,10 @@ func TestReleaseTruncatesAndSurvivesRestart(t *testing.T) {
 	if got := metricValue(t, reg, "ingest_queue_depth_entries", "test"); got != 100 {
 		t.Fatalf("depth gauge %v", got)
 	}
-	// The log's idea of its segments matches the files on disk once the
-	// released ones' files are removed, which the log does after it has
-	// let them go, outside its writes' lock.
-	waitFor(t, "the released segments' files removed", func() bool { return slices.Equal(l.SegmentStarts(), segmentFiles(t, dir)) })
+	// The log's idea of its segments matches the files on disk.
+	if got, want := l.SegmentStarts(), segmentFiles(t, dir); !slices.Equal(got, want) {
+		t.Fatalf("tracked segments %v, on disk %v", got, want)
+	}
 	if _, err := l.Cursor(5); !errors.Is(err, wal.ErrCompacted) {
 		t.Fatalf("cursor below the first entry: %v", err)
 	}
@@ -261,7 +261,9 @@ func TestReleaseTruncatesAndSurvivesRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	waitFor(t, "the released segments' files removed", func() bool { return slices.Equal(l2.SegmentStarts(), segmentFiles(t, dir)) })
+	if got, want := l2.SegmentStarts(), segmentFiles(t, dir); !slices.Equal(got, want) {
+		t.Fatalf("tracked segments %v, on disk %v", got, want)
+	}
 	l2.Close()
 	l3 := openLog(t, dir, opts, nil)
 	if got := readAll(t, l3, 0); len(got) != 100 || got[0].Index != 401 {

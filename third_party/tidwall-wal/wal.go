@@ -936,39 +936,6 @@ func (l *Log) TruncateFront(index uint64) error {
 	return l.truncateFront(index)
 }
 
-// TruncateFrontDetached removes the segments before index, which must
-// start a segment, from the log, and returns their files without removing
-// them: the caller removes them, outside whatever lock it serializes the
-// log's writes with. A file not yet removed is only a segment before the
-// log's first; after a crash, Open finds the log starting there again.
-// (Patch of the ingest engine.)
-func (l *Log) TruncateFrontDetached(index uint64) (files []string, err error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.corrupt {
-		return nil, ErrCorrupt
-	} else if l.closed {
-		return nil, ErrClosed
-	}
-	if index < l.firstIndex || index > l.lastIndex+1 {
-		return nil, ErrOutOfRange
-	}
-	if index == l.firstIndex {
-		return nil, nil
-	}
-	segIdx := l.findSegment(index)
-	if l.segments[segIdx].index != index {
-		return nil, fmt.Errorf("truncate front at %d: not the start of a segment", index)
-	}
-	for i := 0; i < segIdx; i++ {
-		files = append(files, l.segments[i].path)
-	}
-	l.segments = append([]*segment{}, l.segments[segIdx:]...)
-	l.firstIndex = index
-	l.clearCache()
-	return files, nil
-}
-
 func (l *Log) truncateFront(index uint64) (err error) {
 	if index < l.firstIndex || index > l.lastIndex+1 {
 		return ErrOutOfRange
