@@ -494,7 +494,8 @@ func (k *Link) drop(s *state, why string) {
 	if time.Since(s.connected) < flapWindow {
 		// A connection that ended as soon as it began (a middletier
 		// that takes connections and drops them) is dialed again after
-		// a backoff, as a dial that failed: not again and again at once.
+		// a backoff, not again and again at once. (Unlike a failed dial
+		// it does not move the Link on to the next middletier.)
 		k.backoff(s)
 	} else {
 		s.dials = 0
