@@ -11,9 +11,11 @@
 // A device's home is Options.Homes[HomeIndex(device, len(Homes))]: every
 // frontend must list the same homes in the same order. The Link keeps one
 // DEALER per home and dials it again whenever it ends; requests that get no
-// reply within Options.RequestTimeout are sent again, on a new connection
-// after two timeouts in a row. Submits carry an idempotency key, so a
-// request sent again never creates a second command.
+// reply within Options.RequestTimeout are sent again, and a connection that
+// leaves one request unanswered twice in a row is ended for a new one. A
+// request whose connection ends is sent on the next one at once. Submits
+// carry an idempotency key, so a request sent again never creates a second
+// command.
 //
 // # Presence
 //

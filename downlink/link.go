@@ -398,7 +398,10 @@ func (l *Link) answer(r *wire.Reply) {
 }
 
 // request sends m (whose Req is set from req) to home h until a reply comes
-// or ctx ends.
+// or ctx ends. It sends m again on each new connection as soon as the one
+// it was sent on ends, and ends a connection that leaves it unanswered
+// twice in a row: misses on an earlier connection do not count against a
+// new one.
 func (l *Link) request(ctx context.Context, h *home, m wire.Message, req uint64) (*wire.Reply, error) {
 	ch := make(chan *wire.Reply, 1)
 	l.pmu.Lock()
@@ -409,14 +412,18 @@ func (l *Link) request(ctx context.Context, h *home, m wire.Message, req uint64)
 		delete(l.pending, req)
 		l.pmu.Unlock()
 	}()
+	var last *zsock.Dealer // the connection the misses were counted on
 	misses := 0
 	for {
 		h.mu.Lock()
 		d := h.d
 		h.mu.Unlock()
 		wait := l.opts.RequestTimeout
+		var ended <-chan struct{}
 		if d == nil || !d.Send(wire.Append(nil, m)) {
 			wait = 50 * time.Millisecond
+		} else {
+			ended = d.Done()
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -426,13 +433,22 @@ func (l *Link) request(ctx context.Context, h *home, m wire.Message, req uint64)
 		case <-ctx.Done():
 			t.Stop()
 			return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+		case <-ended:
+			// The connection ended with m on it: send it on the next one
+			// (run dials it at once), not after the timeout.
+			t.Stop()
+			continue
 		case <-t.C:
 		}
-		if d != nil {
-			if misses++; misses >= 2 {
-				h.reconnect(d)
-				misses = 0
-			}
+		if ended == nil {
+			continue // not sent: no connection to blame
+		}
+		if d != last {
+			last, misses = d, 0
+		}
+		if misses++; misses >= 2 {
+			h.reconnect(d)
+			misses = 0
 		}
 	}
 }

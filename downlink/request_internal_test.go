@@ -1,0 +1,111 @@
+package downlink
+
+import (
+	"bytes"
+	"context"
+	"testing"
+	"time"
+
+	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/wire"
+	"github.com/ingest-io/ingest/zsock"
+)
+
+// A request whose connection ends is sent again on the next connection at
+// once, not after its timeout, and a miss on the old connection does not
+// count against the new one: the new connection is ended only after two
+// misses of its own. The home is a bare ROUTER that answers only the
+// second copy of the request on the second connection. The first
+// connection is ended as soon as the request reaches it, as when the home
+// restarts.
+func TestRequestOnANewConnection(t *testing.T) {
+	home := zsock.NewRouter("tcp://127.0.0.1:0", zsock.RouterOptions{}, nil)
+	if err := home.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	type msg struct {
+		id []byte
+		m  wire.Message
+		at time.Time
+	}
+	in := make(chan msg, 100)
+	testkit.Go(t, "home", func(ctx context.Context) error {
+		return home.Run(ctx, func(frames [][]byte) {
+			if len(frames) != 2 {
+				return
+			}
+			m, err := wire.Decode(frames[1])
+			if err != nil {
+				t.Errorf("home: %v", err)
+				return
+			}
+			in <- msg{bytes.Clone(frames[0]), m, time.Now()}
+		})
+	})
+	const timeout = 2 * time.Second
+	l, err := New(Options{Frontend: "fe-1", Homes: []string{home.Addr()}, RequestTimeout: timeout, PresenceInterval: time.Hour}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Go(t, "link", func(ctx context.Context) error { l.Run(ctx); return nil })
+	t.Cleanup(func() { l.Close() })
+	h := l.homes[0]
+
+	type result struct {
+		r   *wire.Reply
+		err error
+	}
+	done := make(chan result, 1)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	go func() {
+		q := &wire.Query{Req: 7, Op: wire.QueryList, Device: "dev-1"}
+		r, err := l.request(ctx, h, q, q.Req)
+		done <- result{r, err}
+	}()
+
+	var conns [][]byte // the identities, in the order they sent the request
+	copies := map[string]int{}
+	var ended time.Time
+	for {
+		var got msg
+		select {
+		case got = <-in:
+		case res := <-done:
+			t.Fatalf("request returned before the home answered: %+v", res)
+		}
+		if _, ok := got.m.(*wire.Query); !ok {
+			continue // presence
+		}
+		id := string(got.id)
+		if copies[id] == 0 {
+			conns = append(conns, got.id)
+		}
+		copies[id]++
+		switch {
+		case len(conns) == 1:
+			// The request reached the first connection: end it.
+			h.mu.Lock()
+			d := h.d
+			h.mu.Unlock()
+			if d == nil {
+				t.Fatal("a request arrived with no connection")
+			}
+			ended = time.Now()
+			h.reconnect(d)
+		case len(conns) == 2 && copies[id] == 1:
+			if wait := got.at.Sub(ended); wait > timeout*3/4 {
+				t.Errorf("the request reached the new connection %v after the old one ended: it waited for its timeout (%v)", wait, timeout)
+			}
+		case len(conns) == 2 && copies[id] == 2:
+			home.Send(got.id, wire.Append(nil, &wire.Reply{Req: 7, Code: "ok"}))
+			res := <-done
+			if res.err != nil || res.r.Code != "ok" {
+				t.Fatalf("request: %+v %v", res.r, res.err)
+			}
+			return
+		default:
+			t.Fatalf("the request went to a third connection after %d miss(es) on the second: a miss on the first counted against it", copies[string(conns[1])])
+		}
+	}
+}
