@@ -12,7 +12,9 @@
 // again from the oldest unacknowledged entry (go-back-N), and after
 // Reconnect such timeouts in a row it closes the socket and connects a new
 // one. A middletier that acknowledges nothing for Failover while entries
-// wait is left for the next one in the Link's ranking. Entries may reach a
+// wait is left for the next one in the Link's ranking, whether it keeps
+// the connection or ends each one as soon as it begins (a connection that
+// ends within a second is dialed again after a backoff). Entries may reach a
 // middletier more than once, and reach two middletiers across a failover;
 // the middletier drops repeats by (origin, index).
 //

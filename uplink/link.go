@@ -93,8 +93,9 @@ type state struct {
 	paused    time.Time // no sends before this (busy)
 	conn      *zsock.Dealer
 	endpoints []string
-	at        int // index in endpoints
-	dials     int // failed dials, and connections that ended within flapWindow, in a row, for backoff
+	at        int  // index in endpoints
+	dials     int  // failed dials, and connections that ended within flapWindow, in a row, for backoff
+	flapped   bool // the last connection ended within flapWindow, and no dial since has failed
 	nextDial  time.Time
 	connected time.Time // when the current connection began
 	// The last resend asked for: every batch in flight behind a lost one
@@ -452,18 +453,32 @@ func (k *Link) checkTimeouts(s *state) error {
 			}
 		}
 	}
-	if s.conn != nil && now.Sub(s.lastAck) > k.opts.Failover && len(s.endpoints) > 1 {
+	// A middletier whose connections end as soon as they begin is as
+	// silent as one that answers nothing, though the Link is seldom
+	// connected to it when it looks.
+	if (s.conn != nil || s.flapped) && now.Sub(s.lastAck) > k.opts.Failover && len(s.endpoints) > 1 {
+		if s.at >= len(s.endpoints) {
+			s.at = 0 // a look set it to start again from the first choice
+		}
+		ep := s.endpoints[s.at]
+		if s.conn != nil {
+			ep = s.conn.Endpoint()
+		}
 		k.m.failovers.Inc()
-		k.lg.Warn("uplink: middletier silent; moving to the next", "middletier", s.conn.Endpoint(), "silent_for", now.Sub(s.lastAck))
+		k.lg.Warn("uplink: middletier silent; moving to the next", "middletier", ep, "silent_for", now.Sub(s.lastAck))
 		if s.returned {
 			// A first choice that takes connections and acknowledges
 			// nothing: look less often, so as not to stall every Return.
 			s.lookEvery = min(2*s.lookEvery, 32*k.opts.Return)
 			s.returned = false
 		}
+		if s.conn == nil {
+			// Waiting out a flap's backoff: dial the next at once.
+			s.nextDial, s.dials = time.Time{}, 0
+		}
 		k.drop(s, "failover")
 		s.at++
-		s.lastAck = now
+		s.lastAck, s.flapped = now, false
 		return k.rewind(s, s.acked+1)
 	}
 	if len(s.inflight) > 0 && now.Sub(s.waitSince) > k.opts.AckTimeout {
@@ -494,11 +509,14 @@ func (k *Link) drop(s *state, why string) {
 	if time.Since(s.connected) < flapWindow {
 		// A connection that ended as soon as it began (a middletier
 		// that takes connections and drops them) is dialed again after
-		// a backoff, not again and again at once. (Unlike a failed dial
-		// it does not move the Link on to the next middletier.)
+		// a backoff, not again and again at once. Unlike a failed dial
+		// it does not move the Link on to the next middletier at once:
+		// checkTimeouts does, once the middletier has been silent for
+		// Failover.
 		k.backoff(s)
+		s.flapped = true
 	} else {
-		s.dials = 0
+		s.dials, s.flapped = 0, false
 	}
 }
 
@@ -531,6 +549,7 @@ func (k *Link) connect(ctx context.Context, s *state) {
 		}
 		s.at++
 		k.backoff(s)
+		s.flapped = false
 		return
 	}
 	s.conn, s.connected = c, time.Now()

@@ -669,12 +669,50 @@ func forwardHundred(t *testing.T, f *frontend, mt *testkit.Middletier) {
 // again and again at once (the Link dialed it about 10,000 times in two
 // seconds).
 func TestFlappingMiddletierBackoff(t *testing.T) {
+	ep, greeted := startFlapper(t)
+	f := startLink(t, uplink.Options{Middletiers: []string{ep}})
+	f.appendEntries(t, 10, 0)
+	time.Sleep(2 * time.Second)
+	f.stop()
+	n := greeted.Load()
+	t.Logf("greeted and dropped %d connections in 2 s", n)
+	if n < 2 || n > 30 {
+		t.Fatalf("the Link connected %d times in 2 s to a middletier that drops every connection, want a few", n)
+	}
+}
+
+// A first choice that drops each connection once greeted is left for the
+// next middletier once it has been silent for Failover, as one that
+// answers nothing. Before, the Link failed over only from a live
+// connection, and it was seldom connected to this one when it looked: it
+// stayed with it.
+func TestFlappingMiddletierFailover(t *testing.T) {
+	flapper, greeted := startFlapper(t)
+	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	eps := []string{flapper, mt.Addrs.Ingest}
+	id := ""
+	for i := 0; id == ""; i++ {
+		if c := fmt.Sprint("fe-", i); uplink.Rank(c, eps)[0] == flapper {
+			id = c
+		}
+	}
+	f := startLink(t, uplink.Options{ID: id, Middletiers: eps, Failover: time.Second, Return: time.Hour})
+	forwardHundred(t, f, mt)
+	if greeted.Load() == 0 {
+		t.Fatal("the Link never reached its first choice")
+	}
+}
+
+// startFlapper listens for a middletier that greets each connection and
+// drops it, and returns its endpoint and the count of connections greeted.
+func startFlapper(t *testing.T) (string, *atomic.Int64) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
-	var greeted atomic.Int64
+	t.Cleanup(func() { ln.Close() })
+	greeted := new(atomic.Int64)
 	go func() {
 		for {
 			nc, err := ln.Accept()
@@ -689,13 +727,5 @@ func TestFlappingMiddletierBackoff(t *testing.T) {
 			}()
 		}
 	}()
-	f := startLink(t, uplink.Options{Middletiers: []string{"tcp://" + ln.Addr().String()}})
-	f.appendEntries(t, 10, 0)
-	time.Sleep(2 * time.Second)
-	f.stop()
-	n := greeted.Load()
-	t.Logf("greeted and dropped %d connections in 2 s", n)
-	if n < 2 || n > 30 {
-		t.Fatalf("the Link connected %d times in 2 s to a middletier that drops every connection, want a few", n)
-	}
+	return "tcp://" + ln.Addr().String(), greeted
 }
