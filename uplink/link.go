@@ -98,8 +98,9 @@ type state struct {
 	flapped   bool // the last connection ended within flapWindow, and no dial since has failed
 	nextDial  time.Time
 	connected time.Time // when the current connection began
-	// The last resend asked for: every batch in flight behind a lost one
-	// draws the same request, and one rewind answers them all.
+	// The last resend asked for on this connection: every batch in flight
+	// behind a lost one draws the same request, and one rewind answers
+	// them all. A new connection forgets it.
 	resentFrom uint64
 	resentAt   time.Time
 
@@ -553,6 +554,7 @@ func (k *Link) connect(ctx context.Context, s *state) {
 		return
 	}
 	s.conn, s.connected = c, time.Now()
+	s.resentFrom, s.resentAt = 0, time.Time{}
 	k.m.connected.WithLabelValues(ep).Set(1)
 	k.lg.Info("uplink: connected", "middletier", ep)
 	if err := k.rewind(s, s.acked+1); err != nil && !errors.Is(err, wal.ErrClosed) {
@@ -661,7 +663,7 @@ func (k *Link) takeStandby(s *state, why string) error {
 	now := time.Now()
 	s.conn, s.at, s.dials, s.connected = c, 0, 0, now
 	s.returned, s.returnedAt, s.lastAck = true, now, now
-	s.timeouts = 0
+	s.timeouts, s.resentFrom, s.resentAt = 0, 0, time.Time{}
 	k.m.connected.WithLabelValues(c.Endpoint()).Set(1)
 	k.lg.Info("uplink: connected", "middletier", c.Endpoint(), "reason", "first choice")
 	return k.rewind(s, s.acked+1)

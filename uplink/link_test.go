@@ -15,11 +15,13 @@ import (
 	"github.com/go-zeromq/zmq4/security/null"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/internal/tcpproxy"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
+	"github.com/ingest-io/ingest/zsock"
 )
 
 // startTier runs a middletier with its data in dir until the test ends.
@@ -728,4 +730,78 @@ func startFlapper(t *testing.T) (string, *atomic.Int64) {
 		}
 	}()
 	return "tcp://" + ln.Addr().String(), greeted
+}
+
+// A resend asked for on a new connection is answered at once, though the
+// same one was answered on the connection before within AckTimeout (as
+// when zmq4 loses the first batches on each). Before, the Link took it for
+// a repeat of the earlier request and sent again only after AckTimeout.
+// The middletier is a bare ROUTER behind a proxy: it asks for a resend of
+// the first batch it gets on each connection, cuts the first connection
+// once the resend has come, and acknowledges the resend on the second.
+func TestResendOnANewConnection(t *testing.T) {
+	mt := zsock.NewRouter("tcp://127.0.0.1:0", zsock.RouterOptions{}, nil)
+	if err := mt.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	type batch struct {
+		id string
+		b  *wire.Batch
+		at time.Time
+	}
+	in := make(chan batch, 100)
+	testkit.Go(t, "middletier", func(ctx context.Context) error {
+		return mt.Run(ctx, func(frames [][]byte) {
+			if len(frames) != 2 {
+				return
+			}
+			m, err := wire.Decode(frames[1])
+			if err != nil {
+				t.Errorf("middletier: %v", err)
+				return
+			}
+			if b, ok := m.(*wire.Batch); ok {
+				in <- batch{string(frames[0]), b, time.Now()}
+			}
+		})
+	})
+	p := tcpproxy.Start(t, strings.TrimPrefix(mt.Addr(), "tcp://"))
+	const ackTimeout = 8 * time.Second
+	f := startLink(t, uplink.Options{Middletiers: []string{p.Endpoint()}, AckTimeout: ackTimeout})
+	f.appendEntries(t, 10, 0)
+
+	var conns []string
+	seen := map[string]int{}
+	var asked time.Time
+	for {
+		var got batch
+		select {
+		case got = <-in:
+		case <-time.After(2 * ackTimeout):
+			t.Fatalf("no batch in %v (connections %d)", 2*ackTimeout, len(conns))
+		}
+		if got.b.First != 1 {
+			continue
+		}
+		if seen[got.id] == 0 {
+			conns = append(conns, got.id)
+		}
+		seen[got.id]++
+		switch {
+		case seen[got.id] == 1:
+			asked = time.Now()
+			mt.Send([]byte(got.id), wire.Append(nil, &wire.Resend{Origin: got.b.Origin, From: 1}))
+		case len(conns) == 1:
+			p.Cut() // the resend came on the first connection
+			p.Restore()
+		default:
+			if wait := got.at.Sub(asked); wait > ackTimeout/2 {
+				t.Errorf("the resend asked for on the new connection came %v after the request: it waited for the ack timeout (%v)", wait, ackTimeout)
+			}
+			last := got.b.First + uint64(len(got.b.Entries)) - 1
+			mt.Send([]byte(got.id), wire.Append(nil, &wire.Ack{Origin: got.b.Origin, UpTo: last}))
+			testkit.WaitFor(t, "the entries released", 10*time.Second, func() bool { return f.log.Released() == last })
+			return
+		}
+	}
 }
