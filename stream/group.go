@@ -217,10 +217,17 @@ func (l *leaser) onReply(ctx context.Context, r *wire.LeaseReply) {
 			l.lg.Warn(l.o.Name+": lease not renewed in time; stopped following", "middletier", r.Middletier, "group", l.g.Name)
 			l.stop()
 		}
-		if l.following() {
+		switch {
+		case l.following():
 			l.expiry.Reset(time.Until(l.until))
-		} else {
+		case time.Now().Before(l.until):
 			l.start(ctx, r)
+		default:
+			// The reply came after the lease it grants had run out here
+			// (its request was held up for longer than the TTL): a
+			// Follower would be stopped as soon as it started. The next
+			// tick asks again.
+			l.lg.Debug(l.o.Name+": lease granted too late to follow on", "middletier", r.Middletier, "group", l.g.Name, "late_by", time.Since(l.until))
 		}
 	default:
 		if l.following() {
