@@ -95,10 +95,9 @@ type Sink struct {
 	url  string
 	h    *sinkhttp.Client
 
-	mu     sync.Mutex // one Write at a time; guards everything below
-	closed bool
-	buf    []byte // the lines of one Write, reused
-	ends   []int  // ends[i] is the end of line i in buf
+	mu     sync.Mutex // one Write at a time; guards h and everything below
+	buf    []byte     // the lines of one Write, reused
+	ends   []int      // ends[i] is the end of line i in buf
 	fields []string
 	base   []labels.Label
 }
@@ -140,8 +139,8 @@ var influxHeader = http.Header{
 func (s *Sink) Write(ctx context.Context, points []storage.Point) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return fmt.Errorf("write %s: %w", s.opts.Name, sinkhttp.ErrClosed)
+	if err := s.h.CheckOpen(); err != nil {
+		return err
 	}
 	s.buf, s.ends = s.buf[:0], s.ends[:0]
 	var dropped, tooLong int
@@ -186,12 +185,10 @@ func (s *Sink) writeLines(ctx context.Context, lo, hi int) error {
 	n := hi - lo
 	switch v {
 	case sinkhttp.OK:
-		s.h.Metrics.Samples.Add(float64(n))
-		s.h.Metrics.Batch.Observe(float64(n))
+		s.h.Acked(n, n)
 		return nil
 	case sinkhttp.Fail:
-		s.h.Metrics.Errors.WithLabelValues(sinkhttp.KindRejected).Inc()
-		return &storage.KindError{Kind: "rejected", Err: fmt.Errorf("write %s: %w", s.opts.Name, &StatusError{Sink: s.opts.Name, Status: a.Status, Body: sinkhttp.TrimBody(a.Body)})}
+		return s.h.Refused(a)
 	}
 	kind := sinkhttp.KindRejected
 	if v == sinkhttp.TooOld {
@@ -202,8 +199,7 @@ func (s *Sink) writeLines(ctx context.Context, lo, hi int) error {
 		// The store kept the other lines and says how many it dropped.
 		dropped := min(ie.Dropped, n)
 		s.h.Metrics.Dropped.WithLabelValues(kind).Add(float64(dropped))
-		s.h.Metrics.Samples.Add(float64(n - dropped))
-		s.h.Metrics.Batch.Observe(float64(n))
+		s.h.Acked(n-dropped, n)
 		if v == sinkhttp.Rejected {
 			s.h.Log.Warn("store dropped lines", "dropped", dropped, "answer", ie.Message)
 		}
@@ -225,10 +221,6 @@ func (s *Sink) writeLines(ctx context.Context, lo, hi int) error {
 func (s *Sink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
 	s.h.Close()
 	return nil
 }

@@ -90,11 +90,10 @@ type Sink struct {
 	opts Options
 	h    *sinkhttp.Client
 
-	mu     sync.Mutex // one Write at a time; guards everything below
-	closed bool
-	ms     seriesBuilder
-	pb     []byte // the encoded WriteRequest, reused
-	zb     []byte // its snappy encoding, reused
+	mu sync.Mutex // one Write at a time; guards h and everything below
+	ms seriesBuilder
+	pb []byte // the encoded WriteRequest, reused
+	zb []byte // its snappy encoding, reused
 }
 
 // New returns a sink writing to opts.URL. It starts nothing and sends
@@ -132,8 +131,8 @@ var rwHeader = http.Header{
 func (s *Sink) Write(ctx context.Context, points []storage.Point) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return fmt.Errorf("write %s: %w", s.opts.Name, sinkhttp.ErrClosed)
+	if err := s.h.CheckOpen(); err != nil {
+		return err
 	}
 	s.ms.reset()
 	for i := range points {
@@ -197,12 +196,10 @@ func (s *Sink) writeChunk(ctx context.Context, ss []rwSample, st *rwWriteState) 
 	}
 	switch v {
 	case sinkhttp.OK:
-		s.h.Metrics.Samples.Add(float64(len(ss)))
-		s.h.Metrics.Batch.Observe(float64(len(ss)))
+		s.h.Acked(len(ss), len(ss))
 		return nil
 	case sinkhttp.Fail:
-		s.h.Metrics.Errors.WithLabelValues(sinkhttp.KindRejected).Inc()
-		return &storage.KindError{Kind: "rejected", Err: fmt.Errorf("write %s: %w", s.opts.Name, &StatusError{Sink: s.opts.Name, Status: a.Status, Body: sinkhttp.TrimBody(a.Body)})}
+		return s.h.Refused(a)
 	}
 	kind, reason := sinkhttp.KindRejected, sinkhttp.KindRejected
 	switch {
@@ -234,10 +231,6 @@ func (s *Sink) writeChunk(ctx context.Context, ss []rwSample, st *rwWriteState) 
 func (s *Sink) Close() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed {
-		return nil
-	}
-	s.closed = true
 	s.h.Close()
 	return nil
 }

@@ -193,6 +193,7 @@ type Client struct {
 	client  *http.Client
 	tr      *http.Transport
 	errBody []byte
+	closed  bool
 }
 
 // New returns the client of the sink called name, whose endpoint is
@@ -234,10 +235,38 @@ func New(name, endpoint string, opts Options, reg prometheus.Registerer, lg *slo
 }
 
 // Close releases the client's connections and unregisters the sink's
-// metrics.
+// metrics. Closing again does nothing.
 func (h *Client) Close() {
+	if h.closed {
+		return
+	}
+	h.closed = true
 	h.tr.CloseIdleConnections()
 	h.Metrics.set.Unregister()
+}
+
+// CheckOpen returns nil before Close and, after it, the error a sink's
+// Write returns: ErrClosed, wrapped with the sink's name.
+func (h *Client) CheckOpen() error {
+	if h.closed {
+		return fmt.Errorf("write %s: %w", h.name, ErrClosed)
+	}
+	return nil
+}
+
+// Acked counts a request of sent samples (or lines) of which the server
+// kept kept.
+func (h *Client) Acked(kept, sent int) {
+	h.Metrics.Samples.Add(float64(kept))
+	h.Metrics.Batch.Observe(float64(sent))
+}
+
+// Refused counts the answer a, which refused the request itself (verdict
+// Fail), and returns the error Write returns for it: a *StatusError wrapped
+// in a *storage.KindError of kind "rejected".
+func (h *Client) Refused(a Answer) error {
+	h.Metrics.Errors.WithLabelValues(KindRejected).Inc()
+	return &storage.KindError{Kind: "rejected", Err: fmt.Errorf("write %s: %w", h.name, &StatusError{Sink: h.name, Status: a.Status, Body: TrimBody(a.Body)})}
 }
 
 // Answer is one answer of the server: its status, and the start of its
