@@ -305,9 +305,7 @@ func (s *Sink) appendLine(b []byte, p *storage.Point) (_ []byte, rejected, tooLo
 		if l.Value == "" {
 			continue
 		}
-		b = append(b, ',')
-		b = appendInfluxName(b, l.Name, true)
-		b = append(b, '=')
+		b = appendInfluxKey(b, ',', l.Name)
 		b = appendInfluxName(b, l.Value, true)
 	}
 	sep := byte(' ')
@@ -319,10 +317,8 @@ func (s *Sink) appendLine(b []byte, p *storage.Point) (_ []byte, rejected, tooLo
 			rejected++
 			continue
 		}
-		b = append(b, sep)
+		b = appendInfluxKey(b, sep, k)
 		sep = ','
-		b = appendInfluxName(b, k, true)
-		b = append(b, '=')
 		b = strconv.AppendFloat(b, v, 'g', -1, 64)
 	}
 	s.fields = s.fields[:0]
@@ -340,10 +336,8 @@ func (s *Sink) appendLine(b []byte, p *storage.Point) (_ []byte, rejected, tooLo
 			tooLong++
 			continue
 		}
-		b = append(b, sep)
+		b = appendInfluxKey(b, sep, k)
 		sep = ','
-		b = appendInfluxName(b, k, true)
-		b = append(b, '=')
 		b = appendInfluxString(b, v)
 	}
 	if sep == ' ' { // no field
@@ -384,6 +378,14 @@ func appendInfluxName(b []byte, s string, key bool) []byte {
 		}
 	}
 	return b
+}
+
+// appendInfluxKey appends sep, the tag or field key k escaped as a key, and
+// the '=' before its value.
+func appendInfluxKey(b []byte, sep byte, k string) []byte {
+	b = append(b, sep)
+	b = appendInfluxName(b, k, true)
+	return append(b, '=')
 }
 
 // appendInfluxString appends a string field value: in double quotes, with a
