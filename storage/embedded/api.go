@@ -229,18 +229,9 @@ func (a *API) query(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errBadData, err)
 		return
 	}
-	ctx, cancel, err := a.queryContext(r)
-	if err != nil {
-		a.fail(w, errBadData, err)
-		return
-	}
-	defer cancel()
-	qry, err := a.engine.NewInstantQuery(ctx, a.q, a.queryOpts(r), r.FormValue("query"), ts)
-	if err != nil {
-		a.fail(w, errBadData, fmt.Errorf("parse query: %w", err))
-		return
-	}
-	a.exec(w, ctx, qry)
+	a.runQuery(w, r, func(ctx context.Context) (promql.Query, error) {
+		return a.engine.NewInstantQuery(ctx, a.q, a.queryOpts(r), r.FormValue("query"), ts)
+	})
 }
 
 func (a *API) queryRange(w http.ResponseWriter, r *http.Request) {
@@ -275,13 +266,21 @@ func (a *API) queryRange(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errBadData, errors.New("exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"))
 		return
 	}
+	a.runQuery(w, r, func(ctx context.Context) (promql.Query, error) {
+		return a.engine.NewRangeQuery(ctx, a.q, a.queryOpts(r), r.FormValue("query"), start, end, step)
+	})
+}
+
+// runQuery makes the query newQuery returns, under the timeout the request
+// asks for, and answers its result.
+func (a *API) runQuery(w http.ResponseWriter, r *http.Request, newQuery func(context.Context) (promql.Query, error)) {
 	ctx, cancel, err := a.queryContext(r)
 	if err != nil {
 		a.fail(w, errBadData, err)
 		return
 	}
 	defer cancel()
-	qry, err := a.engine.NewRangeQuery(ctx, a.q, a.queryOpts(r), r.FormValue("query"), start, end, step)
+	qry, err := newQuery(ctx)
 	if err != nil {
 		a.fail(w, errBadData, fmt.Errorf("parse query: %w", err))
 		return
