@@ -561,7 +561,7 @@ func markClean(dir string) error {
 	}
 	err = errors.Join(f.Sync(), f.Close())
 	if err == nil {
-		err = syncDir(dir, (*os.File).Sync)
+		err = syncPath(dir, (*os.File).Sync)
 	}
 	if err != nil {
 		return fmt.Errorf("storage: close tsdb: %w", err)
@@ -664,11 +664,11 @@ func openLogSync(dir string, duration prometheus.Observer, lg *slog.Logger) (*lo
 	// The logs' own names in dir, and dir's in its parent when tsdb.Open
 	// created it. The parent may be beyond reach (a volume's mount point):
 	// that one is best effort.
-	if err := syncDir(dir, s.fsync); err != nil {
+	if err := syncPath(dir, s.fsync); err != nil {
 		s.close()
 		return nil, err
 	}
-	if err := syncDir(filepath.Dir(dir), s.fsync); err != nil {
+	if err := syncPath(filepath.Dir(dir), s.fsync); err != nil {
 		lg.Warn("storage: could not fsync the parent of the tsdb directory", "dir", dir, "err", err)
 	}
 	return s, nil
@@ -724,7 +724,7 @@ func (s *logSync) syncLogs() error {
 			return err
 		}
 		if created {
-			if err := syncDir(l.dir, s.fsync); err != nil {
+			if err := syncPath(l.dir, s.fsync); err != nil {
 				return err
 			}
 		}
@@ -841,26 +841,19 @@ func syncTree(dir string, fsync func(*os.File) error) error {
 		if !d.IsDir() && !d.Type().IsRegular() {
 			return nil
 		}
-		f, err := os.Open(path)
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		if err := fsync(f); err != nil {
-			return fmt.Errorf("fsync %s: %w", path, err)
-		}
-		return nil
+		return syncPath(path, fsync)
 	})
 }
 
-func syncDir(dir string, fsync func(*os.File) error) error {
-	f, err := os.Open(dir)
+// syncPath opens the directory or file at path and fsyncs it.
+func syncPath(path string, fsync func(*os.File) error) error {
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
 	defer f.Close()
 	if err := fsync(f); err != nil {
-		return fmt.Errorf("fsync %s: %w", dir, err)
+		return fmt.Errorf("fsync %s: %w", path, err)
 	}
 	return nil
 }

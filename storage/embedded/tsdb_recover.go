@@ -78,7 +78,7 @@ func recoverTSDB(dir string, lg *slog.Logger) error {
 		if err := os.Remove(mark); err != nil {
 			return fmt.Errorf("storage: open tsdb: %w", err)
 		}
-		if err := syncDir(dir, (*os.File).Sync); err != nil {
+		if err := syncPath(dir, (*os.File).Sync); err != nil {
 			return fmt.Errorf("storage: open tsdb: %w", err)
 		}
 		return nil
@@ -136,7 +136,7 @@ func repairWAL(walDir string, lg *slog.Logger) error {
 	if err := w.Close(); err != nil {
 		return fmt.Errorf("storage: open tsdb: repair wal: %w", err)
 	}
-	return syncDir(walDir, (*os.File).Sync)
+	return syncPath(walDir, (*os.File).Sync)
 }
 
 // stripWBLMarkers rewrites the WBL in wblDir without its m-map marker
@@ -206,7 +206,7 @@ func stripWBLMarkers(wblDir string, lg *slog.Logger) error {
 	if err := os.Rename(tmp, wblDir); err != nil {
 		return fmt.Errorf("storage: open tsdb: rewrite wbl: %w", err)
 	}
-	if err := syncDir(filepath.Dir(wblDir), (*os.File).Sync); err != nil {
+	if err := syncPath(filepath.Dir(wblDir), (*os.File).Sync); err != nil {
 		return fmt.Errorf("storage: open tsdb: rewrite wbl: %w", err)
 	}
 	return finishWBLRewrite(wblDir)
@@ -250,5 +250,5 @@ func finishWBLRewrite(wblDir string) error {
 	} else if err := os.Rename(old, wblDir); err != nil {
 		return fmt.Errorf("storage: open tsdb: %w", err)
 	}
-	return syncDir(filepath.Dir(wblDir), (*os.File).Sync)
+	return syncPath(filepath.Dir(wblDir), (*os.File).Sync)
 }
