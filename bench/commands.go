@@ -82,7 +82,7 @@ type cmdRun struct {
 	resultGets, resultDropped, pollsLeft                      atomic.Int64
 
 	submitLat, deviceLat, resultLat, lag *stats
-	perSec                               []atomic.Int64 // delivered per second of the run
+	perSec                               perSecond // delivered per second of the run
 	start                                atomic.Int64
 
 	polls  chan uint64
@@ -132,7 +132,7 @@ type commandResult struct {
 func runCommands(ctx context.Context, c config, lg *slog.Logger) error {
 	r := &cmdRun{c: c, epoch: time.Now(), refused: map[string]int64{},
 		submitLat: newStats(0), deviceLat: newStats(0), resultLat: newStats(0), lag: newStats(0),
-		perSec: make([]atomic.Int64, int((c.Duration+c.Drain)/time.Second)+2),
+		perSec: make(perSecond, int((c.Duration+c.Drain)/time.Second)+2),
 		ttlMS:  (c.Duration + c.Drain + time.Minute).Milliseconds()}
 	if c.Interval > 0 {
 		for _, s := range []*stats{r.submitLat, r.deviceLat, r.resultLat} {
@@ -357,9 +357,7 @@ func (r *cmdRun) onCommand(dev int) func(context.Context, client.Command) client
 		if sent != 0 {
 			r.delivered.Add(1)
 			r.deviceLat.record(dev, now-sent)
-			if sec := (now - r.start.Load()) / int64(time.Second); sec >= 0 && sec < int64(len(r.perSec)) {
-				r.perSec[sec].Add(1)
-			}
+			r.perSec.add(r.start.Load(), now, 1)
 			if r.c.CommandsPoll > 0 && k%uint64(r.c.CommandsPoll) == 0 {
 				r.pollsLeft.Add(1)
 				select {
@@ -493,14 +491,7 @@ func (r *cmdRun) result(f *cmdFleet, sendTime time.Duration, cpuUsed *cpuResult)
 		l := latencyOf(rh)
 		res.Result, res.ResultN = &l, rh.TotalCount()
 	}
-	last := 0
-	for i := range r.perSec {
-		res.PerSecond = append(res.PerSecond, r.perSec[i].Load())
-		if res.PerSecond[i] > 0 {
-			last = i + 1
-		}
-	}
-	res.PerSecond = res.PerSecond[:last]
+	res.PerSecond = r.perSec.counts()
 	return res
 }
 

@@ -40,12 +40,37 @@ type stats struct {
 	start  atomic.Int64 // when sending began, on the fleet's clock
 	// latestTS is the latest device time (unix ms) of a settled message.
 	latestTS atomic.Int64
-	perSec   []atomic.Int64 // acknowledged per second of the run
-	late     []*shard       // paced: from a message's slot in the schedule to its first write
+	perSec   perSecond // acknowledged per second of the run
+	late     []*shard  // paced: from a message's slot in the schedule to its first write
 	dials    *hdrhistogram.Histogram
 	// ivl holds the latencies since the last interval line (-interval);
 	// nil when the run prints none.
 	ivl []*shard
+}
+
+// perSecond counts events by the second of the run they happen in.
+type perSecond []atomic.Int64
+
+// add counts n events at now, the run having started at start (both unix
+// nanoseconds); events outside the run's seconds are not counted.
+func (p perSecond) add(start, now, n int64) {
+	if sec := (now - start) / int64(time.Second); sec >= 0 && sec < int64(len(p)) {
+		p[sec].Add(n)
+	}
+}
+
+// counts returns the count of each second up to the last second with
+// any: the seconds after it are not part of the run.
+func (p perSecond) counts() []int64 {
+	var out []int64
+	last := 0
+	for i := range p {
+		out = append(out, p[i].Load())
+		if out[i] > 0 {
+			last = i + 1
+		}
+	}
+	return out[:last]
 }
 
 type shard struct {
@@ -66,7 +91,7 @@ func newShards() []*shard {
 }
 
 func newStats(seconds int) *stats {
-	return &stats{shards: newShards(), perSec: make([]atomic.Int64, seconds), dials: newHist()}
+	return &stats{shards: newShards(), perSec: make(perSecond, seconds), dials: newHist()}
 }
 
 // settle records the ack latency of every message an ack settled, from
@@ -102,9 +127,7 @@ func (s *stats) settle(dev int, ms []loadgen.Msg, now int64) {
 		s.ivl[dev%len(s.ivl)].recordAcked(ms, now)
 	}
 	if n > 0 {
-		if sec := (now - s.start.Load()) / int64(time.Second); sec >= 0 && sec < int64(len(s.perSec)) {
-			s.perSec[sec].Add(n)
-		}
+		s.perSec.add(s.start.Load(), now, n)
 	}
 	if s.late != nil {
 		sh := s.late[dev%len(s.late)]

@@ -75,14 +75,7 @@ func newResult(c config, fs loadgen.Stats, st *stats, connected int, sendTime ti
 	r.Scenario.Size, r.Scenario.Shape, r.Scenario.Duration = c.Size, c.Shape, c.Duration.String()
 	r.AckedPerSec = float64(ackedInWindow) / sendTime.Seconds()
 	// The seconds after the last acknowledgement are not part of the run.
-	last := 0
-	for i := range st.perSec {
-		r.PerSecond = append(r.PerSecond, st.perSec[i].Load())
-		if r.PerSecond[i] > 0 {
-			last = i + 1
-		}
-	}
-	r.PerSecond = r.PerSecond[:last]
+	r.PerSecond = st.perSec.counts()
 	for _, d := range fs.Dials {
 		st.dials.RecordValue(max(d.Microseconds(), 1))
 	}
