@@ -55,6 +55,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/ingest-io/ingest/internal/lifecycle"
+	"github.com/ingest-io/ingest/internal/metricset"
 )
 
 // Device is what the registry knows of one device.
@@ -104,7 +105,7 @@ type Registry struct {
 		devices prometheus.Gauge
 		reloads *prometheus.CounterVec
 	}
-	reg       prometheus.Registerer
+	set       *metricset.Set // the metrics, registered
 	closeOnce sync.Once
 }
 
@@ -113,7 +114,7 @@ type Registry struct {
 // nil.
 func New(path string, reg prometheus.Registerer, lg *slog.Logger) (*Registry, error) {
 	lg = lifecycle.Logger(lg)
-	r := &Registry{path: path, interval: 2 * time.Second, lg: lg, reg: reg}
+	r := &Registry{path: path, interval: 2 * time.Second, lg: lg}
 	r.m.devices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_registry_devices", Help: "Devices in the device registry."})
 	r.m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_registry_reloads_total",
 		Help: "Reloads of the device registry file, by result (ok, error)."}, []string{"result"})
@@ -134,15 +135,11 @@ func New(path string, reg prometheus.Registerer, lg *slog.Logger) (*Registry, er
 		r.sum = sha256.Sum256(b)
 	}
 	r.m.devices.Set(float64(len(*r.devices.Load())))
-	if reg != nil {
-		if err := reg.Register(r.m.devices); err != nil {
-			return nil, fmt.Errorf("registry: register metrics: %w", err)
-		}
-		if err := reg.Register(r.m.reloads); err != nil {
-			reg.Unregister(r.m.devices)
-			return nil, fmt.Errorf("registry: register metrics: %w", err)
-		}
+	set, err := metricset.Register(reg, r.m.devices, r.m.reloads)
+	if err != nil {
+		return nil, fmt.Errorf("registry: register metrics: %w", err)
 	}
+	r.set = set
 	return r, nil
 }
 
@@ -192,12 +189,7 @@ func (r *Registry) Run(ctx context.Context) error {
 // Close unregisters the registry's metrics, as Run does when it returns:
 // for a Registry that never ran. Lookup keeps answering. It is idempotent.
 func (r *Registry) Close() error {
-	r.closeOnce.Do(func() {
-		if r.reg != nil {
-			r.reg.Unregister(r.m.devices)
-			r.reg.Unregister(r.m.reloads)
-		}
-	})
+	r.closeOnce.Do(r.set.Unregister)
 	return nil
 }
 

@@ -24,6 +24,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/ingest-io/ingest/internal/metricset"
 )
 
 // Options name the files.
@@ -43,7 +45,7 @@ const DefaultCheckInterval = 2 * time.Second
 type Reloader struct {
 	opts Options
 	lg   *slog.Logger
-	reg  prometheus.Registerer
+	set  *metricset.Set // the metrics, registered
 
 	mu        sync.Mutex
 	cert      *tls.Certificate
@@ -68,7 +70,7 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Reloader, e
 	if lg == nil {
 		lg = slog.New(slog.DiscardHandler)
 	}
-	r := &Reloader{opts: opts, lg: lg, reg: reg}
+	r := &Reloader{opts: opts, lg: lg}
 	r.m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_tls_reloads_total",
 		Help: "Reads of a changed TLS certificate and key, by result (ok, error); after an error the pair in use stays."}, []string{"result"})
 	r.m.notAfter = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_tls_certificate_expiry_timestamp_seconds",
@@ -85,24 +87,15 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*Reloader, e
 	}
 	r.cert, r.stamps, r.lastCheck = cert, stamps, time.Now()
 	r.m.notAfter.Set(float64(cert.Leaf.NotAfter.Unix()))
-	if reg != nil {
-		if err := reg.Register(r.m.reloads); err != nil {
-			return nil, fmt.Errorf("certfile: register metrics: %w", err)
-		}
-		if err := reg.Register(r.m.notAfter); err != nil {
-			reg.Unregister(r.m.reloads)
-			return nil, fmt.Errorf("certfile: register metrics: %w", err)
-		}
+	if r.set, err = metricset.Register(reg, r.m.reloads, r.m.notAfter); err != nil {
+		return nil, fmt.Errorf("certfile: register metrics: %w", err)
 	}
 	return r, nil
 }
 
 // Close unregisters the metrics. The Reloader still serves its pair.
 func (r *Reloader) Close() error {
-	if r.reg != nil {
-		r.reg.Unregister(r.m.reloads)
-		r.reg.Unregister(r.m.notAfter)
-	}
+	r.set.Unregister()
 	return nil
 }
 
