@@ -213,27 +213,16 @@ func (h *Home) Addr() string { return h.sock.Addr() }
 
 // recover reads every command state in the log; the last of each id wins.
 func (h *Home) recover() error {
-	first, last := h.log.FirstIndex(), h.log.LastIndex()
-	if first > last {
+	err := h.log.ForEach(func(e wal.Entry) error {
+		cmd, err := wire.DecodeCommand(bytes.Clone(e.Data))
+		if err != nil {
+			return fmt.Errorf("entry %d: %w", e.Index, err)
+		}
+		h.apply(&cmd)
 		return nil
-	}
-	c, err := h.log.Cursor(first)
+	})
 	if err != nil {
 		return fmt.Errorf("command: recover: %w", err)
-	}
-	var es []wal.Entry
-	for next := first; next <= last; {
-		if es, err = c.NextBatch(context.Background(), es[:0], 4096); err != nil {
-			return fmt.Errorf("command: recover: %w", err)
-		}
-		for _, e := range es {
-			cmd, err := wire.DecodeCommand(bytes.Clone(e.Data))
-			if err != nil {
-				return fmt.Errorf("command: recover: entry %d: %w", e.Index, err)
-			}
-			h.apply(&cmd)
-			next = e.Index + 1
-		}
 	}
 	return nil
 }

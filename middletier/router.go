@@ -201,29 +201,16 @@ func (r *Router) newSocket(name, addr string, queue int) *zsock.Router {
 // recoverMarks raises the per-origin marks to cover every record retained in
 // the WAL: the state file covers what was truncated.
 func (r *Router) recoverMarks() error {
-	last := r.log.LastIndex()
-	first := r.log.FirstIndex()
-	if first > last {
+	err := r.log.ForEach(func(e wal.Entry) error {
+		rec, err := wire.DecodeRecord(e.Data)
+		if err != nil {
+			return fmt.Errorf("entry %d: %w", e.Index, err)
+		}
+		r.highest[rec.Origin] = max(r.highest[rec.Origin], rec.Index)
 		return nil
-	}
-	c, err := r.log.Cursor(first)
+	})
 	if err != nil {
 		return fmt.Errorf("middletier: recover marks: %w", err)
-	}
-	var es []wal.Entry
-	for next := first; next <= last; {
-		es, err = c.NextBatch(context.Background(), es[:0], 4096)
-		if err != nil {
-			return fmt.Errorf("middletier: recover marks: %w", err)
-		}
-		for _, e := range es {
-			rec, err := wire.DecodeRecord(e.Data)
-			if err != nil {
-				return fmt.Errorf("middletier: recover marks: entry %d: %w", e.Index, err)
-			}
-			r.highest[rec.Origin] = max(r.highest[rec.Origin], rec.Index)
-			next = e.Index + 1
-		}
 	}
 	return nil
 }

@@ -39,6 +39,34 @@ func (l *Log) Cursor(from uint64) (*Cursor, error) {
 	return &Cursor{l: l, next: from}, nil
 }
 
+// ForEach calls fn with every entry from the first still on disk to the
+// last committed when it is called, in order, and returns the first error
+// of a read or of fn. Each entry's Data is its own. It is how a component
+// rebuilds its state from its log at start.
+func (l *Log) ForEach(fn func(Entry) error) error {
+	first, last := l.FirstIndex(), l.LastIndex()
+	if first > last {
+		return nil
+	}
+	c, err := l.Cursor(first)
+	if err != nil {
+		return err
+	}
+	var es []Entry
+	for next := first; next <= last; {
+		if es, err = c.NextBatch(context.Background(), es[:0], 4096); err != nil {
+			return err
+		}
+		for _, e := range es {
+			if err := fn(e); err != nil {
+				return err
+			}
+			next = e.Index + 1
+		}
+	}
+	return nil
+}
+
 // Next returns the next entry, waiting until it is committed or ctx ends.
 func (c *Cursor) Next(ctx context.Context) (Entry, error) {
 	es, err := c.NextBatch(ctx, nil, 1)

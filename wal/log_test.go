@@ -766,3 +766,44 @@ func TestTruncateUnderSteadyLoad(t *testing.T) {
 		t.Fatalf("%d segments on disk under load, all but the last few released", most)
 	}
 }
+
+// TestForEach: ForEach visits every entry still on disk, released ones
+// included, in order, and stops at fn's first error.
+func TestForEach(t *testing.T) {
+	l := openLog(t, t.TempDir(), wal.Options{Hop: "test", SegmentBytes: 4096}, nil)
+	if err := l.ForEach(func(wal.Entry) error { t.Fatal("an entry in an empty log"); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 5000 { // more than one batch of the cursor
+		if _, err := l.Append(ctx, fmt.Appendf(nil, "e%d", i+1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := l.Release(10); err != nil {
+		t.Fatal(err)
+	}
+	first := l.FirstIndex()
+	next := first
+	err := l.ForEach(func(e wal.Entry) error {
+		if e.Index != next || string(e.Data) != fmt.Sprintf("e%d", e.Index) {
+			t.Fatalf("entry %d %q, want %d", e.Index, e.Data, next)
+		}
+		next++
+		return nil
+	})
+	if err != nil || next != 5001 {
+		t.Fatalf("ForEach from %d ended before %d: %v", first, next, err)
+	}
+	stop := errors.New("stop")
+	n := 0
+	err = l.ForEach(func(wal.Entry) error {
+		if n++; n == 3 {
+			return stop
+		}
+		return nil
+	})
+	if !errors.Is(err, stop) || n != 3 {
+		t.Fatalf("ForEach after fn's error: %v, %d calls", err, n)
+	}
+}
