@@ -24,10 +24,13 @@
 // with each endpoint), so that frontends spread over them, and connects
 // to its first choice. When it is on another, it looks every Return
 // whether its first choice is back (a socket connected to it, on a
-// goroutine of its own), and goes back: it sends nothing new until what is
-// in flight to the current middletier is acknowledged (or an AckTimeout
-// passes), then sends from its oldest unacknowledged entry on the new
-// socket. A drained move puts no entry in two streams.
+// goroutine of its own), and goes back once that socket's connection has
+// lasted a second: it sends nothing new until what is in flight to the
+// current middletier is acknowledged (or an AckTimeout passes), then sends
+// from its oldest unacknowledged entry on the new socket. A drained move
+// puts no entry in two streams. A first choice whose connection ends
+// sooner is not gone back to, and looked at half as often each time, down
+// to once every 32 Returns.
 //
 // Each batch carries the frontend's release mark, so that a middletier can
 // tell a gap the frontend vouches for (entries acknowledged by another

@@ -93,9 +93,12 @@ type state struct {
 	paused    time.Time // no sends before this (busy)
 	conn      *zsock.Dealer
 	endpoints []string
-	at        int  // index in endpoints
-	dials     int  // failed dials, and connections that ended within flapWindow, in a row, for backoff
-	flapped   bool // the last connection ended within flapWindow, and no dial since has failed
+	at        int // index in endpoints
+	dials     int // failed dials, and connections that ended within flapWindow, in a row, for backoff
+	// flapped is the middletier whose last connection ended within
+	// flapWindow, while no dial since has failed and no failover moved
+	// the Link on; "" if none.
+	flapped   string
 	nextDial  time.Time
 	connected time.Time // when the current connection began
 	// The last resend asked for on this connection: every batch in flight
@@ -106,13 +109,16 @@ type state struct {
 
 	// Going back to the first choice: every Return a look is taken
 	// (probe); when it finds a first choice other than the current
-	// middletier and connects to it, that socket waits as standby while
-	// the current one drains (nothing new is sent until what is in flight
-	// is acknowledged), and then takes over.
+	// middletier and connects to it, that socket waits as standby. Once
+	// its connection has lasted flapWindow, the current middletier drains
+	// (nothing new is sent until what is in flight is acknowledged), and
+	// then the standby takes over. A first choice that drops connections
+	// as soon as it takes them is thus never returned to.
 	nextLook   time.Time
 	lookEvery  time.Duration
 	looking    bool
 	standby    *zsock.Dealer
+	standbyAt  time.Time // when the standby connected
 	drainSince time.Time // zero: not draining
 	returned   bool      // the current middletier was reached by a return
 	returnedAt time.Time
@@ -164,6 +170,9 @@ func (k *Link) Run(ctx context.Context) error {
 	for {
 		if s.conn == nil && !time.Now().Before(s.nextDial) {
 			k.connect(ctx, s)
+		}
+		if s.standby != nil && s.drainSince.IsZero() {
+			k.probation(s)
 		}
 		if s.draining() && len(s.inflight) == 0 {
 			if err := k.takeStandby(s, "drained"); err != nil {
@@ -254,9 +263,22 @@ func (k *Link) Run(ctx context.Context) error {
 
 // wakeAt is when Run has something to do that no message, commit or
 // tick announces: the next dial; the end of a busy pause, with entries
-// to send; the end of a linger, with entries waiting for it. Zero: none.
-// Called after sendReady; a time past makes Run go round again at once.
+// to send; the end of a linger, with entries waiting for it; the end of
+// a standby's probation. Zero: none. Called after sendReady; a time past
+// makes Run go round again at once.
 func (k *Link) wakeAt(s *state) time.Time {
+	at := k.wakeToSend(s)
+	if s.standby != nil && s.drainSince.IsZero() {
+		if p := s.standbyAt.Add(flapWindow); at.IsZero() || p.Before(at) {
+			at = p
+		}
+	}
+	return at
+}
+
+// wakeToSend is when Run may dial or send again with nothing to announce
+// it (wakeAt).
+func (k *Link) wakeToSend(s *state) time.Time {
 	switch {
 	case s.conn == nil:
 		if s.nextDial.IsZero() {
@@ -442,11 +464,9 @@ func (k *Link) checkTimeouts(s *state) error {
 	if s.standby != nil {
 		select {
 		case <-s.standby.Done():
-			k.lg.Info("uplink: first choice lost before the return", "middletier", s.standby.Endpoint())
-			s.standby.Close()
-			s.standby, s.drainSince = nil, time.Time{}
+			k.standbyLost(s)
 		default:
-			if now.Sub(s.drainSince) > k.opts.AckTimeout {
+			if s.draining() && now.Sub(s.drainSince) > k.opts.AckTimeout {
 				// The current middletier does not answer what is in
 				// flight: those entries go to the first choice too, as
 				// across a failover.
@@ -457,13 +477,13 @@ func (k *Link) checkTimeouts(s *state) error {
 	// A middletier whose connections end as soon as they begin is as
 	// silent as one that answers nothing, though the Link is seldom
 	// connected to it when it looks.
-	if (s.conn != nil || s.flapped) && now.Sub(s.lastAck) > k.opts.Failover && len(s.endpoints) > 1 {
-		if s.at >= len(s.endpoints) {
-			s.at = 0 // a look set it to start again from the first choice
-		}
-		ep := s.endpoints[s.at]
+	if (s.conn != nil || s.flapped != "") && now.Sub(s.lastAck) > k.opts.Failover && len(s.endpoints) > 1 {
+		ep := s.flapped
 		if s.conn != nil {
 			ep = s.conn.Endpoint()
+		}
+		if i := slices.Index(s.endpoints, ep); i >= 0 {
+			s.at = i // where a look has ranked it, if it has
 		}
 		k.m.failovers.Inc()
 		k.lg.Warn("uplink: middletier silent; moving to the next", "middletier", ep, "silent_for", now.Sub(s.lastAck))
@@ -479,7 +499,7 @@ func (k *Link) checkTimeouts(s *state) error {
 		}
 		k.drop(s, "failover")
 		s.at++
-		s.lastAck, s.flapped = now, false
+		s.lastAck, s.flapped = now, ""
 		return k.rewind(s, s.acked+1)
 	}
 	if len(s.inflight) > 0 && now.Sub(s.waitSince) > k.opts.AckTimeout {
@@ -501,8 +521,9 @@ func (k *Link) drop(s *state, why string) {
 	if s.conn == nil {
 		return
 	}
-	k.lg.Info("uplink: closing connection", "middletier", s.conn.Endpoint(), "reason", why)
-	k.m.connected.WithLabelValues(s.conn.Endpoint()).Set(0)
+	ep := s.conn.Endpoint()
+	k.lg.Info("uplink: closing connection", "middletier", ep, "reason", why)
+	k.m.connected.WithLabelValues(ep).Set(0)
 	s.conn.Close()
 	s.conn = nil
 	k.m.reconnects.Inc()
@@ -515,9 +536,9 @@ func (k *Link) drop(s *state, why string) {
 		// checkTimeouts does, once the middletier has been silent for
 		// Failover.
 		k.backoff(s)
-		s.flapped = true
+		s.flapped = ep
 	} else {
-		s.dials, s.flapped = 0, false
+		s.dials, s.flapped = 0, ""
 	}
 }
 
@@ -550,7 +571,7 @@ func (k *Link) connect(ctx context.Context, s *state) {
 		}
 		s.at++
 		k.backoff(s)
-		s.flapped = false
+		s.flapped = ""
 		return
 	}
 	s.conn, s.connected = c, time.Now()
@@ -587,7 +608,7 @@ const (
 	minBuffer   = 4096
 )
 
-func (s *state) draining() bool { return s.standby != nil }
+func (s *state) draining() bool { return s.standby != nil && !s.drainSince.IsZero() }
 
 // lookDue reports whether it is time to look for a better middletier: the
 // Link is connected, not already looking or returning, and either not on
@@ -647,17 +668,48 @@ func (k *Link) looked(s *state, l look) error {
 		s.endpoints, s.at = l.ranked, max(0, slices.Index(l.ranked, s.conn.Endpoint()))
 		return nil
 	}
-	k.lg.Info("uplink: first choice back; draining the current middletier", "middletier", s.conn.Endpoint(), "first_choice", l.conn.Endpoint())
+	k.lg.Debug("uplink: first choice back; on probation", "middletier", s.conn.Endpoint(), "first_choice", l.conn.Endpoint())
 	s.endpoints, s.at = l.ranked, max(0, slices.Index(l.ranked, s.conn.Endpoint()))
-	s.standby, s.drainSince = l.conn, time.Now()
+	s.standby, s.standbyAt = l.conn, time.Now()
 	return nil
+}
+
+// probation starts the drain for the standby once its connection has
+// lasted flapWindow, and lets it go if it has ended before.
+func (k *Link) probation(s *state) {
+	select {
+	case <-s.standby.Done():
+		k.standbyLost(s)
+		return
+	default:
+	}
+	if time.Since(s.standbyAt) >= flapWindow {
+		k.lg.Info("uplink: first choice back; draining the current middletier", "middletier", s.conn.Endpoint(), "first_choice", s.standby.Endpoint())
+		s.drainSince = time.Now()
+	}
+}
+
+// standbyLost lets go of a standby whose connection has ended, and looks
+// less often at a first choice that drops connections.
+func (k *Link) standbyLost(s *state) {
+	k.lg.Info("uplink: first choice lost before the return", "middletier", s.standby.Endpoint())
+	s.standby.Close()
+	s.standby, s.standbyAt, s.drainSince = nil, time.Time{}, time.Time{}
+	s.lookEvery = min(2*s.lookEvery, 32*k.opts.Return)
 }
 
 // takeStandby makes the standby socket the current one: the first choice,
 // from the oldest unacknowledged entry on.
 func (k *Link) takeStandby(s *state, why string) error {
+	select {
+	case <-s.standby.Done():
+		// Ended too: stay, or connect as after any loss.
+		k.standbyLost(s)
+		return nil
+	default:
+	}
 	c := s.standby
-	s.standby, s.drainSince = nil, time.Time{}
+	s.standby, s.standbyAt, s.drainSince = nil, time.Time{}, time.Time{}
 	k.drop(s, "returning to the first choice ("+why+")")
 	k.m.returns.Inc()
 	now := time.Now()

@@ -805,3 +805,45 @@ func TestResendOnANewConnection(t *testing.T) {
 		}
 	}
 }
+
+// A first choice that drops each connection once greeted is not returned
+// to: the look's socket to it ends within its probation (a second), and
+// the Link stays where it is and looks less often. Before, it took the
+// ended socket over, and went back to the first choice for Failover (2 s
+// here) after every look; with nothing in flight when the look came, at
+// once, so that nothing reached the second choice at all. Entries
+// appended every 50 ms after the first failover must each be
+// acknowledged within a second.
+func TestNoReturnToAFlappingFirstChoice(t *testing.T) {
+	flapper, greeted := startFlapper(t)
+	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
+	eps := []string{flapper, mt.Addrs.Ingest}
+	id := ""
+	for i := 0; id == ""; i++ {
+		if c := fmt.Sprint("fe-", i); uplink.Rank(c, eps)[0] == flapper {
+			id = c
+		}
+	}
+	f := startLink(t, uplink.Options{ID: id, Middletiers: eps, Failover: 2 * time.Second, Return: 200 * time.Millisecond})
+	f.appendEntries(t, 10, 0)
+	testkit.WaitFor(t, "the failover to the second choice", 10*time.Second, func() bool { return f.log.Released() == 10 })
+	looks := greeted.Load()
+	var worst time.Duration
+	for i := range 60 {
+		start := time.Now()
+		want, err := f.log.AppendBatch(context.Background(), [][]byte{fmt.Appendf(nil, "entry-%d", 11+i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		testkit.WaitFor(t, "the entry acknowledged", 10*time.Second, func() bool { return f.log.Released() >= want })
+		worst = max(worst, time.Since(start))
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("the longest wait for an acknowledgement %v; the first choice greeted %d connections meanwhile", worst, greeted.Load()-looks)
+	if greeted.Load() == looks {
+		t.Fatal("the Link never looked at its first choice again")
+	}
+	if worst > time.Second {
+		t.Fatalf("an entry waited %v for its acknowledgement: the Link returned to a first choice that drops every connection", worst)
+	}
+}
