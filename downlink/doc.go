@@ -10,12 +10,15 @@
 //
 // A device's home is Options.Homes[HomeIndex(device, len(Homes))]: every
 // frontend must list the same homes in the same order. The Link keeps one
-// DEALER per home and dials it again whenever it ends; requests that get no
-// reply within Options.RequestTimeout are sent again, and a connection that
-// leaves one request unanswered twice in a row is ended for a new one. A
-// request whose connection ends is sent on the next one at once. Submits
-// carry an idempotency key, so a request sent again never creates a second
-// command.
+// DEALER per home and dials it again whenever it ends (after a backoff
+// that grows, 50 ms to 2 s, while connections end within a second of
+// their start). Requests that get no reply within Options.RequestTimeout
+// are sent again, and a connection that leaves one request unanswered
+// twice in a row is ended for a new one; a send the socket refuses (its
+// queue full) is not a miss: the socket's own watchdog ends a stalled
+// connection. A request whose connection ends is sent on the next one as
+// soon as it is up. Submits carry an idempotency key, so a request sent
+// again never creates a second command.
 //
 // # Presence
 //

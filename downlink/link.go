@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -161,21 +162,44 @@ func (l *Link) Run(ctx context.Context) error {
 }
 
 func (h *home) run(ctx context.Context) {
+	flaps := 0 // connections in a row that ended within flapWindow
 	for ctx.Err() == nil {
 		d, err := zsock.Dial(h.addr, zsock.DealerOptions{Identity: zsock.Identity(h.l.opts.Frontend), SendStall: h.l.opts.SendStall, SendQueue: 1024, RecvQueue: 256})
 		if err != nil {
-			select {
-			case <-ctx.Done():
-			case <-time.After(200 * time.Millisecond):
-			}
+			sleep(ctx, 200*time.Millisecond)
 			continue
 		}
+		began := time.Now()
 		h.serve(ctx, d)
 		h.mu.Lock()
 		h.d = nil
 		h.mu.Unlock()
 		d.Close()
 		h.l.m.reconnects.Inc()
+		if time.Since(began) >= flapWindow {
+			flaps = 0
+			continue
+		}
+		// A home that drops each connection as it takes it (or one
+		// request that makes it drop them) is dialed again after a
+		// backoff that grows, not again and again at once.
+		flaps++
+		b := min(50*time.Millisecond<<min(flaps, 6), 2*time.Second)
+		sleep(ctx, b/2+rand.N(b/2+1))
+	}
+}
+
+// flapWindow is how long a connection to a home must last for the next
+// dial, once it ends, to go at once.
+const flapWindow = time.Second
+
+// sleep waits for d or the end of ctx.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
 	}
 }
 

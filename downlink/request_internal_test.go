@@ -3,8 +3,13 @@ package downlink
 import (
 	"bytes"
 	"context"
+	"net"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/go-zeromq/zmq4"
+	"github.com/go-zeromq/zmq4/security/null"
 
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wire"
@@ -107,5 +112,44 @@ func TestRequestOnANewConnection(t *testing.T) {
 		default:
 			t.Fatalf("the request went to a third connection after %d miss(es) on the second: a miss on the first counted against it", copies[string(conns[1])])
 		}
+	}
+}
+
+// A home that drops each connection once greeted is dialed again after a
+// backoff that grows, not again and again at once: a few times in two
+// seconds (before, hundreds).
+func TestFlappingHomeBackoff(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var greeted atomic.Int64
+	go func() {
+		for {
+			nc, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer nc.Close()
+				if _, err := zmq4.Open(nc, null.Security(), zmq4.Router, zmq4.SocketIdentity("home"), true, nil); err == nil {
+					greeted.Add(1)
+				}
+			}()
+		}
+	}()
+	l, err := New(Options{Frontend: "fe-1", Homes: []string{"tcp://" + ln.Addr().String()}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := testkit.Go(t, "link", func(ctx context.Context) error { l.Run(ctx); return nil })
+	t.Cleanup(func() { l.Close() })
+	time.Sleep(2 * time.Second)
+	stop()
+	n := greeted.Load()
+	t.Logf("greeted and dropped %d connections in 2 s", n)
+	if n < 2 || n > 30 {
+		t.Fatalf("the Link connected %d times in 2 s to a home that drops every connection, want a few", n)
 	}
 }
