@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -205,17 +206,29 @@ func (c *mqttConn) readPacket() (*[]byte, error) {
 			text: "packet of " + strconv.Itoa(n) + " bytes, the maximum is " + strconv.Itoa(c.maxPkt)}
 	}
 	c.pk.FixedHeader.Remaining = n
+	// The packet is read into a buffer that grows with the bytes that
+	// arrive, at most doubling: a header that announces a large packet
+	// (before CONNECT, from anyone) holds no memory for bytes not sent.
 	bp := c.s.readPool.Get().(*[]byte)
-	if cap(*bp) < n {
-		*bp = make([]byte, n)
+	b := (*bp)[:0]
+	for len(b) < n {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, max(len(b), minPacketGrow))
+		}
+		k := min(n, cap(b))
+		if _, err := io.ReadFull(c.br, b[len(b):k]); err != nil {
+			*bp = b
+			c.putBuf(bp)
+			return nil, err
+		}
+		b = b[:k]
 	}
-	*bp = (*bp)[:n]
-	if _, err := io.ReadFull(c.br, *bp); err != nil {
-		c.putBuf(bp)
-		return nil, err
-	}
+	*bp = b
 	return bp, nil
 }
+
+// minPacketGrow is the least a packet's read buffer grows by.
+const minPacketGrow = 4 << 10
 
 func (c *mqttConn) putBuf(bp *[]byte) {
 	if bp != nil && cap(*bp) <= 64<<10 {

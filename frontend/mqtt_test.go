@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -309,4 +310,36 @@ func gatherCloses(t testing.TB, ts *testServer) map[string]float64 {
 		}
 	}
 	return out
+}
+
+// A CONNECT header that announces a large packet holds no memory for the
+// bytes not sent: a packet is read into a buffer that grows as its bytes
+// arrive. Before, each such connection, unauthenticated and not yet
+// counted against MaxConnections, made the server allocate the whole
+// packet (256 KiB) for ConnectTimeout: 400 of them held 101 MiB.
+func TestAnnouncedPacketHoldsNoMemory(t *testing.T) {
+	ts := startMQTTServer(t, Options{MaxConnections: 10}, wal.Options{})
+	const n = 400
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for range n {
+		nc, err := net.Dial("tcp", ts.mqttAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		// CONNECT, remaining length 262,143 (0xFF 0xFF 0x0F), then 10 bytes.
+		if _, err := nc.Write([]byte{0x10, 0xFF, 0xFF, 0x0F, 0, 4, 'M', 'Q', 'T', 'T', 5, 0, 0, 60}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(2 * time.Second) // the server reads the headers
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	grew := int64(after.HeapInuse) - int64(before.HeapInuse)
+	t.Logf("%d connections that announced 256 KiB and sent 10 bytes: the heap in use grew by %.1f MiB (%.1f KiB each)", n, float64(grew)/(1<<20), float64(grew)/1024/n)
+	if grew > 32<<20 {
+		t.Fatalf("the heap in use grew by %d MiB for %d connections that sent 14 bytes each", grew>>20, n)
+	}
 }
