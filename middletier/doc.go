@@ -50,7 +50,10 @@
 // tries again. A state file that cannot be written for lack of room keeps
 // the old one: commits are acknowledged and the WAL released only once a
 // later write succeeds (every second), and
-// ingest_middletier_state_no_space says so meanwhile. A failed WAL (fail
+// ingest_middletier_state_no_space says so meanwhile. When the state would
+// let a whole WAL segment go, it is written in the room the WAL keeps in
+// reserve (wal.Log.SpendReserve): a disk the WAL filled itself empties
+// once the consumers catch up. A failed WAL (fail
 // stop) ends Run with its error, so that the process exits and is started
 // again on the log reopened. A durable consumer that falls
 // behind holds the WAL's entries, which fills the WAL towards its bound:

@@ -709,7 +709,25 @@ func (r *Router) keepState() error {
 	published := r.published
 	r.mu.Unlock()
 
-	if err := writeState(r.opts.StateDir, st); err != nil {
+	// Entries may go once every durable consumer has them (with none, once
+	// published), and once the marks that cover them are durable
+	// (st.Applied). A consumer may be ahead of the stream: it fetches.
+	target := published
+	if len(r.opts.Consumers) > 0 {
+		target = st.Consumers[r.opts.Consumers[0]]
+		for _, c := range r.opts.Consumers[1:] {
+			target = min(target, st.Consumers[c])
+		}
+	}
+	target = min(target, st.Applied)
+
+	err := writeState(r.opts.StateDir, st)
+	if err != nil && isNoSpace(err) && target > r.log.Released() && r.log.SpendReserve(target) {
+		// The disk is full, likely of the WAL's own entries, which only
+		// this state lets go: write it in the room the WAL kept.
+		err = writeState(r.opts.StateDir, st)
+	}
+	if err != nil {
 		if !isNoSpace(err) {
 			return fmt.Errorf("middletier: %w", err)
 		}
@@ -732,17 +750,6 @@ func (r *Router) keepState() error {
 		r.lg.Info("middletier: state file written again")
 	}
 
-	// Entries may go once every durable consumer has them (with none, once
-	// published), and once the marks that cover them are durable
-	// (st.Applied). A consumer may be ahead of the stream: it fetches.
-	target := published
-	if len(r.opts.Consumers) > 0 {
-		target = st.Consumers[r.opts.Consumers[0]]
-		for _, c := range r.opts.Consumers[1:] {
-			target = min(target, st.Consumers[c])
-		}
-	}
-	target = min(target, st.Applied)
 	if target > r.log.Released() {
 		if err := r.log.Release(target); err != nil && !errors.Is(err, wal.ErrClosed) {
 			return fmt.Errorf("middletier: release: %w", err)

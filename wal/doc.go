@@ -154,9 +154,14 @@
 // succeeds ends it. A release mark that cannot be written for lack of room
 // leaves the old mark in place (a crash repeats entries, and loses none)
 // and is written again every NoSpaceRetry; released segments stay on disk
-// until it is. A spare segment the disk has no room for is not kept half
-// written. ingest_wal_no_space is 1 while appends are refused or the mark
-// is unwritten for lack of room.
+// until it is. A disk the log has filled itself would never empty that
+// way, since only the mark lets its segments go: the log keeps a reserve
+// file of 256 KiB (reserve.go), which it removes to write a mark that lets
+// a whole segment go, and makes again after the next truncation. A tier
+// whose own state must be durable before it releases spends it the same
+// way (SpendReserve). A spare segment the disk has no room for is not kept
+// half written. ingest_wal_no_space is 1 while appends are refused or the
+// mark is unwritten for lack of room.
 //
 // Any other failed write, and every failed fsync or truncation, is sticky
 // (fail stop): after it the page cache and the disk may disagree, so every
@@ -204,7 +209,7 @@
 // ingest_wal_appended_entries_total, ingest_wal_full_total,
 // ingest_wal_repairs_total, ingest_wal_dropped_entries_total,
 // ingest_wal_truncations_total, ingest_wal_failed, ingest_wal_no_space,
-// ingest_wal_no_space_total and
+// ingest_wal_no_space_total, ingest_wal_reserve_spent_total and
 // ingest_wal_segments_total{preallocated="true"|"false"} (segments started
 // on a spare, or sparse because none was ready: a rising "false" means the
 // spare cannot keep up or cannot be written).

@@ -51,7 +51,8 @@ type Log struct {
 	// readMu serialises reads: two concurrent Reads race inside tidwall/wal.
 	readMu sync.Mutex
 
-	spare *spare // prepares preallocated segment files; nil if turned off (its methods then create empty segments and stop nothing)
+	spare *spare   // prepares preallocated segment files; nil if turned off (its methods then create empty segments and stop nothing)
+	res   *reserve // room kept for a release on a disk the log has filled (reserve.go)
 
 	// qmu guards the queue of appends waiting for a commit, and leading:
 	// whether some goroutine (an appender, or the writer goroutine) is
@@ -254,6 +255,8 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		l.cum = append(l.cum, prev+sz)
 	}
 
+	os.Remove(filepath.Join(dir, reserveName+".tmp")) // a reserve cut short by a crash
+	l.res = newReserve(dir, lg, m.reserveSpent)
 	opened := false
 	if !opts.NoPreallocate {
 		// A new log's first segment is preallocated too, so its spare is
@@ -833,6 +836,11 @@ func (l *Log) releaser(persisted uint64) {
 			continue
 		}
 		err := stageRelease(l.dir, released)
+		if err != nil && isNoSpace(err) && l.SpendReserve(released) {
+			// The disk is full, likely of this log's own entries: the
+			// mark, in the room the reserve kept, lets them go.
+			err = stageRelease(l.dir, released)
+		}
 		switch {
 		case err != nil && isNoSpace(err):
 			l.m.noSpaceTotal.Inc()
@@ -956,6 +964,7 @@ func (l *Log) truncateFront(index uint64) {
 	}
 	l.m.truncations.Inc()
 	l.reuseEvicted()
+	l.res.ensure() // again, if it was spent: the truncation made room
 
 	l.mu.Lock()
 	defer l.mu.Unlock()

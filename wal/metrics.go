@@ -23,6 +23,7 @@ type metrics struct {
 	segments     *prometheus.CounterVec
 	noSpace      prometheus.Gauge
 	noSpaceTotal prometheus.Counter
+	reserveSpent prometheus.Counter
 	dropped      prometheus.Counter
 }
 
@@ -48,6 +49,8 @@ func newMetrics(reg prometheus.Registerer, hop string) (*metrics, error) {
 			"1 while the log's file system is full (ENOSPC or EDQUOT): appends are refused with ErrNoSpace, or the release mark cannot be written. Nothing is lost; it clears by itself once a write succeeds."),
 		noSpaceTotal: b.Counter("ingest_wal_no_space_total",
 			"Writes that failed for lack of room (appends, release marks, spare segments), each undone and tried again later."),
+		reserveSpent: b.Counter("ingest_wal_reserve_spent_total",
+			"Times the room kept in reserve (256 KiB) was freed on a full disk, so that a release mark (or the tier's state) could be written and released segments removed."),
 		dropped: b.Counter("ingest_wal_dropped_entries_total",
 			"Entries, whole or partial, removed by repairs when the log was opened (torn tails, truncated segments repaired on request); the log names their indexes."),
 		segments: b.CounterVec("ingest_wal_segments_total",

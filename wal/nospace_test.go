@@ -195,3 +195,55 @@ func waitSpareSized(t *testing.T, dir string, size int64) {
 		return err == nil && fi.Size() == size
 	})
 }
+
+// TestSelfFilledDiskRecovers: the log fills its file system itself (its
+// bound is above the volume's size, as when the next hop is down for
+// long); then everything is released. The release mark, which needs a
+// block, is written in the room the reserve kept, the released segments
+// are removed, and appends are taken again, with no file removed by hand.
+// Before, the mark could not be written, so nothing was ever removed: the
+// log refused appends for good, across restarts.
+func TestSelfFilledDiskRecovers(t *testing.T) {
+	dir := filepath.Join(tmpfs.Mount(t, 1<<20), "wal")
+	opts := wal.Options{Hop: "test", SegmentBytes: 16 << 10, NoSpaceRetry: 20 * time.Millisecond, MarkInterval: 10 * time.Millisecond}
+	reg := prometheus.NewRegistry()
+	l := openLog(t, dir, opts, reg)
+	if _, err := os.Stat(filepath.Join(dir, "reserve")); err != nil {
+		t.Fatalf("no reserve kept: %v", err)
+	}
+	ctx := context.Background()
+	n := 0
+	for refused := 0; refused < 50; {
+		_, err := l.Append(ctx, noSpacePayload(0, n))
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, wal.ErrNoSpace):
+			refused++
+			time.Sleep(5 * time.Millisecond)
+		default:
+			t.Fatal(err)
+		}
+	}
+	t.Logf("%d entries appended before the disk was full", n)
+	if err := l.Release(l.LastIndex()); err != nil {
+		t.Fatal(err)
+	}
+	wal.WaitFor(t, "appends taken again", func() bool {
+		_, err := l.Append(ctx, noSpacePayload(1, 0))
+		return err == nil
+	})
+	if l.FirstIndex() == 1 {
+		t.Fatal("appends taken again with nothing removed")
+	}
+	if got := metricValue(t, reg, "ingest_wal_reserve_spent_total", "test"); got != 1 {
+		t.Fatalf("ingest_wal_reserve_spent_total %v, want 1", got)
+	}
+	wal.WaitFor(t, "a new reserve once the truncation made room", func() bool {
+		fi, err := os.Stat(filepath.Join(dir, "reserve"))
+		return err == nil && fi.Size() == 256<<10
+	})
+	wal.WaitFor(t, "the no-space gauge cleared", func() bool {
+		return metricValue(t, reg, "ingest_wal_no_space", "test") == 0
+	})
+}
