@@ -112,7 +112,10 @@ func (r *Router) lease(identity []byte, l *wire.Lease) {
 	// A grant to a group that had no member waits a moment, so that every
 	// member has asked once: the members a middletier knows just after it
 	// started, or just after its group was empty, are whoever asked first.
-	if g.holder == "" && chosen != "" && now.Sub(g.first) >= r.opts.LeaseTTL/2 {
+	// And nothing is granted for a whole LeaseTTL after the middletier
+	// started: a lease it granted before a restart may still run (it lasts
+	// LeaseTTL from its request), and its holder may not have asked yet.
+	if g.holder == "" && chosen != "" && now.Sub(g.first) >= r.opts.LeaseTTL/2 && now.Sub(r.started) >= r.opts.LeaseTTL {
 		g.holder = chosen
 	}
 	reply := &wire.LeaseReply{Middletier: r.opts.ID, Group: l.Group, Member: l.Member, Req: l.Req, Holder: g.holder,

@@ -114,3 +114,40 @@ func TestWriterGroupLease(t *testing.T) {
 	}
 	testkit.WaitFor(t, "the plain consumer to be forgotten", 10*time.Second, func() bool { return writers()["plain"] == 0 })
 }
+
+// TestNoGrantWhileAnEarlierLeaseMayRun: member a holds the lease, which
+// lasts LeaseTTL from a's request; the middletier restarts at once, and
+// only b asks the new one (a's requests do not arrive: a one-sided
+// partition). b must not be granted the lease before a's may have run
+// out. Before, the new middletier granted it after LeaseTTL/2.
+func TestNoGrantWhileAnEarlierLeaseMayRun(t *testing.T) {
+	const ttl = 2 * time.Second
+	tr := startTier(t, t.TempDir(), middletier.Options{ID: "mt-test", Consumers: []string{"g"}, LeaseTTL: ttl}, wal.Options{})
+	a := newMember(t, tr, "a")
+	var aSent time.Time
+	for {
+		aSent = time.Now()
+		if a.ask(wire.LeaseHold, 0).Holder == "a" {
+			break
+		}
+		time.Sleep(ttl / 10)
+	}
+	aUntil := aSent.Add(ttl)
+	if err := tr.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	tr.Start(t)
+	b := newMember(t, tr, "b")
+	for end := time.Now().Add(5 * ttl); ; {
+		if time.Now().After(end) {
+			t.Fatalf("b was never granted the lease")
+		}
+		if b.ask(wire.LeaseHold, 0).Holder == "b" {
+			if early := time.Until(aUntil); early > 0 {
+				t.Fatalf("b was granted the lease %v before a's, granted before the restart, may have run out", early)
+			}
+			return
+		}
+		time.Sleep(ttl / 20)
+	}
+}

@@ -65,6 +65,8 @@ type Router struct {
 
 	scratch appendScratch // the ingest worker's, reused from group to group
 
+	started time.Time // when Run began: no lease is granted for LeaseTTL after (groups.go)
+
 	gmu     sync.Mutex        // guards groups and holders; a leaf
 	groups  map[string]*group // writer groups, by name (groups.go)
 	holders map[string]string // per group, the holder its gauge shows
@@ -261,6 +263,7 @@ func (r *Router) Run(ctx context.Context) error {
 	if !r.life.Start() {
 		return errors.New("middletier: run: the router has run or is closed")
 	}
+	r.started = time.Now() // before any lease request is read (groups.go)
 	ctx, cancel := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	wg.Go(func() { r.ingest.Run(ctx, r.recvIngest) })
