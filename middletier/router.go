@@ -457,6 +457,7 @@ func (r *Router) appendGroup(ctx context.Context, group []inbound) {
 	r.mu.Unlock()
 	r.m.repeats.Add(float64(repeats))
 
+	var applied uint64 // the last record appended, if any
 	if len(ends) > 0 {
 		records = sc.records[:0]
 		start := 0
@@ -498,12 +499,15 @@ func (r *Router) appendGroup(ctx context.Context, group []inbound) {
 			return
 		}
 		r.m.entries.Add(float64(len(records)))
-		r.mu.Lock()
-		r.applied = first + uint64(len(records)) - 1
-		r.mu.Unlock()
+		applied = first + uint64(len(records)) - 1
 	}
 
+	// The marks are raised with applied, in one step: a state snapshot
+	// (keepState) must never hold an applied that its marks do not cover.
 	r.mu.Lock()
+	if applied != 0 {
+		r.applied = applied
+	}
 	for origin, v := range marks {
 		r.highest[origin] = max(r.highest[origin], v)
 	}
