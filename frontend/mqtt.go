@@ -227,6 +227,9 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 	}
 	s.takeOver(old, c.device)
 	c.bucket = s.limits.take(c.device, time.Now().UnixNano())
+	if t := s.endAtExpiry(c, c.device, c.exp); t != nil {
+		defer t.Stop()
+	}
 
 	vl := versionLabel(c.version)
 	s.m.connections.Inc()

@@ -17,6 +17,7 @@ import (
 	"github.com/ingest-io/ingest/internal/testkit"
 
 	"github.com/coder/websocket"
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -550,5 +551,53 @@ func TestMQTT311QoS2PastReceiveMaximum(t *testing.T) {
 	r.send(&rel, rel.PubrelEncode)
 	if pk := r.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Pubcomp || pk.PacketID != 3 {
 		t.Fatalf("want PUBCOMP 3, got %+v", pk)
+	}
+}
+
+// A session whose token expires is ended even if it never publishes again
+// (it only pings; it might only take commands): MQTT 5 with DISCONNECT
+// 0x87, 3.1.1 by closing, within expiryGrace of the expiry. Before, only
+// a publish ended it, and a session that only pinged lived on.
+func TestMQTTTokenExpiresWhileIdle(t *testing.T) {
+	ts := startMQTTServer(t, Options{}, wal.Options{})
+	for _, v := range []byte{mqtt311, mqtt5} {
+		exp := time.Now().Add(1500 * time.Millisecond).Truncate(time.Second).Add(time.Second)
+		tok := hsToken(t, "dev-1", func(c *jwt.RegisteredClaims) { c.ExpiresAt = jwt.NewNumericDate(exp) })
+		r := dialRaw(t, ts.mqttAddr, v)
+		r.connect("dev-1", tok, 2)
+		var ended bool
+		for !ended && time.Now().Before(exp.Add(5*time.Second)) {
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+			r.send(&pk, pk.PingreqEncode)
+			for {
+				got := r.read(5 * time.Second)
+				if got == nil {
+					ended = true
+					break
+				}
+				if got.FixedHeader.Type == packets.Disconnect {
+					if v != mqtt5 || got.ReasonCode != rcNotAuthorized {
+						t.Fatalf("v%d: DISCONNECT %#x, want %#x", v, got.ReasonCode, rcNotAuthorized)
+					}
+					continue // the close follows
+				}
+				if got.FixedHeader.Type != packets.Pingresp {
+					t.Fatalf("v%d: %s", v, packets.PacketNames[got.FixedHeader.Type])
+				}
+				break
+			}
+			if !ended {
+				time.Sleep(300 * time.Millisecond) // the client's own pace
+			}
+		}
+		if !ended {
+			t.Fatalf("v%d: the session was still served 5 s after its token expired", v)
+		}
+		if time.Now().Before(exp) {
+			t.Fatalf("v%d: the session ended before its token expired", v)
+		}
+	}
+	if got := testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(reasonExpired)); got != 2 {
+		t.Fatalf("%v closes for an expired token, want 2", got)
 	}
 }

@@ -412,3 +412,26 @@ func TestReceiveStampsFullBurst(t *testing.T) {
 		t.Errorf("%d of 2000 acknowledged messages share a millisecond stamp with an earlier one", dups)
 	}
 }
+
+// A connection whose token expires is closed with 1008 and the reason
+// unauthorized even if the device sends nothing more (it may only take
+// commands), within expiryGrace of the expiry. Before, only its next frame
+// ended it.
+func TestTokenExpiresWhileIdle(t *testing.T) {
+	ts := startServer(t, Options{}, wal.Options{})
+	exp := time.Now().Add(1500 * time.Millisecond).Truncate(time.Second).Add(time.Second)
+	c := rawDial(t, ts, hsToken(t, "dev-1", func(rc *jwt.RegisteredClaims) { rc.ExpiresAt = jwt.NewNumericDate(exp) }))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _, err := c.Read(ctx)
+	if time.Now().Before(exp) {
+		t.Fatalf("closed before the token expired: %v", err)
+	}
+	if st := websocket.CloseStatus(err); st != websocket.StatusPolicyViolation {
+		t.Fatalf("read: %v (status %v), want a close with 1008 within 10 s", err, st)
+	}
+	var ce websocket.CloseError
+	if errors.As(err, &ce) && ce.Reason != protocol.ReasonUnauthorized {
+		t.Fatalf("close reason %q, want %q", ce.Reason, protocol.ReasonUnauthorized)
+	}
+}

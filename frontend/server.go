@@ -426,6 +426,9 @@ func (s *Server) run(c *conn, old session) {
 	// The newer connection starts reading only after the older one has finished.
 	s.takeOver(old, c.device)
 	c.bucket = s.limits.take(c.device, time.Now().UnixNano())
+	if t := s.endAtExpiry(c, c.device, c.exp); t != nil {
+		defer t.Stop()
+	}
 
 	if s.opts.Downlink != nil {
 		c.att = s.opts.Downlink.Attach(c.device, c.write)

@@ -102,3 +102,29 @@ func (s *Server) CloseRevoked() int {
 	}
 	return n
 }
+
+// expiryGrace is how long after its token's expiry (past the leeway) a
+// session is ended even if it sends nothing: a frame or publish that
+// arrives first is refused at once, as unauthorized.
+const expiryGrace = time.Second
+
+// endAtExpiry ends se, as a newer connection ends an older one, once its
+// token (expiring at exp; zero: never) has expired, past the leeway and
+// expiryGrace: a device that only receives commands, or only pings, is not
+// served on an expired token. The caller stops the timer it returns (nil
+// for a token that never expires) once the session has ended.
+func (s *Server) endAtExpiry(se session, device string, exp time.Time) *time.Timer {
+	if exp.IsZero() {
+		return nil
+	}
+	return time.AfterFunc(time.Until(exp.Add(s.opts.Auth.Leeway+expiryGrace)), func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		if s.draining || s.devices[device] != se {
+			return // drain closes every connection; a newer one replaced it
+		}
+		s.lg.Info("device token expired: closing its connection", "device", device)
+		// Added under s.mu, as register does (CloseRevoked).
+		s.wg.Go(func() { se.finish(protocol.ClosePolicyViolation, reasonExpired) })
+	})
+}
