@@ -19,6 +19,7 @@ import (
 
 	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/hijack"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -57,6 +58,8 @@ type mqttConn struct {
 	device        string
 	exp           time.Time     // token expiry; zero: none
 	keepalive     time.Duration // 1.5 × the client's keep alive; zero: none
+	lookDue       bool          // held back in enqueue: time to look at the peer (heldPeer); under mu
+	heldUnread    int           // held back: the bytes unread at the last look (heldPeer); the reader's
 	clientMax     uint32        // the client's Maximum Packet Size (MQTT 5); zero: none
 	problems      bool          // MQTT 5 Request Problem Information: reason strings allowed
 	sessionExpiry bool          // an MQTT 5 client asked for a session that outlives the connection
@@ -566,8 +569,38 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 	}
 	// A 3.1.1 session's QoS 2 publishes acknowledged with PUBREC wait for
 	// PUBRELs that only this reader reads: they hold it back no more.
-	for !c.stopped && (c.pend != nil && len(c.pend.buf) >= s.opts.MaxPendingBytes || counts && c.inflight-c.pubrecd >= rmax) {
-		c.cond.Wait()
+	held := func() bool {
+		return c.pend != nil && len(c.pend.buf) >= s.opts.MaxPendingBytes || counts && c.inflight-c.pubrecd >= rmax
+	}
+	var look *time.Timer // while held back: when to look at the peer (heldPeer)
+	every := c.keepalive
+	if every == 0 {
+		every = heldLookEvery
+	}
+	for !c.stopped && held() {
+		if look == nil {
+			c.lookDue = false
+			c.heldUnread, _, _ = c.unread()
+			look = time.AfterFunc(every, func() {
+				c.mu.Lock()
+				c.lookDue = true
+				c.cond.Broadcast()
+				c.mu.Unlock()
+			})
+			defer look.Stop()
+		}
+		if !c.lookDue {
+			c.cond.Wait()
+			continue
+		}
+		c.lookDue = false
+		c.mu.Unlock()
+		err := c.heldPeer()
+		c.mu.Lock()
+		if err != nil {
+			return err
+		}
+		look.Reset(every)
 	}
 	if c.stopped {
 		return errStopped
@@ -587,6 +620,45 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 	p.items = append(p.items, *it)
 	c.flushLocked()
 	return nil
+}
+
+// heldLookEvery is how often a session held back without a keep alive
+// looks whether its peer has closed the connection (heldPeer).
+const heldLookEvery = 10 * time.Second
+
+// heldPeer looks at the connection of a session held back (not read, its
+// pending bytes or its unacknowledged publishes at their bound; a 3.1.1
+// session may wait so for as long as the WAL has no room), and reports
+// whether the session must end, without reading: a peer that has closed
+// its side is gone; bytes that arrived since the last look (or the start
+// of the hold) say the device is there and waits for the session to read;
+// and with a keep alive, none says it has sent nothing for 1.5 × its keep
+// alive, and it ends as one that misses its keep alive ends. Over TLS or a
+// WebSocket the connection cannot be looked at so, and the session waits
+// as before. It runs on the reader, which alone reads the connection.
+func (c *mqttConn) heldPeer() error {
+	unread, closed, ok := c.unread()
+	switch {
+	case !ok:
+		return nil
+	case closed:
+		return io.EOF
+	case unread != c.heldUnread:
+		c.heldUnread = unread
+		return nil
+	case c.keepalive > 0:
+		return &mqttEnd{code: rcKeepAliveTimeout, reason: reasonKeepalive,
+			text: "nothing received for 1.5 × the keep alive while the session waited for room"}
+	}
+	return nil
+}
+
+// unread reports how many bytes wait unread for the reader, and whether the
+// peer has closed its side (hijack.Waiting); ok is false where that is not
+// known.
+func (c *mqttConn) unread() (n int, closed, ok bool) {
+	n, closed, ok = hijack.Waiting(c.nc)
+	return n + c.br.Buffered(), closed, ok
 }
 
 // flush appends the publishes of p to the WAL and acknowledges them. It

@@ -601,3 +601,68 @@ func TestMQTTTokenExpiresWhileIdle(t *testing.T) {
 		t.Fatalf("%v closes for an expired token, want 2", got)
 	}
 }
+
+// An MQTT 3.1.1 session held back at the WAL's bound (not read: 3.1.1
+// cannot refuse a publish) still ends when its device is gone: a closed
+// connection ends it, and so does a silence of 1.5 × the keep alive; a
+// device that keeps sending (pings, here, unread) is kept. Before, a held
+// session noticed neither, and kept its place and its flusher, which
+// tries the WAL every 50 ms, for as long as the WAL had no room.
+func TestMQTT311HeldSessionNoticesItsPeer(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		device func(r *rawMQTT, stop <-chan struct{})
+		reason string // "": the session must stay
+	}{
+		{"closed", func(r *rawMQTT, _ <-chan struct{}) { r.nc.Close() }, reasonPeer},
+		{"silent", func(*rawMQTT, <-chan struct{}) {}, reasonKeepalive},
+		{"pinging", func(r *rawMQTT, stop <-chan struct{}) {
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(300 * time.Millisecond):
+				}
+				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+				var b bytes.Buffer
+				pk.PingreqEncode(&b)
+				r.nc.Write(b.Bytes())
+			}
+		}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ts := startMQTTServer(t, Options{MQTT: MQTTOptions{ReceiveMaximum: 2}}, wal.Options{MaxEntries: 1})
+			r := dialRaw(t, ts.mqttAddr, mqtt311)
+			r.connect("dev-1", hsToken(t, "dev-1", nil), 1) // keep alive 1 s
+			for i := range 6 {
+				r.publish("devices/dev-1", fmt.Sprintf(`{"v":%d}`, i), 1, uint16(i+1))
+			}
+			if pk := r.read(5 * time.Second); pk == nil || pk.PacketID != 1 {
+				t.Fatalf("PUBACK 1: %+v", pk)
+			}
+			testkit.WaitFor(t, "the session held back at the WAL's bound", 5*time.Second, func() bool {
+				return testutil.ToFloat64(ts.srv.m.mqtt.walFullWaits) >= 1
+			})
+			stop := make(chan struct{})
+			done := make(chan struct{})
+			go func() { defer close(done); tc.device(r, stop) }()
+			defer func() { close(stop); <-done }()
+			sessions := func() int {
+				ts.srv.mu.Lock()
+				defer ts.srv.mu.Unlock()
+				return len(ts.srv.conns)
+			}
+			if tc.reason == "" {
+				time.Sleep(4 * time.Second) // past 1.5 × the keep alive, several times
+				if sessions() != 1 {
+					t.Fatal("a held session whose device kept sending was ended")
+				}
+				return
+			}
+			testkit.WaitFor(t, "the held session ended", 10*time.Second, func() bool { return sessions() == 0 })
+			if got := testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(tc.reason)); got != 1 {
+				t.Fatalf("%v sessions ended for %s", got, tc.reason)
+			}
+		})
+	}
+}
