@@ -729,7 +729,7 @@ func (r *Router) keepState() error {
 	target = min(target, st.Applied)
 
 	err := writeState(r.opts.StateDir, st)
-	if err != nil && isNoSpace(err) && target > r.log.Released() && r.log.SpendReserve(target) {
+	if err != nil && isNoSpace(err) && target > r.log.Released() && r.log.SpendReserve(target, r.opts.StateDir) {
 		// The disk is full, likely of the WAL's own entries, which only
 		// this state lets go: write it in the room the WAL kept.
 		err = writeState(r.opts.StateDir, st)

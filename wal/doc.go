@@ -157,9 +157,11 @@
 // until it is. A disk the log has filled itself would never empty that
 // way, since only the mark lets its segments go: the log keeps a reserve
 // file of 256 KiB (reserve.go), which it removes to write a mark that lets
-// a whole segment go, and makes again after the next truncation. A tier
-// whose own state must be durable before it releases spends it the same
-// way (SpendReserve). A spare segment the disk has no room for is not kept
+// a whole segment go, and makes again after the next truncation; in
+// between, appends are refused with ErrNoSpace without writing, so that
+// they cannot take the room the mark needs. A tier whose own state must be
+// durable before it releases spends it the same way (SpendReserve), when
+// that state is on the log's file system. A spare segment the disk has no room for is not kept
 // half written. ingest_wal_no_space is 1 while appends are refused or the
 // mark is unwritten for lack of room.
 //

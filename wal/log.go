@@ -77,6 +77,7 @@ type Log struct {
 	relErr         error // the final release mark could not be written
 	noSpace        error // the last append that failed for lack of room, until one succeeds
 	noSpaceUntil   time.Time
+	reserveHeld    bool   // the reserve was spent: appends wait for the truncation (SpendReserve)
 	markNoSpace    bool   // the release mark could not be written for lack of room
 	first          uint64 // first index on disk
 	last           uint64 // last committed (fsynced) index
@@ -391,6 +392,8 @@ func (l *Log) admit(bytes, entries int64) error {
 		return ErrClosed
 	case l.noSpace != nil && time.Now().Before(l.noSpaceUntil):
 		return l.noSpace
+	case l.reserveHeld:
+		return errReserveHeld
 	}
 	depthBytes, depthEntries := l.depthLocked()
 	if depthBytes+l.pendingBytes+bytes > l.opts.MaxBytes ||
@@ -543,6 +546,9 @@ func (l *Log) commit(group []*request) {
 	if err == nil && l.noSpace != nil && time.Now().Before(l.noSpaceUntil) {
 		// Room is not back yet: refused without writing.
 		err = l.noSpace
+	}
+	if err == nil && l.reserveHeld {
+		err = errReserveHeld // the room is the release mark's (SpendReserve)
 	}
 	l.mu.Unlock()
 
@@ -836,7 +842,7 @@ func (l *Log) releaser(persisted uint64) {
 			continue
 		}
 		err := stageRelease(l.dir, released)
-		if err != nil && isNoSpace(err) && l.SpendReserve(released) {
+		if err != nil && isNoSpace(err) && l.SpendReserve(released, l.dir) {
 			// The disk is full, likely of this log's own entries: the
 			// mark, in the room the reserve kept, lets them go.
 			err = stageRelease(l.dir, released)
@@ -968,6 +974,10 @@ func (l *Log) truncateFront(index uint64) {
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.reserveHeld {
+		l.reserveHeld = false
+		l.m.noSpace.Set(b2f(l.markNoSpace || l.noSpace != nil))
+	}
 	l.first = start
 	i := 0
 	for l.segStarts[i] != start {

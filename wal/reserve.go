@@ -2,6 +2,7 @@ package wal
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -96,16 +97,28 @@ func (r *reserve) spend() bool {
 // if it has it and a Release up to upTo would let at least one whole
 // segment go, and reports whether it did. A tier whose own state must be
 // durable before it releases calls it when that state cannot be written
-// for lack of room, and writes it again at once. The log makes a new
+// for lack of room, with the state's directory (dir): the reserve is
+// spent only if dir is on the log's file system, where the room helps.
+// The tier then writes its state again at once. The log makes a new
 // reserve once a truncation has made room.
-func (l *Log) SpendReserve(upTo uint64) bool {
-	return l.freesSegment(upTo) && l.res.spend()
-}
-
-// freesSegment reports whether a release up to upTo would let the first
-// segment go.
-func (l *Log) freesSegment(upTo uint64) bool {
+//
+// From then until the truncation, appends are refused with ErrNoSpace
+// without writing: the room is the mark's, and an append that took it
+// would leave the log where it was, with no reserve.
+func (l *Log) SpendReserve(upTo uint64, dir string) bool {
+	if !sameFileSystem(dir, l.dir) {
+		return false
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	return len(l.segStarts) >= 2 && upTo+1 >= l.segStarts[1]
+	if len(l.segStarts) < 2 || upTo+1 < l.segStarts[1] || !l.res.spend() {
+		return false
+	}
+	l.reserveHeld = true
+	l.m.noSpace.Set(1)
+	return true
 }
+
+// errReserveHeld refuses appends while the room the reserve kept waits for
+// the release mark (SpendReserve).
+var errReserveHeld = fmt.Errorf("%w: the room kept in reserve is held for the release mark", ErrNoSpace)
