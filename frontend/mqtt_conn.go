@@ -59,7 +59,7 @@ type mqttConn struct {
 	exp           time.Time     // token expiry; zero: none
 	keepalive     time.Duration // 1.5 × the client's keep alive; zero: none
 	lookDue       bool          // held back in enqueue: time to look at the peer (heldPeer); under mu
-	heldUnread    int           // held back: the bytes unread at the last look (heldPeer); the reader's
+	heldSince     time.Time     // held back since then (heldPeer); the reader's
 	clientMax     uint32        // the client's Maximum Packet Size (MQTT 5); zero: none
 	problems      bool          // MQTT 5 Request Problem Information: reason strings allowed
 	sessionExpiry bool          // an MQTT 5 client asked for a session that outlives the connection
@@ -580,7 +580,7 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 	for !c.stopped && held() {
 		if look == nil {
 			c.lookDue = false
-			c.heldUnread, _, _ = c.unread()
+			c.heldSince = time.Now()
 			look = time.AfterFunc(every, func() {
 				c.mu.Lock()
 				c.lookDue = true
@@ -595,7 +595,7 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 		}
 		c.lookDue = false
 		c.mu.Unlock()
-		err := c.heldPeer()
+		err := c.heldPeer(every)
 		c.mu.Lock()
 		if err != nil {
 			return err
@@ -628,24 +628,28 @@ const heldLookEvery = 10 * time.Second
 
 // heldPeer looks at the connection of a session held back (not read, its
 // pending bytes or its unacknowledged publishes at their bound; a 3.1.1
-// session may wait so for as long as the WAL has no room), and reports
-// whether the session must end, without reading: a peer that has closed
-// its side is gone; bytes that arrived since the last look (or the start
-// of the hold) say the device is there and waits for the session to read;
-// and with a keep alive, none says it has sent nothing for 1.5 × its keep
-// alive, and it ends as one that misses its keep alive ends. Over TLS or a
-// WebSocket the connection cannot be looked at so, and the session waits
-// as before. It runs on the reader, which alone reads the connection.
-func (c *mqttConn) heldPeer() error {
+// session may wait so for as long as the WAL has no room) for every or
+// longer, and reports whether the session must end, without reading.
+// Nothing reads the connection while the session is held, so what the
+// device sends meanwhile waits in it: bytes waiting say the device sent
+// them and waits for the session to read them, in order, once there is
+// room (it may even have closed its side after them, with a DISCONNECT:
+// they are still read). With none waiting, a peer that has closed its
+// side is gone, and, with a keep alive, one that has sent nothing since
+// the hold began (1.5 × its keep alive or longer) ends as one that misses
+// its keep alive ends. Over TLS or a WebSocket the connection cannot be
+// looked at so, and the session waits as before. It runs on the reader,
+// which alone reads the connection.
+func (c *mqttConn) heldPeer(every time.Duration) error {
+	if time.Since(c.heldSince) < every {
+		return nil // a look due to an earlier hold
+	}
 	unread, closed, ok := c.unread()
 	switch {
-	case !ok:
+	case !ok || unread > 0:
 		return nil
 	case closed:
-		return io.EOF
-	case unread != c.heldUnread:
-		c.heldUnread = unread
-		return nil
+		return &mqttEnd{reason: reasonPeer, text: "the device closed the connection while the session waited for room"}
 	case c.keepalive > 0:
 		return &mqttEnd{code: rcKeepAliveTimeout, reason: reasonKeepalive,
 			text: "nothing received for 1.5 × the keep alive while the session waited for room"}

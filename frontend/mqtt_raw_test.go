@@ -604,19 +604,29 @@ func TestMQTTTokenExpiresWhileIdle(t *testing.T) {
 
 // An MQTT 3.1.1 session held back at the WAL's bound (not read: 3.1.1
 // cannot refuse a publish) still ends when its device is gone: a closed
-// connection ends it, and so does a silence of 1.5 × the keep alive; a
-// device that keeps sending (pings, here, unread) is kept. Before, a held
-// session noticed neither, and kept its place and its flusher, which
-// tries the WAL every 50 ms, for as long as the WAL had no room.
+// connection with nothing left to read ends it, and so does a silence of
+// 1.5 × the keep alive. A device that keeps sending (pings here, unread;
+// or publishes until its connection's window is full) is kept, and so are
+// the publishes and DISCONNECT of a device that closed after sending them:
+// they are read, in order, once the WAL has room. Before, a held session
+// noticed none of this, and kept its place and its flusher, which tries
+// the WAL every 50 ms, for as long as the WAL had no room.
 func TestMQTT311HeldSessionNoticesItsPeer(t *testing.T) {
+	publish := func(r *rawMQTT, i int, qos byte) {
+		r.publish("devices/dev-1", fmt.Sprintf(`{"v":%d}`, i), qos, uint16(i+1))
+	}
 	for _, tc := range []struct {
-		name   string
+		name string
+		// sent is how many QoS 1 publishes go before the session is held:
+		// with ReceiveMaximum 2 and room for one entry, the fourth is the
+		// one the reader is held on, and any after it wait unread.
+		sent   int
 		device func(r *rawMQTT, stop <-chan struct{})
-		reason string // "": the session must stay
+		reason string // "": the session must stay while the WAL has no room
 	}{
-		{"closed", func(r *rawMQTT, _ <-chan struct{}) { r.nc.Close() }, reasonPeer},
-		{"silent", func(*rawMQTT, <-chan struct{}) {}, reasonKeepalive},
-		{"pinging", func(r *rawMQTT, stop <-chan struct{}) {
+		{"closed", 4, func(r *rawMQTT, _ <-chan struct{}) { r.nc.Close() }, reasonPeer},
+		{"silent", 4, func(*rawMQTT, <-chan struct{}) {}, reasonKeepalive},
+		{"pinging", 4, func(r *rawMQTT, stop <-chan struct{}) {
 			for {
 				select {
 				case <-stop:
@@ -629,13 +639,43 @@ func TestMQTT311HeldSessionNoticesItsPeer(t *testing.T) {
 				r.nc.Write(b.Bytes())
 			}
 		}, ""},
+		{"window full", 4, func(r *rawMQTT, stop <-chan struct{}) {
+			// Publishes until its writes block: the connection's window
+			// is closed, and nothing more reaches the server's socket.
+			for i := 4; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				r.nc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "devices/dev-1", Payload: []byte(`{"v":1}`)}
+				var b bytes.Buffer
+				pk.PublishEncode(&b)
+				r.nc.Write(b.Bytes())
+			}
+		}, ""},
+		{"closed after sending", 4, func(r *rawMQTT, _ <-chan struct{}) {
+			// QoS 0 publishes, DISCONNECT, and the end of its side.
+			for i := 4; i < 10; i++ {
+				publish(r, i, 0)
+			}
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}}
+			var b bytes.Buffer
+			pk.DisconnectEncode(&b)
+			r.nc.Write(b.Bytes())
+			// Its side only: a close with the server's PUBACKs unread
+			// would reset the connection, and the kernel would drop what
+			// the server has not read.
+			r.nc.(*net.TCPConn).CloseWrite()
+		}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := startMQTTServer(t, Options{MQTT: MQTTOptions{ReceiveMaximum: 2}}, wal.Options{MaxEntries: 1})
 			r := dialRaw(t, ts.mqttAddr, mqtt311)
 			r.connect("dev-1", hsToken(t, "dev-1", nil), 1) // keep alive 1 s
-			for i := range 6 {
-				r.publish("devices/dev-1", fmt.Sprintf(`{"v":%d}`, i), 1, uint16(i+1))
+			for i := range tc.sent {
+				publish(r, i, 1)
 			}
 			if pk := r.read(5 * time.Second); pk == nil || pk.PacketID != 1 {
 				t.Fatalf("PUBACK 1: %+v", pk)
@@ -652,16 +692,29 @@ func TestMQTT311HeldSessionNoticesItsPeer(t *testing.T) {
 				defer ts.srv.mu.Unlock()
 				return len(ts.srv.conns)
 			}
-			if tc.reason == "" {
-				time.Sleep(4 * time.Second) // past 1.5 × the keep alive, several times
-				if sessions() != 1 {
-					t.Fatal("a held session whose device kept sending was ended")
+			if tc.reason != "" {
+				testkit.WaitFor(t, "the held session ended", 10*time.Second, func() bool { return sessions() == 0 })
+				if got := testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(tc.reason)); got != 1 {
+					t.Fatalf("%v sessions ended for %s", got, tc.reason)
 				}
 				return
 			}
-			testkit.WaitFor(t, "the held session ended", 10*time.Second, func() bool { return sessions() == 0 })
-			if got := testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(tc.reason)); got != 1 {
-				t.Fatalf("%v sessions ended for %s", got, tc.reason)
+			time.Sleep(4 * time.Second) // past 1.5 × the keep alive, several times
+			if sessions() != 1 {
+				t.Fatal("a held session whose device is there, or sent what is still to be read, was ended")
+			}
+			if tc.name != "closed after sending" {
+				return
+			}
+			// Room: what the device sent before it closed is read, in
+			// order, up to its DISCONNECT, which ends the session as the
+			// device ended it (not as a peer gone or silent).
+			testkit.WaitFor(t, "the session ended", 10*time.Second, func() bool {
+				ts.log.Release(ts.log.LastIndex())
+				return sessions() == 0
+			})
+			if got := testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(reasonClientDisconnect)); got != 1 {
+				t.Fatalf("%v sessions ended by the device's DISCONNECT", got)
 			}
 		})
 	}
