@@ -68,7 +68,9 @@
 // background, at most once per Options.MarkInterval (the releases in between
 // share one write; Close writes the last), and segments wholly below it are then removed in the
 // background: a segment stays whole, released entries and all, until the
-// mark passes its end, so truncation never rewrites a file. FirstIndex
+// mark passes its end, so truncation never rewrites a file. Segments that
+// the durable mark released when the log is opened (Close writes the last
+// mark after the truncations have stopped) are removed then. FirstIndex
 // may therefore be below the mark. After a restart, Cursor(0) starts at the first entry after the
 // durable mark: entries released just before a crash may be read again. A
 // consumer must therefore tolerate repeats, never gaps; the log never skips

@@ -136,6 +136,21 @@ func Open(dir string, opts Options, reg prometheus.Registerer, lg *slog.Logger) 
 		return nil, err
 	}
 	l.lock = lock
+	// The segments that the durable mark released go now, before anything
+	// reads the log: the last life may have written the mark and ended
+	// before its truncation (Close writes the last mark after the writer
+	// has stopped; a crash), and no later release need come to remove
+	// them (on a disk they filled, none can).
+	l.writeMu.Lock()
+	l.truncateFront(l.released + 1)
+	l.writeMu.Unlock()
+	if err := l.Err(); err != nil {
+		l.w.Close()
+		l.spare.close()
+		m.unregister()
+		lock.Close()
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
 	l.wg.Add(2)
 	go l.writer()
 	go l.releaser(l.released)
@@ -898,7 +913,7 @@ func (l *Log) setMarkNoSpace(on bool, err error) {
 		return
 	}
 	l.markNoSpace = on
-	l.m.noSpace.Set(b2f(on || l.noSpace != nil))
+	l.m.noSpace.Set(b2f(on || l.noSpace != nil || l.reserveHeld))
 	if l.lg == nil {
 		return
 	}

@@ -807,3 +807,44 @@ func TestForEach(t *testing.T) {
 		t.Fatalf("ForEach after fn's error: %v, %d calls", err, n)
 	}
 }
+
+// TestReleasedSegmentsGoAtOpen: segments that the durable release mark
+// released are removed once the log is opened again, without waiting for
+// a later release. The mark of the last life was written at its Close
+// (MarkInterval keeps it from being written earlier), after its writer
+// had stopped, so nothing removed them then. Before, they stayed until a
+// release beyond the mark, which on a disk they had filled never came.
+func TestReleasedSegmentsGoAtOpen(t *testing.T) {
+	dir := t.TempDir()
+	opts := wal.Options{Hop: "test", SegmentBytes: 4096, MarkInterval: time.Hour}
+	l, err := wal.Open(dir, opts, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 200 {
+		if _, err := l.Append(context.Background(), fmt.Appendf(nil, "entry-%d-%0100d", i, i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	last := l.LastIndex()
+	if err := l.Release(last); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	before := len(segmentFiles(t, dir))
+	l, err = wal.Open(dir, opts, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if l.Released() != last {
+		t.Fatalf("released %d after reopening, want %d", l.Released(), last)
+	}
+	wal.WaitFor(t, "the released segments removed", func() bool { return len(segmentFiles(t, dir)) == 1 })
+	t.Logf("%d segment files before reopening, 1 after", before)
+	if before < 4 {
+		t.Fatalf("only %d segment files were left by the first life: the test shows nothing", before)
+	}
+}

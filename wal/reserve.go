@@ -109,6 +109,10 @@ func (l *Log) SpendReserve(upTo uint64, dir string) bool {
 	if !sameFileSystem(dir, l.dir) {
 		return false
 	}
+	// Under writeMu, so that no commit that passed its look at the hold
+	// writes into the room between the spend and the hold.
+	l.writeMu.Lock()
+	defer l.writeMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if len(l.segStarts) < 2 || upTo+1 < l.segStarts[1] || !l.res.spend() {
