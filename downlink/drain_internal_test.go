@@ -1,7 +1,6 @@
 package downlink
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -10,7 +9,6 @@ import (
 
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wire"
-	"github.com/ingest-io/ingest/zsock"
 )
 
 // A home's deliveries that the link's socket received before its
@@ -20,14 +18,8 @@ import (
 // connection is ended, as after two unanswered requests. The home is a
 // bare ROUTER: it delivers each command once.
 func TestDeliveriesBeforeTheEndTaken(t *testing.T) {
-	home := zsock.NewRouter("tcp://127.0.0.1:0", zsock.RouterOptions{}, nil)
-	if err := home.Listen(); err != nil {
-		t.Fatal(err)
-	}
 	ids := make(chan []byte, 100)
-	testkit.Go(t, "home", func(ctx context.Context) error {
-		return home.Run(ctx, func(frames [][]byte) { ids <- bytes.Clone(frames[0]) })
-	})
+	home := testkit.StartRouter(t, func(id []byte, _ wire.Message) { ids <- id })
 	l, err := New(Options{Frontend: "fe-1", Homes: []string{home.Addr()}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -1,19 +1,12 @@
 package downlink
 
 import (
-	"bytes"
 	"context"
-	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/go-zeromq/zmq4"
-	"github.com/go-zeromq/zmq4/security/null"
-
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/wire"
-	"github.com/ingest-io/ingest/zsock"
 )
 
 // A request whose connection ends is sent again on the next connection at
@@ -24,29 +17,13 @@ import (
 // connection is ended as soon as the request reaches it, as when the home
 // restarts.
 func TestRequestOnANewConnection(t *testing.T) {
-	home := zsock.NewRouter("tcp://127.0.0.1:0", zsock.RouterOptions{}, nil)
-	if err := home.Listen(); err != nil {
-		t.Fatal(err)
-	}
 	type msg struct {
 		id []byte
 		m  wire.Message
 		at time.Time
 	}
 	in := make(chan msg, 100)
-	testkit.Go(t, "home", func(ctx context.Context) error {
-		return home.Run(ctx, func(frames [][]byte) {
-			if len(frames) != 2 {
-				return
-			}
-			m, err := wire.Decode(frames[1])
-			if err != nil {
-				t.Errorf("home: %v", err)
-				return
-			}
-			in <- msg{bytes.Clone(frames[0]), m, time.Now()}
-		})
-	})
+	home := testkit.StartRouter(t, func(id []byte, m wire.Message) { in <- msg{id, m, time.Now()} })
 	const timeout = 2 * time.Second
 	l, err := New(Options{Frontend: "fe-1", Homes: []string{home.Addr()}, RequestTimeout: timeout, PresenceInterval: time.Hour}, nil, nil)
 	if err != nil {
@@ -103,7 +80,7 @@ func TestRequestOnANewConnection(t *testing.T) {
 				t.Errorf("the request reached the new connection %v after the old one ended: it waited for its timeout (%v)", wait, timeout)
 			}
 		case len(conns) == 2 && copies[id] == 2:
-			home.Send(got.id, wire.Append(nil, &wire.Reply{Req: 7, Code: "ok"}))
+			home.Reply(got.id, &wire.Reply{Req: 7, Code: "ok"})
 			res := <-done
 			if res.err != nil || res.r.Code != "ok" {
 				t.Fatalf("request: %+v %v", res.r, res.err)
@@ -119,27 +96,8 @@ func TestRequestOnANewConnection(t *testing.T) {
 // backoff that grows, not again and again at once: a few times in two
 // seconds (before, hundreds).
 func TestFlappingHomeBackoff(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	var greeted atomic.Int64
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer nc.Close()
-				if _, err := zmq4.Open(nc, null.Security(), zmq4.Router, zmq4.SocketIdentity("home"), true, nil); err == nil {
-					greeted.Add(1)
-				}
-			}()
-		}
-	}()
-	l, err := New(Options{Frontend: "fe-1", Homes: []string{"tcp://" + ln.Addr().String()}}, nil, nil)
+	home, greeted := testkit.StartFlapper(t)
+	l, err := New(Options{Frontend: "fe-1", Homes: []string{home}}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

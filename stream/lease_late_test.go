@@ -1,7 +1,6 @@
 package stream_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"sync/atomic"
@@ -13,7 +12,6 @@ import (
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/stream"
 	"github.com/ingest-io/ingest/wire"
-	"github.com/ingest-io/ingest/zsock"
 )
 
 // A lease granted in a reply that comes after the lease has run out (its
@@ -22,34 +20,21 @@ import (
 // middletier is a bare ROUTER that grants the lease for 100 ms and answers
 // 200 ms late for a second, then at once: the Member follows only then.
 func TestLeaseGrantedTooLate(t *testing.T) {
-	mt := zsock.NewRouter("tcp://127.0.0.1:0", zsock.RouterOptions{}, nil)
-	if err := mt.Listen(); err != nil {
-		t.Fatal(err)
-	}
 	var late atomic.Bool
 	late.Store(true)
-	testkit.Go(t, "middletier", func(ctx context.Context) error {
-		return mt.Run(ctx, func(frames [][]byte) {
-			if len(frames) != 2 {
-				return
-			}
-			m, err := wire.Decode(frames[1])
-			if err != nil {
-				return
-			}
-			q, ok := m.(*wire.Lease)
-			if !ok || q.Op != wire.LeaseHold {
-				return
-			}
-			id := bytes.Clone(frames[0])
-			reply := wire.Append(nil, &wire.LeaseReply{Middletier: "mt-0", Group: q.Group, Member: q.Member, Req: q.Req,
-				Holder: q.Member, Writers: 1, TTL: 100 * time.Millisecond})
-			if late.Load() {
-				time.AfterFunc(200*time.Millisecond, func() { mt.Send(id, reply) })
-				return
-			}
-			mt.Send(id, reply)
-		})
+	var mt *testkit.Router
+	mt = testkit.StartRouter(t, func(id []byte, m wire.Message) {
+		q, ok := m.(*wire.Lease)
+		if !ok || q.Op != wire.LeaseHold {
+			return
+		}
+		reply := &wire.LeaseReply{Middletier: "mt-0", Group: q.Group, Member: q.Member, Req: q.Req,
+			Holder: q.Member, Writers: 1, TTL: 100 * time.Millisecond}
+		if late.Load() {
+			time.AfterFunc(200*time.Millisecond, func() { mt.Reply(id, reply) })
+			return
+		}
+		mt.Reply(id, reply)
 	})
 	starts := &countHandler{msg: "storage: lease taken; following"}
 	mb, err := stream.NewMember(stream.Endpoints{Stream: "tcp://127.0.0.1:1", Consumer: mt.Addr()}, stream.Options{Name: "storage"},

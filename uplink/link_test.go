@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/go-zeromq/zmq4"
-	"github.com/go-zeromq/zmq4/security/null"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/internal/tcpproxy"
@@ -21,7 +19,6 @@ import (
 	"github.com/ingest-io/ingest/uplink"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
-	"github.com/ingest-io/ingest/zsock"
 )
 
 // startTier runs a middletier with its data in dir until the test ends.
@@ -634,12 +631,7 @@ func TestSilentPeers(t *testing.T) {
 		silent := "tcp://" + ln.Addr().String()
 		mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
 		eps := []string{silent, mt.Addrs.Ingest}
-		id := ""
-		for i := 0; id == ""; i++ {
-			if c := fmt.Sprint("fe-", i); uplink.Rank(c, eps)[0] == silent {
-				id = c
-			}
-		}
+		id := rankingFirst(silent, eps)
 		f := startLink(t, uplink.Options{ID: id, Middletiers: eps, DialTimeout: 200 * time.Millisecond})
 		forwardHundred(t, f, mt)
 	})
@@ -671,7 +663,7 @@ func forwardHundred(t *testing.T, f *frontend, mt *testkit.Middletier) {
 // again and again at once (the Link dialed it about 10,000 times in two
 // seconds).
 func TestFlappingMiddletierBackoff(t *testing.T) {
-	ep, greeted := startFlapper(t)
+	ep, greeted := testkit.StartFlapper(t)
 	f := startLink(t, uplink.Options{Middletiers: []string{ep}})
 	f.appendEntries(t, 10, 0)
 	time.Sleep(2 * time.Second)
@@ -689,47 +681,15 @@ func TestFlappingMiddletierBackoff(t *testing.T) {
 // connection, and it was seldom connected to this one when it looked: it
 // stayed with it.
 func TestFlappingMiddletierFailover(t *testing.T) {
-	flapper, greeted := startFlapper(t)
+	flapper, greeted := testkit.StartFlapper(t)
 	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
 	eps := []string{flapper, mt.Addrs.Ingest}
-	id := ""
-	for i := 0; id == ""; i++ {
-		if c := fmt.Sprint("fe-", i); uplink.Rank(c, eps)[0] == flapper {
-			id = c
-		}
-	}
+	id := rankingFirst(flapper, eps)
 	f := startLink(t, uplink.Options{ID: id, Middletiers: eps, Failover: time.Second, Return: time.Hour})
 	forwardHundred(t, f, mt)
 	if greeted.Load() == 0 {
 		t.Fatal("the Link never reached its first choice")
 	}
-}
-
-// startFlapper listens for a middletier that greets each connection and
-// drops it, and returns its endpoint and the count of connections greeted.
-func startFlapper(t *testing.T) (string, *atomic.Int64) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	greeted := new(atomic.Int64)
-	go func() {
-		for {
-			nc, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer nc.Close()
-				if _, err := zmq4.Open(nc, null.Security(), zmq4.Router, zmq4.SocketIdentity("mt"), true, nil); err == nil {
-					greeted.Add(1)
-				}
-			}()
-		}
-	}()
-	return "tcp://" + ln.Addr().String(), greeted
 }
 
 // A resend asked for on a new connection is answered at once, though the
@@ -740,30 +700,16 @@ func startFlapper(t *testing.T) (string, *atomic.Int64) {
 // the first batch it gets on each connection, cuts the first connection
 // once the resend has come, and acknowledges the resend on the second.
 func TestResendOnANewConnection(t *testing.T) {
-	mt := zsock.NewRouter("tcp://127.0.0.1:0", zsock.RouterOptions{}, nil)
-	if err := mt.Listen(); err != nil {
-		t.Fatal(err)
-	}
 	type batch struct {
 		id string
 		b  *wire.Batch
 		at time.Time
 	}
 	in := make(chan batch, 100)
-	testkit.Go(t, "middletier", func(ctx context.Context) error {
-		return mt.Run(ctx, func(frames [][]byte) {
-			if len(frames) != 2 {
-				return
-			}
-			m, err := wire.Decode(frames[1])
-			if err != nil {
-				t.Errorf("middletier: %v", err)
-				return
-			}
-			if b, ok := m.(*wire.Batch); ok {
-				in <- batch{string(frames[0]), b, time.Now()}
-			}
-		})
+	mt := testkit.StartRouter(t, func(id []byte, m wire.Message) {
+		if b, ok := m.(*wire.Batch); ok {
+			in <- batch{string(id), b, time.Now()}
+		}
 	})
 	p := tcpproxy.Start(t, strings.TrimPrefix(mt.Addr(), "tcp://"))
 	const ackTimeout = 8 * time.Second
@@ -790,7 +736,7 @@ func TestResendOnANewConnection(t *testing.T) {
 		switch {
 		case seen[got.id] == 1:
 			asked = time.Now()
-			mt.Send([]byte(got.id), wire.Append(nil, &wire.Resend{Origin: got.b.Origin, From: 1}))
+			mt.Reply([]byte(got.id), &wire.Resend{Origin: got.b.Origin, From: 1})
 		case len(conns) == 1:
 			p.Cut() // the resend came on the first connection
 			p.Restore()
@@ -799,7 +745,7 @@ func TestResendOnANewConnection(t *testing.T) {
 				t.Errorf("the resend asked for on the new connection came %v after the request: it waited for the ack timeout (%v)", wait, ackTimeout)
 			}
 			last := got.b.First + uint64(len(got.b.Entries)) - 1
-			mt.Send([]byte(got.id), wire.Append(nil, &wire.Ack{Origin: got.b.Origin, UpTo: last}))
+			mt.Reply([]byte(got.id), &wire.Ack{Origin: got.b.Origin, UpTo: last})
 			testkit.WaitFor(t, "the entries released", 10*time.Second, func() bool { return f.log.Released() == last })
 			return
 		}
@@ -815,15 +761,10 @@ func TestResendOnANewConnection(t *testing.T) {
 // appended every 50 ms after the first failover must each be
 // acknowledged within a second.
 func TestNoReturnToAFlappingFirstChoice(t *testing.T) {
-	flapper, greeted := startFlapper(t)
+	flapper, greeted := testkit.StartFlapper(t)
 	mt := startTier(t, t.TempDir(), middletier.Options{}, wal.Options{})
 	eps := []string{flapper, mt.Addrs.Ingest}
-	id := ""
-	for i := 0; id == ""; i++ {
-		if c := fmt.Sprint("fe-", i); uplink.Rank(c, eps)[0] == flapper {
-			id = c
-		}
-	}
+	id := rankingFirst(flapper, eps)
 	f := startLink(t, uplink.Options{ID: id, Middletiers: eps, Failover: 2 * time.Second, Return: 200 * time.Millisecond})
 	f.appendEntries(t, 10, 0)
 	testkit.WaitFor(t, "the failover to the second choice", 10*time.Second, func() bool { return f.log.Released() == 10 })
@@ -845,5 +786,15 @@ func TestNoReturnToAFlappingFirstChoice(t *testing.T) {
 	}
 	if worst > time.Second {
 		t.Fatalf("an entry waited %v for its acknowledgement: the Link returned to a first choice that drops every connection", worst)
+	}
+}
+
+// rankingFirst returns a frontend id (fe-N) whose ranking of eps puts ep
+// first.
+func rankingFirst(ep string, eps []string) string {
+	for i := 0; ; i++ {
+		if id := fmt.Sprint("fe-", i); uplink.Rank(id, eps)[0] == ep {
+			return id
+		}
 	}
 }

@@ -212,20 +212,7 @@ func TestSelfFilledDiskRecovers(t *testing.T) {
 		t.Fatalf("no reserve kept: %v", err)
 	}
 	ctx := context.Background()
-	n := 0
-	for refused := 0; refused < 50; {
-		_, err := l.Append(ctx, noSpacePayload(0, n))
-		switch {
-		case err == nil:
-			n++
-		case errors.Is(err, wal.ErrNoSpace):
-			refused++
-			time.Sleep(5 * time.Millisecond)
-		default:
-			t.Fatal(err)
-		}
-	}
-	t.Logf("%d entries appended before the disk was full", n)
+	t.Logf("%d entries appended before the disk was full", fillBySelf(t, l))
 	if err := l.Release(l.LastIndex()); err != nil {
 		t.Fatal(err)
 	}
@@ -257,19 +244,7 @@ func TestReserveHeldForTheMark(t *testing.T) {
 	opts := wal.Options{Hop: "test", SegmentBytes: 16 << 10, NoSpaceRetry: 5 * time.Millisecond, MarkInterval: 10 * time.Millisecond}
 	l := openLog(t, dir, opts, nil)
 	ctx := context.Background()
-	n := 0
-	for refused := 0; refused < 50; {
-		_, err := l.Append(ctx, noSpacePayload(0, n))
-		switch {
-		case err == nil:
-			n++
-		case errors.Is(err, wal.ErrNoSpace):
-			refused++
-			time.Sleep(5 * time.Millisecond)
-		default:
-			t.Fatal(err)
-		}
-	}
+	fillBySelf(t, l)
 	last := l.LastIndex()
 	if l.SpendReserve(last, t.TempDir()) {
 		t.Fatal("the reserve was spent for a directory on another file system")
@@ -291,4 +266,24 @@ func TestReserveHeldForTheMark(t *testing.T) {
 		_, err := l.Append(ctx, noSpacePayload(2, 0))
 		return err == nil
 	})
+}
+
+// fillBySelf appends to l until its file system is full (50 appends
+// refused with ErrNoSpace), and returns how many it took.
+func fillBySelf(t *testing.T, l *wal.Log) int {
+	t.Helper()
+	n := 0
+	for refused := 0; refused < 50; {
+		_, err := l.Append(context.Background(), noSpacePayload(0, n))
+		switch {
+		case err == nil:
+			n++
+		case errors.Is(err, wal.ErrNoSpace):
+			refused++
+			time.Sleep(5 * time.Millisecond)
+		default:
+			t.Fatal(err)
+		}
+	}
+	return n
 }
