@@ -60,6 +60,7 @@ type mqttConn struct {
 	keepalive     time.Duration // 1.5 × the client's keep alive; zero: none
 	lookDue       bool          // held back in enqueue: time to look at the peer (heldPeer); under mu
 	heldSince     time.Time     // held back since then (heldPeer); the reader's
+	heldClosed    bool          // held back: the device had closed its side at the last look; the reader's
 	clientMax     uint32        // the client's Maximum Packet Size (MQTT 5); zero: none
 	problems      bool          // MQTT 5 Request Problem Information: reason strings allowed
 	sessionExpiry bool          // an MQTT 5 client asked for a session that outlives the connection
@@ -579,7 +580,7 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 	}
 	for !c.stopped && held() {
 		if look == nil {
-			c.lookDue = false
+			c.lookDue, c.heldClosed = false, false
 			c.heldSince = time.Now()
 			look = time.AfterFunc(every, func() {
 				c.mu.Lock()
@@ -631,25 +632,38 @@ const heldLookEvery = 10 * time.Second
 // session may wait so for as long as the WAL has no room) for every or
 // longer, and reports whether the session must end, without reading.
 // Nothing reads the connection while the session is held, so what the
-// device sends meanwhile waits in it: bytes waiting say the device sent
-// them and waits for the session to read them, in order, once there is
-// room (it may even have closed its side after them, with a DISCONNECT:
-// they are still read). With none waiting, a peer that has closed its
-// side is gone, and, with a keep alive, one that has sent nothing since
-// the hold began (1.5 × its keep alive or longer) ends as one that misses
-// its keep alive ends. Over TLS or a WebSocket the connection cannot be
-// looked at so, and the session waits as before. It runs on the reader,
-// which alone reads the connection.
+// device sends meanwhile waits in it.
+//   - A broken connection (reset, or timed out) ends the session: nothing
+//     more can be acknowledged.
+//   - A device that has closed its side (a FIN) can send nothing more.
+//     What it sent before (publishes, a DISCONNECT) is still read if room
+//     comes by the next look; the session ends at that look otherwise, or
+//     at once with nothing waiting.
+//   - Bytes waiting from a device that has not closed say it sent them and
+//     waits for the session to read them: they keep the session.
+//   - With nothing waiting and a keep alive, the device has sent nothing
+//     since the hold began (1.5 × its keep alive or longer): the session
+//     ends as one that misses its keep alive ends.
+//
+// Over TLS or a WebSocket the connection cannot be looked at so, and the
+// session waits as before. It runs on the reader, which alone reads the
+// connection.
 func (c *mqttConn) heldPeer(every time.Duration) error {
 	if time.Since(c.heldSince) < every {
 		return nil // a look due to an earlier hold
 	}
-	unread, closed, ok := c.unread()
+	unread, closed, broken, ok := c.unread()
+	gone := &mqttEnd{reason: reasonPeer, text: "the device closed the connection while the session waited for room"}
 	switch {
-	case !ok || unread > 0:
+	case !ok:
 		return nil
+	case broken, closed && (unread == 0 || c.heldClosed):
+		return gone
 	case closed:
-		return &mqttEnd{reason: reasonPeer, text: "the device closed the connection while the session waited for room"}
+		c.heldClosed = true
+		return nil
+	case unread > 0:
+		return nil
 	case c.keepalive > 0:
 		return &mqttEnd{code: rcKeepAliveTimeout, reason: reasonKeepalive,
 			text: "nothing received for 1.5 × the keep alive while the session waited for room"}
@@ -658,11 +672,11 @@ func (c *mqttConn) heldPeer(every time.Duration) error {
 }
 
 // unread reports how many bytes wait unread for the reader, and whether the
-// peer has closed its side (hijack.Waiting); ok is false where that is not
-// known.
-func (c *mqttConn) unread() (n int, closed, ok bool) {
-	n, closed, ok = hijack.Waiting(c.nc)
-	return n + c.br.Buffered(), closed, ok
+// peer has closed its side or the connection is broken (hijack.Waiting);
+// ok is false where that is not known.
+func (c *mqttConn) unread() (n int, closed, broken, ok bool) {
+	n, closed, broken, ok = hijack.Waiting(c.nc)
+	return n + c.br.Buffered(), closed, broken, ok
 }
 
 // flush appends the publishes of p to the WAL and acknowledges them. It

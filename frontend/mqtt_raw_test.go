@@ -604,45 +604,57 @@ func TestMQTTTokenExpiresWhileIdle(t *testing.T) {
 
 // An MQTT 3.1.1 session held back at the WAL's bound (not read: 3.1.1
 // cannot refuse a publish) still ends when its device is gone: a closed
-// connection with nothing left to read ends it, and so does a silence of
-// 1.5 × the keep alive. A device that keeps sending (pings here, unread;
-// or publishes until its connection's window is full) is kept, and so are
-// the publishes and DISCONNECT of a device that closed after sending them:
-// they are read, in order, once the WAL has room. Before, a held session
-// noticed none of this, and kept its place and its flusher, which tries
-// the WAL every 50 ms, for as long as the WAL had no room.
+// connection with nothing left to read ends it at the next look (every
+// 1.5 × the keep alive), a reset one too whatever is left, one closed after
+// sending something (a PINGREQ its client gave up on) at the look after,
+// and so does a silence of 1.5 × the keep alive. A device that keeps
+// sending (pings here, unread; or publishes until its connection's window
+// is full) is kept, and so, until the look after its close, are the
+// publishes and DISCONNECT of a device that closed its side after sending
+// them: they are read, in order, if the WAL has room by then. Before, a
+// held session noticed none of this, and kept its place and its flusher,
+// which tries the WAL every 50 ms, for as long as the WAL had no room.
 func TestMQTT311HeldSessionNoticesItsPeer(t *testing.T) {
 	publish := func(r *rawMQTT, i int, qos byte) {
 		r.publish("devices/dev-1", fmt.Sprintf(`{"v":%d}`, i), qos, uint16(i+1))
 	}
+	ping := func(r *rawMQTT) {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+		var b bytes.Buffer
+		pk.PingreqEncode(&b)
+		r.nc.Write(b.Bytes())
+	}
 	for _, tc := range []struct {
-		name string
-		// sent is how many QoS 1 publishes go before the session is held:
-		// with ReceiveMaximum 2 and room for one entry, the fourth is the
-		// one the reader is held on, and any after it wait unread.
-		sent   int
-		device func(r *rawMQTT, stop <-chan struct{})
-		reason string // "": the session must stay while the WAL has no room
+		name      string
+		keepalive uint16
+		device    func(r *rawMQTT, stop <-chan struct{})
+		reason    string // "": the session must stay while the WAL has no room
 	}{
-		{"closed", 4, func(r *rawMQTT, _ <-chan struct{}) { r.nc.Close() }, reasonPeer},
-		{"silent", 4, func(*rawMQTT, <-chan struct{}) {}, reasonKeepalive},
-		{"pinging", 4, func(r *rawMQTT, stop <-chan struct{}) {
+		{"closed", 1, func(r *rawMQTT, _ <-chan struct{}) { r.nc.Close() }, reasonPeer},
+		{"silent", 1, func(*rawMQTT, <-chan struct{}) {}, reasonKeepalive},
+		{"closed after a ping", 1, func(r *rawMQTT, _ <-chan struct{}) {
+			ping(r)
+			r.nc.(*net.TCPConn).CloseWrite()
+		}, reasonPeer},
+		{"reset after a ping", 1, func(r *rawMQTT, _ <-chan struct{}) {
+			ping(r)
+			r.nc.(*net.TCPConn).SetLinger(0)
+			r.nc.Close()
+		}, reasonPeer},
+		{"pinging", 1, func(r *rawMQTT, stop <-chan struct{}) {
 			for {
 				select {
 				case <-stop:
 					return
 				case <-time.After(300 * time.Millisecond):
 				}
-				pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
-				var b bytes.Buffer
-				pk.PingreqEncode(&b)
-				r.nc.Write(b.Bytes())
+				ping(r)
 			}
 		}, ""},
-		{"window full", 4, func(r *rawMQTT, stop <-chan struct{}) {
+		{"window full", 1, func(r *rawMQTT, stop <-chan struct{}) {
 			// Publishes until its writes block: the connection's window
 			// is closed, and nothing more reaches the server's socket.
-			for i := 4; ; i++ {
+			for {
 				select {
 				case <-stop:
 					return
@@ -655,6 +667,8 @@ func TestMQTT311HeldSessionNoticesItsPeer(t *testing.T) {
 				r.nc.Write(b.Bytes())
 			}
 		}, ""},
+		// A keep alive of 4 s: looks every 6 s, the first one finding
+		// the close, the room given after it and well before the next.
 		{"closed after sending", 4, func(r *rawMQTT, _ <-chan struct{}) {
 			// QoS 0 publishes, DISCONNECT, and the end of its side.
 			for i := 4; i < 10; i++ {
@@ -664,17 +678,16 @@ func TestMQTT311HeldSessionNoticesItsPeer(t *testing.T) {
 			var b bytes.Buffer
 			pk.DisconnectEncode(&b)
 			r.nc.Write(b.Bytes())
-			// Its side only: a close with the server's PUBACKs unread
-			// would reset the connection, and the kernel would drop what
-			// the server has not read.
 			r.nc.(*net.TCPConn).CloseWrite()
 		}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ts := startMQTTServer(t, Options{MQTT: MQTTOptions{ReceiveMaximum: 2}}, wal.Options{MaxEntries: 1})
 			r := dialRaw(t, ts.mqttAddr, mqtt311)
-			r.connect("dev-1", hsToken(t, "dev-1", nil), 1) // keep alive 1 s
-			for i := range tc.sent {
+			r.connect("dev-1", hsToken(t, "dev-1", nil), tc.keepalive)
+			// With ReceiveMaximum 2 and room for one entry, the reader is
+			// held on the fourth publish, with nothing after it unread.
+			for i := range 4 {
 				publish(r, i, 1)
 			}
 			if pk := r.read(5 * time.Second); pk == nil || pk.PacketID != 1 {
@@ -699,7 +712,11 @@ func TestMQTT311HeldSessionNoticesItsPeer(t *testing.T) {
 				}
 				return
 			}
-			time.Sleep(4 * time.Second) // past 1.5 × the keep alive, several times
+			wait := 4 * time.Second // past 1.5 × the keep alive, several times
+			if tc.name == "closed after sending" {
+				wait = 7 * time.Second // past the first look, 5 s before the second
+			}
+			time.Sleep(wait)
 			if sessions() != 1 {
 				t.Fatal("a held session whose device is there, or sent what is still to be read, was ended")
 			}

@@ -1,6 +1,7 @@
 package hijack
 
 import (
+	"net"
 	"testing"
 	"time"
 
@@ -16,26 +17,29 @@ func TestWaiting(t *testing.T) {
 	if !ok {
 		t.Fatal("Idle declined a TCP connection")
 	}
-	if _, _, ok := Waiting(server); ok {
+	if _, _, _, ok := Waiting(server); ok {
 		t.Fatal("Waiting answered for a connection that is not an idle reader")
 	}
-	waiting := func(want int, wantClosed bool) {
+	waiting := func(want int, wantClosed, wantBroken bool) {
 		t.Helper()
 		testkit.WaitFor(t, "the bytes waiting", 5*time.Second, func() bool {
-			n, closed, ok := Waiting(ic)
-			return ok && n+br.Buffered() == want && closed == wantClosed
+			n, closed, broken, ok := Waiting(ic)
+			return ok && n+br.Buffered() == want && closed == wantClosed && broken == wantBroken
 		})
 	}
-	waiting(0, false)
+	waiting(0, false, false)
 	if _, err := client.Write([]byte("0123456789")); err != nil {
 		t.Fatal(err)
 	}
-	waiting(10, false)
+	waiting(10, false, false)
 	b := make([]byte, 4)
 	if _, err := br.Read(b); err != nil || string(b) != "0123" {
 		t.Fatalf("read %q, %v", b, err)
 	}
-	waiting(6, false) // in the reader's and the idle buffer
+	waiting(6, false, false) // in the reader's and the idle buffer
+	client.(*net.TCPConn).CloseWrite()
+	waiting(6, true, false) // a FIN: closed, not broken
+	client.(*net.TCPConn).SetLinger(0)
 	client.Close()
-	waiting(6, true)
+	waiting(6, true, true) // a reset
 }
