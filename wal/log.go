@@ -637,7 +637,7 @@ func (l *Log) commit(group []*request) {
 		}
 		l.noSpace = err
 		l.noSpaceUntil = time.Now().Add(l.opts.NoSpaceRetry)
-		l.m.noSpace.Set(1)
+		l.showNoSpaceLocked()
 	case err != nil && errors.Is(err, ErrNoSpace) && l.err == nil:
 		// Refused without writing (above).
 	case err != nil:
@@ -660,7 +660,7 @@ func (l *Log) commit(group []*request) {
 				l.lg.Info("wal: room on disk again; appends are taken", "dir", l.dir)
 			}
 		}
-		l.m.noSpace.Set(b2f(l.markNoSpace))
+		l.showNoSpaceLocked()
 		l.wakeLocked()
 	}
 	db, de := l.depthLocked()
@@ -913,7 +913,7 @@ func (l *Log) setMarkNoSpace(on bool, err error) {
 		return
 	}
 	l.markNoSpace = on
-	l.m.noSpace.Set(b2f(on || l.noSpace != nil || l.reserveHeld))
+	l.showNoSpaceLocked()
 	if l.lg == nil {
 		return
 	}
@@ -931,7 +931,7 @@ func (l *Log) setMarkNoSpace(on bool, err error) {
 // a file.
 func (l *Log) requestTruncate(released uint64) {
 	l.mu.Lock()
-	worth := len(l.segStarts) >= 2 && released+1 >= l.segStarts[1]
+	worth := l.freesSegmentLocked(released)
 	l.mu.Unlock()
 	if !worth {
 		return
@@ -941,6 +941,18 @@ func (l *Log) requestTruncate(released uint64) {
 	default:
 	}
 	l.truncate <- released + 1
+}
+
+// freesSegmentLocked reports whether a release up to upTo lets the first
+// segment go. The caller holds mu.
+func (l *Log) freesSegmentLocked(upTo uint64) bool {
+	return len(l.segStarts) >= 2 && upTo+1 >= l.segStarts[1]
+}
+
+// showNoSpaceLocked sets ingest_wal_no_space from what holds appends or
+// the mark back for lack of room. The caller holds mu.
+func (l *Log) showNoSpaceLocked() {
+	l.m.noSpace.Set(b2f(l.noSpace != nil || l.markNoSpace || l.reserveHeld))
 }
 
 // reuseEvicted lets tidwall/wal give the in-memory buffers of the segments
@@ -989,10 +1001,8 @@ func (l *Log) truncateFront(index uint64) {
 
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.reserveHeld {
-		l.reserveHeld = false
-		l.m.noSpace.Set(b2f(l.markNoSpace || l.noSpace != nil))
-	}
+	l.reserveHeld = false
+	l.showNoSpaceLocked()
 	l.first = start
 	i := 0
 	for l.segStarts[i] != start {

@@ -115,11 +115,11 @@ func (l *Log) SpendReserve(upTo uint64, dir string) bool {
 	defer l.writeMu.Unlock()
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if len(l.segStarts) < 2 || upTo+1 < l.segStarts[1] || !l.res.spend() {
+	if !l.freesSegmentLocked(upTo) || !l.res.spend() {
 		return false
 	}
 	l.reserveHeld = true
-	l.m.noSpace.Set(1)
+	l.showNoSpaceLocked()
 	return true
 }
 
