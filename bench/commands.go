@@ -23,7 +23,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ingest-io/ingest/client"
-	"github.com/ingest-io/ingest/internal/loadgen"
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
 )
 
@@ -267,7 +267,7 @@ func (r *cmdRun) connect(ctx context.Context, secret []byte, lg *slog.Logger) (*
 	sem := make(chan struct{}, 64)
 	start := time.Now()
 	for i := range n {
-		if r.c.Ramp > 0 && !loadgen.Sleep(ctx, time.Until(start.Add(r.c.Ramp*time.Duration(i)/time.Duration(n)))) {
+		if r.c.Ramp > 0 && !lifecycle.Sleep(ctx, time.Until(start.Add(r.c.Ramp*time.Duration(i)/time.Duration(n)))) {
 			break
 		}
 		sem <- struct{}{}
@@ -324,7 +324,7 @@ func dialDevice(ctx context.Context, o client.Options, dials *stats, i int) (*cl
 			dials.record(i, int64(time.Since(t0)))
 			return cl, nil
 		}
-		if !loadgen.Sleep(ctx, 100*time.Millisecond) {
+		if !lifecycle.Sleep(ctx, 100*time.Millisecond) {
 			break
 		}
 	}
@@ -413,7 +413,7 @@ func (r *cmdRun) run(ctx context.Context, f *cmdFleet) (*commandResult, error) {
 
 	// Drain: every accepted command delivered, every polled one read back.
 	deadline := time.Now().Add(r.c.Drain)
-	for (r.delivered.Load() < r.accepted.Load() || r.pollsLeft.Load() > 0) && time.Now().Before(deadline) && loadgen.Sleep(ctx, 20*time.Millisecond) {
+	for (r.delivered.Load() < r.accepted.Load() || r.pollsLeft.Load() > 0) && time.Now().Before(deadline) && lifecycle.Sleep(ctx, 20*time.Millisecond) {
 	}
 	stopPolls()
 	r.pollWG.Wait()
@@ -503,7 +503,7 @@ func (r *cmdRun) pace(ctx context.Context, jobs chan<- uint64, up []int) {
 	stop := start + int64(r.c.Duration)
 	for k := uint64(1); ; k++ {
 		due := start + int64(float64(k-1)*period)
-		if due >= stop || !loadgen.Sleep(ctx, time.Duration(due-r.now())) {
+		if due >= stop || !lifecycle.Sleep(ctx, time.Duration(due-r.now())) {
 			return
 		}
 		rec := &cmdRec{dev: up[rand.N(len(up))], due: due}
@@ -625,7 +625,7 @@ func (r *cmdRun) poll(ctx context.Context, k uint64) {
 		cid, sent, dev := rec.cid, rec.sent, rec.dev
 		r.mu.Unlock()
 		if cid == "" { // the API's answer is still on its way
-			if !loadgen.Sleep(ctx, commandPollEvery) {
+			if !lifecycle.Sleep(ctx, commandPollEvery) {
 				return
 			}
 			continue
@@ -638,7 +638,7 @@ func (r *cmdRun) poll(ctx context.Context, k uint64) {
 			}
 			return
 		}
-		if !loadgen.Sleep(ctx, commandPollEvery) {
+		if !lifecycle.Sleep(ctx, commandPollEvery) {
 			return
 		}
 	}
@@ -749,7 +749,7 @@ func (r *cmdRun) finalStates(ctx context.Context, deadline time.Time) (map[strin
 			})
 		}
 		wg.Wait()
-		if len(todo) == 0 || !time.Now().Before(deadline) || !loadgen.Sleep(ctx, 200*time.Millisecond) {
+		if len(todo) == 0 || !time.Now().Before(deadline) || !lifecycle.Sleep(ctx, 200*time.Millisecond) {
 			break
 		}
 	}

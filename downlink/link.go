@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -166,7 +165,7 @@ func (h *home) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		d, err := zsock.Dial(h.addr, zsock.DealerOptions{Identity: zsock.Identity(h.l.opts.Frontend), SendStall: h.l.opts.SendStall, SendQueue: 1024, RecvQueue: 256})
 		if err != nil {
-			sleep(ctx, 200*time.Millisecond)
+			lifecycle.Sleep(ctx, 200*time.Millisecond)
 			continue
 		}
 		began := time.Now()
@@ -184,24 +183,13 @@ func (h *home) run(ctx context.Context) {
 		// request that makes it drop them) is dialed again after a
 		// backoff that grows, not again and again at once.
 		flaps++
-		b := min(50*time.Millisecond<<min(flaps, 6), 2*time.Second)
-		sleep(ctx, b/2+rand.N(b/2+1))
+		lifecycle.Sleep(ctx, zsock.RedialAfter(flaps))
 	}
 }
 
 // flapWindow is how long a connection to a home must last for the next
 // dial, once it ends, to go at once.
 const flapWindow = time.Second
-
-// sleep waits for d or the end of ctx.
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}
 
 // serve carries one connection until it ends, a request goes unanswered
 // twice in a row, or ctx ends.

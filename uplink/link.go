@@ -723,6 +723,5 @@ func (k *Link) takeStandby(s *state, why string) error {
 
 func (k *Link) backoff(s *state) {
 	s.dials++
-	d := min(50*time.Millisecond<<min(s.dials, 6), 2*time.Second)
-	s.nextDial = time.Now().Add(d/2 + rand.N(d/2+1))
+	s.nextDial = time.Now().Add(zsock.RedialAfter(s.dials))
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"sync"
 	"time"
 
@@ -280,4 +281,14 @@ func (d *Dealer) Close() {
 		d.end(ErrClosed)
 		d.wg.Wait()
 	})
+}
+
+// RedialAfter is how long to wait before dialing again after n failures in
+// a row (refused dials, or connections that ended as soon as they began):
+// from 50 ms, doubling up to 2 s, the second half of it at random, so that
+// the peers of a middletier or home that comes back do not all dial it at
+// once.
+func RedialAfter(n int) time.Duration {
+	d := min(50*time.Millisecond<<min(n, 6), 2*time.Second)
+	return d/2 + mrand.N(d/2+1)
 }

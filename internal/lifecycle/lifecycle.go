@@ -73,6 +73,21 @@ func Every(ctx context.Context, interval time.Duration, f func()) error {
 	}
 }
 
+// Sleep waits d or until ctx ends; it reports whether it waited d.
+func Sleep(ctx context.Context, d time.Duration) bool {
+	if d <= 0 {
+		return ctx.Err() == nil
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // Logger is the logger a component was given, or one that discards
 // everything when it was given nil: a nil logger means no logs.
 func Logger(lg *slog.Logger) *slog.Logger {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ingest-io/ingest/internal/defaults"
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -308,7 +309,7 @@ func (f *Fleet) Connect(ctx context.Context) (int, error) {
 	for i, d := range f.devs {
 		if f.opts.Ramp > 0 {
 			at := begin.Add(f.opts.Ramp * time.Duration(i) / time.Duration(len(f.devs)))
-			if !Sleep(ctx, time.Until(at)) {
+			if !lifecycle.Sleep(ctx, time.Until(at)) {
 				d.mu.Lock()
 				d.dialErr = ctx.Err()
 				d.mu.Unlock()
@@ -454,7 +455,7 @@ func (f *Fleet) pace(ctx context.Context, stop int64) {
 func (f *Fleet) Drain(ctx context.Context, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for f.pending.Load() > 0 {
-		if time.Now().After(deadline) || !Sleep(ctx, 2*time.Millisecond) {
+		if time.Now().After(deadline) || !lifecycle.Sleep(ctx, 2*time.Millisecond) {
 			return false
 		}
 	}
@@ -509,19 +510,4 @@ func Run(ctx context.Context, opts Options, drain time.Duration) (Stats, error) 
 	f.Drain(ctx, drain)
 	f.Close()
 	return f.Stats(), nil
-}
-
-// Sleep waits d or until ctx ends; it reports whether it waited d.
-func Sleep(ctx context.Context, d time.Duration) bool {
-	if d <= 0 {
-		return ctx.Err() == nil
-	}
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }
