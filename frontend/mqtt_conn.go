@@ -653,12 +653,11 @@ func (c *mqttConn) heldPeer(every time.Duration) error {
 		return nil // a look due to an earlier hold
 	}
 	unread, closed, broken, ok := c.unread()
-	gone := &mqttEnd{reason: reasonPeer, text: "the device closed the connection while the session waited for room"}
 	switch {
 	case !ok:
 		return nil
 	case broken, closed && (unread == 0 || c.heldClosed):
-		return gone
+		return &mqttEnd{reason: reasonPeer, text: "the device closed the connection while the session waited for room"}
 	case closed:
 		c.heldClosed = true
 		return nil
