@@ -68,7 +68,11 @@
 // The WAL is released up to the lowest checkpoint of the durable consumers
 // named in Options.Consumers (or, with none, up to what was published), and
 // never past what the state file covers; commit is acknowledged once the
-// checkpoint is durable and the release it allows is done.
+// checkpoint is durable and the release it allows is done. Any connection
+// may commit under any name: the middletier keeps at most 1,024 checkpoints
+// of names that are not durable consumers, and past that a new name takes
+// the place of the lowest (maxCheckpoints). Such a consumer that lost its
+// place resumes from the oldest entry it can fetch: repeats, no loss.
 //
 // # Writer groups
 //
@@ -81,7 +85,9 @@
 // checkpoint is the consumer checkpoint of its name; retention is as for
 // any durable consumer. groups.go has the rules;
 // ingest_middletier_group_writers{group} counts a group's live writers and
-// ingest_middletier_group_holder{group,writer} names the holder.
+// ingest_middletier_group_holder{group,writer} names the holder. A group
+// that is not a durable consumer is forgotten, with its gauges, once it has
+// had no live member for a LeaseTTL.
 //
 // # Security
 //

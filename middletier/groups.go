@@ -155,6 +155,18 @@ func (r *Router) keepGroups() {
 	defer r.gmu.Unlock()
 	for name, g := range r.groups {
 		r.expireLocked(g, now)
+		if len(g.members) == 0 && len(g.plain) == 0 && !slices.Contains(r.opts.Consumers, name) {
+			// A group that is not a durable consumer is forgotten once
+			// it has no live writer, with its gauges: any connection may
+			// ask under any name.
+			delete(r.groups, name)
+			r.m.groupWriters.DeleteLabelValues(name)
+			if old, ok := r.holders[name]; ok {
+				r.m.groupHolder.DeleteLabelValues(name, old)
+				delete(r.holders, name)
+			}
+			continue
+		}
 		r.groupMetricsLocked(name, g)
 	}
 }

@@ -1,6 +1,7 @@
 package middletier_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 
@@ -150,4 +151,42 @@ func TestNoGrantWhileAnEarlierLeaseMayRun(t *testing.T) {
 		}
 		time.Sleep(ttl / 20)
 	}
+}
+
+// TestGroupsForgotten: a group that is not a durable consumer is forgotten,
+// with its gauges, once it has no live writer, so that lease requests under
+// ever new names (any connection may send them) do not grow the
+// middletier's memory and metrics without bound. A durable consumer's
+// group stays, showing 0 writers.
+func TestGroupsForgotten(t *testing.T) {
+	const ttl = 200 * time.Millisecond
+	tr := startTier(t, t.TempDir(), middletier.Options{Consumers: []string{"g"}, LeaseTTL: ttl}, wal.Options{})
+	p := dealer(t, tr.Addrs.Consumer, "x#1")
+	const n = 50
+	for i := range n {
+		name := fmt.Sprintf("x%d", i)
+		p.Send(t, &wire.Lease{Group: name, Member: "m", Req: uint64(i + 1), Op: wire.LeaseHold})
+		if r := testkit.Next[*wire.LeaseReply](t, p); r.Group != name || r.Writers != 1 {
+			t.Fatalf("reply to %s: %+v", name, r)
+		}
+	}
+	if w := testkit.Gauges(t, tr.Reg, "ingest_middletier_group_writers", "group"); len(w) != n+1 || w["x0"] != 1 {
+		t.Fatalf("writers with %d groups asking: %d series, x0 %v", n, len(w), w["x0"])
+	}
+	testkit.WaitFor(t, "the silent groups forgotten", 10*time.Second, func() bool {
+		return len(testkit.Gauges(t, tr.Reg, "ingest_middletier_group_writers", "group")) == 1
+	})
+	if w := testkit.Gauges(t, tr.Reg, "ingest_middletier_group_writers", "group"); w["g"] != 0 || len(w) != 1 {
+		t.Fatalf("writers after the groups fell silent: %v", w)
+	}
+	// A forgotten group that asks again starts afresh: its first grant
+	// waits half a time to live, as for a new group.
+	testkit.WaitFor(t, "x0's grant after it was forgotten", 5*time.Second, func() bool {
+		p.Send(t, &wire.Lease{Group: "x0", Member: "m", Req: 1000, Op: wire.LeaseHold})
+		for {
+			if r := testkit.Next[*wire.LeaseReply](t, p); r.Req == 1000 {
+				return r.Holder == "m"
+			}
+		}
+	})
 }

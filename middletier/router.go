@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -109,8 +110,13 @@ type fetchReq struct {
 type commitWaiter struct {
 	identity []byte
 	consumer string
-	seq      uint64
 }
+
+// maxCheckpoints bounds the checkpoints kept for consumers that are not
+// durable (not in Options.Consumers): a connection may commit under any
+// name, and each name would otherwise stay in memory and in the state file
+// for good. Past it, a new name takes the place of the lowest checkpoint.
+const maxCheckpoints = 1024
 
 // Addrs are the endpoints a Router listens on, ports resolved.
 type Addrs struct {
@@ -602,9 +608,9 @@ func (r *Router) recvConsumer(frames [][]byte) {
 		r.touch(m.Consumer, frames[0])
 		r.mu.Lock()
 		if m.Seq > r.ckpt[m.Consumer] && m.Seq <= r.log.LastIndex() {
-			r.ckpt[m.Consumer] = m.Seq
+			r.checkpointLocked(m.Consumer, m.Seq)
 		}
-		r.waiters = append(r.waiters, commitWaiter{identity: frames[0], consumer: m.Consumer, seq: m.Seq})
+		r.waiters = append(r.waiters, commitWaiter{identity: frames[0], consumer: m.Consumer})
 		r.mu.Unlock()
 		r.poke()
 	case *wire.Lease:
@@ -612,6 +618,32 @@ func (r *Router) recvConsumer(frames [][]byte) {
 	default:
 		r.m.invalid.WithLabelValues("consumer").Inc()
 	}
+}
+
+// checkpointLocked sets a consumer's checkpoint. A name that is not a
+// durable consumer's, past maxCheckpoints such names, takes the place of
+// the lowest of them: a consumer that lost its place resumes from the
+// oldest entry it can fetch, which repeats and loses nothing that the WAL
+// keeps for it (nothing is kept for a consumer that is not durable). Holds
+// r.mu.
+func (r *Router) checkpointLocked(consumer string, seq uint64) {
+	if _, ok := r.ckpt[consumer]; !ok && !slices.Contains(r.opts.Consumers, consumer) {
+		var lowest string
+		n := 0
+		for c, s := range r.ckpt {
+			if slices.Contains(r.opts.Consumers, c) {
+				continue
+			}
+			if n == 0 || s < r.ckpt[lowest] {
+				lowest = c
+			}
+			n++
+		}
+		if n >= maxCheckpoints {
+			delete(r.ckpt, lowest)
+		}
+	}
+	r.ckpt[consumer] = seq
 }
 
 // fetchWorker serves fetches one at a time from the WAL.

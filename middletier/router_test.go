@@ -2,6 +2,7 @@ package middletier_test
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -447,5 +448,59 @@ func TestStreamIntactWhileBuffersReused(t *testing.T) {
 			}
 			seen[i] = s.First + uint64(len(s.Records)) - 1
 		}
+	}
+}
+
+// TestCheckpointsBounded: the middletier keeps at most 1,024 checkpoints
+// of consumers that are not durable (any connection may commit under any
+// name); past that, a new name takes the place of the lowest checkpoint.
+// Durable consumers' checkpoints are never given up, and a name that kept
+// its place resumes from it.
+func TestCheckpointsBounded(t *testing.T) {
+	dir := t.TempDir()
+	tr := startTier(t, dir, middletier.Options{Consumers: []string{"storage"}, StateInterval: 10 * time.Millisecond}, wal.Options{})
+	fe := dealer(t, tr.Addrs.Ingest, "fe-1#1")
+	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 200)})
+	testkit.Next[*wire.Ack](t, fe)
+	cons := dealer(t, tr.Addrs.Consumer, "c#1")
+	cons.Send(t, &wire.Commit{Consumer: "storage", Seq: 1})
+	testkit.Next[*wire.CommitAck](t, cons)
+
+	// Names c0..c1199 with checkpoints rising with the name's number, in
+	// rounds of 100 that each wait for their acknowledgements.
+	const n, round = 1200, 100
+	for i := 0; i < n; i += round {
+		for j := i; j < i+round; j++ {
+			cons.Send(t, &wire.Commit{Consumer: fmt.Sprintf("c%d", j), Seq: uint64(2 + j/8)})
+		}
+		for range round {
+			testkit.Next[*wire.CommitAck](t, cons)
+		}
+	}
+	var st struct{ Consumers map[string]uint64 }
+	testkit.WaitFor(t, "the last commit in the state file", 5*time.Second, func() bool {
+		b, err := os.ReadFile(filepath.Join(dir, "middletier-state"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		b = b[:bytes.LastIndexByte(b[:len(b)-1], '\n')] // the JSON, before the checksum
+		if err := json.Unmarshal(b, &st); err != nil {
+			t.Fatal(err)
+		}
+		_, ok := st.Consumers[fmt.Sprintf("c%d", n-1)]
+		return ok
+	})
+	if len(st.Consumers) != 1024+1 || st.Consumers["storage"] != 1 {
+		t.Fatalf("state holds %d checkpoints, storage's %d; want 1,024 besides storage's 1", len(st.Consumers), st.Consumers["storage"])
+	}
+	for c, seq := range st.Consumers {
+		if c != "storage" && seq < 2+(n-1024)/8 {
+			t.Fatalf("%s kept at %d: a lower checkpoint than the ones given up", c, seq)
+		}
+	}
+	last := fmt.Sprintf("c%d", n-1)
+	cons.Send(t, &wire.Fetch{Consumer: last, From: 0, Max: 0})
+	if fr := testkit.Next[*wire.FetchReply](t, cons); fr.First != 2+(n-1)/8+1 {
+		t.Fatalf("%s resumes at %d, want %d", last, fr.First, 2+(n-1)/8+1)
 	}
 }

@@ -19,7 +19,8 @@ import (
 //     written before the WAL is released up to Applied, so that after a
 //     restart the marks of truncated entries are still known; the marks of
 //     entries after Applied are recovered by reading the WAL.
-//   - Consumers: each durable consumer's checkpoint.
+//   - Consumers: each consumer's checkpoint: every durable consumer's, and
+//     at most maxCheckpoints of others'.
 //
 // The file is the JSON encoding, then a newline and the CRC32C of the JSON
 // as 8 hex digits.
