@@ -123,7 +123,12 @@ type Home struct {
 	outs    []outbound
 	// releaseTo, when not 0, is released once the round's append is
 	// durable: every entry up to it is superseded by that append.
-	releaseTo   uint64
+	releaseTo uint64
+	// liveBytes is what the kept commands take in the log, at most
+	// (size): what a compaction writes. Submits are refused past a
+	// quarter of the log's bound (submit), and a round compacts before
+	// its append would take the log past half of it (roomy).
+	liveBytes   int64
 	lastCompact time.Time
 	lastPlaces  time.Time // when sweep last looked for places gone stale
 	// counts are the commands kept, by state, kept up to date with every
@@ -233,6 +238,7 @@ func (h *Home) apply(c *wire.Command) {
 	if old, ok := h.cmds[c.ID]; ok {
 		h.counts[old.State]--
 		h.counts[c.State]++
+		h.liveBytes += size(c) - size(old)
 		*old = *c
 		if c.State.Final() {
 			d.remove(old)
@@ -243,6 +249,7 @@ func (h *Home) apply(c *wire.Command) {
 	*cp = *c
 	h.cmds[c.ID] = cp
 	h.counts[c.State]++
+	h.liveBytes += size(c)
 	if c.Key != "" {
 		h.keys[c.Device+"\x00"+c.Key] = c.ID
 	}
@@ -334,6 +341,9 @@ func (h *Home) receive(frames [][]byte) {
 }
 
 func (h *Home) loop(ctx context.Context) error {
+	// A round once begun is made durable whole: an append abandoned when
+	// ctx ends may still have been committed, and would read as a failure.
+	actx := context.WithoutCancel(ctx)
 	tick := time.NewTicker(100 * time.Millisecond)
 	defer tick.Stop()
 	batch := make([]inbound, 0, 256)
@@ -380,11 +390,14 @@ func (h *Home) loop(ctx context.Context) error {
 			h.dispatch(d)
 		}
 		clear(h.dirty)
-		if err := h.appendEvents(ctx); err != nil {
+		if !h.roomy() {
+			h.compactNow()
+		}
+		if err := h.appendEvents(actx); err != nil {
 			return err
 		}
 		if len(h.logBuf) > 0 {
-			if _, err := h.log.AppendBatch(ctx, h.logBuf); err != nil {
+			if _, err := h.log.AppendBatch(actx, h.logBuf); err != nil {
 				// Memory is ahead of the disk now: stop, and let the
 				// process start again from the log.
 				return fmt.Errorf("command: append: %w", err)
@@ -514,6 +527,13 @@ func (h *Home) submit(peer []byte, s *wire.Submit) {
 		ID: newID(), Device: s.Device, Name: s.Name, Payload: bytes.Clone(s.Payload), Key: s.Key,
 		State: wire.StateQueued, Created: h.now.UnixNano(), Expires: h.now.Add(ttl).UnixNano(),
 	}
+	if maxEntries, maxBytes := h.log.Bound(); h.liveBytes+size(c) > maxBytes/4 || maxEntries > 0 && int64(len(h.cmds)+1) > maxEntries/4 {
+		// The log keeps room to write every kept command again (compact)
+		// and their changes: a home that cannot append stops.
+		h.m.refusedFull.Inc()
+		h.reply(peer, s.Req, wire.CodeFull)
+		return
+	}
 	h.apply(c)
 	c = h.cmds[c.ID]
 	h.save(c)
@@ -577,7 +597,9 @@ func (h *Home) query(peer []byte, q *wire.Query) {
 func (h *Home) finish(c *wire.Command, s wire.CommandState, status string, result []byte) {
 	h.counts[c.State]--
 	h.counts[s]++
+	h.liveBytes -= size(c)
 	c.State, c.Done, c.Status, c.Result = s, h.now.UnixNano(), status, result
+	h.liveBytes += size(c)
 	d := h.devs[c.Device]
 	d.remove(c)
 	h.save(c)
@@ -732,6 +754,9 @@ commands:
 			if t, ok := d.handed[c.ID]; ok && h.now.Sub(t) < h.opts.Redeliver {
 				continue
 			}
+			if c.Expires <= h.now.UnixNano() {
+				continue // past its time to live: never sent again; the sweep expires it
+			}
 			h.m.redelivered.Inc()
 		case wire.StateQueued:
 			if c.Expires <= h.now.UnixNano() {
@@ -768,6 +793,7 @@ func (h *Home) forget() {
 			}
 			delete(h.cmds, c.ID)
 			h.counts[c.State]--
+			h.liveBytes -= size(c)
 			if k := c.Device + "\x00" + c.Key; c.Key != "" && h.keys[k] == c.ID {
 				delete(h.keys, k)
 			}
@@ -792,12 +818,43 @@ func (h *Home) compact() {
 	if last <= released || last-released <= uint64(2*len(h.cmds)+h.opts.CompactEntries) {
 		return
 	}
+	h.compactNow()
+}
+
+// roomy reports whether the round's append leaves the log within half its
+// bound. Past it the round compacts instead (compactNow): it writes the
+// kept commands, at most a quarter of the bound (submit), which supersede
+// the round's changes. So the log never holds more than three quarters of
+// its bound, and a compaction always has room.
+func (h *Home) roomy() bool {
+	maxEntries, maxBytes := h.log.Bound()
+	entries, used := h.log.Depth()
+	for _, b := range h.logBuf {
+		used += int64(len(b))
+	}
+	entries += int64(len(h.logBuf))
+	return used <= maxBytes/2 && (maxEntries == 0 || entries <= maxEntries/2)
+}
+
+// compactNow makes the round's append the state of every kept command,
+// each device's in the order accepted (the order recover rebuilds), in
+// place of the round's changes, which it holds; every entry before it is
+// released once it is durable.
+func (h *Home) compactNow() {
+	clear(h.logBuf)
+	h.logBuf = h.logBuf[:0]
 	for _, d := range h.devs {
 		for _, c := range d.all {
 			h.save(c)
 		}
 	}
-	h.releaseTo = last
+	h.releaseTo = h.log.LastIndex()
+}
+
+// size is at least what c takes in the log: its strings and bytes, and 80
+// bytes for the version, state, times and lengths.
+func size(c *wire.Command) int64 {
+	return int64(len(c.ID)+len(c.Device)+len(c.Name)+len(c.Payload)+len(c.Key)+len(c.Status)+len(c.Result)) + 80
 }
 
 // countStates sets the gauge of commands by state.

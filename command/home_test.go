@@ -425,3 +425,109 @@ func TestCompaction(t *testing.T) {
 		t.Fatalf("first kept command delivered as %+v", c)
 	}
 }
+
+// TestFullLog: a home refuses a submit that would take the commands it
+// keeps past a quarter of its log's bound (full), and goes on serving: it
+// hands on, finishes and forgets what it keeps, and its log, which compacts
+// whenever a round would take it past half its bound, never fills, though
+// more than its bound in commands passes through it; and after a restart
+// with the log as full as the home lets it be, the home serves again.
+// Before, the append that found the log full stopped the home (Run
+// returned wal.ErrFull), and a restarted home stopped at its first change.
+func TestFullLog(t *testing.T) {
+	const bound = 64 << 10
+	th := startHome(t, command.Options{Retain: time.Nanosecond}, wal.Options{MaxBytes: bound, SegmentBytes: 16 << 10})
+	fe := dialFrontend(t, th, "fe#1")
+	fe.place(t, "d1", 1)
+	payload := []byte(`"` + strings.Repeat("x", 2<<10) + `"`)
+	passed, refused, n := 0, 0, 0
+	submit := func() *wire.Reply {
+		n++
+		r := fe.ask(t, &wire.Submit{Device: "d1", Name: "big", Payload: payload, Key: fmt.Sprint(n)})
+		switch {
+		case r.Code == wire.CodeFull:
+			refused++
+		case r.Code != "":
+			t.Fatalf("submit: %+v", r)
+		}
+		return r
+	}
+	for passed*len(payload) < bound*5/4 {
+		// Finished commands are forgotten once a second (Retain 1 ns).
+		testkit.WaitFor(t, "room for a command", 5*time.Second, func() bool { return submit().Code == "" })
+		accepted := 1
+		for submit().Code == "" {
+			accepted++
+		}
+		if accepted*len(payload) > bound/4 {
+			t.Fatalf("%d commands of %d bytes kept in a log of %d bytes", accepted, len(payload), bound)
+		}
+		for range accepted {
+			c := fe.deliverFor(t, "d1")
+			fe.answer(t, "d1", c.ID, "ok")
+		}
+		passed += accepted
+	}
+	if got := testkit.Metric(t, th.Reg, "ingest_command_refused_full_total"); got != float64(refused) || refused == 0 {
+		t.Fatalf("refused %d submits, counted %v", refused, got)
+	}
+	_, depth := th.Log.Depth()
+	t.Logf("%d commands of %d bytes passed through a log of %d; %d submits refused; %d bytes unreleased at the end", passed, len(payload), bound, refused, depth)
+
+	// Full again, with nothing finishing: a restarted home serves.
+	testkit.WaitFor(t, "room for a command", 5*time.Second, func() bool { return submit().Code == "" })
+	for submit().Code == "" {
+	}
+	th.Stop(t)
+	th.Start(t)
+	fe = dialFrontend(t, th, "fe#2")
+	fe.place(t, "d1", 2)
+	for range 2 {
+		c := fe.deliverFor(t, "d1")
+		fe.answer(t, "d1", c.ID, "ok")
+		fe.waitState(t, c.ID, wire.StateAcknowledged)
+	}
+}
+
+// TestExpiredSentNeverSentAgain: a sent command whose device moves after
+// its time to live ended, before the sweep expires it, is not handed to
+// the device's new place: a command past its TTL is never sent again.
+func TestExpiredSentNeverSentAgain(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	fe1 := dialFrontend(t, th, "fe#1")
+	fe2 := dialFrontend(t, th, "fe#2")
+	for i := range 6 {
+		dev := fmt.Sprintf("d%d", i)
+		fe1.place(t, dev, 1)
+		c := fe1.submit(t, wire.Submit{Device: dev, Name: "short", TTLMS: 300})
+		if got := fe1.deliverFor(t, dev); got.ID != c.ID {
+			t.Fatalf("delivered %+v", got)
+		}
+		time.Sleep(time.Until(time.Unix(0, c.Expires)) + 3*time.Millisecond)
+		fe2.place(t, dev, 2) // the device moves, its command past its TTL
+		fe2.waitState(t, c.ID, wire.StateExpired)
+		for _, d := range fe2.delivered {
+			if d.ID == c.ID {
+				t.Fatalf("%s sent again to %s's new place after its TTL ended", c.ID, dev)
+			}
+		}
+	}
+}
+
+// TestStopUnderLoad: a home stopped while it appends rounds returns no
+// error: a round once begun is made durable whole. Before, the append saw
+// the context end and Run returned "context canceled".
+func TestStopUnderLoad(t *testing.T) {
+	for i := range 20 {
+		th := startHome(t, command.Options{}, wal.Options{})
+		fe := dialFrontend(t, th, "fe#1")
+		for j := range 200 {
+			fe.p.Send(t, &wire.Submit{Req: uint64(j + 1), Device: "d1", Name: "n", Key: fmt.Sprint(j)})
+		}
+		time.Sleep(time.Duration(i%5) * time.Millisecond)
+		th.Stop(t) // an error from Run fails the test
+		if t.Failed() {
+			t.Fatalf("stop %d returned an error", i)
+		}
+	}
+}

@@ -13,6 +13,7 @@ type metrics struct {
 	placed        prometheus.Gauge
 	placements    prometheus.Counter
 	accepted      prometheus.Counter
+	refusedFull   prometheus.Counter
 	answered      *prometheus.CounterVec
 	expired       prometheus.Counter
 	cancelled     prometheus.Counter
@@ -36,6 +37,8 @@ func newMetrics(reg prometheus.Registerer, id string) (*metrics, error) {
 		placements: b.Counter("ingest_command_placements_total",
 			"Times a device of this home's was placed at a new connection: it connected, moved or reconnected."),
 		accepted: b.Counter("ingest_command_accepted_total", "Commands accepted and made durable."),
+		refusedFull: b.Counter("ingest_command_refused_full_total",
+			"Commands refused because the home keeps as many as its log has room for (a quarter of its bound)."),
 		answered: b.CounterVec("ingest_command_answered_total",
 			"Commands answered by their device, by the state the answer gave them.", "state"),
 		expired: b.Counter("ingest_command_expired_total",

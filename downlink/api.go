@@ -48,6 +48,7 @@ const (
 	CodeNotCancellable = "not_cancellable" // 409: the command was sent already, or is final
 	CodeKeyReused      = "key_reused"      // 409: the idempotency key names a command with another name or payload
 	CodeUnavailable    = "unavailable"     // 503: the device's home did not answer; try again
+	CodeFull           = "full"            // 503: the device's home keeps as many commands as its log has room for; try again once some finish
 )
 
 // APIOptions configure the API handler.
@@ -221,6 +222,9 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusConflict, CodeKeyReused, "the idempotency key names another command")
 	case rep.Code == wire.CodeInvalid:
 		fail(w, http.StatusBadRequest, CodeInvalidCommand, "the home refused the command")
+	case rep.Code == wire.CodeFull:
+		w.Header().Set("Retry-After", "1")
+		fail(w, http.StatusServiceUnavailable, CodeFull, "the device's home keeps as many commands as its log has room for")
 	default:
 		fail(w, http.StatusBadGateway, CodeUnavailable, "home answered "+rep.Code)
 	}

@@ -9,8 +9,10 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/command/commandtest"
 	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/protocol"
+	"github.com/ingest-io/ingest/wal"
 )
 
 // TestAPIBadInput: every bad request is answered with its status and
@@ -111,4 +113,30 @@ func FuzzDecodeSubmit(f *testing.F) {
 			t.Fatalf("payload %q is not JSON", req.Payload)
 		}
 	})
+}
+
+// TestAPIFull: a submit the device's home has no room to keep is answered
+// 503 full, and the home goes on: what it keeps can still be read.
+func TestAPIFull(t *testing.T) {
+	h := commandtest.Start(t, command.Options{ID: "home-1"}, wal.Options{MaxBytes: 64 << 10, SegmentBytes: 16 << 10})
+	fe := startFrontend(t, "fe-1", []string{h.Addr}, true)
+	app := appToken(t, "commands")
+	body := `{"name":"n","payload":"` + strings.Repeat("x", 4<<10) + `"}`
+	for i := 0; ; i++ {
+		var e downlink.ErrorBody
+		st := call(t, "POST", fe.base()+"/v1/devices/dev-1/commands", app, body, &e)
+		if st == http.StatusServiceUnavailable {
+			if e.Code != downlink.CodeFull || i == 0 || i > 4 {
+				t.Fatalf("submit %d: HTTP %d %+v", i, st, e)
+			}
+			break
+		}
+		if st != http.StatusAccepted {
+			t.Fatalf("submit %d: HTTP %d %+v", i, st, e)
+		}
+	}
+	var list struct{ Commands []downlink.CommandJSON }
+	if st := call(t, "GET", fe.base()+"/v1/devices/dev-1/commands", app, nil, &list); st != http.StatusOK || len(list.Commands) == 0 {
+		t.Fatalf("list after full: HTTP %d, %d commands", st, len(list.Commands))
+	}
 }

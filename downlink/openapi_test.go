@@ -92,7 +92,7 @@ func TestOpenAPI(t *testing.T) {
 	}
 	codes := []string{downlink.CodeUnauthorized, downlink.CodeForbidden, downlink.CodeInvalidDevice, downlink.CodeInvalidJSON,
 		downlink.CodeInvalidCommand, downlink.CodeInvalidTTL, downlink.CodeInvalidState, downlink.CodeTooLarge,
-		downlink.CodeNotFound, downlink.CodeNotCancellable, downlink.CodeKeyReused, downlink.CodeUnavailable}
+		downlink.CodeNotFound, downlink.CodeNotCancellable, downlink.CodeKeyReused, downlink.CodeUnavailable, downlink.CodeFull}
 	if got := doc.Components.Schemas["Error"].Properties["code"].Enum; !slices.Equal(slices.Sorted(slices.Values(got)), slices.Sorted(slices.Values(codes))) {
 		t.Errorf("documented error codes %q, the API's %q", got, codes)
 	}

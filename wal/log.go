@@ -1109,6 +1109,10 @@ func (l *Log) Depth() (entries, bytes int64) {
 	return entries, bytes
 }
 
+// Bound returns the bound on unreleased entries that Depth is held to:
+// Options.MaxEntries (0: none) and Options.MaxBytes, defaults applied.
+func (l *Log) Bound() (entries, bytes int64) { return l.opts.MaxEntries, l.opts.MaxBytes }
+
 // Close stops accepting appends, commits those already accepted, makes the
 // release mark durable and closes the files. It is idempotent.
 func (l *Log) Close() error {

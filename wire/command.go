@@ -110,6 +110,10 @@ const (
 	CodeNotCancellable = "not_cancellable"
 	CodeUnavailable    = "unavailable"
 	CodeInvalid        = "invalid"
+	// CodeFull answers a Submit that the home's log has no room to keep
+	// (command.Home: a quarter of the log's bound is kept for the commands
+	// it holds).
+	CodeFull = "full"
 )
 
 // Presence tells a home which devices are connected at the frontend that
