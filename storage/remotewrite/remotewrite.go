@@ -299,8 +299,13 @@ func rwBoundIsGlobal(body []byte) bool {
 }
 
 // rwUndecodable reports whether an answer says the request could not be
-// decoded at all.
+// decoded at all. An answer that names a series ("__name__") refuses that
+// series' sample, whatever else its labels spell: taken for undecodable,
+// the batch would be retried for ever.
 func rwUndecodable(body []byte) bool {
+	if bytes.Contains(body, []byte("__name__")) {
+		return false
+	}
 	return bytes.Contains(body, []byte("snappy")) || bytes.Contains(body, []byte("unmarshal")) ||
 		bytes.Contains(body, []byte("proto"))
 }

@@ -459,6 +459,11 @@ func TestJudgeRemoteWrite(t *testing.T) {
 		{400, "out of bounds: timestamp is too far in the future", sinkhttp.Rejected},
 		{400, "duplicate sample for timestamp", sinkhttp.Rejected},
 		{400, "snappy: corrupt input", sinkhttp.Fail},
+		{400, "proto: illegal wireType 7", sinkhttp.Fail},
+		// Mimir refuses one sample and names its series, whose labels may
+		// spell anything: taken for undecodable, the batch would be retried
+		// for ever.
+		{400, `the sample has been rejected because another sample with the same timestamp, but a different value, has already been ingested (err-mimir-sample-duplicate-timestamp). The affected sample has timestamp 2026-12-07T14:00:00Z and is from series {__name__="protocol_version", device="d1"}`, sinkhttp.Rejected},
 		{401, "", sinkhttp.Fail},
 		{404, "", sinkhttp.Fail},
 	} {
