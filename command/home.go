@@ -487,8 +487,9 @@ func (h *Home) handle(in inbound) {
 
 // CheckSubmit validates a command as a home accepts it: a device id, a name
 // of 1 to protocol.MaxCommandNameBytes bytes, a payload that is one JSON
-// value of at most protocol.MaxCommandPayloadBytes, and a time to live
-// within maxTTL.
+// value of at most protocol.MaxCommandPayloadBytes nested at most
+// protocol.MaxCommandPayloadDepth deep (a device could not read it in its
+// command frame), and a time to live within maxTTL.
 func CheckSubmit(s *wire.Submit, maxTTL time.Duration) error {
 	switch {
 	case s.Device == "":
@@ -499,6 +500,8 @@ func CheckSubmit(s *wire.Submit, maxTTL time.Duration) error {
 		return fmt.Errorf("payload over %d bytes", protocol.MaxCommandPayloadBytes)
 	case len(s.Payload) > 0 && !json.Valid(s.Payload):
 		return errors.New("payload is not JSON")
+	case protocol.Depth(s.Payload) > protocol.MaxCommandPayloadDepth:
+		return fmt.Errorf("payload nested deeper than %d", protocol.MaxCommandPayloadDepth)
 	case s.TTLMS > uint64(maxTTL/time.Millisecond):
 		return fmt.Errorf("ttl over %s", maxTTL)
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -40,7 +41,7 @@ const (
 	CodeForbidden      = "forbidden"       // 403: a token without the commands scope (a device's token)
 	CodeInvalidDevice  = "invalid_device"  // 400: the device id is empty or too long
 	CodeInvalidJSON    = "invalid_json"    // 400: the body is not one JSON object of the documented members
-	CodeInvalidCommand = "invalid_command" // 400: no name, a name too long, or a payload that is not JSON
+	CodeInvalidCommand = "invalid_command" // 400: no name, a name too long, or a payload that is not JSON or nested too deep
 	CodeInvalidTTL     = "invalid_ttl"     // 400: ttl_ms negative, not an integer or over the bound
 	CodeInvalidState   = "invalid_state"   // 400: ?state= names no state
 	CodeTooLarge       = "too_large"       // 413: the payload or the body over its bound
@@ -192,6 +193,9 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 		return
 	case len(req.Payload) > protocol.MaxCommandPayloadBytes:
 		fail(w, http.StatusRequestEntityTooLarge, CodeTooLarge, "payload over 16384 bytes")
+		return
+	case protocol.Depth(req.Payload) > protocol.MaxCommandPayloadDepth:
+		fail(w, http.StatusBadRequest, CodeInvalidCommand, fmt.Sprintf("payload nested deeper than %d", protocol.MaxCommandPayloadDepth))
 		return
 	case len(req.IdempotencyKey) > 200 || strings.HasPrefix(req.IdempotencyKey, "\x00"):
 		fail(w, http.StatusBadRequest, CodeInvalidCommand, "idempotency key must be at most 200 bytes")

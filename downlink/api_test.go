@@ -53,6 +53,7 @@ func TestAPIBadInput(t *testing.T) {
 		{"no name", post, dev, app, `{"payload":{}}`, 400, downlink.CodeInvalidCommand},
 		{"name too long", post, dev, app, `{"name":"` + strings.Repeat("n", 129) + `"}`, 400, downlink.CodeInvalidCommand},
 		{"oversize payload", post, dev, app, bigPayload, 413, downlink.CodeTooLarge},
+		{"payload nested too deep for the device's frame", post, dev, app, `{"name":"n","payload":` + strings.Repeat("[", protocol.MaxCommandPayloadDepth+1) + strings.Repeat("]", protocol.MaxCommandPayloadDepth+1) + `}`, 400, downlink.CodeInvalidCommand},
 		{"negative ttl", post, dev, app, `{"name":"n","ttl_ms":-5}`, 400, downlink.CodeInvalidTTL},
 		{"zero ttl", post, dev, app, `{"name":"n","ttl_ms":0}`, 400, downlink.CodeInvalidTTL},
 		{"ttl past the bound", post, dev, app, `{"name":"n","ttl_ms":999999999999}`, 400, downlink.CodeInvalidTTL},

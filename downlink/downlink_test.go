@@ -1,15 +1,19 @@
 package downlink_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/ingest-io/ingest/client"
 	"github.com/ingest-io/ingest/command"
 	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/protocol"
 )
 
 // TestAcrossFrontends: commands submitted at either frontend reach devices
@@ -180,5 +184,28 @@ func TestHomeRestart(t *testing.T) {
 	}
 	if slices.Contains(d.ids(), expiring.ID) {
 		t.Fatal("an expired command was delivered")
+	}
+}
+
+// TestReservedFirstMemberIsData: with commands served, a data message whose
+// first member is "__type" but which is no command_result is numbered as
+// data and refused (invalid_field), as it is where commands are not
+// served, so that the device and the frontend number the same frames.
+// Before, the frontend took any frame led by "__type" for a command result
+// and did not number it: the acknowledgement of the next message was read
+// by the device as the refused message's.
+func TestReservedFirstMemberIsData(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{})
+	fe := startFrontend(t, "fe-1", []string{h.Addr}, false)
+	d := &device{id: "dev-r"}
+	connect(t, fe, d)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var se *client.ServerError
+	if err := d.c.SendWait(ctx, []byte(`{"__type":"reading","v":1}`)); !errors.As(err, &se) || se.Code != protocol.CodeInvalidField {
+		t.Fatalf("a message led by a reserved member: %v, want invalid_field", err)
+	}
+	if err := d.c.SendWait(ctx, []byte(`{"v":2}`)); err != nil {
+		t.Fatalf("the next message: %v", err)
 	}
 }

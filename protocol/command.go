@@ -23,16 +23,51 @@ type CommandResult struct {
 }
 
 // IsCommandResult reports whether a device frame is a command_result frame
-// rather than data: a JSON object whose first member is "__type". It looks
-// no further; DecodeCommandResult validates the frame.
+// rather than data: a JSON object whose first member is "__type" with the
+// value "command_result", as written. It looks no further;
+// DecodeCommandResult validates the frame. Any other frame is data, numbered
+// as data is: one whose first member is "__type" with another value is a
+// message with a reserved member (invalid_field), so that the device and
+// the server number the same frames whatever the server serves.
 func IsCommandResult(frame []byte) bool {
 	i := skipWS(frame, 0)
 	if i >= len(frame) || frame[i] != '{' {
 		return false
 	}
 	i = skipWS(frame, i+1)
-	const key = `"__type"`
-	return len(frame)-i >= len(key) && string(frame[i:i+len(key)]) == key
+	const key, value = `"__type"`, `"command_result"`
+	if len(frame)-i < len(key) || string(frame[i:i+len(key)]) != key {
+		return false
+	}
+	i = skipWS(frame, i+len(key))
+	if i >= len(frame) || frame[i] != ':' {
+		return false
+	}
+	i = skipWS(frame, i+1)
+	return len(frame)-i >= len(value) && string(frame[i:i+len(value)]) == value
+}
+
+// Depth returns the deepest nesting of arrays and objects in b, a valid
+// JSON value: 0 for a scalar, 1 for [] or {}.
+func Depth(b []byte) int {
+	depth, deepest, str, esc := 0, 0, false, false
+	for _, c := range b {
+		switch {
+		case esc:
+			esc = false
+		case str:
+			esc = c == '\\'
+			str = c != '"'
+		case c == '"':
+			str = true
+		case c == '[' || c == '{':
+			depth++
+			deepest = max(deepest, depth)
+		case c == ']' || c == '}':
+			depth--
+		}
+	}
+	return deepest
 }
 
 func skipWS(b []byte, i int) int {

@@ -47,7 +47,13 @@ func TestCommandResult(t *testing.T) {
 	if r, err := DecodeCommandResult([]byte(` { "__type" : "command_result", "status":"error", "id":"x", "extra":[1]} `)); err != nil || r.Payload != nil {
 		t.Fatalf("without payload: %+v, %v", r, err)
 	}
-	for _, data := range []string{`{"type":"command_result"}`, `[{"__type":"command_result"}]`, `{"a":1,"__type":"x"}`, ``} {
+	if !IsCommandResult([]byte(` { "__type" : "command_result"}`)) {
+		t.Error("a command_result with spaces not taken for one")
+	}
+	// A frame led by "__type" with another value is data (a message with a
+	// reserved member, which the frontend refuses and numbers as data).
+	for _, data := range []string{`{"type":"command_result"}`, `[{"__type":"command_result"}]`, `{"a":1,"__type":"x"}`, ``,
+		`{"__type":"reading","v":1}`, `{"__type":1}`, `{"__type"}`, `{"__type":"command_resul"}`, `{"__type":"command\u005fresult"}`} {
 		if IsCommandResult([]byte(data)) {
 			t.Errorf("%s taken for a command_result", data)
 		}
@@ -124,4 +130,48 @@ func TestCommandAnswer(t *testing.T) {
 			t.Errorf("%s for %q accepted: %v", bad.b, bad.id, err)
 		}
 	}
+}
+
+func TestDepth(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int
+	}{
+		{`1`, 0}, {`"[{"`, 0}, {`[]`, 1}, {`{"a":[1,{"b":"]}\"["}]}`, 3}, {`[[],[[]]]`, 3}, {`"\\"`, 0}, {`["\\",[]]`, 2},
+	} {
+		if got := Depth([]byte(tc.in)); got != tc.want {
+			t.Errorf("Depth(%s) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+}
+
+// FuzzDepth: Depth agrees with encoding/json's tokens on every valid JSON
+// value.
+func FuzzDepth(f *testing.F) {
+	for _, s := range []string{`1`, `[]`, `{"a":[1,{"b":"]}\"["}]}`, `["\\",[]]`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if !json.Valid(b) {
+			return
+		}
+		want, depth := 0, 0
+		dec := json.NewDecoder(bytes.NewReader(b))
+		for {
+			tok, err := dec.Token()
+			if err != nil {
+				break
+			}
+			switch tok {
+			case json.Delim('['), json.Delim('{'):
+				depth++
+				want = max(want, depth)
+			case json.Delim(']'), json.Delim('}'):
+				depth--
+			}
+		}
+		if got := Depth(b); got != want {
+			t.Fatalf("Depth(%q) = %d, encoding/json %d", b, got, want)
+		}
+	})
 }

@@ -842,10 +842,10 @@ func msToNanos(v []byte) (int64, bool) {
 	}
 	var ms int64
 	for ; i < len(v) && v[i] >= '0' && v[i] <= '9'; i++ {
+		ms = ms*10 + int64(v[i]-'0')
 		if ms > 9e12 { // year ~2255; also keeps ms*1e6 below 1<<63
 			return 0, false
 		}
-		ms = ms*10 + int64(v[i]-'0')
 	}
 	ns := ms * 1e6
 	if i < len(v) && v[i] == '.' {

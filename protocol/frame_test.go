@@ -93,6 +93,8 @@ func TestParseTS(t *testing.T) {
 		{`1.7e12`, 0},                 // exponent
 		{`-1`, 0},                     // negative
 		{`99999999999999999999`, 0},   // overflow
+		{`20000000000000`, 0},         // year 2603: ms*1e6 past int64, once taken for 2019
+		{`20000000000000.5`, 0},       // the same with a fraction
 		{`1748743200001`, 0},          // beyond now + 2h skew
 		{`"yesterday"`, 0},            // not RFC 3339
 		{`true`, 0},                   // wrong type

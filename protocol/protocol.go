@@ -30,6 +30,10 @@ const (
 	// MaxCommandPayloadBytes bounds a command's payload and the payload of
 	// its answer, as written.
 	MaxCommandPayloadBytes = 16 << 10
+	// MaxCommandPayloadDepth bounds the nesting of a command's payload: in
+	// its command frame it is one level below the frame's object, which
+	// MaxDepth bounds.
+	MaxCommandPayloadDepth = MaxDepth - 1
 )
 
 // Command result statuses a device answers with. StatusOK marks the command

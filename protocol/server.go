@@ -232,6 +232,9 @@ func DecodeServerFrame(b []byte) (ServerFrame, error) {
 		if len(f.ID) > MaxCommandIDBytes+2 || len(f.Name) > MaxCommandNameBytes {
 			return f, fmt.Errorf("%w: a command's id or name is too long", ErrInvalidServerFrame)
 		}
+		if len(f.Payload) > MaxCommandPayloadBytes {
+			return f, fmt.Errorf("%w: a command's payload is over %d bytes", ErrInvalidServerFrame, MaxCommandPayloadBytes)
+		}
 	}
 	return f, nil
 }

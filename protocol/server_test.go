@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -84,6 +85,7 @@ func TestDecodeServerFrame(t *testing.T) {
 		`{"type":"error","retry_after_ms":9223372036855}`, `{"type":"ack","seq":1}x`, `{"type":"ack","seq":1,}`,
 		`{"type":"ack","seq":1`, "{\"type\":\"a\xffck\",\"seq\":1}", `{"type":"ack","seq":01}`,
 		`{"t\u0079pe":"ack","type":"ack","seq":1}`,
+		`{"type":"command","id":"c1","name":"n","payload":"` + strings.Repeat("x", MaxCommandPayloadBytes) + `"}`,
 	} {
 		if f, err := DecodeServerFrame([]byte(bad)); !errors.Is(err, ErrInvalidServerFrame) {
 			t.Errorf("%q accepted as %+v (%v)", bad, f, err)
