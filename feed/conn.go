@@ -303,10 +303,12 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 
 // replay writes, before any live message, the records each middletier in
 // sub.From holds from the asked sequence up to where the reader's live
-// messages start, filtered like them.
+// messages start, filtered like them. A frontend's entry that two
+// middletiers hold (it failed over between them) is written once.
 func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]uint64, write func([]byte) error) error {
 	f := newFilter(sub)
-	var frame []byte // reused: a write copies what it writes
+	var frame []byte                     // reused: a write copies what it writes
+	written := map[string]*seenIndexes{} // per origin
 	for mt, from := range sub.From {
 		src := s.hub.source(mt)
 		to, known := live[mt]
@@ -358,6 +360,15 @@ func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]
 			for i, rb := range recs {
 				ev, ok := s.decode(mt, from+uint64(i), rb, false)
 				if !ok || !f.takes(&ev) {
+					continue
+				}
+				w := written[ev.origin]
+				if w == nil {
+					w = &seenIndexes{}
+					written[ev.origin] = w
+				}
+				if !w.add(ev.index) {
+					s.m.repeats.Inc()
 					continue
 				}
 				frame = ev.appendFrame(frame[:0])

@@ -22,13 +22,13 @@ type hub struct {
 	byName  map[string]*source
 
 	seenMu sync.Mutex
-	seen   map[string]uint64 // per origin, the highest index dispatched
+	seen   map[string]*seenIndexes // per origin, the indexes dispatched
 
 	frames frames // device messages' frames readers are done with
 }
 
 func newHub() *hub {
-	return &hub{clients: make(map[*client]struct{}), byName: make(map[string]*source), seen: make(map[string]uint64),
+	return &hub{clients: make(map[*client]struct{}), byName: make(map[string]*source), seen: make(map[string]*seenIndexes),
 		frames: frames{free: make(chan *sharedFrame, keptFrames)}}
 }
 
@@ -38,17 +38,17 @@ func (h *hub) nameSource(name string, src *source) {
 	h.mu.Unlock()
 }
 
-// first reports whether (origin, index) is newer than anything dispatched
-// from origin, and records it. A frontend's entries are in order within a
-// middletier's stream; across a failover they can be in two streams.
+// first reports whether (origin, index) was not yet dispatched, and
+// records it (seenIndexes).
 func (h *hub) first(origin string, index uint64) bool {
 	h.seenMu.Lock()
 	defer h.seenMu.Unlock()
-	if index <= h.seen[origin] {
-		return false
+	s := h.seen[origin]
+	if s == nil {
+		s = &seenIndexes{}
+		h.seen[origin] = s
 	}
-	h.seen[origin] = index
-	return true
+	return s.add(index)
 }
 
 // dispatch queues every event for the readers whose filter matches it, then

@@ -79,3 +79,58 @@ func TestResume(t *testing.T) {
 		t.Errorf("replayed records %v", n)
 	}
 }
+
+// TestResumeAcrossAFailover: a message is delivered once per connection,
+// and a resume repeats nothing (docs/protocol.md): a resume from both
+// middletiers of a failover writes once the entries the frontend sent to
+// both. Before, the replay wrote them twice.
+func TestResumeAcrossAFailover(t *testing.T) {
+	a := startTier(t, middletier.Options{ID: "mt-a"})
+	b := startTier(t, middletier.Options{ID: "mt-b"})
+	fs := startFeed(t, feed.Options{Sources: []feed.Source{
+		{Feed: a.addrs.Feed, Consumer: a.addrs.Consumer},
+		{Feed: b.addrs.Feed, Consumer: b.addrs.Consumer},
+	}})
+	r := dialReader(t, fs.url, token(t, "feed:read", nil), nil)
+	r.run(t)
+	r.subscribe(t, `{"type":"subscribe"}`)
+	warm(t, newSender(t, a.addrs.Ingest, "warm-a.0000000000000001"), r)
+	warm(t, newSender(t, b.addrs.Ingest, "warm-b.0000000000000001"), r)
+	toA := newSender(t, a.addrs.Ingest, "fe-1.0000000000000001")
+	toB := newSender(t, b.addrs.Ingest, "fe-1.0000000000000001")
+	mk := func(from, n int) []msg {
+		out := make([]msg, n)
+		for i := range out {
+			out[i] = msg{device: "dev", payload: fmt.Sprintf(`{"n":%d}`, from+i)}
+		}
+		return out
+	}
+	toA.send(t, mk(1, 5)...)
+	got := r.messages(t, 5, isWarm)
+	toB.Next = 3
+	toB.send(t, mk(3, 6)...)
+	got = append(got, r.messages(t, 3, isWarm)...)
+	// B holds fe-1's entries 3..8 at contiguous sequences ending at got[7]'s.
+	fromA, fromB := got[0].Seq, got[7].Seq-5
+	r2 := dialReader(t, fs.url, token(t, "feed:read", nil), nil)
+	r2.run(t)
+	r2.subscribe(t, fmt.Sprintf(`{"type":"subscribe","devices":["dev"],"from":{"mt-a":%d,"mt-b":%d}}`, fromA, fromB))
+	newSender(t, a.addrs.Ingest, "end-a.0000000000000001").send(t, msg{device: "dev", payload: `{"end":true}`})
+	count := map[uint64]int{}
+	for {
+		f := r2.next(t)
+		if f.Type != "message" {
+			t.Logf("frame %+v", f)
+			continue
+		}
+		if string(f.Payload) == `{"end":true}` {
+			break
+		}
+		count[f.Index]++
+	}
+	for i := uint64(1); i <= 8; i++ {
+		if count[i] != 1 {
+			t.Errorf("entry %d (origin fe-1) delivered %d times on one connection, want 1", i, count[i])
+		}
+	}
+}
