@@ -176,3 +176,29 @@ func TestFramesKeptBounded(t *testing.T) {
 		t.Fatal("a frame too large to keep is not poisoned")
 	}
 }
+
+// TestNoticeThatDoesNotFit: a gap notice that finds a reader's queue full
+// is told by the reader's next missed notice: the count it carries is
+// added to the drops the next queued item reports. Before, it was dropped
+// and not counted: the reader never learnt of the gap.
+func TestNoticeThatDoesNotFit(t *testing.T) {
+	p := newPublisher(t, []Subscription{{}})
+	c := p.clients[0]
+	for len(c.queue) < cap(c.queue) {
+		p.publish(0)
+	}
+	c.mu.Lock()
+	dropped := c.missed // the messages that did not fit
+	c.mu.Unlock()
+	p.s.hub.broadcast(missedFrame(7, "gap", "mt-1", 1, 7), 7, func() {})
+	for len(c.queue) > 0 {
+		it := <-c.queue
+		if it.notice {
+			t.Fatal("a notice queued in a full queue")
+		}
+		it.frame.release()
+	}
+	if got := c.caughtUp(); got != dropped+7 {
+		t.Fatalf("the reader caught up with %d missed, want the %d messages dropped and the gap's 7", got, dropped)
+	}
+}

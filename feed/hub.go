@@ -70,7 +70,7 @@ func (h *hub) dispatch(evs []event, build func(*event, []byte) []byte, advance f
 				f = h.frames.get()
 				f.b = build(ev, f.b[:0])
 			}
-			c.enqueue(f, true)
+			c.enqueue(f, true, 0)
 		}
 		if f != nil {
 			f.release() // dispatch's own reference
@@ -80,12 +80,12 @@ func (h *hub) dispatch(evs []event, build func(*event, []byte) []byte, advance f
 }
 
 // broadcast queues a notice for every reader.
-func (h *hub) broadcast(frame []byte, advance func()) {
+func (h *hub) broadcast(frame []byte, missed uint64, advance func()) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	f := &sharedFrame{b: frame} // not kept: notices are few
 	for _, c := range h.list {
-		c.enqueue(f, false)
+		c.enqueue(f, false, missed)
 	}
 	advance()
 }
@@ -226,10 +226,11 @@ func newClient(o *Options, m *metrics) *client {
 }
 
 // enqueue queues frame without blocking, with a reference of its own. A
-// full queue drops it and counts it for the reader's next missed notice; a
+// full queue drops it and counts it for the reader's next missed notice (a
+// notice, which is not message, counts the messages it tells of: missed); a
 // reader that keeps dropping for longer than its grace, or drops more than
 // its limit before catching up, is marked slow and its writer closes it.
-func (c *client) enqueue(frame *sharedFrame, message bool) {
+func (c *client) enqueue(frame *sharedFrame, message bool, missed uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	frame.hold()
@@ -241,7 +242,11 @@ func (c *client) enqueue(frame *sharedFrame, message bool) {
 	}
 	frame.release()
 	if !message {
-		return // a notice that does not fit: the slow notice will follow
+		// A notice that does not fit: what it tells of is told by the
+		// next notice the reader gets, which the drops behind it bring.
+		c.missed += missed
+		c.behind.Store(true)
+		return
 	}
 	c.m.dropped.Inc()
 	c.missed++

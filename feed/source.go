@@ -82,7 +82,7 @@ func (src *source) Lost(g stream.Gap) {
 	src.named(g.Middletier)
 	n := g.To - g.From + 1
 	src.s.m.gapRecords.WithLabelValues(g.Middletier, "lost").Add(float64(n))
-	src.s.hub.broadcast(missedFrame(n, "gap", g.Middletier, g.From, g.To), func() { src.next.Store(g.To + 1) })
+	src.s.hub.broadcast(missedFrame(n, "gap", g.Middletier, g.From, g.To), n, func() { src.next.Store(g.To + 1) })
 }
 
 // dispatcher holds the reusable buffers of a source's dispatch.
