@@ -205,7 +205,7 @@ func (s *Sink) writeChunk(ctx context.Context, ss []rwSample, st *rwWriteState) 
 	switch {
 	case v == sinkhttp.TooOld:
 		kind, reason = sinkhttp.KindTooOld, sinkhttp.KindTooOld
-	case bytes.Contains(a.Body, []byte("duplicate sample for timestamp")):
+	case bytes.Contains(a.Body, []byte("duplicate sample for timestamp")), bytes.Contains(a.Body, []byte("sample-duplicate-timestamp")):
 		// A different value is stored at this series and timestamp.
 		reason = sinkhttp.DropDuplicateTimestamp
 	}
@@ -249,7 +249,8 @@ func judgeRemoteWrite(a sinkhttp.Answer) sinkhttp.Verdict {
 			return sinkhttp.TooOld
 		}
 		return sinkhttp.Retry
-	case a.Status == http.StatusBadRequest || a.Status == http.StatusRequestEntityTooLarge || a.Status == http.StatusUnprocessableEntity:
+	case a.Status == http.StatusBadRequest || a.Status == http.StatusRequestEntityTooLarge || a.Status == http.StatusUnprocessableEntity ||
+		a.Status == http.StatusConflict: // Thanos Receive: a sample out of order or a duplicate
 		if rwTooOld(a.Body) {
 			return sinkhttp.TooOld
 		}

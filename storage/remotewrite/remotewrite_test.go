@@ -464,6 +464,8 @@ func TestJudgeRemoteWrite(t *testing.T) {
 		// spell anything: taken for undecodable, the batch would be retried
 		// for ever.
 		{400, `the sample has been rejected because another sample with the same timestamp, but a different value, has already been ingested (err-mimir-sample-duplicate-timestamp). The affected sample has timestamp 2026-12-07T14:00:00Z and is from series {__name__="protocol_version", device="d1"}`, sinkhttp.Rejected},
+		{409, "add 1 samples: out of order sample", sinkhttp.TooOld}, // Thanos Receive
+		{409, "conflict", sinkhttp.Rejected},
 		{401, "", sinkhttp.Fail},
 		{404, "", sinkhttp.Fail},
 	} {
