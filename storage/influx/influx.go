@@ -353,8 +353,10 @@ func (s *Sink) appendLine(b []byte, p *storage.Point) (_ []byte, rejected, tooLo
 // or field key (key true), escaped as line protocol wants: a backslash
 // before each comma and space, and, in keys and tag values, before each '='.
 // Line protocol has no escape for a newline, which becomes a space, nor for
-// a backslash at the end of a name, which would escape the separator after
-// it: it is doubled.
+// a backslash at the end of a name: InfluxDB takes any separator after a
+// backslash as escaped, a doubled one included, and would refuse the line
+// or read the rest of it into the name. A name that ends in a backslash
+// gets a '_' after it, and is stored so (`C:\data\` as `C:\data\_`).
 func appendInfluxName(b []byte, s string, key bool) []byte {
 	for i := 0; i < len(s); i++ {
 		c := s[i]
@@ -371,7 +373,7 @@ func appendInfluxName(b []byte, s string, key bool) []byte {
 		case '\\':
 			b = append(b, c)
 			if i == len(s)-1 {
-				b = append(b, c)
+				b = append(b, '_')
 			}
 		default:
 			b = append(b, c)

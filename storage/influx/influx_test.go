@@ -232,7 +232,7 @@ func TestInfluxLine(t *testing.T) {
 		Strings: map[string]string{"s": "q\"\\\nx", "w=x y,z": "v"},
 	}
 	b, rejected, tooLong := s.appendLine(nil, &p)
-	want := `m\ e\,a,device=d\,1\ \=x,site=end\\ a.b=1,c=-2.5e-07,s="q\"\\` + "\n" + `x",w\=x\ y\,z="v" 1700000000123` + "\n"
+	want := `m\ e\,a,device=d\,1\ \=x,site=end\_ a.b=1,c=-2.5e-07,s="q\"\\` + "\n" + `x",w\=x\ y\,z="v" 1700000000123` + "\n"
 	if string(b) != want {
 		t.Errorf("line\n%s\nwant\n%s", b, want)
 	}
@@ -289,3 +289,56 @@ func FuzzParseInfluxError(f *testing.F) {
 }
 
 func errorsAs(err error, target any) bool { return errors.As(err, target) }
+
+// TestInfluxTrailingBackslash: a tag value, a device or a field key that
+// ends in a backslash neither loses its point nor swallows the fields after
+// it. InfluxDB 1.x reads any separator after a backslash as escaped, so no
+// escaping ends a name with one: the sink appends '_' to it.
+func TestInfluxTrailingBackslash(t *testing.T) {
+	srv := testkit.InfluxDB(t)
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	for _, c := range []struct{ where, v, stored string }{
+		{"label", `C:\data\`, `C:\data\_`},
+		{"device", `dev\`, `dev\_`},
+		{"field", `k\`, `k\_`},
+		{"label", `two\\`, `two\\_`},
+	} {
+		db := influxDB(t, srv, "")
+		s := newTestInflux(t, srv.URL+"/write?db="+db, nil, Options{Name: fmt.Sprint("s", time.Now().UnixNano())})
+		p := storage.Point{Device: "d", Time: t0, Labels: map[string]string{"site": "x"}, Numbers: map[string]float64{"temp": 1}, Strings: map[string]string{}}
+		want := map[string]string{"device": "d", "site": "x", "temp": "1"}
+		switch c.where {
+		case "label":
+			p.Labels["site"] = c.v
+			want["site"] = c.stored
+		case "field":
+			p.Numbers[c.v] = 2
+			want[c.stored] = "2"
+		case "device":
+			p.Device = c.v
+			want["device"] = c.stored
+		}
+		if err := s.Write(context.Background(), []storage.Point{p}); err != nil {
+			t.Fatalf("%s %q: %v", c.where, c.v, err)
+		}
+		rows := testkit.InfluxQuery(t, srv, db, `SELECT * FROM "ingest"`)
+		if len(rows) != 1 || fmt.Sprint(rows[0]["temp"]) != "1" {
+			t.Errorf("%s %q: InfluxDB holds %v; want one row with temp=1", c.where, c.v, rows)
+			continue
+		}
+		got := map[string]string{}
+		for k, v := range rows[0] {
+			if k != "time" && v != nil {
+				got[k] = fmt.Sprint(v)
+			}
+		}
+		if d := diffMaps(got, want); d != "" {
+			t.Errorf("%s %q: %s", c.where, c.v, d)
+		}
+		for _, r := range []string{sinkhttp.KindRejected, sinkhttp.KindTooOld, sinkhttp.DropStringTooLong} {
+			if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(r)); got != 0 {
+				t.Errorf("%s %q: dropped %s: %v", c.where, c.v, r, got)
+			}
+		}
+	}
+}
