@@ -37,7 +37,8 @@
 // request itself (a missing database, authentication) fails the Write at
 // once with kind "rejected" wrapping a *StatusError, dropping nothing.
 // Points beyond the retention policy and fields of a type other than the
-// one stored come back as a partial write, counted as dropped; a request
+// one stored come back as a partial write, counted as dropped, and so do
+// the lines a partial write says InfluxDB could not parse; a request
 // refused as unparseable is split until the bad lines stand alone, which
 // are dropped. docs/storage-sinks.md has the details and the metrics.
 package influx

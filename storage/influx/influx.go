@@ -88,7 +88,9 @@ const maxInfluxString = 64<<10 - 1
 // type other than the one stored) with a partial write: it stores the other
 // points and says how many it dropped; the sink counts them in
 // ingest_storage_external_dropped_samples_total and takes the request as
-// done. A request refused as a whole as unparseable is split in halves until
+// done. Lines InfluxDB 1.x could not parse in a request it otherwise
+// stores come back as a partial write with dropped=0 that names each
+// line; the sink counts those lines as dropped (rejected). A request refused as a whole as unparseable is split in halves until
 // the refused lines stand alone, which are dropped and counted.
 type Sink struct {
 	opts Options
@@ -196,8 +198,9 @@ func (s *Sink) writeLines(ctx context.Context, lo, hi int) error {
 	}
 	s.h.Metrics.Errors.WithLabelValues(kind).Inc()
 	if ie, ok := parseInfluxError(a.Body); ok && ie.Partial {
-		// The store kept the other lines and says how many it dropped.
-		dropped := min(ie.Dropped, n)
+		// The store kept the other lines and says how many it dropped,
+		// or which it could not parse (and then says dropped=0).
+		dropped := min(ie.Dropped+ie.Unparsed, n)
 		s.h.Metrics.Dropped.WithLabelValues(kind).Add(float64(dropped))
 		s.h.Acked(n-dropped, n)
 		if v == sinkhttp.Rejected {
@@ -258,6 +261,11 @@ type influxError struct {
 	Partial         bool
 	Dropped         int
 	BeyondRetention bool
+	// Unparsed is how many lines of a partial write the store could not
+	// parse: InfluxDB 1.x stores the others and answers "partial write:
+	// unable to parse '<line>': <reason>" (one such entry per line, joined
+	// by newlines) with dropped=0, which does not count them.
+	Unparsed int
 }
 
 // parseInfluxError reads an InfluxDB error answer, 1.x's
@@ -286,10 +294,24 @@ func parseInfluxError(body []byte) (e influxError, ok bool) {
 			if n, err := strconv.Atoi(string(rest[i+len(" dropped="):])); err == nil && n >= 0 {
 				e.Partial, e.Dropped = true, n
 				e.BeyondRetention = bytes.Contains(rest[:i], []byte("beyond retention policy"))
+				e.Unparsed = countUnparsed(rest[:i])
 			}
 		}
 	}
 	return e, true
+}
+
+// countUnparsed counts the entries "unable to parse '…': …" of the reason
+// of a partial write, the first at its start and each other after a
+// newline. (A string field holding a newline and then "unable to parse '"
+// would be counted too: the caller caps the count at the lines sent.)
+func countUnparsed(reason []byte) int {
+	entry := []byte("unable to parse '")
+	reason = bytes.TrimLeft(reason, " ")
+	if !bytes.HasPrefix(reason, entry) {
+		return 0
+	}
+	return 1 + bytes.Count(reason, append([]byte("\n"), entry...))
 }
 
 // appendLine appends the line of p to b, with its trailing newline. A point

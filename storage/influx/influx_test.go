@@ -260,6 +260,8 @@ func TestParseInfluxError(t *testing.T) {
 		{`{"code":"invalid","message":"unable to parse 'x': bad timestamp"}`, influxError{Message: "unable to parse 'x': bad timestamp"}, true},
 		{"cannot parse line\n", influxError{Message: "cannot parse line"}, true},
 		{`{"error":"partial write: dropped=x"}`, influxError{Message: "partial write: dropped=x"}, true},
+		{`{"error":"partial write: unable to parse 'b temp=2 10413792000000': time outside range -9223372036854775806 - 9223372036854775806\nunable to parse 'c,site=a\\ temp=2 1': invalid tag format dropped=0"}`,
+			influxError{Message: "partial write: unable to parse 'b temp=2 10413792000000': time outside range -9223372036854775806 - 9223372036854775806\nunable to parse 'c,site=a\\ temp=2 1': invalid tag format dropped=0", Partial: true, Unparsed: 2}, true},
 		{``, influxError{}, false},
 	} {
 		got, ok := parseInfluxError([]byte(c.body))
@@ -275,7 +277,7 @@ func FuzzParseInfluxError(f *testing.F) {
 	f.Add([]byte(`partial write: x dropped=-1`))
 	f.Fuzz(func(t *testing.T, body []byte) {
 		e, ok := parseInfluxError(body)
-		if e.Dropped < 0 || (!e.Partial && (e.Dropped != 0 || e.BeyondRetention)) {
+		if e.Dropped < 0 || e.Unparsed < 0 || (!e.Partial && (e.Dropped != 0 || e.BeyondRetention || e.Unparsed != 0)) {
 			t.Fatalf("%+v", e)
 		}
 		if !ok && (e.Partial || e.Message != "") {
@@ -340,5 +342,42 @@ func TestInfluxTrailingBackslash(t *testing.T) {
 				t.Errorf("%s %q: dropped %s: %v", c.where, c.v, r, got)
 			}
 		}
+	}
+}
+
+// TestInfluxUnparsedLineCounted: InfluxDB 1.x answers a request where some
+// lines do not parse (here: times past 2262, outside its range) with
+// "partial write: unable to parse ... dropped=0" after storing the others;
+// the sink counts those lines as dropped (rejected), not as written.
+func TestInfluxUnparsedLineCounted(t *testing.T) {
+	srv := testkit.InfluxDB(t)
+	db := influxDB(t, srv, "")
+	s := newTestInflux(t, srv.URL+"/write?db="+db, nil, Options{})
+	t0 := time.Now().Add(-time.Hour).Truncate(time.Millisecond)
+	far := time.Date(2300, 1, 1, 0, 0, 0, 0, time.UTC)
+	ps := []storage.Point{
+		{Device: "good", Time: t0, Numbers: map[string]float64{"temp": 1}},
+		{Device: "bad", Time: far, Labels: map[string]string{"site": `C:\data\`}, Numbers: map[string]float64{"temp": 2}},
+		{Device: "good", Time: t0.Add(time.Millisecond), Numbers: map[string]float64{"temp": 3}},
+		{Device: "bad", Time: far.Add(time.Millisecond), Numbers: map[string]float64{"temp": 4}},
+	}
+	if err := s.Write(context.Background(), ps); err != nil {
+		t.Fatal(err)
+	}
+	rows := testkit.InfluxQuery(t, srv, db, `SELECT * FROM "ingest"`)
+	dropped := 0.0
+	for _, r := range []string{sinkhttp.KindRejected, sinkhttp.KindTooOld, sinkhttp.DropStringTooLong} {
+		dropped += testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(r))
+	}
+	written := testutil.ToFloat64(s.h.Metrics.Samples)
+	t.Logf("store holds %d rows; sink counted %v written, %v dropped", len(rows), written, dropped)
+	if len(rows) < len(ps) && dropped == 0 {
+		t.Fatalf("the store holds %d of %d lines, yet the sink counted %v written and %v dropped", len(rows), len(ps), written, dropped)
+	}
+	if len(rows) != 2 || written != 2 || dropped != 2 {
+		t.Errorf("store holds %d rows, sink counted %v written and %v dropped; want 2, 2, 2", len(rows), written, dropped)
+	}
+	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindRejected)); got != 2 {
+		t.Errorf("dropped rejected: %v, want 2", got)
 	}
 }
