@@ -174,6 +174,11 @@ type tsdbMetrics struct {
 	// the metric the counter's collector gave at registration, a live view
 	// of the counter, read in place on every commit.
 	wblFailed prometheus.Metric
+
+	// lib are the library's collectors registered with reg through
+	// watchRegisterer, unregistered with the package's own.
+	libMu sync.Mutex
+	lib   []prometheus.Collector
 }
 
 // watchRegisterer passes the TSDB's own metrics on to reg (nil: none), and
@@ -194,7 +199,13 @@ func (w watchRegisterer) Register(c prometheus.Collector) error {
 	if w.reg == nil {
 		return nil
 	}
-	return w.reg.Register(c)
+	if err := w.reg.Register(c); err != nil {
+		return err
+	}
+	w.m.libMu.Lock()
+	w.m.lib = append(w.m.lib, c)
+	w.m.libMu.Unlock()
+	return nil
 }
 
 // collectOne returns the one metric c collects (a counter collects itself,
@@ -238,7 +249,8 @@ func (m *tsdbMetrics) wblWritesFailed() float64 {
 
 // Open opens (or creates) the TSDB in opts.Dir, replaying its WAL. The
 // TSDB runs its own compaction in the background until Close. reg and lg
-// may be nil; the TSDB's own metrics (prometheus_tsdb_*) go to reg too.
+// may be nil; the TSDB's own metrics (prometheus_tsdb_*) go to reg too. An
+// Open that fails leaves nothing registered with reg.
 func Open(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*TSDB, error) {
 	opts, err := opts.withDefaults()
 	if err != nil {
@@ -391,6 +403,15 @@ func (m *tsdbMetrics) unregister() {
 		if m.noSpace != nil {
 			m.reg.Unregister(m.noSpace)
 		}
+		// The library unregisters none of its own on Close (nor on a
+		// failed Open): left, they would make the next Open with reg
+		// panic in MustRegister.
+		m.libMu.Lock()
+		for _, c := range m.lib {
+			m.reg.Unregister(c)
+		}
+		m.lib = nil
+		m.libMu.Unlock()
 	}
 }
 
@@ -529,7 +550,9 @@ func seriesLabels(b *labels.ScratchBuilder, base []labels.Label, name, value str
 	return b.Labels()
 }
 
-// Close closes the TSDB, flushing its head to its WAL. Idempotent.
+// Close closes the TSDB, flushing its head to its WAL, and unregisters its
+// metrics (the library's prometheus_tsdb_* included) from the registerer
+// Open was given, which can then open it again. Idempotent.
 func (s *TSDB) Close() error {
 	s.closeOnce.Do(func() {
 		// No commit may race the close: one that did could lose its

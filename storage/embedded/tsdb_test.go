@@ -324,3 +324,73 @@ func TestTSDBBlockDuration(t *testing.T) {
 		t.Fatalf("Open with a 30s block duration: %v; want an error naming the minimum", err)
 	}
 }
+
+// openRecovering is embedded.Open with a panic (the library's MustRegister
+// meeting a collector already registered) turned into an error, so that it
+// fails the test instead of aborting the package's tests.
+func openRecovering(opts embedded.Options, reg prometheus.Registerer) (db *embedded.TSDB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic: %v", r)
+		}
+	}()
+	return embedded.Open(opts, reg, nil)
+}
+
+// TestTSDBReopenSameRegistry: Close, and an Open that fails, leave nothing
+// registered with reg, the library's own metrics (prometheus_tsdb_*)
+// included: the same registry opens the TSDB again in the same process.
+func TestTSDBReopenSameRegistry(t *testing.T) {
+	dir := t.TempDir()
+	reg := prometheus.NewRegistry()
+	registered := func() []string {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, mf := range mfs {
+			names = append(names, mf.GetName())
+		}
+		return names
+	}
+	db, err := openRecovering(embedded.Options{Dir: dir}, reg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if names := registered(); len(names) != 0 {
+		t.Errorf("after Close, still registered: %v", names)
+	}
+	db, err = openRecovering(embedded.Options{Dir: dir}, reg)
+	if err != nil {
+		t.Fatalf("reopen with the same registry after Close: %v", err)
+	}
+	db.Close()
+
+	// An Open that fails after the library registered its metrics (a
+	// collector of the same name is in the way of ingest_storage_tsdb_failed)
+	// unregisters them too.
+	// (The same help: a registry remembers a name's help for good.)
+	blocker := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "ingest_storage_tsdb_failed",
+		Help: "1 once a write to the embedded TSDB's write logs or an fsync of them has failed: every later write fails until the writer restarts (its /healthz fails).",
+	})
+	reg.MustRegister(blocker)
+	if _, err := openRecovering(embedded.Options{Dir: dir}, reg); err == nil || !strings.Contains(err.Error(), "register metrics") {
+		t.Fatalf("Open with ingest_storage_tsdb_failed taken: %v; want a register error", err)
+	}
+	reg.Unregister(blocker)
+	if names := registered(); len(names) != 0 {
+		t.Errorf("after a failed Open, still registered: %v", names)
+	}
+	db, err = openRecovering(embedded.Options{Dir: dir}, reg)
+	if err != nil {
+		t.Fatalf("reopen with the same registry after a failed Open: %v", err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
