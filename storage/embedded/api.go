@@ -505,7 +505,8 @@ func (a *API) labelQuery(w http.ResponseWriter, r *http.Request, get func(promst
 }
 
 // collect runs get for each matcher set (once with none if there are
-// none) and returns the sorted union.
+// none) and returns the sorted union, never nil: Prometheus answers an
+// empty list as [], not null.
 func collect(sets [][]*labels.Matcher, get func([]*labels.Matcher) ([]string, []string, error)) ([]string, []string, error) {
 	if len(sets) == 0 {
 		sets = [][]*labels.Matcher{nil}
@@ -522,7 +523,8 @@ func collect(sets [][]*labels.Matcher, get func([]*labels.Matcher) ([]string, []
 			seen[v] = true
 		}
 	}
-	out := slices.Sorted(maps.Keys(seen))
+	out := slices.AppendSeq(make([]string, 0, len(seen)), maps.Keys(seen))
+	slices.Sort(out)
 	return out, warnings, nil
 }
 

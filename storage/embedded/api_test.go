@@ -375,3 +375,31 @@ func TestAPIErrorsAndProbes(t *testing.T) {
 	g.ready.Store(nil)
 	probe("GET", "/-/ready", 200, "ingest is Ready.\n")
 }
+
+// TestAPIEmptyLabelsAreEmptyLists: when no label name or value matches,
+// /api/v1/label/<name>/values and /api/v1/labels answer "data":[] as
+// Prometheus does (web/api/v1), not null: clients index the list
+// (Grafana's variable queries, promtool).
+func TestAPIEmptyLabelsAreEmptyLists(t *testing.T) {
+	db, _ := openTSDB(t, t.TempDir(), embedded.Options{})
+	if err := db.Write(context.Background(), []storage.Point{point("d", time.Now().Add(-time.Minute), map[string]float64{"temp": 1}, nil, nil)}); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(embedded.NewAPI(db.DB(), embedded.APIOptions{}, nil, nil))
+	defer srv.Close()
+	for _, q := range []string{
+		"/api/v1/label/nosuchlabel/values",
+		"/api/v1/labels?match[]=nosuchmetric",
+		"/api/v1/label/device/values?match[]=nosuchmetric",
+	} {
+		resp, err := http.Get(srv.URL + q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"data":[]`) {
+			t.Errorf("GET %s answered %d %s, want \"data\":[] as Prometheus", q, resp.StatusCode, b)
+		}
+	}
+}
