@@ -90,8 +90,9 @@ const maxInfluxString = 64<<10 - 1
 // ingest_storage_external_dropped_samples_total and takes the request as
 // done. Lines InfluxDB 1.x could not parse in a request it otherwise
 // stores come back as a partial write with dropped=0 that names each
-// line; the sink counts those lines as dropped (rejected). A request refused as a whole as unparseable is split in halves until
-// the refused lines stand alone, which are dropped and counted.
+// line; the sink counts those lines as dropped (rejected). A request
+// refused as a whole as unparseable is split in halves until the refused
+// lines stand alone, which are dropped and counted.
 type Sink struct {
 	opts Options
 	url  string
