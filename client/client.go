@@ -36,7 +36,10 @@ var (
 	// and is returned by Send after Close.
 	ErrClosed = errors.New("client: closed")
 	// ErrRefused wraps a refused handshake that retrying will not fix
-	// (HTTP 401/403, or close 1008): the client stops.
+	// (HTTP 401/403, or close 1008): the client stops. With a TokenFunc, a
+	// 401 (or a close 1008 "unauthorized") is retried with a fresh token,
+	// and the client stops only when the handshake after that is refused
+	// 401 again; a 403 (e.g. "revoked") stops it at once.
 	ErrRefused = errors.New("client: refused")
 )
 
@@ -211,7 +214,7 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 	ws, resp, err := websocket.Dial(ctx, c.opts.URL, &websocket.DialOptions{HTTPClient: c.opts.HTTPClient, HTTPHeader: h})
 	if err != nil {
 		if resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
-			return nil, fmt.Errorf("dial %s: %w: HTTP %d", c.opts.URL, ErrRefused, resp.StatusCode)
+			return nil, &refusal{status: resp.StatusCode, err: fmt.Errorf("dial %s: %w: HTTP %d", c.opts.URL, ErrRefused, resp.StatusCode)}
 		}
 		return nil, fmt.Errorf("dial %s: %w", c.opts.URL, err)
 	}
@@ -337,6 +340,9 @@ func (c *Client) run(ws *websocket.Conn) {
 		defer cancel()
 	}
 	attempt := 0
+	// unauthorized: the last handshake was refused 401 and a fresh token
+	// is being tried; another 401 stops the client.
+	unauthorized := false
 	for {
 		acked, retry, fatal := c.session(ws)
 		ws.CloseNow()
@@ -375,13 +381,31 @@ func (c *Client) run(ws *websocket.Conn) {
 				break
 			}
 			c.lg.Info("reconnect failed", "err", err, "attempt", attempt)
-			if errors.Is(err, ErrRefused) && c.opts.TokenFunc == nil {
-				c.failAll(err)
-				return
+			var rf *refusal
+			if errors.As(err, &rf) {
+				// 403 (revoked, or a configuration problem) is never
+				// fixed by retrying; a 401 may be, by a fresh token, once.
+				if rf.status != http.StatusUnauthorized || c.opts.TokenFunc == nil || unauthorized {
+					c.failAll(err)
+					return
+				}
+				unauthorized = true
+			} else {
+				unauthorized = false
 			}
 		}
+		unauthorized = false
 	}
 }
+
+// refusal is a handshake refused with HTTP 401 or 403; it wraps ErrRefused.
+type refusal struct {
+	status int
+	err    error
+}
+
+func (r *refusal) Error() string { return r.err.Error() }
+func (r *refusal) Unwrap() error { return r.err }
 
 // sleep waits d unless the client is closed first. The end of the wait is
 // a flag the timer sets under mu, not a reading of the clock: the timer's
