@@ -155,6 +155,11 @@ type Client struct {
 
 	cmds chan Command // to the command goroutine; nil without OnCommand
 
+	// ctx bounds the client's redials (and the TokenFunc calls before
+	// them); Close cancels it.
+	ctx    context.Context
+	cancel context.CancelFunc
+
 	done chan struct{}
 }
 
@@ -184,6 +189,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 		return nil, fmt.Errorf("parse url: %w", err)
 	}
 	c := &Client{opts: opts, lg: opts.Logger, done: make(chan struct{})}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.lg = lifecycle.Logger(c.lg)
 	c.cond = sync.NewCond(&c.mu)
 	if opts.OnCommand != nil {
@@ -191,6 +197,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	}
 	ws, err := c.dial(ctx)
 	if err != nil {
+		c.cancel()
 		return nil, err
 	}
 	go c.run(ws)
@@ -321,6 +328,7 @@ func (c *Client) Close() error {
 	ws := c.ws
 	c.cond.Broadcast()
 	c.mu.Unlock()
+	c.cancel() // a redial, or the TokenFunc before it, ends now
 	if ws != nil {
 		ws.Close(websocket.StatusNormalClosure, "")
 	}
@@ -332,6 +340,7 @@ func (c *Client) Close() error {
 // acks, and reconnects when the connection ends.
 func (c *Client) run(ws *websocket.Conn) {
 	defer close(c.done)
+	defer c.cancel()
 	if c.cmds != nil {
 		ctx, cancel := context.WithCancel(context.Background())
 		var wg sync.WaitGroup
@@ -375,7 +384,7 @@ func (c *Client) run(ws *websocket.Conn) {
 				return
 			}
 			var err error
-			ws, err = c.dial(context.Background())
+			ws, err = c.dial(c.ctx)
 			if err == nil {
 				c.lg.Debug("reconnected", "attempt", attempt, "backoff", d)
 				break
