@@ -328,12 +328,37 @@ func (c *Client) Close() error {
 	ws := c.ws
 	c.cond.Broadcast()
 	c.mu.Unlock()
-	c.cancel() // a redial, or the TokenFunc before it, ends now
 	if ws != nil {
-		ws.Close(websocket.StatusNormalClosure, "")
+		c.closeBounded(ws)
 	}
+	c.cancel() // a redial, or the TokenFunc before it, ends now
 	<-c.done
 	return nil
+}
+
+// closeWait bounds the close handshake of Close.
+const closeWait = 500 * time.Millisecond
+
+// closeBounded closes ws with a close handshake, or without one if that
+// has not finished within closeWait: a server that does not read (under
+// backpressure, or behind a stuck proxy) would otherwise hold a write,
+// and the close frame behind it, for seconds. Once ws.Close has begun,
+// ws.CloseNow does nothing more; what ends the connection then is
+// cancelling c.ctx, which the session's reads and writes use.
+func (c *Client) closeBounded(ws *websocket.Conn) {
+	done := make(chan struct{})
+	go func() {
+		ws.Close(websocket.StatusNormalClosure, "")
+		close(done)
+	}()
+	t := time.NewTimer(closeWait)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		c.cancel()
+		<-done
+	}
 }
 
 // run owns the connection: it writes frames while a reader goroutine takes
@@ -464,7 +489,7 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 		rd      sync.WaitGroup
 	)
 	rd.Go(func() {
-		a, r, err := c.read(ws)
+		a, r, err := c.read(c.ctx, ws)
 		c.mu.Lock()
 		acked, retry, readErr, ended = a, r, err, true
 		c.cond.Broadcast()
@@ -488,7 +513,7 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 		m.seq = seq
 		c.inflight = append(c.inflight, m)
 		c.mu.Unlock()
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.WriteTimeout)
+		ctx, cancel := context.WithTimeout(c.ctx, c.opts.WriteTimeout)
 		err := ws.Write(ctx, websocket.MessageText, m.data)
 		cancel()
 		if err != nil {
@@ -515,9 +540,10 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 }
 
 // read handles the server's frames until the connection ends.
-func (c *Client) read(ws *websocket.Conn) (acked bool, retry time.Duration, err error) {
+// Cancelling ctx closes the connection.
+func (c *Client) read(ctx context.Context, ws *websocket.Conn) (acked bool, retry time.Duration, err error) {
 	for {
-		_, b, err := ws.Read(context.Background())
+		_, b, err := ws.Read(ctx)
 		if err != nil {
 			return acked, retry, err
 		}

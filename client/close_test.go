@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -172,4 +174,40 @@ func (l *oneListener) Accept() (net.Conn, error) {
 func (l *oneListener) Close() error {
 	l.once.Do(func() { close(l.done) })
 	return nil
+}
+
+// TestCloseOnStalledServer: a server that stops reading (the frontend
+// does so under backpressure; a stuck proxy does it too) leaves a frame
+// write blocked; Close must not wait for it (or for the close handshake
+// behind it) for seconds.
+func TestCloseOnStalledServer(t *testing.T) {
+	release := make(chan struct{})
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		<-release // never reads
+		ws.CloseNow()
+	}))
+	defer hs.Close()
+	defer close(release)
+	var res results
+	c, err := client.Dial(context.Background(), client.Options{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ingest", Token: "t", OnResult: res.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	big := []byte(`{"s":"` + strings.Repeat("x", 16<<20) + `"}`)
+	if _, err := c.Send(context.Background(), big); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond)
+	t0 := time.Now()
+	c.Close()
+	if d := time.Since(t0); d > time.Second {
+		t.Errorf("Close took %v with a write stalled", d.Round(time.Millisecond))
+	}
+	if got := res.snapshot(); len(got) != 1 || !errors.Is(got[0].Err, client.ErrClosed) {
+		t.Errorf("results at Close: %+v, want the stalled message failed with ErrClosed", got)
+	}
 }
