@@ -41,6 +41,11 @@ var (
 	// and the client stops only when the handshake after that is refused
 	// 401 again; a 403 (e.g. "revoked") stops it at once.
 	ErrRefused = errors.New("client: refused")
+	// ErrTooLarge wraps the result of a message larger than the server's
+	// frame limit: the server closed the connection with 1009 on it. The
+	// client learns the limit from the close (the frontend names it) and
+	// Send refuses a larger payload at once from then on.
+	ErrTooLarge = errors.New("client: message over the server's frame limit")
 )
 
 // ServerError is a message rejected by the server with an error frame.
@@ -61,7 +66,8 @@ type Result struct {
 	N uint64
 	// Err is nil when the message is durable on the frontend, a *ServerError
 	// when the server rejected it, ErrClosed or an error wrapping ErrRefused
-	// when the client gave up on it.
+	// when the client gave up on it, an error wrapping ErrTooLarge when the
+	// message is over the server's frame limit.
 	Err error
 }
 
@@ -133,6 +139,9 @@ type msg struct {
 	seq   uint64 // frame number on the current connection; 0 while queued
 	err   error  // rejection waiting for the ack that covers it
 	waitc chan error
+	// tooBig: the server closed with 1009 on this message (when the
+	// close did not say the limit); it is failed, not sent again.
+	tooBig bool
 }
 
 // Client is a device connection that survives reconnects. Its methods are safe
@@ -149,6 +158,9 @@ type Client struct {
 	// are being delivered (outside mu); Flush and Pending count them.
 	delivering int
 	nextN      uint64
+	// frameLimit is the server's frame limit in bytes as its last 1009
+	// close named it; 0 while unknown.
+	frameLimit int
 	closed     bool
 	fatal      error
 	ws         *websocket.Conn
@@ -279,6 +291,8 @@ func (c *Client) enqueue(ctx context.Context, payload []byte, ch chan error) (*m
 		return nil, ErrClosed
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
+	case c.frameLimit > 0 && len(payload) > c.frameLimit:
+		return nil, fmt.Errorf("%w: %d bytes, the server's limit is %d", ErrTooLarge, len(payload), c.frameLimit)
 	}
 	c.nextN++
 	m := &msg{n: c.nextN, data: append([]byte(nil), payload...), waitc: ch}
@@ -509,6 +523,26 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 		m := c.queue[0]
 		c.queue[0] = nil
 		c.queue = c.queue[1:]
+		if m.tooBig || c.frameLimit > 0 && len(m.data) > c.frameLimit {
+			// Never sent: its result comes in order, with the ack of the
+			// frame before it, or now if none is waiting.
+			err := fmt.Errorf("%w: %d bytes", ErrTooLarge, len(m.data))
+			if c.frameLimit > 0 {
+				err = fmt.Errorf("%w: %d bytes, the server's limit is %d", ErrTooLarge, len(m.data), c.frameLimit)
+			}
+			if len(c.inflight) > 0 {
+				m.seq, m.err = seq, err
+				c.inflight = append(c.inflight, m)
+				c.mu.Unlock()
+				continue
+			}
+			c.delivering++
+			c.cond.Broadcast()
+			c.mu.Unlock()
+			c.deliver(m, err)
+			c.delivered(1)
+			continue
+		}
 		seq++
 		m.seq = seq
 		c.inflight = append(c.inflight, m)
@@ -531,12 +565,43 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 			return acked, retry, nil
 		}
 		return acked, retry, fmt.Errorf("%w: closed by server with 1008 %q", ErrRefused, ce.Reason)
+	case protocol.CloseMessageTooBig:
+		var ce websocket.CloseError
+		errors.As(readErr, &ce)
+		c.lg.Info("a frame was over the server's limit", "reason", ce.Reason)
+		c.tooBig(ce.Reason)
 	case -1:
 		c.lg.Debug("connection ended", "err", readErr)
 	default:
 		c.lg.Debug("connection closed by server", "code", code, "err", readErr)
 	}
 	return acked, retry, nil
+}
+
+// tooBig takes note of a close 1009 with reason: the server's frame limit
+// if the reason names it (the frontend's "read limited at N bytes" names
+// the limit plus one), and which messages in flight were over it. If none
+// was, the largest one is taken for the culprit, so that one message
+// cannot make the client resend it first on every connection for ever.
+func (c *Client) tooBig(reason string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var n int
+	if _, err := fmt.Sscanf(reason, "read limited at %d bytes", &n); err == nil && n > 1 {
+		c.frameLimit = n - 1
+	}
+	var largest *msg
+	for _, m := range c.inflight {
+		if c.frameLimit > 0 && len(m.data) > c.frameLimit {
+			return
+		}
+		if largest == nil || len(m.data) > len(largest.data) {
+			largest = m
+		}
+	}
+	if largest != nil {
+		largest.tooBig = true
+	}
 }
 
 // read handles the server's frames until the connection ends.

@@ -1,0 +1,128 @@
+package client_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/wal"
+)
+
+// TestOversizeFrameFailsItself: one message over the frontend's frame
+// limit makes the frontend close with 1009. The client must fail that
+// message (ErrTooLarge) rather than resend it first on every reconnect
+// for ever; the messages after it are stored, and once the client has
+// learnt the limit, Send refuses a larger payload at once.
+func TestOversizeFrameFailsItself(t *testing.T) {
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{MaxFrameBytes: 4096, MaxMessageBytes: 4096}, wal.Options{})
+	var res results
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Options{URL: s.URL(), Token: token(t, "dev-r3"), OnResult: res.add,
+		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	big := fmt.Appendf(nil, `{"id":1,"s":"%s"}`, strings.Repeat("x", 8000))
+	if _, err := c.Send(ctx, big); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Send(ctx, msg(2)); err != nil {
+		t.Fatal(err)
+	}
+	fctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := c.Flush(fctx); err != nil {
+		t.Fatalf("flush: %v; results after 3s: %+v (message 2, which is valid, is never stored)", err, res.snapshot())
+	}
+	got := res.snapshot()
+	if len(got) != 2 || got[0].N != 1 || !errors.Is(got[0].Err, client.ErrTooLarge) || got[1].N != 2 || got[1].Err != nil {
+		t.Fatalf("results %+v, want message 1 ErrTooLarge and message 2 acknowledged", got)
+	}
+	// The limit is known now: a payload over it is refused by Send, one
+	// at it goes through.
+	if _, err := c.Send(ctx, big); !errors.Is(err, client.ErrTooLarge) {
+		t.Fatalf("send over the learnt limit: %v, want ErrTooLarge", err)
+	}
+	fits := fitting(3, 4096)
+	if err := c.SendWait(fctx, fits); err != nil {
+		t.Fatalf("send wait of a %d-byte message: %v", len(fits), err)
+	}
+	c.Close()
+	s.Stop(t)
+	if ids := stored(t, s.Dir); len(ids) != 2 || ids[0] != 2 || ids[1] != 3 {
+		t.Fatalf("stored %v, want [2 3]", ids)
+	}
+}
+
+// fitting returns message id of exactly size bytes, its strings each
+// within the frontend's 1,024-byte bound.
+func fitting(id, size int) []byte {
+	b := fmt.Appendf(nil, `{"id":%d`, id)
+	for k := 0; ; k++ {
+		field := fmt.Sprintf(`,"f%d":""`, k)
+		left := size - len(b) - len(field) - 1 // 1 for the closing brace
+		if left <= 1000 {
+			return fmt.Appendf(b, `,"f%d":"%s"}`, k, strings.Repeat("x", left))
+		}
+		b = fmt.Appendf(b, `,"f%d":"%s"`, k, strings.Repeat("x", 1000))
+	}
+}
+
+// TestOversizeFrameUnnamedLimit: a server (or a proxy before it) that
+// closes with 1009 without naming its limit: the largest message in flight
+// is taken for the culprit and failed, and the others go through.
+func TestOversizeFrameUnnamedLimit(t *testing.T) {
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		for seq := 1; ; seq++ {
+			_, b, err := ws.Read(r.Context())
+			if err != nil {
+				return
+			}
+			if len(b) > 100 {
+				ws.Close(websocket.StatusMessageTooBig, "too big")
+				return
+			}
+			if ws.Write(r.Context(), websocket.MessageText, fmt.Appendf(nil, `{"type":"ack","seq":%d}`, seq)) != nil {
+				return
+			}
+		}
+	}))
+	defer hs.Close()
+	var res results
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Options{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ingest", Token: "t", OnResult: res.add,
+		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i, p := range [][]byte{msg(1), fitting(2, 200), msg(3)} {
+		if _, err := c.Send(ctx, p); err != nil {
+			t.Fatalf("send %d: %v", i+1, err)
+		}
+	}
+	fctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := c.Flush(fctx); err != nil {
+		t.Fatalf("flush: %v; results: %+v", err, res.snapshot())
+	}
+	got := res.snapshot()
+	if len(got) != 3 || got[0].Err != nil || !errors.Is(got[1].Err, client.ErrTooLarge) || got[2].Err != nil {
+		t.Fatalf("results %+v, want 1 and 3 acknowledged, 2 ErrTooLarge", got)
+	}
+}
