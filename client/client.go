@@ -92,6 +92,13 @@ type Options struct {
 	// Defaults 10s.
 	DialTimeout  time.Duration
 	WriteTimeout time.Duration
+	// PingInterval is how long the client waits without a pong before it
+	// pings the server; it pings sooner when a frame has waited
+	// WriteTimeout for its ack. A ping not answered within WriteTimeout
+	// means the connection is dead (a silent network path does not end a
+	// TCP connection by itself): the client closes it, reconnects and
+	// sends what was unacknowledged again. Default 30s.
+	PingInterval time.Duration
 	// OnResult, when set, is called once per message, in the order results
 	// arrive, from the client's goroutines. It must not block for long.
 	OnResult func(Result)
@@ -136,8 +143,9 @@ const answersKept = 1024
 type msg struct {
 	n     uint64
 	data  []byte
-	seq   uint64 // frame number on the current connection; 0 while queued
-	err   error  // rejection waiting for the ack that covers it
+	seq   uint64    // frame number on the current connection; 0 while queued
+	sent  time.Time // when it went in flight
+	err   error     // rejection waiting for the ack that covers it
 	waitc chan error
 	// tooBig: the server closed with 1009 on this message (when the
 	// close did not say the limit); it is failed, not sent again.
@@ -196,6 +204,9 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	}
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = 10 * time.Second
+	}
+	if opts.PingInterval <= 0 {
+		opts.PingInterval = 30 * time.Second
 	}
 	if _, err := url.Parse(opts.URL); err != nil {
 		return nil, fmt.Errorf("parse url: %w", err)
@@ -509,6 +520,8 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 		c.cond.Broadcast()
 		c.mu.Unlock()
 	})
+	kctx, stopKeepalive := context.WithCancel(c.ctx)
+	rd.Go(func() { c.keepalive(kctx, ws) })
 
 	var seq uint64
 	for {
@@ -531,7 +544,7 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 				err = fmt.Errorf("%w: %d bytes, the server's limit is %d", ErrTooLarge, len(m.data), c.frameLimit)
 			}
 			if len(c.inflight) > 0 {
-				m.seq, m.err = seq, err
+				m.seq, m.err, m.sent = seq, err, time.Now()
 				c.inflight = append(c.inflight, m)
 				c.mu.Unlock()
 				continue
@@ -545,6 +558,7 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 		}
 		seq++
 		m.seq = seq
+		m.sent = time.Now()
 		c.inflight = append(c.inflight, m)
 		c.mu.Unlock()
 		ctx, cancel := context.WithTimeout(c.ctx, c.opts.WriteTimeout)
@@ -555,6 +569,7 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 			break
 		}
 	}
+	stopKeepalive()
 	ws.CloseNow()
 	rd.Wait()
 	switch code := websocket.CloseStatus(readErr); code {
@@ -576,6 +591,49 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 		c.lg.Debug("connection closed by server", "code", code, "err", readErr)
 	}
 	return acked, retry, nil
+}
+
+// keepalive pings the server over ws until ctx ends: after PingInterval
+// without a pong, and when the oldest frame in flight has waited
+// WriteTimeout for its ack (since it was sent or since the last pong). A
+// ping whose pong does not come within WriteTimeout closes ws: the path
+// is dead, and only a new connection gets the messages through.
+func (c *Client) keepalive(ctx context.Context, ws *websocket.Conn) {
+	t := time.NewTicker(max(min(c.opts.PingInterval, c.opts.WriteTimeout)/4, time.Millisecond))
+	defer t.Stop()
+	last := time.Now() // the last pong, or the start of the connection
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := time.Now()
+		due := now.Sub(last) >= c.opts.PingInterval
+		c.mu.Lock()
+		if len(c.inflight) > 0 {
+			since := c.inflight[0].sent
+			if last.After(since) {
+				since = last
+			}
+			due = due || now.Sub(since) >= c.opts.WriteTimeout
+		}
+		c.mu.Unlock()
+		if !due {
+			continue
+		}
+		pctx, cancel := context.WithTimeout(ctx, c.opts.WriteTimeout)
+		err := ws.Ping(pctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil {
+				c.lg.Info("no pong from the server: closing the connection", "err", err)
+				ws.CloseNow()
+			}
+			return
+		}
+		last = time.Now()
+	}
 }
 
 // tooBig takes note of a close 1009 with reason: the server's frame limit
