@@ -100,7 +100,9 @@ type Options struct {
 	// sends what was unacknowledged again. Default 30s.
 	PingInterval time.Duration
 	// OnResult, when set, is called once per message, in the order results
-	// arrive, from the client's goroutines. It must not block for long.
+	// arrive, from the client's goroutines. It must not block for long,
+	// and must not call Close, which waits for those goroutines (call it
+	// from a goroutine of its own).
 	OnResult func(Result)
 	// OnCommand, when set, answers the commands the server sends
 	// (docs/commands.md), one at a time in the order they arrive, on a
@@ -109,7 +111,8 @@ type Options struct {
 	// is at least once): a repeat of one of the last 1,024 answered is
 	// answered again with the same Answer without calling OnCommand. The
 	// context ends when the client is closed. Without it, commands are
-	// ignored, and the server sends them again until they expire.
+	// ignored, and the server sends them again until they expire. Like
+	// OnResult, it must not call Close.
 	OnCommand func(ctx context.Context, cmd Command) Answer
 	// HTTPClient is used for handshakes. Default http.DefaultClient.
 	HTTPClient *http.Client
