@@ -46,6 +46,12 @@ var (
 	// client learns the limit from the close (the frontend names it) and
 	// Send refuses a larger payload at once from then on.
 	ErrTooLarge = errors.New("client: message over the server's frame limit")
+	// ErrNotData is returned by Send for a payload led by
+	// "__type":"command_result": the server takes such a frame for an
+	// answer to a command, not a message, and does not number it, so
+	// every later acknowledgement would be read as the one before's.
+	// Commands are answered through Options.OnCommand.
+	ErrNotData = errors.New(`client: a payload led by "__type":"command_result" is a command's answer, not a message`)
 )
 
 // ServerError is a message rejected by the server with an error frame.
@@ -258,7 +264,8 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 
 // Send queues payload, one JSON object, and returns its number once queued;
 // its result comes through Options.OnResult. It blocks while MaxQueue messages
-// are held. payload is copied.
+// are held. payload is copied. A payload led by "__type":"command_result"
+// is refused (ErrNotData).
 func (c *Client) Send(ctx context.Context, payload []byte) (uint64, error) {
 	m, err := c.enqueue(ctx, payload, nil)
 	if err != nil {
@@ -305,6 +312,8 @@ func (c *Client) enqueue(ctx context.Context, payload []byte, ch chan error) (*m
 		return nil, ErrClosed
 	case ctx.Err() != nil:
 		return nil, ctx.Err()
+	case protocol.IsCommandResult(payload):
+		return nil, ErrNotData
 	case c.frameLimit > 0 && len(payload) > c.frameLimit:
 		return nil, fmt.Errorf("%w: %d bytes, the server's limit is %d", ErrTooLarge, len(payload), c.frameLimit)
 	}

@@ -285,6 +285,29 @@ func TestOverloadedRetryHint(t *testing.T) {
 // every message has its result, each delivered once and in order; a
 // context ends waiting without ending the message; Close fails what is
 // left with ErrClosed.
+// TestRefusals: a "ts" past int64 nanoseconds (the year 2603) is refused
+// by the server, not stored as a time in 2019; a payload the server would
+// take for a command's answer is refused by Send.
+func TestRefusals(t *testing.T) {
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Options{URL: s.URL(), Token: token(t, "dev-1")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var se *client.ServerError
+	if err := c.SendWait(ctx, []byte(`{"id":1,"ts":20000000000000}`)); !errors.As(err, &se) || se.Code != "bad_timestamp" {
+		t.Fatalf("send wait of a ts in 2603: %v, want a bad_timestamp *ServerError", err)
+	}
+	if _, err := c.Send(ctx, []byte(` {"__type" : "command_result","id":"c1","status":"ok"}`)); !errors.Is(err, client.ErrNotData) {
+		t.Fatalf("send of a command_result: %v, want ErrNotData", err)
+	}
+	if err := c.SendWait(ctx, msg(2)); err != nil {
+		t.Fatalf("the next message: %v", err)
+	}
+}
+
 func TestSendWaitAndFlush(t *testing.T) {
 	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
 	var res results
