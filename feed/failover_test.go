@@ -12,27 +12,8 @@ import (
 // moves from one to the other and sends some entries again (as after a
 // failover): readers get each entry once, in order.
 func TestTwoMiddletiers(t *testing.T) {
-	a := startTier(t, middletier.Options{ID: "mt-a"})
-	b := startTier(t, middletier.Options{ID: "mt-b"})
-	fs := startFeed(t, feed.Options{Sources: []feed.Source{
-		{Feed: a.addrs.Feed, Consumer: a.addrs.Consumer},
-		{Feed: b.addrs.Feed, Consumer: b.addrs.Consumer},
-	}})
-	r := dialReader(t, fs.url, token(t, "feed:read", nil), nil)
-	r.run(t)
-	r.subscribe(t, `{"type":"subscribe"}`)
-	warm(t, newSender(t, a.addrs.Ingest, "warm-a.0000000000000001"), r)
-	warm(t, newSender(t, b.addrs.Ingest, "warm-b.0000000000000001"), r)
-
-	toA := newSender(t, a.addrs.Ingest, "fe-1.0000000000000001")
-	toB := newSender(t, b.addrs.Ingest, "fe-1.0000000000000001")
-	mk := func(from, n int) []msg {
-		out := make([]msg, n)
-		for i := range out {
-			out[i] = msg{device: "dev", payload: fmt.Sprintf(`{"n":%d}`, from+i)}
-		}
-		return out
-	}
+	f := startFailover(t)
+	fs, r, toA, toB, mk := f.fs, f.r, f.toA, f.toB, counting
 	toA.send(t, mk(1, 5)...)
 	got := r.messages(t, 5, isWarm)
 	// Entries 3..8 to the other middletier: 3..5 again.
@@ -64,27 +45,8 @@ func TestTwoMiddletiers(t *testing.T) {
 // high-water mark per origin and dropped them as repeats: readers lost them
 // with no missed notice.
 func TestLateEntriesAfterAFailover(t *testing.T) {
-	a := startTier(t, middletier.Options{ID: "mt-a"})
-	b := startTier(t, middletier.Options{ID: "mt-b"})
-	fs := startFeed(t, feed.Options{Sources: []feed.Source{
-		{Feed: a.addrs.Feed, Consumer: a.addrs.Consumer},
-		{Feed: b.addrs.Feed, Consumer: b.addrs.Consumer},
-	}})
-	r := dialReader(t, fs.url, token(t, "feed:read", nil), nil)
-	r.run(t)
-	r.subscribe(t, `{"type":"subscribe"}`)
-	warm(t, newSender(t, a.addrs.Ingest, "warm-a.0000000000000001"), r)
-	warm(t, newSender(t, b.addrs.Ingest, "warm-b.0000000000000001"), r)
-
-	toA := newSender(t, a.addrs.Ingest, "fe-1.0000000000000001")
-	toB := newSender(t, b.addrs.Ingest, "fe-1.0000000000000001")
-	mk := func(from, n int) []msg {
-		out := make([]msg, n)
-		for i := range out {
-			out[i] = msg{device: "dev", payload: fmt.Sprintf(`{"n":%d}`, from+i)}
-		}
-		return out
-	}
+	f := startFailover(t)
+	a, fs, r, toA, toB, mk := f.a, f.fs, f.r, f.toA, f.toB, counting
 	toB.Next = 6
 	toB.send(t, mk(6, 3)...)
 	got := r.messages(t, 3, isWarm)
@@ -111,4 +73,41 @@ func TestLateEntriesAfterAFailover(t *testing.T) {
 			t.Errorf("entry %d never reached the reader (repeats dropped: %v)", n, metric(t, fs, "ingest_feed_repeats_dropped_total"))
 		}
 	}
+}
+
+// failover is two middletiers, a feed that follows both and a reader of
+// every device, warmed up; toA and toB send as one frontend's log
+// (fe-1) to each middletier, as across a failover.
+type failover struct {
+	a, b     *tier
+	fs       *feedServer
+	r        *reader
+	toA, toB *sender
+}
+
+func startFailover(t *testing.T) *failover {
+	t.Helper()
+	a := startTier(t, middletier.Options{ID: "mt-a"})
+	b := startTier(t, middletier.Options{ID: "mt-b"})
+	fs := startFeed(t, feed.Options{Sources: []feed.Source{
+		{Feed: a.addrs.Feed, Consumer: a.addrs.Consumer},
+		{Feed: b.addrs.Feed, Consumer: b.addrs.Consumer},
+	}})
+	r := dialReader(t, fs.url, token(t, "feed:read", nil), nil)
+	r.run(t)
+	r.subscribe(t, `{"type":"subscribe"}`)
+	warm(t, newSender(t, a.addrs.Ingest, "warm-a.0000000000000001"), r)
+	warm(t, newSender(t, b.addrs.Ingest, "warm-b.0000000000000001"), r)
+	return &failover{a: a, b: b, fs: fs, r: r,
+		toA: newSender(t, a.addrs.Ingest, "fe-1.0000000000000001"),
+		toB: newSender(t, b.addrs.Ingest, "fe-1.0000000000000001")}
+}
+
+// counting is n messages of device dev whose payloads count from from.
+func counting(from, n int) []msg {
+	out := make([]msg, n)
+	for i := range out {
+		out[i] = msg{device: "dev", payload: fmt.Sprintf(`{"n":%d}`, from+i)}
+	}
+	return out
 }

@@ -85,26 +85,8 @@ func TestResume(t *testing.T) {
 // middletiers of a failover writes once the entries the frontend sent to
 // both. Before, the replay wrote them twice.
 func TestResumeAcrossAFailover(t *testing.T) {
-	a := startTier(t, middletier.Options{ID: "mt-a"})
-	b := startTier(t, middletier.Options{ID: "mt-b"})
-	fs := startFeed(t, feed.Options{Sources: []feed.Source{
-		{Feed: a.addrs.Feed, Consumer: a.addrs.Consumer},
-		{Feed: b.addrs.Feed, Consumer: b.addrs.Consumer},
-	}})
-	r := dialReader(t, fs.url, token(t, "feed:read", nil), nil)
-	r.run(t)
-	r.subscribe(t, `{"type":"subscribe"}`)
-	warm(t, newSender(t, a.addrs.Ingest, "warm-a.0000000000000001"), r)
-	warm(t, newSender(t, b.addrs.Ingest, "warm-b.0000000000000001"), r)
-	toA := newSender(t, a.addrs.Ingest, "fe-1.0000000000000001")
-	toB := newSender(t, b.addrs.Ingest, "fe-1.0000000000000001")
-	mk := func(from, n int) []msg {
-		out := make([]msg, n)
-		for i := range out {
-			out[i] = msg{device: "dev", payload: fmt.Sprintf(`{"n":%d}`, from+i)}
-		}
-		return out
-	}
+	f := startFailover(t)
+	a, fs, r, toA, toB, mk := f.a, f.fs, f.r, f.toA, f.toB, counting
 	toA.send(t, mk(1, 5)...)
 	got := r.messages(t, 5, isWarm)
 	toB.Next = 3
