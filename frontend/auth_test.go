@@ -240,3 +240,29 @@ func TestNoAuthNeedsLoopback(t *testing.T) {
 		t.Fatalf("no ack: %+v %v", f, err)
 	}
 }
+
+// TestScopedTokenIsNoDeviceToken: a feed reader's token (scope feed:read,
+// handed to dashboard users) or an application's (scope commands) is
+// signed with the same keys as devices', and is refused as a device's
+// token (401): it cannot write data as the device its subject names, nor
+// take that device's commands. Before, the device endpoint looked at the
+// signature and the subject only.
+func TestScopedTokenIsNoDeviceToken(t *testing.T) {
+	ts := startServer(t, Options{}, wal.Options{})
+	for _, scope := range []string{"feed:read", "commands"} {
+		tok := testkit.SignHS256(t, testSecret, auth.ScopedClaims{
+			RegisteredClaims: jwt.RegisteredClaims{Subject: "tracker-001", ExpiresAt: jwt.NewNumericDate(time.Now().Add(time.Hour))},
+			Scope:            auth.Scopes{scope},
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		c, resp, err := websocket.Dial(ctx, ts.url(), &websocket.DialOptions{HTTPHeader: http.Header{"Authorization": {"Bearer " + tok}}})
+		cancel()
+		if err == nil {
+			c.CloseNow()
+			t.Fatalf("a token with scope %q opened a device session as tracker-001", scope)
+		}
+		if resp == nil || resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("a token with scope %q: %v, want HTTP 401", scope, err)
+		}
+	}
+}

@@ -7,12 +7,12 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
@@ -316,11 +316,17 @@ func isLoopback(a net.Addr) bool {
 }
 
 // verifyDevice checks a device's token and returns its subject, the device
-// id, and its expiry (zero when the token has none).
+// id, and its expiry (zero when the token has none). A token that carries
+// a scope is an application's or a feed reader's (the same keys sign
+// them): it is not a device's, whatever its subject.
 func verifyDevice(v *auth.Verifier, token string) (device string, exp time.Time, err error) {
-	var claims jwt.RegisteredClaims
+	var claims auth.ScopedClaims
 	if err := v.Verify(token, &claims); err != nil {
 		return "", time.Time{}, err
+	}
+	if len(claims.Scope) > 0 {
+		return "", time.Time{}, fmt.Errorf("%w: a token with a scope (%s) is an application's or a feed reader's, not a device's",
+			auth.ErrUnauthorized, strings.Join(claims.Scope, " "))
 	}
 	if err := envelope.CheckID(claims.Subject); err != nil {
 		return "", time.Time{}, fmt.Errorf("%w: token subject: %w", auth.ErrUnauthorized, err)
