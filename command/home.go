@@ -855,10 +855,20 @@ func (h *Home) compactNow() {
 }
 
 // size is at least what c takes in the log: its strings and bytes, and 80
-// bytes for the version, state, times and lengths.
+// bytes for the version, state, times and lengths; and, while it is not
+// final, room for its device's answer (answerRoom), which comes unasked
+// for and cannot be refused.
 func size(c *wire.Command) int64 {
-	return int64(len(c.ID)+len(c.Device)+len(c.Name)+len(c.Payload)+len(c.Key)+len(c.Status)+len(c.Result)) + 80
+	n := int64(len(c.ID)+len(c.Device)+len(c.Name)+len(c.Payload)+len(c.Key)+len(c.Status)+len(c.Result)) + 80
+	if !c.State.Final() {
+		n += answerRoom
+	}
+	return n
 }
+
+// answerRoom is the most a device's answer adds to its command: a status
+// and a payload at their bounds.
+const answerRoom = protocol.MaxStatusBytes + protocol.MaxCommandPayloadBytes
 
 // countStates sets the gauge of commands by state.
 func (h *Home) countStates() {

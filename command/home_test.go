@@ -11,6 +11,7 @@ import (
 	"github.com/ingest-io/ingest/command"
 	"github.com/ingest-io/ingest/command/commandtest"
 	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
 )
@@ -427,19 +428,23 @@ func TestCompaction(t *testing.T) {
 }
 
 // TestFullLog: a home refuses a submit that would take the commands it
-// keeps past a quarter of its log's bound (full), and goes on serving: it
-// hands on, finishes and forgets what it keeps, and its log, which compacts
+// keeps past a quarter of its log's bound (full): a command counts its
+// payload and room for its device's answer. It goes on serving: it hands
+// on, finishes and forgets what it keeps, and its log, which compacts
 // whenever a round would take it past half its bound, never fills, though
-// more than its bound in commands passes through it; and after a restart
-// with the log as full as the home lets it be, the home serves again.
-// Before, the append that found the log full stopped the home (Run
-// returned wal.ErrFull), and a restarted home stopped at its first change.
+// more than its bound in commands and answers passes through it; and after
+// a restart with the log as full as the home lets it be, the home serves
+// again. Before, the append that found the log full stopped the home (Run
+// returned wal.ErrFull), and a restarted home stopped at its first change;
+// and answers of 15 KiB to small commands took what the home keeps past
+// the bound.
 func TestFullLog(t *testing.T) {
-	const bound = 64 << 10
-	th := startHome(t, command.Options{Retain: time.Nanosecond}, wal.Options{MaxBytes: bound, SegmentBytes: 16 << 10})
+	const bound = 256 << 10
+	th := startHome(t, command.Options{Retain: time.Nanosecond}, wal.Options{MaxBytes: bound, SegmentBytes: 32 << 10})
 	fe := dialFrontend(t, th, "fe#1")
 	fe.place(t, "d1", 1)
 	payload := []byte(`"` + strings.Repeat("x", 2<<10) + `"`)
+	result := []byte(`"` + strings.Repeat("r", 15<<10) + `"`)
 	passed, refused, n := 0, 0, 0
 	submit := func() *wire.Reply {
 		n++
@@ -452,29 +457,31 @@ func TestFullLog(t *testing.T) {
 		}
 		return r
 	}
-	for passed*len(payload) < bound*5/4 {
+	for passed < bound*5/4 {
 		// Finished commands are forgotten once a second (Retain 1 ns).
 		testkit.WaitFor(t, "room for a command", 5*time.Second, func() bool { return submit().Code == "" })
 		accepted := 1
 		for submit().Code == "" {
 			accepted++
 		}
-		if accepted*len(payload) > bound/4 {
-			t.Fatalf("%d commands of %d bytes kept in a log of %d bytes", accepted, len(payload), bound)
+		if accepted*(len(payload)+protocol.MaxCommandPayloadBytes) > bound/4 {
+			t.Fatalf("%d commands of %d bytes, with room for their answers, kept in a log of %d bytes", accepted, len(payload), bound)
 		}
 		for range accepted {
 			c := fe.deliverFor(t, "d1")
-			fe.answer(t, "d1", c.ID, "ok")
+			fe.p.Send(t, &wire.Result{Device: "d1", CID: c.ID, Status: "ok", Payload: result})
+			fe.waitState(t, c.ID, wire.StateAcknowledged)
 		}
-		passed += accepted
+		passed += accepted * (len(payload) + len(result))
 	}
 	if got := testkit.Metric(t, th.Reg, "ingest_command_refused_full_total"); got != float64(refused) || refused == 0 {
 		t.Fatalf("refused %d submits, counted %v", refused, got)
 	}
 	_, depth := th.Log.Depth()
-	t.Logf("%d commands of %d bytes passed through a log of %d; %d submits refused; %d bytes unreleased at the end", passed, len(payload), bound, refused, depth)
+	t.Logf("%d bytes of commands and answers passed through a log of %d; %d submits refused; %d bytes unreleased at the end", passed, bound, refused, depth)
 
-	// Full again, with nothing finishing: a restarted home serves.
+	// Full again, with nothing finishing: a restarted home serves, and
+	// takes the answers.
 	testkit.WaitFor(t, "room for a command", 5*time.Second, func() bool { return submit().Code == "" })
 	for submit().Code == "" {
 	}
@@ -484,9 +491,44 @@ func TestFullLog(t *testing.T) {
 	fe.place(t, "d1", 2)
 	for range 2 {
 		c := fe.deliverFor(t, "d1")
-		fe.answer(t, "d1", c.ID, "ok")
+		fe.p.Send(t, &wire.Result{Device: "d1", CID: c.ID, Status: "ok", Payload: result})
 		fe.waitState(t, c.ID, wire.StateAcknowledged)
 	}
+}
+
+// TestAnswersWithinTheBound: a device's answer, up to 16 KiB, which the
+// home cannot refuse, has its room kept from the command's submit on:
+// small commands answered with 15 KiB payloads keep the home within its
+// log's bound. Before, small commands were admitted by their own size, and
+// twenty answers took what the home keeps past the bound: the compaction
+// could not be appended and Run stopped.
+func TestAnswersWithinTheBound(t *testing.T) {
+	const bound = 256 << 10
+	th := startHome(t, command.Options{}, wal.Options{MaxBytes: bound, SegmentBytes: 32 << 10})
+	fe := dialFrontend(t, th, "fe#1")
+	var ids []string
+	for i := range 20 {
+		dev := fmt.Sprintf("d%d", i)
+		r := fe.ask(t, &wire.Submit{Device: dev, Name: "small"})
+		if r.Code == wire.CodeFull {
+			break
+		}
+		if r.Code != "" {
+			t.Fatalf("submit: %+v", r)
+		}
+		fe.place(t, dev, 1)
+		ids = append(ids, r.Commands[0].ID)
+	}
+	result := []byte(`"` + strings.Repeat("r", 15<<10) + `"`)
+	for i, id := range ids {
+		dev := fmt.Sprintf("d%d", i)
+		if c := fe.deliverFor(t, dev); c.ID != id {
+			t.Fatalf("delivered %+v", c)
+		}
+		fe.p.Send(t, &wire.Result{Device: dev, CID: id, Status: "ok", Payload: result})
+		fe.waitState(t, id, wire.StateAcknowledged)
+	}
+	fe.submit(t, wire.Submit{Device: "d0", Name: "after"}) // the home still serves
 }
 
 // TestExpiredSentNeverSentAgain: a sent command whose device moves after
