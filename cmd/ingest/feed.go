@@ -56,7 +56,14 @@ func (c *feedConfig) sources(p *process) ([]feed.Source, error) {
 	if c.direct != nil {
 		return c.direct, nil
 	}
-	feeds, cons := splitList(c.middletiers), splitList(c.consumers)
+	feeds, err := endpoints(c.f, "middletiers", c.middletiers)
+	if err != nil {
+		return nil, err
+	}
+	cons, err := endpoints(c.f, "middletiers.consumer", c.consumers)
+	if err != nil {
+		return nil, err
+	}
 	if len(feeds) == 0 {
 		return nil, c.f.required("middletiers")
 	}

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"regexp"
 	"sort"
@@ -164,7 +165,47 @@ func parseFlags(fs *flag.FlagSet, args []string, header string) error {
 			}
 		}
 	})
+	if err != nil {
+		return err
+	}
+	// No flag of the engine's takes a negative number or duration (0 is
+	// how one is turned off): a negative one is a mistake, which would
+	// otherwise fall back to a default, or turn a wait off, unsaid.
+	fs.VisitAll(func(f *flag.Flag) {
+		g, ok := f.Value.(flag.Getter)
+		if !ok || err != nil {
+			return
+		}
+		neg := false
+		switch v := g.Get().(type) {
+		case time.Duration:
+			neg = v < 0
+		case int:
+			neg = v < 0
+		case int64:
+			neg = v < 0
+		case float64:
+			neg = v < 0
+		}
+		if neg {
+			err = &usageError{sub: fs.Name(), err: fmt.Errorf("--%s %s is negative", f.Name, f.Value)}
+		}
+	})
 	return err
+}
+
+// endpoints splits a comma-separated list of ZeroMQ endpoints given to
+// flag name, each of which must be tcp://host:port: one written without
+// its scheme would be dialed for ever, each attempt refused.
+func endpoints(f flags, name, list string) ([]string, error) {
+	eps := splitList(list)
+	for _, ep := range eps {
+		hp, ok := strings.CutPrefix(ep, "tcp://")
+		if _, port, err := net.SplitHostPort(hp); !ok || err != nil || port == "" {
+			return nil, &usageError{sub: f.fs.Name(), err: fmt.Errorf("--%s: %q is not an endpoint: write tcp://host:port", f.name(name), ep)}
+		}
+	}
+	return eps, nil
 }
 
 // printUsage lists fs's flags, each with its environment twin; the

@@ -132,6 +132,10 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 	if c.walDir == "" {
 		return nil, nil, c.f.required("wal.dir")
 	}
+	if c.maxMsg > c.maxFrame {
+		return nil, nil, &usageError{sub: c.f.fs.Name(), err: fmt.Errorf("--%s %d is over --%s %d: a message is at most a frame",
+			c.f.name("max-message-bytes"), c.maxMsg, c.f.name("max-frame-bytes"), c.maxFrame)}
+	}
 	opts := c.options()
 	var err error
 	if opts.Auth, err = a.options(); err != nil {
@@ -187,7 +191,10 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 func (c *frontendConfig) buildDownlink(p *process) (*downlink.Link, error) {
 	homes := c.commands.direct
 	if homes == nil {
-		homes = splitList(c.commands.homes)
+		var err error
+		if homes, err = endpoints(c.f, "commands.homes", c.commands.homes); err != nil {
+			return nil, err
+		}
 	}
 	if len(homes) == 0 {
 		return nil, nil
@@ -214,7 +221,10 @@ func (c *frontendConfig) buildUplink(p *process, log *wal.Log) error {
 	case u.middletiers != "" && u.dns != "":
 		return fmt.Errorf("--%s and --%s exclude each other", c.f.name("uplink.middletiers"), c.f.name("uplink.dns"))
 	case u.middletiers != "":
-		o.Middletiers = splitList(u.middletiers)
+		var err error
+		if o.Middletiers, err = endpoints(c.f, "uplink.middletiers", u.middletiers); err != nil {
+			return err
+		}
 	case u.dns != "":
 		host, port, err := net.SplitHostPort(u.dns)
 		if err != nil {

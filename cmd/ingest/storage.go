@@ -82,7 +82,14 @@ func (c *storageConfig) endpoints() ([]storage.Endpoints, error) {
 	if c.direct != nil {
 		return c.direct, nil
 	}
-	st, co := splitList(c.streams), splitList(c.consumers)
+	st, err := endpoints(c.f, "middletiers.stream", c.streams)
+	if err != nil {
+		return nil, err
+	}
+	co, err := endpoints(c.f, "middletiers.consumer", c.consumers)
+	if err != nil {
+		return nil, err
+	}
 	if len(st) == 0 || len(st) != len(co) {
 		return nil, fmt.Errorf("--%s has %d endpoints and --%s %d: give one of each per middletier",
 			c.f.name("middletiers.stream"), len(st), c.f.name("middletiers.consumer"), len(co))

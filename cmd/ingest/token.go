@@ -70,11 +70,17 @@ func (c *tokenConfig) signer() (*auth.Signer, error) {
 	if c.kid != "" && !keyIDs.MatchString(c.kid) {
 		return nil, c.usage(fmt.Errorf("--kid %q: 1 to 64 letters, digits, '.', '_' or '-'", c.kid))
 	}
-	if len(given) == 0 && c.keysDir != "" {
-		if c.kid == "" {
-			return nil, c.usage(errors.New("--auth.keys-dir needs --kid: the id of the key to sign with, its file <kid>.hs256"))
+	if c.keysDir != "" && c.kid != "" {
+		// The directory's secret of that id is a signing key as the files
+		// are: given beside one of them (from the environment, say), which
+		// to sign with is not for the command to guess.
+		p := filepath.Join(c.keysDir, c.kid+".hs256")
+		if _, err := os.Stat(p); err == nil || len(given) == 0 {
+			given = append(given, keyFlag{"HS256", "auth.keys-dir", p})
 		}
-		given = append(given, keyFlag{"HS256", "auth.keys-dir", filepath.Join(c.keysDir, c.kid+".hs256")})
+	}
+	if len(given) == 0 && c.keysDir != "" {
+		return nil, c.usage(errors.New("--auth.keys-dir needs --kid: the id of the key to sign with, its file <kid>.hs256"))
 	}
 	switch {
 	case c.alg != "" && c.alg != "HS256" && c.alg != "RS256" && c.alg != "ES256":
@@ -82,7 +88,7 @@ func (c *tokenConfig) signer() (*auth.Signer, error) {
 	case len(given) == 0:
 		return nil, c.usage(errNoSigningKey)
 	case len(given) > 1:
-		return nil, c.usage(fmt.Errorf("give one signing key, not --%s and --%s", given[0].flag, given[1].flag))
+		return nil, c.usage(fmt.Errorf("give one signing key, not --%s (%s) and --%s (%s)", given[0].flag, envName(given[0].flag), given[1].flag, envName(given[1].flag)))
 	case c.alg != "" && c.alg != given[0].alg:
 		return nil, c.usage(fmt.Errorf("--alg %s, but --%s is a key for %s", c.alg, given[0].flag, given[0].alg))
 	}

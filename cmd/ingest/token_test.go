@@ -166,7 +166,7 @@ func TestTokenErrors(t *testing.T) {
 		{"algorithm not the key's", []string{"--subject", "d1", "--alg", "RS256", "--auth.es256-private-key", k.ecPriv}, 2,
 			"ingest token: --alg RS256, but --auth.es256-private-key is a key for ES256\n"},
 		{"two keys", append([]string{"--subject", "d1", "--auth.rs256-private-key", k.rsaPriv}, hs...), 2,
-			"ingest token: give one signing key, not --auth.hs256-secret-file and --auth.rs256-private-key\n"},
+			"ingest token: give one signing key, not --auth.hs256-secret-file (INGEST_AUTH_HS256_SECRET_FILE) and --auth.rs256-private-key (INGEST_AUTH_RS256_PRIVATE_KEY)\n"},
 		{"duration without unit", append([]string{"--subject", "d1", "--ttl", "24"}, hs...), 2,
 			`ingest token: invalid value "24" for flag --ttl: a duration needs a unit: "24s"?`},
 		{"not a duration", append([]string{"--subject", "d1", "--ttl", "a year"}, hs...), 2,
