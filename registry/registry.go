@@ -199,6 +199,11 @@ func (r *Registry) reload() {
 	if err == nil {
 		sum := sha256.Sum256(b)
 		if sum == r.sum || sum == r.bad {
+			// Two polls in a row means in a row: a content seen before
+			// this one is seen afresh next time (a rewrite in place of
+			// the same content passes through the same half-written
+			// prefix each time).
+			r.seen = [sha256.Size]byte{}
 			return
 		}
 		if sum != r.seen {
