@@ -24,7 +24,9 @@ type Scopes []string
 func (s *Scopes) UnmarshalJSON(b []byte) error {
 	var str string
 	if err := json.Unmarshal(b, &str); err == nil {
-		*s = strings.Fields(str)
+		// Separated by spaces only (RFC 6749 3.3, RFC 8693 4.2): a scope
+		// with a tab or a no-break space in it is one scope, not two.
+		*s = slices.DeleteFunc(strings.Split(str, " "), func(x string) bool { return x == "" })
 		return nil
 	}
 	var list []string

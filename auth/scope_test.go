@@ -14,6 +14,10 @@ func TestScopesBothForms(t *testing.T) {
 		{`{"scope":"feed:read  commands"}`, []string{"feed:read", "commands"}},
 		{`{"scope":["feed:read","commands"]}`, []string{"feed:read", "commands"}},
 		{`{"scope":""}`, nil},
+		// Spaces alone separate scopes: a tab or a no-break space is part
+		// of one (it grants no "commands").
+		{`{"scope":"x\u00a0commands"}`, []string{"x\u00a0commands"}},
+		{`{"scope":"feed:read\tcommands"}`, []string{"feed:read\tcommands"}},
 		{`{}`, nil},
 	} {
 		var c ScopedClaims
