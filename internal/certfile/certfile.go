@@ -8,9 +8,10 @@
 // and a read of both when either differs from the pair in use (another
 // file, a modification time or a size). A new pair that cannot be read or
 // does not parse (a certificate whose key is not the key file's, or a
-// certificate replaced and its key not yet) is logged and counted, the
-// pair in use stays, and the files are read again as soon as either
-// changes again.
+// certificate replaced and its key not yet), or whose certificate is
+// outside its validity period while the one in use is within its own
+// (every client would refuse it), is logged and counted, the pair in use
+// stays, and the files are read again as soon as either changes again.
 package certfile
 
 import (
@@ -141,11 +142,22 @@ func (r *Reloader) check() {
 		r.fail(err)
 		return
 	}
+	if now := time.Now(); !valid(cert.Leaf, now) && valid(r.cert.Leaf, now) {
+		// Every client would refuse it: keep the one that still works.
+		r.fail(fmt.Errorf("certfile: the certificate is valid from %s to %s, not now",
+			cert.Leaf.NotBefore.UTC().Format(time.RFC3339), cert.Leaf.NotAfter.UTC().Format(time.RFC3339)))
+		return
+	}
 	r.cert = cert
 	r.m.reloads.WithLabelValues("ok").Inc()
 	r.m.notAfter.Set(float64(cert.Leaf.NotAfter.Unix()))
 	r.lg.Info("tls certificate reloaded", "cert", r.opts.CertFile, "serial", cert.Leaf.SerialNumber.String(),
 		"subject", cert.Leaf.Subject.String(), "not_after", cert.Leaf.NotAfter.UTC().Format(time.RFC3339))
+}
+
+// valid reports whether c is within its validity period at now.
+func valid(c *x509.Certificate, now time.Time) bool {
+	return !now.Before(c.NotBefore) && !now.After(c.NotAfter)
 }
 
 func (r *Reloader) fail(err error) {

@@ -126,6 +126,20 @@ func TestReload(t *testing.T) {
 		t.Fatalf("expiry gauge %v is %v from now, want about a day", exp, d)
 	}
 
+	// An expired pair, or one not yet valid, while the one in use is
+	// valid: refused, the third stays (every client would refuse it).
+	before := reloads(t, reg, "error")
+	for i, l := range []testkit.Leaf{
+		ca.IssueValid(t, time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour)),
+		ca.IssueValid(t, time.Now().Add(time.Hour), time.Now().Add(48*time.Hour)),
+	} {
+		l.Write(t, dir)
+		ca.CheckServes(t, addr, third, "after a pair outside its validity")
+		if bad := reloads(t, reg, "error"); bad != before+float64(i+1) {
+			t.Fatalf("reloads error %v after %d pairs outside their validity, want %v", bad, i+1, before+float64(i+1))
+		}
+	}
+
 	// Files gone: the pair in use stays.
 	os.Remove(certFile)
 	ca.CheckServes(t, addr, third, "with the certificate file gone")
