@@ -142,7 +142,11 @@ type Answer struct {
 	// protocol.StatusError, protocol.StatusRejected or a status of the
 	// device's own (printable ASCII, at most 64 bytes).
 	Status string
-	// Payload, if not empty, is one JSON value sent with the answer.
+	// Payload, if not empty, is one JSON value sent with the answer, at
+	// most protocol.MaxCommandPayloadBytes. An answer with a larger one,
+	// or one whose frame is over the server's frame limit as the client
+	// learnt it, is sent (and repeated) as protocol.StatusError without a
+	// payload, and logged.
 	Payload []byte
 }
 
@@ -650,15 +654,20 @@ func (c *Client) keepalive(ctx context.Context, ws *websocket.Conn) {
 
 // tooBig takes note of a close 1009 with reason: the server's frame limit
 // if the reason names it (the frontend's "read limited at N bytes" names
-// the limit plus one), and which messages in flight were over it. If none
-// was, the largest one is taken for the culprit, so that one message
-// cannot make the client resend it first on every connection for ever.
+// the limit plus one), and which messages in flight were over it. When
+// the reason names the limit and no message in flight is over it, the
+// frame over it was not a message (a command's answer): no message is
+// blamed. When the reason names no limit, the largest message in flight
+// is taken for the culprit, so that one message cannot make the client
+// resend it first on every connection for ever.
 func (c *Client) tooBig(reason string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var n int
+	named := false
 	if _, err := fmt.Sscanf(reason, "read limited at %d bytes", &n); err == nil && n > 1 {
 		c.frameLimit = n - 1
+		named = true
 	}
 	var largest *msg
 	for _, m := range c.inflight {
@@ -669,7 +678,7 @@ func (c *Client) tooBig(reason string) {
 			largest = m
 		}
 	}
-	if largest != nil {
+	if largest != nil && !named {
 		largest.tooBig = true
 	}
 }
@@ -733,6 +742,11 @@ func (c *Client) commands(ctx context.Context) {
 			if a.Status == "" {
 				a.Status = protocol.StatusOK
 			}
+			if len(a.Payload) > protocol.MaxCommandPayloadBytes {
+				c.lg.Warn("command answer over the payload limit: answering error without it",
+					"id", cmd.ID, "name", cmd.Name, "status", a.Status, "bytes", len(a.Payload), "limit", protocol.MaxCommandPayloadBytes)
+				a = Answer{Status: protocol.StatusError}
+			}
 			answers[cmd.ID] = a
 			order = append(order, cmd.ID)
 			if len(order) > answersKept {
@@ -742,12 +756,24 @@ func (c *Client) commands(ctx context.Context) {
 		}
 		c.mu.Lock()
 		ws := c.ws
+		limit := c.frameLimit
 		c.mu.Unlock()
 		if ws == nil {
 			continue // the server sends the command again on the next connection
 		}
+		frame := protocol.AppendCommandResult(nil, cmd.ID, a.Status, a.Payload)
+		if limit > 0 && len(frame) > limit && len(a.Payload) > 0 {
+			// The server would close the connection on it (1009), and
+			// on its every repeat: answer error without the payload,
+			// and answer repeats so too.
+			c.lg.Warn("command answer over the server's frame limit: answering error without it",
+				"id", cmd.ID, "name", cmd.Name, "status", a.Status, "bytes", len(frame), "limit", limit)
+			a = Answer{Status: protocol.StatusError}
+			answers[cmd.ID] = a
+			frame = protocol.AppendCommandResult(nil, cmd.ID, a.Status, nil)
+		}
 		wctx, cancel := context.WithTimeout(ctx, c.opts.WriteTimeout)
-		err := ws.Write(wctx, websocket.MessageText, protocol.AppendCommandResult(nil, cmd.ID, a.Status, a.Payload))
+		err := ws.Write(wctx, websocket.MessageText, frame)
 		cancel()
 		if err != nil {
 			c.lg.Debug("command answer not written", "id", cmd.ID, "err", err)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -14,6 +15,7 @@ import (
 
 	"github.com/ingest-io/ingest/client"
 	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -124,5 +126,62 @@ func TestOversizeFrameUnnamedLimit(t *testing.T) {
 	got := res.snapshot()
 	if len(got) != 3 || got[0].Err != nil || !errors.Is(got[1].Err, client.ErrTooLarge) || got[2].Err != nil {
 		t.Fatalf("results %+v, want 1 and 3 acknowledged, 2 ErrTooLarge", got)
+	}
+}
+
+// TestOversizeAnswerPayloadNotSent: an answer whose payload is over
+// protocol.MaxCommandPayloadBytes is not sent as is (the server would
+// refuse it, or close the connection on it): the command is answered
+// "error" without a payload, and a repeat of the command gets the same.
+func TestOversizeAnswerPayloadNotSent(t *testing.T) {
+	got := make(chan protocol.CommandResult, 2)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		ws.SetReadLimit(1 << 20)
+		defer ws.CloseNow()
+		for range 2 {
+			if ws.Write(r.Context(), websocket.MessageText, []byte(`{"type":"command","id":"c1","name":"n","payload":null}`)) != nil {
+				return
+			}
+			_, b, err := ws.Read(r.Context())
+			if err != nil {
+				return
+			}
+			cr, err := protocol.DecodeCommandResult(b)
+			if err != nil {
+				t.Errorf("answer %.80q: %v", b, err)
+				return
+			}
+			got <- cr
+		}
+		ws.Read(r.Context())
+	}))
+	defer hs.Close()
+	var calls atomic.Int32
+	big := `"` + strings.Repeat("a", protocol.MaxCommandPayloadBytes) + `"`
+	c, err := client.Dial(context.Background(), client.Options{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ingest", Token: "t",
+		OnCommand: func(context.Context, client.Command) client.Answer {
+			calls.Add(1)
+			return client.Answer{Status: protocol.StatusOK, Payload: []byte(big)}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := range 2 {
+		select {
+		case cr := <-got:
+			if cr.ID != "c1" || cr.Status != protocol.StatusError || len(cr.Payload) != 0 {
+				t.Fatalf("answer %d: id %q status %q, %d payload bytes; want c1 %q without a payload", i, cr.ID, cr.Status, len(cr.Payload), protocol.StatusError)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("answer %d not received", i)
+		}
+	}
+	if n := calls.Load(); n != 1 {
+		t.Fatalf("OnCommand called %d times, want 1 (a repeat is answered from the cache)", n)
 	}
 }
