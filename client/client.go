@@ -106,7 +106,7 @@ type Options struct {
 	// sends what was unacknowledged again. Default 30s.
 	PingInterval time.Duration
 	// OnResult, when set, is called once per message, in the order results
-	// arrive, from the client's goroutines. It must not block for long,
+	// arrive, one call at a time, from the client's goroutines. It must not block for long,
 	// and must not call Close, which waits for those goroutines (call it
 	// from a goroutine of its own).
 	OnResult func(Result)
@@ -550,9 +550,19 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 			break
 		}
 		m := c.queue[0]
+		over := m.tooBig || c.frameLimit > 0 && len(m.data) > c.frameLimit
+		if over && len(c.inflight) == 0 && c.delivering > 0 {
+			// Its result is delivered here, but the reader may still be
+			// delivering the results of the ack that emptied the window:
+			// this one comes after them, never alongside. It stays queued
+			// meanwhile, so that Flush waits for it.
+			c.cond.Wait()
+			c.mu.Unlock()
+			continue
+		}
 		c.queue[0] = nil
 		c.queue = c.queue[1:]
-		if m.tooBig || c.frameLimit > 0 && len(m.data) > c.frameLimit {
+		if over {
 			// Never sent: its result comes in order, with the ack of the
 			// frame before it, or now if none is waiting.
 			err := fmt.Errorf("%w: %d bytes", ErrTooLarge, len(m.data))

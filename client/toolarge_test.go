@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -183,5 +184,62 @@ func TestOversizeAnswerPayloadNotSent(t *testing.T) {
 	}
 	if n := calls.Load(); n != 1 {
 		t.Fatalf("OnCommand called %d times, want 1 (a repeat is answered from the cache)", n)
+	}
+}
+
+// TestTooBigResultInOrder: a message over the learnt frame limit
+// that the writer takes while nothing is in flight has its result
+// delivered from the writer's goroutine, while the reader's goroutine may
+// still be delivering the results of the ack that emptied the window. The
+// old client then called OnResult concurrently, and the later message's
+// result came first; OnResult must be called once per message, in order,
+// one call at a time.
+func TestTooBigResultInOrder(t *testing.T) {
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{MaxFrameBytes: 4096, MaxMessageBytes: 4096}, wal.Options{})
+	var (
+		mu      sync.Mutex
+		order   []uint64
+		done    []uint64
+		running int
+		overlap []string
+	)
+	onResult := func(r client.Result) {
+		mu.Lock()
+		running++
+		if running > 1 {
+			overlap = append(overlap, fmt.Sprintf("OnResult(%d) called while another runs", r.N))
+		}
+		order = append(order, r.N)
+		mu.Unlock()
+		if r.Err == nil {
+			time.Sleep(200 * time.Millisecond) // an OnResult that takes a moment
+		}
+		mu.Lock()
+		done = append(done, r.N)
+		running--
+		mu.Unlock()
+	}
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Options{URL: s.URL(), Token: token(t, "dev-o1"), OnResult: onResult, Window: 1,
+		MinBackoff: time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	big := fmt.Appendf(nil, `{"id":1,"s":"%s"}`, strings.Repeat("x", 8000))
+	for _, p := range [][]byte{big, msg(2), big} {
+		if _, err := c.Send(ctx, p); err != nil && !errors.Is(err, client.ErrTooLarge) {
+			t.Fatal(err)
+		}
+	}
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := c.Flush(fctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(overlap) > 0 || len(order) != 3 || order[0] != 1 || order[1] != 2 || order[2] != 3 {
+		t.Fatalf("OnResult called in order %v, returned in order %v, want [1 2 3]; %v", order, done, overlap)
 	}
 }
