@@ -22,6 +22,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -101,9 +102,11 @@ type Options struct {
 	// PingInterval is how long the client waits without a pong before it
 	// pings the server; it pings sooner when a frame has waited
 	// WriteTimeout for its ack. A ping not answered within WriteTimeout
-	// means the connection is dead (a silent network path does not end a
-	// TCP connection by itself): the client closes it, reconnects and
-	// sends what was unacknowledged again. Default 30s.
+	// (not counting time the client spends handling frames and calling
+	// OnResult, when it cannot read the pong) means the connection is
+	// dead (a silent network path does not end a TCP connection by
+	// itself): the client closes it, reconnects and sends what was
+	// unacknowledged again. Default 30s.
 	PingInterval time.Duration
 	// OnResult, when set, is called once per message, in the order results
 	// arrive, one call at a time, from the client's goroutines. It must not block for long,
@@ -188,6 +191,14 @@ type Client struct {
 
 	cmds chan Command // to the command goroutine; nil without OnCommand
 
+	// reading is when the reader last began waiting for a frame, as
+	// nanoseconds since epoch plus one; 0 while it is not waiting (it is
+	// handling a frame, delivering results, or not started). A pong is
+	// read only while it waits, so the keepalive judges a connection
+	// dead only by how long it has waited.
+	reading atomic.Int64
+	epoch   time.Time
+
 	// ctx bounds the client's redials (and the TokenFunc calls before
 	// them); Close cancels it.
 	ctx    context.Context
@@ -224,7 +235,7 @@ func Dial(ctx context.Context, opts Options) (*Client, error) {
 	if _, err := url.Parse(opts.URL); err != nil {
 		return nil, fmt.Errorf("parse url: %w", err)
 	}
-	c := &Client{opts: opts, lg: opts.Logger, done: make(chan struct{})}
+	c := &Client{opts: opts, lg: opts.Logger, done: make(chan struct{}), epoch: time.Now()}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.lg = lifecycle.Logger(c.lg)
 	c.cond = sync.NewCond(&c.mu)
@@ -622,8 +633,12 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 // keepalive pings the server over ws until ctx ends: after PingInterval
 // without a pong, and when the oldest frame in flight has waited
 // WriteTimeout for its ack (since it was sent or since the last pong). A
-// ping whose pong does not come within WriteTimeout closes ws: the path
-// is dead, and only a new connection gets the messages through.
+// ping whose pong does not come while the reader has waited WriteTimeout
+// for a frame (since the ping, or since it began waiting) closes ws: the
+// path is dead, and only a new connection gets the messages through.
+// While the reader is busy (delivering results to a slow OnResult) the
+// pong cannot be read, and frames it reads show the path alive: neither
+// counts against the connection.
 func (c *Client) keepalive(ctx context.Context, ws *websocket.Conn) {
 	t := time.NewTicker(max(min(c.opts.PingInterval, c.opts.WriteTimeout)/4, time.Millisecond))
 	defer t.Stop()
@@ -648,17 +663,50 @@ func (c *Client) keepalive(ctx context.Context, ws *websocket.Conn) {
 		if !due {
 			continue
 		}
-		pctx, cancel := context.WithTimeout(ctx, c.opts.WriteTimeout)
-		err := ws.Ping(pctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil {
-				c.lg.Info("no pong from the server: closing the connection", "err", err)
-				ws.CloseNow()
-			}
+		if !c.ping(ctx, ws, t.C) {
 			return
 		}
 		last = time.Now()
+	}
+}
+
+// ping pings the server over ws and reports whether the pong came. It
+// waits, checking at each tick, until the reader has been waiting for a
+// frame WriteTimeout since the ping (or since it began waiting, if that
+// was later) without the pong; then it closes ws. It also returns false
+// when ctx ends or the ping fails.
+func (c *Client) ping(ctx context.Context, ws *websocket.Conn, tick <-chan time.Time) bool {
+	pctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	res := make(chan error, 1)
+	sent := time.Since(c.epoch)
+	go func() { res <- ws.Ping(pctx) }()
+	for {
+		select {
+		case err := <-res:
+			if err != nil && ctx.Err() == nil {
+				c.lg.Info("ping failed: closing the connection", "err", err)
+				ws.CloseNow()
+			}
+			return err == nil
+		case <-ctx.Done():
+			cancel()
+			<-res
+			return false
+		case <-tick:
+		}
+		r := c.reading.Load()
+		if r == 0 {
+			continue // busy: the pong may be waiting to be read
+		}
+		since := max(time.Duration(r-1), sent)
+		if waited := time.Since(c.epoch) - since; waited >= c.opts.WriteTimeout {
+			c.lg.Info("no pong from the server: closing the connection", "waited", waited)
+			ws.CloseNow()
+			cancel()
+			<-res
+			return false
+		}
 	}
 }
 
@@ -696,8 +744,11 @@ func (c *Client) tooBig(reason string) {
 // read handles the server's frames until the connection ends.
 // Cancelling ctx closes the connection.
 func (c *Client) read(ctx context.Context, ws *websocket.Conn) (acked bool, retry time.Duration, err error) {
+	defer c.reading.Store(0)
 	for {
+		c.reading.Store(int64(time.Since(c.epoch)) + 1)
 		_, b, err := ws.Read(ctx)
+		c.reading.Store(0)
 		if err != nil {
 			return acked, retry, err
 		}

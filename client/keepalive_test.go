@@ -143,3 +143,40 @@ func TestIdleSilentConnectionDetected(t *testing.T) {
 		t.Fatalf("send over the new connection: %v", err)
 	}
 }
+
+// TestSlowOnResultKeepsConnection: the pong to the keepalive's ping
+// is read by the goroutine that also calls OnResult. With a window of acks
+// ahead of it whose OnResult calls take a moment each, the pong is read
+// after WriteTimeout. The client must not take that for a dead path: one
+// that did closed a healthy connection, reconnected, and sent again what
+// the frontend had stored, which it stored twice. (The client before the
+// keepalive kept the connection: nothing it wrote was blocked.)
+func TestSlowOnResultKeepsConnection(t *testing.T) {
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
+	d := newDialer(t)
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Options{URL: s.URL(), Token: token(t, "dev-k1"), HTTPClient: &http.Client{Transport: d.tr},
+		WriteTimeout: 400 * time.Millisecond,
+		OnResult:     func(client.Result) { time.Sleep(40 * time.Millisecond) },
+		MinBackoff:   time.Millisecond, MaxBackoff: 20 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 150
+	for i := range n {
+		if _, err := c.Send(ctx, msg(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := c.Flush(fctx); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	s.Stop(t)
+	ids := stored(t, s.Dir)
+	if dials := len(d.dials()); dials != 1 || len(ids) != n {
+		t.Fatalf("%d dials; %d messages sent, %d stored", dials, n, len(ids))
+	}
+}
