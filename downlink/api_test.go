@@ -119,7 +119,7 @@ func FuzzDecodeSubmit(f *testing.F) {
 // TestAPIFull: a submit the device's home has no room to keep is answered
 // 503 full, and the home goes on: what it keeps can still be read.
 func TestAPIFull(t *testing.T) {
-	h := commandtest.Start(t, command.Options{ID: "home-1"}, wal.Options{MaxBytes: 64 << 10, SegmentBytes: 16 << 10})
+	h := commandtest.Start(t, command.Options{ID: "home-1"}, wal.Options{MaxBytes: 256 << 10, SegmentBytes: 32 << 10})
 	fe := startFrontend(t, "fe-1", []string{h.Addr}, true)
 	app := appToken(t, "commands")
 	body := `{"name":"n","payload":"` + strings.Repeat("x", 4<<10) + `"}`
