@@ -43,8 +43,11 @@
 // does next (a consumer's next write to its store) comes after it.
 // Received messages come out of Recv in the order zmq4 gave them. Nothing
 // is sent or delivered twice by this package; zmq4 may drop messages, and a
-// Router drops replies when its queue is full or its socket is recycled:
-// the protocol asks again.
+// Router drops replies when its queue is full or its socket is recycled,
+// and those a socket has before it has received anything (a recycled one:
+// they are for the old socket's peers, and zmq4 would hold each until a
+// first peer came, which the watchdog would take for a stall): the
+// protocol asks again.
 //
 // # Goroutines
 //

@@ -45,6 +45,7 @@ type Router struct {
 	addr    string        // the endpoint, port resolved once bound
 	sck     zmq4.Socket   // nil before Listen, while recycling and once closed
 	changed chan struct{} // closed when sck is replaced
+	heard   zmq4.Socket   // the socket a message was last received on
 	closed  bool
 	ran     bool
 
@@ -104,6 +105,14 @@ func (r *Router) Addr() string {
 	return r.addr
 }
 
+// heardOn reports whether a message was received on sck: before one is,
+// no peer of its own has an identity sck can reply to.
+func (r *Router) heardOn(sck zmq4.Socket) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.heard == sck
+}
+
 // current is the socket and a channel closed when it is replaced.
 func (r *Router) current() (zmq4.Socket, chan struct{}) {
 	r.mu.Lock()
@@ -150,11 +159,18 @@ func (r *Router) Run(ctx context.Context, handle func(frames [][]byte)) error {
 }
 
 func (r *Router) receive(handle func([][]byte)) {
+	var heard zmq4.Socket // r.heard, as this goroutine last set it
 	for {
 		sck, changed := r.current()
 		if sck != nil {
 			msg, err := sck.Recv()
 			if err == nil {
+				if sck != heard { // once a socket: before the reply handle may queue
+					heard = sck
+					r.mu.Lock()
+					r.heard = sck
+					r.mu.Unlock()
+				}
 				handle(msg.Frames)
 				continue
 			}
@@ -180,7 +196,13 @@ func (r *Router) send() {
 		case msg = <-r.out:
 		}
 		sck, _ := r.current()
-		if sck == nil {
+		if sck == nil || !r.heardOn(sck) {
+			// Nothing received on this socket yet (it was recycled
+			// since the message the reply answers): the reply's peer is
+			// one of the old socket's, which this one does not know.
+			// zmq4 would hold the send until a first peer came, and the
+			// watchdog take that for a stall and recycle again. Dropped,
+			// as replies may be.
 			continue
 		}
 		w.arm()
