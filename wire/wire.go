@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"math"
 	"slices"
 	"time"
 )
@@ -294,11 +295,12 @@ func (m *Batch) encode(e encoder) encoder {
 }
 
 func (m *Batch) decodeBody(d *decoder) error {
-	m.Origin = d.name()
+	m.Origin = d.nonEmptyName()
 	m.Acked = d.uvarint()
 	m.First = d.uvarint()
 	m.Entries = d.list()
 	d.check(m.First != 0 && len(m.Entries) != 0, "batch needs entries from index 1 on")
+	d.check(fits(m.First, len(m.Entries)), "batch runs past index 2^64-1")
 	d.check(m.Acked < m.First, "batch holds entries already acknowledged")
 	return d.err
 }
@@ -310,7 +312,7 @@ func (m *Resend) encode(e encoder) encoder {
 }
 
 func (m *Resend) decodeBody(d *decoder) error {
-	m.Origin = d.name()
+	m.Origin = d.nonEmptyName()
 	m.From = d.uvarint()
 	d.check(m.From != 0, "resend from index 0")
 	return d.err
@@ -323,7 +325,7 @@ func (m *Ack) encode(e encoder) encoder {
 }
 
 func (m *Ack) decodeBody(d *decoder) error {
-	m.Origin = d.name()
+	m.Origin = d.nonEmptyName()
 	m.UpTo = d.uvarint()
 	return d.err
 }
@@ -336,7 +338,7 @@ func (m *Busy) encode(e encoder) encoder {
 }
 
 func (m *Busy) decodeBody(d *decoder) error {
-	m.Origin = d.name()
+	m.Origin = d.nonEmptyName()
 	m.UpTo = d.uvarint()
 	m.RetryAfter = d.millis("retry after", 0, time.Hour)
 	return d.err
@@ -350,10 +352,11 @@ func (m *Stream) encode(e encoder) encoder {
 }
 
 func (m *Stream) decodeBody(d *decoder) error {
-	m.Middletier = d.name()
+	m.Middletier = d.nonEmptyName()
 	m.First = d.uvarint()
 	m.Records = d.list()
 	d.check(m.First != 0 && len(m.Records) != 0, "stream needs records from sequence 1 on")
+	d.check(fits(m.First, len(m.Records)), "stream runs past sequence 2^64-1")
 	return d.err
 }
 
@@ -365,7 +368,7 @@ func (m *Fetch) encode(e encoder) encoder {
 }
 
 func (m *Fetch) decodeBody(d *decoder) error {
-	m.Consumer = d.name()
+	m.Consumer = d.nonEmptyName()
 	m.From = d.uvarint()
 	m.Max = d.uvarint()
 	return d.err
@@ -381,13 +384,17 @@ func (m *FetchReply) encode(e encoder) encoder {
 }
 
 func (m *FetchReply) decodeBody(d *decoder) error {
-	m.Middletier = d.name()
+	m.Middletier = d.nonEmptyName()
 	m.Oldest = d.uvarint()
 	m.Last = d.uvarint()
 	m.First = d.uvarint()
 	m.Records = d.list()
+	d.check(len(m.Records) == 0 || m.First != 0 && fits(m.First, len(m.Records)), "fetch reply's records run past sequence 2^64-1 or start at 0")
 	return d.err
 }
+
+// fits reports whether n items numbered from first end within a uint64.
+func fits(first uint64, n int) bool { return n == 0 || first <= math.MaxUint64-uint64(n-1) }
 
 func (m *Commit) encode(e encoder) encoder {
 	e.string(m.Consumer)
@@ -396,7 +403,7 @@ func (m *Commit) encode(e encoder) encoder {
 }
 
 func (m *Commit) decodeBody(d *decoder) error {
-	m.Consumer = d.name()
+	m.Consumer = d.nonEmptyName()
 	m.Seq = d.uvarint()
 	return d.err
 }
