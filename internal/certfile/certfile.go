@@ -48,9 +48,12 @@ type Reloader struct {
 	lg   *slog.Logger
 	set  *metricset.Set // the metrics, registered
 
-	mu        sync.Mutex
-	cert      *tls.Certificate
-	stamps    [2]os.FileInfo // of the files last read, whether they parsed or not
+	mu     sync.Mutex
+	cert   *tls.Certificate
+	stamps [2]os.FileInfo // of the files last read, whether they parsed or not
+	// validFrom, when not zero, is when the pair last read, refused as not
+	// yet valid, becomes valid: it is read again then, its files unchanged.
+	validFrom time.Time
 	lastCheck time.Time
 
 	m struct {
@@ -133,10 +136,10 @@ func (r *Reloader) check() {
 		}
 		return
 	}
-	if same(stamps, r.stamps) {
+	if same(stamps, r.stamps) && (r.validFrom.IsZero() || time.Now().Before(r.validFrom)) {
 		return
 	}
-	r.stamps = stamps
+	r.stamps, r.validFrom = stamps, time.Time{}
 	cert, err := load(r.opts)
 	if err != nil {
 		r.fail(err)
@@ -144,6 +147,11 @@ func (r *Reloader) check() {
 	}
 	if now := time.Now(); !valid(cert.Leaf, now) && valid(r.cert.Leaf, now) {
 		// Every client would refuse it: keep the one that still works.
+		// One not yet valid (its issuer's clock ahead, or no NotBefore
+		// backdating) is taken once it is.
+		if now.Before(cert.Leaf.NotBefore) {
+			r.validFrom = cert.Leaf.NotBefore
+		}
 		r.fail(fmt.Errorf("certfile: the certificate is valid from %s to %s, not now",
 			cert.Leaf.NotBefore.UTC().Format(time.RFC3339), cert.Leaf.NotAfter.UTC().Format(time.RFC3339)))
 		return

@@ -140,6 +140,16 @@ func TestReload(t *testing.T) {
 		}
 	}
 
+	// One that becomes valid a moment later is taken then, its files
+	// unchanged since it was refused.
+	// (NotBefore is kept to the second: 2 s ahead is at least 1 s.)
+	soon := ca.IssueValid(t, time.Now().Add(2*time.Second), time.Now().Add(48*time.Hour))
+	soon.Write(t, dir)
+	ca.CheckServes(t, addr, third, "while the renewed pair is not yet valid")
+	time.Sleep(2100 * time.Millisecond)
+	ca.CheckServes(t, addr, soon, "once the renewed pair is valid, its files unchanged since")
+	third = soon
+
 	// Files gone: the pair in use stays.
 	os.Remove(certFile)
 	ca.CheckServes(t, addr, third, "with the certificate file gone")
