@@ -230,6 +230,7 @@ func (r *Registry) reload() {
 		}
 	}
 	if err != nil {
+		r.seen = [sha256.Size]byte{} // a failed read breaks a run of polls too
 		r.m.reloads.WithLabelValues("error").Inc()
 		r.lg.Error("registry: reload failed; keeping the last good registry", "path", r.path, "err", err)
 		return
