@@ -78,6 +78,13 @@ func (c *tokenConfig) signer() (*auth.Signer, error) {
 		if _, err := os.Stat(p); err == nil || len(given) == 0 {
 			given = append(given, keyFlag{"HS256", "auth.keys-dir", p})
 		}
+		// A kid that names the directory's public key (<kid>.pem) is an
+		// RS256 or ES256 key's: a secret signs no token a frontend
+		// verifies with it.
+		if _, err := os.Stat(filepath.Join(c.keysDir, c.kid+".pem")); err == nil && len(given) == 1 && given[0].alg == "HS256" && given[0].flag != "auth.keys-dir" {
+			return nil, c.usage(fmt.Errorf("--kid %s names the public key %s.pem in --auth.keys-dir, and --%s (%s) is an HS256 secret: sign with the private key of %s.pem",
+				c.kid, c.kid, given[0].flag, envName(given[0].flag), c.kid))
+		}
 	}
 	if len(given) == 0 && c.keysDir != "" {
 		return nil, c.usage(errors.New("--auth.keys-dir needs --kid: the id of the key to sign with, its file <kid>.hs256"))

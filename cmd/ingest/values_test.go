@@ -2,6 +2,11 @@ package main
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -160,5 +165,29 @@ func TestEndpointWithoutScheme(t *testing.T) {
 					args[0], c.flag, code, strings.TrimSpace(tail(errOut, 2)), c.flag)
 			}
 		})
+	}
+}
+
+// TestTokenKidOfAPublicKey: with INGEST_AUTH_HS256_SECRET_FILE exported and
+// --auth.keys-dir --kid naming the directory's public key (<kid>.pem, an
+// ES256 key's), ingest token is refused (exit 2) naming the secret and the
+// kid. Before, the secret signed an HS256 token that named the ES256 key,
+// which every frontend with that directory refuses.
+func TestTokenKidOfAPublicKey(t *testing.T) {
+	dir := t.TempDir()
+	secret := filepath.Join(dir, "old")
+	keys := filepath.Join(dir, "keys")
+	os.Mkdir(keys, 0o700)
+	os.WriteFile(secret, []byte("old-secret-old-secret-old-secret-0123\n"), 0o600)
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+	os.WriteFile(filepath.Join(keys, "k2026b.pem"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o600)
+	out, errOut, code := runBin(t, "", []string{"INGEST_AUTH_HS256_SECRET_FILE=" + secret},
+		"token", "--auth.keys-dir", keys, "--kid", "k2026b", "--subject", "dev-1")
+	if code != 2 || !strings.Contains(errOut, "INGEST_AUTH_HS256_SECRET_FILE") || !strings.Contains(errOut, "k2026b.pem") {
+		t.Fatalf("exit %d, printed %q, token %q: want exit 2 naming the secret and the public key", code, errOut, out)
 	}
 }
