@@ -1,12 +1,10 @@
 package zsock_test
 
 import (
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/ingest-io/ingest/internal/tcpproxy"
 	"github.com/ingest-io/ingest/zsock"
 )
 
@@ -33,31 +31,7 @@ func TestRouterNoPeerNoStall(t *testing.T) {
 // the new one again and again while no peer has reconnected (before: ten
 // recycles in 3 s with SendStall 300 ms).
 func TestRouterOneStallOneRecycle(t *testing.T) {
-	var stalls atomic.Int32
-	big := make([]byte, 64<<10)
-	r := runRouter(t, zsock.RouterOptions{SendStall: 300 * time.Millisecond, OnStall: func() { stalls.Add(1) }},
-		func(r *zsock.Router, frames [][]byte) {
-			if string(frames[1]) == "flood" {
-				r.Send(frames[0], big)
-				return
-			}
-			echo(r, frames)
-		})
-	px := tcpproxy.Start(t, strings.TrimPrefix(r.Addr(), "tcp://"))
-	stuck := dial(t, px.Endpoint(), zsock.DealerOptions{SendStall: time.Minute, SendQueue: 4096})
-	stuck.Send([]byte("ping"))
-	if got := next(t, stuck); got != "re:ping" {
-		t.Fatalf("got %q", got)
-	}
-	px.FreezeReplies()
-	deadline := time.Now().Add(15 * time.Second)
-	for stalls.Load() == 0 {
-		stuck.Send([]byte("flood"))
-		time.Sleep(time.Millisecond)
-		if time.Now().After(deadline) {
-			t.Fatal("no stall")
-		}
-	}
+	_, stalls, stuck, _ := stalledRouter(t)
 	stuck.Close() // the stalled peer is gone for good
 	time.Sleep(3 * time.Second)
 	if n := stalls.Load(); n != 1 {

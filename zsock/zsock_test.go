@@ -314,39 +314,12 @@ func TestDealerEnds(t *testing.T) {
 // watchdog recycles the socket on the same address, and peers that connect
 // again are served.
 func TestRouterRecycles(t *testing.T) {
-	var stalls atomic.Int32
-	big := make([]byte, 64<<10)
-	r := runRouter(t, zsock.RouterOptions{SendStall: 300 * time.Millisecond, OnStall: func() { stalls.Add(1) }},
-		func(r *zsock.Router, frames [][]byte) {
-			if string(frames[1]) == "flood" {
-				r.Send(frames[0], big)
-				return
-			}
-			echo(r, frames)
-		})
-	addr := r.Addr()
-	px := tcpproxy.Start(t, strings.TrimPrefix(addr, "tcp://"))
-	stuck := dial(t, px.Endpoint(), zsock.DealerOptions{SendStall: time.Minute, SendQueue: 4096})
-	stuck.Send([]byte("ping"))
-	if got := next(t, stuck); got != "re:ping" {
-		t.Fatalf("got %q", got)
-	}
-	px.FreezeReplies()
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	deadline := time.Now().Add(30 * time.Second)
-	for stalls.Load() == 0 {
-		<-tick.C
-		stuck.Send([]byte("flood"))
-		if time.Now().After(deadline) {
-			t.Fatal("no stall within 30s of a peer that stopped reading")
-		}
-	}
+	r, _, _, addr := stalledRouter(t)
 	if r.Addr() != addr {
 		t.Fatalf("listening on %s after the recycle, was %s", r.Addr(), addr)
 	}
 	// A peer that connects after the recycle is served on the same address.
-	deadline = time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for {
 		// Until the new socket listens, a dial fails or reaches the old
 		// one as it closes: dial again.
@@ -512,4 +485,42 @@ func TestBuffers(t *testing.T) {
 	if b.Len() != 0 {
 		t.Fatalf("%d kept after Drop", b.Len())
 	}
+}
+
+// stalledRouter runs a Router that answers "flood" with 64 KiB and echoes
+// the rest, behind a proxy whose replies it freezes, and floods it from a
+// dealer through the proxy until its watchdog fires. It returns the
+// Router, its count of stalls, the stuck dealer and the address the
+// Router listened on before.
+func stalledRouter(t *testing.T) (*zsock.Router, *atomic.Int32, *zsock.Dealer, string) {
+	t.Helper()
+	stalls := new(atomic.Int32)
+	big := make([]byte, 64<<10)
+	r := runRouter(t, zsock.RouterOptions{SendStall: 300 * time.Millisecond, OnStall: func() { stalls.Add(1) }},
+		func(r *zsock.Router, frames [][]byte) {
+			if string(frames[1]) == "flood" {
+				r.Send(frames[0], big)
+				return
+			}
+			echo(r, frames)
+		})
+	addr := r.Addr()
+	px := tcpproxy.Start(t, strings.TrimPrefix(addr, "tcp://"))
+	stuck := dial(t, px.Endpoint(), zsock.DealerOptions{SendStall: time.Minute, SendQueue: 4096})
+	stuck.Send([]byte("ping"))
+	if got := next(t, stuck); got != "re:ping" {
+		t.Fatalf("got %q", got)
+	}
+	px.FreezeReplies()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	deadline := time.Now().Add(30 * time.Second)
+	for stalls.Load() == 0 {
+		<-tick.C
+		stuck.Send([]byte("flood"))
+		if time.Now().After(deadline) {
+			t.Fatal("no stall within 30s of a peer that stopped reading")
+		}
+	}
+	return r, stalls, stuck, addr
 }
