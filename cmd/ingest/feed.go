@@ -56,11 +56,7 @@ func (c *feedConfig) sources(p *process) ([]feed.Source, error) {
 	if c.direct != nil {
 		return c.direct, nil
 	}
-	feeds, err := endpoints(c.f, "middletiers", c.middletiers)
-	if err != nil {
-		return nil, err
-	}
-	cons, err := endpoints(c.f, "middletiers.consumer", c.consumers)
+	feeds, cons, err := endpointLists(c.f, "middletiers", c.middletiers, "middletiers.consumer", c.consumers)
 	if err != nil {
 		return nil, err
 	}

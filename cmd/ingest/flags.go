@@ -194,6 +194,17 @@ func parseFlags(fs *flag.FlagSet, args []string, header string) error {
 	return err
 }
 
+// endpointLists is endpoints of two flags: a middletier's socket and its
+// consumer socket, say.
+func endpointLists(f flags, name1, list1, name2, list2 string) ([]string, []string, error) {
+	a, err := endpoints(f, name1, list1)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := endpoints(f, name2, list2)
+	return a, b, err
+}
+
 // endpoints splits a comma-separated list of ZeroMQ endpoints given to
 // flag name, each of which must be tcp://host:port: one written without
 // its scheme would be dialed for ever, each attempt refused.

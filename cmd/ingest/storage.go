@@ -82,11 +82,7 @@ func (c *storageConfig) endpoints() ([]storage.Endpoints, error) {
 	if c.direct != nil {
 		return c.direct, nil
 	}
-	st, err := endpoints(c.f, "middletiers.stream", c.streams)
-	if err != nil {
-		return nil, err
-	}
-	co, err := endpoints(c.f, "middletiers.consumer", c.consumers)
+	st, co, err := endpointLists(c.f, "middletiers.stream", c.streams, "middletiers.consumer", c.consumers)
 	if err != nil {
 		return nil, err
 	}
