@@ -317,3 +317,34 @@ func checkCommands(t *testing.T, records []*cmdRecord, final map[string]downlink
 		t.Fatal("no command was acknowledged")
 	}
 }
+
+// TestCommandLogBound: --command.max-bytes bounds the command home's log;
+// a quarter of it holds the commands the home keeps, each counting room
+// for its device's answer: with 256 KiB, three commands of 4 KiB are
+// accepted and the fourth is refused, 503 full.
+func TestCommandLogBound(t *testing.T) {
+	secretFile := writeSecret(t)
+	home := endpoint(t)
+	mt := middletierProc(t, "mt-0", t.TempDir(), "--command.addr", home, "--command.max-bytes", "262144")
+	addr := loopback(t)
+	fe := frontendProc(t, "fe-0", addr, t.TempDir(), secretFile, "--uplink.middletiers", mt.ingest, "--commands.homes", home)
+	mt.start()
+	fe.start()
+	logsOnFailure(t, 30, mt.tierProc, fe)
+	defer stopAll(t, fe, mt.tierProc)
+	a := newCommandAPI(t, []string{addr})
+	body := map[string]any{"name": "n", "payload": strings.Repeat("x", 4<<10)}
+	for i := 0; ; i++ {
+		var e downlink.ErrorBody
+		st := a.do(0, "POST", "/v1/devices/d1/commands", body, &e)
+		if st == http.StatusServiceUnavailable && e.Code == downlink.CodeFull {
+			if i != 3 {
+				t.Fatalf("refused full after %d commands of 4 KiB, want 3", i)
+			}
+			return
+		}
+		if st != http.StatusAccepted || i >= 3 {
+			t.Fatalf("submit %d: HTTP %d %+v", i, st, e)
+		}
+	}
+}

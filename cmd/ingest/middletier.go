@@ -40,6 +40,7 @@ type commandHomeConfig struct {
 	redeliver, maxTTL time.Duration
 	presenceTimeout   time.Duration
 	retain            time.Duration
+	maxBytes          int64  // bound of the home's log
 	bound             string // the endpoint the home listens on, port resolved; empty: none
 }
 
@@ -48,7 +49,8 @@ func newMiddletierConfig() middletierConfig {
 	cd := command.DefaultOptions()
 	return middletierConfig{ingest: d.IngestAddr, consumer: d.ConsumerAddr, stream: d.StreamAddr,
 		wal: newWALConfig(), sendStall: d.SendStall, leaseTTL: d.LeaseTTL, httpListen: ":9091",
-		command: commandHomeConfig{maxInFlight: cd.MaxInFlight, redeliver: cd.Redeliver, maxTTL: cd.MaxTTL, presenceTimeout: cd.PresenceTimeout, retain: cd.Retain}}
+		command: commandHomeConfig{maxInFlight: cd.MaxInFlight, redeliver: cd.Redeliver, maxTTL: cd.MaxTTL, presenceTimeout: cd.PresenceTimeout, retain: cd.Retain,
+			maxBytes: wal.DefaultOptions().MaxBytes}}
 }
 
 func (c *middletierConfig) register(f flags) {
@@ -70,6 +72,7 @@ func (c *middletierConfig) register(f flags) {
 	f.duration(&c.command.maxTTL, "command.max-ttl", "longest time to live of a command")
 	f.duration(&c.command.presenceTimeout, "command.presence-timeout", "forget where a device is connected when no frontend has named it for this long")
 	f.duration(&c.command.retain, "command.retain", "how long a command stays known (its GET, list and idempotency key) after its final state; then it leaves the log")
+	f.int64(&c.command.maxBytes, "command.max-bytes", "bound on the command home's log; the commands it keeps may take a quarter of it, an open command counting 16 KiB of room for its answer besides its own size: past it submits are refused (503 full)")
 }
 
 // buildCommands opens the command home's log and its events' log and
@@ -85,7 +88,7 @@ func (c *middletierConfig) buildCommands(p *process, ingest string) (string, err
 	for i, l := range []struct {
 		dir, hop string
 		max      int64
-	}{{"commands", "command", 0}, {"command-events", "command_events", 256 << 20}} {
+	}{{"commands", "command", c.command.maxBytes}, {"command-events", "command_events", 256 << 20}} {
 		log, err := wal.Open(filepath.Join(c.dataDir, l.dir), wal.Options{Hop: l.hop, SegmentBytes: 1 << 20, MaxBytes: l.max}, p.reg, p.lg)
 		if err != nil {
 			return "", fmt.Errorf("open %s wal: %w", l.hop, inUse(firstOf(c.dataShown, c.dataDir), err))
