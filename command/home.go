@@ -390,7 +390,7 @@ func (h *Home) loop(ctx context.Context) error {
 			h.dispatch(d)
 		}
 		clear(h.dirty)
-		if !h.roomy() {
+		if !h.roomy() && h.shrinks() {
 			h.compactNow()
 		}
 		if err := h.appendEvents(actx); err != nil {
@@ -837,6 +837,19 @@ func (h *Home) roomy() bool {
 	}
 	entries += int64(len(h.logBuf))
 	return used <= maxBytes/2 && (maxEntries == 0 || entries <= maxEntries/2)
+}
+
+// shrinks reports whether a compaction leaves the log holding less than
+// the round's append would: not so when the kept commands take what it
+// holds already (a log written under a larger bound), which a compaction
+// each round would only write again.
+func (h *Home) shrinks() bool {
+	_, used := h.log.Depth()
+	for _, b := range h.logBuf {
+		used += int64(len(b))
+	}
+	open := int64(h.counts[wire.StateQueued] + h.counts[wire.StateSent])
+	return h.liveBytes-open*answerRoom < used // what the compaction writes: no answer's room
 }
 
 // compactNow makes the round's append the state of every kept command,
