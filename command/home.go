@@ -397,7 +397,17 @@ func (h *Home) loop(ctx context.Context) error {
 			return err
 		}
 		if len(h.logBuf) > 0 {
-			if _, err := h.log.AppendBatch(actx, h.logBuf); err != nil {
+			var err error
+			if h.releaseTo > 0 {
+				// A compaction: within the bound once what it supersedes
+				// is gone, also in a log over the bound (one reopened
+				// after a crash with its last releases not yet durable,
+				// or under a lower bound).
+				_, err = h.log.AppendReplacing(actx, h.logBuf, h.releaseTo)
+			} else {
+				_, err = h.log.AppendBatch(actx, h.logBuf)
+			}
+			if err != nil {
 				// Memory is ahead of the disk now: stop, and let the
 				// process start again from the log.
 				return fmt.Errorf("command: append: %w", err)

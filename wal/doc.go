@@ -63,7 +63,10 @@
 // # Release and repetition
 //
 // Release(upTo) says consumers are done with every entry up to upTo. Their
-// room under the bound is freed at once. The mark is written to a small file
+// room under the bound is freed at once. AppendReplacing appends entries
+// that restate what the caller will then release (a compaction): they are
+// admitted as if that were released already, so that a log its own
+// entries filled, or one reopened over its bound, can still be compacted. The mark is written to a small file
 // (written aside, fsynced, renamed into place, directory fsynced) in the
 // background, at most once per Options.MarkInterval (the releases in between
 // share one write; Close writes the last), and segments wholly below it are then removed in the

@@ -105,6 +105,8 @@ type request struct {
 	first uint64
 	err   error
 	done  chan struct{}
+	// supersedes, set by AppendReplacing, is read and cleared by submit.
+	supersedes uint64
 }
 
 var reqPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
@@ -349,7 +351,24 @@ func (l *Log) AppendBatch(ctx context.Context, data [][]byte) (uint64, error) {
 	return l.submit(ctx, reqPool.Get().(*request), data)
 }
 
+// AppendReplacing appends entries as AppendBatch does, for a caller that
+// will release every entry up to supersedes once they are durable (a
+// compaction: the entries state again what the released ones said). Under
+// the bound they are counted as if those were released already, so that a
+// log its own entries filled can still be compacted. Until the caller's
+// Release, the log may hold up to the entries' size past its bound.
+func (l *Log) AppendReplacing(ctx context.Context, data [][]byte, supersedes uint64) (uint64, error) {
+	if len(data) == 0 {
+		return 0, ErrEmptyBatch
+	}
+	r := reqPool.Get().(*request)
+	r.supersedes = supersedes
+	return l.submit(ctx, r, data)
+}
+
 func (l *Log) submit(ctx context.Context, r *request, data [][]byte) (uint64, error) {
+	supersedes := r.supersedes
+	r.supersedes = 0
 	var n int64
 	for _, d := range data {
 		if int64(len(d)) > l.opts.MaxBytes || len(d) > maxPayload {
@@ -366,7 +385,7 @@ func (l *Log) submit(ctx context.Context, r *request, data [][]byte) (uint64, er
 		reqPool.Put(r)
 		return 0, ErrTooLarge
 	}
-	if err := l.admit(n, int64(len(data))); err != nil {
+	if err := l.admit(n, int64(len(data)), supersedes); err != nil {
 		r.one[0] = nil
 		reqPool.Put(r)
 		return 0, err
@@ -396,8 +415,9 @@ func (l *Log) submit(ctx context.Context, r *request, data [][]byte) (uint64, er
 }
 
 // admit reserves room under the bound for an append, and registers it as an
-// appender so that Close waits for it to reach the writer.
-func (l *Log) admit(bytes, entries int64) error {
+// appender so that Close waits for it to reach the writer. The entries up
+// to supersedes do not count against the bound (AppendReplacing).
+func (l *Log) admit(bytes, entries int64, supersedes uint64) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	switch {
@@ -411,6 +431,13 @@ func (l *Log) admit(bytes, entries int64) error {
 		return errReserveHeld
 	}
 	depthBytes, depthEntries := l.depthLocked()
+	if supersedes > l.released {
+		k := min(supersedes-l.released, uint64(len(l.cum)))
+		if k > 0 {
+			depthBytes -= l.cum[k-1] - l.cumBase
+			depthEntries -= int64(k)
+		}
+	}
 	if depthBytes+l.pendingBytes+bytes > l.opts.MaxBytes ||
 		(l.opts.MaxEntries > 0 && depthEntries+l.pendingEntries+entries > l.opts.MaxEntries) {
 		l.m.full.Inc()

@@ -315,6 +315,49 @@ func TestBound(t *testing.T) {
 	}
 }
 
+// TestAppendReplacing: an append that supersedes entries (a compaction) is
+// admitted as if they were released: into a log at its bound, and into a
+// log reopened over it (its last releases not yet durable when it
+// stopped), as long as the entries fit once the superseded ones are gone.
+func TestAppendReplacing(t *testing.T) {
+	dir := t.TempDir()
+	ctx := context.Background()
+	l := openLog(t, dir, wal.Options{Hop: "test", MaxBytes: 1000, MaxEntries: 50}, nil)
+	for range 10 {
+		if _, err := l.Append(ctx, make([]byte, 100)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := l.AppendBatch(ctx, [][]byte{make([]byte, 300)}); !errors.Is(err, wal.ErrFull) {
+		t.Fatalf("append at the bound: %v", err)
+	}
+	// Superseding 3 of the 10 frees room for 300 bytes, not 301.
+	if _, err := l.AppendReplacing(ctx, [][]byte{make([]byte, 301)}, 3); !errors.Is(err, wal.ErrFull) {
+		t.Fatalf("a replacing append past the room it frees: %v", err)
+	}
+	first, err := l.AppendReplacing(ctx, [][]byte{make([]byte, 300)}, 3)
+	if err != nil || first != 11 {
+		t.Fatalf("a replacing append within the room it frees: %d, %v", first, err)
+	}
+	if _, b := l.Depth(); b != 1300 {
+		t.Fatalf("depth %d bytes before the release, want 1300 (past the bound until then)", b)
+	}
+	if err := l.Release(3); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Reopened with a lower bound, over it: only a replacing append gets in.
+	l = openLog(t, dir, wal.Options{Hop: "test", MaxBytes: 500}, nil)
+	if _, err := l.Append(ctx, []byte{1}); !errors.Is(err, wal.ErrFull) {
+		t.Fatalf("append into a log over its bound: %v", err)
+	}
+	if _, err := l.AppendReplacing(ctx, [][]byte{make([]byte, 400)}, l.LastIndex()); err != nil {
+		t.Fatalf("a compaction of a log over its bound: %v", err)
+	}
+}
+
 // After a failed fsync the log refuses every append with that error, never
 // retries the fsync, and recovers what is on disk when reopened.
 func TestFailStop(t *testing.T) {
