@@ -116,8 +116,48 @@ func (c *tokenConfig) signer() (*auth.Signer, error) {
 	}
 	if c.kid != "" {
 		s = s.WithKeyID(c.kid)
+		if err := c.checkAgainstKeysDir(s); err != nil {
+			return nil, err
+		}
 	}
 	return s, nil
+}
+
+// checkAgainstKeysDir refuses a signer whose tokens the key directory's
+// key of its kid would not verify (a secret for an RS256 key's kid, a
+// private key that is not the pair of the directory's public one): every
+// frontend with that directory would refuse them. A directory without a
+// key of that kid says nothing.
+func (c *tokenConfig) checkAgainstKeysDir(s *auth.Signer) error {
+	if c.keysDir == "" {
+		return nil
+	}
+	held := false
+	for _, ext := range []string{".hs256", ".pem"} {
+		if _, err := os.Stat(filepath.Join(c.keysDir, c.kid+ext)); err == nil {
+			held = true
+		}
+	}
+	if !held {
+		return nil
+	}
+	keys, err := readKeyDir(c.keysDir)
+	if err != nil {
+		return fmt.Errorf("--auth.keys-dir: %w", err)
+	}
+	v, err := auth.NewVerifier(auth.Options{Keys: keys})
+	if err != nil {
+		return fmt.Errorf("--auth.keys-dir: %w", err)
+	}
+	tok, err := s.Sign(jwt.RegisteredClaims{Subject: "check"})
+	if err == nil {
+		err = v.Verify(tok, &jwt.RegisteredClaims{})
+	}
+	if err != nil {
+		return c.usage(fmt.Errorf("--kid %s names a key in --auth.keys-dir that does not verify what the %s key given signs (%v): sign with that key's own secret or private key",
+			c.kid, s.Alg(), err))
+	}
+	return nil
 }
 
 func (c *tokenConfig) usage(err error) error { return &usageError{sub: "token", err: err} }

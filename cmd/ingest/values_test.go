@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -189,5 +190,41 @@ func TestTokenKidOfAPublicKey(t *testing.T) {
 		"token", "--auth.keys-dir", keys, "--kid", "k2026b", "--subject", "dev-1")
 	if code != 2 || !strings.Contains(errOut, "INGEST_AUTH_HS256_SECRET_FILE") || !strings.Contains(errOut, "k2026b.pem") {
 		t.Fatalf("exit %d, printed %q, token %q: want exit 2 naming the secret and the public key", code, errOut, out)
+	}
+}
+
+// TestTokenKeyPairOfTheKid: ingest token with --auth.keys-dir and a --kid
+// whose key the directory holds signs only with a key that key verifies:
+// an ES256 private key that is not the pair of the directory's k1.pem is
+// refused (exit 2), its pair signs. Before, the other key signed a token
+// every frontend with that directory refuses.
+func TestTokenKeyPairOfTheKid(t *testing.T) {
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys")
+	os.Mkdir(keys, 0o700)
+	var priv [2]string
+	for i := range priv {
+		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		der, err := x509.MarshalPKCS8PrivateKey(k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		priv[i] = filepath.Join(dir, fmt.Sprintf("k%d.key", i))
+		os.WriteFile(priv[i], pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600)
+		if i == 0 {
+			pub, _ := x509.MarshalPKIXPublicKey(&k.PublicKey)
+			os.WriteFile(filepath.Join(keys, "k1.pem"), pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pub}), 0o600)
+		}
+	}
+	out, errOut, code := runBin(t, "", nil, "token", "--auth.keys-dir", keys, "--kid", "k1", "--auth.es256-private-key", priv[1], "--subject", "dev-1")
+	if code != 2 || !strings.Contains(errOut, "--kid k1") {
+		t.Fatalf("another key than k1.pem's pair: exit %d, printed %q, token %q; want exit 2 naming the kid", code, errOut, out)
+	}
+	out, errOut, code = runBin(t, "", nil, "token", "--auth.keys-dir", keys, "--kid", "k1", "--auth.es256-private-key", priv[0], "--subject", "dev-1")
+	if code != 0 || strings.TrimSpace(out) == "" {
+		t.Fatalf("k1.pem's pair: exit %d, printed %q", code, errOut)
 	}
 }
