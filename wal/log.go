@@ -356,7 +356,8 @@ func (l *Log) AppendBatch(ctx context.Context, data [][]byte) (uint64, error) {
 // compaction: the entries state again what the released ones said). Under
 // the bound they are counted as if those were released already, so that a
 // log its own entries filled can still be compacted. Until the caller's
-// Release, the log may hold up to the entries' size past its bound.
+// Release, the log may hold up to the entries' size past its bound (for
+// one such call per Release: each is credited with what it supersedes).
 func (l *Log) AppendReplacing(ctx context.Context, data [][]byte, supersedes uint64) (uint64, error) {
 	if len(data) == 0 {
 		return 0, ErrEmptyBatch
