@@ -98,7 +98,7 @@ type Registry struct {
 	devices  atomic.Pointer[map[string]Device]
 	sum      [32]byte // of the content in use
 	seen     [32]byte // of a new content read once, applied when read again
-	bad      [32]byte // of the last content that did not parse, counted once
+	bad      [32]byte // of the last content that did not parse, counted once until a good one is applied
 	changed  atomic.Pointer[chan struct{}]
 
 	m struct {
@@ -236,6 +236,7 @@ func (r *Registry) reload() {
 		return
 	}
 	r.sum = sha256.Sum256(b)
+	r.bad = [sha256.Size]byte{} // a bad content written again later is told again
 	r.devices.Store(&devs)
 	next := make(chan struct{})
 	close(*r.changed.Swap(&next))

@@ -4,6 +4,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // The registry of the half-written tests, and what a poll reads of it
@@ -78,5 +80,33 @@ func TestHalfWrittenAcrossAFailedRead(t *testing.T) {
 	if !r.Disabled("tracker-002") || r.Len() != 2 {
 		t.Fatalf("a half-written content read at polls not in a row was applied: %d devices, tracker-002 disabled=%v (want 2, true)",
 			r.Len(), r.Disabled("tracker-002"))
+	}
+}
+
+// TestBadContentAgain: a content that does not parse is logged and counted
+// once while it stays, and again when it comes back after a good one.
+// Before, it was remembered for good, and its second coming said nothing.
+func TestBadContentAgain(t *testing.T) {
+	r, write, _ := halfWritten(t)
+	errors := func() float64 { return testutil.ToFloat64(r.m.reloads.WithLabelValues("error")) }
+	const bad = "devices: [\n"
+	write(bad)
+	r.reload()
+	r.reload()
+	r.reload()
+	if got := errors(); got != 1 {
+		t.Fatalf("%v errors counted for one bad content, want 1", got)
+	}
+	write(cutRegistry)
+	r.reload()
+	r.reload()
+	if r.Len() != 1 {
+		t.Fatalf("the good content not applied: %d devices", r.Len())
+	}
+	write(bad)
+	r.reload()
+	r.reload()
+	if got := errors(); got != 2 {
+		t.Fatalf("%v errors counted once the bad content came back, want 2", got)
 	}
 }
