@@ -378,3 +378,19 @@ func runResult(t *testing.T, c config) result {
 	}
 	return r
 }
+
+// TestFeedClosedReported: a dashboard the feed closes as too slow (here a
+// feed that queues one message a reader and closes one that misses more
+// than one) is reported as closed, with the feed's close code, rather than
+// as a dashboard that was shown little.
+func TestFeedClosedReported(t *testing.T) {
+	t.Setenv("INGEST_FEED_CLIENT_QUEUE", "1")
+	t.Setenv("INGEST_FEED_MAX_MISSED", "1")
+	c := config{SpawnAll: binPath, Devices: 10, Rate: 200, Window: 4, Size: 150, Shape: "sensor", Sources: 1,
+		Duration: 2 * time.Second, Drain: 10 * time.Second, Quiet: true,
+		JSON: filepath.Join(t.TempDir(), "all.json")}
+	r := runResult(t, c)
+	if f := r.Feed; f == nil || !strings.HasPrefix(f.Closed, "4000 ") {
+		t.Fatalf("live feed %+v: want it closed by the feed with 4000", f)
+	}
+}

@@ -55,7 +55,10 @@
 // the live feed as a dashboard would and reports the device → dashboard
 // latency (from the device's write to the feed frame's arrival), then
 // checks completeness in the store. -feed follows the live feed of an
-// engine already running.
+// engine already running. A dashboard the feed closes (4000: too slow, as
+// at the highest rates on two cores, where the bench's own reader shares
+// the cores) is reported as closed, with the close code, on a second
+// "live feed:" line: what it showed stops there.
 //
 // With an engine's metrics endpoint (-spawn, -spawn-all, or -metrics) it
 // also reports what the engine's own metrics gained over the run: the

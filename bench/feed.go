@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 
@@ -22,6 +23,8 @@ type feedWatch struct {
 	missed  int64
 	shownN  int64
 	unknown int64
+	closing bool   // close was called: the end of the reads is the bench's
+	ended   string // how the feed ended the connection, if it did
 }
 
 func watchFeed(ctx context.Context, url string, devs []*device, hist *stats, now func() int64) (*feedWatch, error) {
@@ -49,6 +52,17 @@ func (w *feedWatch) read() {
 	for {
 		_, b, err := w.ws.Read(context.Background())
 		if err != nil {
+			w.mu.Lock()
+			if !w.closing {
+				// The feed ended it (a dashboard too slow is closed with
+				// 4000): what it showed stops there, and the report says so.
+				w.ended = err.Error()
+				var ce websocket.CloseError
+				if errors.As(err, &ce) {
+					w.ended = fmt.Sprintf("%d %s", int(ce.Code), ce.Reason)
+				}
+			}
+			w.mu.Unlock()
 			return
 		}
 		now := w.now()
@@ -95,6 +109,9 @@ func (w *feedWatch) read() {
 }
 
 func (w *feedWatch) close() {
+	w.mu.Lock()
+	w.closing = true
+	w.mu.Unlock()
 	w.ws.Close(websocket.StatusNormalClosure, "")
 	<-w.done
 }

@@ -326,16 +326,16 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 		deadline := time.Now().Add(5 * time.Second)
 		for time.Now().Before(deadline) {
 			fw.mu.Lock()
-			shown := fw.shownN
+			shown, ended := fw.shownN, fw.ended
 			fw.mu.Unlock()
-			if shown >= res.Acked {
+			if shown >= res.Acked || ended != "" {
 				break
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 		fw.close()
 		h := merged(e2e.shards)
-		res.Feed = &feedResult{Shown: fw.shownN, Missed: fw.missed, Latency: latencyOf(h)}
+		res.Feed = &feedResult{Shown: fw.shownN, Missed: fw.missed, Latency: latencyOf(h), Closed: fw.ended}
 	}
 	if c.Check != "" {
 		apis := c.checkAPIs

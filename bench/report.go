@@ -53,6 +53,9 @@ type feedResult struct {
 	Shown   int64   `json:"shown"`
 	Missed  int64   `json:"missed_notices"`
 	Latency latency `json:"device_to_dashboard_ms"`
+	// Closed is how the feed ended the dashboard's connection before the
+	// run did ("4000 too slow"); empty if it did not.
+	Closed string `json:"closed_by_feed,omitempty"`
 }
 
 type latency struct {
@@ -135,6 +138,9 @@ func (r *result) print(w io.Writer) {
 	if f := r.Feed; f != nil {
 		fmt.Fprintf(w, "live feed:  %d shown, %d missed; device → dashboard ms: p50 %.3f  p90 %.3f  p99 %.3f  p99.9 %.3f  max %.3f\n",
 			f.Shown, f.Missed, f.Latency.P50, f.Latency.P90, f.Latency.P99, f.Latency.P999, f.Latency.Max)
+		if f.Closed != "" {
+			fmt.Fprintf(w, "live feed:  the feed closed the dashboard (%s): it showed nothing after that\n", f.Closed)
+		}
 	}
 	if cp := r.Completeness; cp != nil {
 		fmt.Fprintf(w, "store:      %d acknowledged, %d stored, lost %d, duplicated %d", cp.Acked, cp.Stored, cp.Lost, cp.Duplicated)
