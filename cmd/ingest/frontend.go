@@ -212,9 +212,6 @@ func (c *frontendConfig) buildDownlink(p *process) (*downlink.Link, error) {
 // is configured: the WAL then only fills.
 func (c *frontendConfig) buildUplink(p *process, log *wal.Log) error {
 	u := c.uplink
-	if u.linger < 0 {
-		return fmt.Errorf("--%s must not be negative", c.f.name("uplink.linger"))
-	}
 	o := uplink.Options{ID: c.id, Window: u.window, Linger: lingerOption(u.linger), AckTimeout: u.ack, Failover: u.failover, Return: u.ret, Middletiers: u.direct}
 	switch {
 	case u.direct != nil:

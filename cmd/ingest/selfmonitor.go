@@ -33,10 +33,7 @@ func (c *selfMonitorConfig) register(f flags) {
 // build adds the part that writes p's metrics into db every interval, as
 // the target instance, unless the interval is 0.
 func (c *selfMonitorConfig) build(p *process, db *embedded.TSDB, instance string) error {
-	switch {
-	case c.interval < 0:
-		return &usageError{sub: c.f.fs.Name(), err: fmt.Errorf("--%s %s is negative (0 turns it off)", c.f.name("self-monitor.interval"), c.interval)}
-	case c.interval == 0:
+	if c.interval == 0 {
 		return nil
 	}
 	failures := prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_self_monitor_failures_total",

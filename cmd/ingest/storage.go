@@ -111,9 +111,6 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 	if err != nil {
 		return "", err
 	}
-	if c.linger < 0 {
-		return "", fmt.Errorf("--%s must not be negative", c.f.name("linger"))
-	}
 	var db *embedded.TSDB
 	var writers []*storage.Writer
 	var names []string

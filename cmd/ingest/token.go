@@ -176,8 +176,6 @@ func (c *tokenConfig) claims(now time.Time) (tokenClaims, error) {
 	tc.Audience = splitList(c.audience)
 	tc.Scope = strings.Join(splitList(c.scope), " ")
 	switch {
-	case c.ttl < 0:
-		return tc, c.usage(fmt.Errorf("--ttl %s is negative", c.ttl))
 	case c.ttl > 0 && c.expiry != "":
 		return tc, c.usage(errors.New("give --ttl or --expiry, not both"))
 	case c.ttl > 0:
