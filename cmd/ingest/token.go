@@ -78,13 +78,6 @@ func (c *tokenConfig) signer() (*auth.Signer, error) {
 		if _, err := os.Stat(p); err == nil || len(given) == 0 {
 			given = append(given, keyFlag{"HS256", "auth.keys-dir", p})
 		}
-		// A kid that names the directory's public key (<kid>.pem) is an
-		// RS256 or ES256 key's: a secret signs no token a frontend
-		// verifies with it.
-		if _, err := os.Stat(filepath.Join(c.keysDir, c.kid+".pem")); err == nil && len(given) == 1 && given[0].alg == "HS256" && given[0].flag != "auth.keys-dir" {
-			return nil, c.usage(fmt.Errorf("--kid %s names the public key %s.pem in --auth.keys-dir, and --%s (%s) is an HS256 secret: sign with the private key of %s.pem",
-				c.kid, c.kid, given[0].flag, envName(given[0].flag), c.kid))
-		}
 	}
 	if len(given) == 0 && c.keysDir != "" {
 		return nil, c.usage(errors.New("--auth.keys-dir needs --kid: the id of the key to sign with, its file <kid>.hs256"))
@@ -116,29 +109,29 @@ func (c *tokenConfig) signer() (*auth.Signer, error) {
 	}
 	if c.kid != "" {
 		s = s.WithKeyID(c.kid)
-		if err := c.checkAgainstKeysDir(s); err != nil {
+		if err := c.checkAgainstKeysDir(s, k.flag); err != nil {
 			return nil, err
 		}
 	}
 	return s, nil
 }
 
-// checkAgainstKeysDir refuses a signer whose tokens the key directory's
-// key of its kid would not verify (a secret for an RS256 key's kid, a
-// private key that is not the pair of the directory's public one): every
-// frontend with that directory would refuse them. A directory without a
-// key of that kid says nothing.
-func (c *tokenConfig) checkAgainstKeysDir(s *auth.Signer) error {
+// checkAgainstKeysDir refuses a signer, the key of flag, whose tokens the
+// key directory's key of its kid would not verify (a secret for an RS256
+// key's kid, a private key that is not the pair of the directory's public
+// one): every frontend with that directory would refuse them. A directory
+// without a key of that kid says nothing.
+func (c *tokenConfig) checkAgainstKeysDir(s *auth.Signer, flag string) error {
 	if c.keysDir == "" {
 		return nil
 	}
-	held := false
+	held := ""
 	for _, ext := range []string{".hs256", ".pem"} {
 		if _, err := os.Stat(filepath.Join(c.keysDir, c.kid+ext)); err == nil {
-			held = true
+			held = c.kid + ext
 		}
 	}
-	if !held {
+	if held == "" {
 		return nil
 	}
 	keys, err := readKeyDir(c.keysDir)
@@ -154,8 +147,8 @@ func (c *tokenConfig) checkAgainstKeysDir(s *auth.Signer) error {
 		err = v.Verify(tok, &jwt.RegisteredClaims{})
 	}
 	if err != nil {
-		return c.usage(fmt.Errorf("--kid %s names a key in --auth.keys-dir that does not verify what the %s key given signs (%v): sign with that key's own secret or private key",
-			c.kid, s.Alg(), err))
+		return c.usage(fmt.Errorf("--kid %s names %s in --auth.keys-dir, which does not verify what --%s (%s), a %s key, signs (%v): sign with that key's own secret or private key",
+			c.kid, held, flag, envName(flag), s.Alg(), err))
 	}
 	return nil
 }
