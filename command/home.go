@@ -127,7 +127,7 @@ type Home struct {
 	// liveBytes is what the kept commands take in the log, at most
 	// (size): what a compaction writes. Submits are refused past a
 	// quarter of the log's bound (submit), and a round compacts before
-	// its append would take the log past half of it (roomy).
+	// its append would take the log past half of it (compactFirst).
 	liveBytes   int64
 	lastCompact time.Time
 	lastPlaces  time.Time // when sweep last looked for places gone stale
@@ -390,7 +390,7 @@ func (h *Home) loop(ctx context.Context) error {
 			h.dispatch(d)
 		}
 		clear(h.dirty)
-		if !h.roomy() && h.shrinks() {
+		if h.compactFirst() {
 			h.compactNow()
 		}
 		if err := h.appendEvents(actx); err != nil {
@@ -834,29 +834,24 @@ func (h *Home) compact() {
 	h.compactNow()
 }
 
-// roomy reports whether the round's append leaves the log within half its
-// bound. Past it the round compacts instead (compactNow): it writes the
-// kept commands, at most a quarter of the bound (submit), which supersede
-// the round's changes. So the log never holds more than three quarters of
-// its bound, and a compaction always has room.
-func (h *Home) roomy() bool {
+// compactFirst reports whether the round should compact (compactNow) in
+// place of its append: when the append would take the log past half its
+// bound, and the compaction leaves it holding less than the append would.
+// The compaction writes the kept commands, at most a quarter of the bound
+// (submit), which supersede the round's changes: so the log never holds
+// more than three quarters of its bound while the home runs, and a
+// compaction always has room (wal.Log.AppendReplacing). When the kept
+// commands take what the log would hold already (a log written under a
+// larger bound), a compaction each round would only write them again.
+func (h *Home) compactFirst() bool {
 	maxEntries, maxBytes := h.log.Bound()
 	entries, used := h.log.Depth()
 	for _, b := range h.logBuf {
 		used += int64(len(b))
 	}
 	entries += int64(len(h.logBuf))
-	return used <= maxBytes/2 && (maxEntries == 0 || entries <= maxEntries/2)
-}
-
-// shrinks reports whether a compaction leaves the log holding less than
-// the round's append would: not so when the kept commands take what it
-// holds already (a log written under a larger bound), which a compaction
-// each round would only write again.
-func (h *Home) shrinks() bool {
-	_, used := h.log.Depth()
-	for _, b := range h.logBuf {
-		used += int64(len(b))
+	if used <= maxBytes/2 && (maxEntries == 0 || entries <= maxEntries/2) {
+		return false
 	}
 	open := int64(h.counts[wire.StateQueued] + h.counts[wire.StateSent])
 	return h.liveBytes-open*answerRoom < used // what the compaction writes: no answer's room
