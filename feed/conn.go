@@ -307,8 +307,8 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 // middletiers hold (it failed over between them) is written once.
 func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]uint64, write func([]byte) error) error {
 	f := newFilter(sub)
-	var frame []byte                     // reused: a write copies what it writes
-	written := map[string]*seenIndexes{} // per origin
+	var frame []byte // reused: a write copies what it writes
+	written := seenByOrigin{}
 	for mt, from := range sub.From {
 		src := s.hub.source(mt)
 		to, known := live[mt]
@@ -362,12 +362,7 @@ func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]
 				if !ok || !f.takes(&ev) {
 					continue
 				}
-				w := written[ev.origin]
-				if w == nil {
-					w = &seenIndexes{}
-					written[ev.origin] = w
-				}
-				if !w.add(ev.index) {
+				if !written.add(ev.origin, ev.index) {
 					s.m.repeats.Inc()
 					continue
 				}

@@ -22,13 +22,13 @@ type hub struct {
 	byName  map[string]*source
 
 	seenMu sync.Mutex
-	seen   map[string]*seenIndexes // per origin, the indexes dispatched
+	seen   seenByOrigin // the indexes dispatched
 
 	frames frames // device messages' frames readers are done with
 }
 
 func newHub() *hub {
-	return &hub{clients: make(map[*client]struct{}), byName: make(map[string]*source), seen: make(map[string]*seenIndexes),
+	return &hub{clients: make(map[*client]struct{}), byName: make(map[string]*source), seen: seenByOrigin{},
 		frames: frames{free: make(chan *sharedFrame, keptFrames)}}
 }
 
@@ -43,12 +43,7 @@ func (h *hub) nameSource(name string, src *source) {
 func (h *hub) first(origin string, index uint64) bool {
 	h.seenMu.Lock()
 	defer h.seenMu.Unlock()
-	s := h.seen[origin]
-	if s == nil {
-		s = &seenIndexes{}
-		h.seen[origin] = s
-	}
-	return s.add(index)
+	return h.seen.add(origin, index)
 }
 
 // dispatch queues every event for the readers whose filter matches it, then

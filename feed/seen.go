@@ -14,6 +14,19 @@ type seenIndexes struct {
 
 type span struct{ lo, hi uint64 }
 
+// seenByOrigin is the indexes seen of each origin.
+type seenByOrigin map[string]*seenIndexes
+
+// add records (origin, index) and reports whether it was not yet recorded.
+func (m seenByOrigin) add(origin string, index uint64) bool {
+	s := m[origin]
+	if s == nil {
+		s = &seenIndexes{}
+		m[origin] = s
+	}
+	return s.add(index)
+}
+
 // maxSpans bounds the ranges kept of an origin. Past it the two lowest
 // are joined: what falls between them (entries lost for good, or late by
 // more than maxSpans holes) is taken as dispatched.
