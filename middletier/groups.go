@@ -121,7 +121,7 @@ func (r *Router) lease(identity []byte, l *wire.Lease) {
 	reply := &wire.LeaseReply{Middletier: r.opts.ID, Group: l.Group, Member: l.Member, Req: l.Req, Holder: g.holder,
 		Writers: uint64(g.writers()), TTL: r.opts.LeaseTTL,
 		Revoked: l.Op == wire.LeaseHold && g.holder == l.Member && chosen != l.Member}
-	warn := !g.warned && !slices.Contains(r.opts.Consumers, l.Group)
+	warn := !g.warned && !r.durable(l.Group)
 	g.warned = true
 	r.groupMetricsLocked(l.Group, g)
 	r.gmu.Unlock()
@@ -132,10 +132,13 @@ func (r *Router) lease(identity []byte, l *wire.Lease) {
 	r.consumer.Send(identity, wire.Append(nil, reply))
 }
 
+// durable reports whether name is a durable consumer's (Options.Consumers).
+func (r *Router) durable(name string) bool { return slices.Contains(r.opts.Consumers, name) }
+
 // touch counts a fetch or commit of a durable consumer as its group's
 // writer's sign of life.
 func (r *Router) touch(consumer string, identity []byte) {
-	if !slices.Contains(r.opts.Consumers, consumer) {
+	if !r.durable(consumer) {
 		return
 	}
 	now := time.Now()
@@ -155,7 +158,7 @@ func (r *Router) keepGroups() {
 	defer r.gmu.Unlock()
 	for name, g := range r.groups {
 		r.expireLocked(g, now)
-		if len(g.members) == 0 && len(g.plain) == 0 && !slices.Contains(r.opts.Consumers, name) {
+		if len(g.members) == 0 && len(g.plain) == 0 && !r.durable(name) {
 			// A group that is not a durable consumer is forgotten once
 			// it has no live writer, with its gauges: any connection may
 			// ask under any name.

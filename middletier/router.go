@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -627,11 +626,11 @@ func (r *Router) recvConsumer(frames [][]byte) {
 // keeps for it (nothing is kept for a consumer that is not durable). Holds
 // r.mu.
 func (r *Router) checkpointLocked(consumer string, seq uint64) {
-	if _, ok := r.ckpt[consumer]; !ok && !slices.Contains(r.opts.Consumers, consumer) {
+	if _, ok := r.ckpt[consumer]; !ok && !r.durable(consumer) {
 		var lowest string
 		n := 0
 		for c, s := range r.ckpt {
-			if slices.Contains(r.opts.Consumers, c) {
+			if r.durable(c) {
 				continue
 			}
 			if n == 0 || s < r.ckpt[lowest] {
