@@ -330,7 +330,7 @@ func (c *Client) enqueue(ctx context.Context, payload []byte, ch chan error) (*m
 	case protocol.IsCommandResult(payload):
 		return nil, ErrNotData
 	case c.frameLimit > 0 && len(payload) > c.frameLimit:
-		return nil, fmt.Errorf("%w: %d bytes, the server's limit is %d", ErrTooLarge, len(payload), c.frameLimit)
+		return nil, c.tooLarge(len(payload))
 	}
 	c.nextN++
 	m := &msg{n: c.nextN, data: append([]byte(nil), payload...), waitc: ch}
@@ -576,10 +576,7 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 		if over {
 			// Never sent: its result comes in order, with the ack of the
 			// frame before it, or now if none is waiting.
-			err := fmt.Errorf("%w: %d bytes", ErrTooLarge, len(m.data))
-			if c.frameLimit > 0 {
-				err = fmt.Errorf("%w: %d bytes, the server's limit is %d", ErrTooLarge, len(m.data), c.frameLimit)
-			}
+			err := c.tooLarge(len(m.data))
 			if len(c.inflight) > 0 {
 				m.seq, m.err, m.sent = seq, err, time.Now()
 				c.inflight = append(c.inflight, m)
@@ -708,6 +705,15 @@ func (c *Client) ping(ctx context.Context, ws *websocket.Conn, tick <-chan time.
 			return false
 		}
 	}
+}
+
+// tooLarge is the error of a message of n bytes over the server's frame
+// limit, which it names once it is known. c.mu is held.
+func (c *Client) tooLarge(n int) error {
+	if c.frameLimit > 0 {
+		return fmt.Errorf("%w: %d bytes, the server's limit is %d", ErrTooLarge, n, c.frameLimit)
+	}
+	return fmt.Errorf("%w: %d bytes", ErrTooLarge, n)
 }
 
 // tooBig takes note of a close 1009 with reason: the server's frame limit
