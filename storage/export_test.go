@@ -21,3 +21,6 @@ func (l *Limiter) Known(p *Point) bool {
 	h.SetSeed(l.seed)
 	return l.known(&h, p)
 }
+
+// FillPoint is fillPoint, which the storage writer makes its points with.
+var FillPoint = fillPoint

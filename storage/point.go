@@ -48,13 +48,19 @@ type Point struct {
 	Numbers map[string]float64
 	// Strings are the message's string fields, flattened the same way.
 	Strings map[string]string
-	// ID is the message's identity, origin + "/" + index, taken from the
-	// middletier record: the same for every delivery of the message.
-	ID string
+	// Origin and Index are the message's identity, taken from the
+	// middletier record (the frontend log it was first written to, and
+	// its index there): the same for every delivery of the message. ID
+	// spells them as one string.
+	Origin string
+	Index  uint64
 	// Received is the receive time fixed at the frontend, whatever Time is
 	// (for the delivery latency; sinks do not store it).
 	Received time.Time
 }
+
+// ID is the message's identity as one string, origin + "/" + index.
+func (p *Point) ID() string { return p.Origin + "/" + strconv.FormatUint(p.Index, 10) }
 
 // NewPoint turns a middletier record into a point. labels, if not nil,
 // gives a device's registry labels (nil for an unknown device).
@@ -88,7 +94,8 @@ func fillPoint(p *Point, rec wire.Record, labels func(device string) map[string]
 	*p = Point{
 		Device: env.Device,
 		Time:   time.Unix(0, ns).UTC(),
-		ID:     rec.Origin + "/" + strconv.FormatUint(rec.Index, 10),
+		Origin: rec.Origin,
+		Index:  rec.Index,
 
 		Received: time.Unix(0, env.Received).UTC(),
 

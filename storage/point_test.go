@@ -82,7 +82,7 @@ func TestNewPoint(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !p.Time.Equal(dev) || p.ID != "fe-1.00ab/7" || p.Device != "dev-1" || p.Labels["site"] != "x" || p.Numbers["temp"] != 1 {
+	if !p.Time.Equal(dev) || p.ID() != "fe-1.00ab/7" || p.Device != "dev-1" || p.Labels["site"] != "x" || p.Numbers["temp"] != 1 {
 		t.Fatalf("point %+v", p)
 	}
 	// Without a device time, or with one before 2000: the receive time.

@@ -252,7 +252,8 @@ type handler struct {
 	s          *Writer
 	concurrent bool
 	points     []Point
-	large      []int // the points of this batch whose maps of fields are not to be reused
+	large      []int  // the points of this batch whose maps of fields are not to be reused
+	origin     string // the origin of the last record decoded, shared by the points of its frontend log
 }
 
 // Records writes the batch's points, retrying with backoff until the sink
@@ -277,8 +278,9 @@ func (w *handler) Records(ctx context.Context, b *stream.Batch) error {
 		} else {
 			w.points = append(w.points, Point{})
 		}
-		rec, err := wire.DecodeRecord(rb)
+		rec, err := wire.DecodeRecordKnown(rb, w.origin)
 		if err == nil {
+			w.origin = rec.Origin
 			p := &w.points[len(w.points)-1]
 			err = fillPoint(p, rec, s.opts.Labels)
 			// Counted now: the limiter may delete fields before the

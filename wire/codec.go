@@ -224,11 +224,18 @@ func (d *decoder) bytes() []byte {
 	return b
 }
 
-func (d *decoder) name() string {
+func (d *decoder) name() string { return d.nameKnown("") }
+
+// nameKnown is name, but known itself when the name is spelled as known
+// is (no copy).
+func (d *decoder) nameKnown(known string) string {
 	b := d.bytes()
 	if len(b) > MaxNameLen {
 		d.failf("name of %d bytes", len(b))
 		return ""
+	}
+	if string(b) == known {
+		return known
 	}
 	return string(b)
 }

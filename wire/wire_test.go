@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/ingest-io/ingest/internal/decodetest"
 )
@@ -159,6 +161,31 @@ func TestRecord(t *testing.T) {
 	}
 }
 
+// A record whose origin is spelled as the known one gets that string, not
+// a copy, and decodes with no allocation; any other origin gets its own,
+// and what it decodes is DecodeRecord's.
+func TestDecodeRecordKnown(t *testing.T) {
+	known := strings.Clone("fe-1.00ab")
+	b := AppendRecord(nil, &Record{Origin: "fe-1.00ab", Index: 7, Data: []byte(`{}`)})
+	r, err := DecodeRecordKnown(b, known)
+	if err != nil || r.Origin != known || unsafe.StringData(r.Origin) != unsafe.StringData(known) {
+		t.Fatalf("decoded %+v, %v: want the known origin itself", r, err)
+	}
+	if n := testing.AllocsPerRun(100, func() { r, err = DecodeRecordKnown(b, known) }); n != 0 {
+		t.Errorf("%v allocations a decode with the known origin, want 0", n)
+	}
+	for _, other := range []string{"", "fe-1.00a", "fe-1.00ac", "fe-1.00abc"} {
+		r, err := DecodeRecordKnown(b, other)
+		want, werr := DecodeRecord(b)
+		if err != nil || werr != nil || r.Origin != want.Origin || r.Index != want.Index || !bytes.Equal(r.Data, want.Data) {
+			t.Errorf("known %q: decoded %+v, %v; DecodeRecord %+v, %v", other, r, err, want, werr)
+		}
+	}
+	if _, err := DecodeRecordKnown([]byte{1, 1, 'a'}, "a"); !errors.Is(err, ErrInvalid) {
+		t.Errorf("a record with no index accepted with a known origin: %v", err)
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	for _, m := range samples() {
 		f.Add(Append(nil, m))
@@ -179,6 +206,10 @@ func FuzzDecodeRecord(f *testing.F) {
 	f.Add(AppendRecord(nil, &Record{Origin: "a", Index: 1, Data: []byte("x")}))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, err := DecodeRecord(b)
+		k, kerr := DecodeRecordKnown(b, "a")
+		if (err == nil) != (kerr == nil) || k.Origin != r.Origin || k.Index != r.Index || !bytes.Equal(k.Data, r.Data) {
+			t.Fatalf("with a known origin: %+v, %v; without: %+v, %v", k, kerr, r, err)
+		}
 		if err != nil {
 			return
 		}

@@ -21,7 +21,8 @@ func Points(device string, t0 time.Time, n int) []storage.Point {
 			Labels:  map[string]string{"site": "lab 1", "group": "a,b=c"},
 			Numbers: map[string]float64{"temp": float64(i) + 0.25, "gps.lat": -52.5 + float64(i)/1e3, "on": float64(i % 2)},
 			Strings: map[string]string{"status": fmt.Sprintf(`ok "%d" \ done`, i%3)},
-			ID:      fmt.Sprintf("fe1/%d", i),
+			Origin:  "fe1",
+			Index:   uint64(i) + 1,
 		}
 	}
 	return ps
