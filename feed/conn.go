@@ -357,8 +357,12 @@ func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]
 			}
 			recs := r.Records[:min(uint64(len(r.Records)), to-from)]
 			s.m.replayed.Add(float64(len(recs)))
+			origin := ""
 			for i, rb := range recs {
-				ev, ok := s.decode(mt, from+uint64(i), rb, false)
+				ev, ok := s.decode(mt, from+uint64(i), rb, origin, false)
+				if ok {
+					origin = ev.origin
+				}
 				if !ok || !f.takes(&ev) {
 					continue
 				}

@@ -124,11 +124,13 @@ func (src *source) publish(mt string, first uint64, records [][]byte) {
 	d.evs = d.evs[:0]
 	d.received = d.received[:0]
 	var received int64
+	origin := ""
 	for i, rb := range records {
-		ev, ok := src.s.decode(mt, first+uint64(i), rb, true)
+		ev, ok := src.s.decode(mt, first+uint64(i), rb, origin, true)
 		if !ok {
 			continue
 		}
+		origin = ev.origin
 		received = ev.env.Received
 		d.evs = append(d.evs, ev)
 		d.received = append(d.received, received)
@@ -150,13 +152,15 @@ func (src *source) publish(mt string, first uint64, records [][]byte) {
 }
 
 // decode turns one record into an event, its frame not yet built. dedup
-// drops records whose (origin, index) was already dispatched.
+// drops records whose (origin, index) was already dispatched. known is
+// the origin of the record decoded before, which the event shares if its
+// own is the same (wire.DecodeRecordKnown).
 //
 // A device's payload is not parsed again: the frontend took only a JSON
 // object, and the envelope's checksum holds it to what the frontend
 // wrote. A command event, which no device wrote, is decoded.
-func (s *Server) decode(mt string, seq uint64, rb []byte, dedup bool) (event, bool) {
-	rec, err := wire.DecodeRecord(rb)
+func (s *Server) decode(mt string, seq uint64, rb []byte, known string, dedup bool) (event, bool) {
+	rec, err := wire.DecodeRecordKnown(rb, known)
 	if err != nil {
 		s.m.invalid.Inc()
 		return event{}, false
