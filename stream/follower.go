@@ -504,8 +504,8 @@ func (f *Follower) gather(ctx context.Context, sub *zsock.Sub) error {
 // resume asks the middletier where this consumer resumes (a fetch from 0
 // is answered from its checkpoint + 1) at the start of every connection.
 // A Follower that has taken records before goes on from where it is,
-// unless the middletier has lost a checkpoint it acknowledged or holds
-// fewer records than were taken from it: its WAL was created again and its
+// unless the middletier has lost a checkpoint it acknowledged or resumed
+// it from, or holds fewer records than were taken from it: its WAL was created again and its
 // sequence restarted, and the Follower starts over from the checkpoint it
 // has now. What it held of the old sequence is handed over, not committed.
 func (f *Follower) resume(ctx context.Context) error {
@@ -523,7 +523,11 @@ func (f *Follower) resume(ctx context.Context) error {
 			return err
 		}
 	}
-	f.next, f.upTo, f.committed, f.acked, f.last = r.First, r.First-1, r.First-1, 0, r.Last
+	// The checkpoint the middletier resumes from counts as acknowledged: a
+	// middletier found later with a lower one has lost it, or restarted its
+	// sequence, even if nothing has been committed since (a Follower that
+	// resumed and had nothing to take).
+	f.next, f.upTo, f.committed, f.acked, f.last = r.First, r.First-1, r.First-1, r.First-1, r.Last
 	f.lg.Info(f.o.Name+": resuming", "middletier", f.Middletier(), "from", f.next, "last", r.Last)
 	return nil
 }
