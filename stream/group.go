@@ -159,6 +159,7 @@ type leaser struct {
 	renew  time.Duration
 	until  time.Time // the lease held lasts until then
 	cancel context.CancelFunc
+	f      *Follower // the Follower of the current or last follow
 	wg     sync.WaitGroup
 	// expiry ends the Follower when the lease runs out unrenewed, on a
 	// goroutine of its own: Run may then be held up in a request (a dial
@@ -248,6 +249,7 @@ func (l *leaser) start(ctx context.Context, r *wire.LeaseReply) {
 	l.lg.Info(l.o.Name+": lease taken; following", "middletier", r.Middletier, "group", l.g.Name, "member", l.g.Member, "writers", r.Writers)
 	fctx, cancel := context.WithCancel(ctx)
 	l.cancel = cancel
+	l.f = f
 	l.mu.Lock()
 	l.gen++
 	gen := l.gen
@@ -294,6 +296,12 @@ func (l *leaser) stop() {
 	l.cancel()
 	l.wg.Wait()
 	l.cancel = nil
+	// The lag is the follower's: a member that no longer follows the
+	// stream shows none for it (another member, or none, follows it now).
+	if l.m.Lag != nil {
+		l.m.Lag.DeleteLabelValues(l.f.Middletier())
+		l.m.Lag.DeleteLabelValues(l.ep.Consumer)
+	}
 	l.mu.Lock()
 	if l.hold.Load() { // not ended by expire
 		l.ended()

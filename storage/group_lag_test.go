@@ -1,0 +1,52 @@
+package storage_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/middletier"
+	"github.com/ingest-io/ingest/storage"
+)
+
+// TestWriterGroupHandoverClearsLag: a writer of a group that hands a
+// stream over to another (here while its sink is stuck, so that it is
+// behind) no longer shows a lag for that middletier: the writer that
+// follows it now shows the stream's lag, and once that one has caught up
+// no writer of the group shows any. The writer that handed the stream
+// over used to show the lag it had when it stopped following, for as long
+// as it ran.
+func TestWriterGroupHandoverClearsLag(t *testing.T) {
+	mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"g"}, LeaseTTL: time.Second})
+	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
+	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
+	db := openTSDB(t)
+	stuck := &gatedSink{Sink: db, gate: make(chan struct{})}
+	// Members in name order w-1, w-2; the middletier's slot 0 goes to w-1
+	// once it asks.
+	w2 := startWriter(t, stuck, storage.Options{Group: "g", Member: "w-2", Middletiers: endpoints(mt), IdlePoll: 100 * time.Millisecond})
+	testkit.WaitFor(t, "w-2 to follow", 20*time.Second, func() bool {
+		return testkit.Metric(t, w2.reg, "ingest_storage_group_streams") == 1
+	})
+	send(t, fe, 1, 301, base)
+	testkit.WaitFor(t, "w-2 to lag", 20*time.Second, func() bool {
+		return testkit.Metric(t, w2.reg, "ingest_storage_lag_records") == 300
+	})
+
+	w1 := startWriter(t, db, storage.Options{Group: "g", Member: "w-1", Middletiers: endpoints(mt), IdlePoll: 100 * time.Millisecond})
+	testkit.WaitFor(t, "w-1 to take the stream over", 20*time.Second, func() bool {
+		return testkit.Metric(t, w1.reg, "ingest_storage_group_streams") == 1 &&
+			testkit.Metric(t, w2.reg, "ingest_storage_group_streams") == 0
+	})
+	testkit.WaitFor(t, "w-1 to write every point", 20*time.Second, func() bool {
+		return testkit.Metric(t, w1.reg, "ingest_storage_points_written_total") == 300
+	})
+	testkit.WaitFor(t, "w-1 to show no lag", 20*time.Second, func() bool {
+		return testkit.Metric(t, w1.reg, "ingest_storage_lag_records") == 0
+	})
+	if got := testkit.Metric(t, w2.reg, "ingest_storage_lag_records"); got != 0 {
+		t.Fatalf("w-2, which no longer follows mt-0, shows a lag of %v records there", got)
+	}
+	w1.stop()
+	w2.stop()
+}
