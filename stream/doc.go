@@ -54,7 +54,8 @@
 // connection; a middletier that has lost a checkpoint it acknowledged, or
 // holds fewer records than were taken from it, has restarted its sequence,
 // and the Follower starts over from its checkpoint there. A live Follower
-// starts over from a stream message from 1 that comes after later ones.
+// starts over from a stream message from 1 that comes after later ones, or
+// from the first message of a connection that comes below where it is.
 // What either held of the old sequence is handed over and not committed.
 //
 // # Goroutines and locks

@@ -237,6 +237,7 @@ type Follower struct {
 	batch     [][]byte
 	held      [][]byte // stream frames read since the last hand-over, which batch's records may be slices of
 	out       Batch
+	fresh     bool // no stream message taken yet in this connection
 	cons      consumer
 	c         counters
 }
@@ -370,6 +371,7 @@ func (f *Follower) session(ctx context.Context) error {
 	f.connected.Store(true)
 	defer f.connected.Store(false)
 	f.lg.Info(f.o.Name+": subscribed to middletier", "middletier", f.Middletier(), "stream", f.ep.Stream)
+	f.fresh = true
 	defer f.cons.close()
 	if !f.o.Durable {
 		return f.follow(ctx, sub, nil)
@@ -545,11 +547,18 @@ func (f *Follower) onStream(ctx context.Context, frames [][]byte) error {
 	}
 	first, n := st.First, uint64(len(st.Records))
 	last := first + n - 1
-	if first == 1 && f.next > 1 && !f.o.Durable {
+	fresh := f.fresh
+	f.fresh = false
+	if (first == 1 || fresh) && first < f.next && !f.o.Durable {
 		// A middletier whose WAL was created again: its sequence restarts.
 		// (Live: every record taken came after the message that carried 1.
-		// A durable Follower fetches ahead of the stream, and finds a
-		// restart when it resumes.)
+		// And a new subscription is sent only what is published after it,
+		// past every sequence taken before (a middletier publishes from its
+		// last record on when it starts): the first message of a connection
+		// below where the Follower is shows the restart, even when the
+		// message from 1 came before the subscription reached the PUB. A
+		// durable Follower fetches ahead of the stream, and finds a restart
+		// when it resumes.)
 		f.lg.Warn(f.o.Name+": middletier sequence restarted at 1", "middletier", st.Middletier, "expected", f.next)
 		if err := f.handOver(ctx); err != nil {
 			return err
