@@ -554,8 +554,8 @@ func (c *mqttConn) pause(d time.Duration) bool {
 }
 
 // enqueue encodes the messages of a publish into pending and makes sure a
-// flusher runs. It blocks while the session's pending bytes are over the
-// bound, and an MQTT 3.1.1 session's while it has ReceiveMaximum publishes
+// flusher runs. It blocks while the session's pending bytes or publishes
+// are over their bound, and an MQTT 3.1.1 session's while it has ReceiveMaximum publishes
 // not yet acknowledged (PUBACK, PUBREC): the session is then not read (TCP
 // backpressure).
 func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, now time.Time) error {
@@ -564,6 +564,15 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 	counts := it.qos > 0 && !it.dup
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if it.qos == 0 && len(msgs) == 0 {
+		// A QoS 0 publish that stores nothing (refused, an empty batch,
+		// a command's answer) has no acknowledgement to keep in its
+		// place: nothing is queued for it.
+		if c.stopped {
+			return errStopped
+		}
+		return nil
+	}
 	if counts && c.version == mqtt5 && c.inflight >= rmax {
 		return &mqttEnd{code: rcReceiveMaximum, reason: reasonReceiveMaximum,
 			text: "more than " + strconv.Itoa(rmax) + " publishes in flight"}
@@ -571,7 +580,8 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 	// A 3.1.1 session's QoS 2 publishes acknowledged with PUBREC wait for
 	// PUBRELs that only this reader reads: they hold it back no more.
 	held := func() bool {
-		return c.pend != nil && len(c.pend.buf) >= s.opts.MaxPendingBytes || counts && c.inflight-c.pubrecd >= rmax
+		return c.pend != nil && (len(c.pend.buf) >= s.opts.MaxPendingBytes || len(c.pend.items) >= maxPendingPublishes) ||
+			counts && c.inflight-c.pubrecd >= rmax
 	}
 	var look *time.Timer // while held back: when to look at the peer (heldPeer)
 	every := c.keepalive
@@ -622,6 +632,12 @@ func (c *mqttConn) enqueue(it *mqttItem, msgs []protocol.Message, topic string, 
 	c.flushLocked()
 	return nil
 }
+
+// maxPendingPublishes bounds the publishes a session has queued for its
+// flusher, whatever bytes they hold: a QoS 2 publish repeated before its
+// PUBREL holds none and counts in no receive maximum, and was otherwise
+// read and queued without bound while the flusher waited for the WAL.
+const maxPendingPublishes = 16 << 10
 
 // heldLookEvery is how often a session held back without a keep alive
 // looks whether its peer has closed the connection (heldPeer).
