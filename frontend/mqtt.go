@@ -149,10 +149,10 @@ func (s *Server) handleMQTTWebSocket(w http.ResponseWriter, r *http.Request) {
 		ws.Close(websocket.StatusProtocolError, "the mqtt subprotocol is required")
 		return
 	}
+	// NetConn lifts the read limit, and it stays lifted: a message may
+	// hold several packets, or part of one [MQTT-6.0.0-2]. It is read as a
+	// stream, never held whole, and readPacket bounds each packet.
 	nc := websocket.NetConn(s.hard, ws, websocket.MessageBinary)
-	// NetConn lifts the read limit; one message holds at most a packet
-	// and the next one's fixed header.
-	ws.SetReadLimit(int64(s.opts.MQTT.MaxPacketBytes) + 16)
 	go s.handshakeMQTT(nc, func() { ws.CloseNow() }, true)
 }
 
