@@ -196,7 +196,7 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 	}
 	if code != 0 {
 		s.m.mqtt.refused.WithLabelValues(connackLabel(code)).Inc()
-		if c.version != 0 {
+		if answersRefusal(c.version, code) {
 			c.writeConnack(code, reason)
 		}
 		closeNow()
@@ -276,6 +276,21 @@ func connackCode(version, code byte) byte {
 	// Bad credentials, a will, an authentication method, a disabled
 	// device: not authorized.
 	return mqtt311NotAuthorized
+}
+
+// answersRefusal reports whether a CONNECT refused with code is answered
+// with a CONNACK before the connection closes. MQTT 3.1.1 has no return
+// code for a malformed CONNECT or a protocol violation: the server closes
+// the connection without one [MQTT-3.1.4-1]. Nothing is answered when the
+// protocol level is not known.
+func answersRefusal(version, code byte) bool {
+	switch version {
+	case mqtt5:
+		return true
+	case mqtt311:
+		return code != connackMalformed && code != connackProtocolError
+	}
+	return false
 }
 
 // connackLabel names a refused CONNECT in the metric.
