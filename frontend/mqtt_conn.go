@@ -511,7 +511,7 @@ func (c *mqttConn) checkTopic(t string) (rest string, code byte, why string) {
 	}
 	rest = t[len(id)+1:]
 	switch {
-	case rest == "":
+	case rest == "" || rest[0] == '/' || rest[len(rest)-1] == '/' || strings.Contains(rest, "//"):
 		return "", rcTopicNameInvalid, "empty topic level after the device id"
 	case len(rest) > MaxTopicLabelBytes:
 		return "", rcTopicNameInvalid, "the topic after devices/{device id}/ is longer than " + strconv.Itoa(MaxTopicLabelBytes) + " bytes"
