@@ -129,7 +129,7 @@ type commandResult struct {
 
 // runCommands runs the command mode against the engine of -url or one it
 // starts (-spawn-all).
-func runCommands(ctx context.Context, c config, lg *slog.Logger) error {
+func runCommands(ctx context.Context, c config, lg *slog.Logger) (err error) {
 	r := &cmdRun{c: c, epoch: time.Now(), refused: map[string]int64{},
 		submitLat: newStats(0), deviceLat: newStats(0), resultLat: newStats(0), lag: newStats(0),
 		perSec: make(perSecond, int((c.Duration+c.Drain)/time.Second)+2),
@@ -154,11 +154,19 @@ func runCommands(ctx context.Context, c config, lg *slog.Logger) error {
 		}
 		defer eng.stop()
 		c.URL, c.Insecure, c.enginePID, c.engineMetrics = eng.url, true, eng.pid, eng.metrics
+		var cancel context.CancelFunc
+		outer := ctx
+		ctx, cancel = eng.watch(ctx)
+		defer cancel()
+		defer func() {
+			if xerr := eng.exitErr(); xerr != nil && outer.Err() == nil {
+				err = xerr
+			}
+		}()
 	} else {
 		c.enginePID, c.engineMetrics = c.PID, c.Metrics
 	}
 	r.c = c
-	var err error
 	if r.api, err = commandAPI(c); err != nil {
 		return err
 	}

@@ -152,12 +152,14 @@ func run(c config) error {
 	if c.Chaos || c.Tiers {
 		return runCluster(ctx, c, lg)
 	}
+	var spawned *engine // the engine the bench started, whose exit fails the run
 	if c.SpawnAll != "" {
 		eng, err := spawnAll(ctx, c.SpawnAll, c.SpawnSinks)
 		if err != nil {
 			return err
 		}
 		defer eng.stop()
+		spawned = eng
 		c.URL, c.Insecure, c.Feed, c.enginePID, c.engineMetrics = eng.url, true, eng.feed, eng.pid, eng.metrics
 		if c.Check == "" {
 			if eng.query == "none" {
@@ -175,6 +177,7 @@ func run(c config) error {
 			return err
 		}
 		defer eng.stop()
+		spawned = eng
 		c.URL, c.Insecure, c.enginePID, c.engineMetrics = eng.url, true, eng.pid, eng.metrics
 		if c.mqtt() {
 			c.URL = eng.mqtt
@@ -186,7 +189,25 @@ func run(c config) error {
 	if c.Proto == "mqtt5" {
 		c.URL = "mqtt5://" + strings.TrimPrefix(c.URL, "mqtt://")
 	}
-	res, err := load(ctx, c, lg)
+	if spawned == nil {
+		res, err := load(ctx, c, lg)
+		if err != nil {
+			return err
+		}
+		return report(c, res)
+	}
+	runCtx, cancel := spawned.watch(ctx)
+	defer cancel()
+	res, err := load(runCtx, c, lg)
+	// An engine that exits on the terminal's ^C with the bench is not a
+	// crash: then the bench's own interruption is the error.
+	if xerr := spawned.exitErr(); xerr != nil && ctx.Err() == nil {
+		// What the devices saw until then is printed, but the run failed.
+		if err == nil {
+			report(c, res)
+		}
+		return xerr
+	}
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,8 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +30,13 @@ type engine struct {
 	metrics string
 	done    chan struct{}
 	pid     int
+	name    string // frontend or engine, for its messages
+
+	// stopping is set once the bench ends the process: an exit before
+	// that is the engine's own (a crash, a kill), and fails the run.
+	stopping atomic.Bool
+	tailMu   sync.Mutex
+	tail     []string // the last lines it logged
 }
 
 var (
@@ -85,7 +94,45 @@ func (e *engine) memSummary() string {
 	return ""
 }
 
+// lastLines is the last lines the process logged.
+func (e *engine) lastLines() string {
+	e.tailMu.Lock()
+	defer e.tailMu.Unlock()
+	return strings.Join(e.tail, "\n")
+}
+
+// exitErr reports the process's exit if it ended before the bench stopped
+// it: its status and its last lines (a panic's among them); nil while it
+// runs.
+func (e *engine) exitErr() error {
+	select {
+	case <-e.done:
+	default:
+		return nil
+	}
+	if e.stopping.Load() {
+		return nil
+	}
+	return fmt.Errorf("%s exited during the run (%v); its last lines:\n%s", e.name, e.cmd.ProcessState, e.lastLines())
+}
+
+// watch returns a context that ends with ctx or when the process exits,
+// so that a run on an engine that died ends instead of sending into
+// nothing for the rest of its duration and drain.
+func (e *engine) watch(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-e.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
 func (e *engine) stop() {
+	e.stopping.Store(true)
 	e.cmd.Process.Signal(syscall.SIGTERM)
 	select {
 	case <-e.done:
@@ -143,9 +190,8 @@ func start(ctx context.Context, name string, cmd *exec.Cmd, dir string, ready fu
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	e := &engine{cmd: cmd, dir: dir, done: make(chan struct{}), pid: cmd.Process.Pid}
+	e := &engine{cmd: cmd, dir: dir, done: make(chan struct{}), pid: cmd.Process.Pid, name: name}
 	up := make(chan struct{})
-	var tail []string // the last lines before it was ready
 	go func() {
 		defer close(e.done)
 		sc := bufio.NewScanner(stderr)
@@ -162,11 +208,11 @@ func start(ctx context.Context, name string, cmd *exec.Cmd, dir string, ready fu
 			} else if strings.Contains(line, "level=ERROR") {
 				fmt.Fprintf(os.Stderr, "%s: %s\n", name, line)
 			}
-			if !isUp {
-				if tail = append(tail, line); len(tail) > 20 {
-					tail = tail[1:]
-				}
+			e.tailMu.Lock()
+			if e.tail = append(e.tail, line); len(e.tail) > 20 {
+				e.tail = e.tail[1:]
 			}
+			e.tailMu.Unlock()
 		}
 		io.Copy(io.Discard, stderr)
 		cmd.Wait()
@@ -176,7 +222,7 @@ func start(ctx context.Context, name string, cmd *exec.Cmd, dir string, ready fu
 		return e, nil
 	case <-e.done:
 		os.RemoveAll(dir)
-		return nil, fmt.Errorf("%s exited at start (%v); its last lines:\n%s", name, cmd.ProcessState, strings.Join(tail, "\n"))
+		return nil, fmt.Errorf("%s exited at start (%v); its last lines:\n%s", name, cmd.ProcessState, e.lastLines())
 	case <-time.After(30 * time.Second):
 		e.stop()
 		return nil, fmt.Errorf("%s did not start", name)
