@@ -34,6 +34,12 @@ type completeness struct {
 // holding the streams it followed), a message is stored if one of them
 // holds it, and duplicated if one holds it twice.
 //
+// The store is read from since, the earliest device time of the run's
+// messages, to the check's time: a store that holds the same devices'
+// messages of an earlier run (the same ids, seq 1, 2, 3… again) must not
+// have them counted, as duplicates, or as this run's messages where this
+// run's were lost.
+//
 // latest is the latest device time of any message sent. A device's times
 // are distinct milliseconds, so one that sends more than a thousand
 // messages a second runs ahead of the clock; the store is queried as of
@@ -75,7 +81,9 @@ func queryBase(api string) string {
 // checkOnce queries the store as of at.
 func checkOnce(ctx context.Context, apis []string, devs []*device, since, at time.Time) (*completeness, error) {
 	c := &completeness{}
-	rng := fmt.Sprintf("%ds", int(at.Sub(since).Seconds())+120)
+	// A range selector leaves out its start: one millisecond more takes
+	// in a sample at since.
+	rng := fmt.Sprintf("%dms", at.Sub(since).Milliseconds()+1)
 	for start := 0; start < len(devs); start += 100 {
 		chunk := devs[start:min(start+100, len(devs))]
 		var names []string

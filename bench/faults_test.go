@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -58,4 +59,27 @@ func TestSpawnedEngineCrashFailsRun(t *testing.T) {
 		t.Fatalf("run with the engine killed mid-run: err = %v, want the engine's exit reported", err)
 	}
 	t.Log(err)
+}
+
+// TestCheckIgnoresEarlierRun: two runs one after the other against the
+// same engine, with the same device ids: the second run's check must judge
+// the second run's messages only. The store still holds the first run's
+// seq 1, 2, 3… of every device; counted in, each looks stored twice (and
+// would hide a message of the second run that was lost).
+func TestCheckIgnoresEarlierRun(t *testing.T) {
+	eng, err := spawnAll(context.Background(), binPath, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.stop()
+	dir := t.TempDir()
+	for i := range 2 {
+		c := config{URL: eng.url, Insecure: true, Check: eng.query, Devices: 4, Rate: 20, Window: 4, Size: 150,
+			Shape: "sensor", Sources: 1, Duration: 2 * time.Second, Drain: 5 * time.Second, CheckWait: 10 * time.Second,
+			Quiet: true, JSON: filepath.Join(dir, strconv.Itoa(i)+".json")}
+		r := runResult(t, c)
+		if cp := r.Completeness; cp == nil || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != r.Acked {
+			t.Fatalf("run %d: completeness %+v, %d acknowledged", i+1, cp, r.Acked)
+		}
+	}
 }

@@ -43,6 +43,9 @@ type stats struct {
 	perSec   perSecond // acknowledged per second of the run
 	late     []*shard  // paced: from a message's slot in the schedule to its first write
 	dials    *hdrhistogram.Histogram
+	// firstTS is the earliest device time (unix ms) of a settled message;
+	// 0 before the first.
+	firstTS atomic.Int64
 	// ivl holds the latencies since the last interval line (-interval);
 	// nil when the run prints none.
 	ivl []*shard
@@ -102,6 +105,12 @@ func (s *stats) settle(dev int, ms []loadgen.Msg, now int64) {
 		for ts := ms[n-1].TS; ; {
 			cur := s.latestTS.Load()
 			if ts <= cur || s.latestTS.CompareAndSwap(cur, ts) {
+				break
+			}
+		}
+		for ts := ms[0].TS; ; {
+			cur := s.firstTS.Load()
+			if (cur != 0 && ts >= cur) || s.firstTS.CompareAndSwap(cur, ts) {
 				break
 			}
 		}
@@ -342,7 +351,14 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 		if len(apis) == 0 {
 			apis = []string{c.Check}
 		}
-		comp, err := check(ctx, apis, devs, sendStart, time.UnixMilli(st.latestTS.Load()), c.CheckWait)
+		// The store is read from the run's first device time on: what
+		// it holds of the same devices from before (an earlier run
+		// against the same engine) is not this run's.
+		since := sendStart
+		if ts := st.firstTS.Load(); ts != 0 {
+			since = time.UnixMilli(ts)
+		}
+		comp, err := check(ctx, apis, devs, since, time.UnixMilli(st.latestTS.Load()), c.CheckWait)
 		if err != nil {
 			return nil, err
 		}
