@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/loadgen"
 )
 
 // childEngine is the pid of the ingest process this test binary started.
@@ -81,5 +83,32 @@ func TestCheckIgnoresEarlierRun(t *testing.T) {
 		if cp := r.Completeness; cp == nil || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != r.Acked {
 			t.Fatalf("run %d: completeness %+v, %d acknowledged", i+1, cp, r.Acked)
 		}
+	}
+}
+
+// TestLatencyPastHistogramRange: an ack that takes longer than the
+// histograms' highest value (a message in flight while the engine was
+// down for minutes) still counts, as the slowest, rather than vanishing
+// from the percentiles and the max.
+func TestLatencyPastHistogramRange(t *testing.T) {
+	st := newStats(10)
+	st.late = newShards()
+	sec := int64(time.Second)
+	ms := []loadgen.Msg{
+		{Seq: 1, TS: 1, Due: 0, Sent: 0},
+		{Seq: 2, TS: 2, Due: 0, Sent: 290 * sec}, // 300 s after its slot, acknowledged 10 s after its write
+	}
+	st.settle(0, ms, 300*sec)
+	h := merged(st.shards)
+	if h.TotalCount() != 2 || h.Max() < 299_000_000 {
+		t.Errorf("ack latency: %d recorded, max %d µs; want 2, the max 300 s", h.TotalCount(), h.Max())
+	}
+	l := merged(st.late)
+	if l.TotalCount() != 2 || l.Max() < 289_000_000 {
+		t.Errorf("send lag: %d recorded, max %d µs; want 2, the max 290 s", l.TotalCount(), l.Max())
+	}
+	st.record(0, 200*sec)
+	if h := merged(st.shards); h.TotalCount() != 3 {
+		t.Errorf("record of 200 s: %d recorded, want 3", h.TotalCount())
 	}
 }

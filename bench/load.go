@@ -81,9 +81,20 @@ type shard struct {
 	h  *hdrhistogram.Histogram
 }
 
+// histMax is the longest latency the histograms hold, in µs: an hour,
+// past what a message can wait in a run that reconnects to an engine
+// restarted under it.
+const histMax = int64(time.Hour / time.Microsecond)
+
 func newHist() *hdrhistogram.Histogram {
-	return hdrhistogram.New(1, 120_000_000, 3) // 1 µs to 120 s, 3 significant figures
+	return hdrhistogram.New(1, histMax, 3) // 1 µs to an hour, 3 significant figures
 }
+
+// micros is a latency d (nanoseconds) as the histograms record it: in µs,
+// at least 1, and at most histMax, so that a longer one still counts, as
+// the longest, rather than being refused by the histogram and left out of
+// the percentiles and the max.
+func micros(d int64) int64 { return min(max(d/1000, 1), histMax) }
 
 func newShards() []*shard {
 	s := make([]*shard, 32)
@@ -126,7 +137,7 @@ func (s *stats) settle(dev int, ms []loadgen.Msg, now int64) {
 			j++
 		}
 		if ms[i].Code == "" {
-			sh.h.RecordValues(max((now-ms[i].Sent)/1000, 1), int64(j-i))
+			sh.h.RecordValues(micros(now-ms[i].Sent), int64(j-i))
 			n += int64(j - i)
 		}
 		i = j
@@ -143,7 +154,7 @@ func (s *stats) settle(dev int, ms []loadgen.Msg, now int64) {
 		sh.mu.Lock()
 		for i := range ms {
 			if ms[i].Code == "" {
-				sh.h.RecordValue(max((ms[i].Sent-ms[i].Due)/1000, 1))
+				sh.h.RecordValue(micros(ms[i].Sent - ms[i].Due))
 			}
 		}
 		sh.mu.Unlock()
@@ -155,7 +166,7 @@ func (sh *shard) recordAcked(ms []loadgen.Msg, now int64) {
 	sh.mu.Lock()
 	for i := range ms {
 		if ms[i].Code == "" {
-			sh.h.RecordValue(max((now-ms[i].Sent)/1000, 1))
+			sh.h.RecordValue(micros(now - ms[i].Sent))
 		}
 	}
 	sh.mu.Unlock()
@@ -165,12 +176,12 @@ func (sh *shard) recordAcked(ms []loadgen.Msg, now int64) {
 func (s *stats) record(dev int, d int64) {
 	sh := s.shards[dev%len(s.shards)]
 	sh.mu.Lock()
-	sh.h.RecordValue(max(d/1000, 1))
+	sh.h.RecordValue(micros(d))
 	sh.mu.Unlock()
 	if s.ivl != nil {
 		sh := s.ivl[dev%len(s.ivl)]
 		sh.mu.Lock()
-		sh.h.RecordValue(max(d/1000, 1))
+		sh.h.RecordValue(micros(d))
 		sh.mu.Unlock()
 	}
 }

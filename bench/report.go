@@ -80,7 +80,7 @@ func newResult(c config, fs loadgen.Stats, st *stats, connected int, sendTime ti
 	// The seconds after the last acknowledgement are not part of the run.
 	r.PerSecond = st.perSec.counts()
 	for _, d := range fs.Dials {
-		st.dials.RecordValue(max(d.Microseconds(), 1))
+		st.dials.RecordValue(micros(int64(d)))
 	}
 	r.Dial = latencyOf(st.dials)
 	h := merged(st.shards)
