@@ -48,7 +48,15 @@
 // are distinct milliseconds, so a device sending more than a thousand
 // messages a second stamps them ahead of the clock (a minute ahead after a
 // minute at 2,000 a second); the store is queried as of the latest time
-// sent, and the report says how far ahead that was.
+// sent, and the report says how far ahead that was. It reads the store
+// from the earliest time the run's acknowledged messages carry: what the
+// store holds of the same devices from an earlier run against the same
+// engine is not counted.
+//
+// An engine the bench started (-spawn, -spawn-all) that exits during the
+// run ends the run at once, which fails with the engine's exit status and
+// its last 20 log lines. Latencies are recorded from 1 µs to an hour; a
+// longer one counts as an hour.
 //
 // With -spawn-all it starts the whole engine in one process (ingest all:
 // frontend, middletier, storage writer, live feed), follows every device on
