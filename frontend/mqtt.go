@@ -212,16 +212,24 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 	defer s.nconns.Add(-1)
 	s.mu.Lock()
 	var old session
-	ok := !s.draining
-	if ok {
+	code = 0
+	switch {
+	case s.draining:
+		code, reason = connackUnavailable, "server shutting down"
+	case s.opts.Revoked != nil && s.opts.Revoked(c.device):
+		// Disabled after readConnect looked: CloseRevoked, which the
+		// registry's change calls, may have run before this session was
+		// here to close (as register does for WebSocket sessions).
+		code, reason = connackBanned, "device "+c.device+" is disabled in the device registry"
+	default:
 		old = s.devices[c.device]
 		s.devices[c.device] = c
 		s.conns[c] = struct{}{}
 	}
 	s.mu.Unlock()
-	if !ok {
-		s.m.mqtt.refused.WithLabelValues(connackLabel(connackUnavailable)).Inc()
-		c.writeConnack(connackUnavailable, "server shutting down")
+	if code != 0 {
+		s.m.mqtt.refused.WithLabelValues(connackLabel(code)).Inc()
+		c.writeConnack(code, reason)
 		closeNow()
 		return
 	}

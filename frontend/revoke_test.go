@@ -167,3 +167,52 @@ func TestRevoked(t *testing.T) {
 		t.Fatalf("stored per device: %v", fmt.Sprint(got))
 	}
 }
+
+// flipRevoked is a registry that disables every device right after the
+// first look at it: the handshake's check passes, and the change lands
+// before the session is registered, its CloseRevoked already run.
+type flipRevoked struct {
+	mu     sync.Mutex
+	looked map[string]bool
+}
+
+func (f *flipRevoked) has(id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.looked[id] {
+		return true
+	}
+	f.looked[id] = true
+	return false
+}
+
+// TestDisabledDuringHandshake: a device disabled between its handshake's
+// check and its session's registration, after the change's CloseRevoked
+// has run, is not served: its WebSocket is closed with 1008 revoked,
+// its MQTT CONNECT refused with 0x8A, and nothing it sends is stored. The
+// session used to be registered and served until the device reconnected.
+func TestDisabledDuringHandshake(t *testing.T) {
+	f := &flipRevoked{looked: map[string]bool{}}
+	ts := startMQTTServer(t, Options{Revoked: f.has}, wal.Options{})
+	if n := ts.srv.CloseRevoked(); n != 0 { // the change's call, before the sessions exist
+		t.Fatalf("CloseRevoked closed %d", n)
+	}
+
+	ws := rawDial(t, ts.testServer, hsToken(t, "ws-dev", nil))
+	send(t, ws, `{"id":1,"v":1}`)
+	f1, err := readFrame(t, ws)
+	var ce websocket.CloseError
+	if err == nil || !errors.As(err, &ce) || ce.Code != protocol.ClosePolicyViolation || ce.Reason != protocol.ReasonRevoked {
+		t.Fatalf("WebSocket of a device disabled during its handshake: frame %+v, %v; want 1008 %q", f1, err, protocol.ReasonRevoked)
+	}
+
+	_, ca, _, err := v5(t, ts, false, "v5-dev", hsToken(t, "v5-dev", nil), nil)
+	if err == nil || ca == nil || ca.ReasonCode != connackBanned {
+		t.Fatalf("MQTT 5 CONNECT of a device disabled during it: %v %+v; want reason %#x", err, ca, connackBanned)
+	}
+	testkit.WaitFor(t, "the WebSocket close counted as revoked", 10*time.Second, func() bool { return gatherCloses(t, ts.testServer)["revoked"] == 1 })
+	ts.stop(t)
+	if envs := testkit.WALEnvelopes(t, ts.dir); len(envs) != 0 {
+		t.Fatalf("stored %d messages of disabled devices", len(envs))
+	}
+}

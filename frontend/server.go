@@ -408,11 +408,18 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(int64(s.opts.MaxFrameBytes))
 	c.ws, c.nc, c.bounded = ws, hj.nc, hj.bounded
 
-	old, ok := s.register(c, device)
-	if !ok {
+	old, reg := s.register(c, device)
+	switch reg {
+	case notDraining:
 		s.nconns.Add(-1)
 		ws.Close(s.opts.ShutdownCode, protocol.ReasonShutdown)
 		s.m.closes.WithLabelValues(reasonDrain).Inc()
+		return
+	case notRevoked:
+		s.nconns.Add(-1)
+		s.lg.Debug("device disabled in the registry during its handshake: closing", "device", device)
+		ws.Close(protocol.ClosePolicyViolation, protocol.ReasonRevoked)
+		s.m.closes.WithLabelValues(reasonRevoked).Inc()
 		return
 	}
 	// The connection gets a goroutine of its own and the handler returns, so

@@ -28,20 +28,35 @@ type session interface {
 func (c *conn) closeNow()              { c.ws.CloseNow() }
 func (c *conn) ended() <-chan struct{} { return c.done }
 
+// registration is why register added a session, or did not.
+type registration int
+
+const (
+	registered  registration = iota
+	notDraining              // the server drains
+	notRevoked               // the device is disabled (Options.Revoked)
+)
+
 // register adds a connected session to the registry and returns the
-// device's previous session, if any. It reports false, adding nothing, while
-// the server drains.
-func (s *Server) register(se session, device string) (old session, ok bool) {
+// device's previous session, if any. It adds nothing while the server
+// drains, or if the device is disabled: the registry may have disabled it
+// after its handshake was checked, and CloseRevoked, which the change
+// calls, may have run before the session was here to close. Both look
+// under s.mu, so one of them sees the other.
+func (s *Server) register(se session, device string) (old session, r registration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining {
-		return nil, false
+		return nil, notDraining
+	}
+	if s.opts.Revoked != nil && s.opts.Revoked(device) {
+		return nil, notRevoked
 	}
 	old = s.devices[device]
 	s.devices[device] = se
 	s.conns[se] = struct{}{}
 	s.wg.Add(1)
-	return old, true
+	return old, registered
 }
 
 // unregister removes a session that has ended.
