@@ -410,12 +410,12 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 
 	old, reg := s.register(c, device)
 	switch reg {
-	case notDraining:
+	case refusedDraining:
 		s.nconns.Add(-1)
 		ws.Close(s.opts.ShutdownCode, protocol.ReasonShutdown)
 		s.m.closes.WithLabelValues(reasonDrain).Inc()
 		return
-	case notRevoked:
+	case refusedRevoked:
 		s.nconns.Add(-1)
 		s.lg.Debug("device disabled in the registry during its handshake: closing", "device", device)
 		ws.Close(protocol.ClosePolicyViolation, protocol.ReasonRevoked)

@@ -32,9 +32,9 @@ func (c *conn) ended() <-chan struct{} { return c.done }
 type registration int
 
 const (
-	registered  registration = iota
-	notDraining              // the server drains
-	notRevoked               // the device is disabled (Options.Revoked)
+	registered      registration = iota
+	refusedDraining              // the server drains
+	refusedRevoked               // the device is disabled (Options.Revoked)
 )
 
 // register adds a connected session to the registry and returns the
@@ -47,10 +47,10 @@ func (s *Server) register(se session, device string) (old session, r registratio
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining {
-		return nil, notDraining
+		return nil, refusedDraining
 	}
 	if s.opts.Revoked != nil && s.opts.Revoked(device) {
-		return nil, notRevoked
+		return nil, refusedRevoked
 	}
 	old = s.devices[device]
 	s.devices[device] = se
