@@ -318,7 +318,7 @@ func (e *encoder) commands(cs []Command) {
 }
 
 func (d *decoder) commands() []Command {
-	cs := make([]Command, d.count(16)) // every command takes more than sixteen bytes
+	cs := make([]Command, d.count(13)) // every command takes at least thirteen bytes (AppendCommand)
 	for i := range cs {
 		cs[i] = d.command()
 	}

@@ -43,6 +43,28 @@ func sampleCommand() Command {
 		State: StateAcknowledged, Created: 1, Expires: 2, Sent: 3, Done: 4, Status: "ok", Result: []byte(`{}`)}
 }
 
+// The shortest command the encoder writes, thirteen bytes (a one-letter
+// id, device and name, the rest empty or zero), decodes in a list: the
+// list's count is held to one command for every thirteen bytes left, not
+// sixteen, which refused a Deliver or a Reply of such commands.
+func TestShortestCommandsInAList(t *testing.T) {
+	c := Command{ID: "c", Device: "d", Name: "n", State: StateQueued}
+	if n := len(AppendCommand(nil, &c)); n != 16 {
+		t.Fatalf("a command with one-letter names takes %d bytes, want 16", n)
+	}
+	c = Command{State: StateQueued, Payload: []byte{}, Result: []byte{}}
+	if n := len(AppendCommand(nil, &c)); n != 13 {
+		t.Fatalf("the shortest command takes %d bytes, want 13", n)
+	}
+	for _, m := range []Message{&Deliver{Commands: []Command{c, c, c}}, &Reply{Req: 1, Commands: []Command{c}}} {
+		b := Append(nil, m)
+		got, err := Decode(b)
+		if err != nil || !reflect.DeepEqual(got, m) {
+			t.Errorf("%s of the shortest commands: decoded %+v, %v", m.Kind(), got, err)
+		}
+	}
+}
+
 func TestCommand(t *testing.T) {
 	c := sampleCommand()
 	b := AppendCommand(nil, &c)
