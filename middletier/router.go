@@ -550,6 +550,18 @@ func (r *Router) publisher(ctx context.Context) {
 	var records [][]byte
 	for {
 		es, err = c.NextBatchShared(ctx, es[:0], r.opts.StreamBatch)
+		for errors.Is(err, wal.ErrCompacted) && ctx.Err() == nil {
+			// Released and truncated under the cursor: every durable
+			// consumer committed them (a consumer may be ahead of the
+			// stream: it fetches), so they need no publishing. Go on from
+			// the first entry the WAL holds; subscribers see the gap.
+			r.mu.Lock()
+			from := r.published + 1
+			r.mu.Unlock()
+			if c, err = r.log.Cursor(max(from, r.log.FirstIndex())); err == nil {
+				es, err = c.NextBatchShared(ctx, es[:0], r.opts.StreamBatch)
+			}
+		}
 		if err != nil {
 			if ctx.Err() == nil {
 				r.fail(fmt.Errorf("middletier: publish: %w", err))
