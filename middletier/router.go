@@ -177,6 +177,9 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 	}
 	r.applied = log.LastIndex()
 	r.published = log.LastIndex()
+	if err := r.clampCheckpoints(); err != nil {
+		return nil, err
+	}
 	r.m, err = newMetrics(reg, opts.ID)
 	if err != nil {
 		return nil, fmt.Errorf("middletier: register metrics: %w", err)
@@ -218,6 +221,36 @@ func (r *Router) recoverMarks() error {
 	})
 	if err != nil {
 		return fmt.Errorf("middletier: recover marks: %w", err)
+	}
+	return nil
+}
+
+// clampCheckpoints lowers every checkpoint past the WAL's last entry to it,
+// durably, before anything is appended. A checkpoint is never set past the
+// last entry, so one there says the WAL ends before what it held when the
+// checkpoint was taken: it was repaired (cut short) or created again. Its
+// next entries take sequences at or below the old checkpoint, and they are
+// new to every consumer: left standing, the checkpoint would have a fetch
+// from 0 skip them and the WAL released them unseen. The write comes before
+// any append, so that a crash cannot leave the old checkpoints over entries
+// appended since.
+func (r *Router) clampCheckpoints() error {
+	last := r.log.LastIndex()
+	clamped := false
+	for c, seq := range r.ckpt {
+		if seq > last {
+			r.lg.Warn("middletier: a consumer's checkpoint is past the WAL's last entry (the WAL was repaired or created again); it resumes from there",
+				"consumer", c, "checkpoint", seq, "last_index", last)
+			r.ckpt[c] = last
+			clamped = true
+		}
+	}
+	if !clamped {
+		return nil
+	}
+	st := &state{Applied: r.applied, Origins: r.highest, Consumers: r.ckpt}
+	if err := writeState(r.opts.StateDir, st); err != nil {
+		return fmt.Errorf("middletier: %w", err)
 	}
 	return nil
 }
