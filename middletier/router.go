@@ -690,6 +690,9 @@ func (r *Router) checkpointLocked(consumer string, seq uint64) {
 	r.ckpt[consumer] = seq
 }
 
+// fetchChunk is how many records the fetch worker reads at a time.
+const fetchChunk = 16
+
 // fetchWorker serves fetches one at a time from the WAL.
 func (r *Router) fetchWorker(ctx context.Context) {
 	var es []wal.Entry
@@ -718,9 +721,17 @@ func (r *Router) fetchWorker(ctx context.Context) {
 				break
 			}
 			c, err := r.log.Cursor(reply.First)
-			if err == nil {
-				n := int(min(req.f.Max, uint64(r.opts.MaxFetchRecords), reply.Last-reply.First+1))
-				es, err = c.NextBatch(ctx, es, n)
+			// A few records at a time, and no more once MaxFetchBytes is
+			// reached: the reply holds no more, and reading up to
+			// MaxFetchRecords of large records would take many times
+			// the bound in memory for nothing.
+			n := int(min(req.f.Max, uint64(r.opts.MaxFetchRecords), reply.Last-reply.First+1))
+			for size := 0; err == nil && len(es) < n && size <= r.opts.MaxFetchBytes; {
+				k := len(es)
+				es, err = c.NextBatch(ctx, es, min(fetchChunk, n-len(es)))
+				for _, e := range es[k:] {
+					size += len(e.Data)
+				}
 			}
 			if errors.Is(err, wal.ErrCompacted) {
 				continue
