@@ -210,23 +210,14 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 		return
 	}
 	defer s.nconns.Add(-1)
-	s.mu.Lock()
-	var old session
-	code = 0
-	switch {
-	case s.draining:
+	// The handshake's goroutine is already counted in s.wg.
+	old, reg := s.register(c, c.device, false)
+	switch reg {
+	case refusedDraining:
 		code, reason = connackUnavailable, "server shutting down"
-	case s.opts.Revoked != nil && s.opts.Revoked(c.device):
-		// Disabled after readConnect looked: CloseRevoked, which the
-		// registry's change calls, may have run before this session was
-		// here to close (as register does for WebSocket sessions).
+	case refusedRevoked:
 		code, reason = connackBanned, "device "+c.device+" is disabled in the device registry"
-	default:
-		old = s.devices[c.device]
-		s.devices[c.device] = c
-		s.conns[c] = struct{}{}
 	}
-	s.mu.Unlock()
 	if code != 0 {
 		s.m.mqtt.refused.WithLabelValues(connackLabel(code)).Inc()
 		c.writeConnack(code, reason)

@@ -408,7 +408,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(int64(s.opts.MaxFrameBytes))
 	c.ws, c.nc, c.bounded = ws, hj.nc, hj.bounded
 
-	old, reg := s.register(c, device)
+	old, reg := s.register(c, device, true)
 	switch reg {
 	case refusedDraining:
 		s.nconns.Add(-1)
