@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/coder/websocket"
 
@@ -86,6 +87,15 @@ func (p *pending) reset() {
 }
 
 func (p *pending) queued() int { return len(p.frames) }
+
+// pframeBytes is what one queued frame holds beside its envelopes.
+const pframeBytes = int(unsafe.Sizeof(pframe{}))
+
+// size is what p holds for the frames it queues: their envelopes, ids and
+// frame records. A frame without messages (an empty batch) has neither
+// envelope nor rate-limit token, so only its record bounds how many of
+// them wait while the flusher does.
+func (p *pending) size() int { return len(p.buf) + len(p.ids) + len(p.frames)*pframeBytes }
 
 // batch is the envelopes a flusher appends with one AppendBatch, over a
 // WebSocket connection or an MQTT session.
@@ -382,7 +392,7 @@ func (c *conn) enqueue(seq uint64, now time.Time, msgs []protocol.Message) {
 	s := c.s
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for c.pend != nil && len(c.pend.buf) >= s.opts.MaxPendingBytes && !c.stopped {
+	for c.pend != nil && c.pend.size() >= s.opts.MaxPendingBytes && !c.stopped {
 		c.cond.Wait()
 	}
 	if c.stopped {

@@ -71,8 +71,10 @@ type Options struct {
 	// writer's own bound on a string it stores.
 	MaxStringBytes int
 	// MaxPendingBytes bounds the envelopes of one connection waiting for the
-	// WAL; past it the server stops reading from that connection until the WAL
-	// catches up (TCP backpressure). Default 1 MiB.
+	// WAL, with the ids and the record of each frame waiting for its ack
+	// (so that frames without messages are bounded too); past it the
+	// server stops reading from that connection until the WAL catches up
+	// (TCP backpressure). Default 1 MiB.
 	MaxPendingBytes int
 
 	// Rate and Burst bound messages per second per device (token bucket).

@@ -1,0 +1,114 @@
+package frontend
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/coder/websocket"
+
+	"github.com/ingest-io/ingest/protocol"
+	"github.com/ingest-io/ingest/wal"
+)
+
+// TestRevokedDuringHandshake: a device disabled in the registry while its
+// handshake is under way (after the handshake's look at Options.Revoked,
+// before its connection is registered) is closed as revoked all the same:
+// the CloseRevoked that follows the registry's change must not miss it.
+func TestRevokedDuringHandshake(t *testing.T) {
+	var (
+		revoked revokedSet
+		srvMu   sync.Mutex
+		srv     *Server
+		once    sync.Once
+	)
+	check := func(device string) bool {
+		was := revoked.has(device)
+		if device == "late" {
+			// The registry changes right after the handshake has looked,
+			// and the process closes what it disables, as
+			// cmd/ingest's closeRevoked does.
+			once.Do(func() {
+				revoked.set("late")
+				srvMu.Lock()
+				s := srv
+				srvMu.Unlock()
+				s.CloseRevoked()
+			})
+		}
+		return was
+	}
+	srvMu.Lock()
+	ts := startServer(t, Options{Revoked: check}, wal.Options{})
+	srv = ts.srv
+	srvMu.Unlock()
+
+	c := rawDial(t, ts, hsToken(t, "late", nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c.Write(ctx, websocket.MessageText, []byte(`{"id":1,"v":1}`))
+	for {
+		_, b, err := c.Read(ctx)
+		if err != nil {
+			var ce websocket.CloseError
+			if !errors.As(err, &ce) || ce.Code != protocol.ClosePolicyViolation || ce.Reason != protocol.ReasonRevoked {
+				t.Fatalf("the device disabled during its handshake: %v, want a close 1008 %q", err, protocol.ReasonRevoked)
+			}
+			return
+		}
+		t.Logf("frame from the server: %s", b)
+	}
+}
+
+// TestEmptyFramesAreBoundedWhileTheWALWaits: frames that carry no message
+// (an empty batch, []) take no rate-limit token and no envelope bytes, but
+// each is queued for its ack. While the flusher waits (a slow fsync here;
+// an ack write to a device that reads slowly does the same, for up to
+// WriteTimeout each), the frames queued must stay within MaxPendingBytes
+// like envelopes do: the reader stops reading instead.
+func TestEmptyFramesAreBoundedWhileTheWALWaits(t *testing.T) {
+	const maxPending = 4096
+	ts := startServer(t, Options{MaxPendingBytes: maxPending}, wal.Options{CommitInterval: 3 * time.Second})
+	nc := rawDial(t, ts, hsToken(t, "empty", nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	// A first message commits at once, the second waits for the commit
+	// interval: the flusher is busy with it for seconds.
+	for i := range 2 {
+		if err := nc.Write(ctx, websocket.MessageText, []byte(`{"v":1}`)); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if f, err := readFrame(t, nc); err != nil || f.Type != "ack" {
+				t.Fatalf("first ack: %+v %v", f, err)
+			}
+		}
+	}
+	var c *conn
+	ts.srv.mu.Lock()
+	for se := range ts.srv.conns {
+		c = se.(*conn)
+	}
+	ts.srv.mu.Unlock()
+	// Empty batches for a second, as fast as they go (the server's
+	// reading stops them once it stops reading).
+	wctx, wcancel := context.WithTimeout(ctx, time.Second)
+	defer wcancel()
+	sent := 0
+	for nc.Write(wctx, websocket.MessageText, []byte(`[]`)) == nil {
+		sent++
+	}
+	c.mu.Lock()
+	frames := 0
+	if c.pend != nil {
+		frames = len(c.pend.frames)
+	}
+	c.mu.Unlock()
+	t.Logf("%d empty frames sent; %d queued at the server", sent, frames)
+	if size := frames * int(unsafe.Sizeof(pframe{})); size > 2*maxPending {
+		t.Fatalf("%d frames (%d bytes of frame records) wait for the flusher, over MaxPendingBytes %d", frames, size, maxPending)
+	}
+}
