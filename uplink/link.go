@@ -168,6 +168,15 @@ func (k *Link) Run(ctx context.Context) error {
 	wakeT := time.NewTimer(time.Hour)
 	defer wakeT.Stop()
 	for {
+		if s.conn == nil && s.standby != nil {
+			// The current connection was dropped (no acknowledgement,
+			// failover, a full sender queue) while a standby waited:
+			// as when it ends, the standby takes over at once. Its
+			// probation and the drain need a current connection.
+			if err := k.takeStandby(s, "link dropped"); err != nil {
+				return err
+			}
+		}
 		if s.conn == nil && !time.Now().Before(s.nextDial) {
 			k.connect(ctx, s)
 		}
