@@ -189,9 +189,6 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 	if created2 && len(res.segs) > 0 && res.segs[len(res.segs)-1].first+res.segs[len(res.segs)-1].count > 1 && lg != nil {
 		lg.Warn("wal: log identity missing or damaged; a new one was drawn, so consumers may see retained entries again", "dir", dir)
 	}
-	if err := markSegmentSize(dir, opts, res, created, hasMark); err != nil {
-		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
-	}
 	if err := os.Remove(filepath.Join(dir, sparseTmpName)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("wal: open %s: remove leftover: %w", dir, err)
 	}
@@ -265,6 +262,13 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 		released = l.first - 1
 	}
 	l.released = released
+	// Only now, with a release mark past a repaired cut moved back: once
+	// the last segment has its full size (or the mark is gone), nothing
+	// says it was cut, and a crash before the move would leave a mark
+	// beyond the last entry, which no later open takes.
+	if err := markSegmentSize(dir, opts, res, created, hasMark); err != nil {
+		return nil, fmt.Errorf("wal: open %s: %w", dir, err)
+	}
 	for _, sz := range res.sizes[released+1-l.first:] {
 		var prev int64
 		if n := len(l.cum); n > 0 {
