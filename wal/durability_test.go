@@ -223,17 +223,49 @@ func TestNewLogDirSyncedBeforeAck(t *testing.T) {
 			if !prealloc {
 				extra += "1"
 			}
-			testNewLogDirSynced(t, env, extra, prealloc)
+			testNewLogDirSynced(t, env, extra, prealloc, false)
 		})
 	}
 }
 
-func testNewLogDirSynced(t *testing.T, env, extra string, prealloc bool) {
+// TestLogDirSyncedAfterKilledCreate: a process killed after it created the
+// log's directory and before it fsynced the parent left a directory whose
+// name a power loss can still take. The next open, which finds the
+// directory there, must fsync the parent before it acknowledges anything:
+// otherwise acknowledged entries would go with the directory.
+func TestLogDirSyncedAfterKilledCreate(t *testing.T) {
+	const env = "INGEST_WAL_DIRSYNC_CHILD"
+	for _, prealloc := range []bool{false, true} {
+		t.Run(fmt.Sprintf("prealloc=%v", prealloc), func(t *testing.T) {
+			extra := env + "_NOPREALLOC="
+			if !prealloc {
+				extra += "1"
+			}
+			testNewLogDirSynced(t, env, extra, prealloc, true)
+		})
+	}
+}
+
+func testNewLogDirSynced(t *testing.T, env, extra string, prealloc, killedCreate bool) {
 	strace, err := exec.LookPath("strace")
 	if err != nil {
 		t.Fatal("strace not found: make deps installs it")
 	}
 	dir := t.TempDir()
+	if killedCreate {
+		// The first life dies on entering its first fsync of the parent
+		// (-P: of dir), the one after it made the log's directory.
+		cmd := exec.Command(strace, "-f", "-qq", "-o", "/dev/null", "-P", dir, "-e", "trace=fsync", "-e", "inject=fsync:signal=KILL:when=1",
+			os.Args[0], "-test.run=^TestNewLogDirSyncedBeforeAck$")
+		cmd.Env = append(os.Environ(), env+"="+dir, extra)
+		out, err := cmd.CombinedOutput()
+		if strings.Contains(string(out), "ACKED") {
+			t.Fatalf("first life was not killed: %v: %s", err, out)
+		}
+		if fi, err := os.Stat(filepath.Join(dir, "wal")); err != nil || !fi.IsDir() {
+			t.Fatalf("first life did not leave the log's directory: %v", err)
+		}
+	}
 	trace := filepath.Join(dir, "trace")
 	cmd := exec.Command(strace, "-f", "-qq", "-y", "-e", "trace=openat,mkdirat,rename,renameat,renameat2,fsync,fdatasync,write", "-o", trace,
 		os.Args[0], "-test.run=^TestNewLogDirSyncedBeforeAck$")

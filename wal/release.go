@@ -50,21 +50,25 @@ func stageRelease(dir string, upTo uint64) error {
 }
 
 // mkdirDurable creates dir and any missing parents, and fsyncs the parent
-// of every directory it created, so that the log's directory survives a
-// power loss along with what is acknowledged in it.
+// of dir and of every directory it created, so that the log's directory
+// survives a power loss along with what is acknowledged in it. The parent
+// of a directory that is there already is fsynced too: a process killed
+// between its mkdir and that fsync left a name that nothing made durable.
 func mkdirDurable(dir string) error {
 	dir = filepath.Clean(dir)
-	if _, err := os.Stat(dir); err == nil {
-		return nil
-	}
 	parent := filepath.Dir(dir)
-	if parent != dir {
-		if err := mkdirDurable(parent); err != nil {
+	if _, err := os.Stat(dir); err != nil {
+		if parent != dir {
+			if err := mkdirDurable(parent); err != nil {
+				return err
+			}
+		}
+		if err := os.Mkdir(dir, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
 			return err
 		}
 	}
-	if err := os.Mkdir(dir, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
+	if parent == dir {
+		return nil // the root
 	}
 	return fileutil.SyncDir(parent)
 }
