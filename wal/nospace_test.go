@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,21 +36,34 @@ func TestNoSpaceIsBackpressure(t *testing.T) {
 			reg := prometheus.NewRegistry()
 			l := openLog(t, dir, opts, reg)
 
+			// The appenders take a token for each new payload (a refused
+			// one is sent again on the same token), so that the log itself
+			// does not fill the file system again once the filler is
+			// gone: the appends after it have its room.
 			const writers = 6
 			var (
 				mu      sync.Mutex
 				acked   = map[string]uint64{} // payload -> index
 				refused int
+				tokens  atomic.Int64
 				stop    = make(chan struct{})
 				wg      sync.WaitGroup
 			)
 			for w := range writers {
 				wg.Go(func() {
-					for i := 0; ; {
+					for i, held := 0, false; ; {
 						select {
 						case <-stop:
 							return
 						default:
+						}
+						if !held {
+							if tokens.Add(-1) < 0 {
+								tokens.Add(1)
+								time.Sleep(time.Millisecond)
+								continue
+							}
+							held = true
 						}
 						p := noSpacePayload(w, i)
 						idx, err := l.Append(context.Background(), p)
@@ -59,6 +73,7 @@ func TestNoSpaceIsBackpressure(t *testing.T) {
 							acked[string(p)] = idx
 							mu.Unlock()
 							i++ // the next one; a refused one is sent again, as a device would
+							held = false
 						case errors.Is(err, wal.ErrNoSpace):
 							mu.Lock()
 							refused++
@@ -76,9 +91,15 @@ func TestNoSpaceIsBackpressure(t *testing.T) {
 				defer mu.Unlock()
 				return len(acked), refused
 			}
-			wal.WaitFor(t, "appends", func() bool { n, _ := count(); return n > 200 })
+			tokens.Store(300)
+			wal.WaitFor(t, "appends", func() bool { n, _ := count(); return n == 300 })
 			filler := tmpfs.Fill(t, filepath.Dir(dir))
+			// Full: the appenders go on until refused (the log's segments
+			// may have room the disk no longer has), then take no new
+			// payload.
+			tokens.Store(1 << 40)
 			wal.WaitFor(t, "appends refused for lack of room", func() bool { _, r := count(); return r > 50 })
+			tokens.Store(0)
 			if err := l.Err(); err != nil {
 				t.Fatalf("log failed on a full disk: %v", err)
 			}
@@ -99,7 +120,8 @@ func TestNoSpaceIsBackpressure(t *testing.T) {
 			if err := os.Remove(filler); err != nil {
 				t.Fatal(err)
 			}
-			wal.WaitFor(t, "appends taken again", func() bool { n, _ := count(); return n > n0+500 })
+			tokens.Add(500)
+			wal.WaitFor(t, "appends taken again", func() bool { n, _ := count(); return n >= n0+500 })
 			close(stop)
 			wg.Wait()
 			wal.WaitFor(t, "the no-space gauge cleared", func() bool {
