@@ -320,12 +320,23 @@ func (a *Attachment) Detach() {
 	h.send(&wire.Presence{Frontend: l.opts.Frontend, Devices: []wire.Place{{Device: a.device, Since: a.since}}})
 }
 
-// push queues f for the device, in order, and makes sure a writer runs.
+// push queues f for the device, in order, and makes sure a writer runs. A
+// command already waiting to be written is not queued again: its home hands
+// an unanswered command on again every redelivery interval, and a device
+// whose writes stall (an MQTT session waiting for a PUBACK) would otherwise
+// collect a frame per interval, without bound, and get them all in a burst
+// once it reads again. So the queue holds at most the home's commands in
+// flight for the device.
 func (a *Attachment) push(f frame) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return
+	}
+	for i := range a.queue {
+		if a.queue[i].cid == f.cid {
+			return
+		}
 	}
 	a.queue = append(a.queue, f)
 	if !a.writing {
