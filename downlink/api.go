@@ -60,7 +60,8 @@ type APIOptions struct {
 	// MaxTTL bounds a command's time to live; it must not exceed the
 	// homes' own bound. Default 7 days.
 	MaxTTL time.Duration
-	// Timeout bounds the wait for a home's answer. Default 5s.
+	// Timeout bounds the wait for a home's answer, and the reading of a
+	// request's body. Default 5s.
 	Timeout time.Duration
 }
 
@@ -169,15 +170,26 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, CodeInvalidDevice, "device id must be 1 to 255 bytes")
 		return
 	}
+	// The body is read within the API's bound too: a client that stops
+	// sending it must not hold the request, its goroutine and connection
+	// (the frontend's server has no read timeout: its WebSocket
+	// connections live long).
+	rc := http.NewResponseController(w)
+	rc.SetReadDeadline(time.Now().Add(a.o.Timeout))
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	if err != nil {
+		// The connection is closed after the answer: net/http would read
+		// what is left of the body first.
+		w.Header().Set("Connection", "close")
 		fail(w, http.StatusBadRequest, CodeInvalidJSON, "read body: "+err.Error())
 		return
 	}
 	if len(body) > maxBody {
+		w.Header().Set("Connection", "close") // the rest is not read
 		fail(w, http.StatusRequestEntityTooLarge, CodeTooLarge, "body over the payload bound")
 		return
 	}
+	rc.SetReadDeadline(time.Time{})
 	var req SubmitRequest
 	if err := DecodeSubmit(body, &req); err != nil {
 		fail(w, http.StatusBadRequest, CodeInvalidJSON, err.Error())

@@ -1,10 +1,14 @@
 package downlink_test
 
 import (
+	"bufio"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/golang-jwt/jwt/v5"
 
@@ -139,5 +143,37 @@ func TestAPIFull(t *testing.T) {
 	var list struct{ Commands []downlink.CommandJSON }
 	if st := call(t, "GET", fe.base()+"/v1/devices/dev-1/commands", app, nil, &list); st != http.StatusOK || len(list.Commands) == 0 {
 		t.Fatalf("list after full: HTTP %d, %d commands", st, len(list.Commands))
+	}
+}
+
+// TestAPIStalledBody: a submit whose body stops coming is answered within
+// the API's bound (the wait for a home's answer, 5 s by default), not held
+// with its goroutine and connection for as long as the client keeps the
+// connection open, past the frontend's shutdown.
+func TestAPIStalledBody(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{})
+	fe := startFrontend(t, "fe-1", []string{h.Addr}, false)
+	nc, err := net.Dial("tcp", fe.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// Content-Length promises 100 bytes; 9 come, then nothing.
+	if _, err := io.WriteString(nc, "POST /v1/devices/dev-1/commands HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":\""); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	nc.SetReadDeadline(start.Add(12 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil {
+		t.Fatalf("no answer %v after the body stalled: %v", time.Since(start).Round(time.Millisecond), err)
+	}
+	defer resp.Body.Close()
+	var e downlink.ErrorBody
+	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || resp.StatusCode != http.StatusBadRequest || e.Code != downlink.CodeInvalidJSON {
+		t.Fatalf("stalled body: HTTP %d %+v %v", resp.StatusCode, e, err)
+	}
+	if d := time.Since(start); d > 8*time.Second {
+		t.Fatalf("stalled body answered after %v", d)
 	}
 }
