@@ -102,14 +102,20 @@ type Attachment struct {
 	writing bool
 	closed  bool
 	// pending are the commands written to this connection and not yet
-	// answered, by id, with their acceptance time (unix nanoseconds).
-	pending map[string]int64
+	// answered, by id. One past its expiry is forgotten (forgetExpired):
+	// its home never sends it again, and an answer to it is not taken.
+	pending map[string]sent
 }
+
+// sent is a command written to a device: its acceptance and expiry times
+// (unix nanoseconds, the home's clock).
+type sent struct{ created, expires int64 }
 
 // frame is a command frame waiting to be written.
 type frame struct {
 	cid     string
 	created int64
+	expires int64
 	b       []byte
 }
 
@@ -266,10 +272,12 @@ func (h *home) sendPresence(d *zsock.Dealer) {
 	h.presence.Lock()
 	defer h.presence.Unlock()
 	p := &wire.Presence{Frontend: h.l.opts.Frontend, Full: true, Devices: h.places[:0]}
+	now := time.Now().UnixNano()
 	h.l.mu.Lock()
 	for id, a := range h.l.devices {
 		if h.l.homeOf(id) == h {
 			p.Devices = append(p.Devices, wire.Place{Device: id, Since: a.since, Present: true})
+			a.forgetExpired(now)
 		}
 	}
 	h.l.mu.Unlock()
@@ -281,7 +289,7 @@ func (h *home) sendPresence(d *zsock.Dealer) {
 // Attach records a device's connection, which write sends frames to, and
 // tells its home. A newer attachment of the device replaces an older one.
 func (l *Link) Attach(device string, write func([]byte) error) *Attachment {
-	a := &Attachment{l: l, device: device, since: time.Now().UnixNano(), write: write, pending: map[string]int64{}}
+	a := &Attachment{l: l, device: device, since: time.Now().UnixNano(), write: write, pending: map[string]sent{}}
 	h := l.homeOf(device)
 	h.presence.Lock()
 	defer h.presence.Unlock()
@@ -318,6 +326,21 @@ func (a *Attachment) Detach() {
 	l.mu.Unlock()
 	l.m.attached.Set(float64(n))
 	h.send(&wire.Presence{Frontend: l.opts.Frontend, Devices: []wire.Place{{Device: a.device, Since: a.since}}})
+}
+
+// forgetExpired forgets the commands written to the device whose time to
+// live has passed at now: a device that never answers would otherwise keep
+// each, and count it pending, for as long as it stays connected. The full
+// presence list calls it (Link.mu held), each interval.
+func (a *Attachment) forgetExpired(now int64) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for cid, c := range a.pending {
+		if c.expires > 0 && c.expires <= now {
+			delete(a.pending, cid)
+			a.l.m.pending.Dec()
+		}
+	}
 }
 
 // push queues f for the device, in order, and makes sure a writer runs. A
@@ -362,7 +385,7 @@ func (a *Attachment) drain() {
 		a.l.m.written.Inc()
 		a.mu.Lock()
 		if _, ok := a.pending[f.cid]; !ok && !a.closed {
-			a.pending[f.cid] = f.created
+			a.pending[f.cid] = sent{f.created, f.expires}
 			a.l.m.pending.Inc()
 			a.l.m.deliveryLatency.Observe(sinceSeconds(f.created))
 		}
@@ -383,7 +406,7 @@ func (l *Link) deliver(h *home, d *wire.Deliver) {
 			gone = append(gone, wire.Place{Device: c.Device, Since: time.Now().UnixNano()})
 			continue
 		}
-		a.push(frame{cid: c.ID, created: c.Created, b: protocol.AppendCommand(nil, c.ID, c.Name, c.Payload)})
+		a.push(frame{cid: c.ID, created: c.Created, expires: c.Expires, b: protocol.AppendCommand(nil, c.ID, c.Name, c.Payload)})
 	}
 	if len(gone) > 0 {
 		h.send(&wire.Presence{Frontend: l.opts.Frontend, Devices: gone})
@@ -400,10 +423,10 @@ func (l *Link) Result(device string, r protocol.CommandResult) {
 	l.mu.Unlock()
 	if a != nil {
 		a.mu.Lock()
-		if created, ok := a.pending[r.ID]; ok {
+		if c, ok := a.pending[r.ID]; ok {
 			delete(a.pending, r.ID)
 			l.m.pending.Dec()
-			l.m.resultLatency.Observe(sinceSeconds(created))
+			l.m.resultLatency.Observe(sinceSeconds(c.created))
 		}
 		a.mu.Unlock()
 	}

@@ -79,3 +79,39 @@ func gaugeOf(t *testing.T, h *commandtest.Home, state string) float64 {
 	}
 	return v
 }
+
+// TestPendingForgetsExpired: a command written to a device that never
+// answers it stops counting as pending at the frontend once its time to
+// live has passed (its home expires it and never sends it again): the
+// frontend does not keep it, and count it, for as long as the connection
+// lasts.
+func TestPendingForgetsExpired(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{})
+	fe := startFrontend(t, "fe-1", []string{h.Addr}, false)
+	got := make(chan string, 10)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := client.Dial(ctx, client.Options{
+		URL: "ws://" + fe.addr + "/v1/ingest?device=dev-1",
+		OnCommand: func(ctx context.Context, cmd client.Command) client.Answer {
+			got <- cmd.ID
+			<-ctx.Done() // never answers while connected
+			return client.Answer{Status: "ok"}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cmd := submit(t, fe, "dev-1", "ignored", map[string]any{"ttl_ms": 500})
+	if id := <-got; id != cmd.ID {
+		t.Fatalf("device got %s, want %s", id, cmd.ID)
+	}
+	testkit.WaitFor(t, "1 pending command at the frontend", 10*time.Second, func() bool {
+		return testkit.Metric(t, fe.reg, "ingest_downlink_pending_commands") == 1
+	})
+	waitState(t, fe, cmd.ID, "expired")
+	testkit.WaitFor(t, "no pending command at the frontend once it expired", 5*time.Second, func() bool {
+		return testkit.Metric(t, fe.reg, "ingest_downlink_pending_commands") == 0
+	})
+}
