@@ -103,7 +103,7 @@ type Attachment struct {
 	closed  bool
 	// pending are the commands written to this connection and not yet
 	// answered, by id. One past its expiry is forgotten (forgetExpired):
-	// its home never sends it again, and an answer to it is not taken.
+	// its home never sends it again, and takes no answer to it.
 	pending map[string]sent
 }
 
