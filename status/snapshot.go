@@ -49,7 +49,8 @@ type Snapshot struct {
 	DevicesConnected *float64 `json:"devices_connected"`
 	MQTTConnected    *float64 `json:"mqtt_connected"`
 	// Received, Acked and Rejected are device messages at the frontend;
-	// Stored, points the storage writer's sink has taken; FeedDelivered,
+	// Stored, points the storage writer's sinks have taken (with several
+	// sinks, the fewest any one has taken); FeedDelivered,
 	// messages written to live-feed readers.
 	Received      *Rate `json:"received"`
 	Acked         *Rate `json:"acked"`
@@ -139,7 +140,22 @@ func (h *Handler) gather(now time.Time) (sample, error) {
 	s := sample{at: now, values: map[string]float64{}, hists: map[string]hist{}}
 	for _, mf := range mfs {
 		switch name := mf.GetName(); name {
-		case mConnections, mReceived, mAcked, mRejected, mStored, mDelivered, mReaders, mMQTTConns, mMQTTAcked:
+		case mStored:
+			// Each sink of a writer counts the points it has taken
+			// (label sink): the points stored are those the sink that
+			// has taken fewest has, not their sum over the sinks.
+			by := map[string]float64{}
+			for _, m := range mf.GetMetric() {
+				by[label(m, "sink")] += m.GetCounter().GetValue()
+			}
+			s.values[name] = 0
+			first := true
+			for _, v := range by {
+				if first || v < s.values[name] {
+					s.values[name], first = v, false
+				}
+			}
+		case mConnections, mReceived, mAcked, mRejected, mDelivered, mReaders, mMQTTConns, mMQTTAcked:
 			var sum float64
 			for _, m := range mf.GetMetric() {
 				sum += m.GetCounter().GetValue() + m.GetGauge().GetValue()
