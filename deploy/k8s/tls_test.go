@@ -137,12 +137,7 @@ func TestTLSComponent(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			o := render(t, kustomization(t, "overlays/small", tc.components...))
 			checkTiers(t, "small", o)
-			if len(tc.components) == 1 {
-				// With the monitoring component, small's WAL bounds are
-				// not the ones its alerts divide by; that is the
-				// monitoring component's matter, not TLS's.
-				checkMonitoring(t, o)
-			}
+			checkMonitoring(t, o)
 			checkTLS(t, o)
 			for _, w := range o.workloads() {
 				c := container(t, w)
