@@ -54,8 +54,10 @@
 // connection; a middletier that has lost a checkpoint it acknowledged, or
 // holds fewer records than were taken from it, has restarted its sequence,
 // and the Follower starts over from its checkpoint there. A live Follower
-// starts over from a stream message from 1 that comes after later ones, or
-// from the first message of a connection that comes below where it is.
+// starts over at 1 on a stream message from 1 that comes after later ones,
+// or on the first message of a connection that comes below where it is:
+// the new sequence's records before that message are a gap, filled or
+// reported lost.
 // What either held of the old sequence is handed over and not committed.
 //
 // # Goroutines and locks

@@ -563,7 +563,10 @@ func (f *Follower) onStream(ctx context.Context, frames [][]byte) error {
 		if err := f.handOver(ctx); err != nil {
 			return err
 		}
-		f.next, f.last = 0, 0
+		// The new sequence starts at 1: what came before this message
+		// (published before the subscription reached the PUB) is a gap,
+		// filled or reported lost as any other, not skipped.
+		f.next, f.upTo, f.last = 1, 0, 0
 	}
 	f.learn(st.Middletier, last)
 	f.c.received.Add(float64(n))
