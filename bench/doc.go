@@ -55,8 +55,9 @@
 //
 // An engine the bench started (-spawn, -spawn-all) that exits during the
 // run ends the run at once, which fails with the engine's exit status and
-// its last 20 log lines. Latencies are recorded from 1 µs to an hour; a
-// longer one counts as an hour.
+// its last 20 log lines, after the first lines of a panic, fatal error or
+// signal dump if it died of one. Latencies are recorded from 1 µs to an
+// hour; a longer one counts as an hour.
 //
 // With -spawn-all it starts the whole engine in one process (ingest all:
 // frontend, middletier, storage writer, live feed), follows every device on

@@ -112,3 +112,30 @@ func TestLatencyPastHistogramRange(t *testing.T) {
 		t.Errorf("record of 200 s: %d recorded, want 3", h.TotalCount())
 	}
 }
+
+// TestSpawnedEngineCrashShowsItsPanic: an engine the bench started that
+// dies of a Go runtime crash (here SIGQUIT, whose dump is that of a
+// panic or a fatal error: a first line saying why, then every goroutine's
+// stack) fails the run with that first line in the error. The last twenty
+// lines alone are the end of the goroutine dump, deep in some stack.
+func TestSpawnedEngineCrashShowsItsPanic(t *testing.T) {
+	c := config{Spawn: binPath, Devices: 4, Window: 4, Rate: 20, Size: 150, Shape: "sensor", Sources: 1,
+		Duration: 3 * time.Second, Drain: 2 * time.Second, Quiet: true, JSON: filepath.Join(t.TempDir(), "r.json")}
+	killed := make(chan struct{})
+	c.onSendStart = func() {
+		pid := childEngine(t)
+		go func() {
+			defer close(killed)
+			time.Sleep(time.Second)
+			syscall.Kill(pid, syscall.SIGQUIT)
+		}()
+	}
+	err := run(c)
+	<-killed
+	if err == nil || !strings.Contains(err.Error(), "frontend exited during the run") {
+		t.Fatalf("run with the engine crashed mid-run: err = %v, want the engine's exit reported", err)
+	}
+	if !strings.Contains(err.Error(), "SIGQUIT: quit") {
+		t.Fatalf("the engine's crash is reported without the line that says what it was:\n%v", err)
+	}
+}

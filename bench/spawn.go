@@ -37,7 +37,18 @@ type engine struct {
 	stopping atomic.Bool
 	tailMu   sync.Mutex
 	tail     []string // the last lines it logged
+	crash    []string // the first lines of a Go runtime crash (a panic, a fatal error, a signal), if it logged one
+	lines    int      // lines logged
+	crashAt  int      // lines logged before the crash's first
 }
+
+// crashRE matches the line the Go runtime begins a crash with: a panic, a
+// fatal error or a deadly signal. What follows it is a goroutine dump,
+// often far longer than the tail kept: its first lines are kept apart.
+var crashRE = regexp.MustCompile(`^(panic: |fatal error: |SIG[A-Z]+: )`)
+
+// crashLines is how many lines of a crash are kept from its first.
+const crashLines = 12
 
 var (
 	listeningRE = regexp.MustCompile(`msg="frontend listening" addr=(\S+)`)
@@ -94,16 +105,20 @@ func (e *engine) memSummary() string {
 	return ""
 }
 
-// lastLines is the last lines the process logged.
+// lastLines is the last lines the process logged, after the first lines
+// of a Go runtime crash (panic, fatal error, signal) if it logged one.
 func (e *engine) lastLines() string {
 	e.tailMu.Lock()
 	defer e.tailMu.Unlock()
+	if len(e.crash) > 0 && e.lines-e.crashAt > len(e.tail) { // not in the tail
+		return strings.Join(e.crash, "\n") + "\n...\n" + strings.Join(e.tail, "\n")
+	}
 	return strings.Join(e.tail, "\n")
 }
 
 // exitErr reports the process's exit if it ended before the bench stopped
-// it: its status and its last lines (a panic's among them); nil while it
-// runs.
+// it: its status, the first lines of its crash if it crashed, and its last
+// lines; nil while it runs.
 func (e *engine) exitErr() error {
 	select {
 	case <-e.done:
@@ -212,6 +227,13 @@ func start(ctx context.Context, name string, cmd *exec.Cmd, dir string, ready fu
 			if e.tail = append(e.tail, line); len(e.tail) > 20 {
 				e.tail = e.tail[1:]
 			}
+			if n := len(e.crash); n > 0 && n < crashLines || n == 0 && crashRE.MatchString(line) {
+				if n == 0 {
+					e.crashAt = e.lines
+				}
+				e.crash = append(e.crash, line)
+			}
+			e.lines++
 			e.tailMu.Unlock()
 		}
 		io.Copy(io.Discard, stderr)
