@@ -386,8 +386,11 @@ func runResult(t *testing.T, c config) result {
 func TestFeedClosedReported(t *testing.T) {
 	t.Setenv("INGEST_FEED_CLIENT_QUEUE", "1")
 	t.Setenv("INGEST_FEED_MAX_MISSED", "1")
+	// The store may take its time, as -check.wait (a minute) lets it in a
+	// user's run: with none, the check read it once, as soon as the last
+	// acknowledgement came, and counted the points not yet stored as lost.
 	c := config{SpawnAll: binPath, Devices: 10, Rate: 200, Window: 4, Size: 150, Shape: "sensor", Sources: 1,
-		Duration: 2 * time.Second, Drain: 10 * time.Second, Quiet: true,
+		Duration: 2 * time.Second, Drain: 10 * time.Second, CheckWait: 30 * time.Second, Quiet: true,
 		JSON: filepath.Join(t.TempDir(), "all.json")}
 	r := runResult(t, c)
 	if f := r.Feed; f == nil || !strings.HasPrefix(f.Closed, "4000 ") {
