@@ -64,6 +64,11 @@ func TestFetchReadsWithinItsBound(t *testing.T) {
 		fe.Send(t, &wire.Batch{Origin: "fe-1", First: uint64(1 + b*each), Entries: es})
 		testkit.Next[*wire.Ack](t, fe)
 	}
+	// Measured once the stream has published every record: its
+	// encoding, some 38 MiB, is none of the fetch's.
+	testkit.WaitFor(t, "every record published", 20*time.Second, func() bool {
+		return testkit.Metric(t, tr.Reg, "ingest_middletier_published_records_total") == batches*each
+	})
 	cons := dealer(t, tr.Addrs.Consumer, "storage#1")
 	var before, after runtime.MemStats
 	runtime.GC()
