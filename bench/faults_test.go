@@ -40,27 +40,35 @@ func childEngine(t *testing.T) int {
 	return 0
 }
 
+// runSignalled runs a paced load against a frontend the bench starts, and
+// sends the frontend sig one second after the devices start sending. It
+// returns the run's error, which must report the engine's exit.
+func runSignalled(t *testing.T, sig syscall.Signal) error {
+	t.Helper()
+	c := config{Spawn: binPath, Devices: 4, Window: 4, Rate: 20, Size: 150, Shape: "sensor", Sources: 1,
+		Duration: 3 * time.Second, Drain: 2 * time.Second, Quiet: true, JSON: filepath.Join(t.TempDir(), "r.json")}
+	signalled := make(chan struct{})
+	c.onSendStart = func() {
+		pid := childEngine(t)
+		go func() {
+			defer close(signalled)
+			time.Sleep(time.Second)
+			syscall.Kill(pid, sig)
+		}()
+	}
+	err := run(c)
+	<-signalled
+	if err == nil || !strings.Contains(err.Error(), "frontend exited during the run") {
+		t.Fatalf("run with the engine sent %v mid-run: err = %v, want the engine's exit reported", sig, err)
+	}
+	return err
+}
+
 // TestSpawnedEngineCrashFailsRun: a frontend the bench started that dies
 // while the devices send is a failed run, reported as the engine's exit,
 // not a run that passes with a few "conn_lost" among its errors.
 func TestSpawnedEngineCrashFailsRun(t *testing.T) {
-	c := config{Spawn: binPath, Devices: 4, Window: 4, Rate: 20, Size: 150, Shape: "sensor", Sources: 1,
-		Duration: 3 * time.Second, Drain: 2 * time.Second, Quiet: true, JSON: filepath.Join(t.TempDir(), "r.json")}
-	killed := make(chan struct{})
-	c.onSendStart = func() {
-		pid := childEngine(t)
-		go func() {
-			defer close(killed)
-			time.Sleep(time.Second)
-			syscall.Kill(pid, syscall.SIGKILL)
-		}()
-	}
-	err := run(c)
-	<-killed
-	if err == nil || !strings.Contains(err.Error(), "frontend exited during the run") {
-		t.Fatalf("run with the engine killed mid-run: err = %v, want the engine's exit reported", err)
-	}
-	t.Log(err)
+	t.Log(runSignalled(t, syscall.SIGKILL))
 }
 
 // TestCheckIgnoresEarlierRun: two runs one after the other against the
@@ -119,23 +127,7 @@ func TestLatencyPastHistogramRange(t *testing.T) {
 // stack) fails the run with that first line in the error. The last twenty
 // lines alone are the end of the goroutine dump, deep in some stack.
 func TestSpawnedEngineCrashShowsItsPanic(t *testing.T) {
-	c := config{Spawn: binPath, Devices: 4, Window: 4, Rate: 20, Size: 150, Shape: "sensor", Sources: 1,
-		Duration: 3 * time.Second, Drain: 2 * time.Second, Quiet: true, JSON: filepath.Join(t.TempDir(), "r.json")}
-	killed := make(chan struct{})
-	c.onSendStart = func() {
-		pid := childEngine(t)
-		go func() {
-			defer close(killed)
-			time.Sleep(time.Second)
-			syscall.Kill(pid, syscall.SIGQUIT)
-		}()
-	}
-	err := run(c)
-	<-killed
-	if err == nil || !strings.Contains(err.Error(), "frontend exited during the run") {
-		t.Fatalf("run with the engine crashed mid-run: err = %v, want the engine's exit reported", err)
-	}
-	if !strings.Contains(err.Error(), "SIGQUIT: quit") {
+	if err := runSignalled(t, syscall.SIGQUIT); !strings.Contains(err.Error(), "SIGQUIT: quit") {
 		t.Fatalf("the engine's crash is reported without the line that says what it was:\n%v", err)
 	}
 }

@@ -12,13 +12,18 @@ import (
 	"github.com/ingest-io/ingest/wal"
 )
 
-// TestLiveRestartedMiddletierFromItsStart: a live Follower that sees a
-// middletier's restarted sequence in the first message of a new
-// connection (a message past 1: the ones before it were published before
-// the subscription reached the PUB) accounts for the new sequence from 1,
-// as for any gap: with a consumer endpoint it fetches 1 up to that
-// message, without one it reports them lost. Every sequence of the new
-// middletier is taken or lost, none silently skipped.
+// TestLiveRestartedMiddletierFromItsStart: a live Follower that subscribes
+// again to a middletier whose WAL was created again sees the restart in
+// the first stream message of the new connection, whatever sequence it
+// starts at: a new subscription is only sent what is published after it,
+// so a message below where the Follower is means the sequence went back.
+// (It used to see a restart only in a message from sequence 1, which the
+// new subscription may well miss, and took every later message for a
+// repeat of the old sequence, handing nothing over and reporting nothing
+// lost until the new sequence passed the old one.) It then accounts for
+// the new sequence from 1, as for any gap: with a consumer endpoint it
+// fetches 1 up to that message, without one it reports them lost. Every
+// sequence of the new middletier is taken or lost, none silently skipped.
 func TestLiveRestartedMiddletierFromItsStart(t *testing.T) {
 	for _, c := range []struct {
 		name     string
@@ -59,7 +64,7 @@ func TestLiveRestartedMiddletierFromItsStart(t *testing.T) {
 			deadline := time.Now().Add(10 * time.Second)
 			for rec.taken() == taken {
 				if time.Now().After(deadline) {
-					t.Fatalf("nothing of the new sequence taken")
+					t.Fatalf("nothing of the new sequence (1..%d, below the old %d) handed over or reported lost", m, n)
 				}
 				m++
 				send(t, fe2, m, 1)
@@ -69,6 +74,9 @@ func TestLiveRestartedMiddletierFromItsStart(t *testing.T) {
 
 			rec.mu.Lock()
 			defer rec.mu.Unlock()
+			if d := rec.data[taken]; !strings.HasPrefix(d, "fe-2.0002/") {
+				t.Fatalf("after the restart took %q", d)
+			}
 			after := rec.seqs[taken:]
 			var lost uint64
 			var gaps []stream.Gap
