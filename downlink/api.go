@@ -76,11 +76,29 @@ func NewAPI(l *Link, o APIOptions, lg *slog.Logger) http.Handler {
 	lg = lifecycle.Logger(lg)
 	a := &api{l: l, o: o, lg: lg}
 	mux := http.NewServeMux()
-	mux.HandleFunc(Routes[0], a.auth(a.submit))
-	mux.HandleFunc(Routes[1], a.auth(a.list))
-	mux.HandleFunc(Routes[2], a.auth(a.get))
-	mux.HandleFunc(Routes[3], a.auth(a.cancel))
+	mux.HandleFunc(Routes[0], a.bounded(a.auth(a.submit)))
+	mux.HandleFunc(Routes[1], a.bounded(a.auth(a.list)))
+	mux.HandleFunc(Routes[2], a.bounded(a.auth(a.get)))
+	mux.HandleFunc(Routes[3], a.bounded(a.auth(a.cancel)))
 	return mux
+}
+
+// bounded reads a request's body, if it has one, within the API's bound,
+// on every route and whatever the answer: a body submit reads, and one
+// net/http reads after the handler to reuse the connection (a request
+// refused before its body is read, or on a route that takes none). The
+// frontend's server has no read timeout (its WebSocket connections live
+// long): a client that stops sending a body would otherwise hold the
+// request, its goroutine and its connection for as long as it keeps the
+// connection open. A body not read in time closes the connection after the
+// answer. submit lifts the bound once it has read its body.
+func (a *api) bounded(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 { // -1: chunked
+			http.NewResponseController(w).SetReadDeadline(time.Now().Add(a.o.Timeout))
+		}
+		h(w, r)
+	}
 }
 
 type api struct {
@@ -170,12 +188,8 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusBadRequest, CodeInvalidDevice, "device id must be 1 to 255 bytes")
 		return
 	}
-	// The body is read within the API's bound too: a client that stops
-	// sending it must not hold the request, its goroutine and connection
-	// (the frontend's server has no read timeout: its WebSocket
-	// connections live long).
-	rc := http.NewResponseController(w)
-	rc.SetReadDeadline(time.Now().Add(a.o.Timeout))
+	// The body is read within the API's bound (bounded set it): a client
+	// that stops sending it must not hold the request.
 	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
 	if err != nil {
 		// The connection is closed after the answer: net/http would read
@@ -189,7 +203,9 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusRequestEntityTooLarge, CodeTooLarge, "body over the payload bound")
 		return
 	}
-	rc.SetReadDeadline(time.Time{})
+	// Read whole: the wait for the home is bounded by its context, and
+	// a read deadline left would end the connection's background read.
+	http.NewResponseController(w).SetReadDeadline(time.Time{})
 	var req SubmitRequest
 	if err := DecodeSubmit(body, &req); err != nil {
 		fail(w, http.StatusBadRequest, CodeInvalidJSON, err.Error())
