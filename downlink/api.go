@@ -16,6 +16,7 @@ import (
 
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/bodyread"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wire"
@@ -76,30 +77,19 @@ func NewAPI(l *Link, o APIOptions, lg *slog.Logger) http.Handler {
 	lg = lifecycle.Logger(lg)
 	a := &api{l: l, o: o, lg: lg}
 	mux := http.NewServeMux()
-	mux.HandleFunc(Routes[0], a.bounded(a.auth(a.submit)))
-	mux.HandleFunc(Routes[1], a.bounded(a.auth(a.list)))
-	mux.HandleFunc(Routes[2], a.bounded(a.auth(a.get)))
-	mux.HandleFunc(Routes[3], a.bounded(a.auth(a.cancel)))
+	mux.Handle(Routes[0], a.bounded(a.auth(a.submit)))
+	mux.Handle(Routes[1], a.bounded(a.auth(a.list)))
+	mux.Handle(Routes[2], a.bounded(a.auth(a.get)))
+	mux.Handle(Routes[3], a.bounded(a.auth(a.cancel)))
 	return mux
 }
 
 // bounded reads a request's body, if it has one, within the API's bound,
-// on every route and whatever the answer: a body submit reads, and one
-// net/http reads after the handler to reuse the connection (a request
-// refused before its body is read, or on a route that takes none). The
-// frontend's server has no read timeout (its WebSocket connections live
-// long): a client that stops sending a body would otherwise hold the
-// request, its goroutine and its connection for as long as it keeps the
-// connection open. A body not read in time closes the connection after the
-// answer. submit lifts the bound once it has read its body.
-func (a *api) bounded(h http.HandlerFunc) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if r.ContentLength != 0 { // -1: chunked
-			http.NewResponseController(w).SetReadDeadline(time.Now().Add(a.o.Timeout))
-		}
-		h(w, r)
-	}
-}
+// on every route and whatever the answer (bodyread): a body submit reads,
+// and one net/http reads after the handler (a request refused before its
+// body is read, or on a route that takes none). submit lifts the bound
+// once it has read its body.
+func (a *api) bounded(h http.HandlerFunc) http.Handler { return bodyread.Bound(h, a.o.Timeout) }
 
 type api struct {
 	l  *Link

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ingest-io/ingest/auth"
+	"github.com/ingest-io/ingest/internal/bodyread"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 )
 
@@ -146,7 +147,9 @@ func (s *Server) Run(ctx context.Context) error {
 	conns, endConns := context.WithCancel(context.Background())
 	defer endConns()
 	hs := &http.Server{
-		Handler:           s.Handler(),
+		// A body is read within HandshakeTimeout, as the headers are: the
+		// server has no ReadTimeout, which would cut readers' connections.
+		Handler:           bodyread.Bound(s.Handler(), s.opts.HandshakeTimeout),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
 		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),

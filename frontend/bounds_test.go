@@ -1,8 +1,12 @@
 package frontend
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
+	"net"
+	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -111,4 +115,27 @@ func TestEmptyFramesAreBoundedWhileTheWALWaits(t *testing.T) {
 	if size := frames * int(unsafe.Sizeof(pframe{})); size > 2*maxPending {
 		t.Fatalf("%d frames (%d bytes of frame records) wait for the flusher, over MaxPendingBytes %d", frames, size, maxPending)
 	}
+}
+
+// TestStalledBodyOnTheDevicePort: a request to the device port whose body
+// stops part way (here to /healthz, which reads none) is answered, and its
+// connection closed, within HandshakeTimeout, as its headers would be.
+// net/http reads what is left of a body before it answers, with no
+// deadline of its own: the request used to be held, with its goroutine and
+// connection, for as long as the client kept the connection open.
+func TestStalledBodyOnTheDevicePort(t *testing.T) {
+	ts := startServer(t, Options{HandshakeTimeout: 300 * time.Millisecond}, wal.Options{})
+	c, err := net.Dial("tcp", ts.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	io.WriteString(c, "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
+	c.SetReadDeadline(start.Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("no answer %v after the body stalled: %v", time.Since(start), err)
+	}
+	resp.Body.Close()
 }

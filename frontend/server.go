@@ -19,6 +19,7 @@ import (
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/bodyread"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
@@ -198,7 +199,10 @@ func (s *Server) Run(ctx context.Context) error {
 	s.ready.Store(true)
 	stopMQTT := s.startMQTT()
 	hs := &http.Server{
-		Handler:           s.Handler(),
+		// A body (the command API's, or one sent to /healthz) is read
+		// within HandshakeTimeout, as the headers are: the server has no
+		// ReadTimeout, which would cut devices' connections.
+		Handler:           bodyread.Bound(s.Handler(), s.opts.HandshakeTimeout),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
 		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),

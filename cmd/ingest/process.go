@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/ingest-io/ingest/internal/bodyread"
 	"github.com/ingest-io/ingest/internal/certfile"
 	"github.com/ingest-io/ingest/internal/dirlock"
 	"github.com/ingest-io/ingest/internal/metricset"
@@ -277,7 +278,9 @@ func inUse(dir string, err error) error {
 // serveHTTP adds a part that serves h on ln at stageHTTP: it stops
 // accepting when its context ends and gives requests in flight up to grace.
 func (p *process) serveHTTP(name string, ln net.Listener, h http.Handler, grace time.Duration) {
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second,
+	// A body (a query's form, say) is read within 10 s of its handler's
+	// start, as the headers within 5 s.
+	hs := &http.Server{Handler: bodyread.Bound(h, 10*time.Second), ReadHeaderTimeout: 5 * time.Second,
 		ErrorLog: slog.NewLogLogger(p.lg.Handler(), slog.LevelDebug)}
 	p.onClose(name, func() error { return closeListener(ln) })
 	p.add(part{name: name, stage: stageHTTP, run: func(ctx context.Context) error {
