@@ -1,10 +1,7 @@
 package downlink_test
 
 import (
-	"bufio"
 	"encoding/json"
-	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -15,6 +12,7 @@ import (
 	"github.com/ingest-io/ingest/command"
 	"github.com/ingest-io/ingest/command/commandtest"
 	"github.com/ingest-io/ingest/downlink"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -153,24 +151,14 @@ func TestAPIFull(t *testing.T) {
 func TestAPIStalledBody(t *testing.T) {
 	h := startHome(t, "home-1", command.Options{})
 	fe := startFrontend(t, "fe-1", []string{h.Addr}, false)
-	nc, err := net.Dial("tcp", fe.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	// Content-Length promises 100 bytes; 9 come, then nothing.
-	if _, err := io.WriteString(nc, "POST /v1/devices/dev-1/commands HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"name\":\""); err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
-	nc.SetReadDeadline(start.Add(12 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	head := "POST /v1/devices/dev-1/commands HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+	resp, body, err := testkit.StalledBody(t, fe.addr, head, 12*time.Second)
 	if err != nil {
 		t.Fatalf("no answer %v after the body stalled: %v", time.Since(start).Round(time.Millisecond), err)
 	}
-	defer resp.Body.Close()
 	var e downlink.ErrorBody
-	if err := json.NewDecoder(resp.Body).Decode(&e); err != nil || resp.StatusCode != http.StatusBadRequest || e.Code != downlink.CodeInvalidJSON {
+	if err := json.Unmarshal(body, &e); err != nil || resp.StatusCode != http.StatusBadRequest || e.Code != downlink.CodeInvalidJSON {
 		t.Fatalf("stalled body: HTTP %d %+v %v", resp.StatusCode, e, err)
 	}
 	if d := time.Since(start); d > 8*time.Second {
@@ -196,26 +184,15 @@ func TestAPIStalledBodyRefused(t *testing.T) {
 		{"cancel with a body", "DELETE", "/v1/commands/cabc", app},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			nc, err := net.Dial("tcp", fe.addr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer nc.Close()
 			req := tc.method + " " + tc.path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
 			if tc.token != "" {
 				req += "Authorization: Bearer " + tc.token + "\r\n"
 			}
-			// Content-Length promises 100 bytes; 9 come, then nothing.
-			if _, err := io.WriteString(nc, req+"\r\n{\"name\":\""); err != nil {
-				t.Fatal(err)
-			}
 			start := time.Now()
-			nc.SetReadDeadline(start.Add(12 * time.Second))
-			resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+			resp, _, err := testkit.StalledBody(t, fe.addr, req, 12*time.Second)
 			if err != nil {
 				t.Fatalf("no answer %v after the body stalled: %v", time.Since(start).Round(time.Millisecond), err)
 			}
-			resp.Body.Close()
 			if resp.StatusCode < 400 {
 				t.Fatalf("stalled body: HTTP %d", resp.StatusCode)
 			}

@@ -184,3 +184,18 @@ func TestMaxReaders(t *testing.T) {
 		t.Fatalf("refusal %v, want HTTP 503 with Retry-After", err)
 	}
 }
+
+// TestStalledBody: a request to the feed's port whose body stops part way
+// is answered, and its connection closed, within HandshakeTimeout, as its
+// headers would be; it used to be held for as long as the client kept the
+// connection open (net/http reads what is left of a body before it
+// answers, with no deadline of its own).
+func TestStalledBody(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	fs := startFeed(t, feed.Options{Sources: []feed.Source{{Feed: tr.addrs.Feed}}, HandshakeTimeout: 300 * time.Millisecond})
+	addr := strings.TrimSuffix(strings.TrimPrefix(fs.url, "ws://"), "/v1/feed")
+	head := "POST /v1/feed HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+	if _, _, err := testkit.StalledBody(t, addr, head, 5*time.Second); err != nil {
+		t.Fatalf("no answer 5 s after the body stalled: %v", err)
+	}
+}

@@ -1,12 +1,8 @@
 package frontend
 
 import (
-	"bufio"
 	"context"
 	"errors"
-	"io"
-	"net"
-	"net/http"
 	"sync"
 	"testing"
 	"time"
@@ -14,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -125,17 +122,8 @@ func TestEmptyFramesAreBoundedWhileTheWALWaits(t *testing.T) {
 // connection, for as long as the client kept the connection open.
 func TestStalledBodyOnTheDevicePort(t *testing.T) {
 	ts := startServer(t, Options{HandshakeTimeout: 300 * time.Millisecond}, wal.Options{})
-	c, err := net.Dial("tcp", ts.addr)
-	if err != nil {
-		t.Fatal(err)
+	head := "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n"
+	if _, _, err := testkit.StalledBody(t, ts.addr, head, 5*time.Second); err != nil {
+		t.Fatalf("no answer 5 s after the body stalled: %v", err)
 	}
-	defer c.Close()
-	start := time.Now()
-	io.WriteString(c, "POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789")
-	c.SetReadDeadline(start.Add(5 * time.Second))
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		t.Fatalf("no answer %v after the body stalled: %v", time.Since(start), err)
-	}
-	resp.Body.Close()
 }

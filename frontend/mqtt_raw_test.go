@@ -14,8 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ingest-io/ingest/internal/testkit"
-
 	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -23,6 +21,7 @@ import (
 
 	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/envelope"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -734,5 +733,175 @@ func TestMQTT311HeldSessionNoticesItsPeer(t *testing.T) {
 				t.Fatalf("%v sessions ended by the device's DISCONNECT", got)
 			}
 		})
+	}
+}
+
+// A topic's levels after devices/{id}/ are each non-empty: an empty level
+// (devices/{id}/a//b, devices/{id}/a/) is refused, topic name invalid, as
+// docs/mqtt.md says. Before, only devices/{id}/ itself was: the others
+// were stored with the label topic="a//b" or "a/".
+func TestMQTTEmptyTopicLevelRefused(t *testing.T) {
+	ts := startMQTTServer(t, Options{}, wal.Options{})
+	r := dialRaw(t, ts.mqttAddr, mqtt5)
+	r.connect("dev-1", hsToken(t, "dev-1", nil), 30)
+	for i, topic := range []string{"devices/dev-1/a//b", "devices/dev-1/a/", "devices/dev-1//a", "devices/dev-1/a/b"} {
+		r.publish(topic, `{"v":1}`, 1, uint16(i+1))
+		pk := r.read(5 * time.Second)
+		if pk == nil || pk.FixedHeader.Type != packets.Puback || pk.PacketID != uint16(i+1) {
+			t.Fatalf("%s: PUBACK %+v", topic, pk)
+		}
+		want := rcTopicNameInvalid
+		if topic == "devices/dev-1/a/b" {
+			want = 0
+		}
+		if pk.ReasonCode != want {
+			t.Fatalf("%s: PUBACK %#x, want %#x", topic, pk.ReasonCode, want)
+		}
+	}
+}
+
+// pendingItems returns how many publishes the device's session holds
+// queued for its flusher.
+func pendingItems(ts *mqttTestServer, device string) int {
+	ts.srv.mu.Lock()
+	se := ts.srv.devices[device]
+	ts.srv.mu.Unlock()
+	c, ok := se.(*mqttConn)
+	if !ok {
+		return -1
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.pend == nil {
+		return 0
+	}
+	return len(c.pend.items)
+}
+
+// Publishes that store nothing hold no pending bytes: QoS 0 ones refused
+// or empty (not throttled, outside the receive maximum), QoS 2 ones
+// repeated before their PUBREL. While the session's flusher waits for the
+// WAL (an MQTT 3.1.1 session at its bound) they must not pile up in the
+// session's queue, whatever their number. Before, each was queued for the
+// flusher, without bound: a device sending them held the server's memory
+// growing for as long as the WAL had no room.
+func TestMQTTPublishesWithNothingToStoreDoNotPileUp(t *testing.T) {
+	ts := startMQTTServer(t, Options{}, wal.Options{MaxEntries: 1})
+	r := dialRaw(t, ts.mqttAddr, mqtt311)
+	r.connect("dev-1", hsToken(t, "dev-1", nil), 0)
+	// The WAL's one entry, then a QoS 2 publish that waits for room.
+	r.publish("devices/dev-1", `{"v":0}`, 1, 1)
+	if pk := r.read(5 * time.Second); pk == nil || pk.PacketID != 1 {
+		t.Fatalf("PUBACK 1: %+v", pk)
+	}
+	r.publish("devices/dev-1", `{"v":1}`, 2, 2)
+	testkit.WaitFor(t, "the flusher to wait for room", 5*time.Second, func() bool {
+		return testutil.ToFloat64(ts.srv.m.mqtt.walFullWaits) >= 1
+	})
+	const n = 100_000
+	var b bytes.Buffer
+	for i := range n {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, ProtocolVersion: mqtt311,
+			TopicName: "x", Payload: []byte(`{}`)}
+		switch i % 3 {
+		case 1: // an empty batch
+			pk.TopicName, pk.Payload = "devices/dev-1", []byte(`[]`)
+		case 2: // the QoS 2 publish again, not yet released
+			pk.FixedHeader.Qos, pk.FixedHeader.Dup, pk.PacketID = 2, true, 2
+			pk.TopicName, pk.Payload = "devices/dev-1", []byte(`{"v":1}`)
+		}
+		pk.PublishEncode(&b)
+	}
+	go r.nc.Write(b.Bytes())
+	most := 0
+	for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+		most = max(most, pendingItems(ts, "dev-1"))
+		time.Sleep(5 * time.Millisecond)
+	}
+	refused := testutil.ToFloat64(ts.srv.m.mqtt.refusedPublishes.WithLabelValues("topic_invalid"))
+	t.Logf("%v refused publishes read; at most %d publishes queued", refused, most)
+	if most > maxPendingItemsAllowed {
+		t.Fatalf("%d publishes queued behind a flusher waiting for the WAL, want at most %d", most, maxPendingItemsAllowed)
+	}
+}
+
+// maxPendingItemsAllowed is what the test above lets a session queue.
+const maxPendingItemsAllowed = 20_000
+
+// MQTT over WebSocket: "a single WebSocket data frame can contain multiple
+// or partial MQTT Control Packets" [MQTT-6.0.0-2], and so can a message.
+// A client that writes several publishes in one message, each well under
+// the maximum packet size, has all of them served. Before, the session's
+// WebSocket read limit was one packet (and a fixed header): a message of
+// several packets over it closed the connection (1009), unacknowledged.
+func TestMQTTWebSocketMessageOfSeveralPackets(t *testing.T) {
+	ts := startMQTTServer(t, Options{MQTT: MQTTOptions{MaxPacketBytes: 1024}}, wal.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, ts.wsURL(), &websocket.DialOptions{Subprotocols: []string{MQTTSubprotocol}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+	r := &rawMQTT{t: t, nc: nc, br: bufio.NewReader(nc), version: mqtt5}
+	r.connect("dev-1", hsToken(t, "dev-1", nil), 30)
+	// Three publishes of 700 bytes each, in one message.
+	var b bytes.Buffer
+	for i := range 3 {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, ProtocolVersion: mqtt5,
+			TopicName: "devices/dev-1", Payload: []byte(fmt.Sprintf(`{"v":%d,"pad":"%s"}`, i, strings.Repeat("x", 650))), PacketID: uint16(i + 1)}
+		pk.PublishEncode(&b)
+	}
+	if _, err := nc.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		pk := r.read(5 * time.Second)
+		if pk == nil || pk.FixedHeader.Type != packets.Puback || pk.PacketID != uint16(i+1) || pk.ReasonCode != 0 {
+			t.Fatalf("PUBACK %d: %+v (closes: %v)", i+1, pk, gatherCloses(t, ts.testServer))
+		}
+	}
+	// A packet over the maximum still ends the session, as over TCP.
+	r.publish("devices/dev-1", `{"pad":"`+strings.Repeat("x", 2000)+`"}`, 1, 4)
+	if code := r.expectEnd(5 * time.Second); code != int(rcPacketTooLarge) {
+		t.Fatalf("oversized packet: DISCONNECT %#x, want 0x95", code)
+	}
+}
+
+// An MQTT 3.1.1 CONNECT that breaks the protocol is answered by closing the
+// connection without a CONNACK [MQTT-3.1.4-1], as docs/mqtt.md says ("malformed
+// CONNECT, protocol violation: connection closed"). Before, it was answered
+// CONNACK 0x05 not authorized, which tells the device its credentials are
+// wrong. Unsupported levels and client ids keep their return codes.
+func TestMQTT311MalformedConnectClosesWithoutConnack(t *testing.T) {
+	ts := startMQTTServer(t, Options{InsecureNoAuth: true}, wal.Options{})
+	for _, tc := range []struct {
+		name string
+		pk   []byte
+		want int // CONNACK return code; -1: none, only the close
+	}{
+		// Flags 0x03: clean session and the reserved bit.
+		{"reserved flag", []byte{0x10, 17, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x03, 0, 60, 0, 5, 'd', 'e', 'v', '-', '1'}, -1},
+		// The client id's length runs past the packet.
+		{"truncated", []byte{0x10, 12, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, 9}, -1},
+		{"level 3", []byte{0x10, 17, 0, 4, 'M', 'Q', 'T', 'T', 3, 0x02, 0, 60, 0, 5, 'd', 'e', 'v', '-', '1'}, int(mqtt311UnacceptableLevel)},
+		{"good", []byte{0x10, 17, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x02, 0, 60, 0, 5, 'd', 'e', 'v', '-', '1'}, 0},
+	} {
+		r := dialRaw(t, ts.mqttAddr, mqtt311)
+		if _, err := r.nc.Write(tc.pk); err != nil {
+			t.Fatal(err)
+		}
+		got := -1
+		if pk := r.read(5 * time.Second); pk != nil {
+			if pk.FixedHeader.Type != packets.Connack {
+				t.Fatalf("%s: %s", tc.name, packets.PacketNames[pk.FixedHeader.Type])
+			}
+			got = int(pk.ReasonCode)
+		}
+		if got != tc.want {
+			t.Fatalf("%s: CONNACK %#x, want %#x (-0x1: none)", tc.name, got, tc.want)
+		}
+		r.nc.Close()
 	}
 }

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -502,5 +505,160 @@ func TestCheckpointsBounded(t *testing.T) {
 	cons.Send(t, &wire.Fetch{Consumer: last, From: 0, Max: 0})
 	if fr := testkit.Next[*wire.FetchReply](t, cons); fr.First != 2+(n-1)/8+1 {
 		t.Fatalf("%s resumes at %d, want %d", last, fr.First, 2+(n-1)/8+1)
+	}
+}
+
+// TestReleaseAheadOfPublisher: a durable consumer may commit records the
+// publisher has not published yet (it fetched them, or commits what it
+// was told is durable), and the WAL is released up to its checkpoint and
+// truncated. The publisher, behind, must go on from what the WAL still
+// holds (subscribers fetch the gap) rather than fail the middletier on
+// the entries truncated under its cursor. Sixty batches of 4,000 entries over
+// 4 KiB segments, each committed as soon as it is acknowledged.
+func TestReleaseAheadOfPublisher(t *testing.T) {
+	tr := startTier(t, t.TempDir(), middletier.Options{Consumers: []string{"storage"}, StateInterval: time.Millisecond},
+		wal.Options{SegmentBytes: 4096, MarkInterval: time.Millisecond})
+	fe := dealer(t, tr.Addrs.Ingest, "fe-1#1")
+	cons := dealer(t, tr.Addrs.Consumer, "storage#1")
+	const rounds, each = 60, 4000
+	next := 1
+	for range rounds {
+		es := make([][]byte, each)
+		for i := range es {
+			es[i] = fmt.Appendf(nil, "entry-%08d", next+i)
+		}
+		fe.Send(t, &wire.Batch{Origin: "fe-1", First: uint64(next), Entries: es})
+		next += each
+		ack := testkit.Next[*wire.Ack](t, fe)
+		if ack.UpTo != uint64(next-1) {
+			t.Fatalf("ack %+v, want up to %d", ack, next-1)
+		}
+		cons.Send(t, &wire.Commit{Consumer: "storage", Seq: ack.UpTo})
+		if ca := testkit.Next[*wire.CommitAck](t, cons); ca.Seq != ack.UpTo {
+			t.Fatalf("commit ack %+v, want %d", ca, ack.UpTo)
+		}
+	}
+	if err := tr.Stop(); err != nil {
+		t.Fatalf("the middletier stopped with %v", err)
+	}
+}
+
+// TestFetchReadsWithinItsBound: a fetch reply holds at most MaxFetchBytes
+// of records (4 MiB), and the middletier reads no more than that for it:
+// with 640 records of 60 KiB retained (37.5 MiB), one fetch of up to 4,096
+// records allocates a few MiB, not the whole 37.5.
+func TestFetchReadsWithinItsBound(t *testing.T) {
+	tr := startTier(t, t.TempDir(), middletier.Options{Consumers: []string{"storage"}}, wal.Options{})
+	fe := dealer(t, tr.Addrs.Ingest, "fe-1#1")
+	const batches, each, size = 10, 64, 60 << 10
+	for b := range batches {
+		es := make([][]byte, each)
+		for i := range es {
+			es[i] = bytes.Repeat([]byte{byte('a' + i%26)}, size)
+		}
+		fe.Send(t, &wire.Batch{Origin: "fe-1", First: uint64(1 + b*each), Entries: es})
+		testkit.Next[*wire.Ack](t, fe)
+	}
+	// Measured once the stream has published every record: its
+	// encoding, some 38 MiB, is none of the fetch's.
+	testkit.WaitFor(t, "every record published", 20*time.Second, func() bool {
+		return testkit.Metric(t, tr.Reg, "ingest_middletier_published_records_total") == batches*each
+	})
+	cons := dealer(t, tr.Addrs.Consumer, "storage#1")
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	cons.Send(t, &wire.Fetch{Consumer: "storage", From: 1, Max: 4096})
+	fr := testkit.Next[*wire.FetchReply](t, cons)
+	runtime.ReadMemStats(&after)
+	if n := len(fr.Records); n == 0 || n*size > 4<<20 {
+		t.Fatalf("%d records in the reply", n)
+	}
+	// The reply read (twice: the store, then the entry), encoded, sent and
+	// received: some 4 MiB each, 20 in all; reading every record retained
+	// took over 80.
+	alloc := after.TotalAlloc - before.TotalAlloc
+	t.Logf("%d records in the reply; %.1f MiB allocated", len(fr.Records), float64(alloc)/(1<<20))
+	if alloc > 40<<20 {
+		t.Fatalf("one fetch of a %d-record reply allocated %.1f MiB: the middletier read past MaxFetchBytes", len(fr.Records), float64(alloc)/(1<<20))
+	}
+}
+
+// TestCheckpointPastRepairedWAL: a middletier whose WAL was repaired
+// (--wal.repair: its last segment was cut, and the log ends before a
+// checkpoint it had acknowledged) appends new entries under sequences at or
+// below that checkpoint. They are new to the durable consumer: a Fetch
+// from 0 must hand them over, and nothing may be released before the
+// consumer commits them. Before, the old checkpoint stood: the fetch said
+// "up to date" past them, and the WAL released them unseen.
+func TestCheckpointPastRepairedWAL(t *testing.T) {
+	dir := t.TempDir()
+	opts := middletier.Options{Consumers: []string{"storage"}, StateInterval: time.Millisecond}
+	walOpts := wal.Options{SegmentBytes: 4096}
+	tr := startTier(t, dir, opts, walOpts)
+	fe := dealer(t, tr.Addrs.Ingest, "fe-1#1")
+	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 250)})
+	testkit.Next[*wire.Ack](t, fe)
+	cons := dealer(t, tr.Addrs.Consumer, "storage#1")
+	cons.Send(t, &wire.Commit{Consumer: "storage", Seq: 250})
+	if ca := testkit.Next[*wire.CommitAck](t, cons); ca.Seq != 250 {
+		t.Fatalf("commit ack %+v", ca)
+	}
+	if err := tr.Stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	// Cut the last segment short, as a damaged volume or an operator's
+	// mistake would, and open the log with the repair option.
+	walDir := filepath.Join(dir, "wal")
+	names, err := os.ReadDir(walDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var segs []string
+	for _, n := range names {
+		if regexp.MustCompile(`^[0-9]{20}$`).MatchString(n.Name()) {
+			segs = append(segs, n.Name())
+		}
+	}
+	slices.Sort(segs)
+	if len(segs) == 0 {
+		t.Fatal("no segment")
+	}
+	if err := os.Truncate(filepath.Join(walDir, segs[len(segs)-1]), 100); err != nil {
+		t.Fatal(err)
+	}
+	walOpts.RepairTruncated = true
+	tr2 := startTier(t, dir, opts, walOpts)
+	kept := tr2.Log.LastIndex()
+	if kept >= 250 {
+		t.Fatalf("the repaired log ends at %d, want before 250", kept)
+	}
+	t.Logf("the repaired log ends at %d", kept)
+
+	// A new frontend's entries: acknowledged, so the consumer must get them.
+	fe2 := dealer(t, tr2.Addrs.Ingest, "fe-2#1")
+	fe2.Send(t, &wire.Batch{Origin: "fe-2", First: 1, Entries: entries(1, 20)})
+	if ack := testkit.Next[*wire.Ack](t, fe2); ack.UpTo != 20 {
+		t.Fatalf("ack %+v", ack)
+	}
+	// Let the state keeper run a few times (a write per tick at most).
+	cons2 := dealer(t, tr2.Addrs.Consumer, "storage#2")
+	cons2.Send(t, &wire.Commit{Consumer: "other", Seq: 1}) // wakes the state keeper
+	testkit.Next[*wire.CommitAck](t, cons2)
+	time.Sleep(1200 * time.Millisecond)
+	if rel := tr2.Log.Released(); rel > kept {
+		t.Errorf("released up to %d, past the %d entries the consumer had: fe-2's entries went unseen", rel, kept)
+	}
+	cons2.Send(t, &wire.Fetch{Consumer: "storage", From: 0, Max: 1000})
+	fr := testkit.Next[*wire.FetchReply](t, cons2)
+	var got int
+	for _, b := range fr.Records {
+		if rec, err := wire.DecodeRecord(b); err == nil && rec.Origin == "fe-2" {
+			got++
+		}
+	}
+	if got != 20 {
+		t.Fatalf("fetch from the checkpoint: first %d, last %d, %d records, %d of fe-2's 20 acknowledged entries", fr.First, fr.Last, len(fr.Records), got)
 	}
 }

@@ -11,31 +11,18 @@ import (
 	"time"
 
 	"github.com/ingest-io/ingest/internal/bodyread"
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
-// stalled sends a request whose body stops part way and returns the time
-// until the server answered and closed the connection, or the test's
-// limit.
+// stalled sends h a request whose body stops part way, and reports
+// whether it was answered within limit.
 func stalled(t *testing.T, h http.Handler, limit time.Duration) (answered bool, took time.Duration) {
 	t.Helper()
 	ts := httptest.NewServer(h)
 	defer ts.Close()
-	c, err := net.Dial("tcp", strings.TrimPrefix(ts.URL, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	start := time.Now()
-	if _, err := io.WriteString(c, "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"); err != nil {
-		t.Fatal(err)
-	}
-	c.SetReadDeadline(start.Add(limit))
-	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
-	if err != nil {
-		return false, time.Since(start)
-	}
-	resp.Body.Close()
-	return true, time.Since(start)
+	_, _, err := testkit.StalledBody(t, ts.Listener.Addr().String(), "POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n", limit)
+	return err == nil, time.Since(start)
 }
 
 // A request whose body stops part way is answered, and its connection

@@ -1,8 +1,11 @@
 package testkit
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"io"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -34,4 +37,30 @@ func CheckRefusal(t testing.TB, resp *http.Response, code string) {
 	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Type != "error" || body.Code != code {
 		t.Fatalf("refusal body %+v (%v), want an error with code %s", body, err, code)
 	}
+}
+
+// StalledBody sends head (a request line and headers, each ending in
+// \r\n, with a Content-Length of 100) to addr, then ten bytes of the body
+// and nothing more, and reads the answer within limit. It returns the
+// answer (body read and closed, in Body's place a copy) or the error of
+// the read: a server that waits for the rest of the body gives
+// i/o timeout.
+func StalledBody(t testing.TB, addr, head string, limit time.Duration) (*http.Response, []byte, error) {
+	t.Helper()
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	if _, err := io.WriteString(nc, head+"\r\n{\"name\":\"x"); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetReadDeadline(time.Now().Add(limit))
+	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return resp, body, err
 }
