@@ -118,28 +118,32 @@ func (d *device) ids() []string {
 	return append([]string(nil), d.seen...)
 }
 
-// connect dials tf as device id; answer, if not nil, answers commands (by
-// default: ok with {"n": how many seen}).
+// connect dials tf as device id, which answers every command ok with
+// {"n": how many it has seen}.
 func connect(t *testing.T, tf *testFrontend, d *device) {
+	t.Helper()
+	d.c = dialDevice(t, tf, d.id, func(_ context.Context, cmd client.Command) client.Answer {
+		d.mu.Lock()
+		d.seen = append(d.seen, cmd.ID)
+		n := len(d.seen)
+		d.mu.Unlock()
+		return client.Answer{Status: "ok", Payload: fmt.Appendf(nil, `{"n":%d}`, n)}
+	})
+}
+
+// dialDevice dials tf as device id within 5 s, with on answering its
+// commands; the client is closed at the test's end.
+func dialDevice(t *testing.T, tf *testFrontend, id string, on func(context.Context, client.Command) client.Answer) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	c, err := client.Dial(ctx, client.Options{
-		URL: "ws://" + tf.addr + "/v1/ingest?device=" + d.id,
-		OnCommand: func(_ context.Context, cmd client.Command) client.Answer {
-			d.mu.Lock()
-			d.seen = append(d.seen, cmd.ID)
-			n := len(d.seen)
-			d.mu.Unlock()
-			return client.Answer{Status: "ok", Payload: fmt.Appendf(nil, `{"n":%d}`, n)}
-		},
-		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-	})
+	c, err := client.Dial(ctx, client.Options{URL: "ws://" + tf.addr + "/v1/ingest?device=" + id, OnCommand: on,
+		MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond})
 	if err != nil {
-		t.Fatalf("dial %s: %v", d.id, err)
+		t.Fatalf("dial %s: %v", id, err)
 	}
-	d.c = c
 	t.Cleanup(func() { c.Close() })
+	return c
 }
 
 func (d *device) disconnect() {

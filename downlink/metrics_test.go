@@ -20,23 +20,14 @@ func TestMetricsMove(t *testing.T) {
 	fe := startFrontend(t, "fe-1", []string{h.Addr}, false)
 	got := make(chan string, 1)
 	release := make(chan struct{})
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := client.Dial(ctx, client.Options{
-		URL: "ws://" + fe.addr + "/v1/ingest?device=dev-1",
-		OnCommand: func(ctx context.Context, cmd client.Command) client.Answer {
-			got <- cmd.ID
-			select {
-			case <-release:
-			case <-ctx.Done():
-			}
-			return client.Answer{Status: "ok"}
-		},
+	dialDevice(t, fe, "dev-1", func(ctx context.Context, cmd client.Command) client.Answer {
+		got <- cmd.ID
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return client.Answer{Status: "ok"}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	// moved waits until the frontend has pending commands pending, then
 	// checks that its histogram feHist and the home's homeHist have one
 	// observation each.
@@ -89,20 +80,11 @@ func TestPendingForgetsExpired(t *testing.T) {
 	h := startHome(t, "home-1", command.Options{})
 	fe := startFrontend(t, "fe-1", []string{h.Addr}, false)
 	got := make(chan string, 10)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, err := client.Dial(ctx, client.Options{
-		URL: "ws://" + fe.addr + "/v1/ingest?device=dev-1",
-		OnCommand: func(ctx context.Context, cmd client.Command) client.Answer {
-			got <- cmd.ID
-			<-ctx.Done() // never answers while connected
-			return client.Answer{Status: "ok"}
-		},
+	dialDevice(t, fe, "dev-1", func(ctx context.Context, cmd client.Command) client.Answer {
+		got <- cmd.ID
+		<-ctx.Done() // never answers while connected
+		return client.Answer{Status: "ok"}
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	cmd := submit(t, fe, "dev-1", "ignored", map[string]any{"ttl_ms": 500})
 	if id := <-got; id != cmd.ID {
 		t.Fatalf("device got %s, want %s", id, cmd.ID)
