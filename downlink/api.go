@@ -193,8 +193,8 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusRequestEntityTooLarge, CodeTooLarge, "body over the payload bound")
 		return
 	}
-	// Read whole: the wait for the home is bounded by its context, and
-	// a read deadline left would end the connection's background read.
+	// Read whole: the wait for the home is bounded by its context; the
+	// body's deadline has no more to do.
 	http.NewResponseController(w).SetReadDeadline(time.Time{})
 	var req SubmitRequest
 	if err := DecodeSubmit(body, &req); err != nil {

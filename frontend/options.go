@@ -133,7 +133,9 @@ type Options struct {
 	// token (WebSocket: HTTP 403 with the code revoked; MQTT: CONNACK
 	// 0x05 not authorized in 3.1.1, 0x8A banned in 5). Server.CloseRevoked
 	// closes the open connections of the devices it reports. It is called
-	// once per handshake and must not block.
+	// twice per handshake (before the upgrade, and when the session is
+	// registered, under the lock CloseRevoked holds) and by CloseRevoked:
+	// it must not block, nor call back into the Server.
 	Revoked func(device string) bool
 	// Downlink, when set, carries commands to the devices connected here
 	// and their answers back, and the command API (docs/commands.md) is
