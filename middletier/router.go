@@ -248,8 +248,7 @@ func (r *Router) clampCheckpoints() error {
 	if !clamped {
 		return nil
 	}
-	st := &state{Applied: r.applied, Origins: r.highest, Consumers: r.ckpt}
-	if err := writeState(r.opts.StateDir, st); err != nil {
+	if err := writeState(r.opts.StateDir, r.stateLocked()); err != nil {
 		return fmt.Errorf("middletier: %w", err)
 	}
 	return nil
@@ -795,9 +794,15 @@ func (r *Router) stateKeeper(ctx context.Context) {
 	}
 }
 
+// stateLocked is a copy of what the state file keeps. Holds r.mu, or runs
+// before the router's goroutines start.
+func (r *Router) stateLocked() *state {
+	return &state{Applied: r.applied, Origins: maps.Clone(r.highest), Consumers: maps.Clone(r.ckpt)}
+}
+
 func (r *Router) keepState() error {
 	r.mu.Lock()
-	st := &state{Applied: r.applied, Origins: maps.Clone(r.highest), Consumers: maps.Clone(r.ckpt)}
+	st := r.stateLocked()
 	waiters := r.waiters
 	r.waiters = nil
 	published := r.published
