@@ -105,8 +105,6 @@ type request struct {
 	first uint64
 	err   error
 	done  chan struct{}
-	// supersedes, set by AppendReplacing, is read and cleared by submit.
-	supersedes uint64
 }
 
 var reqPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
@@ -341,7 +339,7 @@ func open(dir string, opts Options, m *metrics, lg *slog.Logger) (*Log, error) {
 func (l *Log) Append(ctx context.Context, data []byte) (uint64, error) {
 	r := reqPool.Get().(*request)
 	r.one[0] = data
-	return l.submit(ctx, r, r.one[:])
+	return l.submit(ctx, r, r.one[:], 0)
 }
 
 // AppendBatch appends entries with consecutive indexes, returning the first,
@@ -352,7 +350,7 @@ func (l *Log) AppendBatch(ctx context.Context, data [][]byte) (uint64, error) {
 	if len(data) == 0 {
 		return 0, ErrEmptyBatch
 	}
-	return l.submit(ctx, reqPool.Get().(*request), data)
+	return l.submit(ctx, reqPool.Get().(*request), data, 0)
 }
 
 // AppendReplacing appends entries as AppendBatch does, for a caller that
@@ -366,14 +364,12 @@ func (l *Log) AppendReplacing(ctx context.Context, data [][]byte, supersedes uin
 	if len(data) == 0 {
 		return 0, ErrEmptyBatch
 	}
-	r := reqPool.Get().(*request)
-	r.supersedes = supersedes
-	return l.submit(ctx, r, data)
+	return l.submit(ctx, reqPool.Get().(*request), data, supersedes)
 }
 
-func (l *Log) submit(ctx context.Context, r *request, data [][]byte) (uint64, error) {
-	supersedes := r.supersedes
-	r.supersedes = 0
+// submit appends data through r; the entries up to supersedes do not
+// count against the bound (AppendReplacing; 0 for none).
+func (l *Log) submit(ctx context.Context, r *request, data [][]byte, supersedes uint64) (uint64, error) {
 	var n int64
 	for _, d := range data {
 		if int64(len(d)) > l.opts.MaxBytes || len(d) > maxPayload {
