@@ -2,6 +2,7 @@ package status
 
 import (
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"time"
@@ -149,11 +150,8 @@ func (h *Handler) gather(now time.Time) (sample, error) {
 				by[label(m, "sink")] += m.GetCounter().GetValue()
 			}
 			s.values[name] = 0
-			first := true
-			for _, v := range by {
-				if first || v < s.values[name] {
-					s.values[name], first = v, false
-				}
+			if len(by) > 0 {
+				s.values[name] = slices.Min(slices.Collect(maps.Values(by)))
 			}
 		case mConnections, mReceived, mAcked, mRejected, mDelivered, mReaders, mMQTTConns, mMQTTAcked:
 			var sum float64
