@@ -402,7 +402,7 @@ func (c *mqttConn) readConnect() (code byte, reason string) {
 		}
 		c.device = clientID
 	}
-	if s.opts.Revoked != nil && s.opts.Revoked(c.device) {
+	if s.revoked(c.device) {
 		return connackBanned, "device " + c.device + " is disabled in the device registry"
 	}
 	c.assigned = clientID == ""

@@ -382,7 +382,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	if s.opts.Revoked != nil && s.opts.Revoked(device) {
+	if s.revoked(device) {
 		s.lg.Debug("handshake of a disabled device refused", "device", device, "remote", r.RemoteAddr)
 		s.refuse(w, http.StatusForbidden, protocol.CodeRevoked, "device "+device+" is disabled in the device registry")
 		return

@@ -28,6 +28,9 @@ type session interface {
 func (c *conn) closeNow()              { c.ws.CloseNow() }
 func (c *conn) ended() <-chan struct{} { return c.done }
 
+// revoked reports whether device is disabled (Options.Revoked).
+func (s *Server) revoked(device string) bool { return s.opts.Revoked != nil && s.opts.Revoked(device) }
+
 // registration is why register added a session, or did not.
 type registration int
 
@@ -51,7 +54,7 @@ func (s *Server) register(se session, device string, serve bool) (old session, r
 	if s.draining {
 		return nil, refusedDraining
 	}
-	if s.opts.Revoked != nil && s.opts.Revoked(device) {
+	if s.revoked(device) {
 		return nil, refusedRevoked
 	}
 	old = s.devices[device]
@@ -110,7 +113,7 @@ func (s *Server) CloseRevoked() int {
 	}
 	n := 0
 	for device, se := range s.devices {
-		if !s.opts.Revoked(device) {
+		if !s.revoked(device) {
 			continue
 		}
 		n++
