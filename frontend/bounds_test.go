@@ -2,8 +2,6 @@ package frontend
 
 import (
 	"context"
-	"errors"
-	"sync"
 	"testing"
 	"time"
 	"unsafe"
@@ -11,58 +9,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/ingest-io/ingest/internal/testkit"
-	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
-
-// TestRevokedDuringHandshake: a device disabled in the registry while its
-// handshake is under way (after the handshake's look at Options.Revoked,
-// before its connection is registered) is closed as revoked all the same:
-// the CloseRevoked that follows the registry's change must not miss it.
-func TestRevokedDuringHandshake(t *testing.T) {
-	var (
-		revoked revokedSet
-		srvMu   sync.Mutex
-		srv     *Server
-		once    sync.Once
-	)
-	check := func(device string) bool {
-		was := revoked.has(device)
-		if device == "late" {
-			// The registry changes right after the handshake has looked,
-			// and the process closes what it disables, as
-			// cmd/ingest's closeRevoked does.
-			once.Do(func() {
-				revoked.set("late")
-				srvMu.Lock()
-				s := srv
-				srvMu.Unlock()
-				s.CloseRevoked()
-			})
-		}
-		return was
-	}
-	srvMu.Lock()
-	ts := startServer(t, Options{Revoked: check}, wal.Options{})
-	srv = ts.srv
-	srvMu.Unlock()
-
-	c := rawDial(t, ts, hsToken(t, "late", nil))
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	c.Write(ctx, websocket.MessageText, []byte(`{"id":1,"v":1}`))
-	for {
-		_, b, err := c.Read(ctx)
-		if err != nil {
-			var ce websocket.CloseError
-			if !errors.As(err, &ce) || ce.Code != protocol.ClosePolicyViolation || ce.Reason != protocol.ReasonRevoked {
-				t.Fatalf("the device disabled during its handshake: %v, want a close 1008 %q", err, protocol.ReasonRevoked)
-			}
-			return
-		}
-		t.Logf("frame from the server: %s", b)
-	}
-}
 
 // TestEmptyFramesAreBoundedWhileTheWALWaits: frames that carry no message
 // (an empty batch, []) take no rate-limit token and no envelope bytes, but

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -33,6 +34,15 @@ func (r *revokedSet) has(id string) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.ids[id]
+}
+
+func (r *revokedSet) add(id string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.ids == nil {
+		r.ids = map[string]bool{}
+	}
+	r.ids[id] = true
 }
 
 func (r *revokedSet) set(ids ...string) {
@@ -168,35 +178,36 @@ func TestRevoked(t *testing.T) {
 	}
 }
 
-// flipRevoked is a registry that disables every device right after the
-// first look at it: the handshake's check passes, and the change lands
-// before the session is registered, its CloseRevoked already run.
-type flipRevoked struct {
-	mu     sync.Mutex
-	looked map[string]bool
-}
-
-func (f *flipRevoked) has(id string) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.looked[id] {
-		return true
-	}
-	f.looked[id] = true
-	return false
-}
-
 // TestDisabledDuringHandshake: a device disabled between its handshake's
-// check and its session's registration, after the change's CloseRevoked
-// has run, is not served: its WebSocket is closed with 1008 revoked,
-// its MQTT CONNECT refused with 0x8A, and nothing it sends is stored. The
-// session used to be registered and served until the device reconnected.
+// check and its session's registration, the change's CloseRevoked run in
+// between (before the session was there to close), is not served: its
+// WebSocket is closed with 1008 revoked, its MQTT CONNECT refused with
+// 0x8A, and nothing it sends is stored. The session used to be registered
+// and served until the device reconnected.
 func TestDisabledDuringHandshake(t *testing.T) {
-	f := &flipRevoked{looked: map[string]bool{}}
-	ts := startMQTTServer(t, Options{Revoked: f.has}, wal.Options{})
-	if n := ts.srv.CloseRevoked(); n != 0 { // the change's call, before the sessions exist
-		t.Fatalf("CloseRevoked closed %d", n)
+	var (
+		revoked revokedSet
+		srv     atomic.Pointer[Server]
+		mu      sync.Mutex
+		looked  = map[string]bool{}
+	)
+	// The registry disables each device right after the handshake's first
+	// look at it, and the process closes what it disables, as
+	// cmd/ingest's closeRevoked does.
+	check := func(device string) bool {
+		was := revoked.has(device)
+		mu.Lock()
+		first := !looked[device]
+		looked[device] = true
+		mu.Unlock()
+		if first {
+			revoked.add(device)
+			srv.Load().CloseRevoked()
+		}
+		return was
 	}
+	ts := startMQTTServer(t, Options{Revoked: check}, wal.Options{})
+	srv.Store(ts.srv)
 
 	ws := rawDial(t, ts.testServer, hsToken(t, "ws-dev", nil))
 	send(t, ws, `{"id":1,"v":1}`)
