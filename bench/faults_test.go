@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,33 +12,6 @@ import (
 	"github.com/ingest-io/ingest/internal/loadgen"
 )
 
-// childEngine is the pid of the ingest process this test binary started.
-func childEngine(t *testing.T) int {
-	t.Helper()
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		i := strings.LastIndexByte(s, ')')
-		if i < 0 || !strings.Contains(s[:i], "(ingest") {
-			continue
-		}
-		f := strings.Fields(s[i+1:])
-		if len(f) > 1 && f[1] == strconv.Itoa(os.Getpid()) {
-			return pid
-		}
-	}
-	t.Fatal("no ingest child process")
-	return 0
-}
-
 // runSignalled runs a paced load against a frontend the bench starts, and
 // sends the frontend sig one second after the devices start sending. It
 // returns the run's error, which must report the engine's exit.
@@ -48,8 +20,12 @@ func runSignalled(t *testing.T, sig syscall.Signal) error {
 	c := config{Spawn: binPath, Devices: 4, Window: 4, Rate: 20, Size: 150, Shape: "sensor", Sources: 1,
 		Duration: 3 * time.Second, Drain: 2 * time.Second, Quiet: true, JSON: filepath.Join(t.TempDir(), "r.json")}
 	signalled := make(chan struct{})
-	c.onSendStart = func() {
-		pid := childEngine(t)
+	c.onSendStart = func(pid int) {
+		if pid == 0 {
+			t.Error("the spawned engine's pid is not known at the start of sending")
+			close(signalled)
+			return
+		}
 		go func() {
 			defer close(signalled)
 			time.Sleep(time.Second)

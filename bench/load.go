@@ -294,7 +294,7 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 	runCtx, stopRun := context.WithCancel(ctx)
 	defer stopRun()
 	if c.onSendStart != nil {
-		c.onSendStart()
+		c.onSendStart(c.enginePID)
 	}
 	cpu := startCPU(c.enginePID)
 	scrapeBefore := scrapeEngine(ctx, c.engineMetrics)

@@ -67,12 +67,12 @@ type config struct {
 	PID     int
 	Metrics string
 
-	urls          []string // device endpoints when the bench runs the engine itself
-	engineMetrics string   // the engine's metrics endpoint, for its goroutines
-	onSendStart   func()   // called when sending starts
-	onSendEnd     func()   // called when sending stops, before the drain
-	checkAPIs     []string // the stores to check, when there are several (writers with an embedded TSDB each)
-	enginePID     int      // the engine process the bench started, for its CPU time
+	urls          []string            // device endpoints when the bench runs the engine itself
+	engineMetrics string              // the engine's metrics endpoint, for its goroutines
+	onSendStart   func(enginePID int) // called when sending starts, with the engine's pid (0: not known)
+	onSendEnd     func()              // called when sending stops, before the drain
+	checkAPIs     []string            // the stores to check, when there are several (writers with an embedded TSDB each)
+	enginePID     int                 // the engine process the bench started, for its CPU time
 }
 
 func main() {
@@ -189,15 +189,12 @@ func run(c config) error {
 	if c.Proto == "mqtt5" {
 		c.URL = "mqtt5://" + strings.TrimPrefix(c.URL, "mqtt://")
 	}
-	if spawned == nil {
-		res, err := load(ctx, c, lg)
-		if err != nil {
-			return err
-		}
-		return report(c, res)
+	runCtx := ctx
+	if spawned != nil {
+		var cancel context.CancelFunc
+		runCtx, cancel = spawned.watch(ctx)
+		defer cancel()
 	}
-	runCtx, cancel := spawned.watch(ctx)
-	defer cancel()
 	res, err := load(runCtx, c, lg)
 	// An engine that exits on the terminal's ^C with the bench is not a
 	// crash: then the bench's own interruption is the error.
@@ -265,7 +262,7 @@ func runCluster(ctx context.Context, c config, lg *slog.Logger) error {
 		c.onSendEnd = func() { stopChaos(); <-done }
 	} else {
 		close(done)
-		c.onSendStart = func() { before = cl.read() }
+		c.onSendStart = func(int) { before = cl.read() }
 		c.onSendEnd = func() { after = cl.read() }
 	}
 	res, err := load(ctx, c, lg)

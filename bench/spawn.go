@@ -118,8 +118,11 @@ func (e *engine) lastLines() string {
 
 // exitErr reports the process's exit if it ended before the bench stopped
 // it: its status, the first lines of its crash if it crashed, and its last
-// lines; nil while it runs.
+// lines; nil while it runs, and for no engine (nil).
 func (e *engine) exitErr() error {
+	if e == nil {
+		return nil
+	}
 	select {
 	case <-e.done:
 	default:
