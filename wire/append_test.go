@@ -26,3 +26,32 @@ func BenchmarkAppendFresh(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDecode decodes what a consumer of a stream reads: a message of
+// 64 records, and each record in it.
+func BenchmarkDecode(b *testing.B) {
+	recs := make([][]byte, 64)
+	for i := range recs {
+		recs[i] = AppendRecord(nil, &Record{Origin: "fe-1.0123456789abcdef", Index: uint64(i + 1), Data: make([]byte, 200)})
+	}
+	msg := Append(nil, &Stream{Middletier: "mt-1", First: 1, Records: recs})
+	b.Run("stream", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := Decode(msg); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("record", func(b *testing.B) {
+		b.ReportAllocs()
+		known := ""
+		for b.Loop() {
+			r, err := DecodeRecordKnown(recs[0], known)
+			if err != nil {
+				b.Fatal(err)
+			}
+			known = r.Origin
+		}
+	})
+}

@@ -4,93 +4,40 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/ingest-io/ingest/internal/varint"
 )
 
-// encoder writes the fields of a body in order, or, when sizing, only
-// counts the bytes it would write: every message, command and record
-// states its fields once, and its encoders run them twice, to grow their
-// output once. It passes by value (encode takes one and returns it), so
-// that encoding allocates nothing but the output.
-type encoder struct {
-	b      []byte
-	n      int
-	sizing bool
+// A codec runs the fields of a body one way: it sizes them (counting the
+// bytes they take, so that the output grows once), writes them, or reads
+// them back strictly. Every message, command and record states its fields
+// once, in a method that takes a codec and hands it on, so that what is
+// written and what is read cannot disagree. Each field method takes a
+// pointer to the field: it reads the field when sizing or writing and
+// sets it when reading, and what the format promises (a version, a range,
+// a name's length) is checked when reading only.
+//
+// A message's fields take a codec and return it, by value, so that
+// running them through the Message interface allocates nothing but the
+// output; a record's and a command's, called directly, take a pointer.
+// When reading, the first error sticks: every read after it sets
+// the zero value, so that a body reads all its fields and its caller looks
+// at err once, at the end.
+type codec struct {
+	b    []byte // written so far, or left to read
+	n    int    // counted so far, when sizing
+	mode mode
+	err  error // the first error, when reading
 }
 
-// appendSized appends what fields writes to dst, growing dst once.
-func appendSized(dst []byte, fields func(encoder) encoder) []byte {
-	n := fields(encoder{sizing: true}).n
-	return fields(encoder{b: slices.Grow(dst, n)}).b
-}
+type mode uint8
 
-func (e *encoder) byte(v byte) {
-	if e.sizing {
-		e.n++
-		return
-	}
-	e.b = append(e.b, v)
-}
-
-func (e *encoder) bool(v bool) {
-	if v {
-		e.byte(1)
-	} else {
-		e.byte(0)
-	}
-}
-
-func (e *encoder) uvarint(v uint64) {
-	if e.sizing {
-		e.n += varint.Len(v)
-		return
-	}
-	e.b = binary.AppendUvarint(e.b, v)
-}
-
-// millis writes d in whole milliseconds.
-func (e *encoder) millis(d time.Duration) { e.uvarint(uint64(d / time.Millisecond)) }
-
-// raw writes b as it is, with no length: the rest of a record.
-func (e *encoder) raw(b []byte) {
-	if e.sizing {
-		e.n += len(b)
-		return
-	}
-	e.b = append(e.b, b...)
-}
-
-func (e *encoder) bytes(b []byte) {
-	e.uvarint(uint64(len(b)))
-	e.raw(b)
-}
-
-func (e *encoder) string(s string) {
-	e.uvarint(uint64(len(s)))
-	if e.sizing {
-		e.n += len(s)
-		return
-	}
-	e.b = append(e.b, s...)
-}
-
-func (e *encoder) list(items [][]byte) {
-	e.uvarint(uint64(len(items)))
-	for _, it := range items {
-		e.bytes(it)
-	}
-}
-
-// decoder reads the fields of a body strictly. The first error sticks:
-// every read after it returns the zero value, so that a decodeBody reads
-// all its fields and looks at err once, at the end.
-type decoder struct {
-	b   []byte
-	err error
-}
+const (
+	sizing mode = iota
+	writing
+	reading
+)
 
 var (
 	errShort      = errors.New("body ends early")
@@ -98,160 +45,235 @@ var (
 )
 
 // fail records err unless an earlier error is recorded, and stops reading.
-func (d *decoder) fail(err error) {
-	if d.err == nil {
-		d.err = err
+func (c *codec) fail(err error) {
+	if c.err == nil {
+		c.err = err
 	}
-	d.b = nil
+	c.b = nil
 }
 
-func (d *decoder) failf(format string, args ...any) {
-	if d.err == nil {
-		d.fail(fmt.Errorf(format, args...))
+func (c *codec) failf(format string, args ...any) {
+	if c.err == nil {
+		c.fail(fmt.Errorf(format, args...))
 	}
 }
 
-// check fails with msg unless ok.
-func (d *decoder) check(ok bool, msg string) {
-	if !ok && d.err == nil {
-		d.fail(errors.New(msg))
+// check fails with msg unless ok, when reading.
+func (c *codec) check(ok bool, msg string) {
+	if !ok && c.mode == reading && c.err == nil {
+		c.fail(errors.New(msg))
 	}
 }
 
 // end fails if bytes are left.
-func (d *decoder) end() {
-	if len(d.b) != 0 {
-		d.failf("%d trailing bytes", len(d.b))
+func (c *codec) end() {
+	if len(c.b) != 0 {
+		c.failf("%d trailing bytes", len(c.b))
 	}
 }
 
-func (d *decoder) byte() byte {
-	if len(d.b) == 0 {
-		d.fail(errShort)
-		return 0
+// put writes or sizes b.
+func (c *codec) put(b []byte) {
+	if c.mode == sizing {
+		c.n += len(b)
+		return
 	}
-	b := d.b[0]
-	d.b = d.b[1:]
+	c.b = append(c.b, b...)
+}
+
+// take reads n bytes, or fails short.
+func (c *codec) take(n uint64) []byte {
+	if n > uint64(len(c.b)) {
+		c.fail(errShort)
+		return nil
+	}
+	b := c.b[:n:n]
+	c.b = c.b[n:]
 	return b
 }
 
-func (d *decoder) bool() bool {
-	b := d.byte()
-	if b > 1 {
-		d.failf("boolean %d", b)
+func (c *codec) byte(p *byte) {
+	switch {
+	case c.mode == sizing:
+		c.n++
+	case c.mode == writing:
+		c.b = append(c.b, *p)
+	case len(c.b) == 0:
+		c.fail(errShort)
+		*p = 0
+	default:
+		*p = c.b[0]
+		c.b = c.b[1:]
 	}
-	return b == 1
 }
 
-// version reads the version byte of what, which must be want.
-func (d *decoder) version(what string, want byte) {
-	if v := d.byte(); v != want {
-		d.failf("%s version %d", what, v)
+func (c *codec) bool(p *bool) {
+	b := byte(0)
+	if *p {
+		b = 1
+	}
+	c.byte(&b)
+	if c.mode == reading {
+		if b > 1 {
+			c.failf("boolean %d", b)
+		}
+		*p = b == 1
 	}
 }
 
-// op reads an operation byte of what, from lo to hi.
-func (d *decoder) op(what string, lo, hi uint8) uint8 {
-	op := d.byte()
-	if op < lo || op > hi {
-		d.failf("%s op %d", what, op)
+// version writes v, the version of what, or reads it and fails unless it
+// is v.
+func (c *codec) version(what string, v byte) {
+	got := v
+	if c.byte(&got); got != v {
+		c.failf("%s version %d", what, got)
 	}
-	return op
 }
 
-// state reads a command state from lo to StateCancelled.
-func (d *decoder) state(lo CommandState) CommandState {
-	s := CommandState(d.byte())
-	if s < lo || s > StateCancelled {
-		d.failf("state %d", uint8(s))
+// op is an operation byte of what, from lo to hi.
+func (c *codec) op(p *uint8, what string, lo, hi uint8) {
+	if c.byte(p); c.mode == reading && (*p < lo || *p > hi) {
+		c.failf("%s op %d", what, *p)
 	}
-	return s
 }
 
-func (d *decoder) uvarint() uint64 {
-	v, n := binary.Uvarint(d.b)
+// state is a command state from lo to StateCancelled.
+func (c *codec) state(p *CommandState, lo CommandState) {
+	if c.byte((*byte)(p)); c.mode == reading && (*p < lo || *p > StateCancelled) {
+		c.failf("state %d", uint8(*p))
+	}
+}
+
+func (c *codec) uvarint(p *uint64) {
+	if c.mode == reading {
+		*p = c.readUvarint()
+		return
+	}
+	c.putUvarint(*p)
+}
+
+// putUvarint writes or sizes v.
+func (c *codec) putUvarint(v uint64) {
+	if c.mode == sizing {
+		c.n += varint.Len(v)
+		return
+	}
+	c.b = binary.AppendUvarint(c.b, v)
+}
+
+func (c *codec) readUvarint() uint64 {
+	v, n := binary.Uvarint(c.b)
 	switch {
 	case n <= 0:
-		d.fail(errShort)
+		c.fail(errShort)
 		return 0
 	case n != varint.Len(v):
-		d.fail(errNonMinimal)
+		c.fail(errNonMinimal)
 		return 0
 	}
-	d.b = d.b[n:]
+	c.b = c.b[n:]
 	return v
 }
 
-// int64 reads a uvarint that must fit an int64: a time or a start.
-func (d *decoder) int64() int64 {
-	v := d.uvarint()
+// int64 is a uvarint that must fit an int64: a time or a start.
+func (c *codec) int64(p *int64) {
+	if c.mode != reading {
+		c.putUvarint(uint64(*p))
+		return
+	}
+	v := c.readUvarint()
 	if v > 1<<63-1 {
-		d.fail(errors.New("integer out of range"))
-		return 0
+		c.fail(errors.New("integer out of range"))
+		v = 0
 	}
-	return int64(v)
+	*p = int64(v)
 }
 
-// millis reads a duration of what in whole milliseconds, from lo to hi.
-func (d *decoder) millis(what string, lo, hi time.Duration) time.Duration {
-	ms := d.uvarint()
+// millis is a duration of what in whole milliseconds, from lo to hi.
+func (c *codec) millis(p *time.Duration, what string, lo, hi time.Duration) {
+	if c.mode != reading {
+		c.putUvarint(uint64(*p / time.Millisecond))
+		return
+	}
+	ms := c.readUvarint()
 	if ms < uint64(lo/time.Millisecond) || ms > uint64(hi/time.Millisecond) {
-		d.failf("%s %d ms", what, ms)
-		return 0
+		c.failf("%s %d ms", what, ms)
+		ms = 0
 	}
-	return time.Duration(ms) * time.Millisecond
+	*p = time.Duration(ms) * time.Millisecond
 }
 
-// count reads the length of a list whose every item takes at least
-// minItem bytes.
-func (d *decoder) count(minItem int) int {
-	n := d.uvarint()
-	if n > uint64(len(d.b)/minItem) {
-		d.fail(errShort)
-		return 0
+// count is the length n of a list whose every item takes at least minItem
+// bytes; reading, it is refused if the body is too short to hold them.
+func (c *codec) count(n *int, minItem int) {
+	if c.mode != reading {
+		c.putUvarint(uint64(*n))
+		return
 	}
-	return int(n)
+	v := c.readUvarint()
+	if v > uint64(len(c.b)/minItem) {
+		c.fail(errShort)
+		v = 0
+	}
+	*n = int(v)
 }
 
-func (d *decoder) bytes() []byte {
-	n := d.uvarint()
-	if n > uint64(len(d.b)) {
-		d.fail(errShort)
-		return nil
+// rest is the rest of the body, with no length.
+func (c *codec) rest(p *[]byte) {
+	if c.mode != reading {
+		c.put(*p)
+		return
 	}
-	b := d.b[:n:n]
-	d.b = d.b[n:]
-	return b
+	*p, c.b = c.b, nil
 }
 
-func (d *decoder) name() string { return d.nameKnown("") }
-
-// nameKnown is name, but known itself when the name is spelled as known
-// is (no copy).
-func (d *decoder) nameKnown(known string) string {
-	b := d.bytes()
-	if len(b) > MaxNameLen {
-		d.failf("name of %d bytes", len(b))
-		return ""
+func (c *codec) bytes(p *[]byte) {
+	if c.mode != reading {
+		c.putUvarint(uint64(len(*p)))
+		c.put(*p)
+		return
 	}
-	if string(b) == known {
-		return known
-	}
-	return string(b)
+	*p = c.take(c.readUvarint())
 }
 
-func (d *decoder) nonEmptyName() string {
-	s := d.name()
-	if s == "" {
-		d.check(false, "empty name")
+func (c *codec) name(p *string) { c.nameKnown(p, "") }
+
+// nameKnown is name, but when reading it sets known itself, not a copy,
+// when the name is spelled as known is.
+func (c *codec) nameKnown(p *string, known string) {
+	if c.mode != reading {
+		c.putUvarint(uint64(len(*p)))
+		if c.mode == sizing {
+			c.n += len(*p)
+		} else {
+			c.b = append(c.b, *p...)
+		}
+		return
 	}
-	return s
+	b := c.take(c.readUvarint())
+	switch {
+	case len(b) > MaxNameLen:
+		c.failf("name of %d bytes", len(b))
+		*p = ""
+	case string(b) == known:
+		*p = known
+	default:
+		*p = string(b)
+	}
 }
 
-func (d *decoder) list() [][]byte {
-	items := make([][]byte, d.count(1)) // every item takes at least its length byte
-	for i := range items {
-		items[i] = d.bytes()
+func (c *codec) nonEmptyName(p *string) {
+	c.name(p)
+	c.check(*p != "", "empty name")
+}
+
+func (c *codec) list(p *[][]byte) {
+	n := len(*p)
+	c.count(&n, 1) // every item takes at least its length byte
+	if c.mode == reading {
+		*p = make([][]byte, n)
 	}
-	return items
+	for i := range *p {
+		c.bytes(&(*p)[i])
+	}
 }

@@ -1,6 +1,9 @@
 package wire
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Command messages carry device commands between frontends and their home
 // middletiers (docs/commands.md): a device id hashes to one home, which
@@ -154,173 +157,110 @@ func (*Presence) Kind() Kind { return KindPresence }
 func (*Deliver) Kind() Kind  { return KindDeliver }
 func (*Result) Kind() Kind   { return KindResult }
 
-func (m *Submit) encode(e encoder) encoder {
-	e.uvarint(m.Req)
-	e.string(m.Device)
-	e.string(m.Name)
-	e.bytes(m.Payload)
-	e.uvarint(m.TTLMS)
-	e.string(m.Key)
-	return e
+func (m *Submit) fields(c codec) codec {
+	c.uvarint(&m.Req)
+	c.name(&m.Device)
+	c.name(&m.Name)
+	c.bytes(&m.Payload)
+	c.uvarint(&m.TTLMS)
+	c.name(&m.Key)
+	return c
 }
 
-func (m *Submit) decodeBody(d *decoder) error {
-	m.Req = d.uvarint()
-	m.Device = d.name()
-	m.Name = d.name()
-	m.Payload = d.bytes()
-	m.TTLMS = d.uvarint()
-	m.Key = d.name()
-	return d.err
+func (m *Query) fields(c codec) codec {
+	c.uvarint(&m.Req)
+	c.op(&m.Op, "query", QueryGet, QueryCancel)
+	c.name(&m.Device)
+	c.name(&m.CID)
+	c.state(&m.State, 0) // 0: any state
+	return c
 }
 
-func (m *Query) encode(e encoder) encoder {
-	e.uvarint(m.Req)
-	e.byte(m.Op)
-	e.string(m.Device)
-	e.string(m.CID)
-	e.byte(byte(m.State))
-	return e
+func (m *Reply) fields(c codec) codec {
+	c.uvarint(&m.Req)
+	c.name(&m.Code)
+	c.commands(&m.Commands)
+	return c
 }
 
-func (m *Query) decodeBody(d *decoder) error {
-	m.Req = d.uvarint()
-	m.Op = d.op("query", QueryGet, QueryCancel)
-	m.Device = d.name()
-	m.CID = d.name()
-	m.State = d.state(0) // 0: any state
-	return d.err
-}
-
-func (m *Reply) encode(e encoder) encoder {
-	e.uvarint(m.Req)
-	e.string(m.Code)
-	e.commands(m.Commands)
-	return e
-}
-
-func (m *Reply) decodeBody(d *decoder) error {
-	m.Req = d.uvarint()
-	m.Code = d.name()
-	m.Commands = d.commands()
-	return d.err
-}
-
-func (m *Presence) encode(e encoder) encoder {
-	e.string(m.Frontend)
-	e.bool(m.Full)
-	e.uvarint(uint64(len(m.Devices)))
-	for _, p := range m.Devices {
-		e.string(p.Device)
-		e.uvarint(uint64(p.Since))
-		e.bool(p.Present)
+func (m *Presence) fields(c codec) codec {
+	c.name(&m.Frontend)
+	c.bool(&m.Full)
+	n := len(m.Devices)
+	c.count(&n, 3) // every place takes at least three bytes
+	if c.mode == reading {
+		m.Devices = make([]Place, n)
 	}
-	return e
-}
-
-func (m *Presence) decodeBody(d *decoder) error {
-	m.Frontend = d.name()
-	m.Full = d.bool()
-	m.Devices = make([]Place, d.count(3)) // every place takes at least three bytes
 	for i := range m.Devices {
 		p := &m.Devices[i]
-		p.Device = d.name()
-		p.Since = d.int64()
-		p.Present = d.bool()
+		c.name(&p.Device)
+		c.int64(&p.Since)
+		c.bool(&p.Present)
 	}
-	return d.err
+	return c
 }
 
-func (m *Deliver) encode(e encoder) encoder {
-	e.commands(m.Commands)
-	return e
+func (m *Deliver) fields(c codec) codec {
+	c.commands(&m.Commands)
+	return c
 }
 
-func (m *Deliver) decodeBody(d *decoder) error {
-	m.Commands = d.commands()
-	return d.err
-}
-
-func (m *Result) encode(e encoder) encoder {
-	e.string(m.Device)
-	e.string(m.CID)
-	e.string(m.Status)
-	e.bytes(m.Payload)
-	return e
-}
-
-func (m *Result) decodeBody(d *decoder) error {
-	m.Device = d.name()
-	m.CID = d.name()
-	m.Status = d.name()
-	m.Payload = d.bytes()
-	return d.err
+func (m *Result) fields(c codec) codec {
+	c.name(&m.Device)
+	c.name(&m.CID)
+	c.name(&m.Status)
+	c.bytes(&m.Payload)
+	return c
 }
 
 const commandVersion = 1
 
-// AppendCommand appends the encoding of c to dst: the form a home keeps in
+// AppendCommand appends the encoding of cmd to dst: the form a home keeps in
 // its log and sends in Reply and Deliver.
-func AppendCommand(dst []byte, c *Command) []byte {
-	return appendSized(dst, func(e encoder) encoder {
-		e.command(c)
-		return e
-	})
+func AppendCommand(dst []byte, cmd *Command) []byte {
+	c := codec{mode: sizing}
+	cmd.fields(&c)
+	c = codec{b: slices.Grow(dst, c.n), mode: writing}
+	cmd.fields(&c)
+	return c.b
 }
 
 // DecodeCommand decodes one command that is the whole of b; its byte
 // slices alias b.
 func DecodeCommand(b []byte) (Command, error) {
-	d := &decoder{b: b}
-	c := d.command()
-	if d.end(); d.err != nil {
-		return Command{}, fmt.Errorf("%w: command: %w", ErrInvalid, d.err)
+	var cmd Command
+	c := codec{b: b, mode: reading}
+	cmd.fields(&c)
+	if c.end(); c.err != nil {
+		return Command{}, fmt.Errorf("%w: command: %w", ErrInvalid, c.err)
 	}
-	return c, nil
+	return cmd, nil
 }
 
-func (e *encoder) command(c *Command) {
-	e.byte(commandVersion)
-	e.string(c.ID)
-	e.string(c.Device)
-	e.string(c.Name)
-	e.bytes(c.Payload)
-	e.string(c.Key)
-	e.byte(byte(c.State))
-	for _, t := range [...]int64{c.Created, c.Expires, c.Sent, c.Done} {
-		e.uvarint(uint64(t))
+// fields takes a pointer, as Record's does: it runs inside the fields of
+// the messages that carry commands, and for each of a home's log entries.
+func (cmd *Command) fields(c *codec) {
+	c.version("command", commandVersion)
+	c.name(&cmd.ID)
+	c.name(&cmd.Device)
+	c.name(&cmd.Name)
+	c.bytes(&cmd.Payload)
+	c.name(&cmd.Key)
+	c.state(&cmd.State, StateQueued)
+	for _, t := range [...]*int64{&cmd.Created, &cmd.Expires, &cmd.Sent, &cmd.Done} {
+		c.int64(t)
 	}
-	e.string(c.Status)
-	e.bytes(c.Result)
+	c.name(&cmd.Status)
+	c.bytes(&cmd.Result)
 }
 
-func (d *decoder) command() (c Command) {
-	d.version("command", commandVersion)
-	c.ID = d.name()
-	c.Device = d.name()
-	c.Name = d.name()
-	c.Payload = d.bytes()
-	c.Key = d.name()
-	c.State = d.state(StateQueued)
-	for _, t := range [...]*int64{&c.Created, &c.Expires, &c.Sent, &c.Done} {
-		*t = d.int64()
+func (c *codec) commands(p *[]Command) {
+	n := len(*p)
+	c.count(&n, 13) // every command takes at least thirteen bytes (AppendCommand)
+	if c.mode == reading {
+		*p = make([]Command, n)
 	}
-	c.Status = d.name()
-	c.Result = d.bytes()
-	return c
-}
-
-func (e *encoder) commands(cs []Command) {
-	e.uvarint(uint64(len(cs)))
-	for i := range cs {
-		e.command(&cs[i])
+	for i := range *p {
+		(*p)[i].fields(c)
 	}
-}
-
-func (d *decoder) commands() []Command {
-	cs := make([]Command, d.count(13)) // every command takes at least thirteen bytes (AppendCommand)
-	for i := range cs {
-		cs[i] = d.command()
-	}
-	return cs
 }

@@ -70,49 +70,26 @@ type LeaseReply struct {
 func (*Lease) Kind() Kind      { return KindLease }
 func (*LeaseReply) Kind() Kind { return KindLeaseReply }
 
-func (m *Lease) encode(e encoder) encoder {
-	e.byte(leaseVersion)
-	e.string(m.Group)
-	e.string(m.Member)
-	e.uvarint(m.Req)
-	e.uvarint(m.Slot)
-	e.byte(m.Op)
-	return e
+func (m *Lease) fields(c codec) codec {
+	c.version("lease", leaseVersion)
+	c.nonEmptyName(&m.Group)
+	c.nonEmptyName(&m.Member)
+	c.uvarint(&m.Req)
+	c.uvarint(&m.Slot)
+	c.op(&m.Op, "lease", LeaseHold, LeaseLeave)
+	return c
 }
 
-func (m *Lease) decodeBody(d *decoder) error {
-	d.version("lease", leaseVersion)
-	m.Group = d.nonEmptyName()
-	m.Member = d.nonEmptyName()
-	m.Req = d.uvarint()
-	m.Slot = d.uvarint()
-	m.Op = d.op("lease", LeaseHold, LeaseLeave)
-	return d.err
-}
-
-func (m *LeaseReply) encode(e encoder) encoder {
-	e.byte(leaseVersion)
-	e.string(m.Middletier)
-	e.string(m.Group)
-	e.string(m.Member)
-	e.uvarint(m.Req)
-	e.string(m.Holder)
-	e.uvarint(m.Writers)
-	e.millis(m.TTL)
-	e.bool(m.Revoked)
-	return e
-}
-
-func (m *LeaseReply) decodeBody(d *decoder) error {
-	d.version("lease reply", leaseVersion)
-	m.Middletier = d.nonEmptyName()
-	m.Group = d.nonEmptyName()
-	m.Member = d.nonEmptyName()
-	m.Req = d.uvarint()
-	m.Holder = d.name()
-	m.Writers = d.uvarint()
-	m.TTL = d.millis("lease ttl", time.Millisecond, MaxLeaseTTL)
-	m.Revoked = d.bool()
-	d.check(!m.Revoked || m.Holder == m.Member, "lease revoked from a member that does not hold it")
-	return d.err
+func (m *LeaseReply) fields(c codec) codec {
+	c.version("lease reply", leaseVersion)
+	c.nonEmptyName(&m.Middletier)
+	c.nonEmptyName(&m.Group)
+	c.nonEmptyName(&m.Member)
+	c.uvarint(&m.Req)
+	c.name(&m.Holder)
+	c.uvarint(&m.Writers)
+	c.millis(&m.TTL, "lease ttl", time.Millisecond, MaxLeaseTTL)
+	c.bool(&m.Revoked)
+	c.check(!m.Revoked || m.Holder == m.Member, "lease revoked from a member that does not hold it")
+	return c
 }

@@ -1,6 +1,9 @@
 package wire
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Record is what a middletier stores in its log and publishes, one per
 // entry it received: the entry's identity in its frontend's log, and the
@@ -21,13 +24,11 @@ const recordVersion = 1
 
 // AppendRecord appends the encoding of r to dst.
 func AppendRecord(dst []byte, r *Record) []byte {
-	return appendSized(dst, func(e encoder) encoder {
-		e.byte(recordVersion)
-		e.string(r.Origin)
-		e.uvarint(r.Index)
-		e.raw(r.Data)
-		return e
-	})
+	c := codec{mode: sizing}
+	r.fields(&c, "")
+	c = codec{b: slices.Grow(dst, c.n), mode: writing}
+	r.fields(&c, "")
+	return c.b
 }
 
 // DecodeRecord decodes a record; r.Data aliases b.
@@ -38,13 +39,20 @@ func DecodeRecord(b []byte) (Record, error) { return DecodeRecordKnown(b, "") }
 // stream, whose records come from few frontend logs in long runs, passes
 // the origin it decoded last and allocates none for the records after it.
 func DecodeRecordKnown(b []byte, known string) (Record, error) {
-	d := &decoder{b: b}
-	d.version("record", recordVersion)
-	r := Record{Origin: d.nameKnown(known), Index: d.uvarint()}
-	r.Data = d.b
-	d.check(r.Index != 0, "index 0")
-	if d.err != nil {
-		return Record{}, fmt.Errorf("%w: record: %w", ErrInvalid, d.err)
+	var r Record
+	c := codec{b: b, mode: reading}
+	if r.fields(&c, known); c.err != nil {
+		return Record{}, fmt.Errorf("%w: record: %w", ErrInvalid, c.err)
 	}
 	return r, nil
+}
+
+// fields takes a pointer, not a codec: a record is not a message, and its
+// callers, on every message's path, call it directly.
+func (r *Record) fields(c *codec, known string) {
+	c.version("record", recordVersion)
+	c.nameKnown(&r.Origin, known)
+	c.uvarint(&r.Index)
+	c.rest(&r.Data)
+	c.check(r.Index != 0, "index 0")
 }

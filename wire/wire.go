@@ -106,8 +106,7 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 // *Lease and *LeaseReply.
 type Message interface {
 	Kind() Kind
-	encode(e encoder) encoder // writes the body, or sizes it
-	decodeBody(d *decoder) error
+	fields(c codec) codec // sizes, writes or reads the body
 }
 
 // Batch carries consecutive entries of a frontend's log: Entries[i] is the
@@ -203,10 +202,10 @@ func (*CommitAck) Kind() Kind  { return KindCommitAck }
 
 // Append appends the encoding of m to dst, growing dst at most once.
 func Append(dst []byte, m Message) []byte {
-	dst = slices.Grow(dst, headerLen+m.encode(encoder{sizing: true}).n+trailerLen)
+	dst = slices.Grow(dst, headerLen+m.fields(codec{mode: sizing}).n+trailerLen)
 	start := len(dst)
 	dst = append(dst, magic, version, byte(m.Kind()))
-	dst = m.encode(encoder{b: dst}).b
+	dst = m.fields(codec{b: dst, mode: writing}).b
 	return binary.LittleEndian.AppendUint32(dst, crc32.Checksum(dst[start:], castagnoli))
 }
 
@@ -255,12 +254,9 @@ func Decode(b []byte) (Message, error) {
 	default:
 		return nil, fmt.Errorf("%w: unknown kind %d", ErrInvalid, k)
 	}
-	d := &decoder{b: b[headerLen : len(b)-trailerLen]}
-	if err := m.decodeBody(d); err != nil {
-		d.fail(err)
-	}
-	if d.end(); d.err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, k, d.err)
+	c := m.fields(codec{b: b[headerLen : len(b)-trailerLen], mode: reading})
+	if c.end(); c.err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInvalid, k, c.err)
 	}
 	return m, nil
 }
@@ -283,133 +279,74 @@ func Peek(b []byte) (Kind, error) {
 	return Kind(b[2]), nil
 }
 
-// Each message states its fields once, in encode, which writes or sizes
-// them; decodeBody reads them back, checking what the message promises.
+// Each message states its fields once, in fields, which sizes, writes or
+// reads them, checking when reading what the message promises.
 
-func (m *Batch) encode(e encoder) encoder {
-	e.string(m.Origin)
-	e.uvarint(m.Acked)
-	e.uvarint(m.First)
-	e.list(m.Entries)
-	return e
+func (m *Batch) fields(c codec) codec {
+	c.nonEmptyName(&m.Origin)
+	c.uvarint(&m.Acked)
+	c.uvarint(&m.First)
+	c.list(&m.Entries)
+	c.check(m.First != 0 && len(m.Entries) != 0, "batch needs entries from index 1 on")
+	c.check(fits(m.First, len(m.Entries)), "batch runs past index 2^64-1")
+	c.check(m.Acked < m.First, "batch holds entries already acknowledged")
+	return c
 }
 
-func (m *Batch) decodeBody(d *decoder) error {
-	m.Origin = d.nonEmptyName()
-	m.Acked = d.uvarint()
-	m.First = d.uvarint()
-	m.Entries = d.list()
-	d.check(m.First != 0 && len(m.Entries) != 0, "batch needs entries from index 1 on")
-	d.check(fits(m.First, len(m.Entries)), "batch runs past index 2^64-1")
-	d.check(m.Acked < m.First, "batch holds entries already acknowledged")
-	return d.err
+func (m *Resend) fields(c codec) codec {
+	c.nonEmptyName(&m.Origin)
+	c.uvarint(&m.From)
+	c.check(m.From != 0, "resend from index 0")
+	return c
 }
 
-func (m *Resend) encode(e encoder) encoder {
-	e.string(m.Origin)
-	e.uvarint(m.From)
-	return e
+func (m *Ack) fields(c codec) codec {
+	c.nonEmptyName(&m.Origin)
+	c.uvarint(&m.UpTo)
+	return c
 }
 
-func (m *Resend) decodeBody(d *decoder) error {
-	m.Origin = d.nonEmptyName()
-	m.From = d.uvarint()
-	d.check(m.From != 0, "resend from index 0")
-	return d.err
+func (m *Busy) fields(c codec) codec {
+	c.nonEmptyName(&m.Origin)
+	c.uvarint(&m.UpTo)
+	c.millis(&m.RetryAfter, "retry after", 0, time.Hour)
+	return c
 }
 
-func (m *Ack) encode(e encoder) encoder {
-	e.string(m.Origin)
-	e.uvarint(m.UpTo)
-	return e
+func (m *Stream) fields(c codec) codec {
+	c.nonEmptyName(&m.Middletier)
+	c.uvarint(&m.First)
+	c.list(&m.Records)
+	c.check(m.First != 0 && len(m.Records) != 0, "stream needs records from sequence 1 on")
+	c.check(fits(m.First, len(m.Records)), "stream runs past sequence 2^64-1")
+	return c
 }
 
-func (m *Ack) decodeBody(d *decoder) error {
-	m.Origin = d.nonEmptyName()
-	m.UpTo = d.uvarint()
-	return d.err
+func (m *Fetch) fields(c codec) codec {
+	c.nonEmptyName(&m.Consumer)
+	c.uvarint(&m.From)
+	c.uvarint(&m.Max)
+	return c
 }
 
-func (m *Busy) encode(e encoder) encoder {
-	e.string(m.Origin)
-	e.uvarint(m.UpTo)
-	e.millis(m.RetryAfter)
-	return e
-}
-
-func (m *Busy) decodeBody(d *decoder) error {
-	m.Origin = d.nonEmptyName()
-	m.UpTo = d.uvarint()
-	m.RetryAfter = d.millis("retry after", 0, time.Hour)
-	return d.err
-}
-
-func (m *Stream) encode(e encoder) encoder {
-	e.string(m.Middletier)
-	e.uvarint(m.First)
-	e.list(m.Records)
-	return e
-}
-
-func (m *Stream) decodeBody(d *decoder) error {
-	m.Middletier = d.nonEmptyName()
-	m.First = d.uvarint()
-	m.Records = d.list()
-	d.check(m.First != 0 && len(m.Records) != 0, "stream needs records from sequence 1 on")
-	d.check(fits(m.First, len(m.Records)), "stream runs past sequence 2^64-1")
-	return d.err
-}
-
-func (m *Fetch) encode(e encoder) encoder {
-	e.string(m.Consumer)
-	e.uvarint(m.From)
-	e.uvarint(m.Max)
-	return e
-}
-
-func (m *Fetch) decodeBody(d *decoder) error {
-	m.Consumer = d.nonEmptyName()
-	m.From = d.uvarint()
-	m.Max = d.uvarint()
-	return d.err
-}
-
-func (m *FetchReply) encode(e encoder) encoder {
-	e.string(m.Middletier)
-	e.uvarint(m.Oldest)
-	e.uvarint(m.Last)
-	e.uvarint(m.First)
-	e.list(m.Records)
-	return e
-}
-
-func (m *FetchReply) decodeBody(d *decoder) error {
-	m.Middletier = d.nonEmptyName()
-	m.Oldest = d.uvarint()
-	m.Last = d.uvarint()
-	m.First = d.uvarint()
-	m.Records = d.list()
-	d.check(len(m.Records) == 0 || m.First != 0 && fits(m.First, len(m.Records)), "fetch reply's records run past sequence 2^64-1 or start at 0")
-	return d.err
+func (m *FetchReply) fields(c codec) codec {
+	c.nonEmptyName(&m.Middletier)
+	c.uvarint(&m.Oldest)
+	c.uvarint(&m.Last)
+	c.uvarint(&m.First)
+	c.list(&m.Records)
+	c.check(len(m.Records) == 0 || m.First != 0 && fits(m.First, len(m.Records)), "fetch reply's records run past sequence 2^64-1 or start at 0")
+	return c
 }
 
 // fits reports whether n items numbered from first end within a uint64.
 func fits(first uint64, n int) bool { return n == 0 || first <= math.MaxUint64-uint64(n-1) }
 
-func (m *Commit) encode(e encoder) encoder {
-	e.string(m.Consumer)
-	e.uvarint(m.Seq)
-	return e
-}
-
-func (m *Commit) decodeBody(d *decoder) error {
-	m.Consumer = d.nonEmptyName()
-	m.Seq = d.uvarint()
-	return d.err
+func (m *Commit) fields(c codec) codec {
+	c.nonEmptyName(&m.Consumer)
+	c.uvarint(&m.Seq)
+	return c
 }
 
 // A CommitAck's body is its Commit's.
-
-func (m *CommitAck) encode(e encoder) encoder { return (*Commit)(m).encode(e) }
-
-func (m *CommitAck) decodeBody(d *decoder) error { return (*Commit)(m).decodeBody(d) }
+func (m *CommitAck) fields(c codec) codec { return (*Commit)(m).fields(c) }

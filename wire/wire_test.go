@@ -128,9 +128,11 @@ type rawBody struct {
 	body []byte
 }
 
-func (r rawBody) Kind() Kind               { return r.k }
-func (r rawBody) encode(e encoder) encoder { e.raw(r.body); return e }
-func (rawBody) decodeBody(*decoder) error  { return nil }
+func (r rawBody) Kind() Kind { return r.k }
+func (r rawBody) fields(c codec) codec {
+	c.rest(&r.body)
+	return c
+}
 
 func TestInvalid(t *testing.T) {
 	long := bytes.Repeat([]byte("n"), MaxNameLen+1)
