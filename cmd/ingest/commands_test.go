@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -347,4 +349,32 @@ func TestCommandLogBound(t *testing.T) {
 			t.Fatalf("submit %d: HTTP %d %+v", i, st, e)
 		}
 	}
+}
+
+// TestCommandLogRepair: --wal.repair covers the command home's logs too.
+// A command log whose segment was cut short is refused at start with an
+// error that points at the repair option; a middletier started again with
+// --wal.repair repairs it and serves. Before, the command logs were opened
+// without the tier's WAL options, and --wal.repair left the middletier
+// refusing to start for good.
+func TestCommandLogRepair(t *testing.T) {
+	dir := t.TempDir()
+	mt := middletierProc(t, "mt-0", dir, "--command.addr", endpoint(t))
+	mt.start()
+	logsOnFailure(t, 30, mt.tierProc)
+	stopOrFail(t, mt.tierProc)
+	seg := filepath.Join(dir, "commands", "00000000000000000001")
+	if err := os.Truncate(seg, 4096); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runBin(t, "", nil, mt.args...)
+	if code != 1 || !strings.Contains(errOut, "open command wal") || !strings.Contains(errOut, "repair option") {
+		t.Fatalf("a middletier on a cut command log: exit %d, printed\n%s\nwant exit 1 and the log refused", code, errOut)
+	}
+	mt.args = append(mt.args, "--wal.repair")
+	mt.start()
+	if !strings.Contains(mt.logs.String(), "repaired a truncated segment") || !strings.Contains(mt.logs.String(), seg[:len(seg)-len("/00000000000000000001")]) {
+		t.Errorf("the command log was not said to be repaired:\n%s", mt.logs.String())
+	}
+	stopOrFail(t, mt.tierProc)
 }

@@ -85,11 +85,15 @@ func (c *middletierConfig) buildCommands(p *process, ingest string) (string, err
 	var logs [2]*wal.Log
 	// The events' log is bounded well below the disk: events that find it
 	// full (the middletier refusing them for long) are dropped and counted.
+	// Their bounds and segments are their own; what --wal.repair and
+	// --wal.no-preallocate say of the tier's WAL files holds for them too:
+	// a command log cut short is otherwise refused at every start.
 	for i, l := range []struct {
 		dir, hop string
 		max      int64
 	}{{"commands", "command", c.command.maxBytes}, {"command-events", "command_events", 256 << 20}} {
-		log, err := wal.Open(filepath.Join(c.dataDir, l.dir), wal.Options{Hop: l.hop, SegmentBytes: 1 << 20, MaxBytes: l.max}, p.reg, p.lg)
+		log, err := wal.Open(filepath.Join(c.dataDir, l.dir), wal.Options{Hop: l.hop, SegmentBytes: 1 << 20, MaxBytes: l.max,
+			NoPreallocate: c.wal.noPreallocate, RepairTruncated: c.wal.repair}, p.reg, p.lg)
 		if err != nil {
 			return "", fmt.Errorf("open %s wal: %w", l.hop, inUse(firstOf(c.dataShown, c.dataDir), err))
 		}
