@@ -399,6 +399,27 @@ func TestCloseUnregisters(t *testing.T) {
 	testkit.CheckRunUnregisters(t, reg, k2.Run)
 }
 
+// An AckTimeout under a millisecond is refused by New. Run ticks every
+// quarter of it, and used to panic (a ticker of no interval) once a
+// frontend started with --uplink.ack-timeout 3ns, say.
+func TestNewRefusesATinyAckTimeout(t *testing.T) {
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "frontend"})
+	for _, d := range []time.Duration{time.Nanosecond, 3 * time.Nanosecond, 999 * time.Microsecond} {
+		k, err := uplink.New(uplink.Options{ID: "fe", Middletiers: []string{"tcp://127.0.0.1:1"}, AckTimeout: d}, l, nil, nil)
+		if err == nil {
+			k.Close()
+			t.Errorf("New took an AckTimeout of %v, under a millisecond (under 4ns Run's tick, a quarter of it, panics)", d)
+		} else if !strings.Contains(err.Error(), "ack timeout") {
+			t.Errorf("AckTimeout %v refused with %q, want it named", d, err)
+		}
+	}
+	k, err := uplink.New(uplink.Options{ID: "fe", Middletiers: []string{"tcp://127.0.0.1:1"}, AckTimeout: time.Millisecond}, l, nil, nil)
+	if err != nil {
+		t.Fatalf("AckTimeout 1ms: %v", err)
+	}
+	k.Close()
+}
+
 // An entry committed after the Link found the log caught up, and before
 // it waits, is sent at once: the Link does not wait without listening for
 // commits (it used to, until an acknowledgement or its next tick, a

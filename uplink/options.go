@@ -40,7 +40,8 @@ type Options struct {
 	// Window is how many batches may be unacknowledged at once. Default 32.
 	Window int
 	// AckTimeout is how long the Link waits for an acknowledgement before
-	// it sends again from the oldest unacknowledged entry. Default 1s.
+	// it sends again from the oldest unacknowledged entry. Default 1s; at
+	// least 1ms.
 	AckTimeout time.Duration
 	// Reconnect is how many ack timeouts in a row make the Link close its
 	// socket and connect again. Default 2.
@@ -62,6 +63,9 @@ type Options struct {
 	// that ends in a failover, up to 32 times. Default 10s.
 	Return time.Duration
 }
+
+// minAckTimeout is the shortest Options.AckTimeout.
+const minAckTimeout = time.Millisecond
 
 // DefaultOptions returns the defaults that zero fields stand for.
 func DefaultOptions() Options {
@@ -89,6 +93,11 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	linger := o.Linger
 	defaults.FillPositive(&o, d)
+	if o.AckTimeout < minAckTimeout {
+		// Run ticks every quarter of it: a tick of no interval panics,
+		// and one of a few nanoseconds sends again without end.
+		return o, fmt.Errorf("uplink: ack timeout %v: want at least %v", o.AckTimeout, minAckTimeout)
+	}
 	if linger < 0 {
 		o.Linger = 0 // none
 	}

@@ -103,7 +103,7 @@ func (c *frontendConfig) register(f flags) {
 	f.str(&u.dns, "uplink.dns", "host:port of a headless Service whose addresses are the middletiers (instead of --uplink.middletiers)")
 	f.integer(&u.window, "uplink.window", "batches in flight to the middletier")
 	f.duration(&u.linger, "uplink.linger", "how long committed messages may wait for more before they are forwarded (sooner once a full batch waits): one middletier fsync per linger at a low rate; devices' acks never wait for it (0: forward at once)")
-	f.duration(&u.ack, "uplink.ack-timeout", "send again from the oldest unacknowledged entry after this long without an ack")
+	f.duration(&u.ack, "uplink.ack-timeout", "send again from the oldest unacknowledged entry after this long without an ack (at least 1ms)")
 	f.duration(&u.failover, "uplink.failover", "move to the next middletier after it acknowledges nothing for this long")
 	f.duration(&u.ret, "uplink.return", "when not on its first choice (or finding middletiers by --uplink.dns), look this often whether the first choice is back, and go back to it after draining the current one")
 	f.duration(&u.flushTO, "uplink.flush-timeout", "at shutdown, how long to wait for the middletier to acknowledge what the WAL holds")
