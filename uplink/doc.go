@@ -46,8 +46,9 @@
 // Sends go through one goroutine whose watchdog closes the socket if a send
 // stalls (Options.SendStall: a stalled zmq4 send leaves its write stuck);
 // the Link then connects a new socket. Each socket has an identity of its
-// own, <origin>#<n>-<random>, so that a middletier never answers a new
-// socket's batches to an old one.
+// own, <origin>#<n>-<random> (the origin cut where the whole would pass
+// ZMTP's 255 bytes), so that a middletier never answers a new socket's
+// batches to an old one.
 //
 // # Goroutines
 //

@@ -596,10 +596,11 @@ func (k *Link) connect(ctx context.Context, s *state) {
 func (k *Link) dial(ep string) (*zsock.Dealer, error) {
 	// An identity of its own per socket, so that a middletier never
 	// answers this socket's batches to an earlier one. The sequence is
-	// shared with the probe's goroutine.
+	// shared with the probe's goroutine. The origin is cut where the whole
+	// would pass ZMTP's bound: the batches carry it whole.
 	n := k.socketSeq.Add(1)
 	return zsock.Dial(ep, zsock.DealerOptions{
-		Identity:    fmt.Sprintf("%s#%d-%x", k.origin, n, rand.Uint32()),
+		Identity:    zsock.FitIdentity(k.origin, fmt.Sprintf("#%d-%x", n, rand.Uint32())),
 		SendStall:   k.opts.SendStall,
 		DialTimeout: k.opts.DialTimeout,
 		SendQueue:   k.opts.Window * 2,

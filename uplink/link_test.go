@@ -399,6 +399,40 @@ func TestCloseUnregisters(t *testing.T) {
 	testkit.CheckRunUnregisters(t, reg, k2.Run)
 }
 
+// Each socket of a Link has an identity of its own, however long its ID:
+// with the longest (its origin 255 bytes, all that ZMTP carries) zmq4 cut
+// the socket's number and random part off, and every socket of the Link
+// reached the middletier as the origin alone. Here the peer acknowledges
+// nothing, so the Link connects a new socket after every two ack
+// timeouts; the sockets must reach it under identities that differ.
+func TestLongIDSocketsDiffer(t *testing.T) {
+	var mu sync.Mutex
+	ids := map[string]bool{}
+	mt := testkit.StartRouter(t, func(id []byte, m wire.Message) {
+		if _, ok := m.(*wire.Batch); ok {
+			mu.Lock()
+			ids[string(id)] = true
+			mu.Unlock()
+		}
+	})
+	id := strings.Repeat("f", wire.MaxNameLen-17)
+	f := startLink(t, uplink.Options{ID: id, Middletiers: []string{mt.Addr()}, AckTimeout: 100 * time.Millisecond})
+	f.appendEntries(t, 10, 0)
+	origin := uplink.Origin(id, f.log.ID())
+	testkit.WaitFor(t, "batches from three sockets of the Link under identities of their own", 20*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(ids) >= 3
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	for s := range ids {
+		if len(s) > 255 || !strings.HasPrefix(s, origin[:min(len(origin), len(s)-13)]) {
+			t.Errorf("socket identity %q (%d bytes): want at most 255, led by the origin", s, len(s))
+		}
+	}
+}
+
 // An AckTimeout under a millisecond is refused by New. Run ticks every
 // quarter of it, and used to panic (a ticker of no interval) once a
 // frontend started with --uplink.ack-timeout 3ns, say.

@@ -35,13 +35,28 @@ const (
 // IdentitySuffixLen is how many bytes Identity adds to its prefix.
 const IdentitySuffixLen = 13
 
+// MaxIdentityLen is the longest socket identity: ZMTP carries at most 255
+// bytes, and zmq4 cuts a longer one to that without a word.
+const MaxIdentityLen = 255
+
 // Identity returns prefix#<12 random hex digits>: a socket identity of its
 // own for one connection, so that a ROUTER never answers this connection's
-// requests to an earlier one that had the same prefix.
+// requests to an earlier one that had the same prefix. A prefix too long
+// for the whole to fit in MaxIdentityLen is cut, never the random part.
 func Identity(prefix string) string {
 	var rnd [6]byte
 	rand.Read(rnd[:])
-	return prefix + "#" + hex.EncodeToString(rnd[:])
+	return FitIdentity(prefix, "#"+hex.EncodeToString(rnd[:]))
+}
+
+// FitIdentity is prefix+suffix, prefix cut as needed for the whole to be at
+// most MaxIdentityLen bytes: the suffix is what tells one socket from the
+// next, and zmq4 would cut it first.
+func FitIdentity(prefix, suffix string) string {
+	if n := MaxIdentityLen - len(suffix); len(prefix) > n {
+		prefix = prefix[:max(n, 0)]
+	}
+	return prefix + suffix
 }
 
 // DealerOptions configure a Dealer. Zero fields mean their defaults.
@@ -49,7 +64,7 @@ type DealerOptions struct {
 	// Identity is the socket's ZeroMQ identity, under which the ROUTER it
 	// connects to answers it. No two sockets connected to one ROUTER at the
 	// same time may share one: a ROUTER answers every connection with the
-	// identity. Required.
+	// identity. Required; at most MaxIdentityLen bytes (FitIdentity).
 	Identity string
 	// SendStall bounds one send: a send that takes longer closes the
 	// Dealer. Default 2s.
@@ -73,8 +88,13 @@ type DealerOptions struct {
 }
 
 func (o DealerOptions) withDefaults() (DealerOptions, error) {
-	if o.Identity == "" {
+	switch {
+	case o.Identity == "":
 		return o, errors.New("zsock: dealer needs an identity")
+	case len(o.Identity) > MaxIdentityLen:
+		// zmq4 would cut it, and sockets that differ only past the cut
+		// would share one: each would get the other's answers.
+		return o, fmt.Errorf("zsock: identity of %d bytes, at most %d", len(o.Identity), MaxIdentityLen)
 	}
 	defaults.Positive(&o.SendStall, DefaultSendStall)
 	defaults.Positive(&o.DialTimeout, DefaultDialTimeout)

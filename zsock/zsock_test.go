@@ -143,6 +143,41 @@ func TestDealerRouter(t *testing.T) {
 	}
 }
 
+// ZMTP carries identities of at most 255 bytes, and zmq4 cut longer ones
+// to that silently, suffix first: two Identity()s of a long prefix reached
+// the Router as one, and each Dealer got the other's answers. Identity
+// keeps its random suffix within the bound, and Dial refuses an identity
+// that would be cut.
+func TestLongIdentities(t *testing.T) {
+	r := runRouter(t, zsock.RouterOptions{}, echo)
+	long := strings.Repeat("p", 300)
+	id1, id2 := zsock.Identity(long), zsock.Identity(long)
+	for _, id := range []string{id1, id2} {
+		if len(id) > zsock.MaxIdentityLen || !strings.HasPrefix(long, id[:len(id)-zsock.IdentitySuffixLen]) || id[len(id)-zsock.IdentitySuffixLen] != '#' {
+			t.Fatalf("Identity of a %d-byte prefix: %q (%d bytes)", len(long), id, len(id))
+		}
+	}
+	d1 := dial(t, r.Addr(), zsock.DealerOptions{Identity: id1})
+	d2 := dial(t, r.Addr(), zsock.DealerOptions{Identity: id2})
+	for i := range 3 {
+		if !d1.Send([]byte("one")) || !d2.Send([]byte("two")) {
+			t.Fatal("send refused")
+		}
+		if got := next(t, d1); got != "re:one" {
+			t.Fatalf("round %d: first dealer got %q", i, got)
+		}
+		if got := next(t, d2); got != "re:two" {
+			t.Fatalf("round %d: second dealer got %q", i, got)
+		}
+	}
+	nothing(t, d1)
+	nothing(t, d2)
+	if d, err := zsock.Dial(r.Addr(), zsock.DealerOptions{Identity: long}); err == nil {
+		d.Close()
+		t.Fatalf("Dial took an identity of %d bytes, which ZMTP cuts to %d", len(long), zsock.MaxIdentityLen)
+	}
+}
+
 // SendWait returns once the message is handed to the connection, and says
 // why it could not be.
 func TestDealerSendWait(t *testing.T) {
