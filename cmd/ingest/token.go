@@ -44,7 +44,7 @@ func (c *tokenConfig) register(f flags) {
 	f.str(&c.keysDir, "auth.keys-dir", "the frontend's key directory: with --kid and none of the keys above, sign HS256 with the secret <kid>.hs256 in it")
 	f.str(&c.kid, "kid", "the key id written in the token's header (kid): the name, without .hs256 or .pem, of the key's file in the frontend's --auth.keys-dir")
 	f.str(&c.alg, "alg", "HS256, RS256 or ES256; empty: the one the key given implies")
-	f.duration(&c.ttl, "ttl", "the token expires this long from now (exp); 0 and no --expiry: it never expires, and a frontend with --auth.require-exp refuses it")
+	f.duration(&c.ttl, "ttl", "the token expires this long from now (exp, in whole seconds: at least 1s); 0 and no --expiry: it never expires, and a frontend with --auth.require-exp refuses it")
 	f.str(&c.expiry, "expiry", "the token expires at this time (exp), RFC 3339 (2027-01-31T00:00:00Z) or a date (2027-01-31, midnight UTC); instead of --ttl")
 	f.str(&c.audience, "audience", "the token's audience (aud), comma-separated; must hold the frontend's --auth.audience if it has one")
 	f.str(&c.issuer, "issuer", "the token's issuer (iss); must be the frontend's --auth.issuer if it has one")
@@ -171,6 +171,10 @@ func (c *tokenConfig) claims(now time.Time) (tokenClaims, error) {
 	switch {
 	case c.ttl > 0 && c.expiry != "":
 		return tc, c.usage(errors.New("give --ttl or --expiry, not both"))
+	case c.ttl > 0 && c.ttl < time.Second:
+		// exp is in whole seconds: it could be the second of iat, a token
+		// expired when printed.
+		return tc, c.usage(fmt.Errorf("--ttl %s is under a second: a token's expiry is in whole seconds", c.ttl))
 	case c.ttl > 0:
 		tc.ExpiresAt = jwt.NewNumericDate(now.Add(c.ttl))
 	case c.expiry != "":
@@ -180,7 +184,7 @@ func (c *tokenConfig) claims(now time.Time) (tokenClaims, error) {
 				return tc, c.usage(fmt.Errorf("--expiry %q: write it as 2027-01-31T00:00:00Z (RFC 3339) or 2027-01-31", c.expiry))
 			}
 		}
-		if !exp.After(now) {
+		if !exp.Truncate(time.Second).After(now) { // exp is in whole seconds
 			return tc, c.usage(fmt.Errorf("--expiry %s is in the past", exp.Format(time.RFC3339)))
 		}
 		tc.ExpiresAt = jwt.NewNumericDate(exp)

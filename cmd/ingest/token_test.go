@@ -152,6 +152,9 @@ func TestTokenErrors(t *testing.T) {
 	missing := filepath.Join(t.TempDir(), "missing")
 	hs := []string{"--auth.hs256-secret-file", k.hs256}
 	past := time.Now().Add(-time.Hour).UTC().Format(time.RFC3339)
+	// Later than now, but in this second: exp, in whole seconds, would be
+	// past when the token is printed.
+	thisSecond := time.Now().UTC().Truncate(time.Second).Add(999 * time.Millisecond)
 	for _, c := range []struct {
 		name string
 		args []string
@@ -172,12 +175,16 @@ func TestTokenErrors(t *testing.T) {
 		{"not a duration", append([]string{"--subject", "d1", "--ttl", "a year"}, hs...), 2,
 			`ingest token: invalid value "a year" for flag --ttl: not a duration: write it as 5s, 250ms or 1m30s`},
 		{"negative ttl", append([]string{"--subject", "d1", "--ttl", "-1h"}, hs...), 2, "ingest token: --ttl -1h0m0s is negative\n"},
+		{"ttl under a second", append([]string{"--subject", "d1", "--ttl", "400ms"}, hs...), 2,
+			"ingest token: --ttl 400ms is under a second: a token's expiry is in whole seconds\n"},
 		{"ttl and expiry", append([]string{"--subject", "d1", "--ttl", "1h", "--expiry", "2099-01-01"}, hs...), 2,
 			"ingest token: give --ttl or --expiry, not both\n"},
 		{"bad expiry", append([]string{"--subject", "d1", "--expiry", "tomorrow"}, hs...), 2,
 			`ingest token: --expiry "tomorrow": write it as 2027-01-31T00:00:00Z (RFC 3339) or 2027-01-31` + "\n"},
 		{"expiry in the past", append([]string{"--subject", "d1", "--expiry", past}, hs...), 2,
 			"ingest token: --expiry " + past + " is in the past\n"},
+		{"expiry in this second", append([]string{"--subject", "d1", "--expiry", thisSecond.Format(time.RFC3339Nano)}, hs...), 2,
+			"ingest token: --expiry " + thisSecond.Format(time.RFC3339) + " is in the past\n"},
 		{"subject too long", append([]string{"--subject", strings.Repeat("d", 256)}, hs...), 2,
 			"ingest token: --subject: check id: length 256 outside 1..255\n"},
 		{"short secret", []string{"--subject", "d1", "--auth.hs256-secret-file", short}, 1,
