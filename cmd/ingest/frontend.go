@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -132,9 +133,10 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 	if c.walDir == "" {
 		return nil, nil, c.f.required("wal.dir")
 	}
-	if c.maxMsg > c.maxFrame {
+	d := frontend.DefaultOptions() // 0 stands for the default
+	if msg, frame := cmp.Or(c.maxMsg, d.MaxMessageBytes), cmp.Or(c.maxFrame, d.MaxFrameBytes); msg > frame {
 		return nil, nil, &usageError{sub: c.f.fs.Name(), err: fmt.Errorf("--%s %d is over --%s %d: a message is at most a frame",
-			c.f.name("max-message-bytes"), c.maxMsg, c.f.name("max-frame-bytes"), c.maxFrame)}
+			c.f.name("max-message-bytes"), msg, c.f.name("max-frame-bytes"), frame)}
 	}
 	opts := c.options()
 	var err error

@@ -70,6 +70,26 @@ func TestBadValueNamesItsFlag(t *testing.T) {
 	})
 }
 
+// TestZeroFrameBoundIsTheDefault: --max-frame-bytes 0 stands for the
+// default frame bound (256 KiB), so a message bound under it is served and
+// one over it is refused naming the flag. Before, the message bound was
+// compared with 0 and any was refused.
+func TestZeroFrameBoundIsTheDefault(t *testing.T) {
+	for _, c := range []struct {
+		msg  string
+		code int // -1: served
+	}{{"1000", -1}, {"300000", 2}} {
+		args := []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", "127.0.0.1:0",
+			"--mqtt.listen", "127.0.0.1:0", "--feed.listen", "127.0.0.1:0", "--storage.http.listen", "127.0.0.1:0",
+			"--self-monitor.interval", "0", "--max-frame-bytes", "0", "--max-message-bytes", c.msg}
+		_, errOut, code := runBinStopping(t, &tierProc{t: t, name: "all", args: args, ready: regexpEngine})
+		if code != c.code || code == 2 && !strings.Contains(errOut, "--max-message-bytes") {
+			t.Errorf("ingest all --max-frame-bytes 0 --max-message-bytes %s: exit %d, printed %q; want exit %d (-1: served)",
+				c.msg, code, strings.TrimSpace(tail(errOut, 1)), c.code)
+		}
+	}
+}
+
 var regexpEngine = regexp.MustCompile(`msg="engine running`)
 
 // runBinStopping runs p's command line; if the process gets to its ready
