@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -497,7 +498,7 @@ func (h *Home) handle(in inbound) {
 
 // CheckSubmit validates a command as a home accepts it: a device id, a name
 // of 1 to protocol.MaxCommandNameBytes bytes, a payload that is one JSON
-// value of at most protocol.MaxCommandPayloadBytes nested at most
+// value, UTF-8, of at most protocol.MaxCommandPayloadBytes nested at most
 // protocol.MaxCommandPayloadDepth deep (a device could not read it in its
 // command frame), and a time to live within maxTTL.
 func CheckSubmit(s *wire.Submit, maxTTL time.Duration) error {
@@ -508,8 +509,10 @@ func CheckSubmit(s *wire.Submit, maxTTL time.Duration) error {
 		return fmt.Errorf("name must be 1 to %d bytes", protocol.MaxCommandNameBytes)
 	case len(s.Payload) > protocol.MaxCommandPayloadBytes:
 		return fmt.Errorf("payload over %d bytes", protocol.MaxCommandPayloadBytes)
-	case len(s.Payload) > 0 && !json.Valid(s.Payload):
-		return errors.New("payload is not JSON")
+	case len(s.Payload) > 0 && (!json.Valid(s.Payload) || !utf8.Valid(s.Payload)):
+		// json.Valid passes bytes that are not UTF-8 inside strings; a
+		// device could not read them in its command frame.
+		return errors.New("payload is not JSON (UTF-8)")
 	case protocol.Depth(s.Payload) > protocol.MaxCommandPayloadDepth:
 		return fmt.Errorf("payload nested deeper than %d", protocol.MaxCommandPayloadDepth)
 	case s.TTLMS > uint64(maxTTL/time.Millisecond):

@@ -573,3 +573,18 @@ func TestStopUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+// TestSubmitPayloadNotUTF8: the home refuses a payload that is JSON to
+// json.Valid but holds bytes that are not UTF-8 in a string: its device
+// could not read the command frame, and it would be handed on again and
+// again until its TTL, the device's later commands behind it.
+func TestSubmitPayloadNotUTF8(t *testing.T) {
+	th := startHome(t, command.Options{}, wal.Options{})
+	f := dialFrontend(t, th, "fe")
+	if r := f.ask(t, &wire.Submit{Device: "d", Name: "n", Payload: []byte("{\"s\":\"a\xffb\"}")}); r.Code != wire.CodeInvalid {
+		t.Fatalf("a payload not UTF-8: reply %+v, want %s", r, wire.CodeInvalid)
+	}
+	if ids := f.list(t, "d", 0); len(ids) != 0 {
+		t.Fatalf("kept %v", ids)
+	}
+}

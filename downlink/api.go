@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/envelope"
@@ -42,7 +43,7 @@ const (
 	CodeForbidden      = "forbidden"       // 403: a token without the commands scope (a device's token)
 	CodeInvalidDevice  = "invalid_device"  // 400: the device id is empty or too long
 	CodeInvalidJSON    = "invalid_json"    // 400: the body is not one JSON object of the documented members
-	CodeInvalidCommand = "invalid_command" // 400: no name, a name too long, or a payload that is not JSON or nested too deep
+	CodeInvalidCommand = "invalid_command" // 400: no name, a name too long, or a payload that is not JSON (UTF-8) or nested too deep
 	CodeInvalidTTL     = "invalid_ttl"     // 400: ttl_ms negative, not an integer or over the bound
 	CodeInvalidState   = "invalid_state"   // 400: ?state= names no state
 	CodeTooLarge       = "too_large"       // 413: the payload or the body over its bound
@@ -211,6 +212,12 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 		return
 	case len(req.Payload) > protocol.MaxCommandPayloadBytes:
 		fail(w, http.StatusRequestEntityTooLarge, CodeTooLarge, "payload over 16384 bytes")
+		return
+	case !utf8.Valid(req.Payload):
+		// encoding/json passes such bytes through a RawMessage; the
+		// device could not read its command frame (a WebSocket text
+		// frame is UTF-8, and the client drops one that is not).
+		fail(w, http.StatusBadRequest, CodeInvalidCommand, "payload is not valid UTF-8")
 		return
 	case protocol.Depth(req.Payload) > protocol.MaxCommandPayloadDepth:
 		fail(w, http.StatusBadRequest, CodeInvalidCommand, fmt.Sprintf("payload nested deeper than %d", protocol.MaxCommandPayloadDepth))

@@ -56,6 +56,7 @@ func TestAPIBadInput(t *testing.T) {
 		{"name too long", post, dev, app, `{"name":"` + strings.Repeat("n", 129) + `"}`, 400, downlink.CodeInvalidCommand},
 		{"oversize payload", post, dev, app, bigPayload, 413, downlink.CodeTooLarge},
 		{"payload nested too deep for the device's frame", post, dev, app, `{"name":"n","payload":` + strings.Repeat("[", protocol.MaxCommandPayloadDepth+1) + strings.Repeat("]", protocol.MaxCommandPayloadDepth+1) + `}`, 400, downlink.CodeInvalidCommand},
+		{"payload not UTF-8", post, dev, app, "{\"name\":\"n\",\"payload\":{\"s\":\"a\xffb\"}}", 400, downlink.CodeInvalidCommand},
 		{"negative ttl", post, dev, app, `{"name":"n","ttl_ms":-5}`, 400, downlink.CodeInvalidTTL},
 		{"zero ttl", post, dev, app, `{"name":"n","ttl_ms":0}`, 400, downlink.CodeInvalidTTL},
 		{"ttl past the bound", post, dev, app, `{"name":"n","ttl_ms":999999999999}`, 400, downlink.CodeInvalidTTL},

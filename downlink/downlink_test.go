@@ -209,3 +209,33 @@ func TestReservedFirstMemberIsData(t *testing.T) {
 		t.Fatalf("the next message: %v", err)
 	}
 }
+
+// TestPayloadNotUTF8: a payload whose strings are not UTF-8 is refused
+// (invalid_command), as the device could not read its command frame: a
+// WebSocket text frame must be UTF-8, and the client drops a frame that
+// is not. Before, it was accepted (encoding/json passes the bytes through)
+// and handed on every redelivery interval until its TTL, and, one in
+// flight at a time, every later command of the device waited behind it.
+func TestPayloadNotUTF8(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{Redeliver: 200 * time.Millisecond})
+	fe := startFrontend(t, "fe-1", []string{h.Addr}, false)
+	d := &device{id: "dev-u"}
+	connect(t, fe, d)
+	waitPlaced(t, 1, h)
+	var e downlink.ErrorBody
+	st := call(t, "POST", fe.base()+"/v1/devices/dev-u/commands", "", "{\"name\":\"bad\",\"payload\":\"a\xffb\"}", &e)
+	if st != http.StatusBadRequest || e.Code != downlink.CodeInvalidCommand {
+		t.Errorf("a payload not UTF-8: HTTP %d %+v, want 400 %s", st, e, downlink.CodeInvalidCommand)
+	}
+	// The device's next command is delivered and answered.
+	c := submit(t, fe, "dev-u", "good", nil)
+	var got downlink.CommandJSON
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if got = get(t, fe, c.ID); got.State == "acknowledged" {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("the command after it: %+v, want acknowledged (the device saw %v)", got, d.ids())
+}
