@@ -24,6 +24,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -146,10 +147,12 @@ type Answer struct {
 	// device's own (printable ASCII, at most 64 bytes).
 	Status string
 	// Payload, if not empty, is one JSON value sent with the answer, at
-	// most protocol.MaxCommandPayloadBytes. An answer with a larger one,
-	// or one whose frame is over the server's frame limit as the client
-	// learnt it, is sent (and repeated) as protocol.StatusError without a
-	// payload, and logged.
+	// most protocol.MaxCommandPayloadBytes, UTF-8, nested at most
+	// protocol.MaxCommandPayloadDepth deep. An answer the server would
+	// refuse (a larger payload, or one that is not such a value; a status
+	// that is not 1 to 64 printable ASCII bytes), or one whose frame is
+	// over the server's frame limit as the client learnt it, is sent (and
+	// repeated) as protocol.StatusError without a payload, and logged.
 	Payload []byte
 }
 
@@ -809,9 +812,11 @@ func (c *Client) commands(ctx context.Context) {
 			if a.Status == "" {
 				a.Status = protocol.StatusOK
 			}
-			if len(a.Payload) > protocol.MaxCommandPayloadBytes {
-				c.lg.Warn("command answer over the payload limit: answering error without it",
-					"id", cmd.ID, "name", cmd.Name, "status", a.Status, "bytes", len(a.Payload), "limit", protocol.MaxCommandPayloadBytes)
+			if why := refused(a); why != "" {
+				// The server would refuse the frame, and the repeats of
+				// the command would be answered with it until its TTL.
+				c.lg.Warn("command answer the server would refuse: answering error without a payload",
+					"id", cmd.ID, "name", cmd.Name, "status", a.Status, "bytes", len(a.Payload), "why", why)
 				a = Answer{Status: protocol.StatusError}
 			}
 			answers[cmd.ID] = a
@@ -846,6 +851,33 @@ func (c *Client) commands(ctx context.Context) {
 			c.lg.Debug("command answer not written", "id", cmd.ID, "err", err)
 		}
 	}
+}
+
+// refused says why the server would refuse a as a command_result, or ""
+// if it would take it: a status of 1 to protocol.MaxStatusBytes printable
+// ASCII bytes, and a payload that is empty or one JSON value, UTF-8, of
+// at most protocol.MaxCommandPayloadBytes nested at most
+// protocol.MaxCommandPayloadDepth deep (one level below the frame's
+// object, which is read at most protocol.MaxDepth deep).
+func refused(a Answer) string {
+	if a.Status == "" || len(a.Status) > protocol.MaxStatusBytes {
+		return fmt.Sprintf("status of %d bytes, not 1 to %d", len(a.Status), protocol.MaxStatusBytes)
+	}
+	for i := 0; i < len(a.Status); i++ {
+		if a.Status[i] < 0x20 || a.Status[i] > 0x7e {
+			return "status not printable ASCII"
+		}
+	}
+	switch p := a.Payload; {
+	case len(p) == 0:
+	case len(p) > protocol.MaxCommandPayloadBytes:
+		return fmt.Sprintf("payload over %d bytes", protocol.MaxCommandPayloadBytes)
+	case !json.Valid(p) || !utf8.Valid(p):
+		return "payload not one JSON value (UTF-8)"
+	case protocol.Depth(p) > protocol.MaxCommandPayloadDepth:
+		return fmt.Sprintf("payload nested deeper than %d", protocol.MaxCommandPayloadDepth)
+	}
+	return ""
 }
 
 // reject records a rejection for frame seq; its result is delivered with the

@@ -243,3 +243,76 @@ func TestTooBigResultInOrder(t *testing.T) {
 		t.Fatalf("OnResult called in order %v, returned in order %v, want [1 2 3]; %v", order, done, overlap)
 	}
 }
+
+// TestInvalidAnswerSentAsError: an answer the server would refuse (a
+// payload that is not one JSON value, not UTF-8 or nested past the
+// frame's depth; a status that is not 1 to 64 printable ASCII bytes) is
+// sent as "error" without a payload, as an oversize one is. Before, it was
+// sent as it was, refused (invalid_message), and every repeat of the
+// command was answered from the cache with the same refused frame: the
+// command stayed unanswered until its TTL, and the device's later
+// commands waited behind it.
+func TestInvalidAnswerSentAsError(t *testing.T) {
+	deep := strings.Repeat("[", protocol.MaxCommandPayloadDepth+1) + strings.Repeat("]", protocol.MaxCommandPayloadDepth+1)
+	answers := []client.Answer{
+		{Status: protocol.StatusOK, Payload: []byte(`done`)},
+		{Status: protocol.StatusOK, Payload: []byte(`{"a":1} {"b":2}`)},
+		{Status: protocol.StatusOK, Payload: []byte("\"a\xffb\"")},
+		{Status: protocol.StatusOK, Payload: []byte(deep)},
+		{Status: "bad\nstatus"},
+		{Status: strings.Repeat("s", protocol.MaxStatusBytes+1), Payload: []byte(`1`)},
+		{Status: "ünicode"},
+	}
+	// The last command's answer is valid, and sent as it is.
+	answers = append(answers, client.Answer{Status: "done-" + strings.Repeat("x", protocol.MaxStatusBytes-5), Payload: []byte(strings.Repeat("[", protocol.MaxCommandPayloadDepth) + strings.Repeat("]", protocol.MaxCommandPayloadDepth))})
+	got := make(chan protocol.CommandResult, len(answers))
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		for i := range answers {
+			if ws.Write(r.Context(), websocket.MessageText, fmt.Appendf(nil, `{"type":"command","id":"c%d","name":"n","payload":null}`, i)) != nil {
+				return
+			}
+			_, b, err := ws.Read(r.Context())
+			if err != nil {
+				return
+			}
+			cr, err := protocol.DecodeCommandResult(b)
+			if err != nil {
+				t.Errorf("answer %d %.80q refused: %v", i, b, err)
+				cr = protocol.CommandResult{ID: fmt.Sprintf("c%d", i), Status: "refused"}
+			}
+			cr.Payload = append([]byte(nil), cr.Payload...)
+			got <- cr
+		}
+		ws.Read(r.Context())
+	}))
+	defer hs.Close()
+	c, err := client.Dial(context.Background(), client.Options{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ingest", Token: "t",
+		OnCommand: func(_ context.Context, cmd client.Command) client.Answer {
+			var i int
+			fmt.Sscanf(cmd.ID, "c%d", &i)
+			return answers[i]
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i, a := range answers {
+		select {
+		case cr := <-got:
+			want := client.Answer{Status: protocol.StatusError}
+			if i == len(answers)-1 {
+				want = a
+			}
+			if cr.ID != fmt.Sprintf("c%d", i) || cr.Status != want.Status || string(cr.Payload) != string(want.Payload) {
+				t.Errorf("answer %d (%q %.40q): id %q status %q payload %.40q; want status %q payload %.40q", i, a.Status, a.Payload, cr.ID, cr.Status, cr.Payload, want.Status, want.Payload)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("answer %d not received", i)
+		}
+	}
+}
