@@ -101,8 +101,8 @@ type Attachment struct {
 	queue   []frame
 	writing bool
 	closed  bool
-	// pending are the commands written to this connection and not yet
-	// answered, by id. One past its expiry is forgotten (forgetExpired):
+	// pending are the commands written (or being written) to this
+	// connection and not yet answered, by id. One past its expiry is forgotten (forgetExpired):
 	// its home never sends it again, and takes no answer to it.
 	pending map[string]sent
 }
@@ -378,18 +378,29 @@ func (a *Attachment) drain() {
 		}
 		f := a.queue[0]
 		a.queue = a.queue[1:]
+		// Pending before the write: the device may answer (Result)
+		// before the write returns here, and an answer must find it.
+		_, again := a.pending[f.cid]
+		if !again {
+			a.pending[f.cid] = sent{f.created, f.expires}
+			a.l.m.pending.Inc()
+		}
 		a.mu.Unlock()
 		if a.write(f.b) != nil {
+			if !again {
+				a.mu.Lock()
+				if _, ok := a.pending[f.cid]; ok {
+					delete(a.pending, f.cid)
+					a.l.m.pending.Dec()
+				}
+				a.mu.Unlock()
+			}
 			continue
 		}
 		a.l.m.written.Inc()
-		a.mu.Lock()
-		if _, ok := a.pending[f.cid]; !ok && !a.closed {
-			a.pending[f.cid] = sent{f.created, f.expires}
-			a.l.m.pending.Inc()
+		if !again {
 			a.l.m.deliveryLatency.Observe(sinceSeconds(f.created))
 		}
-		a.mu.Unlock()
 	}
 }
 

@@ -6,10 +6,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ingest-io/ingest/client"
 	"github.com/ingest-io/ingest/command"
 	"github.com/ingest-io/ingest/command/commandtest"
+	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/protocol"
+	"github.com/ingest-io/ingest/wire"
 )
 
 // TestMetricsMove: a command held unanswered by its device counts as
@@ -96,4 +101,57 @@ func TestPendingForgetsExpired(t *testing.T) {
 	testkit.WaitFor(t, "no pending command at the frontend once it expired", 5*time.Second, func() bool {
 		return testkit.Metric(t, fe.reg, "ingest_downlink_pending_commands") == 0
 	})
+}
+
+// TestPendingAnsweredDuringWrite: a device may answer a command before the
+// write of its frame has returned to the frontend (the frame is on the
+// wire; the writer has not yet taken the attachment's lock again). The
+// command was then counted pending after its answer, and stayed so until
+// its time to live (a day by default): its home never sends it again.
+// Here the device answers each command inside the write; while the
+// second's write is held, the first's bookkeeping is over (one writer per
+// device, in order), and neither is pending.
+func TestPendingAnsweredDuringWrite(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{})
+	reg := prometheus.NewRegistry()
+	l, err := downlink.New(downlink.Options{Frontend: "fe-1", Homes: []string{h.Addr}, RequestTimeout: 200 * time.Millisecond, PresenceInterval: 200 * time.Millisecond}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Go(t, "link", func(ctx context.Context) error { l.Run(ctx); return nil })
+	t.Cleanup(func() { l.Close() })
+	held := make(chan struct{})
+	release := make(chan struct{})
+	writes := 0
+	a := l.Attach("dev-1", func(b []byte) error {
+		f, err := protocol.DecodeServerFrame(b)
+		if err != nil {
+			return err
+		}
+		l.Result("dev-1", protocol.CommandResult{ID: string(f.ID[1 : len(f.ID)-1]), Status: "ok"})
+		if writes++; writes == 2 {
+			close(held)
+			<-release
+		}
+		return nil
+	})
+	defer a.Detach()
+	defer close(release)
+	waitPlaced(t, 1, h)
+	for i := range 2 {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		rep, err := l.Submit(ctx, wire.Submit{Device: "dev-1", Name: "n", Payload: []byte(`{}`), Key: fmt.Sprint("k", i)})
+		cancel()
+		if err != nil || rep.Code != "" {
+			t.Fatalf("submit %d: %+v %v", i, rep, err)
+		}
+	}
+	select {
+	case <-held:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the second command was not written")
+	}
+	if n := testkit.Metric(t, reg, "ingest_downlink_pending_commands"); n != 0 {
+		t.Fatalf("%v commands pending, both answered", n)
+	}
 }
