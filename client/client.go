@@ -185,6 +185,9 @@ type Client struct {
 	// are being delivered (outside mu); Flush and Pending count them.
 	delivering int
 	nextN      uint64
+	// settled is the number of the last message whose result has been
+	// delivered: results are delivered in the order of the numbers.
+	settled uint64
 	// frameLimit is the server's frame limit in bytes as its last 1009
 	// close named it; 0 while unknown.
 	frameLimit int
@@ -342,12 +345,14 @@ func (c *Client) enqueue(ctx context.Context, payload []byte, ch chan error) (*m
 	return m, nil
 }
 
-// Flush waits until every message sent so far has its result.
+// Flush waits until every message sent so far has its result (OnResult
+// has returned for it); not for those sent while it waits.
 func (c *Client) Flush(ctx context.Context) error {
 	defer c.wakeOn(ctx)()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	for len(c.queue)+len(c.inflight)+c.delivering > 0 && !c.closed && ctx.Err() == nil {
+	last := c.nextN
+	for c.settled < last && !c.closed && ctx.Err() == nil {
 		c.cond.Wait()
 	}
 	if c.closed {
@@ -590,7 +595,7 @@ func (c *Client) session(ws *websocket.Conn) (acked bool, retry time.Duration, f
 			c.cond.Broadcast()
 			c.mu.Unlock()
 			c.deliver(m, err)
-			c.delivered(1)
+			c.delivered([]*msg{m})
 			continue
 		}
 		seq++
@@ -910,7 +915,7 @@ func (c *Client) settle(seq uint64) {
 	for _, m := range done {
 		c.deliver(m, m.err)
 	}
-	c.delivered(len(done))
+	c.delivered(done)
 }
 
 func (c *Client) failAll(err error) {
@@ -926,16 +931,18 @@ func (c *Client) failAll(err error) {
 	for _, m := range ms {
 		c.deliver(m, err)
 	}
-	c.delivered(len(ms))
+	c.delivered(ms)
 }
 
-// delivered notes that n results taken off the queues have been delivered.
-func (c *Client) delivered(n int) {
-	if n == 0 {
+// delivered notes that the results of ms, taken off the queues in order,
+// have been delivered.
+func (c *Client) delivered(ms []*msg) {
+	if len(ms) == 0 {
 		return
 	}
 	c.mu.Lock()
-	c.delivering -= n
+	c.delivering -= len(ms)
+	c.settled = max(c.settled, ms[len(ms)-1].n)
 	c.cond.Broadcast()
 	c.mu.Unlock()
 }

@@ -456,3 +456,49 @@ func TestFlushWaitsForOnResult(t *testing.T) {
 		t.Fatalf("%d results delivered when Flush returned, want %d", got, n)
 	}
 }
+
+// TestFlushSentSoFar: Flush waits for the messages sent before it, not
+// for those another goroutine sends while it waits. Before, it waited
+// until nothing at all was pending, so that a device sending all the time
+// from one goroutine held a Flush of another until its context ended,
+// every message before it long since acknowledged.
+func TestFlushSentSoFar(t *testing.T) {
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
+	defer s.Stop(t)
+	var res results
+	after := make(chan struct{})   // closed once the second message is sent
+	release := make(chan struct{}) // holds the second message's result
+	ctx := context.Background()
+	c, err := client.Dial(ctx, client.Options{URL: s.URL(), Token: token(t, "dev-1"), OnResult: func(r client.Result) {
+		switch r.N {
+		case 1:
+			<-after // the first is settled only once the second is sent
+		case 2:
+			<-release
+		}
+		res.add(r)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	defer close(release)
+	if _, err := c.Send(ctx, msg(1)); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(300 * time.Millisecond) // Flush below waits by now
+		if _, err := c.Send(ctx, msg(2)); err != nil {
+			t.Error(err)
+		}
+		close(after)
+	}()
+	fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.Flush(fctx); err != nil {
+		t.Fatalf("flush of the first message, the second sent while it waited: %v", err)
+	}
+	if got := res.snapshot(); len(got) != 1 || got[0].N != 1 || got[0].Err != nil {
+		t.Fatalf("results when Flush returned: %+v, want the first message's", got)
+	}
+}
