@@ -466,12 +466,14 @@ func TestFlushSentSoFar(t *testing.T) {
 	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
 	defer s.Stop(t)
 	var res results
+	first := make(chan struct{})   // closed once the first message's result is being delivered
 	after := make(chan struct{})   // closed once the second message is sent
 	release := make(chan struct{}) // holds the second message's result
 	ctx := context.Background()
 	c, err := client.Dial(ctx, client.Options{URL: s.URL(), Token: token(t, "dev-1"), OnResult: func(r client.Result) {
 		switch r.N {
 		case 1:
+			close(first)
 			<-after // the first is settled only once the second is sent
 		case 2:
 			<-release
@@ -487,7 +489,10 @@ func TestFlushSentSoFar(t *testing.T) {
 		t.Fatal(err)
 	}
 	go func() {
-		time.Sleep(300 * time.Millisecond) // Flush below waits by now
+		// The second is sent once Flush waits, and once the first's result
+		// is on its way, so that the two results are not delivered as one.
+		<-first
+		testkit.WaitFor(t, "Flush to wait", 10*time.Second, func() bool { return testkit.Blocked("client.(*Client).Flush(", "sync.Cond.Wait") })
 		if _, err := c.Send(ctx, msg(2)); err != nil {
 			t.Error(err)
 		}

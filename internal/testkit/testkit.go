@@ -16,6 +16,8 @@ import (
 	"context"
 	"net"
 	"os/exec"
+	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -43,6 +45,21 @@ func WaitFor(t testing.TB, what string, within time.Duration, cond func() bool) 
 		pause = min(2*pause, 20*time.Millisecond)
 	}
 	return time.Since(start)
+}
+
+// Blocked reports whether some goroutine is blocked in fn, as
+// runtime.Stack spells it ("client.(*Client).Flush("), waiting as state
+// says ("sync.Cond.Wait", "chan receive", "select"): a test that must act
+// only once another goroutine waits waits for this, not for a time.
+func Blocked(fn, state string) bool {
+	buf := make([]byte, 1<<20)
+	for g := range strings.SplitSeq(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		header, body, _ := strings.Cut(g, "\n")
+		if strings.Contains(header, "["+state) && strings.Contains(body, fn) {
+			return true
+		}
+	}
+	return false
 }
 
 // Go runs run in a goroutine until stop is called or the test ends, when
