@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -219,6 +220,53 @@ func TestInfluxSinkVictoriaMetrics(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 2*n {
 		t.Errorf("lines written: %v, want %d", got, 2*n)
+	}
+}
+
+// TestInfluxSinkRedirectNotStored: a store behind a front that redirects
+// the write endpoint with 301, 302 or 303 (an ingress moving it, an
+// authenticating proxy sending the client to its sign-in page) has not
+// taken the lines. Followed, such a redirect turns the POST into a GET
+// without a body, which VictoriaMetrics's /write answers 204: the Write
+// returned nil with nothing stored, and the writer committed the records
+// for good. The Write must fail instead, as for any answer that refuses
+// the request itself; a 307 or 308, which keeps the method and the body,
+// is followed and lands.
+func TestInfluxSinkRedirectNotStored(t *testing.T) {
+	srv := testkit.VictoriaMetrics(t)
+	for _, code := range []int{http.StatusMovedPermanently, http.StatusFound, http.StatusSeeOther, http.StatusPermanentRedirect} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			ln := testkit.Listen(t)
+			front := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				http.Redirect(w, r, srv.URL+r.URL.RequestURI(), code)
+			})}
+			done := make(chan struct{})
+			go func() { defer close(done); front.Serve(ln) }()
+			t.Cleanup(func() { front.Close(); <-done })
+
+			s := newTestInflux(t, "http://"+ln.Addr().String()+"/write", nil, Options{NoStrings: true})
+			dev := fmt.Sprintf("redirect-%d-%d", code, time.Now().UnixNano())
+			ps := testkit.Points(dev, time.Now().Add(-time.Minute).Truncate(time.Second), 3)
+			err := s.Write(context.Background(), ps)
+			if code == http.StatusPermanentRedirect {
+				if err != nil {
+					t.Fatalf("write through a %d: %v", code, err)
+				}
+				testkit.Eventually(t, 30*time.Second, "the store holds the lines", func() (bool, string) {
+					got := testkit.VMExport(t, srv, fmt.Sprintf(`{device=%q}`, dev))
+					return len(got) > 0, fmt.Sprint(got)
+				})
+				return
+			}
+			var ke *storage.KindError
+			if !errorsAs(err, &ke) || ke.Kind != "rejected" {
+				got := testkit.VMExport(t, srv, fmt.Sprintf(`{device=%q}`, dev))
+				t.Fatalf("write answered %d: %v (want a rejected KindError); the store holds %d series of the device", code, err, len(got))
+			}
+			if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 0 {
+				t.Errorf("lines counted written: %v", got)
+			}
+		})
 	}
 }
 

@@ -228,10 +228,26 @@ func New(name, endpoint string, opts Options, reg prometheus.Registerer, lg *slo
 		name:    name,
 		opts:    opts,
 		tr:      tr,
-		client:  &http.Client{Transport: tr, Timeout: opts.Timeout},
+		client:  &http.Client{Transport: tr, Timeout: opts.Timeout, CheckRedirect: keepMethod},
 		Metrics: m,
 		Log:     lg.With("sink", name),
 	}, nil
+}
+
+// keepMethod follows a redirect only if it keeps the request's method (307,
+// 308: the body is sent again). A 301, 302 or 303 would turn the POST into
+// a GET without a body, whose success says nothing of the samples: an
+// authenticating proxy's sign-in page answers 200, VictoriaMetrics's /write
+// 204. Such an answer is the sink's to judge instead, as one that refuses
+// the request itself: Write fails, and the writer commits nothing.
+func keepMethod(req *http.Request, via []*http.Request) error {
+	if len(via) >= 10 {
+		return errors.New("stopped after 10 redirects")
+	}
+	if req.Method != via[0].Method {
+		return http.ErrUseLastResponse
+	}
+	return nil
 }
 
 // Close releases the client's connections and unregisters the sink's
