@@ -152,7 +152,7 @@ func (s *Sink) Write(ctx context.Context, points []storage.Point) error {
 		s.buf, d, tl = s.appendLine(s.buf, &points[i])
 		dropped += d
 		tooLong += tl
-		if len(s.ends) == 0 || len(s.buf) > s.ends[len(s.ends)-1] {
+		if len(s.buf) > s.lineEnd() { // a point without a field makes no line
 			s.ends = append(s.ends, len(s.buf))
 		}
 	}
@@ -170,6 +170,14 @@ func (s *Sink) Write(ctx context.Context, points []storage.Point) error {
 		lo = hi
 	}
 	return nil
+}
+
+// lineEnd is where the last line of buf ends: 0 before the first.
+func (s *Sink) lineEnd() int {
+	if len(s.ends) == 0 {
+		return 0
+	}
+	return s.ends[len(s.ends)-1]
 }
 
 // writeLines sends lines [lo, hi) as one request and, when the store refuses

@@ -129,6 +129,35 @@ func TestInfluxSinkInfluxDB(t *testing.T) {
 	}
 }
 
+// TestInfluxSinkPointWithoutFields: a point with no field to write (a
+// message of reserved members or nulls only) makes no line. When it came
+// first in a Write it used to count as a line of its own: written, in
+// ingest_storage_external_samples_written_total and in MaxLinesPerRequest,
+// and sent on its own as an empty request when the Write held nothing else.
+func TestInfluxSinkPointWithoutFields(t *testing.T) {
+	srv := testkit.InfluxDB(t)
+	db := influxDB(t, srv, "")
+	s := newTestInflux(t, srv.URL+"/write?db="+db, nil, Options{MaxLinesPerRequest: 2})
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	ps := testkit.Points("nofields", t0, 2)
+	empty := storage.Point{Device: "nofields", Time: t0.Add(-time.Second), Numbers: map[string]float64{}, Strings: map[string]string{}}
+	if err := s.Write(context.Background(), append([]storage.Point{empty}, ps...)); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write(context.Background(), []storage.Point{empty}); err != nil {
+		t.Fatal(err)
+	}
+	if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 2 {
+		t.Errorf("lines written: %v, want 2", got)
+	}
+	if got := testutil.ToFloat64(s.h.Metrics.Requests); got != 1 {
+		t.Errorf("requests: %v, want 1 (the two lines)", got)
+	}
+	if d := diffMaps(influxRows(t, srv, db, "nofields"), influxWant(ps)); d != "" {
+		t.Error(d)
+	}
+}
+
 // TestInfluxSinkInfluxDBTooOld: points older than the retention policy are
 // dropped and counted; the others land.
 func TestInfluxSinkInfluxDBTooOld(t *testing.T) {
