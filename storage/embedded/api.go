@@ -261,6 +261,13 @@ func (a *API) queryRange(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errBadData, errors.New("zero or negative query resolution step widths are not accepted. Try a positive integer"))
 		return
 	}
+	if step < time.Millisecond {
+		// The engine steps in whole milliseconds: a shorter step is 0
+		// there, which it divides by (a runtime panic it recovers and logs
+		// with its stack).
+		a.fail(w, errBadData, errors.New("query resolution step widths under a millisecond are not accepted: timestamps are milliseconds"))
+		return
+	}
 	// As Prometheus: at most 11,000 points per series.
 	if end.Sub(start)/step > 11000 {
 		a.fail(w, errBadData, errors.New("exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"))

@@ -316,6 +316,11 @@ func TestAPIErrorsAndProbes(t *testing.T) {
 		{"GET", "/api/v1/format_query", url.Values{"query": {"sum("}}, 400, "bad_data"},
 		{"GET", "/api/v1/query_exemplars", url.Values{"query": {"temp"}, "start": {"10"}, "end": {"5"}}, 400, "bad_data"},
 		{"GET", "/api/v1/query_exemplars", url.Values{"query": {"temp{"}}, 400, "bad_data"},
+		// A step under the engine's millisecond is none: it used to reach
+		// the engine, which divided by it (a runtime panic, logged with its
+		// stack, answered 422).
+		{"GET", "/api/v1/query_range", url.Values{"query": {"temp"}, "start": {"100"}, "end": {"100.001"}, "step": {"0.0000001"}}, 400, "bad_data"},
+		{"POST", "/api/v1/query_range", url.Values{"query": {"vector(1)"}, "start": {"100"}, "end": {"100"}, "step": {"0.0009"}}, 400, "bad_data"},
 	} {
 		code, h, b := g.call(t, c.method, c.path, c.params)
 		var r testkit.PromResult
