@@ -50,3 +50,35 @@ func TestWriterGroupHandoverClearsLag(t *testing.T) {
 	w1.stop()
 	w2.stop()
 }
+
+// TestWriterGroupHandoverClearsCheckpoint: a writer of a group that has
+// handed a stream over no longer shows the checkpoint it last had
+// acknowledged there, which the group has since moved past (the writer
+// that follows the stream now shows it). It used to show it for as long
+// as it ran: a checkpoint that looks stuck.
+func TestWriterGroupHandoverClearsCheckpoint(t *testing.T) {
+	mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"g"}, LeaseTTL: time.Second})
+	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
+	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
+	db := openTSDB(t)
+	w2 := startWriter(t, db, storage.Options{Group: "g", Member: "w-2", Middletiers: endpoints(mt), IdlePoll: 100 * time.Millisecond})
+	send(t, fe, 1, 101, base)
+	testkit.WaitFor(t, "w-2 to store the first 100", 20*time.Second, func() bool {
+		return testkit.Metric(t, w2.reg, "ingest_storage_checkpoint") == 100
+	})
+
+	w1 := startWriter(t, db, storage.Options{Group: "g", Member: "w-1", Middletiers: endpoints(mt), IdlePoll: 100 * time.Millisecond})
+	testkit.WaitFor(t, "w-1 to take the stream over", 20*time.Second, func() bool {
+		return testkit.Metric(t, w1.reg, "ingest_storage_group_streams") == 1 &&
+			testkit.Metric(t, w2.reg, "ingest_storage_group_streams") == 0
+	})
+	send(t, fe, 101, 201, base)
+	testkit.WaitFor(t, "w-1 to store the next 100", 20*time.Second, func() bool {
+		return testkit.Metric(t, w1.reg, "ingest_storage_checkpoint") == 200
+	})
+	if got := testkit.Gauges(t, w2.reg, "ingest_storage_checkpoint", "middletier"); len(got) != 0 {
+		t.Fatalf("w-2, which no longer follows mt-0, shows the checkpoint %v there", got)
+	}
+	w1.stop()
+	w2.stop()
+}

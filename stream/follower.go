@@ -301,6 +301,16 @@ func (f *Follower) Connected() bool { return f.connected.Load() }
 func (f *Follower) CaughtUp() bool { return f.caught.Load() }
 
 func (f *Follower) setName(name string) {
+	// The gauges of the name known before (the consumer endpoint, until
+	// the middletier says its id) are of no middletier: gone, not left at
+	// their last value.
+	if old := f.name.Load(); old != nil && *old != name {
+		for _, g := range []*prometheus.GaugeVec{f.m.Lag, f.m.Checkpoint} {
+			if g != nil {
+				g.DeleteLabelValues(*old)
+			}
+		}
+	}
 	f.name.Store(&name)
 	counter := func(v *prometheus.CounterVec) prometheus.Counter {
 		if v == nil {

@@ -296,11 +296,14 @@ func (l *leaser) stop() {
 	l.cancel()
 	l.wg.Wait()
 	l.cancel = nil
-	// The lag is the follower's: a member that no longer follows the
-	// stream shows none for it (another member, or none, follows it now).
-	if l.m.Lag != nil {
-		l.m.Lag.DeleteLabelValues(l.f.Middletier())
-		l.m.Lag.DeleteLabelValues(l.ep.Consumer)
+	// The lag and the checkpoint are the follower's: a member that no
+	// longer follows the stream shows neither for it (another member, or
+	// none, follows it now, and moves the group's checkpoint on).
+	for _, g := range []*prometheus.GaugeVec{l.m.Lag, l.m.Checkpoint} {
+		if g != nil {
+			g.DeleteLabelValues(l.f.Middletier())
+			g.DeleteLabelValues(l.ep.Consumer)
+		}
 	}
 	l.mu.Lock()
 	if l.hold.Load() { // not ended by expire
