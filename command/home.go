@@ -111,7 +111,7 @@ type Home struct {
 
 	// Owned by the loop.
 	cmds   map[string]*wire.Command
-	keys   map[string]string // device + "\x00" + key → command id
+	keys   map[deviceKey]string // a device's idempotency key → command id
 	devs   map[string]*device
 	byPeer map[string]map[string]struct{} // peer identity → devices placed there
 	now    time.Time
@@ -137,6 +137,10 @@ type Home struct {
 	// kept.
 	counts [wire.StateCancelled + 1]int
 }
+
+// deviceKey is a device's idempotency key: its two strings kept apart, as
+// device ids and keys may hold any byte.
+type deviceKey struct{ device, key string }
 
 type inbound struct {
 	peer []byte
@@ -180,7 +184,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 		in:     make(chan inbound, 4096),
 		stop:   make(chan struct{}),
 		cmds:   map[string]*wire.Command{},
-		keys:   map[string]string{},
+		keys:   map[deviceKey]string{},
 		devs:   map[string]*device{},
 		byPeer: map[string]map[string]struct{}{},
 		dirty:  map[*device]struct{}{},
@@ -252,7 +256,7 @@ func (h *Home) apply(c *wire.Command) {
 	h.counts[c.State]++
 	h.liveBytes += size(c)
 	if c.Key != "" {
-		h.keys[c.Device+"\x00"+c.Key] = c.ID
+		h.keys[deviceKey{c.Device, c.Key}] = c.ID
 	}
 	d.all = append(d.all, cp)
 	if !c.State.Final() {
@@ -522,7 +526,7 @@ func CheckSubmit(s *wire.Submit, maxTTL time.Duration) error {
 }
 
 func (h *Home) submit(peer []byte, s *wire.Submit) {
-	if id, ok := h.keys[s.Device+"\x00"+s.Key]; ok && s.Key != "" {
+	if id, ok := h.keys[deviceKey{s.Device, s.Key}]; ok && s.Key != "" {
 		c := h.cmds[id]
 		if c.Name != s.Name || !bytes.Equal(c.Payload, s.Payload) {
 			h.reply(peer, s.Req, CodeKeyReused, c)
@@ -810,7 +814,7 @@ func (h *Home) forget() {
 			delete(h.cmds, c.ID)
 			h.counts[c.State]--
 			h.liveBytes -= size(c)
-			if k := c.Device + "\x00" + c.Key; c.Key != "" && h.keys[k] == c.ID {
+			if k := (deviceKey{c.Device, c.Key}); c.Key != "" && h.keys[k] == c.ID {
 				delete(h.keys, k)
 			}
 		}

@@ -296,6 +296,11 @@ func TestIdempotencyKey(t *testing.T) {
 	if other := fe.submit(t, wire.Submit{Device: "d2", Name: "set", Payload: []byte(`{"v":1}`), Key: "k1"}); other.ID == first.ID {
 		t.Fatal("another device's key gave the same command")
 	}
+	// Device ids and keys may hold any byte but a key's first: no pair
+	// of them spells another's.
+	if a, b := fe.submit(t, wire.Submit{Device: "a", Name: "set", Key: "b\x00k"}), fe.submit(t, wire.Submit{Device: "a\x00b", Name: "set", Key: "k"}); a.ID == b.ID || b.Device != "a\x00b" {
+		t.Fatalf("device a with key b\\x00k and device a\\x00b with key k: %+v, then %+v", a, b)
+	}
 	changed := s
 	changed.Payload = []byte(`{"v":2}`)
 	if r := fe.ask(t, &changed); r.Code != command.CodeKeyReused || len(r.Commands) != 1 || r.Commands[0].ID != first.ID {
