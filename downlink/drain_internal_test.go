@@ -29,7 +29,7 @@ func TestDeliveriesBeforeTheEndTaken(t *testing.T) {
 
 	var mu sync.Mutex
 	var got []string
-	a := l.Attach("dev-1", func(b []byte) error { mu.Lock(); got = append(got, string(b)); mu.Unlock(); return nil })
+	a := l.Attach("dev-1", func(b []byte, _ time.Time) error { mu.Lock(); got = append(got, string(b)); mu.Unlock(); return nil })
 	defer a.Detach()
 	id := <-ids // the link's presence: its socket is connected
 	h := l.homes[0]
@@ -53,4 +53,26 @@ func TestDeliveriesBeforeTheEndTaken(t *testing.T) {
 		defer mu.Unlock()
 		return len(got) == n
 	})
+}
+
+// A frame whose command expired while it waited in the attachment's queue
+// is not written: its home reports the command expired.
+func TestExpiredFrameNotWritten(t *testing.T) {
+	l, err := New(Options{Frontend: "fe-1", Homes: []string{"tcp://127.0.0.1:1"}}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	written := make(chan string, 3)
+	a := l.Attach("dev-1", func(b []byte, _ time.Time) error { written <- string(b); return nil })
+	defer a.Detach()
+	now := time.Now().UnixNano()
+	for _, f := range []frame{{cid: "a", b: []byte("a")}, {cid: "b", expires: now - 1, b: []byte("b")}, {cid: "c", expires: now + int64(time.Hour), b: []byte("c")}} {
+		a.push(f)
+	}
+	for _, want := range []string{"a", "c"} {
+		if got := <-written; got != want {
+			t.Fatalf("written %q, want %q (b expired)", got, want)
+		}
+	}
 }

@@ -95,7 +95,7 @@ type Attachment struct {
 	l      *Link
 	device string
 	since  int64
-	write  func([]byte) error
+	write  WriteFunc
 
 	mu      sync.Mutex
 	queue   []frame
@@ -286,9 +286,16 @@ func (h *home) sendPresence(d *zsock.Dealer) {
 	h.places = p.Devices[:0]
 }
 
+// WriteFunc writes a command frame to a device's connection. expires is
+// the command's expiry (zero for none): a write that has to wait, as an MQTT
+// session does for the device's Receive Maximum, gives up at it, and
+// returns an error, so that no device gets a command its home has
+// reported expired.
+type WriteFunc func(frame []byte, expires time.Time) error
+
 // Attach records a device's connection, which write sends frames to, and
 // tells its home. A newer attachment of the device replaces an older one.
-func (l *Link) Attach(device string, write func([]byte) error) *Attachment {
+func (l *Link) Attach(device string, write WriteFunc) *Attachment {
 	a := &Attachment{l: l, device: device, since: time.Now().UnixNano(), write: write, pending: map[string]sent{}}
 	h := l.homeOf(device)
 	h.presence.Lock()
@@ -378,6 +385,15 @@ func (a *Attachment) drain() {
 		}
 		f := a.queue[0]
 		a.queue = a.queue[1:]
+		var expires time.Time
+		if f.expires > 0 {
+			if expires = time.Unix(0, f.expires); !time.Now().Before(expires) {
+				// Expired while it waited behind others: its home
+				// reports it expired, and the device never gets it.
+				a.mu.Unlock()
+				continue
+			}
+		}
 		// Pending before the write: the device may answer (Result)
 		// before the write returns here, and an answer must find it.
 		_, again := a.pending[f.cid]
@@ -386,7 +402,7 @@ func (a *Attachment) drain() {
 			a.l.m.pending.Inc()
 		}
 		a.mu.Unlock()
-		if a.write(f.b) != nil {
+		if a.write(f.b, expires) != nil {
 			if !again {
 				a.mu.Lock()
 				if _, ok := a.pending[f.cid]; ok {

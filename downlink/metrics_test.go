@@ -123,7 +123,7 @@ func TestPendingAnsweredDuringWrite(t *testing.T) {
 	held := make(chan struct{})
 	release := make(chan struct{})
 	writes := 0
-	a := l.Attach("dev-1", func(b []byte) error {
+	a := l.Attach("dev-1", func(b []byte, _ time.Time) error {
 		f, err := protocol.DecodeServerFrame(b)
 		if err != nil {
 			return err

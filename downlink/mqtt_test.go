@@ -382,3 +382,77 @@ func TestMQTTCommandsMoveToWebSocket(t *testing.T) {
 		t.Fatalf("over WebSocket: saw %v, want %v", got, want)
 	}
 }
+
+// TestMQTTCommandExpiresWaiting: an MQTT 5 device that accepts one
+// command publish unacknowledged at a time (Receive Maximum 1) and holds
+// its PUBACK keeps the frontend's next command waiting. A command that
+// expires while it waits is never published: its home reports it expired,
+// and a device must not act on it after that. Before, it was published as
+// soon as the device acknowledged the one before it.
+func TestMQTTCommandExpiresWaiting(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{MaxInFlight: 4})
+	tf := startFrontend(t, "fe-1", []string{h.Addr}, false)
+	const id = "mqtt-held"
+	nc, err := net.Dial("tcp", tf.mqtt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan *paho.Publish, 64)
+	c := paho.NewClient(paho.ClientConfig{Conn: nc, ClientID: id, EnableManualAcknowledgment: true,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			got <- pr.Packet
+			return true, nil
+		}}})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	one := uint16(1)
+	if _, err := c.Connect(ctx, &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30,
+		Properties: &paho.ConnectProperties{ReceiveMaximum: &one}}); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { c.Disconnect(&paho.Disconnect{}); nc.Close(); <-c.Done() }()
+	if sa, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "devices/" + id + "/commands", QoS: 1}}}); err != nil || sa.Reasons[0] != 1 {
+		t.Fatalf("subscribe: %+v, %v", sa, err)
+	}
+	next := func() (string, *paho.Publish) {
+		t.Helper()
+		select {
+		case p := <-got:
+			var f struct{ Name string }
+			if err := json.Unmarshal(p.Payload, &f); err != nil {
+				t.Fatalf("publish %q: %v", p.Payload, err)
+			}
+			return f.Name, p
+		case <-ctx.Done():
+			t.Fatal("no command came")
+		}
+		return "", nil
+	}
+
+	submit(t, tf, id, "first", nil)
+	name, held := next()
+	if name != "first" {
+		t.Fatalf("first publish: %q", name)
+	}
+	// Handed to the frontend (sent), which waits for the PUBACK held.
+	late := submit(t, tf, id, "late", map[string]any{"ttl_ms": 1500})
+	waitState(t, tf, late.ID, "sent")
+	waitState(t, tf, late.ID, "expired")
+	if err := c.Ack(held); err != nil {
+		t.Fatal(err)
+	}
+	submit(t, tf, id, "after", nil)
+	for {
+		name, p := next()
+		if err := c.Ack(p); err != nil {
+			t.Fatal(err)
+		}
+		switch name {
+		case "first": // sent again: unanswered
+			continue
+		case "after":
+			return
+		}
+		t.Fatalf("the device got %q after it expired", name)
+	}
+}

@@ -137,7 +137,7 @@ func TestRedeliveriesToAStalledDeviceNotQueued(t *testing.T) {
 	release := make(chan struct{})
 	var mu sync.Mutex
 	var written []string
-	a := l.Attach("dev-1", func(b []byte) error {
+	a := l.Attach("dev-1", func(b []byte, _ time.Time) error {
 		<-release // the device takes nothing until released
 		mu.Lock()
 		written = append(written, string(b))

@@ -131,21 +131,39 @@ func (c *mqttConn) detach() {
 	c.att = nil
 }
 
-var errNotSubscribed = errors.New("session not subscribed to its commands")
+var (
+	errNotSubscribed  = errors.New("session not subscribed to its commands")
+	errCommandExpired = errors.New("command expired while it waited for the device's receive maximum")
+)
 
 // writeCommand writes a command frame from the Link as a PUBLISH to the
 // commands topic, at the granted QoS. It waits while the client has as
 // many command publishes unacknowledged as it accepts (its Receive
-// Maximum), and gives up once the session stops or unsubscribes: the home
-// sends an unanswered command again.
-func (c *mqttConn) writeCommand(frame []byte) error {
+// Maximum), and gives up once the session stops or unsubscribes (the home
+// sends an unanswered command again) or the command expires (its home
+// reports it expired; the device must not get it after that).
+func (c *mqttConn) writeCommand(frame []byte, expires time.Time) error {
 	c.mu.Lock()
-	for !c.stopped && c.subscribed && c.subQoS > 0 && len(c.unacked) >= c.sendMax {
+	expired := false
+	if c.subQoS > 0 && len(c.unacked) >= c.sendMax && !expires.IsZero() {
+		t := time.AfterFunc(time.Until(expires), func() {
+			c.mu.Lock()
+			expired = true
+			c.cond.Broadcast()
+			c.mu.Unlock()
+		})
+		defer t.Stop()
+	}
+	for !c.stopped && c.subscribed && !expired && c.subQoS > 0 && len(c.unacked) >= c.sendMax {
 		c.cond.Wait()
 	}
 	if c.stopped || !c.subscribed {
 		c.mu.Unlock()
 		return errNotSubscribed
+	}
+	if expired || !expires.IsZero() && !time.Now().Before(expires) {
+		c.mu.Unlock()
+		return errCommandExpired
 	}
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Publish, Qos: c.subQoS},

@@ -448,7 +448,8 @@ func (s *Server) run(c *conn, old session) {
 	}
 
 	if s.opts.Downlink != nil {
-		c.att = s.opts.Downlink.Attach(c.device, c.write)
+		// A WebSocket write waits at most WriteTimeout, expiry or not.
+		c.att = s.opts.Downlink.Attach(c.device, func(b []byte, _ time.Time) error { return c.write(b) })
 	}
 	c.serve()
 	if c.att != nil {
