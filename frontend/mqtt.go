@@ -383,6 +383,11 @@ func (c *mqttConn) readConnect() (code byte, reason string) {
 	}
 	// The library's strings alias the packet buffer, which is reused.
 	clientID := strings.Clone(pk.Connect.ClientIdentifier)
+	if clientID == "" && !pk.Connect.Clean && c.version != mqtt5 {
+		// [MQTT-3.1.3-8]: a session kept under a name the client cannot
+		// give again. (MQTT 5 assigns one; sessions are clean here.)
+		return connackBadClientID, "an empty client id needs clean session 1"
+	}
 	if s.auth != nil {
 		if !pk.Connect.PasswordFlag {
 			return connackBadAuth, "the password must be the device token"

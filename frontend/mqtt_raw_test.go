@@ -875,6 +875,29 @@ func TestMQTTWebSocketMessageOfSeveralPackets(t *testing.T) {
 	}
 }
 
+// An MQTT 3.1.1 CONNECT with an empty client id and clean session 0 is
+// refused 0x02 [MQTT-3.1.3-8]: the client asks for a session kept under a
+// name it cannot give again. Before, a device with a token was accepted.
+// With clean session 1 it is accepted, its device the token's subject.
+func TestMQTT311EmptyClientIDNeedsCleanSession(t *testing.T) {
+	ts := startMQTTServer(t, Options{}, wal.Options{})
+	for _, clean := range []bool{false, true} {
+		r := dialRaw(t, ts.mqttAddr, mqtt311)
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+			ProtocolName: []byte("MQTT"), Clean: clean, Keepalive: 30, UsernameFlag: true, Username: []byte("d"),
+			PasswordFlag: true, Password: []byte(hsToken(t, "d", nil))}}
+		r.send(&pk, pk.ConnectEncode)
+		want := mqtt311IdentifierRejected
+		if clean {
+			want = 0
+		}
+		if ca := r.read(5 * time.Second); ca == nil || ca.FixedHeader.Type != packets.Connack || ca.ReasonCode != want {
+			t.Fatalf("empty client id, clean session %v: %+v, want CONNACK %#x", clean, ca, want)
+		}
+		r.nc.Close()
+	}
+}
+
 // An MQTT 3.1.1 CONNECT that breaks the protocol is answered by closing the
 // connection without a CONNACK [MQTT-3.1.4-1], as docs/mqtt.md says ("malformed
 // CONNECT, protocol violation: connection closed"). Before, it was answered
