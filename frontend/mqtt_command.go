@@ -39,6 +39,10 @@ func commandsTopic(device string) string { return "devices/" + device + "/comman
 // own id, is granted at QoS 1 (or 0, if asked for 0), and every other
 // filter refused. A first grant attaches the session to the Link.
 func (c *mqttConn) subscribe(pk *packets.Packet) error {
+	if len(pk.Properties.SubscriptionIdentifier) > 0 {
+		// The CONNACK said Subscription Identifiers Available 0.
+		return protocolError(rcSubIDsNotSupported, "subscription identifiers are not supported")
+	}
 	codes := make([]byte, len(pk.Filters))
 	why, grant := "", -1
 	for i, f := range pk.Filters {

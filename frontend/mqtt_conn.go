@@ -143,6 +143,7 @@ const (
 	rcPayloadInvalid     byte = 0x99
 	rcRetainNotSupported byte = 0x9A
 	rcNoSubscription     byte = 0x11
+	rcSubIDsNotSupported byte = 0xA1
 )
 
 // Why an MQTT session ended, beyond the reasons WebSocket connections share.

@@ -875,6 +875,23 @@ func TestMQTTWebSocketMessageOfSeveralPackets(t *testing.T) {
 	}
 }
 
+// An MQTT 5 SUBSCRIBE with a Subscription Identifier ends the session
+// with 0xA1 (MQTT 5, 3.8.2.1.2): the CONNACK said the server has none
+// (Subscription Identifiers Available 0). Before, it was answered as if
+// the identifier were not there.
+func TestMQTTSubscriptionIdentifierRefused(t *testing.T) {
+	ts := startMQTTServer(t, Options{InsecureNoAuth: true}, wal.Options{})
+	r := dialRaw(t, ts.mqttAddr, mqtt5)
+	r.connect("dev-1", "", 30)
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters:    packets.Subscriptions{{Filter: "devices/dev-1/commands", Qos: 1}},
+		Properties: packets.Properties{SubscriptionIdentifier: []int{7}}}
+	r.send(&pk, pk.SubscribeEncode)
+	if code := r.expectEnd(5 * time.Second); code != int(rcSubIDsNotSupported) {
+		t.Fatalf("SUBSCRIBE with a subscription identifier: DISCONNECT %#x, want 0xa1", code)
+	}
+}
+
 // An MQTT 3.1.1 CONNECT with an empty client id and clean session 0 is
 // refused 0x02 [MQTT-3.1.3-8]: the client asks for a session kept under a
 // name it cannot give again. Before, a device with a token was accepted.
