@@ -67,6 +67,32 @@ type deviceRefs struct {
 	key    string
 	base   []labels.Label // series.Base of its points
 	series map[seriesKey]seriesRef
+
+	// The device's points in the transaction txn: their times and
+	// indexes in the Write (refCache.earlier).
+	txn    uint64
+	points []pointAt
+}
+
+type pointAt struct {
+	t int64
+	i int
+}
+
+// earlier returns the indexes of d's points before point i in the
+// transaction txn whose time is t, in *buf's storage, and notes point i.
+func (d *deviceRefs) earlier(txn uint64, t int64, i int, buf *[]int) []int {
+	if d.txn != txn {
+		d.txn, d.points = txn, d.points[:0]
+	}
+	*buf = (*buf)[:0]
+	for _, p := range d.points {
+		if p.t == t {
+			*buf = append(*buf, p.i)
+		}
+	}
+	d.points = append(d.points, pointAt{t, i})
+	return *buf
 }
 
 // seriesKey is one series of a device key: a numeric field's, or a string

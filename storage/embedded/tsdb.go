@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
@@ -153,6 +154,7 @@ type TSDB struct {
 	// refs holds the head's references to the series appended to, under
 	// appendMu (refCache).
 	refs *refCache
+	txn  uint64 // commits so far, under appendMu
 
 	noSpace atomic.Bool // the failure that stopped writes was for lack of room
 
@@ -480,17 +482,29 @@ func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, d
 	app := s.db.AppenderV2(ctx)
 	s.refs.headTime(s.db.Head().MinTime())
 	var (
-		b    labels.ScratchBuilder
-		keys []string
+		b       labels.ScratchBuilder
+		keys    []string
+		earlier []int
 	)
+	s.txn++
 	for i := range points {
 		p := &points[i]
 		t := p.Time.UnixMilli()
 		dev := s.refs.device(p)
 		// In name order: where two fields make one series ("a.b", "a_b"),
 		// the same one wins on every delivery.
+		same := dev.earlier(s.txn, t, i, &earlier)
 		for _, name := range sortedKeys(&keys, p.Numbers) {
-			ls, err := s.refs.append(app, &b, dev, seriesKey{field: name}, t, p.Numbers[name])
+			v := p.Numbers[name]
+			if prev, ok := valueAt(points, same, name); ok {
+				// The head would keep the first value of the transaction
+				// at t and drop this one at Commit, unreported.
+				if math.Float64bits(prev) != math.Float64bits(v) {
+					dupTS++
+				}
+				continue
+			}
+			ls, err := s.refs.append(app, &b, dev, seriesKey{field: name}, t, v)
 			if err := tally(err, ls, &n, &tooOld, &dupTS); err != nil {
 				app.Rollback()
 				return 0, 0, 0, 0, &storage.KindError{Kind: "append", Err: err}
@@ -525,6 +539,24 @@ func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, d
 		return 0, 0, 0, 0, &storage.KindError{Kind: "commit", Err: err}
 	}
 	return n, tooOld, dupTS, tooLong, nil
+}
+
+// valueAt returns the value of the series of the numeric field name in the
+// first of the points at indexes in that has it: a field whose series name
+// (storage.MetricName) is name's.
+func valueAt(points []storage.Point, in []int, name string) (float64, bool) {
+	for _, j := range in {
+		if v, ok := points[j].Numbers[name]; ok {
+			return v, true
+		}
+		m := storage.MetricName(name)
+		for other, v := range points[j].Numbers {
+			if storage.MetricName(other) == m {
+				return v, true
+			}
+		}
+	}
+	return 0, false
 }
 
 // sortedKeys returns m's keys in order, in *buf's storage.
