@@ -12,11 +12,11 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/internal/bodyread"
 	"github.com/ingest-io/ingest/internal/lifecycle"
+	"github.com/ingest-io/ingest/internal/probe"
 )
 
 // ErrNotLoopback is returned by New without auth on a listener that is not
@@ -91,17 +91,7 @@ func New(opts Options, reg prometheus.Registerer, lg *slog.Logger) (_ *Server, e
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/feed", s.handleFeed)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !s.Ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ready\n"))
-	})
-	if s.opts.Gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
-	}
+	probe.Mount(mux, probe.Options{Ready: s.Ready, Gatherer: s.opts.Gatherer})
 	for pattern, h := range s.opts.Handlers {
 		mux.Handle(pattern, h)
 	}

@@ -14,13 +14,13 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/internal/bodyread"
 	"github.com/ingest-io/ingest/internal/lifecycle"
+	"github.com/ingest-io/ingest/internal/probe"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -134,23 +134,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+protocol.Path, s.handleIngest)
 	mux.HandleFunc("GET "+MQTTPath, s.handleMQTTWebSocket)
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := s.log.Err(); err != nil {
-			http.Error(w, "wal failed: "+err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		if !s.Ready() {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		w.Write([]byte("ready\n"))
-	})
-	if s.opts.Gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(s.opts.Gatherer, promhttp.HandlerOpts{}))
-	}
+	probe.Mount(mux, probe.Options{Healthy: s.walHealthy, Ready: s.Ready, Gatherer: s.opts.Gatherer})
 	if s.opts.Downlink != nil {
 		api := downlink.NewAPI(s.opts.Downlink, downlink.APIOptions{Verifier: s.auth, MaxTTL: s.opts.CommandMaxTTL}, s.lg)
 		for _, r := range downlink.Routes {
@@ -161,6 +145,14 @@ func (s *Server) Handler() http.Handler {
 		mux.Handle(pattern, h)
 	}
 	return mux
+}
+
+// walHealthy says why the frontend is not healthy: its WAL failed.
+func (s *Server) walHealthy() error {
+	if err := s.log.Err(); err != nil {
+		return fmt.Errorf("wal failed: %w", err)
+	}
+	return nil
 }
 
 // Ready reports whether the server accepts devices: it is serving, not
@@ -351,8 +343,8 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		// Starting, draining, or the WAL failed: no connection could
 		// store anything. Logged once per interval, not per device.
 		why := "draining"
-		if err := s.log.Err(); err != nil {
-			why = "wal failed: " + err.Error()
+		if err := s.walHealthy(); err != nil {
+			why = err.Error()
 		}
 		s.notReadyLog.log(s.lg, slog.LevelWarn, "device handshakes refused: frontend not ready", "why", why)
 		w.Header().Set("Retry-After", notReadyRetryAfter)

@@ -21,6 +21,7 @@ import (
 	"github.com/ingest-io/ingest/internal/certfile"
 	"github.com/ingest-io/ingest/internal/dirlock"
 	"github.com/ingest-io/ingest/internal/metricset"
+	"github.com/ingest-io/ingest/internal/probe"
 	"github.com/ingest-io/ingest/status"
 	"github.com/ingest-io/ingest/wal"
 )
@@ -313,18 +314,6 @@ func closeListener(ln net.Listener) error {
 // HTTP status) and /readyz (ready while ready returns nil and the process
 // is not stopping).
 func (p *process) health(mux *http.ServeMux, unhealthy int, healthy, ready func() error) {
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := healthy(); err != nil {
-			http.Error(w, err.Error(), unhealthy)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-	})
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if p.stopping.Load() || ready() != nil {
-			http.Error(w, "not ready", http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ready")
-	})
+	probe.Mount(mux, probe.Options{Healthy: healthy, Unhealthy: unhealthy,
+		Ready: func() bool { return !p.stopping.Load() && ready() == nil }})
 }
