@@ -135,31 +135,7 @@ func TestOversizeFrameUnnamedLimit(t *testing.T) {
 // refuse it, or close the connection on it): the command is answered
 // "error" without a payload, and a repeat of the command gets the same.
 func TestOversizeAnswerPayloadNotSent(t *testing.T) {
-	got := make(chan protocol.CommandResult, 2)
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		ws.SetReadLimit(1 << 20)
-		defer ws.CloseNow()
-		for range 2 {
-			if ws.Write(r.Context(), websocket.MessageText, []byte(`{"type":"command","id":"c1","name":"n","payload":null}`)) != nil {
-				return
-			}
-			_, b, err := ws.Read(r.Context())
-			if err != nil {
-				return
-			}
-			cr, err := protocol.DecodeCommandResult(b)
-			if err != nil {
-				t.Errorf("answer %.80q: %v", b, err)
-				return
-			}
-			got <- cr
-		}
-		ws.Read(r.Context())
-	}))
+	got, hs := commandServer(t, "c1", "c1")
 	defer hs.Close()
 	var calls atomic.Int32
 	big := `"` + strings.Repeat("a", protocol.MaxCommandPayloadBytes) + `"`
@@ -265,31 +241,11 @@ func TestInvalidAnswerSentAsError(t *testing.T) {
 	}
 	// The last command's answer is valid, and sent as it is.
 	answers = append(answers, client.Answer{Status: "done-" + strings.Repeat("x", protocol.MaxStatusBytes-5), Payload: []byte(strings.Repeat("[", protocol.MaxCommandPayloadDepth) + strings.Repeat("]", protocol.MaxCommandPayloadDepth))})
-	got := make(chan protocol.CommandResult, len(answers))
-	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ws, err := websocket.Accept(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer ws.CloseNow()
-		for i := range answers {
-			if ws.Write(r.Context(), websocket.MessageText, fmt.Appendf(nil, `{"type":"command","id":"c%d","name":"n","payload":null}`, i)) != nil {
-				return
-			}
-			_, b, err := ws.Read(r.Context())
-			if err != nil {
-				return
-			}
-			cr, err := protocol.DecodeCommandResult(b)
-			if err != nil {
-				t.Errorf("answer %d %.80q refused: %v", i, b, err)
-				cr = protocol.CommandResult{ID: fmt.Sprintf("c%d", i), Status: "refused"}
-			}
-			cr.Payload = append([]byte(nil), cr.Payload...)
-			got <- cr
-		}
-		ws.Read(r.Context())
-	}))
+	ids := make([]string, len(answers))
+	for i := range ids {
+		ids[i] = fmt.Sprintf("c%d", i)
+	}
+	got, hs := commandServer(t, ids...)
 	defer hs.Close()
 	c, err := client.Dial(context.Background(), client.Options{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ingest", Token: "t",
 		OnCommand: func(_ context.Context, cmd client.Command) client.Answer {
@@ -315,4 +271,38 @@ func TestInvalidAnswerSentAsError(t *testing.T) {
 			t.Fatalf("answer %d not received", i)
 		}
 	}
+}
+
+// commandServer is a server of the device protocol that sends the client a
+// command of each id in turn, reads its answer, and hands the answer over
+// decoded as the frontend decodes it: a refused one is reported, and
+// handed over as status "refused".
+func commandServer(t *testing.T, ids ...string) (<-chan protocol.CommandResult, *httptest.Server) {
+	got := make(chan protocol.CommandResult, len(ids))
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		ws.SetReadLimit(1 << 20)
+		defer ws.CloseNow()
+		for i, id := range ids {
+			if ws.Write(r.Context(), websocket.MessageText, fmt.Appendf(nil, `{"type":"command","id":%q,"name":"n","payload":null}`, id)) != nil {
+				return
+			}
+			_, b, err := ws.Read(r.Context())
+			if err != nil {
+				return
+			}
+			cr, err := protocol.DecodeCommandResult(b)
+			if err != nil {
+				t.Errorf("answer %d %.80q refused: %v", i, b, err)
+				cr = protocol.CommandResult{ID: id, Status: "refused"}
+			}
+			cr.Payload = append([]byte(nil), cr.Payload...)
+			got <- cr
+		}
+		ws.Read(r.Context())
+	}))
+	return got, hs
 }

@@ -33,11 +33,7 @@ func TestWriterGroupHandoverClearsLag(t *testing.T) {
 		return testkit.Metric(t, w2.reg, "ingest_storage_lag_records") == 300
 	})
 
-	w1 := startWriter(t, db, storage.Options{Group: "g", Member: "w-1", Middletiers: endpoints(mt), IdlePoll: 100 * time.Millisecond})
-	testkit.WaitFor(t, "w-1 to take the stream over", 20*time.Second, func() bool {
-		return testkit.Metric(t, w1.reg, "ingest_storage_group_streams") == 1 &&
-			testkit.Metric(t, w2.reg, "ingest_storage_group_streams") == 0
-	})
+	w1 := takeOver(t, db, mt, w2)
 	testkit.WaitFor(t, "w-1 to write every point", 20*time.Second, func() bool {
 		return testkit.Metric(t, w1.reg, "ingest_storage_points_written_total") == 300
 	})
@@ -67,11 +63,7 @@ func TestWriterGroupHandoverClearsCheckpoint(t *testing.T) {
 		return testkit.Metric(t, w2.reg, "ingest_storage_checkpoint") == 100
 	})
 
-	w1 := startWriter(t, db, storage.Options{Group: "g", Member: "w-1", Middletiers: endpoints(mt), IdlePoll: 100 * time.Millisecond})
-	testkit.WaitFor(t, "w-1 to take the stream over", 20*time.Second, func() bool {
-		return testkit.Metric(t, w1.reg, "ingest_storage_group_streams") == 1 &&
-			testkit.Metric(t, w2.reg, "ingest_storage_group_streams") == 0
-	})
+	w1 := takeOver(t, db, mt, w2)
 	send(t, fe, 101, 201, base)
 	testkit.WaitFor(t, "w-1 to store the next 100", 20*time.Second, func() bool {
 		return testkit.Metric(t, w1.reg, "ingest_storage_checkpoint") == 200
@@ -81,4 +73,16 @@ func TestWriterGroupHandoverClearsCheckpoint(t *testing.T) {
 	}
 	w1.stop()
 	w2.stop()
+}
+
+// takeOver starts w-1, first in name order in group g, writing to db, and
+// waits for it to take mt's stream over from w2.
+func takeOver(t *testing.T, db storage.Sink, mt *testkit.Middletier, w2 *writer) *writer {
+	t.Helper()
+	w1 := startWriter(t, db, storage.Options{Group: "g", Member: "w-1", Middletiers: endpoints(mt), IdlePoll: 100 * time.Millisecond})
+	testkit.WaitFor(t, "w-1 to take the stream over", 20*time.Second, func() bool {
+		return testkit.Metric(t, w1.reg, "ingest_storage_group_streams") == 1 &&
+			testkit.Metric(t, w2.reg, "ingest_storage_group_streams") == 0
+	})
+	return w1
 }

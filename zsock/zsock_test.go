@@ -118,8 +118,25 @@ func TestDealerRouter(t *testing.T) {
 		t.Fatalf("router listens on %s", r.Addr())
 	}
 	id1, id2 := zsock.Identity("peer"), zsock.Identity("peer")
-	d1 := dial(t, r.Addr(), zsock.DealerOptions{Identity: id1})
-	d2 := dial(t, r.Addr(), zsock.DealerOptions{Identity: id2})
+	talkApart(t, r.Addr(), id1, id2)
+	mu.Lock()
+	defer mu.Unlock()
+	n := map[string]int{}
+	for _, id := range from {
+		n[id]++
+	}
+	if n[id1] != 3 || n[id2] != 3 || len(n) != 2 {
+		t.Fatalf("requests by identity: %v", n)
+	}
+}
+
+// talkApart dials an echoing router at addr as two dealers of identities
+// id1 and id2, and fails unless each gets its own answers, three rounds,
+// and nothing more.
+func talkApart(t *testing.T, addr, id1, id2 string) {
+	t.Helper()
+	d1 := dial(t, addr, zsock.DealerOptions{Identity: id1})
+	d2 := dial(t, addr, zsock.DealerOptions{Identity: id2})
 	for i := range 3 {
 		if !d1.Send([]byte("one")) || !d2.Send([]byte("two")) {
 			t.Fatal("send refused")
@@ -132,15 +149,7 @@ func TestDealerRouter(t *testing.T) {
 		}
 	}
 	nothing(t, d1)
-	mu.Lock()
-	defer mu.Unlock()
-	n := map[string]int{}
-	for _, id := range from {
-		n[id]++
-	}
-	if n[id1] != 3 || n[id2] != 3 || len(n) != 2 {
-		t.Fatalf("requests by identity: %v", n)
-	}
+	nothing(t, d2)
 }
 
 // ZMTP carries identities of at most 255 bytes, and zmq4 cut longer ones
@@ -157,21 +166,7 @@ func TestLongIdentities(t *testing.T) {
 			t.Fatalf("Identity of a %d-byte prefix: %q (%d bytes)", len(long), id, len(id))
 		}
 	}
-	d1 := dial(t, r.Addr(), zsock.DealerOptions{Identity: id1})
-	d2 := dial(t, r.Addr(), zsock.DealerOptions{Identity: id2})
-	for i := range 3 {
-		if !d1.Send([]byte("one")) || !d2.Send([]byte("two")) {
-			t.Fatal("send refused")
-		}
-		if got := next(t, d1); got != "re:one" {
-			t.Fatalf("round %d: first dealer got %q", i, got)
-		}
-		if got := next(t, d2); got != "re:two" {
-			t.Fatalf("round %d: second dealer got %q", i, got)
-		}
-	}
-	nothing(t, d1)
-	nothing(t, d2)
+	talkApart(t, r.Addr(), id1, id2)
 	if d, err := zsock.Dial(r.Addr(), zsock.DealerOptions{Identity: long}); err == nil {
 		d.Close()
 		t.Fatalf("Dial took an identity of %d bytes, which ZMTP cuts to %d", len(long), zsock.MaxIdentityLen)
