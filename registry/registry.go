@@ -167,7 +167,8 @@ func (r *Registry) Len() int { return len(*r.devices.Load()) }
 // Run reloads the file whenever its content changes, until ctx ends. It
 // polls, which also follows the symlink swaps of a Kubernetes ConfigMap; a
 // new content is applied once two polls in a row read it, so a file being
-// rewritten in place is not taken half-written. An empty file (no bytes,
+// rewritten in place is not taken half-written unless its writer stalls
+// for longer than a poll (a file renamed into place never is). An empty file (no bytes,
 // or only white space) never replaces a registry that has devices, however
 // long it stays: it is what every rewrite in place looks like between the
 // truncate and the write, and a writer can be held up for longer than a
