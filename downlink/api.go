@@ -255,8 +255,14 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "1")
 		fail(w, http.StatusServiceUnavailable, CodeFull, "the device's home keeps as many commands as its log has room for")
 	default:
-		fail(w, http.StatusBadGateway, CodeUnavailable, "home answered "+rep.Code)
+		oddReply(w, rep)
 	}
+}
+
+// oddReply answers a request whose home replied what it never should: a
+// code the API does not know, or a reply without the command it names.
+func oddReply(w http.ResponseWriter, rep *wire.Reply) {
+	unavailable(w, fmt.Errorf("the home answered %q with %d commands", rep.Code, len(rep.Commands)))
 }
 
 // DecodeSubmit decodes a submit's body strictly: one JSON object with only
@@ -311,15 +317,15 @@ func (a *api) byID(w http.ResponseWriter, r *http.Request, op uint8) {
 		unavailable(w, err)
 		return
 	}
-	switch rep.Code {
-	case "":
+	switch {
+	case rep.Code == "" && len(rep.Commands) == 1:
 		writeJSON(w, http.StatusOK, toJSON(&rep.Commands[0]))
-	case wire.CodeNotFound:
+	case rep.Code == wire.CodeNotFound:
 		fail(w, http.StatusNotFound, CodeNotFound, "no such command")
-	case wire.CodeNotCancellable:
+	case rep.Code == wire.CodeNotCancellable && len(rep.Commands) == 1:
 		fail(w, http.StatusConflict, CodeNotCancellable, "the command is "+rep.Commands[0].State.String()+"; only a queued command can be cancelled")
 	default:
-		fail(w, http.StatusBadGateway, CodeUnavailable, "home answered "+rep.Code)
+		oddReply(w, rep)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
+	"github.com/ingest-io/ingest/wire"
 )
 
 // TestAPIBadInput: every bad request is answered with its status and
@@ -201,5 +203,46 @@ func TestAPIStalledBodyRefused(t *testing.T) {
 				t.Fatalf("stalled body answered after %v", d)
 			}
 		})
+	}
+}
+
+// TestAPIOddHomeReplies: a home's Reply that breaks what the API relies on
+// (success or not_cancellable without the command, a code the API does not
+// know) is answered 503 unavailable with Retry-After, as a home that does
+// not answer is. Before, the first two panicked in the handler (the
+// connection dropped, a stack logged) and the third was a 502. The home is
+// a bare ROUTER that answers every query with the next of these.
+func TestAPIOddHomeReplies(t *testing.T) {
+	replies := make(chan wire.Reply, 3)
+	var home atomic.Pointer[testkit.Router]
+	r := testkit.StartRouter(t, func(id []byte, m wire.Message) {
+		if q, ok := m.(*wire.Query); ok {
+			rep := <-replies
+			rep.Req = q.Req
+			home.Load().Send(id, wire.Append(nil, &rep))
+		}
+	})
+	home.Store(r)
+	fe := startFrontend(t, "fe-1", []string{r.Addr()}, false)
+	for _, c := range []struct {
+		method string
+		rep    wire.Reply
+	}{
+		{"GET", wire.Reply{}},
+		{"DELETE", wire.Reply{Code: wire.CodeNotCancellable}},
+		{"GET", wire.Reply{Code: "odd"}},
+	} {
+		replies <- c.rep
+		req, _ := http.NewRequest(c.method, fe.base()+"/v1/commands/c1", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("%s after a reply %+v: %v", c.method, c.rep, err)
+		}
+		var body downlink.ErrorBody
+		json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || body.Code != downlink.CodeUnavailable || resp.Header.Get("Retry-After") == "" {
+			t.Fatalf("%s after a reply %+v: %d %+v, want 503 %s with Retry-After", c.method, c.rep, resp.StatusCode, body, downlink.CodeUnavailable)
+		}
 	}
 }

@@ -16,10 +16,10 @@ import (
 // routeStatuses are the HTTP statuses each route answers with: its
 // success and every error the handler can give.
 var routeStatuses = map[string][]int{
-	"POST /v1/devices/{id}/commands": {202, 400, 401, 403, 409, 413, 502, 503},
+	"POST /v1/devices/{id}/commands": {202, 400, 401, 403, 409, 413, 503},
 	"GET /v1/devices/{id}/commands":  {200, 400, 401, 403, 503},
-	"GET /v1/commands/{cid}":         {200, 401, 403, 404, 502, 503},
-	"DELETE /v1/commands/{cid}":      {200, 401, 403, 404, 409, 502, 503},
+	"GET /v1/commands/{cid}":         {200, 401, 403, 404, 503},
+	"DELETE /v1/commands/{cid}":      {200, 401, 403, 404, 409, 503},
 }
 
 type openAPI struct {
