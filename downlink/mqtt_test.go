@@ -434,10 +434,13 @@ func TestMQTTCommandExpiresWaiting(t *testing.T) {
 	if name != "first" {
 		t.Fatalf("first publish: %q", name)
 	}
-	// Handed to the frontend (sent), which waits for the PUBACK held.
+	// Handed to the frontend (sent), which waits for the PUBACK held, and
+	// expired there. Its sent time says it was handed over: waiting to see
+	// it "sent" would depend on seeing it within its 1.5 s.
 	late := submit(t, tf, id, "late", map[string]any{"ttl_ms": 1500})
-	waitState(t, tf, late.ID, "sent")
-	waitState(t, tf, late.ID, "expired")
+	if c := waitState(t, tf, late.ID, "expired"); c.Sent == nil {
+		t.Fatalf("the command expired before it was handed to the frontend: %+v", c)
+	}
 	if err := c.Ack(held); err != nil {
 		t.Fatal(err)
 	}
