@@ -75,6 +75,29 @@ func TestWriterGroupHandoverClearsCheckpoint(t *testing.T) {
 	w2.stop()
 }
 
+// TestWriterGaugesUnderMiddletierID: a writer names a middletier by its
+// consumer endpoint until the middletier says its id. From then on its lag
+// and checkpoint are shown under the id only: the series it had under the
+// endpoint (at 0, as it had nothing yet) are gone, not left beside the
+// id's for as long as the writer runs.
+func TestWriterGaugesUnderMiddletierID(t *testing.T) {
+	mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
+	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
+	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
+	db := openTSDB(t)
+	w := startWriter(t, db, storage.Options{Middletiers: endpoints(mt), IdlePoll: 100 * time.Millisecond})
+	send(t, fe, 1, 101, base)
+	testkit.WaitFor(t, "the checkpoint 100 under mt-0", 20*time.Second, func() bool {
+		return testkit.Gauges(t, w.reg, "ingest_storage_checkpoint", "middletier")["mt-0"] == 100
+	})
+	for _, name := range []string{"ingest_storage_checkpoint", "ingest_storage_lag_records"} {
+		if got := testkit.Gauges(t, w.reg, name, "middletier"); len(got) != 1 {
+			t.Errorf("%s: %v, want mt-0's alone (not also under the endpoint %s)", name, got, mt.Addrs.Consumer)
+		}
+	}
+	w.stop()
+}
+
 // takeOver starts w-1, first in name order in group g, writing to db, and
 // waits for it to take mt's stream over from w2.
 func takeOver(t *testing.T, db storage.Sink, mt *testkit.Middletier, w2 *writer) *writer {
