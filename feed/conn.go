@@ -272,11 +272,15 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 			// The socket was taking frames when the item was taken: it
 			// goes out whole, notice and all, at once (a wait here would
 			// keep the slow verdict waiting).
+			//
+			// A message queued under a filter the reader has replaced
+			// since goes out only if the new one takes it too.
+			stale := c.stale(it)
 			var err error
 			if it.missed > 0 {
 				err = writeNow(missedFrame(it.missed, "slow", "", 0, 0))
 			}
-			if err == nil {
+			if err == nil && !stale {
 				err = writeNow(it.frame.b) // copies it: the frame can go
 			}
 			it.frame.release()
@@ -284,7 +288,7 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 				ws.CloseNow()
 				return "write_error"
 			}
-			if !it.notice {
+			if !it.notice && !stale {
 				s.m.delivered.Inc()
 			}
 			if len(c.queue) > 0 {

@@ -1,6 +1,7 @@
 package feed_test
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"slices"
@@ -8,7 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 )
 
@@ -156,4 +160,73 @@ func TestHandlers(t *testing.T) {
 	r := dialReader(t, fs.url, "", nil)
 	r.run(t)
 	r.subscribe(t, `{"type":"subscribe"}`)
+}
+
+// TestResubscribeReplacesQueued: a reader that sends subscribe again gets,
+// after the answer, only what its new filter takes (docs/protocol.md: the
+// subscribe replaces the filters, and "live" says where the messages of the
+// new subscription start). Before, the messages its queue held under the
+// old filter were written after the answer: a reader that narrowed its
+// filter to one device still got every other device's messages, and one
+// that turned commands off still got command frames.
+func TestResubscribeReplacesQueued(t *testing.T) {
+	fs, fe, tok, fast := startFastReader(t, feed.Options{
+		ClientQueue: 64,
+		SlowGrace:   time.Minute,
+		MaxMissed:   1 << 30,
+	})
+	// A reader of everything that reads nothing yet: its socket backs up,
+	// then its queue fills and drops.
+	r := dialSlowReader(t, fs.url, tok)
+	t.Cleanup(func() { r.c.CloseNow() })
+	warm(t, fe, fast)
+	pad := strings.Repeat("x", 1000)
+	st := &numbered{fe: fe, fast: fast}
+	for metric(t, fs, "ingest_feed_dropped_messages_total") == 0 {
+		st.batch(t, 20, pad)
+	}
+	st.check(t)
+
+	// Narrow the filter to device "other". The answer waits behind what the
+	// reader has not read; the new filter holds once "dev" messages no
+	// longer drop for the reader.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.c.Write(ctx, websocket.MessageText, []byte(`{"type":"subscribe","devices":["other"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	testkit.WaitFor(t, "the new filter to hold", 5*time.Second, func() bool {
+		before := metric(t, fs, "ingest_feed_dropped_messages_total")
+		st.batch(t, 1, "")
+		st.check(t)
+		return metric(t, fs, "ingest_feed_dropped_messages_total") == before
+	})
+
+	// Read: what was written before the second answer is the old
+	// subscription's; after it, only device "other" (and missed notices).
+	r.run(t)
+	var live uint64
+	for answers := 0; answers < 2; {
+		if f := r.next(t); f.Type == "subscribed" {
+			answers++
+			live = f.Live["mt-0"]
+		}
+	}
+	testkit.WaitFor(t, "a message of device \"other\"", 10*time.Second, func() bool {
+		fe.send(t, msg{device: "other", payload: `{"end":true}`})
+		for {
+			select {
+			case f := <-r.frames:
+				switch {
+				case f.Type == "missed":
+				case f.Type != "message" || f.Device != "other":
+					t.Fatalf("after the answer to a subscribe of device \"other\" (live from %d): a %s of device %q, seq %d", live, f.Type, f.Device, f.Seq)
+				default:
+					return true
+				}
+			case <-time.After(50 * time.Millisecond):
+				return false
+			}
+		}
+	})
 }

@@ -64,6 +64,7 @@ func (h *hub) dispatch(evs []event, build func(*event, []byte) []byte, advance f
 			if f == nil {
 				f = h.frames.get()
 				f.b = build(ev, f.b[:0])
+				f.device, f.group, f.command = ev.device, ev.group, ev.command
 			}
 			c.enqueue(f, true, 0)
 		}
@@ -101,6 +102,11 @@ type sharedFrame struct {
 	b    []byte
 	refs atomic.Int32
 	pool *frames
+	// What a reader's filter judges a device message by, set when its
+	// frame is built: a reader whose filter changed while the frame was in
+	// its queue gets it only if the new filter takes it too.
+	device, group string
+	command       bool
 }
 
 // hold adds a reference to f. The caller must hold one already (dispatch
@@ -191,7 +197,8 @@ func (h *hub) source(name string) *source {
 type item struct {
 	frame  *sharedFrame // the item's reference, released once the item is written, fails to be, or is abandoned
 	missed uint64
-	notice bool // a notice, not a device message
+	notice bool    // a notice, not a device message
+	filter *filter // the reader's filter that took the message (nil for a notice)
 }
 
 // client is a reader's side of the hub: a bounded queue filled by the
@@ -229,8 +236,14 @@ func (c *client) enqueue(frame *sharedFrame, message bool, missed uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	frame.hold()
+	it := item{frame: frame, missed: c.missed, notice: !message}
+	if message {
+		// The filter dispatch judged it by: it cannot change meanwhile
+		// (register stores it under the hub's write lock).
+		it.filter = c.filter.Load()
+	}
 	select {
-	case c.queue <- item{frame: frame, missed: c.missed, notice: !message}:
+	case c.queue <- it:
 		c.missed = 0
 		return
 	default:
@@ -315,13 +328,24 @@ func (c *client) abandon() uint64 {
 	for {
 		select {
 		case it := <-c.queue:
-			it.frame.release()
 			n += it.missed
-			if !it.notice {
+			if !it.notice && !c.stale(it) {
 				n++
 			}
+			it.frame.release()
 		default:
 			return n
 		}
 	}
+}
+
+// stale reports whether it is a device message queued under a filter the
+// reader has since replaced (a subscribe again) and that its filter now
+// does not take: it is not the reader's any more, and is not written.
+func (c *client) stale(it item) bool {
+	cur := c.filter.Load()
+	if it.notice || it.filter == cur {
+		return false
+	}
+	return !cur.admits(it.frame.command, it.frame.device, it.frame.group)
 }

@@ -118,7 +118,12 @@ func newFilter(s *Subscription) *filter {
 // takes reports whether ev is for the reader: a command event only if it
 // asked for them, and then by its device, as a message.
 func (f *filter) takes(ev *event) bool {
-	return (!ev.command || f.commands) && f.match(ev.device, ev.group)
+	return f.admits(ev.command, ev.device, ev.group)
+}
+
+// admits is takes for a message known by its device, group and kind.
+func (f *filter) admits(command bool, device, group string) bool {
+	return (!command || f.commands) && f.match(device, group)
 }
 
 func (f *filter) match(device, group string) bool {
