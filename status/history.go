@@ -78,11 +78,15 @@ func (r *history) push(p point) {
 	r.start = (r.start + 1) % len(r.points)
 }
 
-// since returns the points after t, oldest first.
+// since returns the points after t, oldest first. Points are compared by
+// their time in milliseconds, as /history gives it (and the page asks with
+// it again): a point is not after its own time, whatever the nanoseconds
+// below that millisecond.
 func (r *history) since(t time.Time) []point {
 	var out []point
+	ms := t.UnixMilli()
 	for i := range r.points {
-		if p := r.points[(r.start+i)%len(r.points)]; p.at.After(t) {
+		if p := r.points[(r.start+i)%len(r.points)]; p.at.UnixMilli() > ms {
 			out = append(out, p)
 		}
 	}

@@ -467,3 +467,32 @@ func TestHistory(t *testing.T) {
 		}
 	})
 }
+
+// The page asks for the points after the newest it has, by the time the
+// history gave it: in milliseconds. A point taken within a millisecond (as
+// every real one is: the clock does not tick on whole milliseconds) is not
+// after its own time, and is not given again. Before, it was: the page
+// added the newest point a second time at every poll.
+func TestHistorySinceMillisecond(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEngine(t)
+		time.Sleep(300 * time.Microsecond) // ticks off the millisecond
+		h, err := status.New(status.Options{Gatherer: e.reg}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		runHandler(t, h)
+		time.Sleep(3*time.Second + 500*time.Millisecond)
+		a := getHistory(t, h, "")
+		if len(a.Time) != 3 {
+			t.Fatalf("%d points after 3.5 s, want 3", len(a.Time))
+		}
+		b := getHistory(t, h, fmt.Sprintf("?since=%d", a.Time[1]))
+		if len(b.Time) != 1 || b.Time[0] != a.Time[2] {
+			t.Errorf("since the second point (%d): points at %v, want the third alone (%d)", a.Time[1], b.Time, a.Time[2])
+		}
+		if b := getHistory(t, h, fmt.Sprintf("?since=%d", a.Time[2])); len(b.Time) != 0 {
+			t.Errorf("since the newest point (%d): points at %v, want none", a.Time[2], b.Time)
+		}
+	})
+}
