@@ -73,6 +73,7 @@ func (s *Server) handleFeed(w http.ResponseWriter, r *http.Request) {
 	ws, err := websocket.Accept(hj, r, &websocket.AcceptOptions{
 		CompressionMode: websocket.CompressionDisabled,
 		OriginPatterns:  s.opts.OriginPatterns,
+		OnPingReceived:  hj.answerPing,
 	})
 	if err != nil {
 		s.m.handshakes.WithLabelValues("upgrade_failed").Inc()
@@ -406,6 +407,24 @@ type hijacker struct {
 	http.ResponseWriter
 	linger time.Duration
 	sc     *sendConn
+}
+
+// answerPing lets the websocket library answer a reader's ping (it writes
+// the pong itself, from the reader goroutine) once the reader takes what it
+// is sent: the pong goes into the send buffer, whose writes never block, and
+// a reader that pings and reads nothing would otherwise have the feed hold
+// every pong it asked for. Waiting here, the reader goroutine reads nothing
+// more from the reader meanwhile: its pings wait in its own socket. ctx is
+// the reader goroutine's, which ends with the connection.
+func (h *hijacker) answerPing(ctx context.Context, _ []byte) bool {
+	if room := h.sc.congested(); room != nil {
+		select {
+		case <-room:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	return true
 }
 
 func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {

@@ -1,11 +1,14 @@
 package feed_test
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -363,4 +366,66 @@ func TestSlowVerdictInSilence(t *testing.T) {
 		return metricWith(t, fs, "ingest_feed_disconnects_total", "reason", "slow") == 1
 	})
 	t.Logf("closed %v after the stream went quiet", took)
+}
+
+// TestPingFloodBounded: a reader that sends pings and reads nothing does
+// not make the feed hold an ever longer backlog of pongs for it. Frames go
+// out through a send buffer whose writes never block; the feed bounds what
+// it queues there for its own frames (a reader that does not read is found
+// out by its queue), but the pongs the websocket library writes for a
+// reader's pings went into it unbounded: one connection could take as much
+// of the feed's memory as it sent pings. Now, while a reader is not taking
+// what it is sent, the feed answers its next ping only once it takes it
+// again, and reads nothing more from it meanwhile.
+func TestPingFloodBounded(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	fs := startFeed(t, feed.Options{Sources: []feed.Source{{Feed: tr.addrs.Feed, Consumer: tr.addrs.Consumer}}})
+	tok := token(t, "feed:read", nil)
+
+	// A WebSocket client by hand, over a socket with a small receive
+	// buffer, that never reads after the handshake.
+	d := net.Dialer{Control: tcpproxy.SmallBuffer}
+	addr := strings.TrimSuffix(strings.TrimPrefix(fs.url, "ws://"), "/v1/feed")
+	nc, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	fmt.Fprintf(nc, "GET /v1/feed HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nAuthorization: Bearer %s\r\n\r\n", addr, tok)
+	resp, err := http.ReadResponse(bufio.NewReader(nc), nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %v %v", resp, err)
+	}
+	// Client frames are masked; a zero mask leaves the payload as it is.
+	frame := func(op byte, payload string) []byte {
+		return append([]byte{0x80 | op, 0x80 | byte(len(payload)), 0, 0, 0, 0}, payload...)
+	}
+	if _, err := nc.Write(frame(0x1, `{"type":"subscribe"}`)); err != nil {
+		t.Fatal(err)
+	}
+	ping := frame(0x9, strings.Repeat("p", 125))
+	var burst []byte
+	for range 512 {
+		burst = append(burst, ping...)
+	}
+	// Up to 32 MiB of pings, each write within a few seconds: a feed that
+	// answers every ping whether or not the reader takes the answers reads
+	// them all (and holds as many bytes of pongs); one that bounds its
+	// backlog stops reading, and a write waits.
+	const most = 32 << 20
+	sent := 0
+	for sent < most {
+		nc.SetWriteDeadline(time.Now().Add(3 * time.Second))
+		n, err := nc.Write(burst)
+		sent += n
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Logf("the feed stopped reading after %d bytes of pings", sent)
+			return
+		}
+		if err != nil {
+			t.Fatalf("after %d bytes of pings: %v", sent, err)
+		}
+	}
+	t.Fatalf("the feed read %d bytes of pings from a reader that reads nothing, and holds their pongs", sent)
 }
