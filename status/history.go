@@ -1,7 +1,6 @@
 package status
 
 import (
-	"cmp"
 	"context"
 	"math"
 	"slices"
@@ -174,12 +173,7 @@ func (h *Handler) appendHistory(b []byte, since time.Time) []byte {
 			}
 		}
 	}
-	slices.SortFunc(hops, func(a, b string) int {
-		if d := hopOrder(a) - hopOrder(b); d != 0 {
-			return d
-		}
-		return cmp.Compare(a, b)
-	})
+	slices.SortFunc(hops, compareHops)
 	b = append(b, `},"queues":[`...)
 	for i, hop := range hops {
 		if i > 0 {

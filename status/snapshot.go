@@ -1,6 +1,7 @@
 package status
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"math"
@@ -254,7 +255,7 @@ func compute(base, cur sample) *Snapshot {
 		}
 		s.Queues = append(s.Queues, q)
 	}
-	slices.SortFunc(s.Queues, func(a, b Queue) int { return hopOrder(a.Hop) - hopOrder(b.Hop) })
+	slices.SortFunc(s.Queues, func(a, b Queue) int { return compareHops(a.Hop, b.Hop) })
 	s.AckLatency = latency(base.hists[mAckLatency], cur.hists, mAckLatency)
 	s.FeedLatency = latency(base.hists[mFeedLatency], cur.hists, mFeedLatency)
 	s.StoreLatency = latency(base.hists[mStoreLatency], cur.hists, mStoreLatency)
@@ -263,6 +264,16 @@ func compute(base, cur sample) *Snapshot {
 			Acknowledged: c["acknowledged"], Failed: c["failed"], Expired: c["expired"], Cancelled: c["cancelled"]}
 	}
 	return s
+}
+
+// compareHops orders hops as a message passes them, and hops no message
+// passes (a command home's) after them by name: one order, whatever the
+// order the metrics were read in.
+func compareHops(a, b string) int {
+	if d := hopOrder(a) - hopOrder(b); d != 0 {
+		return d
+	}
+	return cmp.Compare(a, b)
 }
 
 // hopOrder puts the queues in the order a message passes them.

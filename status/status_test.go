@@ -209,6 +209,28 @@ func TestSnapshotCommands(t *testing.T) {
 	}
 }
 
+// The queues come in one order, snapshot after snapshot: the pipeline's
+// hops in the order a message passes them, then the command homes' (which
+// no message passes), by name, as in the history. Before, the hops after
+// the pipeline's came in the order of a map's iteration, which changes
+// from one snapshot to the next: the page's rows of queues swapped.
+func TestSnapshotQueueOrder(t *testing.T) {
+	e := newEngine(t)
+	url := serve(t, status.Options{Gatherer: e.reg})
+	for _, hop := range []string{"middletier", "command_events", "frontend", "command"} {
+		e.depth.WithLabelValues(hop).Set(1)
+	}
+	for i := range 20 {
+		var hops []string
+		for _, q := range snapshot(t, url).Queues {
+			hops = append(hops, q.Hop)
+		}
+		if got, want := strings.Join(hops, " "), "frontend middletier command command_events"; got != want {
+			t.Fatalf("snapshot %d: queues %s, want %s", i, got, want)
+		}
+	}
+}
+
 // Rates and quantiles cover the last Window, not the process's life; a
 // counter that restarts counts from zero.
 func TestSnapshotWindow(t *testing.T) {
