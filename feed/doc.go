@@ -18,8 +18,9 @@
 // abandoned it), its buffer is given back and a later record's frame is
 // built into it (up to 1,024 buffers of 4 KiB are kept).
 // A device's payload is not parsed again: the frontend took only a JSON
-// object, and the envelope's checksum holds it to what the frontend wrote. Each reader has a bounded queue: when it is full, messages for
-// that reader are dropped and counted, the reader gets a "missed" notice
+// object, and the envelope's checksum holds it to what the frontend wrote.
+// Each reader has a bounded queue: when it is full, messages for that
+// reader are dropped and counted, the reader gets a "missed" notice
 // with the count before its next message, and a reader that stays behind
 // for Options.SlowGrace (or misses more than Options.MaxMissed before
 // catching up) gets a last notice and is closed with StatusTooSlow (4000).
@@ -32,10 +33,9 @@
 // queue, which drops, and a ping it sends is answered (and its frames read
 // further) only once it takes again. The last notice and the close can
 // therefore always be written: they wait behind what the reader has not
-// read yet, for
-// up to Options.PingInterval plus Options.PongTimeout, then the socket is
-// closed. A reader that stops reading for a while gets them when it reads
-// again.
+// read yet, for up to Options.PingInterval plus Options.PongTimeout, then
+// the socket is closed. A reader that stops reading for a while gets them
+// when it reads again.
 //
 // # Sequence, gaps and resume
 //
