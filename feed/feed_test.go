@@ -177,15 +177,7 @@ func TestResubscribeReplacesQueued(t *testing.T) {
 	})
 	// A reader of everything that reads nothing yet: its socket backs up,
 	// then its queue fills and drops.
-	r := dialSlowReader(t, fs.url, tok)
-	t.Cleanup(func() { r.c.CloseNow() })
-	warm(t, fe, fast)
-	pad := strings.Repeat("x", 1000)
-	st := &numbered{fe: fe, fast: fast}
-	for metric(t, fs, "ingest_feed_dropped_messages_total") == 0 {
-		st.batch(t, 20, pad)
-	}
-	st.check(t)
+	r, st := backedUp(t, fs, fe, tok, fast)
 
 	// Narrow the filter to device "other". The answer waits behind what the
 	// reader has not read; the new filter holds once "dev" messages no

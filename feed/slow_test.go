@@ -293,6 +293,24 @@ func startFastReader(t *testing.T, opts feed.Options) (fs *feedServer, fe *sende
 
 // dialSlowReader dials a reader over a connection with small socket
 // buffers and subscribes it to everything, reading nothing yet.
+// backedUp dials a reader of everything that reads nothing, and sends
+// numbered batches of 1-KiB messages, which the fast reader checks, until
+// the feed drops messages for it. It returns the reader and the batches'
+// sender, for more.
+func backedUp(t *testing.T, fs *feedServer, fe *sender, tok string, fast *reader) (*reader, *numbered) {
+	t.Helper()
+	r := dialSlowReader(t, fs.url, tok)
+	t.Cleanup(func() { r.c.CloseNow() })
+	warm(t, fe, fast)
+	pad := strings.Repeat("x", 1000)
+	st := &numbered{fe: fe, fast: fast}
+	for metric(t, fs, "ingest_feed_dropped_messages_total") == 0 {
+		st.batch(t, 20, pad)
+	}
+	st.check(t)
+	return r, st
+}
+
 func dialSlowReader(t *testing.T, url, tok string) *reader {
 	t.Helper()
 	r := dialReader(t, url, tok, &websocket.DialOptions{HTTPClient: smallBufferDialer()})
@@ -353,15 +371,7 @@ func TestSlowVerdictInSilence(t *testing.T) {
 		PingInterval: time.Minute,
 		PongTimeout:  time.Minute,
 	})
-	slow := dialSlowReader(t, fs.url, tok)
-	t.Cleanup(func() { slow.c.CloseNow() })
-	warm(t, fe, fast)
-	pad := strings.Repeat("x", 1000)
-	st := &numbered{fe: fe, fast: fast}
-	for metric(t, fs, "ingest_feed_dropped_messages_total") == 0 {
-		st.batch(t, 20, pad)
-	}
-	st.check(t)
+	backedUp(t, fs, fe, tok, fast)
 	// Silence. The verdict comes at the grace; the slow disconnect is
 	// counted once the close handshake, which the reader does not read,
 	// gives up (5 s).
