@@ -202,3 +202,22 @@ func TestNoticeThatDoesNotFit(t *testing.T) {
 		t.Fatalf("the reader caught up with %d missed, want the %d messages dropped and the gap's 7", got, dropped)
 	}
 }
+
+// TestAbandonCountsQueuedNotices: a reader closed for slowness is told in
+// its last missed notice of everything it will not get, the records of a
+// gap notice still in its queue too. Before, abandon counted the queued
+// messages and drops but not what a queued notice told of.
+func TestAbandonCountsQueuedNotices(t *testing.T) {
+	p := newPublisher(t, []Subscription{{}})
+	c := p.clients[0]
+	p.publish(0)
+	p.s.hub.broadcast(missedFrame(7, "gap", "mt-1", 1, 7), 7, func() {})
+	p.publish(0)
+	messages := len(c.queue) - 1 // all but the notice
+	if c.missed != 0 || messages < 2 {
+		t.Fatalf("%d messages queued, %d dropped: want a queue with room", messages, c.missed)
+	}
+	if got := c.abandon(); got != uint64(messages)+7 {
+		t.Fatalf("abandon: %d missed, want the %d queued messages and the gap's 7", got, messages)
+	}
+}

@@ -198,6 +198,7 @@ type item struct {
 	frame  *sharedFrame // the item's reference, released once the item is written, fails to be, or is abandoned
 	missed uint64
 	notice bool    // a notice, not a device message
+	tells  uint64  // a notice's: the messages it tells the reader of (a gap's records)
 	filter *filter // the reader's filter that took the message (nil for a notice)
 }
 
@@ -237,6 +238,9 @@ func (c *client) enqueue(frame *sharedFrame, message bool, missed uint64) {
 	defer c.mu.Unlock()
 	frame.hold()
 	it := item{frame: frame, missed: c.missed, notice: !message}
+	if !message {
+		it.tells = missed
+	}
 	if message {
 		// The filter dispatch judged it by: it cannot change meanwhile
 		// (register stores it under the hub's write lock).
@@ -315,8 +319,8 @@ func (c *client) caughtUp() uint64 {
 }
 
 // abandon empties the queue of a reader being closed, releasing its
-// frames, and returns how many messages it will not get: those queued and
-// those dropped unreported.
+// frames, and returns how many messages it will not get: those queued,
+// those dropped unreported, and those a queued notice tells of.
 func (c *client) abandon() uint64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -329,7 +333,10 @@ func (c *client) abandon() uint64 {
 		select {
 		case it := <-c.queue:
 			n += it.missed
-			if !it.notice && !c.stale(it) {
+			switch {
+			case it.notice:
+				n += it.tells // a gap it will not be told of now
+			case !c.stale(it):
 				n++
 			}
 			it.frame.release()
