@@ -339,7 +339,9 @@ func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]
 				if ctx.Err() != nil {
 					return ctx.Err()
 				}
-				if err := write(missedFrame(to-from, "released", mt, from, to-1)); err != nil {
+				// Not fetched: the middletier may hold them still (a
+				// resume later may get them), so not "released".
+				if err := write(missedFrame(to-from, "gap", mt, from, to-1)); err != nil {
 					return err
 				}
 				break

@@ -3,8 +3,10 @@ package feed_test
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/ingest-io/ingest/feed"
+	"github.com/ingest-io/ingest/internal/freeport"
 	"github.com/ingest-io/ingest/middletier"
 )
 
@@ -77,6 +79,39 @@ func TestResume(t *testing.T) {
 	}
 	if n := metric(t, fs, "ingest_feed_replayed_records_total"); n < 4+8 {
 		t.Errorf("replayed records %v", n)
+	}
+}
+
+// TestResumeFetchFails: a resume whose fetch fails (the middletier's
+// consumer socket does not answer) tells the reader the records with
+// reason gap, as a lost part of the stream is: the middletier may hold
+// them still, and a resume later may get them. Before, they were reported
+// released, which says the middletier no longer holds them.
+func TestResumeFetchFails(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	port, err := freeport.Port()
+	if err != nil {
+		t.Fatal(err)
+	}
+	fs := startFeed(t, feed.Options{
+		Sources:      []feed.Source{{Feed: tr.addrs.Feed, Consumer: fmt.Sprintf("tcp://127.0.0.1:%d", port)}}, // nothing listens
+		FetchTimeout: 300 * time.Millisecond,
+	})
+	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+	tok := token(t, "feed:read", nil)
+	a := dialReader(t, fs.url, tok, nil)
+	a.run(t)
+	a.subscribe(t, `{"type":"subscribe","devices":["dev","tick"]}`)
+	waitTick(t, fe, a, nil)
+	fe.send(t, msg{device: "dev", payload: `{"n":0}`}, msg{device: "dev", payload: `{"n":1}`})
+	got := a.messages(t, 2, nil)
+
+	b := dialReader(t, fs.url, tok, nil)
+	b.run(t)
+	sub := b.subscribe(t, fmt.Sprintf(`{"type":"subscribe","from":{"mt-0":%d}}`, got[0].Seq))
+	live := sub.Live["mt-0"]
+	if f := b.next(t); f.Type != "missed" || f.Reason != "gap" || f.From != got[0].Seq || f.To != live-1 || f.Count != live-got[0].Seq {
+		t.Fatalf("after a failed fetch: %+v, want a gap notice for %d…%d", f, got[0].Seq, live-1)
 	}
 }
 
