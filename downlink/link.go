@@ -102,8 +102,9 @@ type Attachment struct {
 	writing bool
 	closed  bool
 	// pending are the commands written (or being written) to this
-	// connection and not yet answered, by id. One past its expiry is forgotten (forgetExpired):
-	// its home never sends it again, and takes no answer to it.
+	// connection and not yet answered, by id. One past its expiry is
+	// forgotten (forgetExpired): its home never sends it again, and takes
+	// no answer to it.
 	pending map[string]sent
 }
 

@@ -238,13 +238,12 @@ func (c *client) enqueue(frame *sharedFrame, message bool, missed uint64) {
 	defer c.mu.Unlock()
 	frame.hold()
 	it := item{frame: frame, missed: c.missed, notice: !message}
-	if !message {
-		it.tells = missed
-	}
 	if message {
 		// The filter dispatch judged it by: it cannot change meanwhile
 		// (register stores it under the hub's write lock).
 		it.filter = c.filter.Load()
+	} else {
+		it.tells = missed
 	}
 	select {
 	case c.queue <- it:
