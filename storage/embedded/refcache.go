@@ -3,6 +3,7 @@ package embedded
 import (
 	"encoding/binary"
 	"math"
+	"slices"
 	"strings"
 
 	"github.com/prometheus/prometheus/model/labels"
@@ -67,31 +68,53 @@ type deviceRefs struct {
 	key    string
 	base   []labels.Label // series.Base of its points
 	series map[seriesKey]seriesRef
-
-	// The device's points in the transaction txn: their times and
-	// indexes in the Write (refCache.earlier).
-	txn    uint64
-	points []pointAt
+	// id is base encoded: one for every device key whose points make the
+	// same series (registry labels that base leaves out differ), and the
+	// same again after the cache is dropped (txnPoints).
+	id string
 }
 
-type pointAt struct {
-	t int64
-	i int
+// txnPoints are the points of one Write (one transaction) by their series'
+// base labels (deviceRefs.id), with their times. They are kept apart from
+// the cache, which may be dropped mid-Write, and only for the Write: their
+// memory is that of the largest Write's, whatever the devices.
+type txnPoints struct {
+	last map[string]int // id → index in pts of its latest point
+	pts  []txnPoint
 }
 
-// earlier returns the indexes of d's points before point i in the
-// transaction txn whose time is t, in *buf's storage, and notes point i.
-func (d *deviceRefs) earlier(txn uint64, t int64, i int, buf *[]int) []int {
-	if d.txn != txn {
-		d.txn, d.points = txn, d.points[:0]
+type txnPoint struct {
+	t    int64
+	i    int // index in the Write
+	prev int // the same id's point before it in pts, or -1
+}
+
+// reset starts a Write.
+func (x *txnPoints) reset() {
+	if x.last == nil {
+		x.last = map[string]int{}
 	}
+	clear(x.last)
+	x.pts = x.pts[:0]
+}
+
+// earlier returns the indexes of the points before point i in the Write
+// whose series have d's base labels and whose time is t, in Write order
+// and in *buf's storage, and notes point i.
+func (x *txnPoints) earlier(d *deviceRefs, t int64, i int, buf *[]int) []int {
 	*buf = (*buf)[:0]
-	for _, p := range d.points {
-		if p.t == t {
-			*buf = append(*buf, p.i)
+	prev, ok := x.last[d.id]
+	if !ok {
+		prev = -1
+	}
+	for j := prev; j >= 0; j = x.pts[j].prev {
+		if x.pts[j].t == t {
+			*buf = append(*buf, x.pts[j].i)
 		}
 	}
-	d.points = append(d.points, pointAt{t, i})
+	slices.Reverse(*buf)
+	x.last[d.id] = len(x.pts)
+	x.pts = append(x.pts, txnPoint{t: t, i: i, prev: prev})
 	return *buf
 }
 
@@ -145,7 +168,11 @@ func (c *refCache) device(p *storage.Point) *deviceRefs {
 	for i := range base {
 		base[i] = labels.Label{Name: strings.Clone(base[i].Name), Value: strings.Clone(base[i].Value)}
 	}
-	d := &deviceRefs{key: string(c.key), base: base, series: map[seriesKey]seriesRef{}}
+	var id []byte
+	for _, l := range base {
+		id = appendKeyString(appendKeyString(id, l.Name), l.Value)
+	}
+	d := &deviceRefs{key: string(c.key), base: base, series: map[seriesKey]seriesRef{}, id: string(id)}
 	c.devices[d.key] = d
 	return d
 }

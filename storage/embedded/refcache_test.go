@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	promstorage "github.com/prometheus/prometheus/storage"
@@ -161,5 +163,59 @@ func TestRefCacheHeadTruncation(t *testing.T) {
 	}
 	if n := len(got[`{__name__="temp", device="live"}`]); n != 5*60+1 {
 		t.Fatalf("live: %d samples, want %d", n, 5*60+1)
+	}
+}
+
+// A different value at a timestamp an earlier point of the same Write took
+// is dropped and counted duplicate_timestamp, also when the cache is dropped
+// between the two points (its bound reached mid-Write) and when the two
+// points' registry labels differ only in labels no series carries (an
+// empty value, a name series.Base leaves out): they are one series. Each
+// such series holds the first value, and the samples counted appended are
+// those the head keeps.
+func TestRefCacheDuplicateWithinWrite(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s, err := Open(Options{Dir: t.TempDir()}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	s.refs = newRefCache(2)
+	at := time.Now().Add(-time.Hour).Truncate(time.Second)
+	v := func(dev string, x float64, lbl map[string]string) storage.Point {
+		return storage.Point{Device: dev, Time: at, Labels: lbl, Numbers: map[string]float64{"v": x}}
+	}
+	pts := []storage.Point{
+		v("dev-a", 1, nil),
+		v("dev-b", 1, nil),
+		v("dev-c", 1, nil), // the third series: the cache is dropped
+		v("dev-a", 2, nil), // dev-a's point at the same time, after the drop
+		v("dev-d", 1, map[string]string{"site": "depot-a"}),
+		v("dev-d", 2, map[string]string{"site": "depot-a", "room": ""}), // the same series
+		v("dev-d", 3, map[string]string{"site": "depot-a", "value": "x"}),
+	}
+	if err := s.Write(context.Background(), pts); err != nil {
+		t.Fatal(err)
+	}
+	got := samplesOf(t, s, "v")
+	want := map[string]string{
+		`{__name__="v", device="dev-a"}`:                 "[1]",
+		`{__name__="v", device="dev-b"}`:                 "[1]",
+		`{__name__="v", device="dev-c"}`:                 "[1]",
+		`{__name__="v", device="dev-d", site="depot-a"}`: "[1]",
+	}
+	if len(got) != len(want) {
+		t.Fatalf("series %v, want %v", got, want)
+	}
+	for ls, w := range want {
+		if fmt.Sprint(got[ls]) != w {
+			t.Fatalf("%s: %v, want %s", ls, got[ls], w)
+		}
+	}
+	if n := testutil.ToFloat64(s.m.dropped.WithLabelValues("tsdb", "duplicate_timestamp")); n != 3 {
+		t.Fatalf("%v samples counted duplicate_timestamp, want 3 (dev-a's second, dev-d's second and third)", n)
+	}
+	if n := testutil.ToFloat64(s.m.samples); n != 4 {
+		t.Fatalf("%v samples counted appended, want the 4 the head holds", n)
 	}
 }

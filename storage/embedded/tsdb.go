@@ -154,7 +154,7 @@ type TSDB struct {
 	// refs holds the head's references to the series appended to, under
 	// appendMu (refCache).
 	refs *refCache
-	txn  uint64 // commits so far, under appendMu
+	txn  txnPoints // the points of the Write being committed, under appendMu
 
 	noSpace atomic.Bool // the failure that stopped writes was for lack of room
 
@@ -486,14 +486,14 @@ func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, d
 		keys    []string
 		earlier []int
 	)
-	s.txn++
+	s.txn.reset()
 	for i := range points {
 		p := &points[i]
 		t := p.Time.UnixMilli()
 		dev := s.refs.device(p)
 		// In name order: where two fields make one series ("a.b", "a_b"),
 		// the same one wins on every delivery.
-		same := dev.earlier(s.txn, t, i, &earlier)
+		same := s.txn.earlier(dev, t, i, &earlier)
 		for _, name := range sortedKeys(&keys, p.Numbers) {
 			v := p.Numbers[name]
 			if prev, ok := valueAt(points, same, name); ok {
