@@ -401,6 +401,9 @@ const (
 	sendHigh   = 32 << 10
 	sendLow    = 8 << 10
 	sendUnsent = 64 << 10
+	// heldPongs bounds the pongs (2 bytes of header and the ping's
+	// payload each) written for a reader while it is congested.
+	heldPongs = 4 << 10
 )
 
 // hijacker wraps the ResponseWriter given to websocket.Accept: the upgraded
@@ -412,14 +415,18 @@ type hijacker struct {
 }
 
 // answerPing lets the websocket library answer a reader's ping (it writes
-// the pong itself, from the reader goroutine) once the reader takes what it
-// is sent: the pong goes into the send buffer, whose writes never block, and
-// a reader that pings and reads nothing would otherwise have the feed hold
-// every pong it asked for. Waiting here, the reader goroutine reads nothing
-// more from the reader meanwhile: its pings wait in its own socket. ctx is
-// the reader goroutine's, which ends with the connection.
-func (h *hijacker) answerPing(ctx context.Context, _ []byte) bool {
-	if room := h.sc.congested(); room != nil {
+// the pong itself, from the reader goroutine): the pong goes into the send
+// buffer, whose writes never block. While the reader is not taking what it
+// is sent, its pongs go there up to heldPongs bytes, so that a reader that
+// pings now and then gets every pong once it reads again, however long it
+// stopped; past them, a reader that pings and reads nothing would have the
+// feed hold every pong it asked for, and its next ping is answered once it
+// takes again. Waiting here, the reader goroutine reads nothing more from
+// the reader meanwhile: its pings wait in its own socket. ctx is the one
+// the library gives a control frame (5 s, and the reader goroutine's): a
+// ping still waiting when it ends is not answered, one after it is.
+func (h *hijacker) answerPing(ctx context.Context, p []byte) bool {
+	if room := h.sc.pongRoom(2 + len(p)); room != nil {
 		select {
 		case <-room:
 		case <-ctx.Done():
@@ -467,6 +474,7 @@ type sendConn struct {
 	linger   time.Duration
 	abort    <-chan struct{} // ends the linger early; nil: never
 	room     chan struct{}   // while congested: closed when the backlog is down to sendLow
+	pongs    int             // bytes of pongs written while congested (answerPing)
 
 	flushed chan struct{} // closed when the flusher has closed the socket
 	wg      sync.WaitGroup
@@ -505,6 +513,22 @@ func (c *sendConn) congested() <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.room == nil {
+		return nil
+	}
+	return c.room
+}
+
+// pongRoom returns nil when a pong of n bytes may be written now: the
+// backlog is under its bound, or the pongs written since it went over it
+// and this one are within heldPongs. Else it returns congested's channel.
+func (c *sendConn) pongRoom(n int) <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.room == nil {
+		return nil
+	}
+	if c.pongs+n <= heldPongs {
+		c.pongs += n
 		return nil
 	}
 	return c.room
@@ -555,6 +579,7 @@ func (c *sendConn) freeRoom() {
 	if c.room != nil {
 		close(c.room)
 		c.room = nil
+		c.pongs = 0
 	}
 }
 

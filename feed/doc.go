@@ -30,12 +30,13 @@
 // its own that a goroutine writes out, and the kernel keeps at most 64 KiB
 // of it unsent (TCP_NOTSENT_LOWAT, on Linux); while more than 32 KiB wait
 // there the reader is not taking what it is sent: its messages stay in its
-// queue, which drops, and a ping it sends is answered (and its frames read
-// further) only once it takes again. The last notice and the close can
-// therefore always be written: they wait behind what the reader has not
-// read yet, for up to Options.PingInterval plus Options.PongTimeout, then
-// the socket is closed. A reader that stops reading for a while gets them
-// when it reads again.
+// queue, which drops; the pongs for its pings go behind what it has not
+// read, up to 4 KiB of them, and past those a ping it sends is answered
+// (and its frames read further) only once it takes again. The last notice
+// and the close can therefore always be written: they wait behind what the
+// reader has not read yet, for up to Options.PingInterval plus
+// Options.PongTimeout, then the socket is closed. A reader that stops
+// reading for a while gets them when it reads again.
 //
 // # Sequence, gaps and resume
 //

@@ -442,3 +442,42 @@ func TestPingFloodBounded(t *testing.T) {
 	}
 	t.Fatalf("the feed read %d bytes of pings from a reader that reads nothing, and holds their pongs", sent)
 }
+
+// TestPingAnsweredAfterLongStall: a reader that stops reading for a while,
+// its socket's backlog over its bound, and pings meanwhile gets its pong
+// once it reads again, however long it stopped: a ping is never left
+// unanswered (RFC 6455 5.5.2). The websocket library gives the feed's
+// handling of one control frame 5 s; a ping held back until the reader
+// takes what it is sent was dropped after them, unanswered, and the reader,
+// back to reading, waited for its pong in vain.
+func TestPingAnsweredAfterLongStall(t *testing.T) {
+	fs, fe, tok, fast := startFastReader(t, feed.Options{
+		ClientQueue: 64,
+		SlowGrace:   time.Minute,
+		MaxMissed:   1 << 30,
+	})
+	r := dialSlowReader(t, fs.url, tok)
+	t.Cleanup(func() { r.c.CloseNow() })
+	warm(t, fe, fast)
+	// Until the reader's queue drops: its backlog is over its bound, and
+	// stays so while it reads nothing.
+	pad := strings.Repeat("x", 1000)
+	st := &numbered{fe: fe, fast: fast}
+	for metric(t, fs, "ingest_feed_dropped_messages_total") == 0 {
+		st.batch(t, 20, pad)
+	}
+	st.check(t)
+	pong := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		pong <- r.c.Ping(ctx)
+	}()
+	// Longer than the library's 5 s for a control frame: the least the
+	// reader reads nothing for (a stalled test only makes it longer).
+	time.Sleep(7 * time.Second)
+	r.run(t)
+	if err := <-pong; err != nil {
+		t.Fatalf("the ping sent while the reader read nothing was not answered once it read again: %v", err)
+	}
+}
