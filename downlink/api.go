@@ -351,6 +351,11 @@ func (a *api) list(w http.ResponseWriter, r *http.Request) {
 		unavailable(w, err)
 		return
 	}
+	if rep.Code != "" {
+		// A home answers a list with its commands, never a code.
+		oddReply(w, rep)
+		return
+	}
 	out := struct {
 		Commands []CommandJSON `json:"commands"`
 	}{Commands: make([]CommandJSON, 0, len(rep.Commands))}

@@ -246,3 +246,29 @@ func TestAPIOddHomeReplies(t *testing.T) {
 		}
 	}
 }
+
+// TestAPIListOddHomeReply: a home's Reply to a list that carries a code (a
+// list has none: it is an error the API does not know) is answered 503
+// unavailable with Retry-After, as the other routes answer one; before, it
+// was a 200 with the reply's commands, none: the device seemed to have no
+// commands.
+func TestAPIListOddHomeReply(t *testing.T) {
+	var home atomic.Pointer[testkit.Router]
+	r := testkit.StartRouter(t, func(id []byte, m wire.Message) {
+		if q, ok := m.(*wire.Query); ok {
+			home.Load().Send(id, wire.Append(nil, &wire.Reply{Req: q.Req, Code: "odd"}))
+		}
+	})
+	home.Store(r)
+	fe := startFrontend(t, "fe-1", []string{r.Addr()}, false)
+	resp, err := http.Get(fe.base() + "/v1/devices/dev-1/commands")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body downlink.ErrorBody
+	json.NewDecoder(resp.Body).Decode(&body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || body.Code != downlink.CodeUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("list after a reply with code \"odd\": %d %+v, want 503 %s with Retry-After", resp.StatusCode, body, downlink.CodeUnavailable)
+	}
+}
