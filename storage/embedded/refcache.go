@@ -72,6 +72,10 @@ type deviceRefs struct {
 	// same series (registry labels that base leaves out differ), and the
 	// same again after the cache is dropped (txnPoints).
 	id string
+	// The Write txn's chain of the id's points (txnPoints.heads[head]):
+	// found by id once per Write, not once per point.
+	txn  uint64
+	head int
 }
 
 // txnPoints are the points of one Write (one transaction) by their series'
@@ -79,8 +83,10 @@ type deviceRefs struct {
 // the cache, which may be dropped mid-Write, and only for the Write: their
 // memory is that of the largest Write's, whatever the devices.
 type txnPoints struct {
-	last map[string]int // id → index in pts of its latest point
-	pts  []txnPoint
+	txn   uint64         // Writes so far
+	byID  map[string]int // id → its index in heads
+	heads []int          // an id's latest point: its index in pts, or -1
+	pts   []txnPoint
 }
 
 type txnPoint struct {
@@ -91,29 +97,39 @@ type txnPoint struct {
 
 // reset starts a Write.
 func (x *txnPoints) reset() {
-	if x.last == nil {
-		x.last = map[string]int{}
+	if x.byID == nil {
+		x.byID = map[string]int{}
 	}
-	clear(x.last)
-	x.pts = x.pts[:0]
+	x.txn++
+	clear(x.byID)
+	x.heads, x.pts = x.heads[:0], x.pts[:0]
 }
 
 // earlier returns the indexes of the points before point i in the Write
 // whose series have d's base labels and whose time is t, in Write order
 // and in *buf's storage, and notes point i.
 func (x *txnPoints) earlier(d *deviceRefs, t int64, i int, buf *[]int) []int {
-	*buf = (*buf)[:0]
-	prev, ok := x.last[d.id]
-	if !ok {
-		prev = -1
+	if d.txn != x.txn {
+		// d's first point in this Write, or the first since the cache
+		// made d: its id's chain, which another device key of the id
+		// (or d's entry before the cache was dropped) may have begun.
+		h, ok := x.byID[d.id]
+		if !ok {
+			h = len(x.heads)
+			x.heads = append(x.heads, -1)
+			x.byID[d.id] = h
+		}
+		d.txn, d.head = x.txn, h
 	}
+	*buf = (*buf)[:0]
+	prev := x.heads[d.head]
 	for j := prev; j >= 0; j = x.pts[j].prev {
 		if x.pts[j].t == t {
 			*buf = append(*buf, x.pts[j].i)
 		}
 	}
 	slices.Reverse(*buf)
-	x.last[d.id] = len(x.pts)
+	x.heads[d.head] = len(x.pts)
 	x.pts = append(x.pts, txnPoint{t: t, i: i, prev: prev})
 	return *buf
 }
