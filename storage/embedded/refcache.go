@@ -66,11 +66,12 @@ type refCache struct {
 // registry labels.
 type deviceRefs struct {
 	key    string
-	base   []labels.Label // series.Base of its points
+	base   []labels.Label // series.Base of its points, in name order
 	series map[seriesKey]seriesRef
-	// id is base encoded: one for every device key whose points make the
-	// same series (registry labels that base leaves out differ), and the
-	// same again after the cache is dropped (txnPoints).
+	// id is base encoded, in name order: one for every device key whose
+	// points make the same series (registry labels that base leaves out
+	// differ, or that sort apart before their names are made valid), and
+	// the same again after the cache is dropped (txnPoints).
 	id string
 	// The Write txn's chain of the id's points (txnPoints.heads[head]):
 	// found by id once per Write, not once per point.
@@ -184,6 +185,10 @@ func (c *refCache) device(p *storage.Point) *deviceRefs {
 	for i := range base {
 		base[i] = labels.Label{Name: strings.Clone(base[i].Name), Value: strings.Clone(base[i].Value)}
 	}
+	// In name order: Base orders registry labels by their names before
+	// they are made valid ("a-b" before "a_a", "a_b" after it), and two
+	// points' labels that make one series must make one id.
+	slices.SortFunc(base, func(a, b labels.Label) int { return strings.Compare(a.Name, b.Name) })
 	var id []byte
 	for _, l := range base {
 		id = appendKeyString(appendKeyString(id, l.Name), l.Value)

@@ -219,3 +219,35 @@ func TestRefCacheDuplicateWithinWrite(t *testing.T) {
 		t.Fatalf("%v samples counted appended, want the 4 the head holds", n)
 	}
 }
+
+// Two points of one Write whose registry labels make the same series,
+// though their names sort differently before their names are made valid
+// ("a-b" sorts before "a_a", "a_b" after it), are one series: the second
+// value at the first's timestamp is dropped and counted
+// duplicate_timestamp, not counted appended and dropped by the head.
+func TestRefCacheDuplicateSanitizedLabelOrder(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	s, err := Open(Options{Dir: t.TempDir()}, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	at := time.Now().Add(-time.Hour).Truncate(time.Second)
+	pts := []storage.Point{
+		{Device: "dev-a", Time: at, Labels: map[string]string{"a-b": "x", "a_a": "y"}, Numbers: map[string]float64{"v": 1}},
+		{Device: "dev-a", Time: at, Labels: map[string]string{"a_b": "x", "a_a": "y"}, Numbers: map[string]float64{"v": 2}},
+	}
+	if err := s.Write(context.Background(), pts); err != nil {
+		t.Fatal(err)
+	}
+	got := samplesOf(t, s, "v")
+	if w := `{__name__="v", a_a="y", a_b="x", device="dev-a"}`; len(got) != 1 || fmt.Sprint(got[w]) != "[1]" {
+		t.Fatalf("series %v, want %s holding [1]", got, w)
+	}
+	if n := testutil.ToFloat64(s.m.dropped.WithLabelValues("tsdb", "duplicate_timestamp")); n != 1 {
+		t.Fatalf("%v samples counted duplicate_timestamp, want 1 (the second point's)", n)
+	}
+	if n := testutil.ToFloat64(s.m.samples); n != 1 {
+		t.Fatalf("%v samples counted appended, want the 1 the head holds", n)
+	}
+}
