@@ -84,7 +84,8 @@ func floorMillis(ns int64) int64 {
 
 // missedFrame is the notice that messages meant for a reader were not
 // delivered: reason "slow" (its queue was full), "gap" (records the feed
-// lost and could not fetch again; count covers every device), "released"
+// lost and could not fetch again, or could not fetch for a resume; count
+// covers every device), "released"
 // (a resume asked for records the middletier no longer holds) or
 // "resume_limit" (a resume asked for more than the feed replays).
 func missedFrame(count uint64, reason string, mt string, from, to uint64) []byte {

@@ -445,11 +445,11 @@ func TestPingFloodBounded(t *testing.T) {
 
 // TestPingAnsweredAfterLongStall: a reader that stops reading for a while,
 // its socket's backlog over its bound, and pings meanwhile gets its pong
-// once it reads again, however long it stopped: a ping is never left
-// unanswered (RFC 6455 5.5.2). The websocket library gives the feed's
-// handling of one control frame 5 s; a ping held back until the reader
-// takes what it is sent was dropped after them, unanswered, and the reader,
-// back to reading, waited for its pong in vain.
+// once it reads again, however long it stopped (RFC 6455 5.5.2), within
+// the 4 KiB of pongs the feed writes while it is congested. The websocket
+// library gives the feed's handling of one control frame 5 s; a ping held
+// back until the reader takes what it is sent was dropped after them,
+// unanswered, and the reader, back to reading, waited for its pong in vain.
 func TestPingAnsweredAfterLongStall(t *testing.T) {
 	fs, fe, tok, fast := startFastReader(t, feed.Options{
 		ClientQueue: 64,
