@@ -291,8 +291,6 @@ func startFastReader(t *testing.T, opts feed.Options) (fs *feedServer, fe *sende
 	return fs, fe, tok, fast
 }
 
-// dialSlowReader dials a reader over a connection with small socket
-// buffers and subscribes it to everything, reading nothing yet.
 // backedUp dials a reader of everything that reads nothing, and sends
 // numbered batches of 1-KiB messages, which the fast reader checks, until
 // the feed drops messages for it. It returns the reader and the batches'
@@ -311,6 +309,8 @@ func backedUp(t *testing.T, fs *feedServer, fe *sender, tok string, fast *reader
 	return r, st
 }
 
+// dialSlowReader dials a reader over a connection with small socket
+// buffers and subscribes it to everything, reading nothing yet.
 func dialSlowReader(t *testing.T, url, tok string) *reader {
 	t.Helper()
 	r := dialReader(t, url, tok, &websocket.DialOptions{HTTPClient: smallBufferDialer()})
@@ -456,17 +456,9 @@ func TestPingAnsweredAfterLongStall(t *testing.T) {
 		SlowGrace:   time.Minute,
 		MaxMissed:   1 << 30,
 	})
-	r := dialSlowReader(t, fs.url, tok)
-	t.Cleanup(func() { r.c.CloseNow() })
-	warm(t, fe, fast)
 	// Until the reader's queue drops: its backlog is over its bound, and
 	// stays so while it reads nothing.
-	pad := strings.Repeat("x", 1000)
-	st := &numbered{fe: fe, fast: fast}
-	for metric(t, fs, "ingest_feed_dropped_messages_total") == 0 {
-		st.batch(t, 20, pad)
-	}
-	st.check(t)
+	r, _ := backedUp(t, fs, fe, tok, fast)
 	pong := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
