@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -129,7 +130,11 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 		c.abandon()         // releases the frames still queued
 	}()
 
-	subs := make(chan []byte, 1)
+	// Subscribes wait here while the writer answers one (a resume's replay
+	// can take a while): a reader that keeps its reader goroutine blocked
+	// here would have its pongs unread, and be cut at the next ping.
+	subs := make(chan []byte, maxWaitingSubscribes)
+	var tooMany atomic.Bool
 	readerGone := make(chan struct{})
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -147,6 +152,11 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 			select {
 			case subs <- b:
 			case <-rctx.Done():
+				return
+			default:
+				// More waiting than a dashboard has reason to send.
+				tooMany.Store(true)
+				ws.Close(websocket.StatusPolicyViolation, "too many subscribes waiting")
 				return
 			}
 		}
@@ -220,6 +230,9 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 			return "shutdown"
 		case <-readerGone:
 			ws.CloseNow()
+			if tooMany.Load() {
+				return "too_many_subscribes"
+			}
 			return "closed"
 		case <-expired:
 			ws.Close(websocket.StatusPolicyViolation, "unauthorized")
@@ -388,6 +401,10 @@ func (s *Server) replay(ctx context.Context, sub *Subscription, live map[string]
 	}
 	return nil
 }
+
+// maxWaitingSubscribes bounds the subscribes a reader has sent and the
+// feed not yet answered: past it the connection is closed with 1008.
+const maxWaitingSubscribes = 16
 
 // errWriteTimeout ends a connection whose socket took nothing for
 // Options.WriteTimeout while a frame waited to be written.

@@ -38,7 +38,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		dropped: b.Counter("ingest_feed_dropped_messages_total",
 			"Device messages dropped for readers whose queue was full (slow readers)."),
 		disconnects: b.CounterVec("ingest_feed_disconnects_total",
-			"Reader connections ended, by reason (slow, unauthorized, subscribe_timeout, shutdown, closed, write_error).", "reason"),
+			"Reader connections ended, by reason (slow, unauthorized, subscribe_timeout, too_many_subscribes, shutdown, closed, write_error).", "reason"),
 		received: b.CounterVec("ingest_feed_received_records_total",
 			"Records received from a middletier's feed socket.", mt),
 		overflows: b.CounterVec("ingest_feed_source_overflows_total",

@@ -2,11 +2,15 @@ package feed_test
 
 import (
 	"fmt"
+	"net"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
+
 	"github.com/ingest-io/ingest/feed"
 	"github.com/ingest-io/ingest/internal/freeport"
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
 )
 
@@ -112,6 +116,80 @@ func TestResumeFetchFails(t *testing.T) {
 	live := sub.Live["mt-0"]
 	if f := b.next(t); f.Type != "missed" || f.Reason != "gap" || f.From != got[0].Seq || f.To != live-1 || f.Count != live-got[0].Seq {
 		t.Fatalf("after a failed fetch: %+v, want a gap notice for %d…%d", f, got[0].Seq, live-1)
+	}
+}
+
+// TestSubscribesDuringAReplay: subscribes a reader sends while the feed
+// replays for its resume (here a fetch from a consumer socket that never
+// answers) wait and are answered after it; the feed's keepalive goes on
+// meanwhile. Before, the second waiting subscribe held the feed's reader
+// goroutine, the reader's pong went unread, and the connection was cut at
+// the next ping. More than 16 waiting close the connection with 1008.
+func TestSubscribesDuringAReplay(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	ln := testkit.Listen(t) // takes connections and answers nothing
+	accepted := make(chan net.Conn, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		for len(accepted) > 0 {
+			(<-accepted).Close()
+		}
+	})
+	fs := startFeed(t, feed.Options{
+		Sources:      []feed.Source{{Feed: tr.addrs.Feed, Consumer: "tcp://" + ln.Addr().String()}},
+		FetchTimeout: 4 * time.Second,
+		PingInterval: 200 * time.Millisecond,
+		PongTimeout:  300 * time.Millisecond,
+	})
+	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+	tok := token(t, "feed:read", nil)
+	a := dialReader(t, fs.url, tok, nil)
+	a.run(t)
+	a.subscribe(t, `{"type":"subscribe","devices":["dev","tick"]}`)
+	waitTick(t, fe, a, nil)
+	fe.send(t, msg{device: "dev", payload: `{"n":0}`})
+	got := a.messages(t, 1, nil)
+
+	resume := fmt.Sprintf(`{"type":"subscribe","from":{"mt-0":%d}}`, got[0].Seq)
+	b := dialReader(t, fs.url, tok, nil)
+	b.run(t)
+	b.subscribe(t, resume)
+	for range 3 {
+		if err := b.c.Write(t.Context(), websocket.MessageText, []byte(`{"type":"subscribe","devices":["dev"]}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	answers := 0
+	for answers < 3 {
+		switch f := b.next(t); f.Type {
+		case "subscribed":
+			answers++
+		case "missed", "message":
+		default:
+			t.Fatalf("during and after the replay: %+v", f)
+		}
+	}
+
+	c := dialReader(t, fs.url, tok, nil)
+	c.run(t)
+	c.subscribe(t, resume)
+	for range 18 {
+		c.c.Write(t.Context(), websocket.MessageText, []byte(`{"type":"subscribe"}`))
+	}
+	for f := range c.frames {
+		t.Logf("frame %+v", f)
+	}
+	if code := closeStatus(c.err); code != websocket.StatusPolicyViolation {
+		t.Fatalf("18 subscribes waiting: ended with %v, want close 1008", c.err)
 	}
 }
 
