@@ -545,11 +545,14 @@ func (s *TSDB) commit(ctx context.Context, points []storage.Point) (n, tooOld, d
 // first of the points at indexes in that has it: a field whose series name
 // (storage.MetricName) is name's.
 func valueAt(points []storage.Point, in []int, name string) (float64, bool) {
+	if len(in) == 0 {
+		return 0, false
+	}
+	m := storage.MetricName(name)
 	for _, j := range in {
 		if v, ok := points[j].Numbers[name]; ok {
 			return v, true
 		}
-		m := storage.MetricName(name)
 		for other, v := range points[j].Numbers {
 			if storage.MetricName(other) == m {
 				return v, true
