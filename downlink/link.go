@@ -112,6 +112,10 @@ type Attachment struct {
 // (unix nanoseconds, the home's clock).
 type sent struct{ created, expires int64 }
 
+// expired reports whether a command that expires at expires (unix
+// nanoseconds, 0 for never) has at now.
+func expired(expires, now int64) bool { return expires > 0 && expires <= now }
+
 // frame is a command frame waiting to be written.
 type frame struct {
 	cid     string
@@ -344,7 +348,7 @@ func (a *Attachment) forgetExpired(now int64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for cid, c := range a.pending {
-		if c.expires > 0 && c.expires <= now {
+		if expired(c.expires, now) {
 			delete(a.pending, cid)
 			a.l.m.pending.Dec()
 		}
@@ -386,14 +390,15 @@ func (a *Attachment) drain() {
 		}
 		f := a.queue[0]
 		a.queue = a.queue[1:]
+		if expired(f.expires, time.Now().UnixNano()) {
+			// Expired while it waited behind others: its home reports it
+			// expired, and the device never gets it.
+			a.mu.Unlock()
+			continue
+		}
 		var expires time.Time
 		if f.expires > 0 {
-			if expires = time.Unix(0, f.expires); !time.Now().Before(expires) {
-				// Expired while it waited behind others: its home
-				// reports it expired, and the device never gets it.
-				a.mu.Unlock()
-				continue
-			}
+			expires = time.Unix(0, f.expires)
 		}
 		// Pending before the write: the device may answer (Result)
 		// before the write returns here, and an answer must find it.
