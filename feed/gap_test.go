@@ -27,11 +27,8 @@ func TestGap(t *testing.T) {
 			}
 			fs := startFeed(t, feed.Options{Sources: []feed.Source{src}})
 			fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
-			r := dialReader(t, fs.url, token(t, "feed:read", nil), nil)
-			r.run(t)
-			r.subscribe(t, `{"type":"subscribe","devices":["dev","tick"]}`)
 			// Warm up with a device the reader follows.
-			waitTick(t, fe, r, nil)
+			r := tickedReader(t, fs, fe, token(t, "feed:read", nil))
 
 			before := r.messagesOf(t, fe, 5, 0)
 
@@ -130,6 +127,18 @@ func waitTick(t *testing.T, fe *sender, r *reader, other func(frame)) {
 			}
 		}
 	})
+}
+
+// tickedReader dials a reader of devices "dev" and "tick" and waits for a
+// tick: the feed follows the middletier, and the reader gets what it
+// sends from then on.
+func tickedReader(t *testing.T, fs *feedServer, fe *sender, tok string) *reader {
+	t.Helper()
+	r := dialReader(t, fs.url, tok, nil)
+	r.run(t)
+	r.subscribe(t, `{"type":"subscribe","devices":["dev","tick"]}`)
+	waitTick(t, fe, r, nil)
+	return r
 }
 
 // messagesOf sends n messages from "dev" numbered from first and returns

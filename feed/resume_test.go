@@ -23,10 +23,7 @@ func TestResume(t *testing.T) {
 	})
 	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
 	tok := token(t, "feed:read", nil)
-	a := dialReader(t, fs.url, tok, nil)
-	a.run(t)
-	a.subscribe(t, `{"type":"subscribe","devices":["dev","tick"]}`)
-	waitTick(t, fe, a, nil)
+	a := tickedReader(t, fs, fe, tok)
 
 	// Ten messages, with one of another device between each.
 	for i := range 10 {
@@ -123,10 +120,7 @@ func TestSubscribesDuringAReplay(t *testing.T) {
 	})
 	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
 	tok := token(t, "feed:read", nil)
-	a := dialReader(t, fs.url, tok, nil)
-	a.run(t)
-	a.subscribe(t, `{"type":"subscribe","devices":["dev","tick"]}`)
-	waitTick(t, fe, a, nil)
+	a := tickedReader(t, fs, fe, tok)
 	fe.send(t, msg{device: "dev", payload: `{"n":0}`})
 	got := a.messages(t, 1, nil)
 
