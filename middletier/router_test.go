@@ -35,6 +35,16 @@ func dealer(t *testing.T, endpoint, id string) *testkit.Peer {
 	return testkit.Dealer(t, endpoint, id)
 }
 
+// commitStorage commits the checkpoint seq of consumer "storage" through
+// cons and fails unless the middletier acknowledges that checkpoint.
+func commitStorage(t *testing.T, cons *testkit.Peer, seq uint64) {
+	t.Helper()
+	cons.Send(t, &wire.Commit{Consumer: "storage", Seq: seq})
+	if ca := testkit.Next[*wire.CommitAck](t, cons); ca.Seq != seq {
+		t.Fatalf("commit ack %+v, want %d", ca, seq)
+	}
+}
+
 func entries(from, n int) [][]byte {
 	out := make([][]byte, n)
 	for i := range out {
@@ -118,10 +128,7 @@ func TestMarksSurviveRestart(t *testing.T) {
 		}
 	}
 	cons := dealer(t, tr.Addrs.Consumer, "storage#1")
-	cons.Send(t, &wire.Commit{Consumer: "storage", Seq: 400})
-	if ca := testkit.Next[*wire.CommitAck](t, cons); ca.Seq != 400 {
-		t.Fatalf("commit ack %+v", ca)
-	}
+	commitStorage(t, cons, 400)
 	testkit.WaitFor(t, "truncation", 10*time.Second, func() bool { return tr.Log.FirstIndex() > 300 })
 	if err := tr.Stop(); err != nil {
 		t.Fatal(err)
@@ -163,10 +170,7 @@ func TestFetchAndCommit(t *testing.T) {
 	if got := testkit.Metric(t, tr.Reg, "ingest_middletier_consumer_lag_entries"); got != 250 {
 		testkit.WaitFor(t, "lag gauge", 10*time.Second, func() bool { return testkit.Metric(t, tr.Reg, "ingest_middletier_consumer_lag_entries") == 250 })
 	}
-	cons.Send(t, &wire.Commit{Consumer: "storage", Seq: 200})
-	if ca := testkit.Next[*wire.CommitAck](t, cons); ca.Seq != 200 {
-		t.Fatalf("commit ack %+v", ca)
-	}
+	commitStorage(t, cons, 200)
 	if got := tr.Log.Released(); got != 200 {
 		t.Fatalf("released %d after commit 200", got)
 	}
@@ -194,10 +198,7 @@ func TestFetchFromCheckpoint(t *testing.T) {
 	if fr := testkit.Next[*wire.FetchReply](t, cons); fr.First != 1 || len(fr.Records) != 5 {
 		t.Fatalf("fetch from 0 before any commit: first %d, %d records", fr.First, len(fr.Records))
 	}
-	cons.Send(t, &wire.Commit{Consumer: "storage", Seq: 200})
-	if ca := testkit.Next[*wire.CommitAck](t, cons); ca.Seq != 200 {
-		t.Fatalf("commit ack %+v", ca)
-	}
+	commitStorage(t, cons, 200)
 	cons.Send(t, &wire.Fetch{Consumer: "storage", From: 0, Max: 10})
 	fr := testkit.Next[*wire.FetchReply](t, cons)
 	if fr.First != 201 || len(fr.Records) != 10 || fr.Last != 250 {
@@ -316,10 +317,7 @@ func TestCommitsShareStateWrites(t *testing.T) {
 	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 100)})
 	testkit.Next[*wire.Ack](t, fe)
 	cons := dealer(t, tr.Addrs.Consumer, "storage#1")
-	cons.Send(t, &wire.Commit{Consumer: "storage", Seq: 1})
-	if ca := testkit.Next[*wire.CommitAck](t, cons); ca.Seq != 1 {
-		t.Fatalf("commit ack %+v", ca)
-	}
+	commitStorage(t, cons, 1)
 	before := testkit.Metric(t, tr.Reg, "ingest_middletier_state_writes_total")
 
 	// 40 commits, 5 ms apart: 200 ms, well inside one interval after the
@@ -533,10 +531,7 @@ func TestReleaseAheadOfPublisher(t *testing.T) {
 		if ack.UpTo != uint64(next-1) {
 			t.Fatalf("ack %+v, want up to %d", ack, next-1)
 		}
-		cons.Send(t, &wire.Commit{Consumer: "storage", Seq: ack.UpTo})
-		if ca := testkit.Next[*wire.CommitAck](t, cons); ca.Seq != ack.UpTo {
-			t.Fatalf("commit ack %+v, want %d", ca, ack.UpTo)
-		}
+		commitStorage(t, cons, ack.UpTo)
 	}
 	if err := tr.Stop(); err != nil {
 		t.Fatalf("the middletier stopped with %v", err)
@@ -600,10 +595,7 @@ func TestCheckpointPastRepairedWAL(t *testing.T) {
 	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 250)})
 	testkit.Next[*wire.Ack](t, fe)
 	cons := dealer(t, tr.Addrs.Consumer, "storage#1")
-	cons.Send(t, &wire.Commit{Consumer: "storage", Seq: 250})
-	if ca := testkit.Next[*wire.CommitAck](t, cons); ca.Seq != 250 {
-		t.Fatalf("commit ack %+v", ca)
-	}
+	commitStorage(t, cons, 250)
 	if err := tr.Stop(); err != nil {
 		t.Fatal(err)
 	}
