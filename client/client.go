@@ -24,7 +24,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"github.com/coder/websocket"
 
@@ -817,11 +816,12 @@ func (c *Client) commands(ctx context.Context) {
 			if a.Status == "" {
 				a.Status = protocol.StatusOK
 			}
-			if why := refused(a); why != "" {
-				// The server would refuse the frame, and the repeats of
-				// the command would be answered with it until its TTL.
+			// The frontend's own decoder says whether the server would
+			// refuse the frame; the repeats of the command would be
+			// answered with it until its TTL.
+			if _, err := protocol.DecodeCommandResult(protocol.AppendCommandResult(nil, cmd.ID, a.Status, a.Payload)); err != nil {
 				c.lg.Warn("command answer the server would refuse: answering error without a payload",
-					"id", cmd.ID, "name", cmd.Name, "status", a.Status, "bytes", len(a.Payload), "why", why)
+					"id", cmd.ID, "name", cmd.Name, "status", a.Status, "bytes", len(a.Payload), "why", err)
 				a = Answer{Status: protocol.StatusError}
 			}
 			answers[cmd.ID] = a
@@ -856,33 +856,6 @@ func (c *Client) commands(ctx context.Context) {
 			c.lg.Debug("command answer not written", "id", cmd.ID, "err", err)
 		}
 	}
-}
-
-// refused says why the server would refuse a as a command_result, or ""
-// if it would take it: a status of 1 to protocol.MaxStatusBytes printable
-// ASCII bytes, and a payload that is empty or one JSON value, UTF-8, of
-// at most protocol.MaxCommandPayloadBytes nested at most
-// protocol.MaxCommandPayloadDepth deep (one level below the frame's
-// object, which is read at most protocol.MaxDepth deep).
-func refused(a Answer) string {
-	if a.Status == "" || len(a.Status) > protocol.MaxStatusBytes {
-		return fmt.Sprintf("status of %d bytes, not 1 to %d", len(a.Status), protocol.MaxStatusBytes)
-	}
-	for i := 0; i < len(a.Status); i++ {
-		if a.Status[i] < 0x20 || a.Status[i] > 0x7e {
-			return "status not printable ASCII"
-		}
-	}
-	switch p := a.Payload; {
-	case len(p) == 0:
-	case len(p) > protocol.MaxCommandPayloadBytes:
-		return fmt.Sprintf("payload over %d bytes", protocol.MaxCommandPayloadBytes)
-	case !json.Valid(p) || !utf8.Valid(p):
-		return "payload not one JSON value (UTF-8)"
-	case protocol.Depth(p) > protocol.MaxCommandPayloadDepth:
-		return fmt.Sprintf("payload nested deeper than %d", protocol.MaxCommandPayloadDepth)
-	}
-	return ""
 }
 
 // reject records a rejection for frame seq; its result is delivered with the
