@@ -5,12 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -506,6 +504,7 @@ func (h *Home) handle(in inbound) {
 // protocol.MaxCommandPayloadDepth deep (a device could not read it in its
 // command frame), and a time to live within maxTTL.
 func CheckSubmit(s *wire.Submit, maxTTL time.Duration) error {
+	payloadErr := protocol.CheckCommandPayload(s.Payload)
 	switch {
 	case s.Device == "":
 		return errors.New("no device")
@@ -513,12 +512,8 @@ func CheckSubmit(s *wire.Submit, maxTTL time.Duration) error {
 		return fmt.Errorf("name must be 1 to %d bytes", protocol.MaxCommandNameBytes)
 	case len(s.Payload) > protocol.MaxCommandPayloadBytes:
 		return fmt.Errorf("payload over %d bytes", protocol.MaxCommandPayloadBytes)
-	case len(s.Payload) > 0 && (!json.Valid(s.Payload) || !utf8.Valid(s.Payload)):
-		// json.Valid passes bytes that are not UTF-8 inside strings; a
-		// device could not read them in its command frame.
-		return errors.New("payload is not JSON (UTF-8)")
-	case protocol.Depth(s.Payload) > protocol.MaxCommandPayloadDepth:
-		return fmt.Errorf("payload nested deeper than %d", protocol.MaxCommandPayloadDepth)
+	case payloadErr != nil:
+		return payloadErr
 	case s.TTLMS > uint64(maxTTL/time.Millisecond):
 		return fmt.Errorf("ttl over %s", maxTTL)
 	}

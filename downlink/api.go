@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/envelope"
@@ -206,6 +205,7 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 		req.IdempotencyKey = k
 	}
 	s := wire.Submit{Device: device, Name: req.Name, Payload: req.Payload, Key: req.IdempotencyKey}
+	payloadErr := protocol.CheckCommandPayload(req.Payload)
 	switch {
 	case req.Name == "" || len(req.Name) > protocol.MaxCommandNameBytes:
 		fail(w, http.StatusBadRequest, CodeInvalidCommand, "name must be 1 to 128 bytes")
@@ -213,14 +213,8 @@ func (a *api) submit(w http.ResponseWriter, r *http.Request) {
 	case len(req.Payload) > protocol.MaxCommandPayloadBytes:
 		fail(w, http.StatusRequestEntityTooLarge, CodeTooLarge, "payload over 16384 bytes")
 		return
-	case !utf8.Valid(req.Payload):
-		// encoding/json passes such bytes through a RawMessage; the
-		// device could not read its command frame (a WebSocket text
-		// frame is UTF-8, and the client drops one that is not).
-		fail(w, http.StatusBadRequest, CodeInvalidCommand, "payload is not valid UTF-8")
-		return
-	case protocol.Depth(req.Payload) > protocol.MaxCommandPayloadDepth:
-		fail(w, http.StatusBadRequest, CodeInvalidCommand, fmt.Sprintf("payload nested deeper than %d", protocol.MaxCommandPayloadDepth))
+	case payloadErr != nil:
+		fail(w, http.StatusBadRequest, CodeInvalidCommand, payloadErr.Error())
 		return
 	case len(req.IdempotencyKey) > 200 || strings.HasPrefix(req.IdempotencyKey, "\x00"):
 		fail(w, http.StatusBadRequest, CodeInvalidCommand, "idempotency key must be at most 200 bytes")

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"unicode/utf8"
@@ -45,6 +46,24 @@ func IsCommandResult(frame []byte) bool {
 	}
 	i = skipWS(frame, i+1)
 	return len(frame)-i >= len(value) && string(frame[i:i+len(value)]) == value
+}
+
+// CheckCommandPayload says why a command's payload could not travel in its
+// command frame, or returns nil: it must be empty or one JSON value,
+// UTF-8 (encoding/json lets bytes that are not pass inside strings; a
+// WebSocket text frame is UTF-8), nested at most MaxCommandPayloadDepth
+// deep. Its size, MaxCommandPayloadBytes, is checked apart: the command
+// API answers it with a status of its own.
+func CheckCommandPayload(p []byte) error {
+	switch {
+	case len(p) == 0:
+		return nil
+	case !json.Valid(p) || !utf8.Valid(p):
+		return errors.New("payload is not JSON (UTF-8)")
+	case Depth(p) > MaxCommandPayloadDepth:
+		return fmt.Errorf("payload nested deeper than %d", MaxCommandPayloadDepth)
+	}
+	return nil
 }
 
 // Depth returns the deepest nesting of arrays and objects in b, a valid
