@@ -35,7 +35,12 @@
 // and drops entries at or below it: a retransmission never enters this
 // middletier's stream twice. The marks survive restarts: they are kept in
 // the state file, written before the WAL is released, and raised at start
-// by reading every record still in the WAL.
+// by reading every record still in the WAL. A WAL that ends before the
+// records the state file accounts for (cut and repaired, or created again)
+// may have lost records those marks name, which frontends that were not
+// acknowledged for them still hold: the state's marks are then dropped
+// (durably, before anything is appended), and only the WAL's records and
+// the frontends' release marks set them. Repeats may follow, never loss.
 //
 // zmq4 can drop a message silently and deliver the ones after it, so a
 // batch that does not follow on from the origin's mark, nor from the

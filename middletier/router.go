@@ -172,12 +172,26 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 		groups:  map[string]*group{},
 		holders: map[string]string{},
 	}
+	lost := st.Applied > log.LastIndex()
+	if lost {
+		// The WAL ends before records the state accounts for: it was cut
+		// and repaired, or created again. The marks may name records it
+		// lost, which frontends that had no acknowledgement for them
+		// still hold: kept, they would have those entries taken for
+		// repeats and acknowledged, and released nowhere held. Only the
+		// records the WAL holds set the marks; the frontends' release
+		// marks (a batch's Acked) cover what they were acknowledged
+		// before. Repeats may follow, never loss.
+		lg.Warn("middletier: the WAL ends before records the state file accounts for (it was repaired or created again); per-origin marks are recovered from the WAL only",
+			"dir", opts.StateDir, "state_applied", st.Applied, "last_index", log.LastIndex())
+		clear(r.highest)
+	}
 	if err := r.recoverMarks(); err != nil {
 		return nil, err
 	}
 	r.applied = log.LastIndex()
 	r.published = log.LastIndex()
-	if err := r.clampCheckpoints(); err != nil {
+	if err := r.clampCheckpoints(lost); err != nil {
 		return nil, err
 	}
 	r.m, err = newMetrics(reg, opts.ID)
@@ -233,10 +247,12 @@ func (r *Router) recoverMarks() error {
 // new to every consumer: left standing, the checkpoint would have a fetch
 // from 0 skip them and the WAL released them unseen. The write comes before
 // any append, so that a crash cannot leave the old checkpoints over entries
-// appended since.
-func (r *Router) clampCheckpoints() error {
+// appended since. With write, the state is written even if no checkpoint
+// was lowered: New dropped marks, which must not come back from the old
+// file once entries are appended past its Applied.
+func (r *Router) clampCheckpoints(write bool) error {
 	last := r.log.LastIndex()
-	clamped := false
+	clamped := write
 	for c, seq := range r.ckpt {
 		if seq > last {
 			r.lg.Warn("middletier: a consumer's checkpoint is past the WAL's last entry (the WAL was repaired or created again); it resumes from there",

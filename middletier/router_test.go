@@ -654,3 +654,91 @@ func TestCheckpointPastRepairedWAL(t *testing.T) {
 		t.Fatalf("fetch from the checkpoint: first %d, last %d, %d records, %d of fe-2's 20 acknowledged entries", fr.First, fr.Last, len(fr.Records), got)
 	}
 }
+
+// TestMarksPastLostWAL: a middletier whose WAL lost entries it had made
+// durable (its last segment cut and repaired with --wal.repair, or its WAL
+// directory lost) while its state file survived must not take a frontend's
+// entries for repeats of the lost ones. A frontend that had no
+// acknowledgement for them still holds them (its release mark, the batch's
+// Acked, is below them): they are to be appended again and acknowledged
+// once durable here, or the acknowledgement has the frontend release
+// entries that no middletier holds. Before, the per-origin marks of the
+// state file stood over the lost entries: the resent batch was all
+// repeats, acknowledged up to 250, and the WAL held none of the lost ones.
+func TestMarksPastLostWAL(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		lose func(t *testing.T, walDir string) wal.Options
+	}{
+		{"repaired", func(t *testing.T, walDir string) wal.Options {
+			names, err := os.ReadDir(walDir)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var segs []string
+			for _, n := range names {
+				if regexp.MustCompile(`^[0-9]{20}$`).MatchString(n.Name()) {
+					segs = append(segs, n.Name())
+				}
+			}
+			slices.Sort(segs)
+			if len(segs) == 0 {
+				t.Fatal("no segment")
+			}
+			if err := os.Truncate(filepath.Join(walDir, segs[len(segs)-1]), 100); err != nil {
+				t.Fatal(err)
+			}
+			return wal.Options{SegmentBytes: 4096, RepairTruncated: true}
+		}},
+		{"lost", func(t *testing.T, walDir string) wal.Options {
+			if err := os.RemoveAll(walDir); err != nil {
+				t.Fatal(err)
+			}
+			return wal.Options{SegmentBytes: 4096}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			opts := middletier.Options{Consumers: []string{"storage"}}
+			tr := startTier(t, dir, opts, wal.Options{SegmentBytes: 4096})
+			fe := dealer(t, tr.Addrs.Ingest, "fe-1#1")
+			fe.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 250)})
+			if ack := testkit.Next[*wire.Ack](t, fe); ack.UpTo != 250 {
+				t.Fatalf("ack %+v", ack)
+			}
+			if err := tr.Stop(); err != nil {
+				t.Fatal(err)
+			}
+			walOpts := tc.lose(t, filepath.Join(dir, "wal"))
+
+			tr2 := startTier(t, dir, opts, walOpts)
+			kept := tr2.Log.LastIndex()
+			if kept >= 250 {
+				t.Fatalf("the log ends at %d, want before 250", kept)
+			}
+			// The frontend never had the acknowledgement (it was lost with
+			// the connection): it sends everything again, its release mark 0.
+			fe2 := dealer(t, tr2.Addrs.Ingest, "fe-1#2")
+			fe2.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 250)})
+			if ack := testkit.Next[*wire.Ack](t, fe2); ack.UpTo != 250 {
+				t.Fatalf("ack %+v", ack)
+			}
+			held := map[uint64]bool{}
+			for _, rec := range testkit.Records(t, tr2.Log) {
+				if rec.Origin == "fe-1" {
+					held[rec.Index] = true
+				}
+			}
+			var missing []uint64
+			for i := uint64(1); i <= 250; i++ {
+				if !held[i] {
+					missing = append(missing, i)
+				}
+			}
+			if len(missing) > 0 {
+				t.Fatalf("acknowledged up to 250 with %d of fe-1's entries in no WAL (%d..%d); the log kept %d",
+					len(missing), missing[0], missing[len(missing)-1], kept)
+			}
+		})
+	}
+}
