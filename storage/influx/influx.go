@@ -323,17 +323,24 @@ func countUnparsed(reason []byte) int {
 	return 1 + bytes.Count(reason, append([]byte("\n"), entry...))
 }
 
+// timeKey is the key InfluxDB reserves for a point's timestamp. A field
+// named so is not stored (1.x before 1.8 answers 204 and leaves it out of
+// the line, later versions refuse the whole line), and a tag named so makes
+// it refuse the whole line ("invalid tag key").
+const timeKey = "time"
+
 // appendLine appends the line of p to b, with its trailing newline. A point
 // with no field that can be written appends nothing. rejected counts the
 // fields left out because line protocol cannot carry them (a NaN or
-// infinite number, an empty name); tooLong, the string fields longer than
-// InfluxDB stores.
+// infinite number, an empty name, the name time); tooLong, the string
+// fields longer than InfluxDB stores. A registry label named time is left
+// out of the tags, so that the line lands.
 func (s *Sink) appendLine(b []byte, p *storage.Point) (_ []byte, rejected, tooLong int) {
 	start := len(b)
 	b = appendInfluxName(b, s.opts.Measurement, false)
 	s.base = series.Base(s.base[:0], p)
 	for _, l := range s.base {
-		if l.Value == "" {
+		if l.Value == "" || l.Name == timeKey {
 			continue
 		}
 		b = appendInfluxKey(b, ',', l.Name)
@@ -344,7 +351,7 @@ func (s *Sink) appendLine(b []byte, p *storage.Point) (_ []byte, rejected, tooLo
 	slices.Sort(s.fields)
 	for _, k := range s.fields {
 		v := p.Numbers[k]
-		if k == "" || math.IsNaN(v) || math.IsInf(v, 0) {
+		if k == "" || k == timeKey || math.IsNaN(v) || math.IsInf(v, 0) {
 			rejected++
 			continue
 		}
@@ -360,7 +367,7 @@ func (s *Sink) appendLine(b []byte, p *storage.Point) (_ []byte, rejected, tooLo
 	for _, k := range s.fields {
 		v := p.Strings[k]
 		switch {
-		case k == "":
+		case k == "" || k == timeKey:
 			rejected++
 			continue
 		case len(v) > maxInfluxString:

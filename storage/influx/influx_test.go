@@ -458,3 +458,47 @@ func TestInfluxUnparsedLineCounted(t *testing.T) {
 		t.Errorf("dropped rejected: %v, want 2", got)
 	}
 }
+
+// TestInfluxTimeKey: InfluxDB reserves the key time. A field named time
+// (a device that sends its own clock as {"time": ...}) was sent as it is:
+// InfluxDB 1.x answers 204 and stores the line without it, so the field
+// was counted written and never stored (1.8 and later refuse the whole
+// line, the device's other fields with it); a registry label named time
+// made InfluxDB refuse every line of the device ("invalid tag key"), its
+// fields all dropped. The field is dropped and counted as rejected, the
+// tag left out, and the rest of each line lands.
+func TestInfluxTimeKey(t *testing.T) {
+	srv := testkit.InfluxDB(t)
+	db := influxDB(t, srv, "")
+	s := newTestInflux(t, srv.URL+"/write?db="+db, nil, Options{})
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	ps := []storage.Point{
+		{Device: "field", Time: t0, Numbers: map[string]float64{"temp": 1, "time": 1700000000}, Strings: map[string]string{}},
+		{Device: "tag", Time: t0, Labels: map[string]string{"time": "utc", "site": "lab"}, Numbers: map[string]float64{"temp": 2}, Strings: map[string]string{}},
+		{Device: "string", Time: t0, Numbers: map[string]float64{"temp": 3}, Strings: map[string]string{"time": "noon"}},
+	}
+	if err := s.Write(context.Background(), ps); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]map[string]string{
+		"field":  {"device": "field", "temp": "1"},
+		"tag":    {"device": "tag", "site": "lab", "temp": "2"},
+		"string": {"device": "string", "temp": "3"},
+	}
+	ts := fmt.Sprint(t0.UnixMilli())
+	for dev, w := range want {
+		wm := map[string]string{}
+		for k, v := range w {
+			wm[ts+" "+k] = v
+		}
+		if d := diffMaps(influxRows(t, srv, db, dev), wm); d != "" {
+			t.Errorf("device %s: %s", dev, d)
+		}
+	}
+	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindRejected)); got != 2 {
+		t.Errorf("dropped rejected: %v, want 2 (the fields named time)", got)
+	}
+	if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 3 {
+		t.Errorf("lines written: %v, want 3", got)
+	}
+}
