@@ -353,13 +353,18 @@ func (a *API) exec(w http.ResponseWriter, ctx context.Context, qry promql.Query)
 	a.respond(w, &queryData{ResultType: res.Value.Type(), Result: res.Value}, warnings, infos)
 }
 
-// matchers parses the match[] selectors.
+// matchers parses the match[] selectors. As Prometheus, it refuses a
+// selector whose every matcher matches the empty value ({site=""},
+// {__name__=~".*"}): it would select every series of the store.
 func (a *API) matchers(r *http.Request) ([][]*labels.Matcher, error) {
 	var sets [][]*labels.Matcher
 	for _, s := range r.Form["match[]"] {
 		ms, err := a.parser.ParseMetricSelector(s)
 		if err != nil {
 			return nil, fmt.Errorf("parse match[] %q: %w", s, err)
+		}
+		if !slices.ContainsFunc(ms, func(m *labels.Matcher) bool { return m != nil && !m.Matches("") }) {
+			return nil, errors.New("match[] must contain at least one non-empty matcher")
 		}
 		sets = append(sets, ms)
 	}

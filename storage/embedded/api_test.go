@@ -321,6 +321,13 @@ func TestAPIErrorsAndProbes(t *testing.T) {
 		// stack, answered 422).
 		{"GET", "/api/v1/query_range", url.Values{"query": {"temp"}, "start": {"100"}, "end": {"100.001"}, "step": {"0.0000001"}}, 400, "bad_data"},
 		{"POST", "/api/v1/query_range", url.Values{"query": {"vector(1)"}, "start": {"100"}, "end": {"100"}, "step": {"0.0009"}}, 400, "bad_data"},
+		// A match[] whose every matcher matches the empty label value
+		// selects every series: Prometheus refuses it ("match[] must
+		// contain at least one non-empty matcher"), as a query's selector.
+		{"GET", "/api/v1/series", url.Values{"match[]": {`{site=""}`}}, 400, "bad_data"},
+		{"POST", "/api/v1/series", url.Values{"match[]": {"temp", `{__name__=~".*"}`}}, 400, "bad_data"},
+		{"GET", "/api/v1/labels", url.Values{"match[]": {`{device=~".*"}`}}, 400, "bad_data"},
+		{"GET", "/api/v1/label/device/values", url.Values{"match[]": {`{site!="x"}`}}, 400, "bad_data"},
 	} {
 		code, h, b := g.call(t, c.method, c.path, c.params)
 		var r testkit.PromResult
