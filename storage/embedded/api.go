@@ -229,8 +229,8 @@ func (a *API) query(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errBadData, err)
 		return
 	}
-	a.runQuery(w, r, func(ctx context.Context) (promql.Query, error) {
-		return a.engine.NewInstantQuery(ctx, a.q, a.queryOpts(r), r.FormValue("query"), ts)
+	a.runQuery(w, r, func(ctx context.Context, opts promql.QueryOpts) (promql.Query, error) {
+		return a.engine.NewInstantQuery(ctx, a.q, opts, r.FormValue("query"), ts)
 	})
 }
 
@@ -273,21 +273,26 @@ func (a *API) queryRange(w http.ResponseWriter, r *http.Request) {
 		a.fail(w, errBadData, errors.New("exceeded maximum resolution of 11,000 points per timeseries. Try decreasing the query resolution (?step=XX)"))
 		return
 	}
-	a.runQuery(w, r, func(ctx context.Context) (promql.Query, error) {
-		return a.engine.NewRangeQuery(ctx, a.q, a.queryOpts(r), r.FormValue("query"), start, end, step)
+	a.runQuery(w, r, func(ctx context.Context, opts promql.QueryOpts) (promql.Query, error) {
+		return a.engine.NewRangeQuery(ctx, a.q, opts, r.FormValue("query"), start, end, step)
 	})
 }
 
-// runQuery makes the query newQuery returns, under the timeout the request
-// asks for, and answers its result.
-func (a *API) runQuery(w http.ResponseWriter, r *http.Request, newQuery func(context.Context) (promql.Query, error)) {
+// runQuery makes the query newQuery returns, under the timeout and with
+// the look-back the request asks for, and answers its result.
+func (a *API) runQuery(w http.ResponseWriter, r *http.Request, newQuery func(context.Context, promql.QueryOpts) (promql.Query, error)) {
 	ctx, cancel, err := a.queryContext(r)
 	if err != nil {
 		a.fail(w, errBadData, err)
 		return
 	}
 	defer cancel()
-	qry, err := newQuery(ctx)
+	opts, err := a.queryOpts(r)
+	if err != nil {
+		a.fail(w, errBadData, err)
+		return
+	}
+	qry, err := newQuery(ctx, opts)
 	if err != nil {
 		a.fail(w, errBadData, fmt.Errorf("parse query: %w", err))
 		return
@@ -302,20 +307,27 @@ func (a *API) queryContext(r *http.Request) (context.Context, context.CancelFunc
 		if err != nil {
 			return nil, nil, fmt.Errorf("parse timeout: %w", err)
 		}
+		if d <= 0 {
+			return nil, nil, fmt.Errorf("invalid parameter \"timeout\": timeout must be positive, got %s", d)
+		}
 		c, cancel := context.WithTimeout(ctx, d)
 		return c, cancel, nil
 	}
 	return ctx, func() {}, nil
 }
 
-func (a *API) queryOpts(r *http.Request) promql.QueryOpts {
+// queryOpts reads lookback_delta: one that does not parse is the request's
+// error, as in Prometheus; zero or less is the engine's default.
+func (a *API) queryOpts(r *http.Request) (promql.QueryOpts, error) {
 	lookback := time.Duration(0)
 	if s := r.FormValue("lookback_delta"); s != "" {
-		if d, err := parseDuration(s); err == nil && d > 0 {
-			lookback = d
+		d, err := parseDuration(s)
+		if err != nil {
+			return nil, fmt.Errorf("error parsing lookback delta duration: %w", err)
 		}
+		lookback = max(d, 0)
 	}
-	return promql.NewPrometheusQueryOpts(false, lookback, nil)
+	return promql.NewPrometheusQueryOpts(false, lookback, nil), nil
 }
 
 func (a *API) exec(w http.ResponseWriter, ctx context.Context, qry promql.Query) {
@@ -841,7 +853,8 @@ func parseTime(s string) (time.Time, error) {
 func parseDuration(s string) (time.Duration, error) {
 	if f, err := strconv.ParseFloat(s, 64); err == nil {
 		d := f * float64(time.Second)
-		if d >= float64(math.MaxInt64) || d <= float64(math.MinInt64) {
+		// NaN passes every comparison: refused as Prometheus does.
+		if math.IsNaN(d) || d >= float64(math.MaxInt64) || d <= float64(math.MinInt64) {
 			return 0, fmt.Errorf("cannot parse %q to a valid duration: overflows", s)
 		}
 		return time.Duration(d), nil

@@ -328,6 +328,15 @@ func TestAPIErrorsAndProbes(t *testing.T) {
 		{"POST", "/api/v1/series", url.Values{"match[]": {"temp", `{__name__=~".*"}`}}, 400, "bad_data"},
 		{"GET", "/api/v1/labels", url.Values{"match[]": {`{device=~".*"}`}}, 400, "bad_data"},
 		{"GET", "/api/v1/label/device/values", url.Values{"match[]": {`{site!="x"}`}}, 400, "bad_data"},
+		// A timeout that is not positive, and a lookback_delta that does
+		// not parse, are the request's error (Prometheus: 400 bad_data),
+		// not a query that timed out at once (503) or a query run with the
+		// default look-back as if the parameter had not been given (200).
+		{"GET", "/api/v1/query", url.Values{"query": {"temp"}, "timeout": {"0"}}, 400, "bad_data"},
+		{"POST", "/api/v1/query_range", url.Values{"query": {"temp"}, "start": {"100"}, "end": {"200"}, "step": {"10"}, "timeout": {"-1s"}}, 400, "bad_data"},
+		{"GET", "/api/v1/query", url.Values{"query": {"temp"}, "timeout": {"NaN"}}, 400, "bad_data"},
+		{"GET", "/api/v1/query", url.Values{"query": {"temp"}, "lookback_delta": {"five minutes"}}, 400, "bad_data"},
+		{"POST", "/api/v1/query_range", url.Values{"query": {"temp"}, "start": {"100"}, "end": {"200"}, "step": {"10"}, "lookback_delta": {"NaN"}}, 400, "bad_data"},
 	} {
 		code, h, b := g.call(t, c.method, c.path, c.params)
 		var r testkit.PromResult
