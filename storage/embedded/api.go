@@ -97,6 +97,10 @@ var apiEndpoints = []string{
 	"/api/v1/status/buildinfo", "/api/v1/status/runtimeinfo", "/api/v1/status/flags",
 }
 
+// noStepSubqueryInterval is the step of a subquery that gives none:
+// Prometheus's default global evaluation_interval.
+const noStepSubqueryInterval = time.Minute
+
 // NewAPI returns the query API over q. reg and lg may be nil; the PromQL
 // engine's metrics (prometheus_engine_*) go to reg.
 func NewAPI(q promstorage.Queryable, opts APIOptions, reg prometheus.Registerer, lg *slog.Logger) *API {
@@ -111,6 +115,11 @@ func NewAPI(q promstorage.Queryable, opts APIOptions, reg prometheus.Registerer,
 			Logger: elg, Reg: reg, MaxSamples: opts.MaxSamples, Timeout: opts.Timeout,
 			LookbackDelta: opts.LookbackDelta, EnableAtModifier: true, EnableNegativeOffset: true,
 			Parser: p,
+			// A subquery without a step ([1h:]) steps at this interval,
+			// Prometheus's global evaluation_interval by default; without
+			// it the engine calls a nil function (a runtime panic it
+			// recovers, answered 422).
+			NoStepSubqueryIntervalFn: func(int64) int64 { return noStepSubqueryInterval.Milliseconds() },
 		}),
 		mux:   http.NewServeMux(),
 		start: time.Now(),

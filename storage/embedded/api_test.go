@@ -208,6 +208,19 @@ func TestAPIGrafanaCalls(t *testing.T) {
 	if rq.ResultType != "matrix" || len(rq.Result) != 1 || len(rq.Result[0].Values) != 3 {
 		t.Errorf("query_range %+v", rq)
 	}
+	// A subquery without a step ([5m:], as in max_over_time(rate(x[1m])[1h:]))
+	// is evaluated at Prometheus's default evaluation interval, 1m: five
+	// steps in the five minutes before 300.5 s.
+	var sq struct {
+		ResultType string `json:"resultType"`
+		Result     []struct {
+			Value [2]any `json:"value"`
+		} `json:"result"`
+	}
+	g.success(t, "POST", "/api/v1/query", url.Values{"query": {"count_over_time(vector(1)[5m:])"}, "time": {"300.5"}}, &sq)
+	if sq.ResultType != "vector" || len(sq.Result) != 1 || sq.Result[0].Value[1] != "5" {
+		t.Errorf("subquery without a step: %+v, want 5", sq)
+	}
 
 	// Grafana's alerting lists a Prometheus data source's rules and alerts.
 	g.success(t, "GET", "/api/v1/rules", url.Values{"type": {"alert"}}, &rules)
