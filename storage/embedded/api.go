@@ -43,6 +43,10 @@ type APIOptions struct {
 	// MaxSeries bounds the series the series endpoint returns, and
 	// the names and values the label endpoints return. Default 100,000.
 	MaxSeries int
+	// MaxConcurrent bounds the queries that run at once, each holding up
+	// to MaxSamples; later ones wait for a slot within their timeout, as
+	// Prometheus's --query.max-concurrency. Default 20.
+	MaxConcurrent int
 	// Healthy reports why the store cannot go on (its writes failed for
 	// good); /-/healthy answers 500 with the error then. Nil: always
 	// healthy.
@@ -61,7 +65,7 @@ type APIOptions struct {
 
 // DefaultAPIOptions returns the defaults that zero fields stand for.
 func DefaultAPIOptions() APIOptions {
-	return APIOptions{Timeout: 2 * time.Minute, MaxSamples: 50_000_000, LookbackDelta: 5 * time.Minute, MaxSeries: 100_000}
+	return APIOptions{Timeout: 2 * time.Minute, MaxSamples: 50_000_000, LookbackDelta: 5 * time.Minute, MaxSeries: 100_000, MaxConcurrent: 20}
 }
 
 // API serves, over a Queryable, the part of the Prometheus HTTP API that
@@ -97,6 +101,29 @@ var apiEndpoints = []string{
 	"/api/v1/status/buildinfo", "/api/v1/status/runtimeinfo", "/api/v1/status/flags",
 }
 
+// queryGate is the engine's promql.QueryTracker: it bounds the queries
+// that run at once (without one the engine runs every query at once, each
+// holding up to MaxSamples), and tracks nothing else.
+type queryGate struct{ slots chan struct{} }
+
+func newQueryGate(n int) queryGate { return queryGate{slots: make(chan struct{}, n)} }
+
+func (g queryGate) GetMaxConcurrent() int { return cap(g.slots) }
+
+// Insert waits for a slot, or for the query's context to end.
+func (g queryGate) Insert(ctx context.Context, _ string) (int, error) {
+	select {
+	case g.slots <- struct{}{}:
+		return 0, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	}
+}
+
+func (g queryGate) Delete(int) { <-g.slots }
+
+func (queryGate) Close() error { return nil }
+
 // noStepSubqueryInterval is the step of a subquery that gives none:
 // Prometheus's default global evaluation_interval.
 const noStepSubqueryInterval = time.Minute
@@ -113,7 +140,8 @@ func NewAPI(q promstorage.Queryable, opts APIOptions, reg prometheus.Registerer,
 		q: q, opts: opts, parser: p, lg: lg,
 		engine: promql.NewEngine(promql.EngineOpts{
 			Logger: elg, Reg: reg, MaxSamples: opts.MaxSamples, Timeout: opts.Timeout,
-			LookbackDelta: opts.LookbackDelta, EnableAtModifier: true, EnableNegativeOffset: true,
+			ActiveQueryTracker: newQueryGate(opts.MaxConcurrent),
+			LookbackDelta:      opts.LookbackDelta, EnableAtModifier: true, EnableNegativeOffset: true,
 			Parser: p,
 			// A subquery without a step ([1h:]) steps at this interval,
 			// Prometheus's global evaluation_interval by default; without

@@ -17,6 +17,7 @@ import (
 
 	promapi "github.com/prometheus/client_golang/api"
 	promv1 "github.com/prometheus/client_golang/api/prometheus/v1"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/storage"
@@ -435,5 +436,49 @@ func TestAPIEmptyLabelsAreEmptyLists(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"data":[]`) {
 			t.Errorf("GET %s answered %d %s, want \"data\":[] as Prometheus", q, resp.StatusCode, b)
 		}
+	}
+}
+
+// TestAPIQueryConcurrencyBounded: the engine ran every query at once, each
+// up to MaxSamples (50 million samples) in memory, so a dashboard's panels
+// (or anyone who can reach the API) asking together had no bound on the
+// memory they held; Prometheus runs 20 at a time (--query.max-concurrency)
+// and queues the rest. The engine reports its bound in
+// prometheus_engine_queries_concurrent_max (-1: none).
+func TestAPIQueryConcurrencyBounded(t *testing.T) {
+	db, _ := openTSDB(t, t.TempDir(), embedded.Options{})
+	if err := db.Write(context.Background(), []storage.Point{point("d", time.Now().Add(-time.Minute), map[string]float64{"temp": 1}, nil, nil)}); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		opts embedded.APIOptions
+		want float64
+	}{{embedded.APIOptions{}, 20}, {embedded.APIOptions{MaxConcurrent: 3}, 3}} {
+		reg := prometheus.NewRegistry()
+		srv := httptest.NewServer(embedded.NewAPI(db.DB(), c.opts, reg, nil))
+		if got := testkit.Metric(t, reg, "prometheus_engine_queries_concurrent_max"); got != c.want {
+			t.Errorf("%+v: prometheus_engine_queries_concurrent_max %v, want %v", c.opts, got, c.want)
+		}
+		// More queries than the bound, at once: every one is answered.
+		errs := make(chan error, 10)
+		for range 10 {
+			go func() {
+				resp, err := http.Get(srv.URL + "/api/v1/query?query=" + url.QueryEscape("count_over_time(temp[10m])"))
+				if err == nil {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					if resp.StatusCode != 200 {
+						err = fmt.Errorf("%d %s", resp.StatusCode, b)
+					}
+				}
+				errs <- err
+			}()
+		}
+		for range 10 {
+			if err := <-errs; err != nil {
+				t.Error(err)
+			}
+		}
+		srv.Close()
 	}
 }
