@@ -508,7 +508,6 @@ func (r *Router) appendGroup(ctx context.Context, group []inbound) {
 		answers = append(answers, answer{in: in})
 	}
 	r.mu.Unlock()
-	r.m.repeats.Add(float64(repeats))
 
 	var applied uint64 // the last record appended, if any
 	if len(ends) > 0 {
@@ -564,6 +563,9 @@ func (r *Router) appendGroup(ctx context.Context, group []inbound) {
 	for origin, v := range marks {
 		r.highest[origin] = max(r.highest[origin], v)
 	}
+	// Counted once the group is taken: a group answered busy, or split
+	// in halves that count their own, is not.
+	r.m.repeats.Add(float64(repeats))
 	for _, a := range answers {
 		b := a.in.b
 		var msg []byte

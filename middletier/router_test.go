@@ -237,7 +237,8 @@ func TestBusyAtBound(t *testing.T) {
 	fe := dealer(t, tr.Addrs.Ingest, "fe-1#1")
 	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: entries(1, 10)})
 	testkit.Next[*wire.Ack](t, fe)
-	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 11, Entries: entries(11, 1)})
+	// 9 and 10 are repeats; 11 does not fit.
+	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 9, Entries: entries(9, 3)})
 	busy := testkit.Next[*wire.Busy](t, fe)
 	if busy.UpTo != 10 || busy.RetryAfter <= 0 {
 		t.Fatalf("busy %+v", busy)
@@ -246,9 +247,14 @@ func TestBusyAtBound(t *testing.T) {
 	cons := dealer(t, tr.Addrs.Consumer, "storage#1")
 	cons.Send(t, &wire.Commit{Consumer: "storage", Seq: 10})
 	testkit.Next[*wire.CommitAck](t, cons)
-	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 11, Entries: entries(11, 1)})
+	fe.Send(t, &wire.Batch{Origin: "fe-1", First: 9, Entries: entries(9, 3)})
 	if ack := testkit.Next[*wire.Ack](t, fe); ack.UpTo != 11 {
 		t.Fatalf("ack %+v", ack)
+	}
+	// The batch refused busy is sent again whole: its repeats count once,
+	// when it is taken.
+	if got := testkit.Metric(t, tr.Reg, "ingest_middletier_repeats_dropped_total"); got != 2 {
+		t.Fatalf("repeats dropped %v, want 2 (9 and 10, once)", got)
 	}
 }
 
