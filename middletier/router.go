@@ -385,10 +385,13 @@ func (r *Router) recvIngest(frames [][]byte) {
 		return
 	}
 	r.m.batches.Inc()
+	// Added before the worker can take it (and subtract it), so that the
+	// gauge never reads below zero.
+	r.m.ingestQueue.Add(float64(len(b.Entries)))
 	select {
 	case r.batches <- inbound{identity: frames[0], b: b, frame: frames[1]}:
-		r.m.ingestQueue.Add(float64(len(b.Entries)))
 	default:
+		r.m.ingestQueue.Sub(float64(len(b.Entries)))
 		r.m.busy.Inc()
 		r.mu.Lock()
 		upTo := r.highest[b.Origin]
