@@ -142,9 +142,12 @@ func (s *Sink) Write(ctx context.Context, points []storage.Point) error {
 		s.h.Metrics.Dropped.WithLabelValues(sinkhttp.DropStringTooLong).Add(float64(s.ms.tooLong))
 	}
 	// Oldest first: samples too old for the store then form a prefix, which
-	// the split search finds from its newest end.
+	// the split search finds from its newest end. Stable: of two samples
+	// of a series at one time (two messages with one timestamp) the store
+	// keeps the first it is sent, which is then the first received, as in
+	// the embedded TSDB.
 	ss := s.ms.samples
-	slices.SortFunc(ss, func(a, b rwSample) int {
+	slices.SortStableFunc(ss, func(a, b rwSample) int {
 		switch {
 		case a.t < b.t:
 			return -1

@@ -520,3 +520,33 @@ func FuzzWriteRequestSnappy(f *testing.F) {
 		}
 	})
 }
+
+// TestRemoteWriteSameTimeFirstKept: of two messages of a device with one
+// timestamp and different values, the store keeps the first, as the
+// embedded TSDB does, whatever else the Write carries (Prometheus keeps
+// the first sample of a series at a time in a request).
+func TestRemoteWriteSameTimeFirstKept(t *testing.T) {
+	srv := testkit.Prometheus(t)
+	s := newTestRemoteWrite(t, srv.URL+"/api/v1/write", nil, Options{})
+	dev := fmt.Sprintf("sametime-%d", time.Now().UnixNano())
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Millisecond)
+	var ps []storage.Point
+	want := map[string][]testkit.Sample{}
+	for d := range 64 {
+		name := fmt.Sprintf("%s-%d", dev, d)
+		for v := range 3 {
+			ps = append(ps, storage.Point{Device: name, Time: t0, Numbers: map[string]float64{"v": float64(v + 1)}})
+			// Others, newer and older, for the Write to put in order.
+			ps = append(ps, storage.Point{Device: dev + "-other", Time: t0.Add(time.Duration((d*3+v)%7-3) * time.Second), Numbers: map[string]float64{"w": 1}})
+		}
+		k := testkit.LabelsKey(map[string]string{"__name__": storage.MetricName("v"), "device": name})
+		want[k] = []testkit.Sample{{T: t0.UnixMilli(), V: "1"}}
+	}
+	if err := s.Write(context.Background(), ps); err != nil {
+		t.Fatal(err)
+	}
+	got := testkit.PromRaw(t, srv, fmt.Sprintf(`{__name__=%q, device=~%q}`, storage.MetricName("v"), dev+"-[0-9]+"), t0.Add(time.Minute), time.Hour)
+	if d := testkit.DiffSamples(got, want); d != "" {
+		t.Error(d)
+	}
+}
