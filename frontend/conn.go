@@ -243,8 +243,10 @@ func (c *conn) readLoop() error {
 		bp := s.readPool.Get().(*[]byte)
 		buf, err := readAll(r, (*bp)[:0])
 		*bp = buf
-		if err == nil && s.opts.Downlink != nil && typ == websocket.MessageText && protocol.IsCommandResult(buf) {
-			// An answer to a command: not a data frame, so not numbered.
+		if err == nil && typ == websocket.MessageText && protocol.IsCommandResult(buf) {
+			// An answer to a command: not a data frame, so not numbered,
+			// whether or not this frontend serves commands (the device
+			// numbers its data frames only).
 			c.lastRead.Store(time.Now().UnixNano())
 			c.commandResult(buf)
 		} else if err == nil {
@@ -264,10 +266,14 @@ func (c *conn) readLoop() error {
 }
 
 // commandResult carries a device's answer to a command to its home. A
-// frame that does not decode is answered with an invalid_message error
-// frame naming frame 0, which no data frame has.
+// frame that does not decode, or one sent to a frontend that serves no
+// commands (no Options.Downlink), is answered with an invalid_message
+// error frame naming frame 0, which no data frame has.
 func (c *conn) commandResult(frame []byte) {
 	r, err := protocol.DecodeCommandResult(frame)
+	if err == nil && c.s.opts.Downlink == nil {
+		err = errors.New("this frontend serves no commands; the answer is dropped")
+	}
 	if err != nil {
 		c.s.m.rejected.WithLabelValues(protocol.CodeInvalidMessage).Inc()
 		c.writeError(protocol.CodeInvalidMessage, 0, -1, nil, 0, err.Error())

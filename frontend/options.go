@@ -141,7 +141,9 @@ type Options struct {
 	// and their answers back, and the command API (docs/commands.md) is
 	// served on Listener, authenticated by application tokens of the same
 	// keys as devices' (with scope "commands"). The caller runs it. Nil:
-	// no commands; a command_result frame is then refused as data.
+	// no commands; a command_result frame is then answered with an
+	// invalid_message error frame naming frame 0 (it is not numbered,
+	// as it is not by the device).
 	Downlink *downlink.Link
 	// CommandMaxTTL bounds a command's time to live at the API. Default 7
 	// days; keep it within the homes' own bound.

@@ -242,6 +242,37 @@ func TestReplacedConnection(t *testing.T) {
 	}
 }
 
+// TestCommandResultNotNumberedWithoutCommands: a command_result frame is
+// not a data frame, on a frontend that serves no commands (no Downlink)
+// too: the device does not number it (protocol.md, client.ErrNotData), so
+// the server must not either. A device answers on whichever connection it
+// holds when its answer is ready, which after a reconnect may be to a
+// frontend without command homes. Numbered there, every later ack named
+// the device's frame after the one it covered: the device took a frame
+// not yet appended for durable.
+func TestCommandResultNotNumberedWithoutCommands(t *testing.T) {
+	ts := startServer(t, Options{}, wal.Options{})
+	c := rawDial(t, ts, hsToken(t, "dev-1", nil))
+	send(t, c, `{"__type":"command_result","id":"c1","status":"ok"}`)
+	send(t, c, `{"id":1}`) // the device's frame 1
+	for {
+		f, err := readFrame(t, c)
+		if err != nil {
+			t.Fatalf("connection ended: %v", err)
+		}
+		if f.Type == "error" {
+			if f.Seq != 0 {
+				t.Fatalf("the command_result was answered as data frame %d: %+v", f.Seq, f)
+			}
+			continue
+		}
+		if f.Type != "ack" || f.Seq != 1 || len(f.IDs) != 1 || string(f.IDs[0]) != "1" {
+			t.Fatalf("ack %+v, want seq 1 naming id 1: the command_result was numbered", f)
+		}
+		break
+	}
+}
+
 // TestPingTimeout: a peer that never answers pings is closed.
 func TestPingTimeout(t *testing.T) {
 	ts := startServer(t, Options{PingInterval: 100 * time.Millisecond, PongTimeout: 100 * time.Millisecond}, wal.Options{})
