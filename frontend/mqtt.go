@@ -103,10 +103,15 @@ func (s *Server) acceptMQTT(ln net.Listener) {
 		}
 		delay = 0
 		if !s.admit() {
-			nc.Close()
+			// The server drains with its listeners open: a lame duck
+			// whose WAL failed, for the drain window. The device is
+			// answered, server unavailable, rather than cut off; the
+			// handshake is the accept loop's, which stop waits for.
+			m := &s.mqtt
+			m.accept.Go(func() { s.handshakeMQTT(nc, func() { nc.Close() }, false, false) })
 			continue
 		}
-		go s.handshakeMQTT(nc, func() { nc.Close() }, false)
+		go s.handshakeMQTT(nc, func() { nc.Close() }, false, true)
 	}
 }
 
@@ -153,14 +158,17 @@ func (s *Server) handleMQTTWebSocket(w http.ResponseWriter, r *http.Request) {
 	// hold several packets, or part of one [MQTT-6.0.0-2]. It is read as a
 	// stream, never held whole, and readPacket bounds each packet.
 	nc := websocket.NetConn(s.hard, ws, websocket.MessageBinary)
-	go s.handshakeMQTT(nc, func() { ws.CloseNow() }, true)
+	go s.handshakeMQTT(nc, func() { ws.CloseNow() }, true, true)
 }
 
 // handshakeMQTT reads and answers a connection's CONNECT, registers the
-// session (taking over the device's older one) and serves it. The caller
-// has admitted the connection.
-func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
-	defer s.wg.Done()
+// session (taking over the device's older one) and serves it. With
+// admitted, the caller has admitted the connection (admit); without, the
+// server drains, and a CONNECT is refused server unavailable.
+func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS, admitted bool) {
+	if admitted {
+		defer s.wg.Done()
+	}
 	// Over plain TCP the reads hold no buffer while the device is idle, as
 	// a WebSocket device's do (hijacker), and the writes bound themselves,
 	// with no timer for a write the socket takes at once (hijack.Bounded;
@@ -189,7 +197,7 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS bool) {
 	stop := context.AfterFunc(s.mqtt.hsCtx, closeNow)
 	nc.SetReadDeadline(time.Now().Add(s.opts.MQTT.ConnectTimeout))
 	code, reason := c.readConnect()
-	if !stop() || code == 0 && !s.Ready() {
+	if !stop() || code == 0 && (!admitted || !s.Ready()) {
 		// The server stopped accepting while CONNECT was read, or its WAL
 		// has failed (the process is about to restart).
 		code, reason = connackUnavailable, "server not accepting devices; reconnect later"

@@ -485,7 +485,7 @@ func FuzzMQTTConn(f *testing.F) {
 			t.Fatal("not admitted")
 		}
 		ended := make(chan struct{})
-		go func() { s.handshakeMQTT(server, func() { server.Close() }, false); close(ended) }()
+		go func() { s.handshakeMQTT(server, func() { server.Close() }, false, true); close(ended) }()
 		var b bytes.Buffer
 		if withConnect {
 			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: version%2 + 4,

@@ -18,6 +18,7 @@ import (
 	"github.com/ingest-io/ingest/internal/testkit"
 
 	"github.com/coder/websocket"
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -110,8 +111,9 @@ func TestFailedWALRefusesHandshakes(t *testing.T) {
 	var logs lockedBuf
 	lg := slog.New(slog.NewTextHandler(&logs, nil))
 	const drain = 3 * time.Second
-	ln := testkit.Listen(t)
-	srv, err := New(Options{Listener: ln, ID: "fe-test", Auth: auth.Options{HS256Secrets: [][]byte{testSecret}}, DrainWindow: drain, Gatherer: reg}, l, reg, lg)
+	ln, mln := testkit.Listen(t), testkit.Listen(t)
+	srv, err := New(Options{Listener: ln, MQTTListener: mln, ID: "fe-test", Auth: auth.Options{HS256Secrets: [][]byte{testSecret}},
+		DrainWindow: drain, Gatherer: reg}, l, reg, lg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,6 +162,18 @@ func TestFailedWALRefusesHandshakes(t *testing.T) {
 		var body struct{ Type, Code string }
 		if err := json.NewDecoder(resp.Body).Decode(&body); err != nil || body.Code != protocol.CodeOverloaded {
 			t.Fatalf("refusal body %+v (%v), want code overloaded", body, err)
+		}
+	}
+	// MQTT devices are answered too (docs/mqtt.md): CONNACK server
+	// unavailable, not a connection closed without a word.
+	for _, v := range []struct{ version, code byte }{{mqtt311, mqtt311ServerUnavailable}, {mqtt5, connackUnavailable}} {
+		r := dialRaw(t, mln.Addr().String(), v.version)
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect},
+			Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, ClientIdentifier: "dev-3",
+				UsernameFlag: true, Username: []byte("dev-3"), PasswordFlag: true, Password: []byte(hsToken(t, "dev-3", nil))}}
+		r.send(&pk, pk.ConnectEncode)
+		if ca := r.read(5 * time.Second); ca == nil || ca.FixedHeader.Type != packets.Connack || ca.ReasonCode != v.code {
+			t.Fatalf("MQTT %d CONNECT with the WAL failed: %+v, want CONNACK %#x", v.version, ca, v.code)
 		}
 	}
 	if time.Since(failedAt) > drain {
