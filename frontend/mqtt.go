@@ -2,6 +2,7 @@ package frontend
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -429,6 +430,52 @@ func (c *mqttConn) readConnect() (code byte, reason string) {
 
 // writeConnack answers CONNECT with code (0: accepted).
 func (c *mqttConn) writeConnack(code byte, reason string) {
+	if b := c.connackBytes(code, reason); b != nil {
+		c.write(b)
+	}
+}
+
+// connack accepts the CONNECT, unless the session has stopped already: a
+// newer connection, a drain, the registry or the token's expiry ended it
+// while it waited for the device's older connection (takeOver). Then
+// finish refuses the CONNECT instead (disconnect), as no DISCONNECT may
+// come before a CONNACK [MQTT-3.14.0-1]. wmu is held around the check and
+// the write, so that a DISCONNECT from finish, which looks at connacked,
+// is written after the CONNACK.
+func (c *mqttConn) connack() {
+	c.wmu.Lock()
+	c.mu.Lock()
+	ok := !c.stopped
+	c.connacked = ok
+	c.mu.Unlock()
+	var err error
+	if ok {
+		if b := c.connackBytes(0, ""); b != nil {
+			err = c.writeHeld(b)
+		}
+	}
+	c.wmu.Unlock()
+	if err != nil {
+		c.writeFailed()
+	}
+}
+
+// connackRefusal is the CONNACK code that refuses the CONNECT of a
+// session that ends, with DISCONNECT code, before its CONNACK.
+func connackRefusal(code byte) (byte, string) {
+	switch code {
+	case rcAdministrative:
+		return connackBanned, "the device is disabled in the device registry"
+	case rcNotAuthorized:
+		return connackBadAuth, "the token has expired"
+	case rcSessionTakenOver:
+		return connackUnavailable, "a newer connection of the device took over"
+	}
+	return connackUnavailable, "server not accepting devices; reconnect later"
+}
+
+// connackBytes encodes the CONNACK of code, nil if it does not encode.
+func (c *mqttConn) connackBytes(code byte, reason string) []byte {
 	o := c.s.opts.MQTT
 	pk := packets.Packet{
 		FixedHeader:     packets.FixedHeader{Type: packets.Connack},
@@ -456,5 +503,10 @@ func (c *mqttConn) writeConnack(code byte, reason string) {
 			}
 		}
 	}
-	c.writePacket(&pk, pk.ConnackEncode)
+	var b bytes.Buffer
+	if err := pk.ConnackEncode(&b); err != nil {
+		c.s.lg.Error("encode mqtt packet", "type", packets.PacketNames[pk.FixedHeader.Type], "err", err)
+		return nil
+	}
+	return b.Bytes()
 }

@@ -42,7 +42,8 @@ import (
 // commit.
 //
 // Lock order: Server.mu before mqttConn.mu; wmu is taken with neither held
-// by the flusher and the reader, and never while waiting on cond.
+// by the flusher and the reader, and never while waiting on cond. connack
+// alone takes mu while it holds wmu: mu is never held while taking wmu.
 type mqttConn struct {
 	s       *Server
 	nc      net.Conn
@@ -65,6 +66,7 @@ type mqttConn struct {
 	problems      bool          // MQTT 5 Request Problem Information: reason strings allowed
 	sessionExpiry bool          // an MQTT 5 client asked for a session that outlives the connection
 	assigned      bool          // the client sent no client id; it is given the device id
+	connacked     bool          // CONNACK accepted the CONNECT (connack); under mu
 	maxPkt        int
 
 	// Reader-only.
@@ -268,7 +270,7 @@ func (c *mqttConn) end(reason string, code byte) {
 func (c *mqttConn) serve() {
 	defer close(c.done)
 	s := c.s
-	c.writeConnack(0, "")
+	c.connack()
 	if c.keepalive == 0 {
 		c.nc.SetReadDeadline(time.Time{})
 	}
@@ -951,9 +953,16 @@ func (c *mqttConn) closeNow()              { c.closeFn() }
 func (c *mqttConn) ended() <-chan struct{} { return c.done }
 
 // disconnect sends an MQTT 5 client DISCONNECT with code (none when 0 or
-// for 3.1.1, which has no server DISCONNECT) and closes the connection.
+// for 3.1.1, which has no server DISCONNECT) and closes the connection. A
+// session that ends before its CONNACK (connack) is refused with one
+// instead, whatever its version.
 func (c *mqttConn) disconnect(code byte) {
-	if code != 0 && c.version == mqtt5 {
+	c.mu.Lock()
+	acked := c.connacked
+	c.mu.Unlock()
+	if !acked {
+		c.writeConnack(connackRefusal(code))
+	} else if code != 0 && c.version == mqtt5 {
 		out := packets.Packet{
 			FixedHeader:     packets.FixedHeader{Type: packets.Disconnect},
 			ProtocolVersion: c.version,
@@ -986,6 +995,16 @@ func (c *mqttConn) writePacket(pk *packets.Packet, enc func(*bytes.Buffer) error
 // the write wait (c.bw).
 func (c *mqttConn) write(b []byte) error {
 	c.wmu.Lock()
+	err := c.writeHeld(b)
+	c.wmu.Unlock()
+	if err != nil {
+		c.writeFailed()
+	}
+	return err
+}
+
+// writeHeld writes b, with wmu held.
+func (c *mqttConn) writeHeld(b []byte) error {
 	var err error
 	if c.bw != nil {
 		_, err = c.bw.Write(b)
@@ -994,13 +1013,14 @@ func (c *mqttConn) write(b []byte) error {
 		_, err = c.nc.Write(b)
 		c.nc.SetWriteDeadline(time.Time{})
 	}
-	c.wmu.Unlock()
-	if err != nil {
-		c.mu.Lock()
-		c.endLocked(reasonWriteFailed, 0)
-		c.stopLocked()
-		c.mu.Unlock()
-		c.closeFn()
-	}
 	return err
+}
+
+// writeFailed ends the session after a failed write.
+func (c *mqttConn) writeFailed() {
+	c.mu.Lock()
+	c.endLocked(reasonWriteFailed, 0)
+	c.stopLocked()
+	c.mu.Unlock()
+	c.closeFn()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/eclipse/paho.golang/paho"
 	pahov3 "github.com/eclipse/paho.mqtt.golang"
+	mqttpk "github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/ingest-io/ingest/internal/testkit"
@@ -225,5 +226,45 @@ func TestDisabledDuringHandshake(t *testing.T) {
 	ts.stop(t)
 	if envs := testkit.WALEnvelopes(t, ts.dir); len(envs) != 0 {
 		t.Fatalf("stored %d messages of disabled devices", len(envs))
+	}
+}
+
+// TestDisabledBeforeConnack: an MQTT session ended while it waits for the
+// device's older connection to finish, before its CONNACK (here by
+// CloseRevoked; a drain or a token's expiry end it alike), is refused
+// with a CONNACK. A DISCONNECT before the CONNACK breaks MQTT 5
+// [MQTT-3.14.0-1]: a client reads "unexpected packet" where it should
+// read why it was refused. It used to get DISCONNECT 0x98 first.
+func TestDisabledBeforeConnack(t *testing.T) {
+	var rs revokedSet
+	ts := startMQTTServer(t, Options{Revoked: rs.has}, wal.Options{})
+	tok := hsToken(t, "dev-1", nil)
+	// The older connection never reads: its close handshake waits, so the
+	// newer session waits for it in takeOver, registered, before CONNACK.
+	rawDial(t, ts.testServer, tok)
+	r := dialRaw(t, ts.mqttAddr, mqtt5)
+	pk := mqttpk.Packet{FixedHeader: mqttpk.FixedHeader{Type: mqttpk.Connect},
+		Connect: mqttpk.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, ClientIdentifier: "dev-1", Keepalive: 30,
+			UsernameFlag: true, Username: []byte("dev-1"), PasswordFlag: true, Password: []byte(tok)}}
+	r.send(&pk, pk.ConnectEncode)
+	testkit.WaitFor(t, "the session to wait for the older connection", 5*time.Second, func() bool {
+		return testkit.Blocked("frontend.(*Server).takeOver(", "select")
+	})
+	rs.add("dev-1")
+	if n := ts.srv.CloseRevoked(); n != 1 {
+		t.Fatalf("CloseRevoked closed %d sessions, want 1", n)
+	}
+	first := r.read(10 * time.Second)
+	if first == nil || first.FixedHeader.Type != mqttpk.Connack {
+		if first != nil {
+			t.Fatalf("first packet %s %#x, want a CONNACK", mqttpk.PacketNames[first.FixedHeader.Type], first.ReasonCode)
+		}
+		t.Fatal("connection closed without a CONNACK")
+	}
+	if first.ReasonCode != connackBanned {
+		t.Fatalf("CONNACK %#x, want 0x8a banned", first.ReasonCode)
+	}
+	if code := r.expectEnd(10 * time.Second); code != -1 {
+		t.Fatalf("DISCONNECT %#x after a refusing CONNACK", code)
 	}
 }
