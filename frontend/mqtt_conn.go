@@ -454,8 +454,16 @@ func (c *mqttConn) publish(buf []byte, now time.Time) error {
 	s.m.mqtt.received.Add(float64(len(msgs)))
 	if firstBad := s.check(c.device, msgs, now); firstBad >= 0 {
 		// One PUBLISH has one acknowledgement: it is stored whole or not
-		// at all.
+		// at all. Its good messages are refused with it, counted under
+		// the code of its first bad one (check counted the bad ones).
 		m := &msgs[firstBad]
+		good := 0
+		for i := range msgs {
+			if msgs[i].Code == "" {
+				good++
+			}
+		}
+		s.m.rejected.WithLabelValues(m.Code).Add(float64(good))
 		why := m.Code + ": " + m.Reason
 		if m.Index >= 0 {
 			why += " (message " + strconv.Itoa(m.Index) + " of the batch)"

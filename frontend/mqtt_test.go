@@ -283,6 +283,14 @@ func TestMQTTRefusals(t *testing.T) {
 	if d := testutil.ToFloat64(ts.srv.m.mqtt.refusedPublishes.WithLabelValues("payload_invalid")) - before; d != 1 {
 		t.Fatalf("payload_invalid refusals rose by %v, want 1", d)
 	}
+	// Every message received is acknowledged or rejected: the good
+	// messages of a refused batch too.
+	received := testkit.Metric(t, ts.reg, "ingest_frontend_messages_received_total")
+	acked := testkit.Metric(t, ts.reg, "ingest_frontend_messages_acked_total")
+	rejected := testkit.Metric(t, ts.reg, "ingest_frontend_messages_rejected_total")
+	if received != acked+rejected {
+		t.Fatalf("%v messages received, %v acknowledged and %v rejected", received, acked, rejected)
+	}
 	ts.stop(t)
 	n := 0
 	for _, e := range testkit.WALEnvelopes(t, ts.dir) {
