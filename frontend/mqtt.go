@@ -370,6 +370,11 @@ func (c *mqttConn) readConnect() (code byte, reason string) {
 		return connackBadVersion, "MQTT 3.1.1 and 5 are served"
 	}
 	c.version = pk.ProtocolVersion
+	if pk.Connect.WillFlag {
+		// Before the library's checks, which take an empty will message
+		// (legal, [MQTT-3.1.3-10]) for a protocol violation.
+		return connackImplementation, "will messages are not supported"
+	}
 	if v := pk.ConnectValidate(); v != packets.CodeSuccess {
 		return connackProtocolError, v.Reason
 	}
@@ -386,9 +391,6 @@ func (c *mqttConn) readConnect() (code byte, reason string) {
 			c.sendMax = int(p.ReceiveMaximum)
 		}
 		c.sessionExpiry = p.SessionExpiryIntervalFlag && p.SessionExpiryInterval > 0
-	}
-	if pk.Connect.WillFlag {
-		return connackImplementation, "will messages are not supported"
 	}
 	// The library's strings alias the packet buffer, which is reused.
 	clientID := strings.Clone(pk.Connect.ClientIdentifier)

@@ -915,6 +915,31 @@ func TestMQTT311EmptyClientIDNeedsCleanSession(t *testing.T) {
 	}
 }
 
+// A CONNECT with a will is refused as docs/mqtt.md says (0x83; 3.1.1 0x05),
+// its will message empty or not: an empty one is legal [MQTT-3.1.3-10], and
+// before it was refused as a protocol violation (0x82; 3.1.1 closed without
+// a CONNACK).
+func TestMQTTWillRefused(t *testing.T) {
+	ts := startMQTTServer(t, Options{InsecureNoAuth: true}, wal.Options{})
+	for _, version := range []byte{mqtt311, mqtt5} {
+		want := connackImplementation
+		if version == mqtt311 {
+			want = mqtt311NotAuthorized
+		}
+		for _, payload := range []string{"", "gone"} {
+			r := dialRaw(t, ts.mqttAddr, version)
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, Connect: packets.ConnectParams{
+				ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 30, ClientIdentifier: "dev-1",
+				WillFlag: true, WillTopic: "devices/dev-1/status", WillPayload: []byte(payload)}}
+			r.send(&pk, pk.ConnectEncode)
+			if ca := r.read(5 * time.Second); ca == nil || ca.FixedHeader.Type != packets.Connack || ca.ReasonCode != want {
+				t.Fatalf("version %d, will %q: %+v, want CONNACK %#x", version, payload, ca, want)
+			}
+			r.nc.Close()
+		}
+	}
+}
+
 // An MQTT 3.1.1 CONNECT that breaks the protocol is answered by closing the
 // connection without a CONNACK [MQTT-3.1.4-1], as docs/mqtt.md says ("malformed
 // CONNECT, protocol violation: connection closed"). Before, it was answered
