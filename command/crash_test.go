@@ -13,6 +13,7 @@ import (
 
 	"github.com/ingest-io/ingest/command"
 	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/internal/tmpfs"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
 )
@@ -107,11 +108,11 @@ func TestCrashAfterCompaction(t *testing.T) {
 // returned stop is called.
 func runHomeOn(t *testing.T, dir string, maxBytes int64) (addr string, reg *prometheus.Registry, l *wal.Log, stop func()) {
 	t.Helper()
-	l, err := wal.Open(dir, wal.Options{Hop: "command", MaxBytes: maxBytes, SegmentBytes: 64 << 10}, nil, nil)
+	reg = prometheus.NewRegistry()
+	l, err := wal.Open(dir, wal.Options{Hop: "command", MaxBytes: maxBytes, SegmentBytes: 64 << 10}, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	reg = prometheus.NewRegistry()
 	h, err := command.New(command.Options{ID: "home-1", Addr: "tcp://127.0.0.1:0", Redeliver: time.Minute, PresenceTimeout: time.Minute}, l, reg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -173,5 +174,45 @@ func TestLoweredBound(t *testing.T) {
 	_, after := l.Depth()
 	if n := testkit.Metric(t, reg, "ingest_command_compactions_total") - before; n > 1 {
 		t.Fatalf("%v compactions, each rewriting every kept command (%d bytes held after), for 4 answers", n, after)
+	}
+}
+
+// TestDiskFull: a home whose log's disk is full (the middletier's WAL, on
+// the same volume, filled it) holds its round until there is room, and
+// then answers every submit sent meanwhile: a full disk is backpressure,
+// as for the middletier's own WAL, and the home never stops on it (its Run
+// returning stops the whole middletier).
+func TestDiskFull(t *testing.T) {
+	mount := tmpfs.Mount(t, 4<<20)
+	dir := filepath.Join(mount, "commands")
+	addr, reg, _, stop := runHomeOn(t, dir, 64<<20)
+	defer stop()
+	fe := &frontend{p: testkit.Dealer(t, addr, "fe#1")}
+	fe.submit(t, wire.Submit{Device: "d1", Name: "before"})
+	filler := tmpfs.Fill(t, mount)
+	// More than the log's segment and its spare: the append needs room.
+	payload := []byte(`"` + strings.Repeat("x", 2<<10) + `"`)
+	const n = 100
+	for i := range n {
+		fe.p.Send(t, &wire.Submit{Req: uint64(i + 1), Device: "d1", Name: "during", Payload: payload, Key: fmt.Sprint(i)})
+	}
+	testkit.WaitFor(t, "the home's log out of room", 10*time.Second, func() bool {
+		return testkit.Metric(t, reg, "ingest_wal_no_space", "hop", "command") == 1
+	})
+	time.Sleep(1500 * time.Millisecond) // a while full: the WAL tries again after a second
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	for answered := 0; answered < n; {
+		switch m := fe.next(t).(type) {
+		case *wire.Reply:
+			if m.Code != "" || len(m.Commands) != 1 {
+				t.Fatalf("submit %d answered %+v", m.Req, m)
+			}
+			answered++
+		}
+	}
+	if ids := fe.list(t, "d1", 0); len(ids) != n+1 {
+		t.Fatalf("%d commands kept, want %d", len(ids), n+1)
 	}
 }

@@ -400,20 +400,8 @@ func (h *Home) loop(ctx context.Context) error {
 			return err
 		}
 		if len(h.logBuf) > 0 {
-			var err error
-			if h.releaseTo > 0 {
-				// A compaction: within the bound once what it supersedes
-				// is gone, also in a log over the bound (one reopened
-				// after a crash with its last releases not yet durable,
-				// or under a lower bound).
-				_, err = h.log.AppendReplacing(actx, h.logBuf, h.releaseTo)
-			} else {
-				_, err = h.log.AppendBatch(actx, h.logBuf)
-			}
-			if err != nil {
-				// Memory is ahead of the disk now: stop, and let the
-				// process start again from the log.
-				return fmt.Errorf("command: append: %w", err)
+			if stopped, err := h.appendRound(ctx, actx); err != nil || stopped {
+				return err
 			}
 			clear(h.logBuf)
 			h.logBuf = h.logBuf[:0]
@@ -432,6 +420,60 @@ func (h *Home) loop(ctx context.Context) error {
 		h.outs = h.outs[:0]
 	}
 }
+
+// appendRound appends the round's changes to the log. A disk without room
+// (wal.ErrNoSpace: the middletier's WAL on the same volume filled it, or
+// the log itself) holds the round, its replies and hand-overs unsent, and
+// the append is tried again until there is room: backpressure, as for the
+// tier's WAL, and requests wait in the socket meanwhile. It reports
+// stopped when ctx ended first: the round was not made durable, and
+// nothing of it was told. Any other failure is returned: memory is ahead
+// of the disk, and the process starts again from the log.
+func (h *Home) appendRound(ctx, actx context.Context) (stopped bool, err error) {
+	var retry *time.Timer
+	for {
+		if h.releaseTo > 0 {
+			// A compaction: within the bound once what it supersedes
+			// is gone, also in a log over the bound (one reopened
+			// after a crash with its last releases not yet durable,
+			// or under a lower bound).
+			_, err = h.log.AppendReplacing(actx, h.logBuf, h.releaseTo)
+		} else {
+			_, err = h.log.AppendBatch(actx, h.logBuf)
+		}
+		if !errors.Is(err, wal.ErrNoSpace) {
+			if retry != nil {
+				retry.Stop()
+				if err == nil {
+					h.lg.Info("command: room on disk again; the home serves")
+				}
+			}
+			if err != nil {
+				return false, fmt.Errorf("command: append: %w", err)
+			}
+			return false, nil
+		}
+		if retry == nil {
+			h.lg.Warn("command: disk full; the home waits for room, its requests unanswered meanwhile", "err", err)
+			retry = time.NewTimer(noSpaceRetry)
+		} else {
+			retry.Reset(noSpaceRetry)
+		}
+		select {
+		case <-ctx.Done():
+			retry.Stop()
+			return true, nil
+		case <-h.log.Failed():
+			retry.Stop()
+			return false, fmt.Errorf("command: %w", h.log.Err())
+		case <-retry.C:
+		}
+	}
+}
+
+// noSpaceRetry is how often a round held by a full disk tries its append
+// again (the WAL itself refuses at once until its own NoSpaceRetry).
+const noSpaceRetry = 100 * time.Millisecond
 
 // save queues c's state for the round's append.
 func (h *Home) save(c *wire.Command) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ingest-io/ingest/client"
+	"github.com/ingest-io/ingest/downlink"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/internal/tmpfs"
 )
@@ -185,4 +186,53 @@ func httpStatus(t *testing.T, url string) int {
 	}
 	resp.Body.Close()
 	return resp.StatusCode
+}
+
+// TestDiskFullCommands: a middletier with a command home, its volume full
+// (as when its own WAL fills it). A command submitted meanwhile finds no
+// room for the home's log: the home waits for room, the middletier stays
+// up and healthy, and the same submit (its idempotency key) is accepted
+// once the disk is freed. Before, the home's append failed and stopped the
+// whole middletier process.
+func TestDiskFullCommands(t *testing.T) {
+	mount := tmpfs.Mount(t, 24<<20)
+	secretFile := writeSecret(t)
+	home := endpoint(t)
+	// Without preallocation every append needs new room.
+	mt := middletierProc(t, "mt-0", filepath.Join(mount, "mt"), "--command.addr", home, "--wal.no-preallocate")
+	addr := loopback(t)
+	fe := frontendProc(t, "fe-0", addr, t.TempDir(), secretFile, "--uplink.middletiers", mt.ingest, "--commands.homes", home)
+	mt.start()
+	fe.start()
+	logsOnFailure(t, 40, mt.tierProc, fe)
+	defer stopAll(t, fe, mt.tierProc)
+	a := newCommandAPI(t, []string{addr})
+	mtURL := "http://" + mt.http
+	body := func(key string) map[string]any {
+		return map[string]any{"name": "set", "payload": map[string]any{"pad": strings.Repeat("x", 4<<10)}, "idempotency_key": key}
+	}
+	if st := a.do(0, "POST", "/v1/devices/d1/commands", body("before"), nil); st != http.StatusAccepted {
+		t.Fatalf("submit before the disk filled: HTTP %d", st)
+	}
+	filler := tmpfs.Fill(t, mount)
+	st := a.do(0, "POST", "/v1/devices/d1/commands", body("during"), nil)
+	t.Logf("a submit on the full disk: HTTP %d", st)
+	testkit.WaitFor(t, "the command log out of room", 20*time.Second, func() bool {
+		return metricOf(mtURL, "ingest_wal_no_space", `hop="command"`) == 1
+	})
+	time.Sleep(2 * time.Second) // a while full
+	if s := httpStatus(t, mtURL+"/healthz"); s != http.StatusOK {
+		t.Fatalf("middletier /healthz %d on a full disk, want 200", s)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	var c downlink.CommandJSON
+	testkit.WaitFor(t, "the submit accepted once there is room", 30*time.Second, func() bool {
+		return a.do(0, "POST", "/v1/devices/d1/commands", body("during"), &c) == http.StatusAccepted
+	})
+	var list struct{ Commands []downlink.CommandJSON }
+	if st := a.do(0, "GET", "/v1/devices/d1/commands", nil, &list); st != http.StatusOK || len(list.Commands) != 2 {
+		t.Fatalf("list: HTTP %d, %d commands, want 2", st, len(list.Commands))
+	}
 }
