@@ -551,6 +551,21 @@ func (c *mqttConn) throttle(n int) error {
 	}
 }
 
+// waitRoom waits until the WAL may have room (room is closed) and
+// walFullRetry has passed since tried; it reports false if the session
+// stopped first.
+func (c *mqttConn) waitRoom(room <-chan struct{}, tried time.Time) bool {
+	select {
+	case <-room:
+	case <-c.stopc:
+		return false
+	}
+	if d := walFullRetry - time.Since(tried); d > 0 {
+		return c.pause(d)
+	}
+	return true
+}
+
 // pause waits for d, or until the session stops; it reports whether it
 // waited the whole of d.
 func (c *mqttConn) pause(d time.Duration) bool {
@@ -729,20 +744,24 @@ func (c *mqttConn) flush(p *mqttPending) bool {
 // bound or on a full disk: nothing was written, and it may be tried again.
 func noRoom(err error) bool { return errors.Is(err, wal.ErrFull) || errors.Is(err, wal.ErrNoSpace) }
 
-// walFullRetry is how often an MQTT 3.1.1 session's flusher tries again to
-// append while the WAL is at its bound.
+// walFullRetry is the least time between an MQTT 3.1.1 session's tries to
+// append while the WAL has no room: a next hop that releases a little at a
+// time wakes every waiting session at each release.
 const walFullRetry = 50 * time.Millisecond
 
 // append appends entries with one AppendBatch. At the WAL's bound (or on a
 // full disk), an MQTT 3.1.1 session, when wait is set, holds them and tries
-// again until the WAL has room or the session ends: 3.1.1 cannot refuse a
-// publish, so it is not read meanwhile (its pending bound fills), and
-// nothing is dropped. Without wait, or for MQTT 5 sessions (which are told,
-// appendFailed), the error is returned at once.
+// again when the WAL may have room (wal.Log.Room; no sooner than
+// walFullRetry after its last try), until it has or the session ends: 3.1.1
+// cannot refuse a publish, so it is not read meanwhile (its pending bound
+// fills), and nothing is dropped. Without wait, or for MQTT 5 sessions
+// (which are told, appendFailed), the error is returned at once.
 func (c *mqttConn) append(entries [][]byte, wait bool) error {
 	s := c.s
 	waited := false
 	for {
+		room := s.log.Room()
+		tried := time.Now()
 		_, err := s.log.AppendBatch(s.hard, entries)
 		if !noRoom(err) || c.version == mqtt5 || !wait {
 			return err
@@ -751,7 +770,7 @@ func (c *mqttConn) append(entries [][]byte, wait bool) error {
 			s.m.mqtt.walFullWaits.Inc()
 			waited = true
 		}
-		if c.pause(walFullRetry) {
+		if c.waitRoom(room, tried) {
 			continue
 		}
 		c.mu.Lock()

@@ -146,7 +146,10 @@
 // Options.MaxBytes and Options.MaxEntries bound the unreleased entries. At
 // the bound, Append returns ErrFull at once, having written nothing: the
 // caller turns that into backpressure. Append never blocks on the bound and
-// never drops.
+// never drops. A caller that must hold its entries until they fit waits on
+// Room, taken before the append, which is closed when room may have been
+// made (a release; the end of a full disk's NoSpaceRetry; a failure or
+// Close), instead of trying again on a timer.
 //
 // A full file system is backpressure too, not a failure. A write that
 // fails with ENOSPC or EDQUOT, with no fsync having failed, is undone:

@@ -88,6 +88,7 @@ type Log struct {
 	pendingBytes   int64   // accepted by Append, not yet committed
 	pendingEntries int64
 	notify         chan struct{} // closed and replaced at each commit
+	room           chan struct{} // Room's; closed and cleared when room may have been made
 	failedCh       chan struct{} // closed when err is set
 }
 
@@ -666,6 +667,13 @@ func (l *Log) commit(group []*request) {
 		l.noSpace = err
 		l.noSpaceUntil = time.Now().Add(l.opts.NoSpaceRetry)
 		l.showNoSpaceLocked()
+		// Appends are refused until then: wake Room's waiters when it
+		// passes.
+		time.AfterFunc(l.opts.NoSpaceRetry, func() {
+			l.mu.Lock()
+			l.roomLocked()
+			l.mu.Unlock()
+		})
 	case err != nil && errors.Is(err, ErrNoSpace) && l.err == nil:
 		// Refused without writing (above).
 	case err != nil:
@@ -823,6 +831,7 @@ func (l *Log) Release(upTo uint64) error {
 		l.cum = append([]int64(nil), l.cum...)
 	}
 	l.released = upTo
+	l.roomLocked()
 	db, de := l.depthLocked()
 	l.mu.Unlock()
 	l.m.depthBytes.Set(float64(db))
@@ -1030,6 +1039,7 @@ func (l *Log) truncateFront(index uint64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.reserveHeld = false
+	l.roomLocked()
 	l.showNoSpaceLocked()
 	l.first = start
 	i := 0
@@ -1072,6 +1082,7 @@ func (l *Log) failLocked(err error) {
 	l.m.failed.Set(1)
 	close(l.failedCh)
 	l.wakeLocked()
+	l.roomLocked()
 }
 
 // wakeLocked wakes every reader waiting for a commit, so that readers see
@@ -1137,6 +1148,30 @@ func (l *Log) Depth() (entries, bytes int64) {
 	return entries, bytes
 }
 
+// Room returns a channel that is closed when an append refused for room
+// (ErrFull, ErrNoSpace) may be taken: entries were released, the
+// refusals of a full disk (Options.NoSpaceRetry) or a spent reserve ended,
+// an append gave back the room it held by failing, or the log failed or
+// closed. Take it before the append whose refusal it waits for: one taken
+// after may miss the room made in between. Waiting on it instead of
+// retrying on a timer costs nothing while the next hop is down.
+func (l *Log) Room() <-chan struct{} {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.room == nil {
+		l.room = make(chan struct{})
+	}
+	return l.room
+}
+
+// roomLocked wakes Room's waiters. The caller holds mu.
+func (l *Log) roomLocked() {
+	if l.room != nil {
+		close(l.room)
+		l.room = nil
+	}
+}
+
 // Bound returns the bound on unreleased entries that Depth is held to:
 // Options.MaxEntries (0: none) and Options.MaxBytes, defaults applied.
 func (l *Log) Bound() (entries, bytes int64) { return l.opts.MaxEntries, l.opts.MaxBytes }
@@ -1147,6 +1182,7 @@ func (l *Log) Close() error {
 	l.closeOnce.Do(func() {
 		l.mu.Lock()
 		l.closed = true
+		l.roomLocked()
 		l.mu.Unlock()
 		l.appenders.Wait()
 		close(l.quit)

@@ -289,11 +289,22 @@ func TestBound(t *testing.T) {
 	if _, err := l.Append(ctx, make([]byte, 100)); err != nil {
 		t.Fatalf("append that fits exactly: %v", err)
 	}
+	room := l.Room()
 	if _, err := l.Append(ctx, []byte{1}); !errors.Is(err, wal.ErrFull) {
 		t.Fatalf("append at the bound: %v", err)
 	}
+	select {
+	case <-room:
+		t.Fatal("Room closed with nothing released")
+	default:
+	}
 	if err := l.Release(5); err != nil {
 		t.Fatal(err)
+	}
+	select {
+	case <-room:
+	default:
+		t.Fatal("Room not closed by a release")
 	}
 	if _, err := l.Append(ctx, make([]byte, 500)); err != nil {
 		t.Fatalf("append after release: %v", err)
@@ -312,6 +323,16 @@ func TestBound(t *testing.T) {
 	}
 	if _, err := l.Append(ctx, nil); !errors.Is(err, wal.ErrFull) {
 		t.Fatalf("append over the entry bound: %v", err)
+	}
+	// A waiter is woken when the log closes, to see ErrClosed.
+	room = l.Room()
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-room:
+	default:
+		t.Fatal("Room not closed by Close")
 	}
 }
 

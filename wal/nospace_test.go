@@ -66,6 +66,7 @@ func TestNoSpaceIsBackpressure(t *testing.T) {
 							held = true
 						}
 						p := noSpacePayload(w, i)
+						room := l.Room()
 						idx, err := l.Append(context.Background(), p)
 						switch {
 						case err == nil:
@@ -78,7 +79,13 @@ func TestNoSpaceIsBackpressure(t *testing.T) {
 							mu.Lock()
 							refused++
 							mu.Unlock()
-							time.Sleep(time.Millisecond)
+							// Room wakes it once the log takes appends
+							// again (NoSpaceRetry), to try again.
+							select {
+							case <-room:
+							case <-stop:
+								return
+							}
 						default:
 							t.Errorf("append: %v", err)
 							return
