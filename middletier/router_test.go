@@ -608,24 +608,7 @@ func TestCheckpointPastRepairedWAL(t *testing.T) {
 
 	// Cut the last segment short, as a damaged volume or an operator's
 	// mistake would, and open the log with the repair option.
-	walDir := filepath.Join(dir, "wal")
-	names, err := os.ReadDir(walDir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var segs []string
-	for _, n := range names {
-		if regexp.MustCompile(`^[0-9]{20}$`).MatchString(n.Name()) {
-			segs = append(segs, n.Name())
-		}
-	}
-	slices.Sort(segs)
-	if len(segs) == 0 {
-		t.Fatal("no segment")
-	}
-	if err := os.Truncate(filepath.Join(walDir, segs[len(segs)-1]), 100); err != nil {
-		t.Fatal(err)
-	}
+	cutLastSegment(t, filepath.Join(dir, "wal"))
 	walOpts.RepairTruncated = true
 	tr2 := startTier(t, dir, opts, walOpts)
 	kept := tr2.Log.LastIndex()
@@ -677,23 +660,7 @@ func TestMarksPastLostWAL(t *testing.T) {
 		lose func(t *testing.T, walDir string) wal.Options
 	}{
 		{"repaired", func(t *testing.T, walDir string) wal.Options {
-			names, err := os.ReadDir(walDir)
-			if err != nil {
-				t.Fatal(err)
-			}
-			var segs []string
-			for _, n := range names {
-				if regexp.MustCompile(`^[0-9]{20}$`).MatchString(n.Name()) {
-					segs = append(segs, n.Name())
-				}
-			}
-			slices.Sort(segs)
-			if len(segs) == 0 {
-				t.Fatal("no segment")
-			}
-			if err := os.Truncate(filepath.Join(walDir, segs[len(segs)-1]), 100); err != nil {
-				t.Fatal(err)
-			}
+			cutLastSegment(t, walDir)
 			return wal.Options{SegmentBytes: 4096, RepairTruncated: true}
 		}},
 		{"lost", func(t *testing.T, walDir string) wal.Options {
@@ -746,5 +713,28 @@ func TestMarksPastLostWAL(t *testing.T) {
 					len(missing), missing[0], missing[len(missing)-1], kept)
 			}
 		})
+	}
+}
+
+// cutLastSegment cuts the last segment of the WAL in walDir to 100 bytes,
+// as a damaged volume or an operator's mistake would.
+func cutLastSegment(t *testing.T, walDir string) {
+	t.Helper()
+	names, err := os.ReadDir(walDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var segs []string
+	for _, n := range names {
+		if regexp.MustCompile(`^[0-9]{20}$`).MatchString(n.Name()) {
+			segs = append(segs, n.Name())
+		}
+	}
+	slices.Sort(segs)
+	if len(segs) == 0 {
+		t.Fatal("no segment")
+	}
+	if err := os.Truncate(filepath.Join(walDir, segs[len(segs)-1]), 100); err != nil {
+		t.Fatal(err)
 	}
 }
