@@ -325,14 +325,7 @@ func checkCommands(t *testing.T, records []*cmdRecord, final map[string]downlink
 // for its device's answer: with 256 KiB, three commands of 4 KiB are
 // accepted and the fourth is refused, 503 full.
 func TestCommandLogBound(t *testing.T) {
-	secretFile := writeSecret(t)
-	home := endpoint(t)
-	mt := middletierProc(t, "mt-0", t.TempDir(), "--command.addr", home, "--command.max-bytes", "262144")
-	addr := loopback(t)
-	fe := frontendProc(t, "fe-0", addr, t.TempDir(), secretFile, "--uplink.middletiers", mt.ingest, "--commands.homes", home)
-	mt.start()
-	fe.start()
-	logsOnFailure(t, 30, mt.tierProc, fe)
+	mt, fe, addr := commandPair(t, t.TempDir(), 30, "--command.max-bytes", "262144")
 	defer stopAll(t, fe, mt.tierProc)
 	a := newCommandAPI(t, []string{addr})
 	body := map[string]any{"name": "n", "payload": strings.Repeat("x", 4<<10)}
@@ -377,4 +370,20 @@ func TestCommandLogRepair(t *testing.T) {
 		t.Errorf("the command log was not said to be repaired:\n%s", mt.logs.String())
 	}
 	stopOrFail(t, mt.tierProc)
+}
+
+// commandPair starts a middletier with a command home (its data in mtDir,
+// flags mtFlags) and a frontend that reaches it, and returns them with the
+// frontend's address; on failure their last lines of log are shown. The
+// caller stops them.
+func commandPair(t *testing.T, mtDir string, lines int, mtFlags ...string) (*mtProc, *tierProc, string) {
+	t.Helper()
+	home := endpoint(t)
+	mt := middletierProc(t, "mt-0", mtDir, append([]string{"--command.addr", home}, mtFlags...)...)
+	addr := loopback(t)
+	fe := frontendProc(t, "fe-0", addr, t.TempDir(), writeSecret(t), "--uplink.middletiers", mt.ingest, "--commands.homes", home)
+	mt.start()
+	fe.start()
+	logsOnFailure(t, lines, mt.tierProc, fe)
+	return mt, fe, addr
 }

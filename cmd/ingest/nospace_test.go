@@ -196,15 +196,8 @@ func httpStatus(t *testing.T, url string) int {
 // whole middletier process.
 func TestDiskFullCommands(t *testing.T) {
 	mount := tmpfs.Mount(t, 24<<20)
-	secretFile := writeSecret(t)
-	home := endpoint(t)
 	// Without preallocation every append needs new room.
-	mt := middletierProc(t, "mt-0", filepath.Join(mount, "mt"), "--command.addr", home, "--wal.no-preallocate")
-	addr := loopback(t)
-	fe := frontendProc(t, "fe-0", addr, t.TempDir(), secretFile, "--uplink.middletiers", mt.ingest, "--commands.homes", home)
-	mt.start()
-	fe.start()
-	logsOnFailure(t, 40, mt.tierProc, fe)
+	mt, fe, addr := commandPair(t, filepath.Join(mount, "mt"), 40, "--wal.no-preallocate")
 	defer stopAll(t, fe, mt.tierProc)
 	a := newCommandAPI(t, []string{addr})
 	mtURL := "http://" + mt.http
