@@ -107,6 +107,11 @@ func TestValidate(t *testing.T) {
 		func(c *config) { c.URL, c.Spawn, c.Commands = "", "x", 10 }, // a frontend alone has no command home
 		func(c *config) { c.Commands, c.Proto, c.URL = 10, "mqtt", "mqtt://x" },
 		func(c *config) { c.Commands, c.Check = 10, "http://x" },
+		// An external sink and no -check: the completeness check, which
+		// -tiers promises, would not run, and the run would pass.
+		func(c *config) {
+			c.URL, c.Spawn, c.Tiers, c.Cluster.Sink = "", "x", true, "remotewrite+http://127.0.0.1:8428/api/v1/write"
+		},
 	} {
 		c := good
 		mod(&c)
