@@ -188,6 +188,7 @@ func DefaultOptions() Options {
 		OverloadRetryAfter: time.Second,
 		DrainWindow:        5 * time.Second,
 		ShutdownCode:       protocol.CloseGoingAway,
+		MQTT:               MQTTOptions{ReceiveMaximum: defaultReceiveMaximum},
 	}
 }
 

@@ -201,3 +201,63 @@ func checkStoredOnce(t *testing.T, acked map[string]map[uint64]bool, order map[s
 		}
 	}
 }
+
+// TestMQTTReceiveMaximumAsHelpSays: the default --help shows for
+// --mqtt.receive-maximum is the Receive Maximum a frontend started without
+// the flag tells an MQTT 5 client in its CONNACK.
+func TestMQTTReceiveMaximumAsHelpSays(t *testing.T) {
+	_, help := helpFlags(t, "frontend")
+	m := regexp.MustCompile(`(?m)^  --mqtt\.receive-maximum .*\n.*\(default (\d+)\)$`).FindStringSubmatch(help)
+	if m == nil {
+		t.Fatalf("ingest frontend --help shows no default for --mqtt.receive-maximum:\n%s", help)
+	}
+	p, _ := startFrontend(t, t.TempDir(), "127.0.0.1:0", "--mqtt.listen", "127.0.0.1:0")
+	defer stopOrFail(t, p)
+	nc, err := net.DialTimeout("tcp", mqttAddrRE.FindStringSubmatch(p.logs.String())[1], 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var b bytes.Buffer
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, ClientIdentifier: "rm-1", Keepalive: 30,
+			UsernameFlag: true, Username: []byte("rm-1"), PasswordFlag: true, Password: []byte(token(t, "rm-1"))}}
+	if err := pk.ConnectEncode(&b); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nc.Write(b.Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	nc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(nc)
+	hb, err := br.ReadByte()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := packets.Packet{ProtocolVersion: 5}
+	if err := ca.FixedHeader.Decode(hb); err != nil {
+		t.Fatal(err)
+	}
+	n, _, err := packets.DecodeLength(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := make([]byte, n)
+	if _, err := io.ReadFull(br, body); err != nil {
+		t.Fatal(err)
+	}
+	ca.FixedHeader.Remaining = n
+	if ca.FixedHeader.Type != packets.Connack {
+		t.Fatalf("got packet type %d, want CONNACK", ca.FixedHeader.Type)
+	}
+	if err := ca.ConnackDecode(body); err != nil || ca.ReasonCode != 0 {
+		t.Fatalf("CONNACK %+v: %v", ca, err)
+	}
+	told := "none (65,535)"
+	if rm := ca.Properties.ReceiveMaximum; rm != 0 {
+		told = fmt.Sprint(rm)
+	}
+	if told != m[1] {
+		t.Errorf("ingest frontend --help says --mqtt.receive-maximum defaults to %s; the frontend tells MQTT 5 clients Receive Maximum %s", m[1], told)
+	}
+}
