@@ -60,7 +60,18 @@ run: build
 # obstacle. A package is looked up with dpkg, not by a command name, which
 # can differ from the package's. Recommended packages are not installed:
 # the tests need none of them (chromium alone would pull in CUPS and more).
+#
+# Debian's packages of the stores and the broker start their services as
+# they install, on the ports make run takes (prometheus on 9090, mosquitto
+# on 1883; influxdb and victoria-metrics on 8086 and 8428): make run after a
+# first make test would stop at once with "listen 127.0.0.1:9090
+# (--storage.http.listen): address already in use". So the services of the
+# packages deps has just installed are stopped and disabled again; the
+# tests start their own instances, and docs/grafana.md shows how to run a
+# Prometheus of your own on another port. Services of packages that were
+# installed already are left as they are.
 APT_PACKAGES := strace prometheus influxdb victoria-metrics chromium mosquitto mosquitto-clients
+APT_SERVICES := prometheus influxdb victoria-metrics mosquitto
 
 deps:
 	$(GO) mod download
@@ -69,7 +80,15 @@ deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing || exit 1; \
+		services=""; for s in $(APT_SERVICES); do \
+			case " $$missing " in *" $$s "*) services="$$services $$s.service";; esac; \
+		done; \
+		if [ -n "$$services" ] && command -v systemctl >/dev/null; then \
+			echo "stopping and disabling the services just installed:$$services"; \
+			systemctl disable --now $$services >/dev/null 2>&1 || true; \
+		fi; \
 	fi
 
 # The last two lines test the patched copies of tidwall/wal and
