@@ -72,6 +72,8 @@ run: build
 # installed already are left as they are.
 APT_PACKAGES := strace prometheus influxdb victoria-metrics chromium mosquitto mosquitto-clients
 APT_SERVICES := prometheus influxdb victoria-metrics mosquitto
+# apt-get and systemctl need root: a user who is not runs them through sudo.
+SUDO         := $(if $(filter 0,$(shell id -u)),,sudo)
 
 deps:
 	$(GO) mod download
@@ -80,14 +82,14 @@ deps:
 	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
-		apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing || exit 1; \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing || exit 1; \
 		services=""; for s in $(APT_SERVICES); do \
 			case " $$missing " in *" $$s "*) services="$$services $$s.service";; esac; \
 		done; \
 		if [ -n "$$services" ] && command -v systemctl >/dev/null; then \
 			echo "stopping and disabling the services just installed:$$services"; \
-			systemctl disable --now $$services >/dev/null 2>&1 || true; \
+			$(SUDO) systemctl disable --now $$services >/dev/null 2>&1 || true; \
 		fi; \
 	fi
 
