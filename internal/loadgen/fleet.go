@@ -420,7 +420,9 @@ func (f *Fleet) dueAt(i int, k uint64) int64 {
 // Pacers-th device's messages due in turn, sleeping until the next is.
 func (f *Fleet) pace(ctx context.Context, stop int64) {
 	var wg sync.WaitGroup
-	for p := range f.opts.Pacers {
+	// No more pacers than devices: a pacer without one would go round its
+	// empty share for ever, and Send would never return.
+	for p := range min(f.opts.Pacers, len(f.devs)) {
 		wg.Go(func() {
 			var mine []*device
 			for i := p; i < len(f.devs); i += f.opts.Pacers {

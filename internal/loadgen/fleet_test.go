@@ -253,6 +253,34 @@ func TestPaced(t *testing.T) {
 	}
 }
 
+// A paced fleet of fewer devices than pacers (Options.Pacers, 4 by
+// default) sends for its duration and then stops, as a larger one does:
+// a pacer with no device of its own has nothing to pace.
+func TestPacedFewerDevicesThanPacers(t *testing.T) {
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{})
+	var got settled
+	const devices, rate = 3, 20.0
+	dur := 500 * time.Millisecond
+	f := connect(t, Options{URLs: []string{s.URL()}, Devices: devices, Insecure: true, Rate: rate, Duration: dur,
+		Message: message(100), OnSettle: got.add})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sent := make(chan struct{})
+	go func() { defer close(sent); f.Send(ctx) }()
+	select {
+	case <-sent:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("Send of a %v run of %d devices at %g/s had not returned after 20 s (sent %d)", dur, devices, rate, f.Stats().Sent)
+	}
+	f.Drain(context.Background(), 5*time.Second)
+	f.Close()
+	st := f.Stats()
+	if want := int64(devices * rate * dur.Seconds()); st.Sent != want || st.Acked != want {
+		t.Fatalf("stats %+v, want %d sent and acknowledged", st, want)
+	}
+	got.check(t, f, devices)
+}
+
 // Devices reconnect when their frontend goes away and send again what was
 // not acknowledged: after a restart on the same address, and after the
 // server closes the connection for the rate limit (with a retry hint), every
