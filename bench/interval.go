@@ -57,45 +57,55 @@ func intervals(ctx context.Context, every time.Duration, fl *loadgen.Fleet, st, 
 	lastAt := start
 	fmt.Fprintf(w, "%8s %9s %9s %9s %9s %9s %9s %9s %9s %8s %8s %8s %7s %10s %9s %8s %7s %6s\n",
 		"end_s", "acked/s", "p50_ms", "p99_ms", "p99.9_ms", "max_ms", "feed_p99", "errors", "reconn", "rss_mib", "anon_mib", "file_mib", "fds", "goroutines", "heap_mib", "held_mib", "cpu_%", "load")
+	line := func(now time.Time) {
+		_, acked, errs := fl.Progress()
+		fs := fl.Stats()
+		h := st.takeInterval()
+		iv := interval{
+			End: now.Sub(start).Seconds(), Acked: acked - lastAcked,
+			AckP50: ms(h.ValueAtQuantile(50)), AckP99: ms(h.ValueAtQuantile(99)),
+			AckP999: ms(h.ValueAtQuantile(99.9)), AckMax: ms(h.Max()),
+			Errors: errs - lastErrs, Reconnects: fs.Reconnects - lastRecon, Load1: loadAverage(),
+		}
+		iv.PerSec = float64(iv.Acked) / now.Sub(lastAt).Seconds()
+		if e2e != nil && e2e.ivl != nil {
+			if fh := e2e.takeInterval(); fh.TotalCount() > 0 {
+				iv.FeedP99 = ms(fh.ValueAtQuantile(99))
+			}
+		}
+		if pid > 0 {
+			m := processMemory(pid)
+			iv.RSSMiB, iv.AnonMiB, iv.FileMiB, iv.Threads = m.rss, m.anon, m.file, m.threads
+			iv.FDs = processFDs(pid)
+			if c, ok := processCPU(pid); ok {
+				iv.CPUPercent = 100 * (c - lastCPU).Seconds() / now.Sub(lastAt).Seconds()
+				lastCPU = c
+			}
+		}
+		if metricsURL != "" {
+			// Not ctx: the last line's scrape may outlast the run.
+			rt := scrapeRuntime(context.Background(), metricsURL)
+			iv.Goroutines, iv.HeapMiB, iv.HeapHeldMiB = rt.goroutines, rt.heapMiB, rt.heldMiB()
+		}
+		lastAcked, lastErrs, lastRecon, lastAt = acked, errs, fs.Reconnects, now
+		out = append(out, iv)
+		fmt.Fprintf(w, "%8.0f %9.0f %9.2f %9.2f %9.2f %9.2f %9.2f %9d %9d %8.1f %8.1f %8.1f %7d %10d %9.1f %8.1f %7.1f %6.2f\n",
+			iv.End, iv.PerSec, iv.AckP50, iv.AckP99, iv.AckP999, iv.AckMax, iv.FeedP99, iv.Errors, iv.Reconnects,
+			iv.RSSMiB, iv.AnonMiB, iv.FileMiB, iv.FDs, iv.Goroutines, iv.HeapMiB, iv.HeapHeldMiB, iv.CPUPercent, iv.Load1)
+	}
 	for {
 		select {
 		case <-ctx.Done():
+			// The run's last part, shorter than an interval when the
+			// sending ended between two ticks (a paced run ends with its
+			// last message due, before the tick at its duration): what
+			// was acknowledged in it gets its line too.
+			if _, acked, _ := fl.Progress(); acked != lastAcked {
+				line(time.Now())
+			}
 			return out
 		case now := <-t.C:
-			_, acked, errs := fl.Progress()
-			fs := fl.Stats()
-			h := st.takeInterval()
-			iv := interval{
-				End: now.Sub(start).Seconds(), Acked: acked - lastAcked,
-				AckP50: ms(h.ValueAtQuantile(50)), AckP99: ms(h.ValueAtQuantile(99)),
-				AckP999: ms(h.ValueAtQuantile(99.9)), AckMax: ms(h.Max()),
-				Errors: errs - lastErrs, Reconnects: fs.Reconnects - lastRecon, Load1: loadAverage(),
-			}
-			iv.PerSec = float64(iv.Acked) / now.Sub(lastAt).Seconds()
-			if e2e != nil && e2e.ivl != nil {
-				if fh := e2e.takeInterval(); fh.TotalCount() > 0 {
-					iv.FeedP99 = ms(fh.ValueAtQuantile(99))
-				}
-			}
-			if pid > 0 {
-				m := processMemory(pid)
-				iv.RSSMiB, iv.AnonMiB, iv.FileMiB, iv.Threads = m.rss, m.anon, m.file, m.threads
-				iv.FDs = processFDs(pid)
-				if c, ok := processCPU(pid); ok {
-					iv.CPUPercent = 100 * (c - lastCPU).Seconds() / now.Sub(lastAt).Seconds()
-					lastCPU = c
-				}
-			}
-			if metricsURL != "" {
-				// Not ctx: the last line's scrape may outlast the run.
-				rt := scrapeRuntime(context.Background(), metricsURL)
-				iv.Goroutines, iv.HeapMiB, iv.HeapHeldMiB = rt.goroutines, rt.heapMiB, rt.heldMiB()
-			}
-			lastAcked, lastErrs, lastRecon, lastAt = acked, errs, fs.Reconnects, now
-			out = append(out, iv)
-			fmt.Fprintf(w, "%8.0f %9.0f %9.2f %9.2f %9.2f %9.2f %9.2f %9d %9d %8.1f %8.1f %8.1f %7d %10d %9.1f %8.1f %7.1f %6.2f\n",
-				iv.End, iv.PerSec, iv.AckP50, iv.AckP99, iv.AckP999, iv.AckMax, iv.FeedP99, iv.Errors, iv.Reconnects,
-				iv.RSSMiB, iv.AnonMiB, iv.FileMiB, iv.FDs, iv.Goroutines, iv.HeapMiB, iv.HeapHeldMiB, iv.CPUPercent, iv.Load1)
+			line(now)
 		}
 	}
 }

@@ -1,8 +1,10 @@
 package main
 
 import (
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseRuntime(t *testing.T) {
@@ -47,4 +49,24 @@ func FuzzParseRuntime(f *testing.F) {
 		}
 		_ = parseStatus(s)
 	})
+}
+
+// TestIntervalsCoverTheRun: with -interval, the lines cover the whole of
+// the sending, its last part too when the duration is not a whole number
+// of intervals: what was acknowledged in it is in a line.
+func TestIntervalsCoverTheRun(t *testing.T) {
+	c := config{Spawn: binPath, Devices: 4, Rate: 20, Window: 4, Size: 150, Shape: "sensor", Sources: 1,
+		Duration: 1500 * time.Millisecond, Interval: time.Second, Drain: 10 * time.Second, Quiet: true,
+		JSON: filepath.Join(t.TempDir(), "intervals.json")}
+	r := runResult(t, c)
+	var acked int64
+	for _, iv := range r.Intervals {
+		acked += iv.Acked
+	}
+	// The acknowledgements of the last messages may come in the drain,
+	// after the sending and its lines: one a device at most at this rate.
+	if len(r.Intervals) != 2 || acked < r.Acked-int64(c.Devices) {
+		t.Fatalf("%d interval lines acknowledging %d messages in all, for a run of %v at -interval %v that acknowledged %d: want 2 lines (the second for the last half second) and all but at most %d of them",
+			len(r.Intervals), acked, c.Duration, c.Interval, r.Acked, c.Devices)
+	}
 }
