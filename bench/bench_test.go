@@ -107,6 +107,8 @@ func TestValidate(t *testing.T) {
 		func(c *config) { c.URL, c.Spawn, c.Commands = "", "x", 10 }, // a frontend alone has no command home
 		func(c *config) { c.Commands, c.Proto, c.URL = 10, "mqtt", "mqtt://x" },
 		func(c *config) { c.Commands, c.Check = 10, "http://x" },
+		func(c *config) { c.URL, c.Spawn, c.Chaos, c.ChaosEvery = "", "x", true, 0 },
+		func(c *config) { c.URL, c.Spawn, c.Chaos, c.ChaosEvery = "", "x", true, -time.Second },
 		// An external sink and no -check: the completeness check, which
 		// -tiers promises, would not run, and the run would pass.
 		func(c *config) {

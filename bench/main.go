@@ -306,6 +306,8 @@ func (c config) validate() error {
 		return errors.New("-chaos runs WebSocket devices only")
 	case c.Chaos && c.Spawn == "":
 		return errors.New("-chaos runs the engine itself: give -spawn")
+	case c.Chaos && c.ChaosEvery <= 0:
+		return errors.New("-chaos.every must be positive")
 	case c.Tiers && (c.Spawn == "" || c.mqtt()):
 		return errors.New("-tiers runs the engine itself with WebSocket devices: give -spawn")
 	case (c.Tiers || c.Chaos) && c.Cluster.Sink != "" && c.Check == "":
