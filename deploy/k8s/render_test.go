@@ -323,6 +323,7 @@ func checkWorkloads(t *testing.T, o *objects) {
 				t.Errorf("%s: hostPath volume %s", where, v.Name)
 			}
 		}
+		checkVolumesReadable(t, where, spec, c)
 
 		// Requests and limits for CPU and memory, requests within limits.
 		for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
@@ -365,6 +366,62 @@ func checkWorkloads(t *testing.T, o *objects) {
 		}
 		if preStopSeconds(c) >= grace(w) {
 			t.Errorf("%s: grace period %ds does not outlast preStop %ds", where, grace(w), preStopSeconds(c))
+		}
+	}
+}
+
+// checkVolumesReadable checks that the container's user can read the
+// files of every Secret and ConfigMap volume it mounts. The kubelet writes
+// them owned by root, with the volume's mode (0644 unless defaultMode or
+// an item says otherwise), and gives their group to the pod's fsGroup if
+// it has one: a mode that lets others read nothing (0440) is readable by
+// a user who is not root only through that group.
+func checkVolumesReadable(t *testing.T, where string, spec corev1.PodSpec, c *corev1.Container) {
+	t.Helper()
+	uid := int64(0)
+	if sc := spec.SecurityContext; sc != nil && sc.RunAsUser != nil {
+		uid = *sc.RunAsUser
+	}
+	if sc := c.SecurityContext; sc != nil && sc.RunAsUser != nil {
+		uid = *sc.RunAsUser
+	}
+	fsGroup := spec.SecurityContext != nil && spec.SecurityContext.FSGroup != nil
+	mounted := map[string]bool{}
+	for _, m := range c.VolumeMounts {
+		mounted[m.Name] = true
+	}
+	for _, v := range spec.Volumes {
+		if !mounted[v.Name] {
+			continue
+		}
+		var modes []int32
+		add := func(def *int32, items []corev1.KeyToPath) {
+			mode := int32(0o644)
+			if def != nil {
+				mode = *def
+			}
+			modes = append(modes, mode)
+			for _, it := range items {
+				if it.Mode != nil {
+					modes = append(modes, *it.Mode)
+				}
+			}
+		}
+		switch {
+		case v.Secret != nil:
+			add(v.Secret.DefaultMode, v.Secret.Items)
+		case v.ConfigMap != nil:
+			add(v.ConfigMap.DefaultMode, v.ConfigMap.Items)
+		default:
+			continue
+		}
+		for _, mode := range modes {
+			switch {
+			case uid == 0, mode&0o004 != 0:
+			case mode&0o040 != 0 && fsGroup:
+			default:
+				t.Errorf("%s: volume %s has mode %#o, owned by root, and the pod has no fsGroup: user %d cannot read its files", where, v.Name, mode, uid)
+			}
 		}
 	}
 }
