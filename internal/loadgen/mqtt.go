@@ -184,8 +184,9 @@ func packetID(k uint64) uint16 { return uint16((k-1)%65535 + 1) }
 // frames: it returns the bytes it took and the highest publish of the
 // connection a PUBACK in them settles. A PUBACK must carry the packet id of
 // the next publish. MQTT 5 refusals mark their message with the reason
-// code; quota exceeded (the WAL is full) settles nothing, since the session
-// ends next and the message goes out again. A DISCONNECT ends the
+// code; quota exceeded (the WAL is full) settles nothing, neither does any
+// later PUBACK of the session, each of which must say the same: the session
+// ends next and the messages go out again. A DISCONNECT ends the
 // connection with a *closeError.
 func (d *device) handleMQTT(b []byte) (int, uint64, error) {
 	var r int
@@ -205,12 +206,22 @@ func (d *device) handleMQTT(b []byte) (int, uint64, error) {
 			if id := binary.BigEndian.Uint16(body); id != packetID(k) {
 				return r, ackTo, fmt.Errorf("%w: PUBACK %d, want %d", errProtocol, id, packetID(k))
 			}
-			if len(body) > 2 && body[2] >= 0x80 {
-				code := body[2]
+			var code byte
+			if len(body) > 2 {
+				code = body[2]
+			}
+			switch {
+			case code == mqttQuotaExceeded:
+				// Not stored, nor is any later publish of the session:
+				// each gets its own 0x97, then the session ends. None
+				// is settled; all go out again on the next connection.
 				d.f.count(mqttCode(code), 1)
-				if code == mqttQuotaExceeded {
-					continue // not settled: sent again on the next connection
-				}
+				d.pubacks, d.quota = k, true
+				continue
+			case d.quota:
+				return r, ackTo, fmt.Errorf("%w: PUBACK %#x for publish %d after a quota exceeded", errProtocol, code, k)
+			case code >= 0x80:
+				d.f.count(mqttCode(code), 1)
 				if err := d.rejectMQTT(k, mqttCode(code)); err != nil {
 					return r, ackTo, err
 				}

@@ -8,7 +8,9 @@ import (
 	"time"
 
 	"github.com/ingest-io/ingest/frontend"
+	"github.com/ingest-io/ingest/internal/frontendtest"
 	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/wal"
 )
 
 // startMQTT serves a frontend without auth with an MQTT listener as well,
@@ -81,4 +83,26 @@ func FuzzHandleMQTT(f *testing.F) {
 			t.Fatalf("took %d of %d bytes", n, len(b))
 		}
 	})
+}
+
+// TestMQTTQuotaExceeded: an MQTT 5 frontend whose WAL is at its bound
+// answers every publish it did not store with PUBACK 0x97 (quota
+// exceeded) and ends the session with DISCONNECT 0x89 (server busy). A
+// device counts each of those PUBACKs and the DISCONNECT, settles none of
+// the refused publishes, and publishes them again on its next connection:
+// nothing of it is a protocol error.
+func TestMQTTQuotaExceeded(t *testing.T) {
+	mln := testkit.Listen(t)
+	// No uplink releases this WAL: it holds a few messages, then refuses.
+	frontendtest.Start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{ID: "fe-loadgen-test", InsecureNoAuth: true,
+		Rate: 1e9, Burst: 1e9, DrainWindow: 20 * time.Millisecond, MQTTListener: mln}, wal.Options{MaxBytes: 4 << 10})
+	st, err := Run(context.Background(), Options{URLs: []string{"mqtt5://" + mln.Addr().String()}, Devices: 1, Insecure: true,
+		Window: 16, Coalesce: true, Duration: 2 * time.Second, Message: message(200),
+		Reconnect: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Errors["mqtt_0x97"] < 2 || st.Errors["disconnect_mqtt_0x89"] == 0 || st.Errors["protocol"] != 0 {
+		t.Fatalf("stats %+v: want PUBACKs 0x97 counted (several), DISCONNECT 0x89 counted, no protocol error", st)
+	}
 }
