@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -141,6 +142,21 @@ func checkStores(t *testing.T, o *objects) {
 	svc := o.statefulSets["vmstorage"].Spec.ServiceName
 	if s, ok := o.services[svc]; !ok || s.Spec.ClusterIP != corev1.ClusterIPNone {
 		t.Errorf("vmstorage's serviceName %q is no headless Service", svc)
+	}
+	// A writer that stores again what it stored before its crash or a
+	// takeover repeats samples, which the engine's stores take once
+	// (docs/storage-sinks.md); VictoriaMetrics keeps every repeat unless
+	// deduplication is on, on vmstorage and vmselect alike, at an interval
+	// no longer than the closest two messages of a device can be.
+	for _, name := range []string{"vmstorage", "vmselect"} {
+		w, ok := byName[name]
+		if !ok {
+			continue
+		}
+		v, _ := flagValue(container(t, w), "dedup.minScrapeInterval")
+		if d, err := time.ParseDuration(v); err != nil || d <= 0 || d > time.Millisecond {
+			t.Errorf("%s: -dedup.minScrapeInterval=%q: want a positive interval of at most 1ms, or the samples a writer stores again are kept twice", name, v)
+		}
 	}
 	for name, port := range map[string]string{"vminsert": "vminsert", "vmselect": "vmselect"} {
 		w, ok := byName[name]
