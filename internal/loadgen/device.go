@@ -53,7 +53,7 @@ type device struct {
 	settle  []Msg
 	attempt int    // failed reconnects in a row
 	pubacks uint64 // MQTT: PUBACKs read on this connection (reset by attach)
-	quota   bool   // MQTT: a PUBACK on this connection said quota exceeded (reset by attach)
+	quota   uint64 // MQTT: the first publish of the PUBACKs in a row that said quota exceeded; 0: none (reset by attach)
 	topic   string // MQTT: devices/{id}
 }
 
@@ -97,7 +97,7 @@ func (d *device) attach(nc net.Conn) bool {
 	if d.ring == nil {
 		d.ring = make([]Msg, d.f.window)
 	}
-	d.nc, d.base, d.frames, d.ackedTo, d.pubacks, d.quota = nc, d.settled, 0, 0, 0, false
+	d.nc, d.base, d.frames, d.ackedTo, d.pubacks, d.quota = nc, d.settled, 0, 0, 0, 0
 	if n := d.next - d.settled; n > 0 {
 		d.out = d.out[:0]
 		for seq := d.settled + 1; seq <= d.next; seq++ {

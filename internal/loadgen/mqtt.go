@@ -184,10 +184,12 @@ func packetID(k uint64) uint16 { return uint16((k-1)%65535 + 1) }
 // frames: it returns the bytes it took and the highest publish of the
 // connection a PUBACK in them settles. A PUBACK must carry the packet id of
 // the next publish. MQTT 5 refusals mark their message with the reason
-// code; quota exceeded (the WAL is full) settles nothing, neither does any
-// later PUBACK of the session, each of which must say the same: the session
-// ends next and the messages go out again. A DISCONNECT ends the
-// connection with a *closeError.
+// code; quota exceeded settles nothing until a PUBACK of another kind
+// follows it: when the WAL is full, every later publish of the session
+// gets one too and the session ends, and the messages go out again; a
+// publish larger than the WAL can hold gets one and is dropped, and the
+// next PUBACK settles it as refused. A DISCONNECT ends the connection with
+// a *closeError.
 func (d *device) handleMQTT(b []byte) (int, uint64, error) {
 	var r int
 	var ackTo uint64
@@ -210,17 +212,31 @@ func (d *device) handleMQTT(b []byte) (int, uint64, error) {
 			if len(body) > 2 {
 				code = body[2]
 			}
-			switch {
-			case code == mqttQuotaExceeded:
-				// Not stored, nor is any later publish of the session:
-				// each gets its own 0x97, then the session ends. None
-				// is settled; all go out again on the next connection.
+			if code == mqttQuotaExceeded {
+				// Not stored. Either the WAL is full: every later publish
+				// of the session gets its 0x97 too, then the session ends,
+				// and they all go out again on the next connection; or
+				// this one is larger than the WAL can ever hold: it is
+				// dropped, and the session goes on. Which, the next
+				// PUBACK of another kind tells; until then none is settled.
 				d.f.count(mqttCode(code), 1)
-				d.pubacks, d.quota = k, true
+				if d.quota == 0 {
+					d.quota = k
+				}
+				d.pubacks = k
 				continue
-			case d.quota:
-				return r, ackTo, fmt.Errorf("%w: PUBACK %#x for publish %d after a quota exceeded", errProtocol, code, k)
-			case code >= 0x80:
+			}
+			if d.quota != 0 {
+				// The session went on: the publishes refused since were
+				// dropped for good, refused as any other.
+				for q := d.quota; q < k; q++ {
+					if err := d.rejectMQTT(q, mqttCode(mqttQuotaExceeded)); err != nil {
+						return r, ackTo, err
+					}
+				}
+				d.quota = 0
+			}
+			if code >= 0x80 {
 				d.f.count(mqttCode(code), 1)
 				if err := d.rejectMQTT(k, mqttCode(code)); err != nil {
 					return r, ackTo, err

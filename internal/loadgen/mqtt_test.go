@@ -106,3 +106,31 @@ func TestMQTTQuotaExceeded(t *testing.T) {
 		t.Fatalf("stats %+v: want PUBACKs 0x97 counted (several), DISCONNECT 0x89 counted, no protocol error", st)
 	}
 }
+
+// TestMQTTTooLargeForWAL: a publish larger than the frontend's WAL can
+// ever hold is answered PUBACK 0x97 and dropped, and the session goes on
+// (docs/mqtt.md): the device settles it as refused with 0x97, as it does
+// any refused publish, and does not publish it again.
+func TestMQTTTooLargeForWAL(t *testing.T) {
+	mln := testkit.Listen(t)
+	frontendtest.Start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{ID: "fe-loadgen-test", InsecureNoAuth: true,
+		Rate: 1e9, Burst: 1e9, DrainWindow: 20 * time.Millisecond, MQTTListener: mln}, wal.Options{MaxBytes: 8 << 10})
+	msg := func(dst []byte, dev int, seq uint64, ts int64) []byte {
+		if seq%4 == 0 { // over the WAL's bound, within a message's: never stored
+			dst = fmt.Appendf(dst, `{"seq":%d`, seq)
+			for i := range 900 {
+				dst = fmt.Appendf(dst, `,"f%d":%d`, i, i)
+			}
+			return append(dst, '}')
+		}
+		return fmt.Appendf(dst, `{"seq":%d}`, seq)
+	}
+	st, err := Run(context.Background(), Options{URLs: []string{"mqtt5://" + mln.Addr().String()}, Devices: 1, Insecure: true,
+		Window: 4, Total: 20, Duration: time.Minute, Message: msg}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Acked != 15 || st.Rejected != 5 || st.Errors["mqtt_0x97"] != 5 || st.Errors["protocol"] != 0 || st.Reconnects != 0 {
+		t.Fatalf("stats %+v: want 15 acknowledged, 5 refused with 0x97, no protocol error, no reconnect", st)
+	}
+}
