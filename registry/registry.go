@@ -46,6 +46,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -287,6 +288,10 @@ func parseYAML(b []byte) ([]Device, error) {
 	return doc.Devices, nil
 }
 
+// csvColumns are the columns a CSV registry names a device's fields with;
+// any other column is a label.
+var csvColumns = []string{"id", "name", "group", "site", "type", "disabled"}
+
 func parseCSV(b []byte) ([]Device, error) {
 	rd := csv.NewReader(bytes.NewReader(b))
 	rd.TrimLeadingSpace = true
@@ -301,6 +306,11 @@ func parseCSV(b []byte) ([]Device, error) {
 	col := map[string]int{}
 	for i, h := range header {
 		h = strings.TrimSpace(h)
+		if lower := strings.ToLower(h); lower != h && slices.Contains(csvColumns, lower) {
+			// Taken as written it would be a label, and a Disabled
+			// column would disable nothing.
+			return nil, fmt.Errorf("%w: column %q: the registry's columns are written %q", ErrInvalid, h, lower)
+		}
 		if _, dup := col[h]; dup {
 			return nil, fmt.Errorf("%w: column %q twice", ErrInvalid, h)
 		}

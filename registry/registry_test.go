@@ -270,6 +270,11 @@ func TestDisabled(t *testing.T) {
 		{".yaml", "devices:\n  - id: a\n  - id: b\n    disabled: true\n  - id: c\n    disabled: false\n", map[string]bool{"a": false, "b": true, "c": false}, false},
 		{".csv", "id,disabled,driver\na,,x\nb,true,y\nc,no,z\nd,1,w\n", map[string]bool{"a": false, "b": true, "c": false, "d": true}, false},
 		{".csv", "id,disabled\na,maybe\n", nil, true},
+		// A column spelled otherwise than the registry's (Disabled, NAME)
+		// would be a label, the device not disabled: the file is refused.
+		{".csv", "id,Disabled\na,true\n", nil, true},
+		{".csv", "ID,name\na,x\n", nil, true},
+		{".csv", "id, Site ,driver\na,x,y\n", nil, true},
 		{".yaml", "devices:\n  - id: a\n    disabled: maybe\n", nil, true},
 	} {
 		devs, err := Parse(c.ext, []byte(c.body))
