@@ -14,6 +14,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/internal/tmpfs"
 )
 
 var binPath string
@@ -402,5 +403,18 @@ func TestFeedClosedReported(t *testing.T) {
 	r := runResult(t, c)
 	if f := r.Feed; f == nil || !strings.HasPrefix(f.Closed, "4000 ") {
 		t.Fatalf("live feed %+v: want it closed by the feed with 4000", f)
+	}
+}
+
+// An engine's data on a file system in memory (where /tmp is a tmpfs) is
+// said: its fsyncs cost nothing, so the figures would not be a disk's.
+func TestDataInMemoryWarned(t *testing.T) {
+	var b strings.Builder
+	if !warnIfMemory(&b, tmpfs.Mount(t, 1<<20)) || !strings.Contains(b.String(), "TMPDIR") {
+		t.Fatalf("a tmpfs: %q", b.String())
+	}
+	b.Reset()
+	if warnIfMemory(&b, "/proc") || b.Len() != 0 {
+		t.Fatalf("/proc (not in memory, nor a disk): %q", b.String())
 	}
 }

@@ -168,6 +168,7 @@ func startCluster(bin string, s shape) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
+	warnIfMemory(os.Stderr, dir)
 	c := &cluster{dir: dir}
 	p, err := ports(4*s.Middletiers + s.Writers + s.Frontends)
 	if err != nil {

@@ -39,7 +39,10 @@
 // engine without auth, where devices name themselves with ?device=), or
 // starts one itself from the ingest binary (-spawn), which is how `make
 // bench` runs the standard scenarios. docs/benchmarks.md records their
-// figures.
+// figures. An engine it starts keeps its data in a new directory under
+// $TMPDIR (/tmp); where that is a file system in memory (tmpfs), its
+// fsyncs cost nothing, and the bench warns that the figures are not a
+// disk's: set TMPDIR to a directory on disk.
 //
 // With -check it then proves completeness: it queries the store's
 // Prometheus API for every device's messages and reports every

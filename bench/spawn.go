@@ -199,6 +199,7 @@ func spawnAll(ctx context.Context, bin, sinks string) (*engine, error) {
 // before it is ready, the error carries its exit status and the last lines
 // it logged; dir is removed unless it starts.
 func start(ctx context.Context, name string, cmd *exec.Cmd, dir string, ready func(line string) bool) (*engine, error) {
+	warnIfMemory(os.Stderr, dir)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		os.RemoveAll(dir)
@@ -264,4 +265,21 @@ func engineCommand(bin string, args ...string) *exec.Cmd {
 	cmd := exec.Command(bin, args...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	return cmd
+}
+
+// warnIfMemory says so, and reports true, when dir, where an engine the
+// bench starts keeps its WALs and store, is on a file system in memory
+// (tmpfs or ramfs: /tmp is on some distributions). An fsync there costs
+// nothing, so the figures are not a disk's.
+func warnIfMemory(w io.Writer, dir string) bool {
+	const tmpfsMagic, ramfsMagic = 0x01021994, 0x858458f6
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil {
+		return false
+	}
+	if t := int64(st.Type); t != tmpfsMagic && t != ramfsMagic {
+		return false
+	}
+	fmt.Fprintf(w, "bench: warning: %s is on a file system in memory (tmpfs): the engine's fsyncs cost nothing there, so these figures are not a disk's; set TMPDIR to a directory on disk\n", dir)
+	return true
 }
