@@ -286,7 +286,7 @@ func (r *cmdRun) connect(ctx context.Context, secret []byte, lg *slog.Logger) (*
 			var cl *client.Client
 			var err error
 			if r.c.Insecure {
-				o.URL += "?device=" + url.QueryEscape(r.ids[i])
+				o.URL, err = withDevice(o.URL, r.ids[i])
 			} else if secret != nil {
 				o.Token, err = deviceToken(secret, r.ids[i])
 			}
@@ -955,4 +955,17 @@ func (r *commandResult) verdict() error {
 		return fmt.Errorf("%d accepted commands not acknowledged (%s)", r.Unanswered, countsLine(r.Final))
 	}
 	return nil
+}
+
+// withDevice returns the device endpoint rawURL naming device id in its
+// query (?device=, for an engine without auth), beside any query it has.
+func withDevice(rawURL, id string) (string, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return "", err
+	}
+	q := u.Query()
+	q.Set("device", id)
+	u.RawQuery = q.Encode()
+	return u.String(), nil
 }

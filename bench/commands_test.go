@@ -140,3 +140,17 @@ func FuzzCommandDecoders(f *testing.F) {
 		}
 	})
 }
+
+// With -insecure a device names itself in the endpoint's query, beside
+// the query -url already has.
+func TestWithDevice(t *testing.T) {
+	for in, want := range map[string]string{
+		"ws://127.0.0.1:8080/v1/ingest":          "ws://127.0.0.1:8080/v1/ingest?device=d+1%2F2",
+		"ws://127.0.0.1:8080/v1/ingest?x=1":      "ws://127.0.0.1:8080/v1/ingest?device=d+1%2F2&x=1",
+		"ws://127.0.0.1:8080/v1/ingest?device=z": "ws://127.0.0.1:8080/v1/ingest?device=d+1%2F2",
+	} {
+		if got, err := withDevice(in, "d 1/2"); err != nil || got != want {
+			t.Errorf("%s: %q, %v; want %q", in, got, err, want)
+		}
+	}
+}
