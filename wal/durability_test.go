@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/tmpfs"
 )
 
 func openInternal(t *testing.T, dir string, opts Options) *Log {
@@ -324,5 +326,57 @@ func waitBlocked(t *testing.T, fn string) {
 			t.Fatalf("no goroutine blocked in %s", fn)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestRoomWokenByRefusedCommit: an append refused ErrFull for the room an
+// append in flight holds waits on Room for that room. The one in flight,
+// admitted before a full disk's NoSpaceRetry began, is refused at its
+// commit without writing: its room is given back, and Room must say so.
+// Here its commit looks at the refusal window just before it ends, and
+// the window's own wake-up has passed by the time the second append is
+// refused; no release follows.
+func TestRoomWokenByRefusedCommit(t *testing.T) {
+	dir := filepath.Join(tmpfs.Mount(t, 1<<20), "wal")
+	l := openInternal(t, dir, Options{Hop: "test", MaxBytes: 150, MaxBatchBytes: 100,
+		NoSpaceRetry: 50 * time.Millisecond, NoPreallocate: true})
+	tmpfs.Fill(t, filepath.Dir(dir))
+
+	// Both appends admitted while nothing commits; each its own group.
+	l.writeMu.Lock()
+	errs := make(chan error, 2)
+	go func() { _, err := l.Append(context.Background(), bytes.Repeat([]byte{'a'}, 60)); errs <- err }()
+	waitFor(t, "the first append admitted", func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.pendingBytes == 60 })
+	go func() { _, err := l.Append(context.Background(), bytes.Repeat([]byte{'b'}, 60)); errs <- err }()
+	waitFor(t, "the second append admitted", func() bool { l.mu.Lock(); defer l.mu.Unlock(); return l.pendingBytes == 120 })
+
+	window := l.Room() // closed when the window the first group opens passes
+	var room <-chan struct{}
+	var refused error
+	commitRefusedHook = func() {
+		commitRefusedHook = nil
+		// The window ends, and wakes its waiters, while this commit
+		// still holds its room.
+		<-window
+		room = l.Room()
+		// Bounded: an append admitted here would wait for this commit.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		_, refused = l.Append(ctx, bytes.Repeat([]byte{'c'}, 100))
+	}
+	t.Cleanup(func() { commitRefusedHook = nil })
+	l.writeMu.Unlock()
+	for range 2 {
+		if err := <-errs; !errors.Is(err, ErrNoSpace) {
+			t.Fatalf("append on a full disk: %v", err)
+		}
+	}
+	if !errors.Is(refused, ErrFull) {
+		t.Fatalf("append while the refused one held its room: %v, want ErrFull", refused)
+	}
+	select {
+	case <-room:
+	case <-time.After(time.Second):
+		t.Fatal("Room not closed when the refused commit gave its room back: the waiter sleeps until a release")
 	}
 }

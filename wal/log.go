@@ -517,6 +517,10 @@ func (l *Log) commitNext() bool {
 	return true
 }
 
+// commitRefusedHook, when a test sets it, runs in commit after the look
+// that refuses a group without writing it, before its room is given back.
+var commitRefusedHook func()
+
 // pace waits, with Options.CommitInterval set and appends queued, until
 // the interval has passed since the last commit began, so that the appends
 // arriving meanwhile share the next one's write and fsync. The caller
@@ -595,6 +599,9 @@ func (l *Log) commit(group []*request) {
 		err = errReserveHeld // the room is the release mark's (SpendReserve)
 	}
 	l.mu.Unlock()
+	if err != nil && commitRefusedHook != nil {
+		commitRefusedHook()
+	}
 
 	var (
 		entries int
@@ -675,7 +682,10 @@ func (l *Log) commit(group []*request) {
 			l.mu.Unlock()
 		})
 	case err != nil && errors.Is(err, ErrNoSpace) && l.err == nil:
-		// Refused without writing (above).
+		// Refused without writing (above). The room it held is given
+		// back: an append refused ErrFull for it may fit now, and the
+		// wake-up of the window that refused this one may have passed.
+		l.roomLocked()
 	case err != nil:
 		l.failLocked(err)
 		err = l.err
