@@ -988,7 +988,10 @@ func (c *mqttConn) disconnect(code byte) {
 	acked := c.connacked
 	c.mu.Unlock()
 	if !acked {
-		c.writeConnack(connackRefusal(code))
+		// A refused CONNECT, counted before the device can see it.
+		rc, why := connackRefusal(code)
+		c.s.m.mqtt.refused.WithLabelValues(connackLabel(rc)).Inc()
+		c.writeConnack(rc, why)
 	} else if code != 0 && c.version == mqtt5 {
 		out := packets.Packet{
 			FixedHeader:     packets.FixedHeader{Type: packets.Disconnect},

@@ -267,4 +267,8 @@ func TestDisabledBeforeConnack(t *testing.T) {
 	if code := r.expectEnd(10 * time.Second); code != -1 {
 		t.Fatalf("DISCONNECT %#x after a refusing CONNACK", code)
 	}
+	// A refused CONNECT, counted as one (docs/mqtt.md's metrics).
+	if n := testutil.ToFloat64(ts.srv.m.mqtt.refused.WithLabelValues("revoked")); n != 1 {
+		t.Fatalf("connects_refused{reason=\"revoked\"} = %v, want 1", n)
+	}
 }
