@@ -127,12 +127,12 @@ func usage(w io.Writer) {
 
 // runHelp is `ingest help [subcommand]`.
 func runHelp(ctx context.Context, args []string) error {
-	if len(args) == 0 {
+	if len(args) == 0 || args[0] == "help" {
 		usage(os.Stdout)
 		return nil
 	}
 	sub := lookup(args[0])
-	if sub == nil || sub.name == "help" {
+	if sub == nil {
 		return &usageError{sub: "help", err: fmt.Errorf("unknown subcommand %q", args[0])}
 	}
 	return sub.run(ctx, []string{"--help"})
