@@ -42,7 +42,10 @@ type Group struct {
 // the request that was granted; the middletier counts it from its receipt.
 // A timer ends the Follower when the lease runs out, even while a request
 // is held up (a dial to a middletier that answers nothing waits for its
-// timeout).
+// timeout). Requests that go unanswered for three FetchTimeouts end the
+// connection, and the next dials again: a half-open connection (the
+// middletier's host gone without a word) may otherwise last for many
+// minutes after the middletier is back elsewhere.
 //
 // Goroutines, all started and awaited by Run: its own, which asks for the
 // lease, and the Follower's Run (with the goroutines it owns) while the
@@ -118,7 +121,7 @@ func (mb *Member) Run(ctx context.Context) error {
 	}
 	l := leaser{Member: mb, c: consumer{endpoint: mb.ep.Consumer, name: mb.g.Name, timeout: mb.o.FetchTimeout},
 		sent: map[uint64]time.Time{}, renew: time.Second}
-	defer l.c.close()
+	defer l.closeConn()
 	defer l.stop()
 	tick := time.NewTimer(0)
 	defer tick.Stop()
@@ -134,6 +137,14 @@ func (mb *Member) Run(ctx context.Context) error {
 			l.ask(wire.LeaseLeave)
 			return nil
 		case <-tick.C:
+			if l.c.d != nil && !l.waiting.IsZero() && time.Since(l.waiting) > leaseSilence*l.o.FetchTimeout {
+				// A connection that answers nothing (a half-open one, its
+				// middletier's host gone) may not end for many minutes:
+				// the next request dials again.
+				mb.lg.Warn(mb.o.Name+": lease requests unanswered; dialling the middletier again", "middletier", mb.Middletier(),
+					"group", mb.g.Name, "silent_for", time.Since(l.waiting))
+				l.closeConn()
+			}
 			if l.following() && time.Now().After(l.until) {
 				mb.lg.Warn(mb.o.Name+": lease not renewed in time; stopped following", "middletier", mb.Middletier(), "group", mb.g.Name)
 				l.stop()
@@ -141,14 +152,20 @@ func (mb *Member) Run(ctx context.Context) error {
 			l.ask(wire.LeaseHold)
 			tick.Reset(l.renew)
 		case frames := <-replies:
+			l.waiting = time.Time{} // the connection answers
 			if r, ok := decode(frames).(*wire.LeaseReply); ok {
 				l.onReply(ctx, r)
 			}
 		case <-done:
-			l.c.close() // asked again at the next tick
+			l.closeConn() // asked again at the next tick
 		}
 	}
 }
+
+// leaseSilence is how many FetchTimeouts a Member's requests for the lease
+// may go unanswered before it dials again: as many as a durable Follower's
+// fetch tries.
+const leaseSilence = 3
 
 // leaser is a Member's Run state, owned by its goroutine, but for mu's.
 type leaser struct {
@@ -161,6 +178,9 @@ type leaser struct {
 	cancel context.CancelFunc
 	f      *Follower // the Follower of the current or last follow
 	wg     sync.WaitGroup
+	// waiting is when the oldest request unanswered on the connection was
+	// sent; zero: none, or no connection.
+	waiting time.Time
 	// expiry ends the Follower when the lease runs out unrenewed, on a
 	// goroutine of its own: Run may then be held up in a request (a dial
 	// to a middletier that answers nothing waits for its timeout).
@@ -184,7 +204,18 @@ func (l *leaser) ask(op uint8) {
 	}
 	if err := l.c.send(&wire.Lease{Group: l.g.Name, Member: l.g.Member, Req: l.req, Slot: uint64(l.g.Slot), Op: op}); err != nil {
 		l.lg.Debug(l.o.Name+": lease request not sent", "middletier", l.Middletier(), "err", err)
+		l.waiting = time.Time{} // the socket was closed
+		return
 	}
+	if l.waiting.IsZero() {
+		l.waiting = now
+	}
+}
+
+// closeConn closes the connection for the lease; the next request dials.
+func (l *leaser) closeConn() {
+	l.c.close()
+	l.waiting = time.Time{}
 }
 
 // onReply takes the middletier's answer: follow while the lease is held,

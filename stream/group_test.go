@@ -122,3 +122,38 @@ func TestLeaseEndsWhileTheAskWaits(t *testing.T) {
 		}
 	}
 }
+
+// A Member whose connection for the lease goes silent for good without
+// ending (the middletier's host went away: a half-open connection that no
+// error ends for many minutes) dials again, as the Follower does after
+// fetches that go unanswered, and holds the lease and follows again once
+// the middletier answers on a new connection. It used to send its requests
+// on the silent connection for as long as the kernel kept it, never
+// dialling again: the stream stayed unfollowed though the middletier
+// answered every new connection.
+func TestMemberDialsAgainWhenTheLeaseGoesUnanswered(t *testing.T) {
+	mt, fe, ep := durableTier(t, middletier.Options{LeaseTTL: 500 * time.Millisecond})
+	send(t, fe, 1, 100)
+	px := tcpproxy.Start(t, strings.TrimPrefix(ep.Consumer, "tcp://"))
+	rec := newRecorder()
+	mb, err := stream.NewMember(stream.Endpoints{Stream: ep.Stream, Consumer: px.Endpoint()},
+		stream.Options{IdlePoll: 50 * time.Millisecond, FetchTimeout: 200 * time.Millisecond}, stream.Group{Name: "storage", Member: "m-a"},
+		rec, newMetrics(prometheus.NewRegistry()), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Go(t, "member", func(ctx context.Context) error { return mb.Run(ctx) })
+	testkit.WaitFor(t, "the lease", 20*time.Second, mb.Held)
+	waitCheckpoint(t, mt, "storage", 100)
+
+	// Every connection so far goes silent, and stays open; new ones are
+	// answered.
+	px.Strand()
+	testkit.WaitFor(t, "the lease to run out", 20*time.Second, func() bool { return !mb.Held() })
+	testkit.WaitFor(t, "the lease again, over a new connection", 20*time.Second, mb.Held)
+	send(t, fe, 101, 100)
+	waitCheckpoint(t, mt, "storage", 200)
+	if got := rec.last(); got != 200 {
+		t.Fatalf("last record taken %d, want 200", got)
+	}
+}

@@ -37,6 +37,9 @@ type pair struct {
 	client, server net.Conn
 	once           sync.Once
 	done           chan struct{}
+	// stranded: neither direction is read again, and the connection stays
+	// open (Strand).
+	stranded atomic.Bool
 }
 
 func (pr *pair) close() {
@@ -128,7 +131,7 @@ func (p *Proxy) pump(pr *pair, dst, src net.Conn, frozen *atomic.Bool) {
 	}()
 	buf := make([]byte, 512)
 	for {
-		if frozen.Load() {
+		if frozen.Load() || pr.stranded.Load() {
 			select {
 			case <-pr.done:
 				return
@@ -159,6 +162,17 @@ func (p *Proxy) FreezeRequests() { p.frozenUp.Store(true) }
 
 // FreezeReplies stops reading what the target sends: its sends back up.
 func (p *Proxy) FreezeReplies() { p.frozenDown.Store(true) }
+
+// Strand stops forwarding, either way, on every connection forwarded so
+// far, and keeps them open, as a peer whose host went away without a word
+// (a half-open connection); connections taken from now on are forwarded.
+func (p *Proxy) Strand() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for pr := range p.pairs {
+		pr.stranded.Store(true)
+	}
+}
 
 // Cut closes every forwarded connection and refuses new ones.
 func (p *Proxy) Cut() {
