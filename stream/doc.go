@@ -53,7 +53,10 @@
 // A durable Follower asks where to resume at the start of every
 // connection; a middletier that has lost a checkpoint it acknowledged, or
 // holds fewer records than were taken from it, has restarted its sequence,
-// and the Follower starts over from its checkpoint there. A live Follower
+// and the Follower starts over from its checkpoint there; so it does, too,
+// when the middletier does not hold a checkpoint committed and not yet
+// acknowledged (lost on the way, or a restarted sequence: it cannot tell
+// which, and takes again what came after). A live Follower
 // starts over at 1 on a stream message from 1 that comes after later ones,
 // or on the first message of a connection that comes below where it is:
 // the new sequence's records before that message are a gap, filled or

@@ -519,18 +519,33 @@ func (f *Follower) gather(ctx context.Context, sub *zsock.Sub) error {
 // unless the middletier has lost a checkpoint it acknowledged or resumed
 // it from, or holds fewer records than were taken from it: its WAL was created again and its
 // sequence restarted, and the Follower starts over from the checkpoint it
-// has now. What it held of the old sequence is handed over, not committed.
+// has now. It does the same when the middletier does not hold a checkpoint
+// committed and not yet acknowledged: the commit was lost on the way, or
+// the sequence restarted before any acknowledgement came, and only
+// starting over is safe (repeats, not loss). What it held of the old
+// sequence is handed over, not committed.
 func (f *Follower) resume(ctx context.Context) error {
 	r, err := f.fetch(ctx, 0, 0)
 	if err != nil {
 		return err
 	}
 	if f.next != 0 {
-		if r.First-1 >= f.acked && r.Last+1 >= f.next {
+		switch {
+		case r.First-1 >= f.acked && r.First-1 >= f.committed && r.Last+1 >= f.next:
 			return nil
+		case r.First-1 >= f.acked && r.Last+1 >= f.next:
+			// A commit not acknowledged is not held there: lost on the way,
+			// or the middletier's sequence restarted before its state held
+			// it (a restart found by nothing else when the Follower has had
+			// no acknowledgement since it resumed). Which, the Follower
+			// cannot tell: it takes again from the checkpoint held, a
+			// repeat at worst.
+			f.lg.Info(f.o.Name+": last commit not held by the middletier; taking again from its checkpoint", "middletier", f.Middletier(),
+				"checkpoint", r.First-1, "committed", f.committed, "last", r.Last)
+		default:
+			f.lg.Warn(f.o.Name+": middletier sequence restarted", "middletier", f.Middletier(),
+				"checkpoint", r.First-1, "acknowledged", f.acked, "last", r.Last, "expected", f.next)
 		}
-		f.lg.Warn(f.o.Name+": middletier sequence restarted", "middletier", f.Middletier(),
-			"checkpoint", r.First-1, "acknowledged", f.acked, "last", r.Last, "expected", f.next)
 		if err := f.handOver(ctx); err != nil {
 			return err
 		}

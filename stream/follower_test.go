@@ -794,3 +794,60 @@ func TestDurableRestartedMiddletierBeforeAnyAck(t *testing.T) {
 	waitCheckpoint(t, mt2, "storage", 250)
 	rec.check(t, 1, 250, "fe-2.0002", 1)
 }
+
+// A durable Follower that resumed from checkpoint 0 and has committed
+// records whose acknowledgement has not come yet (the middletier writes its
+// state at most once per StateInterval) knows it committed them: when the
+// middletier comes back with its WAL created again, and has by then more
+// records than the Follower took of the old sequence, the Follower starts
+// over from its checkpoint there (0) and takes every record of the new
+// sequence. It used to compare the new checkpoint only with the
+// acknowledged one (0, as the checkpoint it resumed from), took the new
+// sequence for the old one, went on from the old position and committed
+// past new records it had never taken: lost.
+func TestDurableRestartedMiddletierBeforeTheCommitsAck(t *testing.T) {
+	mt, fe, ep := durableTier(t, middletier.Options{StateInterval: time.Minute})
+	// A state write now: the next waits a minute, and so does the
+	// acknowledgement of the Follower's commits.
+	pr := probe(t, mt, "storage")
+	pr.p.Send(t, &wire.Commit{Consumer: "other", Seq: 0})
+	testkit.Next[*wire.CommitAck](t, pr.p)
+
+	pxs := tcpproxy.Start(t, strings.TrimPrefix(ep.Stream, "tcp://"))
+	pxc := tcpproxy.Start(t, strings.TrimPrefix(ep.Consumer, "tcp://"))
+	rec := newRecorder()
+	f := follow(t, stream.Endpoints{Stream: pxs.Endpoint(), Consumer: pxc.Endpoint()},
+		stream.Options{Durable: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, rec)
+	testkit.WaitFor(t, "caught up", 20*time.Second, f.CaughtUp)
+	send(t, fe, 1, 100)
+	testkit.WaitFor(t, "the first records", 20*time.Second, func() bool { return rec.taken() == 100 })
+	testkit.WaitFor(t, "their commit", 20*time.Second, func() bool { return testkit.Metric(t, f.reg, "lag") == 0 })
+
+	// The middletier comes back over an empty directory, and takes 250
+	// records before the Follower reaches it again.
+	pxs.Cut()
+	pxc.Cut()
+	testkit.WaitFor(t, "the follower to notice the cut", 20*time.Second, func() bool { return !f.Connected() })
+	if err := mt.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	opts := mt.Opts
+	opts.StateDir, opts.StateInterval = "", 0
+	mt2 := testkit.StartMiddletier(t, t.TempDir(), opts, wal.Options{})
+	send(t, testkit.NewFrontend(t, mt2.Addrs.Ingest, "fe-2.0002"), 1, 250)
+	pxs.Restore()
+	pxc.Restore()
+
+	waitCheckpoint(t, mt2, "storage", 250)
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	var seqs []uint64
+	for i, d := range rec.data {
+		if strings.HasPrefix(d, "fe-2.0002/") {
+			seqs = append(seqs, rec.seqs[i])
+		}
+	}
+	if len(seqs) != 250 || seqs[0] != 1 {
+		t.Fatalf("of the new sequence 1..250, %d records taken (the first %v), lost %+v", len(seqs), seqs[:min(1, len(seqs))], rec.lost)
+	}
+}
