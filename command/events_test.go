@@ -1,13 +1,21 @@
 package command_test
 
 import (
+	"context"
 	"fmt"
+	"log/slog"
+	"net"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/ingest-io/ingest/command"
+	"github.com/ingest-io/ingest/command/commandtest"
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
@@ -97,4 +105,88 @@ func middletierEvents(t *testing.T, mt *testkit.Middletier) []envelope.Envelope 
 		out = append(out, e)
 	}
 	return out
+}
+
+// TestEventsDroppedLoggedOnce: while the events' log is full (the
+// middletier it forwards to is unreachable, or itself full while storage
+// is down), every round of the home's that has events drops them; that is
+// counted each time, and logged once until events are appended again, not
+// once a round. Before, every round that dropped events logged a warning:
+// a line per command change for as long as the log stayed full.
+func TestEventsDroppedLoggedOnce(t *testing.T) {
+	// Nothing listens at EventsTo: nothing the log holds is released.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nowhere := "tcp://" + ln.Addr().String()
+	ln.Close()
+	evs, err := wal.Open(t.TempDir(), wal.Options{Hop: "command_events", MaxBytes: 1024}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { evs.Close() })
+	cmds := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "command"})
+	lines := &recordCounter{}
+	reg := prometheus.NewRegistry()
+	h, err := command.New(command.Options{ID: "home-1", Addr: "tcp://127.0.0.1:0", Redeliver: time.Minute, PresenceTimeout: time.Minute,
+		Events: evs, EventsTo: []string{nowhere}}, cmds, reg, slog.New(lines))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	errc := make(chan error, 1)
+	go func() { errc <- h.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-errc; err != nil {
+			t.Errorf("home: %v", err)
+		}
+		h.Close()
+	})
+	fe := dialFrontend(t, &commandtest.Home{Addr: h.Addr()}, "fe#1")
+
+	// Each submit is a round of its own: its reply comes after the round.
+	for i := range 40 {
+		fe.submit(t, wire.Submit{Device: fmt.Sprint("d", i), Name: "reboot"})
+	}
+	dropped := testkit.Metric(t, reg, "ingest_command_events_dropped_total")
+	if dropped < 10 {
+		t.Fatalf("%v events dropped by 40 rounds into a log of 1 KiB, want at least 10", dropped)
+	}
+	if n := lines.count("command: events dropped"); n != 1 {
+		t.Fatalf("%v events dropped, in rounds of their own, logged %d times; want once", dropped, n)
+	}
+}
+
+// recordCounter is a slog.Handler that counts the records of each message.
+type recordCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (h *recordCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h *recordCounter) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.n == nil {
+		h.n = map[string]int{}
+	}
+	h.n[r.Message]++
+	return nil
+}
+func (h *recordCounter) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *recordCounter) WithGroup(string) slog.Handler      { return h }
+
+// count is the records whose message begins with prefix.
+func (h *recordCounter) count(prefix string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for msg, c := range h.n {
+		if strings.HasPrefix(msg, prefix) {
+			n += c
+		}
+	}
+	return n
 }

@@ -119,7 +119,11 @@ type Home struct {
 	dirty   map[*device]struct{}
 	logBuf  [][]byte
 	evBuf   [][]byte // the round's events, appended before logBuf
-	outs    []outbound
+	// evDropped counts the events dropped since the first drop was
+	// logged; 0 while events are appended. A log that stays full drops
+	// the events of every round: that is logged once, and its end.
+	evDropped int
+	outs      []outbound
 	// releaseTo, when not 0, is released once the round's append is
 	// durable: every entry up to it is superseded by that append.
 	releaseTo uint64
@@ -510,9 +514,18 @@ func (h *Home) appendEvents(ctx context.Context) error {
 	switch {
 	case errors.Is(err, wal.ErrFull), errors.Is(err, wal.ErrNoSpace), errors.Is(err, wal.ErrTooLarge):
 		h.m.eventsDropped.Add(float64(len(h.evBuf)))
-		h.lg.Warn("command: events dropped", "events", len(h.evBuf), "err", err)
+		if h.evDropped == 0 {
+			h.lg.Warn("command: events dropped until the events' log has room again (counted in ingest_command_events_dropped_total)",
+				"events", len(h.evBuf), "err", err)
+		}
+		h.evDropped += len(h.evBuf)
 	case err != nil:
 		return fmt.Errorf("command: append events: %w", err)
+	default:
+		if h.evDropped > 0 {
+			h.lg.Info("command: events appended again", "dropped", h.evDropped)
+			h.evDropped = 0
+		}
 	}
 	clear(h.evBuf)
 	h.evBuf = h.evBuf[:0]
