@@ -158,6 +158,8 @@ type TSDB struct {
 
 	noSpace atomic.Bool // the failure that stopped writes was for lack of room
 
+	dropped dropLog // samples dropped, for the log
+
 	closeOnce sync.Once
 	closeErr  error
 }
@@ -451,9 +453,40 @@ func (s *TSDB) Write(ctx context.Context, points []storage.Point) error {
 	}
 	if (tooOld > 0 || dupTS > 0) && s.lg != nil {
 		// Data the store could never hold: say so where an operator looks.
-		s.lg.Warn("storage: samples dropped", "too_old", tooOld, "duplicate_timestamp", dupTS)
+		s.logDropped(tooOld, dupTS)
 	}
 	return nil
+}
+
+// dropLogEvery is how often, at most, samples dropped are logged: a device
+// that sends what the store cannot hold does so at every write.
+const dropLogEvery = 10 * time.Second
+
+// dropLog is what was dropped since the last line that said so.
+type dropLog struct {
+	mu            sync.Mutex
+	last          time.Time
+	tooOld, dupTS int
+}
+
+// logDropped logs the samples a write dropped, with those dropped since the
+// last line, at most once per dropLogEvery; the counts are in
+// ingest_storage_dropped_samples_total whether logged or not.
+func (s *TSDB) logDropped(tooOld, dupTS int) {
+	d := &s.dropped
+	d.mu.Lock()
+	d.tooOld += tooOld
+	d.dupTS += dupTS
+	now := time.Now()
+	if !d.last.IsZero() && now.Sub(d.last) < dropLogEvery {
+		d.mu.Unlock()
+		return
+	}
+	tooOld, dupTS = d.tooOld, d.dupTS
+	d.last, d.tooOld, d.dupTS = now, 0, 0
+	d.mu.Unlock()
+	s.lg.Warn("storage: samples dropped", "too_old", tooOld, "duplicate_timestamp", dupTS,
+		"next", fmt.Sprintf("dropped samples are logged at most every %v, all counted in ingest_storage_dropped_samples_total", dropLogEvery))
 }
 
 // tally counts one append's outcome: taken, too old or a duplicate

@@ -1,14 +1,17 @@
 package embedded_test
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -225,6 +228,61 @@ func TestTSDBLateData(t *testing.T) {
 	if got := testutil.ToFloat64(dropped(t, reg)); got != 1 {
 		t.Fatalf("dropped %v, want 1", got)
 	}
+}
+
+// TestTSDBDroppedLoggedAtIntervals: a device whose data the store can
+// never hold (a clock hours behind, or stuck on one timestamp with
+// changing values) has samples dropped at every write for as long as it
+// sends. Every one is counted; the warning comes once per interval, with
+// what was dropped since, not once a write. Before, each write that
+// dropped a sample logged "storage: samples dropped": a line per batch,
+// for as long as the device sent.
+func TestTSDBDroppedLoggedAtIntervals(t *testing.T) {
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	lg := slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil))
+	reg := prometheus.NewRegistry()
+	db, err := embedded.Open(embedded.Options{Dir: t.TempDir(), OutOfOrderWindow: time.Hour}, reg, lg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	ctx := context.Background()
+	now := time.Now().Truncate(time.Second)
+	if err := db.Write(ctx, []storage.Point{point("dev-1", now, map[string]float64{"v": 1}, nil, nil)}); err != nil {
+		t.Fatal(err)
+	}
+	const writes = 50
+	for i := range writes {
+		// One sample too old, and one at the time already stored with
+		// another value.
+		if err := db.Write(ctx, []storage.Point{point("dev-1", now.Add(-2*time.Hour-time.Duration(i)*time.Second), map[string]float64{"v": 2}, nil, nil),
+			point("dev-1", now, map[string]float64{"v": float64(i + 2)}, nil, nil)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := testutil.ToFloat64(dropped(t, reg)); got != 2*writes {
+		t.Fatalf("dropped %v, want %d", got, 2*writes)
+	}
+	mu.Lock()
+	logged := strings.Count(buf.String(), "storage: samples dropped")
+	out := buf.String()
+	mu.Unlock()
+	if logged != 1 {
+		t.Fatalf("%d writes that each dropped samples logged %d warnings, want 1 (within the interval):\n%s", writes, logged, out)
+	}
+}
+
+// lockedWriter is a writer shared by goroutines.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 func TestAPIEndpoints(t *testing.T) {
