@@ -33,6 +33,8 @@ type Router struct {
 	log  *wal.Log
 	lg   *slog.Logger
 	m    *metrics
+	// tooLarge spaces the lines that say a batch can never fit.
+	tooLarge logEvery
 
 	ingest   *zsock.Router
 	consumer *zsock.Router
@@ -533,8 +535,12 @@ func (r *Router) appendGroup(ctx context.Context, group []inbound) {
 			r.appendGroup(ctx, group[h:])
 			return
 		case errors.Is(err, wal.ErrTooLarge):
-			r.lg.Error("middletier: a batch can never fit under the WAL's bound; raise the bound or lower the frontends' batch size",
-				"origin", group[0].b.Origin, "entries", len(records))
+			// The frontend sends it again after every busy, for as long
+			// as the bound stays: say so once in a while, not each time.
+			if n, ok := r.tooLarge.due(time.Now()); ok {
+				r.lg.Error("middletier: a batch can never fit under the WAL's bound; raise the bound or lower the frontends' batch size",
+					"origin", group[0].b.Origin, "entries", len(records), "more_since_last_logged", n)
+			}
 			fallthrough
 		case errors.Is(err, wal.ErrFull), errors.Is(err, wal.ErrNoSpace):
 			// At the bound, or the disk is full (the WAL logs it): the
@@ -902,4 +908,29 @@ func (r *Router) keepState() error {
 // is used up (EDQUOT).
 func isNoSpace(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
+}
+
+// tooLargeLogEvery is how often, at most, a batch that can never fit is
+// logged.
+const tooLargeLogEvery = 10 * time.Second
+
+// logEvery spaces the lines of a condition that repeats at every retry.
+type logEvery struct {
+	mu     sync.Mutex
+	last   time.Time
+	missed int
+}
+
+// due reports whether a line is due at now, with how many were not
+// logged since the last one.
+func (l *logEvery) due(now time.Time) (int, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.last.IsZero() && now.Sub(l.last) < tooLargeLogEvery {
+		l.missed++
+		return 0, false
+	}
+	n := l.missed
+	l.last, l.missed = now, 0
+	return n, true
 }

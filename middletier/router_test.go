@@ -4,11 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -256,6 +259,52 @@ func TestBusyAtBound(t *testing.T) {
 	if got := testkit.Metric(t, tr.Reg, "ingest_middletier_repeats_dropped_total"); got != 2 {
 		t.Fatalf("repeats dropped %v, want 2 (9 and 10, once)", got)
 	}
+}
+
+// TestTooLargeLoggedOnce: a batch that can never fit under the WAL's
+// bound is answered busy, and the frontend sends it again after every
+// busy, for as long as the bound stays as it is. The error that says to
+// raise the bound is logged once in a while, not at each of those sends.
+// Before, every send logged it: five error lines a second per frontend
+// (the busy's retry hint is 200 ms), for good.
+func TestTooLargeLoggedOnce(t *testing.T) {
+	var mu sync.Mutex
+	var buf bytes.Buffer
+	lg := slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil))
+	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "middletier", MaxBytes: 64})
+	r, err := middletier.New(middletier.Options{ID: "mt-test", StateDir: t.TempDir(), IngestAddr: "tcp://127.0.0.1:0",
+		ConsumerAddr: "tcp://127.0.0.1:0", StreamAddr: "tcp://127.0.0.1:0"}, l, nil, lg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	testkit.Go(t, "middletier", r.Run)
+	fe := dealer(t, r.Addrs().Ingest, "fe-1#1")
+	big := bytes.Repeat([]byte("x"), 100)
+	const sends = 20
+	for range sends {
+		fe.Send(t, &wire.Batch{Origin: "fe-1", First: 1, Entries: [][]byte{big}})
+		if busy := testkit.Next[*wire.Busy](t, fe); busy.UpTo != 0 {
+			t.Fatalf("busy %+v", busy)
+		}
+	}
+	mu.Lock()
+	out := buf.String()
+	mu.Unlock()
+	if n := strings.Count(out, "can never fit"); n != 1 {
+		t.Fatalf("a batch over the bound sent %d times: the error logged %d times, want once:\n%s", sends, n, out)
+	}
+}
+
+// lockedWriter is a writer shared by goroutines.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
 }
 
 func TestInvalidMessagesCounted(t *testing.T) {
