@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/internal/lifecycle"
+	"github.com/ingest-io/ingest/internal/lograte"
 	"github.com/ingest-io/ingest/internal/varint"
 	"github.com/ingest-io/ingest/wal"
 	"github.com/ingest-io/ingest/wire"
@@ -34,7 +35,7 @@ type Router struct {
 	lg   *slog.Logger
 	m    *metrics
 	// tooLarge spaces the lines that say a batch can never fit.
-	tooLarge logEvery
+	tooLarge lograte.Limiter
 
 	ingest   *zsock.Router
 	consumer *zsock.Router
@@ -173,6 +174,9 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 		lagging: map[string]bool{},
 		groups:  map[string]*group{},
 		holders: map[string]string{},
+		// The frontend sends a batch that can never fit again after
+		// every busy: it is said once in a while, not each time.
+		tooLarge: lograte.Limiter{Every: 10 * time.Second},
 	}
 	lost := st.Applied > log.LastIndex()
 	if lost {
@@ -535,9 +539,7 @@ func (r *Router) appendGroup(ctx context.Context, group []inbound) {
 			r.appendGroup(ctx, group[h:])
 			return
 		case errors.Is(err, wal.ErrTooLarge):
-			// The frontend sends it again after every busy, for as long
-			// as the bound stays: say so once in a while, not each time.
-			if n, ok := r.tooLarge.due(time.Now()); ok {
+			if n, ok := r.tooLarge.Allow(time.Now()); ok {
 				r.lg.Error("middletier: a batch can never fit under the WAL's bound; raise the bound or lower the frontends' batch size",
 					"origin", group[0].b.Origin, "entries", len(records), "more_since_last_logged", n)
 			}
@@ -908,29 +910,4 @@ func (r *Router) keepState() error {
 // is used up (EDQUOT).
 func isNoSpace(err error) bool {
 	return errors.Is(err, syscall.ENOSPC) || errors.Is(err, syscall.EDQUOT)
-}
-
-// tooLargeLogEvery is how often, at most, a batch that can never fit is
-// logged.
-const tooLargeLogEvery = 10 * time.Second
-
-// logEvery spaces the lines of a condition that repeats at every retry.
-type logEvery struct {
-	mu     sync.Mutex
-	last   time.Time
-	missed int
-}
-
-// due reports whether a line is due at now, with how many were not
-// logged since the last one.
-func (l *logEvery) due(now time.Time) (int, bool) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if !l.last.IsZero() && now.Sub(l.last) < tooLargeLogEvery {
-		l.missed++
-		return 0, false
-	}
-	n := l.missed
-	l.last, l.missed = now, 0
-	return n, true
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/prometheus/tsdb"
 	"github.com/prometheus/prometheus/tsdb/wlog"
 
+	"github.com/ingest-io/ingest/internal/lograte"
 	"github.com/ingest-io/ingest/storage"
 	"github.com/ingest-io/ingest/storage/internal/series"
 )
@@ -318,7 +319,8 @@ func Open(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*TSDB, erro
 		m.unregister()
 		return nil, fmt.Errorf("storage: open tsdb: %w", err)
 	}
-	s := &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls, lock: lock, refs: newRefCache(maxCachedSeries)}
+	s := &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls, lock: lock, refs: newRefCache(maxCachedSeries),
+		dropped: dropLog{every: lograte.Limiter{Every: dropLogEvery}}}
 	m.failed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ingest_storage_tsdb_failed",
 		Help: "1 once a write to the embedded TSDB's write logs or an fsync of them has failed: every later write fails until the writer restarts (its /healthz fails).",
@@ -465,7 +467,7 @@ const dropLogEvery = 10 * time.Second
 // dropLog is what was dropped since the last line that said so.
 type dropLog struct {
 	mu            sync.Mutex
-	last          time.Time
+	every         lograte.Limiter
 	tooOld, dupTS int
 }
 
@@ -477,13 +479,12 @@ func (s *TSDB) logDropped(tooOld, dupTS int) {
 	d.mu.Lock()
 	d.tooOld += tooOld
 	d.dupTS += dupTS
-	now := time.Now()
-	if !d.last.IsZero() && now.Sub(d.last) < dropLogEvery {
+	if _, ok := d.every.Allow(time.Now()); !ok {
 		d.mu.Unlock()
 		return
 	}
 	tooOld, dupTS = d.tooOld, d.dupTS
-	d.last, d.tooOld, d.dupTS = now, 0, 0
+	d.tooOld, d.dupTS = 0, 0
 	d.mu.Unlock()
 	s.lg.Warn("storage: samples dropped", "too_old", tooOld, "duplicate_timestamp", dupTS,
 		"next", fmt.Sprintf("dropped samples are logged at most every %v, all counted in ingest_storage_dropped_samples_total", dropLogEvery))
