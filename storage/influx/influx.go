@@ -213,13 +213,13 @@ func (s *Sink) writeLines(ctx context.Context, lo, hi int) error {
 		s.h.Metrics.Dropped.WithLabelValues(kind).Add(float64(dropped))
 		s.h.Acked(n-dropped, n)
 		if v == sinkhttp.Rejected {
-			s.h.Log.Warn("store dropped lines", "dropped", dropped, "answer", ie.Message)
+			s.h.LogDropped("store dropped lines", "dropped", dropped, "answer", ie.Message)
 		}
 		return nil
 	}
 	if n == 1 {
 		s.h.Metrics.Dropped.WithLabelValues(kind).Inc()
-		s.h.Log.Warn("store refused a line; dropped", "line", sinkhttp.TrimBody(body), "status", a.Status, "answer", sinkhttp.TrimBody(a.Body))
+		s.h.LogDropped("store refused a line; dropped", "line", sinkhttp.TrimBody(body), "status", a.Status, "answer", sinkhttp.TrimBody(a.Body))
 		return nil
 	}
 	mid := lo + n/2

@@ -1,10 +1,12 @@
 package influx
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -500,5 +502,37 @@ func TestInfluxTimeKey(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 3 {
 		t.Errorf("lines written: %v, want 3", got)
+	}
+}
+
+// A store that keeps refusing lines (a device sending what it cannot take,
+// at every Write) is logged at most every 10 s, saying how many lines were
+// left out, not once per refusal; every line dropped is counted.
+func TestInfluxRefusalsLoggedAtIntervals(t *testing.T) {
+	srv := testkit.InfluxDB(t)
+	db := influxDB(t, srv, "")
+	var logs bytes.Buffer
+	s, err := New(Options{URL: srv.URL + "/write?db=" + db}, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
+	if err := s.Write(context.Background(), testkit.Points("typed", t0, 1)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		ps := testkit.Points("typed", t0.Add(time.Duration(i+1)*time.Second), 1)
+		ps[0].Numbers = map[string]float64{}
+		ps[0].Strings = map[string]string{"temp": "warm"} // temp is a float field
+		if err := s.Write(context.Background(), ps); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindRejected)); got != 20 {
+		t.Errorf("dropped rejected: %v, want 20", got)
+	}
+	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+		t.Errorf("%d warnings for 20 refused lines, want 1:\n%s", n, logs.String())
 	}
 }

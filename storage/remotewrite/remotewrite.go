@@ -219,7 +219,7 @@ func (s *Sink) writeChunk(ctx context.Context, ss []rwSample, st *rwWriteState) 
 			st.tooOld, st.tooOldMax = true, max(st.tooOldMax, ss[0].t)
 		}
 		if v == sinkhttp.Rejected {
-			s.h.Log.Warn("store refused a sample; dropped", "series", s.ms.seriesString(ss[0]), "timestamp_ms", ss[0].t, "status", a.Status, "answer", sinkhttp.TrimBody(a.Body))
+			s.h.LogDropped("store refused a sample; dropped", "series", s.ms.seriesString(ss[0]), "timestamp_ms", ss[0].t, "status", a.Status, "answer", sinkhttp.TrimBody(a.Body))
 		}
 		return nil
 	}

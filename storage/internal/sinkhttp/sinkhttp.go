@@ -26,6 +26,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/ingest-io/ingest/internal/lifecycle"
+	"github.com/ingest-io/ingest/internal/lograte"
 	"github.com/ingest-io/ingest/internal/metricset"
 	"github.com/ingest-io/ingest/storage"
 )
@@ -194,6 +195,22 @@ type Client struct {
 	tr      *http.Transport
 	errBody []byte
 	closed  bool
+	drops   lograte.Limiter
+}
+
+// dropLogEvery is how often, at most, a sink logs what the store refused:
+// a device backfilling data the store cannot take sends some at every
+// write.
+const dropLogEvery = 10 * time.Second
+
+// LogDropped logs, at most every 10 s, what the store refused for good
+// (msg, with args), and how many such lines were left out since; every
+// sample or line dropped is counted in the sink's metrics whether logged
+// or not.
+func (c *Client) LogDropped(msg string, args ...any) {
+	if n, ok := c.drops.Allow(time.Now()); ok {
+		c.Log.Warn(msg, append(args, "more_since_last_logged", n)...)
+	}
 }
 
 // New returns the client of the sink called name, whose endpoint is
@@ -231,6 +248,7 @@ func New(name, endpoint string, opts Options, reg prometheus.Registerer, lg *slo
 		client:  &http.Client{Transport: tr, Timeout: opts.Timeout, CheckRedirect: keepMethod},
 		Metrics: m,
 		Log:     lg.With("sink", name),
+		drops:   lograte.Limiter{Every: dropLogEvery},
 	}, nil
 }
 
