@@ -40,9 +40,10 @@ type Options struct {
 	// frontend naming it again. Default 5s.
 	PresenceTimeout time.Duration
 	// DefaultTTL is the time to live of a command submitted without one.
-	// Default 24h.
+	// Default 24h, or MaxTTL if that is shorter.
 	DefaultTTL time.Duration
-	// MaxTTL bounds a command's time to live. Default 7 days.
+	// MaxTTL bounds a command's time to live, with one or without.
+	// Default 7 days.
 	MaxTTL time.Duration
 	// SendStall bounds one send on the ROUTER. Default 2s.
 	SendStall time.Duration
@@ -93,6 +94,8 @@ func (o Options) withDefaults() (Options, error) {
 		return o, errors.New("command: events need the middletiers to send them to")
 	}
 	defaults.FillPositive(&o, d)
+	// A command without a time to live lives no longer than one with.
+	o.DefaultTTL = min(o.DefaultTTL, o.MaxTTL)
 	return o, nil
 }
 

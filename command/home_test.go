@@ -249,6 +249,11 @@ func TestTTLExpiry(t *testing.T) {
 	if r := fe2.ask(t, &wire.Submit{Device: "d1", Name: "n", TTLMS: uint64(2 * time.Hour / time.Millisecond)}); r.Code != wire.CodeInvalid {
 		t.Fatalf("ttl over the bound: %+v", r)
 	}
+	// A command without a ttl lives no longer than the bound either: the
+	// default (24 h) is cut to it.
+	if c := fe2.submit(t, wire.Submit{Device: "d1", Name: "n"}); time.Duration(c.Expires-c.Created) != time.Hour {
+		t.Fatalf("no ttl under a bound of 1h gave %s", time.Duration(c.Expires-c.Created))
+	}
 }
 
 // TestExpiredNeverHandedOn: a queued command whose time to live has
