@@ -3,12 +3,9 @@ package command_test
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"path/filepath"
 	"slices"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -127,10 +124,10 @@ func TestEventsDroppedLoggedOnce(t *testing.T) {
 	}
 	t.Cleanup(func() { evs.Close() })
 	cmds := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "command"})
-	lines := &recordCounter{}
+	var logs testkit.Logs
 	reg := prometheus.NewRegistry()
 	h, err := command.New(command.Options{ID: "home-1", Addr: "tcp://127.0.0.1:0", Redeliver: time.Minute, PresenceTimeout: time.Minute,
-		Events: evs, EventsTo: []string{nowhere}}, cmds, reg, slog.New(lines))
+		Events: evs, EventsTo: []string{nowhere}}, cmds, reg, logs.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,39 +151,7 @@ func TestEventsDroppedLoggedOnce(t *testing.T) {
 	if dropped < 10 {
 		t.Fatalf("%v events dropped by 40 rounds into a log of 1 KiB, want at least 10", dropped)
 	}
-	if n := lines.count("command: events dropped"); n != 1 {
+	if n := logs.Count(`msg="command: events dropped`); n != 1 {
 		t.Fatalf("%v events dropped, in rounds of their own, logged %d times; want once", dropped, n)
 	}
-}
-
-// recordCounter is a slog.Handler that counts the records of each message.
-type recordCounter struct {
-	mu sync.Mutex
-	n  map[string]int
-}
-
-func (h *recordCounter) Enabled(context.Context, slog.Level) bool { return true }
-func (h *recordCounter) Handle(_ context.Context, r slog.Record) error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.n == nil {
-		h.n = map[string]int{}
-	}
-	h.n[r.Message]++
-	return nil
-}
-func (h *recordCounter) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h *recordCounter) WithGroup(string) slog.Handler      { return h }
-
-// count is the records whose message begins with prefix.
-func (h *recordCounter) count(prefix string) int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	n := 0
-	for msg, c := range h.n {
-		if strings.HasPrefix(msg, prefix) {
-			n += c
-		}
-	}
-	return n
 }

@@ -4,14 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -268,12 +265,10 @@ func TestBusyAtBound(t *testing.T) {
 // Before, every send logged it: five error lines a second per frontend
 // (the busy's retry hint is 200 ms), for good.
 func TestTooLargeLoggedOnce(t *testing.T) {
-	var mu sync.Mutex
-	var buf bytes.Buffer
-	lg := slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil))
+	var logs testkit.Logs
 	l := testkit.OpenWAL(t, t.TempDir(), wal.Options{Hop: "middletier", MaxBytes: 64})
 	r, err := middletier.New(middletier.Options{ID: "mt-test", StateDir: t.TempDir(), IngestAddr: "tcp://127.0.0.1:0",
-		ConsumerAddr: "tcp://127.0.0.1:0", StreamAddr: "tcp://127.0.0.1:0"}, l, nil, lg)
+		ConsumerAddr: "tcp://127.0.0.1:0", StreamAddr: "tcp://127.0.0.1:0"}, l, nil, logs.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -287,24 +282,9 @@ func TestTooLargeLoggedOnce(t *testing.T) {
 			t.Fatalf("busy %+v", busy)
 		}
 	}
-	mu.Lock()
-	out := buf.String()
-	mu.Unlock()
-	if n := strings.Count(out, "can never fit"); n != 1 {
-		t.Fatalf("a batch over the bound sent %d times: the error logged %d times, want once:\n%s", sends, n, out)
+	if n := logs.Count("can never fit"); n != 1 {
+		t.Fatalf("a batch over the bound sent %d times: the error logged %d times, want once:\n%s", sends, n, logs.String())
 	}
-}
-
-// lockedWriter is a writer shared by goroutines.
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
 }
 
 func TestInvalidMessagesCounted(t *testing.T) {

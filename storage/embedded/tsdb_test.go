@@ -1,17 +1,14 @@
 package embedded_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -238,11 +235,9 @@ func TestTSDBLateData(t *testing.T) {
 // dropped a sample logged "storage: samples dropped": a line per batch,
 // for as long as the device sent.
 func TestTSDBDroppedLoggedAtIntervals(t *testing.T) {
-	var buf bytes.Buffer
-	var mu sync.Mutex
-	lg := slog.New(slog.NewTextHandler(lockedWriter{&mu, &buf}, nil))
+	var logs testkit.Logs
 	reg := prometheus.NewRegistry()
-	db, err := embedded.Open(embedded.Options{Dir: t.TempDir(), OutOfOrderWindow: time.Hour}, reg, lg)
+	db, err := embedded.Open(embedded.Options{Dir: t.TempDir(), OutOfOrderWindow: time.Hour}, reg, logs.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -264,25 +259,9 @@ func TestTSDBDroppedLoggedAtIntervals(t *testing.T) {
 	if got := testutil.ToFloat64(dropped(t, reg)); got != 2*writes {
 		t.Fatalf("dropped %v, want %d", got, 2*writes)
 	}
-	mu.Lock()
-	logged := strings.Count(buf.String(), "storage: samples dropped")
-	out := buf.String()
-	mu.Unlock()
-	if logged != 1 {
-		t.Fatalf("%d writes that each dropped samples logged %d warnings, want 1 (within the interval):\n%s", writes, logged, out)
+	if logged := logs.Count("storage: samples dropped"); logged != 1 {
+		t.Fatalf("%d writes that each dropped samples logged %d warnings, want 1 (within the interval):\n%s", writes, logged, logs.String())
 	}
-}
-
-// lockedWriter is a writer shared by goroutines.
-type lockedWriter struct {
-	mu *sync.Mutex
-	w  io.Writer
-}
-
-func (l lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
 }
 
 func TestAPIEndpoints(t *testing.T) {

@@ -1,12 +1,10 @@
 package influx
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
@@ -511,8 +509,8 @@ func TestInfluxTimeKey(t *testing.T) {
 func TestInfluxRefusalsLoggedAtIntervals(t *testing.T) {
 	srv := testkit.InfluxDB(t)
 	db := influxDB(t, srv, "")
-	var logs bytes.Buffer
-	s, err := New(Options{URL: srv.URL + "/write?db=" + db}, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+	var logs testkit.Logs
+	s, err := New(Options{URL: srv.URL + "/write?db=" + db}, nil, logs.Logger())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -532,7 +530,7 @@ func TestInfluxRefusalsLoggedAtIntervals(t *testing.T) {
 	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindRejected)); got != 20 {
 		t.Errorf("dropped rejected: %v, want 20", got)
 	}
-	if n := strings.Count(logs.String(), "level=WARN"); n != 1 {
+	if n := logs.Count("level=WARN"); n != 1 {
 		t.Errorf("%d warnings for 20 refused lines, want 1:\n%s", n, logs.String())
 	}
 }
