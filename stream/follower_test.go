@@ -769,27 +769,11 @@ func TestDurableRestartedMiddletierBeforeAnyAck(t *testing.T) {
 	}
 
 	// This run resumes after 200 and has nothing to take or commit.
-	pxs := tcpproxy.Start(t, strings.TrimPrefix(ep.Stream, "tcp://"))
-	pxc := tcpproxy.Start(t, strings.TrimPrefix(ep.Consumer, "tcp://"))
-	rec := newRecorder()
-	f := follow(t, stream.Endpoints{Stream: pxs.Endpoint(), Consumer: pxc.Endpoint()},
-		stream.Options{Durable: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, rec)
-	testkit.WaitFor(t, "caught up", 20*time.Second, f.CaughtUp)
+	f, rec, pxs, pxc := proxiedFollower(t, ep)
 
 	// The middletier comes back over an empty directory, and takes 250
 	// records before the Follower reaches it again.
-	pxs.Cut()
-	pxc.Cut()
-	testkit.WaitFor(t, "the follower to notice the cut", 20*time.Second, func() bool { return !f.Connected() })
-	if err := mt.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	opts := mt.Opts
-	opts.StateDir = ""
-	mt2 := testkit.StartMiddletier(t, t.TempDir(), opts, wal.Options{})
-	send(t, testkit.NewFrontend(t, mt2.Addrs.Ingest, "fe-2.0002"), 1, 250)
-	pxs.Restore()
-	pxc.Restore()
+	mt2 := restartEmpty(t, mt, f, pxs, pxc)
 
 	waitCheckpoint(t, mt2, "storage", 250)
 	rec.check(t, 1, 250, "fe-2.0002", 1)
@@ -813,30 +797,14 @@ func TestDurableRestartedMiddletierBeforeTheCommitsAck(t *testing.T) {
 	pr.p.Send(t, &wire.Commit{Consumer: "other", Seq: 0})
 	testkit.Next[*wire.CommitAck](t, pr.p)
 
-	pxs := tcpproxy.Start(t, strings.TrimPrefix(ep.Stream, "tcp://"))
-	pxc := tcpproxy.Start(t, strings.TrimPrefix(ep.Consumer, "tcp://"))
-	rec := newRecorder()
-	f := follow(t, stream.Endpoints{Stream: pxs.Endpoint(), Consumer: pxc.Endpoint()},
-		stream.Options{Durable: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, rec)
-	testkit.WaitFor(t, "caught up", 20*time.Second, f.CaughtUp)
+	f, rec, pxs, pxc := proxiedFollower(t, ep)
 	send(t, fe, 1, 100)
 	testkit.WaitFor(t, "the first records", 20*time.Second, func() bool { return rec.taken() == 100 })
 	testkit.WaitFor(t, "their commit", 20*time.Second, func() bool { return testkit.Metric(t, f.reg, "lag") == 0 })
 
 	// The middletier comes back over an empty directory, and takes 250
 	// records before the Follower reaches it again.
-	pxs.Cut()
-	pxc.Cut()
-	testkit.WaitFor(t, "the follower to notice the cut", 20*time.Second, func() bool { return !f.Connected() })
-	if err := mt.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	opts := mt.Opts
-	opts.StateDir, opts.StateInterval = "", 0
-	mt2 := testkit.StartMiddletier(t, t.TempDir(), opts, wal.Options{})
-	send(t, testkit.NewFrontend(t, mt2.Addrs.Ingest, "fe-2.0002"), 1, 250)
-	pxs.Restore()
-	pxc.Restore()
+	mt2 := restartEmpty(t, mt, f, pxs, pxc)
 
 	waitCheckpoint(t, mt2, "storage", 250)
 	rec.mu.Lock()
@@ -850,4 +818,40 @@ func TestDurableRestartedMiddletierBeforeTheCommitsAck(t *testing.T) {
 	if len(seqs) != 250 || seqs[0] != 1 {
 		t.Fatalf("of the new sequence 1..250, %d records taken (the first %v), lost %+v", len(seqs), seqs[:min(1, len(seqs))], rec.lost)
 	}
+}
+
+// proxiedFollower starts a durable Follower of ep's middletier through
+// proxies of its stream and consumer sockets, with a short backoff, and
+// waits until it has caught up.
+func proxiedFollower(t *testing.T, ep stream.Endpoints) (*follower, *recorder, *tcpproxy.Proxy, *tcpproxy.Proxy) {
+	t.Helper()
+	pxs := tcpproxy.Start(t, strings.TrimPrefix(ep.Stream, "tcp://"))
+	pxc := tcpproxy.Start(t, strings.TrimPrefix(ep.Consumer, "tcp://"))
+	rec := newRecorder()
+	f := follow(t, stream.Endpoints{Stream: pxs.Endpoint(), Consumer: pxc.Endpoint()},
+		stream.Options{Durable: true, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, rec)
+	testkit.WaitFor(t, "caught up", 20*time.Second, f.CaughtUp)
+	return f, rec, pxs, pxc
+}
+
+// restartEmpty cuts f off its middletier mt (the proxies pxs and pxc), then
+// starts mt again over an empty directory (its WAL and state created
+// again, its state interval the default), sends it 250 records from a new
+// frontend, fe-2, and lets f reach it again: a new sequence, ahead of
+// where f was.
+func restartEmpty(t *testing.T, mt *testkit.Middletier, f *follower, pxs, pxc *tcpproxy.Proxy) *testkit.Middletier {
+	t.Helper()
+	pxs.Cut()
+	pxc.Cut()
+	testkit.WaitFor(t, "the follower to notice the cut", 20*time.Second, func() bool { return !f.Connected() })
+	if err := mt.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	opts := mt.Opts
+	opts.StateDir, opts.StateInterval = "", 0
+	mt2 := testkit.StartMiddletier(t, t.TempDir(), opts, wal.Options{})
+	send(t, testkit.NewFrontend(t, mt2.Addrs.Ingest, "fe-2.0002"), 1, 250)
+	pxs.Restore()
+	pxc.Restore()
+	return mt2
 }
