@@ -112,7 +112,7 @@ func TestSubcommandList(t *testing.T) {
 	for _, c := range []struct {
 		args []string
 		code int
-	}{{nil, 2}, {[]string{"--help"}, 0}, {[]string{"-h"}, 0}, {[]string{"help"}, 0}, {[]string{"help", "help"}, 0}} {
+	}{{nil, 2}, {[]string{"--help"}, 0}, {[]string{"-h"}, 0}, {[]string{"help"}, 0}, {[]string{"help", "help"}, 0}, {[]string{"help", "--help"}, 0}, {[]string{"help", "-h"}, 0}} {
 		out, errOut, code := runBin(t, "", nil, c.args...)
 		if code != c.code {
 			t.Errorf("ingest %q exited %d, want %d", c.args, code, c.code)

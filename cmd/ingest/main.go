@@ -127,7 +127,9 @@ func usage(w io.Writer) {
 
 // runHelp is `ingest help [subcommand]`.
 func runHelp(ctx context.Context, args []string) error {
-	if len(args) == 0 || args[0] == "help" {
+	// `ingest help --help` is what a usage error here points to: it lists
+	// the subcommands, as `ingest help` and `ingest help help` do.
+	if len(args) == 0 || args[0] == "help" || args[0] == "--help" || args[0] == "-help" || args[0] == "-h" {
 		usage(os.Stdout)
 		return nil
 	}
