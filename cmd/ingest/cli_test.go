@@ -177,6 +177,10 @@ func TestCLIErrors(t *testing.T) {
 			fmt.Sprintf("ingest storage: listen %s (--http.listen): address already in use", b)},
 		{"required flag", nil, []string{"frontend", "--insecure-no-auth"}, 1,
 			"ingest frontend: --wal.dir (INGEST_WAL_DIR) is required"},
+		// 1ns gathered and wrote the metrics as fast as it could: 60 % of
+		// a core, idle.
+		{"self-monitoring under a second", nil, []string{"storage", "--data.dir", t.TempDir(), "--http.listen", "127.0.0.1:0",
+			"--self-monitor.interval", "1ns"}, 1, "ingest storage: --self-monitor.interval 1ns: give 0 (never) or at least 100ms"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, errOut, code := runBin(t, "", c.env, c.args...)

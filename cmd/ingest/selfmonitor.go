@@ -27,7 +27,7 @@ func (c *selfMonitorConfig) register(f flags) {
 	c.f = f
 	f.duration(&c.interval, "self-monitor.interval", `how often the process writes its own metrics (every tier's, as /metrics serves them) `+
 		`into the embedded TSDB, with the labels job="ingest" and instance=<the query API's host:port>, so that the engine dashboard `+
-		`works against the query API alone; 0: never`)
+		`works against the query API alone; 0: never, else at least 100ms`)
 }
 
 // build adds the part that writes p's metrics into db every interval, as
@@ -35,6 +35,11 @@ func (c *selfMonitorConfig) register(f flags) {
 func (c *selfMonitorConfig) build(p *process, db *embedded.TSDB, instance string) error {
 	if c.interval == 0 {
 		return nil
+	}
+	if c.interval < 100*time.Millisecond {
+		// Gathering every tier's metrics and writing them takes a while:
+		// with 1ns the process did nothing else (60 % of a core, idle).
+		return fmt.Errorf("--self-monitor.interval %s: give 0 (never) or at least 100ms", c.interval)
 	}
 	failures := prometheus.NewCounter(prometheus.CounterOpts{Name: "ingest_self_monitor_failures_total",
 		Help: "Writes of the process's own metrics into the embedded TSDB that failed (--self-monitor.interval)."})
