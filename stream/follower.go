@@ -126,6 +126,11 @@ func (o Options) withDefaults(ep Endpoints) (Options, error) {
 	setD(&o.IdlePoll, d.IdlePoll)
 	setD(&o.MinBackoff, d.MinBackoff)
 	setD(&o.MaxBackoff, d.MaxBackoff)
+	if o.FetchTimeout < time.Millisecond {
+		// A fetch that times out at once is dialled again at once: a
+		// Follower of 1ns did nothing but redial.
+		return o, fmt.Errorf("stream: fetch timeout %v: want at least 1ms", o.FetchTimeout)
+	}
 	if o.Name == "" {
 		o.Name = d.Name
 	}

@@ -568,6 +568,8 @@ func TestOptions(t *testing.T) {
 		{stream.Endpoints{Stream: ep.Stream}, stream.Options{Consumer: "c", Durable: true}},
 		{ep, stream.Options{Consumer: "c", MaxGapFill: -1}},
 		{ep, stream.Options{Consumer: "c", Linger: -time.Second}},
+		{ep, stream.Options{Consumer: "c", FetchTimeout: time.Nanosecond}},
+		{ep, stream.Options{Consumer: "c", FetchTimeout: 999 * time.Microsecond}},
 	} {
 		if _, err := stream.New(c.ep, c.opts, newRecorder(), stream.Metrics{}, nil); err == nil {
 			t.Errorf("%+v %+v accepted", c.ep, c.opts)

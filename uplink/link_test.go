@@ -447,6 +447,13 @@ func TestNewRefusesATinyAckTimeout(t *testing.T) {
 			t.Errorf("AckTimeout %v refused with %q, want it named", d, err)
 		}
 	}
+	for _, o := range []uplink.Options{{Failover: time.Nanosecond}, {Return: 999 * time.Microsecond}} {
+		o.ID, o.Middletiers = "fe", []string{"tcp://127.0.0.1:1"}
+		if k, err := uplink.New(o, l, nil, nil); err == nil {
+			k.Close()
+			t.Errorf("New took Failover %v, Return %v: under a millisecond it fails over or returns without end", o.Failover, o.Return)
+		}
+	}
 	k, err := uplink.New(uplink.Options{ID: "fe", Middletiers: []string{"tcp://127.0.0.1:1"}, AckTimeout: time.Millisecond}, l, nil, nil)
 	if err != nil {
 		t.Fatalf("AckTimeout 1ms: %v", err)

@@ -64,7 +64,7 @@ type Options struct {
 	Return time.Duration
 }
 
-// minAckTimeout is the shortest Options.AckTimeout.
+// minAckTimeout is the shortest Options.AckTimeout, Failover and Return.
 const minAckTimeout = time.Millisecond
 
 // DefaultOptions returns the defaults that zero fields stand for.
@@ -97,6 +97,11 @@ func (o Options) withDefaults() (Options, error) {
 		// Run ticks every quarter of it: a tick of no interval panics,
 		// and one of a few nanoseconds sends again without end.
 		return o, fmt.Errorf("uplink: ack timeout %v: want at least %v", o.AckTimeout, minAckTimeout)
+	}
+	if o.Failover < minAckTimeout || o.Return < minAckTimeout {
+		// Of a few nanoseconds, a Link fails over, or looks again at its
+		// first choice, without end.
+		return o, fmt.Errorf("uplink: failover %v, return %v: want each at least %v", o.Failover, o.Return, minAckTimeout)
 	}
 	if linger < 0 {
 		o.Linger = 0 // none
