@@ -46,7 +46,7 @@ func (c *feedConfig) register(f flags) {
 	f.integer(&c.maxMissed, "max-missed", "a reader missing more messages than this before catching up is closed with 4000")
 	f.integer(&c.gapFill, "max-gap-fill", "most records fetched to fill one gap in a middletier's stream")
 	f.integer(&c.maxResume, "max-resume", "most records replayed for one resume request")
-	f.duration(&c.fetchTimeout, "fetch-timeout", "bound on one fetch from a middletier")
+	f.duration(&c.fetchTimeout, "fetch-timeout", "bound on one fetch from a middletier (at least 1ms)")
 	f.duration(&c.ping, "ping-interval", "ping every reader this often")
 	f.duration(&c.pong, "pong-timeout", "close a reader whose pong is this late")
 }
