@@ -4,6 +4,9 @@
 GO          ?= go
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 FUZZTIME    ?= 30s
+# How long the fuzzer may spend shrinking a new input: Go's default, 60 s,
+# would take most of a short FUZZTIME away from fuzzing.
+FUZZMINTIME ?= 3s
 BENCHTIME   ?= 2s
 PKGS        := ./...
 
@@ -160,12 +163,13 @@ soak: build
 	$(GO) run ./bench -spawn-all bin/ingest -devices 10000 -rate 1 -ramp 60s -duration $(SOAK_DURATION) \
 		-interval 1m -drain 60s -check.wait 10m -json bench/out/soak.json -plot bench/out/soak.svg
 
-# fuzz runs every fuzz target for FUZZTIME each.
+# fuzz runs every fuzz target for FUZZTIME each (FUZZMINTIME of it at most
+# shrinking each new input).
 fuzz:
 	@set -e; for pkg in $$($(GO) list $(PKGS)); do \
 		for target in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
 			echo "fuzz $$pkg $$target"; \
-			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) $$pkg; \
+			$(GO) test -run '^$$' -fuzz "^$$target$$" -fuzztime $(FUZZTIME) -fuzzminimizetime $(FUZZMINTIME) $$pkg; \
 		done; \
 	done
 
