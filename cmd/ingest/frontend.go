@@ -138,6 +138,14 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 		return nil, nil, &usageError{sub: c.f.fs.Name(), err: fmt.Errorf("--%s %d is over --%s %d: a message is at most a frame",
 			c.f.name("max-message-bytes"), msg, c.f.name("max-frame-bytes"), frame)}
 	}
+	if burst, batch := cmp.Or(c.burst, d.Burst), cmp.Or(c.batch, d.MaxBatchMessages); burst < batch {
+		return nil, nil, &usageError{sub: c.f.fs.Name(), err: fmt.Errorf("--%s %d is below --%s %d: a full batch could never pass",
+			c.f.name("burst"), burst, c.f.name("max-batch"), batch)}
+	}
+	if c.mqttReceiveMax > 65535 {
+		return nil, nil, &usageError{sub: c.f.fs.Name(), err: fmt.Errorf("--%s %d: MQTT allows at most 65535",
+			c.f.name("mqtt.receive-maximum"), c.mqttReceiveMax)}
+	}
 	opts := c.options()
 	var err error
 	if opts.Auth, err = a.options(); err != nil {

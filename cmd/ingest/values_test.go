@@ -67,6 +67,8 @@ func TestBadValueNamesItsFlag(t *testing.T) {
 		{"max-connections", "-1"},
 		{"wal.segment-bytes", "-5"},
 		{"max-message-bytes", "300000"},
+		{"burst", "10"}, // below --max-batch's 500
+		{"mqtt.receive-maximum", "70000"},
 	})
 }
 
