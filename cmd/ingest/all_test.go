@@ -44,6 +44,34 @@ func TestAllInOne(t *testing.T) {
 	e := startAll(t, nil)
 	// A dashboard follows every device on the live feed.
 	shown, _ := dashboard(t, context.Background(), "ws://"+e.feedAddr+"/v1/feed", nil, `{"type":"subscribe"}`)
+	// The feed is live: it shows what the middletier publishes once the
+	// feed has subscribed, a moment after the engine says it runs. Another
+	// device's messages, sent until one is shown, say it has.
+	warm, cancelWarm := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancelWarm()
+	warmUps := 0
+warmUp:
+	for {
+		warmUps++
+		sendAcked(t, warm, client.Options{URL: "ws://" + e.addr + "/v1/ingest?device=warm-up"}, [][]byte{fmt.Appendf(nil, `{"n":%d}`, warmUps)})
+		wait := time.After(300 * time.Millisecond)
+		for {
+			select {
+			case f, ok := <-shown:
+				if !ok {
+					t.Fatal("feed closed before a warm-up message")
+				}
+				if f["type"] == "message" && f["device"] == "warm-up" {
+					break warmUp
+				}
+				continue
+			case <-wait:
+			case <-warm.Done():
+				t.Fatalf("the feed showed none of %d warm-up messages", warmUps)
+			}
+			break
+		}
+	}
 	const n = 500
 	base := time.Now().UnixMilli() - n
 	var msgs [][]byte
@@ -55,9 +83,9 @@ func TestAllInOne(t *testing.T) {
 	defer cancel()
 	sendAcked(t, ctx, client.Options{URL: "ws://" + e.addr + "/v1/ingest?device=dev-1"}, msgs)
 	entries := `ingest_middletier_entries_total{middletier="mt-0"}`
-	testkit.Eventually(t, 30*time.Second, fmt.Sprintf("the middletier holds %d entries", n), func() (bool, string) {
+	testkit.Eventually(t, 30*time.Second, fmt.Sprintf("the middletier holds %d entries and the warm-up messages", n), func() (bool, string) {
 		v := scrape(t, e.addr, entries)
-		return v == n, fmt.Sprint(v)
+		return v == float64(n+warmUps), fmt.Sprint(v)
 	})
 	// Every message is on the feed, in order.
 	next := 1.0
@@ -68,8 +96,8 @@ func TestAllInOne(t *testing.T) {
 			if !ok {
 				t.Fatalf("feed closed after %v messages", next-1)
 			}
-			if f["type"] != "message" {
-				continue
+			if f["type"] != "message" || f["device"] == "warm-up" {
+				continue // a later warm-up message may follow the one shown
 			}
 			payload, _ := f["payload"].(map[string]any)
 			if f["device"] != "dev-1" || payload["id"] != next {
