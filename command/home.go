@@ -431,14 +431,17 @@ func (h *Home) loop(ctx context.Context) error {
 // appendRound appends the round's changes to the log. A disk without room
 // (wal.ErrNoSpace: the middletier's WAL on the same volume filled it, or
 // the log itself) holds the round, its replies and hand-overs unsent, and
-// the append is tried again until there is room: backpressure, as for the
-// tier's WAL, and requests wait in the socket meanwhile. It reports
-// stopped when ctx ended first: the round was not made durable, and
-// nothing of it was told. Any other failure is returned: memory is ahead
-// of the disk, and the process starts again from the log.
+// the append is tried again when the log may take it (wal.Log.Room: its
+// no-space wait over, room released, or the log failed) until there is
+// room: backpressure, as for the tier's WAL, and requests wait in the
+// socket meanwhile. It reports stopped when ctx ended first: the round was
+// not made durable, and nothing of it was told. Any other failure is
+// returned: memory is ahead of the disk, and the process starts again from
+// the log.
 func (h *Home) appendRound(ctx, actx context.Context) (stopped bool, err error) {
-	var retry *time.Timer
+	waited := false
 	for {
+		room := h.log.Room()
 		if h.releaseTo > 0 {
 			// A compaction: within the bound once what it supersedes
 			// is gone, also in a log over the bound (one reopened
@@ -449,38 +452,25 @@ func (h *Home) appendRound(ctx, actx context.Context) (stopped bool, err error) 
 			_, err = h.log.AppendBatch(actx, h.logBuf)
 		}
 		if !errors.Is(err, wal.ErrNoSpace) {
-			if retry != nil {
-				retry.Stop()
-				if err == nil {
-					h.lg.Info("command: room on disk again; the home serves")
-				}
-			}
 			if err != nil {
 				return false, fmt.Errorf("command: append: %w", err)
 			}
+			if waited {
+				h.lg.Info("command: room on disk again; the home serves")
+			}
 			return false, nil
 		}
-		if retry == nil {
+		if !waited {
 			h.lg.Warn("command: disk full; the home waits for room, its requests unanswered meanwhile", "err", err)
-			retry = time.NewTimer(noSpaceRetry)
-		} else {
-			retry.Reset(noSpaceRetry)
+			waited = true
 		}
 		select {
 		case <-ctx.Done():
-			retry.Stop()
 			return true, nil
-		case <-h.log.Failed():
-			retry.Stop()
-			return false, fmt.Errorf("command: %w", h.log.Err())
-		case <-retry.C:
+		case <-room:
 		}
 	}
 }
-
-// noSpaceRetry is how often a round held by a full disk tries its append
-// again (the WAL itself refuses at once until its own NoSpaceRetry).
-const noSpaceRetry = 100 * time.Millisecond
 
 // save queues c's state for the round's append.
 func (h *Home) save(c *wire.Command) {
