@@ -189,11 +189,18 @@ func TestInfluxSinkInfluxDBTooOld(t *testing.T) {
 
 // TestInfluxSinkRejected: a line the store cannot take (a field of another
 // type than stored) is dropped and counted, the rest of the Write lands; a
+// store that keeps refusing lines (a device sending what it cannot take, at
+// every Write) is logged at most every 10 s, not once per refusal; a
 // missing database fails the Write and drops nothing.
 func TestInfluxSinkRejected(t *testing.T) {
 	srv := testkit.InfluxDB(t)
 	db := influxDB(t, srv, "")
-	s := newTestInflux(t, srv.URL+"/write?db="+db, nil, Options{})
+	var logs testkit.Logs
+	s, err := New(Options{URL: srv.URL + "/write?db=" + db}, nil, logs.Logger())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
 	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
 	ps := testkit.Points("typed", t0, 4)
 	if err := s.Write(context.Background(), ps[:1]); err != nil {
@@ -211,9 +218,23 @@ func TestInfluxSinkRejected(t *testing.T) {
 	if d := diffMaps(influxRows(t, srv, db, "typed"), want); d != "" {
 		t.Error(d)
 	}
+	for i := range 19 {
+		p := testkit.Points("typed", t0.Add(time.Duration(10+i)*time.Second), 1)
+		p[0].Numbers = map[string]float64{}
+		p[0].Strings = map[string]string{"temp": "warm"}
+		if err := s.Write(context.Background(), p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindRejected)); got != 20 {
+		t.Errorf("dropped rejected after 19 more: %v, want 20", got)
+	}
+	if n := logs.Count("level=WARN"); n != 1 {
+		t.Errorf("%d warnings for 20 refused lines, want 1:\n%s", n, logs.String())
+	}
 
 	missing := newTestInflux(t, srv.URL+"/write?db=nodb_"+db, nil, Options{Name: "missing"})
-	err := missing.Write(context.Background(), ps[:1])
+	err = missing.Write(context.Background(), ps[:1])
 	var ke *storage.KindError
 	if !errorsAs(err, &ke) || ke.Kind != "rejected" {
 		t.Fatalf("write to a missing database: %v", err)
@@ -500,37 +521,5 @@ func TestInfluxTimeKey(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(s.h.Metrics.Samples); got != 3 {
 		t.Errorf("lines written: %v, want 3", got)
-	}
-}
-
-// A store that keeps refusing lines (a device sending what it cannot take,
-// at every Write) is logged at most every 10 s, saying how many lines were
-// left out, not once per refusal; every line dropped is counted.
-func TestInfluxRefusalsLoggedAtIntervals(t *testing.T) {
-	srv := testkit.InfluxDB(t)
-	db := influxDB(t, srv, "")
-	var logs testkit.Logs
-	s, err := New(Options{URL: srv.URL + "/write?db=" + db}, nil, logs.Logger())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	t0 := time.Now().Add(-time.Minute).Truncate(time.Second)
-	if err := s.Write(context.Background(), testkit.Points("typed", t0, 1)); err != nil {
-		t.Fatal(err)
-	}
-	for i := range 20 {
-		ps := testkit.Points("typed", t0.Add(time.Duration(i+1)*time.Second), 1)
-		ps[0].Numbers = map[string]float64{}
-		ps[0].Strings = map[string]string{"temp": "warm"} // temp is a float field
-		if err := s.Write(context.Background(), ps); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if got := testutil.ToFloat64(s.h.Metrics.Dropped.WithLabelValues(sinkhttp.KindRejected)); got != 20 {
-		t.Errorf("dropped rejected: %v, want 20", got)
-	}
-	if n := logs.Count("level=WARN"); n != 1 {
-		t.Errorf("%d warnings for 20 refused lines, want 1:\n%s", n, logs.String())
 	}
 }
