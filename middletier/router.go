@@ -176,7 +176,7 @@ func New(opts Options, log *wal.Log, reg prometheus.Registerer, lg *slog.Logger)
 		holders: map[string]string{},
 		// The frontend sends a batch that can never fit again after
 		// every busy: it is said once in a while, not each time.
-		tooLarge: lograte.Limiter{Every: 10 * time.Second},
+		tooLarge: lograte.Limiter{Every: lograte.Every},
 	}
 	lost := st.Applied > log.LastIndex()
 	if lost {

@@ -10,8 +10,13 @@ import (
 	"time"
 )
 
-// Limiter allows a line at most every Every. The zero value allows every
-// line; it is safe for concurrent use.
+// Every is how often, at most, the engine logs a fault that repeats at
+// every write or retry (docs say "at most every 10 s").
+const Every = 10 * time.Second
+
+// Limiter allows a line at most every Every (its field; the package's
+// Every for the engine's lines). The zero value allows every line; it is
+// safe for concurrent use.
 type Limiter struct {
 	Every time.Duration
 

@@ -320,7 +320,7 @@ func Open(opts Options, reg prometheus.Registerer, lg *slog.Logger) (*TSDB, erro
 		return nil, fmt.Errorf("storage: open tsdb: %w", err)
 	}
 	s := &TSDB{db: db, opts: opts, lg: lg, m: m, sync: ls, lock: lock, refs: newRefCache(maxCachedSeries),
-		dropped: dropLog{every: lograte.Limiter{Every: dropLogEvery}}}
+		dropped: dropLog{every: lograte.Limiter{Every: lograte.Every}}}
 	m.failed = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "ingest_storage_tsdb_failed",
 		Help: "1 once a write to the embedded TSDB's write logs or an fsync of them has failed: every later write fails until the writer restarts (its /healthz fails).",
@@ -460,11 +460,9 @@ func (s *TSDB) Write(ctx context.Context, points []storage.Point) error {
 	return nil
 }
 
-// dropLogEvery is how often, at most, samples dropped are logged: a device
-// that sends what the store cannot hold does so at every write.
-const dropLogEvery = 10 * time.Second
-
-// dropLog is what was dropped since the last line that said so.
+// dropLog is what was dropped since the last line that said so: a device
+// that sends what the store cannot hold does so at every write, and the
+// line comes at most every lograte.Every.
 type dropLog struct {
 	mu            sync.Mutex
 	every         lograte.Limiter
@@ -472,7 +470,7 @@ type dropLog struct {
 }
 
 // logDropped logs the samples a write dropped, with those dropped since the
-// last line, at most once per dropLogEvery; the counts are in
+// last line, at most once per lograte.Every; the counts are in
 // ingest_storage_dropped_samples_total whether logged or not.
 func (s *TSDB) logDropped(tooOld, dupTS int) {
 	d := &s.dropped
@@ -487,7 +485,7 @@ func (s *TSDB) logDropped(tooOld, dupTS int) {
 	d.tooOld, d.dupTS = 0, 0
 	d.mu.Unlock()
 	s.lg.Warn("storage: samples dropped", "too_old", tooOld, "duplicate_timestamp", dupTS,
-		"next", fmt.Sprintf("dropped samples are logged at most every %v, all counted in ingest_storage_dropped_samples_total", dropLogEvery))
+		"next", fmt.Sprintf("dropped samples are logged at most every %v, all counted in ingest_storage_dropped_samples_total", lograte.Every))
 }
 
 // tally counts one append's outcome: taken, too old or a duplicate

@@ -198,15 +198,11 @@ type Client struct {
 	drops   lograte.Limiter
 }
 
-// dropLogEvery is how often, at most, a sink logs what the store refused:
-// a device backfilling data the store cannot take sends some at every
-// write.
-const dropLogEvery = 10 * time.Second
-
-// LogDropped logs, at most every 10 s, what the store refused for good
-// (msg, with args), and how many such lines were left out since; every
-// sample or line dropped is counted in the sink's metrics whether logged
-// or not.
+// LogDropped logs what the store refused for good (msg, with args) at most
+// every lograte.Every, with how many such lines were left out since: a
+// device backfilling what the store cannot take sends some at every write.
+// Every sample or line dropped is counted in the sink's metrics whether
+// logged or not.
 func (c *Client) LogDropped(msg string, args ...any) {
 	if n, ok := c.drops.Allow(time.Now()); ok {
 		c.Log.Warn(msg, append(args, "more_since_last_logged", n)...)
@@ -248,7 +244,7 @@ func New(name, endpoint string, opts Options, reg prometheus.Registerer, lg *slo
 		client:  &http.Client{Transport: tr, Timeout: opts.Timeout, CheckRedirect: keepMethod},
 		Metrics: m,
 		Log:     lg.With("sink", name),
-		drops:   lograte.Limiter{Every: dropLogEvery},
+		drops:   lograte.Limiter{Every: lograte.Every},
 	}, nil
 }
 
