@@ -1168,6 +1168,13 @@ func (l *Log) Depth() (entries, bytes int64) {
 func (l *Log) Room() <-chan struct{} {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.closed || l.err != nil {
+		// Nothing would close one later: the next append fails at once.
+		// (Not kept: a wake-up still due would close it again.)
+		ch := make(chan struct{})
+		close(ch)
+		return ch
+	}
 	if l.room == nil {
 		l.room = make(chan struct{})
 	}

@@ -334,6 +334,12 @@ func TestBound(t *testing.T) {
 	default:
 		t.Fatal("Room not closed by Close")
 	}
+	// One taken after Close is closed too: no waiter is left behind.
+	select {
+	case <-l.Room():
+	default:
+		t.Fatal("Room taken after Close not closed")
+	}
 }
 
 // TestAppendReplacing: an append that supersedes entries (a compaction) is
