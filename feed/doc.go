@@ -45,7 +45,11 @@
 // overflowing) is a gap: with the middletier's consumer socket configured
 // the Follower fetches the missing records (at most Options.MaxGapFill)
 // before going on, so readers get them in order; what it cannot fetch is
-// announced to every reader as missed. A subscription may ask to resume from
+// announced to every reader as missed. A stream silent for a second may
+// have lost its last messages, or gone half-open (the middletier's host
+// gone without a word): the Follower then asks the middletier where its
+// sequence is, fetches what it missed, and dials again if three asks go
+// unanswered. A subscription may ask to resume from
 // a sequence: the records from there up to where its live messages start
 // are fetched (stream.Follower's Fetch, one request at a time per
 // middletier) and written first. The feed is not a durable consumer and

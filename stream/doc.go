@@ -22,7 +22,10 @@
 // A live Follower (the feed) starts at the first stream message it
 // receives, fills a gap only up to MaxGapFill records and asks once for
 // each fetch, reports the rest to the Handler as lost, and never
-// commits: a middletier keeps records only for its durable consumers. Fetch
+// commits: a middletier keeps records only for its durable consumers.
+// With a consumer endpoint it too looks after IdlePoll of silence: it
+// fills what the stream's last messages held, and a look unanswered three
+// times ends the connection (a half-open one would hold it for minutes). Fetch
 // serves a reader that resumes from a sequence, over a socket of its own.
 //
 // The records a Handler is given are slices of the stream's messages as

@@ -69,9 +69,10 @@ type Options struct {
 	// again (durable, three times before the connection is taken for dead)
 	// or given up (live); it bounds every dial and send too. Default 2s.
 	FetchTimeout time.Duration
-	// IdlePoll is how long the stream may be silent before a durable
-	// Follower fetches to see whether it missed the stream's last
-	// messages. Default 1s.
+	// IdlePoll is how long the stream may be silent before a Follower
+	// with a consumer endpoint fetches to see whether it missed the
+	// stream's last messages, and whether the middletier still answers.
+	// Default 1s.
 	IdlePoll time.Duration
 	// MinBackoff and MaxBackoff bound the wait before dialling again after
 	// a connection failed. Defaults 100ms and 5s.
@@ -389,7 +390,12 @@ func (f *Follower) session(ctx context.Context) error {
 	f.fresh = true
 	defer f.cons.close()
 	if !f.o.Durable {
-		return f.follow(ctx, sub, nil)
+		var idle *time.Timer
+		if f.ep.Consumer != "" {
+			idle = time.NewTimer(f.o.IdlePoll)
+			defer idle.Stop()
+		}
+		return f.follow(ctx, sub, idle)
 	}
 	defer func() {
 		if ctx.Err() != nil {
@@ -411,7 +417,8 @@ func (f *Follower) session(ctx context.Context) error {
 }
 
 // follow takes the stream until a connection fails or ctx ends. idle, for
-// a durable Follower, fires when the stream has been silent for IdlePoll.
+// a Follower with a consumer endpoint, fires when the stream has been
+// silent for IdlePoll.
 func (f *Follower) follow(ctx context.Context, sub *zsock.Sub, idle *time.Timer) error {
 	var idleC <-chan time.Time
 	if idle != nil {
@@ -440,7 +447,11 @@ func (f *Follower) follow(ctx context.Context, sub *zsock.Sub, idle *time.Timer)
 			}
 		case <-idleC:
 			// Silence may mean the stream's last messages were lost.
-			if err := f.fill(ctx, 0); err != nil {
+			if !f.o.Durable {
+				if err := f.poll(ctx); err != nil {
+					return err
+				}
+			} else if err := f.fill(ctx, 0); err != nil {
 				return err
 			}
 		case frames := <-replies:
@@ -623,6 +634,32 @@ func (f *Follower) onStream(ctx context.Context, frames [][]byte) error {
 		}
 	}
 	return nil
+}
+
+// poll is a live Follower's look at the middletier after the stream has
+// been silent for IdlePoll: records past the last one taken were lost on
+// the way (ZeroMQ drops without a word) or the stream's connection went
+// silent without ending (its host gone), and are filled as a gap is. A
+// fetch unanswered three times ends the connection, so that both sockets
+// are dialled again: a half-open connection would otherwise hold the
+// Follower for as long as the kernel keeps it (minutes). Before the
+// connection has carried a message it only looks: a sequence past where
+// the Follower is may be a restarted middletier's, which the connection's
+// first message shows (onStream).
+func (f *Follower) poll(ctx context.Context) error {
+	f.c.fetches.Inc()
+	r, err := f.cons.fetch(ctx, max(f.next, 1), 0, 3, f.onConsumer)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	f.learn(r.Middletier, r.Last)
+	if f.fresh || f.next == 0 || r.Last < f.next {
+		return nil
+	}
+	return f.fill(ctx, r.Last+1)
 }
 
 // fill fetches the records from next up to to (excluded) or, with to 0,

@@ -528,6 +528,52 @@ func TestLiveGaps(t *testing.T) {
 	}
 }
 
+// A live Follower whose stream goes silent looks at the middletier after
+// IdlePoll: it fills what the stream's last messages held (here the
+// stream's connection went half-open, its host gone without a word, while
+// the consumer's still answers), and a look that goes unanswered ends the
+// connection, so that it dials again and follows again. It used to wait
+// for the next stream message, which a half-open connection never brings
+// for as long as the kernel keeps it (minutes).
+func TestLiveSilentStream(t *testing.T) {
+	mt := testkit.StartMiddletier(t, t.TempDir(), middletier.Options{Consumers: []string{"storage"}}, wal.Options{})
+	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
+	pxs := tcpproxy.Start(t, strings.TrimPrefix(mt.Addrs.Stream, "tcp://"))
+	pxc := tcpproxy.Start(t, strings.TrimPrefix(mt.Addrs.Consumer, "tcp://"))
+	rec := newRecorder()
+	f := follow(t, stream.Endpoints{Stream: pxs.Endpoint(), Consumer: pxc.Endpoint()}, stream.Options{Consumer: "feed",
+		IdlePoll: 100 * time.Millisecond, FetchTimeout: 200 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, rec)
+	n := 0
+	for rec.taken() == 0 { // the subscription reaches the PUB asynchronously
+		n++
+		send(t, fe, n, 1)
+		time.Sleep(10 * time.Millisecond)
+	}
+	testkit.WaitFor(t, "every record sent", 20*time.Second, func() bool { return rec.last() == uint64(n) })
+
+	pxs.Strand()
+	send(t, fe, n+1, 30)
+	n += 30
+	testkit.WaitFor(t, "the 30 sent while the stream was silent", 20*time.Second, func() bool { return rec.last() == uint64(n) })
+
+	pxc.Strand()
+	testkit.WaitFor(t, "the follower to end the silent connection", 20*time.Second, func() bool {
+		return testkit.Metric(t, f.reg, "reconnects_total") > 0
+	})
+	before := uint64(n)
+	testkit.WaitFor(t, "records over new connections", 20*time.Second, func() bool {
+		n++
+		send(t, fe, n, 1)
+		return rec.last() > before
+	})
+	testkit.WaitFor(t, "every record sent", 20*time.Second, func() bool { return rec.last() == uint64(n) })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.lost) != 0 || !slices.IsSorted(rec.seqs) || rec.seqs[len(rec.seqs)-1]-rec.seqs[0]+1 != uint64(len(rec.seqs)) {
+		t.Fatalf("took %d records from %d to %d, lost %+v", len(rec.seqs), rec.seqs[0], rec.seqs[len(rec.seqs)-1], rec.lost)
+	}
+}
+
 // Fetch serves a reader's resume: records from a sequence, over the
 // Follower's own socket.
 func TestFetch(t *testing.T) {
