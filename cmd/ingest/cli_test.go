@@ -175,6 +175,14 @@ func TestCLIErrors(t *testing.T) {
 			fmt.Sprintf("ingest middletier: listen tcp://%s (--consumer.addr): address already in use", b)},
 		{"storage port in use", nil, []string{"storage", "--data.dir", t.TempDir(), "--http.listen", b}, 1,
 			fmt.Sprintf("ingest storage: listen %s (--http.listen): address already in use", b)},
+		// Without keys or --insecure-no-auth the frontend and the feed name
+		// the flags to give, as all does, before the WAL is opened. Before,
+		// they opened it and said "configure JWT keys or set
+		// InsecureNoAuth", the names of the packages' option fields.
+		{"frontend without auth", nil, []string{"frontend", "--wal.dir", t.TempDir(), "--listen", "127.0.0.1:0"}, 1,
+			"ingest frontend: " + errNoAuth.Error()},
+		{"feed without auth", nil, []string{"feed", "--middletiers", loop, "--listen", "127.0.0.1:0"}, 1,
+			"ingest feed: " + errNoAuth.Error()},
 		{"required flag", nil, []string{"frontend", "--insecure-no-auth"}, 1,
 			"ingest frontend: --wal.dir (INGEST_WAL_DIR) is required"},
 		// 1ns gathered and wrote the metrics as fast as it could: 60 % of

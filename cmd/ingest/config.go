@@ -90,6 +90,11 @@ func (c *authConfig) options() (auth.Options, error) {
 	if c.noAuth && c.keyed() {
 		return o, fmt.Errorf("--%s cannot be combined with auth keys", c.f.name("insecure-no-auth"))
 	}
+	if !c.noAuth && !c.keyed() {
+		// Said here, naming the flags, rather than by the tier's options,
+		// which name their fields.
+		return o, errNoAuth
+	}
 	if c.hs256File != "" {
 		b, err := os.ReadFile(c.hs256File)
 		if err != nil {

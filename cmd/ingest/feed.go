@@ -87,10 +87,10 @@ func (c *feedConfig) build(p *process, a *authConfig, devices *registry.Registry
 		MaxGapFill: c.gapFill, MaxResume: c.maxResume, FetchTimeout: c.fetchTimeout,
 		PingInterval: c.ping, PongTimeout: c.pong, Registry: devices, Gatherer: p.reg}
 	var err error
-	if opts.Sources, err = c.sources(p); err != nil {
+	if opts.Auth, err = a.options(); err != nil {
 		return "", err
 	}
-	if opts.Auth, err = a.options(); err != nil {
+	if opts.Sources, err = c.sources(p); err != nil {
 		return "", err
 	}
 	if a.noAuth && !c.f.given("listen") {
