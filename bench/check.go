@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"regexp"
@@ -65,6 +66,43 @@ func check(ctx context.Context, apis []string, devs []*device, since, latest tim
 		}
 		time.Sleep(time.Second)
 	}
+}
+
+// aheadHorizon is how far past the clock storedAhead looks for points an
+// earlier run stamped ahead of it: a day of a device at twice its
+// thousand milliseconds a second is past any run of the bench.
+const aheadHorizon = 24 * time.Hour
+
+// storedAhead returns the latest time at which a store among apis holds a
+// seq point of one of devs later than now, zero if none is. An earlier
+// run against the same store whose devices sent more than a thousand
+// messages a second each stamped them ahead of the clock: a run whose
+// device times start at the clock would write its points at times those
+// series already hold, where the store keeps the first value and drops
+// the new one, and the check would count the earlier run's points inside
+// this run's window as this run's.
+func storedAhead(ctx context.Context, apis []string, devs []*device, now time.Time) (time.Time, error) {
+	var latest time.Time
+	at := now.Add(aheadHorizon)
+	rng := fmt.Sprintf("%dms", aheadHorizon.Milliseconds())
+	for start := 0; start < len(devs); start += 100 {
+		var names []string
+		for _, d := range devs[start:min(start+100, len(devs))] {
+			if d != nil {
+				names = append(names, regexp.QuoteMeta(d.id))
+			}
+		}
+		for _, api := range apis {
+			_, l, err := querySamples(ctx, queryBase(api), `seq{device=~"`+strings.Join(names, "|")+`"}[`+rng+`]`, at)
+			if err != nil {
+				return time.Time{}, err
+			}
+			if l.After(latest) {
+				latest = l
+			}
+		}
+	}
+	return latest, nil
 }
 
 // queryBase is the base URL of a Prometheus query API given as -check:
@@ -142,15 +180,22 @@ func checkOnce(ctx context.Context, apis []string, devs []*device, since, at tim
 // querySeqs runs a range-vector query as of at and counts, per device, how
 // often each seq value is stored.
 func querySeqs(ctx context.Context, api, q string, at time.Time) (map[string]map[int]int, error) {
+	out, _, err := querySamples(ctx, api, q, at)
+	return out, err
+}
+
+// querySamples is querySeqs, and the latest time of the points it read
+// (zero if none).
+func querySamples(ctx context.Context, api, q string, at time.Time) (map[string]map[int]int, time.Time, error) {
 	form := url.Values{"query": {q}, "time": {strconv.FormatFloat(float64(at.UnixMilli())/1000, 'f', 3, 64)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, api+"/api/v1/query", strings.NewReader(form.Encode()))
 	if err != nil {
-		return nil, err
+		return nil, time.Time{}, err
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("query store: %w", err)
+		return nil, time.Time{}, fmt.Errorf("query store: %w", err)
 	}
 	defer resp.Body.Close()
 	var r struct {
@@ -164,12 +209,13 @@ func querySeqs(ctx context.Context, api, q string, at time.Time) (map[string]map
 		} `json:"data"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&r); err != nil {
-		return nil, fmt.Errorf("decode query result: %w", err)
+		return nil, time.Time{}, fmt.Errorf("decode query result: %w", err)
 	}
 	if r.Status != "success" {
-		return nil, fmt.Errorf("query store: %s", r.Error)
+		return nil, time.Time{}, fmt.Errorf("query store: %s", r.Error)
 	}
 	out := map[string]map[int]int{}
+	var latest float64
 	for _, s := range r.Data.Result {
 		dev := s.Metric["device"]
 		if out[dev] == nil {
@@ -179,10 +225,16 @@ func querySeqs(ctx context.Context, api, q string, at time.Time) (map[string]map
 			str, _ := v[1].(string)
 			f, err := strconv.ParseFloat(str, 64)
 			if err != nil {
-				return nil, fmt.Errorf("query store: value %q", str)
+				return nil, time.Time{}, fmt.Errorf("query store: value %q", str)
 			}
 			out[dev][int(f)]++
+			if t, ok := v[0].(float64); ok {
+				latest = max(latest, t)
+			}
 		}
 	}
-	return out, nil
+	if latest == 0 {
+		return out, time.Time{}, nil
+	}
+	return out, time.UnixMilli(int64(math.Round(latest * 1000))), nil
 }

@@ -54,7 +54,11 @@
 // sent, and the report says how far ahead that was. It reads the store
 // from the earliest time the run's acknowledged messages carry: what the
 // store holds of the same devices from an earlier run against the same
-// engine is not counted.
+// engine is not counted. Where that earlier run's devices ran ahead of the
+// clock, the store holds points of theirs at times still to come; this
+// run's device times start after the latest of them (the bench says so),
+// or the store, which keeps one value per series and time, would drop
+// this run's points at those times.
 //
 // An engine the bench started (-spawn, -spawn-all) that exits during the
 // run ends the run at once, which fails with the engine's exit status and

@@ -70,6 +70,38 @@ func TestCheckIgnoresEarlierRun(t *testing.T) {
 	}
 }
 
+// TestCheckIgnoresEarlierRunAheadOfClock: the earlier run's devices sent
+// more than a thousand messages a second each, so its device times ran
+// ahead of the clock, past the start of the next run against the same
+// engine. The next run's messages must not take those times: at a time
+// its series already holds, the store drops the next run's sample (one
+// value per series and time), which the check rightly finds missing, and
+// the earlier run's samples inside the next run's window count as its
+// duplicates.
+func TestCheckIgnoresEarlierRunAheadOfClock(t *testing.T) {
+	eng, err := spawnAll(context.Background(), binPath, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer eng.stop()
+	dir := t.TempDir()
+	for i := range 2 {
+		c := config{URL: eng.url, Insecure: true, Check: eng.query, Devices: 2, Window: 64, Size: 150,
+			Shape: "sensor", Sources: 1, Duration: 3 * time.Second, Drain: 5 * time.Second, CheckWait: 10 * time.Second,
+			Quiet: true, JSON: filepath.Join(dir, strconv.Itoa(i)+".json")}
+		r := runResult(t, c)
+		cp := r.Completeness
+		if cp == nil || cp.Lost != 0 || cp.Duplicated != 0 || cp.Stored != r.Acked {
+			t.Fatalf("run %d: completeness %+v, %d acknowledged", i+1, cp, r.Acked)
+		}
+		// The test needs the first run to end well ahead of the clock.
+		if i == 0 && cp.AheadMS < 3000 {
+			t.Fatalf("the first run's devices ran %d ms ahead of the clock; the test needs 3 s or more (%d messages in %v)",
+				cp.AheadMS, r.Acked, c.Duration)
+		}
+	}
+}
+
 // TestLatencyPastHistogramRange: an ack that takes longer than the
 // histograms' highest value (a message in flight while the engine was
 // down for minutes) still counts, as the slowest, rather than vanishing

@@ -76,6 +76,12 @@ type Options struct {
 	// least the server's retry hint. Defaults 50ms and 2s.
 	MinBackoff, MaxBackoff time.Duration
 
+	// After, when > 0, is a device time (unix milliseconds) that every
+	// message's follows: a device's times start past it even where the
+	// clock is behind it (a store holds these devices' points up to
+	// there, from an earlier run whose devices ran ahead of the clock).
+	After int64
+
 	// Message appends message seq (1, 2, 3… per device) of device dev, with
 	// device time ts (unix milliseconds, distinct per device), to dst. It is
 	// called again with the same arguments when the message is sent again,
@@ -223,6 +229,7 @@ func New(opts Options) (*Fleet, error) {
 	for i := range f.devs {
 		d := &device{f: f, i: i, id: opts.DeviceID(i), tg: targets[i%len(targets)]}
 		d.topic = "devices/" + d.id
+		d.lastTS = max(opts.After, 0)
 		if opts.Insecure && d.tg.mqtt == 0 {
 			d.tg = d.tg.withQuery("device", d.id)
 		}
