@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -199,6 +200,30 @@ func TestChaosShort(t *testing.T) {
 		t.Fatal("no tier was killed")
 	}
 	t.Logf("%d kills; %d acknowledged, all stored once", kills, cp.Acked)
+}
+
+// TestChaosReportsACrash: a process that exits on its own while chaos runs
+// (a panic, a fatal error) fails the run. Chaos kills the processes and
+// starts them again, so a crashed one it then picked was started again as
+// if it had been killed, and the crash went unreported.
+func TestChaosReportsACrash(t *testing.T) {
+	cl, err := startCluster(binPath, shape{Frontends: 1, Middletiers: 1, Writers: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.stop(false)
+	crashed := cl.tiers[0] // the middletier
+	crashed.mu.Lock()
+	cmd, done := crashed.cmd, crashed.done
+	crashed.mu.Unlock()
+	cmd.Process.Signal(syscall.SIGKILL) // not chaos's kill: a crash, as far as the bench knows
+	<-done
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	_, err = cl.chaos(ctx, 100*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), crashed.name+" exited") {
+		t.Fatalf("chaos after %s exited on its own: err = %v, want its exit reported", crashed.name, err)
+	}
 }
 
 // TestTiers: three frontends, three middletiers and two writers of one

@@ -130,6 +130,22 @@ func (t *tier) signal(sig syscall.Signal, wait time.Duration) error {
 	return nil
 }
 
+// exited reports the process's exit if it has exited; nil while it runs.
+func (t *tier) exited() error {
+	t.mu.Lock()
+	cmd, done := t.cmd, t.done
+	t.mu.Unlock()
+	if cmd == nil {
+		return nil
+	}
+	select {
+	case <-done:
+		return fmt.Errorf("%s exited during the run (%v); its last lines:\n%s", t.name, cmd.ProcessState, t.tail())
+	default:
+		return nil
+	}
+}
+
 func (t *tier) tail() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -311,6 +327,14 @@ func (c *cluster) chaos(ctx context.Context, every time.Duration) (map[string]*r
 		case <-ctx.Done():
 			return out, nil
 		case <-time.After(every/2 + rand.N(every)):
+		}
+		// Chaos kills a process and starts it again before the next: a
+		// process that is not running exited on its own (a crash), which
+		// a kill and a start of it would hide.
+		for _, t := range c.tiers {
+			if err := t.exited(); err != nil {
+				return out, err
+			}
 		}
 		t := c.tiers[rand.IntN(len(c.tiers))]
 		t.signal(syscall.SIGKILL, 10*time.Second)

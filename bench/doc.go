@@ -90,7 +90,8 @@
 // middletiers, a storage writer following both, two frontends whose uplinks
 // know both middletiers — kills a random one with SIGKILL every -chaos.every
 // and starts it again while the load runs, then checks completeness. It
-// reports the kills per tier and how long each took to serve again.
+// reports the kills per tier and how long each took to serve again. A
+// process that exits on its own meanwhile (a crash) fails the run.
 // -tiers.frontends, -tiers.middletiers and -tiers.writers choose how many
 // of each it runs (several writers form one writer group), -tiers.sink the
 // writers' sink.
