@@ -60,6 +60,10 @@
 // or the store, which keeps one value per series and time, would drop
 // this run's points at those times.
 //
+// A run interrupted (^C: SIGINT, or SIGTERM) stops sending at once,
+// prints what it measured until then and fails (exit status 1), without
+// its drain or its completeness check.
+//
 // An engine the bench started (-spawn, -spawn-all) that exits during the
 // run ends the run at once, which fails with the engine's exit status and
 // its last 20 log lines, after the first lines of a panic, fatal error or

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -38,6 +40,42 @@ func runSignalled(t *testing.T, sig syscall.Signal) error {
 		t.Fatalf("run with the engine sent %v mid-run: err = %v, want the engine's exit reported", sig, err)
 	}
 	return err
+}
+
+// TestInterruptedRunFails: a run interrupted (^C, SIGINT to the bench)
+// is cut short, without its drain or its check: it prints what it measured
+// until then, and fails, rather than exiting 0 as a run that completed.
+func TestInterruptedRunFails(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		c    config
+	}{
+		{"spawn", config{Spawn: binPath}},
+		{"spawn-all with check", config{SpawnAll: binPath, CheckWait: 10 * time.Second}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tc.c
+			c.Devices, c.Window, c.Rate, c.Size, c.Shape, c.Sources = 4, 4, 20, 150, "sensor", 1
+			c.Duration, c.Drain, c.Quiet, c.JSON = 4*time.Second, 2*time.Second, true, filepath.Join(t.TempDir(), "r.json")
+			interrupted := make(chan struct{})
+			c.onSendStart = func(int) {
+				go func() {
+					defer close(interrupted)
+					time.Sleep(time.Second)
+					syscall.Kill(os.Getpid(), syscall.SIGINT) // run's signal.NotifyContext takes it
+				}()
+			}
+			err := run(c)
+			<-interrupted
+			if err == nil || !strings.Contains(err.Error(), "interrupted") {
+				t.Fatalf("a run interrupted after 1 s of 4: err = %v, want it to fail as interrupted", err)
+			}
+			var r result
+			if b, rerr := os.ReadFile(c.JSON); rerr != nil || json.Unmarshal(b, &r) != nil || r.Acked == 0 {
+				t.Fatalf("what the interrupted run measured is not reported: %v, %+v", rerr, r)
+			}
+		})
+	}
 }
 
 // TestSpawnedEngineCrashFailsRun: a frontend the bench started that dies

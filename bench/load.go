@@ -379,7 +379,8 @@ func load(ctx context.Context, c config, lg *slog.Logger) (*result, error) {
 		h := merged(e2e.shards)
 		res.Feed = &feedResult{Shown: fw.shownN, Missed: fw.missed, Latency: latencyOf(h), Closed: fw.ended}
 	}
-	if c.Check != "" {
+	// An interrupted run (ctx ended) is not checked: it did not drain.
+	if c.Check != "" && ctx.Err() == nil {
 		// The store is read from the run's first device time on: what
 		// it holds of the same devices from before (an earlier run
 		// against the same engine) is not this run's.

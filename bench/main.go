@@ -208,8 +208,17 @@ func run(c config) error {
 	if err != nil {
 		return err
 	}
+	if ctx.Err() != nil {
+		report(c, res)
+		return errInterrupted
+	}
 	return report(c, res)
 }
+
+// errInterrupted fails a run cut short by SIGINT or SIGTERM: what it
+// measured until then is printed, but it did not drain, nor check the
+// store.
+var errInterrupted = errors.New("interrupted: the run was cut short, without its drain or its completeness check")
 
 // report prints the results, writes the JSON and the plot, and fails the
 // run when a message was lost or duplicated.
@@ -270,7 +279,8 @@ func runCluster(ctx context.Context, c config, lg *slog.Logger) error {
 	<-done
 	// A run that lost or doubled messages keeps its data directories and
 	// every process's log, for the post-mortem.
-	failed := err != nil || chaosErr != nil || res.Completeness == nil || res.Completeness.Lost > 0 || res.Completeness.Duplicated > 0
+	failed := err != nil || chaosErr != nil || (res.Completeness == nil && ctx.Err() == nil) ||
+		res.Completeness != nil && (res.Completeness.Lost > 0 || res.Completeness.Duplicated > 0)
 	if failed {
 		cl.saveMetrics()
 		if res != nil && res.Completeness != nil {
@@ -288,6 +298,10 @@ func runCluster(ctx context.Context, c config, lg *slog.Logger) error {
 		return chaosErr
 	}
 	res.Chaos = kills
+	if ctx.Err() != nil {
+		report(c, res)
+		return errInterrupted
+	}
 	if rerr := report(c, res); rerr != nil {
 		return rerr
 	}
