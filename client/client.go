@@ -6,8 +6,8 @@
 // fate once: acknowledged (durable on the frontend), or rejected with a
 // *ServerError. Messages that were neither when the connection broke are sent
 // again, in their original order, after reconnecting with exponential
-// backoff; a retry hint from the server (overloaded, rate_limited) is the
-// least it waits. Delivery is therefore at least once: a message whose ack
+// backoff; a retry hint from the server (overloaded, rate_limited, or the
+// Retry-After of a handshake refused 503) is the least it waits. Delivery is therefore at least once: a message whose ack
 // was lost with the connection is sent again and may be stored twice.
 package client
 
@@ -21,6 +21,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -275,7 +276,16 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 		if resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
 			return nil, &refusal{status: resp.StatusCode, err: fmt.Errorf("dial %s: %w: HTTP %d", c.opts.URL, ErrRefused, resp.StatusCode)}
 		}
-		return nil, fmt.Errorf("dial %s: %w", c.opts.URL, err)
+		err = fmt.Errorf("dial %s: %w", c.opts.URL, err)
+		if resp != nil && (resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests) {
+			// At its connection limit, starting or draining, the
+			// frontend says when to come back: a retry hint, as in an
+			// overloaded error frame.
+			if d := retryAfter(resp.Header.Get("Retry-After")); d > 0 {
+				return nil, &busy{after: d, err: err}
+			}
+		}
+		return nil, err
 	}
 	// Acks are small; the server's frames are bounded by its own limits.
 	ws.SetReadLimit(1 << 20)
@@ -474,6 +484,10 @@ func (c *Client) run(ws *websocket.Conn) {
 				break
 			}
 			c.lg.Info("reconnect failed", "err", err, "attempt", attempt)
+			var bz *busy
+			if errors.As(err, &bz) {
+				retry = bz.after
+			}
 			var rf *refusal
 			if errors.As(err, &rf) {
 				// 403 (revoked, or a configuration problem) is never
@@ -489,6 +503,31 @@ func (c *Client) run(ws *websocket.Conn) {
 		}
 		unauthorized = false
 	}
+}
+
+// busy is a handshake refused with HTTP 503 (or 429) and a Retry-After:
+// the next dial waits at least after.
+type busy struct {
+	after time.Duration
+	err   error
+}
+
+func (b *busy) Error() string { return b.err.Error() }
+func (b *busy) Unwrap() error { return b.err }
+
+// retryAfter parses a Retry-After header, seconds or an HTTP date; 0 when
+// it holds neither.
+func retryAfter(h string) time.Duration {
+	if h == "" {
+		return 0
+	}
+	if n, err := strconv.ParseUint(h, 10, 32); err == nil {
+		return time.Duration(n) * time.Second
+	}
+	if t, err := http.ParseTime(h); err == nil {
+		return time.Until(t)
+	}
+	return 0
 }
 
 // refusal is a handshake refused with HTTP 401 or 403; it wraps ErrRefused.

@@ -7,11 +7,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/golang-jwt/jwt/v5"
 
 	"github.com/ingest-io/ingest/client"
@@ -19,6 +22,7 @@ import (
 	"github.com/ingest-io/ingest/frontend"
 	"github.com/ingest-io/ingest/internal/frontendtest"
 	"github.com/ingest-io/ingest/internal/testkit"
+	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
 )
 
@@ -278,6 +282,65 @@ func TestOverloadedRetryHint(t *testing.T) {
 	c.Close()
 	s.Stop(t)
 	checkOrder(t, consumed, n)
+}
+
+// TestHandshakeRetryAfter: a frontend that cannot take the device (at its
+// connection limit, starting or draining) refuses the handshake with 503
+// "overloaded" and a Retry-After header (docs/protocol.md). That is a
+// retry hint like the one of an overloaded error frame: the client waits
+// at least that long before its next dial instead of redialling at its
+// own backoff, which a fleet would turn into a storm of handshakes.
+func TestHandshakeRetryAfter(t *testing.T) {
+	const hint = time.Second
+	var (
+		mu    sync.Mutex
+		times []time.Time
+	)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		times = append(times, time.Now())
+		n := len(times)
+		mu.Unlock()
+		switch n {
+		case 1: // served, then closed as by a draining frontend
+			ws, err := websocket.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			ws.Close(protocol.CloseGoingAway, "server shutting down")
+		case 2: // refused with the hint
+			w.Header().Set("Retry-After", strconv.Itoa(int(hint/time.Second)))
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write(protocol.AppendRefusal(nil, protocol.CodeOverloaded, "server not ready; reconnect later"))
+		default: // served until the client goes
+			ws, err := websocket.Accept(w, r, nil)
+			if err != nil {
+				return
+			}
+			ws.Read(r.Context())
+			ws.CloseNow()
+		}
+	}))
+	defer hs.Close()
+	c, err := client.Dial(context.Background(), client.Options{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ingest", Token: "t",
+		// Without the hint the client would redial within milliseconds.
+		MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	testkit.WaitFor(t, "the dial after the refusal", 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(times) >= 3
+	})
+	mu.Lock()
+	gap := times[2].Sub(times[1])
+	mu.Unlock()
+	if gap < hint {
+		t.Fatalf("redial came %v after the handshake refused 503 with Retry-After %v", gap, hint)
+	}
 }
 
 // TestSendWaitAndFlush covers what the calls promise: SendWait returns once
