@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
@@ -38,7 +39,10 @@ var (
 	// and is returned by Send after Close.
 	ErrClosed = errors.New("client: closed")
 	// ErrRefused wraps a refused handshake that retrying will not fix
-	// (HTTP 401/403, or close 1008): the client stops. With a TokenFunc, a
+	// (HTTP 401/403, or close 1008): the client stops. The error of a
+	// refused handshake also wraps the server's code (e.g.
+	// protocol.CodeRevoked, protocol.CodeUnauthorized) and message as a
+	// *ServerError, for errors.As. With a TokenFunc, a
 	// 401 (or a close 1008 "unauthorized") is retried with a fresh token,
 	// and the client stops only when the handshake after that is refused
 	// 401 again; a 403 (e.g. "revoked") stops it at once.
@@ -274,7 +278,14 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 	ws, resp, err := websocket.Dial(ctx, c.opts.URL, &websocket.DialOptions{HTTPClient: c.opts.HTTPClient, HTTPHeader: h})
 	if err != nil {
 		if resp != nil && (resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden) {
-			return nil, &refusal{status: resp.StatusCode, err: fmt.Errorf("dial %s: %w: HTTP %d", c.opts.URL, ErrRefused, resp.StatusCode)}
+			// The body says why (unauthorized, token_too_large,
+			// revoked...), and what to do differs.
+			se := refusalBody(resp)
+			if se == nil {
+				return nil, &refusal{status: resp.StatusCode, err: fmt.Errorf("dial %s: %w: HTTP %d", c.opts.URL, ErrRefused, resp.StatusCode)}
+			}
+			return nil, &refusal{status: resp.StatusCode, se: se,
+				err: fmt.Errorf("dial %s: %w: HTTP %d %s: %s", c.opts.URL, ErrRefused, resp.StatusCode, se.Code, se.Message)}
 		}
 		err = fmt.Errorf("dial %s: %w", c.opts.URL, err)
 		if resp != nil && (resp.StatusCode == http.StatusServiceUnavailable || resp.StatusCode == http.StatusTooManyRequests) {
@@ -530,14 +541,36 @@ func retryAfter(h string) time.Duration {
 	return 0
 }
 
-// refusal is a handshake refused with HTTP 401 or 403; it wraps ErrRefused.
+// refusal is a handshake refused with HTTP 401 or 403; it wraps ErrRefused,
+// and the server's code and message as a *ServerError when its body
+// named them.
 type refusal struct {
 	status int
 	err    error
+	se     *ServerError
 }
 
 func (r *refusal) Error() string { return r.err.Error() }
-func (r *refusal) Unwrap() error { return r.err }
+func (r *refusal) Unwrap() []error {
+	if r.se == nil {
+		return []error{r.err}
+	}
+	return []error{r.err, r.se}
+}
+
+// refusalBody decodes the body of a refused handshake (docs/protocol.md:
+// {"type":"error","code":...,"message":...}); nil if it is not one.
+func refusalBody(resp *http.Response) *ServerError {
+	if resp.Body == nil {
+		return nil
+	}
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	f, err := protocol.DecodeServerFrame(bytes.TrimSpace(b))
+	if err != nil || f.Type != protocol.TypeError || f.Code == "" {
+		return nil
+	}
+	return &ServerError{Code: f.Code, Message: f.Message, Index: -1}
+}
 
 // sleep waits d unless the client is closed first. The end of the wait is
 // a flag the timer sets under mu, not a reading of the clock: the timer's

@@ -490,6 +490,33 @@ func TestDialRefused(t *testing.T) {
 	}
 }
 
+// TestDialRefusedNamesCode: a refused handshake's body names why
+// (docs/protocol.md: unauthorized, token_too_large, revoked), and what to
+// do differs: renew the token, shorten it, or stop until the operator
+// enables the device. The error of Dial keeps ErrRefused and carries the
+// server's code and message as a *ServerError; it used to say only
+// "HTTP 401" or "HTTP 403".
+func TestDialRefusedNamesCode(t *testing.T) {
+	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{Revoked: func(d string) bool { return d == "dev-off" }}, wal.Options{})
+	expired := testkit.SignHS256(t, secret, jwt.RegisteredClaims{Subject: "dev-1", ExpiresAt: jwt.NewNumericDate(time.Now().Add(-time.Hour))})
+	for _, tc := range []struct {
+		name, token, code, says string
+	}{
+		{"expired", expired, protocol.CodeUnauthorized, "expired"},
+		{"too large", strings.Repeat("x", 9000), protocol.CodeTokenTooLarge, ""},
+		{"revoked", token(t, "dev-off"), protocol.CodeRevoked, "dev-off"},
+	} {
+		c, err := client.Dial(context.Background(), client.Options{URL: s.URL(), Token: tc.token})
+		if c != nil {
+			c.Close()
+		}
+		var se *client.ServerError
+		if !errors.Is(err, client.ErrRefused) || !errors.As(err, &se) || se.Code != tc.code || !strings.Contains(se.Message, tc.says) {
+			t.Errorf("%s: dial: %v (as a *ServerError: %+v), want ErrRefused with the code %s", tc.name, err, se, tc.code)
+		}
+	}
+}
+
 // Flush returns only after OnResult has run for every message: a slow
 // callback for the last results must not be overtaken.
 func TestFlushWaitsForOnResult(t *testing.T) {
