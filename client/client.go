@@ -116,7 +116,12 @@ type Options struct {
 	// OnResult, when set, is called once per message, in the order results
 	// arrive, one call at a time, from the client's goroutines. It must not block for long,
 	// and must not call Close, which waits for those goroutines (call it
-	// from a goroutine of its own).
+	// from a goroutine of its own). Nor may it wait for results: Flush
+	// and SendWait would wait for ever, for results that only come once
+	// it has returned, and so may Send when MaxQueue messages are held
+	// (the queue drains only as results are delivered). To send a
+	// message again (a rejected one, fixed), hand it to a goroutine of
+	// your own, or give Send a context that ends.
 	OnResult func(Result)
 	// OnCommand, when set, answers the commands the server sends
 	// (docs/commands.md), one at a time in the order they arrive, on a
