@@ -320,7 +320,11 @@ func (c *Client) Send(ctx context.Context, payload []byte) (uint64, error) {
 	return m.n, nil
 }
 
-// SendWait queues payload and waits for its result.
+// SendWait queues payload and waits for its result. If ctx ends first, it
+// returns ctx.Err(), whether or not the message was queued by then (Send
+// blocks while MaxQueue messages are held): a queued message is not taken
+// back, it is still sent, and its result comes through OnResult. Sending
+// it again may store it twice.
 func (c *Client) SendWait(ctx context.Context, payload []byte) error {
 	ch := make(chan error, 1)
 	if _, err := c.enqueue(ctx, payload, ch); err != nil {
