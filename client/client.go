@@ -7,8 +7,11 @@
 // *ServerError. Messages that were neither when the connection broke are sent
 // again, in their original order, after reconnecting with exponential
 // backoff; a retry hint from the server (overloaded, rate_limited, or the
-// Retry-After of a handshake refused 503) is the least it waits. Delivery is therefore at least once: a message whose ack
-// was lost with the connection is sent again and may be stored twice.
+// Retry-After of a handshake refused 503) is the least it waits, and it
+// waits up to half the hint more, at random, so that devices turned away
+// together do not come back together. Delivery is therefore at least once:
+// a message whose ack was lost with the connection is sent again and may be
+// stored twice.
 package client
 
 import (
@@ -490,7 +493,14 @@ func (c *Client) run(ws *websocket.Conn) {
 				d = c.opts.MaxBackoff
 			}
 			d = d/2 + rand.N(d/2+1)
-			d = max(d, retry)
+			if retry > 0 {
+				// The server's hint is the least wait. It sent the same
+				// hint to every device it turned away at that moment:
+				// up to half of it again spreads them, so that they do
+				// not all come back at once (docs/protocol.md: "add
+				// random jitter").
+				d = max(d, retry+rand.N(retry/2+1))
+			}
 			attempt++
 			retry = 0
 			if !c.sleep(d) {

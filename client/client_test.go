@@ -343,6 +343,93 @@ func TestHandshakeRetryAfter(t *testing.T) {
 	}
 }
 
+// TestRetryHintJittered: devices sent away together with the same retry
+// hint (a frontend whose queue or disk is full answers every device
+// overloaded at once) must not all come back at the same instant, which
+// would overload it again: docs/protocol.md says to wait retry_after_ms
+// and add random jitter. The client waited exactly the hint whenever it
+// was longer than its own (jittered) backoff.
+func TestRetryHintJittered(t *testing.T) {
+	const (
+		devices = 10
+		hint    = 400 * time.Millisecond
+	)
+	var (
+		mu      sync.Mutex
+		dials   = map[string]int{}
+		closed  = map[string]time.Time{}
+		redials = map[string]time.Time{}
+	)
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		dev := r.Header.Get("Authorization")
+		ws, err := websocket.Accept(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		mu.Lock()
+		dials[dev]++
+		first := dials[dev] == 1
+		if dials[dev] == 2 {
+			redials[dev] = time.Now()
+		}
+		mu.Unlock()
+		if first {
+			// Its first frame is refused overloaded, with the hint.
+			if _, _, err := ws.Read(r.Context()); err != nil {
+				return
+			}
+			ws.Write(r.Context(), websocket.MessageText, protocol.AppendError(nil, protocol.CodeOverloaded, 1, -1, nil, hint.Milliseconds(), "queue full"))
+			mu.Lock()
+			closed[dev] = time.Now()
+			mu.Unlock()
+			ws.Close(websocket.StatusTryAgainLater, protocol.CodeOverloaded)
+			return
+		}
+		for {
+			if _, _, err := ws.Read(r.Context()); err != nil {
+				return
+			}
+		}
+	}))
+	defer hs.Close()
+	ctx := context.Background()
+	for i := range devices {
+		c, err := client.Dial(ctx, client.Options{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ingest", Token: fmt.Sprint("d", i),
+			MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := c.Send(ctx, msg(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	testkit.WaitFor(t, "every device to redial", 10*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(redials) == devices
+	})
+	mu.Lock()
+	defer mu.Unlock()
+	var lo, hi time.Duration
+	for dev, at := range redials {
+		wait := at.Sub(closed[dev])
+		if wait < hint {
+			t.Fatalf("%s redialled %v after the %v hint", dev, wait, hint)
+		}
+		if lo == 0 || wait < lo {
+			lo = wait
+		}
+		hi = max(hi, wait)
+	}
+	// Jitter of up to half the hint spreads 10 devices over far more than
+	// a tenth of it, but for a chance of about 1e-5.
+	if hi-lo < hint/10 {
+		t.Fatalf("%d devices sent away together with a %v hint redialled %v to %v after it: no jitter", devices, hint, lo, hi)
+	}
+}
+
 // TestSendWaitAndFlush covers what the calls promise: SendWait returns once
 // the message is durable, or with the server's rejection; Flush returns once
 // every message has its result, each delivered once and in order; a
