@@ -31,7 +31,7 @@ type storageConfig struct {
 	dataDir, streams, consumers, consumer       string
 	group, member                               string
 	retention, ooo, blockDuration, queryTimeout time.Duration
-	maxString, maxBatch, maxSeries              int
+	maxString, maxBatch, maxSeries, maxSamples  int
 	linger                                      time.Duration
 	httpListen                                  string
 	sinks                                       sinkFlag
@@ -51,7 +51,7 @@ func newStorageConfig() storageConfig {
 	return storageConfig{streams: "tcp://127.0.0.1:5557", consumers: "tcp://127.0.0.1:5556", consumer: d.Consumer,
 		retention: td.Retention, ooo: td.OutOfOrderWindow, blockDuration: td.BlockDuration, maxString: td.MaxStringBytes, maxBatch: d.MaxBatch, linger: d.Linger,
 		maxSeries:    storage.DefaultLimitOptions().MaxSeriesPerDevice,
-		queryTimeout: ad.Timeout, httpListen: ":9090", sinks: sinkFlag{values: []string{"embedded"}}}
+		queryTimeout: ad.Timeout, maxSamples: ad.MaxSamples, httpListen: ":9090", sinks: sinkFlag{values: []string{"embedded"}}}
 }
 
 func (c *storageConfig) register(f flags) {
@@ -74,6 +74,7 @@ func (c *storageConfig) register(f flags) {
 	f.integer(&c.maxBatch, "max-batch", "most records in one write to the TSDB")
 	f.duration(&c.linger, "linger", "how long records are gathered after the first of a batch before they are written: one write, fsync and checkpoint per linger at a low rate, for up to that much more delay before they are queryable (0: write what has arrived at once)")
 	f.duration(&c.queryTimeout, "query.timeout", "bound on one query")
+	f.integer(&c.maxSamples, "query.max-samples", "most samples one query may hold in memory, as Prometheus's --query.max-samples: a query over it fails (422)")
 	f.str(&c.httpListen, "http.listen", "address of the Prometheus query API (/api/v1/..., /-/healthy, /-/ready), /metrics, /healthz and /readyz")
 }
 
@@ -152,7 +153,7 @@ func (c *storageConfig) build(p *process, devices *registry.Registry, flags map[
 	}
 	mux := http.NewServeMux()
 	if db != nil {
-		mux.Handle("/", embedded.NewAPI(db.DB(), embedded.APIOptions{Timeout: c.queryTimeout, Healthy: healthy, Ready: ready,
+		mux.Handle("/", embedded.NewAPI(db.DB(), embedded.APIOptions{Timeout: c.queryTimeout, MaxSamples: c.maxSamples, Healthy: healthy, Ready: ready,
 			Retention: c.retention, Flags: flags}, p.reg, p.lg))
 	}
 	mux.Handle("/metrics", promhttp.HandlerFor(p.reg, promhttp.HandlerOpts{Registry: p.reg}))
