@@ -309,7 +309,13 @@ func TestSpawnAll(t *testing.T) {
 // second stamp them ahead of the clock (a device's times are distinct
 // milliseconds); the check queries the store as of the latest of them, so
 // none counts as lost for being in the future of the check's query.
+//
+// The engine's queries hold at most 2,000 samples, fewer than the run
+// stores: the check reads the store in parts that each fit, as it must
+// against a store's bound after a long run at full load (50 million
+// samples by default, five to six minutes at 150,000 msg/s).
 func TestCheckAheadOfClock(t *testing.T) {
+	t.Setenv("INGEST_STORAGE_QUERY_MAX_SAMPLES", "2000")
 	c := config{SpawnAll: binPath, Devices: 4, Window: 64, Size: 150, Shape: "sensor", Sources: 1,
 		Duration: 4 * time.Second, Drain: 10 * time.Second, CheckWait: time.Second, Quiet: true,
 		JSON: filepath.Join(t.TempDir(), "ahead.json")}

@@ -83,17 +83,10 @@ const aheadHorizon = 24 * time.Hour
 // this run's window as this run's.
 func storedAhead(ctx context.Context, apis []string, devs []*device, now time.Time) (time.Time, error) {
 	var latest time.Time
-	at := now.Add(aheadHorizon)
-	rng := fmt.Sprintf("%dms", aheadHorizon.Milliseconds())
 	for start := 0; start < len(devs); start += 100 {
-		var names []string
-		for _, d := range devs[start:min(start+100, len(devs))] {
-			if d != nil {
-				names = append(names, regexp.QuoteMeta(d.id))
-			}
-		}
+		names := deviceNames(devs[start:min(start+100, len(devs))])
 		for _, api := range apis {
-			_, l, err := querySamples(ctx, queryBase(api), `seq{device=~"`+strings.Join(names, "|")+`"}[`+rng+`]`, at)
+			_, l, err := readSeqs(ctx, queryBase(api), names, now.UnixMilli(), now.Add(aheadHorizon).UnixMilli())
 			if err != nil {
 				return time.Time{}, err
 			}
@@ -103,6 +96,75 @@ func storedAhead(ctx context.Context, apis []string, devs []*device, now time.Ti
 		}
 	}
 	return latest, nil
+}
+
+// deviceNames are the ids of devs (nil ones left out), quoted for a regular
+// expression.
+func deviceNames(devs []*device) []string {
+	var names []string
+	for _, d := range devs {
+		if d != nil {
+			names = append(names, regexp.QuoteMeta(d.id))
+		}
+	}
+	return names
+}
+
+// readSeqs counts, per device of names, how often each seq value is stored
+// at api at times in (from, to] (unix ms), and returns the latest time of
+// the points it read (zero if none). A store that refuses a query for the
+// samples it would hold (the embedded store's and Prometheus's
+// --query.max-samples, VictoriaMetrics's -search.maxSamplesPerQuery:
+// reached by a long run at full load) is asked again in halves, by devices
+// and then by time, until the parts fit.
+func readSeqs(ctx context.Context, api string, names []string, from, to int64) (map[string]map[int]int, time.Time, error) {
+	q := fmt.Sprintf(`seq{device=~"%s"}[%dms]`, strings.Join(names, "|"), to-from)
+	out, latest, err := querySamples(ctx, api, q, time.UnixMilli(to))
+	if err == nil || !tooManySamples(err) {
+		return out, latest, err
+	}
+	var parts [2]struct {
+		names    []string
+		from, to int64
+	}
+	switch {
+	case len(names) > 1:
+		parts[0].names, parts[0].from, parts[0].to = names[:len(names)/2], from, to
+		parts[1].names, parts[1].from, parts[1].to = names[len(names)/2:], from, to
+	case to-from > 1:
+		mid := from + (to-from)/2
+		parts[0].names, parts[0].from, parts[0].to = names, from, mid
+		parts[1].names, parts[1].from, parts[1].to = names, mid, to
+	default:
+		return nil, time.Time{}, err
+	}
+	out = map[string]map[int]int{}
+	latest = time.Time{}
+	for _, p := range parts {
+		s, l, err := readSeqs(ctx, api, p.names, p.from, p.to)
+		if err != nil {
+			return nil, time.Time{}, err
+		}
+		for dev, seqs := range s { // parts of different devices or times: counts add up
+			if out[dev] == nil {
+				out[dev] = seqs
+				continue
+			}
+			for seq, n := range seqs {
+				out[dev][seq] += n
+			}
+		}
+		if l.After(latest) {
+			latest = l
+		}
+	}
+	return out, latest, nil
+}
+
+// tooManySamples reports whether err is a store's refusal of a query for
+// the samples it would hold.
+func tooManySamples(err error) bool {
+	return strings.Contains(err.Error(), "too many samples") || strings.Contains(err.Error(), "maxSamplesPer")
 }
 
 // queryBase is the base URL of a Prometheus query API given as -check:
@@ -119,20 +181,13 @@ func queryBase(api string) string {
 // checkOnce queries the store as of at.
 func checkOnce(ctx context.Context, apis []string, devs []*device, since, at time.Time) (*completeness, error) {
 	c := &completeness{}
-	// A range selector leaves out its start: one millisecond more takes
-	// in a sample at since.
-	rng := fmt.Sprintf("%dms", at.Sub(since).Milliseconds()+1)
 	for start := 0; start < len(devs); start += 100 {
 		chunk := devs[start:min(start+100, len(devs))]
-		var names []string
-		for _, d := range chunk {
-			if d != nil {
-				names = append(names, regexp.QuoteMeta(d.id))
-			}
-		}
 		stored := map[string]map[int]int{}
 		for _, api := range apis {
-			s, err := querySeqs(ctx, api, `seq{device=~"`+strings.Join(names, "|")+`"}[`+rng+`]`, at)
+			// A range selector leaves out its start: from a millisecond
+			// before since takes in a sample at since.
+			s, _, err := readSeqs(ctx, api, deviceNames(chunk), since.UnixMilli()-1, at.UnixMilli())
 			if err != nil {
 				return nil, err
 			}
@@ -177,15 +232,9 @@ func checkOnce(ctx context.Context, apis []string, devs []*device, since, at tim
 	return c, nil
 }
 
-// querySeqs runs a range-vector query as of at and counts, per device, how
-// often each seq value is stored.
-func querySeqs(ctx context.Context, api, q string, at time.Time) (map[string]map[int]int, error) {
-	out, _, err := querySamples(ctx, api, q, at)
-	return out, err
-}
-
-// querySamples is querySeqs, and the latest time of the points it read
-// (zero if none).
+// querySamples runs a range-vector query as of at, counts, per device, how
+// often each seq value is stored, and returns the latest time of the points
+// it read (zero if none).
 func querySamples(ctx context.Context, api, q string, at time.Time) (map[string]map[int]int, time.Time, error) {
 	form := url.Values{"query": {q}, "time": {strconv.FormatFloat(float64(at.UnixMilli())/1000, 'f', 3, 64)}}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, api+"/api/v1/query", strings.NewReader(form.Encode()))
