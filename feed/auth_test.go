@@ -13,6 +13,7 @@ import (
 	"github.com/golang-jwt/jwt/v5"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/feed"
 	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/middletier"
@@ -101,6 +102,25 @@ func TestAuth(t *testing.T) {
 			t.Fatalf("ended with %v, want close 1008 unauthorized", r.err)
 		}
 	})
+}
+
+// TestExpiryLeeway: the feed accepts a token up to Auth.Leeway past its
+// expiry (the verifier's clock-skew tolerance), and so must serve the
+// reader that long, as the frontend serves a device. It used to close
+// every reader at the token's exp itself: a reader whose token had
+// expired within the leeway was accepted, then closed at once with 1008
+// unauthorized, and reconnected to the same answer until the leeway ran
+// out.
+func TestExpiryLeeway(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	fs := startFeed(t, feed.Options{Sources: []feed.Source{{Feed: tr.addrs.Feed}},
+		Auth: auth.Options{HS256Secrets: [][]byte{testSecret}, Leeway: time.Minute}})
+	fe := newSender(t, tr.addrs.Ingest, "fe-1.0000000000000001")
+	tok := token(t, "feed:read", func(c *jwt.MapClaims) { (*c)["exp"] = time.Now().Add(-10 * time.Second).Unix() })
+	r := dialReader(t, fs.url, tok, nil)
+	r.run(t)
+	r.subscribe(t, `{"type":"subscribe"}`)
+	warm(t, fe, r)
 }
 
 func TestNoAuthNeedsLoopback(t *testing.T) {

@@ -208,7 +208,9 @@ func (s *Server) serveConn(ctx context.Context, ws *websocket.Conn, sc *sendConn
 	}
 	var expired <-chan time.Time
 	if !exp.IsZero() {
-		t := time.NewTimer(time.Until(exp))
+		// Past the leeway, as the verifier has it: a token it accepts is
+		// served until then.
+		t := time.NewTimer(time.Until(exp.Add(s.opts.Auth.Leeway)))
 		defer t.Stop()
 		expired = t.C
 	}
