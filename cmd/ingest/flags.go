@@ -247,10 +247,17 @@ func flagNames(fs *flag.FlagSet) []string {
 }
 
 // flagValues are the flags of fs and their values (given or default), for
-// the query API's status/flags.
+// the query API's status/flags, which needs no token: a flag whose value
+// may hold a secret withholds it (redacted).
 func flagValues(fs *flag.FlagSet) map[string]string {
 	m := map[string]string{}
-	fs.VisitAll(func(f *flag.Flag) { m[f.Name] = f.Value.String() })
+	fs.VisitAll(func(f *flag.Flag) {
+		if r, ok := f.Value.(interface{ redacted() string }); ok {
+			m[f.Name] = r.redacted()
+			return
+		}
+		m[f.Name] = f.Value.String()
+	})
 	return m
 }
 

@@ -232,6 +232,41 @@ func (f *sinkFlag) String() string {
 	return strings.Join(f.values, " ")
 }
 
+// redacted is the flag's value as the query API's status/flags shows it,
+// which anyone who reaches --http.listen reads: each header option with
+// its name and without its value, which may be the sink's credentials
+// (header=Authorization:Bearer …). White space between specs becomes one
+// space.
+func (f *sinkFlag) redacted() string {
+	var out []string
+	for _, v := range f.values {
+		for _, spec := range strings.Fields(v) {
+			head, options, ok := strings.Cut(spec, "#")
+			if !ok {
+				out = append(out, spec)
+				continue
+			}
+			opts := strings.Split(options, ",")
+			for i, o := range opts {
+				raw, ok := strings.CutPrefix(o, "header=")
+				if !ok {
+					continue
+				}
+				name := "?"
+				if d, err := url.PathUnescape(raw); err == nil {
+					name, _, _ = strings.Cut(d, ":")
+				}
+				opts[i] = "header=" + name + ":" + redactedValue
+			}
+			out = append(out, head+"#"+strings.Join(opts, ","))
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// redactedValue stands for a value withheld.
+const redactedValue = "<redacted>"
+
 func (f *sinkFlag) Set(v string) error {
 	if !f.set {
 		f.values, f.set = nil, true

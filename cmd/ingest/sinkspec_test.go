@@ -72,6 +72,35 @@ func TestParseSinks(t *testing.T) {
 	}
 }
 
+// The query API's status/flags, which any client of --http.listen reads
+// without a token, shows --sink with the values of its header options
+// withheld: a header may carry the sink's credentials
+// (header=Authorization:Bearer …, which the spec takes in place of
+// bearer-file, or an API key of another name). It used to show them as
+// given.
+func TestSinkFlagValuesHideHeaders(t *testing.T) {
+	var c storageConfig
+	f := newFlags("storage")
+	c.register(f)
+	if err := f.fs.Parse([]string{"--sink", "embedded remotewrite+https://vm/api/v1/write#name=vm,header=Authorization:Bearer%20s3cret-1,ca-file=/ca.pem",
+		"--sink", "influx+http://influxdb:8086#db=ingest,header=X-Api-Key%3As3cret-2,header=X-Scope-OrgID:s3cret-3"}); err != nil {
+		t.Fatal(err)
+	}
+	got := flagValues(f.fs)["sink"]
+	if strings.Contains(got, "s3cret") {
+		t.Errorf("status/flags shows a header's value: sink = %q", got)
+	}
+	for _, want := range []string{"embedded ", "remotewrite+https://vm/api/v1/write#name=vm,header=Authorization:", ",ca-file=/ca.pem",
+		"influx+http://influxdb:8086#db=ingest,header=X-Api-Key:", ",header=X-Scope-OrgID:"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("sink = %q, want %q in it", got, want)
+		}
+	}
+	if c.sinks.values[0] != "embedded remotewrite+https://vm/api/v1/write#name=vm,header=Authorization:Bearer%20s3cret-1,ca-file=/ca.pem" {
+		t.Errorf("the flag's own value changed: %q", c.sinks.values)
+	}
+}
+
 // A bad --sink is refused at start with a message that names what is wrong
 // with it; exit 2 for the syntax (a usage error), 1 for what only shows when
 // the writer is built (a file that cannot be read, sinks that clash).
