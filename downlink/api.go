@@ -39,7 +39,7 @@ var Routes = []string{
 // meaning.
 const (
 	CodeUnauthorized   = "unauthorized"    // 401: no token, or a token that does not verify
-	CodeForbidden      = "forbidden"       // 403: a token without the commands scope (a device's token)
+	CodeForbidden      = "forbidden"       // 403: a token without the commands scope (a device's token); without auth, a browser's request from another origin
 	CodeInvalidDevice  = "invalid_device"  // 400: the device id is empty or too long
 	CodeInvalidJSON    = "invalid_json"    // 400: the body is not one JSON object of the documented members
 	CodeInvalidCommand = "invalid_command" // 400: no name, a name too long, or a payload that is not JSON (UTF-8) or nested too deep
@@ -75,7 +75,7 @@ func NewAPI(l *Link, o APIOptions, lg *slog.Logger) http.Handler {
 		o.Timeout = 5 * time.Second
 	}
 	lg = lifecycle.Logger(lg)
-	a := &api{l: l, o: o, lg: lg}
+	a := &api{l: l, o: o, lg: lg, cross: http.NewCrossOriginProtection()}
 	mux := http.NewServeMux()
 	mux.Handle(Routes[0], a.bounded(a.auth(a.submit)))
 	mux.Handle(Routes[1], a.bounded(a.auth(a.list)))
@@ -92,13 +92,26 @@ func NewAPI(l *Link, o APIOptions, lg *slog.Logger) http.Handler {
 func (a *api) bounded(h http.HandlerFunc) http.Handler { return bodyread.Bound(h, a.o.Timeout) }
 
 type api struct {
-	l  *Link
-	o  APIOptions
-	lg *slog.Logger
+	l     *Link
+	o     APIOptions
+	lg    *slog.Logger
+	cross *http.CrossOriginProtection
 }
 
+// auth checks the application's token. Without auth, a browser's request
+// on behalf of a page of another origin is refused instead: the API has no
+// token then to tell an application from any page the user opens, whose
+// form or no-cors fetch can post a body the API takes as JSON whatever its
+// Content-Type. Requests of no browser (no Origin, no Sec-Fetch-Site) and
+// same-origin ones are served; GET is always.
 func (a *api) auth(h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
+		if a.o.Verifier == nil {
+			if err := a.cross.Check(r); err != nil {
+				fail(w, http.StatusForbidden, CodeForbidden, "a browser request from another origin is refused without auth")
+				return
+			}
+		}
 		if a.o.Verifier != nil {
 			tok, ok := auth.BearerToken(r)
 			if !ok {

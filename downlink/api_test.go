@@ -169,6 +169,57 @@ func TestAPIStalledBody(t *testing.T) {
 	}
 }
 
+// TestAPICrossSiteRefused: without auth (a loopback listener, make run),
+// a command submitted by a browser on behalf of a page of another origin
+// is refused, and no command is made: the page is not a local process, and
+// a form or a fetch in no-cors mode posts a body the API took as JSON
+// whatever its Content-Type. A request of no browser (curl, the Go client,
+// no Origin) and the browser's own same-origin request are served as
+// before. It used to queue the page's command for the device.
+func TestAPICrossSiteRefused(t *testing.T) {
+	h := startHome(t, "home-1", command.Options{})
+	fe := startFrontend(t, "fe-1", []string{h.Addr}, false)
+	dev := fe.base() + "/v1/devices/dev-x/commands"
+	for _, hdr := range []map[string]string{
+		{"Origin": "https://evil.example", "Content-Type": "text/plain"},
+		{"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example", "Content-Type": "application/x-www-form-urlencoded"},
+		{"Origin": "null", "Content-Type": "text/plain"},
+	} {
+		req, err := http.NewRequest("POST", dev, strings.NewReader(`{"name":"from-a-page"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range hdr {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("cross-site submit %v: HTTP %d, want 403", hdr, resp.StatusCode)
+		}
+	}
+	var list struct{ Commands []downlink.CommandJSON }
+	if st := call(t, "GET", dev, "", nil, &list); st != http.StatusOK || len(list.Commands) != 0 {
+		t.Fatalf("after the cross-site submits: HTTP %d, commands %+v, want none", st, list.Commands)
+	}
+	// Same origin (a page the frontend served), and no browser at all.
+	req, _ := http.NewRequest("POST", dev, strings.NewReader(`{"name":"same-origin"}`))
+	req.Header.Set("Origin", fe.base())
+	req.Header.Set("Sec-Fetch-Site", "same-origin")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusAccepted {
+		t.Errorf("same-origin submit: HTTP %d, want 202", resp.StatusCode)
+	}
+	submit(t, fe, "dev-x", "no-browser", nil)
+}
+
 // TestAPIStalledBodyRefused: a request whose body stops coming is answered
 // within the API's bound (5 s by default) on every path, not only once a
 // submit reads its body: a request refused before (no token, a device id
