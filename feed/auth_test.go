@@ -136,6 +136,32 @@ func TestNoAuthNeedsLoopback(t *testing.T) {
 	}
 }
 
+// TestNoAuthRefusesForeignHost: without auth the feed trusts every local
+// process, not a web page: a page whose host name its DNS makes resolve to
+// 127.0.0.1 (DNS rebinding) is same-origin with the feed for the browser,
+// so the Origin check let it read every device. A request that names a
+// host of the DNS (a name with a dot, but localhost's) is now refused
+// with 403, the status page's too; localhost is served.
+func TestNoAuthRefusesForeignHost(t *testing.T) {
+	tr := startTier(t, middletier.Options{})
+	fs := startFeed(t, feed.Options{Sources: []feed.Source{{Feed: tr.addrs.Feed}}, InsecureNoAuth: true})
+	addr := strings.TrimSuffix(strings.TrimPrefix(fs.url, "ws://"), "/v1/feed")
+	_, port, _ := net.SplitHostPort(addr)
+	c, resp, err := testkit.DialVia("ws://"+net.JoinHostPort("evil.example", port)+"/v1/feed", addr)
+	if err == nil {
+		c.CloseNow()
+		t.Fatal("a foreign Host was accepted")
+	}
+	if resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("foreign Host: %v, want HTTP 403", err)
+	}
+	c, _, err = testkit.DialVia("ws://"+net.JoinHostPort("localhost", port)+"/v1/feed", addr)
+	if err != nil {
+		t.Fatalf("Host localhost: %v", err)
+	}
+	c.CloseNow()
+}
+
 // Close releases what New took from a Server that never ran: the listener
 // and the metrics' registrations. It may be called again, and a closed
 // Server does not run.

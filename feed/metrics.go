@@ -32,7 +32,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
 		readers: b.Gauge("ingest_feed_readers", "Connected live-feed readers."),
 		handshakes: b.CounterVec("ingest_feed_handshakes_total",
-			"Reader handshakes, by result (ok, unauthorized, forbidden, too_many_readers).", "result"),
+			"Reader handshakes, by result (ok, unauthorized, forbidden, too_many_readers, foreign_host).", "result"),
 		delivered: b.Counter("ingest_feed_delivered_messages_total",
 			"Device messages written to readers (replays included)."),
 		dropped: b.Counter("ingest_feed_dropped_messages_total",

@@ -16,6 +16,7 @@ import (
 	"github.com/ingest-io/ingest/auth"
 	"github.com/ingest-io/ingest/internal/bodyread"
 	"github.com/ingest-io/ingest/internal/lifecycle"
+	"github.com/ingest-io/ingest/internal/loopback"
 	"github.com/ingest-io/ingest/internal/probe"
 )
 
@@ -95,7 +96,20 @@ func (s *Server) Handler() http.Handler {
 	for pattern, h := range s.opts.Handlers {
 		mux.Handle(pattern, h)
 	}
-	return mux
+	if !s.opts.InsecureNoAuth {
+		return mux
+	}
+	// Without auth every local process is trusted, and no web page: a
+	// page's host name rebound to 127.0.0.1 is same-origin with us for
+	// the browser, and only the Host it names tells it apart (package
+	// loopback).
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !loopback.Local(r.Host) {
+			s.refuse(w, http.StatusForbidden, "foreign_host", "without auth a request naming a host of the DNS (a web page rebound to this listener) is refused: connect to localhost or 127.0.0.1")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // Ready reports whether the feed is serving and subscribed to at least one

@@ -241,6 +241,41 @@ func TestNoAuthNeedsLoopback(t *testing.T) {
 	}
 }
 
+// TestNoAuthRefusesForeignHost: without auth the frontend trusts every
+// local process, not a web page: a page whose host name its DNS makes
+// resolve to 127.0.0.1 (DNS rebinding) is same-origin with the frontend
+// for the browser, so the Origin check let it write as any device (and
+// post commands). A request that names a host of the DNS (a name with a
+// dot, but localhost's) is now refused with 403; a local client's names,
+// localhost, an IP address or the machine's own one-label name, are
+// served.
+func TestNoAuthRefusesForeignHost(t *testing.T) {
+	ts := startServer(t, Options{InsecureNoAuth: true}, wal.Options{})
+	_, port, _ := net.SplitHostPort(ts.addr)
+	for _, host := range []string{"evil.example", "evil.example.", "EVIL.Example"} {
+		c, resp, err := testkit.DialVia("ws://"+net.JoinHostPort(host, port)+"/v1/ingest?device=d-1", ts.addr)
+		if err == nil {
+			c.CloseNow()
+			t.Errorf("Host %s: accepted a device", host)
+			continue
+		}
+		if resp == nil || resp.StatusCode != http.StatusForbidden {
+			t.Errorf("Host %s: %v, want HTTP 403", host, err)
+		}
+	}
+	for _, host := range []string{"localhost", "127.0.0.1", "::1", "myhost", "app.localhost"} {
+		c, _, err := testkit.DialVia("ws://"+net.JoinHostPort(host, port)+"/v1/ingest?device=d-"+host, ts.addr)
+		if err != nil {
+			t.Fatalf("Host %s: %v", host, err)
+		}
+		send(t, c, `{"id":1}`)
+		if f, err := readFrame(t, c); err != nil || f.Type != "ack" {
+			t.Fatalf("Host %s: no ack: %+v %v", host, f, err)
+		}
+		c.CloseNow()
+	}
+}
+
 // TestScopedTokenIsNoDeviceToken: a feed reader's token (scope feed:read,
 // handed to dashboard users) or an application's (scope commands) is
 // signed with the same keys as devices', and is refused as a device's

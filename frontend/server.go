@@ -20,6 +20,7 @@ import (
 	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/internal/bodyread"
 	"github.com/ingest-io/ingest/internal/lifecycle"
+	"github.com/ingest-io/ingest/internal/loopback"
 	"github.com/ingest-io/ingest/internal/probe"
 	"github.com/ingest-io/ingest/protocol"
 	"github.com/ingest-io/ingest/wal"
@@ -30,6 +31,9 @@ const (
 	// reasonNotReady counts handshakes refused with 503 while the server
 	// is not ready (starting, draining, or its WAL failed).
 	reasonNotReady = "not_ready"
+	// reasonForeignHost counts requests refused with 403 without auth
+	// because they name a host of the DNS, not a local one (Handler).
+	reasonForeignHost = "foreign_host"
 	// notReadyRetryAfter is the Retry-After of that 503, in seconds.
 	notReadyRetryAfter = "5"
 	// logEvery is how often a condition that repeats per connection is
@@ -144,7 +148,20 @@ func (s *Server) Handler() http.Handler {
 	for pattern, h := range s.opts.Handlers {
 		mux.Handle(pattern, h)
 	}
-	return mux
+	if !s.opts.InsecureNoAuth {
+		return mux
+	}
+	// Without auth every local process is trusted, and no web page: a
+	// page's host name rebound to 127.0.0.1 is same-origin with us for
+	// the browser, and only the Host it names tells it apart (package
+	// loopback).
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !loopback.Local(r.Host) {
+			s.refuse(w, http.StatusForbidden, reasonForeignHost, "without auth a request naming a host of the DNS (a web page rebound to this listener) is refused: connect to localhost or 127.0.0.1")
+			return
+		}
+		mux.ServeHTTP(w, r)
+	})
 }
 
 // walHealthy says why the frontend is not healthy: its WAL failed.

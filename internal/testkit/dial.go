@@ -64,3 +64,17 @@ func StalledBody(t testing.TB, addr, head string, limit time.Duration) (*http.Re
 	body, err := io.ReadAll(resp.Body)
 	return resp, body, err
 }
+
+// DialVia dials the WebSocket URL u over a TCP connection to addr,
+// whatever host u names: as a browser does whose DNS answer for that name
+// is addr (a page's DNS rebinding onto a loopback server).
+func DialVia(u, addr string) (*websocket.Conn, *http.Response, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	return websocket.Dial(ctx, u, &websocket.DialOptions{HTTPClient: &http.Client{Transport: tr}})
+}
