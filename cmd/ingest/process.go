@@ -276,13 +276,21 @@ func inUse(dir string, err error) error {
 	return fmt.Errorf("%s is in use by ingest pid %d", dir, held.PID)
 }
 
+// httpIdleTimeout is how long serveHTTP's servers keep a client's
+// connection open between two requests, as the frontend's and the feed's
+// do.
+var httpIdleTimeout = time.Minute
+
 // serveHTTP adds a part that serves h on ln at stageHTTP: it stops
 // accepting when its context ends and gives requests in flight up to grace.
 func (p *process) serveHTTP(name string, ln net.Listener, h http.Handler, grace time.Duration) {
 	// A body (a query's form, say) is read within 10 s of its handler's
 	// start, as the headers within 5 s.
+	// An idle keep-alive connection is closed after httpIdleTimeout:
+	// without an IdleTimeout (nor a ReadTimeout) net/http keeps it for as
+	// long as the client likes.
 	hs := &http.Server{Handler: bodyread.Bound(h, 10*time.Second), ReadHeaderTimeout: 5 * time.Second,
-		ErrorLog: slog.NewLogLogger(p.lg.Handler(), slog.LevelDebug)}
+		IdleTimeout: httpIdleTimeout, ErrorLog: slog.NewLogLogger(p.lg.Handler(), slog.LevelDebug)}
 	p.onClose(name, func() error { return closeListener(ln) })
 	p.add(part{name: name, stage: stageHTTP, run: func(ctx context.Context) error {
 		errc := make(chan error, 1)

@@ -1,14 +1,20 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ingest-io/ingest/internal/testkit"
 )
 
 // events records what the parts of a process did, in order.
@@ -107,6 +113,43 @@ func TestProcessStopsWhenAPartFails(t *testing.T) {
 	}
 	if got := ev.list(); !slices.Equal(got, []string{"frontend stopping", "registry stopping"}) {
 		t.Errorf("shutdown went %q", got)
+	}
+}
+
+// A connection to the query API (or the middletier's metrics port) that
+// has made its request and stays idle is closed after httpIdleTimeout.
+// These servers had no IdleTimeout, so net/http kept an idle keep-alive
+// connection open for as long as its client liked: anyone who reaches the
+// port, no token needed, could hold any number of them, each a goroutine
+// and a file descriptor of the storage writer's process, whose TSDB needs
+// descriptors too.
+func TestServeHTTPClosesIdleConnections(t *testing.T) {
+	defer func(d time.Duration) { httpIdleTimeout = d }(httpIdleTimeout)
+	httpIdleTimeout = 200 * time.Millisecond
+	p := newProcess(slog.New(slog.DiscardHandler))
+	ln := testkit.Listen(t)
+	p.serveHTTP("query api", ln, http.NotFoundHandler(), time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n")
+	br := bufio.NewReader(c)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("an idle connection after its request: %v, want it closed by the server", err)
 	}
 }
 
