@@ -268,8 +268,17 @@ func (c *conn) readLoop() error {
 // commandResult carries a device's answer to a command to its home. A
 // frame that does not decode, or one sent to a frontend that serves no
 // commands (no Options.Downlink), is answered with an invalid_message
-// error frame naming frame 0, which no data frame has.
+// error frame naming frame 0, which no data frame has. One that comes after
+// the token's expiry is not taken, as a data frame is not (handleFrame),
+// nor an MQTT device's answer: the device is told unauthorized (naming
+// frame 0) and the connection ends.
 func (c *conn) commandResult(frame []byte) {
+	if c.s.expired(c.exp, time.Now()) {
+		c.s.m.rejected.WithLabelValues(protocol.CodeUnauthorized).Inc()
+		c.writeError(protocol.CodeUnauthorized, 0, -1, nil, 0, "token expired")
+		c.finish(protocol.ClosePolicyViolation, reasonExpired)
+		return
+	}
 	r, err := protocol.DecodeCommandResult(frame)
 	if err == nil && c.s.opts.Downlink == nil {
 		err = errors.New("this frontend serves no commands; the answer is dropped")

@@ -273,6 +273,33 @@ func TestCommandResultNotNumberedWithoutCommands(t *testing.T) {
 	}
 }
 
+// TestCommandResultAfterExpiry: a command_result frame that comes after
+// the device's token has expired is answered like any frame then
+// (protocol.md): an unauthorized error frame, and the connection closed
+// with 1008. It used to be taken as an answer (handed to the command's
+// home; here, without homes, refused as invalid_message) for as long as
+// the connection lasted past the expiry. The frame is sent within
+// expiryGrace of the expiry, before the idle close.
+func TestCommandResultAfterExpiry(t *testing.T) {
+	ts := startServer(t, Options{}, wal.Options{})
+	exp := time.Now().Add(1500 * time.Millisecond).Truncate(time.Second).Add(time.Second)
+	c := rawDial(t, ts, hsToken(t, "dev-1", func(rc *jwt.RegisteredClaims) { rc.ExpiresAt = jwt.NewNumericDate(exp) }))
+	time.Sleep(time.Until(exp.Add(50 * time.Millisecond)))
+	send(t, c, `{"__type":"command_result","id":"c1","status":"ok"}`)
+	for {
+		f, err := readFrame(t, c)
+		if err != nil {
+			if st := websocket.CloseStatus(err); st != websocket.StatusPolicyViolation {
+				t.Fatalf("read: %v, want the close 1008", err)
+			}
+			return
+		}
+		if f.Type == "error" && f.Code != protocol.CodeUnauthorized {
+			t.Fatalf("an answer after the token's expiry got %+v, want the error unauthorized", f)
+		}
+	}
+}
+
 // TestPingTimeout: a peer that never answers pings is closed.
 func TestPingTimeout(t *testing.T) {
 	ts := startServer(t, Options{PingInterval: 100 * time.Millisecond, PongTimeout: 100 * time.Millisecond}, wal.Options{})
