@@ -123,6 +123,13 @@ func (c *allConfig) build(p *process, fs *flag.FlagSet) error {
 	if !c.auth.noAuth && !c.auth.keyed() {
 		return errNoAuth
 	}
+	// Before any tier opens anything (the tiers check their own again).
+	if err := c.auth.loopbackOnly(c.fe.f, "listen", c.fe.listen, "mqtt.listen", c.fe.mqttListen); err != nil {
+		return err
+	}
+	if err := c.auth.loopbackOnly(c.fd.f, "listen", c.fd.listen); err != nil {
+		return err
+	}
 	if err := c.lockDataDir(p); err != nil {
 		return err
 	}

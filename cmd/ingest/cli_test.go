@@ -183,6 +183,16 @@ func TestCLIErrors(t *testing.T) {
 			"ingest frontend: " + errNoAuth.Error()},
 		{"feed without auth", nil, []string{"feed", "--middletiers", loop, "--listen", "127.0.0.1:0"}, 1,
 			"ingest feed: " + errNoAuth.Error()},
+		// Without auth a listener off loopback is refused naming its
+		// flag, before the WAL is opened; it was refused after, naming
+		// the address the server bound ("check listener [::]:8080").
+		{"frontend without auth off loopback", nil, []string{"frontend", "--insecure-no-auth", "--wal.dir", t.TempDir(), "--listen", ":0"}, 1,
+			"ingest frontend: --insecure-no-auth serves loopback only: --listen :0 is not"},
+		{"mqtt without auth off loopback", nil, []string{"all", "--insecure-no-auth", "--data.dir", t.TempDir(), "--listen", "127.0.0.1:0",
+			"--mqtt.listen", "0.0.0.0:0", "--storage.http.listen", "127.0.0.1:0", "--feed.listen", "127.0.0.1:0"}, 1,
+			"ingest all: --insecure-no-auth serves loopback only: --mqtt.listen 0.0.0.0:0 is not"},
+		{"feed without auth off loopback", nil, []string{"feed", "--insecure-no-auth", "--middletiers", loop, "--listen", "[::]:0"}, 1,
+			"ingest feed: --insecure-no-auth serves loopback only: --listen [::]:0 is not"},
 		{"required flag", nil, []string{"frontend", "--insecure-no-auth"}, 1,
 			"ingest frontend: --wal.dir (INGEST_WAL_DIR) is required"},
 		// 1ns gathered and wrote the metrics as fast as it could: 60 % of

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -82,6 +83,32 @@ func (c *authConfig) register(f flags, who string) {
 
 func (c *authConfig) keyed() bool {
 	return c.hs256File != "" || c.rs256File != "" || c.es256File != "" || c.keysDir != ""
+}
+
+// loopbackOnly refuses, without auth, a listen address of f (flag name,
+// value, ...) that is not on loopback: one without a host (every
+// interface) or with an IP address that is not loopback. It is said
+// before anything is opened, naming the flag; a host name is left to the
+// server, which checks the address it bound.
+func (c *authConfig) loopbackOnly(f flags, nameValues ...string) error {
+	if !c.noAuth {
+		return nil
+	}
+	for i := 0; i+1 < len(nameValues); i += 2 {
+		name, addr := nameValues[i], nameValues[i+1]
+		if addr == "" {
+			continue
+		}
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			continue // the listen says what is wrong with it
+		}
+		if ip := net.ParseIP(host); host == "" || ip != nil && !ip.IsLoopback() {
+			return fmt.Errorf("--%s serves loopback only: --%s %s is not (give 127.0.0.1:<port>, or auth keys)",
+				c.f.name("insecure-no-auth"), f.name(name), addr)
+		}
+	}
+	return nil
 }
 
 // options reads the keys.

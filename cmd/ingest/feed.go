@@ -96,6 +96,9 @@ func (c *feedConfig) build(p *process, a *authConfig, devices *registry.Registry
 	if a.noAuth && !c.f.given("listen") {
 		c.listen = "127.0.0.1:8081" // without auth, loopback only
 	}
+	if err := a.loopbackOnly(c.f, "listen", c.listen); err != nil {
+		return "", err
+	}
 	// The status page beside the feed: same origin as /v1/feed. It shows
 	// the figures of the tiers this process runs, dashes for the others.
 	page, err := status.New(status.Options{Gatherer: p.reg.Gatherer(), FeedURL: "/v1/feed"}, p.lg)

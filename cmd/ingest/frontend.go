@@ -158,6 +158,9 @@ func (c *frontendConfig) build(p *process, a *authConfig) (*wal.Log, net.Addr, e
 	if a.noAuth && !c.f.given("listen") {
 		c.listen = "127.0.0.1:8080" // without auth, loopback only
 	}
+	if err := a.loopbackOnly(c.f, "listen", c.listen, "mqtt.listen", c.mqttListen); err != nil {
+		return nil, nil, err
+	}
 	log, err := c.wal.open(p, "frontend", c.walDir, firstOf(c.walShown, c.walDir))
 	if err != nil {
 		return nil, nil, err
