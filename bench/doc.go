@@ -51,7 +51,12 @@
 // are distinct milliseconds, so a device sending more than a thousand
 // messages a second stamps them ahead of the clock (a minute ahead after a
 // minute at 2,000 a second); the store is queried as of the latest time
-// sent, and the report says how far ahead that was. It reads the store
+// sent, and the report says how far ahead that was. The frontend refuses
+// a time more than an hour ahead (bad_timestamp): a device at N messages
+// a second reaches it after 3,600 / (N/1,000 − 1) seconds (an hour at
+// 2,000 a second, four minutes at 16,000), so a long run at full load
+// needs devices enough to keep each near a thousand a second (-devices
+// 100 at 150,000 msg/s: 1,500 each, two hours). It reads the store
 // from the earliest time the run's acknowledged messages carry: what the
 // store holds of the same devices from an earlier run against the same
 // engine is not counted. Where that earlier run's devices ran ahead of the
