@@ -61,6 +61,12 @@ var (
 	// every later acknowledgement would be read as the one before's.
 	// Commands are answered through Options.OnCommand.
 	ErrNotData = errors.New(`client: a payload led by "__type":"command_result" is a command's answer, not a message`)
+	// ErrBatch is returned by Send for a JSON array: the server takes one
+	// as a batch of messages, each durable or refused on its own, and a
+	// Send has one result; one refused element would report the whole
+	// array refused, and sending it again would store the others twice.
+	// Send each message of it instead.
+	ErrBatch = errors.New("client: a payload is one JSON object; send each message of an array on its own")
 )
 
 // ServerError is a message rejected by the server with an error frame.
@@ -314,7 +320,7 @@ func (c *Client) dial(ctx context.Context) (*websocket.Conn, error) {
 // Send queues payload, one JSON object, and returns its number once queued;
 // its result comes through Options.OnResult. It blocks while MaxQueue messages
 // are held. payload is copied. A payload led by "__type":"command_result"
-// is refused (ErrNotData).
+// is refused (ErrNotData), and a JSON array (ErrBatch).
 func (c *Client) Send(ctx context.Context, payload []byte) (uint64, error) {
 	m, err := c.enqueue(ctx, payload, nil)
 	if err != nil {
@@ -367,6 +373,8 @@ func (c *Client) enqueue(ctx context.Context, payload []byte, ch chan error) (*m
 		return nil, ctx.Err()
 	case protocol.IsCommandResult(payload):
 		return nil, ErrNotData
+	case len(bytes.TrimLeft(payload, " \t\r\n")) > 0 && bytes.TrimLeft(payload, " \t\r\n")[0] == '[':
+		return nil, ErrBatch
 	case c.frameLimit > 0 && len(payload) > c.frameLimit:
 		return nil, c.tooLarge(len(payload))
 	}

@@ -437,7 +437,8 @@ func TestRetryHintJittered(t *testing.T) {
 // left with ErrClosed.
 // TestRefusals: a "ts" past int64 nanoseconds (the year 2603) is refused
 // by the server, not stored as a time in 2019; a payload the server would
-// take for a command's answer is refused by Send.
+// take for a command's answer is refused by Send, and so is an array (a
+// batch, one result for many messages).
 func TestRefusals(t *testing.T) {
 	s := start(t, "127.0.0.1:0", t.TempDir(), frontend.Options{}, wal.Options{})
 	ctx := context.Background()
@@ -452,6 +453,9 @@ func TestRefusals(t *testing.T) {
 	}
 	if _, err := c.Send(ctx, []byte(` {"__type" : "command_result","id":"c1","status":"ok"}`)); !errors.Is(err, client.ErrNotData) {
 		t.Fatalf("send of a command_result: %v, want ErrNotData", err)
+	}
+	if _, err := c.Send(ctx, []byte("\n [{\"id\":\"a\"},{\"id\":\"b\",\"ts\":20000000000000}]")); !errors.Is(err, client.ErrBatch) {
+		t.Fatalf("send of an array: %v, want ErrBatch", err)
 	}
 	if err := c.SendWait(ctx, msg(2)); err != nil {
 		t.Fatalf("the next message: %v", err)
