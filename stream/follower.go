@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/ingest-io/ingest/wire"
 	"github.com/ingest-io/ingest/zsock"
@@ -309,12 +310,24 @@ func (f *Follower) CaughtUp() bool { return f.caught.Load() }
 func (f *Follower) setName(name string) {
 	// The gauges of the name known before (the consumer endpoint, until
 	// the middletier says its id) are of no middletier: gone, not left at
-	// their last value.
+	// their last value. Its counters move to the new name, so that no
+	// series is left of a middletier under its endpoint and no count is
+	// lost from a sum.
 	if old := f.name.Load(); old != nil && *old != name {
 		for _, g := range []*prometheus.GaugeVec{f.m.Lag, f.m.Checkpoint} {
 			if g != nil {
 				g.DeleteLabelValues(*old)
 			}
+		}
+		for _, v := range []*prometheus.CounterVec{f.m.Received, f.m.Gaps, f.m.Filled, f.m.Fetches, f.m.Reconnects} {
+			if v == nil {
+				continue
+			}
+			var m dto.Metric
+			if v.WithLabelValues(*old).Write(&m) == nil && m.GetCounter().GetValue() > 0 {
+				v.WithLabelValues(name).Add(m.GetCounter().GetValue())
+			}
+			v.DeleteLabelValues(*old)
 		}
 	}
 	f.name.Store(&name)

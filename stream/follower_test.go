@@ -243,6 +243,16 @@ func TestDurableFetchThenStream(t *testing.T) {
 	if f.Middletier() != "mt-0" {
 		t.Fatalf("follows %q", f.Middletier())
 	}
+	// Counted before the middletier said its id (the resume's fetch),
+	// under its endpoint: moved to the id, no series left of the
+	// endpoint (the sums below keep every count).
+	for _, name := range []string{"fetches_total", "filled_total", "received_total", "lag", "checkpoint"} {
+		for _, m := range testkit.Series(t, f.reg, name) {
+			if l := m.GetLabel(); len(l) != 1 || l[0].GetValue() != "mt-0" {
+				t.Errorf("a series of %s labelled %v", name, l)
+			}
+		}
+	}
 	if got := testkit.Metric(t, f.reg, "lag"); got != 0 {
 		t.Fatalf("lag %v", got)
 	}
