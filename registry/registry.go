@@ -206,6 +206,11 @@ func (r *Registry) reload() {
 			// the same content passes through the same half-written
 			// prefix each time).
 			r.seen = [sha256.Size]byte{}
+			if sum == r.sum {
+				// The bad content is gone: written again (the same
+				// edit retried), it is a new attempt, told again.
+				r.bad = [sha256.Size]byte{}
+			}
 			return
 		}
 		if sum != r.seen {
