@@ -119,6 +119,10 @@ func New(path string, reg prometheus.Registerer, lg *slog.Logger) (*Registry, er
 	r.m.devices = prometheus.NewGauge(prometheus.GaugeOpts{Name: "ingest_registry_devices", Help: "Devices in the device registry."})
 	r.m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ingest_registry_reloads_total",
 		Help: "Reloads of the device registry file, by result (ok, error)."}, []string{"result"})
+	// Both from 0: a series that first appears at 1 is no increase to
+	// Prometheus, and an alert on the first bad file would not fire.
+	r.m.reloads.WithLabelValues("ok")
+	r.m.reloads.WithLabelValues("error")
 	empty := map[string]Device{}
 	r.devices.Store(&empty)
 	ch := make(chan struct{})

@@ -130,6 +130,36 @@ func TestEmptyPath(t *testing.T) {
 	}
 }
 
+// TestReloadCountersFromZero: ingest_registry_reloads_total has its ok and
+// error series, at 0, from the start. A counter series that first appears
+// at 1 is not an increase to Prometheus (increase and rate need two
+// samples), so an alert on increase(...{result="error"}[10m]) > 0 never
+// fired for the first bad registry file a process met. Before, neither
+// series existed until its first reload.
+func TestReloadCountersFromZero(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "devices.yaml")
+	if err := os.WriteFile(path, []byte(sampleYAML), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewRegistry()
+	r, err := New(path, reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	for _, result := range []string{"ok", "error"} {
+		found := false
+		for _, m := range testkit.Series(t, reg, "ingest_registry_reloads_total") {
+			for _, l := range m.GetLabel() {
+				found = found || (l.GetName() == "result" && l.GetValue() == result)
+			}
+		}
+		if !found {
+			t.Errorf("no ingest_registry_reloads_total{result=%q} before the first reload", result)
+		}
+	}
+}
+
 // counter is ingest_registry_reloads_total for result.
 func counter(t *testing.T, reg *prometheus.Registry, result string) float64 {
 	return testkit.Metric(t, reg, "ingest_registry_reloads_total", "result", result)
