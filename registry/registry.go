@@ -19,7 +19,8 @@
 //	    disabled: true
 //
 // CSV (.csv): a header row naming the columns; id is required, name, group,
-// site, type and disabled are optional, and every other column is a label:
+// site, type and disabled are optional, and every other column is a label
+// (a byte order mark before the header is passed over):
 //
 //	id,name,group,site,type,disabled,driver
 //	tracker-001,Truck 1,fleet-north,depot-a,gps,,alice
@@ -224,7 +225,7 @@ func (r *Registry) reload() {
 			r.seen = sum
 			return
 		}
-		if len(bytes.TrimSpace(b)) == 0 && r.Len() > 0 {
+		if len(bytes.TrimSpace(bytes.TrimPrefix(b, bom))) == 0 && r.Len() > 0 {
 			// An empty file is what a rewrite in place looks like
 			// between its truncate and its write, for as long as the
 			// writer is held up: never take it for "no devices". A
@@ -301,7 +302,14 @@ func parseYAML(b []byte) ([]Device, error) {
 // any other column is a label.
 var csvColumns = []string{"id", "name", "group", "site", "type", "disabled"}
 
+// bom is the UTF-8 byte order mark a spreadsheet's "CSV UTF-8" begins
+// with.
+var bom = []byte("\ufeff")
+
 func parseCSV(b []byte) ([]Device, error) {
+	// Else the mark would be part of the first column's name: a header
+	// that reads id,… would have no id column.
+	b = bytes.TrimPrefix(b, bom)
 	rd := csv.NewReader(bytes.NewReader(b))
 	rd.TrimLeadingSpace = true
 	rows, err := rd.ReadAll()

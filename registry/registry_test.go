@@ -64,6 +64,55 @@ func TestParseFormats(t *testing.T) {
 	}
 }
 
+// TestParseCSVWithBOM: a CSV saved by a spreadsheet as UTF-8 (Excel's
+// "CSV UTF-8") begins with a byte order mark. It is read as the same file
+// without it, as the YAML parser reads a YAML file. Before, the mark was
+// part of the first column's name, and a file whose header plainly reads
+// id,… was refused with "no id column"; with another first column, that
+// column's name held the mark, and its label was refused as invalid or
+// taken under a name no query matches. A file of the mark alone is empty:
+// it does not empty a registry that has devices.
+func TestParseCSVWithBOM(t *testing.T) {
+	const bom = "\ufeff"
+	plain, err := Parse(".csv", []byte(sampleCSV))
+	if err != nil {
+		t.Fatal(err)
+	}
+	marked, err := Parse(".csv", []byte(bom+sampleCSV))
+	if err != nil {
+		t.Fatalf("a CSV with a byte order mark: %v", err)
+	}
+	if !reflect.DeepEqual(marked, plain) {
+		t.Errorf("a CSV with a byte order mark gives %+v, want %+v", marked, plain)
+	}
+	byName, err := Parse(".csv", []byte(bom+"driver,id,disabled\nalice,tracker-001,true\n"))
+	if err != nil {
+		t.Fatalf("a CSV with a byte order mark before a label column: %v", err)
+	}
+	if d := byName["tracker-001"]; d.Labels["driver"] != "alice" || !d.Disabled {
+		t.Errorf("a CSV with a byte order mark before a label column gives %+v", d)
+	}
+
+	path := filepath.Join(t.TempDir(), "devices.csv")
+	if err := os.WriteFile(path, []byte(bom+sampleCSV), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r, err := New(path, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := os.WriteFile(path, []byte(bom), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		r.reload()
+	}
+	if r.Len() != 2 {
+		t.Fatalf("a file of a byte order mark alone left %d devices, want 2", r.Len())
+	}
+}
+
 func TestParseInvalid(t *testing.T) {
 	for _, tt := range []struct{ ext, body string }{
 		{".yaml", "devices:\n  - name: no id\n"},
