@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -416,5 +417,90 @@ func TestChanged(t *testing.T) {
 	case <-r.Changed():
 		t.Fatal("the next Changed is closed already")
 	default:
+	}
+}
+
+// largeRegistry is a registry of n devices in the format of ext, each
+// with a name, a group, a site, a type and a label; disabled is the
+// device disabled in it, if any.
+func largeRegistry(ext string, n int, disabled int) []byte {
+	var b []byte
+	if ext == ".csv" {
+		b = append(b, "id,name,group,site,type,disabled,driver\n"...)
+	} else {
+		b = append(b, "devices:\n"...)
+	}
+	for i := range n {
+		dis := i == disabled
+		if ext == ".csv" {
+			b = fmt.Appendf(b, "dev-%06d,Truck %d,g%d,s%d,gps,%v,d%d\n", i, i, i%100, i%10, dis, i)
+			continue
+		}
+		b = fmt.Appendf(b, "  - id: dev-%06d\n    name: Truck %d\n    group: g%d\n    site: s%d\n    type: gps\n    disabled: %v\n    labels:\n      driver: d%d\n", i, i, i%100, i%10, dis, i)
+	}
+	return b
+}
+
+// BenchmarkReloadLarge: a registry of 100,000 devices edited (one device
+// disabled, then another) and reloaded, while a goroutine looks devices up
+// as the ingest path does. ns/op is one reload's two polls, the parse
+// included (how much later than two polls a revocation takes effect;
+// docs/devices.md quotes it); lookup-max-ns the longest a Lookup took
+// meanwhile. Lookup reads an atomic pointer and never waits for a reload:
+// what lookup-max-ns shows is the scheduler's and the garbage collector's
+// delay on a machine the parse keeps busy (tens to hundreds of
+// milliseconds on a shared 2-core machine), not a lock.
+func BenchmarkReloadLarge(b *testing.B) {
+	const n = 100_000
+	for _, ext := range []string{".yaml", ".csv"} {
+		b.Run(ext[1:], func(b *testing.B) {
+			path := filepath.Join(b.TempDir(), "devices"+ext)
+			contents := [2][]byte{largeRegistry(ext, n, 1), largeRegistry(ext, n, 2)}
+			if err := os.WriteFile(path, contents[1], 0o644); err != nil {
+				b.Fatal(err)
+			}
+			r, err := New(path, nil, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer r.Close()
+			ids := make([]string, n)
+			for i := range ids {
+				ids[i] = fmt.Sprintf("dev-%06d", i)
+			}
+			stop := make(chan struct{})
+			done := make(chan time.Duration)
+			go func() {
+				var longest time.Duration
+				for i := 0; ; i++ {
+					select {
+					case <-stop:
+						done <- longest
+						return
+					default:
+					}
+					start := time.Now()
+					r.Lookup(ids[i%n])
+					longest = max(longest, time.Since(start))
+				}
+			}()
+			b.ResetTimer()
+			for i := range b.N {
+				want := i%2 + 1 // the device the new content disables
+				b.StopTimer()
+				if err := os.WriteFile(path, contents[i%2], 0o644); err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				r.reload()
+				r.reload()
+				if !r.Disabled(ids[want]) {
+					b.Fatal("the new content was not applied")
+				}
+			}
+			b.StopTimer()
+			close(stop)
+			b.ReportMetric(float64(<-done), "lookup-max-ns")
+		})
 	}
 }
