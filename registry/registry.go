@@ -32,7 +32,8 @@
 // for false.
 //
 // Label names follow Prometheus's rules ([a-zA-Z_][a-zA-Z0-9_]*, not starting
-// with "__") and must not be one of device, name, group, site or type.
+// with "__") and must not be one of device, name, group, site or type. Ids
+// and values are UTF-8.
 package registry
 
 import (
@@ -52,6 +53,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.yaml.in/yaml/v3"
@@ -387,7 +389,19 @@ func validate(d Device) error {
 	if len(d.ID) > 255 {
 		return fmt.Errorf("id of %d bytes", len(d.ID))
 	}
-	for k := range d.Labels {
+	// A file in another encoding (a spreadsheet's legacy "CSV"): its
+	// values would reach the stores as they are, where no selector for
+	// the intended text matches them (or a store drops the series), and
+	// an id so written never matches a token's subject.
+	for _, f := range []struct{ name, v string }{{"id", d.ID}, {"name", d.Name}, {"group", d.Group}, {"site", d.Site}, {"type", d.Type}} {
+		if !utf8.ValidString(f.v) {
+			return fmt.Errorf("%s %q is not valid UTF-8 (save the file as UTF-8)", f.name, f.v)
+		}
+	}
+	for k, v := range d.Labels {
+		if !utf8.ValidString(v) {
+			return fmt.Errorf("label %s: %q is not valid UTF-8 (save the file as UTF-8)", k, v)
+		}
 		switch {
 		case !labelName.MatchString(k) || strings.HasPrefix(k, "__"):
 			return fmt.Errorf("label name %q is not a valid label name", k)

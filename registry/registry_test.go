@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,6 +132,37 @@ func TestParseInvalid(t *testing.T) {
 		if _, err := Parse(tt.ext, []byte(tt.body)); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s %q: %v, want ErrInvalid", tt.ext, tt.body, err)
 		}
+	}
+}
+
+// TestParseRefusesInvalidUTF8: a CSV exported in a legacy encoding (a
+// spreadsheet's "CSV" in Windows-1252: "Müller" as M, 0xfc, ller) is
+// refused, naming the device, as a label name that is not valid is. Taken,
+// its values went as they were to every store: the embedded TSDB and
+// Prometheus 2 stored label values no selector for the intended name
+// matches, Prometheus 3's remote-write receiver skips every sample of such
+// a series and answers 204 (the device's data lost, counted nowhere here),
+// and an id so written never matches the device's token (UTF-8 JSON): a
+// device disabled under it stayed enabled. Before, every such file was
+// taken as it was.
+func TestParseRefusesInvalidUTF8(t *testing.T) {
+	for _, tt := range []struct{ name, body string }{
+		{"id", "id,disabled\ntrack\xe9r-1,true\n"},
+		{"name", "id,name\nd1,M\xfcller\n"},
+		{"group", "id,group\nd1,S\xfcd\n"},
+		{"site", "id,site\nd1,K\xf6ln\n"},
+		{"type", "id,type\nd1,\xb0C\n"},
+		{"label", "id,driver\nd1,Jos\xe9\n"},
+	} {
+		_, err := Parse(".csv", []byte(tt.body))
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "UTF-8") {
+			t.Errorf("%s not valid UTF-8: %v, want ErrInvalid saying UTF-8", tt.name, err)
+		}
+	}
+	// The same in UTF-8 is taken.
+	devs, err := Parse(".csv", []byte("id,name,driver\ntracker-1,Müller,José\n"))
+	if err != nil || devs["tracker-1"].Name != "Müller" || devs["tracker-1"].Labels["driver"] != "José" {
+		t.Fatalf("a UTF-8 CSV: %+v, %v", devs, err)
 	}
 }
 
