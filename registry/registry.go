@@ -297,7 +297,19 @@ func parseYAML(b []byte) ([]Device, error) {
 	if err := dec.Decode(&doc); err != nil && !errors.Is(err, io.EOF) {
 		return nil, fmt.Errorf("%w: %w", ErrInvalid, err)
 	}
-	return doc.Devices, nil
+	// A second document (after ---) would be passed over without a
+	// word, and the devices it disables with it.
+	for {
+		var more yaml.Node
+		err := dec.Decode(&more)
+		if errors.Is(err, io.EOF) {
+			return doc.Devices, nil
+		}
+		empty := len(more.Content) == 0 || len(more.Content) == 1 && more.Content[0].Tag == "!!null"
+		if err != nil || !empty {
+			return nil, fmt.Errorf("%w: more than one YAML document (---): put every device under one devices: list", ErrInvalid)
+		}
+	}
 }
 
 // csvColumns are the columns a CSV registry names a device's fields with;

@@ -41,7 +41,8 @@ func TestParseFormats(t *testing.T) {
 		"tracker-001": {ID: "tracker-001", Name: "Truck 1", Group: "fleet-north", Site: "depot-a", Type: "gps", Labels: map[string]string{"driver": "alice"}},
 		"sensor-9":    {ID: "sensor-9", Group: "greenhouse"},
 	}
-	y, err := Parse(".yaml", []byte(sampleYAML))
+	// Document markers around the one document are no second one.
+	y, err := Parse(".yaml", []byte("---\n"+sampleYAML+"---\n"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -123,6 +124,9 @@ func TestParseInvalid(t *testing.T) {
 		{".yaml", "devices:\n  - id: a\n    labels:\n      group: x\n"},
 		{".yaml", "devices:\n  - id: a\n    colour: red\n"},
 		{".yaml", "devices: [\n"},
+		// A second document was passed over, the devices it disables
+		// with it.
+		{".yaml", "devices:\n  - id: a\n---\ndevices:\n  - id: b\n    disabled: true\n"},
 		{".csv", "name\nx\n"},
 		{".csv", "id,id\na,b\n"},
 		{".csv", "id,__hidden\na,b\n"},
