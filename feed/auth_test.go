@@ -46,6 +46,9 @@ func TestAuth(t *testing.T) {
 		{name: "lowercase bearer", header: "bearer " + good},
 		{name: "token over the size cap", header: "Bearer " + big, status: http.StatusUnauthorized, code: "token_too_large"},
 		{name: "token over the size cap, query parameter", query: big, status: http.StatusUnauthorized, code: "token_too_large"},
+		// Headers past MaxHeaderBytes are not read, let alone held, before
+		// any token is checked: net/http answers 431.
+		{name: "headers over the bound", header: "Bearer " + strings.Repeat("A", 300<<10), status: http.StatusRequestHeaderFieldsTooLarge},
 		{name: "query parameter", query: good},
 		{name: "scope among others", header: "Bearer " + token(t, "status:read feed:read", nil)},
 		{name: "scope as an array", header: "Bearer " + token(t, []string{"x", "feed:read"}, nil)},

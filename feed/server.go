@@ -20,6 +20,10 @@ import (
 	"github.com/ingest-io/ingest/internal/probe"
 )
 
+// maxHeaderBytes bounds a handshake's request line and headers; past it
+// net/http answers 431.
+const maxHeaderBytes = 256 << 10
+
 // ErrNotLoopback is returned by New without auth on a listener that is not
 // on a loopback address.
 var ErrNotLoopback = errors.New("feed: running without auth requires a loopback listener")
@@ -156,8 +160,13 @@ func (s *Server) Run(ctx context.Context) error {
 		Handler:           bodyread.Bound(s.Handler(), s.opts.HandshakeTimeout),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
 		IdleTimeout:       time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),
-		BaseContext:       func(net.Listener) context.Context { return conns },
+		// Headers are read before any token is checked: net/http's 1 MiB
+		// default let anyone hold 1.5–2 MB a connection for the
+		// handshake timeout. A token is at most 8 KiB; a quarter of a MiB
+		// still reads one far over it, to answer token_too_large.
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),
+		BaseContext:    func(net.Listener) context.Context { return conns },
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()

@@ -84,12 +84,16 @@ func TestAuth(t *testing.T) {
 		query  string // token query parameter
 		ok     bool
 		code   string // the refusal's body code; default unauthorized
+		status int    // the refusal's status; default 401
 	}{
 		{name: "HS256 header", header: "Bearer " + hs, ok: true},
 		{name: "lowercase bearer", header: "bearer " + hs, ok: true},
 		{name: "token at the size cap", header: "Bearer " + atCap, ok: true},
 		{name: "token over the size cap", header: "Bearer " + overCap, code: protocol.CodeTokenTooLarge},
 		{name: "token over the size cap, query parameter", query: overCap, code: protocol.CodeTokenTooLarge},
+		// Headers past MaxHeaderBytes are not read, let alone held, before
+		// any token is checked: net/http answers 431.
+		{name: "headers over the bound", header: "Bearer " + strings.Repeat("A", 300<<10), status: http.StatusRequestHeaderFieldsTooLarge},
 		{name: "HS256 query parameter", query: hs, ok: true},
 		{name: "RS256", header: "Bearer " + sign(jwt.SigningMethodRS256, rsaKey, claims("dev-1", nil)), ok: true},
 		{name: "ES256", header: "Bearer " + sign(jwt.SigningMethodES256, ecKey, claims("dev-1", nil)), ok: true},
@@ -132,6 +136,12 @@ func TestAuth(t *testing.T) {
 			if err == nil {
 				c.CloseNow()
 				t.Fatal("accepted")
+			}
+			if tc.status != 0 {
+				if resp == nil || resp.StatusCode != tc.status {
+					t.Fatalf("refusal %v, want HTTP %d", err, tc.status)
+				}
+				return
 			}
 			if resp == nil || resp.StatusCode != http.StatusUnauthorized {
 				t.Fatalf("refusal %v, want HTTP 401", err)

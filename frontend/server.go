@@ -41,6 +41,10 @@ const (
 	logEvery = 10 * time.Second
 )
 
+// maxHeaderBytes bounds a handshake's request line and headers; past it
+// net/http answers 431.
+const maxHeaderBytes = 256 << 10
+
 // ErrNotLoopback is returned by New when InsecureNoAuth is set and the
 // listener is not on a loopback address.
 var ErrNotLoopback = errors.New("frontend: running without auth requires a loopback listener")
@@ -214,7 +218,12 @@ func (s *Server) Run(ctx context.Context) error {
 		Handler:           bodyread.Bound(s.Handler(), s.opts.HandshakeTimeout),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
 		IdleTimeout:       time.Minute,
-		ErrorLog:          slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),
+		// Headers are read before any token is checked: net/http's 1 MiB
+		// default let anyone hold 1.5–2 MB a connection for the
+		// handshake timeout. A token is at most 8 KiB; a quarter of a MiB
+		// still reads one far over it, to answer token_too_large.
+		MaxHeaderBytes: maxHeaderBytes,
+		ErrorLog:       slog.NewLogLogger(s.lg.Handler(), slog.LevelDebug),
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
