@@ -358,6 +358,46 @@ func TestDrain(t *testing.T) {
 	}
 }
 
+// TestDrainBesideHTTPRequests: a plain HTTP request still in flight at
+// shutdown (here a handler of Options.Handlers that has not answered, as a
+// /debug/pprof/profile?seconds=30 of --debug.pprof does not for 30 s) does
+// not hold up the devices' drain: they are closed at once, while the
+// request is still given the drain window to finish. The drain used to
+// begin only once such requests had ended or the drain window had passed,
+// so that devices were closed over twice the drain window.
+func TestDrainBesideHTTPRequests(t *testing.T) {
+	entered, release := make(chan struct{}), make(chan struct{})
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-release
+	})
+	ts := startServer(t, Options{DrainWindow: time.Minute, Handlers: map[string]http.Handler{"/slow": slow}}, wal.Options{})
+	c := rawDial(t, ts, hsToken(t, "dev-a", nil))
+	send(t, c, `{"id":1}`)
+	if f, err := readFrame(t, c); err != nil || f.Type != "ack" {
+		t.Fatalf("ack: %+v %v", f, err)
+	}
+	answered := make(chan error, 1)
+	go func() {
+		resp, err := http.Get("http://" + ts.addr + "/slow")
+		if err == nil {
+			resp.Body.Close()
+		}
+		answered <- err
+	}()
+	<-entered
+	ts.cancel()
+	_, err := readFrame(t, c) // within readFrame's 10 s, not the drain window's minute
+	close(release)
+	if websocket.CloseStatus(err) != websocket.StatusGoingAway {
+		t.Fatalf("device closed with %v while an HTTP request was in flight, want 1001 at once", err)
+	}
+	if err := <-answered; err != nil {
+		t.Errorf("the request in flight at shutdown: %v, want it answered", err)
+	}
+	ts.stop(t)
+}
+
 // TestReceiveStamps: messages without ts take the receive time as their
 // time, and the stores keep one sample per series and millisecond, so a
 // device's stamps are distinct milliseconds, in order, across frames and

@@ -257,16 +257,25 @@ func (s *Server) Run(ctx context.Context) error {
 			t.Stop()
 		}
 	}
+	// Shutdown closes ln and gives plain HTTP requests (the command API,
+	// probes, metrics, a profile of --debug.pprof) the drain window; the
+	// devices drain meanwhile, not after them: a request that takes its
+	// time must not hold up their drain.
 	shCtx, cancel := context.WithTimeout(context.Background(), s.opts.DrainWindow)
-	hs.Shutdown(shCtx) // closes ln; waits for plain HTTP requests only
-	cancel()
+	defer cancel()
+	shut := make(chan struct{})
+	go func() {
+		defer close(shut)
+		hs.Shutdown(shCtx)
+	}()
 	if errc != nil {
-		<-errc
+		<-errc // Serve returns once Shutdown has closed ln
 	}
 	stopMQTT()
 	if !walFailed {
 		n = s.drain()
 	}
+	<-shut
 	s.lg.Info("frontend drained", "connections", n, "duration", time.Since(start))
 	return serveErr
 }
