@@ -220,7 +220,7 @@ func (s *Server) handshakeMQTT(nc net.Conn, closeNow func(), overWS, admitted bo
 	}
 	defer s.nconns.Add(-1)
 	// The handshake's goroutine is already counted in s.wg.
-	old, reg := s.register(c, c.device, false)
+	old, reg := s.register(c, c.device)
 	switch reg {
 	case refusedDraining:
 		code, reason = connackUnavailable, "server shutting down"

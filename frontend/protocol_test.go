@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -396,6 +397,48 @@ func TestDrainBesideHTTPRequests(t *testing.T) {
 		t.Errorf("the request in flight at shutdown: %v, want it answered", err)
 	}
 	ts.stop(t)
+}
+
+// TestDrainWaitsForHandshakes: a device's handshake still in flight when
+// the drain begins is refused, and Run waits for the handler that refuses
+// it. The handler used to upgrade the connection and then close it with
+// 1001 after Run had returned: a close handshake of up to 5 s with a
+// device that does not answer, on a goroutine Run did not wait for.
+func TestDrainWaitsForHandshakes(t *testing.T) {
+	var once sync.Once
+	checking, release := make(chan struct{}), make(chan struct{})
+	revoked := func(device string) bool {
+		if device == "dev-late" {
+			// The handshake's first look: held until the drain has begun.
+			once.Do(func() { close(checking); <-release })
+		}
+		return false
+	}
+	ts := startServer(t, Options{Revoked: revoked}, wal.Options{})
+	dialed := make(chan *websocket.Conn, 1)
+	go func() {
+		h := http.Header{"Authorization": {"Bearer " + hsToken(t, "dev-late", nil)}}
+		c, _, err := websocket.Dial(context.Background(), ts.url(), &websocket.DialOptions{HTTPHeader: h})
+		if err != nil {
+			c = nil // refused before the upgrade
+		}
+		dialed <- c // and not read: the device does not answer a close
+	}()
+	<-checking
+	ts.cancel()
+	testkit.WaitFor(t, "the drain to begin", 10*time.Second, func() bool {
+		ts.srv.mu.Lock()
+		defer ts.srv.mu.Unlock()
+		return ts.srv.draining
+	})
+	close(release)
+	if c := <-dialed; c != nil {
+		defer c.CloseNow()
+	}
+	ts.stop(t)
+	if testkit.Blocked("frontend.(*Server).handleIngest", "") {
+		t.Fatal("a handshake's handler still runs after Run has returned")
+	}
 }
 
 // TestReceiveStamps: messages without ts take the receive time as their

@@ -421,6 +421,22 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	// Counted in s.wg from before the upgrade (admit): a drain that meets
+	// the handshake waits for it as for a connection, so that whatever ends
+	// it (a refusal below, with its close handshake) ends before Run
+	// returns. One the drain has begun before is refused as not ready.
+	if !s.admit() {
+		s.nconns.Add(-1)
+		w.Header().Set("Retry-After", notReadyRetryAfter)
+		s.refuse(w, http.StatusServiceUnavailable, reasonNotReady, "server not ready; reconnect later")
+		return
+	}
+	served := false
+	defer func() {
+		if !served {
+			s.wg.Done()
+		}
+	}()
 	c := &conn{s: s, device: device, exp: exp, done: make(chan struct{})}
 	c.init(&s.pendPool, &s.wg, c.flush)
 	hj := &hijacker{ResponseWriter: w, writeTimeout: s.opts.WriteTimeout}
@@ -439,7 +455,7 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	ws.SetReadLimit(int64(s.opts.MaxFrameBytes))
 	c.ws, c.nc, c.bounded = ws, hj.nc, hj.bounded
 
-	old, reg := s.register(c, device, true)
+	old, reg := s.register(c, device)
 	switch reg {
 	case refusedDraining:
 		s.nconns.Add(-1)
@@ -455,7 +471,8 @@ func (s *Server) handleIngest(w http.ResponseWriter, r *http.Request) {
 	}
 	// The connection gets a goroutine of its own and the handler returns, so
 	// that net/http lets go of the request, its buffers and the deep stack
-	// of the handshake (~4 KB per connection).
+	// of the handshake (~4 KB per connection). run ends its count in s.wg.
+	served = true
 	go s.run(c, old)
 }
 

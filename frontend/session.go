@@ -45,10 +45,9 @@ const (
 // drains, or if the device is disabled: the registry may have disabled it
 // after its handshake was checked, and CloseRevoked, which the change
 // calls, may have run before the session was here to close. Both look
-// under s.mu, so one of them sees the other. With serve, a session it
-// adds counts in s.wg until the caller's Done: added under s.mu, as drain
-// waits for s.wg only after it has set draining under s.mu.
-func (s *Server) register(se session, device string, serve bool) (old session, r registration) {
+// under s.mu, so one of them sees the other. The session counts in s.wg
+// already: its handshake was admitted (admit).
+func (s *Server) register(se session, device string) (old session, r registration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining {
@@ -60,9 +59,6 @@ func (s *Server) register(se session, device string, serve bool) (old session, r
 	old = s.devices[device]
 	s.devices[device] = se
 	s.conns[se] = struct{}{}
-	if serve {
-		s.wg.Add(1)
-	}
 	return old, registered
 }
 
