@@ -20,6 +20,7 @@ import (
 	"github.com/ingest-io/ingest/internal/bodyread"
 	"github.com/ingest-io/ingest/internal/certfile"
 	"github.com/ingest-io/ingest/internal/dirlock"
+	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/internal/metricset"
 	"github.com/ingest-io/ingest/internal/probe"
 	"github.com/ingest-io/ingest/status"
@@ -283,13 +284,17 @@ var httpIdleTimeout = time.Minute
 
 // serveHTTP adds a part that serves h on ln at stageHTTP: it stops
 // accepting when its context ends and gives requests in flight up to grace.
+// Then it closes their connections, which ends their contexts, and returns
+// once every handler has returned: none may still read what the process
+// releases after its parts (a query, the embedded TSDB that onClose closes).
 func (p *process) serveHTTP(name string, ln net.Listener, h http.Handler, grace time.Duration) {
 	// A body (a query's form, say) is read within 10 s of its handler's
 	// start, as the headers within 5 s.
 	// An idle keep-alive connection is closed after httpIdleTimeout:
 	// without an IdleTimeout (nor a ReadTimeout) net/http keeps it for as
 	// long as the client likes.
-	hs := &http.Server{Handler: bodyread.Bound(h, 10*time.Second), ReadHeaderTimeout: 5 * time.Second,
+	var handlers lifecycle.Handlers
+	hs := &http.Server{Handler: handlers.Wrap(bodyread.Bound(h, 10*time.Second)), ReadHeaderTimeout: 5 * time.Second,
 		IdleTimeout: httpIdleTimeout, ErrorLog: slog.NewLogLogger(p.lg.Handler(), slog.LevelDebug)}
 	p.onClose(name, func() error { return closeListener(ln) })
 	p.add(part{name: name, stage: stageHTTP, run: func(ctx context.Context) error {
@@ -305,6 +310,7 @@ func (p *process) serveHTTP(name string, ln net.Listener, h http.Handler, grace 
 		hs.Shutdown(sctx)
 		hs.Close()
 		<-errc
+		handlers.End()
 		return nil
 	}})
 }

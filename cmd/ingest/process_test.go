@@ -11,6 +11,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -151,6 +152,69 @@ func TestServeHTTPClosesIdleConnections(t *testing.T) {
 	if _, err := br.ReadByte(); err != io.EOF {
 		t.Fatalf("an idle connection after its request: %v, want it closed by the server", err)
 	}
+}
+
+// The part serveHTTP adds returns only once every handler has returned: a
+// request still running past the grace (a long query of the embedded
+// store's API) has its context ended by the server's Close, and the part
+// waits for its handler, so that no handler reads what the process
+// releases next (the TSDB, closed by onClose: a query reading its head's
+// memory-mapped chunks as they are unmapped faults). The part used to
+// return at Close, its handler still running.
+func TestServeHTTPWaitsForHandlers(t *testing.T) {
+	p := newProcess(slog.New(slog.DiscardHandler))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	entered, ended, release := make(chan struct{}), make(chan struct{}), make(chan struct{})
+	var finished atomic.Bool
+	p.serveHTTP("query api", ln, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-r.Context().Done() // the server's Close, past the grace
+		close(ended)
+		<-release
+		finished.Store(true)
+	}), 10*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.run(ctx) }()
+	asked := make(chan struct{})
+	go func() {
+		defer close(asked)
+		if resp, err := http.Get("http://" + ln.Addr().String() + "/api/v1/query"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-entered
+	cancel()
+	<-ended
+	returned := false
+	testkit.WaitFor(t, "the part to return, or to wait for its handler", 10*time.Second, func() bool {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("run: %v", err)
+			}
+			returned = true
+			return true
+		default:
+		}
+		return testkit.Blocked("ingest.(*process).serveHTTP.", "sync.WaitGroup.Wait")
+	})
+	if returned {
+		close(release)
+		<-asked
+		t.Fatal("the process stopped with a handler of its HTTP server still running")
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Errorf("run: %v", err)
+	}
+	if !finished.Load() {
+		t.Error("the process stopped before its handler had returned")
+	}
+	<-asked
 }
 
 // waitFor returns as soon as its condition holds, or the part it waits for

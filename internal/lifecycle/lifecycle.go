@@ -6,6 +6,7 @@ package lifecycle
 import (
 	"context"
 	"log/slog"
+	"net/http"
 	"sync"
 	"time"
 )
@@ -95,4 +96,40 @@ func Logger(lg *slog.Logger) *slog.Logger {
 		return slog.New(slog.DiscardHandler)
 	}
 	return lg
+}
+
+// Handlers counts the calls of an HTTP server's handler, so that the Run
+// that serves it returns only once every one has returned: net/http's
+// Shutdown waits for none past its context, and Close waits for none at
+// all. Wrap the handler; after Shutdown and Close, End waits. A request
+// net/http still starts on a connection Close is closing, after End has
+// begun, is answered 503.
+type Handlers struct {
+	mu     sync.Mutex
+	ended  bool
+	active sync.WaitGroup
+}
+
+// Wrap returns h, counted.
+func (hs *Handlers) Wrap(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hs.mu.Lock()
+		if hs.ended {
+			hs.mu.Unlock()
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		hs.active.Add(1)
+		hs.mu.Unlock()
+		defer hs.active.Done()
+		h.ServeHTTP(w, r)
+	})
+}
+
+// End refuses handlers from now on and waits for those running.
+func (hs *Handlers) End() {
+	hs.mu.Lock()
+	hs.ended = true
+	hs.mu.Unlock()
+	hs.active.Wait()
 }
