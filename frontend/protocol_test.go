@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -397,6 +398,37 @@ func TestDrainBesideHTTPRequests(t *testing.T) {
 		t.Errorf("the request in flight at shutdown: %v, want it answered", err)
 	}
 	ts.stop(t)
+}
+
+// TestHTTPRequestsEndWithRun: a plain HTTP request still running once the
+// drain window has passed (a /debug/pprof/profile?seconds=30 of
+// --debug.pprof past a shorter window, a client that does not read its
+// answer) has its connection closed, which ends its context, and Run
+// returns only once its handler has. Run used to return with the handler
+// still running and its connection open, for as long as the client kept
+// it.
+func TestHTTPRequestsEndWithRun(t *testing.T) {
+	entered := make(chan struct{})
+	var finished atomic.Bool
+	slow := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		close(entered)
+		<-r.Context().Done()
+		finished.Store(true)
+	})
+	ts := startServer(t, Options{DrainWindow: 100 * time.Millisecond, Handlers: map[string]http.Handler{"/slow": slow}}, wal.Options{})
+	asked := make(chan struct{})
+	go func() {
+		defer close(asked)
+		if resp, err := http.Get("http://" + ts.addr + "/slow"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-entered
+	ts.stop(t)
+	if !finished.Load() {
+		t.Fatal("Run returned with the handler of a plain HTTP request still running")
+	}
+	<-asked
 }
 
 // TestDrainWaitsForHandshakes: a device's handshake still in flight when

@@ -211,11 +211,33 @@ func (s *Server) Run(ctx context.Context) error {
 	// CONNECT read before would be refused as if the server were stopping.
 	s.ready.Store(true)
 	stopMQTT := s.startMQTT()
+	// Every handler counts in handlers, which Run waits for: joined under
+	// hmu while !hclosed, as net/http may still start one on a connection
+	// that Close is closing (answered 503). A WebSocket handshake's
+	// returns once its connection has its own goroutine (s.wg).
+	bounded := bodyread.Bound(s.Handler(), s.opts.HandshakeTimeout)
+	var (
+		hmu      sync.Mutex
+		hclosed  bool
+		handlers sync.WaitGroup
+	)
+	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hmu.Lock()
+		if hclosed {
+			hmu.Unlock()
+			http.Error(w, "server shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		handlers.Add(1)
+		hmu.Unlock()
+		defer handlers.Done()
+		bounded.ServeHTTP(w, r)
+	})
 	hs := &http.Server{
 		// A body (the command API's, or one sent to /healthz) is read
 		// within HandshakeTimeout, as the headers are: the server has no
 		// ReadTimeout, which would cut devices' connections.
-		Handler:           bodyread.Bound(s.Handler(), s.opts.HandshakeTimeout),
+		Handler:           counted,
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
 		IdleTimeout:       time.Minute,
 		// Headers are read before any token is checked: net/http's 1 MiB
@@ -260,13 +282,20 @@ func (s *Server) Run(ctx context.Context) error {
 	// Shutdown closes ln and gives plain HTTP requests (the command API,
 	// probes, metrics, a profile of --debug.pprof) the drain window; the
 	// devices drain meanwhile, not after them: a request that takes its
-	// time must not hold up their drain.
+	// time must not hold up their drain. Those still running then have
+	// their connections closed, which ends their contexts, and are waited
+	// for.
 	shCtx, cancel := context.WithTimeout(context.Background(), s.opts.DrainWindow)
 	defer cancel()
 	shut := make(chan struct{})
 	go func() {
 		defer close(shut)
 		hs.Shutdown(shCtx)
+		hs.Close()
+		hmu.Lock()
+		hclosed = true
+		hmu.Unlock()
+		handlers.Wait()
 	}()
 	if errc != nil {
 		<-errc // Serve returns once Shutdown has closed ln
