@@ -211,33 +211,14 @@ func (s *Server) Run(ctx context.Context) error {
 	// CONNECT read before would be refused as if the server were stopping.
 	s.ready.Store(true)
 	stopMQTT := s.startMQTT()
-	// Every handler counts in handlers, which Run waits for: joined under
-	// hmu while !hclosed, as net/http may still start one on a connection
-	// that Close is closing (answered 503). A WebSocket handshake's
-	// returns once its connection has its own goroutine (s.wg).
-	bounded := bodyread.Bound(s.Handler(), s.opts.HandshakeTimeout)
-	var (
-		hmu      sync.Mutex
-		hclosed  bool
-		handlers sync.WaitGroup
-	)
-	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		hmu.Lock()
-		if hclosed {
-			hmu.Unlock()
-			http.Error(w, "server shutting down", http.StatusServiceUnavailable)
-			return
-		}
-		handlers.Add(1)
-		hmu.Unlock()
-		defer handlers.Done()
-		bounded.ServeHTTP(w, r)
-	})
+	// Every handler counts in handlers, which Run waits for; a WebSocket
+	// handshake's returns once its connection has its own goroutine (s.wg).
+	var handlers lifecycle.Handlers
 	hs := &http.Server{
 		// A body (the command API's, or one sent to /healthz) is read
 		// within HandshakeTimeout, as the headers are: the server has no
 		// ReadTimeout, which would cut devices' connections.
-		Handler:           counted,
+		Handler:           handlers.Wrap(bodyread.Bound(s.Handler(), s.opts.HandshakeTimeout)),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
 		IdleTimeout:       time.Minute,
 		// Headers are read before any token is checked: net/http's 1 MiB
@@ -292,10 +273,7 @@ func (s *Server) Run(ctx context.Context) error {
 		defer close(shut)
 		hs.Shutdown(shCtx)
 		hs.Close()
-		hmu.Lock()
-		hclosed = true
-		hmu.Unlock()
-		handlers.Wait()
+		handlers.End()
 	}()
 	if errc != nil {
 		<-errc // Serve returns once Shutdown has closed ln
