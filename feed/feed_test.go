@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -135,14 +136,23 @@ func TestFilters(t *testing.T) {
 }
 
 // Options.Handlers share the feed's listener (the status page's origin is
-// then the feed's own) and leave the feed's paths alone.
+// then the feed's own) and leave the feed's paths alone. Run waits for
+// them: a request still running when the feed stops has its context ended,
+// and Run returns after its handler (it used to return before).
 func TestHandlers(t *testing.T) {
 	tr := startTier(t, middletier.Options{})
+	entered := make(chan struct{})
+	var finished atomic.Bool
 	fs := startFeed(t, feed.Options{
 		Sources:        []feed.Source{{Feed: tr.addrs.Feed}},
 		InsecureNoAuth: true,
 		Handlers: map[string]http.Handler{"/page/": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			io.WriteString(w, "page at "+r.URL.Path)
+		}), "/slow": http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			close(entered)
+			<-r.Context().Done()
+			time.Sleep(50 * time.Millisecond) // what it still does after
+			finished.Store(true)
 		})},
 	})
 	base := "http://" + strings.TrimSuffix(strings.TrimPrefix(fs.url, "ws://"), "/v1/feed")
@@ -160,6 +170,20 @@ func TestHandlers(t *testing.T) {
 	r := dialReader(t, fs.url, "", nil)
 	r.run(t)
 	r.subscribe(t, `{"type":"subscribe"}`)
+
+	asked := make(chan struct{})
+	go func() {
+		defer close(asked)
+		if resp, err := http.Get(base + "/slow"); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	<-entered
+	fs.stop()
+	if !finished.Load() {
+		t.Error("Run returned with the handler of a request still running")
+	}
+	<-asked
 }
 
 // TestResubscribeReplacesQueued: a reader that sends subscribe again gets,

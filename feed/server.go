@@ -154,10 +154,14 @@ func (s *Server) Run(ctx context.Context) error {
 	// only with it or when its handler returns.
 	conns, endConns := context.WithCancel(context.Background())
 	defer endConns()
+	// Every handler counts in handlers, which Run waits for: readers'
+	// (their connections end with conns) and plain requests' (the status
+	// page, metrics) alike.
+	var handlers lifecycle.Handlers
 	hs := &http.Server{
 		// A body is read within HandshakeTimeout, as the headers are: the
 		// server has no ReadTimeout, which would cut readers' connections.
-		Handler:           bodyread.Bound(s.Handler(), s.opts.HandshakeTimeout),
+		Handler:           handlers.Wrap(bodyread.Bound(s.Handler(), s.opts.HandshakeTimeout)),
 		ReadHeaderTimeout: s.opts.HandshakeTimeout,
 		IdleTimeout:       time.Minute,
 		// Headers are read before any token is checked: net/http's 1 MiB
@@ -193,6 +197,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.connMu.Unlock()
 	endConns()
 	s.connWG.Wait()
+	handlers.End()
 	srcCancel()
 	wg.Wait()
 	return err
