@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
@@ -95,5 +97,39 @@ func TestLogger(t *testing.T) {
 	}
 	if l := Logger(nil); l == nil || l.Enabled(context.Background(), slog.LevelError) {
 		t.Fatal("Logger(nil) is not a logger that discards everything")
+	}
+}
+
+// TestHandlers: End waits for the handlers running, and those called
+// after it has begun are answered 503 without being run.
+func TestHandlers(t *testing.T) {
+	var hs Handlers
+	entered, release := make(chan struct{}), make(chan struct{})
+	var ran atomic.Int32
+	srv := httptest.NewServer(hs.Wrap(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if ran.Add(1) == 1 {
+			close(entered)
+			<-release
+		}
+	})))
+	defer srv.Close()
+	go http.Get(srv.URL)
+	<-entered
+	ended := make(chan struct{})
+	go func() { hs.End(); close(ended) }()
+	select {
+	case <-ended:
+		t.Fatal("End returned with a handler running")
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	<-ended
+	resp, err := http.Get(srv.URL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || ran.Load() != 1 {
+		t.Fatalf("a request after End: %s, handler run %d times", resp.Status, ran.Load())
 	}
 }
