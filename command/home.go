@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -109,6 +110,7 @@ type Home struct {
 	link *uplink.Link // forwards Options.Events; nil without
 	in   chan inbound
 	stop chan struct{} // closed when the loop has ended: nothing takes from in
+	ran  atomic.Bool
 
 	// Owned by the loop.
 	cmds   map[string]*wire.Command
@@ -289,8 +291,11 @@ func (h *Home) device(id string) *device {
 }
 
 // Run serves frontends until ctx ends or the log fails, then closes the
-// socket. It returns the log's failure, if any.
+// socket. It returns the log's failure, if any. A Home runs once.
 func (h *Home) Run(ctx context.Context) error {
+	if !h.ran.CompareAndSwap(false, true) {
+		return errors.New("command: run: the home has run")
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	errc := make(chan error, 1)

@@ -1,6 +1,7 @@
 package command_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"slices"
@@ -230,6 +231,14 @@ func TestTTLExpiry(t *testing.T) {
 		t.Fatalf("ttl 1 ms gave created %d expires %d", short.Created, short.Expires)
 	}
 	long := fe.submit(t, wire.Submit{Device: "d1", Name: "long"})
+	// A Home runs once: a second Run is refused, and leaves the first
+	// one (which answered the submits) running (it closed the loop's stop channel, which the first
+	// Run closed again at its end: a panic).
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := th.Home.Run(ctx); err == nil {
+		t.Fatal("a second Run of a home: no error")
+	}
 	if d := time.Duration(long.Expires - long.Created); d != command.DefaultOptions().DefaultTTL {
 		t.Fatalf("no ttl gave %s, want the default", d)
 	}
