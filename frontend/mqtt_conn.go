@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -73,7 +74,8 @@ type mqttConn struct {
 	att      *downlink.Attachment // while subscribed to its commands (Options.Downlink)
 	pk       packets.Packet
 	bucket   bucket
-	deadline time.Time // the read deadline set for the keep alive
+	deadline time.Time   // the read deadline set for the keep alive
+	reading  atomic.Bool // the reader waits for a packet (keepaliveExpired)
 	msgs     []protocol.Message
 
 	wmu sync.Mutex
@@ -271,7 +273,9 @@ func (c *mqttConn) serve() {
 	defer close(c.done)
 	s := c.s
 	c.connack()
-	if c.keepalive == 0 {
+	if c.keepalive == 0 || c.overWS {
+		// Over a WebSocket the keep alive is a timer (readLoop): the
+		// CONNECT's deadline is lifted.
 		c.nc.SetReadDeadline(time.Time{})
 	}
 	readErr := c.readLoop()
@@ -305,6 +309,16 @@ func (c *mqttConn) serve() {
 }
 
 func (c *mqttConn) readLoop() error {
+	// Over a WebSocket a read deadline that expires closes the WebSocket
+	// itself (websocket.NetConn), with no room left to tell an MQTT 5
+	// client why: there a timer ends the session instead, with DISCONNECT
+	// 0x8D as over TCP, if it fires while the reader waits for a packet
+	// (keepaliveExpired). A session held back is not read, and waits.
+	var ka *time.Timer
+	if c.overWS && c.keepalive > 0 {
+		ka = time.AfterFunc(c.keepalive+time.Second, c.keepaliveExpired)
+		defer ka.Stop()
+	}
 	for {
 		if c.keepalive > 0 {
 			// Move the deadline only when it is due within the keep
@@ -312,10 +326,16 @@ func (c *mqttConn) readLoop() error {
 			now := time.Now()
 			if c.deadline.Before(now.Add(c.keepalive)) {
 				c.deadline = now.Add(c.keepalive + time.Second)
-				c.nc.SetReadDeadline(c.deadline)
+				if ka != nil {
+					ka.Reset(c.keepalive + time.Second)
+				} else {
+					c.nc.SetReadDeadline(c.deadline)
+				}
 			}
 		}
+		c.reading.Store(true)
 		bp, err := c.readPacket()
+		c.reading.Store(false)
 		if err != nil {
 			return err
 		}
@@ -325,6 +345,24 @@ func (c *mqttConn) readLoop() error {
 			return err
 		}
 	}
+}
+
+// keepaliveExpired ends a session over a WebSocket whose keep alive ran
+// out while its reader waited for a packet (readLoop), as the read
+// deadline ends one over TCP: DISCONNECT 0x8D, then the connection closes.
+func (c *mqttConn) keepaliveExpired() {
+	if !c.reading.Load() {
+		return
+	}
+	c.mu.Lock()
+	if c.stopped {
+		c.mu.Unlock()
+		return
+	}
+	c.endLocked(reasonKeepalive, rcKeepAliveTimeout)
+	c.stopLocked()
+	c.mu.Unlock()
+	c.disconnect(rcKeepAliveTimeout)
 }
 
 // handle answers one packet read after CONNECT.

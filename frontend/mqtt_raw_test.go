@@ -881,6 +881,43 @@ func TestMQTTWebSocketMessageOfSeveralPackets(t *testing.T) {
 	}
 }
 
+// Keep alive over WebSocket ends an MQTT 5 session as over TCP, with
+// DISCONNECT 0x8D (docs/mqtt.md). The session used to set a read deadline
+// on the WebSocket's net.Conn, whose expiry closes the whole WebSocket at
+// once: the device saw the connection drop with no DISCONNECT (nor a
+// WebSocket close).
+func TestMQTTWebSocketKeepalive(t *testing.T) {
+	ts := startMQTTServer(t, Options{MQTT: MQTTOptions{ConnectTimeout: 500 * time.Millisecond}}, wal.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, ts.wsURL(), &websocket.DialOptions{Subprotocols: []string{MQTTSubprotocol}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+	r := &rawMQTT{t: t, nc: nc, br: bufio.NewReader(nc), version: mqtt5}
+	r.connect("dev-1", hsToken(t, "dev-1", nil), 1)
+	// Pings keep it alive past 1.5 × the keep alive and past the CONNECT
+	// timeout ...
+	for range 3 {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+		r.send(&pk, pk.PingreqEncode)
+		if pk := r.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Pingresp {
+			t.Fatalf("PINGRESP: %+v", pk)
+		}
+		time.Sleep(700 * time.Millisecond) // the client's own pace, not a wait for the server
+	}
+	// ... and silence ends it with DISCONNECT 0x8D.
+	code := r.expectEnd(5 * time.Second)
+	if code != int(rcKeepAliveTimeout) {
+		t.Fatalf("silent session over WebSocket: DISCONNECT %#x, want 0x8d", code)
+	}
+	if got := testutil.ToFloat64(ts.srv.m.closes.WithLabelValues(reasonKeepalive)); got != 1 {
+		t.Fatalf("%v keepalive closes, want 1", got)
+	}
+}
+
 // An MQTT 5 SUBSCRIBE with a Subscription Identifier ends the session
 // with 0xA1 (MQTT 5, 3.8.2.1.2): the CONNACK said the server has none
 // (Subscription Identifiers Available 0). Before, it was answered as if
