@@ -61,7 +61,14 @@
 //     may have lost from the head's write buffer), so that replay takes
 //     every out-of-order sample; a sample also in a chunk on disk is read
 //     once. The rewrite is swapped in by renames that a crash midway
-//     completes or undoes at the next Open.
+//     completes or undoes at the next Open. Damage before the WBL's newest
+//     segment is refused as the WAL's is.
+//
+// A directory closed cleanly is read whole too, both logs: a clean close
+// fsynced them, so any damage in them is no crash's (a bad sector, a stray
+// write), and Open refuses it, naming the log, rather than let the
+// library's repair cut the log there and drop the samples after it
+// (TestTSDBDamageAfterCleanClose). The clean mark stays until then.
 //
 // Every Open fsyncs everything in the logs once, crash or not: what a
 // killed process wrote and never synced may still be only in the OS. TestTSDBCrash kills

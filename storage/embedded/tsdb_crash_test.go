@@ -345,3 +345,84 @@ func TestTSDBTornWAL(t *testing.T) {
 	checkTSDBHolds(t, dir, 0, want)
 	checkTSDBHolds(t, dir, 1, want)
 }
+
+// TestTSDBDamageAfterCleanClose damages a write log of a TSDB that was
+// closed cleanly (a bad sector, a stray write: no crash leaves damage
+// after a clean close, which fsynced the logs whole) and opens it: Open
+// must refuse it, naming the log, rather than let the library's repair cut
+// the log at the damage, which drops every acknowledged sample after it
+// (here all of them: the damage is in the first record) and starts. Two
+// lives write, each closing cleanly, so that each log has two segments
+// and the damage is before the last: what Open refuses after a crash too,
+// as the last open checks.
+func TestTSDBDamageAfterCleanClose(t *testing.T) {
+	for _, log := range []string{"wal", "wbl"} {
+		t.Run(log, func(t *testing.T) {
+			dir := t.TempDir()
+			want := map[string]map[int64]bool{}
+			for life := range 2 {
+				db, err := embedded.Open(embedded.Options{Dir: dir}, nil, nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				// In order, then out of order (the write-behind log's).
+				for _, ts := range tornWALTimes(tsdbCrashBase() + int64(life)*1000) {
+					var points []storage.Point
+					for d := range 4 {
+						dev := fmt.Sprintf("dev-%d", d)
+						points = append(points, storage.Point{Device: dev, Time: time.UnixMilli(ts), Numbers: map[string]float64{"v": float64(ts)}})
+						if want[dev] == nil {
+							want[dev] = map[int64]bool{}
+						}
+						want[dev][ts] = true
+					}
+					if err := db.Write(context.Background(), points); err != nil {
+						t.Fatal(err)
+					}
+				}
+				if err := db.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			logDir := filepath.Join(dir, log)
+			segs, err := os.ReadDir(logDir)
+			if err != nil || len(segs) < 2 {
+				t.Fatalf("%s segments: %v %v, want two or more", log, segs, err)
+			}
+			first := filepath.Join(logDir, segs[0].Name())
+			f, err := os.OpenFile(first, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := make([]byte, 1)
+			if _, err := f.ReadAt(b, 20); err != nil {
+				t.Fatal(err)
+			}
+			b[0] ^= 0xff
+			if _, err := f.WriteAt(b, 20); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+
+			// Twice as closed cleanly, then as after a crash (no clean
+			// mark): damage before the log's newest segment is no
+			// crash's either.
+			for try := range 3 {
+				if try == 2 {
+					if err := os.Remove(filepath.Join(dir, "ingest-closed-cleanly")); err != nil {
+						t.Fatal(err)
+					}
+				}
+				db, err := embedded.Open(embedded.Options{Dir: dir}, nil, nil)
+				if err == nil {
+					db.Close()
+					checkTSDBHolds(t, dir, try, want) // says how many the repair dropped
+					t.Fatalf("open %d: a TSDB whose %s was damaged before its last segment opened", try, log)
+				}
+				if !strings.Contains(err.Error(), logDir) {
+					t.Fatalf("open %d: %v; want an error naming %s", try, err, logDir)
+				}
+			}
+		})
+	}
+}

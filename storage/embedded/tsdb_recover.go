@@ -75,6 +75,16 @@ func recoverTSDB(dir string, lg *slog.Logger) error {
 	}
 	mark := filepath.Join(dir, cleanMark)
 	if _, err := os.Stat(mark); err == nil {
+		// A clean close fsynced both logs whole before it wrote the mark:
+		// damage in them now is no crash's, and the library's repair
+		// would cut the log there, dropping the samples after it. The
+		// mark stays, so that every start refuses it until it is dealt
+		// with.
+		for _, name := range []string{"wal", "wbl"} {
+			if _, err := checkLog(filepath.Join(dir, name), true); err != nil {
+				return err
+			}
+		}
 		if err := os.Remove(mark); err != nil {
 			return fmt.Errorf("storage: open tsdb: %w", err)
 		}
@@ -86,7 +96,55 @@ func recoverTSDB(dir string, lg *slog.Logger) error {
 	if err := repairWAL(filepath.Join(dir, "wal"), lg); err != nil {
 		return err
 	}
+	// The write-behind log's torn tail is cut by the library (after the
+	// WAL's replay, which repairWAL made whole) or by the rewrite below;
+	// damage before its newest segment is refused, as the WAL's is.
+	if _, err := checkLog(wblDir, false); err != nil {
+		return err
+	}
 	return stripWBLMarkers(wblDir, lg)
+}
+
+// checkLog reads the write log (the WAL or the WBL) in dir whole. A
+// record that does not read back in its newest segment holding data may be
+// the tail a crash tore, unless the last process closed the TSDB cleanly:
+// that damage is returned as torn, for the caller to cut. Any other damage
+// is an error that names the log: cutting the log there, as the library's
+// repair does, would drop the acknowledged samples after it.
+func checkLog(dir string, clean bool) (torn *wlog.CorruptionErr, err error) {
+	first, last, err := wlog.Segments(dir)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && last < 0) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("storage: open tsdb: read %s: %w", dir, err)
+	}
+	newest := first // the newest segment holding data
+	for i := first; i <= last; i++ {
+		if st, err := os.Stat(wlog.SegmentName(dir, i)); err == nil && st.Size() > 0 {
+			newest = i
+		}
+	}
+	sr, err := wlog.NewSegmentsRangeReader(wlog.SegmentRange{Dir: dir, First: first, Last: last})
+	if err != nil {
+		return nil, fmt.Errorf("storage: open tsdb: read %s: %w", dir, err)
+	}
+	r := wlog.NewReader(sr)
+	for r.Next() {
+	}
+	rerr := r.Err()
+	sr.Close()
+	if rerr == nil {
+		return nil, nil
+	}
+	cerr, ok := errors.AsType[*wlog.CorruptionErr](rerr)
+	switch {
+	case ok && !clean && cerr.Segment >= newest:
+		return cerr, nil
+	case clean:
+		return nil, fmt.Errorf("storage: open tsdb: the TSDB was closed cleanly and its log %s is damaged since, which no crash does; not cutting it there, which would drop the samples after it (move %s aside to start without them): %w", dir, dir, rerr)
+	}
+	return nil, fmt.Errorf("storage: open tsdb: the TSDB's log %s is damaged before its last segment, which no crash does; not cutting it there, which would drop the samples after it (move %s aside to start without them): %w", dir, dir, rerr)
 }
 
 // repairWAL reads the WAL in walDir whole. A record that does not read back
@@ -95,41 +153,16 @@ func recoverTSDB(dir string, lg *slog.Logger) error {
 // crash's: cutting there would drop acknowledged samples after it, so it
 // is an error, and the writer does not start.
 func repairWAL(walDir string, lg *slog.Logger) error {
-	first, last, err := wlog.Segments(walDir)
-	if errors.Is(err, fs.ErrNotExist) || (err == nil && last < 0) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("storage: open tsdb: read wal: %w", err)
-	}
-	newest := first // the newest segment holding data
-	for i := first; i <= last; i++ {
-		if st, err := os.Stat(wlog.SegmentName(walDir, i)); err == nil && st.Size() > 0 {
-			newest = i
-		}
-	}
-	sr, err := wlog.NewSegmentsRangeReader(wlog.SegmentRange{Dir: walDir, First: first, Last: last})
-	if err != nil {
-		return fmt.Errorf("storage: open tsdb: read wal: %w", err)
-	}
-	r := wlog.NewReader(sr)
-	for r.Next() {
-	}
-	rerr := r.Err()
-	sr.Close()
-	if rerr == nil {
-		return nil
-	}
-	var cerr *wlog.CorruptionErr
-	if !errors.As(rerr, &cerr) || cerr.Segment < newest {
-		return fmt.Errorf("storage: open tsdb: the TSDB's WAL is damaged before its last segment, which no crash does; not cutting it there, which would drop the samples after it (move %s aside to start without them): %w", walDir, rerr)
+	cerr, err := checkLog(walDir, false)
+	if err != nil || cerr == nil {
+		return err
 	}
 	lg.Warn("storage: the TSDB's WAL ends in a record a crash cut short (never acknowledged); cutting it there", "segment", cerr.Segment, "offset", cerr.Offset, "err", cerr.Err)
 	w, err := wlog.NewSize(lg, nil, walDir, wlog.DefaultSegmentSize, compression.None)
 	if err != nil {
 		return fmt.Errorf("storage: open tsdb: repair wal: %w", err)
 	}
-	if err := w.Repair(rerr); err != nil {
+	if err := w.Repair(cerr); err != nil {
 		w.Close()
 		return fmt.Errorf("storage: open tsdb: repair wal: %w", err)
 	}
