@@ -31,8 +31,10 @@ var (
 	ErrEmptyBatch = errors.New("wal: empty batch")
 	// errMissingSegment describes a gap in the sequence of segments.
 	errMissingSegment = errors.New("missing segment")
-	// errTruncated describes a segment shorter than it was created.
-	errTruncated = errors.New("segment truncated")
+	// ErrTruncated is what a *CorruptionError wraps for a last segment
+	// shorter than the size it was created with, the one damage that
+	// Options.RepairTruncated repairs.
+	ErrTruncated = errors.New("segment truncated")
 )
 
 // isNoSpace reports whether err says the file system is out of room: a
@@ -44,8 +46,8 @@ func isNoSpace(err error) bool {
 // CorruptionError reports damaged data that is not a torn tail: damage
 // followed by intact entries, a damaged entry in a segment that is not the
 // last, a gap between segments, or a last segment shorter than the size it
-// was created with (errors.Is(err, ...) cannot name that case; its Err says
-// "segment truncated", and Options.RepairTruncated opens such a log). The log refuses to open (or, found while
+// was created with (errors.Is(err, ErrTruncated) names that case, and
+// Options.RepairTruncated opens such a log). The log refuses to open (or, found while
 // reading, to return the entry) rather than skip or return damaged data.
 type CorruptionError struct {
 	// Segment is the name of the segment file, inside the log's directory.

@@ -166,7 +166,7 @@ func scan(dir string, o scanOptions) (*scanResult, error) {
 			terr := &CorruptionError{Segment: s.name, Offset: int64(pos), Index: next,
 				Err: fmt.Errorf("%w: %d bytes, created with %d: whatever it held from index %d on is gone, acknowledged entries among it; "+
 					"the repair option keeps its %d whole entries and gives the log a new identity",
-					errTruncated, fileSize, o.createdSize, next, s.count)}
+					ErrTruncated, fileSize, o.createdSize, next, s.count)}
 			if !o.repairTruncated {
 				return nil, terr
 			}

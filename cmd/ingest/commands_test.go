@@ -346,7 +346,7 @@ func TestCommandLogBound(t *testing.T) {
 
 // TestCommandLogRepair: --wal.repair covers the command home's logs too.
 // A command log whose segment was cut short is refused at start with an
-// error that points at the repair option; a middletier started again with
+// error that names the repair flag; a middletier started again with
 // --wal.repair repairs it and serves. Before, the command logs were opened
 // without the tier's WAL options, and --wal.repair left the middletier
 // refusing to start for good.
@@ -361,7 +361,8 @@ func TestCommandLogRepair(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, errOut, code := runBin(t, "", nil, mt.args...)
-	if code != 1 || !strings.Contains(errOut, "open command wal") || !strings.Contains(errOut, "repair option") {
+	if code != 1 || !strings.Contains(errOut, "open command wal") || !strings.Contains(errOut, "repair option") ||
+		!strings.Contains(errOut, "(--wal.repair repairs it)") {
 		t.Fatalf("a middletier on a cut command log: exit %d, printed\n%s\nwant exit 1 and the log refused", code, errOut)
 	}
 	mt.args = append(mt.args, "--wal.repair")

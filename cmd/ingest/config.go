@@ -249,6 +249,9 @@ type walConfig struct {
 	noPreallocate  bool
 	repair         bool
 	commitInterval time.Duration
+	// repairFlag is --wal.repair's name as registered (within ingest all,
+	// with its tier's prefix), which the error of a cut log names.
+	repairFlag string
 }
 
 // defaultCommitInterval is the tiers' --wal.commit-interval: see
@@ -267,6 +270,16 @@ func (c *walConfig) register(f flags, full string) {
 	f.boolean(&c.noPreallocate, "wal.no-preallocate", "let WAL segments grow as they are written instead of writing each next one as zeros ahead of need (fewer bytes written, a slower sync per acknowledgement)")
 	f.duration(&c.commitInterval, "wal.commit-interval", "least time between the starts of two WAL group commits (one write and one fsync each): an append sooner waits for the rest of it and shares the next commit, which bounds the fsyncs a second under load at the cost of up to this much latency per acknowledgement, plus the timer slack (INGEST_TIMER_SLACK) by which the wait may overrun; 0: commit at once")
 	f.boolean(&c.repair, "wal.repair", "open a WAL whose last segment was cut short (refused otherwise): keep its whole entries, log and count what is lost, give the log a new identity")
+	c.repairFlag = f.name("wal.repair")
+}
+
+// openError is the error of a WAL of hop that did not open: one whose last
+// segment was cut short names the flag that repairs it.
+func (c *walConfig) openError(hop, shown string, err error) error {
+	if errors.Is(err, wal.ErrTruncated) && c.repairFlag != "" {
+		return fmt.Errorf("open %s wal: %w (--%s repairs it)", hop, err, c.repairFlag)
+	}
+	return fmt.Errorf("open %s wal: %w", hop, inUse(shown, err))
 }
 
 // open opens the WAL of hop in dir and has p close it last. shown is the
@@ -275,7 +288,7 @@ func (c *walConfig) open(p *process, hop, dir, shown string) (*wal.Log, error) {
 	l, err := wal.Open(dir, wal.Options{Hop: hop, MaxBytes: c.maxBytes, SegmentBytes: c.segmentBytes,
 		NoPreallocate: c.noPreallocate, RepairTruncated: c.repair, CommitInterval: c.commitInterval}, p.reg, p.lg)
 	if err != nil {
-		return nil, fmt.Errorf("open %s wal: %w", hop, inUse(shown, err))
+		return nil, c.openError(hop, shown, err)
 	}
 	p.onClose(hop+" wal", l.Close)
 	return l, nil

@@ -95,7 +95,7 @@ func (c *middletierConfig) buildCommands(p *process, ingest string) (string, err
 		log, err := wal.Open(filepath.Join(c.dataDir, l.dir), wal.Options{Hop: l.hop, SegmentBytes: 1 << 20, MaxBytes: l.max,
 			NoPreallocate: c.wal.noPreallocate, RepairTruncated: c.wal.repair}, p.reg, p.lg)
 		if err != nil {
-			return "", fmt.Errorf("open %s wal: %w", l.hop, inUse(firstOf(c.dataShown, c.dataDir), err))
+			return "", c.wal.openError(l.hop, firstOf(c.dataShown, c.dataDir), err)
 		}
 		p.onClose(l.hop+" wal", log.Close)
 		logs[i] = log
