@@ -12,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/ingest-io/ingest/envelope"
 	"github.com/ingest-io/ingest/internal/defaults"
 	"github.com/ingest-io/ingest/internal/lifecycle"
 	"github.com/ingest-io/ingest/internal/metricset"
@@ -269,6 +270,7 @@ type handler struct {
 // (docs/storage.md, Crash safety).
 func (w *handler) Records(ctx context.Context, b *stream.Batch) error {
 	s := w.s
+	newerAt, newerErr := 0, error(nil)
 	for i, rb := range b.Records {
 		// The points are made in those of the last batch, whose maps of
 		// fields are reused (fillPoint): the sinks keep nothing of a point
@@ -292,6 +294,10 @@ func (w *handler) Records(ctx context.Context, b *stream.Batch) error {
 		if err != nil {
 			w.points[len(w.points)-1] = Point{} // its maps too: a message that failed part way may have grown them
 			w.points = w.points[:len(w.points)-1]
+			if errors.Is(err, wire.ErrVersion) || errors.Is(err, envelope.ErrVersion) {
+				newerAt, newerErr = i, err
+				break
+			}
 			s.m.invalid.Inc()
 			s.lg.Debug("storage: record skipped", "middletier", b.Middletier, "seq", b.First+uint64(i), "err", err)
 		}
@@ -309,6 +315,9 @@ func (w *handler) Records(ctx context.Context, b *stream.Batch) error {
 		}
 		w.points, w.large = w.points[:0], w.large[:0]
 	}()
+	if newerErr != nil {
+		return w.newer(ctx, b, newerAt, newerErr)
+	}
 	backoff := s.opts.MinBackoff
 	for len(w.points) > 0 {
 		if !w.concurrent {
@@ -347,6 +356,19 @@ func (w *handler) Records(ctx context.Context, b *stream.Batch) error {
 		backoff = min(2*backoff, s.opts.MaxBackoff)
 	}
 	return nil
+}
+
+// newer holds the writer at a record of a format newer than it reads, the
+// ith of b: a middletier or frontend upgraded before it. Skipped, it would
+// be lost for good, and every record of its kind after it; held, the
+// middletier keeps them (its consumer lag grows, and IngestConsumerLag
+// fires) until a writer that reads them takes them. It returns when ctx
+// ends, with nothing of b taken.
+func (w *handler) newer(ctx context.Context, b *stream.Batch, i int, err error) error {
+	w.s.lg.Error("storage: a record in a newer format than this writer reads; it waits, and the middletier keeps the record and those after it: upgrade the storage writers (and the feed) before the middletiers and frontends",
+		"middletier", b.Middletier, "seq", b.First+uint64(i), "err", err)
+	<-ctx.Done()
+	return ctx.Err()
 }
 
 // Lost reports records a middletier released before this writer stored

@@ -2,7 +2,11 @@ package storage_test
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"hash/crc32"
+	"log/slog"
 	"net/http/httptest"
 	"testing"
 	"time"
@@ -69,10 +73,10 @@ type writer struct {
 	stop func()
 }
 
-func startWriter(t *testing.T, db storage.Sink, opts storage.Options) *writer {
+func startWriter(t *testing.T, db storage.Sink, opts storage.Options, lg ...*slog.Logger) *writer {
 	t.Helper()
 	reg := prometheus.NewRegistry()
-	s, err := storage.New(opts, db, reg, nil)
+	s, err := storage.New(opts, db, reg, append(lg, nil)[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,6 +148,43 @@ func TestWriterFetchThenStream(t *testing.T) {
 	if n, sum := histogram(t, w.reg, "ingest_storage_delivery_latency_seconds"); n != 6000 || sum != 0 {
 		t.Fatalf("delivery latency: %d observations summing to %v, want 6000 summing to 0", n, sum)
 	}
+}
+
+// TestWriterWaitsAtNewerRecord: a record in a format newer than the
+// writer reads (here an envelope of version 3, as a frontend upgraded
+// before the writers would write) holds the writer: it says so, takes
+// nothing from that record on, and the middletier keeps it for a writer
+// that reads it. It used to be counted invalid and skipped, and the
+// checkpoint committed past it: lost for good, and every later one of its
+// kind.
+func TestWriterWaitsAtNewerRecord(t *testing.T) {
+	mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
+	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
+	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
+	send(t, fe, 1, 11, base)
+	newer := message(11, base, 10)
+	body := newer[:len(newer)-4]
+	body[0] = 3
+	binary.LittleEndian.PutUint32(newer[len(body):], crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli)))
+	if _, err := envelope.Decode(newer); !errors.Is(err, envelope.ErrVersion) {
+		t.Fatalf("the test's record: %v, want envelope.ErrVersion", err)
+	}
+	fe.Send(t, newer)
+	send(t, fe, 12, 21, base)
+
+	var logs testkit.Logs
+	w := startWriter(t, openTSDB(t), storage.Options{Middletiers: endpoints(mt)}, logs.Logger())
+	testkit.WaitFor(t, "the writer to say it waits", 20*time.Second, func() bool { return logs.Count("newer format") > 0 })
+	if ck := testkit.Metric(t, w.reg, "ingest_storage_checkpoint"); ck >= 11 {
+		t.Fatalf("checkpoint %v: past the record it could not read", ck)
+	}
+	if n := testkit.Metric(t, w.reg, "ingest_storage_invalid_records_total"); n != 0 {
+		t.Fatalf("%v records counted invalid", n)
+	}
+	// The middletier keeps the newer record and those after it.
+	testkit.WaitFor(t, "the middletier's lag for the writer", 20*time.Second, func() bool {
+		return testkit.Metric(t, mt.Reg, "ingest_middletier_consumer_lag_entries") >= 10
+	})
 }
 
 // histogram returns the sample count and sum of the histogram called name.

@@ -125,8 +125,8 @@ func (c *codec) bool(p *bool) {
 // is v.
 func (c *codec) version(what string, v byte) {
 	got := v
-	if c.byte(&got); got != v {
-		c.failf("%s version %d", what, got)
+	if c.byte(&got); got != v && c.err == nil {
+		c.fail(fmt.Errorf("%w: %s version %d", ErrVersion, what, got))
 	}
 }
 

@@ -98,6 +98,10 @@ func (k Kind) String() string {
 // ErrInvalid is wrapped by every decoding error.
 var ErrInvalid = errors.New("wire: invalid message")
 
+// ErrVersion is in the error of a record or message of a version this
+// build does not read: one a newer engine wrote.
+var ErrVersion = errors.New("wire: unknown version")
+
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Message is one of *Batch, *Ack, *Busy, *Resend, *Stream, *Fetch,
