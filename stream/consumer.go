@@ -43,16 +43,18 @@ func (c *consumer) send(m wire.Message) error {
 // fetch asks for at most max records from sequence from, asking again on
 // timeout, up to attempts times; then the socket is closed and the next
 // request dials again. A reply is the answer only if its First is what a
-// reply to this request has, max(from, Oldest) (any, for from 0): replies
-// to earlier requests that timed out are skipped. Every other message
-// received meanwhile goes to other.
+// reply to this request has, max(from, Oldest) (any, for from 0), and, if
+// max is not 0, it holds records when the middletier has some from First:
+// replies to earlier requests that timed out are skipped, among them a
+// look's (max 0) from the same sequence, which holds none. Every other
+// message received meanwhile goes to other.
 func (c *consumer) fetch(ctx context.Context, from, max uint64, attempts int, other func(wire.Message)) (*wire.FetchReply, error) {
 	req := &wire.Fetch{Consumer: c.name, From: from, Max: max}
 	for range attempts {
 		if err := c.send(req); err != nil {
 			return nil, err
 		}
-		r, err := c.await(ctx, from, other)
+		r, err := c.await(ctx, from, max, other)
 		if r != nil || err != nil {
 			return r, err
 		}
@@ -61,9 +63,9 @@ func (c *consumer) fetch(ctx context.Context, from, max uint64, attempts int, ot
 	return nil, fmt.Errorf("fetch from %s: no answer in %v, %d times", c.endpoint, c.timeout, attempts)
 }
 
-// await waits for the reply to a fetch from from; nil, nil after the
-// timeout.
-func (c *consumer) await(ctx context.Context, from uint64, other func(wire.Message)) (*wire.FetchReply, error) {
+// await waits for the reply to a fetch of at most n records from from;
+// nil, nil after the timeout.
+func (c *consumer) await(ctx context.Context, from, n uint64, other func(wire.Message)) (*wire.FetchReply, error) {
 	timer := time.NewTimer(c.timeout)
 	defer timer.Stop()
 	for {
@@ -78,7 +80,8 @@ func (c *consumer) await(ctx context.Context, from uint64, other func(wire.Messa
 			return nil, nil
 		case frames := <-c.d.Recv():
 			m := decode(frames)
-			if r, ok := m.(*wire.FetchReply); ok && (from == 0 || r.First == max(from, r.Oldest)) {
+			if r, ok := m.(*wire.FetchReply); ok && (from == 0 || r.First == max(from, r.Oldest)) &&
+				(n == 0 || len(r.Records) > 0 || r.First > r.Last) {
 				return r, nil
 			}
 			if m != nil && other != nil {

@@ -584,6 +584,104 @@ func TestLiveSilentStream(t *testing.T) {
 	}
 }
 
+// A live Follower's idle look at a middletier that answers late: the
+// first try times out and is asked again, the answer to the first comes
+// and is taken, and the Follower fetches the records the stream did not
+// bring. The middletier serves fetches one at a time, in order: the answer
+// to the look's second try comes before the fetch's, with the same first
+// sequence and no records (a look asks for none). Taken as the fetch's
+// answer, it had the records the middletier holds reported lost
+// (unfetched), never handed over. The middletier here is a bare ROUTER
+// serving fetches in order, the first look 1.5 fetch timeouts late, and a
+// PUB that stops carrying the stream's last 30 records.
+func TestLiveLookAnsweredLate(t *testing.T) {
+	const fetchTimeout = 300 * time.Millisecond
+	pub, err := zsock.ListenPub("tcp://127.0.0.1:0", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pub.Close)
+	var (
+		mu   sync.Mutex
+		log  [][]byte // log[i]: the record at sequence i+1
+		slow bool     // the next look (Max 0) is answered late
+	)
+	type request struct {
+		id []byte
+		f  *wire.Fetch
+	}
+	reqs := make(chan request, 100)
+	mt := testkit.StartRouter(t, func(id []byte, m wire.Message) {
+		if f, ok := m.(*wire.Fetch); ok {
+			reqs <- request{id, f}
+		}
+	})
+	testkit.Go(t, "fetch worker", func(ctx context.Context) error {
+		for {
+			var q request
+			select {
+			case <-ctx.Done():
+				return nil
+			case q = <-reqs:
+			}
+			mu.Lock()
+			late := slow && q.f.Max == 0
+			if late {
+				slow = false
+			}
+			mu.Unlock()
+			if late {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(fetchTimeout * 3 / 2):
+				}
+			}
+			mu.Lock()
+			r := &wire.FetchReply{Middletier: "mt-0", Oldest: 1, Last: uint64(len(log)), First: max(q.f.From, 1)}
+			for s := r.First; s <= r.Last && uint64(len(r.Records)) < q.f.Max; s++ {
+				r.Records = append(r.Records, log[s-1])
+			}
+			mu.Unlock()
+			mt.Reply(q.id, r)
+		}
+	})
+	add := func() *wire.Stream { // the caller holds mu
+		seq := uint64(len(log)) + 1
+		log = append(log, wire.AppendRecord(nil, &wire.Record{Origin: "fe-1.0001", Index: seq, Data: fmt.Appendf(nil, "entry-%d", seq)}))
+		return &wire.Stream{Middletier: "mt-0", First: seq, Records: [][]byte{log[seq-1]}}
+	}
+	rec := newRecorder()
+	follow(t, stream.Endpoints{Stream: pub.Addr(), Consumer: mt.Addr()}, stream.Options{Consumer: "feed",
+		IdlePoll: 200 * time.Millisecond, FetchTimeout: fetchTimeout, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, rec)
+	for rec.taken() == 0 { // the subscription reaches the PUB asynchronously
+		mu.Lock()
+		st := add()
+		mu.Unlock()
+		pub.Send(wire.Append(nil, st))
+		time.Sleep(10 * time.Millisecond)
+	}
+	mu.Lock()
+	for range 30 {
+		add() // never published: lost on the way
+	}
+	last := uint64(len(log))
+	slow = true
+	mu.Unlock()
+	testkit.WaitFor(t, "the records the stream did not carry", 20*time.Second, func() bool {
+		rec.mu.Lock()
+		defer rec.mu.Unlock()
+		return len(rec.lost) > 0 || len(rec.seqs) > 0 && rec.seqs[len(rec.seqs)-1] == last
+	})
+	rec.mu.Lock()
+	start, lost := rec.seqs[0], rec.lost
+	rec.mu.Unlock()
+	if len(lost) != 0 {
+		t.Fatalf("lost %+v of records the middletier holds (up to %d)", lost, last)
+	}
+	rec.check(t, start, last, "fe-1.0001", start)
+}
+
 // Fetch serves a reader's resume: records from a sequence, over the
 // Follower's own socket.
 func TestFetch(t *testing.T) {
