@@ -584,6 +584,50 @@ func TestLiveSilentStream(t *testing.T) {
 	}
 }
 
+// A live Follower whose stream connection goes half-open while the
+// consumer's answers finds, look after look, records the stream never
+// carried. The first may be a message lost on the way; a second with no
+// stream message between shows a stream that carries nothing: it dials
+// again, and follows the stream again. It used to stay on that connection
+// for as long as the kernel kept it, taking the stream by fetch once per
+// IdlePoll and reporting lost whatever exceeded MaxGapFill in between.
+func TestLiveStrandedStream(t *testing.T) {
+	mt := testkit.StartMiddletier(t, t.TempDir(), middletier.Options{Consumers: []string{"storage"}}, wal.Options{})
+	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
+	pxs := tcpproxy.Start(t, strings.TrimPrefix(mt.Addrs.Stream, "tcp://"))
+	rec := newRecorder()
+	f := follow(t, stream.Endpoints{Stream: pxs.Endpoint(), Consumer: mt.Addrs.Consumer}, stream.Options{Consumer: "feed",
+		IdlePoll: 100 * time.Millisecond, MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond}, rec)
+	n := 0
+	for rec.taken() == 0 { // the subscription reaches the PUB asynchronously
+		n++
+		send(t, fe, n, 1)
+		time.Sleep(10 * time.Millisecond)
+	}
+	testkit.WaitFor(t, "every record sent", 20*time.Second, func() bool { return rec.last() == uint64(n) })
+
+	pxs.Strand()
+	received := testkit.Metric(t, f.reg, "received_total")
+	testkit.WaitFor(t, "the follower to dial the stream again", 20*time.Second, func() bool {
+		n++
+		send(t, fe, n, 1)
+		time.Sleep(50 * time.Millisecond)
+		return testkit.Metric(t, f.reg, "reconnects_total") > 0
+	})
+	testkit.WaitFor(t, "records over the new stream connection", 20*time.Second, func() bool {
+		n++
+		send(t, fe, n, 1)
+		time.Sleep(10 * time.Millisecond)
+		return testkit.Metric(t, f.reg, "received_total") > received
+	})
+	testkit.WaitFor(t, "every record sent", 20*time.Second, func() bool { return rec.last() == uint64(n) })
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if len(rec.lost) != 0 || !slices.IsSorted(rec.seqs) || rec.seqs[len(rec.seqs)-1]-rec.seqs[0]+1 != uint64(len(rec.seqs)) {
+		t.Fatalf("took %d records from %d to %d, lost %+v", len(rec.seqs), rec.seqs[0], rec.seqs[len(rec.seqs)-1], rec.lost)
+	}
+}
+
 // A live Follower's idle look at a middletier that answers late: the
 // first try times out and is asked again, the answer to the first comes
 // and is taken, and the Follower fetches the records the stream did not
