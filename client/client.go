@@ -7,9 +7,9 @@
 // *ServerError. Messages that were neither when the connection broke are sent
 // again, in their original order, after reconnecting with exponential
 // backoff; a retry hint from the server (overloaded, rate_limited, or the
-// Retry-After of a handshake refused 503) is the least it waits, and it
-// waits up to half the hint more, at random, so that devices turned away
-// together do not come back together. Delivery is therefore at least once:
+// Retry-After of a handshake refused 503) is the least it waits (up to an
+// hour), and it waits up to half the hint more, at random, so that devices
+// turned away together do not come back together. Delivery is therefore at least once:
 // a message whose ack was lost with the connection is sent again and may be
 // stored twice.
 package client
@@ -502,11 +502,12 @@ func (c *Client) run(ws *websocket.Conn) {
 			}
 			d = d/2 + rand.N(d/2+1)
 			if retry > 0 {
-				// The server's hint is the least wait. It sent the same
-				// hint to every device it turned away at that moment:
-				// up to half of it again spreads them, so that they do
-				// not all come back at once (docs/protocol.md: "add
-				// random jitter").
+				// The server's hint is the least wait, up to an hour
+				// (maxRetryHint). It sent the same hint to every device
+				// it turned away at that moment: up to half of it again
+				// spreads them, so that they do not all come back at
+				// once (docs/protocol.md: "add random jitter").
+				retry = min(retry, maxRetryHint)
 				d = max(d, retry+rand.N(retry/2+1))
 			}
 			attempt++
@@ -552,6 +553,10 @@ type busy struct {
 
 func (b *busy) Error() string { return b.err.Error() }
 func (b *busy) Unwrap() error { return b.err }
+
+// maxRetryHint bounds the wait a server's retry hint asks for: one of
+// centuries is a fault, and with its jitter would overflow to no wait.
+const maxRetryHint = time.Hour
 
 // retryAfter parses a Retry-After header, seconds or an HTTP date; 0 when
 // it holds neither.

@@ -375,11 +375,16 @@ func TestRetryHintJittered(t *testing.T) {
 		}
 		mu.Unlock()
 		if first {
-			// Its first frame is refused overloaded, with the hint.
+			// Its first frame is refused overloaded, with the hint (the
+			// device "huge", with one of 285 years).
 			if _, _, err := ws.Read(r.Context()); err != nil {
 				return
 			}
-			ws.Write(r.Context(), websocket.MessageText, protocol.AppendError(nil, protocol.CodeOverloaded, 1, -1, nil, hint.Milliseconds(), "queue full"))
+			h := hint.Milliseconds()
+			if dev == "Bearer huge" {
+				h = 9e12
+			}
+			ws.Write(r.Context(), websocket.MessageText, protocol.AppendError(nil, protocol.CodeOverloaded, 1, -1, nil, h, "queue full"))
 			mu.Lock()
 			closed[dev] = time.Now()
 			mu.Unlock()
@@ -394,8 +399,12 @@ func TestRetryHintJittered(t *testing.T) {
 	}))
 	defer hs.Close()
 	ctx := context.Background()
-	for i := range devices {
-		c, err := client.Dial(ctx, client.Options{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ingest", Token: fmt.Sprint("d", i),
+	for i := range devices + 1 {
+		token := fmt.Sprint("d", i)
+		if i == devices {
+			token = "huge"
+		}
+		c, err := client.Dial(ctx, client.Options{URL: "ws" + strings.TrimPrefix(hs.URL, "http") + "/v1/ingest", Token: token,
 			MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
@@ -408,10 +417,19 @@ func TestRetryHintJittered(t *testing.T) {
 	testkit.WaitFor(t, "every device to redial", 10*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(redials) == devices
+		return len(redials) >= devices
 	})
 	mu.Lock()
 	defer mu.Unlock()
+	// The hint of centuries is held to an hour: the device waits. Its
+	// hint and jitter used to overflow to a negative wait, and it
+	// redialled at once.
+	if at, ok := redials["Bearer huge"]; ok {
+		t.Fatalf("the device told to wait 285 years redialled %v after", at.Sub(closed["Bearer huge"]))
+	}
+	if _, ok := closed["Bearer huge"]; !ok {
+		t.Fatal("the device told to wait 285 years was never refused")
+	}
 	var lo, hi time.Duration
 	for dev, at := range redials {
 		wait := at.Sub(closed[dev])
