@@ -242,8 +242,9 @@ func (f *sinkFlag) redacted() string {
 	for _, v := range f.values {
 		for _, spec := range strings.Fields(v) {
 			head, options, ok := strings.Cut(spec, "#")
+			head = redactedQuery(head)
 			if !ok {
-				out = append(out, spec)
+				out = append(out, head)
 				continue
 			}
 			opts := strings.Split(options, ",")
@@ -262,6 +263,28 @@ func (f *sinkFlag) redacted() string {
 		}
 	}
 	return strings.Join(out, " ")
+}
+
+// knownParams are the query parameters of a sink's URL shown as they are;
+// any other one's value may be a credential (a hosted store's api_key=,
+// InfluxDB 1.x's u= and p=).
+var knownParams = map[string]bool{"db": true, "rp": true, "precision": true, "org": true, "bucket": true, "consistency": true}
+
+// redactedQuery is head (kind+URL) with the values of its URL's query
+// parameters withheld but for knownParams'.
+func redactedQuery(head string) string {
+	pre, query, ok := strings.Cut(head, "?")
+	if !ok {
+		return head
+	}
+	params := strings.Split(query, "&")
+	for i, p := range params {
+		name, _, _ := strings.Cut(p, "=")
+		if n, err := url.QueryUnescape(name); err != nil || !knownParams[n] {
+			params[i] = name + "=" + redactedValue
+		}
+	}
+	return pre + "?" + strings.Join(params, "&")
 }
 
 // redactedValue stands for a value withheld.

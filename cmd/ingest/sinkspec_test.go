@@ -83,7 +83,9 @@ func TestSinkFlagValuesHideHeaders(t *testing.T) {
 	f := newFlags("storage")
 	c.register(f)
 	if err := f.fs.Parse([]string{"--sink", "embedded remotewrite+https://vm/api/v1/write#name=vm,header=Authorization:Bearer%20s3cret-1,ca-file=/ca.pem",
-		"--sink", "influx+http://influxdb:8086#db=ingest,header=X-Api-Key%3As3cret-2,header=X-Scope-OrgID:s3cret-3"}); err != nil {
+		"--sink", "influx+http://influxdb:8086#db=ingest,header=X-Api-Key%3As3cret-2,header=X-Scope-OrgID:s3cret-3",
+		// Some stores take a token as a query parameter.
+		"--sink", "remotewrite+https://push.example/api/v1/push?api_key=s3cret-4&precision=ms#name=hosted"}); err != nil {
 		t.Fatal(err)
 	}
 	got := flagValues(f.fs)["sink"]
@@ -91,7 +93,8 @@ func TestSinkFlagValuesHideHeaders(t *testing.T) {
 		t.Errorf("status/flags shows a header's value: sink = %q", got)
 	}
 	for _, want := range []string{"embedded ", "remotewrite+https://vm/api/v1/write#name=vm,header=Authorization:", ",ca-file=/ca.pem",
-		"influx+http://influxdb:8086#db=ingest,header=X-Api-Key:", ",header=X-Scope-OrgID:"} {
+		"influx+http://influxdb:8086#db=ingest,header=X-Api-Key:", ",header=X-Scope-OrgID:",
+		"remotewrite+https://push.example/api/v1/push?api_key=<redacted>&precision=ms#name=hosted"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("sink = %q, want %q in it", got, want)
 		}
