@@ -49,8 +49,7 @@
 // have lost its last messages, or gone half-open (the middletier's host
 // gone without a word): the Follower then asks the middletier where its
 // sequence is, fetches what it missed, and dials again if three asks go
-// unanswered, or if two in a row find records the stream has not carried
-// (its connection half-open, the consumer's not). A subscription may ask to resume from
+// unanswered. A subscription may ask to resume from
 // a sequence: the records from there up to where its live messages start
 // are fetched (stream.Follower's Fetch, one request at a time per
 // middletier) and written first. The feed is not a durable consumer and

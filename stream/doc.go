@@ -25,9 +25,7 @@
 // commits: a middletier keeps records only for its durable consumers.
 // With a consumer endpoint it too looks after IdlePoll of silence: it
 // fills what the stream's last messages held, and a look unanswered three
-// times ends the connection (a half-open one would hold it for minutes),
-// as do two looks in a row that fill records the stream has not carried
-// (the stream's connection half-open, the consumer's answering). Fetch
+// times ends the connection (a half-open one would hold it for minutes). Fetch
 // serves a reader that resumes from a sequence, over a socket of its own.
 //
 // The records a Handler is given are slices of the stream's messages as

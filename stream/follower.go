@@ -245,7 +245,6 @@ type Follower struct {
 	held      [][]byte // stream frames read since the last hand-over, which batch's records may be slices of
 	out       Batch
 	fresh     bool // no stream message taken yet in this connection
-	unseen    int  // live: looks in a row, with no stream message between, that found records the stream had not carried
 	cons      consumer
 	c         counters
 }
@@ -401,7 +400,7 @@ func (f *Follower) session(ctx context.Context) error {
 	f.connected.Store(true)
 	defer f.connected.Store(false)
 	f.lg.Info(f.o.Name+": subscribed to middletier", "middletier", f.Middletier(), "stream", f.ep.Stream)
-	f.fresh, f.unseen = true, 0
+	f.fresh = true
 	defer f.cons.close()
 	if !f.o.Durable {
 		var idle *time.Timer
@@ -603,7 +602,7 @@ func (f *Follower) onStream(ctx context.Context, frames [][]byte) error {
 	first, n := st.First, uint64(len(st.Records))
 	last := first + n - 1
 	fresh := f.fresh
-	f.fresh, f.unseen = false, 0
+	f.fresh = false
 	if (first == 1 || fresh) && first < f.next && !f.o.Durable {
 		// A middletier whose WAL was created again: its sequence restarts.
 		// (Live: every record taken came after the message that carried 1.
@@ -659,13 +658,13 @@ func (f *Follower) onStream(ctx context.Context, frames [][]byte) error {
 // Follower for as long as the kernel keeps it (minutes). Before the
 // connection has carried a message it only looks: a sequence past where
 // the Follower is may be a restarted middletier's, which the connection's
-// first message shows (onStream). A second look in a row that finds
-// records the stream has not carried, with no stream message between,
-// ends the connection too: one look's may be a message lost on the way,
-// two show a stream that carries nothing (its connection half-open while
-// the consumer's answers), which would otherwise be taken by fetch once
-// per IdlePoll for as long as the kernel keeps it, what exceeds
-// MaxGapFill in between reported lost.
+// first message shows (onStream). A stream that carries nothing while
+// the looks find records (its connection half-open, the consumer's
+// answering) is followed by fetch, one look per IdlePoll: dialling it
+// again would not bring it back (the PUB writes its subscribers in turn,
+// and one that stopped reading holds the others), and its late messages,
+// below where the Follower is, would be taken on a new connection for a
+// restarted middletier's.
 func (f *Follower) poll(ctx context.Context) error {
 	f.c.fetches.Inc()
 	r, err := f.cons.fetch(ctx, max(f.next, 1), 0, 3, f.onConsumer)
@@ -679,16 +678,7 @@ func (f *Follower) poll(ctx context.Context) error {
 	if f.fresh || f.next == 0 || r.Last < f.next {
 		return nil
 	}
-	if err := f.fill(ctx, r.Last+1); err != nil {
-		return err
-	}
-	if f.unseen++; f.unseen < 2 {
-		return nil
-	}
-	if err := f.flush(ctx); err != nil {
-		return err
-	}
-	return errors.New("stream carries nothing while the middletier holds records past it")
+	return f.fill(ctx, r.Last+1)
 }
 
 // fill fetches the records from next up to to (excluded) or, with to 0,
