@@ -38,6 +38,10 @@ var (
 	ErrInvalid  = errors.New("envelope: invalid record")
 	ErrChecksum = fmt.Errorf("%w: checksum mismatch", ErrInvalid)
 	ErrVersion  = fmt.Errorf("%w: unknown version", ErrInvalid)
+	// ErrNewer wraps ErrVersion for a version above Version: an envelope
+	// a newer engine wrote, which a later build may read. A version below
+	// 1 is no engine's: ErrVersion only.
+	ErrNewer    = fmt.Errorf("%w (newer than this build reads)", ErrVersion)
 	ErrTrailing = fmt.Errorf("%w: trailing bytes", ErrInvalid)
 )
 
@@ -123,8 +127,10 @@ func Decode(b []byte) (Envelope, error) {
 	case 1:
 	case 2:
 		known |= flagTopic
-	default:
+	case 0:
 		return e, fmt.Errorf("%w %d", ErrVersion, body[0])
+	default:
+		return e, fmt.Errorf("%w: %d", ErrNewer, body[0])
 	}
 	flags := body[1]
 	if flags&^known != 0 {

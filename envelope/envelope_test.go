@@ -112,6 +112,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"flipped checksum", mut(func(b []byte) []byte { b[len(b)-1] ^= 0x80; return b }), ErrChecksum},
 		{"zeros", make([]byte, 64), ErrChecksum},
 		{"version 3", mut(func(b []byte) []byte { b[0] = 3; return reseal(b) }), ErrVersion},
+		{"version 3 is newer", mut(func(b []byte) []byte { b[0] = 3; return reseal(b) }), ErrNewer},
 		{"version 0", mut(func(b []byte) []byte { b[0] = 0; return reseal(b) }), ErrVersion},
 		{"version 2 without a topic", mut(func(b []byte) []byte { b[0] = 2; return reseal(b) }), ErrInvalid},
 		{"topic flag in version 1", mut(func(b []byte) []byte { b[1] |= flagTopic; return reseal(b) }), ErrInvalid},
@@ -147,6 +148,11 @@ func TestDecodeErrors(t *testing.T) {
 			}
 			if !errors.Is(err, ErrInvalid) {
 				t.Fatalf("error %v does not wrap ErrInvalid", err)
+			}
+			// Version 0 is no newer engine's: a storage writer, which
+			// waits at a newer record, skips it.
+			if tc.name == "version 0" && errors.Is(err, ErrNewer) {
+				t.Fatalf("error %v of version 0 wraps ErrNewer", err)
 			}
 		})
 	}

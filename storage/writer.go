@@ -294,7 +294,9 @@ func (w *handler) Records(ctx context.Context, b *stream.Batch) error {
 		if err != nil {
 			w.points[len(w.points)-1] = Point{} // its maps too: a message that failed part way may have grown them
 			w.points = w.points[:len(w.points)-1]
-			if errors.Is(err, wire.ErrVersion) || errors.Is(err, envelope.ErrVersion) {
+			// Only a version above this build's: one of no engine
+			// (version 0) is damage, skipped as any other, never waited for.
+			if errors.Is(err, wire.ErrVersion) || errors.Is(err, envelope.ErrNewer) {
 				newerAt, newerErr = i, err
 				break
 			}

@@ -187,6 +187,45 @@ func TestWriterWaitsAtNewerRecord(t *testing.T) {
 	})
 }
 
+// TestWriterSkipsRecordOfNoVersion: an envelope of version 0, which no
+// engine writes (a newer one writes a higher version), is not a record of
+// a newer format: it is counted invalid and skipped, as before, and the
+// writer stores the others and commits past it. Since the writer waits at
+// a record of a newer format, it waited at this one too, for good: no
+// upgrade makes a writer read version 0, and the middletier kept every
+// later record (its WAL filling up to its bound) while the writer's log
+// said to upgrade the writers.
+func TestWriterSkipsRecordOfNoVersion(t *testing.T) {
+	mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
+	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
+	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
+	send(t, fe, 1, 11, base)
+	bad := message(11, base, 10)
+	body := bad[:len(bad)-4]
+	body[0] = 0
+	binary.LittleEndian.PutUint32(bad[len(body):], crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli)))
+	if _, err := envelope.Decode(bad); !errors.Is(err, envelope.ErrVersion) {
+		t.Fatalf("the test's record: %v, want envelope.ErrVersion", err)
+	}
+	fe.Send(t, bad)
+	send(t, fe, 12, 22, base)
+
+	var logs testkit.Logs
+	w := startWriter(t, openTSDB(t), storage.Options{Middletiers: endpoints(mt)}, logs.Logger())
+	testkit.WaitFor(t, "the writer to commit past the record", 20*time.Second, func() bool {
+		return testkit.Metric(t, w.reg, "ingest_storage_checkpoint") == 21
+	})
+	if n := testkit.Metric(t, w.reg, "ingest_storage_points_written_total"); n != 20 {
+		t.Fatalf("%v points written, want 20", n)
+	}
+	if n := testkit.Metric(t, w.reg, "ingest_storage_invalid_records_total"); n != 1 {
+		t.Fatalf("%v records counted invalid, want 1", n)
+	}
+	if n := logs.Count("newer format"); n != 0 {
+		t.Fatalf("the writer said %d times that the record is of a newer format", n)
+	}
+}
+
 // histogram returns the sample count and sum of the histogram called name.
 func histogram(t *testing.T, reg *prometheus.Registry, name string) (uint64, float64) {
 	t.Helper()

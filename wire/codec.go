@@ -122,11 +122,19 @@ func (c *codec) bool(p *bool) {
 }
 
 // version writes v, the version of what, or reads it and fails unless it
-// is v.
+// is v. A version above v fails with ErrVersion: a newer engine wrote it.
+// One below is no newer engine's (every format read so is at its first
+// version): damage, failed as any other, so that a storage writer, which
+// waits at a record of a newer format, skips it.
 func (c *codec) version(what string, v byte) {
 	got := v
-	if c.byte(&got); got != v && c.err == nil {
+	c.byte(&got)
+	switch {
+	case got == v || c.err != nil:
+	case got > v:
 		c.fail(fmt.Errorf("%w: %s version %d", ErrVersion, what, got))
+	default:
+		c.failf("%s version %d", what, got)
 	}
 }
 

@@ -99,7 +99,8 @@ func (k Kind) String() string {
 var ErrInvalid = errors.New("wire: invalid message")
 
 // ErrVersion is in the error of a record or message of a version this
-// build does not read: one a newer engine wrote.
+// build does not read because a newer engine wrote it: a version above the
+// one this build writes. A lower one is damage, not ErrVersion.
 var ErrVersion = errors.New("wire: unknown version")
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

@@ -183,6 +183,17 @@ func TestRecord(t *testing.T) {
 			t.Errorf("record %v accepted", bad)
 		}
 	}
+	// ErrVersion says a newer engine wrote the record (a storage writer
+	// waits there for its upgrade); a version below the one this build
+	// writes is no engine's: damage, to be skipped as any other.
+	newer := append([]byte{recordVersion + 1}, b[1:]...)
+	if _, err := DecodeRecord(newer); !errors.Is(err, ErrVersion) || !errors.Is(err, ErrInvalid) {
+		t.Errorf("a record of version %d: %v, want ErrVersion", newer[0], err)
+	}
+	old := append([]byte{0}, b[1:]...)
+	if _, err := DecodeRecord(old); !errors.Is(err, ErrInvalid) || errors.Is(err, ErrVersion) {
+		t.Errorf("a record of version 0: %v, want ErrInvalid and not ErrVersion", err)
+	}
 }
 
 // A record whose origin is spelled as the known one gets that string, not
