@@ -76,7 +76,12 @@ type mqttConn struct {
 	bucket   bucket
 	deadline time.Time   // the read deadline set for the keep alive
 	reading  atomic.Bool // the reader waits for a packet (keepaliveExpired)
-	msgs     []protocol.Message
+	// Over a WebSocket: the keep alive's deadline, as time since kaStart
+	// (monotonic), for keepaliveExpired, which runs on the timer's
+	// goroutine; kaStart is set before the timer starts.
+	kaStart time.Time
+	kaDue   atomic.Int64
+	msgs    []protocol.Message
 
 	wmu sync.Mutex
 
@@ -316,6 +321,8 @@ func (c *mqttConn) readLoop() error {
 	// (keepaliveExpired). A session held back is not read, and waits.
 	var ka *time.Timer
 	if c.overWS && c.keepalive > 0 {
+		c.kaStart = time.Now()
+		c.kaDue.Store(int64(c.keepalive + time.Second))
 		ka = time.AfterFunc(c.keepalive+time.Second, c.keepaliveExpired)
 		defer ka.Stop()
 	}
@@ -327,6 +334,7 @@ func (c *mqttConn) readLoop() error {
 			if c.deadline.Before(now.Add(c.keepalive)) {
 				c.deadline = now.Add(c.keepalive + time.Second)
 				if ka != nil {
+					c.kaDue.Store(int64(c.deadline.Sub(c.kaStart)))
 					ka.Reset(c.keepalive + time.Second)
 				} else {
 					c.nc.SetReadDeadline(c.deadline)
@@ -350,8 +358,12 @@ func (c *mqttConn) readLoop() error {
 // keepaliveExpired ends a session over a WebSocket whose keep alive ran
 // out while its reader waited for a packet (readLoop), as the read
 // deadline ends one over TCP: DISCONNECT 0x8D, then the connection closes.
+// A firing that the reader's Reset raced (the timer fired, and its
+// function ran only after the reader had moved the deadline and waited for
+// the next packet: Reset does not wait for it) finds the deadline ahead,
+// and ends nothing.
 func (c *mqttConn) keepaliveExpired() {
-	if !c.reading.Load() {
+	if !c.reading.Load() || time.Since(c.kaStart) < time.Duration(c.kaDue.Load()) {
 		return
 	}
 	c.mu.Lock()

@@ -921,6 +921,45 @@ func TestMQTTWebSocketKeepalive(t *testing.T) {
 	})
 }
 
+// Over a WebSocket the keep alive is a timer that the reader resets when
+// it moves the deadline. A firing whose function runs only after the
+// reader has moved the deadline again (the timer fired, then the reader,
+// done with a packet that came just in time, reset it and waited for the
+// next before the function ran: Reset does not wait for it) is stale, and
+// ends nothing. It ended the session with DISCONNECT 0x8D: it looked only
+// at whether the reader waited for a packet.
+func TestMQTTWebSocketKeepaliveStaleFiring(t *testing.T) {
+	ts := startMQTTServer(t, Options{}, wal.Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, ts.wsURL(), &websocket.DialOptions{Subprotocols: []string{MQTTSubprotocol}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	nc := websocket.NetConn(context.Background(), ws, websocket.MessageBinary)
+	r := &rawMQTT{t: t, nc: nc, br: bufio.NewReader(nc), version: mqtt5}
+	r.connect("dev-1", hsToken(t, "dev-1", nil), 5)
+	var c *mqttConn
+	testkit.WaitFor(t, "the session's reader to wait for a packet", 5*time.Second, func() bool {
+		ts.srv.mu.Lock()
+		defer ts.srv.mu.Unlock()
+		for se := range ts.srv.conns {
+			c, _ = se.(*mqttConn)
+		}
+		return c != nil && c.reading.Load()
+	})
+	c.keepaliveExpired() // the stale firing: the deadline is 8.5 s away
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+	r.send(&pk, pk.PingreqEncode)
+	switch pk := r.read(5 * time.Second); {
+	case pk == nil:
+		t.Fatal("after a stale keep alive firing: the connection ended, want PINGRESP")
+	case pk.FixedHeader.Type != packets.Pingresp:
+		t.Fatalf("after a stale keep alive firing: %s (reason %#x), want PINGRESP", packets.PacketNames[pk.FixedHeader.Type], pk.ReasonCode)
+	}
+}
+
 // An MQTT 5 SUBSCRIBE with a Subscription Identifier ends the session
 // with 0xA1 (MQTT 5, 3.8.2.1.2): the CONNACK said the server has none
 // (Subscription Identifiers Available 0). Before, it was answered as if
