@@ -271,7 +271,9 @@ func (f *sinkFlag) redacted() string {
 var knownParams = map[string]bool{"db": true, "rp": true, "precision": true, "org": true, "bucket": true, "consistency": true}
 
 // redactedQuery is head (kind+URL) with the values of its URL's query
-// parameters withheld but for knownParams'.
+// parameters withheld but for knownParams'. A parameter with no '=' is
+// withheld whole, unless known: its name is all it has, and may be the
+// token (?<token>).
 func redactedQuery(head string) string {
 	pre, query, ok := strings.Cut(head, "?")
 	if !ok {
@@ -279,9 +281,14 @@ func redactedQuery(head string) string {
 	}
 	params := strings.Split(query, "&")
 	for i, p := range params {
-		name, _, _ := strings.Cut(p, "=")
-		if n, err := url.QueryUnescape(name); err != nil || !knownParams[n] {
+		name, _, hasValue := strings.Cut(p, "=")
+		n, err := url.QueryUnescape(name)
+		switch {
+		case p == "" || err == nil && knownParams[n]:
+		case hasValue:
 			params[i] = name + "=" + redactedValue
+		default:
+			params[i] = redactedValue
 		}
 	}
 	return pre + "?" + strings.Join(params, "&")

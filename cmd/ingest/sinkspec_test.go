@@ -85,7 +85,9 @@ func TestSinkFlagValuesHideHeaders(t *testing.T) {
 	if err := f.fs.Parse([]string{"--sink", "embedded remotewrite+https://vm/api/v1/write#name=vm,header=Authorization:Bearer%20s3cret-1,ca-file=/ca.pem",
 		"--sink", "influx+http://influxdb:8086#db=ingest,header=X-Api-Key%3As3cret-2,header=X-Scope-OrgID:s3cret-3",
 		// Some stores take a token as a query parameter.
-		"--sink", "remotewrite+https://push.example/api/v1/push?api_key=s3cret-4&precision=ms#name=hosted"}); err != nil {
+		"--sink", "remotewrite+https://push.example/api/v1/push?api_key=s3cret-4&precision=ms#name=hosted",
+		// Or as a parameter of its own, with no '=' (?<token>).
+		"--sink", "remotewrite+https://proxy.example/write?s3cret-5&db=x#name=bare"}); err != nil {
 		t.Fatal(err)
 	}
 	got := flagValues(f.fs)["sink"]
@@ -94,7 +96,8 @@ func TestSinkFlagValuesHideHeaders(t *testing.T) {
 	}
 	for _, want := range []string{"embedded ", "remotewrite+https://vm/api/v1/write#name=vm,header=Authorization:", ",ca-file=/ca.pem",
 		"influx+http://influxdb:8086#db=ingest,header=X-Api-Key:", ",header=X-Scope-OrgID:",
-		"remotewrite+https://push.example/api/v1/push?api_key=<redacted>&precision=ms#name=hosted"} {
+		"remotewrite+https://push.example/api/v1/push?api_key=<redacted>&precision=ms#name=hosted",
+		"remotewrite+https://proxy.example/write?<redacted>&db=x#name=bare"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("sink = %q, want %q in it", got, want)
 		}
