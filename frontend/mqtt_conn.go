@@ -90,6 +90,7 @@ type mqttConn struct {
 	// by its mu.
 	flushQueue[mqttPending, *mqttPending]
 	endCode  byte            // MQTT 5 DISCONNECT reason code the session ends with; 0: none
+	counted  bool            // the end's reason is counted (countEndLocked)
 	inflight int             // QoS 1 and 2 publishes not yet fully acknowledged
 	qos2     map[uint16]bool // QoS 2 packet ids received and not yet released (PUBREL): whether PUBREC was sent
 	// pubrecd counts the QoS 2 publishes of qos2 whose PUBREC was sent:
@@ -266,6 +267,17 @@ func (c *mqttConn) endLocked(reason string, code byte) {
 	}
 }
 
+// countEndLocked counts the session's end by its reason, once: before the
+// socket closes, so that a peer that sees the end sees it counted. Whoever
+// closes the socket first calls it (serve, keepaliveExpired, finish). The
+// first reason set is final. c.mu is held.
+func (c *mqttConn) countEndLocked() {
+	if !c.counted {
+		c.counted = true
+		c.s.m.closes.WithLabelValues(c.reason).Inc()
+	}
+}
+
 // end records why the session ends, first writer wins.
 func (c *mqttConn) end(reason string, code byte) {
 	c.mu.Lock()
@@ -300,10 +312,8 @@ func (c *mqttConn) serve() {
 		c.endLocked(reasonPeer, 0)
 	}
 	code, reason := c.endCode, c.reason
+	c.countEndLocked()
 	c.mu.Unlock()
-	// Counted before the socket closes: a peer that sees the end sees it
-	// counted. The first reason set is final.
-	s.m.closes.WithLabelValues(reason).Inc()
 	if !stopped {
 		c.disconnect(code)
 	}
@@ -373,6 +383,7 @@ func (c *mqttConn) keepaliveExpired() {
 	}
 	c.endLocked(reasonKeepalive, rcKeepAliveTimeout)
 	c.stopLocked()
+	c.countEndLocked()
 	c.mu.Unlock()
 	c.disconnect(rcKeepAliveTimeout)
 }
@@ -1022,6 +1033,7 @@ func (c *mqttConn) finish(_ websocket.StatusCode, reason string) {
 	for c.flushing {
 		c.cond.Wait()
 	}
+	c.countEndLocked()
 	c.mu.Unlock()
 	c.disconnect(code)
 }
