@@ -238,14 +238,7 @@ func TestMQTTKeepalive(t *testing.T) {
 		r := dialRaw(t, ts.mqttAddr, v)
 		r.connect("dev-1", tok, 1)
 		// Pings keep it alive past 1.5 × the keep alive ...
-		for range 3 {
-			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
-			r.send(&pk, pk.PingreqEncode)
-			if pk := r.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Pingresp {
-				t.Fatalf("PINGRESP: %+v", pk)
-			}
-			time.Sleep(700 * time.Millisecond) // the client's own pace, not a wait for the server
-		}
+		r.ping(3)
 		// ... and silence ends it within 1.5 × (plus at most a second).
 		start := time.Now()
 		code := r.expectEnd(5 * time.Second)
@@ -840,6 +833,20 @@ func TestMQTTPublishesWithNothingToStoreDoNotPileUp(t *testing.T) {
 // maxPendingItemsAllowed is what the test above lets a session queue.
 const maxPendingItemsAllowed = 20_000
 
+// ping sends n PINGREQs 700 ms apart (the client's own pace, not a wait
+// for the server), each answered PINGRESP.
+func (r *rawMQTT) ping(n int) {
+	r.t.Helper()
+	for range n {
+		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
+		r.send(&pk, pk.PingreqEncode)
+		if pk := r.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Pingresp {
+			r.t.Fatalf("PINGRESP: %+v", pk)
+		}
+		time.Sleep(700 * time.Millisecond)
+	}
+}
+
 // dialMQTTWebSocket opens an MQTT 5 session's connection to ts over a
 // WebSocket (/mqtt), closed when the test ends, and returns its raw client
 // and the connection it writes to.
@@ -902,14 +909,7 @@ func TestMQTTWebSocketKeepalive(t *testing.T) {
 	r.connect("dev-1", hsToken(t, "dev-1", nil), 2)
 	// Pings keep it alive past 1.5 × the keep alive and past the CONNECT
 	// timeout ...
-	for range 5 {
-		pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}
-		r.send(&pk, pk.PingreqEncode)
-		if pk := r.read(5 * time.Second); pk == nil || pk.FixedHeader.Type != packets.Pingresp {
-			t.Fatalf("PINGRESP: %+v", pk)
-		}
-		time.Sleep(700 * time.Millisecond) // the client's own pace, not a wait for the server
-	}
+	r.ping(5)
 	// ... and silence ends it with DISCONNECT 0x8D.
 	code := r.expectEnd(5 * time.Second)
 	if code != int(rcKeepAliveTimeout) {

@@ -150,79 +150,61 @@ func TestWriterFetchThenStream(t *testing.T) {
 	}
 }
 
-// TestWriterWaitsAtNewerRecord: a record in a format newer than the
-// writer reads (here an envelope of version 3, as a frontend upgraded
-// before the writers would write) holds the writer: it says so, takes
-// nothing from that record on, and the middletier keeps it for a writer
-// that reads it. It used to be counted invalid and skipped, and the
-// checkpoint committed past it: lost for good, and every later one of its
-// kind.
-func TestWriterWaitsAtNewerRecord(t *testing.T) {
-	mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
-	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
-	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
-	send(t, fe, 1, 11, base)
-	newer := message(11, base, 10)
-	body := newer[:len(newer)-4]
-	body[0] = 3
-	binary.LittleEndian.PutUint32(newer[len(body):], crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli)))
-	if _, err := envelope.Decode(newer); !errors.Is(err, envelope.ErrVersion) {
-		t.Fatalf("the test's record: %v, want envelope.ErrVersion", err)
-	}
-	fe.Send(t, newer)
-	send(t, fe, 12, 21, base)
-
-	var logs testkit.Logs
-	w := startWriter(t, openTSDB(t), storage.Options{Middletiers: endpoints(mt)}, logs.Logger())
-	testkit.WaitFor(t, "the writer to say it waits", 20*time.Second, func() bool { return logs.Count("newer format") > 0 })
-	if ck := testkit.Metric(t, w.reg, "ingest_storage_checkpoint"); ck >= 11 {
-		t.Fatalf("checkpoint %v: past the record it could not read", ck)
-	}
-	if n := testkit.Metric(t, w.reg, "ingest_storage_invalid_records_total"); n != 0 {
-		t.Fatalf("%v records counted invalid", n)
-	}
-	// The middletier keeps the newer record and those after it.
-	testkit.WaitFor(t, "the middletier's lag for the writer", 20*time.Second, func() bool {
-		return testkit.Metric(t, mt.Reg, "ingest_middletier_consumer_lag_entries") >= 10
-	})
-}
-
-// TestWriterSkipsRecordOfNoVersion: an envelope of version 0, which no
-// engine writes (a newer one writes a higher version), is not a record of
-// a newer format: it is counted invalid and skipped, as before, and the
-// writer stores the others and commits past it. Since the writer waits at
-// a record of a newer format, it waited at this one too, for good: no
-// upgrade makes a writer read version 0, and the middletier kept every
-// later record (its WAL filling up to its bound) while the writer's log
-// said to upgrade the writers.
-func TestWriterSkipsRecordOfNoVersion(t *testing.T) {
-	mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
-	fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
-	base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
-	send(t, fe, 1, 11, base)
-	bad := message(11, base, 10)
-	body := bad[:len(bad)-4]
-	body[0] = 0
-	binary.LittleEndian.PutUint32(bad[len(body):], crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli)))
-	if _, err := envelope.Decode(bad); !errors.Is(err, envelope.ErrVersion) {
-		t.Fatalf("the test's record: %v, want envelope.ErrVersion", err)
-	}
-	fe.Send(t, bad)
-	send(t, fe, 12, 22, base)
-
-	var logs testkit.Logs
-	w := startWriter(t, openTSDB(t), storage.Options{Middletiers: endpoints(mt)}, logs.Logger())
-	testkit.WaitFor(t, "the writer to commit past the record", 20*time.Second, func() bool {
-		return testkit.Metric(t, w.reg, "ingest_storage_checkpoint") == 21
-	})
-	if n := testkit.Metric(t, w.reg, "ingest_storage_points_written_total"); n != 20 {
-		t.Fatalf("%v points written, want 20", n)
-	}
-	if n := testkit.Metric(t, w.reg, "ingest_storage_invalid_records_total"); n != 1 {
-		t.Fatalf("%v records counted invalid, want 1", n)
-	}
-	if n := logs.Count("newer format"); n != 0 {
-		t.Fatalf("the writer said %d times that the record is of a newer format", n)
+// TestWriterAtRecordOfAnotherVersion: a record in a format newer than the
+// writer reads (an envelope of version 3, as a frontend upgraded before the
+// writers would write) holds the writer: it says so, takes nothing from
+// that record on, and the middletier keeps it for a writer that reads it.
+// It used to be counted invalid and skipped, and the checkpoint committed
+// past it: lost for good, and every later one of its kind. An envelope of
+// version 0, which no engine writes, is not newer: it is counted invalid
+// and skipped, and the writer commits past it (taken for a newer one, it
+// held the writer for good, the middletier keeping every later record
+// while the writer said to upgrade the writers).
+func TestWriterAtRecordOfAnotherVersion(t *testing.T) {
+	for _, version := range []byte{3, 0} {
+		t.Run(fmt.Sprint("version ", version), func(t *testing.T) {
+			mt := startMiddletier(t, "mt-0", middletier.Options{Consumers: []string{"storage"}})
+			fe := testkit.NewFrontend(t, mt.Addrs.Ingest, "fe-1.0001")
+			base := time.Now().Add(-30 * time.Minute).Truncate(time.Second)
+			send(t, fe, 1, 11, base)
+			rec := message(11, base, 10)
+			body := rec[:len(rec)-4]
+			body[0] = version
+			binary.LittleEndian.PutUint32(rec[len(body):], crc32.Checksum(body, crc32.MakeTable(crc32.Castagnoli)))
+			if _, err := envelope.Decode(rec); !errors.Is(err, envelope.ErrVersion) || errors.Is(err, envelope.ErrNewer) != (version == 3) {
+				t.Fatalf("the test's record: %v", err)
+			}
+			fe.Send(t, rec)
+			send(t, fe, 12, 22, base)
+			var logs testkit.Logs
+			w := startWriter(t, openTSDB(t), storage.Options{Middletiers: endpoints(mt)}, logs.Logger())
+			if version == 0 {
+				testkit.WaitFor(t, "the writer to commit past the record", 20*time.Second, func() bool {
+					return testkit.Metric(t, w.reg, "ingest_storage_checkpoint") == 21
+				})
+				if n := testkit.Metric(t, w.reg, "ingest_storage_points_written_total"); n != 20 {
+					t.Fatalf("%v points written, want 20", n)
+				}
+				if n := testkit.Metric(t, w.reg, "ingest_storage_invalid_records_total"); n != 1 {
+					t.Fatalf("%v records counted invalid, want 1", n)
+				}
+				if n := logs.Count("newer format"); n != 0 {
+					t.Fatalf("the writer said %d times that the record is of a newer format", n)
+				}
+				return
+			}
+			testkit.WaitFor(t, "the writer to say it waits", 20*time.Second, func() bool { return logs.Count("newer format") > 0 })
+			if ck := testkit.Metric(t, w.reg, "ingest_storage_checkpoint"); ck >= 11 {
+				t.Fatalf("checkpoint %v: past the record it could not read", ck)
+			}
+			if n := testkit.Metric(t, w.reg, "ingest_storage_invalid_records_total"); n != 0 {
+				t.Fatalf("%v records counted invalid", n)
+			}
+			// The middletier keeps the newer record and those after it.
+			testkit.WaitFor(t, "the middletier's lag for the writer", 20*time.Second, func() bool {
+				return testkit.Metric(t, mt.Reg, "ingest_middletier_consumer_lag_entries") >= 10
+			})
+		})
 	}
 }
 
