@@ -1,7 +1,6 @@
 package frontend
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -77,24 +75,6 @@ func TestAckedMessagesAreInWAL(t *testing.T) {
 	_ = time.Second
 }
 
-// lockedBuf is a log destination safe for concurrent writers.
-type lockedBuf struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuf) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuf) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
-
 // TestFailedWALRefusesHandshakes: once the WAL has failed (fail stop), the
 // frontend is a lame duck for its drain window: device handshakes get HTTP
 // 503 with Retry-After, logged once rather than per device, /healthz and
@@ -108,7 +88,7 @@ func TestFailedWALRefusesHandshakes(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	var logs lockedBuf
+	var logs testkit.Logs
 	lg := slog.New(slog.NewTextHandler(&logs, nil))
 	const drain = 3 * time.Second
 	ln, mln := testkit.Listen(t), testkit.Listen(t)
