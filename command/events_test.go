@@ -1,7 +1,6 @@
 package command_test
 
 import (
-	"context"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -131,16 +130,8 @@ func TestEventsDroppedLoggedOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	errc := make(chan error, 1)
-	go func() { errc <- h.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-errc; err != nil {
-			t.Errorf("home: %v", err)
-		}
-		h.Close()
-	})
+	t.Cleanup(func() { h.Close() }) // after Run has returned: cleanups run last first
+	testkit.Go(t, "home", h.Run)
 	fe := dialFrontend(t, &commandtest.Home{Addr: h.Addr()}, "fe#1")
 
 	// Each submit is a round of its own: its reply comes after the round.

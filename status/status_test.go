@@ -1,7 +1,6 @@
 package status_test
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/ingest-io/ingest/internal/testkit"
 	"github.com/ingest-io/ingest/status"
 )
 
@@ -378,15 +378,7 @@ func getHistory(t *testing.T, h http.Handler, query string) historyAnswer {
 
 // runHandler starts h.Run and stops it at the end of the test.
 func runHandler(t *testing.T, h *status.Handler) {
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	testkit.Go(t, "Run", h.Run)
 }
 
 // The history holds a point a second for the last 15 minutes, each over
