@@ -666,15 +666,13 @@ func (f *Follower) onStream(ctx context.Context, frames [][]byte) error {
 // below where the Follower is, would be taken on a new connection for a
 // restarted middletier's.
 func (f *Follower) poll(ctx context.Context) error {
-	f.c.fetches.Inc()
-	r, err := f.cons.fetch(ctx, max(f.next, 1), 0, 3, f.onConsumer)
+	r, err := f.fetchTries(ctx, max(f.next, 1), 0, 3)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
-	f.learn(r.Middletier, r.Last)
 	if f.fresh || f.next == 0 || r.Last < f.next {
 		return nil
 	}
@@ -871,11 +869,16 @@ func (f *Follower) finalCommit() {
 
 // fetch asks the middletier for at most max records from from.
 func (f *Follower) fetch(ctx context.Context, from, max uint64) (*wire.FetchReply, error) {
-	f.c.fetches.Inc()
 	attempts := 1
 	if f.o.Durable {
 		attempts = 3
 	}
+	return f.fetchTries(ctx, from, max, attempts)
+}
+
+// fetchTries is fetch, asked up to attempts times.
+func (f *Follower) fetchTries(ctx context.Context, from, max uint64, attempts int) (*wire.FetchReply, error) {
+	f.c.fetches.Inc()
 	r, err := f.cons.fetch(ctx, from, max, attempts, f.onConsumer)
 	if err != nil {
 		return nil, err
