@@ -159,12 +159,8 @@ func (s *Server) Handler() http.Handler {
 	// page's host name rebound to 127.0.0.1 is same-origin with us for
 	// the browser, and only the Host it names tells it apart (package
 	// loopback).
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !loopback.Local(r.Host) {
-			s.refuse(w, http.StatusForbidden, reasonForeignHost, "without auth a request naming a host of the DNS (a web page rebound to this listener) is refused: connect to localhost or 127.0.0.1")
-			return
-		}
-		mux.ServeHTTP(w, r)
+	return loopback.Only(mux, func(w http.ResponseWriter) {
+		s.refuse(w, http.StatusForbidden, reasonForeignHost, loopback.Refused)
 	})
 }
 

@@ -13,8 +13,24 @@ package loopback
 
 import (
 	"net"
+	"net/http"
 	"strings"
 )
+
+// Refused is the message a refusal of a foreign Host gives.
+const Refused = "without auth a request naming a host of the DNS (a web page rebound to this listener) is refused: connect to localhost or 127.0.0.1"
+
+// Only serves h the requests whose Host is Local; the others go to refuse
+// (a server's own error body, 403 and Refused).
+func Only(h http.Handler, refuse func(w http.ResponseWriter)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !Local(r.Host) {
+			refuse(w)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
 
 // Local reports whether host, a request's Host (with or without a port),
 // is one a local client names: empty (a request of HTTP/1.0 without one,
